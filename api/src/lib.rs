@@ -1,0 +1,253 @@
+//! Types of gatepass's Vault-compatible API and an HTTPS client for it, with
+//! the server's CA pinned.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Vault's success envelope.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Envelope {
+    #[serde(default)]
+    pub request_id: String,
+    #[serde(default)]
+    pub lease_id: String,
+    #[serde(default)]
+    pub renewable: bool,
+    #[serde(default)]
+    pub lease_duration: i64,
+    #[serde(default)]
+    pub data: Option<Value>,
+    #[serde(default)]
+    pub warnings: Option<Vec<String>>,
+    #[serde(default)]
+    pub auth: Option<Auth>,
+}
+
+/// The `auth` block of a login.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Auth {
+    pub client_token: String,
+    #[serde(default)]
+    pub accessor: String,
+    #[serde(default)]
+    pub policies: Vec<String>,
+    #[serde(default)]
+    pub lease_duration: i64,
+    #[serde(default)]
+    pub renewable: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot reach {addr}: {source}")]
+    Transport {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error status.
+    #[error("{status}: {}", if .errors.is_empty() { "(no details)".to_string() } else { .errors.join("; ") })]
+    Api { status: u16, errors: Vec<String> },
+    #[error("unexpected answer from the server: {0}")]
+    Decode(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the server is and how to trust and authenticate to it. Read from
+/// GATEPASS_* variables, falling back to Vault's VAULT_* names.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub addr: String,
+    pub token: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+}
+
+fn env2(a: &str, b: &str) -> Option<String> {
+    std::env::var(a)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| std::env::var(b).ok().filter(|v| !v.is_empty()))
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        Settings {
+            addr: env2("GATEPASS_ADDR", "VAULT_ADDR").unwrap_or_else(|| "https://127.0.0.1:8200".into()),
+            token: env2("GATEPASS_TOKEN", "VAULT_TOKEN"),
+            ca_cert: env2("GATEPASS_CACERT", "VAULT_CACERT").map(PathBuf::from),
+            timeout: None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+}
+
+/// Loads PEM certificates to trust.
+pub fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::Config(format!("cannot read CA certificate {}: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| Error::Config(format!("{}: not a PEM certificate: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Config(format!("{}: no certificate in file", path.display())));
+    }
+    Ok(certs)
+}
+
+impl Client {
+    pub fn new(s: &Settings) -> Result<Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let addr = s.addr.trim_end_matches('/').to_string();
+        if !(addr.starts_with("https://") || addr.starts_with("http://")) {
+            return Err(Error::Config(format!("server address {addr:?} must start with https://")));
+        }
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(s.timeout.unwrap_or(Duration::from_secs(60)))
+            .connect_timeout(Duration::from_secs(10));
+        match &s.ca_cert {
+            // With a CA file only that CA is trusted: the server is pinned.
+            Some(p) => {
+                b = b.tls_built_in_root_certs(false);
+                for c in load_ca(p)? {
+                    b = b.add_root_certificate(c);
+                }
+            }
+            // Otherwise the system's trusted CAs.
+            None => {}
+        }
+        let http = b
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            addr,
+            token: s.token.clone(),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.token = token;
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Sends one request; `Ok(None)` for 204 and for 404 with no errors
+    /// (Vault's "nothing here").
+    pub async fn request(&self, method: &str, path: &str, body: Option<&Map<String, Value>>) -> Result<Option<Value>> {
+        let m = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| Error::Config(format!("bad method {method}")))?;
+        let mut rb = self.http.request(m, self.url(path));
+        if let Some(t) = &self.token {
+            rb = rb.header("X-Vault-Token", t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.map_err(|e| Error::Transport {
+            addr: self.addr.clone(),
+            source: e,
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| Error::Transport {
+            addr: self.addr.clone(),
+            source: e,
+        })?;
+        if status == 204 {
+            return Ok(None);
+        }
+        if status >= 400 {
+            let errors = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.errors)
+                .unwrap_or_else(|_| vec![text.trim().to_string()]);
+            if status == 404 && errors.is_empty() {
+                return Ok(None);
+            }
+            return Err(Error::Api { status, errors });
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    pub async fn read(&self, path: &str) -> Result<Option<Envelope>> {
+        self.request("GET", path, None).await?.map(to_env).transpose()
+    }
+
+    pub async fn write(&self, path: &str, body: &Map<String, Value>) -> Result<Option<Envelope>> {
+        self.request("POST", path, Some(body)).await?.map(to_env).transpose()
+    }
+
+    pub async fn list(&self, path: &str) -> Result<Vec<String>> {
+        let env = self.request("LIST", path, None).await?.map(to_env).transpose()?;
+        Ok(env
+            .and_then(|e| e.data)
+            .and_then(|d| d.get("keys").cloned())
+            .and_then(|k| serde_json::from_value(k).ok())
+            .unwrap_or_default())
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        self.request("DELETE", path, None).await.map(|_| ())
+    }
+
+    /// Raw text of an unauthenticated or non-JSON endpoint.
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| Error::Transport {
+                addr: self.addr.clone(),
+                source: e,
+            })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| Error::Transport {
+            addr: self.addr.clone(),
+            source: e,
+        })?;
+        if status >= 400 {
+            return Err(Error::Api {
+                status,
+                errors: vec![text],
+            });
+        }
+        Ok(text)
+    }
+}
+
+fn to_env(v: Value) -> Result<Envelope> {
+    serde_json::from_value(v).map_err(|e| Error::Decode(e.to_string()))
+}

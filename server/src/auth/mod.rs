@@ -1,0 +1,88 @@
+//! Authentication: tokens (the one credential every request carries), and
+//! the login methods that hand them out (AppRole, userpass).
+
+pub mod approle;
+pub mod token;
+pub mod userpass;
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+
+/// Random text of `len` letters and digits from the OS-seeded CSPRNG.
+pub fn random_text(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// Settings shared by every login method for the tokens it issues (Vault's
+/// `token_*` fields).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TokenSettings {
+    #[serde(default)]
+    pub token_policies: Vec<String>,
+    #[serde(default)]
+    pub token_ttl: i64,
+    #[serde(default)]
+    pub token_max_ttl: i64,
+    #[serde(default)]
+    pub token_num_uses: i64,
+    #[serde(default)]
+    pub token_bound_cidrs: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    pub token_no_default_policy: bool,
+}
+
+impl TokenSettings {
+    /// Reads the `token_*` fields (and Vault's older `policies`, `ttl`,
+    /// `max_ttl` names) over the current values.
+    pub fn update_from(&mut self, f: &crate::request::Fields) -> crate::error::Result<()> {
+        if let Some(p) = f.str_list("token_policies")? {
+            self.token_policies = crate::policies::normalize_names(p)?;
+        } else if let Some(p) = f.str_list("policies")? {
+            self.token_policies = crate::policies::normalize_names(p)?;
+        }
+        if let Some(t) = f.duration("token_ttl")?.or(f.duration("ttl")?) {
+            self.token_ttl = t;
+        }
+        if let Some(t) = f.duration("token_max_ttl")?.or(f.duration("max_ttl")?) {
+            self.token_max_ttl = t;
+        }
+        if let Some(n) = f.non_negative("token_num_uses")? {
+            self.token_num_uses = n;
+        }
+        if let Some(c) = f.cidr_list("token_bound_cidrs")? {
+            self.token_bound_cidrs = c;
+        }
+        if let Some(b) = f.bool("token_no_default_policy")? {
+            self.token_no_default_policy = b;
+        }
+        if self.token_max_ttl > 0 && self.token_ttl > self.token_max_ttl {
+            return Err(crate::error::Error::invalid(
+                "token_ttl must not be greater than token_max_ttl",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        use serde_json::json;
+        out.insert("token_policies".into(), json!(self.token_policies));
+        out.insert("policies".into(), json!(self.token_policies));
+        out.insert("token_ttl".into(), json!(self.token_ttl));
+        out.insert("token_max_ttl".into(), json!(self.token_max_ttl));
+        out.insert("token_num_uses".into(), json!(self.token_num_uses));
+        out.insert(
+            "token_bound_cidrs".into(),
+            json!(self
+                .token_bound_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()),
+        );
+        out.insert("token_no_default_policy".into(), json!(self.token_no_default_policy));
+        out.insert("token_type".into(), json!("service"));
+    }
+}

@@ -1,0 +1,437 @@
+//! Tokens: Vault's `auth/token/*`. A token is stored only under its keyed
+//! hash; its accessor (a second, non-secret handle) points to that hash.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::policies;
+use crate::request::Request;
+use crate::state::Core;
+
+/// Vault's default and maximum token lifetime (768h).
+pub const SYSTEM_MAX_TTL: i64 = 768 * 3600;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenEntry {
+    /// Keyed hash of the token: the storage id.
+    pub hash: String,
+    pub accessor: String,
+    pub policies: Vec<String>,
+    /// Accessor of the parent token; children die with their parent.
+    pub parent: Option<String>,
+    pub display_name: String,
+    pub meta: BTreeMap<String, String>,
+    pub creation_time: i64,
+    pub creation_ttl: i64,
+    /// None: never expires (root tokens).
+    pub expire_time: Option<i64>,
+    pub explicit_max_ttl: i64,
+    /// The latest renewal may reach.
+    pub max_expire: Option<i64>,
+    /// Uses left; 0 means unlimited.
+    pub num_uses: i64,
+    pub renewable: bool,
+    pub path: String,
+    pub bound_cidrs: Vec<ipnet::IpNet>,
+    pub orphan: bool,
+}
+
+impl TokenEntry {
+    pub fn is_root(&self) -> bool {
+        self.policies.iter().any(|p| p == "root")
+    }
+
+    pub fn ttl(&self, now: i64) -> i64 {
+        self.expire_time.map(|e| (e - now).max(0)).unwrap_or(0)
+    }
+
+    fn expired(&self, now: i64) -> bool {
+        self.expire_time.is_some_and(|e| e <= now)
+    }
+}
+
+/// What a new token should be.
+#[derive(Debug, Default)]
+pub struct NewToken {
+    /// A fixed token text (the dev server's `--root-token`); else random.
+    pub id: Option<String>,
+    pub policies: Vec<String>,
+    pub no_default_policy: bool,
+    pub ttl: Option<i64>,
+    pub explicit_max_ttl: i64,
+    pub num_uses: i64,
+    pub renewable: bool,
+    pub display_name: String,
+    pub meta: BTreeMap<String, String>,
+    pub bound_cidrs: Vec<ipnet::IpNet>,
+    pub path: String,
+    pub parent: Option<TokenEntry>,
+}
+
+fn id_key(hash: &str) -> String {
+    format!("token/id/{hash}")
+}
+fn accessor_key(accessor: &str) -> String {
+    format!("token/accessor/{accessor}")
+}
+fn child_key(parent: &str, child: &str) -> String {
+    format!("token/parent/{parent}/{child}")
+}
+
+#[derive(Serialize, Deserialize)]
+struct AccessorEntry {
+    hash: String,
+}
+
+/// Creates and stores a token; returns its text (shown once) and entry.
+pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, TokenEntry)> {
+    let mut policies = spec.policies;
+    let root = policies.iter().any(|p| p == "root");
+    if !root && !spec.no_default_policy && !policies.iter().any(|p| p == "default") {
+        policies.push("default".into());
+    }
+    policies.sort();
+    policies.dedup();
+
+    // A root token never expires unless asked to; others default to the
+    // system maximum, and a child never outlives its parent.
+    let mut expire_time = match spec.ttl {
+        Some(0) | None if root => None,
+        Some(t) if t > 0 => Some(now + t.min(SYSTEM_MAX_TTL)),
+        _ => Some(now + SYSTEM_MAX_TTL),
+    };
+    let mut max_expire = if root && expire_time.is_none() {
+        None
+    } else {
+        Some(now + SYSTEM_MAX_TTL)
+    };
+    if spec.explicit_max_ttl > 0 {
+        let m = now + spec.explicit_max_ttl;
+        max_expire = Some(max_expire.map_or(m, |x| x.min(m)));
+    }
+    if let Some(p) = spec.parent.as_ref().and_then(|p| p.expire_time) {
+        max_expire = Some(max_expire.map_or(p, |x| x.min(p)));
+    }
+    if let (Some(e), Some(m)) = (expire_time, max_expire) {
+        expire_time = Some(e.min(m));
+    }
+
+    let text = match spec.id {
+        Some(id) => id,
+        None => format!("gps.{}", super::random_text(40)),
+    };
+    let hash = core.hasher.hash(&text);
+    let entry = TokenEntry {
+        hash: hash.clone(),
+        accessor: super::random_text(24),
+        policies,
+        parent: spec.parent.as_ref().map(|p| p.accessor.clone()),
+        display_name: spec.display_name,
+        meta: spec.meta,
+        creation_time: now,
+        creation_ttl: expire_time.map(|e| e - now).unwrap_or(0),
+        expire_time,
+        explicit_max_ttl: spec.explicit_max_ttl,
+        max_expire,
+        num_uses: spec.num_uses,
+        renewable: spec.renewable && expire_time.is_some(),
+        path: spec.path,
+        bound_cidrs: spec.bound_cidrs,
+        orphan: spec.parent.is_none(),
+    };
+    if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
+        return Err(Error::invalid("a token with this id already exists"));
+    }
+    core.storage
+        .put(&accessor_key(&entry.accessor), &AccessorEntry { hash })
+        .await?;
+    if let Some(parent) = &entry.parent {
+        core.storage
+            .put(&child_key(parent, &entry.accessor), &json!({}))
+            .await?;
+    }
+    Ok((text, entry))
+}
+
+/// The live entry for a token text; expired tokens are removed on sight.
+pub async fn lookup(core: &Core, text: &str, now: i64) -> Result<Option<TokenEntry>> {
+    load(core, &core.hasher.hash(text), now).await
+}
+
+async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<TokenEntry>> {
+    match core.storage.get::<TokenEntry>(&id_key(hash)).await? {
+        Some(e) if e.expired(now) => {
+            revoke_tree(core, &e).await?;
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+pub async fn lookup_accessor(core: &Core, accessor: &str, now: i64) -> Result<Option<TokenEntry>> {
+    match core
+        .storage
+        .get::<AccessorEntry>(&accessor_key(accessor))
+        .await?
+    {
+        Some(a) => load(core, &a.hash, now).await,
+        None => Ok(None),
+    }
+}
+
+/// Checks a presented token for a request: it exists, has not expired, is
+/// used from an allowed address; counts one use.
+pub async fn authenticate(
+    core: &Core,
+    text: Option<&str>,
+    client_ip: Option<IpAddr>,
+    now: i64,
+) -> Result<TokenEntry> {
+    let text = text.filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
+    let mut entry = lookup(core, text, now)
+        .await?
+        .ok_or(Error::PermissionDenied)?;
+    if !entry.bound_cidrs.is_empty() {
+        let ok = client_ip.is_some_and(|ip| entry.bound_cidrs.iter().any(|c| c.contains(&ip)));
+        if !ok {
+            return Err(Error::PermissionDenied);
+        }
+    }
+    if entry.num_uses > 0 {
+        entry.num_uses -= 1;
+        if entry.num_uses == 0 {
+            // Last use: the token goes now, but this request still runs.
+            revoke_tree(core, &entry).await?;
+            entry.num_uses = -1;
+        } else {
+            core.storage.put(&id_key(&entry.hash), &entry).await?;
+        }
+    }
+    Ok(entry)
+}
+
+/// Revokes a token and every token created from it.
+pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
+    // Iterative, so a deep chain of children cannot overflow the stack.
+    let mut pending = vec![entry.accessor.clone()];
+    while let Some(accessor) = pending.pop() {
+        let prefix = format!("token/parent/{accessor}/");
+        for child in core.storage.keys_with_prefix(&prefix).await? {
+            pending.push(child[prefix.len()..].to_string());
+            core.storage.delete(&child).await?;
+        }
+        if let Some(a) = core.storage.take::<AccessorEntry>(&accessor_key(&accessor)).await? {
+            core.storage.delete(&id_key(&a.hash)).await?;
+        }
+    }
+    if let Some(parent) = &entry.parent {
+        core.storage.delete(&child_key(parent, &entry.accessor)).await?;
+    }
+    Ok(())
+}
+
+/// Revokes one token, making its children orphans.
+async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
+    let prefix = format!("token/parent/{}/", entry.accessor);
+    for child in core.storage.keys_with_prefix(&prefix).await? {
+        core.storage.delete(&child).await?;
+        let acc = &child[prefix.len()..];
+        if let Some(a) = core.storage.get::<AccessorEntry>(&accessor_key(acc)).await? {
+            if let Some(mut c) = core.storage.get::<TokenEntry>(&id_key(&a.hash)).await? {
+                c.parent = None;
+                c.orphan = true;
+                core.storage.put(&id_key(&a.hash), &c).await?;
+            }
+        }
+    }
+    core.storage.delete(&accessor_key(&entry.accessor)).await?;
+    core.storage.delete(&id_key(&entry.hash)).await?;
+    if let Some(parent) = &entry.parent {
+        core.storage.delete(&child_key(parent, &entry.accessor)).await?;
+    }
+    Ok(())
+}
+
+/// The `auth` block of a login or create response.
+pub fn auth_json(text: &str, e: &TokenEntry, now: i64) -> Value {
+    let token_policies: Vec<&String> = e.policies.iter().collect();
+    json!({
+        "client_token": text,
+        "accessor": e.accessor,
+        "policies": e.policies,
+        "token_policies": token_policies,
+        "identity_policies": null,
+        "metadata": if e.meta.is_empty() { Value::Null } else { json!(e.meta) },
+        "lease_duration": e.ttl(now),
+        "renewable": e.renewable,
+        "entity_id": "",
+        "token_type": "service",
+        "orphan": e.orphan,
+        "mfa_requirement": null,
+        "num_uses": e.num_uses.max(0),
+    })
+}
+
+/// The `data` of a lookup response. `text` is the token when the caller
+/// presented it, else empty (lookups by accessor).
+pub fn lookup_json(text: &str, e: &TokenEntry, now: i64) -> Value {
+    json!({
+        "accessor": e.accessor,
+        "creation_time": e.creation_time,
+        "creation_ttl": e.creation_ttl,
+        "display_name": e.display_name,
+        "entity_id": "",
+        "expire_time": e.expire_time.map(rfc3339),
+        "explicit_max_ttl": e.explicit_max_ttl,
+        "id": text,
+        "issue_time": rfc3339(e.creation_time),
+        "meta": if e.meta.is_empty() { Value::Null } else { json!(e.meta) },
+        "num_uses": e.num_uses.max(0),
+        "orphan": e.orphan,
+        "path": e.path,
+        "policies": e.policies,
+        "renewable": e.renewable,
+        "ttl": e.ttl(now),
+        "type": "service",
+        "bound_cidrs": e.bound_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+    })
+}
+
+// ---- endpoint logic -------------------------------------------------------
+
+/// `auth/token/create` and `create-orphan`.
+pub async fn handle_create(
+    core: &Core,
+    req: &Request,
+    caller: &TokenEntry,
+    force_orphan: bool,
+) -> Result<(String, TokenEntry)> {
+    let f = &req.fields;
+    let privileged = caller.is_root() || policies::has_sudo(core, caller, &req.path).await?;
+    let requested = match f.str_list("policies")? {
+        Some(p) => Some(policies::normalize_names(p)?),
+        None => None,
+    };
+    let policies = match requested {
+        Some(p) => {
+            if !privileged {
+                let missing: Vec<&String> = p
+                    .iter()
+                    .filter(|x| *x != "default" && !caller.policies.contains(x))
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(Error::invalid("child policies must be subset of parent"));
+                }
+            }
+            p
+        }
+        None => caller.policies.clone(),
+    };
+    if policies.iter().any(|p| p == "root") && !caller.is_root() {
+        return Err(Error::invalid("root tokens may only be created by a root token"));
+    }
+    let no_parent = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
+    if no_parent && !privileged {
+        return Err(Error::PermissionDenied);
+    }
+    let id = f.str("id")?;
+    if id.is_some() && !caller.is_root() {
+        return Err(Error::invalid("root or sudo privileges required to specify token id"));
+    }
+    if let Some(id) = &id {
+        if id.len() < 8 || id.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(Error::invalid("id: must be at least 8 printable characters without spaces"));
+        }
+    }
+    match f.str("type")?.as_deref() {
+        None | Some("") | Some("service") | Some("default") => {}
+        Some(other) => {
+            return Err(Error::invalid(format!("token type {other:?} is not supported; use \"service\"")))
+        }
+    }
+    let ttl = f.duration("ttl")?;
+    let explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
+    if explicit_max_ttl > 0 && ttl.is_some_and(|t| t > explicit_max_ttl) {
+        return Err(Error::invalid("ttl must not be greater than explicit_max_ttl"));
+    }
+    let display_name = f.str("display_name")?.unwrap_or_default();
+    let display_name = if display_name.is_empty() {
+        "token".to_string()
+    } else {
+        format!("token-{}", sanitize_display_name(&display_name))
+    };
+    let spec = NewToken {
+        id,
+        policies,
+        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false),
+        ttl,
+        explicit_max_ttl,
+        num_uses: f.non_negative("num_uses")?.unwrap_or(0),
+        renewable: f.bool("renewable")?.unwrap_or(true),
+        display_name,
+        meta: f.str_map("meta")?.unwrap_or_default(),
+        bound_cidrs: Vec::new(),
+        path: "auth/token/create".into(),
+        parent: if no_parent { None } else { Some(caller.clone()) },
+    };
+    create(core, spec, req.now).await
+}
+
+/// Vault keeps display names to letters, digits and dashes.
+pub fn sanitize_display_name(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .take(64)
+        .collect()
+}
+
+/// Extends a token's lifetime within its maximum.
+pub async fn renew(core: &Core, mut e: TokenEntry, increment: Option<i64>, now: i64) -> Result<TokenEntry> {
+    if e.expire_time.is_none() {
+        return Ok(e);
+    }
+    if !e.renewable {
+        return Err(Error::invalid("lease is not renewable"));
+    }
+    let inc = increment.filter(|i| *i > 0).unwrap_or(if e.creation_ttl > 0 { e.creation_ttl } else { SYSTEM_MAX_TTL });
+    let mut exp = now + inc;
+    if let Some(m) = e.max_expire {
+        exp = exp.min(m);
+    }
+    e.expire_time = Some(exp);
+    core.storage.put(&id_key(&e.hash), &e).await?;
+    Ok(e)
+}
+
+pub async fn lookup_by_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
+    let text = req.fields.required_str("token")?;
+    let e = lookup(core, &text, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("bad token"))?;
+    Ok((text, e))
+}
+
+pub async fn lookup_by_accessor_field(core: &Core, req: &Request) -> Result<TokenEntry> {
+    let acc = req.fields.required_str("accessor")?;
+    lookup_accessor(core, &acc, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("invalid accessor"))
+}
+
+pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Result<()> {
+    if orphan_children {
+        revoke_orphan(core, e).await
+    } else {
+        revoke_tree(core, e).await
+    }
+}
+
+/// Accessors of every live token (Vault's `LIST auth/token/accessors`).
+pub async fn accessors(core: &Core) -> Result<Vec<String>> {
+    core.storage.list("token/accessor/").await
+}

@@ -1,0 +1,192 @@
+//! Userpass (`auth/userpass/*`): people log in with a name and a password,
+//! kept as an Argon2id hash.
+
+use std::collections::BTreeMap;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::token::{self, NewToken, TokenEntry};
+use super::TokenSettings;
+use crate::error::{Error, Result};
+use crate::request::Request;
+use crate::state::Core;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    #[serde(flatten)]
+    pub token: TokenSettings,
+}
+
+fn key(name: &str) -> String {
+    format!("userpass/user/{name}")
+}
+
+/// Usernames are case-insensitive, as in Vault.
+pub fn validate_username(name: &str) -> Result<String> {
+    let n = name.to_lowercase();
+    if n.is_empty()
+        || n.len() > 128
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+    {
+        return Err(Error::invalid(
+            "username must be 1-128 letters, digits, '-', '_', '.' or '@'",
+        ));
+    }
+    Ok(n)
+}
+
+async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut rand::thread_rng());
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))?
+}
+
+async fn verify_password(password: String, hash: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn check_password(p: &str) -> Result<()> {
+    if p.is_empty() {
+        return Err(Error::invalid("missing password"));
+    }
+    if p.len() > 1024 {
+        return Err(Error::invalid("password is longer than 1024 bytes"));
+    }
+    Ok(())
+}
+
+pub async fn write_user(core: &Core, name: &str, req: &Request) -> Result<()> {
+    let name = validate_username(name)?;
+    let f = &req.fields;
+    let existing: Option<User> = core.storage.get(&key(&name)).await?;
+    let password = f.str("password")?;
+    let mut user = match (existing, password) {
+        (Some(u), None) => u,
+        (_, Some(p)) => {
+            check_password(&p)?;
+            let mut u = core
+                .storage
+                .get::<User>(&key(&name))
+                .await?
+                .unwrap_or(User {
+                    name: name.clone(),
+                    password_hash: String::new(),
+                    token: TokenSettings::default(),
+                });
+            u.password_hash = hash_password(p).await?;
+            u
+        }
+        (None, None) => return Err(Error::invalid("missing password")),
+    };
+    user.token.update_from(f)?;
+    core.storage.put(&key(&name), &user).await
+}
+
+pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> {
+    let name = validate_username(name)?;
+    let mut user: User = core
+        .storage
+        .get(&key(&name))
+        .await?
+        .ok_or_else(|| Error::invalid(format!("user {name:?} does not exist")))?;
+    let p = req.fields.required_str("password")?;
+    check_password(&p)?;
+    user.password_hash = hash_password(p).await?;
+    core.storage.put(&key(&name), &user).await
+}
+
+pub async fn set_policies(core: &Core, name: &str, req: &Request) -> Result<()> {
+    let name = validate_username(name)?;
+    let mut user: User = core
+        .storage
+        .get(&key(&name))
+        .await?
+        .ok_or_else(|| Error::invalid(format!("user {name:?} does not exist")))?;
+    user.token.update_from(&req.fields)?;
+    core.storage.put(&key(&name), &user).await
+}
+
+pub async fn read_user(core: &Core, name: &str) -> Result<Option<Value>> {
+    let name = validate_username(name)?;
+    Ok(core.storage.get::<User>(&key(&name)).await?.map(|u| {
+        let mut m = Map::new();
+        u.token.to_json(&mut m);
+        Value::Object(m)
+    }))
+}
+
+pub async fn delete_user(core: &Core, name: &str) -> Result<()> {
+    core.storage.delete(&key(&validate_username(name)?)).await?;
+    Ok(())
+}
+
+pub async fn list_users(core: &Core) -> Result<Vec<String>> {
+    core.storage.list("userpass/user/").await
+}
+
+/// `auth/userpass/login/<name>`.
+pub async fn login(core: &Core, name: &str, req: &Request) -> Result<(String, TokenEntry)> {
+    let invalid = || Error::invalid("invalid username or password");
+    let name = validate_username(name).map_err(|_| invalid())?;
+    let password = req.fields.required_str("password")?;
+    let user: Option<User> = core.storage.get(&key(&name)).await?;
+    // Unknown users cost the same work as known ones, so timing does not
+    // tell which names exist.
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(dummy_hash);
+    let ok = verify_password(password, hash).await;
+    let user = match (ok, user) {
+        (true, Some(u)) => u,
+        _ => return Err(invalid()),
+    };
+    let t = &user.token;
+    let spec = NewToken {
+        policies: t.token_policies.clone(),
+        no_default_policy: t.token_no_default_policy,
+        ttl: (t.token_ttl > 0).then_some(t.token_ttl),
+        explicit_max_ttl: t.token_max_ttl,
+        num_uses: t.token_num_uses,
+        renewable: true,
+        display_name: format!("userpass-{}", user.name),
+        meta: BTreeMap::from([("username".to_string(), user.name.clone())]),
+        bound_cidrs: t.token_bound_cidrs.clone(),
+        path: format!("auth/userpass/login/{}", user.name),
+        ..NewToken::default()
+    };
+    token::create(core, spec, req.now).await
+}
+
+/// An Argon2id hash of a random string nobody knows, made once.
+fn dummy_hash() -> String {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let salt = SaltString::generate(&mut rand::thread_rng());
+            Argon2::default()
+                .hash_password(super::random_text(32).as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        })
+        .clone()
+}

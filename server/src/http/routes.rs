@@ -1,0 +1,382 @@
+//! Path → domain call. Thin by design: each arm reads the path parameters,
+//! calls the module that owns the concept, and picks the reply shape.
+
+use axum::http::StatusCode;
+use serde_json::{json, Value};
+
+use super::Reply;
+use crate::auth::token::{self, TokenEntry};
+use crate::auth::{approle, userpass};
+use crate::error::{Error, Result};
+use crate::policy::Acl;
+use crate::request::{Operation, Request};
+use crate::state::Core;
+use crate::{mounts, policies};
+
+/// Paths anyone may call without a token.
+pub async fn is_unauthenticated(_core: &Core, req: &Request) -> Result<bool> {
+    let p = req.path.as_str();
+    Ok(matches!(p, "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader")
+        || (p == "auth/approle/login" && req.op == Operation::Write)
+        || (p.starts_with("auth/userpass/login/") && req.op == Operation::Write))
+}
+
+/// Paths that need `sudo` in the caller's policy (root always has it).
+pub fn needs_sudo(path: &str) -> bool {
+    matches!(path, "auth/token/accessors" | "sys/audit" | "sys/audit-log")
+        || path.starts_with("sys/audit/")
+}
+
+fn caller_of(caller: Option<&TokenEntry>) -> Result<&TokenEntry> {
+    caller.ok_or(Error::PermissionDenied)
+}
+
+fn ok_or_404(v: Option<Value>) -> Reply {
+    v.map(Reply::Data).unwrap_or(Reply::NotFound)
+}
+
+pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let now = req.now;
+    match (segs.as_slice(), req.op) {
+        // ---- sys ---------------------------------------------------------
+        (["sys", "health"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({
+                "initialized": core.is_initialized().await?,
+                "sealed": false,
+                "standby": false,
+                "performance_standby": false,
+                "replication_performance_mode": "disabled",
+                "replication_dr_mode": "disabled",
+                "server_time_utc": now,
+                "version": env!("CARGO_PKG_VERSION"),
+                "cluster_name": "gatepass",
+            })
+            .to_string(),
+        }),
+        (["sys", "seal-status"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({
+                "type": "shamir", "initialized": core.is_initialized().await?, "sealed": false,
+                "t": 1, "n": 1, "progress": 0, "nonce": "", "version": env!("CARGO_PKG_VERSION"),
+                "storage_type": match core.storage.backend() {
+                    crate::storage::Backend::Sqlite => "sqlite",
+                    crate::storage::Backend::Postgres => "postgresql",
+                },
+            })
+            .to_string(),
+        }),
+        (["sys", "init"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({ "initialized": core.is_initialized().await? }).to_string(),
+        }),
+        (["sys", "metrics"], Read) => {
+            let format = req.fields.str("format")?.unwrap_or_else(|| "prometheus".into());
+            if format != "prometheus" {
+                return Err(Error::invalid("format: only \"prometheus\" is supported"));
+            }
+            Ok(Reply::Raw {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: core.metrics.render(),
+            })
+        }
+        (["sys", "mounts"], Read) => Ok(Reply::Data(mounts::list_json(core).await?)),
+        (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
+            let kind = req.fields.required_str("type")?;
+            let desc = req.fields.str("description")?.unwrap_or_default();
+            req.fields.raw(); // `config` and `options` are accepted and ignored.
+            mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => {
+            Ok(ok_or_404(mounts::get(core, &path.join("/")).await?.map(|m| mounts::mount_json(&m))))
+        }
+        (["sys", "mounts", path @ ..], Delete) if !path.is_empty() => {
+            mounts::disable(core, &path.join("/")).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods())),
+        (["sys", "auth", name], Write) => {
+            // The built-in methods are always enabled; enabling one again is
+            // a no-op so that scripts written for Vault run unchanged.
+            let kind = req.fields.str("type")?.unwrap_or_else(|| name.to_string());
+            if !["token", "approle", "userpass"].contains(&kind.as_str()) || kind != *name {
+                return Err(Error::invalid(format!(
+                    "auth method {kind:?} at {name:?} is not available; gatepass has token/, approle/ and userpass/"
+                )));
+            }
+            Ok(Reply::NoContent)
+        }
+        (["sys", "policies", "acl"], List) | (["sys", "policy"], List) => {
+            Ok(Reply::List(policies::list(core).await?))
+        }
+        (["sys", "policy"], Read) => {
+            let names = policies::list(core).await?;
+            Ok(Reply::Data(json!({ "keys": names, "policies": names })))
+        }
+        (["sys", "policies", "acl", name], Read) | (["sys", "policy", name], Read) => {
+            Ok(ok_or_404(policies::read(core, name).await?.map(|p| {
+                json!({ "name": p.name, "policy": p.text, "rules": p.text })
+            })))
+        }
+        (["sys", "policies", "acl", name], Write) | (["sys", "policy", name], Write) => {
+            let text = match req.fields.str("policy")? {
+                Some(t) => t,
+                None => req.fields.str("rules")?.unwrap_or_default(),
+            };
+            policies::write(core, name, &text).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "policies", "acl", name], Delete) | (["sys", "policy", name], Delete) => {
+            policies::delete(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "capabilities-self"], Write) => {
+            let c = caller_of(caller)?;
+            capabilities(core, c, req).await
+        }
+        (["sys", "capabilities"], Write) => {
+            let (_, target) = token::lookup_by_field(core, req).await?;
+            capabilities(core, &target, req).await
+        }
+        (["sys", "audit"], Read) => Ok(Reply::Data(match &core.audit {
+            Some(_) => json!({ "file/": { "type": "file", "path": "file/", "description": "hash-chained JSON lines", "options": {} } }),
+            None => json!({}),
+        })),
+        (["sys", "audit-log"], Read) => {
+            let after = req.fields.int("after")?.unwrap_or(0);
+            let limit = req.fields.int("limit")?.unwrap_or(100).clamp(1, 1000);
+            let rows = core.storage.audit_events(after, limit).await?;
+            let events: Vec<Value> = rows
+                .into_iter()
+                .map(|(id, line)| json!({ "id": id, "line": line }))
+                .collect();
+            Ok(Reply::Data(json!({ "events": events })))
+        }
+
+        // ---- auth/token --------------------------------------------------
+        (["auth", "token", "create"], Write) => {
+            let (text, e) = token::handle_create(core, req, caller_of(caller)?, false).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "create-orphan"], Write) => {
+            let (text, e) = token::handle_create(core, req, caller_of(caller)?, true).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "lookup-self"], Read | Write) => {
+            let c = caller_of(caller)?;
+            Ok(Reply::Data(token::lookup_json(req.token.as_deref().unwrap_or(""), c, now)))
+        }
+        (["auth", "token", "lookup"], Write | Read) => {
+            let (text, e) = token::lookup_by_field(core, req).await?;
+            Ok(Reply::Data(token::lookup_json(&text, &e, now)))
+        }
+        (["auth", "token", "lookup-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            Ok(Reply::Data(token::lookup_json("", &e, now)))
+        }
+        (["auth", "token", "renew-self"], Write) => {
+            let c = caller_of(caller)?.clone();
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, c, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json(req.token.as_deref().unwrap_or(""), &e, now)))
+        }
+        (["auth", "token", "renew"], Write) => {
+            let (text, e) = token::lookup_by_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "renew-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json("", &e, now)))
+        }
+        (["auth", "token", "revoke-self"], Write) => {
+            token::revoke(core, caller_of(caller)?, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke"], Write) => {
+            let (_, e) = token::lookup_by_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-orphan"], Write) => {
+            let c = caller_of(caller)?;
+            if !policies::has_sudo(core, c, &req.path).await? {
+                return Err(Error::PermissionDenied);
+            }
+            let (_, e) = token::lookup_by_field(core, req).await?;
+            token::revoke(core, &e, true).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "accessors"], List) => Ok(Reply::List(token::accessors(core).await?)),
+
+        // ---- auth/approle ------------------------------------------------
+        (["auth", "approle", "login"], Write) => {
+            let (text, e) = approle::login(core, req).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
+        (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
+            approle::read_role(core, name).await?.map(|r| approle::role_json(&r)),
+        )),
+        (["auth", "approle", "role", name], Write) => {
+            approle::write_role(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name], Delete) => {
+            approle::delete_role(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "role-id"], Read) => {
+            Ok(Reply::Data(approle::role_id(core, name).await?))
+        }
+        (["auth", "approle", "role", name, "role-id"], Write) => {
+            approle::set_role_id(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id"], Write) => {
+            Ok(Reply::Data(approle::new_secret_id(core, name, req, false).await?))
+        }
+        (["auth", "approle", "role", name, "custom-secret-id"], Write) => {
+            Ok(Reply::Data(approle::new_secret_id(core, name, req, true).await?))
+        }
+        (["auth", "approle", "role", name, "secret-id"], List) => {
+            Ok(Reply::List(approle::list_secret_accessors(core, name).await?))
+        }
+        (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => {
+            Ok(ok_or_404(approle::lookup_secret(core, name, req).await?))
+        }
+        (["auth", "approle", "role", name, "secret-id", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, req, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id-accessor", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, req, true).await?;
+            Ok(Reply::NoContent)
+        }
+
+        // ---- auth/userpass -----------------------------------------------
+        (["auth", "userpass", "login", name], Write) => {
+            let (text, e) = userpass::login(core, name, req).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
+        (["auth", "userpass", "users", name], Read) => {
+            Ok(ok_or_404(userpass::read_user(core, name).await?))
+        }
+        (["auth", "userpass", "users", name], Write) => {
+            userpass::write_user(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name], Delete) => {
+            userpass::delete_user(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "password"], Write) => {
+            userpass::set_password(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "policies"], Write) => {
+            userpass::set_policies(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+
+        // ---- known paths, wrong operation ----------------------------------
+        (["sys", ..], _) | (["auth", "token" | "approle" | "userpass", ..], _)
+            if known_path(&segs) =>
+        {
+            Err(Error::UnsupportedOperation)
+        }
+        (["sys" | "auth", ..], _) => Err(no_route(&req.path)),
+
+        // ---- secrets engines -----------------------------------------------
+        _ => match mounts::find(core, &req.path).await? {
+            // Engines are routed here as they arrive.
+            Some((_mount, _rest)) => Err(no_route(&req.path)),
+            None => Err(no_route(&req.path)),
+        },
+    }
+}
+
+fn no_route(path: &str) -> Error {
+    Error::NotFound(format!("no handler for route {path:?}. route entry not found."))
+}
+
+/// Paths that exist for some operation: another operation gets 405, not 404.
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["sys", "health" | "seal-status" | "init" | "metrics" | "mounts" | "auth" | "policy" | "capabilities-self" | "capabilities" | "audit" | "audit-log"]
+            | ["sys", "mounts" | "auth" | "policy", _]
+            | ["sys", "policies", "acl"]
+            | ["sys", "policies", "acl", _]
+            | ["auth", "token", _]
+            | ["auth", "approle", "login" | "role"]
+            | ["auth", "approle", "role", _]
+            | ["auth", "approle", "role", _, "role-id" | "secret-id" | "custom-secret-id"]
+            | ["auth", "approle", "role", _, "secret-id" | "secret-id-accessor", _]
+            | ["auth", "userpass", "users"]
+            | ["auth", "userpass", "users", _]
+            | ["auth", "userpass", "users", _, "password" | "policies"]
+            | ["auth", "userpass", "login", _]
+    )
+}
+
+fn auth_methods() -> Value {
+    let method = |kind: &str, desc: &str| {
+        json!({ "type": kind, "description": desc, "accessor": format!("auth_{kind}_gatepass"),
+                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}, "local": false, "seal_wrap": false, "options": null })
+    };
+    json!({
+        "token/": method("token", "token based credentials"),
+        "approle/": method("approle", "machine login with role ID and secret ID"),
+        "userpass/": method("userpass", "login with username and password"),
+    })
+}
+
+async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<Reply> {
+    let paths = match req.fields.str_list("paths")? {
+        Some(p) if !p.is_empty() => p,
+        _ => vec![req.fields.required_str("path")?],
+    };
+    let acl: Option<Acl> = if token.is_root() {
+        None
+    } else {
+        Some(policies::acl_for(core, token).await?)
+    };
+    let mut out = serde_json::Map::new();
+    let mut all = Vec::new();
+    for p in &paths {
+        let caps: Vec<String> = match &acl {
+            None => vec!["root".into()],
+            Some(acl) => {
+                let c = acl.capabilities(p.trim_matches('/'));
+                if c.is_empty() {
+                    vec!["deny".into()]
+                } else {
+                    c.names().into_iter().map(String::from).collect()
+                }
+            }
+        };
+        all.extend(caps.iter().cloned());
+        out.insert(p.clone(), json!(caps));
+    }
+    if paths.len() == 1 {
+        out.insert("capabilities".into(), json!(all));
+    }
+    Ok(Reply::Data(Value::Object(out)))
+}

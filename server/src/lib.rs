@@ -1,0 +1,24 @@
+//! gatepass-server: an SSH certificate authority and OTP issuer behind a
+//! Vault-compatible HTTPS API.
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod mounts;
+pub mod policies;
+pub mod policy;
+pub mod request;
+pub mod seal;
+pub mod serve;
+pub mod state;
+pub mod storage;
+pub mod tls;
+
+pub use error::{Error, Result};
+pub use http::app;
+pub use state::{Core, Options, State};

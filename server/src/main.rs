@@ -1,0 +1,256 @@
+//! `gatepass-server`: dev, serve, init and audit verify.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use gatepass_server::audit::{self, AuditKey, VerifyOutcome};
+use gatepass_server::clock::Clock;
+use gatepass_server::config::ServerConfig;
+use gatepass_server::seal::SealKey;
+use gatepass_server::{serve, tls, Core, Options};
+
+#[derive(Parser)]
+#[command(
+    name = "gatepass-server",
+    version,
+    about = "gatepass central server: SSH certificate authority and OTP issuer with a Vault-compatible HTTPS API",
+    long_about = "gatepass central server: SSH certificate authority and OTP issuer with a \
+                  Vault-compatible HTTPS API.\n\nTry it with `gatepass-server dev`; run it in \
+                  production with `gatepass-server init` once, then `gatepass-server serve`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a complete throw-away server for trying gatepass out (like `vault server -dev`).
+    ///
+    /// Embedded SQLite in a fresh temporary folder (or --data-dir), HTTPS with a
+    /// self-signed certificate whose CA is written to DATA_DIR/tls/ca.pem, a root
+    /// token, and the `ssh` mount enabled. Prints `export` lines for the client.
+    Dev {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, default_value = "127.0.0.1:8200")]
+        listen: SocketAddr,
+        /// Keep data here instead of a temporary folder removed on exit.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Use this root token instead of a random one.
+        #[arg(long, env = "GATEPASS_DEV_ROOT_TOKEN")]
+        root_token: Option<String>,
+    },
+    /// Run the server from a configuration file.
+    Serve {
+        #[arg(long, short, default_value = "/etc/gatepass/server.toml")]
+        config: PathBuf,
+    },
+    /// Create the seal key and the first root token (once; refuses to run twice).
+    Init {
+        #[arg(long, short, default_value = "/etc/gatepass/server.toml")]
+        config: PathBuf,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit file's hash chain; reports the first edited, removed or reordered line.
+    Verify {
+        /// The audit file.
+        file: PathBuf,
+        /// Server configuration (for its seal key file).
+        #[arg(long, short, conflicts_with = "seal_key_file")]
+        config: Option<PathBuf>,
+        /// The seal key file directly (a dev server keeps it in DATA_DIR/seal.key).
+        #[arg(long)]
+        seal_key_file: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("GATEPASS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    tls::install_crypto_provider();
+    match cli.command {
+        Command::Dev {
+            listen,
+            data_dir,
+            root_token,
+        } => dev(listen, data_dir, root_token).await,
+        Command::Serve { config } => serve_cmd(&config).await,
+        Command::Init { config } => init_cmd(&config).await,
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file,
+                    config,
+                    seal_key_file,
+                },
+        } => verify_cmd(&file, config, seal_key_file),
+    }
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>, root_token: Option<String>) -> anyhow::Result<()> {
+    // A temporary folder lives as long as this guard, i.e. until exit.
+    let (dir, _guard) = match data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            (std::fs::canonicalize(&d)?, None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("gatepass-dev-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let seal_path = dir.join("seal.key");
+    let seal = if seal_path.exists() {
+        SealKey::load(&seal_path)?
+    } else {
+        let k = SealKey::generate();
+        k.write_new(&seal_path)?;
+        k
+    };
+    let files = tls::dev_certificates(&dir.join("tls"))?;
+    let core = Core::open(Options {
+        storage_url: sqlite_url(&dir.join("gatepass.db")),
+        seal_key: seal,
+        audit_path: Some(dir.join("audit.log")),
+        clock: Clock::System,
+    })
+    .await?;
+    let token = if core.is_initialized().await? {
+        if let Some(t) = &root_token {
+            core.ensure_root_token(t).await?;
+        }
+        root_token
+    } else {
+        Some(core.initialize(root_token).await?)
+    };
+    core.ensure_mount("ssh", "ssh").await?;
+
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() && addr.is_ipv4() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    eprintln!("gatepass dev server: data in {} (SQLite), listening on https://{host}", dir.display());
+    eprintln!("Do not use the dev server in production. Run these in your shell:");
+    println!("export GATEPASS_ADDR='https://{host}'");
+    match &token {
+        Some(t) => println!("export GATEPASS_TOKEN='{t}'"),
+        None => eprintln!("(root token unchanged from the first run on this data dir)"),
+    }
+    println!("export GATEPASS_CACERT='{}'", files.ca.display());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let cfg = tls::rustls_config(&files.cert, &files.key).await?;
+    serve::run(core.clone(), listener, Some(cfg), serve::shutdown_signal()).await?;
+    core.storage.close().await;
+    Ok(())
+}
+
+async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
+    let cfg = ServerConfig::load(config)?;
+    let seal = SealKey::load(&cfg.seal_key_file)
+        .context("run `gatepass-server init` first to create the seal key")?;
+    let core = Core::open(Options {
+        storage_url: cfg.storage.clone(),
+        seal_key: seal,
+        audit_path: cfg.audit_log.clone(),
+        clock: Clock::System,
+    })
+    .await?;
+    if !core.is_initialized().await? {
+        bail!("storage {} is not initialized: run `gatepass-server init --config {}`", cfg.storage, config.display());
+    }
+    let tls_cfg = match &cfg.tls {
+        Some(t) => Some(tls::rustls_config(&t.cert, &t.key).await?),
+        None => None,
+    };
+    let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
+    serve::run(core.clone(), listener, tls_cfg, serve::shutdown_signal()).await?;
+    core.storage.close().await;
+    Ok(())
+}
+
+async fn init_cmd(config: &Path) -> anyhow::Result<()> {
+    let cfg = ServerConfig::load(config)?;
+    let seal = if cfg.seal_key_file.exists() {
+        SealKey::load(&cfg.seal_key_file)?
+    } else {
+        if let Some(dir) = cfg.seal_key_file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let k = SealKey::generate();
+        k.write_new(&cfg.seal_key_file)?;
+        eprintln!("wrote seal key {} (back it up; keep it secret)", cfg.seal_key_file.display());
+        k
+    };
+    if let Some(p) = cfg.storage.strip_prefix("sqlite://") {
+        if let Some(dir) = Path::new(p).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let core = Core::open(Options {
+        storage_url: cfg.storage.clone(),
+        seal_key: seal,
+        audit_path: None,
+        clock: Clock::System,
+    })
+    .await?;
+    if core.is_initialized().await? {
+        bail!("storage {} is already initialized; `init` runs only once", cfg.storage);
+    }
+    let token = core.initialize(None).await?;
+    core.ensure_mount("ssh", "ssh").await?;
+    core.storage.close().await;
+    eprintln!("initialized {}. The root token is shown only now:", cfg.storage);
+    println!("{token}");
+    Ok(())
+}
+
+fn verify_cmd(file: &Path, config: Option<PathBuf>, seal_key_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let seal_path = match (config, seal_key_file) {
+        (_, Some(p)) => p,
+        (Some(c), None) => ServerConfig::load(&c)?.seal_key_file,
+        (None, None) => ServerConfig::load(Path::new("/etc/gatepass/server.toml"))?.seal_key_file,
+    };
+    let seal = SealKey::load(&seal_path)?;
+    let key = AuditKey::new(*seal.derive("audit"));
+    match audit::verify_file(file, &key)? {
+        VerifyOutcome::Ok { lines } => {
+            println!("{}: OK, {lines} lines, chain intact", file.display());
+            Ok(())
+        }
+        VerifyOutcome::Bad { line, kind, detail } => {
+            println!("{}: line {line}: {kind}: {detail}", file.display());
+            std::process::exit(1);
+        }
+    }
+}

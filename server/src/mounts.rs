@@ -1,0 +1,154 @@
+//! Secrets-engine mounts (`sys/mounts`). Each `ssh` mount is one certificate
+//! authority with its own roles; its data lives under `mount/<uuid>/`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::error::{Error, Result};
+use crate::state::Core;
+
+pub const ENGINE_TYPES: &[&str] = &["ssh"];
+const RESERVED: &[&str] = &["sys", "auth", "cubbyhole", "identity", "v1"];
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mount {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub accessor: String,
+    pub uuid: String,
+    pub created: i64,
+}
+
+impl Mount {
+    /// Storage prefix for the engine's own data: by uuid, so that a mount
+    /// disabled and enabled again starts empty.
+    pub fn data_prefix(&self) -> String {
+        format!("mount/{}/", self.uuid)
+    }
+}
+
+fn key(path: &str) -> String {
+    format!("mounts/{path}")
+}
+
+/// `ssh`, `/ssh/`, `team/ssh` → canonical form without slashes at the ends.
+pub fn normalize_path(path: &str) -> Result<String> {
+    let p = path.trim_matches('/');
+    let ok = !p.is_empty()
+        && p.len() <= 128
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && seg != "."
+                && seg != ".."
+        });
+    if !ok {
+        return Err(Error::invalid(format!(
+            "invalid mount path {path:?}: use letters, digits, '-', '_' or '.' in '/'-separated parts"
+        )));
+    }
+    let first = p.split('/').next().unwrap_or_default();
+    if RESERVED.contains(&first) {
+        return Err(Error::invalid(format!("cannot mount at reserved path {first:?}")));
+    }
+    Ok(p.to_string())
+}
+
+pub async fn enable(core: &Core, path: &str, kind: &str, description: &str, now: i64) -> Result<Mount> {
+    let path = normalize_path(path)?;
+    if !ENGINE_TYPES.contains(&kind) {
+        return Err(Error::invalid(format!(
+            "unknown secrets engine type {kind:?}; gatepass supports: {}",
+            ENGINE_TYPES.join(", ")
+        )));
+    }
+    // Mounts may not nest: requests are routed by the longest mount prefix.
+    for m in all(core).await? {
+        if m.path == path
+            || path.starts_with(&format!("{}/", m.path))
+            || m.path.starts_with(&format!("{path}/"))
+        {
+            return Err(Error::invalid(format!("path is already in use at {}/", m.path)));
+        }
+    }
+    let mount = Mount {
+        path: path.clone(),
+        kind: kind.to_string(),
+        description: description.to_string(),
+        accessor: format!("{kind}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        uuid: uuid::Uuid::new_v4().to_string(),
+        created: now,
+    };
+    if !core.storage.put_if_absent(&key(&path), &mount).await? {
+        return Err(Error::invalid(format!("path is already in use at {path}/")));
+    }
+    Ok(mount)
+}
+
+pub async fn disable(core: &Core, path: &str) -> Result<()> {
+    let path = normalize_path(path)?;
+    if let Some(m) = core.storage.take::<Mount>(&key(&path)).await? {
+        for k in core.storage.keys_with_prefix(&m.data_prefix()).await? {
+            core.storage.delete(&k).await?;
+        }
+    }
+    Ok(())
+}
+
+pub async fn all(core: &Core) -> Result<Vec<Mount>> {
+    let mut out = Vec::new();
+    for k in core.storage.keys_with_prefix("mounts/").await? {
+        if let Some(m) = core.storage.get::<Mount>(&k).await? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn get(core: &Core, path: &str) -> Result<Option<Mount>> {
+    core.storage.get(&key(&normalize_path(path)?)).await
+}
+
+/// The mount a request path falls under, and the rest of the path.
+pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>> {
+    let mut best: Option<Mount> = None;
+    for m in all(core).await? {
+        let hit = req_path == m.path || req_path.starts_with(&format!("{}/", m.path));
+        if hit && best.as_ref().is_none_or(|b| b.path.len() < m.path.len()) {
+            best = Some(m);
+        }
+    }
+    Ok(best.map(|m| {
+        let rest = req_path[m.path.len()..].trim_start_matches('/').to_string();
+        (m, rest)
+    }))
+}
+
+pub fn mount_json(m: &Mount) -> Value {
+    json!({
+        "type": m.kind,
+        "description": m.description,
+        "accessor": m.accessor,
+        "uuid": m.uuid,
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "local": false,
+        "seal_wrap": false,
+        "external_entropy_access": false,
+        "options": null,
+        "plugin_version": "",
+        "running_plugin_version": "",
+    })
+}
+
+/// `GET sys/mounts`: every mount keyed by `path/`.
+pub async fn list_json(core: &Core) -> Result<Value> {
+    let mut map = Map::new();
+    for m in all(core).await? {
+        map.insert(format!("{}/", m.path), mount_json(&m));
+    }
+    Ok(Value::Object(map))
+}

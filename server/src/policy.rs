@@ -1,0 +1,974 @@
+//! Vault ACL policies: parsing (HCL or JSON), path pattern matching and the
+//! combination of a token's policies into one ACL. The rules follow Vault's
+//! (`vault/policy.go`, `vault/acl.go`) so that policies written for Vault grant
+//! exactly the same access here.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::BitOr;
+use std::str::FromStr;
+
+use hcl::{Expression, Structure};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// One capability a policy rule can grant on a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Capability {
+    Create,
+    Read,
+    Update,
+    Delete,
+    List,
+    Sudo,
+    Deny,
+    Patch,
+}
+
+impl Capability {
+    /// In the order Vault's `sys/capabilities` lists them, so responses match.
+    pub const ALL: [Capability; 8] = [
+        Capability::Sudo,
+        Capability::Read,
+        Capability::List,
+        Capability::Update,
+        Capability::Delete,
+        Capability::Create,
+        Capability::Patch,
+        Capability::Deny,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Create => "create",
+            Capability::Read => "read",
+            Capability::Update => "update",
+            Capability::Delete => "delete",
+            Capability::List => "list",
+            Capability::Sudo => "sudo",
+            Capability::Deny => "deny",
+            Capability::Patch => "patch",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Capability::Deny => 1,
+            Capability::Create => 1 << 1,
+            Capability::Read => 1 << 2,
+            Capability::Update => 1 << 3,
+            Capability::Delete => 1 << 4,
+            Capability::List => 1 << 5,
+            Capability::Sudo => 1 << 6,
+            Capability::Patch => 1 << 7,
+        }
+    }
+}
+
+impl FromStr for Capability {
+    type Err = Error;
+
+    /// Names are case-sensitive, as in Vault.
+    fn from_str(s: &str) -> Result<Self> {
+        Capability::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| Error::invalid(format!("invalid capability {s:?}")))
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of capabilities as a bit set: cheap to copy and merge on every request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct CapSet(u8);
+
+impl CapSet {
+    pub const EMPTY: CapSet = CapSet(0);
+    pub const DENY: CapSet = CapSet(1);
+
+    pub fn contains(self, cap: Capability) -> bool {
+        self.0 & cap.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn insert(&mut self, cap: Capability) {
+        self.0 |= cap.bit();
+    }
+
+    pub fn union(self, other: CapSet) -> CapSet {
+        CapSet(self.0 | other.0)
+    }
+
+    /// The members, in Vault's reporting order.
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+
+    /// The names as Vault's `sys/capabilities` reports them: `["deny"]` when
+    /// the set is empty or denies, since both mean no access.
+    pub fn names(self) -> Vec<&'static str> {
+        if self.is_empty() || self.contains(Capability::Deny) {
+            return vec![Capability::Deny.as_str()];
+        }
+        self.iter().map(Capability::as_str).collect()
+    }
+
+    /// Vault's merge of two grants for the same pattern: deny is sticky and
+    /// drops everything else.
+    fn merge(self, other: CapSet) -> CapSet {
+        let all = self.union(other);
+        if all.contains(Capability::Deny) {
+            CapSet::DENY
+        } else {
+            all
+        }
+    }
+}
+
+impl BitOr for CapSet {
+    type Output = CapSet;
+
+    fn bitor(self, rhs: CapSet) -> CapSet {
+        self.union(rhs)
+    }
+}
+
+impl FromIterator<Capability> for CapSet {
+    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
+        let mut set = CapSet::EMPTY;
+        iter.into_iter().for_each(|c| set.insert(c));
+        set
+    }
+}
+
+impl fmt::Display for CapSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names().join(", "))
+    }
+}
+
+/// Vault's built-in `default` policy, reduced to the token endpoints gatepass
+/// implements: every token may inspect, renew and revoke itself.
+pub const DEFAULT_POLICY: &str = r#"# Allow tokens to look up their own properties
+path "auth/token/lookup-self" {
+    capabilities = ["read"]
+}
+
+# Allow tokens to renew themselves
+path "auth/token/renew-self" {
+    capabilities = ["update"]
+}
+
+# Allow tokens to revoke themselves
+path "auth/token/revoke-self" {
+    capabilities = ["update"]
+}
+
+# Allow a token to look up its own capabilities on a path
+path "sys/capabilities-self" {
+    capabilities = ["update"]
+}
+"#;
+
+/// A parsed ACL policy: its name and its `path` rules.
+///
+/// Of Vault's other per-path keys, `allowed_parameters`, `denied_parameters`,
+/// `required_parameters`, `min_wrapping_ttl`, `max_wrapping_ttl` and
+/// `comment` are accepted so that Vault policies load unchanged, but they are
+/// NOT enforced: only the capabilities count. The Enterprise-only
+/// `mfa_methods` and `control_group` are rejected rather than ignored, since
+/// ignoring them would silently drop an approval requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    /// (pattern without leading `/`, capabilities); deny already normalised.
+    rules: Vec<(String, CapSet)>,
+}
+
+impl Policy {
+    /// Parses policy text: JSON when it starts with `{`, HCL otherwise.
+    pub fn parse(name: &str, text: &str) -> Result<Policy> {
+        let text = text.trim_start();
+        let rules = if text.starts_with('{') {
+            parse_json(text)?
+        } else {
+            parse_hcl(text)?
+        };
+        if rules.is_empty() {
+            return Err(invalid("policy has no path rules"));
+        }
+        Ok(Policy {
+            name: name.to_owned(),
+            rules,
+        })
+    }
+
+    /// The rules as (pattern, capabilities), in the order written.
+    pub fn rules(&self) -> impl Iterator<Item = (&str, CapSet)> {
+        self.rules.iter().map(|(p, c)| (p.as_str(), *c))
+    }
+}
+
+fn invalid(msg: impl fmt::Display) -> Error {
+    Error::invalid(format!("failed to parse policy: {msg}"))
+}
+
+/// The keys of one `path` block, collected from either syntax.
+#[derive(Default)]
+struct RuleSpec {
+    capabilities: Option<Vec<String>>,
+    /// Vault's legacy `policy = "read"` shorthand, which Vault still accepts.
+    policy: Option<String>,
+}
+
+impl RuleSpec {
+    /// Handles one key of a path block; `value` is `None` when the key's value
+    /// has the wrong type.
+    fn set(&mut self, pattern: &str, key: &str, value: Option<Strings>) -> Result<()> {
+        let bad = |what| invalid(format!("path {pattern:?}: {key} must be {what}"));
+        match (key, value) {
+            ("capabilities", Some(Strings::List(l))) => self.capabilities = Some(l),
+            ("capabilities", _) => return Err(bad("a list of strings")),
+            ("policy", Some(Strings::One(s))) => self.policy = Some(s),
+            ("policy", _) => return Err(bad("a string")),
+            (
+                "comment"
+                | "allowed_parameters"
+                | "denied_parameters"
+                | "required_parameters"
+                | "min_wrapping_ttl"
+                | "max_wrapping_ttl",
+                _,
+            ) => {}
+            ("mfa_methods" | "control_group", _) => {
+                return Err(invalid(format!("path {pattern:?}: {key} is not supported")))
+            }
+            _ => return Err(invalid(format!("path {pattern:?}: invalid key {key:?}"))),
+        }
+        Ok(())
+    }
+
+    fn build(self, pattern: &str) -> Result<(String, CapSet)> {
+        let at = |msg: String| invalid(format!("path {pattern:?}: {msg}"));
+        if self.capabilities.is_none() && self.policy.is_none() {
+            return Err(at("missing capabilities".into()));
+        }
+        let mut caps = CapSet::EMPTY;
+        for name in self.capabilities.iter().flatten() {
+            caps.insert(name.parse().map_err(|e: Error| at(e.to_string()))?);
+        }
+        use Capability::*;
+        let write = [Create, Read, Update, Delete, List];
+        caps = caps.merge(match self.policy.as_deref() {
+            None => CapSet::EMPTY,
+            Some("deny") => CapSet::DENY,
+            Some("read") => [Read, List].into_iter().collect(),
+            Some("write") => write.into_iter().collect(),
+            Some("sudo") => write.into_iter().chain([Sudo]).collect(),
+            Some(other) => return Err(at(format!("invalid policy {other:?}"))),
+        });
+        Ok((normalize_pattern(pattern)?, caps))
+    }
+}
+
+/// A path block value of the two shapes we read.
+enum Strings {
+    One(String),
+    List(Vec<String>),
+}
+
+fn normalize_pattern(pattern: &str) -> Result<String> {
+    let p = pattern.strip_prefix('/').unwrap_or(pattern);
+    let at = |msg| Err(invalid(format!("path {pattern:?}: {msg}")));
+    if p.contains("{{") {
+        return at("templated policies are not supported");
+    }
+    if p.contains("+*") {
+        return at("invalid use of wildcards ('+*' is forbidden)");
+    }
+    if p.find('*').is_some_and(|i| i + 1 != p.len()) {
+        return at("'*' is only allowed as the last character");
+    }
+    Ok(p.to_owned())
+}
+
+fn parse_json(text: &str) -> Result<Vec<(String, CapSet)>> {
+    // serde_json stops at 128 levels of nesting, so hostile input cannot
+    // exhaust the stack here.
+    let top: Value = serde_json::from_str(text).map_err(invalid)?;
+    let Value::Object(top) = top else {
+        return Err(invalid("does not contain a root object"));
+    };
+    let mut rules = Vec::new();
+    for (key, value) in top {
+        match key.as_str() {
+            "name" => {}
+            "path" => json_paths(value, &mut rules)?,
+            other => return Err(invalid(format!("invalid key {other:?}"))),
+        }
+    }
+    Ok(rules)
+}
+
+/// `"path"` holds an object of pattern → rule, or (as HCL's JSON allows) a
+/// list of such objects.
+fn json_paths(value: Value, rules: &mut Vec<(String, CapSet)>) -> Result<()> {
+    match value {
+        Value::Object(paths) => {
+            for (pattern, body) in paths {
+                let Value::Object(body) = body else {
+                    return Err(invalid(format!("path {pattern:?}: must be an object")));
+                };
+                let mut spec = RuleSpec::default();
+                for (key, value) in body {
+                    let value = match value {
+                        Value::String(s) => Some(Strings::One(s)),
+                        Value::Array(items) => items
+                            .into_iter()
+                            .map(|v| match v {
+                                Value::String(s) => Some(s),
+                                _ => None,
+                            })
+                            .collect::<Option<_>>()
+                            .map(Strings::List),
+                        _ => None,
+                    };
+                    spec.set(&pattern, &key, value)?;
+                }
+                rules.push(spec.build(&pattern)?);
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.into_iter().try_for_each(|v| json_paths(v, rules)),
+        _ => Err(invalid("path must be an object")),
+    }
+}
+
+fn parse_hcl(text: &str) -> Result<Vec<(String, CapSet)>> {
+    check_hcl_subset(text)?;
+    let body = hcl::parse(text).map_err(|e| match e {
+        // One line instead of hcl's multi-line snippet, for a JSON error body.
+        hcl::Error::Parse(e) => {
+            let at = e.location();
+            invalid(format!(
+                "line {}, column {}: {}",
+                at.line(),
+                at.column(),
+                e.message()
+            ))
+        }
+        other => invalid(other),
+    })?;
+    let mut rules = Vec::new();
+    for structure in body {
+        match structure {
+            Structure::Attribute(a) if a.key.as_str() == "name" => {}
+            Structure::Block(b) if b.identifier.as_str() == "path" => {
+                let [label] = b.labels.as_slice() else {
+                    return Err(invalid("a path block takes exactly one path"));
+                };
+                let pattern = label.as_str();
+                let mut spec = RuleSpec::default();
+                for s in b.body {
+                    let (key, value) = match s {
+                        Structure::Attribute(a) => (a.key.into_inner(), hcl_strings(a.expr)),
+                        Structure::Block(b) => (b.identifier.into_inner(), None),
+                    };
+                    spec.set(pattern, &key, value)?;
+                }
+                rules.push(spec.build(pattern)?);
+            }
+            Structure::Attribute(a) => {
+                return Err(invalid(format!("invalid key {:?}", a.key.as_str())))
+            }
+            Structure::Block(b) => {
+                return Err(invalid(format!("invalid key {:?}", b.identifier.as_str())))
+            }
+        }
+    }
+    Ok(rules)
+}
+
+fn hcl_strings(expr: Expression) -> Option<Strings> {
+    match expr {
+        Expression::String(s) => Some(Strings::One(s)),
+        Expression::Array(items) => items
+            .into_iter()
+            .map(|e| match e {
+                Expression::String(s) => Some(s),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .map(Strings::List),
+        _ => None,
+    }
+}
+
+/// Deepest `{`/`[` nesting accepted; real policies need about four.
+const MAX_HCL_DEPTH: usize = 32;
+/// Most `-` signs accepted outside strings (negative numbers only).
+const MAX_HCL_DASHES: usize = 32;
+
+/// hcl-rs parses expressions recursively and overflows the stack (aborting
+/// the whole server) on deep nesting or long operator chains, all of which a
+/// client can send. Vault's HCL 1 has no operators, interpolation or
+/// function calls, so anything beyond literals, lists and objects is
+/// rejected before parsing.
+fn check_hcl_subset(text: &str) -> Result<()> {
+    let (mut depth, mut dashes) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut prev = '"';
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => {
+                            chars.next();
+                            prev = '\\';
+                            continue;
+                        }
+                        '{' if prev == '$' || prev == '%' => {
+                            return Err(invalid("string interpolation is not supported"))
+                        }
+                        _ => {}
+                    }
+                    prev = c;
+                }
+            }
+            '#' => {
+                chars.find(|&c| c == '\n');
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                chars.find(|&c| c == '\n');
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for c in chars.by_ref() {
+                    if prev == '*' && c == '/' {
+                        break;
+                    }
+                    prev = c;
+                }
+            }
+            '{' | '[' => {
+                depth += 1;
+                if depth > MAX_HCL_DEPTH {
+                    return Err(invalid("nested too deeply"));
+                }
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            '-' => {
+                dashes += 1;
+                if dashes > MAX_HCL_DASHES {
+                    return Err(invalid("too many '-' outside strings"));
+                }
+            }
+            c if c.is_alphanumeric() || c.is_whitespace() || "_.=,:".contains(c) => {}
+            other => return Err(invalid(format!("unexpected character {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// A non-exact pattern: a trailing `*` glob and/or `+` segments.
+#[derive(Debug, Clone)]
+struct Glob {
+    /// The pattern without its trailing `*`.
+    body: String,
+    /// Ended in `*`: the rest of the path is matched as a prefix.
+    prefix: bool,
+    /// Split on `/` when the pattern has `+` segments (Vault's test for it),
+    /// empty for a plain prefix.
+    segments: Vec<String>,
+    /// Priority inputs, precomputed: where the first `+` or `*` is, and how
+    /// many `+` segments there are.
+    first_wildcard: usize,
+    wildcards: usize,
+    caps: CapSet,
+}
+
+impl Glob {
+    /// `None` for an exact pattern.
+    fn new(pattern: &str, caps: CapSet) -> Option<Glob> {
+        let segmented = pattern == "+" || pattern.contains("/+") || pattern.starts_with("+/");
+        let (body, prefix) = match pattern.strip_suffix('*') {
+            Some(body) => (body, true),
+            None if segmented => (pattern, false),
+            None => return None,
+        };
+        let segments: Vec<String> = if segmented {
+            body.split('/').map(str::to_owned).collect()
+        } else {
+            Vec::new()
+        };
+        Some(Glob {
+            body: body.to_owned(),
+            prefix,
+            first_wildcard: match segmented {
+                true => body.find('+').unwrap_or(body.len()),
+                false => body.len(),
+            },
+            wildcards: segments.iter().filter(|s| *s == "+").count(),
+            segments,
+            caps,
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        if self.segments.is_empty() {
+            return path.starts_with(&self.body);
+        }
+        let n = self.segments.len();
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() < n || (!self.prefix && parts.len() != n) {
+            return false;
+        }
+        self.segments
+            .iter()
+            .zip(parts)
+            .enumerate()
+            .all(|(i, (seg, part))| match seg.as_str() {
+                // Unlike Vault, `+` does not match an empty segment (`a//b`).
+                "+" => !part.is_empty(),
+                _ if self.prefix && i + 1 == n => part.starts_with(seg.as_str()),
+                _ => seg == part,
+            })
+    }
+
+    /// Vault's ordering, higher wins: a later first wildcard, not ending in
+    /// `*`, fewer `+` segments, longer, then lexicographically greater.
+    fn priority(&self) -> (usize, bool, Reverse<usize>, usize, &str) {
+        (
+            self.first_wildcard,
+            !self.prefix,
+            Reverse(self.wildcards),
+            self.body.len(),
+            &self.body,
+        )
+    }
+}
+
+/// The combined rules of a token's policies.
+#[derive(Debug, Clone, Default)]
+pub struct Acl {
+    exact: HashMap<String, CapSet>,
+    globs: Vec<Glob>,
+}
+
+impl Acl {
+    /// Rules with the same pattern in several policies merge (deny wins);
+    /// different patterns never add up, the most specific one alone applies.
+    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Acl {
+        let mut merged: HashMap<&str, CapSet> = HashMap::new();
+        for (pattern, caps) in policies.into_iter().flat_map(|p| &p.rules) {
+            let entry = merged.entry(pattern).or_default();
+            *entry = entry.merge(*caps);
+        }
+        let mut acl = Acl::default();
+        for (pattern, caps) in merged {
+            match Glob::new(pattern, caps) {
+                Some(glob) => acl.globs.push(glob),
+                None => {
+                    acl.exact.insert(pattern.to_owned(), caps);
+                }
+            }
+        }
+        acl
+    }
+
+    /// The capabilities granted on `path` (no leading slash, e.g.
+    /// "auth/token/lookup-self"); empty if denied or no rule matches.
+    ///
+    /// Like Vault's `sys/capabilities`, this resolves the path as a list
+    /// request would (a trailing `/` may also match the rule without it); to
+    /// authorise a request use [`Acl::allows`].
+    pub fn capabilities(&self, path: &str) -> CapSet {
+        self.lookup(path, true)
+    }
+
+    /// True when the capabilities on `path` include `cap` (and not deny).
+    pub fn allows(&self, path: &str, cap: Capability) -> bool {
+        self.lookup(path, cap == Capability::List).contains(cap)
+    }
+
+    /// Vault's `AllowOperation` rule lookup: exact first, then the best
+    /// glob. List requests first try the path without its trailing `/`.
+    fn lookup(&self, path: &str, list: bool) -> CapSet {
+        let path = path.trim_start_matches('/');
+        let trimmed = path.strip_suffix('/').filter(|_| list);
+        let found = self
+            .exact
+            .get(path)
+            .or_else(|| trimmed.and_then(|t| self.exact.get(t)))
+            .copied()
+            .or_else(|| trimmed.and_then(|t| self.best_glob(t)))
+            .or_else(|| self.best_glob(path));
+        match found {
+            Some(caps) if !caps.contains(Capability::Deny) => caps,
+            _ => CapSet::EMPTY,
+        }
+    }
+
+    fn best_glob(&self, path: &str) -> Option<CapSet> {
+        self.globs
+            .iter()
+            .filter(|g| g.matches(path))
+            .max_by(|a, b| a.priority().cmp(&b.priority()))
+            .map(|g| g.caps)
+    }
+}
+
+/// Checks a policy name (already lower-cased by the caller) as Vault allows
+/// them; `root` is built in and can never be written.
+pub fn validate_name(name: &str, for_write: bool) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("policy name missing"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || " _.-/".contains(c))
+    {
+        return Err(Error::invalid(
+            "policy name may only contain a-z, 0-9, space, '_', '.', '-' and '/'",
+        ));
+    }
+    if name.len() > 128 {
+        return Err(Error::invalid("policy name is longer than 128 characters"));
+    }
+    if name.starts_with('/') || name.ends_with('/') {
+        return Err(Error::invalid("policy name cannot begin or end with '/'"));
+    }
+    if for_write && name == "root" {
+        return Err(Error::invalid("cannot update \"root\" policy"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capability::*;
+    use super::*;
+
+    fn build(texts: &[&str]) -> Acl {
+        let policies: Vec<Policy> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Policy::parse(&format!("p{i}"), t).unwrap())
+            .collect();
+        Acl::new(&policies)
+    }
+
+    fn rule(pattern: &str, caps: &str) -> String {
+        format!("path \"{pattern}\" {{ capabilities = [{caps}] }}\n")
+    }
+
+    fn read_on(pattern: &str) -> Acl {
+        build(&[&rule(pattern, "\"read\"")])
+    }
+
+    fn caps(names: &[Capability]) -> CapSet {
+        names.iter().copied().collect()
+    }
+
+    #[test]
+    fn default_policy_parses() {
+        let p = Policy::parse("default", DEFAULT_POLICY).unwrap();
+        assert_eq!(p.rules().count(), 4);
+        let acl = Acl::new([&p]);
+        assert!(acl.allows("auth/token/lookup-self", Read));
+        assert!(acl.allows("auth/token/renew-self", Update));
+        assert!(acl.allows("auth/token/revoke-self", Update));
+        assert!(acl.allows("sys/capabilities-self", Update));
+        assert!(!acl.allows("auth/token/lookup-self", Update));
+        assert!(acl.capabilities("secret/foo").is_empty());
+    }
+
+    #[test]
+    fn parses_hcl() {
+        let p = Policy::parse(
+            "p",
+            r#"
+            name = "ignored"
+            # comment
+            path "/secret/foo/*" {
+                capabilities = ["read", "list"]
+                allowed_parameters = { "key" = ["a", "b"], "*" = [] }
+                denied_parameters = { "x" = [] }
+                required_parameters = ["key"]
+                min_wrapping_ttl = "1s"
+                max_wrapping_ttl = 90
+                comment = "ok"
+            }
+            // another comment
+            path "sys/*" { capabilities = ["deny", "read"] }
+            /* block comment */
+            path "old" { policy = "write" }
+            "#,
+        )
+        .unwrap();
+        let rules: Vec<_> = p.rules().collect();
+        assert_eq!(
+            rules,
+            vec![
+                ("secret/foo/*", caps(&[Read, List])),
+                ("sys/*", CapSet::DENY),
+                ("old", caps(&[Create, Read, Update, Delete, List])),
+            ]
+        );
+    }
+
+    #[test]
+    fn parses_json() {
+        let p = Policy::parse(
+            "p",
+            r#" {"path": {"secret/foo/*": {"capabilities": ["read"],
+                 "allowed_parameters": {"a": []}},
+                 "/sys/mounts": {"capabilities": ["sudo", "patch"]}}}"#,
+        )
+        .unwrap();
+        let mut rules: Vec<_> = p.rules().collect();
+        rules.sort_by_key(|r| r.0);
+        assert_eq!(
+            rules,
+            vec![
+                ("secret/foo/*", caps(&[Read])),
+                ("sys/mounts", caps(&[Sudo, Patch])),
+            ]
+        );
+        let list = Policy::parse("p", r#"{"path": [{"a": {"policy": "read"}}]}"#).unwrap();
+        assert_eq!(list.rules().next(), Some(("a", caps(&[Read, List]))));
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for text in [
+            "",
+            "   ",
+            "# only a comment",
+            "{}",
+            r#"{"path": {}}"#,
+            "{not json",
+            "path \"a\" {",
+            "path \"a\" { capabilities = [\"reed\"] }",
+            "path \"a\" { capabilities = [\"Read\"] }",
+            "path \"a\" { capabilities = \"read\" }",
+            "path \"a\" { capabilities = [1] }",
+            "path \"a\" { }",
+            "path \"a\" { allowed_parameters = {} }",
+            "path \"a\" { policy = \"bogus\" }",
+            "path \"a\" {\n capabilities = [\"read\"]\n bogus = 1\n}",
+            "path \"a\" {\n capabilities = [\"read\"]\n mfa_methods = [\"x\"]\n}",
+            "path { capabilities = [\"read\"] }",
+            "path \"a\" \"b\" { capabilities = [\"read\"] }",
+            "other \"a\" { capabilities = [\"read\"] }",
+            "foo = 1",
+            "path \"a/*/b\" { capabilities = [\"read\"] }",
+            "path \"a/+*\" { capabilities = [\"read\"] }",
+            "path \"a/{{identity.entity.id}}\" { capabilities = [\"read\"] }",
+            "path \"a/${x}\" { capabilities = [\"read\"] }",
+            "path \"a\" { capabilities = [\"read\"], x = 1 + 2 }",
+            r#"{"path": {"a": {"capabilities": ["nope"]}}}"#,
+            r#"{"path": {"a": {}}}"#,
+            r#"{"path": {"a": ["read"]}}"#,
+            r#"{"other": 1}"#,
+            "[1]",
+        ] {
+            let err = Policy::parse("p", text).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidRequest(m) if m.starts_with("failed to parse policy")),
+                "{text:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_nesting_is_rejected_without_overflow() {
+        let n = 100_000;
+        for text in [
+            format!("path \"a\" {{ x = {}{} }}", "[".repeat(n), "]".repeat(n)),
+            format!("path \"a\" {{ x = 1{} }}", " + 1".repeat(n)),
+            format!("path \"a\" {{ x = {}1 }}", "- ".repeat(n)),
+            format!("path \"a\" {{ x = {}true }}", "!".repeat(n)),
+            format!("path \"a\" {{ x = {}1 }}", "true ? 1 : ".repeat(n)),
+            "{".repeat(n),
+            format!("{}1{}", "[".repeat(n), "]".repeat(n)),
+        ] {
+            assert!(Policy::parse("p", &text).is_err());
+        }
+    }
+
+    #[test]
+    fn exact_and_glob() {
+        let acl = build(&[&(rule("secret/foo", "\"read\"") + &rule("secret/bar*", "\"list\""))]);
+        assert!(acl.allows("secret/foo", Read));
+        assert!(!acl.allows("secret/foo/x", Read));
+        assert!(!acl.allows("secret/fo", Read));
+        assert!(acl.allows("secret/bar", List));
+        assert!(acl.allows("secret/barn/x", List));
+        assert!(!acl.allows("secret/ba", List));
+        assert!(!acl.allows("secret/bar", Read));
+        assert!(acl.allows("/secret/foo", Read));
+    }
+
+    #[test]
+    fn plus_matches_one_segment() {
+        let acl = build(&[&rule("secret/+/foo", "\"read\"")]);
+        assert!(acl.allows("secret/a/foo", Read));
+        assert!(acl.allows("secret/abc/foo", Read));
+        assert!(!acl.allows("secret/a/b/foo", Read));
+        assert!(!acl.allows("secret//foo", Read));
+        assert!(!acl.allows("secret/foo", Read));
+        assert!(!acl.allows("secret/a/foo/x", Read));
+        let acl = read_on("+/x");
+        assert!(acl.allows("a/x", Read));
+        assert!(!acl.allows("x", Read));
+    }
+
+    #[test]
+    fn plus_with_trailing_glob() {
+        let acl = read_on("secret/+/foo*");
+        assert!(acl.allows("secret/a/foo", Read));
+        assert!(acl.allows("secret/a/foobar", Read));
+        assert!(acl.allows("secret/a/foo/b/c", Read));
+        assert!(!acl.allows("secret/a/fo", Read));
+        assert!(!acl.allows("secret/a", Read));
+        let acl = read_on("secret/+/*");
+        assert!(acl.allows("secret/a/b", Read));
+        assert!(acl.allows("secret/a/", Read));
+        assert!(!acl.allows("secret/a", Read));
+        let acl = read_on("secret/+/+");
+        assert!(acl.allows("secret/a/b", Read));
+        assert!(!acl.allows("secret/a/b/c", Read));
+    }
+
+    #[test]
+    fn priority_follows_vault() {
+        // From Vault's docs: secret/+/bar beats secret/* on secret/foo/bar,
+        // and secret/foo/* beats secret/+/bar (first wildcard is later).
+        let acl = build(&[&(rule("secret/*", "\"read\"")
+            + &rule("secret/+/bar", "\"list\"")
+            + &rule("secret/foo/*", "\"update\""))]);
+        assert_eq!(acl.capabilities("secret/foo/bar"), caps(&[Update]));
+        assert_eq!(acl.capabilities("secret/zip/bar"), caps(&[List]));
+        assert_eq!(acl.capabilities("secret/zip/baz"), caps(&[Read]));
+
+        let cases = [
+            // first wildcard later wins
+            ("foo/a*", "foo/+", "foo/ab"),
+            ("foo/bar/+/baz", "foo/+/bar/baz", "foo/bar/bar/baz"),
+            // not ending in * wins
+            ("foo/+/bar", "foo/+/ba*", "foo/x/bar"),
+            ("foo/+", "foo/*", "foo/x"),
+            // fewer + segments wins
+            ("foo/bar/+/baz", "foo/bar/+/+", "foo/bar/x/baz"),
+            // longer wins
+            ("foo/+/bar/ba*", "foo/+/bar/b*", "foo/x/bar/baz"),
+            // longest plain prefix wins
+            ("secret/foo/*", "secret/*", "secret/foo/x"),
+        ];
+        for (winner, loser, path) in cases {
+            for order in [[winner, loser], [loser, winner]] {
+                let text = rule(order[0], "\"read\"") + &rule(order[1], "\"list\"");
+                let expected = if order[0] == winner { Read } else { List };
+                let got = build(&[&text]).capabilities(path);
+                assert_eq!(got, caps(&[expected]), "{winner} vs {loser} on {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn same_pattern_merges_across_policies() {
+        let acl = build(&[&rule("secret/*", "\"read\""), &rule("secret/*", "\"list\"")]);
+        assert_eq!(acl.capabilities("secret/x"), caps(&[Read, List]));
+        assert_eq!(acl.capabilities("secret/x").names(), vec!["read", "list"]);
+        // `secret/x*` is a different pattern from `secret/x`: no merge.
+        let acl = build(&[
+            &rule("secret/x", "\"read\""),
+            &rule("secret/x*", "\"list\""),
+        ]);
+        assert_eq!(acl.capabilities("secret/x"), caps(&[Read]));
+        assert_eq!(acl.capabilities("secret/xy"), caps(&[List]));
+    }
+
+    #[test]
+    fn deny_wins() {
+        let acl = build(&[&rule("secret/*", "\"read\""), &rule("secret/*", "\"deny\"")]);
+        assert!(acl.capabilities("secret/x").is_empty());
+        assert!(!acl.allows("secret/x", Read));
+        assert_eq!(acl.capabilities("secret/x").names(), vec!["deny"]);
+        // Deny on the most specific rule blocks a broader allow.
+        let acl = build(&[
+            &rule("secret/*", "\"read\", \"sudo\""),
+            &rule("secret/private/*", "\"deny\""),
+        ]);
+        assert!(acl.allows("secret/public", Read));
+        assert!(!acl.allows("secret/private/x", Read));
+        assert!(!acl.allows("secret/private/x", Deny));
+        // Deny in the same block drops the other capabilities.
+        let acl = build(&[&rule("a", "\"read\", \"deny\"")]);
+        assert!(acl.capabilities("a").is_empty());
+    }
+
+    #[test]
+    fn less_specific_rules_do_not_add() {
+        let acl = build(&[
+            &rule("secret/*", "\"read\", \"list\""),
+            &rule("secret/app/+", "\"update\""),
+            &rule("secret/app/config", "\"create\""),
+        ]);
+        assert_eq!(acl.capabilities("secret/app/x"), caps(&[Update]));
+        assert_eq!(acl.capabilities("secret/app/config"), caps(&[Create]));
+        assert!(!acl.allows("secret/app/config", Read));
+        assert_eq!(acl.capabilities("secret/other"), caps(&[Read, List]));
+        // An empty list is valid (as in Vault) and shadows broader rules.
+        let acl = build(&[&(rule("secret/*", "\"read\"") + &rule("secret/x", ""))]);
+        assert!(acl.capabilities("secret/x").is_empty());
+    }
+
+    #[test]
+    fn list_falls_back_without_trailing_slash() {
+        let acl = build(&[&rule("secret/dir", "\"list\"")]);
+        assert!(acl.allows("secret/dir/", List));
+        assert!(!acl.allows("secret/dir/", Read));
+        assert_eq!(acl.capabilities("secret/dir/"), caps(&[List]));
+    }
+
+    #[test]
+    fn capset_basics() {
+        let set = caps(&[Read, Create]) | caps(&[Sudo]);
+        assert!(set.contains(Sudo) && !set.contains(List));
+        assert_eq!(set.to_string(), "sudo, read, create");
+        assert!(CapSet::default().is_empty());
+        assert_eq!(CapSet::default().to_string(), "deny");
+        assert_eq!("patch".parse::<Capability>().unwrap(), Patch);
+        assert!("root".parse::<Capability>().is_err());
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["default", "my-app", "team/app_1.x", "a b"] {
+            validate_name(ok, true).unwrap();
+        }
+        validate_name("root", false).unwrap();
+        let long = "a".repeat(129);
+        for bad in ["", "Admin", "/a", "a/", "a*", "é", "root", long.as_str()] {
+            assert!(validate_name(bad, true).is_err(), "{bad:?}");
+        }
+        validate_name(&"a".repeat(128), true).unwrap();
+    }
+}

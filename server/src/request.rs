@@ -1,0 +1,242 @@
+//! A parsed API request as the domain modules see it: operation, path, the
+//! caller and the input fields, with Vault's lenient typing (a number may
+//! come as a string, a list as comma-separated text) and strict rejection of
+//! anything else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+
+use crate::duration;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Read,
+    List,
+    Write,
+    Delete,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::List => "list",
+            Operation::Write => "update",
+            Operation::Delete => "delete",
+        }
+    }
+}
+
+/// Input fields of one request. Records which fields a handler read so that
+/// the rest can be reported back as warnings, as Vault does.
+#[derive(Debug, Default)]
+pub struct Fields {
+    map: Map<String, Value>,
+    used: Mutex<BTreeSet<String>>,
+}
+
+impl Fields {
+    pub fn new(map: Map<String, Value>) -> Self {
+        Fields {
+            map,
+            used: Mutex::default(),
+        }
+    }
+
+    pub fn raw(&self) -> &Map<String, Value> {
+        &self.map
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string());
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    /// Fields that no handler looked at.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        self.map
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .cloned()
+            .collect()
+    }
+
+    pub fn str(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+            Some(v) => Err(wrong_type(key, "a string", v)),
+        }
+    }
+
+    pub fn required_str(&self, key: &str) -> Result<String> {
+        match self.str(key)? {
+            Some(s) if !s.is_empty() => Ok(s),
+            _ => Err(Error::invalid(format!("missing {key}"))),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::String(s)) => match s.as_str() {
+                "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(Some(true)),
+                "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(Some(false)),
+                _ => Err(Error::invalid(format!("{key}: {s:?} is not a boolean"))),
+            },
+            Some(Value::Number(n)) if n.as_i64() == Some(0) => Ok(Some(false)),
+            Some(Value::Number(n)) if n.as_i64() == Some(1) => Ok(Some(true)),
+            Some(v) => Err(wrong_type(key, "a boolean", v)),
+        }
+    }
+
+    pub fn int(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Error::invalid(format!("{key}: must be a whole number"))),
+            Some(Value::String(s)) => s
+                .trim()
+                .parse::<i64>()
+                .map(Some)
+                .map_err(|_| Error::invalid(format!("{key}: {s:?} is not a whole number"))),
+            Some(v) => Err(wrong_type(key, "a whole number", v)),
+        }
+    }
+
+    pub fn non_negative(&self, key: &str) -> Result<Option<i64>> {
+        match self.int(key)? {
+            Some(n) if n < 0 => Err(Error::invalid(format!("{key}: must not be negative"))),
+            other => Ok(other),
+        }
+    }
+
+    /// A duration in seconds.
+    pub fn duration(&self, key: &str) -> Result<Option<i64>> {
+        self.get(key)
+            .map(|v| duration::parse_value(key, v))
+            .transpose()
+    }
+
+    /// A list of strings: a JSON list, or comma-separated text.
+    pub fn str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect(),
+            )),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => Ok(s.trim().to_string()),
+                    other => Err(wrong_type(key, "a list of strings", other)),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(|v| Some(v.into_iter().filter(|s| !s.is_empty()).collect())),
+            Some(v) => Err(wrong_type(key, "a list of strings", v)),
+        }
+    }
+
+    /// A map of strings (Vault's `meta`/`metadata`).
+    pub fn str_map(&self, key: &str) -> Result<Option<BTreeMap<String, String>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(m)) => m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => Ok((k.clone(), s.clone())),
+                    other => Err(wrong_type(key, "a map of strings", other)),
+                })
+                .collect::<Result<BTreeMap<_, _>>>()
+                .map(Some),
+            Some(Value::String(s)) if s.is_empty() => Ok(Some(BTreeMap::new())),
+            Some(Value::String(s)) => serde_json::from_str::<BTreeMap<String, String>>(s)
+                .map(Some)
+                .map_err(|_| Error::invalid(format!("{key}: expected a JSON map of strings"))),
+            Some(v) => Err(wrong_type(key, "a map of strings", v)),
+        }
+    }
+
+    /// CIDR blocks (an address alone means that one address).
+    pub fn cidr_list(&self, key: &str) -> Result<Option<Vec<ipnet::IpNet>>> {
+        self.str_list(key)?
+            .map(|items| items.iter().map(|s| parse_cidr(key, s)).collect())
+            .transpose()
+    }
+}
+
+pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| Error::invalid(format!("{key}: {s:?} is not an IP address or CIDR block")))
+}
+
+fn wrong_type(key: &str, want: &str, got: &Value) -> Error {
+    Error::invalid(format!(
+        "{key}: expected {want}, got {}",
+        duration::type_name(got)
+    ))
+}
+
+/// What a handler gets.
+#[derive(Debug)]
+pub struct Request {
+    pub op: Operation,
+    /// Path below `/v1/`, without leading or trailing slash.
+    pub path: String,
+    pub fields: Fields,
+    pub client_ip: Option<IpAddr>,
+    /// The token the client presented, if any (never logged).
+    pub token: Option<String>,
+    pub now: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn f(v: Value) -> Fields {
+        Fields::new(v.as_object().cloned().unwrap_or_default())
+    }
+
+    #[test]
+    fn lenient_but_strict_types() {
+        let x = f(json!({"a": "1,2, 3", "b": ["x"], "c": "true", "d": {"k": 1}, "e": "12", "t": "1h"}));
+        assert_eq!(x.str_list("a").unwrap().unwrap(), vec!["1", "2", "3"]);
+        assert_eq!(x.str_list("b").unwrap().unwrap(), vec!["x"]);
+        assert_eq!(x.bool("c").unwrap(), Some(true));
+        assert!(x.str("d").is_err());
+        assert!(x.str_map("d").is_err());
+        assert_eq!(x.int("e").unwrap(), Some(12));
+        assert_eq!(x.duration("t").unwrap(), Some(3600));
+        assert!(x.int("c").is_err());
+        assert_eq!(x.unused(), Vec::<String>::new());
+        let y = f(json!({"zzz": 1}));
+        assert_eq!(y.unused(), vec!["zzz".to_string()]);
+    }
+}

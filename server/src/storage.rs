@@ -1,0 +1,244 @@
+//! Storage: one sealed key/value table behind sqlx's `Any` driver, so the
+//! same code runs on embedded SQLite and on a shared PostgreSQL.
+//!
+//! Keys never contain secrets (secrets are stored under their keyed hash);
+//! values are sealed JSON. Parameters are always numbered in order of first
+//! use, which both SQLite and PostgreSQL read the same way.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::error::{Error, Result};
+use crate::seal::{Barrier, SealKey};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Storage {
+    pool: AnyPool,
+    barrier: Barrier,
+    backend: Backend,
+}
+
+const SEAL_CHECK_KEY: &str = "core/seal-check";
+
+impl Storage {
+    /// Connects (creating an SQLite file if needed), runs the migrations and
+    /// checks that the seal key is the one this storage was made with.
+    pub async fn open(url: &str, seal: &SealKey) -> Result<Storage> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::invalid(format!(
+                "unsupported storage URL {url:?}: use sqlite://PATH or postgres://…"
+            )));
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                // WAL and a busy timeout let concurrent requests share one
+                // file without "database is locked" errors.
+                let url = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 10000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect(url)
+                    .await?
+            }
+        };
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        let storage = Storage {
+            pool,
+            barrier: Barrier::new(seal),
+            backend,
+        };
+        storage.check_seal().await?;
+        Ok(storage)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn check_seal(&self) -> Result<()> {
+        let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+            .bind(SEAL_CHECK_KEY)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => {
+                let v: Vec<u8> = row.try_get(0)?;
+                self.barrier.open(SEAL_CHECK_KEY, &v).map_err(|_| {
+                    Error::internal("the seal key does not match this storage")
+                })?;
+            }
+            None => {
+                let sealed = self.barrier.seal(SEAL_CHECK_KEY, b"gatepass")?;
+                sqlx::query(
+                    "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(SEAL_CHECK_KEY)
+                .bind(sealed)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &str, row: &AnyRow) -> Result<T> {
+        let v: Vec<u8> = row.try_get(0)?;
+        let plain = self.barrier.open(key, &v)?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+    }
+
+    fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>> {
+        let plain = zeroize::Zeroizing::new(
+            serde_json::to_vec(value).map_err(|e| Error::internal(e.to_string()))?,
+        );
+        self.barrier.seal(key, &plain)
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| self.decode(key, &r)).transpose()
+    }
+
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let sealed = self.encode(key, value)?;
+        sqlx::query(
+            "INSERT INTO entries (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(key)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores only if the key is free; true when this call stored it. This is
+    /// the primitive for "exactly once" across several servers.
+    pub async fn put_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<bool> {
+        let sealed = self.encode(key, value)?;
+        let done = sqlx::query(
+            "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes; true when something was deleted.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM entries WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes and returns the value in one statement: of several concurrent
+    /// takers of one key, at most one gets it.
+    pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let row = sqlx::query("DELETE FROM entries WHERE key = $1 RETURNING value")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| self.decode(key, &r)).transpose()
+    }
+
+    /// Every full key under a prefix, in byte order.
+    pub async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        // U+10FFFF sorts after every other UTF-8 text bytewise.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let rows = sqlx::query("SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key")
+            .bind(prefix)
+            .bind(upper)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+            .collect()
+    }
+
+    /// Vault-style LIST: the direct children of a folder, sub-folders with a
+    /// trailing `/`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for k in self.keys_with_prefix(prefix).await? {
+            let rest = &k[prefix.len()..];
+            let child = match rest.find('/') {
+                Some(i) => &rest[..=i],
+                None => rest,
+            };
+            if !child.is_empty() && out.last().map(String::as_str) != Some(child) {
+                out.push(child.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn append_audit(&self, line: &str) -> Result<()> {
+        sqlx::query("INSERT INTO audit_events (line) VALUES ($1)")
+            .bind(line)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Audit lines stored in the database after id `after`, oldest first.
+    pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

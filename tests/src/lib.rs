@@ -1,0 +1,1 @@
+//! The harness the end-to-end tests share.
