@@ -1,1 +1,164 @@
-//! The harness the end-to-end tests share.
+//! The harness the end-to-end tests share: it finds the built binaries,
+//! starts real servers (dev mode or `serve` with a config), a private
+//! PostgreSQL cluster, and cleans up after itself.
+
+pub mod inproc;
+pub mod pg;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Folder holding the workspace's binaries (target/debug), found from the
+/// test executable's own path (target/debug/deps/…).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("GATEPASS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let deps = exe.parent().expect("deps folder");
+    deps.parent().expect("target profile folder").to_path_buf()
+}
+
+/// Path of a workspace binary; panics with a hint when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as tests/run does)",
+        p.display()
+    );
+    p
+}
+
+/// A running `gatepass-server dev`, stopped (SIGTERM) on drop.
+pub struct DevServer {
+    pub child: Child,
+    pub addr: String,
+    pub token: String,
+    pub cacert: PathBuf,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl DevServer {
+    /// A dev server on a free loopback port in a fresh data folder.
+    pub fn start() -> DevServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::start_in(&dir, "gatepass-test-root-token");
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A dev server on a given data folder (kept), with a fixed root token.
+    pub fn start_in(data_dir: &Path, root_token: &str) -> DevServer {
+        let mut child = Command::new(bin("gatepass-server"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--root-token", root_token, "--data-dir"])
+            .arg(data_dir)
+            .env("GATEPASS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file(data_dir)))
+            .spawn()
+            .expect("start gatepass-server dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut vars = std::collections::HashMap::new();
+        for line in BufReader::new(stdout).lines().take(3) {
+            let line = line.expect("read server stdout");
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                vars.insert(k.to_string(), v.trim_matches('\'').to_string());
+            }
+        }
+        let addr = vars.get("GATEPASS_ADDR").cloned().unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("dev server printed no address; see {}/server.log", data_dir.display())
+        });
+        DevServer {
+            child,
+            addr,
+            token: vars.get("GATEPASS_TOKEN").cloned().unwrap_or_default(),
+            cacert: PathBuf::from(vars.get("GATEPASS_CACERT").cloned().unwrap_or_default()),
+            data_dir: data_dir.to_path_buf(),
+            _tmp: None,
+        }
+    }
+
+    /// API client settings for this server with the given token.
+    pub fn settings(&self, token: Option<&str>) -> gatepass_api::Settings {
+        gatepass_api::Settings {
+            addr: self.addr.clone(),
+            token: token.map(String::from),
+            ca_cert: Some(self.cacert.clone()),
+            timeout: Some(Duration::from_secs(30)),
+        }
+    }
+
+    pub fn client(&self) -> gatepass_api::Client {
+        gatepass_api::Client::new(&self.settings(Some(&self.token))).expect("client")
+    }
+
+    /// Environment for running the `gatepass` CLI against this server.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GATEPASS_ADDR".into(), self.addr.clone()),
+            ("GATEPASS_TOKEN".into(), self.token.clone()),
+            ("GATEPASS_CACERT".into(), self.cacert.display().to_string()),
+        ]
+    }
+
+    /// Stops the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        stop_child(&mut self.child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// The server's stderr goes to DATA_DIR/server.log (appended across restarts).
+fn log_file(dir: &Path) -> std::fs::File {
+    std::fs::create_dir_all(dir).expect("create data dir");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("open server log")
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 10 s.
+pub fn stop_child(child: &mut Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    unsafe_free_sigterm(child.id());
+    for _ in 0..100 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+}
+
+/// Runs a command with extra environment, returning (status, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

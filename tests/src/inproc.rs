@@ -1,0 +1,109 @@
+//! The server driven in-process through its axum `Router` (no socket), with
+//! a manual clock, on SQLite or PostgreSQL.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use gatepass_server::clock::Clock;
+use gatepass_server::seal::SealKey;
+use gatepass_server::{Core, Options, State};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+pub const ROOT: &str = "inproc-root-token";
+/// 2026-01-01T00:00:00Z: tests start at a fixed time and move it by hand.
+pub const T0: i64 = 1_767_225_600;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+pub struct Server {
+    pub core: State,
+    pub clock: Clock,
+    pub dir: tempfile::TempDir,
+    pub client: SocketAddr,
+}
+
+impl Server {
+    pub async fn start(backend: Backend) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = match backend {
+            Backend::Sqlite => format!("sqlite://{}", dir.path().join("gp.db").display()),
+            Backend::Postgres => crate::pg::shared().new_database("inproc"),
+        };
+        let clock = Clock::manual(T0);
+        let core = Core::open(Options {
+            storage_url: url,
+            seal_key: SealKey::generate(),
+            audit_path: Some(dir.path().join("audit.log")),
+            clock: clock.clone(),
+        })
+        .await
+        .expect("open core");
+        core.initialize(Some(ROOT.into())).await.expect("initialize");
+        core.ensure_mount("ssh", "ssh").await.expect("mount");
+        Server {
+            core,
+            clock,
+            dir,
+            client: "127.0.0.1:50000".parse().expect("addr"),
+        }
+    }
+
+    /// Sends one request; returns the status and the body as JSON (Null when
+    /// empty, a string when not JSON).
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let raw = body.map(|b| b.to_string()).unwrap_or_default();
+        self.call_raw(method, path, token, raw.into_bytes()).await
+    }
+
+    pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        let mut b = Request::builder().method(method).uri(format!("/v1/{path}"));
+        if let Some(t) = token {
+            b = b.header("X-Vault-Token", t);
+        }
+        let mut req = b.body(Body::from(body)).expect("request");
+        req.extensions_mut().insert(ConnectInfo(self.client));
+        let resp = gatepass_server::app(self.core.clone())
+            .oneshot(req)
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, v)
+    }
+
+    pub async fn root(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(method, path, Some(ROOT), body).await
+    }
+
+    /// Writes a policy as root and makes a token with just that policy.
+    pub async fn token_with_policy(&self, name: &str, hcl: &str) -> String {
+        let (s, v) = self
+            .root("POST", &format!("sys/policies/acl/{name}"), Some(serde_json::json!({ "policy": hcl })))
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+        let (s, v) = self
+            .root("POST", "auth/token/create", Some(serde_json::json!({ "policies": [name] })))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v["auth"]["client_token"].as_str().expect("client_token").to_string()
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
+    }
+}

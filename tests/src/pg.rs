@@ -1,0 +1,156 @@
+//! A private PostgreSQL cluster for the tests: initdb in a temp folder owned
+//! by the `postgres` user, on a free loopback port, started once per test
+//! process and stopped by a watchdog when that process exits. The machine's
+//! own cluster is never touched.
+//!
+//! Set GATEPASS_TEST_PG_URL (e.g. postgres://postgres@127.0.0.1:5432) to use
+//! an existing server instead.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub struct Pg {
+    /// `postgres://postgres@127.0.0.1:PORT`
+    pub base_url: String,
+    pub host: String,
+    pub port: u16,
+}
+
+static SHARED: OnceLock<Pg> = OnceLock::new();
+static DB_SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// The cluster shared by every test in this process.
+pub fn shared() -> &'static Pg {
+    SHARED.get_or_init(|| match std::env::var("GATEPASS_TEST_PG_URL") {
+        Ok(url) if !url.is_empty() => {
+            let rest = url.trim_start_matches("postgres://");
+            let hostport = rest.rsplit('@').next().unwrap_or(rest);
+            let (host, port) = hostport.split_once(':').unwrap_or((hostport, "5432"));
+            Pg {
+                base_url: url.trim_end_matches('/').to_string(),
+                host: host.to_string(),
+                port: port.trim_end_matches('/').parse().unwrap_or(5432),
+            }
+        }
+        _ => start_private(),
+    })
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    for v in versions.iter().rev() {
+        let p = v.join("bin").join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("PostgreSQL's {name} not found under /usr/lib/postgresql: install the postgresql package (tests/run does)");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn as_postgres(cmd: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(cmd);
+    c
+}
+
+
+fn start_private() -> Pg {
+    let dir = tempfile::Builder::new()
+        .prefix("gatepass-pg-")
+        .tempdir()
+        .expect("pg temp dir")
+        .keep();
+    let ok = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(&dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "cannot chown {} to postgres (run the tests as root, as tests/run does)", dir.display());
+    let data = dir.join("data");
+    let out = as_postgres(&pg_bin("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+        .arg(&data)
+        .output()
+        .expect("run initdb");
+    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
+    let _ = Command::new("chown").args(["postgres:postgres"]).arg(dir.join("postgres.log")).status();
+    let child = as_postgres(&pg_bin("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start postgres");
+    // The watchdog stops the cluster and removes its folder once this test
+    // process is gone, however it ends.
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -INT {pg} 2>/dev/null; \
+         for i in $(seq 1 50); do kill -0 {pg} 2>/dev/null || break; sleep 0.2; done; rm -rf '{dir}'",
+        me = std::process::id(),
+        pg = child.id(),
+        dir = dir.display()
+    );
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pg watchdog");
+    for _ in 0..150 {
+        let ready = Command::new(pg_bin("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ready {
+            return Pg {
+                base_url: format!("postgres://postgres@127.0.0.1:{port}"),
+                host: "127.0.0.1".into(),
+                port,
+            };
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "PostgreSQL did not start; log: {}",
+        std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+    );
+}
+
+impl Pg {
+    /// A new empty database; returns its URL.
+    pub fn new_database(&self, tag: &str) -> String {
+        let name = format!(
+            "gp_{}_{}_{}",
+            tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            std::process::id(),
+            DB_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let out = Command::new("psql")
+            .args(["-h", &self.host, "-p", &self.port.to_string(), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+        format!("{}/{name}", self.base_url)
+    }
+}
