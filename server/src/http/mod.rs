@@ -90,7 +90,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
     let list_flag = query
         .iter()
-        .any(|(k, v)| k == "list" && (v == "true" || v == "1"));
+        .any(|(k, v)| k == "list" && matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t"));
     let op = match parts.method.as_str() {
         "GET" | "HEAD" if list_flag => Operation::List,
         "GET" | "HEAD" => Operation::Read,
@@ -237,7 +237,9 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
         let can = |c| acl.allows(&req.path, c);
         let allowed = match req.op {
             Operation::Read => can(Capability::Read),
-            Operation::List => can(Capability::List),
+            // Vault checks a LIST against the path with a trailing slash, so
+            // that `foo/*` grants listing `foo`.
+            Operation::List => acl.allows(&format!("{}/", req.path), Capability::List),
             // Vault's paths without an existence check treat every write as
             // update; accepting create as well keeps simple policies working.
             Operation::Write => can(Capability::Update) || can(Capability::Create),

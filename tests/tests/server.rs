@@ -1,0 +1,228 @@
+//! The real `gatepass-server` binary, as an operator meets it: the dev
+//! server from the README, hvac against it, restarts, the audit file and
+//! `audit verify`, `init` and `serve`.
+
+use std::process::Command;
+
+use gatepass_tests::{bin, run, DevServer};
+use serde_json::{json, Map, Value};
+
+fn obj(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn hvac_logs_in_with_approle_and_uses_generic_calls() {
+    let s = DevServer::start();
+    let (code, out, err) = run(Command::new("/usr/bin/python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/hvac_approle.py"))
+        .envs(s.cli_env()));
+    assert_eq!(code, 0, "hvac script failed:\n{out}\n{err}");
+    assert!(out.contains("hvac: OK"));
+}
+
+#[test]
+fn restart_keeps_tokens_policies_and_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut s = DevServer::start_in(&dir, "restart-root-token");
+    let token = rt().block_on(async {
+        let c = s.client();
+        c.write("sys/policies/acl/keep", &obj(json!({"policy": "path \"sys/mounts\" { capabilities = [\"read\"] }"})))
+            .await
+            .unwrap();
+        c.write("sys/mounts/ssh-host", &obj(json!({"type": "ssh"}))).await.unwrap();
+        c.write("auth/userpass/users/erin", &obj(json!({"password": "pw-erin-1"}))).await.unwrap();
+        let e = c.write("auth/token/create", &obj(json!({"policies": ["keep"]}))).await.unwrap().unwrap();
+        e.auth.unwrap().client_token
+    });
+    let addr_before = s.addr.clone();
+    s.stop();
+    let s = DevServer::start_in(&dir, "restart-root-token");
+    assert_ne!(s.addr, "", "restarted server printed its address");
+    let _ = addr_before;
+    rt().block_on(async {
+        let c = s.client();
+        let p = c.read("sys/policies/acl/keep").await.unwrap().expect("policy kept");
+        assert!(p.data.unwrap()["policy"].as_str().unwrap().contains("sys/mounts"));
+        let m = c.read("sys/mounts").await.unwrap().unwrap().data.unwrap();
+        assert_eq!(m["ssh-host/"]["type"], "ssh");
+        assert_eq!(m["ssh/"]["type"], "ssh");
+        assert_eq!(c.list("auth/userpass/users").await.unwrap(), vec!["erin"]);
+        // The token made before the restart still works, with its policy.
+        let t = gatepass_api::Client::new(&s.settings(Some(&token))).unwrap();
+        let me = t.read("auth/token/lookup-self").await.unwrap().unwrap().data.unwrap();
+        assert_eq!(me["policies"], json!(["default", "keep"]));
+        assert!(t.read("sys/mounts").await.unwrap().is_some());
+        // And the login still works with the stored password hash.
+        let anon = gatepass_api::Client::new(&s.settings(None)).unwrap();
+        let l = anon.write("auth/userpass/login/erin", &obj(json!({"password": "pw-erin-1"}))).await.unwrap();
+        assert!(l.unwrap().auth.is_some());
+    });
+    // The audit chain continued across the restart.
+    let (code, out, err) = run(Command::new(bin("gatepass-server"))
+        .args(["audit", "verify", "--seal-key-file"])
+        .arg(dir.join("seal.key"))
+        .arg(dir.join("audit.log")));
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Makes some traffic with secrets in it and returns them.
+fn traffic(s: &DevServer) -> Vec<String> {
+    rt().block_on(async {
+        let c = s.client();
+        c.write("auth/userpass/users/fay", &obj(json!({"password": "fay-password-9f8e"}))).await.unwrap();
+        let anon = gatepass_api::Client::new(&s.settings(None)).unwrap();
+        let l = anon
+            .write("auth/userpass/login/fay", &obj(json!({"password": "fay-password-9f8e"})))
+            .await
+            .unwrap()
+            .unwrap();
+        let tok = l.auth.unwrap().client_token;
+        c.write("auth/approle/role/ci", &obj(json!({}))).await.unwrap();
+        let sid = c.write("auth/approle/role/ci/secret-id", &obj(json!({}))).await.unwrap().unwrap();
+        let sid = sid.data.unwrap()["secret_id"].as_str().unwrap().to_string();
+        let _ = anon.read("sys/mounts").await;
+        vec!["fay-password-9f8e".into(), tok, sid, s.token.clone()]
+    })
+}
+
+fn verify(s: &DevServer, file: &std::path::Path) -> (i32, String) {
+    let (code, out, err) = run(Command::new(bin("gatepass-server"))
+        .args(["audit", "verify", "--seal-key-file"])
+        .arg(s.data_dir.join("seal.key"))
+        .arg(file));
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn audit_verify_catches_edits_deletions_and_swaps_and_no_secret_is_logged() {
+    let mut s = DevServer::start();
+    let secrets = traffic(&s);
+    s.stop();
+    let audit = s.data_dir.join("audit.log");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let log = s.log();
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "audit file holds a secret");
+        assert!(!log.contains(secret.as_str()), "server log holds a secret");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 5, "expected several audit lines, got {}", lines.len());
+    let (code, out) = verify(&s, &audit);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("{} lines", lines.len())), "{out}");
+
+    let tampered = s.data_dir.join("tampered.log");
+    let write = |ls: Vec<String>| std::fs::write(&tampered, ls.join("\n") + "\n").unwrap();
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+
+    // Edited: change the path of line 3.
+    let mut edited = owned.clone();
+    edited[2] = edited[2].replacen("\"status\":", "\"status\":1", 1);
+    write(edited);
+    let (code, out) = verify(&s, &tampered);
+    assert_eq!(code, 1);
+    assert!(out.contains("line 3") && out.contains("edited"), "{out}");
+
+    // Deleted: drop line 2.
+    let mut deleted = owned.clone();
+    deleted.remove(1);
+    write(deleted);
+    let (code, out) = verify(&s, &tampered);
+    assert_eq!(code, 1);
+    assert!(out.contains("line 2") && out.contains("removed"), "{out}");
+
+    // Swapped: lines 4 and 5.
+    let mut swapped = owned.clone();
+    swapped.swap(3, 4);
+    write(swapped);
+    let (code, out) = verify(&s, &tampered);
+    assert_eq!(code, 1);
+    assert!(out.contains("line 4") && out.contains("reordered"), "{out}");
+}
+
+#[test]
+fn init_runs_once_and_serve_uses_the_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // Certificates for `serve`: reuse the dev server's generator by running
+    // a dev server once on this folder.
+    let certs = d.join("dev");
+    {
+        let _dev = DevServer::start_in(&certs, "cert-maker-token");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = d.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstorage = \"sqlite://{db}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+            db = d.join("prod/gatepass.db").display(),
+            seal = d.join("prod/seal.key").display(),
+            audit = d.join("audit.log").display(),
+            cert = certs.join("tls/server.pem").display(),
+            key = certs.join("tls/server.key").display(),
+        ),
+    )
+    .unwrap();
+    let (code, root, err) = run(Command::new(bin("gatepass-server")).args(["init", "--config"]).arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    let root = root.trim().to_string();
+    assert!(root.starts_with("gps."), "root token printed once: {root:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(d.join("prod/seal.key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let (code, out, err) = run(Command::new(bin("gatepass-server")).args(["init", "--config"]).arg(&cfg));
+    assert_ne!(code, 0);
+    assert!(err.contains("already initialized"), "{out}{err}");
+
+    let mut server = Command::new(bin("gatepass-server"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(d.join("serve.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let settings = gatepass_api::Settings {
+        addr: format!("https://127.0.0.1:{port}"),
+        token: Some(root.clone()),
+        ca_cert: Some(certs.join("tls/ca.pem")),
+        timeout: Some(std::time::Duration::from_secs(10)),
+    };
+    let ok = rt().block_on(async {
+        let c = gatepass_api::Client::new(&settings).unwrap();
+        for _ in 0..100 {
+            if let Ok(Some(e)) = c.read("auth/token/lookup-self").await {
+                return e.data.unwrap()["policies"] == json!(["root"]);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    });
+    gatepass_tests::stop_child(&mut server);
+    assert!(ok, "serve did not answer with the root token: {}", std::fs::read_to_string(d.join("serve.log")).unwrap_or_default());
+
+    // Plain HTTP on a public address is refused with a clear message.
+    let bad = d.join("bad.toml");
+    std::fs::write(&bad, "listen = \"0.0.0.0:8200\"\n").unwrap();
+    let (code, out, err) = run(Command::new(bin("gatepass-server")).args(["serve", "--config"]).arg(&bad));
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing plain HTTP"), "{out}{err}");
+}
+
+#[test]
+fn a_client_without_the_pinned_ca_is_refused() {
+    let s = DevServer::start();
+    let other = tempfile::tempdir().unwrap();
+    let other_dev = DevServer::start_in(&other.path().join("d"), "other-root-token");
+    let mut settings = s.settings(Some(&s.token));
+    settings.ca_cert = Some(other_dev.cacert.clone());
+    let err = rt().block_on(async {
+        gatepass_api::Client::new(&settings).unwrap().read("sys/mounts").await.unwrap_err()
+    });
+    assert!(matches!(err, gatepass_api::Error::Transport { .. }), "{err}");
+}
