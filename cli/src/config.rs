@@ -37,7 +37,10 @@ pub fn load_token() -> Result<Option<String>> {
             Ok(Some(token))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::Local(format!("cannot read the token file {}: {e}", path.display()))),
+        Err(e) => Err(Error::Local(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -63,7 +66,10 @@ pub fn save_token(token: &str) -> Result<PathBuf> {
 }
 
 fn write_private(dir: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     // The folder may predate us with a looser mode; it holds only our secret.
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let mut tmp = tempfile::Builder::new()
@@ -100,7 +106,9 @@ mod tests {
     fn token_must_be_header_safe() {
         assert!(check_token("gps.abc", "x").is_ok());
         assert!(check_token("", "x").is_err());
-        let err = check_token("gps.secret value", "the file").unwrap_err().to_string();
+        let err = check_token("gps.secret value", "the file")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("secret"), "{err}");
     }
 }

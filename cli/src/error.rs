@@ -66,7 +66,9 @@ impl Error {
                     "no token is set: run `gatepass login`, or set GATEPASS_TOKEN".to_string()
                 }),
             },
-            E::Decode(msg) => Error::Local(format!("{action}: unexpected answer from the server: {msg}")),
+            E::Decode(msg) => Error::Local(format!(
+                "{action}: unexpected answer from the server: {msg}"
+            )),
         }
     }
 }
@@ -91,7 +93,11 @@ struct ApiMessage<'a> {
 impl fmt::Display for ApiMessage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.errors {
-            [] => write!(f, "{}: the server answered {} with no details", self.action, self.status),
+            [] => write!(
+                f,
+                "{}: the server answered {} with no details",
+                self.action, self.status
+            ),
             [one] => write!(f, "{}: {one} (HTTP {})", self.action, self.status),
             many => {
                 write!(f, "{} (HTTP {}):", self.action, self.status)?;
@@ -116,9 +122,18 @@ mod tests {
             errors: errors.iter().map(|s| s.to_string()).collect(),
             hint: None,
         };
-        assert_eq!(e(&["permission denied"]).to_string(), "reading x: permission denied (HTTP 403)");
-        assert_eq!(e(&["a", "b"]).to_string(), "reading x (HTTP 403):\n  * a\n  * b");
-        assert_eq!(e(&[]).to_string(), "reading x: the server answered 403 with no details");
+        assert_eq!(
+            e(&["permission denied"]).to_string(),
+            "reading x: permission denied (HTTP 403)"
+        );
+        assert_eq!(
+            e(&["a", "b"]).to_string(),
+            "reading x (HTTP 403):\n  * a\n  * b"
+        );
+        assert_eq!(
+            e(&[]).to_string(),
+            "reading x: the server answered 403 with no details"
+        );
         assert_eq!(e(&[]).exit_code(), 2);
         assert_eq!(Error::Local("x".into()).exit_code(), 1);
     }

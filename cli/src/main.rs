@@ -1,1 +1,202 @@
-fn main() {}
+//! `gatepass`: the command line of gatepass for people and scripts.
+
+mod commands;
+mod config;
+mod error;
+mod input;
+mod output;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{generic, login, token, Ctx, GlobalArgs};
+
+const ENVIRONMENT: &str = "\
+Environment:
+  GATEPASS_ADDR    the server's address (VAULT_ADDR is read when it is unset)
+  GATEPASS_TOKEN   the token to use (then VAULT_TOKEN, then the token saved by
+                   `gatepass login` in ~/.config/gatepass/token)
+  GATEPASS_CACERT  the server's CA certificate (then VAULT_CACERT)
+  GATEPASS_FORMAT  the default for --format
+
+Exit status: 0 on success, 2 when the server refused the request or the
+arguments are wrong, 1 for local problems (files, network, configuration).";
+
+/// Short-lived SSH access: log in to a gatepass server and use its
+/// Vault-compatible API
+///
+/// gatepass speaks HashiCorp Vault's HTTP API, and this command works like
+/// Vault's for the commands it shares with it (login, read, write, list,
+/// delete, token). Options may also be written Vault's way, with one dash
+/// (-format=json).
+#[derive(Debug, Parser)]
+#[command(name = "gatepass", version, after_help = ENVIRONMENT)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Authenticate and save the token for later commands
+    ///
+    /// Logs in with a token, AppRole or username and password, and saves the
+    /// token in ~/.config/gatepass/token (or $XDG_CONFIG_HOME/gatepass/token,
+    /// mode 0600), which later commands use unless GATEPASS_TOKEN or
+    /// VAULT_TOKEN is set. The token is not printed unless asked for.
+    #[command(after_long_help = login::EXAMPLES)]
+    Login(login::Args),
+
+    /// Read data from a path of the API
+    ///
+    /// Prints the answer's data as a Key/Value table, or the whole answer
+    /// with --format json. KEY=VALUE arguments are sent as query parameters.
+    /// Exits with 2 when there is nothing at the path.
+    #[command(after_long_help = generic::READ_EXAMPLES)]
+    Read(generic::ReadArgs),
+
+    /// Write data to a path of the API
+    ///
+    /// Sends KEY=VALUE pairs as a JSON object (values as strings; the server
+    /// converts numbers, booleans and comma-separated lists) and prints the
+    /// answer, if there is one.
+    #[command(after_long_help = generic::WRITE_EXAMPLES)]
+    Write(generic::WriteArgs),
+
+    /// List the names under a path of the API
+    ///
+    /// Exits with 2 when there is nothing there.
+    List(generic::ListArgs),
+
+    /// Delete the data at a path of the API
+    ///
+    /// Succeeds also when there was nothing to delete.
+    Delete(generic::DeleteArgs),
+
+    /// Look up and create tokens
+    #[command(subcommand)]
+    Token(token::Command),
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse_from(vault_style_args(std::env::args_os()));
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("Hint: {hint}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> error::Result<()> {
+    let global = &cli.global;
+    match cli.command {
+        Command::Login(args) => login::run(global, args).await,
+        Command::Read(args) => generic::read(&Ctx::new(global)?, args).await,
+        Command::Write(args) => generic::write(&Ctx::new(global)?, args).await,
+        Command::List(args) => generic::list(&Ctx::new(global)?, args).await,
+        Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await,
+        Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await,
+    }
+}
+
+/// Long options people bring from Vault's CLI, which writes them with one
+/// dash (`-format=json`, `-method userpass`).
+const VAULT_LONG_OPTIONS: &[&str] = &[
+    "accessor",
+    "address",
+    "ca-cert",
+    "display-name",
+    "field",
+    "force",
+    "format",
+    "help",
+    "method",
+    "no-store",
+    "num-uses",
+    "orphan",
+    "policy",
+    "print-token",
+    "ttl",
+];
+
+/// Rewrites `-name[=value]` to `--name[=value]` for those options, up to a
+/// `--`. Anything else is left for clap to judge.
+fn vault_style_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut rest = false;
+    args.into_iter()
+        .map(|arg| {
+            if rest {
+                return arg;
+            }
+            let Some(s) = arg.to_str() else { return arg };
+            if s == "--" {
+                rest = true;
+                return arg;
+            }
+            match s.strip_prefix('-') {
+                Some(body)
+                    if !body.starts_with('-')
+                        && VAULT_LONG_OPTIONS.contains(&body.split('=').next().unwrap_or("")) =>
+                {
+                    OsString::from(format!("-{s}"))
+                }
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vault_style_options() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            vault_style_args(args(&[
+                "gatepass",
+                "login",
+                "-method=userpass",
+                "-no-store",
+                "-",
+                "-a",
+                "x"
+            ])),
+            args(&[
+                "gatepass",
+                "login",
+                "--method=userpass",
+                "--no-store",
+                "-",
+                "-a",
+                "x"
+            ])
+        );
+        assert_eq!(
+            vault_style_args(args(&["gatepass", "write", "p", "--", "-field"])),
+            args(&["gatepass", "write", "p", "--", "-field"])
+        );
+        assert_eq!(
+            vault_style_args(args(&["gatepass", "-x=1"])),
+            args(&["gatepass", "-x=1"])
+        );
+    }
+}

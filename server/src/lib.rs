@@ -15,6 +15,7 @@ pub mod policy;
 pub mod request;
 pub mod seal;
 pub mod serve;
+pub mod ssh;
 pub mod state;
 pub mod storage;
 pub mod tls;

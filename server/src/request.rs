@@ -63,6 +63,11 @@ impl Fields {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// A field's raw JSON (null counts as absent).
+    pub fn value(&self, key: &str) -> Option<Value> {
+        self.get(key).cloned()
+    }
+
     /// Fields that no handler looked at.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.lock().unwrap_or_else(|e| e.into_inner());

@@ -4,6 +4,8 @@
 
 pub mod inproc;
 pub mod pg;
+pub mod sshd;
+pub mod ssh;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

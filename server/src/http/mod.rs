@@ -5,6 +5,8 @@
 
 mod routes;
 
+pub use routes::no_route;
+
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -44,7 +46,7 @@ pub enum Reply {
     Raw {
         status: StatusCode,
         content_type: &'static str,
-        body: String,
+        body: Vec<u8>,
     },
 }
 

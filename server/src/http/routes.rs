@@ -11,14 +11,24 @@ use crate::error::{Error, Result};
 use crate::policy::Acl;
 use crate::request::{Operation, Request};
 use crate::state::Core;
-use crate::{mounts, policies};
+use crate::{mounts, policies, ssh};
 
 /// Paths anyone may call without a token.
-pub async fn is_unauthenticated(_core: &Core, req: &Request) -> Result<bool> {
+pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     let p = req.path.as_str();
-    Ok(matches!(p, "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader")
+    if matches!(p, "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader")
         || (p == "auth/approle/login" && req.op == Operation::Write)
-        || (p.starts_with("auth/userpass/login/") && req.op == Operation::Write))
+        || (p.starts_with("auth/userpass/login/") && req.op == Operation::Write)
+    {
+        return Ok(true);
+    }
+    if p.starts_with("sys/") || p.starts_with("auth/") {
+        return Ok(false);
+    }
+    Ok(match mounts::find(core, p).await? {
+        Some((_, rest)) => ssh::is_unauthenticated(&rest, req.op),
+        None => false,
+    })
 }
 
 /// Paths that need `sudo` in the caller's policy (root always has it).
@@ -55,7 +65,8 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
                 "version": env!("CARGO_PKG_VERSION"),
                 "cluster_name": "gatepass",
             })
-            .to_string(),
+            .to_string()
+            .into_bytes(),
         }),
         (["sys", "seal-status"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
@@ -68,12 +79,13 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
                     crate::storage::Backend::Postgres => "postgresql",
                 },
             })
-            .to_string(),
+            .to_string()
+            .into_bytes(),
         }),
         (["sys", "init"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
             content_type: "application/json",
-            body: json!({ "initialized": core.is_initialized().await? }).to_string(),
+            body: json!({ "initialized": core.is_initialized().await? }).to_string().into_bytes(),
         }),
         (["sys", "metrics"], Read) => {
             let format = req.fields.str("format")?.unwrap_or_else(|| "prometheus".into());
@@ -83,7 +95,7 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             Ok(Reply::Raw {
                 status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
-                body: core.metrics.render(),
+                body: core.metrics.render().into_bytes(),
             })
         }
         (["sys", "mounts"], Read) => Ok(Reply::Data(mounts::list_json(core).await?)),
@@ -305,14 +317,13 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
 
         // ---- secrets engines -----------------------------------------------
         _ => match mounts::find(core, &req.path).await? {
-            // Engines are routed here as they arrive.
-            Some((_mount, _rest)) => Err(no_route(&req.path)),
+            Some((mount, rest)) => ssh::dispatch(core, &mount, &rest, req, caller).await,
             None => Err(no_route(&req.path)),
         },
     }
 }
 
-fn no_route(path: &str) -> Error {
+pub fn no_route(path: &str) -> Error {
     Error::NotFound(format!("no handler for route {path:?}. route entry not found."))
 }
 

@@ -1,0 +1,245 @@
+//! How answers are shown: Vault's Key/Value tables, raw JSON, or one field.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned Key/Value columns for people.
+    Table,
+    /// The server's response, pretty-printed, for scripts.
+    Json,
+}
+
+/// One row of a Key/Value table.
+pub type Row = (String, Value);
+
+/// The rows Vault's CLI shows for a response: its `data`, then for a login
+/// or a new token the `token_*` rows of its `auth`. The token itself is
+/// included only when `show_token`.
+pub fn rows(resp: &Value, show_token: bool) -> Vec<Row> {
+    let mut out = Vec::new();
+    match resp.get("data") {
+        Some(Value::Object(data)) => out.extend(data.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        Some(Value::Null) | None => {}
+        Some(other) => out.push(("value".into(), other.clone())),
+    }
+    if let Some(auth) = resp.get("auth").filter(|a| a.is_object()) {
+        out.extend(auth_rows(auth, show_token));
+    }
+    out
+}
+
+fn auth_rows(auth: &Value, show_token: bool) -> Vec<Row> {
+    let get = |k: &str| auth.get(k).cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    if show_token {
+        out.push(("token".into(), get("client_token")));
+    }
+    let duration = auth
+        .get("lease_duration")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    out.push(("token_accessor".into(), get("accessor")));
+    out.push((
+        "token_duration".into(),
+        Value::String(format_duration(duration, true)),
+    ));
+    out.push(("token_renewable".into(), get("renewable")));
+    let token_policies = match get("token_policies") {
+        Value::Null => get("policies"),
+        p => p,
+    };
+    out.push(("token_policies".into(), token_policies));
+    out.push((
+        "identity_policies".into(),
+        match get("identity_policies") {
+            Value::Null => Value::Array(vec![]),
+            p => p,
+        },
+    ));
+    out.push(("policies".into(), get("policies")));
+    if let Some(Value::Object(meta)) = auth.get("metadata") {
+        for (k, v) in meta {
+            out.push((format!("token_meta_{k}"), v.clone()));
+        }
+    }
+    out
+}
+
+/// Prints a response: the whole JSON in `Json` format, else its table.
+/// Warnings go to stderr so that stdout stays parseable.
+pub fn print_response(
+    resp: &Value,
+    format: Format,
+    field: Option<&str>,
+    show_token: bool,
+) -> Result<()> {
+    if let Some(name) = field {
+        print_warnings(resp);
+        return print_field(resp, name);
+    }
+    match format {
+        Format::Json => print_json(resp),
+        Format::Table => {
+            print_warnings(resp);
+            print_table(&rows(resp, show_token));
+        }
+    }
+    Ok(())
+}
+
+/// Prints one field raw (strings without quotes), for `$(gatepass … --field x)`.
+/// An explicitly asked-for token is shown.
+pub fn print_field(resp: &Value, name: &str) -> Result<()> {
+    let value = rows(resp, true)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .ok_or_else(|| Error::Usage(format!("field {name:?} is not in the response")))?;
+    match value {
+        Value::String(s) => println!("{s}"),
+        other => println!("{other}"),
+    }
+    Ok(())
+}
+
+pub fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("a JSON value serializes")
+    );
+}
+
+pub fn print_warnings(resp: &Value) {
+    if let Some(Value::Array(w)) = resp.get("warnings") {
+        if w.is_empty() {
+            return;
+        }
+        eprintln!("WARNING! The server returned these warnings:");
+        for item in w {
+            eprintln!("  * {}", plain(item));
+        }
+        eprintln!();
+    }
+}
+
+pub fn print_table(rows: &[Row]) {
+    print!("{}", table(rows));
+}
+
+/// Vault's layout: a header, a dashed rule and columns joined by four spaces.
+pub fn table(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0).max(3);
+    let mut out = format!("{:width$}    Value\n{:width$}    -----\n", "Key", "---");
+    for (k, v) in rows {
+        out.push_str(format!("{k:width$}    {}", plain(v)).trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// LIST answers: a one-column table.
+pub fn print_keys(keys: &[String], format: Format) {
+    match format {
+        Format::Json => print_json(&Value::from(keys.to_vec())),
+        Format::Table => {
+            println!("Keys\n----");
+            for k in keys {
+                println!("{k}");
+            }
+        }
+    }
+}
+
+/// A value as Vault's tables show it (Go's `%v`): strings bare, lists as
+/// `[a b]`, maps as `map[k:v]`, null as `n/a`.
+pub fn plain(v: &Value) -> String {
+    match v {
+        Value::Null => "n/a".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(plain).collect::<Vec<_>>().join(" ")
+            )
+        }
+        Value::Object(m) => format!(
+            "map[{}]",
+            m.iter()
+                .map(|(k, v)| format!("{k}:{}", plain(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Seconds as `768h`, `1h30m`, `45s`. Zero means "never expires" (`∞`,
+/// as Vault shows it) for a token's duration, else `0s`.
+pub fn format_duration(secs: i64, zero_is_forever: bool) -> String {
+    if secs <= 0 {
+        return if zero_is_forever {
+            "∞".into()
+        } else {
+            "0s".into()
+        };
+    }
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            out.push_str(&format!("{n}{unit}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn vault_like_table() {
+        let resp = json!({"data": {"policies": ["default", "dev"], "ttl": 30, "meta": null}});
+        assert_eq!(
+            table(&rows(&resp, false)),
+            "Key         Value\n---         -----\nmeta        n/a\npolicies    [default dev]\nttl         30\n"
+        );
+    }
+
+    #[test]
+    fn auth_rows_hide_the_token_unless_asked() {
+        let resp = json!({"data": null, "auth": {
+            "client_token": "gps.secret", "accessor": "acc", "policies": ["default"],
+            "token_policies": ["default"], "lease_duration": 3600, "renewable": true,
+            "metadata": {"username": "alice"}
+        }});
+        let hidden = table(&rows(&resp, false));
+        assert!(!hidden.contains("gps.secret"), "{hidden}");
+        let lines: Vec<Vec<&str>> = hidden
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(lines.contains(&vec!["token_duration", "1h"]), "{hidden}");
+        assert!(
+            lines.contains(&vec!["token_meta_username", "alice"]),
+            "{hidden}"
+        );
+        assert!(table(&rows(&resp, true)).contains("gps.secret"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(format_duration(768 * 3600, true), "768h");
+        assert_eq!(format_duration(5400, true), "1h30m");
+        assert_eq!(format_duration(61, false), "1m1s");
+        assert_eq!(format_duration(0, false), "0s");
+        assert_eq!(format_duration(0, true), "∞");
+    }
+}

@@ -1,0 +1,220 @@
+//! The inventory of issued certificates (`LIST certs`, `certs/<serial>`),
+//! revocation by serial number, key ID or public key (`revoke`), and the
+//! OpenSSH KRL of everything revoked and not yet expired (`krl`). Vault has
+//! neither; hosts point sshd's RevokedKeys at the KRL.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use ssh_key::certificate::CertType;
+use ssh_key::{Certificate, PublicKey};
+
+use super::issuers::{self, Issuer};
+use super::krl::{CaRevocations, Krl};
+use crate::error::{Error, Result};
+use crate::mounts::Mount;
+use crate::state::Core;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub serial: u64,
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub cert_type: String,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub issuer_id: String,
+    pub role: String,
+    pub requested_by: String,
+    pub public_key: String,
+    pub fingerprint: String,
+    pub revoked_at: Option<i64>,
+}
+
+impl CertRecord {
+    pub fn new(cert: &Certificate, issuer: &Issuer, role: &str, requested_by: &str) -> CertRecord {
+        let pk = PublicKey::from(cert.public_key().clone());
+        CertRecord {
+            serial: cert.serial(),
+            key_id: cert.key_id().to_string(),
+            principals: cert.valid_principals().to_vec(),
+            cert_type: match cert.cert_type() {
+                CertType::User => "user".into(),
+                CertType::Host => "host".into(),
+            },
+            valid_after: cert.valid_after(),
+            valid_before: cert.valid_before(),
+            issuer_id: issuer.id.clone(),
+            role: role.to_string(),
+            requested_by: requested_by.to_string(),
+            public_key: pk.to_openssh().unwrap_or_default(),
+            fingerprint: issuers::fingerprint(&pk),
+            revoked_at: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "serial_number": serial_hex(self.serial),
+            "key_id": self.key_id,
+            "valid_principals": self.principals,
+            "cert_type": self.cert_type,
+            "valid_after": crate::clock::rfc3339(self.valid_after as i64),
+            "valid_before": crate::clock::rfc3339(self.valid_before as i64),
+            "issuer_id": self.issuer_id,
+            "role": self.role,
+            "requested_by": self.requested_by,
+            "public_key_fingerprint": self.fingerprint,
+            "revoked": self.revoked_at.is_some(),
+            "revocation_time": self.revoked_at.map(crate::clock::rfc3339),
+        })
+    }
+}
+
+/// Serial numbers as Vault prints them: lower-case hex without padding.
+pub fn serial_hex(s: u64) -> String {
+    format!("{s:x}")
+}
+
+pub fn parse_serial(text: &str) -> Result<u64> {
+    let t = text.trim().trim_start_matches("0x").replace(':', "");
+    u64::from_str_radix(&t, 16)
+        .map_err(|_| Error::invalid(format!("serial_number {text:?} is not a hexadecimal serial number")))
+}
+
+fn cert_key(m: &Mount, serial: u64) -> String {
+    format!("{}cert/{serial:016x}", m.data_prefix())
+}
+
+/// Records a new certificate; false when its serial is already taken (the
+/// caller then signs again with another serial).
+pub async fn record(core: &Core, m: &Mount, rec: &CertRecord) -> Result<bool> {
+    core.storage.put_if_absent(&cert_key(m, rec.serial), rec).await
+}
+
+pub async fn get(core: &Core, m: &Mount, serial: u64) -> Result<Option<CertRecord>> {
+    core.storage.get(&cert_key(m, serial)).await
+}
+
+pub async fn list(core: &Core, m: &Mount) -> Result<Vec<String>> {
+    let prefix = format!("{}cert/", m.data_prefix());
+    Ok(core
+        .storage
+        .list(&prefix)
+        .await?
+        .iter()
+        .filter_map(|k| u64::from_str_radix(k, 16).ok())
+        .map(serial_hex)
+        .collect())
+}
+
+async fn all(core: &Core, m: &Mount) -> Result<Vec<CertRecord>> {
+    let mut out = Vec::new();
+    for k in core.storage.keys_with_prefix(&format!("{}cert/", m.data_prefix())).await? {
+        if let Some(r) = core.storage.get::<CertRecord>(&k).await? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Revocations {
+    version: u64,
+    /// (issuer ID, serial, valid_before)
+    serials: Vec<(String, u64, u64)>,
+    /// (key ID, valid_before of the latest such certificate)
+    key_ids: Vec<(String, u64)>,
+    /// Plain public keys revoked outright, kept for good.
+    keys: Vec<String>,
+}
+
+fn revocations_key(m: &Mount) -> String {
+    format!("{}revocations", m.data_prefix())
+}
+
+/// Revokes by one of `serial_number`, `key_id` or `public_key`; returns the
+/// serials of the certificates in the inventory that it covers.
+pub async fn revoke(core: &Core, m: &Mount, serial: Option<String>, key_id: Option<String>, public_key: Option<String>, now: i64) -> Result<Vec<String>> {
+    let given = [serial.is_some(), key_id.is_some(), public_key.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if given != 1 {
+        return Err(Error::invalid("give exactly one of serial_number, key_id or public_key"));
+    }
+    let mut rev: Revocations = core.storage.get(&revocations_key(m)).await?.unwrap_or_default();
+    let mut hit: Vec<CertRecord> = Vec::new();
+    if let Some(s) = serial {
+        let serial = parse_serial(&s)?;
+        let rec = get(core, m, serial)
+            .await?
+            .ok_or_else(|| Error::invalid(format!("no certificate with serial number {s} was issued by this mount")))?;
+        if !rev.serials.iter().any(|(i, s, _)| *s == serial && *i == rec.issuer_id) {
+            rev.serials.push((rec.issuer_id.clone(), serial, rec.valid_before));
+        }
+        hit.push(rec);
+    } else if let Some(id) = key_id {
+        super::principal::check_key_id(&id)?;
+        hit = all(core, m).await?.into_iter().filter(|r| r.key_id == id).collect();
+        let latest = hit.iter().map(|r| r.valid_before).max().ok_or_else(|| {
+            Error::invalid(format!("no certificate with key_id {id:?} was issued by this mount"))
+        })?;
+        rev.key_ids.retain(|(k, _)| *k != id);
+        rev.key_ids.push((id, latest));
+    } else if let Some(pk) = public_key {
+        let key = super::sign::parse_public_key(&pk)?;
+        let text = key.to_openssh().map_err(|e| Error::internal(e.to_string()))?;
+        let fp = issuers::fingerprint(&key);
+        hit = all(core, m).await?.into_iter().filter(|r| r.fingerprint == fp).collect();
+        if !rev.keys.iter().any(|k| k == &text) {
+            rev.keys.push(text);
+        }
+    }
+    rev.version += 1;
+    core.storage.put(&revocations_key(m), &rev).await?;
+    for mut r in hit.clone() {
+        if r.revoked_at.is_none() {
+            r.revoked_at = Some(now);
+            core.storage.put(&cert_key(m, r.serial), &r).await?;
+        }
+    }
+    Ok(hit.iter().map(|r| serial_hex(r.serial)).collect())
+}
+
+/// The KRL for this mount at `now`: revoked serials and key IDs per issuer
+/// (expired ones dropped, since sshd refuses those anyway), revoked keys.
+pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
+    let rev: Revocations = core.storage.get(&revocations_key(m)).await?.unwrap_or_default();
+    let now_u = now.max(0) as u64;
+    let mut certs = Vec::new();
+    for issuer in issuers::all(core, m).await? {
+        let serials: Vec<u64> = rev
+            .serials
+            .iter()
+            .filter(|(i, _, exp)| *i == issuer.id && *exp > now_u)
+            .map(|(_, s, _)| *s)
+            .collect();
+        let key_ids: Vec<String> = rev
+            .key_ids
+            .iter()
+            .filter(|(_, exp)| *exp > now_u)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !serials.is_empty() || !key_ids.is_empty() {
+            certs.push((issuer.public()?, CaRevocations { serials, key_ids }));
+        }
+    }
+    let keys = rev
+        .keys
+        .iter()
+        .filter_map(|k| PublicKey::from_openssh(k).ok())
+        .collect();
+    Krl {
+        version: rev.version,
+        generated: now_u,
+        comment: format!("gatepass {}", m.path),
+        certs,
+        keys,
+    }
+    .to_bytes()
+}

@@ -1,0 +1,132 @@
+//! Text that ends up inside a certificate or an sshd file: principals, key
+//! IDs, option names and values. These types and checks make sure none of it
+//! can carry a newline, a comma (which sshd reads as a list separator in
+//! principals files and `source-address`), or other control characters.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+
+/// A certificate principal: a user or host name. Non-empty, at most 256
+/// bytes, printable, no whitespace, no comma.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Principal(String);
+
+impl Principal {
+    pub fn new(s: &str) -> Result<Principal> {
+        if s.is_empty() {
+            return Err(Error::invalid("a principal may not be empty"));
+        }
+        if s.len() > 256 {
+            return Err(Error::invalid("a principal may not be longer than 256 bytes"));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control() || *c == ',') {
+            return Err(Error::invalid(format!(
+                "principal {:?} contains {:?}: spaces, commas and control characters are not allowed",
+                s, c
+            )));
+        }
+        Ok(Principal(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Splits Vault's comma-separated `valid_principals` into checked principals,
+/// dropping duplicates and keeping the order.
+pub fn parse_list(text: &str) -> Result<Vec<Principal>> {
+    let mut out: Vec<Principal> = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let p = Principal::new(part)?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// A certificate key ID: printable, no control characters, at most 256 bytes.
+pub fn check_key_id(s: &str) -> Result<()> {
+    if s.len() > 256 {
+        return Err(Error::invalid("key_id may not be longer than 256 bytes"));
+    }
+    if s.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid("key_id may not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Critical option and extension names: `permit-pty`, `source-address`,
+/// `name@domain` — letters, digits and `-_.@`.
+pub fn check_option_name(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{field}: {name:?} is not a valid option name")))
+    }
+}
+
+/// Option values: no control characters; `source-address` must be a list of
+/// addresses or CIDR blocks.
+pub fn check_option_value(field: &str, name: &str, value: &str) -> Result<()> {
+    if value.len() > 4096 || value.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(format!("{field}: the value of {name} has control characters or is too long")));
+    }
+    if name == "source-address" {
+        source_addresses(value).map_err(|e| Error::invalid(format!("{field}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Parses a `source-address` value.
+pub fn source_addresses(value: &str) -> Result<Vec<ipnet::IpNet>> {
+    let nets: Vec<ipnet::IpNet> = value
+        .split(',')
+        .map(|s| crate::request::parse_cidr("source-address", s.trim()))
+        .collect::<Result<_>>()?;
+    if nets.is_empty() {
+        return Err(Error::invalid("source-address may not be empty"));
+    }
+    Ok(nets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_reject_injection() {
+        assert!(Principal::new("alice").is_ok());
+        assert!(Principal::new("web-01.example.com").is_ok());
+        for bad in ["", "a,b", "a b", "a\nb", "a\tb", "a\u{0}", &"x".repeat(300)] {
+            assert!(Principal::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_list("a, b,a,,c").unwrap().len(), 3);
+        assert!(parse_list("a,b c").is_err());
+    }
+
+    #[test]
+    fn options() {
+        assert!(check_option_value("x", "source-address", "10.0.0.0/8,192.168.1.1").is_ok());
+        assert!(check_option_value("x", "source-address", "10.0.0.0/8,nope").is_err());
+        assert!(check_option_value("x", "force-command", "echo\nhi").is_err());
+        assert!(check_option_name("x", "permit-pty").is_ok());
+        assert!(check_option_name("x", "bad name").is_err());
+        assert!(check_key_id("id\n").is_err());
+    }
+}

@@ -1,0 +1,427 @@
+//! Certificate issuance: every check a role asks for, then the signature.
+//! Vault's rules for principals, TTLs, extensions, critical options and key
+//! IDs, plus gatepass's constraints on critical option values.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use ssh_key::certificate::{Builder, CertType};
+use ssh_key::public::KeyData;
+use ssh_key::{Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKey, PublicKey, Signature};
+
+use super::issuers::Issuer;
+use super::principal::{self, check_key_id, check_option_name, check_option_value, Principal};
+use super::roles::{normalize_key_type, Role};
+use crate::auth::token::SYSTEM_MAX_TTL;
+use crate::error::{Error, Result};
+use crate::request::Fields;
+
+/// Who asked, for key ID templates and the inventory.
+#[derive(Clone, Debug, Default)]
+pub struct Requester {
+    pub display_name: String,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// What the client asked for (`sign` and `issue` share it).
+pub struct SignInput {
+    pub public_key: PublicKey,
+    pub cert_type: CertType,
+    pub valid_principals: Vec<Principal>,
+    pub ttl: Option<i64>,
+    pub key_id: Option<String>,
+    pub critical_options: BTreeMap<String, String>,
+    pub extensions: BTreeMap<String, String>,
+}
+
+pub fn parse_public_key(text: &str) -> Result<PublicKey> {
+    let t = text.trim();
+    if t.contains("-cert-v01@openssh.com") {
+        return Err(Error::invalid("public_key is a certificate; send the plain public key"));
+    }
+    PublicKey::from_openssh(t).map_err(|_| {
+        Error::invalid("failed to parse public_key as an OpenSSH public key (\"ssh-ed25519 AAAA… comment\")")
+    })
+}
+
+fn option_map(f: &Fields, field: &str) -> Result<BTreeMap<String, String>> {
+    let m = f.str_map(field)?.unwrap_or_default();
+    for (k, v) in &m {
+        check_option_name(field, k)?;
+        check_option_value(field, k, v)?;
+    }
+    Ok(m)
+}
+
+/// Reads Vault's sign/issue fields (the key itself is passed in).
+pub fn input_from_fields(f: &Fields, public_key: PublicKey) -> Result<SignInput> {
+    let cert_type = match f.str("cert_type")?.as_deref() {
+        None | Some("") | Some("user") => CertType::User,
+        Some("host") => CertType::Host,
+        Some(other) => return Err(Error::invalid(format!("cert_type {other:?} is not valid: use user or host"))),
+    };
+    let key_id = f.str("key_id")?.filter(|s| !s.is_empty());
+    if let Some(k) = &key_id {
+        check_key_id(k)?;
+    }
+    Ok(SignInput {
+        public_key,
+        cert_type,
+        valid_principals: principal::parse_list(&f.str("valid_principals")?.unwrap_or_default())?,
+        ttl: f.duration("ttl")?.filter(|t| *t > 0),
+        key_id,
+        critical_options: option_map(f, "critical_options")?,
+        extensions: option_map(f, "extensions")?,
+    })
+}
+
+/// Expands the identity templates gatepass knows; None when an unknown
+/// placeholder remains (the entry then allows nothing).
+fn expand(template: &str, who: &Requester) -> Option<String> {
+    let login = who
+        .meta
+        .get("username")
+        .or_else(|| who.meta.get("role_name"))
+        .cloned()
+        .unwrap_or_default();
+    let mut out = template.to_string();
+    out = out.replace("{{token_display_name}}", &who.display_name);
+    out = out.replace("{{identity.entity.name}}", &login);
+    while let Some(start) = out.find("{{identity.entity.aliases.") {
+        let end = out[start..].find("}}")? + start + 2;
+        if !out[start..end].ends_with(".name}}") {
+            return None;
+        }
+        out.replace_range(start..end, &login);
+    }
+    (!out.contains("{{") && !out.is_empty()).then_some(out)
+}
+
+fn host_allowed(role: &Role, allowed: &[String], p: &str) -> bool {
+    allowed.iter().any(|d| {
+        if d == "*" {
+            return true;
+        }
+        if let Some(base) = d.strip_prefix("*.") {
+            return p.len() > base.len() + 1 && p.ends_with(&format!(".{base}"));
+        }
+        (role.allow_bare_domains && p == d) || (role.allow_subdomains && p.ends_with(&format!(".{d}")))
+    })
+}
+
+/// Vault's principal rules: the requested principals, else the default user,
+/// else none only when the role allows empty principals (CVE-2024-7594).
+fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Principal>> {
+    let user = input.cert_type == CertType::User;
+    let default = if user {
+        if role.default_user_template {
+            expand(&role.default_user, who).unwrap_or_default()
+        } else {
+            role.default_user.clone()
+        }
+    } else {
+        String::new()
+    };
+    let allowed: Vec<String> = if user {
+        role.allowed_users
+            .iter()
+            .filter_map(|u| if role.allowed_users_template { expand(u, who) } else { Some(u.clone()) })
+            .collect()
+    } else {
+        role.allowed_domains.clone()
+    };
+    if input.valid_principals.is_empty() {
+        if !default.is_empty() {
+            return Ok(vec![Principal::new(&default)?]);
+        }
+        if role.allow_empty_principals {
+            return Ok(vec![]);
+        }
+        return Err(Error::invalid("empty valid principals not allowed by role"));
+    }
+    if allowed.is_empty() {
+        return Err(Error::invalid("role is not configured to allow any principals"));
+    }
+    for p in &input.valid_principals {
+        let ok = if user {
+            allowed.iter().any(|a| a == "*" || a == p.as_str())
+        } else {
+            host_allowed(role, &allowed, p.as_str())
+        };
+        if !ok {
+            return Err(Error::invalid(format!("{p} is not a valid value for valid_principals")));
+        }
+    }
+    Ok(input.valid_principals.clone())
+}
+
+fn ttl(role: &Role, input: &SignInput) -> Result<i64> {
+    let max = if role.max_ttl > 0 { role.max_ttl } else { SYSTEM_MAX_TTL };
+    match input.ttl {
+        Some(t) if t > max => Err(Error::invalid(format!("ttl is larger than maximum allowed ({max})"))),
+        Some(t) => Ok(t),
+        None => Ok(if role.ttl > 0 { role.ttl.min(max) } else { SYSTEM_MAX_TTL.min(max) }),
+    }
+}
+
+fn key_bits(k: &KeyData) -> u32 {
+    match k {
+        KeyData::Rsa(r) => {
+            let n = r.n.as_positive_bytes().unwrap_or(&[]);
+            let lead = n.first().map(|b| 8 - b.leading_zeros()).unwrap_or(0);
+            (n.len().saturating_sub(1) as u32) * 8 + lead
+        }
+        KeyData::Ecdsa(e) => match e.curve() {
+            EcdsaCurve::NistP256 => 256,
+            EcdsaCurve::NistP384 => 384,
+            EcdsaCurve::NistP521 => 521,
+        },
+        _ => 256,
+    }
+}
+
+fn check_key(role: &Role, key: &PublicKey) -> Result<()> {
+    let alg = key.algorithm();
+    let kt = normalize_key_type(alg.as_str())
+        .ok_or_else(|| Error::invalid(format!("key type {} is not supported", alg.as_str())))?;
+    let bits = key_bits(key.key_data());
+    if kt == "rsa" && bits < 2048 {
+        return Err(Error::invalid(format!("RSA keys must have at least 2048 bits; this one has {bits}")));
+    }
+    if role.allowed_user_key_lengths.is_empty() {
+        return Ok(());
+    }
+    let sizes = role
+        .allowed_user_key_lengths
+        .get(kt)
+        .ok_or_else(|| Error::invalid(format!("key type {} is not allowed by role", alg.as_str())))?;
+    let ok = match sizes.as_slice() {
+        [] | [0] => true,
+        [min] if kt == "rsa" => bits >= *min,
+        list => list.contains(&bits),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("key is of an invalid size: {bits} bits")))
+    }
+}
+
+fn options(
+    what: &str,
+    requested: &BTreeMap<String, String>,
+    allowed: &[String],
+    defaults: &BTreeMap<String, String>,
+    empty_allows_any: bool,
+) -> Result<BTreeMap<String, String>> {
+    if requested.is_empty() {
+        return Ok(defaults.clone());
+    }
+    let any = allowed.iter().any(|a| a == "*") || (empty_allows_any && allowed.is_empty());
+    if !any {
+        let bad: Vec<&String> = requested.keys().filter(|k| !allowed.contains(k)).collect();
+        if !bad.is_empty() {
+            return Err(Error::invalid(format!("{what} not on allowed list: {bad:?}")));
+        }
+    }
+    Ok(requested.clone())
+}
+
+/// gatepass's constraints on critical option values, beyond Vault's names.
+fn check_option_values(role: &Role, opts: &BTreeMap<String, String>) -> Result<()> {
+    if let Some(v) = opts.get("source-address") {
+        if !role.allowed_source_addresses.is_empty() {
+            for net in principal::source_addresses(v)? {
+                if !role.allowed_source_addresses.iter().any(|a| a.contains(&net)) {
+                    return Err(Error::invalid(format!("source-address {net} is outside the role's allowed_source_addresses")));
+                }
+            }
+        }
+    }
+    if let Some(v) = opts.get("force-command") {
+        if !role.allowed_force_commands.is_empty() && !role.allowed_force_commands.contains(v) {
+            return Err(Error::invalid("force-command is not one of the role's allowed_force_commands"));
+        }
+    }
+    Ok(())
+}
+
+pub fn public_key_hash(key: &PublicKey) -> String {
+    hex::encode(Sha256::digest(key.to_bytes().unwrap_or_default()))
+}
+
+fn key_id(role: &Role, input: &SignInput, who: &Requester) -> Result<String> {
+    if let Some(k) = &input.key_id {
+        if !role.allow_user_key_ids {
+            return Err(Error::invalid("setting key_id is not allowed by role"));
+        }
+        return Ok(k.clone());
+    }
+    let format = if role.key_id_format.is_empty() {
+        "gatepass-{{token_display_name}}-{{public_key_hash}}"
+    } else {
+        role.key_id_format.as_str()
+    };
+    let id = format
+        .replace("{{role_name}}", &role.name)
+        .replace("{{token_display_name}}", &who.display_name)
+        .replace("{{public_key_hash}}", &public_key_hash(&input.public_key));
+    check_key_id(&id)?;
+    Ok(id)
+}
+
+/// Checks the request against the role and signs. `serial` comes from the
+/// caller, which makes sure it is unique in the mount.
+pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, now: i64, serial: u64) -> Result<Certificate> {
+    match input.cert_type {
+        CertType::User if !role.allow_user_certificates => {
+            return Err(Error::invalid("cert_type 'user' is not allowed by role"))
+        }
+        CertType::Host if !role.allow_host_certificates => {
+            return Err(Error::invalid("cert_type 'host' is not allowed by role"))
+        }
+        _ => {}
+    }
+    check_key(role, &input.public_key)?;
+    let principals = principals(role, input, who)?;
+    let ttl = ttl(role, input)?;
+    let key_id = key_id(role, input, who)?;
+    let critical = options(
+        "critical options",
+        &input.critical_options,
+        &role.allowed_critical_options,
+        &role.default_critical_options,
+        true,
+    )?;
+    check_option_values(role, &critical)?;
+    let extensions = match input.cert_type {
+        CertType::User => options("extensions", &input.extensions, &role.allowed_extensions, &role.default_extensions, false)?,
+        CertType::Host if !input.extensions.is_empty() => {
+            return Err(Error::invalid("host certificates carry no extensions"))
+        }
+        CertType::Host => BTreeMap::new(),
+    };
+
+    let valid_after = (now - role.not_before_duration).max(0) as u64;
+    let valid_before = (now + ttl) as u64;
+    let ssh = |e: ssh_key::Error| Error::invalid(format!("cannot build certificate: {e}"));
+    let mut b = Builder::new_with_random_nonce(&mut rand::rngs::OsRng, input.public_key.key_data().clone(), valid_after, valid_before)
+        .map_err(ssh)?;
+    b.serial(serial).map_err(ssh)?;
+    b.cert_type(input.cert_type).map_err(ssh)?;
+    b.key_id(key_id).map_err(ssh)?;
+    if principals.is_empty() {
+        b.all_principals_valid().map_err(ssh)?;
+    }
+    for p in &principals {
+        b.valid_principal(p.as_str()).map_err(ssh)?;
+    }
+    for (k, v) in &critical {
+        b.critical_option(k.as_str(), v.as_str()).map_err(ssh)?;
+    }
+    for (k, v) in &extensions {
+        b.extension(k.as_str(), v.as_str()).map_err(ssh)?;
+    }
+    let ca = issuer.signing_key()?;
+    let signed = match ca.key_data() {
+        ssh_key::private::KeypairData::Rsa(kp) => {
+            let hash = if role.algorithm_signer == "rsa-sha2-512" { HashAlg::Sha512 } else { HashAlg::Sha256 };
+            b.sign(&RsaCa::new(kp, hash)?)
+        }
+        _ => b.sign(&ca),
+    };
+    signed.map_err(|e| Error::internal(format!("signing failed: {e}")))
+}
+
+/// RSA CA signing done here rather than by ssh-key 0.6, whose RSA signer
+/// builds the private key from the wrong primes (fails with rsa ≥ 0.9.10)
+/// and only offers rsa-sha2-512; this one also honours `algorithm_signer`.
+struct RsaCa {
+    key: rsa::RsaPrivateKey,
+    public: KeyData,
+    hash: HashAlg,
+}
+
+impl RsaCa {
+    fn new(kp: &ssh_key::private::RsaKeypair, hash: HashAlg) -> Result<RsaCa> {
+        let big = |m: &ssh_key::Mpint| {
+            m.as_positive_bytes()
+                .map(rsa::BigUint::from_bytes_be)
+                .ok_or_else(|| Error::internal("RSA CA key has a malformed number"))
+        };
+        let mut key = rsa::RsaPrivateKey::from_components(
+            big(&kp.public.n)?,
+            big(&kp.public.e)?,
+            big(&kp.private.d)?,
+            vec![big(&kp.private.p)?, big(&kp.private.q)?],
+        )
+        .map_err(|e| Error::internal(format!("RSA CA key invalid: {e}")))?;
+        key.precompute()
+            .map_err(|e| Error::internal(format!("RSA CA key invalid: {e}")))?;
+        Ok(RsaCa {
+            key,
+            public: KeyData::Rsa(kp.public.clone()),
+            hash,
+        })
+    }
+}
+
+impl signature::Signer<Signature> for RsaCa {
+    fn try_sign(&self, msg: &[u8]) -> signature::Result<Signature> {
+        use rsa::signature::SignatureEncoding;
+        let bytes = match self.hash {
+            HashAlg::Sha512 => rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(self.key.clone())
+                .try_sign(msg)?
+                .to_vec(),
+            _ => rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(self.key.clone())
+                .try_sign(msg)?
+                .to_vec(),
+        };
+        Signature::new(Algorithm::Rsa { hash: Some(self.hash) }, bytes).map_err(|_| signature::Error::new())
+    }
+}
+
+impl From<&RsaCa> for KeyData {
+    fn from(ca: &RsaCa) -> KeyData {
+        ca.public.clone()
+    }
+}
+
+/// Generates a key pair for `issue/<role>` (Vault: `key_type` rsa, ec or
+/// ed25519; `key_bits`).
+pub fn generate_user_key(key_type: &str, key_bits: i64) -> Result<PrivateKey> {
+    let kt = match key_type {
+        "" => "rsa",
+        other => other,
+    };
+    let bits = match (kt, key_bits) {
+        ("rsa" | "ssh-rsa", 0) => 2048,
+        (_, b) => b,
+    };
+    super::issuers::generate_key(kt, bits)
+}
+
+pub fn private_key_type(k: &PrivateKey) -> &'static str {
+    match k.algorithm() {
+        Algorithm::Rsa { .. } => "rsa",
+        Algorithm::Ecdsa { .. } => "ec",
+        Algorithm::Ed25519 => "ed25519",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates() {
+        let who = Requester {
+            display_name: "userpass-alice".into(),
+            meta: BTreeMap::from([("username".to_string(), "alice".to_string())]),
+        };
+        assert_eq!(expand("{{identity.entity.aliases.auth_userpass_1234.name}}", &who).as_deref(), Some("alice"));
+        assert_eq!(expand("{{token_display_name}}", &who).as_deref(), Some("userpass-alice"));
+        assert_eq!(expand("{{unknown}}", &who), None);
+    }
+}
