@@ -117,22 +117,19 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let addr = s.addr.trim_end_matches('/').to_string();
         if !(addr.starts_with("https://") || addr.starts_with("http://")) {
-            return Err(Error::Config(format!("server address {addr:?} must start with https://")));
+            return Err(Error::Config(format!("server address {addr:?} must start with https:// (or http:// for a local proxy)")));
         }
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(s.timeout.unwrap_or(Duration::from_secs(60)))
             .connect_timeout(Duration::from_secs(10));
-        match &s.ca_cert {
-            // With a CA file only that CA is trusted: the server is pinned.
-            Some(p) => {
-                b = b.tls_built_in_root_certs(false);
-                for c in load_ca(p)? {
-                    b = b.add_root_certificate(c);
-                }
+        // With a CA file only that CA is trusted: the server is pinned.
+        // Otherwise the system's trusted CAs apply.
+        if let Some(p) = &s.ca_cert {
+            b = b.tls_built_in_root_certs(false);
+            for c in load_ca(p)? {
+                b = b.add_root_certificate(c);
             }
-            // Otherwise the system's trusted CAs.
-            None => {}
         }
         let http = b
             .build()

@@ -9,12 +9,12 @@
 //! as root (sshd needs it to switch users and read its host key).
 //!
 //! ```no_run
-//! use gatepass_tests::sshd::{keygen, sign_user_key, Sshd, SshdOptions};
+//! use gatepass_tests::sshd::{keygen, pub_path, sign_user_key, Sshd, SshdOptions};
 //! let keys = tempfile::tempdir().unwrap();
 //! let ca = keygen(keys.path(), "ca", "ed25519", None);
 //! let user = keygen(keys.path(), "user", "ed25519", None);
-//! let cert = sign_user_key(&ca, &user.with_extension("pub"), "user-id", &["root"], "+5m");
-//! let sshd = Sshd::start(SshdOptions::trusting_user_ca(&ca.with_extension("pub")));
+//! let cert = sign_user_key(&ca, &pub_path(&user), "user-id", &["root"], "+5m");
+//! let sshd = Sshd::start(SshdOptions::trusting_user_ca(&pub_path(&ca)));
 //! let out = sshd.client().identity(&user).certificate(&cert).run_ok("echo hello");
 //! assert_eq!(out, "hello\n");
 //! ```
@@ -36,6 +36,17 @@
 //!   PAM test runs sshd through a symlink named after its service.
 //! - From OpenSSH 9.8 on, `PerSourcePenalties` would block 127.0.0.1 after a
 //!   few failed logins; the harness turns it off where sshd knows it.
+//! - With `UsePAM yes`, sshd treats a failing `pam_setcred` after a
+//!   keyboard-interactive login as fatal (after a `password` login it only
+//!   logs it). `pam_exec` ignores setcred, and a stack in which every module
+//!   ignores it fails, so an auth stack of pam_exec alone breaks
+//!   keyboard-interactive ("PAM: pam_setcred(): Permission denied"): add a
+//!   module whose setcred succeeds, e.g. vault-ssh-helper's
+//!   `auth optional pam_unix.so not_set_pass use_first_pass nodelay`.
+//! - The ssh client loads `KEY-cert.pub` next to an identity file by itself:
+//!   to log in with a bare key, copy it somewhere without its certificate.
+//! - Readiness is "Server listening on" in the log plus a banner, so an
+//!   `extra_config` `LogLevel` must be INFO or more verbose.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Seek, Write};
@@ -542,8 +553,8 @@ impl<'a> SshClient<'a> {
 
     /// Answers the password prompt with `password` through `sshpass -e`
     /// (`PreferredAuthentications=password`, `BatchMode=no`,
-    /// `NumberOfPasswordPrompts=1`). A wrong password makes ssh exit 255
-    /// with "Permission denied"; sshpass itself exits 5 if asked twice.
+    /// `NumberOfPasswordPrompts=1`). A wrong password makes the run fail
+    /// (non-zero) with "Permission denied" on stderr.
     pub fn password(mut self, password: &str) -> Self {
         self.password = Some((password.to_string(), PasswordMethod::Password));
         self
@@ -602,8 +613,8 @@ impl<'a> SshClient<'a> {
                 o("IdentityFile", key.as_os_str());
                 o("IdentitiesOnly", "yes".as_ref());
             }
-            // One IdentityFile given keeps ssh from trying ~/.ssh/id_*;
-            // /dev/null is not a key, so none comes from files.
+            // `IdentityFile none` keeps ssh from trying ~/.ssh/id_* (an
+            // IdentityFile of /dev/null would print a loud permissions warning).
             None => o("IdentityFile", "none".as_ref()),
         }
         if let Some(cert) = &self.certificate {

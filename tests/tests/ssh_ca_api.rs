@@ -77,7 +77,6 @@ async fn imported_ca_keys_sign() {
         ok(&s, "POST", &format!("{mount}/config/ca"), json!({"private_key": private, "public_key": public})).await;
         let (_, text) = s.call("GET", &format!("{mount}/public_key"), None, None).await;
         assert_eq!(text.as_str().unwrap().split_whitespace().nth(1), public.split_whitespace().nth(1));
-        role(&s, "r", json!({"key_type": "ca", "allow_user_certificates": true, "default_user": "bob", "algorithm_signer": "rsa-sha2-512"})).await;
         let (st, v) = s.root("POST", &format!("{mount}/roles/r"), Some(json!({"key_type": "ca", "allow_user_certificates": true, "default_user": "bob", "algorithm_signer": "rsa-sha2-512"}))).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         let v = ok(&s, "POST", &format!("{mount}/sign/r"), json!({"public_key": pk})).await;
