@@ -169,6 +169,7 @@ async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>, root_token: Option<S
     use std::io::Write;
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
+    tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     serve::run(core.clone(), listener, Some(cfg), serve::shutdown_signal()).await?;
     core.storage.close().await;
     Ok(())
@@ -194,6 +195,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     };
     let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
+    tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     serve::run(core.clone(), listener, tls_cfg, serve::shutdown_signal()).await?;
     core.storage.close().await;
     Ok(())

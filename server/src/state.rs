@@ -8,6 +8,7 @@ use crate::auth::token::{self, NewToken};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::ratelimit::FailureLimiter;
 use crate::seal::{Hasher, SealKey};
 use crate::storage::Storage;
 use crate::{mounts, policies};
@@ -29,9 +30,14 @@ pub struct Core {
     pub audit_key: AuditKey,
     pub clock: Clock,
     pub metrics: Metrics,
+    /// Failed OTP verifications per client address.
+    pub verify_limiter: FailureLimiter,
 }
 
 pub type State = Arc<Core>;
+
+/// Failed OTP verifications a client address may make per minute.
+pub const VERIFY_FAILURES_PER_MINUTE: u32 = 30;
 
 const INIT_KEY: &str = "core/initialized";
 
@@ -50,6 +56,7 @@ impl Core {
             audit_key,
             clock: opts.clock,
             metrics: Metrics::default(),
+            verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
         }))
     }
 

@@ -199,6 +199,21 @@ impl Storage {
             .collect()
     }
 
+    /// Keys `from <= key < to`, in byte order, at most `limit` of them.
+    pub async fn keys_between(&self, from: &str, to: &str, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+            .collect()
+    }
+
     /// Vault-style LIST: the direct children of a folder, sub-folders with a
     /// trailing `/`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {

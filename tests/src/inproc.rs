@@ -66,12 +66,17 @@ impl Server {
     }
 
     pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+        self.call_from(self.client, method, path, token, body).await
+    }
+
+    /// A request as if from another client address.
+    pub async fn call_from(&self, client: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
         let mut b = Request::builder().method(method).uri(format!("/v1/{path}"));
         if let Some(t) = token {
             b = b.header("X-Vault-Token", t);
         }
         let mut req = b.body(Body::from(body)).expect("request");
-        req.extensions_mut().insert(ConnectInfo(self.client));
+        req.extensions_mut().insert(ConnectInfo(client));
         let resp = gatepass_server::app(self.core.clone())
             .oneshot(req)
             .await

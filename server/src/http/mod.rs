@@ -36,6 +36,13 @@ pub enum Reply {
     Data(Value),
     /// 200 with the envelope's `auth` (logins, token creation).
     Auth(Value),
+    /// 200 with `data` and the envelope's lease fields (creds, renewals).
+    Lease {
+        data: Value,
+        lease_id: String,
+        lease_duration: i64,
+        renewable: bool,
+    },
     /// 200 with `data.keys`; Vault answers an empty list with 404.
     List(Vec<String>),
     /// 204, no body.
@@ -213,6 +220,18 @@ fn shape(reply: Reply, warnings: Vec<String>) -> Response {
     match reply {
         Reply::Data(d) => axum::Json(envelope(d, Value::Null, warnings)).into_response(),
         Reply::Auth(a) => axum::Json(envelope(Value::Null, a, warnings)).into_response(),
+        Reply::Lease {
+            data,
+            lease_id,
+            lease_duration,
+            renewable,
+        } => {
+            let mut e = envelope(data, Value::Null, warnings);
+            e["lease_id"] = json!(lease_id);
+            e["lease_duration"] = json!(lease_duration);
+            e["renewable"] = json!(renewable);
+            axum::Json(e).into_response()
+        }
         Reply::List(keys) if keys.is_empty() => error_body(StatusCode::NOT_FOUND, ""),
         Reply::List(keys) => {
             axum::Json(envelope(json!({ "keys": keys }), Value::Null, warnings)).into_response()
@@ -290,6 +309,10 @@ async fn write_audit(
     );
     let response = match result {
         Ok(Reply::Data(d)) => json!({ "data": audit::redact(d, key, AUDIT_KEEP) }),
+        Ok(Reply::Lease { data, lease_id, .. }) => json!({
+            "data": audit::redact(data, key, AUDIT_KEEP),
+            "lease_id": lease_id,
+        }),
         Ok(Reply::Auth(a)) => json!({ "auth": audit::redact(a, key, AUDIT_KEEP) }),
         Ok(Reply::List(keys)) => json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) }),
         _ => json!({}),

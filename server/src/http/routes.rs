@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::policy::Acl;
 use crate::request::{Operation, Request};
 use crate::state::Core;
-use crate::{mounts, policies, ssh};
+use crate::{leases, mounts, policies, ssh};
 
 /// Paths anyone may call without a token.
 pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
@@ -35,6 +35,8 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
 pub fn needs_sudo(path: &str) -> bool {
     matches!(path, "auth/token/accessors" | "sys/audit" | "sys/audit-log")
         || path.starts_with("sys/audit/")
+        || path.starts_with("sys/leases/revoke-prefix/")
+        || path.starts_with("sys/leases/lookup/")
 }
 
 fn caller_of(caller: Option<&TokenEntry>) -> Result<&TokenEntry> {
@@ -170,6 +172,38 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
                 .map(|(id, line)| json!({ "id": id, "line": line }))
                 .collect();
             Ok(Reply::Data(json!({ "events": events })))
+        }
+
+        // ---- sys/leases --------------------------------------------------
+        (["sys", "leases", "lookup"], Write) => {
+            let id = req.fields.required_str("lease_id")?;
+            match leases::get(core, &id).await?.filter(|l| l.expire_time > now) {
+                Some(l) => Ok(Reply::Data(leases::to_json(&l, now))),
+                None => Err(Error::invalid("invalid lease")),
+            }
+        }
+        (["sys", "leases", "lookup", prefix @ ..], List) => {
+            Ok(Reply::List(leases::list(core, &prefix.join("/")).await?))
+        }
+        (["sys", "leases", "renew", id @ ..], Write) => {
+            let id = if id.is_empty() { req.fields.required_str("lease_id")? } else { id.join("/") };
+            let l = leases::renew(core, &id, req.fields.duration("increment")?, now).await?;
+            ssh::creds::renewed(core, &l).await?;
+            Ok(Reply::Lease {
+                data: Value::Null,
+                lease_id: l.id.clone(),
+                lease_duration: l.expire_time - now,
+                renewable: l.renewable,
+            })
+        }
+        (["sys", "leases", "revoke", id @ ..], Write) => {
+            let id = if id.is_empty() { req.fields.required_str("lease_id")? } else { id.join("/") };
+            leases::revoke(core, &id).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "leases", "revoke-prefix", prefix @ ..], Write) if !prefix.is_empty() => {
+            leases::revoke_prefix(core, &prefix.join("/")).await?;
+            Ok(Reply::NoContent)
         }
 
         // ---- auth/token --------------------------------------------------
@@ -334,6 +368,7 @@ fn known_path(segs: &[&str]) -> bool {
         ["sys", "health" | "seal-status" | "init" | "metrics" | "mounts" | "auth" | "policy" | "capabilities-self" | "capabilities" | "audit" | "audit-log"]
             | ["sys", "mounts" | "auth" | "policy", _]
             | ["sys", "policies", "acl"]
+            | ["sys", "leases", "lookup" | "renew" | "revoke" | "revoke-prefix", ..]
             | ["sys", "policies", "acl", _]
             | ["auth", "token", _]
             | ["auth", "approle", "login" | "role"]

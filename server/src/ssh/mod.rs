@@ -3,6 +3,7 @@
 //! for the paths.
 
 pub mod certs;
+pub mod creds;
 pub mod issuers;
 pub mod krl;
 pub mod principal;
@@ -23,7 +24,9 @@ use roles::KeyType;
 
 /// Paths hosts and users read without a token: CA public keys and the KRL.
 pub fn is_unauthenticated(rest: &str, op: Operation) -> bool {
-    op == Operation::Read
+    // `verify` is called by hosts' PAM helpers with only the OTP, as in Vault.
+    (op == Operation::Write && rest == "verify")
+        || op == Operation::Read
         && (rest == "public_key"
             || rest == "krl"
             || (rest.starts_with("issuer/") && rest.ends_with("/public_key")))
@@ -153,6 +156,49 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             let serials = certs::revoke(core, m, f.str("serial_number")?, f.str("key_id")?, f.str("public_key")?, req.now).await?;
             Ok(Reply::Data(json!({ "revoked": serials })))
         }
+        (["creds", role], Write) => {
+            let r = roles::read(core, m, role)
+                .await?
+                .ok_or_else(|| Error::invalid(format!("unknown role: {role}")))?;
+            let issued = creds::create(core, m, &r, req).await?;
+            Ok(Reply::Lease {
+                data: issued.data,
+                lease_id: issued.lease_id,
+                lease_duration: issued.lease_duration,
+                renewable: issued.renewable,
+            })
+        }
+        (["verify"], Write) => {
+            core.verify_limiter.check(req.client_ip, req.now)?;
+            let otp = f.required_str("otp")?;
+            match creds::verify(core, m, otp.trim(), req.now).await? {
+                Some(d) => Ok(Reply::Data(d)),
+                None => {
+                    core.verify_limiter.failure(req.client_ip, req.now);
+                    Err(Error::invalid("OTP not found"))
+                }
+            }
+        }
+        (["lookup"], Write) => {
+            let roles = creds::lookup(core, m, &f.required_str("ip")?).await?;
+            Ok(Reply::Data(json!({ "roles": roles })))
+        }
+        (["config", "zeroaddress"], Read) => {
+            let roles = creds::zero_address_roles(core, m).await?;
+            if roles.is_empty() {
+                return Ok(Reply::NotFound);
+            }
+            Ok(Reply::Data(json!({ "roles": roles })))
+        }
+        (["config", "zeroaddress"], Write) => {
+            let roles = f.str_list("roles")?.ok_or_else(|| Error::invalid("missing roles"))?;
+            creds::set_zero_address_roles(core, m, roles).await?;
+            Ok(Reply::NoContent)
+        }
+        (["config", "zeroaddress"], Delete) => {
+            creds::delete_zero_address(core, m).await?;
+            Ok(Reply::NoContent)
+        }
         (["krl"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
             content_type: "application/octet-stream",
@@ -163,8 +209,8 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             Some(r) => Reply::Data(r.to_json()),
             None => Reply::NotFound,
         }),
-        (["config", "ca"] | ["public_key"] | ["issuers"] | ["roles"] | ["krl"] | ["certs"] | ["revoke"], _)
-        | (["roles" | "sign" | "issue" | "issuer" | "certs", _], _) => Err(Error::UnsupportedOperation),
+        (["config", "ca" | "zeroaddress" | "issuers"] | ["public_key"] | ["issuers"] | ["roles"] | ["krl"] | ["certs"] | ["revoke"] | ["verify"] | ["lookup"], _)
+        | (["roles" | "sign" | "issue" | "issuer" | "certs" | "creds", _], _) => Err(Error::UnsupportedOperation),
         _ => Err(no_route(&req.path)),
     }
 }

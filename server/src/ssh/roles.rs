@@ -200,6 +200,12 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         Some(p) => return Err(Error::invalid(format!("port {p} is not a valid TCP port"))),
     };
     let key_bits = f.non_negative("key_bits")?.unwrap_or(0);
+    let key_option_specs = f.str("key_option_specs")?.unwrap_or_default();
+    // These options go into authorized_keys lines on hosts: one line, no
+    // control characters, so they can never add a second key or line.
+    if key_option_specs.len() > 1024 || key_option_specs.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid("key_option_specs may not contain newlines or control characters"));
+    }
     let allowed_force_commands = list("allowed_force_commands")?;
     for c in &allowed_force_commands {
         check_option_value("allowed_force_commands", "force-command", c)?;
@@ -235,7 +241,7 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         exclude_cidr_list: f.cidr_list("exclude_cidr_list")?.unwrap_or_default(),
         port,
         key_bits,
-        key_option_specs: f.str("key_option_specs")?.unwrap_or_default(),
+        key_option_specs,
         admin_user: f.str("admin_user")?.unwrap_or_default(),
         key: f.str("key")?.unwrap_or_default(),
         install_script: f.str("install_script")?.unwrap_or_default(),

@@ -1,0 +1,95 @@
+//! What a result was measured on: date, CPU, load, commit, OpenSSH version.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use gatepass_server::clock::Clock;
+
+pub struct Machine {
+    /// UTC, `YYYY-MM-DD HH:MM`.
+    pub date: String,
+    pub nproc: String,
+    pub cpu: String,
+    /// The 1-minute load average when the run started.
+    pub load: String,
+    /// Short commit, with `+ uncommitted changes` when the tree differs.
+    pub commit: String,
+    pub openssh: String,
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stdin(Stdio::null()).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    // `ssh -V` prints on stderr.
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    let s = String::from_utf8_lossy(&text).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+fn date(now: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(now) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        ),
+        Err(_) => format!("unix time {now}"),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == "model name")
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn commit(repo: &Path) -> String {
+    let git = |args: &[&str]| output(Command::new("git").arg("-C").arg(repo).args(args));
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        None => "unknown".into(),
+        Some(c) => {
+            let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some();
+            if dirty {
+                format!("{c} + uncommitted changes")
+            } else {
+                c
+            }
+        }
+    }
+}
+
+pub fn describe() -> Machine {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Machine {
+        date: date(Clock::System.now()),
+        nproc: output(&mut Command::new("nproc")).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        }),
+        cpu: cpu_model(),
+        load: std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().map(String::from))
+            .unwrap_or_else(|| "unknown".into()),
+        commit: commit(&repo),
+        openssh: output(Command::new("ssh").arg("-V"))
+            .and_then(|v| v.split([' ', ',']).next().map(String::from))
+            .unwrap_or_else(|| "OpenSSH (version unknown)".into()),
+    }
+}

@@ -1,0 +1,217 @@
+//! The real `gatepass-server dev`, started as a child process on a free
+//! loopback port with its data in a temporary folder, and HTTPS clients that
+//! trust only its dev CA.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+/// How long the server may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long it may take to stop after SIGTERM (it drains for up to 10 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct DevServer {
+    child: Child,
+    running: bool,
+    /// `https://127.0.0.1:PORT`.
+    pub addr: String,
+    pub token: String,
+    ca_pem: Vec<u8>,
+    log: PathBuf,
+    /// Removed when the server is dropped, after the process has ended.
+    dir: tempfile::TempDir,
+}
+
+/// Strips `export NAME='value'` to `value` when the name matches.
+fn export_value(line: &str, name: &str) -> Option<String> {
+    let rest = line.trim().strip_prefix("export ")?.strip_prefix(name)?;
+    let v = rest.strip_prefix('=')?;
+    Some(v.trim_matches('\'').to_string())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+impl DevServer {
+    /// Starts `bin dev` and waits until it has printed where it listens.
+    pub fn start(bin: &Path) -> anyhow::Result<DevServer> {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p gatepass-server`, or pass --server-bin",
+                bin.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("gatepass-bench-")
+            .tempdir()?;
+        let log = dir.path().join("server.log");
+        let token = format!("bench-{:032x}", rand::random::<u128>());
+        let mut child = Command::new(bin)
+            .arg("dev")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--root-token", &token])
+            .env_remove("GATEPASS_DEV_ROOT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take();
+        let mut server = DevServer {
+            child,
+            running: true,
+            addr: String::new(),
+            token,
+            ca_pem: Vec::new(),
+            log,
+            dir,
+        };
+        let Some(stdout) = stdout else {
+            bail!("no stdout from the server");
+        };
+        // A thread reads stdout to its end, so the server never blocks on it.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                match line {
+                    Ok(l) => {
+                        if tx.send(l).is_err() {
+                            // Nobody listens any more; keep draining.
+                            continue;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut ca_path = None;
+        while server.addr.is_empty() || ca_path.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = export_value(&line, "GATEPASS_ADDR") {
+                        server.addr = v;
+                    } else if let Some(v) = export_value(&line, "GATEPASS_CACERT") {
+                        ca_path = Some(PathBuf::from(v));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    bail!("the server printed no address within {START_TIMEOUT:?}; its log:\n{}", server.log_tail())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("the server exited while starting; its log:\n{}", server.log_tail())
+                }
+            }
+        }
+        // Only loopback: the benchmark sends nothing anywhere else.
+        if !server.addr.starts_with("https://127.0.0.1:") {
+            bail!("the server listens on {}, not on 127.0.0.1", server.addr);
+        }
+        let ca_path = ca_path.unwrap_or_default();
+        server.ca_pem = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        Ok(server)
+    }
+
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+
+    /// A client with its own connection pool that trusts only the dev CA
+    /// and never uses a proxy.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem)?;
+        Ok(reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// POSTs JSON with the root token; the answer's JSON (Null for 204).
+    pub async fn write(&self, client: &reqwest::Client, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let r = client
+            .post(self.url(path))
+            .header("X-Vault-Token", &self.token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {path}"))?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {text}");
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// SIGTERM, then waits (SIGKILL after [`STOP_TIMEOUT`]).
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Some(status) = self.child.try_wait()? {
+            self.running = false;
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        kill(pid, Signal::SIGTERM)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                self.running = false;
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill()?;
+        let status = self.child.wait()?;
+        self.running = false;
+        bail!("the server did not stop within {STOP_TIMEOUT:?} of SIGTERM; killed ({status})")
+    }
+}
+
+impl Drop for DevServer {
+    fn drop(&mut self) {
+        if self.running {
+            if let Err(e) = self.stop() {
+                eprintln!("stopping the server: {e:#}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_lines() {
+        assert_eq!(
+            export_value("export GATEPASS_ADDR='https://127.0.0.1:1234'", "GATEPASS_ADDR").as_deref(),
+            Some("https://127.0.0.1:1234")
+        );
+        assert_eq!(export_value("export GATEPASS_ADDRX='x'", "GATEPASS_ADDR"), None);
+        assert_eq!(export_value("export GATEPASS_TOKEN='t'", "GATEPASS_ADDR"), None);
+    }
+}

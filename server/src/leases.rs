@@ -1,0 +1,168 @@
+//! Leases (`sys/leases/*`): every OTP and dynamic key is handed out with a
+//! lease in Vault's form (`<mount>/creds/<role>/<uuid>`). Revoking or
+//! expiring a lease destroys what it stands for: an unused OTP, or a dynamic
+//! key in its host's desired state. Expiry is indexed by time so the sweeper
+//! reads only what is due.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::state::Core;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: String,
+    /// Storage key of the secret the lease stands for; deleted on revoke.
+    pub secret_key: String,
+    pub issue_time: i64,
+    pub expire_time: i64,
+    pub last_renewal: Option<i64>,
+    pub renewable: bool,
+    /// The latest a renewal may reach.
+    pub max_expire: i64,
+}
+
+fn key(id: &str) -> String {
+    format!("lease/{id}")
+}
+
+fn exp_key(expire: i64, id: &str) -> String {
+    format!("lease-exp/{:016x}/{id}", expire.max(0))
+}
+
+/// Lease IDs contain `/` but never `..`, spaces or control characters.
+pub fn check_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 512
+        && !id.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+        && id.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid("invalid lease_id"))
+    }
+}
+
+pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
+    core.storage.put(&key(&lease.id), lease).await?;
+    core.storage
+        .put(&exp_key(lease.expire_time, &lease.id), &json!({}))
+        .await
+}
+
+pub async fn get(core: &Core, id: &str) -> Result<Option<Lease>> {
+    check_id(id)?;
+    core.storage.get(&key(id)).await
+}
+
+/// Revokes a lease and destroys its secret; false when there was no lease.
+pub async fn revoke(core: &Core, id: &str) -> Result<bool> {
+    check_id(id)?;
+    match core.storage.take::<Lease>(&key(id)).await? {
+        Some(l) => {
+            core.storage.delete(&l.secret_key).await?;
+            core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Removes the lease record only (its secret was consumed, e.g. a verified OTP).
+pub async fn forget(core: &Core, id: &str) -> Result<()> {
+    if let Some(l) = core.storage.take::<Lease>(&key(id)).await? {
+        core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
+    }
+    Ok(())
+}
+
+pub async fn revoke_prefix(core: &Core, prefix: &str) -> Result<usize> {
+    let prefix = prefix.trim_matches('/');
+    check_id(prefix)?;
+    let mut n = 0;
+    for k in core.storage.keys_with_prefix(&format!("lease/{prefix}")).await? {
+        let id = &k["lease/".len()..];
+        // Whole segments only: `ssh/creds/a` must not take `ssh/creds/ab`.
+        if id == prefix || id.starts_with(&format!("{prefix}/")) {
+            if revoke(core, id).await? {
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+pub async fn renew(core: &Core, id: &str, increment: Option<i64>, now: i64) -> Result<Lease> {
+    let mut l = get(core, id)
+        .await?
+        .filter(|l| l.expire_time > now)
+        .ok_or_else(|| Error::invalid("lease not found or lease is not renewable"))?;
+    if !l.renewable {
+        return Err(Error::invalid("lease is not renewable"));
+    }
+    let inc = increment.filter(|i| *i > 0).unwrap_or(l.expire_time - l.issue_time);
+    let new_exp = (now + inc).min(l.max_expire);
+    core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
+    l.expire_time = new_exp;
+    l.last_renewal = Some(now);
+    core.storage.put(&key(&l.id), &l).await?;
+    core.storage.put(&exp_key(new_exp, &l.id), &json!({})).await?;
+    Ok(l)
+}
+
+pub fn to_json(l: &Lease, now: i64) -> Value {
+    json!({
+        "id": l.id,
+        "issue_time": rfc3339(l.issue_time),
+        "expire_time": rfc3339(l.expire_time),
+        "last_renewal": l.last_renewal.map(rfc3339),
+        "renewable": l.renewable,
+        "ttl": (l.expire_time - now).max(0),
+    })
+}
+
+/// Revokes up to `limit` leases that expired by `now`; returns how many.
+pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
+    let due = core
+        .storage
+        .keys_between("lease-exp/", &format!("lease-exp/{:016x}/", now.max(0) + 1), limit)
+        .await?;
+    let mut n = 0;
+    for k in due {
+        // lease-exp/<16 hex>/<id>
+        let id = k.get("lease-exp/".len() + 17..).unwrap_or_default();
+        if !id.is_empty() && revoke(core, id).await? {
+            n += 1;
+        } else {
+            core.storage.delete(&k).await?;
+        }
+    }
+    Ok(n)
+}
+
+/// Runs the sweeper for the life of the server.
+pub async fn sweeper(core: crate::state::State) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        loop {
+            match sweep(&core, core.clock.now(), 1000).await {
+                Ok(1000) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// `LIST sys/leases/lookup/<prefix>`: the next path level under a prefix.
+pub async fn list(core: &Core, prefix: &str) -> Result<Vec<String>> {
+    let p = prefix.trim_matches('/');
+    let full = if p.is_empty() { "lease/".to_string() } else { format!("lease/{p}/") };
+    core.storage.list(&full).await
+}

@@ -1,0 +1,307 @@
+//! `creds/<role>` for OTP and dynamic-key roles, `verify`, `lookup` and
+//! `config/zeroaddress`: Vault's SSH OTP and dynamic-key API.
+//!
+//! An OTP is a random UUID (vault-ssh-helper refuses any other form), stored
+//! only under its keyed hash and consumed atomically by `verify`. A dynamic
+//! key is a fresh key pair: the private key goes to the caller once, the
+//! public key waits in the mount for the target host's hostd to install.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use ssh_key::LineEnding;
+
+use super::roles::{KeyType, Role};
+use crate::auth::token::SYSTEM_MAX_TTL;
+use crate::error::{Error, Result};
+use crate::leases::{self, Lease};
+use crate::mounts::Mount;
+use crate::request::Request;
+use crate::state::Core;
+
+/// What `vault-ssh-helper -verify-only` sends, and what it expects back.
+pub const VERIFY_ECHO_REQUEST: &str = "verify-echo-request";
+pub const VERIFY_ECHO_RESPONSE: &str = "verify-echo-response";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OtpEntry {
+    pub username: String,
+    pub ip: String,
+    pub role_name: String,
+    pub lease_id: String,
+    pub expire_time: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DynamicKey {
+    pub username: String,
+    pub ip: String,
+    pub role_name: String,
+    pub lease_id: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    pub key_option_specs: String,
+    pub expire_time: i64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ZeroAddress {
+    roles: Vec<String>,
+}
+
+fn otp_key(m: &Mount, hash: &str) -> String {
+    format!("{}otp/{hash}", m.data_prefix())
+}
+fn dynkey_key(m: &Mount, id: &str) -> String {
+    format!("{}dynkey/{id}", m.data_prefix())
+}
+fn zero_key(m: &Mount) -> String {
+    format!("{}config/zeroaddress", m.data_prefix())
+}
+
+pub async fn zero_address_roles(core: &Core, m: &Mount) -> Result<Vec<String>> {
+    Ok(core
+        .storage
+        .get::<ZeroAddress>(&zero_key(m))
+        .await?
+        .unwrap_or_default()
+        .roles)
+}
+
+pub async fn set_zero_address_roles(core: &Core, m: &Mount, roles: Vec<String>) -> Result<()> {
+    for r in &roles {
+        super::roles::validate_name(r)?;
+    }
+    core.storage.put(&zero_key(m), &ZeroAddress { roles }).await
+}
+
+pub async fn delete_zero_address(core: &Core, m: &Mount) -> Result<()> {
+    core.storage.delete(&zero_key(m)).await?;
+    Ok(())
+}
+
+/// Vault's rule: the IP must be in the role's `cidr_list` and not in
+/// `exclude_cidr_list`; a role with no `cidr_list` serves any IP only when it
+/// is listed in `config/zeroaddress`.
+fn ip_allowed(role: &Role, ip: IpAddr, zero: &[String]) -> Result<()> {
+    if role.exclude_cidr_list.iter().any(|c| c.contains(&ip)) {
+        return Err(Error::invalid(format!("IP {ip} is in the role's exclude_cidr_list")));
+    }
+    if role.cidr_list.iter().any(|c| c.contains(&ip)) {
+        return Ok(());
+    }
+    if zero.contains(&role.name) {
+        return Ok(());
+    }
+    if role.cidr_list.is_empty() {
+        return Err(Error::invalid(format!(
+            "role {} has no cidr_list and is not a zero-address role",
+            role.name
+        )));
+    }
+    Err(Error::invalid(format!("IP {ip} does not belong to role {}", role.name)))
+}
+
+fn username(role: &Role, requested: Option<String>) -> Result<String> {
+    let user = requested.filter(|u| !u.is_empty()).unwrap_or_else(|| role.default_user.clone());
+    super::principal::Principal::new(&user).map_err(|_| Error::invalid("invalid username"))?;
+    if user == role.default_user || role.allowed_users.iter().any(|a| a == "*" || *a == user) {
+        Ok(user)
+    } else {
+        Err(Error::invalid(format!("username {user} is not in the role's allowed_users")))
+    }
+}
+
+fn lease_ttl(role: &Role) -> (i64, i64) {
+    let max = if role.max_ttl > 0 { role.max_ttl } else { SYSTEM_MAX_TTL };
+    let ttl = if role.ttl > 0 { role.ttl.min(max) } else { SYSTEM_MAX_TTL.min(max) };
+    (ttl, max)
+}
+
+/// What `creds` answers: the data and the lease fields of the envelope.
+pub struct Issued {
+    pub data: Value,
+    pub lease_id: String,
+    pub lease_duration: i64,
+    pub renewable: bool,
+}
+
+pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Result<Issued> {
+    let f = &req.fields;
+    let ip_text = f.required_str("ip")?;
+    let ip: IpAddr = ip_text
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
+    let user = username(role, f.str("username")?)?;
+    ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
+    let (ttl, max) = lease_ttl(role);
+    let now = req.now;
+    let id = uuid::Uuid::new_v4().to_string();
+    let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
+    match role.key_type {
+        KeyType::Otp => {
+            let otp = uuid::Uuid::new_v4().to_string();
+            let key = otp_key(m, &core.hasher.hash(&otp));
+            let entry = OtpEntry {
+                username: user.clone(),
+                ip: ip.to_string(),
+                role_name: role.name.clone(),
+                lease_id: lease_id.clone(),
+                expire_time: now + ttl,
+            };
+            if !core.storage.put_if_absent(&key, &entry).await? {
+                return Err(Error::internal("OTP collision"));
+            }
+            leases::create(
+                core,
+                &Lease {
+                    id: lease_id.clone(),
+                    secret_key: key,
+                    issue_time: now,
+                    expire_time: now + ttl,
+                    last_renewal: None,
+                    renewable: false,
+                    max_expire: now + ttl,
+                },
+            )
+            .await?;
+            Ok(Issued {
+                data: json!({
+                    "ip": ip.to_string(), "key": otp, "key_type": "otp",
+                    "port": role.port, "username": user,
+                }),
+                lease_id,
+                lease_duration: ttl,
+                renewable: false,
+            })
+        }
+        KeyType::Dynamic => {
+            let kt = if role.key_bits > 0 { "rsa" } else { "ed25519" };
+            let bits = role.key_bits;
+            let private = tokio::task::spawn_blocking(move || super::issuers::generate_key(kt, bits))
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
+            let public = private
+                .public_key()
+                .to_openssh()
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let key = dynkey_key(m, &id);
+            core.storage
+                .put(
+                    &key,
+                    &DynamicKey {
+                        username: user.clone(),
+                        ip: ip.to_string(),
+                        role_name: role.name.clone(),
+                        lease_id: lease_id.clone(),
+                        public_key: public,
+                        key_option_specs: role.key_option_specs.clone(),
+                        expire_time: now + ttl,
+                    },
+                )
+                .await?;
+            leases::create(
+                core,
+                &Lease {
+                    id: lease_id.clone(),
+                    secret_key: key,
+                    issue_time: now,
+                    expire_time: now + ttl,
+                    last_renewal: None,
+                    renewable: true,
+                    max_expire: now + max,
+                },
+            )
+            .await?;
+            let pem = private
+                .to_openssh(LineEnding::LF)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            Ok(Issued {
+                data: json!({
+                    "ip": ip.to_string(), "key": pem.as_str(), "key_type": "dynamic",
+                    "port": role.port, "username": user,
+                }),
+                lease_id,
+                lease_duration: ttl,
+                renewable: true,
+            })
+        }
+        KeyType::Ca => Err(Error::invalid(format!(
+            "role {} has key_type=ca: use sign/{0} or issue/{0}",
+            role.name
+        ))),
+    }
+}
+
+/// `verify`: consumes the OTP. Of any number of concurrent calls with one
+/// OTP — on one server or several sharing PostgreSQL — exactly one gets it,
+/// because the delete itself decides.
+pub async fn verify(core: &Core, m: &Mount, otp: &str, now: i64) -> Result<Option<Value>> {
+    if otp == VERIFY_ECHO_REQUEST {
+        return Ok(Some(json!({ "message": VERIFY_ECHO_RESPONSE })));
+    }
+    // Anything not shaped like a UUID was never issued: no storage round trip.
+    if uuid::Uuid::parse_str(otp).is_err() {
+        return Ok(None);
+    }
+    let Some(entry) = core
+        .storage
+        .take::<OtpEntry>(&otp_key(m, &core.hasher.hash(otp)))
+        .await?
+    else {
+        return Ok(None);
+    };
+    leases::forget(core, &entry.lease_id).await?;
+    if entry.expire_time <= now {
+        return Ok(None);
+    }
+    Ok(Some(json!({
+        "username": entry.username,
+        "ip": entry.ip,
+        "role_name": entry.role_name,
+    })))
+}
+
+/// `lookup {ip}`: the OTP and dynamic roles that may serve an IP.
+pub async fn lookup(core: &Core, m: &Mount, ip_text: &str) -> Result<Vec<String>> {
+    let ip: IpAddr = ip_text
+        .trim()
+        .parse()
+        .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
+    let zero = zero_address_roles(core, m).await?;
+    let mut out = Vec::new();
+    for name in super::roles::list(core, m).await? {
+        if let Some(r) = super::roles::read(core, m, &name).await? {
+            if r.key_type != KeyType::Ca && ip_allowed(&r, ip, &zero).is_ok() {
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Dynamic keys waiting to be (or installed) on hosts, for hostd.
+pub async fn dynamic_keys(core: &Core, m: &Mount, now: i64) -> Result<Vec<DynamicKey>> {
+    let mut out = Vec::new();
+    for k in core.storage.keys_with_prefix(&format!("{}dynkey/", m.data_prefix())).await? {
+        if let Some(d) = core.storage.get::<DynamicKey>(&k).await? {
+            if d.expire_time > now {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps a dynamic key's expiry in step with its renewed lease.
+pub async fn renewed(core: &Core, lease: &Lease) -> Result<()> {
+    if lease.secret_key.contains("/dynkey/") {
+        if let Some(mut d) = core.storage.get::<DynamicKey>(&lease.secret_key).await? {
+            d.expire_time = lease.expire_time;
+            core.storage.put(&lease.secret_key, &d).await?;
+        }
+    }
+    Ok(())
+}
