@@ -25,7 +25,7 @@ pub struct DevServer {
     ca_pem: Vec<u8>,
     log: PathBuf,
     /// Removed when the server is dropped, after the process has ended.
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 /// Strips `export NAME='value'` to `value` when the name matches.
@@ -74,7 +74,7 @@ impl DevServer {
             token,
             ca_pem: Vec::new(),
             log,
-            dir,
+            _dir: dir,
         };
         let Some(stdout) = stdout else {
             bail!("no stdout from the server");

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{generic, login, token, Ctx, GlobalArgs};
+use commands::{generic, login, ssh, token, Ctx, GlobalArgs};
 
 const ENVIRONMENT: &str = "\
 Environment:
@@ -81,6 +81,13 @@ enum Command {
     /// Look up and create tokens
     #[command(subcommand)]
     Token(token::Command),
+
+    /// SSH certificates: sign your key, get a key for the agent, trust hosts
+    ///
+    /// Talks to an ssh secrets engine (mounted at `ssh` unless --mount says
+    /// otherwise) and puts what it returns where OpenSSH looks for it.
+    #[command(subcommand)]
+    Ssh(ssh::Command),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -107,6 +114,7 @@ async fn run(cli: Cli) -> error::Result<()> {
         Command::List(args) => generic::list(&Ctx::new(global)?, args).await,
         Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await,
         Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await,
+        Command::Ssh(cmd) => ssh::run(global, cmd).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod generic;
 pub mod login;
+pub mod ssh;
 pub mod token;
 
 use std::path::PathBuf;
