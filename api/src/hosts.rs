@@ -1,0 +1,142 @@
+//! The hosts protocol between `gatepass-server` and `gatepass-hostd`, shared
+//! by both sides so they cannot drift apart.
+//!
+//! Paths (under `/v1/`):
+//! - `POST hosts/join-tokens` (admin) → [`JoinToken`]; body [`NewJoinToken`].
+//! - `POST hosts/enroll` (no token; the join token is in the body)
+//!   [`EnrollRequest`] → [`Enrolled`] in `data`.
+//! - `GET hosts/self/state?index=N&wait=30s` (host token) → [`HostState`] in
+//!   `data`. When `index` equals the current state's index, the server holds
+//!   the request until the state changes or `wait` (at most 60 s) passes.
+//! - `POST hosts/self/sign-host-key` (host token) [`SignHostKey`] →
+//!   [`SignedHostKey`].
+//! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied.
+//! - `POST hosts/self/unenroll` (host token): forget this host, revoke its token.
+//! - `LIST hosts`, `GET|DELETE hosts/<host_id>` (admin).
+//! - `POST|GET|DELETE hosts/mappings/<local user>` (admin) [`Mapping`]:
+//!   certificate principals allowed to log in as that local user on every
+//!   host in mapped mode; `LIST hosts/mappings`.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST hosts/join-tokens`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NewJoinToken {
+    /// Lifetime, e.g. "1h" (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// How many hosts may enroll with it (default 1; 0 = unlimited until expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_uses: Option<i64>,
+    /// The ssh mount whose CA the hosts trust for user certificates (default "ssh").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_mount: Option<String>,
+    /// The ssh mount and role that sign the hosts' host keys (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_mount: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_role: Option<String>,
+    /// Principals mode: "mapped" writes AuthorizedPrincipalsFile from the
+    /// login mappings; "default" (the default) leaves sshd's rule (the
+    /// certificate must name the login user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principals: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub join_token: String,
+    pub accessor: String,
+    pub expire_time: i64,
+    pub num_uses: i64,
+}
+
+/// `POST hosts/enroll`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub join_token: String,
+    pub hostname: String,
+    /// The host's own interface addresses (dynamic keys for these IPs are
+    /// routed to it).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// The host's public host keys (OpenSSH lines).
+    #[serde(default)]
+    pub host_keys: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub host_id: String,
+    /// The host's own token (policy `gatepass-host`); keep it 0600.
+    pub host_token: String,
+    pub user_mount: String,
+    #[serde(default)]
+    pub host_mount: Option<String>,
+    #[serde(default)]
+    pub host_role: Option<String>,
+    pub principals: String,
+}
+
+/// What a host should look like. Everything hostd writes comes from here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostState {
+    /// Changes whenever anything below changes.
+    pub index: u64,
+    /// TrustedUserCAKeys content: one CA public key per line.
+    pub user_ca_keys: String,
+    /// RevokedKeys content: an OpenSSH KRL, base64.
+    pub krl: String,
+    /// Mapped mode: local user → principals (AuthorizedPrincipalsFile per
+    /// user). None: default mode, no principals files.
+    #[serde(default)]
+    pub principals: Option<std::collections::BTreeMap<String, Vec<String>>>,
+    /// Dynamic keys for this host's addresses.
+    #[serde(default)]
+    pub dynamic_keys: Vec<DynamicKey>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicKey {
+    /// Local user whose authorized_keys file gets the key.
+    pub user: String,
+    /// OpenSSH public key line (no options, no comment).
+    pub public_key: String,
+    /// authorized_keys options from the role (`key_option_specs`), may be empty.
+    #[serde(default)]
+    pub options: String,
+    /// Unix time the key stops working (hostd writes `expiry-time=`).
+    pub expires: i64,
+    /// The lease, written as the line's comment.
+    pub lease_id: String,
+}
+
+/// `POST hosts/self/sign-host-key`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignHostKey {
+    pub public_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignedHostKey {
+    pub signed_key: String,
+    pub serial_number: String,
+    /// Unix time the certificate expires (renew at 2/3 of its life).
+    pub valid_before: i64,
+    pub valid_after: i64,
+}
+
+/// `POST hosts/self/ack`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Ack {
+    pub index: u64,
+    /// Leases of the dynamic keys now installed.
+    #[serde(default)]
+    pub installed: Vec<String>,
+}
+
+/// `POST hosts/mappings/<user>`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Mapping {
+    pub principals: Vec<String>,
+}
