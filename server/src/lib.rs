@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod hosts;
 pub mod http;
 pub mod leases;
 pub mod metrics;

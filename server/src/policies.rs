@@ -31,17 +31,15 @@ pub fn normalize_names(names: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Installs the built-in `default` policy if it is missing.
+/// Installs the built-in policies (`default`, `gatepass-host`) if missing.
 pub async fn ensure_default(core: &Core) -> Result<()> {
-    core.storage
-        .put_if_absent(
-            &key("default"),
-            &StoredPolicy {
-                name: "default".into(),
-                text: DEFAULT_POLICY.into(),
-            },
-        )
-        .await?;
+    for (name, text) in [("default", DEFAULT_POLICY), (crate::hosts::HOST_POLICY, crate::hosts::HOST_POLICY_TEXT)] {
+        if core.storage.get::<StoredPolicy>(&key(name)).await?.is_none() {
+            core.storage
+                .put_if_absent(&key(name), &StoredPolicy { name: name.into(), text: text.into() })
+                .await?;
+        }
+    }
     Ok(())
 }
 

@@ -49,7 +49,7 @@ impl Core {
             Some(p) => Some(AuditLog::open(p, AuditKey::new(*opts.seal_key.derive("audit")))?),
             None => None,
         };
-        Ok(Arc::new(Core {
+        let core = Arc::new(Core {
             storage,
             hasher: Hasher::new(&opts.seal_key),
             audit,
@@ -57,7 +57,12 @@ impl Core {
             clock: opts.clock,
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
-        }))
+        });
+        if core.is_initialized().await? {
+            // Built-in policies added by newer versions reach older data.
+            policies::ensure_default(&core).await?;
+        }
+        Ok(core)
     }
 
     pub async fn is_initialized(&self) -> Result<bool> {

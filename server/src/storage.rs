@@ -23,6 +23,9 @@ pub struct Storage {
     pool: AnyPool,
     barrier: Barrier,
     backend: Backend,
+    /// Bumped on every change this server makes, so that long-polls wake
+    /// at once (changes made by other servers are seen by polling).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
@@ -82,6 +85,7 @@ impl Storage {
             pool,
             barrier: Barrier::new(seal),
             backend,
+            changes: tokio::sync::watch::channel(0).0,
         };
         storage.check_seal().await?;
         Ok(storage)
@@ -89,6 +93,15 @@ impl Storage {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A receiver that sees every change this server makes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     async fn check_seal(&self) -> Result<()> {
@@ -149,6 +162,7 @@ impl Storage {
         .bind(sealed)
         .execute(&self.pool)
         .await?;
+        self.changed();
         Ok(())
     }
 
@@ -163,6 +177,9 @@ impl Storage {
         .bind(sealed)
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 1 {
+            self.changed();
+        }
         Ok(done.rows_affected() == 1)
     }
 
@@ -172,6 +189,9 @@ impl Storage {
             .bind(key)
             .execute(&self.pool)
             .await?;
+        if done.rows_affected() > 0 {
+            self.changed();
+        }
         Ok(done.rows_affected() > 0)
     }
 
@@ -182,6 +202,9 @@ impl Storage {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
+        if row.is_some() {
+            self.changed();
+        }
         row.map(|r| self.decode(key, &r)).transpose()
     }
 

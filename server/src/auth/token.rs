@@ -71,6 +71,8 @@ pub struct NewToken {
     pub bound_cidrs: Vec<ipnet::IpNet>,
     pub path: String,
     pub parent: Option<TokenEntry>,
+    /// Renewable without a maximum (host tokens, renewed by hostd).
+    pub periodic: bool,
 }
 
 fn id_key(hash: &str) -> String {
@@ -105,7 +107,7 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         Some(t) if t > 0 => Some(now + t.min(SYSTEM_MAX_TTL)),
         _ => Some(now + SYSTEM_MAX_TTL),
     };
-    let mut max_expire = if root && expire_time.is_none() {
+    let mut max_expire = if (root && expire_time.is_none()) || spec.periodic {
         None
     } else {
         Some(now + SYSTEM_MAX_TTL)
@@ -378,6 +380,7 @@ pub async fn handle_create(
         bound_cidrs: Vec::new(),
         path: "auth/token/create".into(),
         parent: if no_parent { None } else { Some(caller.clone()) },
+        periodic: false,
     };
     create(core, spec, req.now).await
 }

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::policy::Acl;
 use crate::request::{Operation, Request};
 use crate::state::Core;
-use crate::{leases, mounts, policies, ssh};
+use crate::{hosts, leases, mounts, policies, ssh};
 
 /// Paths anyone may call without a token.
 pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
@@ -24,6 +24,9 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     }
     if p.starts_with("sys/") || p.starts_with("auth/") {
         return Ok(false);
+    }
+    if p == "hosts" || p.starts_with("hosts/") {
+        return Ok(hosts::is_unauthenticated(req));
     }
     Ok(match mounts::find(core, p).await? {
         Some((_, rest)) => ssh::is_unauthenticated(&rest, req.op),
@@ -348,6 +351,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             Err(Error::UnsupportedOperation)
         }
         (["sys" | "auth", ..], _) => Err(no_route(&req.path)),
+
+        // ---- hosts ---------------------------------------------------------
+        (["hosts", ..], _) => hosts::dispatch(core, req, caller).await,
 
         // ---- secrets engines -----------------------------------------------
         _ => match mounts::find(core, &req.path).await? {

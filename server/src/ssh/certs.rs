@@ -120,6 +120,10 @@ async fn all(core: &Core, m: &Mount) -> Result<Vec<CertRecord>> {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Revocations {
     version: u64,
+    /// When the list last changed: the KRL's date, so the same list gives
+    /// the same bytes (hosts compare states by content).
+    #[serde(default)]
+    updated: i64,
     /// (issuer ID, serial, valid_before)
     serials: Vec<(String, u64, u64)>,
     /// (key ID, valid_before of the latest such certificate)
@@ -171,6 +175,7 @@ pub async fn revoke(core: &Core, m: &Mount, serial: Option<String>, key_id: Opti
         }
     }
     rev.version += 1;
+    rev.updated = now;
     core.storage.put(&revocations_key(m), &rev).await?;
     for mut r in hit.clone() {
         if r.revoked_at.is_none() {
@@ -211,7 +216,7 @@ pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
         .collect();
     Krl {
         version: rev.version,
-        generated: now_u,
+        generated: rev.updated.max(0) as u64,
         comment: format!("gatepass {}", m.path),
         certs,
         keys,

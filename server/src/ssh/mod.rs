@@ -160,7 +160,19 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             let r = roles::read(core, m, role)
                 .await?
                 .ok_or_else(|| Error::invalid(format!("unknown role: {role}")))?;
-            let issued = creds::create(core, m, &r, req).await?;
+            let wait = f.duration("wait")?.unwrap_or(0).min(60);
+            let mut issued = creds::create(core, m, &r, req).await?;
+            // gatepass: `wait` holds the answer until a host's hostd reports
+            // the dynamic key installed (or the time is up).
+            if r.key_type == KeyType::Dynamic && wait > 0 {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
+                let mut done = crate::hosts::installed(core, &issued.lease_id).await?;
+                while !done && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    done = crate::hosts::installed(core, &issued.lease_id).await?;
+                }
+                issued.data["installed"] = serde_json::json!(done);
+            }
             Ok(Reply::Lease {
                 data: issued.data,
                 lease_id: issued.lease_id,
@@ -235,7 +247,7 @@ async fn new_issuer(core: &Core, m: &Mount, req: &Request, name: Option<String>,
     issuers::add(core, m, name, key, make_default, req.now).await
 }
 
-async fn ca_role(core: &Core, m: &Mount, name: &str) -> Result<roles::Role> {
+pub async fn ca_role(core: &Core, m: &Mount, name: &str) -> Result<roles::Role> {
     let role = roles::read(core, m, name)
         .await?
         .ok_or_else(|| Error::invalid(format!("unknown role: {name}")))?;
@@ -256,20 +268,32 @@ async fn issue_cert(
     caller: Option<&TokenEntry>,
     key: ssh_key::PublicKey,
 ) -> Result<(certs::CertRecord, ssh_key::Certificate)> {
-    let role = ca_role(core, m, role_name).await?;
-    let issuer = issuers::resolve(core, m, &role.issuer_ref)
-        .await?
-        .ok_or_else(|| Error::invalid(format!("issuer {:?} of role {role_name} does not exist (configure the CA with config/ca)", role.issuer_ref)))?;
     let input = sign::input_from_fields(&req.fields, key)?;
     let who = sign::Requester {
         display_name: caller.map(|c| c.display_name.clone()).unwrap_or_default(),
         meta: caller.map(|c| c.meta.clone()).unwrap_or_default(),
     };
+    issue_with(core, m, role_name, &input, &who, req.now).await
+}
+
+/// Signs under a role and records the certificate in the inventory.
+pub async fn issue_with(
+    core: &Core,
+    m: &Mount,
+    role_name: &str,
+    input: &sign::SignInput,
+    who: &sign::Requester,
+    now: i64,
+) -> Result<(certs::CertRecord, ssh_key::Certificate)> {
+    let role = ca_role(core, m, role_name).await?;
+    let issuer = issuers::resolve(core, m, &role.issuer_ref)
+        .await?
+        .ok_or_else(|| Error::invalid(format!("issuer {:?} of role {role_name} does not exist (configure the CA with config/ca)", role.issuer_ref)))?;
     // A random 64-bit serial; the inventory insert makes it unique in the
     // mount, and a collision just means signing again.
     for _ in 0..4 {
         let serial = rand::random::<u64>().max(1);
-        let cert = sign::sign(&role, &issuer, &input, &who, req.now, serial)?;
+        let cert = sign::sign(&role, &issuer, input, who, now, serial)?;
         let rec = certs::CertRecord::new(&cert, &issuer, role_name, &who.display_name);
         if certs::record(core, m, &rec).await? {
             return Ok((rec, cert));

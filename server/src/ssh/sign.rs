@@ -97,6 +97,11 @@ fn expand(template: &str, who: &Requester) -> Option<String> {
     (!out.contains("{{") && !out.is_empty()).then_some(out)
 }
 
+/// Whether a role may sign a host certificate for this name.
+pub fn host_principal_allowed(role: &Role, p: &str) -> bool {
+    host_allowed(role, &role.allowed_domains, p)
+}
+
 fn host_allowed(role: &Role, allowed: &[String], p: &str) -> bool {
     allowed.iter().any(|d| {
         if d == "*" {

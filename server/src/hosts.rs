@@ -1,0 +1,504 @@
+//! Hosts: join tokens, enrollment, each host's desired state (served by
+//! long-poll), host-key signing, acknowledgements, and login mappings. The
+//! wire types are `gatepass_api::hosts`; hostd is the other side.
+//!
+//! A host's state is computed from the data it depends on (its user CA's
+//! keys and KRL, the login mappings, dynamic keys for its addresses), and
+//! its `index` is a hash of that content: any server sharing the database
+//! gives the same index for the same state, with no counters to keep.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use base64::Engine;
+use gatepass_api::hosts::{
+    Ack, DynamicKey, EnrollRequest, Enrolled, HostState, JoinToken, Mapping, NewJoinToken, SignHostKey, SignedHostKey,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::token::{self, NewToken, TokenEntry};
+use crate::error::{Error, Result};
+use crate::http::{no_route, Reply};
+use crate::request::{Operation, Request};
+use crate::ssh::{self, certs, creds, issuers, principal::Principal, sign};
+use crate::state::Core;
+use crate::{duration, mounts};
+
+/// The policy every host token carries.
+pub const HOST_POLICY: &str = "gatepass-host";
+pub const HOST_POLICY_TEXT: &str = r#"# What a host's own token may do: read its state, report, get its host
+# keys signed, and renew itself.
+path "hosts/self/*" {
+  capabilities = ["read", "update"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+"#;
+
+/// Longest a state request is held open.
+const MAX_WAIT: i64 = 60;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JoinEntry {
+    accessor: String,
+    expire_time: i64,
+    /// Uses left; 0 means unlimited until expiry.
+    uses_left: i64,
+    config: HostConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HostConfig {
+    pub user_mount: String,
+    pub host_mount: Option<String>,
+    pub host_role: Option<String>,
+    /// "mapped" or "default".
+    pub principals: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub hostname: String,
+    pub addresses: Vec<IpAddr>,
+    pub host_keys: Vec<String>,
+    pub enrolled: i64,
+    pub last_seen: i64,
+    pub token_accessor: String,
+    pub config: HostConfig,
+}
+
+fn host_key(id: &str) -> String {
+    format!("hosts/host/{id}")
+}
+fn join_key(hash: &str) -> String {
+    format!("hosts/join/{hash}")
+}
+fn mapping_key(user: &str) -> String {
+    format!("hosts/mapping/{user}")
+}
+fn installed_key(lease_id: &str) -> String {
+    format!("hosts/installed/{lease_id}")
+}
+
+/// Local user names as Linux's useradd allows them.
+pub fn validate_local_user(u: &str) -> Result<()> {
+    let ok = !u.is_empty()
+        && u.len() <= 32
+        && u.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{u:?} is not a valid local user name")))
+    }
+}
+
+fn validate_hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{h:?} is not a valid host name")))
+    }
+}
+
+async fn require_mount(core: &Core, path: &str) -> Result<mounts::Mount> {
+    mounts::get(core, path)
+        .await?
+        .ok_or_else(|| Error::invalid(format!("no ssh mount at {path:?}")))
+}
+
+pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
+    let spec: NewJoinToken = serde_json::from_value(Value::Object(req.fields.raw().clone()))
+        .map_err(|e| Error::invalid(format!("invalid join token request: {e}")))?;
+    for k in ["ttl", "num_uses", "user_mount", "host_mount", "host_role", "principals"] {
+        req.fields.value(k);
+    }
+    let ttl = match &spec.ttl {
+        Some(t) => duration::parse(t).ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
+        None => 3600,
+    };
+    if ttl <= 0 {
+        return Err(Error::invalid("ttl must be positive"));
+    }
+    let uses = spec.num_uses.unwrap_or(1);
+    if uses < 0 {
+        return Err(Error::invalid("num_uses must not be negative"));
+    }
+    let user_mount = spec.user_mount.unwrap_or_else(|| "ssh".into());
+    require_mount(core, &user_mount).await?;
+    if spec.host_mount.is_some() != spec.host_role.is_some() {
+        return Err(Error::invalid("host_mount and host_role go together"));
+    }
+    if let (Some(hm), Some(hr)) = (&spec.host_mount, &spec.host_role) {
+        let m = require_mount(core, hm).await?;
+        let role = ssh::ca_role(core, &m, hr).await?;
+        if !role.allow_host_certificates {
+            return Err(Error::invalid(format!("role {hr} does not allow host certificates")));
+        }
+    }
+    let principals = spec.principals.unwrap_or_else(|| "default".into());
+    if principals != "default" && principals != "mapped" {
+        return Err(Error::invalid("principals must be \"default\" or \"mapped\""));
+    }
+    let text = format!("gpj.{}", crate::auth::random_text(40));
+    let entry = JoinEntry {
+        accessor: crate::auth::random_text(24),
+        expire_time: req.now + ttl,
+        uses_left: uses,
+        config: HostConfig {
+            user_mount,
+            host_mount: spec.host_mount,
+            host_role: spec.host_role,
+            principals,
+        },
+    };
+    core.storage.put(&join_key(&core.hasher.hash(&text)), &entry).await?;
+    Ok(JoinToken {
+        join_token: text,
+        accessor: entry.accessor,
+        expire_time: entry.expire_time,
+        num_uses: uses,
+    })
+}
+
+/// Spends one use of a join token; the last use deletes it atomically, so
+/// a one-use token enrolls exactly one host.
+async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry> {
+    let invalid = || Error::invalid("invalid or expired join token");
+    let key = join_key(&core.hasher.hash(text));
+    let mut e: JoinEntry = core.storage.get(&key).await?.ok_or_else(invalid)?;
+    if e.expire_time <= now {
+        core.storage.delete(&key).await?;
+        return Err(invalid());
+    }
+    match e.uses_left {
+        0 => {}
+        1 => {
+            core.storage.take::<JoinEntry>(&key).await?.ok_or_else(invalid)?;
+        }
+        _ => {
+            e.uses_left -= 1;
+            core.storage.put(&key, &e).await?;
+        }
+    }
+    Ok(e)
+}
+
+pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
+    let r: EnrollRequest = serde_json::from_value(Value::Object(req.fields.raw().clone()))
+        .map_err(|e| Error::invalid(format!("invalid enrollment: {e}")))?;
+    for k in ["join_token", "hostname", "addresses", "host_keys"] {
+        req.fields.value(k);
+    }
+    validate_hostname(&r.hostname)?;
+    let addresses: Vec<IpAddr> = r
+        .addresses
+        .iter()
+        .map(|a| a.trim().parse().map_err(|_| Error::invalid(format!("{a:?} is not an IP address"))))
+        .collect::<Result<_>>()?;
+    if r.host_keys.len() > 16 || addresses.len() > 256 {
+        return Err(Error::invalid("too many host keys or addresses"));
+    }
+    let host_keys: Vec<String> = r
+        .host_keys
+        .iter()
+        .map(|k| sign::parse_public_key(k).and_then(|k| k.to_openssh().map_err(|e| Error::invalid(e.to_string()))))
+        .collect::<Result<_>>()?;
+    let join = spend_join_token(core, &r.join_token, req.now).await?;
+    let id = uuid::Uuid::new_v4().to_string();
+    let (text, tok) = token::create(
+        core,
+        NewToken {
+            policies: vec![HOST_POLICY.into()],
+            no_default_policy: true,
+            ttl: Some(token::SYSTEM_MAX_TTL),
+            renewable: true,
+            periodic: true,
+            display_name: format!("host-{}", r.hostname),
+            meta: BTreeMap::from([("host_id".to_string(), id.clone()), ("hostname".to_string(), r.hostname.clone())]),
+            path: "hosts/enroll".into(),
+            ..NewToken::default()
+        },
+        req.now,
+    )
+    .await?;
+    let host = Host {
+        id: id.clone(),
+        hostname: r.hostname,
+        addresses,
+        host_keys,
+        enrolled: req.now,
+        last_seen: req.now,
+        token_accessor: tok.accessor,
+        config: join.config.clone(),
+    };
+    core.storage.put(&host_key(&id), &host).await?;
+    Ok(Enrolled {
+        host_id: id,
+        host_token: text,
+        user_mount: join.config.user_mount,
+        host_mount: join.config.host_mount,
+        host_role: join.config.host_role,
+        principals: join.config.principals,
+    })
+}
+
+fn host_json(h: &Host) -> Value {
+    json!({
+        "host_id": h.id,
+        "hostname": h.hostname,
+        "addresses": h.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "host_keys": h.host_keys,
+        "enrolled": crate::clock::rfc3339(h.enrolled),
+        "last_seen": crate::clock::rfc3339(h.last_seen),
+        "user_mount": h.config.user_mount,
+        "host_mount": h.config.host_mount,
+        "host_role": h.config.host_role,
+        "principals": h.config.principals,
+    })
+}
+
+/// The host a host token belongs to.
+async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
+    let id = caller
+        .and_then(|c| c.meta.get("host_id"))
+        .ok_or_else(|| Error::invalid("this path needs a host token (from hosts/enroll)"))?;
+    core.storage
+        .get(&host_key(id))
+        .await?
+        .ok_or_else(|| Error::invalid("this host is no longer enrolled"))
+}
+
+pub async fn mappings(core: &Core) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut out = BTreeMap::new();
+    for k in core.storage.keys_with_prefix("hosts/mapping/").await? {
+        if let Some(m) = core.storage.get::<Mapping>(&k).await? {
+            out.insert(k["hosts/mapping/".len()..].to_string(), m.principals);
+        }
+    }
+    Ok(out)
+}
+
+/// Computes a host's desired state; `index` hashes its content.
+pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
+    let mut st = HostState::default();
+    if let Some(m) = mounts::get(core, &host.config.user_mount).await? {
+        st.user_ca_keys = issuers::public_keys_text(core, &m).await?.unwrap_or_default();
+        st.krl = base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
+    }
+    if host.config.principals == "mapped" {
+        st.principals = Some(mappings(core).await?);
+    }
+    for m in mounts::all(core).await? {
+        for k in creds::dynamic_keys(core, &m, now).await? {
+            let ip: Option<IpAddr> = k.ip.parse().ok();
+            if ip.is_some_and(|ip| host.addresses.contains(&ip)) {
+                st.dynamic_keys.push(DynamicKey {
+                    user: k.username,
+                    public_key: k.public_key,
+                    options: k.key_option_specs,
+                    expires: k.expire_time,
+                    lease_id: k.lease_id,
+                });
+            }
+        }
+    }
+    st.dynamic_keys.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+    let bytes = serde_json::to_vec(&st).map_err(|e| Error::internal(e.to_string()))?;
+    let digest = Sha256::digest(&bytes);
+    let mut idx = [0u8; 8];
+    idx.copy_from_slice(&digest[..8]);
+    // 53 bits: exact as a JSON number in any client, and as an i64 in a
+    // query string. Never 0, which a fresh hostd sends to mean "anything".
+    st.index = (u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1);
+    Ok(st)
+}
+
+/// Long-poll: answers at once if the state differs from `index`, otherwise
+/// when it changes or after `wait`.
+async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<HostState> {
+    let mut changes = core.storage.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
+    loop {
+        let st = state(core, host, core.clock.now()).await?;
+        if st.index != index || tokio::time::Instant::now() >= deadline {
+            return Ok(st);
+        }
+        // Local changes wake us at once; other servers' changes within 1 s.
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<SignedHostKey> {
+    let r: SignHostKey = serde_json::from_value(Value::Object(req.fields.raw().clone()))
+        .map_err(|e| Error::invalid(format!("invalid request: {e}")))?;
+    req.fields.value("public_key");
+    let key = sign::parse_public_key(&r.public_key)?;
+    let text = key.to_openssh().map_err(|e| Error::internal(e.to_string()))?;
+    // A host gets certificates only for the keys it enrolled with.
+    if !host.host_keys.iter().any(|k| k.split_whitespace().nth(1) == text.split_whitespace().nth(1)) {
+        return Err(Error::invalid("this key is not one of the host keys this host enrolled with"));
+    }
+    let (Some(mount), Some(role_name)) = (&host.config.host_mount, &host.config.host_role) else {
+        return Err(Error::invalid("no host_mount/host_role was set for this host at enrollment"));
+    };
+    let m = require_mount(core, mount).await?;
+    let role = ssh::ca_role(core, &m, role_name).await?;
+    let mut names = vec![host.hostname.clone()];
+    names.extend(host.addresses.iter().map(|a| a.to_string()));
+    let principals: Vec<Principal> = names
+        .iter()
+        .filter(|n| sign::host_principal_allowed(&role, n))
+        .map(|n| Principal::new(n))
+        .collect::<Result<_>>()?;
+    if principals.is_empty() {
+        return Err(Error::invalid(format!(
+            "role {role_name} allows none of this host's names ({})",
+            names.join(", ")
+        )));
+    }
+    let input = sign::SignInput {
+        public_key: key,
+        cert_type: ssh_key::certificate::CertType::Host,
+        valid_principals: principals,
+        ttl: None,
+        key_id: None,
+        critical_options: Default::default(),
+        extensions: Default::default(),
+    };
+    let who = sign::Requester {
+        display_name: format!("host-{}", host.hostname),
+        meta: Default::default(),
+    };
+    let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, req.now).await?;
+    Ok(SignedHostKey {
+        signed_key: format!("{}\n", cert.to_openssh().map_err(|e| Error::internal(e.to_string()))?),
+        serial_number: certs::serial_hex(rec.serial),
+        valid_before: rec.valid_before as i64,
+        valid_after: rec.valid_after as i64,
+    })
+}
+
+/// Whether a host has acknowledged installing a dynamic key's lease.
+pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
+    Ok(core.storage.get::<Value>(&installed_key(lease_id)).await?.is_some())
+}
+
+async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
+    if let Some(t) = token::lookup_accessor(core, &host.token_accessor, now).await? {
+        token::revoke(core, &t, false).await?;
+    }
+    core.storage.delete(&host_key(&host.id)).await?;
+    Ok(())
+}
+
+fn data<T: Serialize>(v: &T) -> Result<Reply> {
+    Ok(Reply::Data(serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?))
+}
+
+pub fn is_unauthenticated(req: &Request) -> bool {
+    req.path == "hosts/enroll" && req.op == Operation::Write
+}
+
+pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let f = &req.fields;
+    match (&segs[1..], req.op) {
+        (["join-tokens"], Write) => data(&new_join_token(core, req).await?),
+        (["enroll"], Write) => data(&enroll(core, req).await?),
+        (["self", "state"], Read) => {
+            let mut host = own_host(core, caller).await?;
+            if req.now - host.last_seen >= 60 {
+                host.last_seen = req.now;
+                core.storage.put(&host_key(&host.id), &host).await?;
+            }
+            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
+            let wait = f.duration("wait")?.unwrap_or(0);
+            data(&poll_state(core, &host, index, wait).await?)
+        }
+        (["self", "sign-host-key"], Write) => {
+            let host = own_host(core, caller).await?;
+            data(&sign_host_key(core, &host, req).await?)
+        }
+        (["self", "ack"], Write) => {
+            let host = own_host(core, caller).await?;
+            let ack: Ack = serde_json::from_value(Value::Object(f.raw().clone()))
+                .map_err(|e| Error::invalid(format!("invalid ack: {e}")))?;
+            f.value("index");
+            f.value("installed");
+            for lease in &ack.installed {
+                crate::leases::check_id(lease)?;
+                core.storage
+                    .put(&installed_key(lease), &json!({ "host_id": host.id, "time": req.now }))
+                    .await?;
+            }
+            Ok(Reply::NoContent)
+        }
+        (["self", "unenroll"], Write) => {
+            let host = own_host(core, caller).await?;
+            unenroll(core, &host, req.now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["self"], Read) => Ok(Reply::Data(host_json(&own_host(core, caller).await?))),
+        ([], List) => {
+            let keys = core.storage.list("hosts/host/").await?;
+            Ok(Reply::List(keys))
+        }
+        (["mappings"], List) => Ok(Reply::List(mappings(core).await?.into_keys().collect())),
+        (["mappings", user], Read) => {
+            validate_local_user(user)?;
+            Ok(match core.storage.get::<Mapping>(&mapping_key(user)).await? {
+                Some(m) => Reply::Data(json!({ "principals": m.principals })),
+                None => Reply::NotFound,
+            })
+        }
+        (["mappings", user], Write) => {
+            validate_local_user(user)?;
+            let principals = f
+                .str_list("principals")?
+                .ok_or_else(|| Error::invalid("missing principals"))?;
+            for p in &principals {
+                Principal::new(p)?;
+            }
+            core.storage.put(&mapping_key(user), &Mapping { principals }).await?;
+            Ok(Reply::NoContent)
+        }
+        (["mappings", user], Delete) => {
+            validate_local_user(user)?;
+            core.storage.delete(&mapping_key(user)).await?;
+            Ok(Reply::NoContent)
+        }
+        ([id], Read) if uuid::Uuid::parse_str(id).is_ok() => {
+            Ok(match core.storage.get::<Host>(&host_key(id)).await? {
+                Some(h) => Reply::Data(host_json(&h)),
+                None => Reply::NotFound,
+            })
+        }
+        ([id], Delete) if uuid::Uuid::parse_str(id).is_ok() => {
+            if let Some(h) = core.storage.get::<Host>(&host_key(id)).await? {
+                unenroll(core, &h, req.now).await?;
+            }
+            Ok(Reply::NoContent)
+        }
+        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => Err(Error::UnsupportedOperation),
+        _ => Err(no_route(&req.path)),
+    }
+}

@@ -1,0 +1,166 @@
+//! The hosts registry through the API (in-process): join tokens,
+//! enrollment, the desired state and its long-poll, host-key signing,
+//! acknowledgements, login mappings, and bad input.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use gatepass_tests::inproc::{Backend, Server};
+use gatepass_tests::ssh::keypair;
+use serde_json::{json, Value};
+
+async fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (st, v) = s.root(method, path, Some(body)).await;
+    assert!(st.is_success(), "{method} {path}: {st} {v}");
+    v
+}
+
+async fn setup(s: &Server) -> String {
+    ok(s, "POST", "ssh/config/ca", json!({})).await;
+    ok(s, "POST", "sys/mounts/ssh-host", json!({"type": "ssh"})).await;
+    ok(s, "POST", "ssh-host/config/ca", json!({})).await;
+    ok(s, "POST", "ssh-host/roles/hosts", json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "example.com,10.0.0.0", "allow_subdomains": true, "allow_bare_domains": true})).await;
+    let v = ok(s, "POST", "hosts/join-tokens", json!({"ttl": "10m", "num_uses": 1, "host_mount": "ssh-host", "host_role": "hosts", "principals": "mapped"})).await;
+    v["data"]["join_token"].as_str().unwrap().to_string()
+}
+
+async fn enroll(s: &Server, join: &str, host_key: &str) -> (StatusCode, Value) {
+    s.call("POST", "hosts/enroll", None, Some(json!({"join_token": join, "hostname": "web1.example.com", "addresses": ["10.0.0.7", "fd00::7"], "host_keys": [host_key]}))).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_state_sign_and_mappings() {
+    let s = Arc::new(Server::start(Backend::Sqlite).await);
+    let join = setup(&s).await;
+    let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
+    let (st, v) = enroll(&s, &join, &host_pub).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let host_token = v["data"]["host_token"].as_str().unwrap().to_string();
+    let host_id = v["data"]["host_id"].as_str().unwrap().to_string();
+    assert_eq!(v["data"]["principals"], "mapped");
+    // A one-use join token enrolls one host.
+    let (st, _) = enroll(&s, &join, &host_pub).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    // The host token reads its own state, nothing else.
+    let (st, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let state = v["data"].clone();
+    let (_, ca) = s.call("GET", "ssh/public_key", None, None).await;
+    assert_eq!(state["user_ca_keys"], ca);
+    assert!(!state["krl"].as_str().unwrap().is_empty());
+    assert_eq!(state["principals"], json!({}));
+    assert_eq!(s.call("GET", "sys/mounts", Some(&host_token), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(s.call("POST", "hosts/join-tokens", Some(&host_token), Some(json!({}))).await.0, StatusCode::FORBIDDEN);
+    // Same state, same index; a mapping changes it.
+    let index = state["index"].as_u64().unwrap();
+    let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    assert_eq!(v["data"]["index"].as_u64().unwrap(), index);
+    ok(&s, "POST", "hosts/mappings/deploy", json!({"principals": "alice,ops"})).await;
+    let (st, v) = s.call("GET", &format!("hosts/self/state?index={index}&wait=5s"), Some(&host_token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_ne!(v["data"]["index"].as_u64().unwrap(), index);
+    assert_eq!(v["data"]["principals"], json!({"deploy": ["alice", "ops"]}));
+    let index = v["data"]["index"].as_u64().unwrap();
+    // Long-poll: held until a change (a revocation) arrives.
+    let s2 = s.clone();
+    let t2 = host_token.clone();
+    let poll = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (_, v) = s2.call("GET", &format!("hosts/self/state?index={index}&wait=30s"), Some(&t2), None).await;
+        (started.elapsed(), v)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if poll.is_finished() {
+        panic!("the long-poll answered before anything changed: {:?}", poll.await.unwrap().1);
+    }
+    ok(&s, "POST", "ssh/roles/u", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"})).await;
+    let (_, user_pub) = keypair(s.dir.path(), "user", "ed25519", None);
+    let v = ok(&s, "POST", "ssh/sign/u", json!({"public_key": user_pub, "valid_principals": "alice"})).await;
+    ok(&s, "POST", "ssh/revoke", json!({"serial_number": v["data"]["serial_number"]})).await;
+    let (elapsed, v) = tokio::time::timeout(Duration::from_secs(10), poll).await.unwrap().unwrap();
+    assert!(elapsed < Duration::from_secs(5), "the change took {elapsed:?}");
+    assert_ne!(v["data"]["index"].as_u64().unwrap(), index);
+    // Host key signing: only the enrolled key, principals the role allows.
+    let (st, v) = s.call("POST", "hosts/self/sign-host-key", Some(&host_token), Some(json!({"public_key": host_pub}))).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let l = gatepass_tests::ssh::describe_cert(s.dir.path(), v["data"]["signed_key"].as_str().unwrap());
+    assert!(l.contains("host certificate") && l.contains("web1.example.com") && !l.contains("fd00::7"), "{l}");
+    let (st, _) = s.call("POST", "hosts/self/sign-host-key", Some(&host_token), Some(json!({"public_key": user_pub}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "a key the host did not enroll with");
+    // Dynamic keys for the host's addresses reach its state; ack marks them.
+    ok(&s, "POST", "ssh/roles/dyn", json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8"})).await;
+    let v = ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.7"})).await;
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.8"})).await;
+    let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    let keys = v["data"]["dynamic_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "only the key for this host's address");
+    assert_eq!(keys[0]["lease_id"], lease.as_str());
+    assert_eq!(keys[0]["user"], "app");
+    // creds with `wait` returns once the host acknowledges.
+    let s3 = s.clone();
+    let waiting = tokio::spawn(async move { s3.root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7", "wait": "10s"}))).await });
+    let mut acked = false;
+    for _ in 0..50 {
+        let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+        let leases: Vec<String> = v["data"]["dynamic_keys"].as_array().unwrap().iter().map(|k| k["lease_id"].as_str().unwrap().to_string()).collect();
+        if leases.len() == 2 {
+            let (st, _) = s.call("POST", "hosts/self/ack", Some(&host_token), Some(json!({"index": v["data"]["index"], "installed": leases}))).await;
+            assert_eq!(st, StatusCode::NO_CONTENT);
+            acked = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(acked);
+    let (st, v) = tokio::time::timeout(Duration::from_secs(15), waiting).await.unwrap().unwrap();
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(v["data"]["installed"], true, "{v}");
+    // Admin views, and unenrolling revokes the host token.
+    let (_, v) = s.root("LIST", "hosts", None).await;
+    assert_eq!(v["data"]["keys"], json!([host_id]));
+    let (_, v) = s.root("GET", &format!("hosts/{host_id}"), None).await;
+    assert_eq!(v["data"]["hostname"], "web1.example.com");
+    assert_eq!(s.root("DELETE", &format!("hosts/{host_id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(s.call("GET", "hosts/self/state", Some(&host_token), None).await.0, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn bad_enrollments_and_mappings_are_refused() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = setup(&s).await;
+    let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
+    let before = s.core.storage.keys_with_prefix("hosts/host/").await.unwrap();
+    for body in [
+        json!({"join_token": "gpj.nope", "hostname": "a", "addresses": [], "host_keys": []}),
+        json!({"join_token": join, "hostname": "bad host", "addresses": [], "host_keys": []}),
+        json!({"join_token": join, "hostname": "a\nb", "addresses": [], "host_keys": []}),
+        json!({"join_token": join, "hostname": "a", "addresses": ["10.0.0.300"], "host_keys": []}),
+        json!({"join_token": join, "hostname": "a", "addresses": [], "host_keys": ["ssh-ed25519 garbage"]}),
+        json!({"join_token": join, "hostname": "a", "addresses": "10.0.0.1", "host_keys": []}),
+    ] {
+        let (st, v) = s.call("POST", "hosts/enroll", None, Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+    }
+    assert_eq!(s.core.storage.keys_with_prefix("hosts/host/").await.unwrap(), before);
+    // The join token was not spent by the refused attempts.
+    assert_eq!(enroll(&s, &join, &host_pub).await.0, StatusCode::OK);
+    // An expired join token.
+    let v = ok(&s, "POST", "hosts/join-tokens", json!({"ttl": "1m"})).await;
+    let j = v["data"]["join_token"].as_str().unwrap().to_string();
+    s.clock.advance(61);
+    assert_eq!(enroll(&s, &j, &host_pub).await.0, StatusCode::BAD_REQUEST);
+    for (path, body) in [
+        ("hosts/mappings/Root", json!({"principals": "a"})),
+        ("hosts/mappings/a%2Fb", json!({"principals": "a"})),
+        ("hosts/mappings/deploy", json!({"principals": "a b"})),
+        ("hosts/mappings/deploy", json!({"principals": "a,b\nc"})),
+        ("hosts/join-tokens", json!({"user_mount": "nope"})),
+        ("hosts/join-tokens", json!({"principals": "sometimes"})),
+        ("hosts/join-tokens", json!({"host_mount": "ssh-host"})),
+    ] {
+        let (st, v) = s.root("POST", path, Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
+    }
+}
