@@ -1,6 +1,8 @@
 //! Types of gatepass's Vault-compatible API and an HTTPS client for it, with
 //! the server's CA pinned.
 
+#[cfg(feature = "docs")]
+pub mod docs;
 pub mod hosts;
 
 use std::path::{Path, PathBuf};

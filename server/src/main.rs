@@ -59,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(name = "__docs", hide = true)]
+    Docs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -88,6 +91,10 @@ fn init_logging() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Docs { dir } = &cli.command {
+        use clap::CommandFactory;
+        return Ok(gatepass_api::docs::write(Cli::command(), dir)?);
+    }
     init_logging();
     tls::install_crypto_provider();
     match cli.command {
@@ -106,6 +113,15 @@ async fn main() -> anyhow::Result<()> {
                     seal_key_file,
                 },
         } => verify_cmd(&file, config, seal_key_file),
+        Command::Docs { .. } => Ok(()),
+    }
+}
+
+/// Tells systemd (Type=notify) the socket is bound and requests are served;
+/// a no-op when not run by systemd.
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY failed");
     }
 }
 
@@ -170,6 +186,7 @@ async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>, root_token: Option<S
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    notify_ready();
     serve::run(core.clone(), listener, Some(cfg), serve::shutdown_signal()).await?;
     core.storage.close().await;
     Ok(())
@@ -196,6 +213,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    notify_ready();
     serve::run(core.clone(), listener, tls_cfg, serve::shutdown_signal()).await?;
     core.storage.close().await;
     Ok(())
