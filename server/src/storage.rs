@@ -26,6 +26,54 @@ pub struct Storage {
     /// Bumped on every change this server makes, so that long-polls wake
     /// at once (changes made by other servers are seen by polling).
     changes: tokio::sync::watch::Sender<u64>,
+    cache: ReadCache,
+}
+
+/// How long a cached value may be used. Changes made by this server drop
+/// their cache entry at once; changes made by another server sharing the
+/// database are seen within this time.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Plaintext JSON of hot, rarely-changing values (mounts, policies, roles,
+/// CA issuers), read on every request. Tokens, OTPs, leases and revocations
+/// are never cached: they must be exact at once on every server.
+#[derive(Default)]
+struct ReadCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>)>>,
+}
+
+const MAX_CACHED: usize = 10_000;
+
+fn cacheable(key: &str) -> bool {
+    key.starts_with("mounts/")
+        || key.starts_with("policy/")
+        || (key.starts_with("mount/")
+            && (key.contains("/role/") || key.contains("/issuer/") || key.ends_with("/config/issuers")))
+}
+
+impl ReadCache {
+    fn get(&self, key: &str) -> Option<Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>> {
+        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(key) {
+            Some((at, v)) if at.elapsed() < CACHE_TTL => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, key: &str, v: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>) {
+        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CACHED {
+            map.clear();
+        }
+        map.insert(key.to_string(), (std::time::Instant::now(), v));
+    }
+
+    fn forget(&self, key: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
 }
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
@@ -86,6 +134,7 @@ impl Storage {
             barrier: Barrier::new(seal),
             backend,
             changes: tokio::sync::watch::channel(0).0,
+            cache: ReadCache::default(),
         };
         storage.check_seal().await?;
         Ok(storage)
@@ -100,7 +149,10 @@ impl Storage {
         self.changes.subscribe()
     }
 
-    fn changed(&self) {
+    fn changed(&self, key: &str) {
+        if cacheable(key) {
+            self.cache.forget(key);
+        }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -145,6 +197,36 @@ impl Storage {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        if !cacheable(key) {
+            return self.get_uncached(key).await;
+        }
+        let plain = match self.cache.get(key) {
+            Some(hit) => hit,
+            None => {
+                let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let plain = match row {
+                    Some(r) => {
+                        let v: Vec<u8> = r.try_get(0)?;
+                        Some(std::sync::Arc::new(self.barrier.open(key, &v)?))
+                    }
+                    None => None,
+                };
+                self.cache.insert(key, plain.clone());
+                plain
+            }
+        };
+        plain
+            .map(|p| {
+                serde_json::from_slice(&p)
+                    .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
             .bind(key)
             .fetch_optional(&self.pool)
@@ -162,7 +244,7 @@ impl Storage {
         .bind(sealed)
         .execute(&self.pool)
         .await?;
-        self.changed();
+        self.changed(key);
         Ok(())
     }
 
@@ -178,7 +260,7 @@ impl Storage {
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
-            self.changed();
+            self.changed(key);
         }
         Ok(done.rows_affected() == 1)
     }
@@ -190,7 +272,7 @@ impl Storage {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() > 0 {
-            self.changed();
+            self.changed(key);
         }
         Ok(done.rows_affected() > 0)
     }
@@ -203,7 +285,7 @@ impl Storage {
             .fetch_optional(&self.pool)
             .await?;
         if row.is_some() {
-            self.changed();
+            self.changed(key);
         }
         row.map(|r| self.decode(key, &r)).transpose()
     }
