@@ -1,23 +1,298 @@
-//! `gatepass-helper`: checks a one-time password at SSH login for
-//! pam_exec. The OTP engine on the server comes first; until then the
-//! helper refuses every login (it fails closed).
+//! `gatepass-helper`: checks a one-time password at SSH login, run by
+//! `pam_exec.so expose_authtok`. A drop-in for vault-ssh-helper: the same
+//! flags (`-config`, `-verify-only`, `-dev`, `-log-level`, Go-style with one
+//! dash, or two) and its HCL configuration file unchanged.
+//!
+//! Reads the OTP from stdin (up to a NUL or EOF), PAM_USER and PAM_RHOST from
+//! the environment — all of it untrusted — and exits 0 only when the OTP
+//! logs this user in on this host.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use pam_gatepass::client::{BlockingVerifier, Client, InterfaceAddrs};
+use pam_gatepass::config::{Config, DEFAULT_CONFIG};
+use pam_gatepass::logging::{Level, Logger};
+use pam_gatepass::verify::{authenticate, Outcome, PamItems, Policy};
+use zeroize::Zeroizing;
+
+/// The longest token read from stdin; more is not an OTP.
+const MAX_TOKEN: u64 = 4096;
 
 #[derive(Parser)]
 #[command(
     name = "gatepass-helper",
     version,
-    about = "Checks an SSH one-time password against gatepass (run by pam_exec expose_authtok)"
+    about = "Checks an SSH one-time password against gatepass (run by pam_exec expose_authtok)",
+    long_about = "Checks an SSH one-time password against gatepass. Run by pam_exec.so expose_authtok: \
+                  reads the OTP from stdin and PAM_USER/PAM_RHOST from the environment, asks the server \
+                  (POST /v1/<mount>/verify over TLS with the CA pinned), checks user, this host's \
+                  addresses and the role, and exits 0 only on success. A drop-in for vault-ssh-helper: \
+                  its flags (one dash or two) and its HCL configuration work unchanged."
 )]
 struct Cli {
-    /// Configuration file.
-    #[arg(long = "config", default_value = "/etc/gatepass/helper.toml")]
-    config: std::path::PathBuf,
+    /// Configuration file: vault-ssh-helper's HCL (*.hcl, or any file that sets
+    /// vault_addr) or gatepass's TOML.
+    #[arg(long = "config", value_name = "FILE", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Check the configuration and that every server answers the echo
+    /// request, then exit (for operators; reads no OTP).
+    #[arg(long = "verify-only")]
+    verify_only: bool,
+    /// Dev mode: allows http://, tls_skip_verify and no CA file. Never on a
+    /// real host.
+    #[arg(long = "dev")]
+    dev: bool,
+    /// What goes to stderr besides syslog: error, warn, info, debug, trace.
+    #[arg(long = "log-level", value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
+    log_level: Level,
 }
 
-fn main() {
-    let _cli = Cli::parse();
-    eprintln!("gatepass-helper: OTP verification is not available in this build; login refused");
-    std::process::exit(1);
+fn parse_level(s: &str) -> Result<Level, String> {
+    Level::parse(s)
+        .ok_or_else(|| format!("unknown log level {s:?} (error, warn, info, debug, trace)"))
+}
+
+/// Go's flag package takes `-name`, `--name`, `-name=value` and
+/// `-name value`; clap takes two dashes. Single-dash long names become
+/// double-dash ones; short flags (`-h`, `-V`) stay as they are.
+fn go_style(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    const LONG: [&str; 6] = [
+        "config",
+        "verify-only",
+        "dev",
+        "log-level",
+        "version",
+        "help",
+    ];
+    let mut out = Vec::new();
+    let mut rest_are_values = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if i == 0 || rest_are_values {
+            out.push(a);
+            continue;
+        }
+        let Some(s) = a.to_str() else {
+            out.push(a);
+            continue;
+        };
+        if s == "--" {
+            rest_are_values = true;
+            out.push(a);
+            continue;
+        }
+        let name = s.strip_prefix('-').filter(|r| !r.starts_with('-'));
+        let fixed = name.and_then(|n| {
+            let key = n.split_once('=').map_or(n, |(k, _)| k);
+            // vault-ssh-helper also knows `-v` for its version.
+            if n == "v" {
+                return Some("--version".to_string());
+            }
+            LONG.contains(&key).then(|| format!("-{s}"))
+        });
+        out.push(fixed.map_or(a, OsString::from));
+    }
+    out
+}
+
+/// PAM items as pam_exec hands them over.
+struct Exec {
+    token: Option<Zeroizing<String>>,
+}
+
+impl PamItems for Exec {
+    fn user(&mut self) -> Option<String> {
+        std::env::var("PAM_USER").ok()
+    }
+    fn rhost(&mut self) -> Option<String> {
+        std::env::var("PAM_RHOST").ok()
+    }
+    fn authtok(&mut self) -> Option<Zeroizing<String>> {
+        self.token.take()
+    }
+    fn prompt(&mut self, _text: &str) -> Option<Zeroizing<String>> {
+        None
+    }
+}
+
+/// The token: stdin up to the first NUL (pam_exec's terminator) or EOF,
+/// without a trailing newline. `None` when it is empty, too long or not UTF-8.
+fn read_token() -> Option<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    std::io::stdin()
+        .lock()
+        .take(MAX_TOKEN + 1)
+        .read_to_end(&mut buf)
+        .ok()?;
+    if buf.len() as u64 > MAX_TOKEN {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let text = std::str::from_utf8(&buf[..end]).ok()?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    Some(Zeroizing::new(text.to_string()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(go_style(std::env::args_os()));
+    let logger = Logger {
+        process: "gatepass-helper".into(),
+        prefix: String::new(),
+        socket: None,
+        stderr: Some(cli.log_level),
+    };
+    let fail = |logger: &Logger, why: String| {
+        if cli.verify_only {
+            logger.log(Level::Error, &why);
+        } else {
+            let o = Outcome::unavailable(
+                format!("configuration: {why}"),
+                std::env::var("PAM_USER").ok(),
+                std::env::var("PAM_RHOST").ok(),
+            );
+            logger.attempt(&o);
+        }
+        ExitCode::FAILURE
+    };
+
+    let cfg = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&logger, e.0),
+    };
+    let logger = Logger {
+        socket: cfg.syslog_socket.clone(),
+        ..logger
+    };
+    if cli.dev {
+        logger.log(
+            Level::Warn,
+            "==> WARNING: Dev mode is enabled! Never use -dev on a real host.",
+        );
+    }
+    let warnings = match cfg.check_transport(cli.dev) {
+        Ok(w) => w,
+        Err(e) => return fail(&logger, e.0),
+    };
+    for w in warnings {
+        logger.log(Level::Warn, &format!("dev mode: {w}"));
+    }
+    let client = match Client::new(&cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(&logger, e.0),
+    };
+    let server = BlockingVerifier {
+        client,
+        timeout: cfg.timeout,
+    };
+    logger.log(
+        Level::Debug,
+        &format!(
+            "servers {}, mount {}, timeout {:?}",
+            cfg.servers.join(", "),
+            cfg.mount,
+            cfg.timeout
+        ),
+    );
+
+    if cli.verify_only {
+        let mut ok = true;
+        for (srv, r) in server.echo_all() {
+            match r {
+                Ok(()) => logger.log(
+                    Level::Info,
+                    &format!("{srv}: verification successful (verify-echo-response)"),
+                ),
+                Err(e) => {
+                    ok = false;
+                    logger.log(Level::Error, &format!("{srv}: {e}"));
+                }
+            }
+        }
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+
+    // pam_exec writes the token and closes the pipe; the bound starts after.
+    let token = read_token();
+
+    // Belt and braces on top of the client's own bound: whatever happens,
+    // sshd gets an answer (a refusal) shortly after the timeout.
+    let hard_limit = cfg.timeout + Duration::from_secs(1);
+    let _ = std::thread::Builder::new()
+        .name("deadline".into())
+        .spawn(move || {
+            std::thread::sleep(hard_limit);
+            eprintln!("gatepass-helper: [ERROR] no result within {hard_limit:?}; refusing");
+            std::process::exit(1);
+        });
+
+    let mut pam = Exec { token };
+    let outcome = authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs);
+    logger.attempt(&outcome);
+    if outcome.granted() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn conv(args: &[&str]) -> Vec<String> {
+        go_style(args.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn go_style_flags_become_clap_ones() {
+        assert_eq!(
+            conv(&[
+                "h",
+                "-config=/etc/x.hcl",
+                "-verify-only",
+                "-dev",
+                "-log-level",
+                "debug"
+            ]),
+            [
+                "h",
+                "--config=/etc/x.hcl",
+                "--verify-only",
+                "--dev",
+                "--log-level",
+                "debug"
+            ]
+        );
+        assert_eq!(
+            conv(&["h", "-config", "/c", "--dev"]),
+            ["h", "--config", "/c", "--dev"]
+        );
+        assert_eq!(conv(&["h", "-v"]), ["h", "--version"]);
+        assert_eq!(
+            conv(&["h", "-h", "-V", "-nope"]),
+            ["h", "-h", "-V", "-nope"]
+        );
+        let cli = Cli::try_parse_from(go_style(
+            ["h", "-config=/c.hcl", "-dev"].map(OsString::from),
+        ))
+        .unwrap();
+        assert_eq!(cli.config, PathBuf::from("/c.hcl"));
+        assert!(cli.dev && !cli.verify_only);
+        assert_eq!(cli.log_level, Level::Info);
+    }
 }
