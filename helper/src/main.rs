@@ -141,7 +141,20 @@ fn read_token() -> Option<Zeroizing<String>> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(go_style(std::env::args_os()));
+    // Packaging: `gatepass-helper __docs DIR` writes man page and completions.
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) == Some("__docs") {
+        use clap::CommandFactory;
+        let dir = args.get(2).map(std::path::PathBuf::from).unwrap_or_default();
+        return match gatepass_api::docs::write(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatepass-helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse_from(go_style(args));
     let logger = Logger {
         process: "gatepass-helper".into(),
         prefix: String::new(),
