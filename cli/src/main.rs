@@ -1,5 +1,6 @@
 //! `gatepass`: the command line of gatepass for people and scripts.
 
+mod askpass;
 mod commands;
 mod config;
 mod error;
@@ -22,7 +23,8 @@ Environment:
   GATEPASS_FORMAT  the default for --format
 
 Exit status: 0 on success, 2 when the server refused the request or the
-arguments are wrong, 1 for local problems (files, network, configuration).";
+arguments are wrong, 1 for local problems (files, network, configuration).
+`gatepass ssh connect` ends with ssh's own exit status once ssh has run.";
 
 /// Short-lived SSH access: log in to a gatepass server and use its
 /// Vault-compatible API
@@ -82,19 +84,33 @@ enum Command {
     #[command(subcommand)]
     Token(token::Command),
 
-    /// SSH certificates: sign your key, get a key for the agent, trust hosts
+    /// SSH: certificates, one-time passwords, dynamic keys, and logging in
     ///
     /// Talks to an ssh secrets engine (mounted at `ssh` unless --mount says
-    /// otherwise) and puts what it returns where OpenSSH looks for it.
+    /// otherwise) and puts what it returns where OpenSSH looks for it, or
+    /// runs ssh with it (`gatepass ssh connect`).
     #[command(subcommand)]
     Ssh(ssh::Command),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // `gatepass ssh connect` runs this binary as ssh's SSH_ASKPASS.
+    if askpass::invoked() {
+        return askpass::main();
+    }
     let cli = Cli::parse_from(vault_style_args(std::env::args_os()));
-    match run(cli).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("Error: {e}");
             if let Some(hint) = e.hint() {
@@ -105,17 +121,19 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> error::Result<()> {
+/// Runs the command; Ok holds the exit status (ssh's for `ssh connect`).
+async fn run(cli: Cli) -> error::Result<u8> {
     let global = &cli.global;
     match cli.command {
-        Command::Login(args) => login::run(global, args).await,
-        Command::Read(args) => generic::read(&Ctx::new(global)?, args).await,
-        Command::Write(args) => generic::write(&Ctx::new(global)?, args).await,
-        Command::List(args) => generic::list(&Ctx::new(global)?, args).await,
-        Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await,
-        Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await,
-        Command::Ssh(cmd) => ssh::run(global, cmd).await,
+        Command::Login(args) => login::run(global, args).await?,
+        Command::Read(args) => generic::read(&Ctx::new(global)?, args).await?,
+        Command::Write(args) => generic::write(&Ctx::new(global)?, args).await?,
+        Command::List(args) => generic::list(&Ctx::new(global)?, args).await?,
+        Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await?,
+        Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await?,
+        Command::Ssh(cmd) => return ssh::run(global, cmd).await,
     }
+    Ok(0)
 }
 
 /// Long options people bring from Vault's CLI, which writes them with one

@@ -1,9 +1,12 @@
 //! The subcommands, and what they share: the options every command takes
 //! and a client set up from them.
 
+pub mod connect;
+pub mod creds;
 pub mod generic;
 pub mod login;
 pub mod ssh;
+pub mod sshconfig;
 pub mod token;
 
 use std::path::PathBuf;

@@ -1,6 +1,8 @@
 //! `gatepass ssh …`: get certificates from the CA of an ssh mount and put
 //! them where OpenSSH looks for them (next to the key, in the agent, in
-//! known_hosts).
+//! known_hosts); one-time passwords and dynamic keys (`creds.rs`); logging
+//! in with the system `ssh` in every mode (`connect.rs`) and through
+//! `~/.ssh/config` (`sshconfig.rs`).
 
 use std::fs;
 use std::io::{self, ErrorKind, Write};
@@ -13,7 +15,7 @@ use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, LineEnding, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use super::{Ctx, GlobalArgs};
+use super::{connect, creds, sshconfig, Ctx, GlobalArgs};
 use crate::error::{Error, Result};
 use crate::output::{self, Format, Row};
 
@@ -79,6 +81,94 @@ pub enum Command {
     /// CA signed without asking. Lines already there are not added again.
     #[command(after_long_help = TRUST_EXAMPLES)]
     TrustHosts(TrustArgs),
+
+    /// Get a one-time password for a host (OTP roles)
+    ///
+    /// Resolves HOST to an IP address (as `vault ssh` does: an address is
+    /// used as it is, a name is looked up, IPv4 preferred) and asks
+    /// <mount>/creds/<role> for a one-time password for USER there (the
+    /// role's default_user when no USER@ is given). The host's PAM helper
+    /// checks it against the server at login; it works once.
+    #[command(after_long_help = creds::OTP_EXAMPLES)]
+    Otp(creds::OtpArgs),
+
+    /// Get a short-lived private key for a host (dynamic roles)
+    ///
+    /// Asks <mount>/creds/<role> for a fresh key pair for USER at HOST (an
+    /// IP address, or a name resolved as for `otp`). The server keeps the
+    /// public key for the host's gatepass-hostd to install; the private key
+    /// is written to a new file (mode 0600) and never printed.
+    #[command(after_long_help = creds::CREDS_EXAMPLES)]
+    Creds(creds::CredsArgs),
+
+    /// Log in to a host with the system ssh, in any mode of the role
+    ///
+    /// Picks the mode from the role's key_type (reading <mount>/roles/<role>)
+    /// unless --mode says it, gets a credential and runs `ssh` with it:
+    ///
+    /// ca: a new ed25519 key made in memory is signed for USER and handed to
+    /// the running ssh-agent (SSH_AUTH_SOCK) for as long as the certificate
+    /// is valid, through a private folder that is removed right after
+    /// `ssh-add`; without an agent, key and certificate are files in a
+    /// private temporary folder (0700, key 0600) removed when ssh exits.
+    ///
+    /// otp: the one-time password goes to ssh through SSH_ASKPASS (this
+    /// program in its askpass role, with SSH_ASKPASS_REQUIRE=force) and a
+    /// named pipe in a private temporary folder: it is never on a command
+    /// line, in an environment variable or in a file, and it is given out
+    /// once (the pipe is removed as soon as it was opened).
+    ///
+    /// dynamic: the private key is a file (0600) in a private temporary
+    /// folder, removed when ssh exits; the request waits (--wait) until the
+    /// host's gatepass-hostd reports the key installed.
+    ///
+    /// The temporary folder is $XDG_RUNTIME_DIR/gatepass-connect-* (or
+    /// $TMPDIR/…) and is removed however ssh ends, also when it is killed;
+    /// SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to ssh. The exit
+    /// status is ssh's (128+N when ssh died of signal N).
+    ///
+    /// Host keys: with --host-ca-mount or --host-ca, only hosts presenting a
+    /// host certificate from that CA are accepted (a temporary known_hosts
+    /// with `@cert-authority *` lines, StrictHostKeyChecking=yes);
+    /// otherwise ssh checks host keys as it always does.
+    ///
+    /// The command run is `ssh [-F FILE] [-p PORT] -l USER OPTIONS -- HOST [COMMAND…]`:
+    /// everything after `--` comes after the host, so `-- echo hello` runs
+    /// `echo hello` there. ssh options go in with -o/--ssh-option; gatepass's
+    /// own come first and win (ssh keeps the first value of an option).
+    #[command(after_long_help = connect::EXAMPLES)]
+    Connect(connect::ConnectArgs),
+
+    /// Print (or add to ~/.ssh/config) a block so that plain `ssh HOST`
+    /// logs in through gatepass (ca roles)
+    ///
+    /// The block is `Host PATTERN…` with `ProxyCommand gatepass ssh proxy …`:
+    /// before ssh talks to the host, `gatepass ssh proxy` makes sure the
+    /// ssh-agent holds a valid certificate for the login user from the role
+    /// (signing a new in-memory key when not), then relays the connection.
+    /// ssh then logs in with the agent's certificate. This needs a running
+    /// ssh-agent, and works for ca roles only (for otp and dynamic roles
+    /// use `gatepass ssh connect`). With --host-ca-mount the block also has
+    /// `KnownHostsCommand gatepass ssh known-hosts …` (OpenSSH 8.5 or
+    /// newer), so host certificates from that CA are trusted.
+    ///
+    /// With --write the block is added to the file (~/.ssh/config unless
+    /// --file says otherwise) between marker lines; running it again
+    /// replaces that block instead of adding another. ssh uses the first
+    /// value it finds for an option, so keep the block above a `Host *`
+    /// section that sets ProxyCommand.
+    #[command(after_long_help = sshconfig::CONFIG_EXAMPLES)]
+    Config(sshconfig::ConfigArgs),
+
+    /// Relay for ssh's ProxyCommand: certificate into the agent, then
+    /// connect stdin/stdout to HOST PORT (what `gatepass ssh config` writes)
+    Proxy(sshconfig::ProxyArgs),
+
+    /// Print known_hosts lines trusting the host certificates of a CA
+    ///
+    /// `@cert-authority PATTERN KEY` for each of the mount's CA keys (no
+    /// token needed), for ssh's KnownHostsCommand or to add to a file.
+    KnownHosts(sshconfig::KnownHostsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,19 +307,28 @@ pub struct TrustArgs {
     pub known_hosts: Option<PathBuf>,
 }
 
-pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
+/// Runs an ssh command; the exit status is 0 except for `connect`, which
+/// ends with ssh's.
+pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<u8> {
     match cmd {
-        Command::Sign(a) => sign(&Ctx::new(global)?, a).await,
-        Command::IssueCredentials(a) => issue(&Ctx::new(global)?, a).await,
+        Command::Sign(a) => sign(&Ctx::new(global)?, a).await?,
+        Command::IssueCredentials(a) => issue(&Ctx::new(global)?, a).await?,
         // The CA's public key is served without a token; a stale one in
         // the environment must not get in the way.
-        Command::TrustHosts(a) => trust_hosts(&Ctx::anonymous(global)?, a).await,
+        Command::TrustHosts(a) => trust_hosts(&Ctx::anonymous(global)?, a).await?,
+        Command::Otp(a) => creds::otp(&Ctx::new(global)?, a).await?,
+        Command::Creds(a) => creds::creds(&Ctx::new(global)?, a).await?,
+        Command::Connect(a) => return connect::connect(global, a).await,
+        Command::Config(a) => sshconfig::config(global, a)?,
+        Command::Proxy(a) => sshconfig::proxy(&Ctx::new(global)?, a).await?,
+        Command::KnownHosts(a) => sshconfig::known_hosts(&Ctx::anonymous(global)?, a).await?,
     }
+    Ok(0)
 }
 
 /// The wall clock, read once per command; everything below takes `now`.
 #[allow(clippy::disallowed_methods)]
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -306,7 +405,7 @@ fn default_public_key() -> Result<PathBuf> {
         })
 }
 
-fn home() -> Result<PathBuf> {
+pub(super) fn home() -> Result<PathBuf> {
     dirs::home_dir().ok_or_else(|| Error::Local("cannot find the home folder: set HOME".into()))
 }
 
@@ -357,13 +456,13 @@ fn cert_path(key: &Path) -> PathBuf {
     PathBuf::from(format!("{stem}-cert.pub"))
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
 }
 
-fn io_reason(e: &io::Error) -> String {
+pub(super) fn io_reason(e: &io::Error) -> String {
     match e.kind() {
         ErrorKind::NotFound => "no such file".into(),
         ErrorKind::PermissionDenied => "permission denied".into(),
@@ -532,7 +631,7 @@ fn save_credentials(
 }
 
 /// A certificate line with our comment in place of the server's (none).
-fn with_comment(signed: &str, comment: &str) -> String {
+pub(super) fn with_comment(signed: &str, comment: &str) -> String {
     let mut fields = signed.split_whitespace();
     match (fields.next(), fields.next()) {
         (Some(alg), Some(blob)) => format!("{alg} {blob} {comment}\n"),
@@ -542,7 +641,7 @@ fn with_comment(signed: &str, comment: &str) -> String {
 
 /// Fails early, before a credential is issued, when there is no agent to
 /// take it.
-async fn check_agent() -> Result<()> {
+pub(super) async fn check_agent() -> Result<()> {
     let sock = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty());
     if sock.is_none() {
         return Err(Error::Local(
@@ -568,7 +667,7 @@ async fn check_agent() -> Result<()> {
     )))
 }
 
-fn ssh_add_missing(e: io::Error) -> Error {
+pub(super) fn ssh_add_missing(e: io::Error) -> Error {
     if e.kind() == ErrorKind::NotFound {
         Error::Local("ssh-add was not found: install the OpenSSH client".into())
     } else {
@@ -578,7 +677,7 @@ fn ssh_add_missing(e: io::Error) -> Error {
 
 /// How long the agent may keep the key: what is left of the certificate's
 /// validity. None for a certificate that never expires.
-fn agent_lifetime(cert: &Certificate, now: u64) -> Result<Option<u64>> {
+pub(super) fn agent_lifetime(cert: &Certificate, now: u64) -> Result<Option<u64>> {
     let before = cert.valid_before();
     if before == u64::MAX {
         return Ok(None);
@@ -596,7 +695,7 @@ fn agent_lifetime(cert: &Certificate, now: u64) -> Result<Option<u64>> {
 /// only from `<key>-cert.pub` beside a key file (`ssh-add -` takes the key
 /// alone), so both go to a private temporary folder for the moment
 /// ssh-add needs them; the folder is removed whatever happens.
-async fn add_to_agent(
+pub(super) async fn add_to_agent(
     name: &str,
     private_pem: &str,
     cert_text: &str,
@@ -620,7 +719,16 @@ async fn add_to_agent(
                 base.display()
             ))
         })?;
-    let result = load_into_agent(dir.path(), name, private_pem, cert_text, lifetime, signals).await;
+    let mut signals = signals;
+    let result = load_into_agent(
+        dir.path(),
+        name,
+        private_pem,
+        cert_text,
+        lifetime,
+        &mut signals,
+    )
+    .await;
     let shown = dir.path().display().to_string();
     let cleaned = dir.close();
     match (result, cleaned) {
@@ -639,13 +747,13 @@ async fn add_to_agent(
     }
 }
 
-async fn load_into_agent(
+pub(super) async fn load_into_agent(
     dir: &Path,
     name: &str,
     private_pem: &str,
     cert_text: &str,
     lifetime: Option<u64>,
-    mut signals: Signals,
+    signals: &mut Signals,
 ) -> Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::Local(format!("cannot make {} private: {e}", dir.display())))?;
@@ -700,15 +808,17 @@ async fn load_into_agent(
     Ok(())
 }
 
-/// SIGINT, SIGTERM and SIGHUP, caught instead of ending the process.
-struct Signals {
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT, caught instead of ending the
+/// process (so that temporary files are removed first).
+pub(super) struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> Result<Signals> {
+    pub(super) fn new() -> Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         let s =
             |k| signal(k).map_err(|e| Error::Local(format!("cannot set up signal handling: {e}")));
@@ -716,15 +826,23 @@ impl Signals {
             int: s(SignalKind::interrupt())?,
             term: s(SignalKind::terminate())?,
             hup: s(SignalKind::hangup())?,
+            quit: s(SignalKind::quit())?,
         })
     }
 
-    async fn any(&mut self) -> &'static str {
+    /// The next signal to arrive.
+    pub(super) async fn next(&mut self) -> nix::sys::signal::Signal {
+        use nix::sys::signal::Signal;
         tokio::select! {
-            _ = self.int.recv() => "SIGINT",
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.hup.recv() => "SIGHUP",
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+            _ = self.hup.recv() => Signal::SIGHUP,
+            _ = self.quit.recv() => Signal::SIGQUIT,
         }
+    }
+
+    pub(super) async fn any(&mut self) -> &'static str {
+        self.next().await.as_str()
     }
 }
 
@@ -800,7 +918,7 @@ async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
 }
 
 /// A known_hosts pattern list is one field: no spaces, no line breaks.
-fn check_pattern(p: &str) -> Result<()> {
+pub(super) fn check_pattern(p: &str) -> Result<()> {
     if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) || p.starts_with('@')
     {
         return Err(Error::Usage(format!(
@@ -812,7 +930,7 @@ fn check_pattern(p: &str) -> Result<()> {
 
 /// The CA keys, one per line, each checked to be an OpenSSH public key and
 /// written back as `type base64 [comment]`.
-fn parse_ca_keys(text: &str, action: &str) -> Result<Vec<String>> {
+pub(super) fn parse_ca_keys(text: &str, action: &str) -> Result<Vec<String>> {
     let keys = text
         .lines()
         .map(str::trim)
@@ -853,6 +971,12 @@ fn contains_line(known_hosts: &str, line: &str) -> bool {
 /// ~/.ssh (0700) and the file (0644) when missing, keeping an existing
 /// file's mode, and writing through a symlink to its target.
 fn write_known_hosts(path: &Path, text: &str) -> io::Result<()> {
+    write_user_file(path, text, 0o644)
+}
+
+/// Rewrites a file of the user's ssh setup (known_hosts, config) the way
+/// [`write_known_hosts`] does; a new file gets `new_mode`.
+pub(super) fn write_user_file(path: &Path, text: &str, new_mode: u32) -> io::Result<()> {
     let (target, mode) = match fs::metadata(path) {
         Ok(m) => (fs::canonicalize(path)?, m.permissions().mode() & 0o7777),
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -862,7 +986,7 @@ fn write_known_hosts(path: &Path, text: &str) -> io::Result<()> {
                     .mode(0o700)
                     .create(dir)?;
             }
-            (path.to_path_buf(), 0o644)
+            (path.to_path_buf(), new_mode)
         }
         Err(e) => return Err(e),
     };
@@ -872,7 +996,7 @@ fn write_known_hosts(path: &Path, text: &str) -> io::Result<()> {
 // --------------------------------------------------------------- shared
 
 /// `<mount>/<op>/<role>`, refusing names that would reach another path.
-fn engine_path(mount: &str, op: &str, role: &str) -> Result<String> {
+pub(super) fn engine_path(mount: &str, op: &str, role: &str) -> Result<String> {
     let mount = mount_path(mount)?;
     if role.is_empty()
         || role.starts_with('.')
@@ -885,7 +1009,7 @@ fn engine_path(mount: &str, op: &str, role: &str) -> Result<String> {
     Ok(format!("{mount}/{op}/{role}"))
 }
 
-fn mount_path(mount: &str) -> Result<String> {
+pub(super) fn mount_path(mount: &str) -> Result<String> {
     let m = mount.trim_matches('/');
     let bad = m.is_empty()
         || m.split('/').any(|s| s.is_empty() || s == "." || s == "..")
@@ -950,14 +1074,14 @@ fn option_map(items: &[String], flag: &str, bare_ok: bool) -> Result<Map<String,
     Ok(m)
 }
 
-fn data_str<'a>(resp: &'a Value, key: &str, action: &str) -> Result<&'a str> {
+pub(super) fn data_str<'a>(resp: &'a Value, key: &str, action: &str) -> Result<&'a str> {
     resp.pointer(&format!("/data/{key}"))
         .and_then(Value::as_str)
         .filter(|s| !s.trim().is_empty())
         .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no {key}")))
 }
 
-fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
+pub(super) fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
     Certificate::from_openssh(text.trim()).map_err(|e| {
         Error::Local(format!(
             "{action}: the server's certificate cannot be read: {e}"
@@ -966,7 +1090,7 @@ fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
 }
 
 /// The serial as the server wrote it (hex), else from the certificate.
-fn serial(resp: &Value, cert: &Certificate) -> String {
+pub(super) fn serial(resp: &Value, cert: &Certificate) -> String {
     match resp.pointer("/data/serial_number").and_then(Value::as_str) {
         Some(s) => s.to_string(),
         None => format!("{:016x}", cert.serial()),
@@ -1023,7 +1147,7 @@ fn cert_rows(cert: &Certificate, serial: &str, now: u64) -> Vec<Row> {
 }
 
 /// RFC 3339 in UTC, as the server and Vault print times.
-fn date(secs: u64) -> String {
+pub(super) fn date(secs: u64) -> String {
     if secs == u64::MAX {
         return "forever".into();
     }
@@ -1037,13 +1161,13 @@ fn date(secs: u64) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-fn ensure_newline(s: &str) -> String {
+pub(super) fn ensure_newline(s: &str) -> String {
     format!("{}\n", s.trim_end())
 }
 
 /// `get_text` hands back a refusal's raw body, which is Vault's
 /// `{"errors": […]}`; unwrapped so the message reads like the others.
-fn unwrap_json_errors(e: gatepass_api::Error) -> gatepass_api::Error {
+pub(super) fn unwrap_json_errors(e: gatepass_api::Error) -> gatepass_api::Error {
     match e {
         gatepass_api::Error::Api { status, errors } => {
             let errors = match errors.as_slice() {
@@ -1064,7 +1188,12 @@ fn unwrap_json_errors(e: gatepass_api::Error) -> gatepass_api::Error {
 /// reader sees the old file or the new one, never half of one. The mode is
 /// set on the open file (not subject to the umask). Without `replace`, an
 /// existing file is an `AlreadyExists` error.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32, replace: bool) -> io::Result<()> {
+pub(super) fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    replace: bool,
+) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
