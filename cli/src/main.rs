@@ -98,7 +98,20 @@ fn main() -> ExitCode {
     if askpass::invoked() {
         return askpass::main();
     }
-    let cli = Cli::parse_from(vault_style_args(std::env::args_os()));
+    // Packaging: `gatepass __docs DIR` writes man pages and completions.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if raw.get(1).and_then(|a| a.to_str()) == Some("__docs") {
+        use clap::CommandFactory;
+        let dir = raw.get(2).map(std::path::PathBuf::from).unwrap_or_default();
+        return match gatepass_api::docs::write(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatepass: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse_from(vault_style_args(raw));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
