@@ -1,31 +1,578 @@
-//! `gatepass-hostd`: the per-host daemon. Enrollment and the sync loop
-//! arrive with the hosts registry on the server.
+//! `gatepass-hostd`: the per-host daemon's command line.
 
-use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use gatepass_api::hosts::{DynamicKey, HostState};
+use gatepass_hostd::config::{Config, Paths, DEFAULT_CONFIG};
+use gatepass_hostd::enroll::{self, PathOverrides, SetupOptions};
+use gatepass_hostd::files::{self, Change};
+use gatepass_hostd::host::Host;
+use gatepass_hostd::sshd_config::{self, Placement};
+use gatepass_hostd::state::LocalState;
+use gatepass_hostd::{apply, clock, remote, sync};
 
 #[derive(Parser)]
 #[command(
     name = "gatepass-hostd",
     version,
-    about = "gatepass host daemon: makes sshd trust the gatepass CA and keeps its files in step"
+    about = "gatepass host daemon: makes sshd trust the gatepass CA and keeps its files in step",
+    long_about = "gatepass host daemon: makes sshd trust the gatepass CA and keeps its files in step.\n\n\
+        `setup` enrolls this host with a join token and installs everything; `run` (the systemd \
+        service) keeps the files in step with the server; `status` shows what is installed; \
+        `uninstall` removes it all again.\n\n\
+        Files: gatepass's own files live in the managed folder (default /etc/ssh/gatepass, root, 0755): \
+        user_ca.pub (TrustedUserCAKeys), revoked.krl (RevokedKeys), principals/<user> \
+        (AuthorizedPrincipalsFile, mapped mode), authorized_keys/<user> (dynamic keys, a second \
+        AuthorizedKeysFile after the usual ones) and <hostkey>-cert.pub (HostCertificate). The \
+        directives go into <sshd_config.d>/50-gatepass.conf when sshd_config Includes that folder \
+        before its first Match, otherwise into a marked block in sshd_config before the first Match. \
+        A line of sshd_config that would override gatepass's is commented out with the marker \
+        `#gatepass-hostd-disabled# ` and restored by `uninstall`. Every change is checked with \
+        `sshd -t` and rolled back if sshd rejects it; sshd is reloaded only when its config or a \
+        host certificate changed."
 )]
 struct Cli {
+    /// hostd's config file.
+    #[arg(long, global = true, env = "GATEPASS_HOSTD_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
+}
+
+#[derive(Args, Clone, Debug, Default)]
+struct PathArgs {
+    /// sshd's main config file [default: /etc/ssh/sshd_config].
+    #[arg(long)]
+    sshd_config: Option<PathBuf>,
+    /// sshd's drop-in folder [default: /etc/ssh/sshd_config.d].
+    #[arg(long)]
+    sshd_config_dir: Option<PathBuf>,
+    /// gatepass's managed folder [default: /etc/ssh/gatepass].
+    #[arg(long)]
+    managed_dir: Option<PathBuf>,
+    /// The sshd binary, for `sshd -t`/`-T` [default: /usr/sbin/sshd].
+    #[arg(long)]
+    sshd: Option<PathBuf>,
+    /// hostd's state folder [default: /var/lib/gatepass-hostd].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Command (run with sh -c) that reloads sshd [default: SIGHUP to the
+    /// pid in sshd's PidFile].
+    #[arg(long)]
+    reload_command: Option<String>,
+}
+
+impl PathArgs {
+    fn overrides(&self) -> PathOverrides {
+        PathOverrides {
+            sshd_config: self.sshd_config.clone(),
+            sshd_config_dir: self.sshd_config_dir.clone(),
+            managed_dir: self.managed_dir.clone(),
+            sshd: self.sshd.clone(),
+            state_dir: self.state_dir.clone(),
+            reload_command: self.reload_command.clone(),
+        }
+    }
+
+    /// The paths of the config file if there is one, with these overrides.
+    fn resolve(&self, config: &Path) -> Result<Paths> {
+        let mut paths = if config.exists() {
+            Config::load(config)?.paths
+        } else {
+            Paths::default()
+        };
+        self.overrides().apply(&mut paths);
+        Ok(paths)
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what gatepass has installed on this host.
-    Status,
+    /// Enroll this host (once) and install the CA trust, KRL, principals,
+    /// dynamic keys and host certificates; safe to run again.
+    ///
+    /// Enrolls with the join token (POST hosts/enroll: hostname, addresses,
+    /// host public keys), writes the config (--config) and the host token
+    /// (hostd.token next to it, mode 0600), fetches the host's desired
+    /// state, requests host certificates when the join token names a host
+    /// mount, writes the files, checks sshd's config with `sshd -t` and
+    /// reloads sshd. When the config and token exist already, it does not
+    /// enroll again and rewrites nothing whose content is right.
+    Setup {
+        /// The gatepass server, e.g. https://gatepass.example.com:8200.
+        #[arg(long)]
+        server: Option<String>,
+        /// A join token from `POST /v1/hosts/join-tokens`.
+        #[arg(long, env = "GATEPASS_JOIN_TOKEN", hide_env_values = true)]
+        join_token: Option<String>,
+        /// The server's CA certificate (PEM); copied next to the config and
+        /// pinned: no other CA is trusted.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Print what would change (unified diffs) and change nothing; does
+        /// not enroll.
+        #[arg(long)]
+        dry_run: bool,
+        /// An address to report besides the detected ones (repeatable).
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<String>,
+        /// Also report loopback addresses (for tests on 127.0.0.1).
+        #[arg(long)]
+        include_loopback: bool,
+        /// The name to enroll under [default: this host's name].
+        #[arg(long)]
+        hostname: Option<String>,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Keep the files in step with the server (the systemd service).
+    ///
+    /// Long-polls the desired state and applies it; removes expired dynamic
+    /// keys by itself even while the server is unreachable; renews host
+    /// certificates at 2/3 of their life; acknowledges what it installed;
+    /// sends READY=1 and WATCHDOG=1 to systemd. Logs go to stderr (the
+    /// journal under systemd); GATEPASS_LOG sets the level.
+    Run,
+    /// Show what is installed and when it last synced.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every gatepass line from sshd's config (checked with
+    /// `sshd -t`), reload sshd, then remove gatepass's files.
+    Uninstall {
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also tell the server to forget this host and remove the config,
+        /// token and state files.
+        #[arg(long)]
+        unenroll: bool,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Apply a desired state from a JSON file without a server (testing).
+    #[command(name = "__apply-state", hide = true)]
+    ApplyState {
+        state: PathBuf,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Time applying a large state into DIR and print the figures (benchmark).
+    #[command(name = "__bench-apply", hide = true)]
+    BenchApply {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        #[arg(long, default_value_t = 10000)]
+        keys: usize,
+    },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(name = "__docs", hide = true)]
+    Docs { dir: PathBuf },
+    /// Rewrite managed files in DIR in a loop (crash-safety test).
+    #[command(name = "__write-loop", hide = true)]
+    WriteLoop {
+        dir: PathBuf,
+        /// Write variant "a" or "b" once and exit.
+        #[arg(long)]
+        once: Option<String>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Status) | None => {
-            println!("gatepass-hostd {}: not enrolled", env!("CARGO_PKG_VERSION"));
-            Ok(())
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEPASS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    // journald stamps lines itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.without_time().with_ansi(false).init();
+    } else {
+        b.init();
+    }
+}
+
+fn print_changes(changes: &[Change], dry_run: bool) {
+    for c in changes {
+        if dry_run {
+            print!("{}", c.unified_diff());
+        } else {
+            let what = if c.new.is_some() {
+                "wrote  "
+            } else {
+                "removed"
+            };
+            println!("{what} {}", c.path.display());
         }
     }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    match cli.command {
+        Command::Setup {
+            server,
+            join_token,
+            ca_cert,
+            dry_run,
+            addresses,
+            include_loopback,
+            hostname,
+            paths,
+        } => {
+            let opts = SetupOptions {
+                config_path: cli.config,
+                server,
+                join_token,
+                ca_cert,
+                paths: paths.overrides(),
+                addresses,
+                include_loopback,
+                hostname,
+                dry_run,
+            };
+            let report = rt.block_on(enroll::setup(&opts))?;
+            if dry_run {
+                println!("dry run: nothing is changed");
+                for p in &report.plan {
+                    println!("would {p}");
+                }
+            } else if report.enrolled_now {
+                println!("enrolled as host {}", report.host_id);
+            } else {
+                println!("already enrolled as host {}", report.host_id);
+            }
+            print_changes(&report.changes, dry_run);
+            for n in &report.notes {
+                println!("note: {n}");
+            }
+            if let Some(out) = &report.outcome {
+                for r in &out.rendered.rejected {
+                    println!("refused: {r}");
+                }
+                match &out.reloaded {
+                    Some(r) => println!("reloaded sshd ({r:?})"),
+                    None => println!("sshd needs no reload"),
+                }
+            }
+            if report.changes.is_empty() {
+                println!("no changes");
+            }
+            Ok(())
+        }
+        Command::Run => {
+            let cfg = Config::load(&cli.config)?;
+            rt.block_on(sync::run(cfg))?;
+            Ok(())
+        }
+        Command::Status { json } => status(&cli.config, json),
+        Command::Uninstall {
+            dry_run,
+            unenroll,
+            paths,
+        } => {
+            let resolved = paths.resolve(&cli.config)?;
+            let host = Host::new(&resolved);
+            if dry_run {
+                println!("dry run: nothing is changed");
+                print_changes(&host.uninstall_preview()?, true);
+                return Ok(());
+            }
+            let (changes, reloaded) = host.uninstall()?;
+            print_changes(&changes, false);
+            if let Some(r) = reloaded {
+                println!("reloaded sshd ({r:?})");
+            }
+            if unenroll {
+                if let Some(cfg) = enroll::enrolled(&cli.config)? {
+                    let token = sync::read_token(&cfg)?;
+                    let client =
+                        sync::client(&cfg, Some(token), std::time::Duration::from_secs(30))?;
+                    if let Err(e) = rt.block_on(remote::unenroll(&client)) {
+                        eprintln!("warning: the server was not told: {e}");
+                    }
+                    for p in [&cfg.token_file, &cli.config, &cfg.ca_cert] {
+                        if files::remove_file(p)? {
+                            println!("removed {}", p.display());
+                        }
+                    }
+                }
+                let state = gatepass_hostd::state::path(&resolved.state_dir);
+                if files::remove_file(&state)? {
+                    println!("removed {}", state.display());
+                }
+            }
+            if changes.is_empty() {
+                println!("nothing was installed");
+            }
+            Ok(())
+        }
+        Command::ApplyState { state, paths } => {
+            let resolved = paths.resolve(&cli.config)?;
+            let text = std::fs::read_to_string(&state)
+                .with_context(|| format!("read {}", state.display()))?;
+            let desired: HostState = serde_json::from_str(&text).context("state JSON")?;
+            let out = Host::new(&resolved).converge(&desired, clock::now(), &[])?;
+            sync::log_outcome(&out);
+            print_changes(&out.changes, false);
+            Ok(())
+        }
+        Command::WriteLoop { dir, once } => write_loop(&dir, once.as_deref()),
+        Command::BenchApply { dir, users, keys } => bench_apply(&dir, users, keys),
+        Command::Docs { dir } => {
+            use clap::CommandFactory;
+            Ok(gatepass_api::docs::write(Cli::command(), &dir)?)
+        }
+    }
+}
+
+fn status(config: &Path, json: bool) -> Result<()> {
+    let Some(cfg) = enroll::enrolled(config)? else {
+        if json {
+            println!("{}", serde_json::json!({ "enrolled": false }));
+        } else {
+            println!(
+                "not enrolled ({} or its token file not found)",
+                config.display()
+            );
+        }
+        return Ok(());
+    };
+    let local = LocalState::load(&cfg.paths.state_dir);
+    let host = Host::new(&cfg.paths);
+    let main = std::fs::read_to_string(&cfg.paths.sshd_config).unwrap_or_default();
+    let block = main.lines().any(|l| l.trim() == sshd_config::BEGIN);
+    let dropin = cfg.paths.sshd_config_dir.join(sshd_config::DROPIN_NAME);
+    let placement = if dropin.exists() {
+        Some(Placement::DropIn)
+    } else if block {
+        Some(Placement::Block)
+    } else {
+        None
+    };
+    let count = |d: PathBuf| files::list_files(&d).map(|v| v.len()).unwrap_or(0);
+    let ca_keys = std::fs::read_to_string(host.layout.user_ca())
+        .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
+        .unwrap_or(0);
+    if json {
+        let v = serde_json::json!({
+            "enrolled": true,
+            "host_id": cfg.host_id,
+            "server": cfg.server,
+            "placement": placement,
+            "sshd_config": cfg.paths.sshd_config,
+            "managed_dir": cfg.paths.managed_dir,
+            "user_ca_keys": ca_keys,
+            "principals_users": count(host.layout.principals_dir()),
+            "authorized_keys_users": count(host.layout.authorized_keys_dir()),
+            "state": local,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("gatepass-hostd {}", env!("CARGO_PKG_VERSION"));
+    println!("host:          {} at {}", cfg.host_id, cfg.server);
+    match placement {
+        Some(Placement::DropIn) => println!("sshd config:   {}", dropin.display()),
+        Some(Placement::Block) => println!(
+            "sshd config:   marked block in {}",
+            cfg.paths.sshd_config.display()
+        ),
+        None => println!("sshd config:   not installed"),
+    }
+    println!(
+        "managed files: {} ({ca_keys} CA key(s), {} user(s) with principals, {} user(s) with dynamic keys)",
+        cfg.paths.managed_dir.display(),
+        count(host.layout.principals_dir()),
+        count(host.layout.authorized_keys_dir()),
+    );
+    println!("dynamic keys:  {} installed", local.installed.len());
+    for c in &local.host_certs {
+        println!(
+            "host cert:     {} valid until {} (renewal from {})",
+            c.path.display(),
+            clock::show(c.valid_before as i64),
+            clock::show(c.renew_at())
+        );
+    }
+    let now = clock::now();
+    match local.last_sync {
+        Some(t) => println!(
+            "last sync:     {} ({} s ago), state index {}",
+            clock::show(t),
+            now - t,
+            local.index
+        ),
+        None => println!("last sync:     never"),
+    }
+    for n in &local.notes {
+        println!("note:          {n}");
+    }
+    for r in &local.rejected {
+        println!("refused:       {r}");
+    }
+    if let Some(e) = &local.last_error {
+        println!("last error:    {e}");
+    }
+    Ok(())
+}
+
+/// Two alternating desired states with different files and sizes, plus a
+/// drop-in and a main config file, rewritten until killed.
+fn write_loop(dir: &Path, once: Option<&str>) -> Result<()> {
+    let layout = apply::Layout::new(&dir.join("gatepass"));
+    let variant = |a: bool| -> Result<apply::Rendered> {
+        let key = |i: u8| {
+            let k = ssh_key::PublicKey::from(ssh_key::public::KeyData::Ed25519(
+                ssh_key::public::Ed25519PublicKey([i; 32]),
+            ));
+            k.to_openssh().unwrap_or_default()
+        };
+        let keys = |user: &str, n: u8| -> Vec<DynamicKey> {
+            (0..n)
+                .map(|i| DynamicKey {
+                    user: user.into(),
+                    public_key: key(i),
+                    options: if a { "no-pty".into() } else { String::new() },
+                    expires: 4_000_000_000,
+                    lease_id: format!("ssh/creds/{user}/{i}"),
+                })
+                .collect()
+        };
+        let mut principals = std::collections::BTreeMap::new();
+        let mut dynamic_keys = Vec::new();
+        if a {
+            principals.insert("alice".to_string(), vec!["alice".into(), "ops".into()]);
+            dynamic_keys.extend(keys("alice", 200));
+            dynamic_keys.extend(keys("bob", 3));
+        } else {
+            principals.insert("alice".to_string(), vec!["admins".into()]);
+            dynamic_keys.extend(keys("alice", 2));
+            dynamic_keys.extend(keys("carol", 50));
+        }
+        let state = HostState {
+            index: 1,
+            user_ca_keys: (0..if a { 1 } else { 5 })
+                .map(|i| key(100 + i) + "\n")
+                .collect(),
+            krl: String::new(),
+            principals: Some(principals),
+            dynamic_keys,
+        };
+        Ok(apply::render(&state, 0)?)
+    };
+    let (ra, rb) = (variant(true)?, variant(false)?);
+    let conf = |a: bool| {
+        let d = layout.directives(a, vec![]);
+        d.lines(&[".ssh/authorized_keys".into()]).join("\n") + "\n"
+    };
+    let write = |a: bool| -> Result<()> {
+        apply::apply(&layout, if a { &ra } else { &rb })?;
+        files::ensure_dir(&dir.join("sshd_config.d"), files::DIR)?;
+        files::clean_temp_files(&dir.join("sshd_config.d"))?;
+        files::write_atomic(
+            &dir.join("sshd_config.d").join(sshd_config::DROPIN_NAME),
+            conf(a).as_bytes(),
+            files::PUBLIC_FILE,
+        )?;
+        Ok(())
+    };
+    match once {
+        Some("a") => return write(true),
+        Some("b") => return write(false),
+        Some(other) => bail!("--once takes a or b, not {other:?}"),
+        None => {}
+    }
+    let mut a = true;
+    loop {
+        write(a)?;
+        a = !a;
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A desired state of `keys` dynamic keys spread over `users` users,
+/// rendered and applied: first into an empty folder, then again unchanged,
+/// then with one key replaced.
+fn bench_apply(dir: &Path, users: usize, keys: usize) -> Result<()> {
+    use std::time::Instant;
+    let layout = apply::Layout::new(&dir.join("gatepass"));
+    let key = |i: usize| {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        ssh_key::PublicKey::from(ssh_key::public::KeyData::Ed25519(
+            ssh_key::public::Ed25519PublicKey(b),
+        ))
+        .to_openssh()
+        .unwrap_or_default()
+    };
+    let mut state = HostState {
+        index: 1,
+        user_ca_keys: key(usize::MAX) + "\n",
+        krl: String::new(),
+        principals: None,
+        dynamic_keys: (0..keys)
+            .map(|i| DynamicKey {
+                user: format!("user{:04}", i % users.max(1)),
+                public_key: key(i),
+                options: "no-port-forwarding,no-agent-forwarding".into(),
+                expires: 4_000_000_000,
+                lease_id: format!("ssh/creds/dyn/{i:08}"),
+            })
+            .collect(),
+    };
+    let now = clock::now();
+    let t = Instant::now();
+    let r = apply::render(&state, now)?;
+    let render = t.elapsed();
+    let t = Instant::now();
+    let first = apply::apply(&layout, &r)?;
+    let first_t = t.elapsed();
+    let t = Instant::now();
+    let again = apply::apply(&layout, &apply::render(&state, now)?)?;
+    let again_t = t.elapsed();
+    state.dynamic_keys[0].public_key = key(keys + 1);
+    let t = Instant::now();
+    let one = apply::apply(&layout, &apply::render(&state, now)?)?;
+    let one_t = t.elapsed();
+    println!(
+        "{}",
+        serde_json::json!({
+            "users": users,
+            "keys": keys,
+            "render_ms": render.as_secs_f64() * 1e3,
+            "first_apply_ms": first_t.as_secs_f64() * 1e3,
+            "first_apply_files": first.len(),
+            "unchanged_apply_ms": again_t.as_secs_f64() * 1e3,
+            "unchanged_apply_files": again.len(),
+            "one_key_changed_ms": one_t.as_secs_f64() * 1e3,
+            "one_key_changed_files": one.len(),
+            "peak_rss_kib": peak_rss_kib(),
+        })
+    );
+    Ok(())
 }

@@ -1,0 +1,621 @@
+//! The server's [`HostState`] turned into the files sshd reads, every piece
+//! of text checked so that nothing from the server can add a line or an
+//! option sshd would obey.
+//!
+//! sshd re-reads the CA keys, the KRL, the principals and authorized_keys
+//! files at every login, so writing them needs no reload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use gatepass_api::hosts::{DynamicKey, HostState};
+
+use crate::files::{self, Change, FsError};
+use crate::sshd_config::Directives;
+
+/// An OpenSSH KRL that revokes nothing (PROTOCOL.krl): magic
+/// "SSHKRL\n\0", format version 1, KRL version 0, generated 0, flags 0, an
+/// empty reserved string and an empty comment. sshd refuses every key when
+/// the RevokedKeys file is missing, so this is written before the directive
+/// exists whenever the server has no KRL yet.
+pub const EMPTY_KRL: [u8; 44] = [
+    b'S', b'S', b'H', b'K', b'R', b'L', b'\n', 0, // magic
+    0, 0, 0, 1, // format version
+    0, 0, 0, 0, 0, 0, 0, 0, // krl version
+    0, 0, 0, 0, 0, 0, 0, 0, // generated date
+    0, 0, 0, 0, 0, 0, 0, 0, // flags
+    0, 0, 0, 0, // reserved (empty string)
+    0, 0, 0, 0, // comment (empty string)
+];
+const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
+
+/// Options a dynamic key may carry (OpenSSH's authorized_keys options,
+/// minus `cert-authority`/`principals`, which would turn the key into a CA,
+/// and `expiry-time`, which hostd sets itself).
+const ALLOWED_OPTIONS: &[&str] = &[
+    "agent-forwarding",
+    "command",
+    "environment",
+    "from",
+    "no-agent-forwarding",
+    "no-port-forwarding",
+    "no-pty",
+    "no-touch-required",
+    "no-user-rc",
+    "no-x11-forwarding",
+    "permitlisten",
+    "permitopen",
+    "port-forwarding",
+    "pty",
+    "restrict",
+    "tunnel",
+    "user-rc",
+    "verify-required",
+    "x11-forwarding",
+];
+
+/// Where gatepass's files live: the managed folder (`/etc/ssh/gatepass`).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+    pub fn user_ca(&self) -> PathBuf {
+        self.dir.join("user_ca.pub")
+    }
+    pub fn krl(&self) -> PathBuf {
+        self.dir.join("revoked.krl")
+    }
+    pub fn principals_dir(&self) -> PathBuf {
+        self.dir.join("principals")
+    }
+    pub fn authorized_keys_dir(&self) -> PathBuf {
+        self.dir.join("authorized_keys")
+    }
+    /// The certificate of a host key: `<dir>/<key file name>-cert.pub`.
+    pub fn host_cert(&self, host_key: &Path) -> PathBuf {
+        let name = host_key
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "host_key".into());
+        self.dir.join(format!("{name}-cert.pub"))
+    }
+
+    /// The sshd directives for this layout.
+    pub fn directives(&self, mapped: bool, host_certs: Vec<PathBuf>) -> Directives {
+        Directives {
+            trusted_user_ca_keys: self.user_ca(),
+            revoked_keys: self.krl(),
+            authorized_principals_file: mapped
+                .then(|| format!("{}/%u", self.principals_dir().display())),
+            authorized_keys_file: format!("{}/%u", self.authorized_keys_dir().display()),
+            host_certificates: host_certs,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("bad state from the server: {0}")]
+    BadState(String),
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// The files' contents, ready to write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rendered {
+    pub user_ca: String,
+    pub krl: Vec<u8>,
+    /// Mapped mode: user → principals file. None: default mode.
+    pub principals: Option<BTreeMap<String, String>>,
+    /// user → authorized_keys file.
+    pub authorized_keys: BTreeMap<String, String>,
+    /// Leases of the keys written (what the ack reports).
+    pub installed: Vec<String>,
+    /// Entries left out, with why.
+    pub rejected: Vec<String>,
+    /// The earliest expiry among the keys written: when to look again.
+    pub next_expiry: Option<i64>,
+}
+
+/// Checks and formats a state. Bad entries (a user name, principal, key or
+/// option that could break out of its place) are left out and listed in
+/// `rejected`; a bad CA key or KRL rejects the whole state, since applying
+/// half of it could lock everybody out or let revoked keys in.
+pub fn render(state: &HostState, now: i64) -> Result<Rendered, ApplyError> {
+    let mut r = Rendered::default();
+    for line in state.user_ca_keys.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = ssh_key::PublicKey::from_openssh(line)
+            .map_err(|e| ApplyError::BadState(format!("user CA key {line:?}: {e}")))?;
+        r.user_ca.push_str(&openssh_line(&key)?);
+        r.user_ca.push('\n');
+    }
+    r.krl = if state.krl.trim().is_empty() {
+        EMPTY_KRL.to_vec()
+    } else {
+        let krl = base64::engine::general_purpose::STANDARD
+            .decode(state.krl.trim())
+            .map_err(|e| ApplyError::BadState(format!("KRL is not base64: {e}")))?;
+        if !krl.starts_with(KRL_MAGIC) || krl.len() < EMPTY_KRL.len() {
+            return Err(ApplyError::BadState("KRL is not an OpenSSH KRL".into()));
+        }
+        krl
+    };
+    if let Some(map) = &state.principals {
+        let mut files = BTreeMap::new();
+        for (user, principals) in map {
+            if let Err(e) = check_user(user) {
+                r.rejected.push(e);
+                continue;
+            }
+            let mut seen = BTreeSet::new();
+            let mut text = String::new();
+            for p in principals {
+                match check_principal(p) {
+                    Err(e) => r.rejected.push(format!("user {user}: {e}")),
+                    Ok(()) if seen.insert(p.as_str()) => {
+                        text.push_str(p);
+                        text.push('\n');
+                    }
+                    Ok(()) => {}
+                }
+            }
+            if !text.is_empty() {
+                files.insert(user.clone(), text);
+            }
+        }
+        r.principals = Some(files);
+    }
+    let mut keys: Vec<&DynamicKey> = state.dynamic_keys.iter().collect();
+    keys.sort_by(|a, b| (&a.user, &a.lease_id).cmp(&(&b.user, &b.lease_id)));
+    let mut leases = BTreeSet::new();
+    for k in keys {
+        if k.expires <= now {
+            continue;
+        }
+        let line = match key_line(k) {
+            Ok(l) => l,
+            Err(e) => {
+                r.rejected.push(format!("lease {:?}: {e}", k.lease_id));
+                continue;
+            }
+        };
+        if !leases.insert(k.lease_id.clone()) {
+            r.rejected
+                .push(format!("lease {:?}: listed twice", k.lease_id));
+            continue;
+        }
+        let file = r.authorized_keys.entry(k.user.clone()).or_default();
+        file.push_str(&line);
+        file.push('\n');
+        r.installed.push(k.lease_id.clone());
+        r.next_expiry = Some(r.next_expiry.map_or(k.expires, |n| n.min(k.expires)));
+    }
+    Ok(r)
+}
+
+fn openssh_line(key: &ssh_key::PublicKey) -> Result<String, ApplyError> {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh()
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ApplyError::BadState(format!("cannot encode key: {e}")))
+}
+
+/// `expiry-time="…Z"[,options] <key> <lease>`. OpenSSH (9.2 checked) reads
+/// a trailing `Z` as UTC; without it the time would be sshd's local time.
+pub fn key_line(k: &DynamicKey) -> Result<String, String> {
+    check_user(&k.user)?;
+    check_word("lease id", &k.lease_id)?;
+    let key = ssh_key::PublicKey::from_openssh(k.public_key.trim())
+        .map_err(|e| format!("public key: {e}"))?;
+    let key = openssh_line(&key).map_err(|e| e.to_string())?;
+    let opts = k.options.trim();
+    check_options(opts)?;
+    let mut line = format!("expiry-time=\"{}\"", expiry_time(k.expires));
+    if !opts.is_empty() {
+        line.push(',');
+        line.push_str(opts);
+    }
+    Ok(format!("{line} {key} {}", k.lease_id))
+}
+
+/// `YYYYMMDDHHMMSSZ` in UTC.
+pub fn expiry_time(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) if unix > 0 => "99991231235959Z".into(),
+        Err(_) => "19700101000000Z".into(),
+    }
+}
+
+fn bad_char(c: char) -> bool {
+    c.is_control() || c.is_whitespace()
+}
+
+/// A local user name, used as a file name and matched by sshd's `%u`.
+pub fn check_user(user: &str) -> Result<(), String> {
+    if user.is_empty() || user.len() > 256 {
+        return Err(format!("user name {user:?}: empty or too long"));
+    }
+    if user.starts_with('.') || user.chars().any(|c| bad_char(c) || matches!(c, '/' | ',')) {
+        return Err(format!(
+            "user name {user:?}: no whitespace, control characters, '/', ',' or leading '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A line of an AuthorizedPrincipalsFile: with no whitespace it cannot
+/// carry options; '#' would make it a comment.
+pub fn check_principal(p: &str) -> Result<(), String> {
+    if p.is_empty()
+        || p.len() > 256
+        || p.starts_with('.')
+        || p.starts_with('#')
+        || p.chars()
+            .any(|c| bad_char(c) || matches!(c, '/' | ',' | '"'))
+    {
+        return Err(format!(
+            "principal {p:?}: empty, too long, or has whitespace, control characters, '/', ',', '\"' or a leading '.' or '#'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_word(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() || s.len() > 256 || s.chars().any(bad_char) {
+        return Err(format!("{what} {s:?}: empty, too long or has whitespace"));
+    }
+    Ok(())
+}
+
+/// authorized_keys options: comma-separated `name` or `name="value"`, names
+/// from [`ALLOWED_OPTIONS`], quotes balanced (`\"` escapes inside them), no
+/// control characters anywhere and no whitespace outside quotes.
+pub fn check_options(opts: &str) -> Result<(), String> {
+    if opts.is_empty() {
+        return Ok(());
+    }
+    if opts.chars().any(char::is_control) {
+        return Err("options: control characters".into());
+    }
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in opts.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                parts.push(&opts[start..i]);
+                start = i + 1;
+            }
+            c if c.is_whitespace() && !quoted => {
+                return Err(format!("options {opts:?}: whitespace outside quotes"))
+            }
+            _ => {}
+        }
+    }
+    if quoted || escaped {
+        return Err(format!("options {opts:?}: unbalanced quotes"));
+    }
+    parts.push(&opts[start..]);
+    for part in parts {
+        let (name, value) = match part.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (part, None),
+        };
+        if !ALLOWED_OPTIONS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(format!("option {name:?} is not allowed"));
+        }
+        if let Some(v) = value {
+            let inner = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .ok_or_else(|| format!("option {name}: the value must be in double quotes"))?;
+            // Any quote inside must be escaped (the scan above paired them).
+            let mut prev_backslash = false;
+            for c in inner.chars() {
+                if c == '"' && !prev_backslash {
+                    return Err(format!("option {name}: stray quote in the value"));
+                }
+                prev_backslash = c == '\\' && !prev_backslash;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every file change that applying `r` makes, CA and KRL first.
+pub fn plan(layout: &Layout, r: &Rendered) -> Result<Vec<Change>, FsError> {
+    let mode = files::PUBLIC_FILE;
+    let mut out = Vec::new();
+    out.extend(Change::compute(&layout.krl(), Some(r.krl.clone()), mode)?);
+    out.extend(Change::compute(
+        &layout.user_ca(),
+        Some(r.user_ca.clone().into_bytes()),
+        mode,
+    )?);
+    let empty = BTreeMap::new();
+    let principals = r.principals.as_ref().unwrap_or(&empty);
+    for (dir, wanted) in [
+        (layout.principals_dir(), principals),
+        (layout.authorized_keys_dir(), &r.authorized_keys),
+    ] {
+        for (user, text) in wanted {
+            out.extend(Change::compute(
+                &dir.join(user),
+                Some(text.clone().into_bytes()),
+                mode,
+            )?);
+        }
+        for name in files::list_files(&dir)? {
+            if !wanted.contains_key(&name) {
+                out.extend(Change::compute(&dir.join(&name), None, mode)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes the managed folders and writes `r`; returns the changes made.
+pub fn apply(layout: &Layout, r: &Rendered) -> Result<Vec<Change>, FsError> {
+    ensure_dirs(layout)?;
+    let changes = plan(layout, r)?;
+    files::apply_all(&changes)?;
+    Ok(changes)
+}
+
+/// The managed folder and its subfolders, 0755, without leftover temp files.
+pub fn ensure_dirs(layout: &Layout) -> Result<(), FsError> {
+    for d in [
+        layout.dir.clone(),
+        layout.principals_dir(),
+        layout.authorized_keys_dir(),
+    ] {
+        files::ensure_dir(&d, files::DIR)?;
+        files::clean_temp_files(&d)?;
+    }
+    Ok(())
+}
+
+/// The removal of every file gatepass wrote into the managed folder.
+pub fn removal_plan(layout: &Layout) -> Result<Vec<Change>, FsError> {
+    let mut out = Vec::new();
+    for dir in [layout.principals_dir(), layout.authorized_keys_dir()] {
+        for name in files::list_files(&dir)? {
+            out.extend(Change::compute(&dir.join(name), None, files::PUBLIC_FILE)?);
+        }
+    }
+    for name in files::list_files(&layout.dir)? {
+        if name == "user_ca.pub" || name == "revoked.krl" || name.ends_with("-cert.pub") {
+            out.extend(Change::compute(
+                &layout.dir.join(name),
+                None,
+                files::PUBLIC_FILE,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes every file gatepass wrote into the managed folder, and the
+/// folders when they end up empty (someone else's files stay).
+pub fn remove_all(layout: &Layout) -> Result<Vec<Change>, FsError> {
+    let plan = removal_plan(layout)?;
+    for c in &plan {
+        c.apply()?;
+    }
+    for dir in [
+        layout.principals_dir(),
+        layout.authorized_keys_dir(),
+        layout.dir.clone(),
+    ] {
+        files::clean_temp_files(&dir)?;
+        files::remove_empty_dir(&dir)?;
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8ht8Z3j6yDWPBHQtOp/R9rjWvfU4uWgMImASHkoP1A";
+
+    fn dk(user: &str, lease: &str, expires: i64, options: &str) -> DynamicKey {
+        DynamicKey {
+            user: user.into(),
+            public_key: format!("{KEY} some comment"),
+            options: options.into(),
+            expires,
+            lease_id: lease.into(),
+        }
+    }
+
+    #[test]
+    fn empty_krl_is_what_the_protocol_says() {
+        assert_eq!(&EMPTY_KRL[..8], KRL_MAGIC);
+        assert_eq!(EMPTY_KRL.len(), 8 + 4 + 8 + 8 + 8 + 4 + 4);
+    }
+
+    #[test]
+    fn expiry_is_utc_with_z() {
+        assert_eq!(expiry_time(0), "19700101000000Z");
+        assert_eq!(expiry_time(1_700_000_000), "20231114221320Z");
+    }
+
+    #[test]
+    fn renders_keys_sorted_with_expiry_and_comment() {
+        let state = HostState {
+            index: 3,
+            user_ca_keys: format!("{KEY} ca\n\n"),
+            krl: String::new(),
+            principals: None,
+            dynamic_keys: vec![
+                dk(
+                    "bob",
+                    "ssh/creds/b/2",
+                    2_000,
+                    "no-pty,command=\"echo a, b\"",
+                ),
+                dk("bob", "ssh/creds/b/1", 3_000, ""),
+                dk("old", "ssh/creds/o/1", 500, ""),
+            ],
+        };
+        let r = render(&state, 1_000).unwrap();
+        assert_eq!(r.krl, EMPTY_KRL);
+        assert_eq!(r.user_ca, format!("{KEY}\n"));
+        let bob = &r.authorized_keys["bob"];
+        let lines: Vec<&str> = bob.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("expiry-time=\"19700101005000Z\" {KEY} ssh/creds/b/1")
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "expiry-time=\"19700101003320Z\",no-pty,command=\"echo a, b\" {KEY} ssh/creds/b/2"
+            )
+        );
+        assert!(
+            !r.authorized_keys.contains_key("old"),
+            "expired keys are dropped"
+        );
+        assert_eq!(r.next_expiry, Some(2_000));
+        assert_eq!(r.installed.len(), 2);
+    }
+
+    #[test]
+    fn injection_is_rejected() {
+        let bad = [
+            dk("ro\not", "l1", 9_999, ""),
+            dk("../etc", "l2", 9_999, ""),
+            dk(".hidden", "l3", 9_999, ""),
+            dk("a,b", "l4", 9_999, ""),
+            dk("root", "l5 x", 9_999, ""),
+            dk("root", "l6", 9_999, "cert-authority"),
+            dk("root", "l7", 9_999, "command=\"x\nssh-rsa AAAA\""),
+            dk("root", "l8", 9_999, "command=\"unbalanced"),
+            dk("root", "l9", 9_999, "no-pty command=\"x\""),
+            dk("root", "l10", 9_999, "expiry-time=\"99990101\""),
+            dk("root", "l11", 9_999, "command=\"a\"b\""),
+            DynamicKey {
+                public_key: "ssh-ed25519 AAAA-not-base64".into(),
+                ..dk("root", "l12", 9_999, "")
+            },
+        ];
+        let state = HostState {
+            dynamic_keys: bad.to_vec(),
+            ..Default::default()
+        };
+        let r = render(&state, 0).unwrap();
+        assert!(r.authorized_keys.is_empty(), "{:?}", r.authorized_keys);
+        assert_eq!(r.rejected.len(), bad.len(), "{:?}", r.rejected);
+        assert!(check_options("from=\"10.0.0.0/8\",command=\"echo \\\"hi\\\"\"").is_ok());
+    }
+
+    #[test]
+    fn principals_are_checked() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "alice".to_string(),
+            vec![
+                "alice".into(),
+                "ops team".into(),
+                "#x".into(),
+                "alice".into(),
+            ],
+        );
+        map.insert("bad/user".to_string(), vec!["x".into()]);
+        let state = HostState {
+            principals: Some(map),
+            ..Default::default()
+        };
+        let r = render(&state, 0).unwrap();
+        let p = r.principals.unwrap();
+        assert_eq!(p["alice"], "alice\n");
+        assert_eq!(p.len(), 1);
+        assert_eq!(r.rejected.len(), 3, "{:?}", r.rejected);
+    }
+
+    #[test]
+    fn bad_ca_or_krl_rejects_the_state() {
+        let s = HostState {
+            user_ca_keys: "not a key".into(),
+            ..Default::default()
+        };
+        assert!(render(&s, 0).is_err());
+        let s = HostState {
+            krl: "!!!".into(),
+            ..Default::default()
+        };
+        assert!(render(&s, 0).is_err());
+        let s = HostState {
+            krl: base64::engine::general_purpose::STANDARD
+                .encode(b"not a krl at all, but long enough to pass len"),
+            ..Default::default()
+        };
+        assert!(render(&s, 0).is_err());
+    }
+
+    #[test]
+    fn apply_writes_and_removes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&tmp.path().join("gatepass"));
+        let mut state = HostState {
+            user_ca_keys: format!("{KEY}\n"),
+            dynamic_keys: vec![dk("bob", "l1", 9_999, ""), dk("carol", "l2", 9_999, "")],
+            principals: Some(BTreeMap::from([(
+                "bob".to_string(),
+                vec!["bob".to_string()],
+            )])),
+            ..Default::default()
+        };
+        let r = render(&state, 0).unwrap();
+        let first = apply(&layout, &r).unwrap();
+        assert_eq!(first.len(), 5, "{first:?}");
+        assert!(
+            apply(&layout, &r).unwrap().is_empty(),
+            "second apply writes nothing"
+        );
+        state.dynamic_keys.pop();
+        state.principals = None;
+        let changes = apply(&layout, &render(&state, 0).unwrap()).unwrap();
+        let removed: Vec<_> = changes.iter().filter(|c| c.new.is_none()).collect();
+        assert_eq!(removed.len(), 2, "{changes:?}");
+        assert!(!layout.authorized_keys_dir().join("carol").exists());
+        assert!(!layout.principals_dir().join("bob").exists());
+        // Expiry alone removes bob's key.
+        let changes = apply(&layout, &render(&state, 10_000).unwrap()).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert!(!layout.authorized_keys_dir().join("bob").exists());
+        let removed = remove_all(&layout).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!layout.dir.exists());
+    }
+}

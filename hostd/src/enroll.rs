@@ -1,0 +1,321 @@
+//! `gatepass-hostd setup`: enroll once, then install everything.
+//!
+//! Idempotent: when the config and token files exist the host is enrolled
+//! already; setup then only brings the files in line (and writes nothing
+//! whose content is already right).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatepass_api::hosts::{Ack, EnrollRequest, HostState};
+
+use crate::clock;
+use crate::config::{Config, Paths, SyncSettings};
+use crate::files::{self, Change};
+use crate::host::{Host, Outcome, Preview};
+use crate::hostcerts;
+use crate::remote;
+use crate::state::LocalState;
+use crate::sync;
+use crate::Error;
+
+/// Path settings given on the command line (None: keep / default).
+#[derive(Clone, Debug, Default)]
+pub struct PathOverrides {
+    pub sshd_config: Option<PathBuf>,
+    pub sshd_config_dir: Option<PathBuf>,
+    pub managed_dir: Option<PathBuf>,
+    pub sshd: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub reload_command: Option<String>,
+}
+
+impl PathOverrides {
+    pub fn apply(&self, p: &mut Paths) {
+        let set = |dst: &mut PathBuf, src: &Option<PathBuf>| {
+            if let Some(s) = src {
+                dst.clone_from(s);
+            }
+        };
+        set(&mut p.sshd_config, &self.sshd_config);
+        set(&mut p.sshd_config_dir, &self.sshd_config_dir);
+        set(&mut p.managed_dir, &self.managed_dir);
+        set(&mut p.sshd, &self.sshd);
+        set(&mut p.state_dir, &self.state_dir);
+        if let Some(r) = &self.reload_command {
+            p.reload_command = Some(r.clone()).filter(|r| !r.trim().is_empty());
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SetupOptions {
+    pub config_path: PathBuf,
+    pub server: Option<String>,
+    pub join_token: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub paths: PathOverrides,
+    /// Added to the detected addresses.
+    pub addresses: Vec<String>,
+    /// Also report loopback addresses (tests on 127.0.0.1).
+    pub include_loopback: bool,
+    pub hostname: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What setup did (or, with `--dry-run`, would do).
+#[derive(Debug, Default)]
+pub struct SetupReport {
+    pub enrolled_now: bool,
+    pub host_id: String,
+    /// Everything written or removed (or, dry run, to be).
+    pub changes: Vec<Change>,
+    pub notes: Vec<String>,
+    pub outcome: Option<Outcome>,
+    /// Dry run: what would happen besides file changes.
+    pub plan: Vec<String>,
+}
+
+/// The host's own addresses: every interface address except link-local
+/// IPv6 and, unless asked, loopback.
+pub fn local_addresses(include_loopback: bool) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            let Some(sa) = a.address else { continue };
+            let ip: IpAddr = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                IpAddr::V6(v6.ip())
+            } else {
+                continue;
+            };
+            let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+            if link_local || (ip.is_loopback() && !include_loopback) {
+                continue;
+            }
+            out.insert(ip.to_string());
+        }
+    }
+    out.into_iter().collect()
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn dir_of(p: &Path) -> PathBuf {
+    p.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
+}
+
+/// The config when setup already ran here (config and token both
+/// present); a config that does not parse is an error, not "not enrolled".
+pub fn enrolled(config_path: &Path) -> Result<Option<Config>, Error> {
+    if !config_path.exists() {
+        return Ok(None);
+    }
+    let cfg = Config::load(config_path)?;
+    Ok(cfg.token_file.exists().then_some(cfg))
+}
+
+pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
+    let mut report = SetupReport::default();
+    let (cfg, token) = match enrolled(&opts.config_path)? {
+        Some(mut cfg) => {
+            report.host_id = cfg.host_id.clone();
+            let before = cfg.clone();
+            opts.paths.apply(&mut cfg.paths);
+            if cfg != before {
+                let c = Change::compute(
+                    &opts.config_path,
+                    Some(cfg.to_toml().into_bytes()),
+                    files::PUBLIC_FILE,
+                )?;
+                if opts.dry_run {
+                    report.changes.extend(c);
+                } else if let Some(c) = c {
+                    c.apply()?;
+                    report.changes.push(c);
+                }
+            }
+            let token = sync::read_token(&cfg)?;
+            (cfg, Some(token))
+        }
+        None => {
+            let cfg = enroll(opts, &mut report).await?;
+            if opts.dry_run {
+                let host = Host::new(&cfg.paths);
+                let preview = host.preview(&HostState::default(), clock::now(), false)?;
+                report.plan.push(
+                    "the contents of user_ca.pub, revoked.krl and the per-user files come from the server after enrollment"
+                        .into(),
+                );
+                push_preview(&mut report, preview);
+                return Ok(report);
+            }
+            let token = sync::read_token(&cfg)?;
+            (cfg, Some(token))
+        }
+    };
+    let client = sync::client(&cfg, token, Duration::from_secs(60))?;
+    let state = remote::state(&client, 0, None).await?;
+    let host = Host::new(&cfg.paths);
+    let now = clock::now();
+    let sign = cfg.host_mount.is_some();
+    if opts.dry_run {
+        let preview = host.preview(&state, now, sign)?;
+        push_preview(&mut report, preview);
+        return Ok(report);
+    }
+    let new_certs = if sign {
+        let eff = host.effective()?;
+        let due: Vec<_> = host
+            .host_keys(&eff)
+            .into_iter()
+            .filter(|k| hostcerts::needs_signing(k, now))
+            .collect();
+        let (certs, failed) = sync::sign_all(&client, &due).await;
+        // The CA trust is worth installing even when a host key is refused.
+        report.notes.extend(failed);
+        certs
+    } else {
+        Vec::new()
+    };
+    let out = host.converge(&state, now, &new_certs)?;
+    let mut local = LocalState::load(&cfg.paths.state_dir);
+    sync::record(&mut local, &state, &out, now, true);
+    local.save(&cfg.paths.state_dir)?;
+    let ack = Ack {
+        index: state.index,
+        installed: out.rendered.installed.clone(),
+    };
+    if let Err(e) = remote::ack(&client, &ack).await {
+        tracing::warn!("ack failed (the daemon will send it again): {e}");
+    }
+    report.changes.extend(out.changes.iter().cloned());
+    report.notes.extend(out.notes.iter().cloned());
+    report.outcome = Some(out);
+    Ok(report)
+}
+
+fn push_preview(report: &mut SetupReport, p: Preview) {
+    report.changes.extend(p.changes);
+    report.changes.extend(p.config.changes);
+    report.notes.extend(p.config.notes);
+    report
+        .notes
+        .extend(p.rendered.rejected.iter().map(|r| format!("refused: {r}")));
+    for k in p.to_sign {
+        report
+            .plan
+            .push(format!("request a host certificate for {}", k.display()));
+    }
+}
+
+/// Enrolls with the join token and writes the token, the server's CA
+/// certificate and the config (or, dry run, says it would). Returns the
+/// config.
+async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config, Error> {
+    let need = |v: &Option<String>, flag: &str| {
+        v.clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::Other(format!("not enrolled yet: {flag} is required")))
+    };
+    let server = need(&opts.server, "--server")?;
+    let join_token = need(&opts.join_token, "--join-token")?;
+    let ca_src = opts
+        .ca_cert
+        .clone()
+        .ok_or_else(|| Error::Other("not enrolled yet: --ca-cert is required".into()))?;
+    let conf_dir = dir_of(&opts.config_path);
+    let mut paths = Paths::default();
+    opts.paths.apply(&mut paths);
+    let host = Host::new(&paths);
+    // sshd must accept its config before anything else happens.
+    let eff = host.effective()?;
+    let keys = host.host_keys(&eff);
+    let mut addresses = local_addresses(opts.include_loopback);
+    for a in &opts.addresses {
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| Error::Other(format!("--address {a:?} is not an IP address")))?;
+        if !addresses.contains(&ip.to_string()) {
+            addresses.push(ip.to_string());
+        }
+    }
+    let req = EnrollRequest {
+        join_token,
+        hostname: opts.hostname.clone().unwrap_or_else(hostname),
+        addresses,
+        host_keys: keys.iter().map(|k| k.public_line.clone()).collect(),
+    };
+    let mut cfg = Config {
+        server: server.trim_end_matches('/').to_string(),
+        ca_cert: conf_dir.join("server-ca.pem"),
+        token_file: conf_dir.join("hostd.token"),
+        host_id: String::new(),
+        user_mount: "ssh".into(),
+        host_mount: None,
+        host_role: None,
+        principals: "default".into(),
+        paths,
+        sync: SyncSettings::default(),
+    };
+    if opts.dry_run {
+        report.plan.push(format!(
+            "enroll {:?} at {} with addresses [{}] and {} host key(s)",
+            req.hostname,
+            cfg.server,
+            req.addresses.join(", "),
+            req.host_keys.len()
+        ));
+        report.plan.push(format!(
+            "write the host token to {} (mode 0600)",
+            cfg.token_file.display()
+        ));
+        cfg.host_id = "(from the server)".into();
+        report.changes.extend(Change::compute(
+            &opts.config_path,
+            Some(cfg.to_toml().into_bytes()),
+            files::PUBLIC_FILE,
+        )?);
+        return Ok(cfg);
+    }
+    let ca_pem = std::fs::read(&ca_src)
+        .map_err(|e| Error::Other(format!("cannot read --ca-cert {}: {e}", ca_src.display())))?;
+    let client = sync::client(
+        &Config {
+            ca_cert: ca_src.clone(),
+            ..cfg.clone()
+        },
+        None,
+        Duration::from_secs(60),
+    )?;
+    let enrolled = remote::enroll(&client, &req).await?;
+    cfg.host_id = enrolled.host_id.clone();
+    cfg.user_mount = enrolled.user_mount.clone();
+    cfg.host_mount = enrolled.host_mount.clone();
+    cfg.host_role = enrolled.host_role.clone();
+    cfg.principals = enrolled.principals.clone();
+    // Token first: a config file means the token is there too.
+    files::ensure_dir(&conf_dir, files::DIR)?;
+    let mut token = enrolled.host_token.clone();
+    token.push('\n');
+    files::write_atomic(&cfg.token_file, token.as_bytes(), files::SECRET_FILE)?;
+    files::sync_file(&cfg.ca_cert, &ca_pem, files::PUBLIC_FILE)?;
+    files::write_atomic(
+        &opts.config_path,
+        cfg.to_toml().as_bytes(),
+        files::PUBLIC_FILE,
+    )?;
+    report.enrolled_now = true;
+    report.host_id = cfg.host_id.clone();
+    Ok(cfg)
+}

@@ -1,0 +1,197 @@
+//! One host's sshd, brought to a desired state: the managed files, the host
+//! certificates, then sshd's config (checked and rolled back on failure),
+//! then a reload only when sshd's config or a host certificate changed.
+
+use std::path::PathBuf;
+
+use gatepass_api::hosts::HostState;
+
+use crate::apply::{self, Layout, Rendered};
+use crate::config::Paths;
+use crate::files::{self, Change};
+use crate::hostcerts::{self, CertInfo, HostKey};
+use crate::sshd::{Effective, Reload, Reloaded, Sshd};
+use crate::sshd_config::{self, ConfigPlan, Directives, Placement, SshdPaths};
+use crate::Error;
+
+/// A certificate the server just signed for one of the host keys.
+#[derive(Clone, Debug)]
+pub struct NewCert {
+    pub key: HostKey,
+    pub text: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub layout: Layout,
+    pub sshd_paths: SshdPaths,
+    pub reload: Reload,
+}
+
+/// What one convergence did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    pub rendered: Rendered,
+    /// Every file written or removed.
+    pub changes: Vec<Change>,
+    pub config_changed: bool,
+    pub certs_changed: bool,
+    pub reloaded: Option<Reloaded>,
+    pub placement: Option<Placement>,
+    pub notes: Vec<String>,
+    pub host_certs: Vec<CertInfo>,
+}
+
+/// What a convergence would do, for `--dry-run`.
+#[derive(Clone, Debug)]
+pub struct Preview {
+    pub changes: Vec<Change>,
+    pub config: ConfigPlan,
+    pub rendered: Rendered,
+    /// Host keys that would get a certificate requested.
+    pub to_sign: Vec<PathBuf>,
+}
+
+impl Host {
+    pub fn new(paths: &Paths) -> Host {
+        Host {
+            layout: Layout::new(&paths.managed_dir),
+            sshd_paths: SshdPaths {
+                sshd_config: paths.sshd_config.clone(),
+                sshd_config_dir: paths.sshd_config_dir.clone(),
+                sshd: paths.sshd.clone(),
+            },
+            reload: Reload::from_config(paths.reload_command.as_deref()),
+        }
+    }
+
+    pub fn sshd(&self) -> Sshd {
+        self.sshd_paths.sshd()
+    }
+
+    /// sshd's effective config now (fails when sshd rejects it).
+    pub fn effective(&self) -> Result<Effective, Error> {
+        Ok(sshd_config::current_effective(&self.sshd_paths)?)
+    }
+
+    pub fn host_keys(&self, eff: &Effective) -> Vec<HostKey> {
+        hostcerts::discover(eff, &self.layout)
+    }
+
+    fn directives(&self, mapped: bool, keys: &[HostKey], new: &[NewCert]) -> Directives {
+        let certs = keys
+            .iter()
+            .filter(|k| {
+                new.iter().any(|n| n.key.cert == k.cert) || hostcerts::installed(k).is_some()
+            })
+            .map(|k| k.cert.clone())
+            .collect();
+        self.layout.directives(mapped, certs)
+    }
+
+    fn cert_changes(new: &[NewCert]) -> Result<Vec<Change>, Error> {
+        let mut out = Vec::new();
+        for c in new {
+            hostcerts::parse_for(&c.text, &c.key.public, &c.key.cert).map_err(|e| {
+                Error::Other(format!(
+                    "certificate from the server for {}: {e}",
+                    c.key.private.display()
+                ))
+            })?;
+            let mut text = c.text.trim().to_string();
+            text.push('\n');
+            out.extend(Change::compute(
+                &c.key.cert,
+                Some(text.into_bytes()),
+                files::PUBLIC_FILE,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// What [`Host::converge`] would change; `sign` says whether host
+    /// certificates would be requested.
+    pub fn preview(&self, state: &HostState, now: i64, sign: bool) -> Result<Preview, Error> {
+        let rendered = apply::render(state, now)?;
+        let changes = apply::plan(&self.layout, &rendered)?;
+        let eff = self.effective()?;
+        let keys = self.host_keys(&eff);
+        let to_sign: Vec<PathBuf> = if sign {
+            keys.iter()
+                .filter(|k| hostcerts::needs_signing(k, now))
+                .map(|k| k.private.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let d = self.directives(state.principals.is_some(), &keys, &[]);
+        let config = sshd_config::plan_install(&self.sshd_paths, &d, &eff)?;
+        Ok(Preview {
+            changes,
+            config,
+            rendered,
+            to_sign,
+        })
+    }
+
+    /// Writes the managed files for `state` (keys expired at `now` left
+    /// out), installs `new_certs`, brings sshd's config in line, and
+    /// reloads sshd if its config or a host certificate in use changed.
+    pub fn converge(
+        &self,
+        state: &HostState,
+        now: i64,
+        new_certs: &[NewCert],
+    ) -> Result<Outcome, Error> {
+        let rendered = apply::render(state, now)?;
+        let mut out = Outcome {
+            changes: apply::apply(&self.layout, &rendered)?,
+            ..Default::default()
+        };
+        let eff = self.effective()?;
+        let keys = self.host_keys(&eff);
+        let certs = Self::cert_changes(new_certs)?;
+        for c in &certs {
+            c.apply()?;
+        }
+        let d = self.directives(state.principals.is_some(), &keys, new_certs);
+        out.certs_changed = certs.iter().any(|c| d.host_certificates.contains(&c.path));
+        out.changes.extend(certs);
+        let plan = sshd_config::plan_install(&self.sshd_paths, &d, &eff)?;
+        out.config_changed = sshd_config::commit(&self.sshd_paths, &plan)?;
+        out.placement = plan.placement;
+        out.notes = plan.notes.clone();
+        if out.config_changed {
+            out.changes.extend(plan.changes);
+        }
+        out.host_certs = keys.iter().filter_map(hostcerts::installed).collect();
+        if out.config_changed || out.certs_changed {
+            out.reloaded = Some(self.reload.run(&self.sshd())?);
+        }
+        out.rendered = rendered;
+        Ok(out)
+    }
+
+    /// What uninstalling would change.
+    pub fn uninstall_preview(&self) -> Result<Vec<Change>, Error> {
+        let mut changes = sshd_config::plan_uninstall(&self.sshd_paths)?.changes;
+        changes.extend(apply::removal_plan(&self.layout)?);
+        Ok(changes)
+    }
+
+    /// Removes gatepass's lines (checked with `sshd -t`), reloads sshd, and
+    /// only then removes the files the lines pointed to: sshd refuses every
+    /// key while a RevokedKeys file it is told to read is missing.
+    pub fn uninstall(&self) -> Result<(Vec<Change>, Option<Reloaded>), Error> {
+        let plan = sshd_config::plan_uninstall(&self.sshd_paths)?;
+        let changed = sshd_config::commit(&self.sshd_paths, &plan)?;
+        let reloaded = if changed {
+            Some(self.reload.run(&self.sshd())?)
+        } else {
+            None
+        };
+        let mut changes = if changed { plan.changes } else { Vec::new() };
+        changes.extend(apply::remove_all(&self.layout)?);
+        Ok((changes, reloaded))
+    }
+}

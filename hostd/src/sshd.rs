@@ -1,0 +1,247 @@
+//! Talking to the sshd binary: `sshd -t` (is the config valid?), `sshd -T`
+//! (what does sshd make of it?) and reloading the running daemon.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshdError {
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {output}")]
+    Failed { command: String, output: String },
+    #[error("{command} did not finish within {secs} s")]
+    Timeout { command: String, secs: u64 },
+}
+
+/// How long an `sshd -t`/`-T` or a reload command may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One sshd binary and the main config it reads.
+#[derive(Clone, Debug)]
+pub struct Sshd {
+    pub binary: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Sshd {
+    pub fn new(binary: &Path, config: &Path) -> Sshd {
+        Sshd {
+            binary: binary.to_path_buf(),
+            config: config.to_path_buf(),
+        }
+    }
+
+    /// `sshd -t -f CONFIG`: Ok when sshd accepts the config (and its includes).
+    pub fn test(&self) -> Result<(), SshdError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-t").arg("-f").arg(&self.config);
+        run(&mut cmd).map(|_| ())
+    }
+
+    /// `sshd -T -f CONFIG`: the effective global settings.
+    pub fn effective(&self) -> Result<Effective, SshdError> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-T").arg("-f").arg(&self.config);
+        run(&mut cmd).map(|out| Effective::parse(&out))
+    }
+}
+
+/// sshd's view of its config, as `sshd -T` prints it: lower-case keyword,
+/// then the value; keywords that may repeat (HostKey, HostCertificate) keep
+/// every value.
+#[derive(Clone, Debug, Default)]
+pub struct Effective(BTreeMap<String, Vec<String>>);
+
+impl Effective {
+    pub fn parse(text: &str) -> Effective {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (k, v) = line.split_once(' ').unwrap_or((line, ""));
+            map.entry(k.to_ascii_lowercase())
+                .or_default()
+                .push(v.trim().to_string());
+        }
+        Effective(map)
+    }
+
+    /// The (first) value of a keyword.
+    pub fn get(&self, keyword: &str) -> Option<&str> {
+        self.0
+            .get(keyword)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    /// Every value of a repeatable keyword.
+    pub fn all(&self, keyword: &str) -> &[String] {
+        self.0.get(keyword).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// Runs a command with no stdin, bounded in time; Ok(stdout) on exit 0,
+/// otherwise an error with what it printed.
+pub fn run(cmd: &mut Command) -> Result<String, SshdError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let mut out = tempfile_std()?;
+    let mut err = tempfile_std()?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(clone(&out)?))
+        .stderr(Stdio::from(clone(&err)?))
+        .spawn()
+        .map_err(|source| SshdError::Spawn {
+            program: format!("{:?}", cmd.get_program()),
+            source,
+        })?;
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(SshdError::Timeout {
+                    command: shown,
+                    secs: TIMEOUT.as_secs(),
+                });
+            }
+        }
+    };
+    let stdout = read_all(&mut out);
+    let stderr = read_all(&mut err);
+    if status.success() {
+        Ok(stdout)
+    } else {
+        let mut output = stderr.trim().to_string();
+        if output.is_empty() {
+            output = stdout.trim().to_string();
+        }
+        if output.is_empty() {
+            output = status.to_string();
+        }
+        Err(SshdError::Failed {
+            command: shown,
+            output,
+        })
+    }
+}
+
+// Output goes to unnamed temp files so no pipe can fill up and block.
+fn tempfile_std() -> Result<std::fs::File, SshdError> {
+    tempfile::tempfile().map_err(|source| SshdError::Spawn {
+        program: "temp file".into(),
+        source,
+    })
+}
+
+fn clone(f: &std::fs::File) -> Result<std::fs::File, SshdError> {
+    f.try_clone().map_err(|source| SshdError::Spawn {
+        program: "temp file".into(),
+        source,
+    })
+}
+
+fn read_all(f: &mut std::fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::new();
+    let _ = f.rewind();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// How the running sshd is told to re-read its config and host certificates.
+#[derive(Clone, Debug)]
+pub enum Reload {
+    /// `sh -c COMMAND`, e.g. `systemctl reload ssh`.
+    Command(String),
+    /// SIGHUP to the pid in sshd's PidFile (what `systemctl reload` does
+    /// too); nothing to do when no sshd runs.
+    PidFile,
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    Command,
+    Signaled(i32),
+    NotRunning,
+}
+
+impl Reload {
+    pub fn from_config(command: Option<&str>) -> Reload {
+        match command.map(str::trim).filter(|c| !c.is_empty()) {
+            Some(c) => Reload::Command(c.to_string()),
+            None => Reload::PidFile,
+        }
+    }
+
+    pub fn run(&self, sshd: &Sshd) -> Result<Reloaded, SshdError> {
+        match self {
+            Reload::Command(c) => {
+                run(Command::new("/bin/sh").arg("-c").arg(c))?;
+                Ok(Reloaded::Command)
+            }
+            Reload::PidFile => {
+                let eff = sshd.effective()?;
+                let pidfile = eff.get("pidfile").unwrap_or("/run/sshd.pid");
+                let Some(pid) = std::fs::read_to_string(pidfile)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                    .filter(|p| *p > 1)
+                else {
+                    return Ok(Reloaded::NotRunning);
+                };
+                let pid = nix::unistd::Pid::from_raw(pid);
+                match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP) {
+                    Ok(()) => Ok(Reloaded::Signaled(pid.as_raw())),
+                    Err(nix::errno::Errno::ESRCH) => Ok(Reloaded::NotRunning),
+                    Err(e) => Err(SshdError::Failed {
+                        command: format!("kill -HUP {pid}"),
+                        output: e.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_keeps_repeats() {
+        let e = Effective::parse(
+            "port 22\nhostkey /a\nhostkey /b\nauthorizedkeysfile .ssh/authorized_keys /x/%u\n",
+        );
+        assert_eq!(e.get("port"), Some("22"));
+        assert_eq!(e.all("hostkey"), ["/a".to_string(), "/b".to_string()]);
+        assert_eq!(
+            e.get("authorizedkeysfile"),
+            Some(".ssh/authorized_keys /x/%u")
+        );
+        assert!(e.get("nothing").is_none());
+    }
+
+    #[test]
+    fn run_reports_failure_output() {
+        let e = run(Command::new("/bin/sh").args(["-c", "echo oops >&2; exit 3"])).unwrap_err();
+        assert!(e.to_string().contains("oops"), "{e}");
+        assert_eq!(
+            run(Command::new("/bin/sh").args(["-c", "echo hi"])).unwrap(),
+            "hi\n"
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! `gatepass-hostd run`: long-polls the server's desired state and applies
+//! it; removes expired dynamic keys on a local timer even while the server
+//! is unreachable; renews host certificates at 2/3 of their life; tells
+//! systemd it is ready and alive.
+//!
+//! Network calls run in their own tasks and report over a channel, so the
+//! main loop (which owns the files and pings the watchdog) never waits on
+//! the server.
+
+use std::time::Duration;
+
+use gatepass_api::hosts::{Ack, HostState};
+use gatepass_api::{Client, Settings};
+use tokio::sync::mpsc;
+
+use crate::clock;
+use crate::config::Config;
+use crate::host::{Host, NewCert, Outcome};
+use crate::hostcerts::{self, HostKey};
+use crate::remote;
+use crate::state::LocalState;
+use crate::Error;
+
+/// A client for the server with the host's token and the pinned CA.
+pub fn client(cfg: &Config, token: Option<String>, timeout: Duration) -> Result<Client, Error> {
+    Ok(Client::new(&Settings {
+        addr: cfg.server.clone(),
+        token,
+        ca_cert: Some(cfg.ca_cert.clone()),
+        timeout: Some(timeout),
+    })?)
+}
+
+/// Reads the host token (first line of the token file).
+pub fn read_token(cfg: &Config) -> Result<String, Error> {
+    let text = std::fs::read_to_string(&cfg.token_file).map_err(|e| {
+        Error::Other(format!(
+            "cannot read the host token {}: {e}",
+            cfg.token_file.display()
+        ))
+    })?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        return Err(Error::Other(format!(
+            "{} is empty",
+            cfg.token_file.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// Records a convergence in the local state.
+pub fn record(
+    local: &mut LocalState,
+    state: &HostState,
+    out: &Outcome,
+    now: i64,
+    from_server: bool,
+) {
+    local.index = state.index;
+    local.desired = Some(state.clone());
+    local.last_apply = Some(now);
+    if from_server {
+        local.last_sync = Some(now);
+    }
+    local.last_error = None;
+    local.installed = out.rendered.installed.clone();
+    local.rejected = out.rendered.rejected.clone();
+    if out.placement.is_some() {
+        local.placement = out.placement;
+    }
+    local.notes = out.notes.clone();
+    local.host_certs = out.host_certs.clone();
+}
+
+/// Logs what a convergence did.
+pub fn log_outcome(out: &Outcome) {
+    for c in &out.changes {
+        let what = if c.new.is_some() { "wrote" } else { "removed" };
+        tracing::info!(path = %c.path.display(), "{what}");
+    }
+    for r in &out.rendered.rejected {
+        tracing::warn!("refused from the desired state: {r}");
+    }
+    // Notes repeat on every pass; say them when the config is written.
+    if out.config_changed {
+        for n in &out.notes {
+            tracing::warn!("sshd_config: {n}");
+        }
+    }
+    if let Some(r) = &out.reloaded {
+        tracing::info!(?r, "reloaded sshd");
+    }
+}
+
+/// Which host keys need a certificate now, and when the next one will.
+fn renewal(keys: &[HostKey], now: i64) -> (Vec<HostKey>, Option<i64>) {
+    let mut due = Vec::new();
+    let mut next: Option<i64> = None;
+    for k in keys {
+        match hostcerts::installed(k) {
+            Some(c) if now < c.renew_at() => {
+                next = Some(next.map_or(c.renew_at(), |n| n.min(c.renew_at())));
+            }
+            _ => due.push(k.clone()),
+        }
+    }
+    (due, next)
+}
+
+/// Asks the server to sign each key; a key it refuses does not keep the
+/// others from getting theirs. Returns the certificates and the failures.
+pub async fn sign_all(client: &Client, keys: &[HostKey]) -> (Vec<NewCert>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut failed = Vec::new();
+    for k in keys {
+        match remote::sign_host_key(client, &k.public_line).await {
+            Ok(signed) => out.push(NewCert {
+                key: k.clone(),
+                text: signed.signed_key,
+            }),
+            Err(e) => failed.push(format!("host certificate for {}: {e}", k.private.display())),
+        }
+    }
+    (out, failed)
+}
+
+/// Seconds between two rounds of host-key signing, at least.
+const MIN_SIGNING_INTERVAL: i64 = 60;
+
+enum Event {
+    State(HostState),
+    PollFailed(String),
+    Signed(Vec<NewCert>, Vec<String>),
+}
+
+async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff: u64) {
+    let mut index: Option<u64> = None;
+    let mut backoff = 1u64;
+    loop {
+        let started = std::time::Instant::now();
+        let res = match index {
+            None => remote::state(&client, 0, None).await,
+            Some(i) => remote::state(&client, i, Some(wait)).await,
+        };
+        match res {
+            Ok(s) => {
+                backoff = 1;
+                let changed = index != Some(s.index);
+                index = Some(s.index);
+                if changed {
+                    if tx.send(Event::State(s)).await.is_err() {
+                        return;
+                    }
+                } else if started.elapsed() < Duration::from_secs(1) {
+                    // A server that answers at once with the same index
+                    // must not make this a busy loop.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            Err(e) => {
+                if tx.send(Event::PollFailed(e.to_string())).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(backoff)).await;
+                backoff = (backoff * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+fn send_ack(client: &Client, index: u64, installed: Vec<String>) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let ack = Ack { index, installed };
+        for attempt in 0..3u64 {
+            match remote::ack(&client, &ack).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(index, "ack failed: {e}");
+                    tokio::time::sleep(Duration::from_secs(1 + attempt * 2)).await;
+                }
+            }
+        }
+    });
+}
+
+/// Renews the host token now and then every 12 hours (sooner after a
+/// failure); a periodic token that is not renewed lapses.
+async fn token_renewer(client: Client) {
+    loop {
+        let pause = match remote::renew_token(&client).await {
+            Ok(ttl) => {
+                tracing::debug!(ttl, "host token renewed");
+                Duration::from_secs(12 * 3600)
+            }
+            Err(e) => {
+                tracing::warn!("cannot renew the host token: {e}");
+                Duration::from_secs(300)
+            }
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn notify(state: sd_notify::NotifyState<'_>) {
+    // Outside systemd there is no socket; nothing to tell.
+    let _ = sd_notify::notify(false, &[state]);
+}
+
+/// Until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> Result<(), Error> {
+    let token = read_token(&cfg)?;
+    let wait = cfg.sync.wait_seconds;
+    let client = client(&cfg, Some(token), Duration::from_secs(wait + 30))?;
+    let host = Host::new(&cfg.paths);
+    let state_dir = cfg.paths.state_dir.clone();
+    let mut local = LocalState::load(&state_dir);
+    let sign_certs = cfg.host_mount.is_some();
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let poll_task = tokio::spawn(poller(
+        client.clone(),
+        tx.clone(),
+        wait,
+        cfg.sync.max_backoff_seconds,
+    ));
+
+    let renew_task = tokio::spawn(token_renewer(client.clone()));
+
+    let mut desired: Option<HostState> = local.desired.clone();
+    let mut next_expiry: Option<i64> = None;
+    let mut retry_at: Option<i64> = None;
+    let mut renew_at: Option<i64> = None;
+    let mut signing = false;
+    // After a signing round, keys are not asked for again before this.
+    let mut renew_backoff_until: Option<i64> = None;
+    let mut pending_certs: Vec<NewCert> = Vec::new();
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Other(format!("SIGTERM handler: {e}")))?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| Error::Other(format!("SIGINT handler: {e}")))?;
+    let mut usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
+    let period = if watchdog {
+        Duration::from_micros((usec / 2).max(100_000))
+    } else {
+        Duration::from_secs(3600)
+    };
+    let mut ticker = tokio::time::interval(period);
+
+    // Apply what we had before the restart: expired keys go even if the
+    // server never answers.
+    let mut apply_now = desired.is_some();
+    let mut from_server = false;
+    let mut ready = false;
+
+    loop {
+        if apply_now {
+            apply_now = false;
+            if let Some(state) = &desired {
+                let now = clock::now();
+                let certs = std::mem::take(&mut pending_certs);
+                match host.converge(state, now, &certs) {
+                    Ok(out) => {
+                        log_outcome(&out);
+                        record(&mut local, state, &out, now, from_server);
+                        next_expiry = out.rendered.next_expiry;
+                        retry_at = None;
+                        if sign_certs {
+                            let keys = host
+                                .effective()
+                                .map(|e| host.host_keys(&e))
+                                .unwrap_or_default();
+                            let (due, next) = renewal(&keys, now);
+                            renew_at = if due.is_empty() { next } else { Some(now) };
+                            if let Some(b) = renew_backoff_until.filter(|b| *b > now) {
+                                renew_at = renew_at.map(|r| r.max(b));
+                            }
+                        }
+                        if from_server || !out.changes.is_empty() {
+                            send_ack(&client, state.index, out.rendered.installed.clone());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("applying state {} failed: {e}", state.index);
+                        local.last_error = Some(e.to_string());
+                        retry_at = Some(now + 30);
+                        pending_certs = certs;
+                    }
+                }
+                if let Err(e) = local.save(&state_dir) {
+                    tracing::warn!("cannot save local state: {e}");
+                }
+            }
+            from_server = false;
+        }
+        if !ready {
+            ready = true;
+            notify(sd_notify::NotifyState::Ready);
+            tracing::info!("running; server {}", cfg.server);
+        }
+
+        let now = clock::now();
+        if sign_certs && !signing && renew_at.is_some_and(|t| t <= now) {
+            let keys = host
+                .effective()
+                .map(|e| host.host_keys(&e))
+                .unwrap_or_default();
+            let (due, _) = renewal(&keys, now);
+            if due.is_empty() {
+                renew_at = None;
+            } else {
+                signing = true;
+                // However short the certificates' life, ask at most once a
+                // minute (a certificate due at once would loop otherwise).
+                renew_backoff_until = Some(now + MIN_SIGNING_INTERVAL);
+                let (client, tx) = (client.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let (certs, failed) = sign_all(&client, &due).await;
+                    let _ = tx.send(Event::Signed(certs, failed)).await;
+                });
+            }
+        }
+        let wake = [next_expiry, retry_at, renew_at.filter(|_| !signing)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| Duration::from_secs((t - now).max(0) as u64).max(Duration::from_millis(200)))
+            .unwrap_or(Duration::from_secs(3600));
+
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(Event::State(s)) => {
+                    tracing::info!(index = s.index, "new desired state");
+                    desired = Some(s);
+                    apply_now = true;
+                    from_server = true;
+                }
+                Some(Event::PollFailed(e)) => {
+                    tracing::warn!("cannot fetch the desired state: {e}");
+                    local.last_error = Some(e);
+                    let _ = local.save(&state_dir);
+                }
+                Some(Event::Signed(certs, failed)) => {
+                    signing = false;
+                    if !certs.is_empty() {
+                        tracing::info!(count = certs.len(), "host certificates signed");
+                        pending_certs = certs;
+                        apply_now = true;
+                    }
+                    for f in &failed {
+                        tracing::warn!("{f}");
+                    }
+                    if !failed.is_empty() {
+                        // Retried later; the converge after new certificates
+                        // would otherwise ask again at once.
+                        renew_at = Some(clock::now() + 300);
+                        renew_backoff_until = renew_at;
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep(wake) => {
+                apply_now = true;
+            }
+            _ = ticker.tick() => {
+                if watchdog {
+                    notify(sd_notify::NotifyState::Watchdog);
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    notify(sd_notify::NotifyState::Stopping);
+    poll_task.abort();
+    renew_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}

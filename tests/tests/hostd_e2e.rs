@@ -1,0 +1,592 @@
+//! End to end: `gatepass-server dev`, `gatepass-hostd setup` and
+//! `gatepass-hostd run` against a private sshd (the harness's, which
+//! Includes a drop-in folder of its own), and the real `ssh` client.
+//!
+//! Covers: a certificate from the server logs in after setup; the host
+//! certificate is trusted through `@cert-authority`; setup twice changes
+//! nothing; a dynamic key from `creds` logs in within 2 s and is refused
+//! within 2 s of its lease being revoked; a revoked certificate is refused
+//! within 2 s (the KRL is pushed); a dynamic key is removed by hostd on its
+//! own when it expires while the server is down; uninstall leaves a config
+//! `sshd -t` accepts; in mapped mode the login mappings admit exactly the
+//! mapped principals, and a change reaches sshd within 2 s.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gatepass_tests::sshd::{keygen, pub_path, Sshd, SshdOptions, SSHD};
+use gatepass_tests::{bin, run, stop_child, DevServer};
+use serde_json::{json, Value};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+struct Api {
+    client: gatepass_api::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn write(&self, path: &str, body: Value) -> Value {
+        let Value::Object(m) = body else {
+            panic!("body")
+        };
+        let env = self
+            .rt
+            .block_on(self.client.write(path, &m))
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        env.map(|e| serde_json::to_value(e).unwrap())
+            .unwrap_or(Value::Null)
+    }
+    fn delete(&self, path: &str) {
+        self.rt.block_on(self.client.delete(path)).unwrap();
+    }
+    fn text(&self, path: &str) -> String {
+        self.rt.block_on(self.client.get_text(path)).unwrap()
+    }
+}
+
+struct Rig {
+    sshd: Sshd,
+    tmp: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Rig {
+    fn start() -> Rig {
+        let mut sshd = Sshd::new(SshdOptions::default());
+        let dropins = sshd.dir.join("sshd_config.d");
+        std::fs::create_dir(&dropins).unwrap();
+        sshd.options
+            .extra_config
+            .push(format!("Include {}/*.conf", dropins.display()));
+        sshd.launch();
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("etc/hostd.toml");
+        Rig { sshd, tmp, config }
+    }
+
+    fn hostd_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("gatepass-hostd"));
+        cmd.args(args).arg("--config").arg(&self.config);
+        cmd
+    }
+
+    fn setup(&self, server: &DevServer, join: &str, extra: &[&str]) -> (i32, String, String) {
+        let d = &self.sshd.dir;
+        let pid = self.sshd.pid().unwrap();
+        let mut cmd = self.hostd_cmd(&["setup"]);
+        cmd.args(["--server", &server.addr, "--join-token", join, "--ca-cert"])
+            .arg(&server.cacert)
+            .args(["--include-loopback", "--hostname", "gp-test.example"])
+            .arg("--sshd-config")
+            .arg(&self.sshd.config)
+            .arg("--sshd-config-dir")
+            .arg(d.join("sshd_config.d"))
+            .arg("--managed-dir")
+            .arg(d.join("gatepass"))
+            .arg("--state-dir")
+            .arg(self.tmp.path().join("state"))
+            .args(["--reload-command", &format!("kill -HUP {pid}")])
+            .args(extra);
+        run(&mut cmd)
+    }
+
+    fn managed(&self, rel: &str) -> PathBuf {
+        self.sshd.dir.join("gatepass").join(rel)
+    }
+
+    fn login(&self, key: &Path, cert: Option<&Path>) -> bool {
+        let mut c = self.sshd.client().identity(key);
+        if let Some(cert) = cert {
+            c = c.certificate(cert);
+        }
+        c.run("true").0 == 0
+    }
+
+    /// Polls until the login's outcome is `want` or `within` has passed.
+    fn login_becomes(
+        &self,
+        key: &Path,
+        cert: Option<&Path>,
+        want: bool,
+        within: Duration,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.login(key, cert) == want {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "login did not become {want} within {within:?}\n--- sshd log ---\n{}",
+                self.sshd.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `gatepass-hostd run`, stopped with SIGTERM on drop.
+struct Daemon(Child, PathBuf);
+impl Daemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        stop_child(&mut self.0);
+    }
+}
+
+fn write_key(dir: &Path, name: &str, private: &str) -> PathBuf {
+    let sub = dir.join(format!("dyn-{name}"));
+    std::fs::create_dir_all(&sub).unwrap();
+    let p = sub.join("id");
+    std::fs::write(&p, private).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn mtimes(dir: &Path) -> Vec<(PathBuf, i64, i64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p, m.mtime(), m.mtime_nsec()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn setup_run_and_logins_with_the_server() {
+    let mut server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    api.write("sys/mounts/ssh-host", json!({"type": "ssh"}));
+    api.write("ssh-host/config/ca", json!({}));
+    api.write(
+        "ssh-host/roles/hosts",
+        json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
+    );
+    api.write(
+        "ssh/roles/u",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "root", "default_extensions": {"permit-pty": ""}, "ttl": "10m"}),
+    );
+    api.write(
+        "ssh/roles/dyn",
+        json!({"key_type": "dynamic", "default_user": "root", "cidr_list": "127.0.0.0/8", "ttl": "10m", "key_option_specs": "no-port-forwarding"}),
+    );
+    api.write(
+        "ssh/roles/short",
+        json!({"key_type": "dynamic", "default_user": "root", "cidr_list": "127.0.0.0/8", "ttl": "8s"}),
+    );
+    let join = api.write(
+        "hosts/join-tokens",
+        json!({"ttl": "10m", "num_uses": 1, "host_mount": "ssh-host", "host_role": "hosts"}),
+    )["data"]["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let rig = Rig::start();
+    let keys = rig.tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let config_before = std::fs::read_to_string(&rig.sshd.config).unwrap();
+
+    // Dry run before enrollment: says what it would do, changes nothing.
+    let (st, out, err) = rig.setup(&server, &join, &["--dry-run"]);
+    assert_eq!(st, 0, "{out}{err}");
+    assert!(
+        out.contains("would enroll") && out.contains("+TrustedUserCAKeys"),
+        "{out}"
+    );
+    assert!(!rig.config.exists() && !rig.sshd.dir.join("gatepass").exists());
+
+    // Setup: enrolls, installs, gets a host certificate, reloads sshd.
+    let before = rig.sshd.log().matches("Server listening on").count();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(
+        st,
+        0,
+        "setup failed:\n{out}{err}\n--- server ---\n{}",
+        server.log()
+    );
+    assert!(out.contains("enrolled as host"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig.sshd.log().matches("Server listening on").count() <= before {
+        assert!(
+            Instant::now() < deadline,
+            "sshd was not reloaded:\n{out}{err}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let token_mode = std::fs::metadata(rig.tmp.path().join("etc/hostd.token"))
+        .unwrap()
+        .mode();
+    assert_eq!(token_mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::read_to_string(&rig.sshd.config).unwrap(),
+        config_before
+    );
+    let cert_file = rig.managed("host_key-cert.pub");
+    assert!(cert_file.exists(), "no host certificate:\n{out}{err}");
+
+    // A certificate from the server logs in, with the host certificate
+    // trusted through @cert-authority.
+    let user = keygen(&keys, "user", "ed25519", None);
+    let signed = api.write(
+        "ssh/sign/u",
+        json!({"public_key": std::fs::read_to_string(pub_path(&user)).unwrap(), "valid_principals": "root"}),
+    );
+    let cert = keys.join("user-cert.pub");
+    std::fs::write(&cert, signed["data"]["signed_key"].as_str().unwrap()).unwrap();
+    let serial = signed["data"]["serial_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host_ca = api.text("ssh-host/public_key");
+    let kh = keys.join("known_hosts");
+    std::fs::write(
+        &kh,
+        format!(
+            "@cert-authority {} {}\n",
+            rig.sshd.host_pattern(),
+            host_ca.trim()
+        ),
+    )
+    .unwrap();
+    rig.login_becomes(&user, Some(&cert), true, Duration::from_secs(5));
+    let out = rig
+        .sshd
+        .client()
+        .identity(&user)
+        .certificate(&cert)
+        .known_hosts(&kh)
+        .run_ok("echo via-host-cert");
+    assert_eq!(out, "via-host-cert\n");
+
+    // Setup again: already enrolled, nothing rewritten.
+    let files_before = mtimes(&rig.sshd.dir.join("gatepass"));
+    let dropin = rig.sshd.dir.join("sshd_config.d/50-gatepass.conf");
+    let dropin_before = std::fs::metadata(&dropin).unwrap().mtime_nsec();
+    let (st, out, err) = rig.setup(&server, "spent-join-token", &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    assert!(
+        out.contains("already enrolled") && out.contains("no changes"),
+        "{out}"
+    );
+    assert!(out.contains("sshd needs no reload"), "{out}");
+    assert_eq!(mtimes(&rig.sshd.dir.join("gatepass")), files_before);
+    assert_eq!(
+        std::fs::metadata(&dropin).unwrap().mtime_nsec(),
+        dropin_before
+    );
+    let (st, out, _) = rig.setup(&server, "x", &["--dry-run"]);
+    assert_eq!(st, 0);
+    assert!(out.contains("no changes"), "{out}");
+
+    // The daemon.
+    let log = rig.tmp.path().join("hostd.log");
+    let child = rig
+        .hostd_cmd(&["run"])
+        .env("GATEPASS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child, log);
+
+    // A dynamic key logs in within 2 s of issue; `wait` returns once hostd
+    // has acknowledged it.
+    let issued = Instant::now();
+    let creds = api.write("ssh/creds/dyn", json!({"ip": "127.0.0.1", "wait": "10s"}));
+    let lease = creds["lease_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        creds["data"]["installed"],
+        true,
+        "{creds}\n--- hostd ---\n{}",
+        daemon.log()
+    );
+    let dynk = write_key(&keys, "a", creds["data"]["key"].as_str().unwrap());
+    rig.login_becomes(
+        &dynk,
+        None,
+        true,
+        Duration::from_secs(2)
+            .saturating_sub(issued.elapsed())
+            .max(Duration::from_millis(500)),
+    );
+    assert!(
+        issued.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        issued.elapsed()
+    );
+    let line = std::fs::read_to_string(rig.managed("authorized_keys/root")).unwrap();
+    assert!(
+        line.contains(&lease) && line.contains("no-port-forwarding"),
+        "{line}"
+    );
+
+    // Revoking the lease: refused within 2 s.
+    api.write("sys/leases/revoke", json!({"lease_id": lease}));
+    let took = rig.login_becomes(&dynk, None, false, Duration::from_secs(2));
+    eprintln!("lease revocation took effect after {took:?}");
+
+    // Revoking the certificate: the KRL reaches sshd within 2 s.
+    assert!(rig.login(&user, Some(&cert)));
+    api.write("ssh/revoke", json!({"serial_number": serial}));
+    let took = rig.login_becomes(&user, Some(&cert), false, Duration::from_secs(2));
+    eprintln!("certificate revocation took effect after {took:?}");
+
+    // Status shows the sync.
+    let (st, out, _) = run(&mut rig.hostd_cmd(&["status"]));
+    assert_eq!(st, 0);
+    assert!(
+        out.contains("last sync:")
+            && out.contains("50-gatepass.conf")
+            && out.contains("host cert:"),
+        "{out}"
+    );
+
+    // A short lease, then the server goes away: hostd removes the key on
+    // its own when it expires.
+    let creds = api.write("ssh/creds/short", json!({"ip": "127.0.0.1", "wait": "10s"}));
+    assert_eq!(creds["data"]["installed"], true);
+    let short_lease = creds["lease_id"].as_str().unwrap().to_string();
+    let shortk = write_key(&keys, "b", creds["data"]["key"].as_str().unwrap());
+    rig.login_becomes(&shortk, None, true, Duration::from_secs(2));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(rig.tmp.path().join("state/state.json")).unwrap())
+            .unwrap();
+    let expires = state["desired"]["dynamic_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["lease_id"] == short_lease.as_str())
+        .map(|k| k["expires"].as_i64().unwrap())
+        .expect("the short lease is in the saved state");
+    server.stop();
+    while now() < expires {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(rig.managed("authorized_keys/root")).unwrap_or_default();
+        if !text.contains(&short_lease) {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(3),
+            "expired key still in the file:\n{text}\n--- hostd ---\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!rig.login(&shortk, None));
+    drop(daemon);
+
+    // Uninstall: sshd_config valid and as before, files gone.
+    let (st, out, err) = run(&mut rig.hostd_cmd(&["uninstall"]));
+    assert_eq!(st, 0, "{out}{err}");
+    assert!(!dropin.exists() && !rig.sshd.dir.join("gatepass").exists());
+    assert_eq!(
+        std::fs::read_to_string(&rig.sshd.config).unwrap(),
+        config_before
+    );
+    let t = Command::new(SSHD)
+        .arg("-t")
+        .arg("-f")
+        .arg(&rig.sshd.config)
+        .status()
+        .unwrap();
+    assert!(t.success());
+}
+
+#[test]
+fn mapped_principals_follow_the_mappings() {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    api.write(
+        "ssh/roles/u",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "root,ops", "default_extensions": {"permit-pty": ""}, "ttl": "10m"}),
+    );
+    api.write("hosts/mappings/root", json!({"principals": "ops"}));
+    let join = api.write("hosts/join-tokens", json!({"principals": "mapped"}))["data"]
+        ["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rig = Rig::start();
+    let keys = rig.tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    assert!(
+        !rig.managed("host_key-cert.pub").exists(),
+        "no host mount, no host certificate"
+    );
+    let cert_for = |name: &str, principal: &str| {
+        let key = keygen(&keys, name, "ed25519", None);
+        let v = api.write(
+            "ssh/sign/u",
+            json!({"public_key": std::fs::read_to_string(pub_path(&key)).unwrap(), "valid_principals": principal}),
+        );
+        let cert = keys.join(format!("{name}-cert.pub"));
+        std::fs::write(&cert, v["data"]["signed_key"].as_str().unwrap()).unwrap();
+        (key, cert)
+    };
+    let (ops_key, ops_cert) = cert_for("ops", "ops");
+    let (root_key, root_cert) = cert_for("rootp", "root");
+    rig.login_becomes(&ops_key, Some(&ops_cert), true, Duration::from_secs(5));
+    assert!(
+        !rig.login(&root_key, Some(&root_cert)),
+        "root is not a mapped principal"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rig.managed("principals/root")).unwrap(),
+        "ops\n"
+    );
+
+    let log = rig.tmp.path().join("hostd.log");
+    let child = rig
+        .hostd_cmd(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon(child, log);
+    api.write("hosts/mappings/root", json!({"principals": "root"}));
+    rig.login_becomes(&ops_key, Some(&ops_cert), false, Duration::from_secs(2));
+    rig.login_becomes(&root_key, Some(&root_cert), true, Duration::from_secs(2));
+    api.delete("hosts/mappings/root");
+    rig.login_becomes(&root_key, Some(&root_cert), false, Duration::from_secs(2));
+    assert!(!rig.managed("principals/root").exists());
+}
+
+#[test]
+fn host_certificate_is_renewed_at_two_thirds() {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    api.write(
+        "ssh/roles/hosts",
+        json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "12s", "not_before_duration": "0s"}),
+    );
+    let join = api.write(
+        "hosts/join-tokens",
+        json!({"host_mount": "ssh", "host_role": "hosts"}),
+    )["data"]["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rig = Rig::start();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    let cert_file = rig.managed("host_key-cert.pub");
+    let first = std::fs::read_to_string(&cert_file).unwrap();
+    let issued = Instant::now();
+    let log = rig.tmp.path().join("hostd.log");
+    let child = rig
+        .hostd_cmd(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child, log);
+    let listening = rig.sshd.log().matches("Server listening on").count();
+    let renewed = loop {
+        let now_text = std::fs::read_to_string(&cert_file).unwrap_or_default();
+        if !now_text.is_empty() && now_text != first {
+            break issued.elapsed();
+        }
+        assert!(
+            issued.elapsed() < Duration::from_secs(15),
+            "not renewed\n--- hostd ---\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // 2/3 of 12 s is 8 s after issue (give or take a second of rounding).
+    assert!(
+        renewed >= Duration::from_secs(6),
+        "renewed too early: {renewed:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.sshd.log().matches("Server listening on").count() <= listening {
+        assert!(
+            Instant::now() < deadline,
+            "sshd was not reloaded for the new certificate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The new certificate is the one sshd shows.
+    let keys = rig.tmp.path().join("keys");
+    std::fs::create_dir(&keys).unwrap();
+    let kh = keys.join("known_hosts");
+    let ca = api.text("ssh/public_key");
+    std::fs::write(
+        &kh,
+        format!(
+            "@cert-authority {} {}\n",
+            rig.sshd.host_pattern(),
+            ca.trim()
+        ),
+    )
+    .unwrap();
+    let (_, out, err) = rig
+        .sshd
+        .client()
+        .known_hosts(&kh)
+        .option("LogLevel=DEBUG1")
+        .run("true");
+    let described = gatepass_tests::ssh::describe_cert(
+        &keys,
+        std::fs::read_to_string(&cert_file).unwrap().trim(),
+    );
+    let serial = described
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Serial: "))
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("Server host certificate") && err.contains(&format!("serial {serial} ")),
+        "sshd does not show the renewed certificate (serial {serial}):\n{out}{err}"
+    );
+}
