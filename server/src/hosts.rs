@@ -271,6 +271,23 @@ fn host_json(h: &Host) -> Value {
     })
 }
 
+/// An enrolled host by ID or hostname.
+pub async fn find(core: &Core, id_or_name: &str) -> Result<Option<Host>> {
+    if uuid::Uuid::parse_str(id_or_name).is_ok() {
+        if let Some(h) = core.storage.get::<Host>(&host_key(id_or_name)).await? {
+            return Ok(Some(h));
+        }
+    }
+    for k in core.storage.keys_with_prefix("hosts/host/").await? {
+        if let Some(h) = core.storage.get::<Host>(&k).await? {
+            if h.hostname == id_or_name {
+                return Ok(Some(h));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The host a host token belongs to.
 async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
     let id = caller

@@ -164,3 +164,45 @@ async fn bad_enrollments_and_mappings_are_refused() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
     }
 }
+
+#[tokio::test]
+async fn otps_bound_to_an_enrolled_host_verify_only_there() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    ok(&s, "POST", "ssh/roles/otp", json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"})).await;
+    let mut tokens = Vec::new();
+    for (name, addr) in [("web1", "10.0.0.7"), ("web2", "10.0.0.8")] {
+        let v = ok(&s, "POST", "hosts/join-tokens", json!({})).await;
+        let join = v["data"]["join_token"].as_str().unwrap();
+        let (st, v) = s.call("POST", "hosts/enroll", None, Some(json!({"join_token": join, "hostname": name, "addresses": ["192.168.50.1", addr]}))).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        tokens.push(v["data"]["host_token"].as_str().unwrap().to_string());
+    }
+    // Named by hostname: the IP is the host's address inside the role's CIDRs.
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "web1"})).await;
+    assert_eq!(v["data"]["ip"], "10.0.0.7");
+    let otp = v["data"]["key"].as_str().unwrap().to_string();
+    let verify = |token: Option<String>| {
+        let s = &s;
+        let otp = otp.clone();
+        async move { s.call("POST", "ssh/verify", token.as_deref(), Some(json!({"otp": otp}))).await }
+    };
+    assert_eq!(verify(None).await.0, StatusCode::BAD_REQUEST, "a bound OTP verified without the host's token");
+    assert_eq!(verify(Some(tokens[1].clone())).await.0, StatusCode::BAD_REQUEST, "another host verified it");
+    let (st, v) = verify(Some(tokens[0].clone())).await;
+    assert_eq!(st, StatusCode::OK, "the wrong attempts must not burn it: {v}");
+    assert_eq!(v["data"]["ip"], "10.0.0.7");
+    assert_eq!(verify(Some(tokens[0].clone())).await.0, StatusCode::BAD_REQUEST, "verified twice");
+    // A host presenting its token verifies only OTPs bound to it.
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"ip": "10.0.0.7"})).await;
+    let unbound = v["data"]["key"].as_str().unwrap().to_string();
+    let (st, _) = s.call("POST", "ssh/verify", Some(&tokens[0]), Some(json!({"otp": unbound}))).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    let (st, _) = s.call("POST", "ssh/verify", None, Some(json!({"otp": unbound}))).await;
+    assert_eq!(st, StatusCode::OK);
+    // Unknown host, or an IP that is not the host's.
+    assert_eq!(s.root("POST", "ssh/creds/otp", Some(json!({"host": "nope"}))).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(s.root("POST", "ssh/creds/otp", Some(json!({"host": "web1", "ip": "10.0.0.8"}))).await.0, StatusCode::BAD_REQUEST);
+    // A bad token on verify is refused outright.
+    assert_eq!(s.call("POST", "ssh/verify", Some("gps.bogus"), Some(json!({"otp": "verify-echo-request"}))).await.0, StatusCode::FORBIDDEN);
+}

@@ -31,6 +31,10 @@ pub struct OtpEntry {
     pub role_name: String,
     pub lease_id: String,
     pub expire_time: i64,
+    /// gatepass: the enrolled host this OTP is bound to; only that host's
+    /// helper (presenting its host token) can verify it.
+    #[serde(default)]
+    pub host_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,11 +133,42 @@ pub struct Issued {
 
 pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Result<Issued> {
     let f = &req.fields;
-    let ip_text = f.required_str("ip")?;
-    let ip: IpAddr = ip_text
-        .trim()
-        .parse()
-        .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
+    // gatepass: `host` names an enrolled host (its ID or hostname) instead
+    // of an IP; the OTP is then bound to that host.
+    let (ip, host_id) = match f.str("host")?.filter(|h| !h.is_empty()) {
+        Some(h) => {
+            let host = crate::hosts::find(core, &h)
+                .await?
+                .ok_or_else(|| Error::invalid(format!("no enrolled host {h:?}")))?;
+            let zero = zero_address_roles(core, m).await?;
+            let ip = match f.str("ip")?.filter(|s| !s.is_empty()) {
+                Some(t) => {
+                    let ip: IpAddr = t
+                        .trim()
+                        .parse()
+                        .map_err(|_| Error::invalid(format!("ip {t:?} is not an IPv4 or IPv6 address")))?;
+                    if !host.addresses.contains(&ip) {
+                        return Err(Error::invalid(format!("{ip} is not an address of host {}", host.hostname)));
+                    }
+                    ip
+                }
+                None => *host
+                    .addresses
+                    .iter()
+                    .find(|a| ip_allowed(role, **a, &zero).is_ok())
+                    .ok_or_else(|| Error::invalid(format!("none of host {}'s addresses belongs to role {}", host.hostname, role.name)))?,
+            };
+            (ip, Some(host.id))
+        }
+        None => {
+            let ip_text = f.required_str("ip")?;
+            let ip: IpAddr = ip_text
+                .trim()
+                .parse()
+                .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
+            (ip, None)
+        }
+    };
     let user = username(role, f.str("username")?)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
     let (ttl, max) = lease_ttl(role);
@@ -150,6 +185,7 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                 role_name: role.name.clone(),
                 lease_id: lease_id.clone(),
                 expire_time: now + ttl,
+                host_id,
             };
             if !core.storage.put_if_absent(&key, &entry).await? {
                 return Err(Error::internal("OTP collision"));
@@ -238,7 +274,10 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
 /// `verify`: consumes the OTP. Of any number of concurrent calls with one
 /// OTP — on one server or several sharing PostgreSQL — exactly one gets it,
 /// because the delete itself decides.
-pub async fn verify(core: &Core, m: &Mount, otp: &str, now: i64) -> Result<Option<Value>> {
+/// `verify_host` is the enrolled host whose token the caller presented, if
+/// any: a bound OTP verifies only for its own host, and a host presenting its
+/// token verifies only OTPs bound to it.
+pub async fn verify(core: &Core, m: &Mount, otp: &str, verify_host: Option<&str>, now: i64) -> Result<Option<Value>> {
     if otp == VERIFY_ECHO_REQUEST {
         return Ok(Some(json!({ "message": VERIFY_ECHO_RESPONSE })));
     }
@@ -246,11 +285,13 @@ pub async fn verify(core: &Core, m: &Mount, otp: &str, now: i64) -> Result<Optio
     if uuid::Uuid::parse_str(otp).is_err() {
         return Ok(None);
     }
-    let Some(entry) = core
-        .storage
-        .take::<OtpEntry>(&otp_key(m, &core.hasher.hash(otp)))
-        .await?
-    else {
+    let key = otp_key(m, &core.hasher.hash(otp));
+    // Check the binding before consuming, so the wrong host cannot burn it.
+    match core.storage.get::<OtpEntry>(&key).await? {
+        Some(e) if e.host_id.as_deref() == verify_host => {}
+        _ => return Ok(None),
+    }
+    let Some(entry) = core.storage.take::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
     leases::forget(core, &entry.lease_id).await?;

@@ -183,7 +183,15 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
         (["verify"], Write) => {
             core.verify_limiter.check(req.client_ip, req.now)?;
             let otp = f.required_str("otp")?;
-            match creds::verify(core, m, otp.trim(), req.now).await? {
+            // A host's helper may present its host token (gatepass).
+            let host = match req.token.as_deref().filter(|t| !t.is_empty()) {
+                Some(t) => match crate::auth::token::lookup(core, t, req.now).await? {
+                    Some(e) => e.meta.get("host_id").cloned(),
+                    None => return Err(Error::PermissionDenied),
+                },
+                None => None,
+            };
+            match creds::verify(core, m, otp.trim(), host.as_deref(), req.now).await? {
                 Some(d) => Ok(Reply::Data(d)),
                 None => {
                     core.verify_limiter.failure(req.client_ip, req.now);
