@@ -153,6 +153,9 @@ impl Storage {
         if cacheable(key) {
             self.cache.forget(key);
         }
+        if key.starts_with("mounts/") {
+            self.cache.forget("list:mounts/");
+        }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -292,6 +295,23 @@ impl Storage {
 
     /// Every full key under a prefix, in byte order.
     pub async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        // The mount table is read on every request to route it.
+        if prefix == "mounts/" {
+            let ck = "list:mounts/";
+            if let Some(Some(bytes)) = self.cache.get(ck) {
+                if let Ok(keys) = serde_json::from_slice::<Vec<String>>(&bytes) {
+                    return Ok(keys);
+                }
+            }
+            let keys = self.keys_with_prefix_uncached(prefix).await?;
+            let bytes = serde_json::to_vec(&keys).map_err(|e| Error::internal(e.to_string()))?;
+            self.cache.insert(ck, Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))));
+            return Ok(keys);
+        }
+        self.keys_with_prefix_uncached(prefix).await
+    }
+
+    async fn keys_with_prefix_uncached(&self, prefix: &str) -> Result<Vec<String>> {
         // U+10FFFF sorts after every other UTF-8 text bytewise.
         let upper = format!("{prefix}\u{10FFFF}");
         let rows = sqlx::query("SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key")

@@ -327,20 +327,48 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
     for (k, v) in &extensions {
         b.extension(k.as_str(), v.as_str()).map_err(ssh)?;
     }
-    let ca = issuer.signing_key()?;
-    let signed = match ca.key_data() {
-        ssh_key::private::KeypairData::Rsa(kp) => {
+    let signed = match &*signer(issuer)? {
+        CaSigner::Rsa(ca) => {
             let hash = if role.algorithm_signer == "rsa-sha2-512" { HashAlg::Sha512 } else { HashAlg::Sha256 };
-            b.sign(&RsaCa::new(kp, hash)?)
+            b.sign(&RsaCa { hash, ..ca.clone() })
         }
-        _ => b.sign(&ca),
+        CaSigner::Plain(ca) => b.sign(ca),
     };
     signed.map_err(|e| Error::internal(format!("signing failed: {e}")))
+}
+
+enum CaSigner {
+    Plain(PrivateKey),
+    Rsa(RsaCa),
+}
+
+/// Parsed CA keys by issuer ID (IDs are never reused and an issuer's key
+/// never changes), so that signing does not parse the key every time.
+fn signer(issuer: &Issuer) -> Result<std::sync::Arc<CaSigner>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static SIGNERS: OnceLock<Mutex<HashMap<String, Arc<CaSigner>>>> = OnceLock::new();
+    let map = SIGNERS.get_or_init(Default::default);
+    if let Some(s) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&issuer.id) {
+        return Ok(s.clone());
+    }
+    let key = issuer.signing_key()?;
+    let s = Arc::new(match key.key_data() {
+        ssh_key::private::KeypairData::Rsa(kp) => CaSigner::Rsa(RsaCa::new(kp, HashAlg::Sha256)?),
+        _ => CaSigner::Plain(key),
+    });
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    if m.len() > 1024 {
+        m.clear();
+    }
+    m.insert(issuer.id.clone(), s.clone());
+    Ok(s)
 }
 
 /// RSA CA signing done here rather than by ssh-key 0.6, whose RSA signer
 /// builds the private key from the wrong primes (fails with rsa ≥ 0.9.10)
 /// and only offers rsa-sha2-512; this one also honours `algorithm_signer`.
+#[derive(Clone)]
 struct RsaCa {
     key: rsa::RsaPrivateKey,
     public: KeyData,
