@@ -27,6 +27,7 @@ pub struct Storage {
     /// at once (changes made by other servers are seen by polling).
     changes: tokio::sync::watch::Sender<u64>,
     cache: ReadCache,
+    audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
 }
 
 /// How long a cached value may be used. Changes made by this server drop
@@ -129,12 +130,18 @@ impl Storage {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
+        let audit_tx = {
+            let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
+            tokio::spawn(audit_writer(pool.clone(), rx));
+            tx
+        };
         let storage = Storage {
             pool,
             barrier: Barrier::new(seal),
             backend,
             changes: tokio::sync::watch::channel(0).0,
             cache: ReadCache::default(),
+            audit_tx,
         };
         storage.check_seal().await?;
         Ok(storage)
@@ -356,16 +363,30 @@ impl Storage {
         Ok(out)
     }
 
+    /// Queues an audit line for the database copy. The file (written before
+    /// the answer, fail-closed) is the record; the database copy is written
+    /// in batches by one task, so auditing costs one write per batch rather
+    /// than per request.
     pub async fn append_audit(&self, line: &str) -> Result<()> {
-        sqlx::query("INSERT INTO audit_events (line) VALUES ($1)")
-            .bind(line)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.audit_tx
+            .send(AuditMsg::Line(line.to_string()))
+            .await
+            .map_err(|_| Error::internal("audit writer stopped"))
+    }
+
+    /// Waits until every queued audit line is in the database.
+    pub async fn flush_audit(&self) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.audit_tx
+            .send(AuditMsg::Flush(tx))
+            .await
+            .map_err(|_| Error::internal("audit writer stopped"))?;
+        rx.await.map_err(|_| Error::internal("audit writer stopped"))?
     }
 
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        self.flush_audit().await?;
         let rows = sqlx::query(
             "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
         )
@@ -379,6 +400,61 @@ impl Storage {
     }
 
     pub async fn close(&self) {
+        if let Err(e) = self.flush_audit().await {
+            tracing::warn!(error = %e, "audit lines not copied to the database");
+        }
         self.pool.close().await;
+    }
+}
+
+enum AuditMsg {
+    Line(String),
+    Flush(tokio::sync::oneshot::Sender<Result<()>>),
+}
+
+/// Lines per INSERT: well under SQLite's limit on bound parameters.
+const AUDIT_BATCH: usize = 256;
+
+async fn audit_writer(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<AuditMsg>) {
+    let mut lines: Vec<String> = Vec::new();
+    let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        // Take whatever else is already queued, up to a batch.
+        while let Some(msg) = next.take() {
+            match msg {
+                AuditMsg::Line(l) => lines.push(l),
+                AuditMsg::Flush(tx) => waiting.push(tx),
+            }
+            if lines.len() >= AUDIT_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        let mut result = Ok(());
+        for chunk in lines.chunks(AUDIT_BATCH) {
+            let mut sql = String::from("INSERT INTO audit_events (line) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("(${})", i + 1));
+            }
+            let mut q = sqlx::query(&sql);
+            for l in chunk {
+                q = q.bind(l.as_str());
+            }
+            if let Err(e) = q.execute(&pool).await {
+                tracing::error!(error = %e, lines = chunk.len(), "cannot copy audit lines to the database");
+                result = Err(Error::internal("audit lines not stored in the database"));
+            }
+        }
+        lines.clear();
+        for w in waiting.drain(..) {
+            let _ = w.send(match &result {
+                Ok(()) => Ok(()),
+                Err(_) => Err(Error::internal("audit lines not stored in the database")),
+            });
+        }
     }
 }
