@@ -12,6 +12,9 @@ pub struct Machine {
     pub cpu: String,
     /// The 1-minute load average when the run started.
     pub load: String,
+    /// Share of all CPUs (0 to 1) busy with other work over the second
+    /// before the run.
+    pub busy: Option<f64>,
     /// Short commit, with `+ uncommitted changes` when the tree differs.
     pub commit: String,
     pub openssh: String,
@@ -73,6 +76,32 @@ fn commit(repo: &Path) -> String {
     }
 }
 
+/// (busy, total) jiffies of all CPUs together, from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already counted in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// How busy the CPUs are over `window`, from 0 to 1.
+fn cpu_busy(window: std::time::Duration) -> Option<f64> {
+    let (b0, t0) = cpu_jiffies()?;
+    std::thread::sleep(window);
+    let (b1, t1) = cpu_jiffies()?;
+    let total = t1.checked_sub(t0)?;
+    (total > 0).then(|| b1.saturating_sub(b0) as f64 / total as f64)
+}
+
+/// Describes the machine; takes a second, to see how busy the CPUs are.
 pub fn describe() -> Machine {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     Machine {
@@ -87,6 +116,7 @@ pub fn describe() -> Machine {
             .ok()
             .and_then(|t| t.split_whitespace().next().map(String::from))
             .unwrap_or_else(|| "unknown".into()),
+        busy: cpu_busy(std::time::Duration::from_secs(1)),
         commit: commit(&repo),
         openssh: output(Command::new("ssh").arg("-V"))
             .and_then(|v| v.split([' ', ',']).next().map(String::from))

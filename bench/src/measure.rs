@@ -79,7 +79,6 @@ impl Sample {
             } else {
                 0.0
             },
-            ops: self.ops,
             errors: self.errors,
             first_error: self.first_error,
             p50: percentile(&self.latencies, 50.0),
@@ -103,7 +102,6 @@ fn percentile(sorted: &[u64], p: f64) -> Option<Duration> {
 pub struct Summary {
     /// Successful operations per second.
     pub rate: f64,
-    pub ops: u64,
     pub errors: u64,
     pub first_error: Option<String>,
     pub p50: Option<Duration>,

@@ -117,7 +117,10 @@ pub fn ratio(r: Option<f64>) -> String {
 }
 
 fn markers(name: &str) -> (String, String) {
-    (format!("<!-- {name}:begin -->"), format!("<!-- {name}:end -->"))
+    (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    )
 }
 
 /// Replaces what lies between the section's markers with `body`; appends the
@@ -152,7 +155,8 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> anyhow::Result<()> 
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let new = replace_section(&text, name, body).with_context(|| format!("in {}", path.display()))?;
+    let new =
+        replace_section(&text, name, body).with_context(|| format!("in {}", path.display()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -176,7 +180,10 @@ mod tests {
     fn section_replaced_between_markers() -> anyhow::Result<()> {
         let text = "# B\n\nintro\n<!-- sign:begin -->\nold\nlines\n<!-- sign:end -->\nafter\n";
         let out = replace_section(text, "sign", "new\n")?;
-        assert_eq!(out, "# B\n\nintro\n<!-- sign:begin -->\nnew\n<!-- sign:end -->\nafter\n");
+        assert_eq!(
+            out,
+            "# B\n\nintro\n<!-- sign:begin -->\nnew\n<!-- sign:end -->\nafter\n"
+        );
         // Other sections stay as they are.
         let out = replace_section(&out, "otp", "o")?;
         assert!(out.contains("<!-- sign:begin -->\nnew\n<!-- sign:end -->"));
@@ -194,6 +201,9 @@ mod tests {
     fn table_aligns() {
         let mut t = Table::new(&[("what", Align::Left), ("n", Align::Right)]);
         t.push(vec!["a".into(), "1234".into()]);
-        assert_eq!(t.to_markdown(), "| what |    n |\n| ---- | ---: |\n| a    | 1234 |\n");
+        assert_eq!(
+            t.to_markdown(),
+            "| what |    n |\n| ---- | ---: |\n| a    | 1234 |\n"
+        );
     }
 }

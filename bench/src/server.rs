@@ -107,10 +107,16 @@ impl DevServer {
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("the server printed no address within {START_TIMEOUT:?}; its log:\n{}", server.log_tail())
+                    bail!(
+                        "the server printed no address within {START_TIMEOUT:?}; its log:\n{}",
+                        server.log_tail()
+                    )
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    bail!("the server exited while starting; its log:\n{}", server.log_tail())
+                    bail!(
+                        "the server exited while starting; its log:\n{}",
+                        server.log_tail()
+                    )
                 }
             }
         }
@@ -119,7 +125,8 @@ impl DevServer {
             bail!("the server listens on {}, not on 127.0.0.1", server.addr);
         }
         let ca_path = ca_path.unwrap_or_default();
-        server.ca_pem = std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
+        server.ca_pem =
+            std::fs::read(&ca_path).with_context(|| format!("reading {}", ca_path.display()))?;
         Ok(server)
     }
 
@@ -147,7 +154,12 @@ impl DevServer {
     }
 
     /// POSTs JSON with the root token; the answer's JSON (Null for 204).
-    pub async fn write(&self, client: &reqwest::Client, path: &str, body: &Value) -> anyhow::Result<Value> {
+    pub async fn write(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
         let r = client
             .post(self.url(path))
             .header("X-Vault-Token", &self.token)
@@ -208,10 +220,20 @@ mod tests {
     #[test]
     fn export_lines() {
         assert_eq!(
-            export_value("export GATEPASS_ADDR='https://127.0.0.1:1234'", "GATEPASS_ADDR").as_deref(),
+            export_value(
+                "export GATEPASS_ADDR='https://127.0.0.1:1234'",
+                "GATEPASS_ADDR"
+            )
+            .as_deref(),
             Some("https://127.0.0.1:1234")
         );
-        assert_eq!(export_value("export GATEPASS_ADDRX='x'", "GATEPASS_ADDR"), None);
-        assert_eq!(export_value("export GATEPASS_TOKEN='t'", "GATEPASS_ADDR"), None);
+        assert_eq!(
+            export_value("export GATEPASS_ADDRX='x'", "GATEPASS_ADDR"),
+            None
+        );
+        assert_eq!(
+            export_value("export GATEPASS_TOKEN='t'", "GATEPASS_ADDR"),
+            None
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use gatepass_server::clock::Clock;
 use serde_json::{json, Value};
 use ssh_key::{Certificate, HashAlg, PublicKey};
 use tokio::sync::Barrier;
@@ -28,10 +29,18 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Gives the mount an ed25519 CA and the benchmark role, signs once and
 /// checks the certificate against the CA. Returns the CA's public key.
-pub async fn configure(server: &DevServer, user: &PublicKey, role_fields: &Value, now: i64) -> anyhow::Result<String> {
+pub async fn configure(
+    server: &DevServer,
+    user: &PublicKey,
+    role_fields: &Value,
+) -> anyhow::Result<String> {
     let client = server.client()?;
     let ca = server
-        .write(&client, "ssh/config/ca", &json!({ "key_type": "ssh-ed25519" }))
+        .write(
+            &client,
+            "ssh/config/ca",
+            &json!({ "key_type": "ssh-ed25519" }),
+        )
         .await?;
     let ca_key = ca
         .pointer("/data/public_key")
@@ -42,7 +51,11 @@ pub async fn configure(server: &DevServer, user: &PublicKey, role_fields: &Value
         .write(&client, &format!("ssh/roles/{ROLE}"), role_fields)
         .await?;
     let signed = server
-        .write(&client, &format!("ssh/sign/{ROLE}"), &json!({ "public_key": user.to_openssh()? }))
+        .write(
+            &client,
+            &format!("ssh/sign/{ROLE}"),
+            &json!({ "public_key": user.to_openssh()? }),
+        )
         .await?;
     let text = signed
         .pointer("/data/signed_key")
@@ -50,7 +63,7 @@ pub async fn configure(server: &DevServer, user: &PublicKey, role_fields: &Value
         .context("sign returned no signed_key")?;
     let cert = Certificate::from_openssh(text.trim())?;
     let fp = PublicKey::from_openssh(&ca_key)?.fingerprint(HashAlg::Sha256);
-    cert.validate_at(u64::try_from(now)?, [&fp])
+    cert.validate_at(u64::try_from(Clock::System.now())?, [&fp])
         .context("the server's certificate does not verify against its CA")?;
     Ok(ca_key)
 }

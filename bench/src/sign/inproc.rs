@@ -32,10 +32,25 @@ pub fn role(name: &str) -> anyhow::Result<Role> {
     Ok(roles::from_fields(name, &fields(role_fields()))?)
 }
 
+/// A fresh issuer ID, a random UUID as the server makes them. The server
+/// may keep parsed CA keys by issuer ID (IDs are never reused), so every
+/// issuer here needs its own.
+fn issuer_id() -> String {
+    let h = format!("{:032x}", rand::random::<u128>());
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}
+
 /// An issuer as storage would hold it.
 pub fn issuer(key: &PrivateKey, now: i64) -> anyhow::Result<Issuer> {
     Ok(Issuer {
-        id: "00000000-0000-4000-8000-000000000000".into(),
+        id: issuer_id(),
         name: "bench".into(),
         public_key: key.public_key().to_openssh()?,
         private_key: key.to_openssh(LineEnding::LF)?.to_string(),
@@ -45,7 +60,13 @@ pub fn issuer(key: &PrivateKey, now: i64) -> anyhow::Result<Issuer> {
 
 /// Signs `user` until the budget is spent, one certificate at a time, after
 /// checking that a certificate from this loop verifies against the CA.
-pub fn measure(role: &Role, issuer: &Issuer, user: &PublicKey, budget: Budget, now: i64) -> anyhow::Result<Sample> {
+pub fn measure(
+    role: &Role,
+    issuer: &Issuer,
+    user: &PublicKey,
+    budget: Budget,
+    now: i64,
+) -> anyhow::Result<Sample> {
     let input = sign::input_from_fields(&fields(json!({})), user.clone())?;
     let who = Requester::default();
     let first = sign::sign(role, issuer, &input, &who, now, 1)?;
@@ -60,4 +81,15 @@ pub fn measure(role: &Role, issuer: &Issuer, user: &PublicKey, budget: Budget, n
             .map(|_| ())
             .map_err(|e| e.to_string())
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn issuer_ids_are_uuids_and_differ() {
+        let (a, b) = (super::issuer_id(), super::issuer_id());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.matches('-').count(), 4);
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
+use gatepass_server::clock::Clock;
 use ssh_key::{Certificate, HashAlg};
 
 use crate::measure::{self, Budget, Sample};
@@ -41,14 +42,20 @@ fn sign_once(ca: &Path, user_pub: &Path) -> Result<(), String> {
 
 /// Signs `user_pub` with the CA private key file `ca` until the budget is
 /// spent, then checks that the last certificate is one from that CA.
-pub fn measure(ca: &Path, ca_key: &ssh_key::PublicKey, user_pub: &Path, budget: Budget, now: i64) -> anyhow::Result<Sample> {
+pub fn measure(
+    ca: &Path,
+    ca_key: &ssh_key::PublicKey,
+    user_pub: &Path,
+    budget: Budget,
+) -> anyhow::Result<Sample> {
     let sample = measure::serial(budget, || sign_once(ca, user_pub));
     if sample.ops > 0 {
         let path = cert_path(user_pub);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let cert = Certificate::from_openssh(&text)?;
         let fp = ca_key.fingerprint(HashAlg::Sha256);
-        cert.validate_at(u64::try_from(now)?, [&fp])
+        cert.validate_at(u64::try_from(Clock::System.now())?, [&fp])
             .context("ssh-keygen's certificate does not verify")?;
     } else if sample.first_error.is_none() {
         bail!("ssh-keygen signed nothing in {:?}", budget.measure);
@@ -62,6 +69,9 @@ mod tests {
 
     #[test]
     fn cert_next_to_key() {
-        assert_eq!(cert_path(Path::new("/t/user.pub")), PathBuf::from("/t/user-cert.pub"));
+        assert_eq!(
+            cert_path(Path::new("/t/user.pub")),
+            PathBuf::from("/t/user-cert.pub")
+        );
     }
 }

@@ -50,12 +50,36 @@ struct CaKind {
 }
 
 const CAS: [CaKind; 6] = [
-    CaKind { label: "ed25519", key_type: "ssh-ed25519", bits: 0 },
-    CaKind { label: "ecdsa-sha2-nistp256", key_type: "ecdsa-sha2-nistp256", bits: 0 },
-    CaKind { label: "ecdsa-sha2-nistp384", key_type: "ecdsa-sha2-nistp384", bits: 0 },
-    CaKind { label: "rsa-2048", key_type: "ssh-rsa", bits: 2048 },
-    CaKind { label: "rsa-3072", key_type: "ssh-rsa", bits: 3072 },
-    CaKind { label: "rsa-4096", key_type: "ssh-rsa", bits: 4096 },
+    CaKind {
+        label: "ed25519",
+        key_type: "ssh-ed25519",
+        bits: 0,
+    },
+    CaKind {
+        label: "ecdsa-sha2-nistp256",
+        key_type: "ecdsa-sha2-nistp256",
+        bits: 0,
+    },
+    CaKind {
+        label: "ecdsa-sha2-nistp384",
+        key_type: "ecdsa-sha2-nistp384",
+        bits: 0,
+    },
+    CaKind {
+        label: "rsa-2048",
+        key_type: "ssh-rsa",
+        bits: 2048,
+    },
+    CaKind {
+        label: "rsa-3072",
+        key_type: "ssh-rsa",
+        bits: 3072,
+    },
+    CaKind {
+        label: "rsa-4096",
+        key_type: "ssh-rsa",
+        bits: 4096,
+    },
 ];
 
 struct Row {
@@ -135,13 +159,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         &format!("{keygen_what} (start)"),
         "ed25519",
         1,
-        keygen::measure(&ca_ed, &ca_ed_pub, &user_pub, budget, now)?,
+        keygen::measure(&ca_ed, &ca_ed_pub, &user_pub, budget)?,
     ));
     rows.push(summarize(
         keygen_what,
         "rsa-2048",
         1,
-        keygen::measure(&ca_rsa, &ca_rsa_pub, &user_pub, budget, now)?,
+        keygen::measure(&ca_rsa, &ca_rsa_pub, &user_pub, budget)?,
     ));
 
     eprintln!("in-process: gatepass_server::ssh::sign::sign");
@@ -153,15 +177,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rows.push(summarize("in-process `sign::sign`", k.label, 1, sample));
     }
 
-    eprintln!("HTTPS: POST /v1/ssh/sign/{} on gatepass-server dev", https::ROLE);
-    let version = https_rows(&server_bin, &user, &args.clients, budget, now, &mut rows)?;
+    eprintln!(
+        "HTTPS: POST /v1/ssh/sign/{} on gatepass-server dev",
+        https::ROLE
+    );
+    let version = https_rows(&server_bin, &user, &args.clients, budget, &mut rows)?;
 
     eprintln!("reference again: ssh-keygen -s");
     rows.push(summarize(
         &format!("{keygen_what} (end)"),
         "ed25519",
         1,
-        keygen::measure(&ca_ed, &ca_ed_pub, &user_pub, budget, now)?,
+        keygen::measure(&ca_ed, &ca_ed_pub, &user_pub, budget)?,
     ));
 
     let body = section(&machine, budget, version, &rows)?;
@@ -196,7 +223,6 @@ fn https_rows(
     user: &ssh_key::PublicKey,
     clients: &[usize],
     budget: Budget,
-    now: i64,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<Option<reqwest::Version>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -204,18 +230,24 @@ fn https_rows(
         .build()?;
     let mut server = DevServer::start(bin)?;
     let result = rt.block_on(async {
-        https::configure(&server, user, &inproc::role_fields(), now).await?;
+        https::configure(&server, user, &inproc::role_fields()).await?;
         let mut version = None;
         for &c in clients {
             let (sample, v) = https::measure(&server, user, c, budget).await?;
             version = version.or(v);
-            rows.push(summarize("HTTPS `POST /v1/ssh/sign/<role>`", "ed25519", c, sample));
+            rows.push(summarize(
+                "HTTPS `POST /v1/ssh/sign/<role>`",
+                "ed25519",
+                c,
+                sample,
+            ));
         }
         anyhow::Ok(version)
     });
     drop(rt);
     let stopped = server.stop();
-    let version = result.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
+    let version =
+        result.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
     let status = stopped?;
     if !status.success() {
         eprintln!("note: the server exited with {status} after SIGTERM");
@@ -223,10 +255,17 @@ fn https_rows(
     Ok(version)
 }
 
-fn section(m: &machine::Machine, budget: Budget, version: Option<reqwest::Version>, rows: &[Row]) -> anyhow::Result<String> {
+fn section(
+    m: &machine::Machine,
+    budget: Budget,
+    version: Option<reqwest::Version>,
+    rows: &[Row],
+) -> anyhow::Result<String> {
     let keygen = |tag: &str| {
         rows.iter()
-            .find(|r| r.ca == "ed25519" && r.what.starts_with("`ssh-keygen") && r.what.ends_with(tag))
+            .find(|r| {
+                r.ca == "ed25519" && r.what.starts_with("`ssh-keygen") && r.what.ends_with(tag)
+            })
             .map(|r| r.summary.rate)
     };
     let (Some(start), Some(end)) = (keygen("(start)"), keygen("(end)")) else {
@@ -254,7 +293,10 @@ fn section(m: &machine::Machine, budget: Budget, version: Option<reqwest::Versio
         ("× ssh-keygen same CA", Align::Right),
     ]);
     // Reference rows first, in the order they ran.
-    let mut ordered: Vec<&Row> = rows.iter().filter(|r| r.what.starts_with("`ssh-keygen")).collect();
+    let mut ordered: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.what.starts_with("`ssh-keygen"))
+        .collect();
     ordered.sort_by_key(|r| (r.ca != "ed25519", r.what.ends_with("(end)")));
     ordered.extend(rows.iter().filter(|r| !r.what.starts_with("`ssh-keygen")));
     for r in ordered {
@@ -295,17 +337,39 @@ fn section(m: &machine::Machine, budget: Budget, version: Option<reqwest::Versio
              not measured in this run."
         ),
     };
+    // A busy machine slows the reference and the measurements unequally.
+    let busy_pct = m.busy.map(|b| 100.0 * b);
+    let busy = match busy_pct {
+        Some(b) if b >= 20.0 => format!(
+            "\n\n**The machine was busy**: other work kept {b:.0}% of the CPUs busy just before \
+             the run, and shared them during it; compare these ratios only with runs on an idle machine."
+        ),
+        _ => String::new(),
+    };
+    let drift = (start - end).abs() / reference;
+    let busy = if drift > 0.15 {
+        format!(
+            "{busy}\n\n**The reference drifted** by {:.0}% between the start and the end of the run: \
+             the load on the machine changed while it ran; run it again.",
+            100.0 * drift
+        )
+    } else {
+        busy
+    };
+    let busy_before = busy_pct
+        .map(|b| format!("{b:.0}%"))
+        .unwrap_or_else(|| "unknown".into());
     let http = version
         .map(|v| format!("{v:?}"))
         .unwrap_or_else(|| "HTTP (version unknown)".into());
     Ok(format!(
-        "Measured {date} on {cpu} (nproc {nproc}, 1-minute load average {load} at the start), \
+        "Measured {date} on {cpu} (nproc {nproc}; CPUs {busy_before} busy in the second before the run, 1-minute load average {load}), \
          commit {commit}, {openssh}; {secs} s per measurement after a {warm} s warm-up; \
          HTTPS clients spoke {http}.\n\n\
          {table}\n\
          `ssh-keygen -s` with the ed25519 CA: {start} certs/s at the start of the run, {end} at the end; \
          the ratios use their mean, {mean} certs/s.\n\n\
-         {target_line}\n",
+         {target_line}{busy}\n",
         date = m.date,
         cpu = m.cpu,
         nproc = m.nproc,
