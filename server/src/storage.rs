@@ -21,6 +21,8 @@ pub enum Backend {
 
 pub struct Storage {
     pool: AnyPool,
+    /// Writes (the same pool as `pool` on PostgreSQL).
+    wpool: AnyPool,
     barrier: Barrier,
     backend: Backend,
     /// Bumped on every change this server makes, so that long-polls wake
@@ -93,50 +95,41 @@ impl Storage {
                 "unsupported storage URL {url:?}: use sqlite://PATH or postgres://…"
             )));
         };
-        let pool = match backend {
+        let (pool, wpool) = match backend {
             Backend::Sqlite => {
-                // WAL and a busy timeout let concurrent requests share one
-                // file without "database is locked" errors.
                 let url = if url.contains('?') {
                     url.to_string()
                 } else {
                     format!("{url}?mode=rwc")
                 };
-                AnyPoolOptions::new()
-                    .max_connections(4)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            use sqlx::Executor;
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 10000;",
-                            )
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&url)
-                    .await?
+                // SQLite takes one writer at a time: all writes go through a
+                // one-connection pool, so they queue here instead of sleeping
+                // on SQLite's lock; reads run beside them (WAL).
+                let reads = sqlite_pool(&url, 4).await?;
+                let writes = sqlite_pool(&url, 1).await?;
+                (reads, writes)
             }
             Backend::Postgres => {
-                AnyPoolOptions::new()
+                let p = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(url)
-                    .await?
+                    .await?;
+                (p.clone(), p)
             }
         };
         match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&wpool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&wpool).await?,
         }
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(pool.clone(), rx));
+            tokio::spawn(audit_writer(wpool.clone(), rx));
             tx
         };
         let storage = Storage {
             pool,
+            wpool,
             barrier: Barrier::new(seal),
             backend,
             changes: tokio::sync::watch::channel(0).0,
@@ -185,7 +178,7 @@ impl Storage {
                 )
                 .bind(SEAL_CHECK_KEY)
                 .bind(sealed)
-                .execute(&self.pool)
+                .execute(&self.wpool)
                 .await?;
             }
         }
@@ -252,7 +245,7 @@ impl Storage {
         )
         .bind(key)
         .bind(sealed)
-        .execute(&self.pool)
+        .execute(&self.wpool)
         .await?;
         self.changed(key);
         Ok(())
@@ -267,7 +260,7 @@ impl Storage {
         )
         .bind(key)
         .bind(sealed)
-        .execute(&self.pool)
+        .execute(&self.wpool)
         .await?;
         if done.rows_affected() == 1 {
             self.changed(key);
@@ -279,7 +272,7 @@ impl Storage {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM entries WHERE key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.wpool)
             .await?;
         if done.rows_affected() > 0 {
             self.changed(key);
@@ -292,7 +285,7 @@ impl Storage {
     pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let row = sqlx::query("DELETE FROM entries WHERE key = $1 RETURNING value")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.wpool)
             .await?;
         if row.is_some() {
             self.changed(key);
@@ -404,7 +397,29 @@ impl Storage {
             tracing::warn!(error = %e, "audit lines not copied to the database");
         }
         self.pool.close().await;
+        self.wpool.close().await;
     }
+}
+
+async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool> {
+    Ok(AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(std::time::Duration::from_secs(30))
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Executor;
+                // WAL lets reads run beside the writer; the busy timeout
+                // covers other processes and the checkpointer.
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 enum AuditMsg {

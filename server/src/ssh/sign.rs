@@ -332,6 +332,7 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
             let hash = if role.algorithm_signer == "rsa-sha2-512" { HashAlg::Sha512 } else { HashAlg::Sha256 };
             b.sign(&RsaCa { hash, ..ca.clone() })
         }
+        CaSigner::Ed25519(ca) => b.sign(ca),
         CaSigner::Plain(ca) => b.sign(ca),
     };
     signed.map_err(|e| Error::internal(format!("signing failed: {e}")))
@@ -339,7 +340,28 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
 
 enum CaSigner {
     Plain(PrivateKey),
+    Ed25519(Ed25519Ca),
     Rsa(RsaCa),
+}
+
+/// ssh-key 0.6 rebuilds the ed25519 signing key (a SHA-512 and a scalar
+/// multiplication) on every signature, as much work as the signature
+/// itself; this keeps it built.
+struct Ed25519Ca {
+    key: ed25519_dalek::SigningKey,
+    public: KeyData,
+}
+
+impl signature::Signer<Signature> for Ed25519Ca {
+    fn try_sign(&self, msg: &[u8]) -> signature::Result<Signature> {
+        Signature::new(Algorithm::Ed25519, self.key.sign(msg).to_bytes().to_vec()).map_err(|_| signature::Error::new())
+    }
+}
+
+impl From<&Ed25519Ca> for KeyData {
+    fn from(ca: &Ed25519Ca) -> KeyData {
+        ca.public.clone()
+    }
 }
 
 /// Parsed CA keys by issuer ID (IDs are never reused and an issuer's key
@@ -355,6 +377,11 @@ fn signer(issuer: &Issuer) -> Result<std::sync::Arc<CaSigner>> {
     let key = issuer.signing_key()?;
     let s = Arc::new(match key.key_data() {
         ssh_key::private::KeypairData::Rsa(kp) => CaSigner::Rsa(RsaCa::new(kp, HashAlg::Sha256)?),
+        ssh_key::private::KeypairData::Ed25519(kp) => CaSigner::Ed25519(Ed25519Ca {
+            key: ed25519_dalek::SigningKey::try_from(kp)
+                .map_err(|e| Error::internal(format!("ed25519 CA key invalid: {e}")))?,
+            public: KeyData::Ed25519(kp.public),
+        }),
         _ => CaSigner::Plain(key),
     });
     let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
