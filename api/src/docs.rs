@@ -16,7 +16,10 @@ pub fn write(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
     let mut cmd = cmd;
     cmd.build();
     write_man(&cmd, &name, &man)?;
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         let sub_name = format!("{name}-{}", sub.get_name());
         write_man(&sub.clone().name(sub_name.clone()), &sub_name, &man)?;
     }

@@ -89,7 +89,8 @@ fn env2(a: &str, b: &str) -> Option<String> {
 impl Settings {
     pub fn from_env() -> Settings {
         Settings {
-            addr: env2("GATEPASS_ADDR", "VAULT_ADDR").unwrap_or_else(|| "https://127.0.0.1:8200".into()),
+            addr: env2("GATEPASS_ADDR", "VAULT_ADDR")
+                .unwrap_or_else(|| "https://127.0.0.1:8200".into()),
             token: env2("GATEPASS_TOKEN", "VAULT_TOKEN"),
             ca_cert: env2("GATEPASS_CACERT", "VAULT_CACERT").map(PathBuf::from),
             timeout: None,
@@ -106,12 +107,19 @@ pub struct Client {
 
 /// Loads PEM certificates to trust.
 pub fn load_ca(path: &Path) -> Result<Vec<reqwest::Certificate>> {
-    let pem = std::fs::read(path)
-        .map_err(|e| Error::Config(format!("cannot read CA certificate {}: {e}", path.display())))?;
+    let pem = std::fs::read(path).map_err(|e| {
+        Error::Config(format!(
+            "cannot read CA certificate {}: {e}",
+            path.display()
+        ))
+    })?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| Error::Config(format!("{}: not a PEM certificate: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(Error::Config(format!("{}: no certificate in file", path.display())));
+        return Err(Error::Config(format!(
+            "{}: no certificate in file",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -121,7 +129,9 @@ impl Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let addr = s.addr.trim_end_matches('/').to_string();
         if !(addr.starts_with("https://") || addr.starts_with("http://")) {
-            return Err(Error::Config(format!("server address {addr:?} must start with https:// (or http:// for a local proxy)")));
+            return Err(Error::Config(format!(
+                "server address {addr:?} must start with https:// (or http:// for a local proxy)"
+            )));
         }
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
@@ -163,7 +173,12 @@ impl Client {
 
     /// Sends one request; `Ok(None)` for 204 and for 404 with no errors
     /// (Vault's "nothing here").
-    pub async fn request(&self, method: &str, path: &str, body: Option<&Map<String, Value>>) -> Result<Option<Value>> {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Map<String, Value>>,
+    ) -> Result<Option<Value>> {
         let m = reqwest::Method::from_bytes(method.as_bytes())
             .map_err(|_| Error::Config(format!("bad method {method}")))?;
         let mut rb = self.http.request(m, self.url(path));
@@ -203,15 +218,25 @@ impl Client {
     }
 
     pub async fn read(&self, path: &str) -> Result<Option<Envelope>> {
-        self.request("GET", path, None).await?.map(to_env).transpose()
+        self.request("GET", path, None)
+            .await?
+            .map(to_env)
+            .transpose()
     }
 
     pub async fn write(&self, path: &str, body: &Map<String, Value>) -> Result<Option<Envelope>> {
-        self.request("POST", path, Some(body)).await?.map(to_env).transpose()
+        self.request("POST", path, Some(body))
+            .await?
+            .map(to_env)
+            .transpose()
     }
 
     pub async fn list(&self, path: &str) -> Result<Vec<String>> {
-        let env = self.request("LIST", path, None).await?.map(to_env).transpose()?;
+        let env = self
+            .request("LIST", path, None)
+            .await?
+            .map(to_env)
+            .transpose()?;
         Ok(env
             .and_then(|e| e.data)
             .and_then(|d| d.get("keys").cloned())

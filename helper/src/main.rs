@@ -145,7 +145,10 @@ fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     if args.get(1).and_then(|a| a.to_str()) == Some("__docs") {
         use clap::CommandFactory;
-        let dir = args.get(2).map(std::path::PathBuf::from).unwrap_or_default();
+        let dir = args
+            .get(2)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
         return match gatepass_api::docs::write(Cli::command(), &dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -49,8 +49,8 @@ fn default_audit() -> Option<PathBuf> {
 
 impl ServerConfig {
     pub fn parse(text: &str) -> Result<ServerConfig> {
-        let cfg: ServerConfig =
-            toml::from_str(text).map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
+        let cfg: ServerConfig = toml::from_str(text)
+            .map_err(|e| Error::invalid(format!("invalid configuration: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -10,16 +10,20 @@ use crate::error::{Error, Result};
 /// Parses a duration in seconds from JSON (number or string).
 pub fn parse_value(field: &str, v: &Value) -> Result<i64> {
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| Error::invalid(format!("{field}: must be a non-negative whole number of seconds"))),
+        Value::Number(n) => n.as_i64().filter(|s| *s >= 0).ok_or_else(|| {
+            Error::invalid(format!(
+                "{field}: must be a non-negative whole number of seconds"
+            ))
+        }),
         Value::String(s) => parse(s).ok_or_else(|| {
             Error::invalid(format!(
                 "{field}: {s:?} is not a duration (examples: 3600, \"30m\", \"768h\", \"1h30m\")"
             ))
         }),
-        _ => Err(Error::invalid(format!("{field}: expected a duration, got {}", type_name(v)))),
+        _ => Err(Error::invalid(format!(
+            "{field}: expected a duration, got {}",
+            type_name(v)
+        ))),
     }
 }
 

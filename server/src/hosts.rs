@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use gatepass_api::hosts::{
-    Ack, DynamicKey, EnrollRequest, Enrolled, HostState, JoinToken, Mapping, NewJoinToken, SignHostKey, SignedHostKey,
+    Ack, DynamicKey, EnrollRequest, Enrolled, HostState, JoinToken, Mapping, NewJoinToken,
+    SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -92,12 +93,17 @@ fn installed_key(lease_id: &str) -> String {
 pub fn validate_local_user(u: &str) -> Result<()> {
     let ok = !u.is_empty()
         && u.len() <= 32
-        && u.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
+        && u.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && u.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("{u:?} is not a valid local user name")))
+        Err(Error::invalid(format!(
+            "{u:?} is not a valid local user name"
+        )))
     }
 }
 
@@ -105,7 +111,10 @@ fn validate_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
         });
     if ok {
         Ok(())
@@ -123,11 +132,19 @@ async fn require_mount(core: &Core, path: &str) -> Result<mounts::Mount> {
 pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
     let spec: NewJoinToken = serde_json::from_value(Value::Object(req.fields.raw().clone()))
         .map_err(|e| Error::invalid(format!("invalid join token request: {e}")))?;
-    for k in ["ttl", "num_uses", "user_mount", "host_mount", "host_role", "principals"] {
+    for k in [
+        "ttl",
+        "num_uses",
+        "user_mount",
+        "host_mount",
+        "host_role",
+        "principals",
+    ] {
         req.fields.value(k);
     }
     let ttl = match &spec.ttl {
-        Some(t) => duration::parse(t).ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
+        Some(t) => duration::parse(t)
+            .ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
         None => 3600,
     };
     if ttl <= 0 {
@@ -146,12 +163,16 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
         let m = require_mount(core, hm).await?;
         let role = ssh::ca_role(core, &m, hr).await?;
         if !role.allow_host_certificates {
-            return Err(Error::invalid(format!("role {hr} does not allow host certificates")));
+            return Err(Error::invalid(format!(
+                "role {hr} does not allow host certificates"
+            )));
         }
     }
     let principals = spec.principals.unwrap_or_else(|| "default".into());
     if principals != "default" && principals != "mapped" {
-        return Err(Error::invalid("principals must be \"default\" or \"mapped\""));
+        return Err(Error::invalid(
+            "principals must be \"default\" or \"mapped\"",
+        ));
     }
     let text = format!("gpj.{}", crate::auth::random_text(40));
     let entry = JoinEntry {
@@ -165,7 +186,9 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
             principals,
         },
     };
-    core.storage.put(&join_key(&core.hasher.hash(&text)), &entry).await?;
+    core.storage
+        .put(&join_key(&core.hasher.hash(&text)), &entry)
+        .await?;
     Ok(JoinToken {
         join_token: text,
         accessor: entry.accessor,
@@ -187,7 +210,10 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
     match e.uses_left {
         0 => {}
         1 => {
-            core.storage.take::<JoinEntry>(&key).await?.ok_or_else(invalid)?;
+            core.storage
+                .take::<JoinEntry>(&key)
+                .await?
+                .ok_or_else(invalid)?;
         }
         _ => {
             e.uses_left -= 1;
@@ -207,7 +233,11 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     let addresses: Vec<IpAddr> = r
         .addresses
         .iter()
-        .map(|a| a.trim().parse().map_err(|_| Error::invalid(format!("{a:?} is not an IP address"))))
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| Error::invalid(format!("{a:?} is not an IP address")))
+        })
         .collect::<Result<_>>()?;
     if r.host_keys.len() > 16 || addresses.len() > 256 {
         return Err(Error::invalid("too many host keys or addresses"));
@@ -215,7 +245,10 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     let host_keys: Vec<String> = r
         .host_keys
         .iter()
-        .map(|k| sign::parse_public_key(k).and_then(|k| k.to_openssh().map_err(|e| Error::invalid(e.to_string()))))
+        .map(|k| {
+            sign::parse_public_key(k)
+                .and_then(|k| k.to_openssh().map_err(|e| Error::invalid(e.to_string())))
+        })
         .collect::<Result<_>>()?;
     let join = spend_join_token(core, &r.join_token, req.now).await?;
     let id = uuid::Uuid::new_v4().to_string();
@@ -228,7 +261,10 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
             renewable: true,
             periodic: true,
             display_name: format!("host-{}", r.hostname),
-            meta: BTreeMap::from([("host_id".to_string(), id.clone()), ("hostname".to_string(), r.hostname.clone())]),
+            meta: BTreeMap::from([
+                ("host_id".to_string(), id.clone()),
+                ("hostname".to_string(), r.hostname.clone()),
+            ]),
             path: "hosts/enroll".into(),
             ..NewToken::default()
         },
@@ -313,7 +349,9 @@ pub async fn mappings(core: &Core) -> Result<BTreeMap<String, Vec<String>>> {
 pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
     let mut st = HostState::default();
     if let Some(m) = mounts::get(core, &host.config.user_mount).await? {
-        st.user_ca_keys = issuers::public_keys_text(core, &m).await?.unwrap_or_default();
+        st.user_ca_keys = issuers::public_keys_text(core, &m)
+            .await?
+            .unwrap_or_default();
         st.krl = base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
     }
     if host.config.principals == "mapped" {
@@ -348,7 +386,8 @@ pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
 /// when it changes or after `wait`.
 async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<HostState> {
     let mut changes = core.storage.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
     loop {
         let st = state(core, host, core.clock.now()).await?;
         if st.index != index || tokio::time::Instant::now() >= deadline {
@@ -368,13 +407,23 @@ async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<Signed
         .map_err(|e| Error::invalid(format!("invalid request: {e}")))?;
     req.fields.value("public_key");
     let key = sign::parse_public_key(&r.public_key)?;
-    let text = key.to_openssh().map_err(|e| Error::internal(e.to_string()))?;
+    let text = key
+        .to_openssh()
+        .map_err(|e| Error::internal(e.to_string()))?;
     // A host gets certificates only for the keys it enrolled with.
-    if !host.host_keys.iter().any(|k| k.split_whitespace().nth(1) == text.split_whitespace().nth(1)) {
-        return Err(Error::invalid("this key is not one of the host keys this host enrolled with"));
+    if !host
+        .host_keys
+        .iter()
+        .any(|k| k.split_whitespace().nth(1) == text.split_whitespace().nth(1))
+    {
+        return Err(Error::invalid(
+            "this key is not one of the host keys this host enrolled with",
+        ));
     }
     let (Some(mount), Some(role_name)) = (&host.config.host_mount, &host.config.host_role) else {
-        return Err(Error::invalid("no host_mount/host_role was set for this host at enrollment"));
+        return Err(Error::invalid(
+            "no host_mount/host_role was set for this host at enrollment",
+        ));
     };
     let m = require_mount(core, mount).await?;
     let role = ssh::ca_role(core, &m, role_name).await?;
@@ -406,7 +455,11 @@ async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<Signed
     };
     let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, req.now).await?;
     Ok(SignedHostKey {
-        signed_key: format!("{}\n", cert.to_openssh().map_err(|e| Error::internal(e.to_string()))?),
+        signed_key: format!(
+            "{}\n",
+            cert.to_openssh()
+                .map_err(|e| Error::internal(e.to_string()))?
+        ),
         serial_number: certs::serial_hex(rec.serial),
         valid_before: rec.valid_before as i64,
         valid_after: rec.valid_after as i64,
@@ -415,7 +468,11 @@ async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<Signed
 
 /// Whether a host has acknowledged installing a dynamic key's lease.
 pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
-    Ok(core.storage.get::<Value>(&installed_key(lease_id)).await?.is_some())
+    Ok(core
+        .storage
+        .get::<Value>(&installed_key(lease_id))
+        .await?
+        .is_some())
 }
 
 async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
@@ -427,7 +484,9 @@ async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
 }
 
 fn data<T: Serialize>(v: &T) -> Result<Reply> {
-    Ok(Reply::Data(serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?))
+    Ok(Reply::Data(
+        serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
+    ))
 }
 
 pub fn is_unauthenticated(req: &Request) -> bool {
@@ -464,7 +523,10 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             for lease in &ack.installed {
                 crate::leases::check_id(lease)?;
                 core.storage
-                    .put(&installed_key(lease), &json!({ "host_id": host.id, "time": req.now }))
+                    .put(
+                        &installed_key(lease),
+                        &json!({ "host_id": host.id, "time": req.now }),
+                    )
                     .await?;
             }
             Ok(Reply::NoContent)
@@ -482,10 +544,12 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         (["mappings"], List) => Ok(Reply::List(mappings(core).await?.into_keys().collect())),
         (["mappings", user], Read) => {
             validate_local_user(user)?;
-            Ok(match core.storage.get::<Mapping>(&mapping_key(user)).await? {
-                Some(m) => Reply::Data(json!({ "principals": m.principals })),
-                None => Reply::NotFound,
-            })
+            Ok(
+                match core.storage.get::<Mapping>(&mapping_key(user)).await? {
+                    Some(m) => Reply::Data(json!({ "principals": m.principals })),
+                    None => Reply::NotFound,
+                },
+            )
         }
         (["mappings", user], Write) => {
             validate_local_user(user)?;
@@ -495,7 +559,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             for p in &principals {
                 Principal::new(p)?;
             }
-            core.storage.put(&mapping_key(user), &Mapping { principals }).await?;
+            core.storage
+                .put(&mapping_key(user), &Mapping { principals })
+                .await?;
             Ok(Reply::NoContent)
         }
         (["mappings", user], Delete) => {
@@ -515,7 +581,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             }
             Ok(Reply::NoContent)
         }
-        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => Err(Error::UnsupportedOperation),
+        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
+            Err(Error::UnsupportedOperation)
+        }
         _ => Err(no_route(&req.path)),
     }
 }

@@ -82,13 +82,15 @@ pub async fn revoke_prefix(core: &Core, prefix: &str) -> Result<usize> {
     let prefix = prefix.trim_matches('/');
     check_id(prefix)?;
     let mut n = 0;
-    for k in core.storage.keys_with_prefix(&format!("lease/{prefix}")).await? {
+    for k in core
+        .storage
+        .keys_with_prefix(&format!("lease/{prefix}"))
+        .await?
+    {
         let id = &k["lease/".len()..];
         // Whole segments only: `ssh/creds/a` must not take `ssh/creds/ab`.
-        if id == prefix || id.starts_with(&format!("{prefix}/")) {
-            if revoke(core, id).await? {
-                n += 1;
-            }
+        if (id == prefix || id.starts_with(&format!("{prefix}/"))) && revoke(core, id).await? {
+            n += 1;
         }
     }
     Ok(n)
@@ -102,13 +104,17 @@ pub async fn renew(core: &Core, id: &str, increment: Option<i64>, now: i64) -> R
     if !l.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
-    let inc = increment.filter(|i| *i > 0).unwrap_or(l.expire_time - l.issue_time);
+    let inc = increment
+        .filter(|i| *i > 0)
+        .unwrap_or(l.expire_time - l.issue_time);
     let new_exp = (now + inc).min(l.max_expire);
     core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
     l.expire_time = new_exp;
     l.last_renewal = Some(now);
     core.storage.put(&key(&l.id), &l).await?;
-    core.storage.put(&exp_key(new_exp, &l.id), &json!({})).await?;
+    core.storage
+        .put(&exp_key(new_exp, &l.id), &json!({}))
+        .await?;
     Ok(l)
 }
 
@@ -127,7 +133,11 @@ pub fn to_json(l: &Lease, now: i64) -> Value {
 pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
     let due = core
         .storage
-        .keys_between("lease-exp/", &format!("lease-exp/{:016x}/", now.max(0) + 1), limit)
+        .keys_between(
+            "lease-exp/",
+            &format!("lease-exp/{:016x}/", now.max(0) + 1),
+            limit,
+        )
         .await?;
     let mut n = 0;
     for k in due {
@@ -163,6 +173,10 @@ pub async fn sweeper(core: crate::state::State) {
 /// `LIST sys/leases/lookup/<prefix>`: the next path level under a prefix.
 pub async fn list(core: &Core, prefix: &str) -> Result<Vec<String>> {
     let p = prefix.trim_matches('/');
-    let full = if p.is_empty() { "lease/".to_string() } else { format!("lease/{p}/") };
+    let full = if p.is_empty() {
+        "lease/".to_string()
+    } else {
+        format!("lease/{p}/")
+    };
     core.storage.list(&full).await
 }

@@ -129,7 +129,11 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
 
-async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>, root_token: Option<String>) -> anyhow::Result<()> {
+async fn dev(
+    listen: SocketAddr,
+    data_dir: Option<PathBuf>,
+    root_token: Option<String>,
+) -> anyhow::Result<()> {
     // A temporary folder lives as long as this guard, i.e. until exit.
     let (dir, _guard) = match data_dir {
         Some(d) => {
@@ -167,14 +171,18 @@ async fn dev(listen: SocketAddr, data_dir: Option<PathBuf>, root_token: Option<S
     };
     core.ensure_mount("ssh", "ssh").await?;
 
-    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() && addr.is_ipv4() {
         format!("127.0.0.1:{}", addr.port())
     } else {
         addr.to_string()
     };
-    eprintln!("gatepass dev server: data in {} (SQLite), listening on https://{host}", dir.display());
+    eprintln!(
+        "gatepass dev server: data in {} (SQLite), listening on https://{host}",
+        dir.display()
+    );
     eprintln!("Do not use the dev server in production. Run these in your shell:");
     println!("export GATEPASS_ADDR='https://{host}'");
     match &token {
@@ -204,13 +212,18 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     })
     .await?;
     if !core.is_initialized().await? {
-        bail!("storage {} is not initialized: run `gatepass-server init --config {}`", cfg.storage, config.display());
+        bail!(
+            "storage {} is not initialized: run `gatepass-server init --config {}`",
+            cfg.storage,
+            config.display()
+        );
     }
     let tls_cfg = match &cfg.tls {
         Some(t) => Some(tls::rustls_config(&t.cert, &t.key).await?),
         None => None,
     };
-    let listener = std::net::TcpListener::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     notify_ready();
@@ -229,7 +242,10 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         }
         let k = SealKey::generate();
         k.write_new(&cfg.seal_key_file)?;
-        eprintln!("wrote seal key {} (back it up; keep it secret)", cfg.seal_key_file.display());
+        eprintln!(
+            "wrote seal key {} (back it up; keep it secret)",
+            cfg.seal_key_file.display()
+        );
         k
     };
     if let Some(p) = cfg.storage.strip_prefix("sqlite://") {
@@ -245,17 +261,27 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     })
     .await?;
     if core.is_initialized().await? {
-        bail!("storage {} is already initialized; `init` runs only once", cfg.storage);
+        bail!(
+            "storage {} is already initialized; `init` runs only once",
+            cfg.storage
+        );
     }
     let token = core.initialize(None).await?;
     core.ensure_mount("ssh", "ssh").await?;
     core.storage.close().await;
-    eprintln!("initialized {}. The root token is shown only now:", cfg.storage);
+    eprintln!(
+        "initialized {}. The root token is shown only now:",
+        cfg.storage
+    );
     println!("{token}");
     Ok(())
 }
 
-fn verify_cmd(file: &Path, config: Option<PathBuf>, seal_key_file: Option<PathBuf>) -> anyhow::Result<()> {
+fn verify_cmd(
+    file: &Path,
+    config: Option<PathBuf>,
+    seal_key_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let seal_path = match (config, seal_key_file) {
         (_, Some(p)) => p,
         (Some(c), None) => ServerConfig::load(&c)?.seal_key_file,

@@ -27,7 +27,11 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let auth_failures = Counter::default();
         let request_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
-        registry.register("requests", "API requests by operation and status", requests.clone());
+        registry.register(
+            "requests",
+            "API requests by operation and status",
+            requests.clone(),
+        );
         registry.register(
             "auth_failures",
             "requests refused for a missing, bad or expired token",

@@ -53,12 +53,20 @@ pub fn normalize_path(path: &str) -> Result<String> {
     }
     let first = p.split('/').next().unwrap_or_default();
     if RESERVED.contains(&first) {
-        return Err(Error::invalid(format!("cannot mount at reserved path {first:?}")));
+        return Err(Error::invalid(format!(
+            "cannot mount at reserved path {first:?}"
+        )));
     }
     Ok(p.to_string())
 }
 
-pub async fn enable(core: &Core, path: &str, kind: &str, description: &str, now: i64) -> Result<Mount> {
+pub async fn enable(
+    core: &Core,
+    path: &str,
+    kind: &str,
+    description: &str,
+    now: i64,
+) -> Result<Mount> {
     let path = normalize_path(path)?;
     if !ENGINE_TYPES.contains(&kind) {
         return Err(Error::invalid(format!(
@@ -72,7 +80,10 @@ pub async fn enable(core: &Core, path: &str, kind: &str, description: &str, now:
             || path.starts_with(&format!("{}/", m.path))
             || m.path.starts_with(&format!("{path}/"))
         {
-            return Err(Error::invalid(format!("path is already in use at {}/", m.path)));
+            return Err(Error::invalid(format!(
+                "path is already in use at {}/",
+                m.path
+            )));
         }
     }
     let mount = Mount {

@@ -33,10 +33,24 @@ pub fn normalize_names(names: Vec<String>) -> Result<Vec<String>> {
 
 /// Installs the built-in policies (`default`, `gatepass-host`) if missing.
 pub async fn ensure_default(core: &Core) -> Result<()> {
-    for (name, text) in [("default", DEFAULT_POLICY), (crate::hosts::HOST_POLICY, crate::hosts::HOST_POLICY_TEXT)] {
-        if core.storage.get::<StoredPolicy>(&key(name)).await?.is_none() {
+    for (name, text) in [
+        ("default", DEFAULT_POLICY),
+        (crate::hosts::HOST_POLICY, crate::hosts::HOST_POLICY_TEXT),
+    ] {
+        if core
+            .storage
+            .get::<StoredPolicy>(&key(name))
+            .await?
+            .is_none()
+        {
             core.storage
-                .put_if_absent(&key(name), &StoredPolicy { name: name.into(), text: text.into() })
+                .put_if_absent(
+                    &key(name),
+                    &StoredPolicy {
+                        name: name.into(),
+                        text: text.into(),
+                    },
+                )
                 .await?;
         }
     }
@@ -99,7 +113,9 @@ pub async fn acl_for(core: &Core, token: &TokenEntry) -> Result<Acl> {
                 Ok(pol) => parsed.push(pol),
                 // A stored policy was valid when written; if it is not now,
                 // grant nothing from it rather than fail every request.
-                Err(e) => tracing::warn!(policy = %name, error = %e, "stored policy does not parse"),
+                Err(e) => {
+                    tracing::warn!(policy = %name, error = %e, "stored policy does not parse")
+                }
             }
         }
     }

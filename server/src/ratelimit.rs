@@ -30,9 +30,11 @@ impl FailureLimiter {
         let Some(ip) = ip else { return Ok(()) };
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         match seen.get(&ip) {
-            Some((start, n)) if now - start < self.window && *n >= self.max_failures => Err(Error::RateLimited(
-                "too many failed attempts from this address; try again later".into(),
-            )),
+            Some((start, n)) if now - start < self.window && *n >= self.max_failures => {
+                Err(Error::RateLimited(
+                    "too many failed attempts from this address; try again later".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }

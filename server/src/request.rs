@@ -231,7 +231,8 @@ mod tests {
 
     #[test]
     fn lenient_but_strict_types() {
-        let x = f(json!({"a": "1,2, 3", "b": ["x"], "c": "true", "d": {"k": 1}, "e": "12", "t": "1h"}));
+        let x =
+            f(json!({"a": "1,2, 3", "b": ["x"], "c": "true", "d": {"k": 1}, "e": "12", "t": "1h"}));
         assert_eq!(x.str_list("a").unwrap().unwrap(), vec!["1", "2", "3"]);
         assert_eq!(x.str_list("b").unwrap().unwrap(), vec!["x"]);
         assert_eq!(x.bool("c").unwrap(), Some(true));

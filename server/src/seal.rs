@@ -109,7 +109,9 @@ impl Barrier {
 
     pub fn open(&self, aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         if sealed.len() < NONCE_LEN {
-            return Err(Error::internal(format!("sealed value at {aad} is truncated")));
+            return Err(Error::internal(format!(
+                "sealed value at {aad} is truncated"
+            )));
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         self.cipher
@@ -121,7 +123,11 @@ impl Barrier {
                 },
             )
             .map(Zeroizing::new)
-            .map_err(|_| Error::internal(format!("cannot unseal {aad}: wrong seal key or tampered value")))
+            .map_err(|_| {
+                Error::internal(format!(
+                    "cannot unseal {aad}: wrong seal key or tampered value"
+                ))
+            })
     }
 }
 

@@ -46,7 +46,10 @@ impl Core {
         let storage = Storage::open(&opts.storage_url, &opts.seal_key).await?;
         let audit_key = AuditKey::new(*opts.seal_key.derive("audit"));
         let audit = match &opts.audit_path {
-            Some(p) => Some(AuditLog::open(p, AuditKey::new(*opts.seal_key.derive("audit")))?),
+            Some(p) => Some(AuditLog::open(
+                p,
+                AuditKey::new(*opts.seal_key.derive("audit")),
+            )?),
             None => None,
         };
         let core = Arc::new(Core {

@@ -42,8 +42,11 @@ pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// are never cached: they must be exact at once on every server.
 #[derive(Default)]
 struct ReadCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Cached)>>,
 }
+
+/// A cached plaintext value, or None when the key is known to be absent.
+type Cached = Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>;
 
 const MAX_CACHED: usize = 10_000;
 
@@ -51,11 +54,13 @@ fn cacheable(key: &str) -> bool {
     key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
-            && (key.contains("/role/") || key.contains("/issuer/") || key.ends_with("/config/issuers")))
+            && (key.contains("/role/")
+                || key.contains("/issuer/")
+                || key.ends_with("/config/issuers")))
 }
 
 impl ReadCache {
-    fn get(&self, key: &str) -> Option<Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>> {
+    fn get(&self, key: &str) -> Option<Cached> {
         let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(key) {
             Some((at, v)) if at.elapsed() < CACHE_TTL => Some(v.clone()),
@@ -63,7 +68,7 @@ impl ReadCache {
         }
     }
 
-    fn insert(&self, key: &str, v: Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>) {
+    fn insert(&self, key: &str, v: Cached) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_CACHED {
             map.clear();
@@ -167,9 +172,9 @@ impl Storage {
         match row {
             Some(row) => {
                 let v: Vec<u8> = row.try_get(0)?;
-                self.barrier.open(SEAL_CHECK_KEY, &v).map_err(|_| {
-                    Error::internal("the seal key does not match this storage")
-                })?;
+                self.barrier
+                    .open(SEAL_CHECK_KEY, &v)
+                    .map_err(|_| Error::internal("the seal key does not match this storage"))?;
             }
             None => {
                 let sealed = self.barrier.seal(SEAL_CHECK_KEY, b"gatepass")?;
@@ -223,8 +228,9 @@ impl Storage {
         };
         plain
             .map(|p| {
-                serde_json::from_slice(&p)
-                    .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+                serde_json::from_slice(&p).map_err(|e| {
+                    Error::internal(format!("stored value at {key} is unreadable: {e}"))
+                })
             })
             .transpose()
     }
@@ -305,7 +311,10 @@ impl Storage {
             }
             let keys = self.keys_with_prefix_uncached(prefix).await?;
             let bytes = serde_json::to_vec(&keys).map_err(|e| Error::internal(e.to_string()))?;
-            self.cache.insert(ck, Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))));
+            self.cache.insert(
+                ck,
+                Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))),
+            );
             return Ok(keys);
         }
         self.keys_with_prefix_uncached(prefix).await
@@ -374,19 +383,19 @@ impl Storage {
             .send(AuditMsg::Flush(tx))
             .await
             .map_err(|_| Error::internal("audit writer stopped"))?;
-        rx.await.map_err(|_| Error::internal("audit writer stopped"))?
+        rx.await
+            .map_err(|_| Error::internal("audit writer stopped"))?
     }
 
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         self.flush_audit().await?;
-        let rows = sqlx::query(
-            "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
             .collect()

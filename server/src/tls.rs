@@ -67,7 +67,11 @@ pub fn dev_certificates(dir: &Path) -> Result<TlsFiles> {
     let leaf = params.signed_by(&leaf_key, &ca_cert, &ca_key).map_err(rc)?;
 
     write_file(&files.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&files.cert, format!("{}{}", leaf.pem(), ca_cert.pem()).as_bytes(), 0o644)?;
+    write_file(
+        &files.cert,
+        format!("{}{}", leaf.pem(), ca_cert.pem()).as_bytes(),
+        0o644,
+    )?;
     write_file(&files.ca, ca_cert.pem().as_bytes(), 0o644)?;
     Ok(files)
 }
@@ -89,7 +93,10 @@ pub fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-pub async fn rustls_config(cert: &Path, key: &Path) -> Result<axum_server::tls_rustls::RustlsConfig> {
+pub async fn rustls_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<axum_server::tls_rustls::RustlsConfig> {
     install_crypto_provider();
     axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
         .await

@@ -48,7 +48,9 @@ impl Server {
         })
         .await
         .expect("open core");
-        core.initialize(Some(ROOT.into())).await.expect("initialize");
+        core.initialize(Some(ROOT.into()))
+            .await
+            .expect("initialize");
         core.ensure_mount("ssh", "ssh").await.expect("mount");
         Server {
             core,
@@ -60,17 +62,36 @@ impl Server {
 
     /// Sends one request; returns the status and the body as JSON (Null when
     /// empty, a string when not JSON).
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let raw = body.map(|b| b.to_string()).unwrap_or_default();
         self.call_raw(method, path, token, raw.into_bytes()).await
     }
 
-    pub async fn call_raw(&self, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         self.call_from(self.client, method, path, token, body).await
     }
 
     /// A request as if from another client address.
-    pub async fn call_from(&self, client: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Value) {
+    pub async fn call_from(
+        &self,
+        client: SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let mut b = Request::builder().method(method).uri(format!("/v1/{path}"));
         if let Some(t) = token {
             b = b.header("X-Vault-Token", t);
@@ -86,7 +107,8 @@ impl Server {
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, v)
     }
@@ -98,14 +120,25 @@ impl Server {
     /// Writes a policy as root and makes a token with just that policy.
     pub async fn token_with_policy(&self, name: &str, hcl: &str) -> String {
         let (s, v) = self
-            .root("POST", &format!("sys/policies/acl/{name}"), Some(serde_json::json!({ "policy": hcl })))
+            .root(
+                "POST",
+                &format!("sys/policies/acl/{name}"),
+                Some(serde_json::json!({ "policy": hcl })),
+            )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
         let (s, v) = self
-            .root("POST", "auth/token/create", Some(serde_json::json!({ "policies": [name] })))
+            .root(
+                "POST",
+                "auth/token/create",
+                Some(serde_json::json!({ "policies": [name] })),
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        v["auth"]["client_token"].as_str().expect("client_token").to_string()
+        v["auth"]["client_token"]
+            .as_str()
+            .expect("client_token")
+            .to_string()
     }
 
     pub fn audit_text(&self) -> String {

@@ -4,8 +4,8 @@
 
 pub mod inproc;
 pub mod pg;
-pub mod sshd;
 pub mod ssh;
+pub mod sshd;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -57,7 +57,14 @@ impl DevServer {
     /// A dev server on a given data folder (kept), with a fixed root token.
     pub fn start_in(data_dir: &Path, root_token: &str) -> DevServer {
         let mut child = Command::new(bin("gatepass-server"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--root-token", root_token, "--data-dir"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--root-token",
+                root_token,
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("GATEPASS_LOG", "info")
             .stdout(Stdio::piped())
@@ -74,7 +81,10 @@ impl DevServer {
         }
         let addr = vars.get("GATEPASS_ADDR").cloned().unwrap_or_else(|| {
             let _ = child.kill();
-            panic!("dev server printed no address; see {}/server.log", data_dir.display())
+            panic!(
+                "dev server printed no address; see {}/server.log",
+                data_dir.display()
+            )
         });
         DevServer {
             child,
@@ -152,7 +162,9 @@ pub fn stop_child(child: &mut Child) {
 }
 
 fn unsafe_free_sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }
 
 /// Runs a command with extra environment, returning (status, stdout, stderr).

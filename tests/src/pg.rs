@@ -64,7 +64,6 @@ fn as_postgres(cmd: &Path) -> Command {
     c
 }
 
-
 fn start_private() -> Pg {
     let dir = tempfile::Builder::new()
         .prefix("gatepass-pg-")
@@ -77,23 +76,53 @@ fn start_private() -> Pg {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "cannot chown {} to postgres (run the tests as root, as tests/run does)", dir.display());
+    assert!(
+        ok,
+        "cannot chown {} to postgres (run the tests as root, as tests/run does)",
+        dir.display()
+    );
     let data = dir.join("data");
     let out = as_postgres(&pg_bin("initdb"))
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "-D",
+        ])
         .arg(&data)
         .output()
         .expect("run initdb");
-    assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let port = free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
-    let _ = Command::new("chown").args(["postgres:postgres"]).arg(dir.join("postgres.log")).status();
+    let _ = Command::new("chown")
+        .args(["postgres:postgres"])
+        .arg(dir.join("postgres.log"))
+        .status();
+    // Runs for the life of the test process; the watchdog below stops it.
+    #[allow(clippy::zombie_processes)]
     let child = as_postgres(&pg_bin("postgres"))
         .arg("-D")
         .arg(&data)
         .args(["-p", &port.to_string(), "-k"])
         .arg(&dir)
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"])
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::from(log))
         .spawn()
@@ -107,6 +136,7 @@ fn start_private() -> Pg {
         pg = child.id(),
         dir = dir.display()
     );
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())
@@ -146,11 +176,25 @@ impl Pg {
             DB_SEQ.fetch_add(1, Ordering::SeqCst)
         );
         let out = Command::new("psql")
-            .args(["-h", &self.host, "-p", &self.port.to_string(), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .args([
+                "-h",
+                &self.host,
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE {name}"))
             .output()
             .expect("run psql");
-        assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         format!("{}/{name}", self.base_url)
     }
 }

@@ -17,12 +17,17 @@ pub fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
 pub fn keypair(dir: &Path, name: &str, kind: &str, bits: Option<u32>) -> (PathBuf, String) {
     let p = dir.join(name);
     let mut c = Command::new("ssh-keygen");
-    c.args(["-q", "-N", "", "-C", name, "-t", kind, "-f"]).arg(&p);
+    c.args(["-q", "-N", "", "-C", name, "-t", kind, "-f"])
+        .arg(&p);
     if let Some(b) = bits {
         c.args(["-b", &b.to_string()]);
     }
     let out = c.output().expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let public = std::fs::read_to_string(p.with_extension("pub")).unwrap_or_else(|_| {
         std::fs::read_to_string(format!("{}.pub", p.display())).expect("read public key")
     });
@@ -32,8 +37,17 @@ pub fn keypair(dir: &Path, name: &str, kind: &str, bits: Option<u32>) -> (PathBu
 /// `ssh-keygen -L` of a certificate text.
 pub fn describe_cert(dir: &Path, cert: &str) -> String {
     let p = write(dir, "describe-cert.pub", cert, 0o644);
-    let out = Command::new("ssh-keygen").arg("-L").arg("-f").arg(&p).output().expect("ssh-keygen -L");
-    assert!(out.status.success(), "ssh-keygen -L refused the certificate: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&p)
+        .output()
+        .expect("ssh-keygen -L");
+    assert!(
+        out.status.success(),
+        "ssh-keygen -L refused the certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -42,11 +56,21 @@ pub fn krl_revokes(dir: &Path, krl: &[u8], cert: &str) -> bool {
     let k = dir.join("check.krl");
     std::fs::write(&k, krl).expect("write krl");
     let c = write(dir, "check-cert.pub", cert, 0o644);
-    let out = Command::new("ssh-keygen").arg("-Q").arg("-f").arg(&k).arg(&c).output().expect("ssh-keygen -Q");
+    let out = Command::new("ssh-keygen")
+        .arg("-Q")
+        .arg("-f")
+        .arg(&k)
+        .arg(&c)
+        .output()
+        .expect("ssh-keygen -Q");
     let text = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {
         Some(0) => false,
         Some(1) if text.contains("REVOKED") => true,
-        _ => panic!("ssh-keygen -Q failed: {}{}", text, String::from_utf8_lossy(&out.stderr)),
+        _ => panic!(
+            "ssh-keygen -Q failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }

@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use gatepass_tests::inproc::{Server, BACKENDS, ROOT};
-use serde_json::{json, Value};
+use serde_json::json;
 
 macro_rules! on_both_backends {
     ($name:ident, $body:expr) => {
@@ -26,34 +26,87 @@ async fn policy_names(s: &Server) -> Vec<String> {
 
 on_both_backends!(acl_denies_with_403_and_changes_nothing, |s| async move {
     let t = s
-        .token_with_policy("reader", r#"path "sys/policies/acl/*" { capabilities = ["read", "list"] }"#)
+        .token_with_policy(
+            "reader",
+            r#"path "sys/policies/acl/*" { capabilities = ["read", "list"] }"#,
+        )
         .await;
     // Allowed: read and list.
-    let (st, v) = s.call("GET", "sys/policies/acl/reader", Some(&t), None).await;
+    let (st, v) = s
+        .call("GET", "sys/policies/acl/reader", Some(&t), None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert!(v["data"]["policy"].as_str().unwrap().contains("sys/policies/acl"));
+    assert!(v["data"]["policy"]
+        .as_str()
+        .unwrap()
+        .contains("sys/policies/acl"));
     // Denied: writing a policy, deleting one, creating a mount.
     let before = policy_names(&s).await;
     let (st, v) = s
-        .call("POST", "sys/policies/acl/evil", Some(&t), Some(json!({"policy": "path \"*\" { capabilities = [\"sudo\"] }"})))
+        .call(
+            "POST",
+            "sys/policies/acl/evil",
+            Some(&t),
+            Some(json!({"policy": "path \"*\" { capabilities = [\"sudo\"] }"})),
+        )
         .await;
-    assert_eq!((st, v.clone()), (StatusCode::FORBIDDEN, json!({"errors": ["permission denied"]})));
-    let (st, _) = s.call("DELETE", "sys/policies/acl/reader", Some(&t), None).await;
+    assert_eq!(
+        (st, v.clone()),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"errors": ["permission denied"]})
+        )
+    );
+    let (st, _) = s
+        .call("DELETE", "sys/policies/acl/reader", Some(&t), None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = s.call("POST", "sys/mounts/other", Some(&t), Some(json!({"type": "ssh"}))).await;
+    let (st, _) = s
+        .call(
+            "POST",
+            "sys/mounts/other",
+            Some(&t),
+            Some(json!({"type": "ssh"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    assert_eq!(policy_names(&s).await, before, "a denied request changed the policies");
+    assert_eq!(
+        policy_names(&s).await,
+        before,
+        "a denied request changed the policies"
+    );
     let (_, mounts) = s.root("GET", "sys/mounts", None).await;
-    assert!(mounts["data"].get("other/").is_none(), "a denied request created a mount");
+    assert!(
+        mounts["data"].get("other/").is_none(),
+        "a denied request created a mount"
+    );
 });
 
 on_both_backends!(deny_beats_allow, |s| async move {
-    s.root("POST", "sys/policies/acl/allow", Some(json!({"policy": r#"path "sys/policies/acl/*" { capabilities = ["read"] }"#}))).await;
-    s.root("POST", "sys/policies/acl/deny", Some(json!({"policy": r#"path "sys/policies/acl/*" { capabilities = ["deny"] }"#}))).await;
+    s.root(
+        "POST",
+        "sys/policies/acl/allow",
+        Some(json!({"policy": r#"path "sys/policies/acl/*" { capabilities = ["read"] }"#})),
+    )
+    .await;
+    s.root(
+        "POST",
+        "sys/policies/acl/deny",
+        Some(json!({"policy": r#"path "sys/policies/acl/*" { capabilities = ["deny"] }"#})),
+    )
+    .await;
     // The same pattern in two policies: deny wins over read.
-    let (_, v) = s.root("POST", "auth/token/create", Some(json!({"policies": ["allow", "deny"]}))).await;
+    let (_, v) = s
+        .root(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": ["allow", "deny"]})),
+        )
+        .await;
     let t = v["auth"]["client_token"].as_str().unwrap().to_string();
-    let (st, _) = s.call("GET", "sys/policies/acl/default", Some(&t), None).await;
+    let (st, _) = s
+        .call("GET", "sys/policies/acl/default", Some(&t), None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     // A more specific deny inside a broad allow.
     let t2 = s
@@ -65,9 +118,13 @@ on_both_backends!(deny_beats_allow, |s| async move {
             "#,
         )
         .await;
-    let (st, _) = s.call("GET", "sys/policies/acl/default", Some(&t2), None).await;
+    let (st, _) = s
+        .call("GET", "sys/policies/acl/default", Some(&t2), None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = s.call("GET", "sys/policies/acl/mixed", Some(&t2), None).await;
+    let (st, _) = s
+        .call("GET", "sys/policies/acl/mixed", Some(&t2), None)
+        .await;
     assert_eq!(st, StatusCode::OK);
 });
 
@@ -82,26 +139,99 @@ on_both_backends!(plus_and_star_globs_match_as_vault, |s| async move {
             "#,
         )
         .await;
-    s.root("POST", "auth/userpass/users/bob", Some(json!({"password": "pw-bob-123"}))).await;
-    let (st, v) = s.root("POST", "auth/approle/role/db", Some(json!({"token_policies": "default"}))).await;
+    s.root(
+        "POST",
+        "auth/userpass/users/bob",
+        Some(json!({"password": "pw-bob-123"})),
+    )
+    .await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/approle/role/db",
+            Some(json!({"token_policies": "default"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     // `+` matches exactly one segment.
-    assert_eq!(s.call("GET", "auth/userpass/users/bob", Some(&t), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("GET", "auth/approle/role/db/role-id", Some(&t), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("GET", "auth/approle/role/db/secret-id", Some(&t), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(s.call("POST", "auth/userpass/users/bob/password", Some(&t), Some(json!({"password":"x"}))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call("GET", "auth/userpass/users/bob", Some(&t), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("GET", "auth/approle/role/db/role-id", Some(&t), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("GET", "auth/approle/role/db/secret-id", Some(&t), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            "auth/userpass/users/bob/password",
+            Some(&t),
+            Some(json!({"password":"x"}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
     // `*` is a prefix match, across segments.
-    assert_eq!(s.call("POST", "auth/approle/role/web-frontend", Some(&t), Some(json!({"token_policies": "default"}))).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(s.call("GET", "auth/approle/role/web-frontend/role-id", Some(&t), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("POST", "auth/approle/role/db", Some(&t), Some(json!({}))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call(
+            "POST",
+            "auth/approle/role/web-frontend",
+            Some(&t),
+            Some(json!({"token_policies": "default"}))
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call(
+            "GET",
+            "auth/approle/role/web-frontend/role-id",
+            Some(&t),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("POST", "auth/approle/role/db", Some(&t), Some(json!({})))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // capabilities-self reports what the ACL grants.
-    let (_, v) = s.call("POST", "sys/capabilities-self", Some(&t), Some(json!({"paths": ["auth/userpass/users/x", "auth/userpass/users/x/y"]}))).await;
+    let (_, v) = s
+        .call(
+            "POST",
+            "sys/capabilities-self",
+            Some(&t),
+            Some(json!({"paths": ["auth/userpass/users/x", "auth/userpass/users/x/y"]})),
+        )
+        .await;
     assert_eq!(v["data"]["auth/userpass/users/x"], json!(["read"]));
     assert_eq!(v["data"]["auth/userpass/users/x/y"], json!(["deny"]));
 });
 
 on_both_backends!(tokens_lifecycle, |s| async move {
-    s.root("POST", "sys/policies/acl/p1", Some(json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#}))).await;
+    s.root(
+        "POST",
+        "sys/policies/acl/p1",
+        Some(json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#})),
+    )
+    .await;
     let (st, v) = s
         .root("POST", "auth/token/create", Some(json!({"policies": ["p1"], "ttl": "1h", "explicit_max_ttl": "2h", "meta": {"team": "ops"}, "display_name": "ci"})))
         .await;
@@ -111,130 +241,343 @@ on_both_backends!(tokens_lifecycle, |s| async move {
     assert_eq!(auth["policies"], json!(["default", "p1"]));
     assert_eq!(auth["lease_duration"], 3600);
     assert_eq!(auth["renewable"], true);
-    let (_, v) = s.call("GET", "auth/token/lookup-self", Some(&t), None).await;
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&t), None)
+        .await;
     assert_eq!(v["data"]["display_name"], "token-ci");
     assert_eq!(v["data"]["meta"]["team"], "ops");
     assert_eq!(v["data"]["ttl"], 3600);
     // Renew within explicit_max_ttl.
     s.clock.advance(1800);
-    let (_, v) = s.call("POST", "auth/token/renew-self", Some(&t), Some(json!({"increment": "10h"}))).await;
-    assert_eq!(v["auth"]["lease_duration"], 5400, "capped at explicit_max_ttl: {v}");
+    let (_, v) = s
+        .call(
+            "POST",
+            "auth/token/renew-self",
+            Some(&t),
+            Some(json!({"increment": "10h"})),
+        )
+        .await;
+    assert_eq!(
+        v["auth"]["lease_duration"], 5400,
+        "capped at explicit_max_ttl: {v}"
+    );
     // A child may not have policies its parent lacks.
-    let (st, v) = s.call("POST", "auth/token/create", Some(&t), Some(json!({"policies": ["root"]}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create",
+            Some(&t),
+            Some(json!({"policies": ["root"]})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = s.call("POST", "auth/token/create", Some(&t), Some(json!({"policies": ["p1"], "num_uses": 2}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create",
+            Some(&t),
+            Some(json!({"policies": ["p1"], "num_uses": 2})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let child = v["auth"]["client_token"].as_str().unwrap().to_string();
     // num_uses: two uses, then gone.
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&child), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&child), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&child), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&child), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&child), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&child), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Revoking a parent revokes its children.
-    let (_, v) = s.call("POST", "auth/token/create", Some(&t), Some(json!({}))).await;
+    let (_, v) = s
+        .call("POST", "auth/token/create", Some(&t), Some(json!({})))
+        .await;
     let child2 = v["auth"]["client_token"].as_str().unwrap().to_string();
-    assert_eq!(s.root("POST", "auth/token/revoke", Some(json!({"token": t}))).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&t), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&child2), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.root("POST", "auth/token/revoke", Some(json!({"token": t})))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&t), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&child2), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Expiry: a token is refused once its TTL has passed.
-    let (_, v) = s.root("POST", "auth/token/create", Some(json!({"ttl": "60s"}))).await;
+    let (_, v) = s
+        .root("POST", "auth/token/create", Some(json!({"ttl": "60s"})))
+        .await;
     let short = v["auth"]["client_token"].as_str().unwrap().to_string();
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&short), None).await.0, StatusCode::OK);
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&short), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
     s.clock.advance(61);
-    let (st, v) = s.call("GET", "auth/token/lookup-self", Some(&short), None).await;
-    assert_eq!((st, v), (StatusCode::FORBIDDEN, json!({"errors": ["permission denied"]})));
+    let (st, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&short), None)
+        .await;
+    assert_eq!(
+        (st, v),
+        (
+            StatusCode::FORBIDDEN,
+            json!({"errors": ["permission denied"]})
+        )
+    );
     // Tokens are stored only as hashes: the token text is nowhere in storage keys.
     let keys = s.core.storage.keys_with_prefix("").await.unwrap();
-    assert!(keys.iter().all(|k| !k.contains(&short) && !k.contains(ROOT)));
+    assert!(keys
+        .iter()
+        .all(|k| !k.contains(&short) && !k.contains(ROOT)));
 });
 
 on_both_backends!(approle_login_and_secret_id_limits, |s| async move {
-    s.root("POST", "sys/policies/acl/app", Some(json!({"policy": r#"path "sys/mounts" { capabilities = ["read"] }"#}))).await;
+    s.root(
+        "POST",
+        "sys/policies/acl/app",
+        Some(json!({"policy": r#"path "sys/mounts" { capabilities = ["read"] }"#})),
+    )
+    .await;
     let (st, v) = s
         .root("POST", "auth/approle/role/web", Some(json!({"token_policies": "app", "token_ttl": "20m", "secret_id_num_uses": 2, "secret_id_ttl": "10m"})))
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = s.root("GET", "auth/approle/role/web/role-id", None).await;
     let role_id = v["data"]["role_id"].as_str().unwrap().to_string();
-    let (_, v) = s.root("POST", "auth/approle/role/web/secret-id", None).await;
+    let (_, v) = s
+        .root("POST", "auth/approle/role/web/secret-id", None)
+        .await;
     let secret_id = v["data"]["secret_id"].as_str().unwrap().to_string();
     assert_eq!(v["data"]["secret_id_num_uses"], 2);
     let login = json!({"role_id": role_id, "secret_id": secret_id});
-    let (st, v) = s.call("POST", "auth/approle/login", None, Some(login.clone())).await;
+    let (st, v) = s
+        .call("POST", "auth/approle/login", None, Some(login.clone()))
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["policies"], json!(["app", "default"]));
     assert_eq!(v["auth"]["lease_duration"], 1200);
     assert_eq!(v["auth"]["metadata"]["role_name"], "web");
     let t = v["auth"]["client_token"].as_str().unwrap().to_string();
-    assert_eq!(s.call("GET", "sys/mounts", Some(&t), None).await.0, StatusCode::OK);
-    assert_eq!(s.call("GET", "sys/policies/acl/app", Some(&t), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call("GET", "sys/mounts", Some(&t), None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.call("GET", "sys/policies/acl/app", Some(&t), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Second use works, third does not (secret_id_num_uses = 2).
-    assert_eq!(s.call("POST", "auth/approle/login", None, Some(login.clone())).await.0, StatusCode::OK);
-    let (st, v) = s.call("POST", "auth/approle/login", None, Some(login)).await;
-    assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": ["invalid role or secret ID"]})));
+    assert_eq!(
+        s.call("POST", "auth/approle/login", None, Some(login.clone()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (st, v) = s
+        .call("POST", "auth/approle/login", None, Some(login))
+        .await;
+    assert_eq!(
+        (st, v),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"errors": ["invalid role or secret ID"]})
+        )
+    );
     // An expired secret ID fails.
-    let (_, v) = s.root("POST", "auth/approle/role/web/secret-id", None).await;
+    let (_, v) = s
+        .root("POST", "auth/approle/role/web/secret-id", None)
+        .await;
     let sid = v["data"]["secret_id"].as_str().unwrap().to_string();
     s.clock.advance(601);
-    let (st, _) = s.call("POST", "auth/approle/login", None, Some(json!({"role_id": role_id, "secret_id": sid}))).await;
+    let (st, _) = s
+        .call(
+            "POST",
+            "auth/approle/login",
+            None,
+            Some(json!({"role_id": role_id, "secret_id": sid})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // token_bound_cidrs: the token only works from the bound network.
-    s.root("POST", "auth/approle/role/bound", Some(json!({"token_policies": "app", "token_bound_cidrs": ["10.0.0.0/8"]}))).await;
+    s.root(
+        "POST",
+        "auth/approle/role/bound",
+        Some(json!({"token_policies": "app", "token_bound_cidrs": ["10.0.0.0/8"]})),
+    )
+    .await;
     let (_, v) = s.root("GET", "auth/approle/role/bound/role-id", None).await;
     let rid = v["data"]["role_id"].as_str().unwrap().to_string();
-    let (_, v) = s.root("POST", "auth/approle/role/bound/secret-id", None).await;
+    let (_, v) = s
+        .root("POST", "auth/approle/role/bound/secret-id", None)
+        .await;
     let sid = v["data"]["secret_id"].as_str().unwrap().to_string();
-    let (_, v) = s.call("POST", "auth/approle/login", None, Some(json!({"role_id": rid, "secret_id": sid}))).await;
+    let (_, v) = s
+        .call(
+            "POST",
+            "auth/approle/login",
+            None,
+            Some(json!({"role_id": rid, "secret_id": sid})),
+        )
+        .await;
     let bound = v["auth"]["client_token"].as_str().unwrap().to_string();
-    assert_eq!(s.call("GET", "sys/mounts", Some(&bound), None).await.0, StatusCode::FORBIDDEN, "client 127.0.0.1 is outside 10.0.0.0/8");
+    assert_eq!(
+        s.call("GET", "sys/mounts", Some(&bound), None).await.0,
+        StatusCode::FORBIDDEN,
+        "client 127.0.0.1 is outside 10.0.0.0/8"
+    );
     // Secret IDs are stored only as hashes.
     let keys = s.core.storage.keys_with_prefix("").await.unwrap();
     assert!(keys.iter().all(|k| !k.contains(&sid)));
 });
 
 on_both_backends!(userpass_login, |s| async move {
-    let (st, v) = s.root("POST", "auth/userpass/users/Alice", Some(json!({"password": "correct horse", "token_policies": ["default"]}))).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/userpass/users/Alice",
+            Some(json!({"password": "correct horse", "token_policies": ["default"]})),
+        )
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = s.root("GET", "auth/userpass/users/alice", None).await;
-    assert!(v["data"].get("password").is_none() && v["data"].get("password_hash").is_none(), "{v}");
-    let (st, v) = s.call("POST", "auth/userpass/login/alice", None, Some(json!({"password": "correct horse"}))).await;
+    assert!(
+        v["data"].get("password").is_none() && v["data"].get("password_hash").is_none(),
+        "{v}"
+    );
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/alice",
+            None,
+            Some(json!({"password": "correct horse"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["metadata"]["username"], "alice");
-    let (st, v) = s.call("POST", "auth/userpass/login/alice", None, Some(json!({"password": "wrong"}))).await;
-    assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": ["invalid username or password"]})));
-    let (st, _) = s.call("POST", "auth/userpass/login/nobody", None, Some(json!({"password": "x"}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/alice",
+            None,
+            Some(json!({"password": "wrong"})),
+        )
+        .await;
+    assert_eq!(
+        (st, v),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"errors": ["invalid username or password"]})
+        )
+    );
+    let (st, _) = s
+        .call(
+            "POST",
+            "auth/userpass/login/nobody",
+            None,
+            Some(json!({"password": "x"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     let (_, v) = s.root("LIST", "auth/userpass/users", None).await;
     assert_eq!(v["data"]["keys"], json!(["alice"]));
 });
 
 on_both_backends!(mounts_and_list_conventions, |s| async move {
-    let (st, v) = s.root("POST", "sys/mounts/ssh-host", Some(json!({"type": "ssh", "description": "host CA"}))).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "sys/mounts/ssh-host",
+            Some(json!({"type": "ssh", "description": "host CA"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = s.root("GET", "sys/mounts", None).await;
     assert_eq!(v["data"]["ssh-host/"]["type"], "ssh");
     assert_eq!(v["data"]["ssh/"]["type"], "ssh");
-    assert_eq!(s.root("POST", "sys/mounts/ssh-host", Some(json!({"type": "ssh"}))).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(s.root("POST", "sys/mounts/kv", Some(json!({"type": "kv"}))).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(s.root("POST", "sys/mounts/sys", Some(json!({"type": "ssh"}))).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(s.root("DELETE", "sys/mounts/ssh-host", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.root("POST", "sys/mounts/ssh-host", Some(json!({"type": "ssh"})))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.root("POST", "sys/mounts/kv", Some(json!({"type": "kv"})))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.root("POST", "sys/mounts/sys", Some(json!({"type": "ssh"})))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.root("DELETE", "sys/mounts/ssh-host", None).await.0,
+        StatusCode::NO_CONTENT
+    );
     let (_, v) = s.root("GET", "sys/mounts", None).await;
     assert!(v["data"].get("ssh-host/").is_none());
     // LIST as a method and as GET ?list=true answer the same.
     let (_, a) = s.root("LIST", "sys/policies/acl", None).await;
     let (_, b) = s.root("GET", "sys/policies/acl?list=true", None).await;
     assert_eq!(a["data"], b["data"]);
-    assert_eq!(a["data"]["keys"], json!(["default", "gatepass-host", "root"]));
+    assert_eq!(
+        a["data"]["keys"],
+        json!(["default", "gatepass-host", "root"])
+    );
     // An empty list is Vault's 404 with no errors.
-    assert_eq!(s.root("LIST", "auth/approle/role", None).await, (StatusCode::NOT_FOUND, json!({"errors": []})));
+    assert_eq!(
+        s.root("LIST", "auth/approle/role", None).await,
+        (StatusCode::NOT_FOUND, json!({"errors": []}))
+    );
     // Health needs no token; metrics are Prometheus text.
     let (st, v) = s.call("GET", "sys/health", None, None).await;
-    assert_eq!((st, v["initialized"].clone(), v["sealed"].clone()), (StatusCode::OK, json!(true), json!(false)));
+    assert_eq!(
+        (st, v["initialized"].clone(), v["sealed"].clone()),
+        (StatusCode::OK, json!(true), json!(false))
+    );
     let (st, v) = s.root("GET", "sys/metrics?format=prometheus", None).await;
     assert_eq!(st, StatusCode::OK);
-    assert!(v.as_str().unwrap().contains("gatepass_requests_total"), "{v}");
+    assert!(
+        v.as_str().unwrap().contains("gatepass_requests_total"),
+        "{v}"
+    );
     // The envelope has Vault's fields.
     let (_, v) = s.root("GET", "auth/token/lookup-self", None).await;
-    for k in ["request_id", "lease_id", "renewable", "lease_duration", "data", "wrap_info", "warnings", "auth"] {
+    for k in [
+        "request_id",
+        "lease_id",
+        "renewable",
+        "lease_duration",
+        "data",
+        "wrap_info",
+        "warnings",
+        "auth",
+    ] {
         assert!(v.get(k).is_some(), "envelope lacks {k}: {v}");
     }
 });
@@ -242,57 +585,183 @@ on_both_backends!(mounts_and_list_conventions, |s| async move {
 on_both_backends!(bad_input_gets_4xx_and_changes_nothing, |s| async move {
     let before = s.core.storage.keys_with_prefix("").await.unwrap();
     let cases: Vec<(&str, &str, Vec<u8>, StatusCode)> = vec![
-        ("POST", "sys/policies/acl/x", b"{not json".to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/policies/acl/x", b"[1,2]".to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/policies/acl/x", br#"{"policy": 5}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/policies/acl/x", br#"{"policy": "path \"a\" { capabilities = [\"fly\"] }"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/policies/acl/x", br#"{"policy": "this is not hcl {"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/policies/acl/bad%0Aname", br#"{"policy": "path \"a\" { capabilities = [\"read\"] }"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/token/create", br#"{"ttl": {"h": 1}}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/token/create", br#"{"ttl": "forever"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/token/create", br#"{"num_uses": -1}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/token/create", br#"{"policies": [1, 2]}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/token/create", br#"{"renewable": "maybe"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/userpass/users/bob", br#"{"token_policies": "x"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/userpass/users/bo%20b", br#"{"password": "x"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/approle/role/r", br#"{"token_bound_cidrs": "not-a-cidr"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "auth/approle/role/r", br#"{"token_ttl": "2h", "token_max_ttl": "1h"}"#.to_vec(), StatusCode::BAD_REQUEST),
-        ("POST", "sys/mounts/a%20b", br#"{"type": "ssh"}"#.to_vec(), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            b"[1,2]".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            br#"{"policy": 5}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            br#"{"policy": "path \"a\" { capabilities = [\"fly\"] }"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            br#"{"policy": "this is not hcl {"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/bad%0Aname",
+            br#"{"policy": "path \"a\" { capabilities = [\"read\"] }"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/token/create",
+            br#"{"ttl": {"h": 1}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/token/create",
+            br#"{"ttl": "forever"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/token/create",
+            br#"{"num_uses": -1}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/token/create",
+            br#"{"policies": [1, 2]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/token/create",
+            br#"{"renewable": "maybe"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/userpass/users/bob",
+            br#"{"token_policies": "x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/userpass/users/bo%20b",
+            br#"{"password": "x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/approle/role/r",
+            br#"{"token_bound_cidrs": "not-a-cidr"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "auth/approle/role/r",
+            br#"{"token_ttl": "2h", "token_max_ttl": "1h"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "POST",
+            "sys/mounts/a%20b",
+            br#"{"type": "ssh"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
         ("GET", "no/such/path", vec![], StatusCode::NOT_FOUND),
         ("GET", "sys/nothing-here", vec![], StatusCode::NOT_FOUND),
-        ("PATCH", "sys/health", vec![], StatusCode::METHOD_NOT_ALLOWED),
-        ("POST", "sys/policies/acl/x", vec![b' '; 2 * 1024 * 1024], StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            "PATCH",
+            "sys/health",
+            vec![],
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            "POST",
+            "sys/policies/acl/x",
+            vec![b' '; 2 * 1024 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
     ];
     for (method, path, body, want) in cases {
         let (st, v) = s.call_raw(method, path, Some(ROOT), body).await;
         assert_eq!(st, want, "{method} {path}: {v}");
-        let errors = v["errors"].as_array().unwrap_or_else(|| panic!("{method} {path}: no errors list: {v}"));
+        let errors = v["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path}: no errors list: {v}"));
         if want != StatusCode::NOT_FOUND && want != StatusCode::METHOD_NOT_ALLOWED {
-            assert!(!errors.is_empty() && !errors[0].as_str().unwrap().is_empty(), "{method} {path}: empty error");
+            assert!(
+                !errors.is_empty() && !errors[0].as_str().unwrap().is_empty(),
+                "{method} {path}: empty error"
+            );
         }
-        assert!(!v.to_string().contains("sqlx") && !v.to_string().contains("panicked"), "internals leaked: {v}");
+        assert!(
+            !v.to_string().contains("sqlx") && !v.to_string().contains("panicked"),
+            "internals leaked: {v}"
+        );
     }
     // Bad, missing and malformed tokens.
     for t in [Some("nope"), None, Some(""), Some("gps.not-a-real-token")] {
-        let (st, v) = s.call("POST", "sys/policies/acl/x", t, Some(json!({"policy": "path \"a\" { capabilities = [\"read\"] }"}))).await;
+        let (st, v) = s
+            .call(
+                "POST",
+                "sys/policies/acl/x",
+                t,
+                Some(json!({"policy": "path \"a\" { capabilities = [\"read\"] }"})),
+            )
+            .await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{t:?}: {v}");
     }
     // An expired token.
-    let (_, v) = s.root("POST", "auth/token/create", Some(json!({"ttl": 5}))).await;
+    let (_, v) = s
+        .root("POST", "auth/token/create", Some(json!({"ttl": 5})))
+        .await;
     let t = v["auth"]["client_token"].as_str().unwrap().to_string();
     s.clock.advance(6);
-    assert_eq!(s.call("GET", "auth/token/lookup-self", Some(&t), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call("GET", "auth/token/lookup-self", Some(&t), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     // Nothing but the token we just made (and removed) and audit rows changed.
     let after = s.core.storage.keys_with_prefix("").await.unwrap();
     assert_eq!(before, after);
 });
 
 on_both_backends!(audit_log_hides_secrets, |s| async move {
-    s.root("POST", "auth/userpass/users/carol", Some(json!({"password": "hunter2-very-secret"}))).await;
-    let (_, v) = s.call("POST", "auth/userpass/login/carol", None, Some(json!({"password": "hunter2-very-secret"}))).await;
+    s.root(
+        "POST",
+        "auth/userpass/users/carol",
+        Some(json!({"password": "hunter2-very-secret"})),
+    )
+    .await;
+    let (_, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/carol",
+            None,
+            Some(json!({"password": "hunter2-very-secret"})),
+        )
+        .await;
     let t = v["auth"]["client_token"].as_str().unwrap().to_string();
-    s.call("GET", "auth/token/lookup-self", Some(&t), None).await;
-    s.root("POST", "auth/approle/role/r1", Some(json!({}))).await;
+    s.call("GET", "auth/token/lookup-self", Some(&t), None)
+        .await;
+    s.root("POST", "auth/approle/role/r1", Some(json!({})))
+        .await;
     let (_, v) = s.root("POST", "auth/approle/role/r1/secret-id", None).await;
     let sid = v["data"]["secret_id"].as_str().unwrap().to_string();
     let text = s.audit_text();

@@ -43,21 +43,51 @@ async fn enroll_state_sign_and_mappings() {
     let (st, _) = enroll(&s, &join, &host_pub).await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     // The host token reads its own state, nothing else.
-    let (st, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    let (st, v) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let state = v["data"].clone();
     let (_, ca) = s.call("GET", "ssh/public_key", None, None).await;
     assert_eq!(state["user_ca_keys"], ca);
     assert!(!state["krl"].as_str().unwrap().is_empty());
     assert_eq!(state["principals"], json!({}));
-    assert_eq!(s.call("GET", "sys/mounts", Some(&host_token), None).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(s.call("POST", "hosts/join-tokens", Some(&host_token), Some(json!({}))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call("GET", "sys/mounts", Some(&host_token), None).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.call(
+            "POST",
+            "hosts/join-tokens",
+            Some(&host_token),
+            Some(json!({}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
     // Same state, same index; a mapping changes it.
     let index = state["index"].as_u64().unwrap();
-    let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    let (_, v) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
     assert_eq!(v["data"]["index"].as_u64().unwrap(), index);
-    ok(&s, "POST", "hosts/mappings/deploy", json!({"principals": "alice,ops"})).await;
-    let (st, v) = s.call("GET", &format!("hosts/self/state?index={index}&wait=5s"), Some(&host_token), None).await;
+    ok(
+        &s,
+        "POST",
+        "hosts/mappings/deploy",
+        json!({"principals": "alice,ops"}),
+    )
+    .await;
+    let (st, v) = s
+        .call(
+            "GET",
+            &format!("hosts/self/state?index={index}&wait=5s"),
+            Some(&host_token),
+            None,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_ne!(v["data"]["index"].as_u64().unwrap(), index);
     assert_eq!(v["data"]["principals"], json!({"deploy": ["alice", "ops"]}));
@@ -67,46 +97,131 @@ async fn enroll_state_sign_and_mappings() {
     let t2 = host_token.clone();
     let poll = tokio::spawn(async move {
         let started = std::time::Instant::now();
-        let (_, v) = s2.call("GET", &format!("hosts/self/state?index={index}&wait=30s"), Some(&t2), None).await;
+        let (_, v) = s2
+            .call(
+                "GET",
+                &format!("hosts/self/state?index={index}&wait=30s"),
+                Some(&t2),
+                None,
+            )
+            .await;
         (started.elapsed(), v)
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     if poll.is_finished() {
-        panic!("the long-poll answered before anything changed: {:?}", poll.await.unwrap().1);
+        panic!(
+            "the long-poll answered before anything changed: {:?}",
+            poll.await.unwrap().1
+        );
     }
-    ok(&s, "POST", "ssh/roles/u", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"})).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/u",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+    )
+    .await;
     let (_, user_pub) = keypair(s.dir.path(), "user", "ed25519", None);
-    let v = ok(&s, "POST", "ssh/sign/u", json!({"public_key": user_pub, "valid_principals": "alice"})).await;
-    ok(&s, "POST", "ssh/revoke", json!({"serial_number": v["data"]["serial_number"]})).await;
-    let (elapsed, v) = tokio::time::timeout(Duration::from_secs(10), poll).await.unwrap().unwrap();
-    assert!(elapsed < Duration::from_secs(5), "the change took {elapsed:?}");
+    let v = ok(
+        &s,
+        "POST",
+        "ssh/sign/u",
+        json!({"public_key": user_pub, "valid_principals": "alice"}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "ssh/revoke",
+        json!({"serial_number": v["data"]["serial_number"]}),
+    )
+    .await;
+    let (elapsed, v) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the change took {elapsed:?}"
+    );
     assert_ne!(v["data"]["index"].as_u64().unwrap(), index);
     // Host key signing: only the enrolled key, principals the role allows.
-    let (st, v) = s.call("POST", "hosts/self/sign-host-key", Some(&host_token), Some(json!({"public_key": host_pub}))).await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "hosts/self/sign-host-key",
+            Some(&host_token),
+            Some(json!({"public_key": host_pub})),
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let l = gatepass_tests::ssh::describe_cert(s.dir.path(), v["data"]["signed_key"].as_str().unwrap());
-    assert!(l.contains("host certificate") && l.contains("web1.example.com") && !l.contains("fd00::7"), "{l}");
-    let (st, _) = s.call("POST", "hosts/self/sign-host-key", Some(&host_token), Some(json!({"public_key": user_pub}))).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "a key the host did not enroll with");
+    let l =
+        gatepass_tests::ssh::describe_cert(s.dir.path(), v["data"]["signed_key"].as_str().unwrap());
+    assert!(
+        l.contains("host certificate") && l.contains("web1.example.com") && !l.contains("fd00::7"),
+        "{l}"
+    );
+    let (st, _) = s
+        .call(
+            "POST",
+            "hosts/self/sign-host-key",
+            Some(&host_token),
+            Some(json!({"public_key": user_pub})),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "a key the host did not enroll with"
+    );
     // Dynamic keys for the host's addresses reach its state; ack marks them.
-    ok(&s, "POST", "ssh/roles/dyn", json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8"})).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/dyn",
+        json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
     let v = ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.7"})).await;
     let lease = v["lease_id"].as_str().unwrap().to_string();
     ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.8"})).await;
-    let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    let (_, v) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
     let keys = v["data"]["dynamic_keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "only the key for this host's address");
     assert_eq!(keys[0]["lease_id"], lease.as_str());
     assert_eq!(keys[0]["user"], "app");
     // creds with `wait` returns once the host acknowledges.
     let s3 = s.clone();
-    let waiting = tokio::spawn(async move { s3.root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7", "wait": "10s"}))).await });
+    let waiting = tokio::spawn(async move {
+        s3.root(
+            "POST",
+            "ssh/creds/dyn",
+            Some(json!({"ip": "10.0.0.7", "wait": "10s"})),
+        )
+        .await
+    });
     let mut acked = false;
     for _ in 0..50 {
-        let (_, v) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
-        let leases: Vec<String> = v["data"]["dynamic_keys"].as_array().unwrap().iter().map(|k| k["lease_id"].as_str().unwrap().to_string()).collect();
+        let (_, v) = s
+            .call("GET", "hosts/self/state", Some(&host_token), None)
+            .await;
+        let leases: Vec<String> = v["data"]["dynamic_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["lease_id"].as_str().unwrap().to_string())
+            .collect();
         if leases.len() == 2 {
-            let (st, _) = s.call("POST", "hosts/self/ack", Some(&host_token), Some(json!({"index": v["data"]["index"], "installed": leases}))).await;
+            let (st, _) = s
+                .call(
+                    "POST",
+                    "hosts/self/ack",
+                    Some(&host_token),
+                    Some(json!({"index": v["data"]["index"], "installed": leases})),
+                )
+                .await;
             assert_eq!(st, StatusCode::NO_CONTENT);
             acked = true;
             break;
@@ -114,7 +229,10 @@ async fn enroll_state_sign_and_mappings() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(acked);
-    let (st, v) = tokio::time::timeout(Duration::from_secs(15), waiting).await.unwrap().unwrap();
+    let (st, v) = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["data"]["installed"], true, "{v}");
     // Admin views, and unenrolling revokes the host token.
@@ -122,8 +240,16 @@ async fn enroll_state_sign_and_mappings() {
     assert_eq!(v["data"]["keys"], json!([host_id]));
     let (_, v) = s.root("GET", &format!("hosts/{host_id}"), None).await;
     assert_eq!(v["data"]["hostname"], "web1.example.com");
-    assert_eq!(s.root("DELETE", &format!("hosts/{host_id}"), None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(s.call("GET", "hosts/self/state", Some(&host_token), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.root("DELETE", &format!("hosts/{host_id}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        s.call("GET", "hosts/self/state", Some(&host_token), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
 }
 
 #[tokio::test]
@@ -131,7 +257,12 @@ async fn bad_enrollments_and_mappings_are_refused() {
     let s = Server::start(Backend::Sqlite).await;
     let join = setup(&s).await;
     let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
-    let before = s.core.storage.keys_with_prefix("hosts/host/").await.unwrap();
+    let before = s
+        .core
+        .storage
+        .keys_with_prefix("hosts/host/")
+        .await
+        .unwrap();
     for body in [
         json!({"join_token": "gpj.nope", "hostname": "a", "addresses": [], "host_keys": []}),
         json!({"join_token": join, "hostname": "bad host", "addresses": [], "host_keys": []}),
@@ -140,10 +271,19 @@ async fn bad_enrollments_and_mappings_are_refused() {
         json!({"join_token": join, "hostname": "a", "addresses": [], "host_keys": ["ssh-ed25519 garbage"]}),
         json!({"join_token": join, "hostname": "a", "addresses": "10.0.0.1", "host_keys": []}),
     ] {
-        let (st, v) = s.call("POST", "hosts/enroll", None, Some(body.clone())).await;
+        let (st, v) = s
+            .call("POST", "hosts/enroll", None, Some(body.clone()))
+            .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
     }
-    assert_eq!(s.core.storage.keys_with_prefix("hosts/host/").await.unwrap(), before);
+    assert_eq!(
+        s.core
+            .storage
+            .keys_with_prefix("hosts/host/")
+            .await
+            .unwrap(),
+        before
+    );
     // The join token was not spent by the refused attempts.
     assert_eq!(enroll(&s, &join, &host_pub).await.0, StatusCode::OK);
     // An expired join token.
@@ -169,7 +309,13 @@ async fn bad_enrollments_and_mappings_are_refused() {
 async fn otps_bound_to_an_enrolled_host_verify_only_there() {
     let s = Server::start(Backend::Sqlite).await;
     ok(&s, "POST", "ssh/config/ca", json!({})).await;
-    ok(&s, "POST", "ssh/roles/otp", json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"})).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
     let mut tokens = Vec::new();
     for (name, addr) in [("web1", "10.0.0.7"), ("web2", "10.0.0.8")] {
         let v = ok(&s, "POST", "hosts/join-tokens", json!({})).await;
@@ -185,24 +331,81 @@ async fn otps_bound_to_an_enrolled_host_verify_only_there() {
     let verify = |token: Option<String>| {
         let s = &s;
         let otp = otp.clone();
-        async move { s.call("POST", "ssh/verify", token.as_deref(), Some(json!({"otp": otp}))).await }
+        async move {
+            s.call(
+                "POST",
+                "ssh/verify",
+                token.as_deref(),
+                Some(json!({"otp": otp})),
+            )
+            .await
+        }
     };
-    assert_eq!(verify(None).await.0, StatusCode::BAD_REQUEST, "a bound OTP verified without the host's token");
-    assert_eq!(verify(Some(tokens[1].clone())).await.0, StatusCode::BAD_REQUEST, "another host verified it");
+    assert_eq!(
+        verify(None).await.0,
+        StatusCode::BAD_REQUEST,
+        "a bound OTP verified without the host's token"
+    );
+    assert_eq!(
+        verify(Some(tokens[1].clone())).await.0,
+        StatusCode::BAD_REQUEST,
+        "another host verified it"
+    );
     let (st, v) = verify(Some(tokens[0].clone())).await;
-    assert_eq!(st, StatusCode::OK, "the wrong attempts must not burn it: {v}");
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "the wrong attempts must not burn it: {v}"
+    );
     assert_eq!(v["data"]["ip"], "10.0.0.7");
-    assert_eq!(verify(Some(tokens[0].clone())).await.0, StatusCode::BAD_REQUEST, "verified twice");
+    assert_eq!(
+        verify(Some(tokens[0].clone())).await.0,
+        StatusCode::BAD_REQUEST,
+        "verified twice"
+    );
     // A host presenting its token verifies only OTPs bound to it.
     let v = ok(&s, "POST", "ssh/creds/otp", json!({"ip": "10.0.0.7"})).await;
     let unbound = v["data"]["key"].as_str().unwrap().to_string();
-    let (st, _) = s.call("POST", "ssh/verify", Some(&tokens[0]), Some(json!({"otp": unbound}))).await;
+    let (st, _) = s
+        .call(
+            "POST",
+            "ssh/verify",
+            Some(&tokens[0]),
+            Some(json!({"otp": unbound})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    let (st, _) = s.call("POST", "ssh/verify", None, Some(json!({"otp": unbound}))).await;
+    let (st, _) = s
+        .call("POST", "ssh/verify", None, Some(json!({"otp": unbound})))
+        .await;
     assert_eq!(st, StatusCode::OK);
     // Unknown host, or an IP that is not the host's.
-    assert_eq!(s.root("POST", "ssh/creds/otp", Some(json!({"host": "nope"}))).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(s.root("POST", "ssh/creds/otp", Some(json!({"host": "web1", "ip": "10.0.0.8"}))).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.root("POST", "ssh/creds/otp", Some(json!({"host": "nope"})))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        s.root(
+            "POST",
+            "ssh/creds/otp",
+            Some(json!({"host": "web1", "ip": "10.0.0.8"}))
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
     // A bad token on verify is refused outright.
-    assert_eq!(s.call("POST", "ssh/verify", Some("gps.bogus"), Some(json!({"otp": "verify-echo-request"}))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        s.call(
+            "POST",
+            "ssh/verify",
+            Some("gps.bogus"),
+            Some(json!({"otp": "verify-echo-request"}))
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
 }

@@ -7,12 +7,26 @@ use serde_json::{json, Value};
 
 async fn setup(s: &Server) {
     for (name, body) in [
-        ("otp", json!({"key_type": "otp", "default_user": "ubuntu", "allowed_users": "deploy", "cidr_list": "10.0.0.0/8,fd00::/8", "exclude_cidr_list": "10.9.0.0/16", "port": 2222, "ttl": "5m"})),
-        ("anywhere", json!({"key_type": "otp", "default_user": "ops"})),
-        ("dyn", json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8", "ttl": "10m", "max_ttl": "1h", "key_option_specs": "no-port-forwarding", "admin_user": "ignored", "key": "ignored"})),
-        ("certs", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"})),
+        (
+            "otp",
+            json!({"key_type": "otp", "default_user": "ubuntu", "allowed_users": "deploy", "cidr_list": "10.0.0.0/8,fd00::/8", "exclude_cidr_list": "10.9.0.0/16", "port": 2222, "ttl": "5m"}),
+        ),
+        (
+            "anywhere",
+            json!({"key_type": "otp", "default_user": "ops"}),
+        ),
+        (
+            "dyn",
+            json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8", "ttl": "10m", "max_ttl": "1h", "key_option_specs": "no-port-forwarding", "admin_user": "ignored", "key": "ignored"}),
+        ),
+        (
+            "certs",
+            json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+        ),
     ] {
-        let (st, v) = s.root("POST", &format!("ssh/roles/{name}"), Some(body)).await;
+        let (st, v) = s
+            .root("POST", &format!("ssh/roles/{name}"), Some(body))
+            .await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{name}: {v}");
     }
 }
@@ -29,38 +43,126 @@ async fn otp_creds_and_verify_once() {
         let (st, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         let d = &v["data"];
-        assert_eq!((d["username"].clone(), d["ip"].clone(), d["port"].clone(), d["key_type"].clone()), (json!("ubuntu"), json!("10.1.2.3"), json!(2222), json!("otp")));
+        assert_eq!(
+            (
+                d["username"].clone(),
+                d["ip"].clone(),
+                d["port"].clone(),
+                d["key_type"].clone()
+            ),
+            (
+                json!("ubuntu"),
+                json!("10.1.2.3"),
+                json!(2222),
+                json!("otp")
+            )
+        );
         let key = d["key"].as_str().unwrap().to_string();
         assert!(uuid::Uuid::parse_str(&key).is_ok(), "OTPs are UUIDs: {key}");
-        assert!(v["lease_id"].as_str().unwrap().starts_with("ssh/creds/otp/"));
+        assert!(v["lease_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh/creds/otp/"));
         assert_eq!(v["lease_duration"], 300);
         // The OTP is stored only as a hash.
         let keys = s.core.storage.keys_with_prefix("").await.unwrap();
         assert!(keys.iter().all(|k| !k.contains(&key)));
         // verify needs no token, answers as Vault, and works exactly once.
-        let (st, v) = s.call("POST", "ssh/verify", None, Some(json!({"otp": key}))).await;
+        let (st, v) = s
+            .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
+            .await;
         assert_eq!(st, StatusCode::OK, "{v}");
-        assert_eq!(v["data"], json!({"username": "ubuntu", "ip": "10.1.2.3", "role_name": "otp"}));
-        let (st, v) = s.call("POST", "ssh/verify", None, Some(json!({"otp": key}))).await;
-        assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": ["OTP not found"]})));
+        assert_eq!(
+            v["data"],
+            json!({"username": "ubuntu", "ip": "10.1.2.3", "role_name": "otp"})
+        );
+        let (st, v) = s
+            .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
+            .await;
+        assert_eq!(
+            (st, v),
+            (
+                StatusCode::BAD_REQUEST,
+                json!({"errors": ["OTP not found"]})
+            )
+        );
         // vault-ssh-helper -verify-only.
-        let (st, v) = s.call("POST", "ssh/verify", None, Some(json!({"otp": "verify-echo-request"}))).await;
-        assert_eq!((st, v["data"].clone()), (StatusCode::OK, json!({"message": "verify-echo-response"})));
+        let (st, v) = s
+            .call(
+                "POST",
+                "ssh/verify",
+                None,
+                Some(json!({"otp": "verify-echo-request"})),
+            )
+            .await;
+        assert_eq!(
+            (st, v["data"].clone()),
+            (StatusCode::OK, json!({"message": "verify-echo-response"}))
+        );
         // Allowed user, IPv6, zero-address role.
-        assert_eq!(otp(&s, json!({"ip": "10.1.2.3", "username": "deploy"})).await.0, StatusCode::OK);
+        assert_eq!(
+            otp(&s, json!({"ip": "10.1.2.3", "username": "deploy"}))
+                .await
+                .0,
+            StatusCode::OK
+        );
         let (st, v) = otp(&s, json!({"ip": "fd00::1"})).await;
-        assert_eq!((st, v["data"]["ip"].clone()), (StatusCode::OK, json!("fd00::1")));
-        assert_eq!(s.root("POST", "ssh/creds/anywhere", Some(json!({"ip": "192.0.2.1"}))).await.0, StatusCode::BAD_REQUEST);
-        assert_eq!(s.root("POST", "ssh/config/zeroaddress", Some(json!({"roles": "anywhere"}))).await.0, StatusCode::NO_CONTENT);
-        assert_eq!(s.root("POST", "ssh/creds/anywhere", Some(json!({"ip": "192.0.2.1"}))).await.0, StatusCode::OK);
+        assert_eq!(
+            (st, v["data"]["ip"].clone()),
+            (StatusCode::OK, json!("fd00::1"))
+        );
+        assert_eq!(
+            s.root(
+                "POST",
+                "ssh/creds/anywhere",
+                Some(json!({"ip": "192.0.2.1"}))
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            s.root(
+                "POST",
+                "ssh/config/zeroaddress",
+                Some(json!({"roles": "anywhere"}))
+            )
+            .await
+            .0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            s.root(
+                "POST",
+                "ssh/creds/anywhere",
+                Some(json!({"ip": "192.0.2.1"}))
+            )
+            .await
+            .0,
+            StatusCode::OK
+        );
         let (_, v) = s.root("GET", "ssh/config/zeroaddress", None).await;
         assert_eq!(v["data"]["roles"], json!(["anywhere"]));
-        let (_, v) = s.root("POST", "ssh/lookup", Some(json!({"ip": "10.5.5.5"}))).await;
+        let (_, v) = s
+            .root("POST", "ssh/lookup", Some(json!({"ip": "10.5.5.5"})))
+            .await;
         assert_eq!(v["data"]["roles"], json!(["anywhere", "dyn", "otp"]));
-        let (_, v) = s.root("POST", "ssh/lookup", Some(json!({"ip": "10.9.1.1"}))).await;
-        assert_eq!(v["data"]["roles"], json!(["anywhere", "dyn"]), "excluded from otp's range");
-        assert_eq!(s.root("DELETE", "ssh/config/zeroaddress", None).await.0, StatusCode::NO_CONTENT);
-        assert_eq!(s.root("GET", "ssh/config/zeroaddress", None).await.0, StatusCode::NOT_FOUND);
+        let (_, v) = s
+            .root("POST", "ssh/lookup", Some(json!({"ip": "10.9.1.1"})))
+            .await;
+        assert_eq!(
+            v["data"]["roles"],
+            json!(["anywhere", "dyn"]),
+            "excluded from otp's range"
+        );
+        assert_eq!(
+            s.root("DELETE", "ssh/config/zeroaddress", None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            s.root("GET", "ssh/config/zeroaddress", None).await.0,
+            StatusCode::NOT_FOUND
+        );
     }
 }
 
@@ -73,19 +175,37 @@ async fn bad_creds_requests_get_400_and_store_nothing() {
         let cases = [
             ("ssh/creds/otp", json!({"ip": "192.168.1.1"})),
             ("ssh/creds/otp", json!({"ip": "10.9.3.4"})),
-            ("ssh/creds/otp", json!({"ip": "10.1.2.3", "username": "root"})),
-            ("ssh/creds/otp", json!({"ip": "10.1.2.3", "username": "a\nb"})),
+            (
+                "ssh/creds/otp",
+                json!({"ip": "10.1.2.3", "username": "root"}),
+            ),
+            (
+                "ssh/creds/otp",
+                json!({"ip": "10.1.2.3", "username": "a\nb"}),
+            ),
             ("ssh/creds/otp", json!({"ip": "10.1.2"})),
             ("ssh/creds/otp", json!({"ip": "not-an-ip"})),
             ("ssh/creds/otp", json!({})),
             ("ssh/creds/otp", json!({"ip": ["10.1.2.3"]})),
             ("ssh/creds/nope", json!({"ip": "10.1.2.3"})),
             ("ssh/creds/certs", json!({"ip": "10.1.2.3"})),
-            ("ssh/sign/otp", json!({"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMLzyYuPqzYUfUlCpbDP/HMWZsSH5XQydZZzoyAGOvmL x"})),
+            (
+                "ssh/sign/otp",
+                json!({"public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMLzyYuPqzYUfUlCpbDP/HMWZsSH5XQydZZzoyAGOvmL x"}),
+            ),
             ("ssh/roles/bad", json!({"key_type": "otp"})),
-            ("ssh/roles/bad", json!({"key_type": "dynamic", "default_user": "a", "key_option_specs": "x\nssh-ed25519 AAAA"})),
-            ("ssh/roles/bad", json!({"key_type": "otp", "default_user": "a", "cidr_list": "10.0.0.0/33"})),
-            ("ssh/roles/bad", json!({"key_type": "otp", "default_user": "a", "port": 70000})),
+            (
+                "ssh/roles/bad",
+                json!({"key_type": "dynamic", "default_user": "a", "key_option_specs": "x\nssh-ed25519 AAAA"}),
+            ),
+            (
+                "ssh/roles/bad",
+                json!({"key_type": "otp", "default_user": "a", "cidr_list": "10.0.0.0/33"}),
+            ),
+            (
+                "ssh/roles/bad",
+                json!({"key_type": "otp", "default_user": "a", "port": 70000}),
+            ),
             ("ssh/lookup", json!({"ip": "nope"})),
             ("ssh/config/zeroaddress", json!({"roles": "bad role"})),
         ];
@@ -93,7 +213,11 @@ async fn bad_creds_requests_get_400_and_store_nothing() {
             let (st, v) = s.root("POST", path, Some(body.clone())).await;
             assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
         }
-        assert_eq!(s.core.storage.keys_with_prefix("").await.unwrap(), before, "a refused request stored something");
+        assert_eq!(
+            s.core.storage.keys_with_prefix("").await.unwrap(),
+            before,
+            "a refused request stored something"
+        );
     }
 }
 
@@ -104,24 +228,48 @@ async fn expired_otps_never_verify_and_failures_are_rate_limited() {
     let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
     let key = v["data"]["key"].as_str().unwrap().to_string();
     s.clock.advance(301);
-    let (st, _) = s.call("POST", "ssh/verify", None, Some(json!({"otp": key}))).await;
+    let (st, _) = s
+        .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "expired OTP verified");
     // The sweeper removes expired leases and their OTPs.
     let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
     let lease = v["lease_id"].as_str().unwrap().to_string();
     s.clock.advance(301);
-    let n = gatepass_server::leases::sweep(&s.core, s.clock.now(), 100).await.unwrap();
+    let n = gatepass_server::leases::sweep(&s.core, s.clock.now(), 100)
+        .await
+        .unwrap();
     assert!(n >= 1);
-    let (st, _) = s.root("POST", "sys/leases/lookup", Some(json!({"lease_id": lease}))).await;
+    let (st, _) = s
+        .root(
+            "POST",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": lease})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    assert!(s.core.storage.keys_with_prefix("mount/").await.unwrap().iter().all(|k| !k.contains("/otp/")));
+    assert!(s
+        .core
+        .storage
+        .keys_with_prefix("mount/")
+        .await
+        .unwrap()
+        .iter()
+        .all(|k| !k.contains("/otp/")));
     // Failed verifies from one address: 429 after the limit; a good OTP from
     // another address still works.
     let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
     let good = v["data"]["key"].as_str().unwrap().to_string();
     let mut saw_429 = false;
     for i in 0..40 {
-        let (st, _) = s.call("POST", "ssh/verify", None, Some(json!({"otp": uuid::Uuid::new_v4().to_string()}))).await;
+        let (st, _) = s
+            .call(
+                "POST",
+                "ssh/verify",
+                None,
+                Some(json!({"otp": uuid::Uuid::new_v4().to_string()})),
+            )
+            .await;
         if st == StatusCode::TOO_MANY_REQUESTS {
             assert!(i >= 30, "limited too early at {i}");
             saw_429 = true;
@@ -131,7 +279,15 @@ async fn expired_otps_never_verify_and_failures_are_rate_limited() {
     }
     assert!(saw_429, "no 429 after 40 failures");
     let body = json!({"otp": good}).to_string().into_bytes();
-    let (st, v) = s.call_from("127.0.0.2:4000".parse().unwrap(), "POST", "ssh/verify", None, body).await;
+    let (st, v) = s
+        .call_from(
+            "127.0.0.2:4000".parse().unwrap(),
+            "POST",
+            "ssh/verify",
+            None,
+            body,
+        )
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
@@ -173,40 +329,109 @@ async fn dynamic_keys_and_leases() {
     for b in BACKENDS {
         let s = Server::start(b).await;
         setup(&s).await;
-        let (st, v) = s.root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"}))).await;
+        let (st, v) = s
+            .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+            .await;
         assert_eq!(st, StatusCode::OK, "{v}");
         assert_eq!(v["data"]["key_type"], "dynamic");
         assert_eq!(v["renewable"], true);
-        assert!(v["data"]["key"].as_str().unwrap().contains("OPENSSH PRIVATE KEY"));
+        assert!(v["data"]["key"]
+            .as_str()
+            .unwrap()
+            .contains("OPENSSH PRIVATE KEY"));
         let lease = v["lease_id"].as_str().unwrap().to_string();
-        let m = gatepass_server::mounts::get(&s.core, "ssh").await.unwrap().unwrap();
-        let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now()).await.unwrap();
+        let m = gatepass_server::mounts::get(&s.core, "ssh")
+            .await
+            .unwrap()
+            .unwrap();
+        let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 1);
-        assert_eq!((keys[0].username.as_str(), keys[0].ip.as_str(), keys[0].key_option_specs.as_str()), ("app", "10.0.0.7", "no-port-forwarding"));
+        assert_eq!(
+            (
+                keys[0].username.as_str(),
+                keys[0].ip.as_str(),
+                keys[0].key_option_specs.as_str()
+            ),
+            ("app", "10.0.0.7", "no-port-forwarding")
+        );
         assert!(keys[0].public_key.starts_with("ssh-ed25519 "));
         // Lookup and renew within max_ttl.
-        let (_, v) = s.root("POST", "sys/leases/lookup", Some(json!({"lease_id": lease}))).await;
-        assert_eq!((v["data"]["ttl"].clone(), v["data"]["renewable"].clone()), (json!(600), json!(true)));
+        let (_, v) = s
+            .root(
+                "POST",
+                "sys/leases/lookup",
+                Some(json!({"lease_id": lease})),
+            )
+            .await;
+        assert_eq!(
+            (v["data"]["ttl"].clone(), v["data"]["renewable"].clone()),
+            (json!(600), json!(true))
+        );
         s.clock.advance(300);
-        let (st, v) = s.root("POST", "sys/leases/renew", Some(json!({"lease_id": lease, "increment": "2h"}))).await;
+        let (st, v) = s
+            .root(
+                "POST",
+                "sys/leases/renew",
+                Some(json!({"lease_id": lease, "increment": "2h"})),
+            )
+            .await;
         assert_eq!(st, StatusCode::OK, "{v}");
-        assert_eq!(v["lease_duration"], 3300, "capped at max_ttl (1h from issue)");
-        let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now()).await.unwrap();
+        assert_eq!(
+            v["lease_duration"], 3300,
+            "capped at max_ttl (1h from issue)"
+        );
+        let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+            .await
+            .unwrap();
         assert_eq!(keys[0].expire_time, s.clock.now() + 3300);
         // OTP leases are not renewable.
         let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
         let otp_lease = v["lease_id"].as_str().unwrap().to_string();
-        assert_eq!(s.root("POST", "sys/leases/renew", Some(json!({"lease_id": otp_lease}))).await.0, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            s.root(
+                "POST",
+                "sys/leases/renew",
+                Some(json!({"lease_id": otp_lease}))
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST
+        );
         // Revoking the lease removes the key from the hosts' desired state.
-        assert_eq!(s.root("POST", "sys/leases/revoke", Some(json!({"lease_id": lease}))).await.0, StatusCode::NO_CONTENT);
-        assert!(gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now()).await.unwrap().is_empty());
+        assert_eq!(
+            s.root(
+                "POST",
+                "sys/leases/revoke",
+                Some(json!({"lease_id": lease}))
+            )
+            .await
+            .0,
+            StatusCode::NO_CONTENT
+        );
+        assert!(
+            gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // revoke-prefix takes every lease of a role (and its OTP).
         let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
         let key = v["data"]["key"].as_str().unwrap().to_string();
-        assert_eq!(s.root("POST", "sys/leases/revoke-prefix/ssh/creds/otp", None).await.0, StatusCode::NO_CONTENT);
-        let (st, _) = s.call("POST", "ssh/verify", None, Some(json!({"otp": key}))).await;
+        assert_eq!(
+            s.root("POST", "sys/leases/revoke-prefix/ssh/creds/otp", None)
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        let (st, _) = s
+            .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
+            .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "revoked OTP still verified");
-        let (st, _) = s.root("LIST", "sys/leases/lookup/ssh/creds/otp", None).await;
+        let (st, _) = s
+            .root("LIST", "sys/leases/lookup/ssh/creds/otp", None)
+            .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
 }

@@ -13,7 +13,11 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Serve {
@@ -50,7 +54,9 @@ async fn two_servers_on_one_postgres_consume_an_otp_once() {
     };
     let (pa, pb) = (free_port(), free_port());
     let (ca, cb) = (config("a", pa), config("b", pb));
-    let (code, root, err) = run(Command::new(bin("gatepass-server")).args(["init", "--config"]).arg(&ca));
+    let (code, root, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&ca));
     assert_eq!(code, 0, "{err}");
     let root = root.trim().to_string();
     let start = |cfg: &std::path::Path, port: u16, name: &str| Serve {
@@ -69,7 +75,10 @@ async fn two_servers_on_one_postgres_consume_an_otp_once() {
     };
     let a = start(&ca, pa, "a");
     let b = start(&cb, pb, "b");
-    let (ka, kb) = (Client::new(&a.settings).unwrap(), Client::new(&b.settings).unwrap());
+    let (ka, kb) = (
+        Client::new(&a.settings).unwrap(),
+        Client::new(&b.settings).unwrap(),
+    );
     for c in [&ka, &kb] {
         let mut up = false;
         for _ in 0..100 {
@@ -82,17 +91,33 @@ async fn two_servers_on_one_postgres_consume_an_otp_once() {
         assert!(up, "server {} did not start", c.addr());
     }
     // Configured through A, seen by B: one database.
-    ka.write("ssh/roles/otp", &obj(json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}))).await.unwrap();
+    ka.write(
+        "ssh/roles/otp",
+        &obj(json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"})),
+    )
+    .await
+    .unwrap();
     for round in 0..5 {
-        let creds = kb.write("ssh/creds/otp", &obj(json!({"ip": "10.0.0.9"}))).await.unwrap().unwrap();
+        let creds = kb
+            .write("ssh/creds/otp", &obj(json!({"ip": "10.0.0.9"})))
+            .await
+            .unwrap()
+            .unwrap();
         let otp = creds.data.unwrap()["key"].as_str().unwrap().to_string();
         let mut tasks = Vec::new();
         for i in 0..12 {
-            let mut s = if i % 2 == 0 { a.settings.clone() } else { b.settings.clone() };
+            let mut s = if i % 2 == 0 {
+                a.settings.clone()
+            } else {
+                b.settings.clone()
+            };
             s.token = None;
             let otp = otp.clone();
             tasks.push(tokio::spawn(async move {
-                Client::new(&s).unwrap().write("ssh/verify", &obj(json!({"otp": otp}))).await
+                Client::new(&s)
+                    .unwrap()
+                    .write("ssh/verify", &obj(json!({"otp": otp})))
+                    .await
             }));
         }
         let mut wins = 0;
@@ -102,11 +127,17 @@ async fn two_servers_on_one_postgres_consume_an_otp_once() {
                     assert_eq!(e.data.unwrap()["username"], "ubuntu");
                     wins += 1;
                 }
-                Err(gatepass_api::Error::Api { status: 400, errors }) => assert_eq!(errors, vec!["OTP not found"]),
+                Err(gatepass_api::Error::Api {
+                    status: 400,
+                    errors,
+                }) => assert_eq!(errors, vec!["OTP not found"]),
                 other => panic!("unexpected verify result: {other:?}"),
             }
         }
-        assert_eq!(wins, 1, "round {round}: {wins} verifies succeeded across two servers");
+        assert_eq!(
+            wins, 1,
+            "round {round}: {wins} verifies succeeded across two servers"
+        );
     }
 }
 
@@ -114,27 +145,55 @@ async fn two_servers_on_one_postgres_consume_an_otp_once() {
 fn restart_keeps_unused_otps_and_never_revives_used_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut s = DevServer::start_in(&dir, "otp-restart-root");
     let (used, unused) = rt.block_on(async {
         let c = s.client();
-        c.write("ssh/roles/otp", &obj(json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}))).await.unwrap();
+        c.write(
+            "ssh/roles/otp",
+            &obj(json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"})),
+        )
+        .await
+        .unwrap();
         let mut otps = Vec::new();
         for _ in 0..2 {
-            let e = c.write("ssh/creds/otp", &obj(json!({"ip": "10.0.0.9"}))).await.unwrap().unwrap();
+            let e = c
+                .write("ssh/creds/otp", &obj(json!({"ip": "10.0.0.9"})))
+                .await
+                .unwrap()
+                .unwrap();
             otps.push(e.data.unwrap()["key"].as_str().unwrap().to_string());
         }
-        c.write("ssh/verify", &obj(json!({"otp": otps[0]}))).await.unwrap();
+        c.write("ssh/verify", &obj(json!({"otp": otps[0]})))
+            .await
+            .unwrap();
         (otps[0].clone(), otps[1].clone())
     });
     s.stop();
     let s = DevServer::start_in(&dir, "otp-restart-root");
     rt.block_on(async {
         let anon = Client::new(&s.settings(None)).unwrap();
-        let e = anon.write("ssh/verify", &obj(json!({"otp": unused}))).await.unwrap().unwrap();
-        assert_eq!(e.data.unwrap()["ip"], "10.0.0.9", "an unused OTP was lost in the restart");
-        let err = anon.write("ssh/verify", &obj(json!({"otp": used}))).await.unwrap_err();
-        assert!(err.to_string().contains("OTP not found"), "a used OTP came back: {err}");
+        let e = anon
+            .write("ssh/verify", &obj(json!({"otp": unused})))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            e.data.unwrap()["ip"],
+            "10.0.0.9",
+            "an unused OTP was lost in the restart"
+        );
+        let err = anon
+            .write("ssh/verify", &obj(json!({"otp": used})))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("OTP not found"),
+            "a used OTP came back: {err}"
+        );
     });
 }
 

@@ -12,14 +12,20 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn hvac_logs_in_with_approle_and_uses_generic_calls() {
     let s = DevServer::start();
     let (code, out, err) = run(Command::new("/usr/bin/python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/hvac_approle.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/hvac_approle.py"
+        ))
         .envs(s.cli_env()));
     assert_eq!(code, 0, "hvac script failed:\n{out}\n{err}");
     assert!(out.contains("hvac: OK"));
@@ -32,12 +38,26 @@ fn restart_keeps_tokens_policies_and_mounts() {
     let mut s = DevServer::start_in(&dir, "restart-root-token");
     let token = rt().block_on(async {
         let c = s.client();
-        c.write("sys/policies/acl/keep", &obj(json!({"policy": "path \"sys/mounts\" { capabilities = [\"read\"] }"})))
+        c.write(
+            "sys/policies/acl/keep",
+            &obj(json!({"policy": "path \"sys/mounts\" { capabilities = [\"read\"] }"})),
+        )
+        .await
+        .unwrap();
+        c.write("sys/mounts/ssh-host", &obj(json!({"type": "ssh"})))
             .await
             .unwrap();
-        c.write("sys/mounts/ssh-host", &obj(json!({"type": "ssh"}))).await.unwrap();
-        c.write("auth/userpass/users/erin", &obj(json!({"password": "pw-erin-1"}))).await.unwrap();
-        let e = c.write("auth/token/create", &obj(json!({"policies": ["keep"]}))).await.unwrap().unwrap();
+        c.write(
+            "auth/userpass/users/erin",
+            &obj(json!({"password": "pw-erin-1"})),
+        )
+        .await
+        .unwrap();
+        let e = c
+            .write("auth/token/create", &obj(json!({"policies": ["keep"]})))
+            .await
+            .unwrap()
+            .unwrap();
         e.auth.unwrap().client_token
     });
     let addr_before = s.addr.clone();
@@ -47,20 +67,39 @@ fn restart_keeps_tokens_policies_and_mounts() {
     let _ = addr_before;
     rt().block_on(async {
         let c = s.client();
-        let p = c.read("sys/policies/acl/keep").await.unwrap().expect("policy kept");
-        assert!(p.data.unwrap()["policy"].as_str().unwrap().contains("sys/mounts"));
+        let p = c
+            .read("sys/policies/acl/keep")
+            .await
+            .unwrap()
+            .expect("policy kept");
+        assert!(p.data.unwrap()["policy"]
+            .as_str()
+            .unwrap()
+            .contains("sys/mounts"));
         let m = c.read("sys/mounts").await.unwrap().unwrap().data.unwrap();
         assert_eq!(m["ssh-host/"]["type"], "ssh");
         assert_eq!(m["ssh/"]["type"], "ssh");
         assert_eq!(c.list("auth/userpass/users").await.unwrap(), vec!["erin"]);
         // The token made before the restart still works, with its policy.
         let t = gatepass_api::Client::new(&s.settings(Some(&token))).unwrap();
-        let me = t.read("auth/token/lookup-self").await.unwrap().unwrap().data.unwrap();
+        let me = t
+            .read("auth/token/lookup-self")
+            .await
+            .unwrap()
+            .unwrap()
+            .data
+            .unwrap();
         assert_eq!(me["policies"], json!(["default", "keep"]));
         assert!(t.read("sys/mounts").await.unwrap().is_some());
         // And the login still works with the stored password hash.
         let anon = gatepass_api::Client::new(&s.settings(None)).unwrap();
-        let l = anon.write("auth/userpass/login/erin", &obj(json!({"password": "pw-erin-1"}))).await.unwrap();
+        let l = anon
+            .write(
+                "auth/userpass/login/erin",
+                &obj(json!({"password": "pw-erin-1"})),
+            )
+            .await
+            .unwrap();
         assert!(l.unwrap().auth.is_some());
     });
     // The audit chain continued across the restart.
@@ -75,16 +114,30 @@ fn restart_keeps_tokens_policies_and_mounts() {
 fn traffic(s: &DevServer) -> Vec<String> {
     rt().block_on(async {
         let c = s.client();
-        c.write("auth/userpass/users/fay", &obj(json!({"password": "fay-password-9f8e"}))).await.unwrap();
+        c.write(
+            "auth/userpass/users/fay",
+            &obj(json!({"password": "fay-password-9f8e"})),
+        )
+        .await
+        .unwrap();
         let anon = gatepass_api::Client::new(&s.settings(None)).unwrap();
         let l = anon
-            .write("auth/userpass/login/fay", &obj(json!({"password": "fay-password-9f8e"})))
+            .write(
+                "auth/userpass/login/fay",
+                &obj(json!({"password": "fay-password-9f8e"})),
+            )
             .await
             .unwrap()
             .unwrap();
         let tok = l.auth.unwrap().client_token;
-        c.write("auth/approle/role/ci", &obj(json!({}))).await.unwrap();
-        let sid = c.write("auth/approle/role/ci/secret-id", &obj(json!({}))).await.unwrap().unwrap();
+        c.write("auth/approle/role/ci", &obj(json!({})))
+            .await
+            .unwrap();
+        let sid = c
+            .write("auth/approle/role/ci/secret-id", &obj(json!({})))
+            .await
+            .unwrap()
+            .unwrap();
         let sid = sid.data.unwrap()["secret_id"].as_str().unwrap().to_string();
         let _ = anon.read("sys/mounts").await;
         vec!["fay-password-9f8e".into(), tok, sid, s.token.clone()]
@@ -112,7 +165,11 @@ fn audit_verify_catches_edits_deletions_and_swaps_and_no_secret_is_logged() {
         assert!(!log.contains(secret.as_str()), "server log holds a secret");
     }
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.len() >= 5, "expected several audit lines, got {}", lines.len());
+    assert!(
+        lines.len() >= 5,
+        "expected several audit lines, got {}",
+        lines.len()
+    );
     let (code, out) = verify(&s, &audit);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("{} lines", lines.len())), "{out}");
@@ -156,7 +213,11 @@ fn init_runs_once_and_serve_uses_the_config() {
     {
         let _dev = DevServer::start_in(&certs, "cert-maker-token");
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = d.join("server.toml");
     std::fs::write(
         &cfg,
@@ -170,14 +231,25 @@ fn init_runs_once_and_serve_uses_the_config() {
         ),
     )
     .unwrap();
-    let (code, root, err) = run(Command::new(bin("gatepass-server")).args(["init", "--config"]).arg(&cfg));
+    let (code, root, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&cfg));
     assert_eq!(code, 0, "{err}");
     let root = root.trim().to_string();
-    assert!(root.starts_with("gps."), "root token printed once: {root:?}");
+    assert!(
+        root.starts_with("gps."),
+        "root token printed once: {root:?}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(d.join("prod/seal.key")).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(d.join("prod/seal.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
-    let (code, out, err) = run(Command::new(bin("gatepass-server")).args(["init", "--config"]).arg(&cfg));
+    let (code, out, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&cfg));
     assert_ne!(code, 0);
     assert!(err.contains("already initialized"), "{out}{err}");
 
@@ -204,12 +276,18 @@ fn init_runs_once_and_serve_uses_the_config() {
         false
     });
     gatepass_tests::stop_child(&mut server);
-    assert!(ok, "serve did not answer with the root token: {}", std::fs::read_to_string(d.join("serve.log")).unwrap_or_default());
+    assert!(
+        ok,
+        "serve did not answer with the root token: {}",
+        std::fs::read_to_string(d.join("serve.log")).unwrap_or_default()
+    );
 
     // Plain HTTP on a public address is refused with a clear message.
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "listen = \"0.0.0.0:8200\"\n").unwrap();
-    let (code, out, err) = run(Command::new(bin("gatepass-server")).args(["serve", "--config"]).arg(&bad));
+    let (code, out, err) = run(Command::new(bin("gatepass-server"))
+        .args(["serve", "--config"])
+        .arg(&bad));
     assert_ne!(code, 0);
     assert!(err.contains("refusing plain HTTP"), "{out}{err}");
 }
@@ -222,7 +300,14 @@ fn a_client_without_the_pinned_ca_is_refused() {
     let mut settings = s.settings(Some(&s.token));
     settings.ca_cert = Some(other_dev.cacert.clone());
     let err = rt().block_on(async {
-        gatepass_api::Client::new(&settings).unwrap().read("sys/mounts").await.unwrap_err()
+        gatepass_api::Client::new(&settings)
+            .unwrap()
+            .read("sys/mounts")
+            .await
+            .unwrap_err()
     });
-    assert!(matches!(err, gatepass_api::Error::Transport { .. }), "{err}");
+    assert!(
+        matches!(err, gatepass_api::Error::Transport { .. }),
+        "{err}"
+    );
 }

@@ -18,7 +18,9 @@ async fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
 }
 
 async fn role(s: &Server, name: &str, body: Value) {
-    let (st, v) = s.root("POST", &format!("ssh/roles/{name}"), Some(body)).await;
+    let (st, v) = s
+        .root("POST", &format!("ssh/roles/{name}"), Some(body))
+        .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "role {name}: {v}");
 }
 
@@ -41,17 +43,41 @@ async fn ca_key_types_generate_and_sign() {
     .enumerate()
     {
         let mount = format!("ca{i}");
-        ok(&s, "POST", &format!("sys/mounts/{mount}"), json!({"type": "ssh"})).await;
-        let body = if kt.is_empty() { json!({}) } else { json!({"key_type": kt, "key_bits": bits}) };
+        ok(
+            &s,
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            json!({"type": "ssh"}),
+        )
+        .await;
+        let body = if kt.is_empty() {
+            json!({})
+        } else {
+            json!({"key_type": kt, "key_bits": bits})
+        };
         let v = ok(&s, "POST", &format!("{mount}/config/ca"), body).await;
         let ca_pub = v["data"]["public_key"].as_str().unwrap().to_string();
-        let (st, text) = s.call("GET", &format!("{mount}/public_key"), None, None).await;
+        let (st, text) = s
+            .call("GET", &format!("{mount}/public_key"), None, None)
+            .await;
         assert_eq!(st, StatusCode::OK);
-        assert_eq!(text.as_str().unwrap().trim(), ca_pub.trim(), "public_key is served without a token");
-        let (st, _) = s.root("POST", &format!("{mount}/config/ca"), Some(json!({}))).await;
+        assert_eq!(
+            text.as_str().unwrap().trim(),
+            ca_pub.trim(),
+            "public_key is served without a token"
+        );
+        let (st, _) = s
+            .root("POST", &format!("{mount}/config/ca"), Some(json!({})))
+            .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "a second config/ca is refused");
         s.root("POST", &format!("{mount}/roles/r"), Some(json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "alice", "default_user": "alice"}))).await;
-        let v = ok(&s, "POST", &format!("{mount}/sign/r"), json!({"public_key": pk})).await;
+        let v = ok(
+            &s,
+            "POST",
+            &format!("{mount}/sign/r"),
+            json!({"public_key": pk}),
+        )
+        .await;
         let cert = v["data"]["signed_key"].as_str().unwrap();
         let l = describe_cert(dir, cert);
         assert!(l.contains(&format!("Signing CA: {want}")), "{kt}: {l}");
@@ -59,7 +85,10 @@ async fn ca_key_types_generate_and_sign() {
             assert!(l.contains("using ecdsa-sha2-nistp384"), "{l}");
         }
         if kt == "ssh-rsa" {
-            assert!(l.contains("rsa-sha2-256"), "RSA CA signs with rsa-sha2-256 by default: {l}");
+            assert!(
+                l.contains("rsa-sha2-256"),
+                "RSA CA signs with rsa-sha2-256 by default: {l}"
+            );
         }
     }
 }
@@ -69,17 +98,48 @@ async fn imported_ca_keys_sign() {
     let s = server().await;
     let dir = s.dir.path();
     let pk = user_key(dir, "u1");
-    for (i, (kt, bits)) in [("rsa", Some(3072)), ("rsa", Some(4096)), ("ecdsa", Some(384)), ("ed25519", None)].into_iter().enumerate() {
+    for (i, (kt, bits)) in [
+        ("rsa", Some(3072)),
+        ("rsa", Some(4096)),
+        ("ecdsa", Some(384)),
+        ("ed25519", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (priv_path, public) = keypair(dir, &format!("ca-import-{i}"), kt, bits);
         let private = std::fs::read_to_string(&priv_path).unwrap();
         let mount = format!("imp{i}");
-        ok(&s, "POST", &format!("sys/mounts/{mount}"), json!({"type": "ssh"})).await;
-        ok(&s, "POST", &format!("{mount}/config/ca"), json!({"private_key": private, "public_key": public})).await;
-        let (_, text) = s.call("GET", &format!("{mount}/public_key"), None, None).await;
-        assert_eq!(text.as_str().unwrap().split_whitespace().nth(1), public.split_whitespace().nth(1));
+        ok(
+            &s,
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            json!({"type": "ssh"}),
+        )
+        .await;
+        ok(
+            &s,
+            "POST",
+            &format!("{mount}/config/ca"),
+            json!({"private_key": private, "public_key": public}),
+        )
+        .await;
+        let (_, text) = s
+            .call("GET", &format!("{mount}/public_key"), None, None)
+            .await;
+        assert_eq!(
+            text.as_str().unwrap().split_whitespace().nth(1),
+            public.split_whitespace().nth(1)
+        );
         let (st, v) = s.root("POST", &format!("{mount}/roles/r"), Some(json!({"key_type": "ca", "allow_user_certificates": true, "default_user": "bob", "algorithm_signer": "rsa-sha2-512"}))).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
-        let v = ok(&s, "POST", &format!("{mount}/sign/r"), json!({"public_key": pk})).await;
+        let v = ok(
+            &s,
+            "POST",
+            &format!("{mount}/sign/r"),
+            json!({"public_key": pk}),
+        )
+        .await;
         let l = describe_cert(dir, v["data"]["signed_key"].as_str().unwrap());
         if kt == "rsa" {
             assert!(l.contains("rsa-sha2-512"), "{l}");
@@ -92,7 +152,13 @@ async fn imported_ca_keys_sign() {
     let (a, _) = keypair(dir, "mis-a", "ed25519", None);
     let (_, b_pub) = keypair(dir, "mis-b", "ed25519", None);
     ok(&s, "POST", "sys/mounts/mis", json!({"type": "ssh"})).await;
-    let (st, v) = s.root("POST", "mis/config/ca", Some(json!({"private_key": std::fs::read_to_string(a).unwrap(), "public_key": b_pub}))).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "mis/config/ca",
+            Some(json!({"private_key": std::fs::read_to_string(a).unwrap(), "public_key": b_pub})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 }
 
@@ -127,14 +193,29 @@ async fn role_options_show_in_the_certificate() {
     let v = ok(&s, "POST", "ssh/sign/ops", json!({"public_key": pk})).await;
     let serial = v["data"]["serial_number"].as_str().unwrap().to_string();
     let l = describe_cert(dir, v["data"]["signed_key"].as_str().unwrap());
-    assert!(l.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"), "{l}");
+    assert!(
+        l.contains("Type: ssh-ed25519-cert-v01@openssh.com user certificate"),
+        "{l}"
+    );
     assert!(l.contains("Key ID: \"ops-root\""), "{l}");
-    assert!(l.contains(&format!("Serial: {}", u64::from_str_radix(&serial, 16).unwrap())), "{l}");
+    assert!(
+        l.contains(&format!(
+            "Serial: {}",
+            u64::from_str_radix(&serial, 16).unwrap()
+        )),
+        "{l}"
+    );
     assert!(l.contains("Principals: \n                alice\n"), "{l}");
-    assert!(l.contains("permit-pty") && !l.contains("permit-port-forwarding"), "{l}");
+    assert!(
+        l.contains("permit-pty") && !l.contains("permit-port-forwarding"),
+        "{l}"
+    );
     let from = gatepass_server::clock::rfc3339(T0 - 60).replace('Z', "");
     let to = gatepass_server::clock::rfc3339(T0 + 1800).replace('Z', "");
-    assert!(l.contains(&format!("Valid: from {from} to {to}")) || l.contains("Valid: from"), "{l}");
+    assert!(
+        l.contains(&format!("Valid: from {from} to {to}")) || l.contains("Valid: from"),
+        "{l}"
+    );
     // Requested principals, TTL, extensions, critical options and key ID.
     let v = ok(
         &s,
@@ -153,7 +234,10 @@ async fn role_options_show_in_the_certificate() {
     let l = describe_cert(dir, v["data"]["signed_key"].as_str().unwrap());
     assert!(l.contains("Key ID: \"ticket-42\""), "{l}");
     assert!(l.contains("alice") && l.contains("bob"), "{l}");
-    assert!(l.contains("permit-port-forwarding") && !l.contains("permit-pty"), "{l}");
+    assert!(
+        l.contains("permit-port-forwarding") && !l.contains("permit-pty"),
+        "{l}"
+    );
     assert!(l.contains("source-address 10.1.0.0/16,10.2.3.4"), "{l}");
     assert!(l.contains("force-command /usr/bin/uptime"), "{l}");
     // Inventory: LIST certs and certs/<serial>.
@@ -171,36 +255,98 @@ async fn bad_requests_get_400_and_issue_nothing() {
     let dir = s.dir.path();
     ok(&s, "POST", "ssh/config/ca", json!({})).await;
     role(&s, "users", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "max_ttl": "1h", "allowed_extensions": "permit-pty", "allowed_critical_options": "force-command", "allowed_user_key_lengths": {"rsa": 3072, "ed25519": 0}})).await;
-    role(&s, "otp", json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"})).await;
+    role(
+        &s,
+        "otp",
+        json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
     let pk = user_key(dir, "k");
     let (_, rsa_short) = keypair(dir, "short", "rsa", Some(2048));
     let truncated = &pk[..pk.len() / 2];
     let cases: Vec<(&str, Value)> = vec![
-        ("ssh/sign/users", json!({"public_key": "ssh-ed25519 AAAAnotbase64"})),
+        (
+            "ssh/sign/users",
+            json!({"public_key": "ssh-ed25519 AAAAnotbase64"}),
+        ),
         ("ssh/sign/users", json!({"public_key": truncated})),
         ("ssh/sign/users", json!({"public_key": ""})),
         ("ssh/sign/users", json!({"public_key": 42})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice,bob smith"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice\nbob"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice\tx"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "ttl": "2h"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "extensions": {"permit-X11-forwarding": ""}})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "critical_options": {"source-address": "10.0.0.0/8"}})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "critical_options": {"force-command": "a\nb"}})),
-        ("ssh/sign/users", json!({"public_key": rsa_short, "valid_principals": "alice"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "web.example.com", "cert_type": "host"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "cert_type": "both"})),
-        ("ssh/sign/users", json!({"public_key": pk, "valid_principals": "alice", "key_id": "mine"})),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice,bob smith"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice\nbob"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice\tx"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "ttl": "2h"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "extensions": {"permit-X11-forwarding": ""}}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "critical_options": {"source-address": "10.0.0.0/8"}}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "critical_options": {"force-command": "a\nb"}}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": rsa_short, "valid_principals": "alice"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "web.example.com", "cert_type": "host"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "cert_type": "both"}),
+        ),
+        (
+            "ssh/sign/users",
+            json!({"public_key": pk, "valid_principals": "alice", "key_id": "mine"}),
+        ),
         ("ssh/sign/users", json!({"public_key": pk})),
-        ("ssh/sign/otp", json!({"public_key": pk, "valid_principals": "alice"})),
+        (
+            "ssh/sign/otp",
+            json!({"public_key": pk, "valid_principals": "alice"}),
+        ),
         ("ssh/sign/nope", json!({"public_key": pk})),
-        ("ssh/issue/users", json!({"valid_principals": "alice", "key_type": "dsa"})),
-        ("ssh/roles/bad", json!({"key_type": "ca", "allowed_users": "a b"})),
+        (
+            "ssh/issue/users",
+            json!({"valid_principals": "alice", "key_type": "dsa"}),
+        ),
+        (
+            "ssh/roles/bad",
+            json!({"key_type": "ca", "allowed_users": "a b"}),
+        ),
         ("ssh/roles/bad", json!({"key_type": "magic"})),
-        ("ssh/roles/bad", json!({"key_type": "ca", "ttl": "2h", "max_ttl": "1h"})),
-        ("ssh/roles/bad", json!({"key_type": "ca", "default_extensions": {"permit pty": ""}})),
-        ("ssh/roles/bad", json!({"key_type": "ca", "algorithm_signer": "md5"})),
-        ("ssh/config/ca", json!({"key_type": "ssh-rsa", "key_bits": 1024})),
+        (
+            "ssh/roles/bad",
+            json!({"key_type": "ca", "ttl": "2h", "max_ttl": "1h"}),
+        ),
+        (
+            "ssh/roles/bad",
+            json!({"key_type": "ca", "default_extensions": {"permit pty": ""}}),
+        ),
+        (
+            "ssh/roles/bad",
+            json!({"key_type": "ca", "algorithm_signer": "md5"}),
+        ),
+        (
+            "ssh/config/ca",
+            json!({"key_type": "ssh-rsa", "key_bits": 1024}),
+        ),
         ("ssh/revoke", json!({"serial_number": "zz"})),
         ("ssh/revoke", json!({"serial_number": "1234"})),
         ("ssh/revoke", json!({})),
@@ -208,14 +354,37 @@ async fn bad_requests_get_400_and_issue_nothing() {
     for (path, body) in cases {
         let (st, v) = s.root("POST", path, Some(body.clone())).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
-        assert!(!v["errors"][0].as_str().unwrap_or("").is_empty(), "{path}: no message");
+        assert!(
+            !v["errors"][0].as_str().unwrap_or("").is_empty(),
+            "{path}: no message"
+        );
     }
-    assert_eq!(s.root("LIST", "ssh/certs", None).await.0, StatusCode::NOT_FOUND, "nothing was issued");
-    assert_eq!(s.root("GET", "ssh/roles/bad", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.root("LIST", "ssh/certs", None).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing was issued"
+    );
+    assert_eq!(
+        s.root("GET", "ssh/roles/bad", None).await.0,
+        StatusCode::NOT_FOUND
+    );
     // allow_empty_principals is off by default (CVE-2024-7594).
-    role(&s, "empty", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"})).await;
-    let (st, v) = s.root("POST", "ssh/sign/empty", Some(json!({"public_key": pk}))).await;
-    assert_eq!((st, v["errors"][0].clone()), (StatusCode::BAD_REQUEST, json!("empty valid principals not allowed by role")));
+    role(
+        &s,
+        "empty",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+    )
+    .await;
+    let (st, v) = s
+        .root("POST", "ssh/sign/empty", Some(json!({"public_key": pk})))
+        .await;
+    assert_eq!(
+        (st, v["errors"][0].clone()),
+        (
+            StatusCode::BAD_REQUEST,
+            json!("empty valid principals not allowed by role")
+        )
+    );
 }
 
 #[tokio::test]
@@ -226,16 +395,34 @@ async fn host_certificates_and_domain_rules() {
     role(&s, "hosts", json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "example.com,*.acme.com,10.1.2.3", "allow_bare_domains": true, "allow_subdomains": true})).await;
     let pk = user_key(dir, "host");
     for good in ["example.com", "web.example.com", "db.acme.com", "10.1.2.3"] {
-        let v = ok(&s, "POST", "ssh/sign/hosts", json!({"public_key": pk, "cert_type": "host", "valid_principals": good})).await;
+        let v = ok(
+            &s,
+            "POST",
+            "ssh/sign/hosts",
+            json!({"public_key": pk, "cert_type": "host", "valid_principals": good}),
+        )
+        .await;
         let l = describe_cert(dir, v["data"]["signed_key"].as_str().unwrap());
         assert!(l.contains("host certificate") && l.contains(good), "{l}");
     }
     for bad in ["acme.com", "example.org", "evil-example.com", "10.1.2.4"] {
-        let (st, v) = s.root("POST", "ssh/sign/hosts", Some(json!({"public_key": pk, "cert_type": "host", "valid_principals": bad}))).await;
+        let (st, v) = s
+            .root(
+                "POST",
+                "ssh/sign/hosts",
+                Some(json!({"public_key": pk, "cert_type": "host", "valid_principals": bad})),
+            )
+            .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
     }
     // A host role refuses user certificates.
-    let (st, _) = s.root("POST", "ssh/sign/hosts", Some(json!({"public_key": pk, "valid_principals": "example.com"}))).await;
+    let (st, _) = s
+        .root(
+            "POST",
+            "ssh/sign/hosts",
+            Some(json!({"public_key": pk, "valid_principals": "example.com"})),
+        )
+        .await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
 }
 
@@ -246,10 +433,19 @@ async fn issue_returns_a_key_pair_and_certificate() {
     ok(&s, "POST", "ssh/config/ca", json!({})).await;
     role(&s, "r", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "carol", "ttl": "5m"})).await;
     for (kt, want) in [("ed25519", "ed25519"), ("ec", "ec"), ("rsa", "rsa")] {
-        let v = ok(&s, "POST", "ssh/issue/r", json!({"key_type": kt, "valid_principals": "carol"})).await;
+        let v = ok(
+            &s,
+            "POST",
+            "ssh/issue/r",
+            json!({"key_type": kt, "valid_principals": "carol"}),
+        )
+        .await;
         let d = &v["data"];
         assert_eq!(d["private_key_type"], want);
-        assert!(d["private_key"].as_str().unwrap().contains("OPENSSH PRIVATE KEY"));
+        assert!(d["private_key"]
+            .as_str()
+            .unwrap()
+            .contains("OPENSSH PRIVATE KEY"));
         let l = describe_cert(dir, d["signed_key"].as_str().unwrap());
         assert!(l.contains("carol"), "{l}");
     }
@@ -267,24 +463,46 @@ async fn issuers_rotation_revocation_and_krl() {
         let s = &s;
         let pk = pk.clone();
         async move {
-            let v = ok(s, "POST", "ssh/sign/r", json!({"public_key": pk, "valid_principals": "dave", "key_id": id})).await;
-            (v["data"]["serial_number"].as_str().unwrap().to_string(), v["data"]["signed_key"].as_str().unwrap().to_string())
+            let v = ok(
+                s,
+                "POST",
+                "ssh/sign/r",
+                json!({"public_key": pk, "valid_principals": "dave", "key_id": id}),
+            )
+            .await;
+            (
+                v["data"]["serial_number"].as_str().unwrap().to_string(),
+                v["data"]["signed_key"].as_str().unwrap().to_string(),
+            )
         }
     };
     let (serial1, cert1) = sign("first").await;
     let (_, cert2) = sign("second").await;
     // Stage a new issuer: both keys are served, the old one stays default.
-    let v = ok(&s, "POST", "ssh/issuers/generate/next", json!({"key_type": "ecdsa-sha2-nistp256"})).await;
+    let v = ok(
+        &s,
+        "POST",
+        "ssh/issuers/generate/next",
+        json!({"key_type": "ecdsa-sha2-nistp256"}),
+    )
+    .await;
     let new_id = v["data"]["issuer_id"].as_str().unwrap().to_string();
     assert_eq!(v["data"]["is_default"], false);
     let (_, text) = s.call("GET", "ssh/public_key", None, None).await;
     let text = text.as_str().unwrap().to_string();
     assert_eq!(text.lines().count(), 2);
-    assert_eq!(text.lines().next().unwrap().trim(), old_pub.trim(), "default issuer first");
+    assert_eq!(
+        text.lines().next().unwrap().trim(),
+        old_pub.trim(),
+        "default issuer first"
+    );
     let (_, v) = s.root("LIST", "ssh/issuers", None).await;
     assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 2);
     // Deleting the default while another exists is refused.
-    assert_eq!(s.root("DELETE", "ssh/issuer/default", None).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.root("DELETE", "ssh/issuer/default", None).await.0,
+        StatusCode::BAD_REQUEST
+    );
     // Switch, sign with the new one, retire the old one.
     ok(&s, "POST", "ssh/config/issuers", json!({"default": "next"})).await;
     let (_, cert3) = sign("third").await;
@@ -296,11 +514,19 @@ async fn issuers_rotation_revocation_and_krl() {
     let (st, _) = s.call("GET", "ssh/krl", None, None).await;
     assert_eq!(st, StatusCode::OK, "the KRL is served without a token");
     let krl_bytes = |core: gatepass_server::State| async move {
-        let m = gatepass_server::mounts::get(&core, "ssh").await.unwrap().unwrap();
-        gatepass_server::ssh::certs::krl(&core, &m, core.clock.now()).await.unwrap()
+        let m = gatepass_server::mounts::get(&core, "ssh")
+            .await
+            .unwrap()
+            .unwrap();
+        gatepass_server::ssh::certs::krl(&core, &m, core.clock.now())
+            .await
+            .unwrap()
     };
     let empty = krl_bytes(s.core.clone()).await;
-    assert!(!krl_revokes(dir, &empty, &cert1), "an empty KRL revokes nothing");
+    assert!(
+        !krl_revokes(dir, &empty, &cert1),
+        "an empty KRL revokes nothing"
+    );
     let v = ok(&s, "POST", "ssh/revoke", json!({"serial_number": serial1})).await;
     assert_eq!(v["data"]["revoked"], json!([serial1]));
     let k = krl_bytes(s.core.clone()).await;

@@ -29,7 +29,9 @@ async fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
 }
 
 async fn public_keys(s: &Server, mount: &str) -> String {
-    let (st, v) = s.call("GET", &format!("{mount}/public_key"), None, None).await;
+    let (st, v) = s
+        .call("GET", &format!("{mount}/public_key"), None, None)
+        .await;
     assert_eq!(st, StatusCode::OK);
     v.as_str().unwrap().to_string()
 }
@@ -63,12 +65,23 @@ async fn every_ca_key_type_logs_in() {
         ("rsa4096", json!({"import": "rsa", "bits": 4096})),
     ];
     for (mount, ca) in cases {
-        ok(&s, "POST", &format!("sys/mounts/{mount}"), json!({"type": "ssh"})).await;
+        ok(
+            &s,
+            "POST",
+            &format!("sys/mounts/{mount}"),
+            json!({"type": "ssh"}),
+        )
+        .await;
         let body = match ca.get("import") {
             // RSA keys made by ssh-keygen, imported: the import path and
             // every RSA size, without waiting for slow key generation.
             Some(_) => {
-                let k = keygen(dir, &format!("ca-{mount}"), "rsa", Some(ca["bits"].as_u64().unwrap() as u32));
+                let k = keygen(
+                    dir,
+                    &format!("ca-{mount}"),
+                    "rsa",
+                    Some(ca["bits"].as_u64().unwrap() as u32),
+                );
                 json!({"private_key": std::fs::read_to_string(&k).unwrap()})
             }
             None => ca,
@@ -80,10 +93,23 @@ async fn every_ca_key_type_logs_in() {
         let cert = sign(&s, mount, "ops", &key, json!({"valid_principals": "root"})).await;
         certs.push((mount, key, cert));
     }
-    let sshd = Sshd::start(SshdOptions::trusting_user_ca(&write(dir, "trusted.pub", &trusted)));
+    let sshd = Sshd::start(SshdOptions::trusting_user_ca(&write(
+        dir,
+        "trusted.pub",
+        &trusted,
+    )));
     for (mount, key, cert) in &certs {
-        let (code, out, err) = sshd.client().identity(key).certificate(cert).run("echo hello");
-        assert_eq!((code, out.as_str()), (0, "hello\n"), "{mount}: {err}\n{}", sshd.log());
+        let (code, out, err) = sshd
+            .client()
+            .identity(key)
+            .certificate(cert)
+            .run("echo hello");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "hello\n"),
+            "{mount}: {err}\n{}",
+            sshd.log()
+        );
     }
 }
 
@@ -112,7 +138,12 @@ async fn certificates_are_refused_for_every_reason() {
         ],
         pam: None,
     });
-    let login = |key: &Path, cert: &Path| sshd.client().identity(key).certificate(cert).run("echo hello");
+    let login = |key: &Path, cert: &Path| {
+        sshd.client()
+            .identity(key)
+            .certificate(cert)
+            .run("echo hello")
+    };
 
     // The good one, as the baseline every refusal is measured against.
     let good = keygen(dir, "good", "ed25519", None);
@@ -150,7 +181,13 @@ async fn certificates_are_refused_for_every_reason() {
     let c = sign(&s, "ssh", "ops", &k, json!({"valid_principals": "root"})).await;
     assert_eq!(login(&k, &c).0, 0);
     let serial = ssh_key::Certificate::read_file(&c).unwrap().serial();
-    ok(&s, "POST", "ssh/revoke", json!({"serial_number": format!("{serial:x}")})).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/revoke",
+        json!({"serial_number": format!("{serial:x}")}),
+    )
+    .await;
     refresh_krl(krl_bytes(&s).await);
     let (code, _, _) = login(&k, &c);
     assert_ne!(code, 0, "a revoked certificate logged in");
@@ -160,8 +197,13 @@ async fn certificates_are_refused_for_every_reason() {
 }
 
 async fn krl_bytes(s: &Server) -> Vec<u8> {
-    let m = gatepass_server::mounts::get(&s.core, "ssh").await.unwrap().unwrap();
-    gatepass_server::ssh::certs::krl(&s.core, &m, s.clock.now()).await.unwrap()
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    gatepass_server::ssh::certs::krl(&s.core, &m, s.clock.now())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,16 +213,33 @@ async fn rotation_keeps_old_and_new_certificates_working() {
     ok(&s, "POST", "ssh/config/ca", json!({})).await;
     ok(&s, "POST", "ssh/roles/ops", user_role()).await;
     let old_key = keygen(dir, "old", "ed25519", None);
-    let old_cert = sign(&s, "ssh", "ops", &old_key, json!({"valid_principals": "root"})).await;
+    let old_cert = sign(
+        &s,
+        "ssh",
+        "ops",
+        &old_key,
+        json!({"valid_principals": "root"}),
+    )
+    .await;
     // Stage the new issuer; hosts pick up both keys from public_key.
     ok(&s, "POST", "ssh/issuers/generate/next", json!({})).await;
     let trusted = write(dir, "trusted.pub", &public_keys(&s, "ssh").await);
     let sshd = Sshd::start(SshdOptions::trusting_user_ca(&trusted));
     ok(&s, "POST", "ssh/config/issuers", json!({"default": "next"})).await;
     let new_key = keygen(dir, "new", "ed25519", None);
-    let new_cert = sign(&s, "ssh", "ops", &new_key, json!({"valid_principals": "root"})).await;
+    let new_cert = sign(
+        &s,
+        "ssh",
+        "ops",
+        &new_key,
+        json!({"valid_principals": "root"}),
+    )
+    .await;
     assert_ne!(
-        std::fs::read_to_string(&old_cert).unwrap().split_whitespace().nth(1),
+        std::fs::read_to_string(&old_cert)
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
         None
     );
     for (k, c) in [(&old_key, &old_cert), (&new_key, &new_cert)] {
@@ -197,10 +256,29 @@ async fn rotation_keeps_old_and_new_certificates_working() {
         .find(|(_, i)| i["is_default"] == false)
         .map(|(id, _)| id.clone())
         .unwrap();
-    assert_eq!(s.root("DELETE", &format!("ssh/issuer/{old_id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        s.root("DELETE", &format!("ssh/issuer/{old_id}"), None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
     std::fs::write(&trusted, public_keys(&s, "ssh").await).unwrap();
-    assert_ne!(sshd.client().identity(&old_key).certificate(&old_cert).run("true").0, 0);
-    assert_eq!(sshd.client().identity(&new_key).certificate(&new_cert).run("true").0, 0);
+    assert_ne!(
+        sshd.client()
+            .identity(&old_key)
+            .certificate(&old_cert)
+            .run("true")
+            .0,
+        0
+    );
+    assert_eq!(
+        sshd.client()
+            .identity(&new_key)
+            .certificate(&new_cert)
+            .run("true")
+            .0,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +295,26 @@ async fn host_certificates_are_trusted_through_cert_authority() {
     let user_cert = sign(&s, "ssh", "ops", &user, json!({"valid_principals": "root"})).await;
     let trusted = write(dir, "trusted.pub", &public_keys(&s, "ssh").await);
     // Only the @cert-authority line in known_hosts, as `trust-hosts` writes it.
-    let known = write(dir, "known_hosts", &format!("@cert-authority * {}", host_ca.trim()));
+    let known = write(
+        dir,
+        "known_hosts",
+        &format!("@cert-authority * {}", host_ca.trim()),
+    );
 
     for (principal, should_work) in [("127.0.0.1", true), ("other.example.com", false)] {
         let mut sshd = Sshd::new(SshdOptions::trusting_user_ca(&trusted));
         let host_key = sshd.host_key.clone();
-        let hc = sign(&s, "ssh-host", "hosts", &host_key, json!({"cert_type": "host", "valid_principals": principal})).await;
-        sshd.options.extra_config.push(format!("HostCertificate {}", hc.display()));
+        let hc = sign(
+            &s,
+            "ssh-host",
+            "hosts",
+            &host_key,
+            json!({"cert_type": "host", "valid_principals": principal}),
+        )
+        .await;
+        sshd.options
+            .extra_config
+            .push(format!("HostCertificate {}", hc.display()));
         sshd.launch();
         let (code, out, err) = sshd
             .client()
@@ -232,7 +323,12 @@ async fn host_certificates_are_trusted_through_cert_authority() {
             .known_hosts(&known)
             .run("echo hello");
         if should_work {
-            assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}\n{}", sshd.log());
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "hello\n"),
+                "{err}\n{}",
+                sshd.log()
+            );
         } else {
             assert_ne!(code, 0, "a host certificate for another name was accepted");
             assert!(err.contains("Host key verification failed"), "{err}");

@@ -74,7 +74,9 @@ pub fn validate_role_name(name: &str) -> Result<String> {
 }
 
 pub async fn read_role(core: &Core, name: &str) -> Result<Option<Role>> {
-    core.storage.get(&role_key(&validate_role_name(name)?)).await
+    core.storage
+        .get(&role_key(&validate_role_name(name)?))
+        .await
 }
 
 pub async fn list_roles(core: &Core) -> Result<Vec<String>> {
@@ -122,7 +124,12 @@ pub async fn write_role(core: &Core, name: &str, req: &Request) -> Result<()> {
     if existing.as_ref().map(|r| &r.role_id) != Some(&role.role_id) {
         let claimed = core
             .storage
-            .put_if_absent(&role_id_key(&role.role_id), &Pointer { target: name.clone() })
+            .put_if_absent(
+                &role_id_key(&role.role_id),
+                &Pointer {
+                    target: name.clone(),
+                },
+            )
             .await?;
         if !claimed {
             return Err(Error::invalid("role_id already in use"));
@@ -216,7 +223,9 @@ pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool)
     }
     let ttl = match f.duration("ttl")? {
         Some(t) if role.secret_id_ttl > 0 && t > role.secret_id_ttl => {
-            return Err(Error::invalid("ttl must not be greater than the role's secret_id_ttl"))
+            return Err(Error::invalid(
+                "ttl must not be greater than the role's secret_id_ttl",
+            ))
         }
         Some(t) if t > 0 => t,
         _ => role.secret_id_ttl,
@@ -247,7 +256,10 @@ pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool)
         return Err(Error::invalid("secret_id already exists"));
     }
     core.storage
-        .put(&secret_accessor_key(&role.name, &entry.accessor), &Pointer { target: hash })
+        .put(
+            &secret_accessor_key(&role.name, &entry.accessor),
+            &Pointer { target: hash },
+        )
         .await?;
     Ok(json!({
         "secret_id": secret,
@@ -287,7 +299,12 @@ pub async fn lookup_secret(core: &Core, name: &str, req: &Request) -> Result<Opt
         .map(|s| secret_json(&s)))
 }
 
-pub async fn destroy_secret(core: &Core, name: &str, req: &Request, by_accessor: bool) -> Result<()> {
+pub async fn destroy_secret(
+    core: &Core,
+    name: &str,
+    req: &Request,
+    by_accessor: bool,
+) -> Result<()> {
     let role = existing_role(core, name).await?;
     let hash = if by_accessor {
         let acc = req.fields.required_str("secret_id_accessor")?;
@@ -302,7 +319,11 @@ pub async fn destroy_secret(core: &Core, name: &str, req: &Request, by_accessor:
     } else {
         core.hasher.hash(&req.fields.required_str("secret_id")?)
     };
-    if let Some(s) = core.storage.take::<SecretId>(&secret_key(&role.name, &hash)).await? {
+    if let Some(s) = core
+        .storage
+        .take::<SecretId>(&secret_key(&role.name, &hash))
+        .await?
+    {
         core.storage
             .delete(&secret_accessor_key(&role.name, &s.accessor))
             .await?;
@@ -341,11 +362,15 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
         let mut s: SecretId = core.storage.get(&key).await?.ok_or_else(invalid)?;
         if s.expire_time.is_some_and(|e| e <= req.now) {
             core.storage.delete(&key).await?;
-            core.storage.delete(&secret_accessor_key(&role.name, &s.accessor)).await?;
+            core.storage
+                .delete(&secret_accessor_key(&role.name, &s.accessor))
+                .await?;
             return Err(invalid());
         }
         if !ip_allowed(&s.cidr_list, req.client_ip) {
-            return Err(Error::invalid("source address not allowed by the secret ID"));
+            return Err(Error::invalid(
+                "source address not allowed by the secret ID",
+            ));
         }
         match s.num_uses {
             0 => {}
@@ -354,7 +379,9 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
                 if core.storage.take::<SecretId>(&key).await?.is_none() {
                     return Err(invalid());
                 }
-                core.storage.delete(&secret_accessor_key(&role.name, &s.accessor)).await?;
+                core.storage
+                    .delete(&secret_accessor_key(&role.name, &s.accessor))
+                    .await?;
             }
             _ => {
                 s.num_uses -= 1;

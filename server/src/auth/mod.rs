@@ -82,7 +82,10 @@ impl TokenSettings {
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()),
         );
-        out.insert("token_no_default_policy".into(), json!(self.token_no_default_policy));
+        out.insert(
+            "token_no_default_policy".into(),
+            json!(self.token_no_default_policy),
+        );
         out.insert("token_type".into(), json!("service"));
     }
 }

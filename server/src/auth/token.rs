@@ -194,7 +194,9 @@ pub async fn authenticate(
     client_ip: Option<IpAddr>,
     now: i64,
 ) -> Result<TokenEntry> {
-    let text = text.filter(|t| !t.is_empty()).ok_or(Error::PermissionDenied)?;
+    let text = text
+        .filter(|t| !t.is_empty())
+        .ok_or(Error::PermissionDenied)?;
     let mut entry = lookup(core, text, now)
         .await?
         .ok_or(Error::PermissionDenied)?;
@@ -227,12 +229,18 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
             pending.push(child[prefix.len()..].to_string());
             core.storage.delete(&child).await?;
         }
-        if let Some(a) = core.storage.take::<AccessorEntry>(&accessor_key(&accessor)).await? {
+        if let Some(a) = core
+            .storage
+            .take::<AccessorEntry>(&accessor_key(&accessor))
+            .await?
+        {
             core.storage.delete(&id_key(&a.hash)).await?;
         }
     }
     if let Some(parent) = &entry.parent {
-        core.storage.delete(&child_key(parent, &entry.accessor)).await?;
+        core.storage
+            .delete(&child_key(parent, &entry.accessor))
+            .await?;
     }
     Ok(())
 }
@@ -243,7 +251,11 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
     for child in core.storage.keys_with_prefix(&prefix).await? {
         core.storage.delete(&child).await?;
         let acc = &child[prefix.len()..];
-        if let Some(a) = core.storage.get::<AccessorEntry>(&accessor_key(acc)).await? {
+        if let Some(a) = core
+            .storage
+            .get::<AccessorEntry>(&accessor_key(acc))
+            .await?
+        {
             if let Some(mut c) = core.storage.get::<TokenEntry>(&id_key(&a.hash)).await? {
                 c.parent = None;
                 c.orphan = true;
@@ -254,7 +266,9 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
     core.storage.delete(&accessor_key(&entry.accessor)).await?;
     core.storage.delete(&id_key(&entry.hash)).await?;
     if let Some(parent) = &entry.parent {
-        core.storage.delete(&child_key(parent, &entry.accessor)).await?;
+        core.storage
+            .delete(&child_key(parent, &entry.accessor))
+            .await?;
     }
     Ok(())
 }
@@ -335,7 +349,9 @@ pub async fn handle_create(
         None => caller.policies.clone(),
     };
     if policies.iter().any(|p| p == "root") && !caller.is_root() {
-        return Err(Error::invalid("root tokens may only be created by a root token"));
+        return Err(Error::invalid(
+            "root tokens may only be created by a root token",
+        ));
     }
     let no_parent = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
     if no_parent && !privileged {
@@ -343,23 +359,31 @@ pub async fn handle_create(
     }
     let id = f.str("id")?;
     if id.is_some() && !caller.is_root() {
-        return Err(Error::invalid("root or sudo privileges required to specify token id"));
+        return Err(Error::invalid(
+            "root or sudo privileges required to specify token id",
+        ));
     }
     if let Some(id) = &id {
         if id.len() < 8 || id.contains(|c: char| c.is_whitespace() || c.is_control()) {
-            return Err(Error::invalid("id: must be at least 8 printable characters without spaces"));
+            return Err(Error::invalid(
+                "id: must be at least 8 printable characters without spaces",
+            ));
         }
     }
     match f.str("type")?.as_deref() {
         None | Some("") | Some("service") | Some("default") => {}
         Some(other) => {
-            return Err(Error::invalid(format!("token type {other:?} is not supported; use \"service\"")))
+            return Err(Error::invalid(format!(
+                "token type {other:?} is not supported; use \"service\""
+            )))
         }
     }
     let ttl = f.duration("ttl")?;
     let explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
     if explicit_max_ttl > 0 && ttl.is_some_and(|t| t > explicit_max_ttl) {
-        return Err(Error::invalid("ttl must not be greater than explicit_max_ttl"));
+        return Err(Error::invalid(
+            "ttl must not be greater than explicit_max_ttl",
+        ));
     }
     let display_name = f.str("display_name")?.unwrap_or_default();
     let display_name = if display_name.is_empty() {
@@ -379,7 +403,11 @@ pub async fn handle_create(
         meta: f.str_map("meta")?.unwrap_or_default(),
         bound_cidrs: Vec::new(),
         path: "auth/token/create".into(),
-        parent: if no_parent { None } else { Some(caller.clone()) },
+        parent: if no_parent {
+            None
+        } else {
+            Some(caller.clone())
+        },
         periodic: false,
     };
     create(core, spec, req.now).await
@@ -388,20 +416,37 @@ pub async fn handle_create(
 /// Vault keeps display names to letters, digits and dashes.
 pub fn sanitize_display_name(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(64)
         .collect()
 }
 
 /// Extends a token's lifetime within its maximum.
-pub async fn renew(core: &Core, mut e: TokenEntry, increment: Option<i64>, now: i64) -> Result<TokenEntry> {
+pub async fn renew(
+    core: &Core,
+    mut e: TokenEntry,
+    increment: Option<i64>,
+    now: i64,
+) -> Result<TokenEntry> {
     if e.expire_time.is_none() {
         return Ok(e);
     }
     if !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
-    let inc = increment.filter(|i| *i > 0).unwrap_or(if e.creation_ttl > 0 { e.creation_ttl } else { SYSTEM_MAX_TTL });
+    let inc = increment
+        .filter(|i| *i > 0)
+        .unwrap_or(if e.creation_ttl > 0 {
+            e.creation_ttl
+        } else {
+            SYSTEM_MAX_TTL
+        });
     let mut exp = now + inc;
     if let Some(m) = e.max_expire {
         exp = exp.min(m);

@@ -61,7 +61,12 @@ pub fn app(core: State) -> Router {
     Router::new()
         .route("/v1/{*path}", any(handle))
         .route("/v1/", any(handle))
-        .fallback(|| async { error_body(StatusCode::NOT_FOUND, "no handler for route: paths start with /v1/") })
+        .fallback(|| async {
+            error_body(
+                StatusCode::NOT_FOUND,
+                "no handler for route: paths start with /v1/",
+            )
+        })
         .with_state(core)
 }
 
@@ -77,7 +82,10 @@ fn token_from(headers: &HeaderMap) -> Option<String> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(|t| t.trim().to_string())
 }
 
@@ -121,8 +129,18 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     if !bytes.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => data = m,
-            Ok(_) => return error_body(StatusCode::BAD_REQUEST, "failed to parse JSON input: the body must be a JSON object"),
-            Err(e) => return error_body(StatusCode::BAD_REQUEST, &format!("failed to parse JSON input: {e}")),
+            Ok(_) => {
+                return error_body(
+                    StatusCode::BAD_REQUEST,
+                    "failed to parse JSON input: the body must be a JSON object",
+                )
+            }
+            Err(e) => {
+                return error_body(
+                    StatusCode::BAD_REQUEST,
+                    &format!("failed to parse JSON input: {e}"),
+                )
+            }
         }
     }
     if matches!(op, Operation::Read | Operation::List) || parts.method == Method::DELETE {
@@ -155,13 +173,18 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         if unused.is_empty() || result.is_err() {
             vec![]
         } else {
-            vec![format!("Endpoint ignored these unrecognized parameters: {unused:?}")]
+            vec![format!(
+                "Endpoint ignored these unrecognized parameters: {unused:?}"
+            )]
         }
     };
     if let Err(e) = write_audit(&core, &request, caller.as_ref(), &result, status).await {
         // Fail closed: a request that cannot be audited is not answered.
         tracing::error!(error = %e, "cannot write audit event");
-        return error_body(StatusCode::INTERNAL_SERVER_ERROR, "internal error: audit log unavailable");
+        return error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error: audit log unavailable",
+        );
     }
     core.metrics
         .requests
@@ -242,7 +265,12 @@ fn shape(reply: Reply, warnings: Vec<String>) -> Response {
             status,
             content_type,
             body,
-        } => (status, [(header::CONTENT_TYPE, content_type)], Body::from(body)).into_response(),
+        } => (
+            status,
+            [(header::CONTENT_TYPE, content_type)],
+            Body::from(body),
+        )
+            .into_response(),
     }
 }
 
@@ -314,7 +342,9 @@ async fn write_audit(
             "lease_id": lease_id,
         }),
         Ok(Reply::Auth(a)) => json!({ "auth": audit::redact(a, key, AUDIT_KEEP) }),
-        Ok(Reply::List(keys)) => json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) }),
+        Ok(Reply::List(keys)) => {
+            json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) })
+        }
         _ => json!({}),
     };
     event.insert("response".into(), response);
@@ -324,7 +354,8 @@ async fn write_audit(
     }
     let line = match &core.audit {
         Some(log) => log.append(event)?,
-        None => serde_json::to_string(&Value::Object(event)).map_err(|e| Error::internal(e.to_string()))?,
+        None => serde_json::to_string(&Value::Object(event))
+            .map_err(|e| Error::internal(e.to_string()))?,
     };
     core.storage.append_audit(&line).await
 }

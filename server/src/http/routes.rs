@@ -16,8 +16,10 @@ use crate::{hosts, leases, mounts, policies, ssh};
 /// Paths anyone may call without a token.
 pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     let p = req.path.as_str();
-    if matches!(p, "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader")
-        || (p == "auth/approle/login" && req.op == Operation::Write)
+    if matches!(
+        p,
+        "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader"
+    ) || (p == "auth/approle/login" && req.op == Operation::Write)
         || (p.starts_with("auth/userpass/login/") && req.op == Operation::Write)
     {
         return Ok(true);
@@ -90,10 +92,15 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         (["sys", "init"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
             content_type: "application/json",
-            body: json!({ "initialized": core.is_initialized().await? }).to_string().into_bytes(),
+            body: json!({ "initialized": core.is_initialized().await? })
+                .to_string()
+                .into_bytes(),
         }),
         (["sys", "metrics"], Read) => {
-            let format = req.fields.str("format")?.unwrap_or_else(|| "prometheus".into());
+            let format = req
+                .fields
+                .str("format")?
+                .unwrap_or_else(|| "prometheus".into());
             if format != "prometheus" {
                 return Err(Error::invalid("format: only \"prometheus\" is supported"));
             }
@@ -111,9 +118,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
             Ok(Reply::NoContent)
         }
-        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => {
-            Ok(ok_or_404(mounts::get(core, &path.join("/")).await?.map(|m| mounts::mount_json(&m))))
-        }
+        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(ok_or_404(
+            mounts::get(core, &path.join("/"))
+                .await?
+                .map(|m| mounts::mount_json(&m)),
+        )),
         (["sys", "mounts", path @ ..], Delete) if !path.is_empty() => {
             mounts::disable(core, &path.join("/")).await?;
             Ok(Reply::NoContent)
@@ -138,9 +147,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             Ok(Reply::Data(json!({ "keys": names, "policies": names })))
         }
         (["sys", "policies", "acl", name], Read) | (["sys", "policy", name], Read) => {
-            Ok(ok_or_404(policies::read(core, name).await?.map(|p| {
-                json!({ "name": p.name, "policy": p.text, "rules": p.text })
-            })))
+            Ok(ok_or_404(policies::read(core, name).await?.map(
+                |p| json!({ "name": p.name, "policy": p.text, "rules": p.text }),
+            )))
         }
         (["sys", "policies", "acl", name], Write) | (["sys", "policy", name], Write) => {
             let text = match req.fields.str("policy")? {
@@ -163,7 +172,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             capabilities(core, &target, req).await
         }
         (["sys", "audit"], Read) => Ok(Reply::Data(match &core.audit {
-            Some(_) => json!({ "file/": { "type": "file", "path": "file/", "description": "hash-chained JSON lines", "options": {} } }),
+            Some(_) => {
+                json!({ "file/": { "type": "file", "path": "file/", "description": "hash-chained JSON lines", "options": {} } })
+            }
             None => json!({}),
         })),
         (["sys", "audit-log"], Read) => {
@@ -180,7 +191,10 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         // ---- sys/leases --------------------------------------------------
         (["sys", "leases", "lookup"], Write) => {
             let id = req.fields.required_str("lease_id")?;
-            match leases::get(core, &id).await?.filter(|l| l.expire_time > now) {
+            match leases::get(core, &id)
+                .await?
+                .filter(|l| l.expire_time > now)
+            {
                 Some(l) => Ok(Reply::Data(leases::to_json(&l, now))),
                 None => Err(Error::invalid("invalid lease")),
             }
@@ -189,7 +203,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             Ok(Reply::List(leases::list(core, &prefix.join("/")).await?))
         }
         (["sys", "leases", "renew", id @ ..], Write) => {
-            let id = if id.is_empty() { req.fields.required_str("lease_id")? } else { id.join("/") };
+            let id = if id.is_empty() {
+                req.fields.required_str("lease_id")?
+            } else {
+                id.join("/")
+            };
             let l = leases::renew(core, &id, req.fields.duration("increment")?, now).await?;
             ssh::creds::renewed(core, &l).await?;
             Ok(Reply::Lease {
@@ -200,7 +218,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             })
         }
         (["sys", "leases", "revoke", id @ ..], Write) => {
-            let id = if id.is_empty() { req.fields.required_str("lease_id")? } else { id.join("/") };
+            let id = if id.is_empty() {
+                req.fields.required_str("lease_id")?
+            } else {
+                id.join("/")
+            };
             leases::revoke(core, &id).await?;
             Ok(Reply::NoContent)
         }
@@ -220,7 +242,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         }
         (["auth", "token", "lookup-self"], Read | Write) => {
             let c = caller_of(caller)?;
-            Ok(Reply::Data(token::lookup_json(req.token.as_deref().unwrap_or(""), c, now)))
+            Ok(Reply::Data(token::lookup_json(
+                req.token.as_deref().unwrap_or(""),
+                c,
+                now,
+            )))
         }
         (["auth", "token", "lookup"], Write | Read) => {
             let (text, e) = token::lookup_by_field(core, req).await?;
@@ -234,7 +260,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             let c = caller_of(caller)?.clone();
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, c, inc, now).await?;
-            Ok(Reply::Auth(token::auth_json(req.token.as_deref().unwrap_or(""), &e, now)))
+            Ok(Reply::Auth(token::auth_json(
+                req.token.as_deref().unwrap_or(""),
+                &e,
+                now,
+            )))
         }
         (["auth", "token", "renew"], Write) => {
             let (text, e) = token::lookup_by_field(core, req).await?;
@@ -280,7 +310,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         }
         (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
         (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
-            approle::read_role(core, name).await?.map(|r| approle::role_json(&r)),
+            approle::read_role(core, name)
+                .await?
+                .map(|r| approle::role_json(&r)),
         )),
         (["auth", "approle", "role", name], Write) => {
             approle::write_role(core, name, req).await?;
@@ -297,15 +329,15 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             approle::set_role_id(core, name, req).await?;
             Ok(Reply::NoContent)
         }
-        (["auth", "approle", "role", name, "secret-id"], Write) => {
-            Ok(Reply::Data(approle::new_secret_id(core, name, req, false).await?))
-        }
-        (["auth", "approle", "role", name, "custom-secret-id"], Write) => {
-            Ok(Reply::Data(approle::new_secret_id(core, name, req, true).await?))
-        }
-        (["auth", "approle", "role", name, "secret-id"], List) => {
-            Ok(Reply::List(approle::list_secret_accessors(core, name).await?))
-        }
+        (["auth", "approle", "role", name, "secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, req, false).await?,
+        )),
+        (["auth", "approle", "role", name, "custom-secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, req, true).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id"], List) => Ok(Reply::List(
+            approle::list_secret_accessors(core, name).await?,
+        )),
         (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => {
             Ok(ok_or_404(approle::lookup_secret(core, name, req).await?))
         }
@@ -364,23 +396,55 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
 }
 
 pub fn no_route(path: &str) -> Error {
-    Error::NotFound(format!("no handler for route {path:?}. route entry not found."))
+    Error::NotFound(format!(
+        "no handler for route {path:?}. route entry not found."
+    ))
 }
 
 /// Paths that exist for some operation: another operation gets 405, not 404.
 fn known_path(segs: &[&str]) -> bool {
     matches!(
         segs,
-        ["sys", "health" | "seal-status" | "init" | "metrics" | "mounts" | "auth" | "policy" | "capabilities-self" | "capabilities" | "audit" | "audit-log"]
-            | ["sys", "mounts" | "auth" | "policy", _]
+        [
+            "sys",
+            "health"
+                | "seal-status"
+                | "init"
+                | "metrics"
+                | "mounts"
+                | "auth"
+                | "policy"
+                | "capabilities-self"
+                | "capabilities"
+                | "audit"
+                | "audit-log"
+        ] | ["sys", "mounts" | "auth" | "policy", _]
             | ["sys", "policies", "acl"]
-            | ["sys", "leases", "lookup" | "renew" | "revoke" | "revoke-prefix", ..]
+            | [
+                "sys",
+                "leases",
+                "lookup" | "renew" | "revoke" | "revoke-prefix",
+                ..
+            ]
             | ["sys", "policies", "acl", _]
             | ["auth", "token", _]
             | ["auth", "approle", "login" | "role"]
             | ["auth", "approle", "role", _]
-            | ["auth", "approle", "role", _, "role-id" | "secret-id" | "custom-secret-id"]
-            | ["auth", "approle", "role", _, "secret-id" | "secret-id-accessor", _]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "role-id" | "secret-id" | "custom-secret-id"
+            ]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "secret-id" | "secret-id-accessor",
+                _
+            ]
             | ["auth", "userpass", "users"]
             | ["auth", "userpass", "users", _]
             | ["auth", "userpass", "users", _, "password" | "policies"]

@@ -77,8 +77,11 @@ pub fn serial_hex(s: u64) -> String {
 
 pub fn parse_serial(text: &str) -> Result<u64> {
     let t = text.trim().trim_start_matches("0x").replace(':', "");
-    u64::from_str_radix(&t, 16)
-        .map_err(|_| Error::invalid(format!("serial_number {text:?} is not a hexadecimal serial number")))
+    u64::from_str_radix(&t, 16).map_err(|_| {
+        Error::invalid(format!(
+            "serial_number {text:?} is not a hexadecimal serial number"
+        ))
+    })
 }
 
 fn cert_key(m: &Mount, serial: u64) -> String {
@@ -88,7 +91,9 @@ fn cert_key(m: &Mount, serial: u64) -> String {
 /// Records a new certificate; false when its serial is already taken (the
 /// caller then signs again with another serial).
 pub async fn record(core: &Core, m: &Mount, rec: &CertRecord) -> Result<bool> {
-    core.storage.put_if_absent(&cert_key(m, rec.serial), rec).await
+    core.storage
+        .put_if_absent(&cert_key(m, rec.serial), rec)
+        .await
 }
 
 pub async fn get(core: &Core, m: &Mount, serial: u64) -> Result<Option<CertRecord>> {
@@ -109,7 +114,11 @@ pub async fn list(core: &Core, m: &Mount) -> Result<Vec<String>> {
 
 async fn all(core: &Core, m: &Mount) -> Result<Vec<CertRecord>> {
     let mut out = Vec::new();
-    for k in core.storage.keys_with_prefix(&format!("{}cert/", m.data_prefix())).await? {
+    for k in core
+        .storage
+        .keys_with_prefix(&format!("{}cert/", m.data_prefix()))
+        .await?
+    {
         if let Some(r) = core.storage.get::<CertRecord>(&k).await? {
             out.push(r);
         }
@@ -138,38 +147,70 @@ fn revocations_key(m: &Mount) -> String {
 
 /// Revokes by one of `serial_number`, `key_id` or `public_key`; returns the
 /// serials of the certificates in the inventory that it covers.
-pub async fn revoke(core: &Core, m: &Mount, serial: Option<String>, key_id: Option<String>, public_key: Option<String>, now: i64) -> Result<Vec<String>> {
+pub async fn revoke(
+    core: &Core,
+    m: &Mount,
+    serial: Option<String>,
+    key_id: Option<String>,
+    public_key: Option<String>,
+    now: i64,
+) -> Result<Vec<String>> {
     let given = [serial.is_some(), key_id.is_some(), public_key.is_some()]
         .iter()
         .filter(|x| **x)
         .count();
     if given != 1 {
-        return Err(Error::invalid("give exactly one of serial_number, key_id or public_key"));
+        return Err(Error::invalid(
+            "give exactly one of serial_number, key_id or public_key",
+        ));
     }
-    let mut rev: Revocations = core.storage.get(&revocations_key(m)).await?.unwrap_or_default();
+    let mut rev: Revocations = core
+        .storage
+        .get(&revocations_key(m))
+        .await?
+        .unwrap_or_default();
     let mut hit: Vec<CertRecord> = Vec::new();
     if let Some(s) = serial {
         let serial = parse_serial(&s)?;
-        let rec = get(core, m, serial)
-            .await?
-            .ok_or_else(|| Error::invalid(format!("no certificate with serial number {s} was issued by this mount")))?;
-        if !rev.serials.iter().any(|(i, s, _)| *s == serial && *i == rec.issuer_id) {
-            rev.serials.push((rec.issuer_id.clone(), serial, rec.valid_before));
+        let rec = get(core, m, serial).await?.ok_or_else(|| {
+            Error::invalid(format!(
+                "no certificate with serial number {s} was issued by this mount"
+            ))
+        })?;
+        if !rev
+            .serials
+            .iter()
+            .any(|(i, s, _)| *s == serial && *i == rec.issuer_id)
+        {
+            rev.serials
+                .push((rec.issuer_id.clone(), serial, rec.valid_before));
         }
         hit.push(rec);
     } else if let Some(id) = key_id {
         super::principal::check_key_id(&id)?;
-        hit = all(core, m).await?.into_iter().filter(|r| r.key_id == id).collect();
+        hit = all(core, m)
+            .await?
+            .into_iter()
+            .filter(|r| r.key_id == id)
+            .collect();
         let latest = hit.iter().map(|r| r.valid_before).max().ok_or_else(|| {
-            Error::invalid(format!("no certificate with key_id {id:?} was issued by this mount"))
+            Error::invalid(format!(
+                "no certificate with key_id {id:?} was issued by this mount"
+            ))
         })?;
         rev.key_ids.retain(|(k, _)| *k != id);
         rev.key_ids.push((id, latest));
     } else if let Some(pk) = public_key {
         let key = super::sign::parse_public_key(&pk)?;
-        let text = key.to_openssh().map_err(|e| Error::internal(e.to_string()))?;
+        let text = key
+            .to_openssh()
+            .map_err(|e| Error::internal(e.to_string()))?;
         let fp = issuers::fingerprint(&key);
-        hit = all(core, m).await?.into_iter().filter(|r| r.fingerprint == fp).collect();
+        hit = all(core, m)
+            .await?
+            .into_iter()
+            .filter(|r| r.fingerprint == fp)
+            .collect();
         if !rev.keys.iter().any(|k| k == &text) {
             rev.keys.push(text);
         }
@@ -189,7 +230,11 @@ pub async fn revoke(core: &Core, m: &Mount, serial: Option<String>, key_id: Opti
 /// The KRL for this mount at `now`: revoked serials and key IDs per issuer
 /// (expired ones dropped, since sshd refuses those anyway), revoked keys.
 pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
-    let rev: Revocations = core.storage.get(&revocations_key(m)).await?.unwrap_or_default();
+    let rev: Revocations = core
+        .storage
+        .get(&revocations_key(m))
+        .await?
+        .unwrap_or_default();
     let now_u = now.max(0) as u64;
     let mut certs = Vec::new();
     for issuer in issuers::all(core, m).await? {

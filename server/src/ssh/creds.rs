@@ -90,7 +90,9 @@ pub async fn delete_zero_address(core: &Core, m: &Mount) -> Result<()> {
 /// is listed in `config/zeroaddress`.
 fn ip_allowed(role: &Role, ip: IpAddr, zero: &[String]) -> Result<()> {
     if role.exclude_cidr_list.iter().any(|c| c.contains(&ip)) {
-        return Err(Error::invalid(format!("IP {ip} is in the role's exclude_cidr_list")));
+        return Err(Error::invalid(format!(
+            "IP {ip} is in the role's exclude_cidr_list"
+        )));
     }
     if role.cidr_list.iter().any(|c| c.contains(&ip)) {
         return Ok(());
@@ -104,22 +106,37 @@ fn ip_allowed(role: &Role, ip: IpAddr, zero: &[String]) -> Result<()> {
             role.name
         )));
     }
-    Err(Error::invalid(format!("IP {ip} does not belong to role {}", role.name)))
+    Err(Error::invalid(format!(
+        "IP {ip} does not belong to role {}",
+        role.name
+    )))
 }
 
 fn username(role: &Role, requested: Option<String>) -> Result<String> {
-    let user = requested.filter(|u| !u.is_empty()).unwrap_or_else(|| role.default_user.clone());
+    let user = requested
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| role.default_user.clone());
     super::principal::Principal::new(&user).map_err(|_| Error::invalid("invalid username"))?;
     if user == role.default_user || role.allowed_users.iter().any(|a| a == "*" || *a == user) {
         Ok(user)
     } else {
-        Err(Error::invalid(format!("username {user} is not in the role's allowed_users")))
+        Err(Error::invalid(format!(
+            "username {user} is not in the role's allowed_users"
+        )))
     }
 }
 
 fn lease_ttl(role: &Role) -> (i64, i64) {
-    let max = if role.max_ttl > 0 { role.max_ttl } else { SYSTEM_MAX_TTL };
-    let ttl = if role.ttl > 0 { role.ttl.min(max) } else { SYSTEM_MAX_TTL.min(max) };
+    let max = if role.max_ttl > 0 {
+        role.max_ttl
+    } else {
+        SYSTEM_MAX_TTL
+    };
+    let ttl = if role.ttl > 0 {
+        role.ttl.min(max)
+    } else {
+        SYSTEM_MAX_TTL.min(max)
+    };
     (ttl, max)
 }
 
@@ -143,12 +160,14 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
             let zero = zero_address_roles(core, m).await?;
             let ip = match f.str("ip")?.filter(|s| !s.is_empty()) {
                 Some(t) => {
-                    let ip: IpAddr = t
-                        .trim()
-                        .parse()
-                        .map_err(|_| Error::invalid(format!("ip {t:?} is not an IPv4 or IPv6 address")))?;
+                    let ip: IpAddr = t.trim().parse().map_err(|_| {
+                        Error::invalid(format!("ip {t:?} is not an IPv4 or IPv6 address"))
+                    })?;
                     if !host.addresses.contains(&ip) {
-                        return Err(Error::invalid(format!("{ip} is not an address of host {}", host.hostname)));
+                        return Err(Error::invalid(format!(
+                            "{ip} is not an address of host {}",
+                            host.hostname
+                        )));
                     }
                     ip
                 }
@@ -156,16 +175,20 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                     .addresses
                     .iter()
                     .find(|a| ip_allowed(role, **a, &zero).is_ok())
-                    .ok_or_else(|| Error::invalid(format!("none of host {}'s addresses belongs to role {}", host.hostname, role.name)))?,
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "none of host {}'s addresses belongs to role {}",
+                            host.hostname, role.name
+                        ))
+                    })?,
             };
             (ip, Some(host.id))
         }
         None => {
             let ip_text = f.required_str("ip")?;
-            let ip: IpAddr = ip_text
-                .trim()
-                .parse()
-                .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
+            let ip: IpAddr = ip_text.trim().parse().map_err(|_| {
+                Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address"))
+            })?;
             (ip, None)
         }
     };
@@ -216,9 +239,10 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
         KeyType::Dynamic => {
             let kt = if role.key_bits > 0 { "rsa" } else { "ed25519" };
             let bits = role.key_bits;
-            let private = tokio::task::spawn_blocking(move || super::issuers::generate_key(kt, bits))
-                .await
-                .map_err(|e| Error::internal(e.to_string()))??;
+            let private =
+                tokio::task::spawn_blocking(move || super::issuers::generate_key(kt, bits))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))??;
             let public = private
                 .public_key()
                 .to_openssh()
@@ -277,7 +301,13 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
 /// `verify_host` is the enrolled host whose token the caller presented, if
 /// any: a bound OTP verifies only for its own host, and a host presenting its
 /// token verifies only OTPs bound to it.
-pub async fn verify(core: &Core, m: &Mount, otp: &str, verify_host: Option<&str>, now: i64) -> Result<Option<Value>> {
+pub async fn verify(
+    core: &Core,
+    m: &Mount,
+    otp: &str,
+    verify_host: Option<&str>,
+    now: i64,
+) -> Result<Option<Value>> {
     if otp == VERIFY_ECHO_REQUEST {
         return Ok(Some(json!({ "message": VERIFY_ECHO_RESPONSE })));
     }
@@ -326,7 +356,11 @@ pub async fn lookup(core: &Core, m: &Mount, ip_text: &str) -> Result<Vec<String>
 /// Dynamic keys waiting to be (or installed) on hosts, for hostd.
 pub async fn dynamic_keys(core: &Core, m: &Mount, now: i64) -> Result<Vec<DynamicKey>> {
     let mut out = Vec::new();
-    for k in core.storage.keys_with_prefix(&format!("{}dynkey/", m.data_prefix())).await? {
+    for k in core
+        .storage
+        .keys_with_prefix(&format!("{}dynkey/", m.data_prefix()))
+        .await?
+    {
         if let Some(d) = core.storage.get::<DynamicKey>(&k).await? {
             if d.expire_time > now {
                 out.push(d);

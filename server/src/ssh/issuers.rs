@@ -32,8 +32,9 @@ impl Issuer {
     }
 
     pub fn public(&self) -> Result<PublicKey> {
-        PublicKey::from_openssh(&self.public_key)
-            .map_err(|e| Error::internal(format!("stored CA public key {} unreadable: {e}", self.id)))
+        PublicKey::from_openssh(&self.public_key).map_err(|e| {
+            Error::internal(format!("stored CA public key {} unreadable: {e}", self.id))
+        })
     }
 
     pub fn key_type(&self) -> String {
@@ -96,7 +97,8 @@ pub fn generate_key(key_type: &str, key_bits: i64) -> Result<PrivateKey> {
             )))
         }
     };
-    PrivateKey::random(&mut rng, alg).map_err(|e| Error::internal(format!("key generation failed: {e}")))
+    PrivateKey::random(&mut rng, alg)
+        .map_err(|e| Error::internal(format!("key generation failed: {e}")))
 }
 
 /// Reads an imported private key (OpenSSH format) and checks that it matches
@@ -106,17 +108,23 @@ pub fn import_key(private_key: &str, public_key: Option<&str>) -> Result<Private
         Error::invalid("private_key: not an unencrypted OpenSSH private key (-----BEGIN OPENSSH PRIVATE KEY-----)")
     })?;
     if key.is_encrypted() {
-        return Err(Error::invalid("private_key: the key is passphrase-protected; import it unencrypted"));
+        return Err(Error::invalid(
+            "private_key: the key is passphrase-protected; import it unencrypted",
+        ));
     }
     if let Some(p) = public_key.filter(|p| !p.trim().is_empty()) {
-        let pubk = PublicKey::from_openssh(p.trim()).map_err(|_| Error::invalid("public_key: not an OpenSSH public key"))?;
+        let pubk = PublicKey::from_openssh(p.trim())
+            .map_err(|_| Error::invalid("public_key: not an OpenSSH public key"))?;
         if pubk.key_data() != key.public_key().key_data() {
             return Err(Error::invalid("public_key does not match private_key"));
         }
     }
     match key.algorithm() {
         Algorithm::Ed25519 | Algorithm::Ecdsa { .. } | Algorithm::Rsa { .. } => Ok(key),
-        other => Err(Error::invalid(format!("unsupported CA key type {}", other.as_str()))),
+        other => Err(Error::invalid(format!(
+            "unsupported CA key type {}",
+            other.as_str()
+        ))),
     }
 }
 
@@ -124,7 +132,9 @@ pub fn validate_issuer_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != "default"
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -136,13 +146,22 @@ pub fn validate_issuer_name(name: &str) -> Result<()> {
 
 /// Stores a new issuer; with `make_default` (or when it is the first) it
 /// becomes the mount's default.
-pub async fn add(core: &Core, m: &Mount, name: Option<String>, key: PrivateKey, make_default: bool, now: i64) -> Result<Issuer> {
+pub async fn add(
+    core: &Core,
+    m: &Mount,
+    name: Option<String>,
+    key: PrivateKey,
+    make_default: bool,
+    now: i64,
+) -> Result<Issuer> {
     let id = uuid::Uuid::new_v4().to_string();
     let name = match name {
         Some(n) => {
             validate_issuer_name(&n)?;
             if find_by_name(core, m, &n).await?.is_some() {
-                return Err(Error::invalid(format!("issuer name {n:?} is already in use")));
+                return Err(Error::invalid(format!(
+                    "issuer name {n:?} is already in use"
+                )));
             }
             n
         }
@@ -172,7 +191,11 @@ pub async fn add(core: &Core, m: &Mount, name: Option<String>, key: PrivateKey, 
 
 pub async fn all(core: &Core, m: &Mount) -> Result<Vec<Issuer>> {
     let mut out = Vec::new();
-    for k in core.storage.keys_with_prefix(&format!("{}issuer/", m.data_prefix())).await? {
+    for k in core
+        .storage
+        .keys_with_prefix(&format!("{}issuer/", m.data_prefix()))
+        .await?
+    {
         if let Some(i) = core.storage.get::<Issuer>(&k).await? {
             out.push(i);
         }
@@ -216,7 +239,12 @@ pub async fn set_default(core: &Core, m: &Mount, reference: &str) -> Result<Issu
         .await?
         .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))?;
     core.storage
-        .put(&config_key(m), &IssuersConfig { default: Some(issuer.id.clone()) })
+        .put(
+            &config_key(m),
+            &IssuersConfig {
+                default: Some(issuer.id.clone()),
+            },
+        )
         .await?;
     Ok(issuer)
 }
@@ -227,10 +255,14 @@ pub async fn rename(core: &Core, m: &Mount, reference: &str, new_name: &str) -> 
         .await?
         .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))?;
     if issuer.name != new_name && find_by_name(core, m, new_name).await?.is_some() {
-        return Err(Error::invalid(format!("issuer name {new_name:?} is already in use")));
+        return Err(Error::invalid(format!(
+            "issuer name {new_name:?} is already in use"
+        )));
     }
     issuer.name = new_name.to_string();
-    core.storage.put(&issuer_key(m, &issuer.id), &issuer).await?;
+    core.storage
+        .put(&issuer_key(m, &issuer.id), &issuer)
+        .await?;
     Ok(issuer)
 }
 

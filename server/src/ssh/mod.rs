@@ -27,9 +27,9 @@ pub fn is_unauthenticated(rest: &str, op: Operation) -> bool {
     // `verify` is called by hosts' PAM helpers with only the OTP, as in Vault.
     (op == Operation::Write && rest == "verify")
         || op == Operation::Read
-        && (rest == "public_key"
-            || rest == "krl"
-            || (rest.starts_with("issuer/") && rest.ends_with("/public_key")))
+            && (rest == "public_key"
+                || rest == "krl"
+                || (rest.starts_with("issuer/") && rest.ends_with("/public_key")))
 }
 
 fn text(body: String) -> Reply {
@@ -40,7 +40,13 @@ fn text(body: String) -> Reply {
     }
 }
 
-pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+pub async fn dispatch(
+    core: &Core,
+    m: &Mount,
+    rest: &str,
+    req: &Request,
+    caller: Option<&TokenEntry>,
+) -> Result<Reply> {
     use Operation::*;
     let segs: Vec<&str> = rest.split('/').collect();
     let f = &req.fields;
@@ -56,7 +62,9 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
                 ));
             }
             let i = new_issuer(core, m, req, None, true).await?;
-            Ok(Reply::Data(json!({ "public_key": i.public_key, "issuer_id": i.id })))
+            Ok(Reply::Data(
+                json!({ "public_key": i.public_key, "issuer_id": i.id }),
+            ))
         }
         (["config", "ca"], Delete) => {
             issuers::delete_all(core, m).await?;
@@ -71,12 +79,17 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             let default = issuers::default_id(core, m).await?;
             let mut info = Map::new();
             for i in &all {
-                info.insert(i.id.clone(), json!({ "issuer_name": i.name, "is_default": Some(&i.id) == default.as_ref() }));
+                info.insert(
+                    i.id.clone(),
+                    json!({ "issuer_name": i.name, "is_default": Some(&i.id) == default.as_ref() }),
+                );
             }
             if all.is_empty() {
                 return Ok(Reply::List(vec![]));
             }
-            Ok(Reply::Data(json!({ "keys": all.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), "key_info": info })))
+            Ok(Reply::Data(
+                json!({ "keys": all.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), "key_info": info }),
+            ))
         }
         (["issuers", "import" | "generate", name], Write) => {
             let make_default = f.bool("set_default")?.unwrap_or(false);
@@ -114,7 +127,9 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
         }
         (["config", "issuers"], Write) => {
             let i = issuers::set_default(core, m, &f.required_str("default")?).await?;
-            Ok(Reply::Data(json!({ "default": i.id, "default_issuer_name": i.name })))
+            Ok(Reply::Data(
+                json!({ "default": i.id, "default_issuer_name": i.name }),
+            ))
         }
         (["roles"], List) => Ok(Reply::List(roles::list(core, m).await?)),
         (["roles", name], Read) => Ok(match roles::read(core, m, name).await? {
@@ -144,7 +159,8 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             // Check the role before spending time on a key pair.
             ca_role(core, m, role).await?;
             let private = sign::generate_user_key(&key_type, bits)?;
-            let (rec, cert) = issue_cert(core, m, role, req, caller, private.public_key().clone()).await?;
+            let (rec, cert) =
+                issue_cert(core, m, role, req, caller, private.public_key().clone()).await?;
             Ok(Reply::Data(json!({
                 "serial_number": certs::serial_hex(rec.serial),
                 "signed_key": format!("{}\n", cert.to_openssh().map_err(|e| Error::internal(e.to_string()))?),
@@ -153,7 +169,15 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             })))
         }
         (["revoke"], Write) => {
-            let serials = certs::revoke(core, m, f.str("serial_number")?, f.str("key_id")?, f.str("public_key")?, req.now).await?;
+            let serials = certs::revoke(
+                core,
+                m,
+                f.str("serial_number")?,
+                f.str("key_id")?,
+                f.str("public_key")?,
+                req.now,
+            )
+            .await?;
             Ok(Reply::Data(json!({ "revoked": serials })))
         }
         (["creds", role], Write) => {
@@ -165,7 +189,8 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             // gatepass: `wait` holds the answer until a host's hostd reports
             // the dynamic key installed (or the time is up).
             if r.key_type == KeyType::Dynamic && wait > 0 {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
+                let deadline =
+                    tokio::time::Instant::now() + std::time::Duration::from_secs(wait as u64);
                 let mut done = crate::hosts::installed(core, &issued.lease_id).await?;
                 while !done && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -211,7 +236,9 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             Ok(Reply::Data(json!({ "roles": roles })))
         }
         (["config", "zeroaddress"], Write) => {
-            let roles = f.str_list("roles")?.ok_or_else(|| Error::invalid("missing roles"))?;
+            let roles = f
+                .str_list("roles")?
+                .ok_or_else(|| Error::invalid("missing roles"))?;
             creds::set_zero_address_roles(core, m, roles).await?;
             Ok(Reply::NoContent)
         }
@@ -225,24 +252,47 @@ pub async fn dispatch(core: &Core, m: &Mount, rest: &str, req: &Request, caller:
             body: certs::krl(core, m, req.now).await?,
         }),
         (["certs"], List) => Ok(Reply::List(certs::list(core, m).await?)),
-        (["certs", serial], Read) => Ok(match certs::get(core, m, certs::parse_serial(serial)?).await? {
-            Some(r) => Reply::Data(r.to_json()),
-            None => Reply::NotFound,
-        }),
-        (["config", "ca" | "zeroaddress" | "issuers"] | ["public_key"] | ["issuers"] | ["roles"] | ["krl"] | ["certs"] | ["revoke"] | ["verify"] | ["lookup"], _)
-        | (["roles" | "sign" | "issue" | "issuer" | "certs" | "creds", _], _) => Err(Error::UnsupportedOperation),
+        (["certs", serial], Read) => Ok(
+            match certs::get(core, m, certs::parse_serial(serial)?).await? {
+                Some(r) => Reply::Data(r.to_json()),
+                None => Reply::NotFound,
+            },
+        ),
+        (
+            ["config", "ca" | "zeroaddress" | "issuers"]
+            | ["public_key"]
+            | ["issuers"]
+            | ["roles"]
+            | ["krl"]
+            | ["certs"]
+            | ["revoke"]
+            | ["verify"]
+            | ["lookup"],
+            _,
+        )
+        | (["roles" | "sign" | "issue" | "issuer" | "certs" | "creds", _], _) => {
+            Err(Error::UnsupportedOperation)
+        }
         _ => Err(no_route(&req.path)),
     }
 }
 
-async fn new_issuer(core: &Core, m: &Mount, req: &Request, name: Option<String>, make_default: bool) -> Result<issuers::Issuer> {
+async fn new_issuer(
+    core: &Core,
+    m: &Mount,
+    req: &Request,
+    name: Option<String>,
+    make_default: bool,
+) -> Result<issuers::Issuer> {
     let f = &req.fields;
     let private = f.str("private_key")?.filter(|s| !s.trim().is_empty());
     let key = match private {
         Some(p) => issuers::import_key(&p, f.str("public_key")?.as_deref())?,
         None => {
             if f.bool("generate_signing_key")? == Some(false) {
-                return Err(Error::invalid("missing private_key (or set generate_signing_key)"));
+                return Err(Error::invalid(
+                    "missing private_key (or set generate_signing_key)",
+                ));
             }
             let kt = f.str("key_type")?.unwrap_or_else(|| "ssh-ed25519".into());
             let bits = f.non_negative("key_bits")?.unwrap_or(0);
@@ -296,7 +346,12 @@ pub async fn issue_with(
     let role = ca_role(core, m, role_name).await?;
     let issuer = issuers::resolve(core, m, &role.issuer_ref)
         .await?
-        .ok_or_else(|| Error::invalid(format!("issuer {:?} of role {role_name} does not exist (configure the CA with config/ca)", role.issuer_ref)))?;
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "issuer {:?} of role {role_name} does not exist (configure the CA with config/ca)",
+                role.issuer_ref
+            ))
+        })?;
     // A random 64-bit serial; the inventory insert makes it unique in the
     // mount, and a collision just means signing again.
     for _ in 0..4 {
@@ -309,4 +364,3 @@ pub async fn issue_with(
     }
     Err(Error::internal("could not find a free serial number"))
 }
-

@@ -18,9 +18,14 @@ impl Principal {
             return Err(Error::invalid("a principal may not be empty"));
         }
         if s.len() > 256 {
-            return Err(Error::invalid("a principal may not be longer than 256 bytes"));
+            return Err(Error::invalid(
+                "a principal may not be longer than 256 bytes",
+            ));
         }
-        if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control() || *c == ',') {
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || *c == ',')
+        {
             return Err(Error::invalid(format!(
                 "principal {:?} contains {:?}: spaces, commas and control characters are not allowed",
                 s, c
@@ -73,11 +78,15 @@ pub fn check_key_id(s: &str) -> Result<()> {
 pub fn check_option_name(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("{field}: {name:?} is not a valid option name")))
+        Err(Error::invalid(format!(
+            "{field}: {name:?} is not a valid option name"
+        )))
     }
 }
 
@@ -85,7 +94,9 @@ pub fn check_option_name(field: &str, name: &str) -> Result<()> {
 /// addresses or CIDR blocks.
 pub fn check_option_value(field: &str, name: &str, value: &str) -> Result<()> {
     if value.len() > 4096 || value.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid(format!("{field}: the value of {name} has control characters or is too long")));
+        return Err(Error::invalid(format!(
+            "{field}: the value of {name} has control characters or is too long"
+        )));
     }
     if name == "source-address" {
         source_addresses(value).map_err(|e| Error::invalid(format!("{field}: {e}")))?;

@@ -81,11 +81,15 @@ fn key(m: &Mount, name: &str) -> String {
 pub fn validate_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("role name must be 1-128 letters, digits, '-', '_', '.' or '@'"))
+        Err(Error::invalid(
+            "role name must be 1-128 letters, digits, '-', '_', '.' or '@'",
+        ))
     }
 }
 
@@ -95,7 +99,9 @@ fn check_pattern(field: &str, s: &str) -> Result<()> {
         return Ok(());
     }
     let body = s.strip_prefix("*.").unwrap_or(s);
-    Principal::new(body).map(|_| ()).map_err(|e| Error::invalid(format!("{field}: {e}")))
+    Principal::new(body)
+        .map(|_| ())
+        .map_err(|e| Error::invalid(format!("{field}: {e}")))
 }
 
 fn option_map(f: &Fields, field: &str) -> Result<BTreeMap<String, String>> {
@@ -111,25 +117,37 @@ fn key_lengths(f: &Fields) -> Result<BTreeMap<String, Vec<u32>>> {
     let raw = match f.value("allowed_user_key_lengths") {
         None => return Ok(BTreeMap::new()),
         Some(Value::String(s)) if s.is_empty() => return Ok(BTreeMap::new()),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(&s)
-            .map_err(|_| Error::invalid("allowed_user_key_lengths: expected a map of key type to sizes"))?,
+        Some(Value::String(s)) => serde_json::from_str::<Value>(&s).map_err(|_| {
+            Error::invalid("allowed_user_key_lengths: expected a map of key type to sizes")
+        })?,
         Some(v) => v.clone(),
     };
-    let obj = raw
-        .as_object()
-        .ok_or_else(|| Error::invalid("allowed_user_key_lengths: expected a map of key type to sizes"))?;
+    let obj = raw.as_object().ok_or_else(|| {
+        Error::invalid("allowed_user_key_lengths: expected a map of key type to sizes")
+    })?;
     let mut out = BTreeMap::new();
     for (k, v) in obj {
-        let kt = normalize_key_type(k)
-            .ok_or_else(|| Error::invalid(format!("allowed_user_key_lengths: unknown key type {k:?}")))?;
+        let kt = normalize_key_type(k).ok_or_else(|| {
+            Error::invalid(format!("allowed_user_key_lengths: unknown key type {k:?}"))
+        })?;
         let sizes: Vec<u32> = match v {
             Value::Number(n) => vec![n.as_u64().unwrap_or(0) as u32],
-            Value::String(s) => vec![s.parse().map_err(|_| Error::invalid(format!("allowed_user_key_lengths: {s:?} is not a size")))?],
+            Value::String(s) => vec![s.parse().map_err(|_| {
+                Error::invalid(format!("allowed_user_key_lengths: {s:?} is not a size"))
+            })?],
             Value::Array(a) => a
                 .iter()
-                .map(|x| x.as_u64().map(|n| n as u32).ok_or_else(|| Error::invalid("allowed_user_key_lengths: sizes must be numbers")))
+                .map(|x| {
+                    x.as_u64().map(|n| n as u32).ok_or_else(|| {
+                        Error::invalid("allowed_user_key_lengths: sizes must be numbers")
+                    })
+                })
                 .collect::<Result<_>>()?,
-            _ => return Err(Error::invalid("allowed_user_key_lengths: sizes must be numbers")),
+            _ => {
+                return Err(Error::invalid(
+                    "allowed_user_key_lengths: sizes must be numbers",
+                ))
+            }
         };
         out.insert(kt.to_string(), sizes);
     }
@@ -141,7 +159,9 @@ pub fn normalize_key_type(k: &str) -> Option<&'static str> {
     Some(match k {
         "rsa" | "ssh-rsa" => "rsa",
         "ed25519" | "ssh-ed25519" => "ed25519",
-        "ec" | "ecdsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521" => "ec",
+        "ec" | "ecdsa" | "ecdsa-sha2-nistp256" | "ecdsa-sha2-nistp384" | "ecdsa-sha2-nistp521" => {
+            "ec"
+        }
         "sk-ssh-ed25519@openssh.com" => "sk-ed25519",
         "sk-ecdsa-sha2-nistp256@openssh.com" => "sk-ec",
         _ => return None,
@@ -155,7 +175,11 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         Some("ca") => KeyType::Ca,
         Some("otp") => KeyType::Otp,
         Some("dynamic") => KeyType::Dynamic,
-        Some(other) => return Err(Error::invalid(format!("key_type {other:?} is not valid: use ca, otp or dynamic"))),
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "key_type {other:?} is not valid: use ca, otp or dynamic"
+            )))
+        }
         None => return Err(Error::invalid("missing key_type (ca, otp or dynamic)")),
     };
     let list = |field: &str| -> Result<Vec<String>> { Ok(f.str_list(field)?.unwrap_or_default()) };
@@ -184,7 +208,9 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
             check_option_name("allowed options", o)?;
         }
     }
-    let algorithm_signer = f.str("algorithm_signer")?.unwrap_or_else(|| "default".into());
+    let algorithm_signer = f
+        .str("algorithm_signer")?
+        .unwrap_or_else(|| "default".into());
     match algorithm_signer.as_str() {
         "" | "default" | "rsa-sha2-256" | "rsa-sha2-512" => {}
         "ssh-rsa" => {
@@ -204,7 +230,9 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
     // These options go into authorized_keys lines on hosts: one line, no
     // control characters, so they can never add a second key or line.
     if key_option_specs.len() > 1024 || key_option_specs.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid("key_option_specs may not contain newlines or control characters"));
+        return Err(Error::invalid(
+            "key_option_specs may not contain newlines or control characters",
+        ));
     }
     let allowed_force_commands = list("allowed_force_commands")?;
     for c in &allowed_force_commands {
@@ -234,7 +262,10 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         allowed_user_key_lengths: key_lengths(f)?,
         algorithm_signer,
         allow_empty_principals: f.bool("allow_empty_principals")?.unwrap_or(false),
-        issuer_ref: f.str("issuer_ref")?.filter(|s| !s.is_empty()).unwrap_or_else(|| "default".into()),
+        issuer_ref: f
+            .str("issuer_ref")?
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into()),
         allowed_source_addresses: f.cidr_list("allowed_source_addresses")?.unwrap_or_default(),
         allowed_force_commands,
         cidr_list: f.cidr_list("cidr_list")?.unwrap_or_default(),
@@ -253,7 +284,12 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
 }
 
 pub fn to_json(r: &Role) -> Value {
-    let cidrs = |v: &Vec<ipnet::IpNet>| v.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let cidrs = |v: &Vec<ipnet::IpNet>| {
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let mut v = json!({
         "key_type": r.key_type.as_str(),
         "default_user": r.default_user,
@@ -318,5 +354,7 @@ pub async fn delete(core: &Core, m: &Mount, name: &str) -> Result<()> {
 }
 
 pub async fn list(core: &Core, m: &Mount) -> Result<Vec<String>> {
-    core.storage.list(&format!("{}role/", m.data_prefix())).await
+    core.storage
+        .list(&format!("{}role/", m.data_prefix()))
+        .await
 }

@@ -37,10 +37,14 @@ pub struct SignInput {
 pub fn parse_public_key(text: &str) -> Result<PublicKey> {
     let t = text.trim();
     if t.contains("-cert-v01@openssh.com") {
-        return Err(Error::invalid("public_key is a certificate; send the plain public key"));
+        return Err(Error::invalid(
+            "public_key is a certificate; send the plain public key",
+        ));
     }
     PublicKey::from_openssh(t).map_err(|_| {
-        Error::invalid("failed to parse public_key as an OpenSSH public key (\"ssh-ed25519 AAAA… comment\")")
+        Error::invalid(
+            "failed to parse public_key as an OpenSSH public key (\"ssh-ed25519 AAAA… comment\")",
+        )
     })
 }
 
@@ -58,7 +62,11 @@ pub fn input_from_fields(f: &Fields, public_key: PublicKey) -> Result<SignInput>
     let cert_type = match f.str("cert_type")?.as_deref() {
         None | Some("") | Some("user") => CertType::User,
         Some("host") => CertType::Host,
-        Some(other) => return Err(Error::invalid(format!("cert_type {other:?} is not valid: use user or host"))),
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "cert_type {other:?} is not valid: use user or host"
+            )))
+        }
     };
     let key_id = f.str("key_id")?.filter(|s| !s.is_empty());
     if let Some(k) = &key_id {
@@ -110,7 +118,8 @@ fn host_allowed(role: &Role, allowed: &[String], p: &str) -> bool {
         if let Some(base) = d.strip_prefix("*.") {
             return p.len() > base.len() + 1 && p.ends_with(&format!(".{base}"));
         }
-        (role.allow_bare_domains && p == d) || (role.allow_subdomains && p.ends_with(&format!(".{d}")))
+        (role.allow_bare_domains && p == d)
+            || (role.allow_subdomains && p.ends_with(&format!(".{d}")))
     })
 }
 
@@ -130,7 +139,13 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
     let allowed: Vec<String> = if user {
         role.allowed_users
             .iter()
-            .filter_map(|u| if role.allowed_users_template { expand(u, who) } else { Some(u.clone()) })
+            .filter_map(|u| {
+                if role.allowed_users_template {
+                    expand(u, who)
+                } else {
+                    Some(u.clone())
+                }
+            })
             .collect()
     } else {
         role.allowed_domains.clone()
@@ -145,7 +160,9 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
         return Err(Error::invalid("empty valid principals not allowed by role"));
     }
     if allowed.is_empty() {
-        return Err(Error::invalid("role is not configured to allow any principals"));
+        return Err(Error::invalid(
+            "role is not configured to allow any principals",
+        ));
     }
     for p in &input.valid_principals {
         let ok = if user {
@@ -154,18 +171,30 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
             host_allowed(role, &allowed, p.as_str())
         };
         if !ok {
-            return Err(Error::invalid(format!("{p} is not a valid value for valid_principals")));
+            return Err(Error::invalid(format!(
+                "{p} is not a valid value for valid_principals"
+            )));
         }
     }
     Ok(input.valid_principals.clone())
 }
 
 fn ttl(role: &Role, input: &SignInput) -> Result<i64> {
-    let max = if role.max_ttl > 0 { role.max_ttl } else { SYSTEM_MAX_TTL };
+    let max = if role.max_ttl > 0 {
+        role.max_ttl
+    } else {
+        SYSTEM_MAX_TTL
+    };
     match input.ttl {
-        Some(t) if t > max => Err(Error::invalid(format!("ttl is larger than maximum allowed ({max})"))),
+        Some(t) if t > max => Err(Error::invalid(format!(
+            "ttl is larger than maximum allowed ({max})"
+        ))),
         Some(t) => Ok(t),
-        None => Ok(if role.ttl > 0 { role.ttl.min(max) } else { SYSTEM_MAX_TTL.min(max) }),
+        None => Ok(if role.ttl > 0 {
+            role.ttl.min(max)
+        } else {
+            SYSTEM_MAX_TTL.min(max)
+        }),
     }
 }
 
@@ -191,15 +220,16 @@ fn check_key(role: &Role, key: &PublicKey) -> Result<()> {
         .ok_or_else(|| Error::invalid(format!("key type {} is not supported", alg.as_str())))?;
     let bits = key_bits(key.key_data());
     if kt == "rsa" && bits < 2048 {
-        return Err(Error::invalid(format!("RSA keys must have at least 2048 bits; this one has {bits}")));
+        return Err(Error::invalid(format!(
+            "RSA keys must have at least 2048 bits; this one has {bits}"
+        )));
     }
     if role.allowed_user_key_lengths.is_empty() {
         return Ok(());
     }
-    let sizes = role
-        .allowed_user_key_lengths
-        .get(kt)
-        .ok_or_else(|| Error::invalid(format!("key type {} is not allowed by role", alg.as_str())))?;
+    let sizes = role.allowed_user_key_lengths.get(kt).ok_or_else(|| {
+        Error::invalid(format!("key type {} is not allowed by role", alg.as_str()))
+    })?;
     let ok = match sizes.as_slice() {
         [] | [0] => true,
         [min] if kt == "rsa" => bits >= *min,
@@ -208,7 +238,9 @@ fn check_key(role: &Role, key: &PublicKey) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid(format!("key is of an invalid size: {bits} bits")))
+        Err(Error::invalid(format!(
+            "key is of an invalid size: {bits} bits"
+        )))
     }
 }
 
@@ -226,7 +258,9 @@ fn options(
     if !any {
         let bad: Vec<&String> = requested.keys().filter(|k| !allowed.contains(k)).collect();
         if !bad.is_empty() {
-            return Err(Error::invalid(format!("{what} not on allowed list: {bad:?}")));
+            return Err(Error::invalid(format!(
+                "{what} not on allowed list: {bad:?}"
+            )));
         }
     }
     Ok(requested.clone())
@@ -237,15 +271,23 @@ fn check_option_values(role: &Role, opts: &BTreeMap<String, String>) -> Result<(
     if let Some(v) = opts.get("source-address") {
         if !role.allowed_source_addresses.is_empty() {
             for net in principal::source_addresses(v)? {
-                if !role.allowed_source_addresses.iter().any(|a| a.contains(&net)) {
-                    return Err(Error::invalid(format!("source-address {net} is outside the role's allowed_source_addresses")));
+                if !role
+                    .allowed_source_addresses
+                    .iter()
+                    .any(|a| a.contains(&net))
+                {
+                    return Err(Error::invalid(format!(
+                        "source-address {net} is outside the role's allowed_source_addresses"
+                    )));
                 }
             }
         }
     }
     if let Some(v) = opts.get("force-command") {
         if !role.allowed_force_commands.is_empty() && !role.allowed_force_commands.contains(v) {
-            return Err(Error::invalid("force-command is not one of the role's allowed_force_commands"));
+            return Err(Error::invalid(
+                "force-command is not one of the role's allowed_force_commands",
+            ));
         }
     }
     Ok(())
@@ -277,7 +319,14 @@ fn key_id(role: &Role, input: &SignInput, who: &Requester) -> Result<String> {
 
 /// Checks the request against the role and signs. `serial` comes from the
 /// caller, which makes sure it is unique in the mount.
-pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, now: i64, serial: u64) -> Result<Certificate> {
+pub fn sign(
+    role: &Role,
+    issuer: &Issuer,
+    input: &SignInput,
+    who: &Requester,
+    now: i64,
+    serial: u64,
+) -> Result<Certificate> {
     match input.cert_type {
         CertType::User if !role.allow_user_certificates => {
             return Err(Error::invalid("cert_type 'user' is not allowed by role"))
@@ -300,7 +349,13 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
     )?;
     check_option_values(role, &critical)?;
     let extensions = match input.cert_type {
-        CertType::User => options("extensions", &input.extensions, &role.allowed_extensions, &role.default_extensions, false)?,
+        CertType::User => options(
+            "extensions",
+            &input.extensions,
+            &role.allowed_extensions,
+            &role.default_extensions,
+            false,
+        )?,
         CertType::Host if !input.extensions.is_empty() => {
             return Err(Error::invalid("host certificates carry no extensions"))
         }
@@ -310,8 +365,13 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
     let valid_after = (now - role.not_before_duration).max(0) as u64;
     let valid_before = (now + ttl) as u64;
     let ssh = |e: ssh_key::Error| Error::invalid(format!("cannot build certificate: {e}"));
-    let mut b = Builder::new_with_random_nonce(&mut rand::rngs::OsRng, input.public_key.key_data().clone(), valid_after, valid_before)
-        .map_err(ssh)?;
+    let mut b = Builder::new_with_random_nonce(
+        &mut rand::rngs::OsRng,
+        input.public_key.key_data().clone(),
+        valid_after,
+        valid_before,
+    )
+    .map_err(ssh)?;
     b.serial(serial).map_err(ssh)?;
     b.cert_type(input.cert_type).map_err(ssh)?;
     b.key_id(key_id).map_err(ssh)?;
@@ -329,7 +389,11 @@ pub fn sign(role: &Role, issuer: &Issuer, input: &SignInput, who: &Requester, no
     }
     let signed = match &*signer(issuer)? {
         CaSigner::Rsa(ca) => {
-            let hash = if role.algorithm_signer == "rsa-sha2-512" { HashAlg::Sha512 } else { HashAlg::Sha256 };
+            let hash = if role.algorithm_signer == "rsa-sha2-512" {
+                HashAlg::Sha512
+            } else {
+                HashAlg::Sha256
+            };
             b.sign(&RsaCa { hash, ..ca.clone() })
         }
         CaSigner::Ed25519(ca) => b.sign(ca),
@@ -354,7 +418,8 @@ struct Ed25519Ca {
 
 impl signature::Signer<Signature> for Ed25519Ca {
     fn try_sign(&self, msg: &[u8]) -> signature::Result<Signature> {
-        Signature::new(Algorithm::Ed25519, self.key.sign(msg).to_bytes().to_vec()).map_err(|_| signature::Error::new())
+        Signature::new(Algorithm::Ed25519, self.key.sign(msg).to_bytes().to_vec())
+            .map_err(|_| signature::Error::new())
     }
 }
 
@@ -371,7 +436,11 @@ fn signer(issuer: &Issuer) -> Result<std::sync::Arc<CaSigner>> {
     use std::sync::{Arc, Mutex, OnceLock};
     static SIGNERS: OnceLock<Mutex<HashMap<String, Arc<CaSigner>>>> = OnceLock::new();
     let map = SIGNERS.get_or_init(Default::default);
-    if let Some(s) = map.lock().unwrap_or_else(|e| e.into_inner()).get(&issuer.id) {
+    if let Some(s) = map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&issuer.id)
+    {
         return Ok(s.clone());
     }
     let key = issuer.signing_key()?;
@@ -437,7 +506,13 @@ impl signature::Signer<Signature> for RsaCa {
                 .try_sign(msg)?
                 .to_vec(),
         };
-        Signature::new(Algorithm::Rsa { hash: Some(self.hash) }, bytes).map_err(|_| signature::Error::new())
+        Signature::new(
+            Algorithm::Rsa {
+                hash: Some(self.hash),
+            },
+            bytes,
+        )
+        .map_err(|_| signature::Error::new())
     }
 }
 
@@ -480,8 +555,14 @@ mod tests {
             display_name: "userpass-alice".into(),
             meta: BTreeMap::from([("username".to_string(), "alice".to_string())]),
         };
-        assert_eq!(expand("{{identity.entity.aliases.auth_userpass_1234.name}}", &who).as_deref(), Some("alice"));
-        assert_eq!(expand("{{token_display_name}}", &who).as_deref(), Some("userpass-alice"));
+        assert_eq!(
+            expand("{{identity.entity.aliases.auth_userpass_1234.name}}", &who).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            expand("{{token_display_name}}", &who).as_deref(),
+            Some("userpass-alice")
+        );
         assert_eq!(expand("{{unknown}}", &who), None);
     }
 }
