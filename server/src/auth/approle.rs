@@ -59,18 +59,7 @@ fn hex_of(s: &str) -> String {
 }
 
 pub fn validate_role_name(name: &str) -> Result<String> {
-    let n = name.to_lowercase();
-    if n.is_empty()
-        || n.len() > 128
-        || !n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-    {
-        return Err(Error::invalid(
-            "role name must be 1-128 letters, digits, '-', '_', '.' or '@'",
-        ));
-    }
-    Ok(n)
+    super::validate_login_name("role name", name)
 }
 
 pub async fn read_role(core: &Core, name: &str) -> Result<Option<Role>> {

@@ -28,18 +28,7 @@ fn key(name: &str) -> String {
 
 /// Usernames are case-insensitive, as in Vault.
 pub fn validate_username(name: &str) -> Result<String> {
-    let n = name.to_lowercase();
-    if n.is_empty()
-        || n.len() > 128
-        || !n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
-    {
-        return Err(Error::invalid(
-            "username must be 1-128 letters, digits, '-', '_', '.' or '@'",
-        ));
-    }
-    Ok(n)
+    super::validate_login_name("username", name)
 }
 
 async fn hash_password(password: String) -> Result<String> {
@@ -81,37 +70,37 @@ fn check_password(p: &str) -> Result<()> {
 pub async fn write_user(core: &Core, name: &str, req: &Request) -> Result<()> {
     let name = validate_username(name)?;
     let f = &req.fields;
-    let existing: Option<User> = core.storage.get(&key(&name)).await?;
     let password = f.str("password")?;
-    let mut user = match (existing, password) {
-        (Some(u), None) => u,
-        (_, Some(p)) => {
-            check_password(&p)?;
-            let mut u = core
-                .storage
-                .get::<User>(&key(&name))
-                .await?
-                .unwrap_or(User {
-                    name: name.clone(),
-                    password_hash: String::new(),
-                    token: TokenSettings::default(),
-                });
-            u.password_hash = hash_password(p).await?;
-            u
-        }
+    let mut user = match (core.storage.get::<User>(&key(&name)).await?, &password) {
+        (Some(u), _) => u,
+        (None, Some(_)) => User {
+            name: name.clone(),
+            password_hash: String::new(),
+            token: TokenSettings::default(),
+        },
         (None, None) => return Err(Error::invalid("missing password")),
     };
+    // Check every field before the (slow) password hash.
     user.token.update_from(f)?;
+    if let Some(p) = password {
+        check_password(&p)?;
+        user.password_hash = hash_password(p).await?;
+    }
     core.storage.put(&key(&name), &user).await
 }
 
-pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> {
+async fn existing_user(core: &Core, name: &str) -> Result<(String, User)> {
     let name = validate_username(name)?;
-    let mut user: User = core
+    let user = core
         .storage
         .get(&key(&name))
         .await?
         .ok_or_else(|| Error::invalid(format!("user {name:?} does not exist")))?;
+    Ok((name, user))
+}
+
+pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> {
+    let (name, mut user) = existing_user(core, name).await?;
     let p = req.fields.required_str("password")?;
     check_password(&p)?;
     user.password_hash = hash_password(p).await?;
@@ -119,12 +108,7 @@ pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> 
 }
 
 pub async fn set_policies(core: &Core, name: &str, req: &Request) -> Result<()> {
-    let name = validate_username(name)?;
-    let mut user: User = core
-        .storage
-        .get(&key(&name))
-        .await?
-        .ok_or_else(|| Error::invalid(format!("user {name:?} does not exist")))?;
+    let (name, mut user) = existing_user(core, name).await?;
     user.token.update_from(&req.fields)?;
     core.storage.put(&key(&name), &user).await
 }
