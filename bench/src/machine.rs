@@ -123,3 +123,31 @@ pub fn describe() -> Machine {
             .unwrap_or_else(|| "OpenSSH (version unknown)".into()),
     }
 }
+
+impl Machine {
+    /// "Measured DATE on CPU (nproc N; CPUs X% busy in the second before
+    /// the run, 1-minute load average L), commit C".
+    pub fn measured_on(&self) -> String {
+        let busy = self
+            .busy
+            .map(|b| format!("{:.0}%", 100.0 * b))
+            .unwrap_or_else(|| "unknown".into());
+        format!(
+            "Measured {} on {} (nproc {}; CPUs {busy} busy in the second before the run, \
+             1-minute load average {}), commit {}",
+            self.date, self.cpu, self.nproc, self.load, self.commit
+        )
+    }
+
+    /// A paragraph (with two leading newlines) when other work kept the
+    /// CPUs busy just before the run; empty otherwise.
+    pub fn busy_warning(&self) -> String {
+        match self.busy.map(|b| 100.0 * b) {
+            Some(b) if b >= 20.0 => format!(
+                "\n\n**The machine was busy**: other work kept {b:.0}% of the CPUs busy just before \
+                 the run, and shared them during it; compare these ratios only with runs on an idle machine."
+            ),
+            _ => String::new(),
+        }
+    }
+}

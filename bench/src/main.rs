@@ -8,8 +8,12 @@
 //! replaces. To add a suite: a module with `Args` (flattening [`Common`])
 //! and `run`, and a variant of [`Command`].
 
+mod helper;
+mod hostd;
+mod load;
 mod machine;
 mod measure;
+mod otp;
 mod report;
 mod server;
 mod sign;
@@ -34,6 +38,64 @@ enum Command {
     /// Certificates per second: `ssh-keygen -s`, in-process signing per CA
     /// key type, and the HTTPS API with several concurrent clients.
     Sign(sign::Args),
+    /// OTP creations and verifications per second over HTTPS, p50 and p99,
+    /// beside `GET /v1/sys/health` with the same clients.
+    Otp(otp::Args),
+    /// Time the PAM helper adds to a login (exec + TLS + verify), beside
+    /// spawning `/bin/true` and an in-process HTTPS verify.
+    Helper(helper::Args),
+    /// gatepass-hostd applying 10,000 dynamic keys over 1,000 users: time
+    /// and peak memory, beside plain file writes.
+    Hostd(hostd::Args),
+    /// Every suite in turn (what `bench/run` does by default).
+    All(AllArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AllArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Numbers of concurrent HTTPS clients (sign and otp).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    clients: Vec<usize>,
+}
+
+fn all(args: &AllArgs) -> anyhow::Result<()> {
+    type Suite = (&'static str, Box<dyn Fn() -> anyhow::Result<()>>);
+    let (c, n) = (args.common.clone(), args.clients.clone());
+    let suites: Vec<Suite> = vec![
+        ("sign", {
+            let a = sign::Args {
+                common: c.clone(),
+                clients: n.clone(),
+            };
+            Box::new(move || sign::run(&a))
+        }),
+        ("otp", {
+            let a = otp::Args::with(c.clone(), n.clone());
+            Box::new(move || otp::run(&a))
+        }),
+        ("helper", {
+            let a = helper::Args::with(c.clone());
+            Box::new(move || helper::run(&a))
+        }),
+        ("hostd", {
+            let a = hostd::Args::with(c.clone());
+            Box::new(move || hostd::run(&a))
+        }),
+    ];
+    let mut failed = Vec::new();
+    for (name, run) in suites {
+        eprintln!("=== gatepass-bench {name}");
+        if let Err(e) = run() {
+            eprintln!("gatepass-bench {name} failed: {e:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("suites failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// Options every suite takes.
@@ -68,6 +130,22 @@ impl Common {
         };
         Ok(dir.join("gatepass-server"))
     }
+
+    /// Another of the workspace's binaries, next to the server binary.
+    pub fn sibling_bin(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let server = self.server_bin()?;
+        let bin = server
+            .parent()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|| PathBuf::from(name));
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p {name}` (bench/run does)",
+                bin.display()
+            );
+        }
+        Ok(bin)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,5 +153,9 @@ fn main() -> anyhow::Result<()> {
     gatepass_server::tls::install_crypto_provider();
     match cli.command {
         Command::Sign(args) => sign::run(&args),
+        Command::Otp(args) => otp::run(&args),
+        Command::Helper(args) => helper::run(&args),
+        Command::Hostd(args) => hostd::run(&args),
+        Command::All(args) => all(&args),
     }
 }

@@ -134,6 +134,11 @@ impl DevServer {
         log_tail(&self.log)
     }
 
+    /// The dev server's TLS CA, PEM.
+    pub fn ca_pem(&self) -> &[u8] {
+        &self.ca_pem
+    }
+
     /// A client with its own connection pool that trusts only the dev CA
     /// and never uses a proxy.
     pub fn client(&self) -> anyhow::Result<reqwest::Client> {

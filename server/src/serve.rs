@@ -24,7 +24,10 @@ pub async fn run(
                 shutdown.await;
                 h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
             });
+            // TCP_NODELAY: small TLS handshake records otherwise wait on
+            // delayed ACKs (tens of ms added to a fresh connection).
             axum_server::from_tcp_rustls(listener, cfg)
+                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
                 .handle(handle)
                 .serve(app)
                 .await
@@ -33,6 +36,7 @@ pub async fn run(
         None => {
             let l = tokio::net::TcpListener::from_std(listener)?;
             axum::serve(l, app)
+                .tcp_nodelay(true)
                 .with_graceful_shutdown(shutdown)
                 .await
                 .map_err(Error::Io)

@@ -1,0 +1,522 @@
+//! `gatepass-bench helper`: the time the PAM helper adds to a login.
+//!
+//! `target/release/gatepass-helper` is run the way `pam_exec.so
+//! expose_authtok` runs it: a fresh process with PAM_USER, PAM_RHOST,
+//! PAM_TYPE=auth and PAM_SERVICE=sshd in its environment, the OTP on stdin
+//! (ended by a NUL), and a configuration file pointing at a real
+//! `gatepass-server dev` with its CA pinned. Every iteration first creates
+//! an OTP through the API (not timed), then times the helper from spawn to
+//! exit, which must be 0.
+//!
+//! References in the same run: `/bin/true` spawned the same way (the cost
+//! of starting a process alone) and `POST /v1/ssh/verify` from a warm
+//! in-process HTTPS client (the verify alone). With `pamtester` installed
+//! and root, the native module `pam_gatepass.so` is timed through
+//! `pamtester` beside `pam_permit.so`.
+
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::load;
+use crate::machine;
+use crate::measure::{Sample, Summary};
+use crate::report::{self, Align, Table};
+use crate::server::DevServer;
+use crate::Common;
+
+const SECTION: &str = "helper";
+const ROLE: &str = "bench-otp";
+const USER: &str = "bench";
+/// Issue 9's target for the helper's median.
+const TARGET_MEDIAN: Duration = Duration::from_millis(3);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Timed runs of each measurement (after a few untimed ones).
+    #[arg(long, default_value_t = 300)]
+    pub iterations: usize,
+    /// Skip the native PAM module (pamtester) rows.
+    #[arg(long)]
+    pub no_pam: bool,
+}
+
+impl Args {
+    pub fn with(common: Common) -> Args {
+        Args {
+            common,
+            iterations: 300,
+            no_pam: false,
+        }
+    }
+}
+
+struct Row {
+    what: String,
+    summary: Summary,
+    mean: Duration,
+    runs: u64,
+}
+
+/// Times `run` `n` times after `warm` untimed runs; `prepare` makes each
+/// run's input first, outside the timed part.
+fn iterate(
+    n: usize,
+    warm: usize,
+    mut prepare: impl FnMut() -> anyhow::Result<String>,
+    mut run: impl FnMut(&str) -> Result<(), String>,
+) -> anyhow::Result<(Sample, Duration)> {
+    for _ in 0..warm {
+        let input = prepare()?;
+        let _ = run(&input);
+    }
+    let mut s = Sample::default();
+    let mut sum = Duration::ZERO;
+    for _ in 0..n {
+        let input = prepare()?;
+        let t0 = Instant::now();
+        let outcome = run(&input);
+        let took = t0.elapsed();
+        sum += took;
+        s.record(took, outcome);
+    }
+    s.elapsed = sum;
+    let mean = sum / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    Ok((s, mean))
+}
+
+fn row(what: &str, (sample, mean): (Sample, Duration)) -> Row {
+    let runs = sample.total();
+    let summary = sample.summarize();
+    eprintln!(
+        "  {what:<52} p50 {} ms, p99 {} ms, mean {} ms, {} errors",
+        report::millis(summary.p50),
+        report::millis(summary.p99),
+        report::millis(Some(mean)),
+        summary.errors
+    );
+    Row {
+        what: what.to_string(),
+        summary,
+        mean,
+        runs,
+    }
+}
+
+/// Spawns `cmd` as pam_exec does: the token on stdin, ended by a NUL, and
+/// waits; exit 0 is success.
+fn exec_like_pam(mut cmd: Command, otp: &str) -> Result<(), String> {
+    let mut child = cmd
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PAM_USER", USER)
+        .env("PAM_RHOST", "127.0.0.1")
+        .env("PAM_RUSER", "")
+        .env("PAM_TTY", "ssh")
+        .env("PAM_SERVICE", "sshd")
+        .env("PAM_TYPE", "auth")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // `/bin/true` may be gone before it reads: a broken pipe is fine.
+        let _ = stdin.write_all(otp.as_bytes());
+        let _ = stdin.write_all(b"\0");
+    }
+    let out = child.wait_with_output().map_err(|e| format!("wait: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// A syslog socket of our own, drained by a thread, so the helper's lines
+/// cost what they cost without going to the system's log.
+struct Syslog {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Syslog {
+    fn start(path: PathBuf) -> anyhow::Result<Syslog> {
+        let sock =
+            UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 8192];
+            let mut lines = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    lines += 1;
+                }
+            }
+            lines
+        });
+        Ok(Syslog {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for Syslog {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `/etc/pam.d/gatepass-bench-<pid>-<name>`, removed when dropped.
+struct PamService {
+    name: String,
+    path: PathBuf,
+}
+
+impl PamService {
+    fn create(tag: &str, text: &str) -> anyhow::Result<PamService> {
+        let name = format!("gatepass-bench-{}-{tag}", std::process::id());
+        let path = Path::new("/etc/pam.d").join(&name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(PamService { name, path })
+    }
+}
+
+impl Drop for PamService {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn pamtester(service: &str, otp: &str) -> Result<(), String> {
+    let mut child = Command::new("pamtester")
+        .args([service, USER, "authenticate"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn pamtester: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(otp.as_bytes());
+        let _ = stdin.write_all(b"\n");
+    }
+    let out = child.wait_with_output().map_err(|e| format!("wait: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pamtester {}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if !(10..=100_000).contains(&args.iterations) {
+        bail!("--iterations takes 10 to 100000");
+    }
+    let server_bin = args.common.server_bin()?;
+    let helper_bin = args.common.sibling_bin("gatepass-helper")?;
+    let machine = machine::describe();
+    let dir = tempfile::Builder::new()
+        .prefix("gatepass-bench-helper-")
+        .tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut server = DevServer::start(&server_bin)?;
+    let result = measure_all(&rt, &server, args, &helper_bin, dir.path());
+    drop(rt);
+    let stopped = server.stop();
+    let (rows, pam_note) =
+        result.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
+    let status = stopped?;
+    if !status.success() {
+        eprintln!("note: the server exited with {status} after SIGTERM");
+    }
+    let body = section(&machine, args, &rows, &pam_note)?;
+    println!("{body}");
+    if let Some(path) = &args.common.write {
+        report::write_section(path, SECTION, &body)?;
+        eprintln!("wrote the {SECTION} section of {}", path.display());
+    }
+    let failed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.summary.errors > 0)
+        .map(|r| {
+            format!(
+                "{}: {} errors, first: {}",
+                r.what,
+                r.summary.errors,
+                r.summary.first_error.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("runs failed:\n{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
+async fn create(server: &DevServer, c: &reqwest::Client) -> anyhow::Result<String> {
+    let v = server
+        .write(
+            c,
+            &format!("ssh/creds/{ROLE}"),
+            &json!({ "ip": "127.0.0.1" }),
+        )
+        .await?;
+    v.pointer("/data/key")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .context("creds returned no key")
+}
+
+fn measure_all(
+    rt: &tokio::runtime::Runtime,
+    server: &DevServer,
+    args: &Args,
+    helper_bin: &Path,
+    dir: &Path,
+) -> anyhow::Result<(Vec<Row>, String)> {
+    let n = args.iterations;
+    let warm = 10;
+    let client = server.client()?;
+    rt.block_on(server.write(
+        &client,
+        &format!("ssh/roles/{ROLE}"),
+        &json!({ "key_type": "otp", "default_user": USER, "cidr_list": "127.0.0.0/8" }),
+    ))?;
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, server.ca_pem())?;
+    let syslog = Syslog::start(dir.join("syslog.sock"))?;
+    let config = dir.join("helper.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "servers = [{addr:?}]\nmount = \"ssh\"\nca_cert = {ca:?}\ntimeout = \"5s\"\n\
+             allowed_roles = [\"*\"]\nallowed_cidr_list = []\nsyslog_socket = {sock:?}\n",
+            addr = server.addr,
+            ca = ca.display().to_string(),
+            sock = syslog.path.display().to_string(),
+        ),
+    )?;
+    let new_otp = || rt.block_on(create(server, &client));
+    let mut rows = Vec::new();
+
+    eprintln!("reference: /bin/true spawned like pam_exec");
+    rows.push(row(
+        "`/bin/true`, spawned as pam_exec does (reference)",
+        iterate(n, warm, new_otp, |otp| {
+            exec_like_pam(Command::new("/bin/true"), otp)
+        })?,
+    ));
+
+    eprintln!("reference: in-process POST /v1/ssh/verify");
+    let verify_url = server.url("ssh/verify");
+    rows.push(row(
+        "in-process HTTPS `POST /v1/ssh/verify`, warm client (reference)",
+        iterate(n, warm, new_otp, |otp| {
+            rt.block_on(async {
+                let text = load::answer(
+                    client
+                        .post(&verify_url)
+                        .json(&json!({ "otp": otp }))
+                        .send()
+                        .await,
+                )
+                .await?;
+                if text.contains("\"username\":\"bench\"") {
+                    Ok(())
+                } else {
+                    Err(format!("unexpected answer: {text}"))
+                }
+            })
+        })?,
+    ));
+
+    eprintln!("gatepass-helper, as pam_exec runs it");
+    let helper = || {
+        let mut c = Command::new(helper_bin);
+        c.arg(format!("-config={}", config.display()));
+        c
+    };
+    rows.push(row(
+        "`gatepass-helper` (TOML config), spawned as pam_exec does",
+        iterate(n, warm, new_otp, |otp| exec_like_pam(helper(), otp))?,
+    ));
+    let lines = syslog.finish();
+    eprintln!("  ({lines} syslog lines received from the helper)");
+
+    // The native module, through pamtester, when it can be done here.
+    let module = helper_bin.with_file_name("libpam_gatepass.so");
+    let pam_note = if args.no_pam {
+        "not measured (--no-pam)".to_string()
+    } else if Command::new("pamtester")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        "not measured: `pamtester` is not installed".to_string()
+    } else if !nix::unistd::geteuid().is_root() {
+        "not measured: writing a service into /etc/pam.d needs root".to_string()
+    } else if !module.is_file() {
+        format!("not measured: {} not found", module.display())
+    } else {
+        match pam_rows(n, warm, &module, &config, new_otp) {
+            Ok(mut r) => {
+                rows.append(&mut r);
+                String::new()
+            }
+            Err(e) => {
+                eprintln!("  pamtester: {e:#}");
+                format!("not measured: pamtester failed ({e:#})")
+            }
+        }
+    };
+    Ok((rows, pam_note))
+}
+
+fn pam_rows(
+    n: usize,
+    warm: usize,
+    module: &Path,
+    config: &Path,
+    mut new_otp: impl FnMut() -> anyhow::Result<String>,
+) -> anyhow::Result<Vec<Row>> {
+    eprintln!("pamtester: pam_permit.so (reference) and pam_gatepass.so");
+    let permit = PamService::create("permit", "auth required pam_permit.so\n")?;
+    let native = PamService::create(
+        "gatepass",
+        &format!(
+            "auth required {} config={}\n",
+            module.display(),
+            config.display()
+        ),
+    )?;
+    // One check before timing: the module must accept a fresh OTP.
+    pamtester(&native.name, &new_otp()?).map_err(anyhow::Error::msg)?;
+    let mut rows = vec![row(
+        "`pamtester` with `pam_permit.so` (reference)",
+        iterate(n, warm, &mut new_otp, |otp| pamtester(&permit.name, otp))?,
+    )];
+    rows.push(row(
+        "`pamtester` with `pam_gatepass.so`",
+        iterate(n, warm, &mut new_otp, |otp| pamtester(&native.name, otp))?,
+    ));
+    Ok(rows)
+}
+
+fn section(
+    m: &machine::Machine,
+    args: &Args,
+    rows: &[Row],
+    pam_note: &str,
+) -> anyhow::Result<String> {
+    let p50 = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.what.starts_with(prefix))
+            .and_then(|r| r.summary.p50)
+            .map(|d| d.as_secs_f64())
+            .filter(|d| *d > 0.0)
+    };
+    let (Some(truth), Some(verify)) = (p50("`/bin/true`"), p50("in-process")) else {
+        bail!("a reference is missing");
+    };
+    let permit = p50("`pamtester` with `pam_permit");
+    let mut t = Table::new(&[
+        ("measurement", Align::Left),
+        ("runs", Align::Right),
+        ("p50 ms", Align::Right),
+        ("p99 ms", Align::Right),
+        ("mean ms", Align::Right),
+        ("errors", Align::Right),
+        ("p50 × `/bin/true`", Align::Right),
+        ("p50 × in-process verify", Align::Right),
+        ("p50 × pam_permit", Align::Right),
+    ]);
+    for r in rows {
+        let x = r.summary.p50.map(|d| d.as_secs_f64());
+        let pam = if r.what.starts_with("`pamtester`") {
+            permit.and_then(|p| x.map(|x| x / p))
+        } else {
+            None
+        };
+        t.push(vec![
+            r.what.clone(),
+            r.runs.to_string(),
+            report::millis(r.summary.p50),
+            report::millis(r.summary.p99),
+            report::millis(Some(r.mean)),
+            r.summary.errors.to_string(),
+            report::ratio(x.map(|x| x / truth)),
+            report::ratio(x.map(|x| x / verify)),
+            report::ratio(pam),
+        ]);
+    }
+    let helper = rows
+        .iter()
+        .find(|r| r.what.starts_with("`gatepass-helper`"));
+    let target = match helper.and_then(|r| r.summary.p50) {
+        Some(d) => format!(
+            "Target (issue 9) — helper median under {} ms: measured {} ms, {}.",
+            TARGET_MEDIAN.as_millis(),
+            report::millis(Some(d)),
+            if d < TARGET_MEDIAN {
+                "**met**"
+            } else {
+                "**not met**"
+            }
+        ),
+        None => "Target (issue 9) — helper median: not measured in this run.".into(),
+    };
+    let added = helper.and_then(|r| r.summary.p50).map(|d| {
+        format!(
+            " Over `/bin/true`, the helper adds {} ms at the median (its own start-up, reading the \
+             configuration, a new TLS connection and the verify).",
+            report::millis(Some(d.saturating_sub(Duration::from_secs_f64(truth))))
+        )
+    });
+    let pam = if pam_note.is_empty() {
+        String::new()
+    } else {
+        format!("\n\nThe native module `pam_gatepass.so`: {pam_note}.")
+    };
+    Ok(format!(
+        "{measured}; {n} timed runs per row after 10 untimed ones.\n\n{table}\n\
+         {target}{added}{pam}{busy}\n",
+        measured = m.measured_on(),
+        n = args.iterations,
+        table = t.to_markdown(),
+        added = added.unwrap_or_default(),
+        busy = m.busy_warning(),
+    ))
+}
