@@ -34,9 +34,11 @@ pub async fn run(
                 .map_err(Error::Io)
         }
         None => {
-            let l = tokio::net::TcpListener::from_std(listener)?;
+            use axum::serve::ListenerExt;
+            let l = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(l, app)
-                .tcp_nodelay(true)
                 .with_graceful_shutdown(shutdown)
                 .await
                 .map_err(Error::Io)
