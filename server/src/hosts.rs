@@ -346,32 +346,90 @@ pub async fn mappings(core: &Core) -> Result<BTreeMap<String, Vec<String>>> {
 }
 
 /// Computes a host's desired state; `index` hashes its content.
-pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
-    let mut st = HostState::default();
-    if let Some(m) = mounts::get(core, &host.config.user_mount).await? {
-        st.user_ca_keys = issuers::public_keys_text(core, &m)
-            .await?
-            .unwrap_or_default();
-        st.krl = base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
-    }
-    if host.config.principals == "mapped" {
-        st.principals = Some(mappings(core).await?);
-    }
-    for m in mounts::all(core).await? {
-        for k in creds::dynamic_keys(core, &m, now).await? {
-            let ip: Option<IpAddr> = k.ip.parse().ok();
-            if ip.is_some_and(|ip| host.addresses.contains(&ip)) {
-                st.dynamic_keys.push(DynamicKey {
-                    user: k.username,
-                    public_key: k.public_key,
-                    options: k.key_option_specs,
-                    expires: k.expire_time,
-                    lease_id: k.lease_id,
-                });
+/// The parts of every host's state that do not depend on the host: CA keys
+/// and KRL per user mount, mappings, every live dynamic key. Built once per
+/// change and shared by all waiting hosts, so a change reaching thousands of
+/// long-polls costs one rebuild, not one per host.
+#[derive(Default)]
+pub struct StateCache {
+    inner: tokio::sync::Mutex<Option<Shared>>,
+}
+
+struct Shared {
+    /// Storage change count and second it was built at.
+    change: u64,
+    now: i64,
+    built: tokio::time::Instant,
+    view: std::sync::Arc<SharedView>,
+}
+
+async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
+    let mut guard = core.hosts_cache.inner.lock().await;
+    let change = core.storage.change_count();
+    let fresh = guard.as_ref().is_some_and(|s| {
+        // Other servers' changes are picked up within a second.
+        s.change == change && s.now == now && s.built.elapsed() < Duration::from_secs(1)
+    });
+    if !fresh {
+        let mut mounts_parts = BTreeMap::new();
+        let mut dynamic = Vec::new();
+        for m in mounts::all(core).await? {
+            let keys = issuers::public_keys_text(core, &m).await?.unwrap_or_default();
+            let krl = base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
+            mounts_parts.insert(m.path.clone(), (keys, krl));
+            for k in creds::dynamic_keys(core, &m, now).await? {
+                dynamic.push((
+                    k.ip.parse().ok(),
+                    DynamicKey {
+                        user: k.username,
+                        public_key: k.public_key,
+                        options: k.key_option_specs,
+                        expires: k.expire_time,
+                        lease_id: k.lease_id,
+                    },
+                ));
             }
         }
+        dynamic.sort_by(|a, b| a.1.lease_id.cmp(&b.1.lease_id));
+        *guard = Some(Shared {
+            change,
+            now,
+            built: tokio::time::Instant::now(),
+            view: std::sync::Arc::new(SharedView {
+                mounts: mounts_parts,
+                mappings: mappings(core).await?,
+                dynamic,
+            }),
+        });
     }
-    st.dynamic_keys.sort_by(|a, b| a.lease_id.cmp(&b.lease_id));
+    let s = guard.as_ref().ok_or_else(|| Error::internal("host state cache empty"))?;
+    Ok(s.view.clone())
+}
+
+/// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
+struct SharedView {
+    mounts: BTreeMap<String, (String, String)>,
+    mappings: BTreeMap<String, Vec<String>>,
+    dynamic: Vec<(Option<IpAddr>, DynamicKey)>,
+}
+
+/// Computes a host's desired state; `index` hashes its content.
+pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
+    let sh = shared(core, now).await?;
+    let mut st = HostState::default();
+    if let Some((keys, krl)) = sh.mounts.get(&host.config.user_mount) {
+        st.user_ca_keys = keys.clone();
+        st.krl = krl.clone();
+    }
+    if host.config.principals == "mapped" {
+        st.principals = Some(sh.mappings.clone());
+    }
+    st.dynamic_keys = sh
+        .dynamic
+        .iter()
+        .filter(|(ip, _)| ip.is_some_and(|ip| host.addresses.contains(&ip)))
+        .map(|(_, k)| k.clone())
+        .collect();
     let bytes = serde_json::to_vec(&st).map_err(|e| Error::internal(e.to_string()))?;
     let digest = Sha256::digest(&bytes);
     let mut idx = [0u8; 8];

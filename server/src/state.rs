@@ -32,6 +32,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// Failed OTP verifications per client address.
     pub verify_limiter: FailureLimiter,
+    /// The host-independent part of hosts' desired states.
+    pub hosts_cache: crate::hosts::StateCache,
 }
 
 pub type State = Arc<Core>;
@@ -60,6 +62,7 @@ impl Core {
             clock: opts.clock,
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
+            hosts_cache: Default::default(),
         });
         if core.is_initialized().await? {
             // Built-in policies added by newer versions reach older data.

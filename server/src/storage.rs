@@ -149,6 +149,11 @@ impl Storage {
         self.backend
     }
 
+    /// How many changes this server has made (for caches keyed on it).
+    pub fn change_count(&self) -> u64 {
+        *self.changes.borrow()
+    }
+
     /// A receiver that sees every change this server makes.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
