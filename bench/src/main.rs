@@ -8,6 +8,7 @@
 //! replaces. To add a suite: a module with `Args` (flattening [`Common`])
 //! and `run`, and a variant of [`Command`].
 
+mod fleet;
 mod helper;
 mod hostd;
 mod load;
@@ -17,6 +18,7 @@ mod otp;
 mod report;
 mod server;
 mod sign;
+mod vload;
 
 use std::path::PathBuf;
 
@@ -47,7 +49,14 @@ enum Command {
     /// gatepass-hostd applying 10,000 dynamic keys over 1,000 users: time
     /// and peak memory, beside plain file writes.
     Hostd(hostd::Args),
-    /// Every suite in turn (what `bench/run` does by default).
+    /// N simulated hosts long-polling their state from one server: server
+    /// memory, and how long a revocation takes to reach all of them.
+    Fleet(fleet::Args),
+    /// A load generator for any Vault-compatible server (gatepass or Vault):
+    /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
+    /// answers by status. Not a suite: it needs a target.
+    Load(vload::Args),
+    /// Every suite in turn (what `bench/run` does by default; not `load`).
     All(AllArgs),
 }
 
@@ -82,6 +91,10 @@ fn all(args: &AllArgs) -> anyhow::Result<()> {
         ("hostd", {
             let a = hostd::Args::with(c.clone());
             Box::new(move || hostd::run(&a))
+        }),
+        ("fleet", {
+            let a = fleet::Args::with(c.clone());
+            Box::new(move || fleet::run(&a))
         }),
     ];
     let mut failed = Vec::new();
@@ -156,6 +169,8 @@ fn main() -> anyhow::Result<()> {
         Command::Otp(args) => otp::run(&args),
         Command::Helper(args) => helper::run(&args),
         Command::Hostd(args) => hostd::run(&args),
+        Command::Fleet(args) => fleet::run(&args),
+        Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }
 }

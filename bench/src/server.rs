@@ -134,6 +134,11 @@ impl DevServer {
         log_tail(&self.log)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The dev server's TLS CA, PEM.
     pub fn ca_pem(&self) -> &[u8] {
         &self.ca_pem

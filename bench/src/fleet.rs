@@ -1,0 +1,723 @@
+//! `gatepass-bench fleet`: N simulated hosts long-polling their state from
+//! one real `gatepass-server dev`, in this one process (issue 9).
+//!
+//! 1. A join token with unlimited uses; N hosts enroll (16 at a time).
+//! 2. The reference: one host's plain `GET /v1/hosts/self/state` (no wait)
+//!    and `GET /v1/sys/health`, one request after another.
+//! 3. Every host long-polls `hosts/self/state?index=<last>&wait=30s` with its
+//!    host token over a few shared HTTP/2 connections (at most
+//!    `--streams-per-connection` polls each). Once every host has its first
+//!    state and is waiting again: the server's RSS and CPU.
+//! 4. One certificate is signed and revoked; the time until every host has
+//!    received a state with another index (the new KRL), and the RSS after.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use gatepass_server::ssh::issuers::generate_key;
+use serde_json::{json, Value};
+
+use crate::measure::{Sample, Summary};
+use crate::report::{self, Align, Table};
+use crate::server::DevServer;
+use crate::{machine, Common};
+
+/// The default run's section of BENCHMARKS.md; other host counts write
+/// `fleet-N`, so that a 10,000-host run sits beside the default one.
+const SECTION: &str = "fleet";
+const DEFAULT_HOSTS: usize = 2000;
+const ROLE: &str = "bench-fleet";
+/// Issue 9's targets, for 10,000 hosts.
+const TARGET_HOSTS: usize = 10_000;
+const TARGET_RSS_MIB: f64 = 300.0;
+const TARGET_REACH: Duration = Duration::from_secs(5);
+/// The long-poll's wait, as hostd asks for it.
+const WAIT: &str = "30s";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Simulated hosts; other counts than 2000 write the section `fleet-N`.
+    #[arg(long, default_value_t = DEFAULT_HOSTS)]
+    pub hosts: usize,
+    /// Concurrent enrollments.
+    #[arg(long, default_value_t = 16)]
+    pub enroll_tasks: usize,
+    /// Long-polls multiplexed over one HTTP/2 connection (the server allows
+    /// a limited number of concurrent streams per connection).
+    #[arg(long, default_value_t = 100)]
+    pub streams_per_connection: usize,
+    /// Give up waiting for the hosts (to open their polls, or to receive the
+    /// revocation) after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+}
+
+impl Args {
+    pub fn with(common: Common) -> Args {
+        Args {
+            common,
+            hosts: DEFAULT_HOSTS,
+            enroll_tasks: 16,
+            streams_per_connection: 100,
+            timeout: 120.0,
+        }
+    }
+}
+
+/// Server memory from /proc/PID/status, MiB: (VmRSS, VmHWM).
+fn memory(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// The server's CPU time (user + system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Raises the soft limit on open files to the hard limit (the server, a
+/// child, inherits it). Returns the soft limit now in force.
+fn raise_nofile() -> libc::rlim_t {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 0;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r = want;
+            }
+        }
+    }
+    r.rlim_cur
+}
+
+/// Shared by the host tasks.
+struct Fleet {
+    /// Hosts that have received their first state.
+    ready: AtomicUsize,
+    /// Answers received, all hosts together.
+    answers: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+    /// When the revocation request was sent (set once).
+    revoked_at: Mutex<Option<Instant>>,
+    /// Per host: nanoseconds from the revocation to a new index (0: not yet).
+    reached: Vec<AtomicU64>,
+    reached_count: AtomicUsize,
+    notify: tokio::sync::Notify,
+    stop: AtomicBool,
+}
+
+async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, String> {
+    let r = c
+        .get(url)
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .map_err(|e| crate::load::chain(&e))?;
+    let status = r.status();
+    let text = r.text().await.map_err(|e| crate::load::chain(&e))?;
+    if !status.is_success() {
+        return Err(format!("{status}: {}", text.trim()));
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    v.pointer("/data/index")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("no data.index in {text}"))
+}
+
+/// One simulated host: long-polls until told to stop.
+async fn host(fleet: Arc<Fleet>, i: usize, c: reqwest::Client, base: String, token: String) {
+    let mut index = 0u64;
+    while !fleet.stop.load(Ordering::Relaxed) {
+        let url = format!("{base}?index={index}&wait={WAIT}");
+        match poll_once(&c, &url, &token).await {
+            Ok(new) => {
+                fleet.answers.fetch_add(1, Ordering::Relaxed);
+                if index == 0 {
+                    fleet.ready.fetch_add(1, Ordering::Relaxed);
+                    fleet.notify.notify_waiters();
+                } else if new != index {
+                    let at = fleet.revoked_at.lock().ok().and_then(|g| *g);
+                    if let (Some(at), Some(slot)) = (at, fleet.reached.get(i)) {
+                        let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        if slot
+                            .compare_exchange(0, ns.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                        {
+                            fleet.reached_count.fetch_add(1, Ordering::Relaxed);
+                            fleet.notify.notify_waiters();
+                        }
+                    }
+                }
+                index = new;
+            }
+            Err(e) => {
+                fleet.errors.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut g) = fleet.first_error.lock() {
+                    g.get_or_insert(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Waits until `done()` or the timeout; false on timeout.
+async fn wait_for(fleet: &Fleet, timeout: Duration, done: impl Fn() -> bool) -> bool {
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = fleet.notify.notified();
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+/// A serial loop of one request for `secs` (after a short warm-up).
+async fn reference(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    budget: crate::measure::Budget,
+) -> Summary {
+    let once = || async {
+        let r = c.get(url).header("X-Vault-Token", token).send().await;
+        crate::load::answer(r).await.map(|_| ())
+    };
+    let warm_end = Instant::now() + budget.warmup;
+    while Instant::now() < warm_end {
+        let _ = once().await;
+    }
+    let mut s = Sample::default();
+    let start = Instant::now();
+    let end = start + budget.measure;
+    while s.total() < crate::measure::MAX_OPS {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        let outcome = once().await;
+        s.record(t0.elapsed(), outcome);
+    }
+    s.elapsed = start.elapsed();
+    s.summarize()
+}
+
+fn nearest_rank(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, sorted.len()) - 1).copied()
+}
+
+#[derive(Default, Debug)]
+struct Results {
+    hosts: usize,
+    connections: usize,
+    nofile: libc::rlim_t,
+    http: Option<reqwest::Version>,
+    rss_start: (f64, f64),
+    enroll: Duration,
+    health: Option<Summary>,
+    plain_state: Option<Summary>,
+    open_polls: Duration,
+    rss_polling: (f64, f64),
+    idle_cpu: Option<f64>,
+    idle_answers: u64,
+    sign: Duration,
+    revoke: Duration,
+    reached: Vec<Duration>,
+    rss_after: (f64, f64),
+    reach_cpu: Option<f64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(server.ca_pem())?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        // Longer than the long-poll's wait.
+        .timeout(Duration::from_secs(90))
+        .build()?)
+}
+
+async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::Result<()> {
+    let budget = args.common.budget()?;
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let pid = server.pid();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let n = args.hosts;
+    res.hosts = n;
+    let admin = server.client()?;
+    res.rss_start = memory(pid);
+
+    // An ssh CA and a role to sign with; the hosts trust this mount's CA.
+    server
+        .write(
+            &admin,
+            "ssh/config/ca",
+            &json!({ "key_type": "ssh-ed25519" }),
+        )
+        .await?;
+    server
+        .write(
+            &admin,
+            &format!("ssh/roles/{ROLE}"),
+            &json!({"key_type": "ca", "allow_user_certificates": true,
+                    "allowed_users": "*", "default_user": "bench", "ttl": "1h"}),
+        )
+        .await?;
+    let jt = server
+        .write(
+            &admin,
+            "hosts/join-tokens",
+            &json!({"ttl": "1h", "num_uses": 0}),
+        )
+        .await?;
+    let join = jt
+        .pointer("/data/join_token")
+        .and_then(Value::as_str)
+        .context("join-tokens returned no join_token")?
+        .to_string();
+
+    // Enrollment, `enroll_tasks` at a time, without a token.
+    eprintln!("  enrolling {n} hosts ({} at a time)…", args.enroll_tasks);
+    let tokens: Arc<Vec<Mutex<String>>> =
+        Arc::new((0..n).map(|_| Mutex::new(String::new())).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let url = server.url("hosts/enroll");
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.enroll_tasks {
+        let (c, next, tokens, url, join) = (
+            server.client()?,
+            next.clone(),
+            tokens.clone(),
+            url.clone(),
+            join.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= tokens.len() {
+                    return anyhow::Ok(());
+                }
+                let body = json!({
+                    "join_token": join,
+                    "hostname": format!("sim-{i}"),
+                    "addresses": [format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)],
+                    "host_keys": [],
+                });
+                let text = crate::load::answer(c.post(&url).json(&body).send().await)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("enrolling sim-{i}: {e}"))?;
+                let v: Value = serde_json::from_str(&text)?;
+                let t = v
+                    .pointer("/data/host_token")
+                    .and_then(Value::as_str)
+                    .context("enroll returned no host_token")?;
+                if let Some(slot) = tokens.get(i) {
+                    *slot.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = t.to_string();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    res.enroll = t0.elapsed();
+    let tokens: Vec<String> = tokens
+        .iter()
+        .map(|m| m.lock().map(|g| g.clone()).unwrap_or_default())
+        .collect();
+    eprintln!(
+        "  enrolled in {:.1} s ({:.0} hosts/s)",
+        res.enroll.as_secs_f64(),
+        n as f64 / res.enroll.as_secs_f64()
+    );
+
+    // The reference: one request after another from one warm client.
+    let state_url = server.url("hosts/self/state");
+    res.health = Some(reference(&admin, &server.url("sys/health"), "", budget).await);
+    res.plain_state = Some(reference(&admin, &state_url, &tokens[0], budget).await);
+
+    // The fleet: a few HTTP/2 connections, each carrying many polls.
+    let conns = n.div_ceil(args.streams_per_connection.max(1)).max(1);
+    res.connections = conns;
+    let clients: Vec<reqwest::Client> = (0..conns)
+        .map(|_| poll_client(server))
+        .collect::<anyhow::Result<_>>()?;
+    for c in &clients {
+        // Opens the connection first, so the polls share it.
+        let r = c.get(server.url("sys/health")).send().await?;
+        res.http = Some(r.version());
+        r.bytes().await?;
+    }
+    let fleet = Arc::new(Fleet {
+        ready: AtomicUsize::new(0),
+        answers: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+        revoked_at: Mutex::new(None),
+        reached: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        reached_count: AtomicUsize::new(0),
+        notify: tokio::sync::Notify::new(),
+        stop: AtomicBool::new(false),
+    });
+    eprintln!("  {n} hosts long-polling over {conns} connections…");
+    let t0 = Instant::now();
+    let handles: Vec<_> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            tokio::spawn(host(
+                fleet.clone(),
+                i,
+                clients[i % conns].clone(),
+                state_url.clone(),
+                t,
+            ))
+        })
+        .collect();
+    let outcome = async {
+        if !wait_for(&fleet, timeout, || fleet.ready.load(Ordering::Relaxed) >= n).await {
+            bail!(
+                "only {} of {n} hosts had their first state after {timeout:?} ({} errors, first: {:?})",
+                fleet.ready.load(Ordering::Relaxed),
+                fleet.errors.load(Ordering::Relaxed),
+                fleet.first_error.lock().ok().and_then(|g| g.clone())
+            );
+        }
+        res.open_polls = t0.elapsed();
+        eprintln!(
+            "  every host has its first state after {:.2} s; idle for 3 s",
+            res.open_polls.as_secs_f64()
+        );
+        // Every host now waits in its second poll; the server idles with them.
+        let answers0 = fleet.answers.load(Ordering::Relaxed);
+        let c0 = cpu_ticks(pid);
+        let idle = Duration::from_secs(3);
+        tokio::time::sleep(idle).await;
+        res.idle_cpu = c0
+            .zip(cpu_ticks(pid))
+            .map(|(a, b)| (b - a) as f64 / ticks / idle.as_secs_f64());
+        res.idle_answers = fleet.answers.load(Ordering::Relaxed) - answers0;
+        res.rss_polling = memory(pid);
+
+        // Sign a certificate, then revoke it: a new KRL for every host.
+        let user = generate_key("ssh-ed25519", 0)?;
+        let t = Instant::now();
+        let signed = server
+            .write(
+                &admin,
+                &format!("ssh/sign/{ROLE}"),
+                &json!({ "public_key": user.public_key().to_openssh()? }),
+            )
+            .await?;
+        res.sign = t.elapsed();
+        let serial = signed
+            .pointer("/data/serial_number")
+            .and_then(Value::as_str)
+            .context("sign returned no serial_number")?
+            .to_string();
+        // Let the wake-ups the sign caused settle (they keep the old index).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let c0 = cpu_ticks(pid);
+        let t = Instant::now();
+        if let Ok(mut g) = fleet.revoked_at.lock() {
+            *g = Some(t);
+        }
+        server
+            .write(&admin, "ssh/revoke", &json!({ "serial_number": serial }))
+            .await?;
+        res.revoke = t.elapsed();
+        let all = wait_for(&fleet, timeout, || {
+            fleet.reached_count.load(Ordering::Relaxed) >= n
+        })
+        .await;
+        let took = t.elapsed();
+        // /proc counts CPU time in ticks (10 ms): a shorter window says nothing.
+        res.reach_cpu = c0
+            .zip(cpu_ticks(pid))
+            .filter(|_| took >= Duration::from_millis(500))
+            .map(|(a, b)| (b - a) as f64 / ticks / took.as_secs_f64());
+        res.rss_after = memory(pid);
+        let mut reached: Vec<Duration> = fleet
+            .reached
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|ns| *ns > 0)
+            .map(Duration::from_nanos)
+            .collect();
+        reached.sort_unstable();
+        res.reached = reached;
+        if !all {
+            eprintln!(
+                "  only {} of {n} hosts received the revocation within {timeout:?}",
+                res.reached.len()
+            );
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    fleet.stop.store(true, Ordering::Relaxed);
+    for h in &handles {
+        h.abort();
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    res.errors = fleet.errors.load(Ordering::Relaxed);
+    res.first_error = fleet.first_error.lock().ok().and_then(|g| g.clone());
+    outcome
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    args.common.budget()?;
+    if !(1..=100_000).contains(&args.hosts) {
+        bail!("--hosts takes 1 to 100000");
+    }
+    if !(1..=256).contains(&args.enroll_tasks) {
+        bail!("--enroll-tasks takes 1 to 256");
+    }
+    if !(1..=10_000).contains(&args.streams_per_connection) {
+        bail!("--streams-per-connection takes 1 to 10000");
+    }
+    if !(1.0..=3600.0).contains(&args.timeout) {
+        bail!("--timeout takes 1 to 3600 seconds");
+    }
+    let nofile = raise_nofile();
+    let server_bin = args.common.server_bin()?;
+    let machine = machine::describe();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut server = DevServer::start(&server_bin)?;
+    let mut res = Results {
+        nofile,
+        ..Results::default()
+    };
+    let outcome = rt.block_on(measure(&server, args, &mut res));
+    drop(rt);
+    let stopped = server.stop();
+    outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
+    let status = stopped?;
+    if !status.success() {
+        eprintln!("note: the server exited with {status} after SIGTERM");
+    }
+    let body = section(&machine, args, &res);
+    println!("{body}");
+    if let Some(path) = &args.common.write {
+        let name = if args.hosts == DEFAULT_HOSTS {
+            SECTION.to_string()
+        } else {
+            format!("{SECTION}-{}", args.hosts)
+        };
+        report::write_section(path, &name, &body)?;
+        eprintln!("wrote the {name} section of {}", path.display());
+    }
+    if res.reached.len() < res.hosts {
+        bail!(
+            "{} of {} hosts never received the revocation",
+            res.hosts - res.reached.len(),
+            res.hosts
+        );
+    }
+    Ok(())
+}
+
+fn mib(v: f64) -> String {
+    format!("{v:.1}")
+}
+
+fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
+    let n = r.hosts;
+    let ms = |d: Option<Duration>| report::millis(d);
+    let mut out = format!(
+        "{}; {n} simulated hosts enrolled {} at a time, long-polling (`wait={WAIT}`) over {} {} connections (≤ {} polls each) from this one process; open-files limit {}; references {} s each after a {:.1} s warm-up.\n\n",
+        m.measured_on(),
+        args.enroll_tasks,
+        r.connections,
+        r.http.map(|v| format!("{v:?}")).unwrap_or_else(|| "HTTP".into()),
+        args.streams_per_connection,
+        r.nofile,
+        args.common.seconds,
+        crate::measure::Budget::from_seconds(args.common.seconds).warmup.as_secs_f64(),
+    );
+    let mut t = Table::new(&[
+        ("measurement", Align::Left),
+        ("rate /s", Align::Right),
+        ("p50 ms", Align::Right),
+        ("p99 ms", Align::Right),
+        ("errors", Align::Right),
+    ]);
+    for (what, s) in [
+        ("`GET /v1/sys/health`, 1 client (reference)", &r.health),
+        (
+            "`GET /v1/hosts/self/state`, no wait, 1 host (reference)",
+            &r.plain_state,
+        ),
+    ] {
+        if let Some(s) = s {
+            t.push(vec![
+                what.into(),
+                report::rate(s.rate),
+                ms(s.p50),
+                ms(s.p99),
+                s.errors.to_string(),
+            ]);
+        }
+    }
+    out += &t.to_markdown();
+    out += "\n";
+    let mut t = Table::new(&[
+        ("fleet of simulated hosts", Align::Left),
+        ("value", Align::Right),
+    ]);
+    let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    t.push(vec![
+        format!("enroll {n} hosts ({} concurrent)", args.enroll_tasks),
+        format!(
+            "{} ({} hosts/s)",
+            secs(r.enroll),
+            report::rate(n as f64 / r.enroll.as_secs_f64().max(1e-9))
+        ),
+    ]);
+    t.push(vec![
+        "every host's first state, from the polls' start".into(),
+        secs(r.open_polls),
+    ]);
+    t.push(vec![
+        "server RSS / VmHWM at start (before enrolling)".into(),
+        format!("{} / {} MiB", mib(r.rss_start.0), mib(r.rss_start.1)),
+    ]);
+    t.push(vec![
+        format!("server RSS / VmHWM, {n} polls open"),
+        format!("{} / {} MiB", mib(r.rss_polling.0), mib(r.rss_polling.1)),
+    ]);
+    t.push(vec![
+        format!("server CPU while {n} polls wait (3 s, no changes)"),
+        r.idle_cpu
+            .map(|c| format!("{:.0}% of a core", c * 100.0))
+            .unwrap_or_else(|| "–".into()),
+    ]);
+    t.push(vec![
+        "answers while they wait (should be 0)".into(),
+        r.idle_answers.to_string(),
+    ]);
+    t.push(vec![
+        "`POST /v1/ssh/sign/<role>` with the polls open".into(),
+        format!("{} ms", ms(Some(r.sign))),
+    ]);
+    t.push(vec![
+        "`POST /v1/ssh/revoke` answered".into(),
+        format!("{} ms", ms(Some(r.revoke))),
+    ]);
+    for (label, p) in [("50%", 50.0), ("99%", 99.0), ("100%", 100.0)] {
+        let v = if r.reached.len() < n && p >= 100.0 {
+            format!("not all: {} of {n}", r.reached.len())
+        } else {
+            let k = ((p / 100.0) * n as f64).ceil() as usize;
+            r.reached
+                .get(k.clamp(1, n) - 1)
+                .map(|d| format!("{} ms", ms(Some(*d))))
+                .unwrap_or_else(|| "–".into())
+        };
+        t.push(vec![
+            format!("revocation reached {label} of hosts (from the revoke request)"),
+            v,
+        ]);
+    }
+    t.push(vec![
+        "server CPU from the revoke to the last host".into(),
+        r.reach_cpu
+            .map(|c| format!("{:.0}% of a core", c * 100.0))
+            .unwrap_or_else(|| "– (under 0.5 s)".into()),
+    ]);
+    t.push(vec![
+        "server RSS / VmHWM after the revocation".into(),
+        format!("{} / {} MiB", mib(r.rss_after.0), mib(r.rss_after.1)),
+    ]);
+    t.push(vec![
+        "poll errors".into(),
+        match &r.first_error {
+            Some(e) => format!("{} (first: {e})", r.errors),
+            None => r.errors.to_string(),
+        },
+    ]);
+    out += &t.to_markdown();
+    let all = nearest_rank(&r.reached, 100.0).filter(|_| r.reached.len() >= n);
+    if let (Some(all), Some(s)) = (all, r.plain_state.as_ref().and_then(|s| s.p50)) {
+        let per_host = all.as_secs_f64() / n as f64;
+        out += &format!(
+            "\nFrom the revoke request to the last host: {:.1} µs per host, {:.2}× the median of one plain state request ({} ms, one after another), i.e. {} hosts reached per second.\n",
+            per_host * 1e6,
+            per_host / s.as_secs_f64().max(1e-9),
+            ms(Some(s)),
+            report::rate(n as f64 / all.as_secs_f64().max(1e-9)),
+        );
+    }
+    let hwm = r.rss_after.1.max(r.rss_polling.1);
+    let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    if n >= TARGET_HOSTS {
+        out += &format!(
+            "\nTargets (issue 9, {TARGET_HOSTS} hosts):\n\n- server RSS under {TARGET_RSS_MIB:.0} MB (compared as MiB): peak {} MiB (VmHWM), {}.\n- a revocation reaches all hosts in under {} s: {}, {}.\n",
+            mib(hwm),
+            verdict(hwm < TARGET_RSS_MIB),
+            TARGET_REACH.as_secs(),
+            all.map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "not all reached".into()),
+            verdict(all.is_some_and(|d| d < TARGET_REACH)),
+        );
+    } else {
+        out += &format!(
+            "\nIssue 9's targets are for {TARGET_HOSTS} hosts (RSS under {TARGET_RSS_MIB:.0} MB, revocation to all under {} s); this run had {n}: peak RSS {} MiB, revocation to all {}.\n",
+            TARGET_REACH.as_secs(),
+            mib(hwm),
+            all.map(|d| format!("{:.2} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "not reached".into()),
+        );
+    }
+    out += &m.busy_warning();
+    out
+}
