@@ -279,6 +279,48 @@ impl Storage {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Stores several values in one transaction (one commit instead of one
+    /// per value). With `first_is_new`, the first key must be free: if it
+    /// is taken nothing is stored and the answer is false.
+    pub async fn put_many(&self, items: &[(String, serde_json::Value)], first_is_new: bool) -> Result<bool> {
+        let mut tx = self.wpool.begin().await?;
+        for (i, (key, value)) in items.iter().enumerate() {
+            let sealed = self.encode(key, value)?;
+            let sql = if i == 0 && first_is_new {
+                "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+            } else {
+                "INSERT INTO entries (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            };
+            let done = sqlx::query(sql).bind(key.as_str()).bind(sealed).execute(&mut *tx).await?;
+            if i == 0 && first_is_new && done.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await?;
+        for (key, _) in items {
+            self.changed(key);
+        }
+        Ok(true)
+    }
+
+    /// Deletes several keys in one transaction.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        let mut tx = self.wpool.begin().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM entries WHERE key = $1")
+                .bind(key.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        for key in keys {
+            self.changed(key);
+        }
+        Ok(())
+    }
+
     /// Deletes; true when something was deleted.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM entries WHERE key = $1")

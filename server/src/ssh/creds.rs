@@ -210,22 +210,21 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                 expire_time: now + ttl,
                 host_id,
             };
-            if !core.storage.put_if_absent(&key, &entry).await? {
+            let lease = Lease {
+                id: lease_id.clone(),
+                secret_key: key.clone(),
+                issue_time: now,
+                expire_time: now + ttl,
+                last_renewal: None,
+                renewable: false,
+                max_expire: now + ttl,
+            };
+            // The OTP and its lease in one transaction: both or neither.
+            let mut items = vec![(key, serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?)];
+            items.extend(leases::records(&lease)?);
+            if !core.storage.put_many(&items, true).await? {
                 return Err(Error::internal("OTP collision"));
             }
-            leases::create(
-                core,
-                &Lease {
-                    id: lease_id.clone(),
-                    secret_key: key,
-                    issue_time: now,
-                    expire_time: now + ttl,
-                    last_renewal: None,
-                    renewable: false,
-                    max_expire: now + ttl,
-                },
-            )
-            .await?;
             Ok(Issued {
                 data: json!({
                     "ip": ip.to_string(), "key": otp, "key_type": "otp",
@@ -324,7 +323,8 @@ pub async fn verify(
     let Some(entry) = core.storage.take::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
-    leases::forget(core, &entry.lease_id).await?;
+    // OTP leases are not renewable, so the entry's expiry is the lease's.
+    leases::forget_known(core, &entry.lease_id, entry.expire_time).await?;
     if entry.expire_time <= now {
         return Ok(None);
     }
