@@ -54,8 +54,11 @@ struct ZeroAddress {
     roles: Vec<String>,
 }
 
-fn otp_key(m: &Mount, hash: &str) -> String {
-    format!("{}otp/{hash}", m.data_prefix())
+/// OTPs bound to a host live under that host's ID, unbound ones under `-`:
+/// a verify looks only where its caller may look, so one atomic take both
+/// checks the binding and consumes, and the wrong host cannot burn an OTP.
+fn otp_key(m: &Mount, host: Option<&str>, hash: &str) -> String {
+    format!("{}otp/{}/{hash}", m.data_prefix(), host.unwrap_or("-"))
 }
 fn dynkey_key(m: &Mount, id: &str) -> String {
     format!("{}dynkey/{id}", m.data_prefix())
@@ -201,7 +204,7 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
     match role.key_type {
         KeyType::Otp => {
             let otp = uuid::Uuid::new_v4().to_string();
-            let key = otp_key(m, &core.hasher.hash(&otp));
+            let key = otp_key(m, host_id.as_deref(), &core.hasher.hash(&otp));
             let entry = OtpEntry {
                 username: user.clone(),
                 ip: ip.to_string(),
@@ -314,12 +317,7 @@ pub async fn verify(
     if uuid::Uuid::parse_str(otp).is_err() {
         return Ok(None);
     }
-    let key = otp_key(m, &core.hasher.hash(otp));
-    // Check the binding before consuming, so the wrong host cannot burn it.
-    match core.storage.get::<OtpEntry>(&key).await? {
-        Some(e) if e.host_id.as_deref() == verify_host => {}
-        _ => return Ok(None),
-    }
+    let key = otp_key(m, verify_host, &core.hasher.hash(otp));
     let Some(entry) = core.storage.take::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
