@@ -374,8 +374,11 @@ async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
         let mut mounts_parts = BTreeMap::new();
         let mut dynamic = Vec::new();
         for m in mounts::all(core).await? {
-            let keys = issuers::public_keys_text(core, &m).await?.unwrap_or_default();
-            let krl = base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
+            let keys = issuers::public_keys_text(core, &m)
+                .await?
+                .unwrap_or_default();
+            let krl =
+                base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
             mounts_parts.insert(m.path.clone(), (keys, krl));
             for k in creds::dynamic_keys(core, &m, now).await? {
                 dynamic.push((
@@ -402,7 +405,9 @@ async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
             }),
         });
     }
-    let s = guard.as_ref().ok_or_else(|| Error::internal("host state cache empty"))?;
+    let s = guard
+        .as_ref()
+        .ok_or_else(|| Error::internal("host state cache empty"))?;
     Ok(s.view.clone())
 }
 

@@ -53,14 +53,19 @@ pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
 /// The storage entries of a lease: the lease and its expiry index.
 pub fn records(lease: &Lease) -> Result<Vec<(String, Value)>> {
     Ok(vec![
-        (key(&lease.id), serde_json::to_value(lease).map_err(|e| Error::internal(e.to_string()))?),
+        (
+            key(&lease.id),
+            serde_json::to_value(lease).map_err(|e| Error::internal(e.to_string()))?,
+        ),
         (exp_key(lease.expire_time, &lease.id), json!({})),
     ])
 }
 
 /// Removes a lease whose expiry is known, in one transaction (a used OTP).
 pub async fn forget_known(core: &Core, id: &str, expire_time: i64) -> Result<()> {
-    core.storage.delete_many(&[key(id), exp_key(expire_time, id)]).await
+    core.storage
+        .delete_many(&[key(id), exp_key(expire_time, id)])
+        .await
 }
 
 pub async fn get(core: &Core, id: &str) -> Result<Option<Lease>> {

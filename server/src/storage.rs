@@ -282,7 +282,11 @@ impl Storage {
     /// Stores several values in one transaction (one commit instead of one
     /// per value). With `first_is_new`, the first key must be free: if it
     /// is taken nothing is stored and the answer is false.
-    pub async fn put_many(&self, items: &[(String, serde_json::Value)], first_is_new: bool) -> Result<bool> {
+    pub async fn put_many(
+        &self,
+        items: &[(String, serde_json::Value)],
+        first_is_new: bool,
+    ) -> Result<bool> {
         let mut tx = self.wpool.begin().await?;
         for (i, (key, value)) in items.iter().enumerate() {
             let sealed = self.encode(key, value)?;
@@ -292,7 +296,11 @@ impl Storage {
                 "INSERT INTO entries (key, value) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             };
-            let done = sqlx::query(sql).bind(key.as_str()).bind(sealed).execute(&mut *tx).await?;
+            let done = sqlx::query(sql)
+                .bind(key.as_str())
+                .bind(sealed)
+                .execute(&mut *tx)
+                .await?;
             if i == 0 && first_is_new && done.rows_affected() != 1 {
                 tx.rollback().await?;
                 return Ok(false);

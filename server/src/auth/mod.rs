@@ -23,7 +23,8 @@ pub fn validate_login_name(what: &str, name: &str) -> crate::error::Result<Strin
     let n = name.to_lowercase();
     let ok = !n.is_empty()
         && n.len() <= 128
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
     if ok {
         Ok(n)
     } else {

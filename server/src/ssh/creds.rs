@@ -223,7 +223,10 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                 max_expire: now + ttl,
             };
             // The OTP and its lease in one transaction: both or neither.
-            let mut items = vec![(key, serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?)];
+            let mut items = vec![(
+                key,
+                serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?,
+            )];
             items.extend(leases::records(&lease)?);
             if !core.storage.put_many(&items, true).await? {
                 return Err(Error::internal("OTP collision"));
