@@ -4,7 +4,7 @@
 //! .debs are installed on this machine, upgraded, removed and purged.
 //!
 //! The install test leaves the machine as it found it: it purges the
-//! packages even when it fails, and it does not run at all where gatepass is
+//! packages even when it fails, and it refuses (fails) where gatepass is
 //! already installed or configured (it would purge someone's real setup).
 
 use std::collections::BTreeSet;
@@ -449,8 +449,9 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
     .filter(|p| Path::new(p).exists())
     .collect();
     if PACKAGES.iter().any(|p| installed(p)) || user_exists("gatepass") || !taken.is_empty() {
-        eprintln!("SKIPPED: gatepass is already installed or configured on this machine ({taken:?}); not touching it");
-        return;
+        // Fail rather than pass without testing: the install test would
+        // purge someone's real setup.
+        panic!("gatepass is already installed or configured on this machine ({taken:?}); not touching it: run this test on a machine without gatepass");
     }
     let debs: Vec<PathBuf> = PACKAGES.iter().map(|p| deb(p)).collect();
     let before = gatepass_paths();
