@@ -23,6 +23,26 @@ pub fn bin_dir() -> PathBuf {
     deps.parent().expect("target profile folder").to_path_buf()
 }
 
+/// Environment that would change what the `gatepass` CLI or ssh does;
+/// CLI tests remove it so they do not depend on the developer's shell (or
+/// their agent).
+pub const CLI_AMBIENT_ENV: &[&str] = &[
+    "GATEPASS_ADDR",
+    "GATEPASS_TOKEN",
+    "GATEPASS_CACERT",
+    "GATEPASS_FORMAT",
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "VAULT_CACERT",
+    "VAULT_FORMAT",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "SSH_ASKPASS",
+    "SSH_ASKPASS_REQUIRE",
+    "DISPLAY",
+    "XDG_RUNTIME_DIR",
+];
+
 /// Path of a workspace binary; panics with a hint when it was not built.
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);

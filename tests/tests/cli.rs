@@ -11,19 +11,6 @@ use std::process::{Command, Stdio};
 use gatepass_tests::{bin, run, DevServer};
 use serde_json::Value;
 
-/// Variables that would change what the CLI does; removed so the tests do
-/// not depend on the developer's shell.
-const AMBIENT: &[&str] = &[
-    "GATEPASS_ADDR",
-    "GATEPASS_TOKEN",
-    "GATEPASS_CACERT",
-    "GATEPASS_FORMAT",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_CACERT",
-    "VAULT_FORMAT",
-];
-
 /// One person's shell: a server and a private HOME.
 struct Session {
     server: DevServer,
@@ -45,7 +32,7 @@ impl Session {
     /// `gatepass` with only HOME and XDG_CONFIG_HOME set.
     fn bare(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gatepass"));
-        for v in AMBIENT {
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
             c.env_remove(v);
         }
         c.env("HOME", self.home.path())

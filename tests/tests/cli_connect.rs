@@ -24,23 +24,6 @@ use gatepass_tests::sshd::{keygen, pub_path, Agent, PamSetup, Sshd, SshdOptions}
 use gatepass_tests::{bin, DevServer};
 use serde_json::{json, Map, Value};
 
-const AMBIENT: &[&str] = &[
-    "GATEPASS_ADDR",
-    "GATEPASS_TOKEN",
-    "GATEPASS_CACERT",
-    "GATEPASS_FORMAT",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_CACERT",
-    "VAULT_FORMAT",
-    "SSH_AUTH_SOCK",
-    "SSH_AGENT_PID",
-    "SSH_ASKPASS",
-    "SSH_ASKPASS_REQUIRE",
-    "DISPLAY",
-    "XDG_RUNTIME_DIR",
-];
-
 /// Host keys are not what these tests check: accept the harness's sshd.
 /// (gatepass's own options come first on ssh's command line and win, so
 /// these do not weaken --host-ca-mount.)
@@ -105,7 +88,7 @@ impl Session {
 
     fn gatepass(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gatepass"));
-        for v in AMBIENT {
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
             c.env_remove(v);
         }
         c.env("HOME", self.home.path())
@@ -1025,7 +1008,7 @@ fn ssh_config_block_lets_plain_ssh_log_in_through_the_agent() {
     let agent = Agent::start();
     let plain_ssh = |agent: Option<&Agent>| {
         let mut c = Command::new("ssh");
-        for v in AMBIENT {
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
             c.env_remove(v);
         }
         c.env("HOME", s.home.path())

@@ -10,21 +10,6 @@ use std::process::Command;
 use gatepass_tests::{bin, run, DevServer};
 use serde_json::{json, Value};
 
-/// Variables that would change what the CLI does.
-const AMBIENT: &[&str] = &[
-    "GATEPASS_ADDR",
-    "GATEPASS_TOKEN",
-    "GATEPASS_CACERT",
-    "GATEPASS_FORMAT",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_CACERT",
-    "VAULT_FORMAT",
-    "SSH_AUTH_SOCK",
-    "SSH_AGENT_PID",
-    "XDG_RUNTIME_DIR",
-];
-
 struct Session {
     server: DevServer,
     home: tempfile::TempDir,
@@ -66,7 +51,7 @@ impl Session {
 
     fn gatepass(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gatepass"));
-        for v in AMBIENT {
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
             c.env_remove(v);
         }
         c.env("HOME", self.home.path())

@@ -15,22 +15,6 @@ use gatepass_tests::sshd::{Agent, Sshd, SshdOptions};
 use gatepass_tests::{bin, run, DevServer};
 use serde_json::Value;
 
-/// Variables that would change what the CLI does; removed so the tests do
-/// not depend on the developer's shell (or their agent).
-const AMBIENT: &[&str] = &[
-    "GATEPASS_ADDR",
-    "GATEPASS_TOKEN",
-    "GATEPASS_CACERT",
-    "GATEPASS_FORMAT",
-    "VAULT_ADDR",
-    "VAULT_TOKEN",
-    "VAULT_CACERT",
-    "VAULT_FORMAT",
-    "SSH_AUTH_SOCK",
-    "SSH_AGENT_PID",
-    "XDG_RUNTIME_DIR",
-];
-
 /// One person's shell: a server, a private HOME, a working folder and a
 /// TMPDIR whose emptiness shows that no key was left behind.
 struct Session {
@@ -79,7 +63,7 @@ impl Session {
     /// server's address, CA and root token.
     fn gatepass(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gatepass"));
-        for v in AMBIENT {
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
             c.env_remove(v);
         }
         c.env("HOME", self.home.path())
