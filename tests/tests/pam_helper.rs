@@ -24,14 +24,6 @@ fn vault_doc_config(addr: &str, ca: &Path) -> String {
     )
 }
 
-fn assert_refused(sshd: &Sshd, (status, out, err): (i32, String, String), what: &str) {
-    assert!(
-        status != 0 && err.contains("Permission denied"),
-        "{what}: expected a refusal, got status {status}\nstdout: {out}\nstderr: {err}\n--- sshd log ---\n{}",
-        sshd.log()
-    );
-}
-
 /// Runs the helper as pam_exec does: a clean environment with the PAM
 /// variables, the token on stdin ending in a NUL.
 fn helper(args: &[&str], user: Option<&str>, token: &str) -> Ran {

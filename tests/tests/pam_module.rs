@@ -18,14 +18,6 @@ fn module() -> PathBuf {
     bin("libpam_gatepass.so")
 }
 
-fn assert_refused(sshd: &Sshd, (status, out, err): (i32, String, String), what: &str) {
-    assert!(
-        status != 0 && err.contains("Permission denied"),
-        "{what}: expected a refusal, got status {status}\nstdout: {out}\nstderr: {err}\n--- sshd log ---\n{}",
-        sshd.log()
-    );
-}
-
 #[test]
 fn module_in_sshd_logs_in_with_password_and_keyboard_interactive_and_refuses_the_rest() {
     let env = Env::start();

@@ -320,3 +320,16 @@ pub fn sleep_until(since: Instant, d: Duration) {
     let left = (since + d).saturating_duration_since(Instant::now());
     std::thread::sleep(left);
 }
+
+/// An ssh login that sshd refused (and why not, with its log, when it wasn't).
+pub fn assert_refused(
+    sshd: &gatepass_tests::sshd::Sshd,
+    (status, out, err): (i32, String, String),
+    what: &str,
+) {
+    assert!(
+        status != 0 && err.contains("Permission denied"),
+        "{what}: expected a refusal, got status {status}\nstdout: {out}\nstderr: {err}\n--- sshd log ---\n{}",
+        sshd.log()
+    );
+}
