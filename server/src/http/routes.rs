@@ -114,7 +114,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
             let kind = req.fields.required_str("type")?;
             let desc = req.fields.str("description")?.unwrap_or_default();
-            req.fields.raw(); // `config` and `options` are accepted and ignored.
+            // Vault's `config`, `options`, `local`, `seal_wrap` are accepted
+            // and ignored, without an "unrecognized parameter" warning.
+            for k in ["config", "options", "local", "seal_wrap"] {
+                req.fields.value(k);
+            }
             mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
             Ok(Reply::NoContent)
         }
