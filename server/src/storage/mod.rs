@@ -13,6 +13,10 @@ use sqlx::{AnyPool, Row};
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
+mod writer;
+
+use writer::{Op, Unit, Writer};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -30,6 +34,8 @@ pub struct Storage {
     changes: tokio::sync::watch::Sender<u64>,
     cache: ReadCache,
     audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
+    /// Every change to `entries` after start-up goes through here.
+    writer: Writer,
 }
 
 /// How long a cached value may be used. Changes made by this server drop
@@ -132,7 +138,17 @@ impl Storage {
             tokio::spawn(audit_writer(wpool.clone(), rx));
             tx
         };
+        // SQLite's one write connection takes one writer task; PostgreSQL
+        // commits several batches at once.
+        let writer = Writer::start(
+            wpool.clone(),
+            match backend {
+                Backend::Sqlite => 1,
+                Backend::Postgres => 4,
+            },
+        );
         let storage = Storage {
+            writer,
             pool,
             wpool,
             barrier: Barrier::new(seal),
@@ -248,35 +264,48 @@ impl Storage {
         row.map(|r| self.decode(key, &r)).transpose()
     }
 
+    /// Applies a unit of writes through the group-commit writer and marks
+    /// the keys it changed.
+    async fn apply(&self, unit: Unit) -> Result<writer::Applied> {
+        let keys: Vec<String> = unit.ops.iter().map(|op| op.key().to_string()).collect();
+        let done = self.writer.apply(unit).await?;
+        if done.applied {
+            for (key, o) in keys.iter().zip(&done.outcomes) {
+                if o.hit {
+                    self.changed(key);
+                }
+            }
+        }
+        Ok(done)
+    }
+
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let sealed = self.encode(key, value)?;
-        sqlx::query(
-            "INSERT INTO entries (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(key)
-        .bind(sealed)
-        .execute(&self.wpool)
+        let value = self.encode(key, value)?;
+        self.apply(Unit {
+            ops: vec![Op::Put {
+                key: key.to_string(),
+                value,
+            }],
+            guarded: false,
+        })
         .await?;
-        self.changed(key);
         Ok(())
     }
 
     /// Stores only if the key is free; true when this call stored it. This is
     /// the primitive for "exactly once" across several servers.
     pub async fn put_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<bool> {
-        let sealed = self.encode(key, value)?;
-        let done = sqlx::query(
-            "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(sealed)
-        .execute(&self.wpool)
-        .await?;
-        if done.rows_affected() == 1 {
-            self.changed(key);
-        }
-        Ok(done.rows_affected() == 1)
+        let value = self.encode(key, value)?;
+        let done = self
+            .apply(Unit {
+                ops: vec![Op::Insert {
+                    key: key.to_string(),
+                    value,
+                }],
+                guarded: true,
+            })
+            .await?;
+        Ok(done.applied)
     }
 
     /// Stores several values in one transaction (one commit instead of one
@@ -287,71 +316,66 @@ impl Storage {
         items: &[(String, serde_json::Value)],
         first_is_new: bool,
     ) -> Result<bool> {
-        let mut tx = self.wpool.begin().await?;
+        let mut ops = Vec::with_capacity(items.len());
         for (i, (key, value)) in items.iter().enumerate() {
-            let sealed = self.encode(key, value)?;
-            let sql = if i == 0 && first_is_new {
-                "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+            let value = self.encode(key, value)?;
+            let key = key.clone();
+            ops.push(if i == 0 && first_is_new {
+                Op::Insert { key, value }
             } else {
-                "INSERT INTO entries (key, value) VALUES ($1, $2) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            };
-            let done = sqlx::query(sql)
-                .bind(key.as_str())
-                .bind(sealed)
-                .execute(&mut *tx)
-                .await?;
-            if i == 0 && first_is_new && done.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(false);
-            }
+                Op::Put { key, value }
+            });
         }
-        tx.commit().await?;
-        for (key, _) in items {
-            self.changed(key);
-        }
-        Ok(true)
+        let done = self
+            .apply(Unit {
+                ops,
+                guarded: first_is_new,
+            })
+            .await?;
+        Ok(done.applied)
     }
 
     /// Deletes several keys in one transaction.
     pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        let mut tx = self.wpool.begin().await?;
-        for key in keys {
-            sqlx::query("DELETE FROM entries WHERE key = $1")
-                .bind(key.as_str())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        for key in keys {
-            self.changed(key);
-        }
+        self.apply(Unit {
+            ops: keys.iter().map(|k| Op::Delete { key: k.clone() }).collect(),
+            guarded: false,
+        })
+        .await?;
         Ok(())
     }
 
     /// Deletes; true when something was deleted.
     pub async fn delete(&self, key: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM entries WHERE key = $1")
-            .bind(key)
-            .execute(&self.wpool)
+        let done = self
+            .apply(Unit {
+                ops: vec![Op::Delete {
+                    key: key.to_string(),
+                }],
+                guarded: false,
+            })
             .await?;
-        if done.rows_affected() > 0 {
-            self.changed(key);
-        }
-        Ok(done.rows_affected() > 0)
+        Ok(done.outcomes.first().is_some_and(|o| o.hit))
     }
 
     /// Deletes and returns the value in one statement: of several concurrent
     /// takers of one key, at most one gets it.
     pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let row = sqlx::query("DELETE FROM entries WHERE key = $1 RETURNING value")
-            .bind(key)
-            .fetch_optional(&self.wpool)
+        let mut done = self
+            .apply(Unit {
+                ops: vec![Op::Take {
+                    key: key.to_string(),
+                }],
+                guarded: false,
+            })
             .await?;
-        if row.is_some() {
-            self.changed(key);
-        }
-        row.map(|r| self.decode(key, &r)).transpose()
+        let Some(sealed) = done.outcomes.pop().and_then(|o| o.value) else {
+            return Ok(None);
+        };
+        let plain = self.barrier.open(key, &sealed)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
     }
 
     /// Every full key under a prefix, in byte order.

@@ -1,0 +1,478 @@
+//! Group commit. Every write goes to a writer task, which applies all the
+//! writes waiting at that moment in one transaction, as a few multi-row
+//! statements: under load, one commit (and, on SQLite, one round trip to
+//! its connection thread per statement) serves many requests instead of
+//! one each. When nothing else waits, a write is applied at once, alone.
+//!
+//! The writes of one batch were all in flight together, so any order among
+//! them is one their callers could have seen; the batch applies them by
+//! kind (guarding inserts, takes, deletes, inserts, puts). The ops of one
+//! unit touch distinct keys, so that order never reorders a unit against
+//! itself; a unit that names a key twice is applied alone, op by op.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::error::{Error, Result};
+
+/// One write to the `entries` table.
+pub enum Op {
+    /// Stores if the key is free.
+    Insert {
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Stores, replacing any value.
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Deletes and returns the value.
+    Take {
+        key: String,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Insert { key, .. } | Op::Put { key, .. } => key,
+            Op::Delete { key } | Op::Take { key } => key,
+        }
+    }
+}
+
+/// What one op did.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Insert: it stored; Delete and Take: there was a value; Put: always.
+    pub hit: bool,
+    /// Take: the value it removed.
+    pub value: Option<Vec<u8>>,
+}
+
+/// Ops applied together, all or none. With `guarded`, the first op is an
+/// `Insert` that decides: if its key is taken, nothing is applied.
+pub struct Unit {
+    pub ops: Vec<Op>,
+    pub guarded: bool,
+}
+
+pub struct Applied {
+    /// False when the guard found its key taken (nothing was written).
+    pub applied: bool,
+    /// One per op, in order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Applied {
+    fn new(unit: &Unit) -> Applied {
+        Applied {
+            applied: true,
+            outcomes: vec![Outcome::default(); unit.ops.len()],
+        }
+    }
+
+    fn refused(unit: &Unit) -> Applied {
+        Applied {
+            applied: false,
+            outcomes: vec![Outcome::default(); unit.ops.len()],
+        }
+    }
+}
+
+struct Job {
+    unit: Unit,
+    reply: oneshot::Sender<Result<Applied>>,
+}
+
+/// Waiting writes the queue holds before senders wait for room.
+const QUEUE: usize = 4096;
+/// Units per transaction.
+const MAX_UNITS: usize = 256;
+/// Rows per statement: well under SQLite's and PostgreSQL's limits on
+/// bound parameters.
+const CHUNK: usize = 200;
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    /// Starts `tasks` writer tasks on `pool` (one for SQLite, which takes one
+    /// writer at a time; several for PostgreSQL).
+    pub fn start(pool: AnyPool, tasks: usize) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..tasks.max(1) {
+            tokio::spawn(run(pool.clone(), rx.clone()));
+        }
+        Writer { tx }
+    }
+
+    pub async fn apply(&self, unit: Unit) -> Result<Applied> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { unit, reply })
+            .await
+            .map_err(|_| Error::internal("storage writer stopped"))?;
+        rx.await
+            .map_err(|_| Error::internal("storage writer stopped"))?
+    }
+}
+
+async fn run(pool: AnyPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            jobs.push(first);
+            while jobs.len() < MAX_UNITS {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        apply_jobs(&pool, jobs).await;
+    }
+}
+
+fn has_duplicate_keys(unit: &Unit) -> bool {
+    let mut seen = HashSet::new();
+    unit.ops.iter().any(|op| !seen.insert(op.key()))
+}
+
+async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
+    let (alone, together): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| has_duplicate_keys(&j.unit) || j.unit.ops.is_empty());
+    if !together.is_empty() {
+        let units: Vec<&Unit> = together.iter().map(|j| &j.unit).collect();
+        match batch(pool, &units).await {
+            Ok(results) => {
+                for (job, r) in together.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(r));
+                }
+            }
+            Err(e) if together.len() == 1 => {
+                if let Some(job) = together.into_iter().next() {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                // One unit's failure (or a deadlock with another server on
+                // PostgreSQL) must not fail the others: the batch was rolled
+                // back, so each is tried again on its own.
+                tracing::warn!(error = %e, units = together.len(), "batched write failed; applying its units one by one");
+                for job in together {
+                    let r = one_by_one(pool, &job.unit).await;
+                    let _ = job.reply.send(r);
+                }
+            }
+        }
+    }
+    for job in alone {
+        let r = one_by_one(pool, &job.unit).await;
+        let _ = job.reply.send(r);
+    }
+}
+
+/// `(` `$1,$2` `),(` … numbered from 1, `cols` per row.
+fn values(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// `$1,$2,…,$n`.
+fn list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Inserts the rows whose keys are free; returns the keys it stored.
+async fn insert_free(
+    tx: &mut Transaction<'static, Any>,
+    rows: &[(&str, &[u8])],
+) -> Result<HashSet<String>> {
+    let mut stored = HashSet::new();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entries (key, value) VALUES {} ON CONFLICT (key) DO NOTHING RETURNING key",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, v) in chunk {
+            q = q.bind(*k).bind(*v);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            stored.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(stored)
+}
+
+/// Deletes the keys; returns the deleted keys with their values.
+async fn delete_returning(
+    tx: &mut Transaction<'static, Any>,
+    keys: &[&str],
+) -> Result<HashMap<String, Vec<u8>>> {
+    let mut gone = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM entries WHERE key IN ({}) RETURNING key, value",
+            list(chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            gone.insert(row.try_get::<String, _>(0)?, row.try_get::<Vec<u8>, _>(1)?);
+        }
+    }
+    Ok(gone)
+}
+
+async fn upsert(tx: &mut Transaction<'static, Any>, rows: &[(&str, &[u8])]) -> Result<()> {
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entries (key, value) VALUES {} \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, v) in chunk {
+            q = q.bind(*k).bind(*v);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// (unit, op) positions of the ops of one kind, first claimant of each key
+/// first; later claimants of a key already claimed in this phase find it
+/// gone (deletes, takes) or taken (inserts).
+struct Claims<'a> {
+    first: HashMap<&'a str, (usize, usize)>,
+    keys: Vec<&'a str>,
+}
+
+impl<'a> Claims<'a> {
+    fn new() -> Claims<'a> {
+        Claims {
+            first: HashMap::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn claim(&mut self, key: &'a str, at: (usize, usize)) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.first.entry(key) {
+            e.insert(at);
+            self.keys.push(key);
+        }
+    }
+}
+
+async fn batch(pool: &AnyPool, units: &[&Unit]) -> Result<Vec<Applied>> {
+    let mut out: Vec<Applied> = units.iter().map(|u| Applied::new(u)).collect();
+    let mut tx = pool.begin().await?;
+
+    // 1. Guards decide which units apply at all.
+    let mut guards = Claims::new();
+    let mut guard_values: HashMap<&str, &[u8]> = HashMap::new();
+    for (u, unit) in units.iter().enumerate() {
+        if !unit.guarded {
+            continue;
+        }
+        match unit.ops.first() {
+            Some(Op::Insert { key, value }) if !guards.first.contains_key(key.as_str()) => {
+                guards.claim(key, (u, 0));
+                guard_values.insert(key, value);
+            }
+            // A second unit guarding the same key loses to the first; a guard
+            // that is not an insert guards nothing and is refused.
+            _ => out[u] = Applied::refused(unit),
+        }
+    }
+    if !guards.keys.is_empty() {
+        let rows: Vec<(&str, &[u8])> = guards.keys.iter().map(|k| (*k, guard_values[k])).collect();
+        let stored = insert_free(&mut tx, &rows).await?;
+        for (key, &(u, _)) in &guards.first {
+            if stored.contains(*key) {
+                out[u].outcomes[0].hit = true;
+            } else {
+                out[u] = Applied::refused(units[u]);
+            }
+        }
+    }
+
+    // 2–5. The other ops of the units that apply, by kind.
+    let mut takes = Claims::new();
+    let mut deletes = Claims::new();
+    let mut inserts = Claims::new();
+    let mut inserts_v: HashMap<&str, &[u8]> = HashMap::new();
+    // Puts: the last one of a key wins, as if applied in order.
+    let mut puts: HashMap<&str, &[u8]> = HashMap::new();
+    let mut put_order: Vec<&str> = Vec::new();
+    for (u, unit) in units.iter().enumerate() {
+        if !out[u].applied {
+            continue;
+        }
+        let skip = usize::from(unit.guarded);
+        for (i, op) in unit.ops.iter().enumerate().skip(skip) {
+            match op {
+                Op::Take { key } => takes.claim(key, (u, i)),
+                Op::Delete { key } => deletes.claim(key, (u, i)),
+                Op::Insert { key, value } => {
+                    inserts.claim(key, (u, i));
+                    inserts_v.entry(key).or_insert(value);
+                }
+                Op::Put { key, value } => {
+                    if puts.insert(key, value).is_none() {
+                        put_order.push(key);
+                    }
+                    out[u].outcomes[i].hit = true;
+                }
+            }
+        }
+    }
+    if !takes.keys.is_empty() {
+        let mut gone = delete_returning(&mut tx, &takes.keys).await?;
+        for (key, &(u, i)) in &takes.first {
+            if let Some(v) = gone.remove(*key) {
+                out[u].outcomes[i] = Outcome {
+                    hit: true,
+                    value: Some(v),
+                };
+            }
+        }
+    }
+    if !deletes.keys.is_empty() {
+        let gone = delete_returning(&mut tx, &deletes.keys).await?;
+        for (key, &(u, i)) in &deletes.first {
+            out[u].outcomes[i].hit = gone.contains_key(*key);
+        }
+    }
+    if !inserts.keys.is_empty() {
+        let rows: Vec<(&str, &[u8])> = inserts.keys.iter().map(|k| (*k, inserts_v[k])).collect();
+        let stored = insert_free(&mut tx, &rows).await?;
+        for (key, &(u, i)) in &inserts.first {
+            out[u].outcomes[i].hit = stored.contains(*key);
+        }
+    }
+    if !put_order.is_empty() {
+        let rows: Vec<(&str, &[u8])> = put_order.iter().map(|k| (*k, puts[k])).collect();
+        upsert(&mut tx, &rows).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Applies one unit op by op in its own transaction: the exact meaning of
+/// a unit, for units the batch cannot take and after a batch failed.
+async fn one_by_one(pool: &AnyPool, unit: &Unit) -> Result<Applied> {
+    let mut out = Applied::new(unit);
+    let mut tx = pool.begin().await?;
+    for (i, op) in unit.ops.iter().enumerate() {
+        let outcome = match op {
+            Op::Insert { key, value } => {
+                let done = sqlx::query(
+                    "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(key.as_str())
+                .bind(value.as_slice())
+                .execute(&mut *tx)
+                .await?;
+                Outcome {
+                    hit: done.rows_affected() == 1,
+                    value: None,
+                }
+            }
+            Op::Put { key, value } => {
+                upsert(&mut tx, &[(key.as_str(), value.as_slice())]).await?;
+                Outcome {
+                    hit: true,
+                    value: None,
+                }
+            }
+            Op::Delete { key } | Op::Take { key } => {
+                let mut gone = delete_returning(&mut tx, &[key.as_str()]).await?;
+                let value = gone.remove(key.as_str());
+                Outcome {
+                    hit: value.is_some(),
+                    value: if matches!(op, Op::Take { .. }) {
+                        value
+                    } else {
+                        None
+                    },
+                }
+            }
+        };
+        if i == 0 && unit.guarded && !(matches!(op, Op::Insert { .. }) && outcome.hit) {
+            tx.rollback().await?;
+            return Ok(Applied::refused(unit));
+        }
+        out.outcomes[i] = outcome;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(values(2, 2), "($1,$2),($3,$4)");
+        assert_eq!(values(1, 1), "($1)");
+        assert_eq!(list(3), "$1,$2,$3");
+    }
+
+    #[test]
+    fn units_naming_a_key_twice_are_applied_alone() {
+        let dup = Unit {
+            ops: vec![
+                Op::Delete { key: "a".into() },
+                Op::Put {
+                    key: "a".into(),
+                    value: vec![],
+                },
+            ],
+            guarded: false,
+        };
+        assert!(has_duplicate_keys(&dup));
+        let distinct = Unit {
+            ops: vec![Op::Delete { key: "a".into() }, Op::Take { key: "b".into() }],
+            guarded: false,
+        };
+        assert!(!has_duplicate_keys(&distinct));
+    }
+}
