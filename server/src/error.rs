@@ -20,6 +20,8 @@ pub enum Error {
     Unavailable(String),
     #[error("storage error: {0}")]
     Storage(#[from] sqlx::Error),
+    #[error("storage error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("io error: {0}")]
@@ -47,9 +49,11 @@ impl Error {
             Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Storage(_) | Error::Migrate(_) | Error::Io(_) | Error::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Storage(_)
+            | Error::Sqlite(_)
+            | Error::Migrate(_)
+            | Error::Io(_)
+            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -57,9 +61,11 @@ impl Error {
     /// detail goes to the log only.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Storage(_) | Error::Migrate(_) | Error::Io(_) | Error::Internal(_) => {
-                "internal error".to_string()
-            }
+            Error::Storage(_)
+            | Error::Sqlite(_)
+            | Error::Migrate(_)
+            | Error::Io(_)
+            | Error::Internal(_) => "internal error".to_string(),
             other => other.to_string(),
         }
     }

@@ -7,12 +7,13 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
+mod sqlite;
 mod writer;
 
 use writer::{Op, Unit, Writer};
@@ -23,10 +24,14 @@ pub enum Backend {
     Postgres,
 }
 
+/// Where reads go; writes go through `Storage::writer`.
+enum Db {
+    Sqlite(sqlite::Sqlite),
+    Postgres(AnyPool),
+}
+
 pub struct Storage {
-    pool: AnyPool,
-    /// Writes (the same pool as `pool` on PostgreSQL).
-    wpool: AnyPool,
+    db: Db,
     barrier: Barrier,
     backend: Backend,
     /// Bumped on every change this server makes, so that long-polls wake
@@ -106,51 +111,43 @@ impl Storage {
                 "unsupported storage URL {url:?}: use sqlite://PATH or postgres://…"
             )));
         };
-        let (pool, wpool) = match backend {
+        let (db, writer) = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
                     url.to_string()
                 } else {
                     format!("{url}?mode=rwc")
                 };
-                // SQLite takes one writer at a time: all writes go through a
-                // one-connection pool, so they queue here instead of sleeping
-                // on SQLite's lock; reads run beside them (WAL).
-                let reads = sqlite_pool(&url, 4).await?;
-                let writes = sqlite_pool(&url, 1).await?;
-                (reads, writes)
+                // sqlx creates the file and migrates it; rusqlite serves it.
+                let migrator = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await?;
+                sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
+                migrator.close().await;
+                let (db, tx) = sqlite::Sqlite::open(&sqlite::path_of(&url)?)?;
+                (Db::Sqlite(db), Writer::new(tx))
             }
             Backend::Postgres => {
-                let p = AnyPoolOptions::new()
+                let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(std::time::Duration::from_secs(10))
                     .connect(url)
                     .await?;
-                (p.clone(), p)
+                sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+                // Several batches commit at once on PostgreSQL.
+                let writer = Writer::postgres(pool.clone(), 4);
+                (Db::Postgres(pool), writer)
             }
         };
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&wpool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&wpool).await?,
-        }
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(wpool.clone(), rx));
+            tokio::spawn(audit_writer(writer.clone(), rx));
             tx
         };
-        // SQLite's one write connection takes one writer task; PostgreSQL
-        // commits several batches at once.
-        let writer = Writer::start(
-            wpool.clone(),
-            match backend {
-                Backend::Sqlite => 1,
-                Backend::Postgres => 4,
-            },
-        );
         let storage = Storage {
+            db,
             writer,
-            pool,
-            wpool,
             barrier: Barrier::new(seal),
             backend,
             changes: tokio::sync::watch::channel(0).0,
@@ -186,36 +183,52 @@ impl Storage {
     }
 
     async fn check_seal(&self) -> Result<()> {
-        let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
-            .bind(SEAL_CHECK_KEY)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => {
-                let v: Vec<u8> = row.try_get(0)?;
+        match self.fetch(SEAL_CHECK_KEY).await? {
+            Some(v) => {
                 self.barrier
                     .open(SEAL_CHECK_KEY, &v)
                     .map_err(|_| Error::internal("the seal key does not match this storage"))?;
             }
             None => {
-                let sealed = self.barrier.seal(SEAL_CHECK_KEY, b"gatepass")?;
-                sqlx::query(
-                    "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                )
-                .bind(SEAL_CHECK_KEY)
-                .bind(sealed)
-                .execute(&self.wpool)
-                .await?;
+                self.put_if_absent(SEAL_CHECK_KEY, &"gatepass").await?;
             }
         }
         Ok(())
     }
 
-    fn decode<T: DeserializeOwned>(&self, key: &str, row: &AnyRow) -> Result<T> {
-        let v: Vec<u8> = row.try_get(0)?;
-        let plain = self.barrier.open(key, &v)?;
-        serde_json::from_slice(&plain)
-            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+    /// The sealed value stored at `key`.
+    async fn fetch(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match &self.db {
+            Db::Sqlite(db) => db.get(key),
+            Db::Postgres(pool) => {
+                let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await?;
+                Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
+            }
+        }
+    }
+
+    /// Keys `from <= key < to` in byte order, at most `limit` (all if None).
+    async fn fetch_keys(&self, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
+        match &self.db {
+            Db::Sqlite(db) => db.keys(from, to, limit),
+            Db::Postgres(pool) => {
+                let rows = sqlx::query(
+                    "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
+                )
+                .bind(from)
+                .bind(to)
+                // PostgreSQL has no "no limit" number; more rows than exist.
+                .bind(limit.unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+                rows.iter()
+                    .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+                    .collect()
+            }
+        }
     }
 
     fn encode<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>> {
@@ -232,15 +245,8 @@ impl Storage {
         let plain = match self.cache.get(key) {
             Some(hit) => hit,
             None => {
-                let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
-                    .bind(key)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let plain = match row {
-                    Some(r) => {
-                        let v: Vec<u8> = r.try_get(0)?;
-                        Some(std::sync::Arc::new(self.barrier.open(key, &v)?))
-                    }
+                let plain = match self.fetch(key).await? {
+                    Some(v) => Some(std::sync::Arc::new(self.barrier.open(key, &v)?)),
                     None => None,
                 };
                 self.cache.insert(key, plain.clone());
@@ -257,11 +263,15 @@ impl Storage {
     }
 
     async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| self.decode(key, &r)).transpose()
+        match self.fetch(key).await? {
+            Some(v) => {
+                let plain = self.barrier.open(key, &v)?;
+                serde_json::from_slice(&plain).map(Some).map_err(|e| {
+                    Error::internal(format!("stored value at {key} is unreadable: {e}"))
+                })
+            }
+            None => Ok(None),
+        }
     }
 
     /// Applies a unit of writes through the group-commit writer and marks
@@ -335,16 +345,6 @@ impl Storage {
         Ok(done.applied)
     }
 
-    /// Deletes several keys in one transaction.
-    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
-        self.apply(Unit {
-            ops: keys.iter().map(|k| Op::Delete { key: k.clone() }).collect(),
-            guarded: false,
-        })
-        .await?;
-        Ok(())
-    }
-
     /// Deletes; true when something was deleted.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let done = self
@@ -361,15 +361,28 @@ impl Storage {
     /// Deletes and returns the value in one statement: of several concurrent
     /// takers of one key, at most one gets it.
     pub async fn take<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.take_and_delete(key, &[]).await
+    }
+
+    /// [`Storage::take`], deleting `also` in the same transaction whether
+    /// or not this caller got the value (what belongs to it alone, e.g. its
+    /// lease, which whoever got it deletes too).
+    pub async fn take_and_delete<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        also: &[String],
+    ) -> Result<Option<T>> {
+        let mut ops = vec![Op::Take {
+            key: key.to_string(),
+        }];
+        ops.extend(also.iter().map(|k| Op::Delete { key: k.clone() }));
         let mut done = self
             .apply(Unit {
-                ops: vec![Op::Take {
-                    key: key.to_string(),
-                }],
+                ops,
                 guarded: false,
             })
             .await?;
-        let Some(sealed) = done.outcomes.pop().and_then(|o| o.value) else {
+        let Some(sealed) = done.outcomes.swap_remove(0).value else {
             return Ok(None);
         };
         let plain = self.barrier.open(key, &sealed)?;
@@ -402,29 +415,12 @@ impl Storage {
     async fn keys_with_prefix_uncached(&self, prefix: &str) -> Result<Vec<String>> {
         // U+10FFFF sorts after every other UTF-8 text bytewise.
         let upper = format!("{prefix}\u{10FFFF}");
-        let rows = sqlx::query("SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key")
-            .bind(prefix)
-            .bind(upper)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
-            .collect()
+        self.fetch_keys(prefix, &upper, None).await
     }
 
     /// Keys `from <= key < to`, in byte order, at most `limit` of them.
     pub async fn keys_between(&self, from: &str, to: &str, limit: i64) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
-        )
-        .bind(from)
-        .bind(to)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
-            .collect()
+        self.fetch_keys(from, to, Some(limit)).await
     }
 
     /// Vault-style LIST: the direct children of a folder, sub-folders with a
@@ -469,45 +465,31 @@ impl Storage {
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         self.flush_audit().await?;
-        let rows =
-            sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
+        match &self.db {
+            Db::Sqlite(db) => db.audit_rows(after, limit),
+            Db::Postgres(pool) => {
+                let rows = sqlx::query(
+                    "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
+                )
                 .bind(after)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
-            .collect()
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+                    .collect()
+            }
+        }
     }
 
     pub async fn close(&self) {
         if let Err(e) = self.flush_audit().await {
             tracing::warn!(error = %e, "audit lines not copied to the database");
         }
-        self.pool.close().await;
-        self.wpool.close().await;
+        if let Db::Postgres(pool) = &self.db {
+            pool.close().await;
+        }
     }
-}
-
-async fn sqlite_pool(url: &str, connections: u32) -> Result<AnyPool> {
-    Ok(AnyPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(std::time::Duration::from_secs(30))
-        .after_connect(|conn, _meta| {
-            Box::pin(async move {
-                use sqlx::Executor;
-                // WAL lets reads run beside the writer; the busy timeout
-                // covers other processes and the checkpointer.
-                conn.execute(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                     PRAGMA busy_timeout = 10000;",
-                )
-                .await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await?)
 }
 
 enum AuditMsg {
@@ -515,10 +497,12 @@ enum AuditMsg {
     Flush(tokio::sync::oneshot::Sender<Result<()>>),
 }
 
-/// Lines per INSERT: well under SQLite's limit on bound parameters.
+/// Lines per batch.
 const AUDIT_BATCH: usize = 256;
 
-async fn audit_writer(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<AuditMsg>) {
+/// Copies audit lines to the database in batches, one batch at a time so
+/// that their order is kept.
+async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditMsg>) {
     let mut lines: Vec<String> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -534,29 +518,19 @@ async fn audit_writer(pool: AnyPool, mut rx: tokio::sync::mpsc::Receiver<AuditMs
             }
             next = rx.try_recv().ok();
         }
-        let mut result = Ok(());
-        for chunk in lines.chunks(AUDIT_BATCH) {
-            let mut sql = String::from("INSERT INTO audit_events (line) VALUES ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("(${})", i + 1));
-            }
-            let mut q = sqlx::query(&sql);
-            for l in chunk {
-                q = q.bind(l.as_str());
-            }
-            if let Err(e) = q.execute(&pool).await {
-                tracing::error!(error = %e, lines = chunk.len(), "cannot copy audit lines to the database");
-                result = Err(Error::internal("audit lines not stored in the database"));
+        let mut ok = true;
+        if !lines.is_empty() {
+            let n = lines.len();
+            if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
+                tracing::error!(error = %e, lines = n, "cannot copy audit lines to the database");
+                ok = false;
             }
         }
-        lines.clear();
         for w in waiting.drain(..) {
-            let _ = w.send(match &result {
-                Ok(()) => Ok(()),
-                Err(_) => Err(Error::internal("audit lines not stored in the database")),
+            let _ = w.send(if ok {
+                Ok(())
+            } else {
+                Err(Error::internal("audit lines not stored in the database"))
             });
         }
     }

@@ -1,14 +1,15 @@
-//! Group commit. Every write goes to a writer task, which applies all the
-//! writes waiting at that moment in one transaction, as a few multi-row
-//! statements: under load, one commit (and, on SQLite, one round trip to
-//! its connection thread per statement) serves many requests instead of
-//! one each. When nothing else waits, a write is applied at once, alone.
+//! Group commit. Every write goes to a writer, which applies all the writes
+//! waiting at that moment in one transaction: under load one commit serves
+//! many requests instead of one each. When nothing else waits, a write is
+//! applied at once, alone. SQLite's writer is a thread (`sqlite.rs`);
+//! PostgreSQL's are tasks here, which send a batch as a few multi-row
+//! statements, one network round trip each rather than one per write.
 //!
 //! The writes of one batch were all in flight together, so any order among
-//! them is one their callers could have seen; the batch applies them by
-//! kind (guarding inserts, takes, deletes, inserts, puts). The ops of one
-//! unit touch distinct keys, so that order never reorders a unit against
-//! itself; a unit that names a key twice is applied alone, op by op.
+//! them is one their callers could have seen; the PostgreSQL batch applies
+//! them by kind (guarding inserts, takes, deletes, inserts, puts). The ops
+//! of one unit touch distinct keys, so that order never reorders a unit
+//! against itself; a unit that names a key twice is applied alone, op by op.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -72,14 +73,21 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn new(unit: &Unit) -> Applied {
+    pub fn empty() -> Applied {
+        Applied {
+            applied: true,
+            outcomes: Vec::new(),
+        }
+    }
+
+    pub fn new(unit: &Unit) -> Applied {
         Applied {
             applied: true,
             outcomes: vec![Outcome::default(); unit.ops.len()],
         }
     }
 
-    fn refused(unit: &Unit) -> Applied {
+    pub fn refused(unit: &Unit) -> Applied {
         Applied {
             applied: false,
             outcomes: vec![Outcome::default(); unit.ops.len()],
@@ -87,15 +95,33 @@ impl Applied {
     }
 }
 
-struct Job {
-    unit: Unit,
-    reply: oneshot::Sender<Result<Applied>>,
+pub enum Job {
+    Unit {
+        unit: Unit,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+    /// Lines for the database copy of the audit log.
+    Audit {
+        lines: Vec<String>,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+}
+
+impl Job {
+    pub fn answer(self, r: Result<Applied>) {
+        let reply = match self {
+            Job::Unit { reply, .. } | Job::Audit { reply, .. } => reply,
+        };
+        // The caller may have gone (a client that hung up): the write
+        // stands all the same, as a committed one would.
+        let _ = reply.send(r);
+    }
 }
 
 /// Waiting writes the queue holds before senders wait for room.
-const QUEUE: usize = 4096;
-/// Units per transaction.
-const MAX_UNITS: usize = 256;
+pub const QUEUE: usize = 4096;
+/// Jobs per transaction.
+pub const MAX_UNITS: usize = 256;
 /// Rows per statement: well under SQLite's and PostgreSQL's limits on
 /// bound parameters.
 const CHUNK: usize = 200;
@@ -106,9 +132,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts `tasks` writer tasks on `pool` (one for SQLite, which takes one
-    /// writer at a time; several for PostgreSQL).
-    pub fn start(pool: AnyPool, tasks: usize) -> Writer {
+    /// A writer whose jobs `tx` delivers (SQLite's writer thread).
+    pub fn new(tx: mpsc::Sender<Job>) -> Writer {
+        Writer { tx }
+    }
+
+    /// Starts `tasks` writer tasks on a PostgreSQL pool.
+    pub fn postgres(pool: AnyPool, tasks: usize) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..tasks.max(1) {
@@ -117,14 +147,27 @@ impl Writer {
         Writer { tx }
     }
 
-    pub async fn apply(&self, unit: Unit) -> Result<Applied> {
+    async fn send(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<Applied>>) -> Job,
+    ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { unit, reply })
+            .send(job(reply))
             .await
             .map_err(|_| Error::internal("storage writer stopped"))?;
         rx.await
             .map_err(|_| Error::internal("storage writer stopped"))?
+    }
+
+    pub async fn apply(&self, unit: Unit) -> Result<Applied> {
+        self.send(|reply| Job::Unit { unit, reply }).await
+    }
+
+    /// Stores audit lines (in order: the caller waits for each batch).
+    pub async fn audit(&self, lines: Vec<String>) -> Result<()> {
+        self.send(|reply| Job::Audit { lines, reply }).await?;
+        Ok(())
     }
 }
 
@@ -154,38 +197,62 @@ fn has_duplicate_keys(unit: &Unit) -> bool {
 }
 
 async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
-    let (alone, together): (Vec<Job>, Vec<Job>) = jobs
-        .into_iter()
-        .partition(|j| has_duplicate_keys(&j.unit) || j.unit.ops.is_empty());
-    if !together.is_empty() {
-        let units: Vec<&Unit> = together.iter().map(|j| &j.unit).collect();
-        match batch(pool, &units).await {
-            Ok(results) => {
-                for (job, r) in together.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(r));
-                }
+    let mut together: Vec<(Unit, oneshot::Sender<Result<Applied>>)> = Vec::new();
+    let mut alone = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Audit { lines, reply } => {
+                let _ = reply.send(insert_audit(pool, &lines).await.map(|()| Applied::empty()));
             }
-            Err(e) if together.len() == 1 => {
-                if let Some(job) = together.into_iter().next() {
-                    let _ = job.reply.send(Err(e));
-                }
-            }
-            Err(e) => {
-                // One unit's failure (or a deadlock with another server on
-                // PostgreSQL) must not fail the others: the batch was rolled
-                // back, so each is tried again on its own.
-                tracing::warn!(error = %e, units = together.len(), "batched write failed; applying its units one by one");
-                for job in together {
-                    let r = one_by_one(pool, &job.unit).await;
-                    let _ = job.reply.send(r);
+            Job::Unit { unit, reply } => {
+                if has_duplicate_keys(&unit) || unit.ops.is_empty() {
+                    alone.push((unit, reply));
+                } else {
+                    together.push((unit, reply));
                 }
             }
         }
     }
-    for job in alone {
-        let r = one_by_one(pool, &job.unit).await;
-        let _ = job.reply.send(r);
+    if !together.is_empty() {
+        let units: Vec<&Unit> = together.iter().map(|(u, _)| u).collect();
+        match batch(pool, &units).await {
+            Ok(results) => {
+                for ((_, reply), r) in together.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) if together.len() == 1 => {
+                if let Some((_, reply)) = together.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                // One unit's failure (or a deadlock with another server) must
+                // not fail the others: the batch was rolled back, so each is
+                // tried again on its own.
+                tracing::warn!(error = %e, units = together.len(), "batched write failed; applying its units one by one");
+                alone.extend(together);
+            }
+        }
     }
+    for (unit, reply) in alone {
+        let _ = reply.send(one_by_one(pool, &unit).await);
+    }
+}
+
+async fn insert_audit(pool: &AnyPool, lines: &[String]) -> Result<()> {
+    for chunk in lines.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO audit_events (line) VALUES {}",
+            values(chunk.len(), 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for l in chunk {
+            q = q.bind(l.as_str());
+        }
+        q.execute(pool).await?;
+    }
+    Ok(())
 }
 
 /// `(` `$1,$2` `),(` … numbered from 1, `cols` per row.

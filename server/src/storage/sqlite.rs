@@ -1,0 +1,275 @@
+//! The embedded SQLite backend at run time, on rusqlite (sqlx only runs the
+//! migrations at start-up). sqlx's SQLite driver hands every statement to a
+//! thread of the connection's own and back; for the primary-key lookups and
+//! one-row writes this server makes, those two thread switches cost more
+//! than the statement. Here reads run on the calling thread (a lookup in
+//! SQLite's page cache takes microseconds), and all writes run on one
+//! thread of their own that commits whatever is queued in one transaction
+//! (group commit), in the order it arrived.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::mpsc;
+
+use super::writer::{Applied, Job, Op, Outcome, Unit, MAX_UNITS, QUEUE};
+use crate::error::{Error, Result};
+
+/// Idle read connections kept for reuse (more are opened while more
+/// callers read at once).
+const READERS_KEPT: usize = 8;
+
+pub struct Sqlite {
+    path: PathBuf,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The file of a `sqlite://PATH[?options]` URL.
+pub fn path_of(url: &str) -> Result<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        return Err(Error::invalid(format!(
+            "storage URL {url:?} names no file: use sqlite:///PATH/TO/FILE.db"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // The busy timeout covers other processes and the checkpointer; WAL
+    // lets reads run beside the writer.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl Sqlite {
+    /// Opens the (already migrated) database and starts its writer thread.
+    pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>)> {
+        let writer = open(path)?;
+        // Checkpoints (copying the WAL into the database file, with an
+        // fsync) run on a thread of their own, so that no commit waits for
+        // one: left to the writer, every thousandth page's commit would.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        let checkpointer = open(path)?;
+        let (dirty_tx, dirty_rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("gatepass-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, dirty_rx))?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("gatepass-sqlite-writer".into())
+            .spawn(move || write_loop(writer, rx, dirty_tx))?;
+        let db = Sqlite {
+            path: path.to_path_buf(),
+            readers: Mutex::new(Vec::new()),
+        };
+        Ok((db, tx))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < READERS_KEPT {
+            idle.push(conn);
+        }
+        Ok(out?)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM entries WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()
+        })
+    }
+
+    /// Keys `from <= key < to` in byte order, at most `limit` (all when None).
+    pub fn keys(&self, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT key FROM entries WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
+            )?;
+            let rows = st.query_map(rusqlite::params![from, to, limit.unwrap_or(-1)], |r| {
+                r.get(0)
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT id, line FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let rows = st.query_map([after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+}
+
+/// How often at most the WAL is checkpointed while writes go on.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints after writes, at most once per [`CHECKPOINT_EVERY`], and
+/// once more when the writer stops; sleeps while nothing is written.
+fn checkpoint_loop(conn: Connection, dirty: std::sync::mpsc::Receiver<()>) {
+    let checkpoint = || {
+        // PASSIVE: copies what it can without waiting for (or blocking)
+        // the writer or readers.
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "SQLite checkpoint failed");
+        }
+    };
+    while dirty.recv().is_ok() {
+        std::thread::sleep(CHECKPOINT_EVERY);
+        checkpoint();
+    }
+    checkpoint();
+}
+
+fn write_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    dirty: std::sync::mpsc::SyncSender<()>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_UNITS {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match batch(&mut conn, &jobs) {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    job.answer(Ok(r));
+                }
+            }
+            Err(e) if jobs.len() == 1 => {
+                if let Some(job) = jobs.into_iter().next() {
+                    job.answer(Err(e.into()));
+                }
+            }
+            Err(e) => {
+                // The batch was rolled back: each job again on its own, so
+                // that one failing write fails only its own caller.
+                tracing::warn!(error = %e, jobs = jobs.len(), "batched write failed; applying its jobs one by one");
+                for job in jobs {
+                    let r = batch(&mut conn, std::slice::from_ref(&job))
+                        .map(|mut v| v.pop().unwrap_or_else(Applied::empty));
+                    job.answer(r.map_err(Error::from));
+                }
+            }
+        }
+        // A full channel means a checkpoint is already due.
+        let _ = dirty.try_send(());
+    }
+}
+
+/// Applies the jobs in arrival order in one transaction.
+fn batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Applied>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        out.push(match job {
+            Job::Unit { unit, .. } => apply_unit(&tx, unit)?,
+            Job::Audit { lines, .. } => {
+                let mut st = tx.prepare_cached("INSERT INTO audit_events (line) VALUES (?1)")?;
+                for line in lines {
+                    st.execute([line])?;
+                }
+                Applied::empty()
+            }
+        });
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<Applied> {
+    let mut out = Applied::new(unit);
+    for (i, op) in unit.ops.iter().enumerate() {
+        let outcome = match op {
+            Op::Insert { key, value } => Outcome {
+                hit: tx
+                    .prepare_cached(
+                        "INSERT INTO entries (key, value) VALUES (?1, ?2) \
+                         ON CONFLICT (key) DO NOTHING",
+                    )?
+                    .execute(rusqlite::params![key, value])?
+                    == 1,
+                value: None,
+            },
+            Op::Put { key, value } => {
+                tx.prepare_cached(
+                    "INSERT INTO entries (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )?
+                .execute(rusqlite::params![key, value])?;
+                Outcome {
+                    hit: true,
+                    value: None,
+                }
+            }
+            Op::Delete { key } => Outcome {
+                hit: tx
+                    .prepare_cached("DELETE FROM entries WHERE key = ?1")?
+                    .execute([key])?
+                    > 0,
+                value: None,
+            },
+            Op::Take { key } => {
+                let value: Option<Vec<u8>> = tx
+                    .prepare_cached("DELETE FROM entries WHERE key = ?1 RETURNING value")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                Outcome {
+                    hit: value.is_some(),
+                    value,
+                }
+            }
+        };
+        // The guard is the unit's first op: when it fails nothing of the
+        // unit has been written.
+        if i == 0 && unit.guarded && !(matches!(op, Op::Insert { .. }) && outcome.hit) {
+            return Ok(Applied::refused(unit));
+        }
+        out.outcomes[i] = outcome;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_file() {
+        assert_eq!(
+            path_of("sqlite:///var/lib/gatepass/gatepass.db?mode=rwc").unwrap(),
+            PathBuf::from("/var/lib/gatepass/gatepass.db")
+        );
+        assert_eq!(path_of("sqlite://rel.db").unwrap(), PathBuf::from("rel.db"));
+        assert!(path_of("sqlite::memory:").is_err());
+        assert!(path_of("sqlite://").is_err());
+    }
+}
