@@ -61,11 +61,10 @@ pub fn records(lease: &Lease) -> Result<Vec<(String, Value)>> {
     ])
 }
 
-/// Removes a lease whose expiry is known, in one transaction (a used OTP).
-pub async fn forget_known(core: &Core, id: &str, expire_time: i64) -> Result<()> {
-    core.storage
-        .delete_many(&[key(id), exp_key(expire_time, id)])
-        .await
+/// The storage keys of a lease whose expiry is known (to delete them
+/// together with what the lease stands for: a used OTP).
+pub fn keys_of(id: &str, expire_time: i64) -> [String; 2] {
+    [key(id), exp_key(expire_time, id)]
 }
 
 pub async fn get(core: &Core, id: &str) -> Result<Option<Lease>> {

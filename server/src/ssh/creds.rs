@@ -321,11 +321,21 @@ pub async fn verify(
         return Ok(None);
     }
     let key = otp_key(m, verify_host, &core.hasher.hash(otp));
-    let Some(entry) = core.storage.take::<OtpEntry>(&key).await? else {
+    // A read first: an unknown OTP costs no write, and a known one names its
+    // lease, which goes in the same transaction as the OTP. OTP leases are
+    // not renewable, so the entry's expiry is the lease's.
+    let Some(seen) = core.storage.get::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
-    // OTP leases are not renewable, so the entry's expiry is the lease's.
-    leases::forget_known(core, &entry.lease_id, entry.expire_time).await?;
+    let lease = leases::keys_of(&seen.lease_id, seen.expire_time);
+    // The take decides: of concurrent verifications one gets the entry.
+    let Some(entry) = core
+        .storage
+        .take_and_delete::<OtpEntry>(&key, &lease)
+        .await?
+    else {
+        return Ok(None);
+    };
     if entry.expire_time <= now {
         return Ok(None);
     }
