@@ -145,10 +145,18 @@ impl DevServer {
     }
 
     /// A client with its own connection pool that trusts only the dev CA
-    /// and never uses a proxy.
+    /// and never uses a proxy (HTTP/2, which ALPN picks).
     pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        self.client_for(false)
+    }
+
+    /// [`DevServer::client`], speaking HTTP/1.1 when `http1` (keep-alive, as
+    /// most Vault clients and wrk do).
+    pub fn client_for(&self, http1: bool) -> anyhow::Result<reqwest::Client> {
         let ca = reqwest::Certificate::from_pem(&self.ca_pem)?;
-        Ok(reqwest::Client::builder()
+        let builder = reqwest::Client::builder();
+        let builder = if http1 { builder.http1_only() } else { builder };
+        Ok(builder
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)

@@ -139,6 +139,7 @@ pub async fn measure(
     server: &DevServer,
     user: &PublicKey,
     clients: usize,
+    http1: bool,
     budget: Budget,
 ) -> anyhow::Result<(Sample, Option<reqwest::Version>)> {
     if clients == 0 {
@@ -152,7 +153,7 @@ pub async fn measure(
     // Every client is built before any task starts, so that the barrier
     // below is always complete.
     let http: Vec<reqwest::Client> = (0..clients)
-        .map(|_| server.client())
+        .map(|_| server.client_for(http1))
         .collect::<anyhow::Result<_>>()?;
     let barrier = Arc::new(Barrier::new(clients + 1));
     let tasks: Vec<_> = http
