@@ -48,12 +48,23 @@ pub struct Storage {
 /// database are seen within this time.
 pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Plaintext JSON of hot, rarely-changing values (mounts, policies, roles,
-/// CA issuers), read on every request. Tokens, OTPs, leases and revocations
-/// are never cached: they must be exact at once on every server.
+/// Plaintext JSON of hot values read on almost every request: mounts,
+/// policies, roles and CA issuers on every backend; tokens too on SQLite,
+/// where this server is the only one and its own changes drop their entry.
+/// OTPs, leases and revocations are never cached, nor tokens on PostgreSQL:
+/// they must be exact at once on every server.
 #[derive(Default)]
 struct ReadCache {
-    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Cached)>>,
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    entries: std::collections::HashMap<String, (std::time::Instant, Cached)>,
+    /// Bumped by every `forget`: a value read from the database is cached
+    /// only if no change was forgotten since the read began, so that a read
+    /// which raced a write never caches the value the write replaced.
+    generation: u64,
 }
 
 /// A cached plaintext value, or None when the key is known to be absent.
@@ -61,37 +72,48 @@ type Cached = Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>;
 
 const MAX_CACHED: usize = 10_000;
 
-fn cacheable(key: &str) -> bool {
+fn cacheable(backend: Backend, key: &str) -> bool {
     key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
             && (key.contains("/role/")
                 || key.contains("/issuer/")
                 || key.ends_with("/config/issuers")))
+        || (backend == Backend::Sqlite && key.starts_with("token/"))
 }
 
 impl ReadCache {
-    fn get(&self, key: &str) -> Option<Cached> {
-        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(key) {
-            Some((at, v)) if at.elapsed() < CACHE_TTL => Some(v.clone()),
-            _ => None,
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh cached value, or the generation to pass to `insert` after
+    /// reading the database.
+    fn get(&self, key: &str) -> Result<Cached, u64> {
+        let inner = self.lock();
+        match inner.entries.get(key) {
+            Some((at, v)) if at.elapsed() < CACHE_TTL => Ok(v.clone()),
+            _ => Err(inner.generation),
         }
     }
 
-    fn insert(&self, key: &str, v: Cached) {
-        let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_CACHED {
-            map.clear();
+    fn insert(&self, key: &str, v: Cached, read_at: u64) {
+        let mut inner = self.lock();
+        if inner.generation != read_at {
+            return;
         }
-        map.insert(key.to_string(), (std::time::Instant::now(), v));
+        if inner.entries.len() >= MAX_CACHED {
+            inner.entries.clear();
+        }
+        inner
+            .entries
+            .insert(key.to_string(), (std::time::Instant::now(), v));
     }
 
     fn forget(&self, key: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let mut inner = self.lock();
+        inner.entries.remove(key);
+        inner.generation = inner.generation.wrapping_add(1);
     }
 }
 
@@ -173,7 +195,7 @@ impl Storage {
     }
 
     fn changed(&self, key: &str) {
-        if cacheable(key) {
+        if cacheable(self.backend, key) {
             self.cache.forget(key);
         }
         if key.starts_with("mounts/") {
@@ -239,17 +261,17 @@ impl Storage {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        if !cacheable(key) {
+        if !cacheable(self.backend, key) {
             return self.get_uncached(key).await;
         }
         let plain = match self.cache.get(key) {
-            Some(hit) => hit,
-            None => {
+            Ok(hit) => hit,
+            Err(read_at) => {
                 let plain = match self.fetch(key).await? {
                     Some(v) => Some(std::sync::Arc::new(self.barrier.open(key, &v)?)),
                     None => None,
                 };
-                self.cache.insert(key, plain.clone());
+                self.cache.insert(key, plain.clone(), read_at);
                 plain
             }
         };
@@ -396,17 +418,24 @@ impl Storage {
         // The mount table is read on every request to route it.
         if prefix == "mounts/" {
             let ck = "list:mounts/";
-            if let Some(Some(bytes)) = self.cache.get(ck) {
-                if let Ok(keys) = serde_json::from_slice::<Vec<String>>(&bytes) {
-                    return Ok(keys);
-                }
-            }
+            let read_at = match self.cache.get(ck) {
+                Ok(Some(bytes)) => match serde_json::from_slice::<Vec<String>>(&bytes) {
+                    Ok(keys) => return Ok(keys),
+                    Err(_) => None,
+                },
+                Ok(None) => None,
+                Err(generation) => Some(generation),
+            };
             let keys = self.keys_with_prefix_uncached(prefix).await?;
-            let bytes = serde_json::to_vec(&keys).map_err(|e| Error::internal(e.to_string()))?;
-            self.cache.insert(
-                ck,
-                Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))),
-            );
+            if let Some(read_at) = read_at {
+                let bytes =
+                    serde_json::to_vec(&keys).map_err(|e| Error::internal(e.to_string()))?;
+                self.cache.insert(
+                    ck,
+                    Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))),
+                    read_at,
+                );
+            }
             return Ok(keys);
         }
         self.keys_with_prefix_uncached(prefix).await
@@ -533,5 +562,47 @@ async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditM
                 Err(Error::internal("audit lines not stored in the database"))
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(text: &str) -> Cached {
+        Some(std::sync::Arc::new(zeroize::Zeroizing::new(
+            text.as_bytes().to_vec(),
+        )))
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_cached() {
+        let cache = ReadCache::default();
+        // A reader misses and reads the old value from the database...
+        let read_at = cache.get("token/id/x").unwrap_err();
+        // ...while a writer replaces it and forgets the key.
+        cache.forget("token/id/x");
+        cache.insert("token/id/x", value("old"), read_at);
+        assert!(
+            cache.get("token/id/x").is_err(),
+            "the stale value was cached"
+        );
+
+        // A read that began after the write is cached.
+        let read_at = cache.get("token/id/x").unwrap_err();
+        cache.insert("token/id/x", value("new"), read_at);
+        let hit = cache.get("token/id/x").unwrap().unwrap();
+        assert_eq!(hit.as_slice(), b"new");
+        // And the next change drops it.
+        cache.forget("token/id/x");
+        assert!(cache.get("token/id/x").is_err());
+    }
+
+    #[test]
+    fn tokens_are_cached_only_where_this_server_sees_every_change() {
+        assert!(cacheable(Backend::Sqlite, "token/id/abc"));
+        assert!(!cacheable(Backend::Postgres, "token/id/abc"));
+        assert!(cacheable(Backend::Postgres, "policy/default"));
+        assert!(!cacheable(Backend::Sqlite, "mount/x/otp/-/abc"));
     }
 }
