@@ -145,6 +145,9 @@ pub fn to_json(l: &Lease, now: i64) -> Value {
 }
 
 /// Revokes up to `limit` leases that expired by `now`; returns how many.
+/// The due leases are read first and then deleted together with their
+/// secrets and expiry entries in one transaction: one at a time, a sweep
+/// could not keep up with leases issued under load.
 pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
     let due = core
         .storage
@@ -154,15 +157,27 @@ pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
             limit,
         )
         .await?;
+    let mut doomed: Vec<String> = Vec::with_capacity(due.len() * 3);
+    let mut seen = std::collections::HashSet::new();
     let mut n = 0;
     for k in due {
         // lease-exp/<16 hex>/<id>
         let id = k.get("lease-exp/".len() + 17..).unwrap_or_default();
-        if !id.is_empty() && revoke(core, id).await? {
-            n += 1;
-        } else {
-            core.storage.delete(&k).await?;
+        if !id.is_empty() && seen.insert(id.to_string()) {
+            // A renewed lease has a later expiry entry of its own: only
+            // this stale entry goes.
+            if let Some(l) = core.storage.get::<Lease>(&key(id)).await? {
+                if l.expire_time <= now {
+                    doomed.push(key(&l.id));
+                    doomed.push(l.secret_key);
+                    n += 1;
+                }
+            }
         }
+        doomed.push(k);
+    }
+    if !doomed.is_empty() {
+        core.storage.delete_many(&doomed).await?;
     }
     Ok(n)
 }

@@ -158,3 +158,59 @@ async fn concurrent_writes_keep_their_meaning_when_committed_together() {
         assert_eq!(v, Some(2), "{backend:?}: the later put of a unit wins");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_revokes_due_leases_in_bulk_and_spares_renewed_ones() {
+    use gatepass_server::leases::{self, Lease};
+    let server = Server::start(BACKENDS[0]).await;
+    let core = server.core.clone();
+    let now = server.clock.now();
+    let lease = |i: u32, expire_time: i64| Lease {
+        id: format!("ssh/creds/r/{i:05}"),
+        secret_key: format!("secret/{i:05}"),
+        issue_time: now - 100,
+        expire_time,
+        last_renewal: None,
+        renewable: true,
+        max_expire: now + 3600,
+    };
+    for i in 0..1500u32 {
+        core.storage
+            .put(&format!("secret/{i:05}"), &json!({ "i": i }))
+            .await
+            .unwrap();
+        leases::create(&core, &lease(i, now - 10)).await.unwrap();
+    }
+    // A lease renewed past now whose old expiry entry was left behind.
+    core.storage
+        .put("secret/renewed", &json!({}))
+        .await
+        .unwrap();
+    let renewed = Lease {
+        secret_key: "secret/renewed".into(),
+        ..lease(9999, now + 600)
+    };
+    leases::create(&core, &renewed).await.unwrap();
+    core.storage
+        .put(
+            &format!("lease-exp/{:016x}/{}", now - 20, renewed.id),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+
+    let first = leases::sweep(&core, now, 1000).await.unwrap();
+    let second = leases::sweep(&core, now, 1000).await.unwrap();
+    assert_eq!(first + second, 1500);
+    let secrets = core.storage.keys_with_prefix("secret/").await.unwrap();
+    assert_eq!(secrets, vec!["secret/renewed".to_string()]);
+    assert_eq!(
+        core.storage.keys_with_prefix("lease/").await.unwrap(),
+        vec![format!("lease/{}", renewed.id)]
+    );
+    // Only the renewed lease's own expiry entry is left.
+    assert_eq!(
+        core.storage.keys_with_prefix("lease-exp/").await.unwrap(),
+        vec![format!("lease-exp/{:016x}/{}", now + 600, renewed.id)]
+    );
+}

@@ -367,6 +367,16 @@ impl Storage {
         Ok(done.applied)
     }
 
+    /// Deletes several keys in one transaction.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.apply(Unit {
+            ops: keys.iter().map(|k| Op::Delete { key: k.clone() }).collect(),
+            guarded: false,
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Deletes; true when something was deleted.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let done = self
