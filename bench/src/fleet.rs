@@ -68,27 +68,6 @@ impl Args {
     }
 }
 
-/// Server memory from /proc/PID/status, MiB: (VmRSS, VmHWM).
-fn memory(pid: u32) -> (f64, f64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
-}
-
-/// The server's CPU time (user + system), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
 /// Raises the soft limit on open files to the hard limit (the server, a
 /// child, inherits it). Returns the soft limit now in force.
 fn raise_nofile() -> libc::rlim_t {
@@ -289,24 +268,10 @@ async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::
     let n = args.hosts;
     res.hosts = n;
     let admin = server.client()?;
-    res.rss_start = memory(pid);
+    res.rss_start = machine::process_memory(pid);
 
     // An ssh CA and a role to sign with; the hosts trust this mount's CA.
-    server
-        .write(
-            &admin,
-            "ssh/config/ca",
-            &json!({ "key_type": "ssh-ed25519" }),
-        )
-        .await?;
-    server
-        .write(
-            &admin,
-            &format!("ssh/roles/{ROLE}"),
-            &json!({"key_type": "ca", "allow_user_certificates": true,
-                    "allowed_users": "*", "default_user": "bench", "ttl": "1h"}),
-        )
-        .await?;
+    server.ca_and_user_role(&admin, ROLE).await?;
     let jt = server
         .write(
             &admin,
@@ -435,14 +400,14 @@ async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::
         );
         // Every host now waits in its second poll; the server idles with them.
         let answers0 = fleet.answers.load(Ordering::Relaxed);
-        let c0 = cpu_ticks(pid);
+        let c0 = machine::process_cpu_ticks(pid);
         let idle = Duration::from_secs(3);
         tokio::time::sleep(idle).await;
         res.idle_cpu = c0
-            .zip(cpu_ticks(pid))
+            .zip(machine::process_cpu_ticks(pid))
             .map(|(a, b)| (b - a) as f64 / ticks / idle.as_secs_f64());
         res.idle_answers = fleet.answers.load(Ordering::Relaxed) - answers0;
-        res.rss_polling = memory(pid);
+        res.rss_polling = machine::process_memory(pid);
 
         // Sign a certificate, then revoke it: a new KRL for every host.
         let user = generate_key("ssh-ed25519", 0)?;
@@ -462,7 +427,7 @@ async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::
             .to_string();
         // Let the wake-ups the sign caused settle (they keep the old index).
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let c0 = cpu_ticks(pid);
+        let c0 = machine::process_cpu_ticks(pid);
         let t = Instant::now();
         if let Ok(mut g) = fleet.revoked_at.lock() {
             *g = Some(t);
@@ -478,10 +443,10 @@ async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::
         let took = t.elapsed();
         // /proc counts CPU time in ticks (10 ms): a shorter window says nothing.
         res.reach_cpu = c0
-            .zip(cpu_ticks(pid))
+            .zip(machine::process_cpu_ticks(pid))
             .filter(|_| took >= Duration::from_millis(500))
             .map(|(a, b)| (b - a) as f64 / ticks / took.as_secs_f64());
-        res.rss_after = memory(pid);
+        res.rss_after = machine::process_memory(pid);
         let mut reached: Vec<Duration> = fleet
             .reached
             .iter()
@@ -529,32 +494,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let nofile = raise_nofile();
     let server_bin = args.common.server_bin()?;
     let machine = machine::describe();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut server = DevServer::start(&server_bin)?;
     let mut res = Results {
         nofile,
         ..Results::default()
     };
-    let outcome = rt.block_on(measure(&server, args, &mut res));
-    drop(rt);
-    let stopped = server.stop();
-    outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
-    let status = stopped?;
-    if !status.success() {
-        eprintln!("note: the server exited with {status} after SIGTERM");
-    }
+    DevServer::around(&server_bin, |server, rt| {
+        rt.block_on(measure(server, args, &mut res))
+    })?;
     let body = section(&machine, args, &res);
     println!("{body}");
     if let Some(path) = &args.common.write {
-        let name = if args.hosts == DEFAULT_HOSTS {
-            SECTION.to_string()
-        } else {
-            format!("{SECTION}-{}", args.hosts)
-        };
-        report::write_section(path, &name, &body)?;
-        eprintln!("wrote the {name} section of {}", path.display());
+        report::write_sized_section(path, SECTION, args.hosts, DEFAULT_HOSTS, &body)?;
     }
     if res.reached.len() < res.hosts {
         bail!(
@@ -564,10 +514,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn mib(v: f64) -> String {
-    format!("{v:.1}")
 }
 
 fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
@@ -629,11 +575,19 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
     ]);
     t.push(vec![
         "server RSS / VmHWM at start (before enrolling)".into(),
-        format!("{} / {} MiB", mib(r.rss_start.0), mib(r.rss_start.1)),
+        format!(
+            "{} / {} MiB",
+            report::mib(r.rss_start.0),
+            report::mib(r.rss_start.1)
+        ),
     ]);
     t.push(vec![
         format!("server RSS / VmHWM, {n} polls open"),
-        format!("{} / {} MiB", mib(r.rss_polling.0), mib(r.rss_polling.1)),
+        format!(
+            "{} / {} MiB",
+            report::mib(r.rss_polling.0),
+            report::mib(r.rss_polling.1)
+        ),
     ]);
     t.push(vec![
         format!("server CPU while {n} polls wait (3 s, no changes)"),
@@ -676,7 +630,11 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
     ]);
     t.push(vec![
         "server RSS / VmHWM after the revocation".into(),
-        format!("{} / {} MiB", mib(r.rss_after.0), mib(r.rss_after.1)),
+        format!(
+            "{} / {} MiB",
+            report::mib(r.rss_after.0),
+            report::mib(r.rss_after.1)
+        ),
     ]);
     t.push(vec![
         "poll errors".into(),
@@ -702,7 +660,7 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
     if n >= TARGET_HOSTS {
         out += &format!(
             "\nTargets (issue 9, {TARGET_HOSTS} hosts):\n\n- server RSS under {TARGET_RSS_MIB:.0} MB (compared as MiB): peak {} MiB (VmHWM), {}.\n- a revocation reaches all hosts in under {} s: {}, {}.\n",
-            mib(hwm),
+            report::mib(hwm),
             verdict(hwm < TARGET_RSS_MIB),
             TARGET_REACH.as_secs(),
             all.map(|d| format!("{:.2} s", d.as_secs_f64()))
@@ -713,7 +671,7 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
         out += &format!(
             "\nIssue 9's targets are for {TARGET_HOSTS} hosts (RSS under {TARGET_RSS_MIB:.0} MB, revocation to all under {} s); this run had {n}: peak RSS {} MiB, revocation to all {}.\n",
             TARGET_REACH.as_secs(),
-            mib(hwm),
+            report::mib(hwm),
             all.map(|d| format!("{:.2} s", d.as_secs_f64()))
                 .unwrap_or_else(|| "not reached".into()),
         );

@@ -14,6 +14,7 @@ mod hostd;
 mod load;
 mod machine;
 mod measure;
+mod memory;
 mod otp;
 mod report;
 mod server;
@@ -52,6 +53,9 @@ enum Command {
     /// N simulated hosts long-polling their state from one server: server
     /// memory, and how long a revocation takes to reach all of them.
     Fleet(fleet::Args),
+    /// Server memory while it issues many short-lived OTPs (200,000 by
+    /// default) and its lease sweeper removes them as they expire.
+    Memory(memory::Args),
     /// A load generator for any Vault-compatible server (gatepass or Vault):
     /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
     /// answers by status. Not a suite: it needs a target.
@@ -95,6 +99,10 @@ fn all(args: &AllArgs) -> anyhow::Result<()> {
         ("fleet", {
             let a = fleet::Args::with(c.clone());
             Box::new(move || fleet::run(&a))
+        }),
+        ("memory", {
+            let a = memory::Args::with(c.clone());
+            Box::new(move || memory::run(&a))
         }),
     ];
     let mut failed = Vec::new();
@@ -170,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         Command::Helper(args) => helper::run(&args),
         Command::Hostd(args) => hostd::run(&args),
         Command::Fleet(args) => fleet::run(&args),
+        Command::Memory(args) => memory::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }

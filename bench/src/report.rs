@@ -149,6 +149,25 @@ pub fn replace_section(text: &str, name: &str, body: &str) -> anyhow::Result<Str
 }
 
 /// Replaces the section in a file, atomically.
+/// Writes a suite's section: `name`, or `name-N` for a run with another
+/// size `n` than the default, so that both stay recorded side by side.
+pub fn write_sized_section(
+    path: &Path,
+    name: &str,
+    n: usize,
+    default: usize,
+    body: &str,
+) -> anyhow::Result<()> {
+    let name = if n == default {
+        name.to_string()
+    } else {
+        format!("{name}-{n}")
+    };
+    write_section(path, &name, body)?;
+    eprintln!("wrote the {name} section of {}", path.display());
+    Ok(())
+}
+
 pub fn write_section(path: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -170,6 +189,11 @@ pub fn write_section(path: &Path, name: &str, body: &str) -> anyhow::Result<()> 
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+/// MiB with one decimal.
+pub fn mib(v: f64) -> String {
+    format!("{v:.1}")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// How long the server may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -130,6 +130,29 @@ impl DevServer {
         Ok(server)
     }
 
+    /// Starts the server, hands it to `f` with a multi-thread runtime, and
+    /// stops it again, also when `f` fails (whose error then carries the
+    /// server's log).
+    pub fn around<R>(
+        bin: &Path,
+        f: impl FnOnce(&DevServer, &tokio::runtime::Runtime) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let mut server = DevServer::start(bin)?;
+        let outcome = f(&server, &rt);
+        drop(rt);
+        let stopped = server.stop();
+        let out =
+            outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
+        let status = stopped?;
+        if !status.success() {
+            eprintln!("note: the server exited with {status} after SIGTERM");
+        }
+        Ok(out)
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
     }
@@ -169,6 +192,29 @@ impl DevServer {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// An ed25519 CA on the `ssh` mount and a role `role` that signs user
+    /// certificates for anyone (default user `bench`, one hour).
+    pub async fn ca_and_user_role(
+        &self,
+        client: &reqwest::Client,
+        role: &str,
+    ) -> anyhow::Result<()> {
+        self.write(
+            client,
+            "ssh/config/ca",
+            &json!({ "key_type": "ssh-ed25519" }),
+        )
+        .await?;
+        self.write(
+            client,
+            &format!("ssh/roles/{role}"),
+            &json!({"key_type": "ca", "allow_user_certificates": true,
+                    "allowed_users": "*", "default_user": "bench", "ttl": "1h"}),
+        )
+        .await?;
+        Ok(())
     }
 
     /// POSTs JSON with the root token; the answer's JSON (Null for 204).
