@@ -8,7 +8,8 @@
 //! (group commit), in the order it arrived.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -62,16 +63,17 @@ impl Sqlite {
         // fsync) run on a thread of their own, so that no commit waits for
         // one: left to the writer, every thousandth page's commit would.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        writer.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         let checkpointer = open(path)?;
+        let restart = Arc::new(AtomicBool::new(false));
         let (dirty_tx, dirty_rx) = std::sync::mpsc::sync_channel(1);
+        let r = restart.clone();
         std::thread::Builder::new()
-            .name("gatepass-sqlite-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, dirty_rx))?;
+            .name("gatepass-ckpt".into())
+            .spawn(move || checkpoint_loop(checkpointer, r, dirty_rx))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
-            .name("gatepass-sqlite-writer".into())
-            .spawn(move || write_loop(writer, rx, dirty_tx))?;
+            .name("gatepass-writer".into())
+            .spawn(move || write_loop(writer, rx, restart, dirty_tx))?;
         let db = Sqlite {
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
@@ -128,16 +130,31 @@ impl Sqlite {
 /// How often at most the WAL is checkpointed while writes go on.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Frames in the WAL above which it is started over (256 MiB of 4 KiB
+/// pages: at the rates this server reaches, once every several seconds).
+const WAL_RESTART_FRAMES: i64 = 64 * 1024;
+
 /// Checkpoints after writes, at most once per [`CHECKPOINT_EVERY`], and
 /// once more when the writer stops; sleeps while nothing is written.
-fn checkpoint_loop(conn: Connection, dirty: std::sync::mpsc::Receiver<()>) {
-    let checkpoint = || {
-        // PASSIVE: copies what it can without waiting for (or blocking)
-        // the writer or readers.
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %e, "SQLite checkpoint failed");
-        }
-    };
+///
+/// A PASSIVE checkpoint copies what it can without waiting for (or
+/// blocking) the writer or readers. But under steady writes the WAL is
+/// never wholly copied when the writer starts its next transaction, so
+/// SQLite never starts it over and it grows without end. When it holds
+/// more than [`WAL_RESTART_FRAMES`], the writer is asked to start it over
+/// between two batches (see `write_loop`): asked from here, a RESTART would
+/// hold the writer off through SQLite's busy-wait sleeps (1, 2, 5, 10 ms…).
+fn checkpoint_loop(
+    conn: Connection,
+    restart: Arc<AtomicBool>,
+    dirty: std::sync::mpsc::Receiver<()>,
+) {
+    let checkpoint =
+        || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(frames) if frames > WAL_RESTART_FRAMES => restart.store(true, Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+        };
     while dirty.recv().is_ok() {
         std::thread::sleep(CHECKPOINT_EVERY);
         checkpoint();
@@ -148,9 +165,18 @@ fn checkpoint_loop(conn: Connection, dirty: std::sync::mpsc::Receiver<()>) {
 fn write_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
+    restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::SyncSender<()>,
 ) {
     while let Some(first) = rx.blocking_recv() {
+        if restart.swap(false, Ordering::Relaxed) {
+            // The checkpointer copied nearly all of the WAL a moment ago:
+            // this copies the rest and waits for readers to leave it, so
+            // that the next commit writes it from its start again.
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "SQLite WAL restart failed");
+            }
+        }
         let mut jobs = vec![first];
         while jobs.len() < MAX_UNITS {
             match rx.try_recv() {
