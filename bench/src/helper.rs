@@ -505,10 +505,29 @@ fn section(
             report::millis(Some(d.saturating_sub(Duration::from_secs_f64(truth))))
         )
     });
+    // The module's share of a pamtester run is its median over pam_permit's;
+    // the helper's share of a pam_exec run is its median over /bin/true's.
+    let module_added = p50("`pamtester` with `pam_gatepass")
+        .zip(permit)
+        .map(|(m, p)| m - p);
+    let helper_added = helper
+        .and_then(|r| r.summary.p50)
+        .map(|d| d.as_secs_f64() - truth);
+    let module_target = match (module_added, helper_added) {
+        (Some(m), Some(h)) => format!(
+            "\n\nTarget (issue 9) — the native PAM module adds less than the helper: the module \
+             adds {} ms at the median over `pamtester` with `pam_permit.so`, the helper {} ms over \
+             `/bin/true`: {}.",
+            report::millis(Some(Duration::from_secs_f64(m.max(0.0)))),
+            report::millis(Some(Duration::from_secs_f64(h.max(0.0)))),
+            if m < h { "**met**" } else { "**not met**" }
+        ),
+        _ => String::new(),
+    };
     let pam = if pam_note.is_empty() {
-        String::new()
+        module_target
     } else {
-        format!("\n\nThe native module `pam_gatepass.so`: {pam_note}.")
+        format!("{module_target}\n\nThe native module `pam_gatepass.so`: {pam_note}.")
     };
     Ok(format!(
         "{measured}; {n} timed runs per row after 10 untimed ones.\n\n{table}\n\
