@@ -126,8 +126,13 @@ pub async fn get(core: &Core, path: &str) -> Result<Option<Mount>> {
 
 /// The mount a request path falls under, and the rest of the path.
 pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>> {
-    let mut best: Option<Mount> = None;
-    for m in all(core).await? {
+    // Every request under a mount routes through here: the mounts are read
+    // shared from the cache rather than parsed again each time.
+    let mut best: Option<std::sync::Arc<Mount>> = None;
+    for k in core.storage.keys_with_prefix("mounts/").await? {
+        let Some(m) = core.storage.get_shared::<Mount>(&k).await? else {
+            continue;
+        };
         let hit = req_path == m.path || req_path.starts_with(&format!("{}/", m.path));
         if hit && best.as_ref().is_none_or(|b| b.path.len() < m.path.len()) {
             best = Some(m);
@@ -135,7 +140,7 @@ pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>
     }
     Ok(best.map(|m| {
         let rest = req_path[m.path.len()..].trim_start_matches('/').to_string();
-        (m, rest)
+        (Mount::clone(&m), rest)
     }))
 }
 

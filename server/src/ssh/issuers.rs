@@ -25,6 +25,14 @@ pub struct Issuer {
     pub created: i64,
 }
 
+/// The CA key's text is wiped when an issuer goes out of memory (parsed
+/// copies are kept in the read cache and made on every change).
+impl Drop for Issuer {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.private_key);
+    }
+}
+
 impl Issuer {
     pub fn signing_key(&self) -> Result<PrivateKey> {
         PrivateKey::from_openssh(&self.private_key)
@@ -211,13 +219,17 @@ async fn find_by_name(core: &Core, m: &Mount, name: &str) -> Result<Option<Issue
 pub async fn default_id(core: &Core, m: &Mount) -> Result<Option<String>> {
     Ok(core
         .storage
-        .get::<IssuersConfig>(&config_key(m))
+        .get_shared::<IssuersConfig>(&config_key(m))
         .await?
-        .and_then(|c| c.default))
+        .and_then(|c| c.default.clone()))
 }
 
 /// Resolves `default`, an issuer ID or an issuer name.
-pub async fn resolve(core: &Core, m: &Mount, reference: &str) -> Result<Option<Issuer>> {
+pub async fn resolve(
+    core: &Core,
+    m: &Mount,
+    reference: &str,
+) -> Result<Option<std::sync::Arc<Issuer>>> {
     let id = if reference.is_empty() || reference == "default" {
         match default_id(core, m).await? {
             Some(id) => id,
@@ -227,17 +239,23 @@ pub async fn resolve(core: &Core, m: &Mount, reference: &str) -> Result<Option<I
         reference.to_string()
     };
     if uuid::Uuid::parse_str(&id).is_ok() {
-        if let Some(i) = core.storage.get::<Issuer>(&issuer_key(m, &id)).await? {
+        // Read on every signature: shared, not parsed again while cached.
+        if let Some(i) = core
+            .storage
+            .get_shared::<Issuer>(&issuer_key(m, &id))
+            .await?
+        {
             return Ok(Some(i));
         }
     }
-    find_by_name(core, m, &id).await
+    Ok(find_by_name(core, m, &id).await?.map(std::sync::Arc::new))
 }
 
 pub async fn set_default(core: &Core, m: &Mount, reference: &str) -> Result<Issuer> {
     let issuer = resolve(core, m, reference)
         .await?
         .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))?;
+    let issuer = Issuer::clone(&issuer);
     core.storage
         .put(
             &config_key(m),
@@ -253,6 +271,7 @@ pub async fn rename(core: &Core, m: &Mount, reference: &str, new_name: &str) -> 
     validate_issuer_name(new_name)?;
     let mut issuer = resolve(core, m, reference)
         .await?
+        .map(|i| Issuer::clone(&i))
         .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))?;
     if issuer.name != new_name && find_by_name(core, m, new_name).await?.is_some() {
         return Err(Error::invalid(format!(

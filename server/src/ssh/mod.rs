@@ -122,7 +122,7 @@ pub async fn dispatch(
             let d = issuers::resolve(core, m, "default").await?;
             Ok(Reply::Data(json!({
                 "default": d.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
-                "default_issuer_name": d.map(|i| i.name).unwrap_or_default(),
+                "default_issuer_name": d.map(|i| i.name.clone()).unwrap_or_default(),
             })))
         }
         (["config", "issuers"], Write) => {
@@ -305,8 +305,8 @@ async fn new_issuer(
     issuers::add(core, m, name, key, make_default, req.now).await
 }
 
-pub async fn ca_role(core: &Core, m: &Mount, name: &str) -> Result<roles::Role> {
-    let role = roles::read(core, m, name)
+pub async fn ca_role(core: &Core, m: &Mount, name: &str) -> Result<std::sync::Arc<roles::Role>> {
+    let role = roles::read_shared(core, m, name)
         .await?
         .ok_or_else(|| Error::invalid(format!("unknown role: {name}")))?;
     if role.key_type != KeyType::Ca {

@@ -343,6 +343,16 @@ pub async fn read(core: &Core, m: &Mount, name: &str) -> Result<Option<Role>> {
     core.storage.get(&key(m, name)).await
 }
 
+/// [`read`], shared with other requests (no JSON parse while cached).
+pub async fn read_shared(
+    core: &Core,
+    m: &Mount,
+    name: &str,
+) -> Result<Option<std::sync::Arc<Role>>> {
+    validate_name(name)?;
+    core.storage.get_shared(&key(m, name)).await
+}
+
 pub async fn write(core: &Core, m: &Mount, role: &Role) -> Result<()> {
     core.storage.put(&key(m, &role.name), role).await
 }

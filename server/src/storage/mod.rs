@@ -60,7 +60,7 @@ struct ReadCache {
 
 #[derive(Default)]
 struct CacheInner {
-    entries: std::collections::HashMap<String, (std::time::Instant, Cached)>,
+    entries: std::collections::HashMap<String, CacheEntry>,
     /// Bumped by every `forget`: a value read from the database is cached
     /// only if no change was forgotten since the read began, so that a read
     /// which raced a write never caches the value the write replaced.
@@ -69,6 +69,16 @@ struct CacheInner {
 
 /// A cached plaintext value, or None when the key is known to be absent.
 type Cached = Option<std::sync::Arc<zeroize::Zeroizing<Vec<u8>>>>;
+
+/// A value parsed from a cached plaintext, kept beside it (see
+/// [`Storage::get_shared`]).
+type Parsed = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+struct CacheEntry {
+    at: std::time::Instant,
+    value: Cached,
+    parsed: Option<Parsed>,
+}
 
 const MAX_CACHED: usize = 10_000;
 
@@ -92,8 +102,42 @@ impl ReadCache {
     fn get(&self, key: &str) -> Result<Cached, u64> {
         let inner = self.lock();
         match inner.entries.get(key) {
-            Some((at, v)) if at.elapsed() < CACHE_TTL => Ok(v.clone()),
+            Some(e) if e.at.elapsed() < CACHE_TTL => Ok(e.value.clone()),
             _ => Err(inner.generation),
+        }
+    }
+
+    /// The parsed value kept beside a fresh entry: Some(None) when the key
+    /// is known to be absent, None when there is nothing of type `T`.
+    fn get_parsed<T: std::any::Any + Send + Sync>(
+        &self,
+        key: &str,
+    ) -> Option<Option<std::sync::Arc<T>>> {
+        let inner = self.lock();
+        let e = inner.entries.get(key)?;
+        if e.at.elapsed() >= CACHE_TTL {
+            return None;
+        }
+        match (&e.value, &e.parsed) {
+            (None, _) => Some(None),
+            (Some(_), Some(p)) => p.clone().downcast::<T>().ok().map(Some),
+            (Some(_), None) => None,
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Keeps `parsed` beside the entry it was parsed from, unless a change
+    /// was forgotten since `read_at`.
+    fn set_parsed(&self, key: &str, parsed: Parsed, read_at: u64) {
+        let mut inner = self.lock();
+        if inner.generation != read_at {
+            return;
+        }
+        if let Some(e) = inner.entries.get_mut(key) {
+            e.parsed = Some(parsed);
         }
     }
 
@@ -105,9 +149,14 @@ impl ReadCache {
         if inner.entries.len() >= MAX_CACHED {
             inner.entries.clear();
         }
-        inner
-            .entries
-            .insert(key.to_string(), (std::time::Instant::now(), v));
+        inner.entries.insert(
+            key.to_string(),
+            CacheEntry {
+                at: std::time::Instant::now(),
+                value: v,
+                parsed: None,
+            },
+        );
     }
 
     fn forget(&self, key: &str) {
@@ -282,6 +331,27 @@ impl Storage {
                 })
             })
             .transpose()
+    }
+
+    /// [`Storage::get`], shared: for the hot cached values (mounts, roles,
+    /// issuers, …) the parsed value itself is kept beside the cached text,
+    /// so a request that reads them does not parse their JSON again.
+    pub async fn get_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::sync::Arc<T>>> {
+        if !cacheable(self.backend, key) {
+            return Ok(self.get_uncached(key).await?.map(std::sync::Arc::new));
+        }
+        if let Some(hit) = self.cache.get_parsed::<T>(key) {
+            return Ok(hit);
+        }
+        let read_at = self.cache.generation();
+        let value = self.get::<T>(key).await?.map(std::sync::Arc::new);
+        if let Some(v) = &value {
+            self.cache.set_parsed(key, v.clone(), read_at);
+        }
+        Ok(value)
     }
 
     async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -606,6 +676,26 @@ mod tests {
         // And the next change drops it.
         cache.forget("token/id/x");
         assert!(cache.get("token/id/x").is_err());
+    }
+
+    #[test]
+    fn a_parsed_value_lives_and_dies_with_the_text_it_came_from() {
+        let cache = ReadCache::default();
+        let read_at = cache.get("k").unwrap_err();
+        cache.insert("k", value("1"), read_at);
+        cache.set_parsed("k", std::sync::Arc::new(1u32), cache.generation());
+        assert_eq!(*cache.get_parsed::<u32>("k").unwrap().unwrap(), 1);
+        assert!(cache.get_parsed::<String>("k").is_none(), "another type");
+        // A value parsed before a change is not kept after it.
+        let before = cache.generation();
+        cache.forget("k");
+        let read_at = cache.get("k").unwrap_err();
+        cache.insert("k", value("2"), read_at);
+        cache.set_parsed("k", std::sync::Arc::new(1u32), before);
+        assert!(
+            cache.get_parsed::<u32>("k").is_none(),
+            "a stale parse was kept"
+        );
     }
 
     #[test]
