@@ -149,6 +149,12 @@ pub fn to_json(l: &Lease, now: i64) -> Value {
 /// secrets and expiry entries in one transaction: one at a time, a sweep
 /// could not keep up with leases issued under load.
 pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
+    Ok(sweep_due(core, now, limit).await?.0)
+}
+
+/// [`sweep`]: (leases revoked, expiry entries handled); the second tells
+/// whether more may be due (stale entries count there, not in the first).
+async fn sweep_due(core: &Core, now: i64, limit: i64) -> Result<(usize, usize)> {
     let due = core
         .storage
         .keys_between(
@@ -157,6 +163,7 @@ pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
             limit,
         )
         .await?;
+    let handled = due.len();
     let mut doomed: Vec<String> = Vec::with_capacity(due.len() * 3);
     let mut seen = std::collections::HashSet::new();
     let mut n = 0;
@@ -179,7 +186,7 @@ pub async fn sweep(core: &Core, now: i64, limit: i64) -> Result<usize> {
     if !doomed.is_empty() {
         core.storage.delete_many(&doomed).await?;
     }
-    Ok(n)
+    Ok((n, handled))
 }
 
 /// Runs the sweeper for the life of the server.
@@ -188,8 +195,8 @@ pub async fn sweeper(core: crate::state::State) {
     loop {
         tick.tick().await;
         loop {
-            match sweep(&core, core.clock.now(), 1000).await {
-                Ok(1000) => continue,
+            match sweep_due(&core, core.clock.now(), 1000).await {
+                Ok((_, 1000)) => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "lease sweep failed");
