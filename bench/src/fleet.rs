@@ -272,18 +272,7 @@ async fn measure(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::
 
     // An ssh CA and a role to sign with; the hosts trust this mount's CA.
     server.ca_and_user_role(&admin, ROLE).await?;
-    let jt = server
-        .write(
-            &admin,
-            "hosts/join-tokens",
-            &json!({"ttl": "1h", "num_uses": 0}),
-        )
-        .await?;
-    let join = jt
-        .pointer("/data/join_token")
-        .and_then(Value::as_str)
-        .context("join-tokens returned no join_token")?
-        .to_string();
+    let join = server.join_token(&admin, 0).await?;
 
     // Enrollment, `enroll_tasks` at a time, without a token.
     eprintln!("  enrolling {n} hosts ({} at a time)…", args.enroll_tasks);

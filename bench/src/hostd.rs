@@ -878,18 +878,7 @@ fn idle(args: &Args, bin: &Path) -> anyhow::Result<Idle> {
             .and_then(Value::as_str)
             .context("sign returned no serial_number")?
             .to_string();
-        let jt = server
-            .write(
-                &admin,
-                "hosts/join-tokens",
-                &json!({"ttl": "1h", "num_uses": 1}),
-            )
-            .await?;
-        let join = jt
-            .pointer("/data/join_token")
-            .and_then(Value::as_str)
-            .context("join-tokens returned no join_token")?
-            .to_string();
+        let join = server.join_token(&admin, 1).await?;
         anyhow::Ok((join, serial))
     })?;
 

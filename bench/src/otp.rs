@@ -108,20 +108,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let server_bin = args.common.server_bin()?;
     let machine = machine::describe();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut server = DevServer::start(&server_bin)?;
     let mut rows = Vec::new();
-    let result = rt.block_on(measure_all(&server, args, budget, &mut rows));
-    drop(rt);
-    let stopped = server.stop();
-    let version =
-        result.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
-    let status = stopped?;
-    if !status.success() {
-        eprintln!("note: the server exited with {status} after SIGTERM");
-    }
+    let version = DevServer::around(&server_bin, |server, rt| {
+        rt.block_on(measure_all(server, args, budget, &mut rows))
+    })?;
 
     let body = section(&machine, budget, args, version, &rows)?;
     println!("{body}");

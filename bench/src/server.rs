@@ -217,6 +217,26 @@ impl DevServer {
         Ok(())
     }
 
+    /// A host join token (`num_uses` 0: unlimited) valid for an hour.
+    pub async fn join_token(
+        &self,
+        client: &reqwest::Client,
+        num_uses: u32,
+    ) -> anyhow::Result<String> {
+        let jt = self
+            .write(
+                client,
+                "hosts/join-tokens",
+                &json!({"ttl": "1h", "num_uses": num_uses}),
+            )
+            .await?;
+        Ok(jt
+            .pointer("/data/join_token")
+            .and_then(Value::as_str)
+            .context("join-tokens returned no join_token")?
+            .to_string())
+    }
+
     /// POSTs JSON with the root token; the answer's JSON (Null for 204).
     pub async fn write(
         &self,

@@ -227,38 +227,28 @@ fn https_rows(
     budget: Budget,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<Option<reqwest::Version>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut server = DevServer::start(bin)?;
-    let result = rt.block_on(async {
-        https::configure(&server, user, &inproc::role_fields()).await?;
-        let mut version = None;
-        for &c in clients {
-            let (sample, v) = https::measure(&server, user, c, false, budget).await?;
-            version = version.or(v);
-            rows.push(summarize(HTTPS_ROW, "ed25519", c, sample));
-        }
-        // The target's number of clients again over HTTP/1.1 keep-alive,
-        // the protocol of most Vault clients (and of wrk).
-        if clients.contains(&TARGET_CLIENTS) {
-            let (sample, v) = https::measure(&server, user, TARGET_CLIENTS, true, budget).await?;
-            if v != Some(reqwest::Version::HTTP_11) {
-                bail!("the HTTP/1.1 clients spoke {v:?}");
+    DevServer::around(bin, |server, rt| {
+        rt.block_on(async {
+            https::configure(server, user, &inproc::role_fields()).await?;
+            let mut version = None;
+            for &c in clients {
+                let (sample, v) = https::measure(server, user, c, false, budget).await?;
+                version = version.or(v);
+                rows.push(summarize(HTTPS_ROW, "ed25519", c, sample));
             }
-            rows.push(summarize(HTTPS1_ROW, "ed25519", TARGET_CLIENTS, sample));
-        }
-        anyhow::Ok(version)
-    });
-    drop(rt);
-    let stopped = server.stop();
-    let version =
-        result.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
-    let status = stopped?;
-    if !status.success() {
-        eprintln!("note: the server exited with {status} after SIGTERM");
-    }
-    Ok(version)
+            // The target's number of clients again over HTTP/1.1 keep-alive,
+            // the protocol of most Vault clients (and of wrk).
+            if clients.contains(&TARGET_CLIENTS) {
+                let (sample, v) =
+                    https::measure(server, user, TARGET_CLIENTS, true, budget).await?;
+                if v != Some(reqwest::Version::HTTP_11) {
+                    bail!("the HTTP/1.1 clients spoke {v:?}");
+                }
+                rows.push(summarize(HTTPS1_ROW, "ed25519", TARGET_CLIENTS, sample));
+            }
+            anyhow::Ok(version)
+        })
+    })
 }
 
 fn section(
