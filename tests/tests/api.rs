@@ -153,65 +153,49 @@ on_both_backends!(plus_and_star_globs_match_as_vault, |s| async move {
         )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
-    // `+` matches exactly one segment.
-    assert_eq!(
-        s.call("GET", "auth/userpass/users/bob", Some(&t), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        s.call("GET", "auth/approle/role/db/role-id", Some(&t), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        s.call("GET", "auth/approle/role/db/secret-id", Some(&t), None)
-            .await
-            .0,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        s.call(
+    // In order: `+` matches exactly one segment; `*` is a prefix match,
+    // across segments (the POST creates the role the next line reads).
+    let cases = [
+        ("GET", "auth/userpass/users/bob", None, StatusCode::OK),
+        ("GET", "auth/approle/role/db/role-id", None, StatusCode::OK),
+        (
+            "GET",
+            "auth/approle/role/db/secret-id",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
             "POST",
             "auth/userpass/users/bob/password",
-            Some(&t),
-            Some(json!({"password":"x"}))
-        )
-        .await
-        .0,
-        StatusCode::FORBIDDEN
-    );
-    // `*` is a prefix match, across segments.
-    assert_eq!(
-        s.call(
+            Some(json!({"password":"x"})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
             "POST",
             "auth/approle/role/web-frontend",
-            Some(&t),
-            Some(json!({"token_policies": "default"}))
-        )
-        .await
-        .0,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        s.call(
+            Some(json!({"token_policies": "default"})),
+            StatusCode::NO_CONTENT,
+        ),
+        (
             "GET",
             "auth/approle/role/web-frontend/role-id",
-            Some(&t),
-            None
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        s.call("POST", "auth/approle/role/db", Some(&t), Some(json!({})))
-            .await
-            .0,
-        StatusCode::FORBIDDEN
-    );
+            None,
+            StatusCode::OK,
+        ),
+        (
+            "POST",
+            "auth/approle/role/db",
+            Some(json!({})),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (method, path, body, want) in cases {
+        assert_eq!(
+            s.call(method, path, Some(&t), body).await.0,
+            want,
+            "{method} {path}"
+        );
+    }
     // capabilities-self reports what the ACL grants.
     let (_, v) = s
         .call(

@@ -111,36 +111,27 @@ async fn otp_creds_and_verify_once() {
             (st, v["data"]["ip"].clone()),
             (StatusCode::OK, json!("fd00::1"))
         );
-        assert_eq!(
-            s.root(
-                "POST",
+        // A role with an empty CIDR list serves any address only once it is
+        // a zero-address role.
+        for (path, body, want) in [
+            (
                 "ssh/creds/anywhere",
-                Some(json!({"ip": "192.0.2.1"}))
-            )
-            .await
-            .0,
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            s.root(
-                "POST",
+                json!({"ip": "192.0.2.1"}),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
                 "ssh/config/zeroaddress",
-                Some(json!({"roles": "anywhere"}))
-            )
-            .await
-            .0,
-            StatusCode::NO_CONTENT
-        );
-        assert_eq!(
-            s.root(
-                "POST",
+                json!({"roles": "anywhere"}),
+                StatusCode::NO_CONTENT,
+            ),
+            (
                 "ssh/creds/anywhere",
-                Some(json!({"ip": "192.0.2.1"}))
-            )
-            .await
-            .0,
-            StatusCode::OK
-        );
+                json!({"ip": "192.0.2.1"}),
+                StatusCode::OK,
+            ),
+        ] {
+            assert_eq!(s.root("POST", path, Some(body)).await.0, want, "{path}");
+        }
         let (_, v) = s.root("GET", "ssh/config/zeroaddress", None).await;
         assert_eq!(v["data"]["roles"], json!(["anywhere"]));
         let (_, v) = s
