@@ -491,10 +491,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rt.block_on(measure(server, args, &mut res))
     })?;
     let body = section(&machine, args, &res);
-    println!("{body}");
-    if let Some(path) = &args.common.write {
-        report::write_sized_section(path, SECTION, args.hosts, DEFAULT_HOSTS, &body)?;
-    }
+    let name = report::sized(SECTION, args.hosts, DEFAULT_HOSTS);
+    report::publish(args.common.write.as_deref(), &name, &body)?;
     if res.reached.len() < res.hosts {
         bail!(
             "{} of {} hosts never received the revocation",

@@ -261,11 +261,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         eprintln!("note: the server exited with {status} after SIGTERM");
     }
     let body = section(&machine, args, &rows, &pam_note)?;
-    println!("{body}");
-    if let Some(path) = &args.common.write {
-        report::write_section(path, SECTION, &body)?;
-        eprintln!("wrote the {SECTION} section of {}", path.display());
-    }
+    report::publish(args.common.write.as_deref(), SECTION, &body)?;
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| r.summary.errors > 0)

@@ -305,11 +305,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         None
     };
     let body = section(&machine, args, &fs, &runs, idle.as_ref())?;
-    println!("{body}");
-    if let Some(path) = &args.common.write {
-        report::write_section(path, SECTION, &body)?;
-        eprintln!("wrote the {SECTION} section of {}", path.display());
-    }
+    report::publish(args.common.write.as_deref(), SECTION, &body)?;
     Ok(())
 }
 

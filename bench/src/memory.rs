@@ -426,16 +426,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         rt.block_on(measure(server, args, &mut res))
     })?;
     let body = section(&machine, args, &res);
-    println!("{body}");
-    if let Some(path) = &args.common.write {
-        report::write_sized_section(
-            path,
-            SECTION,
-            args.creds as usize,
-            DEFAULT_CREDS as usize,
-            &body,
-        )?;
-    }
+    let name = report::sized(SECTION, args.creds as usize, DEFAULT_CREDS as usize);
+    report::publish(args.common.write.as_deref(), &name, &body)?;
     for (what, s) in [("sys/health", &res.health), ("creds", &res.creds)] {
         if let Some(s) = s.as_ref().filter(|s| s.errors > 0) {
             bail!(

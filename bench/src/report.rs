@@ -149,22 +149,23 @@ pub fn replace_section(text: &str, name: &str, body: &str) -> anyhow::Result<Str
 }
 
 /// Replaces the section in a file, atomically.
-/// Writes a suite's section: `name`, or `name-N` for a run with another
-/// size `n` than the default, so that both stay recorded side by side.
-pub fn write_sized_section(
-    path: &Path,
-    name: &str,
-    n: usize,
-    default: usize,
-    body: &str,
-) -> anyhow::Result<()> {
-    let name = if n == default {
+/// A suite's section name: `name`, or `name-N` for a run with another size
+/// `n` than the default, so that both stay recorded side by side.
+pub fn sized(name: &str, n: usize, default: usize) -> String {
+    if n == default {
         name.to_string()
     } else {
         format!("{name}-{n}")
-    };
-    write_section(path, &name, body)?;
-    eprintln!("wrote the {name} section of {}", path.display());
+    }
+}
+
+/// Prints a suite's results and, with `--write FILE`, replaces its section.
+pub fn publish(write: Option<&Path>, name: &str, body: &str) -> anyhow::Result<()> {
+    println!("{body}");
+    if let Some(path) = write {
+        write_section(path, name, body)?;
+        eprintln!("wrote the {name} section of {}", path.display());
+    }
     Ok(())
 }
 

@@ -194,11 +194,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     ));
 
     let body = section(&machine, budget, version, &rows)?;
-    println!("{body}");
-    if let Some(path) = &args.common.write {
-        report::write_section(path, SECTION, &body)?;
-        eprintln!("wrote the {SECTION} section of {}", path.display());
-    }
+    report::publish(args.common.write.as_deref(), SECTION, &body)?;
     let failed: Vec<String> = rows
         .iter()
         .filter(|r| r.summary.errors > 0)
