@@ -110,10 +110,12 @@ pub async fn disable(core: &Core, path: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn all(core: &Core) -> Result<Vec<Mount>> {
+/// Every mount, shared from the read cache: requests under a mount route
+/// through here, so the mounts are not parsed again each time.
+pub async fn all(core: &Core) -> Result<Vec<std::sync::Arc<Mount>>> {
     let mut out = Vec::new();
     for k in core.storage.keys_with_prefix("mounts/").await? {
-        if let Some(m) = core.storage.get::<Mount>(&k).await? {
+        if let Some(m) = core.storage.get_shared::<Mount>(&k).await? {
             out.push(m);
         }
     }
@@ -126,13 +128,8 @@ pub async fn get(core: &Core, path: &str) -> Result<Option<Mount>> {
 
 /// The mount a request path falls under, and the rest of the path.
 pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>> {
-    // Every request under a mount routes through here: the mounts are read
-    // shared from the cache rather than parsed again each time.
     let mut best: Option<std::sync::Arc<Mount>> = None;
-    for k in core.storage.keys_with_prefix("mounts/").await? {
-        let Some(m) = core.storage.get_shared::<Mount>(&k).await? else {
-            continue;
-        };
+    for m in all(core).await? {
         let hit = req_path == m.path || req_path.starts_with(&format!("{}/", m.path));
         if hit && best.as_ref().is_none_or(|b| b.path.len() < m.path.len()) {
             best = Some(m);
