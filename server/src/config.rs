@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -25,6 +26,61 @@ pub struct ServerConfig {
     /// TLS certificate and key. Without it the server only listens on
     /// loopback (for a local reverse proxy).
     pub tls: Option<TlsConfig>,
+    /// Connection limits of the listener.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Bounds on what one client connection may hold; the `[limits]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open connections at most; 0: as many as the open-file limit allows
+    /// (less a reserve for the server's own files). A configured number is
+    /// capped the same way.
+    pub max_connections: usize,
+    /// Open connections from one client address at most; 0: no limit.
+    /// Clients behind one NAT or proxy share an address, so set it only
+    /// where that is not the case.
+    pub max_connections_per_address: usize,
+    /// Time for a client to finish the TLS handshake.
+    #[serde(deserialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// Time for a client to send a whole request header (HTTP/1.1).
+    #[serde(deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no byte moved and no request in flight for this
+    /// long is closed.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 0,
+            max_connections_per_address: 0,
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A duration in the API's notation (`10s`, `2m`, `1h`; a bare number is
+/// seconds), above zero.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    match crate::duration::parse(text) {
+        Some(s) if s > 0 => Ok(Duration::from_secs(s as u64)),
+        _ => Err(format!(
+            "{text:?} is not a duration above zero (like 10s, 2m or 1h)"
+        )),
+    }
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,5 +144,20 @@ mod tests {
         assert!(ServerConfig::parse("listen = \"0.0.0.0:8200\"").is_err());
         assert!(ServerConfig::parse("listen = \"127.0.0.1:8200\"").is_ok());
         assert!(ServerConfig::parse("lisen = \"127.0.0.1:8200\"").is_err());
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_parse_durations() {
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
+        assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(60));
+        let cfg = ServerConfig::parse(
+            "listen = \"127.0.0.1:8200\"\n[limits]\nidle_timeout = \"2m\"\nmax_connections_per_address = 64",
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(cfg.limits.max_connections_per_address, 64);
+        assert!(ServerConfig::parse("[limits]\nidle_timeout = \"0s\"").is_err());
+        assert!(ServerConfig::parse("[limits]\nidle_timout = \"1s\"").is_err());
     }
 }

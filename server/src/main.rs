@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use gatepass_server::audit::{self, AuditKey, VerifyOutcome};
 use gatepass_server::clock::Clock;
-use gatepass_server::config::ServerConfig;
+use gatepass_server::config::{parse_duration, Limits, ServerConfig};
 use gatepass_server::seal::SealKey;
 use gatepass_server::{serve, tls, Core, Options};
 
@@ -49,6 +49,8 @@ enum Command {
         /// Use this root token instead of a random one.
         #[arg(long, env = "GATEPASS_DEV_ROOT_TOKEN")]
         root_token: Option<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run the server from a configuration file.
     Serve {
@@ -68,6 +70,38 @@ enum Command {
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(name = "__docs", hide = true)]
     Docs { dir: PathBuf },
+}
+
+/// The dev server's connection limits (`serve` reads them from `[limits]`).
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Open connections at most (0: as many as the open-file limit allows).
+    #[arg(long, default_value_t = 0)]
+    max_connections: usize,
+    /// Open connections from one client address at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_address: usize,
+    /// Time for a client to finish the TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: std::time::Duration,
+    /// Time for a client to send a whole request header.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// Close a connection with nothing sent or answered for this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(a: LimitArgs) -> Limits {
+        Limits {
+            max_connections: a.max_connections,
+            max_connections_per_address: a.max_connections_per_address,
+            tls_handshake_timeout: a.tls_handshake_timeout,
+            header_read_timeout: a.header_read_timeout,
+            idle_timeout: a.idle_timeout,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -103,12 +137,14 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging();
     tls::install_crypto_provider();
+    serve::raise_open_file_limit();
     match cli.command {
         Command::Dev {
             listen,
             data_dir,
             root_token,
-        } => dev(listen, data_dir, root_token).await,
+            limits,
+        } => dev(listen, data_dir, root_token, limits.into()).await,
         Command::Serve { config } => serve_cmd(&config).await,
         Command::Init { config } => init_cmd(&config).await,
         Command::Audit {
@@ -139,6 +175,7 @@ async fn dev(
     listen: SocketAddr,
     data_dir: Option<PathBuf>,
     root_token: Option<String>,
+    limits: Limits,
 ) -> anyhow::Result<()> {
     // A temporary folder lives as long as this guard, i.e. until exit.
     let (dir, _guard) = match data_dir {
@@ -201,7 +238,14 @@ async fn dev(
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     notify_ready();
-    serve::run(core.clone(), listener, Some(cfg), serve::shutdown_signal()).await?;
+    serve::run(
+        core.clone(),
+        listener,
+        Some(cfg),
+        &limits,
+        serve::shutdown_signal(),
+    )
+    .await?;
     core.storage.close().await;
     Ok(())
 }
@@ -233,7 +277,14 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     notify_ready();
-    serve::run(core.clone(), listener, tls_cfg, serve::shutdown_signal()).await?;
+    serve::run(
+        core.clone(),
+        listener,
+        tls_cfg,
+        &cfg.limits,
+        serve::shutdown_signal(),
+    )
+    .await?;
     core.storage.close().await;
     Ok(())
 }

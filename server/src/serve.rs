@@ -1,49 +1,119 @@
-//! Running the API on a socket, with TLS or (loopback only) without.
+//! Running the API on a socket, with TLS or (loopback only) without, inside
+//! connection limits: a client that opens connections and then sends
+//! nothing, or trickles a request header, must not be able to hold the
+//! server's sockets until it stops answering everyone else.
+//!
+//! Every connection passes [`Guard`] first: it takes a slot of the global
+//! limit and of its address's limit (refused at once when none is free, so
+//! the open-file limit is never reached), and wraps the socket in
+//! [`GuardedStream`], which ends a connection that has carried no bytes and
+//! served no request for `idle_timeout`. The TLS handshake has its own
+//! bound (axum-server's acceptor), and hyper bounds the time to read a
+//! request's header (HTTP/1.1).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::TokioTimer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
 use crate::state::State;
+
+/// File descriptors kept free of client connections: the database, the
+/// audit file, TLS files and outgoing connections need some.
+const FD_RESERVE: u64 = 256;
+
+/// The connection limit in force: the configured one, never above what the
+/// open-file limit allows (a server at that limit cannot open its own files).
+pub fn effective_max_connections(configured: usize) -> usize {
+    let by_files = open_file_limit().saturating_sub(FD_RESERVE).max(16) as usize;
+    if configured == 0 {
+        by_files
+    } else {
+        configured.min(by_files)
+    }
+}
+
+/// Raises the soft open-file limit to the hard one (systemd's default soft
+/// limit of 1024 would cap a server long-polled by a fleet); Go does the
+/// same for Vault at start.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
+fn open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, Resource};
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
+}
 
 /// Serves until `shutdown` completes, then drains open requests.
 pub async fn run(
     core: State,
     listener: std::net::TcpListener,
     tls: Option<RustlsConfig>,
+    limits: &Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let app = crate::http::app(core).into_make_service_with_connect_info::<SocketAddr>();
     listener.set_nonblocking(true)?;
-    match tls {
-        Some(cfg) => {
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-            });
-            // TCP_NODELAY: small TLS handshake records otherwise wait on
-            // delayed ACKs (tens of ms added to a fresh connection).
-            axum_server::from_tcp_rustls(listener, cfg)
-                .map(|tls| tls.acceptor(axum_server::accept::NoDelayAcceptor::new()))
-                .handle(handle)
-                .serve(app)
-                .await
-                .map_err(Error::Io)
-        }
-        None => {
-            use axum::serve::ListenerExt;
-            let l = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            axum::serve(l, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(Error::Io)
-        }
+    let max = effective_max_connections(limits.max_connections);
+    tracing::info!(
+        max_connections = max,
+        max_connections_per_address = limits.max_connections_per_address,
+        tls_handshake_timeout = ?limits.tls_handshake_timeout,
+        header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout,
+        "connection limits"
+    );
+    let guard = Guard::new(max, limits);
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let mut server = axum_server::from_tcp(listener).handle(handle);
+    {
+        let builder = server.http_builder();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        builder.http2().timer(TokioTimer::new());
     }
+    let served = match tls {
+        Some(cfg) => {
+            let acceptor = RustlsAcceptor::new(cfg)
+                .handshake_timeout(limits.tls_handshake_timeout)
+                .acceptor(guard);
+            server.acceptor(acceptor).serve(app).await
+        }
+        None => server.acceptor(guard).serve(app).await,
+    };
+    served.map_err(Error::Io)
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -56,5 +126,308 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+/// Admits a connection within the limits, before any TLS work is spent on it.
+#[derive(Clone)]
+struct Guard {
+    shared: Arc<GuardShared>,
+}
+
+struct GuardShared {
+    total: Arc<Semaphore>,
+    per_address: Mutex<HashMap<IpAddr, usize>>,
+    max_per_address: usize,
+    idle: Duration,
+    /// Refusals since the last warning; warnings are at most one a second
+    /// so that a flood cannot fill the journal.
+    refused: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl Guard {
+    fn new(max: usize, limits: &Limits) -> Guard {
+        Guard {
+            shared: Arc::new(GuardShared {
+                total: Arc::new(Semaphore::new(max)),
+                per_address: Mutex::new(HashMap::new()),
+                max_per_address: limits.max_connections_per_address,
+                idle: limits.idle_timeout,
+                refused: AtomicU64::new(0),
+                last_warning: Mutex::new(None),
+            }),
+        }
+    }
+
+    fn admit(&self, stream: &TcpStream) -> io::Result<Admission> {
+        let ip = stream.peer_addr()?.ip();
+        let Ok(permit) = self.shared.total.clone().try_acquire_owned() else {
+            return Err(self.refuse(ip, "the server's connection limit is reached"));
+        };
+        if self.shared.max_per_address > 0 {
+            let mut counts = self
+                .shared
+                .per_address
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(ip).or_insert(0);
+            if *n >= self.shared.max_per_address {
+                drop(counts);
+                return Err(self.refuse(ip, "this address's connection limit is reached"));
+            }
+            *n += 1;
+        }
+        Ok(Admission {
+            shared: self.shared.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+
+    fn refuse(&self, ip: IpAddr, why: &'static str) -> io::Error {
+        let refused = self.shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self
+            .shared
+            .last_warning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            *last = Some(now);
+            self.shared.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(client = %ip, refused, "connection refused: {why}");
+        }
+        io::Error::other(why)
+    }
+}
+
+/// A connection's slots; given back when the connection ends.
+struct Admission {
+    shared: Arc<GuardShared>,
+    ip: IpAddr,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.shared.max_per_address == 0 {
+            return;
+        }
+        let mut counts = self
+            .shared
+            .per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl<S> Accept<TcpStream, S> for Guard {
+    type Stream = GuardedStream;
+    type Service = CountedService<S>;
+    type Future = std::future::Ready<io::Result<(GuardedStream, CountedService<S>)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        std::future::ready(self.admit(&stream).and_then(|admission| {
+            // TCP_NODELAY: small TLS handshake records otherwise wait on
+            // delayed ACKs (tens of ms added to a fresh connection).
+            stream.set_nodelay(true)?;
+            let activity = Arc::new(Activity::new());
+            Ok((
+                GuardedStream {
+                    inner: stream,
+                    activity: activity.clone(),
+                    idle: self.shared.idle,
+                    timer: Box::pin(tokio::time::sleep(self.shared.idle)),
+                    _admission: admission,
+                },
+                CountedService {
+                    inner: service,
+                    activity,
+                },
+            ))
+        }))
+    }
+}
+
+/// What the idle timer needs to know about a connection.
+struct Activity {
+    /// Requests being answered; a connection is never idle while one is
+    /// (a long-poll may be silent for its whole wait).
+    in_flight: AtomicUsize,
+    /// When a byte last moved or a request last finished, in milliseconds
+    /// since `base`.
+    last_ms: AtomicU64,
+    base: Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Release);
+    }
+
+    /// When the connection becomes idle if nothing happens before then.
+    fn idle_at(&self, idle: Duration) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle
+    }
+}
+
+/// The socket of one admitted connection, ended by the server (EOF to the
+/// HTTP layer) after `idle` without a byte or a request.
+pub struct GuardedStream {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    _admission: Admission,
+}
+
+impl GuardedStream {
+    /// Polls the idle timer; Ready when the connection is to be ended.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let deadline = if self.activity.in_flight.load(Ordering::Acquire) > 0 {
+                now + self.idle
+            } else {
+                self.activity.idle_at(self.idle)
+            };
+            if deadline <= now {
+                return Poll::Ready(());
+            }
+            // Something happened since the timer was set: wait the rest.
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.activity.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                match self.poll_idle(cx) {
+                    // End of stream: the HTTP layer closes the connection
+                    // as if the client had.
+                    Poll::Ready(()) => Poll::Ready(Ok(())),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The connection's service, counting its requests in flight.
+#[derive(Clone)]
+pub struct CountedService<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+/// One request in flight; finished (and the timer started over) on drop,
+/// also when the client hung up mid-request.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S, R> tower::Service<R> for CountedService<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = std::result::Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let in_flight = InFlight::new(self.activity.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(in_flight);
+            r
+        })
     }
 }

@@ -76,9 +76,33 @@ impl DevServer {
 
     /// A dev server on a given data folder (kept), with a fixed root token.
     pub fn start_in(data_dir: &Path, root_token: &str) -> DevServer {
-        let mut child = Command::new(bin("gatepass-server"))
+        Self::launch(data_dir, root_token, &[], &[])
+    }
+
+    /// A dev server in a fresh data folder with more `dev` flags, run
+    /// through `wrapper` (a command and its arguments, e.g. `prlimit …
+    /// --`) when that is not empty.
+    pub fn start_with(extra_args: &[&str], wrapper: &[&str]) -> DevServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut s = Self::launch(&dir, "gatepass-test-root-token", extra_args, wrapper);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    fn launch(data_dir: &Path, root_token: &str, extra_args: &[&str], wrapper: &[&str]) -> DevServer {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("gatepass-server"));
+                c
+            }
+            None => Command::new(bin("gatepass-server")),
+        };
+        let mut child = cmd
+            .arg("dev")
+            .args(extra_args)
             .args([
-                "dev",
                 "--listen",
                 "127.0.0.1:0",
                 "--root-token",

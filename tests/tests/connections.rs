@@ -1,0 +1,324 @@
+//! Connection limits of the real `gatepass-server`: a client that opens
+//! connections and then sends nothing, finishes TLS and stays silent, or
+//! sends half a request header must not keep the server from answering
+//! others. The server runs with an open-file limit of 1024 (soft and hard),
+//! where 1,000 held connections would otherwise use up its descriptors.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatepass_tests::DevServer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const FILE_LIMIT: &[&str] = &["prlimit", "--nofile=1024:1024", "--"];
+const SHORT_TIMEOUTS: &[&str] = &[
+    "--tls-handshake-timeout",
+    "2s",
+    "--header-read-timeout",
+    "2s",
+    "--idle-timeout",
+    "3s",
+];
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn server_addr(s: &DevServer) -> SocketAddr {
+    s.addr
+        .strip_prefix("https://")
+        .unwrap()
+        .parse()
+        .expect("dev server address")
+}
+
+fn tls_connector(s: &DevServer) -> TlsConnector {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(&s.cacert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(cfg))
+}
+
+/// What a held connection is made to do.
+#[derive(Clone, Copy)]
+enum Misbehave {
+    /// Connects and never starts TLS.
+    Silent,
+    /// Finishes TLS, then sends nothing.
+    SilentAfterTls,
+    /// Finishes TLS and sends half a request header.
+    HalfHeader,
+}
+
+enum Held {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Held {
+    /// Waits until the server ends the connection (EOF or reset); false if
+    /// it is still open after `limit`.
+    async fn closed_within(self, limit: Duration) -> bool {
+        let mut buf = [0u8; 512];
+        let read = async {
+            match self {
+                Held::Plain(mut s) => loop {
+                    if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+                        return;
+                    }
+                },
+                Held::Tls(mut s) => loop {
+                    if matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {
+                        return;
+                    }
+                },
+            }
+        };
+        tokio::time::timeout(limit, read).await.is_ok()
+    }
+}
+
+/// Opens `n` misbehaving connections from 127.0.0.1; the ones the server
+/// admitted (and did not drop at once) are returned still open.
+async fn open_held(s: &DevServer, n: usize) -> Vec<Held> {
+    let addr = server_addr(s);
+    let tls = tls_connector(s);
+    let kinds = [
+        Misbehave::Silent,
+        Misbehave::SilentAfterTls,
+        Misbehave::HalfHeader,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let kind = kinds[i % kinds.len()];
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                .await
+                .ok()?
+                .ok()?;
+            match kind {
+                Misbehave::Silent => Some(Held::Plain(tcp)),
+                Misbehave::SilentAfterTls | Misbehave::HalfHeader => {
+                    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+                    let mut t =
+                        tokio::time::timeout(Duration::from_secs(5), tls.connect(name, tcp))
+                            .await
+                            .ok()?
+                            .ok()?;
+                    if let Misbehave::HalfHeader = kind {
+                        t.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\n")
+                            .await
+                            .ok()?;
+                        t.flush().await.ok()?;
+                    }
+                    Some(Held::Tls(Box::new(t)))
+                }
+            }
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Some(h) = r.unwrap() {
+            held.push(h);
+        }
+    }
+    held
+}
+
+/// `sys/health` from a given local address: the status, or the error.
+async fn health_from(s: &DevServer, local: &str) -> Result<u16, String> {
+    let pem = std::fs::read(&s.cacert).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .local_address(Some(local.parse().unwrap()))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    client
+        .get(format!("{}/v1/sys/health", s.addr))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Retries `sys/health` until it answers 200 or `limit` has passed; how
+/// long it took.
+async fn health_answers_within(s: &DevServer, local: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < limit {
+        match health_from(s, local).await {
+            Ok(200) => return Some(start.elapsed()),
+            Ok(code) => last = format!("status {code}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("sys/health from {local} did not answer 200 within {limit:?}: {last}");
+    None
+}
+
+#[test]
+fn a_thousand_held_connections_do_not_stop_health() {
+    // Default limits except shorter timeouts, so the test waits seconds.
+    let s = DevServer::start_with(SHORT_TIMEOUTS, FILE_LIMIT);
+    rt().block_on(async {
+        let held = open_held(&s, 1000).await;
+        assert!(!held.is_empty(), "no connection was admitted");
+        // The held connections fill what the server admits; as the header
+        // and handshake timeouts end them, a real client gets through.
+        let took = health_answers_within(&s, "127.0.0.1", Duration::from_secs(8)).await;
+        assert!(
+            took.is_some(),
+            "sys/health did not answer while 1,000 connections were held"
+        );
+        // Every held connection is ended by the server, none kept open.
+        let mut still_open = 0;
+        let checks: Vec<_> = held
+            .into_iter()
+            .map(|h| tokio::spawn(h.closed_within(Duration::from_secs(10))))
+            .collect();
+        for c in checks {
+            if !c.await.unwrap() {
+                still_open += 1;
+            }
+        }
+        assert_eq!(still_open, 0, "connections the server never closed");
+    });
+}
+
+#[test]
+fn per_address_limit_keeps_other_clients_served_at_once() {
+    // Long timeouts: the flood holds what it was given for the whole test.
+    let s = DevServer::start_with(
+        &[
+            "--tls-handshake-timeout",
+            "60s",
+            "--header-read-timeout",
+            "60s",
+            "--max-connections-per-address",
+            "200",
+        ],
+        FILE_LIMIT,
+    );
+    rt().block_on(async {
+        let held = open_held(&s, 1000).await;
+        // Another client address is not held up by the first one's flood.
+        let took = health_answers_within(&s, "127.0.0.2", Duration::from_secs(1)).await;
+        assert!(took.is_some(), "sys/health from another address waited");
+        // TCP connects succeed in the kernel before the server decides
+        // (some wait in a full accept queue), so count what is still open a
+        // few seconds later: refused ones are closed, admitted ones stay.
+        let checks: Vec<_> = held
+            .into_iter()
+            .map(|h| tokio::spawn(h.closed_within(Duration::from_secs(3))))
+            .collect();
+        let mut open = 0;
+        for c in checks {
+            if !c.await.unwrap() {
+                open += 1;
+            }
+        }
+        assert!(
+            (1..=200).contains(&open),
+            "{open} connections from one address were kept open (limit 200)"
+        );
+    });
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        let tcp = TcpStream::connect(server_addr(&s)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut t = tls_connector(&s).connect(name, tcp).await.unwrap();
+        t.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = t.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        // Kept alive by HTTP/1.1, then closed by the server once idle (3 s).
+        let start = Instant::now();
+        let closed = Held::Tls(Box::new(t))
+            .closed_within(Duration::from_secs(10))
+            .await;
+        assert!(closed, "an idle connection stayed open");
+        assert!(
+            start.elapsed() >= Duration::from_secs(2),
+            "closed before its idle timeout: {:?}",
+            start.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_long_request_is_not_cut_by_the_idle_timeout() {
+    // A host's long-poll sends nothing while it waits; the idle timeout
+    // must not end it. The wait (5 s) is longer than the idle timeout (3 s).
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        let pem = std::fs::read(&s.cacert).unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let c = s.client();
+        let jt = c
+            .write(
+                "hosts/join-tokens",
+                &serde_json::from_value(serde_json::json!({"ttl": "1h"})).unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let join = jt.data.unwrap()["join_token"].as_str().unwrap().to_string();
+        let enrolled = client
+            .post(format!("{}/v1/hosts/enroll", s.addr))
+            .json(&serde_json::json!({"join_token": join, "hostname": "idle-poll"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(enrolled.status(), 200);
+        let body: serde_json::Value = enrolled.json().await.unwrap();
+        let host_token = body["data"]["host_token"].as_str().unwrap().to_string();
+        let state = client
+            .get(format!("{}/v1/hosts/self/state", s.addr))
+            .header("X-Vault-Token", &host_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(state.status(), 200);
+        let body: serde_json::Value = state.json().await.unwrap();
+        let index = body["data"]["index"].as_u64().unwrap();
+        let start = Instant::now();
+        let waited = client
+            .get(format!(
+                "{}/v1/hosts/self/state?index={index}&wait=5s",
+                s.addr
+            ))
+            .header("X-Vault-Token", &host_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(waited.status(), 200);
+        assert!(start.elapsed() >= Duration::from_secs(4));
+    });
+}
