@@ -1,0 +1,193 @@
+//! Use-limited credentials under concurrency: of many requests arriving at
+//! once, exactly as many as the limit allows succeed — tokens (`num_uses`),
+//! AppRole secret IDs (`secret_id_num_uses`) and host join tokens
+//! (`num_uses`), on SQLite and on two servers sharing one PostgreSQL.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use gatepass_tests::inproc::{Backend, Server, BACKENDS};
+use serde_json::{json, Value};
+
+/// Requests sent together in every race.
+const AT_ONCE: usize = 20;
+
+/// One server on SQLite (the only kind of deployment it allows); two
+/// sharing one database on PostgreSQL.
+async fn servers(backend: Backend) -> Vec<Arc<Server>> {
+    match backend {
+        Backend::Sqlite => vec![Arc::new(Server::start(backend).await)],
+        Backend::Postgres => {
+            let (a, b) = Server::start_pair().await;
+            vec![Arc::new(a), Arc::new(b)]
+        }
+    }
+}
+
+async fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (st, v) = s.root(method, path, Some(body)).await;
+    assert!(st.is_success(), "{method} {path}: {st} {v}");
+    v
+}
+
+/// Sends [`AT_ONCE`] copies of one request, spread over the servers and
+/// released together from spawned tasks; returns the answers of those that
+/// succeeded. The others must have been refused as a client error, not
+/// failed.
+async fn race(
+    servers: &[Arc<Server>],
+    method: &'static str,
+    path: &'static str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Vec<Value> {
+    let start = Arc::new(tokio::sync::Barrier::new(AT_ONCE));
+    let mut tasks = Vec::new();
+    for i in 0..AT_ONCE {
+        let server = servers[i % servers.len()].clone();
+        let start = start.clone();
+        let token = token.map(str::to_string);
+        let body = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+        // Each from an address of its own, as separate clients would be.
+        let client: SocketAddr = format!("127.0.0.{}:40000", i + 2).parse().unwrap();
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            server
+                .call_from(client, method, path, token.as_deref(), body.into_bytes())
+                .await
+        }));
+    }
+    let mut wins = Vec::new();
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        if st.is_success() {
+            wins.push(v);
+        } else {
+            assert!(
+                st == StatusCode::BAD_REQUEST || st == StatusCode::FORBIDDEN,
+                "{method} {path}: {st} {v}"
+            );
+        }
+    }
+    wins
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_limited_token_serves_exactly_its_uses() {
+    for backend in BACKENDS {
+        let servers = servers(backend).await;
+        for limit in [1u64, 3] {
+            let v = ok(
+                &servers[0],
+                "POST",
+                "auth/token/create",
+                json!({ "num_uses": limit }),
+            )
+            .await;
+            let token = v["auth"]["client_token"].as_str().unwrap().to_string();
+            let wins = race(
+                &servers,
+                "GET",
+                "auth/token/lookup-self",
+                Some(&token),
+                None,
+            )
+            .await;
+            assert_eq!(
+                wins.len() as u64,
+                limit,
+                "{backend:?}: num_uses={limit} served {} of {AT_ONCE} requests",
+                wins.len()
+            );
+            // Each success took a different use, down to the last.
+            let mut left: Vec<u64> = wins
+                .iter()
+                .map(|v| v["data"]["num_uses"].as_u64().unwrap())
+                .collect();
+            left.sort();
+            assert_eq!(left, (0..limit).collect::<Vec<_>>(), "{backend:?}");
+            // And the token is gone, on every server.
+            for s in &servers {
+                let (st, _) = s
+                    .call("GET", "auth/token/lookup-self", Some(&token), None)
+                    .await;
+                assert_eq!(st, StatusCode::FORBIDDEN, "{backend:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_limited_secret_id_logs_in_exactly_its_uses() {
+    for backend in BACKENDS {
+        let servers = servers(backend).await;
+        let a = &servers[0];
+        ok(
+            a,
+            "POST",
+            "auth/approle/role/web",
+            json!({ "token_policies": "default", "secret_id_num_uses": 3 }),
+        )
+        .await;
+        let v = ok(a, "GET", "auth/approle/role/web/role-id", json!({})).await;
+        let role_id = v["data"]["role_id"].as_str().unwrap().to_string();
+        let v = ok(a, "POST", "auth/approle/role/web/secret-id", json!({})).await;
+        let secret_id = v["data"]["secret_id"].as_str().unwrap().to_string();
+
+        let login = json!({ "role_id": role_id, "secret_id": secret_id });
+        let wins = race(&servers, "POST", "auth/approle/login", None, Some(login)).await;
+        assert_eq!(
+            wins.len(),
+            3,
+            "{backend:?}: secret_id_num_uses=3 allowed {} of {AT_ONCE} logins",
+            wins.len()
+        );
+        // Three logins, three distinct tokens.
+        let mut tokens: Vec<&str> = wins
+            .iter()
+            .map(|v| v["auth"]["client_token"].as_str().unwrap())
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        assert_eq!(tokens.len(), 3, "{backend:?}");
+        // The used-up secret ID is gone with its accessor.
+        let (_, v) = a
+            .root("LIST", "auth/approle/role/web/secret-id", None)
+            .await;
+        assert!(
+            v["data"]["keys"].as_array().is_none_or(|k| k.is_empty()),
+            "{backend:?}: {v}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_limited_join_token_enrolls_exactly_its_uses() {
+    for backend in BACKENDS {
+        let servers = servers(backend).await;
+        let v = ok(
+            &servers[0],
+            "POST",
+            "hosts/join-tokens",
+            json!({ "ttl": "10m", "num_uses": 3 }),
+        )
+        .await;
+        let join = v["data"]["join_token"].as_str().unwrap().to_string();
+
+        let enroll = json!({ "join_token": join, "hostname": "web.example.com" });
+        let wins = race(&servers, "POST", "hosts/enroll", None, Some(enroll)).await;
+        assert_eq!(
+            wins.len(),
+            3,
+            "{backend:?}: a join token with num_uses=3 enrolled {} of {AT_ONCE} hosts",
+            wins.len()
+        );
+        let v = ok(&servers[0], "LIST", "hosts", json!({})).await;
+        assert_eq!(
+            v["data"]["keys"].as_array().map(Vec::len),
+            Some(3),
+            "{backend:?}: {v}"
+        );
+    }
+}
