@@ -122,6 +122,37 @@ async fn a_use_limited_token_serves_exactly_its_uses() {
     }
 }
 
+#[tokio::test]
+async fn renewing_a_token_with_its_last_use_does_not_bring_it_back() {
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        let v = ok(
+            &s,
+            "POST",
+            "auth/token/create",
+            json!({ "num_uses": 1, "ttl": "1h" }),
+        )
+        .await;
+        let token = v["auth"]["client_token"].as_str().unwrap().to_string();
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/renew-self",
+                Some(&token),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{backend:?}: {v}");
+        // The last use is spent: the token is gone, not renewed.
+        for _ in 0..3 {
+            let (st, v) = s
+                .call("GET", "auth/token/lookup-self", Some(&token), None)
+                .await;
+            assert_eq!(st, StatusCode::FORBIDDEN, "{backend:?}: {v}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_use_limited_secret_id_logs_in_exactly_its_uses() {
     for backend in BACKENDS {
