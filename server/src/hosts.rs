@@ -26,6 +26,7 @@ use crate::http::{no_route, Reply};
 use crate::request::{Operation, Request};
 use crate::ssh::{self, certs, creds, issuers, principal::Principal, sign};
 use crate::state::Core;
+use crate::storage::Change;
 use crate::{duration, mounts};
 
 /// The policy every host token carries.
@@ -202,25 +203,29 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
 async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry> {
     let invalid = || Error::invalid("invalid or expired join token");
     let key = join_key(&core.hasher.hash(text));
-    let mut e: JoinEntry = core.storage.get(&key).await?.ok_or_else(invalid)?;
+    let e: JoinEntry = core.storage.get(&key).await?.ok_or_else(invalid)?;
     if e.expire_time <= now {
         core.storage.delete(&key).await?;
         return Err(invalid());
     }
-    match e.uses_left {
-        0 => {}
-        1 => {
-            core.storage
-                .take::<JoinEntry>(&key)
-                .await?
-                .ok_or_else(invalid)?;
-        }
-        _ => {
-            e.uses_left -= 1;
-            core.storage.put(&key, &e).await?;
-        }
+    if e.uses_left == 0 {
+        return Ok(e);
     }
-    Ok(e)
+    // Spent in storage, not on the copy read above: of any number of
+    // concurrent enrollments, on any server, exactly num_uses succeed.
+    core.storage
+        .update(&key, |mut e: JoinEntry| {
+            Ok(match e.uses_left {
+                0 => (Change::Keep, e),
+                1 => (Change::Delete, e),
+                n => {
+                    e.uses_left = n - 1;
+                    (Change::Put(e.clone()), e)
+                }
+            })
+        })
+        .await?
+        .ok_or_else(invalid)
 }
 
 pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {

@@ -39,19 +39,42 @@ impl Server {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("gp.db").display()),
             Backend::Postgres => crate::pg::shared().new_database("inproc"),
         };
+        let server = Server::open(dir, &url, SealKey::generate()).await;
+        server
+            .core
+            .initialize(Some(ROOT.into()))
+            .await
+            .expect("initialize");
+        server.core.ensure_mount("ssh", "ssh").await.expect("mount");
+        server
+    }
+
+    /// Two servers sharing one new PostgreSQL database (and seal key), as
+    /// two processes behind a load balancer would.
+    pub async fn start_pair() -> (Server, Server) {
+        let url = crate::pg::shared().new_database("inproc2");
+        let seal = SealKey::generate();
+        let again = SealKey::from_hex(&seal.to_hex()).expect("seal key");
+        let a = Server::open(tempfile::tempdir().expect("tempdir"), &url, seal).await;
+        a.core
+            .initialize(Some(ROOT.into()))
+            .await
+            .expect("initialize");
+        a.core.ensure_mount("ssh", "ssh").await.expect("mount");
+        let b = Server::open(tempfile::tempdir().expect("tempdir"), &url, again).await;
+        (a, b)
+    }
+
+    async fn open(dir: tempfile::TempDir, url: &str, seal_key: SealKey) -> Server {
         let clock = Clock::manual(T0);
         let core = Core::open(Options {
-            storage_url: url,
-            seal_key: SealKey::generate(),
+            storage_url: url.to_string(),
+            seal_key,
             audit_path: Some(dir.path().join("audit.log")),
             clock: clock.clone(),
         })
         .await
         .expect("open core");
-        core.initialize(Some(ROOT.into()))
-            .await
-            .expect("initialize");
-        core.ensure_mount("ssh", "ssh").await.expect("mount");
         Server {
             core,
             clock,

@@ -546,3 +546,63 @@ async fn issuers_rotation_revocation_and_krl() {
     let k = krl_bytes(s.core.clone()).await;
     assert!(k.len() < 200, "expired serials dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocations_made_at_once_all_reach_the_krl() {
+    let s = std::sync::Arc::new(server().await);
+    let dir = s.dir.path().to_path_buf();
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    role(
+        &s,
+        "r",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+    )
+    .await;
+    let pk = user_key(&dir, "k");
+    let mut certs = Vec::new();
+    for _ in 0..10 {
+        let v = ok(
+            &s,
+            "POST",
+            "ssh/sign/r",
+            json!({"public_key": pk, "valid_principals": "dave"}),
+        )
+        .await;
+        certs.push((
+            v["data"]["serial_number"].as_str().unwrap().to_string(),
+            v["data"]["signed_key"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Ten revocations released together.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(certs.len()));
+    let mut tasks = Vec::new();
+    for (serial, _) in &certs {
+        let (s, start, serial) = (s.clone(), start.clone(), serial.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            s.root(
+                "POST",
+                "ssh/revoke",
+                Some(json!({ "serial_number": serial })),
+            )
+            .await
+        }));
+    }
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    let krl = gatepass_server::ssh::certs::krl(&s.core, &m, s.core.clock.now())
+        .await
+        .unwrap();
+    for (serial, cert) in &certs {
+        assert!(
+            krl_revokes(&dir, &krl, cert),
+            "certificate {serial} was revoked but is missing from the KRL"
+        );
+    }
+}

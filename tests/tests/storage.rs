@@ -1,7 +1,8 @@
 //! Storage under concurrency, on SQLite and PostgreSQL: writes arriving
 //! together are committed together (group commit), and that must not change
 //! what each caller sees — an insert-if-free wins once, a take gets a value
-//! once, a guarded unit stores all of its values or none.
+//! once, a guarded unit stores all of its values or none, an update
+//! (compare-and-swap) applies to the value it read or reads again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -157,6 +158,160 @@ async fn concurrent_writes_keep_their_meaning_when_committed_together() {
         let v: Option<u32> = core.storage.get("twice").await.unwrap();
         assert_eq!(v, Some(2), "{backend:?}: the later put of a unit wins");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_each_apply_once_to_the_value_they_read() {
+    use gatepass_server::storage::Change;
+    for backend in BACKENDS {
+        let server = Server::start(backend).await;
+        let core = server.core.clone();
+
+        // 40 increments at once, among puts of other keys: none is lost.
+        core.storage.put("swap/counter", &0u32).await.unwrap();
+        let mut tasks = Vec::new();
+        for n in 0..40u32 {
+            let core = core.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("swap/other/{n:02}");
+                let other = core.storage.put(&key, &n);
+                let add = core
+                    .storage
+                    .update("swap/counter", |v: u32| Ok((Change::Put(v + 1), v)));
+                let (put, added) = tokio::join!(other, add);
+                put.unwrap();
+                added.unwrap()
+            }));
+        }
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await.unwrap().expect("the counter exists"));
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            (0..40).collect::<Vec<_>>(),
+            "{backend:?}: each saw a different value"
+        );
+        let v: Option<u32> = core.storage.get("swap/counter").await.unwrap();
+        assert_eq!(v, Some(40), "{backend:?}");
+
+        // Five uses, twenty takers: exactly five get one; the last of them
+        // deletes the entry; a refusal writes nothing.
+        core.storage.put("swap/uses", &5u32).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let core = core.clone();
+            tasks.push(tokio::spawn(async move {
+                core.storage
+                    .update("swap/uses", |left: u32| {
+                        Ok(match left {
+                            0 => (Change::Keep, false),
+                            1 => (Change::Delete, true),
+                            n => (Change::Put(n - 1), true),
+                        })
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap_or(false)
+            }));
+        }
+        let mut got = 0;
+        for t in tasks {
+            got += u32::from(t.await.unwrap());
+        }
+        assert_eq!(got, 5, "{backend:?}: {got} of 20 took one of 5 uses");
+        assert_eq!(core.storage.get::<u32>("swap/uses").await.unwrap(), None);
+        let absent = core
+            .storage
+            .update("swap/uses", |n: u32| Ok((Change::Put(n), ())))
+            .await
+            .unwrap();
+        assert!(
+            absent.is_none(),
+            "{backend:?}: an absent key is not created"
+        );
+
+        core.storage.put("swap/kept", &7u32).await.unwrap();
+        let refused = core
+            .storage
+            .update(
+                "swap/kept",
+                |_: u32| -> gatepass_server::Result<(Change<u32>, ())> {
+                    Err(gatepass_server::Error::invalid("no"))
+                },
+            )
+            .await;
+        assert!(refused.is_err());
+        assert_eq!(core.storage.get::<u32>("swap/kept").await.unwrap(), Some(7));
+
+        // A cached value (tokens are cached on SQLite) is dropped by the
+        // update, so the next read sees the new one.
+        core.storage.put("token/id/swap", &1u32).await.unwrap();
+        assert_eq!(
+            core.storage.get::<u32>("token/id/swap").await.unwrap(),
+            Some(1)
+        );
+        core.storage
+            .update("token/id/swap", |n: u32| Ok((Change::Put(n + 1), ())))
+            .await
+            .unwrap();
+        assert_eq!(
+            core.storage.get::<u32>("token/id/swap").await.unwrap(),
+            Some(2),
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_reads_past_the_cache_what_another_server_wrote() {
+    use gatepass_server::storage::Change;
+    let (a, b) = Server::start_pair().await;
+    // Policies are cached on every backend: A holds 1 in its cache...
+    a.core.storage.put("policy/swap", &1u32).await.unwrap();
+    assert_eq!(
+        a.core.storage.get::<u32>("policy/swap").await.unwrap(),
+        Some(1)
+    );
+    // ...when B changes the value.
+    b.core.storage.put("policy/swap", &10u32).await.unwrap();
+    // A's update works on B's value, not its cached one, and A reads its
+    // own result at once.
+    let seen = a
+        .core
+        .storage
+        .update("policy/swap", |n: u32| Ok((Change::Put(n + 1), n)))
+        .await
+        .unwrap();
+    assert_eq!(seen, Some(10));
+    assert_eq!(
+        a.core.storage.get::<u32>("policy/swap").await.unwrap(),
+        Some(11)
+    );
+    // Two servers incrementing at once lose nothing.
+    let mut tasks = Vec::new();
+    for n in 0..30 {
+        let core = if n % 2 == 0 {
+            a.core.clone()
+        } else {
+            b.core.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            core.storage
+                .update("policy/swap", |n: u32| Ok((Change::Put(n + 1), ())))
+                .await
+                .unwrap()
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        b.core.storage.get::<u32>("policy/swap").await.unwrap(),
+        Some(41)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Role {
@@ -348,7 +349,7 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
             return Err(Error::invalid("missing secret_id"));
         }
         let key = secret_key(&role.name, &core.hasher.hash(&secret));
-        let mut s: SecretId = core.storage.get(&key).await?.ok_or_else(invalid)?;
+        let s: SecretId = core.storage.get(&key).await?.ok_or_else(invalid)?;
         if s.expire_time.is_some_and(|e| e <= req.now) {
             core.storage.delete(&key).await?;
             core.storage
@@ -361,20 +362,27 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
                 "source address not allowed by the secret ID",
             ));
         }
-        match s.num_uses {
-            0 => {}
-            1 => {
-                // The last use: only the one caller whose delete succeeds wins.
-                if core.storage.take::<SecretId>(&key).await?.is_none() {
-                    return Err(invalid());
-                }
+        if s.num_uses > 0 {
+            // Spent in storage, not on the copy read above: of any number of
+            // concurrent logins, on any server, exactly num_uses succeed.
+            let last = core
+                .storage
+                .update(&key, |mut s: SecretId| {
+                    Ok(match s.num_uses {
+                        0 => (Change::Keep, false),
+                        1 => (Change::Delete, true),
+                        n => {
+                            s.num_uses = n - 1;
+                            (Change::Put(s), false)
+                        }
+                    })
+                })
+                .await?
+                .ok_or_else(invalid)?;
+            if last {
                 core.storage
                     .delete(&secret_accessor_key(&role.name, &s.accessor))
                     .await?;
-            }
-            _ => {
-                s.num_uses -= 1;
-                core.storage.put(&key, &s).await?;
             }
         }
     }

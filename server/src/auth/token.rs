@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::policies;
 use crate::request::Request;
 use crate::state::Core;
+use crate::storage::Change;
 
 /// Vault's default and maximum token lifetime (768h).
 pub const SYSTEM_MAX_TTL: i64 = 768 * 3600;
@@ -33,7 +34,8 @@ pub struct TokenEntry {
     pub explicit_max_ttl: i64,
     /// The latest renewal may reach.
     pub max_expire: Option<i64>,
-    /// Uses left; 0 means unlimited.
+    /// Uses left; 0 means unlimited, -1 that the last use was taken (the
+    /// token is being revoked and serves no further request).
     pub num_uses: i64,
     pub renewable: bool,
     pub path: String,
@@ -53,6 +55,25 @@ impl TokenEntry {
     fn expired(&self, now: i64) -> bool {
         self.expire_time.is_some_and(|e| e <= now)
     }
+
+    /// The last of its uses was taken.
+    fn used_up(&self) -> bool {
+        self.num_uses < 0
+    }
+}
+
+/// Takes one use of a limited token, in storage. None when there is none
+/// left (or the token is gone).
+fn spend_use(mut e: TokenEntry) -> Result<(Change<TokenEntry>, Option<TokenEntry>)> {
+    Ok(match e.num_uses {
+        n if n < 0 => (Change::Keep, None),
+        0 => (Change::Keep, Some(e)),
+        n => {
+            // The last use leaves -1, not 0 (which would mean unlimited).
+            e.num_uses = if n == 1 { -1 } else { n - 1 };
+            (Change::Put(e.clone()), Some(e))
+        }
+    })
 }
 
 /// What a new token should be.
@@ -167,7 +188,9 @@ pub async fn lookup(core: &Core, text: &str, now: i64) -> Result<Option<TokenEnt
 
 async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<TokenEntry>> {
     match core.storage.get::<TokenEntry>(&id_key(hash)).await? {
-        Some(e) if e.expired(now) => {
+        // A used-up token is revoked by the request that took its last use;
+        // whoever sees one left over (that request failed midway) finishes.
+        Some(e) if e.expired(now) || e.used_up() => {
             revoke_tree(core, &e).await?;
             Ok(None)
         }
@@ -206,14 +229,18 @@ pub async fn authenticate(
             return Err(Error::PermissionDenied);
         }
     }
-    if entry.num_uses > 0 {
-        entry.num_uses -= 1;
-        if entry.num_uses == 0 {
+    if entry.num_uses != 0 {
+        // Spent in storage, not on the copy read above: of any number of
+        // concurrent requests, on any server, exactly num_uses get a use.
+        entry = core
+            .storage
+            .update(&id_key(&entry.hash), spend_use)
+            .await?
+            .flatten()
+            .ok_or(Error::PermissionDenied)?;
+        if entry.used_up() {
             // Last use: the token goes now, but this request still runs.
             revoke_tree(core, &entry).await?;
-            entry.num_uses = -1;
-        } else {
-            core.storage.put(&id_key(&entry.hash), &entry).await?;
         }
     }
     Ok(entry)
@@ -256,11 +283,15 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
             .get::<AccessorEntry>(&accessor_key(acc))
             .await?
         {
-            if let Some(mut c) = core.storage.get::<TokenEntry>(&id_key(&a.hash)).await? {
-                c.parent = None;
-                c.orphan = true;
-                core.storage.put(&id_key(&a.hash), &c).await?;
-            }
+            // Changed in place, so that a use the child spends meanwhile
+            // is not given back.
+            core.storage
+                .update(&id_key(&a.hash), |mut c: TokenEntry| {
+                    c.parent = None;
+                    c.orphan = true;
+                    Ok((Change::Put(c), ()))
+                })
+                .await?;
         }
     }
     core.storage.delete(&accessor_key(&entry.accessor)).await?;
@@ -430,7 +461,7 @@ pub fn sanitize_display_name(s: &str) -> String {
 /// Extends a token's lifetime within its maximum.
 pub async fn renew(
     core: &Core,
-    mut e: TokenEntry,
+    e: TokenEntry,
     increment: Option<i64>,
     now: i64,
 ) -> Result<TokenEntry> {
@@ -451,9 +482,20 @@ pub async fn renew(
     if let Some(m) = e.max_expire {
         exp = exp.min(m);
     }
-    e.expire_time = Some(exp);
-    core.storage.put(&id_key(&e.hash), &e).await?;
-    Ok(e)
+    // Only the expiry changes, in place: writing back `e` would give back
+    // uses spent since it was read, or bring back a token revoked since
+    // (such as one whose last use was this very request).
+    core.storage
+        .update(&id_key(&e.hash), |mut cur: TokenEntry| {
+            if cur.used_up() {
+                return Ok((Change::Keep, None));
+            }
+            cur.expire_time = Some(exp);
+            Ok((Change::Put(cur.clone()), Some(cur)))
+        })
+        .await?
+        .flatten()
+        .ok_or_else(|| Error::invalid("the token was revoked"))
 }
 
 pub async fn lookup_by_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {

@@ -13,6 +13,7 @@ use super::krl::{CaRevocations, Krl};
 use crate::error::{Error, Result};
 use crate::mounts::Mount;
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CertRecord {
@@ -141,6 +142,41 @@ struct Revocations {
     keys: Vec<String>,
 }
 
+/// One revocation, as it enters the list.
+enum Revoked {
+    /// (issuer ID, serial, valid_before)
+    Serial(String, u64, u64),
+    /// (key ID, valid_before of the latest such certificate)
+    KeyId(String, u64),
+    /// A public key in OpenSSH form.
+    Key(String),
+}
+
+impl Revocations {
+    fn add(&mut self, r: &Revoked) {
+        match r {
+            Revoked::Serial(issuer, serial, valid_before) => {
+                if !self
+                    .serials
+                    .iter()
+                    .any(|(i, s, _)| s == serial && i == issuer)
+                {
+                    self.serials.push((issuer.clone(), *serial, *valid_before));
+                }
+            }
+            Revoked::KeyId(id, latest) => {
+                self.key_ids.retain(|(k, _)| k != id);
+                self.key_ids.push((id.clone(), *latest));
+            }
+            Revoked::Key(text) => {
+                if !self.keys.iter().any(|k| k == text) {
+                    self.keys.push(text.clone());
+                }
+            }
+        }
+    }
+}
+
 fn revocations_key(m: &Mount) -> String {
     format!("{}revocations", m.data_prefix())
 }
@@ -164,12 +200,9 @@ pub async fn revoke(
             "give exactly one of serial_number, key_id or public_key",
         ));
     }
-    let mut rev: Revocations = core
-        .storage
-        .get(&revocations_key(m))
-        .await?
-        .unwrap_or_default();
     let mut hit: Vec<CertRecord> = Vec::new();
+    // What this revocation adds, applied below to the list as stored.
+    let add: Revoked;
     if let Some(s) = serial {
         let serial = parse_serial(&s)?;
         let rec = get(core, m, serial).await?.ok_or_else(|| {
@@ -177,14 +210,7 @@ pub async fn revoke(
                 "no certificate with serial number {s} was issued by this mount"
             ))
         })?;
-        if !rev
-            .serials
-            .iter()
-            .any(|(i, s, _)| *s == serial && *i == rec.issuer_id)
-        {
-            rev.serials
-                .push((rec.issuer_id.clone(), serial, rec.valid_before));
-        }
+        add = Revoked::Serial(rec.issuer_id.clone(), serial, rec.valid_before);
         hit.push(rec);
     } else if let Some(id) = key_id {
         super::principal::check_key_id(&id)?;
@@ -198,8 +224,7 @@ pub async fn revoke(
                 "no certificate with key_id {id:?} was issued by this mount"
             ))
         })?;
-        rev.key_ids.retain(|(k, _)| *k != id);
-        rev.key_ids.push((id, latest));
+        add = Revoked::KeyId(id, latest);
     } else if let Some(pk) = public_key {
         let key = super::sign::parse_public_key(&pk)?;
         let text = key
@@ -211,13 +236,29 @@ pub async fn revoke(
             .into_iter()
             .filter(|r| r.fingerprint == fp)
             .collect();
-        if !rev.keys.iter().any(|k| k == &text) {
-            rev.keys.push(text);
-        }
+        add = Revoked::Key(text);
+    } else {
+        return Err(Error::invalid(
+            "give exactly one of serial_number, key_id or public_key",
+        ));
     }
-    rev.version += 1;
-    rev.updated = now;
-    core.storage.put(&revocations_key(m), &rev).await?;
+    // Changed in place: two revocations at once, on one server or two,
+    // must both reach the list (and each bump its version).
+    let key = revocations_key(m);
+    if core.storage.get::<Revocations>(&key).await?.is_none() {
+        core.storage
+            .put_if_absent(&key, &Revocations::default())
+            .await?;
+    }
+    core.storage
+        .update(&key, |mut rev: Revocations| {
+            rev.add(&add);
+            rev.version += 1;
+            rev.updated = now;
+            Ok((Change::Put(rev), ()))
+        })
+        .await?
+        .ok_or_else(|| Error::internal("the revocation list vanished"))?;
     for mut r in hit.clone() {
         if r.revoked_at.is_none() {
             r.revoked_at = Some(now);

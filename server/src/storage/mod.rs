@@ -168,6 +168,21 @@ impl ReadCache {
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
 
+/// What [`Storage::update`] is to do with the value it read.
+pub enum Change<T> {
+    /// Nothing: the value read stands (no write).
+    Keep,
+    /// Replace it.
+    Put(T),
+    /// Delete it.
+    Delete,
+}
+
+/// Times [`Storage::update`] reads again after another writer changed the
+/// value first. Every lost round means another caller's change went in, so
+/// this bounds only how many callers may change one value at once.
+const UPDATE_TRIES: u32 = 100;
+
 impl Storage {
     /// Connects (creating an SQLite file if needed), runs the migrations and
     /// checks that the seal key is the one this storage was made with.
@@ -458,6 +473,61 @@ impl Storage {
             })
             .await?;
         Ok(done.outcomes.first().is_some_and(|o| o.hit))
+    }
+
+    /// Changes one value atomically, on every backend and across servers
+    /// sharing one database: reads it (never from the cache), asks `decide`
+    /// what to do with it, and writes the change only if the stored value
+    /// is still the one read (a compare-and-swap on its sealed bytes); if
+    /// another write came first, reads again and asks again. `decide` may
+    /// run several times, so it must only compute; an error from it is
+    /// returned as is and nothing is written. None when the key is absent.
+    ///
+    /// This is how counts are spent: read-then-`put` would let concurrent
+    /// callers each spend the same use.
+    pub async fn update<T, R>(
+        &self,
+        key: &str,
+        mut decide: impl FnMut(T) -> Result<(Change<T>, R)>,
+    ) -> Result<Option<R>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        for attempt in 0..UPDATE_TRIES {
+            let Some(sealed) = self.fetch(key).await? else {
+                return Ok(None);
+            };
+            let plain = self.barrier.open(key, &sealed)?;
+            let current: T = serde_json::from_slice(&plain).map_err(|e| {
+                Error::internal(format!("stored value at {key} is unreadable: {e}"))
+            })?;
+            let (change, answer) = decide(current)?;
+            let value = match change {
+                Change::Keep => return Ok(Some(answer)),
+                Change::Put(v) => Some(self.encode(key, &v)?),
+                Change::Delete => None,
+            };
+            let done = self
+                .apply(Unit {
+                    ops: vec![Op::Swap {
+                        key: key.to_string(),
+                        expected: sealed,
+                        value,
+                    }],
+                    guarded: true,
+                })
+                .await?;
+            if done.applied {
+                return Ok(Some(answer));
+            }
+            // Lost to another writer: a short random pause spreads the
+            // callers that lost together before they read again.
+            let micros = rand::random::<u64>() % (50 * u64::from(attempt.min(20) + 1));
+            tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+        }
+        Err(Error::Unavailable(
+            "too many concurrent changes to one entry; try again".into(),
+        ))
     }
 
     /// Deletes and returns the value in one statement: of several concurrent

@@ -273,10 +273,32 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
                     value,
                 }
             }
+            Op::Swap {
+                key,
+                expected,
+                value,
+            } => {
+                // One writer thread applies every write, in order: the
+                // compare sees exactly what the writes before it left.
+                let changed = match value {
+                    Some(v) => tx
+                        .prepare_cached(
+                            "UPDATE entries SET value = ?1 WHERE key = ?2 AND value = ?3",
+                        )?
+                        .execute(rusqlite::params![v, key, expected])?,
+                    None => tx
+                        .prepare_cached("DELETE FROM entries WHERE key = ?1 AND value = ?2")?
+                        .execute(rusqlite::params![key, expected])?,
+                };
+                Outcome {
+                    hit: changed == 1,
+                    value: None,
+                }
+            }
         };
         // The guard is the unit's first op: when it fails nothing of the
         // unit has been written.
-        if i == 0 && unit.guarded && !(matches!(op, Op::Insert { .. }) && outcome.hit) {
+        if i == 0 && !unit.guard_holds(op, &outcome) {
             return Ok(Applied::refused(unit));
         }
         out.outcomes[i] = outcome;

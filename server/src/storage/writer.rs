@@ -38,6 +38,14 @@ pub enum Op {
     Take {
         key: String,
     },
+    /// Replaces the value (or deletes it, with None) only if it is still
+    /// `expected`: a compare-and-swap on the sealed bytes. Every write seals
+    /// with a fresh random nonce, so equal bytes mean no write came between.
+    Swap {
+        key: String,
+        expected: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -45,6 +53,7 @@ impl Op {
         match self {
             Op::Insert { key, .. } | Op::Put { key, .. } => key,
             Op::Delete { key } | Op::Take { key } => key,
+            Op::Swap { key, .. } => key,
         }
     }
 }
@@ -52,21 +61,34 @@ impl Op {
 /// What one op did.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// Insert: it stored; Delete and Take: there was a value; Put: always.
+    /// Insert: it stored; Delete and Take: there was a value; Swap: the
+    /// value was the expected one and was replaced; Put: always.
     pub hit: bool,
     /// Take: the value it removed.
     pub value: Option<Vec<u8>>,
 }
 
 /// Ops applied together, all or none. With `guarded`, the first op is an
-/// `Insert` that decides: if its key is taken, nothing is applied.
+/// `Insert` or a `Swap` that decides: if the insert's key is taken, or the
+/// swap's value is no longer the expected one, nothing is applied.
 pub struct Unit {
     pub ops: Vec<Op>,
     pub guarded: bool,
 }
 
+impl Unit {
+    pub fn has_swap(&self) -> bool {
+        self.ops.iter().any(|op| matches!(op, Op::Swap { .. }))
+    }
+
+    /// Whether the first op's outcome lets a guarded unit go on.
+    pub fn guard_holds(&self, first: &Op, outcome: &Outcome) -> bool {
+        !self.guarded || (matches!(first, Op::Insert { .. } | Op::Swap { .. }) && outcome.hit)
+    }
+}
+
 pub struct Applied {
-    /// False when the guard found its key taken (nothing was written).
+    /// False when the guard failed (nothing was written).
     pub applied: bool,
     /// One per op, in order.
     pub outcomes: Vec<Outcome>,
@@ -205,7 +227,12 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
                 let _ = reply.send(insert_audit(pool, &lines).await.map(|()| Applied::empty()));
             }
             Job::Unit { unit, reply } => {
-                if has_duplicate_keys(&unit) || unit.ops.is_empty() {
+                // A swap compares against the value as it is when the swap
+                // runs; the batch applies ops by kind, which could run it
+                // before or after another unit's put of the same key in
+                // ways its caller never saw. Swaps are rare (consumable
+                // counts), so their units get a transaction of their own.
+                if has_duplicate_keys(&unit) || unit.ops.is_empty() || unit.has_swap() {
                     alone.push((unit, reply));
                 } else {
                     together.push((unit, reply));
@@ -427,6 +454,9 @@ async fn batch(pool: &AnyPool, units: &[&Unit]) -> Result<Vec<Applied>> {
                     }
                     out[u].outcomes[i].hit = true;
                 }
+                Op::Swap { .. } => {
+                    return Err(Error::internal("a swap reached a batched write"));
+                }
             }
         }
     }
@@ -489,6 +519,36 @@ async fn one_by_one(pool: &AnyPool, unit: &Unit) -> Result<Applied> {
                     value: None,
                 }
             }
+            Op::Swap {
+                key,
+                expected,
+                value,
+            } => {
+                // Under READ COMMITTED a concurrent writer's row lock makes
+                // this wait, then the WHERE is checked again against the row
+                // that writer committed: the compare is exact across servers.
+                let done = match value {
+                    Some(v) => {
+                        sqlx::query("UPDATE entries SET value = $1 WHERE key = $2 AND value = $3")
+                            .bind(v.as_slice())
+                            .bind(key.as_str())
+                            .bind(expected.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM entries WHERE key = $1 AND value = $2")
+                            .bind(key.as_str())
+                            .bind(expected.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                };
+                Outcome {
+                    hit: done.rows_affected() == 1,
+                    value: None,
+                }
+            }
             Op::Delete { key } | Op::Take { key } => {
                 let mut gone = delete_returning(&mut tx, &[key.as_str()]).await?;
                 let value = gone.remove(key.as_str());
@@ -502,7 +562,7 @@ async fn one_by_one(pool: &AnyPool, unit: &Unit) -> Result<Applied> {
                 }
             }
         };
-        if i == 0 && unit.guarded && !(matches!(op, Op::Insert { .. }) && outcome.hit) {
+        if i == 0 && !unit.guard_holds(op, &outcome) {
             tx.rollback().await?;
             return Ok(Applied::refused(unit));
         }
