@@ -63,6 +63,10 @@ pub struct EnrollRequest {
     /// The host's public host keys (OpenSSH lines).
     #[serde(default)]
     pub host_keys: Vec<String>,
+    /// Take the place of an enrolled host of the same name (it is removed
+    /// and its token revoked); without it, a taken name is refused.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
