@@ -12,7 +12,8 @@
 //!   [`SignedHostKey`].
 //! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied.
 //! - `POST hosts/self/unenroll` (host token): forget this host, revoke its token.
-//! - `LIST hosts`, `GET|DELETE hosts/<host_id>` (admin).
+//! - `LIST hosts`, `GET|DELETE hosts/<host_id or hostname>` (admin); host names
+//!   are unique, and `replace: true` in [`EnrollRequest`] takes a name over.
 //! - `POST|GET|DELETE hosts/mappings/<local user>` (admin) [`Mapping`]:
 //!   certificate principals allowed to log in as that local user on every
 //!   host in mapped mode; `LIST hosts/mappings`.

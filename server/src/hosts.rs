@@ -304,7 +304,13 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
 pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     let r: EnrollRequest = serde_json::from_value(Value::Object(req.fields.raw().clone()))
         .map_err(|e| Error::invalid(format!("invalid enrollment: {e}")))?;
-    for k in ["join_token", "hostname", "addresses", "host_keys", "replace"] {
+    for k in [
+        "join_token",
+        "hostname",
+        "addresses",
+        "host_keys",
+        "replace",
+    ] {
         req.fields.value(k);
     }
     validate_hostname(&r.hostname)?;
@@ -406,11 +412,7 @@ pub async fn find(core: &Core, id_or_name: &str) -> Result<Option<Host>> {
     if validate_hostname(id_or_name).is_err() {
         return Ok(None);
     }
-    let Some(claim) = core
-        .storage
-        .get::<NameClaim>(&name_key(id_or_name))
-        .await?
-    else {
+    let Some(claim) = core.storage.get::<NameClaim>(&name_key(id_or_name)).await? else {
         return Ok(None);
     };
     core.storage.get::<Host>(&host_key(&claim.host_id)).await

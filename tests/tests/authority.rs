@@ -163,9 +163,7 @@ async fn host_names_are_unique_and_replace_takes_the_place() {
     assert_eq!(st, StatusCode::OK, "{v}");
     let second_id = field(&v, &["data", "host_id"]);
     let second_token = field(&v, &["data", "host_token"]);
-    let (st, _) = s
-        .call("GET", "hosts/self", Some(&first_token), None)
-        .await;
+    let (st, _) = s.call("GET", "hosts/self", Some(&first_token), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "web-a"})).await;
     assert_eq!(v["data"]["ip"], "10.0.0.8");
@@ -187,9 +185,7 @@ async fn host_names_are_unique_and_replace_takes_the_place() {
     assert_eq!(v["data"]["host_id"], second_id.as_str());
     let (st, _) = s.root("DELETE", "hosts/web-a", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = s
-        .call("GET", "hosts/self", Some(&second_token), None)
-        .await;
+    let (st, _) = s.call("GET", "hosts/self", Some(&second_token), None).await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, v) = enroll(
         &s,
@@ -216,7 +212,10 @@ async fn of_concurrent_enrollments_under_one_name_exactly_one_wins() {
             });
         }
         let results = tries.join_all().await;
-        let won = results.iter().filter(|(st, _)| *st == StatusCode::OK).count();
+        let won = results
+            .iter()
+            .filter(|(st, _)| *st == StatusCode::OK)
+            .count();
         assert_eq!(won, 1, "{backend:?}: {results:?}");
         assert!(
             results
@@ -260,7 +259,11 @@ async fn child_tokens_never_widen_their_parent() {
         json!({"password": "pw-ci-12345", "token_policies": "maker", "token_bound_cidrs": "127.0.0.1/32", "token_ttl": "1h", "token_max_ttl": "1h"}),
     )
     .await;
-    let call = |from: SocketAddr, method: &'static str, path: &'static str, token: Option<String>, body: Value| {
+    let call = |from: SocketAddr,
+                method: &'static str,
+                path: &'static str,
+                token: Option<String>,
+                body: Value| {
         let s = &s;
         async move {
             let raw = if body.is_null() {
@@ -271,38 +274,111 @@ async fn child_tokens_never_widen_their_parent() {
             s.call_from(from, method, path, token.as_deref(), raw).await
         }
     };
-    let (st, v) = call(here, "POST", "auth/userpass/login/ci", None, json!({"password": "pw-ci-12345"})).await;
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/userpass/login/ci",
+        None,
+        json!({"password": "pw-ci-12345"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let parent = field(&v, &["auth", "client_token"]);
-    let (st, _) = call(elsewhere, "GET", "auth/token/lookup-self", Some(parent.clone()), Value::Null).await;
+    let (st, _) = call(
+        elsewhere,
+        "GET",
+        "auth/token/lookup-self",
+        Some(parent.clone()),
+        Value::Null,
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "the parent is bound");
 
     // A child (or an orphan made with sudo) is bound just as narrowly.
     for path in ["auth/token/create", "auth/token/create-orphan"] {
-        let (st, v) = call(here, "POST", path, Some(parent.clone()), json!({"ttl": "10h", "explicit_max_ttl": "100h"})).await;
+        let (st, v) = call(
+            here,
+            "POST",
+            path,
+            Some(parent.clone()),
+            json!({"ttl": "10h", "explicit_max_ttl": "100h"}),
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{path}: {v}");
         let child = field(&v, &["auth", "client_token"]);
-        let (st, _) = call(elsewhere, "GET", "auth/token/lookup-self", Some(child.clone()), Value::Null).await;
-        assert_eq!(st, StatusCode::FORBIDDEN, "{path}: child used from outside the CIDR");
-        let (st, v) = call(here, "GET", "auth/token/lookup-self", Some(child.clone()), Value::Null).await;
+        let (st, _) = call(
+            elsewhere,
+            "GET",
+            "auth/token/lookup-self",
+            Some(child.clone()),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "{path}: child used from outside the CIDR"
+        );
+        let (st, v) = call(
+            here,
+            "GET",
+            "auth/token/lookup-self",
+            Some(child.clone()),
+            Value::Null,
+        )
+        .await;
         assert_eq!(st, StatusCode::OK, "{v}");
         assert_eq!(v["data"]["bound_cidrs"], json!(["127.0.0.1/32"]), "{path}");
         // Its lifetime and maximum stay within the parent's remaining hour.
         assert!(v["data"]["ttl"].as_i64().unwrap() <= 3600, "{path}: {v}");
-        assert!(v["data"]["explicit_max_ttl"].as_i64().unwrap() <= 3600, "{path}: {v}");
+        assert!(
+            v["data"]["explicit_max_ttl"].as_i64().unwrap() <= 3600,
+            "{path}: {v}"
+        );
     }
     // Narrower addresses may be asked for; wider ones are refused.
-    let (st, v) = call(here, "POST", "auth/token/create", Some(parent.clone()), json!({"bound_cidrs": ["0.0.0.0/0"]})).await;
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"bound_cidrs": ["0.0.0.0/0"]}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("bound_cidrs"), "{v}");
-    let (st, v) = call(here, "POST", "auth/token/create", Some(parent.clone()), json!({"bound_cidrs": ["127.0.0.1"]})).await;
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("bound_cidrs"),
+        "{v}"
+    );
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"bound_cidrs": ["127.0.0.1"]}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 
     // Renewing a child never carries it past its parent's expiry.
-    let (_, v) = call(here, "POST", "auth/token/create", Some(parent.clone()), json!({"ttl": "30m"})).await;
+    let (_, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"ttl": "30m"}),
+    )
+    .await;
     let child = field(&v, &["auth", "client_token"]);
     s.clock.advance(1200);
-    let (st, v) = call(here, "POST", "auth/token/renew-self", Some(child.clone()), json!({"increment": "10h"})).await;
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/renew-self",
+        Some(child.clone()),
+        json!({"increment": "10h"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert!(v["auth"]["lease_duration"].as_i64().unwrap() <= 2400, "{v}");
 }
@@ -324,7 +400,9 @@ async fn a_right_otp_verifies_after_many_wrong_guesses_from_its_address() {
     for i in 0..100 {
         statuses.push(verify(&s, None, &format!("wrong-guess-{i}")).await.0);
     }
-    assert!(statuses[..30].iter().all(|st| *st == StatusCode::BAD_REQUEST));
+    assert!(statuses[..30]
+        .iter()
+        .all(|st| *st == StatusCode::BAD_REQUEST));
     assert!(statuses[30..]
         .iter()
         .all(|st| *st == StatusCode::TOO_MANY_REQUESTS));
@@ -351,7 +429,8 @@ async fn certificates_carry_only_options_openssh_can_parse() {
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            s.root("POST", &format!("ssh/roles/{name}"), Some(body)).await
+            s.root("POST", &format!("ssh/roles/{name}"), Some(body))
+                .await
         }
     };
     let sign = |name: &'static str, extra: Value| {
@@ -362,30 +441,51 @@ async fn certificates_carry_only_options_openssh_can_parse() {
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
             }
-            s.root("POST", &format!("ssh/sign/{name}"), Some(body)).await
+            s.root("POST", &format!("ssh/sign/{name}"), Some(body))
+                .await
         }
     };
     assert_eq!(role("plain", json!({})).await.0, StatusCode::NO_CONTENT);
     assert_eq!(
-        role("named", json!({"allowed_critical_options": "x-gatepass-test"}))
-            .await
-            .0,
+        role(
+            "named",
+            json!({"allowed_critical_options": "x-gatepass-test"})
+        )
+        .await
+        .0,
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        role("star", json!({"allowed_critical_options": "*"})).await.0,
+        role("star", json!({"allowed_critical_options": "*"}))
+            .await
+            .0,
         StatusCode::NO_CONTENT
     );
 
     // Flags take no value, at signing and as a role default.
     let (st, v) = sign("plain", json!({"extensions": {"permit-pty": "x"}})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("permit-pty"), "{v}");
-    let (st, v) = sign("plain", json!({"critical_options": {"verify-required": "yes"}})).await;
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("permit-pty"),
+        "{v}"
+    );
+    let (st, v) = sign(
+        "plain",
+        json!({"critical_options": {"verify-required": "yes"}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = role("bad", json!({"default_extensions": {"permit-agent-forwarding": "yes"}})).await;
+    let (st, v) = role(
+        "bad",
+        json!({"default_extensions": {"permit-agent-forwarding": "yes"}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = sign("plain", json!({"extensions": {"permit-pty": "", "permit-port-forwarding": ""}})).await;
+    let (st, v) = sign(
+        "plain",
+        json!({"extensions": {"permit-pty": "", "permit-port-forwarding": ""}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 
     // Unknown critical options only when a role names them.
@@ -393,21 +493,38 @@ async fn certificates_carry_only_options_openssh_can_parse() {
         let (st, v) = sign(name, json!({"critical_options": {"x-gatepass-test": "1"}})).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{name}: {v}");
         assert!(
-            v["errors"][0].as_str().unwrap().contains("allowed_critical_options"),
+            v["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("allowed_critical_options"),
             "{v}"
         );
     }
-    let (st, v) = role("bad", json!({"default_critical_options": {"x-gatepass-test": "1"}})).await;
+    let (st, v) = role(
+        "bad",
+        json!({"default_critical_options": {"x-gatepass-test": "1"}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    let (st, v) = sign("named", json!({"critical_options": {"x-gatepass-test": "1"}})).await;
+    let (st, v) = sign(
+        "named",
+        json!({"critical_options": {"x-gatepass-test": "1"}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let (st, v) = sign("star", json!({"critical_options": {"force-command": "/usr/bin/uptime", "verify-required": ""}})).await;
+    let (st, v) = sign(
+        "star",
+        json!({"critical_options": {"force-command": "/usr/bin/uptime", "verify-required": ""}}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     // What was signed parses as an OpenSSH certificate.
     let cert = ssh_key::Certificate::from_openssh(v["data"]["signed_key"].as_str().unwrap().trim())
         .expect("certificate parses");
     assert_eq!(
-        cert.critical_options().get("force-command").map(String::as_str),
+        cert.critical_options()
+            .get("force-command")
+            .map(String::as_str),
         Some("/usr/bin/uptime")
     );
 }

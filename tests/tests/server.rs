@@ -243,7 +243,7 @@ fn init_runs_once_and_serve_uses_the_config() {
         root.starts_with("gps."),
         "root token printed once: {root:?}"
     );
-    assert_eq!(mode(&d.join("prod/seal.key")), 0o600);
+    assert_eq!(mode(&d.join("prod/seal.key")), "600");
     let (code, out, err) = run(Command::new(bin("gatepass-server"))
         .args(["init", "--config"])
         .arg(&cfg));
@@ -273,14 +273,29 @@ fn init_runs_once_and_serve_uses_the_config() {
         false
     });
     // What init and serve created is theirs alone.
-    let modes: Vec<(&str, u32)> = ["prod", "prod/seal.key", "prod/gatepass.db", "prod/gatepass.db-wal", "log", "log/audit.log"]
-        .into_iter()
-        .map(|f| (f, mode(&d.join(f))))
-        .collect();
+    let modes: Vec<(&str, String)> = [
+        "prod",
+        "prod/seal.key",
+        "prod/gatepass.db",
+        "prod/gatepass.db-wal",
+        "log",
+        "log/audit.log",
+    ]
+    .into_iter()
+    .map(|f| (f, mode(&d.join(f))))
+    .collect();
     gatepass_tests::stop_child(&mut server);
     assert_eq!(
         modes,
-        [("prod", 0o700), ("prod/seal.key", 0o600), ("prod/gatepass.db", 0o600), ("prod/gatepass.db-wal", 0o600), ("log", 0o700), ("log/audit.log", 0o600)]
+        [
+            ("prod", "700"),
+            ("prod/seal.key", "600"),
+            ("prod/gatepass.db", "600"),
+            ("prod/gatepass.db-wal", "600"),
+            ("log", "700"),
+            ("log/audit.log", "600")
+        ]
+        .map(|(f, m)| (f, m.to_string()))
     );
     assert!(
         ok,
@@ -318,12 +333,13 @@ fn a_client_without_the_pinned_ca_is_refused() {
     );
 }
 
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p)
+/// A file's permission bits in octal, as `ls -l` users read them.
+fn mode(p: &Path) -> String {
+    let m = std::fs::metadata(p)
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         .permissions()
-        .mode()
-        & 0o777
+        .mode();
+    format!("{:o}", m & 0o777)
 }
 
 #[test]
@@ -350,12 +366,27 @@ fn the_dev_servers_data_is_its_users_only() {
         "tls",
         "tls/server.key",
     ];
-    let modes: Vec<(&str, u32)> = files.iter().map(|f| (*f, mode(&data.join(f)))).collect();
+    let modes: Vec<(&str, String)> = files.iter().map(|f| (*f, mode(&data.join(f)))).collect();
     gatepass_tests::stop_child(&mut dev);
-    assert_eq!(printed, 3, "{}", std::fs::read_to_string(tmp.path().join("dev.log")).unwrap_or_default());
-    let want: Vec<(&str, u32)> = files
+    assert_eq!(
+        printed,
+        3,
+        "{}",
+        std::fs::read_to_string(tmp.path().join("dev.log")).unwrap_or_default()
+    );
+    let want: Vec<(&str, String)> = files
         .iter()
-        .map(|f| (*f, if *f == "" || *f == "tls" { 0o700 } else { 0o600 }))
+        .map(|f| {
+            (
+                *f,
+                if f.is_empty() || *f == "tls" {
+                    "700"
+                } else {
+                    "600"
+                }
+                .to_string(),
+            )
+        })
         .collect();
     assert_eq!(modes, want);
 }

@@ -124,7 +124,8 @@ pub const FLAG_EXTENSIONS: [&str; 6] = [
 
 /// The critical options OpenSSH knows. sshd refuses a certificate with any
 /// other, so others are only signed when a role names them explicitly.
-pub const KNOWN_CRITICAL_OPTIONS: [&str; 3] = ["force-command", "source-address", "verify-required"];
+pub const KNOWN_CRITICAL_OPTIONS: [&str; 3] =
+    ["force-command", "source-address", "verify-required"];
 
 /// One certificate option: a valid name and value, and the value OpenSSH
 /// can parse for the options it knows (flags empty, commands non-empty).

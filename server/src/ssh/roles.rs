@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::principal::{
-    check_option, check_option_name, check_option_value, critical_option_signable, unknown_critical_option, OptionKind,
-    Principal,
+    check_option, check_option_name, check_option_value, critical_option_signable,
+    unknown_critical_option, OptionKind, Principal,
 };
 use crate::error::{Error, Result};
 use crate::mounts::Mount;
@@ -210,8 +210,7 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
             check_option_name("allowed options", o)?;
         }
     }
-    let default_critical_options =
-        option_map(f, "default_critical_options", OptionKind::Critical)?;
+    let default_critical_options = option_map(f, "default_critical_options", OptionKind::Critical)?;
     if let Some(k) = default_critical_options
         .keys()
         .find(|k| !critical_option_signable(&allowed_critical_options, k))

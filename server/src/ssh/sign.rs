@@ -11,8 +11,8 @@ use ssh_key::{Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKey, PublicKey
 
 use super::issuers::Issuer;
 use super::principal::{
-    self, check_key_id, check_option, critical_option_signable, unknown_critical_option, OptionKind,
-    Principal,
+    self, check_key_id, check_option, critical_option_signable, unknown_critical_option,
+    OptionKind, Principal,
 };
 use super::roles::{normalize_key_type, Role};
 use crate::auth::token::SYSTEM_MAX_TTL;
