@@ -134,6 +134,10 @@ async fn host_names_are_unique_and_replace_takes_the_place() {
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let first_token = field(&v, &["data", "host_token"]);
+    let (st, v) = s
+        .call("GET", "hosts/self/state", Some(&first_token), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 
     // A second host under the same name (any case) is refused, and the
     // one-use join token it presented is still good.
@@ -163,7 +167,9 @@ async fn host_names_are_unique_and_replace_takes_the_place() {
     assert_eq!(st, StatusCode::OK, "{v}");
     let second_id = field(&v, &["data", "host_id"]);
     let second_token = field(&v, &["data", "host_token"]);
-    let (st, _) = s.call("GET", "hosts/self", Some(&first_token), None).await;
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&first_token), None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "web-a"})).await;
     assert_eq!(v["data"]["ip"], "10.0.0.8");
@@ -185,7 +191,9 @@ async fn host_names_are_unique_and_replace_takes_the_place() {
     assert_eq!(v["data"]["host_id"], second_id.as_str());
     let (st, _) = s.root("DELETE", "hosts/web-a", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = s.call("GET", "hosts/self", Some(&second_token), None).await;
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&second_token), None)
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, v) = enroll(
         &s,
@@ -527,4 +535,49 @@ async fn certificates_carry_only_options_openssh_can_parse() {
             .map(String::as_str),
         Some("/usr/bin/uptime")
     );
+}
+
+#[tokio::test]
+async fn hosts_enrolled_before_the_binding_keep_working() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = otp_setup(&s).await;
+    let (_, v) = enroll(
+        &s,
+        json!({"join_token": join, "hostname": "old-host", "addresses": ["10.0.0.7"]}),
+    )
+    .await;
+    let host_token = field(&v, &["data", "host_token"]);
+    // Stored the way older versions did: the host only in the token's
+    // metadata, no name index.
+    let store = &s.core.storage;
+    let mut entry = gatepass_server::auth::token::lookup(&s.core, &host_token, s.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let host_id = entry.host_id.take().unwrap();
+    entry.meta.insert("host_id".into(), host_id.clone());
+    store
+        .put(&format!("token/id/{}", entry.hash), &entry)
+        .await
+        .unwrap();
+    store.delete("hosts/name/old-host").await.unwrap();
+    store.delete("hosts/migrated/name-index").await.unwrap();
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "metadata alone makes no host");
+
+    // The next start brings the data up to date from the host record.
+    gatepass_server::hosts::migrate(&s.core).await.unwrap();
+    let (st, v) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&host_token), None)
+        .await;
+    assert_eq!(v["data"]["meta"]["host_id"], host_id.as_str());
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "old-host"})).await;
+    let (st, v) = verify(&s, Some(&host_token), &field(&v, &["data", "key"])).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
