@@ -243,8 +243,13 @@ async fn claim_name(core: &Core, hostname: &str, id: &str, replace: bool, now: i
                 held.host_id
             )));
         }
-        // Whoever takes the claim removes the host that held it.
+        // Whoever takes the claim removes the host that held it; a claim
+        // that changed hands meanwhile goes back to its holder.
         if let Some(taken) = core.storage.take::<NameClaim>(&key).await? {
+            if taken.host_id != held.host_id {
+                core.storage.put_if_absent(&key, &taken).await?;
+                continue;
+            }
             if let Some(old) = core.storage.get::<Host>(&host_key(&taken.host_id)).await? {
                 remove_host(core, &old, now).await?;
             }
