@@ -12,7 +12,8 @@
 //!   [`SignedHostKey`].
 //! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied.
 //! - `POST hosts/self/unenroll` (host token): forget this host, revoke its token.
-//! - `LIST hosts`, `GET|DELETE hosts/<host_id>` (admin).
+//! - `LIST hosts`, `GET|DELETE hosts/<host_id or hostname>` (admin); host names
+//!   are unique, and `replace: true` in [`EnrollRequest`] takes a name over.
 //! - `POST|GET|DELETE hosts/mappings/<local user>` (admin) [`Mapping`]:
 //!   certificate principals allowed to log in as that local user on every
 //!   host in mapped mode; `LIST hosts/mappings`.
@@ -63,6 +64,10 @@ pub struct EnrollRequest {
     /// The host's public host keys (OpenSSH lines).
     #[serde(default)]
     pub host_keys: Vec<String>,
+    /// Take the place of an enrolled host of the same name (it is removed
+    /// and its token revoked); without it, a taken name is refused.
+    #[serde(default)]
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

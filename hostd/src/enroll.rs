@@ -62,6 +62,8 @@ pub struct SetupOptions {
     /// Also report loopback addresses (tests on 127.0.0.1).
     pub include_loopback: bool,
     pub hostname: Option<String>,
+    /// Take the place of an enrolled host of the same name.
+    pub replace: bool,
     pub dry_run: bool,
 }
 
@@ -255,6 +257,7 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
         hostname: opts.hostname.clone().unwrap_or_else(hostname),
         addresses,
         host_keys: keys.iter().map(|k| k.public_line.clone()).collect(),
+        replace: opts.replace,
     };
     let mut cfg = Config {
         server: server.trim_end_matches('/').to_string(),
@@ -298,7 +301,19 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
         None,
         Duration::from_secs(60),
     )?;
-    let enrolled = remote::enroll(&client, &req).await?;
+    let enrolled = remote::enroll(&client, &req).await.map_err(|e| match e {
+        // The server's reason, and for a taken name the way out.
+        api @ gatepass_api::Error::Api { .. } => {
+            let text = api.to_string();
+            let hint = if text.contains("already enrolled") && !req.replace {
+                "\n(to take that host's place, removing it and revoking its token, run setup again with --replace)"
+            } else {
+                ""
+            };
+            Error::Other(format!("enrollment refused: {text}{hint}"))
+        }
+        other => Error::Api(other),
+    })?;
     cfg.host_id = enrolled.host_id.clone();
     cfg.user_mount = enrolled.user_mount.clone();
     cfg.host_mount = enrolled.host_mount.clone();

@@ -124,6 +124,11 @@ enum Command {
         /// The name to enroll under [default: this host's name].
         #[arg(long)]
         hostname: Option<String>,
+        /// If a host is enrolled under the same name, take its place: the
+        /// server removes it and revokes its token. Without this a taken
+        /// name is refused.
+        #[arg(long)]
+        replace: bool,
         #[command(flatten)]
         paths: PathArgs,
     },
@@ -230,6 +235,7 @@ fn main() -> Result<()> {
             addresses,
             include_loopback,
             hostname,
+            replace,
             paths,
         } => {
             let opts = SetupOptions {
@@ -241,6 +247,7 @@ fn main() -> Result<()> {
                 addresses,
                 include_loopback,
                 hostname,
+                replace,
                 dry_run,
             };
             let report = rt.block_on(enroll::setup(&opts))?;

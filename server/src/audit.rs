@@ -261,6 +261,10 @@ impl AuditLog {
     /// from the last line. A last line that is incomplete, not a chained line
     /// or not verifiable with `key` is an error: continuing would hide it.
     pub fn open(path: &Path, key: AuditKey) -> Result<AuditLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            crate::private::create_dir(dir)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+        }
         let mut file = open_options().create(true).open(path).map_err(|e| {
             Error::internal(format!("cannot open audit file {}: {e}", path.display()))
         })?;

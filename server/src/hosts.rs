@@ -80,6 +80,11 @@ pub struct Host {
 fn host_key(id: &str) -> String {
     format!("hosts/host/{id}")
 }
+/// The name index: which host holds a host name. Host names are unique per
+/// server, so `creds host=NAME` always means one host.
+fn name_key(hostname: &str) -> String {
+    format!("hosts/name/{}", hostname.to_ascii_lowercase())
+}
 fn join_key(hash: &str) -> String {
     format!("hosts/join/{hash}")
 }
@@ -198,6 +203,84 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
     })
 }
 
+/// A host name's holder, written before the host record exists.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct NameClaim {
+    host_id: String,
+    since: i64,
+}
+
+/// A claim whose host record never appeared this long after (the enrolling
+/// server stopped half-way) no longer holds the name.
+const STALE_CLAIM: i64 = 300;
+
+/// Claims `hostname` for the host `id`. A name held by another host is
+/// refused, unless `replace`: then that host is unenrolled (its token
+/// revoked) and the name passes to `id`. Of concurrent claimants of a free
+/// name exactly one wins (the insert only succeeds on a free key).
+async fn claim_name(core: &Core, hostname: &str, id: &str, replace: bool, now: i64) -> Result<()> {
+    let key = name_key(hostname);
+    let claim = NameClaim {
+        host_id: id.to_string(),
+        since: now,
+    };
+    for _ in 0..8 {
+        if core.storage.put_if_absent(&key, &claim).await? {
+            return Ok(());
+        }
+        let Some(held) = core.storage.get::<NameClaim>(&key).await? else {
+            continue;
+        };
+        let holder = core.storage.get::<Host>(&host_key(&held.host_id)).await?;
+        let stale = holder.is_none() && now - held.since >= STALE_CLAIM;
+        if holder.is_none() && !stale {
+            return Err(Error::invalid(format!(
+                "host name {hostname:?} is being enrolled right now; try again later"
+            )));
+        }
+        if !replace && !stale {
+            return Err(Error::invalid(format!(
+                "host name {hostname:?} is already enrolled (host {}); unenroll that host first, or enroll with replace=true to take its place",
+                held.host_id
+            )));
+        }
+        // Whoever takes the claim removes the host that held it; a claim
+        // that changed hands meanwhile goes back to its holder.
+        if let Some(taken) = core.storage.take::<NameClaim>(&key).await? {
+            if taken.host_id != held.host_id {
+                core.storage.put_if_absent(&key, &taken).await?;
+                continue;
+            }
+            if let Some(old) = core.storage.get::<Host>(&host_key(&taken.host_id)).await? {
+                remove_host(core, &old, now).await?;
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "host name {hostname:?} is being enrolled concurrently; try again"
+    )))
+}
+
+/// Gives up a name claim, unless it has passed to another host meanwhile.
+async fn release_name(core: &Core, hostname: &str, id: &str) -> Result<()> {
+    let key = name_key(hostname);
+    if let Some(held) = core.storage.take::<NameClaim>(&key).await? {
+        if held.host_id != id {
+            core.storage.put_if_absent(&key, &held).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a join token without spending it.
+async fn peek_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry> {
+    core.storage
+        .get::<JoinEntry>(&join_key(&core.hasher.hash(text)))
+        .await?
+        .filter(|e| e.expire_time > now)
+        .ok_or_else(|| Error::invalid("invalid or expired join token"))
+}
+
 /// Spends one use of a join token; the last use deletes it atomically, so
 /// a one-use token enrolls exactly one host.
 async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry> {
@@ -231,7 +314,13 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
 pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     let r: EnrollRequest = serde_json::from_value(Value::Object(req.fields.raw().clone()))
         .map_err(|e| Error::invalid(format!("invalid enrollment: {e}")))?;
-    for k in ["join_token", "hostname", "addresses", "host_keys"] {
+    for k in [
+        "join_token",
+        "hostname",
+        "addresses",
+        "host_keys",
+        "replace",
+    ] {
         req.fields.value(k);
     }
     validate_hostname(&r.hostname)?;
@@ -255,8 +344,20 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
                 .and_then(|k| k.to_openssh().map_err(|e| Error::invalid(e.to_string())))
         })
         .collect::<Result<_>>()?;
-    let join = spend_join_token(core, &r.join_token, req.now).await?;
+    // A taken name is refused before the join token is spent, so the
+    // operator can unenroll the old host and retry with the same token; the
+    // join token is checked first so that only its holders learn which
+    // names are taken.
+    peek_join_token(core, &r.join_token, req.now).await?;
     let id = uuid::Uuid::new_v4().to_string();
+    claim_name(core, &r.hostname, &id, r.replace, req.now).await?;
+    let join = match spend_join_token(core, &r.join_token, req.now).await {
+        Ok(j) => j,
+        Err(e) => {
+            release_name(core, &r.hostname, &id).await?;
+            return Err(e);
+        }
+    };
     let (text, tok) = token::create(
         core,
         NewToken {
@@ -266,10 +367,8 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
             renewable: true,
             periodic: true,
             display_name: format!("host-{}", r.hostname),
-            meta: BTreeMap::from([
-                ("host_id".to_string(), id.clone()),
-                ("hostname".to_string(), r.hostname.clone()),
-            ]),
+            meta: BTreeMap::from([("hostname".to_string(), r.hostname.clone())]),
+            host_id: Some(id.clone()),
             path: "hosts/enroll".into(),
             ..NewToken::default()
         },
@@ -312,27 +411,61 @@ fn host_json(h: &Host) -> Value {
     })
 }
 
-/// An enrolled host by ID or hostname.
+/// An enrolled host by ID or hostname (through the name index: one host
+/// per name).
 pub async fn find(core: &Core, id_or_name: &str) -> Result<Option<Host>> {
     if uuid::Uuid::parse_str(id_or_name).is_ok() {
         if let Some(h) = core.storage.get::<Host>(&host_key(id_or_name)).await? {
             return Ok(Some(h));
         }
     }
+    if validate_hostname(id_or_name).is_err() {
+        return Ok(None);
+    }
+    let Some(claim) = core.storage.get::<NameClaim>(&name_key(id_or_name)).await? else {
+        return Ok(None);
+    };
+    core.storage.get::<Host>(&host_key(&claim.host_id)).await
+}
+
+/// Brings data from before the name index and token host binding up to
+/// date, once per database: each host's name is indexed (of hosts sharing
+/// a name, the first enrolled keeps it) and its token bound to it, taken
+/// from the host record, never from token metadata.
+pub async fn migrate(core: &Core) -> Result<()> {
+    const DONE: &str = "hosts/migrated/name-index";
+    if core.storage.get::<i64>(DONE).await?.is_some() {
+        return Ok(());
+    }
+    let now = core.clock.now();
+    let mut hosts = Vec::new();
     for k in core.storage.keys_with_prefix("hosts/host/").await? {
         if let Some(h) = core.storage.get::<Host>(&k).await? {
-            if h.hostname == id_or_name {
-                return Ok(Some(h));
+            hosts.push(h);
+        }
+    }
+    hosts.sort_by_key(|h| h.enrolled);
+    for h in &hosts {
+        let claim = NameClaim {
+            host_id: h.id.clone(),
+            since: h.enrolled,
+        };
+        core.storage
+            .put_if_absent(&name_key(&h.hostname), &claim)
+            .await?;
+        if let Some(t) = token::lookup_accessor(core, &h.token_accessor, now).await? {
+            if t.host_id.is_none() {
+                token::bind_host(core, t, &h.id).await?;
             }
         }
     }
-    Ok(None)
+    core.storage.put(DONE, &now).await
 }
 
 /// The host a host token belongs to.
 async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
     let id = caller
-        .and_then(|c| c.meta.get("host_id"))
+        .and_then(|c| c.host_id.as_ref())
         .ok_or_else(|| Error::invalid("this path needs a host token (from hosts/enroll)"))?;
     core.storage
         .get(&host_key(id))
@@ -543,7 +676,15 @@ pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
         .is_some())
 }
 
+/// Removes a host and its name, and revokes its token.
 async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
+    remove_host(core, host, now).await?;
+    release_name(core, &host.hostname, &host.id).await
+}
+
+/// Removes a host record and revokes its token, leaving the name index to
+/// the caller.
+async fn remove_host(core: &Core, host: &Host, now: i64) -> Result<()> {
     if let Some(t) = token::lookup_accessor(core, &host.token_accessor, now).await? {
         token::revoke(core, &t, false).await?;
     }
@@ -637,20 +778,20 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             core.storage.delete(&mapping_key(user)).await?;
             Ok(Reply::NoContent)
         }
-        ([id], Read) if uuid::Uuid::parse_str(id).is_ok() => {
-            Ok(match core.storage.get::<Host>(&host_key(id)).await? {
+        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
+            Err(Error::UnsupportedOperation)
+        }
+        ([id], Read) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
+            Ok(match find(core, id).await? {
                 Some(h) => Reply::Data(host_json(&h)),
                 None => Reply::NotFound,
             })
         }
-        ([id], Delete) if uuid::Uuid::parse_str(id).is_ok() => {
-            if let Some(h) = core.storage.get::<Host>(&host_key(id)).await? {
+        ([id], Delete) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
+            if let Some(h) = find(core, id).await? {
                 unenroll(core, &h, req.now).await?;
             }
             Ok(Reply::NoContent)
-        }
-        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
-            Err(Error::UnsupportedOperation)
         }
         _ => Err(no_route(&req.path)),
     }

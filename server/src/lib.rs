@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod policies;
 pub mod policy;
+pub mod private;
 pub mod ratelimit;
 pub mod request;
 pub mod seal;

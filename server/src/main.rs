@@ -10,7 +10,7 @@ use gatepass_server::audit::{self, AuditKey, VerifyOutcome};
 use gatepass_server::clock::Clock;
 use gatepass_server::config::{parse_duration, Limits, ServerConfig};
 use gatepass_server::seal::SealKey;
-use gatepass_server::{serve, tls, Core, Options};
+use gatepass_server::{private, serve, tls, Core, Options};
 
 // glibc's malloc spent about an eighth of the server's CPU under load (its
 // arenas shared between the runtime's threads); mimalloc's per-thread heaps
@@ -180,7 +180,7 @@ async fn dev(
     // A temporary folder lives as long as this guard, i.e. until exit.
     let (dir, _guard) = match data_dir {
         Some(d) => {
-            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            private::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
             (std::fs::canonicalize(&d)?, None)
         }
         None => {
@@ -295,7 +295,7 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         SealKey::load(&cfg.seal_key_file)?
     } else {
         if let Some(dir) = cfg.seal_key_file.parent() {
-            std::fs::create_dir_all(dir)?;
+            private::create_dir(dir)?;
         }
         let k = SealKey::generate();
         k.write_new(&cfg.seal_key_file)?;
@@ -307,7 +307,7 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     };
     if let Some(p) = cfg.storage.strip_prefix("sqlite://") {
         if let Some(dir) = Path::new(p).parent() {
-            std::fs::create_dir_all(dir)?;
+            private::create_dir(dir)?;
         }
     }
     let core = Core::open(Options {

@@ -67,6 +67,7 @@ impl Core {
         if core.is_initialized().await? {
             // Built-in policies added by newer versions reach older data.
             policies::ensure_default(&core).await?;
+            crate::hosts::migrate(&core).await?;
         }
         Ok(core)
     }

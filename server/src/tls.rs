@@ -38,7 +38,7 @@ pub fn dev_certificates(dir: &Path) -> Result<TlsFiles> {
     if files.ca.exists() && files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
-    std::fs::create_dir_all(dir)?;
+    crate::private::create_dir(dir)?;
     let ca_key = KeyPair::generate().map_err(rc)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
     ca_params

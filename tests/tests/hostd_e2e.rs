@@ -590,3 +590,51 @@ fn host_certificate_is_renewed_at_two_thirds() {
         "sshd does not show the renewed certificate (serial {serial}):\n{out}{err}"
     );
 }
+
+/// The `host_id = "…"` line of a hostd config.
+fn host_id_of(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("host_id = "))
+        .unwrap_or_else(|| panic!("no host_id in {text}"))
+        .trim_matches('"')
+        .to_string()
+}
+
+#[test]
+fn setup_under_a_taken_name_is_refused_until_replace() {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    let join = api.write("hosts/join-tokens", json!({"num_uses": 0}))["data"]["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rig = Rig::start();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    let first = host_id_of(&rig.config);
+    // The machine is rebuilt: its hostd config is gone, its name is not.
+    std::fs::remove_file(&rig.config).unwrap();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_ne!(st, 0, "{out}{err}");
+    assert!(
+        err.contains("already enrolled") && err.contains("--replace"),
+        "the server's reason and the way out: {out}{err}"
+    );
+    assert!(!rig.config.exists());
+    let (st, out, err) = rig.setup(&server, &join, &["--replace"]);
+    assert_eq!(st, 0, "{out}{err}");
+    let second = host_id_of(&rig.config);
+    assert_ne!(first, second);
+    let held = api
+        .rt
+        .block_on(api.client.read("hosts/gp-test.example"))
+        .unwrap()
+        .and_then(|e| e.data)
+        .unwrap();
+    assert_eq!(held["host_id"], second.as_str());
+}

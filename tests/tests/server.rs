@@ -2,7 +2,10 @@
 //! server from the README, hvac against it, restarts, the audit file and
 //! `audit verify`, `init` and `serve`.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use gatepass_tests::{bin, run, DevServer};
 use serde_json::{json, Map, Value};
@@ -225,7 +228,7 @@ fn init_runs_once_and_serve_uses_the_config() {
             "listen = \"127.0.0.1:{port}\"\nstorage = \"sqlite://{db}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
             db = d.join("prod/gatepass.db").display(),
             seal = d.join("prod/seal.key").display(),
-            audit = d.join("audit.log").display(),
+            audit = d.join("log/audit.log").display(),
             cert = certs.join("tls/server.pem").display(),
             key = certs.join("tls/server.key").display(),
         ),
@@ -240,13 +243,7 @@ fn init_runs_once_and_serve_uses_the_config() {
         root.starts_with("gps."),
         "root token printed once: {root:?}"
     );
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(d.join("prod/seal.key"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode(&d.join("prod/seal.key")), "600");
     let (code, out, err) = run(Command::new(bin("gatepass-server"))
         .args(["init", "--config"])
         .arg(&cfg));
@@ -275,7 +272,31 @@ fn init_runs_once_and_serve_uses_the_config() {
         }
         false
     });
+    // What init and serve created is theirs alone.
+    let modes: Vec<(&str, String)> = [
+        "prod",
+        "prod/seal.key",
+        "prod/gatepass.db",
+        "prod/gatepass.db-wal",
+        "log",
+        "log/audit.log",
+    ]
+    .into_iter()
+    .map(|f| (f, mode(&d.join(f))))
+    .collect();
     gatepass_tests::stop_child(&mut server);
+    assert_eq!(
+        modes,
+        [
+            ("prod", "700"),
+            ("prod/seal.key", "600"),
+            ("prod/gatepass.db", "600"),
+            ("prod/gatepass.db-wal", "600"),
+            ("log", "700"),
+            ("log/audit.log", "600")
+        ]
+        .map(|(f, m)| (f, m.to_string()))
+    );
     assert!(
         ok,
         "serve did not answer with the root token: {}",
@@ -310,4 +331,62 @@ fn a_client_without_the_pinned_ca_is_refused() {
         matches!(err, gatepass_api::Error::Transport { .. }),
         "{err}"
     );
+}
+
+/// A file's permission bits in octal, as `ls -l` users read them.
+fn mode(p: &Path) -> String {
+    let m = std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode();
+    format!("{:o}", m & 0o777)
+}
+
+#[test]
+fn the_dev_servers_data_is_its_users_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut dev = Command::new(bin("gatepass-server"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(tmp.path().join("dev.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // The exports are printed once the data folder is set up.
+    let stdout = dev.stdout.take().unwrap();
+    let printed = BufReader::new(stdout).lines().take(3).count();
+    let files = [
+        "",
+        "gatepass.db",
+        "gatepass.db-wal",
+        "gatepass.db-shm",
+        "audit.log",
+        "seal.key",
+        "tls",
+        "tls/server.key",
+    ];
+    let modes: Vec<(&str, String)> = files.iter().map(|f| (*f, mode(&data.join(f)))).collect();
+    gatepass_tests::stop_child(&mut dev);
+    assert_eq!(
+        printed,
+        3,
+        "{}",
+        std::fs::read_to_string(tmp.path().join("dev.log")).unwrap_or_default()
+    );
+    let want: Vec<(&str, String)> = files
+        .iter()
+        .map(|f| {
+            (
+                *f,
+                if f.is_empty() || *f == "tls" {
+                    "700"
+                } else {
+                    "600"
+                }
+                .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(modes, want);
 }

@@ -41,6 +41,11 @@ pub struct TokenEntry {
     pub path: String,
     pub bound_cidrs: Vec<ipnet::IpNet>,
     pub orphan: bool,
+    /// The enrolled host this token belongs to. Only enrollment sets it (no
+    /// API input reaches it), so it is the one thing that says "this caller
+    /// is host X"; `meta` is free text a token creator chooses.
+    #[serde(default)]
+    pub host_id: Option<String>,
 }
 
 impl TokenEntry {
@@ -94,7 +99,17 @@ pub struct NewToken {
     pub parent: Option<TokenEntry>,
     /// Renewable without a maximum (host tokens, renewed by hostd).
     pub periodic: bool,
+    /// The latest the token may ever live to, whatever its TTL says: its
+    /// creator's expiry, so no token outlives the one that made it.
+    pub expire_limit: Option<i64>,
+    /// Set by host enrollment only: see [`TokenEntry::host_id`].
+    pub host_id: Option<String>,
 }
+
+/// Metadata keys gatepass itself reads (identity templates, hosts) or that
+/// name a host: only the server sets them, at login or enrollment. A token
+/// creator choosing them could claim to be another user or host.
+pub const RESERVED_META: [&str; 4] = ["host_id", "hostname", "username", "role_name"];
 
 fn id_key(hash: &str) -> String {
     format!("token/id/{hash}")
@@ -137,7 +152,14 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         let m = now + spec.explicit_max_ttl;
         max_expire = Some(max_expire.map_or(m, |x| x.min(m)));
     }
-    if let Some(p) = spec.parent.as_ref().and_then(|p| p.expire_time) {
+    let limit = [
+        spec.parent.as_ref().and_then(|p| p.expire_time),
+        spec.expire_limit,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    if let Some(p) = limit {
         max_expire = Some(max_expire.map_or(p, |x| x.min(p)));
     }
     if let (Some(e), Some(m)) = (expire_time, max_expire) {
@@ -159,13 +181,17 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         creation_time: now,
         creation_ttl: expire_time.map(|e| e - now).unwrap_or(0),
         expire_time,
-        explicit_max_ttl: spec.explicit_max_ttl,
+        explicit_max_ttl: match limit {
+            Some(l) if spec.explicit_max_ttl > 0 => spec.explicit_max_ttl.min((l - now).max(0)),
+            _ => spec.explicit_max_ttl,
+        },
         max_expire,
         num_uses: spec.num_uses,
         renewable: spec.renewable && expire_time.is_some(),
         path: spec.path,
         bound_cidrs: spec.bound_cidrs,
         orphan: spec.parent.is_none(),
+        host_id: spec.host_id,
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -304,6 +330,19 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
     Ok(())
 }
 
+/// The metadata shown for a token: its own, plus the host it belongs to.
+fn shown_meta(e: &TokenEntry) -> Value {
+    let mut m = e.meta.clone();
+    if let Some(h) = &e.host_id {
+        m.insert("host_id".into(), h.clone());
+    }
+    if m.is_empty() {
+        Value::Null
+    } else {
+        json!(m)
+    }
+}
+
 /// The `auth` block of a login or create response.
 pub fn auth_json(text: &str, e: &TokenEntry, now: i64) -> Value {
     let token_policies: Vec<&String> = e.policies.iter().collect();
@@ -313,7 +352,7 @@ pub fn auth_json(text: &str, e: &TokenEntry, now: i64) -> Value {
         "policies": e.policies,
         "token_policies": token_policies,
         "identity_policies": null,
-        "metadata": if e.meta.is_empty() { Value::Null } else { json!(e.meta) },
+        "metadata": shown_meta(e),
         "lease_duration": e.ttl(now),
         "renewable": e.renewable,
         "entity_id": "",
@@ -337,7 +376,7 @@ pub fn lookup_json(text: &str, e: &TokenEntry, now: i64) -> Value {
         "explicit_max_ttl": e.explicit_max_ttl,
         "id": text,
         "issue_time": rfc3339(e.creation_time),
-        "meta": if e.meta.is_empty() { Value::Null } else { json!(e.meta) },
+        "meta": shown_meta(e),
         "num_uses": e.num_uses.max(0),
         "orphan": e.orphan,
         "path": e.path,
@@ -416,6 +455,13 @@ pub async fn handle_create(
             "ttl must not be greater than explicit_max_ttl",
         ));
     }
+    let meta = f.str_map("meta")?.unwrap_or_default();
+    if let Some(k) = meta.keys().find(|k| RESERVED_META.contains(&k.as_str())) {
+        return Err(Error::invalid(format!(
+            "meta: {k:?} is reserved: the server sets it at login or host enrollment"
+        )));
+    }
+    let bound_cidrs = child_cidrs(caller, f.cidr_list("bound_cidrs")?)?;
     let display_name = f.str("display_name")?.unwrap_or_default();
     let display_name = if display_name.is_empty() {
         "token".to_string()
@@ -431,8 +477,8 @@ pub async fn handle_create(
         num_uses: f.non_negative("num_uses")?.unwrap_or(0),
         renewable: f.bool("renewable")?.unwrap_or(true),
         display_name,
-        meta: f.str_map("meta")?.unwrap_or_default(),
-        bound_cidrs: Vec::new(),
+        meta,
+        bound_cidrs,
         path: "auth/token/create".into(),
         parent: if no_parent {
             None
@@ -440,8 +486,42 @@ pub async fn handle_create(
             Some(caller.clone())
         },
         periodic: false,
+        // Even an orphan made by a sudo caller never outlives the caller;
+        // only a root token without expiry makes tokens without this bound.
+        expire_limit: caller.expire_time,
+        host_id: None,
     };
     create(core, spec, req.now).await
+}
+
+/// The addresses a new token made by `caller` may be used from: the
+/// caller's own (a token bound to some addresses cannot make one usable
+/// from anywhere), or narrower ones it asks for.
+fn child_cidrs(
+    caller: &TokenEntry,
+    requested: Option<Vec<ipnet::IpNet>>,
+) -> Result<Vec<ipnet::IpNet>> {
+    let Some(requested) = requested.filter(|r| !r.is_empty()) else {
+        return Ok(caller.bound_cidrs.clone());
+    };
+    if caller.bound_cidrs.is_empty() {
+        return Ok(requested);
+    }
+    if let Some(wide) = requested
+        .iter()
+        .find(|r| !caller.bound_cidrs.iter().any(|c| c.contains(*r)))
+    {
+        return Err(Error::invalid(format!(
+            "bound_cidrs: {wide} is outside the creating token's bound_cidrs ({})",
+            caller
+                .bound_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(requested)
 }
 
 /// Vault keeps display names to letters, digits and dashes.
@@ -456,6 +536,13 @@ pub fn sanitize_display_name(s: &str) -> String {
         })
         .take(64)
         .collect()
+}
+
+/// Binds an existing token to an enrolled host (data enrolled before the
+/// binding was a field of its own).
+pub async fn bind_host(core: &Core, mut e: TokenEntry, host_id: &str) -> Result<()> {
+    e.host_id = Some(host_id.to_string());
+    core.storage.put(&id_key(&e.hash), &e).await
 }
 
 /// Extends a token's lifetime within its maximum.

@@ -206,20 +206,23 @@ pub async fn dispatch(
             })
         }
         (["verify"], Write) => {
-            core.verify_limiter.check(req.client_ip, req.now)?;
             let otp = f.required_str("otp")?;
-            // A host's helper may present its host token (gatepass).
+            // A host's helper may present its host token (gatepass); only
+            // enrollment binds a token to a host.
             let host = match req.token.as_deref().filter(|t| !t.is_empty()) {
                 Some(t) => match crate::auth::token::lookup(core, t, req.now).await? {
-                    Some(e) => e.meta.get("host_id").cloned(),
+                    Some(e) => e.host_id,
                     None => return Err(Error::PermissionDenied),
                 },
                 None => None,
             };
+            // The OTP is looked at first: a right one is never refused
+            // because others guessed wrong from the same address (hosts
+            // behind one NAT share it); only failures count and get 429.
             match creds::verify(core, m, otp.trim(), host.as_deref(), req.now).await? {
                 Some(d) => Ok(Reply::Data(d)),
                 None => {
-                    core.verify_limiter.failure(req.client_ip, req.now);
+                    core.verify_limiter.failure(req.client_ip, req.now)?;
                     Err(Error::invalid("OTP not found"))
                 }
             }

@@ -104,6 +104,66 @@ pub fn check_option_value(field: &str, name: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
+/// Which of a certificate's two option lists an option belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionKind {
+    Critical,
+    Extension,
+}
+
+/// Extensions OpenSSH reads as flags. sshd rejects a certificate whose flag
+/// carries data as corrupt, so their value must be empty.
+pub const FLAG_EXTENSIONS: [&str; 6] = [
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+    "no-touch-required",
+];
+
+/// The critical options OpenSSH knows. sshd refuses a certificate with any
+/// other, so others are only signed when a role names them explicitly.
+pub const KNOWN_CRITICAL_OPTIONS: [&str; 3] =
+    ["force-command", "source-address", "verify-required"];
+
+/// One certificate option: a valid name and value, and the value OpenSSH
+/// can parse for the options it knows (flags empty, commands non-empty).
+pub fn check_option(kind: OptionKind, field: &str, name: &str, value: &str) -> Result<()> {
+    check_option_name(field, name)?;
+    check_option_value(field, name, value)?;
+    let flag = match kind {
+        OptionKind::Extension => FLAG_EXTENSIONS.contains(&name),
+        OptionKind::Critical => name == "verify-required",
+    };
+    if flag && !value.is_empty() {
+        return Err(Error::invalid(format!(
+            "{field}: {name} is a flag and takes an empty value (got {value:?})"
+        )));
+    }
+    if kind == OptionKind::Critical && name == "force-command" && value.is_empty() {
+        return Err(Error::invalid(format!(
+            "{field}: force-command needs a command"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a critical option may go onto a certificate at all: one OpenSSH
+/// knows, or one the role's `allowed_critical_options` names itself ("*"
+/// or an empty list only ever stand for the known ones).
+pub fn critical_option_signable(allowed: &[String], name: &str) -> bool {
+    KNOWN_CRITICAL_OPTIONS.contains(&name) || allowed.iter().any(|a| a == name)
+}
+
+/// The error for a critical option [`critical_option_signable`] refuses.
+pub fn unknown_critical_option(field: &str, name: &str) -> Error {
+    Error::invalid(format!(
+        "{field}: {name:?} is not a critical option OpenSSH knows ({}), and sshd refuses certificates with unknown ones; name it in the role's allowed_critical_options to sign it anyway",
+        KNOWN_CRITICAL_OPTIONS.join(", ")
+    ))
+}
+
 /// Parses a `source-address` value.
 pub fn source_addresses(value: &str) -> Result<Vec<ipnet::IpNet>> {
     let nets: Vec<ipnet::IpNet> = value

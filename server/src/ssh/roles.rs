@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::principal::{check_option_name, check_option_value, Principal};
+use super::principal::{
+    check_option, check_option_name, check_option_value, critical_option_signable,
+    unknown_critical_option, OptionKind, Principal,
+};
 use crate::error::{Error, Result};
 use crate::mounts::Mount;
 use crate::request::Fields;
@@ -104,11 +107,10 @@ fn check_pattern(field: &str, s: &str) -> Result<()> {
         .map_err(|e| Error::invalid(format!("{field}: {e}")))
 }
 
-fn option_map(f: &Fields, field: &str) -> Result<BTreeMap<String, String>> {
+fn option_map(f: &Fields, field: &str, kind: OptionKind) -> Result<BTreeMap<String, String>> {
     let m = f.str_map(field)?.unwrap_or_default();
     for (k, v) in &m {
-        check_option_name(field, k)?;
-        check_option_value(field, k, v)?;
+        check_option(kind, field, k, v)?;
     }
     Ok(m)
 }
@@ -208,6 +210,13 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
             check_option_name("allowed options", o)?;
         }
     }
+    let default_critical_options = option_map(f, "default_critical_options", OptionKind::Critical)?;
+    if let Some(k) = default_critical_options
+        .keys()
+        .find(|k| !critical_option_signable(&allowed_critical_options, k))
+    {
+        return Err(unknown_critical_option("default_critical_options", k));
+    }
     let algorithm_signer = f
         .str("algorithm_signer")?
         .unwrap_or_else(|| "default".into());
@@ -252,9 +261,9 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         max_ttl,
         not_before_duration: f.duration("not_before_duration")?.unwrap_or(30),
         allowed_extensions,
-        default_extensions: option_map(f, "default_extensions")?,
+        default_extensions: option_map(f, "default_extensions", OptionKind::Extension)?,
         allowed_critical_options,
-        default_critical_options: option_map(f, "default_critical_options")?,
+        default_critical_options,
         allow_user_certificates: f.bool("allow_user_certificates")?.unwrap_or(false),
         allow_host_certificates: f.bool("allow_host_certificates")?.unwrap_or(false),
         allow_user_key_ids: f.bool("allow_user_key_ids")?.unwrap_or(false),

@@ -10,7 +10,10 @@ use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKey, PublicKey, Signature};
 
 use super::issuers::Issuer;
-use super::principal::{self, check_key_id, check_option_name, check_option_value, Principal};
+use super::principal::{
+    self, check_key_id, check_option, critical_option_signable, unknown_critical_option,
+    OptionKind, Principal,
+};
 use super::roles::{normalize_key_type, Role};
 use crate::auth::token::SYSTEM_MAX_TTL;
 use crate::error::{Error, Result};
@@ -48,11 +51,10 @@ pub fn parse_public_key(text: &str) -> Result<PublicKey> {
     })
 }
 
-fn option_map(f: &Fields, field: &str) -> Result<BTreeMap<String, String>> {
+fn option_map(f: &Fields, field: &str, kind: OptionKind) -> Result<BTreeMap<String, String>> {
     let m = f.str_map(field)?.unwrap_or_default();
     for (k, v) in &m {
-        check_option_name(field, k)?;
-        check_option_value(field, k, v)?;
+        check_option(kind, field, k, v)?;
     }
     Ok(m)
 }
@@ -78,8 +80,8 @@ pub fn input_from_fields(f: &Fields, public_key: PublicKey) -> Result<SignInput>
         valid_principals: principal::parse_list(&f.str("valid_principals")?.unwrap_or_default())?,
         ttl: f.duration("ttl")?.filter(|t| *t > 0),
         key_id,
-        critical_options: option_map(f, "critical_options")?,
-        extensions: option_map(f, "extensions")?,
+        critical_options: option_map(f, "critical_options", OptionKind::Critical)?,
+        extensions: option_map(f, "extensions", OptionKind::Extension)?,
     })
 }
 
@@ -348,6 +350,14 @@ pub fn sign(
         true,
     )?;
     check_option_values(role, &critical)?;
+    // Role defaults pass the same checks at role write; roles stored before
+    // those checks existed are held to them here.
+    for (k, v) in &critical {
+        if !critical_option_signable(&role.allowed_critical_options, k) {
+            return Err(unknown_critical_option("critical_options", k));
+        }
+        check_option(OptionKind::Critical, "critical_options", k, v)?;
+    }
     let extensions = match input.cert_type {
         CertType::User => options(
             "extensions",
@@ -361,6 +371,9 @@ pub fn sign(
         }
         CertType::Host => BTreeMap::new(),
     };
+    for (k, v) in &extensions {
+        check_option(OptionKind::Extension, "extensions", k, v)?;
+    }
 
     let valid_after = (now - role.not_before_duration).max(0) as u64;
     let valid_before = (now + ttl) as u64;

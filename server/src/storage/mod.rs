@@ -204,7 +204,14 @@ impl Storage {
                 } else {
                     format!("{url}?mode=rwc")
                 };
-                // sqlx creates the file and migrates it; rusqlite serves it.
+                // The file is made here, private, before sqlx would create
+                // it world-readable; SQLite gives its -wal and -shm files
+                // the database file's mode.
+                let path = sqlite::path_of(&url)?;
+                crate::private::create_file(&path).map_err(|e| {
+                    Error::internal(format!("cannot create {}: {e}", path.display()))
+                })?;
+                // sqlx migrates the file; rusqlite serves it.
                 let migrator = AnyPoolOptions::new()
                     .max_connections(1)
                     .connect(&url)

@@ -1,0 +1,583 @@
+//! Authority comes only from what the server bound (in-process): a host is
+//! who enrollment says, host names are unique, child tokens never widen
+//! their creator's bounds, OTP-guess limiting never refuses a right OTP,
+//! and certificates carry only options OpenSSH can parse.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use gatepass_tests::inproc::{Backend, Server, BACKENDS};
+use gatepass_tests::ssh::keypair;
+use serde_json::{json, Value};
+
+async fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (st, v) = s.root(method, path, Some(body)).await;
+    assert!(st.is_success(), "{method} {path}: {st} {v}");
+    v
+}
+
+/// An OTP role for 10.0.0.0/8 and a join token with unlimited uses.
+async fn otp_setup(s: &Server) -> String {
+    ok(
+        s,
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let v = ok(s, "POST", "hosts/join-tokens", json!({"num_uses": 0})).await;
+    v["data"]["join_token"].as_str().unwrap().to_string()
+}
+
+async fn enroll(s: &Server, body: Value) -> (StatusCode, Value) {
+    s.call("POST", "hosts/enroll", None, Some(body)).await
+}
+
+async fn verify(s: &Server, token: Option<&str>, otp: &str) -> (StatusCode, Value) {
+    s.call("POST", "ssh/verify", token, Some(json!({ "otp": otp })))
+        .await
+}
+
+fn field(v: &Value, path: &[&str]) -> String {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_str()
+        .unwrap_or_else(|| panic!("{path:?} in {v}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn only_enrollment_makes_a_token_a_host_token() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = otp_setup(&s).await;
+    let (st, v) = enroll(
+        &s,
+        json!({"join_token": join, "hostname": "web-a", "addresses": ["10.0.0.7"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let host_id = field(&v, &["data", "host_id"]);
+    let host_token = field(&v, &["data", "host_token"]);
+    // The host token's lookup still shows which host it is.
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&host_token), None)
+        .await;
+    assert_eq!(v["data"]["meta"]["host_id"], host_id.as_str());
+    assert_eq!(v["data"]["meta"]["hostname"], "web-a");
+
+    // Someone who may only create tokens tries to become the host, and
+    // even root cannot write the keys the server itself reads.
+    let creator = s
+        .token_with_policy(
+            "creator",
+            r#"path "auth/token/create" { capabilities = ["update"] }"#,
+        )
+        .await;
+    for (who, meta) in [
+        (creator.as_str(), json!({"host_id": host_id})),
+        (creator.as_str(), json!({"hostname": "web-a"})),
+        (creator.as_str(), json!({"username": "root"})),
+        (gatepass_tests::inproc::ROOT, json!({"host_id": host_id})),
+        (gatepass_tests::inproc::ROOT, json!({"role_name": "admin"})),
+    ] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/create",
+                Some(who),
+                Some(json!({ "meta": meta })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{meta}: {v}");
+        assert!(v["errors"][0].as_str().unwrap().contains("reserved"), "{v}");
+    }
+    // Tokens it can create carry no host, so they cannot verify the
+    // host-bound OTP, which stays unspent for its host.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create",
+            Some(&creator),
+            Some(json!({"meta": {"team": "web"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let child = field(&v, &["auth", "client_token"]);
+    let otp = field(
+        &ok(&s, "POST", "ssh/creds/otp", json!({"host": "web-a"})).await,
+        &["data", "key"],
+    );
+    for t in [&creator, &child] {
+        let (st, v) = verify(&s, Some(t), &otp).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let (st, v) = verify(&s, Some(&host_token), &otp).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["ip"], "10.0.0.7");
+}
+
+#[tokio::test]
+async fn host_names_are_unique_and_replace_takes_the_place() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = otp_setup(&s).await;
+    let one_use = field(
+        &ok(&s, "POST", "hosts/join-tokens", json!({"num_uses": 1})).await,
+        &["data", "join_token"],
+    );
+    let (st, v) = enroll(
+        &s,
+        json!({"join_token": join, "hostname": "web-a", "addresses": ["10.0.0.7"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let first_token = field(&v, &["data", "host_token"]);
+    let (st, v) = s
+        .call("GET", "hosts/self/state", Some(&first_token), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // A second host under the same name (any case) is refused, and the
+    // one-use join token it presented is still good.
+    for name in ["web-a", "WEB-A"] {
+        let (st, v) = enroll(
+            &s,
+            json!({"join_token": one_use, "hostname": name, "addresses": ["10.0.0.8"]}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let msg = v["errors"][0].as_str().unwrap();
+        assert!(
+            msg.contains("already enrolled") && msg.contains("replace"),
+            "{msg}"
+        );
+    }
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "web-a"})).await;
+    assert_eq!(v["data"]["ip"], "10.0.0.7");
+
+    // replace=true: the new host holds the name, the old one is gone and
+    // its token revoked. The join token is spent now.
+    let (st, v) = enroll(
+        &s,
+        json!({"join_token": one_use, "hostname": "web-a", "addresses": ["10.0.0.8"], "replace": true}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let second_id = field(&v, &["data", "host_id"]);
+    let second_token = field(&v, &["data", "host_token"]);
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&first_token), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "web-a"})).await;
+    assert_eq!(v["data"]["ip"], "10.0.0.8");
+    let (st, v) = verify(&s, Some(&second_token), &field(&v, &["data", "key"])).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(
+        s.core
+            .storage
+            .keys_with_prefix("hosts/host/")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Unenrolling by name frees the name for a fresh enrollment.
+    let (st, v) = s.root("GET", "hosts/web-a", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["host_id"], second_id.as_str());
+    let (st, _) = s.root("DELETE", "hosts/web-a", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&second_token), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, v) = enroll(
+        &s,
+        json!({"join_token": join, "hostname": "web-a", "addresses": ["10.0.0.9"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_enrollments_under_one_name_exactly_one_wins() {
+    for backend in BACKENDS {
+        let s = Arc::new(Server::start(backend).await);
+        let join = otp_setup(&s).await;
+        let mut tries = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (s, join) = (s.clone(), join.clone());
+            tries.spawn(async move {
+                enroll(
+                    &s,
+                    json!({"join_token": join, "hostname": "web-c", "addresses": [format!("10.0.1.{i}")]}),
+                )
+                .await
+            });
+        }
+        let results = tries.join_all().await;
+        let won = results
+            .iter()
+            .filter(|(st, _)| *st == StatusCode::OK)
+            .count();
+        assert_eq!(won, 1, "{backend:?}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|(st, _)| *st == StatusCode::OK || *st == StatusCode::BAD_REQUEST),
+            "{results:?}"
+        );
+        assert_eq!(
+            s.core
+                .storage
+                .keys_with_prefix("hosts/host/")
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn child_tokens_never_widen_their_parent() {
+    let s = Server::start(Backend::Sqlite).await;
+    let here: SocketAddr = "127.0.0.1:50001".parse().unwrap();
+    let elsewhere: SocketAddr = "127.0.0.2:50001".parse().unwrap();
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/maker",
+        json!({"policy": r#"
+            path "auth/token/create" { capabilities = ["update"] }
+            path "auth/token/create-orphan" { capabilities = ["update", "sudo"] }
+            path "auth/token/lookup-self" { capabilities = ["read"] }
+        "#}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "auth/userpass/users/ci",
+        json!({"password": "pw-ci-12345", "token_policies": "maker", "token_bound_cidrs": "127.0.0.1/32", "token_ttl": "1h", "token_max_ttl": "1h"}),
+    )
+    .await;
+    let call = |from: SocketAddr,
+                method: &'static str,
+                path: &'static str,
+                token: Option<String>,
+                body: Value| {
+        let s = &s;
+        async move {
+            let raw = if body.is_null() {
+                Vec::new()
+            } else {
+                body.to_string().into_bytes()
+            };
+            s.call_from(from, method, path, token.as_deref(), raw).await
+        }
+    };
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/userpass/login/ci",
+        None,
+        json!({"password": "pw-ci-12345"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let parent = field(&v, &["auth", "client_token"]);
+    let (st, _) = call(
+        elsewhere,
+        "GET",
+        "auth/token/lookup-self",
+        Some(parent.clone()),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the parent is bound");
+
+    // A child (or an orphan made with sudo) is bound just as narrowly.
+    for path in ["auth/token/create", "auth/token/create-orphan"] {
+        let (st, v) = call(
+            here,
+            "POST",
+            path,
+            Some(parent.clone()),
+            json!({"ttl": "10h", "explicit_max_ttl": "100h"}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{path}: {v}");
+        let child = field(&v, &["auth", "client_token"]);
+        let (st, _) = call(
+            elsewhere,
+            "GET",
+            "auth/token/lookup-self",
+            Some(child.clone()),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "{path}: child used from outside the CIDR"
+        );
+        let (st, v) = call(
+            here,
+            "GET",
+            "auth/token/lookup-self",
+            Some(child.clone()),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["bound_cidrs"], json!(["127.0.0.1/32"]), "{path}");
+        // Its lifetime and maximum stay within the parent's remaining hour.
+        assert!(v["data"]["ttl"].as_i64().unwrap() <= 3600, "{path}: {v}");
+        assert!(
+            v["data"]["explicit_max_ttl"].as_i64().unwrap() <= 3600,
+            "{path}: {v}"
+        );
+    }
+    // Narrower addresses may be asked for; wider ones are refused.
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"bound_cidrs": ["0.0.0.0/0"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("bound_cidrs"),
+        "{v}"
+    );
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"bound_cidrs": ["127.0.0.1"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // Renewing a child never carries it past its parent's expiry.
+    let (_, v) = call(
+        here,
+        "POST",
+        "auth/token/create",
+        Some(parent.clone()),
+        json!({"ttl": "30m"}),
+    )
+    .await;
+    let child = field(&v, &["auth", "client_token"]);
+    s.clock.advance(1200);
+    let (st, v) = call(
+        here,
+        "POST",
+        "auth/token/renew-self",
+        Some(child.clone()),
+        json!({"increment": "10h"}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["auth"]["lease_duration"].as_i64().unwrap() <= 2400, "{v}");
+}
+
+#[tokio::test]
+async fn a_right_otp_verifies_after_many_wrong_guesses_from_its_address() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "ubuntu", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"ip": "10.0.0.7"})).await;
+    let otp = field(&v, &["data", "key"]);
+    // One host behind the NAT guesses; it is slowed down (429 past 30).
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        statuses.push(verify(&s, None, &format!("wrong-guess-{i}")).await.0);
+    }
+    assert!(statuses[..30]
+        .iter()
+        .all(|st| *st == StatusCode::BAD_REQUEST));
+    assert!(statuses[30..]
+        .iter()
+        .all(|st| *st == StatusCode::TOO_MANY_REQUESTS));
+    // Another host behind the same address logs in with its right OTP.
+    let (st, v) = verify(&s, None, &otp).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["ip"], "10.0.0.7");
+    let (st, _) = verify(&s, None, "wrong-again").await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+    // A spent OTP is a failure like any other.
+    let (st, _) = verify(&s, None, &otp).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn certificates_carry_only_options_openssh_can_parse() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    let (_, pk) = keypair(s.dir.path(), "alice", "ed25519", None);
+    let role = |name: &'static str, extra: Value| {
+        let s = &s;
+        async move {
+            let mut body = json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "allowed_extensions": "*"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            s.root("POST", &format!("ssh/roles/{name}"), Some(body))
+                .await
+        }
+    };
+    let sign = |name: &'static str, extra: Value| {
+        let s = &s;
+        let pk = pk.clone();
+        async move {
+            let mut body = json!({"public_key": pk, "valid_principals": "alice"});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            s.root("POST", &format!("ssh/sign/{name}"), Some(body))
+                .await
+        }
+    };
+    assert_eq!(role("plain", json!({})).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        role(
+            "named",
+            json!({"allowed_critical_options": "x-gatepass-test"})
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        role("star", json!({"allowed_critical_options": "*"}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+
+    // Flags take no value, at signing and as a role default.
+    let (st, v) = sign("plain", json!({"extensions": {"permit-pty": "x"}})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("permit-pty"),
+        "{v}"
+    );
+    let (st, v) = sign(
+        "plain",
+        json!({"critical_options": {"verify-required": "yes"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = role(
+        "bad",
+        json!({"default_extensions": {"permit-agent-forwarding": "yes"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = sign(
+        "plain",
+        json!({"extensions": {"permit-pty": "", "permit-port-forwarding": ""}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // Unknown critical options only when a role names them.
+    for name in ["plain", "star"] {
+        let (st, v) = sign(name, json!({"critical_options": {"x-gatepass-test": "1"}})).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{name}: {v}");
+        assert!(
+            v["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("allowed_critical_options"),
+            "{v}"
+        );
+    }
+    let (st, v) = role(
+        "bad",
+        json!({"default_critical_options": {"x-gatepass-test": "1"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    let (st, v) = sign(
+        "named",
+        json!({"critical_options": {"x-gatepass-test": "1"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = sign(
+        "star",
+        json!({"critical_options": {"force-command": "/usr/bin/uptime", "verify-required": ""}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // What was signed parses as an OpenSSH certificate.
+    let cert = ssh_key::Certificate::from_openssh(v["data"]["signed_key"].as_str().unwrap().trim())
+        .expect("certificate parses");
+    assert_eq!(
+        cert.critical_options()
+            .get("force-command")
+            .map(String::as_str),
+        Some("/usr/bin/uptime")
+    );
+}
+
+#[tokio::test]
+async fn hosts_enrolled_before_the_binding_keep_working() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = otp_setup(&s).await;
+    let (_, v) = enroll(
+        &s,
+        json!({"join_token": join, "hostname": "old-host", "addresses": ["10.0.0.7"]}),
+    )
+    .await;
+    let host_token = field(&v, &["data", "host_token"]);
+    // Stored the way older versions did: the host only in the token's
+    // metadata, no name index.
+    let store = &s.core.storage;
+    let mut entry = gatepass_server::auth::token::lookup(&s.core, &host_token, s.clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    let host_id = entry.host_id.take().unwrap();
+    entry.meta.insert("host_id".into(), host_id.clone());
+    store
+        .put(&format!("token/id/{}", entry.hash), &entry)
+        .await
+        .unwrap();
+    store.delete("hosts/name/old-host").await.unwrap();
+    store.delete("hosts/migrated/name-index").await.unwrap();
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "metadata alone makes no host");
+
+    // The next start brings the data up to date from the host record.
+    gatepass_server::hosts::migrate(&s.core).await.unwrap();
+    let (st, v) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&host_token), None)
+        .await;
+    assert_eq!(v["data"]["meta"]["host_id"], host_id.as_str());
+    let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "old-host"})).await;
+    let (st, v) = verify(&s, Some(&host_token), &field(&v, &["data", "key"])).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
