@@ -52,7 +52,12 @@ async fn race(
         let server = servers[i % servers.len()].clone();
         let start = start.clone();
         let token = token.map(str::to_string);
-        let body = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+        // `{i}` in the body becomes this request's number (host names are
+        // unique, so each enrollment names its own host).
+        let body = body
+            .as_ref()
+            .map(|b| b.to_string().replace("{i}", &i.to_string()))
+            .unwrap_or_default();
         // Each from an address of its own, as separate clients would be.
         let client: SocketAddr = format!("127.0.0.{}:40000", i + 2).parse().unwrap();
         tasks.push(tokio::spawn(async move {
@@ -210,7 +215,7 @@ async fn a_use_limited_join_token_enrolls_exactly_its_uses() {
         .await;
         let join = v["data"]["join_token"].as_str().unwrap().to_string();
 
-        let enroll = json!({ "join_token": join, "hostname": "web.example.com" });
+        let enroll = json!({ "join_token": join, "hostname": "web-{i}.example.com" });
         let wins = race(&servers, "POST", "hosts/enroll", None, Some(enroll)).await;
         assert_eq!(
             wins.len(),
@@ -306,7 +311,9 @@ async fn race_processes(
     for i in 0..AT_ONCE {
         let mut settings = servers[i % 2].settings.clone();
         settings.token = token.map(str::to_string);
-        let (start, body) = (start.clone(), obj(body.clone()));
+        let body: Value =
+            serde_json::from_str(&body.to_string().replace("{i}", &i.to_string())).unwrap();
+        let (start, body) = (start.clone(), obj(body));
         tasks.push(tokio::spawn(async move {
             let client = Client::new(&settings).unwrap();
             start.wait().await;
@@ -404,7 +411,7 @@ async fn two_server_processes_on_one_postgres_spend_each_use_once() {
         .as_str()
         .unwrap()
         .to_string();
-    let enroll = json!({ "join_token": join, "hostname": "web.example.com" });
+    let enroll = json!({ "join_token": join, "hostname": "web-{i}.example.com" });
     let wins = race_processes([&a, &b], "hosts/enroll", None, enroll).await;
     assert_eq!(
         wins, 3,
