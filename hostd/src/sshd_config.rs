@@ -184,16 +184,27 @@ fn keyword(text: &str) -> Option<(String, &str)> {
 pub fn strip(path: &Path, text: &str) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut in_block = false;
+    let mut block_eol = "\n";
     for line in split_lines(text) {
         let t = line.text.trim();
         if in_block {
             if t == END {
                 in_block = false;
+                if line.ending.is_empty() {
+                    // A block that ends the file without a line ending was
+                    // appended to a last line that had none (see `compose`):
+                    // take away the line ending added before it, the one
+                    // the block's own lines use.
+                    if let Some(kept) = out.strip_suffix(block_eol) {
+                        out.truncate(kept.len());
+                    }
+                }
             }
             continue;
         }
         if t == BEGIN {
             in_block = true;
+            block_eol = line.ending;
         } else if t == END {
             return Err(malformed(
                 path,
@@ -306,9 +317,15 @@ pub fn compose(
     }
     if first_match == lines.len() && placement == Placement::Block {
         if !main.is_empty() && !main.ends_with('\n') {
+            // The file's last line had no line ending: it gets one before
+            // the block, and the block's END line goes without one, which
+            // tells `strip` to take that line ending away again.
             main.push_str(eol);
+            push_block(&mut main, &directive_lines, eol);
+            main.truncate(main.len() - eol.len());
+        } else {
+            push_block(&mut main, &directive_lines, eol);
         }
-        push_block(&mut main, &directive_lines, eol);
     }
     let dropin = (placement == Placement::DropIn).then(|| {
         let mut s = format!("{DROPIN_HEADER}\n");
@@ -667,6 +684,29 @@ mod tests {
     }
 
     #[test]
+    fn a_last_line_without_line_ending_strips_back_byte_for_byte() {
+        // Found by the sshd_config fuzz target: the line ending added
+        // before an appended block stayed behind after uninstall.
+        for base in [
+            "Port 22\nTr",
+            "Port 22\r\nUsePAM yes",
+            "Port 22",
+            "Port 22\n\n\r",
+        ] {
+            let c = compose(
+                base,
+                Path::new("/x/50-gatepass.conf"),
+                false,
+                &d(false),
+                &[],
+            );
+            assert_eq!(c.placement, Placement::Block);
+            assert!(c.main.contains("TrustedUserCAKeys /g/user_ca.pub"));
+            assert_eq!(strip(Path::new("x"), &c.main).unwrap(), base, "{base:?}");
+        }
+    }
+
+    #[test]
     fn block_goes_before_first_match_and_strips_back() {
         let base = "Port 22\nMatch User git\n  X11Forwarding no\n";
         let c = compose(
@@ -732,7 +772,8 @@ mod tests {
     fn no_trailing_newline() {
         let c = compose("Port 22", Path::new("/x/y.conf"), true, &d(false), &[]);
         assert!(c.main.starts_with(&format!("Port 22\n{BEGIN}\n")));
-        assert_eq!(strip(Path::new("x"), &c.main).unwrap(), "Port 22\n");
+        assert!(c.main.ends_with(END));
+        assert_eq!(strip(Path::new("x"), &c.main).unwrap(), "Port 22");
     }
 
     #[test]
