@@ -225,3 +225,85 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A `gatepass-server serve` process, stopped on drop; `settings` carry
+/// the root token.
+pub struct ServeProcess {
+    pub child: Child,
+    pub settings: gatepass_api::Settings,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+impl ServeProcess {
+    /// Waits (up to 10 s) until it answers `sys/health`.
+    pub async fn wait_up(&self) {
+        let c = gatepass_api::Client::new(&self.settings).expect("client");
+        for _ in 0..100 {
+            if c.read("sys/health").await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server {} did not start", c.addr());
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Two `gatepass-server serve` processes sharing one new PostgreSQL
+/// database (named after `db`) and one seal key, with their files in `dir`
+/// (configs, logs `a.log` and `b.log`); both answering when this returns.
+pub async fn serve_pair_on_postgres(dir: &Path, db: &str) -> (ServeProcess, ServeProcess) {
+    let tls = gatepass_server::tls::dev_certificates(&dir.join("tls")).expect("certificates");
+    let url = pg::shared().new_database(db);
+    let config = |name: &str, port: u16| {
+        let p = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstorage = \"{url}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+                seal = dir.join("seal.key").display(),
+                audit = dir.join(format!("{name}-audit.log")).display(),
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+            ),
+        )
+        .expect("write config");
+        p
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let (ca, cb) = (config("a", pa), config("b", pb));
+    let (code, root, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&ca));
+    assert_eq!(code, 0, "init failed: {err}");
+    let start = |cfg: &Path, port: u16, name: &str| ServeProcess {
+        child: Command::new(bin("gatepass-server"))
+            .args(["serve", "--config"])
+            .arg(cfg)
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file"))
+            .spawn()
+            .expect("start gatepass-server serve"),
+        settings: gatepass_api::Settings {
+            addr: format!("https://127.0.0.1:{port}"),
+            token: Some(root.trim().to_string()),
+            ca_cert: Some(tls.ca.clone()),
+            timeout: Some(Duration::from_secs(20)),
+        },
+    };
+    let (a, b) = (start(&ca, pa, "a"), start(&cb, pb, "b"));
+    a.wait_up().await;
+    b.wait_up().await;
+    (a, b)
+}

@@ -2,94 +2,25 @@
 //! consume an OTP exactly once between them; a restart loses no unexpired
 //! OTP and brings back no used one; hvac drives creds and verify.
 
-use std::process::{Child, Command};
+use std::process::Command;
 
-use gatepass_api::{Client, Settings};
-use gatepass_tests::{bin, pg, run, stop_child, DevServer};
+use gatepass_api::Client;
+use gatepass_tests::{run, serve_pair_on_postgres, DevServer};
 use serde_json::{json, Map, Value};
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Serve {
-    child: Child,
-    settings: Settings,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_postgres_consume_an_otp_once() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let tls = gatepass_server::tls::dev_certificates(&d.join("tls")).unwrap();
-    let url = pg::shared().new_database("otp2");
-    let config = |name: &str, port: u16| {
-        let p = d.join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nstorage = \"{url}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
-                seal = d.join("seal.key").display(),
-                audit = d.join(format!("{name}-audit.log")).display(),
-                cert = tls.cert.display(),
-                key = tls.key.display(),
-            ),
-        )
-        .unwrap();
-        p
-    };
-    let (pa, pb) = (free_port(), free_port());
-    let (ca, cb) = (config("a", pa), config("b", pb));
-    let (code, root, err) = run(Command::new(bin("gatepass-server"))
-        .args(["init", "--config"])
-        .arg(&ca));
-    assert_eq!(code, 0, "{err}");
-    let root = root.trim().to_string();
-    let start = |cfg: &std::path::Path, port: u16, name: &str| Serve {
-        child: Command::new(bin("gatepass-server"))
-            .args(["serve", "--config"])
-            .arg(cfg)
-            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap(),
-        settings: Settings {
-            addr: format!("https://127.0.0.1:{port}"),
-            token: Some(root.clone()),
-            ca_cert: Some(tls.ca.clone()),
-            timeout: Some(std::time::Duration::from_secs(20)),
-        },
-    };
-    let a = start(&ca, pa, "a");
-    let b = start(&cb, pb, "b");
+    let (a, b) = serve_pair_on_postgres(d, "otp2").await;
     let (ka, kb) = (
         Client::new(&a.settings).unwrap(),
         Client::new(&b.settings).unwrap(),
     );
-    for c in [&ka, &kb] {
-        let mut up = false;
-        for _ in 0..100 {
-            if c.read("sys/health").await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert!(up, "server {} did not start", c.addr());
-    }
     // Configured through A, seen by B: one database.
     ka.write(
         "ssh/roles/otp",

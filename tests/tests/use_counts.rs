@@ -5,13 +5,12 @@
 //! process, and as two `gatepass-server serve` processes).
 
 use std::net::SocketAddr;
-use std::process::{Child, Command};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use gatepass_api::{Client, Settings};
+use gatepass_api::Client;
 use gatepass_tests::inproc::{Backend, Server, BACKENDS};
-use gatepass_tests::{bin, pg, run, stop_child};
+use gatepass_tests::{serve_pair_on_postgres, ServeProcess};
 use serde_json::{json, Map, Value};
 
 /// Requests sent together in every race.
@@ -232,67 +231,6 @@ async fn a_use_limited_join_token_enrolls_exactly_its_uses() {
     }
 }
 
-struct Serve {
-    child: Child,
-    settings: Settings,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        stop_child(&mut self.child);
-    }
-}
-
-/// Two `gatepass-server serve` processes on one new PostgreSQL database;
-/// their settings carry the root token.
-fn two_server_processes(d: &std::path::Path) -> (Serve, Serve) {
-    let tls = gatepass_server::tls::dev_certificates(&d.join("tls")).unwrap();
-    let url = pg::shared().new_database("counts2");
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let config = |name: &str, port: u16| {
-        let p = d.join(format!("{name}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nstorage = \"{url}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
-                seal = d.join("seal.key").display(),
-                audit = d.join(format!("{name}-audit.log")).display(),
-                cert = tls.cert.display(),
-                key = tls.key.display(),
-            ),
-        )
-        .unwrap();
-        p
-    };
-    let (pa, pb) = (free_port(), free_port());
-    let (ca, cb) = (config("a", pa), config("b", pb));
-    let (code, root, err) = run(Command::new(bin("gatepass-server"))
-        .args(["init", "--config"])
-        .arg(&ca));
-    assert_eq!(code, 0, "{err}");
-    let start = |cfg: &std::path::Path, port: u16, name: &str| Serve {
-        child: Command::new(bin("gatepass-server"))
-            .args(["serve", "--config"])
-            .arg(cfg)
-            .stderr(std::fs::File::create(d.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap(),
-        settings: Settings {
-            addr: format!("https://127.0.0.1:{port}"),
-            token: Some(root.trim().to_string()),
-            ca_cert: Some(tls.ca.clone()),
-            timeout: Some(std::time::Duration::from_secs(20)),
-        },
-    };
-    (start(&ca, pa, "a"), start(&cb, pb, "b"))
-}
-
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
@@ -301,7 +239,7 @@ fn obj(v: Value) -> Map<String, Value> {
 /// each with `token`; returns how many succeeded (the others must be 400 or
 /// 403).
 async fn race_processes(
-    servers: [&Serve; 2],
+    servers: [&ServeProcess; 2],
     path: &'static str,
     token: Option<&str>,
     body: Value,
@@ -336,22 +274,11 @@ async fn race_processes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_server_processes_on_one_postgres_spend_each_use_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_server_processes(tmp.path());
+    let (a, b) = serve_pair_on_postgres(tmp.path(), "counts2").await;
     let (ka, kb) = (
         Client::new(&a.settings).unwrap(),
         Client::new(&b.settings).unwrap(),
     );
-    for c in [&ka, &kb] {
-        let mut up = false;
-        for _ in 0..100 {
-            if c.read("sys/health").await.is_ok() {
-                up = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        assert!(up, "server {} did not start", c.addr());
-    }
 
     // A token with three uses, used twenty times at once through both.
     let t = ka
