@@ -485,9 +485,9 @@ async fn state_polls_racing_an_unenroll_never_bring_the_host_back() {
         let polls: Vec<_> = (0..6)
             .map(|_| {
                 let (s, t) = (s.clone(), host_token.clone());
-                tokio::spawn(async move {
-                    s.call("GET", "hosts/self/state", Some(&t), None).await.0
-                })
+                tokio::spawn(
+                    async move { s.call("GET", "hosts/self/state", Some(&t), None).await.0 },
+                )
             })
             .collect();
         tokio::task::yield_now().await;

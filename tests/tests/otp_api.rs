@@ -490,8 +490,12 @@ async fn renewals_racing_a_revoke_never_bring_the_lease_or_key_back() {
         .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
         .await;
     let lease = v["lease_id"].as_str().unwrap().to_string();
-    s.root("POST", "sys/leases/revoke", Some(json!({"lease_id": lease})))
-        .await;
+    s.root(
+        "POST",
+        "sys/leases/revoke",
+        Some(json!({"lease_id": lease})),
+    )
+    .await;
     let (st, _) = s
         .root(
             "POST",

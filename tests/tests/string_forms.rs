@@ -70,8 +70,13 @@ fn cli_join_token_with_num_uses_enrolls_that_many_hosts() {
 }
 
 async fn call(s: &Server, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
-    s.call("POST", path, Some(token.unwrap_or(gatepass_tests::inproc::ROOT)), Some(body))
-        .await
+    s.call(
+        "POST",
+        path,
+        Some(token.unwrap_or(gatepass_tests::inproc::ROOT)),
+        Some(body),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -145,7 +150,11 @@ async fn string_forms_of_typed_fields_are_accepted_by_every_endpoint() {
             host,
             json!({"public_key": host_pub}),
         ),
-        ("hosts/mappings/deploy", None, json!({"principals": "alice,ops"})),
+        (
+            "hosts/mappings/deploy",
+            None,
+            json!({"principals": "alice,ops"}),
+        ),
         // The other endpoints, read through the generic field reader.
         (
             "auth/token/create",
@@ -192,22 +201,65 @@ async fn string_forms_of_typed_fields_are_accepted_by_every_endpoint() {
 
     // Genuinely wrong values: a 400 that names the field and the value.
     let wrong = [
-        ("hosts/join-tokens", None, json!({"num_uses": "ten"}), "num_uses"),
-        ("hosts/join-tokens", None, json!({"num_uses": 1.5}), "num_uses"),
-        ("hosts/join-tokens", None, json!({"ttl": "forever"}), "forever"),
+        (
+            "hosts/join-tokens",
+            None,
+            json!({"num_uses": "ten"}),
+            "num_uses",
+        ),
+        (
+            "hosts/join-tokens",
+            None,
+            json!({"num_uses": 1.5}),
+            "num_uses",
+        ),
+        (
+            "hosts/join-tokens",
+            None,
+            json!({"ttl": "forever"}),
+            "forever",
+        ),
         ("hosts/join-tokens", None, json!({"ttl": true}), "ttl"),
         ("hosts/self/ack", host, json!({"index": "ten"}), "index"),
-        ("hosts/self/ack", host, json!({"index": 1, "installed": 5}), "installed"),
-        ("hosts/mappings/deploy", None, json!({"principals": {"a": 1}}), "principals"),
-        ("auth/token/create", None, json!({"num_uses": "ten"}), "num_uses"),
-        ("auth/token/create", None, json!({"renewable": "yes"}), "renewable"),
-        ("ssh/roles/ops", None, json!({"key_type": "ca", "allow_user_certificates": "yes"}), "allow_user_certificates"),
+        (
+            "hosts/self/ack",
+            host,
+            json!({"index": 1, "installed": 5}),
+            "installed",
+        ),
+        (
+            "hosts/mappings/deploy",
+            None,
+            json!({"principals": {"a": 1}}),
+            "principals",
+        ),
+        (
+            "auth/token/create",
+            None,
+            json!({"num_uses": "ten"}),
+            "num_uses",
+        ),
+        (
+            "auth/token/create",
+            None,
+            json!({"renewable": "yes"}),
+            "renewable",
+        ),
+        (
+            "ssh/roles/ops",
+            None,
+            json!({"key_type": "ca", "allow_user_certificates": "yes"}),
+            "allow_user_certificates",
+        ),
     ];
     for (path, token, body, names) in wrong {
         let (st, v) = call(&s, path, token, body.clone()).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
         let msg = v["errors"][0].as_str().unwrap_or_default();
-        assert!(msg.contains(names), "{path} {body}: {msg:?} should name {names}");
+        assert!(
+            msg.contains(names),
+            "{path} {body}: {msg:?} should name {names}"
+        );
     }
     let (st, v) = s
         .call(
@@ -218,7 +270,10 @@ async fn string_forms_of_typed_fields_are_accepted_by_every_endpoint() {
         )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["errors"][0].as_str().unwrap().contains("addresses"), "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("addresses"),
+        "{v}"
+    );
 }
 
 /// One runnable thing the README shows: a `gatepass write`/`read` command
@@ -287,9 +342,14 @@ fn readme_commands(text: &str) -> Vec<Vec<Shown>> {
 }
 
 fn is_runnable(cmd: &str) -> bool {
-    ["gatepass write ", "gatepass read ", "gatepass login ", "unset GATEPASS_TOKEN"]
-        .iter()
-        .any(|p| cmd.starts_with(p))
+    [
+        "gatepass write ",
+        "gatepass read ",
+        "gatepass login ",
+        "unset GATEPASS_TOKEN",
+    ]
+    .iter()
+    .any(|p| cmd.starts_with(p))
 }
 
 /// The shell comment at the end of a command line, outside quotes.
