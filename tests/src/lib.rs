@@ -90,12 +90,7 @@ impl DevServer {
         s
     }
 
-    fn launch(
-        data_dir: &Path,
-        root_token: &str,
-        extra_args: &[&str],
-        wrapper: &[&str],
-    ) -> DevServer {
+    fn launch(data_dir: &Path, root_token: &str, extra_args: &[&str], wrapper: &[&str]) -> DevServer {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
