@@ -17,17 +17,29 @@
 //! - `POST|GET|DELETE hosts/mappings/<local user>` (admin) [`Mapping`]:
 //!   certificate principals allowed to log in as that local user on every
 //!   host in mapped mode; `LIST hosts/mappings`.
+//!
+//! Request bodies read typed fields leniently, as Vault does ([`crate::lenient`]):
+//! `num_uses` may be `"10"`, a list may be `"a,b"`, so `gatepass write` and
+//! `vault write` (which send every value as a string) work as well as JSON.
 
 use serde::{Deserialize, Serialize};
 
 /// `POST hosts/join-tokens`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NewJoinToken {
-    /// Lifetime, e.g. "1h" (default 1h).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Lifetime, e.g. "1h" or 3600 (default 1h).
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<String>,
     /// How many hosts may enroll with it (default 1; 0 = unlimited until expiry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub num_uses: Option<i64>,
     /// The ssh mount whose CA the hosts trust for user certificates (default "ssh").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,14 +71,14 @@ pub struct EnrollRequest {
     pub hostname: String,
     /// The host's own interface addresses (dynamic keys for these IPs are
     /// routed to it).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::list")]
     pub addresses: Vec<String>,
     /// The host's public host keys (OpenSSH lines).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::list")]
     pub host_keys: Vec<String>,
     /// Take the place of an enrolled host of the same name (it is removed
     /// and its token revoked); without it, a taken name is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::bool")]
     pub replace: bool,
 }
 
@@ -134,14 +146,16 @@ pub struct SignedHostKey {
 /// `POST hosts/self/ack`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Ack {
+    #[serde(deserialize_with = "crate::lenient::int")]
     pub index: u64,
     /// Leases of the dynamic keys now installed.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::lenient::list")]
     pub installed: Vec<String>,
 }
 
 /// `POST hosts/mappings/<user>`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Mapping {
+    #[serde(deserialize_with = "crate::lenient::list")]
     pub principals: Vec<String>,
 }

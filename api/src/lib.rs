@@ -4,6 +4,7 @@
 #[cfg(feature = "docs")]
 pub mod docs;
 pub mod hosts;
+pub mod lenient;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -31,8 +31,11 @@ use crate::{duration, mounts};
 
 /// The policy every host token carries.
 pub const HOST_POLICY: &str = "gatepass-host";
-pub const HOST_POLICY_TEXT: &str = r#"# What a host's own token may do: read its state, report, get its host
-# keys signed, and renew itself.
+pub const HOST_POLICY_TEXT: &str = r#"# What a host's own token may do: read its own record and its state,
+# report, get its host keys signed, and renew itself.
+path "hosts/self" {
+  capabilities = ["read"]
+}
 path "hosts/self/*" {
   capabilities = ["read", "update"]
 }
@@ -43,6 +46,25 @@ path "auth/token/lookup-self" {
   capabilities = ["read"]
 }
 "#;
+
+/// Earlier texts of [`HOST_POLICY_TEXT`]. A stored host policy still equal
+/// to one of them was never edited by an admin and is brought up to date at
+/// start; an edited one is left alone.
+pub const HOST_POLICY_FORMER_TEXTS: &[&str] = &[
+    // Lacked `hosts/self`: a host could not read its own record.
+    r#"# What a host's own token may do: read its state, report, get its host
+# keys signed, and renew itself.
+path "hosts/self/*" {
+  capabilities = ["read", "update"]
+}
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+"#,
+];
 
 /// Longest a state request is held open.
 const MAX_WAIT: i64 = 60;
@@ -136,18 +158,7 @@ async fn require_mount(core: &Core, path: &str) -> Result<mounts::Mount> {
 }
 
 pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
-    let spec: NewJoinToken = serde_json::from_value(Value::Object(req.fields.raw().clone()))
-        .map_err(|e| Error::invalid(format!("invalid join token request: {e}")))?;
-    for k in [
-        "ttl",
-        "num_uses",
-        "user_mount",
-        "host_mount",
-        "host_role",
-        "principals",
-    ] {
-        req.fields.value(k);
-    }
+    let spec: NewJoinToken = req.fields.parse()?;
     let ttl = match &spec.ttl {
         Some(t) => duration::parse(t)
             .ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
@@ -312,17 +323,7 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
 }
 
 pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
-    let r: EnrollRequest = serde_json::from_value(Value::Object(req.fields.raw().clone()))
-        .map_err(|e| Error::invalid(format!("invalid enrollment: {e}")))?;
-    for k in [
-        "join_token",
-        "hostname",
-        "addresses",
-        "host_keys",
-        "replace",
-    ] {
-        req.fields.value(k);
-    }
+    let r: EnrollRequest = req.fields.parse()?;
     validate_hostname(&r.hostname)?;
     let addresses: Vec<IpAddr> = r
         .addresses
@@ -604,9 +605,7 @@ async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<H
 }
 
 async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<SignedHostKey> {
-    let r: SignHostKey = serde_json::from_value(Value::Object(req.fields.raw().clone()))
-        .map_err(|e| Error::invalid(format!("invalid request: {e}")))?;
-    req.fields.value("public_key");
+    let r: SignHostKey = req.fields.parse()?;
     let key = sign::parse_public_key(&r.public_key)?;
     let text = key
         .to_openssh()
@@ -692,6 +691,22 @@ async fn remove_host(core: &Core, host: &Host, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Records that a host was seen. Changed in storage rather than written
+/// back from a copy: a host unenrolled or deleted meanwhile stays gone.
+async fn touch(core: &Core, id: &str, now: i64) -> Result<()> {
+    let seen = core
+        .storage
+        .update(&host_key(id), |mut h: Host| {
+            if now <= h.last_seen {
+                return Ok((Change::Keep, ()));
+            }
+            h.last_seen = now;
+            Ok((Change::Put(h), ()))
+        })
+        .await?;
+    seen.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
+}
+
 fn data<T: Serialize>(v: &T) -> Result<Reply> {
     Ok(Reply::Data(
         serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
@@ -710,10 +725,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         (["join-tokens"], Write) => data(&new_join_token(core, req).await?),
         (["enroll"], Write) => data(&enroll(core, req).await?),
         (["self", "state"], Read) => {
-            let mut host = own_host(core, caller).await?;
+            let host = own_host(core, caller).await?;
             if req.now - host.last_seen >= 60 {
-                host.last_seen = req.now;
-                core.storage.put(&host_key(&host.id), &host).await?;
+                touch(core, &host.id, req.now).await?;
             }
             let index = f.int("index")?.unwrap_or(0).max(0) as u64;
             let wait = f.duration("wait")?.unwrap_or(0);
@@ -725,10 +739,7 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         }
         (["self", "ack"], Write) => {
             let host = own_host(core, caller).await?;
-            let ack: Ack = serde_json::from_value(Value::Object(f.raw().clone()))
-                .map_err(|e| Error::invalid(format!("invalid ack: {e}")))?;
-            f.value("index");
-            f.value("installed");
+            let ack: Ack = f.parse()?;
             for lease in &ack.installed {
                 crate::leases::check_id(lease)?;
                 core.storage
@@ -762,15 +773,11 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
         }
         (["mappings", user], Write) => {
             validate_local_user(user)?;
-            let principals = f
-                .str_list("principals")?
-                .ok_or_else(|| Error::invalid("missing principals"))?;
-            for p in &principals {
+            let mapping: Mapping = f.parse()?;
+            for p in &mapping.principals {
                 Principal::new(p)?;
             }
-            core.storage
-                .put(&mapping_key(user), &Mapping { principals })
-                .await?;
+            core.storage.put(&mapping_key(user), &mapping).await?;
             Ok(Reply::NoContent)
         }
         (["mappings", user], Delete) => {

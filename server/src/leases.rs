@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Lease {
@@ -111,26 +112,57 @@ pub async fn revoke_prefix(core: &Core, prefix: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// Renews a lease in place. The record is changed with a compare-and-swap
+/// (`Storage::update`), never written back from a copy: a revoke or the
+/// sweeper deleting the lease while a renewal is under way wins, and the
+/// renewal fails instead of bringing the lease back without its secret.
 pub async fn renew(core: &Core, id: &str, increment: Option<i64>, now: i64) -> Result<Lease> {
-    let mut l = get(core, id)
+    check_id(id)?;
+    let not_found = || Error::invalid("lease not found or lease is not renewable");
+    let current = core
+        .storage
+        .get::<Lease>(&key(id))
         .await?
         .filter(|l| l.expire_time > now)
-        .ok_or_else(|| Error::invalid("lease not found or lease is not renewable"))?;
-    if !l.renewable {
+        .ok_or_else(not_found)?;
+    if !current.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
     let inc = increment
         .filter(|i| *i > 0)
-        .unwrap_or(l.expire_time - l.issue_time);
-    let new_exp = (now + inc).min(l.max_expire);
-    core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
-    l.expire_time = new_exp;
-    l.last_renewal = Some(now);
-    core.storage.put(&key(&l.id), &l).await?;
-    core.storage
-        .put(&exp_key(new_exp, &l.id), &json!({}))
+        .unwrap_or(current.expire_time - current.issue_time);
+    let new_exp = (now + inc).min(current.max_expire);
+    // The expiry entry for the new time goes in first, so that a renewed
+    // lease is never without one. The old entry stays: the sweeper drops an
+    // entry whose lease expires later (or is gone) when its time comes, and
+    // deleting it here could take the entry a concurrent renewal just made.
+    core.storage.put(&exp_key(new_exp, id), &json!({})).await?;
+    let renewed = core
+        .storage
+        .update(&key(id), |mut l: Lease| {
+            if l.expire_time <= now {
+                return Ok((Change::Keep, Err(not_found())));
+            }
+            if !l.renewable {
+                return Ok((Change::Keep, Err(Error::invalid("lease is not renewable"))));
+            }
+            l.expire_time = new_exp;
+            l.last_renewal = Some(now);
+            Ok((Change::Put(l.clone()), Ok(l)))
+        })
         .await?;
-    Ok(l)
+    match renewed {
+        Some(Ok(l)) => Ok(l),
+        failed => {
+            // Revoked, swept or expired meanwhile: the entry put above
+            // stands for nothing.
+            core.storage.delete(&exp_key(new_exp, id)).await?;
+            Err(match failed {
+                Some(Err(e)) => e,
+                _ => not_found(),
+            })
+        }
+    }
 }
 
 pub fn to_json(l: &Lease, now: i64) -> Value {

@@ -7,6 +7,7 @@ use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::policy::{Acl, Capability, Policy, DEFAULT_POLICY};
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Serialize, Deserialize)]
 pub struct StoredPolicy {
@@ -31,8 +32,21 @@ pub fn normalize_names(names: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Installs the built-in policies (`default`, `gatepass-host`) if missing.
+/// Installs the built-in policies (`default`, `gatepass-host`) if missing,
+/// and brings an unedited older host policy up to date.
 pub async fn ensure_default(core: &Core) -> Result<()> {
+    core.storage
+        .update(&key(crate::hosts::HOST_POLICY), |mut p: StoredPolicy| {
+            Ok(
+                if crate::hosts::HOST_POLICY_FORMER_TEXTS.contains(&p.text.as_str()) {
+                    p.text = crate::hosts::HOST_POLICY_TEXT.into();
+                    (Change::Put(p), ())
+                } else {
+                    (Change::Keep, ())
+                },
+            )
+        })
+        .await?;
     for (name, text) in [
         ("default", DEFAULT_POLICY),
         (crate::hosts::HOST_POLICY, crate::hosts::HOST_POLICY_TEXT),

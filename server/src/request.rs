@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use gatepass_api::lenient;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::duration;
@@ -49,6 +52,36 @@ impl Fields {
 
     pub fn raw(&self) -> &Map<String, Value> {
         &self.map
+    }
+
+    /// The whole body as a typed request. The type's typed fields read
+    /// string forms through `gatepass_api::lenient`, as `Fields`' own getters
+    /// do; a wrong value is a 400 that names the field. Null counts as
+    /// absent, as everywhere else. The fields the type knows count as used
+    /// (they are the ones it serializes back); the rest become warnings.
+    pub fn parse<T: DeserializeOwned + Serialize>(&self) -> Result<T> {
+        let present: Map<String, Value> = self
+            .map
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let parsed: T = serde_path_to_error::deserialize(Value::Object(present)).map_err(|e| {
+            let path = e.path().to_string();
+            if path.is_empty() || path == "." {
+                Error::invalid(e.into_inner().to_string())
+            } else {
+                Error::invalid(format!("{path}: {}", e.into_inner()))
+            }
+        })?;
+        let known = serde_json::to_value(&parsed).map_err(|e| Error::internal(e.to_string()))?;
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in &self.map {
+            if v.is_null() || known.get(k).is_some() {
+                used.insert(k.clone());
+            }
+        }
+        Ok(parsed)
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -99,10 +132,9 @@ impl Fields {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::String(s)) => match s.as_str() {
-                "true" | "1" | "t" | "T" | "TRUE" | "True" => Ok(Some(true)),
-                "false" | "0" | "f" | "F" | "FALSE" | "False" => Ok(Some(false)),
-                _ => Err(Error::invalid(format!("{key}: {s:?} is not a boolean"))),
+            Some(Value::String(s)) => match lenient::parse_bool(s) {
+                Some(b) => Ok(Some(b)),
+                None => Err(Error::invalid(format!("{key}: {s:?} is not a boolean"))),
             },
             Some(Value::Number(n)) if n.as_i64() == Some(0) => Ok(Some(false)),
             Some(Value::Number(n)) if n.as_i64() == Some(1) => Ok(Some(true)),
@@ -144,13 +176,7 @@ impl Fields {
     pub fn str_list(&self, key: &str) -> Result<Option<Vec<String>>> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|x| !x.is_empty())
-                    .map(String::from)
-                    .collect(),
-            )),
+            Some(Value::String(s)) => Ok(Some(lenient::split_list(s))),
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|i| match i {
@@ -244,5 +270,19 @@ mod tests {
         assert_eq!(x.unused(), Vec::<String>::new());
         let y = f(json!({"zzz": 1}));
         assert_eq!(y.unused(), vec!["zzz".to_string()]);
+    }
+
+    #[test]
+    fn typed_bodies_read_string_forms_and_name_wrong_fields() {
+        use gatepass_api::hosts::NewJoinToken;
+        let x = f(json!({"ttl": "1h", "num_uses": "10", "principals": null, "zzz": "1"}));
+        let spec: NewJoinToken = x.parse().unwrap();
+        assert_eq!((spec.ttl.as_deref(), spec.num_uses), (Some("1h"), Some(10)));
+        assert_eq!(x.unused(), vec!["zzz".to_string()]);
+        let e = f(json!({"num_uses": "ten"}))
+            .parse::<NewJoinToken>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("num_uses: ") && e.contains("\"ten\""), "{e}");
     }
 }

@@ -759,3 +759,47 @@ on_both_backends!(audit_log_hides_secrets, |s| async move {
     let rows = s.core.storage.audit_events(0, 1000).await.unwrap();
     assert_eq!(rows.len(), text.lines().count());
 });
+
+on_both_backends!(
+    a_password_change_racing_a_delete_never_brings_the_user_back,
+    |s| async move {
+        let s = std::sync::Arc::new(s);
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/userpass/users/bob",
+                Some(json!({"password": "first one"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        let s2 = s.clone();
+        let change = tokio::spawn(async move {
+            s2.root(
+                "POST",
+                "auth/userpass/users/bob/password",
+                Some(json!({"password": "second one"})),
+            )
+            .await
+        });
+        // The admin deletes bob while the new password is being hashed.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (st, _) = s.root("DELETE", "auth/userpass/users/bob", None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, v) = change.await.unwrap();
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(
+            s.root("GET", "auth/userpass/users/bob", None).await.0,
+            StatusCode::NOT_FOUND,
+            "the deleted user came back"
+        );
+        let (st, _) = s
+            .call(
+                "POST",
+                "auth/userpass/login/bob",
+                None,
+                Some(json!({"password": "second one"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
+);

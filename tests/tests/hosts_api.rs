@@ -269,7 +269,7 @@ async fn bad_enrollments_and_mappings_are_refused() {
         json!({"join_token": join, "hostname": "a\nb", "addresses": [], "host_keys": []}),
         json!({"join_token": join, "hostname": "a", "addresses": ["10.0.0.300"], "host_keys": []}),
         json!({"join_token": join, "hostname": "a", "addresses": [], "host_keys": ["ssh-ed25519 garbage"]}),
-        json!({"join_token": join, "hostname": "a", "addresses": "10.0.0.1", "host_keys": []}),
+        json!({"join_token": join, "hostname": "a", "addresses": 10, "host_keys": []}),
     ] {
         let (st, v) = s
             .call("POST", "hosts/enroll", None, Some(body.clone()))
@@ -408,4 +408,120 @@ async fn otps_bound_to_an_enrolled_host_verify_only_there() {
         .0,
         StatusCode::FORBIDDEN
     );
+}
+
+#[tokio::test]
+async fn a_host_reads_its_own_record() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = setup(&s).await;
+    let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
+    let (_, v) = enroll(&s, &join, &host_pub).await;
+    let host_token = v["data"]["host_token"].as_str().unwrap().to_string();
+    let host_id = v["data"]["host_id"].as_str().unwrap().to_string();
+    let (st, v) = s.call("GET", "hosts/self", Some(&host_token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["host_id"], host_id.as_str());
+    assert_eq!(v["data"]["hostname"], "web1.example.com");
+    // Its own record only: other hosts' stay the admin's.
+    assert_eq!(
+        s.call("GET", &format!("hosts/{host_id}"), Some(&host_token), None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.call("LIST", "hosts", Some(&host_token), None).await.0,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn an_unedited_older_host_policy_is_brought_up_to_date_at_start() {
+    use gatepass_server::hosts::{HOST_POLICY, HOST_POLICY_FORMER_TEXTS, HOST_POLICY_TEXT};
+    use gatepass_server::policies::{self, StoredPolicy};
+    let s = Server::start(Backend::Sqlite).await;
+    let key = format!("policy/acl/{HOST_POLICY}");
+    // As an older server stored it.
+    let old = StoredPolicy {
+        name: HOST_POLICY.into(),
+        text: HOST_POLICY_FORMER_TEXTS[0].into(),
+    };
+    s.core.storage.put(&key, &old).await.unwrap();
+    policies::ensure_default(&s.core).await.unwrap();
+    let (_, v) = s
+        .root("GET", &format!("sys/policies/acl/{HOST_POLICY}"), None)
+        .await;
+    assert_eq!(v["data"]["policy"], HOST_POLICY_TEXT, "{v}");
+    // A policy the admin edited is theirs.
+    let edited = "path \"hosts/self/*\" {\n  capabilities = [\"read\"]\n}\n";
+    let (st, v) = s
+        .root(
+            "POST",
+            &format!("sys/policies/acl/{HOST_POLICY}"),
+            Some(json!({ "policy": edited })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    policies::ensure_default(&s.core).await.unwrap();
+    let (_, v) = s
+        .root("GET", &format!("sys/policies/acl/{HOST_POLICY}"), None)
+        .await;
+    assert_eq!(v["data"]["policy"], edited);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn state_polls_racing_an_unenroll_never_bring_the_host_back() {
+    let s = Arc::new(Server::start(Backend::Sqlite).await);
+    setup(&s).await;
+    let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
+    for round in 0..25 {
+        let v = ok(&s, "POST", "hosts/join-tokens", json!({})).await;
+        let join = v["data"]["join_token"].as_str().unwrap().to_string();
+        let (_, v) = enroll(&s, &join, &host_pub).await;
+        let host_token = v["data"]["host_token"].as_str().unwrap().to_string();
+        let host_id = v["data"]["host_id"].as_str().unwrap().to_string();
+        // A minute on: every poll records that the host was seen.
+        s.clock.advance(61);
+        let polls: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, t) = (s.clone(), host_token.clone());
+                tokio::spawn(
+                    async move { s.call("GET", "hosts/self/state", Some(&t), None).await.0 },
+                )
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            s.root("DELETE", &format!("hosts/{host_id}"), None).await.0,
+            StatusCode::NO_CONTENT
+        );
+        for p in polls {
+            let st = p.await.unwrap();
+            assert!(
+                st == StatusCode::OK
+                    || st == StatusCode::FORBIDDEN
+                    || st == StatusCode::BAD_REQUEST,
+                "{st}"
+            );
+        }
+        assert_eq!(
+            s.root("GET", &format!("hosts/{host_id}"), None).await.0,
+            StatusCode::NOT_FOUND,
+            "round {round}: the unenrolled host came back"
+        );
+        // And a poll afterwards is refused and changes nothing.
+        assert_eq!(
+            s.call("GET", "hosts/self/state", Some(&host_token), None)
+                .await
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        assert!(s
+            .core
+            .storage
+            .keys_with_prefix("hosts/host/")
+            .await
+            .unwrap()
+            .is_empty());
+    }
 }

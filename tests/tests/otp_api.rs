@@ -426,3 +426,96 @@ async fn dynamic_keys_and_leases() {
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renewals_racing_a_revoke_never_bring_the_lease_or_key_back() {
+    use std::sync::Arc;
+    let s = Arc::new(Server::start(BACKENDS[0]).await);
+    setup(&s).await;
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    for round in 0..25 {
+        let (st, v) = s
+            .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let lease = v["lease_id"].as_str().unwrap().to_string();
+        let renewals: Vec<_> = (0..6)
+            .map(|_| {
+                let (s, lease) = (s.clone(), lease.clone());
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        s.root(
+                            "POST",
+                            "sys/leases/renew",
+                            Some(json!({"lease_id": lease, "increment": "20m"})),
+                        )
+                        .await;
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let (st, v) = s
+            .root(
+                "POST",
+                "sys/leases/revoke",
+                Some(json!({"lease_id": lease})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        for r in renewals {
+            r.await.unwrap();
+        }
+        assert!(
+            gatepass_server::leases::get(&s.core, &lease)
+                .await
+                .unwrap()
+                .is_none(),
+            "round {round}: the revoked lease came back"
+        );
+        assert!(
+            gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+                .await
+                .unwrap()
+                .is_empty(),
+            "round {round}: the revoked key came back"
+        );
+    }
+    // Renewing a revoked lease fails and leaves nothing behind: no lease,
+    // no expiry entry for the sweeper, no key.
+    let (_, v) = s
+        .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    s.root(
+        "POST",
+        "sys/leases/revoke",
+        Some(json!({"lease_id": lease})),
+    )
+    .await;
+    let (st, _) = s
+        .root(
+            "POST",
+            "sys/leases/renew",
+            Some(json!({"lease_id": lease, "increment": "20m"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(gatepass_server::leases::get(&s.core, &lease)
+        .await
+        .unwrap()
+        .is_none());
+    let left: Vec<String> = s
+        .core
+        .storage
+        .keys_with_prefix("lease-exp/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.ends_with(&lease))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -13,6 +13,7 @@ use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct User {
@@ -71,46 +72,97 @@ pub async fn write_user(core: &Core, name: &str, req: &Request) -> Result<()> {
     let name = validate_username(name)?;
     let f = &req.fields;
     let password = f.str("password")?;
-    let mut user = match (core.storage.get::<User>(&key(&name)).await?, &password) {
-        (Some(u), _) => u,
-        (None, Some(_)) => User {
-            name: name.clone(),
-            password_hash: String::new(),
-            token: TokenSettings::default(),
-        },
-        (None, None) => return Err(Error::invalid("missing password")),
+    let existing = core.storage.get::<User>(&key(&name)).await?;
+    let fresh = || User {
+        name: name.clone(),
+        password_hash: String::new(),
+        token: TokenSettings::default(),
     };
     // Check every field before the (slow) password hash.
-    user.token.update_from(f)?;
-    if let Some(p) = password {
-        check_password(&p)?;
-        user.password_hash = hash_password(p).await?;
+    let mut checked = match (&existing, &password) {
+        (Some(u), _) => u.clone(),
+        (None, Some(_)) => fresh(),
+        (None, None) => return Err(Error::invalid("missing password")),
+    };
+    checked.token.update_from(f)?;
+    let hash = match password {
+        Some(p) => {
+            check_password(&p)?;
+            Some(hash_password(p).await?)
+        }
+        None => None,
+    };
+    if existing.is_some() {
+        // An update: changed in storage, so that a user deleted meanwhile
+        // is not brought back by a write that only meant to change it.
+        let updated = core
+            .storage
+            .update(&key(&name), |mut u: User| {
+                u.token.update_from(f)?;
+                if let Some(h) = &hash {
+                    u.password_hash = h.clone();
+                }
+                Ok((Change::Put(u), ()))
+            })
+            .await?;
+        if updated.is_some() {
+            return Ok(());
+        }
+        if hash.is_none() {
+            return Err(Error::invalid(format!("user {name:?} does not exist")));
+        }
     }
+    // A new user (or one deleted meanwhile, written again with a password:
+    // a create, as it would have been a moment later).
+    let mut user = fresh();
+    user.token.update_from(f)?;
+    user.password_hash = hash.unwrap_or_default();
     core.storage.put(&key(&name), &user).await
 }
 
-async fn existing_user(core: &Core, name: &str) -> Result<(String, User)> {
+async fn existing_user(core: &Core, name: &str) -> Result<String> {
     let name = validate_username(name)?;
-    let user = core
-        .storage
-        .get(&key(&name))
+    if core.storage.get::<User>(&key(&name)).await?.is_none() {
+        return Err(no_user(&name));
+    }
+    Ok(name)
+}
+
+fn no_user(name: &str) -> Error {
+    Error::invalid(format!("user {name:?} does not exist"))
+}
+
+/// Changes an existing user in storage; a user deleted meanwhile stays
+/// deleted (the change fails) rather than being written back.
+async fn change_user(
+    core: &Core,
+    name: &str,
+    mut change: impl FnMut(&mut User) -> Result<()>,
+) -> Result<()> {
+    core.storage
+        .update(&key(name), |mut u: User| {
+            change(&mut u)?;
+            Ok((Change::Put(u), ()))
+        })
         .await?
-        .ok_or_else(|| Error::invalid(format!("user {name:?} does not exist")))?;
-    Ok((name, user))
+        .ok_or_else(|| no_user(name))
 }
 
 pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> {
-    let (name, mut user) = existing_user(core, name).await?;
+    let name = existing_user(core, name).await?;
     let p = req.fields.required_str("password")?;
     check_password(&p)?;
-    user.password_hash = hash_password(p).await?;
-    core.storage.put(&key(&name), &user).await
+    let hash = hash_password(p).await?;
+    change_user(core, &name, |u| {
+        u.password_hash = hash.clone();
+        Ok(())
+    })
+    .await
 }
 
 pub async fn set_policies(core: &Core, name: &str, req: &Request) -> Result<()> {
-    let (name, mut user) = existing_user(core, name).await?;
-    user.token.update_from(&req.fields)?;
-    core.storage.put(&key(&name), &user).await
+    let name = existing_user(core, name).await?;
+    change_user(core, &name, |u| u.token.update_from(&req.fields)).await
 }
 
 pub async fn read_user(core: &Core, name: &str) -> Result<Option<Value>> {

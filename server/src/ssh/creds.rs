@@ -19,6 +19,7 @@ use crate::leases::{self, Lease};
 use crate::mounts::Mount;
 use crate::request::Request;
 use crate::state::Core;
+use crate::storage::Change;
 
 /// What `vault-ssh-helper -verify-only` sends, and what it expects back.
 pub const VERIFY_ECHO_REQUEST: &str = "verify-echo-request";
@@ -381,13 +382,17 @@ pub async fn dynamic_keys(core: &Core, m: &Mount, now: i64) -> Result<Vec<Dynami
     Ok(out)
 }
 
-/// Keeps a dynamic key's expiry in step with its renewed lease.
+/// Keeps a dynamic key's expiry in step with its renewed lease. Changed in
+/// storage rather than written back from a copy: a key whose lease was
+/// revoked meanwhile stays gone from its host.
 pub async fn renewed(core: &Core, lease: &Lease) -> Result<()> {
     if lease.secret_key.contains("/dynkey/") {
-        if let Some(mut d) = core.storage.get::<DynamicKey>(&lease.secret_key).await? {
-            d.expire_time = lease.expire_time;
-            core.storage.put(&lease.secret_key, &d).await?;
-        }
+        core.storage
+            .update(&lease.secret_key, |mut d: DynamicKey| {
+                d.expire_time = lease.expire_time;
+                Ok((Change::Put(d), ()))
+            })
+            .await?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, PrivateKey, PublicKey}
 use crate::error::{Error, Result};
 use crate::mounts::Mount;
 use crate::state::Core;
+use crate::storage::Change;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Issuer {
@@ -269,7 +270,7 @@ pub async fn set_default(core: &Core, m: &Mount, reference: &str) -> Result<Issu
 
 pub async fn rename(core: &Core, m: &Mount, reference: &str, new_name: &str) -> Result<Issuer> {
     validate_issuer_name(new_name)?;
-    let mut issuer = resolve(core, m, reference)
+    let issuer = resolve(core, m, reference)
         .await?
         .map(|i| Issuer::clone(&i))
         .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))?;
@@ -278,11 +279,15 @@ pub async fn rename(core: &Core, m: &Mount, reference: &str, new_name: &str) -> 
             "issuer name {new_name:?} is already in use"
         )));
     }
-    issuer.name = new_name.to_string();
+    // Changed in storage, not written back from the copy: an issuer
+    // deleted meanwhile stays deleted.
     core.storage
-        .put(&issuer_key(m, &issuer.id), &issuer)
-        .await?;
-    Ok(issuer)
+        .update(&issuer_key(m, &issuer.id), |mut i: Issuer| {
+            i.name = new_name.to_string();
+            Ok((Change::Put(i.clone()), i))
+        })
+        .await?
+        .ok_or_else(|| Error::invalid(format!("issuer {reference:?} does not exist")))
 }
 
 /// Deletes an issuer. The default issuer can only go when it is the last
