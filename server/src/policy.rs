@@ -653,6 +653,13 @@ pub fn validate_name(name: &str, for_write: bool) -> Result<()> {
     if name.starts_with('/') || name.ends_with('/') {
         return Err(Error::invalid("policy name cannot begin or end with '/'"));
     }
+    // A name is read back through `sys/policy/<name>`: each part must be a
+    // path segment the server accepts.
+    if name.split('/').any(crate::path::is_dot_or_empty) {
+        return Err(Error::invalid(
+            "policy name cannot contain '//' or a '.' or '..' part",
+        ));
+    }
     if for_write && name == "root" {
         return Err(Error::invalid("cannot update \"root\" policy"));
     }
@@ -966,7 +973,21 @@ mod tests {
         }
         validate_name("root", false).unwrap();
         let long = "a".repeat(129);
-        for bad in ["", "Admin", "/a", "a/", "a*", "é", "root", long.as_str()] {
+        for bad in [
+            "",
+            "Admin",
+            "/a",
+            "a/",
+            "a*",
+            "é",
+            "root",
+            long.as_str(),
+            ".",
+            "..",
+            "a/../b",
+            "a//b",
+            "./a",
+        ] {
             assert!(validate_name(bad, true).is_err(), "{bad:?}");
         }
         validate_name(&"a".repeat(128), true).unwrap();
