@@ -60,7 +60,12 @@ impl ApiPath {
         if decoded.chars().any(char::is_control) {
             return Err(PathError::Control);
         }
-        let path = decoded.strip_suffix('/').unwrap_or(&decoded);
+        let path = match decoded.strip_suffix('/') {
+            // `/v1//`: the one trailing slash is all there is after `/v1/`.
+            Some("") => return Err(PathError::EmptySegment),
+            Some(p) => p,
+            None => &decoded,
+        };
         if !path.is_empty() {
             for seg in path.split('/') {
                 check_segment(seg)?;

@@ -484,7 +484,7 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
         Some(p) if !p.is_empty() => p,
         _ => vec![req.fields.required_str("path")?],
     };
-    let acl: Option<Acl> = if token.is_root() {
+    let acl: Option<std::sync::Arc<Acl>> = if token.is_root() {
         None
     } else {
         Some(policies::acl_for(core, token).await?)
