@@ -142,9 +142,7 @@ fn decode(s: &str) -> Result<Vec<u8>, PathError> {
         };
         match value {
             None => return Err(PathError::BadEscape(escape.to_owned())),
-            Some(b'/' | b'.' | b'%') => {
-                return Err(PathError::EncodedSeparator(escape.to_owned()))
-            }
+            Some(b'/' | b'.' | b'%') => return Err(PathError::EncodedSeparator(escape.to_owned())),
             Some(b) => out.push(b),
         }
         i += 3;
@@ -232,7 +230,10 @@ mod tests {
             ("/v1/..", DotSegment),
             ("/v1/ssh%2Fsign%2Fadmin", EncodedSeparator("%2F".into())),
             ("/v1/ssh/sign%2fadmin", EncodedSeparator("%2f".into())),
-            ("/v1/ssh/%2e%2e/ssh/sign/admin", EncodedSeparator("%2e".into())),
+            (
+                "/v1/ssh/%2e%2e/ssh/sign/admin",
+                EncodedSeparator("%2e".into()),
+            ),
             ("/v1/ssh/%2E", EncodedSeparator("%2E".into())),
             ("/v1/ssh/%252F", EncodedSeparator("%25".into())),
             ("/v1/ssh/%", BadEscape("%".into())),

@@ -71,7 +71,9 @@ async fn a_deny_rule_holds_for_every_spelling_of_its_path() {
             let msg = v["errors"][0].as_str().unwrap_or_default();
             assert!(msg.starts_with("invalid request path"), "{path}: {v}");
             // Refused as a path, not by the ACL: root is refused alike.
-            let (st, _) = s.root("POST", path, Some(json!({ "public_key": pk }))).await;
+            let (st, _) = s
+                .root("POST", path, Some(json!({ "public_key": pk })))
+                .await;
             assert_eq!(st, bad_path, "root POST {path}");
         }
     }
@@ -105,7 +107,10 @@ async fn dot_names_are_refused_in_paths_and_fields() {
                 format!("sys/policies/acl/{dot}"),
                 json!({"policy": r#"path "x" { capabilities = ["read"] }"#}),
             ),
-            (format!("sys/policy/{dot}"), json!({"policy": "path \"x\" {}"})),
+            (
+                format!("sys/policy/{dot}"),
+                json!({"policy": "path \"x\" {}"}),
+            ),
             (format!("sys/mounts/{dot}"), json!({"type": "ssh"})),
         ] {
             let (st, v) = s.root("POST", &path, Some(body)).await;
@@ -136,7 +141,11 @@ async fn listing_the_top_of_the_lease_tree_needs_sudo() {
             r#"path "sys/leases/*" { capabilities = ["read", "update", "list"] }"#,
         )
         .await;
-    for path in ["sys/leases/lookup", "sys/leases/lookup/", "sys/leases/lookup/ssh/"] {
+    for path in [
+        "sys/leases/lookup",
+        "sys/leases/lookup/",
+        "sys/leases/lookup/ssh/",
+    ] {
         let (st, v) = s.call("LIST", path, Some(&t), None).await;
         assert_eq!(st, StatusCode::FORBIDDEN, "LIST {path}: {v}");
         let (st, v) = s
