@@ -224,3 +224,40 @@ pub async fn has_sudo(core: &Core, token: &TokenEntry, path: &str) -> Result<boo
     }
     Ok(acl_for(core, token).await?.allows(path, Capability::Sudo))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(text: &str) -> Arc<StoredPolicy> {
+        Arc::new(StoredPolicy {
+            name: "p".into(),
+            text: text.into(),
+        })
+    }
+
+    #[test]
+    fn policies_compile_once_per_text() {
+        let cache = AclCache::default();
+        let a = stored(r#"path "a" { capabilities = ["read"] }"#);
+        let (v1, p1) = cache.compile("p", a.clone());
+        // The same shared value, and the same text read again: no new version.
+        assert_eq!(cache.compile("p", a).0, v1);
+        let (v2, p2) = cache.compile("p", stored(r#"path "a" { capabilities = ["read"] }"#));
+        assert_eq!(v2, v1);
+        assert!(Arc::ptr_eq(&p1.unwrap(), &p2.unwrap()));
+        // A changed text is compiled again under a new version.
+        let (v3, p3) = cache.compile("p", stored(r#"path "b" { capabilities = ["read"] }"#));
+        assert_ne!(v3, v1);
+        let p3 = p3.unwrap();
+        // The combined ACL follows the version: the old one is not reused.
+        let old = cache.acl(vec![("p".into(), v1)], &[]);
+        let new = cache.acl(vec![("p".into(), v3)], std::slice::from_ref(&p3));
+        assert!(!Arc::ptr_eq(&old, &new));
+        assert!(new.allows("b", Capability::Read));
+        assert!(Arc::ptr_eq(&new, &cache.acl(vec![("p".into(), v3)], &[p3])));
+        // Text that no longer parses grants nothing but is still versioned.
+        let (v4, p4) = cache.compile("p", stored("not a policy"));
+        assert!(v4 > v3 && p4.is_none());
+    }
+}
