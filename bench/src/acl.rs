@@ -11,7 +11,9 @@
 //!    request: reading the token's policies, finding their compiled ACL,
 //!    and the lookup itself.
 //! 2. In-process, the parts: `Acl::allows` on the two compiled ACLs (1,000
-//!    lookups per timed operation), and compiling the large policy
+//!    lookups per timed operation) of the request's path (an exact rule) and
+//!    of paths the large policy grants by a `*` prefix and by a `+` rule,
+//!    and compiling the large policy
 //!    (`Policy::parse` + `Acl::new`), which every request paid before
 //!    compiled policies were cached.
 
@@ -29,6 +31,9 @@ use crate::Common;
 
 const SECTION: &str = "acl";
 const REQUEST_PATH: &str = "ssh/roles/bench";
+/// Paths the large policy grants through a `*` prefix and a `+` rule.
+const PREFIX_PATH: &str = "secret/team-1500/app/db";
+const PLUS_PATH: &str = "kv/team-500/app/config";
 const LARGE_PATHS: usize = 10_000;
 /// Issue 14's target for what a 10,000-path policy may add to a request.
 const TARGET_ADDED: Duration = Duration::from_micros(100);
@@ -223,21 +228,28 @@ fn in_process(budget: Budget, small: &str, large: &str) -> anyhow::Result<Vec<Ro
         bail!("the large policy has {} paths", large.rules().count());
     }
     let mut rows = Vec::new();
-    for (what, policy) in [
-        ("one-path policy (reference)", &small),
-        ("10,000-path policy", &large),
-    ] {
+    // The request's own path is an exact rule; the others are found by the
+    // prefix search and the `+` rules (granted in the large policy only).
+    let lookups: [(&str, &Policy, &str, bool); 6] = [
+        ("one-path policy (reference)", &small, REQUEST_PATH, true),
+        ("10,000-path policy", &large, REQUEST_PATH, true),
+        ("one-path policy (reference)", &small, PREFIX_PATH, false),
+        ("10,000-path policy", &large, PREFIX_PATH, true),
+        ("one-path policy (reference)", &small, PLUS_PATH, false),
+        ("10,000-path policy", &large, PLUS_PATH, true),
+    ];
+    for (what, policy, path, granted) in lookups {
         let acl = Acl::new([policy]);
         let sample = measure::serial(budget, || {
             for _ in 0..LOOKUPS_PER_OP {
-                if !acl.allows(std::hint::black_box(REQUEST_PATH), Capability::Read) {
-                    return Err("the lookup denied the request".into());
+                if acl.allows(std::hint::black_box(path), Capability::Read) != granted {
+                    return Err(format!("the lookup of {path} did not answer {granted}"));
                 }
             }
             Ok(())
         });
         rows.push(row(
-            format!("in-process `Acl::allows`, compiled {what}"),
+            format!("in-process `Acl::allows` of `{path}`, compiled {what}"),
             LOOKUPS_PER_OP,
             sample,
         ));

@@ -535,8 +535,7 @@ impl Glob {
         }
         // Everything before the first `+` is literal: a cheap first test,
         // since most `+` rules do not match most paths.
-        let literal = self.body.get(..self.first_wildcard).unwrap_or_default();
-        if !path.starts_with(literal) {
+        if !path.starts_with(self.literal()) {
             return false;
         }
         let n = self.segments.len();
@@ -556,6 +555,11 @@ impl Glob {
             }
         }
         self.prefix || parts.next().is_none()
+    }
+
+    /// The literal text before the first wildcard.
+    fn literal(&self) -> &str {
+        self.body.get(..self.first_wildcard).unwrap_or_default()
     }
 
     /// The matcher as it was before the index, kept to check it.
@@ -602,9 +606,13 @@ pub struct Acl {
     /// Plain prefix rules (`foo/*`), sorted by body for the longest-prefix
     /// search in [`Acl::longest_prefix`].
     prefixes: Vec<Glob>,
-    /// Rules with `+` segments, highest priority first, so that the first
-    /// one matching is the one Vault would pick among them.
-    segmented: Vec<Glob>,
+    /// Rules with `+` segments, grouped by their literal text before the
+    /// first `+`, each group highest priority first.
+    segmented: HashMap<String, Vec<Glob>>,
+    /// The lengths of those literal texts, longest first: a longer one is a
+    /// later first wildcard, which wins by Vault's priority, so the first
+    /// group holding a match holds the best `+` rule.
+    segmented_lengths: Vec<usize>,
 }
 
 impl Acl {
@@ -620,21 +628,30 @@ impl Acl {
         for (pattern, caps) in merged {
             match Glob::new(pattern, caps) {
                 Some(glob) if glob.segments.is_empty() => acl.prefixes.push(glob),
-                Some(glob) => acl.segmented.push(glob),
+                Some(glob) => {
+                    let literal = glob.literal().to_owned();
+                    acl.segmented.entry(literal).or_default().push(glob);
+                }
                 None => {
                     acl.exact.insert(pattern.to_owned(), caps);
                 }
             }
         }
         acl.prefixes.sort_by(|a, b| a.body.cmp(&b.body));
-        acl.segmented
-            .sort_by(|a, b| b.priority().cmp(&a.priority()));
+        for group in acl.segmented.values_mut() {
+            group.sort_by(|a, b| b.priority().cmp(&a.priority()));
+        }
+        acl.segmented_lengths = acl.segmented.keys().map(String::len).collect();
+        acl.segmented_lengths.sort_unstable_by(|a, b| b.cmp(a));
+        acl.segmented_lengths.dedup();
         acl
     }
 
     /// How many distinct patterns the ACL holds.
     pub fn len(&self) -> usize {
-        self.exact.len() + self.prefixes.len() + self.segmented.len()
+        self.exact.len()
+            + self.prefixes.len()
+            + self.segmented.values().map(Vec::len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -676,10 +693,10 @@ impl Acl {
     }
 
     /// The glob Vault would pick for `path`: the best of the longest plain
-    /// prefix and the first matching `+` rule, by Vault's priority.
+    /// prefix and the best matching `+` rule, by Vault's priority.
     fn best_glob(&self, path: &str) -> Option<CapSet> {
         let prefix = self.longest_prefix(path);
-        let segmented = self.segmented.iter().find(|g| g.matches(path));
+        let segmented = self.best_segmented(path);
         let best = match (prefix, segmented) {
             (Some(a), Some(b)) if b.priority() > a.priority() => b,
             (Some(a), _) => a,
@@ -708,12 +725,21 @@ impl Acl {
         }
     }
 
+    /// The best `+` rule matching `path`: only the groups whose literal text
+    /// `path` starts with are tried, longest first.
+    fn best_segmented(&self, path: &str) -> Option<&Glob> {
+        self.segmented_lengths.iter().find_map(|&n| {
+            let group = self.segmented.get(path.get(..n)?)?;
+            group.iter().find(|g| g.matches(path))
+        })
+    }
+
     /// The scan over every rule that the index replaces, kept to check it.
     #[cfg(test)]
     fn best_glob_scan(&self, path: &str) -> Option<CapSet> {
         self.prefixes
             .iter()
-            .chain(&self.segmented)
+            .chain(self.segmented.values().flatten())
             .filter(|g| g.matches_unindexed(path))
             .max_by(|a, b| a.priority().cmp(&b.priority()))
             .map(|g| g.caps)
@@ -1119,7 +1145,7 @@ mod tests {
         /// A path of 1-4 segments from a small alphabet (so that patterns
         /// and paths collide often); `+` segments only if `plus`.
         fn path(&mut self, plus: bool) -> String {
-            const PARTS: [&str; 8] = ["a", "b", "ab", "ba", "aa", "+", "", "é"];
+            const PARTS: [&str; 10] = ["a", "b", "ab", "ba", "aa", "+", "", "é", "+b", "a+"];
             let n = 1 + self.below(4);
             let mut segs = Vec::with_capacity(n);
             while segs.len() < n {
