@@ -8,6 +8,7 @@
 //! replaces. To add a suite: a module with `Args` (flattening [`Common`])
 //! and `run`, and a variant of [`Command`].
 
+mod acl;
 mod fleet;
 mod helper;
 mod hostd;
@@ -56,6 +57,10 @@ enum Command {
     /// Server memory while it issues many short-lived OTPs (200,000 by
     /// default) and its lease sweeper removes them as they expire.
     Memory(memory::Args),
+    /// What a 10,000-path policy adds to each request of its tokens, beside
+    /// a one-path policy: over HTTPS, and the ACL lookup and policy
+    /// compilation in-process.
+    Acl(acl::Args),
     /// A load generator for any Vault-compatible server (gatepass or Vault):
     /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
     /// answers by status. Not a suite: it needs a target.
@@ -103,6 +108,10 @@ fn all(args: &AllArgs) -> anyhow::Result<()> {
         ("memory", {
             let a = memory::Args::with(c.clone());
             Box::new(move || memory::run(&a))
+        }),
+        ("acl", {
+            let a = acl::Args::with(c.clone());
+            Box::new(move || acl::run(&a))
         }),
     ];
     let mut failed = Vec::new();
@@ -179,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         Command::Hostd(args) => hostd::run(&args),
         Command::Fleet(args) => fleet::run(&args),
         Command::Memory(args) => memory::run(&args),
+        Command::Acl(args) => acl::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }

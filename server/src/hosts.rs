@@ -714,7 +714,7 @@ fn data<T: Serialize>(v: &T) -> Result<Reply> {
 }
 
 pub fn is_unauthenticated(req: &Request) -> bool {
-    req.path == "hosts/enroll" && req.op == Operation::Write
+    req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
 }
 
 pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {

@@ -12,6 +12,7 @@ pub mod http;
 pub mod leases;
 pub mod metrics;
 pub mod mounts;
+pub mod path;
 pub mod policies;
 pub mod policy;
 pub mod private;

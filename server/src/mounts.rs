@@ -39,12 +39,10 @@ pub fn normalize_path(path: &str) -> Result<String> {
     let ok = !p.is_empty()
         && p.len() <= 128
         && p.split('/').all(|seg| {
-            !seg.is_empty()
+            !crate::path::is_dot_or_empty(seg)
                 && seg
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                && seg != "."
-                && seg != ".."
         });
     if !ok {
         return Err(Error::invalid(format!(

@@ -533,6 +533,41 @@ impl Glob {
         if self.segments.is_empty() {
             return path.starts_with(&self.body);
         }
+        // Everything before the first `+` is literal: a cheap first test,
+        // since most `+` rules do not match most paths.
+        if !path.starts_with(self.literal()) {
+            return false;
+        }
+        let n = self.segments.len();
+        let mut parts = path.split('/');
+        for (i, seg) in self.segments.iter().enumerate() {
+            let Some(part) = parts.next() else {
+                return false;
+            };
+            let ok = match seg.as_str() {
+                // Unlike Vault, `+` does not match an empty segment (`a//b`).
+                "+" => !part.is_empty(),
+                _ if self.prefix && i + 1 == n => part.starts_with(seg.as_str()),
+                _ => seg == part,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.prefix || parts.next().is_none()
+    }
+
+    /// The literal text before the first wildcard.
+    fn literal(&self) -> &str {
+        self.body.get(..self.first_wildcard).unwrap_or_default()
+    }
+
+    /// The matcher as it was before the index, kept to check it.
+    #[cfg(test)]
+    fn matches_unindexed(&self, path: &str) -> bool {
+        if self.segments.is_empty() {
+            return path.starts_with(&self.body);
+        }
         let n = self.segments.len();
         let parts: Vec<&str> = path.split('/').collect();
         if parts.len() < n || (!self.prefix && parts.len() != n) {
@@ -543,7 +578,6 @@ impl Glob {
             .zip(parts)
             .enumerate()
             .all(|(i, (seg, part))| match seg.as_str() {
-                // Unlike Vault, `+` does not match an empty segment (`a//b`).
                 "+" => !part.is_empty(),
                 _ if self.prefix && i + 1 == n => part.starts_with(seg.as_str()),
                 _ => seg == part,
@@ -563,11 +597,22 @@ impl Glob {
     }
 }
 
-/// The combined rules of a token's policies.
+/// The combined rules of a token's policies, indexed so that a lookup does
+/// not scan every rule: a policy of thousands of paths costs a request a hash
+/// lookup and a few binary searches, not a walk over all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
     exact: HashMap<String, CapSet>,
-    globs: Vec<Glob>,
+    /// Plain prefix rules (`foo/*`), sorted by body for the longest-prefix
+    /// search in [`Acl::longest_prefix`].
+    prefixes: Vec<Glob>,
+    /// Rules with `+` segments, grouped by their literal text before the
+    /// first `+`, each group highest priority first.
+    segmented: HashMap<String, Vec<Glob>>,
+    /// The lengths of those literal texts, longest first: a longer one is a
+    /// later first wildcard, which wins by Vault's priority, so the first
+    /// group holding a match holds the best `+` rule.
+    segmented_lengths: Vec<usize>,
 }
 
 impl Acl {
@@ -582,13 +627,35 @@ impl Acl {
         let mut acl = Acl::default();
         for (pattern, caps) in merged {
             match Glob::new(pattern, caps) {
-                Some(glob) => acl.globs.push(glob),
+                Some(glob) if glob.segments.is_empty() => acl.prefixes.push(glob),
+                Some(glob) => {
+                    let literal = glob.literal().to_owned();
+                    acl.segmented.entry(literal).or_default().push(glob);
+                }
                 None => {
                     acl.exact.insert(pattern.to_owned(), caps);
                 }
             }
         }
+        acl.prefixes.sort_by(|a, b| a.body.cmp(&b.body));
+        for group in acl.segmented.values_mut() {
+            group.sort_by(|a, b| b.priority().cmp(&a.priority()));
+        }
+        acl.segmented_lengths = acl.segmented.keys().map(String::len).collect();
+        acl.segmented_lengths.sort_unstable_by(|a, b| b.cmp(a));
+        acl.segmented_lengths.dedup();
         acl
+    }
+
+    /// How many distinct patterns the ACL holds.
+    pub fn len(&self) -> usize {
+        self.exact.len()
+            + self.prefixes.len()
+            + self.segmented.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The capabilities granted on `path` (no leading slash, e.g.
@@ -598,17 +665,18 @@ impl Acl {
     /// request would (a trailing `/` may also match the rule without it); to
     /// authorise a request use [`Acl::allows`].
     pub fn capabilities(&self, path: &str) -> CapSet {
-        self.lookup(path, true)
+        self.lookup(path, true, |p| self.best_glob(p))
     }
 
     /// True when the capabilities on `path` include `cap` (and not deny).
     pub fn allows(&self, path: &str, cap: Capability) -> bool {
-        self.lookup(path, cap == Capability::List).contains(cap)
+        self.lookup(path, cap == Capability::List, |p| self.best_glob(p))
+            .contains(cap)
     }
 
     /// Vault's `AllowOperation` rule lookup: exact first, then the best
     /// glob. List requests first try the path without its trailing `/`.
-    fn lookup(&self, path: &str, list: bool) -> CapSet {
+    fn lookup(&self, path: &str, list: bool, best_glob: impl Fn(&str) -> Option<CapSet>) -> CapSet {
         let path = path.trim_start_matches('/');
         let trimmed = path.strip_suffix('/').filter(|_| list);
         let found = self
@@ -616,18 +684,63 @@ impl Acl {
             .get(path)
             .or_else(|| trimmed.and_then(|t| self.exact.get(t)))
             .copied()
-            .or_else(|| trimmed.and_then(|t| self.best_glob(t)))
-            .or_else(|| self.best_glob(path));
+            .or_else(|| trimmed.and_then(&best_glob))
+            .or_else(|| best_glob(path));
         match found {
             Some(caps) if !caps.contains(Capability::Deny) => caps,
             _ => CapSet::EMPTY,
         }
     }
 
+    /// The glob Vault would pick for `path`: the best of the longest plain
+    /// prefix and the best matching `+` rule, by Vault's priority.
     fn best_glob(&self, path: &str) -> Option<CapSet> {
-        self.globs
+        let prefix = self.longest_prefix(path);
+        let segmented = self.best_segmented(path);
+        let best = match (prefix, segmented) {
+            (Some(a), Some(b)) if b.priority() > a.priority() => b,
+            (Some(a), _) => a,
+            (None, b) => b?,
+        };
+        Some(best.caps)
+    }
+
+    /// Among plain prefix rules, the one with the longest body that `path`
+    /// starts with (a longer body means a later first wildcard, so it wins
+    /// by Vault's priority). Binary search on the sorted bodies: the greatest
+    /// body not after `path` is either a prefix of it, and then the longest,
+    /// or shares some leading bytes with it, and then every matching body is
+    /// a prefix of those shared bytes; each step shortens the key.
+    fn longest_prefix(&self, path: &str) -> Option<&Glob> {
+        let mut key = path.as_bytes();
+        loop {
+            let i = self.prefixes.partition_point(|g| g.body.as_bytes() <= key);
+            let g = self.prefixes.get(i.checked_sub(1)?)?;
+            let body = g.body.as_bytes();
+            if key.starts_with(body) {
+                return Some(g);
+            }
+            let common = body.iter().zip(key).take_while(|(a, b)| a == b).count();
+            key = &key[..common];
+        }
+    }
+
+    /// The best `+` rule matching `path`: only the groups whose literal text
+    /// `path` starts with are tried, longest first.
+    fn best_segmented(&self, path: &str) -> Option<&Glob> {
+        self.segmented_lengths.iter().find_map(|&n| {
+            let group = self.segmented.get(path.get(..n)?)?;
+            group.iter().find(|g| g.matches(path))
+        })
+    }
+
+    /// The scan over every rule that the index replaces, kept to check it.
+    #[cfg(test)]
+    fn best_glob_scan(&self, path: &str) -> Option<CapSet> {
+        self.prefixes
             .iter()
-            .filter(|g| g.matches(path))
+            .chain(self.segmented.values().flatten())
+            .filter(|g| g.matches_unindexed(path))
             .max_by(|a, b| a.priority().cmp(&b.priority()))
             .map(|g| g.caps)
     }
@@ -652,6 +765,13 @@ pub fn validate_name(name: &str, for_write: bool) -> Result<()> {
     }
     if name.starts_with('/') || name.ends_with('/') {
         return Err(Error::invalid("policy name cannot begin or end with '/'"));
+    }
+    // A name is read back through `sys/policy/<name>`: each part must be a
+    // path segment the server accepts.
+    if name.split('/').any(crate::path::is_dot_or_empty) {
+        return Err(Error::invalid(
+            "policy name cannot contain '//' or a '.' or '..' part",
+        ));
     }
     if for_write && name == "root" {
         return Err(Error::invalid("cannot update \"root\" policy"));
@@ -948,6 +1068,157 @@ mod tests {
         assert_eq!(acl.capabilities("secret/dir/"), caps(&[List]));
     }
 
+    /// Both lookups on one ACL: through the index and by scanning every rule.
+    fn both(acl: &Acl, path: &str, list: bool) -> (CapSet, CapSet) {
+        (
+            acl.lookup(path, list, |p| acl.best_glob(p)),
+            acl.lookup(path, list, |p| acl.best_glob_scan(p)),
+        )
+    }
+
+    #[test]
+    fn index_agrees_with_scan_on_tables() {
+        let acl = build(&[
+            &(rule("*", "\"read\"")
+                + &rule("s*", "\"list\"")
+                + &rule("secret/*", "\"update\"")
+                + &rule("secret/a*", "\"create\"")
+                + &rule("secret/ab/*", "\"delete\"")
+                + &rule("secret/abc", "\"sudo\"")
+                + &rule("secret/+/x", "\"patch\"")
+                + &rule("secret/+/x*", "\"read\", \"list\"")
+                + &rule("+/+/+", "\"deny\"")
+                + &rule("secret/b/+", "\"update\", \"sudo\"")
+                + &rule("secrez/*", "\"read\"")
+                + &rule("caf\u{e9}/*", "\"read\"")),
+            &rule("secret/*", "\"create\""),
+        ]);
+        for path in [
+            "",
+            "s",
+            "se",
+            "secret",
+            "secret/",
+            "secret/a",
+            "secret/ab",
+            "secret/ab/",
+            "secret/ab/c",
+            "secret/abc",
+            "secret/abd",
+            "secret/b/x",
+            "secret/b/y",
+            "secret/b/y/z",
+            "secret/q/x",
+            "secret/q/xy/z",
+            "secret/q/y",
+            "secrey",
+            "secrez",
+            "secrez/q",
+            "secrf/q",
+            "a/b/c",
+            "café",
+            "café/x",
+            "cafe/x",
+            "zzz",
+            "\u{10ffff}",
+        ] {
+            for list in [false, true] {
+                let (indexed, scanned) = both(&acl, path, list);
+                assert_eq!(indexed, scanned, "{path:?} list={list}");
+                let (indexed, scanned) = both(&acl, &format!("{path}/"), list);
+                assert_eq!(indexed, scanned, "{path:?}/ list={list}");
+            }
+        }
+    }
+
+    /// xorshift64: reproducible random cases without another dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        /// A path of 1-4 segments from a small alphabet (so that patterns
+        /// and paths collide often); `+` segments only if `plus`.
+        fn path(&mut self, plus: bool) -> String {
+            const PARTS: [&str; 10] = ["a", "b", "ab", "ba", "aa", "+", "", "é", "+b", "a+"];
+            let n = 1 + self.below(4);
+            let mut segs = Vec::with_capacity(n);
+            while segs.len() < n {
+                let p = PARTS[self.below(PARTS.len())];
+                if plus || p != "+" {
+                    segs.push(p);
+                }
+            }
+            segs.join("/")
+        }
+    }
+
+    #[test]
+    fn index_agrees_with_scan_on_random_policies() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let capsets = [
+            "\"read\"",
+            "\"list\"",
+            "\"deny\"",
+            "\"update\", \"sudo\"",
+            "",
+        ];
+        for _ in 0..300 {
+            let mut texts = Vec::new();
+            for _ in 0..1 + rng.below(3) {
+                let mut text = String::new();
+                for _ in 0..1 + rng.below(12) {
+                    let mut pattern = rng.path(true);
+                    if rng.below(2) == 0 {
+                        pattern.push('*');
+                    }
+                    if pattern.contains("+*") || pattern.is_empty() {
+                        continue;
+                    }
+                    text += &rule(&pattern, capsets[rng.below(capsets.len())]);
+                }
+                if !text.is_empty() {
+                    texts.push(text);
+                }
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let acl = build(&refs);
+            for _ in 0..40 {
+                let mut path = rng.path(false);
+                if rng.below(4) == 0 {
+                    path.push('/');
+                }
+                for list in [false, true] {
+                    let (indexed, scanned) = both(&acl, &path, list);
+                    assert_eq!(indexed, scanned, "{path:?} list={list} in {texts:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn thousands_of_paths() {
+        let mut text = String::new();
+        for i in 0..5000 {
+            text += &rule(&format!("ssh/sign/role{i}"), "\"update\"");
+            text += &rule(&format!("ssh/creds/r{i}/*"), "\"update\"");
+        }
+        text += &rule("ssh/creds/r42/secret*", "\"deny\"");
+        let acl = build(&[&text]);
+        assert_eq!(acl.len(), 10_001);
+        assert!(acl.allows("ssh/sign/role4999", Update));
+        assert!(!acl.allows("ssh/sign/role5000", Update));
+        assert!(acl.allows("ssh/creds/r42/x", Update));
+        assert!(!acl.allows("ssh/creds/r42/secret/x", Update));
+        assert!(!acl.allows("ssh/creds/r", Update));
+        assert!(acl.allows("ssh/creds/r4/", Update));
+    }
+
     #[test]
     fn capset_basics() {
         let set = caps(&[Read, Create]) | caps(&[Sudo]);
@@ -966,7 +1237,21 @@ mod tests {
         }
         validate_name("root", false).unwrap();
         let long = "a".repeat(129);
-        for bad in ["", "Admin", "/a", "a/", "a*", "é", "root", long.as_str()] {
+        for bad in [
+            "",
+            "Admin",
+            "/a",
+            "a/",
+            "a*",
+            "é",
+            "root",
+            long.as_str(),
+            ".",
+            "..",
+            "a/../b",
+            "a//b",
+            "./a",
+        ] {
             assert!(validate_name(bad, true).is_err(), "{bad:?}");
         }
         validate_name(&"a".repeat(128), true).unwrap();

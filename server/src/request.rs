@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::duration;
 use crate::error::{Error, Result};
+use crate::path::ApiPath;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -237,8 +238,9 @@ fn wrong_type(key: &str, want: &str, got: &Value) -> Error {
 #[derive(Debug)]
 pub struct Request {
     pub op: Operation,
-    /// Path below `/v1/`, without leading or trailing slash.
-    pub path: String,
+    /// Path below `/v1/`, canonical (see [`crate::path`]): the ACL checks
+    /// and the router dispatches on exactly this.
+    pub path: ApiPath,
     pub fields: Fields,
     pub client_ip: Option<IpAddr>,
     /// The token the client presented, if any (never logged).

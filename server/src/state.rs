@@ -34,6 +34,8 @@ pub struct Core {
     pub verify_limiter: FailureLimiter,
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::StateCache,
+    /// Compiled policies and combined ACLs (see [`policies::acl_for`]).
+    pub acl_cache: policies::AclCache,
 }
 
 pub type State = Arc<Core>;
@@ -63,6 +65,7 @@ impl Core {
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
             hosts_cache: Default::default(),
+            acl_cache: Default::default(),
         });
         if core.is_initialized().await? {
             // Built-in policies added by newer versions reach older data.

@@ -21,17 +21,8 @@ pub fn random_text(len: usize) -> String {
 /// case-insensitive as in Vault, so stored lower-cased.
 pub fn validate_login_name(what: &str, name: &str) -> crate::error::Result<String> {
     let n = name.to_lowercase();
-    let ok = !n.is_empty()
-        && n.len() <= 128
-        && n.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
-        Ok(n)
-    } else {
-        Err(crate::error::Error::invalid(format!(
-            "{what} must be 1-128 letters, digits, '-', '_', '.' or '@'"
-        )))
-    }
+    crate::path::validate_name(what, &n)?;
+    Ok(n)
 }
 
 /// Settings shared by every login method for the tokens it issues (Vault's

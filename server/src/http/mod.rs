@@ -22,6 +22,7 @@ use crate::audit;
 use crate::auth::token::{self, TokenEntry};
 use crate::error::{Error, Result};
 use crate::metrics::RequestLabels;
+use crate::path::ApiPath;
 use crate::policies;
 use crate::policy::Capability;
 use crate::request::{Fields, Operation, Request};
@@ -96,13 +97,10 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
-    let path = parts
-        .uri
-        .path()
-        .strip_prefix("/v1/")
-        .unwrap_or("")
-        .trim_matches('/')
-        .to_string();
+    let path = match ApiPath::parse(parts.uri.path()) {
+        Ok(p) => p,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
     let list_flag = query
@@ -294,7 +292,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
             Operation::Write => can(Capability::Update) || can(Capability::Create),
             Operation::Delete => can(Capability::Delete),
         };
-        if !allowed || (routes::needs_sudo(&req.path) && !can(Capability::Sudo)) {
+        if !allowed || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo)) {
             return Err(Error::PermissionDenied);
         }
     }

@@ -37,11 +37,22 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
 }
 
 /// Paths that need `sudo` in the caller's policy (root always has it).
-pub fn needs_sudo(path: &str) -> bool {
-    matches!(path, "auth/token/accessors" | "sys/audit" | "sys/audit-log")
-        || path.starts_with("sys/audit/")
-        || path.starts_with("sys/leases/revoke-prefix/")
+pub fn needs_sudo(path: &str, op: Operation) -> bool {
+    let under = |prefix: &str| {
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    matches!(path, "auth/token/accessors" | "sys/audit-log")
+        || under("sys/audit")
+        || under("sys/leases/revoke-prefix")
+        // Listing the top of the lease tree shows every lease prefix, so it
+        // needs sudo as much as any sub-path (Vault's `leases/lookup/*`,
+        // which a LIST of `sys/leases/lookup/` matches); a lookup of one
+        // lease by ID (a write to the top) does not.
         || path.starts_with("sys/leases/lookup/")
+        || (path == "sys/leases/lookup" && op == Operation::List)
 }
 
 fn caller_of(caller: Option<&TokenEntry>) -> Result<&TokenEntry> {
@@ -473,7 +484,7 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
         Some(p) if !p.is_empty() => p,
         _ => vec![req.fields.required_str("path")?],
     };
-    let acl: Option<Acl> = if token.is_root() {
+    let acl: Option<std::sync::Arc<Acl>> = if token.is_root() {
         None
     } else {
         Some(policies::acl_for(core, token).await?)

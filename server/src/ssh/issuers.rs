@@ -138,7 +138,7 @@ pub fn import_key(private_key: &str, public_key: Option<&str>) -> Result<Private
 }
 
 pub fn validate_issuer_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+    let ok = !crate::path::is_dot_or_empty(name)
         && name.len() <= 64
         && name != "default"
         && name
@@ -148,7 +148,7 @@ pub fn validate_issuer_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::invalid(format!(
-            "invalid issuer name {name:?}: 1-64 letters, digits, '-', '_' or '.', and not \"default\""
+            "invalid issuer name {name:?}: 1-64 letters, digits, '-', '_' or '.', and not \"default\", '.' or '..'"
         )))
     }
 }

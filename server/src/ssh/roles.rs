@@ -82,17 +82,18 @@ fn key(m: &Mount, name: &str) -> String {
 }
 
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "role name must be 1-128 letters, digits, '-', '_', '.' or '@'",
-        ))
+    crate::path::validate_name("role name", name)
+}
+
+/// The issuer a role signs with: a name, an ID or `default` (when empty).
+/// Names are path segments (`issuer/<ref>`), so `.` and `..` cannot name one.
+fn issuer_ref(f: &Fields) -> Result<String> {
+    match f.str("issuer_ref")?.filter(|s| !s.is_empty()) {
+        None => Ok("default".into()),
+        Some(r) if crate::path::is_dot_or_empty(&r) => Err(Error::invalid(format!(
+            "issuer_ref {r:?} cannot name an issuer"
+        ))),
+        Some(r) => Ok(r),
     }
 }
 
@@ -271,10 +272,7 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         allowed_user_key_lengths: key_lengths(f)?,
         algorithm_signer,
         allow_empty_principals: f.bool("allow_empty_principals")?.unwrap_or(false),
-        issuer_ref: f
-            .str("issuer_ref")?
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "default".into()),
+        issuer_ref: issuer_ref(f)?,
         allowed_source_addresses: f.cidr_list("allowed_source_addresses")?.unwrap_or_default(),
         allowed_force_commands,
         cidr_list: f.cidr_list("cidr_list")?.unwrap_or_default(),
