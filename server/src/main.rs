@@ -215,7 +215,7 @@ async fn dev(
     core.ensure_mount("ssh", "ssh").await?;
 
     let listener =
-        std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+        serve::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() && addr.is_ipv4() {
         format!("127.0.0.1:{}", addr.port())
@@ -272,7 +272,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         Some(t) => Some(tls::rustls_config(&t.cert, &t.key).await?),
         None => None,
     };
-    let listener = std::net::TcpListener::bind(cfg.listen)
+    let listener = serve::bind(cfg.listen)
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));

@@ -69,6 +69,23 @@ fn open_file_limit() -> u64 {
         .unwrap_or(1024)
 }
 
+/// Connections the kernel queues for `accept` (Go's servers, Vault among
+/// them, use the system's maximum too). std's 128 overflows when a fleet
+/// reconnects at once: the surplus sit half-open, unseen by the server.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the API's listening socket with a deep accept queue.
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
 /// Serves until `shutdown` completes, then drains open requests.
 pub async fn run(
     core: State,
