@@ -573,6 +573,19 @@ pub fn plan_install(
         d,
         &prior,
     );
+    if composed.placement == Placement::Included
+        && composed.main != current
+        && !paths.sshd().supports_include()
+    {
+        composed = compose(&base, &dropin_path, usable, None, d, &prior);
+        composed.notes.push(format!(
+            "{} does not know `Include` (OpenSSH before 8.2): gatepass's lines go into a marked \
+             block of {}, which gatepass-hostd's service may not rewrite; changes that need it \
+             (a new host certificate, another mode) take `gatepass-hostd setup` as root",
+            paths.sshd.display(),
+            paths.sshd_config.display()
+        ));
+    }
     if composed.main != current && !replaceable(&paths.sshd_config) {
         let legacy = compose(&base, &dropin_path, usable, None, d, &prior);
         if legacy.main != current {

@@ -705,3 +705,38 @@ fn a_host_certificate_sshd_refuses_is_rolled_back() {
     assert!(!Path::new(&fx.managed("ssh_host_ed25519_key-cert.pub")).exists());
     assert_eq!(fx.reloads(), 1, "only the first install reloaded");
 }
+
+#[test]
+fn an_sshd_without_include_support_gets_the_directives_in_the_block() {
+    let fx = Fx::new();
+    // OpenSSH before 8.2 fails on any Include line.
+    let fake = fx.dir.join("old-sshd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif grep -qi '^include' \"$3\"; then echo \"$3: line 1: Bad configuration option: Include\" >&2; exit 255; fi\nexec {SSHD} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut paths = fx.paths.clone();
+    paths.sshd = fake;
+    let host = Host::new(&paths);
+    let original = fx.write_main("HostKey {hostkey}\nPasswordAuthentication no\n");
+    let out = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert_eq!(out.placement, Some(Placement::Block));
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("does not know `Include`")),
+        "{:?}",
+        out.notes
+    );
+    assert!(!fx.main().to_ascii_lowercase().contains("\ninclude"));
+    assert!(!fx.included().exists());
+    assert_eq!(fx.effective("trustedusercakeys"), fx.managed("user_ca.pub"));
+    let again = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert!(again.changes.is_empty());
+    host.uninstall().unwrap();
+    assert_eq!(fx.main(), original);
+}

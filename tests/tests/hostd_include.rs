@@ -72,9 +72,9 @@ struct Rig {
 }
 
 impl Rig {
-    /// A dev server with a host CA mount whose role does not exist yet (so
-    /// `setup` gets no host certificate), and a private sshd without any
-    /// `Include`, with a `Match` block at its end.
+    /// A dev server with a host role (which stops signing for `setup`, see
+    /// [`Rig::setup`]), and a private sshd without any `Include`, with a
+    /// `Match` block at its end.
     fn start() -> Rig {
         let server = DevServer::start();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -99,7 +99,15 @@ impl Rig {
             config,
         };
         rig.write("ssh/config/ca", json!({}));
+        rig.host_role(true);
         rig
+    }
+
+    fn host_role(&self, signs: bool) {
+        self.write(
+            "ssh/roles/hosts",
+            json!({"key_type": "ca", "allow_host_certificates": signs, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
+        );
     }
 
     fn write(&self, path: &str, body: Value) -> Value {
@@ -128,6 +136,9 @@ impl Rig {
             .as_str()
             .unwrap()
             .to_string();
+        // The join token names the role; the role stops signing until the
+        // test turns it back on.
+        self.host_role(false);
         let d = &self.sshd.dir;
         let pid = self.sshd.pid().unwrap();
         let mut cmd = self.hostd(&["setup"]);
@@ -150,7 +161,7 @@ impl Rig {
         assert_eq!(st, 0, "setup failed:\n{out}{err}");
         assert!(
             !self.cert_file().exists(),
-            "no host role yet, so no certificate at setup:\n{out}{err}"
+            "the role signs no host certificates yet:\n{out}{err}"
         );
         // The one edit of sshd_config: an Include of gatepass's file,
         // before the Match block.
@@ -203,13 +214,10 @@ fn a_first_host_certificate_after_setup_with_sshd_config_read_only() {
     rig.setup(Path::new(SSHD));
     let main = std::fs::read_to_string(&rig.sshd.config).unwrap();
 
-    // The service's view: sshd_config read-only. The host role appears; the
-    // daemon asks for the first certificate at once.
+    // The service's view: sshd_config read-only. The host role starts signing;
+    // the daemon asks for the first certificate at once.
     let _ro = ReadOnly::file(&rig.sshd.config);
-    rig.write(
-        "ssh/roles/hosts",
-        json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
-    );
+    rig.host_role(true);
     let listening = rig.listening();
     let daemon = rig.daemon();
     let started = Instant::now();
@@ -283,10 +291,7 @@ fn a_change_sshd_refuses_is_rolled_back_and_shown_in_status() {
     let own = std::fs::read(rig.included()).unwrap();
 
     let _ro = ReadOnly::file(&rig.sshd.config);
-    rig.write(
-        "ssh/roles/hosts",
-        json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
-    );
+    rig.host_role(true);
     let listening = rig.listening();
     let daemon = rig.daemon();
     let started = Instant::now();
