@@ -26,7 +26,7 @@ fuzz_target!(|input: (&str, bool, bool, bool)| {
         authorized_keys_file: "/etc/ssh/gatepass/authorized_keys/%u".into(),
         host_certificates: vec![],
     };
-    let included = own_file.then(|| Path::new("/etc/ssh/gatepass/sshd_config.conf"));
+    let included = own_file.then_some(Path::new("/etc/ssh/gatepass/sshd_config.conf"));
     let composed = compose(&base, dropin, dropin_usable, included, &d, &prior);
     let back = strip(path, &composed.main).expect("gatepass's own file strips");
     assert_eq!(back, base, "strip(compose(x)) != x");
