@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use gatepass_hostd::sshd_config::{compose, include_covers, prior_authorized_keys, strip, Directives};
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: (&str, bool, bool)| {
-    let (text, dropin_usable, mapped) = input;
+fuzz_target!(|input: (&str, bool, bool, bool)| {
+    let (text, dropin_usable, mapped, own_file) = input;
     let path = Path::new("/etc/ssh/sshd_config");
     let dropin = Path::new("/etc/ssh/sshd_config.d/50-gatepass.conf");
     let _ = include_covers(text, dropin);
@@ -26,7 +26,8 @@ fuzz_target!(|input: (&str, bool, bool)| {
         authorized_keys_file: "/etc/ssh/gatepass/authorized_keys/%u".into(),
         host_certificates: vec![],
     };
-    let composed = compose(&base, dropin, dropin_usable, &d, &prior);
+    let included = own_file.then_some(Path::new("/etc/ssh/gatepass/sshd_config.conf"));
+    let composed = compose(&base, dropin, dropin_usable, included, &d, &prior);
     let back = strip(path, &composed.main).expect("gatepass's own file strips");
     assert_eq!(back, base, "strip(compose(x)) != x");
 });

@@ -60,6 +60,7 @@ impl Host {
                 sshd_config: paths.sshd_config.clone(),
                 sshd_config_dir: paths.sshd_config_dir.clone(),
                 sshd: paths.sshd.clone(),
+                included: paths.managed_dir.join(sshd_config::INCLUDED_NAME),
             },
             reload: Reload::from_config(paths.reload_command.as_deref()),
         }
@@ -151,14 +152,29 @@ impl Host {
         let eff = self.effective()?;
         let keys = self.host_keys(&eff);
         let certs = Self::cert_changes(new_certs)?;
+        let mut written = Vec::new();
         for c in &certs {
-            c.apply()?;
+            if let Err(e) = c.apply() {
+                undo(&written);
+                return Err(e.into());
+            }
+            written.push(c.clone());
         }
         let d = self.directives(state.principals.is_some(), &keys, new_certs);
+        // A config change that cannot be made takes the new certificates
+        // back with it: sshd keeps what it had, nothing half done.
+        let committed = sshd_config::plan_install(&self.sshd_paths, &d, &eff)
+            .and_then(|plan| Ok((sshd_config::commit(&self.sshd_paths, &plan)?, plan)));
+        let (config_changed, plan) = match committed {
+            Ok(x) => x,
+            Err(e) => {
+                undo(&written);
+                return Err(e.into());
+            }
+        };
         out.certs_changed = certs.iter().any(|c| d.host_certificates.contains(&c.path));
         out.changes.extend(certs);
-        let plan = sshd_config::plan_install(&self.sshd_paths, &d, &eff)?;
-        out.config_changed = sshd_config::commit(&self.sshd_paths, &plan)?;
+        out.config_changed = config_changed;
         out.placement = plan.placement;
         out.notes = plan.notes.clone();
         if out.config_changed {
@@ -193,5 +209,21 @@ impl Host {
         let mut changes = if changed { plan.changes } else { Vec::new() };
         changes.extend(apply::remove_all(&self.layout)?);
         Ok((changes, reloaded))
+    }
+}
+
+/// Puts back what `changes` replaced, last first; failures are logged (the
+/// caller is already reporting an error).
+fn undo(changes: &[Change]) {
+    for c in changes.iter().rev() {
+        let back = Change {
+            path: c.path.clone(),
+            old: c.new.clone(),
+            new: c.old.clone(),
+            mode: c.mode,
+        };
+        if let Err(e) = back.apply() {
+            tracing::error!("cannot restore {}: {e}", c.path.display());
+        }
     }
 }

@@ -27,7 +27,10 @@ use gatepass_hostd::{apply, clock, remote, sync};
         (AuthorizedPrincipalsFile, mapped mode), authorized_keys/<user> (dynamic keys, a second \
         AuthorizedKeysFile after the usual ones) and <hostkey>-cert.pub (HostCertificate). The \
         directives go into <sshd_config.d>/50-gatepass.conf when sshd_config Includes that folder \
-        before its first Match, otherwise into a marked block in sshd_config before the first Match. \
+        before its first Match (and the folder is writable), otherwise into sshd_config.conf in the \
+        managed folder, which `setup` makes sshd_config Include from a marked block before its first \
+        Match (the one edit of sshd_config itself; the service later writes only the managed folder \
+        and the drop-in folder). \
         A line of sshd_config that would override gatepass's is commented out with the marker \
         `#gatepass-hostd-disabled# ` and restored by `uninstall`. Every change is checked with \
         `sshd -t` and rolled back if sshd rejects it; sshd is reloaded only when its config or a \
@@ -359,16 +362,7 @@ fn status(config: &Path, json: bool) -> Result<()> {
     };
     let local = LocalState::load(&cfg.paths.state_dir);
     let host = Host::new(&cfg.paths);
-    let main = std::fs::read_to_string(&cfg.paths.sshd_config).unwrap_or_default();
-    let block = main.lines().any(|l| l.trim() == sshd_config::BEGIN);
-    let dropin = cfg.paths.sshd_config_dir.join(sshd_config::DROPIN_NAME);
-    let placement = if dropin.exists() {
-        Some(Placement::DropIn)
-    } else if block {
-        Some(Placement::Block)
-    } else {
-        None
-    };
+    let placement = sshd_config::installed_placement(&host.sshd_paths);
     let count = |d: PathBuf| files::list_files(&d).map(|v| v.len()).unwrap_or(0);
     let ca_keys = std::fs::read_to_string(host.layout.user_ca())
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count())
@@ -392,10 +386,18 @@ fn status(config: &Path, json: bool) -> Result<()> {
     println!("gatepass-hostd {}", env!("CARGO_PKG_VERSION"));
     println!("host:          {} at {}", cfg.host_id, cfg.server);
     match placement {
-        Some(Placement::DropIn) => println!("sshd config:   {}", dropin.display()),
-        Some(Placement::Block) => println!(
-            "sshd config:   marked block in {}",
+        Some(Placement::DropIn) => {
+            println!("sshd config:   {}", host.sshd_paths.dropin().display())
+        }
+        Some(Placement::Included) => println!(
+            "sshd config:   {} (Included from {})",
+            host.sshd_paths.included.display(),
             cfg.paths.sshd_config.display()
+        ),
+        Some(Placement::Block) => println!(
+            "sshd config:   marked block in {} (run `gatepass-hostd setup` once to move it into {})",
+            cfg.paths.sshd_config.display(),
+            host.sshd_paths.included.display()
         ),
         None => println!("sshd config:   not installed"),
     }

@@ -45,6 +45,29 @@ impl Sshd {
         run(&mut cmd).map(|_| ())
     }
 
+    /// Whether this sshd knows the `Include` keyword (OpenSSH 8.2 and
+    /// later): `sshd -t` of a probe config holding only an `Include` must
+    /// not fail on that line. Anything else going wrong says yes, so that
+    /// the real config's own `sshd -t` check has the last word.
+    pub fn supports_include(&self) -> bool {
+        let Ok(dir) = tempfile::tempdir() else {
+            return true;
+        };
+        let probe = dir.path().join("sshd_config");
+        let text = format!("Include {}\n", dir.path().join("none.conf").display());
+        if std::fs::write(&probe, text).is_err() {
+            return true;
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-t").arg("-f").arg(&probe);
+        match run(&mut cmd) {
+            Err(SshdError::Failed { output, .. }) => !output
+                .to_ascii_lowercase()
+                .contains("bad configuration option: include"),
+            _ => true,
+        }
+    }
+
     /// `sshd -T -f CONFIG`: the effective global settings.
     pub fn effective(&self) -> Result<Effective, SshdError> {
         let mut cmd = Command::new(&self.binary);

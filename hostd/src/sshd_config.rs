@@ -3,12 +3,22 @@
 //! removed again.
 //!
 //! Placement: sshd keeps the first value it reads for most keywords, and
-//! everything after a `Match` line belongs to that block. So:
+//! everything after a `Match` line belongs to that block. hostd's service
+//! may write only its managed folder and the drop-in folder (see
+//! systemd/gatepass-hostd.service), never the main file, so every line that
+//! can change later lives in a file of one of those:
 //! - when the main file `Include`s the drop-in folder before its first
-//!   `Match`, the lines go to `<sshd_config.d>/50-gatepass.conf`;
-//! - otherwise (no such Include, or the folder is missing or read-only) they
-//!   go into one marked block in the main file, right before the first
-//!   `Match` (or at the end).
+//!   `Match` and the folder is writable, the lines go to
+//!   `<sshd_config.d>/50-gatepass.conf` ([`Placement::DropIn`]);
+//! - otherwise they go to gatepass's own file in the managed folder
+//!   (`<managed>/sshd_config.conf`), and the main file gets, once, a marked
+//!   block holding only `Include <that file>`, right before the first
+//!   `Match` (or at the end) ([`Placement::Included`]). An `Include` of that
+//!   file the admin wrote before the first `Match` does as well.
+//! - [`Placement::Block`], the directives themselves in the marked block,
+//!   is what older versions wrote. It is kept only while the main file is
+//!   read-only to hostd (under its unit) and the block needs no change;
+//!   the next `setup` turns it into the `Include`.
 //!
 //! Conflicts: a line of the main file's global section that sets a keyword
 //! gatepass manages and would be read before gatepass's own is commented out
@@ -32,7 +42,10 @@ pub const END: &str = "# END gatepass-hostd";
 /// Prefix of a main-file line gatepass commented out; uninstall removes it.
 pub const DISABLED: &str = "#gatepass-hostd-disabled# ";
 pub const DROPIN_NAME: &str = "50-gatepass.conf";
-const DROPIN_HEADER: &str =
+/// gatepass's own sshd config file in the managed folder, Included from the
+/// main file when the drop-in folder is not usable.
+pub const INCLUDED_NAME: &str = "sshd_config.conf";
+const OWN_FILE_HEADER: &str =
     "# Managed by gatepass-hostd: do not edit. `gatepass-hostd uninstall` removes this file.";
 /// Relative `Include` patterns are relative to this folder (sshd's SSHDIR).
 const SSHDIR: &str = "/etc/ssh";
@@ -47,8 +60,17 @@ pub enum ConfigError {
     CurrentInvalid(#[source] SshdError),
     #[error("sshd rejected the new configuration; the previous files were restored: {0}")]
     Rejected(String),
+    #[error("cannot write sshd's configuration; the previous files were kept: {0}")]
+    WriteFailed(String),
     #[error("sshd rejected the new configuration and restoring the previous files failed ({restore}): {reason}")]
     RollbackFailed { reason: String, restore: String },
+    #[error(
+        "{} needs rewriting for this change, but gatepass-hostd may not write it here \
+         (read-only, as under its systemd unit); nothing was changed. Run `gatepass-hostd setup` \
+         once as root: it makes {} Include {}, which the service may write",
+        main.display(), main.display(), included.display()
+    )]
+    MainReadOnly { main: PathBuf, included: PathBuf },
     #[error("{0}")]
     BadPath(String),
 }
@@ -59,6 +81,8 @@ pub struct SshdPaths {
     pub sshd_config: PathBuf,
     pub sshd_config_dir: PathBuf,
     pub sshd: PathBuf,
+    /// gatepass's own file, `<managed>/`[`INCLUDED_NAME`].
+    pub included: PathBuf,
 }
 
 impl SshdPaths {
@@ -124,25 +148,34 @@ impl Directives {
                 .iter()
                 .map(|p| p.display().to_string()),
         );
-        for p in all {
-            if !p.starts_with('/')
-                || p.chars()
-                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#'))
-            {
-                return Err(ConfigError::BadPath(format!(
-                    "{p:?}: paths in sshd_config must be absolute, without whitespace, quotes or '#'"
-                )));
-            }
-        }
-        Ok(())
+        all.iter().try_for_each(|p| check_path(p))
     }
+}
+
+/// Paths go into sshd_config unquoted: absolute, no whitespace, quotes or `#`.
+fn check_path(p: &str) -> Result<(), ConfigError> {
+    if !p.starts_with('/')
+        || p.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '#'))
+    {
+        return Err(ConfigError::BadPath(format!(
+            "{p:?}: paths in sshd_config must be absolute, without whitespace, quotes or '#'"
+        )));
+    }
+    Ok(())
 }
 
 /// Where the lines ended up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Placement {
+    /// `<sshd_config.d>/50-gatepass.conf`, Included by the main file.
     DropIn,
+    /// gatepass's own file in the managed folder, Included by the main file
+    /// (from a marked block holding only that `Include`, or the admin's own).
+    Included,
+    /// The directives themselves in a marked block of the main file: what
+    /// older versions wrote, kept while hostd may not rewrite the main file.
     Block,
 }
 
@@ -234,24 +267,30 @@ fn malformed(path: &Path, what: &str) -> ConfigError {
     }
 }
 
-/// The main file and drop-in gatepass wants.
+/// The main file and gatepass's own file gatepass wants.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Composed {
     pub main: String,
+    /// The drop-in's text ([`Placement::DropIn`]).
     pub dropin: Option<String>,
+    /// The included file's text ([`Placement::Included`]).
+    pub included: Option<String>,
     pub placement: Placement,
     /// For people: lines commented out or without effect, fallbacks.
     pub notes: Vec<String>,
 }
 
 /// Builds the main file (from `base`, the main file without gatepass's
-/// lines) and the drop-in. `dropin_usable`: the drop-in folder exists and
-/// is writable. `prior_akf`: the AuthorizedKeysFile list sshd had without
-/// gatepass.
+/// lines) and gatepass's own file. `dropin_usable`: the drop-in folder
+/// exists and is writable. `included`: gatepass's own file to Include when
+/// the drop-in is not used; None puts the directives themselves into the
+/// main file's block (the layout of older versions). `prior_akf`: the
+/// AuthorizedKeysFile list sshd had without gatepass.
 pub fn compose(
     base: &str,
     dropin_path: &Path,
     dropin_usable: bool,
+    included: Option<&Path>,
     d: &Directives,
     prior_akf: &[String],
 ) -> Composed {
@@ -261,34 +300,44 @@ pub fn compose(
         .iter()
         .position(|k| matches!(k, Some((kw, _)) if kw == "match"))
         .unwrap_or(lines.len());
-    let include = parsed[..first_match].iter().position(
-        |k| matches!(k, Some((kw, args)) if kw == "include" && include_covers(args, dropin_path)),
-    );
+    let included_at = |target: &Path| {
+        parsed[..first_match].iter().position(
+            |k| matches!(k, Some((kw, args)) if kw == "include" && include_covers(args, target)),
+        )
+    };
+    let dropin_include = included_at(dropin_path);
+    let own_include = included.and_then(included_at);
+    // Where gatepass's lines take effect (index in `lines`), and whether a
+    // marked block goes there.
+    let (placement, ours_at, block) = match (dropin_include, own_include, included) {
+        (Some(i), _, _) if dropin_usable => (Placement::DropIn, i, false),
+        (_, Some(i), Some(_)) => (Placement::Included, i, false),
+        (_, None, Some(_)) => (Placement::Included, first_match, true),
+        (_, _, None) => (Placement::Block, first_match, true),
+    };
     let mut notes = Vec::new();
-    let placement = match include {
-        Some(_) if dropin_usable => Placement::DropIn,
-        Some(_) => {
-            notes.push(format!(
-                "{} is missing or not writable: the gatepass lines go into a marked block in the main file",
-                dropin_path.parent().unwrap_or(Path::new("")).display()
-            ));
-            Placement::Block
-        }
-        None => Placement::Block,
-    };
-    // Index in `lines` before which gatepass's lines take effect.
-    let ours_at = match (placement, include) {
-        (Placement::DropIn, Some(i)) => i,
-        _ => first_match,
-    };
+    if dropin_include.is_some() && placement != Placement::DropIn {
+        let whither = match included {
+            Some(p) => format!("{}, Included from the main file", p.display()),
+            None => "a marked block in the main file".into(),
+        };
+        notes.push(format!(
+            "{} is missing or not writable: the gatepass lines go into {whither}",
+            dropin_path.parent().unwrap_or(Path::new("")).display()
+        ));
+    }
     let eol = if base.contains("\r\n") { "\r\n" } else { "\n" };
     let managed = d.keywords();
     let directive_lines = d.lines(prior_akf);
+    let block_lines = match (placement, included) {
+        (Placement::Included, Some(p)) => vec![format!("Include {}", p.display())],
+        _ => directive_lines.clone(),
+    };
 
     let mut main = String::with_capacity(base.len() + 512);
     for (i, line) in lines.iter().enumerate() {
-        if i == first_match && placement == Placement::Block {
-            push_block(&mut main, &directive_lines, eol);
+        if i == first_match && block {
+            push_block(&mut main, &block_lines, eol);
         }
         match &parsed[i] {
             Some((kw, _)) if i < first_match && managed.contains(&kw.as_str()) => {
@@ -315,29 +364,30 @@ pub fn compose(
             }
         }
     }
-    if first_match == lines.len() && placement == Placement::Block {
+    if first_match == lines.len() && block {
         if !main.is_empty() && !main.ends_with('\n') {
             // The file's last line had no line ending: it gets one before
             // the block, and the block's END line goes without one, which
             // tells `strip` to take that line ending away again.
             main.push_str(eol);
-            push_block(&mut main, &directive_lines, eol);
+            push_block(&mut main, &block_lines, eol);
             main.truncate(main.len() - eol.len());
         } else {
-            push_block(&mut main, &directive_lines, eol);
+            push_block(&mut main, &block_lines, eol);
         }
     }
-    let dropin = (placement == Placement::DropIn).then(|| {
-        let mut s = format!("{DROPIN_HEADER}\n");
+    let own_file = || {
+        let mut s = format!("{OWN_FILE_HEADER}\n");
         for l in &directive_lines {
             s.push_str(l);
             s.push('\n');
         }
         s
-    });
+    };
     Composed {
         main,
-        dropin,
+        dropin: (placement == Placement::DropIn).then(own_file),
+        included: (placement == Placement::Included).then(own_file),
         placement,
         notes,
     }
@@ -463,6 +513,15 @@ fn dropin_usable(dir: &Path) -> bool {
     dir.is_dir() && nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
+/// Whether hostd may replace this file: the file and its folder writable
+/// (a write goes to a temp file beside it, renamed over it). Under the
+/// unit's `ProtectSystem=strict` the main file is not.
+fn replaceable(path: &Path) -> bool {
+    use nix::unistd::{access, AccessFlags};
+    access(path, AccessFlags::W_OK).is_ok()
+        && access(path.parent().unwrap_or(Path::new("/")), AccessFlags::W_OK).is_ok()
+}
+
 /// `sshd -T` of the config as it is now; an error means sshd would not
 /// start with it, so nothing is changed.
 pub fn current_effective(paths: &SshdPaths) -> Result<Effective, ConfigError> {
@@ -472,41 +531,95 @@ pub fn current_effective(paths: &SshdPaths) -> Result<Effective, ConfigError> {
         .map_err(ConfigError::CurrentInvalid)
 }
 
+/// The change of one of gatepass's own files (drop-in, included file); a
+/// file that is not wanted and not there (or whose folder is missing) is
+/// no change.
+fn own_file_change(path: &Path, new: Option<String>) -> Result<Option<Change>, ConfigError> {
+    if new.is_none() && !path.exists() {
+        return Ok(None);
+    }
+    Ok(Change::compute(
+        path,
+        new.map(String::into_bytes),
+        files::PUBLIC_FILE,
+    )?)
+}
+
 /// What installing `d` would change. The AuthorizedKeysFile list to keep
 /// comes from sshd's effective config.
 /// `eff`: `sshd -T` of the current config (see [`current_effective`]).
+///
+/// When the main file would have to change but hostd may not write it (its
+/// unit), an old-style block that already holds exactly these directives
+/// is kept (with a note); any other change is refused with
+/// [`ConfigError::MainReadOnly`] before anything is written.
 pub fn plan_install(
     paths: &SshdPaths,
     d: &Directives,
     eff: &Effective,
 ) -> Result<ConfigPlan, ConfigError> {
     d.validate()?;
+    check_path(&paths.included.display().to_string())?;
     let current = read_main(&paths.sshd_config)?;
     let base = strip(&paths.sshd_config, &current)?;
     let prior = prior_authorized_keys(eff.get("authorizedkeysfile"), &d.authorized_keys_file);
     let dropin_path = paths.dropin();
-    let composed = compose(
+    let usable = dropin_usable(&paths.sshd_config_dir);
+    let mut composed = compose(
         &base,
         &dropin_path,
-        dropin_usable(&paths.sshd_config_dir),
+        usable,
+        Some(&paths.included),
         d,
         &prior,
     );
-    let mut changes = Vec::new();
+    if composed.placement == Placement::Included
+        && composed.main != current
+        && !paths.sshd().supports_include()
+    {
+        composed = compose(&base, &dropin_path, usable, None, d, &prior);
+        composed.notes.push(format!(
+            "{} does not know `Include` (OpenSSH before 8.2): gatepass's lines go into a marked \
+             block of {}, which gatepass-hostd's service may not rewrite; changes that need it \
+             (a new host certificate, another mode) take `gatepass-hostd setup` as root",
+            paths.sshd.display(),
+            paths.sshd_config.display()
+        ));
+    }
+    if composed.main != current && !replaceable(&paths.sshd_config) {
+        let legacy = compose(&base, &dropin_path, usable, None, d, &prior);
+        if legacy.main != current {
+            return Err(ConfigError::MainReadOnly {
+                main: paths.sshd_config.clone(),
+                included: paths.included.clone(),
+            });
+        }
+        let note = format!(
+            "gatepass's lines are still in a marked block of {}, which gatepass-hostd may not \
+             rewrite here: changes that need it (a new host certificate, another mode) fail \
+             until `gatepass-hostd setup` is run once as root, which moves them into {}",
+            paths.sshd_config.display(),
+            paths.included.display()
+        );
+        tracing::warn!("{note}");
+        composed = legacy;
+        composed.notes.push(note);
+    }
+    // New files before the main file that Includes them, removals after
+    // it: sshd never reads a config that names a missing file.
+    let own = [
+        own_file_change(&dropin_path, composed.dropin)?,
+        own_file_change(&paths.included, composed.included)?,
+    ];
+    let (writes, removals): (Vec<Change>, Vec<Change>) =
+        own.into_iter().flatten().partition(|c| c.new.is_some());
+    let mut changes = writes;
     changes.extend(main_change(
         &paths.sshd_config,
         current.as_bytes(),
         composed.main,
     )?);
-    let dropin_new = composed.dropin.map(String::into_bytes);
-    // A drop-in we cannot reach (missing folder) is not ours to remove.
-    if dropin_new.is_some() || dropin_path.exists() {
-        changes.extend(Change::compute(
-            &dropin_path,
-            dropin_new,
-            files::PUBLIC_FILE,
-        )?);
-    }
+    changes.extend(removals);
     Ok(ConfigPlan {
         changes,
         placement: Some(composed.placement),
@@ -521,7 +634,8 @@ pub fn plan_uninstall(paths: &SshdPaths) -> Result<ConfigPlan, ConfigError> {
     let base = strip(&paths.sshd_config, &current)?;
     let mut changes = Vec::new();
     changes.extend(main_change(&paths.sshd_config, current.as_bytes(), base)?);
-    changes.extend(Change::compute(&paths.dropin(), None, files::PUBLIC_FILE)?);
+    changes.extend(own_file_change(&paths.dropin(), None)?);
+    changes.extend(own_file_change(&paths.included, None)?);
     Ok(ConfigPlan {
         changes,
         placement: None,
@@ -530,10 +644,36 @@ pub fn plan_uninstall(paths: &SshdPaths) -> Result<ConfigPlan, ConfigError> {
     })
 }
 
+/// Where gatepass's lines are now, from the files (for `status`).
+pub fn installed_placement(paths: &SshdPaths) -> Option<Placement> {
+    if paths.dropin().exists() {
+        return Some(Placement::DropIn);
+    }
+    let main = std::fs::read_to_string(&paths.sshd_config).unwrap_or_default();
+    let (mut in_block, mut block, mut directives) = (false, false, false);
+    for line in main.lines() {
+        let t = line.trim();
+        if t == BEGIN {
+            (in_block, block) = (true, true);
+        } else if t == END {
+            in_block = false;
+        } else if in_block && keyword(t).is_some_and(|(kw, _)| kw != "include") {
+            directives = true;
+        }
+    }
+    if directives {
+        Some(Placement::Block)
+    } else if block || paths.included.exists() {
+        Some(Placement::Included)
+    } else {
+        None
+    }
+}
+
 /// Makes the planned changes, then checks them with `sshd -t` (and, for an
 /// install, that `sshd -T` resolves every keyword to gatepass's value). On
-/// any failure the previous files are restored exactly. Returns whether
-/// anything changed.
+/// any failure (a write refused, sshd rejecting the result) the previous
+/// files are restored exactly. Returns whether anything changed.
 pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError> {
     if plan.changes.is_empty() {
         return Ok(false);
@@ -541,6 +681,7 @@ pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError>
     // Leftovers of a writer killed mid-write; sshd never reads them.
     for dir in [
         paths.sshd_config_dir.as_path(),
+        paths.included.parent().unwrap_or(Path::new("/")),
         paths.sshd_config.parent().unwrap_or(Path::new("/")),
     ] {
         if let Err(e) = files::clean_temp_files(dir) {
@@ -548,28 +689,32 @@ pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError>
         }
     }
     let mut done: Vec<&Change> = Vec::new();
-    let mut failure: Option<String> = None;
+    let mut write_failure: Option<String> = None;
     for c in &plan.changes {
         if let Err(e) = c.apply() {
-            failure = Some(e.to_string());
+            write_failure = Some(e.to_string());
             break;
         }
         done.push(c);
     }
-    if failure.is_none() {
-        let sshd = paths.sshd();
-        failure = match sshd.test() {
-            Err(e) => Some(e.to_string()),
-            Ok(()) => match &plan.expect {
-                None => None,
-                Some((d, prior)) => match sshd.effective() {
-                    Err(e) => Some(e.to_string()),
-                    Ok(eff) => check_effective(&eff, d, prior).err(),
+    let failure = match write_failure {
+        Some(e) => Some(ConfigError::WriteFailed(e)),
+        None => {
+            let sshd = paths.sshd();
+            let reason = match sshd.test() {
+                Err(e) => Some(e.to_string()),
+                Ok(()) => match &plan.expect {
+                    None => None,
+                    Some((d, prior)) => match sshd.effective() {
+                        Err(e) => Some(e.to_string()),
+                        Ok(eff) => check_effective(&eff, d, prior).err(),
+                    },
                 },
-            },
-        };
-    }
-    let Some(reason) = failure else {
+            };
+            reason.map(ConfigError::Rejected)
+        }
+    };
+    let Some(failure) = failure else {
         return Ok(true);
     };
     let mut restore_errors = Vec::new();
@@ -585,8 +730,12 @@ pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError>
         }
     }
     if restore_errors.is_empty() {
-        Err(ConfigError::Rejected(reason))
+        Err(failure)
     } else {
+        let reason = match failure {
+            ConfigError::WriteFailed(r) | ConfigError::Rejected(r) => r,
+            other => other.to_string(),
+        };
         Err(ConfigError::RollbackFailed {
             reason,
             restore: restore_errors.join("; "),
@@ -656,6 +805,7 @@ mod tests {
             base,
             Path::new("/etc/ssh/sshd_config.d/50-gatepass.conf"),
             true,
+            None,
             &d(false),
             &prior(),
         );
@@ -672,10 +822,10 @@ mod tests {
         let base = "include sshd_config.d/*.conf\nPort 22\n";
         let p = Path::new("/etc/ssh/sshd_config.d/50-gatepass.conf");
         assert_eq!(
-            compose(base, p, true, &d(false), &[]).placement,
+            compose(base, p, true, None, &d(false), &[]).placement,
             Placement::DropIn
         );
-        let c = compose(base, p, false, &d(false), &[]);
+        let c = compose(base, p, false, None, &d(false), &[]);
         assert_eq!(c.placement, Placement::Block);
         assert!(c
             .main
@@ -697,6 +847,7 @@ mod tests {
                 base,
                 Path::new("/x/50-gatepass.conf"),
                 false,
+                None,
                 &d(false),
                 &[],
             );
@@ -713,6 +864,7 @@ mod tests {
             base,
             Path::new("/x/50-gatepass.conf"),
             true,
+            None,
             &d(true),
             &prior(),
         );
@@ -732,6 +884,7 @@ mod tests {
             base,
             Path::new("/x/50-gatepass.conf"),
             true,
+            None,
             &d(false),
             &[".ssh/ak".into()],
         );
@@ -761,6 +914,7 @@ mod tests {
             base,
             Path::new("/etc/ssh/sshd_config.d/50-gatepass.conf"),
             true,
+            None,
             &d(false),
             &[],
         );
@@ -768,9 +922,71 @@ mod tests {
         assert!(c.notes[0].contains("no effect"), "{:?}", c.notes);
     }
 
+    const OWN: &str = "/etc/ssh/gatepass/sshd_config.conf";
+    const DROPIN: &str = "/etc/ssh/sshd_config.d/50-gatepass.conf";
+
+    #[test]
+    fn without_an_include_the_main_file_gets_only_an_include_of_gatepass_file() {
+        let base = "Port 22\nTrustedUserCAKeys /old\nMatch User git\n  X11Forwarding no\n";
+        let c = compose(
+            base,
+            Path::new(DROPIN),
+            true,
+            Some(Path::new(OWN)),
+            &d(false),
+            &prior(),
+        );
+        assert_eq!(c.placement, Placement::Included);
+        assert_eq!(
+            c.main,
+            format!("Port 22\n{DISABLED}TrustedUserCAKeys /old\n{BEGIN}\nInclude {OWN}\n{END}\nMatch User git\n  X11Forwarding no\n")
+        );
+        let own = c.included.unwrap();
+        assert!(own.contains("TrustedUserCAKeys /g/user_ca.pub\n"), "{own}");
+        assert!(c.dropin.is_none());
+        assert_eq!(strip(Path::new("x"), &c.main).unwrap(), base);
+    }
+
+    #[test]
+    fn an_unusable_dropin_folder_or_the_admins_own_include() {
+        let base = "Include /etc/ssh/sshd_config.d/*.conf\nPort 22";
+        let c = compose(
+            base,
+            Path::new(DROPIN),
+            false,
+            Some(Path::new(OWN)),
+            &d(false),
+            &[],
+        );
+        assert_eq!(c.placement, Placement::Included);
+        assert!(c.main.contains(&format!("Include {OWN}")));
+        assert!(c.notes[0].contains(OWN), "{:?}", c.notes);
+        assert_eq!(strip(Path::new("x"), &c.main).unwrap(), base);
+        // An Include of gatepass's file written by the admin needs no block.
+        let base = "Include /etc/ssh/gatepass/*.conf\nPort 22\n";
+        let c = compose(
+            base,
+            Path::new(DROPIN),
+            false,
+            Some(Path::new(OWN)),
+            &d(false),
+            &[],
+        );
+        assert_eq!(c.placement, Placement::Included);
+        assert_eq!(c.main, base);
+        assert!(c.included.is_some());
+    }
+
     #[test]
     fn no_trailing_newline() {
-        let c = compose("Port 22", Path::new("/x/y.conf"), true, &d(false), &[]);
+        let c = compose(
+            "Port 22",
+            Path::new("/x/y.conf"),
+            true,
+            None,
+            &d(false),
+            &[],
+        );
         assert!(c.main.starts_with(&format!("Port 22\n{BEGIN}\n")));
         assert!(c.main.ends_with(END));
         assert_eq!(strip(Path::new("x"), &c.main).unwrap(), "Port 22");

@@ -287,6 +287,9 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                         tracing::error!("applying state {} failed: {e}", state.index);
                         local.last_error = Some(e.to_string());
                         retry_at = Some(now + 30);
+                        // The certificates wait for the retry; asking for
+                        // new ones before it would only repeat the failure.
+                        renew_at = renew_at.map(|r| r.max(now + 30));
                         pending_certs = certs;
                     }
                 }

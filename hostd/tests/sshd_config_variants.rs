@@ -111,6 +111,10 @@ impl Fx {
     fn dropin(&self) -> PathBuf {
         self.paths.sshd_config_dir.join("50-gatepass.conf")
     }
+
+    fn included(&self) -> PathBuf {
+        self.paths.managed_dir.join("sshd_config.conf")
+    }
 }
 
 fn state(mapped: bool) -> HostState {
@@ -169,6 +173,7 @@ fn round_trip(
         String::from_utf8_lossy(&krl.stderr)
     );
     assert_eq!(fx.dropin().exists(), placement == Placement::DropIn);
+    assert_eq!(fx.included().exists(), placement == Placement::Included);
     let installed = fx.main();
 
     // Again: nothing changes, no reload.
@@ -239,18 +244,23 @@ fn debian_default_gets_a_dropin() {
 }
 
 #[test]
-fn no_include_gets_a_block_at_the_end() {
+fn no_include_gets_an_include_of_gatepass_file_at_the_end() {
     let fx = Fx::new();
     let original = fx.write_main("HostKey {hostkey}\nPasswordAuthentication no\n");
     let installed = round_trip(
         &fx,
         &original,
-        Placement::Block,
+        Placement::Included,
         false,
         ".ssh/authorized_keys .ssh/authorized_keys2",
     );
-    assert!(installed.starts_with(&original));
-    assert!(installed.contains("# BEGIN gatepass-hostd"));
+    assert_eq!(
+        installed,
+        format!(
+            "{original}# BEGIN gatepass-hostd (managed, do not edit)\nInclude {}\n# END gatepass-hostd\n",
+            fx.included().display()
+        )
+    );
 }
 
 #[test]
@@ -261,7 +271,7 @@ fn trailing_match_block_stays_last() {
     let installed = round_trip(
         &fx,
         &original,
-        Placement::Block,
+        Placement::Included,
         true,
         ".ssh/authorized_keys .ssh/authorized_keys2",
     );
@@ -277,7 +287,7 @@ fn crlf_odd_case_and_an_existing_trusted_ca_line() {
     let original = fx.write_main(
         "HostKey {hostkey}\r\n\ttrustedusercakeys=/etc/ssh/old_ca.pub \r\n  AUTHORIZEDKEYSFILE\t.ssh/my_keys\r\nrevokedkeys   none\r\nMatch Address 10.0.0.0/8\r\n  PasswordAuthentication no\r\n",
     );
-    let installed = round_trip(&fx, &original, Placement::Block, false, ".ssh/my_keys");
+    let installed = round_trip(&fx, &original, Placement::Included, false, ".ssh/my_keys");
     assert!(installed.contains(&format!(
         "{DISABLED}\ttrustedusercakeys=/etc/ssh/old_ca.pub \r\n"
     )));
@@ -310,14 +320,14 @@ fn a_line_before_the_include_is_commented_out_and_restored() {
 }
 
 #[test]
-fn missing_dropin_folder_falls_back_to_a_block() {
+fn missing_dropin_folder_falls_back_to_gatepass_file() {
     let fx = Fx::new();
     std::fs::remove_dir(&fx.paths.sshd_config_dir).unwrap();
     let original = fx.write_main(DEBIAN);
     let installed = round_trip(
         &fx,
         &original,
-        Placement::Block,
+        Placement::Included,
         false,
         ".ssh/authorized_keys .ssh/authorized_keys2",
     );
@@ -334,7 +344,7 @@ impl Drop for Mount {
 }
 
 #[test]
-fn read_only_dropin_folder_falls_back_to_a_block() {
+fn read_only_dropin_folder_falls_back_to_gatepass_file() {
     let fx = Fx::new();
     let ro = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs"])
@@ -352,7 +362,7 @@ fn read_only_dropin_folder_falls_back_to_a_block() {
         .host()
         .converge(&state(false), clock::now(), &[])
         .unwrap();
-    assert_eq!(out.placement, Some(Placement::Block));
+    assert_eq!(out.placement, Some(Placement::Included));
     assert!(
         out.notes.iter().any(|n| n.contains("not writable")),
         "{:?}",
@@ -389,6 +399,7 @@ fn a_config_sshd_rejects_is_rolled_back() {
         "{msg}"
     );
     assert_eq!(fx.main(), original, "rolled back exactly");
+    assert!(!fx.included().exists(), "gatepass's file removed again");
     assert_eq!(fx.reloads(), 0, "no reload after a rollback");
 }
 
@@ -476,10 +487,256 @@ fn preview_changes_nothing() {
     let original = fx.write_main("HostKey {hostkey}\n");
     let p = fx.host().preview(&state(true), clock::now(), true).unwrap();
     assert!(p.changes.len() >= 2, "{:?}", p.changes);
-    assert_eq!(p.config.changes.len(), 1);
+    // gatepass's own file, then the main file that Includes it.
+    assert_eq!(p.config.changes.len(), 2);
     let diff = p.config.changes[0].unified_diff();
     assert!(diff.contains("+TrustedUserCAKeys"), "{diff}");
     assert_eq!(p.to_sign.len(), 1);
     assert_eq!(fx.main(), original);
     assert!(!fx.paths.managed_dir.exists());
+}
+
+/// A read-only bind mount over one file, as the unit's `ProtectSystem=strict`
+/// makes sshd_config for hostd; undone on drop, also when the test fails.
+struct ReadOnly(PathBuf);
+impl ReadOnly {
+    fn file(path: &Path) -> ReadOnly {
+        let ok = Command::new("mount")
+            .args(["--bind"])
+            .arg(path)
+            .arg(path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "cannot bind-mount {} (the tests run as root)",
+            path.display()
+        );
+        let guard = ReadOnly(path.to_path_buf());
+        let ok = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(path)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "cannot make {} read-only", path.display());
+        assert!(
+            std::fs::OpenOptions::new().append(true).open(path).is_err(),
+            "{} is still writable",
+            path.display()
+        );
+        guard
+    }
+}
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A host certificate for the fixture's host key, signed by a CA of its own.
+fn signed_host_cert(fx: &Fx, host: &Host) -> NewCert {
+    let ca = fx.dir.join("host_ca");
+    if !ca.exists() {
+        keygen(&ca);
+    }
+    let keys = host.host_keys(&host.effective().unwrap());
+    assert_eq!(keys.len(), 1);
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(&ca)
+        .args(["-h", "-I", "host", "-n", "localhost", "-V", "-5m:+1h"])
+        .arg(fx.dir.join("ssh_host_ed25519_key.pub"))
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    NewCert {
+        key: keys[0].clone(),
+        text: std::fs::read_to_string(fx.dir.join("ssh_host_ed25519_key-cert.pub")).unwrap(),
+    }
+}
+
+#[test]
+fn without_include_a_read_only_main_file_still_takes_a_first_host_certificate() {
+    let fx = Fx::new();
+    let original = fx.write_main(
+        "HostKey {hostkey}\nPasswordAuthentication no\nMatch User git\n\tX11Forwarding no\n",
+    );
+    let host = fx.host();
+    // `setup`, as root: the main file gets the Include, once.
+    let out = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert_eq!(out.placement, Some(Placement::Included));
+    let installed = fx.main();
+    let include = format!("Include {}\n", fx.included().display());
+    assert!(
+        installed.find(&include).unwrap() < installed.find("Match User git").unwrap(),
+        "{installed}"
+    );
+
+    // The service: sshd_config is read-only to it.
+    let ro = ReadOnly::file(&fx.paths.sshd_config);
+    let cert = signed_host_cert(&fx, &host);
+    let out = host
+        .converge(&state(false), clock::now(), std::slice::from_ref(&cert))
+        .unwrap();
+    assert!(out.certs_changed && out.config_changed && out.reloaded.is_some());
+    assert_eq!(out.placement, Some(Placement::Included));
+    let cert_path = fx.managed("ssh_host_ed25519_key-cert.pub");
+    assert!(std::fs::read_to_string(fx.included())
+        .unwrap()
+        .contains(&format!("HostCertificate {cert_path}\n")));
+    assert_eq!(fx.main(), installed, "the main file is not touched");
+    fx.sshd_t();
+    assert_eq!(fx.effective("hostcertificate"), cert_path);
+    assert_eq!(out.host_certs.len(), 1);
+    // The service switching modes needs no main-file edit either.
+    let out = host.converge(&state(true), clock::now(), &[]).unwrap();
+    assert!(out.config_changed);
+    assert_eq!(
+        fx.effective("authorizedprincipalsfile"),
+        fx.managed("principals/%u")
+    );
+    drop(ro);
+
+    host.uninstall().unwrap();
+    assert_eq!(fx.main(), original);
+    assert!(!fx.paths.managed_dir.exists());
+}
+
+#[test]
+fn an_old_block_keeps_working_read_only_and_setup_moves_it_into_gatepass_file() {
+    use gatepass_hostd::sshd_config::{compose, prior_authorized_keys};
+    let fx = Fx::new();
+    let original = fx.write_main("HostKey {hostkey}\nPasswordAuthentication no\n");
+    let host = fx.host();
+    // What older versions wrote: the directives in a marked block.
+    let d = host.layout.directives(false, vec![]);
+    let prior = prior_authorized_keys(
+        Some(".ssh/authorized_keys .ssh/authorized_keys2"),
+        &d.authorized_keys_file,
+    );
+    let old = compose(&original, &fx.dropin(), false, None, &d, &prior);
+    assert_eq!(old.placement, Placement::Block);
+    std::fs::write(&fx.paths.sshd_config, &old.main).unwrap();
+
+    let ro = ReadOnly::file(&fx.paths.sshd_config);
+    // Nothing in the block needs to change: it keeps working, and says so.
+    let out = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert_eq!(out.placement, Some(Placement::Block));
+    assert!(
+        out.notes.iter().any(|n| n.contains("gatepass-hostd setup")),
+        "{:?}",
+        out.notes
+    );
+    assert!(!out.config_changed);
+    assert!(fx.paths.managed_dir.join("user_ca.pub").exists());
+    // A first host certificate needs the block rewritten: refused, clearly,
+    // and nothing is left half done.
+    let cert = signed_host_cert(&fx, &host);
+    let err = host
+        .converge(&state(false), clock::now(), std::slice::from_ref(&cert))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gatepass-hostd setup") && msg.contains("nothing was changed"),
+        "{msg}"
+    );
+    assert_eq!(fx.main(), old.main);
+    assert!(!fx.included().exists());
+    assert!(
+        !Path::new(&fx.managed("ssh_host_ed25519_key-cert.pub")).exists(),
+        "the new certificate is taken back"
+    );
+    assert_eq!(fx.reloads(), 0);
+    drop(ro);
+
+    // `setup`, as root: the block becomes the Include, the certificate goes in.
+    let out = host
+        .converge(&state(false), clock::now(), std::slice::from_ref(&cert))
+        .unwrap();
+    assert_eq!(out.placement, Some(Placement::Included));
+    assert!(fx
+        .main()
+        .contains(&format!("Include {}\n", fx.included().display())));
+    assert!(!fx.main().contains("TrustedUserCAKeys"));
+    fx.sshd_t();
+    assert_eq!(
+        fx.effective("hostcertificate"),
+        fx.managed("ssh_host_ed25519_key-cert.pub")
+    );
+    host.uninstall().unwrap();
+    assert_eq!(fx.main(), original, "byte for byte");
+}
+
+#[test]
+fn a_host_certificate_sshd_refuses_is_rolled_back() {
+    let fx = Fx::new();
+    // An sshd whose -t refuses any HostCertificate in gatepass's file.
+    let fake = fx.dir.join("fake-sshd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = -t ] && grep -qs HostCertificate {}; then echo 'fake sshd: no host certificates' >&2; exit 255; fi\nexec {SSHD} \"$@\"\n",
+            fx.included().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut paths = fx.paths.clone();
+    paths.sshd = fake;
+    let host = Host::new(&paths);
+    fx.write_main("HostKey {hostkey}\n");
+    host.converge(&state(false), clock::now(), &[]).unwrap();
+    let (main, own) = (fx.main(), std::fs::read(fx.included()).unwrap());
+    let _ro = ReadOnly::file(&fx.paths.sshd_config);
+    let cert = signed_host_cert(&fx, &host);
+    let err = host
+        .converge(&state(false), clock::now(), std::slice::from_ref(&cert))
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no host certificates") && msg.contains("restored"),
+        "{msg}"
+    );
+    assert_eq!(fx.main(), main);
+    assert_eq!(std::fs::read(fx.included()).unwrap(), own, "old, not a mix");
+    assert!(!Path::new(&fx.managed("ssh_host_ed25519_key-cert.pub")).exists());
+    assert_eq!(fx.reloads(), 1, "only the first install reloaded");
+}
+
+#[test]
+fn an_sshd_without_include_support_gets_the_directives_in_the_block() {
+    let fx = Fx::new();
+    // OpenSSH before 8.2 fails on any Include line.
+    let fake = fx.dir.join("old-sshd");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif grep -qi '^include' \"$3\"; then echo \"$3: line 1: Bad configuration option: Include\" >&2; exit 255; fi\nexec {SSHD} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut paths = fx.paths.clone();
+    paths.sshd = fake;
+    let host = Host::new(&paths);
+    let original = fx.write_main("HostKey {hostkey}\nPasswordAuthentication no\n");
+    let out = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert_eq!(out.placement, Some(Placement::Block));
+    assert!(
+        out.notes
+            .iter()
+            .any(|n| n.contains("does not know `Include`")),
+        "{:?}",
+        out.notes
+    );
+    assert!(!fx.main().to_ascii_lowercase().contains("\ninclude"));
+    assert!(!fx.included().exists());
+    assert_eq!(fx.effective("trustedusercakeys"), fx.managed("user_ca.pub"));
+    let again = host.converge(&state(false), clock::now(), &[]).unwrap();
+    assert!(again.changes.is_empty());
+    host.uninstall().unwrap();
+    assert_eq!(fx.main(), original);
 }
