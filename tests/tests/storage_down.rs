@@ -81,6 +81,8 @@ async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
         assert!(text.contains(&where_), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
     }
+    // Vault's sealedcode picks the status for "cannot serve".
+    assert_eq!(call(&c, "GET", "sys/health?sealedcode=502").await.0, 502);
     // Health polled often stays quick (a cached probe).
     for _ in 0..5 {
         let (st, _, took) = call(&c, "GET", "sys/health").await;

@@ -219,16 +219,22 @@ fn write_loop(
                     job.answer(Ok(r));
                 }
             }
+            Err(e) if super::health::sqlite_unavailable(&e) => {
+                // The file is locked or unreadable: trying each job again,
+                // or the jobs that queued meanwhile, would make each wait
+                // out the busy timeout in turn. They fail now; later ones
+                // find the lock again (or not).
+                let cause = e.to_string();
+                for job in jobs {
+                    job.answer(Err(Error::StorageUnavailable(cause.clone())));
+                }
+                while let Ok(job) = rx.try_recv() {
+                    job.answer(Err(Error::StorageUnavailable(cause.clone())));
+                }
+            }
             Err(e) if jobs.len() == 1 => {
                 if let Some(job) = jobs.into_iter().next() {
                     job.answer(Err(e.into()));
-                }
-            }
-            Err(e) if super::health::sqlite_unavailable(&e) => {
-                // The file is locked or unreadable: trying each job again
-                // would make each wait out the busy timeout in turn.
-                for job in jobs {
-                    job.answer(Err(Error::StorageUnavailable(e.to_string())));
                 }
             }
             Err(e) => {
