@@ -279,21 +279,24 @@ async fn open_waiting(cfg: &ServerConfig) -> anyhow::Result<gatepass_server::Sta
             Err(e) => e,
         };
         let waited = started.elapsed();
-        if !matches!(e, gatepass_server::Error::StorageUnavailable(_)) || waited >= cfg.storage_wait
-        {
-            if matches!(e, gatepass_server::Error::StorageUnavailable(_)) {
-                bail!(
-                    "gave up waiting for storage {target} after {} s (storage_wait): {e}",
-                    waited.as_secs()
-                );
-            }
+        let unavailable = matches!(e, gatepass_server::Error::StorageUnavailable(_));
+        if !unavailable {
             return Err(anyhow::Error::new(e).context(format!("cannot open storage {target}")));
         }
+        // The error names the storage already; the log line does too.
+        let text = e.to_string();
+        let prefix = format!("storage unavailable: {target}: ");
+        let cause = text.strip_prefix(&prefix).unwrap_or(&text);
+        if waited >= cfg.storage_wait {
+            bail!(
+                "gave up waiting for storage {target} after {:.1} s (storage_wait): {cause}",
+                waited.as_secs_f32()
+            );
+        }
         tracing::warn!(
-            storage = %target,
             attempt,
-            "waiting for storage {target} (up to {} s more): {e}",
-            (cfg.storage_wait - waited).as_secs()
+            "waiting for storage {target} (up to {:.1} s more): {cause}",
+            (cfg.storage_wait - waited).as_secs_f32()
         );
         attempt += 1;
         let pause = std::time::Duration::from_secs(1).min(cfg.storage_wait - waited);
