@@ -5,6 +5,9 @@
 //!
 //! Set GATEPASS_TEST_PG_URL (e.g. postgres://postgres@127.0.0.1:5432) to use
 //! an existing server instead.
+//!
+//! A test that stops and starts its database takes an [`OwnedPg`], a
+//! cluster of its own, never the shared one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -182,3 +182,52 @@ async fn a_locked_sqlite_file_is_reported_as_unavailable() {
     let (st, text, _) = call(&c, "POST", "auth/token/create").await;
     assert_eq!(st, 200, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_takes_vaults_status_code_parameters() {
+    use gatepass_tests::inproc::{Backend, Server};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let s = Server::start(Backend::Sqlite).await;
+    let status = |path: &'static str| {
+        let s = &s;
+        async move { s.call("GET", path, None, None).await }
+    };
+    let (st, v) = status("sys/health").await;
+    assert_eq!(st.as_u16(), 200, "{v}");
+    assert_eq!(v["storage"]["type"], "sqlite");
+    assert_eq!(v["storage"]["available"], true);
+    assert_eq!(status("sys/health?activecode=299").await.0.as_u16(), 299);
+    // No standbys here: these change nothing.
+    let (st, _) = status("sys/health?standbyok=true&perfstandbyok=true&standbycode=200").await;
+    assert_eq!(st.as_u16(), 200);
+    let (st, v) = status("sys/health?activecode=abc").await;
+    assert_eq!(st.as_u16(), 400, "{v}");
+
+    // Storage that was never initialized: Vault's 501, or uninitcode.
+    let dir = tempfile::tempdir().unwrap();
+    let core = gatepass_server::Core::open(gatepass_server::Options {
+        storage_url: format!("sqlite://{}", dir.path().join("new.db").display()),
+        seal_key: gatepass_server::seal::SealKey::generate(),
+        audit_path: None,
+        clock: gatepass_server::clock::Clock::manual(0),
+    })
+    .await
+    .unwrap();
+    for (path, want) in [("sys/health", 501), ("sys/health?uninitcode=200", 200)] {
+        let mut req = axum::http::Request::get(format!("/v1/{path}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(s.client));
+        let resp = gatepass_server::app(core.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["initialized"], false);
+    }
+}
