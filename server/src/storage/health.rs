@@ -5,6 +5,7 @@
 //! database more than a few times a second.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -163,6 +164,9 @@ struct Probe {
 #[derive(Default)]
 pub struct Health {
     last: Mutex<Option<Probe>>,
+    /// Whether `last` is a failure: read by every storage call, so kept
+    /// where reading it takes no lock.
+    down: AtomicBool,
     /// One probe at a time; callers that arrive meanwhile use its result.
     pub probing: tokio::sync::Mutex<()>,
 }
@@ -174,7 +178,7 @@ impl Health {
 
     /// Whether the storage was last seen unavailable.
     pub fn is_down(&self) -> bool {
-        self.lock().as_ref().is_some_and(|p| p.result.is_err())
+        self.down.load(Ordering::Relaxed)
     }
 
     /// The last result, if it is recent enough to stand.
@@ -188,6 +192,7 @@ impl Health {
     pub fn record(&self, result: Result<(), String>) {
         let mut last = self.lock();
         let was_down = last.as_ref().is_some_and(|p| p.result.is_err());
+        self.down.store(result.is_err(), Ordering::Relaxed);
         match (&result, was_down) {
             (Err(msg), false) => tracing::error!("{msg}"),
             (Ok(()), true) => tracing::info!("storage available again"),
