@@ -49,7 +49,7 @@ pub struct Storage {
     url: String,
     /// The storage as messages name it (see [`describe`]).
     target: String,
-    health: Health,
+    health: std::sync::Arc<Health>,
 }
 
 /// How long a cached value may be used. Changes made by this server drop
@@ -260,9 +260,10 @@ impl Storage {
                 (Db::Postgres(pool), writer)
             }
         };
+        let health = std::sync::Arc::new(Health::default());
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(writer.clone(), rx));
+            tokio::spawn(audit_writer(writer.clone(), health.clone(), rx));
             tx
         };
         let storage = Storage {
@@ -275,7 +276,7 @@ impl Storage {
             audit_tx,
             url: url.to_string(),
             target,
-            health: Health::default(),
+            health,
         };
         storage.check_seal().await?;
         Ok(storage)
@@ -849,7 +850,11 @@ const AUDIT_BATCH: usize = 256;
 
 /// Copies audit lines to the database in batches, one batch at a time so
 /// that their order is kept.
-async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditMsg>) {
+async fn audit_writer(
+    writer: Writer,
+    health: std::sync::Arc<Health>,
+    mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
+) {
     let mut lines: Vec<String> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -868,7 +873,17 @@ async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditM
         let mut ok = true;
         if !lines.is_empty() {
             let n = lines.len();
-            if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
+            if health.is_down() {
+                // Waiting out a timeout per batch would let the queue fill
+                // and then hold every request that audits; the lines are in
+                // the audit file.
+                lines.clear();
+                tracing::error!(
+                    lines = n,
+                    "storage unavailable: audit lines not copied to the database"
+                );
+                ok = false;
+            } else if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
                 tracing::error!(error = %e, lines = n, "cannot copy audit lines to the database");
                 ok = false;
             }
