@@ -17,6 +17,11 @@ pub struct ServerConfig {
     /// `sqlite:///var/lib/gatepass/gatepass.db` or `postgres://user@host/db`.
     #[serde(default = "default_storage")]
     pub storage: String,
+    /// How long `serve` waits at start for a storage it cannot reach (a
+    /// database still starting, or restarting), trying again every second,
+    /// before it gives up.
+    #[serde(default = "default_storage_wait", deserialize_with = "duration")]
+    pub storage_wait: Duration,
     /// 64 hex characters; made by `gatepass-server init`.
     #[serde(default = "default_seal_key")]
     pub seal_key_file: PathBuf,
@@ -96,6 +101,9 @@ fn default_listen() -> SocketAddr {
 fn default_storage() -> String {
     "sqlite:///var/lib/gatepass/gatepass.db".into()
 }
+fn default_storage_wait() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_seal_key() -> PathBuf {
     PathBuf::from("/etc/gatepass/seal.key")
 }
@@ -137,6 +145,17 @@ mod tests {
         let text = include_str!("../../packaging/server.toml");
         let cfg = ServerConfig::parse(text).unwrap();
         assert!(cfg.tls.is_some());
+        assert_eq!(cfg.storage_wait, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn storage_wait_defaults_to_a_minute_and_parses_durations() {
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
+        assert_eq!(cfg.storage_wait, Duration::from_secs(60));
+        let cfg =
+            ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_wait = \"5m\"").unwrap();
+        assert_eq!(cfg.storage_wait, Duration::from_secs(300));
+        assert!(ServerConfig::parse("storage_wait = \"soon\"").is_err());
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub enum Error {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The storage cannot be used right now (database down or unreachable,
+    /// file locked or unreadable): 503, with a message naming the storage
+    /// (never its password) and the cause, so that an operator knows what
+    /// to fix and a client that retrying later may work.
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("storage error: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("storage error: {0}")]
@@ -48,7 +54,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Storage(_)
             | Error::Sqlite(_)
             | Error::Migrate(_)

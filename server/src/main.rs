@@ -10,6 +10,7 @@ use gatepass_server::audit::{self, AuditKey, VerifyOutcome};
 use gatepass_server::clock::Clock;
 use gatepass_server::config::{parse_duration, Limits, ServerConfig};
 use gatepass_server::seal::SealKey;
+use gatepass_server::storage::describe as describe_storage;
 use gatepass_server::{private, serve, tls, Core, Options};
 
 // glibc's malloc spent about an eighth of the server's CPU under load (its
@@ -250,21 +251,66 @@ async fn dev(
     Ok(())
 }
 
+/// Opens the storage, waiting up to `cfg.storage_wait` for one that
+/// cannot be reached yet (a database starting at the same time as this
+/// server, or restarting): each attempt that fails is logged with its
+/// cause, and the last one's error is returned.
+async fn open_waiting(cfg: &ServerConfig) -> anyhow::Result<gatepass_server::State> {
+    let target = describe_storage(&cfg.storage);
+    let started = std::time::Instant::now();
+    let mut attempt = 1u32;
+    loop {
+        let seal = SealKey::load(&cfg.seal_key_file)
+            .context("run `gatepass-server init` first to create the seal key")?;
+        let opened = Core::open(Options {
+            storage_url: cfg.storage.clone(),
+            seal_key: seal,
+            audit_path: cfg.audit_log.clone(),
+            clock: Clock::System,
+        })
+        .await;
+        let e = match opened {
+            Ok(core) => {
+                if attempt > 1 {
+                    tracing::info!(storage = %target, "storage reached");
+                }
+                return Ok(core);
+            }
+            Err(e) => e,
+        };
+        let waited = started.elapsed();
+        let unavailable = matches!(e, gatepass_server::Error::StorageUnavailable(_));
+        if !unavailable {
+            return Err(anyhow::Error::new(e).context(format!("cannot open storage {target}")));
+        }
+        // The error names the storage already; the log line does too.
+        let text = e.to_string();
+        let prefix = format!("storage unavailable: {target}: ");
+        let cause = text.strip_prefix(&prefix).unwrap_or(&text);
+        if waited >= cfg.storage_wait {
+            bail!(
+                "gave up waiting for storage {target} after {:.1} s (storage_wait): {cause}",
+                waited.as_secs_f32()
+            );
+        }
+        tracing::warn!(
+            attempt,
+            "waiting for storage {target} (up to {:.1} s more): {cause}",
+            (cfg.storage_wait - waited).as_secs_f32()
+        );
+        attempt += 1;
+        let pause = std::time::Duration::from_secs(1).min(cfg.storage_wait - waited);
+        tokio::time::sleep(pause).await;
+    }
+}
+
 async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     let cfg = ServerConfig::load(config)?;
-    let seal = SealKey::load(&cfg.seal_key_file)
-        .context("run `gatepass-server init` first to create the seal key")?;
-    let core = Core::open(Options {
-        storage_url: cfg.storage.clone(),
-        seal_key: seal,
-        audit_path: cfg.audit_log.clone(),
-        clock: Clock::System,
-    })
-    .await?;
+    let core = open_waiting(&cfg).await?;
     if !core.is_initialized().await? {
         bail!(
             "storage {} is not initialized: run `gatepass-server init --config {}`",
-            cfg.storage,
+            describe_storage(&cfg.storage),
             config.display()
         );
     }
@@ -320,7 +366,7 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     if core.is_initialized().await? {
         bail!(
             "storage {} is already initialized; `init` runs only once",
-            cfg.storage
+            describe_storage(&cfg.storage)
         );
     }
     let token = core.initialize(None).await?;
@@ -328,7 +374,7 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     core.storage.close().await;
     eprintln!(
         "initialized {}. The root token is shown only now:",
-        cfg.storage
+        describe_storage(&cfg.storage)
     );
     println!("{token}");
     Ok(())

@@ -307,3 +307,59 @@ pub async fn serve_pair_on_postgres(dir: &Path, db: &str) -> (ServeProcess, Serv
     b.wait_up().await;
     (a, b)
 }
+
+/// A `gatepass-server serve` configuration, `DIR/NAME.toml`, on `storage`
+/// with a free loopback port, the seal key `DIR/seal.key`, certificates in
+/// `DIR/tls` and `extra` top-level lines; with settings for a client of it
+/// (no token yet).
+pub fn serve_config(
+    dir: &Path,
+    name: &str,
+    storage: &str,
+    extra: &str,
+) -> (PathBuf, gatepass_api::Settings) {
+    let tls = gatepass_server::tls::dev_certificates(&dir.join("tls")).expect("certificates");
+    let port = free_port();
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstorage = \"{storage}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n{extra}\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+            seal = dir.join("seal.key").display(),
+            audit = dir.join(format!("{name}-audit.log")).display(),
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+        ),
+    )
+    .expect("write config");
+    let settings = gatepass_api::Settings {
+        addr: format!("https://127.0.0.1:{port}"),
+        token: None,
+        ca_cert: Some(tls.ca.clone()),
+        timeout: Some(Duration::from_secs(20)),
+    };
+    (p, settings)
+}
+
+/// `gatepass-server init` on a configuration; the root token.
+pub fn init_server(config: &Path) -> String {
+    let (code, root, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(config));
+    assert_eq!(code, 0, "init failed: {err}");
+    root.trim().to_string()
+}
+
+/// Starts `gatepass-server serve --config CONFIG`, its log in `log`
+/// (without waiting for it to answer).
+pub fn start_serve(config: &Path, log: &Path, settings: gatepass_api::Settings) -> ServeProcess {
+    ServeProcess {
+        child: Command::new(bin("gatepass-server"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("start gatepass-server serve"),
+        settings,
+    }
+}

@@ -5,6 +5,9 @@
 //!
 //! Set GATEPASS_TEST_PG_URL (e.g. postgres://postgres@127.0.0.1:5432) to use
 //! an existing server instead.
+//!
+//! A test that stops and starts its database takes an [`OwnedPg`], a
+//! cluster of its own, never the shared one.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -196,5 +199,140 @@ impl Pg {
             String::from_utf8_lossy(&out.stderr)
         );
         format!("{}/{name}", self.base_url)
+    }
+}
+
+/// A cluster of a test's own, which it may stop and start again (the
+/// shared one must keep running for the tests beside it). Stopped and
+/// removed on drop, or by a watchdog if the test process dies first.
+pub struct OwnedPg {
+    pub pg: Pg,
+    dir: PathBuf,
+}
+
+impl std::ops::Deref for OwnedPg {
+    type Target = Pg;
+    fn deref(&self) -> &Pg {
+        &self.pg
+    }
+}
+
+impl OwnedPg {
+    /// initdb and start on a free loopback port.
+    pub fn start() -> OwnedPg {
+        let dir = tempfile::Builder::new()
+            .prefix("gatepass-pg-own-")
+            .tempdir()
+            .expect("pg temp dir")
+            .keep();
+        let ok = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "cannot chown {} to postgres", dir.display());
+        let out = as_postgres(&pg_bin("initdb"))
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(dir.join("data"))
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+             runuser -u postgres -- '{pg_ctl}' -D '{data}' -m immediate stop; rm -rf '{dir}'",
+            me = std::process::id(),
+            pg_ctl = pg_bin("pg_ctl").display(),
+            data = dir.join("data").display(),
+            dir = dir.display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start pg watchdog");
+        let port = free_port();
+        let own = OwnedPg {
+            pg: Pg {
+                base_url: format!("postgres://postgres@127.0.0.1:{port}"),
+                host: "127.0.0.1".into(),
+                port,
+            },
+            dir,
+        };
+        own.start_again();
+        own
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> bool {
+        as_postgres(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Starts the cluster (again) on its port; returns once it accepts
+    /// connections.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("postgres.log");
+        let ok = self.pg_ctl(&[
+            "-l",
+            &log.display().to_string(),
+            "-o",
+            &opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]);
+        assert!(
+            ok,
+            "PostgreSQL did not start; log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the cluster (fast shutdown: clients are disconnected); returns
+    /// once it is down.
+    pub fn stop(&self) {
+        assert!(
+            self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "stop"]),
+            "pg_ctl stop failed"
+        );
+    }
+}
+
+impl Drop for OwnedPg {
+    fn drop(&mut self) {
+        self.pg_ctl(&["-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

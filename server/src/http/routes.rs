@@ -55,6 +55,98 @@ pub fn needs_sudo(path: &str, op: Operation) -> bool {
         || (path == "sys/leases/lookup" && op == Operation::List)
 }
 
+/// A status code given in a `sys/health` query parameter, or `default`.
+fn health_code(req: &Request, key: &str, default: StatusCode) -> Result<StatusCode> {
+    match req.fields.int(key)? {
+        None => Ok(default),
+        Some(n) => u16::try_from(n)
+            .ok()
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .ok_or_else(|| Error::invalid(format!("{key}: {n} is not an HTTP status code"))),
+    }
+}
+
+/// Vault's `sys/health`, for load balancers: the status code says whether
+/// this server can serve. gatepass servers are never sealed nor standby
+/// (every one serves, on its own SQLite or beside others on one
+/// PostgreSQL); what can stop one serving is its storage, which it then
+/// reports as Vault reports a sealed node, `sealedcode` (503 unless given).
+/// `activecode` (200) and `uninitcode` (501) are Vault's too; `standbyok`,
+/// `perfstandbyok`, `standbycode`, `performancestandbycode`,
+/// `drsecondarycode`, `haunhealthycode` and `removedcode` are accepted and
+/// change nothing, there being no such state here.
+async fn health(core: &Core, req: &Request) -> Result<Reply> {
+    let active = health_code(req, "activecode", StatusCode::OK)?;
+    let uninit = health_code(req, "uninitcode", StatusCode::NOT_IMPLEMENTED)?;
+    let unavailable = health_code(req, "sealedcode", StatusCode::SERVICE_UNAVAILABLE)?;
+    for k in ["standbyok", "perfstandbyok"] {
+        req.fields.bool(k)?;
+    }
+    for k in [
+        "standbycode",
+        "performancestandbycode",
+        "drsecondarycode",
+        "haunhealthycode",
+        "removedcode",
+    ] {
+        health_code(req, k, StatusCode::OK)?;
+    }
+    let storage_type = match core.storage.backend() {
+        crate::storage::Backend::Sqlite => "sqlite",
+        crate::storage::Backend::Postgres => "postgresql",
+    };
+    // The probe's answer is at most a few hundred ms old and comes within
+    // about a second even from a database that does not answer at all.
+    let checked = match core.storage.health().await {
+        // The probe's answer may be a few hundred ms old: this read is
+        // bounded as well, so that a database gone since answers promptly.
+        Ok(()) => {
+            match tokio::time::timeout(crate::storage::PROBE_TIMEOUT, core.is_initialized()).await {
+                Ok(Ok(init)) => Ok(init),
+                Ok(Err(Error::StorageUnavailable(msg))) => Err(msg),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => Err(format!(
+                    "storage unavailable: {}: no answer within {} ms",
+                    core.storage.target(),
+                    crate::storage::PROBE_TIMEOUT.as_millis()
+                )),
+            }
+        }
+        Err(msg) => Err(msg),
+    };
+    let (status, initialized, problem) = match checked {
+        Ok(true) => (active, json!(true), None),
+        Ok(false) => (uninit, json!(false), None),
+        // Whether it is initialized is in the storage that cannot be read.
+        Err(msg) => (unavailable, Value::Null, Some(msg)),
+    };
+    let mut body = json!({
+        "initialized": initialized,
+        "sealed": false,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": req.now,
+        "version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": "gatepass",
+        "storage": {
+            "type": storage_type,
+            "target": core.storage.target(),
+            "available": problem.is_none(),
+        },
+    });
+    if let Some(msg) = problem {
+        body["storage"]["error"] = json!(msg);
+        body["errors"] = json!([msg]);
+    }
+    Ok(Reply::Raw {
+        status,
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+    })
+}
+
 fn caller_of(caller: Option<&TokenEntry>) -> Result<&TokenEntry> {
     caller.ok_or(Error::PermissionDenied)
 }
@@ -69,23 +161,7 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
     let now = req.now;
     match (segs.as_slice(), req.op) {
         // ---- sys ---------------------------------------------------------
-        (["sys", "health"], Read) => Ok(Reply::Raw {
-            status: StatusCode::OK,
-            content_type: "application/json",
-            body: json!({
-                "initialized": core.is_initialized().await?,
-                "sealed": false,
-                "standby": false,
-                "performance_standby": false,
-                "replication_performance_mode": "disabled",
-                "replication_dr_mode": "disabled",
-                "server_time_utc": now,
-                "version": env!("CARGO_PKG_VERSION"),
-                "cluster_name": "gatepass",
-            })
-            .to_string()
-            .into_bytes(),
-        }),
+        (["sys", "health"], Read) => health(core, req).await,
         (["sys", "seal-status"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
             content_type: "application/json",

@@ -13,8 +13,12 @@ use sqlx::{AnyPool, Row};
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
+mod health;
 mod sqlite;
 mod writer;
+
+pub use health::{describe, PROBE_TIMEOUT};
+use health::{Cause, Health};
 
 use writer::{Op, Unit, Writer};
 
@@ -41,6 +45,11 @@ pub struct Storage {
     audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
     /// Every change to `entries` after start-up goes through here.
     writer: Writer,
+    /// The storage URL, credentials and all: only ever used to connect.
+    url: String,
+    /// The storage as messages name it (see [`describe`]).
+    target: String,
+    health: std::sync::Arc<Health>,
 }
 
 /// How long a cached value may be used. Changes made by this server drop
@@ -185,7 +194,10 @@ const UPDATE_TRIES: u32 = 100;
 
 impl Storage {
     /// Connects (creating an SQLite file if needed), runs the migrations and
-    /// checks that the seal key is the one this storage was made with.
+    /// checks that the seal key is the one this storage was made with. A
+    /// database that cannot be reached now is an
+    /// [`Error::StorageUnavailable`] naming it and the cause (worth trying
+    /// again later).
     pub async fn open(url: &str, seal: &SealKey) -> Result<Storage> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -197,6 +209,7 @@ impl Storage {
                 "unsupported storage URL {url:?}: use sqlite://PATH or postgres://…"
             )));
         };
+        let target = describe(url);
         let (db, writer) = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') {
@@ -222,20 +235,35 @@ impl Storage {
                 (Db::Sqlite(db), Writer::new(tx))
             }
             Backend::Postgres => {
+                // A connection of its own first: when the database cannot
+                // be reached it says why, where the pool would only time out.
+                if let Err(f) = health::connect_once(url, OPEN_CONNECT_TIMEOUT).await {
+                    return Err(if f.retryable {
+                        Error::StorageUnavailable(unavailable_text(&target, &f.cause))
+                    } else {
+                        Error::internal(format!("cannot use storage {target}: {}", f.cause))
+                    });
+                }
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(std::time::Duration::from_secs(10))
-                    .connect(url)
-                    .await?;
+                    // Bounds how long a request waits while the database is
+                    // down (the pool retries refused connections until then).
+                    .acquire_timeout(health::ACQUIRE_TIMEOUT)
+                    // An idle connection is checked before use, so that one
+                    // the database closed (it restarted) is replaced by a new
+                    // one rather than failing a request.
+                    .test_before_acquire(true)
+                    .connect_lazy(url)?;
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
                 // Several batches commit at once on PostgreSQL.
                 let writer = Writer::postgres(pool.clone(), 4);
                 (Db::Postgres(pool), writer)
             }
         };
+        let health = std::sync::Arc::new(Health::default());
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(writer.clone(), rx));
+            tokio::spawn(audit_writer(writer.clone(), health.clone(), rx));
             tx
         };
         let storage = Storage {
@@ -246,6 +274,9 @@ impl Storage {
             changes: tokio::sync::watch::channel(0).0,
             cache: ReadCache::default(),
             audit_tx,
+            url: url.to_string(),
+            target,
+            health,
         };
         storage.check_seal().await?;
         Ok(storage)
@@ -253,6 +284,114 @@ impl Storage {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The storage as messages name it: kind and host, port and database,
+    /// or file; never credentials.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Whether the storage can be used now; Err holds a message naming the
+    /// storage and the cause. The answer is at most [`health::HEALTH_TTL`]
+    /// old, so that frequent callers (a load balancer polling `sys/health`)
+    /// cost at most a few probes a second, and takes at most about two
+    /// [`health::PROBE_TIMEOUT`]s.
+    pub async fn health(&self) -> std::result::Result<(), String> {
+        if let Some(r) = self.health.fresh() {
+            return r;
+        }
+        let _one = self.health.probing.lock().await;
+        if let Some(r) = self.health.fresh() {
+            return r;
+        }
+        let r = self
+            .probe()
+            .await
+            .map_err(|cause| unavailable_text(&self.target, &cause));
+        self.health.record(r.clone());
+        r
+    }
+
+    async fn probe(&self) -> std::result::Result<(), String> {
+        match &self.db {
+            Db::Postgres(pool) => {
+                // While the database is up a pooled connection answers;
+                // while it was down, only a new connection tells whether it
+                // is back (and if not, why).
+                if !self.health.is_down() {
+                    let ping = async {
+                        let mut conn = pool.acquire().await?;
+                        sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                        Ok::<(), sqlx::Error>(())
+                    };
+                    if let Ok(Ok(())) = tokio::time::timeout(health::PROBE_TIMEOUT, ping).await {
+                        return Ok(());
+                    }
+                }
+                health::connect_once(&self.url, health::PROBE_TIMEOUT)
+                    .await
+                    .map_err(|f| f.cause)
+            }
+            Db::Sqlite(db) => {
+                let path = db.path().to_path_buf();
+                // After a write failed, the probe checks that writing works
+                // again; otherwise a read will do (a write probe would take
+                // the write lock from under the writer).
+                let write = self.health.is_down();
+                tokio::task::spawn_blocking(move || sqlite::probe(&path, write))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        }
+    }
+
+    /// Runs one storage call, bounded in time. While the storage is known
+    /// to be down the call is not tried at all: the caller gets the 503 at
+    /// once (a probe at most every [`health::HEALTH_TTL`] sees it back).
+    async fn run<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        if self.health.is_down() {
+            self.health().await.map_err(Error::StorageUnavailable)?;
+        }
+        match tokio::time::timeout(health::CALL_TIMEOUT, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => match health::unavailable_cause(&e) {
+                Some(cause) => Err(self.went_down(cause).await),
+                None => Err(e),
+            },
+            Err(_) => Err(self
+                .went_down(Cause::Known(format!(
+                    "no answer within {} s",
+                    health::CALL_TIMEOUT.as_secs()
+                )))
+                .await),
+        }
+    }
+
+    /// Records that the storage failed and makes the caller's error.
+    async fn went_down(&self, cause: Cause) -> Error {
+        let cause = match cause {
+            Cause::Known(c) => c,
+            // The pool says only that it timed out: a connection of its own
+            // says why (or that the database is up and every connection busy).
+            Cause::PoolTimedOut => {
+                match health::connect_once(&self.url, health::PROBE_TIMEOUT).await {
+                    Err(f) => f.cause,
+                    Ok(()) => {
+                        return Error::StorageUnavailable(unavailable_text(
+                            &self.target,
+                            &format!(
+                                "every database connection was busy for {} s",
+                                health::ACQUIRE_TIMEOUT.as_secs()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let msg = unavailable_text(&self.target, &cause);
+        self.health.record(Err(msg.clone()));
+        Error::StorageUnavailable(msg)
     }
 
     /// How many changes this server has made (for caches keyed on it).
@@ -291,20 +430,32 @@ impl Storage {
 
     /// The sealed value stored at `key`.
     async fn fetch(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        match &self.db {
-            Db::Sqlite(db) => db.get(key),
-            Db::Postgres(pool) => {
-                let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
-                    .bind(key)
-                    .fetch_optional(pool)
-                    .await?;
-                Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
+        self.run(async {
+            match &self.db {
+                Db::Sqlite(db) => db.get(key),
+                Db::Postgres(pool) => {
+                    let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+                        .bind(key)
+                        .fetch_optional(pool)
+                        .await?;
+                    Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// Keys `from <= key < to` in byte order, at most `limit` (all if None).
     async fn fetch_keys(&self, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
+        self.run(self.fetch_keys_now(from, to, limit)).await
+    }
+
+    async fn fetch_keys_now(
+        &self,
+        from: &str,
+        to: &str,
+        limit: Option<i64>,
+    ) -> Result<Vec<String>> {
         match &self.db {
             Db::Sqlite(db) => db.keys(from, to, limit),
             Db::Postgres(pool) => {
@@ -392,7 +543,7 @@ impl Storage {
     /// the keys it changed.
     async fn apply(&self, unit: Unit) -> Result<writer::Applied> {
         let keys: Vec<String> = unit.ops.iter().map(|op| op.key().to_string()).collect();
-        let done = self.writer.apply(unit).await?;
+        let done = self.run(self.writer.apply(unit)).await?;
         if done.applied {
             for (key, o) in keys.iter().zip(&done.outcomes) {
                 if o.hit {
@@ -651,21 +802,24 @@ impl Storage {
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         self.flush_audit().await?;
-        match &self.db {
-            Db::Sqlite(db) => db.audit_rows(after, limit),
-            Db::Postgres(pool) => {
-                let rows = sqlx::query(
-                    "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(after)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
-                    .collect()
+        self.run(async {
+            match &self.db {
+                Db::Sqlite(db) => db.audit_rows(after, limit),
+                Db::Postgres(pool) => {
+                    let rows = sqlx::query(
+                        "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?;
+                    rows.iter()
+                        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+                        .collect()
+                }
             }
-        }
+        })
+        .await
     }
 
     pub async fn close(&self) {
@@ -678,6 +832,14 @@ impl Storage {
     }
 }
 
+/// How long `open` waits for a first connection to the database.
+const OPEN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What a client is told when the storage cannot be used.
+fn unavailable_text(target: &str, cause: &str) -> String {
+    format!("storage unavailable: {target}: {cause}")
+}
+
 enum AuditMsg {
     Line(String),
     Flush(tokio::sync::oneshot::Sender<Result<()>>),
@@ -688,7 +850,11 @@ const AUDIT_BATCH: usize = 256;
 
 /// Copies audit lines to the database in batches, one batch at a time so
 /// that their order is kept.
-async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditMsg>) {
+async fn audit_writer(
+    writer: Writer,
+    health: std::sync::Arc<Health>,
+    mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
+) {
     let mut lines: Vec<String> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -707,7 +873,17 @@ async fn audit_writer(writer: Writer, mut rx: tokio::sync::mpsc::Receiver<AuditM
         let mut ok = true;
         if !lines.is_empty() {
             let n = lines.len();
-            if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
+            if health.is_down() {
+                // Waiting out a timeout per batch would let the queue fill
+                // and then hold every request that audits; the lines are in
+                // the audit file.
+                lines.clear();
+                tracing::error!(
+                    lines = n,
+                    "storage unavailable: audit lines not copied to the database"
+                );
+                ok = false;
+            } else if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
                 tracing::error!(error = %e, lines = n, "cannot copy audit lines to the database");
                 ok = false;
             }

@@ -48,8 +48,11 @@ fn open(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // The busy timeout covers other processes and the checkpointer; WAL
-    // lets reads run beside the writer.
-    conn.busy_timeout(Duration::from_secs(10))?;
+    // lets reads run beside the writer. It is short: a file another process
+    // keeps locked fails requests promptly ("database is locked", a 503)
+    // rather than holding them, and the reads that wait run on the calling
+    // thread.
+    conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     Ok(conn)
@@ -79,6 +82,10 @@ impl Sqlite {
             readers: Mutex::new(Vec::new()),
         };
         Ok((db, tx))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -125,6 +132,28 @@ impl Sqlite {
             rows.collect()
         })
     }
+}
+
+/// Whether the file can be opened and read, and with `write`, whether its
+/// write lock can be taken (then let go at once): the cause when not.
+pub fn probe(path: &Path, write: bool) -> std::result::Result<(), String> {
+    let check = || -> rusqlite::Result<()> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(super::health::PROBE_TIMEOUT)?;
+        conn.query_row(
+            "SELECT count(*) FROM entries WHERE key = ''",
+            [],
+            |_| Ok(()),
+        )?;
+        if write {
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK")?;
+        }
+        Ok(())
+    };
+    check().map_err(|e| e.to_string())
 }
 
 /// How often at most the WAL is checkpointed while writes go on.
@@ -188,6 +217,19 @@ fn write_loop(
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     job.answer(Ok(r));
+                }
+            }
+            Err(e) if super::health::sqlite_unavailable(&e) => {
+                // The file is locked or unreadable: trying each job again,
+                // or the jobs that queued meanwhile, would make each wait
+                // out the busy timeout in turn. They fail now; later ones
+                // find the lock again (or not).
+                let cause = e.to_string();
+                for job in jobs {
+                    job.answer(Err(Error::StorageUnavailable(cause.clone())));
+                }
+                while let Ok(job) = rx.try_recv() {
+                    job.answer(Err(Error::StorageUnavailable(cause.clone())));
                 }
             }
             Err(e) if jobs.len() == 1 => {

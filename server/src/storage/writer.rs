@@ -253,6 +253,16 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
                     let _ = reply.send(Err(e));
                 }
             }
+            Err(e) if super::health::unavailable_cause(&e).is_some() => {
+                // The database is down or unreachable: every unit would
+                // fail the same way, each after waiting out the pool's
+                // timeout in turn.
+                if let Some(cause) = super::health::unavailable_cause(&e) {
+                    for (_, reply) in together {
+                        let _ = reply.send(Err(cause.to_error()));
+                    }
+                }
+            }
             Err(e) => {
                 // One unit's failure (or a deadlock with another server) must
                 // not fail the others: the batch was rolled back, so each is
@@ -262,8 +272,18 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
             }
         }
     }
+    let mut down = None;
     for (unit, reply) in alone {
-        let _ = reply.send(one_by_one(pool, &unit).await);
+        // Once the database is found down, the rest fail the same way at
+        // once rather than each after the pool's timeout.
+        let r = match &down {
+            Some(cause) => Err(super::health::Cause::to_error(cause)),
+            None => one_by_one(pool, &unit).await,
+        };
+        if let Err(e) = &r {
+            down = super::health::unavailable_cause(e);
+        }
+        let _ = reply.send(r);
     }
 }
 

@@ -1,0 +1,233 @@
+//! When the storage goes away: a PostgreSQL cluster stopped under a running
+//! `gatepass-server serve`, one not up yet when `serve` starts, an SQLite
+//! file another process keeps locked. Health answers 503 at once, requests
+//! fail fast with 503 naming the storage and the cause, and the server
+//! serves again by itself once the storage is back.
+
+use std::time::{Duration, Instant};
+
+use gatepass_api::{Client, Error};
+use gatepass_tests::pg::OwnedPg;
+use gatepass_tests::{init_server, serve_config, start_serve, DevServer};
+use serde_json::Map;
+
+/// Status and error text of a request, with how long it took.
+async fn call(c: &Client, method: &str, path: &str) -> (u16, String, Duration) {
+    let t = Instant::now();
+    let body = Map::new();
+    let r = c
+        .request(method, path, (method == "POST").then_some(&body))
+        .await;
+    let took = t.elapsed();
+    match r {
+        Ok(_) => (200, String::new(), took),
+        Err(Error::Api { status, errors }) => (status, errors.join("; "), took),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+/// Polls `sys/health` until it answers `want`; how long that took.
+async fn health_becomes(c: &Client, want: u16, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let (st, text, _) = call(c, "GET", "sys/health").await;
+        if st == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "sys/health did not answer {want} within {limit:?}: {st} {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
+    let db = OwnedPg::start();
+    let url = db.new_database("down");
+    let name = url.rsplit('/').next().unwrap().to_string();
+    // A password in the URL (trust authentication ignores it) must never
+    // reach a client.
+    let with_password = url.replace("postgres@", "postgres:hunter2@");
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut settings) = serve_config(dir.path(), "a", &with_password, "");
+    settings.token = Some(init_server(&config));
+    let server = start_serve(&config, &dir.path().join("a.log"), settings);
+    server.wait_up().await;
+    let c = Client::new(&server.settings).unwrap();
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+
+    db.stop();
+    // A health answer stands for up to 250 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let where_ = format!("127.0.0.1:{}/{name}", db.port);
+    // Health says so within a second, naming the database and why.
+    let (st, text, took) = call(&c, "GET", "sys/health").await;
+    assert_eq!(st, 503, "{text}");
+    assert!(
+        took < Duration::from_secs(1),
+        "sys/health took {took:?}: {}",
+        std::fs::read_to_string(dir.path().join("a.log")).unwrap()
+    );
+    assert!(text.contains(&where_), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    // A write fails within 2 s, as unavailable, naming the database.
+    for _ in 0..3 {
+        let (st, text, took) = call(&c, "POST", "auth/token/create").await;
+        assert_eq!(st, 503, "{text}");
+        assert!(took < Duration::from_secs(2), "the write took {took:?}");
+        assert!(text.contains(&where_), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+    // Vault's sealedcode picks the status for "cannot serve".
+    assert_eq!(call(&c, "GET", "sys/health?sealedcode=502").await.0, 502);
+    // Health polled often stays quick (a cached probe).
+    for _ in 0..5 {
+        let (st, _, took) = call(&c, "GET", "sys/health").await;
+        assert_eq!(st, 503);
+        assert!(took < Duration::from_secs(1), "sys/health took {took:?}");
+    }
+
+    // Back: healthy again within 2 s, and writes work, without a restart.
+    db.start_again();
+    let took = health_becomes(&c, 200, Duration::from_secs(2)).await;
+    eprintln!("healthy {took:?} after the database was back");
+    let (st, text, _) = call(&c, "POST", "auth/token/create").await;
+    assert_eq!(st, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_waits_for_postgres_up_to_storage_wait() {
+    let db = OwnedPg::start();
+    let url = db.new_database("late");
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let where_ = format!("127.0.0.1:{}/{name}", db.port);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut settings) = serve_config(dir.path(), "a", &url, "storage_wait = \"2s\"");
+    settings.token = Some(init_server(&config));
+    db.stop();
+
+    // With no database for longer than storage_wait, serve gives up, naming
+    // the database and the cause.
+    let log = dir.path().join("short.log");
+    let t = Instant::now();
+    let mut server = start_serve(&config, &log, settings.clone());
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "serve still running after {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "{text}");
+    assert!(t.elapsed() >= Duration::from_secs(2), "{text}");
+    assert!(
+        text.contains(&format!("waiting for storage PostgreSQL {where_}")),
+        "{text}"
+    );
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&where_) && last.contains("refused"),
+        "last line: {last}\n{text}"
+    );
+
+    // With a longer wait it serves once the database comes up.
+    let (config, mut settings_b) = serve_config(dir.path(), "b", &url, "storage_wait = \"60s\"");
+    settings_b.token = settings.token.clone();
+    let log = dir.path().join("b.log");
+    let mut server = start_serve(&config, &log, settings_b);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(server.child.try_wait().unwrap().is_none(), "serve exited");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("waiting for storage PostgreSQL {where_}")),
+        "{text}"
+    );
+    db.start_again();
+    server.wait_up().await;
+    let c = Client::new(&server.settings).unwrap();
+    let (st, text, _) = call(&c, "POST", "auth/token/create").await;
+    assert_eq!(st, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_sqlite_file_is_reported_as_unavailable() {
+    let server = DevServer::start();
+    let c = server.client();
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    let file = server.data_dir.join("gatepass.db");
+
+    // Another process takes the write lock and keeps it.
+    let other = rusqlite::Connection::open(&file).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (st, text, took) = call(&c, "POST", "auth/token/create").await;
+    assert_eq!(st, 503, "{text}");
+    assert!(took < Duration::from_secs(2), "the write took {took:?}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("locked"), "{text}");
+    let (st, text, took) = call(&c, "GET", "sys/health").await;
+    assert_eq!(st, 503, "{text}");
+    assert!(took < Duration::from_secs(1), "sys/health took {took:?}");
+
+    // Let go: served again.
+    other.execute_batch("ROLLBACK").unwrap();
+    health_becomes(&c, 200, Duration::from_secs(2)).await;
+    let (st, text, _) = call(&c, "POST", "auth/token/create").await;
+    assert_eq!(st, 200, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_takes_vaults_status_code_parameters() {
+    use gatepass_tests::inproc::{Backend, Server};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let s = Server::start(Backend::Sqlite).await;
+    let status = |path: &'static str| {
+        let s = &s;
+        async move { s.call("GET", path, None, None).await }
+    };
+    let (st, v) = status("sys/health").await;
+    assert_eq!(st.as_u16(), 200, "{v}");
+    assert_eq!(v["storage"]["type"], "sqlite");
+    assert_eq!(v["storage"]["available"], true);
+    assert_eq!(status("sys/health?activecode=299").await.0.as_u16(), 299);
+    // No standbys here: these change nothing.
+    let (st, _) = status("sys/health?standbyok=true&perfstandbyok=true&standbycode=200").await;
+    assert_eq!(st.as_u16(), 200);
+    let (st, v) = status("sys/health?activecode=abc").await;
+    assert_eq!(st.as_u16(), 400, "{v}");
+
+    // Storage that was never initialized: Vault's 501, or uninitcode.
+    let dir = tempfile::tempdir().unwrap();
+    let core = gatepass_server::Core::open(gatepass_server::Options {
+        storage_url: format!("sqlite://{}", dir.path().join("new.db").display()),
+        seal_key: gatepass_server::seal::SealKey::generate(),
+        audit_path: None,
+        clock: gatepass_server::clock::Clock::manual(0),
+    })
+    .await
+    .unwrap();
+    for (path, want) in [("sys/health", 501), ("sys/health?uninitcode=200", 200)] {
+        let mut req = axum::http::Request::get(format!("/v1/{path}"))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(s.client));
+        let resp = gatepass_server::app(core.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{path}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["initialized"], false);
+    }
+}
