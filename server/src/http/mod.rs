@@ -320,7 +320,15 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
 }
 
 /// Keys whose values are not secret and stay readable in the audit log.
-const AUDIT_KEEP: &[&str] = &["policies", "token_policies", "lease_duration", "renewable"];
+/// A certificate's serial number is public (it is in the certificate and the
+/// inventory), and readable it ties an inventory entry to its request.
+const AUDIT_KEEP: &[&str] = &[
+    "policies",
+    "token_policies",
+    "lease_duration",
+    "renewable",
+    "serial_number",
+];
 
 /// Status reads that change nothing and need no token are not audited, as
 /// Vault does not audit them: a load balancer's health checks would fill
