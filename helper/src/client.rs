@@ -228,10 +228,7 @@ impl Client {
         match status {
             200 => Ok(parse_answer(json)),
             400..=499 => Ok(Answer::Refused(errors_text(status, json.as_ref()))),
-            _ => Err(lost(format!(
-                "HTTP {}",
-                errors_text(status, json.as_ref())
-            ))),
+            _ => Err(lost(format!("HTTP {}", errors_text(status, json.as_ref())))),
         }
     }
 }

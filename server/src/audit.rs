@@ -10,15 +10,17 @@
 //! from the file alone; that is why the caller also stores every line in the
 //! database.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hmac::digest::KeyInit;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
@@ -232,7 +234,8 @@ pub fn verify_line(line: &str, key: &AuditKey) -> std::result::Result<ChainLink,
 
 /// The open audit file and what identifies it on disk.
 struct OpenFile {
-    file: File,
+    /// Locked for as long as it is open.
+    file: Flock<File>,
     /// `(dev, inode)`: the path names another file (or none) once the file
     /// was moved aside, e.g. by logrotate or `audit rotate`.
     id: (u64, u64),
@@ -305,21 +308,21 @@ fn open_locked(path: &Path, create_new: bool) -> Result<OpenFile> {
     let file = o.open(path).map_err(|e| {
         Error::Unavailable(format!("cannot open audit file {}: {e}", path.display()))
     })?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => f,
+        Err((_, Errno::EWOULDBLOCK)) => {
             return Err(Error::internal(format!(
                 "audit file {} is in use by another process (another gatepass-server?)",
                 path.display()
             )))
         }
-        Err(std::fs::TryLockError::Error(e)) => {
+        Err((_, e)) => {
             return Err(Error::internal(format!(
                 "cannot lock audit file {}: {e}",
                 path.display()
             )))
         }
-    }
+    };
     let id = identity(&file.metadata()?);
     Ok(OpenFile { file, id })
 }
@@ -337,10 +340,10 @@ pub fn in_use(path: &Path) -> Result<Option<bool>> {
             )))
         }
     };
-    match file.try_lock_shared() {
-        Ok(()) => Ok(Some(false)),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(Some(true)),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::internal(format!(
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => Ok(Some(false)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(Some(true)),
+        Err((_, e)) => Err(Error::internal(format!(
             "cannot lock audit file {}: {e}",
             path.display()
         ))),
@@ -394,13 +397,10 @@ fn write_all_or_cut(inner: &mut Inner, buf: &[u8], sync: bool) -> std::io::Resul
         inner.cut_to = None;
     }
     let start = of.file.metadata()?.len();
-    let result = of.file.write_all(buf).and_then(|()| {
-        if sync {
-            of.file.sync_data()
-        } else {
-            Ok(())
-        }
-    });
+    let result =
+        of.file
+            .write_all(buf)
+            .and_then(|()| if sync { of.file.sync_data() } else { Ok(()) });
     if result.is_err() {
         // Truncating frees space, so it works on a full disk; if it does
         // not, it is tried again before the next write.
@@ -587,6 +587,14 @@ impl AuditLog {
         let mut inner = self.lock()?;
         self.follow_path(&mut inner, &Value::from(crate::clock::rfc3339(now)));
         self.write_pending(&mut inner)
+    }
+
+    /// Takes the events kept for writing later (at stop, when they cannot
+    /// be written: the caller prints them to the server's log).
+    pub fn take_pending(&self) -> Vec<Map<String, Value>> {
+        self.lock()
+            .map(|mut i| i.pending.drain(..).collect())
+            .unwrap_or_default()
     }
 
     /// Opens the audit path again (SIGHUP): after the file was moved aside
@@ -1117,7 +1125,10 @@ mod tests {
         assert_eq!(std::fs::read(&aside).unwrap(), torn);
         assert!(matches!(
             verify_file(&aside, &key()).unwrap(),
-            VerifyOutcome::TornTail { lines: 3, bytes: 21 }
+            VerifyOutcome::TornTail {
+                lines: 3,
+                bytes: 21
+            }
         ));
         // The new file starts with the event that says what happened, chained
         // to the last whole line.
@@ -1185,8 +1196,15 @@ mod tests {
         // Nothing moved: nothing to do.
         assert!(log.reopen(T0, "SIGHUP").unwrap().is_empty());
         log.append(event(3)).unwrap();
-        for (p, n) in [(&moved, 1), (&dir.path().join("audit.log.2"), 2), (&path, 2)] {
-            assert_eq!(verify_file(p, &key()).unwrap(), VerifyOutcome::Ok { lines: n });
+        for (p, n) in [
+            (&moved, 1),
+            (&dir.path().join("audit.log.2"), 2),
+            (&path, 2),
+        ] {
+            assert_eq!(
+                verify_file(p, &key()).unwrap(),
+                VerifyOutcome::Ok { lines: n }
+            );
         }
         assert_eq!(log.head().unwrap().map(|h| h.0), Some(5));
     }
@@ -1234,7 +1252,10 @@ mod tests {
         assert!(lines[0].contains("audit_file_rotated"));
         let line = last(log.append(event(3)).unwrap());
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["seq"], 4);
-        assert!(aside.display().to_string().ends_with("audit.log.20240101T000000Z"));
+        assert!(aside
+            .display()
+            .to_string()
+            .ends_with("audit.log.20240101T000000Z"));
         assert_ne!(aside_path(&path, T0, ""), aside);
         assert_eq!(
             verify_file(&aside, &key()).unwrap(),

@@ -263,6 +263,7 @@ async fn dev(
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())
 }
@@ -303,6 +304,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())
 }
@@ -384,9 +386,8 @@ fn rotate_cmd(config: &Path) -> anyhow::Result<()> {
         Some(true) => {
             // The server follows the path: it notices the move and continues
             // the chain in a new file there.
-            std::fs::rename(&path, &aside).with_context(|| {
-                format!("moving {} to {}", path.display(), aside.display())
-            })?;
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving {} to {}", path.display(), aside.display()))?;
             println!(
                 "moved {} to {}; the running server continues the chain in a new {} within a second",
                 path.display(),

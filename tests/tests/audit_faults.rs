@@ -32,7 +32,13 @@ impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
         let (code, _, err) = run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir));
         assert_eq!(code, 0, "mount tmpfs (run as root): {err}");
         Tmpfs {
@@ -162,7 +168,12 @@ async fn a_full_audit_disk_refuses_with_503_changes_nothing_and_recovers_by_itse
     let sign = || async {
         root.write("ssh/sign/ops", &obj(json!({"public_key": pk})))
             .await
-            .map(|e| e.unwrap().data.unwrap()["serial_number"].as_str().unwrap().to_string())
+            .map(|e| {
+                e.unwrap().data.unwrap()["serial_number"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
     };
     let verify = |otp: String| {
         let anon = &anon;
@@ -196,7 +207,10 @@ async fn a_full_audit_disk_refuses_with_503_changes_nothing_and_recovers_by_itse
     }
     // Failed writes left no partial line behind.
     let text = std::fs::read_to_string(data.join("audit.log")).unwrap();
-    assert!(text.ends_with('\n'), "partial line at the end of the audit file");
+    assert!(
+        text.ends_with('\n'),
+        "partial line at the end of the audit file"
+    );
 
     // Space is freed: the server serves again by itself.
     std::fs::remove_file(&filler).unwrap();
@@ -313,7 +327,10 @@ fn audit_rotate_and_sighup_continue_the_chain_in_a_fresh_file() {
     let wait_for_file = || {
         let start = Instant::now();
         while !file.exists() {
-            assert!(start.elapsed() < Duration::from_secs(5), "no new audit file");
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no new audit file"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -355,7 +372,10 @@ fn audit_rotate_and_sighup_continue_the_chain_in_a_fresh_file() {
     assert_eq!(code, 0, "{err}");
     wait_for_file();
     call(&s);
-    assert!(s.child.try_wait().unwrap().is_none(), "SIGHUP ended the server");
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
     let first_line = &lines_of(&file)[0];
     assert_eq!(first_line["type"], "audit_file_reopened");
     check(&moved, &file);
@@ -384,9 +404,13 @@ async fn an_otp_login_succeeds_through_the_helper_when_the_first_server_cannot_a
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let fs = Tmpfs::mount(&d.join("fs"), "256k");
-    let (a, b) =
-        serve_pair_on_postgres_with(d, "auditfault", &fs.dir.join("a-audit.log"), &d.join("b-audit.log"))
-            .await;
+    let (a, b) = serve_pair_on_postgres_with(
+        d,
+        "auditfault",
+        &fs.dir.join("a-audit.log"),
+        &d.join("b-audit.log"),
+    )
+    .await;
     let kb = Client::new(&b.settings).unwrap();
     set_up_ssh(&kb).await;
     let ka = Client::new(&a.settings).unwrap();

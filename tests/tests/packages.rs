@@ -356,7 +356,10 @@ fn rpms_list_the_expected_files() {
     config.sort();
     assert_eq!(
         config,
-        ["/etc/gatepass/server.toml", "/etc/logrotate.d/gatepass-server"]
+        [
+            "/etc/gatepass/server.toml",
+            "/etc/logrotate.d/gatepass-server"
+        ]
     );
     // The scriptlets are the files in packaging/rpm (cargo-generate-rpm takes
     // a path it cannot find as the script text itself).

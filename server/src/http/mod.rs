@@ -401,6 +401,29 @@ pub async fn audit_keeper(core: State) {
     }
 }
 
+/// At stop: writes the kept audit events, or, if the file still cannot be
+/// written, prints them to the server's log so that none is lost silently.
+pub async fn audit_at_stop(core: &Core) {
+    let Some(log) = &core.audit else {
+        return;
+    };
+    match log.flush(core.clock.now()) {
+        Ok(lines) => {
+            for line in lines {
+                if let Err(e) = core.storage.append_audit(&line).await {
+                    tracing::error!(error = %e, "audit line not copied to the database");
+                }
+            }
+        }
+        Err(e) => {
+            for event in log.take_pending() {
+                let event = Value::Object(event);
+                tracing::error!(error = %e, %event, "audit event not written to the audit file");
+            }
+        }
+    }
+}
+
 /// Reopens the audit file (SIGHUP, after logrotate moved it).
 pub async fn reopen_audit(core: &Core, reason: &str) {
     let Some(log) = &core.audit else {
