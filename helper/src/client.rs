@@ -146,16 +146,9 @@ impl Client {
             let share = left / u32::try_from(self.servers.len() - i).unwrap_or(1);
             let miss = match tokio::time::timeout(share, self.ask(server, otp)).await {
                 Ok(Ok(answer)) => {
-                    let answer = match (answer, &maybe_used) {
-                        (Answer::Refused(why), Some(earlier)) => Answer::Refused(format!(
-                            "{why} (after {earlier}; that server may have used the OTP \
-                             before its answer was lost)"
-                        )),
-                        (answer, _) => answer,
-                    };
                     return Verified::Answer {
                         server: server.clone(),
-                        answer,
+                        answer: after_failures(answer, maybe_used.as_deref()),
                     };
                 }
                 Ok(Err(miss)) => miss,
@@ -239,6 +232,18 @@ struct Miss {
     /// Sure not to have taken the OTP: the request never reached it, or it
     /// answered 503 (gatepass refuses with 503 before acting).
     untouched: bool,
+}
+
+/// A refusal that follows a failure after which the OTP may have been
+/// taken says so: "OTP not found" is then no sign of a wrong OTP.
+fn after_failures(answer: Answer, maybe_used: Option<&str>) -> Answer {
+    match (answer, maybe_used) {
+        (Answer::Refused(why), Some(earlier)) => Answer::Refused(format!(
+            "{why} (after {earlier}; that server may have used the OTP \
+             before its answer was lost)"
+        )),
+        (answer, _) => answer,
+    }
 }
 
 fn parse_answer(json: Option<Value>) -> Answer {
@@ -601,6 +606,21 @@ mod tests {
             "400 OTP not found"
         );
         assert_eq!(errors_text(502, None), "502");
+    }
+
+    #[test]
+    fn a_refusal_after_an_unsure_failure_says_the_otp_may_be_used() {
+        let refused = || Answer::Refused("400 OTP not found".into());
+        assert_eq!(after_failures(refused(), None), refused());
+        let Answer::Refused(why) =
+            after_failures(refused(), Some("https://a: no answer within 2.5s"))
+        else {
+            panic!()
+        };
+        assert!(why.starts_with("400 OTP not found (after https://a: no answer"));
+        assert!(why.contains("may have used the OTP"));
+        let valid = Answer::Echo(VERIFY_ECHO_RESPONSE.into());
+        assert_eq!(after_failures(valid.clone(), Some("x")), valid);
     }
 
     #[test]

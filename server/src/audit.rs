@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
@@ -397,10 +397,10 @@ fn write_all_or_cut(inner: &mut Inner, buf: &[u8], sync: bool) -> std::io::Resul
         inner.cut_to = None;
     }
     let start = of.file.metadata()?.len();
-    let result =
-        of.file
-            .write_all(buf)
-            .and_then(|()| if sync { of.file.sync_data() } else { Ok(()) });
+    let result = of
+        .file
+        .write_all(buf)
+        .and_then(|()| if sync { of.file.sync_data() } else { Ok(()) });
     if result.is_err() {
         // Truncating frees space, so it works on a full disk; if it does
         // not, it is tried again before the next write.
