@@ -4,8 +4,16 @@
 //!
 //! Only a server that cannot be reached (connection, TLS, timeout) or that
 //! fails (5xx) makes the helper try the next one; a server's "no" (4xx) is
-//! final. The OTP is consumed by the first server that sees it, so a retry
-//! elsewhere can only fail, never log in twice.
+//! final. The OTP is consumed by the first server that takes it (servers
+//! share one database and the take is atomic), so a retry elsewhere can
+//! never log in twice: trying the next server is always safe. It is also
+//! sure to find the OTP untouched when the first server never got the
+//! request (no connection, no TLS) or answered 503, which gatepass answers
+//! only before it acts (its audit file cannot be written). After any other
+//! failure (no answer in time once sent, another 5xx) the first server may
+//! have taken the OTP and lost the answer: the next server is still asked
+//! (the failure may well have come before the take), and if it does not
+//! know the OTP, the refusal says the first one may have used it.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -124,6 +132,8 @@ impl Client {
     pub async fn verify(&self, otp: &str, budget: Duration) -> Verified {
         let deadline = Instant::now() + budget;
         let mut failures = Vec::new();
+        // The first failure after which the OTP may have been taken.
+        let mut maybe_used: Option<String> = None;
         for (i, server) in self.servers.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -134,22 +144,28 @@ impl Client {
                 continue;
             }
             let share = left / u32::try_from(self.servers.len() - i).unwrap_or(1);
-            match tokio::time::timeout(share, self.ask(server, otp)).await {
+            let miss = match tokio::time::timeout(share, self.ask(server, otp)).await {
                 Ok(Ok(answer)) => {
                     return Verified::Answer {
                         server: server.clone(),
-                        answer,
-                    }
+                        answer: after_failures(answer, maybe_used.as_deref()),
+                    };
                 }
-                Ok(Err(error)) => failures.push(Failure {
-                    server: server.clone(),
-                    error,
-                }),
-                Err(_) => failures.push(Failure {
-                    server: server.clone(),
+                Ok(Err(miss)) => miss,
+                // Whether the request got out is not known.
+                Err(_) => Miss {
                     error: format!("no answer within {}", secs(share)),
-                }),
+                    untouched: false,
+                },
+            };
+            let failure = Failure {
+                server: server.clone(),
+                error: miss.error,
+            };
+            if !miss.untouched && maybe_used.is_none() {
+                maybe_used = Some(failure.to_string());
             }
+            failures.push(failure);
         }
         Verified::Unreachable(failures)
     }
@@ -165,7 +181,7 @@ impl Client {
                 Ok(Ok(Answer::Echo(m))) => Err(format!("invalid echo response {m:?}")),
                 Ok(Ok(Answer::Valid(_))) => Err("answered the echo request as an OTP".into()),
                 Ok(Ok(Answer::Refused(why))) => Err(format!("refused: {why}")),
-                Ok(Err(e)) => Err(e),
+                Ok(Err(miss)) => Err(miss.error),
                 Err(_) => Err(format!("no answer within {}", secs(budget))),
             };
             out.push((server.clone(), r));
@@ -175,7 +191,7 @@ impl Client {
 
     /// One request to one server. `Err` means "no answer: try the next".
     /// The callers bound it in time.
-    async fn ask(&self, server: &str, otp: &str) -> Result<Answer, String> {
+    async fn ask(&self, server: &str, otp: &str) -> Result<Answer, Miss> {
         let url = format!("{server}/v1/{}/verify", self.mount);
         let mut rb = self.http.post(url).json(&json!({ "otp": otp }));
         if let Some(ns) = &self.namespace {
@@ -184,12 +200,20 @@ impl Client {
         if let Some(t) = &self.token {
             rb = rb.header("X-Vault-Token", t.as_str());
         }
-        let mut resp = rb.send().await.map_err(|e| chain(&e))?;
+        // A connection or TLS failure means the request never left.
+        let mut resp = rb.send().await.map_err(|e| Miss {
+            error: chain(&e),
+            untouched: e.is_connect(),
+        })?;
         let status = resp.status().as_u16();
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| chain(&e))? {
+        let lost = |error: String| Miss {
+            error,
+            untouched: status == 503,
+        };
+        while let Some(chunk) = resp.chunk().await.map_err(|e| lost(chain(&e)))? {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("answer larger than {MAX_BODY} bytes"));
+                return Err(lost(format!("answer larger than {MAX_BODY} bytes")));
             }
             body.extend_from_slice(&chunk);
         }
@@ -197,8 +221,28 @@ impl Client {
         match status {
             200 => Ok(parse_answer(json)),
             400..=499 => Ok(Answer::Refused(errors_text(status, json.as_ref()))),
-            _ => Err(format!("HTTP {}", errors_text(status, json.as_ref()))),
+            _ => Err(lost(format!("HTTP {}", errors_text(status, json.as_ref())))),
         }
+    }
+}
+
+/// A server that gave no answer.
+struct Miss {
+    error: String,
+    /// Sure not to have taken the OTP: the request never reached it, or it
+    /// answered 503 (gatepass refuses with 503 before acting).
+    untouched: bool,
+}
+
+/// A refusal that follows a failure after which the OTP may have been
+/// taken says so: "OTP not found" is then no sign of a wrong OTP.
+fn after_failures(answer: Answer, maybe_used: Option<&str>) -> Answer {
+    match (answer, maybe_used) {
+        (Answer::Refused(why), Some(earlier)) => Answer::Refused(format!(
+            "{why} (after {earlier}; that server may have used the OTP \
+             before its answer was lost)"
+        )),
+        (answer, _) => answer,
     }
 }
 
@@ -562,6 +606,21 @@ mod tests {
             "400 OTP not found"
         );
         assert_eq!(errors_text(502, None), "502");
+    }
+
+    #[test]
+    fn a_refusal_after_an_unsure_failure_says_the_otp_may_be_used() {
+        let refused = || Answer::Refused("400 OTP not found".into());
+        assert_eq!(after_failures(refused(), None), refused());
+        let Answer::Refused(why) =
+            after_failures(refused(), Some("https://a: no answer within 2.5s"))
+        else {
+            panic!()
+        };
+        assert!(why.starts_with("400 OTP not found (after https://a: no answer"));
+        assert!(why.contains("may have used the OTP"));
+        let valid = Answer::Echo(VERIFY_ECHO_RESPONSE.into());
+        assert_eq!(after_failures(valid.clone(), Some("x")), valid);
     }
 
     #[test]

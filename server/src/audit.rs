@@ -10,14 +10,18 @@
 //! from the file alone; that is why the caller also stores every line in the
 //! database.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
@@ -138,8 +142,7 @@ pub struct ChainLink {
 /// How a line breaks the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tamper {
-    /// Not JSON, not an object, or `seq`/`prev`/`mac` missing or ill-formed;
-    /// also a last line without its newline (a truncated write).
+    /// Not JSON, not an object, or `seq`/`prev`/`mac` missing or ill-formed.
     Malformed,
     /// The MAC does not match the line (content changed, or wrong key).
     Edited,
@@ -165,6 +168,15 @@ impl fmt::Display for Tamper {
 pub enum VerifyOutcome {
     Ok {
         lines: u64,
+    },
+    /// Every whole line is intact, but the file ends in an incomplete line
+    /// (a write that did not finish: a full disk, a crash). Such a file is
+    /// what the server sets aside when it finds one at start.
+    TornTail {
+        /// Whole lines, all intact.
+        lines: u64,
+        /// Length of the incomplete last line.
+        bytes: u64,
     },
     /// The first bad line, numbered from 1 as lines sit in the file.
     Bad {
@@ -220,27 +232,49 @@ pub fn verify_line(line: &str, key: &AuditKey) -> std::result::Result<ChainLink,
     Ok(ChainLink { seq, prev, mac })
 }
 
+/// The open audit file and what identifies it on disk.
+struct OpenFile {
+    /// Locked for as long as it is open.
+    file: Flock<File>,
+    /// `(dev, inode)`: the path names another file (or none) once the file
+    /// was moved aside, e.g. by logrotate or `audit rotate`.
+    id: (u64, u64),
+}
+
 struct Inner {
-    file: File,
+    /// `None` only while a replacement could not be opened.
+    file: Option<OpenFile>,
     /// Last line written (or found at open); `None` for a new chain.
     head: Option<(u64, String)>,
-    /// Set after a partial write: the file now ends in a broken line, and
-    /// appending more would only bury it.
-    broken: Option<String>,
+    /// Events that could not be written when they happened and are written,
+    /// in order, before any later line. Only events whose request already
+    /// went ahead land here (response entries, file events): a request
+    /// entry that cannot be written refuses its request instead. So the
+    /// queue holds at most the requests in flight when the device failed.
+    pending: VecDeque<Map<String, Value>>,
+    /// A failed write left part of a line and cutting it off failed too:
+    /// the length to cut back to before anything else is written.
+    cut_to: Option<u64>,
 }
 
 /// An open audit file. Appends are serialized by an internal mutex.
+///
+/// A write that fails (disk full, I/O error) leaves no partial line: the
+/// file is cut back to its last whole line and the chain does not move, so
+/// the next write that works simply continues it. Nothing about a failure
+/// is sticky.
 pub struct AuditLog {
     inner: Mutex<Inner>,
     key: AuditKey,
+    path: PathBuf,
     /// fsync after each line (the data reaches the OS in any case).
-    sync: bool,
+    sync: AtomicBool,
 }
 
 impl fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuditLog")
-            .field("sync", &self.sync)
+            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
@@ -256,19 +290,144 @@ fn open_options() -> OpenOptions {
     o
 }
 
+fn identity(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+/// Opens (creating) an audit file and takes its lock: two writers on one
+/// file would fork the chain, and `audit rotate` tells from the lock
+/// whether a server is writing the file.
+fn open_locked(path: &Path, create_new: bool) -> Result<OpenFile> {
+    let mut o = open_options();
+    if create_new {
+        o.create_new(true);
+    } else {
+        o.create(true);
+    }
+    let file = o.open(path).map_err(|e| {
+        Error::Unavailable(format!("cannot open audit file {}: {e}", path.display()))
+    })?;
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(f) => f,
+        Err((_, Errno::EWOULDBLOCK)) => {
+            return Err(Error::internal(format!(
+                "audit file {} is in use by another process (another gatepass-server?)",
+                path.display()
+            )))
+        }
+        Err((_, e)) => {
+            return Err(Error::internal(format!(
+                "cannot lock audit file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let id = identity(&file.metadata()?);
+    Ok(OpenFile { file, id })
+}
+
+/// Whether another process holds the lock of the audit file at `path`
+/// (i.e. a server is writing it). `None` if there is no such file.
+pub fn in_use(path: &Path) -> Result<Option<bool>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot open audit file {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => Ok(Some(false)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(Some(true)),
+        Err((_, e)) => Err(Error::internal(format!(
+            "cannot lock audit file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// A free name beside `path` for a file set aside at `now`:
+/// `audit.log.20240102T030405Z` (with `-tag` if given, and `.1`, `.2` …
+/// if that exists already).
+pub fn aside_path(path: &Path, now: i64, tag: &str) -> PathBuf {
+    let stamp: String = crate::clock::rfc3339(now)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let mut base = path.as_os_str().to_os_string();
+    base.push(".");
+    base.push(&stamp);
+    if !tag.is_empty() {
+        base.push("-");
+        base.push(tag);
+    }
+    let mut candidate = PathBuf::from(&base);
+    let mut n = 0u32;
+    while candidate.symlink_metadata().is_ok() {
+        n = n.saturating_add(1);
+        let mut b = base.clone();
+        b.push(format!(".{n}"));
+        candidate = PathBuf::from(b);
+    }
+    candidate
+}
+
+fn event_at(now_text: Value, kind: &str, fields: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("time".into(), now_text);
+    m.insert("type".into(), Value::from(kind));
+    if let Value::Object(f) = fields {
+        m.extend(f);
+    }
+    m
+}
+
+/// Appends `buf` to the file; on failure cuts the file back to where it
+/// was, so that a partial line never stays in the middle of the file.
+fn write_all_or_cut(inner: &mut Inner, buf: &[u8], sync: bool) -> std::io::Result<()> {
+    let Some(of) = inner.file.as_mut() else {
+        return Err(std::io::Error::other("no audit file is open"));
+    };
+    if let Some(len) = inner.cut_to {
+        of.file.set_len(len)?;
+        inner.cut_to = None;
+    }
+    let start = of.file.metadata()?.len();
+    let result = of
+        .file
+        .write_all(buf)
+        .and_then(|()| if sync { of.file.sync_data() } else { Ok(()) });
+    if result.is_err() {
+        // Truncating frees space, so it works on a full disk; if it does
+        // not, it is tried again before the next write.
+        if of.file.set_len(start).is_err() {
+            inner.cut_to = Some(start);
+        }
+    }
+    result
+}
+
 impl AuditLog {
     /// Opens (creating with mode 0600) an audit file and continues its chain
-    /// from the last line. A last line that is incomplete, not a chained line
-    /// or not verifiable with `key` is an error: continuing would hide it.
-    pub fn open(path: &Path, key: AuditKey) -> Result<AuditLog> {
+    /// from the last line. A last whole line that is not a chained line or
+    /// not verifiable with `key` is an error: continuing would hide it. An
+    /// incomplete last line (a write that did not finish, e.g. on a full
+    /// disk, by an older version or at a crash) is set aside: the file is
+    /// renamed to `<path>.<time>-torn`, kept as it is, and a new file at
+    /// `path` continues the chain from the last whole line with an
+    /// `audit_log_recovered` event naming the set-aside file.
+    pub fn open(path: &Path, key: AuditKey, now: i64) -> Result<AuditLog> {
         if let Some(dir) = path.parent().filter(|d| !d.exists()) {
             crate::private::create_dir(dir)
                 .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let mut file = open_options().create(true).open(path).map_err(|e| {
-            Error::internal(format!("cannot open audit file {}: {e}", path.display()))
-        })?;
-        let head = match read_last_line(&mut file, path)? {
+        let mut of = open_locked(path, false)?;
+        let (last, torn) = read_end(&mut of.file, path)?;
+        let head = match last {
             None => None,
             Some(bytes) => {
                 let refuse = |detail: &str| {
@@ -284,24 +443,85 @@ impl AuditLog {
                 Some((link.seq, link.mac))
             }
         };
-        Ok(AuditLog {
+        let log = AuditLog {
             inner: Mutex::new(Inner {
-                file,
+                file: Some(of),
                 head,
-                broken: None,
+                pending: VecDeque::new(),
+                cut_to: None,
             }),
             key,
-            sync: false,
-        })
+            path: path.to_path_buf(),
+            sync: AtomicBool::new(false),
+        };
+        if let Some(bytes) = torn {
+            log.set_aside_torn(now, bytes)?;
+        }
+        Ok(log)
+    }
+
+    /// The continued file is made whole first and only then swapped in, so
+    /// a failure on the way leaves the torn file where it was.
+    fn set_aside_torn(&self, now: i64, torn_bytes: u64) -> Result<()> {
+        let aside = aside_path(&self.path, now, "torn");
+        let mut tmp = self.path.as_os_str().to_os_string();
+        tmp.push(".recovering");
+        let tmp = PathBuf::from(tmp);
+        let mut inner = self.lock()?;
+        // Left over from an attempt that failed before the renames.
+        let _ = std::fs::remove_file(&tmp);
+        let new = open_locked(&tmp, true)?;
+        let old = inner.file.replace(new);
+        let event = event_at(
+            Value::from(crate::clock::rfc3339(now)),
+            "audit_log_recovered",
+            serde_json::json!({
+                "reason": "the last line of the audit file was incomplete \
+                           (a write that did not finish); the file was set aside \
+                           and the chain continues from its last whole line",
+                "set_aside": aside.display().to_string(),
+                "torn_bytes": torn_bytes,
+            }),
+        );
+        let written = self
+            .write_event(&mut inner, &event)
+            .and_then(|_| std::fs::rename(&self.path, &aside).map_err(Error::from));
+        if let Err(e) = written {
+            inner.file = old;
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::internal(format!(
+                "audit file {}: cannot set aside its incomplete last line: {e}",
+                self.path.display()
+            )));
+        }
+        std::fs::rename(&tmp, &self.path).map_err(|e| {
+            Error::internal(format!(
+                "audit file {}: set aside as {}, but cannot move {} in its place: {e}",
+                self.path.display(),
+                aside.display(),
+                tmp.display()
+            ))
+        })?;
+        tracing::warn!(
+            file = %self.path.display(),
+            set_aside = %aside.display(),
+            torn_bytes,
+            "the audit file ended in an incomplete line: set it aside, the chain continues in a new file"
+        );
+        Ok(())
     }
 
     /// Whether to fsync each line; off by default.
-    pub fn set_sync(&mut self, sync: bool) {
-        self.sync = sync;
+    pub fn set_sync(&self, sync: bool) {
+        self.sync.store(sync, Ordering::Relaxed);
     }
 
     pub fn key(&self) -> &AuditKey {
         &self.key
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// `seq` and `mac` of the last line, e.g. to anchor the chain elsewhere
@@ -310,14 +530,153 @@ impl AuditLog {
         Ok(self.lock()?.head.clone())
     }
 
-    /// Adds `seq`, `prev` and `mac` to the event (replacing any fields of
-    /// those names), appends it as one line with one write call and returns
-    /// the line without its '\n'.
-    pub fn append(&self, mut event: Map<String, Value>) -> Result<String> {
+    /// Events kept for writing later (see [`AuditLog::append_or_keep`]).
+    pub fn pending(&self) -> usize {
+        self.lock().map(|i| i.pending.len()).unwrap_or(0)
+    }
+
+    /// Writes `event`, after any events kept from earlier, or fails with
+    /// [`Error::Unavailable`] having written nothing of it: use it for what
+    /// must be on record before the request goes on. Adds `seq`, `prev` and
+    /// `mac` to the event (replacing any fields of those names). Returns
+    /// every line written, oldest first, the event's own line last, each
+    /// without its '\n'.
+    pub fn append(&self, event: Map<String, Value>) -> Result<Vec<String>> {
         let mut inner = self.lock()?;
-        if let Some(why) = &inner.broken {
-            return Err(Error::internal(format!("audit log unusable: {why}")));
+        let time = event.get("time").cloned().unwrap_or(Value::Null);
+        self.follow_path(&mut inner, &time);
+        let mut out = self.write_pending(&mut inner)?;
+        out.push(self.write_event(&mut inner, &event)?);
+        Ok(out)
+    }
+
+    /// Writes `event` like [`AuditLog::append`], but when that fails keeps
+    /// it and writes it, in order, as soon as the file can be written again
+    /// (the next request, or [`AuditLog::flush`]): for what already
+    /// happened, such as a response whose effect is done. Returns the lines
+    /// written now.
+    pub fn append_or_keep(&self, event: Map<String, Value>) -> Vec<String> {
+        let mut inner = match self.lock() {
+            Ok(i) => i,
+            Err(e) => {
+                // Never silently dropped: the server's log gets it.
+                let event = Value::Object(event);
+                tracing::error!(error = %e, %event, "audit event not written");
+                return vec![];
+            }
+        };
+        let time = event.get("time").cloned().unwrap_or(Value::Null);
+        self.follow_path(&mut inner, &time);
+        inner.pending.push_back(event);
+        match self.write_pending(&mut inner) {
+            Ok(lines) => lines,
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    kept = inner.pending.len(),
+                    "audit event kept in memory until the audit file can be written"
+                );
+                vec![]
+            }
         }
+    }
+
+    /// Writes the events kept from earlier, and moves to a new file at the
+    /// audit path if the open one was moved away. Returns the lines written.
+    pub fn flush(&self, now: i64) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        self.follow_path(&mut inner, &Value::from(crate::clock::rfc3339(now)));
+        self.write_pending(&mut inner)
+    }
+
+    /// Takes the events kept for writing later (at stop, when they cannot
+    /// be written: the caller prints them to the server's log).
+    pub fn take_pending(&self) -> Vec<Map<String, Value>> {
+        self.lock()
+            .map(|mut i| i.pending.drain(..).collect())
+            .unwrap_or_default()
+    }
+
+    /// Opens the audit path again (SIGHUP): after the file was moved aside
+    /// (logrotate), new lines go to a new file there, continuing the chain;
+    /// the first is an `audit_file_reopened` event. Returns the lines
+    /// written.
+    pub fn reopen(&self, now: i64, reason: &str) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        self.reopen_locked(&mut inner, &Value::from(crate::clock::rfc3339(now)), reason);
+        Ok(self.write_pending(&mut inner).unwrap_or_default())
+    }
+
+    /// Moves the file to `aside` and continues the chain in a new file at
+    /// the audit path, whose first line is an `audit_file_rotated` event.
+    /// Returns the lines written.
+    pub fn rotate(&self, aside: &Path, now: i64) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        std::fs::rename(&self.path, aside).map_err(|e| {
+            Error::internal(format!(
+                "cannot move {} to {}: {e}",
+                self.path.display(),
+                aside.display()
+            ))
+        })?;
+        let new = open_locked(&self.path, true)?;
+        inner.file = Some(new);
+        inner.pending.push_back(event_at(
+            Value::from(crate::clock::rfc3339(now)),
+            "audit_file_rotated",
+            serde_json::json!({ "previous_file": aside.display().to_string() }),
+        ));
+        self.write_pending(&mut inner)
+    }
+
+    /// Moves to a new file when the audit path no longer names the open
+    /// file (moved aside by hand, by logrotate without a signal, or by
+    /// `audit rotate` while the server runs). One stat per write.
+    fn follow_path(&self, inner: &mut Inner, time: &Value) {
+        let current = inner.file.as_ref().map(|f| f.id);
+        match std::fs::metadata(&self.path) {
+            Ok(m) if Some(identity(&m)) == current => {}
+            Ok(_) => self.reopen_locked(inner, time, "the audit path names another file"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.reopen_locked(inner, time, "the audit file was moved or removed")
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn reopen_locked(&self, inner: &mut Inner, time: &Value, reason: &str) {
+        match open_locked(&self.path, false) {
+            Ok(of) => {
+                if inner.file.as_ref().map(|f| f.id) == Some(of.id) {
+                    return;
+                }
+                inner.file = Some(of);
+                inner.cut_to = None;
+                inner.pending.push_back(event_at(
+                    time.clone(),
+                    "audit_file_reopened",
+                    serde_json::json!({ "reason": reason }),
+                ));
+            }
+            Err(e) => {
+                // The open file stays in use until the path can be opened.
+                tracing::warn!(error = %e, "cannot reopen the audit file");
+            }
+        }
+    }
+
+    fn write_pending(&self, inner: &mut Inner) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        while let Some(event) = inner.pending.front().cloned() {
+            out.push(self.write_event(inner, &event)?);
+            inner.pending.pop_front();
+        }
+        Ok(out)
+    }
+
+    /// Chains, writes and returns one line (without its '\n'); on failure
+    /// nothing of it stays in the file and the chain does not move.
+    fn write_event(&self, inner: &mut Inner, event: &Map<String, Value>) -> Result<String> {
         let (seq, prev) = match &inner.head {
             None => (1, GENESIS_PREV.to_string()),
             Some((s, mac)) => (
@@ -326,6 +685,7 @@ impl AuditLog {
                 mac.clone(),
             ),
         };
+        let mut event = event.clone();
         event.remove("mac");
         event.insert("seq".to_string(), Value::from(seq));
         event.insert("prev".to_string(), Value::from(prev));
@@ -342,45 +702,14 @@ impl AuditLog {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-
-        // One write call, so the line is never interleaved with other writers.
-        let written = loop {
-            match inner.file.write(&buf) {
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        }?;
-        if written != buf.len() {
-            let why = format!(
-                "short write to audit file ({written} of {} bytes)",
-                buf.len()
-            );
-            inner.broken = Some(why.clone());
-            return Err(Error::internal(why));
-        }
-        // The line is in the file now, so the chain moves on even if the
-        // flush or fsync below fails.
-        inner.head = Some((seq, mac));
-        inner.file.flush()?;
-        if self.sync {
-            inner.file.sync_data()?;
-        }
-        Ok(line)
-    }
-
-    /// Continues the chain in a new file (which must not exist yet); its
-    /// first line carries on `seq` and `prev` from the current file.
-    pub fn rotate_to(&self, path: &Path) -> Result<()> {
-        let mut inner = self.lock()?;
-        let file = open_options().create_new(true).open(path).map_err(|e| {
-            Error::internal(format!("cannot create audit file {}: {e}", path.display()))
+        write_all_or_cut(inner, &buf, self.sync.load(Ordering::Relaxed)).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot write audit file {}: {e}",
+                self.path.display()
+            ))
         })?;
-        if self.sync {
-            inner.file.sync_data()?;
-        }
-        inner.file = file;
-        inner.broken = None;
-        Ok(())
+        inner.head = Some((seq, mac));
+        Ok(line)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
@@ -390,26 +719,34 @@ impl AuditLog {
     }
 }
 
-/// The last line of the file without its '\n', read backwards from the end
-/// so that opening a large file stays cheap. `None` for an empty file.
-fn read_last_line(file: &mut File, path: &Path) -> Result<Option<Vec<u8>>> {
-    const CHUNK: u64 = 8192;
+/// The last whole line of the file (without its '\n'; `None` if there is
+/// none) and the length of an incomplete line after it (`None` if the file
+/// ends with '\n'), read backwards from the end so that opening a large
+/// file stays cheap.
+fn read_end(file: &mut File, path: &Path) -> Result<(Option<Vec<u8>>, Option<u64>)> {
     let len = file.seek(SeekFrom::End(0))?;
     if len == 0 {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let mut last = [0u8; 1];
-    file.seek(SeekFrom::Start(len - 1))?;
-    file.read_exact(&mut last)?;
-    if last[0] != b'\n' {
-        return Err(Error::internal(format!(
-            "audit file {}: last line is incomplete (no trailing newline; truncated write?); \
-             refusing to continue the chain, rotate or inspect the file",
-            path.display()
-        )));
-    }
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let mut end = len - 1;
+    let newline = last_newline_before(file, len)?;
+    let (end, torn) = match newline {
+        Some(p) if p + 1 == len => (p, None),
+        Some(p) => (p, Some(len - p - 1)),
+        None => return Ok((None, Some(len))),
+    };
+    let start = last_newline_before(file, end)?.map_or(0, |p| p + 1);
+    let size = usize::try_from(end - start)
+        .map_err(|_| Error::internal(format!("audit file {}: line too long", path.display())))?;
+    let mut line = vec![0u8; size];
+    file.seek(SeekFrom::Start(start))?;
+    file.read_exact(&mut line)?;
+    Ok((Some(line), torn))
+}
+
+/// Position of the last '\n' before `end`.
+fn last_newline_before(file: &mut File, end: u64) -> Result<Option<u64>> {
+    const CHUNK: u64 = 8192;
+    let mut end = end;
     while end > 0 {
         let start = end.saturating_sub(CHUNK);
         let size = usize::try_from(end - start)
@@ -418,13 +755,11 @@ fn read_last_line(file: &mut File, path: &Path) -> Result<Option<Vec<u8>>> {
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(&mut chunk)?;
         if let Some(pos) = chunk.iter().rposition(|&b| b == b'\n') {
-            chunks.push(chunk.split_off(pos + 1));
-            break;
+            return Ok(Some(start + pos as u64));
         }
-        chunks.push(chunk);
         end = start;
     }
-    Ok(Some(chunks.into_iter().rev().flatten().collect()))
+    Ok(None)
 }
 
 /// Checks the whole file and reports the first bad line.
@@ -448,10 +783,13 @@ pub fn verify_file(path: &Path, key: &AuditKey) -> Result<VerifyOutcome> {
             break;
         }
         line_no = line_no.saturating_add(1);
-        let complete = buf.last() == Some(&b'\n');
-        if complete {
-            buf.pop();
+        if buf.last() != Some(&b'\n') {
+            return Ok(VerifyOutcome::TornTail {
+                lines: line_no - 1,
+                bytes: buf.len() as u64,
+            });
         }
+        buf.pop();
         let Ok(text) = std::str::from_utf8(&buf) else {
             return Ok(bad(line_no, Tamper::Malformed, "not UTF-8".to_string()));
         };
@@ -459,13 +797,6 @@ pub fn verify_file(path: &Path, key: &AuditKey) -> Result<VerifyOutcome> {
             Ok(link) => link,
             Err((kind, detail)) => return Ok(bad(line_no, kind, detail)),
         };
-        if !complete {
-            return Ok(bad(
-                line_no,
-                Tamper::Malformed,
-                "last line has no trailing newline (truncated write?)".to_string(),
-            ));
-        }
         if let Some(before) = &last {
             let expected = before.seq.saturating_add(1);
             if link.seq != expected || link.prev != before.mac {
@@ -538,6 +869,13 @@ mod tests {
     use serde_json::json;
     use std::path::PathBuf;
 
+    /// 2024-01-01T00:00:00Z.
+    const T0: i64 = 1_704_067_200;
+
+    fn last(mut lines: Vec<String>) -> String {
+        lines.pop().unwrap()
+    }
+
     fn key() -> AuditKey {
         AuditKey::new([7u8; 32])
     }
@@ -560,7 +898,7 @@ mod tests {
     }
 
     fn write_chain(path: &Path, n: u64) {
-        let log = AuditLog::open(path, key()).unwrap();
+        let log = AuditLog::open(path, key(), T0).unwrap();
         for i in 1..=n {
             log.append(event(i)).unwrap();
         }
@@ -610,9 +948,9 @@ mod tests {
     #[test]
     fn append_returns_the_written_line() {
         let (_d, path) = dir_and_path();
-        let log = AuditLog::open(&path, key()).unwrap();
-        let a = log.append(event(1)).unwrap();
-        let b = log.append(event(2)).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
+        let a = last(log.append(event(1)).unwrap());
+        let b = last(log.append(event(2)).unwrap());
         assert_eq!(read_lines(&path), vec![a.clone(), b]);
         let link = verify_line(&a, &key()).unwrap();
         assert_eq!(link.seq, 1);
@@ -623,11 +961,11 @@ mod tests {
     fn body_is_sorted_keys() {
         // Guards the canonical form: fails if `preserve_order` gets enabled.
         let (_d, path) = dir_and_path();
-        let log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         let mut m = Map::new();
         m.insert("zeta".into(), json!(1));
         m.insert("alpha".into(), json!({"y": 1, "b": 2}));
-        let line = log.append(m).unwrap();
+        let line = last(log.append(m).unwrap());
         assert!(line.starts_with(r#"{"alpha":{"b":2,"y":1},"prev":""#));
         assert!(line.contains(r#","seq":1,"zeta":1,"mac":""#));
     }
@@ -635,7 +973,7 @@ mod tests {
     #[test]
     fn chain_fields_in_the_event_are_replaced() {
         let (_d, path) = dir_and_path();
-        let log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         let mut m = event(1);
         m.insert("seq".into(), json!(99));
         m.insert("mac".into(), json!("x"));
@@ -651,9 +989,9 @@ mod tests {
     fn reopen_continues_the_chain() {
         let (_d, path) = dir_and_path();
         write_chain(&path, 3);
-        let mut log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         log.set_sync(true);
-        let line = log.append(event(4)).unwrap();
+        let line = last(log.append(event(4)).unwrap());
         log.append(event(5)).unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["seq"], 4);
@@ -666,13 +1004,13 @@ mod tests {
     #[test]
     fn reopen_with_long_last_line() {
         let (_d, path) = dir_and_path();
-        let log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         log.append(event(1)).unwrap();
         let mut big = event(2);
         big.insert("blob".into(), json!("x".repeat(30_000)));
         log.append(big).unwrap();
         drop(log);
-        let log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         assert_eq!(log.head().unwrap().map(|h| h.0), Some(2));
         log.append(event(3)).unwrap();
         assert_eq!(
@@ -688,18 +1026,16 @@ mod tests {
         let mut lines = read_lines(&path);
         lines[2] = lines[2].replace("\"request\",", "\"response\",");
         write_lines(&path, &lines);
-        let err = AuditLog::open(&path, key()).unwrap_err();
+        let err = AuditLog::open(&path, key(), T0).unwrap_err();
         assert!(err.to_string().contains("refusing"), "{err}");
 
         write_chain(&path.with_extension("2"), 2);
-        assert!(AuditLog::open(&path.with_extension("2"), AuditKey::new([8u8; 32])).is_err());
+        assert!(AuditLog::open(&path.with_extension("2"), AuditKey::new([8u8; 32]), T0).is_err());
 
         std::fs::write(&path, "{\"seq\":1}\n").unwrap();
-        assert!(AuditLog::open(&path, key()).is_err());
-        std::fs::write(&path, "garbage").unwrap();
-        assert!(AuditLog::open(&path, key()).is_err());
+        assert!(AuditLog::open(&path, key(), T0).is_err());
         std::fs::write(&path, "\n").unwrap();
-        assert!(AuditLog::open(&path, key()).is_err());
+        assert!(AuditLog::open(&path, key(), T0).is_err());
     }
 
     #[test]
@@ -747,17 +1083,130 @@ mod tests {
     }
 
     #[test]
-    fn truncated_last_line_is_malformed() {
+    fn truncated_last_line_is_a_torn_tail() {
         let (_d, path) = dir_and_path();
         write_chain(&path, 5);
         let text = std::fs::read_to_string(&path).unwrap();
         let cut = text.len() - 40;
         std::fs::write(&path, &text[..cut]).unwrap();
-        assert_bad(&path, &key(), 5, Tamper::Malformed);
-        // Only the newline missing: still a truncated write.
+        let whole = text[..cut].rfind('\n').unwrap() + 1;
+        assert_eq!(
+            verify_file(&path, &key()).unwrap(),
+            VerifyOutcome::TornTail {
+                lines: 4,
+                bytes: (cut - whole) as u64
+            }
+        );
+        // Only the newline missing: still a write that did not finish.
         std::fs::write(&path, text.trim_end()).unwrap();
-        assert_bad(&path, &key(), 5, Tamper::Malformed);
-        assert!(AuditLog::open(&path, key()).is_err());
+        assert!(matches!(
+            verify_file(&path, &key()).unwrap(),
+            VerifyOutcome::TornTail { lines: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn a_torn_tail_found_at_open_is_set_aside_and_the_chain_continues() {
+        let (dir, path) = dir_and_path();
+        write_chain(&path, 3);
+        let whole = std::fs::read(&path).unwrap();
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"seq\":4,\"type\":\"resp");
+        std::fs::write(&path, &torn).unwrap();
+
+        let log = AuditLog::open(&path, key(), T0).unwrap();
+        assert_eq!(log.head().unwrap().map(|h| h.0), Some(4));
+        let line = last(log.append(event(5)).unwrap());
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["seq"], 5);
+        drop(log);
+
+        // The torn file is kept byte for byte beside the new one.
+        let aside = dir.path().join("audit.log.20240101T000000Z-torn");
+        assert_eq!(std::fs::read(&aside).unwrap(), torn);
+        assert!(matches!(
+            verify_file(&aside, &key()).unwrap(),
+            VerifyOutcome::TornTail {
+                lines: 3,
+                bytes: 21
+            }
+        ));
+        // The new file starts with the event that says what happened, chained
+        // to the last whole line.
+        assert_eq!(
+            verify_file(&path, &key()).unwrap(),
+            VerifyOutcome::Ok { lines: 2 }
+        );
+        let lines = read_lines(&path);
+        let first: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(first["type"], "audit_log_recovered");
+        assert_eq!(first["seq"], 4);
+        assert_eq!(first["torn_bytes"], 21);
+        assert_eq!(first["set_aside"], aside.display().to_string());
+        let last_whole: Value =
+            serde_json::from_str(std::str::from_utf8(&whole).unwrap().lines().last().unwrap())
+                .unwrap();
+        assert_eq!(first["prev"], last_whole["mac"]);
+        assert!(!dir.path().join("audit.log.recovering").exists());
+    }
+
+    #[test]
+    fn a_file_of_only_a_torn_line_starts_a_new_chain() {
+        let (dir, path) = dir_and_path();
+        std::fs::write(&path, "garbage").unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
+        assert_eq!(log.head().unwrap().map(|h| h.0), Some(1));
+        drop(log);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("audit.log.20240101T000000Z-torn")).unwrap(),
+            "garbage"
+        );
+        assert_eq!(
+            verify_file(&path, &key()).unwrap(),
+            VerifyOutcome::Ok { lines: 1 }
+        );
+    }
+
+    #[test]
+    fn a_second_writer_on_one_file_is_refused() {
+        let (_d, path) = dir_and_path();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
+        let err = AuditLog::open(&path, key(), T0).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        assert_eq!(in_use(&path).unwrap(), Some(true));
+        drop(log);
+        assert_eq!(in_use(&path).unwrap(), Some(false));
+        assert_eq!(in_use(&path.with_extension("none")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_file_moved_aside_is_followed_by_a_new_one_continuing_the_chain() {
+        let (dir, path) = dir_and_path();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
+        log.append(event(1)).unwrap();
+        let moved = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &moved).unwrap();
+        let lines = log.append(event(2)).unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("audit_file_reopened"), "{}", lines[0]);
+        // SIGHUP after logrotate moved the file: a new file at once.
+        std::fs::rename(&path, dir.path().join("audit.log.2")).unwrap();
+        let lines = log.reopen(T0, "SIGHUP").unwrap();
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("SIGHUP"));
+        // Nothing moved: nothing to do.
+        assert!(log.reopen(T0, "SIGHUP").unwrap().is_empty());
+        log.append(event(3)).unwrap();
+        for (p, n) in [
+            (&moved, 1),
+            (&dir.path().join("audit.log.2"), 2),
+            (&path, 2),
+        ] {
+            assert_eq!(
+                verify_file(p, &key()).unwrap(),
+                VerifyOutcome::Ok { lines: n }
+            );
+        }
+        assert_eq!(log.head().unwrap().map(|h| h.0), Some(5));
     }
 
     #[test]
@@ -795,28 +1244,33 @@ mod tests {
     #[test]
     fn rotation_continues_the_chain() {
         let (_d, path) = dir_and_path();
-        let next = path.with_extension("1");
-        let log = AuditLog::open(&path, key()).unwrap();
+        let aside = aside_path(&path, T0, "");
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         log.append(event(1)).unwrap();
         log.append(event(2)).unwrap();
-        log.rotate_to(&next).unwrap();
-        let line = log.append(event(3)).unwrap();
-        assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["seq"], 3);
-        assert!(log.rotate_to(&next).is_err());
+        let lines = log.rotate(&aside, T0).unwrap();
+        assert!(lines[0].contains("audit_file_rotated"));
+        let line = last(log.append(event(3)).unwrap());
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["seq"], 4);
+        assert!(aside
+            .display()
+            .to_string()
+            .ends_with("audit.log.20240101T000000Z"));
+        assert_ne!(aside_path(&path, T0, ""), aside);
         assert_eq!(
-            verify_file(&path, &key()).unwrap(),
+            verify_file(&aside, &key()).unwrap(),
             VerifyOutcome::Ok { lines: 2 }
         );
         assert_eq!(
-            verify_file(&next, &key()).unwrap(),
-            VerifyOutcome::Ok { lines: 1 }
+            verify_file(&path, &key()).unwrap(),
+            VerifyOutcome::Ok { lines: 2 }
         );
     }
 
     #[test]
     fn empty_file_verifies() {
         let (_d, path) = dir_and_path();
-        drop(AuditLog::open(&path, key()).unwrap());
+        drop(AuditLog::open(&path, key(), T0).unwrap());
         assert_eq!(
             verify_file(&path, &key()).unwrap(),
             VerifyOutcome::Ok { lines: 0 }
@@ -828,7 +1282,7 @@ mod tests {
     fn created_with_mode_0600() {
         use std::os::unix::fs::PermissionsExt;
         let (_d, path) = dir_and_path();
-        drop(AuditLog::open(&path, key()).unwrap());
+        drop(AuditLog::open(&path, key(), T0).unwrap());
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -877,7 +1331,7 @@ mod tests {
     #[test]
     fn secrets_never_reach_the_file() {
         let (_d, path) = dir_and_path();
-        let log = AuditLog::open(&path, key()).unwrap();
+        let log = AuditLog::open(&path, key(), T0).unwrap();
         let raw = json!({
             "time": "2024-01-01T00:00:00Z",
             "type": "request",
@@ -898,7 +1352,7 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<AuditLog>();
         let (_d, path) = dir_and_path();
-        let log = std::sync::Arc::new(AuditLog::open(&path, key()).unwrap());
+        let log = std::sync::Arc::new(AuditLog::open(&path, key(), T0).unwrap());
         let handles: Vec<_> = (0..4)
             .map(|t| {
                 let log = log.clone();

@@ -1,4 +1,4 @@
-//! `gatepass-server`: dev, serve, init and audit verify.
+//! `gatepass-server`: dev, serve, init, audit verify and audit rotate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -117,6 +117,18 @@ enum AuditCommand {
         /// The seal key file directly (a dev server keeps it in DATA_DIR/seal.key).
         #[arg(long)]
         seal_key_file: Option<PathBuf>,
+        /// Pass a file whose only fault is an incomplete last line (a write
+        /// that did not finish), such as one the server set aside as `*-torn`.
+        #[arg(long)]
+        allow_torn_tail: bool,
+    },
+    /// Move the audit file aside (to `<audit_log>.<UTC time>`) and continue its chain in a new file.
+    ///
+    /// While a server writes the file, the server moves to the new file by
+    /// itself within a second; otherwise this command starts the new file.
+    Rotate {
+        #[arg(long, short, default_value = "/etc/gatepass/server.toml")]
+        config: PathBuf,
     },
 }
 
@@ -154,8 +166,12 @@ async fn main() -> anyhow::Result<()> {
                     file,
                     config,
                     seal_key_file,
+                    allow_torn_tail,
                 },
-        } => verify_cmd(&file, config, seal_key_file),
+        } => verify_cmd(&file, config, seal_key_file, allow_torn_tail),
+        Command::Audit {
+            command: AuditCommand::Rotate { config },
+        } => rotate_cmd(&config),
         Command::Docs { .. } => Ok(()),
     }
 }
@@ -238,6 +254,7 @@ async fn dev(
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    spawn_audit_tasks(&core);
     notify_ready();
     serve::run(
         core.clone(),
@@ -247,6 +264,7 @@ async fn dev(
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())
 }
@@ -322,6 +340,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    spawn_audit_tasks(&core);
     notify_ready();
     serve::run(
         core.clone(),
@@ -331,6 +350,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())
 }
@@ -380,10 +400,67 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the audit file caught up, and reopens it on SIGHUP (logrotate's
+/// `postrotate`).
+fn spawn_audit_tasks(core: &gatepass_server::State) {
+    tokio::spawn(gatepass_server::http::audit_keeper(core.clone()));
+    let core = core.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            gatepass_server::http::reopen_audit(&core, "SIGHUP").await;
+        }
+    });
+}
+
+fn rotate_cmd(config: &Path) -> anyhow::Result<()> {
+    let cfg = ServerConfig::load(config)?;
+    let Some(path) = cfg.audit_log.clone() else {
+        bail!("{} sets no audit_log", config.display());
+    };
+    let now = Clock::System.now();
+    let aside = audit::aside_path(&path, now, "");
+    match audit::in_use(&path)? {
+        None => bail!("{}: no such file, nothing to rotate", path.display()),
+        Some(true) => {
+            // The server follows the path: it notices the move and continues
+            // the chain in a new file there.
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving {} to {}", path.display(), aside.display()))?;
+            println!(
+                "moved {} to {}; the running server continues the chain in a new {} within a second",
+                path.display(),
+                aside.display(),
+                path.display()
+            );
+        }
+        Some(false) => {
+            let seal = SealKey::load(&cfg.seal_key_file)?;
+            let log = audit::AuditLog::open(&path, AuditKey::new(*seal.derive("audit")), now)?;
+            log.rotate(&aside, now)?;
+            println!(
+                "moved {} to {}; the chain continues in a new {}",
+                path.display(),
+                aside.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn verify_cmd(
     file: &Path,
     config: Option<PathBuf>,
     seal_key_file: Option<PathBuf>,
+    allow_torn_tail: bool,
 ) -> anyhow::Result<()> {
     let seal_path = match (config, seal_key_file) {
         (_, Some(p)) => p,
@@ -395,6 +472,18 @@ fn verify_cmd(
     match audit::verify_file(file, &key)? {
         VerifyOutcome::Ok { lines } => {
             println!("{}: OK, {lines} lines, chain intact", file.display());
+            Ok(())
+        }
+        VerifyOutcome::TornTail { lines, bytes } => {
+            println!(
+                "{}: {lines} whole lines, chain intact; line {}: incomplete last line \
+                 ({bytes} bytes, a write that did not finish)",
+                file.display(),
+                lines + 1
+            );
+            if !allow_torn_tail {
+                std::process::exit(1);
+            }
             Ok(())
         }
         VerifyOutcome::Bad { line, kind, detail } => {

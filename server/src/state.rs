@@ -53,6 +53,7 @@ impl Core {
             Some(p) => Some(AuditLog::open(
                 p,
                 AuditKey::new(*opts.seal_key.derive("audit")),
+                opts.clock.now(),
             )?),
             None => None,
         };

@@ -265,16 +265,27 @@ fn free_port() -> u16 {
 /// database (named after `db`) and one seal key, with their files in `dir`
 /// (configs, logs `a.log` and `b.log`); both answering when this returns.
 pub async fn serve_pair_on_postgres(dir: &Path, db: &str) -> (ServeProcess, ServeProcess) {
+    let audit = (dir.join("a-audit.log"), dir.join("b-audit.log"));
+    serve_pair_on_postgres_with(dir, db, &audit.0, &audit.1).await
+}
+
+/// [`serve_pair_on_postgres`] with each server's audit file where given.
+pub async fn serve_pair_on_postgres_with(
+    dir: &Path,
+    db: &str,
+    audit_a: &Path,
+    audit_b: &Path,
+) -> (ServeProcess, ServeProcess) {
     let tls = gatepass_server::tls::dev_certificates(&dir.join("tls")).expect("certificates");
     let url = pg::shared().new_database(db);
-    let config = |name: &str, port: u16| {
+    let config = |name: &str, port: u16, audit: &Path| {
         let p = dir.join(format!("{name}.toml"));
         std::fs::write(
             &p,
             format!(
                 "listen = \"127.0.0.1:{port}\"\nstorage = \"{url}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
                 seal = dir.join("seal.key").display(),
-                audit = dir.join(format!("{name}-audit.log")).display(),
+                audit = audit.display(),
                 cert = tls.cert.display(),
                 key = tls.key.display(),
             ),
@@ -283,7 +294,7 @@ pub async fn serve_pair_on_postgres(dir: &Path, db: &str) -> (ServeProcess, Serv
         p
     };
     let (pa, pb) = (free_port(), free_port());
-    let (ca, cb) = (config("a", pa), config("b", pb));
+    let (ca, cb) = (config("a", pa, audit_a), config("b", pb, audit_b));
     let (code, root, err) = run(Command::new(bin("gatepass-server"))
         .args(["init", "--config"])
         .arg(&ca));

@@ -258,6 +258,7 @@ fn debs_hold_binaries_units_pam_module_docs_and_completions() {
     let mut want = vec![
         "/usr/bin/gatepass-server".to_string(),
         "/etc/gatepass/server.toml".into(),
+        "/etc/logrotate.d/gatepass-server".into(),
         "/usr/lib/systemd/system/gatepass-server.service".into(),
         "/usr/share/doc/gatepass-server/copyright".into(),
         "/usr/share/doc/gatepass-server/changelog.Debian.gz".into(),
@@ -290,7 +291,10 @@ fn debs_hold_binaries_units_pam_module_docs_and_completions() {
         "dpkg-deb --ctrl-tarfile '{}' | tar -xO ./conffiles",
         deb("gatepass-server").display()
     )));
-    assert_eq!(conffiles.trim(), "/etc/gatepass/server.toml");
+    assert_eq!(
+        conffiles.trim(),
+        "/etc/gatepass/server.toml\n/etc/logrotate.d/gatepass-server"
+    );
 }
 
 fn rpm_files(pkg: &str) -> BTreeSet<String> {
@@ -307,6 +311,7 @@ fn rpms_list_the_expected_files() {
     let mut want = vec![
         "/usr/bin/gatepass-server".to_string(),
         "/etc/gatepass/server.toml".into(),
+        "/etc/logrotate.d/gatepass-server".into(),
         "/usr/lib/systemd/system/gatepass-server.service".into(),
     ];
     want.extend(docs(&["gatepass-server"], zsh));
@@ -337,7 +342,8 @@ fn rpms_list_the_expected_files() {
                 "/usr/share/",
                 "/usr/lib/systemd/system/",
                 "/usr/lib64/security/",
-                "/etc/gatepass/"
+                "/etc/gatepass/",
+                "/etc/logrotate.d/"
             ]
             .iter()
             .any(|p| f.starts_with(p)),
@@ -346,7 +352,15 @@ fn rpms_list_the_expected_files() {
     }
 
     let config = ok(Command::new("rpm").arg("-qcp").arg(rpm("gatepass-server")));
-    assert_eq!(config.trim(), "/etc/gatepass/server.toml");
+    let mut config: Vec<&str> = config.lines().collect();
+    config.sort();
+    assert_eq!(
+        config,
+        [
+            "/etc/gatepass/server.toml",
+            "/etc/logrotate.d/gatepass-server"
+        ]
+    );
     // The scriptlets are the files in packaging/rpm (cargo-generate-rpm takes
     // a path it cannot find as the script text itself).
     let scripts = ok(Command::new("rpm")

@@ -181,9 +181,9 @@ fn audit_verify_catches_edits_deletions_and_swaps_and_no_secret_is_logged() {
     let write = |ls: Vec<String>| std::fs::write(&tampered, ls.join("\n") + "\n").unwrap();
     let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
 
-    // Edited: change the path of line 3.
+    // Edited: change line 3.
     let mut edited = owned.clone();
-    edited[2] = edited[2].replacen("\"status\":", "\"status\":1", 1);
+    edited[2] = edited[2].replacen("\"operation\":\"", "\"operation\":\"x", 1);
     write(edited);
     let (code, out) = verify(&s, &tampered);
     assert_eq!(code, 1);

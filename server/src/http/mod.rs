@@ -157,6 +157,19 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         now: core.clock.now(),
     };
 
+    // Vault's order: the request is on record before anything is done for
+    // it, and a request that cannot be put on record is refused unchanged.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let audited = is_audited(&request);
+    if audited {
+        if let Err(e) = audit_request(&core, &request, &request_id).await {
+            tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+            return error_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit log unavailable: the request was refused before anything was done",
+            );
+        }
+    }
     let mut caller = None;
     let result = process(&core, &request, &mut caller).await;
     let status = match &result {
@@ -176,13 +189,19 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             )]
         }
     };
-    if let Err(e) = write_audit(&core, &request, caller.as_ref(), &result, status).await {
-        // Fail closed: a request that cannot be audited is not answered.
-        tracing::error!(error = %e, "cannot write audit event");
-        return error_body(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal error: audit log unavailable",
-        );
+    if audited {
+        // What the request did is done: its answer is given even if the
+        // response entry has to wait for the audit file (it is kept and
+        // written first thing once the file can be written).
+        audit_response(
+            &core,
+            &request,
+            &request_id,
+            caller.as_ref(),
+            &result,
+            status,
+        )
+        .await;
     }
     core.metrics
         .requests
@@ -203,7 +222,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         "request"
     );
     match result {
-        Ok(reply) => shape(reply, warnings),
+        Ok(reply) => shape(reply, warnings, request_id),
         Err(e) => {
             if e.status().is_server_error() {
                 tracing::error!(path = %request.path, error = %e, "request failed");
@@ -223,9 +242,9 @@ fn reply_status(r: &Reply) -> StatusCode {
     }
 }
 
-fn envelope(data: Value, auth: Value, warnings: Vec<String>) -> Value {
+fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -> Value {
     json!({
-        "request_id": uuid::Uuid::new_v4().to_string(),
+        "request_id": request_id,
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
@@ -237,17 +256,18 @@ fn envelope(data: Value, auth: Value, warnings: Vec<String>) -> Value {
     })
 }
 
-fn shape(reply: Reply, warnings: Vec<String>) -> Response {
+fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
+    let id = request_id.as_str();
     match reply {
-        Reply::Data(d) => axum::Json(envelope(d, Value::Null, warnings)).into_response(),
-        Reply::Auth(a) => axum::Json(envelope(Value::Null, a, warnings)).into_response(),
+        Reply::Data(d) => axum::Json(envelope(d, Value::Null, warnings, id)).into_response(),
+        Reply::Auth(a) => axum::Json(envelope(Value::Null, a, warnings, id)).into_response(),
         Reply::Lease {
             data,
             lease_id,
             lease_duration,
             renewable,
         } => {
-            let mut e = envelope(data, Value::Null, warnings);
+            let mut e = envelope(data, Value::Null, warnings, id);
             e["lease_id"] = json!(lease_id);
             e["lease_duration"] = json!(lease_duration);
             e["renewable"] = json!(renewable);
@@ -255,7 +275,7 @@ fn shape(reply: Reply, warnings: Vec<String>) -> Response {
         }
         Reply::List(keys) if keys.is_empty() => error_body(StatusCode::NOT_FOUND, ""),
         Reply::List(keys) => {
-            axum::Json(envelope(json!({ "keys": keys }), Value::Null, warnings)).into_response()
+            axum::Json(envelope(json!({ "keys": keys }), Value::Null, warnings, id)).into_response()
         }
         Reply::NoContent => StatusCode::NO_CONTENT.into_response(),
         Reply::NotFound => error_body(StatusCode::NOT_FOUND, ""),
@@ -300,28 +320,144 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
 }
 
 /// Keys whose values are not secret and stay readable in the audit log.
-const AUDIT_KEEP: &[&str] = &["policies", "token_policies", "lease_duration", "renewable"];
+/// A certificate's serial number is public (it is in the certificate and the
+/// inventory), and readable it ties an inventory entry to its request.
+const AUDIT_KEEP: &[&str] = &[
+    "policies",
+    "token_policies",
+    "lease_duration",
+    "renewable",
+    "serial_number",
+];
 
-async fn write_audit(
+/// Status reads that change nothing and need no token are not audited, as
+/// Vault does not audit them: a load balancer's health checks would fill
+/// the log, and they must keep answering while the audit file cannot be
+/// written (that is when they are needed).
+fn is_audited(req: &Request) -> bool {
+    !(req.op == Operation::Read
+        && matches!(
+            req.path.as_str(),
+            "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader"
+        ))
+}
+
+fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value {
+    json!({
+        "id": request_id,
+        "operation": req.op.as_str(),
+        "path": req.path,
+        "remote_address": req.client_ip.map(|i| i.to_string()),
+        "data": audit::redact(&Value::Object(req.fields.raw().clone()), key, &[]),
+    })
+}
+
+/// The request entry, written before the request is acted on; an error
+/// means it is not on record (and the request must be refused).
+async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<()> {
+    let key = &core.audit_key;
+    let mut event = Map::new();
+    event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
+    event.insert("type".into(), json!("request"));
+    event.insert("request".into(), request_json(key, req, request_id));
+    event.insert(
+        "auth".into(),
+        match req.token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => json!({ "client_token": key.hmac(t) }),
+            None => Value::Null,
+        },
+    );
+    let lines = match &core.audit {
+        Some(log) => log.append(event)?,
+        None => vec![serde_json::to_string(&Value::Object(event))
+            .map_err(|e| Error::internal(e.to_string()))?],
+    };
+    for line in lines {
+        core.storage.append_audit(&line).await?;
+    }
+    Ok(())
+}
+
+/// Writes the audit file's kept events and follows a moved file, about once
+/// a second, so that the file catches up without waiting for a request.
+pub async fn audit_keeper(core: State) {
+    let Some(log) = &core.audit else {
+        return;
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match log.flush(core.clock.now()) {
+            Ok(lines) => {
+                for line in lines {
+                    if let Err(e) = core.storage.append_audit(&line).await {
+                        tracing::error!(error = %e, "audit line not copied to the database");
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "audit file still cannot be written"),
+        }
+    }
+}
+
+/// At stop: writes the kept audit events, or, if the file still cannot be
+/// written, prints them to the server's log so that none is lost silently.
+pub async fn audit_at_stop(core: &Core) {
+    let Some(log) = &core.audit else {
+        return;
+    };
+    match log.flush(core.clock.now()) {
+        Ok(lines) => {
+            for line in lines {
+                if let Err(e) = core.storage.append_audit(&line).await {
+                    tracing::error!(error = %e, "audit line not copied to the database");
+                }
+            }
+        }
+        Err(e) => {
+            for event in log.take_pending() {
+                let event = Value::Object(event);
+                tracing::error!(error = %e, %event, "audit event not written to the audit file");
+            }
+        }
+    }
+}
+
+/// Reopens the audit file (SIGHUP, after logrotate moved it).
+pub async fn reopen_audit(core: &Core, reason: &str) {
+    let Some(log) = &core.audit else {
+        return;
+    };
+    match log.reopen(core.clock.now(), reason) {
+        Ok(lines) => {
+            tracing::info!(file = %log.path().display(), "audit file reopened");
+            for line in lines {
+                if let Err(e) = core.storage.append_audit(&line).await {
+                    tracing::error!(error = %e, "audit line not copied to the database");
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot reopen the audit file"),
+    }
+}
+
+/// The response entry, written after the request was acted on. It cannot
+/// fail the request: if the audit file cannot be written now, the entry is
+/// kept and written before anything else once it can.
+async fn audit_response(
     core: &Core,
     req: &Request,
+    request_id: &str,
     caller: Option<&TokenEntry>,
     result: &Result<Reply>,
     status: StatusCode,
-) -> Result<()> {
+) {
     let key = &core.audit_key;
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("response"));
-    event.insert(
-        "request".into(),
-        json!({
-            "operation": req.op.as_str(),
-            "path": req.path,
-            "remote_address": req.client_ip.map(|i| i.to_string()),
-            "data": audit::redact(&Value::Object(req.fields.raw().clone()), key, &[]),
-        }),
-    );
+    event.insert("request".into(), request_json(key, req, request_id));
     event.insert(
         "auth".into(),
         match caller {
@@ -350,10 +486,13 @@ async fn write_audit(
     if let Err(e) = result {
         event.insert("error".into(), json!(e.public_message()));
     }
-    let line = match &core.audit {
-        Some(log) => log.append(event)?,
-        None => serde_json::to_string(&Value::Object(event))
-            .map_err(|e| Error::internal(e.to_string()))?,
+    let lines = match &core.audit {
+        Some(log) => log.append_or_keep(event),
+        None => vec![Value::Object(event).to_string()],
     };
-    core.storage.append_audit(&line).await
+    for line in lines {
+        if let Err(e) = core.storage.append_audit(&line).await {
+            tracing::error!(error = %e, "audit line not copied to the database");
+        }
+    }
 }
