@@ -142,8 +142,19 @@ fn init_logging() {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    // The error and its causes on one line, never a backtrace (anyhow
+    // prints one for `main() -> Result` when RUST_BACKTRACE is set).
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Docs { dir } = &cli.command {
         use clap::CommandFactory;
         return Ok(gatepass_api::docs::write(Cli::command(), dir)?);
@@ -231,8 +242,7 @@ async fn dev(
     };
     core.ensure_mount("ssh", "ssh").await?;
 
-    let listener =
-        serve::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let listener = serve::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() && addr.is_ipv4() {
         format!("127.0.0.1:{}", addr.port())
@@ -336,8 +346,8 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         Some(t) => Some(tls::rustls_config(&t.cert, &t.key).await?),
         None => None,
     };
-    let listener = serve::bind(cfg.listen)
-        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let listener =
+        serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
     spawn_audit_tasks(&core);
