@@ -337,6 +337,16 @@ pub struct Change {
 }
 
 impl Change {
+    /// The change that puts back what this one replaced (for rollbacks).
+    pub fn reversed(&self) -> Change {
+        Change {
+            path: self.path.clone(),
+            old: self.new.clone(),
+            new: self.old.clone(),
+            mode: self.mode,
+        }
+    }
+
     /// Compares `new` with what is on disk; None when nothing would change.
     pub fn compute(path: &Path, new: Option<Vec<u8>>, mode: u32) -> Result<Option<Change>> {
         let old = read_optional(path)?;

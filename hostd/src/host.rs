@@ -216,12 +216,7 @@ impl Host {
 /// caller is already reporting an error).
 fn undo(changes: &[Change]) {
     for c in changes.iter().rev() {
-        let back = Change {
-            path: c.path.clone(),
-            old: c.new.clone(),
-            new: c.old.clone(),
-            mode: c.mode,
-        };
+        let back = c.reversed();
         if let Err(e) = back.apply() {
             tracing::error!("cannot restore {}: {e}", c.path.display());
         }

@@ -719,12 +719,7 @@ pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError>
     };
     let mut restore_errors = Vec::new();
     for c in done.iter().rev() {
-        let back = Change {
-            path: c.path.clone(),
-            old: c.new.clone(),
-            new: c.old.clone(),
-            mode: c.mode,
-        };
+        let back = c.reversed();
         if let Err(e) = back.apply() {
             restore_errors.push(e.to_string());
         }

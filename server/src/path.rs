@@ -162,15 +162,21 @@ pub fn is_dot_or_empty(name: &str) -> bool {
     check_segment(name).is_err()
 }
 
+/// 1-128 letters, digits, '-', '_', '.' or '@': the text of names that
+/// end up in paths, storage keys and certificates.
+pub fn is_name_text(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+}
+
 /// Checks a name that becomes one path segment and a storage key part (ssh
 /// roles, AppRole roles, userpass users): 1-128 letters, digits, '-', '_',
 /// '.' or '@', and not `.` or `..`.
 pub fn validate_name(what: &str, name: &str) -> crate::error::Result<()> {
-    let ok = !is_dot_or_empty(name)
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    let ok = !is_dot_or_empty(name) && is_name_text(name);
     if ok {
         Ok(())
     } else {

@@ -76,12 +76,7 @@ pub fn check_key_id(s: &str) -> Result<()> {
 /// Critical option and extension names: `permit-pty`, `source-address`,
 /// `name@domain` — letters, digits and `-_.@`.
 pub fn check_option_name(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if ok {
+    if crate::path::is_name_text(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(
