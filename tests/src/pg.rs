@@ -67,9 +67,11 @@ fn as_postgres(cmd: &Path) -> Command {
     c
 }
 
-fn start_private() -> Pg {
+/// A fresh folder owned by postgres with an initialized cluster in
+/// `data/` (trust auth, UTF-8, C locale).
+fn init_cluster(prefix: &str) -> PathBuf {
     let dir = tempfile::Builder::new()
-        .prefix("gatepass-pg-")
+        .prefix(prefix)
         .tempdir()
         .expect("pg temp dir")
         .keep();
@@ -84,7 +86,6 @@ fn start_private() -> Pg {
         "cannot chown {} to postgres (run the tests as root, as tests/run does)",
         dir.display()
     );
-    let data = dir.join("data");
     let out = as_postgres(&pg_bin("initdb"))
         .args([
             "-A",
@@ -97,7 +98,7 @@ fn start_private() -> Pg {
             "--no-sync",
             "-D",
         ])
-        .arg(&data)
+        .arg(dir.join("data"))
         .output()
         .expect("run initdb");
     assert!(
@@ -105,6 +106,12 @@ fn start_private() -> Pg {
         "initdb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    dir
+}
+
+fn start_private() -> Pg {
+    let dir = init_cluster("gatepass-pg-");
+    let data = dir.join("data");
     let port = free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
     let _ = Command::new("chown")
@@ -220,38 +227,7 @@ impl std::ops::Deref for OwnedPg {
 impl OwnedPg {
     /// initdb and start on a free loopback port.
     pub fn start() -> OwnedPg {
-        let dir = tempfile::Builder::new()
-            .prefix("gatepass-pg-own-")
-            .tempdir()
-            .expect("pg temp dir")
-            .keep();
-        let ok = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(&dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "cannot chown {} to postgres", dir.display());
-        let out = as_postgres(&pg_bin("initdb"))
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-D",
-            ])
-            .arg(dir.join("data"))
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = init_cluster("gatepass-pg-own-");
         let script = format!(
             "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
              runuser -u postgres -- '{pg_ctl}' -D '{data}' -m immediate stop; rm -rf '{dir}'",
