@@ -134,22 +134,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     rows.extend(in_process(budget, &small, &large)?);
     let body = section(&machine, budget, &rows);
     report::publish(args.common.write.as_deref(), SECTION, &body)?;
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.summary.errors > 0)
-        .map(|r| {
-            format!(
-                "{}: {} errors, first: {}",
-                r.what,
-                r.summary.errors,
-                r.summary.first_error.as_deref().unwrap_or("?")
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        bail!("requests failed:\n{}", failed.join("\n"));
-    }
-    Ok(())
+    report::fail_on_errors(
+        "requests",
+        rows.iter().map(|r| (r.what.to_string(), &r.summary)),
+    )
 }
 
 async fn token_with(

@@ -262,22 +262,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let body = section(&machine, args, &rows, &pam_note)?;
     report::publish(args.common.write.as_deref(), SECTION, &body)?;
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.summary.errors > 0)
-        .map(|r| {
-            format!(
-                "{}: {} errors, first: {}",
-                r.what,
-                r.summary.errors,
-                r.summary.first_error.as_deref().unwrap_or("?")
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        bail!("runs failed:\n{}", failed.join("\n"));
-    }
-    Ok(())
+    report::fail_on_errors(
+        "runs",
+        rows.iter().map(|r| (r.what.to_string(), &r.summary)),
+    )
 }
 
 async fn create(server: &DevServer, c: &reqwest::Client) -> anyhow::Result<String> {

@@ -115,23 +115,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let body = section(&machine, budget, args, version, &rows)?;
     report::publish(args.common.write.as_deref(), SECTION, &body)?;
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.summary.errors > 0)
-        .map(|r| {
-            format!(
-                "{:?} ({} clients): {} errors, first: {}",
-                r.kind,
-                r.clients,
-                r.summary.errors,
-                r.summary.first_error.as_deref().unwrap_or("?")
-            )
-        })
-        .collect();
-    if !failed.is_empty() {
-        bail!("requests failed:\n{}", failed.join("\n"));
-    }
-    Ok(())
+    report::fail_on_errors(
+        "requests",
+        rows.iter()
+            .map(|r| (format!("{:?} ({} clients)", r.kind, r.clients), &r.summary)),
+    )
 }
 
 fn clients(server: &DevServer, n: usize) -> anyhow::Result<Vec<reqwest::Client>> {

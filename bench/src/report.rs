@@ -197,6 +197,29 @@ pub fn mib(v: f64) -> String {
     format!("{v:.1}")
 }
 
+/// Fails the suite when any measurement had errors, naming each (its label)
+/// with its count and first error; `what` says what failed ("requests").
+pub fn fail_on_errors<'a>(
+    what: &str,
+    rows: impl IntoIterator<Item = (String, &'a crate::measure::Summary)>,
+) -> anyhow::Result<()> {
+    let failed: Vec<String> = rows
+        .into_iter()
+        .filter(|(_, s)| s.errors > 0)
+        .map(|(label, s)| {
+            format!(
+                "{label}: {} errors, first: {}",
+                s.errors,
+                s.first_error.as_deref().unwrap_or("?")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("{what} failed:\n{}", failed.join("\n"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

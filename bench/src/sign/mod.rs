@@ -195,24 +195,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let body = section(&machine, budget, version, &rows)?;
     report::publish(args.common.write.as_deref(), SECTION, &body)?;
-    let failed: Vec<String> = rows
-        .iter()
-        .filter(|r| r.summary.errors > 0)
-        .map(|r| {
-            format!(
-                "{} ({}, {} clients): {} errors, first: {}",
-                r.what,
-                r.ca,
-                r.clients,
-                r.summary.errors,
-                r.summary.first_error.as_deref().unwrap_or("?")
+    report::fail_on_errors(
+        "requests",
+        rows.iter().map(|r| {
+            (
+                format!("{} ({}, {} clients)", r.what, r.ca, r.clients),
+                &r.summary,
             )
-        })
-        .collect();
-    if !failed.is_empty() {
-        bail!("requests failed:\n{}", failed.join("\n"));
-    }
-    Ok(())
+        }),
+    )
 }
 
 /// Runs the HTTPS measurements and stops the server, also on failure.
