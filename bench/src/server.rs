@@ -44,6 +44,17 @@ fn log_tail(path: &Path) -> String {
 impl DevServer {
     /// Starts `bin dev` and waits until it has printed where it listens.
     pub fn start(bin: &Path) -> anyhow::Result<DevServer> {
+        DevServer::start_with(bin, None, &[])
+    }
+
+    /// [`DevServer::start`] with more arguments for `dev`, and with its data
+    /// in `data` (kept by the caller, and with the root token `token`, so
+    /// that a later server can start on it) instead of a temporary folder.
+    pub fn start_with(
+        bin: &Path,
+        data: Option<(&Path, &str)>,
+        extra: &[&str],
+    ) -> anyhow::Result<DevServer> {
         if !bin.is_file() {
             bail!(
                 "{} not found: build it with `cargo build --release -p gatepass-server`, or pass --server-bin",
@@ -54,12 +65,19 @@ impl DevServer {
             .prefix("gatepass-bench-")
             .tempdir()?;
         let log = dir.path().join("server.log");
-        let token = format!("bench-{:032x}", rand::random::<u128>());
+        let (data_dir, token) = match data {
+            Some((d, t)) => (d.to_path_buf(), t.to_string()),
+            None => (
+                dir.path().join("data"),
+                format!("bench-{:032x}", rand::random::<u128>()),
+            ),
+        };
         let mut child = Command::new(bin)
             .arg("dev")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
+            .arg(&data_dir)
             .args(["--root-token", &token])
+            .args(extra)
             .env_remove("GATEPASS_DEV_ROOT_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

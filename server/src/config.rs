@@ -34,6 +34,42 @@ pub struct ServerConfig {
     /// Connection limits of the listener.
     #[serde(default)]
     pub limits: Limits,
+    /// How long records that are no longer needed stay in storage.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// What the storage keeps once it is no longer needed, and for how long;
+/// the `[retention]` table. Used OTPs and expired leases go at once (the
+/// lease sweeper), so these cover only what is still worth keeping a while.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Lines of the database's copy of the audit log older than this are
+    /// deleted. The audit file is the record (rotated by logrotate); the
+    /// copy serves `sys/audit-log`.
+    #[serde(deserialize_with = "duration")]
+    pub audit_copy: Duration,
+    /// Certificates stay in the inventory (`ssh/certs`) and revoked ones in
+    /// the revocation list this long after they expire, for lookups after
+    /// the fact. The KRL is made from the revocation list and leaves out
+    /// what has expired already, so removing them never changes it.
+    #[serde(deserialize_with = "duration")]
+    pub expired_certificates: Duration,
+    /// How often the clean-up runs (and gives freed space back to the file
+    /// system, on SQLite).
+    #[serde(deserialize_with = "duration")]
+    pub interval: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            audit_copy: Duration::from_secs(30 * 86_400),
+            expired_certificates: Duration::from_secs(86_400),
+            interval: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Bounds on what one client connection may hold; the `[limits]` table.
@@ -178,5 +214,21 @@ mod tests {
         assert_eq!(cfg.limits.max_connections_per_address, 64);
         assert!(ServerConfig::parse("[limits]\nidle_timeout = \"0s\"").is_err());
         assert!(ServerConfig::parse("[limits]\nidle_timout = \"1s\"").is_err());
+    }
+
+    #[test]
+    fn retention_has_defaults_and_parses_durations() {
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
+        assert_eq!(cfg.retention, Retention::default());
+        assert_eq!(cfg.retention.audit_copy, Duration::from_secs(30 * 86_400));
+        let cfg = ServerConfig::parse(
+            "[retention]\naudit_copy = \"7d\"\nexpired_certificates = \"2h\"\ninterval = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(cfg.retention.audit_copy, Duration::from_secs(7 * 86_400));
+        assert_eq!(cfg.retention.expired_certificates, Duration::from_secs(7200));
+        assert_eq!(cfg.retention.interval, Duration::from_secs(60));
+        assert!(ServerConfig::parse("[retention]\naudit_copy = \"0s\"").is_err());
+        assert!(ServerConfig::parse("[retention]\nleases = \"1d\"").is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod policies;
 pub mod policy;
 pub mod private;
 pub mod ratelimit;
+pub mod retention;
 pub mod request;
 pub mod seal;
 pub mod serve;

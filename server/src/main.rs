@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use gatepass_server::audit::{self, AuditKey, VerifyOutcome};
 use gatepass_server::clock::Clock;
-use gatepass_server::config::{parse_duration, Limits, ServerConfig};
+use gatepass_server::config::{parse_duration, Limits, Retention, ServerConfig};
 use gatepass_server::seal::SealKey;
 use gatepass_server::storage::describe as describe_storage;
 use gatepass_server::{private, serve, tls, Core, Options};
@@ -52,6 +52,8 @@ enum Command {
         root_token: Option<String>,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Run the server from a configuration file.
     Serve {
@@ -101,6 +103,30 @@ impl From<LimitArgs> for Limits {
             tls_handshake_timeout: a.tls_handshake_timeout,
             header_read_timeout: a.header_read_timeout,
             idle_timeout: a.idle_timeout,
+        }
+    }
+}
+
+/// The dev server's retention (`serve` reads it from `[retention]`).
+#[derive(clap::Args)]
+struct RetentionArgs {
+    /// Delete lines of the database's copy of the audit log older than this.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    retention_audit_copy: std::time::Duration,
+    /// Keep certificates in the inventory this long after they expire.
+    #[arg(long, default_value = "1d", value_parser = parse_duration)]
+    retention_expired_certificates: std::time::Duration,
+    /// How often retention runs (and gives freed space back).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    retention_interval: std::time::Duration,
+}
+
+impl From<RetentionArgs> for Retention {
+    fn from(a: RetentionArgs) -> Retention {
+        Retention {
+            audit_copy: a.retention_audit_copy,
+            expired_certificates: a.retention_expired_certificates,
+            interval: a.retention_interval,
         }
     }
 }
@@ -168,7 +194,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             root_token,
             limits,
-        } => dev(listen, data_dir, root_token, limits.into()).await,
+            retention,
+        } => {
+            dev(
+                listen,
+                data_dir,
+                root_token,
+                limits.into(),
+                retention.into(),
+            )
+            .await
+        }
         Command::Serve { config } => serve_cmd(&config).await,
         Command::Init { config } => init_cmd(&config).await,
         Command::Audit {
@@ -204,6 +240,7 @@ async fn dev(
     data_dir: Option<PathBuf>,
     root_token: Option<String>,
     limits: Limits,
+    retention: Retention,
 ) -> anyhow::Result<()> {
     // A temporary folder lives as long as this guard, i.e. until exit.
     let (dir, _guard) = match data_dir {
@@ -264,6 +301,7 @@ async fn dev(
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::retention::task(core.clone(), retention));
     spawn_audit_tasks(&core);
     notify_ready();
     serve::run(
@@ -350,6 +388,10 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::retention::task(
+        core.clone(),
+        cfg.retention.clone(),
+    ));
     spawn_audit_tasks(&core);
     notify_ready();
     serve::run(

@@ -5,6 +5,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -14,11 +15,20 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub auth_failures: Counter,
     pub request_seconds: Histogram,
+    pub storage_bytes: Gauge,
+    pub data_dir_bytes: Gauge,
+    pub retention_runs: Counter,
+    pub retention_removed: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -42,16 +52,56 @@ impl Default for Metrics {
             "time spent handling API requests",
             request_seconds.clone(),
         );
+        let storage_bytes = Gauge::default();
+        registry.register(
+            "storage_bytes",
+            "bytes the storage takes: the SQLite database and its WAL, or the PostgreSQL database",
+            storage_bytes.clone(),
+        );
+        let data_dir_bytes = Gauge::default();
+        registry.register(
+            "data_dir_bytes",
+            "bytes of the files in the folder of the SQLite database (0 on PostgreSQL)",
+            data_dir_bytes.clone(),
+        );
+        let retention_runs = Counter::default();
+        registry.register(
+            "retention_runs",
+            "retention runs completed",
+            retention_runs.clone(),
+        );
+        let retention_removed = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "retention_removed",
+            "records retention removed, by kind (audit_line, certificate)",
+            retention_removed.clone(),
+        );
         Metrics {
             registry,
             requests,
             auth_failures,
             request_seconds,
+            storage_bytes,
+            data_dir_bytes,
+            retention_runs,
+            retention_removed,
         }
     }
 }
 
 impl Metrics {
+    pub fn retention_ran(&self, r: &crate::retention::Removed) {
+        self.retention_runs.inc();
+        self.retention_removed
+            .get_or_create(&KindLabels { kind: "audit_line" })
+            .inc_by(r.audit_lines);
+        self.retention_removed
+            .get_or_create(&KindLabels {
+                kind: "certificate",
+            })
+            .inc_by(r.certificates);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

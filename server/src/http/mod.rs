@@ -373,7 +373,7 @@ async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<(
             .map_err(|e| Error::internal(e.to_string()))?],
     };
     for line in lines {
-        core.storage.append_audit(&line).await?;
+        core.storage.append_audit(&line, req.now).await?;
     }
     Ok(())
 }
@@ -391,7 +391,7 @@ pub async fn audit_keeper(core: State) {
         match log.flush(core.clock.now()) {
             Ok(lines) => {
                 for line in lines {
-                    if let Err(e) = core.storage.append_audit(&line).await {
+                    if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
                         tracing::error!(error = %e, "audit line not copied to the database");
                     }
                 }
@@ -410,7 +410,7 @@ pub async fn audit_at_stop(core: &Core) {
     match log.flush(core.clock.now()) {
         Ok(lines) => {
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line).await {
+                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -433,7 +433,7 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
         Ok(lines) => {
             tracing::info!(file = %log.path().display(), "audit file reopened");
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line).await {
+                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -491,7 +491,7 @@ async fn audit_response(
         None => vec![Value::Object(event).to_string()],
     };
     for line in lines {
-        if let Err(e) = core.storage.append_audit(&line).await {
+        if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
             tracing::error!(error = %e, "audit line not copied to the database");
         }
     }

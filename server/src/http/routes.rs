@@ -191,6 +191,7 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
             if format != "prometheus" {
                 return Err(Error::invalid("format: only \"prometheus\" is supported"));
             }
+            crate::retention::refresh_size_metrics(core).await;
             Ok(Reply::Raw {
                 status: StatusCode::OK,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",

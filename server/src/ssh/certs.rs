@@ -89,12 +89,133 @@ fn cert_key(m: &Mount, serial: u64) -> String {
     format!("{}cert/{serial:016x}", m.data_prefix())
 }
 
-/// Records a new certificate; false when its serial is already taken (the
-/// caller then signs again with another serial).
+/// The expiry index of the inventory, across mounts, by which retention
+/// finds expired certificates without reading the others:
+/// `cert-exp/<valid_before>/<mount uuid>/<serial>`, times and serials in
+/// fixed-width hex so that keys sort by time.
+const EXPIRY_PREFIX: &str = "cert-exp/";
+
+fn expiry_key(valid_before: u64, mount_uuid: &str, serial: u64) -> String {
+    format!("{EXPIRY_PREFIX}{valid_before:016x}/{mount_uuid}/{serial:016x}")
+}
+
+/// Records a new certificate with its expiry entry; false when its serial
+/// is already taken (the caller then signs again with another serial).
 pub async fn record(core: &Core, m: &Mount, rec: &CertRecord) -> Result<bool> {
+    let value = serde_json::to_value(rec).map_err(|e| Error::internal(e.to_string()))?;
+    let mut items = vec![(cert_key(m, rec.serial), value)];
+    // A certificate valid for ever never expires out of the inventory.
+    if rec.valid_before != u64::MAX {
+        items.push((expiry_key(rec.valid_before, &m.uuid, rec.serial), json!({})));
+    }
+    core.storage.put_many(&items, true).await
+}
+
+/// Set once every certificate recorded before the expiry index existed
+/// has its entry.
+const INDEX_DONE: &str = "retention/cert-expiry-index";
+
+/// Keys read per step of retention's scans.
+const PAGE: i64 = 1000;
+
+/// Removes from the inventory the certificates that expired before
+/// `before`, and from revocation lists the serials and key IDs whose
+/// certificates did; returns how many certificates went. Their KRLs do not
+/// change: a KRL leaves out what has expired already.
+pub async fn remove_expired(core: &Core, before: i64) -> Result<u64> {
+    index_older_records(core).await?;
+    let before = before.max(0) as u64;
+    let end = format!("{EXPIRY_PREFIX}{before:016x}/");
+    let mut removed = 0;
+    loop {
+        let due = core.storage.keys_between(EXPIRY_PREFIX, &end, PAGE).await?;
+        let mut doomed = Vec::with_capacity(due.len() * 2);
+        for k in &due {
+            // cert-exp/<16 hex>/<uuid>/<16 hex>
+            let rest = k.get(EXPIRY_PREFIX.len() + 17..).unwrap_or_default();
+            if let Some((uuid, serial)) = rest.rsplit_once('/') {
+                doomed.push(format!("mount/{uuid}/cert/{serial}"));
+                removed += 1;
+            }
+            doomed.push(k.clone());
+        }
+        if !doomed.is_empty() {
+            core.storage.delete_many(&doomed).await?;
+        }
+        if (due.len() as i64) < PAGE {
+            break;
+        }
+    }
+    for m in crate::mounts::all(core).await? {
+        if m.kind == "ssh" {
+            prune_revocations(core, &m, before).await?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Drops from a mount's revocation list what expired before `before`,
+/// keeping its version and date (its KRL's bytes stay the same).
+async fn prune_revocations(core: &Core, m: &Mount, before: u64) -> Result<()> {
+    let key = revocations_key(m);
+    let stale = |rev: &Revocations| {
+        rev.serials.iter().any(|(_, _, exp)| *exp < before)
+            || rev.key_ids.iter().any(|(_, exp)| *exp < before)
+    };
+    match core.storage.get::<Revocations>(&key).await? {
+        Some(rev) if stale(&rev) => {}
+        _ => return Ok(()),
+    }
     core.storage
-        .put_if_absent(&cert_key(m, rec.serial), rec)
-        .await
+        .update(&key, |mut rev: Revocations| {
+            rev.serials.retain(|(_, _, exp)| *exp >= before);
+            rev.key_ids.retain(|(_, exp)| *exp >= before);
+            Ok((Change::Put(rev), ()))
+        })
+        .await?;
+    Ok(())
+}
+
+/// Gives the certificates recorded before the expiry index existed their
+/// entries, once (a scan of the mounts' data, a page at a time).
+async fn index_older_records(core: &Core) -> Result<()> {
+    if core.storage.get::<Value>(INDEX_DONE).await?.is_some() {
+        return Ok(());
+    }
+    let mut from = "mount/".to_string();
+    loop {
+        let keys = core.storage.keys_between(&from, "mount0", PAGE).await?;
+        let mut items = Vec::new();
+        for k in &keys {
+            // mount/<uuid>/cert/<16 hex>
+            let Some((uuid, serial)) = k
+                .strip_prefix("mount/")
+                .and_then(|r| r.split_once("/cert/"))
+            else {
+                continue;
+            };
+            if serial.len() != 16 || serial.contains('/') {
+                continue;
+            }
+            if let (Ok(serial), Some(rec)) = (
+                u64::from_str_radix(serial, 16),
+                core.storage.get::<CertRecord>(k).await?,
+            ) {
+                if rec.valid_before != u64::MAX {
+                    items.push((expiry_key(rec.valid_before, uuid, serial), json!({})));
+                }
+            }
+        }
+        if !items.is_empty() {
+            core.storage.put_many(&items, false).await?;
+        }
+        match keys.last() {
+            // The next key after `last` (keys are printable ASCII).
+            Some(last) if keys.len() as i64 == PAGE => from = format!("{last}\u{1}"),
+            _ => break,
+        }
+    }
+    core.storage.put(INDEX_DONE, &json!({})).await
 }
 
 pub async fn get(core: &Core, m: &Mount, serial: u64) -> Result<Option<CertRecord>> {

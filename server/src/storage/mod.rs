@@ -20,7 +20,7 @@ mod writer;
 pub use health::{describe, PROBE_TIMEOUT};
 use health::{Cause, Health};
 
-use writer::{Op, Unit, Writer};
+use writer::{AuditLine, Op, Unit, Upkeep, Writer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -224,6 +224,10 @@ impl Storage {
                 crate::private::create_file(&path).map_err(|e| {
                     Error::internal(format!("cannot create {}: {e}", path.display()))
                 })?;
+                let vacuum_path = path.clone();
+                tokio::task::spawn_blocking(move || sqlite::set_incremental_vacuum(&vacuum_path))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))??;
                 // sqlx migrates the file; rusqlite serves it.
                 let migrator = AnyPoolOptions::new()
                     .max_connections(1)
@@ -781,11 +785,57 @@ impl Storage {
     /// the answer, fail-closed) is the record; the database copy is written
     /// in batches by one task, so auditing costs one write per batch rather
     /// than per request.
-    pub async fn append_audit(&self, line: &str) -> Result<()> {
+    /// `at` is the line's time (Unix seconds), by which retention removes
+    /// it from the copy later.
+    pub async fn append_audit(&self, line: &str, at: i64) -> Result<()> {
         self.audit_tx
-            .send(AuditMsg::Line(line.to_string()))
+            .send(AuditMsg::Line(AuditLine {
+                line: line.to_string(),
+                at,
+            }))
             .await
             .map_err(|_| Error::internal("audit writer stopped"))
+    }
+
+    /// Deletes up to `limit` of the oldest lines of the audit copy that are
+    /// older than `before`; returns how many went (fewer than `limit`: no
+    /// more to delete now).
+    pub async fn prune_audit_copy(&self, before: i64, limit: i64) -> Result<u64> {
+        self.writer
+            .upkeep(Upkeep::PruneAudit { before, limit })
+            .await
+    }
+
+    /// Gives up to `pages` freed pages back to the file system; returns how
+    /// many free pages are left. Only SQLite keeps freed pages in its file
+    /// (PostgreSQL's autovacuum makes them reusable): 0 there.
+    pub async fn give_back_space(&self, pages: i64) -> Result<u64> {
+        match self.backend {
+            Backend::Sqlite => self.writer.upkeep(Upkeep::Vacuum { pages }).await,
+            Backend::Postgres => Ok(0),
+        }
+    }
+
+    /// Bytes the storage takes: SQLite's file and WAL, or the PostgreSQL
+    /// database's size.
+    pub async fn size_bytes(&self) -> Result<u64> {
+        match &self.db {
+            Db::Sqlite(db) => Ok(sqlite::size_on_disk(db.path())),
+            Db::Postgres(pool) => {
+                let row = sqlx::query("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
+            }
+        }
+    }
+
+    /// The folder holding the SQLite database (None on PostgreSQL).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match &self.db {
+            Db::Sqlite(db) => db.path().parent(),
+            Db::Postgres(_) => None,
+        }
     }
 
     /// Waits until every queued audit line is in the database.
@@ -841,7 +891,7 @@ fn unavailable_text(target: &str, cause: &str) -> String {
 }
 
 enum AuditMsg {
-    Line(String),
+    Line(AuditLine),
     Flush(tokio::sync::oneshot::Sender<Result<()>>),
 }
 
@@ -855,7 +905,7 @@ async fn audit_writer(
     health: std::sync::Arc<Health>,
     mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
 ) {
-    let mut lines: Vec<String> = Vec::new();
+    let mut lines: Vec<AuditLine> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);

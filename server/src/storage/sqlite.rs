@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::mpsc;
 
-use super::writer::{Applied, Job, Op, Outcome, Unit, MAX_UNITS, QUEUE};
+use super::writer::{Applied, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, QUEUE};
 use crate::error::{Error, Result};
 
 /// Idle read connections kept for reuse (more are opened while more
@@ -55,7 +55,52 @@ fn open(path: &Path) -> Result<Connection> {
     conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT)?;
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The WAL grows to hold what a checkpoint has not copied yet; without a
+    // limit it keeps its largest size for ever once started over.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(conn)
+}
+
+/// Bytes the WAL file is cut back to when it is started over.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Makes the database give freed pages back to the file system on demand
+/// (`PRAGMA incremental_vacuum`, see [`Upkeep::Vacuum`]) rather than keep
+/// them for ever. SQLite fixes this mode when the first table is made; a
+/// database made before gatepass set it is rebuilt once (VACUUM), which
+/// needs free space about its size and takes a while for a large one, so
+/// it is logged. Runs before the migrations and before anything serves.
+pub fn set_incremental_vacuum(path: &Path) -> Result<()> {
+    let conn = Connection::open(path)?;
+    let mode: i64 = conn.pragma_query_value(None, "auto_vacuum", |r| r.get(0))?;
+    if mode == 2 {
+        return Ok(());
+    }
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    if pages > 0 {
+        tracing::info!(file = %path.display(), pages, "rebuilding the database once so that it can give freed space back");
+    }
+    // On a new, empty file this only writes the header with the mode.
+    if let Err(e) = conn.execute_batch("VACUUM") {
+        // Most likely too little free space for the copy: the database
+        // works as before, it only keeps its freed pages.
+        tracing::warn!(file = %path.display(), error = %e, "could not rebuild the database for incremental vacuum; freed space stays in the file");
+    }
+    Ok(())
+}
+
+/// The database file and its WAL, in bytes (what the storage takes on disk).
+pub fn size_on_disk(path: &Path) -> u64 {
+    let mut total = 0;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if let Ok(m) = std::fs::metadata(&p) {
+            total += m.len();
+        }
+    }
+    total
 }
 
 impl Sqlite {
@@ -202,7 +247,14 @@ fn write_loop(
             // The checkpointer copied nearly all of the WAL a moment ago:
             // this copies the rest and waits for readers to leave it, so
             // that the next commit writes it from its start again.
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
+            // Without waiting: a reader that stays long (a snapshot being
+            // saved) would otherwise hold every write up for the busy
+            // timeout each time; the WAL is started over once it has gone.
+            let restarted = conn
+                .busy_timeout(Duration::ZERO)
+                .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+            let restored = conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT);
+            if let Err(e) = restarted.and(restored) {
                 tracing::warn!(error = %e, "SQLite WAL restart failed");
             }
         }
@@ -261,16 +313,39 @@ fn batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Applied>> 
         out.push(match job {
             Job::Unit { unit, .. } => apply_unit(&tx, unit)?,
             Job::Audit { lines, .. } => {
-                let mut st = tx.prepare_cached("INSERT INTO audit_events (line) VALUES (?1)")?;
-                for line in lines {
-                    st.execute([line])?;
+                let mut st =
+                    tx.prepare_cached("INSERT INTO audit_events (line, at) VALUES (?1, ?2)")?;
+                for l in lines {
+                    st.execute(rusqlite::params![l.line, l.at])?;
                 }
                 Applied::empty()
             }
+            Job::Upkeep { task, .. } => Applied::counted(upkeep(&tx, *task)?),
         });
     }
     tx.commit()?;
     Ok(out)
+}
+
+fn upkeep(tx: &rusqlite::Transaction<'_>, task: Upkeep) -> rusqlite::Result<u64> {
+    match task {
+        Upkeep::PruneAudit { before, limit } => {
+            let n = tx
+                .prepare_cached(&super::writer::PRUNE_AUDIT.replace('$', "?"))?
+                .execute(rusqlite::params![limit, before])?;
+            Ok(n as u64)
+        }
+        Upkeep::Vacuum { pages } => {
+            // The pragma frees one page per step of its statement: every
+            // row must be stepped through for all of them to go.
+            let mut st = tx.prepare(&format!("PRAGMA incremental_vacuum({})", pages.max(1)))?;
+            let mut rows = st.query([])?;
+            while rows.next()?.is_some() {}
+            drop(rows);
+            tx.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        }
+    }
 }
 
 fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<Applied> {

@@ -92,6 +92,8 @@ pub struct Applied {
     pub applied: bool,
     /// One per op, in order.
     pub outcomes: Vec<Outcome>,
+    /// An upkeep task's count (see [`Upkeep`]).
+    pub count: u64,
 }
 
 impl Applied {
@@ -99,6 +101,14 @@ impl Applied {
         Applied {
             applied: true,
             outcomes: Vec::new(),
+            count: 0,
+        }
+    }
+
+    pub fn counted(count: u64) -> Applied {
+        Applied {
+            count,
+            ..Applied::empty()
         }
     }
 
@@ -106,15 +116,38 @@ impl Applied {
         Applied {
             applied: true,
             outcomes: vec![Outcome::default(); unit.ops.len()],
+            count: 0,
         }
     }
 
     pub fn refused(unit: &Unit) -> Applied {
         Applied {
             applied: false,
-            outcomes: vec![Outcome::default(); unit.ops.len()],
+            ..Applied::new(unit)
         }
     }
+}
+
+/// One line of the database copy of the audit log.
+pub struct AuditLine {
+    pub line: String,
+    /// Its time (Unix seconds), by which retention removes it.
+    pub at: i64,
+}
+
+/// Upkeep of the storage itself, queued with the writes so that on SQLite
+/// it runs between two batches, in short steps, never holding requests up
+/// for long.
+#[derive(Clone, Copy, Debug)]
+pub enum Upkeep {
+    /// Deletes the audit copy's oldest lines, up to `limit` of them, as long
+    /// as they are older than `before` (Unix seconds); the count is how many
+    /// went. Lines are stored in time order, so a step that deletes fewer
+    /// than `limit` has reached the first line to keep.
+    PruneAudit { before: i64, limit: i64 },
+    /// SQLite: gives up to `pages` free pages back to the file system
+    /// (incremental vacuum); the count is how many free pages are left.
+    Vacuum { pages: i64 },
 }
 
 pub enum Job {
@@ -124,7 +157,11 @@ pub enum Job {
     },
     /// Lines for the database copy of the audit log.
     Audit {
-        lines: Vec<String>,
+        lines: Vec<AuditLine>,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+    Upkeep {
+        task: Upkeep,
         reply: oneshot::Sender<Result<Applied>>,
     },
 }
@@ -132,7 +169,9 @@ pub enum Job {
 impl Job {
     pub fn answer(self, r: Result<Applied>) {
         let reply = match self {
-            Job::Unit { reply, .. } | Job::Audit { reply, .. } => reply,
+            Job::Unit { reply, .. } | Job::Audit { reply, .. } | Job::Upkeep { reply, .. } => {
+                reply
+            }
         };
         // The caller may have gone (a client that hung up): the write
         // stands all the same, as a committed one would.
@@ -187,9 +226,14 @@ impl Writer {
     }
 
     /// Stores audit lines (in order: the caller waits for each batch).
-    pub async fn audit(&self, lines: Vec<String>) -> Result<()> {
+    pub async fn audit(&self, lines: Vec<AuditLine>) -> Result<()> {
         self.send(|reply| Job::Audit { lines, reply }).await?;
         Ok(())
+    }
+
+    /// Runs one step of upkeep; returns its count.
+    pub async fn upkeep(&self, task: Upkeep) -> Result<u64> {
+        Ok(self.send(|reply| Job::Upkeep { task, reply }).await?.count)
     }
 }
 
@@ -225,6 +269,9 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
         match job {
             Job::Audit { lines, reply } => {
                 let _ = reply.send(insert_audit(pool, &lines).await.map(|()| Applied::empty()));
+            }
+            Job::Upkeep { task, reply } => {
+                let _ = reply.send(upkeep(pool, task).await.map(Applied::counted));
             }
             Job::Unit { unit, reply } => {
                 // A swap compares against the value as it is when the swap
@@ -287,20 +334,42 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
     }
 }
 
-async fn insert_audit(pool: &AnyPool, lines: &[String]) -> Result<()> {
+async fn insert_audit(pool: &AnyPool, lines: &[AuditLine]) -> Result<()> {
     for chunk in lines.chunks(CHUNK) {
         let sql = format!(
-            "INSERT INTO audit_events (line) VALUES {}",
-            values(chunk.len(), 1)
+            "INSERT INTO audit_events (line, at) VALUES {}",
+            values(chunk.len(), 2)
         );
         let mut q = sqlx::query(&sql);
         for l in chunk {
-            q = q.bind(l.as_str());
+            q = q.bind(l.line.as_str()).bind(l.at);
         }
         q.execute(pool).await?;
     }
     Ok(())
 }
+
+/// PostgreSQL's upkeep: its own autovacuum makes deleted rows' space
+/// reusable, so there is nothing to give back here.
+async fn upkeep(pool: &AnyPool, task: Upkeep) -> Result<u64> {
+    match task {
+        Upkeep::PruneAudit { before, limit } => Ok(sqlx::query(PRUNE_AUDIT)
+            .bind(limit)
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected()),
+        Upkeep::Vacuum { .. } => Ok(0),
+    }
+}
+
+/// [`Upkeep::PruneAudit`] for both backends ($1 limit, $2 before): the
+/// oldest `limit` lines by id, of them those older than `before`. Looking
+/// at the oldest lines only (the primary key's order) keeps each step
+/// short whatever the table holds; a search for old lines by time would
+/// scan it all once none are left.
+pub const PRUNE_AUDIT: &str = "DELETE FROM audit_events WHERE id IN \
+     (SELECT id FROM audit_events ORDER BY id LIMIT $1) AND at < $2";
 
 /// `(` `$1,$2` `),(` … numbered from 1, `cols` per row.
 fn values(rows: usize, cols: usize) -> String {
