@@ -16,6 +16,7 @@ use crate::seal::{Barrier, SealKey};
 mod health;
 mod sqlite;
 mod writer;
+pub mod snapshot;
 
 pub use health::{describe, PROBE_TIMEOUT};
 use health::{Cause, Health};
