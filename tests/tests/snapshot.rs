@@ -142,7 +142,10 @@ async fn snapshot_under_load_restores(source: &str, target: &str) {
     }
     let started = Instant::now();
     while signed.load(Ordering::Relaxed) < 20 {
-        assert!(started.elapsed() < Duration::from_secs(30), "the load does not sign");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the load does not sign"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -156,7 +159,10 @@ async fn snapshot_under_load_restores(source: &str, target: &str) {
     for t in load {
         t.await.unwrap();
     }
-    assert!(during > 0, "nothing was signed while the snapshot was taken");
+    assert!(
+        during > 0,
+        "nothing was signed while the snapshot was taken"
+    );
     assert!(out.contains("wrote") && out.contains("entries"), "{out}");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -188,13 +194,7 @@ async fn snapshot_under_load_restores(source: &str, target: &str) {
     let v = api(&c, "GET", &format!("ssh/certs/{serial}"), json!(null)).await;
     assert_eq!(v["data"]["revoked"], false, "{v}");
     assert!(!krl_revokes(d, &krl(&new.settings).await, &cert));
-    api(
-        &c,
-        "POST",
-        "ssh/revoke",
-        json!({"serial_number": serial}),
-    )
-    .await;
+    api(&c, "POST", "ssh/revoke", json!({"serial_number": serial})).await;
     assert!(
         krl_revokes(d, &krl(&new.settings).await, &cert),
         "the revoked certificate is not in the KRL"
@@ -214,8 +214,7 @@ async fn a_snapshot_under_signing_load_restores_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_under_signing_load_restores_on_postgres() {
     let pg = pg::shared();
-    snapshot_under_load_restores(&pg.new_database("snap_old"), &pg.new_database("snap_new"))
-        .await;
+    snapshot_under_load_restores(&pg.new_database("snap_old"), &pg.new_database("snap_new")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,10 +248,7 @@ async fn bad_snapshots_and_used_storage_are_refused_with_nothing_written() {
     let (other_config, _) = serve_config(other.path(), "new", &target, "");
     let (code, _, err) = snapshot("restore", &other_config, &file).await;
     assert_eq!(code, 1);
-    assert!(
-        err.contains("sealed with another seal key"),
-        "{err}"
-    );
+    assert!(err.contains("sealed with another seal key"), "{err}");
 
     // Edited, cut short, missing: refused.
     let edited = d.join("edited.snap");

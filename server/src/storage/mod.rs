@@ -14,9 +14,9 @@ use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
 mod health;
+pub mod snapshot;
 mod sqlite;
 mod writer;
-pub mod snapshot;
 
 pub use health::{describe, PROBE_TIMEOUT};
 use health::{Cause, Health};

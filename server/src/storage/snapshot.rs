@@ -210,9 +210,7 @@ impl<R: Read> SnapshotReader<R> {
         };
         let mut magic = [0u8; MAGIC.len()];
         if r.take(&mut magic).is_err() || magic != MAGIC {
-            return Err(Error::invalid(format!(
-                "{name} is not a gatepass snapshot"
-            )));
+            return Err(Error::invalid(format!("{name} is not a gatepass snapshot")));
         }
         let version = u32::from_be_bytes(r.array()?);
         if version != FORMAT_VERSION {
@@ -292,7 +290,11 @@ impl<R: Read> SnapshotReader<R> {
         let key = self.bytes(MAX_KEY)?;
         let value = self.bytes(MAX_VALUE)?;
         let key = String::from_utf8(key).map_err(|_| self.damaged())?;
-        if self.last.as_deref().is_some_and(|last| last >= key.as_str()) {
+        if self
+            .last
+            .as_deref()
+            .is_some_and(|last| last >= key.as_str())
+        {
             return Err(self.damaged());
         }
         self.last = Some(key.clone());
@@ -325,10 +327,9 @@ impl<R: Read> SnapshotReader<R> {
 fn read_file(file: &Path) -> Result<BufReader<File>> {
     match File::open(file) {
         Ok(f) => Ok(BufReader::with_capacity(256 * 1024, f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::invalid(format!(
-            "{}: no such file",
-            file.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(Error::invalid(format!("{}: no such file", file.display())))
+        }
         Err(e) => Err(Error::internal(format!(
             "cannot open {}: {e}",
             file.display()
@@ -493,12 +494,16 @@ fn check_seal(target: &str, key: &SnapshotKey, sealed: Option<Vec<u8>>) -> Resul
         None => Err(Error::invalid(format!(
             "storage {target} holds no gatepass data (no seal check): nothing to save"
         ))),
-        Some(v) => key.barrier.open(SEAL_CHECK_KEY, &v).map(|_| ()).map_err(|_| {
-            Error::invalid(format!(
-                "the seal key does not match storage {target}: save with the configuration \
+        Some(v) => key
+            .barrier
+            .open(SEAL_CHECK_KEY, &v)
+            .map(|_| ())
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the seal key does not match storage {target}: save with the configuration \
                  of the server that uses it"
-            ))
-        }),
+                ))
+            }),
     }
 }
 
@@ -549,7 +554,10 @@ fn save_sqlite<W: Write>(
         let mut rows = st.query([]).map_err(&err)?;
         while let Some(row) = rows.next().map_err(&err)? {
             let k = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(&err)?;
-            let v = row.get_ref(1).and_then(|v| Ok(v.as_blob()?)).map_err(&err)?;
+            let v = row
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_blob()?))
+                .map_err(&err)?;
             w.entry(k, v)?;
         }
     }
@@ -603,10 +611,12 @@ async fn save_postgres<W: Write>(
     };
     let mut w = SnapshotWriter::new(out, key, header)?;
     // A cursor hands the rows over a batch at a time.
-    sqlx::query("DECLARE snapshot NO SCROLL CURSOR FOR SELECT key, value FROM entries ORDER BY key")
-        .execute(&mut *tx)
-        .await
-        .map_err(&err)?;
+    sqlx::query(
+        "DECLARE snapshot NO SCROLL CURSOR FOR SELECT key, value FROM entries ORDER BY key",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(&err)?;
     let fetch = format!("FETCH FORWARD {PG_BATCH_ROWS} FROM snapshot");
     loop {
         let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(&fetch)
@@ -681,9 +691,7 @@ async fn migrate_sqlite(path: &Path, target: &str) -> Result<()> {
     let mut conn = sqlx::SqliteConnection::connect_with(&opts)
         .await
         .map_err(|e| Error::StorageUnavailable(unavailable_text(target, &e.to_string())))?;
-    sqlx::migrate!("./migrations/sqlite")
-        .run(&mut conn)
-        .await?;
+    sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
     let _ = conn.close().await;
     Ok(())
 }
@@ -827,7 +835,10 @@ mod tests {
     #[test]
     fn entries_come_back_as_written() {
         let key = SnapshotKey::new(&SealKey::generate());
-        let bytes = snapshot(&key, &[("a", b"1"), ("b/c", b""), ("core/seal-check", b"x")]);
+        let bytes = snapshot(
+            &key,
+            &[("a", b"1"), ("b/c", b""), ("core/seal-check", b"x")],
+        );
         let mut r = SnapshotReader::open(bytes.as_slice(), &key, "snap").unwrap();
         assert_eq!(
             r.header(),
@@ -836,7 +847,10 @@ mod tests {
                 entries: 3
             }
         );
-        assert_eq!(r.next_entry().unwrap().unwrap(), ("a".into(), b"1".to_vec()));
+        assert_eq!(
+            r.next_entry().unwrap().unwrap(),
+            ("a".into(), b"1".to_vec())
+        );
         assert_eq!(r.next_entry().unwrap().unwrap().0, "b/c");
         assert_eq!(r.next_entry().unwrap().unwrap().0, "core/seal-check");
         assert!(r.next_entry().unwrap().is_none());
@@ -873,7 +887,9 @@ mod tests {
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(message(read_all(&key, &longer)).contains("more after its end"));
-        assert!(message(read_all(&key, b"SQLite format 3\0...")).contains("not a gatepass snapshot"));
+        assert!(
+            message(read_all(&key, b"SQLite format 3\0...")).contains("not a gatepass snapshot")
+        );
     }
 
     #[test]
