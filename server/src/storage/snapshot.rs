@@ -663,24 +663,31 @@ pub async fn restore(url: &str, seal: &SealKey, file: &Path) -> Result<Header> {
             .await
             .map_err(|e| Error::internal(e.to_string()))??
     };
-    let written = match kind {
+    match kind {
         Kind::Sqlite => {
             let path = sqlite::path_of(url)?;
             migrate_sqlite(&path, &target).await?;
             let file = file.to_path_buf();
-            tokio::task::spawn_blocking(move || restore_sqlite(&path, &target, &key, &file))
+            tokio::task::spawn_blocking(move || restore_sqlite(&path, &target, &key, &file, header))
                 .await
                 .map_err(|e| Error::internal(e.to_string()))??
         }
-        Kind::Postgres => restore_postgres(url, &target, &key, file).await?,
-    };
-    if written != header {
-        return Err(Error::internal(format!(
-            "{} changed while it was restored",
-            file.display()
-        )));
+        Kind::Postgres => restore_postgres(url, &target, &key, file, header).await?,
     }
     Ok(header)
+}
+
+/// The file read a second time must be the one checked the first time
+/// (its MAC alone would pass another snapshot of the same key).
+fn same_file(file: &Path, checked: Header, read: Header) -> Result<()> {
+    if checked == read {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "{} changed while it was restored; nothing was written",
+            file.display()
+        )))
+    }
 }
 
 /// Creates the file (private, as `serve` does) and its tables.
@@ -696,7 +703,13 @@ async fn migrate_sqlite(path: &Path, target: &str) -> Result<()> {
     Ok(())
 }
 
-fn restore_sqlite(path: &Path, target: &str, key: &SnapshotKey, file: &Path) -> Result<Header> {
+fn restore_sqlite(
+    path: &Path,
+    target: &str,
+    key: &SnapshotKey,
+    file: &Path,
+    checked: Header,
+) -> Result<()> {
     let err = sqlite_error(target);
     let mut conn = Connection::open_with_flags(
         path,
@@ -734,8 +747,9 @@ fn restore_sqlite(path: &Path, target: &str, key: &SnapshotKey, file: &Path) -> 
             st.execute(rusqlite::params![k, v]).map_err(&err)?;
         }
     }
+    same_file(file, checked, r.header())?;
     tx.commit().map_err(&err)?;
-    Ok(r.header())
+    Ok(())
 }
 
 async fn restore_postgres(
@@ -743,7 +757,8 @@ async fn restore_postgres(
     target: &str,
     key: &SnapshotKey,
     file: &Path,
-) -> Result<Header> {
+    checked: Header,
+) -> Result<()> {
     let err = pg_error(target);
     let mut conn = connect_pg(url, target).await?;
     sqlx::migrate!("./migrations/postgres")
@@ -798,9 +813,10 @@ async fn restore_postgres(
             break;
         }
     }
+    same_file(file, checked, r.header())?;
     tx.commit().await.map_err(&err)?;
     let _ = conn.close().await;
-    Ok(r.header())
+    Ok(())
 }
 
 #[cfg(test)]
