@@ -1,4 +1,5 @@
-//! `gatepass-server`: dev, serve, init, audit verify and audit rotate.
+//! `gatepass-server`: dev, serve, init, audit verify and audit rotate,
+//! snapshot save and snapshot restore.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use gatepass_server::clock::Clock;
 use gatepass_server::config::{parse_duration, Limits, Retention, ServerConfig};
 use gatepass_server::seal::SealKey;
 use gatepass_server::storage::describe as describe_storage;
+use gatepass_server::storage::snapshot;
 use gatepass_server::{private, serve, tls, Core, Options};
 
 // glibc's malloc spent about an eighth of the server's CPU under load (its
@@ -69,6 +71,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Backups: a consistent, sealed copy of the storage, and bringing one back.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
     },
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(name = "__docs", hide = true)]
@@ -158,6 +165,49 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Write a consistent copy of the server's storage to FILE, while it serves.
+    ///
+    /// Reads the storage named in the configuration (SQLite or PostgreSQL)
+    /// in one read transaction, so FILE holds the state of one moment even
+    /// while a server keeps writing: SQLite is read beside the server's
+    /// writer (WAL), PostgreSQL in one REPEATABLE READ READ ONLY
+    /// transaction. Every entry is copied as stored, its value still sealed
+    /// with the seal key; the whole file carries a MAC keyed from the seal
+    /// key, so `restore` refuses a truncated, edited or another key's file.
+    /// Tokens, CA keys, roles, policies, certificates, leases, hosts and
+    /// the rest are all entries. Not included: the database's copy of the
+    /// audit log (the audit file is the record; keep it with the snapshot).
+    ///
+    /// FILE is written 0600 under a temporary name in its folder, synced,
+    /// then renamed; an existing FILE is never replaced. A snapshot is of
+    /// no use without the seal key: back that up too, apart from it.
+    Save {
+        #[arg(long, short, default_value = "/etc/gatepass/server.toml")]
+        config: PathBuf,
+        /// The snapshot file to write (must not exist).
+        file: PathBuf,
+    },
+    /// Bring a snapshot into new, empty storage, for a new server.
+    ///
+    /// The configuration names the new storage: a new SQLite file or an
+    /// empty PostgreSQL database, on which neither `init` nor a server has
+    /// run (the snapshot brings the root token and everything else), and
+    /// the seal key the snapshot was taken with (copy the old server's
+    /// seal key file). The whole file is read and checked first: a
+    /// truncated, edited or another key's snapshot is refused with the
+    /// storage untouched. Then the storage is created and migrated as
+    /// `serve` would, and every entry written in one transaction. Start
+    /// the server afterwards with `serve`.
+    Restore {
+        #[arg(long, short, default_value = "/etc/gatepass/server.toml")]
+        config: PathBuf,
+        /// The snapshot file, written by `snapshot save`.
+        file: PathBuf,
+    },
+}
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("GATEPASS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -219,6 +269,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit {
             command: AuditCommand::Rotate { config },
         } => rotate_cmd(&config),
+        Command::Snapshot {
+            command: SnapshotCommand::Save { config, file },
+        } => snapshot_save_cmd(&config, &file).await,
+        Command::Snapshot {
+            command: SnapshotCommand::Restore { config, file },
+        } => snapshot_restore_cmd(&config, &file).await,
         Command::Docs { .. } => Ok(()),
     }
 }
@@ -449,6 +505,39 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         describe_storage(&cfg.storage)
     );
     println!("{token}");
+    Ok(())
+}
+
+async fn snapshot_save_cmd(config: &Path, file: &Path) -> anyhow::Result<()> {
+    let cfg = ServerConfig::load(config)?;
+    let seal = SealKey::load(&cfg.seal_key_file)?;
+    let now = Clock::System.now();
+    let saved = snapshot::save(&cfg.storage, &seal, file, now).await?;
+    println!(
+        "wrote {}: {} entries of {} as of {} ({} bytes; sealed with {}; audit events not included)",
+        file.display(),
+        saved.header.entries,
+        describe_storage(&cfg.storage),
+        gatepass_server::clock::rfc3339(saved.header.created),
+        saved.bytes,
+        cfg.seal_key_file.display()
+    );
+    Ok(())
+}
+
+async fn snapshot_restore_cmd(config: &Path, file: &Path) -> anyhow::Result<()> {
+    let cfg = ServerConfig::load(config)?;
+    let seal = SealKey::load(&cfg.seal_key_file).context(
+        "restore needs the seal key the snapshot was taken with: copy the old server's seal key file",
+    )?;
+    let header = snapshot::restore(&cfg.storage, &seal, file).await?;
+    println!(
+        "restored {} entries taken at {} into {}; start the server with `gatepass-server serve --config {}`",
+        header.entries,
+        gatepass_server::clock::rfc3339(header.created),
+        describe_storage(&cfg.storage),
+        config.display()
+    );
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
 mod health;
+pub mod snapshot;
 mod sqlite;
 mod writer;
 
