@@ -9,6 +9,7 @@
 //! and `run`, and a variant of [`Command`].
 
 mod acl;
+mod disk;
 mod fleet;
 mod helper;
 mod hostd;
@@ -57,6 +58,9 @@ enum Command {
     /// Server memory while it issues many short-lived OTPs (200,000 by
     /// default) and its lease sweeper removes them as they expire.
     Memory(memory::Args),
+    /// The data directory after 1,000,000 OTPs created and used, before and
+    /// after a retention run, and request latency while it runs.
+    Disk(disk::Args),
     /// What a 10,000-path policy adds to each request of its tokens, beside
     /// a one-path policy: over HTTPS, and the ACL lookup and policy
     /// compilation in-process.
@@ -188,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         Command::Hostd(args) => hostd::run(&args),
         Command::Fleet(args) => fleet::run(&args),
         Command::Memory(args) => memory::run(&args),
+        Command::Disk(args) => disk::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),

@@ -83,6 +83,7 @@ impl Sample {
             first_error: self.first_error,
             p50: percentile(&self.latencies, 50.0),
             p99: percentile(&self.latencies, 99.0),
+            max: self.latencies.last().map(|ns| Duration::from_nanos(*ns)),
         }
     }
 }
@@ -106,6 +107,8 @@ pub struct Summary {
     pub first_error: Option<String>,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
+    /// The slowest successful operation.
+    pub max: Option<Duration>,
 }
 
 /// Runs `op` one call at a time: first for the warm-up, then measured until

@@ -159,15 +159,15 @@ where
     load::closed_loop(http, Some(budget.measure), wrap(op)).await
 }
 
-struct Urls {
-    health: Arc<String>,
-    creds: Arc<String>,
-    verify: Arc<String>,
-    token: Arc<String>,
-    creds_body: Arc<String>,
+pub struct Urls {
+    pub health: Arc<String>,
+    pub creds: Arc<String>,
+    pub verify: Arc<String>,
+    pub token: Arc<String>,
+    pub creds_body: Arc<String>,
 }
 
-async fn create_once(c: &reqwest::Client, u: &Urls) -> Result<String, String> {
+pub async fn create_once(c: &reqwest::Client, u: &Urls) -> Result<String, String> {
     let text = load::answer(
         c.post(u.creds.as_str())
             .header("X-Vault-Token", u.token.as_str())
@@ -186,7 +186,7 @@ async fn create_once(c: &reqwest::Client, u: &Urls) -> Result<String, String> {
     }
 }
 
-async fn verify_once(c: &reqwest::Client, url: &str, otp: &str) -> Result<(), String> {
+pub async fn verify_once(c: &reqwest::Client, url: &str, otp: &str) -> Result<(), String> {
     let text = load::answer(
         c.post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")

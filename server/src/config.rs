@@ -226,7 +226,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.retention.audit_copy, Duration::from_secs(7 * 86_400));
-        assert_eq!(cfg.retention.expired_certificates, Duration::from_secs(7200));
+        assert_eq!(
+            cfg.retention.expired_certificates,
+            Duration::from_secs(7200)
+        );
         assert_eq!(cfg.retention.interval, Duration::from_secs(60));
         assert!(ServerConfig::parse("[retention]\naudit_copy = \"0s\"").is_err());
         assert!(ServerConfig::parse("[retention]\nleases = \"1d\"").is_err());

@@ -168,7 +168,10 @@ async fn the_audit_copy_keeps_only_its_retention_time() {
         let all = audit_copy(&s).await;
         let old_time = gatepass_server::clock::rfc3339(T0);
         assert!(
-            all.iter().filter(|l| l["time"] == old_time.as_str()).count() >= 100,
+            all.iter()
+                .filter(|l| l["time"] == old_time.as_str())
+                .count()
+                >= 100,
             "{backend:?}: the copy holds the first requests"
         );
         let r = retention::run(&s.core, &policy(1, 24), s.clock.now())
@@ -251,12 +254,7 @@ async fn a_database_made_before_incremental_vacuum_is_converted_at_start() {
 #[tokio::test]
 async fn the_dev_server_runs_retention_and_reports_sizes() {
     let server = gatepass_tests::DevServer::start_with(
-        &[
-            "--retention-interval",
-            "1s",
-            "--retention-audit-copy",
-            "1s",
-        ],
+        &["--retention-interval", "1s", "--retention-audit-copy", "1s"],
         &[],
     );
     let pem = std::fs::read(&server.cacert).unwrap();
@@ -287,7 +285,12 @@ async fn the_dev_server_runs_retention_and_reports_sizes() {
     for _ in 0..50 {
         text = metrics().await;
         runs = metric(&text, "gatepass_retention_runs_total");
-        if runs >= 1.0 && metric(&text, "gatepass_retention_removed_total{kind=\"audit_line\"}") > 0.0 {
+        if runs >= 1.0
+            && metric(
+                &text,
+                "gatepass_retention_removed_total{kind=\"audit_line\"}",
+            ) > 0.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -295,6 +298,8 @@ async fn the_dev_server_runs_retention_and_reports_sizes() {
     assert!(runs >= 1.0, "retention never ran:\n{text}");
     assert!(metric(&text, "gatepass_storage_bytes") > 0.0, "{text}");
     let data_dir = metric(&text, "gatepass_data_dir_bytes");
-    let db = std::fs::metadata(server.data_dir.join("gatepass.db")).unwrap().len() as f64;
+    let db = std::fs::metadata(server.data_dir.join("gatepass.db"))
+        .unwrap()
+        .len() as f64;
     assert!(data_dir >= db, "data dir {data_dir} < database {db}");
 }

@@ -823,9 +823,10 @@ impl Storage {
         match &self.db {
             Db::Sqlite(db) => Ok(sqlite::size_on_disk(db.path())),
             Db::Postgres(pool) => {
-                let row = sqlx::query("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
-                    .fetch_one(pool)
-                    .await?;
+                let row =
+                    sqlx::query("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
+                        .fetch_one(pool)
+                        .await?;
                 Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
             }
         }

@@ -169,9 +169,7 @@ pub enum Job {
 impl Job {
     pub fn answer(self, r: Result<Applied>) {
         let reply = match self {
-            Job::Unit { reply, .. } | Job::Audit { reply, .. } | Job::Upkeep { reply, .. } => {
-                reply
-            }
+            Job::Unit { reply, .. } | Job::Audit { reply, .. } | Job::Upkeep { reply, .. } => reply,
         };
         // The caller may have gone (a client that hung up): the write
         // stands all the same, as a committed one would.
