@@ -106,10 +106,9 @@ pub fn print_field(resp: &Value, name: &str) -> Result<()> {
 }
 
 pub fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("a JSON value serializes")
-    );
+    // `{:#}` is serde_json's pretty printer, as `to_string_pretty`, without
+    // that function's error case (a `Value` always serializes).
+    println!("{v:#}");
 }
 
 pub fn print_warnings(resp: &Value) {
