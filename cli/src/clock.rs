@@ -1,5 +1,5 @@
-//! The wall clock, read once per command; everything below takes `now`
-//! (clippy.toml allows `SystemTime::now` only in a clock module).
+//! The wall clock: clippy.toml bans `SystemTime::now`, and this is the one
+//! place of the CLI that reads it.
 
 /// The wall clock, read once per command; everything below takes `now`.
 #[allow(clippy::disallowed_methods)]
