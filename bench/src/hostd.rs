@@ -1,7 +1,8 @@
 //! `gatepass-bench hostd`: gatepass-hostd applying a desired state of
 //! 10,000 dynamic keys over 1,000 users, time and peak memory.
 //!
-//! The release `gatepass-hostd __bench-apply DIR --users U --keys K` builds
+//! The release `gatepass-hostd-testkit bench-apply DIR --users U --keys K`
+//! (hostd's apply code, built with hostd's `testkit` feature) builds
 //! the state in memory, renders it, applies it into an empty folder
 //! (atomically: temp file, one syncfs, rename, folder fsyncs), applies it
 //! again unchanged and once more with one key replaced, and prints its
@@ -204,7 +205,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if !(1.0..=3600.0).contains(&args.idle_seconds) {
         bail!("--idle-seconds takes 1 to 3600");
     }
-    let bin = args.common.sibling_bin("gatepass-hostd")?;
+    let testkit = args.common.sibling_bin("gatepass-hostd-testkit")?;
+    let hostd = args.common.sibling_bin("gatepass-hostd")?;
     let machine = machine::describe();
     let base = tempfile::Builder::new()
         .prefix("gatepass-bench-hostd-")
@@ -216,15 +218,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir)?;
         let hostd_dir = dir.join("hostd");
         let w = run_measured(
-            Command::new(&bin)
-                .arg("__bench-apply")
+            Command::new(&testkit)
+                .arg("bench-apply")
                 .arg(&hostd_dir)
                 .args(["--users", &args.users.to_string()])
                 .args(["--keys", &args.keys.to_string()])
                 .env("GATEPASS_LOG", "warn"),
         )?;
         if !w.ok {
-            bail!("gatepass-hostd __bench-apply failed: {}", w.stderr.trim());
+            bail!(
+                "gatepass-hostd-testkit bench-apply failed: {}",
+                w.stderr.trim()
+            );
         }
         let json: Value = w
             .stdout
@@ -279,7 +284,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "  idle: gatepass-hostd run enrolled with a dev server, {} s idle, then one revocation",
             args.idle_seconds
         );
-        let i = idle(args, &bin)?;
+        let i = idle(args, &hostd)?;
         eprintln!(
             "  idle {:.1} s: hostd {} ms CPU ({} ticks), {} context switches, RSS {} MiB; \
              sleep {} ms CPU, {} context switches; threads that ran: {}",
@@ -421,7 +426,7 @@ fn section(
         "–".into(),
     ]);
     t.push(vec![
-        "hostd: the whole `__bench-apply` process, spawn to exit".into(),
+        "hostd: the whole `bench-apply` process, spawn to exit".into(),
         "–".into(),
         ms(wall),
         mib(hwm),
@@ -446,7 +451,7 @@ fn section(
          - applying the state (render + first apply) under {tt} ms: {at} ms, {m1}.\n\
          - peak RSS under {tr:.0} MiB: {hwm} MiB (the process's own `VmHWM`; `ru_maxrss` from `wait4`: \
          {rss} MiB, an upper bound), {m2}.\n{idle_target}\n\
-         Peak RSS: hostd's row is its own high-water mark (`VmHWM`, which `__bench-apply` prints). \
+         Peak RSS: hostd's row is its own high-water mark (`VmHWM`, which `bench-apply` prints). \
          `ru_maxrss` from `wait4` is only an upper bound on Linux: exec carries the spawning process's \
          high-water mark over into the child's, so it cannot be below the benchmark process's own; \
          the `cp -r` row shows that bound.{busy}\n",

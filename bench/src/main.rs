@@ -173,8 +173,13 @@ impl Common {
             .map(|d| d.join(name))
             .unwrap_or_else(|| PathBuf::from(name));
         if !bin.is_file() {
+            // The testkit is a binary of the hostd package, behind a feature.
+            let build = match name {
+                "gatepass-hostd-testkit" => "-p gatepass-hostd --features testkit".to_string(),
+                _ => format!("-p {name}"),
+            };
             bail!(
-                "{} not found: build it with `cargo build --release -p {name}` (bench/run does)",
+                "{} not found: build it with `cargo build --release {build}` (bench/run does)",
                 bin.display()
             );
         }

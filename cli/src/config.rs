@@ -59,7 +59,12 @@ pub fn check_token(token: &str, source: &str) -> Result<()> {
 /// atomically so that a crash leaves either the old token or the new one.
 pub fn save_token(token: &str) -> Result<PathBuf> {
     let path = token_path()?;
-    let dir = path.parent().expect("token path has a folder");
+    let dir = path.parent().ok_or_else(|| {
+        Error::Local(format!(
+            "cannot save the token: {} has no folder",
+            path.display()
+        ))
+    })?;
     write_private(dir, &path, token.as_bytes())
         .map_err(|e| Error::Local(format!("cannot save the token in {}: {e}", path.display())))?;
     Ok(path)

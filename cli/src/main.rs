@@ -1,6 +1,7 @@
 //! `gatepass`: the command line of gatepass for people and scripts.
 
 mod askpass;
+mod clock;
 mod commands;
 mod config;
 mod error;

@@ -106,10 +106,9 @@ pub fn print_field(resp: &Value, name: &str) -> Result<()> {
 }
 
 pub fn print_json(v: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("a JSON value serializes")
-    );
+    // `{:#}` is serde_json's pretty printer, as `to_string_pretty`, without
+    // that function's error case (a `Value` always serializes).
+    println!("{v:#}");
 }
 
 pub fn print_warnings(resp: &Value) {
@@ -199,6 +198,21 @@ pub fn format_duration(secs: i64, zero_is_forever: bool) -> String {
     out
 }
 
+/// RFC 3339 in UTC, as the server and Vault print times.
+pub fn date(secs: u64) -> String {
+    if secs == u64::MAX {
+        return "forever".into();
+    }
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,5 +255,11 @@ mod tests {
         assert_eq!(format_duration(61, false), "1m1s");
         assert_eq!(format_duration(0, false), "0s");
         assert_eq!(format_duration(0, true), "∞");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(date(u64::MAX), "forever");
     }
 }

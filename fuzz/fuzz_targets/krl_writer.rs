@@ -4,7 +4,8 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use gatepass_server::ssh::krl::{parse, CaRevocations, Krl};
+use gatepass_krl::parse;
+use gatepass_server::ssh::krl::{CaRevocations, Krl};
 use libfuzzer_sys::fuzz_target;
 use ssh_key::private::Ed25519Keypair;
 use ssh_key::PublicKey;

@@ -574,7 +574,6 @@ impl crate::verify::LocalAddrs for InterfaceAddrs {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::verify::LocalAddrs;

@@ -388,7 +388,6 @@ pub fn parse_timeout(text: &str) -> Result<Duration, ConfigError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

@@ -296,7 +296,6 @@ pub fn check_role(role: &str, allowed: &[String]) -> Result<(), String> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use crate::client::Failure;

@@ -28,7 +28,6 @@ pub const EMPTY_KRL: [u8; 44] = [
     0, 0, 0, 0, // reserved (empty string)
     0, 0, 0, 0, // comment (empty string)
 ];
-const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
 
 /// Options a dynamic key may carry (OpenSSH's authorized_keys options,
 /// minus `cert-authority`/`principals`, which would turn the key into a CA,
@@ -147,9 +146,11 @@ pub fn render(state: &HostState, now: i64) -> Result<Rendered, ApplyError> {
         let krl = base64::engine::general_purpose::STANDARD
             .decode(state.krl.trim())
             .map_err(|e| ApplyError::BadState(format!("KRL is not base64: {e}")))?;
-        if !krl.starts_with(KRL_MAGIC) || krl.len() < EMPTY_KRL.len() {
-            return Err(ApplyError::BadState("KRL is not an OpenSSH KRL".into()));
-        }
+        // Read whole, as sshd will: a KRL sshd cannot load makes it refuse
+        // every certificate (or fail at reload), so such a KRL is never
+        // installed and the one in place stays.
+        gatepass_krl::parse(&krl)
+            .map_err(|e| ApplyError::BadState(format!("the KRL cannot be read: {e}")))?;
         krl
     };
     if let Some(map) = &state.principals {
@@ -459,8 +460,10 @@ mod tests {
 
     #[test]
     fn empty_krl_is_what_the_protocol_says() {
-        assert_eq!(&EMPTY_KRL[..8], KRL_MAGIC);
+        assert_eq!(&EMPTY_KRL[..8], gatepass_krl::KRL_MAGIC);
         assert_eq!(EMPTY_KRL.len(), 8 + 4 + 8 + 8 + 8 + 4 + 4);
+        let parsed = gatepass_krl::parse(&EMPTY_KRL).unwrap();
+        assert!(parsed.certs.is_empty() && parsed.keys.is_empty());
     }
 
     #[test]
@@ -578,6 +581,27 @@ mod tests {
         let s = HostState {
             krl: base64::engine::general_purpose::STANDARD
                 .encode(b"not a krl at all, but long enough to pass len"),
+            ..Default::default()
+        };
+        assert!(render(&s, 0).is_err());
+        // The right magic and header, then a section OpenSSH does not know:
+        // sshd would refuse to load it.
+        let mut krl = EMPTY_KRL.to_vec();
+        krl.extend_from_slice(&[9, 0, 0, 0, 0]);
+        let s = HostState {
+            krl: base64::engine::general_purpose::STANDARD.encode(&krl),
+            ..Default::default()
+        };
+        match render(&s, 0) {
+            Err(ApplyError::BadState(e)) => assert!(
+                e.contains("the KRL cannot be read: unsupported KRL section type 9"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A truncated one neither.
+        let s = HostState {
+            krl: base64::engine::general_purpose::STANDARD.encode(&EMPTY_KRL[..43]),
             ..Default::default()
         };
         assert!(render(&s, 0).is_err());

@@ -2,16 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use gatepass_api::hosts::{DynamicKey, HostState};
+use gatepass_api::hosts::HostState;
 use gatepass_hostd::config::{Config, Paths, DEFAULT_CONFIG};
 use gatepass_hostd::enroll::{self, PathOverrides, SetupOptions};
 use gatepass_hostd::files::{self, Change};
 use gatepass_hostd::host::Host;
 use gatepass_hostd::sshd_config::{self, Placement};
 use gatepass_hostd::state::LocalState;
-use gatepass_hostd::{apply, clock, remote, sync};
+use gatepass_hostd::{clock, remote, sync};
 
 #[derive(Parser)]
 #[command(
@@ -169,26 +169,9 @@ enum Command {
         #[command(flatten)]
         paths: PathArgs,
     },
-    /// Time applying a large state into DIR and print the figures (benchmark).
-    #[command(name = "__bench-apply", hide = true)]
-    BenchApply {
-        dir: PathBuf,
-        #[arg(long, default_value_t = 1000)]
-        users: usize,
-        #[arg(long, default_value_t = 10000)]
-        keys: usize,
-    },
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(name = "__docs", hide = true)]
     Docs { dir: PathBuf },
-    /// Rewrite managed files in DIR in a loop (crash-safety test).
-    #[command(name = "__write-loop", hide = true)]
-    WriteLoop {
-        dir: PathBuf,
-        /// Write variant "a" or "b" once and exit.
-        #[arg(long)]
-        once: Option<String>,
-    },
 }
 
 fn init_logging() {
@@ -339,8 +322,6 @@ fn main() -> Result<()> {
             print_changes(&out.changes, false);
             Ok(())
         }
-        Command::WriteLoop { dir, once } => write_loop(&dir, once.as_deref()),
-        Command::BenchApply { dir, users, keys } => bench_apply(&dir, users, keys),
         Command::Docs { dir } => {
             use clap::CommandFactory;
             Ok(gatepass_api::docs::write(Cli::command(), &dir)?)
@@ -435,153 +416,5 @@ fn status(config: &Path, json: bool) -> Result<()> {
     if let Some(e) = &local.last_error {
         println!("last error:    {e}");
     }
-    Ok(())
-}
-
-/// Two alternating desired states with different files and sizes, plus a
-/// drop-in and a main config file, rewritten until killed.
-fn write_loop(dir: &Path, once: Option<&str>) -> Result<()> {
-    let layout = apply::Layout::new(&dir.join("gatepass"));
-    let variant = |a: bool| -> Result<apply::Rendered> {
-        let key = |i: u8| {
-            let k = ssh_key::PublicKey::from(ssh_key::public::KeyData::Ed25519(
-                ssh_key::public::Ed25519PublicKey([i; 32]),
-            ));
-            k.to_openssh().unwrap_or_default()
-        };
-        let keys = |user: &str, n: u8| -> Vec<DynamicKey> {
-            (0..n)
-                .map(|i| DynamicKey {
-                    user: user.into(),
-                    public_key: key(i),
-                    options: if a { "no-pty".into() } else { String::new() },
-                    expires: 4_000_000_000,
-                    lease_id: format!("ssh/creds/{user}/{i}"),
-                })
-                .collect()
-        };
-        let mut principals = std::collections::BTreeMap::new();
-        let mut dynamic_keys = Vec::new();
-        if a {
-            principals.insert("alice".to_string(), vec!["alice".into(), "ops".into()]);
-            dynamic_keys.extend(keys("alice", 200));
-            dynamic_keys.extend(keys("bob", 3));
-        } else {
-            principals.insert("alice".to_string(), vec!["admins".into()]);
-            dynamic_keys.extend(keys("alice", 2));
-            dynamic_keys.extend(keys("carol", 50));
-        }
-        let state = HostState {
-            index: 1,
-            user_ca_keys: (0..if a { 1 } else { 5 })
-                .map(|i| key(100 + i) + "\n")
-                .collect(),
-            krl: String::new(),
-            principals: Some(principals),
-            dynamic_keys,
-        };
-        Ok(apply::render(&state, 0)?)
-    };
-    let (ra, rb) = (variant(true)?, variant(false)?);
-    let conf = |a: bool| {
-        let d = layout.directives(a, vec![]);
-        d.lines(&[".ssh/authorized_keys".into()]).join("\n") + "\n"
-    };
-    let write = |a: bool| -> Result<()> {
-        apply::apply(&layout, if a { &ra } else { &rb })?;
-        files::ensure_dir(&dir.join("sshd_config.d"), files::DIR)?;
-        files::clean_temp_files(&dir.join("sshd_config.d"))?;
-        files::write_atomic(
-            &dir.join("sshd_config.d").join(sshd_config::DROPIN_NAME),
-            conf(a).as_bytes(),
-            files::PUBLIC_FILE,
-        )?;
-        Ok(())
-    };
-    match once {
-        Some("a") => return write(true),
-        Some("b") => return write(false),
-        Some(other) => bail!("--once takes a or b, not {other:?}"),
-        None => {}
-    }
-    let mut a = true;
-    loop {
-        write(a)?;
-        a = !a;
-    }
-}
-
-/// Peak resident memory of this process (VmHWM), in KiB.
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// A desired state of `keys` dynamic keys spread over `users` users,
-/// rendered and applied: first into an empty folder, then again unchanged,
-/// then with one key replaced.
-fn bench_apply(dir: &Path, users: usize, keys: usize) -> Result<()> {
-    use std::time::Instant;
-    let layout = apply::Layout::new(&dir.join("gatepass"));
-    let key = |i: usize| {
-        let mut b = [0u8; 32];
-        b[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        ssh_key::PublicKey::from(ssh_key::public::KeyData::Ed25519(
-            ssh_key::public::Ed25519PublicKey(b),
-        ))
-        .to_openssh()
-        .unwrap_or_default()
-    };
-    let mut state = HostState {
-        index: 1,
-        user_ca_keys: key(usize::MAX) + "\n",
-        krl: String::new(),
-        principals: None,
-        dynamic_keys: (0..keys)
-            .map(|i| DynamicKey {
-                user: format!("user{:04}", i % users.max(1)),
-                public_key: key(i),
-                options: "no-port-forwarding,no-agent-forwarding".into(),
-                expires: 4_000_000_000,
-                lease_id: format!("ssh/creds/dyn/{i:08}"),
-            })
-            .collect(),
-    };
-    let now = clock::now();
-    let t = Instant::now();
-    let r = apply::render(&state, now)?;
-    let render = t.elapsed();
-    let t = Instant::now();
-    let first = apply::apply(&layout, &r)?;
-    let first_t = t.elapsed();
-    let t = Instant::now();
-    let again = apply::apply(&layout, &apply::render(&state, now)?)?;
-    let again_t = t.elapsed();
-    state.dynamic_keys[0].public_key = key(keys + 1);
-    let t = Instant::now();
-    let one = apply::apply(&layout, &apply::render(&state, now)?)?;
-    let one_t = t.elapsed();
-    println!(
-        "{}",
-        serde_json::json!({
-            "users": users,
-            "keys": keys,
-            "render_ms": render.as_secs_f64() * 1e3,
-            "first_apply_ms": first_t.as_secs_f64() * 1e3,
-            "first_apply_files": first.len(),
-            "unchanged_apply_ms": again_t.as_secs_f64() * 1e3,
-            "unchanged_apply_files": again.len(),
-            "one_key_changed_ms": one_t.as_secs_f64() * 1e3,
-            "one_key_changed_files": one.len(),
-            "peak_rss_kib": peak_rss_kib(),
-        })
-    );
     Ok(())
 }

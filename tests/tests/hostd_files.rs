@@ -1,5 +1,5 @@
 //! gatepass-hostd's file writes survive SIGKILL at any instant: a writer
-//! (`gatepass-hostd __write-loop DIR`, which applies two alternating
+//! (`gatepass-hostd-testkit write-loop DIR`, which applies two alternating
 //! desired states through hostd's real apply code and rewrites a drop-in)
 //! is killed at random moments, and every managed file must then be one
 //! complete version, old or new, root-owned and 0644, in 0755 folders.
@@ -49,8 +49,8 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn write_once(dir: &Path, variant: &str) {
-    let st = Command::new(bin("gatepass-hostd"))
-        .arg("__write-loop")
+    let st = Command::new(bin("gatepass-hostd-testkit"))
+        .arg("write-loop")
         .arg(dir)
         .args(["--once", variant])
         .status()
@@ -95,8 +95,8 @@ fn sigkill_never_leaves_a_partial_file() {
     let mut seen_b = 0;
     let mut kills = 0;
     while kills < 80 && started.elapsed() < Duration::from_secs(90) {
-        let mut child = Command::new(bin("gatepass-hostd"))
-            .arg("__write-loop")
+        let mut child = Command::new(bin("gatepass-hostd-testkit"))
+            .arg("write-loop")
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -151,4 +151,30 @@ fn sigkill_never_leaves_a_partial_file() {
     }
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(snapshot(&dir), a);
+}
+
+/// The shipped binary has no test or benchmark hooks: they live in
+/// `gatepass-hostd-testkit`, which is built only with hostd's `testkit`
+/// feature and not packaged.
+#[test]
+fn the_shipped_binary_has_no_test_hooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Arguments that made the old hooks finish at once.
+    for (hook, args) in [
+        ("__write-loop", ["--once", "a"]),
+        ("__bench-apply", ["--keys", "1"]),
+    ] {
+        let out = Command::new(bin("gatepass-hostd"))
+            .arg(hook)
+            .arg(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{hook}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unrecognized subcommand"),
+            "{hook}: {out:?}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }

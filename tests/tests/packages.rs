@@ -281,6 +281,8 @@ fn debs_hold_binaries_units_pam_module_docs_and_completions() {
         hostd.iter().all(|f| !f.starts_with("/etc/")),
         "gatepass-hostd.deb must not ship files in /etc: {hostd:?}"
     );
+    // The testkit binary (crash-safety test, benchmark) is not packaged.
+    assert!(hostd.iter().all(|f| !f.contains("testkit")), "{hostd:?}");
 
     let cli = deb_files("gatepass");
     let mut want = vec!["/usr/bin/gatepass".to_string()];
@@ -328,6 +330,7 @@ fn rpms_list_the_expected_files() {
     want.extend(docs(&["gatepass-hostd", "gatepass-helper"], zsh));
     assert_has(&hostd, &want, "gatepass-hostd.rpm");
     assert!(hostd.iter().all(|f| !f.starts_with("/etc/")), "{hostd:?}");
+    assert!(hostd.iter().all(|f| !f.contains("testkit")), "{hostd:?}");
 
     let cli = rpm_files("gatepass");
     let mut want = vec!["/usr/bin/gatepass".to_string()];

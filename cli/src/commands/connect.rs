@@ -18,7 +18,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::future::Future;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
@@ -28,16 +27,18 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use ssh_key::{Algorithm, LineEnding, PrivateKey};
+use ssh_key::PrivateKey;
 use zeroize::Zeroizing;
 
+use super::agent::{agent_lifetime, check_agent, load_into_agent};
 use super::creds::{expect_kind, request_creds, resolve, revoke_quietly, Destination};
-use super::ssh::{
-    agent_lifetime, check_agent, data_str, engine_path, load_into_agent, mount_path, now,
-    parse_ca_keys, parse_cert, serial, unwrap_json_errors, with_comment, Signals,
+use super::engine::{
+    engine_path, mount_path, parse_ca_keys, sign_ephemeral, unwrap_json_errors, Ephemeral,
 };
+use super::signals::{interruptible, Signals};
 use super::{Ctx, GlobalArgs};
 use crate::askpass;
+use crate::clock::now;
 use crate::error::{Error, Result};
 
 pub const EXAMPLES: &str = "\
@@ -291,17 +292,6 @@ pub async fn connect(global: &GlobalArgs, args: ConnectArgs) -> Result<u8> {
     Ok(code)
 }
 
-/// A server call that a signal interrupts (the caller's cleanup then runs).
-async fn interruptible<T>(
-    signals: &mut Signals,
-    fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::select! {
-        r = fut => r,
-        sig = signals.next() => Err(Error::Local(format!("interrupted by {}", sig.as_str()))),
-    }
-}
-
 /// `GET <mount>/roles/<role>`: the role's settings.
 async fn read_role(ctx: &Ctx, mount: &str, role: &str) -> Result<Value> {
     let path = engine_path(mount, "roles", role)?;
@@ -451,38 +441,12 @@ async fn prepare_ca(
     dir: &Path,
     signals: &mut Signals,
 ) -> Result<Plan> {
-    let mut key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
-        .map_err(|e| Error::Local(format!("cannot generate a key: {e}")))?;
     let path = engine_path(mount, "sign", role)?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| Error::Local(format!("cannot encode the public key: {e}")))?;
-    let mut body = serde_json::Map::new();
-    body.insert("public_key".into(), json!(public));
-    body.insert("valid_principals".into(), json!(user));
-    body.insert("cert_type".into(), json!("user"));
-    if let Some(t) = ttl {
-        body.insert("ttl".into(), json!(t));
-    }
-    let action = format!("signing a new key for {user} with {path}");
-    let resp = interruptible(signals, ctx.call("POST", &path, Some(&body), &action))
-        .await?
-        .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-    let signed = data_str(&resp, "signed_key", &action)?;
-    let cert = parse_cert(signed, &action)?;
-    if cert.public_key() != key.public_key().key_data() {
-        return Err(Error::Local(format!(
-            "{action}: the server returned a certificate for another key"
-        )));
-    }
-    let comment = format!("gatepass:{mount}/{role}:{}", serial(&resp, &cert));
-    key.set_comment(comment.clone());
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| Error::Local(format!("cannot encode the private key: {e}")))?;
-    drop(key);
-    let cert_text = with_comment(signed, &comment);
+    let Ephemeral {
+        pem,
+        cert,
+        cert_text,
+    } = sign_ephemeral(ctx, mount, role, user, ttl, Some(signals)).await?;
     let cert_file = dir.join("id-cert.pub");
     let hint = format!(
         "the certificate from {path} names the user {user:?}; the host must trust the CA \

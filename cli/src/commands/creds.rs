@@ -10,8 +10,10 @@ use serde_json::{json, Map, Value};
 use ssh_key::PrivateKey;
 use zeroize::Zeroizing;
 
-use super::ssh::{engine_path, io_reason, now, write_atomic};
+use super::engine::engine_path;
+use super::sshfiles::{io_reason, write_atomic};
 use super::Ctx;
+use crate::clock::now;
 use crate::error::{Error, Result};
 use crate::output::{self, Format, Row};
 
@@ -354,7 +356,7 @@ pub async fn creds(ctx: &Ctx, args: CredsArgs) -> Result<()> {
         ("key_file".into(), json!(path.display().to_string())),
         ("lease_id".into(), resp["lease_id"].clone()),
         ("lease_duration".into(), json!(duration(&resp))),
-        ("expires".into(), json!(super::ssh::date(now() + secs))),
+        ("expires".into(), json!(output::date(now() + secs))),
         ("username".into(), user),
         ("ip".into(), d("ip")),
         ("port".into(), d("port")),

@@ -73,7 +73,8 @@ pub async fn read(ctx: &Ctx, args: ReadArgs) -> Result<()> {
                 other => vec![(k, text(other))],
             })
             .collect();
-        let query = serde_urlencoded::to_string(query).expect("strings encode");
+        let query = serde_urlencoded::to_string(query)
+            .map_err(|e| Error::Usage(format!("cannot encode the query parameters: {e}")))?;
         url = format!("{path}?{query}");
     }
     let resp = ctx

@@ -9,6 +9,13 @@ pub mod ssh;
 pub mod sshconfig;
 pub mod token;
 
+// What the ssh commands (ssh, connect, creds, sshconfig) share; none of
+// them imports another's pieces.
+mod agent;
+mod engine;
+mod signals;
+mod sshfiles;
+
 use std::path::PathBuf;
 
 use gatepass_api::{Client, Settings};

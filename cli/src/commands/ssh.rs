@@ -2,22 +2,34 @@
 //! them where OpenSSH looks for them (next to the key, in the agent, in
 //! known_hosts); one-time passwords and dynamic keys (`creds.rs`); logging
 //! in with the system `ssh` in every mode (`connect.rs`) and through
-//! `~/.ssh/config` (`sshconfig.rs`).
+//! `~/.ssh/config` (`sshconfig.rs`). What these share is in `engine.rs`
+//! (paths, answers, signing a key made in memory), `agent.rs`,
+//! `sshfiles.rs` (the user's key, certificate, known_hosts and config
+//! files) and `signals.rs`.
 
 use std::fs;
-use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use serde_json::{json, Map, Value};
 use ssh_key::certificate::CertType;
-use ssh_key::{Certificate, LineEnding, PrivateKey, PublicKey};
+use ssh_key::{Certificate, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
+use super::agent::{add_to_agent, check_agent};
+use super::engine::{
+    data_str, engine_path, ensure_newline, mount_path, parse_ca_keys, parse_cert, serial,
+    signed_cert, unwrap_json_errors, with_comment,
+};
+use super::sshfiles::{
+    cert_path, check_pattern, contains_line, default_public_key, home, read_public_key,
+    with_suffix, write_atomic, write_known_hosts,
+};
 use super::{connect, creds, sshconfig, Ctx, GlobalArgs};
+use crate::clock::now;
 use crate::error::{Error, Result};
-use crate::output::{self, Format, Row};
+use crate::output::{self, date, Format, Row};
 
 pub const SIGN_EXAMPLES: &str = "\
 Examples:
@@ -45,9 +57,6 @@ Examples:
   gatepass ssh trust-hosts                        # trust the CA for every host
   gatepass ssh trust-hosts --domain '*.example.com'
   gatepass ssh trust-hosts --mount ssh-hosts --known-hosts /etc/ssh/ssh_known_hosts";
-
-/// Public keys `sign` tries when none is given, in ssh's own order of preference.
-const DEFAULT_KEYS: [&str; 3] = ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"];
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -326,15 +335,6 @@ pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<u8> {
     Ok(0)
 }
 
-/// The wall clock, read once per command; everything below takes `now`.
-#[allow(clippy::disallowed_methods)]
-pub(super) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------- sign
 
 async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
@@ -363,13 +363,7 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
         .call("POST", &path, Some(&body), &action)
         .await?
         .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-    let signed = data_str(&resp, "signed_key", &action)?;
-    let cert = parse_cert(signed, &action)?;
-    if cert.public_key() != public.key_data() {
-        return Err(Error::Local(format!(
-            "{action}: the server returned a certificate for another key"
-        )));
-    }
+    let (signed, cert) = signed_cert(&resp, &action, public.key_data())?;
 
     write_atomic(&out_path, ensure_newline(signed).as_bytes(), 0o644, true).map_err(|e| {
         Error::Local(format!(
@@ -386,88 +380,6 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
     println!("Success! Certificate written to {}\n", out_path.display());
     output::print_table(&cert_rows(&cert, &serial(&resp, &cert), now()));
     Ok(())
-}
-
-/// The first of ssh's usual public keys that exists.
-fn default_public_key() -> Result<PathBuf> {
-    let ssh_dir = home()?.join(".ssh");
-    DEFAULT_KEYS
-        .iter()
-        .map(|k| ssh_dir.join(k))
-        .find(|p| p.exists())
-        .ok_or_else(|| {
-            Error::Local(format!(
-                "no SSH public key found (looked for {} in {}): pass --public-key FILE, \
-                 or create a key with `ssh-keygen -t ed25519`",
-                DEFAULT_KEYS.join(", "),
-                ssh_dir.display()
-            ))
-        })
-}
-
-pub(super) fn home() -> Result<PathBuf> {
-    dirs::home_dir().ok_or_else(|| Error::Local("cannot find the home folder: set HOME".into()))
-}
-
-/// Reads a public key file. Given the private key by mistake, it uses the
-/// `.pub` beside it, as ssh-keygen does.
-fn read_public_key(path: &Path) -> Result<(PathBuf, PublicKey)> {
-    let text = fs::read_to_string(path).map_err(|e| {
-        Error::Local(format!(
-            "cannot read the public key {}: {}",
-            path.display(),
-            io_reason(&e)
-        ))
-    })?;
-    if text.contains("PRIVATE KEY-----") {
-        let public = with_suffix(path, ".pub");
-        if public.exists() {
-            return read_public_key(&public);
-        }
-        return Err(Error::Local(format!(
-            "{} is a private key; pass its public key (.pub) instead",
-            path.display()
-        )));
-    }
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with('#'))
-        .unwrap_or("");
-    if line.contains("-cert-v01@openssh.com") {
-        return Err(Error::Local(format!(
-            "{} is a certificate; pass the public key it was made for",
-            path.display()
-        )));
-    }
-    let key = PublicKey::from_openssh(line).map_err(|_| {
-        Error::Local(format!(
-            "{} is not an OpenSSH public key (\"ssh-ed25519 AAAA… comment\")",
-            path.display()
-        ))
-    })?;
-    Ok((path.to_path_buf(), key))
-}
-
-/// `dir/id_ed25519.pub` → `dir/id_ed25519-cert.pub`, where ssh looks for it.
-fn cert_path(key: &Path) -> PathBuf {
-    let s = key.as_os_str().to_string_lossy();
-    let stem = s.strip_suffix(".pub").unwrap_or(&s);
-    PathBuf::from(format!("{stem}-cert.pub"))
-}
-
-pub(super) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-pub(super) fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        ErrorKind::NotFound => "no such file".into(),
-        ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
 }
 
 // ---------------------------------------------------------------- issue
@@ -630,222 +542,6 @@ fn save_credentials(
     write(key, private_pem, 0o600)
 }
 
-/// A certificate line with our comment in place of the server's (none).
-pub(super) fn with_comment(signed: &str, comment: &str) -> String {
-    let mut fields = signed.split_whitespace();
-    match (fields.next(), fields.next()) {
-        (Some(alg), Some(blob)) => format!("{alg} {blob} {comment}\n"),
-        _ => ensure_newline(signed),
-    }
-}
-
-/// Fails early, before a credential is issued, when there is no agent to
-/// take it.
-pub(super) async fn check_agent() -> Result<()> {
-    let sock = std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty());
-    if sock.is_none() {
-        return Err(Error::Local(
-            "--add-to-agent needs a running ssh-agent, but SSH_AUTH_SOCK is not set: \
-             start one with `eval $(ssh-agent)`, or leave out --add-to-agent to save files"
-                .into(),
-        ));
-    }
-    // `ssh-add -l`: 0 = keys, 1 = no keys, 2 = no agent there.
-    let out = tokio::process::Command::new("ssh-add")
-        .arg("-l")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(ssh_add_missing)?;
-    if out.status.code() == Some(0) || out.status.code() == Some(1) {
-        return Ok(());
-    }
-    Err(Error::Local(format!(
-        "cannot reach the ssh-agent at SSH_AUTH_SOCK={}: {}",
-        sock.unwrap_or_default().to_string_lossy(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
-
-pub(super) fn ssh_add_missing(e: io::Error) -> Error {
-    if e.kind() == ErrorKind::NotFound {
-        Error::Local("ssh-add was not found: install the OpenSSH client".into())
-    } else {
-        Error::Local(format!("cannot run ssh-add: {e}"))
-    }
-}
-
-/// How long the agent may keep the key: what is left of the certificate's
-/// validity. None for a certificate that never expires.
-pub(super) fn agent_lifetime(cert: &Certificate, now: u64) -> Result<Option<u64>> {
-    let before = cert.valid_before();
-    if before == u64::MAX {
-        return Ok(None);
-    }
-    match before.checked_sub(now) {
-        Some(left) if left > 0 => Ok(Some(left)),
-        _ => Err(Error::Local(format!(
-            "the certificate has already expired ({}); is this machine's clock right?",
-            date(before)
-        ))),
-    }
-}
-
-/// Loads key and certificate into the agent. ssh-add reads the certificate
-/// only from `<key>-cert.pub` beside a key file (`ssh-add -` takes the key
-/// alone), so both go to a private temporary folder for the moment
-/// ssh-add needs them; the folder is removed whatever happens.
-pub(super) async fn add_to_agent(
-    name: &str,
-    private_pem: &str,
-    cert_text: &str,
-    cert: &Certificate,
-    now: u64,
-) -> Result<Option<u64>> {
-    let lifetime = agent_lifetime(cert, now)?;
-    // Signals are caught from here on, so Ctrl-C cannot leave the key behind.
-    let signals = Signals::new()?;
-    // A tmpfs such as /run/user/UID keeps the key off the disk entirely.
-    let base = dirs::runtime_dir()
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("gatepass-agent-")
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(&base)
-        .map_err(|e| {
-            Error::Local(format!(
-                "cannot create a private folder in {}: {e}",
-                base.display()
-            ))
-        })?;
-    let mut signals = signals;
-    let result = load_into_agent(
-        dir.path(),
-        name,
-        private_pem,
-        cert_text,
-        lifetime,
-        &mut signals,
-    )
-    .await;
-    let shown = dir.path().display().to_string();
-    let cleaned = dir.close();
-    match (result, cleaned) {
-        (Ok(()), Ok(())) => Ok(lifetime),
-        (Err(e), Ok(())) => Err(e),
-        (result, Err(e)) => {
-            let mut msg = format!(
-                "could not remove the temporary folder {shown}, which holds the private key: \
-                 {e}; delete it now"
-            );
-            if let Err(first) = result {
-                msg = format!("{first}\n{msg}");
-            }
-            Err(Error::Local(msg))
-        }
-    }
-}
-
-pub(super) async fn load_into_agent(
-    dir: &Path,
-    name: &str,
-    private_pem: &str,
-    cert_text: &str,
-    lifetime: Option<u64>,
-    signals: &mut Signals,
-) -> Result<()> {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::Local(format!("cannot make {} private: {e}", dir.display())))?;
-    let key = dir.join(name);
-    let write_new = |p: &Path, text: &str, mode: u32| -> io::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(p)?;
-        f.write_all(text.as_bytes())
-    };
-    write_new(&key, private_pem, 0o600)
-        .and_then(|()| write_new(&with_suffix(&key, "-cert.pub"), cert_text, 0o644))
-        .map_err(|e| Error::Local(format!("cannot write to {}: {e}", dir.display())))?;
-
-    let mut cmd = tokio::process::Command::new("ssh-add");
-    if let Some(secs) = lifetime {
-        cmd.arg("-t").arg(secs.to_string());
-    }
-    cmd.arg(&key)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(ssh_add_missing)?;
-    let out = tokio::select! {
-        out = child.wait_with_output() => {
-            out.map_err(|e| Error::Local(format!("ssh-add failed: {e}")))?
-        }
-        sig = signals.any() => {
-            return Err(Error::Local(format!("interrupted by {sig}; nothing was kept on disk")));
-        }
-    };
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if !out.status.success() {
-        return Err(Error::Local(format!(
-            "ssh-add could not add the key to the agent: {}",
-            said.trim()
-        )));
-    }
-    if !said.contains("Certificate added") {
-        eprintln!(
-            "WARNING! ssh-add added the key but did not say it added the certificate: {}",
-            said.trim()
-        );
-    }
-    Ok(())
-}
-
-/// SIGINT, SIGTERM, SIGHUP and SIGQUIT, caught instead of ending the
-/// process (so that temporary files are removed first).
-pub(super) struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-    quit: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    pub(super) fn new() -> Result<Signals> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let s =
-            |k| signal(k).map_err(|e| Error::Local(format!("cannot set up signal handling: {e}")));
-        Ok(Signals {
-            int: s(SignalKind::interrupt())?,
-            term: s(SignalKind::terminate())?,
-            hup: s(SignalKind::hangup())?,
-            quit: s(SignalKind::quit())?,
-        })
-    }
-
-    /// The next signal to arrive.
-    pub(super) async fn next(&mut self) -> nix::sys::signal::Signal {
-        use nix::sys::signal::Signal;
-        tokio::select! {
-            _ = self.int.recv() => Signal::SIGINT,
-            _ = self.term.recv() => Signal::SIGTERM,
-            _ = self.hup.recv() => Signal::SIGHUP,
-            _ = self.quit.recv() => Signal::SIGQUIT,
-        }
-    }
-
-    pub(super) async fn any(&mut self) -> &'static str {
-        self.next().await.as_str()
-    }
-}
-
 // ---------------------------------------------------------- trust-hosts
 
 async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
@@ -917,109 +613,7 @@ async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
     Ok(())
 }
 
-/// A known_hosts pattern list is one field: no spaces, no line breaks.
-pub(super) fn check_pattern(p: &str) -> Result<()> {
-    if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) || p.starts_with('@')
-    {
-        return Err(Error::Usage(format!(
-            "--domain {p:?} is not a known_hosts pattern (e.g. * or *.example.com)"
-        )));
-    }
-    Ok(())
-}
-
-/// The CA keys, one per line, each checked to be an OpenSSH public key and
-/// written back as `type base64 [comment]`.
-pub(super) fn parse_ca_keys(text: &str, action: &str) -> Result<Vec<String>> {
-    let keys = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| {
-            PublicKey::from_openssh(l)
-                .and_then(|k| k.to_openssh())
-                .map_err(|_| {
-                    Error::Local(format!(
-                        "{action}: the server sent something that is not an SSH public key"
-                    ))
-                })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if keys.is_empty() {
-        return Err(Error::Local(format!("{action}: the server sent no key")));
-    }
-    Ok(keys)
-}
-
-/// Whether known_hosts already has this line: same marker, patterns and
-/// key, whatever the spacing or comment.
-fn contains_line(known_hosts: &str, line: &str) -> bool {
-    let norm = |l: &str| -> Option<(String, String, String, String)> {
-        let mut f = l.split_whitespace();
-        Some((
-            f.next()?.to_ascii_lowercase(),
-            f.next()?.to_string(),
-            f.next()?.to_string(),
-            f.next()?.to_string(),
-        ))
-    };
-    let want = norm(line);
-    want.is_some() && known_hosts.lines().any(|l| norm(l) == want)
-}
-
-/// Rewrites known_hosts through a temporary file and a rename: creating
-/// ~/.ssh (0700) and the file (0644) when missing, keeping an existing
-/// file's mode, and writing through a symlink to its target.
-fn write_known_hosts(path: &Path, text: &str) -> io::Result<()> {
-    write_user_file(path, text, 0o644)
-}
-
-/// Rewrites a file of the user's ssh setup (known_hosts, config) the way
-/// [`write_known_hosts`] does; a new file gets `new_mode`.
-pub(super) fn write_user_file(path: &Path, text: &str, new_mode: u32) -> io::Result<()> {
-    let (target, mode) = match fs::metadata(path) {
-        Ok(m) => (fs::canonicalize(path)?, m.permissions().mode() & 0o7777),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)?;
-            }
-            (path.to_path_buf(), new_mode)
-        }
-        Err(e) => return Err(e),
-    };
-    write_atomic(&target, text.as_bytes(), mode, true)
-}
-
-// --------------------------------------------------------------- shared
-
-/// `<mount>/<op>/<role>`, refusing names that would reach another path.
-pub(super) fn engine_path(mount: &str, op: &str, role: &str) -> Result<String> {
-    let mount = mount_path(mount)?;
-    if role.is_empty()
-        || role.starts_with('.')
-        || role
-            .chars()
-            .any(|c| matches!(c, '/' | '?' | '#' | '%') || c.is_whitespace())
-    {
-        return Err(Error::Usage(format!("{role:?} is not a valid role name")));
-    }
-    Ok(format!("{mount}/{op}/{role}"))
-}
-
-pub(super) fn mount_path(mount: &str) -> Result<String> {
-    let m = mount.trim_matches('/');
-    let bad = m.is_empty()
-        || m.split('/').any(|s| s.is_empty() || s == "." || s == "..")
-        || m.chars()
-            .any(|c| matches!(c, '?' | '#' | '%') || c.is_whitespace());
-    if bad {
-        return Err(Error::Usage(format!("{mount:?} is not a valid mount path")));
-    }
-    Ok(m.to_string())
-}
+// ------------------------------------------------------ sign and issue
 
 /// The request fields `sign` and `issue` share.
 fn cert_body(c: &CertArgs) -> Result<Map<String, Value>> {
@@ -1074,29 +668,6 @@ fn option_map(items: &[String], flag: &str, bare_ok: bool) -> Result<Map<String,
     Ok(m)
 }
 
-pub(super) fn data_str<'a>(resp: &'a Value, key: &str, action: &str) -> Result<&'a str> {
-    resp.pointer(&format!("/data/{key}"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no {key}")))
-}
-
-pub(super) fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
-    Certificate::from_openssh(text.trim()).map_err(|e| {
-        Error::Local(format!(
-            "{action}: the server's certificate cannot be read: {e}"
-        ))
-    })
-}
-
-/// The serial as the server wrote it (hex), else from the certificate.
-pub(super) fn serial(resp: &Value, cert: &Certificate) -> String {
-    match resp.pointer("/data/serial_number").and_then(Value::as_str) {
-        Some(s) => s.to_string(),
-        None => format!("{:016x}", cert.serial()),
-    }
-}
-
 /// What a person wants to know about a new certificate.
 fn cert_rows(cert: &Certificate, serial: &str, now: u64) -> Vec<Row> {
     let principals = if cert.valid_principals().is_empty() {
@@ -1146,109 +717,9 @@ fn cert_rows(cert: &Certificate, serial: &str, now: u64) -> Vec<Row> {
     rows
 }
 
-/// RFC 3339 in UTC, as the server and Vault print times.
-pub(super) fn date(secs: u64) -> String {
-    if secs == u64::MAX {
-        return "forever".into();
-    }
-    i64::try_from(secs)
-        .ok()
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| secs.to_string())
-}
-
-pub(super) fn ensure_newline(s: &str) -> String {
-    format!("{}\n", s.trim_end())
-}
-
-/// `get_text` hands back a refusal's raw body, which is Vault's
-/// `{"errors": […]}`; unwrapped so the message reads like the others.
-pub(super) fn unwrap_json_errors(e: gatepass_api::Error) -> gatepass_api::Error {
-    match e {
-        gatepass_api::Error::Api { status, errors } => {
-            let errors = match errors.as_slice() {
-                [one] => serde_json::from_str::<Value>(one)
-                    .ok()
-                    .and_then(|v| v.get("errors").cloned())
-                    .and_then(|v| serde_json::from_value::<Vec<String>>(v).ok())
-                    .unwrap_or(errors),
-                _ => errors,
-            };
-            gatepass_api::Error::Api { status, errors }
-        }
-        other => other,
-    }
-}
-
-/// Writes through a temporary file in the same folder and a rename, so a
-/// reader sees the old file or the new one, never half of one. The mode is
-/// set on the open file (not subject to the umask). Without `replace`, an
-/// existing file is an `AlreadyExists` error.
-pub(super) fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    replace: bool,
-) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gatepass-")
-        .permissions(fs::Permissions::from_mode(0o600))
-        .tempfile_in(dir)?;
-    tmp.write_all(contents)?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(mode))?;
-    tmp.as_file().sync_all()?;
-    if replace {
-        tmp.persist(path).map_err(|e| e.error)?;
-    } else {
-        tmp.persist_noclobber(path).map_err(|e| e.error)?;
-    }
-    fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cert_paths_follow_ssh() {
-        assert_eq!(
-            cert_path(Path::new("/h/.ssh/id_ed25519.pub")),
-            PathBuf::from("/h/.ssh/id_ed25519-cert.pub")
-        );
-        assert_eq!(
-            cert_path(Path::new("key.txt")),
-            PathBuf::from("key.txt-cert.pub")
-        );
-    }
-
-    #[test]
-    fn paths_stay_in_the_mount() {
-        assert_eq!(engine_path("/ssh/", "sign", "dev").unwrap(), "ssh/sign/dev");
-        assert_eq!(
-            engine_path("team/ssh", "issue", "r").unwrap(),
-            "team/ssh/issue/r"
-        );
-        for (m, r) in [
-            ("ssh", "a/b"),
-            ("ssh", ""),
-            ("ssh", ".."),
-            ("ssh", "a?b"),
-            ("", "r"),
-            ("a/../b", "r"),
-            ("a b", "r"),
-        ] {
-            assert!(engine_path(m, "sign", r).is_err(), "{m} {r}");
-        }
-    }
 
     #[test]
     fn options_parse() {
@@ -1273,87 +744,5 @@ mod tests {
             Value::Object(cert_body(&c).unwrap()),
             json!({"valid_principals": "alice,ops", "ttl": "1h", "extensions": {"permit-pty": ""}})
         );
-    }
-
-    const KEY: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
-
-    #[test]
-    fn known_hosts_lines_compare_by_content() {
-        let line = format!("@cert-authority * {KEY}");
-        let kh = format!("host1 {KEY}\n@cert-authority   *   {KEY} some comment\n");
-        assert!(contains_line(&kh, &line));
-        assert!(!contains_line(
-            &format!("@cert-authority *.example.com {KEY}\n"),
-            &line
-        ));
-        assert!(!contains_line(&format!("host1 {KEY}\n"), &line));
-        assert!(!contains_line("", &line));
-    }
-
-    #[test]
-    fn ca_keys_one_per_line() {
-        let keys = parse_ca_keys(&format!("{KEY}\n\n{KEY} c\n"), "x").unwrap();
-        assert_eq!(keys.len(), 2);
-        assert!(parse_ca_keys("", "x").is_err());
-        assert!(parse_ca_keys("not a key\n", "x").is_err());
-    }
-
-    #[test]
-    fn patterns() {
-        assert!(check_pattern("*").is_ok());
-        assert!(check_pattern("*.example.com,10.0.0.*").is_ok());
-        assert!(check_pattern("a b").is_err());
-        assert!(check_pattern("a\nb").is_err());
-        assert!(check_pattern("").is_err());
-    }
-
-    #[test]
-    fn json_errors_unwrapped() {
-        let e = gatepass_api::Error::Api {
-            status: 404,
-            errors: vec![r#"{"errors":["no CA key configured on this mount"]}"#.into()],
-        };
-        match unwrap_json_errors(e) {
-            gatepass_api::Error::Api { errors, .. } => {
-                assert_eq!(errors, vec!["no CA key configured on this mount"])
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn atomic_writes_keep_or_refuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        write_atomic(&p, b"one", 0o644, false).unwrap();
-        let e = write_atomic(&p, b"two", 0o644, false).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::AlreadyExists);
-        write_atomic(&p, b"three", 0o600, true).unwrap();
-        assert_eq!(fs::read_to_string(&p).unwrap(), "three");
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn known_hosts_created_private_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join(".ssh").join("known_hosts");
-        write_known_hosts(&p, "x\n").unwrap();
-        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&p), 0o644);
-        assert_eq!(mode(p.parent().unwrap()), 0o700);
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
-        write_known_hosts(&p, "y\n").unwrap();
-        assert_eq!(mode(&p), 0o600, "an existing file keeps its mode");
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(date(0), "1970-01-01T00:00:00Z");
-        assert_eq!(date(u64::MAX), "forever");
     }
 }

@@ -12,17 +12,14 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::json;
 use ssh_key::certificate::CertType;
-use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey};
-use zeroize::Zeroizing;
+use ssh_key::Certificate;
 
-use super::ssh::{
-    add_to_agent, check_agent, check_pattern, data_str, engine_path, home, mount_path, now,
-    parse_ca_keys, parse_cert, serial, ssh_add_missing, unwrap_json_errors, with_comment,
-    write_user_file,
-};
+use super::agent::{add_to_agent, check_agent, ssh_add_missing};
+use super::engine::{engine_path, mount_path, parse_ca_keys, sign_ephemeral, unwrap_json_errors};
+use super::sshfiles::{check_pattern, home, write_user_file};
 use super::{Ctx, GlobalArgs};
+use crate::clock::now;
 use crate::error::{Error, Result};
 
 pub const CONFIG_EXAMPLES: &str = "\
@@ -298,7 +295,8 @@ pub async fn known_hosts(ctx: &Ctx, args: KnownHostsArgs) -> Result<()> {
 pub async fn proxy(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     // Our stdout is ssh's connection: everything we say goes to stderr.
     let mount = mount_path(&args.mount)?;
-    let path = engine_path(&mount, "sign", &args.role)?;
+    // A bad role name is refused before the agent is looked at.
+    engine_path(&mount, "sign", &args.role)?;
     if std::env::var_os("SSH_AUTH_SOCK").is_none_or(|s| s.is_empty()) {
         return Err(Error::Local(
             "gatepass ssh proxy hands the certificate to ssh through the ssh-agent, but \
@@ -310,41 +308,17 @@ pub async fn proxy(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
     check_agent().await?;
     let prefix = format!("gatepass:{mount}/{}:", args.role);
     if !agent_has_cert(&prefix, &args.user, now()).await? {
-        let mut key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
-            .map_err(|e| Error::Local(format!("cannot generate a key: {e}")))?;
-        let public = key
-            .public_key()
-            .to_openssh()
-            .map_err(|e| Error::Local(format!("cannot encode the public key: {e}")))?;
-        let mut body = serde_json::Map::new();
-        body.insert("public_key".into(), json!(public));
-        body.insert("valid_principals".into(), json!(args.user));
-        body.insert("cert_type".into(), json!("user"));
-        if let Some(t) = &args.ttl {
-            body.insert("ttl".into(), json!(t));
-        }
-        let action = format!("signing a new key for {} with {path}", args.user);
-        let resp = ctx
-            .call("POST", &path, Some(&body), &action)
-            .await?
-            .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-        let signed = data_str(&resp, "signed_key", &action)?;
-        let cert = parse_cert(signed, &action)?;
-        if cert.public_key() != key.public_key().key_data() {
-            return Err(Error::Local(format!(
-                "{action}: the server returned a certificate for another key"
-            )));
-        }
-        let comment = format!("{prefix}{}", serial(&resp, &cert));
-        key.set_comment(comment.clone());
-        let pem = Zeroizing::new(
-            key.to_openssh(LineEnding::LF)
-                .map_err(|e| Error::Local(format!("cannot encode the private key: {e}")))?
-                .to_string(),
-        );
-        drop(key);
+        let signed = sign_ephemeral(
+            ctx,
+            &mount,
+            &args.role,
+            &args.user,
+            args.ttl.as_deref(),
+            None,
+        )
+        .await?;
         let name = format!("gatepass_{}", args.role);
-        add_to_agent(&name, &pem, &with_comment(signed, &comment), &cert, now()).await?;
+        add_to_agent(&name, &signed.pem, &signed.cert_text, &signed.cert, now()).await?;
     }
     relay(&args.host, args.port)
 }
