@@ -138,7 +138,7 @@ pub struct ConnectFailure {
 /// which retries refused connections until it times out, this says why
 /// the database cannot be reached.
 pub async fn connect_once(url: &str, within: Duration) -> Result<(), ConnectFailure> {
-    match tokio::time::timeout(within, sqlx::AnyConnection::connect(url)).await {
+    match tokio::time::timeout(within, sqlx::PgConnection::connect(url)).await {
         Ok(Ok(conn)) => {
             let _ = tokio::time::timeout(within, conn.close()).await;
             Ok(())

@@ -1,5 +1,6 @@
-//! Storage: one sealed key/value table behind sqlx's `Any` driver, so the
-//! same code runs on embedded SQLite and on a shared PostgreSQL.
+//! Storage: one sealed key/value table, on embedded SQLite (rusqlite,
+//! `sqlite.rs`) or on a PostgreSQL shared by several servers (sqlx's
+//! PostgreSQL driver: reads here, writes in `writer.rs`).
 //!
 //! Keys never contain secrets (secrets are stored under their keyed hash);
 //! values are sealed JSON. Parameters are always numbered in order of first
@@ -7,8 +8,8 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
@@ -32,7 +33,7 @@ pub enum Backend {
 /// Where reads go; writes go through `Storage::writer`.
 enum Db {
     Sqlite(sqlite::Sqlite),
-    Postgres(AnyPool),
+    Postgres(PgPool),
 }
 
 pub struct Storage {
@@ -200,7 +201,6 @@ impl Storage {
     /// [`Error::StorageUnavailable`] naming it and the cause (worth trying
     /// again later).
     pub async fn open(url: &str, seal: &SealKey) -> Result<Storage> {
-        sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -213,30 +213,20 @@ impl Storage {
         let target = describe(url);
         let (db, writer) = match backend {
             Backend::Sqlite => {
-                let url = if url.contains('?') {
-                    url.to_string()
-                } else {
-                    format!("{url}?mode=rwc")
-                };
-                // The file is made here, private, before sqlx would create
-                // it world-readable; SQLite gives its -wal and -shm files
-                // the database file's mode.
-                let path = sqlite::path_of(&url)?;
+                // The file is made here, private; SQLite gives its -wal and
+                // -shm files the database file's mode.
+                let path = sqlite::path_of(url)?;
                 crate::private::create_file(&path).map_err(|e| {
                     Error::internal(format!("cannot create {}: {e}", path.display()))
                 })?;
-                let vacuum_path = path.clone();
-                tokio::task::spawn_blocking(move || sqlite::set_incremental_vacuum(&vacuum_path))
-                    .await
-                    .map_err(|e| Error::internal(e.to_string()))??;
-                // sqlx migrates the file; rusqlite serves it.
-                let migrator = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&url)
-                    .await?;
-                sqlx::migrate!("./migrations/sqlite").run(&migrator).await?;
-                migrator.close().await;
-                let (db, tx) = sqlite::Sqlite::open(&sqlite::path_of(&url)?)?;
+                let prepare = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    sqlite::set_incremental_vacuum(&prepare)?;
+                    sqlite::migrate(&prepare)
+                })
+                .await
+                .map_err(|e| Error::internal(e.to_string()))??;
+                let (db, tx) = sqlite::Sqlite::open(&path)?;
                 (Db::Sqlite(db), Writer::new(tx))
             }
             Backend::Postgres => {
@@ -249,7 +239,7 @@ impl Storage {
                         Error::internal(format!("cannot use storage {target}: {}", f.cause))
                     });
                 }
-                let pool = AnyPoolOptions::new()
+                let pool = PgPoolOptions::new()
                     .max_connections(16)
                     // Bounds how long a request waits while the database is
                     // down (the pool retries refused connections until then).

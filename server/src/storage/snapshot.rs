@@ -694,13 +694,17 @@ fn same_file(file: &Path, checked: Header, read: Header) -> Result<()> {
 async fn migrate_sqlite(path: &Path, target: &str) -> Result<()> {
     crate::private::create_file(path)
         .map_err(|e| Error::internal(format!("cannot create {}: {e}", path.display())))?;
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
-    let mut conn = sqlx::SqliteConnection::connect_with(&opts)
-        .await
-        .map_err(|e| Error::StorageUnavailable(unavailable_text(target, &e.to_string())))?;
-    sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
-    let _ = conn.close().await;
-    Ok(())
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        super::sqlite::set_incremental_vacuum(&path)?;
+        super::sqlite::migrate(&path)
+    })
+    .await
+    .map_err(|e| Error::internal(e.to_string()))?
+    .map_err(|e| match e {
+        Error::Sqlite(e) => Error::StorageUnavailable(unavailable_text(target, &e.to_string())),
+        other => other,
+    })
 }
 
 fn restore_sqlite(

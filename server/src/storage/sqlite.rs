@@ -1,8 +1,8 @@
-//! The embedded SQLite backend at run time, on rusqlite (sqlx only runs the
-//! migrations at start-up). sqlx's SQLite driver hands every statement to a
-//! thread of the connection's own and back; for the primary-key lookups and
+//! The embedded SQLite backend, on rusqlite: its migrations, reads and
+//! writes. (sqlx's SQLite driver hands every statement to a thread of the
+//! connection's own and back; for the primary-key lookups and
 //! one-row writes this server makes, those two thread switches cost more
-//! than the statement. Here reads run on the calling thread (a lookup in
+//! than the statement.) Here reads run on the calling thread (a lookup in
 //! SQLite's page cache takes microseconds), and all writes run on one
 //! thread of their own that commits whatever is queued in one transaction
 //! (group commit), in the order it arrived.
@@ -59,6 +59,64 @@ fn open(path: &Path) -> Result<Connection> {
     // limit it keeps its largest size for ever once started over.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(conn)
+}
+
+/// The schema, in order; each applied once, in a transaction of its own,
+/// and recorded in `_sqlx_migrations` (the table and the form in which
+/// earlier versions, which migrated with sqlx, recorded theirs).
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, "audit time", include_str!("../../migrations/sqlite/0002_audit_time.sql")),
+];
+
+/// Creates or brings up to date the tables of the database at `path`.
+/// Refuses a database that a newer version has migrated further.
+pub fn migrate(path: &Path) -> Result<()> {
+    use sha2::Digest;
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT)?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+            version BIGINT PRIMARY KEY,
+            description TEXT NOT NULL,
+            installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            success BOOLEAN NOT NULL,
+            checksum BLOB NOT NULL,
+            execution_time BIGINT NOT NULL
+        )",
+    )?;
+    let applied: Vec<i64> = {
+        let mut st = conn.prepare("SELECT version FROM _sqlx_migrations WHERE success")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if let Some(v) = applied.iter().find(|v| **v > known) {
+        return Err(Error::internal(format!(
+            "{} was migrated by a newer gatepass-server (schema version {v}; this one knows up to {known})",
+            path.display()
+        )));
+    }
+    for (version, description, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (?1, ?2, TRUE, ?3, ?4)",
+            rusqlite::params![
+                version,
+                description,
+                sha2::Sha384::digest(sql.as_bytes()).to_vec(),
+                i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX)
+            ],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
 }
 
 /// Bytes the WAL file is cut back to when it is started over.
@@ -426,6 +484,69 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn versions(path: &Path) -> Vec<i64> {
+        let c = Connection::open(path).unwrap();
+        let mut st = c
+            .prepare("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn a_database_migrated_by_an_earlier_version_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // As sqlx left it: the first migration applied and recorded.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+                 installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL,
+                 checksum BLOB NOT NULL, execution_time BIGINT NOT NULL);
+                 INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES (1, 'init', TRUE, x'00', 1);",
+            )
+            .unwrap();
+            c.execute_batch(MIGRATIONS[0].2).unwrap();
+            c.execute(
+                "INSERT INTO audit_events (line) VALUES (?1), ('not json')",
+                [r#"{"time":"2026-01-01T00:00:10Z","type":"request"}"#],
+            )
+            .unwrap();
+        }
+        migrate(&path).unwrap();
+        assert_eq!(versions(&path), vec![1, 2]);
+        let c = Connection::open(&path).unwrap();
+        let at: Vec<i64> = {
+            let mut st = c.prepare("SELECT at FROM audit_events ORDER BY id").unwrap();
+            let rows = st.query_map([], |r| r.get(0)).unwrap();
+            rows.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        // A line's own time; 0 for one that carries none.
+        assert_eq!(at, vec![1_767_225_610, 0]);
+        // Again: nothing to do.
+        migrate(&path).unwrap();
+        assert_eq!(versions(&path), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        migrate(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES (99, 'future', TRUE, x'00', 1)",
+                [],
+            )
+            .unwrap();
+        let e = migrate(&path).unwrap_err().to_string();
+        assert!(e.contains("newer gatepass-server"), "{e}");
+    }
 
     #[test]
     fn urls_name_their_file() {

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use crate::error::{Error, Result};
@@ -197,7 +197,7 @@ impl Writer {
     }
 
     /// Starts `tasks` writer tasks on a PostgreSQL pool.
-    pub fn postgres(pool: AnyPool, tasks: usize) -> Writer {
+    pub fn postgres(pool: PgPool, tasks: usize) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..tasks.max(1) {
@@ -235,7 +235,7 @@ impl Writer {
     }
 }
 
-async fn run(pool: AnyPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     loop {
         let mut jobs = Vec::new();
         {
@@ -260,7 +260,7 @@ fn has_duplicate_keys(unit: &Unit) -> bool {
     unit.ops.iter().any(|op| !seen.insert(op.key()))
 }
 
-async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
+async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>) {
     let mut together: Vec<(Unit, oneshot::Sender<Result<Applied>>)> = Vec::new();
     let mut alone = Vec::new();
     for job in jobs {
@@ -332,7 +332,7 @@ async fn apply_jobs(pool: &AnyPool, jobs: Vec<Job>) {
     }
 }
 
-async fn insert_audit(pool: &AnyPool, lines: &[AuditLine]) -> Result<()> {
+async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
     for chunk in lines.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO audit_events (line, at) VALUES {}",
@@ -349,7 +349,7 @@ async fn insert_audit(pool: &AnyPool, lines: &[AuditLine]) -> Result<()> {
 
 /// PostgreSQL's upkeep: its own autovacuum makes deleted rows' space
 /// reusable, so there is nothing to give back here.
-async fn upkeep(pool: &AnyPool, task: Upkeep) -> Result<u64> {
+async fn upkeep(pool: &PgPool, task: Upkeep) -> Result<u64> {
     match task {
         Upkeep::PruneAudit { before, limit } => Ok(sqlx::query(PRUNE_AUDIT)
             .bind(limit)
@@ -399,7 +399,7 @@ fn list(n: usize) -> String {
 
 /// Inserts the rows whose keys are free; returns the keys it stored.
 async fn insert_free(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'static, Postgres>,
     rows: &[(&str, &[u8])],
 ) -> Result<HashSet<String>> {
     let mut stored = HashSet::new();
@@ -421,7 +421,7 @@ async fn insert_free(
 
 /// Deletes the keys; returns the deleted keys with their values.
 async fn delete_returning(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'static, Postgres>,
     keys: &[&str],
 ) -> Result<HashMap<String, Vec<u8>>> {
     let mut gone = HashMap::new();
@@ -441,7 +441,7 @@ async fn delete_returning(
     Ok(gone)
 }
 
-async fn upsert(tx: &mut Transaction<'static, Any>, rows: &[(&str, &[u8])]) -> Result<()> {
+async fn upsert(tx: &mut Transaction<'static, Postgres>, rows: &[(&str, &[u8])]) -> Result<()> {
     for chunk in rows.chunks(CHUNK) {
         let sql = format!(
             "INSERT INTO entries (key, value) VALUES {} \
@@ -481,7 +481,7 @@ impl<'a> Claims<'a> {
     }
 }
 
-async fn batch(pool: &AnyPool, units: &[&Unit]) -> Result<Vec<Applied>> {
+async fn batch(pool: &PgPool, units: &[&Unit]) -> Result<Vec<Applied>> {
     let mut out: Vec<Applied> = units.iter().map(|u| Applied::new(u)).collect();
     let mut tx = pool.begin().await?;
 
@@ -581,7 +581,7 @@ async fn batch(pool: &AnyPool, units: &[&Unit]) -> Result<Vec<Applied>> {
 
 /// Applies one unit op by op in its own transaction: the exact meaning of
 /// a unit, for units the batch cannot take and after a batch failed.
-async fn one_by_one(pool: &AnyPool, unit: &Unit) -> Result<Applied> {
+async fn one_by_one(pool: &PgPool, unit: &Unit) -> Result<Applied> {
     let mut out = Applied::new(unit);
     let mut tx = pool.begin().await?;
     for (i, op) in unit.ops.iter().enumerate() {
