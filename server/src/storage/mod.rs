@@ -9,12 +9,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
 
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
 mod health;
+mod postgres;
 pub mod snapshot;
 mod sqlite;
 mod writer;
@@ -428,13 +428,7 @@ impl Storage {
         self.run(async {
             match &self.db {
                 Db::Sqlite(db) => db.get(key),
-                Db::Postgres(pool) => {
-                    let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
-                        .bind(key)
-                        .fetch_optional(pool)
-                        .await?;
-                    Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
-                }
+                Db::Postgres(pool) => postgres::get(pool, key).await,
             }
         })
         .await
@@ -453,20 +447,7 @@ impl Storage {
     ) -> Result<Vec<String>> {
         match &self.db {
             Db::Sqlite(db) => db.keys(from, to, limit),
-            Db::Postgres(pool) => {
-                let rows = sqlx::query(
-                    "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
-                )
-                .bind(from)
-                .bind(to)
-                // PostgreSQL has no "no limit" number; more rows than exist.
-                .bind(limit.unwrap_or(i64::MAX))
-                .fetch_all(pool)
-                .await?;
-                rows.iter()
-                    .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
-                    .collect()
-            }
+            Db::Postgres(pool) => postgres::keys(pool, from, to, limit).await,
         }
     }
 
@@ -812,13 +793,7 @@ impl Storage {
     pub async fn size_bytes(&self) -> Result<u64> {
         match &self.db {
             Db::Sqlite(db) => Ok(sqlite::size_on_disk(db.path())),
-            Db::Postgres(pool) => {
-                let row =
-                    sqlx::query("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
-                        .fetch_one(pool)
-                        .await?;
-                Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
-            }
+            Db::Postgres(pool) => postgres::size(pool).await,
         }
     }
 
@@ -847,18 +822,7 @@ impl Storage {
         self.run(async {
             match &self.db {
                 Db::Sqlite(db) => db.audit_rows(after, limit),
-                Db::Postgres(pool) => {
-                    let rows = sqlx::query(
-                        "SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
-                    )
-                    .bind(after)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?;
-                    rows.iter()
-                        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
-                        .collect()
-                }
+                Db::Postgres(pool) => postgres::audit_rows(pool, after, limit).await,
             }
         })
         .await

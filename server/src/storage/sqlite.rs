@@ -65,8 +65,16 @@ fn open(path: &Path) -> Result<Connection> {
 /// and recorded in `_sqlx_migrations` (the table and the form in which
 /// earlier versions, which migrated with sqlx, recorded theirs).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
-    (2, "audit time", include_str!("../../migrations/sqlite/0002_audit_time.sql")),
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "audit time",
+        include_str!("../../migrations/sqlite/0002_audit_time.sql"),
+    ),
 ];
 
 /// Creates or brings up to date the tables of the database at `path`.
@@ -520,7 +528,9 @@ mod tests {
         assert_eq!(versions(&path), vec![1, 2]);
         let c = Connection::open(&path).unwrap();
         let at: Vec<i64> = {
-            let mut st = c.prepare("SELECT at FROM audit_events ORDER BY id").unwrap();
+            let mut st = c
+                .prepare("SELECT at FROM audit_events ORDER BY id")
+                .unwrap();
             let rows = st.query_map([], |r| r.get(0)).unwrap();
             rows.collect::<rusqlite::Result<_>>().unwrap()
         };

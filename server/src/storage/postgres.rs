@@ -1,0 +1,506 @@
+//! The PostgreSQL backend: the writer tasks' batches (see `writer.rs` for
+//! what a batch means) and the reads, on sqlx's PostgreSQL driver. Several
+//! servers may share the database: every compare and every guard is
+//! decided by the database itself, never by what one server remembers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::writer::{Applied, AuditLine, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, PRUNE_AUDIT};
+use crate::error::{Error, Result};
+
+/// Rows per statement: well under PostgreSQL's limit on bound parameters.
+const CHUNK: usize = 200;
+
+pub async fn get(pool: &PgPool, key: &str) -> Result<Option<Vec<u8>>> {
+    let row = sqlx::query("SELECT value FROM entries WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| r.try_get::<Vec<u8>, _>(0)).transpose()?)
+}
+
+/// Keys `from <= key < to` in byte order, at most `limit` (all when None).
+pub async fn keys(pool: &PgPool, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
+    let rows =
+        sqlx::query("SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3")
+            .bind(from)
+            .bind(to)
+            // PostgreSQL has no "no limit" number; more rows than exist.
+            .bind(limit.unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
+        .collect()
+}
+
+pub async fn audit_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+    let rows = sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
+        .collect()
+}
+
+/// The database's size in bytes.
+pub async fn size(pool: &PgPool) -> Result<u64> {
+    let row = sqlx::query("SELECT CAST(pg_database_size(current_database()) AS BIGINT)")
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
+}
+
+pub async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            jobs.push(first);
+            while jobs.len() < MAX_UNITS {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        apply_jobs(&pool, jobs).await;
+    }
+}
+
+fn has_duplicate_keys(unit: &Unit) -> bool {
+    let mut seen = HashSet::new();
+    unit.ops.iter().any(|op| !seen.insert(op.key()))
+}
+
+async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>) {
+    let mut together: Vec<(Unit, oneshot::Sender<Result<Applied>>)> = Vec::new();
+    let mut alone = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Audit { lines, reply } => {
+                let _ = reply.send(insert_audit(pool, &lines).await.map(|()| Applied::empty()));
+            }
+            Job::Upkeep { task, reply } => {
+                let _ = reply.send(upkeep(pool, task).await.map(Applied::counted));
+            }
+            Job::Unit { unit, reply } => {
+                // A swap compares against the value as it is when the swap
+                // runs; the batch applies ops by kind, which could run it
+                // before or after another unit's put of the same key in
+                // ways its caller never saw. Swaps are rare (consumable
+                // counts), so their units get a transaction of their own.
+                if has_duplicate_keys(&unit) || unit.ops.is_empty() || unit.has_swap() {
+                    alone.push((unit, reply));
+                } else {
+                    together.push((unit, reply));
+                }
+            }
+        }
+    }
+    if !together.is_empty() {
+        let units: Vec<&Unit> = together.iter().map(|(u, _)| u).collect();
+        match batch(pool, &units).await {
+            Ok(results) => {
+                for ((_, reply), r) in together.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) if together.len() == 1 => {
+                if let Some((_, reply)) = together.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Err(e) if super::health::unavailable_cause(&e).is_some() => {
+                // The database is down or unreachable: every unit would
+                // fail the same way, each after waiting out the pool's
+                // timeout in turn.
+                if let Some(cause) = super::health::unavailable_cause(&e) {
+                    for (_, reply) in together {
+                        let _ = reply.send(Err(cause.to_error()));
+                    }
+                }
+            }
+            Err(e) => {
+                // One unit's failure (or a deadlock with another server) must
+                // not fail the others: the batch was rolled back, so each is
+                // tried again on its own.
+                tracing::warn!(error = %e, units = together.len(), "batched write failed; applying its units one by one");
+                alone.extend(together);
+            }
+        }
+    }
+    let mut down = None;
+    for (unit, reply) in alone {
+        // Once the database is found down, the rest fail the same way at
+        // once rather than each after the pool's timeout.
+        let r = match &down {
+            Some(cause) => Err(super::health::Cause::to_error(cause)),
+            None => one_by_one(pool, &unit).await,
+        };
+        if let Err(e) = &r {
+            down = super::health::unavailable_cause(e);
+        }
+        let _ = reply.send(r);
+    }
+}
+
+async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
+    for chunk in lines.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO audit_events (line, at) VALUES {}",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for l in chunk {
+            q = q.bind(l.line.as_str()).bind(l.at);
+        }
+        q.execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL's upkeep: its own autovacuum makes deleted rows' space
+/// reusable, so there is nothing to give back here.
+async fn upkeep(pool: &PgPool, task: Upkeep) -> Result<u64> {
+    match task {
+        Upkeep::PruneAudit { before, limit } => Ok(sqlx::query(PRUNE_AUDIT)
+            .bind(limit)
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected()),
+        Upkeep::Vacuum { .. } => Ok(0),
+    }
+}
+
+/// `(` `$1,$2` `),(` … numbered from 1, `cols` per row.
+fn values(rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            s.push(',');
+        }
+        s.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                s.push(',');
+            }
+            s.push('$');
+            s.push_str(&(r * cols + c + 1).to_string());
+        }
+        s.push(')');
+    }
+    s
+}
+
+/// `$1,$2,…,$n`.
+fn list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Inserts the rows whose keys are free; returns the keys it stored.
+async fn insert_free(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[(&str, &[u8])],
+) -> Result<HashSet<String>> {
+    let mut stored = HashSet::new();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entries (key, value) VALUES {} ON CONFLICT (key) DO NOTHING RETURNING key",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, v) in chunk {
+            q = q.bind(*k).bind(*v);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            stored.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(stored)
+}
+
+/// Deletes the keys; returns the deleted keys with their values.
+async fn delete_returning(
+    tx: &mut Transaction<'static, Postgres>,
+    keys: &[&str],
+) -> Result<HashMap<String, Vec<u8>>> {
+    let mut gone = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "DELETE FROM entries WHERE key IN ({}) RETURNING key, value",
+            list(chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            gone.insert(row.try_get::<String, _>(0)?, row.try_get::<Vec<u8>, _>(1)?);
+        }
+    }
+    Ok(gone)
+}
+
+async fn upsert(tx: &mut Transaction<'static, Postgres>, rows: &[(&str, &[u8])]) -> Result<()> {
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entries (key, value) VALUES {} \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            values(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, v) in chunk {
+            q = q.bind(*k).bind(*v);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// (unit, op) positions of the ops of one kind, first claimant of each key
+/// first; later claimants of a key already claimed in this phase find it
+/// gone (deletes, takes) or taken (inserts).
+struct Claims<'a> {
+    first: HashMap<&'a str, (usize, usize)>,
+    keys: Vec<&'a str>,
+}
+
+impl<'a> Claims<'a> {
+    fn new() -> Claims<'a> {
+        Claims {
+            first: HashMap::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn claim(&mut self, key: &'a str, at: (usize, usize)) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.first.entry(key) {
+            e.insert(at);
+            self.keys.push(key);
+        }
+    }
+}
+
+async fn batch(pool: &PgPool, units: &[&Unit]) -> Result<Vec<Applied>> {
+    let mut out: Vec<Applied> = units.iter().map(|u| Applied::new(u)).collect();
+    let mut tx = pool.begin().await?;
+
+    // 1. Guards decide which units apply at all.
+    let mut guards = Claims::new();
+    let mut guard_values: HashMap<&str, &[u8]> = HashMap::new();
+    for (u, unit) in units.iter().enumerate() {
+        if !unit.guarded {
+            continue;
+        }
+        match unit.ops.first() {
+            Some(Op::Insert { key, value }) if !guards.first.contains_key(key.as_str()) => {
+                guards.claim(key, (u, 0));
+                guard_values.insert(key, value);
+            }
+            // A second unit guarding the same key loses to the first; a guard
+            // that is not an insert guards nothing and is refused.
+            _ => out[u] = Applied::refused(unit),
+        }
+    }
+    if !guards.keys.is_empty() {
+        let rows: Vec<(&str, &[u8])> = guards.keys.iter().map(|k| (*k, guard_values[k])).collect();
+        let stored = insert_free(&mut tx, &rows).await?;
+        for (key, &(u, _)) in &guards.first {
+            if stored.contains(*key) {
+                out[u].outcomes[0].hit = true;
+            } else {
+                out[u] = Applied::refused(units[u]);
+            }
+        }
+    }
+
+    // 2–5. The other ops of the units that apply, by kind.
+    let mut takes = Claims::new();
+    let mut deletes = Claims::new();
+    let mut inserts = Claims::new();
+    let mut inserts_v: HashMap<&str, &[u8]> = HashMap::new();
+    // Puts: the last one of a key wins, as if applied in order.
+    let mut puts: HashMap<&str, &[u8]> = HashMap::new();
+    let mut put_order: Vec<&str> = Vec::new();
+    for (u, unit) in units.iter().enumerate() {
+        if !out[u].applied {
+            continue;
+        }
+        let skip = usize::from(unit.guarded);
+        for (i, op) in unit.ops.iter().enumerate().skip(skip) {
+            match op {
+                Op::Take { key } => takes.claim(key, (u, i)),
+                Op::Delete { key } => deletes.claim(key, (u, i)),
+                Op::Insert { key, value } => {
+                    inserts.claim(key, (u, i));
+                    inserts_v.entry(key).or_insert(value);
+                }
+                Op::Put { key, value } => {
+                    if puts.insert(key, value).is_none() {
+                        put_order.push(key);
+                    }
+                    out[u].outcomes[i].hit = true;
+                }
+                Op::Swap { .. } => {
+                    return Err(Error::internal("a swap reached a batched write"));
+                }
+            }
+        }
+    }
+    if !takes.keys.is_empty() {
+        let mut gone = delete_returning(&mut tx, &takes.keys).await?;
+        for (key, &(u, i)) in &takes.first {
+            if let Some(v) = gone.remove(*key) {
+                out[u].outcomes[i] = Outcome {
+                    hit: true,
+                    value: Some(v),
+                };
+            }
+        }
+    }
+    if !deletes.keys.is_empty() {
+        let gone = delete_returning(&mut tx, &deletes.keys).await?;
+        for (key, &(u, i)) in &deletes.first {
+            out[u].outcomes[i].hit = gone.contains_key(*key);
+        }
+    }
+    if !inserts.keys.is_empty() {
+        let rows: Vec<(&str, &[u8])> = inserts.keys.iter().map(|k| (*k, inserts_v[k])).collect();
+        let stored = insert_free(&mut tx, &rows).await?;
+        for (key, &(u, i)) in &inserts.first {
+            out[u].outcomes[i].hit = stored.contains(*key);
+        }
+    }
+    if !put_order.is_empty() {
+        let rows: Vec<(&str, &[u8])> = put_order.iter().map(|k| (*k, puts[k])).collect();
+        upsert(&mut tx, &rows).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Applies one unit op by op in its own transaction: the exact meaning of
+/// a unit, for units the batch cannot take and after a batch failed.
+async fn one_by_one(pool: &PgPool, unit: &Unit) -> Result<Applied> {
+    let mut out = Applied::new(unit);
+    let mut tx = pool.begin().await?;
+    for (i, op) in unit.ops.iter().enumerate() {
+        let outcome = match op {
+            Op::Insert { key, value } => {
+                let done = sqlx::query(
+                    "INSERT INTO entries (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(key.as_str())
+                .bind(value.as_slice())
+                .execute(&mut *tx)
+                .await?;
+                Outcome {
+                    hit: done.rows_affected() == 1,
+                    value: None,
+                }
+            }
+            Op::Put { key, value } => {
+                upsert(&mut tx, &[(key.as_str(), value.as_slice())]).await?;
+                Outcome {
+                    hit: true,
+                    value: None,
+                }
+            }
+            Op::Swap {
+                key,
+                expected,
+                value,
+            } => {
+                // Under READ COMMITTED a concurrent writer's row lock makes
+                // this wait, then the WHERE is checked again against the row
+                // that writer committed: the compare is exact across servers.
+                let done = match value {
+                    Some(v) => {
+                        sqlx::query("UPDATE entries SET value = $1 WHERE key = $2 AND value = $3")
+                            .bind(v.as_slice())
+                            .bind(key.as_str())
+                            .bind(expected.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM entries WHERE key = $1 AND value = $2")
+                            .bind(key.as_str())
+                            .bind(expected.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                };
+                Outcome {
+                    hit: done.rows_affected() == 1,
+                    value: None,
+                }
+            }
+            Op::Delete { key } | Op::Take { key } => {
+                let mut gone = delete_returning(&mut tx, &[key.as_str()]).await?;
+                let value = gone.remove(key.as_str());
+                Outcome {
+                    hit: value.is_some(),
+                    value: if matches!(op, Op::Take { .. }) {
+                        value
+                    } else {
+                        None
+                    },
+                }
+            }
+        };
+        if i == 0 && !unit.guard_holds(op, &outcome) {
+            tx.rollback().await?;
+            return Ok(Applied::refused(unit));
+        }
+        out.outcomes[i] = outcome;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_in_order() {
+        assert_eq!(values(2, 2), "($1,$2),($3,$4)");
+        assert_eq!(values(1, 1), "($1)");
+        assert_eq!(list(3), "$1,$2,$3");
+    }
+
+    #[test]
+    fn units_naming_a_key_twice_are_applied_alone() {
+        let dup = Unit {
+            ops: vec![
+                Op::Delete { key: "a".into() },
+                Op::Put {
+                    key: "a".into(),
+                    value: vec![],
+                },
+            ],
+            guarded: false,
+        };
+        assert!(has_duplicate_keys(&dup));
+        let distinct = Unit {
+            ops: vec![Op::Delete { key: "a".into() }, Op::Take { key: "b".into() }],
+            guarded: false,
+        };
+        assert!(!has_duplicate_keys(&distinct));
+    }
+}
