@@ -71,27 +71,13 @@ impl Files {
             db: len("gatepass.db"),
             wal: len("gatepass.db-wal") + len("gatepass.db-shm"),
             audit: len("audit.log"),
-            all: dir_bytes(dir),
+            all: crate::memory::dir_bytes(dir),
         }
     }
 
     fn storage(&self) -> u64 {
         self.db + self.wal
     }
-}
-
-fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 #[derive(Default)]

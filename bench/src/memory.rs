@@ -88,7 +88,7 @@ fn data_dir(pid: u32) -> anyhow::Result<PathBuf> {
 }
 
 /// Bytes in the files under `dir` (their length, not blocks).
-fn dir_bytes(dir: &Path) -> u64 {
+pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -82,19 +82,7 @@ pub(super) async fn add_to_agent(
     // Signals are caught from here on, so Ctrl-C cannot leave the key behind.
     let signals = Signals::new()?;
     // A tmpfs such as /run/user/UID keeps the key off the disk entirely.
-    let base = dirs::runtime_dir()
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("gatepass-agent-")
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(&base)
-        .map_err(|e| {
-            Error::Local(format!(
-                "cannot create a private folder in {}: {e}",
-                base.display()
-            ))
-        })?;
+    let dir = super::sshfiles::private_dir("gatepass-agent-")?;
     let mut signals = signals;
     let result = load_into_agent(
         dir.path(),

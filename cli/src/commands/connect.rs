@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -166,7 +166,7 @@ pub async fn connect(global: &GlobalArgs, args: ConnectArgs) -> Result<u8> {
 
     // Local and unauthenticated preparations first, so that a failure there
     // does not cost a credential.
-    let dir = private_dir()?;
+    let dir = super::sshfiles::private_dir("gatepass-connect-")?;
     let known_hosts = match host_ca_keys(global, &args, &mut signals).await? {
         Some((keys, from)) => {
             let text: String = keys
@@ -357,27 +357,6 @@ fn check_ssh_option(o: &str) -> Result<()> {
             "--ssh-option {o:?}: expected KEY=VALUE, e.g. ServerAliveInterval=30"
         )))
     }
-}
-
-/// The private folder for this connection: `gatepass-connect-*`, 0700, in
-/// $XDG_RUNTIME_DIR (a tmpfs: keys never reach a disk) or else $TMPDIR.
-fn private_dir() -> Result<tempfile::TempDir> {
-    let base = dirs::runtime_dir()
-        .filter(|d| d.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("gatepass-connect-")
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir_in(&base)
-        .map_err(|e| {
-            Error::Local(format!(
-                "cannot create a private folder in {}: {e}",
-                base.display()
-            ))
-        })?;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::Local(format!("cannot make {} private: {e}", dir.path().display())))?;
-    Ok(dir)
 }
 
 /// A new file with its mode set at creation (not subject to the umask).

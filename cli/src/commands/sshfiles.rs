@@ -178,6 +178,29 @@ pub(super) fn write_atomic(
     fs::File::open(dir)?.sync_all()
 }
 
+/// A private folder for keys of the moment (`PREFIX*`, 0700) in
+/// $XDG_RUNTIME_DIR (a tmpfs: keys never reach a disk) or else $TMPDIR,
+/// removed when dropped.
+pub fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let base = dirs::runtime_dir()
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir_in(&base)
+        .map_err(|e| {
+            Error::Local(format!(
+                "cannot create a private folder in {}: {e}",
+                base.display()
+            ))
+        })?;
+    // Whatever the umask did to the mode asked for.
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::Local(format!("cannot make {} private: {e}", dir.path().display())))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

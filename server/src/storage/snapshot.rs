@@ -520,12 +520,7 @@ fn save_sqlite<W: Write>(
     let err = sqlite_error(target);
     // Read-write without create, but made unable to write: the file must
     // exist, and nothing here changes it.
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(&err)?;
-    conn.busy_timeout(SQLITE_WAIT).map_err(&err)?;
+    let mut conn = open_existing(path, target)?;
     conn.pragma_update(None, "query_only", true).map_err(&err)?;
     // A deferred transaction: its first read fixes the state every later
     // read in it sees, whatever the server commits meanwhile.
@@ -690,6 +685,19 @@ fn same_file(file: &Path, checked: Header, read: Header) -> Result<()> {
     }
 }
 
+/// A connection to an existing database file (never creating one), that
+/// waits for a lock up to [`SQLITE_WAIT`].
+fn open_existing(path: &Path, target: &str) -> Result<Connection> {
+    let err = sqlite_error(target);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(&err)?;
+    conn.busy_timeout(SQLITE_WAIT).map_err(&err)?;
+    Ok(conn)
+}
+
 /// Creates the file (private, as `serve` does) and its tables.
 async fn migrate_sqlite(path: &Path, target: &str) -> Result<()> {
     crate::private::create_file(path)
@@ -715,12 +723,7 @@ fn restore_sqlite(
     checked: Header,
 ) -> Result<()> {
     let err = sqlite_error(target);
-    let mut conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(&err)?;
-    conn.busy_timeout(SQLITE_WAIT).map_err(&err)?;
+    let mut conn = open_existing(path, target)?;
     // The write lock from the start: nothing else writes while the
     // storage is found empty and filled. Dropped without commit, the
     // transaction rolls back, so an error anywhere leaves it as it was.
