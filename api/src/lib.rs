@@ -5,6 +5,7 @@
 pub mod docs;
 pub mod hosts;
 pub mod lenient;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +30,12 @@ pub struct Envelope {
     pub warnings: Option<Vec<String>>,
     #[serde(default)]
     pub auth: Option<Auth>,
+}
+
+/// An envelope's `data` as a response type of [`ssh`] or [`hosts`]; None
+/// when the answer has no `data` or it is not of that shape.
+pub fn data_of<T: serde::de::DeserializeOwned>(envelope: &Value) -> Option<T> {
+    envelope.get("data").and_then(|d| T::deserialize(d).ok())
 }
 
 /// The `auth` block of a login.

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use gatepass_api::hosts::{
-    Ack, DynamicKey, EnrollRequest, Enrolled, HostState, JoinToken, Mapping, NewJoinToken,
-    SignHostKey, SignedHostKey,
+    Ack, DynamicKey, EnrollRequest, Enrolled, HostInfo, HostState, JoinToken, Mapping,
+    NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -22,8 +22,6 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::token::{self, NewToken, TokenEntry};
 use crate::error::{Error, Result};
-use crate::http::{no_route, Reply};
-use crate::request::{Operation, Request};
 use crate::ssh::{self, certs, creds, issuers, principal::Principal, sign};
 use crate::state::Core;
 use crate::storage::Change;
@@ -135,6 +133,11 @@ pub fn validate_local_user(u: &str) -> Result<()> {
     }
 }
 
+/// Whether `id_or_name` can name a host: a host ID or a valid host name.
+pub fn is_host_ref(id_or_name: &str) -> bool {
+    uuid::Uuid::parse_str(id_or_name).is_ok() || validate_hostname(id_or_name).is_ok()
+}
+
 fn validate_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 253
@@ -157,8 +160,7 @@ async fn require_mount(core: &Core, path: &str) -> Result<mounts::Mount> {
         .ok_or_else(|| Error::invalid(format!("no ssh mount at {path:?}")))
 }
 
-pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
-    let spec: NewJoinToken = req.fields.parse()?;
+pub async fn new_join_token(core: &Core, spec: NewJoinToken, now: i64) -> Result<JoinToken> {
     let ttl = match &spec.ttl {
         Some(t) => duration::parse(t)
             .ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
@@ -194,7 +196,7 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
     let text = format!("gpj.{}", crate::auth::random_text(40));
     let entry = JoinEntry {
         accessor: crate::auth::random_text(24),
-        expire_time: req.now + ttl,
+        expire_time: now + ttl,
         uses_left: uses,
         config: HostConfig {
             user_mount,
@@ -322,8 +324,7 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
         .ok_or_else(invalid)
 }
 
-pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
-    let r: EnrollRequest = req.fields.parse()?;
+pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled> {
     validate_hostname(&r.hostname)?;
     let addresses: Vec<IpAddr> = r
         .addresses
@@ -349,10 +350,10 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     // operator can unenroll the old host and retry with the same token; the
     // join token is checked first so that only its holders learn which
     // names are taken.
-    peek_join_token(core, &r.join_token, req.now).await?;
+    peek_join_token(core, &r.join_token, now).await?;
     let id = uuid::Uuid::new_v4().to_string();
-    claim_name(core, &r.hostname, &id, r.replace, req.now).await?;
-    let join = match spend_join_token(core, &r.join_token, req.now).await {
+    claim_name(core, &r.hostname, &id, r.replace, now).await?;
+    let join = match spend_join_token(core, &r.join_token, now).await {
         Ok(j) => j,
         Err(e) => {
             release_name(core, &r.hostname, &id).await?;
@@ -373,7 +374,7 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
             path: "hosts/enroll".into(),
             ..NewToken::default()
         },
-        req.now,
+        now,
     )
     .await?;
     let host = Host {
@@ -381,8 +382,8 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
         hostname: r.hostname,
         addresses,
         host_keys,
-        enrolled: req.now,
-        last_seen: req.now,
+        enrolled: now,
+        last_seen: now,
         token_accessor: tok.accessor,
         config: join.config.clone(),
     };
@@ -397,19 +398,19 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     })
 }
 
-fn host_json(h: &Host) -> Value {
-    json!({
-        "host_id": h.id,
-        "hostname": h.hostname,
-        "addresses": h.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "host_keys": h.host_keys,
-        "enrolled": crate::clock::rfc3339(h.enrolled),
-        "last_seen": crate::clock::rfc3339(h.last_seen),
-        "user_mount": h.config.user_mount,
-        "host_mount": h.config.host_mount,
-        "host_role": h.config.host_role,
-        "principals": h.config.principals,
-    })
+pub fn host_info(h: &Host) -> HostInfo {
+    HostInfo {
+        host_id: h.id.clone(),
+        hostname: h.hostname.clone(),
+        addresses: h.addresses.iter().map(|a| a.to_string()).collect(),
+        host_keys: h.host_keys.clone(),
+        enrolled: crate::clock::rfc3339(h.enrolled),
+        last_seen: crate::clock::rfc3339(h.last_seen),
+        user_mount: h.config.user_mount.clone(),
+        host_mount: h.config.host_mount.clone(),
+        host_role: h.config.host_role.clone(),
+        principals: h.config.principals.clone(),
+    }
 }
 
 /// An enrolled host by ID or hostname (through the name index: one host
@@ -464,7 +465,7 @@ pub async fn migrate(core: &Core) -> Result<()> {
 }
 
 /// The host a host token belongs to.
-async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
+pub async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
     let id = caller
         .and_then(|c| c.host_id.as_ref())
         .ok_or_else(|| Error::invalid("this path needs a host token (from hosts/enroll)"))?;
@@ -586,7 +587,7 @@ pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
 
 /// Long-poll: answers at once if the state differs from `index`, otherwise
 /// when it changes or after `wait`.
-async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<HostState> {
+pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<HostState> {
     let mut changes = core.storage.subscribe();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
@@ -604,8 +605,12 @@ async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<H
     }
 }
 
-async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<SignedHostKey> {
-    let r: SignHostKey = req.fields.parse()?;
+pub async fn sign_host_key(
+    core: &Core,
+    host: &Host,
+    r: &SignHostKey,
+    now: i64,
+) -> Result<SignedHostKey> {
     let key = sign::parse_public_key(&r.public_key)?;
     let text = key
         .to_openssh()
@@ -653,7 +658,7 @@ async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<Signed
         display_name: format!("host-{}", host.hostname),
         meta: Default::default(),
     };
-    let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, req.now).await?;
+    let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, now).await?;
     Ok(SignedHostKey {
         signed_key: format!(
             "{}\n",
@@ -676,7 +681,7 @@ pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
 }
 
 /// Removes a host and its name, and revokes its token.
-async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
+pub async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
     remove_host(core, host, now).await?;
     release_name(core, &host.hostname, &host.id).await
 }
@@ -707,99 +712,48 @@ async fn touch(core: &Core, id: &str, now: i64) -> Result<()> {
     seen.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
 }
 
-fn data<T: Serialize>(v: &T) -> Result<Reply> {
-    Ok(Reply::Data(
-        serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
-    ))
-}
-
-pub fn is_unauthenticated(req: &Request) -> bool {
-    req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
-}
-
-pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
-    use Operation::*;
-    let segs: Vec<&str> = req.path.split('/').collect();
-    let f = &req.fields;
-    match (&segs[1..], req.op) {
-        (["join-tokens"], Write) => data(&new_join_token(core, req).await?),
-        (["enroll"], Write) => data(&enroll(core, req).await?),
-        (["self", "state"], Read) => {
-            let host = own_host(core, caller).await?;
-            if req.now - host.last_seen >= 60 {
-                touch(core, &host.id, req.now).await?;
-            }
-            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
-            let wait = f.duration("wait")?.unwrap_or(0);
-            data(&poll_state(core, &host, index, wait).await?)
-        }
-        (["self", "sign-host-key"], Write) => {
-            let host = own_host(core, caller).await?;
-            data(&sign_host_key(core, &host, req).await?)
-        }
-        (["self", "ack"], Write) => {
-            let host = own_host(core, caller).await?;
-            let ack: Ack = f.parse()?;
-            for lease in &ack.installed {
-                crate::leases::check_id(lease)?;
-                core.storage
-                    .put(
-                        &installed_key(lease),
-                        &json!({ "host_id": host.id, "time": req.now }),
-                    )
-                    .await?;
-            }
-            Ok(Reply::NoContent)
-        }
-        (["self", "unenroll"], Write) => {
-            let host = own_host(core, caller).await?;
-            unenroll(core, &host, req.now).await?;
-            Ok(Reply::NoContent)
-        }
-        (["self"], Read) => Ok(Reply::Data(host_json(&own_host(core, caller).await?))),
-        ([], List) => {
-            let keys = core.storage.list("hosts/host/").await?;
-            Ok(Reply::List(keys))
-        }
-        (["mappings"], List) => Ok(Reply::List(mappings(core).await?.into_keys().collect())),
-        (["mappings", user], Read) => {
-            validate_local_user(user)?;
-            Ok(
-                match core.storage.get::<Mapping>(&mapping_key(user)).await? {
-                    Some(m) => Reply::Data(json!({ "principals": m.principals })),
-                    None => Reply::NotFound,
-                },
-            )
-        }
-        (["mappings", user], Write) => {
-            validate_local_user(user)?;
-            let mapping: Mapping = f.parse()?;
-            for p in &mapping.principals {
-                Principal::new(p)?;
-            }
-            core.storage.put(&mapping_key(user), &mapping).await?;
-            Ok(Reply::NoContent)
-        }
-        (["mappings", user], Delete) => {
-            validate_local_user(user)?;
-            core.storage.delete(&mapping_key(user)).await?;
-            Ok(Reply::NoContent)
-        }
-        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
-            Err(Error::UnsupportedOperation)
-        }
-        ([id], Read) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
-            Ok(match find(core, id).await? {
-                Some(h) => Reply::Data(host_json(&h)),
-                None => Reply::NotFound,
-            })
-        }
-        ([id], Delete) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
-            if let Some(h) = find(core, id).await? {
-                unenroll(core, &h, req.now).await?;
-            }
-            Ok(Reply::NoContent)
-        }
-        _ => Err(no_route(&req.path)),
+/// Records that a host asked for its state, at most once a minute.
+pub async fn seen(core: &Core, host: &Host, now: i64) -> Result<()> {
+    if now - host.last_seen >= 60 {
+        touch(core, &host.id, now).await?;
     }
+    Ok(())
+}
+
+/// Records the dynamic keys a host reports installed.
+pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
+    for lease in &ack.installed {
+        crate::leases::check_id(lease)?;
+        core.storage
+            .put(
+                &installed_key(lease),
+                &json!({ "host_id": host.id, "time": now }),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The IDs of the enrolled hosts.
+pub async fn list(core: &Core) -> Result<Vec<String>> {
+    core.storage.list("hosts/host/").await
+}
+
+pub async fn mapping(core: &Core, user: &str) -> Result<Option<Mapping>> {
+    validate_local_user(user)?;
+    core.storage.get::<Mapping>(&mapping_key(user)).await
+}
+
+pub async fn set_mapping(core: &Core, user: &str, mapping: &Mapping) -> Result<()> {
+    validate_local_user(user)?;
+    for p in &mapping.principals {
+        Principal::new(p)?;
+    }
+    core.storage.put(&mapping_key(user), mapping).await
+}
+
+pub async fn delete_mapping(core: &Core, user: &str) -> Result<()> {
+    validate_local_user(user)?;
+    core.storage.delete(&mapping_key(user)).await?;
+    Ok(())
 }

@@ -3,9 +3,11 @@
 //! the domain module for its path (`routes`), audits it, and shapes Vault's
 //! response envelope or `{"errors":[…]}`.
 
+mod auth;
+mod hosts;
 mod routes;
-
-pub use routes::no_route;
+mod ssh;
+mod sys;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -69,6 +71,37 @@ pub fn app(core: State) -> Router {
             )
         })
         .with_state(core)
+}
+
+/// 404 for a path no route serves, in Vault's words.
+pub fn no_route(path: &str) -> Error {
+    Error::NotFound(format!(
+        "no handler for route {path:?}. route entry not found."
+    ))
+}
+
+/// A typed response as the envelope's `data`.
+fn data<T: serde::Serialize>(v: &T) -> Result<Reply> {
+    Ok(Reply::Data(
+        serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// The one place where the domain's error becomes an HTTP status.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Error::PermissionDenied => StatusCode::FORBIDDEN,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
+        Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Storage(_)
+        | Error::Sqlite(_)
+        | Error::Migrate(_)
+        | Error::Io(_)
+        | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 fn error_body(status: StatusCode, msg: &str) -> Response {
@@ -174,7 +207,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     let result = process(&core, &request, &mut caller).await;
     let status = match &result {
         Ok(r) => reply_status(r),
-        Err(e) => e.status(),
+        Err(e) => status_of(e),
     };
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
@@ -224,10 +257,11 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     match result {
         Ok(reply) => shape(reply, warnings, request_id),
         Err(e) => {
-            if e.status().is_server_error() {
+            let status = status_of(&e);
+            if status.is_server_error() {
                 tracing::error!(path = %request.path, error = %e, "request failed");
             }
-            error_body(e.status(), &e.public_message())
+            error_body(status, &e.public_message())
         }
     }
 }

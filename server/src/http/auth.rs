@@ -1,0 +1,198 @@
+//! Routes under `auth/`: tokens, AppRole and userpass. Each arm reads the
+//! path and fields, calls the auth module, and picks the reply shape.
+
+use super::routes::{caller_of, ok_or_404};
+use super::{no_route, Reply};
+use crate::auth::token::{self, TokenEntry};
+use crate::auth::{approle, userpass};
+use crate::error::{Error, Result};
+use crate::policies;
+use crate::request::{Operation, Request};
+use crate::state::Core;
+
+pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let now = req.now;
+    match (segs.as_slice(), req.op) {
+        // ---- auth/token --------------------------------------------------
+        (["auth", "token", "create"], Write) => {
+            let (text, e) = token::handle_create(core, req, caller_of(caller)?, false).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "create-orphan"], Write) => {
+            let (text, e) = token::handle_create(core, req, caller_of(caller)?, true).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "lookup-self"], Read | Write) => {
+            let c = caller_of(caller)?;
+            Ok(Reply::Data(token::lookup_json(
+                req.token.as_deref().unwrap_or(""),
+                c,
+                now,
+            )))
+        }
+        (["auth", "token", "lookup"], Write | Read) => {
+            let (text, e) = token::lookup_by_field(core, req).await?;
+            Ok(Reply::Data(token::lookup_json(&text, &e, now)))
+        }
+        (["auth", "token", "lookup-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            Ok(Reply::Data(token::lookup_json("", &e, now)))
+        }
+        (["auth", "token", "renew-self"], Write) => {
+            let c = caller_of(caller)?.clone();
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, c, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json(
+                req.token.as_deref().unwrap_or(""),
+                &e,
+                now,
+            )))
+        }
+        (["auth", "token", "renew"], Write) => {
+            let (text, e) = token::lookup_by_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "token", "renew-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            Ok(Reply::Auth(token::auth_json("", &e, now)))
+        }
+        (["auth", "token", "revoke-self"], Write) => {
+            token::revoke(core, caller_of(caller)?, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke"], Write) => {
+            let (_, e) = token::lookup_by_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-orphan"], Write) => {
+            let c = caller_of(caller)?;
+            if !policies::has_sudo(core, c, &req.path).await? {
+                return Err(Error::PermissionDenied);
+            }
+            let (_, e) = token::lookup_by_field(core, req).await?;
+            token::revoke(core, &e, true).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-accessor"], Write) => {
+            let e = token::lookup_by_accessor_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "accessors"], List) => Ok(Reply::List(token::accessors(core).await?)),
+
+        // ---- auth/approle ------------------------------------------------
+        (["auth", "approle", "login"], Write) => {
+            let (text, e) = approle::login(core, req).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
+        (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
+            approle::read_role(core, name)
+                .await?
+                .map(|r| approle::role_json(&r)),
+        )),
+        (["auth", "approle", "role", name], Write) => {
+            approle::write_role(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name], Delete) => {
+            approle::delete_role(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "role-id"], Read) => {
+            Ok(Reply::Data(approle::role_id(core, name).await?))
+        }
+        (["auth", "approle", "role", name, "role-id"], Write) => {
+            approle::set_role_id(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, req, false).await?,
+        )),
+        (["auth", "approle", "role", name, "custom-secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, req, true).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id"], List) => Ok(Reply::List(
+            approle::list_secret_accessors(core, name).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => {
+            Ok(ok_or_404(approle::lookup_secret(core, name, req).await?))
+        }
+        (["auth", "approle", "role", name, "secret-id", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, req, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id-accessor", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, req, true).await?;
+            Ok(Reply::NoContent)
+        }
+
+        // ---- auth/userpass -----------------------------------------------
+        (["auth", "userpass", "login", name], Write) => {
+            let (text, e) = userpass::login(core, name, req).await?;
+            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+        }
+        (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
+        (["auth", "userpass", "users", name], Read) => {
+            Ok(ok_or_404(userpass::read_user(core, name).await?))
+        }
+        (["auth", "userpass", "users", name], Write) => {
+            userpass::write_user(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name], Delete) => {
+            userpass::delete_user(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "password"], Write) => {
+            userpass::set_password(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "policies"], Write) => {
+            userpass::set_policies(core, name, req).await?;
+            Ok(Reply::NoContent)
+        }
+
+        (["auth", "token" | "approle" | "userpass", ..], _) if known_path(&segs) => {
+            Err(Error::UnsupportedOperation)
+        }
+        _ => Err(no_route(&req.path)),
+    }
+}
+
+/// Paths under `auth/` that exist for some operation: another operation
+/// gets 405, not 404.
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["auth", "token", _]
+            | ["auth", "approle", "login" | "role"]
+            | ["auth", "approle", "role", _]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "role-id" | "secret-id" | "custom-secret-id"
+            ]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "secret-id" | "secret-id-accessor",
+                _
+            ]
+            | ["auth", "userpass", "users"]
+            | ["auth", "userpass", "users", _]
+            | ["auth", "userpass", "users", _, "password" | "policies"]
+            | ["auth", "userpass", "login", _]
+    )
+}
