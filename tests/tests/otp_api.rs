@@ -2,7 +2,7 @@
 //! leases, in-process on SQLite and PostgreSQL.
 
 use axum::http::StatusCode;
-use gatepass_tests::inproc::{Server, BACKENDS};
+use gatepass_tests::inproc::{Backend, Server, BACKENDS};
 use serde_json::{json, Value};
 
 async fn setup(s: &Server) {
@@ -425,6 +425,51 @@ async fn dynamic_keys_and_leases() {
             .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
+}
+
+#[tokio::test]
+async fn a_dynamic_key_is_stored_with_its_lease_or_not_at_all() {
+    let s = Server::start(Backend::Sqlite).await;
+    setup(&s).await;
+    // The database refuses lease rows (as a full disk or a failing
+    // database would refuse a write half-way through).
+    let db = rusqlite::Connection::open(s.dir.path().join("gp.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_leases BEFORE INSERT ON entries WHEN NEW.key LIKE 'lease/%' \
+         BEGIN SELECT RAISE(ABORT, 'no leases today'); END;",
+    )
+    .unwrap();
+    let (st, v) = s
+        .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    // No key was left waiting for its host without a lease to end it.
+    db.execute_batch("DROP TRIGGER no_leases").unwrap();
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "a key without a lease: {keys:?}");
+    // Once the database takes writes again, key and lease come together.
+    let (st, v) = s
+        .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _) = s
+        .root(
+            "POST",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": v["lease_id"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -270,33 +270,34 @@ pub async fn create(
                 .to_openssh()
                 .map_err(|e| Error::internal(e.to_string()))?;
             let key = dynkey_key(m, &id);
-            core.storage
-                .put(
-                    &key,
-                    &DynamicKey {
-                        username: user.clone(),
-                        ip: ip.to_string(),
-                        role_name: role.name.clone(),
-                        lease_id: lease_id.clone(),
-                        public_key: public,
-                        key_option_specs: role.key_option_specs.clone(),
-                        expire_time: now + ttl,
-                    },
-                )
-                .await?;
-            leases::create(
-                core,
-                &Lease {
-                    id: lease_id.clone(),
-                    secret_key: key,
-                    issue_time: now,
-                    expire_time: now + ttl,
-                    last_renewal: None,
-                    renewable: true,
-                    max_expire: now + max,
-                },
-            )
-            .await?;
+            let entry = DynamicKey {
+                username: user.clone(),
+                ip: ip.to_string(),
+                role_name: role.name.clone(),
+                lease_id: lease_id.clone(),
+                public_key: public,
+                key_option_specs: role.key_option_specs.clone(),
+                expire_time: now + ttl,
+            };
+            let lease = Lease {
+                id: lease_id.clone(),
+                secret_key: key.clone(),
+                issue_time: now,
+                expire_time: now + ttl,
+                last_renewal: None,
+                renewable: true,
+                max_expire: now + max,
+            };
+            // The key and its lease in one transaction, as an OTP's: a key
+            // never waits for its host without a lease to expire it.
+            let mut items = vec![(
+                key,
+                serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?,
+            )];
+            items.extend(leases::records(&lease)?);
+            if !core.storage.put_many(&items, true).await? {
+                return Err(Error::internal("dynamic key collision"));
+            }
             let pem = private
                 .to_openssh(LineEnding::LF)
                 .map_err(|e| Error::internal(e.to_string()))?;
