@@ -33,8 +33,8 @@ use zeroize::Zeroizing;
 
 use super::creds::{expect_kind, request_creds, resolve, revoke_quietly, Destination};
 use super::ssh::{
-    agent_lifetime, check_agent, data_str, engine_path, load_into_agent, mount_path, now,
-    parse_ca_keys, parse_cert, serial, unwrap_json_errors, with_comment, Signals,
+    agent_lifetime, check_agent, engine_path, load_into_agent, mount_path, now, parse_ca_keys,
+    parse_cert, serial, signed_key, unwrap_json_errors, with_comment, Signals,
 };
 use super::{Ctx, GlobalArgs};
 use crate::askpass;
@@ -469,7 +469,7 @@ async fn prepare_ca(
     let resp = interruptible(signals, ctx.call("POST", &path, Some(&body), &action))
         .await?
         .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-    let signed = data_str(&resp, "signed_key", &action)?;
+    let signed = &signed_key(&resp, &action)?;
     let cert = parse_cert(signed, &action)?;
     if cert.public_key() != key.public_key().key_data() {
         return Err(Error::Local(format!(

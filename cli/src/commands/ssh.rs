@@ -363,7 +363,7 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
         .call("POST", &path, Some(&body), &action)
         .await?
         .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-    let signed = data_str(&resp, "signed_key", &action)?;
+    let signed = &signed_key(&resp, &action)?;
     let cert = parse_cert(signed, &action)?;
     if cert.public_key() != public.key_data() {
         return Err(Error::Local(format!(
@@ -520,7 +520,7 @@ async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
             )))
         }
     };
-    let signed = data_str(&resp, "signed_key", &action)?.to_string();
+    let signed = signed_key(&resp, &action)?;
     let cert = parse_cert(&signed, &action)?;
     let mut private = PrivateKey::from_openssh(private_text.trim()).map_err(|e| {
         Error::Local(format!(
@@ -1074,11 +1074,12 @@ fn option_map(items: &[String], flag: &str, bare_ok: bool) -> Result<Map<String,
     Ok(m)
 }
 
-pub(super) fn data_str<'a>(resp: &'a Value, key: &str, action: &str) -> Result<&'a str> {
-    resp.pointer(&format!("/data/{key}"))
-        .and_then(Value::as_str)
+/// The certificate in a `sign` or `issue` answer.
+pub(super) fn signed_key(resp: &Value, action: &str) -> Result<String> {
+    gatepass_api::data_of::<gatepass_api::ssh::SignedKey>(resp)
+        .map(|d| d.signed_key)
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no {key}")))
+        .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no signed_key")))
 }
 
 pub(super) fn parse_cert(text: &str, action: &str) -> Result<Certificate> {

@@ -18,8 +18,8 @@ use ssh_key::{Algorithm, Certificate, LineEnding, PrivateKey};
 use zeroize::Zeroizing;
 
 use super::ssh::{
-    add_to_agent, check_agent, check_pattern, data_str, engine_path, home, mount_path, now,
-    parse_ca_keys, parse_cert, serial, ssh_add_missing, unwrap_json_errors, with_comment,
+    add_to_agent, check_agent, check_pattern, engine_path, home, mount_path, now, parse_ca_keys,
+    parse_cert, serial, signed_key, ssh_add_missing, unwrap_json_errors, with_comment,
     write_user_file,
 };
 use super::{Ctx, GlobalArgs};
@@ -328,7 +328,7 @@ pub async fn proxy(ctx: &Ctx, args: ProxyArgs) -> Result<()> {
             .call("POST", &path, Some(&body), &action)
             .await?
             .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
-        let signed = data_str(&resp, "signed_key", &action)?;
+        let signed = &signed_key(&resp, &action)?;
         let cert = parse_cert(signed, &action)?;
         if cert.public_key() != key.public_key().key_data() {
             return Err(Error::Local(format!(
