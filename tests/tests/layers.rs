@@ -2,8 +2,9 @@
 //! (`http/`, and the listener in `serve.rs`, `tls.rs`, `main.rs`, `lib.rs`)
 //! knows about HTTP. Domain modules take typed inputs and return typed
 //! outputs or `Error`; they never name axum, the `http` crate,
-//! `crate::http` or its `Reply`. And the ssh engine does not call hosts
-//! (hosts builds on ssh, not the other way round).
+//! `crate::http` or its `Reply`. The ssh engine does not call hosts (hosts
+//! builds on ssh, not the other way round), and state.rs holds what is open
+//! while bootstrap.rs sets storage up.
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,21 @@ fn the_ssh_engine_does_not_call_hosts() {
     assert!(
         bad.is_empty(),
         "ssh/ must not use crate::hosts (resolve hosts in the HTTP layer):\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_state_only_holds_what_is_open() {
+    // First-time set-up and upgrades (root token, policies, mounts, data
+    // migrations) are bootstrap.rs's.
+    let bad = offending(
+        &["token", "mounts", "ensure_default", "migrate", "initialize"],
+        Some("state.rs"),
+    );
+    assert!(
+        bad.is_empty(),
+        "state.rs must not set up or upgrade storage (that is bootstrap.rs):\n{}",
         bad.join("\n")
     );
 }
