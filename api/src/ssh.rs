@@ -35,7 +35,7 @@ pub struct IssuedKey {
     pub signed_key: String,
     /// OpenSSH private key (PEM-like text).
     pub private_key: String,
-    /// `ssh-ed25519`, `ssh-rsa` or `ecdsa-sha2-nistp256`, ….
+    /// `ed25519`, `rsa` or `ec`.
     pub private_key_type: String,
 }
 

@@ -240,6 +240,13 @@ async fn enroll_state_sign_and_mappings() {
     assert_eq!(v["data"]["keys"], json!([host_id]));
     let (_, v) = s.root("GET", &format!("hosts/{host_id}"), None).await;
     assert_eq!(v["data"]["hostname"], "web1.example.com");
+    let info: gatepass_api::hosts::HostInfo = gatepass_api::data_of(&v).unwrap();
+    assert_eq!(
+        serde_json::to_value(&info).unwrap(),
+        v["data"],
+        "HostInfo's fields"
+    );
+    assert_eq!(info.addresses, ["10.0.0.7", "fd00::7"]);
     assert_eq!(
         s.root("DELETE", &format!("hosts/{host_id}"), None).await.0,
         StatusCode::NO_CONTENT
