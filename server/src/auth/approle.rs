@@ -327,13 +327,17 @@ fn ip_allowed(cidrs: &[ipnet::IpNet], ip: Option<IpAddr>) -> bool {
 
 /// `auth/approle/login`: checks the role ID and secret ID, spends one use of
 /// the secret ID and issues a token.
-pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
+pub async fn login(
+    core: &Core,
+    role_id: &str,
+    secret: &str,
+    client_ip: Option<IpAddr>,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
     let invalid = || Error::invalid("invalid role or secret ID");
-    let role_id = req.fields.required_str("role_id")?;
-    let secret = req.fields.str("secret_id")?.unwrap_or_default();
     let ptr: Pointer = core
         .storage
-        .get(&role_id_key(&role_id))
+        .get(&role_id_key(role_id))
         .await?
         .ok_or_else(invalid)?;
     let role: Role = core
@@ -341,23 +345,23 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
         .get(&role_key(&ptr.target))
         .await?
         .ok_or_else(invalid)?;
-    if !ip_allowed(&role.secret_id_bound_cidrs, req.client_ip) {
+    if !ip_allowed(&role.secret_id_bound_cidrs, client_ip) {
         return Err(Error::invalid("source address not allowed by the role"));
     }
     if role.bind_secret_id {
         if secret.is_empty() {
             return Err(Error::invalid("missing secret_id"));
         }
-        let key = secret_key(&role.name, &core.hasher.hash(&secret));
+        let key = secret_key(&role.name, &core.hasher.hash(secret));
         let s: SecretId = core.storage.get(&key).await?.ok_or_else(invalid)?;
-        if s.expire_time.is_some_and(|e| e <= req.now) {
+        if s.expire_time.is_some_and(|e| e <= now) {
             core.storage.delete(&key).await?;
             core.storage
                 .delete(&secret_accessor_key(&role.name, &s.accessor))
                 .await?;
             return Err(invalid());
         }
-        if !ip_allowed(&s.cidr_list, req.client_ip) {
+        if !ip_allowed(&s.cidr_list, client_ip) {
             return Err(Error::invalid(
                 "source address not allowed by the secret ID",
             ));
@@ -400,5 +404,5 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
         path: "auth/approle/login".into(),
         ..NewToken::default()
     };
-    token::create(core, spec, req.now).await
+    token::create(core, spec, now).await
 }

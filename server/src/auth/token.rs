@@ -585,21 +585,6 @@ pub async fn renew(
         .ok_or_else(|| Error::invalid("the token was revoked"))
 }
 
-pub async fn lookup_by_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
-    let text = req.fields.required_str("token")?;
-    let e = lookup(core, &text, req.now)
-        .await?
-        .ok_or_else(|| Error::invalid("bad token"))?;
-    Ok((text, e))
-}
-
-pub async fn lookup_by_accessor_field(core: &Core, req: &Request) -> Result<TokenEntry> {
-    let acc = req.fields.required_str("accessor")?;
-    lookup_accessor(core, &acc, req.now)
-        .await?
-        .ok_or_else(|| Error::invalid("invalid accessor"))
-}
-
 pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Result<()> {
     if orphan_children {
         revoke_orphan(core, e).await

@@ -33,11 +33,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             )))
         }
         (["auth", "token", "lookup"], Write | Read) => {
-            let (text, e) = token::lookup_by_field(core, req).await?;
+            let (text, e) = token_in_field(core, req).await?;
             Ok(Reply::Data(token::lookup_json(&text, &e, now)))
         }
         (["auth", "token", "lookup-accessor"], Write) => {
-            let e = token::lookup_by_accessor_field(core, req).await?;
+            let e = token_of_accessor_field(core, req).await?;
             Ok(Reply::Data(token::lookup_json("", &e, now)))
         }
         (["auth", "token", "renew-self"], Write) => {
@@ -51,13 +51,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             )))
         }
         (["auth", "token", "renew"], Write) => {
-            let (text, e) = token::lookup_by_field(core, req).await?;
+            let (text, e) = token_in_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, e, inc, now).await?;
             Ok(Reply::Auth(token::auth_json(&text, &e, now)))
         }
         (["auth", "token", "renew-accessor"], Write) => {
-            let e = token::lookup_by_accessor_field(core, req).await?;
+            let e = token_of_accessor_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, e, inc, now).await?;
             Ok(Reply::Auth(token::auth_json("", &e, now)))
@@ -67,7 +67,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::NoContent)
         }
         (["auth", "token", "revoke"], Write) => {
-            let (_, e) = token::lookup_by_field(core, req).await?;
+            let (_, e) = token_in_field(core, req).await?;
             token::revoke(core, &e, false).await?;
             Ok(Reply::NoContent)
         }
@@ -76,12 +76,12 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             if !policies::has_sudo(core, c, &req.path).await? {
                 return Err(Error::PermissionDenied);
             }
-            let (_, e) = token::lookup_by_field(core, req).await?;
+            let (_, e) = token_in_field(core, req).await?;
             token::revoke(core, &e, true).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "token", "revoke-accessor"], Write) => {
-            let e = token::lookup_by_accessor_field(core, req).await?;
+            let e = token_of_accessor_field(core, req).await?;
             token::revoke(core, &e, false).await?;
             Ok(Reply::NoContent)
         }
@@ -89,7 +89,9 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
 
         // ---- auth/approle ------------------------------------------------
         (["auth", "approle", "login"], Write) => {
-            let (text, e) = approle::login(core, req).await?;
+            let role_id = req.fields.required_str("role_id")?;
+            let secret_id = req.fields.str("secret_id")?.unwrap_or_default();
+            let (text, e) = approle::login(core, &role_id, &secret_id, req.client_ip, now).await?;
             Ok(Reply::Auth(token::auth_json(&text, &e, now)))
         }
         (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
@@ -165,6 +167,23 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
         _ => Err(no_route(&req.path)),
     }
+}
+
+/// The token named in the `token` field, and its text.
+pub(super) async fn token_in_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
+    let text = req.fields.required_str("token")?;
+    let e = token::lookup(core, &text, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("bad token"))?;
+    Ok((text, e))
+}
+
+/// The token whose accessor is in the `accessor` field.
+async fn token_of_accessor_field(core: &Core, req: &Request) -> Result<TokenEntry> {
+    let acc = req.fields.required_str("accessor")?;
+    token::lookup_accessor(core, &acc, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("invalid accessor"))
 }
 
 /// Paths under `auth/` that exist for some operation: another operation

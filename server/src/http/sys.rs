@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
-use crate::auth::token::{self, TokenEntry};
+use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::policy::Acl;
 use crate::request::{Operation, Request};
@@ -210,7 +210,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             capabilities(core, c, req).await
         }
         (["sys", "capabilities"], Write) => {
-            let (_, target) = token::lookup_by_field(core, req).await?;
+            let (_, target) = super::auth::token_in_field(core, req).await?;
             capabilities(core, &target, req).await
         }
         (["sys", "audit"], Read) => Ok(Reply::Data(match &core.audit {
