@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::token::{self, NewToken, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
-use crate::request::Request;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -73,9 +73,8 @@ pub async fn list_roles(core: &Core) -> Result<Vec<String>> {
     core.storage.list("approle/role/").await
 }
 
-pub async fn write_role(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn write_role(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let name = validate_role_name(name)?;
-    let f = &req.fields;
     let existing: Option<Role> = core.storage.get(&role_key(&name)).await?;
     let mut role = existing.clone().unwrap_or_else(|| Role {
         name: name.clone(),
@@ -181,16 +180,21 @@ pub async fn role_id(core: &Core, name: &str) -> Result<Value> {
     Ok(json!({ "role_id": role.role_id }))
 }
 
-pub async fn set_role_id(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn set_role_id(core: &Core, name: &str, f: &Fields) -> Result<()> {
     existing_role(core, name).await?;
-    req.fields.required_str("role_id")?;
-    write_role(core, name, req).await
+    f.required_str("role_id")?;
+    write_role(core, name, f).await
 }
 
 /// Generates (or, with `custom`, accepts) a secret ID for a role.
-pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool) -> Result<Value> {
+pub async fn new_secret_id(
+    core: &Core,
+    name: &str,
+    f: &Fields,
+    custom: bool,
+    now: i64,
+) -> Result<Value> {
     let role = existing_role(core, name).await?;
-    let f = &req.fields;
     let secret = if custom {
         let s = f.required_str("secret_id")?;
         if s.len() < 16 {
@@ -231,8 +235,8 @@ pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool)
     };
     let entry = SecretId {
         accessor: uuid::Uuid::new_v4().to_string(),
-        creation_time: req.now,
-        expire_time: (ttl > 0).then_some(req.now + ttl),
+        creation_time: now,
+        expire_time: (ttl > 0).then_some(now + ttl),
         num_uses,
         cidr_list: cidrs,
         metadata: f.str_map("metadata")?.unwrap_or_default(),
@@ -277,27 +281,22 @@ fn secret_json(s: &SecretId) -> Value {
     })
 }
 
-pub async fn lookup_secret(core: &Core, name: &str, req: &Request) -> Result<Option<Value>> {
+pub async fn lookup_secret(core: &Core, name: &str, f: &Fields, now: i64) -> Result<Option<Value>> {
     let role = existing_role(core, name).await?;
-    let secret = req.fields.required_str("secret_id")?;
+    let secret = f.required_str("secret_id")?;
     let key = secret_key(&role.name, &core.hasher.hash(&secret));
     Ok(core
         .storage
         .get::<SecretId>(&key)
         .await?
-        .filter(|s| s.expire_time.is_none_or(|e| e > req.now))
+        .filter(|s| s.expire_time.is_none_or(|e| e > now))
         .map(|s| secret_json(&s)))
 }
 
-pub async fn destroy_secret(
-    core: &Core,
-    name: &str,
-    req: &Request,
-    by_accessor: bool,
-) -> Result<()> {
+pub async fn destroy_secret(core: &Core, name: &str, f: &Fields, by_accessor: bool) -> Result<()> {
     let role = existing_role(core, name).await?;
     let hash = if by_accessor {
-        let acc = req.fields.required_str("secret_id_accessor")?;
+        let acc = f.required_str("secret_id_accessor")?;
         match core
             .storage
             .take::<Pointer>(&secret_accessor_key(&role.name, &acc))
@@ -307,7 +306,7 @@ pub async fn destroy_secret(
             None => return Ok(()),
         }
     } else {
-        core.hasher.hash(&req.fields.required_str("secret_id")?)
+        core.hasher.hash(&f.required_str("secret_id")?)
     };
     if let Some(s) = core
         .storage

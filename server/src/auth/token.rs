@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::policies;
-use crate::request::Request;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -393,12 +393,13 @@ pub fn lookup_json(text: &str, e: &TokenEntry, now: i64) -> Value {
 /// `auth/token/create` and `create-orphan`.
 pub async fn handle_create(
     core: &Core,
-    req: &Request,
+    f: &Fields,
+    path: &str,
     caller: &TokenEntry,
     force_orphan: bool,
+    now: i64,
 ) -> Result<(String, TokenEntry)> {
-    let f = &req.fields;
-    let privileged = caller.is_root() || policies::has_sudo(core, caller, &req.path).await?;
+    let privileged = caller.is_root() || policies::has_sudo(core, caller, path).await?;
     let requested = match f.str_list("policies")? {
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,
@@ -491,7 +492,7 @@ pub async fn handle_create(
         expire_limit: caller.expire_time,
         host_id: None,
     };
-    create(core, spec, req.now).await
+    create(core, spec, now).await
 }
 
 /// The addresses a new token made by `caller` may be used from: the

@@ -1,13 +1,13 @@
 //! Routes under `auth/`: tokens, AppRole and userpass. Each arm reads the
 //! path and fields, calls the auth module, and picks the reply shape.
 
+use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::{self, TokenEntry};
 use crate::auth::{approle, userpass};
 use crate::error::{Error, Result};
 use crate::policies;
-use crate::request::{Operation, Request};
 use crate::state::Core;
 
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
@@ -17,11 +17,15 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
     match (segs.as_slice(), req.op) {
         // ---- auth/token --------------------------------------------------
         (["auth", "token", "create"], Write) => {
-            let (text, e) = token::handle_create(core, req, caller_of(caller)?, false).await?;
+            let (text, e) =
+                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, false, now)
+                    .await?;
             Ok(Reply::Auth(token::auth_json(&text, &e, now)))
         }
         (["auth", "token", "create-orphan"], Write) => {
-            let (text, e) = token::handle_create(core, req, caller_of(caller)?, true).await?;
+            let (text, e) =
+                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, true, now)
+                    .await?;
             Ok(Reply::Auth(token::auth_json(&text, &e, now)))
         }
         (["auth", "token", "lookup-self"], Read | Write) => {
@@ -101,7 +105,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                 .map(|r| approle::role_json(&r)),
         )),
         (["auth", "approle", "role", name], Write) => {
-            approle::write_role(core, name, req).await?;
+            approle::write_role(core, name, &req.fields).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "approle", "role", name], Delete) => {
@@ -112,33 +116,33 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::Data(approle::role_id(core, name).await?))
         }
         (["auth", "approle", "role", name, "role-id"], Write) => {
-            approle::set_role_id(core, name, req).await?;
+            approle::set_role_id(core, name, &req.fields).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "approle", "role", name, "secret-id"], Write) => Ok(Reply::Data(
-            approle::new_secret_id(core, name, req, false).await?,
+            approle::new_secret_id(core, name, &req.fields, false, now).await?,
         )),
         (["auth", "approle", "role", name, "custom-secret-id"], Write) => Ok(Reply::Data(
-            approle::new_secret_id(core, name, req, true).await?,
+            approle::new_secret_id(core, name, &req.fields, true, now).await?,
         )),
         (["auth", "approle", "role", name, "secret-id"], List) => Ok(Reply::List(
             approle::list_secret_accessors(core, name).await?,
         )),
-        (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => {
-            Ok(ok_or_404(approle::lookup_secret(core, name, req).await?))
-        }
+        (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => Ok(ok_or_404(
+            approle::lookup_secret(core, name, &req.fields, now).await?,
+        )),
         (["auth", "approle", "role", name, "secret-id", "destroy"], Write | Delete) => {
-            approle::destroy_secret(core, name, req, false).await?;
+            approle::destroy_secret(core, name, &req.fields, false).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "approle", "role", name, "secret-id-accessor", "destroy"], Write | Delete) => {
-            approle::destroy_secret(core, name, req, true).await?;
+            approle::destroy_secret(core, name, &req.fields, true).await?;
             Ok(Reply::NoContent)
         }
 
         // ---- auth/userpass -----------------------------------------------
         (["auth", "userpass", "login", name], Write) => {
-            let (text, e) = userpass::login(core, name, req).await?;
+            let (text, e) = userpass::login(core, name, &req.fields, now).await?;
             Ok(Reply::Auth(token::auth_json(&text, &e, now)))
         }
         (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
@@ -146,7 +150,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(ok_or_404(userpass::read_user(core, name).await?))
         }
         (["auth", "userpass", "users", name], Write) => {
-            userpass::write_user(core, name, req).await?;
+            userpass::write_user(core, name, &req.fields).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "userpass", "users", name], Delete) => {
@@ -154,11 +158,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::NoContent)
         }
         (["auth", "userpass", "users", name, "password"], Write) => {
-            userpass::set_password(core, name, req).await?;
+            userpass::set_password(core, name, &req.fields).await?;
             Ok(Reply::NoContent)
         }
         (["auth", "userpass", "users", name, "policies"], Write) => {
-            userpass::set_policies(core, name, req).await?;
+            userpass::set_policies(core, name, &req.fields).await?;
             Ok(Reply::NoContent)
         }
 

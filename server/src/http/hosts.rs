@@ -5,11 +5,11 @@
 use gatepass_api::hosts::{Ack, EnrollRequest, Mapping, NewJoinToken, SignHostKey};
 use serde_json::json;
 
+use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::hosts;
-use crate::request::{Operation, Request};
 use crate::state::Core;
 
 /// Enrollment needs no token: the join token is in the body.

@@ -5,9 +5,12 @@
 
 mod auth;
 mod hosts;
+mod request;
 mod routes;
 mod ssh;
 mod sys;
+
+pub use request::{Operation, Request};
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -27,7 +30,8 @@ use crate::metrics::RequestLabels;
 use crate::path::ApiPath;
 use crate::policies;
 use crate::policy::Capability;
-use crate::request::{Fields, Operation, Request};
+
+use crate::request::Fields;
 use crate::state::{Core, State};
 
 /// Request bodies above this are refused with 413 before they are parsed.

@@ -4,11 +4,11 @@
 
 use serde_json::Value;
 
+use super::request::{Operation, Request};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::mounts;
-use crate::request::{Operation, Request};
 use crate::state::Core;
 
 /// Paths anyone may call without a token.

@@ -10,12 +10,13 @@ use gatepass_api::ssh::{IssuedKey, Revoked, RoleNames, SignedKey};
 use serde_json::{json, Map};
 use ssh_key::LineEnding;
 
+use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::{self, TokenEntry};
 use crate::error::{Error, Result};
 use crate::hosts;
 use crate::mounts::Mount;
-use crate::request::{Fields, Operation, Request};
+use crate::request::Fields;
 use crate::ssh::roles::{self, KeyType, Role};
 use crate::ssh::{self, certs, creds, issuers, sign};
 use crate::state::Core;

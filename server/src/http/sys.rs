@@ -5,12 +5,12 @@
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
+use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::policy::Acl;
-use crate::request::{Operation, Request};
 use crate::state::Core;
 use crate::{leases, mounts, policies, ssh};
 
