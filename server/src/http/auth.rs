@@ -3,7 +3,7 @@
 
 use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
-use super::{no_route, Reply};
+use super::{data, no_route, Reply};
 use crate::auth::token::{self, TokenEntry};
 use crate::auth::{approle, userpass};
 use crate::error::{Error, Result};
@@ -20,51 +20,43 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let (text, e) =
                 token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, false, now)
                     .await?;
-            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+            auth(&token::auth(&text, &e, now))
         }
         (["auth", "token", "create-orphan"], Write) => {
             let (text, e) =
                 token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, true, now)
                     .await?;
-            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+            auth(&token::auth(&text, &e, now))
         }
         (["auth", "token", "lookup-self"], Read | Write) => {
             let c = caller_of(caller)?;
-            Ok(Reply::Data(token::lookup_json(
-                req.token.as_deref().unwrap_or(""),
-                c,
-                now,
-            )))
+            data(&token::info(req.token.as_deref().unwrap_or(""), c, now))
         }
         (["auth", "token", "lookup"], Write | Read) => {
             let (text, e) = token_in_field(core, req).await?;
-            Ok(Reply::Data(token::lookup_json(&text, &e, now)))
+            data(&token::info(&text, &e, now))
         }
         (["auth", "token", "lookup-accessor"], Write) => {
             let e = token_of_accessor_field(core, req).await?;
-            Ok(Reply::Data(token::lookup_json("", &e, now)))
+            data(&token::info("", &e, now))
         }
         (["auth", "token", "renew-self"], Write) => {
             let c = caller_of(caller)?.clone();
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, c, inc, now).await?;
-            Ok(Reply::Auth(token::auth_json(
-                req.token.as_deref().unwrap_or(""),
-                &e,
-                now,
-            )))
+            auth(&token::auth(req.token.as_deref().unwrap_or(""), &e, now))
         }
         (["auth", "token", "renew"], Write) => {
             let (text, e) = token_in_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, e, inc, now).await?;
-            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+            auth(&token::auth(&text, &e, now))
         }
         (["auth", "token", "renew-accessor"], Write) => {
             let e = token_of_accessor_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
             let e = token::renew(core, e, inc, now).await?;
-            Ok(Reply::Auth(token::auth_json("", &e, now)))
+            auth(&token::auth("", &e, now))
         }
         (["auth", "token", "revoke-self"], Write) => {
             token::revoke(core, caller_of(caller)?, false).await?;
@@ -96,7 +88,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let role_id = req.fields.required_str("role_id")?;
             let secret_id = req.fields.str("secret_id")?.unwrap_or_default();
             let (text, e) = approle::login(core, &role_id, &secret_id, req.client_ip, now).await?;
-            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+            auth(&token::auth(&text, &e, now))
         }
         (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
         (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
@@ -143,7 +135,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         // ---- auth/userpass -----------------------------------------------
         (["auth", "userpass", "login", name], Write) => {
             let (text, e) = userpass::login(core, name, &req.fields, now).await?;
-            Ok(Reply::Auth(token::auth_json(&text, &e, now)))
+            auth(&token::auth(&text, &e, now))
         }
         (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
         (["auth", "userpass", "users", name], Read) => {
@@ -171,6 +163,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
         _ => Err(no_route(&req.path)),
     }
+}
+
+/// A token's `auth` block as the envelope's `auth`.
+fn auth(a: &gatepass_api::Auth) -> Result<Reply> {
+    Ok(Reply::Auth(
+        serde_json::to_value(a).map_err(|e| Error::internal(e.to_string()))?,
+    ))
 }
 
 /// The token named in the `token` field, and its text.
