@@ -33,9 +33,9 @@ pub struct Core {
     /// Failed OTP verifications per client address.
     pub verify_limiter: FailureLimiter,
     /// The host-independent part of hosts' desired states.
-    pub hosts_cache: crate::hosts::StateCache,
+    pub hosts_cache: crate::hosts::cache::StateCache,
     /// Compiled policies and combined ACLs (see [`crate::policies::acl_for`]).
-    pub acl_cache: crate::policies::AclCache,
+    pub acl_cache: crate::policies::cache::AclCache,
 }
 
 pub type State = Arc<Core>;

@@ -395,7 +395,7 @@ pub async fn handle_create(
     force_orphan: bool,
     now: i64,
 ) -> Result<(String, TokenEntry)> {
-    let privileged = caller.is_root() || policies::has_sudo(core, caller, path).await?;
+    let privileged = caller.is_root() || policies::has_sudo(core, &caller.policies, path).await?;
     let requested = match f.str_list("policies")? {
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,

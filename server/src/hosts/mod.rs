@@ -26,11 +26,13 @@ use crate::state::Core;
 use crate::storage::Change;
 use crate::{duration, mounts};
 
-mod policy;
+pub mod cache;
+pub mod policy;
 mod state;
 
+pub use cache::StateCache;
 pub use policy::{HOST_POLICY, HOST_POLICY_FORMER_TEXTS, HOST_POLICY_TEXT};
-pub use state::{poll_state, state, StateCache};
+pub use state::{poll_state, state};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct JoinEntry {

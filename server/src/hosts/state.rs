@@ -4,13 +4,13 @@
 //! waiting hosts.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
 use gatepass_api::hosts::{DynamicKey, HostState};
 use sha2::{Digest, Sha256};
 
+use super::cache::{Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
 use crate::mounts;
@@ -19,23 +19,6 @@ use crate::state::Core;
 
 /// Longest a state request is held open.
 const MAX_WAIT: i64 = 60;
-
-/// The parts of every host's state that do not depend on the host: CA keys
-/// and KRL per user mount, mappings, every live dynamic key. Built once per
-/// change and shared by all waiting hosts, so a change reaching thousands of
-/// long-polls costs one rebuild, not one per host.
-#[derive(Default)]
-pub struct StateCache {
-    inner: tokio::sync::Mutex<Option<Shared>>,
-}
-
-struct Shared {
-    /// Storage change count and second it was built at.
-    change: u64,
-    now: i64,
-    built: tokio::time::Instant,
-    view: std::sync::Arc<SharedView>,
-}
 
 async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
     let mut guard = core.hosts_cache.inner.lock().await;
@@ -83,13 +66,6 @@ async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
         .as_ref()
         .ok_or_else(|| Error::internal("host state cache empty"))?;
     Ok(s.view.clone())
-}
-
-/// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
-struct SharedView {
-    mounts: BTreeMap<String, (String, String)>,
-    mappings: BTreeMap<String, Vec<String>>,
-    dynamic: Vec<(Option<IpAddr>, DynamicKey)>,
 }
 
 /// Computes a host's desired state; `index` hashes its content.

@@ -69,7 +69,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
         (["auth", "token", "revoke-orphan"], Write) => {
             let c = caller_of(caller)?;
-            if !policies::has_sudo(core, c, &req.path).await? {
+            if !policies::has_sudo(core, &c.policies, &req.path).await? {
                 return Err(Error::PermissionDenied);
             }
             let (_, e) = token_in_field(core, req).await?;

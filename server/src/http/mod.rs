@@ -338,7 +338,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
     let entry = token::authenticate(core, req.token.as_deref(), req.client_ip, req.now).await?;
     *caller = Some(entry.clone());
     if !entry.is_root() {
-        let acl = policies::acl_for(core, &entry).await?;
+        let acl = policies::acl_for(core, &entry.policies).await?;
         let can = |c| acl.allows(&req.path, c);
         let allowed = match req.op {
             Operation::Read => can(Capability::Read),

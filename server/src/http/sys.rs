@@ -328,7 +328,7 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
     let acl: Option<std::sync::Arc<Acl>> = if token.is_root() {
         None
     } else {
-        Some(policies::acl_for(core, token).await?)
+        Some(policies::acl_for(core, &token.policies).await?)
     };
     let mut out = serde_json::Map::new();
     let mut all = Vec::new();
