@@ -4,8 +4,9 @@
 //! outputs or `Error`; they never name axum, the `http` crate,
 //! `crate::http`, its `Reply` or the `Request` it routes (input fields come
 //! as `crate::request::Fields`). The ssh engine does not call hosts (hosts
-//! builds on ssh, not the other way round), and state.rs holds what is open
-//! while bootstrap.rs sets storage up.
+//! builds on ssh, not the other way round), state.rs holds what is open
+//! while bootstrap.rs sets storage up, and no two top-level modules import
+//! each other, directly or through others.
 
 use std::path::{Path, PathBuf};
 
@@ -126,6 +127,160 @@ fn the_state_only_holds_what_is_open() {
     );
 }
 
+/// A file's module path (`ssh/creds.rs` → ssh::creds, `hosts/mod.rs` →
+/// hosts).
+fn module_of(rel: &str) -> Vec<String> {
+    let mut parts: Vec<String> = rel
+        .trim_end_matches(".rs")
+        .split('/')
+        .map(String::from)
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// The module paths a file's code names: `crate::a::b`, `crate::{a, b::c}`,
+/// `super::a` and `super::{a, b}` (one level of braces).
+fn named_paths(rel: &str, code: &str) -> Vec<Vec<String>> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut parent = module_of(rel);
+    parent.pop();
+    let mut out = Vec::new();
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {
+        for (i, _) in code.match_indices(prefix) {
+            if code[..i].chars().next_back().is_some_and(ident) {
+                continue;
+            }
+            let rest = &code[i + prefix.len()..];
+            let path_len = rest
+                .find(|c: char| !(ident(c) || c == ':'))
+                .unwrap_or(rest.len());
+            let path = rest[..path_len].trim_end_matches(':');
+            let mut head = base.clone();
+            head.extend(path.split("::").filter(|s| !s.is_empty()).map(String::from));
+            if rest[path_len..].starts_with('{') {
+                let group = &rest[path_len + 1..];
+                let group = &group[..group.find('}').unwrap_or(group.len())];
+                for item in group.split(',') {
+                    let item = item.trim().split(" as ").next().unwrap_or("");
+                    let mut p = head.clone();
+                    p.extend(
+                        item.split("::")
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty() && *s != "{" && *s != "self")
+                            .map(String::from),
+                    );
+                    out.push(p);
+                }
+            } else {
+                out.push(head);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn domain_modules_form_no_import_cycle() {
+    let src = server_src();
+    let mut paths = Vec::new();
+    rust_files(&src, &mut paths);
+    let rels: Vec<String> = paths
+        .iter()
+        .map(|p| p.strip_prefix(&src).unwrap().to_string_lossy().to_string())
+        .filter(|r| r != "main.rs" && r != "lib.rs")
+        .collect();
+    let modules: Vec<Vec<String>> = rels.iter().map(|r| module_of(r)).collect();
+    // Edges: file -> the files whose modules it names (longest match).
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); rels.len()];
+    for (i, rel) in rels.iter().enumerate() {
+        let text = std::fs::read_to_string(src.join(rel)).unwrap();
+        // Unit tests (at the end of a file) are modules of their own.
+        let text = text.split("#[cfg(test)]").next().unwrap_or("");
+        let code: String = text.lines().map(code).collect::<Vec<_>>().join("\n");
+        for path in named_paths(rel, &code) {
+            let target = (1..=path.len())
+                .rev()
+                .find_map(|n| modules.iter().position(|m| m[..] == path[..n]));
+            if let Some(t) = target.filter(|t| *t != i) {
+                edges[i].push(t);
+            }
+        }
+    }
+    // Strongly connected components (Tarjan); a cycle within one
+    // top-level module (a module and its own files) is allowed.
+    struct Tarjan<'a> {
+        edges: &'a [Vec<usize>],
+        index: Vec<Option<usize>>,
+        low: Vec<usize>,
+        stack: Vec<usize>,
+        on_stack: Vec<bool>,
+        next: usize,
+        sccs: Vec<Vec<usize>>,
+    }
+    impl Tarjan<'_> {
+        fn visit(&mut self, v: usize) {
+            self.index[v] = Some(self.next);
+            self.low[v] = self.next;
+            self.next += 1;
+            self.stack.push(v);
+            self.on_stack[v] = true;
+            for &w in &self.edges[v] {
+                match self.index[w] {
+                    None => {
+                        self.visit(w);
+                        self.low[v] = self.low[v].min(self.low[w]);
+                    }
+                    Some(iw) if self.on_stack[w] => self.low[v] = self.low[v].min(iw),
+                    Some(_) => {}
+                }
+            }
+            if Some(self.low[v]) == self.index[v] {
+                let mut scc = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    self.on_stack[w] = false;
+                    scc.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                self.sccs.push(scc);
+            }
+        }
+    }
+    let n = rels.len();
+    let mut t = Tarjan {
+        edges: &edges,
+        index: vec![None; n],
+        low: vec![0; n],
+        stack: Vec::new(),
+        on_stack: vec![false; n],
+        next: 0,
+        sccs: Vec::new(),
+    };
+    for v in 0..n {
+        if t.index[v].is_none() {
+            t.visit(v);
+        }
+    }
+    let cycles: Vec<Vec<&str>> = t
+        .sccs
+        .iter()
+        .filter(|scc| scc.iter().any(|&f| modules[f][0] != modules[scc[0]][0]))
+        .map(|scc| {
+            let mut files: Vec<&str> = scc.iter().map(|&f| rels[f].as_str()).collect();
+            files.sort_unstable();
+            files
+        })
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "server modules that import each other in a cycle: {cycles:?}"
+    );
+}
+
 #[test]
 fn the_check_sees_what_it_looks_for() {
     assert!(names(&code("use crate::http::{no_route, Reply};"), "http"));
@@ -134,4 +289,19 @@ fn the_check_sees_what_it_looks_for() {
     assert!(!names(&code("// see crate::http"), "http"));
     assert!(!names(&code(r#"let u = "https://x/http";"#), "http"));
     assert!(!names(&code("let https = http_body;"), "http"));
+    let named = named_paths(
+        "ssh/creds.rs",
+        "use crate::{hosts, ssh::roles};\nuse super::roles::{self, Role};\ncrate::hosts::find(x)",
+    );
+    let named: Vec<String> = named.iter().map(|p| p.join("::")).collect();
+    assert_eq!(
+        named,
+        [
+            "hosts",
+            "ssh::roles",
+            "hosts::find",
+            "ssh::roles",
+            "ssh::roles::Role"
+        ]
+    );
 }
