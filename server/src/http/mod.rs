@@ -1,7 +1,9 @@
 //! The HTTP face of the server: one route, `/v1/*`, that turns an HTTP
 //! request into a [`Request`], authenticates and authorizes it, hands it to
-//! the domain module for its path (`routes`), audits it, and shapes Vault's
-//! response envelope or `{"errors":[…]}`.
+//! the routes of its area (`routes` picks one of `sys`, `auth`, `hosts` and
+//! `ssh`, which call the domain), audits it, and shapes Vault's response
+//! envelope or `{"errors":[…]}`. Nothing outside this module knows HTTP:
+//! [`status_of`] is where the domain's error becomes a status.
 
 mod auth;
 mod hosts;
