@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use gatepass_api::ssh::{IssuedKey, Revoked, RoleNames, SignedKey};
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 use ssh_key::LineEnding;
 
 use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::{self, TokenEntry};
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::hosts;
 use crate::mounts::Mount;
@@ -105,12 +106,18 @@ pub async fn route(
             let make_default = f.bool("set_default")?.unwrap_or(false);
             let i = new_issuer(core, m, req, Some(name.to_string()), make_default).await?;
             let default = issuers::default_id(core, m).await?;
-            Ok(Reply::Data(i.to_json(default.as_deref() == Some(&i.id))))
+            Ok(Reply::Data(issuer_json(
+                &i,
+                default.as_deref() == Some(&i.id),
+            )))
         }
         (["issuer", r], Read) => {
             let default = issuers::default_id(core, m).await?;
             match issuers::resolve(core, m, r).await? {
-                Some(i) => Ok(Reply::Data(i.to_json(default.as_deref() == Some(&i.id)))),
+                Some(i) => Ok(Reply::Data(issuer_json(
+                    &i,
+                    default.as_deref() == Some(&i.id),
+                ))),
                 None => Ok(Reply::NotFound),
             }
         }
@@ -118,7 +125,10 @@ pub async fn route(
             let name = f.required_str("issuer_name")?;
             let i = issuers::rename(core, m, r, &name).await?;
             let default = issuers::default_id(core, m).await?;
-            Ok(Reply::Data(i.to_json(default.as_deref() == Some(&i.id))))
+            Ok(Reply::Data(issuer_json(
+                &i,
+                default.as_deref() == Some(&i.id),
+            )))
         }
         (["issuer", r], Delete) => {
             issuers::delete(core, m, r).await?;
@@ -143,7 +153,7 @@ pub async fn route(
         }
         (["roles"], List) => Ok(Reply::List(roles::list(core, m).await?)),
         (["roles", name], Read) => Ok(match roles::read(core, m, name).await? {
-            Some(r) => Reply::Data(roles::to_json(&r)),
+            Some(r) => Reply::Data(role_json(&r)),
             None => Reply::NotFound,
         }),
         (["roles", name], Write) => {
@@ -265,7 +275,7 @@ pub async fn route(
         (["certs"], List) => Ok(Reply::List(certs::list(core, m).await?)),
         (["certs", serial], Read) => Ok(
             match certs::get(core, m, certs::parse_serial(serial)?).await? {
-                Some(r) => Reply::Data(r.to_json()),
+                Some(r) => Reply::Data(cert_json(&r)),
                 None => Reply::NotFound,
             },
         ),
@@ -389,4 +399,90 @@ async fn issue_cert(
         meta: caller.map(|c| c.meta.clone()).unwrap_or_default(),
     };
     ssh::issue_with(core, m, role_name, &input, &who, req.now).await
+}
+
+/// A role as `roles/<name>` shows it: the fields of its key type.
+fn role_json(r: &Role) -> Value {
+    let cidrs = |v: &Vec<ipnet::IpNet>| {
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut v = json!({
+        "key_type": r.key_type.as_str(),
+        "default_user": r.default_user,
+        "default_user_template": r.default_user_template,
+        "allowed_users": r.allowed_users.join(","),
+        "allowed_users_template": r.allowed_users_template,
+        "port": r.port,
+    });
+    let extra = match r.key_type {
+        KeyType::Ca => json!({
+            "allowed_domains": r.allowed_domains.join(","),
+            "allow_bare_domains": r.allow_bare_domains,
+            "allow_subdomains": r.allow_subdomains,
+            "ttl": r.ttl,
+            "max_ttl": r.max_ttl,
+            "not_before_duration": r.not_before_duration,
+            "allowed_extensions": r.allowed_extensions.join(","),
+            "default_extensions": r.default_extensions,
+            "allowed_critical_options": r.allowed_critical_options.join(","),
+            "default_critical_options": r.default_critical_options,
+            "allow_user_certificates": r.allow_user_certificates,
+            "allow_host_certificates": r.allow_host_certificates,
+            "allow_user_key_ids": r.allow_user_key_ids,
+            "key_id_format": r.key_id_format,
+            "allowed_user_key_lengths": r.allowed_user_key_lengths,
+            "algorithm_signer": r.algorithm_signer,
+            "allow_empty_principals": r.allow_empty_principals,
+            "issuer_ref": r.issuer_ref,
+            "allowed_source_addresses": cidrs(&r.allowed_source_addresses),
+            "allowed_force_commands": r.allowed_force_commands,
+        }),
+        KeyType::Otp | KeyType::Dynamic => json!({
+            "cidr_list": cidrs(&r.cidr_list),
+            "exclude_cidr_list": cidrs(&r.exclude_cidr_list),
+            "ttl": r.ttl,
+            "max_ttl": r.max_ttl,
+            "key_bits": r.key_bits,
+            "key_option_specs": r.key_option_specs,
+            "admin_user": r.admin_user,
+            "key": r.key,
+        }),
+    };
+    if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
+        a.extend(b.clone());
+    }
+    v
+}
+
+/// An issuer as `issuer/<ref>` shows it.
+fn issuer_json(i: &issuers::Issuer, is_default: bool) -> Value {
+    json!({
+        "issuer_id": i.id,
+        "issuer_name": i.name,
+        "public_key": i.public_key,
+        "key_type": i.key_type(),
+        "is_default": is_default,
+        "created": rfc3339(i.created),
+    })
+}
+
+/// An inventory entry as `certs/<serial>` shows it.
+fn cert_json(c: &certs::CertRecord) -> Value {
+    json!({
+        "serial_number": certs::serial_hex(c.serial),
+        "key_id": c.key_id,
+        "valid_principals": c.principals,
+        "cert_type": c.cert_type,
+        "valid_after": rfc3339(c.valid_after as i64),
+        "valid_before": rfc3339(c.valid_before as i64),
+        "issuer_id": c.issuer_id,
+        "role": c.role,
+        "requested_by": c.requested_by,
+        "public_key_fingerprint": c.fingerprint,
+        "revoked": c.revoked_at.is_some(),
+        "revocation_time": c.revoked_at.map(rfc3339),
+    })
 }

@@ -3,13 +3,16 @@
 //! the concept, and picks the reply shape.
 
 use axum::http::StatusCode;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
+use crate::clock::rfc3339;
 use crate::error::{Error, Result};
+use crate::leases::Lease;
+use crate::mounts::Mount;
 use crate::policy::Acl;
 use crate::state::Core;
 use crate::{leases, mounts, policies, ssh};
@@ -148,7 +151,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                 body: core.metrics.render().into_bytes(),
             })
         }
-        (["sys", "mounts"], Read) => Ok(Reply::Data(mounts::list_json(core).await?)),
+        (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
         (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
             let kind = req.fields.required_str("type")?;
             let desc = req.fields.str("description")?.unwrap_or_default();
@@ -163,7 +166,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(ok_or_404(
             mounts::get(core, &path.join("/"))
                 .await?
-                .map(|m| mounts::mount_json(&m)),
+                .map(|m| mount_json(&m)),
         )),
         (["sys", "mounts", path @ ..], Delete) if !path.is_empty() => {
             mounts::disable(core, &path.join("/")).await?;
@@ -237,7 +240,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                 .await?
                 .filter(|l| l.expire_time > now)
             {
-                Some(l) => Ok(Reply::Data(leases::to_json(&l, now))),
+                Some(l) => Ok(Reply::Data(lease_json(&l, now))),
                 None => Err(Error::invalid("invalid lease")),
             }
         }
@@ -351,4 +354,42 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
         out.insert("capabilities".into(), json!(all));
     }
     Ok(Reply::Data(Value::Object(out)))
+}
+
+/// A mount as `sys/mounts` shows it.
+fn mount_json(m: &Mount) -> Value {
+    json!({
+        "type": m.kind,
+        "description": m.description,
+        "accessor": m.accessor,
+        "uuid": m.uuid,
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "local": false,
+        "seal_wrap": false,
+        "external_entropy_access": false,
+        "options": null,
+        "plugin_version": "",
+        "running_plugin_version": "",
+    })
+}
+
+/// `GET sys/mounts`: every mount keyed by `path/`.
+async fn mounts_json(core: &Core) -> Result<Value> {
+    let mut map = Map::new();
+    for m in mounts::all(core).await? {
+        map.insert(format!("{}/", m.path), mount_json(&m));
+    }
+    Ok(Value::Object(map))
+}
+
+/// A lease as `sys/leases/lookup` shows it.
+fn lease_json(l: &Lease, now: i64) -> Value {
+    json!({
+        "id": l.id,
+        "issue_time": rfc3339(l.issue_time),
+        "expire_time": rfc3339(l.expire_time),
+        "last_renewal": l.last_renewal.map(rfc3339),
+        "renewable": l.renewable,
+        "ttl": (l.expire_time - now).max(0),
+    })
 }
