@@ -12,7 +12,9 @@
 //!   [`SignedHostKey`].
 //! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied.
 //! - `POST hosts/self/unenroll` (host token): forget this host, revoke its token.
-//! - `LIST hosts`, `GET|DELETE hosts/<host_id or hostname>` (admin); host names
+//! - `GET hosts/self` (host token) → [`HostInfo`].
+//! - `LIST hosts`, `GET|DELETE hosts/<host_id or hostname>` (admin) →
+//!   [`HostInfo`]; host names
 //!   are unique, and `replace: true` in [`EnrollRequest`] takes a name over.
 //! - `POST|GET|DELETE hosts/mappings/<local user>` (admin) [`Mapping`]:
 //!   certificate principals allowed to log in as that local user on every
@@ -91,6 +93,24 @@ pub struct Enrolled {
     #[serde(default)]
     pub host_mount: Option<String>,
     #[serde(default)]
+    pub host_role: Option<String>,
+    pub principals: String,
+}
+
+/// `GET hosts/self` and `GET hosts/<host_id or hostname>`: an enrolled host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub host_id: String,
+    pub hostname: String,
+    pub addresses: Vec<String>,
+    /// The public host keys it enrolled with (OpenSSH lines).
+    pub host_keys: Vec<String>,
+    /// RFC 3339.
+    pub enrolled: String,
+    /// RFC 3339: when it last asked for its state (to the minute).
+    pub last_seen: String,
+    pub user_mount: String,
+    pub host_mount: Option<String>,
     pub host_role: Option<String>,
     pub principals: String,
 }

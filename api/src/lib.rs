@@ -5,7 +5,9 @@
 pub mod docs;
 pub mod hosts;
 pub mod lenient;
+pub mod ssh;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,8 +33,15 @@ pub struct Envelope {
     pub auth: Option<Auth>,
 }
 
-/// The `auth` block of a login.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// An envelope's `data` as a response type of [`ssh`] or [`hosts`]; None
+/// when the answer has no `data` or it is not of that shape.
+pub fn data_of<T: serde::de::DeserializeOwned>(envelope: &Value) -> Option<T> {
+    envelope.get("data").and_then(|d| T::deserialize(d).ok())
+}
+
+/// The `auth` block of a login, a token's creation or renewal (Vault's
+/// fields; those gatepass has no use for are always empty or null).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Auth {
     pub client_token: String,
     #[serde(default)]
@@ -40,9 +49,57 @@ pub struct Auth {
     #[serde(default)]
     pub policies: Vec<String>,
     #[serde(default)]
+    pub token_policies: Vec<String>,
+    #[serde(default)]
+    pub identity_policies: Option<Vec<String>>,
+    /// The token's metadata (and the host a host token belongs to); null
+    /// when there is none.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
     pub lease_duration: i64,
     #[serde(default)]
     pub renewable: bool,
+    #[serde(default)]
+    pub entity_id: String,
+    #[serde(default)]
+    pub token_type: String,
+    #[serde(default)]
+    pub orphan: bool,
+    #[serde(default)]
+    pub mfa_requirement: Option<Value>,
+    /// Uses left; 0 is unlimited.
+    #[serde(default)]
+    pub num_uses: i64,
+}
+
+/// `auth/token/lookup-self`, `lookup` and `lookup-accessor`: a token as
+/// Vault describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub accessor: String,
+    /// Unix time.
+    pub creation_time: i64,
+    pub creation_ttl: i64,
+    pub display_name: String,
+    pub entity_id: String,
+    /// RFC 3339; null for a token that never expires.
+    pub expire_time: Option<String>,
+    pub explicit_max_ttl: i64,
+    /// The token itself when the caller presented it, else empty.
+    pub id: String,
+    /// RFC 3339.
+    pub issue_time: String,
+    pub meta: Option<BTreeMap<String, String>>,
+    pub num_uses: i64,
+    pub orphan: bool,
+    pub path: String,
+    pub policies: Vec<String>,
+    pub renewable: bool,
+    pub ttl: i64,
+    #[serde(rename = "type")]
+    pub token_type: String,
+    pub bound_cidrs: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,31 +21,23 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gatepass_api::ssh::{Verified as VerifyData, VerifyRequest};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use serde_json::{json, Value};
+use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
 
-/// What vault-ssh-helper's `-verify-only` sends instead of an OTP.
-pub const VERIFY_ECHO_REQUEST: &str = "verify-echo-request";
-/// What the server answers to it.
-pub const VERIFY_ECHO_RESPONSE: &str = "verify-echo-response";
+/// What vault-ssh-helper's `-verify-only` sends instead of an OTP, and
+/// what the server answers to it; what an OTP was issued for.
+pub use gatepass_api::ssh::{OtpInfo, VERIFY_ECHO_REQUEST, VERIFY_ECHO_RESPONSE};
 
 /// Answers larger than this are not an answer to `verify`.
 const MAX_BODY: usize = 64 * 1024;
-
-/// What the server says an OTP was issued for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtpInfo {
-    pub username: String,
-    pub ip: String,
-    pub role_name: String,
-}
 
 /// A server's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,7 +185,9 @@ impl Client {
     /// The callers bound it in time.
     async fn ask(&self, server: &str, otp: &str) -> Result<Answer, Miss> {
         let url = format!("{server}/v1/{}/verify", self.mount);
-        let mut rb = self.http.post(url).json(&json!({ "otp": otp }));
+        let mut rb = self.http.post(url).json(&VerifyRequest {
+            otp: otp.to_string(),
+        });
         if let Some(ns) = &self.namespace {
             rb = rb.header("X-Vault-Namespace", ns.as_str());
         }
@@ -251,24 +245,15 @@ fn parse_answer(json: Option<Value>) -> Answer {
     else {
         return Answer::Refused("answer is not Vault's JSON envelope".into());
     };
-    let data = env.data.unwrap_or(Value::Null);
-    let field = |k: &str| {
-        data.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let (username, ip, message) = (field("username"), field("ip"), field("message"));
-    if !username.is_empty() && !ip.is_empty() {
-        Answer::Valid(OtpInfo {
-            username,
-            ip,
-            role_name: field("role_name"),
-        })
-    } else if !message.is_empty() {
-        Answer::Echo(message)
-    } else {
-        Answer::Refused("answer has no username and IP".into())
+    match env
+        .data
+        .and_then(|d| serde_json::from_value::<VerifyData>(d).ok())
+    {
+        Some(VerifyData::Otp(info)) if !info.username.is_empty() && !info.ip.is_empty() => {
+            Answer::Valid(info)
+        }
+        Some(VerifyData::Echo { message }) if !message.is_empty() => Answer::Echo(message),
+        _ => Answer::Refused("answer has no username and IP".into()),
     }
 }
 
@@ -577,6 +562,7 @@ impl crate::verify::LocalAddrs for InterfaceAddrs {
 mod tests {
     use super::*;
     use crate::verify::LocalAddrs;
+    use serde_json::json;
 
     #[test]
     fn answers_are_read_as_vault_sends_them() {

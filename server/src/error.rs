@@ -1,7 +1,6 @@
-//! The server's one error type, mapped to Vault's `{"errors":[…]}` bodies in
-//! one place (`http::error_response`), so internals never leak to clients.
-
-use axum::http::StatusCode;
+//! The server's one error type. The HTTP layer maps it to a status and
+//! Vault's `{"errors":[…]}` body in one place (`http::status_of`), with
+//! [`Error::public_message`] as the text, so internals never leak to clients.
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,22 +44,6 @@ impl Error {
 
     pub fn internal(msg: impl Into<String>) -> Self {
         Error::Internal(msg.into())
-    }
-
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Error::PermissionDenied => StatusCode::FORBIDDEN,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
-            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Storage(_)
-            | Error::Sqlite(_)
-            | Error::Migrate(_)
-            | Error::Io(_)
-            | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
     }
 
     /// What the client is told. Server-side failures get a fixed text; the

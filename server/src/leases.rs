@@ -7,7 +7,6 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::state::Core;
 use crate::storage::Change;
@@ -163,17 +162,6 @@ pub async fn renew(core: &Core, id: &str, increment: Option<i64>, now: i64) -> R
             })
         }
     }
-}
-
-pub fn to_json(l: &Lease, now: i64) -> Value {
-    json!({
-        "id": l.id,
-        "issue_time": rfc3339(l.issue_time),
-        "expire_time": rfc3339(l.expire_time),
-        "last_renewal": l.last_renewal.map(rfc3339),
-        "renewable": l.renewable,
-        "ttl": (l.expire_time - now).max(0),
-    })
 }
 
 /// Revokes up to `limit` leases that expired by `now`; returns how many.

@@ -2,7 +2,6 @@
 //! authority with its own roles; its data lives under `mount/<uuid>/`.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
 
 use crate::error::{Error, Result};
 use crate::state::Core;
@@ -137,29 +136,4 @@ pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>
         let rest = req_path[m.path.len()..].trim_start_matches('/').to_string();
         (Mount::clone(&m), rest)
     }))
-}
-
-pub fn mount_json(m: &Mount) -> Value {
-    json!({
-        "type": m.kind,
-        "description": m.description,
-        "accessor": m.accessor,
-        "uuid": m.uuid,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
-        "local": false,
-        "seal_wrap": false,
-        "external_entropy_access": false,
-        "options": null,
-        "plugin_version": "",
-        "running_plugin_version": "",
-    })
-}
-
-/// `GET sys/mounts`: every mount keyed by `path/`.
-pub async fn list_json(core: &Core) -> Result<Value> {
-    let mut map = Map::new();
-    for m in all(core).await? {
-        map.insert(format!("{}/", m.path), mount_json(&m));
-    }
-    Ok(Value::Object(map))
 }

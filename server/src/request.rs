@@ -1,7 +1,7 @@
-//! A parsed API request as the domain modules see it: operation, path, the
-//! caller and the input fields, with Vault's lenient typing (a number may
-//! come as a string, a list as comma-separated text) and strict rejection of
-//! anything else.
+//! A request's input fields as the domain modules see them, with Vault's
+//! lenient typing (a number may come as a string, a list as comma-separated
+//! text) and strict rejection of anything else. The request itself (path,
+//! operation, caller) is the HTTP layer's (`crate::http::Request`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -14,26 +14,6 @@ use serde_json::{Map, Value};
 
 use crate::duration;
 use crate::error::{Error, Result};
-use crate::path::ApiPath;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
-    Read,
-    List,
-    Write,
-    Delete,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Read => "read",
-            Operation::List => "list",
-            Operation::Write => "update",
-            Operation::Delete => "delete",
-        }
-    }
-}
 
 /// Input fields of one request. Records which fields a handler read so that
 /// the rest can be reported back as warnings, as Vault does.
@@ -232,20 +212,6 @@ fn wrong_type(key: &str, want: &str, got: &Value) -> Error {
         "{key}: expected {want}, got {}",
         duration::type_name(got)
     ))
-}
-
-/// What a handler gets.
-#[derive(Debug)]
-pub struct Request {
-    pub op: Operation,
-    /// Path below `/v1/`, canonical (see [`crate::path`]): the ACL checks
-    /// and the router dispatches on exactly this.
-    pub path: ApiPath,
-    pub fields: Fields,
-    pub client_ip: Option<IpAddr>,
-    /// The token the client presented, if any (never logged).
-    pub token: Option<String>,
-    pub now: i64,
 }
 
 #[cfg(test)]

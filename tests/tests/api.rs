@@ -803,3 +803,45 @@ on_both_backends!(
         assert_eq!(st, StatusCode::BAD_REQUEST);
     }
 );
+
+#[tokio::test]
+async fn token_answers_are_the_api_types() {
+    use gatepass_tests::inproc::Backend;
+    let s = Server::start(Backend::Sqlite).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/create",
+            Some(json!({"policies": "default", "ttl": "1h", "meta": {"team": "ops"}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // The auth block reads as gatepass_api::Auth, field for field.
+    let auth: gatepass_api::Auth = serde_json::from_value(v["auth"].clone()).unwrap();
+    assert_eq!(serde_json::to_value(&auth).unwrap(), v["auth"]);
+    assert_eq!(
+        (
+            auth.policies.clone(),
+            auth.lease_duration,
+            auth.token_type.as_str()
+        ),
+        (vec!["default".to_string()], 3600, "service")
+    );
+    assert_eq!(auth.metadata.unwrap()["team"], "ops");
+    let (st, v) = s
+        .call(
+            "GET",
+            "auth/token/lookup-self",
+            Some(&auth.client_token),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let info: gatepass_api::TokenInfo = gatepass_api::data_of(&v).unwrap();
+    assert_eq!(serde_json::to_value(&info).unwrap(), v["data"]);
+    assert_eq!((info.id, info.ttl), (auth.client_token, 3600));
+    // A token without metadata shows null, as Vault does.
+    let (_, v) = s.root("GET", "auth/token/lookup-self", None).await;
+    assert_eq!(v["data"]["meta"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["data"]["expire_time"], serde_json::Value::Null, "{v}");
+}

@@ -240,6 +240,13 @@ async fn enroll_state_sign_and_mappings() {
     assert_eq!(v["data"]["keys"], json!([host_id]));
     let (_, v) = s.root("GET", &format!("hosts/{host_id}"), None).await;
     assert_eq!(v["data"]["hostname"], "web1.example.com");
+    let info: gatepass_api::hosts::HostInfo = gatepass_api::data_of(&v).unwrap();
+    assert_eq!(
+        serde_json::to_value(&info).unwrap(),
+        v["data"],
+        "HostInfo's fields"
+    );
+    assert_eq!(info.addresses, ["10.0.0.7", "fd00::7"]);
     assert_eq!(
         s.root("DELETE", &format!("hosts/{host_id}"), None).await.0,
         StatusCode::NO_CONTENT
@@ -524,4 +531,72 @@ async fn state_polls_racing_an_unenroll_never_bring_the_host_back() {
             .unwrap()
             .is_empty());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_wait_sees_an_ack_taken_by_another_server() {
+    // Two servers on one PostgreSQL: the user asks one for a dynamic key
+    // and waits; the host's hostd acknowledges it through the other.
+    let (a, b) = Server::start_pair().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let join = setup(&a).await;
+    let (_, host_pub) = keypair(b.dir.path(), "host", "ed25519", None);
+    let (st, v) = enroll(&b, &join, &host_pub).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let host_token = v["data"]["host_token"].as_str().unwrap().to_string();
+    ok(
+        &a,
+        "POST",
+        "ssh/roles/dyn",
+        json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let a2 = a.clone();
+    let waiting = tokio::spawn(async move {
+        let (st, v) = a2
+            .root(
+                "POST",
+                "ssh/creds/dyn",
+                Some(json!({"ip": "10.0.0.7", "wait": "30s"})),
+            )
+            .await;
+        (st, v, std::time::Instant::now())
+    });
+    let mut acked_at = None;
+    for _ in 0..100 {
+        let (_, v) = b
+            .call("GET", "hosts/self/state", Some(&host_token), None)
+            .await;
+        let leases: Vec<Value> = v["data"]["dynamic_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["lease_id"].clone())
+            .collect();
+        if !leases.is_empty() {
+            let (st, _) = b
+                .call(
+                    "POST",
+                    "hosts/self/ack",
+                    Some(&host_token),
+                    Some(json!({"index": v["data"]["index"], "installed": leases})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::NO_CONTENT);
+            acked_at = Some(std::time::Instant::now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acked_at = acked_at.expect("the key reached the host's state");
+    let (st, v, answered_at) = tokio::time::timeout(Duration::from_secs(40), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["installed"], true, "{v}");
+    // The other server's ack is seen by the next check (about 1 s), not
+    // when the wait runs out.
+    let took = answered_at.saturating_duration_since(acked_at);
+    assert!(took < Duration::from_secs(5), "the answer took {took:?}");
 }

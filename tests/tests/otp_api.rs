@@ -2,7 +2,7 @@
 //! leases, in-process on SQLite and PostgreSQL.
 
 use axum::http::StatusCode;
-use gatepass_tests::inproc::{Server, BACKENDS};
+use gatepass_tests::inproc::{Backend, Server, BACKENDS};
 use serde_json::{json, Value};
 
 async fn setup(s: &Server) {
@@ -425,6 +425,150 @@ async fn dynamic_keys_and_leases() {
             .await;
         assert_eq!(st, StatusCode::NOT_FOUND);
     }
+}
+
+/// Each answer, read as the `gatepass_api::ssh` type the CLI, hostd and
+/// the PAM helper read it as, exactly (no field missing or added).
+fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
+    let t: T = gatepass_api::data_of(v).unwrap_or_else(|| panic!("not the API type: {v}"));
+    assert_eq!(
+        serde_json::to_value(&t).unwrap(),
+        v["data"],
+        "fields differ"
+    );
+    t
+}
+
+#[tokio::test]
+async fn answers_are_the_api_types() {
+    use gatepass_api::ssh::{
+        CredKind, Credential, IssuedKey, Revoked, RoleNames, SignedKey, Verified,
+        VERIFY_ECHO_REQUEST,
+    };
+    let s = Server::start(Backend::Sqlite).await;
+    setup(&s).await;
+    let (_, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
+    let c: Credential = typed(&v);
+    assert_eq!(
+        (c.key_type, c.port, c.installed),
+        (CredKind::Otp, 2222, None)
+    );
+    let (st, v) = s
+        .call("POST", "ssh/verify", None, Some(json!({"otp": c.key})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    match typed::<Verified>(&v) {
+        Verified::Otp(i) => assert_eq!(
+            (i.username, i.ip, i.role_name),
+            ("ubuntu".into(), "10.1.2.3".into(), "otp".into())
+        ),
+        other => panic!("{other:?}"),
+    }
+    let (_, v) = s
+        .call(
+            "POST",
+            "ssh/verify",
+            None,
+            Some(json!({"otp": VERIFY_ECHO_REQUEST})),
+        )
+        .await;
+    assert_eq!(typed::<Verified>(&v), Verified::echo());
+    let (_, v) = s
+        .root(
+            "POST",
+            "ssh/creds/dyn",
+            Some(json!({"ip": "10.0.0.7", "wait": "1s"})),
+        )
+        .await;
+    let c: Credential = typed(&v);
+    assert_eq!((c.key_type, c.installed), (CredKind::Dynamic, Some(false)));
+    let (_, v) = s
+        .root("POST", "ssh/lookup", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    assert_eq!(typed::<RoleNames>(&v).roles, ["dyn", "otp"]);
+    s.root(
+        "POST",
+        "ssh/config/zeroaddress",
+        Some(json!({"roles": "anywhere"})),
+    )
+    .await;
+    let (_, v) = s.root("GET", "ssh/config/zeroaddress", None).await;
+    assert_eq!(typed::<RoleNames>(&v).roles, ["anywhere"]);
+    s.root("POST", "ssh/config/ca", Some(json!({}))).await;
+    let (_, public) = gatepass_tests::ssh::keypair(s.dir.path(), "user", "ed25519", None);
+    let (_, v) = s
+        .root(
+            "POST",
+            "ssh/sign/certs",
+            Some(json!({"public_key": public, "valid_principals": "alice"})),
+        )
+        .await;
+    let signed: SignedKey = typed(&v);
+    assert!(signed
+        .signed_key
+        .starts_with("ssh-ed25519-cert-v01@openssh.com "));
+    let (_, v) = s
+        .root(
+            "POST",
+            "ssh/issue/certs",
+            Some(json!({"valid_principals": "alice", "key_type": "ed25519"})),
+        )
+        .await;
+    let issued: IssuedKey = typed(&v);
+    assert_eq!(issued.private_key_type, "ed25519");
+    let (_, v) = s
+        .root(
+            "POST",
+            "ssh/revoke",
+            Some(json!({"serial_number": signed.serial_number})),
+        )
+        .await;
+    assert_eq!(typed::<Revoked>(&v).revoked, [signed.serial_number]);
+}
+
+#[tokio::test]
+async fn a_dynamic_key_is_stored_with_its_lease_or_not_at_all() {
+    let s = Server::start(Backend::Sqlite).await;
+    setup(&s).await;
+    // The database refuses lease rows (as a full disk or a failing
+    // database would refuse a write half-way through).
+    let db = rusqlite::Connection::open(s.dir.path().join("gp.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_leases BEFORE INSERT ON entries WHEN NEW.key LIKE 'lease/%' \
+         BEGIN SELECT RAISE(ABORT, 'no leases today'); END;",
+    )
+    .unwrap();
+    let (st, v) = s
+        .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    // No key was left waiting for its host without a lease to end it.
+    db.execute_batch("DROP TRIGGER no_leases").unwrap();
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "a key without a lease: {keys:?}");
+    // Once the database takes writes again, key and lease come together.
+    let (st, v) = s
+        .root("POST", "ssh/creds/dyn", Some(json!({"ip": "10.0.0.7"})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, _) = s
+        .root(
+            "POST",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": v["lease_id"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let keys = gatepass_server::ssh::creds::dynamic_keys(&s.core, &m, s.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

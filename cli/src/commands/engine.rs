@@ -37,11 +37,12 @@ pub(super) fn mount_path(mount: &str) -> Result<String> {
     Ok(m.to_string())
 }
 
-pub(super) fn data_str<'a>(resp: &'a Value, key: &str, action: &str) -> Result<&'a str> {
-    resp.pointer(&format!("/data/{key}"))
-        .and_then(Value::as_str)
+/// The certificate in a `sign` or `issue` answer.
+pub(super) fn signed_key(resp: &Value, action: &str) -> Result<String> {
+    gatepass_api::data_of::<gatepass_api::ssh::SignedKey>(resp)
+        .map(|d| d.signed_key)
         .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no {key}")))
+        .ok_or_else(|| Error::Local(format!("{action}: the server's answer holds no signed_key")))
 }
 
 pub(super) fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
@@ -55,13 +56,13 @@ pub(super) fn parse_cert(text: &str, action: &str) -> Result<Certificate> {
 /// The certificate of a sign answer, checked to be for `key`: a server
 /// that signed another key must not get that certificate used (or put
 /// into the agent) for this one.
-pub(super) fn signed_cert<'a>(
-    resp: &'a Value,
+pub(super) fn signed_cert(
+    resp: &Value,
     action: &str,
     key: &KeyData,
-) -> Result<(&'a str, Certificate)> {
-    let signed = data_str(resp, "signed_key", action)?;
-    let cert = parse_cert(signed, action)?;
+) -> Result<(String, Certificate)> {
+    let signed = signed_key(resp, action)?;
+    let cert = parse_cert(&signed, action)?;
     if cert.public_key() != key {
         return Err(Error::Local(format!(
             "{action}: the server returned a certificate for another key"
@@ -121,7 +122,7 @@ pub(super) async fn sign_ephemeral(
         .map_err(|e| Error::Local(format!("cannot encode the private key: {e}")))?;
     Ok(Ephemeral {
         pem,
-        cert_text: with_comment(signed, &comment),
+        cert_text: with_comment(&signed, &comment),
         cert,
     })
 }

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::agent::{add_to_agent, check_agent};
 use super::engine::{
-    data_str, engine_path, ensure_newline, mount_path, parse_ca_keys, parse_cert, serial,
-    signed_cert, unwrap_json_errors, with_comment,
+    engine_path, ensure_newline, mount_path, parse_ca_keys, parse_cert, serial, signed_cert,
+    signed_key, unwrap_json_errors, with_comment,
 };
 use super::sshfiles::{
     cert_path, check_pattern, contains_line, default_public_key, home, read_public_key,
@@ -365,7 +365,7 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
         .ok_or_else(|| Error::Local(format!("{action}: empty answer from the server")))?;
     let (signed, cert) = signed_cert(&resp, &action, public.key_data())?;
 
-    write_atomic(&out_path, ensure_newline(signed).as_bytes(), 0o644, true).map_err(|e| {
+    write_atomic(&out_path, ensure_newline(&signed).as_bytes(), 0o644, true).map_err(|e| {
         Error::Local(format!(
             "cannot write the certificate to {}: {e}",
             out_path.display()
@@ -432,7 +432,7 @@ async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
             )))
         }
     };
-    let signed = data_str(&resp, "signed_key", &action)?.to_string();
+    let signed = signed_key(&resp, &action)?;
     let cert = parse_cert(&signed, &action)?;
     let mut private = PrivateKey::from_openssh(private_text.trim()).map_err(|e| {
         Error::Local(format!(

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use super::token::{self, NewToken, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
-use crate::request::Request;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -73,9 +73,8 @@ pub async fn list_roles(core: &Core) -> Result<Vec<String>> {
     core.storage.list("approle/role/").await
 }
 
-pub async fn write_role(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn write_role(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let name = validate_role_name(name)?;
-    let f = &req.fields;
     let existing: Option<Role> = core.storage.get(&role_key(&name)).await?;
     let mut role = existing.clone().unwrap_or_else(|| Role {
         name: name.clone(),
@@ -181,16 +180,21 @@ pub async fn role_id(core: &Core, name: &str) -> Result<Value> {
     Ok(json!({ "role_id": role.role_id }))
 }
 
-pub async fn set_role_id(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn set_role_id(core: &Core, name: &str, f: &Fields) -> Result<()> {
     existing_role(core, name).await?;
-    req.fields.required_str("role_id")?;
-    write_role(core, name, req).await
+    f.required_str("role_id")?;
+    write_role(core, name, f).await
 }
 
 /// Generates (or, with `custom`, accepts) a secret ID for a role.
-pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool) -> Result<Value> {
+pub async fn new_secret_id(
+    core: &Core,
+    name: &str,
+    f: &Fields,
+    custom: bool,
+    now: i64,
+) -> Result<Value> {
     let role = existing_role(core, name).await?;
-    let f = &req.fields;
     let secret = if custom {
         let s = f.required_str("secret_id")?;
         if s.len() < 16 {
@@ -231,8 +235,8 @@ pub async fn new_secret_id(core: &Core, name: &str, req: &Request, custom: bool)
     };
     let entry = SecretId {
         accessor: uuid::Uuid::new_v4().to_string(),
-        creation_time: req.now,
-        expire_time: (ttl > 0).then_some(req.now + ttl),
+        creation_time: now,
+        expire_time: (ttl > 0).then_some(now + ttl),
         num_uses,
         cidr_list: cidrs,
         metadata: f.str_map("metadata")?.unwrap_or_default(),
@@ -277,27 +281,22 @@ fn secret_json(s: &SecretId) -> Value {
     })
 }
 
-pub async fn lookup_secret(core: &Core, name: &str, req: &Request) -> Result<Option<Value>> {
+pub async fn lookup_secret(core: &Core, name: &str, f: &Fields, now: i64) -> Result<Option<Value>> {
     let role = existing_role(core, name).await?;
-    let secret = req.fields.required_str("secret_id")?;
+    let secret = f.required_str("secret_id")?;
     let key = secret_key(&role.name, &core.hasher.hash(&secret));
     Ok(core
         .storage
         .get::<SecretId>(&key)
         .await?
-        .filter(|s| s.expire_time.is_none_or(|e| e > req.now))
+        .filter(|s| s.expire_time.is_none_or(|e| e > now))
         .map(|s| secret_json(&s)))
 }
 
-pub async fn destroy_secret(
-    core: &Core,
-    name: &str,
-    req: &Request,
-    by_accessor: bool,
-) -> Result<()> {
+pub async fn destroy_secret(core: &Core, name: &str, f: &Fields, by_accessor: bool) -> Result<()> {
     let role = existing_role(core, name).await?;
     let hash = if by_accessor {
-        let acc = req.fields.required_str("secret_id_accessor")?;
+        let acc = f.required_str("secret_id_accessor")?;
         match core
             .storage
             .take::<Pointer>(&secret_accessor_key(&role.name, &acc))
@@ -307,7 +306,7 @@ pub async fn destroy_secret(
             None => return Ok(()),
         }
     } else {
-        core.hasher.hash(&req.fields.required_str("secret_id")?)
+        core.hasher.hash(&f.required_str("secret_id")?)
     };
     if let Some(s) = core
         .storage
@@ -327,13 +326,17 @@ fn ip_allowed(cidrs: &[ipnet::IpNet], ip: Option<IpAddr>) -> bool {
 
 /// `auth/approle/login`: checks the role ID and secret ID, spends one use of
 /// the secret ID and issues a token.
-pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
+pub async fn login(
+    core: &Core,
+    role_id: &str,
+    secret: &str,
+    client_ip: Option<IpAddr>,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
     let invalid = || Error::invalid("invalid role or secret ID");
-    let role_id = req.fields.required_str("role_id")?;
-    let secret = req.fields.str("secret_id")?.unwrap_or_default();
     let ptr: Pointer = core
         .storage
-        .get(&role_id_key(&role_id))
+        .get(&role_id_key(role_id))
         .await?
         .ok_or_else(invalid)?;
     let role: Role = core
@@ -341,23 +344,23 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
         .get(&role_key(&ptr.target))
         .await?
         .ok_or_else(invalid)?;
-    if !ip_allowed(&role.secret_id_bound_cidrs, req.client_ip) {
+    if !ip_allowed(&role.secret_id_bound_cidrs, client_ip) {
         return Err(Error::invalid("source address not allowed by the role"));
     }
     if role.bind_secret_id {
         if secret.is_empty() {
             return Err(Error::invalid("missing secret_id"));
         }
-        let key = secret_key(&role.name, &core.hasher.hash(&secret));
+        let key = secret_key(&role.name, &core.hasher.hash(secret));
         let s: SecretId = core.storage.get(&key).await?.ok_or_else(invalid)?;
-        if s.expire_time.is_some_and(|e| e <= req.now) {
+        if s.expire_time.is_some_and(|e| e <= now) {
             core.storage.delete(&key).await?;
             core.storage
                 .delete(&secret_accessor_key(&role.name, &s.accessor))
                 .await?;
             return Err(invalid());
         }
-        if !ip_allowed(&s.cidr_list, req.client_ip) {
+        if !ip_allowed(&s.cidr_list, client_ip) {
             return Err(Error::invalid(
                 "source address not allowed by the secret ID",
             ));
@@ -400,5 +403,5 @@ pub async fn login(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
         path: "auth/approle/login".into(),
         ..NewToken::default()
     };
-    token::create(core, spec, req.now).await
+    token::create(core, spec, now).await
 }

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use gatepass_api::{Auth, TokenInfo};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::policies;
-use crate::request::Request;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -331,61 +332,56 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
 }
 
 /// The metadata shown for a token: its own, plus the host it belongs to.
-fn shown_meta(e: &TokenEntry) -> Value {
+fn shown_meta(e: &TokenEntry) -> Option<BTreeMap<String, String>> {
     let mut m = e.meta.clone();
     if let Some(h) = &e.host_id {
         m.insert("host_id".into(), h.clone());
     }
-    if m.is_empty() {
-        Value::Null
-    } else {
-        json!(m)
-    }
+    (!m.is_empty()).then_some(m)
 }
 
 /// The `auth` block of a login or create response.
-pub fn auth_json(text: &str, e: &TokenEntry, now: i64) -> Value {
-    let token_policies: Vec<&String> = e.policies.iter().collect();
-    json!({
-        "client_token": text,
-        "accessor": e.accessor,
-        "policies": e.policies,
-        "token_policies": token_policies,
-        "identity_policies": null,
-        "metadata": shown_meta(e),
-        "lease_duration": e.ttl(now),
-        "renewable": e.renewable,
-        "entity_id": "",
-        "token_type": "service",
-        "orphan": e.orphan,
-        "mfa_requirement": null,
-        "num_uses": e.num_uses.max(0),
-    })
+pub fn auth(text: &str, e: &TokenEntry, now: i64) -> Auth {
+    Auth {
+        client_token: text.to_string(),
+        accessor: e.accessor.clone(),
+        policies: e.policies.clone(),
+        token_policies: e.policies.clone(),
+        identity_policies: None,
+        metadata: shown_meta(e),
+        lease_duration: e.ttl(now),
+        renewable: e.renewable,
+        entity_id: String::new(),
+        token_type: "service".into(),
+        orphan: e.orphan,
+        mfa_requirement: None,
+        num_uses: e.num_uses.max(0),
+    }
 }
 
 /// The `data` of a lookup response. `text` is the token when the caller
 /// presented it, else empty (lookups by accessor).
-pub fn lookup_json(text: &str, e: &TokenEntry, now: i64) -> Value {
-    json!({
-        "accessor": e.accessor,
-        "creation_time": e.creation_time,
-        "creation_ttl": e.creation_ttl,
-        "display_name": e.display_name,
-        "entity_id": "",
-        "expire_time": e.expire_time.map(rfc3339),
-        "explicit_max_ttl": e.explicit_max_ttl,
-        "id": text,
-        "issue_time": rfc3339(e.creation_time),
-        "meta": shown_meta(e),
-        "num_uses": e.num_uses.max(0),
-        "orphan": e.orphan,
-        "path": e.path,
-        "policies": e.policies,
-        "renewable": e.renewable,
-        "ttl": e.ttl(now),
-        "type": "service",
-        "bound_cidrs": e.bound_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-    })
+pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
+    TokenInfo {
+        accessor: e.accessor.clone(),
+        creation_time: e.creation_time,
+        creation_ttl: e.creation_ttl,
+        display_name: e.display_name.clone(),
+        entity_id: String::new(),
+        expire_time: e.expire_time.map(rfc3339),
+        explicit_max_ttl: e.explicit_max_ttl,
+        id: text.to_string(),
+        issue_time: rfc3339(e.creation_time),
+        meta: shown_meta(e),
+        num_uses: e.num_uses.max(0),
+        orphan: e.orphan,
+        path: e.path.clone(),
+        policies: e.policies.clone(),
+        renewable: e.renewable,
+        ttl: e.ttl(now),
+        token_type: "service".into(),
+        bound_cidrs: e.bound_cidrs.iter().map(|c| c.to_string()).collect(),
+    }
 }
 
 // ---- endpoint logic -------------------------------------------------------
@@ -393,12 +389,13 @@ pub fn lookup_json(text: &str, e: &TokenEntry, now: i64) -> Value {
 /// `auth/token/create` and `create-orphan`.
 pub async fn handle_create(
     core: &Core,
-    req: &Request,
+    f: &Fields,
+    path: &str,
     caller: &TokenEntry,
     force_orphan: bool,
+    now: i64,
 ) -> Result<(String, TokenEntry)> {
-    let f = &req.fields;
-    let privileged = caller.is_root() || policies::has_sudo(core, caller, &req.path).await?;
+    let privileged = caller.is_root() || policies::has_sudo(core, &caller.policies, path).await?;
     let requested = match f.str_list("policies")? {
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,
@@ -491,7 +488,7 @@ pub async fn handle_create(
         expire_limit: caller.expire_time,
         host_id: None,
     };
-    create(core, spec, req.now).await
+    create(core, spec, now).await
 }
 
 /// The addresses a new token made by `caller` may be used from: the
@@ -583,21 +580,6 @@ pub async fn renew(
         .await?
         .flatten()
         .ok_or_else(|| Error::invalid("the token was revoked"))
-}
-
-pub async fn lookup_by_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
-    let text = req.fields.required_str("token")?;
-    let e = lookup(core, &text, req.now)
-        .await?
-        .ok_or_else(|| Error::invalid("bad token"))?;
-    Ok((text, e))
-}
-
-pub async fn lookup_by_accessor_field(core: &Core, req: &Request) -> Result<TokenEntry> {
-    let acc = req.fields.required_str("accessor")?;
-    lookup_accessor(core, &acc, req.now)
-        .await?
-        .ok_or_else(|| Error::invalid("invalid accessor"))
 }
 
 pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Result<()> {

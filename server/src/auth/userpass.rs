@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::token::{self, NewToken, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
-use crate::request::Request;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -68,9 +68,8 @@ fn check_password(p: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn write_user(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn write_user(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let name = validate_username(name)?;
-    let f = &req.fields;
     let password = f.str("password")?;
     let existing = core.storage.get::<User>(&key(&name)).await?;
     let fresh = || User {
@@ -148,9 +147,9 @@ async fn change_user(
         .ok_or_else(|| no_user(name))
 }
 
-pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn set_password(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let name = existing_user(core, name).await?;
-    let p = req.fields.required_str("password")?;
+    let p = f.required_str("password")?;
     check_password(&p)?;
     let hash = hash_password(p).await?;
     change_user(core, &name, |u| {
@@ -160,9 +159,9 @@ pub async fn set_password(core: &Core, name: &str, req: &Request) -> Result<()> 
     .await
 }
 
-pub async fn set_policies(core: &Core, name: &str, req: &Request) -> Result<()> {
+pub async fn set_policies(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let name = existing_user(core, name).await?;
-    change_user(core, &name, |u| u.token.update_from(&req.fields)).await
+    change_user(core, &name, |u| u.token.update_from(f)).await
 }
 
 pub async fn read_user(core: &Core, name: &str) -> Result<Option<Value>> {
@@ -184,10 +183,10 @@ pub async fn list_users(core: &Core) -> Result<Vec<String>> {
 }
 
 /// `auth/userpass/login/<name>`.
-pub async fn login(core: &Core, name: &str, req: &Request) -> Result<(String, TokenEntry)> {
+pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(String, TokenEntry)> {
     let invalid = || Error::invalid("invalid username or password");
     let name = validate_username(name).map_err(|_| invalid())?;
-    let password = req.fields.required_str("password")?;
+    let password = f.required_str("password")?;
     let user: Option<User> = core.storage.get(&key(&name)).await?;
     // Unknown users cost the same work as known ones, so timing does not
     // tell which names exist.
@@ -214,7 +213,7 @@ pub async fn login(core: &Core, name: &str, req: &Request) -> Result<(String, To
         path: format!("auth/userpass/login/{}", user.name),
         ..NewToken::default()
     };
-    token::create(core, spec, req.now).await
+    token::create(core, spec, now).await
 }
 
 /// An Argon2id hash of a random string nobody knows, made once.

@@ -1,11 +1,18 @@
 //! The HTTP face of the server: one route, `/v1/*`, that turns an HTTP
 //! request into a [`Request`], authenticates and authorizes it, hands it to
-//! the domain module for its path (`routes`), audits it, and shapes Vault's
-//! response envelope or `{"errors":[…]}`.
+//! the routes of its area (`routes` picks one of `sys`, `auth`, `hosts` and
+//! `ssh`, which call the domain), audits it, and shapes Vault's response
+//! envelope or `{"errors":[…]}`. Nothing outside this module knows HTTP:
+//! [`status_of`] is where the domain's error becomes a status.
 
+mod auth;
+mod hosts;
+mod request;
 mod routes;
+mod ssh;
+mod sys;
 
-pub use routes::no_route;
+pub use request::{Operation, Request};
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -25,7 +32,8 @@ use crate::metrics::RequestLabels;
 use crate::path::ApiPath;
 use crate::policies;
 use crate::policy::Capability;
-use crate::request::{Fields, Operation, Request};
+
+use crate::request::Fields;
 use crate::state::{Core, State};
 
 /// Request bodies above this are refused with 413 before they are parsed.
@@ -69,6 +77,37 @@ pub fn app(core: State) -> Router {
             )
         })
         .with_state(core)
+}
+
+/// 404 for a path no route serves, in Vault's words.
+pub fn no_route(path: &str) -> Error {
+    Error::NotFound(format!(
+        "no handler for route {path:?}. route entry not found."
+    ))
+}
+
+/// A typed response as the envelope's `data`.
+fn data<T: serde::Serialize>(v: &T) -> Result<Reply> {
+    Ok(Reply::Data(
+        serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// The one place where the domain's error becomes an HTTP status.
+pub fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        Error::PermissionDenied => StatusCode::FORBIDDEN,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
+        Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Storage(_)
+        | Error::Sqlite(_)
+        | Error::Migrate(_)
+        | Error::Io(_)
+        | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 fn error_body(status: StatusCode, msg: &str) -> Response {
@@ -174,7 +213,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     let result = process(&core, &request, &mut caller).await;
     let status = match &result {
         Ok(r) => reply_status(r),
-        Err(e) => e.status(),
+        Err(e) => status_of(e),
     };
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
@@ -224,10 +263,11 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     match result {
         Ok(reply) => shape(reply, warnings, request_id),
         Err(e) => {
-            if e.status().is_server_error() {
+            let status = status_of(&e);
+            if status.is_server_error() {
                 tracing::error!(path = %request.path, error = %e, "request failed");
             }
-            error_body(e.status(), &e.public_message())
+            error_body(status, &e.public_message())
         }
     }
 }
@@ -300,7 +340,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
     let entry = token::authenticate(core, req.token.as_deref(), req.client_ip, req.now).await?;
     *caller = Some(entry.clone());
     if !entry.is_root() {
-        let acl = policies::acl_for(core, &entry).await?;
+        let acl = policies::acl_for(core, &entry.policies).await?;
         let can = |c| acl.allows(&req.path, c);
         let allowed = match req.op {
             Operation::Read => can(Capability::Read),

@@ -52,23 +52,6 @@ impl CertRecord {
             revoked_at: None,
         }
     }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "serial_number": serial_hex(self.serial),
-            "key_id": self.key_id,
-            "valid_principals": self.principals,
-            "cert_type": self.cert_type,
-            "valid_after": crate::clock::rfc3339(self.valid_after as i64),
-            "valid_before": crate::clock::rfc3339(self.valid_before as i64),
-            "issuer_id": self.issuer_id,
-            "role": self.role,
-            "requested_by": self.requested_by,
-            "public_key_fingerprint": self.fingerprint,
-            "revoked": self.revoked_at.is_some(),
-            "revocation_time": self.revoked_at.map(crate::clock::rfc3339),
-        })
-    }
 }
 
 /// Serial numbers as Vault prints them: lower-case hex without padding.

@@ -8,8 +8,8 @@
 
 use std::net::IpAddr;
 
+use gatepass_api::ssh::{CredKind, Credential, OtpInfo, Verified, VERIFY_ECHO_REQUEST};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use ssh_key::LineEnding;
 
 use super::roles::{KeyType, Role};
@@ -17,13 +17,8 @@ use crate::auth::token::SYSTEM_MAX_TTL;
 use crate::error::{Error, Result};
 use crate::leases::{self, Lease};
 use crate::mounts::Mount;
-use crate::request::Request;
 use crate::state::Core;
 use crate::storage::Change;
-
-/// What `vault-ssh-helper -verify-only` sends, and what it expects back.
-pub const VERIFY_ECHO_REQUEST: &str = "verify-echo-request";
-pub const VERIFY_ECHO_RESPONSE: &str = "verify-echo-response";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OtpEntry {
@@ -146,60 +141,77 @@ fn lease_ttl(role: &Role) -> (i64, i64) {
 
 /// What `creds` answers: the data and the lease fields of the envelope.
 pub struct Issued {
-    pub data: Value,
+    pub data: Credential,
     pub lease_id: String,
     pub lease_duration: i64,
     pub renewable: bool,
 }
 
-pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Result<Issued> {
-    let f = &req.fields;
-    // gatepass: `host` names an enrolled host (its ID or hostname) instead
-    // of an IP; the OTP is then bound to that host.
-    let (ip, host_id) = match f.str("host")?.filter(|h| !h.is_empty()) {
-        Some(h) => {
-            let host = crate::hosts::find(core, &h)
-                .await?
-                .ok_or_else(|| Error::invalid(format!("no enrolled host {h:?}")))?;
-            let zero = zero_address_roles(core, m).await?;
-            let ip = match f.str("ip")?.filter(|s| !s.is_empty()) {
-                Some(t) => {
-                    let ip: IpAddr = t.trim().parse().map_err(|_| {
-                        Error::invalid(format!("ip {t:?} is not an IPv4 or IPv6 address"))
-                    })?;
-                    if !host.addresses.contains(&ip) {
-                        return Err(Error::invalid(format!(
-                            "{ip} is not an address of host {}",
-                            host.hostname
-                        )));
-                    }
-                    ip
-                }
-                None => *host
-                    .addresses
-                    .iter()
-                    .find(|a| ip_allowed(role, **a, &zero).is_ok())
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "none of host {}'s addresses belongs to role {}",
-                            host.hostname, role.name
-                        ))
-                    })?,
-            };
-            (ip, Some(host.id))
+/// What a credential is asked for.
+pub struct CredsInput {
+    /// The address it is for (checked against the role here).
+    pub ip: IpAddr,
+    /// gatepass: the enrolled host an OTP is bound to (see [`host_address`]).
+    pub host_id: Option<String>,
+    /// The role's `default_user` when None or empty.
+    pub username: Option<String>,
+}
+
+/// An enrolled host a credential is asked for by name.
+pub struct HostTarget<'a> {
+    pub hostname: &'a str,
+    pub addresses: &'a [IpAddr],
+}
+
+/// The address of `host` a credential is for: `ip` if given (it must be
+/// one of the host's), else the first of its addresses the role serves.
+pub async fn host_address(
+    core: &Core,
+    m: &Mount,
+    role: &Role,
+    host: &HostTarget<'_>,
+    ip: Option<IpAddr>,
+) -> Result<IpAddr> {
+    let zero = zero_address_roles(core, m).await?;
+    match ip {
+        Some(ip) => {
+            if !host.addresses.contains(&ip) {
+                return Err(Error::invalid(format!(
+                    "{ip} is not an address of host {}",
+                    host.hostname
+                )));
+            }
+            Ok(ip)
         }
-        None => {
-            let ip_text = f.required_str("ip")?;
-            let ip: IpAddr = ip_text.trim().parse().map_err(|_| {
-                Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address"))
-            })?;
-            (ip, None)
-        }
-    };
-    let user = username(role, f.str("username")?)?;
+        None => host
+            .addresses
+            .iter()
+            .find(|a| ip_allowed(role, **a, &zero).is_ok())
+            .copied()
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "none of host {}'s addresses belongs to role {}",
+                    host.hostname, role.name
+                ))
+            }),
+    }
+}
+
+pub async fn create(
+    core: &Core,
+    m: &Mount,
+    role: &Role,
+    input: CredsInput,
+    now: i64,
+) -> Result<Issued> {
+    let CredsInput {
+        ip,
+        host_id,
+        username: requested,
+    } = input;
+    let user = username(role, requested)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
     let (ttl, max) = lease_ttl(role);
-    let now = req.now;
     let id = uuid::Uuid::new_v4().to_string();
     let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
     match role.key_type {
@@ -233,10 +245,14 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                 return Err(Error::internal("OTP collision"));
             }
             Ok(Issued {
-                data: json!({
-                    "ip": ip.to_string(), "key": otp, "key_type": "otp",
-                    "port": role.port, "username": user,
-                }),
+                data: Credential {
+                    ip: ip.to_string(),
+                    key: otp,
+                    key_type: CredKind::Otp,
+                    port: role.port,
+                    username: user,
+                    installed: None,
+                },
                 lease_id,
                 lease_duration: ttl,
                 renewable: false,
@@ -254,41 +270,46 @@ pub async fn create(core: &Core, m: &Mount, role: &Role, req: &Request) -> Resul
                 .to_openssh()
                 .map_err(|e| Error::internal(e.to_string()))?;
             let key = dynkey_key(m, &id);
-            core.storage
-                .put(
-                    &key,
-                    &DynamicKey {
-                        username: user.clone(),
-                        ip: ip.to_string(),
-                        role_name: role.name.clone(),
-                        lease_id: lease_id.clone(),
-                        public_key: public,
-                        key_option_specs: role.key_option_specs.clone(),
-                        expire_time: now + ttl,
-                    },
-                )
-                .await?;
-            leases::create(
-                core,
-                &Lease {
-                    id: lease_id.clone(),
-                    secret_key: key,
-                    issue_time: now,
-                    expire_time: now + ttl,
-                    last_renewal: None,
-                    renewable: true,
-                    max_expire: now + max,
-                },
-            )
-            .await?;
+            let entry = DynamicKey {
+                username: user.clone(),
+                ip: ip.to_string(),
+                role_name: role.name.clone(),
+                lease_id: lease_id.clone(),
+                public_key: public,
+                key_option_specs: role.key_option_specs.clone(),
+                expire_time: now + ttl,
+            };
+            let lease = Lease {
+                id: lease_id.clone(),
+                secret_key: key.clone(),
+                issue_time: now,
+                expire_time: now + ttl,
+                last_renewal: None,
+                renewable: true,
+                max_expire: now + max,
+            };
+            // The key and its lease in one transaction, as an OTP's: a key
+            // never waits for its host without a lease to expire it.
+            let mut items = vec![(
+                key,
+                serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?,
+            )];
+            items.extend(leases::records(&lease)?);
+            if !core.storage.put_many(&items, true).await? {
+                return Err(Error::internal("dynamic key collision"));
+            }
             let pem = private
                 .to_openssh(LineEnding::LF)
                 .map_err(|e| Error::internal(e.to_string()))?;
             Ok(Issued {
-                data: json!({
-                    "ip": ip.to_string(), "key": pem.as_str(), "key_type": "dynamic",
-                    "port": role.port, "username": user,
-                }),
+                data: Credential {
+                    ip: ip.to_string(),
+                    key: pem.to_string(),
+                    key_type: CredKind::Dynamic,
+                    port: role.port,
+                    username: user,
+                    installed: None,
+                },
                 lease_id,
                 lease_duration: ttl,
                 renewable: true,
@@ -313,9 +334,9 @@ pub async fn verify(
     otp: &str,
     verify_host: Option<&str>,
     now: i64,
-) -> Result<Option<Value>> {
+) -> Result<Option<Verified>> {
     if otp == VERIFY_ECHO_REQUEST {
-        return Ok(Some(json!({ "message": VERIFY_ECHO_RESPONSE })));
+        return Ok(Some(Verified::echo()));
     }
     // Anything not shaped like a UUID was never issued: no storage round trip.
     if uuid::Uuid::parse_str(otp).is_err() {
@@ -340,10 +361,10 @@ pub async fn verify(
     if entry.expire_time <= now {
         return Ok(None);
     }
-    Ok(Some(json!({
-        "username": entry.username,
-        "ip": entry.ip,
-        "role_name": entry.role_name,
+    Ok(Some(Verified::Otp(OtpInfo {
+        username: entry.username,
+        ip: entry.ip,
+        role_name: entry.role_name,
     })))
 }
 

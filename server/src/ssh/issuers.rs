@@ -6,7 +6,6 @@
 //! the old one.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, PrivateKey, PublicKey};
 
 use crate::error::{Error, Result};
@@ -50,17 +49,6 @@ impl Issuer {
         self.public()
             .map(|k| k.algorithm().as_str().to_string())
             .unwrap_or_default()
-    }
-
-    pub fn to_json(&self, is_default: bool) -> Value {
-        json!({
-            "issuer_id": self.id,
-            "issuer_name": self.name,
-            "public_key": self.public_key,
-            "key_type": self.key_type(),
-            "is_default": is_default,
-            "created": crate::clock::rfc3339(self.created),
-        })
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::principal::{
     check_option, check_option_name, check_option_value, critical_option_signable,
@@ -288,61 +288,6 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
         return Err(Error::invalid("missing default_user"));
     }
     Ok(role)
-}
-
-pub fn to_json(r: &Role) -> Value {
-    let cidrs = |v: &Vec<ipnet::IpNet>| {
-        v.iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let mut v = json!({
-        "key_type": r.key_type.as_str(),
-        "default_user": r.default_user,
-        "default_user_template": r.default_user_template,
-        "allowed_users": r.allowed_users.join(","),
-        "allowed_users_template": r.allowed_users_template,
-        "port": r.port,
-    });
-    let extra = match r.key_type {
-        KeyType::Ca => json!({
-            "allowed_domains": r.allowed_domains.join(","),
-            "allow_bare_domains": r.allow_bare_domains,
-            "allow_subdomains": r.allow_subdomains,
-            "ttl": r.ttl,
-            "max_ttl": r.max_ttl,
-            "not_before_duration": r.not_before_duration,
-            "allowed_extensions": r.allowed_extensions.join(","),
-            "default_extensions": r.default_extensions,
-            "allowed_critical_options": r.allowed_critical_options.join(","),
-            "default_critical_options": r.default_critical_options,
-            "allow_user_certificates": r.allow_user_certificates,
-            "allow_host_certificates": r.allow_host_certificates,
-            "allow_user_key_ids": r.allow_user_key_ids,
-            "key_id_format": r.key_id_format,
-            "allowed_user_key_lengths": r.allowed_user_key_lengths,
-            "algorithm_signer": r.algorithm_signer,
-            "allow_empty_principals": r.allow_empty_principals,
-            "issuer_ref": r.issuer_ref,
-            "allowed_source_addresses": cidrs(&r.allowed_source_addresses),
-            "allowed_force_commands": r.allowed_force_commands,
-        }),
-        KeyType::Otp | KeyType::Dynamic => json!({
-            "cidr_list": cidrs(&r.cidr_list),
-            "exclude_cidr_list": cidrs(&r.exclude_cidr_list),
-            "ttl": r.ttl,
-            "max_ttl": r.max_ttl,
-            "key_bits": r.key_bits,
-            "key_option_specs": r.key_option_specs,
-            "admin_user": r.admin_user,
-            "key": r.key,
-        }),
-    };
-    if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
-        a.extend(b.clone());
-    }
-    v
 }
 
 pub async fn read(core: &Core, m: &Mount, name: &str) -> Result<Option<Role>> {

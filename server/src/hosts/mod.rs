@@ -1,6 +1,8 @@
 //! Hosts: join tokens, enrollment, each host's desired state (served by
-//! long-poll), host-key signing, acknowledgements, and login mappings. The
-//! wire types are `gatepass_api::hosts`; hostd is the other side.
+//! long-poll, [`state`]), host-key signing, acknowledgements, and login
+//! mappings; the host token's policy is in [`policy`]. The wire types are
+//! `gatepass_api::hosts`, the routes `crate::http::hosts`; hostd is the
+//! other side.
 //!
 //! A host's state is computed from the data it depends on (its user CA's
 //! keys and KRL, the login mappings, dynamic keys for its addresses), and
@@ -9,65 +11,28 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
 
-use base64::Engine;
 use gatepass_api::hosts::{
-    Ack, DynamicKey, EnrollRequest, Enrolled, HostState, JoinToken, Mapping, NewJoinToken,
-    SignHostKey, SignedHostKey,
+    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, Mapping, NewJoinToken, SignHostKey,
+    SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::auth::token::{self, NewToken, TokenEntry};
 use crate::error::{Error, Result};
-use crate::http::{no_route, Reply};
-use crate::request::{Operation, Request};
-use crate::ssh::{self, certs, creds, issuers, principal::Principal, sign};
+use crate::ssh::{self, certs, principal::Principal, sign};
 use crate::state::Core;
 use crate::storage::Change;
 use crate::{duration, mounts};
 
-/// The policy every host token carries.
-pub const HOST_POLICY: &str = "gatepass-host";
-pub const HOST_POLICY_TEXT: &str = r#"# What a host's own token may do: read its own record and its state,
-# report, get its host keys signed, and renew itself.
-path "hosts/self" {
-  capabilities = ["read"]
-}
-path "hosts/self/*" {
-  capabilities = ["read", "update"]
-}
-path "auth/token/renew-self" {
-  capabilities = ["update"]
-}
-path "auth/token/lookup-self" {
-  capabilities = ["read"]
-}
-"#;
+pub mod cache;
+pub mod policy;
+mod state;
 
-/// Earlier texts of [`HOST_POLICY_TEXT`]. A stored host policy still equal
-/// to one of them was never edited by an admin and is brought up to date at
-/// start; an edited one is left alone.
-pub const HOST_POLICY_FORMER_TEXTS: &[&str] = &[
-    // Lacked `hosts/self`: a host could not read its own record.
-    r#"# What a host's own token may do: read its state, report, get its host
-# keys signed, and renew itself.
-path "hosts/self/*" {
-  capabilities = ["read", "update"]
-}
-path "auth/token/renew-self" {
-  capabilities = ["update"]
-}
-path "auth/token/lookup-self" {
-  capabilities = ["read"]
-}
-"#,
-];
-
-/// Longest a state request is held open.
-const MAX_WAIT: i64 = 60;
+pub use cache::StateCache;
+pub use policy::{HOST_POLICY, HOST_POLICY_FORMER_TEXTS, HOST_POLICY_TEXT};
+pub use state::{poll_state, state};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct JoinEntry {
@@ -135,6 +100,11 @@ pub fn validate_local_user(u: &str) -> Result<()> {
     }
 }
 
+/// Whether `id_or_name` can name a host: a host ID or a valid host name.
+pub fn is_host_ref(id_or_name: &str) -> bool {
+    uuid::Uuid::parse_str(id_or_name).is_ok() || validate_hostname(id_or_name).is_ok()
+}
+
 fn validate_hostname(h: &str) -> Result<()> {
     let ok = !h.is_empty()
         && h.len() <= 253
@@ -157,8 +127,7 @@ async fn require_mount(core: &Core, path: &str) -> Result<mounts::Mount> {
         .ok_or_else(|| Error::invalid(format!("no ssh mount at {path:?}")))
 }
 
-pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
-    let spec: NewJoinToken = req.fields.parse()?;
+pub async fn new_join_token(core: &Core, spec: NewJoinToken, now: i64) -> Result<JoinToken> {
     let ttl = match &spec.ttl {
         Some(t) => duration::parse(t)
             .ok_or_else(|| Error::invalid(format!("ttl {t:?} is not a duration")))?,
@@ -194,7 +163,7 @@ pub async fn new_join_token(core: &Core, req: &Request) -> Result<JoinToken> {
     let text = format!("gpj.{}", crate::auth::random_text(40));
     let entry = JoinEntry {
         accessor: crate::auth::random_text(24),
-        expire_time: req.now + ttl,
+        expire_time: now + ttl,
         uses_left: uses,
         config: HostConfig {
             user_mount,
@@ -322,8 +291,7 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<JoinEntry
         .ok_or_else(invalid)
 }
 
-pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
-    let r: EnrollRequest = req.fields.parse()?;
+pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled> {
     validate_hostname(&r.hostname)?;
     let addresses: Vec<IpAddr> = r
         .addresses
@@ -349,10 +317,10 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     // operator can unenroll the old host and retry with the same token; the
     // join token is checked first so that only its holders learn which
     // names are taken.
-    peek_join_token(core, &r.join_token, req.now).await?;
+    peek_join_token(core, &r.join_token, now).await?;
     let id = uuid::Uuid::new_v4().to_string();
-    claim_name(core, &r.hostname, &id, r.replace, req.now).await?;
-    let join = match spend_join_token(core, &r.join_token, req.now).await {
+    claim_name(core, &r.hostname, &id, r.replace, now).await?;
+    let join = match spend_join_token(core, &r.join_token, now).await {
         Ok(j) => j,
         Err(e) => {
             release_name(core, &r.hostname, &id).await?;
@@ -373,7 +341,7 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
             path: "hosts/enroll".into(),
             ..NewToken::default()
         },
-        req.now,
+        now,
     )
     .await?;
     let host = Host {
@@ -381,8 +349,8 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
         hostname: r.hostname,
         addresses,
         host_keys,
-        enrolled: req.now,
-        last_seen: req.now,
+        enrolled: now,
+        last_seen: now,
         token_accessor: tok.accessor,
         config: join.config.clone(),
     };
@@ -397,19 +365,19 @@ pub async fn enroll(core: &Core, req: &Request) -> Result<Enrolled> {
     })
 }
 
-fn host_json(h: &Host) -> Value {
-    json!({
-        "host_id": h.id,
-        "hostname": h.hostname,
-        "addresses": h.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        "host_keys": h.host_keys,
-        "enrolled": crate::clock::rfc3339(h.enrolled),
-        "last_seen": crate::clock::rfc3339(h.last_seen),
-        "user_mount": h.config.user_mount,
-        "host_mount": h.config.host_mount,
-        "host_role": h.config.host_role,
-        "principals": h.config.principals,
-    })
+pub fn host_info(h: &Host) -> HostInfo {
+    HostInfo {
+        host_id: h.id.clone(),
+        hostname: h.hostname.clone(),
+        addresses: h.addresses.iter().map(|a| a.to_string()).collect(),
+        host_keys: h.host_keys.clone(),
+        enrolled: crate::clock::rfc3339(h.enrolled),
+        last_seen: crate::clock::rfc3339(h.last_seen),
+        user_mount: h.config.user_mount.clone(),
+        host_mount: h.config.host_mount.clone(),
+        host_role: h.config.host_role.clone(),
+        principals: h.config.principals.clone(),
+    }
 }
 
 /// An enrolled host by ID or hostname (through the name index: one host
@@ -464,7 +432,7 @@ pub async fn migrate(core: &Core) -> Result<()> {
 }
 
 /// The host a host token belongs to.
-async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
+pub async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
     let id = caller
         .and_then(|c| c.host_id.as_ref())
         .ok_or_else(|| Error::invalid("this path needs a host token (from hosts/enroll)"))?;
@@ -484,128 +452,12 @@ pub async fn mappings(core: &Core) -> Result<BTreeMap<String, Vec<String>>> {
     Ok(out)
 }
 
-/// Computes a host's desired state; `index` hashes its content.
-/// The parts of every host's state that do not depend on the host: CA keys
-/// and KRL per user mount, mappings, every live dynamic key. Built once per
-/// change and shared by all waiting hosts, so a change reaching thousands of
-/// long-polls costs one rebuild, not one per host.
-#[derive(Default)]
-pub struct StateCache {
-    inner: tokio::sync::Mutex<Option<Shared>>,
-}
-
-struct Shared {
-    /// Storage change count and second it was built at.
-    change: u64,
+pub async fn sign_host_key(
+    core: &Core,
+    host: &Host,
+    r: &SignHostKey,
     now: i64,
-    built: tokio::time::Instant,
-    view: std::sync::Arc<SharedView>,
-}
-
-async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
-    let mut guard = core.hosts_cache.inner.lock().await;
-    let change = core.storage.change_count();
-    let fresh = guard.as_ref().is_some_and(|s| {
-        // Other servers' changes are picked up within a second.
-        s.change == change && s.now == now && s.built.elapsed() < Duration::from_secs(1)
-    });
-    if !fresh {
-        let mut mounts_parts = BTreeMap::new();
-        let mut dynamic = Vec::new();
-        for m in mounts::all(core).await? {
-            let keys = issuers::public_keys_text(core, &m)
-                .await?
-                .unwrap_or_default();
-            let krl =
-                base64::engine::general_purpose::STANDARD.encode(certs::krl(core, &m, now).await?);
-            mounts_parts.insert(m.path.clone(), (keys, krl));
-            for k in creds::dynamic_keys(core, &m, now).await? {
-                dynamic.push((
-                    k.ip.parse().ok(),
-                    DynamicKey {
-                        user: k.username,
-                        public_key: k.public_key,
-                        options: k.key_option_specs,
-                        expires: k.expire_time,
-                        lease_id: k.lease_id,
-                    },
-                ));
-            }
-        }
-        dynamic.sort_by(|a, b| a.1.lease_id.cmp(&b.1.lease_id));
-        *guard = Some(Shared {
-            change,
-            now,
-            built: tokio::time::Instant::now(),
-            view: std::sync::Arc::new(SharedView {
-                mounts: mounts_parts,
-                mappings: mappings(core).await?,
-                dynamic,
-            }),
-        });
-    }
-    let s = guard
-        .as_ref()
-        .ok_or_else(|| Error::internal("host state cache empty"))?;
-    Ok(s.view.clone())
-}
-
-/// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
-struct SharedView {
-    mounts: BTreeMap<String, (String, String)>,
-    mappings: BTreeMap<String, Vec<String>>,
-    dynamic: Vec<(Option<IpAddr>, DynamicKey)>,
-}
-
-/// Computes a host's desired state; `index` hashes its content.
-pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
-    let sh = shared(core, now).await?;
-    let mut st = HostState::default();
-    if let Some((keys, krl)) = sh.mounts.get(&host.config.user_mount) {
-        st.user_ca_keys = keys.clone();
-        st.krl = krl.clone();
-    }
-    if host.config.principals == "mapped" {
-        st.principals = Some(sh.mappings.clone());
-    }
-    st.dynamic_keys = sh
-        .dynamic
-        .iter()
-        .filter(|(ip, _)| ip.is_some_and(|ip| host.addresses.contains(&ip)))
-        .map(|(_, k)| k.clone())
-        .collect();
-    let bytes = serde_json::to_vec(&st).map_err(|e| Error::internal(e.to_string()))?;
-    let digest = Sha256::digest(&bytes);
-    let mut idx = [0u8; 8];
-    idx.copy_from_slice(&digest[..8]);
-    // 53 bits: exact as a JSON number in any client, and as an i64 in a
-    // query string. Never 0, which a fresh hostd sends to mean "anything".
-    st.index = (u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1);
-    Ok(st)
-}
-
-/// Long-poll: answers at once if the state differs from `index`, otherwise
-/// when it changes or after `wait`.
-async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<HostState> {
-    let mut changes = core.storage.subscribe();
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
-    loop {
-        let st = state(core, host, core.clock.now()).await?;
-        if st.index != index || tokio::time::Instant::now() >= deadline {
-            return Ok(st);
-        }
-        // Local changes wake us at once; other servers' changes within 1 s.
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = tokio::time::sleep_until(deadline) => {}
-        }
-    }
-}
-
-async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<SignedHostKey> {
-    let r: SignHostKey = req.fields.parse()?;
+) -> Result<SignedHostKey> {
     let key = sign::parse_public_key(&r.public_key)?;
     let text = key
         .to_openssh()
@@ -653,7 +505,7 @@ async fn sign_host_key(core: &Core, host: &Host, req: &Request) -> Result<Signed
         display_name: format!("host-{}", host.hostname),
         meta: Default::default(),
     };
-    let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, req.now).await?;
+    let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, now).await?;
     Ok(SignedHostKey {
         signed_key: format!(
             "{}\n",
@@ -676,7 +528,7 @@ pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
 }
 
 /// Removes a host and its name, and revokes its token.
-async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
+pub async fn unenroll(core: &Core, host: &Host, now: i64) -> Result<()> {
     remove_host(core, host, now).await?;
     release_name(core, &host.hostname, &host.id).await
 }
@@ -707,99 +559,48 @@ async fn touch(core: &Core, id: &str, now: i64) -> Result<()> {
     seen.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
 }
 
-fn data<T: Serialize>(v: &T) -> Result<Reply> {
-    Ok(Reply::Data(
-        serde_json::to_value(v).map_err(|e| Error::internal(e.to_string()))?,
-    ))
-}
-
-pub fn is_unauthenticated(req: &Request) -> bool {
-    req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
-}
-
-pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
-    use Operation::*;
-    let segs: Vec<&str> = req.path.split('/').collect();
-    let f = &req.fields;
-    match (&segs[1..], req.op) {
-        (["join-tokens"], Write) => data(&new_join_token(core, req).await?),
-        (["enroll"], Write) => data(&enroll(core, req).await?),
-        (["self", "state"], Read) => {
-            let host = own_host(core, caller).await?;
-            if req.now - host.last_seen >= 60 {
-                touch(core, &host.id, req.now).await?;
-            }
-            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
-            let wait = f.duration("wait")?.unwrap_or(0);
-            data(&poll_state(core, &host, index, wait).await?)
-        }
-        (["self", "sign-host-key"], Write) => {
-            let host = own_host(core, caller).await?;
-            data(&sign_host_key(core, &host, req).await?)
-        }
-        (["self", "ack"], Write) => {
-            let host = own_host(core, caller).await?;
-            let ack: Ack = f.parse()?;
-            for lease in &ack.installed {
-                crate::leases::check_id(lease)?;
-                core.storage
-                    .put(
-                        &installed_key(lease),
-                        &json!({ "host_id": host.id, "time": req.now }),
-                    )
-                    .await?;
-            }
-            Ok(Reply::NoContent)
-        }
-        (["self", "unenroll"], Write) => {
-            let host = own_host(core, caller).await?;
-            unenroll(core, &host, req.now).await?;
-            Ok(Reply::NoContent)
-        }
-        (["self"], Read) => Ok(Reply::Data(host_json(&own_host(core, caller).await?))),
-        ([], List) => {
-            let keys = core.storage.list("hosts/host/").await?;
-            Ok(Reply::List(keys))
-        }
-        (["mappings"], List) => Ok(Reply::List(mappings(core).await?.into_keys().collect())),
-        (["mappings", user], Read) => {
-            validate_local_user(user)?;
-            Ok(
-                match core.storage.get::<Mapping>(&mapping_key(user)).await? {
-                    Some(m) => Reply::Data(json!({ "principals": m.principals })),
-                    None => Reply::NotFound,
-                },
-            )
-        }
-        (["mappings", user], Write) => {
-            validate_local_user(user)?;
-            let mapping: Mapping = f.parse()?;
-            for p in &mapping.principals {
-                Principal::new(p)?;
-            }
-            core.storage.put(&mapping_key(user), &mapping).await?;
-            Ok(Reply::NoContent)
-        }
-        (["mappings", user], Delete) => {
-            validate_local_user(user)?;
-            core.storage.delete(&mapping_key(user)).await?;
-            Ok(Reply::NoContent)
-        }
-        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
-            Err(Error::UnsupportedOperation)
-        }
-        ([id], Read) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
-            Ok(match find(core, id).await? {
-                Some(h) => Reply::Data(host_json(&h)),
-                None => Reply::NotFound,
-            })
-        }
-        ([id], Delete) if uuid::Uuid::parse_str(id).is_ok() || validate_hostname(id).is_ok() => {
-            if let Some(h) = find(core, id).await? {
-                unenroll(core, &h, req.now).await?;
-            }
-            Ok(Reply::NoContent)
-        }
-        _ => Err(no_route(&req.path)),
+/// Records that a host asked for its state, at most once a minute.
+pub async fn seen(core: &Core, host: &Host, now: i64) -> Result<()> {
+    if now - host.last_seen >= 60 {
+        touch(core, &host.id, now).await?;
     }
+    Ok(())
+}
+
+/// Records the dynamic keys a host reports installed.
+pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
+    for lease in &ack.installed {
+        crate::leases::check_id(lease)?;
+        core.storage
+            .put(
+                &installed_key(lease),
+                &json!({ "host_id": host.id, "time": now }),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The IDs of the enrolled hosts.
+pub async fn list(core: &Core) -> Result<Vec<String>> {
+    core.storage.list("hosts/host/").await
+}
+
+pub async fn mapping(core: &Core, user: &str) -> Result<Option<Mapping>> {
+    validate_local_user(user)?;
+    core.storage.get::<Mapping>(&mapping_key(user)).await
+}
+
+pub async fn set_mapping(core: &Core, user: &str, mapping: &Mapping) -> Result<()> {
+    validate_local_user(user)?;
+    for p in &mapping.principals {
+        Principal::new(p)?;
+    }
+    core.storage.put(&mapping_key(user), mapping).await
+}
+
+pub async fn delete_mapping(core: &Core, user: &str) -> Result<()> {
+    validate_local_user(user)?;
+    core.storage.delete(&mapping_key(user)).await?;
+    Ok(())
 }

@@ -1,0 +1,71 @@
+//! Bringing storage into service: first-time set-up (the `default` policy
+//! and a root token), the dev server's fixed root token and `ssh` mount,
+//! and the upgrades data from older versions gets when a server opens it.
+//! Kept apart from `state`, which only holds what is open.
+
+use crate::auth::token::{self, NewToken};
+use crate::error::{Error, Result};
+use crate::state::{Core, Options, State};
+use crate::{hosts, mounts, policies};
+
+/// Set once, by the first `initialize`.
+const INIT_KEY: &str = "core/initialized";
+
+impl Core {
+    /// Opens the server's state; initialized data from an older version is
+    /// brought up to date.
+    pub async fn open(opts: Options) -> Result<State> {
+        let core = Core::connect(opts).await?;
+        if core.is_initialized().await? {
+            // Built-in policies added by newer versions reach older data.
+            policies::ensure_default(&core).await?;
+            hosts::migrate(&core).await?;
+        }
+        Ok(core)
+    }
+
+    pub async fn is_initialized(&self) -> Result<bool> {
+        Ok(self.storage.get::<i64>(INIT_KEY).await?.is_some())
+    }
+
+    /// First-time set-up: the `default` policy and a root token (`root_token`
+    /// fixes its text). Refuses to run on initialized storage, so a second
+    /// `init` can never mint another root token by accident.
+    pub async fn initialize(&self, root_token: Option<String>) -> Result<String> {
+        let now = self.clock.now();
+        if !self.storage.put_if_absent(INIT_KEY, &now).await? {
+            return Err(Error::invalid("storage is already initialized"));
+        }
+        policies::ensure_default(self).await?;
+        let (text, _) = token::create(self, root(root_token), now).await?;
+        Ok(text)
+    }
+
+    /// Makes sure a given root token exists (the dev server's `--root-token`
+    /// on a data dir that was already initialized).
+    pub async fn ensure_root_token(&self, text: &str) -> Result<()> {
+        let now = self.clock.now();
+        if token::lookup(self, text, now).await?.is_none() {
+            token::create(self, root(Some(text.to_string())), now).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn ensure_mount(&self, path: &str, kind: &str) -> Result<()> {
+        if mounts::get(self, path).await?.is_none() {
+            mounts::enable(self, path, kind, "", self.clock.now()).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A root token, with the given text or a new one.
+fn root(id: Option<String>) -> NewToken {
+    NewToken {
+        id,
+        policies: vec!["root".into()],
+        display_name: "root".into(),
+        path: "auth/token/root".into(),
+        ..NewToken::default()
+    }
+}

@@ -1,0 +1,220 @@
+//! Routes under `auth/`: tokens, AppRole and userpass. Each arm reads the
+//! path and fields, calls the auth module, and picks the reply shape.
+
+use super::request::{Operation, Request};
+use super::routes::{caller_of, ok_or_404};
+use super::{data, no_route, Reply};
+use crate::auth::token::{self, TokenEntry};
+use crate::auth::{approle, userpass};
+use crate::error::{Error, Result};
+use crate::policies;
+use crate::state::Core;
+
+pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let now = req.now;
+    match (segs.as_slice(), req.op) {
+        // ---- auth/token --------------------------------------------------
+        (["auth", "token", "create"], Write) => {
+            let (text, e) =
+                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, false, now)
+                    .await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "token", "create-orphan"], Write) => {
+            let (text, e) =
+                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, true, now)
+                    .await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "token", "lookup-self"], Read | Write) => {
+            let c = caller_of(caller)?;
+            data(&token::info(req.token.as_deref().unwrap_or(""), c, now))
+        }
+        (["auth", "token", "lookup"], Write | Read) => {
+            let (text, e) = token_in_field(core, req).await?;
+            data(&token::info(&text, &e, now))
+        }
+        (["auth", "token", "lookup-accessor"], Write) => {
+            let e = token_of_accessor_field(core, req).await?;
+            data(&token::info("", &e, now))
+        }
+        (["auth", "token", "renew-self"], Write) => {
+            let c = caller_of(caller)?.clone();
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, c, inc, now).await?;
+            auth(&token::auth(req.token.as_deref().unwrap_or(""), &e, now))
+        }
+        (["auth", "token", "renew"], Write) => {
+            let (text, e) = token_in_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "token", "renew-accessor"], Write) => {
+            let e = token_of_accessor_field(core, req).await?;
+            let inc = req.fields.duration("increment")?;
+            let e = token::renew(core, e, inc, now).await?;
+            auth(&token::auth("", &e, now))
+        }
+        (["auth", "token", "revoke-self"], Write) => {
+            token::revoke(core, caller_of(caller)?, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke"], Write) => {
+            let (_, e) = token_in_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-orphan"], Write) => {
+            let c = caller_of(caller)?;
+            if !policies::has_sudo(core, &c.policies, &req.path).await? {
+                return Err(Error::PermissionDenied);
+            }
+            let (_, e) = token_in_field(core, req).await?;
+            token::revoke(core, &e, true).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "revoke-accessor"], Write) => {
+            let e = token_of_accessor_field(core, req).await?;
+            token::revoke(core, &e, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "accessors"], List) => Ok(Reply::List(token::accessors(core).await?)),
+
+        // ---- auth/approle ------------------------------------------------
+        (["auth", "approle", "login"], Write) => {
+            let role_id = req.fields.required_str("role_id")?;
+            let secret_id = req.fields.str("secret_id")?.unwrap_or_default();
+            let (text, e) = approle::login(core, &role_id, &secret_id, req.client_ip, now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
+        (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
+            approle::read_role(core, name)
+                .await?
+                .map(|r| approle::role_json(&r)),
+        )),
+        (["auth", "approle", "role", name], Write) => {
+            approle::write_role(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name], Delete) => {
+            approle::delete_role(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "role-id"], Read) => {
+            Ok(Reply::Data(approle::role_id(core, name).await?))
+        }
+        (["auth", "approle", "role", name, "role-id"], Write) => {
+            approle::set_role_id(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, &req.fields, false, now).await?,
+        )),
+        (["auth", "approle", "role", name, "custom-secret-id"], Write) => Ok(Reply::Data(
+            approle::new_secret_id(core, name, &req.fields, true, now).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id"], List) => Ok(Reply::List(
+            approle::list_secret_accessors(core, name).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => Ok(ok_or_404(
+            approle::lookup_secret(core, name, &req.fields, now).await?,
+        )),
+        (["auth", "approle", "role", name, "secret-id", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, &req.fields, false).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "approle", "role", name, "secret-id-accessor", "destroy"], Write | Delete) => {
+            approle::destroy_secret(core, name, &req.fields, true).await?;
+            Ok(Reply::NoContent)
+        }
+
+        // ---- auth/userpass -----------------------------------------------
+        (["auth", "userpass", "login", name], Write) => {
+            let (text, e) = userpass::login(core, name, &req.fields, now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
+        (["auth", "userpass", "users", name], Read) => {
+            Ok(ok_or_404(userpass::read_user(core, name).await?))
+        }
+        (["auth", "userpass", "users", name], Write) => {
+            userpass::write_user(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name], Delete) => {
+            userpass::delete_user(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "password"], Write) => {
+            userpass::set_password(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "userpass", "users", name, "policies"], Write) => {
+            userpass::set_policies(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+
+        (["auth", "token" | "approle" | "userpass", ..], _) if known_path(&segs) => {
+            Err(Error::UnsupportedOperation)
+        }
+        _ => Err(no_route(&req.path)),
+    }
+}
+
+/// A token's `auth` block as the envelope's `auth`.
+fn auth(a: &gatepass_api::Auth) -> Result<Reply> {
+    Ok(Reply::Auth(
+        serde_json::to_value(a).map_err(|e| Error::internal(e.to_string()))?,
+    ))
+}
+
+/// The token named in the `token` field, and its text.
+pub(super) async fn token_in_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
+    let text = req.fields.required_str("token")?;
+    let e = token::lookup(core, &text, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("bad token"))?;
+    Ok((text, e))
+}
+
+/// The token whose accessor is in the `accessor` field.
+async fn token_of_accessor_field(core: &Core, req: &Request) -> Result<TokenEntry> {
+    let acc = req.fields.required_str("accessor")?;
+    token::lookup_accessor(core, &acc, req.now)
+        .await?
+        .ok_or_else(|| Error::invalid("invalid accessor"))
+}
+
+/// Paths under `auth/` that exist for some operation: another operation
+/// gets 405, not 404.
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["auth", "token", _]
+            | ["auth", "approle", "login" | "role"]
+            | ["auth", "approle", "role", _]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "role-id" | "secret-id" | "custom-secret-id"
+            ]
+            | [
+                "auth",
+                "approle",
+                "role",
+                _,
+                "secret-id" | "secret-id-accessor",
+                _
+            ]
+            | ["auth", "userpass", "users"]
+            | ["auth", "userpass", "users", _]
+            | ["auth", "userpass", "users", _, "password" | "policies"]
+            | ["auth", "userpass", "login", _]
+    )
+}

@@ -1,0 +1,91 @@
+//! Routes under `hosts/`: each arm reads the request into
+//! `gatepass_api::hosts`' types, calls `crate::hosts`, and picks the reply
+//! shape.
+
+use gatepass_api::hosts::{Ack, EnrollRequest, Mapping, NewJoinToken, SignHostKey};
+use serde_json::json;
+
+use super::request::{Operation, Request};
+use super::{data, no_route, Reply};
+use crate::auth::token::TokenEntry;
+use crate::error::{Error, Result};
+use crate::hosts;
+use crate::state::Core;
+
+/// Enrollment needs no token: the join token is in the body.
+pub fn is_unauthenticated(req: &Request) -> bool {
+    req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
+}
+
+pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let f = &req.fields;
+    match (&segs[1..], req.op) {
+        (["join-tokens"], Write) => {
+            let spec: NewJoinToken = f.parse()?;
+            data(&hosts::new_join_token(core, spec, req.now).await?)
+        }
+        (["enroll"], Write) => {
+            let r: EnrollRequest = f.parse()?;
+            data(&hosts::enroll(core, r, req.now).await?)
+        }
+        (["self", "state"], Read) => {
+            let host = hosts::own_host(core, caller).await?;
+            hosts::seen(core, &host, req.now).await?;
+            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
+            let wait = f.duration("wait")?.unwrap_or(0);
+            data(&hosts::poll_state(core, &host, index, wait).await?)
+        }
+        (["self", "sign-host-key"], Write) => {
+            let host = hosts::own_host(core, caller).await?;
+            let r: SignHostKey = f.parse()?;
+            data(&hosts::sign_host_key(core, &host, &r, req.now).await?)
+        }
+        (["self", "ack"], Write) => {
+            let host = hosts::own_host(core, caller).await?;
+            let ack: Ack = f.parse()?;
+            hosts::ack(core, &host, &ack, req.now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["self", "unenroll"], Write) => {
+            let host = hosts::own_host(core, caller).await?;
+            hosts::unenroll(core, &host, req.now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["self"], Read) => data(&hosts::host_info(&hosts::own_host(core, caller).await?)),
+        ([], List) => Ok(Reply::List(hosts::list(core).await?)),
+        (["mappings"], List) => Ok(Reply::List(
+            hosts::mappings(core).await?.into_keys().collect(),
+        )),
+        (["mappings", user], Read) => Ok(match hosts::mapping(core, user).await? {
+            Some(m) => Reply::Data(json!({ "principals": m.principals })),
+            None => Reply::NotFound,
+        }),
+        (["mappings", user], Write) => {
+            // The user is checked before the body, as it names the path.
+            hosts::validate_local_user(user)?;
+            let mapping: Mapping = f.parse()?;
+            hosts::set_mapping(core, user, &mapping).await?;
+            Ok(Reply::NoContent)
+        }
+        (["mappings", user], Delete) => {
+            hosts::delete_mapping(core, user).await?;
+            Ok(Reply::NoContent)
+        }
+        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
+            Err(Error::UnsupportedOperation)
+        }
+        ([id], Read) if hosts::is_host_ref(id) => Ok(match hosts::find(core, id).await? {
+            Some(h) => data(&hosts::host_info(&h))?,
+            None => Reply::NotFound,
+        }),
+        ([id], Delete) if hosts::is_host_ref(id) => {
+            if let Some(h) = hosts::find(core, id).await? {
+                hosts::unenroll(core, &h, req.now).await?;
+            }
+            Ok(Reply::NoContent)
+        }
+        _ => Err(no_route(&req.path)),
+    }
+}

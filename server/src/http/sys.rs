@@ -1,0 +1,396 @@
+//! Routes under `sys/`: status, mounts, policies, capabilities, audit and
+//! leases. Each arm reads the path and fields, calls the module that owns
+//! the concept, and picks the reply shape.
+
+use axum::http::StatusCode;
+use serde_json::{json, Map, Value};
+
+use super::request::{Operation, Request};
+use super::routes::{caller_of, ok_or_404};
+use super::{no_route, Reply};
+use crate::auth::token::TokenEntry;
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::leases::Lease;
+use crate::mounts::Mount;
+use crate::policy::Acl;
+use crate::state::Core;
+use crate::{leases, mounts, policies, ssh};
+
+/// A status code given in a `sys/health` query parameter, or `default`.
+fn health_code(req: &Request, key: &str, default: StatusCode) -> Result<StatusCode> {
+    match req.fields.int(key)? {
+        None => Ok(default),
+        Some(n) => u16::try_from(n)
+            .ok()
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .ok_or_else(|| Error::invalid(format!("{key}: {n} is not an HTTP status code"))),
+    }
+}
+
+/// Vault's `sys/health`, for load balancers: the status code says whether
+/// this server can serve. gatepass servers are never sealed nor standby
+/// (every one serves, on its own SQLite or beside others on one
+/// PostgreSQL); what can stop one serving is its storage, which it then
+/// reports as Vault reports a sealed node, `sealedcode` (503 unless given).
+/// `activecode` (200) and `uninitcode` (501) are Vault's too; `standbyok`,
+/// `perfstandbyok`, `standbycode`, `performancestandbycode`,
+/// `drsecondarycode`, `haunhealthycode` and `removedcode` are accepted and
+/// change nothing, there being no such state here.
+async fn health(core: &Core, req: &Request) -> Result<Reply> {
+    let active = health_code(req, "activecode", StatusCode::OK)?;
+    let uninit = health_code(req, "uninitcode", StatusCode::NOT_IMPLEMENTED)?;
+    let unavailable = health_code(req, "sealedcode", StatusCode::SERVICE_UNAVAILABLE)?;
+    for k in ["standbyok", "perfstandbyok"] {
+        req.fields.bool(k)?;
+    }
+    for k in [
+        "standbycode",
+        "performancestandbycode",
+        "drsecondarycode",
+        "haunhealthycode",
+        "removedcode",
+    ] {
+        health_code(req, k, StatusCode::OK)?;
+    }
+    let storage_type = match core.storage.backend() {
+        crate::storage::Backend::Sqlite => "sqlite",
+        crate::storage::Backend::Postgres => "postgresql",
+    };
+    // The probe's answer is at most a few hundred ms old and comes within
+    // about a second even from a database that does not answer at all.
+    let checked = match core.storage.health().await {
+        // The probe's answer may be a few hundred ms old: this read is
+        // bounded as well, so that a database gone since answers promptly.
+        Ok(()) => {
+            match tokio::time::timeout(crate::storage::PROBE_TIMEOUT, core.is_initialized()).await {
+                Ok(Ok(init)) => Ok(init),
+                Ok(Err(Error::StorageUnavailable(msg))) => Err(msg),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => Err(format!(
+                    "storage unavailable: {}: no answer within {} ms",
+                    core.storage.target(),
+                    crate::storage::PROBE_TIMEOUT.as_millis()
+                )),
+            }
+        }
+        Err(msg) => Err(msg),
+    };
+    let (status, initialized, problem) = match checked {
+        Ok(true) => (active, json!(true), None),
+        Ok(false) => (uninit, json!(false), None),
+        // Whether it is initialized is in the storage that cannot be read.
+        Err(msg) => (unavailable, Value::Null, Some(msg)),
+    };
+    let mut body = json!({
+        "initialized": initialized,
+        "sealed": false,
+        "standby": false,
+        "performance_standby": false,
+        "replication_performance_mode": "disabled",
+        "replication_dr_mode": "disabled",
+        "server_time_utc": req.now,
+        "version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": "gatepass",
+        "storage": {
+            "type": storage_type,
+            "target": core.storage.target(),
+            "available": problem.is_none(),
+        },
+    });
+    if let Some(msg) = problem {
+        body["storage"]["error"] = json!(msg);
+        body["errors"] = json!([msg]);
+    }
+    Ok(Reply::Raw {
+        status,
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+    })
+}
+
+pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let now = req.now;
+    match (segs.as_slice(), req.op) {
+        // ---- sys ---------------------------------------------------------
+        (["sys", "health"], Read) => health(core, req).await,
+        (["sys", "seal-status"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({
+                "type": "shamir", "initialized": core.is_initialized().await?, "sealed": false,
+                "t": 1, "n": 1, "progress": 0, "nonce": "", "version": env!("CARGO_PKG_VERSION"),
+                "storage_type": match core.storage.backend() {
+                    crate::storage::Backend::Sqlite => "sqlite",
+                    crate::storage::Backend::Postgres => "postgresql",
+                },
+            })
+            .to_string()
+            .into_bytes(),
+        }),
+        (["sys", "init"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({ "initialized": core.is_initialized().await? })
+                .to_string()
+                .into_bytes(),
+        }),
+        (["sys", "metrics"], Read) => {
+            let format = req
+                .fields
+                .str("format")?
+                .unwrap_or_else(|| "prometheus".into());
+            if format != "prometheus" {
+                return Err(Error::invalid("format: only \"prometheus\" is supported"));
+            }
+            crate::retention::refresh_size_metrics(core).await;
+            Ok(Reply::Raw {
+                status: StatusCode::OK,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: core.metrics.render().into_bytes(),
+            })
+        }
+        (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
+        (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
+            let kind = req.fields.required_str("type")?;
+            let desc = req.fields.str("description")?.unwrap_or_default();
+            // Vault's `config`, `options`, `local`, `seal_wrap` are accepted
+            // and ignored, without an "unrecognized parameter" warning.
+            for k in ["config", "options", "local", "seal_wrap"] {
+                req.fields.value(k);
+            }
+            mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(ok_or_404(
+            mounts::get(core, &path.join("/"))
+                .await?
+                .map(|m| mount_json(&m)),
+        )),
+        (["sys", "mounts", path @ ..], Delete) if !path.is_empty() => {
+            mounts::disable(core, &path.join("/")).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods())),
+        (["sys", "auth", name], Write) => {
+            // The built-in methods are always enabled; enabling one again is
+            // a no-op so that scripts written for Vault run unchanged.
+            let kind = req.fields.str("type")?.unwrap_or_else(|| name.to_string());
+            if !["token", "approle", "userpass"].contains(&kind.as_str()) || kind != *name {
+                return Err(Error::invalid(format!(
+                    "auth method {kind:?} at {name:?} is not available; gatepass has token/, approle/ and userpass/"
+                )));
+            }
+            Ok(Reply::NoContent)
+        }
+        (["sys", "policies", "acl"], List) | (["sys", "policy"], List) => {
+            Ok(Reply::List(policies::list(core).await?))
+        }
+        (["sys", "policy"], Read) => {
+            let names = policies::list(core).await?;
+            Ok(Reply::Data(json!({ "keys": names, "policies": names })))
+        }
+        (["sys", "policies", "acl", name], Read) | (["sys", "policy", name], Read) => {
+            Ok(ok_or_404(policies::read(core, name).await?.map(
+                |p| json!({ "name": p.name, "policy": p.text, "rules": p.text }),
+            )))
+        }
+        (["sys", "policies", "acl", name], Write) | (["sys", "policy", name], Write) => {
+            let text = match req.fields.str("policy")? {
+                Some(t) => t,
+                None => req.fields.str("rules")?.unwrap_or_default(),
+            };
+            policies::write(core, name, &text).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "policies", "acl", name], Delete) | (["sys", "policy", name], Delete) => {
+            policies::delete(core, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "capabilities-self"], Write) => {
+            let c = caller_of(caller)?;
+            capabilities(core, c, req).await
+        }
+        (["sys", "capabilities"], Write) => {
+            let (_, target) = super::auth::token_in_field(core, req).await?;
+            capabilities(core, &target, req).await
+        }
+        (["sys", "audit"], Read) => Ok(Reply::Data(match &core.audit {
+            Some(_) => {
+                json!({ "file/": { "type": "file", "path": "file/", "description": "hash-chained JSON lines", "options": {} } })
+            }
+            None => json!({}),
+        })),
+        (["sys", "audit-log"], Read) => {
+            let after = req.fields.int("after")?.unwrap_or(0);
+            let limit = req.fields.int("limit")?.unwrap_or(100).clamp(1, 1000);
+            let rows = core.storage.audit_events(after, limit).await?;
+            let events: Vec<Value> = rows
+                .into_iter()
+                .map(|(id, line)| json!({ "id": id, "line": line }))
+                .collect();
+            Ok(Reply::Data(json!({ "events": events })))
+        }
+
+        // ---- sys/leases --------------------------------------------------
+        (["sys", "leases", "lookup"], Write) => {
+            let id = req.fields.required_str("lease_id")?;
+            match leases::get(core, &id)
+                .await?
+                .filter(|l| l.expire_time > now)
+            {
+                Some(l) => Ok(Reply::Data(lease_json(&l, now))),
+                None => Err(Error::invalid("invalid lease")),
+            }
+        }
+        (["sys", "leases", "lookup", prefix @ ..], List) => {
+            Ok(Reply::List(leases::list(core, &prefix.join("/")).await?))
+        }
+        (["sys", "leases", "renew", id @ ..], Write) => {
+            let id = if id.is_empty() {
+                req.fields.required_str("lease_id")?
+            } else {
+                id.join("/")
+            };
+            let l = leases::renew(core, &id, req.fields.duration("increment")?, now).await?;
+            ssh::creds::renewed(core, &l).await?;
+            Ok(Reply::Lease {
+                data: Value::Null,
+                lease_id: l.id.clone(),
+                lease_duration: l.expire_time - now,
+                renewable: l.renewable,
+            })
+        }
+        (["sys", "leases", "revoke", id @ ..], Write) => {
+            let id = if id.is_empty() {
+                req.fields.required_str("lease_id")?
+            } else {
+                id.join("/")
+            };
+            leases::revoke(core, &id).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "leases", "revoke-prefix", prefix @ ..], Write) if !prefix.is_empty() => {
+            leases::revoke_prefix(core, &prefix.join("/")).await?;
+            Ok(Reply::NoContent)
+        }
+
+        _ if known_path(&segs) => Err(Error::UnsupportedOperation),
+        _ => Err(no_route(&req.path)),
+    }
+}
+
+/// Paths under `sys/` that exist for some operation: another operation
+/// gets 405, not 404.
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        [
+            "sys",
+            "health"
+                | "seal-status"
+                | "init"
+                | "metrics"
+                | "mounts"
+                | "auth"
+                | "policy"
+                | "capabilities-self"
+                | "capabilities"
+                | "audit"
+                | "audit-log"
+        ] | ["sys", "mounts" | "auth" | "policy", _]
+            | ["sys", "policies", "acl"]
+            | [
+                "sys",
+                "leases",
+                "lookup" | "renew" | "revoke" | "revoke-prefix",
+                ..
+            ]
+            | ["sys", "policies", "acl", _]
+    )
+}
+
+fn auth_methods() -> Value {
+    let method = |kind: &str, desc: &str| {
+        json!({ "type": kind, "description": desc, "accessor": format!("auth_{kind}_gatepass"),
+                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}, "local": false, "seal_wrap": false, "options": null })
+    };
+    json!({
+        "token/": method("token", "token based credentials"),
+        "approle/": method("approle", "machine login with role ID and secret ID"),
+        "userpass/": method("userpass", "login with username and password"),
+    })
+}
+
+async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<Reply> {
+    let paths = match req.fields.str_list("paths")? {
+        Some(p) if !p.is_empty() => p,
+        _ => vec![req.fields.required_str("path")?],
+    };
+    let acl: Option<std::sync::Arc<Acl>> = if token.is_root() {
+        None
+    } else {
+        Some(policies::acl_for(core, &token.policies).await?)
+    };
+    let mut out = serde_json::Map::new();
+    let mut all = Vec::new();
+    for p in &paths {
+        let caps: Vec<String> = match &acl {
+            None => vec!["root".into()],
+            Some(acl) => {
+                let c = acl.capabilities(p.trim_matches('/'));
+                if c.is_empty() {
+                    vec!["deny".into()]
+                } else {
+                    c.names().into_iter().map(String::from).collect()
+                }
+            }
+        };
+        all.extend(caps.iter().cloned());
+        out.insert(p.clone(), json!(caps));
+    }
+    if paths.len() == 1 {
+        out.insert("capabilities".into(), json!(all));
+    }
+    Ok(Reply::Data(Value::Object(out)))
+}
+
+/// A mount as `sys/mounts` shows it.
+fn mount_json(m: &Mount) -> Value {
+    json!({
+        "type": m.kind,
+        "description": m.description,
+        "accessor": m.accessor,
+        "uuid": m.uuid,
+        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "local": false,
+        "seal_wrap": false,
+        "external_entropy_access": false,
+        "options": null,
+        "plugin_version": "",
+        "running_plugin_version": "",
+    })
+}
+
+/// `GET sys/mounts`: every mount keyed by `path/`.
+async fn mounts_json(core: &Core) -> Result<Value> {
+    let mut map = Map::new();
+    for m in mounts::all(core).await? {
+        map.insert(format!("{}/", m.path), mount_json(&m));
+    }
+    Ok(Value::Object(map))
+}
+
+/// A lease as `sys/leases/lookup` shows it.
+fn lease_json(l: &Lease, now: i64) -> Value {
+    json!({
+        "id": l.id,
+        "issue_time": rfc3339(l.issue_time),
+        "expire_time": rfc3339(l.expire_time),
+        "last_renewal": l.last_renewal.map(rfc3339),
+        "renewable": l.renewable,
+        "ttl": (l.expire_time - now).max(0),
+    })
+}
