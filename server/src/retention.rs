@@ -73,7 +73,7 @@ pub async fn task(core: State, cfg: Retention) {
         let started = std::time::Instant::now();
         match run(&core, &cfg, core.clock.now()).await {
             Ok(r) => {
-                core.metrics.retention_ran(&r);
+                core.metrics.retention_ran(r.audit_lines, r.certificates);
                 tracing::info!(
                     audit_lines = r.audit_lines,
                     certificates = r.certificates,
