@@ -1,5 +1,5 @@
 """A client no one at gatepass wrote: hvac logs in with AppRole and uses the
-generic read/write/list calls. Run by tests/tests/server.rs with the server's
+generic read/write/list calls. Run by tests/tests/it/server.rs with the server's
 address, CA and a root token in the environment."""
 import os
 import sys

@@ -1,5 +1,5 @@
 //! `gatepass-hostd-testkit`: hostd's apply code driven without a server,
-//! for the crash-safety test (tests/tests/hostd_files.rs) and the benchmark
+//! for the crash-safety test (tests/tests/it/hostd_files.rs) and the benchmark
 //! (bench/src/hostd.rs). Built only with the `testkit` feature, which the
 //! tests and bench crates turn on, so the packaged `gatepass-hostd` does not
 //! carry it.

@@ -226,7 +226,7 @@ pub fn foreign_ca(dir: &Path) -> PathBuf {
 
 /// Marks PAM files these tests write; only such files are removed.
 const MARKER: &str =
-    "# Written by gatepass's PAM helper tests (tests/tests/pam_*.rs); removed when the test ends.";
+    "# Written by gatepass's PAM helper tests (tests/tests/it/pam_*.rs); removed when the test ends.";
 
 /// `/etc/pam.d/<service>`, removed on drop (also when the test panics).
 pub struct PamFile {

@@ -5,15 +5,13 @@
 //! flags unchanged, and the time bound measured on the binary itself.
 //! Run as root (sshd, /etc/pam.d).
 
-mod pam_common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::pam_common::*;
 use gatepass_tests::bin;
 use gatepass_tests::sshd::{PamSetup, Sshd, SshdOptions};
-use pam_common::*;
 
 /// vault-ssh-helper's documented configuration, only the address and CA
 /// path filled in.

@@ -4,15 +4,13 @@
 //! directly for the same cases, the PAM_AUTHTOK path, module arguments and
 //! the time bound. Run as root (sshd, /etc/pam.d).
 
-mod pam_common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::pam_common::*;
 use gatepass_tests::bin;
 use gatepass_tests::sshd::{PamSetup, Sshd, SshdOptions};
-use pam_common::*;
 
 fn module() -> PathBuf {
     bin("libpam_gatepass.so")
