@@ -246,15 +246,7 @@ impl Client {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let resp = rb.send().await.map_err(|e| Error::Transport {
-            addr: self.addr.clone(),
-            source: e,
-        })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| Error::Transport {
-            addr: self.addr.clone(),
-            source: e,
-        })?;
+        let (status, text) = self.send(rb).await?;
         if status == 204 {
             return Ok(None);
         }
@@ -306,22 +298,21 @@ impl Client {
         self.request("DELETE", path, None).await.map(|_| ())
     }
 
+    /// Sends a request: its status and its body's text.
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<(u16, String)> {
+        let transport = |source| Error::Transport {
+            addr: self.addr.clone(),
+            source,
+        };
+        let resp = rb.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(transport)?;
+        Ok((status, text))
+    }
+
     /// Raw text of an unauthenticated or non-JSON endpoint.
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .await
-            .map_err(|e| Error::Transport {
-                addr: self.addr.clone(),
-                source: e,
-            })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| Error::Transport {
-            addr: self.addr.clone(),
-            source: e,
-        })?;
+        let (status, text) = self.send(self.http.get(self.url(path))).await?;
         if status >= 400 {
             return Err(Error::Api {
                 status,

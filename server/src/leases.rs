@@ -45,6 +45,45 @@ pub fn check_id(id: &str) -> Result<()> {
     }
 }
 
+impl Lease {
+    /// A lease issued at `now` for `ttl` seconds, renewable up to `max`
+    /// seconds after `now`, standing for the secret stored at `secret_key`.
+    pub fn new(
+        id: String,
+        secret_key: String,
+        now: i64,
+        ttl: i64,
+        renewable: bool,
+        max: i64,
+    ) -> Lease {
+        Lease {
+            id,
+            secret_key,
+            issue_time: now,
+            expire_time: now + ttl,
+            last_renewal: None,
+            renewable,
+            max_expire: now + max,
+        }
+    }
+}
+
+/// Stores a new secret (at the lease's `secret_key`, which must be free)
+/// and its lease in one transaction: both or neither, so that no secret
+/// is ever without the lease that expires it. False when the key is taken.
+pub async fn create_with_secret<T: Serialize>(
+    core: &Core,
+    lease: &Lease,
+    secret: &T,
+) -> Result<bool> {
+    let mut items = vec![(
+        lease.secret_key.clone(),
+        serde_json::to_value(secret).map_err(|e| Error::internal(e.to_string()))?,
+    )];
+    items.extend(records(lease)?);
+    core.storage.put_many(&items, true).await
+}
+
 pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
     core.storage.put_many(&records(lease)?, false).await?;
     Ok(())

@@ -169,6 +169,19 @@ pub(super) fn unwrap_json_errors(e: gatepass_api::Error) -> gatepass_api::Error 
 
 /// The CA keys, one per line, each checked to be an OpenSSH public key and
 /// written back as `type base64 [comment]`.
+/// The CA public keys a mount serves (`<mount>/public_key`, every issuer),
+/// as `ssh-… AAAA…` lines.
+pub(super) async fn ca_public_keys(ctx: &Ctx, mount: &str) -> Result<Vec<String>> {
+    let path = format!("{}/public_key", mount_path(mount)?);
+    let action = format!("reading the CA's public key from {path}");
+    let text = ctx
+        .client
+        .get_text(&path)
+        .await
+        .map_err(|e| ctx.api_error(unwrap_json_errors(e), &action))?;
+    parse_ca_keys(&text, &action)
+}
+
 pub(super) fn parse_ca_keys(text: &str, action: &str) -> Result<Vec<String>> {
     let keys = text
         .lines()
@@ -249,7 +262,7 @@ mod tests {
         b.serial(7).unwrap();
         b.valid_principal("alice").unwrap();
         let cert = b.sign(&ca).unwrap();
-        json!({"data": {"signed_key": cert.to_openssh().unwrap()}})
+        json!({"data": {"serial_number": "7", "signed_key": cert.to_openssh().unwrap()}})
     }
 
     #[test]

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 
 use super::agent::{add_to_agent, check_agent};
 use super::engine::{
-    engine_path, ensure_newline, mount_path, parse_ca_keys, parse_cert, serial, signed_cert,
-    signed_key, unwrap_json_errors, with_comment,
+    ca_public_keys, engine_path, ensure_newline, parse_cert, serial, signed_cert, signed_key,
+    with_comment,
 };
 use super::sshfiles::{
     cert_path, check_pattern, contains_line, default_public_key, home, read_public_key,
@@ -550,15 +550,7 @@ async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
         Some(p) => p,
         None => home()?.join(".ssh").join("known_hosts"),
     };
-    let mount = mount_path(&args.mount)?;
-    let path = format!("{mount}/public_key");
-    let action = format!("reading the CA's public key from {path}");
-    let text = ctx
-        .client
-        .get_text(&path)
-        .await
-        .map_err(|e| ctx.api_error(unwrap_json_errors(e), &action))?;
-    let keys = parse_ca_keys(&text, &action)?;
+    let keys = ca_public_keys(ctx, &args.mount).await?;
     let wanted: Vec<String> = keys
         .iter()
         .map(|k| format!("@cert-authority {} {k}", args.domain))

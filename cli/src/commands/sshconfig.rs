@@ -16,7 +16,7 @@ use ssh_key::certificate::CertType;
 use ssh_key::Certificate;
 
 use super::agent::{add_to_agent, check_agent, ssh_add_missing};
-use super::engine::{engine_path, mount_path, parse_ca_keys, sign_ephemeral, unwrap_json_errors};
+use super::engine::{ca_public_keys, engine_path, mount_path, sign_ephemeral};
 use super::sshfiles::{check_pattern, home, write_user_file};
 use super::{Ctx, GlobalArgs};
 use crate::clock::now;
@@ -277,14 +277,7 @@ pub fn config(global: &GlobalArgs, args: ConfigArgs) -> Result<()> {
 
 pub async fn known_hosts(ctx: &Ctx, args: KnownHostsArgs) -> Result<()> {
     check_pattern(&args.domain)?;
-    let path = format!("{}/public_key", mount_path(&args.mount)?);
-    let action = format!("reading the CA's public key from {path}");
-    let text = ctx
-        .client
-        .get_text(&path)
-        .await
-        .map_err(|e| ctx.api_error(unwrap_json_errors(e), &action))?;
-    for k in parse_ca_keys(&text, &action)? {
+    for k in ca_public_keys(ctx, &args.mount).await? {
         println!("@cert-authority {} {k}", args.domain);
     }
     Ok(())

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::token::{self, NewToken, TokenEntry};
+use super::token::{self, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Fields;
@@ -389,19 +389,10 @@ pub async fn login(
             }
         }
     }
-    let t = &role.token;
-    let spec = NewToken {
-        policies: t.token_policies.clone(),
-        no_default_policy: t.token_no_default_policy,
-        ttl: (t.token_ttl > 0).then_some(t.token_ttl),
-        explicit_max_ttl: t.token_max_ttl,
-        num_uses: t.token_num_uses,
-        renewable: true,
-        display_name: "approle".into(),
-        meta: BTreeMap::from([("role_name".to_string(), role.name.clone())]),
-        bound_cidrs: t.token_bound_cidrs.clone(),
-        path: "auth/approle/login".into(),
-        ..NewToken::default()
-    };
+    let spec = role.token.new_token(
+        "approle".into(),
+        ("role_name", &role.name),
+        "auth/approle/login".into(),
+    );
     token::create(core, spec, now).await
 }

@@ -44,6 +44,29 @@ pub struct TokenSettings {
 }
 
 impl TokenSettings {
+    /// The token a login with these settings gets: `display_name`, one
+    /// `meta` entry naming who logged in, and the login path.
+    pub fn new_token(
+        &self,
+        display_name: String,
+        meta: (&str, &str),
+        path: String,
+    ) -> token::NewToken {
+        token::NewToken {
+            policies: self.token_policies.clone(),
+            no_default_policy: self.token_no_default_policy,
+            ttl: (self.token_ttl > 0).then_some(self.token_ttl),
+            explicit_max_ttl: self.token_max_ttl,
+            num_uses: self.token_num_uses,
+            renewable: true,
+            display_name,
+            meta: std::collections::BTreeMap::from([(meta.0.to_string(), meta.1.to_string())]),
+            bound_cidrs: self.token_bound_cidrs.clone(),
+            path,
+            ..token::NewToken::default()
+        }
+    }
+
     /// Reads the `token_*` fields (and Vault's older `policies`, `ttl`,
     /// `max_ttl` names) over the current values.
     pub fn update_from(&mut self, f: &crate::request::Fields) -> crate::error::Result<()> {

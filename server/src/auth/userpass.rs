@@ -1,14 +1,12 @@
 //! Userpass (`auth/userpass/*`): people log in with a name and a password,
 //! kept as an Argon2id hash.
 
-use std::collections::BTreeMap;
-
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::token::{self, NewToken, TokenEntry};
+use super::token::{self, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Fields;
@@ -199,20 +197,11 @@ pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(Str
         (true, Some(u)) => u,
         _ => return Err(invalid()),
     };
-    let t = &user.token;
-    let spec = NewToken {
-        policies: t.token_policies.clone(),
-        no_default_policy: t.token_no_default_policy,
-        ttl: (t.token_ttl > 0).then_some(t.token_ttl),
-        explicit_max_ttl: t.token_max_ttl,
-        num_uses: t.token_num_uses,
-        renewable: true,
-        display_name: format!("userpass-{}", user.name),
-        meta: BTreeMap::from([("username".to_string(), user.name.clone())]),
-        bound_cidrs: t.token_bound_cidrs.clone(),
-        path: format!("auth/userpass/login/{}", user.name),
-        ..NewToken::default()
-    };
+    let spec = user.token.new_token(
+        format!("userpass-{}", user.name),
+        ("username", &user.name),
+        format!("auth/userpass/login/{}", user.name),
+    );
     token::create(core, spec, now).await
 }
 

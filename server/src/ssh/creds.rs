@@ -226,22 +226,9 @@ pub async fn create(
                 expire_time: now + ttl,
                 host_id,
             };
-            let lease = Lease {
-                id: lease_id.clone(),
-                secret_key: key.clone(),
-                issue_time: now,
-                expire_time: now + ttl,
-                last_renewal: None,
-                renewable: false,
-                max_expire: now + ttl,
-            };
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, false, ttl);
             // The OTP and its lease in one transaction: both or neither.
-            let mut items = vec![(
-                key,
-                serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?,
-            )];
-            items.extend(leases::records(&lease)?);
-            if !core.storage.put_many(&items, true).await? {
+            if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("OTP collision"));
             }
             Ok(Issued {
@@ -279,23 +266,10 @@ pub async fn create(
                 key_option_specs: role.key_option_specs.clone(),
                 expire_time: now + ttl,
             };
-            let lease = Lease {
-                id: lease_id.clone(),
-                secret_key: key.clone(),
-                issue_time: now,
-                expire_time: now + ttl,
-                last_renewal: None,
-                renewable: true,
-                max_expire: now + max,
-            };
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max);
             // The key and its lease in one transaction, as an OTP's: a key
             // never waits for its host without a lease to expire it.
-            let mut items = vec![(
-                key,
-                serde_json::to_value(&entry).map_err(|e| Error::internal(e.to_string()))?,
-            )];
-            items.extend(leases::records(&lease)?);
-            if !core.storage.put_many(&items, true).await? {
+            if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("dynamic key collision"));
             }
             let pem = private
