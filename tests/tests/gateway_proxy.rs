@@ -1,0 +1,533 @@
+//! gatepass-gateway's SSH proxy with real OpenSSH on both ends: a person
+//! with a session certificate of the gateway session CA runs plain `ssh`,
+//! `scp` and `sftp` to the gateway, which logs in to private target sshds on
+//! loopback by password (PAM, a local user made for the test), key
+//! (authorized_keys) or certificate (TrustedUserCAKeys), and bridges the
+//! session until it ends. Sessions come from a TOML file read by
+//! `gatepass-gateway-testkit`, standing in for the gatepass server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gatepass_tests::bin;
+use gatepass_tests::sshd::{
+    keygen, pub_path, sign_host_key, sign_user_key, PamSetup, Sshd, SshdOptions,
+};
+
+#[allow(clippy::disallowed_methods)]
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+fn now() -> u64 {
+    since_epoch().as_secs()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The person's side and the gateway: keys, the session CA, the sessions
+/// file, and a running `gatepass-gateway-testkit`.
+struct Gateway {
+    dir: tempfile::TempDir,
+    session_ca: PathBuf,
+    person_key: PathBuf,
+    known_hosts: PathBuf,
+    sessions: PathBuf,
+    port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+/// One `[[session]]` of the sessions file.
+#[derive(Clone)]
+struct SessionEntry {
+    id: String,
+    expires_at: u64,
+    port: u16,
+    username: String,
+    credential: String,
+    trust: String,
+    allow_forwarding: bool,
+    terminated: bool,
+}
+
+impl SessionEntry {
+    fn new(id: &str, target: &Sshd, username: &str, credential: String) -> SessionEntry {
+        SessionEntry {
+            id: id.into(),
+            expires_at: now() + 600,
+            port: target.port,
+            username: username.into(),
+            credential,
+            trust: format!("known_hosts = [{:?}]", target.host_public_key().trim()),
+            allow_forwarding: false,
+            terminated: false,
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[[session]]\nid = {:?}\nexpires_at = {}\nhost = \"127.0.0.1\"\nport = {}\n\
+             username = {:?}\n{}\n{}\nallow_forwarding = {}\nterminated = {}\n\n",
+            self.id,
+            self.expires_at,
+            self.port,
+            self.username,
+            self.credential,
+            self.trust,
+            self.allow_forwarding,
+            self.terminated
+        )
+    }
+}
+
+impl Gateway {
+    fn start(extra_args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let session_ca = keygen(dir.path(), "session_ca", "ed25519", None);
+        let person_key = keygen(dir.path(), "person", "ed25519", None);
+        let host_key = keygen(dir.path(), "gateway_host", "ed25519", None);
+        let sessions = dir.path().join("sessions.toml");
+        std::fs::write(&sessions, "").unwrap();
+        let log = dir.path().join("gateway.log");
+        let mut child = Command::new(bin("gatepass-gateway-testkit"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--host-key"])
+            .arg(&host_key)
+            .arg("--session-ca")
+            .arg(pub_path(&session_ca))
+            .arg("--sessions")
+            .arg(&sessions)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("port=")
+            .unwrap_or_else(|| panic!("no port line: {line:?}\n{}", read(&log)))
+            .parse()
+            .unwrap();
+        // The person checks the gateway's host key like any server's.
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {}", read(&pub_path(&host_key))),
+        )
+        .unwrap();
+        Gateway {
+            dir,
+            session_ca,
+            person_key,
+            known_hosts,
+            sessions,
+            port,
+            child,
+            log,
+        }
+    }
+
+    fn set_sessions(&self, sessions: &[&SessionEntry]) {
+        let text: String = sessions.iter().map(|s| s.toml()).collect();
+        // Written whole and renamed, so the gateway never reads half a file.
+        let tmp = self.dir.path().join("sessions.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.sessions).unwrap();
+    }
+
+    /// A certificate for the person's key, as the server would issue it:
+    /// key ID = session ID, the login name as principal.
+    fn certificate(&self, session_id: &str, principal: &str, validity: &str) -> PathBuf {
+        self.certificate_from(&self.session_ca, session_id, principal, validity)
+    }
+
+    fn certificate_from(
+        &self,
+        ca: &Path,
+        session_id: &str,
+        principal: &str,
+        validity: &str,
+    ) -> PathBuf {
+        let made = sign_user_key(
+            ca,
+            &pub_path(&self.person_key),
+            session_id,
+            &[principal],
+            validity,
+        );
+        let kept = self
+            .dir
+            .path()
+            .join(format!("{session_id}-{}-cert.pub", now_nanos()));
+        std::fs::rename(made, &kept).unwrap();
+        kept
+    }
+
+    fn common_options(&self, cert: Option<&Path>) -> Vec<String> {
+        let mut o = vec![
+            "-F".to_string(),
+            "/dev/null".into(),
+            "-o".into(),
+            format!("IdentityFile={}", self.person_key.display()),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "IdentityAgent=none".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=5".into(),
+        ];
+        if let Some(cert) = cert {
+            o.extend(["-o".into(), format!("CertificateFile={}", cert.display())]);
+        }
+        o
+    }
+
+    /// `ssh -p PORT … USER@127.0.0.1 ARGS…` (not run).
+    fn ssh(&self, cert: Option<&Path>, user: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.common_options(cert))
+            .args(["-p", &self.port.to_string(), "-l", user, "127.0.0.1"])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn log(&self) -> String {
+        read(&self.log)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> u128 {
+    since_epoch().as_nanos()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(gw: &Gateway, o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- gateway log ---\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o),
+        gw.log()
+    );
+    stdout(&o)
+}
+
+/// A target sshd that takes `target_key` through authorized_keys (and
+/// serves SFTP, which the harness's sshd does not by default).
+fn key_target(target_key: &Path) -> Sshd {
+    let mut sshd = Sshd::new(SshdOptions::default());
+    sshd.options
+        .extra_config
+        .push("Subsystem sftp internal-sftp".into());
+    let ak = sshd.write_file("authorized_keys", &read(&pub_path(target_key)));
+    sshd.options
+        .extra_config
+        .push(format!("AuthorizedKeysFile {}", ak.display()));
+    sshd.launch();
+    sshd
+}
+
+fn key_credential(key: &Path) -> String {
+    format!("private_key_file = {:?}", key.display().to_string())
+}
+
+/// A local account with a password, removed on drop.
+struct LocalUser {
+    name: String,
+}
+
+impl LocalUser {
+    fn create(name: &str, password: &str) -> LocalUser {
+        let _ = Command::new("userdel").args(["-r", name]).output();
+        let o = run(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]));
+        assert!(o.status.success(), "useradd: {}", stderr(&o));
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        chpasswd
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{name}:{password}\n").as_bytes())
+            .unwrap();
+        assert!(chpasswd.wait().unwrap().success());
+        LocalUser { name: name.into() }
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}
+
+#[test]
+fn each_account_kind_runs_a_command_through_the_gateway() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+
+    // Key account: root on a target that trusts one key.
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let key_sshd = key_target(&target_key);
+    let by_key = SessionEntry::new("s-key", &key_sshd, "root", key_credential(&target_key));
+
+    // Certificate account: a per-session key pair with a certificate of a CA
+    // the target trusts; the target proves itself with a host certificate.
+    let user_ca = keygen(keys.path(), "target_user_ca", "ed25519", None);
+    let host_ca = keygen(keys.path(), "target_host_ca", "ed25519", None);
+    let session_key = keygen(keys.path(), "per_session", "ed25519", None);
+    let session_cert = sign_user_key(
+        &user_ca,
+        &pub_path(&session_key),
+        "s-cert",
+        &["root"],
+        "+5m",
+    );
+    let mut cert_sshd = Sshd::new(SshdOptions::trusting_user_ca(&pub_path(&user_ca)));
+    let host_cert = sign_host_key(
+        &host_ca,
+        &cert_sshd.host_key_pub,
+        "target",
+        &["127.0.0.1"],
+        "+5m",
+    );
+    cert_sshd
+        .options
+        .extra_config
+        .push(format!("HostCertificate {}", host_cert.display()));
+    cert_sshd.launch();
+    let mut by_cert = SessionEntry::new(
+        "s-cert",
+        &cert_sshd,
+        "root",
+        format!(
+            "{}\ncertificate_file = {:?}",
+            key_credential(&session_key),
+            session_cert.display().to_string()
+        ),
+    );
+    by_cert.trust = format!("host_ca = [{:?}]", read(&pub_path(&host_ca)).trim());
+
+    // Password account: a local user the test makes, checked by pam_unix.
+    let user = LocalUser::create("gp-gw-test", "Tr0ub4dor-gateway");
+    let pam_sshd = Sshd::start(SshdOptions {
+        extra_config: vec![],
+        pam: Some(PamSetup {
+            service: "gatepass-test-gateway-pw".into(),
+            pam_config: "auth required pam_unix.so nodelay\n\
+                         account required pam_unix.so\n\
+                         session required pam_unix.so\n"
+                .into(),
+        }),
+    });
+    let by_password = SessionEntry::new(
+        "s-pw",
+        &pam_sshd,
+        &user.name,
+        "password = \"Tr0ub4dor-gateway\"".into(),
+    );
+
+    gw.set_sessions(&[&by_key, &by_cert, &by_password]);
+
+    for (session, login) in [
+        ("s-key", "root"),
+        ("s-cert", "root"),
+        ("s-pw", user.name.as_str()),
+    ] {
+        let cert = gw.certificate(session, login, "+1m");
+        let out = ok(
+            &gw,
+            run(&mut gw.ssh(Some(&cert), login, &["echo hello; id -un"])),
+        );
+        assert_eq!(out, format!("hello\n{login}\n"), "session {session}");
+        // Exit status and stderr come back as the target sent them.
+        let o = run(&mut gw.ssh(Some(&cert), login, &["echo oops >&2; exit 3"]));
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "oops\n");
+    }
+
+    // An interactive login gets a terminal on the target.
+    let cert = gw.certificate("s-key", "root", "+1m");
+    let out = ok(&gw, run(&mut gw.ssh(Some(&cert), "root", &["-tt", "tty"])));
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+
+    // The credential is the gateway's: it is in no line it logged.
+    let log = gw.log();
+    assert!(!log.contains("Tr0ub4dor"), "{log}");
+    assert!(log.contains("session started"), "{log}");
+}
+
+#[test]
+fn scp_and_sftp_copy_files_intact_and_ssh_l_forwards() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let mut forwarding = SessionEntry::new("s-fwd", &sshd, "root", key_credential(&target_key));
+    forwarding.allow_forwarding = true;
+    let no_forwarding = SessionEntry::new("s-nofwd", &sshd, "root", key_credential(&target_key));
+    gw.set_sessions(&[&forwarding, &no_forwarding]);
+    let cert = gw.certificate("s-fwd", "root", "+1m");
+
+    // 1 MiB of random bytes up with scp (SFTP protocol), with the legacy
+    // scp protocol (`scp -t` on the target), and down with sftp.
+    let work = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    let src = work.path().join("random.bin");
+    std::fs::write(&src, &data).unwrap();
+    let port = gw.port.to_string();
+    for (flags, name) in [(vec![], "scp.bin"), (vec!["-O"], "scp-legacy.bin")] {
+        let dest = work.path().join(name);
+        let o = run(Command::new("scp")
+            .args(gw.common_options(Some(&cert)))
+            .args(["-q", "-P", &port])
+            .args(flags)
+            .arg(&src)
+            .arg(format!("root@127.0.0.1:{}", dest.display()))
+            .stdin(Stdio::null()));
+        ok(&gw, o);
+        assert!(std::fs::read(&dest).unwrap() == data, "{name} differs");
+    }
+    let back = work.path().join("sftp.bin");
+    let batch = work.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "get {} {}\n",
+            work.path().join("scp.bin").display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let o = run(Command::new("sftp")
+        .args(gw.common_options(Some(&cert)))
+        .args(["-q", "-P", &port, "-b"])
+        .arg(&batch)
+        .arg("root@127.0.0.1")
+        .stdin(Stdio::null()));
+    ok(&gw, o);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "sftp download differs"
+    );
+
+    // `ssh -L` to a TCP echo server next to the target.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut read_half = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut read_half, &mut conn);
+            });
+        }
+    });
+    let forward = |session_cert: &Path| -> (Child, u16) {
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local_port = local.local_addr().unwrap().port();
+        drop(local);
+        let child = gw
+            .ssh(
+                Some(session_cert),
+                "root",
+                &[
+                    "-N",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-L",
+                    &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+                ],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, local_port)
+    };
+    let connect = |port: u16| -> TcpStream {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no -L listener");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (mut ssh_l, local_port) = forward(&cert);
+    let mut stream = connect(local_port);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"ping through the gateway\n").unwrap();
+    let mut answer = [0u8; 25];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"ping through the gateway\n");
+    drop(stream);
+    let _ = ssh_l.kill();
+    let _ = ssh_l.wait();
+
+    // A session that does not allow forwarding: the channel is refused.
+    let cert = gw.certificate("s-nofwd", "root", "+1m");
+    let (mut ssh_l, local_port) = forward(&cert);
+    let mut stream = connect(local_port);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(b"ping\n");
+    let mut buf = [0u8; 5];
+    let got = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(got, 0, "forwarded although the session does not allow it");
+    let _ = ssh_l.kill();
+    let _ = ssh_l.wait();
+    assert!(
+        gw.log().contains("refused a forwarding channel"),
+        "{}",
+        gw.log()
+    );
+}
