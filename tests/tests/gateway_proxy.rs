@@ -531,3 +531,222 @@ fn scp_and_sftp_copy_files_intact_and_ssh_l_forwards() {
         gw.log()
     );
 }
+
+/// Runs `ssh` in the background; `finish` waits for it and tells when it
+/// ended (wall clock, to compare with a session's end time).
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        Running {
+            child: cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        }
+    }
+
+    /// Waits at most `bound`; (output, when it exited as time since epoch).
+    fn finish(mut self, bound: Duration) -> (Output, Duration) {
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                let ended = since_epoch();
+                return (self.child.wait_with_output().unwrap(), ended);
+            }
+            if start.elapsed() > bound {
+                let _ = self.child.kill();
+                let out = self.child.wait_with_output().unwrap();
+                panic!(
+                    "still running after {bound:?}\n{}\n{}",
+                    stdout(&out),
+                    stderr(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn sessions_end_at_their_end_time_on_terminate_and_when_idle() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let mut short = SessionEntry::new("s-short", &sshd, "root", key_credential(&target_key));
+    short.expires_at = now() + 3;
+    let mut doomed = SessionEntry::new("s-doomed", &sshd, "root", key_credential(&target_key));
+    gw.set_sessions(&[&short, &doomed]);
+
+    // Two live sessions running a long command: one reaches its end time,
+    // the other is terminated by an administrator a second in.
+    let short_cert = gw.certificate("s-short", "root", "+1m");
+    let doomed_cert = gw.certificate("s-doomed", "root", "+1m");
+    let expiring =
+        Running::start(&mut gw.ssh(Some(&short_cert), "root", &["echo started; sleep 30"]));
+    let terminated =
+        Running::start(&mut gw.ssh(Some(&doomed_cert), "root", &["echo started; sleep 30"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    doomed.terminated = true;
+    gw.set_sessions(&[&short, &doomed]);
+    let terminated_at = since_epoch();
+
+    let (out, ended) = terminated.finish(Duration::from_secs(10));
+    assert_eq!(stdout(&out), "started\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("terminated by an administrator"),
+        "{}",
+        stderr(&out)
+    );
+    let took = ended - terminated_at;
+    assert!(took < Duration::from_secs(2), "terminate took {took:?}");
+
+    let (out, ended) = expiring.finish(Duration::from_secs(10));
+    assert_eq!(stdout(&out), "started\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("reached its end time"),
+        "{}",
+        stderr(&out)
+    );
+    let end = Duration::from_secs(short.expires_at);
+    assert!(
+        ended + Duration::from_millis(100) >= end,
+        "closed before its end"
+    );
+    assert!(
+        ended < end + Duration::from_secs(1),
+        "closed {:?} after its end",
+        ended - end
+    );
+
+    // After their end neither session lets anyone in again.
+    for cert in [&short_cert, &doomed_cert] {
+        let o = run(&mut gw.ssh(Some(cert), "root", &["echo hello"]));
+        assert_eq!(o.status.code(), Some(255), "{}", stdout(&o));
+        assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    }
+
+    // A gateway with a 2 s idle timeout closes a silent session, not a
+    // talkative one.
+    let idle_gw = Gateway::start(&["--idle-timeout", "2"]);
+    let long = SessionEntry::new("s-long", &sshd, "root", key_credential(&target_key));
+    idle_gw.set_sessions(&[&long]);
+    let cert = idle_gw.certificate("s-long", "root", "+1m");
+    let talking = Running::start(&mut idle_gw.ssh(
+        Some(&cert),
+        "root",
+        &["for i in 1 2 3 4 5 6; do echo tick; sleep 0.5; done"],
+    ));
+    let silent = Running::start(&mut idle_gw.ssh(Some(&cert), "root", &["sleep 30"]));
+    let (out, _) = talking.finish(Duration::from_secs(10));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "tick\n".repeat(6));
+    let (out, _) = silent.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("idle"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_gateway_refuses_what_it_must() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let good = SessionEntry::new("s-good", &sshd, "root", key_credential(&target_key));
+    // The target's host key changed (or someone is in the middle): the
+    // pinned key is another one.
+    let other_host = keygen(keys.path(), "other_host", "ed25519", None);
+    let mut moved = good.clone();
+    moved.id = "s-moved".into();
+    moved.trust = format!("known_hosts = [{:?}]", read(&pub_path(&other_host)).trim());
+    // A resource trusting a host CA, whose target shows only a plain key.
+    let host_ca = keygen(keys.path(), "host_ca", "ed25519", None);
+    let mut uncertified = good.clone();
+    uncertified.id = "s-uncertified".into();
+    uncertified.trust = format!("host_ca = [{:?}]", read(&pub_path(&host_ca)).trim());
+    let mut closed = good.clone();
+    closed.id = "s-closed".into();
+    closed.terminated = true;
+    gw.set_sessions(&[&good, &moved, &uncertified, &closed]);
+
+    let refused = |cert: Option<&Path>, why: &str| {
+        let o = run(&mut gw.ssh(cert, "root", &["echo hello"]));
+        assert_eq!(o.status.code(), Some(255), "{why}: {}", stdout(&o));
+        assert_eq!(stdout(&o), "", "{why}");
+        stderr(&o)
+    };
+
+    // Host key mismatch: refused, and the person is told why.
+    let err = refused(
+        Some(&gw.certificate("s-moved", "root", "+1m")),
+        "host key mismatch",
+    );
+    assert!(
+        err.contains("the target's host key is not trusted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not among the resource's pinned keys"),
+        "{err}"
+    );
+    let err = refused(
+        Some(&gw.certificate("s-uncertified", "root", "+1m")),
+        "no host cert",
+    );
+    assert!(
+        err.contains("without a certificate of the resource's host CA"),
+        "{err}"
+    );
+    assert!(
+        gw.log().contains("cannot log in to the target"),
+        "{}",
+        gw.log()
+    );
+
+    // Certificates the gateway must not take.
+    let other_ca = keygen(keys.path(), "other_ca", "ed25519", None);
+    let foreign = gw.certificate_from(&other_ca, "s-good", "root", "+1m");
+    let expired = gw.certificate("s-good", "root", "-10m:-5m");
+    let not_yet = gw.certificate("s-good", "root", "+5m:+10m");
+    let unknown = gw.certificate("s-nonexistent", "root", "+1m");
+    let closed_cert = gw.certificate("s-closed", "root", "+1m");
+    let other_login = gw.certificate("s-good", "someone-else", "+1m");
+    for (cert, why) in [
+        (Some(&foreign), "another CA"),
+        (Some(&expired), "expired"),
+        (Some(&not_yet), "not yet valid"),
+        (Some(&unknown), "unknown session"),
+        (Some(&closed_cert), "closed session"),
+        (Some(&other_login), "login not a principal"),
+        (None, "plain key"),
+    ] {
+        let err = refused(cert.map(|p| p.as_path()), why);
+        assert!(err.contains("Permission denied"), "{why}: {err}");
+    }
+    let log = gw.log();
+    for reason in [
+        "not signed by the session CA",
+        "no such session",
+        "has ended",
+        "principals",
+        "plain key",
+    ] {
+        assert!(log.contains(reason), "{reason}: {log}");
+    }
+
+    // And the good one still works.
+    let out = ok(
+        &gw,
+        run(&mut gw.ssh(
+            Some(&gw.certificate("s-good", "root", "+1m")),
+            "root",
+            &["echo hello"],
+        )),
+    );
+    assert_eq!(out, "hello\n");
+}
