@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::bridge::{self, Activity};
 use crate::clock;
 use crate::limits;
-use crate::session::{Session, SessionSource};
+use crate::session::{Session, SessionSource, SourceError};
 use crate::target::{self, Target};
 
 /// What the SSH server needs besides its sessions.
@@ -103,8 +103,9 @@ pub struct Connection<S> {
 
 enum State {
     Unauthenticated,
-    /// The certificate was good but the target could not be reached or
-    /// refused; the user is told why and disconnected.
+    /// The certificate was good but the session's source or target could
+    /// not be used; the user is told why and disconnected, and no channel
+    /// opens.
     TargetFailed {
         session_id: String,
         message: String,
@@ -138,30 +139,49 @@ impl<S: SessionSource> Connection<S> {
     }
 
     /// Checks the certificate; the session it names if it passes.
-    async fn admit(&self, user: &str, cert: &Certificate, now: u64) -> Result<Session, String> {
+    async fn admit(&self, user: &str, cert: &Certificate, now: u64) -> Result<Session, Refusal> {
         if cert.cert_type() != CertType::User {
-            return Err("not a user certificate".into());
+            return Err(Refusal::Denied("not a user certificate".into()));
         }
         cert.validate_at(now, &self.shared.ca_fingerprints)
             .map_err(|e| {
-                format!("certificate not valid now or not signed by the session CA: {e}")
+                Refusal::Denied(format!(
+                    "certificate not valid now or not signed by the session CA: {e}"
+                ))
             })?;
         if !cert.valid_principals().iter().any(|p| p == user) {
-            return Err(format!(
+            return Err(Refusal::Denied(format!(
                 "login name {user:?} is not among the certificate's principals"
-            ));
+            )));
         }
-        let session = self
-            .source
-            .open_session(cert.key_id(), now)
-            .await
-            .map_err(|e| format!("session {:?}: {e}", cert.key_id()))?;
+        let session = match self.source.open_session(cert.key_id(), now).await {
+            Ok(session) => session,
+            Err(e @ SourceError::Unavailable(_)) => {
+                return Err(Refusal::Unavailable(e.to_string()))
+            }
+            Err(e) => return Err(Refusal::Denied(format!("session {:?}: {e}", cert.key_id()))),
+        };
         if session.expires_at <= now {
-            return Err(format!("session {:?} has ended", session.id));
+            return Err(Refusal::Denied(format!(
+                "session {:?} has ended",
+                session.id
+            )));
         }
         Ok(session)
     }
 }
+
+/// Why a certificate does not open a session.
+enum Refusal {
+    /// Not for this gateway, or not now: "Permission denied", like sshd.
+    Denied(String),
+    /// A genuine session certificate, but the gateway cannot learn the
+    /// session: the person is told so rather than "Permission denied".
+    Unavailable(String),
+}
+
+/// How long the gateway gives the target to answer and accept the login.
+const TARGET_LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl<S: SessionSource> server::Handler for Connection<S> {
     type Error = russh::Error;
@@ -184,12 +204,23 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         let now = clock::now_unix();
         let session = match self.admit(user, cert, now).await {
             Ok(session) => session,
-            Err(why) => {
+            Err(Refusal::Denied(why)) => {
                 warn!(peer = %self.peer(), user, key_id = cert.key_id(), reason = %why, "access refused");
                 return Ok(Auth::reject());
             }
+            Err(Refusal::Unavailable(why)) => {
+                warn!(peer = %self.peer(), user, key_id = cert.key_id(), reason = %why, "access refused");
+                self.state = State::TargetFailed {
+                    session_id: cert.key_id().to_owned(),
+                    message: format!("gatepass: cannot open the session now: {why}"),
+                };
+                return Ok(Auth::Accept);
+            }
         };
-        match target::connect(&session, now).await {
+        let login = tokio::time::timeout(TARGET_LOGIN_TIMEOUT, target::connect(&session, now))
+            .await
+            .unwrap_or(Err(target::TargetError::Timeout(TARGET_LOGIN_TIMEOUT)));
+        match login {
             Ok(target) => {
                 info!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, "session started");

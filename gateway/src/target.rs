@@ -25,6 +25,8 @@ pub enum TargetError {
     },
     #[error("the target's host key is not trusted: {0}")]
     HostKey(String),
+    #[error("the target did not answer and accept the login within {0:?}")]
+    Timeout(std::time::Duration),
     #[error("the target refused the account's credential")]
     Auth,
     #[error("SSH error with the target: {0}")]

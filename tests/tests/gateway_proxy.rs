@@ -259,6 +259,9 @@ fn key_target(target_key: &Path) -> Sshd {
     sshd.options
         .extra_config
         .push("Subsystem sftp internal-sftp".into());
+    sshd.options
+        .extra_config
+        .push("AcceptEnv GATEPASS_TEST_*".into());
     let ak = sshd.write_file("authorized_keys", &read(&pub_path(target_key)));
     sshd.options
         .extra_config
@@ -391,6 +394,20 @@ fn each_account_kind_runs_a_command_through_the_gateway() {
     let cert = gw.certificate("s-key", "root", "+1m");
     let out = ok(&gw, run(&mut gw.ssh(Some(&cert), "root", &["-tt", "tty"])));
     assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    // Environment variables the person sends reach the target's shell.
+    let out = ok(
+        &gw,
+        run(&mut gw.ssh(
+            Some(&cert),
+            "root",
+            &[
+                "-o",
+                "SetEnv=GATEPASS_TEST_VAR=bridged",
+                "echo $GATEPASS_TEST_VAR",
+            ],
+        )),
+    );
+    assert_eq!(out, "bridged\n");
 
     // The credential is the gateway's: it is in no line it logged.
     let log = gw.log();
@@ -672,7 +689,32 @@ fn the_gateway_refuses_what_it_must() {
     let mut closed = good.clone();
     closed.id = "s-closed".into();
     closed.terminated = true;
-    gw.set_sessions(&[&good, &moved, &uncertified, &closed]);
+    // A target whose host certificate names another host.
+    let mut misnamed_sshd = Sshd::new(SshdOptions::default());
+    let misnamed_cert = sign_host_key(
+        &host_ca,
+        &misnamed_sshd.host_key_pub,
+        "elsewhere",
+        &["elsewhere.example"],
+        "+5m",
+    );
+    misnamed_sshd
+        .options
+        .extra_config
+        .push(format!("HostCertificate {}", misnamed_cert.display()));
+    misnamed_sshd.launch();
+    let mut misnamed = uncertified.clone();
+    misnamed.id = "s-misnamed".into();
+    misnamed.port = misnamed_sshd.port;
+    // A target nobody listens on.
+    let mut down = good.clone();
+    down.id = "s-down".into();
+    down.port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    gw.set_sessions(&[&good, &moved, &uncertified, &closed, &misnamed, &down]);
 
     let refused = |cert: Option<&Path>, why: &str| {
         let o = run(&mut gw.ssh(cert, "root", &["echo hello"]));
@@ -740,13 +782,64 @@ fn the_gateway_refuses_what_it_must() {
     }
 
     // And the good one still works.
+    let good_cert = gw.certificate("s-good", "root", "+1m");
     let out = ok(
         &gw,
-        run(&mut gw.ssh(
-            Some(&gw.certificate("s-good", "root", "+1m")),
-            "root",
-            &["echo hello"],
-        )),
+        run(&mut gw.ssh(Some(&good_cert), "root", &["echo hello"])),
     );
     assert_eq!(out, "hello\n");
+
+    // When the gateway cannot learn its sessions, a genuine session
+    // certificate gets a clear message rather than "Permission denied".
+    std::fs::write(&gw.sessions, "this is not TOML [").unwrap();
+    let err = refused(Some(&good_cert), "source unavailable");
+    assert!(err.contains("cannot open the session now"), "{err}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_fast_producer_and_a_stalled_reader_do_not_fill_the_gateways_memory() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-bulk",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-bulk", "root", "+1m");
+    let before = rss_kib(gw.child.id());
+
+    // The target writes 64 MiB as fast as it can; the person's ssh writes
+    // into a pipe nobody reads for 3 s. Whatever the target sent beyond the
+    // SSH windows and russh's bounded buffers would pile up in the gateway.
+    const SIZE: usize = 64 << 20;
+    let mut ssh = gw
+        .ssh(Some(&cert), "root", &[&format!("head -c {SIZE} /dev/zero")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(gw.child.id());
+    eprintln!("gateway RSS {before} KiB before, {during} KiB while stalled");
+    assert!(
+        during.saturating_sub(before) < 32 * 1024,
+        "gateway grew from {before} KiB to {during} KiB while the reader stalled"
+    );
+
+    // Then everything arrives, intact in length.
+    let mut got = Vec::new();
+    ssh.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    let out = ssh.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(got.len(), SIZE);
+    assert!(got.iter().all(|b| *b == 0));
 }
