@@ -352,31 +352,37 @@ fn each_account_kind_runs_a_command_through_the_gateway() {
     );
     by_cert.trust = format!("host_ca = [{:?}]", read(&pub_path(&host_ca)).trim());
 
-    // Password account: a local user the test makes, checked by pam_unix.
+    // Password account: a local user the test makes, checked by pam_unix;
+    // a second target takes only keyboard-interactive (PAM's prompts).
     let user = LocalUser::create("gp-gw-test", "Tr0ub4dor-gateway");
-    let pam_sshd = Sshd::start(SshdOptions {
-        extra_config: vec![],
-        pam: Some(PamSetup {
-            service: "gatepass-test-gateway-pw".into(),
-            pam_config: "auth required pam_unix.so nodelay\n\
-                         account required pam_unix.so\n\
-                         session required pam_unix.so\n"
-                .into(),
-        }),
-    });
-    let by_password = SessionEntry::new(
-        "s-pw",
-        &pam_sshd,
-        &user.name,
-        "password = \"Tr0ub4dor-gateway\"".into(),
+    let pam_target = |service: &str, extra: Vec<String>| {
+        Sshd::start(SshdOptions {
+            extra_config: extra,
+            pam: Some(PamSetup {
+                service: service.into(),
+                pam_config: "auth required pam_unix.so nodelay\n\
+                             account required pam_unix.so\n\
+                             session required pam_unix.so\n"
+                    .into(),
+            }),
+        })
+    };
+    let pam_sshd = pam_target("gatepass-test-gateway-pw", vec![]);
+    let kbd_sshd = pam_target(
+        "gatepass-test-gateway-kbd",
+        vec!["PasswordAuthentication no".into()],
     );
+    let password = "password = \"Tr0ub4dor-gateway\"".to_string();
+    let by_password = SessionEntry::new("s-pw", &pam_sshd, &user.name, password.clone());
+    let by_kbd = SessionEntry::new("s-kbd", &kbd_sshd, &user.name, password);
 
-    gw.set_sessions(&[&by_key, &by_cert, &by_password]);
+    gw.set_sessions(&[&by_key, &by_cert, &by_password, &by_kbd]);
 
     for (session, login) in [
         ("s-key", "root"),
         ("s-cert", "root"),
         ("s-pw", user.name.as_str()),
+        ("s-kbd", user.name.as_str()),
     ] {
         let cert = gw.certificate(session, login, "+1m");
         let out = ok(
@@ -389,6 +395,24 @@ fn each_account_kind_runs_a_command_through_the_gateway() {
         assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
         assert_eq!(stderr(&o), "oops\n");
     }
+
+    assert!(
+        pam_sshd.log().contains("Accepted password for gp-gw-test"),
+        "{}",
+        pam_sshd.log()
+    );
+    assert!(
+        kbd_sshd
+            .log()
+            .contains("Accepted keyboard-interactive/pam for gp-gw-test"),
+        "{}",
+        kbd_sshd.log()
+    );
+    assert!(
+        cert_sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        cert_sshd.log()
+    );
 
     // An interactive login gets a terminal on the target.
     let cert = gw.certificate("s-key", "root", "+1m");
