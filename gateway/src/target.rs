@@ -231,3 +231,61 @@ async fn keyboard_interactive(
     }
     Ok(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::PublicKey;
+
+    const A: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFw2sFw+dxSvV+bm0wjC+wLdtPUJZMWivFmnO12B2VcC a";
+    const B: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbi1r8gMSRZFgWoA7wM/y7qNbR1OXAXgqKqYv2ynCeG b";
+
+    fn key(line: &str) -> PublicKey {
+        PublicKey::from_openssh(line).unwrap()
+    }
+
+    fn check(trust: HostKeyTrust) -> HostKeyCheck {
+        HostKeyCheck {
+            trust,
+            host: "db1.example".into(),
+            now: 1_000,
+            refusal: Arc::default(),
+        }
+    }
+
+    fn presented(line: &str) -> PublicKeyOrCertificate {
+        PublicKeyOrCertificate::PublicKey {
+            key: key(line),
+            hash_alg: None,
+        }
+    }
+
+    #[test]
+    fn a_pinned_key_matches_by_key_not_by_comment() {
+        let pinned = check(HostKeyTrust::PinnedKeys(vec![key(A)]));
+        assert!(pinned.verdict(&presented(A)).is_ok());
+        let renamed = A.replace(" a", " another comment");
+        assert!(pinned.verdict(&presented(&renamed)).is_ok());
+        let err = pinned.verdict(&presented(B)).unwrap_err();
+        assert!(
+            err.contains("not among the resource's pinned keys"),
+            "{err}"
+        );
+        assert!(err.contains("SHA256:"), "{err}");
+    }
+
+    #[test]
+    fn no_pinned_key_trusts_nothing() {
+        let empty = check(HostKeyTrust::PinnedKeys(vec![]));
+        assert!(empty.verdict(&presented(A)).is_err());
+    }
+
+    #[test]
+    fn a_host_ca_never_accepts_a_plain_key_even_the_cas_own() {
+        let ca = check(HostKeyTrust::HostCa(vec![key(A)]));
+        let err = ca.verdict(&presented(A)).unwrap_err();
+        assert!(err.contains("without a certificate"), "{err}");
+    }
+}

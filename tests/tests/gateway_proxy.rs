@@ -738,7 +738,20 @@ fn the_gateway_refuses_what_it_must() {
         .local_addr()
         .unwrap()
         .port();
-    gw.set_sessions(&[&good, &moved, &uncertified, &closed, &misnamed, &down]);
+    // An account whose key the target does not take.
+    let stale_key = keygen(keys.path(), "stale_key", "ed25519", None);
+    let mut stale = good.clone();
+    stale.id = "s-stale".into();
+    stale.credential = key_credential(&stale_key);
+    gw.set_sessions(&[
+        &good,
+        &moved,
+        &uncertified,
+        &closed,
+        &misnamed,
+        &down,
+        &stale,
+    ]);
 
     let refused = |cert: Option<&Path>, why: &str| {
         let o = run(&mut gw.ssh(cert, "root", &["echo hello"]));
@@ -772,6 +785,27 @@ fn the_gateway_refuses_what_it_must() {
         gw.log().contains("cannot log in to the target"),
         "{}",
         gw.log()
+    );
+    let err = refused(
+        Some(&gw.certificate("s-misnamed", "root", "+1m")),
+        "host cert for another name",
+    );
+    assert!(
+        err.contains("names [\"elsewhere.example\"], not \"127.0.0.1\""),
+        "{err}"
+    );
+    let err = refused(
+        Some(&gw.certificate("s-down", "root", "+1m")),
+        "target down",
+    );
+    assert!(err.contains("cannot reach the target 127.0.0.1:"), "{err}");
+    let err = refused(
+        Some(&gw.certificate("s-stale", "root", "+1m")),
+        "stale credential",
+    );
+    assert!(
+        err.contains("the target refused the account's credential"),
+        "{err}"
     );
 
     // Certificates the gateway must not take.
