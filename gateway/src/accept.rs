@@ -25,7 +25,7 @@ use crate::bridge::{self, Activity};
 use crate::clock;
 use crate::limits;
 use crate::session::{Session, SessionSource, SourceError};
-use crate::target::{self, Target};
+use crate::target::{self, Target, TargetLost};
 
 /// What the SSH server needs besides its sessions.
 pub struct GatewayConfig {
@@ -118,6 +118,8 @@ struct Live {
     expires_at: u64,
     allow_forwarding: bool,
     target: Arc<Target>,
+    /// Taken by the supervisor.
+    target_lost: Option<TargetLost>,
     /// Set when the session ends: no channel opens after that.
     ended: Arc<AtomicBool>,
     /// The user's open session channels, to tell them why it ended.
@@ -221,7 +223,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             .await
             .unwrap_or(Err(target::TargetError::Timeout(TARGET_LOGIN_TIMEOUT)));
         match login {
-            Ok(target) => {
+            Ok((target, target_lost)) => {
                 info!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, "session started");
                 self.state = State::Live(Box::new(Live {
@@ -229,6 +231,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     expires_at: session.expires_at,
                     allow_forwarding: session.allow_forwarding,
                     target: Arc::new(target),
+                    target_lost: Some(target_lost),
                     ended: Arc::new(AtomicBool::new(false)),
                     channels: Arc::new(Mutex::new(HashSet::new())),
                     activity: Arc::new(Activity::new()),
@@ -263,6 +266,9 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             State::Live(live) => {
                 let (gone_tx, gone_rx) = oneshot::channel();
                 live.gone = Some(gone_tx);
+                let Some(target_lost) = live.target_lost.take() else {
+                    return Ok(());
+                };
                 tokio::spawn(supervise(
                     self.source.clone(),
                     live.session_id.clone(),
@@ -272,6 +278,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     live.ended.clone(),
                     live.channels.clone(),
                     live.target.clone(),
+                    target_lost,
                     session.handle(),
                     gone_rx,
                 ));
@@ -397,11 +404,20 @@ async fn supervise<S: SessionSource>(
     ended: Arc<AtomicBool>,
     channels: Arc<Mutex<HashSet<ChannelId>>>,
     target: Arc<Target>,
+    target_lost: TargetLost,
     user: server::Handle,
     gone: oneshot::Receiver<()>,
 ) {
+    let watch = limits::watch(
+        &*source,
+        &session_id,
+        expires_at,
+        idle_timeout,
+        activity,
+        target_lost,
+    );
     let reason = tokio::select! {
-        reason = limits::watch(&*source, &session_id, expires_at, idle_timeout, activity) => Some(reason),
+        reason = watch => Some(reason),
         _ = gone => None,
     };
     ended.store(true, Ordering::SeqCst);

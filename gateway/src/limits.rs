@@ -1,5 +1,5 @@
 //! When a session ends: at its end time, when the source says it was
-//! terminated, or after a stretch without traffic.
+//! terminated, after a stretch without traffic, or when the target goes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use crate::bridge::Activity;
 use crate::clock;
 use crate::session::SessionSource;
+use crate::target::TargetLost;
 
 /// Why the gateway closed a session's connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub enum EndReason {
     Expired,
     Terminated,
     Idle,
+    /// The target closed the connection or it broke.
+    TargetLost,
 }
 
 impl EndReason {
@@ -25,6 +28,7 @@ impl EndReason {
             EndReason::Expired => "gatepass: the session has reached its end time",
             EndReason::Terminated => "gatepass: the session was terminated by an administrator",
             EndReason::Idle => "gatepass: the session was closed after being idle too long",
+            EndReason::TargetLost => "gatepass: the connection to the target was lost",
         }
     }
 
@@ -33,6 +37,7 @@ impl EndReason {
             EndReason::Expired => "expired",
             EndReason::Terminated => "terminated",
             EndReason::Idle => "idle",
+            EndReason::TargetLost => "target lost",
         }
     }
 }
@@ -51,6 +56,7 @@ pub async fn watch<S: SessionSource>(
     expires_at: u64,
     idle_timeout: Option<Duration>,
     activity: Arc<Activity>,
+    target_lost: TargetLost,
 ) -> EndReason {
     let end = deadline(expires_at, clock::since_epoch(), Instant::now());
     let idle = async {
@@ -69,6 +75,7 @@ pub async fn watch<S: SessionSource>(
         () = tokio::time::sleep_until(end) => EndReason::Expired,
         () = source.terminated(session_id) => EndReason::Terminated,
         () = idle => EndReason::Idle,
+        _ = target_lost => EndReason::TargetLost,
     }
 }
 

@@ -10,10 +10,16 @@ use russh::keys::ssh_key::Algorithm;
 use russh::keys::EcdsaCurve;
 use russh::keys::{Certificate, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 
+use tokio::sync::oneshot;
+
 use crate::session::{Credential, HostKeyTrust, Session};
 
 /// A logged-in connection to the target.
 pub type Target = client::Handle<HostKeyCheck>;
+
+/// Resolves (with an error, its sender being dropped) when the connection
+/// to the target has ended, whichever side ended it.
+pub type TargetLost = oneshot::Receiver<()>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -41,6 +47,8 @@ pub struct HostKeyCheck {
     now: u64,
     /// Why the key was refused, for the error the user sees.
     refusal: Arc<Mutex<Option<String>>>,
+    /// Dropped with the handler, that is when russh's connection task ends.
+    _alive: Option<oneshot::Sender<()>>,
 }
 
 impl HostKeyCheck {
@@ -140,18 +148,20 @@ const CERT_ALGORITHMS: &[Algorithm] = &[
 ];
 
 /// Connects to the session's target, checks its host key and logs in.
-pub async fn connect(session: &Session, now: u64) -> Result<Target, TargetError> {
+pub async fn connect(session: &Session, now: u64) -> Result<(Target, TargetLost), TargetError> {
     let mut config = client::Config::default();
     if let HostKeyTrust::HostCa(_) = session.host_key_trust {
         config.preferred.host_key_certificates = CERT_ALGORITHMS.into();
     }
     config.nodelay = true;
     let refusal = Arc::new(Mutex::new(None));
+    let (alive, lost) = oneshot::channel();
     let handler = HostKeyCheck {
         trust: session.host_key_trust.clone(),
         host: session.target_host.clone(),
         now,
         refusal: refusal.clone(),
+        _alive: Some(alive),
     };
     let addr = (session.target_host.as_str(), session.target_port);
     let connected = client::connect(Arc::new(config), addr, handler).await;
@@ -191,7 +201,7 @@ pub async fn connect(session: &Session, now: u64) -> Result<Target, TargetError>
             .success(),
     };
     if ok {
-        Ok(handle)
+        Ok((handle, lost))
     } else {
         Err(TargetError::Auth)
     }
@@ -252,6 +262,7 @@ mod tests {
             host: "db1.example".into(),
             now: 1_000,
             refusal: Arc::default(),
+            _alive: None,
         }
     }
 

@@ -901,3 +901,56 @@ fn a_fast_producer_and_a_stalled_reader_do_not_fill_the_gateways_memory() {
     assert_eq!(got.len(), SIZE);
     assert!(got.iter().all(|b| *b == 0));
 }
+
+#[test]
+fn the_person_is_told_when_the_target_connection_breaks() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-lost",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-lost", "root", "+1m");
+
+    // A connection with no channel (`ssh -N`, as for port forwarding): no
+    // channel close would end it when the target goes away.
+    let idle = Running::start(&mut gw.ssh(Some(&cert), "root", &["-N"]));
+    let listener = sshd.pid().unwrap();
+    let children = || -> Vec<i32> {
+        read(Path::new(&format!(
+            "/proc/{listener}/task/{listener}/children"
+        )))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+    };
+    let start = Instant::now();
+    while children().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no target connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The target's side of that one connection dies.
+    for pid in children() {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let killed_at = since_epoch();
+    let (out, ended) = idle.finish(Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the connection to the target was lost"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ended - killed_at < Duration::from_secs(2));
+}
