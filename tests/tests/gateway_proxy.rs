@@ -954,3 +954,66 @@ fn the_person_is_told_when_the_target_connection_breaks() {
     );
     assert!(ended - killed_at < Duration::from_secs(2));
 }
+
+/// Runs ARGV in a new terminal of 24 rows × 80 columns, resizes it to
+/// 40 × 132 once the output shows `marker`, and prints everything the
+/// terminal showed. (Python's pty module: the test needs a real terminal
+/// whose size changes, as a person's does.)
+const RESIZE_IN_A_TERMINAL: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+marker = sys.argv[1].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    os.execvp(sys.argv[2], sys.argv[2:])
+seen, resized, deadline = b"", False, time.time() + 20
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    if not resized and marker in seen:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        resized = True
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+
+#[test]
+fn the_terminal_size_and_its_changes_reach_the_target() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-tty",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-tty", "root", "+1m");
+
+    let ssh = gw.ssh(
+        Some(&cert),
+        "root",
+        &["-tt", "stty size; echo resize-now; sleep 1.5; stty size"],
+    );
+    let mut argv = vec![ssh.get_program().to_owned()];
+    argv.extend(ssh.get_args().map(|a| a.to_owned()));
+    let out = run(Command::new("python3")
+        .args(["-c", RESIZE_IN_A_TERMINAL, "resize-now"])
+        .args(argv)
+        .env_remove("SSH_AUTH_SOCK"));
+    let shown = stdout(&out).replace('\r', "");
+    assert!(
+        shown.contains("24 80\nresize-now\n40 132\n"),
+        "{shown:?}\n{}",
+        stderr(&out)
+    );
+}
