@@ -1,7 +1,8 @@
 //! The gateway's SSH server: who gets in, and what they may open.
 //!
 //! Only user certificates of the gateway session CA are accepted: valid
-//! now, naming the login user among their principals, and whose key ID is
+//! now, without critical options, naming the login user among their
+//! principals, and whose key ID is
 //! a session the [`SessionSource`] knows and reports open. Passwords and
 //! plain keys are refused. Once in, the gateway is already logged in to the
 //! target; each channel the user opens gets its twin on the target.
@@ -151,6 +152,14 @@ impl<S: SessionSource> Connection<S> {
                     "certificate not valid now or not signed by the session CA: {e}"
                 ))
             })?;
+        // OpenSSH refuses a certificate with a critical option it does not
+        // understand; the session CA sets none, and honouring one (e.g.
+        // force-command) half-way would be worse than refusing it.
+        if let Some((name, _)) = cert.critical_options().iter().next() {
+            return Err(Refusal::Denied(format!(
+                "certificate carries the critical option {name:?}, which the gateway does not honour"
+            )));
+        }
         if !cert.valid_principals().iter().any(|p| p == user) {
             return Err(Refusal::Denied(format!(
                 "login name {user:?} is not among the certificate's principals"

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatepass_tests::bin;
 use gatepass_tests::sshd::{
-    keygen, pub_path, sign_host_key, sign_user_key, PamSetup, Sshd, SshdOptions,
+    cert_path, keygen, pub_path, sign_host_key, sign_user_key, ssh_keygen, PamSetup, Sshd,
+    SshdOptions,
 };
 
 #[allow(clippy::disallowed_methods)]
@@ -553,6 +554,26 @@ fn scp_and_sftp_copy_files_intact_and_ssh_l_forwards() {
     let _ = ssh_l.kill();
     let _ = ssh_l.wait();
 
+    // `ssh -R` would open a port on the target towards the person: refused
+    // even where -L is allowed.
+    let o = run(&mut gw.ssh(
+        Some(&cert),
+        "root",
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("127.0.0.1:0:127.0.0.1:{echo_port}"),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("remote port forwarding failed"),
+        "{}",
+        stderr(&o)
+    );
+
     // A session that does not allow forwarding: the channel is refused.
     let cert = gw.certificate("s-nofwd", "root", "+1m");
     let (mut ssh_l, local_port) = forward(&cert);
@@ -816,6 +837,25 @@ fn the_gateway_refuses_what_it_must() {
     let unknown = gw.certificate("s-nonexistent", "root", "+1m");
     let closed_cert = gw.certificate("s-closed", "root", "+1m");
     let other_login = gw.certificate("s-good", "someone-else", "+1m");
+    let restricted = {
+        let cert = gw.dir.path().join("restricted-cert.pub");
+        ssh_keygen([
+            "-q".as_ref(),
+            "-s".as_ref(),
+            gw.session_ca.as_os_str(),
+            "-I".as_ref(),
+            "s-good".as_ref(),
+            "-n".as_ref(),
+            "root".as_ref(),
+            "-V".as_ref(),
+            "+1m".as_ref(),
+            "-O".as_ref(),
+            "force-command=/bin/true".as_ref(),
+            pub_path(&gw.person_key).as_os_str(),
+        ]);
+        std::fs::rename(cert_path(&pub_path(&gw.person_key)), &cert).unwrap();
+        cert
+    };
     for (cert, why) in [
         (Some(&foreign), "another CA"),
         (Some(&expired), "expired"),
@@ -823,6 +863,7 @@ fn the_gateway_refuses_what_it_must() {
         (Some(&unknown), "unknown session"),
         (Some(&closed_cert), "closed session"),
         (Some(&other_login), "login not a principal"),
+        (Some(&restricted), "critical option"),
         (None, "plain key"),
     ] {
         let err = refused(cert.map(|p| p.as_path()), why);
@@ -835,6 +876,7 @@ fn the_gateway_refuses_what_it_must() {
         "has ended",
         "principals",
         "plain key",
+        "critical option",
     ] {
         assert!(log.contains(reason), "{reason}: {log}");
     }
