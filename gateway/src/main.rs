@@ -20,9 +20,10 @@ following its sessions from the server) are not available in this version."
 )]
 struct Cli {}
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     Cli::parse();
-    anyhow::bail!(
-        "nothing to run yet: `setup` and `run` are not available in this version; see --help"
-    )
+    eprintln!(
+        "gatepass-gateway: nothing to run yet: `setup` and `run` are not available in this version; see --help"
+    );
+    std::process::ExitCode::from(2)
 }
