@@ -171,6 +171,12 @@ pub async fn run(
                     .exit_signal_request(user_id, signal_name, core_dumped, error_message, lang_tag)
                     .await
                     .is_ok(),
+                // The target's pty says whether the client may do ^S/^Q
+                // flow control itself (RFC 4254 6.8).
+                ChannelMsg::XonXoff { client_can_do } => user_handle
+                    .xon_xoff_request(user_id, client_can_do)
+                    .await
+                    .is_ok(),
                 ChannelMsg::Success => user_handle.channel_success(user_id).await.is_ok(),
                 ChannelMsg::Failure => user_handle.channel_failure(user_id).await.is_ok(),
                 _ => true,
