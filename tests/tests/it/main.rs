@@ -15,6 +15,7 @@ mod cli_connect;
 mod cli_otp;
 mod cli_ssh;
 mod connections;
+mod gateway_proxy;
 mod hostd_e2e;
 mod hostd_files;
 mod hostd_include;

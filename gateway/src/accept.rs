@@ -1,0 +1,462 @@
+//! The gateway's SSH server: who gets in, and what they may open.
+//!
+//! Only user certificates of the gateway session CA are accepted: valid
+//! now, without critical options, naming the login user among their
+//! principals, and whose key ID is
+//! a session the [`SessionSource`] knows and reports open. Passwords and
+//! plain keys are refused. Once in, the gateway is already logged in to the
+//! target; each channel the user opens gets its twin on the target.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Server as _, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::bridge::{self, Activity};
+use crate::clock;
+use crate::limits;
+use crate::session::{Session, SessionSource, SourceError};
+use crate::target::{self, Target, TargetLost};
+
+/// What the SSH server needs besides its sessions.
+pub struct GatewayConfig {
+    /// The gateway's own host keys.
+    pub host_keys: Vec<PrivateKey>,
+    /// The gateway session CA's public keys (more than one while rotating).
+    pub session_cas: Vec<PublicKey>,
+    /// Close a session after this long without data either way.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// Accepts connections on `listener` until it fails.
+pub async fn serve<S: SessionSource>(
+    listener: TcpListener,
+    config: GatewayConfig,
+    source: Arc<S>,
+) -> io::Result<()> {
+    let ssh = server::Config {
+        keys: config.host_keys,
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        // OpenSSH probes with "none" first; answer that at once.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        auth_rejection_time: Duration::from_millis(300),
+        // The idle timeout is the gateway's own, with a message.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        nodelay: true,
+        ..Default::default()
+    };
+    let fingerprints = config
+        .session_cas
+        .iter()
+        .map(|k| k.fingerprint(HashAlg::Sha256))
+        .collect();
+    let mut acceptor = Acceptor {
+        source,
+        shared: Arc::new(Shared {
+            ca_fingerprints: fingerprints,
+            idle_timeout: config.idle_timeout,
+        }),
+    };
+    acceptor.run_on_socket(Arc::new(ssh), &listener).await
+}
+
+struct Shared {
+    ca_fingerprints: Vec<russh::keys::ssh_key::Fingerprint>,
+    idle_timeout: Option<Duration>,
+}
+
+struct Acceptor<S> {
+    source: Arc<S>,
+    shared: Arc<Shared>,
+}
+
+impl<S: SessionSource> server::Server for Acceptor<S> {
+    type Handler = Connection<S>;
+
+    fn new_client(&mut self, peer: Option<SocketAddr>) -> Connection<S> {
+        Connection {
+            source: self.source.clone(),
+            shared: self.shared.clone(),
+            peer,
+            state: State::Unauthenticated,
+        }
+    }
+}
+
+/// One user's connection.
+pub struct Connection<S> {
+    source: Arc<S>,
+    shared: Arc<Shared>,
+    peer: Option<SocketAddr>,
+    state: State,
+}
+
+enum State {
+    Unauthenticated,
+    /// The certificate was good but the session's source or target could
+    /// not be used; the user is told why and disconnected, and no channel
+    /// opens.
+    TargetFailed {
+        session_id: String,
+        message: String,
+    },
+    Live(Box<Live>),
+}
+
+struct Live {
+    session_id: String,
+    expires_at: u64,
+    allow_forwarding: bool,
+    target: Arc<Target>,
+    /// Taken by the supervisor.
+    target_lost: Option<TargetLost>,
+    /// Set when the session ends: no channel opens after that.
+    ended: Arc<AtomicBool>,
+    /// The user's open session channels, to tell them why it ended.
+    channels: Arc<Mutex<HashSet<ChannelId>>>,
+    activity: Arc<Activity>,
+    /// Dropped with the connection, which stops its supervisor.
+    gone: Option<oneshot::Sender<()>>,
+}
+
+impl Live {
+    fn open(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst) && clock::now_unix() < self.expires_at
+    }
+}
+
+impl<S: SessionSource> Connection<S> {
+    fn peer(&self) -> String {
+        self.peer.map(|p| p.to_string()).unwrap_or_default()
+    }
+
+    /// Checks the certificate; the session it names if it passes.
+    async fn admit(&self, user: &str, cert: &Certificate, now: u64) -> Result<Session, Refusal> {
+        if cert.cert_type() != CertType::User {
+            return Err(Refusal::Denied("not a user certificate".into()));
+        }
+        cert.validate_at(now, &self.shared.ca_fingerprints)
+            .map_err(|e| {
+                Refusal::Denied(format!(
+                    "certificate not valid now or not signed by the session CA: {e}"
+                ))
+            })?;
+        // OpenSSH refuses a certificate with a critical option it does not
+        // understand; the session CA sets none, and honouring one (e.g.
+        // force-command) half-way would be worse than refusing it.
+        if let Some((name, _)) = cert.critical_options().iter().next() {
+            return Err(Refusal::Denied(format!(
+                "certificate carries the critical option {name:?}, which the gateway does not honour"
+            )));
+        }
+        if !cert.valid_principals().iter().any(|p| p == user) {
+            return Err(Refusal::Denied(format!(
+                "login name {user:?} is not among the certificate's principals"
+            )));
+        }
+        let session = match self.source.open_session(cert.key_id(), now).await {
+            Ok(session) => session,
+            Err(e @ SourceError::Unavailable(_)) => {
+                return Err(Refusal::Unavailable(e.to_string()))
+            }
+            Err(e) => return Err(Refusal::Denied(format!("session {:?}: {e}", cert.key_id()))),
+        };
+        if session.expires_at <= now {
+            return Err(Refusal::Denied(format!(
+                "session {:?} has ended",
+                session.id
+            )));
+        }
+        Ok(session)
+    }
+}
+
+/// Why a certificate does not open a session.
+enum Refusal {
+    /// Not for this gateway, or not now: "Permission denied", like sshd.
+    Denied(String),
+    /// A genuine session certificate, but the gateway cannot learn the
+    /// session: the person is told so rather than "Permission denied".
+    Unavailable(String),
+}
+
+/// How long the gateway gives the target to answer and accept the login.
+const TARGET_LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl<S: SessionSource> server::Handler for Connection<S> {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        info!(peer = %self.peer(), user, key = %key.public_key.fingerprint(HashAlg::Sha256),
+            "refused: a plain key, not a session certificate");
+        Ok(Auth::reject())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        cert: &Certificate,
+    ) -> Result<Auth, Self::Error> {
+        let now = clock::now_unix();
+        let session = match self.admit(user, cert, now).await {
+            Ok(session) => session,
+            Err(Refusal::Denied(why)) => {
+                warn!(peer = %self.peer(), user, key_id = cert.key_id(), reason = %why, "access refused");
+                return Ok(Auth::reject());
+            }
+            Err(Refusal::Unavailable(why)) => {
+                warn!(peer = %self.peer(), user, key_id = cert.key_id(), reason = %why, "access refused");
+                self.state = State::TargetFailed {
+                    session_id: cert.key_id().to_owned(),
+                    message: format!("gatepass: cannot open the session now: {why}"),
+                };
+                return Ok(Auth::Accept);
+            }
+        };
+        let login = tokio::time::timeout(TARGET_LOGIN_TIMEOUT, target::connect(&session, now))
+            .await
+            .unwrap_or(Err(target::TargetError::Timeout(TARGET_LOGIN_TIMEOUT)));
+        match login {
+            Ok((target, target_lost)) => {
+                info!(peer = %self.peer(), session = %session.id, target = %session.target_host,
+                    port = session.target_port, "session started");
+                self.state = State::Live(Box::new(Live {
+                    session_id: session.id.clone(),
+                    expires_at: session.expires_at,
+                    allow_forwarding: session.allow_forwarding,
+                    target: Arc::new(target),
+                    target_lost: Some(target_lost),
+                    ended: Arc::new(AtomicBool::new(false)),
+                    channels: Arc::new(Mutex::new(HashSet::new())),
+                    activity: Arc::new(Activity::new()),
+                    gone: None,
+                }));
+            }
+            Err(e) => {
+                warn!(peer = %self.peer(), session = %session.id, target = %session.target_host,
+                    port = session.target_port, error = %e, "cannot log in to the target");
+                self.state = State::TargetFailed {
+                    session_id: session.id.clone(),
+                    message: format!("gatepass: {e}"),
+                };
+            }
+        }
+        // The credential (in `session`) is dropped, and zeroized, here.
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut server::Session) -> Result<(), Self::Error> {
+        match &mut self.state {
+            State::Unauthenticated => {
+                session.disconnect(Disconnect::ByApplication, "not authenticated", "")?;
+            }
+            State::TargetFailed {
+                session_id,
+                message,
+            } => {
+                info!(session = %session_id, "disconnecting: the target is not usable");
+                session.disconnect(Disconnect::ByApplication, message, "")?;
+            }
+            State::Live(live) => {
+                let (gone_tx, gone_rx) = oneshot::channel();
+                live.gone = Some(gone_tx);
+                let Some(target_lost) = live.target_lost.take() else {
+                    return Ok(());
+                };
+                tokio::spawn(supervise(
+                    self.source.clone(),
+                    live.session_id.clone(),
+                    live.expires_at,
+                    self.shared.idle_timeout,
+                    live.activity.clone(),
+                    live.ended.clone(),
+                    live.channels.clone(),
+                    live.target.clone(),
+                    target_lost,
+                    session.handle(),
+                    gone_rx,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        let State::Live(live) = &self.state else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        if !live.open() {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let twin = match live.target.channel_open_session().await {
+            Ok(twin) => twin,
+            Err(e) => {
+                warn!(session = %live.session_id, error = %e, "target refused a session channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        let id = channel.id();
+        if let Ok(mut open) = live.channels.lock() {
+            open.insert(id);
+        }
+        let channels = live.channels.clone();
+        let activity = live.activity.clone();
+        let handle = session.handle();
+        tokio::spawn(async move {
+            bridge::run(channel, twin, handle, activity).await;
+            if let Ok(mut open) = channels.lock() {
+                open.remove(&id);
+            }
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        let State::Live(live) = &self.state else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        if !live.open() || !live.allow_forwarding {
+            info!(session = %live.session_id, host = host_to_connect, port = port_to_connect,
+                "refused a forwarding channel");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let twin = match live
+            .target
+            .channel_open_direct_tcpip(
+                host_to_connect,
+                port_to_connect,
+                originator_address,
+                originator_port,
+            )
+            .await
+        {
+            Ok(twin) => twin,
+            Err(e) => {
+                info!(session = %live.session_id, error = %e, "target refused a forwarding channel");
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return Ok(());
+            }
+        };
+        reply.accept().await;
+        tokio::spawn(bridge::run(
+            channel,
+            twin,
+            session.handle(),
+            live.activity.clone(),
+        ));
+        Ok(())
+    }
+
+    /// `ssh -R` would open a port on the target towards the user: refused.
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut server::Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+}
+
+/// Ends the connection when the session ends: tells each open session
+/// channel why on its stderr, then disconnects the user and the target.
+#[allow(clippy::too_many_arguments)]
+async fn supervise<S: SessionSource>(
+    source: Arc<S>,
+    session_id: String,
+    expires_at: u64,
+    idle_timeout: Option<Duration>,
+    activity: Arc<Activity>,
+    ended: Arc<AtomicBool>,
+    channels: Arc<Mutex<HashSet<ChannelId>>>,
+    target: Arc<Target>,
+    target_lost: TargetLost,
+    user: server::Handle,
+    gone: oneshot::Receiver<()>,
+) {
+    let watch = limits::watch(
+        &*source,
+        &session_id,
+        expires_at,
+        idle_timeout,
+        activity,
+        target_lost,
+    );
+    let reason = tokio::select! {
+        reason = watch => Some(reason),
+        _ = gone => None,
+    };
+    ended.store(true, Ordering::SeqCst);
+    match reason {
+        None => info!(session = %session_id, "session closed by the user"),
+        Some(reason) => {
+            info!(session = %session_id, reason = reason.as_str(), "session ended");
+            let open: Vec<ChannelId> = channels
+                .lock()
+                .map(|open| open.iter().copied().collect())
+                .unwrap_or_default();
+            let text = format!("\r\n{}\r\n", reason.message());
+            for id in open {
+                // A user who stopped reading must not hold the end back.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    user.extended_data(id, 1, text.clone().into_bytes()),
+                )
+                .await;
+            }
+            let _ = user
+                .disconnect(
+                    Disconnect::ByApplication,
+                    reason.message().into(),
+                    String::new(),
+                )
+                .await;
+        }
+    }
+    let _ = target
+        .disconnect(Disconnect::ByApplication, "session ended", "")
+        .await;
+}

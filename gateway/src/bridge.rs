@@ -1,0 +1,198 @@
+//! One user channel bridged to one target channel.
+//!
+//! Each direction is a loop reading the next message of one side and
+//! writing it to the other. A write waits for the receiving side's SSH
+//! window, and meanwhile nothing more is read from that direction: russh
+//! holds at most its bounded channel buffer of messages per channel and
+//! then stops reading the socket, so a fast producer is slowed to the pace
+//! of the slow consumer instead of filling the gateway's memory. The two
+//! directions run concurrently so one stalled direction never stalls the
+//! other (an sftp server writing replies while the client still uploads).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use russh::{client, server, Channel, ChannelMsg};
+use tracing::debug;
+
+/// When data last went through any channel of a connection, for the idle
+/// timeout.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The instant of the last activity.
+    pub fn last(&self) -> Instant {
+        self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+/// Bridges until either side closes the channel or goes away.
+pub async fn run(
+    user: Channel<server::Msg>,
+    target: Channel<client::Msg>,
+    user_handle: server::Handle,
+    activity: Arc<Activity>,
+) {
+    let user_id = user.id();
+    let (mut user_rx, user_tx) = user.split();
+    let (mut target_rx, target_tx) = target.split();
+
+    let upstream = async {
+        while let Some(msg) = user_rx.wait().await {
+            // Requests the user's ssh sends with want_reply=1 (pty-req,
+            // shell, exec, subsystem) are forwarded wanting a reply, and the
+            // target's replies come back in the same order; `env` is sent
+            // without one by OpenSSH, so its reply must not be forwarded.
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    activity.touch();
+                    target_tx.data_bytes(data).await
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    activity.touch();
+                    target_tx.extended_data_bytes(ext, data).await
+                }
+                ChannelMsg::Eof => target_tx.eof().await,
+                ChannelMsg::Close => {
+                    let _ = target_tx.close().await;
+                    return;
+                }
+                ChannelMsg::RequestPty {
+                    term,
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                    terminal_modes,
+                    ..
+                } => {
+                    target_tx
+                        .request_pty(
+                            true,
+                            &term,
+                            col_width,
+                            row_height,
+                            pix_width,
+                            pix_height,
+                            &terminal_modes,
+                        )
+                        .await
+                }
+                ChannelMsg::RequestShell { .. } => target_tx.request_shell(true).await,
+                ChannelMsg::Exec { command, .. } => target_tx.exec(true, command).await,
+                ChannelMsg::RequestSubsystem { name, .. } => {
+                    target_tx.request_subsystem(true, name).await
+                }
+                ChannelMsg::SetEnv {
+                    variable_name,
+                    variable_value,
+                    ..
+                } => {
+                    target_tx
+                        .set_env(false, variable_name, variable_value)
+                        .await
+                }
+                ChannelMsg::WindowChange {
+                    col_width,
+                    row_height,
+                    pix_width,
+                    pix_height,
+                } => {
+                    target_tx
+                        .window_change(col_width, row_height, pix_width, pix_height)
+                        .await
+                }
+                ChannelMsg::Signal { signal } => target_tx.signal(signal).await,
+                // X11 and agent forwarding would hand the target a way back
+                // into the user's machine: not bridged (russh answers the
+                // agent request with failure itself).
+                ChannelMsg::RequestX11 { .. } => {
+                    let _ = user_handle.channel_failure(user_id).await;
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = sent {
+                debug!(error = %e, "target channel gone");
+                return;
+            }
+        }
+        let _ = target_tx.close().await;
+    };
+
+    let downstream = async {
+        while let Some(msg) = target_rx.wait().await {
+            let sent = match msg {
+                ChannelMsg::Data { data } => {
+                    activity.touch();
+                    user_tx.data_bytes(data).await.is_ok()
+                }
+                ChannelMsg::ExtendedData { data, ext } => {
+                    activity.touch();
+                    user_tx.extended_data_bytes(ext, data).await.is_ok()
+                }
+                ChannelMsg::Eof => user_tx.eof().await.is_ok(),
+                ChannelMsg::Close => {
+                    let _ = user_tx.close().await;
+                    return;
+                }
+                ChannelMsg::ExitStatus { exit_status } => {
+                    user_tx.exit_status(exit_status).await.is_ok()
+                }
+                ChannelMsg::ExitSignal {
+                    signal_name,
+                    core_dumped,
+                    error_message,
+                    lang_tag,
+                } => user_handle
+                    .exit_signal_request(user_id, signal_name, core_dumped, error_message, lang_tag)
+                    .await
+                    .is_ok(),
+                // The target's pty says whether the client may do ^S/^Q
+                // flow control itself (RFC 4254 6.8).
+                ChannelMsg::XonXoff { client_can_do } => user_handle
+                    .xon_xoff_request(user_id, client_can_do)
+                    .await
+                    .is_ok(),
+                ChannelMsg::Success => user_handle.channel_success(user_id).await.is_ok(),
+                ChannelMsg::Failure => user_handle.channel_failure(user_id).await.is_ok(),
+                _ => true,
+            };
+            if !sent {
+                debug!("user channel gone");
+                return;
+            }
+        }
+        let _ = user_tx.close().await;
+    };
+
+    // Either side closing ends the bridge; the other direction's pending
+    // messages are then of no use to anyone.
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}

@@ -1,0 +1,19 @@
+//! gatepass-gateway: the SSH proxy of gatepass's PAM sessions.
+//!
+//! A person holds an SSH user certificate signed by the gateway session CA
+//! whose key ID is a session ID. They run plain `ssh` to the gateway; the
+//! gateway ([`accept`]) accepts only such certificates for sessions its
+//! [`session::SessionSource`] knows and that are still open, logs in to the
+//! session's target ([`target`]) with a credential the person never sees,
+//! checks the target's host key, and bridges channels one to one
+//! ([`bridge`]) until the session ends ([`limits`]).
+
+pub mod accept;
+pub mod bridge;
+pub mod clock;
+pub mod limits;
+pub mod session;
+pub mod target;
+
+pub use accept::{serve, GatewayConfig};
+pub use session::{Credential, HostKeyTrust, Session, SessionSource, SourceError};

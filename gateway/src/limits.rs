@@ -1,0 +1,94 @@
+//! When a session ends: at its end time, when the source says it was
+//! terminated, after a stretch without traffic, or when the target goes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::bridge::Activity;
+use crate::clock;
+use crate::session::SessionSource;
+use crate::target::TargetLost;
+
+/// Why the gateway closed a session's connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Expired,
+    Terminated,
+    Idle,
+    /// The target closed the connection or it broke.
+    TargetLost,
+}
+
+impl EndReason {
+    /// What the user reads on their terminal.
+    pub fn message(self) -> &'static str {
+        match self {
+            EndReason::Expired => "gatepass: the session has reached its end time",
+            EndReason::Terminated => "gatepass: the session was terminated by an administrator",
+            EndReason::Idle => "gatepass: the session was closed after being idle too long",
+            EndReason::TargetLost => "gatepass: the connection to the target was lost",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Terminated => "terminated",
+            EndReason::Idle => "idle",
+            EndReason::TargetLost => "target lost",
+        }
+    }
+}
+
+/// The monotonic instant at which the Unix time `expires_at` (seconds)
+/// is reached, given the current time since the epoch.
+pub fn deadline(expires_at: u64, since_epoch: Duration, now: Instant) -> Instant {
+    let end = Duration::from_secs(expires_at);
+    now + end.saturating_sub(since_epoch)
+}
+
+/// Resolves with the first reason the session must end.
+pub async fn watch<S: SessionSource>(
+    source: &S,
+    session_id: &str,
+    expires_at: u64,
+    idle_timeout: Option<Duration>,
+    activity: Arc<Activity>,
+    target_lost: TargetLost,
+) -> EndReason {
+    let end = deadline(expires_at, clock::since_epoch(), Instant::now());
+    let idle = async {
+        match idle_timeout {
+            None => std::future::pending::<()>().await,
+            Some(limit) => loop {
+                let until = Instant::from_std(activity.last()) + limit;
+                if Instant::now() >= until {
+                    return;
+                }
+                tokio::time::sleep_until(until).await;
+            },
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep_until(end) => EndReason::Expired,
+        () = source.terminated(session_id) => EndReason::Terminated,
+        () = idle => EndReason::Idle,
+        _ = target_lost => EndReason::TargetLost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_counts_from_the_fraction_of_a_second_already_gone() {
+        let now = Instant::now();
+        let d = deadline(100, Duration::from_millis(97_250), now);
+        assert_eq!(d - now, Duration::from_millis(2_750));
+        // An end already passed is now, not a panic or a wrap.
+        assert_eq!(deadline(100, Duration::from_secs(200), now), now);
+    }
+}

@@ -1,0 +1,1061 @@
+//! gatepass-gateway's SSH proxy with real OpenSSH on both ends: a person
+//! with a session certificate of the gateway session CA runs plain `ssh`,
+//! `scp` and `sftp` to the gateway, which logs in to private target sshds on
+//! loopback by password (PAM, a local user made for the test), key
+//! (authorized_keys) or certificate (TrustedUserCAKeys), and bridges the
+//! session until it ends. Sessions come from a TOML file read by
+//! `gatepass-gateway-testkit`, standing in for the gatepass server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gatepass_tests::bin;
+use gatepass_tests::sshd::{
+    cert_path, keygen, pub_path, sign_host_key, sign_user_key, ssh_keygen, PamSetup, Sshd,
+    SshdOptions,
+};
+
+#[allow(clippy::disallowed_methods)]
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+fn now() -> u64 {
+    since_epoch().as_secs()
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// The person's side and the gateway: keys, the session CA, the sessions
+/// file, and a running `gatepass-gateway-testkit`.
+struct Gateway {
+    dir: tempfile::TempDir,
+    session_ca: PathBuf,
+    person_key: PathBuf,
+    known_hosts: PathBuf,
+    sessions: PathBuf,
+    port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+/// One `[[session]]` of the sessions file.
+#[derive(Clone)]
+struct SessionEntry {
+    id: String,
+    expires_at: u64,
+    port: u16,
+    username: String,
+    credential: String,
+    trust: String,
+    allow_forwarding: bool,
+    terminated: bool,
+}
+
+impl SessionEntry {
+    fn new(id: &str, target: &Sshd, username: &str, credential: String) -> SessionEntry {
+        SessionEntry {
+            id: id.into(),
+            expires_at: now() + 600,
+            port: target.port,
+            username: username.into(),
+            credential,
+            trust: format!("known_hosts = [{:?}]", target.host_public_key().trim()),
+            allow_forwarding: false,
+            terminated: false,
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[[session]]\nid = {:?}\nexpires_at = {}\nhost = \"127.0.0.1\"\nport = {}\n\
+             username = {:?}\n{}\n{}\nallow_forwarding = {}\nterminated = {}\n\n",
+            self.id,
+            self.expires_at,
+            self.port,
+            self.username,
+            self.credential,
+            self.trust,
+            self.allow_forwarding,
+            self.terminated
+        )
+    }
+}
+
+impl Gateway {
+    fn start(extra_args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let session_ca = keygen(dir.path(), "session_ca", "ed25519", None);
+        let person_key = keygen(dir.path(), "person", "ed25519", None);
+        let host_key = keygen(dir.path(), "gateway_host", "ed25519", None);
+        let sessions = dir.path().join("sessions.toml");
+        std::fs::write(&sessions, "").unwrap();
+        let log = dir.path().join("gateway.log");
+        let mut child = Command::new(bin("gatepass-gateway-testkit"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--host-key"])
+            .arg(&host_key)
+            .arg("--session-ca")
+            .arg(pub_path(&session_ca))
+            .arg("--sessions")
+            .arg(&sessions)
+            .args(extra_args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .strip_prefix("port=")
+            .unwrap_or_else(|| panic!("no port line: {line:?}\n{}", read(&log)))
+            .parse()
+            .unwrap();
+        // The person checks the gateway's host key like any server's.
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {}", read(&pub_path(&host_key))),
+        )
+        .unwrap();
+        Gateway {
+            dir,
+            session_ca,
+            person_key,
+            known_hosts,
+            sessions,
+            port,
+            child,
+            log,
+        }
+    }
+
+    fn set_sessions(&self, sessions: &[&SessionEntry]) {
+        let text: String = sessions.iter().map(|s| s.toml()).collect();
+        // Written whole and renamed, so the gateway never reads half a file.
+        let tmp = self.dir.path().join("sessions.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.sessions).unwrap();
+    }
+
+    /// A certificate for the person's key, as the server would issue it:
+    /// key ID = session ID, the login name as principal.
+    fn certificate(&self, session_id: &str, principal: &str, validity: &str) -> PathBuf {
+        self.certificate_from(&self.session_ca, session_id, principal, validity)
+    }
+
+    fn certificate_from(
+        &self,
+        ca: &Path,
+        session_id: &str,
+        principal: &str,
+        validity: &str,
+    ) -> PathBuf {
+        let made = sign_user_key(
+            ca,
+            &pub_path(&self.person_key),
+            session_id,
+            &[principal],
+            validity,
+        );
+        let kept = self
+            .dir
+            .path()
+            .join(format!("{session_id}-{}-cert.pub", now_nanos()));
+        std::fs::rename(made, &kept).unwrap();
+        kept
+    }
+
+    fn common_options(&self, cert: Option<&Path>) -> Vec<String> {
+        let mut o = vec![
+            "-F".to_string(),
+            "/dev/null".into(),
+            "-o".into(),
+            format!("IdentityFile={}", self.person_key.display()),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "IdentityAgent=none".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=5".into(),
+        ];
+        if let Some(cert) = cert {
+            o.extend(["-o".into(), format!("CertificateFile={}", cert.display())]);
+        }
+        o
+    }
+
+    /// `ssh -p PORT … USER@127.0.0.1 ARGS…` (not run).
+    fn ssh(&self, cert: Option<&Path>, user: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.common_options(cert))
+            .args(["-p", &self.port.to_string(), "-l", user, "127.0.0.1"])
+            .args(args)
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn log(&self) -> String {
+        read(&self.log)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_nanos() -> u128 {
+    since_epoch().as_nanos()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(gw: &Gateway, o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "exited {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- gateway log ---\n{}",
+        o.status,
+        stdout(&o),
+        stderr(&o),
+        gw.log()
+    );
+    stdout(&o)
+}
+
+/// A target sshd that takes `target_key` through authorized_keys (and
+/// serves SFTP, which the harness's sshd does not by default).
+fn key_target(target_key: &Path) -> Sshd {
+    let mut sshd = Sshd::new(SshdOptions::default());
+    sshd.options
+        .extra_config
+        .push("Subsystem sftp internal-sftp".into());
+    sshd.options
+        .extra_config
+        .push("AcceptEnv GATEPASS_TEST_*".into());
+    let ak = sshd.write_file("authorized_keys", &read(&pub_path(target_key)));
+    sshd.options
+        .extra_config
+        .push(format!("AuthorizedKeysFile {}", ak.display()));
+    sshd.launch();
+    sshd
+}
+
+fn key_credential(key: &Path) -> String {
+    format!("private_key_file = {:?}", key.display().to_string())
+}
+
+/// A local account with a password, removed on drop.
+struct LocalUser {
+    name: String,
+}
+
+impl LocalUser {
+    fn create(name: &str, password: &str) -> LocalUser {
+        let _ = Command::new("userdel").args(["-r", name]).output();
+        let o = run(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]));
+        assert!(o.status.success(), "useradd: {}", stderr(&o));
+        let mut chpasswd = Command::new("chpasswd")
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        chpasswd
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{name}:{password}\n").as_bytes())
+            .unwrap();
+        assert!(chpasswd.wait().unwrap().success());
+        LocalUser { name: name.into() }
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}
+
+#[test]
+fn each_account_kind_runs_a_command_through_the_gateway() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+
+    // Key account: root on a target that trusts one key.
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let key_sshd = key_target(&target_key);
+    let by_key = SessionEntry::new("s-key", &key_sshd, "root", key_credential(&target_key));
+
+    // Certificate account: a per-session key pair with a certificate of a CA
+    // the target trusts; the target proves itself with a host certificate.
+    let user_ca = keygen(keys.path(), "target_user_ca", "ed25519", None);
+    let host_ca = keygen(keys.path(), "target_host_ca", "ed25519", None);
+    let session_key = keygen(keys.path(), "per_session", "ed25519", None);
+    let session_cert = sign_user_key(
+        &user_ca,
+        &pub_path(&session_key),
+        "s-cert",
+        &["root"],
+        "+5m",
+    );
+    let mut cert_sshd = Sshd::new(SshdOptions::trusting_user_ca(&pub_path(&user_ca)));
+    let host_cert = sign_host_key(
+        &host_ca,
+        &cert_sshd.host_key_pub,
+        "target",
+        &["127.0.0.1"],
+        "+5m",
+    );
+    cert_sshd
+        .options
+        .extra_config
+        .push(format!("HostCertificate {}", host_cert.display()));
+    cert_sshd.launch();
+    let mut by_cert = SessionEntry::new(
+        "s-cert",
+        &cert_sshd,
+        "root",
+        format!(
+            "{}\ncertificate_file = {:?}",
+            key_credential(&session_key),
+            session_cert.display().to_string()
+        ),
+    );
+    by_cert.trust = format!("host_ca = [{:?}]", read(&pub_path(&host_ca)).trim());
+
+    // Password account: a local user the test makes, checked by pam_unix;
+    // a second target takes only keyboard-interactive (PAM's prompts).
+    let user = LocalUser::create("gp-gw-test", "Tr0ub4dor-gateway");
+    let pam_target = |service: &str, extra: Vec<String>| {
+        Sshd::start(SshdOptions {
+            extra_config: extra,
+            pam: Some(PamSetup {
+                service: service.into(),
+                pam_config: "auth required pam_unix.so nodelay\n\
+                             account required pam_unix.so\n\
+                             session required pam_unix.so\n"
+                    .into(),
+            }),
+        })
+    };
+    let pam_sshd = pam_target("gatepass-test-gateway-pw", vec![]);
+    let kbd_sshd = pam_target(
+        "gatepass-test-gateway-kbd",
+        vec!["PasswordAuthentication no".into()],
+    );
+    let password = "password = \"Tr0ub4dor-gateway\"".to_string();
+    let by_password = SessionEntry::new("s-pw", &pam_sshd, &user.name, password.clone());
+    let by_kbd = SessionEntry::new("s-kbd", &kbd_sshd, &user.name, password);
+
+    gw.set_sessions(&[&by_key, &by_cert, &by_password, &by_kbd]);
+
+    for (session, login) in [
+        ("s-key", "root"),
+        ("s-cert", "root"),
+        ("s-pw", user.name.as_str()),
+        ("s-kbd", user.name.as_str()),
+    ] {
+        let cert = gw.certificate(session, login, "+1m");
+        let out = ok(
+            &gw,
+            run(&mut gw.ssh(Some(&cert), login, &["echo hello; id -un"])),
+        );
+        assert_eq!(out, format!("hello\n{login}\n"), "session {session}");
+        // Exit status and stderr come back as the target sent them.
+        let o = run(&mut gw.ssh(Some(&cert), login, &["echo oops >&2; exit 3"]));
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert_eq!(stderr(&o), "oops\n");
+    }
+
+    assert!(
+        pam_sshd.log().contains("Accepted password for gp-gw-test"),
+        "{}",
+        pam_sshd.log()
+    );
+    assert!(
+        kbd_sshd
+            .log()
+            .contains("Accepted keyboard-interactive/pam for gp-gw-test"),
+        "{}",
+        kbd_sshd.log()
+    );
+    assert!(
+        cert_sshd.log().contains("Accepted publickey for root"),
+        "{}",
+        cert_sshd.log()
+    );
+
+    // An interactive login gets a terminal on the target.
+    let cert = gw.certificate("s-key", "root", "+1m");
+    let out = ok(&gw, run(&mut gw.ssh(Some(&cert), "root", &["-tt", "tty"])));
+    assert!(out.starts_with("/dev/pts/"), "{out:?}");
+    // Environment variables the person sends reach the target's shell.
+    let out = ok(
+        &gw,
+        run(&mut gw.ssh(
+            Some(&cert),
+            "root",
+            &[
+                "-o",
+                "SetEnv=GATEPASS_TEST_VAR=bridged",
+                "echo $GATEPASS_TEST_VAR",
+            ],
+        )),
+    );
+    assert_eq!(out, "bridged\n");
+
+    // The credential is the gateway's: it is in no line it logged.
+    let log = gw.log();
+    assert!(!log.contains("Tr0ub4dor"), "{log}");
+    assert!(log.contains("session started"), "{log}");
+}
+
+#[test]
+fn scp_and_sftp_copy_files_intact_and_ssh_l_forwards() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let mut forwarding = SessionEntry::new("s-fwd", &sshd, "root", key_credential(&target_key));
+    forwarding.allow_forwarding = true;
+    let no_forwarding = SessionEntry::new("s-nofwd", &sshd, "root", key_credential(&target_key));
+    gw.set_sessions(&[&forwarding, &no_forwarding]);
+    let cert = gw.certificate("s-fwd", "root", "+1m");
+
+    // 1 MiB of random bytes up with scp (SFTP protocol), with the legacy
+    // scp protocol (`scp -t` on the target), and down with sftp.
+    let work = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    let src = work.path().join("random.bin");
+    std::fs::write(&src, &data).unwrap();
+    let port = gw.port.to_string();
+    for (flags, name) in [(vec![], "scp.bin"), (vec!["-O"], "scp-legacy.bin")] {
+        let dest = work.path().join(name);
+        let o = run(Command::new("scp")
+            .args(gw.common_options(Some(&cert)))
+            .args(["-q", "-P", &port])
+            .args(flags)
+            .arg(&src)
+            .arg(format!("root@127.0.0.1:{}", dest.display()))
+            .stdin(Stdio::null()));
+        ok(&gw, o);
+        assert!(std::fs::read(&dest).unwrap() == data, "{name} differs");
+    }
+    let back = work.path().join("sftp.bin");
+    let batch = work.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "get {} {}\n",
+            work.path().join("scp.bin").display(),
+            back.display()
+        ),
+    )
+    .unwrap();
+    let o = run(Command::new("sftp")
+        .args(gw.common_options(Some(&cert)))
+        .args(["-q", "-P", &port, "-b"])
+        .arg(&batch)
+        .arg("root@127.0.0.1")
+        .stdin(Stdio::null()));
+    ok(&gw, o);
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "sftp download differs"
+    );
+
+    // `ssh -L` to a TCP echo server next to the target.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut read_half = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut read_half, &mut conn);
+            });
+        }
+    });
+    let forward = |session_cert: &Path| -> (Child, u16) {
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let local_port = local.local_addr().unwrap().port();
+        drop(local);
+        let child = gw
+            .ssh(
+                Some(session_cert),
+                "root",
+                &[
+                    "-N",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-L",
+                    &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+                ],
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, local_port)
+    };
+    let connect = |port: u16| -> TcpStream {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no -L listener");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (mut ssh_l, local_port) = forward(&cert);
+    let mut stream = connect(local_port);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(b"ping through the gateway\n").unwrap();
+    let mut answer = [0u8; 25];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"ping through the gateway\n");
+    drop(stream);
+    let _ = ssh_l.kill();
+    let _ = ssh_l.wait();
+
+    // `ssh -R` would open a port on the target towards the person: refused
+    // even where -L is allowed.
+    let o = run(&mut gw.ssh(
+        Some(&cert),
+        "root",
+        &[
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            &format!("127.0.0.1:0:127.0.0.1:{echo_port}"),
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(255));
+    assert!(
+        stderr(&o).contains("remote port forwarding failed"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A session that does not allow forwarding: the channel is refused.
+    let cert = gw.certificate("s-nofwd", "root", "+1m");
+    let (mut ssh_l, local_port) = forward(&cert);
+    let mut stream = connect(local_port);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stream.write_all(b"ping\n");
+    let mut buf = [0u8; 5];
+    let got = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(got, 0, "forwarded although the session does not allow it");
+    let _ = ssh_l.kill();
+    let _ = ssh_l.wait();
+    assert!(
+        gw.log().contains("refused a forwarding channel"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// Runs `ssh` in the background; `finish` waits for it and tells when it
+/// ended (wall clock, to compare with a session's end time).
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        Running {
+            child: cmd
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        }
+    }
+
+    /// Waits at most `bound`; (output, when it exited as time since epoch).
+    fn finish(mut self, bound: Duration) -> (Output, Duration) {
+        let start = Instant::now();
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                let ended = since_epoch();
+                return (self.child.wait_with_output().unwrap(), ended);
+            }
+            if start.elapsed() > bound {
+                let _ = self.child.kill();
+                let out = self.child.wait_with_output().unwrap();
+                panic!(
+                    "still running after {bound:?}\n{}\n{}",
+                    stdout(&out),
+                    stderr(&out)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn sessions_end_at_their_end_time_on_terminate_and_when_idle() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let mut short = SessionEntry::new("s-short", &sshd, "root", key_credential(&target_key));
+    short.expires_at = now() + 3;
+    let mut doomed = SessionEntry::new("s-doomed", &sshd, "root", key_credential(&target_key));
+    gw.set_sessions(&[&short, &doomed]);
+
+    // Two live sessions running a long command: one reaches its end time,
+    // the other is terminated by an administrator a second in.
+    let short_cert = gw.certificate("s-short", "root", "+1m");
+    let doomed_cert = gw.certificate("s-doomed", "root", "+1m");
+    let expiring =
+        Running::start(&mut gw.ssh(Some(&short_cert), "root", &["echo started; sleep 30"]));
+    let terminated =
+        Running::start(&mut gw.ssh(Some(&doomed_cert), "root", &["echo started; sleep 30"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    doomed.terminated = true;
+    gw.set_sessions(&[&short, &doomed]);
+    let terminated_at = since_epoch();
+
+    let (out, ended) = terminated.finish(Duration::from_secs(10));
+    assert_eq!(stdout(&out), "started\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("terminated by an administrator"),
+        "{}",
+        stderr(&out)
+    );
+    let took = ended - terminated_at;
+    assert!(took < Duration::from_secs(2), "terminate took {took:?}");
+
+    let (out, ended) = expiring.finish(Duration::from_secs(10));
+    assert_eq!(stdout(&out), "started\n");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("reached its end time"),
+        "{}",
+        stderr(&out)
+    );
+    let end = Duration::from_secs(short.expires_at);
+    assert!(
+        ended + Duration::from_millis(100) >= end,
+        "closed before its end"
+    );
+    assert!(
+        ended < end + Duration::from_secs(1),
+        "closed {:?} after its end",
+        ended - end
+    );
+
+    // After their end neither session lets anyone in again.
+    for cert in [&short_cert, &doomed_cert] {
+        let o = run(&mut gw.ssh(Some(cert), "root", &["echo hello"]));
+        assert_eq!(o.status.code(), Some(255), "{}", stdout(&o));
+        assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    }
+
+    // A gateway with a 2 s idle timeout closes a silent session, not a
+    // talkative one.
+    let idle_gw = Gateway::start(&["--idle-timeout", "2"]);
+    let long = SessionEntry::new("s-long", &sshd, "root", key_credential(&target_key));
+    idle_gw.set_sessions(&[&long]);
+    let cert = idle_gw.certificate("s-long", "root", "+1m");
+    let talking = Running::start(&mut idle_gw.ssh(
+        Some(&cert),
+        "root",
+        &["for i in 1 2 3 4 5 6; do echo tick; sleep 0.5; done"],
+    ));
+    let silent = Running::start(&mut idle_gw.ssh(Some(&cert), "root", &["sleep 30"]));
+    let (out, _) = talking.finish(Duration::from_secs(10));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "tick\n".repeat(6));
+    let (out, _) = silent.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("idle"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_gateway_refuses_what_it_must() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let good = SessionEntry::new("s-good", &sshd, "root", key_credential(&target_key));
+    // The target's host key changed (or someone is in the middle): the
+    // pinned key is another one.
+    let other_host = keygen(keys.path(), "other_host", "ed25519", None);
+    let mut moved = good.clone();
+    moved.id = "s-moved".into();
+    moved.trust = format!("known_hosts = [{:?}]", read(&pub_path(&other_host)).trim());
+    // A resource trusting a host CA, whose target shows only a plain key.
+    let host_ca = keygen(keys.path(), "host_ca", "ed25519", None);
+    let mut uncertified = good.clone();
+    uncertified.id = "s-uncertified".into();
+    uncertified.trust = format!("host_ca = [{:?}]", read(&pub_path(&host_ca)).trim());
+    let mut closed = good.clone();
+    closed.id = "s-closed".into();
+    closed.terminated = true;
+    // A target whose host certificate names another host.
+    let mut misnamed_sshd = Sshd::new(SshdOptions::default());
+    let misnamed_cert = sign_host_key(
+        &host_ca,
+        &misnamed_sshd.host_key_pub,
+        "elsewhere",
+        &["elsewhere.example"],
+        "+5m",
+    );
+    misnamed_sshd
+        .options
+        .extra_config
+        .push(format!("HostCertificate {}", misnamed_cert.display()));
+    misnamed_sshd.launch();
+    let mut misnamed = uncertified.clone();
+    misnamed.id = "s-misnamed".into();
+    misnamed.port = misnamed_sshd.port;
+    // A target nobody listens on.
+    let mut down = good.clone();
+    down.id = "s-down".into();
+    down.port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // An account whose key the target does not take.
+    let stale_key = keygen(keys.path(), "stale_key", "ed25519", None);
+    let mut stale = good.clone();
+    stale.id = "s-stale".into();
+    stale.credential = key_credential(&stale_key);
+    gw.set_sessions(&[
+        &good,
+        &moved,
+        &uncertified,
+        &closed,
+        &misnamed,
+        &down,
+        &stale,
+    ]);
+
+    let refused = |cert: Option<&Path>, why: &str| {
+        let o = run(&mut gw.ssh(cert, "root", &["echo hello"]));
+        assert_eq!(o.status.code(), Some(255), "{why}: {}", stdout(&o));
+        assert_eq!(stdout(&o), "", "{why}");
+        stderr(&o)
+    };
+
+    // Host key mismatch: refused, and the person is told why.
+    let err = refused(
+        Some(&gw.certificate("s-moved", "root", "+1m")),
+        "host key mismatch",
+    );
+    assert!(
+        err.contains("the target's host key is not trusted"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not among the resource's pinned keys"),
+        "{err}"
+    );
+    let err = refused(
+        Some(&gw.certificate("s-uncertified", "root", "+1m")),
+        "no host cert",
+    );
+    assert!(
+        err.contains("without a certificate of the resource's host CA"),
+        "{err}"
+    );
+    assert!(
+        gw.log().contains("cannot log in to the target"),
+        "{}",
+        gw.log()
+    );
+    let err = refused(
+        Some(&gw.certificate("s-misnamed", "root", "+1m")),
+        "host cert for another name",
+    );
+    assert!(
+        err.contains("names [\"elsewhere.example\"], not \"127.0.0.1\""),
+        "{err}"
+    );
+    let err = refused(
+        Some(&gw.certificate("s-down", "root", "+1m")),
+        "target down",
+    );
+    assert!(err.contains("cannot reach the target 127.0.0.1:"), "{err}");
+    let err = refused(
+        Some(&gw.certificate("s-stale", "root", "+1m")),
+        "stale credential",
+    );
+    assert!(
+        err.contains("the target refused the account's credential"),
+        "{err}"
+    );
+
+    // Certificates the gateway must not take.
+    let other_ca = keygen(keys.path(), "other_ca", "ed25519", None);
+    let foreign = gw.certificate_from(&other_ca, "s-good", "root", "+1m");
+    let expired = gw.certificate("s-good", "root", "-10m:-5m");
+    let not_yet = gw.certificate("s-good", "root", "+5m:+10m");
+    let unknown = gw.certificate("s-nonexistent", "root", "+1m");
+    let closed_cert = gw.certificate("s-closed", "root", "+1m");
+    let other_login = gw.certificate("s-good", "someone-else", "+1m");
+    let restricted = {
+        let cert = gw.dir.path().join("restricted-cert.pub");
+        ssh_keygen([
+            "-q".as_ref(),
+            "-s".as_ref(),
+            gw.session_ca.as_os_str(),
+            "-I".as_ref(),
+            "s-good".as_ref(),
+            "-n".as_ref(),
+            "root".as_ref(),
+            "-V".as_ref(),
+            "+1m".as_ref(),
+            "-O".as_ref(),
+            "force-command=/bin/true".as_ref(),
+            pub_path(&gw.person_key).as_os_str(),
+        ]);
+        std::fs::rename(cert_path(&pub_path(&gw.person_key)), &cert).unwrap();
+        cert
+    };
+    for (cert, why) in [
+        (Some(&foreign), "another CA"),
+        (Some(&expired), "expired"),
+        (Some(&not_yet), "not yet valid"),
+        (Some(&unknown), "unknown session"),
+        (Some(&closed_cert), "closed session"),
+        (Some(&other_login), "login not a principal"),
+        (Some(&restricted), "critical option"),
+        (None, "plain key"),
+    ] {
+        let err = refused(cert.map(|p| p.as_path()), why);
+        assert!(err.contains("Permission denied"), "{why}: {err}");
+    }
+    let log = gw.log();
+    for reason in [
+        "not signed by the session CA",
+        "no such session",
+        "has ended",
+        "principals",
+        "plain key",
+        "critical option",
+    ] {
+        assert!(log.contains(reason), "{reason}: {log}");
+    }
+
+    // And the good one still works.
+    let good_cert = gw.certificate("s-good", "root", "+1m");
+    let out = ok(
+        &gw,
+        run(&mut gw.ssh(Some(&good_cert), "root", &["echo hello"])),
+    );
+    assert_eq!(out, "hello\n");
+
+    // When the gateway cannot learn its sessions, a genuine session
+    // certificate gets a clear message rather than "Permission denied".
+    std::fs::write(&gw.sessions, "this is not TOML [").unwrap();
+    let err = refused(Some(&good_cert), "source unavailable");
+    assert!(err.contains("cannot open the session now"), "{err}");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_fast_producer_and_a_stalled_reader_do_not_fill_the_gateways_memory() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-bulk",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-bulk", "root", "+1m");
+    let before = rss_kib(gw.child.id());
+
+    // The target writes 64 MiB as fast as it can; the person's ssh writes
+    // into a pipe nobody reads for 3 s. Whatever the target sent beyond the
+    // SSH windows and russh's bounded buffers would pile up in the gateway.
+    const SIZE: usize = 64 << 20;
+    let mut ssh = gw
+        .ssh(Some(&cert), "root", &[&format!("head -c {SIZE} /dev/zero")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let during = rss_kib(gw.child.id());
+    eprintln!("gateway RSS {before} KiB before, {during} KiB while stalled");
+    assert!(
+        during.saturating_sub(before) < 32 * 1024,
+        "gateway grew from {before} KiB to {during} KiB while the reader stalled"
+    );
+
+    // Then everything arrives, intact in length.
+    let mut got = Vec::new();
+    ssh.stdout.take().unwrap().read_to_end(&mut got).unwrap();
+    let out = ssh.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(got.len(), SIZE);
+    assert!(got.iter().all(|b| *b == 0));
+}
+
+#[test]
+fn the_person_is_told_when_the_target_connection_breaks() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-lost",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-lost", "root", "+1m");
+
+    // A connection with no channel (`ssh -N`, as for port forwarding): no
+    // channel close would end it when the target goes away.
+    let idle = Running::start(&mut gw.ssh(Some(&cert), "root", &["-N"]));
+    let listener = sshd.pid().unwrap();
+    let children = || -> Vec<i32> {
+        read(Path::new(&format!(
+            "/proc/{listener}/task/{listener}/children"
+        )))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+    };
+    let start = Instant::now();
+    while children().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no target connection"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The target's side of that one connection dies.
+    for pid in children() {
+        Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+    }
+    let killed_at = since_epoch();
+    let (out, ended) = idle.finish(Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the connection to the target was lost"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(ended - killed_at < Duration::from_secs(2));
+}
+
+/// Runs ARGV in a new terminal of 24 rows × 80 columns, resizes it to
+/// 40 × 132 once the output shows `marker`, and prints everything the
+/// terminal showed. (Python's pty module: the test needs a real terminal
+/// whose size changes, as a person's does.)
+const RESIZE_IN_A_TERMINAL: &str = r#"
+import fcntl, os, pty, select, signal, struct, sys, termios, time
+marker = sys.argv[1].encode()
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    os.execvp(sys.argv[2], sys.argv[2:])
+seen, resized, deadline = b"", False, time.time() + 20
+while time.time() < deadline:
+    ready, _, _ = select.select([fd], [], [], 0.1)
+    if ready:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    if not resized and marker in seen:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 132, 0, 0))
+        os.kill(pid, signal.SIGWINCH)
+        resized = True
+os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+"#;
+
+#[test]
+fn the_terminal_size_and_its_changes_reach_the_target() {
+    let gw = Gateway::start(&[]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    gw.set_sessions(&[&SessionEntry::new(
+        "s-tty",
+        &sshd,
+        "root",
+        key_credential(&target_key),
+    )]);
+    let cert = gw.certificate("s-tty", "root", "+1m");
+
+    let ssh = gw.ssh(
+        Some(&cert),
+        "root",
+        &["-tt", "stty size; echo resize-now; sleep 1.5; stty size"],
+    );
+    let mut argv = vec![ssh.get_program().to_owned()];
+    argv.extend(ssh.get_args().map(|a| a.to_owned()));
+    let out = run(Command::new("python3")
+        .args(["-c", RESIZE_IN_A_TERMINAL, "resize-now"])
+        .args(argv)
+        .env_remove("SSH_AUTH_SOCK"));
+    let shown = stdout(&out).replace('\r', "");
+    assert!(
+        shown.contains("24 80\nresize-now\n40 132\n"),
+        "{shown:?}\n{}",
+        stderr(&out)
+    );
+}
