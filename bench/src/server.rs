@@ -171,6 +171,11 @@ impl DevServer {
         Ok(out)
     }
 
+    /// The server's whole log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         log_tail(&self.log)
     }

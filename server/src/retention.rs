@@ -13,11 +13,18 @@ use crate::config::Retention;
 use crate::error::Result;
 use crate::state::{Core, State};
 
-/// Audit copy lines deleted per step: each step is one write, a few
-/// milliseconds, that the requests' writes queue behind.
-const AUDIT_STEP: i64 = 500;
-/// Pages (4 KiB) given back to the file system per step.
-const VACUUM_STEP: i64 = 512;
+/// Audit copy lines deleted per step, and pages (4 KiB) given back to
+/// the file system per step: each step is one write of a few milliseconds
+/// that the requests' writes queue behind.
+const AUDIT_STEP: i64 = 100;
+const VACUUM_STEP: i64 = 32;
+
+/// After each step retention waits as long as the step took, so that it
+/// takes at most half of the writer's time, and the WAL it fills is copied
+/// back by the checkpointer as it goes rather than in one long stall.
+async fn pace(step: std::time::Instant) {
+    tokio::time::sleep(step.elapsed().max(std::time::Duration::from_millis(1))).await;
+}
 
 /// What one run removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +40,7 @@ pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
     let mut removed = Removed::default();
     let audit_before = now - secs(cfg.audit_copy);
     loop {
+        let step = std::time::Instant::now();
         let n = core
             .storage
             .prune_audit_copy(audit_before, AUDIT_STEP)
@@ -41,6 +49,7 @@ pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
         if (n as i64) < AUDIT_STEP {
             break;
         }
+        pace(step).await;
     }
     removed.certificates =
         crate::ssh::certs::remove_expired(core, now - secs(cfg.expired_certificates)).await?;
@@ -48,12 +57,14 @@ pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
     // freeing pages as fast would otherwise keep this going).
     let mut left = u64::MAX;
     loop {
+        let step = std::time::Instant::now();
         let now_left = core.storage.give_back_space(VACUUM_STEP).await?;
         if now_left == 0 || now_left >= left {
             removed.free_pages_left = now_left;
             break;
         }
         left = now_left;
+        pace(step).await;
     }
     Ok(removed)
 }

@@ -173,6 +173,10 @@ impl Sqlite {
     /// Opens the (already migrated) database and starts its writer thread.
     pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         let writer = open(path)?;
+        // A WAL left large by the last run is copied back now, before any
+        // request could wait for it (the writer would otherwise start it
+        // over at its first write, holding requests for as long).
+        writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         // Checkpoints (copying the WAL into the database file, with an
         // fsync) run on a thread of their own, so that no commit waits for
         // one: left to the writer, every thousandth page's commit would.
@@ -268,11 +272,12 @@ pub fn probe(path: &Path, write: bool) -> std::result::Result<(), String> {
 }
 
 /// How often at most the WAL is checkpointed while writes go on.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Frames in the WAL above which it is started over (256 MiB of 4 KiB
-/// pages: at the rates this server reaches, once every several seconds).
-const WAL_RESTART_FRAMES: i64 = 64 * 1024;
+/// Frames in the WAL above which it is started over: as many as
+/// [`WAL_SIZE_LIMIT`] holds (64 MiB of 4 KiB pages), so that starting over
+/// never has a larger file to cut back first.
+const WAL_RESTART_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
 
 /// Checkpoints after writes, at most once per [`CHECKPOINT_EVERY`], and
 /// once more when the writer stops; sleeps while nothing is written.
@@ -310,6 +315,7 @@ fn write_loop(
 ) {
     while let Some(first) = rx.blocking_recv() {
         if restart.swap(false, Ordering::Relaxed) {
+            let started = std::time::Instant::now();
             // The checkpointer copied nearly all of the WAL a moment ago:
             // this copies the rest and waits for readers to leave it, so
             // that the next commit writes it from its start again.
@@ -323,6 +329,7 @@ fn write_loop(
             if let Err(e) = restarted.and(restored) {
                 tracing::warn!(error = %e, "SQLite WAL restart failed");
             }
+            slow("WAL restart", started.elapsed(), 0);
         }
         let mut jobs = vec![first];
         while jobs.len() < MAX_UNITS {
@@ -331,7 +338,10 @@ fn write_loop(
                 Err(_) => break,
             }
         }
-        match batch(&mut conn, &jobs) {
+        let started = std::time::Instant::now();
+        let outcome = batch(&mut conn, &jobs);
+        slow("write batch", started.elapsed(), jobs.len());
+        match outcome {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     job.answer(Ok(r));
@@ -370,6 +380,16 @@ fn write_loop(
         let _ = dirty.try_send(());
     }
 }
+
+/// Logs a write that held the writer up long enough for requests to notice.
+fn slow(what: &str, took: Duration, jobs: usize) {
+    if took >= SLOW_WRITE {
+        tracing::warn!(millis = took.as_millis() as u64, jobs, "slow SQLite {what}");
+    }
+}
+
+/// A write that takes this long is logged (requests queue behind it).
+const SLOW_WRITE: Duration = Duration::from_millis(50);
 
 /// Applies the jobs in arrival order in one transaction.
 fn batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Applied>> {
