@@ -7,7 +7,10 @@
 //! 2. `--otps` OTPs created (`POST /v1/ssh/creds/<role>`) and each verified
 //!    at once (`POST /v1/ssh/verify`) by `--clients` keep-alive clients.
 //!    The server is stopped and the files measured: "before retention".
-//! 3. The server started again on the same data, retention due after 3 s.
+//! 3. The reference: the server started again on the same data with no
+//!    retention due, and `--probe-clients` clients creating and verifying
+//!    OTPs back to back for `--reference-seconds`, every request timed.
+//! 4. The server started again on the same data, retention due after 3 s.
 //!    While it runs, `--probe-clients` clients create and verify OTPs back
 //!    to back, every request's latency kept from 2.5 s after the start
 //!    (before, the clients connect); the run is over when `sys/metrics`
@@ -51,9 +54,13 @@ pub struct Args {
     /// Concurrent keep-alive HTTPS clients creating and verifying.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Clients creating and verifying OTPs while retention runs.
+    /// Clients creating and verifying OTPs while retention runs (and in
+    /// the reference run without it).
     #[arg(long, default_value_t = 4)]
     pub probe_clients: usize,
+    /// Seconds of the reference run: the same clients, no retention.
+    #[arg(long, default_value_t = 60)]
+    pub reference_seconds: u64,
 }
 
 /// Sizes of the data directory's files, in bytes.
@@ -89,6 +96,8 @@ struct Results {
     retention_time: Duration,
     probe: Option<Summary>,
     probe_requests: u64,
+    reference: Option<Summary>,
+    reference_requests: u64,
     after: Files,
     after_stop: Files,
     removed_audit_lines: f64,
@@ -186,6 +195,73 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Clients creating and verifying OTPs back to back, each request's
+/// latency kept from 2.5 s after they start (before that they connect:
+/// new connections, TLS handshakes and cold caches are not what is
+/// measured).
+struct Probe {
+    stop: Arc<AtomicBool>,
+    lat: Arc<std::sync::Mutex<Sample>>,
+    task: tokio::task::JoinHandle<anyhow::Result<Sample>>,
+}
+
+impl Probe {
+    fn start(server: &DevServer, n: usize) -> anyhow::Result<Probe> {
+        let u = urls(server);
+        let clients: Vec<reqwest::Client> = (0..n)
+            .map(|_| server.client())
+            .collect::<anyhow::Result<_>>()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let lat = Arc::new(std::sync::Mutex::new(Sample::default()));
+        let timed_from = Instant::now() + Duration::from_millis(2500);
+        let task = {
+            let (stop, lat) = (stop.clone(), lat.clone());
+            tokio::spawn(async move {
+                load::closed_loop(&clients, None, move |c: reqwest::Client| {
+                    let (stop, lat, u) = (stop.clone(), lat.clone(), u.clone());
+                    async move {
+                        if stop.load(Ordering::Relaxed) {
+                            return None;
+                        }
+                        let timed = (Instant::now() >= timed_from).then_some(&*lat);
+                        Some(pair(&c, &u, timed).await)
+                    }
+                })
+                .await
+            })
+        };
+        Ok(Probe { stop, lat, task })
+    }
+
+    /// Stops the clients: the latencies, and how many requests were timed.
+    async fn finish(self) -> anyhow::Result<(Summary, u64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let outcome = self.task.await??;
+        let mut s = self.lat.lock().map(|s| s.clone()).unwrap_or_default();
+        s.errors = outcome.errors;
+        s.first_error = outcome.first_error;
+        s.elapsed = outcome.elapsed;
+        let n = s.ops;
+        Ok((s.summarize(), n))
+    }
+}
+
+/// The same clients on the same data with no retention due: what the
+/// load alone costs, to compare the retention run with.
+async fn reference_phase(server: &DevServer, args: &Args, res: &mut Results) -> anyhow::Result<()> {
+    let probe = Probe::start(server, args.probe_clients)?;
+    eprintln!(
+        "  reference: {} clients creating and verifying for {} s, no retention",
+        args.probe_clients, args.reference_seconds
+    );
+    tokio::time::sleep(Duration::from_millis(2500) + Duration::from_secs(args.reference_seconds))
+        .await;
+    let (summary, n) = probe.finish().await?;
+    res.reference = Some(summary);
+    res.reference_requests = n;
+    Ok(())
+}
+
 async fn retention_phase(
     server: &DevServer,
     args: &Args,
@@ -193,32 +269,7 @@ async fn retention_phase(
     res: &mut Results,
 ) -> anyhow::Result<()> {
     let admin = server.client()?;
-    let u = urls(server);
-    let clients: Vec<reqwest::Client> = (0..args.probe_clients)
-        .map(|_| server.client())
-        .collect::<anyhow::Result<_>>()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let lat = Arc::new(std::sync::Mutex::new(Sample::default()));
-    let timed_from = Instant::now() + Duration::from_millis(2500);
-    let probe = {
-        let (stop, lat, u) = (stop.clone(), lat.clone(), u.clone());
-        tokio::spawn(async move {
-            load::closed_loop(&clients, None, move |c: reqwest::Client| {
-                let (stop, lat, u) = (stop.clone(), lat.clone(), u.clone());
-                async move {
-                    if stop.load(Ordering::Relaxed) {
-                        return None;
-                    }
-                    // Timed from just before the run is due: the first
-                    // requests after the restart (new connections, TLS
-                    // handshakes, cold caches) are not retention's.
-                    let timed = (Instant::now() >= timed_from).then_some(&*lat);
-                    Some(pair(&c, &u, timed).await)
-                }
-            })
-            .await
-        })
-    };
+    let probe = Probe::start(server, args.probe_clients)?;
     eprintln!(
         "  waiting for the retention run, {} clients creating and verifying meanwhile",
         args.probe_clients
@@ -252,17 +303,12 @@ async fn retention_phase(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     res.retention_time = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let probe_outcome = probe.await??;
+    let (summary, n) = probe.finish().await?;
     if !finished {
         bail!("no retention run finished within {RETENTION_TIMEOUT:?}");
     }
-    let mut s = lat.lock().map(|s| s.clone()).unwrap_or_default();
-    s.errors = probe_outcome.errors;
-    s.first_error = probe_outcome.first_error;
-    s.elapsed = probe_outcome.elapsed;
-    res.probe_requests = s.ops;
-    res.probe = Some(s.summarize());
+    res.probe_requests = n;
+    res.probe = Some(summary);
     // The lines the probe itself wrote while the first run went on are
     // the next run's to remove: the files are measured once it has.
     let next = Instant::now();
@@ -317,6 +363,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut server = DevServer::start_with(
         &server_bin,
         Some((&dir, &token)),
+        &["--retention-interval", "24h"],
+    )?;
+    let outcome = rt.block_on(reference_phase(&server, args, &mut res));
+    server.stop()?;
+    outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
+
+    let mut server = DevServer::start_with(
+        &server_bin,
+        Some((&dir, &token)),
         &["--retention-interval", "3s", "--retention-audit-copy", "1s"],
     )?;
     let outcome = rt.block_on(retention_phase(&server, args, &dir, &mut res));
@@ -339,9 +394,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     report::publish(args.common.write.as_deref(), &name, &body)?;
     report::fail_on_errors(
         "requests",
-        [("load", &res.load), ("during retention", &res.probe)]
-            .into_iter()
-            .filter_map(|(l, s)| s.as_ref().map(|s| (l.to_string(), s))),
+        [
+            ("load", &res.load),
+            ("reference", &res.reference),
+            ("during retention", &res.probe),
+        ]
+        .into_iter()
+        .filter_map(|(l, s)| s.as_ref().map(|s| (l.to_string(), s))),
     )
 }
 
@@ -408,6 +467,18 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
             r.retention_time.as_secs_f64(),
             r.removed_audit_lines,
             r.probe_requests,
+            report::millis(p.p50),
+            report::millis(p.p99),
+            report::millis(p.max),
+            p.errors,
+        );
+    }
+    if let Some(p) = &r.reference {
+        out += &format!(
+            "- the reference, the same clients on the same data for {} s with no retention due: \
+             {} requests, p50 {} ms, p99 {} ms, slowest {} ms, {} errors.\n",
+            args.reference_seconds,
+            r.reference_requests,
             report::millis(p.p50),
             report::millis(p.p99),
             report::millis(p.max),
