@@ -5,6 +5,7 @@
 pub mod docs;
 pub mod hosts;
 pub mod lenient;
+pub mod pam;
 pub mod ssh;
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ pub struct Envelope {
     pub auth: Option<Auth>,
 }
 
-/// An envelope's `data` as a response type of [`ssh`] or [`hosts`]; None
+/// An envelope's `data` as a response type of [`ssh`], [`hosts`] or [`pam`]; None
 /// when the answer has no `data` or it is not of that shape.
 pub fn data_of<T: serde::de::DeserializeOwned>(envelope: &Value) -> Option<T> {
     envelope.get("data").and_then(|d| T::deserialize(d).ok())
