@@ -11,6 +11,7 @@
 mod acl;
 mod disk;
 mod fleet;
+mod gateway;
 mod helper;
 mod hostd;
 mod load;
@@ -65,6 +66,9 @@ enum Command {
     /// a one-path policy: over HTTPS, and the ACL lookup and policy
     /// compilation in-process.
     Acl(acl::Args),
+    /// The PAM gateway beside direct `ssh` to the same target: added
+    /// round-trip latency, throughput of 1 GiB, memory with 500 sessions.
+    Gateway(gateway::Args),
     /// A load generator for any Vault-compatible server (gatepass or Vault):
     /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
     /// answers by status. Not a suite: it needs a target.
@@ -199,6 +203,7 @@ fn main() -> anyhow::Result<()> {
         Command::Memory(args) => memory::run(&args),
         Command::Disk(args) => disk::run(&args),
         Command::Acl(args) => acl::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }

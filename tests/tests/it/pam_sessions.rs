@@ -1,0 +1,871 @@
+//! PAM sessions end to end, as an administrator and a person meet them: a
+//! real `gatepass-server dev`, a real `gatepass-gateway` enrolled with
+//! `setup` and started with `run`, private target sshds on loopback (a key
+//! account, a certificate account of the server's own CA, a password
+//! account through PAM for a local user the test makes), and the person's
+//! `gatepass pam …` commands with the real `ssh`, `scp` and `sftp`.
+//!
+//! The person has a token whose only policy grants `update` on the access
+//! paths and reads of sessions; they never see the accounts' password or
+//! private key.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gatepass_tests::sshd::{keygen, pub_path, sign_host_key, Sshd};
+use gatepass_tests::targets::{
+    certificate_target, key_target, password_target, public_line, LocalUser,
+};
+use gatepass_tests::{bin, run, stop_child, DevServer, CLI_AMBIENT_ENV};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "Tr0ub4dor-pam-sessions";
+const PERSON_POLICY: &str = r#"
+path "pam/resources/+/accounts/+/access" { capabilities = ["update"] }
+path "pam/sessions" { capabilities = ["list"] }
+path "pam/sessions/*" { capabilities = ["read"] }
+"#;
+
+/// The deployment: server, CA, gateway, and one person with their own
+/// HOME and TMPDIR.
+struct Pam {
+    server: DevServer,
+    /// The gateway's files, the account keys, the test's scratch.
+    admin: tempfile::TempDir,
+    home: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    /// The ssh mount's CA public key (user and host certificates).
+    ca_pub: String,
+    gateway: Option<Child>,
+    gateway_port: u16,
+    person_token: String,
+    /// Every API answer the person's token received in this test.
+    answers: std::cell::RefCell<Vec<String>>,
+}
+
+impl Pam {
+    fn start() -> Pam {
+        let mut pam = Pam {
+            server: DevServer::start(),
+            admin: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+            tmp: tempfile::tempdir().unwrap(),
+            ca_pub: String::new(),
+            gateway: None,
+            gateway_port: free_port(),
+            person_token: String::new(),
+            answers: Default::default(),
+        };
+        // The administrator: a CA, a role for the certificate account, a
+        // role for the targets' host certificates.
+        pam.ca_pub = ok(pam.admin_cli(&[
+            "write",
+            "--field",
+            "public_key",
+            "ssh/config/ca",
+            "key_type=ssh-ed25519",
+        ]));
+        ok(pam.admin_cli(&[
+            "write",
+            "ssh/roles/pam-targets",
+            "key_type=ca",
+            "allow_user_certificates=true",
+            "allowed_users=*",
+            "ttl=1h",
+        ]));
+        // The gateway: a join token, `setup`, `run`.
+        let join = ok(pam.admin_cli(&[
+            "write",
+            "--field",
+            "join_token",
+            "pam/gateways/join-tokens",
+            "ttl=10m",
+        ]));
+        let dir = pam.admin.path();
+        let setup = run(Command::new(bin("gatepass-gateway"))
+            .args(["setup", "--server", &pam.server.addr, "--join-token"])
+            .arg(join.trim())
+            .arg("--ca-cert")
+            .arg(&pam.server.cacert)
+            .args(["--listen", &format!("127.0.0.1:{}", pam.gateway_port)])
+            .args(["--name", "gw1", "--config"])
+            .arg(dir.join("gateway.toml"))
+            .arg("--token-file")
+            .arg(dir.join("gateway.token"))
+            .arg("--host-key")
+            .arg(dir.join("gateway_host_key")));
+        assert_eq!(setup.0, 0, "gateway setup: {}{}", setup.1, setup.2);
+        pam.start_gateway();
+        // The person: a token with only their policy.
+        ok(pam.admin_cli(&[
+            "write",
+            "sys/policies/acl/pam-person",
+            &format!("policy={PERSON_POLICY}"),
+        ]));
+        pam.person_token = ok(pam.admin_cli(&[
+            "write",
+            "--field",
+            "token",
+            "auth/token/create",
+            "policies=pam-person",
+            "display_name=alice",
+        ]))
+        .trim()
+        .to_string();
+        pam
+    }
+
+    fn gateway_log(&self) -> String {
+        std::fs::read_to_string(self.admin.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    fn start_gateway(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.admin.path().join("gateway.log"))
+            .unwrap();
+        let child = Command::new(bin("gatepass-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.admin.path().join("gateway.toml"))
+            .env("GATEPASS_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.gateway = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.gateway_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen:\n{}",
+                self.gateway_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop_gateway(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            stop_child(&mut child);
+        }
+    }
+
+    fn cli(&self, token: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("gatepass"));
+        for v in CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
+        c.env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
+            .env("TMPDIR", self.tmp.path())
+            .env("GATEPASS_ADDR", &self.server.addr)
+            .env("GATEPASS_CACERT", &self.server.cacert)
+            .env("GATEPASS_TOKEN", token)
+            .current_dir(self.home.path())
+            .stdin(Stdio::null())
+            .args(args);
+        c
+    }
+
+    fn admin_cli(&self, args: &[&str]) -> Command {
+        self.cli(&self.server.token, args)
+    }
+
+    fn person_cli(&self, args: &[&str]) -> Command {
+        self.cli(&self.person_token, args)
+    }
+
+    /// `gatepass pam ssh access --resource R --account A --duration D --
+    /// COMMAND`, as the person.
+    fn access(&self, resource: &str, account: &str, duration: &str, command: &[&str]) -> Command {
+        let mut args = vec![
+            "pam",
+            "ssh",
+            "access",
+            "--resource",
+            resource,
+            "--account",
+            account,
+            "--duration",
+            duration,
+            "--",
+        ];
+        args.extend(command);
+        self.person_cli(&args)
+    }
+
+    /// One API call with curl: status and body. The person's answers are
+    /// kept for the secret check.
+    fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-X", method, "--cacert"])
+            .arg(&self.server.cacert)
+            .args(["-H", &format!("X-Vault-Token: {token}")])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "-d", &b.to_string()]);
+        }
+        c.arg(format!("{}/v1/{path}", self.server.addr));
+        let (code, out, err) = run(&mut c);
+        assert_eq!(code, 0, "curl {path}: {err}");
+        let (text, status) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        if token == self.person_token {
+            self.answers.borrow_mut().push(text.to_string());
+        }
+        (status.parse().unwrap(), text.to_string())
+    }
+
+    fn admin_write(&self, path: &str, body: Value) -> Value {
+        let (status, text) = self.api("POST", path, &self.server.token, Some(body));
+        assert!(status < 300, "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    fn session(&self, id: &str) -> Value {
+        let (status, text) = self.api("GET", &format!("pam/sessions/{id}"), &self.server.token, None);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
+    }
+
+    /// A resource on `sshd` through gw1 whose host key is pinned.
+    fn pinned_resource(&self, name: &str, sshd: &Sshd) {
+        self.admin_write(
+            &format!("pam/resources/{name}"),
+            json!({
+                "type": "ssh",
+                "host": "127.0.0.1",
+                "port": sshd.port,
+                "gateway": "gw1",
+                "known_hosts": [sshd.host_public_key().trim()],
+            }),
+        );
+    }
+
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.server.data_dir.join("audit.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Pam {
+    fn drop(&mut self) {
+        self.stop_gateway();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+    let cmd = cmd.borrow_mut();
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 0, "{cmd:?} failed\nstdout: {out}\nstderr: {err}");
+    out
+}
+
+/// The session ID the CLI announced on stderr.
+fn session_id_in(stderr: &str) -> String {
+    stderr
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap_or_else(|| panic!("no session ID in {stderr:?}"))
+        .to_string()
+}
+
+/// The three targets and their resources and accounts: `keys` (root by
+/// key, forwarding allowed), `certs` (root by a certificate of the ssh
+/// mount's CA, host trusted through the mount's host certificates) and
+/// `passwords` (a local user by password through PAM).
+struct Targets {
+    key_sshd: Sshd,
+    cert_sshd: Sshd,
+    password_sshd: Sshd,
+    user: LocalUser,
+    account_key: PathBuf,
+}
+
+fn targets(pam: &Pam) -> Targets {
+    let dir = pam.admin.path();
+    let account_key = keygen(dir, "account_key", "ed25519", None);
+    let key_sshd = key_target(&public_line(&account_key));
+    pam.pinned_resource("keys", &key_sshd);
+    pam.admin_write(
+        "pam/resources/keys/accounts/root",
+        json!({
+            "auth_method": "key",
+            "username": "root",
+            "private_key": std::fs::read_to_string(&account_key).unwrap(),
+            "max_duration": "1h",
+            "allow_forwarding": true,
+        }),
+    );
+
+    // The certificate target trusts the mount's CA for users and presents
+    // a host certificate the mount signed.
+    ok(pam.admin_cli(&[
+        "write",
+        "ssh/roles/pam-hosts",
+        "key_type=ca",
+        "allow_host_certificates=true",
+        "allowed_domains=127.0.0.1",
+        "allow_bare_domains=true",
+    ]));
+    let make_host_cert = |sshd: &Sshd| -> PathBuf {
+        let signed = ok(pam.admin_cli(&[
+            "write",
+            "--field",
+            "signed_key",
+            "ssh/sign/pam-hosts",
+            "cert_type=host",
+            "valid_principals=127.0.0.1",
+            &format!(
+                "public_key={}",
+                std::fs::read_to_string(&sshd.host_key_pub).unwrap().trim()
+            ),
+        ]));
+        sshd.write_file("host_key-cert.pub", &signed)
+    };
+    let cert_sshd = certificate_target(&pam.ca_pub, Some(&make_host_cert));
+    pam.admin_write(
+        "pam/resources/certs",
+        json!({
+            "host": "127.0.0.1",
+            "port": cert_sshd.port,
+            "gateway": "gw1",
+            "host_ca_mount": "ssh",
+        }),
+    );
+    pam.admin_write(
+        "pam/resources/certs/accounts/root",
+        json!({
+            "auth_method": "certificate",
+            "username": "root",
+            "ca_mount": "ssh",
+            "ca_role": "pam-targets",
+            "max_duration": "1h",
+        }),
+    );
+
+    let user = LocalUser::create("gp-pam-e2e", PASSWORD);
+    let password_sshd = password_target("gatepass-test-pam-sessions", vec![]);
+    pam.pinned_resource("passwords", &password_sshd);
+    pam.admin_write(
+        "pam/resources/passwords/accounts/ops",
+        json!({
+            "auth_method": "password",
+            "username": user.name,
+            "password": PASSWORD,
+            "max_duration": "30m",
+        }),
+    );
+    Targets {
+        key_sshd,
+        cert_sshd,
+        password_sshd,
+        user,
+        account_key,
+    }
+}
+
+#[test]
+fn each_account_kind_runs_a_command_through_gatepass_pam_ssh_access() {
+    let pam = Pam::start();
+    let t = targets(&pam);
+    for (resource, account, login) in [
+        ("keys", "root", "root"),
+        ("certs", "root", "root"),
+        ("passwords", "ops", t.user.name.as_str()),
+    ] {
+        // $ gatepass pam ssh access --resource keys --account root --duration 5m -- echo hello
+        let (code, out, err) = run(&mut pam.access(
+            resource,
+            account,
+            "5m",
+            &["echo hello; id -un"],
+        ));
+        assert_eq!(
+            code,
+            0,
+            "{resource}/{account}: {out}{err}\n--- gateway ---\n{}",
+            pam.gateway_log()
+        );
+        assert_eq!(out, format!("hello\n{login}\n"), "{resource}/{account}");
+        let id = session_id_in(&err);
+        let s = pam.session(&id);
+        assert_eq!(s["resource"], resource);
+        assert_eq!(s["account"], account);
+        assert_eq!(s["user"].as_str().unwrap_or_default(), "token-alice", "{s}");
+        assert_eq!(s["gateway"], "gw1");
+    }
+    assert!(t.key_sshd.log().contains("Accepted publickey for root"));
+    assert!(t.cert_sshd.log().contains("Accepted publickey for root"));
+    assert!(t
+        .password_sshd
+        .log()
+        .contains("Accepted password for gp-pam-e2e"));
+
+    // The audit log has the story of each session, never the credential.
+    let audit = pam.audit();
+    for event in [
+        "access_granted",
+        "credential_fetched",
+        "session_started",
+        "session_ended",
+    ] {
+        assert!(audit.contains(event), "no {event} in the audit log");
+    }
+    assert!(!audit.contains(PASSWORD));
+    assert!(!pam.gateway_log().contains(PASSWORD));
+    let key_text = std::fs::read_to_string(&t.account_key).unwrap();
+    let key_body = key_text.lines().nth(1).unwrap();
+    assert!(!audit.contains(key_body));
+}
+
+#[test]
+fn scp_sftp_and_ssh_l_reach_a_session_through_its_ssh_config_block() {
+    let pam = Pam::start();
+    let t = targets(&pam);
+    // $ gatepass pam ssh config --resource keys --account root --duration 10m >> ~/.ssh/config
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    assert!(block.contains("Host gatepass-keys-root"), "{block}");
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let opts = |c: &mut Command| {
+        c.arg("-F")
+            .arg(&config)
+            .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none"])
+            .env_remove("SSH_AUTH_SOCK")
+            .stdin(Stdio::null());
+    };
+
+    let out = ok({
+        let mut c = Command::new("ssh");
+        opts(&mut c);
+        c.args(["gatepass-keys-root", "echo plain-ssh"]);
+        c
+    });
+    assert_eq!(out, "plain-ssh\n");
+
+    // 1 MiB of random bytes up with scp and back down with sftp.
+    let work = tempfile::tempdir().unwrap();
+    let mut data = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut data)
+        .unwrap();
+    let src = work.path().join("random.bin");
+    std::fs::write(&src, &data).unwrap();
+    let up = work.path().join("up.bin");
+    ok({
+        let mut c = Command::new("scp");
+        opts(&mut c);
+        c.arg("-q")
+            .arg(&src)
+            .arg(format!("gatepass-keys-root:{}", up.display()));
+        c
+    });
+    assert!(std::fs::read(&up).unwrap() == data, "scp copy differs");
+    let down = work.path().join("down.bin");
+    let batch = work.path().join("batch");
+    std::fs::write(&batch, format!("get {} {}\n", up.display(), down.display())).unwrap();
+    ok({
+        let mut c = Command::new("sftp");
+        opts(&mut c);
+        c.args(["-q", "-b"]).arg(&batch).arg("gatepass-keys-root");
+        c
+    });
+    assert!(std::fs::read(&down).unwrap() == data, "sftp copy differs");
+
+    // `ssh -L` to an echo server beside the target.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut r = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut conn);
+            });
+        }
+    });
+    let local_port = free_port();
+    let mut forward = {
+        let mut c = Command::new("ssh");
+        opts(&mut c);
+        c.args([
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+            "gatepass-keys-root",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match TcpStream::connect(("127.0.0.1", local_port)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no forward: {e}\n{}", pam.gateway_log()),
+        }
+    };
+    use std::io::Write;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"through the gateway\n").unwrap();
+    let mut back = [0u8; 20];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"through the gateway\n");
+    let _ = forward.kill();
+    let _ = forward.wait();
+    drop(t);
+}
+
+#[test]
+fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
+    let pam = Pam::start();
+    let t = targets(&pam);
+
+    // A 10 s session whose command would run for a minute is closed
+    // within 1 s of its end.
+    let started = Instant::now();
+    let (code, _out, err) = run(&mut pam.access("keys", "root", "10s", &["sleep 60"]));
+    let took = started.elapsed();
+    assert_ne!(code, 0);
+    let id = session_id_in(&err);
+    let s = pam.session(&id);
+    assert_eq!(s["state"], "ended", "{s}");
+    assert_eq!(s["end_reason"], "expired", "{s}");
+    assert!(
+        took < Duration::from_secs(11) + Duration::from_millis(500),
+        "closed after {took:?}"
+    );
+    assert!(took >= Duration::from_secs(9), "closed early, after {took:?}");
+
+    // An administrator's terminate closes a live session within 2 s.
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    let asked = Instant::now();
+    // $ gatepass pam sessions terminate ID
+    ok(pam.admin_cli(&["pam", "sessions", "terminate", &id]));
+    let status = wait_exit(&mut live, Duration::from_secs(5));
+    assert!(!status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "closed {:?} after terminate",
+        asked.elapsed()
+    );
+    let s = pam.session(&id);
+    assert_eq!(s["end_reason"], "terminated", "{s}");
+    let shown = ok(pam.admin_cli(&["pam", "sessions", "show", &id]));
+    assert!(shown.contains("terminated"), "{shown}");
+
+    // The target's host key changes: the gateway refuses to log in, says
+    // why, and the refusal is in the audit log.
+    let other = keygen(pam.admin.path(), "not_the_target", "ed25519", None);
+    pam.admin_write(
+        "pam/resources/keys",
+        json!({
+            "host": "127.0.0.1",
+            "port": t.key_sshd.port,
+            "gateway": "gw1",
+            "known_hosts": [public_line(&other).trim()],
+        }),
+    );
+    let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
+    assert_ne!(code, 0);
+    assert!(!out.contains("hello"));
+    assert!(err.contains("host key"), "{err}");
+    let id = session_id_in(&err);
+    let s = pam.session(&id);
+    assert_eq!(s["end_reason"], "failed", "{s}");
+    assert!(
+        s["end_detail"].as_str().unwrap_or_default().contains("host key"),
+        "{s}"
+    );
+    let audit = pam.audit();
+    assert!(
+        audit.lines().any(|l| l.contains(&id) && l.contains("host key")),
+        "no audit event for the refused host key"
+    );
+}
+
+/// The one session the person holds that a gateway connection made active.
+fn wait_for_active(pam: &Pam) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = ok(pam.admin_cli(&[
+            "pam", "sessions", "list", "--state", "active", "--format", "json",
+        ]));
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let ids: Vec<String> = match &v {
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|s| {
+                    s.as_str()
+                        .or_else(|| s["session_id"].as_str())
+                        .map(String::from)
+                })
+                .collect(),
+            Value::Object(o) => o
+                .get("keys")
+                .and_then(|k| k.as_array())
+                .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                .unwrap_or_default(),
+            _ => vec![],
+        };
+        if let Some(id) = ids.first() {
+            return id.clone();
+        }
+        assert!(Instant::now() < deadline, "no active session: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn refusals_are_clear_400_403_404_and_a_stopped_gateway_is_named() {
+    let mut pam = Pam::start();
+    let t = targets(&pam);
+    let key = keygen(pam.admin.path(), "person", "ed25519", None);
+    let public_key = public_line(&key);
+    let access = |path: &str, token: &str, duration: &str| {
+        pam.api(
+            "POST",
+            path,
+            token,
+            Some(json!({ "duration": duration, "public_key": public_key.trim() })),
+        )
+    };
+    let person = pam.person_token.clone();
+    let (status, text) = access("pam/resources/passwords/accounts/ops/access", &person, "2h");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("max_duration"), "{text}");
+    let (status, _) = access("pam/resources/nope/accounts/ops/access", &person, "5m");
+    assert_eq!(status, 404);
+    let (status, _) = access("pam/resources/passwords/accounts/nope/access", &person, "5m");
+    assert_eq!(status, 404);
+    let stranger = ok(pam.admin_cli(&[
+        "write",
+        "--field",
+        "token",
+        "auth/token/create",
+        "policies=default",
+    ]));
+    let (status, _) = access(
+        "pam/resources/passwords/accounts/ops/access",
+        stranger.trim(),
+        "5m",
+    );
+    assert_eq!(status, 403);
+    // The CLI says the same in words.
+    let (code, _, err) = run(&mut pam.access("passwords", "ops", "2h", &["true"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("max_duration"), "{err}");
+
+    // The gateway stops: the CLI names it and gives up within 5 s.
+    pam.stop_gateway();
+    let started = Instant::now();
+    let (code, _, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
+    assert_ne!(code, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        err.contains("gateway") && err.contains(&pam.gateway_port.to_string()),
+        "{err}"
+    );
+    drop(t);
+}
+
+#[test]
+fn the_person_never_holds_the_password_or_private_key() {
+    let pam = Pam::start();
+    let t = targets(&pam);
+    let key_text = std::fs::read_to_string(&t.account_key).unwrap();
+    let key_lines: Vec<&str> = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let secret_in = |what: &str, text: &str| {
+        assert!(!text.contains(PASSWORD), "the password is in {what}");
+        for l in &key_lines {
+            assert!(!text.contains(l), "the private key is in {what}");
+        }
+    };
+    let tmp_files = |pam: &Pam| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut found = vec![];
+        for root in [pam.home.path(), pam.tmp.path()] {
+            walk(root, &mut found);
+        }
+        found
+    };
+
+    // While a session runs, and after: the CLI's output and every file it
+    // wrote.
+    for (resource, account) in [("passwords", "ops"), ("keys", "root")] {
+        let mut child = pam
+            .access(resource, account, "5m", &["sleep 2; echo done"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1000));
+        for (path, bytes) in tmp_files(&pam) {
+            secret_in(&path.display().to_string(), &String::from_utf8_lossy(&bytes));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        secret_in("the CLI's output", &String::from_utf8_lossy(&o.stdout));
+        secret_in("the CLI's errors", &String::from_utf8_lossy(&o.stderr));
+    }
+    let config = ok(pam.person_cli(&[
+        "pam", "ssh", "config", "--resource", "passwords", "--account", "ops",
+    ]));
+    secret_in("the ssh config block", &config);
+    for (path, bytes) in tmp_files(&pam) {
+        secret_in(&path.display().to_string(), &String::from_utf8_lossy(&bytes));
+    }
+
+    // Every API answer the person's token can get about these accounts
+    // and sessions, and the administrator's reads too.
+    let person = pam.person_token.clone();
+    let root = pam.server.token.clone();
+    for token in [&person, &root] {
+        for (method, path) in [
+            ("GET", "pam/resources/passwords/accounts/ops"),
+            ("GET", "pam/resources/keys/accounts/root"),
+            ("LIST", "pam/resources/passwords/accounts"),
+            ("GET", "pam/resources/passwords"),
+            ("LIST", "pam/sessions"),
+        ] {
+            let (_, text) = pam.api(method, path, token, None);
+            secret_in(path, &text);
+        }
+    }
+    let key = keygen(pam.admin.path(), "person", "ed25519", None);
+    let (status, text) = pam.api(
+        "POST",
+        "pam/resources/passwords/accounts/ops/access",
+        &person,
+        Some(json!({ "duration": "5m", "public_key": public_line(&key).trim() })),
+    );
+    assert_eq!(status, 200, "{text}");
+    let id = serde_json::from_str::<Value>(&text).unwrap()["data"]["session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = pam.api("GET", &format!("pam/sessions/{id}"), &person, None);
+    assert_eq!(status, 200);
+    let answers = pam.answers.borrow();
+    assert!(answers.len() >= 7, "{answers:?}");
+    for a in answers.iter() {
+        secret_in("an API answer", a);
+    }
+}
+
+fn walk(dir: &Path, found: &mut Vec<(PathBuf, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, found);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            found.push((p, bytes));
+        }
+    }
+}
+
+#[test]
+fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
+    let mut pam = Pam::start();
+    let t = targets(&pam);
+
+    // A gateway restart ends the session it was serving, with the reason.
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    pam.stop_gateway();
+    let status = wait_exit(&mut live, Duration::from_secs(10));
+    assert!(!status.success());
+    let mut err = String::new();
+    live.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("gateway"), "{err}");
+    pam.start_gateway();
+    let s = pam.session(&id);
+    assert_eq!(s["state"], "ended", "{s}");
+    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
+
+    // The server goes away while a session runs: the session runs on, and
+    // a session granted before but not yet used is refused, saying why.
+    let block = ok(pam.person_cli(&[
+        "pam", "ssh", "config", "--resource", "keys", "--account", "root",
+    ]));
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 3; echo still-here"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_active(&pam);
+    pam.server.stop();
+    let status = wait_exit(&mut live, Duration::from_secs(15));
+    let mut out = String::new();
+    live.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert!(status.success(), "{out}\n{}", pam.gateway_log());
+    assert_eq!(out, "still-here\n");
+    let started = Instant::now();
+    let (code, out, err) = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "gatepass-keys-root", "echo hello"])
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null()));
+    assert_ne!(code, 0);
+    assert!(!out.contains("hello"));
+    assert!(err.contains("cannot be reached"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    drop(t);
+}
