@@ -111,7 +111,7 @@ pub enum SshCommand {
     /// session ID and its end go to stderr; the exit status is ssh's
     /// (128+N when ssh died of signal N).
     ///
-    /// The command run is `ssh -i KEY -o CertificateFile=CERT -o
+    /// The command run is `ssh [-F FILE] -i KEY -o CertificateFile=CERT -o
     /// IdentitiesOnly=yes -o UserKnownHostsFile=FILE -o
     /// GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes [-o
     /// OPTION…] -p PORT -l LOGIN -- HOST [COMMAND…]`.
@@ -181,6 +181,11 @@ pub struct AccessArgs {
     /// for more
     #[arg(short = 'o', long = "ssh-option", value_name = "KEY=VALUE")]
     pub ssh_options: Vec<String>,
+
+    /// ssh's configuration file (ssh -F) [default: ssh's own,
+    /// ~/.ssh/config and /etc/ssh/ssh_config]
+    #[arg(short = 'F', long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 
     /// After `--`: the command to run and its arguments [default: an
     /// interactive shell]
@@ -607,6 +612,7 @@ async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signa
     eprintln!("gatepass: {}", session_line(&g, &args.grant, now()));
     let argv = ssh_command(
         &files,
+        args.ssh_config.as_deref(),
         &g.gateway,
         &g.access.login,
         &args.ssh_options,
@@ -640,18 +646,23 @@ async fn gateway_name(ctx: &Ctx, sid: &str) -> Option<String> {
     }
 }
 
-/// `ssh -i KEY -o CertificateFile=… -o IdentitiesOnly=yes -o
+/// `ssh [-F CONFIG] -i KEY -o CertificateFile=… -o IdentitiesOnly=yes -o
 /// UserKnownHostsFile=… -o GlobalKnownHostsFile=/dev/null -o
 /// StrictHostKeyChecking=yes [-o THEIRS…] -p PORT -l LOGIN -- HOST [COMMAND…]`.
 /// Ours come first: ssh keeps the first value of an option.
 fn ssh_command(
     files: &SessionFiles,
+    config: Option<&Path>,
     gw: &GatewayAddr,
     login: &str,
     extra_options: &[String],
     command: &[String],
 ) -> Result<Vec<OsString>> {
-    let mut argv: Vec<OsString> = vec!["ssh".into(), "-i".into(), files.key.clone().into()];
+    let mut argv: Vec<OsString> = vec!["ssh".into()];
+    if let Some(c) = config {
+        argv.extend(["-F".into(), c.into()]);
+    }
+    argv.extend(["-i".into(), files.key.clone().into()]);
     let ours = [
         format!("CertificateFile={}", config_path(&files.cert)?),
         "IdentitiesOnly=yes".into(),
@@ -1178,6 +1189,7 @@ mod tests {
     fn ssh_command_line() {
         let argv = ssh_command(
             &files("/run/user/0/gatepass-pam-x"),
+            Some(Path::new("/dev/null")),
             &GatewayAddr::parse("[::1]:2222").unwrap(),
             "root",
             &["ServerAliveInterval=5".into()],
@@ -1189,6 +1201,8 @@ mod tests {
             s,
             [
                 "ssh",
+                "-F",
+                "/dev/null",
                 "-i",
                 "/run/user/0/gatepass-pam-x/id",
                 "-o",
@@ -1215,6 +1229,7 @@ mod tests {
         );
         let spaced = ssh_command(
             &files("/tmp/my dir"),
+            None,
             &GatewayAddr::parse("gw").unwrap(),
             "root",
             &[],
@@ -1227,6 +1242,7 @@ mod tests {
         assert_eq!(spaced.last().unwrap(), "gw");
         assert!(ssh_command(
             &files("/tmp/100%"),
+            None,
             &GatewayAddr::parse("gw").unwrap(),
             "r",
             &[],

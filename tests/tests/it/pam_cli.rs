@@ -17,6 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gatepass_tests::sshd::{Sshd, SshdOptions};
 use gatepass_tests::{bin, run, DevServer};
 use serde_json::{json, Value};
 use ssh_key::{Algorithm, PrivateKey, PublicKey};
@@ -119,10 +120,9 @@ fn session_info(id: &str, state: &str) -> Value {
 }
 
 /// A stand-in server that grants access to root on web1 through a gateway
-/// at `gateway_port`: session `s-1`, a certificate of a throwaway session
-/// CA for the key it was sent.
-fn granting_server(gateway_port: u16) -> FakeServer {
-    let ca = PrivateKey::random(&mut rand_core(), Algorithm::Ed25519).unwrap();
+/// at `gateway_port` with these host keys: session `s-1`, a certificate of
+/// the session CA `ca` for the key it was sent.
+fn granting_server_with(ca: PrivateKey, gateway_port: u16, host_keys: Vec<String>) -> FakeServer {
     FakeServer::start(Box::new(move |req| {
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/v1/pam/resources/web1/accounts/root/access") => {
@@ -143,7 +143,7 @@ fn granting_server(gateway_port: u16) -> FakeServer {
                     envelope(json!({
                         "session_id": "s-1",
                         "gateway": format!("127.0.0.1:{gateway_port}"),
-                        "gateway_host_keys": [GATEWAY_HOST_KEY],
+                        "gateway_host_keys": host_keys,
                         "login": "root",
                         "expires_at": "2096-10-02T07:06:40Z",
                         "expires_at_unix": 4_000_000_000u64,
@@ -157,12 +157,18 @@ fn granting_server(gateway_port: u16) -> FakeServer {
     }))
 }
 
+fn granting_server(gateway_port: u16) -> FakeServer {
+    let ca = PrivateKey::random(&mut rand_core(), Algorithm::Ed25519).unwrap();
+    granting_server_with(ca, gateway_port, vec![GATEWAY_HOST_KEY.into()])
+}
+
 fn rand_core() -> impl ssh_key::rand_core::CryptoRngCore {
     ssh_key::rand_core::OsRng
 }
 
 /// A user's shell: private HOME and TMPDIR, a stand-in `ssh` first on PATH
-/// that records its arguments and the files they name, and exits with 7.
+/// that records its arguments and the files they name, and exits with 7
+/// (or, with FAKE_SSH_WAIT set, waits as a live session does).
 struct Shell {
     home: tempfile::TempDir,
     tmp: tempfile::TempDir,
@@ -192,6 +198,7 @@ for a in "$@"; do
     UserKnownHostsFile=*) cat "${{a#UserKnownHostsFile=}}" > "$log/known_hosts" ;;
   esac
 done
+[ -n "$FAKE_SSH_WAIT" ] && exec sleep 30
 exit 7
 "#,
                 log = s.home.path().display()
@@ -202,21 +209,27 @@ exit 7
         s
     }
 
+    /// `gatepass` with the stand-in ssh.
     fn gatepass(&self, server: &str, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("gatepass"));
-        for v in gatepass_tests::CLI_AMBIENT_ENV {
-            c.env_remove(v);
-        }
+        let mut c = self.gatepass_real_ssh(server, args);
         let path = format!(
             "{}:{}",
             self.bin.path().display(),
             std::env::var("PATH").unwrap_or_default()
         );
+        c.env("PATH", path);
+        c
+    }
+
+    fn gatepass_real_ssh(&self, server: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("gatepass"));
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
         c.env_remove("XDG_RUNTIME_DIR")
             .env("HOME", self.home.path())
             .env("XDG_CONFIG_HOME", self.home.path().join(".config"))
             .env("TMPDIR", self.tmp.path())
-            .env("PATH", path)
             .env("GATEPASS_ADDR", server)
             .env("GATEPASS_TOKEN", "user-token")
             .args(args);
@@ -353,6 +366,104 @@ fn access_runs_ssh_with_the_session_certificate_and_pinned_gateway() {
         )
     );
     assert!(!out.contains("PRIVATE KEY") && !err.contains("PRIVATE KEY"));
+    assert!(shell.leftovers().is_empty(), "{:?}", shell.leftovers());
+}
+
+/// The real ssh logs in with what `access` gives it, to an sshd standing in
+/// for the gateway (it trusts the session CA); and refuses a gateway whose
+/// host key is not the one the server gave.
+#[test]
+fn the_real_ssh_logs_in_and_checks_the_gateway_host_key() {
+    let ca = PrivateKey::random(&mut rand_core(), Algorithm::Ed25519).unwrap();
+    let mut sshd = Sshd::new(SshdOptions::default());
+    let ca_file = sshd.write_file("session_ca.pub", &ca.public_key().to_openssh().unwrap());
+    sshd.options
+        .extra_config
+        .push(format!("TrustedUserCAKeys {}", ca_file.display()));
+    sshd.launch();
+    let shell = Shell::new();
+    let args = [
+        "pam",
+        "ssh",
+        "access",
+        "--resource",
+        "web1",
+        "--account",
+        "root",
+        "-F",
+        "/dev/null",
+        "--",
+        "echo",
+        "hello",
+    ];
+
+    let server = granting_server_with(
+        ca.clone(),
+        sshd.port,
+        vec![sshd.host_public_key().trim().to_string()],
+    );
+    let (code, out, err) = run(&mut shell.gatepass_real_ssh(&server.addr, &args));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "hello\n"),
+        "{err}\n{}",
+        sshd.log()
+    );
+    assert!(shell.leftovers().is_empty(), "{:?}", shell.leftovers());
+
+    let impostor = granting_server_with(ca, sshd.port, vec![GATEWAY_HOST_KEY.into()]);
+    let (code, out, err) = run(&mut shell.gatepass_real_ssh(&impostor.addr, &args));
+    assert_eq!(code, 255, "{out}\n{err}");
+    assert!(err.contains("Host key verification failed"), "{err}");
+    assert!(err.contains("gatepass pam sessions show s-1"), "{err}");
+    assert!(shell.leftovers().is_empty(), "{:?}", shell.leftovers());
+}
+
+/// Ctrl-C while ssh runs: passed on to ssh, and the key is gone after.
+#[test]
+fn ctrl_c_reaches_ssh_and_leaves_no_key_behind() {
+    let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = granting_server(gateway.local_addr().unwrap().port());
+    let shell = Shell::new();
+    let mut child = shell
+        .gatepass(
+            &server.addr,
+            &[
+                "pam",
+                "ssh",
+                "access",
+                "--resource",
+                "web1",
+                "--account",
+                "root",
+            ],
+        )
+        .env("FAKE_SSH_WAIT", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while shell.recorded("known_hosts").is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "ssh never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        shell.leftovers().len(),
+        1,
+        "the session's folder while ssh runs"
+    );
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("ssh ended after SIGINT was passed on to it"),
+        "{err}"
+    );
     assert!(shell.leftovers().is_empty(), "{:?}", shell.leftovers());
 }
 
