@@ -425,7 +425,7 @@ fn ctrl_c_reaches_ssh_and_leaves_no_key_behind() {
     let gateway = TcpListener::bind("127.0.0.1:0").unwrap();
     let server = granting_server(gateway.local_addr().unwrap().port());
     let shell = Shell::new();
-    let mut child = shell
+    let child = shell
         .gatepass(
             &server.addr,
             &[
