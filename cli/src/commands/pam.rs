@@ -589,16 +589,14 @@ async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signa
     let files = write_session_files(dir, &g)?;
     let sid = g.access.session_id.clone();
 
-    let reach = check_reachable(&g.gateway, Duration::from_secs(5));
-    let name = gateway_name(ctx, &sid);
-    let (reached, name) = tokio::select! {
-        both = async { tokio::join!(reach, name) } => both,
+    let reached = tokio::select! {
+        r = check_reachable(&g.gateway, Duration::from_secs(5)) => r,
         sig = signals.next() => {
             return Err(Error::Local(format!("interrupted by {}", sig.as_str())))
         }
     };
     if let Err(reason) = reached {
-        let gw = match name {
+        let gw = match gateway_name(ctx, &sid).await {
             Some(n) => format!("the gateway {n}"),
             None => "the gateway".to_string(),
         };
@@ -640,7 +638,7 @@ async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signa
 async fn gateway_name(ctx: &Ctx, sid: &str) -> Option<String> {
     let path = format!("pam/sessions/{sid}");
     let read = ctx.call("GET", &path, None, "");
-    match tokio::time::timeout(Duration::from_secs(3), read).await {
+    match tokio::time::timeout(Duration::from_secs(2), read).await {
         Ok(Ok(Some(resp))) => gatepass_api::data_of::<SessionInfo>(&resp).map(|s| s.gateway),
         _ => None,
     }
