@@ -209,6 +209,7 @@ pub enum StateArg {
     Pending,
     /// Someone is connected
     Active,
+    /// Over: expired, terminated, closed, or the gateway lost it
     Ended,
 }
 
