@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{generic, login, ssh, token, Ctx, GlobalArgs};
+use commands::{generic, login, pam, ssh, token, Ctx, GlobalArgs};
 
 const ENVIRONMENT: &str = "\
 Environment:
@@ -25,7 +25,8 @@ Environment:
 
 Exit status: 0 on success, 2 when the server refused the request or the
 arguments are wrong, 1 for local problems (files, network, configuration).
-`gatepass ssh connect` ends with ssh's own exit status once ssh has run.";
+`gatepass ssh connect` and `gatepass pam ssh access` end with ssh's own
+exit status once ssh has run.";
 
 /// Short-lived SSH access: log in to a gatepass server and use its
 /// Vault-compatible API
@@ -92,6 +93,16 @@ enum Command {
     /// runs ssh with it (`gatepass ssh connect`).
     #[command(subcommand)]
     Ssh(ssh::Command),
+
+    /// Privileged sessions: SSH to an account through a gatepass-gateway
+    ///
+    /// Asks the server for access to an account of a resource for a while,
+    /// and logs in through the resource's gateway with a certificate for a
+    /// key made here; the gateway logs in to the server with the account's
+    /// password or key, which never reach this machine. Also lists, shows
+    /// and terminates sessions.
+    #[command(subcommand, after_long_help = pam::EXAMPLES)]
+    Pam(pam::Command),
 }
 
 fn main() -> ExitCode {
@@ -146,6 +157,7 @@ async fn run(cli: Cli) -> error::Result<u8> {
         Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await?,
         Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await?,
         Command::Ssh(cmd) => return ssh::run(global, cmd).await,
+        Command::Pam(cmd) => return pam::run(global, cmd).await,
     }
     Ok(0)
 }

@@ -142,6 +142,35 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Several columns, laid out as [`table`] lays out two: a header, a dashed
+/// rule under each heading, columns joined by four spaces.
+pub fn grid(headings: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headings.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        let mut out = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect::<Vec<_>>()
+            .join("    ");
+        out.truncate(out.trim_end().len());
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut headings.iter().map(|h| h.to_string()));
+    out.push_str(&line(
+        &mut headings.iter().map(|h| "-".repeat(h.chars().count())),
+    ));
+    for row in rows {
+        out.push_str(&line(&mut row.iter().cloned()));
+    }
+    out
+}
+
 /// LIST answers: a one-column table.
 pub fn print_keys(keys: &[String], format: Format) {
     match format {
@@ -246,6 +275,25 @@ mod tests {
             "{hidden}"
         );
         assert!(table(&rows(&resp, true)).contains("gps.secret"));
+    }
+
+    #[test]
+    fn grids_align_columns() {
+        let rows = vec![
+            vec!["s-1".to_string(), "active".to_string(), "web".to_string()],
+            vec![
+                "session-22".to_string(),
+                "ended".to_string(),
+                "".to_string(),
+            ],
+        ];
+        assert_eq!(
+            grid(&["Session", "State", "Resource"], &rows),
+            "Session       State     Resource\n\
+             -------       -----     --------\n\
+             s-1           active    web\n\
+             session-22    ended\n"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use super::engine::{
     engine_path, mount_path, parse_ca_keys, sign_ephemeral, unwrap_json_errors, Ephemeral,
 };
 use super::signals::{interruptible, Signals};
+use super::sshfiles::{check_ssh_option, write_new};
 use super::{Ctx, GlobalArgs};
 use crate::askpass;
 use crate::clock::now;
@@ -341,34 +342,6 @@ fn is_zero(d: &str) -> bool {
     d.trim_end_matches(|c: char| c.is_ascii_alphabetic())
         .parse::<u64>()
         .is_ok_and(|n| n == 0)
-}
-
-/// `-o KEY=VALUE` (or `KEY VALUE`), one line, as ssh takes it.
-fn check_ssh_option(o: &str) -> Result<()> {
-    let key = o.split(['=', ' ']).next().unwrap_or("");
-    let ok = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric())
-        && o.len() > key.len()
-        && !o.chars().any(|c| c.is_control());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "--ssh-option {o:?}: expected KEY=VALUE, e.g. ServerAliveInterval=30"
-        )))
-    }
-}
-
-/// A new file with its mode set at creation (not subject to the umask).
-fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| Error::Local(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(contents)
-        .map_err(|e| Error::Local(format!("cannot write {}: {e}", path.display())))
 }
 
 /// The host CA's keys and where they came from, if host certificates are
@@ -769,15 +742,6 @@ mod tests {
                 "hello"
             ]
         );
-    }
-
-    #[test]
-    fn ssh_options_are_checked() {
-        assert!(check_ssh_option("ServerAliveInterval=30").is_ok());
-        assert!(check_ssh_option("User alice").is_ok());
-        for bad in ["", "=1", "Foo", "a-b=1", "X=1\nProxyCommand=sh"] {
-            assert!(check_ssh_option(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

@@ -5,12 +5,13 @@ pub mod connect;
 pub mod creds;
 pub mod generic;
 pub mod login;
+pub mod pam;
 pub mod ssh;
 pub mod sshconfig;
 pub mod token;
 
-// What the ssh commands (ssh, connect, creds, sshconfig) share; none of
-// them imports another's pieces.
+// What the ssh commands (ssh, connect, creds, sshconfig, pam) share; none
+// of them imports another's pieces.
 mod agent;
 mod engine;
 mod signals;

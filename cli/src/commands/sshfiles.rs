@@ -1,9 +1,10 @@
 //! The user's own OpenSSH files: the public key to sign and the
-//! certificate beside it, known_hosts and ~/.ssh/config, written atomically.
+//! certificate beside it, known_hosts and ~/.ssh/config, written atomically;
+//! new files for keys of the moment; ssh options as the user gives them.
 
 use std::fs;
 use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ssh_key::PublicKey;
@@ -201,9 +202,46 @@ pub fn private_dir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
+/// `-o KEY=VALUE` (or `KEY VALUE`), one line, as ssh takes it.
+pub(super) fn check_ssh_option(o: &str) -> Result<()> {
+    let key = o.split(['=', ' ']).next().unwrap_or("");
+    let ok = !key.is_empty()
+        && key.chars().all(|c| c.is_ascii_alphanumeric())
+        && o.len() > key.len()
+        && !o.chars().any(|c| c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--ssh-option {o:?}: expected KEY=VALUE, e.g. ServerAliveInterval=30"
+        )))
+    }
+}
+
+/// A new file with its mode set at creation (not subject to the umask).
+pub(super) fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::Local(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(contents)
+        .map_err(|e| Error::Local(format!("cannot write {}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_options_are_checked() {
+        assert!(check_ssh_option("ServerAliveInterval=30").is_ok());
+        assert!(check_ssh_option("User alice").is_ok());
+        for bad in ["", "=1", "Foo", "a-b=1", "X=1\nProxyCommand=sh"] {
+            assert!(check_ssh_option(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn cert_paths_follow_ssh() {
