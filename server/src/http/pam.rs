@@ -110,9 +110,8 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
 
         // Sessions.
         (["sessions"], List) => {
-            let text = |k: &str| -> Result<Option<String>> {
-                Ok(f.str(k)?.filter(|v| !v.is_empty()))
-            };
+            let text =
+                |k: &str| -> Result<Option<String>> { Ok(f.str(k)?.filter(|v| !v.is_empty())) };
             let filter = sessions::Filter {
                 resource: text("resource")?,
                 account: text("account")?,

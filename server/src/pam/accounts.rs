@@ -14,10 +14,17 @@ use crate::{hosts, mounts, ssh};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "auth_method", rename_all = "snake_case")]
 pub enum Login {
-    Password { password: Secret },
-    Key { private_key: Secret },
+    Password {
+        password: Secret,
+    },
+    Key {
+        private_key: Secret,
+    },
     /// A new key pair per session, signed by this ssh mount and role.
-    Certificate { ca_mount: String, ca_role: String },
+    Certificate {
+        ca_mount: String,
+        ca_role: String,
+    },
 }
 
 impl Login {
@@ -90,8 +97,12 @@ pub async fn validate(
     spec: AccountSpec,
     old: Option<&Account>,
 ) -> Result<Account> {
-    hosts::validate_local_user(&spec.username)
-        .map_err(|_| Error::invalid(format!("username {:?} is not a valid Linux user name", spec.username)))?;
+    hosts::validate_local_user(&spec.username).map_err(|_| {
+        Error::invalid(format!(
+            "username {:?} is not a valid Linux user name",
+            spec.username
+        ))
+    })?;
     let method = spec
         .auth_method
         .ok_or_else(|| Error::invalid("auth_method is required: password, key or certificate"))?;
@@ -193,7 +204,9 @@ pub async fn get(core: &Core, resource: &Name, name: &Name) -> Result<Option<Acc
 /// The account, or the server's 404.
 pub async fn require(core: &Core, resource: &Name, name: &Name) -> Result<Account> {
     get(core, resource, name).await?.ok_or_else(|| {
-        Error::NotFound(format!("resource {resource:?} has no account named {name:?}"))
+        Error::NotFound(format!(
+            "resource {resource:?} has no account named {name:?}"
+        ))
     })
 }
 

@@ -168,7 +168,7 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
         .storage
         .get(&join_key(&core.hasher.hash(&r.join_token)))
         .await?;
-    if !peek.is_some_and(|e| e.expire_time > now) {
+    if peek.is_none_or(|e| e.expire_time <= now) {
         return Err(invalid_join());
     }
     let existing = find(core, &name).await?;
@@ -207,7 +207,11 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
     };
     // Of two enrollments racing for a free name, one wins; the other's
     // token is revoked again.
-    if !core.storage.put_if_absent(&gateway_key(name.as_str()), &gw).await? {
+    if !core
+        .storage
+        .put_if_absent(&gateway_key(name.as_str()), &gw)
+        .await?
+    {
         token::revoke(core, &tok, false).await?;
         return Err(Error::invalid(format!(
             "gateway name {name:?} was enrolled concurrently; try again"
@@ -311,9 +315,18 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(Address::parse("gw.example.com:2222").unwrap().as_str(), "gw.example.com:2222");
-        assert_eq!(Address::parse("127.0.0.1:22").unwrap().as_str(), "127.0.0.1:22");
-        assert_eq!(Address::parse("[fd00::1]:2222").unwrap().as_str(), "[fd00::1]:2222");
+        assert_eq!(
+            Address::parse("gw.example.com:2222").unwrap().as_str(),
+            "gw.example.com:2222"
+        );
+        assert_eq!(
+            Address::parse("127.0.0.1:22").unwrap().as_str(),
+            "127.0.0.1:22"
+        );
+        assert_eq!(
+            Address::parse("[fd00::1]:2222").unwrap().as_str(),
+            "[fd00::1]:2222"
+        );
         for bad in ["gw", "gw:0", "gw:99999", ":22", "g w:22", "127.0.0.1:0"] {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }

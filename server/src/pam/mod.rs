@@ -41,8 +41,7 @@ impl Name {
     pub fn parse(what: &str, s: &str) -> Result<Name> {
         let ok = !s.is_empty()
             && s.len() <= 63
-            && s
-                .chars()
+            && s.chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
             && s.chars().all(|c| {

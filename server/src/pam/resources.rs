@@ -91,7 +91,10 @@ pub fn parse_known_hosts(lines: &[String]) -> Result<Vec<String>> {
             )));
         }
         let key = sign::parse_public_key(l).or_else(|_| {
-            let rest = l.split_once(char::is_whitespace).map(|(_, r)| r).unwrap_or("");
+            let rest = l
+                .split_once(char::is_whitespace)
+                .map(|(_, r)| r)
+                .unwrap_or("");
             sign::parse_public_key(rest)
         });
         let mut key = key.map_err(|_| {
@@ -228,7 +231,10 @@ mod tests {
 
     #[test]
     fn target_hosts() {
-        assert_eq!(TargetHost::parse("Web1.Example.com").unwrap().as_str(), "web1.example.com");
+        assert_eq!(
+            TargetHost::parse("Web1.Example.com").unwrap().as_str(),
+            "web1.example.com"
+        );
         assert_eq!(TargetHost::parse("10.0.0.7").unwrap().as_str(), "10.0.0.7");
         assert_eq!(TargetHost::parse("[fd00::7]").unwrap().as_str(), "fd00::7");
         for bad in ["", "a..b", "-a", "a_b", "a b", "host:22"] {

@@ -451,7 +451,11 @@ async fn host_key_trust(core: &Core, r: &Resource) -> Result<HostKeyTrust> {
                 ))
             })?;
             HostKeyTrust::HostCa {
-                ca_keys: text.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect(),
+                ca_keys: text
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
             }
         }
     })
@@ -469,7 +473,9 @@ async fn session_certificate(
 ) -> Result<String> {
     let key = sign::parse_public_key(public_key)?;
     let m = mounts::get(core, ca_mount).await?.ok_or_else(|| {
-        Error::invalid(format!("the account's ca_mount {ca_mount:?} no longer exists"))
+        Error::invalid(format!(
+            "the account's ca_mount {ca_mount:?} no longer exists"
+        ))
     })?;
     let input = sign::SignInput {
         public_key: key,
@@ -519,7 +525,10 @@ pub async fn open(
         }
     }
     let r = resources::get(core, &s.resource).await?.ok_or_else(|| {
-        Error::invalid(format!("resource {:?} no longer exists", s.resource.as_str()))
+        Error::invalid(format!(
+            "resource {:?} no longer exists",
+            s.resource.as_str()
+        ))
     })?;
     if r.gateway != gw.name {
         return Err(Error::PermissionDenied);
@@ -552,9 +561,7 @@ pub async fn open(
         .await?
         .unwrap_or(false);
     if !claimed {
-        return Err(Error::invalid(format!(
-            "session {id} is no longer pending"
-        )));
+        return Err(Error::invalid(format!("session {id} is no longer pending")));
     }
     let credential = match &a.login {
         Login::Password { password } => SessionCredential::Password {
@@ -636,7 +643,15 @@ pub async fn end(core: &Core, gw: &Gateway, id: &str, req: EndSession, now: i64)
         )
         .await?;
     }
-    events::record(core, Kind::SessionEnded, &ended.subject(), reason, detail.as_deref(), now).await
+    events::record(
+        core,
+        Kind::SessionEnded,
+        &ended.subject(),
+        reason,
+        detail.as_deref(),
+        now,
+    )
+    .await
 }
 
 /// A gateway (re)started: the sessions its previous run had active are
@@ -700,7 +715,10 @@ mod tests {
             let i = info(&s, 200);
             assert_eq!(i.state, SessionState::Ended);
             assert_eq!(i.end_reason, Some(EndReason::Expired));
-            assert_eq!(i.ended_at.as_deref(), Some(crate::clock::rfc3339(200).as_str()));
+            assert_eq!(
+                i.ended_at.as_deref(),
+                Some(crate::clock::rfc3339(200).as_str())
+            );
         }
         let s = session(Stage::Ended {
             started_at: None,
@@ -727,7 +745,10 @@ mod tests {
         assert_eq!(duration_for(&a, None).unwrap(), 3600);
         assert_eq!(duration_for(&a, Some("10m")).unwrap(), 600);
         let e = duration_for(&a, Some("2h")).unwrap_err().to_string();
-        assert!(e.contains("longer than the account's max_duration of 1h"), "{e}");
+        assert!(
+            e.contains("longer than the account's max_duration of 1h"),
+            "{e}"
+        );
         assert!(duration_for(&a, Some("0")).is_err());
     }
 }
