@@ -32,9 +32,16 @@ pub use policy::{GATEWAY_POLICY, GATEWAY_POLICY_TEXT};
 /// A gateway, resource or account name: lower-case letters, digits, `-`,
 /// `_` and `.`, starting with a letter or digit, at most 63 characters. It
 /// is a path segment and a storage key segment, so nothing else gets in.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Name(String);
+
+/// As the quoted text, so that `{name:?}` in a message reads `"web"`.
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
 
 impl Name {
     /// `what` names the field in the error ("resource", "account", …).

@@ -588,8 +588,13 @@ async fn policies_and_unknown_names() {
         )
         .await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(v["errors"][0], "no resource named \"nope\"");
     let (code, v) = access(&s, &st.user, "nobody", body.clone()).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{v}");
+    assert_eq!(
+        v["errors"][0],
+        "resource \"web\" has no account named \"nobody\""
+    );
     assert_eq!(
         s.root("GET", "pam/resources/nope", None).await.0,
         StatusCode::NOT_FOUND
