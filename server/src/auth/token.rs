@@ -114,8 +114,9 @@ pub struct NewToken {
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
-/// name a host: only the server sets them, at login or enrollment. A token
-/// creator choosing them could claim to be another user or host.
+/// name a host or gateway: only the server sets them, at login or
+/// enrollment. A token creator choosing them could claim to be another
+/// user, host or gateway.
 pub const RESERVED_META: [&str; 5] = ["host_id", "hostname", "username", "role_name", "gateway"];
 
 fn id_key(hash: &str) -> String {
@@ -465,7 +466,7 @@ pub async fn handle_create(
     let meta = f.str_map("meta")?.unwrap_or_default();
     if let Some(k) = meta.keys().find(|k| RESERVED_META.contains(&k.as_str())) {
         return Err(Error::invalid(format!(
-            "meta: {k:?} is reserved: the server sets it at login or host enrollment"
+            "meta: {k:?} is reserved: the server sets it at login or at host or gateway enrollment"
         )));
     }
     let bound_cidrs = child_cidrs(caller, f.cidr_list("bound_cidrs")?)?;
