@@ -134,13 +134,35 @@ pub struct ResourceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_ca_mount: Option<String>,
     /// trust these pinned host keys (OpenSSH public key lines, or
-    /// known_hosts lines whose key is taken). Exactly one of the two.
+    /// known_hosts lines whose key is taken). Exactly one of the two. A
+    /// list, or text with one key per line (known_hosts lines hold commas,
+    /// so text is not split on them).
     #[serde(
         default,
-        deserialize_with = "crate::lenient::list",
+        deserialize_with = "key_lines",
         skip_serializing_if = "Vec::is_empty"
     )]
     pub known_hosts: Vec<String>,
+}
+
+/// A list of strings, or text split into its lines. Null is the empty list.
+fn key_lines<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lines {
+        Text(String),
+        List(Vec<String>),
+    }
+    Ok(match Option::<Lines>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Lines::Text(t)) => t
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        Some(Lines::List(l)) => l,
+    })
 }
 
 /// `GET pam/resources/<name>`.

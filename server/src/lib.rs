@@ -13,6 +13,7 @@ pub mod http;
 pub mod leases;
 pub mod metrics;
 pub mod mounts;
+pub mod pam;
 pub mod path;
 pub mod policies;
 pub mod policy;

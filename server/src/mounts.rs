@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::state::Core;
 
 pub const ENGINE_TYPES: &[&str] = &["ssh"];
-const RESERVED: &[&str] = &["sys", "auth", "hosts", "cubbyhole", "identity", "v1"];
+const RESERVED: &[&str] = &["sys", "auth", "hosts", "pam", "cubbyhole", "identity", "v1"];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Mount {

@@ -47,6 +47,10 @@ pub struct TokenEntry {
     /// is host X"; `meta` is free text a token creator chooses.
     #[serde(default)]
     pub host_id: Option<String>,
+    /// The enrolled PAM gateway this token belongs to (by name); set only
+    /// by gateway enrollment, like `host_id`.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 impl TokenEntry {
@@ -105,12 +109,15 @@ pub struct NewToken {
     pub expire_limit: Option<i64>,
     /// Set by host enrollment only: see [`TokenEntry::host_id`].
     pub host_id: Option<String>,
+    /// Set by gateway enrollment only: see [`TokenEntry::gateway`].
+    pub gateway: Option<String>,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
-/// name a host: only the server sets them, at login or enrollment. A token
-/// creator choosing them could claim to be another user or host.
-pub const RESERVED_META: [&str; 4] = ["host_id", "hostname", "username", "role_name"];
+/// name a host or gateway: only the server sets them, at login or
+/// enrollment. A token creator choosing them could claim to be another
+/// user, host or gateway.
+pub const RESERVED_META: [&str; 5] = ["host_id", "hostname", "username", "role_name", "gateway"];
 
 fn id_key(hash: &str) -> String {
     format!("token/id/{hash}")
@@ -193,6 +200,7 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         bound_cidrs: spec.bound_cidrs,
         orphan: spec.parent.is_none(),
         host_id: spec.host_id,
+        gateway: spec.gateway,
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -337,6 +345,9 @@ fn shown_meta(e: &TokenEntry) -> Option<BTreeMap<String, String>> {
     if let Some(h) = &e.host_id {
         m.insert("host_id".into(), h.clone());
     }
+    if let Some(g) = &e.gateway {
+        m.insert("gateway".into(), g.clone());
+    }
     (!m.is_empty()).then_some(m)
 }
 
@@ -455,7 +466,7 @@ pub async fn handle_create(
     let meta = f.str_map("meta")?.unwrap_or_default();
     if let Some(k) = meta.keys().find(|k| RESERVED_META.contains(&k.as_str())) {
         return Err(Error::invalid(format!(
-            "meta: {k:?} is reserved: the server sets it at login or host enrollment"
+            "meta: {k:?} is reserved: the server sets it at login or at host or gateway enrollment"
         )));
     }
     let bound_cidrs = child_cidrs(caller, f.cidr_list("bound_cidrs")?)?;
@@ -487,6 +498,7 @@ pub async fn handle_create(
         // only a root token without expiry makes tokens without this bound.
         expire_limit: caller.expire_time,
         host_id: None,
+        gateway: None,
     };
     create(core, spec, now).await
 }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod hosts;
+mod pam;
 mod request;
 mod routes;
 mod ssh;

@@ -1,4 +1,4 @@
-//! Which area's routes serve a path (`sys`, `auth`, `hosts`, or an ssh
+//! Which area's routes serve a path (`sys`, `auth`, `hosts`, `pam`, or an ssh
 //! mount's), which paths need no token, and which need sudo. The areas'
 //! modules hold the routes themselves.
 
@@ -27,6 +27,9 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     }
     if p == "hosts" || p.starts_with("hosts/") {
         return Ok(super::hosts::is_unauthenticated(req));
+    }
+    if p == "pam" || p.starts_with("pam/") {
+        return Ok(super::pam::is_unauthenticated(req));
     }
     Ok(match mounts::find(core, p).await? {
         Some((_, rest)) => super::ssh::is_unauthenticated(&rest, req.op),
@@ -72,6 +75,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
     }
     if p == "hosts" || p.starts_with("hosts/") {
         return super::hosts::route(core, req, caller).await;
+    }
+    if p == "pam" || p.starts_with("pam/") {
+        return super::pam::route(core, req, caller).await;
     }
     match mounts::find(core, p).await? {
         Some((mount, rest)) => super::ssh::route(core, &mount, &rest, req, caller).await,

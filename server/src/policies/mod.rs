@@ -29,7 +29,8 @@ pub fn normalize_names(names: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Installs the built-in policies (`default`, `gatepass-host`) if missing,
+/// Installs the built-in policies (`default`, `gatepass-host`,
+/// `gatepass-gateway`) if missing,
 /// and brings an unedited older host policy up to date.
 pub async fn ensure_default(core: &Core) -> Result<()> {
     core.storage
@@ -52,6 +53,10 @@ pub async fn ensure_default(core: &Core) -> Result<()> {
         (
             crate::hosts::policy::HOST_POLICY,
             crate::hosts::policy::HOST_POLICY_TEXT,
+        ),
+        (
+            crate::pam::policy::GATEWAY_POLICY,
+            crate::pam::policy::GATEWAY_POLICY_TEXT,
         ),
     ] {
         if core

@@ -531,7 +531,7 @@ on_both_backends!(mounts_and_list_conventions, |s| async move {
     assert_eq!(a["data"], b["data"]);
     assert_eq!(
         a["data"]["keys"],
-        json!(["default", "gatepass-host", "root"])
+        json!(["default", "gatepass-gateway", "gatepass-host", "root"])
     );
     // An empty list is Vault's 404 with no errors.
     assert_eq!(

@@ -25,6 +25,7 @@ mod hosts_api;
 mod layers;
 mod otp_api;
 mod otp_servers;
+mod pam_api;
 mod pam_cli;
 mod pam_common;
 mod pam_helper;

@@ -1,0 +1,178 @@
+//! Routes under `pam/`: each arm reads the request into
+//! `gatepass_api::pam`'s types, calls `crate::pam`, and picks the reply
+//! shape. Gateways are identified by their token, never by the body.
+
+use gatepass_api::pam::{
+    AccessRequest, AccountSpec, EndSession, GatewayEnroll, GatewayStarted, NewGatewayJoinToken,
+    OpenSession, ResourceSpec,
+};
+
+use super::request::{Operation, Request};
+use super::{data, no_route, Reply};
+use crate::auth::token::TokenEntry;
+use crate::error::{Error, Result};
+use crate::pam::{accounts, gateways, resources, sessions, Name};
+use crate::state::Core;
+
+/// Enrollment needs no token: the join token is in the body.
+pub fn is_unauthenticated(req: &Request) -> bool {
+    req.path.as_str() == "pam/gateways/enroll" && req.op == Operation::Write
+}
+
+fn list(keys: Vec<String>) -> Result<Reply> {
+    Ok(Reply::List(keys))
+}
+
+pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = req.path.split('/').collect();
+    let f = &req.fields;
+    let now = req.now;
+    match (&segs[1..], req.op) {
+        // Gateways, as administrators see them.
+        (["gateways", "join-tokens"], Write) => {
+            let spec: NewGatewayJoinToken = f.parse()?;
+            data(&gateways::new_join_token(core, spec, now).await?)
+        }
+        (["gateways", "enroll"], Write) => {
+            let r: GatewayEnroll = f.parse()?;
+            data(&gateways::enroll(core, r, now).await?)
+        }
+        (["gateways", "join-tokens" | "enroll"], _) => Err(Error::UnsupportedOperation),
+        (["gateways"], List) => list(gateways::list(core).await?),
+        (["gateways", name], Read) => {
+            let name = gateways::gateway_name(name)?;
+            Ok(match gateways::find(core, &name).await? {
+                Some(g) => data(&gateways::info(&g))?,
+                None => Reply::NotFound,
+            })
+        }
+        (["gateways", name], Delete) => {
+            gateways::delete(core, &gateways::gateway_name(name)?, now).await?;
+            Ok(Reply::NoContent)
+        }
+
+        // Resources and accounts.
+        (["resources"], List) => list(resources::list(core).await?),
+        (["resources", r], Write) => {
+            let name = Name::parse("resource", r)?;
+            let spec: ResourceSpec = f.parse()?;
+            let res = resources::validate(core, &name, spec).await?;
+            resources::write(core, &res).await?;
+            data(&resources::info(&res))
+        }
+        (["resources", r], Read) => {
+            let name = Name::parse("resource", r)?;
+            Ok(match resources::get(core, &name).await? {
+                Some(res) => data(&resources::info(&res))?,
+                None => Reply::NotFound,
+            })
+        }
+        (["resources", r], Delete) => {
+            resources::delete(core, &Name::parse("resource", r)?).await?;
+            Ok(Reply::NoContent)
+        }
+        (["resources", r, "accounts"], List) => {
+            let r = Name::parse("resource", r)?;
+            resources::require(core, &r).await?;
+            list(accounts::list(core, &r).await?)
+        }
+        (["resources", r, "accounts", a], Write) => {
+            let r = Name::parse("resource", r)?;
+            let a = Name::parse("account", a)?;
+            resources::require(core, &r).await?;
+            let spec: AccountSpec = f.parse()?;
+            let old = accounts::get(core, &r, &a).await?;
+            let acc = accounts::validate(core, &r, &a, spec, old.as_ref()).await?;
+            accounts::write(core, &acc).await?;
+            data(&accounts::info(&acc))
+        }
+        (["resources", r, "accounts", a], Read) => {
+            let r = Name::parse("resource", r)?;
+            let a = Name::parse("account", a)?;
+            Ok(match accounts::get(core, &r, &a).await? {
+                Some(acc) => data(&accounts::info(&acc))?,
+                None => Reply::NotFound,
+            })
+        }
+        (["resources", r, "accounts", a], Delete) => {
+            let r = Name::parse("resource", r)?;
+            accounts::delete(core, &r, &Name::parse("account", a)?).await?;
+            Ok(Reply::NoContent)
+        }
+        (["resources", r, "accounts", a, "access"], Write) => {
+            let caller = super::routes::caller_of(caller)?;
+            let r = Name::parse("resource", r)?;
+            let a = Name::parse("account", a)?;
+            let ask: AccessRequest = f.parse()?;
+            data(&sessions::access(core, &r, &a, ask, &caller.display_name, now).await?)
+        }
+
+        // Sessions.
+        (["sessions"], List) => {
+            let text =
+                |k: &str| -> Result<Option<String>> { Ok(f.str(k)?.filter(|v| !v.is_empty())) };
+            let filter = sessions::Filter {
+                resource: text("resource")?,
+                account: text("account")?,
+                user: text("user")?,
+                state: text("state")?
+                    .map(|s| sessions::parse_state(&s))
+                    .transpose()?,
+            };
+            let found = sessions::list(core, &filter, now).await?;
+            // Vault's LIST answers no keys with 404.
+            if found.keys.is_empty() {
+                return Ok(Reply::NotFound);
+            }
+            data(&found)
+        }
+        (["sessions", id], Read) => Ok(match sessions::get(core, id).await? {
+            Some(s) => data(&sessions::info(&s, now))?,
+            None => Reply::NotFound,
+        }),
+        (["sessions", id, "terminate"], Write) => {
+            let caller = super::routes::caller_of(caller)?;
+            data(&sessions::terminate(core, id, &caller.display_name, now).await?)
+        }
+
+        // The gateway's own paths.
+        (["gateway", "self", "started"], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            let r: GatewayStarted = f.parse()?;
+            data(&sessions::started(core, &gw, r, now).await?)
+        }
+        (["gateway", "self", "sessions"], Read) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            gateways::seen(core, &gw, now).await?;
+            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
+            let wait = f.duration("wait")?.unwrap_or(0);
+            data(&sessions::poll(core, &gw, index, wait).await?)
+        }
+        (["gateway", "self", "sessions", id, "open"], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            let r: OpenSession = f.parse()?;
+            data(&sessions::open(core, &gw, id, r, now).await?)
+        }
+        (["gateway", "self", "sessions", id, "end"], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            let r: EndSession = f.parse()?;
+            sessions::end(core, &gw, id, r, now).await?;
+            Ok(Reply::NoContent)
+        }
+        (
+            ["gateways" | "resources" | "sessions"]
+            | ["gateways", _]
+            | ["resources", _]
+            | ["resources", _, "accounts"]
+            | ["resources", _, "accounts", _]
+            | ["resources", _, "accounts", _, "access"]
+            | ["sessions", _]
+            | ["sessions", _, "terminate"]
+            | ["gateway", "self", "started" | "sessions"]
+            | ["gateway", "self", "sessions", _, "open" | "end"],
+            _,
+        ) => Err(Error::UnsupportedOperation),
+        _ => Err(no_route(&req.path)),
+    }
+}

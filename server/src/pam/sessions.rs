@@ -1,0 +1,754 @@
+//! Sessions: granted by `access` (a session record and a user certificate
+//! of the gateway session CA), followed by the gateway (its open sessions
+//! by long-poll), opened once by it (the credential hand-out; the session
+//! becomes active), and ended by it, by an administrator's terminate, by a
+//! gateway restart, or by time.
+//!
+//! A session's stored stage is pending, active or ended; one past its end
+//! time reads as ended (reason `expired`) whatever is stored, so expiry
+//! needs no writer. Ended sessions are kept as the audit trail.
+
+use std::time::Duration;
+
+use gatepass_api::pam::{
+    Access, AccessRequest, EndReason, EndSession, GatewaySession, GatewaySessions, GatewayStarted,
+    HostKeyTrust, OpenSession, OpenSessionSummary, SessionCredential, SessionInfo, SessionList,
+    SessionState,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::accounts::{self, Account, Login};
+use super::events::{self, Kind, Subject};
+use super::gateways::{self, Gateway};
+use super::resources::{self, Resource, Trust};
+use super::{session_ca, Name};
+use crate::error::{Error, Result};
+use crate::ssh::{issuers, principal::Principal, sign};
+use crate::state::Core;
+use crate::storage::Change;
+use crate::{mounts, ssh};
+
+/// Longest a gateway's sessions request is held open.
+const MAX_WAIT: i64 = 60;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Stage {
+    Pending,
+    Active {
+        started_at: i64,
+    },
+    Ended {
+        started_at: Option<i64>,
+        ended_at: i64,
+        reason: EndReason,
+        detail: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub resource: Name,
+    pub account: Name,
+    pub username: String,
+    pub gateway: Name,
+    /// The display name of the token that asked.
+    pub user: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub stage: Stage,
+}
+
+impl Session {
+    /// The stage as of `now`: an open session past its end has ended.
+    pub fn stage_at(&self, now: i64) -> Stage {
+        match &self.stage {
+            Stage::Pending | Stage::Active { .. } if now >= self.expires_at => Stage::Ended {
+                started_at: self.started_at(),
+                ended_at: self.expires_at,
+                reason: EndReason::Expired,
+                detail: None,
+            },
+            s => s.clone(),
+        }
+    }
+
+    fn started_at(&self) -> Option<i64> {
+        match &self.stage {
+            Stage::Pending => None,
+            Stage::Active { started_at } => Some(*started_at),
+            Stage::Ended { started_at, .. } => *started_at,
+        }
+    }
+
+    fn is_open_at(&self, now: i64) -> bool {
+        !matches!(self.stage_at(now), Stage::Ended { .. })
+    }
+
+    fn subject(&self) -> Subject {
+        Subject {
+            session_id: Some(self.id.clone()),
+            resource: Some(self.resource.to_string()),
+            account: Some(self.account.to_string()),
+            user: Some(self.user.clone()),
+            gateway: Some(self.gateway.to_string()),
+        }
+    }
+}
+
+fn session_key(id: &str) -> String {
+    format!("pam/session/{id}")
+}
+fn open_key(gateway: &Name, id: &str) -> String {
+    format!("pam/open/{gateway}/{id}")
+}
+
+fn state_of(stage: &Stage) -> SessionState {
+    match stage {
+        Stage::Pending => SessionState::Pending,
+        Stage::Active { .. } => SessionState::Active,
+        Stage::Ended { .. } => SessionState::Ended,
+    }
+}
+
+/// What reads show of a session, as of `now`.
+pub fn info(s: &Session, now: i64) -> SessionInfo {
+    let stage = s.stage_at(now);
+    let rfc = crate::clock::rfc3339;
+    let (ended_at, end_reason, end_detail) = match &stage {
+        Stage::Ended {
+            ended_at,
+            reason,
+            detail,
+            ..
+        } => (Some(rfc(*ended_at)), Some(*reason), detail.clone()),
+        _ => (None, None, None),
+    };
+    SessionInfo {
+        session_id: s.id.clone(),
+        resource: s.resource.to_string(),
+        account: s.account.to_string(),
+        username: s.username.clone(),
+        gateway: s.gateway.to_string(),
+        user: s.user.clone(),
+        created_at: rfc(s.created_at),
+        expires_at: rfc(s.expires_at),
+        started_at: s.started_at().map(rfc),
+        ended_at,
+        state: state_of(&stage),
+        end_reason,
+        end_detail,
+    }
+}
+
+/// A session by ID; a text that is no session ID finds nothing.
+pub async fn get(core: &Core, id: &str) -> Result<Option<Session>> {
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Ok(None);
+    }
+    core.storage.get(&session_key(id)).await
+}
+
+fn no_session(id: &str) -> Error {
+    Error::NotFound(format!("no session {id:?}"))
+}
+
+/// The requested duration, checked against the account's longest.
+pub fn duration_for(account: &Account, requested: Option<&str>) -> Result<i64> {
+    let d = match requested.filter(|t| !t.trim().is_empty()) {
+        Some(t) => super::positive_duration("duration", t)?,
+        None => account.max_duration,
+    };
+    if d > account.max_duration {
+        return Err(Error::invalid(format!(
+            "duration {} is longer than the account's max_duration of {}",
+            super::human(d),
+            super::human(account.max_duration)
+        )));
+    }
+    Ok(d)
+}
+
+/// Grants a session: checks the request, puts the grant on record, stores
+/// the session and signs the caller's key. A refusal after the resource
+/// and account are known is on record too.
+pub async fn access(
+    core: &Core,
+    resource: &Name,
+    account: &Name,
+    req: AccessRequest,
+    user: &str,
+    now: i64,
+) -> Result<Access> {
+    let r = resources::require(core, resource).await?;
+    let a = accounts::require(core, resource, account).await?;
+    let who = Subject {
+        session_id: None,
+        resource: Some(resource.to_string()),
+        account: Some(account.to_string()),
+        user: Some(user.to_string()),
+        gateway: Some(r.gateway.to_string()),
+    };
+    match grant(core, &r, &a, req, user, now).await {
+        Ok(access) => Ok(access),
+        Err(e @ (Error::InvalidRequest(_) | Error::NotFound(_))) => {
+            events::record(
+                core,
+                Kind::AccessRefused,
+                &who,
+                None,
+                Some(&e.public_message()),
+                now,
+            )
+            .await?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn grant(
+    core: &Core,
+    r: &Resource,
+    a: &Account,
+    req: AccessRequest,
+    user: &str,
+    now: i64,
+) -> Result<Access> {
+    let duration = duration_for(a, req.duration.as_deref())?;
+    let public_key = sign::parse_public_key(&req.public_key)?;
+    let gw = gateways::find(core, &r.gateway).await?.ok_or_else(|| {
+        Error::invalid(format!(
+            "the resource's gateway {:?} is not enrolled",
+            r.gateway.as_str()
+        ))
+    })?;
+    let s = Session {
+        id: uuid::Uuid::new_v4().to_string(),
+        resource: r.name.clone(),
+        account: a.name.clone(),
+        username: a.username.clone(),
+        gateway: r.gateway.clone(),
+        user: user.to_string(),
+        created_at: now,
+        expires_at: now + duration,
+        stage: Stage::Pending,
+    };
+    let signed_key = session_ca::sign(
+        core,
+        &session_ca::AccessCert {
+            public_key: &public_key,
+            session_id: &s.id,
+            login: a.name.as_str(),
+            expires_at: s.expires_at,
+            allow_forwarding: a.allow_forwarding,
+        },
+        now,
+    )
+    .await?;
+    // On record before it exists: no grant goes unaudited.
+    events::record(core, Kind::AccessGranted, &s.subject(), None, None, now).await?;
+    core.storage.put(&session_key(&s.id), &s).await?;
+    core.storage
+        .put(&open_key(&s.gateway, &s.id), &s.expires_at)
+        .await?;
+    Ok(Access {
+        session_id: s.id.clone(),
+        gateway: gw.address.as_str().to_string(),
+        gateway_host_keys: gw.host_keys.clone(),
+        login: a.name.to_string(),
+        expires_at: crate::clock::rfc3339(s.expires_at),
+        expires_at_unix: s.expires_at,
+        signed_key,
+    })
+}
+
+/// `LIST pam/sessions` filters.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub resource: Option<String>,
+    pub account: Option<String>,
+    pub user: Option<String>,
+    pub state: Option<SessionState>,
+}
+
+pub fn parse_state(s: &str) -> Result<SessionState> {
+    match s {
+        "pending" => Ok(SessionState::Pending),
+        "active" => Ok(SessionState::Active),
+        "ended" => Ok(SessionState::Ended),
+        other => Err(Error::invalid(format!(
+            "state {other:?} is not one of pending, active, ended"
+        ))),
+    }
+}
+
+/// Sessions matching the filter, newest first.
+pub async fn list(core: &Core, f: &Filter, now: i64) -> Result<SessionList> {
+    let mut found = Vec::new();
+    for k in core.storage.keys_with_prefix("pam/session/").await? {
+        let Some(s) = core.storage.get::<Session>(&k).await? else {
+            continue;
+        };
+        let i = info(&s, now);
+        let keep = f.resource.as_deref().is_none_or(|r| r == i.resource)
+            && f.account.as_deref().is_none_or(|a| a == i.account)
+            && f.user.as_deref().is_none_or(|u| u == i.user)
+            && f.state.is_none_or(|st| st == i.state);
+        if keep {
+            found.push((s.created_at, i));
+        }
+    }
+    found.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.session_id.cmp(&b.1.session_id))
+    });
+    let mut out = SessionList::default();
+    for (_, i) in found {
+        out.keys.push(i.session_id.clone());
+        out.key_info.insert(i.session_id.clone(), i);
+    }
+    Ok(out)
+}
+
+/// Ends a stored open session with `reason`, in storage (so of concurrent
+/// enders exactly one does it), and drops it from its gateway's list.
+/// Returns the ended session, or None when it had ended already.
+async fn finish(
+    core: &Core,
+    s: &Session,
+    reason: EndReason,
+    detail: Option<String>,
+    now: i64,
+) -> Result<Option<Session>> {
+    let ended = core
+        .storage
+        .update(&session_key(&s.id), |mut cur: Session| {
+            if matches!(cur.stage, Stage::Ended { .. }) {
+                return Ok((Change::Keep, None));
+            }
+            // Time up first: a session past its end ended then, whatever
+            // is reported later.
+            let (reason, detail, ended_at) = if now >= cur.expires_at {
+                (EndReason::Expired, None, cur.expires_at)
+            } else {
+                (reason, detail.clone(), now)
+            };
+            cur.stage = Stage::Ended {
+                started_at: cur.started_at(),
+                ended_at,
+                reason,
+                detail,
+            };
+            Ok((Change::Put(cur.clone()), Some(cur)))
+        })
+        .await?
+        .flatten();
+    core.storage.delete(&open_key(&s.gateway, &s.id)).await?;
+    Ok(ended)
+}
+
+fn end_detail(s: &Session) -> (Option<&'static str>, Option<String>) {
+    match &s.stage {
+        Stage::Ended { reason, detail, .. } => (Some(events::reason_str(*reason)), detail.clone()),
+        _ => (None, None),
+    }
+}
+
+/// An administrator ends an open session; the gateway's long-poll answers
+/// at once without it, and the gateway closes the connection. A session
+/// that has ended already (or expired) is refused with 400: there is
+/// nothing to terminate, and its end reason stays what it was.
+pub async fn terminate(core: &Core, id: &str, by: &str, now: i64) -> Result<SessionInfo> {
+    let s = get(core, id).await?.ok_or_else(|| no_session(id))?;
+    if !s.is_open_at(now) {
+        return Err(Error::invalid(format!("session {id} has already ended")));
+    }
+    let Some(ended) = finish(core, &s, EndReason::Terminated, None, now).await? else {
+        return Err(Error::invalid(format!("session {id} has already ended")));
+    };
+    let (reason, _) = end_detail(&ended);
+    events::record(
+        core,
+        Kind::SessionTerminated,
+        &ended.subject(),
+        reason,
+        Some(&format!("terminated by {by}")),
+        now,
+    )
+    .await?;
+    Ok(info(&ended, now))
+}
+
+/// The gateway's open sessions now, with an index that changes whenever
+/// they or the session CA's keys do.
+pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<GatewaySessions> {
+    let prefix = format!("pam/open/{}/", gw.name);
+    let mut sessions = Vec::new();
+    for id in core.storage.list(&prefix).await? {
+        let Some(s) = get(core, &id).await? else {
+            continue;
+        };
+        let stage = s.stage_at(now);
+        if s.gateway == gw.name && !matches!(stage, Stage::Ended { .. }) {
+            sessions.push(OpenSessionSummary {
+                session_id: s.id.clone(),
+                expires_at: s.expires_at,
+                state: state_of(&stage),
+            });
+        }
+    }
+    let mut out = GatewaySessions {
+        index: 0,
+        sessions,
+        session_ca_keys: session_ca::public_keys(core, now).await?,
+    };
+    let bytes = serde_json::to_vec(&out).map_err(|e| Error::internal(e.to_string()))?;
+    let digest = Sha256::digest(&bytes);
+    let mut idx = [0u8; 8];
+    idx.copy_from_slice(&digest[..8]);
+    // As hosts' state index: 53 bits, never 0 (a fresh gateway's "anything").
+    out.index = (u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1);
+    Ok(out)
+}
+
+/// Long-poll: answers at once if the list differs from `index`, otherwise
+/// when it changes (a grant, terminate or end on this server wakes it at
+/// once; other servers' changes and expiries are seen within a second) or
+/// after `wait`.
+pub async fn poll(core: &Core, gw: &Gateway, index: u64, wait: i64) -> Result<GatewaySessions> {
+    let mut changes = core.storage.subscribe();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
+    loop {
+        let st = gateway_sessions(core, gw, core.clock.now()).await?;
+        if st.index != index || tokio::time::Instant::now() >= deadline {
+            return Ok(st);
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// How the gateway is to trust the target's host key, from the resource.
+async fn host_key_trust(core: &Core, r: &Resource) -> Result<HostKeyTrust> {
+    Ok(match &r.trust {
+        Trust::Pinned(keys) => HostKeyTrust::Pinned { keys: keys.clone() },
+        Trust::HostCa(mount) => {
+            let m = mounts::get(core, mount).await?.ok_or_else(|| {
+                Error::invalid(format!(
+                    "the resource's host_ca_mount {mount:?} no longer exists"
+                ))
+            })?;
+            let text = issuers::public_keys_text(core, &m).await?.ok_or_else(|| {
+                Error::invalid(format!(
+                    "the resource's host_ca_mount {mount:?} has no CA key"
+                ))
+            })?;
+            HostKeyTrust::HostCa {
+                ca_keys: text
+                    .lines()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty())
+                    .collect(),
+            }
+        }
+    })
+}
+
+/// Signs the gateway's per-session key with the account's CA role: the
+/// one principal is the target user name, valid until the session's end.
+async fn session_certificate(
+    core: &Core,
+    s: &Session,
+    ca_mount: &str,
+    ca_role: &str,
+    public_key: &str,
+    now: i64,
+) -> Result<String> {
+    let key = sign::parse_public_key(public_key)?;
+    let m = mounts::get(core, ca_mount).await?.ok_or_else(|| {
+        Error::invalid(format!(
+            "the account's ca_mount {ca_mount:?} no longer exists"
+        ))
+    })?;
+    let input = sign::SignInput {
+        public_key: key,
+        cert_type: ssh_key::certificate::CertType::User,
+        valid_principals: vec![Principal::new(&s.username)?],
+        ttl: Some((s.expires_at - now).max(1)),
+        key_id: None,
+        critical_options: Default::default(),
+        extensions: Default::default(),
+    };
+    let who = sign::Requester {
+        display_name: format!("pam-session-{}", s.id),
+        meta: Default::default(),
+    };
+    let (_, cert) = ssh::issue_with(core, &m, ca_role, &input, &who, now).await?;
+    cert.to_openssh()
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// The gateway opens a pending session: the session becomes active and the
+/// gateway gets what it needs to log in. Only the gateway the session and
+/// its resource name, only once, only before the end.
+pub async fn open(
+    core: &Core,
+    gw: &Gateway,
+    id: &str,
+    req: OpenSession,
+    now: i64,
+) -> Result<GatewaySession> {
+    // Another gateway's session is as good as absent to this one.
+    let s = get(core, id)
+        .await?
+        .filter(|s| s.gateway == gw.name)
+        .ok_or_else(|| no_session(id))?;
+    match s.stage_at(now) {
+        Stage::Pending => {}
+        Stage::Active { .. } => {
+            return Err(Error::invalid(format!(
+                "session {id} is already open: a session is opened once"
+            )))
+        }
+        Stage::Ended { reason, .. } => {
+            return Err(Error::invalid(format!(
+                "session {id} has ended ({})",
+                events::reason_str(reason)
+            )))
+        }
+    }
+    let r = resources::get(core, &s.resource).await?.ok_or_else(|| {
+        Error::invalid(format!(
+            "resource {:?} no longer exists",
+            s.resource.as_str()
+        ))
+    })?;
+    if r.gateway != gw.name {
+        return Err(Error::PermissionDenied);
+    }
+    let a = accounts::get(core, &s.resource, &s.account)
+        .await?
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "account {:?} of resource {:?} no longer exists",
+                s.account.as_str(),
+                s.resource.as_str()
+            ))
+        })?;
+    if matches!(a.login, Login::Certificate { .. }) && req.public_key.is_none() {
+        return Err(Error::invalid(
+            "public_key is required: this account logs in with a certificate for a key the gateway makes",
+        ));
+    }
+    let host_key_trust = host_key_trust(core, &r).await?;
+    // Claimed in storage: of concurrent opens, on any server, one wins.
+    let claimed = core
+        .storage
+        .update(&session_key(id), |mut cur: Session| {
+            if cur.stage != Stage::Pending || now >= cur.expires_at {
+                return Ok((Change::Keep, false));
+            }
+            cur.stage = Stage::Active { started_at: now };
+            Ok((Change::Put(cur), true))
+        })
+        .await?
+        .unwrap_or(false);
+    if !claimed {
+        return Err(Error::invalid(format!("session {id} is no longer pending")));
+    }
+    let credential = match &a.login {
+        Login::Password { password } => SessionCredential::Password {
+            password: password.expose().to_string(),
+        },
+        Login::Key { private_key } => SessionCredential::Key {
+            private_key: private_key.expose().to_string(),
+        },
+        Login::Certificate { ca_mount, ca_role } => SessionCredential::Certificate {
+            signed_key: session_certificate(
+                core,
+                &s,
+                ca_mount,
+                ca_role,
+                req.public_key.as_deref().unwrap_or_default(),
+                now,
+            )
+            .await?,
+        },
+    };
+    let method = match &a.login {
+        Login::Password { .. } => "password",
+        Login::Key { .. } => "key",
+        Login::Certificate { .. } => "certificate",
+    };
+    // On record before the credential leaves the server.
+    events::record(
+        core,
+        Kind::CredentialFetched,
+        &s.subject(),
+        None,
+        Some(&format!("auth_method {method}")),
+        now,
+    )
+    .await?;
+    events::record(core, Kind::SessionStarted, &s.subject(), None, None, now).await?;
+    Ok(GatewaySession {
+        session_id: s.id.clone(),
+        expires_at: s.expires_at,
+        host: r.host.as_str().to_string(),
+        port: r.port,
+        username: a.username.clone(),
+        credential,
+        host_key_trust,
+        allow_forwarding: a.allow_forwarding,
+    })
+}
+
+/// The gateway reports a session's end (or that it could not log in:
+/// reason `failed`, which is also on record as a refused access). A session
+/// that has ended already keeps its first end.
+pub async fn end(core: &Core, gw: &Gateway, id: &str, req: EndSession, now: i64) -> Result<()> {
+    let s = get(core, id)
+        .await?
+        .filter(|s| s.gateway == gw.name)
+        .ok_or_else(|| no_session(id))?;
+    let detail = req
+        .detail
+        .map(|d| d.chars().take(1000).collect::<String>())
+        .filter(|d| !d.trim().is_empty());
+    let Some(ended) = finish(core, &s, req.reason, detail, now).await? else {
+        return Ok(());
+    };
+    let (reason, detail) = end_detail(&ended);
+    if matches!(
+        ended.stage,
+        Stage::Ended {
+            reason: EndReason::Failed,
+            ..
+        }
+    ) {
+        events::record(
+            core,
+            Kind::AccessRefused,
+            &ended.subject(),
+            reason,
+            detail.as_deref(),
+            now,
+        )
+        .await?;
+    }
+    events::record(
+        core,
+        Kind::SessionEnded,
+        &ended.subject(),
+        reason,
+        detail.as_deref(),
+        now,
+    )
+    .await
+}
+
+/// A gateway (re)started: the sessions its previous run had active are
+/// gone with it (ended, reason `gateway_lost`); pending ones stay open for
+/// their users to connect. Its host keys are updated if it sent them.
+pub async fn started(
+    core: &Core,
+    gw: &Gateway,
+    req: GatewayStarted,
+    now: i64,
+) -> Result<GatewaySessions> {
+    gateways::set_host_keys(core, gw, &req.host_keys).await?;
+    let prefix = format!("pam/open/{}/", gw.name);
+    for id in core.storage.list(&prefix).await? {
+        let Some(s) = get(core, &id).await? else {
+            core.storage.delete(&format!("{prefix}{id}")).await?;
+            continue;
+        };
+        let lost = matches!(s.stage, Stage::Active { .. });
+        if lost || !s.is_open_at(now) {
+            if let Some(ended) = finish(core, &s, EndReason::GatewayLost, None, now).await? {
+                let (reason, detail) = end_detail(&ended);
+                events::record(
+                    core,
+                    Kind::SessionEnded,
+                    &ended.subject(),
+                    reason,
+                    detail.as_deref(),
+                    now,
+                )
+                .await?;
+            }
+        }
+    }
+    gateway_sessions(core, gw, now).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(stage: Stage) -> Session {
+        Session {
+            id: "00000000-0000-4000-8000-000000000000".into(),
+            resource: Name::parse("r", "web").unwrap(),
+            account: Name::parse("a", "root").unwrap(),
+            username: "root".into(),
+            gateway: Name::parse("g", "gw").unwrap(),
+            user: "alice".into(),
+            created_at: 100,
+            expires_at: 200,
+            stage,
+        }
+    }
+
+    #[test]
+    fn an_open_session_past_its_end_reads_as_expired() {
+        for stage in [Stage::Pending, Stage::Active { started_at: 150 }] {
+            let s = session(stage);
+            assert!(s.is_open_at(199));
+            let i = info(&s, 200);
+            assert_eq!(i.state, SessionState::Ended);
+            assert_eq!(i.end_reason, Some(EndReason::Expired));
+            assert_eq!(
+                i.ended_at.as_deref(),
+                Some(crate::clock::rfc3339(200).as_str())
+            );
+        }
+        let s = session(Stage::Ended {
+            started_at: None,
+            ended_at: 120,
+            reason: EndReason::Terminated,
+            detail: None,
+        });
+        assert_eq!(info(&s, 300).end_reason, Some(EndReason::Terminated));
+    }
+
+    #[test]
+    fn durations_are_bounded_by_the_account() {
+        let a = Account {
+            resource: Name::parse("r", "web").unwrap(),
+            name: Name::parse("a", "root").unwrap(),
+            username: "root".into(),
+            login: Login::Certificate {
+                ca_mount: "ssh".into(),
+                ca_role: "r".into(),
+            },
+            max_duration: 3600,
+            allow_forwarding: false,
+        };
+        assert_eq!(duration_for(&a, None).unwrap(), 3600);
+        assert_eq!(duration_for(&a, Some("10m")).unwrap(), 600);
+        let e = duration_for(&a, Some("2h")).unwrap_err().to_string();
+        assert!(
+            e.contains("longer than the account's max_duration of 1h"),
+            "{e}"
+        );
+        assert!(duration_for(&a, Some("0")).is_err());
+    }
+}
