@@ -29,10 +29,11 @@
 //!   state is (`wait` at most 60 s).
 //! - `POST pam/gateway/self/sessions/<id>/open` [`OpenSession`] →
 //!   [`GatewaySession`]: the session's target and credential, only to the
-//!   gateway the resource names and only while the session is pending; the
-//!   session becomes active.
+//!   gateway the resource names and only while the session is pending (a
+//!   reusable one: while it is open); the session becomes active.
 //! - `POST pam/gateway/self/sessions/<id>/end` [`EndSession`]: the gateway
-//!   closed it (or could not open it), with the reason.
+//!   closed it (or could not open it), with the reason. A reusable
+//!   session's connection closing (`closed`, `idle`) does not end it.
 //!
 //! Times users read are RFC 3339; times the gateway computes with are Unix
 //! seconds. Request bodies read typed fields leniently ([`crate::lenient`]),
@@ -252,6 +253,16 @@ pub struct AccessRequest {
     pub duration: Option<String>,
     /// The caller's SSH public key (OpenSSH line): the certificate is for it.
     pub public_key: String,
+    /// Let the certificate open any number of connections until the
+    /// session ends (what `gatepass pam ssh config` asks for, so that
+    /// plain `ssh`, `scp` and `sftp` each connect). By default a session
+    /// serves one connection and ends, closed by the user, when it closes.
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::bool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub reusable: bool,
 }
 
 /// A granted session.
@@ -321,6 +332,10 @@ pub struct SessionInfo {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub state: SessionState,
+    /// Whether it serves any number of connections until its end
+    /// ([`AccessRequest::reusable`]).
+    #[serde(default)]
+    pub reusable: bool,
     pub end_reason: Option<EndReason>,
     /// Free text for `failed` and the like.
     pub end_detail: Option<String>,

@@ -133,7 +133,10 @@ impl Setup {
         let person_pub = keygen(&person_key)?;
         let host_key = d.join("target_host_key");
         let host_pub = keygen(&host_key)?;
-        std::fs::write(d.join("authorized_keys"), format!("{account_pub}{person_pub}"))?;
+        std::fs::write(
+            d.join("authorized_keys"),
+            format!("{account_pub}{person_pub}"),
+        )?;
         std::fs::create_dir_all("/run/sshd")?;
         let sshd_port = free_port()?;
         let config = d.join("sshd_config");
@@ -289,15 +292,33 @@ impl Setup {
             None => self.sshd_port,
         };
         let mut c = Command::new("ssh");
-        c.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "IdentityAgent=none", "-o", "StrictHostKeyChecking=yes"])
-            .args(["-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .arg("-i")
-            .arg(&self.person_key);
+        c.args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args([
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ])
+        .args([
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
+        .arg("-i")
+        .arg(&self.person_key);
         if let Some(cert) = cert {
-            c.arg("-o").arg(format!("CertificateFile={}", cert.display()));
+            c.arg("-o")
+                .arg(format!("CertificateFile={}", cert.display()));
         }
         c.args(["-p", &port.to_string(), "-l", "root", "127.0.0.1"])
             .args(args)
@@ -467,7 +488,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let setup = Setup::start(args)?;
     let idle = machine::process_memory(setup.gateway.0.id());
 
-    eprintln!("  round trips: {} through the gateway, then direct", args.round_trips);
+    eprintln!(
+        "  round trips: {} through the gateway, then direct",
+        args.round_trips
+    );
     let cert = setup.grant(usize::MAX)?;
     let via = round_trips(setup.ssh(Some(&cert), &[]), args.round_trips)?.summarize();
     let direct = round_trips(setup.ssh(None, &[]), args.round_trips)?.summarize();
@@ -475,7 +499,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let added_p50 = ms(via.p50) - ms(direct.p50);
     let added_p99 = ms(via.p99) - ms(direct.p99);
 
-    eprintln!("  throughput: {} MiB through the gateway, then direct", args.mib);
+    eprintln!(
+        "  throughput: {} MiB through the gateway, then direct",
+        args.mib
+    );
     let cert = setup.grant(usize::MAX - 1)?;
     let via_push = push(setup.ssh(Some(&cert), &[]), args.mib)?;
     let direct_push = push(setup.ssh(None, &[]), args.mib)?;
@@ -491,7 +518,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ("p99 ms", Align::Right),
         ("slowest ms", Align::Right),
     ]);
-    for (what, s) in [("through the gateway", &via), ("direct ssh (reference)", &direct)] {
+    for (what, s) in [
+        ("through the gateway", &via),
+        ("direct ssh (reference)", &direct),
+    ] {
         lat.push(vec![
             what.into(),
             report::millis(s.p50),
@@ -504,7 +534,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ("seconds", Align::Right),
         ("MiB/s", Align::Right),
     ]);
-    for (what, t) in [("through the gateway", via_push), ("direct ssh (reference)", direct_push)] {
+    for (what, t) in [
+        ("through the gateway", via_push),
+        ("direct ssh (reference)", direct_push),
+    ] {
         thr.push(vec![
             what.into(),
             format!("{:.2}", t.as_secs_f64()),
@@ -516,7 +549,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ("RSS MiB", Align::Right),
         ("peak RSS MiB", Align::Right),
     ]);
-    mem.push(vec!["idle, no session".into(), report::mib(idle.0), report::mib(idle.1)]);
+    mem.push(vec![
+        "idle, no session".into(),
+        report::mib(idle.0),
+        report::mib(idle.1),
+    ]);
     mem.push(vec![
         format!("{} sessions open", args.sessions),
         report::mib(rss),

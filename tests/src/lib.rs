@@ -6,6 +6,7 @@ pub mod inproc;
 pub mod pg;
 pub mod ssh;
 pub mod sshd;
+pub mod targets;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -434,7 +434,14 @@ struct Granted {
 
 /// Makes a key pair in memory and asks for access to the account with its
 /// public key; checks that the certificate is for that key.
-async fn request_access(ctx: &Ctx, grant: &Grant, signals: &mut Signals) -> Result<Granted> {
+/// `reusable`: the session serves any number of connections until its end
+/// (`pam ssh config`); otherwise the one connection `pam ssh access` makes.
+async fn request_access(
+    ctx: &Ctx,
+    grant: &Grant,
+    reusable: bool,
+    signals: &mut Signals,
+) -> Result<Granted> {
     let path = access_path(&grant.resource, &grant.account)?;
     let mut key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519)
         .map_err(|e| Error::Local(format!("cannot generate a key: {e}")))?;
@@ -444,6 +451,7 @@ async fn request_access(ctx: &Ctx, grant: &Grant, signals: &mut Signals) -> Resu
             .public_key()
             .to_openssh()
             .map_err(|e| Error::Local(format!("cannot encode the public key: {e}")))?,
+        reusable,
     };
     let body = match serde_json::to_value(&request) {
         Ok(Value::Object(m)) => m,
@@ -586,7 +594,7 @@ async fn access(ctx: &Ctx, args: AccessArgs) -> Result<u8> {
 }
 
 async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signals) -> Result<u8> {
-    let g = request_access(ctx, &args.grant, signals).await?;
+    let g = request_access(ctx, &args.grant, false, signals).await?;
     let files = write_session_files(dir, &g)?;
     let sid = g.access.session_id.clone();
 
@@ -750,7 +758,7 @@ async fn config(ctx: &Ctx, args: ConfigArgs) -> Result<()> {
     remove_ended(&base, t);
 
     let mut signals = Signals::new()?;
-    let g = request_access(ctx, &args.grant, &mut signals).await?;
+    let g = request_access(ctx, &args.grant, true, &mut signals).await?;
     let dir = base.join(&g.access.session_id);
     fs::DirBuilder::new()
         .mode(0o700)
@@ -1340,6 +1348,7 @@ mod tests {
             started_at: None,
             ended_at: reason.map(|_| "2026-12-02T13:30:00Z".to_string()),
             state,
+            reusable: false,
             end_reason: reason,
             end_detail: None,
         }

@@ -18,6 +18,8 @@ pub enum Kind {
     SessionStarted,
     SessionEnded,
     SessionTerminated,
+    /// One connection of a reusable session closed; the session goes on.
+    ConnectionClosed,
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::SessionStarted => "session_started",
             Kind::SessionEnded => "session_ended",
             Kind::SessionTerminated => "session_terminated",
+            Kind::ConnectionClosed => "connection_closed",
         }
     }
 }

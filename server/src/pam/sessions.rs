@@ -59,6 +59,10 @@ pub struct Session {
     pub created_at: i64,
     pub expires_at: i64,
     pub stage: Stage,
+    /// Serves any number of connections until its end; otherwise one, and
+    /// it ends when that one closes.
+    #[serde(default)]
+    pub reusable: bool,
 }
 
 impl Session {
@@ -138,6 +142,7 @@ pub fn info(s: &Session, now: i64) -> SessionInfo {
         started_at: s.started_at().map(rfc),
         ended_at,
         state: state_of(&stage),
+        reusable: s.reusable,
         end_reason,
         end_detail,
     }
@@ -235,6 +240,7 @@ async fn grant(
         created_at: now,
         expires_at: now + duration,
         stage: Stage::Pending,
+        reusable: req.reusable,
     };
     let signed_key = session_ca::sign(
         core,
@@ -512,6 +518,7 @@ pub async fn open(
         .ok_or_else(|| no_session(id))?;
     match s.stage_at(now) {
         Stage::Pending => {}
+        Stage::Active { .. } if s.reusable => {}
         Stage::Active { .. } => {
             return Err(Error::invalid(format!(
                 "session {id} is already open: a session is opened once"
@@ -548,21 +555,28 @@ pub async fn open(
         ));
     }
     let host_key_trust = host_key_trust(core, &r).await?;
-    // Claimed in storage: of concurrent opens, on any server, one wins.
+    // Claimed in storage: of concurrent opens, on any server, one wins
+    // (a reusable session admits the later ones too).
     let claimed = core
         .storage
         .update(&session_key(id), |mut cur: Session| {
-            if cur.stage != Stage::Pending || now >= cur.expires_at {
-                return Ok((Change::Keep, false));
+            if now >= cur.expires_at {
+                return Ok((Change::Keep, None));
             }
-            cur.stage = Stage::Active { started_at: now };
-            Ok((Change::Put(cur), true))
+            match cur.stage {
+                Stage::Pending => {
+                    cur.stage = Stage::Active { started_at: now };
+                    Ok((Change::Put(cur), Some(true)))
+                }
+                Stage::Active { .. } if cur.reusable => Ok((Change::Keep, Some(false))),
+                _ => Ok((Change::Keep, None)),
+            }
         })
         .await?
-        .unwrap_or(false);
-    if !claimed {
+        .flatten();
+    let Some(first) = claimed else {
         return Err(Error::invalid(format!("session {id} is no longer pending")));
-    }
+    };
     let credential = match &a.login {
         Login::Password { password } => SessionCredential::Password {
             password: password.expose().to_string(),
@@ -597,7 +611,9 @@ pub async fn open(
         now,
     )
     .await?;
-    events::record(core, Kind::SessionStarted, &s.subject(), None, None, now).await?;
+    if first {
+        events::record(core, Kind::SessionStarted, &s.subject(), None, None, now).await?;
+    }
     Ok(GatewaySession {
         session_id: s.id.clone(),
         expires_at: s.expires_at,
@@ -622,6 +638,19 @@ pub async fn end(core: &Core, gw: &Gateway, id: &str, req: EndSession, now: i64)
         .detail
         .map(|d| d.chars().take(1000).collect::<String>())
         .filter(|d| !d.trim().is_empty());
+    // One connection of a reusable session closed: the session goes on.
+    if s.reusable && s.is_open_at(now) && matches!(req.reason, EndReason::Closed | EndReason::Idle)
+    {
+        return events::record(
+            core,
+            Kind::ConnectionClosed,
+            &s.subject(),
+            Some(events::reason_str(req.reason)),
+            detail.as_deref(),
+            now,
+        )
+        .await;
+    }
     let Some(ended) = finish(core, &s, req.reason, detail, now).await? else {
         return Ok(());
     };
@@ -704,6 +733,7 @@ mod tests {
             created_at: 100,
             expires_at: 200,
             stage,
+            reusable: false,
         }
     }
 

@@ -30,6 +30,7 @@ mod pam_cli;
 mod pam_common;
 mod pam_helper;
 mod pam_module;
+mod pam_sessions;
 mod request_paths;
 mod retention;
 mod server;

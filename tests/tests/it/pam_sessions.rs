@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatepass_tests::sshd::{keygen, pub_path, sign_host_key, Sshd};
+use gatepass_tests::sshd::{keygen, Sshd};
 use gatepass_tests::targets::{
     certificate_target, key_target, password_target, public_line, LocalUser,
 };
@@ -227,7 +227,12 @@ impl Pam {
     }
 
     fn session(&self, id: &str) -> Value {
-        let (status, text) = self.api("GET", &format!("pam/sessions/{id}"), &self.server.token, None);
+        let (status, text) = self.api(
+            "GET",
+            &format!("pam/sessions/{id}"),
+            &self.server.token,
+            None,
+        );
         assert_eq!(status, 200, "{text}");
         serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
     }
@@ -386,12 +391,8 @@ fn each_account_kind_runs_a_command_through_gatepass_pam_ssh_access() {
         ("passwords", "ops", t.user.name.as_str()),
     ] {
         // $ gatepass pam ssh access --resource keys --account root --duration 5m -- echo hello
-        let (code, out, err) = run(&mut pam.access(
-            resource,
-            account,
-            "5m",
-            &["echo hello; id -un"],
-        ));
+        let (code, out, err) =
+            run(&mut pam.access(resource, account, "5m", &["echo hello; id -un"]));
         assert_eq!(
             code,
             0,
@@ -532,7 +533,8 @@ fn scp_sftp_and_ssh_l_reach_a_session_through_its_ssh_config_block() {
         }
     };
     use std::io::Write;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     conn.write_all(b"through the gateway\n").unwrap();
     let mut back = [0u8; 20];
     conn.read_exact(&mut back).unwrap();
@@ -561,7 +563,10 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
         took < Duration::from_secs(11) + Duration::from_millis(500),
         "closed after {took:?}"
     );
-    assert!(took >= Duration::from_secs(9), "closed early, after {took:?}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "closed early, after {took:?}"
+    );
 
     // An administrator's terminate closes a live session within 2 s.
     let mut live = pam
@@ -605,12 +610,17 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     let s = pam.session(&id);
     assert_eq!(s["end_reason"], "failed", "{s}");
     assert!(
-        s["end_detail"].as_str().unwrap_or_default().contains("host key"),
+        s["end_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("host key"),
         "{s}"
     );
     let audit = pam.audit();
     assert!(
-        audit.lines().any(|l| l.contains(&id) && l.contains("host key")),
+        audit
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("host key")),
         "no audit event for the refused host key"
     );
 }
@@ -635,7 +645,11 @@ fn wait_for_active(pam: &Pam) -> String {
             Value::Object(o) => o
                 .get("keys")
                 .and_then(|k| k.as_array())
-                .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
                 .unwrap_or_default(),
             _ => vec![],
         };
@@ -681,7 +695,11 @@ fn refusals_are_clear_400_403_404_and_a_stopped_gateway_is_named() {
     assert!(text.contains("max_duration"), "{text}");
     let (status, _) = access("pam/resources/nope/accounts/ops/access", &person, "5m");
     assert_eq!(status, 404);
-    let (status, _) = access("pam/resources/passwords/accounts/nope/access", &person, "5m");
+    let (status, _) = access(
+        "pam/resources/passwords/accounts/nope/access",
+        &person,
+        "5m",
+    );
     assert_eq!(status, 404);
     let stranger = ok(pam.admin_cli(&[
         "write",
@@ -706,7 +724,11 @@ fn refusals_are_clear_400_403_404_and_a_stopped_gateway_is_named() {
     let started = Instant::now();
     let (code, _, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
     assert_ne!(code, 0);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         err.contains("gateway") && err.contains(&pam.gateway_port.to_string()),
         "{err}"
@@ -740,7 +762,7 @@ fn the_person_never_holds_the_password_or_private_key() {
     // While a session runs, and after: the CLI's output and every file it
     // wrote.
     for (resource, account) in [("passwords", "ops"), ("keys", "root")] {
-        let mut child = pam
+        let child = pam
             .access(resource, account, "5m", &["sleep 2; echo done"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -748,7 +770,10 @@ fn the_person_never_holds_the_password_or_private_key() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(1000));
         for (path, bytes) in tmp_files(&pam) {
-            secret_in(&path.display().to_string(), &String::from_utf8_lossy(&bytes));
+            secret_in(
+                &path.display().to_string(),
+                &String::from_utf8_lossy(&bytes),
+            );
         }
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -756,11 +781,20 @@ fn the_person_never_holds_the_password_or_private_key() {
         secret_in("the CLI's errors", &String::from_utf8_lossy(&o.stderr));
     }
     let config = ok(pam.person_cli(&[
-        "pam", "ssh", "config", "--resource", "passwords", "--account", "ops",
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "passwords",
+        "--account",
+        "ops",
     ]));
     secret_in("the ssh config block", &config);
     for (path, bytes) in tmp_files(&pam) {
-        secret_in(&path.display().to_string(), &String::from_utf8_lossy(&bytes));
+        secret_in(
+            &path.display().to_string(),
+            &String::from_utf8_lossy(&bytes),
+        );
     }
 
     // Every API answer the person's token can get about these accounts
@@ -830,7 +864,11 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
     let status = wait_exit(&mut live, Duration::from_secs(10));
     assert!(!status.success());
     let mut err = String::new();
-    live.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    live.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("gateway"), "{err}");
     pam.start_gateway();
     let s = pam.session(&id);
@@ -840,7 +878,13 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
     // The server goes away while a session runs: the session runs on, and
     // a session granted before but not yet used is refused, saying why.
     let block = ok(pam.person_cli(&[
-        "pam", "ssh", "config", "--resource", "keys", "--account", "root",
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
     ]));
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
@@ -853,7 +897,11 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
     pam.server.stop();
     let status = wait_exit(&mut live, Duration::from_secs(15));
     let mut out = String::new();
-    live.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    live.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     assert!(status.success(), "{out}\n{}", pam.gateway_log());
     assert_eq!(out, "still-here\n");
     let started = Instant::now();
