@@ -1059,3 +1059,120 @@ fn the_terminal_size_and_its_changes_reach_the_target() {
         stderr(&out)
     );
 }
+
+/// The lines of the testkit's `--ends` file once `want` of them are there
+/// (at most 10 s).
+fn wait_for_ends(path: &Path, want: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= want || start.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_sessions_end_is_reported_once_with_its_reason() {
+    let ends_dir = tempfile::tempdir().unwrap();
+    let ends = ends_dir.path().join("ends");
+    let ends_arg = ends.display().to_string();
+    let mut gw = Gateway::start(&["--idle-timeout", "2", "--ends", &ends_arg]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let entry = |id: &str| SessionEntry::new(id, &sshd, "root", key_credential(&target_key));
+    let closed = entry("s-closed");
+    let mut expired = entry("s-expired");
+    expired.expires_at = now() + 3;
+    let mut terminated = entry("s-terminated");
+    let idle = entry("s-idle");
+    let lost = entry("s-lost");
+    let mut failed = entry("s-failed");
+    let other_host = keygen(keys.path(), "other_host", "ed25519", None);
+    failed.trust = format!("known_hosts = [{:?}]", read(&pub_path(&other_host)).trim());
+    let all = |t: &SessionEntry, e: &SessionEntry| {
+        gw.set_sessions(&[&closed, e, t, &idle, &lost, &failed]);
+    };
+    all(&terminated, &expired);
+
+    // The person runs a command and leaves.
+    let cert = |id: &str| gw.certificate(id, "root", "+1m");
+    let out = run(&mut gw.ssh(Some(&cert("s-closed")), "root", &["echo hello"]));
+    assert_eq!(ok(&gw, out), "hello\n");
+    // The target's host key is not the pinned one: refused and reported.
+    let out = run(&mut gw.ssh(Some(&cert("s-failed")), "root", &["echo hello"]));
+    assert!(
+        stderr(&out).contains("host key is not trusted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Talkative sessions (the idle timeout spares them) that reach their
+    // end time, are terminated, or outlive the gateway; and a silent one.
+    let ticking = ["while true; do echo tick; sleep 0.3; done"];
+    let expiring = Running::start(&mut gw.ssh(Some(&cert("s-expired")), "root", &ticking));
+    let terminating = Running::start(&mut gw.ssh(Some(&cert("s-terminated")), "root", &ticking));
+    let staying = Running::start(&mut gw.ssh(Some(&cert("s-lost")), "root", &ticking));
+    let silent = Running::start(&mut gw.ssh(Some(&cert("s-idle")), "root", &["sleep 30"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    terminated.terminated = true;
+    all(&terminated, &expired);
+    let (out, _) = terminating.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("terminated"), "{}", stderr(&out));
+    let (out, _) = expiring.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("end time"), "{}", stderr(&out));
+    let (out, _) = silent.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("idle"), "{}", stderr(&out));
+
+    // Stopping the gateway tells the person and reports the session lost;
+    // then the gateway exits.
+    let o = run(Command::new("kill").args(["-TERM", &gw.child.id().to_string()]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (out, _) = staying.finish(Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("gatepass: the gateway is stopping"),
+        "{}",
+        stderr(&out)
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the gateway did not exit on SIGTERM\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+
+    let mut lines = wait_for_ends(&ends, 6);
+    lines.sort();
+    let (failure, rest): (Vec<String>, Vec<String>) =
+        lines.into_iter().partition(|l| l.starts_with("s-failed "));
+    assert_eq!(
+        rest,
+        [
+            "s-closed closed",
+            "s-expired expired",
+            "s-idle idle",
+            "s-lost gateway_lost",
+            "s-terminated terminated",
+        ],
+        "{}",
+        gw.log()
+    );
+    assert_eq!(failure.len(), 1, "{failure:?}");
+    assert!(
+        failure[0].starts_with("s-failed failed the target's host key is not trusted"),
+        "{failure:?}"
+    );
+}
