@@ -55,7 +55,10 @@ impl SessionCas {
 
     /// Replaces the accepted keys.
     pub fn set(&self, keys: &[PublicKey]) {
-        let fingerprints = keys.iter().map(|k| k.fingerprint(HashAlg::Sha256)).collect();
+        let fingerprints = keys
+            .iter()
+            .map(|k| k.fingerprint(HashAlg::Sha256))
+            .collect();
         if let Ok(mut slot) = self.0.write() {
             *slot = fingerprints;
         }
@@ -593,7 +596,6 @@ async fn supervise<S: SessionSource>(
                 .disconnect(Disconnect::ByApplication, "session ended", "")
                 .await;
             reporter.send(EndReason::Closed, None);
-            return;
         }
         Some(reason) => {
             info!(session = %session_id, reason = reason.as_str(), "closing the session");
@@ -602,14 +604,14 @@ async fn supervise<S: SessionSource>(
                 .map(|open| open.iter().copied().collect())
                 .unwrap_or_default();
             let text = format!("\r\n{}\r\n", reason.message());
-            for id in open {
-                // A user who stopped reading must not hold the end back.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    user.extended_data(id, 1, text.clone().into_bytes()),
-                )
-                .await;
-            }
+            // A user who stopped reading must not hold the end back; a
+            // busy gateway still gets the message out in time.
+            let tell = async {
+                for id in open {
+                    let _ = user.extended_data(id, 1, text.clone().into_bytes()).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(1000), tell).await;
             let _ = user
                 .disconnect(
                     Disconnect::ByApplication,

@@ -89,7 +89,8 @@ pub fn parse_idle(text: &str) -> Result<Option<Duration>, String> {
     if t.eq_ignore_ascii_case("off") || t.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    let bad = || format!("idle_timeout {text:?} is not a duration like 30m, 1h or 90s, nor \"off\"");
+    let bad =
+        || format!("idle_timeout {text:?} is not a duration like 30m, 1h or 90s, nor \"off\"");
     let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => t.split_at(i),
         None => (t, "s"),
@@ -258,6 +259,9 @@ mod tests {
         let bad = format!("{}[sync]\nwait_seconds = 600\n", minimal());
         assert!(Config::parse(Path::new("x"), &bad).is_err());
         let missing = Config::load(Path::new("/nonexistent/gateway.toml")).unwrap_err();
-        assert!(missing.to_string().contains("gatepass-gateway setup"), "{missing}");
+        assert!(
+            missing.to_string().contains("gatepass-gateway setup"),
+            "{missing}"
+        );
     }
 }

@@ -19,6 +19,4 @@ pub mod setup;
 pub mod target;
 
 pub use accept::{serve, serve_until, GatewayConfig, SessionCas};
-pub use session::{
-    Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError,
-};
+pub use session::{Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError};

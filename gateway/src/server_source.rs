@@ -78,7 +78,9 @@ fn unreachable(e: &gatepass_api::Error) -> String {
 fn body<T: Serialize>(v: &T) -> Result<Map<String, Value>, gatepass_api::Error> {
     match serde_json::to_value(v) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(gatepass_api::Error::Decode("request is not an object".into())),
+        _ => Err(gatepass_api::Error::Decode(
+            "request is not an object".into(),
+        )),
     }
 }
 
@@ -234,7 +236,10 @@ pub fn host_key_line(line: &str) -> Result<PublicKey, String> {
     let mut fields: Vec<&str> = line.split_whitespace().collect();
     if fields.first().is_some_and(|f| f.starts_with('@')) {
         if fields[0] != "@cert-authority" {
-            return Err(format!("{line:?}: a {} line is not a key to trust", fields[0]));
+            return Err(format!(
+                "{line:?}: a {} line is not a key to trust",
+                fields[0]
+            ));
         }
         fields.remove(0);
     }
@@ -286,7 +291,8 @@ pub fn session_of(gs: GatewaySession, key: Option<PrivateKey>) -> Result<Session
             Credential::Key(key)
         }
         SessionCredential::Certificate { signed_key } => {
-            let key = key.ok_or("the server sent a certificate for a key the gateway did not make")?;
+            let key =
+                key.ok_or("the server sent a certificate for a key the gateway did not make")?;
             let cert = Certificate::from_openssh(signed_key.trim())
                 .map_err(|e| format!("the session's certificate does not parse: {e}"))?;
             if cert.public_key() != key.public_key().key_data() {
@@ -312,8 +318,7 @@ pub fn session_of(gs: GatewaySession, key: Option<PrivateKey>) -> Result<Session
             HostKeyTrust::HostCa(keys(&ca_keys, "host CA keys")?)
         }
     };
-    let expires_at =
-        u64::try_from(expires_at).map_err(|_| format!("bad end time {expires_at}"))?;
+    let expires_at = u64::try_from(expires_at).map_err(|_| format!("bad end time {expires_at}"))?;
     Ok(Session {
         id: session_id,
         expires_at,
@@ -352,8 +357,10 @@ impl SessionSource for ServerSource {
             Ok(b) => self.calls.write(&path, &b).await,
             Err(e) => Err(e),
         };
-        let gs: GatewaySession = match answer.and_then(|env| data(env, "open")) {
-            Ok(gs) => gs,
+        let gs: GatewaySession = match answer {
+            // Vault's bare 404: nothing there.
+            Ok(None) => return Err(SourceError::Unknown),
+            Ok(env) => data(env, "open").map_err(|e| SourceError::Unavailable(e.to_string()))?,
             Err(gatepass_api::Error::Api { status, errors }) if (400..500).contains(&status) => {
                 let why = errors.join("; ");
                 return Err(if status == 404 {
@@ -381,17 +388,26 @@ impl SessionSource for ServerSource {
     }
 
     async fn terminated(&self, id: &str) {
-        // Only answers to polls sent after this point count: one sent
-        // before the session was opened may not list it yet.
+        // A list without the session means it ended if an earlier list had
+        // it, or if the poll that brought it was sent after this point: an
+        // answer to a poll sent before the session was opened may not list
+        // it yet.
         let after = self.started.load(Ordering::SeqCst);
         let mut known = self.known.subscribe();
-        let _ = known
-            .wait_for(|k| k.seq > after && !k.open.contains(id))
-            .await;
-        // The sender lives as long as the source; should it go, the
-        // session is left to its own end.
-        if self.known.is_closed() {
-            std::future::pending::<()>().await;
+        let mut seen = false;
+        loop {
+            {
+                let k = known.borrow_and_update();
+                if k.open.contains(id) {
+                    seen = true;
+                } else if seen || k.seq > after {
+                    return;
+                }
+            }
+            if known.changed().await.is_err() {
+                // The source is gone; the session is left to its own end.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -405,8 +421,15 @@ impl SessionSource for ServerSource {
         for attempt in 0..3u64 {
             match self.calls.write(&path, &b).await {
                 Ok(_) => return,
-                Err(gatepass_api::Error::Api { status, errors }) if (400..500).contains(&status) => {
-                    warn!(session = id, status, "the server did not take the session's end: {}", errors.join("; "));
+                Err(gatepass_api::Error::Api { status, errors })
+                    if (400..500).contains(&status) =>
+                {
+                    warn!(
+                        session = id,
+                        status,
+                        "the server did not take the session's end: {}",
+                        errors.join("; ")
+                    );
                     return;
                 }
                 Err(e) => {

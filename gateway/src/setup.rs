@@ -128,7 +128,11 @@ pub fn host_key(path: &Path) -> Result<(String, bool), String> {
         .map_err(|e| format!("cannot write the host key {}: {e}", path.display()))?;
     let mut pub_path = path.as_os_str().to_owned();
     pub_path.push(".pub");
-    write_file(Path::new(&pub_path), format!("{public}\n").as_bytes(), 0o644)?;
+    write_file(
+        Path::new(&pub_path),
+        format!("{public}\n").as_bytes(),
+        0o644,
+    )?;
     Ok((public, true))
 }
 
@@ -247,7 +251,8 @@ mod tests {
         assert!(public.starts_with("ssh-ed25519 "), "{public}");
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let pub_file = fs::read_to_string(dir.path().join("keys/ssh_host_ed25519_key.pub")).unwrap();
+        let pub_file =
+            fs::read_to_string(dir.path().join("keys/ssh_host_ed25519_key.pub")).unwrap();
         assert_eq!(pub_file.trim(), public);
         let (again, made) = host_key(&path).unwrap();
         assert!(!made);

@@ -604,11 +604,7 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
     assert!(user_exists("gatepass-gateway") && group_exists("gatepass-gateway"));
     assert_eq!(
         owner_mode("/var/lib/gatepass-gateway"),
-        (
-            "gatepass-gateway".into(),
-            "gatepass-gateway".into(),
-            0o700
-        )
+        ("gatepass-gateway".into(), "gatepass-gateway".into(), 0o700)
     );
     assert!(!Path::new("/etc/gatepass/gateway.toml").exists());
     assert!(!Path::new("/etc/ssh/gatepass").exists());

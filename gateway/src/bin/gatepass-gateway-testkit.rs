@@ -167,11 +167,9 @@ fn session_of(e: &Entry) -> Result<Session> {
 
 impl SessionSource for FileSource {
     async fn open_session(&self, id: &str, now: u64) -> Result<Session, SourceError> {
-        let file = self
-            .read()
-            .map_err(|e| {
-                SourceError::Unavailable(format!("the session source cannot be reached: {e:#}"))
-            })?;
+        let file = self.read().map_err(|e| {
+            SourceError::Unavailable(format!("the session source cannot be reached: {e:#}"))
+        })?;
         let entry = file
             .session
             .iter()

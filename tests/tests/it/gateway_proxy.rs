@@ -1137,8 +1137,9 @@ fn each_sessions_end_is_reported_once_with_its_reason() {
     let (out, _) = staying.finish(Duration::from_secs(10));
     assert!(
         stderr(&out).contains("gatepass: the gateway is stopping"),
-        "{}",
-        stderr(&out)
+        "{}\n--- gateway log ---\n{}",
+        stderr(&out),
+        gw.log()
     );
     let start = Instant::now();
     let status = loop {
