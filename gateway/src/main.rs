@@ -227,7 +227,8 @@ async fn run(cfg: Config) -> Result<()> {
                     return Err(anyhow!("the gatepass server refused the gateway: {e} (enroll again with `gatepass-gateway setup --replace`)"));
                 }
                 Err(e) => {
-                    warn!("the gatepass server cannot be reached: {e}; trying again in {}s", backoff.as_secs());
+                    warn!("the gatepass server cannot be reached: {}; trying again in {}s",
+                        gatepass_gateway::server_source::with_causes(&e), backoff.as_secs());
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(cfg.sync.max_backoff_seconds));
                 }

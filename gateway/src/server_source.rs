@@ -70,9 +70,25 @@ pub struct ServerSource {
     max_backoff: Duration,
 }
 
+/// An error with its causes ("error sending request: … Connection
+/// refused"), as a person needs it to act.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// Errors of the server's API, in the words a log reader needs.
 fn unreachable(e: &gatepass_api::Error) -> String {
-    format!("the gatepass server cannot be reached: {e}")
+    format!("the gatepass server cannot be reached: {}", with_causes(e))
 }
 
 fn body<T: Serialize>(v: &T) -> Result<Map<String, Value>, gatepass_api::Error> {

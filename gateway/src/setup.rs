@@ -232,7 +232,10 @@ async fn enroll(
             Err(format!("enrollment refused: {text}{hint}"))
         }
         Err(e @ gatepass_api::Error::Transport { .. }) => {
-            Err(format!("the gatepass server cannot be reached: {e}"))
+            Err(format!(
+                "the gatepass server cannot be reached: {}",
+                server_source::with_causes(&e)
+            ))
         }
         Err(e) => Err(e.to_string()),
     }

@@ -144,6 +144,18 @@ async fn open(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Va
     }
 }
 
+async fn enroll(State(f): State<Fake>, Json(body): Json<Value>) -> Response {
+    f.record("enroll".into(), body.clone());
+    if body["join_token"] != "good" {
+        return error(StatusCode::BAD_REQUEST, "invalid or expired join token");
+    }
+    envelope(json!({
+        "name": body["name"],
+        "gateway_token": "gw-token",
+        "session_ca_keys": [CA1],
+    }))
+}
+
 async fn end(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Value>) -> Response {
     f.record(format!("end/{id}"), body);
     StatusCode::NO_CONTENT.into_response()
@@ -153,7 +165,8 @@ struct Running {
     fake: Fake,
     source: Arc<ServerSource>,
     cas: SessionCas,
-    _dir: tempfile::TempDir,
+    url: String,
+    dir: tempfile::TempDir,
 }
 
 /// A CA file for the client to pin (unused over plain HTTP, but required).
@@ -185,22 +198,21 @@ async fn start() -> Running {
         .route("/v1/pam/gateway/self/started", post(started))
         .route("/v1/pam/gateway/self/sessions/{id}/open", post(open))
         .route("/v1/pam/gateway/self/sessions/{id}/end", post(end))
+        .route("/v1/pam/gateways/enroll", post(enroll))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let dir = tempfile::tempdir().unwrap();
     let cas = SessionCas::default();
-    let source = Arc::new(source_for(
-        format!("http://{addr}"),
-        dir.path(),
-        cas.clone(),
-    ));
+    let url = format!("http://{addr}");
+    let source = Arc::new(source_for(url.clone(), dir.path(), cas.clone()));
     Running {
         fake,
         source,
         cas,
-        _dir: dir,
+        url,
+        dir,
     }
 }
 
@@ -391,4 +403,78 @@ async fn an_unreachable_server_refuses_new_sessions_quickly_and_terminates_none(
         t.is_err(),
         "terminated fired while the server was unreachable"
     );
+}
+
+#[tokio::test]
+async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
+    use gatepass_gateway::config::Config;
+    use gatepass_gateway::setup::{setup, SetupOptions};
+    use std::os::unix::fs::PermissionsExt;
+    let r = start().await;
+    let etc = r.dir.path().join("etc");
+    let mut opts = SetupOptions {
+        config_path: etc.join("gateway.toml"),
+        server: r.url.clone(),
+        join_token: "stale".into(),
+        ca_cert: r.dir.path().join("ca.pem"),
+        listen: "127.0.0.1:2222".parse().unwrap(),
+        name: "gw1".into(),
+        address: None,
+        token_file: None,
+        host_key: r.dir.path().join("state/ssh_host_ed25519_key"),
+        replace: false,
+    };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    // A bad join token: the server's reason, and nothing written but the
+    // host key (kept for the next try).
+    let e = setup(&opts).await.unwrap_err();
+    assert!(e.contains("enrollment refused"), "{e}");
+    assert!(e.contains("invalid or expired join token"), "{e}");
+    assert!(!etc.join("gateway.toml").exists());
+    assert!(!etc.join("gateway.token").exists());
+
+    opts.join_token = "good".into();
+    let report = setup(&opts).await.unwrap();
+    let sent = r.fake.seen("enroll");
+    let host_key = std::fs::read_to_string(r.dir.path().join("state/ssh_host_ed25519_key.pub")).unwrap();
+    assert_eq!(
+        sent[1],
+        json!({
+            "join_token": "good",
+            "name": "gw1",
+            "address": "127.0.0.1:2222",
+            "host_keys": [host_key.trim()],
+            "replace": false,
+        })
+    );
+    assert_eq!(report.host_key_public, host_key.trim());
+    assert_eq!(mode(&opts.host_key), 0o600);
+    let token = etc.join("gateway.token");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "gw-token\n");
+    assert_eq!(mode(&token), 0o600);
+    let cfg = Config::load(&etc.join("gateway.toml")).unwrap();
+    assert_eq!(cfg, report.config);
+    assert_eq!(cfg.server, r.url);
+    assert_eq!(cfg.name, "gw1");
+    assert_eq!(cfg.address, "127.0.0.1:2222");
+    assert_eq!(cfg.token_file, token);
+    assert_eq!(cfg.idle_timeout, Some(Duration::from_secs(1800)));
+    assert_eq!(
+        std::fs::read(&cfg.ca_cert).unwrap(),
+        std::fs::read(r.dir.path().join("ca.pem")).unwrap()
+    );
+
+    // Enrolled: not again, unless asked to take the name over.
+    let e = setup(&opts).await.unwrap_err();
+    assert!(e.contains("--replace"), "{e}");
+    assert_eq!(r.fake.seen("enroll").len(), 2);
+    opts.replace = true;
+    opts.address = Some("gw1.example:2222".into());
+    setup(&opts).await.unwrap();
+    let sent = r.fake.seen("enroll");
+    assert_eq!(sent[2]["replace"], true);
+    assert_eq!(sent[2]["address"], "gw1.example:2222");
+    // The same host key as before.
+    assert_eq!(sent[2]["host_keys"], sent[1]["host_keys"]);
 }
