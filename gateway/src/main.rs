@@ -241,6 +241,7 @@ async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     info!(listen = %cfg.listen, name = %cfg.name, server = %cfg.server, "gateway ready");
     let follower = tokio::spawn(source.clone().follow(index));
+    let renewer = tokio::spawn(source.clone().renew_token());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let config = GatewayConfig {
         host_keys: vec![host_key],
@@ -250,6 +251,7 @@ async fn run(cfg: Config) -> Result<()> {
     let served = gatepass_gateway::serve_until(listener, config, source, stop).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     follower.abort();
+    renewer.abort();
     served.context("serving SSH")?;
     info!("stopped");
     Ok(())

@@ -227,6 +227,30 @@ impl ServerSource {
     }
 }
 
+impl ServerSource {
+    /// Renews the gateway token now and then every 12 hours (sooner after
+    /// a failure): a periodic token that is not renewed lapses.
+    pub async fn renew_token(self: Arc<Self>) {
+        loop {
+            let pause = match self.calls.write("auth/token/renew-self", &Map::new()).await {
+                Ok(_) => {
+                    debug!("gateway token renewed");
+                    Duration::from_secs(12 * 3600)
+                }
+                Err(e @ gatepass_api::Error::Api { .. }) => {
+                    warn!("the server did not renew the gateway token: {e}");
+                    Duration::from_secs(3600)
+                }
+                Err(e) => {
+                    warn!("cannot renew the gateway token: {}", with_causes(&e));
+                    Duration::from_secs(300)
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
 /// Parses OpenSSH public key lines, leaving out (with a warning) those that
 /// do not parse.
 fn parse_keys(lines: &[String]) -> Vec<PublicKey> {

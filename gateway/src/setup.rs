@@ -231,12 +231,10 @@ async fn enroll(
             };
             Err(format!("enrollment refused: {text}{hint}"))
         }
-        Err(e @ gatepass_api::Error::Transport { .. }) => {
-            Err(format!(
-                "the gatepass server cannot be reached: {}",
-                server_source::with_causes(&e)
-            ))
-        }
+        Err(e @ gatepass_api::Error::Transport { .. }) => Err(format!(
+            "the gatepass server cannot be reached: {}",
+            server_source::with_causes(&e)
+        )),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -437,7 +437,8 @@ async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
     opts.join_token = "good".into();
     let report = setup(&opts).await.unwrap();
     let sent = r.fake.seen("enroll");
-    let host_key = std::fs::read_to_string(r.dir.path().join("state/ssh_host_ed25519_key.pub")).unwrap();
+    let host_key =
+        std::fs::read_to_string(r.dir.path().join("state/ssh_host_ed25519_key.pub")).unwrap();
     assert_eq!(
         sent[1],
         json!({
