@@ -228,6 +228,18 @@ impl ServerSource {
 }
 
 impl ServerSource {
+    /// `POST pam/gateway/self/sessions/<id>/end`, once.
+    async fn report(
+        &self,
+        id: &str,
+        reason: EndReason,
+        detail: Option<String>,
+    ) -> Result<(), gatepass_api::Error> {
+        let req = EndSession { reason, detail };
+        let path = format!("pam/gateway/self/sessions/{id}/end");
+        self.calls.write(&path, &body(&req)?).await.map(|_| ())
+    }
+
     /// Renews the gateway token now and then every 12 hours (sooner after
     /// a failure): a periodic token that is not renewed lapses.
     pub async fn renew_token(self: Arc<Self>) {
@@ -417,11 +429,22 @@ impl SessionSource for ServerSource {
                 gs.session_id
             )));
         }
+        // From here the server counts the session active: a session the
+        // gateway cannot use is reported ended at once (one try, so the
+        // person is not kept waiting), not left active until its end.
         let is_cert = matches!(gs.credential, SessionCredential::Certificate { .. });
-        let session = session_of(gs, is_cert.then_some(key)).map_err(|e| {
-            SourceError::Unavailable(format!("the session's details are not usable: {e}"))
-        })?;
+        let session = match session_of(gs, is_cert.then_some(key)) {
+            Ok(session) => session,
+            Err(e) => {
+                let detail = format!("the session's details are not usable: {e}");
+                self.report(id, EndReason::Failed, Some(detail.clone()))
+                    .await
+                    .ok();
+                return Err(SourceError::Unavailable(detail));
+            }
+        };
         if session.expires_at <= now {
+            self.report(id, EndReason::Expired, None).await.ok();
             return Err(SourceError::Ended);
         }
         Ok(session)
@@ -455,12 +478,9 @@ impl SessionSource for ServerSource {
         if !plain_id(id) {
             return;
         }
-        let req = EndSession { reason, detail };
-        let Ok(b) = body(&req) else { return };
-        let path = format!("pam/gateway/self/sessions/{id}/end");
         for attempt in 0..3u64 {
-            match self.calls.write(&path, &b).await {
-                Ok(_) => return,
+            match self.report(id, reason, detail.clone()).await {
+                Ok(()) => return,
                 Err(gatepass_api::Error::Api { status, errors })
                     if (400..500).contains(&status) =>
                 {

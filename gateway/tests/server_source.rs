@@ -324,13 +324,14 @@ async fn opening_sends_a_fresh_public_key_and_converts_the_answer() {
         sent[0]["public_key"]
     );
 
-    // Past its end by the gateway's clock.
+    // Past its end by the gateway's clock: reported expired.
     let e = r
         .source
         .open_session("s-pass", 4_000_000_000)
         .await
         .unwrap_err();
     assert!(matches!(e, SourceError::Ended), "{e}");
+    assert_eq!(r.fake.seen("end/s-pass"), [json!({ "reason": "expired" })]);
     let e = r.source.open_session("s-nope", 1_000).await.unwrap_err();
     assert!(matches!(e, SourceError::Unknown), "{e}");
     let e = r.source.open_session("s-active", 1_000).await.unwrap_err();
@@ -343,10 +344,22 @@ async fn opening_sends_a_fresh_public_key_and_converts_the_answer() {
         matches!(&e, SourceError::Unavailable(m) if m.contains("the gatepass server cannot be reached")),
         "{e}"
     );
+    // Handed out but unusable: the person is told, the server hears it
+    // failed (rather than counting it active until its end).
     let e = r.source.open_session("s-badkey", 1_000).await.unwrap_err();
     assert!(
         matches!(&e, SourceError::Unavailable(m) if m.contains("private key does not parse")),
         "{e}"
+    );
+    let ended = r.fake.seen("end/s-badkey");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["reason"], "failed");
+    assert!(
+        ended[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("private key does not parse"),
+        "{ended:?}"
     );
     // Not a session ID: never sent.
     let e = r
