@@ -106,6 +106,8 @@ pub async fn serve_until<S: SessionSource>(
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let (guard, mut reports_done) = mpsc::channel::<()>(1);
     let guards = Arc::new(Mutex::new(Some(guard)));
+    let (open, mut connections_gone) = mpsc::channel::<()>(1);
+    let connection_guards = Arc::new(Mutex::new(Some(open)));
     let mut acceptor = Acceptor {
         source,
         shared: Arc::new(Shared {
@@ -113,6 +115,7 @@ pub async fn serve_until<S: SessionSource>(
             idle_timeout: config.idle_timeout,
             stopping: stopping_rx,
             guards: guards.clone(),
+            connection_guards: connection_guards.clone(),
         }),
     };
     let running = acceptor.run_on_socket(Arc::new(ssh), &listener);
@@ -139,8 +142,20 @@ pub async fn serve_until<S: SessionSource>(
     {
         warn!("stopping without having reported every session's end");
     }
-    // Whoever is still connected (not yet logged in) goes too.
-    connections.shutdown("gatepass: the gateway is stopping".into());
+    // The messages and disconnects are queued: the connections must write
+    // them out and close before the process may exit. Whoever is still
+    // connected after a while (not logged in) is disconnected by russh,
+    // which drops what its connection had queued, so only then.
+    if let Ok(mut slot) = connection_guards.lock() {
+        slot.take();
+    }
+    if tokio::time::timeout(Duration::from_secs(2), connections_gone.recv())
+        .await
+        .is_err()
+    {
+        connections.shutdown("gatepass: the gateway is stopping".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections_gone.recv()).await;
+    }
     Ok(())
 }
 
@@ -152,6 +167,9 @@ struct Shared {
     /// Handed out to each admitted session and dropped once its end is
     /// reported; None once the gateway stops.
     guards: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    /// Held by each connection until it is gone; None once the gateway
+    /// stops.
+    connection_guards: Arc<Mutex<Option<mpsc::Sender<()>>>>,
 }
 
 impl Shared {
@@ -218,6 +236,12 @@ impl<S: SessionSource> server::Server for Acceptor<S> {
             shared: self.shared.clone(),
             peer,
             state: State::Unauthenticated,
+            _open: self
+                .shared
+                .connection_guards
+                .lock()
+                .ok()
+                .and_then(|g| g.clone()),
         }
     }
 }
@@ -228,6 +252,8 @@ pub struct Connection<S: SessionSource> {
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
     state: State<S>,
+    /// Dropped with the connection: a stopping gateway waits for that.
+    _open: Option<mpsc::Sender<()>>,
 }
 
 enum State<S: SessionSource> {
