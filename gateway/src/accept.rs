@@ -84,7 +84,8 @@ pub async fn serve<S: SessionSource>(
 /// Accepts connections on `listener` until `stop` resolves; then tells
 /// each connected user that the gateway is stopping, closes their
 /// sessions, reports them ended ([`EndReason::GatewayLost`]) and returns
-/// once the reports are done (or after a grace period).
+/// once the reports are done and the connections closed (or after grace
+/// periods of 10 s and 3 s).
 pub async fn serve_until<S: SessionSource>(
     listener: TcpListener,
     config: GatewayConfig,

@@ -31,9 +31,11 @@ time, an administrator's terminate, the user closing it, or the idle timeout).\n
 `POST /v1/pam/gateways/join-tokens`) and writes its config, token and host key; \
 `run` (the systemd service) follows the gateway's sessions from the server and \
 serves SSH.\n\n\
-Users reach a target with `gatepass pam ssh` or plain `ssh -p PORT ACCOUNT@GATEWAY` \
-with the session certificate; the gateway only accepts certificates of the session \
-CA whose key ID is a session the server reports open and assigned to this gateway."
+Users ask the server for access (`POST /v1/pam/resources/<r>/accounts/<a>/access`, \
+which the `gatepass` CLI does for them) and run plain `ssh -p PORT ACCOUNT@GATEWAY` \
+with the session certificate they get; the gateway only accepts certificates of the \
+session CA whose key ID is a session the server reports open and assigned to this \
+gateway."
 )]
 struct Cli {
     /// The gateway's config file.
