@@ -1279,7 +1279,9 @@ mod stand_in {
     use axum::response::{IntoResponse, Response};
     use axum::routing::{get, post};
     use axum::{Json, Router};
-    use gatepass_api::pam::{GatewaySession, GatewaySessions, OpenSessionSummary, SessionState};
+    use gatepass_api::pam::{
+        GatewaySession, GatewaySessions, OpenSessionSummary, SessionCredential, SessionState,
+    };
     use serde_json::{json, Value};
     use tokio::sync::watch;
 
@@ -1287,6 +1289,9 @@ mod stand_in {
     struct Shared {
         sessions: Arc<watch::Sender<GatewaySessions>>,
         details: Arc<Mutex<HashMap<String, GatewaySession>>>,
+        /// Certificate accounts' user CA (private key file), by session:
+        /// the key the gateway sends at open is signed with it.
+        signers: Arc<Mutex<HashMap<String, std::path::PathBuf>>>,
         /// (path, body) of every POST, in order.
         calls: Arc<Mutex<Vec<(String, Value)>>>,
         /// The index of the gateway's latest poll.
@@ -1323,9 +1328,34 @@ mod stand_in {
         Path(id): Path<String>,
         Json(body): Json<Value>,
     ) -> Response {
-        s.calls.lock().unwrap().push((format!("open/{id}"), body));
-        match s.details.lock().unwrap().get(&id) {
-            Some(d) => envelope(d.clone()),
+        s.calls
+            .lock()
+            .unwrap()
+            .push((format!("open/{id}"), body.clone()));
+        let signer = s.signers.lock().unwrap().get(&id).cloned();
+        let detail = s.details.lock().unwrap().get(&id).cloned();
+        match detail {
+            Some(mut d) => {
+                if let Some(ca) = signer {
+                    // As the server signs it with the account's CA role.
+                    let dir = tempfile::tempdir().unwrap();
+                    let key = dir.path().join("session.pub");
+                    std::fs::write(&key, body["public_key"].as_str().unwrap()).unwrap();
+                    let cert = tokio::task::spawn_blocking(move || {
+                        let made =
+                            gatepass_tests::sshd::sign_user_key(&ca, &key, &id, &["root"], "+5m");
+                        let text = std::fs::read_to_string(made).unwrap();
+                        drop(dir);
+                        text
+                    })
+                    .await
+                    .unwrap();
+                    d.credential = SessionCredential::Certificate {
+                        signed_key: cert.trim().to_string(),
+                    };
+                }
+                envelope(d)
+            }
             None => (
                 StatusCode::NOT_FOUND,
                 Json(json!({"errors": ["no such session"]})),
@@ -1356,6 +1386,7 @@ mod stand_in {
                     ..GatewaySessions::default()
                 })),
                 details: Arc::default(),
+                signers: Arc::default(),
                 calls: Arc::default(),
                 polled: Arc::default(),
             };
@@ -1385,6 +1416,17 @@ mod stand_in {
                 .lock()
                 .unwrap()
                 .insert(session.session_id.clone(), session);
+        }
+
+        /// A certificate account's session: the gateway's key is signed
+        /// with `user_ca` at open.
+        pub fn add_signed(&self, session: GatewaySession, user_ca: &std::path::Path) {
+            self.shared
+                .signers
+                .lock()
+                .unwrap()
+                .insert(session.session_id.clone(), user_ca.to_path_buf());
+            self.add(session);
         }
 
         /// The open list and CA keys change; returns once the gateway has
@@ -1472,9 +1514,30 @@ fn the_service_follows_its_sessions_from_the_server() {
             allow_forwarding: false,
         });
     }
+    // A certificate account: the target trusts a user CA, and the server
+    // signs the key pair the gateway makes for the session.
+    let user_ca = keygen(keys.path(), "target_user_ca", "ed25519", None);
+    let cert_sshd = Sshd::start(SshdOptions::trusting_user_ca(&pub_path(&user_ca)));
+    server.add_signed(
+        GatewaySession {
+            session_id: "s-cert".into(),
+            expires_at: (now() + 600) as i64,
+            host: "127.0.0.1".into(),
+            port: cert_sshd.port,
+            username: "root".into(),
+            credential: SessionCredential::Certificate {
+                signed_key: String::new(),
+            },
+            host_key_trust: HostKeyTrust::Pinned {
+                keys: vec![cert_sshd.host_public_key().trim().to_string()],
+            },
+            allow_forwarding: false,
+        },
+        &user_ca,
+    );
     // The session CA arrives with the sessions, over the long-poll.
     let ca = vec![read(&pub_path(&gw.session_ca)).trim().to_string()];
-    server.publish(&["s-run", "s-term", "s-lost"], &ca);
+    server.publish(&["s-run", "s-term", "s-lost", "s-cert"], &ca);
 
     // A person runs a command and leaves: the session is opened with a
     // fresh public key and reported closed.
@@ -1493,6 +1556,12 @@ fn the_service_follows_its_sessions_from_the_server() {
         server.end_of("s-run"),
         serde_json::json!({ "reason": "closed" })
     );
+    let out = run(&mut gw.ssh(Some(&cert("s-cert")), "root", &["echo by certificate"]));
+    assert_eq!(ok(&gw, out), "by certificate\n");
+    assert_eq!(
+        server.end_of("s-cert"),
+        serde_json::json!({ "reason": "closed" })
+    );
     // Unknown to the server: refused like any stranger.
     let o = run(&mut gw.ssh(Some(&cert("s-other")), "root", &["echo hello"]));
     assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
@@ -1509,7 +1578,7 @@ fn the_service_follows_its_sessions_from_the_server() {
     }
     std::thread::sleep(Duration::from_millis(500));
     let at = since_epoch();
-    server.publish(&["s-run", "s-lost"], &ca);
+    server.publish(&["s-run", "s-lost", "s-cert"], &ca);
     let (out, ended) = terminated.finish(Duration::from_secs(10));
     assert!(
         stderr(&out).contains("terminated by an administrator"),
