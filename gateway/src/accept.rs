@@ -8,24 +8,26 @@
 //! target; each channel the user opens gets its twin on the target.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Server as _, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
 use crate::bridge::{self, Activity};
 use crate::clock;
 use crate::limits;
-use crate::session::{Session, SessionSource, SourceError};
+use crate::session::{EndReason, Session, SessionSource, SourceError};
 use crate::target::{self, Target, TargetLost};
 
 /// What the SSH server needs besides its sessions.
@@ -33,16 +35,62 @@ pub struct GatewayConfig {
     /// The gateway's own host keys.
     pub host_keys: Vec<PrivateKey>,
     /// The gateway session CA's public keys (more than one while rotating).
-    pub session_cas: Vec<PublicKey>,
+    pub session_cas: SessionCas,
     /// Close a session after this long without data either way.
     pub idle_timeout: Option<Duration>,
 }
+
+/// The session CA keys the gateway accepts certificates of. Shared: the
+/// server source replaces them when the server's list changes, and every
+/// login after that checks against the new set.
+#[derive(Clone, Debug, Default)]
+pub struct SessionCas(Arc<RwLock<Vec<Fingerprint>>>);
+
+impl SessionCas {
+    pub fn new(keys: &[PublicKey]) -> SessionCas {
+        let cas = SessionCas::default();
+        cas.set(keys);
+        cas
+    }
+
+    /// Replaces the accepted keys.
+    pub fn set(&self, keys: &[PublicKey]) {
+        let fingerprints = keys
+            .iter()
+            .map(|k| k.fingerprint(HashAlg::Sha256))
+            .collect();
+        if let Ok(mut slot) = self.0.write() {
+            *slot = fingerprints;
+        }
+    }
+
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        self.0.read().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// How long a stopping gateway waits for its sessions' ends to be reported.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Accepts connections on `listener` until it fails.
 pub async fn serve<S: SessionSource>(
     listener: TcpListener,
     config: GatewayConfig,
     source: Arc<S>,
+) -> io::Result<()> {
+    serve_until(listener, config, source, std::future::pending()).await
+}
+
+/// Accepts connections on `listener` until `stop` resolves; then tells
+/// each connected user that the gateway is stopping, closes their
+/// sessions, reports them ended ([`EndReason::GatewayLost`]) and returns
+/// once the reports are done and the connections closed (or after grace
+/// periods of 10 s and 3 s).
+pub async fn serve_until<S: SessionSource>(
+    listener: TcpListener,
+    config: GatewayConfig,
+    source: Arc<S>,
+    stop: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let ssh = server::Config {
         keys: config.host_keys,
@@ -56,24 +104,123 @@ pub async fn serve<S: SessionSource>(
         nodelay: true,
         ..Default::default()
     };
-    let fingerprints = config
-        .session_cas
-        .iter()
-        .map(|k| k.fingerprint(HashAlg::Sha256))
-        .collect();
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let (guard, mut reports_done) = mpsc::channel::<()>(1);
+    let guards = Arc::new(Mutex::new(Some(guard)));
+    let (open, mut connections_gone) = mpsc::channel::<()>(1);
+    let connection_guards = Arc::new(Mutex::new(Some(open)));
     let mut acceptor = Acceptor {
         source,
         shared: Arc::new(Shared {
-            ca_fingerprints: fingerprints,
+            cas: config.session_cas,
             idle_timeout: config.idle_timeout,
+            stopping: stopping_rx,
+            guards: guards.clone(),
+            connection_guards: connection_guards.clone(),
         }),
     };
-    acceptor.run_on_socket(Arc::new(ssh), &listener).await
+    let running = acceptor.run_on_socket(Arc::new(ssh), &listener);
+    // Keeps russh's shutdown channel open: dropping the accept loop alone
+    // would close it, which russh takes as "disconnect everyone now",
+    // before each person is told why.
+    let connections = running.handle();
+    tokio::select! {
+        res = running => return res,
+        () = stop => {}
+    }
+    // No new connections from here; those in flight see `stopping`.
+    drop(acceptor);
+    drop(listener);
+    info!("stopping: closing the open sessions");
+    let _ = stopping_tx.send(true);
+    if let Ok(mut slot) = guards.lock() {
+        slot.take();
+    }
+    // Every session holds a guard until its end is reported.
+    if tokio::time::timeout(STOP_GRACE, reports_done.recv())
+        .await
+        .is_err()
+    {
+        warn!("stopping without having reported every session's end");
+    }
+    // The messages and disconnects are queued: the connections must write
+    // them out and close before the process may exit. Whoever is still
+    // connected after a while (not logged in) is disconnected by russh,
+    // which drops what its connection had queued, so only then.
+    if let Ok(mut slot) = connection_guards.lock() {
+        slot.take();
+    }
+    if tokio::time::timeout(Duration::from_secs(2), connections_gone.recv())
+        .await
+        .is_err()
+    {
+        connections.shutdown("gatepass: the gateway is stopping".into());
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections_gone.recv()).await;
+    }
+    Ok(())
 }
 
 struct Shared {
-    ca_fingerprints: Vec<russh::keys::ssh_key::Fingerprint>,
+    cas: SessionCas,
     idle_timeout: Option<Duration>,
+    /// Becomes true when the gateway stops.
+    stopping: watch::Receiver<bool>,
+    /// Handed out to each admitted session and dropped once its end is
+    /// reported; None once the gateway stops.
+    guards: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    /// Held by each connection until it is gone; None once the gateway
+    /// stops.
+    connection_guards: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    fn guard(&self) -> Option<mpsc::Sender<()>> {
+        self.guards.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// Reports one session's end to the source, exactly once: [`Reporter::send`]
+/// consumes it, and dropping it unsent (the connection went before its
+/// supervisor started) reports [`EndReason::Closed`].
+struct Reporter<S: SessionSource> {
+    inner: Option<(Arc<S>, String, Option<mpsc::Sender<()>>)>,
+}
+
+impl<S: SessionSource> Reporter<S> {
+    fn new(source: Arc<S>, session_id: String, guard: Option<mpsc::Sender<()>>) -> Reporter<S> {
+        Reporter {
+            inner: Some((source, session_id, guard)),
+        }
+    }
+
+    fn send(mut self, reason: EndReason, detail: Option<String>) {
+        self.report(reason, detail);
+    }
+
+    fn report(&mut self, reason: EndReason, detail: Option<String>) {
+        let Some((source, id, guard)) = self.inner.take() else {
+            return;
+        };
+        info!(session = %id, reason = ?reason, detail = detail.as_deref().unwrap_or(""),
+            "session ended");
+        // The connection closes without waiting for the source.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                source.ended(&id, reason, detail).await;
+                drop(guard);
+            });
+        }
+    }
+}
+
+impl<S: SessionSource> Drop for Reporter<S> {
+    fn drop(&mut self) {
+        self.report(EndReason::Closed, None);
+    }
 }
 
 struct Acceptor<S> {
@@ -90,19 +237,27 @@ impl<S: SessionSource> server::Server for Acceptor<S> {
             shared: self.shared.clone(),
             peer,
             state: State::Unauthenticated,
+            _open: self
+                .shared
+                .connection_guards
+                .lock()
+                .ok()
+                .and_then(|g| g.clone()),
         }
     }
 }
 
 /// One user's connection.
-pub struct Connection<S> {
+pub struct Connection<S: SessionSource> {
     source: Arc<S>,
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
-    state: State,
+    state: State<S>,
+    /// Dropped with the connection: a stopping gateway waits for that.
+    _open: Option<mpsc::Sender<()>>,
 }
 
-enum State {
+enum State<S: SessionSource> {
     Unauthenticated,
     /// The certificate was good but the session's source or target could
     /// not be used; the user is told why and disconnected, and no channel
@@ -111,11 +266,13 @@ enum State {
         session_id: String,
         message: String,
     },
-    Live(Box<Live>),
+    Live(Box<Live<S>>),
 }
 
-struct Live {
+struct Live<S: SessionSource> {
     session_id: String,
+    /// Taken by the supervisor, which reports the end.
+    reporter: Option<Reporter<S>>,
     expires_at: u64,
     allow_forwarding: bool,
     target: Arc<Target>,
@@ -130,7 +287,7 @@ struct Live {
     gone: Option<oneshot::Sender<()>>,
 }
 
-impl Live {
+impl<S: SessionSource> Live<S> {
     fn open(&self) -> bool {
         !self.ended.load(Ordering::SeqCst) && clock::now_unix() < self.expires_at
     }
@@ -146,7 +303,7 @@ impl<S: SessionSource> Connection<S> {
         if cert.cert_type() != CertType::User {
             return Err(Refusal::Denied("not a user certificate".into()));
         }
-        cert.validate_at(now, &self.shared.ca_fingerprints)
+        cert.validate_at(now, &self.shared.cas.fingerprints())
             .map_err(|e| {
                 Refusal::Denied(format!(
                     "certificate not valid now or not signed by the session CA: {e}"
@@ -165,6 +322,9 @@ impl<S: SessionSource> Connection<S> {
                 "login name {user:?} is not among the certificate's principals"
             )));
         }
+        if self.shared.stopping() {
+            return Err(Refusal::Unavailable("the gateway is stopping".into()));
+        }
         let session = match self.source.open_session(cert.key_id(), now).await {
             Ok(session) => session,
             Err(e @ SourceError::Unavailable(_)) => {
@@ -173,12 +333,22 @@ impl<S: SessionSource> Connection<S> {
             Err(e) => return Err(Refusal::Denied(format!("session {:?}: {e}", cert.key_id()))),
         };
         if session.expires_at <= now {
+            // The source handed it out, so it hears of its end.
+            self.reporter(&session.id).send(EndReason::Expired, None);
             return Err(Refusal::Denied(format!(
                 "session {:?} has ended",
                 session.id
             )));
         }
         Ok(session)
+    }
+
+    fn reporter(&self, session_id: &str) -> Reporter<S> {
+        Reporter::new(
+            self.source.clone(),
+            session_id.to_owned(),
+            self.shared.guard(),
+        )
     }
 }
 
@@ -237,6 +407,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     port = session.target_port, "session started");
                 self.state = State::Live(Box::new(Live {
                     session_id: session.id.clone(),
+                    reporter: Some(self.reporter(&session.id)),
                     expires_at: session.expires_at,
                     allow_forwarding: session.allow_forwarding,
                     target: Arc::new(target),
@@ -250,6 +421,8 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             Err(e) => {
                 warn!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, error = %e, "cannot log in to the target");
+                self.reporter(&session.id)
+                    .send(EndReason::Failed, Some(e.to_string()));
                 self.state = State::TargetFailed {
                     session_id: session.id.clone(),
                     message: format!("gatepass: {e}"),
@@ -275,11 +448,15 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             State::Live(live) => {
                 let (gone_tx, gone_rx) = oneshot::channel();
                 live.gone = Some(gone_tx);
-                let Some(target_lost) = live.target_lost.take() else {
+                let (Some(target_lost), Some(reporter)) =
+                    (live.target_lost.take(), live.reporter.take())
+                else {
                     return Ok(());
                 };
                 tokio::spawn(supervise(
                     self.source.clone(),
+                    reporter,
+                    self.shared.stopping.clone(),
                     live.session_id.clone(),
                     live.expires_at,
                     self.shared.idle_timeout,
@@ -406,6 +583,8 @@ impl<S: SessionSource> server::Handler for Connection<S> {
 #[allow(clippy::too_many_arguments)]
 async fn supervise<S: SessionSource>(
     source: Arc<S>,
+    reporter: Reporter<S>,
+    mut stopping: watch::Receiver<bool>,
     session_id: String,
     expires_at: u64,
     idle_timeout: Option<Duration>,
@@ -425,28 +604,41 @@ async fn supervise<S: SessionSource>(
         activity,
         target_lost,
     );
+    let stop = async {
+        // A dropped sender is the gateway gone some other way, not a stop.
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let reason = tokio::select! {
         reason = watch => Some(reason),
+        () = stop => Some(limits::EndReason::Stopping),
         _ = gone => None,
     };
     ended.store(true, Ordering::SeqCst);
     match reason {
-        None => info!(session = %session_id, "session closed by the user"),
+        None => {
+            info!(session = %session_id, "session closed by the user");
+            let _ = target
+                .disconnect(Disconnect::ByApplication, "session ended", "")
+                .await;
+            reporter.send(EndReason::Closed, None);
+        }
         Some(reason) => {
-            info!(session = %session_id, reason = reason.as_str(), "session ended");
+            info!(session = %session_id, reason = reason.as_str(), "closing the session");
             let open: Vec<ChannelId> = channels
                 .lock()
                 .map(|open| open.iter().copied().collect())
                 .unwrap_or_default();
             let text = format!("\r\n{}\r\n", reason.message());
-            for id in open {
-                // A user who stopped reading must not hold the end back.
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    user.extended_data(id, 1, text.clone().into_bytes()),
-                )
-                .await;
-            }
+            // A user who stopped reading must not hold the end back; a
+            // busy gateway still gets the message out in time.
+            let tell = async {
+                for id in open {
+                    let _ = user.extended_data(id, 1, text.clone().into_bytes()).await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(1000), tell).await;
             let _ = user
                 .disconnect(
                     Disconnect::ByApplication,
@@ -454,9 +646,11 @@ async fn supervise<S: SessionSource>(
                     String::new(),
                 )
                 .await;
+            let _ = target
+                .disconnect(Disconnect::ByApplication, "session ended", "")
+                .await;
+            let (reported, detail) = reason.reported();
+            reporter.send(reported, detail);
         }
     }
-    let _ = target
-        .disconnect(Disconnect::ByApplication, "session ended", "")
-        .await;
 }

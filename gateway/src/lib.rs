@@ -11,9 +11,12 @@
 pub mod accept;
 pub mod bridge;
 pub mod clock;
+pub mod config;
 pub mod limits;
+pub mod server_source;
 pub mod session;
+pub mod setup;
 pub mod target;
 
-pub use accept::{serve, GatewayConfig};
-pub use session::{Credential, HostKeyTrust, Session, SessionSource, SourceError};
+pub use accept::{serve, serve_until, GatewayConfig, SessionCas};
+pub use session::{Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError};

@@ -19,6 +19,8 @@ pub enum EndReason {
     Idle,
     /// The target closed the connection or it broke.
     TargetLost,
+    /// The gateway is shutting down.
+    Stopping,
 }
 
 impl EndReason {
@@ -29,6 +31,7 @@ impl EndReason {
             EndReason::Terminated => "gatepass: the session was terminated by an administrator",
             EndReason::Idle => "gatepass: the session was closed after being idle too long",
             EndReason::TargetLost => "gatepass: the connection to the target was lost",
+            EndReason::Stopping => "gatepass: the gateway is stopping",
         }
     }
 
@@ -38,6 +41,23 @@ impl EndReason {
             EndReason::Terminated => "terminated",
             EndReason::Idle => "idle",
             EndReason::TargetLost => "target lost",
+            EndReason::Stopping => "gateway stopping",
+        }
+    }
+
+    /// The reason the server records, with a detail where the reason alone
+    /// does not say what happened.
+    pub fn reported(self) -> (crate::session::EndReason, Option<String>) {
+        use crate::session::EndReason as R;
+        match self {
+            EndReason::Expired => (R::Expired, None),
+            EndReason::Terminated => (R::Terminated, None),
+            EndReason::Idle => (R::Idle, None),
+            EndReason::TargetLost => (
+                R::Failed,
+                Some("the connection to the target was lost".into()),
+            ),
+            EndReason::Stopping => (R::GatewayLost, None),
         }
     }
 }

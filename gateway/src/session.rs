@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 
+pub use gatepass_api::pam::EndReason;
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
@@ -74,7 +75,12 @@ pub enum SourceError {
     Unknown,
     #[error("the session has ended")]
     Ended,
-    #[error("the session source cannot be reached: {0}")]
+    /// The source refused it (not this gateway's, not pending any more).
+    #[error("refused by the server: {0}")]
+    Refused(String),
+    /// The source could not be asked; the text says what failed, in words
+    /// the person reads ("the gatepass server cannot be reached: …").
+    #[error("{0}")]
     Unavailable(String),
 }
 
@@ -98,4 +104,17 @@ pub trait SessionSource: Send + Sync + 'static {
     /// implementation that polls must poll at least every second or so. Its
     /// own end time is enforced by the gateway, not by this future.
     fn terminated(&self, id: &str) -> impl Future<Output = ()> + Send;
+
+    /// The gateway closed the session `id` (or could not open it after the
+    /// source handed it out): called exactly once per session that
+    /// [`SessionSource::open_session`] returned, with the reason, and for
+    /// [`EndReason::Failed`] a detail saying what went wrong. The gateway
+    /// does not wait on it to close the connection; an implementation that
+    /// reports over the network should bound its own retries.
+    fn ended(
+        &self,
+        id: &str,
+        reason: EndReason,
+        detail: Option<String>,
+    ) -> impl Future<Output = ()> + Send;
 }

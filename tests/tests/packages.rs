@@ -1,5 +1,5 @@
 //! Packages and systemd units. `packaging/build` runs once (release
-//! binaries, man pages, completions, three .debs and three .rpms); then
+//! binaries, man pages, completions, four .debs and four .rpms); then
 //! lintian, `rpm -qlp`, `systemd-analyze`, and — on Debian, as root — the
 //! .debs are installed on this machine, upgraded, removed and purged.
 //!
@@ -15,7 +15,12 @@ use std::sync::OnceLock;
 
 use gatepass_tests::run;
 
-const PACKAGES: [&str; 3] = ["gatepass-server", "gatepass-hostd", "gatepass"];
+const PACKAGES: [&str; 4] = [
+    "gatepass-server",
+    "gatepass-hostd",
+    "gatepass-gateway",
+    "gatepass",
+];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -139,7 +144,10 @@ fn unit_text(unit: &str) -> String {
 fn units_are_sandboxed_within_their_exposure_budget() {
     let server = exposure("gatepass-server.service");
     let hostd = exposure("gatepass-hostd.service");
-    eprintln!("systemd-analyze security: gatepass-server {server}, gatepass-hostd {hostd}");
+    let gateway = exposure("gatepass-gateway.service");
+    eprintln!(
+        "systemd-analyze security: gatepass-server {server}, gatepass-hostd {hostd}, gatepass-gateway {gateway}"
+    );
     assert!(
         server <= 2.5,
         "gatepass-server.service exposure {server} > 2.5"
@@ -147,6 +155,10 @@ fn units_are_sandboxed_within_their_exposure_budget() {
     assert!(
         hostd <= 4.5,
         "gatepass-hostd.service exposure {hostd} > 4.5"
+    );
+    assert!(
+        gateway <= 2.5,
+        "gatepass-gateway.service exposure {gateway} > 2.5"
     );
 
     let s = unit_text("gatepass-server.service");
@@ -184,6 +196,23 @@ fn units_are_sandboxed_within_their_exposure_budget() {
             .filter(|l| l.starts_with("ReadWritePaths="))
             .count(),
         1
+    );
+
+    let g = unit_text("gatepass-gateway.service");
+    for line in [
+        "Type=notify",
+        "User=gatepass-gateway",
+        "StateDirectory=gatepass-gateway",
+        "ProtectSystem=strict",
+        "CapabilityBoundingSet=\n",
+        "NoNewPrivileges=true",
+        "ConditionPathExists=/etc/gatepass/gateway.toml",
+    ] {
+        assert!(g.contains(line), "gatepass-gateway.service lacks {line:?}");
+    }
+    assert!(
+        !g.lines().any(|l| l.starts_with("ReadWritePaths=")),
+        "the gateway writes only to its StateDirectory"
     );
 }
 
@@ -284,6 +313,26 @@ fn debs_hold_binaries_units_pam_module_docs_and_completions() {
     // The testkit binary (crash-safety test, benchmark) is not packaged.
     assert!(hostd.iter().all(|f| !f.contains("testkit")), "{hostd:?}");
 
+    let gateway = deb_files("gatepass-gateway");
+    let mut want = vec![
+        "/usr/bin/gatepass-gateway".to_string(),
+        "/usr/lib/systemd/system/gatepass-gateway.service".into(),
+        "/usr/share/doc/gatepass-gateway/gateway.toml".into(),
+        "/usr/share/doc/gatepass-gateway/copyright".into(),
+        "/usr/share/doc/gatepass-gateway/changelog.Debian.gz".into(),
+    ];
+    want.extend(docs(&["gatepass-gateway"], zsh));
+    assert_has(&gateway, &want, "gatepass-gateway.deb");
+    // Enrolling writes the config and token: the package ships none.
+    assert!(
+        gateway.iter().all(|f| !f.starts_with("/etc/")),
+        "gatepass-gateway.deb must not ship files in /etc: {gateway:?}"
+    );
+    assert!(
+        gateway.iter().all(|f| !f.contains("testkit")),
+        "{gateway:?}"
+    );
+
     let cli = deb_files("gatepass");
     let mut want = vec!["/usr/bin/gatepass".to_string()];
     want.extend(docs(&["gatepass"], zsh));
@@ -332,13 +381,30 @@ fn rpms_list_the_expected_files() {
     assert!(hostd.iter().all(|f| !f.starts_with("/etc/")), "{hostd:?}");
     assert!(hostd.iter().all(|f| !f.contains("testkit")), "{hostd:?}");
 
+    let gateway = rpm_files("gatepass-gateway");
+    let mut want = vec![
+        "/usr/bin/gatepass-gateway".to_string(),
+        "/usr/lib/systemd/system/gatepass-gateway.service".into(),
+        "/usr/share/doc/gatepass-gateway/gateway.toml".into(),
+    ];
+    want.extend(docs(&["gatepass-gateway"], zsh));
+    assert_has(&gateway, &want, "gatepass-gateway.rpm");
+    assert!(
+        gateway.iter().all(|f| !f.starts_with("/etc/")),
+        "{gateway:?}"
+    );
+    assert!(
+        gateway.iter().all(|f| !f.contains("testkit")),
+        "{gateway:?}"
+    );
+
     let cli = rpm_files("gatepass");
     let mut want = vec!["/usr/bin/gatepass".to_string()];
     want.extend(docs(&["gatepass"], zsh));
     assert_has(&cli, &want, "gatepass.rpm");
 
     // Every file is where the distribution looks for it.
-    for f in server.iter().chain(&hostd).chain(&cli) {
+    for f in server.iter().chain(&hostd).chain(&gateway).chain(&cli) {
         assert!(
             [
                 "/usr/bin/",
@@ -381,6 +447,18 @@ fn rpms_list_the_expected_files() {
         .arg(rpm("gatepass-hostd")));
     assert!(
         scripts.contains("/usr/bin/gatepass-hostd uninstall"),
+        "{scripts}"
+    );
+    let scripts = ok(Command::new("rpm")
+        .arg("-qp")
+        .arg("--scripts")
+        .arg(rpm("gatepass-gateway")));
+    assert!(
+        scripts.contains("useradd -r -g gatepass-gateway"),
+        "{scripts}"
+    );
+    assert!(
+        scripts.contains("systemctl --no-reload disable --now gatepass-gateway.service"),
         "{scripts}"
     );
 }
@@ -465,13 +543,18 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
         "/var/lib/gatepass",
         "/var/log/gatepass",
         "/var/lib/gatepass-hostd",
+        "/var/lib/gatepass-gateway",
         "/etc/ssh/gatepass",
         "/etc/ssh/sshd_config.d/50-gatepass.conf",
     ]
     .into_iter()
     .filter(|p| Path::new(p).exists())
     .collect();
-    if PACKAGES.iter().any(|p| installed(p)) || user_exists("gatepass") || !taken.is_empty() {
+    if PACKAGES.iter().any(|p| installed(p))
+        || user_exists("gatepass")
+        || user_exists("gatepass-gateway")
+        || !taken.is_empty()
+    {
         // Fail rather than pass without testing: the install test would
         // purge someone's real setup.
         panic!("gatepass is already installed or configured on this machine ({taken:?}); not touching it: run this test on a machine without gatepass");
@@ -518,6 +601,12 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
         owner_mode("/var/lib/gatepass-hostd"),
         ("root".into(), "root".into(), 0o700)
     );
+    assert!(user_exists("gatepass-gateway") && group_exists("gatepass-gateway"));
+    assert_eq!(
+        owner_mode("/var/lib/gatepass-gateway"),
+        ("gatepass-gateway".into(), "gatepass-gateway".into(), 0o700)
+    );
+    assert!(!Path::new("/etc/gatepass/gateway.toml").exists());
     assert!(!Path::new("/etc/ssh/gatepass").exists());
 
     // The installed programs run from their installed paths.
@@ -527,12 +616,17 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
     assert!(out.contains("Usage: gatepass"), "{out}");
     ok(Command::new("/usr/bin/gatepass-server").arg("--version"));
     ok(Command::new("/usr/bin/gatepass-helper").arg("--help"));
+    let out = ok(Command::new("/usr/bin/gatepass-gateway").arg("--version"));
+    assert!(out.starts_with("gatepass-gateway "), "{out}");
+    let out = ok(Command::new("/usr/bin/gatepass-gateway").arg("--help"));
+    assert!(out.contains("setup") && out.contains("run"), "{out}");
     let pam = format!("/usr/lib/{}/security/pam_gatepass.so", multiarch());
     assert!(Path::new(&pam).is_file(), "{pam} missing");
     for f in [
         "/usr/share/man/man1/gatepass.1.gz",
         "/usr/share/man/man1/gatepass-server.1.gz",
         "/usr/share/man/man1/gatepass-hostd.1.gz",
+        "/usr/share/man/man1/gatepass-gateway.1.gz",
         "/usr/share/bash-completion/completions/gatepass",
         "/usr/share/zsh/vendor-completions/_gatepass",
         "/usr/share/fish/vendor_completions.d/gatepass.fish",
@@ -549,6 +643,7 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
     ok(verify.args([
         "/usr/lib/systemd/system/gatepass-server.service",
         "/usr/lib/systemd/system/gatepass-hostd.service",
+        "/usr/lib/systemd/system/gatepass-gateway.service",
     ]));
 
     let mut listed = BTreeSet::new();
@@ -603,10 +698,19 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
         "/var/lib/gatepass",
         "/var/log/gatepass",
         "/var/lib/gatepass-hostd",
+        "/var/lib/gatepass-gateway",
     ] {
         assert!(!Path::new(p).exists(), "purge left {p}");
     }
     assert!(!user_exists("gatepass"), "purge left the user gatepass");
+    assert!(
+        !user_exists("gatepass-gateway"),
+        "purge left the user gatepass-gateway"
+    );
+    assert!(
+        !group_exists("gatepass-gateway"),
+        "purge left the group gatepass-gateway"
+    );
     assert!(!group_exists("gatepass"), "purge left the group gatepass");
 }
 

@@ -19,7 +19,13 @@
 //! allow_forwarding = true
 //! terminated = false
 //! ```
+//!
+//! With `--ends FILE`, each session's end is appended to FILE as a line
+//! `ID REASON` (and ` DETAIL` for a failure). SIGTERM or SIGINT stops the
+//! gateway the way the service stops: users are told, sessions are
+//! reported `gateway_lost`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +33,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use gatepass_gateway::{
-    Credential, GatewayConfig, HostKeyTrust, Session, SessionSource, SourceError,
+    Credential, EndReason, GatewayConfig, HostKeyTrust, Session, SessionCas, SessionSource,
+    SourceError,
 };
 use russh::keys::{Certificate, PrivateKey, PublicKey};
 use serde::Deserialize;
@@ -58,6 +65,9 @@ enum Command {
         /// Idle timeout in seconds.
         #[arg(long)]
         idle_timeout: Option<u64>,
+        /// Append each session's end here as `ID REASON [DETAIL]`.
+        #[arg(long)]
+        ends: Option<PathBuf>,
     },
 }
 
@@ -91,6 +101,7 @@ struct Entry {
 
 struct FileSource {
     path: PathBuf,
+    ends: Option<PathBuf>,
 }
 
 impl FileSource {
@@ -156,9 +167,9 @@ fn session_of(e: &Entry) -> Result<Session> {
 
 impl SessionSource for FileSource {
     async fn open_session(&self, id: &str, now: u64) -> Result<Session, SourceError> {
-        let file = self
-            .read()
-            .map_err(|e| SourceError::Unavailable(format!("{e:#}")))?;
+        let file = self.read().map_err(|e| {
+            SourceError::Unavailable(format!("the session source cannot be reached: {e:#}"))
+        })?;
         let entry = file
             .session
             .iter()
@@ -167,7 +178,9 @@ impl SessionSource for FileSource {
         if entry.terminated || entry.expires_at <= now {
             return Err(SourceError::Ended);
         }
-        session_of(entry).map_err(|e| SourceError::Unavailable(format!("{e:#}")))
+        session_of(entry).map_err(|e| {
+            SourceError::Unavailable(format!("the session source cannot be reached: {e:#}"))
+        })
     }
 
     async fn terminated(&self, id: &str) {
@@ -175,6 +188,28 @@ impl SessionSource for FileSource {
             tokio::time::sleep(Duration::from_millis(250)).await;
             if self.entry_terminated(id) {
                 return;
+            }
+        }
+    }
+
+    async fn ended(&self, id: &str, reason: EndReason, detail: Option<String>) {
+        let reason = serde_json::to_value(reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let line = match detail {
+            Some(d) => format!("{id} {reason} {d}\n"),
+            None => format!("{id} {reason}\n"),
+        };
+        eprintln!("session end: {}", line.trim_end());
+        if let Some(path) = &self.ends {
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = written {
+                eprintln!("cannot append to {}: {e}", path.display());
             }
         }
     }
@@ -195,6 +230,7 @@ async fn main() -> Result<()> {
         session_ca,
         sessions,
         idle_timeout,
+        ends,
     } = Cli::parse().command;
     let host_key = PrivateKey::read_openssh_file(&host_key)
         .with_context(|| format!("reading {}", host_key.display()))?;
@@ -204,9 +240,20 @@ async fn main() -> Result<()> {
     println!("port={}", listener.local_addr()?.port());
     let config = GatewayConfig {
         host_keys: vec![host_key],
-        session_cas: vec![ca],
+        session_cas: SessionCas::new(&[ca]),
         idle_timeout: idle_timeout.map(Duration::from_secs),
     };
-    gatepass_gateway::serve(listener, config, Arc::new(FileSource { path: sessions })).await?;
+    let source = Arc::new(FileSource {
+        path: sessions,
+        ends,
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    gatepass_gateway::serve_until(listener, config, source, stop).await?;
     Ok(())
 }

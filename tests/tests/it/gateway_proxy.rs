@@ -96,7 +96,7 @@ impl Gateway {
         let sessions = dir.path().join("sessions.toml");
         std::fs::write(&sessions, "").unwrap();
         let log = dir.path().join("gateway.log");
-        let mut child = Command::new(bin("gatepass-gateway-testkit"))
+        let child = Command::new(bin("gatepass-gateway-testkit"))
             .args(["serve", "--listen", "127.0.0.1:0", "--host-key"])
             .arg(&host_key)
             .arg("--session-ca")
@@ -108,6 +108,19 @@ impl Gateway {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
+        Gateway::started(dir, session_ca, person_key, &host_key, child, log)
+    }
+
+    /// Reads the port the testkit prints and makes the person's
+    /// known_hosts.
+    fn started(
+        dir: tempfile::TempDir,
+        session_ca: PathBuf,
+        person_key: PathBuf,
+        host_key: &Path,
+        mut child: Child,
+        log: PathBuf,
+    ) -> Gateway {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -118,11 +131,24 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no port line: {line:?}\n{}", read(&log)))
             .parse()
             .unwrap();
+        Gateway::with_known_hosts(dir, session_ca, person_key, host_key, child, log, port)
+    }
+
+    fn with_known_hosts(
+        dir: tempfile::TempDir,
+        session_ca: PathBuf,
+        person_key: PathBuf,
+        host_key: &Path,
+        child: Child,
+        log: PathBuf,
+        port: u16,
+    ) -> Gateway {
+        let sessions = dir.path().join("sessions.toml");
         // The person checks the gateway's host key like any server's.
         let known_hosts = dir.path().join("known_hosts");
         std::fs::write(
             &known_hosts,
-            format!("[127.0.0.1]:{port} {}", read(&pub_path(&host_key))),
+            format!("[127.0.0.1]:{port} {}", read(&pub_path(host_key))),
         )
         .unwrap();
         Gateway {
@@ -135,6 +161,69 @@ impl Gateway {
             child,
             log,
         }
+    }
+
+    /// `gatepass-gateway run`, the service, as `setup` would have left it
+    /// enrolled with the server at `server` (token `gw-token`), listening
+    /// on a free loopback port, with no idle timeout.
+    fn start_service(server: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let session_ca = keygen(d, "session_ca", "ed25519", None);
+        let person_key = keygen(d, "person", "ed25519", None);
+        let host_key = keygen(d, "gateway_host", "ed25519", None);
+        // The pinned CA: the stand-in server speaks plain HTTP on loopback
+        // (as the client allows for a local proxy), but the file must be a
+        // certificate.
+        let ca_pem = d.join("server-ca.pem");
+        let o = run(Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=gp",
+            ])
+            .arg("-keyout")
+            .arg(d.join("server-ca.key"))
+            .arg("-out")
+            .arg(&ca_pem));
+        assert!(o.status.success(), "openssl: {}", stderr(&o));
+        let token = d.join("gateway.token");
+        std::fs::write(&token, "gw-token\n").unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = d.join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "server = {server:?}\nca_cert = {:?}\ntoken_file = {:?}\nname = \"gw1\"\n\
+                 listen = \"127.0.0.1:{port}\"\naddress = \"127.0.0.1:{port}\"\n\
+                 host_key = {:?}\nidle_timeout = \"off\"\n[sync]\nmax_backoff_seconds = 1\n",
+                ca_pem.display().to_string(),
+                token.display().to_string(),
+                host_key.display().to_string()
+            ),
+        )
+        .unwrap();
+        let log = d.join("gateway.log");
+        let child = Command::new(bin("gatepass-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !read(&log).contains("gateway ready") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the gateway did not start:\n{}",
+                read(&log)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Gateway::with_known_hosts(dir, session_ca, person_key, &host_key, child, log, port)
     }
 
     fn set_sessions(&self, sessions: &[&SessionEntry]) {
@@ -1057,5 +1146,481 @@ fn the_terminal_size_and_its_changes_reach_the_target() {
         shown.contains("24 80\nresize-now\n40 132\n"),
         "{shown:?}\n{}",
         stderr(&out)
+    );
+}
+
+/// The lines of the testkit's `--ends` file once `want` of them are there
+/// (at most 10 s).
+fn wait_for_ends(path: &Path, want: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= want || start.elapsed() > Duration::from_secs(10) {
+            return lines;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn each_sessions_end_is_reported_once_with_its_reason() {
+    let ends_dir = tempfile::tempdir().unwrap();
+    let ends = ends_dir.path().join("ends");
+    let ends_arg = ends.display().to_string();
+    let mut gw = Gateway::start(&["--idle-timeout", "2", "--ends", &ends_arg]);
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let entry = |id: &str| SessionEntry::new(id, &sshd, "root", key_credential(&target_key));
+    let closed = entry("s-closed");
+    let mut expired = entry("s-expired");
+    expired.expires_at = now() + 3;
+    let mut terminated = entry("s-terminated");
+    let idle = entry("s-idle");
+    let lost = entry("s-lost");
+    let mut failed = entry("s-failed");
+    let other_host = keygen(keys.path(), "other_host", "ed25519", None);
+    failed.trust = format!("known_hosts = [{:?}]", read(&pub_path(&other_host)).trim());
+    let all = |t: &SessionEntry, e: &SessionEntry| {
+        gw.set_sessions(&[&closed, e, t, &idle, &lost, &failed]);
+    };
+    all(&terminated, &expired);
+
+    // The person runs a command and leaves.
+    let cert = |id: &str| gw.certificate(id, "root", "+1m");
+    let out = run(&mut gw.ssh(Some(&cert("s-closed")), "root", &["echo hello"]));
+    assert_eq!(ok(&gw, out), "hello\n");
+    // The target's host key is not the pinned one: refused and reported.
+    let out = run(&mut gw.ssh(Some(&cert("s-failed")), "root", &["echo hello"]));
+    assert!(
+        stderr(&out).contains("host key is not trusted"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Talkative sessions (the idle timeout spares them) that reach their
+    // end time, are terminated, or outlive the gateway; and a silent one.
+    let ticking = ["while true; do echo tick; sleep 0.3; done"];
+    let expiring = Running::start(&mut gw.ssh(Some(&cert("s-expired")), "root", &ticking));
+    let terminating = Running::start(&mut gw.ssh(Some(&cert("s-terminated")), "root", &ticking));
+    let staying = Running::start(&mut gw.ssh(Some(&cert("s-lost")), "root", &ticking));
+    let silent = Running::start(&mut gw.ssh(Some(&cert("s-idle")), "root", &["sleep 30"]));
+    std::thread::sleep(Duration::from_millis(1000));
+    terminated.terminated = true;
+    all(&terminated, &expired);
+    let (out, _) = terminating.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("terminated"), "{}", stderr(&out));
+    let (out, _) = expiring.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("end time"), "{}", stderr(&out));
+    let (out, _) = silent.finish(Duration::from_secs(10));
+    assert!(stderr(&out).contains("idle"), "{}", stderr(&out));
+
+    // Stopping the gateway tells the person and reports the session lost;
+    // then the gateway exits.
+    let o = run(Command::new("kill").args(["-TERM", &gw.child.id().to_string()]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (out, _) = staying.finish(Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("gatepass: the gateway is stopping"),
+        "{}\n--- gateway log ---\n{}",
+        stderr(&out),
+        gw.log()
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the gateway did not exit on SIGTERM\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+
+    let mut lines = wait_for_ends(&ends, 6);
+    lines.sort();
+    let (failure, rest): (Vec<String>, Vec<String>) =
+        lines.into_iter().partition(|l| l.starts_with("s-failed "));
+    assert_eq!(
+        rest,
+        [
+            "s-closed closed",
+            "s-expired expired",
+            "s-idle idle",
+            "s-lost gateway_lost",
+            "s-terminated terminated",
+        ],
+        "{}",
+        gw.log()
+    );
+    assert_eq!(failure.len(), 1, "{failure:?}");
+    assert!(
+        failure[0].starts_with("s-failed failed the target's host key is not trusted"),
+        "{failure:?}"
+    );
+}
+
+/// A stand-in for the gatepass server's gateway paths (`pam/gateway/self/…`),
+/// answering as the protocol (`gatepass_api::pam`) says, on plain HTTP.
+mod stand_in {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use axum::extract::{Path, Query, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+    use gatepass_api::pam::{
+        GatewaySession, GatewaySessions, OpenSessionSummary, SessionCredential, SessionState,
+    };
+    use serde_json::{json, Value};
+    use tokio::sync::watch;
+
+    #[derive(Clone)]
+    struct Shared {
+        sessions: Arc<watch::Sender<GatewaySessions>>,
+        details: Arc<Mutex<HashMap<String, GatewaySession>>>,
+        /// Certificate accounts' user CA (private key file), by session:
+        /// the key the gateway sends at open is signed with it.
+        signers: Arc<Mutex<HashMap<String, std::path::PathBuf>>>,
+        /// (path, body) of every POST, in order.
+        calls: Arc<Mutex<Vec<(String, Value)>>>,
+        /// The index of the gateway's latest poll.
+        polled: Arc<Mutex<Option<u64>>>,
+    }
+
+    pub struct StandIn {
+        _rt: tokio::runtime::Runtime,
+        pub url: String,
+        shared: Shared,
+    }
+
+    fn envelope(data: impl serde::Serialize) -> Response {
+        Json(json!({ "data": data })).into_response()
+    }
+
+    async fn list(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+        let index: u64 = q.get("index").and_then(|i| i.parse().ok()).unwrap_or(0);
+        *s.polled.lock().unwrap() = Some(index);
+        let mut rx = s.sessions.subscribe();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|l| l.index != index)).await;
+        let now = rx.borrow().clone();
+        envelope(now)
+    }
+
+    async fn started(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+        s.calls.lock().unwrap().push(("started".into(), body));
+        envelope(s.sessions.borrow().clone())
+    }
+
+    async fn open(
+        State(s): State<Shared>,
+        Path(id): Path<String>,
+        Json(body): Json<Value>,
+    ) -> Response {
+        s.calls
+            .lock()
+            .unwrap()
+            .push((format!("open/{id}"), body.clone()));
+        let signer = s.signers.lock().unwrap().get(&id).cloned();
+        let detail = s.details.lock().unwrap().get(&id).cloned();
+        match detail {
+            Some(mut d) => {
+                if let Some(ca) = signer {
+                    // As the server signs it with the account's CA role.
+                    let dir = tempfile::tempdir().unwrap();
+                    let key = dir.path().join("session.pub");
+                    std::fs::write(&key, body["public_key"].as_str().unwrap()).unwrap();
+                    let cert = tokio::task::spawn_blocking(move || {
+                        let made =
+                            gatepass_tests::sshd::sign_user_key(&ca, &key, &id, &["root"], "+5m");
+                        let text = std::fs::read_to_string(made).unwrap();
+                        drop(dir);
+                        text
+                    })
+                    .await
+                    .unwrap();
+                    d.credential = SessionCredential::Certificate {
+                        signed_key: cert.trim().to_string(),
+                    };
+                }
+                envelope(d)
+            }
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(json!({"errors": ["no such session"]})),
+            )
+                .into_response(),
+        }
+    }
+
+    async fn end(
+        State(s): State<Shared>,
+        Path(id): Path<String>,
+        Json(body): Json<Value>,
+    ) -> Response {
+        s.calls.lock().unwrap().push((format!("end/{id}"), body));
+        StatusCode::NO_CONTENT.into_response()
+    }
+
+    async fn renew(State(s): State<Shared>) -> Response {
+        s.calls.lock().unwrap().push(("renew".into(), Value::Null));
+        Json(json!({"auth": {"client_token": "", "lease_duration": 3600}})).into_response()
+    }
+
+    impl StandIn {
+        pub fn start() -> StandIn {
+            let shared = Shared {
+                sessions: Arc::new(watch::Sender::new(GatewaySessions {
+                    index: 1,
+                    ..GatewaySessions::default()
+                })),
+                details: Arc::default(),
+                signers: Arc::default(),
+                calls: Arc::default(),
+                polled: Arc::default(),
+            };
+            let app = Router::new()
+                .route("/v1/pam/gateway/self/sessions", get(list))
+                .route("/v1/pam/gateway/self/started", post(started))
+                .route("/v1/pam/gateway/self/sessions/{id}/open", post(open))
+                .route("/v1/pam/gateway/self/sessions/{id}/end", post(end))
+                .route("/v1/auth/token/renew-self", post(renew))
+                .with_state(shared.clone());
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            rt.spawn(async move { axum::serve(listener, app).await });
+            StandIn {
+                _rt: rt,
+                url,
+                shared,
+            }
+        }
+
+        pub fn add(&self, session: GatewaySession) {
+            self.shared
+                .details
+                .lock()
+                .unwrap()
+                .insert(session.session_id.clone(), session);
+        }
+
+        /// A certificate account's session: the gateway's key is signed
+        /// with `user_ca` at open.
+        pub fn add_signed(&self, session: GatewaySession, user_ca: &std::path::Path) {
+            self.shared
+                .signers
+                .lock()
+                .unwrap()
+                .insert(session.session_id.clone(), user_ca.to_path_buf());
+            self.add(session);
+        }
+
+        /// The open list and CA keys change; returns once the gateway has
+        /// them (it polls again with the new index).
+        pub fn publish(&self, open: &[&str], ca_keys: &[String]) {
+            let details = self.shared.details.lock().unwrap().clone();
+            self.shared.sessions.send_modify(|l| {
+                l.index += 1;
+                l.sessions = open
+                    .iter()
+                    .map(|id| OpenSessionSummary {
+                        session_id: (*id).into(),
+                        expires_at: details[*id].expires_at,
+                        state: SessionState::Pending,
+                    })
+                    .collect();
+                l.session_ca_keys = ca_keys.to_vec();
+            });
+            let index = self.shared.sessions.borrow().index;
+            let start = Instant::now();
+            while *self.shared.polled.lock().unwrap() != Some(index) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the gateway did not poll"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// The bodies POSTed to `path` so far.
+        pub fn posted(&self, path: &str) -> Vec<Value> {
+            self.shared
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(p, _)| p == path)
+                .map(|(_, b)| b.clone())
+                .collect()
+        }
+
+        /// The end reported for `id`, once there (at most 10 s).
+        pub fn end_of(&self, id: &str) -> Value {
+            let start = Instant::now();
+            loop {
+                let ends = self.posted(&format!("end/{id}"));
+                if let Some(e) = ends.first() {
+                    assert_eq!(ends.len(), 1, "{id} ended more than once: {ends:?}");
+                    return e.clone();
+                }
+                assert!(start.elapsed() < Duration::from_secs(10), "no end for {id}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_service_follows_its_sessions_from_the_server() {
+    use gatepass_api::pam::{GatewaySession, HostKeyTrust, SessionCredential};
+    let server = stand_in::StandIn::start();
+    let mut gw = Gateway::start_service(&server.url);
+    // It said it started, with its host key.
+    let host_key = read(&gw.dir.path().join("gateway_host.pub"));
+    assert_eq!(
+        server.posted("started"),
+        [serde_json::json!({ "host_keys": [host_key.trim()] })]
+    );
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    for id in ["s-run", "s-term", "s-lost"] {
+        server.add(GatewaySession {
+            session_id: id.into(),
+            expires_at: (now() + 600) as i64,
+            host: "127.0.0.1".into(),
+            port: sshd.port,
+            username: "root".into(),
+            credential: SessionCredential::Key {
+                private_key: read(&target_key),
+            },
+            host_key_trust: HostKeyTrust::Pinned {
+                keys: vec![sshd.host_public_key().trim().to_string()],
+            },
+            allow_forwarding: false,
+        });
+    }
+    // A certificate account: the target trusts a user CA, and the server
+    // signs the key pair the gateway makes for the session.
+    let user_ca = keygen(keys.path(), "target_user_ca", "ed25519", None);
+    let cert_sshd = Sshd::start(SshdOptions::trusting_user_ca(&pub_path(&user_ca)));
+    server.add_signed(
+        GatewaySession {
+            session_id: "s-cert".into(),
+            expires_at: (now() + 600) as i64,
+            host: "127.0.0.1".into(),
+            port: cert_sshd.port,
+            username: "root".into(),
+            credential: SessionCredential::Certificate {
+                signed_key: String::new(),
+            },
+            host_key_trust: HostKeyTrust::Pinned {
+                keys: vec![cert_sshd.host_public_key().trim().to_string()],
+            },
+            allow_forwarding: false,
+        },
+        &user_ca,
+    );
+    // The session CA arrives with the sessions, over the long-poll.
+    let ca = vec![read(&pub_path(&gw.session_ca)).trim().to_string()];
+    server.publish(&["s-run", "s-term", "s-lost", "s-cert"], &ca);
+
+    // A person runs a command and leaves: the session is opened with a
+    // fresh public key and reported closed.
+    let cert = |id: &str| gw.certificate(id, "root", "+1m");
+    let out = run(&mut gw.ssh(Some(&cert("s-run")), "root", &["echo hello"]));
+    assert_eq!(ok(&gw, out), "hello\n");
+    let opened = server.posted("open/s-run");
+    assert!(
+        opened[0]["public_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("ssh-ed25519 "),
+        "{opened:?}"
+    );
+    assert_eq!(
+        server.end_of("s-run"),
+        serde_json::json!({ "reason": "closed" })
+    );
+    let out = run(&mut gw.ssh(Some(&cert("s-cert")), "root", &["echo by certificate"]));
+    assert_eq!(ok(&gw, out), "by certificate\n");
+    assert_eq!(
+        server.end_of("s-cert"),
+        serde_json::json!({ "reason": "closed" })
+    );
+    // Unknown to the server: refused like any stranger.
+    let o = run(&mut gw.ssh(Some(&cert("s-other")), "root", &["echo hello"]));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+
+    // An administrator terminates a running session: it leaves the list
+    // and the connection closes within 2 s.
+    let ticking = ["while true; do echo tick; sleep 0.3; done"];
+    let terminated = Running::start(&mut gw.ssh(Some(&cert("s-term")), "root", &ticking));
+    let lost = Running::start(&mut gw.ssh(Some(&cert("s-lost")), "root", &ticking));
+    let start = Instant::now();
+    while server.posted("open/s-term").is_empty() || server.posted("open/s-lost").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let at = since_epoch();
+    server.publish(&["s-run", "s-lost", "s-cert"], &ca);
+    let (out, ended) = terminated.finish(Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("terminated by an administrator"),
+        "{}\n{}",
+        stderr(&out),
+        gw.log()
+    );
+    assert!(ended - at < Duration::from_secs(2), "took {:?}", ended - at);
+    assert_eq!(
+        server.end_of("s-term"),
+        serde_json::json!({ "reason": "terminated" })
+    );
+
+    // The service stops: the person is told, the session reported lost.
+    let o = run(Command::new("kill").args(["-TERM", &gw.child.id().to_string()]));
+    assert!(o.status.success());
+    let (out, _) = lost.finish(Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("gatepass: the gateway is stopping"),
+        "{}\n{}",
+        stderr(&out),
+        gw.log()
+    );
+    assert_eq!(
+        server.end_of("s-lost"),
+        serde_json::json!({ "reason": "gateway_lost" })
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    // Its token is kept alive.
+    assert_eq!(server.posted("renew").len(), 1);
+    // The token and credentials never reach the log.
+    let log = gw.log();
+    assert!(
+        !log.contains("gw-token") && !log.contains("PRIVATE KEY"),
+        "{log}"
     );
 }

@@ -1,0 +1,285 @@
+//! `gatepass-gateway setup`: make the host key, enroll once, write the
+//! token and the config.
+
+use std::fs::{self, OpenOptions, Permissions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gatepass_api::pam::{GatewayEnroll, GatewayEnrolled};
+use russh::keys::PrivateKey;
+
+use crate::config::{Config, SyncSettings};
+use crate::server_source;
+
+/// The system user the packaged service runs as.
+pub const SERVICE_USER: &str = "gatepass-gateway";
+
+/// Hands `paths` to the service user when setup runs as root and that user
+/// exists (the package makes it): the service reads its token and host key
+/// as that user. Otherwise (a run by hand, a test) they stay the caller's.
+fn hand_to_service_user(paths: &[&Path]) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(Some(user)) = nix::unistd::User::from_name(SERVICE_USER) else {
+        return Ok(());
+    };
+    for p in paths {
+        std::os::unix::fs::chown(p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .map_err(|e| format!("cannot hand {} to {SERVICE_USER}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// What `setup` is given.
+#[derive(Clone, Debug)]
+pub struct SetupOptions {
+    pub config_path: PathBuf,
+    pub server: String,
+    pub join_token: String,
+    pub ca_cert: PathBuf,
+    pub listen: SocketAddr,
+    pub name: String,
+    /// Default: the listen address.
+    pub address: Option<String>,
+    /// Default: `gateway.token` next to the config.
+    pub token_file: Option<PathBuf>,
+    pub host_key: PathBuf,
+    /// Enroll again over an existing config and token, taking the place of
+    /// a gateway enrolled under the same name.
+    pub replace: bool,
+}
+
+/// What `setup` did.
+#[derive(Debug)]
+pub struct SetupReport {
+    pub config: Config,
+    /// Whether the host key was made now.
+    pub made_host_key: bool,
+    pub host_key_public: String,
+}
+
+fn dir_of(p: &Path) -> PathBuf {
+    p.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))
+}
+
+/// Writes `content` to `path` with `mode` through a temporary file in the
+/// same folder, so a reader never sees half a file.
+pub fn write_file(path: &Path, content: &[u8], mode: u32) -> Result<(), String> {
+    let dir = dir_of(path);
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".gatepass-")
+        .tempfile_in(&dir)
+        .map_err(fail)?;
+    tmp.as_file()
+        .set_permissions(Permissions::from_mode(mode))
+        .map_err(fail)?;
+    tmp.write_all(content).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    Ok(())
+}
+
+fn ensure_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| format!("cannot make {}: {e}", dir.display()))
+}
+
+/// The host key at `path`, made (ed25519, 0600) when missing. Returns its
+/// public line and whether it was made now.
+pub fn host_key(path: &Path) -> Result<(String, bool), String> {
+    if path.exists() {
+        let key = PrivateKey::read_openssh_file(path)
+            .map_err(|e| format!("cannot read the host key {}: {e}", path.display()))?;
+        let public = key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok((public, false));
+    }
+    ensure_dir(&dir_of(path), 0o700)?;
+    let (private, public) = server_source::new_host_key()?;
+    // create_new: never over a key that appeared meanwhile.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot write the host key {}: {e}", path.display()))?;
+    f.write_all(private.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write the host key {}: {e}", path.display()))?;
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    write_file(
+        Path::new(&pub_path),
+        format!("{public}\n").as_bytes(),
+        0o644,
+    )?;
+    Ok((public, true))
+}
+
+pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
+    let config_path = absolute(&opts.config_path)?;
+    let conf_dir = dir_of(&config_path);
+    let token_file = match &opts.token_file {
+        Some(t) => absolute(t)?,
+        None => conf_dir.join("gateway.token"),
+    };
+    if !opts.replace {
+        for existing in [&config_path, &token_file] {
+            if existing.exists() {
+                return Err(format!(
+                    "{} exists: this gateway is enrolled already (to enroll again, and take the \
+                     place of the gateway enrolled under the same name, add --replace)",
+                    existing.display()
+                ));
+            }
+        }
+    }
+    if opts.server.trim().is_empty() {
+        return Err("--server is required".into());
+    }
+    if opts.join_token.trim().is_empty() {
+        return Err("--join-token is required".into());
+    }
+    let ca_pem = fs::read(&opts.ca_cert)
+        .map_err(|e| format!("cannot read --ca-cert {}: {e}", opts.ca_cert.display()))?;
+    let host_key_path = absolute(&opts.host_key)?;
+    let (host_key_public, made_host_key) = host_key(&host_key_path)?;
+    let address = opts
+        .address
+        .clone()
+        .unwrap_or_else(|| opts.listen.to_string());
+    let server = opts.server.trim().trim_end_matches('/').to_string();
+    let client = server_source::client(&server, &opts.ca_cert, None, Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    let req = GatewayEnroll {
+        join_token: opts.join_token.trim().to_string(),
+        name: opts.name.clone(),
+        address: address.clone(),
+        host_keys: vec![host_key_public.clone()],
+        replace: opts.replace,
+    };
+    let enrolled: GatewayEnrolled = enroll(&client, &req).await?;
+    let cfg = Config {
+        server,
+        ca_cert: conf_dir.join("gateway-server-ca.pem"),
+        token_file,
+        name: enrolled.name.clone(),
+        listen: opts.listen,
+        address,
+        host_key: host_key_path,
+        idle_timeout: Some(Duration::from_secs(30 * 60)),
+        sync: SyncSettings::default(),
+    };
+    // Token first: a config file means the token is there too.
+    ensure_dir(&conf_dir, 0o755)?;
+    ensure_dir(&dir_of(&cfg.token_file), 0o755)?;
+    let token = format!("{}\n", enrolled.gateway_token);
+    write_file(&cfg.token_file, token.as_bytes(), 0o600)?;
+    if absolute(&opts.ca_cert)? != cfg.ca_cert {
+        write_file(&cfg.ca_cert, &ca_pem, 0o644)?;
+    }
+    // The host key's folder (by default the service's StateDirectory=) is
+    // handed over by systemd at start.
+    hand_to_service_user(&[&cfg.token_file, &cfg.host_key])?;
+    write_file(&config_path, cfg.to_toml().as_bytes(), 0o644)?;
+    Ok(SetupReport {
+        config: cfg,
+        made_host_key,
+        host_key_public,
+    })
+}
+
+async fn enroll(
+    client: &gatepass_api::Client,
+    req: &GatewayEnroll,
+) -> Result<GatewayEnrolled, String> {
+    let body = match serde_json::to_value(req) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => return Err("cannot encode the enrollment".into()),
+    };
+    match client.write("pam/gateways/enroll", &body).await {
+        Ok(env) => env
+            .and_then(|e| e.data)
+            .and_then(|d| serde_json::from_value(d).ok())
+            .ok_or_else(|| "unexpected answer from the server to the enrollment".to_string()),
+        Err(e @ gatepass_api::Error::Api { .. }) => {
+            let text = e.to_string();
+            let hint = if text.contains("already") && !req.replace {
+                "\n(to take that gateway's place, revoking its token, run setup again with --replace)"
+            } else {
+                ""
+            };
+            Err(format!("enrollment refused: {text}{hint}"))
+        }
+        Err(e @ gatepass_api::Error::Transport { .. }) => Err(format!(
+            "the gatepass server cannot be reached: {}",
+            server_source::with_causes(&e)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_key_is_made_once_and_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/ssh_host_ed25519_key");
+        let (public, made) = host_key(&path).unwrap();
+        assert!(made);
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let pub_file =
+            fs::read_to_string(dir.path().join("keys/ssh_host_ed25519_key.pub")).unwrap();
+        assert_eq!(pub_file.trim(), public);
+        let (again, made) = host_key(&path).unwrap();
+        assert!(!made);
+        assert_eq!(again, public);
+    }
+
+    #[tokio::test]
+    async fn an_enrolled_gateway_is_not_enrolled_again_without_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        fs::write(&config_path, "").unwrap();
+        let opts = SetupOptions {
+            config_path,
+            server: "https://127.0.0.1:1".into(),
+            join_token: "t".into(),
+            ca_cert: dir.path().join("ca.pem"),
+            listen: "127.0.0.1:2222".parse().unwrap(),
+            name: "gw1".into(),
+            address: None,
+            token_file: None,
+            host_key: dir.path().join("key"),
+            replace: false,
+        };
+        let e = setup(&opts).await.unwrap_err();
+        assert!(e.contains("--replace"), "{e}");
+        // Nothing was made.
+        assert!(!dir.path().join("key").exists());
+    }
+}
