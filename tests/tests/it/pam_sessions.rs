@@ -237,6 +237,19 @@ impl Pam {
         serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
     }
 
+    /// The session once `done` holds for it (within 10 s).
+    fn session_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.session(id);
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "session {id} stayed {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A resource on `sshd` through gw1 whose host key is pinned.
     fn pinned_resource(&self, name: &str, sshd: &Sshd) {
         self.admin_write(
@@ -401,7 +414,9 @@ fn each_account_kind_runs_a_command_through_gatepass_pam_ssh_access() {
         );
         assert_eq!(out, format!("hello\n{login}\n"), "{resource}/{account}");
         let id = session_id_in(&err);
-        let s = pam.session(&id);
+        // The one connection closed: the gateway reports it, the session ends.
+        let s = pam.session_when(&id, |s| s["state"] == "ended");
+        assert_eq!(s["end_reason"], "closed", "{s}");
         assert_eq!(s["resource"], resource);
         assert_eq!(s["account"], account);
         assert_eq!(s["user"].as_str().unwrap_or_default(), "token-alice", "{s}");
@@ -607,7 +622,7 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     assert!(!out.contains("hello"));
     assert!(err.contains("host key"), "{err}");
     let id = session_id_in(&err);
-    let s = pam.session(&id);
+    let s = pam.session_when(&id, |s| s["state"] == "ended");
     assert_eq!(s["end_reason"], "failed", "{s}");
     assert!(
         s["end_detail"]
@@ -900,7 +915,7 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
         .unwrap();
     assert!(err.contains("gateway"), "{err}");
     pam.start_gateway();
-    let s = pam.session(&id);
+    let s = pam.session_when(&id, |s| s["state"] == "ended");
     assert_eq!(s["state"], "ended", "{s}");
     assert_eq!(s["end_reason"], "gateway_lost", "{s}");
 
