@@ -162,6 +162,8 @@ pub struct Client {
     http: reqwest::Client,
     addr: String,
     token: Option<String>,
+    /// The pinned CA, if any, for [`Client::upgrade`]'s own client.
+    ca: Option<Vec<reqwest::Certificate>>,
 }
 
 /// Loads PEM certificates to trust.
@@ -192,26 +194,44 @@ impl Client {
                 "server address {addr:?} must start with https:// (or http:// for a local proxy)"
             )));
         }
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(s.timeout.unwrap_or(Duration::from_secs(60)))
-            .connect_timeout(Duration::from_secs(10));
-        // With a CA file only that CA is trusted: the server is pinned.
-        // Otherwise the system's trusted CAs apply.
-        if let Some(p) = &s.ca_cert {
-            b = b.tls_built_in_root_certs(false);
-            for c in load_ca(p)? {
-                b = b.add_root_certificate(c);
-            }
-        }
-        let http = b
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let ca = s.ca_cert.as_deref().map(load_ca).transpose()?;
+        let b = reqwest::Client::builder()
+            .timeout(s.timeout.unwrap_or(Duration::from_secs(60)));
+        let http = with_trust(b, ca.as_deref())?;
         Ok(Client {
             http,
             addr,
             token: s.token.clone(),
+            ca,
         })
+    }
+
+    /// `POST /v1/<path>` asking to switch to `protocol` (`Connection:
+    /// Upgrade`, over HTTP/1.1): the connection, once the server answered
+    /// `101 Switching Protocols`. No timeout applies after that.
+    pub async fn upgrade(&self, path: &str, protocol: &str) -> Result<reqwest::Upgraded> {
+        let http = with_trust(reqwest::Client::builder().http1_only(), self.ca.as_deref())?;
+        let mut rb = http
+            .post(self.url(path))
+            .header(reqwest::header::CONNECTION, "Upgrade")
+            .header(reqwest::header::UPGRADE, protocol);
+        if let Some(t) = &self.token {
+            rb = rb.header("X-Vault-Token", t);
+        }
+        let transport = |source| Error::Transport {
+            addr: self.addr.clone(),
+            source,
+        };
+        let resp = rb.send().await.map_err(transport)?;
+        let status = resp.status().as_u16();
+        if status != 101 {
+            let text = resp.text().await.map_err(transport)?;
+            let errors = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.errors)
+                .unwrap_or_else(|_| vec![text.trim().to_string()]);
+            return Err(Error::Api { status, errors });
+        }
+        resp.upgrade().await.map_err(transport)
     }
 
     pub fn addr(&self) -> &str {
@@ -322,6 +342,25 @@ impl Client {
         }
         Ok(text)
     }
+}
+
+/// A client that trusts only `ca` if given (the server is pinned),
+/// otherwise the system's trusted CAs.
+fn with_trust(
+    b: reqwest::ClientBuilder,
+    ca: Option<&[reqwest::Certificate]>,
+) -> Result<reqwest::Client> {
+    let mut b = b
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_secs(10));
+    if let Some(certs) = ca {
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c.clone());
+        }
+    }
+    b.build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))
 }
 
 fn to_env(v: Value) -> Result<Envelope> {

@@ -17,6 +17,11 @@
 //!   IDs, newest first) and `key_info` (ID → [`SessionInfo`]).
 //! - `GET pam/sessions/<id>` → [`SessionInfo`].
 //! - `POST pam/sessions/<id>/terminate` → [`SessionInfo`].
+//! - `POST pam/sessions/<id>/relay` with `Connection: Upgrade` and
+//!   `Upgrade: gatepass-relay` ([`RELAY_PROTOCOL`]): for a relay gateway's
+//!   session, by the token that asked for it; `101 Switching Protocols`
+//!   once the gateway dialed in (504 if it does not within 10 s), then
+//!   the connection carries ssh's bytes to the gateway.
 //!
 //! The gateway (no token to enroll; then its own token, policy
 //! `gatepass-gateway`, which reaches only `pam/gateway/self/…`):
@@ -34,6 +39,9 @@
 //! - `POST pam/gateway/self/sessions/<id>/end` [`EndSession`]: the gateway
 //!   closed it (or could not open it), with the reason. A reusable
 //!   session's connection closing (`closed`, `idle`) does not end it.
+//! - `POST pam/gateway/self/relay/<conn_id>` with `Upgrade:
+//!   gatepass-relay`, for each of [`GatewaySessions::relay_requests`]:
+//!   `101`, then the connection carries the user's ssh bytes.
 //!
 //! Times users read are RFC 3339; times the gateway computes with are Unix
 //! seconds. Request bodies read typed fields leniently ([`crate::lenient`]),
@@ -45,6 +53,9 @@ use serde::{Deserialize, Serialize};
 
 /// The policy every gateway token carries.
 pub const GATEWAY_POLICY: &str = "gatepass-gateway";
+
+/// The `Upgrade:` protocol of relayed connections.
+pub const RELAY_PROTOCOL: &str = "gatepass-relay";
 
 /// `POST pam/gateways/join-tokens`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -73,7 +84,9 @@ pub struct GatewayEnroll {
     /// The gateway's name: resources name their gateway by it. Lower-case
     /// letters, digits, `-`, `_` and `.`, at most 63 characters.
     pub name: String,
-    /// `host:port` users' ssh dials to reach the gateway.
+    /// `host:port` users' ssh dials to reach the gateway; empty for a
+    /// relay gateway.
+    #[serde(default)]
     pub address: String,
     /// The gateway's SSH host public keys (OpenSSH lines): users' ssh pins
     /// them (the CLI writes them to a known_hosts file of its own).
@@ -83,6 +96,15 @@ pub struct GatewayEnroll {
     /// revoked); without it, a taken name is refused.
     #[serde(default, deserialize_with = "crate::lenient::bool")]
     pub replace: bool,
+    /// The gateway has no inbound port: it keeps its long-poll to the
+    /// server and dials out for each user connection, which the server
+    /// relays (`POST pam/sessions/<id>/relay`).
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::bool",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub relay: bool,
 }
 
 /// What a gateway gets at enrollment.
@@ -100,7 +122,11 @@ pub struct GatewayEnrolled {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayInfo {
     pub name: String,
+    /// Empty for a relay gateway.
     pub address: String,
+    /// Users reach it through the server ([`GatewayEnroll::relay`]).
+    #[serde(default)]
+    pub relay: bool,
     pub host_keys: Vec<String>,
     /// RFC 3339.
     pub enrolled: String,
@@ -269,8 +295,13 @@ pub struct AccessRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Access {
     pub session_id: String,
-    /// `host:port` to ssh to.
+    /// `host:port` to ssh to; for a relay gateway, its name.
     pub gateway: String,
+    /// The gateway is reached through the server: ssh's connection goes
+    /// through `POST pam/sessions/<id>/relay` (`gatepass pam ssh relay`
+    /// as ssh's ProxyCommand), not to an address.
+    #[serde(default)]
+    pub relay: bool,
     /// The gateway's host keys (OpenSSH lines), to pin.
     pub gateway_host_keys: Vec<String>,
     /// The login name to give ssh (the certificate's principal): the
@@ -367,6 +398,11 @@ pub struct GatewaySessions {
     pub sessions: Vec<OpenSessionSummary>,
     /// The gateway session CA's public keys (OpenSSH lines).
     pub session_ca_keys: Vec<String>,
+    /// Relayed user connections waiting for this gateway to dial in:
+    /// for each, `POST pam/gateway/self/relay/<conn_id>` with `Upgrade:
+    /// gatepass-relay` (a relay gateway's; empty for others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_requests: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

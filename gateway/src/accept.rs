@@ -20,6 +20,7 @@ use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Server as _, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -81,6 +82,20 @@ pub async fn serve<S: SessionSource>(
     serve_until(listener, config, source, std::future::pending()).await
 }
 
+/// One user's connection that reached the gateway some other way than its
+/// own port: relayed by the server ([`serve_relayed_until`]).
+pub trait RelayedIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> RelayedIo for T {}
+pub type RelayedStream = Box<dyn RelayedIo>;
+
+/// Where users' connections come from.
+enum Incoming {
+    /// The gateway's own port.
+    Port(TcpListener),
+    /// Connections the server relays (the gateway listens on no port).
+    Relayed(mpsc::Receiver<RelayedStream>),
+}
+
 /// Accepts connections on `listener` until `stop` resolves; then tells
 /// each connected user that the gateway is stopping, closes their
 /// sessions, reports them ended ([`EndReason::GatewayLost`]) and returns
@@ -88,6 +103,60 @@ pub async fn serve<S: SessionSource>(
 /// periods of 10 s and 3 s).
 pub async fn serve_until<S: SessionSource>(
     listener: TcpListener,
+    config: GatewayConfig,
+    source: Arc<S>,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_incoming(Incoming::Port(listener), config, source, stop).await
+}
+
+/// As [`serve_until`], for connections relayed by the server instead of
+/// accepted on a port: each stream of `streams` is one user's connection,
+/// checked and served exactly as one on the port would be. Returns when
+/// `stop` resolves (as [`serve_until`] does) or `streams` closes.
+pub async fn serve_relayed_until<S: SessionSource>(
+    streams: mpsc::Receiver<RelayedStream>,
+    config: GatewayConfig,
+    source: Arc<S>,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_incoming(Incoming::Relayed(streams), config, source, stop).await
+}
+
+/// Serves one relayed connection with `handler` until it closes, or until
+/// the gateway stops (`down`, with the message users are told).
+async fn serve_stream<S: SessionSource>(
+    config: Arc<server::Config>,
+    stream: RelayedStream,
+    handler: Connection<S>,
+    mut down: tokio::sync::broadcast::Receiver<String>,
+) {
+    let session = match server::run_stream(config, stream, handler).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = ?e, "relayed connection failed before its session began");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::pin!(session);
+    tokio::select! {
+        r = &mut session => {
+            if let Err(e) = r {
+                tracing::debug!(error = ?e, "relayed connection ended");
+            }
+        }
+        reason = down.recv() => {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, reason.unwrap_or_default(), "en".into())
+                .await;
+            let _ = session.await;
+        }
+    }
+}
+
+async fn serve_incoming<S: SessionSource>(
+    incoming: Incoming,
     config: GatewayConfig,
     source: Arc<S>,
     stop: impl Future<Output = ()>,
@@ -119,18 +188,47 @@ pub async fn serve_until<S: SessionSource>(
             connection_guards: connection_guards.clone(),
         }),
     };
-    let running = acceptor.run_on_socket(Arc::new(ssh), &listener);
-    // Keeps russh's shutdown channel open: dropping the accept loop alone
-    // would close it, which russh takes as "disconnect everyone now",
-    // before each person is told why.
-    let connections = running.handle();
-    tokio::select! {
-        res = running => return res,
-        () = stop => {}
-    }
+    let ssh = Arc::new(ssh);
+    // Disconnects whoever is still connected, with a message.
+    let disconnect_all: Box<dyn FnOnce(String) + Send> = match incoming {
+        Incoming::Port(listener) => {
+            let running = acceptor.run_on_socket(ssh, &listener);
+            // Keeps russh's shutdown channel open: dropping the accept loop
+            // alone would close it, which russh takes as "disconnect
+            // everyone now", before each person is told why.
+            let connections = running.handle();
+            tokio::select! {
+                res = running => return res,
+                () = stop => {}
+            }
+            drop(listener);
+            Box::new(move |why| connections.shutdown(why))
+        }
+        Incoming::Relayed(mut streams) => {
+            let (down, _) = tokio::sync::broadcast::channel::<String>(1);
+            let accepting = async {
+                while let Some(stream) = streams.recv().await {
+                    let handler = server::Server::new_client(&mut acceptor, None);
+                    tokio::spawn(serve_stream(
+                        ssh.clone(),
+                        stream,
+                        handler,
+                        down.subscribe(),
+                    ));
+                }
+            };
+            tokio::select! {
+                () = accepting => return Ok(()),
+                () = stop => {}
+            }
+            drop(streams);
+            Box::new(move |why| {
+                let _ = down.send(why);
+            })
+        }
+    };
     // No new connections from here; those in flight see `stopping`.
     drop(acceptor);
-    drop(listener);
     info!("stopping: closing the open sessions");
     let _ = stopping_tx.send(true);
     if let Ok(mut slot) = guards.lock() {
@@ -154,7 +252,7 @@ pub async fn serve_until<S: SessionSource>(
         .await
         .is_err()
     {
-        connections.shutdown("gatepass: the gateway is stopping".into());
+        disconnect_all("gatepass: the gateway is stopping".into());
         let _ = tokio::time::timeout(Duration::from_secs(1), connections_gone.recv()).await;
     }
     Ok(())

@@ -36,9 +36,16 @@ pub struct Config {
     pub token_file: PathBuf,
     /// The name the gateway enrolled under; resources name it.
     pub name: String,
-    /// Where the SSH server listens.
-    pub listen: SocketAddr,
-    /// `host:port` users' ssh dials (given at enrollment).
+    /// How users' connections reach the gateway: on its own port
+    /// (`direct`, the default) or relayed by the server (`relay`: no
+    /// inbound port).
+    #[serde(default, skip_serializing_if = "Mode::is_direct")]
+    pub mode: Mode,
+    /// Where the SSH server listens (direct mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `host:port` users' ssh dials (given at enrollment; direct mode only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub address: String,
     /// The gateway's SSH host key (OpenSSH private key, mode 0600).
     #[serde(default = "default_host_key")]
@@ -53,6 +60,24 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     #[serde(default)]
     pub sync: SyncSettings,
+}
+
+/// How users' connections reach the gateway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// On the gateway's own port (`listen`).
+    #[default]
+    Direct,
+    /// Relayed by the server: the gateway dials out for each connection
+    /// and listens on no port.
+    Relay,
+}
+
+impl Mode {
+    fn is_direct(&self) -> bool {
+        *self == Mode::Direct
+    }
 }
 
 fn default_host_key() -> PathBuf {
@@ -154,6 +179,15 @@ impl Config {
         if self.name.trim().is_empty() {
             return Err("name must not be empty".into());
         }
+        match (self.mode, self.listen) {
+            (Mode::Direct, None) => {
+                return Err("listen is required (or mode = \"relay\" for a gateway without an inbound port)".into())
+            }
+            (Mode::Relay, Some(_)) => {
+                return Err("a relay gateway (mode = \"relay\") listens on no port: remove listen".into())
+            }
+            _ => {}
+        }
         if !(1..=60).contains(&self.sync.wait_seconds) {
             return Err("sync.wait_seconds must be between 1 and 60".into());
         }
@@ -222,6 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_gateway_needs_no_listen_address() {
+        let text = "server = \"https://gp:8200\"\nca_cert = \"/etc/gatepass/server-ca.pem\"\n\
+                    token_file = \"/etc/gatepass/gateway.token\"\nname = \"gw1\"\nmode = \"relay\"\n";
+        let c = Config::parse(Path::new("x"), text).unwrap();
+        assert_eq!(c.mode, Mode::Relay);
+        assert_eq!(c.listen, None);
+        let toml = c.to_toml();
+        assert!(toml.contains("mode = \"relay\""), "{toml}");
+        assert!(!toml.contains("listen"), "{toml}");
+        assert_eq!(Config::parse(Path::new("x"), &toml).unwrap(), c);
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/gateway.toml");
         let c = Config::load(&path).unwrap();
@@ -258,6 +305,12 @@ mod tests {
         assert!(Config::parse(Path::new("x"), &bad).is_err());
         let bad = format!("{}[sync]\nwait_seconds = 600\n", minimal());
         assert!(Config::parse(Path::new("x"), &bad).is_err());
+        let bad = format!("mode = \"relay\"\n{}", minimal());
+        let e = Config::parse(Path::new("x"), &bad).unwrap_err();
+        assert!(e.to_string().contains("remove listen"), "{e}");
+        let bad = minimal().replace("listen = \"0.0.0.0:2222\"\n", "");
+        let e = Config::parse(Path::new("x"), &bad).unwrap_err();
+        assert!(e.to_string().contains("listen is required"), "{e}");
         let missing = Config::load(Path::new("/nonexistent/gateway.toml")).unwrap_err();
         assert!(
             missing.to_string().contains("gatepass-gateway setup"),

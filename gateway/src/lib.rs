@@ -18,5 +18,7 @@ pub mod session;
 pub mod setup;
 pub mod target;
 
-pub use accept::{serve, serve_until, GatewayConfig, SessionCas};
+pub use accept::{
+    serve, serve_relayed_until, serve_until, GatewayConfig, RelayedStream, SessionCas,
+};
 pub use session::{Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError};

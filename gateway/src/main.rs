@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use gatepass_gateway::config::{Config, DEFAULT_CONFIG, DEFAULT_HOST_KEY};
+use gatepass_gateway::config::{Config, Mode, DEFAULT_CONFIG, DEFAULT_HOST_KEY};
 use gatepass_gateway::server_source::{ServerSettings, ServerSource};
-use gatepass_gateway::setup::{self, SetupOptions};
+use gatepass_gateway::setup::{self, Reach, SetupOptions};
 use gatepass_gateway::{GatewayConfig, SessionCas};
 use russh::keys::PrivateKey;
 use tokio::net::TcpListener;
@@ -68,8 +68,14 @@ enum Command {
         #[arg(long)]
         ca_cert: PathBuf,
         /// Where the gateway's SSH server listens, e.g. 0.0.0.0:2222.
-        #[arg(long)]
-        listen: std::net::SocketAddr,
+        #[arg(long, required_unless_present = "relay")]
+        listen: Option<std::net::SocketAddr>,
+        /// No inbound port: the gateway keeps its connection to the server
+        /// and dials out for each user connection, which the server relays
+        /// (users' `gatepass pam ssh` goes through the server). Config
+        /// `mode = "relay"`; neither --listen nor --address.
+        #[arg(long, conflicts_with_all = ["listen", "address"])]
+        relay: bool,
         /// The gateway's name; resources name their gateway by it
         /// (lower-case letters, digits, '-', '_' and '.').
         #[arg(long)]
@@ -137,20 +143,25 @@ fn main() -> Result<()> {
             join_token,
             ca_cert,
             listen,
+            relay,
             name,
             address,
             token_file,
             host_key,
             replace,
         } => {
+            let reach = match (relay, listen) {
+                (false, Some(listen)) => Reach::Direct { listen, address },
+                (false, None) => return Err(anyhow!("--listen or --relay is required")),
+                (true, _) => Reach::Relay,
+            };
             let opts = SetupOptions {
                 config_path: cli.config.clone(),
                 server,
                 join_token,
                 ca_cert,
-                listen,
+                reach,
                 name,
-                address,
                 token_file,
                 host_key,
                 replace,
@@ -161,10 +172,16 @@ fn main() -> Result<()> {
                 println!("made the host key {}", cfg.host_key.display());
             }
             println!("host key: {}", report.host_key_public);
-            println!(
-                "enrolled as gateway {:?}; users reach it at {}",
-                cfg.name, cfg.address
-            );
+            match cfg.mode {
+                Mode::Direct => println!(
+                    "enrolled as gateway {:?}; users reach it at {}",
+                    cfg.name, cfg.address
+                ),
+                Mode::Relay => println!(
+                    "enrolled as relay gateway {:?}; users reach it through the server (no inbound port)",
+                    cfg.name
+                ),
+            }
             println!("wrote {}", cfg.token_file.display());
             println!("wrote {}", cli.config.display());
             println!("start it with: systemctl enable --now gatepass-gateway");
@@ -238,10 +255,23 @@ async fn run(cfg: Config) -> Result<()> {
             () = &mut stop => return Ok(()),
         }
     };
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    info!(listen = %cfg.listen, name = %cfg.name, server = %cfg.server, "gateway ready");
+    // Bound before the follower starts, so that a taken port fails the
+    // start at once.
+    let listener = match cfg.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+    match cfg.listen {
+        Some(addr) => {
+            info!(listen = %addr, name = %cfg.name, server = %cfg.server, "gateway ready")
+        }
+        None => info!(name = %cfg.name, server = %cfg.server,
+            "gateway ready (relay: no inbound port; connections come through the server)"),
+    }
     let follower = tokio::spawn(source.clone().follow(index));
     let renewer = tokio::spawn(source.clone().renew_token());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -250,10 +280,26 @@ async fn run(cfg: Config) -> Result<()> {
         session_cas: cas,
         idle_timeout: cfg.idle_timeout,
     };
-    let served = gatepass_gateway::serve_until(listener, config, source, stop).await;
+    let (served, dialer) = match listener {
+        Some(listener) => (
+            gatepass_gateway::serve_until(listener, config, source, stop).await,
+            None,
+        ),
+        None => {
+            let (streams_tx, streams) = tokio::sync::mpsc::channel(64);
+            let dialer = tokio::spawn(source.clone().dial_relays(streams_tx));
+            (
+                gatepass_gateway::serve_relayed_until(streams, config, source, stop).await,
+                Some(dialer),
+            )
+        }
+    };
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     follower.abort();
     renewer.abort();
+    if let Some(d) = dialer {
+        d.abort();
+    }
     served.context("serving SSH")?;
     info!("stopped");
     Ok(())

@@ -7,6 +7,9 @@
 //! the set was terminated. Logins fetch the session's target and
 //! credential (`POST …/open`), and ends are reported (`POST …/end`).
 //!
+//! A relay gateway also dials out for each relayed user connection the
+//! long-poll lists ([`ServerSource::dial_relays`]).
+//!
 //! While the server cannot be reached, sessions already open keep running
 //! to their end time (a failed poll never counts as a termination), and new
 //! ones are refused within [`CALL_TIMEOUT`].
@@ -25,11 +28,11 @@ use russh::keys::{Certificate, PrivateKey, PublicKey};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use zeroize::Zeroizing;
 
-use crate::accept::SessionCas;
+use crate::accept::{RelayedStream, SessionCas};
 use crate::session::{Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError};
 
 /// Bound on a login's request to the server (and on each try of an end
@@ -64,6 +67,9 @@ pub struct ServerSource {
     polls: Client,
     cas: SessionCas,
     known: watch::Sender<Known>,
+    /// The relayed connections waiting for this gateway, as the last
+    /// answer listed them.
+    relay_requests: watch::Sender<Vec<String>>,
     /// The sequence number of the latest poll request sent.
     started: AtomicU64,
     wait: Duration,
@@ -141,6 +147,7 @@ impl ServerSource {
             polls: make(settings.wait + Duration::from_secs(15))?,
             cas,
             known: watch::Sender::new(Known::default()),
+            relay_requests: watch::Sender::new(Vec::new()),
             started: AtomicU64::new(0),
             wait: settings.wait,
             max_backoff: settings.max_backoff,
@@ -176,6 +183,47 @@ impl ServerSource {
             .map(|s| s.session_id.clone())
             .collect();
         self.known.send_replace(Known { seq, open });
+        self.relay_requests
+            .send_if_modified(|cur| {
+                if *cur == sessions.relay_requests {
+                    return false;
+                }
+                cur.clone_from(&sessions.relay_requests);
+                true
+            });
+    }
+
+    /// For a relay gateway: dials the server for each relayed connection
+    /// the long-poll lists (`POST pam/gateway/self/relay/<conn_id>`, an
+    /// HTTP upgrade) and hands each connection to `streams`, which the SSH
+    /// server serves as if it had come to a port. Each is dialed once.
+    pub async fn dial_relays(self: Arc<Self>, streams: mpsc::Sender<RelayedStream>) {
+        let mut listed = self.relay_requests.subscribe();
+        let mut dialed: HashSet<String> = HashSet::new();
+        loop {
+            let ids = listed.borrow_and_update().clone();
+            // One no longer listed was taken (or given up): forget it.
+            dialed.retain(|id| ids.contains(id));
+            for id in ids {
+                if !plain_id(&id) || !dialed.insert(id.clone()) {
+                    continue;
+                }
+                let (me, streams) = (self.clone(), streams.clone());
+                tokio::spawn(async move {
+                    let path = format!("pam/gateway/self/relay/{id}");
+                    match me.calls.upgrade(&path, pam::RELAY_PROTOCOL).await {
+                        Ok(conn) => {
+                            debug!(conn = %id, "relayed connection");
+                            let _ = streams.send(Box::new(conn)).await;
+                        }
+                        Err(e) => warn!(conn = %id, "cannot take the relayed connection: {}", with_causes(&e)),
+                    }
+                });
+            }
+            if listed.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Follows the open sessions for good: long-polls, with a backoff

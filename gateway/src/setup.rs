@@ -11,7 +11,7 @@ use std::time::Duration;
 use gatepass_api::pam::{GatewayEnroll, GatewayEnrolled};
 use russh::keys::PrivateKey;
 
-use crate::config::{Config, SyncSettings};
+use crate::config::{Config, Mode, SyncSettings};
 use crate::server_source;
 
 /// The system user the packaged service runs as.
@@ -41,16 +41,27 @@ pub struct SetupOptions {
     pub server: String,
     pub join_token: String,
     pub ca_cert: PathBuf,
-    pub listen: SocketAddr,
+    pub reach: Reach,
     pub name: String,
-    /// Default: the listen address.
-    pub address: Option<String>,
     /// Default: `gateway.token` next to the config.
     pub token_file: Option<PathBuf>,
     pub host_key: PathBuf,
     /// Enroll again over an existing config and token, taking the place of
     /// a gateway enrolled under the same name.
     pub replace: bool,
+}
+
+/// How users' connections are to reach the gateway.
+#[derive(Clone, Debug)]
+pub enum Reach {
+    /// On its own port.
+    Direct {
+        listen: SocketAddr,
+        /// `host:port` users dial. Default: the listen address.
+        address: Option<String>,
+    },
+    /// Relayed by the server; no inbound port.
+    Relay,
 }
 
 /// What `setup` did.
@@ -164,10 +175,14 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         .map_err(|e| format!("cannot read --ca-cert {}: {e}", opts.ca_cert.display()))?;
     let host_key_path = absolute(&opts.host_key)?;
     let (host_key_public, made_host_key) = host_key(&host_key_path)?;
-    let address = opts
-        .address
-        .clone()
-        .unwrap_or_else(|| opts.listen.to_string());
+    let (mode, listen, address) = match &opts.reach {
+        Reach::Direct { listen, address } => (
+            Mode::Direct,
+            Some(*listen),
+            address.clone().unwrap_or_else(|| listen.to_string()),
+        ),
+        Reach::Relay => (Mode::Relay, None, String::new()),
+    };
     let server = opts.server.trim().trim_end_matches('/').to_string();
     let client = server_source::client(&server, &opts.ca_cert, None, Duration::from_secs(30))
         .map_err(|e| e.to_string())?;
@@ -177,6 +192,7 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         address: address.clone(),
         host_keys: vec![host_key_public.clone()],
         replace: opts.replace,
+        relay: mode == Mode::Relay,
     };
     let enrolled: GatewayEnrolled = enroll(&client, &req).await?;
     let cfg = Config {
@@ -184,7 +200,8 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         ca_cert: conf_dir.join("gateway-server-ca.pem"),
         token_file,
         name: enrolled.name.clone(),
-        listen: opts.listen,
+        mode,
+        listen,
         address,
         host_key: host_key_path,
         idle_timeout: Some(Duration::from_secs(30 * 60)),
@@ -270,9 +287,11 @@ mod tests {
             server: "https://127.0.0.1:1".into(),
             join_token: "t".into(),
             ca_cert: dir.path().join("ca.pem"),
-            listen: "127.0.0.1:2222".parse().unwrap(),
+            reach: Reach::Direct {
+                listen: "127.0.0.1:2222".parse().unwrap(),
+                address: None,
+            },
             name: "gw1".into(),
-            address: None,
             token_file: None,
             host_key: dir.path().join("key"),
             replace: false,

@@ -43,6 +43,7 @@ impl Fake {
                 index: 1,
                 sessions: vec![],
                 session_ca_keys: vec![CA1.into()],
+                relay_requests: vec![],
             }),
             seen: Arc::default(),
             token_ok: Arc::new(Mutex::new(true)),

@@ -17,6 +17,10 @@ pub enum Error {
     RateLimited(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Something the server waited for on the client's behalf (a gateway
+    /// dialing in for a relayed connection) did not come in time: 504.
+    #[error("{0}")]
+    GatewayTimeout(String),
     /// The storage cannot be used right now (database down or unreachable,
     /// file locked or unreadable): 503, with a message naming the storage
     /// (never its password) and the cause, so that an operator knows what

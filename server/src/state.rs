@@ -36,6 +36,8 @@ pub struct Core {
     pub hosts_cache: crate::hosts::cache::StateCache,
     /// Compiled policies and combined ACLs (see [`crate::policies::acl_for`]).
     pub acl_cache: crate::policies::cache::AclCache,
+    /// Relayed PAM connections waiting for their gateway to dial in.
+    pub relays: crate::pam::relay::Relays,
 }
 
 pub type State = Arc<Core>;
@@ -67,6 +69,7 @@ impl Core {
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
             hosts_cache: Default::default(),
             acl_cache: Default::default(),
+            relays: Default::default(),
         }))
     }
 }

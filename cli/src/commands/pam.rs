@@ -130,7 +130,27 @@ pub enum SshCommand {
     /// have ended are removed the next time this runs.
     #[command(after_long_help = CONFIG_EXAMPLES)]
     Config(ConfigArgs),
+
+    /// Carry ssh's connection to a session's gateway through the server
+    /// (ssh's ProxyCommand)
+    ///
+    /// For gateways without an inbound port (enrolled with
+    /// `gatepass-gateway setup --relay`): asks the server to relay a
+    /// connection to the session's gateway (POST
+    /// pam/sessions/<id>/relay, an HTTP upgrade) with this command's
+    /// server address, CA and token, then copies stdin to the connection
+    /// and the connection to stdout until either side closes. `pam ssh
+    /// access` and `pam ssh config` put it in ssh's ProxyCommand for such
+    /// gateways; only the token that asked for the session may relay to
+    /// it. Waits at most 10 s for the gateway to pick the connection up.
+    #[command(after_long_help = RELAY_EXAMPLES)]
+    Relay(IdArgs),
 }
+
+pub const RELAY_EXAMPLES: &str = "\
+Examples:
+  # What `pam ssh config` writes for a relay gateway's session:
+  ProxyCommand '/usr/bin/gatepass' --address 'https://gatepass.example.com:8200' pam ssh relay 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SessionsCommand {
@@ -253,8 +273,13 @@ pub struct IdArgs {
 /// ends with ssh's.
 pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<u8> {
     match cmd {
-        Command::Ssh(SshCommand::Access(a)) => return access(&Ctx::new(global)?, a).await,
-        Command::Ssh(SshCommand::Config(a)) => config(&Ctx::new(global)?, a).await?,
+        Command::Ssh(SshCommand::Access(a)) => {
+            return access(&Ctx::new(global)?, &Via::of(global)?, a).await
+        }
+        Command::Ssh(SshCommand::Config(a)) => {
+            config(&Ctx::new(global)?, &Via::of(global)?, a).await?
+        }
+        Command::Ssh(SshCommand::Relay(a)) => relay(&Ctx::new(global)?, a).await?,
         Command::Sessions(SessionsCommand::List(a)) => list(&Ctx::new(global)?, a).await?,
         Command::Sessions(SessionsCommand::Show(a)) => show(&Ctx::new(global)?, a).await?,
         Command::Sessions(SessionsCommand::Terminate(a)) => {
@@ -371,9 +396,132 @@ impl fmt::Display for GatewayAddr {
     }
 }
 
-/// known_hosts lines pinning the gateway's host keys (comments dropped).
-fn known_hosts_lines(gw: &GatewayAddr, keys: &[String]) -> Result<String> {
-    let name = gw.known_hosts_name();
+/// How ssh reaches the session's gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Route {
+    /// On the gateway's own port.
+    Direct(GatewayAddr),
+    /// Through the server (`pam ssh relay` as ssh's ProxyCommand): the
+    /// gateway has no inbound port. ssh knows it by [`Route::host_name`],
+    /// which its known_hosts entry names (HostKeyAlias).
+    Relay { gateway: String },
+}
+
+impl Route {
+    fn of(access: &Access) -> Result<Route> {
+        if !access.relay {
+            return Ok(Route::Direct(GatewayAddr::parse(&access.gateway)?));
+        }
+        let ok = !access.gateway.is_empty()
+            && access
+                .gateway
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !ok {
+            return Err(Error::Local(format!(
+                "the server named the session's gateway {:?}, which is not a gateway name",
+                access.gateway
+            )));
+        }
+        Ok(Route::Relay {
+            gateway: access.gateway.clone(),
+        })
+    }
+
+    /// The name ssh dials (direct) or knows the gateway by (relay).
+    fn host_name(&self) -> String {
+        match self {
+            Route::Direct(a) => a.host.clone(),
+            Route::Relay { gateway } => format!("gatepass-gateway-{gateway}"),
+        }
+    }
+
+    /// The name of the gateway's keys in known_hosts.
+    fn known_hosts_name(&self) -> String {
+        match self {
+            Route::Direct(a) => a.known_hosts_name(),
+            Route::Relay { .. } => self.host_name(),
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Direct(a) => a.fmt(f),
+            Route::Relay { gateway } => write!(f, "{gateway} (relayed by the server)"),
+        }
+    }
+}
+
+/// How a ProxyCommand reaches the server as this command did: this
+/// program, with the server's address and CA as flags (the token comes
+/// from the environment or `gatepass login`'s file, as for any command).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Via {
+    exe: PathBuf,
+    addr: String,
+    ca_cert: Option<PathBuf>,
+}
+
+impl Via {
+    fn of(global: &GlobalArgs) -> Result<Via> {
+        let s = super::settings(global);
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::Local(format!("cannot find this program's path: {e}")))?;
+        let ca_cert = s
+            .ca_cert
+            .map(|c| std::path::absolute(&c).unwrap_or(c));
+        Ok(Via {
+            exe,
+            addr: s.addr,
+            ca_cert,
+        })
+    }
+
+    /// `'EXE' --address 'URL' [--ca-cert 'FILE'] pam ssh relay ID`: run by
+    /// ssh through the shell, after ssh expanded its `%` tokens.
+    fn proxy_command(&self, session_id: &str) -> Result<String> {
+        let word = |s: &str| -> Result<String> {
+            if s.chars().any(|c| c.is_control()) {
+                return Err(Error::Local(format!(
+                    "{s:?} cannot be given to ssh's ProxyCommand"
+                )));
+            }
+            // Single quotes for the shell; %% for ssh's own expansion.
+            Ok(format!("'{}'", s.replace('\'', "'\\''").replace('%', "%%")))
+        };
+        let path = |p: &Path| -> Result<String> {
+            p.to_str()
+                .ok_or_else(|| Error::Local(format!("{} is not UTF-8", p.display())))
+                .and_then(word)
+        };
+        let mut cmd = format!("{} --address {}", path(&self.exe)?, word(&self.addr)?);
+        if let Some(ca) = &self.ca_cert {
+            cmd.push_str(&format!(" --ca-cert {}", path(ca)?));
+        }
+        cmd.push_str(&format!(" pam ssh relay {}", word(session_id)?));
+        Ok(cmd)
+    }
+}
+
+impl Via {
+    /// ssh's options (KEY=VALUE) for a relayed session: the ProxyCommand,
+    /// and the name its known_hosts entry is under. None for a direct one.
+    fn relay_options(&self, g: &Granted) -> Result<Vec<String>> {
+        Ok(match &g.gateway {
+            Route::Direct(_) => Vec::new(),
+            Route::Relay { .. } => vec![
+                format!("ProxyCommand={}", self.proxy_command(&g.access.session_id)?),
+                format!("HostKeyAlias={}", g.gateway.known_hosts_name()),
+            ],
+        })
+    }
+}
+
+/// known_hosts lines pinning the gateway's host keys (comments dropped),
+/// under `name`.
+fn known_hosts_lines(name: &str, keys: &[String]) -> Result<String> {
     let mut out = String::new();
     for k in keys.iter().map(|k| k.trim()).filter(|k| !k.is_empty()) {
         let key = PublicKey::from_openssh(k)
@@ -424,7 +572,7 @@ async fn check_reachable(gw: &GatewayAddr, timeout: Duration) -> std::result::Re
 /// A granted session, with the key made for it.
 struct Granted {
     access: Access,
-    gateway: GatewayAddr,
+    gateway: Route,
     /// The private key, OpenSSH form.
     key_pem: Zeroizing<String>,
     /// The certificate line.
@@ -485,8 +633,8 @@ async fn request_access(
         )));
     }
     check_login(&access.login, &action)?;
-    let gateway = GatewayAddr::parse(&access.gateway)?;
-    let known_hosts = known_hosts_lines(&gateway, &access.gateway_host_keys)?;
+    let gateway = Route::of(&access)?;
+    let known_hosts = known_hosts_lines(&gateway.known_hosts_name(), &access.gateway_host_keys)?;
     let comment = format!("gatepass-pam:{}", access.session_id);
     key.set_comment(comment.clone());
     let key_pem = key
@@ -572,7 +720,7 @@ fn config_path(p: &Path) -> Result<String> {
 
 // ----------------------------------------------------------- access
 
-async fn access(ctx: &Ctx, args: AccessArgs) -> Result<u8> {
+async fn access(ctx: &Ctx, via: &Via, args: AccessArgs) -> Result<u8> {
     access_path(&args.grant.resource, &args.grant.account)?;
     for o in &args.ssh_options {
         check_ssh_option(o)?;
@@ -580,7 +728,7 @@ async fn access(ctx: &Ctx, args: AccessArgs) -> Result<u8> {
     // From here on, a signal ends the command through the cleanup below.
     let mut signals = Signals::new()?;
     let dir = private_dir("gatepass-pam-")?;
-    let outcome = access_in(ctx, &args, dir.path(), &mut signals).await;
+    let outcome = access_in(ctx, via, &args, dir.path(), &mut signals).await;
     let shown = dir.path().display().to_string();
     let cleaned = dir.close();
     let code = outcome?;
@@ -593,16 +741,27 @@ async fn access(ctx: &Ctx, args: AccessArgs) -> Result<u8> {
     Ok(code)
 }
 
-async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signals) -> Result<u8> {
+async fn access_in(
+    ctx: &Ctx,
+    via: &Via,
+    args: &AccessArgs,
+    dir: &Path,
+    signals: &mut Signals,
+) -> Result<u8> {
     let g = request_access(ctx, &args.grant, false, signals).await?;
     let files = write_session_files(dir, &g)?;
     let sid = g.access.session_id.clone();
 
-    let reached = tokio::select! {
-        r = check_reachable(&g.gateway, Duration::from_secs(5)) => r,
-        sig = signals.next() => {
-            return Err(Error::Local(format!("interrupted by {}", sig.as_str())))
-        }
+    // A relayed connection's ProxyCommand says itself when the gateway
+    // does not pick it up.
+    let reached = match &g.gateway {
+        Route::Direct(addr) => tokio::select! {
+            r = check_reachable(addr, Duration::from_secs(5)) => r,
+            sig = signals.next() => {
+                return Err(Error::Local(format!("interrupted by {}", sig.as_str())))
+            }
+        },
+        Route::Relay { .. } => Ok(()),
     };
     if let Err(reason) = reached {
         let gw = match gateway_name(ctx, &sid).await {
@@ -621,6 +780,7 @@ async fn access_in(ctx: &Ctx, args: &AccessArgs, dir: &Path, signals: &mut Signa
         &files,
         args.ssh_config.as_deref(),
         &g.gateway,
+        via.relay_options(&g)?.as_slice(),
         &g.access.login,
         &args.ssh_options,
         &args.command,
@@ -660,7 +820,8 @@ async fn gateway_name(ctx: &Ctx, sid: &str) -> Option<String> {
 fn ssh_command(
     files: &SessionFiles,
     config: Option<&Path>,
-    gw: &GatewayAddr,
+    gw: &Route,
+    relay_options: &[String],
     login: &str,
     extra_options: &[String],
     command: &[String],
@@ -678,17 +839,18 @@ fn ssh_command(
         "GlobalKnownHostsFile=/dev/null".into(),
         "StrictHostKeyChecking=yes".into(),
     ];
-    for o in ours.iter().chain(extra_options) {
+    for o in ours.iter().chain(relay_options).chain(extra_options) {
         argv.push("-o".into());
         argv.push(o.into());
     }
+    if let Route::Direct(addr) = gw {
+        argv.extend(["-p".into(), addr.port.to_string().into()]);
+    }
     argv.extend([
-        "-p".into(),
-        gw.port.to_string().into(),
         "-l".into(),
         login.into(),
         "--".into(),
-        gw.host.clone().into(),
+        gw.host_name().into(),
     ]);
     argv.extend(command.iter().map(OsString::from));
     Ok(argv)
@@ -738,9 +900,34 @@ async fn run_ssh(argv: &[OsString], signals: &mut Signals) -> Result<(u8, Option
     Ok((code, forwarded))
 }
 
+// ------------------------------------------------------------ relay
+
+/// `pam ssh relay ID`: ssh's connection to the session's gateway, through
+/// the server, on stdin and stdout.
+async fn relay(ctx: &Ctx, args: IdArgs) -> Result<()> {
+    let id = segment("session", &args.id)?;
+    let action = format!("relaying a connection to session {id}");
+    let conn = ctx
+        .client
+        .upgrade(
+            &format!("pam/sessions/{id}/relay"),
+            gatepass_api::pam::RELAY_PROTOCOL,
+        )
+        .await
+        .map_err(|e| ctx.api_error(e, &action))?;
+    let mut conn = conn;
+    let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    match tokio::io::copy_bidirectional(&mut local, &mut conn).await {
+        Ok(_) => Ok(()),
+        // ssh went away first: nothing left to carry.
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Error::Local(format!("{action}: {e}"))),
+    }
+}
+
 // ----------------------------------------------------------- config
 
-async fn config(ctx: &Ctx, args: ConfigArgs) -> Result<()> {
+async fn config(ctx: &Ctx, via: &Via, args: ConfigArgs) -> Result<()> {
     access_path(&args.grant.resource, &args.grant.account)?;
     let base = match &args.dir {
         Some(d) => d.clone(),
@@ -766,7 +953,7 @@ async fn config(ctx: &Ctx, args: ConfigArgs) -> Result<()> {
         .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
         .map_err(|e| Error::Local(format!("cannot create {}: {e}", dir.display())))?;
     let files = match write_session_files(&dir, &g).and_then(|f| {
-        let block = config_block(&g, &args.grant, &f)?;
+        let block = config_block(&g, &args.grant, &f, &via.relay_options(&g)?)?;
         Ok((f, block))
     }) {
         Ok(f) => f,
@@ -785,13 +972,28 @@ async fn config(ctx: &Ctx, args: ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-/// The ~/.ssh/config block for a session.
-fn config_block(g: &Granted, grant: &Grant, files: &SessionFiles) -> Result<String> {
+/// The ~/.ssh/config block for a session; `relay_options` (KEY=VALUE) go
+/// in as `KEY VALUE` lines.
+fn config_block(
+    g: &Granted,
+    grant: &Grant,
+    files: &SessionFiles,
+    relay_options: &[String],
+) -> Result<String> {
+    let mut reach = match &g.gateway {
+        Route::Direct(addr) => format!("    Port {}\n", addr.port),
+        Route::Relay { .. } => String::new(),
+    };
+    for o in relay_options {
+        if let Some((k, v)) = o.split_once('=') {
+            reach.push_str(&format!("    {k} {v}\n"));
+        }
+    }
     Ok(format!(
         "# gatepass PAM session {sid}: account {account} of {resource}, ends at {end}\n\
          Host {alias}\n\
          \x20   HostName {host}\n\
-         \x20   Port {port}\n\
+         {reach}\
          \x20   User {user}\n\
          \x20   IdentityFile {key}\n\
          \x20   CertificateFile {cert}\n\
@@ -804,8 +1006,7 @@ fn config_block(g: &Granted, grant: &Grant, files: &SessionFiles) -> Result<Stri
         resource = grant.resource,
         end = g.access.expires_at,
         alias = host_alias(&grant.resource, &grant.account),
-        host = g.gateway.host,
-        port = g.gateway.port,
+        host = g.gateway.host_name(),
         user = g.access.login,
         key = config_path(&files.key)?,
         cert = config_path(&files.cert)?,
@@ -1169,19 +1370,19 @@ mod tests {
     fn known_hosts_lines_as_ssh_looks_them_up() {
         let gw = |s: &str| GatewayAddr::parse(s).unwrap();
         assert_eq!(
-            known_hosts_lines(&gw("[::1]:22"), &[format!("{KEY} gateway@host")]).unwrap(),
+            known_hosts_lines(&gw("[::1]:22").known_hosts_name(), &[format!("{KEY} gateway@host")]).unwrap(),
             format!("::1 {KEY}\n")
         );
         assert_eq!(
-            known_hosts_lines(&gw("[::1]:2222"), &[KEY.into()]).unwrap(),
+            known_hosts_lines(&gw("[::1]:2222").known_hosts_name(), &[KEY.into()]).unwrap(),
             format!("[::1]:2222 {KEY}\n")
         );
         assert_eq!(
-            known_hosts_lines(&gw("gw:2222"), &[KEY.into(), format!("  {KEY}  ")]).unwrap(),
+            known_hosts_lines(&gw("gw:2222").known_hosts_name(), &[KEY.into(), format!("  {KEY}  ")]).unwrap(),
             format!("[gw]:2222 {KEY}\n[gw]:2222 {KEY}\n")
         );
-        assert!(known_hosts_lines(&gw("gw:22"), &[]).is_err());
-        assert!(known_hosts_lines(&gw("gw:22"), &["not a key".into()]).is_err());
+        assert!(known_hosts_lines(&gw("gw:22").known_hosts_name(), &[]).is_err());
+        assert!(known_hosts_lines(&gw("gw:22").known_hosts_name(), &["not a key".into()]).is_err());
     }
 
     fn files(dir: &str) -> SessionFiles {
@@ -1197,7 +1398,8 @@ mod tests {
         let argv = ssh_command(
             &files("/run/user/0/gatepass-pam-x"),
             Some(Path::new("/dev/null")),
-            &GatewayAddr::parse("[::1]:2222").unwrap(),
+            &Route::Direct(GatewayAddr::parse("[::1]:2222").unwrap()),
+            &[],
             "root",
             &["ServerAliveInterval=5".into()],
             &["echo".into(), "hello".into()],
@@ -1237,7 +1439,8 @@ mod tests {
         let spaced = ssh_command(
             &files("/tmp/my dir"),
             None,
-            &GatewayAddr::parse("gw").unwrap(),
+            &Route::Direct(GatewayAddr::parse("gw").unwrap()),
+            &[],
             "root",
             &[],
             &[],
@@ -1250,7 +1453,8 @@ mod tests {
         assert!(ssh_command(
             &files("/tmp/100%"),
             None,
-            &GatewayAddr::parse("gw").unwrap(),
+            &Route::Direct(GatewayAddr::parse("gw").unwrap()),
+            &[],
             "r",
             &[],
             &[]
@@ -1259,18 +1463,33 @@ mod tests {
     }
 
     fn granted(gateway: &str) -> Granted {
-        let gw = GatewayAddr::parse(gateway).unwrap();
+        granted_via(gateway, false)
+    }
+
+    fn granted_via(gateway: &str, relay: bool) -> Granted {
+        let access = Access {
+            session_id: "s-123".into(),
+            gateway: gateway.into(),
+            relay,
+            gateway_host_keys: vec![KEY.into()],
+            login: "root".into(),
+            expires_at: "2026-12-02T15:00:00Z".into(),
+            expires_at_unix: 1_796_223_600,
+            signed_key: String::new(),
+        };
+        let gw = Route::of(&access).unwrap();
         Granted {
             access: Access {
                 session_id: "s-123".into(),
                 gateway: gateway.into(),
+                relay,
                 gateway_host_keys: vec![KEY.into()],
                 login: "root".into(),
                 expires_at: "2026-12-02T15:00:00Z".into(),
                 expires_at_unix: 1_796_223_600,
                 signed_key: String::new(),
             },
-            known_hosts: known_hosts_lines(&gw, &[KEY.into()]).unwrap(),
+            known_hosts: known_hosts_lines(&gw.known_hosts_name(), &[KEY.into()]).unwrap(),
             gateway: gw,
             key_pem: Zeroizing::new(String::new()),
             cert_text: String::new(),
@@ -1291,6 +1510,7 @@ mod tests {
             &granted("gw.example.com:2222"),
             &grant(),
             &files("/home/a/.gatepass/pam/s-123"),
+            &[],
         )
         .unwrap();
         assert_eq!(
@@ -1307,9 +1527,58 @@ mod tests {
              \x20   GlobalKnownHostsFile /dev/null\n\
              \x20   StrictHostKeyChecking yes\n"
         );
-        let v6 = config_block(&granted("[::1]:22"), &grant(), &files("/a b")).unwrap();
+        let v6 = config_block(&granted("[::1]:22"), &grant(), &files("/a b"), &[]).unwrap();
         assert!(v6.contains("    HostName ::1\n    Port 22\n"), "{v6}");
         assert!(v6.contains("    IdentityFile \"/a b/id\"\n"), "{v6}");
+    }
+
+    fn via() -> Via {
+        Via {
+            exe: "/usr/bin/gatepass".into(),
+            addr: "https://gp.example:8200".into(),
+            ca_cert: Some("/home/a/it's 100%/ca.pem".into()),
+        }
+    }
+
+    #[test]
+    fn relayed_sessions_go_through_the_proxy_command() {
+        let g = granted_via("gw1", true);
+        assert_eq!(g.gateway.host_name(), "gatepass-gateway-gw1");
+        assert!(g.known_hosts.starts_with("gatepass-gateway-gw1 ssh-ed25519 "));
+        let proxy = via().proxy_command("s-123").unwrap();
+        assert_eq!(
+            proxy,
+            "'/usr/bin/gatepass' --address 'https://gp.example:8200' \
+             --ca-cert '/home/a/it'\\''s 100%%/ca.pem' pam ssh relay 's-123'"
+        );
+        let opts = via().relay_options(&g).unwrap();
+        assert_eq!(
+            opts,
+            [
+                format!("ProxyCommand={proxy}"),
+                "HostKeyAlias=gatepass-gateway-gw1".to_string()
+            ]
+        );
+        let argv = ssh_command(&files("/t"), None, &g.gateway, &opts, "root", &[], &[]).unwrap();
+        let s: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
+        assert!(!s.contains(&"-p"), "{s:?}");
+        assert_eq!(&s[s.len() - 4..], ["-l", "root", "--", "gatepass-gateway-gw1"]);
+        assert!(s.contains(&"HostKeyAlias=gatepass-gateway-gw1"), "{s:?}");
+        let block = config_block(&g, &grant(), &files("/h"), &opts).unwrap();
+        assert!(
+            block.contains(&format!(
+                "    HostName gatepass-gateway-gw1\n    ProxyCommand {proxy}\n    \
+                 HostKeyAlias gatepass-gateway-gw1\n    User root\n"
+            )),
+            "{block}"
+        );
+        assert!(!block.contains("Port"), "{block}");
+        // A direct session has none of it.
+        assert!(via().relay_options(&granted("gw:22")).unwrap().is_empty());
+        // A relay gateway's name goes into ssh's options: nothing else may.
+        let mut bad = granted_via("gw1", true).access;
+        bad.gateway = "gw1 -oProxyCommand=x".into();
+        assert!(Route::of(&bad).is_err());
     }
 
     #[test]

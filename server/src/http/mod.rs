@@ -65,6 +65,12 @@ pub enum Reply {
         content_type: &'static str,
         body: Vec<u8>,
     },
+    /// 101: the user's relayed connection, paired with its gateway's; the
+    /// upgraded connection goes to the gateway's side.
+    RelayUser(crate::pam::relay::UserEnd),
+    /// 101: the gateway dialed in for a relayed connection; its upgraded
+    /// connection is spliced to the user's.
+    RelayGateway(crate::pam::relay::GatewayEnd),
 }
 
 pub fn app(core: State) -> Router {
@@ -103,6 +109,7 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_)
         | Error::Sqlite(_)
         | Error::Migrate(_)
@@ -130,9 +137,59 @@ fn token_from(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
+/// Whether the request asks to switch to the relay protocol.
+fn wants_relay(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, word: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(word))
+    };
+    has(header::CONNECTION, "upgrade")
+        && has(header::UPGRADE, gatepass_api::pam::RELAY_PROTOCOL)
+}
+
+/// Answers 101 and hands the upgraded connection to `then` once the
+/// client has it.
+fn switch<F, Fut>(on_upgrade: Option<hyper::upgrade::OnUpgrade>, then: F) -> Response
+where
+    F: FnOnce(crate::pam::relay::Stream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(on_upgrade) = on_upgrade else {
+        return error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the connection cannot switch protocols",
+        );
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => then(Box::new(hyper_util::rt::TokioIo::new(upgraded))).await,
+            Err(e) => tracing::debug!(error = %e, "relayed connection not upgraded"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, gatepass_api::pam::RELAY_PROTOCOL),
+        ],
+    )
+        .into_response()
+}
+
 async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // Only HTTP/1.1 connections can be taken over; the relay paths refuse
+    // a request without it.
+    let on_upgrade = if wants_relay(&parts.headers) {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
     let client_ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -195,6 +252,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         client_ip,
         token: token_from(&parts.headers),
         now: core.clock.now(),
+        upgrade: on_upgrade.is_some(),
     };
 
     // Vault's order: the request is on record before anything is done for
@@ -262,6 +320,8 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         "request"
     );
     match result {
+        Ok(Reply::RelayUser(end)) => switch(on_upgrade, move |s| async move { end.deliver(s) }),
+        Ok(Reply::RelayGateway(end)) => switch(on_upgrade, move |s| end.splice(s)),
         Ok(reply) => shape(reply, warnings, request_id),
         Err(e) => {
             let status = status_of(&e);
@@ -279,6 +339,7 @@ fn reply_status(r: &Reply) -> StatusCode {
         Reply::NotFound => StatusCode::NOT_FOUND,
         Reply::List(keys) if keys.is_empty() => StatusCode::NOT_FOUND,
         Reply::Raw { status, .. } => *status,
+        Reply::RelayUser(_) | Reply::RelayGateway(_) => StatusCode::SWITCHING_PROTOCOLS,
         _ => StatusCode::OK,
     }
 }
@@ -320,6 +381,11 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
         }
         Reply::NoContent => StatusCode::NO_CONTENT.into_response(),
         Reply::NotFound => error_body(StatusCode::NOT_FOUND, ""),
+        // Answered by `switch` in `handle`, which holds the connection.
+        Reply::RelayUser(_) | Reply::RelayGateway(_) => error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the connection cannot switch protocols",
+        ),
         Reply::Raw {
             status,
             content_type,
@@ -340,7 +406,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
     }
     let entry = token::authenticate(core, req.token.as_deref(), req.client_ip, req.now).await?;
     *caller = Some(entry.clone());
-    if !entry.is_root() {
+    if !entry.is_root() && !routes::is_owner_checked(req) {
         let acl = policies::acl_for(core, &entry.policies).await?;
         let can = |c| acl.allows(&req.path, c);
         let allowed = match req.op {

@@ -11,12 +11,33 @@ use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
-use crate::pam::{accounts, gateways, resources, sessions, Name};
+use crate::pam::{accounts, gateways, relay, resources, sessions, Name};
 use crate::state::Core;
 
 /// Enrollment needs no token: the join token is in the body.
 pub fn is_unauthenticated(req: &Request) -> bool {
     req.path.as_str() == "pam/gateways/enroll" && req.op == Operation::Write
+}
+
+/// Paths any token may call, because the handler lets only the owner
+/// through: relaying a connection to a session is for the token that asked
+/// for the session (`relay::authorize`), which a policy granting the
+/// `access` path alone could not express.
+pub fn is_owner_checked(req: &Request) -> bool {
+    let segs: Vec<&str> = req.path.split('/').collect();
+    matches!(segs.as_slice(), ["pam", "sessions", _, "relay"]) && req.op == Operation::Write
+}
+
+/// A relayed connection must ask to switch protocols.
+fn require_upgrade(req: &Request) -> Result<()> {
+    if req.upgrade {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "this path relays a connection: send it with \"Connection: Upgrade\" and \"Upgrade: {}\" over HTTP/1.1",
+            gatepass_api::pam::RELAY_PROTOCOL
+        )))
+    }
 }
 
 fn list(keys: Vec<String>) -> Result<Reply> {
@@ -105,7 +126,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let r = Name::parse("resource", r)?;
             let a = Name::parse("account", a)?;
             let ask: AccessRequest = f.parse()?;
-            data(&sessions::access(core, &r, &a, ask, &caller.display_name, now).await?)
+            let who = sessions::Requester {
+                display_name: caller.display_name.clone(),
+                creator: relay::creator_of(core, caller),
+            };
+            data(&sessions::access(core, &r, &a, ask, &who, now).await?)
         }
 
         // Sessions.
@@ -135,6 +160,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let caller = super::routes::caller_of(caller)?;
             data(&sessions::terminate(core, id, &caller.display_name, now).await?)
         }
+        (["sessions", id, "relay"], Write) => {
+            let caller = super::routes::caller_of(caller)?;
+            require_upgrade(req)?;
+            let s = relay::authorize(core, id, caller, now).await?;
+            let end = core.relays.request(&s.gateway, &s.id).await?;
+            Ok(Reply::RelayUser(end))
+        }
 
         // The gateway's own paths.
         (["gateway", "self", "started"], Write) => {
@@ -154,6 +186,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let r: OpenSession = f.parse()?;
             data(&sessions::open(core, &gw, id, r, now).await?)
         }
+        (["gateway", "self", "relay", conn_id], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            require_upgrade(req)?;
+            Ok(Reply::RelayGateway(core.relays.claim(&gw.name, conn_id)?))
+        }
         (["gateway", "self", "sessions", id, "end"], Write) => {
             let gw = gateways::own_gateway(core, caller).await?;
             let r: EndSession = f.parse()?;
@@ -168,7 +205,8 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             | ["resources", _, "accounts", _]
             | ["resources", _, "accounts", _, "access"]
             | ["sessions", _]
-            | ["sessions", _, "terminate"]
+            | ["sessions", _, "terminate" | "relay"]
+            | ["gateway", "self", "relay", _]
             | ["gateway", "self", "started" | "sessions"]
             | ["gateway", "self", "sessions", _, "open" | "end"],
             _,

@@ -38,4 +38,7 @@ pub struct Request {
     /// The token the client presented, if any (never logged).
     pub token: Option<String>,
     pub now: i64,
+    /// The client asked to switch to the relay protocol (`Connection:
+    /// Upgrade`, `Upgrade: gatepass-relay`) and the connection can.
+    pub upgrade: bool,
 }

@@ -37,6 +37,12 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     })
 }
 
+/// Paths any valid token may call without an ACL grant, because their
+/// handler lets only the owner of what they name through.
+pub fn is_owner_checked(req: &Request) -> bool {
+    super::pam::is_owner_checked(req)
+}
+
 /// Paths that need `sudo` in the caller's policy (root always has it).
 pub fn needs_sudo(path: &str, op: Operation) -> bool {
     let under = |prefix: &str| {

@@ -26,7 +26,9 @@ struct JoinEntry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Gateway {
     pub name: Name,
-    pub address: Address,
+    /// Where users' ssh dials it; None for a relay gateway, which has no
+    /// inbound port (users reach it through the server, `super::relay`).
+    pub address: Option<Address>,
     pub host_keys: Vec<String>,
     pub enrolled: i64,
     pub last_seen: i64,
@@ -71,6 +73,13 @@ impl Address {
 const RESERVED: [&str; 2] = ["enroll", "join-tokens"];
 
 /// A gateway name (see [`Name`]), other than the words of its sibling paths.
+impl Gateway {
+    /// Users reach it through the server, not at an address.
+    pub fn is_relay(&self) -> bool {
+        self.address.is_none()
+    }
+}
+
 pub fn gateway_name(s: &str) -> Result<Name> {
     if RESERVED.contains(&s) {
         return Err(Error::invalid(format!(
@@ -160,7 +169,15 @@ async fn spend_join_token(core: &Core, text: &str, now: i64) -> Result<()> {
 
 pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEnrolled> {
     let name = gateway_name(&r.name)?;
-    let address = Address::parse(&r.address)?;
+    let address = match (r.relay, r.address.trim()) {
+        (false, a) => Some(Address::parse(a)?),
+        (true, "") => None,
+        (true, a) => {
+            return Err(Error::invalid(format!(
+                "a relay gateway has no address users dial (got {a:?}): leave address empty, or enroll without relay"
+            )))
+        }
+    };
     let host_keys = parse_host_keys(&r.host_keys)?;
     // The join token is checked first, so that only its holders learn which
     // names are taken; it is spent only once the name is known to be free.
@@ -227,7 +244,12 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
 pub fn info(g: &Gateway) -> GatewayInfo {
     GatewayInfo {
         name: g.name.to_string(),
-        address: g.address.as_str().to_string(),
+        address: g
+            .address
+            .as_ref()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+        relay: g.is_relay(),
         host_keys: g.host_keys.clone(),
         enrolled: crate::clock::rfc3339(g.enrolled),
         last_seen: crate::clock::rfc3339(g.last_seen),

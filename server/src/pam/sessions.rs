@@ -63,6 +63,12 @@ pub struct Session {
     /// it ends when that one closes.
     #[serde(default)]
     pub reusable: bool,
+    /// A keyed hash of the asking token's accessor
+    /// ([`super::relay::creator_of`]): only that token may relay
+    /// connections to the session. None for sessions granted before it
+    /// was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
 }
 
 impl Session {
@@ -87,7 +93,7 @@ impl Session {
         }
     }
 
-    fn is_open_at(&self, now: i64) -> bool {
+    pub fn is_open_at(&self, now: i64) -> bool {
         !matches!(self.stage_at(now), Stage::Ended { .. })
     }
 
@@ -184,7 +190,7 @@ pub async fn access(
     resource: &Name,
     account: &Name,
     req: AccessRequest,
-    user: &str,
+    user: &Requester,
     now: i64,
 ) -> Result<Access> {
     let r = resources::require(core, resource).await?;
@@ -193,7 +199,7 @@ pub async fn access(
         session_id: None,
         resource: Some(resource.to_string()),
         account: Some(account.to_string()),
-        user: Some(user.to_string()),
+        user: Some(user.display_name.clone()),
         gateway: Some(r.gateway.to_string()),
     };
     match grant(core, &r, &a, req, user, now).await {
@@ -219,7 +225,7 @@ async fn grant(
     r: &Resource,
     a: &Account,
     req: AccessRequest,
-    user: &str,
+    user: &Requester,
     now: i64,
 ) -> Result<Access> {
     let duration = duration_for(a, req.duration.as_deref())?;
@@ -236,11 +242,12 @@ async fn grant(
         account: a.name.clone(),
         username: a.username.clone(),
         gateway: r.gateway.clone(),
-        user: user.to_string(),
+        user: user.display_name.clone(),
         created_at: now,
         expires_at: now + duration,
         stage: Stage::Pending,
         reusable: req.reusable,
+        creator: Some(user.creator.clone()),
     };
     let signed_key = session_ca::sign(
         core,
@@ -262,13 +269,27 @@ async fn grant(
         .await?;
     Ok(Access {
         session_id: s.id.clone(),
-        gateway: gw.address.as_str().to_string(),
+        // A relay gateway has no address: the CLI names it by its name.
+        gateway: match &gw.address {
+            Some(a) => a.as_str().to_string(),
+            None => gw.name.to_string(),
+        },
+        relay: gw.is_relay(),
         gateway_host_keys: gw.host_keys.clone(),
         login: a.name.to_string(),
         expires_at: crate::clock::rfc3339(s.expires_at),
         expires_at_unix: s.expires_at,
         signed_key,
     })
+}
+
+/// Who asks for a session.
+#[derive(Clone, Debug)]
+pub struct Requester {
+    /// The token's display name, shown as the session's user.
+    pub display_name: String,
+    /// [`super::relay::creator_of`] the token.
+    pub creator: String,
 }
 
 /// `LIST pam/sessions` filters.
@@ -410,6 +431,7 @@ pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<Gat
         index: 0,
         sessions,
         session_ca_keys: session_ca::public_keys(core, now).await?,
+        relay_requests: core.relays.waiting_for(&gw.name),
     };
     let bytes = serde_json::to_vec(&out).map_err(|e| Error::internal(e.to_string()))?;
     let digest = Sha256::digest(&bytes);
@@ -426,6 +448,7 @@ pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<Gat
 /// after `wait`.
 pub async fn poll(core: &Core, gw: &Gateway, index: u64, wait: i64) -> Result<GatewaySessions> {
     let mut changes = core.storage.subscribe();
+    let mut relays = core.relays.subscribe();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
     loop {
@@ -435,6 +458,7 @@ pub async fn poll(core: &Core, gw: &Gateway, index: u64, wait: i64) -> Result<Ga
         }
         tokio::select! {
             _ = changes.changed() => {}
+            _ = relays.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tokio::time::sleep_until(deadline) => {}
         }
@@ -734,6 +758,7 @@ mod tests {
             expires_at: 200,
             stage,
             reusable: false,
+            creator: None,
         }
     }
 
