@@ -41,6 +41,8 @@ struct Pam {
     ca_pub: String,
     gateway: Option<Child>,
     gateway_port: u16,
+    /// The gateway was set up with `--relay`: no port of its own.
+    relay: bool,
     person_token: String,
     /// Every API answer the person's token received in this test.
     answers: std::cell::RefCell<Vec<String>>,
@@ -48,6 +50,16 @@ struct Pam {
 
 impl Pam {
     fn start() -> Pam {
+        Pam::start_as(false)
+    }
+
+    /// With a gateway enrolled with `setup --relay`: users reach it through
+    /// the server.
+    fn start_relay() -> Pam {
+        Pam::start_as(true)
+    }
+
+    fn start_as(relay: bool) -> Pam {
         let mut pam = Pam {
             server: DevServer::start(),
             admin: tempfile::tempdir().unwrap(),
@@ -56,6 +68,7 @@ impl Pam {
             ca_pub: String::new(),
             gateway: None,
             gateway_port: free_port(),
+            relay,
             person_token: String::new(),
             answers: Default::default(),
         };
@@ -85,12 +98,18 @@ impl Pam {
             "ttl=10m",
         ]));
         let dir = pam.admin.path();
-        let setup = run(Command::new(bin("gatepass-gateway"))
+        let mut setup = Command::new(bin("gatepass-gateway"));
+        setup
             .args(["setup", "--server", &pam.server.addr, "--join-token"])
             .arg(join.trim())
             .arg("--ca-cert")
-            .arg(&pam.server.cacert)
-            .args(["--listen", &format!("127.0.0.1:{}", pam.gateway_port)])
+            .arg(&pam.server.cacert);
+        if relay {
+            setup.arg("--relay");
+        } else {
+            setup.args(["--listen", &format!("127.0.0.1:{}", pam.gateway_port)]);
+        }
+        let setup = run(setup
             .args(["--name", "gw1", "--config"])
             .arg(dir.join("gateway.toml"))
             .arg("--token-file")
@@ -139,7 +158,15 @@ impl Pam {
             .unwrap();
         self.gateway = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", self.gateway_port)).is_err() {
+        // A relay gateway has no port to try: it says when it is ready.
+        let ready = |pam: &Pam| {
+            if pam.relay {
+                pam.gateway_log().contains("gateway ready")
+            } else {
+                TcpStream::connect(("127.0.0.1", pam.gateway_port)).is_ok()
+            }
+        };
+        while !ready(self) {
             assert!(
                 Instant::now() < deadline,
                 "the gateway did not listen:\n{}",
@@ -262,6 +289,13 @@ impl Pam {
                 "known_hosts": [sshd.host_public_key().trim()],
             }),
         );
+    }
+
+    /// `GET pam/gateways/gw1` as the administrator.
+    fn session_gateway_info(&self) -> Value {
+        let (status, text) = self.api("GET", "pam/gateways/gw1", &self.server.token, None);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
     }
 
     fn audit(&self) -> String {
@@ -960,4 +994,202 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
     assert!(err.contains("cannot be reached"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
     drop(t);
+}
+
+/// The TCP sockets a process listens on, from /proc: its socket inodes
+/// that /proc/net/tcp{,6} list in state LISTEN (0A).
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    assert!(!inodes.is_empty(), "the gateway holds no socket at all");
+    let mut listening = vec![];
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for row in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
+                listening.push(cols[1].to_string());
+            }
+        }
+    }
+    listening
+}
+
+/// A key account on its own target, as `targets` makes it, for the relay
+/// tests that need only one.
+fn key_account(pam: &Pam) -> Sshd {
+    let account_key = keygen(pam.admin.path(), "account_key", "ed25519", None);
+    let sshd = key_target(&public_line(&account_key));
+    pam.pinned_resource("keys", &sshd);
+    pam.admin_write(
+        "pam/resources/keys/accounts/root",
+        json!({
+            "auth_method": "key",
+            "username": "root",
+            "private_key": std::fs::read_to_string(&account_key).unwrap(),
+            "max_duration": "1h",
+        }),
+    );
+    sshd
+}
+
+#[test]
+fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through_the_server() {
+    let pam = Pam::start_relay();
+    // `setup --relay` wrote no listen address and `run` listens on no port.
+    let config = std::fs::read_to_string(pam.admin.path().join("gateway.toml")).unwrap();
+    assert!(config.contains("mode = \"relay\""), "{config}");
+    assert!(!config.contains("listen"), "{config}");
+    let pid = pam.gateway.as_ref().unwrap().id();
+    assert_eq!(listening_sockets(pid), Vec::<String>::new());
+    let gw = pam.session_gateway_info();
+    assert_eq!(gw["relay"], true, "{gw}");
+    let sshd = key_account(&pam);
+
+    // $ gatepass pam ssh access --resource keys --account root --duration 5m -- echo hello
+    let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
+    assert_eq!(code, 0, "{out}{err}\n--- gateway ---\n{}", pam.gateway_log());
+    assert_eq!(out, "hello\n");
+    let id = session_id_in(&err);
+    let s = pam.session_when(&id, |s| s["state"] == "ended");
+    assert_eq!(s["end_reason"], "closed", "{s}");
+    assert!(sshd.log().contains("Accepted publickey for root"));
+
+    // $ gatepass pam ssh config … >> ~/.ssh/config; then plain ssh and scp,
+    // with the person's token in their environment as usual.
+    let block = ok(pam.person_cli(&[
+        "pam", "ssh", "config", "--resource", "keys", "--account", "root", "--duration", "10m",
+    ]));
+    assert!(block.contains("ProxyCommand "), "{block}");
+    assert!(block.contains("HostKeyAlias gatepass-gateway-gw1"), "{block}");
+    let ssh_config = pam.home.path().join("ssh_config");
+    std::fs::write(&ssh_config, &block).unwrap();
+    let plain = |program: &str| {
+        let mut c = Command::new(program);
+        for v in CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
+        c.arg("-F")
+            .arg(&ssh_config)
+            .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env("HOME", pam.home.path())
+            .env("GATEPASS_TOKEN", &pam.person_token)
+            .stdin(Stdio::null());
+        c
+    };
+    let out = ok({
+        let mut c = plain("ssh");
+        c.args(["gatepass-keys-root", "echo plain-ssh"]);
+        c
+    });
+    assert_eq!(out, "plain-ssh\n");
+    let work = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    let src = work.path().join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    let up = work.path().join("up.bin");
+    ok({
+        let mut c = plain("scp");
+        c.arg("-q")
+            .arg(&src)
+            .arg(format!("gatepass-keys-root:{}", up.display()));
+        c
+    });
+    assert!(std::fs::read(&up).unwrap() == data, "scp copy differs");
+    // Once the block's session is terminated, the relay refuses it.
+    let config_session = session_id_in(&block.replace(':', " "));
+    ok(pam.admin_cli(&["pam", "sessions", "terminate", &config_session]));
+    let (code, _, err) = run(plain("ssh").args(["gatepass-keys-root", "echo plain-ssh"]));
+    assert_ne!(code, 0);
+    assert!(err.contains("has ended"), "{err}");
+
+    // An administrator's terminate closes a relayed session within 2 s.
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    let asked = Instant::now();
+    ok(pam.admin_cli(&["pam", "sessions", "terminate", &id]));
+    let status = wait_exit(&mut live, Duration::from_secs(5));
+    assert!(!status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "closed {:?} after terminate",
+        asked.elapsed()
+    );
+    assert_eq!(pam.session(&id)["end_reason"], "terminated");
+    // Relayed connections are audited as any request.
+    let audit = pam.audit();
+    assert!(audit.contains("pam/gateway/self/relay/"), "gateway's relay not audited");
+    assert!(audit.contains(&format!("pam/sessions/{id}/relay")), "user's relay not audited");
+}
+
+#[test]
+fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named() {
+    let mut pam = Pam::start_relay();
+    let _sshd = key_account(&pam);
+    let key = keygen(pam.admin.path(), "person", "ed25519", None);
+    let (status, text) = pam.api(
+        "POST",
+        "pam/resources/keys/accounts/root/access",
+        &pam.person_token.clone(),
+        Some(json!({ "duration": "5m", "public_key": public_line(&key).trim() })),
+    );
+    assert_eq!(status, 200, "{text}");
+    let access: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(access["data"]["relay"], true, "{access}");
+    assert_eq!(access["data"]["gateway"], "gw1", "{access}");
+    let id = access["data"]["session_id"].as_str().unwrap().to_string();
+
+    // Bob may ask for sessions too, but not relay to Alice's.
+    let bob = ok(pam.admin_cli(&[
+        "write", "--field", "token", "auth/token/create", "policies=pam-person",
+        "display_name=bob",
+    ]));
+    let (code, _, err) = run(&mut pam.cli(bob.trim(), &["pam", "ssh", "relay", &id]));
+    assert_ne!(code, 0);
+    assert!(err.contains("403") || err.contains("permission denied"), "{err}");
+    // Without a token, or without asking to upgrade, nothing is relayed.
+    let upgrade = |token: Option<&str>, headers: bool| {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--http1.1", "-X", "POST", "--max-time", "20", "--cacert"])
+            .arg(&pam.server.cacert)
+            .args(["-o", "/dev/null", "-w", "%{http_code}"]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("X-Vault-Token: {t}")]);
+        }
+        if headers {
+            c.args(["-H", "Connection: Upgrade", "-H", "Upgrade: gatepass-relay"]);
+        }
+        c.arg(format!("{}/v1/pam/sessions/{id}/relay", pam.server.addr));
+        run(&mut c).1
+    };
+    assert_eq!(upgrade(None, true), "403");
+    assert_eq!(upgrade(Some(bob.trim()), true), "403");
+    assert_eq!(upgrade(Some(&pam.person_token), false), "400");
+
+    // The gateway stops: the person's relay gives up within 15 s and names it.
+    pam.stop_gateway();
+    let started = Instant::now();
+    let (code, _, err) = run(&mut pam.person_cli(&["pam", "ssh", "relay", &id]));
+    assert_ne!(code, 0);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        err.contains("gateway gw1 did not pick up the relayed connection"),
+        "{err}"
+    );
+    // And `pam ssh access` shows ssh the same message through its ProxyCommand.
+    let started = Instant::now();
+    let (code, _, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
+    assert_ne!(code, 0);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(err.contains("gateway gw1 did not pick up"), "{err}");
 }
