@@ -195,8 +195,7 @@ impl Client {
             )));
         }
         let ca = s.ca_cert.as_deref().map(load_ca).transpose()?;
-        let b = reqwest::Client::builder()
-            .timeout(s.timeout.unwrap_or(Duration::from_secs(60)));
+        let b = reqwest::Client::builder().timeout(s.timeout.unwrap_or(Duration::from_secs(60)));
         let http = with_trust(b, ca.as_deref())?;
         Ok(Client {
             http,
@@ -350,9 +349,7 @@ fn with_trust(
     b: reqwest::ClientBuilder,
     ca: Option<&[reqwest::Certificate]>,
 ) -> Result<reqwest::Client> {
-    let mut b = b
-        .use_rustls_tls()
-        .connect_timeout(Duration::from_secs(10));
+    let mut b = b.use_rustls_tls().connect_timeout(Duration::from_secs(10));
     if let Some(certs) = ca {
         b = b.tls_built_in_root_certs(false);
         for c in certs {

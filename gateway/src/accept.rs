@@ -209,12 +209,7 @@ async fn serve_incoming<S: SessionSource>(
             let accepting = async {
                 while let Some(stream) = streams.recv().await {
                     let handler = server::Server::new_client(&mut acceptor, None);
-                    tokio::spawn(serve_stream(
-                        ssh.clone(),
-                        stream,
-                        handler,
-                        down.subscribe(),
-                    ));
+                    tokio::spawn(serve_stream(ssh.clone(), stream, handler, down.subscribe()));
                 }
             };
             tokio::select! {

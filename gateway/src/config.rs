@@ -180,11 +180,14 @@ impl Config {
             return Err("name must not be empty".into());
         }
         match (self.mode, self.listen) {
-            (Mode::Direct, None) => {
-                return Err("listen is required (or mode = \"relay\" for a gateway without an inbound port)".into())
-            }
+            (Mode::Direct, None) => return Err(
+                "listen is required (or mode = \"relay\" for a gateway without an inbound port)"
+                    .into(),
+            ),
             (Mode::Relay, Some(_)) => {
-                return Err("a relay gateway (mode = \"relay\") listens on no port: remove listen".into())
+                return Err(
+                    "a relay gateway (mode = \"relay\") listens on no port: remove listen".into(),
+                )
             }
             _ => {}
         }

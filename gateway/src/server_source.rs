@@ -183,14 +183,13 @@ impl ServerSource {
             .map(|s| s.session_id.clone())
             .collect();
         self.known.send_replace(Known { seq, open });
-        self.relay_requests
-            .send_if_modified(|cur| {
-                if *cur == sessions.relay_requests {
-                    return false;
-                }
-                cur.clone_from(&sessions.relay_requests);
-                true
-            });
+        self.relay_requests.send_if_modified(|cur| {
+            if *cur == sessions.relay_requests {
+                return false;
+            }
+            cur.clone_from(&sessions.relay_requests);
+            true
+        });
     }
 
     /// For a relay gateway: dials the server for each relayed connection
@@ -216,7 +215,9 @@ impl ServerSource {
                             debug!(conn = %id, "relayed connection");
                             let _ = streams.send(Box::new(conn)).await;
                         }
-                        Err(e) => warn!(conn = %id, "cannot take the relayed connection: {}", with_causes(&e)),
+                        Err(e) => {
+                            warn!(conn = %id, "cannot take the relayed connection: {}", with_causes(&e))
+                        }
                     }
                 });
             }

@@ -469,9 +469,7 @@ impl Via {
         let s = super::settings(global);
         let exe = std::env::current_exe()
             .map_err(|e| Error::Local(format!("cannot find this program's path: {e}")))?;
-        let ca_cert = s
-            .ca_cert
-            .map(|c| std::path::absolute(&c).unwrap_or(c));
+        let ca_cert = s.ca_cert.map(|c| std::path::absolute(&c).unwrap_or(c));
         Ok(Via {
             exe,
             addr: s.addr,
@@ -1370,7 +1368,11 @@ mod tests {
     fn known_hosts_lines_as_ssh_looks_them_up() {
         let gw = |s: &str| GatewayAddr::parse(s).unwrap();
         assert_eq!(
-            known_hosts_lines(&gw("[::1]:22").known_hosts_name(), &[format!("{KEY} gateway@host")]).unwrap(),
+            known_hosts_lines(
+                &gw("[::1]:22").known_hosts_name(),
+                &[format!("{KEY} gateway@host")]
+            )
+            .unwrap(),
             format!("::1 {KEY}\n")
         );
         assert_eq!(
@@ -1378,7 +1380,11 @@ mod tests {
             format!("[::1]:2222 {KEY}\n")
         );
         assert_eq!(
-            known_hosts_lines(&gw("gw:2222").known_hosts_name(), &[KEY.into(), format!("  {KEY}  ")]).unwrap(),
+            known_hosts_lines(
+                &gw("gw:2222").known_hosts_name(),
+                &[KEY.into(), format!("  {KEY}  ")]
+            )
+            .unwrap(),
             format!("[gw]:2222 {KEY}\n[gw]:2222 {KEY}\n")
         );
         assert!(known_hosts_lines(&gw("gw:22").known_hosts_name(), &[]).is_err());
@@ -1544,7 +1550,9 @@ mod tests {
     fn relayed_sessions_go_through_the_proxy_command() {
         let g = granted_via("gw1", true);
         assert_eq!(g.gateway.host_name(), "gatepass-gateway-gw1");
-        assert!(g.known_hosts.starts_with("gatepass-gateway-gw1 ssh-ed25519 "));
+        assert!(g
+            .known_hosts
+            .starts_with("gatepass-gateway-gw1 ssh-ed25519 "));
         let proxy = via().proxy_command("s-123").unwrap();
         assert_eq!(
             proxy,
@@ -1562,7 +1570,10 @@ mod tests {
         let argv = ssh_command(&files("/t"), None, &g.gateway, &opts, "root", &[], &[]).unwrap();
         let s: Vec<&str> = argv.iter().map(|a| a.to_str().unwrap()).collect();
         assert!(!s.contains(&"-p"), "{s:?}");
-        assert_eq!(&s[s.len() - 4..], ["-l", "root", "--", "gatepass-gateway-gw1"]);
+        assert_eq!(
+            &s[s.len() - 4..],
+            ["-l", "root", "--", "gatepass-gateway-gw1"]
+        );
         assert!(s.contains(&"HostKeyAlias=gatepass-gateway-gw1"), "{s:?}");
         let block = config_block(&g, &grant(), &files("/h"), &opts).unwrap();
         assert!(

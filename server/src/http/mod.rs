@@ -147,8 +147,7 @@ fn wants_relay(headers: &HeaderMap) -> bool {
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(word))
     };
-    has(header::CONNECTION, "upgrade")
-        && has(header::UPGRADE, gatepass_api::pam::RELAY_PROTOCOL)
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, gatepass_api::pam::RELAY_PROTOCOL)
 }
 
 /// Answers 101 and hands the upgraded connection to `then` once the

@@ -344,7 +344,10 @@ mod tests {
                 .contains("gateway gw1 did not pick up the relayed connection"),
             "{e}"
         );
-        assert!(r.waiting_for(&gw).is_empty(), "a timed-out one stops waiting");
+        assert!(
+            r.waiting_for(&gw).is_empty(),
+            "a timed-out one stops waiting"
+        );
     }
 
     #[tokio::test]

@@ -1010,7 +1010,11 @@ fn listening_sockets(pid: u32) -> Vec<String> {
     assert!(!inodes.is_empty(), "the gateway holds no socket at all");
     let mut listening = vec![];
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for row in std::fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+        for row in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
             let cols: Vec<&str> = row.split_whitespace().collect();
             if cols.len() > 9 && cols[3] == "0A" && inodes.iter().any(|i| i == cols[9]) {
                 listening.push(cols[1].to_string());
@@ -1053,7 +1057,12 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
 
     // $ gatepass pam ssh access --resource keys --account root --duration 5m -- echo hello
     let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
-    assert_eq!(code, 0, "{out}{err}\n--- gateway ---\n{}", pam.gateway_log());
+    assert_eq!(
+        code,
+        0,
+        "{out}{err}\n--- gateway ---\n{}",
+        pam.gateway_log()
+    );
     assert_eq!(out, "hello\n");
     let id = session_id_in(&err);
     let s = pam.session_when(&id, |s| s["state"] == "ended");
@@ -1063,10 +1072,21 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
     // $ gatepass pam ssh config … >> ~/.ssh/config; then plain ssh and scp,
     // with the person's token in their environment as usual.
     let block = ok(pam.person_cli(&[
-        "pam", "ssh", "config", "--resource", "keys", "--account", "root", "--duration", "10m",
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
     ]));
     assert!(block.contains("ProxyCommand "), "{block}");
-    assert!(block.contains("HostKeyAlias gatepass-gateway-gw1"), "{block}");
+    assert!(
+        block.contains("HostKeyAlias gatepass-gateway-gw1"),
+        "{block}"
+    );
     let ssh_config = pam.home.path().join("ssh_config");
     std::fs::write(&ssh_config, &block).unwrap();
     let plain = |program: &str| {
@@ -1128,8 +1148,14 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
     assert_eq!(pam.session(&id)["end_reason"], "terminated");
     // Relayed connections are audited as any request.
     let audit = pam.audit();
-    assert!(audit.contains("pam/gateway/self/relay/"), "gateway's relay not audited");
-    assert!(audit.contains(&format!("pam/sessions/{id}/relay")), "user's relay not audited");
+    assert!(
+        audit.contains("pam/gateway/self/relay/"),
+        "gateway's relay not audited"
+    );
+    assert!(
+        audit.contains(&format!("pam/sessions/{id}/relay")),
+        "user's relay not audited"
+    );
 }
 
 #[test]
@@ -1151,18 +1177,33 @@ fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named()
 
     // Bob may ask for sessions too, but not relay to Alice's.
     let bob = ok(pam.admin_cli(&[
-        "write", "--field", "token", "auth/token/create", "policies=pam-person",
+        "write",
+        "--field",
+        "token",
+        "auth/token/create",
+        "policies=pam-person",
         "display_name=bob",
     ]));
     let (code, _, err) = run(&mut pam.cli(bob.trim(), &["pam", "ssh", "relay", &id]));
     assert_ne!(code, 0);
-    assert!(err.contains("403") || err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("403") || err.contains("permission denied"),
+        "{err}"
+    );
     // Without a token, or without asking to upgrade, nothing is relayed.
     let upgrade = |token: Option<&str>, headers: bool| {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--http1.1", "-X", "POST", "--max-time", "20", "--cacert"])
-            .arg(&pam.server.cacert)
-            .args(["-o", "/dev/null", "-w", "%{http_code}"]);
+        c.args([
+            "-sS",
+            "--http1.1",
+            "-X",
+            "POST",
+            "--max-time",
+            "20",
+            "--cacert",
+        ])
+        .arg(&pam.server.cacert)
+        .args(["-o", "/dev/null", "-w", "%{http_code}"]);
         if let Some(t) = token {
             c.args(["-H", &format!("X-Vault-Token: {t}")]);
         }
@@ -1181,7 +1222,11 @@ fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named()
     let started = Instant::now();
     let (code, _, err) = run(&mut pam.person_cli(&["pam", "ssh", "relay", &id]));
     assert_ne!(code, 0);
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(
         err.contains("gateway gw1 did not pick up the relayed connection"),
         "{err}"
@@ -1190,6 +1235,10 @@ fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named()
     let started = Instant::now();
     let (code, _, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
     assert_ne!(code, 0);
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(err.contains("gateway gw1 did not pick up"), "{err}");
 }
