@@ -101,7 +101,9 @@ enum Command {
     ///
     /// Tells the server it started (sessions left active by a previous run
     /// end as gateway_lost), long-polls the open sessions and the session
-    /// CA keys, and serves SSH on the listen address. A session ends at its
+    /// CA keys, and serves SSH on the listen address (a relay gateway binds
+    /// no port: it dials the server for each relayed connection the
+    /// long-poll lists and serves it the same way). A session ends at its
     /// end time, when an administrator terminates it (within 2 s), when the
     /// user closes it, or after the idle timeout; each end is reported to
     /// the server. While the server cannot be reached, open sessions keep

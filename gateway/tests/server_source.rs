@@ -422,7 +422,7 @@ async fn an_unreachable_server_refuses_new_sessions_quickly_and_terminates_none(
 #[tokio::test]
 async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
     use gatepass_gateway::config::Config;
-    use gatepass_gateway::setup::{setup, SetupOptions};
+    use gatepass_gateway::setup::{setup, Reach, SetupOptions};
     use std::os::unix::fs::PermissionsExt;
     let r = start().await;
     let etc = r.dir.path().join("etc");
@@ -431,9 +431,11 @@ async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
         server: r.url.clone(),
         join_token: "stale".into(),
         ca_cert: r.dir.path().join("ca.pem"),
-        listen: "127.0.0.1:2222".parse().unwrap(),
+        reach: Reach::Direct {
+            listen: "127.0.0.1:2222".parse().unwrap(),
+            address: None,
+        },
         name: "gw1".into(),
-        address: None,
         token_file: None,
         host_key: r.dir.path().join("state/ssh_host_ed25519_key"),
         replace: false,
@@ -485,11 +487,25 @@ async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
     assert!(e.contains("--replace"), "{e}");
     assert_eq!(r.fake.seen("enroll").len(), 2);
     opts.replace = true;
-    opts.address = Some("gw1.example:2222".into());
+    opts.reach = Reach::Direct {
+        listen: "127.0.0.1:2222".parse().unwrap(),
+        address: Some("gw1.example:2222".into()),
+    };
     setup(&opts).await.unwrap();
     let sent = r.fake.seen("enroll");
     assert_eq!(sent[2]["replace"], true);
     assert_eq!(sent[2]["address"], "gw1.example:2222");
     // The same host key as before.
     assert_eq!(sent[2]["host_keys"], sent[1]["host_keys"]);
+
+    // Enrolled again as a relay gateway: no address, no port.
+    opts.reach = Reach::Relay;
+    let report = setup(&opts).await.unwrap();
+    let sent = r.fake.seen("enroll");
+    assert_eq!(sent[3]["relay"], true);
+    assert_eq!(sent[3]["address"], "");
+    let cfg = Config::load(&etc.join("gateway.toml")).unwrap();
+    assert_eq!(cfg, report.config);
+    assert_eq!(cfg.mode, gatepass_gateway::config::Mode::Relay);
+    assert_eq!(cfg.listen, None);
 }
