@@ -14,9 +14,9 @@
 //! to their end time (a failed poll never counts as a termination), and new
 //! ones are refused within [`CALL_TIMEOUT`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gatepass_api::pam::{
@@ -72,6 +72,11 @@ pub struct ServerSource {
     relay_requests: watch::Sender<Vec<String>>,
     /// The sequence number of the latest poll request sent.
     started: AtomicU64,
+    /// For each session being served: the latest poll sent when the
+    /// gateway began to open it. Any later poll's answer lists the session
+    /// while it is open, so one that does not means it ended, even if that
+    /// answer came before the session's supervisor started watching.
+    opened_after: Mutex<HashMap<String, u64>>,
     wait: Duration,
     max_backoff: Duration,
 }
@@ -149,6 +154,7 @@ impl ServerSource {
             known: watch::Sender::new(Known::default()),
             relay_requests: watch::Sender::new(Vec::new()),
             started: AtomicU64::new(0),
+            opened_after: Mutex::default(),
             wait: settings.wait,
             max_backoff: settings.max_backoff,
         })
@@ -442,11 +448,9 @@ fn plain_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-impl SessionSource for ServerSource {
-    async fn open_session(&self, id: &str, now: u64) -> Result<Session, SourceError> {
-        if !plain_id(id) {
-            return Err(SourceError::Unknown);
-        }
+impl ServerSource {
+    /// `POST pam/gateway/self/sessions/<id>/open`: the session, or why not.
+    async fn open(&self, id: &str, now: u64) -> Result<Session, SourceError> {
         // A certificate account's key pair is made before asking, so only
         // its public half travels; unused for other accounts.
         let (key, public) = session_key().map_err(SourceError::Unavailable)?;
@@ -498,13 +502,38 @@ impl SessionSource for ServerSource {
         }
         Ok(session)
     }
+}
+
+impl SessionSource for ServerSource {
+    async fn open_session(&self, id: &str, now: u64) -> Result<Session, SourceError> {
+        if !plain_id(id) {
+            return Err(SourceError::Unknown);
+        }
+        let seq = self.started.load(Ordering::SeqCst);
+        if let Ok(mut m) = self.opened_after.lock() {
+            m.entry(id.to_string()).or_insert(seq);
+        }
+        let opened = self.open(id, now).await;
+        if opened.is_err() {
+            if let Ok(mut m) = self.opened_after.lock() {
+                m.remove(id);
+            }
+        }
+        opened
+    }
 
     async fn terminated(&self, id: &str) {
         // A list without the session means it ended if an earlier list had
-        // it, or if the poll that brought it was sent after this point: an
+        // it, or if the poll that brought it was sent after the gateway
+        // began to open it (or, without that record, after this point): an
         // answer to a poll sent before the session was opened may not list
         // it yet.
-        let after = self.started.load(Ordering::SeqCst);
+        let after = self
+            .opened_after
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).copied())
+            .unwrap_or_else(|| self.started.load(Ordering::SeqCst));
         let mut known = self.known.subscribe();
         let mut seen = false;
         loop {
@@ -526,6 +555,9 @@ impl SessionSource for ServerSource {
     async fn ended(&self, id: &str, reason: EndReason, detail: Option<String>) {
         if !plain_id(id) {
             return;
+        }
+        if let Ok(mut m) = self.opened_after.lock() {
+            m.remove(id);
         }
         for attempt in 0..3u64 {
             match self.report(id, reason, detail.clone()).await {

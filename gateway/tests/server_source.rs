@@ -305,6 +305,26 @@ async fn a_session_opened_after_the_last_poll_is_not_taken_for_terminated() {
 }
 
 #[tokio::test]
+async fn a_session_terminated_before_it_is_watched_is_still_seen_terminated() {
+    let r = start().await;
+    r.fake.set(&["s-pass"], &[CA1]);
+    let index = r.source.started(vec![]).await.unwrap();
+    tokio::spawn(r.source.clone().follow(index));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    r.source.open_session("s-pass", 1_000).await.unwrap();
+    // The server marks it active (the list changes), then an administrator
+    // terminates it while the gateway is still logging in to the target:
+    // both answers come before the session's supervisor starts watching.
+    r.fake.set(&["s-pass"], &[CA1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.fake.set(&[], &[CA1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(Duration::from_secs(2), r.source.terminated("s-pass"))
+        .await
+        .expect("the terminate was missed");
+}
+
+#[tokio::test]
 async fn opening_sends_a_fresh_public_key_and_converts_the_answer() {
     let r = start().await;
     let session = r.source.open_session("s-pass", 1_000).await.unwrap();

@@ -11,7 +11,7 @@ use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
-use crate::pam::{accounts, gateways, relay, resources, sessions, Name};
+use crate::pam::{accounts, gateways, resources, sessions, Name};
 use crate::state::Core;
 
 /// Enrollment needs no token: the join token is in the body.
@@ -21,7 +21,7 @@ pub fn is_unauthenticated(req: &Request) -> bool {
 
 /// Paths any token may call, because the handler lets only the owner
 /// through: relaying a connection to a session is for the token that asked
-/// for the session (`relay::authorize`), which a policy granting the
+/// for the session (`sessions::authorize_relay`), which a policy granting the
 /// `access` path alone could not express.
 pub fn is_owner_checked(req: &Request) -> bool {
     let segs: Vec<&str> = req.path.split('/').collect();
@@ -128,7 +128,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let ask: AccessRequest = f.parse()?;
             let who = sessions::Requester {
                 display_name: caller.display_name.clone(),
-                creator: relay::creator_of(core, caller),
+                creator: sessions::creator_of(core, caller),
             };
             data(&sessions::access(core, &r, &a, ask, &who, now).await?)
         }
@@ -163,7 +163,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["sessions", id, "relay"], Write) => {
             let caller = super::routes::caller_of(caller)?;
             require_upgrade(req)?;
-            let s = relay::authorize(core, id, caller, now).await?;
+            let s = sessions::authorize_relay(core, id, caller, now).await?;
             let end = core.relays.request(&s.gateway, &s.id).await?;
             Ok(Reply::RelayUser(end))
         }

@@ -12,6 +12,10 @@
 //! Waiting connections are in this server's memory: with several servers
 //! behind one database, the gateway and its users must reach the same
 //! server (sticky routing) for relayed connections to pair.
+//!
+//! Who may relay to a session is `super::sessions::authorize_relay`'s
+//! call; this module only pairs connections (the server's state holds it,
+//! so it names nothing that names the state).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,12 +24,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 
-use super::gateways::Gateway;
-use super::sessions::{self, Session};
 use super::Name;
-use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
-use crate::state::Core;
 
 /// How long a user's relayed connection waits for its gateway to dial in.
 pub const PICKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -240,40 +240,6 @@ impl Relays {
         }
         Ok(GatewayEnd { user: w.user })
     }
-}
-
-/// Who may relay a connection to a session: the token that asked for the
-/// session, while it is open, and only if its gateway takes relayed
-/// connections.
-pub async fn authorize(core: &Core, id: &str, caller: &TokenEntry, now: i64) -> Result<Session> {
-    let s = sessions::get(core, id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
-    if s.creator.as_deref() != Some(creator_of(core, caller).as_str()) {
-        return Err(Error::PermissionDenied);
-    }
-    if !s.is_open_at(now) {
-        return Err(Error::invalid(format!("session {id} has ended")));
-    }
-    let gw: Option<Gateway> = super::gateways::find(core, &s.gateway).await?;
-    match gw {
-        None => Err(Error::invalid(format!(
-            "the session's gateway {} is no longer enrolled",
-            s.gateway
-        ))),
-        Some(g) if !g.is_relay() => Err(Error::invalid(format!(
-            "gateway {} takes direct connections: ssh to it at {}",
-            g.name,
-            g.address.as_ref().map(|a| a.as_str()).unwrap_or("")
-        ))),
-        Some(_) => Ok(s),
-    }
-}
-
-/// What a session keeps of the token that asked for it: a keyed hash of
-/// its accessor (the accessor itself stays in the token store).
-pub fn creator_of(core: &Core, caller: &TokenEntry) -> String {
-    core.hasher.hash(&caller.accessor)
 }
 
 #[cfg(test)]

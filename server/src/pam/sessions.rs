@@ -23,6 +23,7 @@ use super::events::{self, Kind, Subject};
 use super::gateways::{self, Gateway};
 use super::resources::{self, Resource, Trust};
 use super::{session_ca, Name};
+use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::ssh::{issuers, principal::Principal, sign};
 use crate::state::Core;
@@ -64,7 +65,7 @@ pub struct Session {
     #[serde(default)]
     pub reusable: bool,
     /// A keyed hash of the asking token's accessor
-    /// ([`super::relay::creator_of`]): only that token may relay
+    /// ([`creator_of`]): only that token may relay
     /// connections to the session. None for sessions granted before it
     /// was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -288,7 +289,7 @@ async fn grant(
 pub struct Requester {
     /// The token's display name, shown as the session's user.
     pub display_name: String,
-    /// [`super::relay::creator_of`] the token.
+    /// [`creator_of`] the token.
     pub creator: String,
 }
 
@@ -740,6 +741,45 @@ pub async fn started(
         }
     }
     gateway_sessions(core, gw, now).await
+}
+
+/// Who may relay a connection to a session: the token that asked for the
+/// session, while it is open, and only if its gateway takes relayed
+/// connections.
+pub async fn authorize_relay(
+    core: &Core,
+    id: &str,
+    caller: &TokenEntry,
+    now: i64,
+) -> Result<Session> {
+    let s = get(core, id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
+    if s.creator.as_deref() != Some(creator_of(core, caller).as_str()) {
+        return Err(Error::PermissionDenied);
+    }
+    if !s.is_open_at(now) {
+        return Err(Error::invalid(format!("session {id} has ended")));
+    }
+    let gw: Option<Gateway> = gateways::find(core, &s.gateway).await?;
+    match gw {
+        None => Err(Error::invalid(format!(
+            "the session's gateway {} is no longer enrolled",
+            s.gateway
+        ))),
+        Some(g) if !g.is_relay() => Err(Error::invalid(format!(
+            "gateway {} takes direct connections: ssh to it at {}",
+            g.name,
+            g.address.as_ref().map(|a| a.as_str()).unwrap_or("")
+        ))),
+        Some(_) => Ok(s),
+    }
+}
+
+/// What a session keeps of the token that asked for it: a keyed hash of
+/// its accessor (the accessor itself stays in the token store).
+pub fn creator_of(core: &Core, caller: &TokenEntry) -> String {
+    core.hasher.hash(&caller.accessor)
 }
 
 #[cfg(test)]

@@ -1138,7 +1138,23 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
     let id = wait_for_active(&pam);
     let asked = Instant::now();
     ok(pam.admin_cli(&["pam", "sessions", "terminate", &id]));
-    let status = wait_exit(&mut live, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = live.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = live.kill();
+            let mut err = String::new();
+            let _ = live.stderr.take().unwrap().read_to_string(&mut err);
+            panic!(
+                "still running 5 s after terminate: {}\n{err}\n--- gateway ---\n{}",
+                pam.session(&id),
+                pam.gateway_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(!status.success());
     assert!(
         asked.elapsed() < Duration::from_secs(2),
