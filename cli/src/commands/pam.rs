@@ -107,7 +107,10 @@ pub enum SshCommand {
     /// temporary folder (0700, in $XDG_RUNTIME_DIR when set, else $TMPDIR;
     /// the key 0600), removed when ssh exits, also on errors and on Ctrl-C
     /// (SIGINT, SIGTERM, SIGHUP and SIGQUIT are passed on to ssh). Before
-    /// ssh runs, the gateway must answer on its port within 5 seconds. The
+    /// ssh runs, the gateway must answer on its port within 5 seconds; a
+    /// gateway without an inbound port (relay) is reached through the
+    /// server instead, with `gatepass pam ssh relay` as ssh's ProxyCommand
+    /// and the gateway's keys pinned under HostKeyAlias. The
     /// session ID and its end go to stderr; the exit status is ssh's
     /// (128+N when ssh died of signal N).
     ///
@@ -124,7 +127,10 @@ pub enum SshCommand {
     /// certificate and the gateway's known_hosts in a folder of the session
     /// (<dir>/<session ID>, 0700), and prints a `Host
     /// gatepass-<resource>-<account>` block using them, so that plain
-    /// `ssh`, `scp` and `sftp` reach the session until it ends. Add the
+    /// `ssh`, `scp` and `sftp` reach the session until it ends (for a relay
+    /// gateway, through a ProxyCommand running `gatepass pam ssh relay`
+    /// with this server's address and CA; the token comes from the
+    /// environment or `gatepass login`, as for any command). Add the
     /// block to ~/.ssh/config (or a file it Includes). A comment line in the
     /// block says the session ID and when it ends. Folders of sessions that
     /// have ended are removed the next time this runs.
