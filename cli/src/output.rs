@@ -98,11 +98,26 @@ pub fn print_field(resp: &Value, name: &str) -> Result<()> {
         .find(|(k, _)| k == name)
         .map(|(_, v)| v)
         .ok_or_else(|| Error::Usage(format!("field {name:?} is not in the response")))?;
-    match value {
-        Value::String(s) => println!("{s}"),
-        other => println!("{other}"),
+    use std::io::{IsTerminal, Write};
+    let text = field_text(&value, std::io::stdout().is_terminal());
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Local(format!("cannot write to standard output: {e}")))
+}
+
+/// A field as Vault's CLI prints it: the value as it is when the output
+/// goes to a file or a pipe (`-field=signed_key > cert.pub` is the
+/// certificate's one line, nothing added), with a line end on a terminal.
+fn field_text(value: &Value, terminal: bool) -> String {
+    let mut text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if terminal {
+        text.push('\n');
     }
-    Ok(())
+    text
 }
 
 pub fn print_json(v: &Value) {
@@ -245,6 +260,18 @@ pub fn date(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_print_as_they_are_unless_on_a_terminal() {
+        let cert = Value::String("ssh-ed25519-cert-v01@openssh.com AAAA\n".into());
+        assert_eq!(
+            field_text(&cert, false),
+            "ssh-ed25519-cert-v01@openssh.com AAAA\n"
+        );
+        assert_eq!(field_text(&Value::String("abc".into()), false), "abc");
+        assert_eq!(field_text(&Value::String("abc".into()), true), "abc\n");
+        assert_eq!(field_text(&serde_json::json!(3600), false), "3600");
+    }
     use serde_json::json;
 
     #[test]

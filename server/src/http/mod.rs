@@ -167,6 +167,8 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     if !bytes.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => data = m,
+            // `vault write -f` sends `null`: no fields, as Vault takes it.
+            Ok(Value::Null) => {}
             Ok(_) => {
                 return error_body(
                     StatusCode::BAD_REQUEST,
@@ -187,6 +189,28 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
                 data.entry(k).or_insert(Value::String(v));
             }
         }
+    }
+    // Namespaces are Vault Enterprise's (and OpenBao's); gatepass has only
+    // the root one, and answering another namespace's request from the
+    // root would hand over the wrong data.
+    if let Some(ns) = parts
+        .headers
+        .get("x-vault-namespace")
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .trim_matches('/')
+                .to_string()
+        })
+        .filter(|ns| !ns.is_empty() && ns != "root")
+    {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "namespace {ns:?} does not exist: gatepass has only the root namespace \
+                 (send no X-Vault-Namespace header, or -namespace=\"\")"
+            ),
+        );
     }
     let request = Request {
         op,

@@ -130,6 +130,23 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             .to_string()
             .into_bytes(),
         }),
+        // What `vault status` / `bao status` and hvac's `read_leader_status`
+        // read. Every gatepass server is active on its own (several sharing
+        // PostgreSQL need no leader), so the answer is Vault's for a node
+        // without HA.
+        (["sys", "leader"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({
+                "ha_enabled": false, "is_self": false,
+                "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": "", "leader_cluster_address": "",
+                "performance_standby": false, "performance_standby_last_remote_wal": 0,
+                "raft_committed_index": 0, "raft_applied_index": 0,
+            })
+            .to_string()
+            .into_bytes(),
+        }),
         (["sys", "init"], Read) => Ok(Reply::Raw {
             status: StatusCode::OK,
             content_type: "application/json",
@@ -291,6 +308,7 @@ fn known_path(segs: &[&str]) -> bool {
             "sys",
             "health"
                 | "seal-status"
+                | "leader"
                 | "init"
                 | "metrics"
                 | "mounts"
