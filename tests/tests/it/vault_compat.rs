@@ -37,7 +37,7 @@ fn call(
     )
 }
 
-fn root<'a>(s: &'a DevServer) -> (&'static str, &'a str) {
+fn root(s: &DevServer) -> (&'static str, &str) {
     ("X-Vault-Token", s.token.as_str())
 }
 
