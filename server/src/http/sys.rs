@@ -358,7 +358,12 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
         let caps: Vec<String> = match &acl {
             None => vec!["root".into()],
             Some(acl) => {
-                let c = acl.capabilities(p.trim_matches('/'));
+                // The one canonical form a request to that path would have,
+                // so that the answer is about a path a request can take
+                // (`ssh//sign/x` or `ssh/../sys/y` are refused as they
+                // would be in a request line).
+                let path = crate::path::ApiPath::parse(&format!("/v1/{}", p.trim_matches('/')))?;
+                let c = acl.capabilities(path.as_str());
                 if c.is_empty() {
                     vec!["deny".into()]
                 } else {

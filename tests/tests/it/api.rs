@@ -207,6 +207,18 @@ on_both_backends!(plus_and_star_globs_match_as_vault, |s| async move {
         .await;
     assert_eq!(v["data"]["auth/userpass/users/x"], json!(["read"]));
     assert_eq!(v["data"]["auth/userpass/users/x/y"], json!(["deny"]));
+    // A path no request could take is refused, not answered for.
+    for odd in ["auth/userpass/users/../users/x", "auth//userpass/users/x"] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "sys/capabilities-self",
+                Some(&t),
+                Some(json!({ "paths": [odd] })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{odd}: {v}");
+    }
 });
 
 on_both_backends!(tokens_lifecycle, |s| async move {
