@@ -286,6 +286,8 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
     // Iterative, so a deep chain of children cannot overflow the stack.
     let mut pending = vec![entry.accessor.clone()];
     while let Some(accessor) = pending.pop() {
+        // Its leases go with it, as in Vault.
+        crate::leases::revoke_for_token(core, &accessor).await?;
         let prefix = format!("token/parent/{accessor}/");
         for child in core.storage.keys_with_prefix(&prefix).await? {
             pending.push(child[prefix.len()..].to_string());
@@ -309,6 +311,7 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
 
 /// Revokes one token, making its children orphans.
 async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
+    crate::leases::revoke_for_token(core, &entry.accessor).await?;
     let prefix = format!("token/parent/{}/", entry.accessor);
     for child in core.storage.keys_with_prefix(&prefix).await? {
         core.storage.delete(&child).await?;

@@ -31,6 +31,9 @@ pub struct OtpEntry {
     /// helper (presenting its host token) can verify it.
     #[serde(default)]
     pub host_id: Option<String>,
+    /// The accessor of the token that asked for it (its lease's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,6 +158,8 @@ pub struct CredsInput {
     pub host_id: Option<String>,
     /// The role's `default_user` when None or empty.
     pub username: Option<String>,
+    /// The accessor of the token asking: its revocation revokes the lease.
+    pub token: Option<String>,
 }
 
 /// An enrolled host a credential is asked for by name.
@@ -208,6 +213,7 @@ pub async fn create(
         ip,
         host_id,
         username: requested,
+        token,
     } = input;
     let user = username(role, requested)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
@@ -225,8 +231,9 @@ pub async fn create(
                 lease_id: lease_id.clone(),
                 expire_time: now + ttl,
                 host_id,
+                token: token.clone(),
             };
-            let lease = Lease::new(lease_id.clone(), key, now, ttl, false, ttl);
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, false, ttl).of_token(token);
             // The OTP and its lease in one transaction: both or neither.
             if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("OTP collision"));
@@ -266,7 +273,7 @@ pub async fn create(
                 key_option_specs: role.key_option_specs.clone(),
                 expire_time: now + ttl,
             };
-            let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max);
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max).of_token(token);
             // The key and its lease in one transaction, as an OTP's: a key
             // never waits for its host without a lease to expire it.
             if !leases::create_with_secret(core, &lease, &entry).await? {
@@ -323,7 +330,7 @@ pub async fn verify(
     let Some(seen) = core.storage.get::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
-    let lease = leases::keys_of(&seen.lease_id, seen.expire_time);
+    let lease = leases::keys_of(&seen.lease_id, seen.expire_time, seen.token.as_deref());
     // The take decides: of concurrent verifications one gets the entry.
     let Some(entry) = core
         .storage

@@ -857,3 +857,124 @@ async fn token_answers_are_the_api_types() {
     assert_eq!(v["data"]["meta"], serde_json::Value::Null, "{v}");
     assert_eq!(v["data"]["expire_time"], serde_json::Value::Null, "{v}");
 }
+
+// Revoking a token revokes the leases it created, and those of its
+// children; `revoke-orphan` keeps the children's.
+on_both_backends!(revoking_a_token_revokes_its_leases, |s| async move {
+    s.root(
+        "POST",
+        "ssh/roles/otp",
+        Some(json!({"key_type": "otp", "default_user": "alice", "cidr_list": "10.0.0.0/8"})),
+    )
+    .await;
+    s.root(
+        "POST",
+        "sys/policies/acl/otp",
+        Some(json!({"policy": r#"
+        path "ssh/creds/otp" { capabilities = ["update"] }
+        path "auth/token/create" { capabilities = ["update"] }
+    "#})),
+    )
+    .await;
+    let token = |parent: &str| {
+        let s = &s;
+        let parent = parent.to_string();
+        async move {
+            let (st, v) = s
+                .call(
+                    "POST",
+                    "auth/token/create",
+                    Some(&parent),
+                    Some(json!({"policies": ["otp"]})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            v["auth"]["client_token"].as_str().unwrap().to_string()
+        }
+    };
+    let otp_of = |t: String| {
+        let s = &s;
+        async move {
+            let (st, v) = s
+                .call(
+                    "POST",
+                    "ssh/creds/otp",
+                    Some(&t),
+                    Some(json!({"ip": "10.0.0.7"})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            (
+                v["data"]["key"].as_str().unwrap().to_string(),
+                v["lease_id"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let lease_alive = |id: String| {
+        let s = &s;
+        async move {
+            s.root("POST", "sys/leases/lookup", Some(json!({ "lease_id": id })))
+                .await
+                .0
+                == StatusCode::OK
+        }
+    };
+    let verifies = |otp: String| {
+        let s = &s;
+        async move {
+            s.call("POST", "ssh/verify", None, Some(json!({ "otp": otp })))
+                .await
+                .0
+                == StatusCode::OK
+        }
+    };
+
+    // A parent and its child each take an OTP; the parent is revoked.
+    let parent = token(ROOT).await;
+    let child = token(&parent).await;
+    let (p_otp, p_lease) = otp_of(parent.clone()).await;
+    let (c_otp, c_lease) = otp_of(child.clone()).await;
+    assert!(lease_alive(p_lease.clone()).await && lease_alive(c_lease.clone()).await);
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/revoke",
+            Some(json!({ "token": parent })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    assert!(
+        !lease_alive(p_lease).await,
+        "the parent's lease outlived it"
+    );
+    assert!(!lease_alive(c_lease).await, "the child's lease outlived it");
+    assert!(!verifies(p_otp).await && !verifies(c_otp).await);
+
+    // revoke-orphan: the parent's leases go, the child's stay.
+    let parent = token(ROOT).await;
+    let child = token(&parent).await;
+    let (_, p_lease) = otp_of(parent.clone()).await;
+    let (c_otp, c_lease) = otp_of(child.clone()).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/revoke-orphan",
+            Some(json!({ "token": parent })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    assert!(!lease_alive(p_lease).await);
+    assert!(lease_alive(c_lease).await);
+    assert!(verifies(c_otp).await, "the orphan's OTP still works");
+
+    // A used OTP leaves nothing of its lease behind, its token's index
+    // included: revoking the token later finds nothing to do.
+    let t = token(ROOT).await;
+    let (otp, lease) = otp_of(t.clone()).await;
+    assert!(verifies(otp).await);
+    assert!(!lease_alive(lease).await);
+    let (st, _) = s
+        .root("POST", "auth/token/revoke", Some(json!({ "token": t })))
+        .await;
+    assert!(st.is_success());
+});
