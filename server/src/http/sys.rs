@@ -170,6 +170,58 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             })
         }
         (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
+        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(ok_or_404(
+            mounts::get(core, &path.join("/"))
+                .await?
+                .map(|m| tune_json(&m)),
+        )),
+        (["sys", "mounts", path @ .., "tune"], Write) if !path.is_empty() => {
+            let f = &req.fields;
+            let ttl = |k: &str| -> Result<Option<i64>> {
+                // Vault's "system" puts the system's value back.
+                match f.str(k)? {
+                    Some(t) if t == "system" => Ok(Some(0)),
+                    _ => f.duration(k),
+                }
+            };
+            let input = mounts::TuneInput {
+                default_lease_ttl: ttl("default_lease_ttl")?,
+                max_lease_ttl: ttl("max_lease_ttl")?,
+                description: f.str("description")?,
+                listing_visibility: f.str("listing_visibility")?,
+            };
+            // gatepass HMACs every value in the audit log; a key asked to
+            // stay readable would silently not be, so it is refused.
+            for k in [
+                "audit_non_hmac_request_keys",
+                "audit_non_hmac_response_keys",
+            ] {
+                if f.str_list(k)?.is_some_and(|v| !v.is_empty()) {
+                    return Err(Error::invalid(format!(
+                        "{k} is not supported: gatepass HMACs every value in the audit log"
+                    )));
+                }
+            }
+            mounts::tune(core, &path.join("/"), input).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "remount"], Write) => {
+            let from = req.fields.required_str("from")?;
+            let to = req.fields.required_str("to")?;
+            if from.trim_matches('/').starts_with("auth/")
+                || to.trim_matches('/').starts_with("auth/")
+            {
+                return Err(Error::invalid(
+                    "auth methods cannot be moved: gatepass's are always at token/, approle/ and userpass/",
+                ));
+            }
+            let moved = mounts::remount(core, &from, &to).await?;
+            let id = remount_record(core, &from, &moved.path, now).await?;
+            Ok(Reply::Data(json!({ "migration_id": id })))
+        }
+        (["sys", "remount", "status", id], Read) => Ok(ok_or_404(
+            core.storage.get::<Value>(&format!("remount/{id}")).await?,
+        )),
         (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
             let kind = req.fields.required_str("type")?;
             let desc = req.fields.str("description")?.unwrap_or_default();
@@ -318,7 +370,9 @@ fn known_path(segs: &[&str]) -> bool {
                 | "capabilities"
                 | "audit"
                 | "audit-log"
+                | "remount"
         ] | ["sys", "mounts" | "auth" | "policy", _]
+            | ["sys", "mounts", .., "tune"]
             | ["sys", "policies", "acl"]
             | [
                 "sys",
@@ -380,6 +434,37 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
     Ok(Reply::Data(Value::Object(out)))
 }
 
+/// `sys/remount`'s answer for `sys/remount/status/<id>`: gatepass moves a
+/// mount at once, so its migration has succeeded by the time it is read.
+async fn remount_record(core: &Core, from: &str, to: &str, now: i64) -> Result<String> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let record = json!({
+        "migration_id": id,
+        "migration_info": {
+            "source_mount": format!("{}/", from.trim_matches('/')),
+            "target_mount": format!("{to}/"),
+            "status": "success",
+            "started_at": rfc3339(now),
+        },
+    });
+    core.storage.put(&format!("remount/{id}"), &record).await?;
+    Ok(id)
+}
+
+/// `sys/mounts/<path>/tune` (read), Vault's fields.
+fn tune_json(m: &Mount) -> Value {
+    let limits = m.ttl_limits();
+    json!({
+        "default_lease_ttl": limits.default,
+        "max_lease_ttl": limits.max,
+        "description": m.description,
+        "force_no_cache": false,
+        "listing_visibility": m.tune.listing_visibility,
+        "audit_non_hmac_request_keys": [],
+        "audit_non_hmac_response_keys": [],
+    })
+}
+
 /// A mount as `sys/mounts` shows it.
 fn mount_json(m: &Mount) -> Value {
     json!({
@@ -387,7 +472,12 @@ fn mount_json(m: &Mount) -> Value {
         "description": m.description,
         "accessor": m.accessor,
         "uuid": m.uuid,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "config": {
+            "default_lease_ttl": m.tune.default_lease_ttl,
+            "max_lease_ttl": m.tune.max_lease_ttl,
+            "force_no_cache": false,
+            "listing_visibility": m.tune.listing_visibility,
+        },
         "local": false,
         "seal_wrap": false,
         "external_entropy_access": false,

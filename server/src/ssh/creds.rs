@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use ssh_key::LineEnding;
 
 use super::roles::{KeyType, Role};
-use crate::auth::token::SYSTEM_MAX_TTL;
 use crate::error::{Error, Result};
 use crate::leases::{self, Lease};
 use crate::mounts::Mount;
+use crate::mounts::TtlLimits;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -128,16 +128,17 @@ fn username(role: &Role, requested: Option<String>) -> Result<String> {
     }
 }
 
-fn lease_ttl(role: &Role) -> (i64, i64) {
+/// The role's TTLs, and where it sets none its mount's.
+fn lease_ttl(role: &Role, limits: TtlLimits) -> (i64, i64) {
     let max = if role.max_ttl > 0 {
         role.max_ttl
     } else {
-        SYSTEM_MAX_TTL
+        limits.max
     };
     let ttl = if role.ttl > 0 {
         role.ttl.min(max)
     } else {
-        SYSTEM_MAX_TTL.min(max)
+        limits.default.min(max)
     };
     (ttl, max)
 }
@@ -217,7 +218,7 @@ pub async fn create(
     } = input;
     let user = username(role, requested)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
-    let (ttl, max) = lease_ttl(role);
+    let (ttl, max) = lease_ttl(role, m.ttl_limits());
     let id = uuid::Uuid::new_v4().to_string();
     let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
     match role.key_type {

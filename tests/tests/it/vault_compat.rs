@@ -197,3 +197,92 @@ fn a_field_written_to_a_file_is_the_value_as_it_is() {
     assert_eq!(code, 0);
     assert_eq!(out, "ca");
 }
+
+#[test]
+fn a_mount_is_tuned_and_moved_and_its_roles_follow() {
+    let s = DevServer::start();
+    let h = [root(&s)];
+    let post = |path: &str, body: Value| call(&s, "POST", path, &h, Some(&body.to_string()));
+    let (st, v) = post("ssh/config/ca", json!({"key_type": "ssh-ed25519"}));
+    assert_eq!(st, 200, "{v}");
+    let ca = v["data"]["public_key"].as_str().unwrap().to_string();
+    // A role without TTLs of its own.
+    let (st, v) = post(
+        "ssh/roles/dev",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "default_user": "root"}),
+    );
+    assert!(st < 300, "{v}");
+
+    // $ vault secrets tune -default-lease-ttl=1h -max-lease-ttl=2h ssh
+    let (st, v) = post(
+        "sys/mounts/ssh/tune",
+        json!({"default_lease_ttl": "1h", "max_lease_ttl": "7200"}),
+    );
+    assert_eq!(st, 204, "{v}");
+    let (st, v) = call(&s, "GET", "sys/mounts/ssh/tune", &h, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["default_lease_ttl"], 3600);
+    assert_eq!(v["data"]["max_lease_ttl"], 7200);
+    let (_, v) = call(&s, "GET", "sys/mounts", &h, None);
+    assert_eq!(v["data"]["ssh/"]["config"]["max_lease_ttl"], 7200, "{v}");
+    // The role falls back on them.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, public) = keypair(dir.path(), "user", "ed25519", None);
+    let (st, v) = post("ssh/sign/dev", json!({ "public_key": public.trim() }));
+    assert_eq!(st, 200, "{v}");
+    let cert = v["data"]["signed_key"].as_str().unwrap();
+    let described = gatepass_tests::ssh::describe_cert(dir.path(), cert);
+    let valid = described
+        .lines()
+        .find(|l| l.trim_start().starts_with("Valid:"))
+        .unwrap()
+        .to_string();
+    let (from, to) = valid.split_once(" to ").unwrap();
+    let t = |x: &str| {
+        let x = x.trim().trim_start_matches("Valid: from ").trim();
+        let (c, o, _) = run(Command::new("date").args(["-d", x, "+%s"]));
+        assert_eq!(c, 0, "{x}");
+        o.trim().parse::<i64>().unwrap()
+    };
+    let span = t(to) - t(from);
+    assert!((3500..=3700).contains(&span), "{valid}: {span} s");
+    let (st, v) = post(
+        "ssh/sign/dev",
+        json!({ "public_key": public.trim(), "ttl": "3h" }),
+    );
+    assert_eq!(st, 400, "over the mount's max: {v}");
+    // Asked to keep audit keys readable: refused, not silently ignored.
+    let (st, v) = post(
+        "sys/mounts/ssh/tune",
+        json!({"audit_non_hmac_request_keys": ["public_key"]}),
+    );
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = post("sys/mounts/ssh/tune", json!({"default_lease_ttl": "3h"}));
+    assert_eq!(st, 400, "default over max: {v}");
+
+    // $ vault secrets move ssh team/ssh
+    let (st, v) = post("sys/remount", json!({"from": "ssh", "to": "team/ssh"}));
+    assert_eq!(st, 200, "{v}");
+    let id = v["data"]["migration_id"].as_str().unwrap().to_string();
+    let (st, v) = call(&s, "GET", &format!("sys/remount/status/{id}"), &h, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["migration_info"]["status"], "success");
+    // The CA, its roles and its tuning moved with it.
+    let (st, v) = call(&s, "GET", "team/ssh/config/ca", &h, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["public_key"].as_str().unwrap(), ca);
+    let (st, v) = post("team/ssh/sign/dev", json!({ "public_key": public.trim() }));
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = call(&s, "GET", "sys/mounts/team/ssh/tune", &h, None);
+    assert_eq!(v["data"]["max_lease_ttl"], 7200);
+    let (st, _) = call(&s, "GET", "ssh/config/ca", &h, None);
+    assert_eq!(st, 404);
+    for (from, to) in [
+        ("team/ssh", "sys/x"),
+        ("team/ssh", "auth/x"),
+        ("nope", "other"),
+    ] {
+        let (st, v) = post("sys/remount", json!({ "from": from, "to": to }));
+        assert_eq!(st, 400, "{from} → {to}: {v}");
+    }
+}
