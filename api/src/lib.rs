@@ -101,6 +101,9 @@ pub struct TokenInfo {
     #[serde(rename = "type")]
     pub token_type: String,
     pub bound_cidrs: Vec<String>,
+    /// A periodic token's period, seconds: each renewal gives it this TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -51,6 +51,15 @@ pub struct TokenEntry {
     /// by gateway enrollment, like `host_id`.
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Seconds; a periodic token (Vault's `period`) gets this TTL at
+    /// creation and at every renewal, with no maximum but its
+    /// `explicit_max_ttl` and its creator's expiry. 0: not periodic.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub period: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl TokenEntry {
@@ -111,6 +120,8 @@ pub struct NewToken {
     pub host_id: Option<String>,
     /// Set by gateway enrollment only: see [`TokenEntry::gateway`].
     pub gateway: Option<String>,
+    /// Vault's `period` (seconds; 0: none): see [`TokenEntry::period`].
+    pub period: i64,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -147,11 +158,12 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
     // A root token never expires unless asked to; others default to the
     // system maximum, and a child never outlives its parent.
     let mut expire_time = match spec.ttl {
+        _ if spec.period > 0 => Some(now + spec.period),
         Some(0) | None if root => None,
         Some(t) if t > 0 => Some(now + t.min(SYSTEM_MAX_TTL)),
         _ => Some(now + SYSTEM_MAX_TTL),
     };
-    let mut max_expire = if (root && expire_time.is_none()) || spec.periodic {
+    let mut max_expire = if (root && expire_time.is_none()) || spec.periodic || spec.period > 0 {
         None
     } else {
         Some(now + SYSTEM_MAX_TTL)
@@ -201,6 +213,7 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         orphan: spec.parent.is_none(),
         host_id: spec.host_id,
         gateway: spec.gateway,
+        period: spec.period,
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -395,6 +408,7 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         ttl: e.ttl(now),
         token_type: "service".into(),
         bound_cidrs: e.bound_cidrs.iter().map(|c| c.to_string()).collect(),
+        period: (e.period > 0).then_some(e.period),
     }
 }
 
@@ -461,6 +475,17 @@ pub async fn handle_create(
     }
     let ttl = f.duration("ttl")?;
     let explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
+    let period = f.duration("period")?.unwrap_or(0).max(0);
+    if period > 0 && !privileged {
+        return Err(Error::invalid(
+            "root or sudo privileges required to create periodic token",
+        ));
+    }
+    if period > 0 && explicit_max_ttl > 0 && period > explicit_max_ttl {
+        return Err(Error::invalid(
+            "period must not be greater than explicit_max_ttl",
+        ));
+    }
     if explicit_max_ttl > 0 && ttl.is_some_and(|t| t > explicit_max_ttl) {
         return Err(Error::invalid(
             "ttl must not be greater than explicit_max_ttl",
@@ -497,6 +522,7 @@ pub async fn handle_create(
             Some(caller.clone())
         },
         periodic: false,
+        period,
         // Even an orphan made by a sudo caller never outlives the caller;
         // only a root token without expiry makes tokens without this bound.
         expire_limit: caller.expire_time,
@@ -570,13 +596,18 @@ pub async fn renew(
     if !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
-    let inc = increment
-        .filter(|i| *i > 0)
-        .unwrap_or(if e.creation_ttl > 0 {
-            e.creation_ttl
-        } else {
-            SYSTEM_MAX_TTL
-        });
+    // A periodic token's renewal always gives it its period, as Vault's.
+    let inc = if e.period > 0 {
+        e.period
+    } else {
+        increment
+            .filter(|i| *i > 0)
+            .unwrap_or(if e.creation_ttl > 0 {
+                e.creation_ttl
+            } else {
+                SYSTEM_MAX_TTL
+            })
+    };
     let mut exp = now + inc;
     if let Some(m) = e.max_expire {
         exp = exp.min(m);

@@ -978,3 +978,61 @@ on_both_backends!(revoking_a_token_revokes_its_leases, |s| async move {
         .await;
     assert!(st.is_success());
 });
+
+// `token create -period=1h`: a periodic token, renewed to its period each
+// time, with no maximum; only root or sudo may make one.
+on_both_backends!(periodic_tokens_renew_to_their_period, |s| async move {
+    let (st, v) = s
+        .root(
+            "POST",
+            "sys/policies/acl/creator",
+            Some(json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#})),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/create",
+            Some(json!({"period": "30h", "policies": ["creator"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 30 * 3600, "{v}");
+    assert_eq!(v["auth"]["renewable"], true);
+    let t = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&t), None)
+        .await;
+    assert_eq!(v["data"]["period"], 30 * 3600, "{v}");
+    assert_eq!(v["data"]["ttl"], 30 * 3600);
+    // Renewed every 25 hours, past the system's 768 h.
+    for _ in 0..33 {
+        s.clock.advance(25 * 3600);
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/renew-self",
+                Some(&t),
+                Some(json!({"increment": "10m"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["auth"]["lease_duration"],
+            30 * 3600,
+            "the period, not the increment: {v}"
+        );
+    }
+    // Not for a token without sudo.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create",
+            Some(&t),
+            Some(json!({"period": "1h"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("periodic"), "{v}");
+});
