@@ -332,12 +332,10 @@ impl Params {
             return true;
         };
         let others_allowed = allowed.contains_key("*");
-        present
-            .iter()
-            .all(|(name, value)| match allowed.get(name) {
-                Some(values) => values.allows(value, who),
-                None => others_allowed,
-            })
+        present.iter().all(|(name, value)| match allowed.get(name) {
+            Some(values) => values.allows(value, who),
+            None => others_allowed,
+        })
     }
 }
 
@@ -622,9 +620,7 @@ impl RuleSpec {
                 // Vault looks the lower-cased name up among the request's keys.
                 self.params.required = names.iter().map(|n| n.to_lowercase()).collect();
             }
-            ("capabilities" | "required_parameters", None) => {
-                return Err(bad("a list of strings"))
-            }
+            ("capabilities" | "required_parameters", None) => return Err(bad("a list of strings")),
             ("comment" | "min_wrapping_ttl" | "max_wrapping_ttl", _) => {}
             ("mfa_methods" | "control_group", _) => {
                 return Err(at(format!("{key} is not supported")))
@@ -705,7 +701,9 @@ fn value_map(map: Map<String, Value>) -> std::result::Result<Option<ParamMap>, S
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             Values::OneOf(patterns)
         };
-        let slot = out.entry(name.to_lowercase()).or_insert(Values::OneOf(Vec::new()));
+        let slot = out
+            .entry(name.to_lowercase())
+            .or_insert(Values::OneOf(Vec::new()));
         slot.merge(values);
     }
     Ok((!out.is_empty()).then_some(out))
@@ -1735,11 +1733,23 @@ mod tests {
             r#"allowed_parameters = { "valid_principals" = ["alice"], "public_key" = [] }"#,
         )]);
         let p = "ssh/sign/dev";
-        assert!(passes(&acl, p, json!({"public_key": "k", "valid_principals": "alice"})));
-        assert!(!passes(&acl, p, json!({"public_key": "k", "valid_principals": "root"})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": "alice"})
+        ));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": "root"})
+        ));
         // Absent or null: not constrained (Vault does not know defaults).
         assert!(passes(&acl, p, json!({"public_key": "k"})));
-        assert!(passes(&acl, p, json!({"public_key": "k", "valid_principals": null})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": null})
+        ));
         assert!(passes(&acl, p, json!({})));
         // A parameter not in the map is refused.
         assert!(!passes(&acl, p, json!({"public_key": "k", "ttl": "1h"})));
@@ -1755,10 +1765,22 @@ mod tests {
             r#"allowed_parameters = { "valid_principals" = ["alice"], "*" = [] }"#,
         )]);
         let p = "ssh/sign/dev";
-        assert!(passes(&acl, p, json!({"ttl": "1h", "public_key": "k", "valid_principals": "alice"})));
-        assert!(!passes(&acl, p, json!({"ttl": "1h", "valid_principals": "root"})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"ttl": "1h", "public_key": "k", "valid_principals": "alice"})
+        ));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"ttl": "1h", "valid_principals": "root"})
+        ));
         let acl = build(&[&sign_rule(r#"allowed_parameters = { "*" = [] }"#)]);
-        assert!(passes(&acl, p, json!({"anything": ["x"], "valid_principals": "root"})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"anything": ["x"], "valid_principals": "root"})
+        ));
         // "*" takes only [], as Vault documents.
         let err = Policy::parse("p", &sign_rule(r#"allowed_parameters = { "*" = ["x"] }"#));
         assert!(err.is_err());
@@ -1792,7 +1814,11 @@ mod tests {
         assert!(passes(&acl, p, json!({"key_id": "x"})));
         // Denied alone leaves every other parameter allowed.
         let acl = build(&[&sign_rule(r#"denied_parameters = { "ttl" = [] }"#)]);
-        assert!(passes(&acl, p, json!({"key_id": "x", "valid_principals": "root"})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"key_id": "x", "valid_principals": "root"})
+        ));
         assert!(!passes(&acl, p, json!({"ttl": 60})));
         // "*" denies every parameter, but not a request without any.
         let acl = build(&[&sign_rule(r#"denied_parameters = { "*" = [] }"#)]);
@@ -1802,21 +1828,42 @@ mod tests {
 
     #[test]
     fn required_parameters() {
-        let acl = build(&[&sign_rule(r#"required_parameters = ["Valid_Principals", "public_key"]"#)]);
+        let acl = build(&[&sign_rule(
+            r#"required_parameters = ["Valid_Principals", "public_key"]"#,
+        )]);
         let p = "ssh/sign/x";
-        assert!(passes(&acl, p, json!({"valid_principals": "a", "public_key": "k", "ttl": 5})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"valid_principals": "a", "public_key": "k", "ttl": 5})
+        ));
         assert!(!passes(&acl, p, json!({"public_key": "k"})));
-        assert!(!passes(&acl, p, json!({"valid_principals": null, "public_key": "k"})));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"valid_principals": null, "public_key": "k"})
+        ));
         assert!(!passes(&acl, p, json!({})));
     }
 
     #[test]
     fn empty_list_allows_any_value() {
         let acl = build(&[&sign_rule(r#"allowed_parameters = { "ttl" = [] }"#)]);
-        for v in [json!("1h"), json!(5), json!(["a"]), json!([]), json!({"x": 1}), json!(true)] {
+        for v in [
+            json!("1h"),
+            json!(5),
+            json!(["a"]),
+            json!([]),
+            json!({"x": 1}),
+            json!(true),
+        ] {
             assert!(passes(&acl, "ssh/sign/x", json!({ "ttl": v })), "{v}");
         }
-        assert!(!passes(&acl, "ssh/sign/x", json!({ "ttl": "1h", "other": 1 })));
+        assert!(!passes(
+            &acl,
+            "ssh/sign/x",
+            json!({ "ttl": "1h", "other": 1 })
+        ));
     }
 
     #[test]
@@ -1846,7 +1893,11 @@ mod tests {
         let deny = sign_rule(r#"denied_parameters = { "ttl" = [] }"#);
         // (public_key is not in alice's allowed map.)
         let acl = build(&[&alice, &req, &deny]);
-        assert!(!passes(&acl, p, json!({"valid_principals": "alice", "public_key": "k"})));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"valid_principals": "alice", "public_key": "k"})
+        ));
         let acl = build(&[&any, &req, &deny]);
         assert!(!passes(&acl, p, json!({"valid_principals": "alice"})));
         assert!(!passes(&acl, p, json!({"public_key": "k", "ttl": 1})));
@@ -1855,8 +1906,16 @@ mod tests {
         assert!(!passes(&acl, p, json!({})));
         // Different patterns never merge: the most specific rule alone applies.
         let acl = build(&[&alice, &rule("ssh/sign/open", "\"update\"")]);
-        assert!(passes(&acl, "ssh/sign/open", json!({"valid_principals": "root"})));
-        assert!(!passes(&acl, "ssh/sign/other", json!({"valid_principals": "root"})));
+        assert!(passes(
+            &acl,
+            "ssh/sign/open",
+            json!({"valid_principals": "root"})
+        ));
+        assert!(!passes(
+            &acl,
+            "ssh/sign/other",
+            json!({"valid_principals": "root"})
+        ));
     }
 
     #[test]
@@ -1893,7 +1952,9 @@ mod tests {
         // value the list does not hold: refused, as in Vault.
         assert!(!ok("alice,bob"));
         assert!(ok("dev-a,dev-b"));
-        let acl = build(&[&sign_rule(r#"denied_parameters = { "valid_principals" = ["root"] }"#)]);
+        let acl = build(&[&sign_rule(
+            r#"denied_parameters = { "valid_principals" = ["root"] }"#,
+        )]);
         let ok = |v: Value| passes(&acl, "ssh/sign/x", json!({ "valid_principals": v }));
         assert!(!ok(json!("alice,root")));
         assert!(!ok(json!(" root ")));
@@ -1918,7 +1979,9 @@ mod tests {
         let acl = build(&[json_policy]);
         assert!(passes(&acl, "ssh/sign/x", json!({"ttl": "3600"})));
         assert!(!passes(&acl, "ssh/sign/x", json!({"ttl": "60"})));
-        assert!(Policy::parse("p", &sign_rule(r#"allowed_parameters = { "a" = [null] }"#)).is_err());
+        assert!(
+            Policy::parse("p", &sign_rule(r#"allowed_parameters = { "a" = [null] }"#)).is_err()
+        );
         assert!(Policy::parse("p", &sign_rule(r#"allowed_parameters = { "a" = "x" }"#)).is_err());
         assert!(Policy::parse("p", &sign_rule(r#"allowed_parameters = ["a"]"#)).is_err());
         assert!(Policy::parse("p", &sign_rule(r#"required_parameters = "a""#)).is_err());
@@ -1935,31 +1998,91 @@ mod tests {
         let meta = BTreeMap::from([("username".to_string(), "alice".to_string())]);
         let alice = Identity::of_token("userpass-alice", &meta);
         let p = "ssh/sign/x";
-        assert!(passes_as(&acl, p, json!({"valid_principals": "alice"}), alice));
-        assert!(passes_as(&acl, p, json!({"valid_principals": "alice-dev"}), alice));
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "root"}), alice));
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "alice,root"}), alice));
-        assert!(passes_as(&acl, p, json!({"key_id": "userpass-alice"}), alice));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice-dev"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "root"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice,root"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"key_id": "userpass-alice"}),
+            alice
+        ));
         assert!(!passes_as(&acl, p, json!({"key_id": "token"}), alice));
         // Nor the literal template text: a token without a login name gets nothing.
         let no_meta = BTreeMap::new();
         let nobody = Identity::of_token("token", &no_meta);
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "{{identity.entity.name}}"}), nobody));
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "-dev"}), nobody));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "{{identity.entity.name}}"}),
+            nobody
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "-dev"}),
+            nobody
+        ));
         // A filled-in name is plain text, never a glob.
         let star = BTreeMap::from([("role_name".to_string(), "a*".to_string())]);
         let star = Identity::of_token("approle", &star);
         assert!(passes_as(&acl, p, json!({"valid_principals": "a*"}), star));
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "abc"}), star));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "abc"}),
+            star
+        ));
         // Denied: a template that cannot be filled in denies every value.
         let acl = build(&[&sign_rule(
             r#"denied_parameters = { "valid_principals" = ["{{identity.entity.name}}"] }"#,
         )]);
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "alice"}), alice));
-        assert!(passes_as(&acl, p, json!({"valid_principals": "bob"}), alice));
-        assert!(!passes_as(&acl, p, json!({"valid_principals": "bob"}), nobody));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "bob"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "bob"}),
+            nobody
+        ));
         // Templates gatepass does not know are refused when written.
-        for bad in ["{{identity.entity.id}}", "{{identity.entity.metadata.x}}", "{{x", "{{identity.entity.aliases..name}}"] {
+        for bad in [
+            "{{identity.entity.id}}",
+            "{{identity.entity.metadata.x}}",
+            "{{x",
+            "{{identity.entity.aliases..name}}",
+        ] {
             let text = sign_rule(&format!(r#"allowed_parameters = {{ "a" = ["{bad}"] }}"#));
             assert!(Policy::parse("p", &text).is_err(), "{bad}");
         }
@@ -1978,10 +2101,22 @@ mod tests {
             "required_parameters": ["key_id"]}}}"#;
         for text in [block.as_str(), json_text] {
             let acl = build(&[text]);
-            assert!(passes(&acl, "ssh/sign/x", json!({"valid_principals": "alice", "key_id": "k"})));
-            assert!(!passes(&acl, "ssh/sign/x", json!({"valid_principals": "root", "key_id": "k"})));
+            assert!(passes(
+                &acl,
+                "ssh/sign/x",
+                json!({"valid_principals": "alice", "key_id": "k"})
+            ));
+            assert!(!passes(
+                &acl,
+                "ssh/sign/x",
+                json!({"valid_principals": "root", "key_id": "k"})
+            ));
         }
-        assert!(!passes(&build(&[json_text]), "ssh/sign/x", json!({"valid_principals": "alice"})));
+        assert!(!passes(
+            &build(&[json_text]),
+            "ssh/sign/x",
+            json!({"valid_principals": "alice"})
+        ));
     }
 
     #[test]
