@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::metrics::RequestLabels;
 use crate::path::ApiPath;
 use crate::policies;
-use crate::policy::Capability;
+use crate::policy::{Capability, Identity};
 
 use crate::request::Fields;
 use crate::state::{Core, State};
@@ -379,6 +379,11 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
         };
         if !allowed || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo)) {
             return Err(Error::PermissionDenied);
+        }
+        // Vault checks parameter constraints on reads and writes only.
+        if matches!(req.op, Operation::Read | Operation::Write) {
+            let who = Identity::of_token(&entry.display_name, &entry.meta);
+            acl.check_parameters(&req.path, req.fields.raw(), &who)?;
         }
     }
     routes::dispatch(core, req, Some(&entry)).await
