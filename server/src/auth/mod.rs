@@ -3,6 +3,7 @@
 
 pub mod approle;
 pub mod token;
+pub mod token_roles;
 pub mod userpass;
 
 use rand::distributions::Alphanumeric;

@@ -414,13 +414,16 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
 
 // ---- endpoint logic -------------------------------------------------------
 
-/// `auth/token/create` and `create-orphan`.
+/// `auth/token/create`, `create-orphan`, and `create/<role>` (`role`:
+/// the token role, which then decides policies, orphan, period and limits
+/// in place of the creator's `sudo`).
 pub async fn handle_create(
     core: &Core,
     f: &Fields,
     path: &str,
     caller: &TokenEntry,
     force_orphan: bool,
+    role: Option<&super::token_roles::TokenRole>,
     now: i64,
 ) -> Result<(String, TokenEntry)> {
     let privileged = caller.is_root() || policies::has_sudo(core, &caller.policies, path).await?;
@@ -428,8 +431,9 @@ pub async fn handle_create(
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,
     };
-    let policies = match requested {
-        Some(p) => {
+    let policies = match (role, requested) {
+        (Some(r), requested) => r.policies(requested, &caller.policies)?,
+        (None, Some(p)) => {
             if !privileged {
                 let missing: Vec<&String> = p
                     .iter()
@@ -441,17 +445,24 @@ pub async fn handle_create(
             }
             p
         }
-        None => caller.policies.clone(),
+        (None, None) => caller.policies.clone(),
     };
     if policies.iter().any(|p| p == "root") && !caller.is_root() {
         return Err(Error::invalid(
             "root tokens may only be created by a root token",
         ));
     }
-    let no_parent = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
-    if no_parent && !privileged {
+    if f.str("entity_alias")?.is_some_and(|a| !a.is_empty()) {
+        return Err(Error::invalid(
+            "entity_alias is not supported: gatepass has no identity entities",
+        ));
+    }
+    let role_orphan = role.is_some_and(|r| r.orphan);
+    let asked_orphan = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
+    if asked_orphan && !privileged {
         return Err(Error::PermissionDenied);
     }
+    let no_parent = asked_orphan || role_orphan;
     let id = f.str("id")?;
     if id.is_some() && !caller.is_root() {
         return Err(Error::invalid(
@@ -474,9 +485,23 @@ pub async fn handle_create(
         }
     }
     let ttl = f.duration("ttl")?;
-    let explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
-    let period = f.duration("period")?.unwrap_or(0).max(0);
-    if period > 0 && !privileged {
+    let mut explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
+    let asked_period = f.duration("period")?.unwrap_or(0).max(0);
+    let mut period = asked_period;
+    if let Some(r) = role {
+        // The role's limits bound what is asked; its period is given
+        // without `sudo`.
+        if r.token_explicit_max_ttl > 0 {
+            explicit_max_ttl = match explicit_max_ttl {
+                0 => r.token_explicit_max_ttl,
+                m => m.min(r.token_explicit_max_ttl),
+            };
+        }
+        if r.token_period > 0 {
+            period = r.token_period;
+        }
+    }
+    if asked_period > 0 && !privileged && role.is_none_or(|r| r.token_period == 0) {
         return Err(Error::invalid(
             "root or sudo privileges required to create periodic token",
         ));
@@ -497,7 +522,10 @@ pub async fn handle_create(
             "meta: {k:?} is reserved: the server sets it at login or at host or gateway enrollment"
         )));
     }
-    let bound_cidrs = child_cidrs(caller, f.cidr_list("bound_cidrs")?)?;
+    let asked_cidrs = f
+        .cidr_list("bound_cidrs")?
+        .or_else(|| role.map(|r| r.token_bound_cidrs.clone()));
+    let bound_cidrs = child_cidrs(caller, asked_cidrs)?;
     let display_name = f.str("display_name")?.unwrap_or_default();
     let display_name = if display_name.is_empty() {
         "token".to_string()
@@ -507,15 +535,18 @@ pub async fn handle_create(
     let spec = NewToken {
         id,
         policies,
-        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false),
+        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false)
+            || role.is_some_and(|r| r.token_no_default_policy),
         ttl,
         explicit_max_ttl,
         num_uses: f.non_negative("num_uses")?.unwrap_or(0),
-        renewable: f.bool("renewable")?.unwrap_or(true),
+        renewable: f.bool("renewable")?.unwrap_or(true) && role.is_none_or(|r| r.renewable),
         display_name,
         meta,
         bound_cidrs,
-        path: "auth/token/create".into(),
+        path: role
+            .map(|r| r.token_path())
+            .unwrap_or_else(|| "auth/token/create".into()),
         parent: if no_parent {
             None
         } else {

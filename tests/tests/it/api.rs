@@ -1036,3 +1036,106 @@ on_both_backends!(periodic_tokens_renew_to_their_period, |s| async move {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["errors"][0].as_str().unwrap().contains("periodic"), "{v}");
 });
+
+// `token create -role=ci`: the role decides the policies, orphan and
+// period, with no `sudo` for its creator.
+on_both_backends!(
+    token_roles_shape_the_tokens_made_through_them,
+    |s| async move {
+        for (name, text) in [
+            (
+                "ci-maker",
+                r#"path "auth/token/create/ci" { capabilities = ["update"] }"#,
+            ),
+            ("deploy", r#"path "sys/mounts" { capabilities = ["read"] }"#),
+            ("admin", r#"path "*" { capabilities = ["sudo", "update"] }"#),
+        ] {
+            let (st, v) = s
+                .root(
+                    "POST",
+                    &format!("sys/policies/acl/{name}"),
+                    Some(json!({ "policy": text })),
+                )
+                .await;
+            assert!(st.is_success(), "{v}");
+        }
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/token/roles/ci",
+                Some(
+                    json!({"allowed_policies": "deploy", "disallowed_policies": "admin",
+                        "orphan": true, "token_period": "2h", "path_suffix": "builds"}),
+                ),
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+        let (st, v) = s.root("GET", "auth/token/roles/ci", None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["allowed_policies"], json!(["deploy"]));
+        assert_eq!(v["data"]["token_period"], 7200);
+        let (_, v) = s.root("LIST", "auth/token/roles", None).await;
+        assert_eq!(v["data"]["keys"], json!(["ci"]));
+
+        let (_, v) = s
+            .root(
+                "POST",
+                "auth/token/create",
+                Some(json!({"policies": ["ci-maker"]})),
+            )
+            .await;
+        let maker = v["auth"]["client_token"].as_str().unwrap().to_string();
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/create/ci",
+                Some(&maker),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["auth"]["policies"], json!(["default", "deploy"]), "{v}");
+        assert_eq!(v["auth"]["lease_duration"], 7200);
+        assert_eq!(v["auth"]["orphan"], true);
+        let made = v["auth"]["client_token"].as_str().unwrap().to_string();
+        let (_, v) = s
+            .call("GET", "auth/token/lookup-self", Some(&made), None)
+            .await;
+        assert_eq!(v["data"]["path"], "auth/token/create/ci/builds");
+        assert_eq!(v["data"]["period"], 7200);
+        // Outside the role: refused, clearly.
+        for (body, why) in [
+            (json!({"policies": ["admin"]}), "disallowed"),
+            (json!({"policies": ["ci-maker"]}), "allowed policies"),
+            (json!({"entity_alias": "alice"}), "entity_alias"),
+        ] {
+            let (st, v) = s
+                .call("POST", "auth/token/create/ci", Some(&maker), Some(body))
+                .await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+            assert!(v["errors"][0].as_str().unwrap().contains(why), "{v}");
+        }
+        // The same token cannot make an orphan or periodic token outside it.
+        let (st, _) = s
+            .call(
+                "POST",
+                "auth/token/create",
+                Some(&maker),
+                Some(json!({"period": "1h"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/token/roles/ci",
+                Some(json!({"allowed_entity_aliases": ["x"]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let (st, v) = s
+            .root("POST", "auth/token/create/nope", Some(json!({})))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+);
