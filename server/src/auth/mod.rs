@@ -4,6 +4,7 @@
 pub mod approle;
 pub mod token;
 pub mod userpass;
+pub mod wrapping;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;

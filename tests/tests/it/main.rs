@@ -42,3 +42,4 @@ mod storage;
 mod storage_down;
 mod string_forms;
 mod use_counts;
+mod wrapping;
