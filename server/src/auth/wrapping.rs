@@ -158,7 +158,9 @@ pub async fn wrap(
         ttl.secs(),
     );
     if !leases::create_with_secret(core, &lease, &stored).await? {
-        return Err(Error::internal("a wrapping token with this id already exists"));
+        return Err(Error::internal(
+            "a wrapping token with this id already exists",
+        ));
     }
     Ok(WrapInfo {
         token,
@@ -282,7 +284,12 @@ mod tests {
             .await
             .unwrap()
             .is_empty());
-        assert!(core.storage.keys_with_prefix("lease").await.unwrap().is_empty());
+        assert!(core
+            .storage
+            .keys_with_prefix("lease")
+            .await
+            .unwrap()
+            .is_empty());
         assert!(unwrap(&core, &b.token, 1000).await.is_err());
     }
 

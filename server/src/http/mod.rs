@@ -236,7 +236,9 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     // Wrapped before the response is audited, so that the audit log holds
     // the wrapping token's (HMAC'd) details and never the wrapped secret.
     let result = match (result, request.wrap_ttl) {
-        (Ok(reply), Some(ttl)) => wrap_reply(&core, &request, reply, ttl, &warnings, &request_id).await,
+        (Ok(reply), Some(ttl)) => {
+            wrap_reply(&core, &request, reply, ttl, &warnings, &request_id).await
+        }
         (other, _) => other,
     };
     let status = match &result {

@@ -37,13 +37,20 @@ async fn call_wrapped(
         .unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 /// An AppRole role `ci` whose tokens have the `default` policy; its role ID.
 async fn approle(s: &Server) -> String {
     let (st, v) = s
-        .root("POST", "auth/approle/role/ci", Some(json!({"token_ttl": "10m"})))
+        .root(
+            "POST",
+            "auth/approle/role/ci",
+            Some(json!({"token_ttl": "10m"})),
+        )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     let (_, v) = s.root("GET", "auth/approle/role/ci/role-id", None).await;
@@ -109,10 +116,7 @@ async fn wrapped_secret_id_unwraps_once_and_is_never_stored_or_logged_in_clear()
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
         assert_eq!(v["data"]["creation_ttl"], 300);
-        assert_eq!(
-            v["data"]["creation_path"],
-            "auth/approle/role/ci/secret-id"
-        );
+        assert_eq!(v["data"]["creation_path"], "auth/approle/role/ci/secret-id");
 
         // Unwrapped with the wrapping token as the request's token: the
         // original response, whose secret ID logs in.
@@ -137,7 +141,10 @@ async fn wrapped_secret_id_unwraps_once_and_is_never_stored_or_logged_in_clear()
         let (st, v) = s
             .call("POST", "sys/wrapping/unwrap", Some(&wrapping_token), None)
             .await;
-        assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]})));
+        assert_eq!(
+            (st, v),
+            (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]}))
+        );
         let (st, v) = s
             .root(
                 "POST",
@@ -145,7 +152,10 @@ async fn wrapped_secret_id_unwraps_once_and_is_never_stored_or_logged_in_clear()
                 Some(json!({"token": wrapping_token})),
             )
             .await;
-        assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]})));
+        assert_eq!(
+            (st, v),
+            (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]}))
+        );
         let (st, _) = s
             .call(
                 "POST",
@@ -201,7 +211,10 @@ async fn expired_wrapping_tokens_fail_and_go_with_their_response() {
         let (st, v) = s
             .call("POST", "sys/wrapping/unwrap", Some(&token), None)
             .await;
-        assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]})));
+        assert_eq!(
+            (st, v),
+            (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]}))
+        );
 
         // One not unwrapped is deleted by the lease sweeper when it expires.
         let (_, v) = call_wrapped(
@@ -246,11 +259,20 @@ async fn wrap_arbitrary_data_rewrap_and_unwrap_by_another_token() {
     let s = Server::start(Backend::Sqlite).await;
     // Any token with the `default` policy may wrap, look up and unwrap, as
     // Vault's default policy allows.
-    let alice = s.token_with_policy("nothing", r#"path "x" { capabilities = ["read"] }"#).await;
-    let bob = s.token_with_policy("nothing", r#"path "x" { capabilities = ["read"] }"#).await;
+    let alice = s
+        .token_with_policy("nothing", r#"path "x" { capabilities = ["read"] }"#)
+        .await;
+    let bob = s
+        .token_with_policy("nothing", r#"path "x" { capabilities = ["read"] }"#)
+        .await;
 
     let (st, v) = s
-        .call("POST", "sys/wrapping/wrap", Some(&alice), Some(json!({"a": 1})))
+        .call(
+            "POST",
+            "sys/wrapping/wrap",
+            Some(&alice),
+            Some(json!({"a": 1})),
+        )
         .await;
     assert_eq!(
         (st, v),
@@ -279,7 +301,12 @@ async fn wrap_arbitrary_data_rewrap_and_unwrap_by_another_token() {
     // Rewrap (root: not in the default policy) gives a new token with the
     // same TTL and path; the old one is used up.
     let (st, v) = s
-        .call("POST", "sys/wrapping/rewrap", Some(&bob), Some(json!({"token": first})))
+        .call(
+            "POST",
+            "sys/wrapping/rewrap",
+            Some(&bob),
+            Some(json!({"token": first})),
+        )
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
     s.clock.advance(10);
@@ -298,7 +325,12 @@ async fn wrap_arbitrary_data_rewrap_and_unwrap_by_another_token() {
 
     // Bob unwraps with the token in the body: Alice's data, as written.
     let (st, v) = s
-        .call("POST", "sys/wrapping/unwrap", Some(&bob), Some(json!({"token": second})))
+        .call(
+            "POST",
+            "sys/wrapping/unwrap",
+            Some(&bob),
+            Some(json!({"token": second})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["data"], data);
@@ -314,7 +346,15 @@ async fn wrap_arbitrary_data_rewrap_and_unwrap_by_another_token() {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let bare = v["auth"]["client_token"].as_str().unwrap().to_string();
-    let (st, _) = call_wrapped(&s, "POST", "sys/wrapping/wrap", Some(&bare), Some(json!({"a": 1})), "1m").await;
+    let (st, _) = call_wrapped(
+        &s,
+        "POST",
+        "sys/wrapping/wrap",
+        Some(&bare),
+        Some(json!({"a": 1})),
+        "1m",
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
 }
 
@@ -334,13 +374,20 @@ async fn wrapped_tokens_errors_and_bad_headers() {
     .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"], Value::Null);
-    let wrapped_accessor = v["wrap_info"]["wrapped_accessor"].as_str().unwrap().to_string();
+    let wrapped_accessor = v["wrap_info"]["wrapped_accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let token = v["wrap_info"]["token"].as_str().unwrap().to_string();
-    let (st, v) = s.call("POST", "sys/wrapping/unwrap", Some(&token), None).await;
+    let (st, v) = s
+        .call("POST", "sys/wrapping/unwrap", Some(&token), None)
+        .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["accessor"], json!(wrapped_accessor));
     let child = v["auth"]["client_token"].as_str().unwrap();
-    let (st, _) = s.call("GET", "auth/token/lookup-self", Some(child), None).await;
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(child), None)
+        .await;
     assert_eq!(st, StatusCode::OK);
 
     // Errors and empty answers are not wrapped; no wrapping token is made.
@@ -348,7 +395,13 @@ async fn wrapped_tokens_errors_and_bad_headers() {
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
     let (st, v) = call_wrapped(&s, "GET", "sys/mounts", None, None, "5m").await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
-    assert!(s.core.storage.keys_with_prefix("wrapping/").await.unwrap().is_empty());
+    assert!(s
+        .core
+        .storage
+        .keys_with_prefix("wrapping/")
+        .await
+        .unwrap()
+        .is_empty());
 
     // A wrap TTL of 0 asks for no wrapping; bad ones are refused before
     // anything is done.
@@ -360,14 +413,22 @@ async fn wrapped_tokens_errors_and_bad_headers() {
         let (st, v) = call_wrapped(&s, "POST", "auth/token/create", Some(ROOT), None, bad).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
         let msg = v["errors"][0].as_str().unwrap();
-        assert!(msg.starts_with("error parsing X-Vault-Wrap-TTL header"), "{msg}");
+        assert!(
+            msg.starts_with("error parsing X-Vault-Wrap-TTL header"),
+            "{msg}"
+        );
     }
     let (_, v) = s.root("LIST", "auth/token/accessors", None).await;
     assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 2, "{v}");
 
     // A regular token is not a wrapping token.
-    let (st, v) = s.root("POST", "sys/wrapping/unwrap", Some(json!({"token": ROOT}))).await;
-    assert_eq!((st, v), (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]})));
+    let (st, v) = s
+        .root("POST", "sys/wrapping/unwrap", Some(json!({"token": ROOT})))
+        .await;
+    assert_eq!(
+        (st, v),
+        (StatusCode::BAD_REQUEST, json!({"errors": [INVALID]}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +451,74 @@ async fn two_servers_on_one_postgres_unwrap_once_between_them() {
     );
     let mut statuses = [ra.0, rb.0];
     statuses.sort();
-    assert_eq!(statuses, [StatusCode::OK, StatusCode::BAD_REQUEST], "{ra:?} {rb:?}");
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::BAD_REQUEST],
+        "{ra:?} {rb:?}"
+    );
     let got = if ra.0 == StatusCode::OK { ra.1 } else { rb.1 };
     assert_eq!(got["data"], json!({"k": "v"}));
+}
+
+/// `gatepass` as the admin (root token in the environment), with a
+/// private HOME.
+fn cli(
+    server: &gatepass_tests::DevServer,
+    home: &std::path::Path,
+    args: &[&str],
+) -> (i32, String, String) {
+    let mut c = std::process::Command::new(gatepass_tests::bin("gatepass"));
+    for v in gatepass_tests::CLI_AMBIENT_ENV {
+        c.env_remove(v);
+    }
+    c.env_remove("VAULT_WRAP_TTL")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .envs(server.cli_env())
+        .args(args);
+    gatepass_tests::run(&mut c)
+}
+
+#[test]
+fn cli_write_with_wrap_ttl_then_unwrap_once() {
+    let server = gatepass_tests::DevServer::start();
+    let home = tempfile::tempdir().unwrap();
+    let ok = |args: &[&str]| {
+        let (code, out, err) = cli(&server, home.path(), args);
+        assert_eq!(code, 0, "{args:?}\nstdout: {out}\nstderr: {err}");
+        out
+    };
+    ok(&["write", "auth/approle/role/ci", "token_ttl=10m"]);
+
+    // The table shows the wrapping, as Vault's CLI does, and no secret.
+    let table = ok(&[
+        "write",
+        "-wrap-ttl=5m",
+        "-f",
+        "auth/approle/role/ci/secret-id",
+    ]);
+    assert!(table.contains("wrapping_token:"), "{table}");
+    assert!(
+        table.contains("wrapping_token_creation_path:    auth/approle/role/ci/secret-id"),
+        "{table}"
+    );
+    assert!(!table.contains("secret_id "), "{table}");
+
+    let token = ok(&[
+        "write",
+        "--wrap-ttl",
+        "5m",
+        "-field=wrapping_token",
+        "auth/approle/role/ci/secret-id",
+    ]);
+    let token = token.trim();
+    assert!(token.starts_with("gps."), "{token}");
+    let secret_id = ok(&["unwrap", "-field=secret_id", token]);
+    assert_eq!(secret_id.trim().len(), 36, "{secret_id}");
+    let (code, _, err) = cli(&server, home.path(), &["unwrap", token]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("wrapping token is not valid or does not exist"),
+        "{err}"
+    );
 }
