@@ -351,10 +351,15 @@ async fn wrap_reply(
         _ => None,
     }
     .map(str::to_string);
+    // Vault names a listing's path with its trailing slash.
+    let creation_path = match req.op {
+        Operation::List => format!("{}/", req.path),
+        _ => req.path.to_string(),
+    };
     let info = wrapping::wrap(
         core,
         envelope.to_string(),
-        req.path.as_str(),
+        &creation_path,
         ttl,
         wrapped_accessor,
         req.now,
@@ -384,7 +389,9 @@ fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> 
             envelope(json!({ "keys": keys }), Value::Null, warnings, id)
         }
         Reply::Wrapped(info) => {
-            let mut e = envelope(Value::Null, Value::Null, warnings, id);
+            // Vault's wrapped answer has no request ID of its own (the
+            // wrapped one keeps the request's).
+            let mut e = envelope(Value::Null, Value::Null, warnings, "");
             e["wrap_info"] = info.to_json();
             e
         }

@@ -111,14 +111,17 @@ async fn health(core: &Core, req: &Request) -> Result<Reply> {
 }
 
 /// The wrapping token a `sys/wrapping/*` request is about: the `token`
-/// field, else the request's own token (Vault's order).
+/// field, else the request's own token (Vault's order; with neither, a 403
+/// as in Vault).
 fn wrapping_token(req: &Request) -> Result<String> {
     match req.fields.str("token")?.filter(|t| !t.is_empty()) {
         Some(t) => Ok(t),
-        None => match req.token.as_deref().filter(|t| !t.is_empty()) {
-            Some(t) => Ok(t.to_string()),
-            None => Err(Error::invalid("missing \"token\" value in input")),
-        },
+        None => req
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or(Error::PermissionDenied),
     }
 }
 

@@ -421,6 +421,25 @@ async fn wrapped_tokens_errors_and_bad_headers() {
     let (_, v) = s.root("LIST", "auth/token/accessors", None).await;
     assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 2, "{v}");
 
+    // A list is wrapped under its path with Vault's trailing slash; the
+    // wrapped answer has no request ID of its own, the unwrapped one does.
+    let (st, v) = call_wrapped(&s, "LIST", "auth/token/accessors", Some(ROOT), None, "1m").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["request_id"], "");
+    assert_eq!(v["wrap_info"]["creation_path"], "auth/token/accessors/");
+    let token = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    let (_, v) = s
+        .call("POST", "sys/wrapping/unwrap", Some(&token), None)
+        .await;
+    assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 2, "{v}");
+    assert!(!v["request_id"].as_str().unwrap().is_empty());
+
+    // Without any token: 403, as in Vault.
+    for path in ["sys/wrapping/unwrap", "sys/wrapping/lookup"] {
+        let (st, _) = s.call("POST", path, None, None).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}");
+    }
+
     // A regular token is not a wrapping token.
     let (st, v) = s
         .root("POST", "sys/wrapping/unwrap", Some(json!({"token": ROOT})))
