@@ -181,6 +181,15 @@ async fn wrapped_secret_id_unwraps_once_and_is_never_stored_or_logged_in_clear()
             .any(|l| l.contains("\"path\":\"sys/wrapping/unwrap\"")
                 && l.contains("\"type\":\"response\"")
                 && l.contains("\"secret_id\":\"hmac-sha256:")));
+        // The database's copy of the audit log, on either backend (read
+        // after every queued line is written, so also in the SQLite file).
+        let copy = s.core.storage.audit_events(0, 100_000).await.unwrap();
+        assert!(copy.iter().any(|(_, l)| l.contains("\"wrap_info\"")));
+        for (_, line) in &copy {
+            for secret in [&secret_id, &wrapping_token, &wrapping_accessor] {
+                assert!(!line.contains(secret.as_str()), "{secret} in clear: {line}");
+            }
+        }
         for (name, bytes) in data_files(&s) {
             for secret in [&secret_id, &wrapping_token, &wrapping_accessor] {
                 assert!(!contains(&bytes, secret), "{secret} in clear in {name}");
