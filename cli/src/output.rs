@@ -28,6 +28,30 @@ pub fn rows(resp: &Value, show_token: bool) -> Vec<Row> {
     if let Some(auth) = resp.get("auth").filter(|a| a.is_object()) {
         out.extend(auth_rows(auth, show_token));
     }
+    if let Some(info) = resp.get("wrap_info").filter(|w| w.is_object()) {
+        out.extend(wrap_rows(info));
+    }
+    out
+}
+
+/// A wrapped answer's rows, named as Vault's CLI names them. The wrapping
+/// token is shown: it is what was asked for.
+fn wrap_rows(info: &Value) -> Vec<Row> {
+    let get = |k: &str| info.get(k).cloned().unwrap_or(Value::Null);
+    let ttl = info.get("ttl").and_then(Value::as_i64).unwrap_or(0);
+    let mut out = vec![
+        ("wrapping_token:".into(), get("token")),
+        ("wrapping_accessor:".into(), get("accessor")),
+        (
+            "wrapping_token_ttl:".into(),
+            Value::String(format_duration(ttl, true)),
+        ),
+        ("wrapping_token_creation_time:".into(), get("creation_time")),
+        ("wrapping_token_creation_path:".into(), get("creation_path")),
+    ];
+    if let Some(a) = info.get("wrapped_accessor").filter(|a| !a.is_null()) {
+        out.push(("wrapped_accessor:".into(), a.clone()));
+    }
     out
 }
 
@@ -95,7 +119,8 @@ pub fn print_response(
 pub fn print_field(resp: &Value, name: &str) -> Result<()> {
     let value = rows(resp, true)
         .into_iter()
-        .find(|(k, _)| k == name)
+        // Vault's wrapping rows end with a colon; -field names them without.
+        .find(|(k, _)| k.trim_end_matches(':') == name)
         .map(|(_, v)| v)
         .ok_or_else(|| Error::Usage(format!("field {name:?} is not in the response")))?;
     use std::io::{IsTerminal, Write};

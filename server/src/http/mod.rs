@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 
 use crate::audit;
 use crate::auth::token::{self, TokenEntry};
+use crate::auth::wrapping::{self, WrapInfo, WrapTtl};
 use crate::error::{Error, Result};
 use crate::metrics::RequestLabels;
 use crate::path::ApiPath;
@@ -59,6 +60,11 @@ pub enum Reply {
     NoContent,
     /// 404 with `{"errors":[]}`: nothing at this path.
     NotFound,
+    /// 200 with the envelope's `wrap_info` only: the response is kept
+    /// under the wrapping token (`X-Vault-Wrap-TTL`, `sys/wrapping/*`).
+    Wrapped(WrapInfo),
+    /// 200 with an envelope given whole: a wrapped response, unwrapped.
+    Unwrapped(Value),
     /// A body that is not an envelope (sys/health, sys/metrics).
     Raw {
         status: StatusCode,
@@ -212,12 +218,17 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             ),
         );
     }
+    let wrap_ttl = match wrap_ttl_from(&parts.headers) {
+        Ok(t) => t,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, &e.public_message()),
+    };
     let request = Request {
         op,
         path,
         fields: Fields::new(data),
         client_ip,
         token: token_from(&parts.headers),
+        wrap_ttl,
         now: core.clock.now(),
     };
 
@@ -236,13 +247,6 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     }
     let mut caller = None;
     let result = process(&core, &request, &mut caller).await;
-    let status = match &result {
-        Ok(r) => reply_status(r),
-        Err(e) => status_of(e),
-    };
-    if let Err(Error::PermissionDenied) = &result {
-        core.metrics.auth_failures.inc();
-    }
     let warnings: Vec<String> = {
         let unused = request.fields.unused();
         if unused.is_empty() || result.is_err() {
@@ -253,6 +257,21 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             )]
         }
     };
+    // Wrapped before the response is audited, so that the audit log holds
+    // the wrapping token's (HMAC'd) details and never the wrapped secret.
+    let result = match (result, request.wrap_ttl) {
+        (Ok(reply), Some(ttl)) => {
+            wrap_reply(&core, &request, reply, ttl, &warnings, &request_id).await
+        }
+        (other, _) => other,
+    };
+    let status = match &result {
+        Ok(r) => reply_status(r),
+        Err(e) => status_of(e),
+    };
+    if let Err(Error::PermissionDenied) = &result {
+        core.metrics.auth_failures.inc();
+    }
     if audited {
         // What the request did is done: its answer is given even if the
         // response entry has to wait for the audit file (it is kept and
@@ -307,6 +326,103 @@ fn reply_status(r: &Reply) -> StatusCode {
     }
 }
 
+/// `X-Vault-Wrap-TTL` (and `X-Vault-Wrap-Format`, of which only Vault's
+/// default, an opaque token, is offered).
+fn wrap_ttl_from(headers: &HeaderMap) -> Result<Option<WrapTtl>> {
+    let Some(v) = headers.get("x-vault-wrap-ttl") else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| Error::invalid("error parsing X-Vault-Wrap-TTL header: not text"))?;
+    let ttl = WrapTtl::from_header(text)?;
+    if ttl.is_some()
+        && headers
+            .get("x-vault-wrap-format")
+            .is_some_and(|f| f.as_bytes().eq_ignore_ascii_case(b"jwt"))
+    {
+        return Err(Error::invalid(
+            "X-Vault-Wrap-Format \"jwt\" is not supported: wrapping tokens are opaque tokens",
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Replaces a reply by its wrapped form, as Vault does: errors and replies
+/// without a body (204, 404, an empty list) are not wrapped, nor are
+/// replies that are not envelopes (sys/health) or already a wrapping.
+async fn wrap_reply(
+    core: &Core,
+    req: &Request,
+    reply: Reply,
+    ttl: WrapTtl,
+    warnings: &[String],
+    request_id: &str,
+) -> Result<Reply> {
+    if matches!(reply, Reply::Wrapped(_)) {
+        return Ok(reply);
+    }
+    let Some(envelope) = envelope_of(&reply, warnings.to_vec(), request_id) else {
+        return Ok(reply);
+    };
+    // What was wrapped can be revoked by its accessor without unwrapping
+    // it: a token's, or an AppRole secret ID's.
+    let wrapped_accessor = match &reply {
+        Reply::Auth(a) => a.get("accessor").and_then(Value::as_str),
+        Reply::Data(d) if req.path.starts_with("auth/approle/") => {
+            d.get("secret_id_accessor").and_then(Value::as_str)
+        }
+        _ => None,
+    }
+    .map(str::to_string);
+    // Vault names a listing's path with its trailing slash.
+    let creation_path = match req.op {
+        Operation::List => format!("{}/", req.path),
+        _ => req.path.to_string(),
+    };
+    let info = wrapping::wrap(
+        core,
+        envelope.to_string(),
+        &creation_path,
+        ttl,
+        wrapped_accessor,
+        req.now,
+    )
+    .await?;
+    Ok(Reply::Wrapped(info))
+}
+
+/// The envelope of a reply that has one; None for the others.
+fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> {
+    Some(match reply {
+        Reply::Data(d) => envelope(d.clone(), Value::Null, warnings, id),
+        Reply::Auth(a) => envelope(Value::Null, a.clone(), warnings, id),
+        Reply::Lease {
+            data,
+            lease_id,
+            lease_duration,
+            renewable,
+        } => {
+            let mut e = envelope(data.clone(), Value::Null, warnings, id);
+            e["lease_id"] = json!(lease_id);
+            e["lease_duration"] = json!(lease_duration);
+            e["renewable"] = json!(renewable);
+            e
+        }
+        Reply::List(keys) if !keys.is_empty() => {
+            envelope(json!({ "keys": keys }), Value::Null, warnings, id)
+        }
+        Reply::Wrapped(info) => {
+            // Vault's wrapped answer has no request ID of its own (the
+            // wrapped one keeps the request's).
+            let mut e = envelope(Value::Null, Value::Null, warnings, "");
+            e["wrap_info"] = info.to_json();
+            e
+        }
+        _ => return None,
+    })
+}
+
 fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -> Value {
     json!({
         "request_id": request_id,
@@ -322,26 +438,8 @@ fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -
 }
 
 fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
-    let id = request_id.as_str();
     match reply {
-        Reply::Data(d) => axum::Json(envelope(d, Value::Null, warnings, id)).into_response(),
-        Reply::Auth(a) => axum::Json(envelope(Value::Null, a, warnings, id)).into_response(),
-        Reply::Lease {
-            data,
-            lease_id,
-            lease_duration,
-            renewable,
-        } => {
-            let mut e = envelope(data, Value::Null, warnings, id);
-            e["lease_id"] = json!(lease_id);
-            e["lease_duration"] = json!(lease_duration);
-            e["renewable"] = json!(renewable);
-            axum::Json(e).into_response()
-        }
-        Reply::List(keys) if keys.is_empty() => error_body(StatusCode::NOT_FOUND, ""),
-        Reply::List(keys) => {
-            axum::Json(envelope(json!({ "keys": keys }), Value::Null, warnings, id)).into_response()
-        }
+        Reply::Unwrapped(e) => axum::Json(e).into_response(),
         Reply::NoContent => StatusCode::NO_CONTENT.into_response(),
         Reply::NotFound => error_body(StatusCode::NOT_FOUND, ""),
         Reply::Raw {
@@ -354,6 +452,11 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
             Body::from(body),
         )
             .into_response(),
+        other => match envelope_of(&other, warnings, &request_id) {
+            Some(e) => axum::Json(e).into_response(),
+            // An empty list: Vault answers 404.
+            None => error_body(StatusCode::NOT_FOUND, ""),
+        },
     }
 }
 
@@ -377,6 +480,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
             Operation::Write => can(Capability::Update) || can(Capability::Create),
             Operation::Delete => can(Capability::Delete),
         };
+        let allowed = allowed || routes::granted_by_default_policy(&entry.policies, req);
         if !allowed || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo)) {
             return Err(Error::PermissionDenied);
         }
@@ -549,6 +653,16 @@ async fn audit_response(
         Ok(Reply::List(keys)) => {
             json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) })
         }
+        // The wrapping token and its accessor HMAC'd, as Vault logs them
+        // (the token so that its later use can be matched in the log).
+        Ok(Reply::Wrapped(info)) => json!({
+            "wrap_info": audit::redact(&info.to_json(), key, &["ttl", "creation_time", "creation_path"]),
+        }),
+        // What the unwrap handed out, HMAC'd as if it were answered now.
+        Ok(Reply::Unwrapped(e)) => json!({
+            "data": audit::redact(&e["data"], key, AUDIT_KEEP),
+            "auth": audit::redact(&e["auth"], key, AUDIT_KEEP),
+        }),
         _ => json!({}),
     };
     event.insert("response".into(), response);

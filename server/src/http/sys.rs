@@ -9,6 +9,7 @@ use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
+use crate::auth::wrapping;
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::leases::Lease;
@@ -107,6 +108,21 @@ async fn health(core: &Core, req: &Request) -> Result<Reply> {
         content_type: "application/json",
         body: body.to_string().into_bytes(),
     })
+}
+
+/// The wrapping token a `sys/wrapping/*` request is about: the `token`
+/// field, else the request's own token (Vault's order; with neither, a 403
+/// as in Vault).
+fn wrapping_token(req: &Request) -> Result<String> {
+    match req.fields.str("token")?.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(t),
+        None => req
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or(Error::PermissionDenied),
+    }
 }
 
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
@@ -301,6 +317,38 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                 .map(|(id, line)| json!({ "id": id, "line": line }))
                 .collect();
             Ok(Reply::Data(json!({ "events": events })))
+        }
+
+        // ---- sys/wrapping ------------------------------------------------
+        (["sys", "wrapping", "wrap"], Write) => {
+            if req.wrap_ttl.is_none() {
+                return Err(Error::invalid(
+                    "endpoint requires response wrapping to be used",
+                ));
+            }
+            // Every field is the data to wrap (the HTTP layer wraps it).
+            let data: Map<String, Value> = req
+                .fields
+                .raw()
+                .keys()
+                .filter_map(|k| req.fields.value(k).map(|v| (k.clone(), v)))
+                .collect();
+            Ok(Reply::Data(Value::Object(data)))
+        }
+        (["sys", "wrapping", "unwrap"], Write) => {
+            let token = wrapping_token(req)?;
+            let response = wrapping::unwrap(core, &token, now).await?;
+            let envelope = serde_json::from_str(&response)
+                .map_err(|e| Error::internal(format!("wrapped response unreadable: {e}")))?;
+            Ok(Reply::Unwrapped(envelope))
+        }
+        (["sys", "wrapping", "lookup"], Read | Write) => {
+            let token = wrapping_token(req)?;
+            super::data(&wrapping::lookup(core, &token, now).await?)
+        }
+        (["sys", "wrapping", "rewrap"], Write) => {
+            let token = wrapping_token(req)?;
+            Ok(Reply::Wrapped(wrapping::rewrap(core, &token, now).await?))
         }
 
         // ---- sys/leases --------------------------------------------------

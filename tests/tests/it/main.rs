@@ -44,3 +44,4 @@ mod storage_down;
 mod string_forms;
 mod use_counts;
 mod vault_compat;
+mod wrapping;
