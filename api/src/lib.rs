@@ -32,6 +32,31 @@ pub struct Envelope {
     pub warnings: Option<Vec<String>>,
     #[serde(default)]
     pub auth: Option<Auth>,
+    /// Set when the response was wrapped (`X-Vault-Wrap-TTL`): `data` and
+    /// `auth` are then empty, and the response is unwrapped with the token.
+    #[serde(default)]
+    pub wrap_info: Option<WrapInfo>,
+}
+
+/// An envelope's `wrap_info`: the single-use token holding a wrapped
+/// response (`sys/wrapping/unwrap`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrapInfo {
+    pub token: String,
+    #[serde(default)]
+    pub accessor: String,
+    /// Seconds the token lives from `creation_time`.
+    #[serde(default)]
+    pub ttl: i64,
+    /// RFC 3339.
+    #[serde(default)]
+    pub creation_time: String,
+    /// The request path whose response is wrapped.
+    #[serde(default)]
+    pub creation_path: String,
+    /// The accessor of the token or AppRole secret ID wrapped, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped_accessor: Option<String>,
 }
 
 /// An envelope's `data` as a response type of [`ssh`], [`hosts`] or [`pam`]; None
@@ -101,6 +126,9 @@ pub struct TokenInfo {
     #[serde(rename = "type")]
     pub token_type: String,
     pub bound_cidrs: Vec<String>,
+    /// A periodic token's period, seconds: each renewal gives it this TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +192,9 @@ pub struct Client {
     token: Option<String>,
     /// The pinned CA, if any, for [`Client::upgrade`]'s own client.
     ca: Option<Vec<reqwest::Certificate>>,
+    /// Sent as `X-Vault-Wrap-TTL`: the server answers with a wrapping
+    /// token in `wrap_info` instead of the response.
+    wrap_ttl: Option<String>,
 }
 
 /// Loads PEM certificates to trust.
@@ -202,6 +233,7 @@ impl Client {
             addr,
             token: s.token.clone(),
             ca,
+            wrap_ttl: None,
         })
     }
 
@@ -245,6 +277,12 @@ impl Client {
         self.token.as_deref()
     }
 
+    /// Asks for every later response to be wrapped for this long (duration
+    /// text such as "5m", or seconds); None stops wrapping.
+    pub fn set_wrap_ttl(&mut self, ttl: Option<String>) {
+        self.wrap_ttl = ttl;
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/v1/{}", self.addr, path.trim_start_matches('/'))
     }
@@ -262,6 +300,9 @@ impl Client {
         let mut rb = self.http.request(m, self.url(path));
         if let Some(t) = &self.token {
             rb = rb.header("X-Vault-Token", t);
+        }
+        if let Some(t) = &self.wrap_ttl {
+            rb = rb.header("X-Vault-Wrap-TTL", t);
         }
         if let Some(b) = body {
             rb = rb.json(b);

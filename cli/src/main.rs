@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{generic, login, pam, ssh, token, Ctx, GlobalArgs};
+use commands::{generic, login, pam, ssh, token, unwrap, Ctx, GlobalArgs};
 
 const ENVIRONMENT: &str = "\
 Environment:
@@ -86,6 +86,12 @@ enum Command {
     #[command(subcommand)]
     Token(token::Command),
 
+    /// Get the answer a wrapping token holds (once)
+    ///
+    /// Without TOKEN, the command's own token (GATEPASS_TOKEN, VAULT_TOKEN
+    /// or the saved one) is taken as the wrapping token.
+    Unwrap(unwrap::Args),
+
     /// SSH: certificates, one-time passwords, dynamic keys, and logging in
     ///
     /// Talks to an ssh secrets engine (mounted at `ssh` unless --mount says
@@ -156,6 +162,7 @@ async fn run(cli: Cli) -> error::Result<u8> {
         Command::List(args) => generic::list(&Ctx::new(global)?, args).await?,
         Command::Delete(args) => generic::delete(&Ctx::new(global)?, args).await?,
         Command::Token(cmd) => token::run(&Ctx::new(global)?, cmd).await?,
+        Command::Unwrap(args) => unwrap::run(&Ctx::new(global)?, args).await?,
         Command::Ssh(cmd) => return ssh::run(global, cmd).await,
         Command::Pam(cmd) => return pam::run(global, cmd).await,
     }
@@ -180,6 +187,7 @@ const VAULT_LONG_OPTIONS: &[&str] = &[
     "policy",
     "print-token",
     "ttl",
+    "wrap-ttl",
 ];
 
 /// Rewrites `-name[=value]` to `--name[=value]` for those options, up to a

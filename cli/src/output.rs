@@ -28,6 +28,30 @@ pub fn rows(resp: &Value, show_token: bool) -> Vec<Row> {
     if let Some(auth) = resp.get("auth").filter(|a| a.is_object()) {
         out.extend(auth_rows(auth, show_token));
     }
+    if let Some(info) = resp.get("wrap_info").filter(|w| w.is_object()) {
+        out.extend(wrap_rows(info));
+    }
+    out
+}
+
+/// A wrapped answer's rows, named as Vault's CLI names them. The wrapping
+/// token is shown: it is what was asked for.
+fn wrap_rows(info: &Value) -> Vec<Row> {
+    let get = |k: &str| info.get(k).cloned().unwrap_or(Value::Null);
+    let ttl = info.get("ttl").and_then(Value::as_i64).unwrap_or(0);
+    let mut out = vec![
+        ("wrapping_token:".into(), get("token")),
+        ("wrapping_accessor:".into(), get("accessor")),
+        (
+            "wrapping_token_ttl:".into(),
+            Value::String(format_duration(ttl, true)),
+        ),
+        ("wrapping_token_creation_time:".into(), get("creation_time")),
+        ("wrapping_token_creation_path:".into(), get("creation_path")),
+    ];
+    if let Some(a) = info.get("wrapped_accessor").filter(|a| !a.is_null()) {
+        out.push(("wrapped_accessor:".into(), a.clone()));
+    }
     out
 }
 
@@ -95,14 +119,30 @@ pub fn print_response(
 pub fn print_field(resp: &Value, name: &str) -> Result<()> {
     let value = rows(resp, true)
         .into_iter()
-        .find(|(k, _)| k == name)
+        // Vault's wrapping rows end with a colon; -field names them without.
+        .find(|(k, _)| k.trim_end_matches(':') == name)
         .map(|(_, v)| v)
         .ok_or_else(|| Error::Usage(format!("field {name:?} is not in the response")))?;
-    match value {
-        Value::String(s) => println!("{s}"),
-        other => println!("{other}"),
+    use std::io::{IsTerminal, Write};
+    let text = field_text(&value, std::io::stdout().is_terminal());
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Local(format!("cannot write to standard output: {e}")))
+}
+
+/// A field as Vault's CLI prints it: the value as it is when the output
+/// goes to a file or a pipe (`-field=signed_key > cert.pub` is the
+/// certificate's one line, nothing added), with a line end on a terminal.
+fn field_text(value: &Value, terminal: bool) -> String {
+    let mut text = match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if terminal {
+        text.push('\n');
     }
-    Ok(())
+    text
 }
 
 pub fn print_json(v: &Value) {
@@ -245,6 +285,18 @@ pub fn date(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_print_as_they_are_unless_on_a_terminal() {
+        let cert = Value::String("ssh-ed25519-cert-v01@openssh.com AAAA\n".into());
+        assert_eq!(
+            field_text(&cert, false),
+            "ssh-ed25519-cert-v01@openssh.com AAAA\n"
+        );
+        assert_eq!(field_text(&Value::String("abc".into()), false), "abc");
+        assert_eq!(field_text(&Value::String("abc".into()), true), "abc\n");
+        assert_eq!(field_text(&serde_json::json!(3600), false), "3600");
+    }
     use serde_json::json;
 
     #[test]

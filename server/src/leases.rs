@@ -22,6 +22,10 @@ pub struct Lease {
     pub renewable: bool,
     /// The latest a renewal may reach.
     pub max_expire: i64,
+    /// The accessor of the token that created it: revoking that token (or
+    /// a parent of it) revokes the lease, as Vault does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 fn key(id: &str) -> String {
@@ -30,6 +34,11 @@ fn key(id: &str) -> String {
 
 fn exp_key(expire: i64, id: &str) -> String {
     format!("lease-exp/{:016x}/{id}", expire.max(0))
+}
+
+/// The index of a token's leases: `lease-tok/<accessor>/<lease id>`.
+fn token_key(accessor: &str, id: &str) -> String {
+    format!("lease-tok/{accessor}/{id}")
 }
 
 /// Lease IDs contain `/` but never `..`, spaces or control characters.
@@ -64,7 +73,14 @@ impl Lease {
             last_renewal: None,
             renewable,
             max_expire: now + max,
+            token: None,
         }
+    }
+
+    /// The lease as created by the token with this accessor.
+    pub fn of_token(mut self, accessor: Option<String>) -> Lease {
+        self.token = accessor;
+        self
     }
 }
 
@@ -89,21 +105,55 @@ pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
     Ok(())
 }
 
-/// The storage entries of a lease: the lease and its expiry index.
+/// The storage entries of a lease: the lease, its expiry index and its
+/// token's index.
 pub fn records(lease: &Lease) -> Result<Vec<(String, Value)>> {
-    Ok(vec![
+    let mut out = vec![
         (
             key(&lease.id),
             serde_json::to_value(lease).map_err(|e| Error::internal(e.to_string()))?,
         ),
         (exp_key(lease.expire_time, &lease.id), json!({})),
-    ])
+    ];
+    if let Some(t) = &lease.token {
+        out.push((token_key(t, &lease.id), json!({})));
+    }
+    Ok(out)
 }
 
-/// The storage keys of a lease whose expiry is known (to delete them
-/// together with what the lease stands for: a used OTP).
-pub fn keys_of(id: &str, expire_time: i64) -> [String; 2] {
-    [key(id), exp_key(expire_time, id)]
+/// The storage keys of a lease whose expiry and token are known (to delete
+/// them together with what the lease stands for: a used OTP).
+pub fn keys_of(id: &str, expire_time: i64, token: Option<&str>) -> Vec<String> {
+    let mut keys = vec![key(id), exp_key(expire_time, id)];
+    if let Some(t) = token {
+        keys.push(token_key(t, id));
+    }
+    keys
+}
+
+/// The keys that go with a lease record besides itself.
+fn index_keys(l: &Lease) -> Vec<String> {
+    let mut keys = vec![exp_key(l.expire_time, &l.id)];
+    if let Some(t) = &l.token {
+        keys.push(token_key(t, &l.id));
+    }
+    keys
+}
+
+/// Revokes every lease the token with this accessor created (its token
+/// was revoked); returns how many.
+pub async fn revoke_for_token(core: &Core, accessor: &str) -> Result<usize> {
+    let prefix = format!("lease-tok/{accessor}/");
+    let mut n = 0;
+    for k in core.storage.keys_with_prefix(&prefix).await? {
+        let id = &k[prefix.len()..];
+        if check_id(id).is_ok() && revoke(core, id).await? {
+            n += 1;
+        }
+        // Gone with its lease, or left by one used or swept meanwhile.
+        core.storage.delete(&k).await?;
+    }
+    Ok(n)
 }
 
 pub async fn get(core: &Core, id: &str) -> Result<Option<Lease>> {
@@ -116,8 +166,9 @@ pub async fn revoke(core: &Core, id: &str) -> Result<bool> {
     check_id(id)?;
     match core.storage.take::<Lease>(&key(id)).await? {
         Some(l) => {
-            core.storage.delete(&l.secret_key).await?;
-            core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
+            let mut keys = index_keys(&l);
+            keys.push(l.secret_key);
+            core.storage.delete_many(&keys).await?;
             Ok(true)
         }
         None => Ok(false),
@@ -127,7 +178,7 @@ pub async fn revoke(core: &Core, id: &str) -> Result<bool> {
 /// Removes the lease record only (its secret was consumed, e.g. a verified OTP).
 pub async fn forget(core: &Core, id: &str) -> Result<()> {
     if let Some(l) = core.storage.take::<Lease>(&key(id)).await? {
-        core.storage.delete(&exp_key(l.expire_time, &l.id)).await?;
+        core.storage.delete_many(&index_keys(&l)).await?;
     }
     Ok(())
 }
@@ -235,6 +286,9 @@ async fn sweep_due(core: &Core, now: i64, limit: i64) -> Result<(usize, usize)> 
             if let Some(l) = core.storage.get::<Lease>(&key(id)).await? {
                 if l.expire_time <= now {
                     doomed.push(key(&l.id));
+                    if let Some(t) = &l.token {
+                        doomed.push(token_key(t, &l.id));
+                    }
                     doomed.push(l.secret_key);
                     n += 1;
                 }

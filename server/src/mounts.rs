@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::state::Core;
+use crate::storage::Change;
 
 pub const ENGINE_TYPES: &[&str] = &["ssh"];
 const RESERVED: &[&str] = &["sys", "auth", "hosts", "pam", "cubbyhole", "identity", "v1"];
@@ -18,9 +19,74 @@ pub struct Mount {
     pub accessor: String,
     pub uuid: String,
     pub created: i64,
+    /// `sys/mounts/<path>/tune`.
+    #[serde(default)]
+    pub tune: Tune,
+}
+
+/// A mount's tunable settings (`sys/mounts/<path>/tune`). Zero TTLs mean
+/// the system's (768 h).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tune {
+    /// Seconds: the TTL of certificates and leases whose role sets none.
+    #[serde(default)]
+    pub default_lease_ttl: i64,
+    /// Seconds: the longest TTL, where the role sets no `max_ttl`.
+    #[serde(default)]
+    pub max_lease_ttl: i64,
+    /// Vault's UI listing hint (`hidden` or `unauth`); kept and shown.
+    #[serde(default)]
+    pub listing_visibility: String,
+}
+
+/// A `tune` write: what is given changes, the rest stays.
+#[derive(Clone, Debug, Default)]
+pub struct TuneInput {
+    pub default_lease_ttl: Option<i64>,
+    pub max_lease_ttl: Option<i64>,
+    pub description: Option<String>,
+    pub listing_visibility: Option<String>,
+}
+
+/// The TTLs a role falls back on when it sets none, in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlLimits {
+    pub default: i64,
+    pub max: i64,
+}
+
+impl Default for TtlLimits {
+    /// The system's: 768 hours each, as Vault's.
+    fn default() -> Self {
+        let sys = crate::auth::token::SYSTEM_MAX_TTL;
+        TtlLimits {
+            default: sys,
+            max: sys,
+        }
+    }
 }
 
 impl Mount {
+    /// What roles without `ttl` or `max_ttl` fall back on: the mount's
+    /// tuned values, else the system's.
+    pub fn ttl_limits(&self) -> TtlLimits {
+        let sys = TtlLimits::default();
+        let max = if self.tune.max_lease_ttl > 0 {
+            self.tune.max_lease_ttl
+        } else {
+            sys.max
+        };
+        let default = if self.tune.default_lease_ttl > 0 {
+            self.tune.default_lease_ttl
+        } else {
+            sys.default
+        };
+        TtlLimits {
+            default: default.min(max),
+            max,
+        }
+    }
+
     /// Storage prefix for the engine's own data: by uuid, so that a mount
     /// disabled and enabled again starts empty.
     pub fn data_prefix(&self) -> String {
@@ -90,6 +156,7 @@ pub async fn enable(
         accessor: format!("{kind}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         uuid: uuid::Uuid::new_v4().to_string(),
         created: now,
+        tune: Tune::default(),
     };
     if !core.storage.put_if_absent(&key(&path), &mount).await? {
         return Err(Error::invalid(format!("path is already in use at {path}/")));
@@ -100,11 +167,95 @@ pub async fn enable(
 pub async fn disable(core: &Core, path: &str) -> Result<()> {
     let path = normalize_path(path)?;
     if let Some(m) = core.storage.take::<Mount>(&key(&path)).await? {
+        // A remount that stopped half-way leaves the mount at both paths:
+        // the data goes only with the last of them.
+        if all(core).await?.iter().any(|o| o.uuid == m.uuid) {
+            return Ok(());
+        }
         for k in core.storage.keys_with_prefix(&m.data_prefix()).await? {
             core.storage.delete(&k).await?;
         }
     }
     Ok(())
+}
+
+/// `sys/mounts/<path>/tune` (write): changes what is given.
+pub async fn tune(core: &Core, path: &str, t: TuneInput) -> Result<Mount> {
+    let path = normalize_path(path)?;
+    for (name, v) in [
+        ("default_lease_ttl", t.default_lease_ttl),
+        ("max_lease_ttl", t.max_lease_ttl),
+    ] {
+        if v.is_some_and(|v| v < 0) {
+            return Err(Error::invalid(format!("{name} must not be negative")));
+        }
+    }
+    if let Some(v) = &t.listing_visibility {
+        if !matches!(v.as_str(), "" | "hidden" | "unauth") {
+            return Err(Error::invalid(format!(
+                "listing_visibility must be \"hidden\", \"unauth\" or empty, not {v:?}"
+            )));
+        }
+    }
+    core.storage
+        .update(&key(&path), |mut m: Mount| {
+            if let Some(v) = t.default_lease_ttl {
+                m.tune.default_lease_ttl = v;
+            }
+            if let Some(v) = t.max_lease_ttl {
+                m.tune.max_lease_ttl = v;
+            }
+            if let Some(v) = &t.listing_visibility {
+                m.tune.listing_visibility = v.clone();
+            }
+            if let Some(v) = &t.description {
+                m.description = v.clone();
+            }
+            let (d, x) = (m.tune.default_lease_ttl, m.tune.max_lease_ttl);
+            if d > 0 && x > 0 && d > x {
+                return Ok((
+                    Change::Keep,
+                    Err(Error::invalid(
+                        "default_lease_ttl cannot be greater than max_lease_ttl",
+                    )),
+                ));
+            }
+            Ok((Change::Put(m.clone()), Ok(m)))
+        })
+        .await?
+        .ok_or_else(|| Error::invalid(format!("no mount at {path:?}")))?
+}
+
+/// `sys/remount`: moves a mount to another path. Its data stays where it
+/// is (under its uuid), so only the mount entry moves: first written at
+/// the new path, then removed from the old one (a stop in between leaves
+/// it at both, and [`disable`] keeps the data while either remains).
+pub async fn remount(core: &Core, from: &str, to: &str) -> Result<Mount> {
+    let from = normalize_path(from)?;
+    let to = normalize_path(to)?;
+    let m = get(core, &from)
+        .await?
+        .ok_or_else(|| Error::invalid(format!("no mount at {from:?}")))?;
+    for o in all(core).await? {
+        let clash = o.path == to
+            || to.starts_with(&format!("{}/", o.path))
+            || o.path.starts_with(&format!("{to}/"));
+        if clash && o.uuid != m.uuid {
+            return Err(Error::invalid(format!(
+                "path is already in use at {}/",
+                o.path
+            )));
+        }
+    }
+    let moved = Mount {
+        path: to.clone(),
+        ..m
+    };
+    if !core.storage.put_if_absent(&key(&to), &moved).await? {
+        return Err(Error::invalid(format!("path is already in use at {to}/")));
+    }
+    core.storage.delete(&key(&from)).await?;
+    Ok(moved)
 }
 
 /// Every mount, shared from the read cache: requests under a mount route

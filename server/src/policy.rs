@@ -3,14 +3,15 @@
 //! (`vault/policy.go`, `vault/acl.go`) so that policies written for Vault grant
 //! exactly the same access here.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::BitOr;
 use std::str::FromStr;
 
 use hcl::{Expression, Structure};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
@@ -184,17 +185,18 @@ path "sys/capabilities-self" {
 
 /// A parsed ACL policy: its name and its `path` rules.
 ///
-/// Of Vault's other per-path keys, `allowed_parameters`, `denied_parameters`,
-/// `required_parameters`, `min_wrapping_ttl`, `max_wrapping_ttl` and
-/// `comment` are accepted so that Vault policies load unchanged, but they are
-/// NOT enforced: only the capabilities count. The Enterprise-only
+/// Besides the capabilities, the parameter constraints
+/// (`allowed_parameters`, `denied_parameters`, `required_parameters`) are
+/// enforced (see [`Params`]). Of Vault's other per-path keys,
+/// `min_wrapping_ttl`, `max_wrapping_ttl` and `comment` are accepted so that
+/// Vault policies load unchanged, but not enforced. The Enterprise-only
 /// `mfa_methods` and `control_group` are rejected rather than ignored, since
 /// ignoring them would silently drop an approval requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
-    /// (pattern without leading `/`, capabilities); deny already normalised.
-    rules: Vec<(String, CapSet)>,
+    /// (pattern without leading `/`, rule); deny already normalised.
+    rules: Vec<(String, Perms)>,
 }
 
 impl Policy {
@@ -217,12 +219,369 @@ impl Policy {
 
     /// The rules as (pattern, capabilities), in the order written.
     pub fn rules(&self) -> impl Iterator<Item = (&str, CapSet)> {
-        self.rules.iter().map(|(p, c)| (p.as_str(), *c))
+        self.rules.iter().map(|(p, r)| (p.as_str(), r.caps))
     }
 }
 
 fn invalid(msg: impl fmt::Display) -> Error {
     Error::invalid(format!("failed to parse policy: {msg}"))
+}
+
+/// One path rule: what it grants and the constraints on the request's
+/// parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Perms {
+    caps: CapSet,
+    params: Params,
+}
+
+impl Perms {
+    /// Vault's merge of two grants for the same pattern (`NewACL`): deny is
+    /// sticky and drops everything else; otherwise capabilities add up and
+    /// the parameter constraints merge (see [`Params::merge`]).
+    fn merge(&mut self, other: &Perms) {
+        self.caps = self.caps.merge(other.caps);
+        if self.caps.contains(Capability::Deny) {
+            self.params = Params::default();
+        } else {
+            self.params.merge(&other.params);
+        }
+    }
+}
+
+/// Parameter name (lower-cased) → the values a rule allows or denies.
+type ParamMap = BTreeMap<String, Values>;
+
+/// A rule's parameter constraints, with Vault's semantics (`AllowOperation`
+/// in Vault's `acl.go`):
+///
+/// - They apply to reads and writes (Vault: read, create, update, patch),
+///   not to list or delete.
+/// - `required_parameters`: each must be present.
+/// - A request without parameters passes the rest.
+/// - `denied_parameters` wins over `allowed_parameters`: a `"*"` key denies
+///   any parameter; a parameter with `[]` is denied with any value, with a
+///   list when one of its values is in it.
+/// - `allowed_parameters`: once set, a parameter not in it is refused unless
+///   a `"*" = []` key allows all others; `[]` allows any value, a list only
+///   those values.
+/// - A value in a list matches exactly, or by prefix (`"foo-*"`), suffix
+///   (`"*-bar"`) or substring (`"*mid*"`); a value of one character, `"*"`
+///   included, matches only itself, as in Vault.
+///
+/// Where gatepass is stricter than Vault, it is about how one request value
+/// is read: gatepass's endpoints read lists leniently (`"a,b"` or `["a",
+/// "b"]`, items trimmed), so a value is checked in every form an endpoint
+/// may read it as (see [`Readings`]). Vault compares the raw value only, so
+/// that `valid_principals="alice,root"` passes an `"alice*"` constraint
+/// there. And values may hold the identity templates gatepass knows (see
+/// [`Template`]), which Vault compares as literal text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    /// None: not set, every parameter allowed.
+    allowed: Option<ParamMap>,
+    /// None: not set, no parameter denied.
+    denied: Option<ParamMap>,
+    /// Lower-cased names.
+    required: Vec<String>,
+}
+
+impl Params {
+    /// Vault's merge across policies granting the same pattern: per
+    /// parameter the value lists add up, `[]` (any value) wins over a list,
+    /// and a rule without constraints leaves the other's in place.
+    fn merge(&mut self, other: &Params) {
+        merge_maps(&mut self.allowed, other.allowed.as_ref());
+        merge_maps(&mut self.denied, other.denied.as_ref());
+        for name in &other.required {
+            if !self.required.contains(name) {
+                self.required.push(name.clone());
+            }
+        }
+    }
+
+    /// Whether a request with these fields passes the constraints. Fields
+    /// that are null count as absent, as the endpoints read them.
+    fn check(&self, data: &Map<String, Value>, who: &Identity) -> bool {
+        let present: Vec<(String, &Value)> = data
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| (k.to_lowercase(), v))
+            .collect();
+        let has = |name: &str| data.get(name).is_some_and(|v| !v.is_null());
+        if !self.required.iter().all(|name| has(name)) {
+            return false;
+        }
+        if present.is_empty() {
+            return true;
+        }
+        if let Some(denied) = &self.denied {
+            if denied.contains_key("*") {
+                return false;
+            }
+            let hit = present.iter().any(|(name, value)| {
+                denied
+                    .get(name)
+                    .is_some_and(|values| values.denies(value, who))
+            });
+            if hit {
+                return false;
+            }
+        }
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        let others_allowed = allowed.contains_key("*");
+        present.iter().all(|(name, value)| match allowed.get(name) {
+            Some(values) => values.allows(value, who),
+            None => others_allowed,
+        })
+    }
+}
+
+fn merge_maps(mine: &mut Option<ParamMap>, theirs: Option<&ParamMap>) {
+    let Some(theirs) = theirs else {
+        return;
+    };
+    let mine = mine.get_or_insert_with(ParamMap::new);
+    for (name, values) in theirs {
+        match mine.get_mut(name) {
+            Some(existing) => existing.merge(values.clone()),
+            None => {
+                mine.insert(name.clone(), values.clone());
+            }
+        }
+    }
+}
+
+/// The values one parameter may (or may not) take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Values {
+    /// `[]`: any value.
+    Any,
+    OneOf(Vec<ValuePattern>),
+}
+
+impl Values {
+    fn merge(&mut self, other: Values) {
+        match (&mut *self, other) {
+            (Values::Any, _) => {}
+            (_, Values::Any) => *self = Values::Any,
+            (Values::OneOf(mine), Values::OneOf(theirs)) => mine.extend(theirs),
+        }
+    }
+
+    /// As an allowed list: every form the value may be read in is allowed.
+    /// A template that cannot be filled in for this caller allows nothing.
+    fn allows(&self, value: &Value, who: &Identity) -> bool {
+        let Values::OneOf(patterns) = self else {
+            return true;
+        };
+        let r = Readings::of(value);
+        !r.opaque
+            && r.texts
+                .iter()
+                .all(|t| patterns.iter().any(|p| p.matches(t, who, false)))
+    }
+
+    /// As a denied list: some form the value may be read in is denied. A
+    /// template that cannot be filled in for this caller denies every value.
+    fn denies(&self, value: &Value, who: &Identity) -> bool {
+        let Values::OneOf(patterns) = self else {
+            return true;
+        };
+        Readings::of(value)
+            .texts
+            .iter()
+            .any(|t| patterns.iter().any(|p| p.matches(t, who, true)))
+    }
+}
+
+/// The text forms in which gatepass's endpoints may read one request value,
+/// the one canonical view both constraint lists are checked against: a
+/// string as it is, and, since list fields accept comma-separated text,
+/// each of its trimmed comma-separated items (`" root"` is also `root`,
+/// `"alice,root"` is also `alice` and `root`); a number or boolean as its
+/// text (an endpoint reads `10` and `"10"` alike); a list as the forms of
+/// each of its items. A map, a nested list or an empty list has no text
+/// form: it is `opaque`, and only `[]` (any value) allows it.
+struct Readings {
+    texts: Vec<String>,
+    opaque: bool,
+}
+
+impl Readings {
+    fn of(value: &Value) -> Readings {
+        let mut r = Readings {
+            texts: Vec::new(),
+            opaque: false,
+        };
+        match value {
+            Value::Array(items) if items.is_empty() => r.opaque = true,
+            Value::Array(items) => items.iter().for_each(|item| r.scalar(item)),
+            other => r.scalar(other),
+        }
+        r
+    }
+
+    fn scalar(&mut self, value: &Value) {
+        match value {
+            Value::String(s) => {
+                self.texts.push(s.clone());
+                self.texts.extend(gatepass_api::lenient::split_list(s));
+            }
+            Value::Number(n) => self.texts.push(n.to_string()),
+            Value::Bool(b) => self.texts.push(b.to_string()),
+            Value::Null | Value::Array(_) | Value::Object(_) => self.opaque = true,
+        }
+    }
+}
+
+/// One value of a constraint list: Vault's glob (a leading and/or trailing
+/// `*`) around a body that may hold identity templates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ValuePattern {
+    /// Started with `*`: the body may be preceded by anything.
+    any_before: bool,
+    /// Ended with `*`: the body may be followed by anything.
+    any_after: bool,
+    body: Template,
+}
+
+impl ValuePattern {
+    fn exact(text: String) -> ValuePattern {
+        ValuePattern {
+            any_before: false,
+            any_after: false,
+            body: Template(vec![Piece::Text(text)]),
+        }
+    }
+
+    fn parse(text: &str) -> std::result::Result<ValuePattern, String> {
+        // Vault: a value shorter than two characters is never a glob.
+        if text.chars().count() < 2 {
+            return Ok(ValuePattern::exact(text.to_owned()));
+        }
+        let any_before = text.starts_with('*');
+        let any_after = text.ends_with('*');
+        let body = &text[usize::from(any_before)..text.len() - usize::from(any_after)];
+        Ok(ValuePattern {
+            any_before,
+            any_after,
+            body: Template::parse(body)?,
+        })
+    }
+
+    /// The filled-in body is matched as plain text, so a name with `*` in
+    /// it cannot widen the pattern. `unfilled` is the answer when a
+    /// template cannot be filled in for this caller.
+    fn matches(&self, text: &str, who: &Identity, unfilled: bool) -> bool {
+        let Some(body) = self.body.fill(who) else {
+            return unfilled;
+        };
+        match (self.any_before, self.any_after) {
+            (true, true) => text.contains(body.as_ref()),
+            (true, false) => text.ends_with(body.as_ref()),
+            (false, true) => text.starts_with(body.as_ref()),
+            (false, false) => text == body,
+        }
+    }
+}
+
+/// Text with the identity templates gatepass knows, the ones its SSH roles
+/// take (`allowed_users_template`): `{{identity.entity.name}}` and
+/// `{{identity.entity.aliases.<mount accessor>.name}}` are the caller's
+/// login name (the userpass user or the AppRole role it logged in as),
+/// `{{token_display_name}}` its token's display name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Template(Vec<Piece>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Login,
+    DisplayName,
+}
+
+impl Template {
+    fn parse(text: &str) -> std::result::Result<Template, String> {
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            let end = rest[start..]
+                .find("}}")
+                .map(|i| start + i)
+                .ok_or_else(|| format!("{text:?}: unclosed \"{{{{\""))?;
+            if start > 0 {
+                pieces.push(Piece::Text(rest[..start].to_owned()));
+            }
+            let name = &rest[start + 2..end];
+            let alias = name
+                .strip_prefix("identity.entity.aliases.")
+                .and_then(|n| n.strip_suffix(".name"))
+                .is_some_and(|accessor| !accessor.is_empty());
+            pieces.push(match name {
+                "identity.entity.name" => Piece::Login,
+                "token_display_name" => Piece::DisplayName,
+                _ if alias => Piece::Login,
+                _ => {
+                    return Err(format!(
+                        "{text:?}: unsupported template {{{{{name}}}}} (gatepass knows \
+                         identity.entity.name, identity.entity.aliases.<accessor>.name \
+                         and token_display_name)"
+                    ))
+                }
+            });
+            rest = &rest[end + 2..];
+        }
+        if !rest.is_empty() || pieces.is_empty() {
+            pieces.push(Piece::Text(rest.to_owned()));
+        }
+        Ok(Template(pieces))
+    }
+
+    /// The text for this caller; None when a template names something the
+    /// caller does not have (a token not from a login has no login name).
+    fn fill(&self, who: &Identity) -> Option<Cow<'_, str>> {
+        if let [Piece::Text(t)] = self.0.as_slice() {
+            return Some(Cow::Borrowed(t));
+        }
+        let mut out = String::new();
+        for piece in &self.0 {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Login => out.push_str(who.login.filter(|l| !l.is_empty())?),
+                Piece::DisplayName => {
+                    out.push_str(Some(who.display_name).filter(|d| !d.is_empty())?)
+                }
+            }
+        }
+        Some(Cow::Owned(out))
+    }
+}
+
+/// Who is asking, for the identity templates in parameter constraints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Identity<'a> {
+    pub display_name: &'a str,
+    /// The login name: the userpass user or AppRole role the token was
+    /// issued for (the server sets these token metadata at login; a token
+    /// creator cannot).
+    pub login: Option<&'a str>,
+}
+
+impl<'a> Identity<'a> {
+    /// From a token's display name and metadata, by the rule the SSH
+    /// engine's templates use.
+    pub fn of_token(display_name: &'a str, meta: &'a BTreeMap<String, String>) -> Identity<'a> {
+        Identity {
+            display_name,
+            login: meta
+                .get("username")
+                .or_else(|| meta.get("role_name"))
+                .map(String::as_str),
+        }
+    }
 }
 
 /// The keys of one `path` block, collected from either syntax.
@@ -231,36 +590,47 @@ struct RuleSpec {
     capabilities: Option<Vec<String>>,
     /// Vault's legacy `policy = "read"` shorthand, which Vault still accepts.
     policy: Option<String>,
+    params: Params,
 }
 
 impl RuleSpec {
     /// Handles one key of a path block; `value` is `None` when the key's value
-    /// has the wrong type.
-    fn set(&mut self, pattern: &str, key: &str, value: Option<Strings>) -> Result<()> {
-        let bad = |what| invalid(format!("path {pattern:?}: {key} must be {what}"));
+    /// is not a literal (string, number, bool, list or map of those).
+    fn set(&mut self, pattern: &str, key: &str, value: Option<Value>) -> Result<()> {
+        let at = |msg: String| invalid(format!("path {pattern:?}: {msg}"));
+        let bad = |what| at(format!("{key} must be {what}"));
         match (key, value) {
-            ("capabilities", Some(Strings::List(l))) => self.capabilities = Some(l),
-            ("capabilities", _) => return Err(bad("a list of strings")),
-            ("policy", Some(Strings::One(s))) => self.policy = Some(s),
-            ("policy", _) => return Err(bad("a string")),
-            (
-                "comment"
-                | "allowed_parameters"
-                | "denied_parameters"
-                | "required_parameters"
-                | "min_wrapping_ttl"
-                | "max_wrapping_ttl",
-                _,
-            ) => {}
-            ("mfa_methods" | "control_group", _) => {
-                return Err(invalid(format!("path {pattern:?}: {key} is not supported")))
+            ("capabilities", Some(v)) => {
+                self.capabilities = Some(string_list(v).ok_or_else(|| bad("a list of strings"))?)
             }
-            _ => return Err(invalid(format!("path {pattern:?}: invalid key {key:?}"))),
+            ("policy", Some(Value::String(s))) => self.policy = Some(s),
+            ("policy", _) => return Err(bad("a string")),
+            ("allowed_parameters" | "denied_parameters", Some(Value::Object(map))) => {
+                let parsed = value_map(map).map_err(|m| at(format!("{key}: {m}")))?;
+                match key {
+                    "allowed_parameters" => self.params.allowed = parsed,
+                    _ => self.params.denied = parsed,
+                }
+            }
+            ("allowed_parameters" | "denied_parameters", _) => {
+                return Err(bad("a map of parameter names to lists of values"))
+            }
+            ("required_parameters", Some(v)) => {
+                let names = string_list(v).ok_or_else(|| bad("a list of strings"))?;
+                // Vault looks the lower-cased name up among the request's keys.
+                self.params.required = names.iter().map(|n| n.to_lowercase()).collect();
+            }
+            ("capabilities" | "required_parameters", None) => return Err(bad("a list of strings")),
+            ("comment" | "min_wrapping_ttl" | "max_wrapping_ttl", _) => {}
+            ("mfa_methods" | "control_group", _) => {
+                return Err(at(format!("{key} is not supported")))
+            }
+            _ => return Err(at(format!("invalid key {key:?}"))),
         }
         Ok(())
     }
 
-    fn build(self, pattern: &str) -> Result<(String, CapSet)> {
+    fn build(self, pattern: &str) -> Result<(String, Perms)> {
         let at = |msg: String| invalid(format!("path {pattern:?}: {msg}"));
         if self.capabilities.is_none() && self.policy.is_none() {
             return Err(at("missing capabilities".into()));
@@ -279,14 +649,64 @@ impl RuleSpec {
             Some("sudo") => write.into_iter().chain([Sudo]).collect(),
             Some(other) => return Err(at(format!("invalid policy {other:?}"))),
         });
-        Ok((normalize_pattern(pattern)?, caps))
+        let params = if caps.contains(Deny) {
+            Params::default()
+        } else {
+            self.params
+        };
+        Ok((normalize_pattern(pattern)?, Perms { caps, params }))
     }
 }
 
-/// A path block value of the two shapes we read.
-enum Strings {
-    One(String),
-    List(Vec<String>),
+/// A JSON list of strings.
+fn string_list(v: Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
+/// An `allowed_parameters`/`denied_parameters` map: parameter name (matched
+/// lower-cased, as Vault does) to the list of values. An empty map is the
+/// same as none, as in Vault.
+fn value_map(map: Map<String, Value>) -> std::result::Result<Option<ParamMap>, String> {
+    let mut out = ParamMap::new();
+    for (name, list) in map {
+        let Value::Array(items) = list else {
+            return Err(format!("{name:?} must be a list of values"));
+        };
+        let values = if items.is_empty() {
+            Values::Any
+        } else if name == "*" {
+            // Vault's documented rule; a list here would read as a limit it
+            // does not apply.
+            return Err("\"*\" takes only the empty list []".into());
+        } else {
+            let patterns = items
+                .into_iter()
+                .map(|v| match v {
+                    Value::String(s) => ValuePattern::parse(&s),
+                    Value::Number(n) => Ok(ValuePattern::exact(n.to_string())),
+                    Value::Bool(b) => Ok(ValuePattern::exact(b.to_string())),
+                    _ => Err(format!(
+                        "the values of {name:?} must be strings, numbers or booleans"
+                    )),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Values::OneOf(patterns)
+        };
+        let slot = out
+            .entry(name.to_lowercase())
+            .or_insert(Values::OneOf(Vec::new()));
+        slot.merge(values);
+    }
+    Ok((!out.is_empty()).then_some(out))
 }
 
 fn normalize_pattern(pattern: &str) -> Result<String> {
@@ -304,7 +724,7 @@ fn normalize_pattern(pattern: &str) -> Result<String> {
     Ok(p.to_owned())
 }
 
-fn parse_json(text: &str) -> Result<Vec<(String, CapSet)>> {
+fn parse_json(text: &str) -> Result<Vec<(String, Perms)>> {
     // serde_json stops at 128 levels of nesting, so hostile input cannot
     // exhaust the stack here.
     let top: Value = serde_json::from_str(text).map_err(invalid)?;
@@ -324,7 +744,7 @@ fn parse_json(text: &str) -> Result<Vec<(String, CapSet)>> {
 
 /// `"path"` holds an object of pattern → rule, or (as HCL's JSON allows) a
 /// list of such objects.
-fn json_paths(value: Value, rules: &mut Vec<(String, CapSet)>) -> Result<()> {
+fn json_paths(value: Value, rules: &mut Vec<(String, Perms)>) -> Result<()> {
     match value {
         Value::Object(paths) => {
             for (pattern, body) in paths {
@@ -333,19 +753,7 @@ fn json_paths(value: Value, rules: &mut Vec<(String, CapSet)>) -> Result<()> {
                 };
                 let mut spec = RuleSpec::default();
                 for (key, value) in body {
-                    let value = match value {
-                        Value::String(s) => Some(Strings::One(s)),
-                        Value::Array(items) => items
-                            .into_iter()
-                            .map(|v| match v {
-                                Value::String(s) => Some(s),
-                                _ => None,
-                            })
-                            .collect::<Option<_>>()
-                            .map(Strings::List),
-                        _ => None,
-                    };
-                    spec.set(&pattern, &key, value)?;
+                    spec.set(&pattern, &key, Some(value))?;
                 }
                 rules.push(spec.build(&pattern)?);
             }
@@ -356,7 +764,7 @@ fn json_paths(value: Value, rules: &mut Vec<(String, CapSet)>) -> Result<()> {
     }
 }
 
-fn parse_hcl(text: &str) -> Result<Vec<(String, CapSet)>> {
+fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
     check_hcl_subset(text)?;
     let body = hcl::parse(text).map_err(|e| match e {
         // One line instead of hcl's multi-line snippet, for a JSON error body.
@@ -383,7 +791,12 @@ fn parse_hcl(text: &str) -> Result<Vec<(String, CapSet)>> {
                 let mut spec = RuleSpec::default();
                 for s in b.body {
                     let (key, value) = match s {
-                        Structure::Attribute(a) => (a.key.into_inner(), hcl_strings(a.expr)),
+                        Structure::Attribute(a) => (a.key.into_inner(), hcl_value(a.expr)),
+                        // HCL 1 also writes a map as a block:
+                        // `allowed_parameters { "a" = [] }`.
+                        Structure::Block(b) if b.labels.is_empty() => {
+                            (b.identifier.into_inner(), hcl_block_value(b.body))
+                        }
                         Structure::Block(b) => (b.identifier.into_inner(), None),
                     };
                     spec.set(pattern, &key, value)?;
@@ -401,19 +814,45 @@ fn parse_hcl(text: &str) -> Result<Vec<(String, CapSet)>> {
     Ok(rules)
 }
 
-fn hcl_strings(expr: Expression) -> Option<Strings> {
-    match expr {
-        Expression::String(s) => Some(Strings::One(s)),
-        Expression::Array(items) => items
-            .into_iter()
-            .map(|e| match e {
-                Expression::String(s) => Some(s),
-                _ => None,
-            })
-            .collect::<Option<_>>()
-            .map(Strings::List),
-        _ => None,
+/// A literal HCL expression as JSON; `None` for anything computed
+/// (variables, templates, operators), which Vault's HCL 1 does not have.
+fn hcl_value(expr: Expression) -> Option<Value> {
+    Some(match expr {
+        Expression::Null => Value::Null,
+        Expression::Bool(b) => Value::Bool(b),
+        Expression::Number(n) => serde_json::to_value(n).ok()?,
+        Expression::String(s) => Value::String(s),
+        Expression::Array(items) => {
+            Value::Array(items.into_iter().map(hcl_value).collect::<Option<_>>()?)
+        }
+        Expression::Object(obj) => {
+            let mut map = Map::new();
+            for (k, v) in obj {
+                let key = match k {
+                    hcl::ObjectKey::Identifier(id) => id.into_inner(),
+                    hcl::ObjectKey::Expression(Expression::String(s)) => s,
+                    _ => return None,
+                };
+                map.insert(key, hcl_value(v)?);
+            }
+            Value::Object(map)
+        }
+        _ => return None,
+    })
+}
+
+/// A label-less block's attributes as a JSON map.
+fn hcl_block_value(body: hcl::Body) -> Option<Value> {
+    let mut map = Map::new();
+    for s in body {
+        match s {
+            Structure::Attribute(a) => {
+                map.insert(a.key.into_inner(), hcl_value(a.expr)?);
+            }
+            Structure::Block(_) => return None,
+        }
     }
+    Some(Value::Object(map))
 }
 
 /// Deepest `{`/`[` nesting accepted; real policies need about four.
@@ -499,12 +938,12 @@ struct Glob {
     /// many `+` segments there are.
     first_wildcard: usize,
     wildcards: usize,
-    caps: CapSet,
+    perms: Perms,
 }
 
 impl Glob {
     /// `None` for an exact pattern.
-    fn new(pattern: &str, caps: CapSet) -> Option<Glob> {
+    fn new(pattern: &str, perms: Perms) -> Option<Glob> {
         let segmented = pattern == "+" || pattern.contains("/+") || pattern.starts_with("+/");
         let (body, prefix) = match pattern.strip_suffix('*') {
             Some(body) => (body, true),
@@ -525,7 +964,7 @@ impl Glob {
             },
             wildcards: segments.iter().filter(|s| *s == "+").count(),
             segments,
-            caps,
+            perms,
         })
     }
 
@@ -602,7 +1041,7 @@ impl Glob {
 /// lookup and a few binary searches, not a walk over all of them.
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
-    exact: HashMap<String, CapSet>,
+    exact: HashMap<String, Perms>,
     /// Plain prefix rules (`foo/*`), sorted by body for the longest-prefix
     /// search in [`Acl::longest_prefix`].
     prefixes: Vec<Glob>,
@@ -619,21 +1058,25 @@ impl Acl {
     /// Rules with the same pattern in several policies merge (deny wins);
     /// different patterns never add up, the most specific one alone applies.
     pub fn new<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Acl {
-        let mut merged: HashMap<&str, CapSet> = HashMap::new();
-        for (pattern, caps) in policies.into_iter().flat_map(|p| &p.rules) {
-            let entry = merged.entry(pattern).or_default();
-            *entry = entry.merge(*caps);
+        let mut merged: HashMap<&str, Perms> = HashMap::new();
+        for (pattern, perms) in policies.into_iter().flat_map(|p| &p.rules) {
+            match merged.get_mut(pattern.as_str()) {
+                Some(entry) => entry.merge(perms),
+                None => {
+                    merged.insert(pattern, perms.clone());
+                }
+            }
         }
         let mut acl = Acl::default();
-        for (pattern, caps) in merged {
-            match Glob::new(pattern, caps) {
+        for (pattern, perms) in merged {
+            match Glob::new(pattern, perms.clone()) {
                 Some(glob) if glob.segments.is_empty() => acl.prefixes.push(glob),
                 Some(glob) => {
                     let literal = glob.literal().to_owned();
                     acl.segmented.entry(literal).or_default().push(glob);
                 }
                 None => {
-                    acl.exact.insert(pattern.to_owned(), caps);
+                    acl.exact.insert(pattern.to_owned(), perms);
                 }
             }
         }
@@ -674,27 +1117,58 @@ impl Acl {
             .contains(cap)
     }
 
-    /// Vault's `AllowOperation` rule lookup: exact first, then the best
-    /// glob. List requests first try the path without its trailing `/`.
-    fn lookup(&self, path: &str, list: bool, best_glob: impl Fn(&str) -> Option<CapSet>) -> CapSet {
-        let path = path.trim_start_matches('/');
-        let trimmed = path.strip_suffix('/').filter(|_| list);
-        let found = self
-            .exact
-            .get(path)
-            .or_else(|| trimmed.and_then(|t| self.exact.get(t)))
-            .copied()
-            .or_else(|| trimmed.and_then(&best_glob))
-            .or_else(|| best_glob(path));
-        match found {
-            Some(caps) if !caps.contains(Capability::Deny) => caps,
+    /// Whether a request with these input fields passes the parameter
+    /// constraints of the rule that grants it on `path` (see [`Params`]).
+    /// The caller checks the capability first; this is only for reads and
+    /// writes, the operations Vault checks parameters on. A refusal is
+    /// Vault's plain "permission denied".
+    pub fn check_parameters(
+        &self,
+        path: &str,
+        data: &Map<String, Value>,
+        who: &Identity,
+    ) -> Result<()> {
+        match self.find(path, false, |p| self.best_glob(p)) {
+            Some(rule) if !rule.caps.contains(Capability::Deny) && rule.params.check(data, who) => {
+                Ok(())
+            }
+            _ => Err(Error::PermissionDenied),
+        }
+    }
+
+    /// The capabilities of the rule [`Acl::find`] picks; empty if denied.
+    fn lookup<'a>(
+        &'a self,
+        path: &str,
+        list: bool,
+        best_glob: impl Fn(&str) -> Option<&'a Perms>,
+    ) -> CapSet {
+        match self.find(path, list, best_glob) {
+            Some(rule) if !rule.caps.contains(Capability::Deny) => rule.caps,
             _ => CapSet::EMPTY,
         }
     }
 
+    /// Vault's `AllowOperation` rule lookup: exact first, then the best
+    /// glob. List requests first try the path without its trailing `/`.
+    fn find<'a>(
+        &'a self,
+        path: &str,
+        list: bool,
+        best_glob: impl Fn(&str) -> Option<&'a Perms>,
+    ) -> Option<&'a Perms> {
+        let path = path.trim_start_matches('/');
+        let trimmed = path.strip_suffix('/').filter(|_| list);
+        self.exact
+            .get(path)
+            .or_else(|| trimmed.and_then(|t| self.exact.get(t)))
+            .or_else(|| trimmed.and_then(&best_glob))
+            .or_else(|| best_glob(path))
+    }
+
     /// The glob Vault would pick for `path`: the best of the longest plain
     /// prefix and the best matching `+` rule, by Vault's priority.
-    fn best_glob(&self, path: &str) -> Option<CapSet> {
+    fn best_glob(&self, path: &str) -> Option<&Perms> {
         let prefix = self.longest_prefix(path);
         let segmented = self.best_segmented(path);
         let best = match (prefix, segmented) {
@@ -702,7 +1176,7 @@ impl Acl {
             (Some(a), _) => a,
             (None, b) => b?,
         };
-        Some(best.caps)
+        Some(&best.perms)
     }
 
     /// Among plain prefix rules, the one with the longest body that `path`
@@ -736,13 +1210,13 @@ impl Acl {
 
     /// The scan over every rule that the index replaces, kept to check it.
     #[cfg(test)]
-    fn best_glob_scan(&self, path: &str) -> Option<CapSet> {
+    fn best_glob_scan(&self, path: &str) -> Option<&Perms> {
         self.prefixes
             .iter()
             .chain(self.segmented.values().flatten())
             .filter(|g| g.matches_unindexed(path))
             .max_by(|a, b| a.priority().cmp(&b.priority()))
-            .map(|g| g.caps)
+            .map(|g| &g.perms)
     }
 }
 
@@ -1228,6 +1702,421 @@ mod tests {
         assert_eq!(CapSet::default().to_string(), "deny");
         assert_eq!("patch".parse::<Capability>().unwrap(), Patch);
         assert!("root".parse::<Capability>().is_err());
+    }
+
+    // Parameter constraints.
+
+    fn sign_rule(extra: &str) -> String {
+        format!("path \"ssh/sign/*\" {{\n capabilities = [\"update\"]\n {extra}\n}}\n")
+    }
+
+    /// Whether a request to `path` with this body passes, as an anonymous
+    /// caller (no login name).
+    fn passes(acl: &Acl, path: &str, body: Value) -> bool {
+        passes_as(acl, path, body, Identity::default())
+    }
+
+    fn passes_as(acl: &Acl, path: &str, body: Value, who: Identity) -> bool {
+        let data = body.as_object().cloned().unwrap_or_default();
+        match acl.check_parameters(path, &data, &who) {
+            Ok(()) => true,
+            Err(Error::PermissionDenied) => false,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+
+    use serde_json::json;
+
+    #[test]
+    fn allowed_parameters_with_values() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "valid_principals" = ["alice"], "public_key" = [] }"#,
+        )]);
+        let p = "ssh/sign/dev";
+        assert!(passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": "alice"})
+        ));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": "root"})
+        ));
+        // Absent or null: not constrained (Vault does not know defaults).
+        assert!(passes(&acl, p, json!({"public_key": "k"})));
+        assert!(passes(
+            &acl,
+            p,
+            json!({"public_key": "k", "valid_principals": null})
+        ));
+        assert!(passes(&acl, p, json!({})));
+        // A parameter not in the map is refused.
+        assert!(!passes(&acl, p, json!({"public_key": "k", "ttl": "1h"})));
+        // Names are matched lower-cased, as in Vault.
+        assert!(!passes(&acl, p, json!({"VALID_PRINCIPALS": "root"})));
+        // No rule for the path: refused.
+        assert!(!passes(&acl, "ssh/issue/dev", json!({})));
+    }
+
+    #[test]
+    fn star_key_allows_every_other_parameter() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "valid_principals" = ["alice"], "*" = [] }"#,
+        )]);
+        let p = "ssh/sign/dev";
+        assert!(passes(
+            &acl,
+            p,
+            json!({"ttl": "1h", "public_key": "k", "valid_principals": "alice"})
+        ));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"ttl": "1h", "valid_principals": "root"})
+        ));
+        let acl = build(&[&sign_rule(r#"allowed_parameters = { "*" = [] }"#)]);
+        assert!(passes(
+            &acl,
+            p,
+            json!({"anything": ["x"], "valid_principals": "root"})
+        ));
+        // "*" takes only [], as Vault documents.
+        let err = Policy::parse("p", &sign_rule(r#"allowed_parameters = { "*" = ["x"] }"#));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn glob_values() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "a" = ["foo-*"], "b" = ["*-bar"], "c" = ["*mid*"], "d" = ["*"], "e" = ["**"] }"#,
+        )]);
+        let ok = |k: &str, v: &str| passes(&acl, "ssh/sign/x", json!({ k: v }));
+        assert!(ok("a", "foo-") && ok("a", "foo-1") && !ok("a", "xfoo-1") && !ok("a", "fo"));
+        assert!(ok("b", "x-bar") && !ok("b", "x-barx"));
+        assert!(ok("c", "amidb") && ok("c", "mid") && !ok("c", "mi-d"));
+        // A one-character value is never a glob in Vault: "*" is literal.
+        assert!(ok("d", "*") && !ok("d", "alice"));
+        assert!(ok("e", "") && ok("e", "anything"));
+    }
+
+    #[test]
+    fn denied_parameters_win_over_allowed() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "valid_principals" = [], "*" = [] }
+               denied_parameters = { "valid_principals" = ["root", "admin-*"], "ttl" = [] }"#,
+        )]);
+        let p = "ssh/sign/x";
+        assert!(passes(&acl, p, json!({"valid_principals": "alice"})));
+        assert!(!passes(&acl, p, json!({"valid_principals": "root"})));
+        assert!(!passes(&acl, p, json!({"valid_principals": "admin-1"})));
+        assert!(!passes(&acl, p, json!({"ttl": "1m"})));
+        assert!(passes(&acl, p, json!({"key_id": "x"})));
+        // Denied alone leaves every other parameter allowed.
+        let acl = build(&[&sign_rule(r#"denied_parameters = { "ttl" = [] }"#)]);
+        assert!(passes(
+            &acl,
+            p,
+            json!({"key_id": "x", "valid_principals": "root"})
+        ));
+        assert!(!passes(&acl, p, json!({"ttl": 60})));
+        // "*" denies every parameter, but not a request without any.
+        let acl = build(&[&sign_rule(r#"denied_parameters = { "*" = [] }"#)]);
+        assert!(!passes(&acl, p, json!({"key_id": "x"})));
+        assert!(passes(&acl, p, json!({})));
+    }
+
+    #[test]
+    fn required_parameters() {
+        let acl = build(&[&sign_rule(
+            r#"required_parameters = ["Valid_Principals", "public_key"]"#,
+        )]);
+        let p = "ssh/sign/x";
+        assert!(passes(
+            &acl,
+            p,
+            json!({"valid_principals": "a", "public_key": "k", "ttl": 5})
+        ));
+        assert!(!passes(&acl, p, json!({"public_key": "k"})));
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"valid_principals": null, "public_key": "k"})
+        ));
+        assert!(!passes(&acl, p, json!({})));
+    }
+
+    #[test]
+    fn empty_list_allows_any_value() {
+        let acl = build(&[&sign_rule(r#"allowed_parameters = { "ttl" = [] }"#)]);
+        for v in [
+            json!("1h"),
+            json!(5),
+            json!(["a"]),
+            json!([]),
+            json!({"x": 1}),
+            json!(true),
+        ] {
+            assert!(passes(&acl, "ssh/sign/x", json!({ "ttl": v })), "{v}");
+        }
+        assert!(!passes(
+            &acl,
+            "ssh/sign/x",
+            json!({ "ttl": "1h", "other": 1 })
+        ));
+    }
+
+    #[test]
+    fn constraints_merge_across_policies() {
+        let alice = sign_rule(r#"allowed_parameters = { "valid_principals" = ["alice"] }"#);
+        let bob = sign_rule(r#"allowed_parameters = { "valid_principals" = ["bob"] }"#);
+        let p = "ssh/sign/x";
+        let acl = build(&[&alice, &bob]);
+        assert!(passes(&acl, p, json!({"valid_principals": "alice"})));
+        assert!(passes(&acl, p, json!({"valid_principals": "bob"})));
+        assert!(!passes(&acl, p, json!({"valid_principals": "root"})));
+        // [] in either policy means any value.
+        let any = sign_rule(r#"allowed_parameters = { "valid_principals" = [] }"#);
+        for order in [[&alice, &any], [&any, &alice]] {
+            let acl = build(&[order[0], order[1]]);
+            assert!(passes(&acl, p, json!({"valid_principals": "root"})));
+        }
+        // As in Vault, a grant without constraints on the same pattern does
+        // not lift the other policy's.
+        let plain = sign_rule("");
+        for order in [[&alice, &plain], [&plain, &alice]] {
+            let acl = build(&[order[0], order[1]]);
+            assert!(!passes(&acl, p, json!({"valid_principals": "root"})));
+        }
+        // Required and denied add up too.
+        let req = sign_rule(r#"required_parameters = ["public_key"]"#);
+        let deny = sign_rule(r#"denied_parameters = { "ttl" = [] }"#);
+        // (public_key is not in alice's allowed map.)
+        let acl = build(&[&alice, &req, &deny]);
+        assert!(!passes(
+            &acl,
+            p,
+            json!({"valid_principals": "alice", "public_key": "k"})
+        ));
+        let acl = build(&[&any, &req, &deny]);
+        assert!(!passes(&acl, p, json!({"valid_principals": "alice"})));
+        assert!(!passes(&acl, p, json!({"public_key": "k", "ttl": 1})));
+        // A deny on the same pattern drops everything.
+        let acl = build(&[&any, &rule("ssh/sign/*", "\"deny\"")]);
+        assert!(!passes(&acl, p, json!({})));
+        // Different patterns never merge: the most specific rule alone applies.
+        let acl = build(&[&alice, &rule("ssh/sign/open", "\"update\"")]);
+        assert!(passes(
+            &acl,
+            "ssh/sign/open",
+            json!({"valid_principals": "root"})
+        ));
+        assert!(!passes(
+            &acl,
+            "ssh/sign/other",
+            json!({"valid_principals": "root"})
+        ));
+    }
+
+    #[test]
+    fn list_values_are_checked_item_by_item() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "valid_principals" = ["alice", "bob"], "*" = [] }
+               denied_parameters = { "extensions" = ["permit-pty"] }"#,
+        )]);
+        let ok = |v: Value| passes(&acl, "ssh/sign/x", json!({ "valid_principals": v }));
+        assert!(ok(json!(["alice"])));
+        assert!(ok(json!(["alice", "bob"])));
+        assert!(!ok(json!(["alice", "root"])));
+        // No text form: only [] could allow it.
+        assert!(!ok(json!([])));
+        assert!(!ok(json!([["alice"]])));
+        assert!(!ok(json!({"alice": "x"})));
+        let ext = |v: Value| passes(&acl, "ssh/sign/x", json!({ "extensions": v }));
+        assert!(!ext(json!(["permit-X11-forwarding", "permit-pty"])));
+        assert!(ext(json!(["permit-X11-forwarding"])));
+    }
+
+    #[test]
+    fn comma_text_is_checked_as_its_items_too() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = { "valid_principals" = ["alice", "bob", "dev-*"] }"#,
+        )]);
+        let ok = |v: &str| passes(&acl, "ssh/sign/x", json!({ "valid_principals": v }));
+        assert!(ok("alice"));
+        // The SSH engine reads this as alice and root: refused, although
+        // the whole text matches the glob "dev-*" (Vault would allow it).
+        assert!(!ok("dev-1,root"));
+        assert!(!ok("alice,root"));
+        // Each item allowed, but an endpoint reading the text whole gets a
+        // value the list does not hold: refused, as in Vault.
+        assert!(!ok("alice,bob"));
+        assert!(ok("dev-a,dev-b"));
+        let acl = build(&[&sign_rule(
+            r#"denied_parameters = { "valid_principals" = ["root"] }"#,
+        )]);
+        let ok = |v: Value| passes(&acl, "ssh/sign/x", json!({ "valid_principals": v }));
+        assert!(!ok(json!("alice,root")));
+        assert!(!ok(json!(" root ")));
+        assert!(!ok(json!(["alice", " root"])));
+        assert!(ok(json!("alice,rooty")));
+    }
+
+    #[test]
+    fn numbers_and_booleans_compare_as_text() {
+        let acl = build(&[&sign_rule(
+            r#"denied_parameters = { "no_store" = [false, "false"] }
+               allowed_parameters = { "ttl" = [3600, "2h"], "no_store" = [] }"#,
+        )]);
+        let ok = |b: Value| passes(&acl, "ssh/sign/x", b);
+        assert!(!ok(json!({"no_store": false})));
+        assert!(!ok(json!({"no_store": "false"})));
+        assert!(ok(json!({"no_store": true})));
+        assert!(ok(json!({"ttl": 3600})) && ok(json!({"ttl": "3600"})) && ok(json!({"ttl": "2h"})));
+        assert!(!ok(json!({"ttl": 60})));
+        let json_policy = r#"{"path": {"ssh/sign/*": {"capabilities": ["update"],
+            "allowed_parameters": {"ttl": [3600, true]}}}}"#;
+        let acl = build(&[json_policy]);
+        assert!(passes(&acl, "ssh/sign/x", json!({"ttl": "3600"})));
+        assert!(!passes(&acl, "ssh/sign/x", json!({"ttl": "60"})));
+        assert!(
+            Policy::parse("p", &sign_rule(r#"allowed_parameters = { "a" = [null] }"#)).is_err()
+        );
+        assert!(Policy::parse("p", &sign_rule(r#"allowed_parameters = { "a" = "x" }"#)).is_err());
+        assert!(Policy::parse("p", &sign_rule(r#"allowed_parameters = ["a"]"#)).is_err());
+        assert!(Policy::parse("p", &sign_rule(r#"required_parameters = "a""#)).is_err());
+    }
+
+    #[test]
+    fn templated_values() {
+        let acl = build(&[&sign_rule(
+            r#"allowed_parameters = {
+                 "valid_principals" = ["{{identity.entity.name}}", "{{identity.entity.aliases.auth_userpass_1.name}}-*"]
+                 "key_id" = ["{{token_display_name}}"]
+               }"#,
+        )]);
+        let meta = BTreeMap::from([("username".to_string(), "alice".to_string())]);
+        let alice = Identity::of_token("userpass-alice", &meta);
+        let p = "ssh/sign/x";
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice-dev"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "root"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice,root"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"key_id": "userpass-alice"}),
+            alice
+        ));
+        assert!(!passes_as(&acl, p, json!({"key_id": "token"}), alice));
+        // Nor the literal template text: a token without a login name gets nothing.
+        let no_meta = BTreeMap::new();
+        let nobody = Identity::of_token("token", &no_meta);
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "{{identity.entity.name}}"}),
+            nobody
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "-dev"}),
+            nobody
+        ));
+        // A filled-in name is plain text, never a glob.
+        let star = BTreeMap::from([("role_name".to_string(), "a*".to_string())]);
+        let star = Identity::of_token("approle", &star);
+        assert!(passes_as(&acl, p, json!({"valid_principals": "a*"}), star));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "abc"}),
+            star
+        ));
+        // Denied: a template that cannot be filled in denies every value.
+        let acl = build(&[&sign_rule(
+            r#"denied_parameters = { "valid_principals" = ["{{identity.entity.name}}"] }"#,
+        )]);
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "alice"}),
+            alice
+        ));
+        assert!(passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "bob"}),
+            alice
+        ));
+        assert!(!passes_as(
+            &acl,
+            p,
+            json!({"valid_principals": "bob"}),
+            nobody
+        ));
+        // Templates gatepass does not know are refused when written.
+        for bad in [
+            "{{identity.entity.id}}",
+            "{{identity.entity.metadata.x}}",
+            "{{x",
+            "{{identity.entity.aliases..name}}",
+        ] {
+            let text = sign_rule(&format!(r#"allowed_parameters = {{ "a" = ["{bad}"] }}"#));
+            assert!(Policy::parse("p", &text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn constraint_syntax_in_hcl_blocks_and_json() {
+        let block = sign_rule(
+            r#"allowed_parameters {
+                 valid_principals = ["alice"]
+                 key_id = []
+               }"#,
+        );
+        let json_text = r#"{"path": {"ssh/sign/*": {"capabilities": ["update"],
+            "allowed_parameters": {"Valid_Principals": ["alice"], "key_id": []},
+            "required_parameters": ["key_id"]}}}"#;
+        for text in [block.as_str(), json_text] {
+            let acl = build(&[text]);
+            assert!(passes(
+                &acl,
+                "ssh/sign/x",
+                json!({"valid_principals": "alice", "key_id": "k"})
+            ));
+            assert!(!passes(
+                &acl,
+                "ssh/sign/x",
+                json!({"valid_principals": "root", "key_id": "k"})
+            ));
+        }
+        assert!(!passes(
+            &build(&[json_text]),
+            "ssh/sign/x",
+            json!({"valid_principals": "alice"})
+        ));
     }
 
     #[test]

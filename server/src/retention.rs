@@ -8,22 +8,62 @@
 //! over millions of records never holds a request up for long.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::config::Retention;
 use crate::error::Result;
 use crate::state::{Core, State};
 
-/// Audit copy lines deleted per step, and pages (4 KiB) given back to
-/// the file system per step: each step is one write of a few milliseconds
-/// that the requests' writes queue behind.
-const AUDIT_STEP: i64 = 100;
-const VACUUM_STEP: i64 = 32;
+/// How long one step may hold the writer: the requests' writes queue
+/// behind it, so a step that took longer makes the next one smaller.
+const STEP_TIME: Duration = Duration::from_millis(15);
+
+/// The size of the next step, adapted to how long the last one took: the
+/// same number of lines or pages costs more on a cold cache, a slow disk or
+/// a busy machine, and what matters to the requests is the time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Step {
+    size: i64,
+    min: i64,
+    max: i64,
+}
+
+impl Step {
+    /// Audit copy lines deleted per step.
+    const AUDIT: Step = Step {
+        size: 100,
+        min: 5,
+        max: 1000,
+    };
+    /// Pages (4 KiB) given back to the file system per step.
+    const VACUUM: Step = Step {
+        size: 32,
+        min: 2,
+        max: 256,
+    };
+
+    /// Halved after a step over [`STEP_TIME`], doubled after one under a
+    /// quarter of it, within `min..=max`.
+    fn after(self, took: Duration) -> Step {
+        let size = if took > STEP_TIME {
+            self.size / 2
+        } else if took < STEP_TIME / 4 {
+            self.size * 2
+        } else {
+            self.size
+        };
+        Step {
+            size: size.clamp(self.min, self.max),
+            ..self
+        }
+    }
+}
 
 /// After each step retention waits as long as the step took, so that it
 /// takes at most half of the writer's time, and the WAL it fills is copied
 /// back by the checkpointer as it goes rather than in one long stall.
-async fn pace(step: std::time::Instant) {
-    tokio::time::sleep(step.elapsed().max(std::time::Duration::from_millis(1))).await;
+async fn pace(took: Duration) {
+    tokio::time::sleep(took.max(Duration::from_millis(1))).await;
 }
 
 /// What one run removed.
@@ -39,37 +79,43 @@ pub struct Removed {
 pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
     let mut removed = Removed::default();
     let audit_before = now - secs(cfg.audit_copy);
+    let mut step = Step::AUDIT;
     loop {
-        let step = std::time::Instant::now();
+        let started = std::time::Instant::now();
         let n = core
             .storage
-            .prune_audit_copy(audit_before, AUDIT_STEP)
+            .prune_audit_copy(audit_before, step.size)
             .await?;
         removed.audit_lines += n;
-        if (n as i64) < AUDIT_STEP {
+        if (n as i64) < step.size {
             break;
         }
-        pace(step).await;
+        let took = started.elapsed();
+        step = step.after(took);
+        pace(took).await;
     }
     removed.certificates =
         crate::ssh::certs::remove_expired(core, now - secs(cfg.expired_certificates)).await?;
     // Until no free page is left, or a step frees none (another writer
     // freeing pages as fast would otherwise keep this going).
     let mut left = u64::MAX;
+    let mut step = Step::VACUUM;
     loop {
-        let step = std::time::Instant::now();
-        let now_left = core.storage.give_back_space(VACUUM_STEP).await?;
+        let started = std::time::Instant::now();
+        let now_left = core.storage.give_back_space(step.size).await?;
         if now_left == 0 || now_left >= left {
             removed.free_pages_left = now_left;
             break;
         }
         left = now_left;
-        pace(step).await;
+        let took = started.elapsed();
+        step = step.after(took);
+        pace(took).await;
     }
     Ok(removed)
 }
 
-fn secs(d: std::time::Duration) -> i64 {
+fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
@@ -134,4 +180,28 @@ fn dir_size(dir: &Path, depth: u32) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_shrink_when_slow_and_grow_when_quick_within_bounds() {
+        let ms = Duration::from_millis;
+        let s = Step::AUDIT;
+        assert_eq!(s.after(ms(40)).size, 50);
+        assert_eq!(s.after(ms(10)).size, 100);
+        assert_eq!(s.after(ms(1)).size, 200);
+        let mut slow = s;
+        for _ in 0..20 {
+            slow = slow.after(ms(100));
+        }
+        assert_eq!(slow.size, Step::AUDIT.min);
+        let mut quick = Step::VACUUM;
+        for _ in 0..20 {
+            quick = quick.after(ms(0));
+        }
+        assert_eq!(quick.size, Step::VACUUM.max);
+    }
 }

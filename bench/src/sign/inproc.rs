@@ -69,7 +69,7 @@ pub fn measure(
 ) -> anyhow::Result<Sample> {
     let input = sign::input_from_fields(&fields(json!({})), user.clone())?;
     let who = Requester::default();
-    let first = sign::sign(role, issuer, &input, &who, now, 1)?;
+    let first = sign::sign(role, issuer, &input, &who, Default::default(), now, 1)?;
     let fp = issuer.public()?.fingerprint(HashAlg::Sha256);
     first
         .validate_at(u64::try_from(now)?, [&fp])
@@ -77,7 +77,7 @@ pub fn measure(
     let mut serial = 1u64;
     Ok(measure::serial(budget, || {
         serial += 1;
-        sign::sign(role, issuer, &input, &who, now, serial)
+        sign::sign(role, issuer, &input, &who, Default::default(), now, serial)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }))

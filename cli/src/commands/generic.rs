@@ -113,7 +113,7 @@ pub async fn write(ctx: &Ctx, args: WriteArgs) -> Result<()> {
 
 fn has_content(resp: &Value) -> bool {
     let present = |k| resp.get(k).is_some_and(|v: &Value| !v.is_null());
-    present("data") || present("auth")
+    present("data") || present("auth") || present("wrap_info")
 }
 
 pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {

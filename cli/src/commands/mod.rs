@@ -9,6 +9,7 @@ pub mod pam;
 pub mod ssh;
 pub mod sshconfig;
 pub mod token;
+pub mod unwrap;
 
 // What the ssh commands (ssh, connect, creds, sshconfig, pam) share; none
 // of them imports another's pieces.
@@ -43,6 +44,12 @@ pub struct GlobalArgs {
     /// is then trusted [default: $GATEPASS_CACERT or $VAULT_CACERT]
     #[arg(long, global = true, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+
+    /// Have the server wrap the answer: it is kept under a single-use
+    /// wrapping token for this long (e.g. 5m), and only that token is
+    /// printed; `gatepass unwrap` gets the answer [default: $VAULT_WRAP_TTL]
+    #[arg(long, global = true, value_name = "DURATION", env = "VAULT_WRAP_TTL")]
+    pub wrap_ttl: Option<String>,
 }
 
 /// A client for one command, and how to show its answers.
@@ -61,7 +68,9 @@ impl Ctx {
             Some(var) => config::check_token(settings.token.as_deref().unwrap_or(""), var)?,
             None => settings.token = config::load_token()?,
         }
-        Self::with_settings(&settings, global.format)
+        let mut ctx = Self::with_settings(&settings, global.format)?;
+        ctx.client.set_wrap_ttl(global.wrap_ttl.clone());
+        Ok(ctx)
     }
 
     /// A client that sends no token (logins).

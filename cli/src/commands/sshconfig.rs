@@ -412,6 +412,7 @@ mod tests {
             address: None,
             format: Format::Table,
             ca_cert: None,
+            wrap_ttl: None,
         }
     }
 

@@ -3,7 +3,9 @@
 
 pub mod approle;
 pub mod token;
+pub mod token_roles;
 pub mod userpass;
+pub mod wrapping;
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;

@@ -51,6 +51,15 @@ pub struct TokenEntry {
     /// by gateway enrollment, like `host_id`.
     #[serde(default)]
     pub gateway: Option<String>,
+    /// Seconds; a periodic token (Vault's `period`) gets this TTL at
+    /// creation and at every renewal, with no maximum but its
+    /// `explicit_max_ttl` and its creator's expiry. 0: not periodic.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub period: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl TokenEntry {
@@ -111,6 +120,8 @@ pub struct NewToken {
     pub host_id: Option<String>,
     /// Set by gateway enrollment only: see [`TokenEntry::gateway`].
     pub gateway: Option<String>,
+    /// Vault's `period` (seconds; 0: none): see [`TokenEntry::period`].
+    pub period: i64,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -147,11 +158,12 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
     // A root token never expires unless asked to; others default to the
     // system maximum, and a child never outlives its parent.
     let mut expire_time = match spec.ttl {
+        _ if spec.period > 0 => Some(now + spec.period),
         Some(0) | None if root => None,
         Some(t) if t > 0 => Some(now + t.min(SYSTEM_MAX_TTL)),
         _ => Some(now + SYSTEM_MAX_TTL),
     };
-    let mut max_expire = if (root && expire_time.is_none()) || spec.periodic {
+    let mut max_expire = if (root && expire_time.is_none()) || spec.periodic || spec.period > 0 {
         None
     } else {
         Some(now + SYSTEM_MAX_TTL)
@@ -201,6 +213,7 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         orphan: spec.parent.is_none(),
         host_id: spec.host_id,
         gateway: spec.gateway,
+        period: spec.period,
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -286,6 +299,8 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
     // Iterative, so a deep chain of children cannot overflow the stack.
     let mut pending = vec![entry.accessor.clone()];
     while let Some(accessor) = pending.pop() {
+        // Its leases go with it, as in Vault.
+        crate::leases::revoke_for_token(core, &accessor).await?;
         let prefix = format!("token/parent/{accessor}/");
         for child in core.storage.keys_with_prefix(&prefix).await? {
             pending.push(child[prefix.len()..].to_string());
@@ -309,6 +324,7 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
 
 /// Revokes one token, making its children orphans.
 async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
+    crate::leases::revoke_for_token(core, &entry.accessor).await?;
     let prefix = format!("token/parent/{}/", entry.accessor);
     for child in core.storage.keys_with_prefix(&prefix).await? {
         core.storage.delete(&child).await?;
@@ -392,18 +408,22 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         ttl: e.ttl(now),
         token_type: "service".into(),
         bound_cidrs: e.bound_cidrs.iter().map(|c| c.to_string()).collect(),
+        period: (e.period > 0).then_some(e.period),
     }
 }
 
 // ---- endpoint logic -------------------------------------------------------
 
-/// `auth/token/create` and `create-orphan`.
+/// `auth/token/create`, `create-orphan`, and `create/<role>` (`role`:
+/// the token role, which then decides policies, orphan, period and limits
+/// in place of the creator's `sudo`).
 pub async fn handle_create(
     core: &Core,
     f: &Fields,
     path: &str,
     caller: &TokenEntry,
     force_orphan: bool,
+    role: Option<&super::token_roles::TokenRole>,
     now: i64,
 ) -> Result<(String, TokenEntry)> {
     let privileged = caller.is_root() || policies::has_sudo(core, &caller.policies, path).await?;
@@ -411,8 +431,9 @@ pub async fn handle_create(
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,
     };
-    let policies = match requested {
-        Some(p) => {
+    let policies = match (role, requested) {
+        (Some(r), requested) => r.policies(requested, &caller.policies)?,
+        (None, Some(p)) => {
             if !privileged {
                 let missing: Vec<&String> = p
                     .iter()
@@ -424,17 +445,24 @@ pub async fn handle_create(
             }
             p
         }
-        None => caller.policies.clone(),
+        (None, None) => caller.policies.clone(),
     };
     if policies.iter().any(|p| p == "root") && !caller.is_root() {
         return Err(Error::invalid(
             "root tokens may only be created by a root token",
         ));
     }
-    let no_parent = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
-    if no_parent && !privileged {
+    if f.str("entity_alias")?.is_some_and(|a| !a.is_empty()) {
+        return Err(Error::invalid(
+            "entity_alias is not supported: gatepass has no identity entities",
+        ));
+    }
+    let role_orphan = role.is_some_and(|r| r.orphan);
+    let asked_orphan = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
+    if asked_orphan && !privileged {
         return Err(Error::PermissionDenied);
     }
+    let no_parent = asked_orphan || role_orphan;
     let id = f.str("id")?;
     if id.is_some() && !caller.is_root() {
         return Err(Error::invalid(
@@ -457,7 +485,32 @@ pub async fn handle_create(
         }
     }
     let ttl = f.duration("ttl")?;
-    let explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
+    let mut explicit_max_ttl = f.duration("explicit_max_ttl")?.unwrap_or(0);
+    let asked_period = f.duration("period")?.unwrap_or(0).max(0);
+    let mut period = asked_period;
+    if let Some(r) = role {
+        // The role's limits bound what is asked; its period is given
+        // without `sudo`.
+        if r.token_explicit_max_ttl > 0 {
+            explicit_max_ttl = match explicit_max_ttl {
+                0 => r.token_explicit_max_ttl,
+                m => m.min(r.token_explicit_max_ttl),
+            };
+        }
+        if r.token_period > 0 {
+            period = r.token_period;
+        }
+    }
+    if asked_period > 0 && !privileged && role.is_none_or(|r| r.token_period == 0) {
+        return Err(Error::invalid(
+            "root or sudo privileges required to create periodic token",
+        ));
+    }
+    if period > 0 && explicit_max_ttl > 0 && period > explicit_max_ttl {
+        return Err(Error::invalid(
+            "period must not be greater than explicit_max_ttl",
+        ));
+    }
     if explicit_max_ttl > 0 && ttl.is_some_and(|t| t > explicit_max_ttl) {
         return Err(Error::invalid(
             "ttl must not be greater than explicit_max_ttl",
@@ -469,7 +522,10 @@ pub async fn handle_create(
             "meta: {k:?} is reserved: the server sets it at login or at host or gateway enrollment"
         )));
     }
-    let bound_cidrs = child_cidrs(caller, f.cidr_list("bound_cidrs")?)?;
+    let asked_cidrs = f
+        .cidr_list("bound_cidrs")?
+        .or_else(|| role.map(|r| r.token_bound_cidrs.clone()));
+    let bound_cidrs = child_cidrs(caller, asked_cidrs)?;
     let display_name = f.str("display_name")?.unwrap_or_default();
     let display_name = if display_name.is_empty() {
         "token".to_string()
@@ -479,21 +535,25 @@ pub async fn handle_create(
     let spec = NewToken {
         id,
         policies,
-        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false),
+        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false)
+            || role.is_some_and(|r| r.token_no_default_policy),
         ttl,
         explicit_max_ttl,
         num_uses: f.non_negative("num_uses")?.unwrap_or(0),
-        renewable: f.bool("renewable")?.unwrap_or(true),
+        renewable: f.bool("renewable")?.unwrap_or(true) && role.is_none_or(|r| r.renewable),
         display_name,
         meta,
         bound_cidrs,
-        path: "auth/token/create".into(),
+        path: role
+            .map(|r| r.token_path())
+            .unwrap_or_else(|| "auth/token/create".into()),
         parent: if no_parent {
             None
         } else {
             Some(caller.clone())
         },
         periodic: false,
+        period,
         // Even an orphan made by a sudo caller never outlives the caller;
         // only a root token without expiry makes tokens without this bound.
         expire_limit: caller.expire_time,
@@ -567,13 +627,18 @@ pub async fn renew(
     if !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
-    let inc = increment
-        .filter(|i| *i > 0)
-        .unwrap_or(if e.creation_ttl > 0 {
-            e.creation_ttl
-        } else {
-            SYSTEM_MAX_TTL
-        });
+    // A periodic token's renewal always gives it its period, as Vault's.
+    let inc = if e.period > 0 {
+        e.period
+    } else {
+        increment
+            .filter(|i| *i > 0)
+            .unwrap_or(if e.creation_ttl > 0 {
+                e.creation_ttl
+            } else {
+                SYSTEM_MAX_TTL
+            })
+    };
     let mut exp = now + inc;
     if let Some(m) = e.max_expire {
         exp = exp.min(m);

@@ -5,7 +5,7 @@ use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{data, no_route, Reply};
 use crate::auth::token::{self, TokenEntry};
-use crate::auth::{approle, userpass};
+use crate::auth::{approle, token_roles, userpass};
 use crate::error::{Error, Result};
 use crate::policies;
 use crate::state::Core;
@@ -17,16 +17,39 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
     match (segs.as_slice(), req.op) {
         // ---- auth/token --------------------------------------------------
         (["auth", "token", "create"], Write) => {
+            let c = caller_of(caller)?;
             let (text, e) =
-                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, false, now)
-                    .await?;
+                token::handle_create(core, &req.fields, &req.path, c, false, None, now).await?;
             auth(&token::auth(&text, &e, now))
         }
         (["auth", "token", "create-orphan"], Write) => {
+            let c = caller_of(caller)?;
             let (text, e) =
-                token::handle_create(core, &req.fields, &req.path, caller_of(caller)?, true, now)
-                    .await?;
+                token::handle_create(core, &req.fields, &req.path, c, true, None, now).await?;
             auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "token", "create", role], Write) => {
+            let c = caller_of(caller)?;
+            let r = token_roles::read(core, role)
+                .await?
+                .ok_or_else(|| Error::invalid(format!("unknown role {role}")))?;
+            let (text, e) =
+                token::handle_create(core, &req.fields, &req.path, c, false, Some(&r), now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["auth", "token", "roles"], List) => Ok(Reply::List(token_roles::list(core).await?)),
+        (["auth", "token", "roles", name], Read) => Ok(ok_or_404(
+            token_roles::read(core, name)
+                .await?
+                .map(|r| token_roles::json(&r)),
+        )),
+        (["auth", "token", "roles", name], Write) => {
+            token_roles::write(core, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["auth", "token", "roles", name], Delete) => {
+            token_roles::delete(core, name).await?;
+            Ok(Reply::NoContent)
         }
         (["auth", "token", "lookup-self"], Read | Write) => {
             let c = caller_of(caller)?;

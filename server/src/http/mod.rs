@@ -28,11 +28,12 @@ use serde_json::{json, Map, Value};
 
 use crate::audit;
 use crate::auth::token::{self, TokenEntry};
+use crate::auth::wrapping::{self, WrapInfo, WrapTtl};
 use crate::error::{Error, Result};
 use crate::metrics::RequestLabels;
 use crate::path::ApiPath;
 use crate::policies;
-use crate::policy::Capability;
+use crate::policy::{Capability, Identity};
 
 use crate::request::Fields;
 use crate::state::{Core, State};
@@ -59,6 +60,11 @@ pub enum Reply {
     NoContent,
     /// 404 with `{"errors":[]}`: nothing at this path.
     NotFound,
+    /// 200 with the envelope's `wrap_info` only: the response is kept
+    /// under the wrapping token (`X-Vault-Wrap-TTL`, `sys/wrapping/*`).
+    Wrapped(WrapInfo),
+    /// 200 with an envelope given whole: a wrapped response, unwrapped.
+    Unwrapped(Value),
     /// A body that is not an envelope (sys/health, sys/metrics).
     Raw {
         status: StatusCode,
@@ -223,6 +229,8 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     if !bytes.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => data = m,
+            // `vault write -f` sends `null`: no fields, as Vault takes it.
+            Ok(Value::Null) => {}
             Ok(_) => {
                 return error_body(
                     StatusCode::BAD_REQUEST,
@@ -244,12 +252,39 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             }
         }
     }
+    // Namespaces are Vault Enterprise's (and OpenBao's); gatepass has only
+    // the root one, and answering another namespace's request from the
+    // root would hand over the wrong data.
+    if let Some(ns) = parts
+        .headers
+        .get("x-vault-namespace")
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .trim_matches('/')
+                .to_string()
+        })
+        .filter(|ns| !ns.is_empty() && ns != "root")
+    {
+        return error_body(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "namespace {ns:?} does not exist: gatepass has only the root namespace \
+                 (send no X-Vault-Namespace header, or -namespace=\"\")"
+            ),
+        );
+    }
+    let wrap_ttl = match wrap_ttl_from(&parts.headers) {
+        Ok(t) => t,
+        Err(e) => return error_body(StatusCode::BAD_REQUEST, &e.public_message()),
+    };
     let request = Request {
         op,
         path,
         fields: Fields::new(data),
         client_ip,
         token: token_from(&parts.headers),
+        wrap_ttl,
         now: core.clock.now(),
         upgrade: on_upgrade.is_some(),
     };
@@ -269,13 +304,6 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     }
     let mut caller = None;
     let result = process(&core, &request, &mut caller).await;
-    let status = match &result {
-        Ok(r) => reply_status(r),
-        Err(e) => status_of(e),
-    };
-    if let Err(Error::PermissionDenied) = &result {
-        core.metrics.auth_failures.inc();
-    }
     let warnings: Vec<String> = {
         let unused = request.fields.unused();
         if unused.is_empty() || result.is_err() {
@@ -286,6 +314,21 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             )]
         }
     };
+    // Wrapped before the response is audited, so that the audit log holds
+    // the wrapping token's (HMAC'd) details and never the wrapped secret.
+    let result = match (result, request.wrap_ttl) {
+        (Ok(reply), Some(ttl)) => {
+            wrap_reply(&core, &request, reply, ttl, &warnings, &request_id).await
+        }
+        (other, _) => other,
+    };
+    let status = match &result {
+        Ok(r) => reply_status(r),
+        Err(e) => status_of(e),
+    };
+    if let Err(Error::PermissionDenied) = &result {
+        core.metrics.auth_failures.inc();
+    }
     if audited {
         // What the request did is done: its answer is given even if the
         // response entry has to wait for the audit file (it is kept and
@@ -343,6 +386,103 @@ fn reply_status(r: &Reply) -> StatusCode {
     }
 }
 
+/// `X-Vault-Wrap-TTL` (and `X-Vault-Wrap-Format`, of which only Vault's
+/// default, an opaque token, is offered).
+fn wrap_ttl_from(headers: &HeaderMap) -> Result<Option<WrapTtl>> {
+    let Some(v) = headers.get("x-vault-wrap-ttl") else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| Error::invalid("error parsing X-Vault-Wrap-TTL header: not text"))?;
+    let ttl = WrapTtl::from_header(text)?;
+    if ttl.is_some()
+        && headers
+            .get("x-vault-wrap-format")
+            .is_some_and(|f| f.as_bytes().eq_ignore_ascii_case(b"jwt"))
+    {
+        return Err(Error::invalid(
+            "X-Vault-Wrap-Format \"jwt\" is not supported: wrapping tokens are opaque tokens",
+        ));
+    }
+    Ok(ttl)
+}
+
+/// Replaces a reply by its wrapped form, as Vault does: errors and replies
+/// without a body (204, 404, an empty list) are not wrapped, nor are
+/// replies that are not envelopes (sys/health) or already a wrapping.
+async fn wrap_reply(
+    core: &Core,
+    req: &Request,
+    reply: Reply,
+    ttl: WrapTtl,
+    warnings: &[String],
+    request_id: &str,
+) -> Result<Reply> {
+    if matches!(reply, Reply::Wrapped(_)) {
+        return Ok(reply);
+    }
+    let Some(envelope) = envelope_of(&reply, warnings.to_vec(), request_id) else {
+        return Ok(reply);
+    };
+    // What was wrapped can be revoked by its accessor without unwrapping
+    // it: a token's, or an AppRole secret ID's.
+    let wrapped_accessor = match &reply {
+        Reply::Auth(a) => a.get("accessor").and_then(Value::as_str),
+        Reply::Data(d) if req.path.starts_with("auth/approle/") => {
+            d.get("secret_id_accessor").and_then(Value::as_str)
+        }
+        _ => None,
+    }
+    .map(str::to_string);
+    // Vault names a listing's path with its trailing slash.
+    let creation_path = match req.op {
+        Operation::List => format!("{}/", req.path),
+        _ => req.path.to_string(),
+    };
+    let info = wrapping::wrap(
+        core,
+        envelope.to_string(),
+        &creation_path,
+        ttl,
+        wrapped_accessor,
+        req.now,
+    )
+    .await?;
+    Ok(Reply::Wrapped(info))
+}
+
+/// The envelope of a reply that has one; None for the others.
+fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> {
+    Some(match reply {
+        Reply::Data(d) => envelope(d.clone(), Value::Null, warnings, id),
+        Reply::Auth(a) => envelope(Value::Null, a.clone(), warnings, id),
+        Reply::Lease {
+            data,
+            lease_id,
+            lease_duration,
+            renewable,
+        } => {
+            let mut e = envelope(data.clone(), Value::Null, warnings, id);
+            e["lease_id"] = json!(lease_id);
+            e["lease_duration"] = json!(lease_duration);
+            e["renewable"] = json!(renewable);
+            e
+        }
+        Reply::List(keys) if !keys.is_empty() => {
+            envelope(json!({ "keys": keys }), Value::Null, warnings, id)
+        }
+        Reply::Wrapped(info) => {
+            // Vault's wrapped answer has no request ID of its own (the
+            // wrapped one keeps the request's).
+            let mut e = envelope(Value::Null, Value::Null, warnings, "");
+            e["wrap_info"] = info.to_json();
+            e
+        }
+        _ => return None,
+    })
+}
+
 fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -> Value {
     json!({
         "request_id": request_id,
@@ -358,26 +498,8 @@ fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -
 }
 
 fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
-    let id = request_id.as_str();
     match reply {
-        Reply::Data(d) => axum::Json(envelope(d, Value::Null, warnings, id)).into_response(),
-        Reply::Auth(a) => axum::Json(envelope(Value::Null, a, warnings, id)).into_response(),
-        Reply::Lease {
-            data,
-            lease_id,
-            lease_duration,
-            renewable,
-        } => {
-            let mut e = envelope(data, Value::Null, warnings, id);
-            e["lease_id"] = json!(lease_id);
-            e["lease_duration"] = json!(lease_duration);
-            e["renewable"] = json!(renewable);
-            axum::Json(e).into_response()
-        }
-        Reply::List(keys) if keys.is_empty() => error_body(StatusCode::NOT_FOUND, ""),
-        Reply::List(keys) => {
-            axum::Json(envelope(json!({ "keys": keys }), Value::Null, warnings, id)).into_response()
-        }
+        Reply::Unwrapped(e) => axum::Json(e).into_response(),
         Reply::NoContent => StatusCode::NO_CONTENT.into_response(),
         Reply::NotFound => error_body(StatusCode::NOT_FOUND, ""),
         // Answered by `switch` in `handle`, which holds the connection.
@@ -395,6 +517,11 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
             Body::from(body),
         )
             .into_response(),
+        other => match envelope_of(&other, warnings, &request_id) {
+            Some(e) => axum::Json(e).into_response(),
+            // An empty list: Vault answers 404.
+            None => error_body(StatusCode::NOT_FOUND, ""),
+        },
     }
 }
 
@@ -418,8 +545,18 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
             Operation::Write => can(Capability::Update) || can(Capability::Create),
             Operation::Delete => can(Capability::Delete),
         };
-        if !allowed || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo)) {
+        // The wrapping paths Vault's default policy grants carry no
+        // parameter constraints; what the ACL grants is checked for them.
+        let by_default = !allowed && routes::granted_by_default_policy(&entry.policies, req);
+        if !(allowed || by_default)
+            || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo))
+        {
             return Err(Error::PermissionDenied);
+        }
+        // Vault checks parameter constraints on reads and writes only.
+        if allowed && matches!(req.op, Operation::Read | Operation::Write) {
+            let who = Identity::of_token(&entry.display_name, &entry.meta);
+            acl.check_parameters(&req.path, req.fields.raw(), &who)?;
         }
     }
     routes::dispatch(core, req, Some(&entry)).await
@@ -585,6 +722,16 @@ async fn audit_response(
         Ok(Reply::List(keys)) => {
             json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) })
         }
+        // The wrapping token and its accessor HMAC'd, as Vault logs them
+        // (the token so that its later use can be matched in the log).
+        Ok(Reply::Wrapped(info)) => json!({
+            "wrap_info": audit::redact(&info.to_json(), key, &["ttl", "creation_time", "creation_path"]),
+        }),
+        // What the unwrap handed out, HMAC'd as if it were answered now.
+        Ok(Reply::Unwrapped(e)) => json!({
+            "data": audit::redact(&e["data"], key, AUDIT_KEEP),
+            "auth": audit::redact(&e["auth"], key, AUDIT_KEEP),
+        }),
         _ => json!({}),
     };
     event.insert("response".into(), response);

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::auth::wrapping::WrapTtl;
 use crate::path::ApiPath;
 use crate::request::Fields;
 
@@ -37,6 +38,8 @@ pub struct Request {
     pub client_ip: Option<IpAddr>,
     /// The token the client presented, if any (never logged).
     pub token: Option<String>,
+    /// `X-Vault-Wrap-TTL`: the response is to be wrapped for this long.
+    pub wrap_ttl: Option<WrapTtl>,
     pub now: i64,
     /// The client asked to switch to the relay protocol (`Connection:
     /// Upgrade`, `Upgrade: gatepass-relay`) and the connection can.

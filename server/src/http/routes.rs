@@ -18,6 +18,12 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
         p,
         "sys/health" | "sys/seal-status" | "sys/init" | "sys/leader"
     ) || (p == "auth/approle/login" && req.op == Operation::Write)
+        // Vault's: a wrapping token can be looked up by anyone holding it.
+        || p == "sys/wrapping/lookup"
+        // An unwrap without a `token` field presents the wrapping token as
+        // its X-Vault-Token: that token is the whole credential, checked by
+        // the unwrap itself (it can do nothing else).
+        || (p == "sys/wrapping/unwrap" && req.op == Operation::Write && !req.fields.contains("token"))
         || (p.starts_with("auth/userpass/login/") && req.op == Operation::Write)
     {
         return Ok(true);
@@ -41,6 +47,19 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
 /// handler lets only the owner of what they name through.
 pub fn is_owner_checked(req: &Request) -> bool {
     super::pam::is_owner_checked(req)
+}
+
+/// What Vault's built-in `default` policy grants that gatepass's stored
+/// one does not: wrapping arbitrary data, and looking up and unwrapping a
+/// wrapping token given in the body. Only tokens with the `default` policy
+/// get it, as in Vault.
+pub fn granted_by_default_policy(policies: &[String], req: &Request) -> bool {
+    req.op == Operation::Write
+        && matches!(
+            req.path.as_str(),
+            "sys/wrapping/wrap" | "sys/wrapping/lookup" | "sys/wrapping/unwrap"
+        )
+        && policies.iter().any(|p| p == "default")
 }
 
 /// Paths that need `sudo` in the caller's policy (root always has it).

@@ -208,7 +208,7 @@ pub async fn route(
                 .await?
                 .ok_or_else(|| Error::invalid(format!("unknown role: {role}")))?;
             let wait = f.duration("wait")?.unwrap_or(0).min(MAX_CREDS_WAIT);
-            let input = creds_input(core, m, &r, f).await?;
+            let input = creds_input(core, m, &r, f, caller).await?;
             let mut issued = creds::create(core, m, &r, input, req.now).await?;
             // gatepass: `wait` holds the answer until a host's hostd reports
             // the dynamic key installed (or the time is up).
@@ -226,12 +226,15 @@ pub async fn route(
         (["verify"], Write) => {
             let otp = f.required_str("otp")?;
             // A host's helper may present its host token (gatepass); only
-            // enrollment binds a token to a host.
+            // enrollment binds a token to a host. Any other token, unknown
+            // or stale ones too, is ignored as Vault ignores tokens on
+            // unauthenticated paths (hvac sends ~/.vault-token on its own,
+            // vault-ssh-helper VAULT_TOKEN): it binds no host, so it can
+            // reach only OTPs that are bound to none.
             let host = match req.token.as_deref().filter(|t| !t.is_empty()) {
-                Some(t) => match token::lookup(core, t, req.now).await? {
-                    Some(e) => e.host_id,
-                    None => return Err(Error::PermissionDenied),
-                },
+                Some(t) => token::lookup(core, t, req.now)
+                    .await?
+                    .and_then(|e| e.host_id),
                 None => None,
             };
             // The OTP is looked at first: a right one is never refused
@@ -301,7 +304,13 @@ pub async fn route(
 /// `creds`' target and user. gatepass: `host` names an enrolled host (its
 /// ID or hostname) instead of an IP; the credential is then bound to that
 /// host, at the address given in `ip` or else the first one the role serves.
-async fn creds_input(core: &Core, m: &Mount, role: &Role, f: &Fields) -> Result<creds::CredsInput> {
+async fn creds_input(
+    core: &Core,
+    m: &Mount,
+    role: &Role,
+    f: &Fields,
+    caller: Option<&TokenEntry>,
+) -> Result<creds::CredsInput> {
     let (ip, host_id) = match f.str("host")?.filter(|h| !h.is_empty()) {
         Some(h) => {
             let host = hosts::find(core, &h)
@@ -326,6 +335,7 @@ async fn creds_input(core: &Core, m: &Mount, role: &Role, f: &Fields) -> Result<
         ip,
         host_id,
         username: f.str("username")?,
+        token: caller.map(|c| c.accessor.clone()),
     })
 }
 

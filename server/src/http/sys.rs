@@ -9,6 +9,7 @@ use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
+use crate::auth::wrapping;
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::leases::Lease;
@@ -109,6 +110,21 @@ async fn health(core: &Core, req: &Request) -> Result<Reply> {
     })
 }
 
+/// The wrapping token a `sys/wrapping/*` request is about: the `token`
+/// field, else the request's own token (Vault's order; with neither, a 403
+/// as in Vault).
+fn wrapping_token(req: &Request) -> Result<String> {
+    match req.fields.str("token")?.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(t),
+        None => req
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .ok_or(Error::PermissionDenied),
+    }
+}
+
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
     use Operation::*;
     let segs: Vec<&str> = req.path.split('/').collect();
@@ -126,6 +142,23 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                     crate::storage::Backend::Sqlite => "sqlite",
                     crate::storage::Backend::Postgres => "postgresql",
                 },
+            })
+            .to_string()
+            .into_bytes(),
+        }),
+        // What `vault status` / `bao status` and hvac's `read_leader_status`
+        // read. Every gatepass server is active on its own (several sharing
+        // PostgreSQL need no leader), so the answer is Vault's for a node
+        // without HA.
+        (["sys", "leader"], Read) => Ok(Reply::Raw {
+            status: StatusCode::OK,
+            content_type: "application/json",
+            body: json!({
+                "ha_enabled": false, "is_self": false,
+                "active_time": "0001-01-01T00:00:00Z",
+                "leader_address": "", "leader_cluster_address": "",
+                "performance_standby": false, "performance_standby_last_remote_wal": 0,
+                "raft_committed_index": 0, "raft_applied_index": 0,
             })
             .to_string()
             .into_bytes(),
@@ -153,6 +186,58 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             })
         }
         (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
+        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(ok_or_404(
+            mounts::get(core, &path.join("/"))
+                .await?
+                .map(|m| tune_json(&m)),
+        )),
+        (["sys", "mounts", path @ .., "tune"], Write) if !path.is_empty() => {
+            let f = &req.fields;
+            let ttl = |k: &str| -> Result<Option<i64>> {
+                // Vault's "system" puts the system's value back.
+                match f.str(k)? {
+                    Some(t) if t == "system" => Ok(Some(0)),
+                    _ => f.duration(k),
+                }
+            };
+            let input = mounts::TuneInput {
+                default_lease_ttl: ttl("default_lease_ttl")?,
+                max_lease_ttl: ttl("max_lease_ttl")?,
+                description: f.str("description")?,
+                listing_visibility: f.str("listing_visibility")?,
+            };
+            // gatepass HMACs every value in the audit log; a key asked to
+            // stay readable would silently not be, so it is refused.
+            for k in [
+                "audit_non_hmac_request_keys",
+                "audit_non_hmac_response_keys",
+            ] {
+                if f.str_list(k)?.is_some_and(|v| !v.is_empty()) {
+                    return Err(Error::invalid(format!(
+                        "{k} is not supported: gatepass HMACs every value in the audit log"
+                    )));
+                }
+            }
+            mounts::tune(core, &path.join("/"), input).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "remount"], Write) => {
+            let from = req.fields.required_str("from")?;
+            let to = req.fields.required_str("to")?;
+            if from.trim_matches('/').starts_with("auth/")
+                || to.trim_matches('/').starts_with("auth/")
+            {
+                return Err(Error::invalid(
+                    "auth methods cannot be moved: gatepass's are always at token/, approle/ and userpass/",
+                ));
+            }
+            let moved = mounts::remount(core, &from, &to).await?;
+            let id = remount_record(core, &from, &moved.path, now).await?;
+            Ok(Reply::Data(json!({ "migration_id": id })))
+        }
+        (["sys", "remount", "status", id], Read) => Ok(ok_or_404(
+            core.storage.get::<Value>(&format!("remount/{id}")).await?,
+        )),
         (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
             let kind = req.fields.required_str("type")?;
             let desc = req.fields.str("description")?.unwrap_or_default();
@@ -234,6 +319,38 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::Data(json!({ "events": events })))
         }
 
+        // ---- sys/wrapping ------------------------------------------------
+        (["sys", "wrapping", "wrap"], Write) => {
+            if req.wrap_ttl.is_none() {
+                return Err(Error::invalid(
+                    "endpoint requires response wrapping to be used",
+                ));
+            }
+            // Every field is the data to wrap (the HTTP layer wraps it).
+            let data: Map<String, Value> = req
+                .fields
+                .raw()
+                .keys()
+                .filter_map(|k| req.fields.value(k).map(|v| (k.clone(), v)))
+                .collect();
+            Ok(Reply::Data(Value::Object(data)))
+        }
+        (["sys", "wrapping", "unwrap"], Write) => {
+            let token = wrapping_token(req)?;
+            let response = wrapping::unwrap(core, &token, now).await?;
+            let envelope = serde_json::from_str(&response)
+                .map_err(|e| Error::internal(format!("wrapped response unreadable: {e}")))?;
+            Ok(Reply::Unwrapped(envelope))
+        }
+        (["sys", "wrapping", "lookup"], Read | Write) => {
+            let token = wrapping_token(req)?;
+            super::data(&wrapping::lookup(core, &token, now).await?)
+        }
+        (["sys", "wrapping", "rewrap"], Write) => {
+            let token = wrapping_token(req)?;
+            Ok(Reply::Wrapped(wrapping::rewrap(core, &token, now).await?))
+        }
+
         // ---- sys/leases --------------------------------------------------
         (["sys", "leases", "lookup"], Write) => {
             let id = req.fields.required_str("lease_id")?;
@@ -291,6 +408,7 @@ fn known_path(segs: &[&str]) -> bool {
             "sys",
             "health"
                 | "seal-status"
+                | "leader"
                 | "init"
                 | "metrics"
                 | "mounts"
@@ -300,7 +418,9 @@ fn known_path(segs: &[&str]) -> bool {
                 | "capabilities"
                 | "audit"
                 | "audit-log"
+                | "remount"
         ] | ["sys", "mounts" | "auth" | "policy", _]
+            | ["sys", "mounts", .., "tune"]
             | ["sys", "policies", "acl"]
             | [
                 "sys",
@@ -340,7 +460,12 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
         let caps: Vec<String> = match &acl {
             None => vec!["root".into()],
             Some(acl) => {
-                let c = acl.capabilities(p.trim_matches('/'));
+                // The one canonical form a request to that path would have,
+                // so that the answer is about a path a request can take
+                // (`ssh//sign/x` or `ssh/../sys/y` are refused as they
+                // would be in a request line).
+                let path = crate::path::ApiPath::parse(&format!("/v1/{}", p.trim_matches('/')))?;
+                let c = acl.capabilities(path.as_str());
                 if c.is_empty() {
                     vec!["deny".into()]
                 } else {
@@ -357,6 +482,37 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
     Ok(Reply::Data(Value::Object(out)))
 }
 
+/// `sys/remount`'s answer for `sys/remount/status/<id>`: gatepass moves a
+/// mount at once, so its migration has succeeded by the time it is read.
+async fn remount_record(core: &Core, from: &str, to: &str, now: i64) -> Result<String> {
+    let id = uuid::Uuid::new_v4().to_string();
+    let record = json!({
+        "migration_id": id,
+        "migration_info": {
+            "source_mount": format!("{}/", from.trim_matches('/')),
+            "target_mount": format!("{to}/"),
+            "status": "success",
+            "started_at": rfc3339(now),
+        },
+    });
+    core.storage.put(&format!("remount/{id}"), &record).await?;
+    Ok(id)
+}
+
+/// `sys/mounts/<path>/tune` (read), Vault's fields.
+fn tune_json(m: &Mount) -> Value {
+    let limits = m.ttl_limits();
+    json!({
+        "default_lease_ttl": limits.default,
+        "max_lease_ttl": limits.max,
+        "description": m.description,
+        "force_no_cache": false,
+        "listing_visibility": m.tune.listing_visibility,
+        "audit_non_hmac_request_keys": [],
+        "audit_non_hmac_response_keys": [],
+    })
+}
+
 /// A mount as `sys/mounts` shows it.
 fn mount_json(m: &Mount) -> Value {
     json!({
@@ -364,7 +520,12 @@ fn mount_json(m: &Mount) -> Value {
         "description": m.description,
         "accessor": m.accessor,
         "uuid": m.uuid,
-        "config": {"default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false},
+        "config": {
+            "default_lease_ttl": m.tune.default_lease_ttl,
+            "max_lease_ttl": m.tune.max_lease_ttl,
+            "force_no_cache": false,
+            "listing_visibility": m.tune.listing_visibility,
+        },
         "local": false,
         "seal_wrap": false,
         "external_entropy_access": false,

@@ -144,4 +144,26 @@ mod tests {
         let (v4, p4) = cache.compile("p", stored("not a policy"));
         assert!(v4 > v3 && p4.is_none());
     }
+
+    #[test]
+    fn constraints_are_part_of_the_compiled_policy() {
+        use crate::policy::Identity;
+        let cache = AclCache::default();
+        let open = r#"path "ssh/sign/*" { capabilities = ["update"] }"#;
+        let limited = r#"path "ssh/sign/*" {
+            capabilities = ["update"]
+            allowed_parameters = { "valid_principals" = ["alice"] }
+        }"#;
+        let body = serde_json::json!({"valid_principals": "root"});
+        let data = body.as_object().cloned().unwrap_or_default();
+        let who = Identity::default();
+        let (v1, p1) = cache.compile("p", stored(open));
+        let acl = cache.acl(vec![("p".into(), v1)], &[p1.unwrap()]);
+        assert!(acl.check_parameters("ssh/sign/x", &data, &who).is_ok());
+        // Only the constraints changed: a new version, and its ACL refuses.
+        let (v2, p2) = cache.compile("p", stored(limited));
+        assert_ne!(v1, v2);
+        let acl = cache.acl(vec![("p".into(), v2)], &[p2.unwrap()]);
+        assert!(acl.check_parameters("ssh/sign/x", &data, &who).is_err());
+    }
 }

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use ssh_key::LineEnding;
 
 use super::roles::{KeyType, Role};
-use crate::auth::token::SYSTEM_MAX_TTL;
 use crate::error::{Error, Result};
 use crate::leases::{self, Lease};
 use crate::mounts::Mount;
+use crate::mounts::TtlLimits;
 use crate::state::Core;
 use crate::storage::Change;
 
@@ -31,6 +31,9 @@ pub struct OtpEntry {
     /// helper (presenting its host token) can verify it.
     #[serde(default)]
     pub host_id: Option<String>,
+    /// The accessor of the token that asked for it (its lease's token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -125,16 +128,17 @@ fn username(role: &Role, requested: Option<String>) -> Result<String> {
     }
 }
 
-fn lease_ttl(role: &Role) -> (i64, i64) {
+/// The role's TTLs, and where it sets none its mount's.
+fn lease_ttl(role: &Role, limits: TtlLimits) -> (i64, i64) {
     let max = if role.max_ttl > 0 {
         role.max_ttl
     } else {
-        SYSTEM_MAX_TTL
+        limits.max
     };
     let ttl = if role.ttl > 0 {
         role.ttl.min(max)
     } else {
-        SYSTEM_MAX_TTL.min(max)
+        limits.default.min(max)
     };
     (ttl, max)
 }
@@ -155,6 +159,8 @@ pub struct CredsInput {
     pub host_id: Option<String>,
     /// The role's `default_user` when None or empty.
     pub username: Option<String>,
+    /// The accessor of the token asking: its revocation revokes the lease.
+    pub token: Option<String>,
 }
 
 /// An enrolled host a credential is asked for by name.
@@ -208,10 +214,11 @@ pub async fn create(
         ip,
         host_id,
         username: requested,
+        token,
     } = input;
     let user = username(role, requested)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
-    let (ttl, max) = lease_ttl(role);
+    let (ttl, max) = lease_ttl(role, m.ttl_limits());
     let id = uuid::Uuid::new_v4().to_string();
     let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
     match role.key_type {
@@ -225,8 +232,9 @@ pub async fn create(
                 lease_id: lease_id.clone(),
                 expire_time: now + ttl,
                 host_id,
+                token: token.clone(),
             };
-            let lease = Lease::new(lease_id.clone(), key, now, ttl, false, ttl);
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, false, ttl).of_token(token);
             // The OTP and its lease in one transaction: both or neither.
             if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("OTP collision"));
@@ -266,7 +274,7 @@ pub async fn create(
                 key_option_specs: role.key_option_specs.clone(),
                 expire_time: now + ttl,
             };
-            let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max);
+            let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max).of_token(token);
             // The key and its lease in one transaction, as an OTP's: a key
             // never waits for its host without a lease to expire it.
             if !leases::create_with_secret(core, &lease, &entry).await? {
@@ -323,7 +331,7 @@ pub async fn verify(
     let Some(seen) = core.storage.get::<OtpEntry>(&key).await? else {
         return Ok(None);
     };
-    let lease = leases::keys_of(&seen.lease_id, seen.expire_time);
+    let lease = leases::keys_of(&seen.lease_id, seen.expire_time, seen.token.as_deref());
     // The take decides: of concurrent verifications one gets the entry.
     let Some(entry) = core
         .storage

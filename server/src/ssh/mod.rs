@@ -49,7 +49,7 @@ pub async fn issue_with(
     // collision just means signing again with the next one.
     for _ in 0..4 {
         let serial = next_serial(now);
-        let cert = sign::sign(&role, &issuer, input, who, now, serial)?;
+        let cert = sign::sign(&role, &issuer, input, who, m.ttl_limits(), now, serial)?;
         let rec = certs::CertRecord::new(&cert, &issuer, role_name, &who.display_name);
         if certs::record(core, m, &rec).await? {
             return Ok((rec, cert));

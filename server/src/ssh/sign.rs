@@ -15,8 +15,8 @@ use super::principal::{
     OptionKind, Principal,
 };
 use super::roles::{normalize_key_type, Role};
-use crate::auth::token::SYSTEM_MAX_TTL;
 use crate::error::{Error, Result};
+use crate::mounts::TtlLimits;
 use crate::request::Fields;
 
 /// Who asked, for key ID templates and the inventory.
@@ -181,11 +181,13 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
     Ok(input.valid_principals.clone())
 }
 
-fn ttl(role: &Role, input: &SignInput) -> Result<i64> {
+/// The role's TTLs, and where it sets none its mount's (`limits`), as
+/// Vault's ssh engine takes them.
+fn ttl(role: &Role, input: &SignInput, limits: TtlLimits) -> Result<i64> {
     let max = if role.max_ttl > 0 {
         role.max_ttl
     } else {
-        SYSTEM_MAX_TTL
+        limits.max
     };
     match input.ttl {
         Some(t) if t > max => Err(Error::invalid(format!(
@@ -195,7 +197,7 @@ fn ttl(role: &Role, input: &SignInput) -> Result<i64> {
         None => Ok(if role.ttl > 0 {
             role.ttl.min(max)
         } else {
-            SYSTEM_MAX_TTL.min(max)
+            limits.default.min(max)
         }),
     }
 }
@@ -326,6 +328,7 @@ pub fn sign(
     issuer: &Issuer,
     input: &SignInput,
     who: &Requester,
+    limits: TtlLimits,
     now: i64,
     serial: u64,
 ) -> Result<Certificate> {
@@ -340,7 +343,7 @@ pub fn sign(
     }
     check_key(role, &input.public_key)?;
     let principals = principals(role, input, who)?;
-    let ttl = ttl(role, input)?;
+    let ttl = ttl(role, input, limits)?;
     let key_id = key_id(role, input, who)?;
     let critical = options(
         "critical options",

@@ -287,7 +287,7 @@ const WAL_RESTART_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
 /// never wholly copied when the writer starts its next transaction, so
 /// SQLite never starts it over and it grows without end. When it holds
 /// more than [`WAL_RESTART_FRAMES`], the writer is asked to start it over
-/// between two batches (see `write_loop`): asked from here, a RESTART would
+/// after a batch, when no write waits (see `write_loop`): asked from here, a RESTART would
 /// hold the writer off through SQLite's busy-wait sleeps (1, 2, 5, 10 ms…).
 fn checkpoint_loop(
     conn: Connection,
@@ -313,24 +313,9 @@ fn write_loop(
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::SyncSender<()>,
 ) {
+    // When the checkpointer asked for the WAL to start over.
+    let mut restart_asked: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
-        if restart.swap(false, Ordering::Relaxed) {
-            let started = std::time::Instant::now();
-            // The checkpointer copied nearly all of the WAL a moment ago:
-            // this copies the rest and waits for readers to leave it, so
-            // that the next commit writes it from its start again.
-            // Without waiting: a reader that stays long (a snapshot being
-            // saved) would otherwise hold every write up for the busy
-            // timeout each time; the WAL is started over once it has gone.
-            let restarted = conn
-                .busy_timeout(Duration::ZERO)
-                .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
-            let restored = conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT);
-            if let Err(e) = restarted.and(restored) {
-                tracing::warn!(error = %e, "SQLite WAL restart failed");
-            }
-            slow("WAL restart", started.elapsed(), 0);
-        }
         let mut jobs = vec![first];
         while jobs.len() < MAX_UNITS {
             match rx.try_recv() {
@@ -378,7 +363,41 @@ fn write_loop(
         }
         // A full channel means a checkpoint is already due.
         let _ = dirty.try_send(());
+        if restart.swap(false, Ordering::Relaxed) {
+            restart_asked.get_or_insert_with(std::time::Instant::now);
+        }
+        // Started over when no write is waiting, so that only a request
+        // arriving meanwhile waits for it, not a queue of them; under
+        // writes that never pause, within a second all the same, so that
+        // the WAL stays bounded.
+        if let Some(asked) = restart_asked {
+            if rx.is_empty() || asked.elapsed() >= RESTART_DEFER {
+                restart_wal(&conn);
+                restart_asked = None;
+            }
+        }
     }
+}
+
+/// How long a WAL restart may wait for a moment without queued writes.
+const RESTART_DEFER: Duration = Duration::from_secs(1);
+
+/// The checkpointer copied nearly all of the WAL a moment ago: this copies
+/// the rest and waits for readers to leave it, so that the next commit
+/// writes it from its start again.
+fn restart_wal(conn: &Connection) {
+    let started = std::time::Instant::now();
+    // Without waiting: a reader that stays long (a snapshot being saved)
+    // would otherwise hold every write up for the busy timeout each time;
+    // the WAL is started over once it has gone.
+    let restarted = conn
+        .busy_timeout(Duration::ZERO)
+        .and_then(|()| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())));
+    let restored = conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT);
+    if let Err(e) = restarted.and(restored) {
+        tracing::warn!(error = %e, "SQLite WAL restart failed");
+    }
+    slow("WAL restart", started.elapsed(), 0);
 }
 
 /// Logs a write that held the writer up long enough for requests to notice.

@@ -207,6 +207,18 @@ on_both_backends!(plus_and_star_globs_match_as_vault, |s| async move {
         .await;
     assert_eq!(v["data"]["auth/userpass/users/x"], json!(["read"]));
     assert_eq!(v["data"]["auth/userpass/users/x/y"], json!(["deny"]));
+    // A path no request could take is refused, not answered for.
+    for odd in ["auth/userpass/users/../users/x", "auth//userpass/users/x"] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "sys/capabilities-self",
+                Some(&t),
+                Some(json!({ "paths": [odd] })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{odd}: {v}");
+    }
 });
 
 on_both_backends!(tokens_lifecycle, |s| async move {
@@ -845,3 +857,285 @@ async fn token_answers_are_the_api_types() {
     assert_eq!(v["data"]["meta"], serde_json::Value::Null, "{v}");
     assert_eq!(v["data"]["expire_time"], serde_json::Value::Null, "{v}");
 }
+
+// Revoking a token revokes the leases it created, and those of its
+// children; `revoke-orphan` keeps the children's.
+on_both_backends!(revoking_a_token_revokes_its_leases, |s| async move {
+    s.root(
+        "POST",
+        "ssh/roles/otp",
+        Some(json!({"key_type": "otp", "default_user": "alice", "cidr_list": "10.0.0.0/8"})),
+    )
+    .await;
+    s.root(
+        "POST",
+        "sys/policies/acl/otp",
+        Some(json!({"policy": r#"
+        path "ssh/creds/otp" { capabilities = ["update"] }
+        path "auth/token/create" { capabilities = ["update"] }
+    "#})),
+    )
+    .await;
+    let token = |parent: &str| {
+        let s = &s;
+        let parent = parent.to_string();
+        async move {
+            let (st, v) = s
+                .call(
+                    "POST",
+                    "auth/token/create",
+                    Some(&parent),
+                    Some(json!({"policies": ["otp"]})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            v["auth"]["client_token"].as_str().unwrap().to_string()
+        }
+    };
+    let otp_of = |t: String| {
+        let s = &s;
+        async move {
+            let (st, v) = s
+                .call(
+                    "POST",
+                    "ssh/creds/otp",
+                    Some(&t),
+                    Some(json!({"ip": "10.0.0.7"})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            (
+                v["data"]["key"].as_str().unwrap().to_string(),
+                v["lease_id"].as_str().unwrap().to_string(),
+            )
+        }
+    };
+    let lease_alive = |id: String| {
+        let s = &s;
+        async move {
+            s.root("POST", "sys/leases/lookup", Some(json!({ "lease_id": id })))
+                .await
+                .0
+                == StatusCode::OK
+        }
+    };
+    let verifies = |otp: String| {
+        let s = &s;
+        async move {
+            s.call("POST", "ssh/verify", None, Some(json!({ "otp": otp })))
+                .await
+                .0
+                == StatusCode::OK
+        }
+    };
+
+    // A parent and its child each take an OTP; the parent is revoked.
+    let parent = token(ROOT).await;
+    let child = token(&parent).await;
+    let (p_otp, p_lease) = otp_of(parent.clone()).await;
+    let (c_otp, c_lease) = otp_of(child.clone()).await;
+    assert!(lease_alive(p_lease.clone()).await && lease_alive(c_lease.clone()).await);
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/revoke",
+            Some(json!({ "token": parent })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    assert!(
+        !lease_alive(p_lease).await,
+        "the parent's lease outlived it"
+    );
+    assert!(!lease_alive(c_lease).await, "the child's lease outlived it");
+    assert!(!verifies(p_otp).await && !verifies(c_otp).await);
+
+    // revoke-orphan: the parent's leases go, the child's stay.
+    let parent = token(ROOT).await;
+    let child = token(&parent).await;
+    let (_, p_lease) = otp_of(parent.clone()).await;
+    let (c_otp, c_lease) = otp_of(child.clone()).await;
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/revoke-orphan",
+            Some(json!({ "token": parent })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    assert!(!lease_alive(p_lease).await);
+    assert!(lease_alive(c_lease).await);
+    assert!(verifies(c_otp).await, "the orphan's OTP still works");
+
+    // A used OTP leaves nothing of its lease behind, its token's index
+    // included: revoking the token later finds nothing to do.
+    let t = token(ROOT).await;
+    let (otp, lease) = otp_of(t.clone()).await;
+    assert!(verifies(otp).await);
+    assert!(!lease_alive(lease).await);
+    let (st, _) = s
+        .root("POST", "auth/token/revoke", Some(json!({ "token": t })))
+        .await;
+    assert!(st.is_success());
+});
+
+// `token create -period=1h`: a periodic token, renewed to its period each
+// time, with no maximum; only root or sudo may make one.
+on_both_backends!(periodic_tokens_renew_to_their_period, |s| async move {
+    let (st, v) = s
+        .root(
+            "POST",
+            "sys/policies/acl/creator",
+            Some(json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#})),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/token/create",
+            Some(json!({"period": "30h", "policies": ["creator"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 30 * 3600, "{v}");
+    assert_eq!(v["auth"]["renewable"], true);
+    let t = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&t), None)
+        .await;
+    assert_eq!(v["data"]["period"], 30 * 3600, "{v}");
+    assert_eq!(v["data"]["ttl"], 30 * 3600);
+    // Renewed every 25 hours, past the system's 768 h.
+    for _ in 0..33 {
+        s.clock.advance(25 * 3600);
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/renew-self",
+                Some(&t),
+                Some(json!({"increment": "10m"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["auth"]["lease_duration"],
+            30 * 3600,
+            "the period, not the increment: {v}"
+        );
+    }
+    // Not for a token without sudo.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create",
+            Some(&t),
+            Some(json!({"period": "1h"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("periodic"), "{v}");
+});
+
+// `token create -role=ci`: the role decides the policies, orphan and
+// period, with no `sudo` for its creator.
+on_both_backends!(
+    token_roles_shape_the_tokens_made_through_them,
+    |s| async move {
+        for (name, text) in [
+            (
+                "ci-maker",
+                r#"path "auth/token/create/ci" { capabilities = ["update"] }"#,
+            ),
+            ("deploy", r#"path "sys/mounts" { capabilities = ["read"] }"#),
+            ("admin", r#"path "*" { capabilities = ["sudo", "update"] }"#),
+        ] {
+            let (st, v) = s
+                .root(
+                    "POST",
+                    &format!("sys/policies/acl/{name}"),
+                    Some(json!({ "policy": text })),
+                )
+                .await;
+            assert!(st.is_success(), "{v}");
+        }
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/token/roles/ci",
+                Some(
+                    json!({"allowed_policies": "deploy", "disallowed_policies": "admin",
+                        "orphan": true, "token_period": "2h", "path_suffix": "builds"}),
+                ),
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+        let (st, v) = s.root("GET", "auth/token/roles/ci", None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["allowed_policies"], json!(["deploy"]));
+        assert_eq!(v["data"]["token_period"], 7200);
+        let (_, v) = s.root("LIST", "auth/token/roles", None).await;
+        assert_eq!(v["data"]["keys"], json!(["ci"]));
+
+        let (_, v) = s
+            .root(
+                "POST",
+                "auth/token/create",
+                Some(json!({"policies": ["ci-maker"]})),
+            )
+            .await;
+        let maker = v["auth"]["client_token"].as_str().unwrap().to_string();
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/create/ci",
+                Some(&maker),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["auth"]["policies"], json!(["default", "deploy"]), "{v}");
+        assert_eq!(v["auth"]["lease_duration"], 7200);
+        assert_eq!(v["auth"]["orphan"], true);
+        let made = v["auth"]["client_token"].as_str().unwrap().to_string();
+        let (_, v) = s
+            .call("GET", "auth/token/lookup-self", Some(&made), None)
+            .await;
+        assert_eq!(v["data"]["path"], "auth/token/create/ci/builds");
+        assert_eq!(v["data"]["period"], 7200);
+        // Outside the role: refused, clearly.
+        for (body, why) in [
+            (json!({"policies": ["admin"]}), "disallowed"),
+            (json!({"policies": ["ci-maker"]}), "allowed policies"),
+            (json!({"entity_alias": "alice"}), "entity_alias"),
+        ] {
+            let (st, v) = s
+                .call("POST", "auth/token/create/ci", Some(&maker), Some(body))
+                .await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+            assert!(v["errors"][0].as_str().unwrap().contains(why), "{v}");
+        }
+        // The same token cannot make an orphan or periodic token outside it.
+        let (st, _) = s
+            .call(
+                "POST",
+                "auth/token/create",
+                Some(&maker),
+                Some(json!({"period": "1h"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/token/roles/ci",
+                Some(json!({"allowed_entity_aliases": ["x"]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let (st, v) = s
+            .root("POST", "auth/token/create/nope", Some(json!({})))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    }
+);

@@ -979,7 +979,7 @@ fn ssh_config_block_lets_plain_ssh_log_in_through_the_agent() {
     let kh = ok(s
         .gatepass(&["ssh", "known-hosts"])
         .env_remove("GATEPASS_TOKEN"));
-    assert_eq!(kh, format!("@cert-authority * {}", s.ca_pub));
+    assert_eq!(kh, format!("@cert-authority * {}\n", s.ca_pub.trim_end()));
 
     // Written twice: one block.
     let file = s.home.path().join(".ssh").join("config");

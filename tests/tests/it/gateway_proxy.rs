@@ -14,9 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gatepass_tests::bin;
 use gatepass_tests::sshd::{
-    cert_path, keygen, pub_path, sign_host_key, sign_user_key, ssh_keygen, PamSetup, Sshd,
-    SshdOptions,
+    cert_path, keygen, pub_path, sign_host_key, sign_user_key, ssh_keygen, Sshd, SshdOptions,
 };
+use gatepass_tests::targets::{self, LocalUser};
 
 #[allow(clippy::disallowed_methods)]
 fn since_epoch() -> Duration {
@@ -342,57 +342,13 @@ fn ok(gw: &Gateway, o: Output) -> String {
     stdout(&o)
 }
 
-/// A target sshd that takes `target_key` through authorized_keys (and
-/// serves SFTP, which the harness's sshd does not by default).
+/// A target sshd that takes `target_key` through authorized_keys.
 fn key_target(target_key: &Path) -> Sshd {
-    let mut sshd = Sshd::new(SshdOptions::default());
-    sshd.options
-        .extra_config
-        .push("Subsystem sftp internal-sftp".into());
-    sshd.options
-        .extra_config
-        .push("AcceptEnv GATEPASS_TEST_*".into());
-    let ak = sshd.write_file("authorized_keys", &read(&pub_path(target_key)));
-    sshd.options
-        .extra_config
-        .push(format!("AuthorizedKeysFile {}", ak.display()));
-    sshd.launch();
-    sshd
+    targets::key_target(&targets::public_line(target_key))
 }
 
 fn key_credential(key: &Path) -> String {
     format!("private_key_file = {:?}", key.display().to_string())
-}
-
-/// A local account with a password, removed on drop.
-struct LocalUser {
-    name: String,
-}
-
-impl LocalUser {
-    fn create(name: &str, password: &str) -> LocalUser {
-        let _ = Command::new("userdel").args(["-r", name]).output();
-        let o = run(Command::new("useradd").args(["-m", "-s", "/bin/sh", name]));
-        assert!(o.status.success(), "useradd: {}", stderr(&o));
-        let mut chpasswd = Command::new("chpasswd")
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        chpasswd
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{name}:{password}\n").as_bytes())
-            .unwrap();
-        assert!(chpasswd.wait().unwrap().success());
-        LocalUser { name: name.into() }
-    }
-}
-
-impl Drop for LocalUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").args(["-r", &self.name]).output();
-    }
 }
 
 #[test]
@@ -445,18 +401,7 @@ fn each_account_kind_runs_a_command_through_the_gateway() {
     // Password account: a local user the test makes, checked by pam_unix;
     // a second target takes only keyboard-interactive (PAM's prompts).
     let user = LocalUser::create("gp-gw-test", "Tr0ub4dor-gateway");
-    let pam_target = |service: &str, extra: Vec<String>| {
-        Sshd::start(SshdOptions {
-            extra_config: extra,
-            pam: Some(PamSetup {
-                service: service.into(),
-                pam_config: "auth required pam_unix.so nodelay\n\
-                             account required pam_unix.so\n\
-                             session required pam_unix.so\n"
-                    .into(),
-            }),
-        })
-    };
+    let pam_target = targets::password_target;
     let pam_sshd = pam_target("gatepass-test-gateway-pw", vec![]);
     let kbd_sshd = pam_target(
         "gatepass-test-gateway-kbd",

@@ -328,6 +328,7 @@ async fn the_sweeper_revokes_due_leases_in_bulk_and_spares_renewed_ones() {
         last_renewal: None,
         renewable: true,
         max_expire: now + 3600,
+        token: None,
     };
     for i in 0..1500u32 {
         core.storage
