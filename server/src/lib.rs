@@ -11,6 +11,7 @@ pub mod error;
 pub mod hosts;
 pub mod http;
 pub mod leases;
+pub mod longpoll;
 pub mod metrics;
 pub mod mounts;
 pub mod pam;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use gatepass_api::hosts::{DynamicKey, HostState};
-use sha2::{Digest, Sha256};
 
 use super::cache::{Shared, SharedView};
 use super::{mappings, Host};
@@ -85,13 +84,7 @@ pub async fn state(core: &Core, host: &Host, now: i64) -> Result<HostState> {
         .filter(|(ip, _)| ip.is_some_and(|ip| host.addresses.contains(&ip)))
         .map(|(_, k)| k.clone())
         .collect();
-    let bytes = serde_json::to_vec(&st).map_err(|e| Error::internal(e.to_string()))?;
-    let digest = Sha256::digest(&bytes);
-    let mut idx = [0u8; 8];
-    idx.copy_from_slice(&digest[..8]);
-    // 53 bits: exact as a JSON number in any client, and as an i64 in a
-    // query string. Never 0, which a fresh hostd sends to mean "anything".
-    st.index = (u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1);
+    st.index = crate::longpoll::content_index(&st)?;
     Ok(st)
 }
 

@@ -16,7 +16,6 @@ use gatepass_api::pam::{
     SessionState,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::accounts::{self, Account, Login};
 use super::events::{self, Kind, Subject};
@@ -434,12 +433,7 @@ pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<Gat
         session_ca_keys: session_ca::public_keys(core, now).await?,
         relay_requests: core.relays.waiting_for(&gw.name),
     };
-    let bytes = serde_json::to_vec(&out).map_err(|e| Error::internal(e.to_string()))?;
-    let digest = Sha256::digest(&bytes);
-    let mut idx = [0u8; 8];
-    idx.copy_from_slice(&digest[..8]);
-    // As hosts' state index: 53 bits, never 0 (a fresh gateway's "anything").
-    out.index = (u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1);
+    out.index = crate::longpoll::content_index(&out)?;
     Ok(out)
 }
 
