@@ -76,7 +76,8 @@ pub struct Auth {
     pub policies: Vec<String>,
     #[serde(default)]
     pub token_policies: Vec<String>,
-    #[serde(default)]
+    /// Absent when empty, as in Vault's answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_policies: Option<Vec<String>>,
     /// The token's metadata (and the host a host token belongs to); null
     /// when there is none.
@@ -125,10 +126,15 @@ pub struct TokenInfo {
     pub ttl: i64,
     #[serde(rename = "type")]
     pub token_type: String,
+    /// Shown only when set, as Vault does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bound_cidrs: Vec<String>,
     /// A periodic token's period, seconds: each renewal gives it this TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub period: Option<i64>,
+    /// The token role it was made through (`auth/token/create/<role>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -66,18 +66,18 @@ impl Default for TtlLimits {
     }
 }
 
-impl Mount {
-    /// What roles without `ttl` or `max_ttl` fall back on: the mount's
-    /// tuned values, else the system's.
-    pub fn ttl_limits(&self) -> TtlLimits {
+impl Tune {
+    /// The tuned TTLs, where set, else the system's; the default never
+    /// above the maximum.
+    pub fn limits(&self) -> TtlLimits {
         let sys = TtlLimits::default();
-        let max = if self.tune.max_lease_ttl > 0 {
-            self.tune.max_lease_ttl
+        let max = if self.max_lease_ttl > 0 {
+            self.max_lease_ttl
         } else {
             sys.max
         };
-        let default = if self.tune.default_lease_ttl > 0 {
-            self.tune.default_lease_ttl
+        let default = if self.default_lease_ttl > 0 {
+            self.default_lease_ttl
         } else {
             sys.default
         };
@@ -85,6 +85,47 @@ impl Mount {
             default: default.min(max),
             max,
         }
+    }
+
+    /// A `tune` write over these settings (all but the description, which
+    /// lives beside them): checked whole before anything changes.
+    pub fn apply(&mut self, t: &TuneInput) -> Result<()> {
+        for (name, v) in [
+            ("default_lease_ttl", t.default_lease_ttl),
+            ("max_lease_ttl", t.max_lease_ttl),
+        ] {
+            if v.is_some_and(|v| v < 0) {
+                return Err(Error::invalid(format!("{name} must not be negative")));
+            }
+        }
+        if let Some(v) = &t.listing_visibility {
+            if !matches!(v.as_str(), "" | "hidden" | "unauth") {
+                return Err(Error::invalid(format!(
+                    "listing_visibility must be \"hidden\", \"unauth\" or empty, not {v:?}"
+                )));
+            }
+        }
+        let d = t.default_lease_ttl.unwrap_or(self.default_lease_ttl);
+        let x = t.max_lease_ttl.unwrap_or(self.max_lease_ttl);
+        if d > 0 && x > 0 && d > x {
+            return Err(Error::invalid(
+                "default_lease_ttl cannot be greater than max_lease_ttl",
+            ));
+        }
+        self.default_lease_ttl = d;
+        self.max_lease_ttl = x;
+        if let Some(v) = &t.listing_visibility {
+            self.listing_visibility = v.clone();
+        }
+        Ok(())
+    }
+}
+
+impl Mount {
+    /// What roles without `ttl` or `max_ttl` fall back on: the mount's
+    /// tuned values, else the system's.
+    pub fn ttl_limits(&self) -> TtlLimits {
+        self.tune.limits()
     }
 
     /// Storage prefix for the engine's own data: by uuid, so that a mount
@@ -182,43 +223,13 @@ pub async fn disable(core: &Core, path: &str) -> Result<()> {
 /// `sys/mounts/<path>/tune` (write): changes what is given.
 pub async fn tune(core: &Core, path: &str, t: TuneInput) -> Result<Mount> {
     let path = normalize_path(path)?;
-    for (name, v) in [
-        ("default_lease_ttl", t.default_lease_ttl),
-        ("max_lease_ttl", t.max_lease_ttl),
-    ] {
-        if v.is_some_and(|v| v < 0) {
-            return Err(Error::invalid(format!("{name} must not be negative")));
-        }
-    }
-    if let Some(v) = &t.listing_visibility {
-        if !matches!(v.as_str(), "" | "hidden" | "unauth") {
-            return Err(Error::invalid(format!(
-                "listing_visibility must be \"hidden\", \"unauth\" or empty, not {v:?}"
-            )));
-        }
-    }
     core.storage
         .update(&key(&path), |mut m: Mount| {
-            if let Some(v) = t.default_lease_ttl {
-                m.tune.default_lease_ttl = v;
-            }
-            if let Some(v) = t.max_lease_ttl {
-                m.tune.max_lease_ttl = v;
-            }
-            if let Some(v) = &t.listing_visibility {
-                m.tune.listing_visibility = v.clone();
+            if let Err(e) = m.tune.apply(&t) {
+                return Ok((Change::Keep, Err(e)));
             }
             if let Some(v) = &t.description {
                 m.description = v.clone();
-            }
-            let (d, x) = (m.tune.default_lease_ttl, m.tune.max_lease_ttl);
-            if d > 0 && x > 0 && d > x {
-                return Ok((
-                    Change::Keep,
-                    Err(Error::invalid(
-                        "default_lease_ttl cannot be greater than max_lease_ttl",
-                    )),
-                ));
             }
             Ok((Change::Put(m.clone()), Ok(m)))
         })

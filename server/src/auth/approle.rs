@@ -278,6 +278,9 @@ fn secret_json(s: &SecretId) -> Value {
         "secret_id_num_uses": s.num_uses,
         "cidr_list": s.cidr_list.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         "metadata": s.metadata,
+        "last_updated_time": crate::clock::rfc3339(s.creation_time),
+        "secret_id_ttl": s.expire_time.map(|e| e - s.creation_time).unwrap_or(0),
+        "token_bound_cidrs": [],
     })
 }
 
@@ -288,6 +291,30 @@ pub async fn lookup_secret(core: &Core, name: &str, f: &Fields, now: i64) -> Res
     Ok(core
         .storage
         .get::<SecretId>(&key)
+        .await?
+        .filter(|s| s.expire_time.is_none_or(|e| e > now))
+        .map(|s| secret_json(&s)))
+}
+
+/// `secret-id-accessor/lookup`: a secret ID's details by its accessor.
+pub async fn lookup_secret_accessor(
+    core: &Core,
+    name: &str,
+    f: &Fields,
+    now: i64,
+) -> Result<Option<Value>> {
+    let role = existing_role(core, name).await?;
+    let acc = f.required_str("secret_id_accessor")?;
+    let Some(p) = core
+        .storage
+        .get::<Pointer>(&secret_accessor_key(&role.name, &acc))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(core
+        .storage
+        .get::<SecretId>(&secret_key(&role.name, &p.target))
         .await?
         .filter(|s| s.expire_time.is_none_or(|e| e > now))
         .map(|s| secret_json(&s)))
@@ -389,10 +416,13 @@ pub async fn login(
             }
         }
     }
-    let spec = role.token.new_token(
+    let mut spec = role.token.new_token(
         "approle".into(),
         ("role_name", &role.name),
         "auth/approle/login".into(),
     );
+    spec.limits = role
+        .token
+        .limits(super::methods::limits(core, super::methods::Method::Approle).await?);
     token::create(core, spec, now).await
 }

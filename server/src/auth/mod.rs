@@ -2,6 +2,7 @@
 //! the login methods that hand them out (AppRole, userpass).
 
 pub mod approle;
+pub mod methods;
 pub mod token;
 pub mod token_roles;
 pub mod userpass;
@@ -58,7 +59,10 @@ impl TokenSettings {
             policies: self.token_policies.clone(),
             no_default_policy: self.token_no_default_policy,
             ttl: (self.token_ttl > 0).then_some(self.token_ttl),
-            explicit_max_ttl: self.token_max_ttl,
+            // Vault's token_max_ttl caps the TTL and renewals like the
+            // mount's max_lease_ttl (see `limits`); it is not an explicit
+            // maximum of the token.
+            explicit_max_ttl: 0,
             num_uses: self.token_num_uses,
             renewable: true,
             display_name,
@@ -66,6 +70,21 @@ impl TokenSettings {
             bound_cidrs: self.token_bound_cidrs.clone(),
             path,
             ..token::NewToken::default()
+        }
+    }
+
+    /// The TTLs a token issued with these settings gets from its auth
+    /// method's (`sys/auth/<path>/tune`): `token_max_ttl`, where set,
+    /// lowers the maximum.
+    pub fn limits(&self, method: crate::mounts::TtlLimits) -> crate::mounts::TtlLimits {
+        let max = if self.token_max_ttl > 0 {
+            self.token_max_ttl.min(method.max)
+        } else {
+            method.max
+        };
+        crate::mounts::TtlLimits {
+            default: method.default.min(max),
+            max,
         }
     }
 

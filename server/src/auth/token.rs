@@ -122,6 +122,10 @@ pub struct NewToken {
     pub gateway: Option<String>,
     /// Vault's `period` (seconds; 0: none): see [`TokenEntry::period`].
     pub period: i64,
+    /// The issuing auth method's TTLs (`sys/auth/<path>/tune`): the TTL of
+    /// a token that asks for none, and the most any may live; by default
+    /// the system's.
+    pub limits: crate::mounts::TtlLimits,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -155,18 +159,20 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
     policies.sort();
     policies.dedup();
 
-    // A root token never expires unless asked to; others default to the
-    // system maximum, and a child never outlives its parent.
+    // A root token never expires unless asked to; others default to their
+    // auth method's TTL (the system's unless tuned), never live past its
+    // maximum, and a child never outlives its parent.
+    let limits = spec.limits;
     let mut expire_time = match spec.ttl {
         _ if spec.period > 0 => Some(now + spec.period),
         Some(0) | None if root => None,
-        Some(t) if t > 0 => Some(now + t.min(SYSTEM_MAX_TTL)),
-        _ => Some(now + SYSTEM_MAX_TTL),
+        Some(t) if t > 0 => Some(now + t.min(limits.max)),
+        _ => Some(now + limits.default),
     };
     let mut max_expire = if (root && expire_time.is_none()) || spec.periodic || spec.period > 0 {
         None
     } else {
-        Some(now + SYSTEM_MAX_TTL)
+        Some(now + limits.max)
     };
     if spec.explicit_max_ttl > 0 {
         let m = now + spec.explicit_max_ttl;
@@ -409,6 +415,12 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         token_type: "service".into(),
         bound_cidrs: e.bound_cidrs.iter().map(|c| c.to_string()).collect(),
         period: (e.period > 0).then_some(e.period),
+        role: e
+            .path
+            .strip_prefix("auth/token/create/")
+            .and_then(|r| r.split('/').next())
+            .filter(|r| !r.is_empty())
+            .map(str::to_string),
     }
 }
 
@@ -511,11 +523,8 @@ pub async fn handle_create(
             "period must not be greater than explicit_max_ttl",
         ));
     }
-    if explicit_max_ttl > 0 && ttl.is_some_and(|t| t > explicit_max_ttl) {
-        return Err(Error::invalid(
-            "ttl must not be greater than explicit_max_ttl",
-        ));
-    }
+    // A TTL above the explicit maximum is cut to it, as Vault does
+    // (create() bounds the expiry by explicit_max_ttl).
     let meta = f.str_map("meta")?.unwrap_or_default();
     if let Some(k) = meta.keys().find(|k| RESERVED_META.contains(&k.as_str())) {
         return Err(Error::invalid(format!(
@@ -559,6 +568,7 @@ pub async fn handle_create(
         expire_limit: caller.expire_time,
         host_id: None,
         gateway: None,
+        limits: super::methods::limits(core, super::methods::Method::Token).await?,
     };
     create(core, spec, now).await
 }

@@ -140,7 +140,7 @@ pub async fn write(core: &Core, name: &str, f: &Fields) -> Result<()> {
 
 /// `GET auth/token/roles/<name>`, Vault's fields.
 pub fn json(r: &TokenRole) -> Value {
-    json!({
+    let mut v = json!({
         "name": r.name,
         "allowed_policies": r.allowed_policies,
         "disallowed_policies": r.disallowed_policies,
@@ -154,10 +154,18 @@ pub fn json(r: &TokenRole) -> Value {
         "period": r.token_period,
         "token_explicit_max_ttl": r.token_explicit_max_ttl,
         "explicit_max_ttl": r.token_explicit_max_ttl,
-        "token_bound_cidrs": r.token_bound_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
         "token_no_default_policy": r.token_no_default_policy,
         "token_type": "service",
-    })
+    });
+    // Shown only when set, as Vault does.
+    if !r.token_bound_cidrs.is_empty() {
+        v["token_bound_cidrs"] = json!(r
+            .token_bound_cidrs
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>());
+    }
+    v
 }
 
 impl TokenRole {

@@ -197,11 +197,14 @@ pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(Str
         (true, Some(u)) => u,
         _ => return Err(invalid()),
     };
-    let spec = user.token.new_token(
+    let mut spec = user.token.new_token(
         format!("userpass-{}", user.name),
         ("username", &user.name),
         format!("auth/userpass/login/{}", user.name),
     );
+    spec.limits = user
+        .token
+        .limits(super::methods::limits(core, super::methods::Method::Userpass).await?);
     token::create(core, spec, now).await
 }
 

@@ -55,8 +55,20 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let c = caller_of(caller)?;
             data(&token::info(req.token.as_deref().unwrap_or(""), c, now))
         }
+        (["auth", "token", "lookup"], Write | Read)
+            if req.fields.str("token")?.is_none_or(|t| t.is_empty()) =>
+        {
+            let c = caller_of(caller)?;
+            data(&token::info(req.token.as_deref().unwrap_or(""), c, now))
+        }
         (["auth", "token", "lookup"], Write | Read) => {
-            let (text, e) = token_in_field(core, req).await?;
+            // An unknown token is a 403 here, as Vault answers it.
+            let (text, e) = match token_in_field(core, req).await {
+                Err(Error::InvalidRequest(_)) if req.fields.str("token")?.is_some() => {
+                    return Err(Error::PermissionDenied)
+                }
+                other => other?,
+            };
             data(&token::info(&text, &e, now))
         }
         (["auth", "token", "lookup-accessor"], Write) => {
@@ -146,6 +158,9 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["auth", "approle", "role", name, "secret-id", "lookup"], Write) => Ok(ok_or_404(
             approle::lookup_secret(core, name, &req.fields, now).await?,
         )),
+        (["auth", "approle", "role", name, "secret-id-accessor", "lookup"], Write) => Ok(
+            ok_or_404(approle::lookup_secret_accessor(core, name, &req.fields, now).await?),
+        ),
         (["auth", "approle", "role", name, "secret-id", "destroy"], Write | Delete) => {
             approle::destroy_secret(core, name, &req.fields, false).await?;
             Ok(Reply::NoContent)

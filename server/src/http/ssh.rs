@@ -422,13 +422,13 @@ fn role_json(r: &Role) -> Value {
     let mut v = json!({
         "key_type": r.key_type.as_str(),
         "default_user": r.default_user,
-        "default_user_template": r.default_user_template,
         "allowed_users": r.allowed_users.join(","),
-        "allowed_users_template": r.allowed_users_template,
         "port": r.port,
     });
     let extra = match r.key_type {
         KeyType::Ca => json!({
+            "default_user_template": r.default_user_template,
+            "allowed_users_template": r.allowed_users_template,
             "allowed_domains": r.allowed_domains.join(","),
             "allow_bare_domains": r.allow_bare_domains,
             "allow_subdomains": r.allow_subdomains,
@@ -450,7 +450,14 @@ fn role_json(r: &Role) -> Value {
             "allowed_source_addresses": cidrs(&r.allowed_source_addresses),
             "allowed_force_commands": r.allowed_force_commands,
         }),
-        KeyType::Otp | KeyType::Dynamic => json!({
+        // Vault's OTP roles show only what an OTP role has.
+        KeyType::Otp => json!({
+            "cidr_list": cidrs(&r.cidr_list),
+            "exclude_cidr_list": cidrs(&r.exclude_cidr_list),
+        }),
+        KeyType::Dynamic => json!({
+            "default_user_template": r.default_user_template,
+            "allowed_users_template": r.allowed_users_template,
             "cidr_list": cidrs(&r.cidr_list),
             "exclude_cidr_list": cidrs(&r.exclude_cidr_list),
             "ttl": r.ttl,

@@ -9,7 +9,7 @@ use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
-use crate::auth::wrapping;
+use crate::auth::{methods, wrapping};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::leases::Lease;
@@ -186,39 +186,25 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             })
         }
         (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
-        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(ok_or_404(
-            mounts::get(core, &path.join("/"))
-                .await?
-                .map(|m| tune_json(&m)),
+        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(Reply::Data(
+            tune_json(&existing_mount(core, &path.join("/")).await?),
         )),
         (["sys", "mounts", path @ .., "tune"], Write) if !path.is_empty() => {
-            let f = &req.fields;
-            let ttl = |k: &str| -> Result<Option<i64>> {
-                // Vault's "system" puts the system's value back.
-                match f.str(k)? {
-                    Some(t) if t == "system" => Ok(Some(0)),
-                    _ => f.duration(k),
-                }
-            };
-            let input = mounts::TuneInput {
-                default_lease_ttl: ttl("default_lease_ttl")?,
-                max_lease_ttl: ttl("max_lease_ttl")?,
-                description: f.str("description")?,
-                listing_visibility: f.str("listing_visibility")?,
-            };
-            // gatepass HMACs every value in the audit log; a key asked to
-            // stay readable would silently not be, so it is refused.
-            for k in [
-                "audit_non_hmac_request_keys",
-                "audit_non_hmac_response_keys",
-            ] {
-                if f.str_list(k)?.is_some_and(|v| !v.is_empty()) {
-                    return Err(Error::invalid(format!(
-                        "{k} is not supported: gatepass HMACs every value in the audit log"
-                    )));
-                }
-            }
-            mounts::tune(core, &path.join("/"), input).await?;
+            mounts::tune(core, &path.join("/"), tune_input(req)?).await?;
+            Ok(Reply::NoContent)
+        }
+        // The auth methods' own mounts: the TTLs of the tokens each issues.
+        (["sys", "auth", path @ .., "tune"], Read) if !path.is_empty() => {
+            let m = methods::Method::at(&path.join("/"))?;
+            let s = methods::settings(core, m).await?;
+            let mut v = tune_fields(&s.tune, &s.description(m));
+            // Tokens are of one type, Vault's default (service tokens).
+            v["token_type"] = json!("default-service");
+            Ok(Reply::Data(v))
+        }
+        (["sys", "auth", path @ .., "tune"], Write) if !path.is_empty() => {
+            let m = methods::Method::at(&path.join("/"))?;
+            methods::tune(core, m, &tune_input(req)?).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "remount"], Write) => {
@@ -249,16 +235,14 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
             Ok(Reply::NoContent)
         }
-        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(ok_or_404(
-            mounts::get(core, &path.join("/"))
-                .await?
-                .map(|m| mount_json(&m)),
-        )),
+        (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(Reply::Data(mount_json(
+            &existing_mount(core, &path.join("/")).await?,
+        ))),
         (["sys", "mounts", path @ ..], Delete) if !path.is_empty() => {
             mounts::disable(core, &path.join("/")).await?;
             Ok(Reply::NoContent)
         }
-        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods())),
+        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods(core).await?)),
         (["sys", "auth", name], Write) => {
             // The built-in methods are always enabled; enabling one again is
             // a no-op so that scripts written for Vault run unchanged.
@@ -277,11 +261,18 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let names = policies::list(core).await?;
             Ok(Reply::Data(json!({ "keys": names, "policies": names })))
         }
-        (["sys", "policies", "acl", name], Read) | (["sys", "policy", name], Read) => {
-            Ok(ok_or_404(policies::read(core, name).await?.map(
-                |p| json!({ "name": p.name, "policy": p.text, "rules": p.text }),
-            )))
-        }
+        // The text is `policy` on the current path, `rules` on the old one,
+        // as Vault names it.
+        (["sys", "policies", "acl", name], Read) => Ok(ok_or_404(
+            policies::read(core, name)
+                .await?
+                .map(|p| json!({ "name": p.name, "policy": p.text })),
+        )),
+        (["sys", "policy", name], Read) => Ok(ok_or_404(
+            policies::read(core, name)
+                .await?
+                .map(|p| json!({ "name": p.name, "rules": p.text })),
+        )),
         (["sys", "policies", "acl", name], Write) | (["sys", "policy", name], Write) => {
             let text = match req.fields.str("policy")? {
                 Some(t) => t,
@@ -420,7 +411,7 @@ fn known_path(segs: &[&str]) -> bool {
                 | "audit-log"
                 | "remount"
         ] | ["sys", "mounts" | "auth" | "policy", _]
-            | ["sys", "mounts", .., "tune"]
+            | ["sys", "mounts" | "auth", .., "tune"]
             | ["sys", "policies", "acl"]
             | [
                 "sys",
@@ -432,15 +423,56 @@ fn known_path(segs: &[&str]) -> bool {
     )
 }
 
-fn auth_methods() -> Value {
-    let method = |kind: &str, desc: &str| {
-        json!({ "type": kind, "description": desc, "accessor": format!("auth_{kind}_gatepass"),
-                "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}, "local": false, "seal_wrap": false, "options": null })
+/// `GET sys/auth`: the three built-in methods, with their tuned settings.
+async fn auth_methods(core: &Core) -> Result<Value> {
+    let mut out = Map::new();
+    for m in methods::Method::ALL {
+        let s = methods::settings(core, m).await?;
+        out.insert(
+            format!("{}/", m.name()),
+            json!({
+                "type": m.name(), "description": s.description(m),
+                "accessor": format!("auth_{}_gatepass", m.name()),
+                "config": {
+                    "default_lease_ttl": s.tune.default_lease_ttl,
+                    "max_lease_ttl": s.tune.max_lease_ttl,
+                    "force_no_cache": false,
+                    "listing_visibility": s.tune.listing_visibility,
+                },
+                "local": false, "seal_wrap": false, "options": null,
+            }),
+        );
+    }
+    Ok(Value::Object(out))
+}
+
+/// A `tune` write's fields, for a secrets engine or an auth method alike.
+fn tune_input(req: &Request) -> Result<mounts::TuneInput> {
+    let f = &req.fields;
+    let ttl = |k: &str| -> Result<Option<i64>> {
+        // Vault's "system" puts the system's value back.
+        match f.str(k)? {
+            Some(t) if t == "system" => Ok(Some(0)),
+            _ => f.duration(k),
+        }
     };
-    json!({
-        "token/": method("token", "token based credentials"),
-        "approle/": method("approle", "machine login with role ID and secret ID"),
-        "userpass/": method("userpass", "login with username and password"),
+    // gatepass HMACs every value in the audit log; a key asked to stay
+    // readable would silently not be, so it is refused.
+    for k in [
+        "audit_non_hmac_request_keys",
+        "audit_non_hmac_response_keys",
+    ] {
+        if f.str_list(k)?.is_some_and(|v| !v.is_empty()) {
+            return Err(Error::invalid(format!(
+                "{k} is not supported: gatepass HMACs every value in the audit log"
+            )));
+        }
+    }
+    Ok(mounts::TuneInput {
+        default_lease_ttl: ttl("default_lease_ttl")?,
+        max_lease_ttl: ttl("max_lease_ttl")?,
+        description: f.str("description")?,
+        listing_visibility: f.str("listing_visibility")?,
     })
 }
 
@@ -469,7 +501,10 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
                 if c.is_empty() {
                     vec!["deny".into()]
                 } else {
-                    c.names().into_iter().map(String::from).collect()
+                    // Sorted by name, as Vault lists them.
+                    let mut names: Vec<String> = c.names().into_iter().map(String::from).collect();
+                    names.sort();
+                    names
                 }
             }
         };
@@ -499,18 +534,39 @@ async fn remount_record(core: &Core, from: &str, to: &str, now: i64) -> Result<S
     Ok(id)
 }
 
+/// The mount at `path`; a 400 naming it when there is none, as Vault
+/// answers reads of a mount or its tune.
+async fn existing_mount(core: &Core, path: &str) -> Result<Mount> {
+    mounts::get(core, path).await?.ok_or_else(|| {
+        Error::invalid(format!(
+            "no secret engine mount at {}/",
+            path.trim_matches('/')
+        ))
+    })
+}
+
 /// `sys/mounts/<path>/tune` (read), Vault's fields.
 fn tune_json(m: &Mount) -> Value {
-    let limits = m.ttl_limits();
-    json!({
-        "default_lease_ttl": limits.default,
-        "max_lease_ttl": limits.max,
-        "description": m.description,
+    tune_fields(&m.tune, &m.description)
+}
+
+/// A tune read's answer (`sys/mounts/…/tune`, `sys/auth/…/tune`) as
+/// Vault shows it: the TTLs tuned, else the system's (the default as set,
+/// even above the maximum, which caps it where it is used), and the
+/// listing hint only when set.
+fn tune_fields(t: &mounts::Tune, description: &str) -> Value {
+    let sys = mounts::TtlLimits::default();
+    let or_sys = |v: i64, s: i64| if v > 0 { v } else { s };
+    let mut v = json!({
+        "default_lease_ttl": or_sys(t.default_lease_ttl, sys.default),
+        "max_lease_ttl": or_sys(t.max_lease_ttl, sys.max),
+        "description": description,
         "force_no_cache": false,
-        "listing_visibility": m.tune.listing_visibility,
-        "audit_non_hmac_request_keys": [],
-        "audit_non_hmac_response_keys": [],
-    })
+    });
+    if !t.listing_visibility.is_empty() {
+        v["listing_visibility"] = json!(t.listing_visibility);
+    }
+    v
 }
 
 /// A mount as `sys/mounts` shows it.
@@ -532,6 +588,8 @@ fn mount_json(m: &Mount) -> Value {
         "options": null,
         "plugin_version": "",
         "running_plugin_version": "",
+        "running_sha256": "",
+        "deprecation_status": "supported",
     })
 }
 
@@ -548,6 +606,9 @@ async fn mounts_json(core: &Core) -> Result<Value> {
 fn lease_json(l: &Lease, now: i64) -> Value {
     json!({
         "id": l.id,
+        // The path the lease was issued under (its id without the last
+        // part), as Vault shows it.
+        "path": l.id.rsplit_once('/').map(|(p, _)| p).unwrap_or_default(),
         "issue_time": rfc3339(l.issue_time),
         "expire_time": rfc3339(l.expire_time),
         "last_renewal": l.last_renewal.map(rfc3339),
