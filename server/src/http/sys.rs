@@ -186,25 +186,26 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             })
         }
         (["sys", "mounts"], Read) => Ok(Reply::Data(mounts_json(core).await?)),
-        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(Reply::Data(
-            tune_json(&existing_mount(core, &path.join("/")).await?),
-        )),
-        (["sys", "mounts", path @ .., "tune"], Write) if !path.is_empty() => {
-            mounts::tune(core, &path.join("/"), tune_input(req)?).await?;
-            Ok(Reply::NoContent)
-        }
         // The auth methods' own mounts: the TTLs of the tokens each issues.
-        (["sys", "auth", path @ .., "tune"], Read) if !path.is_empty() => {
-            let m = methods::Method::at(&path.join("/"))?;
+        // `bao auth tune` / `vault auth tune` use sys/mounts/auth/<path>.
+        (["sys", "auth" | "mounts", ..], Read) if auth_tune_path(&segs).is_some() => {
+            let m = methods::Method::at(&auth_tune_path(&segs).unwrap_or_default())?;
             let s = methods::settings(core, m).await?;
             let mut v = tune_fields(&s.tune, &s.description(m));
             // Tokens are of one type, Vault's default (service tokens).
             v["token_type"] = json!("default-service");
             Ok(Reply::Data(v))
         }
-        (["sys", "auth", path @ .., "tune"], Write) if !path.is_empty() => {
-            let m = methods::Method::at(&path.join("/"))?;
+        (["sys", "auth" | "mounts", ..], Write) if auth_tune_path(&segs).is_some() => {
+            let m = methods::Method::at(&auth_tune_path(&segs).unwrap_or_default())?;
             methods::tune(core, m, &tune_input(req)?).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "mounts", path @ .., "tune"], Read) if !path.is_empty() => Ok(Reply::Data(
+            tune_json(&existing_mount(core, &path.join("/")).await?),
+        )),
+        (["sys", "mounts", path @ .., "tune"], Write) if !path.is_empty() => {
+            mounts::tune(core, &path.join("/"), tune_input(req)?).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "remount"], Write) => {
@@ -444,6 +445,19 @@ async fn auth_methods(core: &Core) -> Result<Value> {
         );
     }
     Ok(Value::Object(out))
+}
+
+/// The auth method path of `sys/auth/<path>/tune` or, as Vault's CLI
+/// sends it, `sys/mounts/auth/<path>/tune`.
+fn auth_tune_path(segs: &[&str]) -> Option<String> {
+    match segs {
+        ["sys", "auth", path @ .., "tune"] | ["sys", "mounts", "auth", path @ .., "tune"]
+            if !path.is_empty() =>
+        {
+            Some(path.join("/"))
+        }
+        _ => None,
+    }
 }
 
 /// A `tune` write's fields, for a secrets engine or an auth method alike.

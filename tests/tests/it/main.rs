@@ -10,6 +10,7 @@
 mod api;
 mod audit_faults;
 mod authority;
+mod bao_cli;
 mod cli;
 mod cli_connect;
 mod cli_otp;

@@ -286,3 +286,121 @@ fn a_mount_is_tuned_and_moved_and_its_roles_follow() {
         assert_eq!(st, 400, "{from} → {to}: {v}");
     }
 }
+
+#[test]
+fn an_auth_method_tuned_bounds_the_tokens_it_issues() {
+    let s = DevServer::start();
+    let h = [root(&s)];
+    let post = |path: &str, body: Value| call(&s, "POST", path, &h, Some(&body.to_string()));
+    // Untuned: the system's 768 h, as Vault shows it.
+    let (st, v) = call(&s, "GET", "sys/auth/approle/tune", &h, None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["data"]["default_lease_ttl"], 768 * 3600);
+    assert_eq!(v["data"]["max_lease_ttl"], 768 * 3600);
+
+    // $ vault auth tune -default-lease-ttl=30m -max-lease-ttl=1h approle
+    let (st, v) = post(
+        "sys/auth/approle/tune",
+        json!({"default_lease_ttl": "30m", "max_lease_ttl": "1h", "description": "CI"}),
+    );
+    assert_eq!(st, 204, "{v}");
+    let (_, v) = call(&s, "GET", "sys/auth/approle/tune", &h, None);
+    assert_eq!(v["data"]["default_lease_ttl"], 1800, "{v}");
+    assert_eq!(v["data"]["max_lease_ttl"], 3600, "{v}");
+    assert_eq!(v["data"]["description"], "CI", "{v}");
+    let (_, v) = call(&s, "GET", "sys/auth", &h, None);
+    assert_eq!(
+        v["data"]["approle/"]["config"]["max_lease_ttl"], 3600,
+        "{v}"
+    );
+    assert_eq!(v["data"]["approle/"]["description"], "CI", "{v}");
+
+    // A role without token_ttl gets the method's default; one asking for
+    // more than its maximum gets the maximum, and renewals stop there.
+    post("auth/approle/role/plain", json!({}));
+    post("auth/approle/role/greedy", json!({"token_ttl": "5h"}));
+    let login = |role: &str| {
+        let (_, v) = call(
+            &s,
+            "GET",
+            &format!("auth/approle/role/{role}/role-id"),
+            &h,
+            None,
+        );
+        let role_id = v["data"]["role_id"].as_str().unwrap().to_string();
+        let (_, v) = post(&format!("auth/approle/role/{role}/secret-id"), json!({}));
+        let secret_id = v["data"]["secret_id"].as_str().unwrap().to_string();
+        let (st, v) = call(
+            &s,
+            "POST",
+            "auth/approle/login",
+            &[],
+            Some(&json!({"role_id": role_id, "secret_id": secret_id}).to_string()),
+        );
+        assert_eq!(st, 200, "{v}");
+        (
+            v["auth"]["client_token"].as_str().unwrap().to_string(),
+            v["auth"]["lease_duration"].as_i64().unwrap(),
+        )
+    };
+    let (_, ttl) = login("plain");
+    assert_eq!(ttl, 1800);
+    let (greedy, ttl) = login("greedy");
+    assert_eq!(ttl, 3600);
+    let (st, v) = call(
+        &s,
+        "POST",
+        "auth/token/renew-self",
+        &[("X-Vault-Token", &greedy)],
+        Some(r#"{"increment":"10h"}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(v["auth"]["lease_duration"].as_i64().unwrap() <= 3600, "{v}");
+
+    // userpass is tuned on its own: its logins keep the system's default
+    // until their own maximum is lowered.
+    post(
+        "auth/userpass/users/alice",
+        json!({"password": "pw-of-alice"}),
+    );
+    let (_, v) = post(
+        "auth/userpass/login/alice",
+        json!({"password": "pw-of-alice"}),
+    );
+    assert_eq!(v["auth"]["lease_duration"], 768 * 3600, "{v}");
+    let (st, _) = post("sys/auth/userpass/tune", json!({"max_lease_ttl": "2h"}));
+    assert_eq!(st, 204);
+    let (_, v) = post(
+        "auth/userpass/login/alice",
+        json!({"password": "pw-of-alice"}),
+    );
+    assert_eq!(v["auth"]["lease_duration"], 7200, "{v}");
+
+    // What cannot be tuned says why.
+    for (path, body) in [
+        ("sys/auth/nope/tune", json!({"max_lease_ttl": "1h"})),
+        ("sys/auth/approle/tune", json!({"default_lease_ttl": "3h"})),
+        (
+            "sys/auth/approle/tune",
+            json!({"audit_non_hmac_request_keys": ["secret_id"]}),
+        ),
+        (
+            "sys/auth/approle/tune",
+            json!({"listing_visibility": "everyone"}),
+        ),
+    ] {
+        let (st, v) = post(path, body.clone());
+        assert_eq!(st, 400, "{path} {body}: {v}");
+        assert!(
+            v["errors"][0].as_str().is_some_and(|e| !e.is_empty()),
+            "{v}"
+        );
+    }
+    // "system" puts the system's value back.
+    post(
+        "sys/auth/approle/tune",
+        json!({"default_lease_ttl": "system", "max_lease_ttl": "system"}),
+    );
+    let (_, ttl) = login("plain");
+    assert_eq!(ttl, 768 * 3600);
+}
