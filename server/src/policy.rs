@@ -187,9 +187,9 @@ path "sys/capabilities-self" {
 ///
 /// Besides the capabilities, the parameter constraints
 /// (`allowed_parameters`, `denied_parameters`, `required_parameters`) are
-/// enforced (see [`Params`]). Of Vault's other per-path keys,
-/// `min_wrapping_ttl`, `max_wrapping_ttl` and `comment` are accepted so that
-/// Vault policies load unchanged, but not enforced. The Enterprise-only
+/// enforced (see [`Params`]), and so are `min_wrapping_ttl` and
+/// `max_wrapping_ttl` (see [`WrappingTtls`]); `comment` is accepted so that
+/// Vault policies load unchanged. The Enterprise-only
 /// `mfa_methods` and `control_group` are rejected rather than ignored, since
 /// ignoring them would silently drop an approval requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +233,39 @@ fn invalid(msg: impl fmt::Display) -> Error {
 struct Perms {
     caps: CapSet,
     params: Params,
+    wrapping: WrappingTtls,
+}
+
+/// A rule's `min_wrapping_ttl` and `max_wrapping_ttl`, in seconds (0: not
+/// set). As in Vault (`AllowOperation`), either one set makes response
+/// wrapping mandatory on the path: a request without `X-Vault-Wrap-TTL`,
+/// or with a TTL outside the bounds, is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct WrappingTtls {
+    min: i64,
+    max: i64,
+}
+
+impl WrappingTtls {
+    /// Vault's merge across policies granting the same pattern: the lower
+    /// minimum and the higher maximum, each where set.
+    fn merge(&mut self, other: WrappingTtls) {
+        if other.min > 0 && (self.min == 0 || other.min < self.min) {
+            self.min = other.min;
+        }
+        if other.max > 0 && (self.max == 0 || other.max > self.max) {
+            self.max = other.max;
+        }
+    }
+
+    /// Whether a request wrapped for `ttl` seconds (None: not wrapped)
+    /// passes.
+    fn allow(self, ttl: Option<i64>) -> bool {
+        if self.min == 0 && self.max == 0 {
+            return true;
+        }
+        ttl.is_some_and(|t| (self.min == 0 || t >= self.min) && (self.max == 0 || t <= self.max))
+    }
 }
 
 impl Perms {
@@ -243,8 +276,10 @@ impl Perms {
         self.caps = self.caps.merge(other.caps);
         if self.caps.contains(Capability::Deny) {
             self.params = Params::default();
+            self.wrapping = WrappingTtls::default();
         } else {
             self.params.merge(&other.params);
+            self.wrapping.merge(other.wrapping);
         }
     }
 }
@@ -591,6 +626,7 @@ struct RuleSpec {
     /// Vault's legacy `policy = "read"` shorthand, which Vault still accepts.
     policy: Option<String>,
     params: Params,
+    wrapping: WrappingTtls,
 }
 
 impl RuleSpec {
@@ -621,7 +657,17 @@ impl RuleSpec {
                 self.params.required = names.iter().map(|n| n.to_lowercase()).collect();
             }
             ("capabilities" | "required_parameters", None) => return Err(bad("a list of strings")),
-            ("comment" | "min_wrapping_ttl" | "max_wrapping_ttl", _) => {}
+            ("min_wrapping_ttl" | "max_wrapping_ttl", v) => {
+                let secs = v
+                    .as_ref()
+                    .and_then(|v| crate::duration::parse_value(key, v).ok())
+                    .ok_or_else(|| bad("a duration (seconds or text such as \"5m\")"))?;
+                match key {
+                    "min_wrapping_ttl" => self.wrapping.min = secs,
+                    _ => self.wrapping.max = secs,
+                }
+            }
+            ("comment", _) => {}
             ("mfa_methods" | "control_group", _) => {
                 return Err(at(format!("{key} is not supported")))
             }
@@ -649,12 +695,25 @@ impl RuleSpec {
             Some("sudo") => write.into_iter().chain([Sudo]).collect(),
             Some(other) => return Err(at(format!("invalid policy {other:?}"))),
         });
-        let params = if caps.contains(Deny) {
-            Params::default()
+        let w = self.wrapping;
+        if w.min > 0 && w.max > 0 && w.max < w.min {
+            return Err(at(
+                "max_wrapping_ttl cannot be less than min_wrapping_ttl".into()
+            ));
+        }
+        let (params, wrapping) = if caps.contains(Deny) {
+            (Params::default(), WrappingTtls::default())
         } else {
-            self.params
+            (self.params, w)
         };
-        Ok((normalize_pattern(pattern)?, Perms { caps, params }))
+        Ok((
+            normalize_pattern(pattern)?,
+            Perms {
+                caps,
+                params,
+                wrapping,
+            },
+        ))
     }
 }
 
@@ -1136,6 +1195,17 @@ impl Acl {
         }
     }
 
+    /// Whether a request on `path` wrapped for `wrap_ttl` seconds (None:
+    /// not wrapped) passes the `min_wrapping_ttl`/`max_wrapping_ttl` of the
+    /// rule that grants it; `list` as for [`Acl::allows`]. A refusal is
+    /// Vault's plain "permission denied".
+    pub fn check_wrapping(&self, path: &str, list: bool, wrap_ttl: Option<i64>) -> Result<()> {
+        match self.find(path, list, |p| self.best_glob(p)) {
+            Some(rule) if !rule.wrapping.allow(wrap_ttl) => Err(Error::PermissionDenied),
+            _ => Ok(()),
+        }
+    }
+
     /// The capabilities of the rule [`Acl::find`] picks; empty if denied.
     fn lookup<'a>(
         &'a self,
@@ -1277,6 +1347,47 @@ mod tests {
 
     fn caps(names: &[Capability]) -> CapSet {
         names.iter().copied().collect()
+    }
+
+    #[test]
+    fn wrapping_ttls_make_wrapping_mandatory_within_their_bounds() {
+        let acl = build(&[r#"path "auth/approle/role/+/secret-id" {
+  capabilities = ["update"]
+  min_wrapping_ttl = "1m"
+  max_wrapping_ttl = 600
+}
+path "ssh/sign/*" { capabilities = ["update"] }
+"#]);
+        let path = "auth/approle/role/ci/secret-id";
+        assert!(acl.check_wrapping(path, false, None).is_err());
+        assert!(acl.check_wrapping(path, false, Some(30)).is_err());
+        assert!(acl.check_wrapping(path, false, Some(60)).is_ok());
+        assert!(acl.check_wrapping(path, false, Some(600)).is_ok());
+        assert!(acl.check_wrapping(path, false, Some(601)).is_err());
+        // A rule without them leaves wrapping to the client.
+        assert!(acl.check_wrapping("ssh/sign/dev", false, None).is_ok());
+        assert!(acl.check_wrapping("ssh/sign/dev", false, Some(5)).is_ok());
+
+        // Across policies on one pattern: the lower minimum, the higher
+        // maximum (Vault's merge).
+        let limits = |min: &str, max: &str| {
+            format!(
+                "path \"a\" {{\n  capabilities = [\"read\"]\n  min_wrapping_ttl = {min}\n  max_wrapping_ttl = {max}\n}}\n"
+            )
+        };
+        let acl = build(&[
+            &limits("100", "200"),
+            &limits("50", "300"),
+            r#"path "a" { capabilities = ["read"] }"#,
+        ]);
+        assert!(acl.check_wrapping("a", false, Some(50)).is_ok());
+        assert!(acl.check_wrapping("a", false, Some(300)).is_ok());
+        assert!(acl.check_wrapping("a", false, Some(301)).is_err());
+        assert!(acl.check_wrapping("a", false, None).is_err());
+
+        for bad in [limits("\"10m\"", "\"5m\""), limits("\"soon\"", "0")] {
+            assert!(Policy::parse("bad", &bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

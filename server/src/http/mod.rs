@@ -553,6 +553,17 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
         {
             return Err(Error::PermissionDenied);
         }
+        // A path whose rule sets wrapping TTLs must be asked for wrapped,
+        // within them, whatever the operation (Vault's AllowOperation).
+        if allowed {
+            let list = req.op == Operation::List;
+            let path = if list {
+                format!("{}/", req.path)
+            } else {
+                req.path.to_string()
+            };
+            acl.check_wrapping(&path, list, req.wrap_ttl.map(|w| w.secs()))?;
+        }
         // Vault checks parameter constraints on reads and writes only.
         if allowed && matches!(req.op, Operation::Read | Operation::Write) {
             let who = Identity::of_token(&entry.display_name, &entry.meta);

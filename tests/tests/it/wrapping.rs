@@ -550,3 +550,56 @@ fn cli_write_with_wrap_ttl_then_unwrap_once() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_policys_wrapping_ttls_make_wrapping_mandatory_within_them() {
+    let s = Server::start(Backend::Sqlite).await;
+    approle(&s).await;
+    // Secret IDs only wrapped, for 1 to 10 minutes.
+    let token = s
+        .token_with_policy(
+            "ci-issuer",
+            r#"path "auth/approle/role/ci/secret-id" {
+  capabilities = ["update"]
+  min_wrapping_ttl = "1m"
+  max_wrapping_ttl = "10m"
+}
+"#,
+        )
+        .await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/approle/role/ci/secret-id",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "unwrapped: {v}");
+    for (ttl, want) in [
+        ("30s", StatusCode::FORBIDDEN),
+        ("11m", StatusCode::FORBIDDEN),
+        ("1m", StatusCode::OK),
+        ("10m", StatusCode::OK),
+    ] {
+        let (st, v) = call_wrapped(
+            &s,
+            "POST",
+            "auth/approle/role/ci/secret-id",
+            Some(&token),
+            None,
+            ttl,
+        )
+        .await;
+        assert_eq!(st, want, "{ttl}: {v}");
+        if st == StatusCode::OK {
+            assert!(v["wrap_info"]["token"].is_string(), "{v}");
+            assert_eq!(v["data"], Value::Null, "{v}");
+        }
+    }
+    // Root is not bound by policies.
+    let (st, v) = s
+        .root("POST", "auth/approle/role/ci/secret-id", Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
