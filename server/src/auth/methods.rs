@@ -6,9 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::mounts::{TtlLimits, Tune, TuneInput};
 use crate::state::Core;
 use crate::storage::Change;
+use crate::tune::{TtlLimits, Tune, TuneInput};
 
 /// One of the auth methods gatepass has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -76,13 +76,13 @@ impl TokenSettings {
     /// The TTLs a token issued with these settings gets from its auth
     /// method's (`sys/auth/<path>/tune`): `token_max_ttl`, where set,
     /// lowers the maximum.
-    pub fn limits(&self, method: crate::mounts::TtlLimits) -> crate::mounts::TtlLimits {
+    pub fn limits(&self, method: crate::tune::TtlLimits) -> crate::tune::TtlLimits {
         let max = if self.token_max_ttl > 0 {
             self.token_max_ttl.min(method.max)
         } else {
             method.max
         };
-        crate::mounts::TtlLimits {
+        crate::tune::TtlLimits {
             default: method.default.min(max),
             max,
         }

@@ -16,7 +16,7 @@ use crate::state::Core;
 use crate::storage::Change;
 
 /// Vault's default and maximum token lifetime (768h).
-pub const SYSTEM_MAX_TTL: i64 = 768 * 3600;
+pub use crate::tune::SYSTEM_MAX_TTL;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenEntry {
@@ -125,7 +125,7 @@ pub struct NewToken {
     /// The issuing auth method's TTLs (`sys/auth/<path>/tune`): the TTL of
     /// a token that asks for none, and the most any may live; by default
     /// the system's.
-    pub limits: crate::mounts::TtlLimits,
+    pub limits: crate::tune::TtlLimits,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
