@@ -2,7 +2,7 @@
 //! `tests/vault_diff.toml` goes to an OpenBao dev server and to a gatepass
 //! dev server, and their answers are compared: the status code, the
 //! envelope's keys, the keys of `data`, `auth` and `wrap_info`, and the
-//! values a request names as `same`. Values that must differ (IDs, tokens,
+//! values a request names as `same` (or `near`, for seconds left). Values that must differ (IDs, tokens,
 //! times, keys) are not compared unless named. Requests that need an
 //! earlier answer (a secret ID, a token, an accessor, a lease ID) take it
 //! from the same server's own earlier answer: `save` names it, `{{name}}`
@@ -52,6 +52,11 @@ struct Req {
     /// Dotted paths whose values must be equal on both servers.
     #[serde(default)]
     same: Vec<String>,
+    /// Dotted paths of numbers (seconds left) that must be within 2 of
+    /// each other: a TTL capped at a maximum counted from an earlier
+    /// moment may be a second apart on the two servers.
+    #[serde(default)]
+    near: Vec<String>,
     /// Difference → reason name (a key of `[reasons]`).
     #[serde(default)]
     allow: BTreeMap<String, String>,
@@ -274,6 +279,17 @@ fn compare(
         if gv != ov {
             out.push((
                 format!("same {path}"),
+                format!("gatepass {gv:?} openbao {ov:?}"),
+            ));
+        }
+    }
+    for path in &r.near {
+        let gv = gb.and_then(|v| lookup(v, path)).and_then(Value::as_i64);
+        let ov = ob.and_then(|v| lookup(v, path)).and_then(Value::as_i64);
+        let close = matches!((gv, ov), (Some(a), Some(b)) if (a - b).abs() <= 2);
+        if !close {
+            out.push((
+                format!("near {path}"),
                 format!("gatepass {gv:?} openbao {ov:?}"),
             ));
         }
