@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod input;
 mod output;
+mod yaml;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -10,6 +10,24 @@ pub enum Format {
     Table,
     /// The server's response, pretty-printed, for scripts.
     Json,
+    /// The response as Vault's CLI prints it with `-format=yaml`.
+    Yaml,
+}
+
+impl Format {
+    /// JSON or YAML: the whole answer, for scripts.
+    pub fn is_structured(self) -> bool {
+        self != Format::Table
+    }
+}
+
+/// A whole answer in a structured format (JSON, or YAML as Vault prints
+/// it); tables are printed by each command.
+pub fn print_structured(v: &Value, format: Format) {
+    match format {
+        Format::Yaml => print!("{}", crate::yaml::to_yaml(&crate::yaml::secret_shape(v))),
+        _ => print_json(v),
+    }
 }
 
 /// One row of a Key/Value table.
@@ -105,7 +123,7 @@ pub fn print_response(
         return print_field(resp, name);
     }
     match format {
-        Format::Json => print_json(resp),
+        Format::Json | Format::Yaml => print_structured(resp, format),
         Format::Table => {
             print_warnings(resp);
             print_table(&rows(resp, show_token));
@@ -214,7 +232,7 @@ pub fn grid(headings: &[&str], rows: &[Vec<String>]) -> String {
 /// LIST answers: a one-column table.
 pub fn print_keys(keys: &[String], format: Format) {
     match format {
-        Format::Json => print_json(&Value::from(keys.to_vec())),
+        Format::Json | Format::Yaml => print_structured(&Value::from(keys.to_vec()), format),
         Format::Table => {
             println!("Keys\n----");
             for k in keys {

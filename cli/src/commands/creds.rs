@@ -15,7 +15,7 @@ use super::sshfiles::{io_reason, write_atomic};
 use super::Ctx;
 use crate::clock::now;
 use crate::error::{Error, Result};
-use crate::output::{self, Format, Row};
+use crate::output::{self, Row};
 
 pub const OTP_EXAMPLES: &str = "\
 Examples:
@@ -186,8 +186,8 @@ pub async fn otp(ctx: &Ctx, args: OtpArgs) -> Result<()> {
             _ => output::print_field(&resp, name),
         };
     }
-    if ctx.format == Format::Json {
-        output::print_json(&resp);
+    if ctx.format.is_structured() {
+        output::print_structured(&resp, ctx.format);
         return Ok(());
     }
     output::print_warnings(&resp);
@@ -323,8 +323,8 @@ pub async fn creds(ctx: &Ctx, args: CredsArgs) -> Result<()> {
         data.insert("key_file".into(), json!(path.display().to_string()));
     }
 
-    if ctx.format == Format::Json {
-        output::print_json(&resp);
+    if ctx.format.is_structured() {
+        output::print_structured(&resp, ctx.format);
         return Ok(());
     }
     output::print_warnings(&resp);

@@ -101,7 +101,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
         }
     }
 
-    if args.field.is_some() || ctx.format == Format::Json {
+    if args.field.is_some() || ctx.format.is_structured() {
         return output::print_response(&resp, ctx.format, args.field.as_deref(), true);
     }
     match &saved {

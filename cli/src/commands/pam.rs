@@ -1075,7 +1075,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
         }
     };
     match ctx.format {
-        Format::Json => output::print_json(&json!(sessions)),
+        Format::Json | Format::Yaml => output::print_structured(&json!(sessions), ctx.format),
         Format::Table if sessions.is_empty() => eprintln!("No sessions."),
         Format::Table => {
             if let Some(r) = &resp {
@@ -1162,8 +1162,8 @@ fn session_rows(s: &SessionInfo) -> Vec<Row> {
 
 /// Prints one session's answer: the whole JSON, or its Key/Value table.
 fn print_session(ctx: &Ctx, resp: &Value, action: &str) -> Result<()> {
-    if ctx.format == Format::Json {
-        output::print_json(resp);
+    if ctx.format.is_structured() {
+        output::print_structured(resp, ctx.format);
         return Ok(());
     }
     let info: SessionInfo = gatepass_api::data_of(resp)

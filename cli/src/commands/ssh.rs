@@ -29,7 +29,7 @@ use super::sshfiles::{
 use super::{connect, creds, sshconfig, Ctx, GlobalArgs};
 use crate::clock::now;
 use crate::error::{Error, Result};
-use crate::output::{self, date, Format, Row};
+use crate::output::{self, date, Row};
 
 pub const SIGN_EXAMPLES: &str = "\
 Examples:
@@ -372,8 +372,8 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
         ))
     })?;
 
-    if ctx.format == Format::Json {
-        output::print_json(&resp);
+    if ctx.format.is_structured() {
+        output::print_structured(&resp, ctx.format);
         return Ok(());
     }
     output::print_warnings(&resp);
@@ -468,11 +468,11 @@ async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
     };
     drop(private_pem);
 
-    if ctx.format == Format::Json {
+    if ctx.format.is_structured() {
         if let Some(Value::Object(data)) = resp.get_mut("data") {
             data.remove("private_key");
         }
-        output::print_json(&resp);
+        output::print_structured(&resp, ctx.format);
         return Ok(());
     }
     output::print_warnings(&resp);
@@ -581,12 +581,15 @@ async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
             .map_err(|e| Error::Local(format!("cannot update {}: {e}", known_hosts.display())))?;
     }
 
-    if ctx.format == Format::Json {
-        output::print_json(&json!({
-            "known_hosts": known_hosts.display().to_string(),
-            "added": added,
-            "already_present": present,
-        }));
+    if ctx.format.is_structured() {
+        output::print_structured(
+            &json!({
+                "known_hosts": known_hosts.display().to_string(),
+                "added": added,
+                "already_present": present,
+            }),
+            ctx.format,
+        );
         return Ok(());
     }
     let shown = known_hosts.display();

@@ -124,7 +124,7 @@ async fn lookup(ctx: &Ctx, args: LookupArgs) -> Result<()> {
         }
     };
     let mut resp = resp.ok_or_else(|| Error::Local("looking up the token: empty answer".into()))?;
-    if args.field.is_some() || ctx.format == Format::Json {
+    if args.field.is_some() || ctx.format.is_structured() {
         return output::print_response(&resp, ctx.format, args.field.as_deref(), true);
     }
     if let Some(Value::Object(data)) = resp.get_mut("data") {

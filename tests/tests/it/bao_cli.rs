@@ -536,3 +536,61 @@ fn bao_ssh_logs_in_with_a_certificate_and_with_an_otp() {
     assert_eq!(code, 0, "{out}{err}\nsshd: {}", sshd.log());
     assert_eq!(out, "otp in\n");
 }
+
+/// Output with the values that differ between two requests (request IDs,
+/// tokens, accessors) masked.
+fn masked(out: &str) -> String {
+    out.lines()
+        .map(|l| {
+            let key = l.trim_start().split(':').next().unwrap_or_default();
+            if ["request_id", "client_token", "accessor"].contains(&key) {
+                format!("{}: …", l.split(':').next().unwrap_or_default())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn gatepass_prints_yaml_as_bao_does() {
+    let s = Session::start();
+    let gatepass = |args: &[&str]| {
+        let mut c = Command::new(bin("gatepass"));
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
+        c.env("HOME", s.home.path())
+            .envs(s.server.cli_env())
+            .args(args);
+        c
+    };
+    ok(s.root(&[
+        "policy",
+        "write",
+        "dev",
+        &policy_file(&s, "dev", DEV_POLICY),
+    ]));
+    ok(s.root(&[
+        "write",
+        "auth/userpass/users/alice",
+        "password=pw",
+        "token_policies=dev",
+    ]));
+    for args in [
+        &["read", "sys/auth/token/tune"][..],
+        &["read", "sys/policies/acl/dev"],
+        &["read", "auth/userpass/users/alice"],
+        &["list", "sys/policies/acl"],
+        &["write", "auth/token/create", "policies=dev", "ttl=1h"],
+        &["write", "auth/userpass/login/alice", "password=pw"],
+    ] {
+        let mut with_format = vec!["-format=yaml"];
+        with_format.splice(0..0, args[..1].iter().copied());
+        with_format.extend_from_slice(&args[1..]);
+        let theirs = ok(s.root(&with_format));
+        let ours = ok(gatepass(&with_format));
+        assert_eq!(masked(&ours), masked(&theirs), "{args:?}");
+    }
+}
