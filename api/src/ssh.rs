@@ -26,6 +26,9 @@ pub struct SignedKey {
     pub serial_number: String,
     /// The certificate, one OpenSSH line ending in a newline.
     pub signed_key: String,
+    /// The issuer that signed it, as Vault names it.
+    #[serde(default)]
+    pub issuer_id: String,
 }
 
 /// `POST issue/<role>`: a new key pair and its certificate.
@@ -37,6 +40,9 @@ pub struct IssuedKey {
     pub private_key: String,
     /// `ed25519`, `rsa` or `ec`.
     pub private_key_type: String,
+    /// The issuer that signed it, as Vault names it.
+    #[serde(default)]
+    pub issuer_id: String,
 }
 
 /// `POST revoke`: the serial numbers revoked.

@@ -63,7 +63,9 @@ pub async fn route(
     let f = &req.fields;
     match (segs.as_slice(), req.op) {
         (["config", "ca"], Read) => match issuers::resolve(core, m, "default").await? {
-            Some(i) => Ok(Reply::Data(json!({ "public_key": i.public_key }))),
+            Some(i) => Ok(Reply::Data(
+                json!({ "public_key": i.public_key, "issuer_id": i.id, "issuer_name": i.name }),
+            )),
             None => Err(Error::invalid("keys haven't been configured yet")),
         },
         (["config", "ca"], Write) => {
@@ -74,7 +76,7 @@ pub async fn route(
             }
             let i = new_issuer(core, m, req, None, true).await?;
             Ok(Reply::Data(
-                json!({ "public_key": i.public_key, "issuer_id": i.id }),
+                json!({ "public_key": i.public_key, "issuer_id": i.id, "issuer_name": i.name }),
             ))
         }
         (["config", "ca"], Delete) => {
@@ -171,6 +173,7 @@ pub async fn route(
             data(&SignedKey {
                 serial_number: certs::serial_hex(rec.serial),
                 signed_key: openssh(&cert)?,
+                issuer_id: rec.issuer_id.clone(),
             })
         }
         (["issue", role], Write) => {
@@ -189,6 +192,7 @@ pub async fn route(
                     .map_err(|e| Error::internal(e.to_string()))?
                     .to_string(),
                 private_key_type: sign::private_key_type(&private).to_string(),
+                issuer_id: rec.issuer_id.clone(),
             })
         }
         (["revoke"], Write) => {
