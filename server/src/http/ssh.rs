@@ -153,7 +153,25 @@ pub async fn route(
                 json!({ "default": i.id, "default_issuer_name": i.name }),
             ))
         }
-        (["roles"], List) => Ok(Reply::List(roles::list(core, m).await?)),
+        // With Vault's key_info: each role's key type (and issuer for CA
+        // roles), so a listing tells the roles apart without reading each.
+        (["roles"], List) => {
+            let names = roles::list(core, m).await?;
+            if names.is_empty() {
+                return Ok(Reply::List(names));
+            }
+            let mut info = Map::new();
+            for name in &names {
+                if let Some(r) = roles::read_shared(core, m, name).await? {
+                    let mut v = json!({ "key_type": r.key_type.as_str() });
+                    if r.key_type == KeyType::Ca {
+                        v["issuer_ref"] = json!(r.issuer_ref);
+                    }
+                    info.insert(name.clone(), v);
+                }
+            }
+            Ok(Reply::Data(json!({ "keys": names, "key_info": info })))
+        }
         (["roles", name], Read) => Ok(match roles::read(core, m, name).await? {
             Some(r) => Reply::Data(role_json(&r)),
             None => Reply::NotFound,
