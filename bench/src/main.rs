@@ -19,6 +19,7 @@ mod machine;
 mod measure;
 mod memory;
 mod otp;
+mod peers;
 mod report;
 mod server;
 mod sign;
@@ -69,6 +70,10 @@ enum Command {
     /// The PAM gateway beside direct `ssh` to the same target: added
     /// round-trip latency, throughput of 1 GiB, memory with 500 sessions.
     Gateway(gateway::Args),
+    /// gatepass beside an OpenBao 2.7.2 dev server in the same run, under
+    /// the same load: sign, OTP creds, verify, token lookup, a
+    /// policy-checked read; ratios and memory.
+    Peers(peers::Args),
     /// A load generator for any Vault-compatible server (gatepass or Vault):
     /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
     /// answers by status. Not a suite: it needs a target.
@@ -204,6 +209,7 @@ fn main() -> anyhow::Result<()> {
         Command::Disk(args) => disk::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Peers(args) => peers::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }
