@@ -438,8 +438,8 @@ pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<Gat
 }
 
 /// Long-poll: answers at once if the list differs from `index`, otherwise
-/// when it changes (a grant, terminate or end on this server wakes it at
-/// once; other servers' changes and expiries are seen within a second) or
+/// when it changes (a grant, terminate or end, on this server or announced
+/// by another, wakes it at once; expiries are seen within a second) or
 /// after `wait`.
 pub async fn poll(core: &Core, gw: &Gateway, index: u64, wait: i64) -> Result<GatewaySessions> {
     let mut changes = core.storage.subscribe();
