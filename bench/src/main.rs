@@ -164,14 +164,7 @@ impl Common {
     }
 
     pub fn server_bin(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.server_bin {
-            return Ok(p.clone());
-        }
-        let exe = std::env::current_exe()?;
-        let Some(dir) = exe.parent() else {
-            bail!("cannot tell the directory of {}", exe.display());
-        };
-        Ok(dir.join("gatepass-server"))
+        server_bin(self.server_bin.as_deref())
     }
 
     /// Another of the workspace's binaries, next to the server binary.
@@ -194,6 +187,19 @@ impl Common {
         }
         Ok(bin)
     }
+}
+
+/// The gatepass-server binary: the one given, or the one next to this
+/// binary.
+pub fn server_bin(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    let Some(dir) = exe.parent() else {
+        bail!("cannot tell the directory of {}", exe.display());
+    };
+    Ok(dir.join("gatepass-server"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -423,17 +423,6 @@ async fn measure(
     })
 }
 
-fn server_bin(args: &Args) -> anyhow::Result<PathBuf> {
-    if let Some(p) = &args.server_bin {
-        return Ok(p.clone());
-    }
-    let exe = std::env::current_exe()?;
-    let Some(dir) = exe.parent() else {
-        bail!("cannot tell the directory of {}", exe.display());
-    };
-    Ok(dir.join("gatepass-server"))
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     if !(1..=1024).contains(&args.clients) {
         bail!("--clients takes 1 to 1024");
@@ -444,7 +433,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let budget = Budget::from_seconds(args.seconds);
     let machine_before = machine::describe();
     let (bao_proc, mut bao) = start_openbao(&args.bao)?;
-    let mut gp_server = DevServer::start(&server_bin(args)?)?;
+    let mut gp_server = DevServer::start(&crate::server_bin(args.server_bin.as_deref())?)?;
     let mut gatepass = Peer {
         name: "gatepass",
         addr: gp_server.addr.clone(),
