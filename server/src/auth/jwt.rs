@@ -143,31 +143,31 @@ fn role_key(m: &AuthMount, name: &str) -> String {
     format!("{}role/{name}", m.data_prefix())
 }
 fn state_key(m: &AuthMount, state: &str) -> String {
-    format!("{}state/{}", m.data_prefix(), hex::encode(Sha256::digest(state)))
+    format!(
+        "{}state/{}",
+        m.data_prefix(),
+        hex::encode(Sha256::digest(state))
+    )
 }
 
 // ---- config -----------------------------------------------------------------
 
 pub async fn read_config(core: &Core, m: &AuthMount) -> Result<Option<Value>> {
-    Ok(core
-        .storage
-        .get::<Config>(&config_key(m))
-        .await?
-        .map(|c| {
-            json!({
-                "oidc_discovery_url": c.oidc_discovery_url,
-                "oidc_client_id": c.oidc_client_id,
-                "jwks_url": c.jwks_url,
-                "jwt_validation_pubkeys": c.jwt_validation_pubkeys,
-                "bound_issuer": c.bound_issuer,
-                "default_role": c.default_role,
-                "jwt_supported_algs": c.jwt_supported_algs,
-                "oidc_response_mode": "",
-                "oidc_response_types": [],
-                "provider_config": {},
-                "namespace_in_state": false,
-            })
-        }))
+    Ok(core.storage.get::<Config>(&config_key(m)).await?.map(|c| {
+        json!({
+            "oidc_discovery_url": c.oidc_discovery_url,
+            "oidc_client_id": c.oidc_client_id,
+            "jwks_url": c.jwks_url,
+            "jwt_validation_pubkeys": c.jwt_validation_pubkeys,
+            "bound_issuer": c.bound_issuer,
+            "default_role": c.default_role,
+            "jwt_supported_algs": c.jwt_supported_algs,
+            "oidc_response_mode": "",
+            "oidc_response_types": [],
+            "provider_config": {},
+            "namespace_in_state": false,
+        })
+    }))
 }
 
 pub async fn write_config(core: &Core, m: &AuthMount, f: &Fields) -> Result<()> {
@@ -363,7 +363,9 @@ pub async fn write_role(core: &Core, m: &AuthMount, name: &str, f: &Fields) -> R
 /// `bound_claims`: a map of claim to a string (or comma-separated
 /// strings) or a list of strings.
 fn bound_claims(v: &Value) -> Result<BTreeMap<String, Vec<String>>> {
-    let bad = || Error::invalid("bound_claims must be a map of claim names to strings or lists of strings");
+    let bad = || {
+        Error::invalid("bound_claims must be a map of claim names to strings or lists of strings")
+    };
     let map = match v {
         Value::Object(m) => m.clone(),
         Value::String(s) if s.is_empty() => Map::new(),
@@ -403,7 +405,10 @@ pub async fn read_role(core: &Core, m: &AuthMount, name: &str) -> Result<Option<
             let mut out = Map::new();
             out.insert("role_type".into(), json!(r.role_type));
             out.insert("bound_audiences".into(), json!(r.bound_audiences));
-            out.insert("allowed_redirect_uris".into(), json!(r.allowed_redirect_uris));
+            out.insert(
+                "allowed_redirect_uris".into(),
+                json!(r.allowed_redirect_uris),
+            );
             out.insert("user_claim".into(), json!(r.user_claim));
             out.insert("groups_claim".into(), json!(r.groups_claim));
             out.insert("bound_subject".into(), json!(r.bound_subject));
@@ -427,7 +432,9 @@ pub async fn delete_role(core: &Core, m: &AuthMount, name: &str) -> Result<()> {
 }
 
 pub async fn list_roles(core: &Core, m: &AuthMount) -> Result<Vec<String>> {
-    core.storage.list(&format!("{}role/", m.data_prefix())).await
+    core.storage
+        .list(&format!("{}role/", m.data_prefix()))
+        .await
 }
 
 /// The role a login names, else the config's `default_role`.
@@ -522,7 +529,10 @@ async fn discovery(core: &Core, url: &str, now: i64, fresh: bool) -> Result<Disc
     let doc_url = if url.contains("/.well-known/") {
         url.to_string()
     } else {
-        format!("{}/.well-known/openid-configuration", url.trim_end_matches('/'))
+        format!(
+            "{}/.well-known/openid-configuration",
+            url.trim_end_matches('/')
+        )
     };
     let d: Discovery = get_json(core, "discovery document", &doc_url).await?;
     cache.insert(
@@ -592,7 +602,12 @@ struct Expect<'a> {
 }
 
 /// Checks the signature, then the claims; returns the claims.
-async fn validate(core: &Core, c: &Config, jwt: &str, x: &Expect<'_>) -> Result<Map<String, Value>> {
+async fn validate(
+    core: &Core,
+    c: &Config,
+    jwt: &str,
+    x: &Expect<'_>,
+) -> Result<Map<String, Value>> {
     let header = jsonwebtoken::decode_header(jwt)
         .map_err(|e| Error::invalid(format!("the token is not a valid JWT: {e}")))?;
     let allowed: Vec<Algorithm> = if c.jwt_supported_algs.is_empty() {
@@ -647,9 +662,7 @@ async fn validate(core: &Core, c: &Config, jwt: &str, x: &Expect<'_>) -> Result<
             let d = discovery(core, url, x.now, false).await?;
             by_key_set(core, &d.jwks_uri, header.kid.as_deref(), x.now, &check).await?
         }
-        KeySource::Jwks(url) => {
-            by_key_set(core, url, header.kid.as_deref(), x.now, &check).await?
-        }
+        KeySource::Jwks(url) => by_key_set(core, url, header.kid.as_deref(), x.now, &check).await?,
     };
     check_claims(&claims, x)?;
     Ok(claims)
@@ -711,8 +724,8 @@ fn num(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
 fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
     let r = x.role;
     let skew = r.clock_skew_leeway.max(0);
-    let exp = num(claims, "exp")?
-        .ok_or_else(|| Error::invalid("the token has no expiry (exp claim)"))?;
+    let exp =
+        num(claims, "exp")?.ok_or_else(|| Error::invalid("the token has no expiry (exp claim)"))?;
     if x.now > exp + r.expiration_leeway.max(0) + skew {
         return Err(Error::invalid("the token has expired (exp claim)"));
     }
@@ -762,7 +775,9 @@ fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
     if !r.bound_subject.is_empty()
         && claims.get("sub").and_then(Value::as_str) != Some(r.bound_subject.as_str())
     {
-        return Err(Error::invalid("the token's sub claim does not match bound_subject"));
+        return Err(Error::invalid(
+            "the token's sub claim does not match bound_subject",
+        ));
     }
     for (name, wanted) in &r.bound_claims {
         let values = claim_texts(claim(claims, name));
@@ -865,9 +880,7 @@ async fn login_with_claims(
     } else {
         match claim(claims, &r.groups_claim) {
             None | Some(Value::Null) => vec![],
-            Some(Value::Array(_) | Value::String(_)) => {
-                claim_texts(claim(claims, &r.groups_claim))
-            }
+            Some(Value::Array(_) | Value::String(_)) => claim_texts(claim(claims, &r.groups_claim)),
             Some(_) => {
                 return Err(Error::invalid(format!(
                     "claim {:?} (the role's groups_claim) is not a list of strings",
@@ -913,7 +926,12 @@ async fn login_with_claims(
 }
 
 /// `auth/<path>/login`: a JWT for a `jwt` role.
-pub async fn login(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<(String, TokenEntry)> {
+pub async fn login(
+    core: &Core,
+    m: &AuthMount,
+    f: &Fields,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
     let c = config(core, m).await?;
     let (name, r) = role_for(core, m, &c, f).await?;
     let jwt = f.required_str("jwt")?;
@@ -956,7 +974,10 @@ fn redirect_allowed(r: &Role, uri: &str) -> bool {
         return false;
     };
     let loopback = |u: &reqwest::Url| {
-        matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "::1" | "localhost"))
+        matches!(
+            u.host_str(),
+            Some("127.0.0.1" | "[::1]" | "::1" | "localhost")
+        )
     };
     loopback(&u)
         && r.allowed_redirect_uris.iter().any(|a| {
@@ -1052,7 +1073,12 @@ struct TokenResponse {
 /// the `state` is taken (it serves one callback, and only before it
 /// expires), the `code` exchanged with the PKCE verifier, and the ID token
 /// checked.
-pub async fn callback(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<(String, TokenEntry)> {
+pub async fn callback(
+    core: &Core,
+    m: &AuthMount,
+    f: &Fields,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
     let state = f.str("state")?.unwrap_or_default();
     let code = f.str("code")?.unwrap_or_default();
     let client_nonce = f.str("client_nonce")?.filter(|n| !n.is_empty());
@@ -1123,7 +1149,13 @@ pub async fn callback(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Resul
 
 /// The authorization code for the ID token, at the provider's token
 /// endpoint, with the client's secret and the PKCE verifier.
-async fn exchange(core: &Core, c: &Config, d: &Discovery, code: &str, p: &Pending) -> Result<String> {
+async fn exchange(
+    core: &Core,
+    c: &Config,
+    d: &Discovery,
+    code: &str,
+    p: &Pending,
+) -> Result<String> {
     let resp = core
         .oidc
         .client()?

@@ -139,7 +139,9 @@ pub async fn find(core: &Core, under_auth: &str) -> Result<Option<(AuthMount, St
         }
     }
     Ok(best.map(|m| {
-        let rest = under_auth[m.path.len()..].trim_start_matches('/').to_string();
+        let rest = under_auth[m.path.len()..]
+            .trim_start_matches('/')
+            .to_string();
         (m, rest)
     }))
 }

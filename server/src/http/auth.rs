@@ -4,8 +4,8 @@
 use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{data, no_route, Reply};
-use crate::auth::token::{self, TokenEntry};
 use crate::auth::mounts::{self, AuthMount};
+use crate::auth::token::{self, TokenEntry};
 use crate::auth::{approle, jwt, token_roles, userpass};
 use crate::error::{Error, Result};
 use crate::policies;

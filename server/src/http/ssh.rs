@@ -408,7 +408,9 @@ async fn issue_cert(
         display_name: caller.map(|c| c.display_name.clone()).unwrap_or_default(),
         meta: caller.map(|c| c.meta.clone()).unwrap_or_default(),
         entity: match caller.and_then(|c| c.entity_id.as_deref()) {
-            Some(id) => crate::identity::entity(core, id).await?.map(std::sync::Arc::new),
+            Some(id) => crate::identity::entity(core, id)
+                .await?
+                .map(std::sync::Arc::new),
             None => None,
         },
     };

@@ -181,7 +181,10 @@ mod tests {
         let e = |t: &str| expand(t, &who);
         assert_eq!(e("{{identity.entity.name}}").as_deref(), Some("alice"));
         assert_eq!(e("{{identity.entity.id}}").as_deref(), Some("e-1"));
-        assert_eq!(e("u-{{identity.entity.metadata.team}}").as_deref(), Some("u-ops"));
+        assert_eq!(
+            e("u-{{identity.entity.metadata.team}}").as_deref(),
+            Some("u-ops")
+        );
         assert_eq!(
             e("{{identity.entity.aliases.auth_oidc_1.name}}").as_deref(),
             Some("alice@example.com")
