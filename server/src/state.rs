@@ -39,7 +39,7 @@ pub struct Core {
     /// Relayed PAM connections waiting for their gateway to dial in.
     pub relays: crate::pam::relay::Relays,
     /// Identity providers' discovery documents and signing keys.
-    pub oidc: crate::auth::jwt::ProviderCache,
+    pub oidc: crate::auth::oidc_cache::ProviderCache,
 }
 
 pub type State = Arc<Core>;

@@ -6,8 +6,7 @@
 //! ID) or `jwt_validation_pubkeys`; `iss`, `aud`, `exp`, `nbf` and `iat`
 //! against the server's clock with the role's leeways.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
@@ -17,6 +16,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::mounts::AuthMount;
+use super::oidc_cache::{Discovery, Fetched};
 use super::token::{self, TokenEntry};
 use super::TokenSettings;
 use crate::error::{Error, Result};
@@ -26,8 +26,6 @@ use crate::state::Core;
 
 /// How long a started browser login (its `state`) may take.
 const STATE_TTL: i64 = 600;
-/// Outbound requests to the provider give up after this.
-const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cached discovery documents and key sets are fetched again after this.
 const CACHE_TTL: i64 = 3600;
 /// An unknown key ID fetches the key set again, at most this often, so
@@ -459,44 +457,6 @@ async fn role_for(core: &Core, m: &AuthMount, c: &Config, f: &Fields) -> Result<
 
 // ---- the provider: discovery and keys, cached -----------------------------
 
-#[derive(Clone, Debug, Deserialize)]
-struct Discovery {
-    issuer: String,
-    #[serde(default)]
-    authorization_endpoint: String,
-    #[serde(default)]
-    token_endpoint: String,
-    jwks_uri: String,
-}
-
-struct Fetched<T> {
-    value: T,
-    at: i64,
-}
-
-/// Discovery documents and key sets by URL, shared by every mount.
-#[derive(Default)]
-pub struct ProviderCache {
-    discovery: tokio::sync::Mutex<HashMap<String, Fetched<Discovery>>>,
-    keys: tokio::sync::Mutex<HashMap<String, Fetched<JwkSet>>>,
-    client: std::sync::OnceLock<reqwest::Client>,
-}
-
-impl ProviderCache {
-    fn client(&self) -> Result<&reqwest::Client> {
-        if let Some(c) = self.client.get() {
-            return Ok(c);
-        }
-        let c = reqwest::Client::builder()
-            .timeout(PROVIDER_TIMEOUT)
-            .connect_timeout(PROVIDER_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .map_err(|e| Error::internal(format!("HTTP client: {e}")))?;
-        Ok(self.client.get_or_init(|| c))
-    }
-}
-
 fn unreachable(what: &str, url: &str, e: impl std::fmt::Display) -> Error {
     Error::Unavailable(format!(
         "cannot fetch the identity provider's {what} from {url}: {e}"
@@ -550,7 +510,7 @@ async fn key_set(core: &Core, url: &str, now: i64, fresh: bool) -> Result<JwkSet
     if let Some(f) = cache.get(url) {
         let stale = now - f.at >= CACHE_TTL;
         let may_refetch = now - f.at >= REFETCH_INTERVAL || f.at > now;
-        if !stale && !(fresh && may_refetch) {
+        if !(stale || (fresh && may_refetch)) {
             return Ok(f.value.clone());
         }
     }

@@ -5,6 +5,7 @@
 pub mod approle;
 pub mod jwt;
 pub mod mounts;
+pub mod oidc_cache;
 pub mod token;
 pub mod token_roles;
 pub mod userpass;

@@ -41,9 +41,17 @@ pub async fn route(core: &Core, req: &Request) -> Result<Reply> {
                 .await?
                 .map(|g| g.to_json()),
         )),
-        (["identity", "group-alias"], Write) => Ok(Reply::Data(
-            identity::write_group_alias(core, &req.fields).await?,
-        )),
+        (["identity", "group-alias"], Write) => {
+            let accessor = req.fields.required_str("mount_accessor")?;
+            if !crate::auth::mounts::accessor_exists(core, &accessor).await? {
+                return Err(Error::invalid(format!(
+                    "no auth mount with accessor {accessor:?}"
+                )));
+            }
+            Ok(Reply::Data(
+                identity::write_group_alias(core, &req.fields).await?,
+            ))
+        }
         (
             ["identity", "entity", "id" | "name", _]
             | ["identity", "group" | "group-alias"]

@@ -3,7 +3,10 @@
 //! group of the identity provider (a `groups_claim` value) and carry
 //! policies. A subset of Vault's identity store: see README "Identity".
 
+pub mod entity;
 pub mod template;
+
+pub use entity::{Alias, Entity};
 
 use std::collections::BTreeMap;
 
@@ -14,67 +17,6 @@ use crate::error::{Error, Result};
 use crate::request::Fields;
 use crate::state::Core;
 use crate::storage::Change;
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Entity {
-    pub id: String,
-    pub name: String,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    pub aliases: Vec<Alias>,
-    #[serde(default)]
-    pub policies: Vec<String>,
-    #[serde(default)]
-    pub creation_time: i64,
-    #[serde(default)]
-    pub last_update_time: i64,
-}
-
-/// The person's name at one login mount.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Alias {
-    pub id: String,
-    pub mount_accessor: String,
-    pub mount_path: String,
-    pub mount_type: String,
-    pub name: String,
-    #[serde(default)]
-    pub metadata: BTreeMap<String, String>,
-    #[serde(default)]
-    pub creation_time: i64,
-}
-
-impl Entity {
-    pub fn alias_name(&self, accessor: &str) -> Option<&str> {
-        self.aliases
-            .iter()
-            .find(|a| a.mount_accessor == accessor)
-            .map(|a| a.name.as_str())
-    }
-
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id,
-            "name": self.name,
-            "metadata": self.metadata,
-            "policies": self.policies,
-            "disabled": false,
-            "creation_time": crate::clock::rfc3339(self.creation_time),
-            "last_update_time": crate::clock::rfc3339(self.last_update_time),
-            "aliases": self.aliases.iter().map(|a| json!({
-                "id": a.id,
-                "canonical_id": self.id,
-                "mount_accessor": a.mount_accessor,
-                "mount_path": format!("auth/{}/", a.mount_path),
-                "mount_type": a.mount_type,
-                "name": a.name,
-                "metadata": a.metadata,
-                "creation_time": crate::clock::rfc3339(a.creation_time),
-            })).collect::<Vec<_>>(),
-        })
-    }
-}
 
 fn entity_key(id: &str) -> String {
     format!("identity/entity/id/{id}")
@@ -363,16 +305,12 @@ pub async fn delete_group(core: &Core, id: &str) -> Result<()> {
 }
 
 /// `identity/group-alias` (write): ties an external group to the group of
-/// that name in the logins of the mount with `mount_accessor`.
+/// that name in the logins of the mount with `mount_accessor` (which the
+/// caller checked exists).
 pub async fn write_group_alias(core: &Core, f: &Fields) -> Result<Value> {
     let name = f.required_str("name")?;
     let accessor = f.required_str("mount_accessor")?;
     let group_id = f.required_str("canonical_id")?;
-    if !crate::auth::mounts::accessor_exists(core, &accessor).await? {
-        return Err(Error::invalid(format!(
-            "no auth mount with accessor {accessor:?}"
-        )));
-    }
     let id = uuid::Uuid::new_v4().to_string();
     if !core
         .storage

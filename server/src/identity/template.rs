@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use super::Entity;
+use super::entity::Entity;
 
 /// Text with identity templates:
 /// - `{{identity.entity.id}}`, `{{identity.entity.name}}`,
@@ -165,7 +165,7 @@ mod tests {
             id: "e-1".into(),
             name: "alice".into(),
             metadata: BTreeMap::from([("team".to_string(), "ops".to_string())]),
-            aliases: vec![super::super::Alias {
+            aliases: vec![super::super::entity::Alias {
                 id: "a-1".into(),
                 mount_accessor: "auth_oidc_1".into(),
                 mount_path: "oidc".into(),

@@ -26,7 +26,7 @@ pub struct Requester {
     pub display_name: String,
     pub meta: BTreeMap<String, String>,
     /// The person's identity entity, for tokens from an OIDC or JWT login.
-    pub entity: Option<std::sync::Arc<crate::identity::Entity>>,
+    pub entity: Option<std::sync::Arc<crate::identity::entity::Entity>>,
 }
 
 /// What the client asked for (`sign` and `issue` share it).
