@@ -26,6 +26,10 @@ use crate::state::Core;
 
 /// How long a started browser login (its `state`) may take.
 const STATE_TTL: i64 = 600;
+/// Browser logins in progress per mount. Anyone may start one (no token
+/// is needed), so they are bounded: past this, expired ones are cleared,
+/// and if that is not enough new ones wait.
+const MAX_PENDING: usize = 1000;
 /// Cached discovery documents and key sets are fetched again after this.
 const CACHE_TTL: i64 = 3600;
 /// An unknown key ID fetches the key set again, at most this often, so
@@ -221,7 +225,18 @@ pub async fn write_config(core: &Core, m: &AuthMount, f: &Fields) -> Result<()> 
     // rather than at the first login.
     match c.key_source()? {
         KeySource::Discovery(url) => {
-            discovery(core, url, core.clock.now(), true).await?;
+            let d = discovery(core, url, core.clock.now(), true).await?;
+            // OpenID Connect Discovery: the document must be the issuer's
+            // own (a mismatch means tokens would be checked against the
+            // wrong issuer).
+            if !url.contains("/.well-known/")
+                && d.issuer.trim_end_matches('/') != url.trim_end_matches('/')
+            {
+                return Err(Error::invalid(format!(
+                    "the discovery document at {url} names another issuer: {:?}",
+                    d.issuer
+                )));
+            }
         }
         KeySource::Jwks(url) => {
             key_set(core, url, core.clock.now(), true).await?;
@@ -873,8 +888,8 @@ async fn login_with_claims(
         format!("auth/{}/login", m.path),
     );
     for (k, v) in &metadata {
-        // The keys gatepass reads itself stay the server's.
-        if !token::RESERVED_META.contains(&k.as_str()) {
+        // The keys gatepass reads itself, and the role's, stay the server's.
+        if !token::RESERVED_META.contains(&k.as_str()) && k != "role" {
             spec.meta.insert(k.clone(), v.clone());
         }
     }
@@ -983,6 +998,7 @@ pub async fn auth_url(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Resul
         ));
     }
     let d = discovery(core, url, now, false).await?;
+    make_room(core, m, now).await?;
     let state = super::random_text(32);
     let nonce = super::random_text(32);
     let code_verifier = super::random_text(64);
@@ -1021,6 +1037,31 @@ pub async fn auth_url(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Resul
         )
         .await?;
     Ok(json!({ "auth_url": url.to_string() }))
+}
+
+/// Clears expired browser logins once there are [`MAX_PENDING`].
+async fn make_room(core: &Core, m: &AuthMount, now: i64) -> Result<()> {
+    let keys = core
+        .storage
+        .keys_with_prefix(&format!("{}state/", m.data_prefix()))
+        .await?;
+    if keys.len() < MAX_PENDING {
+        return Ok(());
+    }
+    let mut expired = Vec::new();
+    for k in &keys {
+        match core.storage.get::<Pending>(k).await? {
+            Some(p) if p.expires > now => {}
+            _ => expired.push(k.clone()),
+        }
+    }
+    core.storage.delete_many(&expired).await?;
+    if keys.len() - expired.len() >= MAX_PENDING {
+        return Err(Error::RateLimited(
+            "too many OIDC logins in progress: try again in a few minutes".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -404,9 +404,19 @@ fn error_of(v: &Value) -> String {
 }
 
 #[tokio::test]
-async fn bad_input_is_refused_and_nothing_is_issued() {
+async fn bad_input_is_refused_and_nothing_is_issued_on_sqlite() {
+    bad_input_is_refused_and_nothing_is_issued(Backend::Sqlite).await;
+}
+
+/// The state's one use is a storage operation: on PostgreSQL too.
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_issued_on_postgres() {
+    bad_input_is_refused_and_nothing_is_issued(Backend::Postgres).await;
+}
+
+async fn bad_input_is_refused_and_nothing_is_issued(backend: Backend) {
     let p = Provider::start();
-    let s = Server::start(Backend::Sqlite).await;
+    let s = Server::start(backend).await;
     setup_jwt(&s, &p).await;
     setup_oidc(&s, &p).await;
     let before = issued_tokens(&s).await;
@@ -504,4 +514,15 @@ async fn bad_input_is_refused_and_nothing_is_issued() {
         after_good,
         "nothing else was issued"
     );
+
+    // A discovery document that names another issuer is refused at
+    // configuration (the same provider, reached by another name).
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/oidc/config",
+            Some(json!({"oidc_discovery_url": p.issuer.replace("127.0.0.1", "localhost")})),
+        )
+        .await;
+    refused(st, &v, "another issuer");
 }
