@@ -144,12 +144,10 @@ fn config_key(m: &AuthMount) -> String {
 fn role_key(m: &AuthMount, name: &str) -> String {
     format!("{}role/{name}", m.data_prefix())
 }
-fn state_key(m: &AuthMount, state: &str) -> String {
-    format!(
-        "{}state/{}",
-        m.data_prefix(),
-        hex::encode(Sha256::digest(state))
-    )
+/// A browser login is kept under its state's keyed hash: the state is
+/// the credential the callback presents.
+fn state_key(core: &Core, m: &AuthMount, state: &str) -> String {
+    format!("{}state/{}", m.data_prefix(), core.hasher.hash(state))
 }
 
 // ---- config -----------------------------------------------------------------
@@ -1025,7 +1023,7 @@ pub async fn auth_url(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Resul
     })?;
     core.storage
         .put(
-            &state_key(m, &state),
+            &state_key(core, m, &state),
             &Pending {
                 role: name,
                 redirect_uri,
@@ -1096,7 +1094,7 @@ pub async fn callback(
     }
     let pending: Pending = core
         .storage
-        .take(&state_key(m, &state))
+        .take(&state_key(core, m, &state))
         .await?
         .ok_or_else(expired)?;
     if pending.expires <= now {
