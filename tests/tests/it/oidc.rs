@@ -362,6 +362,52 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
         "{v}"
     );
     assert_eq!(issued_tokens(&s).await, before);
+
+    // A second mount at another path, trusting the key set by its URL and
+    // the issuer by name, with the role bound to one subject.
+    ok(&s, "POST", "sys/auth/ci/jwks", json!({"type": "jwt"})).await;
+    let config =
+        |issuer: String| json!({"jwks_url": format!("{}/jwks", p.issuer), "bound_issuer": issuer});
+    ok(&s, "POST", "auth/ci/jwks/config", config(p.issuer.clone())).await;
+    ok(
+        &s,
+        "POST",
+        "auth/ci/jwks/role/main",
+        json!({"role_type": "jwt", "bound_audiences": "gatepass", "bound_subject": "ci-main", "token_policies": "ci"}),
+    )
+    .await;
+    let login = |jwt: String| {
+        let s = &s;
+        async move {
+            s.call(
+                "POST",
+                "auth/ci/jwks/login",
+                None,
+                Some(json!({"role": "main", "jwt": jwt})),
+            )
+            .await
+        }
+    };
+    let (st, v) = login(p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["metadata"]["role"], "main");
+    let (st, v) = login(p.client_credentials("ci-fork", None).await).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("bound_subject"),
+        "{v}"
+    );
+    // Tokens from an issuer other than the one bound are refused.
+    ok(
+        &s,
+        "POST",
+        "auth/ci/jwks/config",
+        config("https://elsewhere.example".into()),
+    )
+    .await;
+    let (st, v) = login(p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("issuer"), "{v}");
 }
 
 #[tokio::test]
