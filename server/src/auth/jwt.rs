@@ -1205,6 +1205,69 @@ mod tests {
         assert!(!glob("ab*ba", "aba"));
     }
 
+    fn role() -> Role {
+        Role {
+            role_type: RoleType::Jwt,
+            bound_audiences: vec!["gatepass".into()],
+            allowed_redirect_uris: vec![],
+            user_claim: "sub".into(),
+            groups_claim: String::new(),
+            bound_subject: String::new(),
+            bound_claims: BTreeMap::new(),
+            bound_claims_type: BoundClaimsType::String,
+            claim_mappings: BTreeMap::new(),
+            oidc_scopes: vec![],
+            clock_skew_leeway: 60,
+            expiration_leeway: 150,
+            not_before_leeway: 150,
+            token: TokenSettings::default(),
+        }
+    }
+
+    fn checked(claims: Value, now: i64) -> Result<()> {
+        let r = role();
+        let claims: Map<String, Value> = serde_json::from_value(claims).unwrap();
+        check_claims(
+            &claims,
+            &Expect {
+                issuer: Some("https://idp"),
+                audiences: r.bound_audiences.clone(),
+                nonce: None,
+                role: &r,
+                now,
+            },
+        )
+    }
+
+    #[test]
+    fn times_with_leeways() {
+        let t = 1_000_000;
+        let good = |extra: Value| {
+            let mut c = json!({"iss": "https://idp", "aud": "gatepass", "exp": t + 300, "iat": t});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        assert!(checked(good(json!({})), t).is_ok());
+        // exp: expiration_leeway (150) + clock_skew_leeway (60) past it.
+        assert!(checked(good(json!({})), t + 300 + 210).is_ok());
+        assert!(checked(good(json!({})), t + 300 + 211).is_err());
+        // nbf: not_before_leeway (150) + skew (60) before it.
+        assert!(checked(good(json!({"nbf": t + 210})), t).is_ok());
+        assert!(checked(good(json!({"nbf": t + 211})), t).is_err());
+        // iat: skew only.
+        assert!(checked(good(json!({"iat": t + 60})), t).is_ok());
+        assert!(checked(good(json!({"iat": t + 61})), t).is_err());
+        // exp is required; iss and aud must match.
+        let mut no_exp = good(json!({}));
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(checked(no_exp, t).is_err());
+        assert!(checked(good(json!({"iss": "https://other"})), t).is_err());
+        assert!(checked(good(json!({"aud": ["x", "gatepass"]})), t).is_ok());
+        assert!(checked(good(json!({"aud": "other"})), t).is_err());
+    }
+
     #[test]
     fn pointers() {
         let c: Map<String, Value> =
