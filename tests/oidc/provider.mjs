@@ -7,7 +7,8 @@
 // - two people: alice (group "ops") and bob (group "dev"); the login page
 //   (the package's development login) takes the account name as login;
 // - client `gatepass` (secret `gatepass-secret`) for the authorization code
-//   flow with PKCE; its redirect URIs are Vault's CLI listener's;
+//   flow with PKCE; its redirect URIs are Vault's CLI listener's, and those
+//   in EXTRA_REDIRECT_URIS (comma-separated), for listeners on other ports;
 // - clients `ci-main` and `ci-fork` (secret `ci-secret`) for the client
 //   credentials grant, which get JWT access tokens for audience `gatepass`
 //   (or `other` with resource=urn:other) carrying CI-like claims;
@@ -50,6 +51,7 @@ function makeProvider() {
         redirect_uris: [
           'http://127.0.0.1:8250/oidc/callback',
           'http://localhost:8250/oidc/callback',
+          ...(process.env.EXTRA_REDIRECT_URIS || '').split(',').filter(Boolean),
         ],
       },
       ...Object.keys(ciClaims).map((id) => ({

@@ -28,6 +28,12 @@ fn script_dir() -> PathBuf {
 
 impl Provider {
     pub fn start() -> Provider {
+        Provider::start_with(&[])
+    }
+
+    /// With more redirect URIs for the `gatepass` client (a CLI listener
+    /// on a port of the test's choosing).
+    pub fn start_with(extra_redirect_uris: &[&str]) -> Provider {
         let dir = script_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -37,6 +43,7 @@ impl Provider {
         let mut child = Command::new("node")
             .arg("provider.mjs")
             .arg("0")
+            .env("EXTRA_REDIRECT_URIS", extra_redirect_uris.join(","))
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

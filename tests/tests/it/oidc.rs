@@ -412,7 +412,9 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
 
 #[tokio::test]
 async fn logins_keep_working_when_the_provider_rotates_its_key() {
-    let p = Provider::start();
+    // A CLI listener on another loopback port than the role names.
+    let other_port = "http://127.0.0.1:18250/oidc/callback";
+    let p = Provider::start_with(&[other_port]);
     let s = Server::start(Backend::Sqlite).await;
     to_real_time(&s);
     setup_jwt(&s, &p).await;
@@ -431,6 +433,15 @@ async fn logins_keep_working_when_the_provider_rotates_its_key() {
     let (st, v) = jwt_login(&s, &jwt).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let back = browser(&s, &p, "alice").await;
+    let (st, v) = callback(&s, &callback_query(&back)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // The role allows its loopback redirect URI on any port (RFC 8252).
+    let (st, v) = auth_url(&s, other_port).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let back = p
+        .browser_login(v["data"]["auth_url"].as_str().unwrap(), "bob")
+        .await;
+    assert!(back.as_str().starts_with(other_port), "{back}");
     let (st, v) = callback(&s, &callback_query(&back)).await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
