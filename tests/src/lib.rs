@@ -3,6 +3,7 @@
 //! PostgreSQL cluster, and cleans up after itself.
 
 pub mod inproc;
+pub mod oidc;
 pub mod pg;
 pub mod ssh;
 pub mod sshd;

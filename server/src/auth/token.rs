@@ -56,6 +56,11 @@ pub struct TokenEntry {
     /// `explicit_max_ttl` and its creator's expiry. 0: not periodic.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub period: i64,
+    /// The identity entity of the person this token was issued to (logins
+    /// through an OIDC or JWT mount); children inherit it, as in Vault.
+    /// Only logins set it, so it cannot be claimed by a token creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -122,6 +127,8 @@ pub struct NewToken {
     pub gateway: Option<String>,
     /// Vault's `period` (seconds; 0: none): see [`TokenEntry::period`].
     pub period: i64,
+    /// Set by logins only: see [`TokenEntry::entity_id`].
+    pub entity_id: Option<String>,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -214,6 +221,9 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         host_id: spec.host_id,
         gateway: spec.gateway,
         period: spec.period,
+        entity_id: spec
+            .entity_id
+            .or_else(|| spec.parent.as_ref().and_then(|p| p.entity_id.clone())),
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -378,7 +388,7 @@ pub fn auth(text: &str, e: &TokenEntry, now: i64) -> Auth {
         metadata: shown_meta(e),
         lease_duration: e.ttl(now),
         renewable: e.renewable,
-        entity_id: String::new(),
+        entity_id: e.entity_id.clone().unwrap_or_default(),
         token_type: "service".into(),
         orphan: e.orphan,
         mfa_requirement: None,
@@ -394,7 +404,7 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         creation_time: e.creation_time,
         creation_ttl: e.creation_ttl,
         display_name: e.display_name.clone(),
-        entity_id: String::new(),
+        entity_id: e.entity_id.clone().unwrap_or_default(),
         expire_time: e.expire_time.map(rfc3339),
         explicit_max_ttl: e.explicit_max_ttl,
         id: text.to_string(),
@@ -559,6 +569,7 @@ pub async fn handle_create(
         expire_limit: caller.expire_time,
         host_id: None,
         gateway: None,
+        entity_id: None,
     };
     create(core, spec, now).await
 }

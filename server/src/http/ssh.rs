@@ -407,6 +407,12 @@ async fn issue_cert(
     let who = sign::Requester {
         display_name: caller.map(|c| c.display_name.clone()).unwrap_or_default(),
         meta: caller.map(|c| c.meta.clone()).unwrap_or_default(),
+        entity: match caller.and_then(|c| c.entity_id.as_deref()) {
+            Some(id) => crate::identity::entity(core, id)
+                .await?
+                .map(std::sync::Arc::new),
+            None => None,
+        },
     };
     ssh::issue_with(core, m, role_name, &input, &who, req.now).await
 }

@@ -258,16 +258,30 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             mounts::disable(core, &path.join("/")).await?;
             Ok(Reply::NoContent)
         }
-        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods())),
-        (["sys", "auth", name], Write) => {
+        (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods(core).await?)),
+        (["sys", "auth", path @ ..], Write) if !path.is_empty() => {
+            let path = path.join("/");
+            let kind = req.fields.str("type")?.unwrap_or_else(|| path.clone());
+            let desc = req.fields.str("description")?.unwrap_or_default();
+            for k in ["config", "options", "local", "seal_wrap"] {
+                req.fields.value(k);
+            }
             // The built-in methods are always enabled; enabling one again is
             // a no-op so that scripts written for Vault run unchanged.
-            let kind = req.fields.str("type")?.unwrap_or_else(|| name.to_string());
-            if !["token", "approle", "userpass"].contains(&kind.as_str()) || kind != *name {
+            if crate::auth::mounts::BUILT_IN.contains(&kind.as_str()) && kind == path {
+                return Ok(Reply::NoContent);
+            }
+            crate::auth::mounts::enable(core, &path, &kind, &desc, now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "auth", path @ ..], Delete) if !path.is_empty() => {
+            let path = path.join("/");
+            if crate::auth::mounts::BUILT_IN.contains(&path.as_str()) {
                 return Err(Error::invalid(format!(
-                    "auth method {kind:?} at {name:?} is not available; gatepass has token/, approle/ and userpass/"
+                    "{path}/ is built in and cannot be disabled"
                 )));
             }
+            crate::auth::mounts::disable(core, &path).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "policies", "acl"], List) | (["sys", "policy"], List) => {
@@ -432,16 +446,29 @@ fn known_path(segs: &[&str]) -> bool {
     )
 }
 
-fn auth_methods() -> Value {
-    let method = |kind: &str, desc: &str| {
-        json!({ "type": kind, "description": desc, "accessor": format!("auth_{kind}_gatepass"),
+async fn auth_methods(core: &Core) -> Result<Value> {
+    let method = |kind: &str, desc: &str, accessor: &str| {
+        json!({ "type": kind, "description": desc, "accessor": accessor,
                 "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}, "local": false, "seal_wrap": false, "options": null })
     };
-    json!({
-        "token/": method("token", "token based credentials"),
-        "approle/": method("approle", "machine login with role ID and secret ID"),
-        "userpass/": method("userpass", "login with username and password"),
-    })
+    let mut out = serde_json::Map::new();
+    for (kind, desc) in [
+        ("token", "token based credentials"),
+        ("approle", "machine login with role ID and secret ID"),
+        ("userpass", "login with username and password"),
+    ] {
+        out.insert(
+            format!("{kind}/"),
+            method(kind, desc, &format!("auth_{kind}_gatepass")),
+        );
+    }
+    for m in crate::auth::mounts::all(core).await? {
+        out.insert(
+            format!("{}/", m.path),
+            method(&m.kind, &m.description, &m.accessor),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<Reply> {

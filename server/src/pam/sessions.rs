@@ -514,6 +514,7 @@ async fn session_certificate(
     let who = sign::Requester {
         display_name: format!("pam-session-{}", s.id),
         meta: Default::default(),
+        entity: None,
     };
     let (_, cert) = ssh::issue_with(core, &m, ca_role, &input, &who, now).await?;
     cert.to_openssh()

@@ -23,6 +23,7 @@ mod hostd_krl;
 mod hostd_sshd;
 mod hosts_api;
 mod layers;
+mod oidc;
 mod otp_api;
 mod otp_servers;
 mod pam_api;
