@@ -583,3 +583,139 @@ async fn bad_input_is_refused_and_nothing_is_issued(backend: Backend) {
         .await;
     refused(st, &v, "another issuer");
 }
+
+/// `gatepass login --method oidc` against a real `gatepass-server dev`: the
+/// CLI listens on loopback, prints the provider's URL (skip_browser), the
+/// person signs in there, the provider's redirect reaches the CLI, which
+/// completes the login and saves a token with the person's policies.
+#[tokio::test]
+async fn gatepass_login_method_oidc_completes_through_the_browser() {
+    use gatepass_tests::{bin, DevServer};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redirect = format!("http://127.0.0.1:{port}/oidc/callback");
+    let p = Provider::start_with(&[&redirect]);
+    let server = DevServer::start();
+    let admin = server.client();
+    let call = |method: &'static str, path: &'static str, body: Value| {
+        let admin = &admin;
+        async move {
+            let body = body.as_object().cloned();
+            admin
+                .request(method, path, body.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        }
+    };
+    call("POST", "sys/auth/oidc", json!({"type": "oidc"})).await;
+    call(
+        "POST",
+        "auth/oidc/config",
+        json!({"oidc_discovery_url": p.issuer, "oidc_client_id": CLIENT_ID,
+               "oidc_client_secret": CLIENT_SECRET, "default_role": "person"}),
+    )
+    .await;
+    call(
+        "POST",
+        "auth/oidc/role/person",
+        json!({"role_type": "oidc", "allowed_redirect_uris": [redirect],
+               "user_claim": "preferred_username", "oidc_scopes": ["profile"],
+               "token_policies": ["people"], "token_ttl": "1h"}),
+    )
+    .await;
+
+    let home = tempfile::tempdir().unwrap();
+    let mut cli = Command::new(bin("gatepass"));
+    for v in gatepass_tests::CLI_AMBIENT_ENV {
+        cli.env_remove(v);
+    }
+    let port_arg = format!("port={port}");
+    let mut child = cli
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("GATEPASS_ADDR", &server.addr)
+        .env("GATEPASS_CACERT", &server.cacert)
+        .args(["login", "--method", "oidc", "listenaddress=127.0.0.1"])
+        .args(["callbackhost=127.0.0.1", &port_arg, "skip_browser=true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The URL it prints, indented on a line of its own.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut printed = String::new();
+    let auth_url = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("the CLI printed no URL: {printed}"))
+            .unwrap();
+        printed += &line;
+        printed.push('\n');
+        if let Some(u) = line.trim().strip_prefix(&p.issuer) {
+            break format!("{}{u}", p.issuer);
+        }
+    };
+    assert!(
+        printed.contains("Complete the login via your OIDC provider"),
+        "{printed}"
+    );
+
+    // The person signs in; the provider sends the browser back to the CLI.
+    let back = p.browser_login(&auth_url, "alice").await;
+    assert!(back.as_str().starts_with(&redirect), "{back}");
+    let page = reqwest::get(back).await.unwrap();
+    assert!(page.status().is_success());
+    assert!(page.text().await.unwrap().contains("Signed in"));
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("Success! You are now authenticated"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("people"), "{stdout}");
+
+    // The saved token is alice's: lookup-self through the CLI names her.
+    let looked = Command::new(bin("gatepass"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join("config"))
+        .env("GATEPASS_ADDR", &server.addr)
+        .env("GATEPASS_CACERT", &server.cacert)
+        .args(["token", "lookup", "--format", "json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&looked.stdout).unwrap_or_else(|_| {
+        panic!(
+            "token lookup: {}{}",
+            String::from_utf8_lossy(&looked.stdout),
+            String::from_utf8_lossy(&looked.stderr)
+        )
+    });
+    assert_eq!(v["data"]["meta"]["role"], "person", "{v}");
+    assert!(
+        v["data"]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "people"),
+        "{v}"
+    );
+    assert!(
+        !v["data"]["entity_id"].as_str().unwrap_or("").is_empty(),
+        "{v}"
+    );
+}
