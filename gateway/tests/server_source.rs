@@ -126,6 +126,7 @@ async fn open(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Va
             },
             host_key_trust: trust,
             allow_forwarding: false,
+            recording: None,
         }),
         "s-badkey" => envelope(GatewaySession {
             session_id: id.clone(),
@@ -138,6 +139,7 @@ async fn open(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Va
             },
             host_key_trust: trust,
             allow_forwarding: false,
+            recording: None,
         }),
         "s-active" => error(StatusCode::BAD_REQUEST, "session s-active is not pending"),
         "s-broken" => error(StatusCode::INTERNAL_SERVER_ERROR, "database is down"),
