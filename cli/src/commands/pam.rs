@@ -1370,7 +1370,10 @@ fn cast_events(recs: &SessionRecordings) -> Vec<CastEvent> {
             let (code, data) = match &e.kind {
                 EventKind::Output { data } => ("o", data.clone()),
                 EventKind::Input { data } => ("i", data.clone()),
-                EventKind::Resize { cols, rows } => ("r", format!("{cols}x{rows}")),
+                // A client without a terminal asks for 0x0: no size to tell.
+                EventKind::Resize { cols, rows } if *cols > 0 && *rows > 0 => {
+                    ("r", format!("{cols}x{rows}"))
+                }
                 _ => continue,
             };
             out.push((e.t + offset, code, data));
