@@ -194,7 +194,13 @@ pub fn seal(
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let a = aad(session, recording, index, prev);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &a })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: &a,
+            },
+        )
         .map_err(|_| RecordingError::Seal)?;
     let mut sealed = nonce.to_vec();
     sealed.extend_from_slice(&ct);
@@ -233,8 +239,12 @@ pub fn sign_end(
     RecordingEnd {
         chunks,
         digest: hex::encode(digest),
-        signature: signer
-            .map(|k| B64.encode(k.sign(&end_message(session, recording, chunks, digest)).to_bytes())),
+        signature: signer.map(|k| {
+            B64.encode(
+                k.sign(&end_message(session, recording, chunks, digest))
+                    .to_bytes(),
+            )
+        }),
     }
 }
 
@@ -537,7 +547,10 @@ mod tests {
         let check_with = |c: &[(u64, SealedChunk)], e: Option<&RecordingEnd>| {
             check(&key, "s", "r", c, e, Some(&public), false).0
         };
-        assert_eq!(check_with(&chunks, Some(&end)), Verdict::Whole { chunks: 4 });
+        assert_eq!(
+            check_with(&chunks, Some(&end)),
+            Verdict::Whole { chunks: 4 }
+        );
         assert_eq!(check_with(&chunks, None), Verdict::Cut { chunks: 4 });
 
         let mut edited = chunks.clone();

@@ -28,10 +28,10 @@ use tracing::{info, warn};
 use crate::bridge::{self, Activity};
 use crate::clock;
 use crate::limits;
-use gatepass_api::recording::EventKind;
 use crate::recording::{ChannelTap, Recorder, RecordingSettings};
 use crate::session::{EndReason, Session, SessionSource, SourceError};
 use crate::target::{self, Target, TargetLost};
+use gatepass_api::recording::EventKind;
 
 /// What the SSH server needs besides its sessions.
 pub struct GatewayConfig {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use gatepass_gateway::config::{Config, Mode, DEFAULT_CONFIG, DEFAULT_HOST_KEY};
+use gatepass_gateway::recording::RecordingSettings;
 use gatepass_gateway::server_source::{ServerSettings, ServerSource};
 use gatepass_gateway::setup::{self, Reach, SetupOptions};
-use gatepass_gateway::recording::RecordingSettings;
 use gatepass_gateway::spool::Spool;
 use gatepass_gateway::{GatewayConfig, SessionCas};
 use russh::keys::PrivateKey;
@@ -219,9 +219,7 @@ async fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
     let spool = Spool::open(&cfg.state_dir.join("recording-spool")).map_err(|e| anyhow!(e))?;
     let signer = match &cfg.recording_key {
-        Some(path) => {
-            gatepass_gateway::setup::load_recording_key(path).map_err(|e| anyhow!(e))?
-        }
+        Some(path) => gatepass_gateway::setup::load_recording_key(path).map_err(|e| anyhow!(e))?,
         None => None,
     };
     if signer.is_none() {

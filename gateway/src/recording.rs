@@ -264,7 +264,7 @@ impl ChannelTap {
     pub fn input(&self, data: &[u8]) {
         let Ok(mut t) = self.inner.lock() else { return };
         if let Some(sftp) = &mut t.sftp {
-            for kind in sftp.from_client(data) {
+            for kind in sftp.client_sent(data) {
                 self.emit(kind);
             }
             return;
@@ -283,7 +283,7 @@ impl ChannelTap {
     pub fn output(&self, data: &[u8]) {
         let Ok(mut t) = self.inner.lock() else { return };
         if let Some(sftp) = &mut t.sftp {
-            sftp.from_server(data);
+            sftp.server_sent(data);
             return;
         }
         let text = t.output.push(data);
@@ -401,7 +401,7 @@ fn packets(buf: &mut Vec<u8>, lost: &mut bool) -> Vec<Vec<u8>> {
 }
 
 impl Sftp {
-    fn from_client(&mut self, data: &[u8]) -> Vec<EventKind> {
+    fn client_sent(&mut self, data: &[u8]) -> Vec<EventKind> {
         if self.lost {
             return Vec::new();
         }
@@ -480,7 +480,7 @@ impl Sftp {
         events
     }
 
-    fn from_server(&mut self, data: &[u8]) {
+    fn server_sent(&mut self, data: &[u8]) {
         if self.lost {
             return;
         }
@@ -551,20 +551,33 @@ mod tests {
     fn an_upload_split_across_messages_is_named_with_its_size() {
         let mut sftp = Sftp::default();
         let id = 7u32.to_be_bytes();
-        let mut up = packet(FXP_OPEN, &[&id, &s(b"/tmp/up.bin"), &0x1au32.to_be_bytes(), &0u32.to_be_bytes()]);
+        let mut up = packet(
+            FXP_OPEN,
+            &[
+                &id,
+                &s(b"/tmp/up.bin"),
+                &0x1au32.to_be_bytes(),
+                &0u32.to_be_bytes(),
+            ],
+        );
         let write = packet(
             FXP_WRITE,
-            &[&8u32.to_be_bytes(), &s(b"H1"), &0u64.to_be_bytes(), &s(&[0u8; 1000])],
+            &[
+                &8u32.to_be_bytes(),
+                &s(b"H1"),
+                &0u64.to_be_bytes(),
+                &s(&[0u8; 1000]),
+            ],
         );
         // Each byte its own message: nothing is lost at any split.
         for b in up.drain(..) {
-            assert!(sftp.from_client(&[b]).is_empty());
+            assert!(sftp.client_sent(&[b]).is_empty());
         }
-        sftp.from_server(&packet(FXP_HANDLE, &[&id, &s(b"H1")]));
+        sftp.server_sent(&packet(FXP_HANDLE, &[&id, &s(b"H1")]));
         for part in write.chunks(333) {
-            assert!(sftp.from_client(part).is_empty());
+            assert!(sftp.client_sent(part).is_empty());
         }
-        let closed = sftp.from_client(&packet(FXP_CLOSE, &[&9u32.to_be_bytes(), &s(b"H1")]));
+        let closed = sftp.client_sent(&packet(FXP_CLOSE, &[&9u32.to_be_bytes(), &s(b"H1")]));
         assert_eq!(
             closed,
             vec![EventKind::Sftp {
@@ -574,10 +587,12 @@ mod tests {
                 bytes: Some(1000)
             }]
         );
-        let renamed = sftp.from_client(&packet(
+        let renamed = sftp.client_sent(&packet(
             FXP_RENAME,
             &[&10u32.to_be_bytes(), &s(b"/a"), &s(b"/b")],
         ));
-        assert!(matches!(&renamed[..], [EventKind::Sftp { op: SftpOp::Rename, to: Some(t), .. }] if t == "/b"));
+        assert!(
+            matches!(&renamed[..], [EventKind::Sftp { op: SftpOp::Rename, to: Some(t), .. }] if t == "/b")
+        );
     }
 }

@@ -120,7 +120,9 @@ impl Spool {
             } => (session, recording),
         };
         if !plain(session) || !plain(recording) {
-            return Err(format!("not a session or recording ID: {session:?} {recording:?}"));
+            return Err(format!(
+                "not a session or recording ID: {session:?} {recording:?}"
+            ));
         }
         let name = item.file_name();
         let path = self.dir.join(&name);
@@ -153,9 +155,9 @@ impl Spool {
             .filter_map(|e| e.ok())
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| !n.starts_with('.') && (n.ends_with(".chunk") || n.ends_with(".end")))
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    !n.starts_with('.') && (n.ends_with(".chunk") || n.ends_with(".end"))
+                })
             })
             .collect();
         files.sort();
@@ -200,14 +202,18 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
                     debug!(file = %path.display(), "recording part delivered");
                     let _ = fs::remove_file(&path);
                 }
-                Err(gatepass_api::Error::Api { status, errors }) if (400..500).contains(&status) => {
+                Err(gatepass_api::Error::Api { status, errors })
+                    if (400..500).contains(&status) =>
+                {
                     warn!(file = %path.display(), status, "the server refused a recording part: {}", errors.join("; "));
                     set_aside(&path, "refused");
                 }
                 Err(e) => {
                     if !failing {
-                        warn!("recordings wait in the spool: the server cannot be reached: {}",
-                            crate::server_source::with_causes(&e));
+                        warn!(
+                            "recordings wait in the spool: the server cannot be reached: {}",
+                            crate::server_source::with_causes(&e)
+                        );
                         failing = true;
                     }
                     stuck = true;

@@ -118,13 +118,7 @@ impl DevServer {
         let mut child = cmd
             .arg("dev")
             .args(extra_args)
-            .args([
-                "--listen",
-                listen,
-                "--root-token",
-                root_token,
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--root-token", root_token, "--data-dir"])
             .arg(data_dir)
             .env("GATEPASS_LOG", "info")
             .stdout(Stdio::piped())

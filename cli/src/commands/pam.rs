@@ -1294,7 +1294,12 @@ async fn recordings(ctx: &Ctx, id: &str) -> Result<SessionRecordings> {
     let id = segment("session", id)?;
     let action = format!("reading the recording of session {id}");
     let resp = ctx
-        .call("GET", &format!("pam/sessions/{id}/recording"), None, &action)
+        .call(
+            "GET",
+            &format!("pam/sessions/{id}/recording"),
+            None,
+            &action,
+        )
         .await?
         .ok_or_else(|| no_session(action.clone(), id))?;
     gatepass_api::data_of(&resp)
@@ -1446,8 +1451,13 @@ async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<()> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         return Err(Error::Usage("--speed must be a positive number".into()));
     }
-    if args.idle_limit.is_some_and(|l| !(l.is_finite() && l >= 0.0)) {
-        return Err(Error::Usage("--idle-limit must be zero or more seconds".into()));
+    if args
+        .idle_limit
+        .is_some_and(|l| !(l.is_finite() && l >= 0.0))
+    {
+        return Err(Error::Usage(
+            "--idle-limit must be zero or more seconds".into(),
+        ));
     }
     let recs = recordings(ctx, &args.id).await?;
     warn_unless_whole(&recs);

@@ -171,7 +171,15 @@ pub async fn put_end(
     );
     // On record before it is stored: an end the audit log lacks was never
     // taken.
-    events::record(core, Kind::RecordingEnded, &s.subject(), None, Some(&detail), now).await?;
+    events::record(
+        core,
+        Kind::RecordingEnded,
+        &s.subject(),
+        None,
+        Some(&detail),
+        now,
+    )
+    .await?;
     let rk = record_key(session, recording);
     core.storage
         .update(&rk, |mut cur: Recording| {
@@ -246,10 +254,7 @@ async fn check_one(
         signer,
         open && r.end.is_none(),
     );
-    let events = plain
-        .iter()
-        .flat_map(|p| recording::events_of(p))
-        .collect();
+    let events = plain.iter().flat_map(|p| recording::events_of(p)).collect();
     Ok(RecordingInfo {
         recording_id: r.id.clone(),
         started_at_ms: r.started_at.saturating_mul(1000),

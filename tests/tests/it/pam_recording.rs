@@ -176,7 +176,14 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     ok(Command::new("sftp")
         .arg("-F")
         .arg(&config)
-        .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-q", "-b"])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-q",
+            "-b",
+        ])
         .arg(&batch)
         .arg("gatepass-keys-root")
         .env_remove("SSH_AUTH_SOCK")
@@ -210,7 +217,9 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     assert!(evs
         .iter()
         .any(|e| matches!(&e.kind, EventKind::Resize { .. })));
-    assert!(evs.iter().any(|e| matches!(&e.kind, EventKind::Input { data } if data.contains("MARK-%s"))));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Input { data } if data.contains("MARK-%s"))));
 
     // The .cast plays in asciinema, the marker in its output.
     let cast = work.path().join("session.cast");
@@ -224,9 +233,14 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         "--output",
         cast.to_str().unwrap(),
     ]));
-    let header: Value =
-        serde_json::from_str(std::fs::read_to_string(&cast).unwrap().lines().next().unwrap())
-            .unwrap();
+    let header: Value = serde_json::from_str(
+        std::fs::read_to_string(&cast)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(header["version"], 2, "{header}");
     let (code, played, err) = run(Command::new("asciinema")
         .args(["play", "-i", "0.1", "-s", "100"])
@@ -283,7 +297,11 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
         if !files.is_empty() {
             break files;
         }
-        assert!(Instant::now() < deadline, "nothing spooled\n{}", pam.gateway_log());
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled\n{}",
+            pam.gateway_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     for f in &spooled {
@@ -328,7 +346,11 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     pam.server.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "nothing spooled\n{}", pam.gateway_log());
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled\n{}",
+            pam.gateway_log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut gateway = pam.gateway.take().unwrap();
@@ -379,8 +401,10 @@ async fn tampering_with_stored_chunks_is_named_and_an_untouched_recording_verifi
                 "POST",
                 "pam/gateways/enroll",
                 None,
-                Some(json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
-                    "host_keys": [host_pub], "recording_key": recording::public_key_text(&signer)})),
+                Some(
+                    json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
+                    "host_keys": [host_pub], "recording_key": recording::public_key_text(&signer)}),
+                ),
             )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
@@ -430,7 +454,10 @@ path "pam/sessions/*" { capabilities = ["read"] }"#,
             )
             .await;
         assert_eq!(st, StatusCode::OK, "{v}");
-        let rec = v["data"]["recording"]["recording_id"].as_str().unwrap().to_string();
+        let rec = v["data"]["recording"]["recording_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let key = recording::parse_key(v["data"]["recording"]["key"].as_str().unwrap()).unwrap();
         assert_eq!(v["data"]["recording"]["record_input"], true);
 
@@ -447,8 +474,8 @@ path "pam/sessions/*" { capabilities = ["read"] }"#,
                 },
             })
             .unwrap();
-            let (c, d) = recording::seal(&key, &id, &rec, i, &prev, format!("{line}\n").as_bytes())
-                .unwrap();
+            let (c, d) =
+                recording::seal(&key, &id, &rec, i, &prev, format!("{line}\n").as_bytes()).unwrap();
             chunks.push(c);
             prev = d;
         }
@@ -514,7 +541,12 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
         let (st, _) = read(no_recordings.clone()).await;
         assert_eq!(st, StatusCode::FORBIDDEN);
         let (st, _) = s
-            .call("GET", &format!("pam/sessions/{id}"), Some(&no_recordings), None)
+            .call(
+                "GET",
+                &format!("pam/sessions/{id}"),
+                Some(&no_recordings),
+                None,
+            )
             .await;
         assert_eq!(st, StatusCode::OK);
 

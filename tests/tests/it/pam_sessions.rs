@@ -209,7 +209,13 @@ impl Pam {
 
     /// `gatepass pam ssh access --resource R --account A --duration D --
     /// COMMAND`, as the person.
-    pub(crate) fn access(&self, resource: &str, account: &str, duration: &str, command: &[&str]) -> Command {
+    pub(crate) fn access(
+        &self,
+        resource: &str,
+        account: &str,
+        duration: &str,
+        command: &[&str],
+    ) -> Command {
         let mut args = vec![
             "pam",
             "ssh",
@@ -228,7 +234,13 @@ impl Pam {
 
     /// One API call with curl: status and body. The person's answers are
     /// kept for the secret check.
-    pub(crate) fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, String) {
+    pub(crate) fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut c = Command::new("curl");
         c.args(["-sS", "-X", method, "--cacert"])
             .arg(&self.server.cacert)
