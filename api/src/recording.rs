@@ -587,6 +587,18 @@ mod tests {
             }
         );
 
+        // A gateway enrolled before it had a recording key: the chunks
+        // verify, the end cannot be checked, and the verdict says so.
+        assert_eq!(
+            check(&key, "s", "r", &chunks, Some(&end), None, false).0,
+            Verdict::Unsigned { chunks: 4 }
+        );
+        // Chunks sealed for another session or recording do not open here.
+        assert_eq!(
+            check(&key, "s2", "r", &chunks, Some(&end), Some(&public), false).0,
+            Verdict::Edited { index: 0 }
+        );
+
         let other = new_signing_key();
         let forged = sign_end(Some(&other), "s", "r", 4, &last);
         assert_eq!(

@@ -547,6 +547,115 @@ mod tests {
         v
     }
 
+    /// Records through a tap into a spool in a fresh folder, and reads the
+    /// spool back as the server would: (verdict, events).
+    async fn record(
+        record_input: bool,
+        chunk_bytes: usize,
+        act: impl FnOnce(&ChannelTap),
+    ) -> (recording::Verdict, Vec<Event>) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let signer = recording::new_signing_key();
+        let public = signer.verifying_key();
+        let settings = Arc::new(RecordingSettings {
+            spool,
+            signer: Some(signer),
+            chunk_bytes,
+            chunk_interval: Duration::from_secs(60),
+        });
+        let key = recording::new_key();
+        let grant = RecordingGrant {
+            recording_id: "r1".into(),
+            key: key.clone(),
+            record_input,
+        };
+        let rec = Recorder::start("s1", &grant, settings).unwrap();
+        let tap = ChannelTap::new(rec.clone());
+        act(&tap);
+        tap.close();
+        rec.finish();
+        let mut chunks = Vec::new();
+        let mut end = None;
+        let mut names: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            match serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap() {
+                SpoolItem::Chunk { chunk, .. } => chunks.push((chunk.index, chunk)),
+                SpoolItem::End { end: e, .. } => end = Some(e),
+            }
+        }
+        let key = recording::parse_key(&key).unwrap();
+        let (verdict, plain) = recording::check(
+            &key,
+            "s1",
+            "r1",
+            &chunks,
+            end.as_ref(),
+            Some(&public),
+            false,
+        );
+        (
+            verdict,
+            plain.iter().flat_map(|p| recording::events_of(p)).collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_recorded_in_signed_chunks_and_input_only_when_asked() {
+        let session = |tap: &ChannelTap| {
+            tap.resize(80, 24);
+            tap.shell();
+            tap.input(b"echo \xe2\x9c");
+            tap.input(b"\x93\n");
+            for _ in 0..50 {
+                tap.output("✓ some output\r\n".as_bytes());
+            }
+            tap.exit(0);
+        };
+        // Small chunks: the events span several, chained and signed.
+        let (verdict, events) = record(true, 256, session).await;
+        let recording::Verdict::Whole { chunks } = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(chunks > 3, "{chunks}");
+        let input: String = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Input { data } => Some(data.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(input, "echo ✓\n");
+        assert!(events.windows(2).all(|w| w[0].t <= w[1].t));
+        assert!(matches!(
+            events.last().map(|e| &e.kind),
+            Some(EventKind::Exit { status: 0, .. })
+        ));
+
+        // An account whose input is not recorded.
+        let (verdict, events) = record(false, 64 * 1024, session).await;
+        assert_eq!(verdict, recording::Verdict::Whole { chunks: 1 });
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::Input { .. })));
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Output { .. }))
+                .count(),
+            50
+        );
+    }
+
     #[test]
     fn an_upload_split_across_messages_is_named_with_its_size() {
         let mut sftp = Sftp::default();

@@ -594,6 +594,37 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
         // Untouched again: whole.
         let (_, v) = read(reader.clone()).await;
         assert_eq!(verdict(&v), json!({"verdict": "whole", "chunks": 4}));
+
+        // An account whose input is not recorded: the gateway is told so.
+        let v = root_ok(
+            &s,
+            "POST",
+            "pam/resources/web/accounts/quiet",
+            json!({"auth_method": "password", "username": "quiet", "password": "pw-123456",
+                "record_input": false}),
+        )
+        .await;
+        assert_eq!(v["data"]["record_input"], false, "{v}");
+        let (st, v) = s
+            .call(
+                "POST",
+                "pam/resources/web/accounts/quiet/access",
+                Some(&reader),
+                Some(json!({"public_key": user_pub})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let quiet = v["data"]["session_id"].as_str().unwrap().to_string();
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{quiet}/open"),
+                Some(&gw),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["recording"]["record_input"], false, "{v}");
     }
 }
 
