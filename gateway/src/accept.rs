@@ -536,6 +536,15 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             Err(e) => {
                 warn!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, error = %e, "cannot log in to the target");
+                // The connection the server opened a recording for
+                // carried nothing: its recording ends at once, whole and
+                // empty, rather than read as cut.
+                if let (Some(settings), Some(grant)) = (&self.shared.recording, &session.recording)
+                {
+                    if let Ok(rec) = Recorder::start(&session.id, grant, settings.clone()) {
+                        rec.finish();
+                    }
+                }
                 self.reporter(&session.id)
                     .send(EndReason::Failed, Some(e.to_string()));
                 self.state = State::TargetFailed {

@@ -24,7 +24,7 @@ use crate::pam_sessions::{key_account, ok, wait_exit, wait_for_active, Pam};
 /// `gatepass pam sessions verify ID` as the administrator, until `done`
 /// holds for (exit code, stdout) or 20 s pass: the gateway delivers its
 /// chunks as the session runs and after.
-fn verify_until(pam: &Pam, id: &str, done: impl Fn(i32, &str) -> bool) -> (i32, String) {
+pub(crate) fn verify_until(pam: &Pam, id: &str, done: impl Fn(i32, &str) -> bool) -> (i32, String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (code, out, err) = run(&mut pam.admin_cli(&["pam", "sessions", "verify", id]));

@@ -670,6 +670,9 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     let id = session_id_in(&err);
     let s = pam.session_when(&id, |s| s["state"] == "ended");
     assert_eq!(s["end_reason"], "failed", "{s}");
+    // Nothing passed: its recording is whole and empty, not cut.
+    let (_, out) = crate::pam_recording::verify_until(&pam, &id, |code, _| code == 0);
+    assert!(out.contains("whole: 0 chunks"), "{out}");
     assert!(
         s["end_detail"]
             .as_str()
