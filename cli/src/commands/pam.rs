@@ -44,7 +44,9 @@ Examples:
   gatepass pam ssh access --resource web1 --account root --duration 1h
   gatepass pam ssh config --resource web1 --account root >> ~/.ssh/config
   gatepass pam sessions list --state active
-  gatepass pam sessions terminate 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+  gatepass pam sessions terminate 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+  gatepass pam sessions verify 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+  gatepass pam sessions export 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b -o session.cast";
 
 pub const ACCESS_EXAMPLES: &str = "\
 Examples:
@@ -1486,6 +1488,90 @@ async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_connections_make_one_cast_time_line() {
+        use gatepass_api::pam::RecordingInfo;
+        use gatepass_api::recording::{Event, Verdict};
+        let ev = |t: f64, kind: EventKind| Event { t, ch: 0, kind };
+        let rec = |id: &str, started_at_ms: i64, events: Vec<Event>| RecordingInfo {
+            recording_id: id.into(),
+            started_at_ms,
+            chunks: 1,
+            verdict: Verdict::Whole { chunks: 1 },
+            message: String::new(),
+            complete: true,
+            events,
+        };
+        let recs = SessionRecordings {
+            session_id: "s".into(),
+            whole: true,
+            recordings: vec![
+                rec(
+                    "b",
+                    1_700_000_002_000,
+                    vec![ev(
+                        0.5,
+                        EventKind::Output {
+                            data: "second\r\n".into(),
+                        },
+                    )],
+                ),
+                rec(
+                    "a",
+                    1_700_000_000_000,
+                    vec![
+                        ev(0.0, EventKind::Resize { cols: 0, rows: 0 }),
+                        ev(
+                            0.1,
+                            EventKind::Resize {
+                                cols: 120,
+                                rows: 40,
+                            },
+                        ),
+                        ev(
+                            0.2,
+                            EventKind::Input {
+                                data: "ls\r".into(),
+                            },
+                        ),
+                        ev(
+                            0.3,
+                            EventKind::Exec {
+                                command: "ls".into(),
+                            },
+                        ),
+                        ev(
+                            1.0,
+                            EventKind::Output {
+                                data: "first\r\n".into(),
+                            },
+                        ),
+                    ],
+                ),
+            ],
+        };
+        let cast = cast_of(&recs);
+        let lines: Vec<Value> = cast
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(
+            (lines[0]["width"].clone(), lines[0]["height"].clone()),
+            (json!(120), json!(40))
+        );
+        assert_eq!(lines[0]["timestamp"], 1_700_000_000);
+        assert_eq!(
+            lines[1..].to_vec(),
+            vec![
+                json!([0.1, "r", "120x40"]),
+                json!([0.2, "i", "ls\r"]),
+                json!([1.0, "o", "first\r\n"]),
+                json!([2.5, "o", "second\r\n"]),
+            ]
+        );
+    }
     use clap::Parser;
 
     #[derive(Debug, Parser)]
