@@ -522,6 +522,12 @@ path "pam/sessions/*" { capabilities = ["read"] }"#,
             .await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         assert!(s.audit_text().contains(&end.digest), "{}", s.audit_text());
+        // A resend after the end is still harmless; a new chunk is not.
+        let (st, v) = send(&chunks[3]).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        let (extra, _) = recording::seal(&key, &id, &rec, 4, &prev, b"late").unwrap();
+        let (st, v) = send(&extra).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
         let (_, v) = read(reader.clone()).await;
         assert_eq!(verdict(&v), json!({"verdict": "whole", "chunks": 4}));
         assert_eq!(v["data"]["whole"], true);
