@@ -190,9 +190,60 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         .stdin(Stdio::null()));
     assert_eq!(std::fs::read(&up).unwrap().len(), 100_000);
 
+    // A local forward, once the account allows forwarding (the stored key
+    // is kept).
+    pam.admin_write(
+        "pam/resources/keys/accounts/root",
+        json!({"auth_method": "key", "username": "root", "max_duration": "1h",
+            "allow_forwarding": true}),
+    );
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = conn.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut conn);
+        }
+    });
+    let local_port = crate::pam_sessions::free_port();
+    let mut forward = ssh(&[
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+        "gatepass-keys-root",
+    ])
+    .stdin(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", local_port)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no forward: {e}\n{}", pam.gateway_log()),
+        }
+    };
+    {
+        use std::io::{Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+    }
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = forward.kill();
+    let _ = forward.wait();
+
     // Every connection's recording arrives whole, signed by the gateway.
     let (_, out) = verify_until(&pam, &id, |code, out| {
-        code == 0 && out.matches(": whole").count() == 3
+        code == 0 && out.matches(": whole").count() == 4
     });
     assert!(out.contains("is whole"), "{out}");
 
@@ -212,6 +263,18 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         "{json}"
     );
     assert_eq!(output_of(&evs, multibyte), "é𝄞".repeat(3000));
+    for opened in [true, false] {
+        assert!(
+            evs.iter().any(|e| match &e.kind {
+                EventKind::ForwardOpen { host, port } if opened =>
+                    host == "127.0.0.1" && *port == u32::from(echo_port),
+                EventKind::ForwardClose { host, port } if !opened =>
+                    host == "127.0.0.1" && *port == u32::from(echo_port),
+                _ => false,
+            }),
+            "{json}"
+        );
+    }
     // The terminal request (ssh -tt without a terminal of its own asks for
     // one of size 0x0).
     assert!(evs
@@ -264,7 +327,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
 
     // The final digests are in the audit log.
     let audit = pam.audit();
-    assert_eq!(audit.matches("recording_ended").count(), 3, "{audit}");
+    assert_eq!(audit.matches("recording_ended").count(), 4, "{audit}");
     assert!(audit.contains("final digest sha256:"), "{audit}");
 }
 
