@@ -9,6 +9,13 @@
 //! ([`crate::spool`]) — fsync'd before the next event is taken, so a gateway
 //! killed mid-session loses at most the chunk being gathered. When the
 //! connection ends, the last chunk and the signed end follow.
+//!
+//! Where later work fits: masking rules belong in [`ChannelTap`], before an
+//! event is made — a masker holds back an output tail that may begin a
+//! match, as [`Utf8Carry`] holds back a split character, so a match across
+//! SSH packets (and so across chunks, which are cut between events) is
+//! caught before anything is sealed. Search indexes the events where the
+//! server opens the chunks (`server/src/pam/recordings.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
