@@ -10,6 +10,9 @@ pub enum Format {
     Table,
     /// The server's response, pretty-printed, for scripts.
     Json,
+    /// asciicast v2, for `pam sessions export` (elsewhere: as table).
+    #[value(hide = true)]
+    Cast,
 }
 
 /// One row of a Key/Value table.
@@ -106,7 +109,7 @@ pub fn print_response(
     }
     match format {
         Format::Json => print_json(resp),
-        Format::Table => {
+        Format::Table | Format::Cast => {
             print_warnings(resp);
             print_table(&rows(resp, show_token));
         }
@@ -215,7 +218,7 @@ pub fn grid(headings: &[&str], rows: &[Vec<String>]) -> String {
 pub fn print_keys(keys: &[String], format: Format) {
     match format {
         Format::Json => print_json(&Value::from(keys.to_vec())),
-        Format::Table => {
+        Format::Table | Format::Cast => {
             println!("Keys\n----");
             for k in keys {
                 println!("{k}");

@@ -97,7 +97,7 @@ impl Session {
         !matches!(self.stage_at(now), Stage::Ended { .. })
     }
 
-    fn subject(&self) -> Subject {
+    pub(super) fn subject(&self) -> Subject {
         Subject {
             session_id: Some(self.id.clone()),
             resource: Some(self.resource.to_string()),
@@ -634,6 +634,9 @@ pub async fn open(
     if first {
         events::record(core, Kind::SessionStarted, &s.subject(), None, None, now).await?;
     }
+    // Each connection is recorded on its own: a reusable session's
+    // connections may overlap, and each chain is the gateway's alone.
+    let recording = super::recordings::begin(core, &s, a.record_input, now).await?;
     Ok(GatewaySession {
         session_id: s.id.clone(),
         expires_at: s.expires_at,
@@ -643,6 +646,7 @@ pub async fn open(
         credential,
         host_key_trust,
         allow_forwarding: a.allow_forwarding,
+        recording: Some(recording),
     })
 }
 
@@ -831,6 +835,7 @@ mod tests {
             },
             max_duration: 3600,
             allow_forwarding: false,
+            record_input: true,
         };
         assert_eq!(duration_for(&a, None).unwrap(), 3600);
         assert_eq!(duration_for(&a, Some("10m")).unwrap(), 600);

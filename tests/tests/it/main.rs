@@ -31,6 +31,7 @@ mod pam_cli;
 mod pam_common;
 mod pam_helper;
 mod pam_module;
+mod pam_recording;
 mod pam_sessions;
 mod policy_parameters;
 mod request_paths;
