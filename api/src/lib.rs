@@ -6,6 +6,7 @@ pub mod docs;
 pub mod hosts;
 pub mod lenient;
 pub mod pam;
+pub mod recording;
 pub mod ssh;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,10 @@
 //!   IDs, newest first) and `key_info` (ID → [`SessionInfo`]).
 //! - `GET pam/sessions/<id>` → [`SessionInfo`].
 //! - `POST pam/sessions/<id>/terminate` → [`SessionInfo`].
+//! - `GET pam/sessions/<id>/recording` → [`SessionRecordings`]: the
+//!   session's recordings, checked by the server, with their events. Its
+//!   own ACL path, so that seeing a session need not mean reading what was
+//!   typed in it.
 //! - `POST pam/sessions/<id>/relay` with `Connection: Upgrade` and
 //!   `Upgrade: gatepass-relay` ([`RELAY_PROTOCOL`]): for a relay gateway's
 //!   session, by the token that asked for it; `101 Switching Protocols`
@@ -39,6 +43,12 @@
 //! - `POST pam/gateway/self/sessions/<id>/end` [`EndSession`]: the gateway
 //!   closed it (or could not open it), with the reason. A reusable
 //!   session's connection closing (`closed`, `idle`) does not end it.
+//! - `POST pam/gateway/self/sessions/<id>/recordings/<rec>/chunks/<i>`
+//!   [`crate::recording::SealedChunk`]: one sealed chunk of a recording;
+//!   idempotent (the same chunk again is harmless; another one under the
+//!   same index is refused).
+//! - `POST pam/gateway/self/sessions/<id>/recordings/<rec>/end`
+//!   [`crate::recording::RecordingEnd`]: the signed end, once.
 //! - `POST pam/gateway/self/relay/<conn_id>` with `Upgrade:
 //!   gatepass-relay`, for each of [`GatewaySessions::relay_requests`]:
 //!   `101`, then the connection carries the user's ssh bytes.
@@ -105,6 +115,15 @@ pub struct GatewayEnroll {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub relay: bool,
+    /// The public half of the gateway's recording signing key (ed25519,
+    /// base64 of its 32 bytes): the gateway signs the end of each session
+    /// recording with it ([`crate::recording`]).
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub recording_key: Option<String>,
 }
 
 /// What a gateway gets at enrollment.
@@ -132,6 +151,10 @@ pub struct GatewayInfo {
     pub enrolled: String,
     /// RFC 3339: when it last asked for its sessions.
     pub last_seen: String,
+    /// Its recording signing key (base64 ed25519 public key); None for a
+    /// gateway enrolled before recordings were signed.
+    #[serde(default)]
+    pub recording_key: Option<String>,
 }
 
 /// `POST pam/resources/<name>`: a server reached through a gateway.
@@ -248,6 +271,14 @@ pub struct AccountSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub allow_forwarding: Option<bool>,
+    /// Record what the user types (asciicast `i` events) in the session
+    /// recordings (default true). Output is always recorded.
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::opt_bool",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub record_input: Option<bool>,
 }
 
 /// `GET pam/resources/<r>/accounts/<a>`: never the secret itself.
@@ -264,6 +295,13 @@ pub struct AccountInfo {
     pub allow_forwarding: bool,
     /// Whether a password or private key is stored (for those methods).
     pub has_secret: bool,
+    /// Whether what the user types is recorded.
+    #[serde(default = "crate::pam::yes")]
+    pub record_input: bool,
+}
+
+pub(crate) fn yes() -> bool {
+    true
 }
 
 /// `POST pam/resources/<r>/accounts/<a>/access`.
@@ -435,6 +473,10 @@ pub struct GatewaySession {
     pub credential: SessionCredential,
     pub host_key_trust: HostKeyTrust,
     pub allow_forwarding: bool,
+    /// The recording of this connection: its ID and key. None from a
+    /// server that does not record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<crate::recording::RecordingGrant>,
 }
 
 impl std::fmt::Debug for GatewaySession {
@@ -448,6 +490,7 @@ impl std::fmt::Debug for GatewaySession {
             .field("credential", &self.credential)
             .field("host_key_trust", &self.host_key_trust)
             .field("allow_forwarding", &self.allow_forwarding)
+            .field("recording", &self.recording)
             .finish()
     }
 }
@@ -496,4 +539,32 @@ pub struct EndSession {
     pub reason: EndReason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// `GET pam/sessions/<id>/recording`: the session's recordings (one per
+/// connection), each checked, with the events of the chunks that verified.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecordings {
+    pub session_id: String,
+    /// Every recording is whole.
+    pub whole: bool,
+    pub recordings: Vec<RecordingInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordingInfo {
+    pub recording_id: String,
+    /// When the connection began, Unix milliseconds: event times are
+    /// seconds after it.
+    pub started_at_ms: i64,
+    /// Chunks stored.
+    pub chunks: u64,
+    pub verdict: crate::recording::Verdict,
+    /// The verdict in words.
+    pub message: String,
+    /// Whether it ended with the gateway's signed end (complete) or not
+    /// (cut, or still recording).
+    pub complete: bool,
+    /// The events of the chunks before the first fault.
+    pub events: Vec<crate::recording::Event>,
 }

@@ -19,6 +19,7 @@ mod machine;
 mod measure;
 mod memory;
 mod otp;
+mod peers;
 mod report;
 mod server;
 mod sign;
@@ -69,6 +70,10 @@ enum Command {
     /// The PAM gateway beside direct `ssh` to the same target: added
     /// round-trip latency, throughput of 1 GiB, memory with 500 sessions.
     Gateway(gateway::Args),
+    /// gatepass beside an OpenBao 2.7.2 dev server in the same run, under
+    /// the same load: sign, OTP creds, verify, token lookup, a
+    /// policy-checked read; ratios and memory.
+    Peers(peers::Args),
     /// A load generator for any Vault-compatible server (gatepass or Vault):
     /// N keep-alive clients on one request; requests/s, p50, p99, p99.9 and
     /// answers by status. Not a suite: it needs a target.
@@ -159,14 +164,7 @@ impl Common {
     }
 
     pub fn server_bin(&self) -> anyhow::Result<PathBuf> {
-        if let Some(p) = &self.server_bin {
-            return Ok(p.clone());
-        }
-        let exe = std::env::current_exe()?;
-        let Some(dir) = exe.parent() else {
-            bail!("cannot tell the directory of {}", exe.display());
-        };
-        Ok(dir.join("gatepass-server"))
+        server_bin(self.server_bin.as_deref())
     }
 
     /// Another of the workspace's binaries, next to the server binary.
@@ -191,6 +189,19 @@ impl Common {
     }
 }
 
+/// The gatepass-server binary: the one given, or the one next to this
+/// binary.
+pub fn server_bin(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    let Some(dir) = exe.parent() else {
+        bail!("cannot tell the directory of {}", exe.display());
+    };
+    Ok(dir.join("gatepass-server"))
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     gatepass_server::tls::install_crypto_provider();
@@ -204,6 +215,7 @@ fn main() -> anyhow::Result<()> {
         Command::Disk(args) => disk::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Peers(args) => peers::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),
     }

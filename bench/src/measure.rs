@@ -83,6 +83,7 @@ impl Sample {
             first_error: self.first_error,
             p50: percentile(&self.latencies, 50.0),
             p99: percentile(&self.latencies, 99.0),
+            p999: percentile(&self.latencies, 99.9),
             max: self.latencies.last().map(|ns| Duration::from_nanos(*ns)),
         }
     }
@@ -107,6 +108,7 @@ pub struct Summary {
     pub first_error: Option<String>,
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
+    pub p999: Option<Duration>,
     /// The slowest successful operation.
     pub max: Option<Duration>,
 }

@@ -29,9 +29,6 @@ const ROLE: &str = "bench-otp";
 const TARGET_CREDS: f64 = 5000.0;
 const TARGET_VERIFY: f64 = 10000.0;
 const TARGET_PACED_P99: Duration = Duration::from_millis(2);
-/// Vault 1.7's published figures quoted in issue 9 (not measured here).
-const VAULT_CREDS: f64 = 3200.0;
-const VAULT_VERIFY: f64 = 7400.0;
 /// Clients (connections) the pacer spreads its requests over.
 const PACED_CLIENTS: usize = 16;
 
@@ -501,16 +498,13 @@ fn section(
          {table}\n\
          The ratios divide by the mean of the two `sys/health` rates with the same number of clients.\n\n\
          Targets (issue 9):\n\n{targets}\n\n\
-         For context only, **not measured here**: issue 9 quotes Vault 1.7's published figures, \
-         about {vc:.0} creations/s and {vv:.0} verifications/s, on other hardware.{busy}{drift_line}\n",
+         OpenBao beside gatepass, in one run under the same load: the peers suite.{busy}{drift_line}\n",
         measured = m.measured_on(),
         secs = budget.measure.as_secs_f64(),
         warm = budget.warmup.as_secs_f64(),
         otps = args.verify_otps,
         table = t.to_markdown(),
         targets = targets.join("\n"),
-        vc = VAULT_CREDS,
-        vv = VAULT_VERIFY,
         busy = m.busy_warning(),
     ))
 }

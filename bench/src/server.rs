@@ -155,20 +155,138 @@ impl DevServer {
         bin: &Path,
         f: impl FnOnce(&DevServer, &tokio::runtime::Runtime) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
+        let server = DevServer::start(bin)?;
+        DevServer::around_all(vec![server], |servers, rt| f(&servers[0], rt))
+    }
+
+    /// [`DevServer::around`] for servers already started.
+    pub fn around_all<R>(
+        mut servers: Vec<DevServer>,
+        f: impl FnOnce(&[DevServer], &tokio::runtime::Runtime) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
-        let mut server = DevServer::start(bin)?;
-        let outcome = f(&server, &rt);
+        let outcome = f(&servers, &rt);
         drop(rt);
-        let stopped = server.stop();
-        let out =
-            outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
-        let status = stopped?;
-        if !status.success() {
-            eprintln!("note: the server exited with {status} after SIGTERM");
+        let stopped: Vec<_> = servers.iter_mut().map(|s| s.stop()).collect();
+        let out = outcome.map_err(|e| {
+            let logs: Vec<String> = servers.iter().map(|s| s.log_tail()).collect();
+            anyhow::anyhow!("{e:#}\nserver log:\n{}", logs.join("\n---\n"))
+        })?;
+        for status in stopped {
+            let status = status?;
+            if !status.success() {
+                eprintln!("note: a server exited with {status} after SIGTERM");
+            }
         }
         Ok(out)
+    }
+
+    /// `count` `gatepass-server serve` processes sharing the database at
+    /// `storage` (PostgreSQL) and one seal key, as servers behind a load
+    /// balancer run: initialized through the first, each on a free
+    /// loopback port, answering when this returns.
+    pub fn serve_sharing(
+        bin: &Path,
+        storage: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<DevServer>> {
+        let shared = tempfile::Builder::new()
+            .prefix("gatepass-bench-shared-")
+            .tempdir()?;
+        let tls = gatepass_server::tls::dev_certificates(&shared.path().join("tls"))?;
+        let ca_pem = std::fs::read(&tls.ca)?;
+        // The first server's files go in the shared folder, which it keeps
+        // until it goes (the seal key and certificates live there).
+        let mut shared = Some(shared);
+        let mut configs = Vec::new();
+        for i in 0..count {
+            let dir = match shared.take() {
+                Some(d) => d,
+                None => tempfile::Builder::new()
+                    .prefix("gatepass-bench-")
+                    .tempdir()?,
+            };
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let config = dir.path().join("server.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\nstorage = \"{storage}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
+                    seal = tls.ca.with_file_name("seal.key").display(),
+                    audit = dir.path().join("audit.log").display(),
+                    cert = tls.cert.display(),
+                    key = tls.key.display(),
+                ),
+            )?;
+            configs.push((i, dir, port, config));
+        }
+        let Some((_, _, _, first)) = configs.first() else {
+            bail!("no servers asked for");
+        };
+        let init = Command::new(bin)
+            .args(["init", "--config"])
+            .arg(first)
+            .output()
+            .with_context(|| format!("running {} init", bin.display()))?;
+        if !init.status.success() {
+            bail!(
+                "gatepass-server init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let token = String::from_utf8_lossy(&init.stdout).trim().to_string();
+        let mut servers = Vec::new();
+        for (_, dir, port, config) in configs {
+            let log = dir.path().join("server.log");
+            let child = Command::new(bin)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .with_context(|| format!("starting {} serve", bin.display()))?;
+            servers.push(DevServer {
+                child,
+                running: true,
+                addr: format!("https://127.0.0.1:{port}"),
+                token: token.clone(),
+                ca_pem: ca_pem.clone(),
+                log,
+                _dir: dir,
+            });
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        for s in &servers {
+            let c = s.client()?;
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                let up = rt.block_on(async {
+                    c.get(s.url("sys/health"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                });
+                if up {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} did not answer within {START_TIMEOUT:?}; its log:\n{}",
+                        s.addr,
+                        s.log_tail()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(servers)
     }
 
     /// The server's whole log so far.

@@ -50,8 +50,9 @@ struct Cli {
 enum Command {
     /// Authenticate and save the token for later commands
     ///
-    /// Logs in with a token, AppRole or username and password, and saves the
-    /// token in ~/.config/gatepass/token (or $XDG_CONFIG_HOME/gatepass/token,
+    /// Logs in with a token, AppRole, username and password, or the identity
+    /// provider in a browser (OIDC), and saves the token in
+    /// ~/.config/gatepass/token (or $XDG_CONFIG_HOME/gatepass/token,
     /// mode 0600), which later commands use unless GATEPASS_TOKEN or
     /// VAULT_TOKEN is set. The token is not printed unless asked for.
     #[command(after_long_help = login::EXAMPLES)]

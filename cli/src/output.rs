@@ -12,12 +12,15 @@ pub enum Format {
     Json,
     /// The response as Vault's CLI prints it with `-format=yaml`.
     Yaml,
+    /// asciicast v2, for `pam sessions export` (elsewhere: as table).
+    #[value(hide = true)]
+    Cast,
 }
 
 impl Format {
     /// JSON or YAML: the whole answer, for scripts.
     pub fn is_structured(self) -> bool {
-        self != Format::Table
+        matches!(self, Format::Json | Format::Yaml)
     }
 }
 
@@ -124,7 +127,7 @@ pub fn print_response(
     }
     match format {
         Format::Json | Format::Yaml => print_structured(resp, format),
-        Format::Table => {
+        Format::Table | Format::Cast => {
             print_warnings(resp);
             print_table(&rows(resp, show_token));
         }
@@ -233,7 +236,7 @@ pub fn grid(headings: &[&str], rows: &[Vec<String>]) -> String {
 pub fn print_keys(keys: &[String], format: Format) {
     match format {
         Format::Json | Format::Yaml => print_structured(&Value::from(keys.to_vec()), format),
-        Format::Table => {
+        Format::Table | Format::Cast => {
             println!("Keys\n----");
             for k in keys {
                 println!("{k}");

@@ -28,8 +28,10 @@ use tracing::{info, warn};
 use crate::bridge::{self, Activity};
 use crate::clock;
 use crate::limits;
+use crate::recording::{ChannelTap, Recorder, RecordingSettings};
 use crate::session::{EndReason, Session, SessionSource, SourceError};
 use crate::target::{self, Target, TargetLost};
+use gatepass_api::recording::EventKind;
 
 /// What the SSH server needs besides its sessions.
 pub struct GatewayConfig {
@@ -39,6 +41,9 @@ pub struct GatewayConfig {
     pub session_cas: SessionCas,
     /// Close a session after this long without data either way.
     pub idle_timeout: Option<Duration>,
+    /// Record sessions whose source hands out a recording; None records
+    /// nothing.
+    pub recording: Option<Arc<RecordingSettings>>,
 }
 
 /// The session CA keys the gateway accepts certificates of. Shared: the
@@ -183,6 +188,7 @@ async fn serve_incoming<S: SessionSource>(
         shared: Arc::new(Shared {
             cas: config.session_cas,
             idle_timeout: config.idle_timeout,
+            recording: config.recording,
             stopping: stopping_rx,
             guards: guards.clone(),
             connection_guards: connection_guards.clone(),
@@ -256,6 +262,7 @@ async fn serve_incoming<S: SessionSource>(
 struct Shared {
     cas: SessionCas,
     idle_timeout: Option<Duration>,
+    recording: Option<Arc<RecordingSettings>>,
     /// Becomes true when the gateway stops.
     stopping: watch::Receiver<bool>,
     /// Handed out to each admitted session and dropped once its end is
@@ -376,6 +383,8 @@ struct Live<S: SessionSource> {
     /// The user's open session channels, to tell them why it ended.
     channels: Arc<Mutex<HashSet<ChannelId>>>,
     activity: Arc<Activity>,
+    /// The connection's recording.
+    recorder: Option<Arc<Recorder>>,
     /// Dropped with the connection, which stops its supervisor.
     gone: Option<oneshot::Sender<()>>,
 }
@@ -498,6 +507,18 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             Ok((target, target_lost)) => {
                 info!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, "session started");
+                let recorder = match (&self.shared.recording, &session.recording) {
+                    (Some(settings), Some(grant)) => {
+                        match Recorder::start(&session.id, grant, settings.clone()) {
+                            Ok(r) => Some(r),
+                            Err(e) => {
+                                warn!(session = %session.id, "not recording the session: {e}");
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 self.state = State::Live(Box::new(Live {
                     session_id: session.id.clone(),
                     reporter: Some(self.reporter(&session.id)),
@@ -508,12 +529,22 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     ended: Arc::new(AtomicBool::new(false)),
                     channels: Arc::new(Mutex::new(HashSet::new())),
                     activity: Arc::new(Activity::new()),
+                    recorder,
                     gone: None,
                 }));
             }
             Err(e) => {
                 warn!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, error = %e, "cannot log in to the target");
+                // The connection the server opened a recording for
+                // carried nothing: its recording ends at once, whole and
+                // empty, rather than read as cut.
+                if let (Some(settings), Some(grant)) = (&self.shared.recording, &session.recording)
+                {
+                    if let Ok(rec) = Recorder::start(&session.id, grant, settings.clone()) {
+                        rec.finish();
+                    }
+                }
                 self.reporter(&session.id)
                     .send(EndReason::Failed, Some(e.to_string()));
                 self.state = State::TargetFailed {
@@ -560,6 +591,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     target_lost,
                     session.handle(),
                     gone_rx,
+                    live.recorder.clone(),
                 ));
             }
         }
@@ -600,8 +632,12 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         let channels = live.channels.clone();
         let activity = live.activity.clone();
         let handle = session.handle();
+        let tap = live.recorder.clone().map(ChannelTap::new);
         tokio::spawn(async move {
-            bridge::run(channel, twin, handle, activity).await;
+            bridge::run(channel, twin, handle, activity, tap.as_ref()).await;
+            if let Some(tap) = &tap {
+                tap.close();
+            }
             if let Ok(mut open) = channels.lock() {
                 open.remove(&id);
             }
@@ -651,12 +687,26 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             }
         };
         reply.accept().await;
-        tokio::spawn(bridge::run(
-            channel,
-            twin,
-            session.handle(),
-            live.activity.clone(),
-        ));
+        let handle = session.handle();
+        let activity = live.activity.clone();
+        let forward = live.recorder.clone().map(|rec| {
+            let ch = rec.next_channel();
+            let (host, port) = (host_to_connect.to_owned(), port_to_connect);
+            rec.event(
+                ch,
+                EventKind::ForwardOpen {
+                    host: host.clone(),
+                    port,
+                },
+            );
+            (rec, ch, host, port)
+        });
+        tokio::spawn(async move {
+            bridge::run(channel, twin, handle, activity, None).await;
+            if let Some((rec, ch, host, port)) = forward {
+                rec.event(ch, EventKind::ForwardClose { host, port });
+            }
+        });
         Ok(())
     }
 
@@ -688,6 +738,7 @@ async fn supervise<S: SessionSource>(
     target_lost: TargetLost,
     user: server::Handle,
     gone: oneshot::Receiver<()>,
+    recorder: Option<Arc<Recorder>>,
 ) {
     let watch = limits::watch(
         &*source,
@@ -709,12 +760,19 @@ async fn supervise<S: SessionSource>(
         _ = gone => None,
     };
     ended.store(true, Ordering::SeqCst);
+    // What the channels still pass after this is not the session's.
+    let finish = || {
+        if let Some(rec) = &recorder {
+            rec.finish();
+        }
+    };
     match reason {
         None => {
             info!(session = %session_id, "session closed by the user");
             let _ = target
                 .disconnect(Disconnect::ByApplication, "session ended", "")
                 .await;
+            finish();
             reporter.send(EndReason::Closed, None);
         }
         Some(reason) => {
@@ -742,6 +800,7 @@ async fn supervise<S: SessionSource>(
             let _ = target
                 .disconnect(Disconnect::ByApplication, "session ended", "")
                 .await;
+            finish();
             let (reported, detail) = reason.reported();
             reporter.send(reported, detail);
         }

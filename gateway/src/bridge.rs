@@ -16,6 +16,8 @@ use std::time::Instant;
 use russh::{client, server, Channel, ChannelMsg};
 use tracing::debug;
 
+use crate::recording::ChannelTap;
+
 /// When data last went through any channel of a connection, for the idle
 /// timeout.
 #[derive(Debug)]
@@ -55,6 +57,7 @@ pub async fn run(
     target: Channel<client::Msg>,
     user_handle: server::Handle,
     activity: Arc<Activity>,
+    tap: Option<&ChannelTap>,
 ) {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
@@ -69,6 +72,9 @@ pub async fn run(
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     activity.touch();
+                    if let Some(tap) = tap {
+                        tap.input(&data);
+                    }
                     target_tx.data_bytes(data).await
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
@@ -89,6 +95,9 @@ pub async fn run(
                     terminal_modes,
                     ..
                 } => {
+                    if let Some(tap) = tap {
+                        tap.resize(col_width, row_height);
+                    }
                     target_tx
                         .request_pty(
                             true,
@@ -101,9 +110,22 @@ pub async fn run(
                         )
                         .await
                 }
-                ChannelMsg::RequestShell { .. } => target_tx.request_shell(true).await,
-                ChannelMsg::Exec { command, .. } => target_tx.exec(true, command).await,
+                ChannelMsg::RequestShell { .. } => {
+                    if let Some(tap) = tap {
+                        tap.shell();
+                    }
+                    target_tx.request_shell(true).await
+                }
+                ChannelMsg::Exec { command, .. } => {
+                    if let Some(tap) = tap {
+                        tap.exec(&command);
+                    }
+                    target_tx.exec(true, command).await
+                }
                 ChannelMsg::RequestSubsystem { name, .. } => {
+                    if let Some(tap) = tap {
+                        tap.subsystem(&name);
+                    }
                     target_tx.request_subsystem(true, name).await
                 }
                 ChannelMsg::SetEnv {
@@ -121,6 +143,9 @@ pub async fn run(
                     pix_width,
                     pix_height,
                 } => {
+                    if let Some(tap) = tap {
+                        tap.resize(col_width, row_height);
+                    }
                     target_tx
                         .window_change(col_width, row_height, pix_width, pix_height)
                         .await
@@ -148,10 +173,16 @@ pub async fn run(
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     activity.touch();
+                    if let Some(tap) = tap {
+                        tap.output(&data);
+                    }
                     user_tx.data_bytes(data).await.is_ok()
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     activity.touch();
+                    if let Some(tap) = tap {
+                        tap.output(&data);
+                    }
                     user_tx.extended_data_bytes(ext, data).await.is_ok()
                 }
                 ChannelMsg::Eof => user_tx.eof().await.is_ok(),
@@ -160,6 +191,9 @@ pub async fn run(
                     return;
                 }
                 ChannelMsg::ExitStatus { exit_status } => {
+                    if let Some(tap) = tap {
+                        tap.exit(exit_status);
+                    }
                     user_tx.exit_status(exit_status).await.is_ok()
                 }
                 ChannelMsg::ExitSignal {

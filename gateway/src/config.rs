@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub const DEFAULT_CONFIG: &str = "/etc/gatepass/gateway.toml";
 pub const DEFAULT_HOST_KEY: &str = "/var/lib/gatepass-gateway/ssh_host_ed25519_key";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gatepass-gateway";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -60,6 +61,41 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     #[serde(default)]
     pub sync: SyncSettings,
+    /// Where the gateway keeps what must outlive a restart: the recording
+    /// spool (`recording-spool/`, chunks not yet delivered to the server).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The key that signs the end of each session recording (ed25519, made
+    /// by `setup`, its public half registered at enrollment). Without it
+    /// recordings end unsigned (`setup --replace` makes and registers one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_key: Option<PathBuf>,
+    #[serde(default)]
+    pub recording: RecordingConfig,
+}
+
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+
+/// How recordings are cut into chunks: a chunk is sealed, fsync'd to the
+/// spool and sent once it holds `chunk_kib` KiB of events, or
+/// `chunk_seconds` after its first event, whichever comes first. A gateway
+/// killed mid-session loses at most the chunk being gathered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    pub chunk_kib: u64,
+    pub chunk_seconds: u64,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> RecordingConfig {
+        RecordingConfig {
+            chunk_kib: 64,
+            chunk_seconds: 2,
+        }
+    }
 }
 
 /// How users' connections reach the gateway.
@@ -193,6 +229,12 @@ impl Config {
         }
         if !(1..=60).contains(&self.sync.wait_seconds) {
             return Err("sync.wait_seconds must be between 1 and 60".into());
+        }
+        if !(1..=512).contains(&self.recording.chunk_kib) {
+            return Err("recording.chunk_kib must be between 1 and 512".into());
+        }
+        if !(1..=300).contains(&self.recording.chunk_seconds) {
+            return Err("recording.chunk_seconds must be between 1 and 300".into());
         }
         if self.sync.max_backoff_seconds == 0 {
             return Err("sync.max_backoff_seconds must be at least 1".into());

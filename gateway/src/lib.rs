@@ -13,9 +13,11 @@ pub mod bridge;
 pub mod clock;
 pub mod config;
 pub mod limits;
+pub mod recording;
 pub mod server_source;
 pub mod session;
 pub mod setup;
+pub mod spool;
 pub mod target;
 
 pub use accept::{

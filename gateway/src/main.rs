@@ -11,8 +11,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use gatepass_gateway::config::{Config, Mode, DEFAULT_CONFIG, DEFAULT_HOST_KEY};
+use gatepass_gateway::recording::RecordingSettings;
 use gatepass_gateway::server_source::{ServerSettings, ServerSource};
 use gatepass_gateway::setup::{self, Reach, SetupOptions};
+use gatepass_gateway::spool::Spool;
 use gatepass_gateway::{GatewayConfig, SessionCas};
 use russh::keys::PrivateKey;
 use tokio::net::TcpListener;
@@ -213,6 +215,24 @@ async fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The spool in the state directory and the signing key.
+fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
+    let spool = Spool::open(&cfg.state_dir.join("recording-spool")).map_err(|e| anyhow!(e))?;
+    let signer = match &cfg.recording_key {
+        Some(path) => gatepass_gateway::setup::load_recording_key(path).map_err(|e| anyhow!(e))?,
+        None => None,
+    };
+    if signer.is_none() {
+        warn!("no recording key: session recordings end unsigned (run `gatepass-gateway setup --replace` to make and register one)");
+    }
+    Ok(Arc::new(RecordingSettings {
+        spool: Arc::new(spool),
+        signer,
+        chunk_bytes: usize::try_from(cfg.recording.chunk_kib).unwrap_or(64) * 1024,
+        chunk_interval: Duration::from_secs(cfg.recording.chunk_seconds),
+    }))
+}
+
 async fn run(cfg: Config) -> Result<()> {
     let token = cfg.read_token().map_err(|e| anyhow!(e))?;
     let host_key = PrivateKey::read_openssh_file(&cfg.host_key)
@@ -277,10 +297,16 @@ async fn run(cfg: Config) -> Result<()> {
     let follower = tokio::spawn(source.clone().follow(index));
     let renewer = tokio::spawn(source.clone().renew_token());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let recording = recording_settings(&cfg)?;
+    let deliverer = tokio::spawn(gatepass_gateway::spool::deliver(
+        recording.spool.clone(),
+        source.client(),
+    ));
     let config = GatewayConfig {
         host_keys: vec![host_key],
         session_cas: cas,
         idle_timeout: cfg.idle_timeout,
+        recording: Some(recording),
     };
     let (served, dialer) = match listener {
         Some(listener) => (
@@ -299,6 +325,8 @@ async fn run(cfg: Config) -> Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     follower.abort();
     renewer.abort();
+    // What is not delivered yet waits in the spool for the next start.
+    deliverer.abort();
     if let Some(d) = dialer {
         d.abort();
     }

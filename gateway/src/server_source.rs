@@ -160,6 +160,12 @@ impl ServerSource {
         })
     }
 
+    /// A client of the server with the gateway's token and the short
+    /// timeout, for the recording spool's deliveries.
+    pub fn client(&self) -> Client {
+        self.calls.clone()
+    }
+
     /// `POST pam/gateway/self/started`: ends what the previous run left
     /// active, and gives the first list and CA keys.
     pub async fn started(&self, host_keys: Vec<String>) -> Result<u64, gatepass_api::Error> {
@@ -385,6 +391,7 @@ pub fn session_of(gs: GatewaySession, key: Option<PrivateKey>) -> Result<Session
         credential,
         host_key_trust,
         allow_forwarding,
+        recording,
     } = gs;
     let credential = match credential {
         SessionCredential::Password { password } => Credential::Password(Zeroizing::new(password)),
@@ -435,6 +442,7 @@ pub fn session_of(gs: GatewaySession, key: Option<PrivateKey>) -> Result<Session
         credential,
         host_key_trust: trust,
         allow_forwarding,
+        recording,
     })
 }
 
@@ -614,6 +622,7 @@ mod tests {
             credential,
             host_key_trust: trust,
             allow_forwarding: true,
+            recording: None,
         }
     }
 

@@ -30,6 +30,9 @@ pub struct Session {
     pub host_key_trust: HostKeyTrust,
     /// Whether `direct-tcpip` channels (`ssh -L`) are let through.
     pub allow_forwarding: bool,
+    /// The connection's recording (its ID and key), when the source
+    /// records sessions.
+    pub recording: Option<gatepass_api::recording::RecordingGrant>,
 }
 
 /// How the gateway logs in to the target. Never shown to the user; `Debug`

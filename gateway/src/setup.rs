@@ -147,6 +147,32 @@ pub fn host_key(path: &Path) -> Result<(String, bool), String> {
     Ok((public, true))
 }
 
+/// The recording signing key at `path` (base64 ed25519 seed, 0600), made
+/// when missing; its public half (base64).
+pub fn recording_key(path: &Path) -> Result<String, String> {
+    if let Some(key) = load_recording_key(path)? {
+        return Ok(gatepass_api::recording::public_key_text(&key));
+    }
+    let key = gatepass_api::recording::new_signing_key();
+    let text = zeroize::Zeroizing::new(gatepass_api::recording::signing_key_text(&key));
+    write_file(path, text.as_bytes(), 0o600)?;
+    Ok(gatepass_api::recording::public_key_text(&key))
+}
+
+/// The recording signing key at `path`, None when there is no file.
+pub fn load_recording_key(path: &Path) -> Result<Option<ed25519_dalek::SigningKey>, String> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            let text = zeroize::Zeroizing::new(text);
+            gatepass_api::recording::parse_signing_key(&text)
+                .map(Some)
+                .ok_or_else(|| format!("{} is not a recording key", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
     let config_path = absolute(&opts.config_path)?;
     let conf_dir = dir_of(&config_path);
@@ -175,6 +201,11 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         .map_err(|e| format!("cannot read --ca-cert {}: {e}", opts.ca_cert.display()))?;
     let host_key_path = absolute(&opts.host_key)?;
     let (host_key_public, made_host_key) = host_key(&host_key_path)?;
+    // The recording key and the spool live beside the host key (by default
+    // the service's state directory).
+    let state_dir = dir_of(&host_key_path);
+    let recording_key_path = state_dir.join("recording_ed25519_key");
+    let recording_public = recording_key(&recording_key_path)?;
     let (mode, listen, address) = match &opts.reach {
         Reach::Direct { listen, address } => (
             Mode::Direct,
@@ -193,6 +224,7 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         host_keys: vec![host_key_public.clone()],
         replace: opts.replace,
         relay: mode == Mode::Relay,
+        recording_key: Some(recording_public),
     };
     let enrolled: GatewayEnrolled = enroll(&client, &req).await?;
     let cfg = Config {
@@ -206,6 +238,9 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         host_key: host_key_path,
         idle_timeout: Some(Duration::from_secs(30 * 60)),
         sync: SyncSettings::default(),
+        state_dir,
+        recording_key: Some(recording_key_path),
+        recording: Default::default(),
     };
     // Token first: a config file means the token is there too.
     ensure_dir(&conf_dir, 0o755)?;
@@ -217,7 +252,11 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
     }
     // The host key's folder (by default the service's StateDirectory=) is
     // handed over by systemd at start.
-    hand_to_service_user(&[&cfg.token_file, &cfg.host_key])?;
+    let mut owned: Vec<&Path> = vec![&cfg.token_file, &cfg.host_key];
+    if let Some(k) = &cfg.recording_key {
+        owned.push(k);
+    }
+    hand_to_service_user(&owned)?;
     write_file(&config_path, cfg.to_toml().as_bytes(), 0o644)?;
     Ok(SetupReport {
         config: cfg,

@@ -126,6 +126,7 @@ async fn open(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Va
             },
             host_key_trust: trust,
             allow_forwarding: false,
+            recording: None,
         }),
         "s-badkey" => envelope(GatewaySession {
             session_id: id.clone(),
@@ -138,6 +139,7 @@ async fn open(State(f): State<Fake>, Path(id): Path<String>, Json(body): Json<Va
             },
             host_key_trust: trust,
             allow_forwarding: false,
+            recording: None,
         }),
         "s-active" => error(StatusCode::BAD_REQUEST, "session s-active is not pending"),
         "s-broken" => error(StatusCode::INTERNAL_SERVER_ERROR, "database is down"),
@@ -475,6 +477,14 @@ async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
     let sent = r.fake.seen("enroll");
     let host_key =
         std::fs::read_to_string(r.dir.path().join("state/ssh_host_ed25519_key.pub")).unwrap();
+    // The recording key is made beside the host key, private, and its
+    // public half enrolled.
+    let recording_key = r.dir.path().join("state/recording_ed25519_key");
+    assert_eq!(mode(&recording_key), 0o600);
+    let signer = gatepass_api::recording::parse_signing_key(
+        &std::fs::read_to_string(&recording_key).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         sent[1],
         json!({
@@ -483,8 +493,14 @@ async fn setup_makes_the_host_key_enrolls_once_and_writes_token_and_config() {
             "address": "127.0.0.1:2222",
             "host_keys": [host_key.trim()],
             "replace": false,
+            "recording_key": gatepass_api::recording::public_key_text(&signer),
         })
     );
+    assert_eq!(
+        report.config.recording_key.as_deref(),
+        Some(recording_key.as_path())
+    );
+    assert_eq!(report.config.state_dir, r.dir.path().join("state"));
     assert_eq!(report.host_key_public, host_key.trim());
     assert_eq!(mode(&opts.host_key), 0o600);
     let token = etc.join("gateway.token");

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod error;
 pub mod hosts;
 pub mod http;
+pub mod identity;
 pub mod leases;
 pub mod longpoll;
 pub mod metrics;

@@ -38,6 +38,8 @@ pub struct Core {
     pub acl_cache: crate::policies::cache::AclCache,
     /// Relayed PAM connections waiting for their gateway to dial in.
     pub relays: crate::pam::relay::Relays,
+    /// Identity providers' discovery documents and signing keys.
+    pub oidc: crate::auth::oidc_cache::ProviderCache,
 }
 
 pub type State = Arc<Core>;
@@ -70,6 +72,7 @@ impl Core {
             hosts_cache: Default::default(),
             acl_cache: Default::default(),
             relays: Default::default(),
+            oidc: Default::default(),
         }))
     }
 }

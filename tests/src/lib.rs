@@ -3,6 +3,7 @@
 //! PostgreSQL cluster, and cleans up after itself.
 
 pub mod inproc;
+pub mod oidc;
 pub mod openbao;
 pub mod pg;
 pub mod ssh;
@@ -98,6 +99,16 @@ impl DevServer {
         extra_args: &[&str],
         wrapper: &[&str],
     ) -> DevServer {
+        Self::launch_on(data_dir, root_token, extra_args, wrapper, "127.0.0.1:0")
+    }
+
+    fn launch_on(
+        data_dir: &Path,
+        root_token: &str,
+        extra_args: &[&str],
+        wrapper: &[&str],
+        listen: &str,
+    ) -> DevServer {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -109,13 +120,7 @@ impl DevServer {
         let mut child = cmd
             .arg("dev")
             .args(extra_args)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--root-token",
-                root_token,
-                "--data-dir",
-            ])
+            .args(["--listen", listen, "--root-token", root_token, "--data-dir"])
             .arg(data_dir)
             .env("GATEPASS_LOG", "info")
             .stdout(Stdio::piped())
@@ -168,6 +173,22 @@ impl DevServer {
             ("GATEPASS_TOKEN".into(), self.token.clone()),
             ("GATEPASS_CACERT".into(), self.cacert.display().to_string()),
         ]
+    }
+
+    /// Stops the server and starts it again on the same address and data
+    /// folder, as after a restart of the service.
+    pub fn restart(&mut self) {
+        stop_child(&mut self.child);
+        let tmp = self._tmp.take();
+        let listen = self
+            .addr
+            .trim_start_matches("https://")
+            .trim_start_matches("http://")
+            .to_string();
+        let token = self.token.clone();
+        let mut again = Self::launch_on(&self.data_dir, &token, &[], &[], &listen);
+        again._tmp = tmp;
+        *self = again;
     }
 
     /// Stops the server and waits for it to exit.

@@ -16,6 +16,8 @@ Examples:
   gatepass login - < token.txt
   gatepass login --method userpass username=alice   # asks for the password
   gatepass login --method approle role_id=$ROLE_ID secret_id=- < secret_id.txt
+  gatepass login --method oidc role=dev             # signs in in the browser
+  gatepass login --method oidc mount=sso skip_browser=true port=18250
 
   # A token for one script, not saved:
   export GATEPASS_TOKEN=$(gatepass login --no-store --field token \\
@@ -29,6 +31,9 @@ pub enum Method {
     Approle,
     /// A person's username and password
     Userpass,
+    /// A person's sign-in at the identity provider, in a browser (OIDC):
+    /// a listener on localhost:8250 receives its redirect
+    Oidc,
 }
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +45,11 @@ pub struct Args {
     /// For the token method, the token (`-` reads it from standard input;
     /// without it, it is asked for). For the others, KEY=VALUE credentials:
     /// userpass takes username= and password= (asked for when missing),
-    /// approle takes role_id= and secret_id=. KEY=- reads a value from
+    /// approle takes role_id= and secret_id=, oidc takes (all optional, as
+    /// Vault's CLI) role=, mount= (default oidc), listenaddress=
+    /// (localhost), port= (8250), callbackmethod=, callbackhost=,
+    /// callbackport= (where the redirect reaches this machine) and
+    /// skip_browser=true (print the URL only). KEY=- reads a value from
     /// standard input and KEY=@FILE from a file.
     #[arg(value_name = "TOKEN | KEY=VALUE")]
     pub args: Vec<String>,
@@ -63,6 +72,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
     let resp = match args.method {
         Method::Token => token_login(&mut ctx, &args.args).await?,
         Method::Userpass => userpass_login(&ctx, &args.args).await?,
+        Method::Oidc => super::oidc::login(&ctx, &args.args).await?,
         Method::Approle => {
             let body = parse_pairs(&args.args)?;
             if !body.contains_key("role_id") {

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod creds;
 pub mod generic;
 pub mod login;
+pub mod oidc;
 pub mod pam;
 pub mod ssh;
 pub mod sshconfig;

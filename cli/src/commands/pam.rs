@@ -9,7 +9,8 @@
 //! key, the certificate and a known_hosts pinning the gateway's host keys,
 //! all in a private temporary folder removed afterwards; `config` keeps
 //! them in a folder per session and prints an `~/.ssh/config` block.
-//! `pam sessions …` lists, shows and terminates sessions.
+//! `pam sessions …` lists, shows and terminates sessions, and verifies,
+//! exports and replays their recordings.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -20,7 +21,10 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gatepass_api::pam::{Access, AccessRequest, SessionInfo, SessionList, SessionState};
+use gatepass_api::pam::{
+    Access, AccessRequest, SessionInfo, SessionList, SessionRecordings, SessionState,
+};
+use gatepass_api::recording::EventKind;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
@@ -40,7 +44,9 @@ Examples:
   gatepass pam ssh access --resource web1 --account root --duration 1h
   gatepass pam ssh config --resource web1 --account root >> ~/.ssh/config
   gatepass pam sessions list --state active
-  gatepass pam sessions terminate 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+  gatepass pam sessions terminate 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+  gatepass pam sessions verify 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+  gatepass pam sessions export 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b -o session.cast";
 
 pub const ACCESS_EXAMPLES: &str = "\
 Examples:
@@ -70,6 +76,25 @@ pub const SHOW_EXAMPLES: &str = "\
 Examples:
   gatepass pam sessions show 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
   gatepass pam sessions show 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b --format json";
+
+pub const VERIFY_EXAMPLES: &str = "\
+Examples:
+  gatepass pam sessions verify 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+
+A policy that lets a person see sessions but not read what was typed in
+them:
+  path \"pam/sessions/*\" { capabilities = [\"read\"] }
+  path \"pam/sessions/+/recording\" { capabilities = [\"deny\"] }";
+
+pub const EXPORT_EXAMPLES: &str = "\
+Examples:
+  gatepass pam sessions export 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b -o session.cast
+  asciinema play session.cast
+  gatepass pam sessions export 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b --format json";
+
+pub const REPLAY_EXAMPLES: &str = "\
+Examples:
+  gatepass pam sessions replay 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b --speed 2 --idle-limit 1";
 
 pub const TERMINATE_EXAMPLES: &str = "\
 Examples:
@@ -179,6 +204,56 @@ pub enum SessionsCommand {
     /// session is recorded as ended with the reason `terminated`.
     #[command(after_long_help = TERMINATE_EXAMPLES)]
     Terminate(IdArgs),
+
+    /// Check that a session's recording is whole
+    ///
+    /// Reads `pam/sessions/<id>/recording` (its own ACL path): the server
+    /// opens every chunk with the recording's key and follows the hash
+    /// chain to the end the gateway signed. Prints, for each connection's
+    /// recording, that it is whole, or the first chunk edited, dropped,
+    /// reordered or missing at the end, or that it was cut (the gateway
+    /// stopped without signing its end). Exits 0 only when every recording
+    /// is whole, 1 otherwise.
+    #[command(after_long_help = VERIFY_EXAMPLES)]
+    Verify(IdArgs),
+
+    /// Write a session's recording as asciicast v2 or JSON events
+    ///
+    /// --format cast (the default here) writes an asciicast v2 file that
+    /// `asciinema play` plays: the terminal output, input and resizes of
+    /// every shell and exec channel, on one time line. --format json writes
+    /// every event (commands and their exit status, sftp operations, port
+    /// forwards too) of each recording. Only chunks that verify are
+    /// written; a warning says when the recording is not whole.
+    #[command(after_long_help = EXPORT_EXAMPLES)]
+    Export(ExportArgs),
+
+    /// Play a session's recording in the terminal at its own pace
+    #[command(after_long_help = REPLAY_EXAMPLES)]
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The session's ID
+    #[arg(value_name = "SESSION_ID")]
+    pub id: String,
+    /// Write to this file instead of standard output
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The session's ID
+    #[arg(value_name = "SESSION_ID")]
+    pub id: String,
+    /// Play this many times faster
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    pub speed: f64,
+    /// Shorten every pause longer than this many seconds to it
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_limit: Option<f64>,
 }
 
 /// Which account, for how long.
@@ -291,6 +366,11 @@ pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<u8> {
         Command::Sessions(SessionsCommand::Terminate(a)) => {
             terminate(&Ctx::new(global)?, a).await?
         }
+        Command::Sessions(SessionsCommand::Verify(a)) => {
+            return verify(&Ctx::new(global)?, a).await
+        }
+        Command::Sessions(SessionsCommand::Export(a)) => export(&Ctx::new(global)?, a).await?,
+        Command::Sessions(SessionsCommand::Replay(a)) => replay(&Ctx::new(global)?, a).await?,
     }
     Ok(0)
 }
@@ -1076,8 +1156,8 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
     };
     match ctx.format {
         Format::Json | Format::Yaml => output::print_structured(&json!(sessions), ctx.format),
-        Format::Table if sessions.is_empty() => eprintln!("No sessions."),
-        Format::Table => {
+        Format::Table | Format::Cast if sessions.is_empty() => eprintln!("No sessions."),
+        Format::Table | Format::Cast => {
             if let Some(r) = &resp {
                 output::print_warnings(r);
             }
@@ -1210,9 +1290,295 @@ async fn terminate(ctx: &Ctx, args: IdArgs) -> Result<()> {
     print_session(ctx, &resp, &action)
 }
 
+// ------------------------------------------------------------ recordings
+
+async fn recordings(ctx: &Ctx, id: &str) -> Result<SessionRecordings> {
+    let id = segment("session", id)?;
+    let action = format!("reading the recording of session {id}");
+    let resp = ctx
+        .call(
+            "GET",
+            &format!("pam/sessions/{id}/recording"),
+            None,
+            &action,
+        )
+        .await?
+        .ok_or_else(|| no_session(action.clone(), id))?;
+    gatepass_api::data_of(&resp)
+        .ok_or_else(|| Error::Local(format!("{action}: unexpected answer from the server")))
+}
+
+async fn verify(ctx: &Ctx, args: IdArgs) -> Result<u8> {
+    let recs = recordings(ctx, &args.id).await?;
+    if ctx.format.is_structured() {
+        let summary: Vec<Value> = recs
+            .recordings
+            .iter()
+            .map(|r| {
+                json!({
+                    "recording_id": r.recording_id,
+                    "chunks": r.chunks,
+                    "complete": r.complete,
+                    "verdict": r.verdict,
+                    "message": r.message,
+                })
+            })
+            .collect();
+        output::print_structured(
+            &json!({
+                "session_id": recs.session_id,
+                "whole": recs.whole,
+                "recordings": summary,
+            }),
+            ctx.format,
+        );
+    } else {
+        if recs.recordings.is_empty() {
+            println!("session {}: no recording", recs.session_id);
+        }
+        for r in &recs.recordings {
+            println!("recording {}: {}", r.recording_id, r.message);
+        }
+        if recs.whole && !recs.recordings.is_empty() {
+            println!("the recording of session {} is whole", recs.session_id);
+        } else {
+            println!("the recording of session {} is NOT whole", recs.session_id);
+        }
+    }
+    Ok(if recs.whole && !recs.recordings.is_empty() {
+        0
+    } else {
+        1
+    })
+}
+
+fn warn_unless_whole(recs: &SessionRecordings) {
+    for r in recs.recordings.iter().filter(|r| !r.verdict.is_whole()) {
+        eprintln!(
+            "warning: recording {}: {} (only what verifies is shown)",
+            r.recording_id, r.message
+        );
+    }
+}
+
+/// One asciicast event: seconds since the first recording began, code,
+/// data.
+type CastEvent = (f64, &'static str, String);
+
+/// The terminal events of every recording on one time line.
+fn cast_events(recs: &SessionRecordings) -> Vec<CastEvent> {
+    let base = recs
+        .recordings
+        .iter()
+        .map(|r| r.started_at_ms)
+        .min()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for r in &recs.recordings {
+        let offset = (r.started_at_ms - base) as f64 / 1000.0;
+        for e in &r.events {
+            let (code, data) = match &e.kind {
+                EventKind::Output { data } => ("o", data.clone()),
+                EventKind::Input { data } => ("i", data.clone()),
+                // A client without a terminal asks for 0x0: no size to tell.
+                EventKind::Resize { cols, rows } if *cols > 0 && *rows > 0 => {
+                    ("r", format!("{cols}x{rows}"))
+                }
+                _ => continue,
+            };
+            out.push((e.t + offset, code, data));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// asciicast v2: a header line, then one JSON array per event.
+pub fn cast_of(recs: &SessionRecordings) -> String {
+    let events = cast_events(recs);
+    let (width, height) = events
+        .iter()
+        .find(|e| e.1 == "r")
+        .and_then(|e| e.2.split_once('x'))
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .unwrap_or((80, 24));
+    let timestamp = recs
+        .recordings
+        .iter()
+        .map(|r| r.started_at_ms / 1000)
+        .min()
+        .unwrap_or(0);
+    let mut out = json!({
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": timestamp,
+        "title": format!("gatepass session {}", recs.session_id),
+    })
+    .to_string();
+    out.push('\n');
+    for (t, code, data) in events {
+        let t = (t * 1e6).round() / 1e6;
+        out.push_str(&json!([t, code, data]).to_string());
+        out.push('\n');
+    }
+    out
+}
+
+async fn export(ctx: &Ctx, args: ExportArgs) -> Result<()> {
+    let recs = recordings(ctx, &args.id).await?;
+    warn_unless_whole(&recs);
+    let text = match ctx.format {
+        Format::Json => {
+            let mut t = serde_json::to_string_pretty(&recs)
+                .map_err(|e| Error::Local(format!("encoding the events: {e}")))?;
+            t.push('\n');
+            t
+        }
+        Format::Yaml => crate::yaml::to_yaml(
+            &serde_json::to_value(&recs)
+                .map_err(|e| Error::Local(format!("encoding the events: {e}")))?,
+        ),
+        Format::Cast | Format::Table => cast_of(&recs),
+    };
+    match &args.output {
+        Some(path) => fs::write(path, text)
+            .map_err(|e| Error::Local(format!("cannot write {}: {e}", path.display())))?,
+        None => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::Local(format!("writing the recording: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<()> {
+    if !(args.speed.is_finite() && args.speed > 0.0) {
+        return Err(Error::Usage("--speed must be a positive number".into()));
+    }
+    if args
+        .idle_limit
+        .is_some_and(|l| !(l.is_finite() && l >= 0.0))
+    {
+        return Err(Error::Usage(
+            "--idle-limit must be zero or more seconds".into(),
+        ));
+    }
+    let recs = recordings(ctx, &args.id).await?;
+    warn_unless_whole(&recs);
+    use std::io::Write;
+    let mut last = 0.0f64;
+    for (t, code, data) in cast_events(&recs) {
+        if code != "o" {
+            continue;
+        }
+        let mut pause = (t - last).max(0.0);
+        if let Some(limit) = args.idle_limit {
+            pause = pause.min(limit);
+        }
+        last = t;
+        if pause > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(pause / args.speed)).await;
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(data.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::Local(format!("writing the recording: {e}")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_connections_make_one_cast_time_line() {
+        use gatepass_api::pam::RecordingInfo;
+        use gatepass_api::recording::{Event, Verdict};
+        let ev = |t: f64, kind: EventKind| Event { t, ch: 0, kind };
+        let rec = |id: &str, started_at_ms: i64, events: Vec<Event>| RecordingInfo {
+            recording_id: id.into(),
+            started_at_ms,
+            chunks: 1,
+            verdict: Verdict::Whole { chunks: 1 },
+            message: String::new(),
+            complete: true,
+            events,
+        };
+        let recs = SessionRecordings {
+            session_id: "s".into(),
+            whole: true,
+            recordings: vec![
+                rec(
+                    "b",
+                    1_700_000_002_000,
+                    vec![ev(
+                        0.5,
+                        EventKind::Output {
+                            data: "second\r\n".into(),
+                        },
+                    )],
+                ),
+                rec(
+                    "a",
+                    1_700_000_000_000,
+                    vec![
+                        ev(0.0, EventKind::Resize { cols: 0, rows: 0 }),
+                        ev(
+                            0.1,
+                            EventKind::Resize {
+                                cols: 120,
+                                rows: 40,
+                            },
+                        ),
+                        ev(
+                            0.2,
+                            EventKind::Input {
+                                data: "ls\r".into(),
+                            },
+                        ),
+                        ev(
+                            0.3,
+                            EventKind::Exec {
+                                command: "ls".into(),
+                            },
+                        ),
+                        ev(
+                            1.0,
+                            EventKind::Output {
+                                data: "first\r\n".into(),
+                            },
+                        ),
+                    ],
+                ),
+            ],
+        };
+        let cast = cast_of(&recs);
+        let lines: Vec<Value> = cast
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(
+            (lines[0]["width"].clone(), lines[0]["height"].clone()),
+            (json!(120), json!(40))
+        );
+        assert_eq!(lines[0]["timestamp"], 1_700_000_000);
+        assert_eq!(
+            lines[1..].to_vec(),
+            vec![
+                json!([0.1, "r", "120x40"]),
+                json!([0.2, "i", "ls\r"]),
+                json!([1.0, "o", "first\r\n"]),
+                json!([2.5, "o", "second\r\n"]),
+            ]
+        );
+    }
     use clap::Parser;
 
     #[derive(Debug, Parser)]

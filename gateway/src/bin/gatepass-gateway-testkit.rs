@@ -162,6 +162,7 @@ fn session_of(e: &Entry) -> Result<Session> {
         credential,
         host_key_trust: trust,
         allow_forwarding: e.allow_forwarding,
+        recording: None,
     })
 }
 
@@ -242,6 +243,7 @@ async fn main() -> Result<()> {
         host_keys: vec![host_key],
         session_cas: SessionCas::new(&[ca]),
         idle_timeout: idle_timeout.map(Duration::from_secs),
+        recording: None,
     };
     let source = Arc::new(FileSource {
         path: sessions,

@@ -1,7 +1,8 @@
-//! The auth methods as mounts (`sys/auth`, `sys/auth/<path>/tune`).
-//! gatepass's three methods are always enabled at fixed paths, so only
-//! their tunable settings are stored: the TTLs of the tokens each issues,
-//! its description and its listing hint.
+//! The built-in auth methods as mounts (`sys/auth`, `sys/auth/<path>/tune`).
+//! token/, approle/ and userpass/ are always enabled at fixed paths, so
+//! only their tunable settings are stored: the TTLs of the tokens each
+//! issues, its description and its listing hint. (OIDC and JWT methods
+//! enabled at other paths are `auth::mounts`; they are not tuned.)
 
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ impl Method {
             "approle" => Ok(Method::Approle),
             "userpass" => Ok(Method::Userpass),
             other => Err(Error::invalid(format!(
-                "no auth method at {other:?}; gatepass has token/, approle/ and userpass/"
+                "cannot tune the auth method at {other:?}: tuning is for the built-in token/, approle/ and userpass/"
             ))),
         }
     }

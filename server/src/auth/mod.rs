@@ -1,8 +1,12 @@
 //! Authentication: tokens (the one credential every request carries), and
-//! the login methods that hand them out (AppRole, userpass).
+//! the login methods that hand them out (AppRole, userpass, and OIDC / JWT
+//! mounts enabled through `sys/auth`).
 
 pub mod approle;
+pub mod jwt;
 pub mod methods;
+pub mod mounts;
+pub mod oidc_cache;
 pub mod token;
 pub mod token_roles;
 pub mod userpass;

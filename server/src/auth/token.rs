@@ -56,6 +56,11 @@ pub struct TokenEntry {
     /// `explicit_max_ttl` and its creator's expiry. 0: not periodic.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub period: i64,
+    /// The identity entity of the person this token was issued to (logins
+    /// through an OIDC or JWT mount); children inherit it, as in Vault.
+    /// Only logins set it, so it cannot be claimed by a token creator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -126,6 +131,8 @@ pub struct NewToken {
     /// a token that asks for none, and the most any may live; by default
     /// the system's.
     pub limits: crate::tune::TtlLimits,
+    /// Set by logins only: see [`TokenEntry::entity_id`].
+    pub entity_id: Option<String>,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -220,6 +227,9 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         host_id: spec.host_id,
         gateway: spec.gateway,
         period: spec.period,
+        entity_id: spec
+            .entity_id
+            .or_else(|| spec.parent.as_ref().and_then(|p| p.entity_id.clone())),
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -384,7 +394,7 @@ pub fn auth(text: &str, e: &TokenEntry, now: i64) -> Auth {
         metadata: shown_meta(e),
         lease_duration: e.ttl(now),
         renewable: e.renewable,
-        entity_id: String::new(),
+        entity_id: e.entity_id.clone().unwrap_or_default(),
         token_type: "service".into(),
         orphan: e.orphan,
         mfa_requirement: None,
@@ -400,7 +410,7 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         creation_time: e.creation_time,
         creation_ttl: e.creation_ttl,
         display_name: e.display_name.clone(),
-        entity_id: String::new(),
+        entity_id: e.entity_id.clone().unwrap_or_default(),
         expire_time: e.expire_time.map(rfc3339),
         explicit_max_ttl: e.explicit_max_ttl,
         id: text.to_string(),
@@ -569,6 +579,7 @@ pub async fn handle_create(
         host_id: None,
         gateway: None,
         limits: super::methods::limits(core, super::methods::Method::Token).await?,
+        entity_id: None,
     };
     create(core, spec, now).await
 }

@@ -504,6 +504,7 @@ pub async fn sign_host_key(
     let who = sign::Requester {
         display_name: format!("host-{}", host.hostname),
         meta: Default::default(),
+        entity: None,
     };
     let (rec, cert) = ssh::issue_with(core, &m, role_name, &input, &who, now).await?;
     Ok(SignedHostKey {

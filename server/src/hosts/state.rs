@@ -23,7 +23,8 @@ async fn shared(core: &Core, now: i64) -> Result<std::sync::Arc<SharedView>> {
     let mut guard = core.hosts_cache.inner.lock().await;
     let change = core.storage.change_count();
     let fresh = guard.as_ref().is_some_and(|s| {
-        // Other servers' changes are picked up within a second.
+        // Other servers' changes wake the polls (their announcements bump
+        // the change count); the state also depends on the time.
         s.change == change && s.now == now && s.built.elapsed() < Duration::from_secs(1)
     });
     if !fresh {
@@ -99,7 +100,9 @@ pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Resu
         if st.index != index || tokio::time::Instant::now() >= deadline {
             return Ok(st);
         }
-        // Local changes wake us at once; other servers' changes within 1 s.
+        // Changes, this server's or announced by another, wake us at once;
+        // the state is looked at again every second all the same (keys
+        // expire, an announcement can be missed).
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}

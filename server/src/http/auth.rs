@@ -4,8 +4,9 @@
 use super::request::{Operation, Request};
 use super::routes::{caller_of, ok_or_404};
 use super::{data, no_route, Reply};
+use crate::auth::mounts::{self, AuthMount};
 use crate::auth::token::{self, TokenEntry};
-use crate::auth::{approle, token_roles, userpass};
+use crate::auth::{approle, jwt, token_roles, userpass};
 use crate::error::{Error, Result};
 use crate::policies;
 use crate::state::Core;
@@ -14,6 +15,12 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
     use Operation::*;
     let segs: Vec<&str> = req.path.split('/').collect();
     let now = req.now;
+    if segs.len() > 1 && !mounts::BUILT_IN.contains(&segs[1]) {
+        let under = req.path.strip_prefix("auth/").unwrap_or_default();
+        if let Some((m, rest)) = mounts::find(core, under).await? {
+            return mount_route(core, &m, &rest, req).await;
+        }
+    }
     match (segs.as_slice(), req.op) {
         // ---- auth/token --------------------------------------------------
         (["auth", "token", "create"], Write) => {
@@ -254,5 +261,53 @@ fn known_path(segs: &[&str]) -> bool {
             | ["auth", "userpass", "users", _]
             | ["auth", "userpass", "users", _, "password" | "policies"]
             | ["auth", "userpass", "login", _]
+    )
+}
+
+/// Routes of an OIDC / JWT mount (`auth/<path>/…`), Vault's paths.
+async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> Result<Reply> {
+    use Operation::*;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let now = req.now;
+    match (segs.as_slice(), req.op) {
+        (["config"], Read) => Ok(ok_or_404(jwt::read_config(core, m).await?)),
+        (["config"], Write) => {
+            jwt::write_config(core, m, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["role"], List) => Ok(Reply::List(jwt::list_roles(core, m).await?)),
+        (["role", name], Read) => Ok(ok_or_404(jwt::read_role(core, m, name).await?)),
+        (["role", name], Write) => {
+            jwt::write_role(core, m, name, &req.fields).await?;
+            Ok(Reply::NoContent)
+        }
+        (["role", name], Delete) => {
+            jwt::delete_role(core, m, name).await?;
+            Ok(Reply::NoContent)
+        }
+        (["login"], Write) => {
+            let (text, e) = jwt::login(core, m, &req.fields, now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["oidc", "auth_url"], Write) => {
+            Ok(Reply::Data(jwt::auth_url(core, m, &req.fields, now).await?))
+        }
+        (["oidc", "callback"], Read | Write) => {
+            let (text, e) = jwt::callback(core, m, &req.fields, now).await?;
+            auth(&token::auth(&text, &e, now))
+        }
+        (["config"] | ["role" | "login"] | ["role", _] | ["oidc", "auth_url" | "callback"], _) => {
+            Err(Error::UnsupportedOperation)
+        }
+        _ => Err(no_route(&req.path)),
+    }
+}
+
+/// The paths of OIDC / JWT mounts that need no token: the logins.
+pub(super) fn mount_path_is_unauthenticated(rest: &str, op: Operation) -> bool {
+    matches!(
+        (rest, op),
+        ("login" | "oidc/auth_url", Operation::Write)
+            | ("oidc/callback", Operation::Read | Operation::Write)
     )
 }

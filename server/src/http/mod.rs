@@ -7,6 +7,7 @@
 
 mod auth;
 mod hosts;
+mod identity;
 mod pam;
 mod request;
 mod routes;
@@ -566,7 +567,12 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
         }
         // Vault checks parameter constraints on reads and writes only.
         if allowed && matches!(req.op, Operation::Read | Operation::Write) {
-            let who = Identity::of_token(&entry.display_name, &entry.meta);
+            let entity = match &entry.entity_id {
+                Some(id) => crate::identity::entity(core, id).await?,
+                None => None,
+            };
+            let who =
+                Identity::of_token(&entry.display_name, &entry.meta).with_entity(entity.as_ref());
             acl.check_parameters(&req.path, req.fields.raw(), &who)?;
         }
     }

@@ -11,7 +11,7 @@ use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
-use crate::pam::{accounts, gateways, resources, sessions, Name};
+use crate::pam::{accounts, gateways, recordings, resources, sessions, Name};
 use crate::state::Core;
 
 /// Enrollment needs no token: the join token is in the body.
@@ -156,6 +156,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Some(s) => data(&sessions::info(&s, now))?,
             None => Reply::NotFound,
         }),
+        (["sessions", id, "recording"], Read) => data(&recordings::read(core, id, now).await?),
         (["sessions", id, "terminate"], Write) => {
             let caller = super::routes::caller_of(caller)?;
             data(&sessions::terminate(core, id, &caller.display_name, now).await?)
@@ -191,6 +192,18 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             require_upgrade(req)?;
             Ok(Reply::RelayGateway(core.relays.claim(&gw.name, conn_id)?))
         }
+        (["gateway", "self", "sessions", id, "recordings", rec, "chunks", index], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            let chunk: gatepass_api::recording::SealedChunk = f.parse()?;
+            recordings::put_chunk(core, &gw, id, rec, index, chunk).await?;
+            Ok(Reply::NoContent)
+        }
+        (["gateway", "self", "sessions", id, "recordings", rec, "end"], Write) => {
+            let gw = gateways::own_gateway(core, caller).await?;
+            let end: gatepass_api::recording::RecordingEnd = f.parse()?;
+            recordings::put_end(core, &gw, id, rec, end, now).await?;
+            Ok(Reply::NoContent)
+        }
         (["gateway", "self", "sessions", id, "end"], Write) => {
             let gw = gateways::own_gateway(core, caller).await?;
             let r: EndSession = f.parse()?;
@@ -205,7 +218,9 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             | ["resources", _, "accounts", _]
             | ["resources", _, "accounts", _, "access"]
             | ["sessions", _]
-            | ["sessions", _, "terminate" | "relay"]
+            | ["sessions", _, "terminate" | "relay" | "recording"]
+            | ["gateway", "self", "sessions", _, "recordings", _, "chunks", _]
+            | ["gateway", "self", "sessions", _, "recordings", _, "end"]
             | ["gateway", "self", "relay", _]
             | ["gateway", "self", "started" | "sessions"]
             | ["gateway", "self", "sessions", _, "open" | "end"],

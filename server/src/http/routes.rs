@@ -28,6 +28,11 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     {
         return Ok(true);
     }
+    if let Some(under) = p.strip_prefix("auth/") {
+        if let Some((_, rest)) = crate::auth::mounts::find(core, under).await? {
+            return Ok(super::auth::mount_path_is_unauthenticated(&rest, req.op));
+        }
+    }
     if p.starts_with("sys/") || p.starts_with("auth/") {
         return Ok(false);
     }
@@ -100,6 +105,9 @@ pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -
     }
     if p == "hosts" || p.starts_with("hosts/") {
         return super::hosts::route(core, req, caller).await;
+    }
+    if p == "identity" || p.starts_with("identity/") {
+        return super::identity::route(core, req).await;
     }
     if p == "pam" || p.starts_with("pam/") {
         return super::pam::route(core, req, caller).await;

@@ -368,9 +368,9 @@ fn parse_ip(text: &str) -> Result<IpAddr> {
 }
 
 /// Whether a host reports a dynamic key's lease installed within `wait`
-/// seconds. This server's own changes (an ack it took) wake the wait at
-/// once; an ack taken by another server sharing the database is seen
-/// within a second.
+/// seconds. An ack taken by this server, or announced by another sharing
+/// the database, wakes the wait at once; the wait also looks again every
+/// second.
 async fn wait_installed(core: &Core, lease_id: &str, wait: i64) -> Result<bool> {
     let mut changes = core.storage.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.max(0) as u64);
@@ -429,6 +429,12 @@ async fn issue_cert(
     let who = sign::Requester {
         display_name: caller.map(|c| c.display_name.clone()).unwrap_or_default(),
         meta: caller.map(|c| c.meta.clone()).unwrap_or_default(),
+        entity: match caller.and_then(|c| c.entity_id.as_deref()) {
+            Some(id) => crate::identity::entity(core, id)
+                .await?
+                .map(std::sync::Arc::new),
+            None => None,
+        },
     };
     ssh::issue_with(core, m, role_name, &input, &who, req.now).await
 }

@@ -244,15 +244,29 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::NoContent)
         }
         (["sys", "auth"], Read) => Ok(Reply::Data(auth_methods(core).await?)),
-        (["sys", "auth", name], Write) => {
+        (["sys", "auth", path @ ..], Write) if !path.is_empty() => {
+            let path = path.join("/");
+            let kind = req.fields.str("type")?.unwrap_or_else(|| path.clone());
+            let desc = req.fields.str("description")?.unwrap_or_default();
+            for k in ["config", "options", "local", "seal_wrap"] {
+                req.fields.value(k);
+            }
             // The built-in methods are always enabled; enabling one again is
             // a no-op so that scripts written for Vault run unchanged.
-            let kind = req.fields.str("type")?.unwrap_or_else(|| name.to_string());
-            if !["token", "approle", "userpass"].contains(&kind.as_str()) || kind != *name {
+            if crate::auth::mounts::BUILT_IN.contains(&kind.as_str()) && kind == path {
+                return Ok(Reply::NoContent);
+            }
+            crate::auth::mounts::enable(core, &path, &kind, &desc, now).await?;
+            Ok(Reply::NoContent)
+        }
+        (["sys", "auth", path @ ..], Delete) if !path.is_empty() => {
+            let path = path.join("/");
+            if crate::auth::mounts::BUILT_IN.contains(&path.as_str()) {
                 return Err(Error::invalid(format!(
-                    "auth method {kind:?} at {name:?} is not available; gatepass has token/, approle/ and userpass/"
+                    "{path}/ is built in and cannot be disabled"
                 )));
             }
+            crate::auth::mounts::disable(core, &path).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "policies", "acl"], List) | (["sys", "policy"], List) => {
@@ -424,7 +438,8 @@ fn known_path(segs: &[&str]) -> bool {
     )
 }
 
-/// `GET sys/auth`: the three built-in methods, with their tuned settings.
+/// `GET sys/auth`: the three built-in methods, with their tuned settings,
+/// and the OIDC / JWT mounts enabled.
 async fn auth_methods(core: &Core) -> Result<Value> {
     let mut out = Map::new();
     for m in methods::Method::ALL {
@@ -442,6 +457,14 @@ async fn auth_methods(core: &Core) -> Result<Value> {
                 },
                 "local": false, "seal_wrap": false, "options": null,
             }),
+        );
+    }
+    for m in crate::auth::mounts::all(core).await? {
+        out.insert(
+            format!("{}/", m.path),
+            json!({ "type": m.kind, "description": m.description, "accessor": m.accessor,
+                    "config": {"default_lease_ttl": 0, "max_lease_ttl": 0}, "local": false,
+                    "seal_wrap": false, "options": null }),
         );
     }
     Ok(Value::Object(out))

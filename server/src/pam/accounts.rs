@@ -47,6 +47,13 @@ pub struct Account {
     /// Seconds, positive.
     pub max_duration: i64,
     pub allow_forwarding: bool,
+    /// Record what the user types; accounts stored before it was kept do.
+    #[serde(default = "yes")]
+    pub record_input: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn account_key(resource: &str, name: &str) -> String {
@@ -186,6 +193,7 @@ pub async fn validate(
         login,
         max_duration,
         allow_forwarding: spec.allow_forwarding.unwrap_or(false),
+        record_input: spec.record_input.unwrap_or(true),
     })
 }
 
@@ -247,6 +255,7 @@ pub fn info(a: &Account) -> AccountInfo {
         max_duration: a.max_duration,
         allow_forwarding: a.allow_forwarding,
         has_secret: matches!(a.login, Login::Password { .. } | Login::Key { .. }),
+        record_input: a.record_input,
     }
 }
 
@@ -277,6 +286,7 @@ mod tests {
             },
             max_duration: 3600,
             allow_forwarding: false,
+            record_input: true,
         };
         let shown = serde_json::to_string(&info(&a)).unwrap();
         assert!(!shown.contains("s3cret-pw"));

@@ -20,6 +20,9 @@ pub enum Kind {
     SessionTerminated,
     /// One connection of a reusable session closed; the session goes on.
     ConnectionClosed,
+    /// A connection's recording ended with the gateway's signed final
+    /// digest (the detail holds it).
+    RecordingEnded,
 }
 
 impl Kind {
@@ -32,6 +35,7 @@ impl Kind {
             Kind::SessionEnded => "session_ended",
             Kind::SessionTerminated => "session_terminated",
             Kind::ConnectionClosed => "connection_closed",
+            Kind::RecordingEnded => "recording_ended",
         }
     }
 }

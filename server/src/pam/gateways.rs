@@ -33,6 +33,10 @@ pub struct Gateway {
     pub enrolled: i64,
     pub last_seen: i64,
     pub token_accessor: String,
+    /// Its recording signing key (base64 ed25519 public key); None for
+    /// gateways enrolled before recordings were signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording_key: Option<String>,
 }
 
 /// `host:port` users' ssh dials: a host name or IP address and a port
@@ -179,6 +183,17 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
         }
     };
     let host_keys = parse_host_keys(&r.host_keys)?;
+    let recording_key = match r.recording_key.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(k) => {
+            if gatepass_api::recording::parse_public_key(k).is_none() {
+                return Err(Error::invalid(format!(
+                    "recording_key {k:?} is not an ed25519 public key (base64 of 32 bytes)"
+                )));
+            }
+            Some(k.to_string())
+        }
+    };
     // The join token is checked first, so that only its holders learn which
     // names are taken; it is spent only once the name is known to be free.
     let peek: Option<JoinEntry> = core
@@ -221,6 +236,7 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
         enrolled: now,
         last_seen: now,
         token_accessor: tok.accessor.clone(),
+        recording_key,
     };
     // Of two enrollments racing for a free name, one wins; the other's
     // token is revoked again.
@@ -253,6 +269,7 @@ pub fn info(g: &Gateway) -> GatewayInfo {
         host_keys: g.host_keys.clone(),
         enrolled: crate::clock::rfc3339(g.enrolled),
         last_seen: crate::clock::rfc3339(g.last_seen),
+        recording_key: g.recording_key.clone(),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod events;
 pub mod gateways;
 pub mod policy;
+pub mod recordings;
 pub mod relay;
 pub mod resources;
 pub mod session_ca;

@@ -97,7 +97,7 @@ impl Session {
         !matches!(self.stage_at(now), Stage::Ended { .. })
     }
 
-    fn subject(&self) -> Subject {
+    pub(super) fn subject(&self) -> Subject {
         Subject {
             session_id: Some(self.id.clone()),
             resource: Some(self.resource.to_string()),
@@ -438,8 +438,8 @@ pub async fn gateway_sessions(core: &Core, gw: &Gateway, now: i64) -> Result<Gat
 }
 
 /// Long-poll: answers at once if the list differs from `index`, otherwise
-/// when it changes (a grant, terminate or end on this server wakes it at
-/// once; other servers' changes and expiries are seen within a second) or
+/// when it changes (a grant, terminate or end, on this server or announced
+/// by another, wakes it at once; expiries are seen within a second) or
 /// after `wait`.
 pub async fn poll(core: &Core, gw: &Gateway, index: u64, wait: i64) -> Result<GatewaySessions> {
     let mut changes = core.storage.subscribe();
@@ -514,6 +514,7 @@ async fn session_certificate(
     let who = sign::Requester {
         display_name: format!("pam-session-{}", s.id),
         meta: Default::default(),
+        entity: None,
     };
     let (_, cert) = ssh::issue_with(core, &m, ca_role, &input, &who, now).await?;
     cert.to_openssh()
@@ -633,6 +634,9 @@ pub async fn open(
     if first {
         events::record(core, Kind::SessionStarted, &s.subject(), None, None, now).await?;
     }
+    // Each connection is recorded on its own: a reusable session's
+    // connections may overlap, and each chain is the gateway's alone.
+    let recording = super::recordings::begin(core, &s, a.record_input, now).await?;
     Ok(GatewaySession {
         session_id: s.id.clone(),
         expires_at: s.expires_at,
@@ -642,6 +646,7 @@ pub async fn open(
         credential,
         host_key_trust,
         allow_forwarding: a.allow_forwarding,
+        recording: Some(recording),
     })
 }
 
@@ -830,6 +835,7 @@ mod tests {
             },
             max_duration: 3600,
             allow_forwarding: false,
+            record_input: true,
         };
         assert_eq!(duration_for(&a, None).unwrap(), 3600);
         assert_eq!(duration_for(&a, Some("10m")).unwrap(), 600);

@@ -16,14 +16,17 @@ use super::principal::{
 };
 use super::roles::{normalize_key_type, Role};
 use crate::error::{Error, Result};
+use crate::identity::template::Identity;
 use crate::mounts::TtlLimits;
 use crate::request::Fields;
 
-/// Who asked, for key ID templates and the inventory.
+/// Who asked, for identity and key ID templates and the inventory.
 #[derive(Clone, Debug, Default)]
 pub struct Requester {
     pub display_name: String,
     pub meta: BTreeMap<String, String>,
+    /// The person's identity entity, for tokens from an OIDC or JWT login.
+    pub entity: Option<std::sync::Arc<crate::identity::entity::Entity>>,
 }
 
 /// What the client asked for (`sign` and `issue` share it).
@@ -85,26 +88,11 @@ pub fn input_from_fields(f: &Fields, public_key: PublicKey) -> Result<SignInput>
     })
 }
 
-/// Expands the identity templates gatepass knows; None when an unknown
-/// placeholder remains (the entry then allows nothing).
+/// Fills in a role's identity templates for the requester; None when one
+/// cannot be filled in (the entry then allows nothing).
 fn expand(template: &str, who: &Requester) -> Option<String> {
-    let login = who
-        .meta
-        .get("username")
-        .or_else(|| who.meta.get("role_name"))
-        .cloned()
-        .unwrap_or_default();
-    let mut out = template.to_string();
-    out = out.replace("{{token_display_name}}", &who.display_name);
-    out = out.replace("{{identity.entity.name}}", &login);
-    while let Some(start) = out.find("{{identity.entity.aliases.") {
-        let end = out[start..].find("}}")? + start + 2;
-        if !out[start..end].ends_with(".name}}") {
-            return None;
-        }
-        out.replace_range(start..end, &login);
-    }
-    (!out.contains("{{") && !out.is_empty()).then_some(out)
+    let id = Identity::of_token(&who.display_name, &who.meta).with_entity(who.entity.as_deref());
+    crate::identity::template::expand(template, &id)
 }
 
 /// Whether a role may sign a host certificate for this name.
@@ -570,6 +558,7 @@ mod tests {
         let who = Requester {
             display_name: "userpass-alice".into(),
             meta: BTreeMap::from([("username".to_string(), "alice".to_string())]),
+            entity: None,
         };
         assert_eq!(
             expand("{{identity.entity.aliases.auth_userpass_1234.name}}", &who).as_deref(),

@@ -40,10 +40,11 @@ pub struct Storage {
     db: Db,
     barrier: Barrier,
     backend: Backend,
-    /// Bumped on every change this server makes, so that long-polls wake
-    /// at once (changes made by other servers are seen by polling).
-    changes: tokio::sync::watch::Sender<u64>,
-    cache: ReadCache,
+    /// Bumped on every change this server makes, and on PostgreSQL on
+    /// every change another server announces, so that long-polls wake at
+    /// once.
+    changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    cache: std::sync::Arc<ReadCache>,
     audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
     /// Every change to `entries` after start-up goes through here.
     writer: Writer,
@@ -55,8 +56,9 @@ pub struct Storage {
 }
 
 /// How long a cached value may be used. Changes made by this server drop
-/// their cache entry at once; changes made by another server sharing the
-/// database are seen within this time.
+/// their cache entry at once, and on PostgreSQL so do changes another
+/// server announces (see `postgres::listen`); one whose announcement was
+/// missed (the listening connection was lost) is seen within this time.
 pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Plaintext JSON of hot values read on almost every request: mounts,
@@ -175,6 +177,22 @@ impl ReadCache {
         inner.entries.remove(key);
         inner.generation = inner.generation.wrapping_add(1);
     }
+
+    fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.entries.clear();
+        inner.generation = inner.generation.wrapping_add(1);
+    }
+
+    /// Drops what a change of `key` makes stale.
+    fn changed(&self, backend: Backend, key: &str) {
+        if cacheable(backend, key) {
+            self.forget(key);
+        }
+        if key.starts_with("mounts/") {
+            self.forget("list:mounts/");
+        }
+    }
 }
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
@@ -211,6 +229,8 @@ impl Storage {
             )));
         };
         let target = describe(url);
+        let changes = std::sync::Arc::new(tokio::sync::watch::channel(0).0);
+        let cache = std::sync::Arc::new(ReadCache::default());
         let (db, writer) = match backend {
             Backend::Sqlite => {
                 // The file is made here, private; SQLite gives its -wal and
@@ -250,8 +270,17 @@ impl Storage {
                     .test_before_acquire(true)
                     .connect_lazy(url)?;
                 sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-                // Several batches commit at once on PostgreSQL.
-                let writer = Writer::postgres(pool.clone(), 4);
+                // Several batches commit at once on PostgreSQL. Each
+                // announces its keys to the other servers, which drop them
+                // from their caches and wake their long-polls at once.
+                let origin = format!("{:016x}", rand::random::<u64>());
+                let writer = Writer::postgres(pool.clone(), 4, origin.clone());
+                tokio::spawn(postgres::listen(
+                    pool.clone(),
+                    origin,
+                    std::sync::Arc::downgrade(&changes),
+                    std::sync::Arc::downgrade(&cache),
+                ));
                 (Db::Postgres(pool), writer)
             }
         };
@@ -266,8 +295,8 @@ impl Storage {
             writer,
             barrier: Barrier::new(seal),
             backend,
-            changes: tokio::sync::watch::channel(0).0,
-            cache: ReadCache::default(),
+            changes,
+            cache,
             audit_tx,
             url: url.to_string(),
             target,
@@ -400,12 +429,7 @@ impl Storage {
     }
 
     fn changed(&self, key: &str) {
-        if cacheable(self.backend, key) {
-            self.cache.forget(key);
-        }
-        if key.starts_with("mounts/") {
-            self.cache.forget("list:mounts/");
-        }
+        self.cache.changed(self.backend, key);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 

@@ -57,7 +57,7 @@ pub async fn size(pool: &PgPool) -> Result<u64> {
     Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
 }
 
-pub async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+pub async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, origin: Arc<str>) {
     loop {
         let mut jobs = Vec::new();
         {
@@ -73,7 +73,7 @@ pub async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 }
             }
         }
-        apply_jobs(&pool, jobs).await;
+        apply_jobs(&pool, jobs, &origin).await;
     }
 }
 
@@ -82,7 +82,7 @@ fn has_duplicate_keys(unit: &Unit) -> bool {
     unit.ops.iter().any(|op| !seen.insert(op.key()))
 }
 
-async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>) {
+async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>, origin: &str) {
     let mut together: Vec<(Unit, oneshot::Sender<Result<Applied>>)> = Vec::new();
     let mut alone = Vec::new();
     for job in jobs {
@@ -109,7 +109,7 @@ async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>) {
     }
     if !together.is_empty() {
         let units: Vec<&Unit> = together.iter().map(|(u, _)| u).collect();
-        match batch(pool, &units).await {
+        match batch(pool, &units, origin).await {
             Ok(results) => {
                 for ((_, reply), r) in together.into_iter().zip(results) {
                     let _ = reply.send(Ok(r));
@@ -145,12 +145,123 @@ async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>) {
         // once rather than each after the pool's timeout.
         let r = match &down {
             Some(cause) => Err(super::health::Cause::to_error(cause)),
-            None => one_by_one(pool, &unit).await,
+            None => one_by_one(pool, &unit, origin).await,
         };
         if let Err(e) = &r {
             down = super::health::unavailable_cause(e);
         }
         let _ = reply.send(r);
+    }
+}
+
+/// The channel on which servers sharing the database announce the keys
+/// they change.
+pub const CHANGES: &str = "gatepass_changes";
+
+/// Longest payload sent: PostgreSQL takes up to 8000 bytes.
+const MAX_PAYLOAD: usize = 7900;
+
+/// Announces, in the transaction (so only when it commits), that this
+/// server changed these keys: the payload is `origin` and then each key
+/// another server may hold in its cache, one per line, or `*` when they do
+/// not fit. Every announcement wakes the other servers' long-polls.
+async fn announce<'a>(
+    tx: &mut Transaction<'static, Postgres>,
+    origin: &str,
+    ops: impl Iterator<Item = &'a Op>,
+) -> Result<()> {
+    let mut payload = origin.to_string();
+    for op in ops {
+        let key = op.key();
+        if !super::cacheable(super::Backend::Postgres, key) && !key.starts_with("mounts/") {
+            continue;
+        }
+        if payload.len() + 1 + key.len() > MAX_PAYLOAD {
+            payload.truncate(origin.len());
+            payload.push_str("\n*");
+            break;
+        }
+        payload.push('\n');
+        payload.push_str(key);
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGES)
+        .bind(payload)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Listens for other servers' announcements (see [`announce`]) for as long
+/// as the storage they update lives: drops the keys named from the cache
+/// and wakes the long-polls. When the connection is lost, everything
+/// cached is dropped (announcements may have been missed) and it connects
+/// again; meanwhile the cache's time limit and the long-polls' own
+/// re-check bound how stale anything gets.
+pub(super) async fn listen(
+    pool: PgPool,
+    origin: String,
+    changes: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+    cache: std::sync::Weak<super::ReadCache>,
+) {
+    use sqlx::postgres::PgListener;
+    let mut failing = false;
+    loop {
+        let listener = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANGES).await?;
+            Ok::<_, sqlx::Error>(l)
+        }
+        .await;
+        let mut listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot listen for other servers' changes; trying again");
+                    failing = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if changes.strong_count() == 0 {
+                    return;
+                }
+                continue;
+            }
+        };
+        if failing {
+            tracing::info!("listening for other servers' changes again");
+            failing = false;
+        }
+        let (Some(tx), Some(c)) = (changes.upgrade(), cache.upgrade()) else {
+            return;
+        };
+        c.forget_all();
+        tx.send_modify(|n| *n = n.wrapping_add(1));
+        drop((tx, c));
+        loop {
+            let note = match listener.try_recv().await {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lost the connection listening for other servers' changes");
+                    break;
+                }
+            };
+            let mut lines = note.payload().split('\n');
+            if lines.next() == Some(origin.as_str()) {
+                continue;
+            }
+            let (Some(tx), Some(c)) = (changes.upgrade(), cache.upgrade()) else {
+                return;
+            };
+            for key in lines {
+                if key == "*" {
+                    c.forget_all();
+                } else {
+                    c.changed(super::Backend::Postgres, key);
+                }
+            }
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
@@ -295,7 +406,7 @@ impl<'a> Claims<'a> {
     }
 }
 
-async fn batch(pool: &PgPool, units: &[&Unit]) -> Result<Vec<Applied>> {
+async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Applied>> {
     let mut out: Vec<Applied> = units.iter().map(|u| Applied::new(u)).collect();
     let mut tx = pool.begin().await?;
 
@@ -389,13 +500,14 @@ async fn batch(pool: &PgPool, units: &[&Unit]) -> Result<Vec<Applied>> {
         let rows: Vec<(&str, &[u8])> = put_order.iter().map(|k| (*k, puts[k])).collect();
         upsert(&mut tx, &rows).await?;
     }
+    announce(&mut tx, origin, units.iter().flat_map(|u| u.ops.iter())).await?;
     tx.commit().await?;
     Ok(out)
 }
 
 /// Applies one unit op by op in its own transaction: the exact meaning of
 /// a unit, for units the batch cannot take and after a batch failed.
-async fn one_by_one(pool: &PgPool, unit: &Unit) -> Result<Applied> {
+async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied> {
     let mut out = Applied::new(unit);
     let mut tx = pool.begin().await?;
     for (i, op) in unit.ops.iter().enumerate() {
@@ -469,6 +581,7 @@ async fn one_by_one(pool: &PgPool, unit: &Unit) -> Result<Applied> {
         }
         out.outcomes[i] = outcome;
     }
+    announce(&mut tx, origin, unit.ops.iter()).await?;
     tx.commit().await?;
     Ok(out)
 }

@@ -279,6 +279,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// never has a larger file to cut back first.
 const WAL_RESTART_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
 
+/// Checkpoints run back to back, at most, before the WAL is started over.
+const CATCH_UP_ROUNDS: usize = 3;
+
+/// Frames a catch-up checkpoint may copy and still count as caught up:
+/// what a few write batches add (a quarter of a MiB).
+const CAUGHT_UP_FRAMES: i64 = 64;
+
 /// Checkpoints after writes, at most once per [`CHECKPOINT_EVERY`], and
 /// once more when the writer stops; sleeps while nothing is written.
 ///
@@ -286,25 +293,50 @@ const WAL_RESTART_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
 /// blocking) the writer or readers. But under steady writes the WAL is
 /// never wholly copied when the writer starts its next transaction, so
 /// SQLite never starts it over and it grows without end. When it holds
-/// more than [`WAL_RESTART_FRAMES`], the writer is asked to start it over
-/// after a batch, when no write waits (see `write_loop`): asked from here, a RESTART would
-/// hold the writer off through SQLite's busy-wait sleeps (1, 2, 5, 10 ms…).
+/// more than [`WAL_RESTART_FRAMES`], the writer has to start it over, and
+/// every write waits while it does: for the copy of what no checkpoint
+/// has copied yet and two fsyncs (the WAL's, the database's). That copy
+/// is what made the wait long (50–150 ms when the writer restarted up to a
+/// second after the last checkpoint). So the checkpointer first catches
+/// up — checkpoints again at once, each copying only what was written
+/// during the one before, until one copies little — and only then asks
+/// the writer, which starts the WAL over after its current batch with a
+/// few pages left to copy. Asked from here, a RESTART would hold the
+/// writer off through SQLite's busy-wait sleeps (1, 2, 5, 10 ms…).
 fn checkpoint_loop(
     conn: Connection,
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::Receiver<()>,
 ) {
-    let checkpoint =
-        || match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(frames) if frames > WAL_RESTART_FRAMES => restart.store(true, Ordering::Relaxed),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
-        };
+    // The frames in the WAL and how many of them this checkpoint copied.
+    let checkpoint = || {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        })
+        .map_err(|e| tracing::warn!(error = %e, "SQLite checkpoint failed"))
+        .ok()
+    };
     while dirty.recv().is_ok() {
         std::thread::sleep(CHECKPOINT_EVERY);
-        checkpoint();
+        let Some((frames, mut copied)) = checkpoint() else {
+            continue;
+        };
+        if frames > WAL_RESTART_FRAMES {
+            for _ in 0..CATCH_UP_ROUNDS {
+                let Some((_, now_copied)) = checkpoint() else {
+                    break;
+                };
+                // Below zero when the WAL was started over meanwhile.
+                let step = now_copied - copied;
+                copied = now_copied;
+                if step <= CAUGHT_UP_FRAMES {
+                    break;
+                }
+            }
+            restart.store(true, Ordering::Release);
+        }
     }
-    checkpoint();
+    let _ = checkpoint();
 }
 
 fn write_loop(
@@ -313,8 +345,6 @@ fn write_loop(
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::SyncSender<()>,
 ) {
-    // When the checkpointer asked for the WAL to start over.
-    let mut restart_asked: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_UNITS {
@@ -363,24 +393,13 @@ fn write_loop(
         }
         // A full channel means a checkpoint is already due.
         let _ = dirty.try_send(());
-        if restart.swap(false, Ordering::Relaxed) {
-            restart_asked.get_or_insert_with(std::time::Instant::now);
-        }
-        // Started over when no write is waiting, so that only a request
-        // arriving meanwhile waits for it, not a queue of them; under
-        // writes that never pause, within a second all the same, so that
-        // the WAL stays bounded.
-        if let Some(asked) = restart_asked {
-            if rx.is_empty() || asked.elapsed() >= RESTART_DEFER {
-                restart_wal(&conn);
-                restart_asked = None;
-            }
+        // At once: the checkpointer asks just after it caught up, and what
+        // is left to copy grows with every batch from then on.
+        if restart.swap(false, Ordering::Acquire) {
+            restart_wal(&conn);
         }
     }
 }
-
-/// How long a WAL restart may wait for a moment without queued writes.
-const RESTART_DEFER: Duration = Duration::from_secs(1);
 
 /// The checkpointer copied nearly all of the WAL a moment ago: this copies
 /// the rest and waits for readers to leave it, so that the next commit
@@ -595,6 +614,37 @@ mod tests {
             .unwrap();
         let e = migrate(&path).unwrap_err().to_string();
         assert!(e.contains("newer gatepass-server"), "{e}");
+    }
+
+    #[test]
+    fn the_wal_is_started_over_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        migrate(&path).unwrap();
+        let (_db, tx) = Sqlite::open(&path).unwrap();
+        let wal = dir.path().join("busy.db-wal");
+        let value = vec![7u8; 256 * 1024];
+        let mut largest = 0;
+        // Three times the WAL's limit, one write after another: SQLite alone
+        // would never find a moment to start it over.
+        for i in 0..768 {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let unit = Unit {
+                ops: vec![Op::Put {
+                    key: format!("k{}", i % 16),
+                    value: value.iter().map(|b| b ^ (i as u8)).collect(),
+                }],
+                guarded: false,
+            };
+            tx.blocking_send(Job::Unit { unit, reply }).unwrap();
+            answer.blocking_recv().unwrap().unwrap();
+            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        let limit = u64::try_from(WAL_SIZE_LIMIT).unwrap();
+        assert!(
+            largest < limit + limit / 2,
+            "the WAL grew to {largest} bytes (limit {limit})"
+        );
     }
 
     #[test]

@@ -194,11 +194,17 @@ impl Writer {
     }
 
     /// Starts `tasks` writer tasks on a PostgreSQL pool.
-    pub fn postgres(pool: PgPool, tasks: usize) -> Writer {
+    /// `origin` names this server in the changes it announces.
+    pub fn postgres(pool: PgPool, tasks: usize, origin: String) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let rx = Arc::new(Mutex::new(rx));
+        let origin: Arc<str> = origin.into();
         for _ in 0..tasks.max(1) {
-            tokio::spawn(super::postgres::run(pool.clone(), rx.clone()));
+            tokio::spawn(super::postgres::run(
+                pool.clone(),
+                rx.clone(),
+                origin.clone(),
+            ));
         }
         Writer { tx }
     }

@@ -1457,6 +1457,7 @@ fn the_service_follows_its_sessions_from_the_server() {
                 keys: vec![sshd.host_public_key().trim().to_string()],
             },
             allow_forwarding: false,
+            recording: None,
         });
     }
     // A certificate account: the target trusts a user CA, and the server
@@ -1477,6 +1478,7 @@ fn the_service_follows_its_sessions_from_the_server() {
                 keys: vec![cert_sshd.host_public_key().trim().to_string()],
             },
             allow_forwarding: false,
+            recording: None,
         },
         &user_ca,
     );

@@ -31,31 +31,31 @@ path "pam/sessions/*" { capabilities = ["read"] }
 
 /// The deployment: server, CA, gateway, and one person with their own
 /// HOME and TMPDIR.
-struct Pam {
-    server: DevServer,
+pub(crate) struct Pam {
+    pub(crate) server: DevServer,
     /// The gateway's files, the account keys, the test's scratch.
-    admin: tempfile::TempDir,
-    home: tempfile::TempDir,
-    tmp: tempfile::TempDir,
+    pub(crate) admin: tempfile::TempDir,
+    pub(crate) home: tempfile::TempDir,
+    pub(crate) tmp: tempfile::TempDir,
     /// The ssh mount's CA public key (user and host certificates).
-    ca_pub: String,
-    gateway: Option<Child>,
-    gateway_port: u16,
+    pub(crate) ca_pub: String,
+    pub(crate) gateway: Option<Child>,
+    pub(crate) gateway_port: u16,
     /// The gateway was set up with `--relay`: no port of its own.
-    relay: bool,
-    person_token: String,
+    pub(crate) relay: bool,
+    pub(crate) person_token: String,
     /// Every API answer the person's token received in this test.
-    answers: std::cell::RefCell<Vec<String>>,
+    pub(crate) answers: std::cell::RefCell<Vec<String>>,
 }
 
 impl Pam {
-    fn start() -> Pam {
+    pub(crate) fn start() -> Pam {
         Pam::start_as(false)
     }
 
     /// With a gateway enrolled with `setup --relay`: users reach it through
     /// the server.
-    fn start_relay() -> Pam {
+    pub(crate) fn start_relay() -> Pam {
         Pam::start_as(true)
     }
 
@@ -137,11 +137,11 @@ impl Pam {
         pam
     }
 
-    fn gateway_log(&self) -> String {
+    pub(crate) fn gateway_log(&self) -> String {
         std::fs::read_to_string(self.admin.path().join("gateway.log")).unwrap_or_default()
     }
 
-    fn start_gateway(&mut self) {
+    pub(crate) fn start_gateway(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -176,13 +176,13 @@ impl Pam {
         }
     }
 
-    fn stop_gateway(&mut self) {
+    pub(crate) fn stop_gateway(&mut self) {
         if let Some(mut child) = self.gateway.take() {
             stop_child(&mut child);
         }
     }
 
-    fn cli(&self, token: &str, args: &[&str]) -> Command {
+    pub(crate) fn cli(&self, token: &str, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gatepass"));
         for v in CLI_AMBIENT_ENV {
             c.env_remove(v);
@@ -199,17 +199,23 @@ impl Pam {
         c
     }
 
-    fn admin_cli(&self, args: &[&str]) -> Command {
+    pub(crate) fn admin_cli(&self, args: &[&str]) -> Command {
         self.cli(&self.server.token, args)
     }
 
-    fn person_cli(&self, args: &[&str]) -> Command {
+    pub(crate) fn person_cli(&self, args: &[&str]) -> Command {
         self.cli(&self.person_token, args)
     }
 
     /// `gatepass pam ssh access --resource R --account A --duration D --
     /// COMMAND`, as the person.
-    fn access(&self, resource: &str, account: &str, duration: &str, command: &[&str]) -> Command {
+    pub(crate) fn access(
+        &self,
+        resource: &str,
+        account: &str,
+        duration: &str,
+        command: &[&str],
+    ) -> Command {
         let mut args = vec![
             "pam",
             "ssh",
@@ -228,7 +234,13 @@ impl Pam {
 
     /// One API call with curl: status and body. The person's answers are
     /// kept for the secret check.
-    fn api(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, String) {
+    pub(crate) fn api(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (u16, String) {
         let mut c = Command::new("curl");
         c.args(["-sS", "-X", method, "--cacert"])
             .arg(&self.server.cacert)
@@ -247,13 +259,13 @@ impl Pam {
         (status.parse().unwrap(), text.to_string())
     }
 
-    fn admin_write(&self, path: &str, body: Value) -> Value {
+    pub(crate) fn admin_write(&self, path: &str, body: Value) -> Value {
         let (status, text) = self.api("POST", path, &self.server.token, Some(body));
         assert!(status < 300, "{path}: {status} {text}");
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    fn session(&self, id: &str) -> Value {
+    pub(crate) fn session(&self, id: &str) -> Value {
         let (status, text) = self.api(
             "GET",
             &format!("pam/sessions/{id}"),
@@ -265,7 +277,7 @@ impl Pam {
     }
 
     /// The session once `done` holds for it (within 10 s).
-    fn session_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn session_when(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let s = self.session(id);
@@ -278,7 +290,7 @@ impl Pam {
     }
 
     /// A resource on `sshd` through gw1 whose host key is pinned.
-    fn pinned_resource(&self, name: &str, sshd: &Sshd) {
+    pub(crate) fn pinned_resource(&self, name: &str, sshd: &Sshd) {
         self.admin_write(
             &format!("pam/resources/{name}"),
             json!({
@@ -298,7 +310,7 @@ impl Pam {
         serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
     }
 
-    fn audit(&self) -> String {
+    pub(crate) fn audit(&self) -> String {
         std::fs::read_to_string(self.server.data_dir.join("audit.log")).unwrap_or_default()
     }
 }
@@ -309,7 +321,7 @@ impl Drop for Pam {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -317,7 +329,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
+pub(crate) fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
     let cmd = cmd.borrow_mut();
     let (code, out, err) = run(cmd);
     assert_eq!(code, 0, "{cmd:?} failed\nstdout: {out}\nstderr: {err}");
@@ -325,7 +337,7 @@ fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
 }
 
 /// The session ID the CLI announced on stderr.
-fn session_id_in(stderr: &str) -> String {
+pub(crate) fn session_id_in(stderr: &str) -> String {
     stderr
         .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
         .find(|w| uuid::Uuid::parse_str(w).is_ok())
@@ -658,6 +670,9 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     let id = session_id_in(&err);
     let s = pam.session_when(&id, |s| s["state"] == "ended");
     assert_eq!(s["end_reason"], "failed", "{s}");
+    // Nothing passed: its recording is whole and empty, not cut.
+    let (_, out) = crate::pam_recording::verify_until(&pam, &id, |code, _| code == 0);
+    assert!(out.contains("whole: 0 chunks"), "{out}");
     assert!(
         s["end_detail"]
             .as_str()
@@ -675,7 +690,7 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
 }
 
 /// The one session the person holds that a gateway connection made active.
-fn wait_for_active(pam: &Pam) -> String {
+pub(crate) fn wait_for_active(pam: &Pam) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = ok(pam.admin_cli(&[
@@ -725,7 +740,7 @@ fn unix_of(rfc3339: &str) -> i64 {
     out.trim().parse().unwrap()
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -1026,7 +1041,7 @@ fn listening_sockets(pid: u32) -> Vec<String> {
 
 /// A key account on its own target, as `targets` makes it, for the relay
 /// tests that need only one.
-fn key_account(pam: &Pam) -> Sshd {
+pub(crate) fn key_account(pam: &Pam) -> Sshd {
     let account_key = keygen(pam.admin.path(), "account_key", "ed25519", None);
     let sshd = key_target(&public_line(&account_key));
     pam.pinned_resource("keys", &sshd);

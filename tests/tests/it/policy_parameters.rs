@@ -225,7 +225,7 @@ async fn templated_principals_follow_the_logged_in_user() {
             "sys/policies/acl/bad",
             Some(json!({"policy": r#"path "a" {
                 capabilities = ["update"]
-                allowed_parameters = { "x" = ["{{identity.entity.id}}"] }
+                allowed_parameters = { "x" = ["{{identity.entity.groups.names}}"] }
             }"#})),
         )
         .await;

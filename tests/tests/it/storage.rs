@@ -370,3 +370,44 @@ async fn the_sweeper_revokes_due_leases_in_bulk_and_spares_renewed_ones() {
         vec![format!("lease-exp/{:016x}/{}", now + 600, renewed.id)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_server_wakes_the_other_and_drops_its_cached_copy() {
+    use std::time::Duration;
+    let (a, b) = Server::start_pair().await;
+    let mut changes = b.core.storage.subscribe();
+    // B listens for A's announcements from shortly after it opened: wait
+    // until one gets through.
+    let mut heard = false;
+    for i in 0..50u32 {
+        changes.borrow_and_update();
+        a.core.storage.put("policy/warm-up", &i).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), changes.changed())
+            .await
+            .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "B never heard of a change A made");
+
+    // B reads a policy and caches it...
+    a.core.storage.put("policy/shared", &1u32).await.unwrap();
+    assert_eq!(
+        b.core.storage.get::<u32>("policy/shared").await.unwrap(),
+        Some(1)
+    );
+    changes.borrow_and_update();
+    // ...A changes it: B's long-polls wake, and B reads the new value at
+    // once, not its cached copy for up to the cache's time limit.
+    a.core.storage.put("policy/shared", &2u32).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), changes.changed())
+        .await
+        .expect("A's change wakes B's waiters")
+        .unwrap();
+    assert_eq!(
+        b.core.storage.get::<u32>("policy/shared").await.unwrap(),
+        Some(2)
+    );
+}

@@ -1,0 +1,609 @@
+//! Session recordings: the events the gateway records, the sealed and
+//! hash-chained chunks they travel and rest in, the gateway's signed end,
+//! and the check that tells a whole recording from an edited, shortened or
+//! reordered one. The gateway seals ([`seal`]); the server opens and checks
+//! ([`check`]); both use this one definition so they cannot drift apart.
+//!
+//! A recording is one user connection through the gateway. Its plain text
+//! is JSON lines, one [`Event`] each, cut into chunks (a size or a time,
+//! whichever comes first). Chunk `i` is sealed with AES-256-GCM under the
+//! recording's key (32 random bytes the server makes when the gateway opens
+//! the connection, hands to the gateway, and keeps sealed at rest), and its
+//! associated data binds the session ID, the recording ID, `i` and the
+//! previous chunk's digest; its own digest is SHA-256 over the same and
+//! the sealed bytes. So a chunk cannot be edited, moved to another index or
+//! another recording, or follow another chunk than the one it was sealed
+//! after. At the end the gateway signs (ed25519, its own key registered at
+//! enrollment) the number of chunks and the last digest: without that
+//! signed end, a recording's tail may have been cut, and the check says so.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// A chunk's digest.
+pub type Digest = [u8; 32];
+
+/// The digest the first chunk follows.
+pub const GENESIS: Digest = [0; 32];
+
+/// One thing that happened on a channel of the connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Seconds since the recording began.
+    pub t: f64,
+    /// The user's channel number.
+    pub ch: u32,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened. Data is text: bytes that are not UTF-8 are replaced by
+/// U+FFFD, but a character split between SSH packets is kept whole.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The channel asked for a shell.
+    Shell,
+    /// The channel runs a command.
+    Exec { command: String },
+    /// The channel asked for a subsystem (`sftp`).
+    Subsystem { name: String },
+    /// Output of the target (stdout and stderr), as asciicast's `o`.
+    Output { data: String },
+    /// What the user typed or sent, as asciicast's `i`.
+    Input { data: String },
+    /// The terminal's size (pty request or window change), as asciicast's `r`.
+    Resize { cols: u32, rows: u32 },
+    /// The command or shell exited.
+    Exit {
+        status: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<String>,
+    },
+    /// A file operation of the sftp subsystem. `bytes`: for `read` and
+    /// `write`, the bytes moved through the handle until it closed.
+    Sftp {
+        op: SftpOp,
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<u64>,
+    },
+    /// A `direct-tcpip` channel (`ssh -L`) opened.
+    ForwardOpen { host: String, port: u32 },
+    /// It closed.
+    ForwardClose { host: String, port: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SftpOp {
+    /// A file opened for reading (a download), closed.
+    Read,
+    /// A file opened for writing (an upload), closed.
+    Write,
+    Remove,
+    Rename,
+    Mkdir,
+}
+
+/// Given to the gateway with the session when it opens a connection.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RecordingGrant {
+    pub recording_id: String,
+    /// Base64 of the 32-byte AES-256-GCM key.
+    pub key: String,
+    /// Whether what the user types is recorded (the account's
+    /// `record_input`, on by default).
+    pub record_input: bool,
+}
+
+impl std::fmt::Debug for RecordingGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingGrant")
+            .field("recording_id", &self.recording_id)
+            .field("record_input", &self.record_input)
+            .finish()
+    }
+}
+
+/// A sealed chunk, as the gateway sends it and the server stores it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedChunk {
+    pub index: u64,
+    /// Hex of the previous chunk's digest (zeros for the first).
+    pub prev: String,
+    /// Base64 of the 12-byte nonce followed by the ciphertext and tag.
+    pub data: String,
+}
+
+/// The gateway's signed end of a recording.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingEnd {
+    /// How many chunks the recording has.
+    pub chunks: u64,
+    /// Hex of the last chunk's digest ([`GENESIS`] for none).
+    pub digest: String,
+    /// Base64 ed25519 signature of [`end_message`] by the gateway's
+    /// recording key; None from a gateway that has no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("the recording key is not 32 bytes of base64")]
+    BadKey,
+    #[error("cannot seal the chunk")]
+    Seal,
+}
+
+fn aad(session: &str, recording: &str, index: u64, prev: &Digest) -> Vec<u8> {
+    let mut a = Vec::with_capacity(64 + session.len() + recording.len());
+    a.extend_from_slice(b"gatepass-recording-chunk-v1\0");
+    a.extend_from_slice(session.as_bytes());
+    a.push(0);
+    a.extend_from_slice(recording.as_bytes());
+    a.push(0);
+    a.extend_from_slice(&index.to_be_bytes());
+    a.extend_from_slice(prev);
+    a
+}
+
+fn digest_of(aad: &[u8], sealed: &[u8]) -> Digest {
+    let mut h = Sha256::new();
+    h.update(aad);
+    h.update(sealed);
+    h.finalize().into()
+}
+
+/// The recording key from its base64 text.
+pub fn parse_key(b64: &str) -> Result<[u8; 32], RecordingError> {
+    B64.decode(b64.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .ok_or(RecordingError::BadKey)
+}
+
+/// A new random recording key, base64.
+pub fn new_key() -> String {
+    use rand::RngCore;
+    let mut k = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut k);
+    B64.encode(k)
+}
+
+/// Seals chunk `index` of a recording; returns it and its digest.
+pub fn seal(
+    key: &[u8; 32],
+    session: &str,
+    recording: &str,
+    index: u64,
+    prev: &Digest,
+    plain: &[u8],
+) -> Result<(SealedChunk, Digest), RecordingError> {
+    use rand::RngCore;
+    let cipher = Aes256Gcm::new(key.into());
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let a = aad(session, recording, index, prev);
+    let ct = cipher
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: plain,
+                aad: &a,
+            },
+        )
+        .map_err(|_| RecordingError::Seal)?;
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&ct);
+    let digest = digest_of(&a, &sealed);
+    Ok((
+        SealedChunk {
+            index,
+            prev: hex::encode(prev),
+            data: B64.encode(&sealed),
+        },
+        digest,
+    ))
+}
+
+/// What the end's signature covers.
+pub fn end_message(session: &str, recording: &str, chunks: u64, digest: &Digest) -> Vec<u8> {
+    let mut m = Vec::new();
+    m.extend_from_slice(b"gatepass-recording-end-v1\0");
+    m.extend_from_slice(session.as_bytes());
+    m.push(0);
+    m.extend_from_slice(recording.as_bytes());
+    m.push(0);
+    m.extend_from_slice(&chunks.to_be_bytes());
+    m.extend_from_slice(digest);
+    m
+}
+
+/// The signed end after `chunks` chunks, the last with `digest`.
+pub fn sign_end(
+    signer: Option<&SigningKey>,
+    session: &str,
+    recording: &str,
+    chunks: u64,
+    digest: &Digest,
+) -> RecordingEnd {
+    RecordingEnd {
+        chunks,
+        digest: hex::encode(digest),
+        signature: signer.map(|k| {
+            B64.encode(
+                k.sign(&end_message(session, recording, chunks, digest))
+                    .to_bytes(),
+            )
+        }),
+    }
+}
+
+/// The public half of a gateway's recording key, as enrollment sends it.
+pub fn public_key_text(k: &SigningKey) -> String {
+    B64.encode(k.verifying_key().to_bytes())
+}
+
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    let bytes = B64.decode(text.trim()).ok()?;
+    VerifyingKey::from_bytes(&<[u8; 32]>::try_from(bytes.as_slice()).ok()?).ok()
+}
+
+/// How a recording checked out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every chunk is there, unedited and in order, and the gateway's
+    /// signature covers the last one.
+    Whole { chunks: u64 },
+    /// The recording is still being written (the session is open).
+    Recording { chunks: u64 },
+    /// The chunks there verify, but the recording has no end: the gateway
+    /// stopped without closing it (killed, or crashed).
+    Cut { chunks: u64 },
+    /// Chunk `index` was changed.
+    Edited { index: u64 },
+    /// Chunk `index` is missing (later ones are there).
+    Dropped { index: u64 },
+    /// At `index` is a chunk sealed as chunk `holds`.
+    Reordered { index: u64, holds: u64 },
+    /// The end says `expected` chunks; only the first `have` are there.
+    Truncated { have: u64, expected: u64 },
+    /// The end is not signed by the gateway's registered key (or changed).
+    BadSignature { chunks: u64 },
+    /// The chunks verify up to the end, but the gateway that recorded it has
+    /// no registered recording key (enrolled before recordings were signed).
+    Unsigned { chunks: u64 },
+}
+
+impl Verdict {
+    /// Whole: nothing is missing or changed.
+    pub fn is_whole(&self) -> bool {
+        matches!(self, Verdict::Whole { .. })
+    }
+
+    /// In the words a person reads.
+    pub fn message(&self) -> String {
+        match self {
+            Verdict::Whole { chunks } => {
+                format!("whole: {chunks} chunks, signed by the gateway")
+            }
+            Verdict::Recording { chunks } => {
+                format!("still recording: {chunks} chunks so far verify")
+            }
+            Verdict::Cut { chunks } => format!(
+                "cut: the recording has no signed end; its {chunks} chunks verify up to the cut"
+            ),
+            Verdict::Edited { index } => format!("chunk {index} was edited"),
+            Verdict::Dropped { index } => format!("chunk {index} was dropped"),
+            Verdict::Reordered { index, holds } => {
+                format!("chunks reordered: chunk {holds} is stored in place of chunk {index}")
+            }
+            Verdict::Truncated { have, expected } => format!(
+                "truncated: the recording ends after chunk {}, but the gateway signed {expected} chunks",
+                have.saturating_sub(1)
+            ),
+            Verdict::BadSignature { chunks } => format!(
+                "the end of the recording ({chunks} chunks) does not carry the gateway's signature"
+            ),
+            Verdict::Unsigned { chunks } => format!(
+                "its {chunks} chunks verify, but the gateway has no registered recording key to check its end (enroll it again with `gatepass-gateway setup --replace`)"
+            ),
+        }
+    }
+}
+
+/// Opens and checks a recording's stored chunks, given as (the index they
+/// are stored under, the chunk) in stored order. Returns the verdict and
+/// the plain text of the chunks that verified, in order (everything before
+/// the first fault).
+pub fn check(
+    key: &[u8; 32],
+    session: &str,
+    recording: &str,
+    stored: &[(u64, SealedChunk)],
+    end: Option<&RecordingEnd>,
+    signer: Option<&VerifyingKey>,
+    open: bool,
+) -> (Verdict, Vec<Vec<u8>>) {
+    let cipher = Aes256Gcm::new(key.into());
+    let mut prev = GENESIS;
+    let mut plain = Vec::new();
+    let mut expected = 0u64;
+    for (at, chunk) in stored {
+        if *at != expected {
+            return (Verdict::Dropped { index: expected }, plain);
+        }
+        if chunk.index != expected {
+            return (
+                Verdict::Reordered {
+                    index: expected,
+                    holds: chunk.index,
+                },
+                plain,
+            );
+        }
+        let a = aad(session, recording, expected, &prev);
+        let Ok(sealed) = B64.decode(&chunk.data) else {
+            return (Verdict::Edited { index: expected }, plain);
+        };
+        if sealed.len() < 12 || chunk.prev != hex::encode(prev) {
+            return (Verdict::Edited { index: expected }, plain);
+        }
+        let (nonce, ct) = sealed.split_at(12);
+        match cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &a }) {
+            Ok(p) => plain.push(p),
+            Err(_) => return (Verdict::Edited { index: expected }, plain),
+        }
+        prev = digest_of(&a, &sealed);
+        expected += 1;
+    }
+    let Some(end) = end else {
+        return if open {
+            (Verdict::Recording { chunks: expected }, plain)
+        } else {
+            (Verdict::Cut { chunks: expected }, plain)
+        };
+    };
+    if end.chunks > expected {
+        return (
+            Verdict::Truncated {
+                have: expected,
+                expected: end.chunks,
+            },
+            plain,
+        );
+    }
+    if end.chunks < expected || end.digest != hex::encode(prev) {
+        // More chunks than the gateway signed, or a last digest it did not
+        // sign: the last chunk is not the one it sealed.
+        return (
+            Verdict::Edited {
+                index: expected.saturating_sub(1),
+            },
+            plain,
+        );
+    }
+    let Some(signer) = signer else {
+        return (Verdict::Unsigned { chunks: expected }, plain);
+    };
+    let good = end
+        .signature
+        .as_deref()
+        .and_then(|s| B64.decode(s).ok())
+        .and_then(|s| Signature::from_slice(&s).ok())
+        .is_some_and(|sig| {
+            signer
+                .verify(&end_message(session, recording, expected, &prev), &sig)
+                .is_ok()
+        });
+    if good {
+        (Verdict::Whole { chunks: expected }, plain)
+    } else {
+        (Verdict::BadSignature { chunks: expected }, plain)
+    }
+}
+
+/// Carries an incomplete UTF-8 sequence at the end of one packet over to
+/// the next, so that a character split between SSH packets comes out
+/// whole. Bytes that can never be UTF-8 become U+FFFD.
+#[derive(Debug, Default)]
+pub struct Utf8Carry {
+    tail: Vec<u8>,
+}
+
+impl Utf8Carry {
+    /// The text of `bytes` after what was carried; an incomplete sequence
+    /// at the end is kept for the next call.
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        let mut buf = std::mem::take(&mut self.tail);
+        buf.extend_from_slice(bytes);
+        let mut out = String::with_capacity(buf.len());
+        let mut rest: &[u8] = &buf;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    out.push_str(s);
+                    break;
+                }
+                Err(e) => {
+                    let (good, after) = rest.split_at(e.valid_up_to());
+                    // valid_up_to is a char boundary: this cannot fail.
+                    out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[n..];
+                        }
+                        None => {
+                            // An incomplete sequence at the very end.
+                            self.tail = after.to_vec();
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What is left at the end of the stream (an incomplete sequence can
+    /// never complete now).
+    pub fn finish(&mut self) -> String {
+        let tail = std::mem::take(&mut self.tail);
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+}
+
+/// The events of one chunk's plain text (JSON lines); a line that does
+/// not parse is left out.
+pub fn events_of(plain: &[u8]) -> Vec<Event> {
+    plain
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect()
+}
+
+/// A new recording signing key (ed25519).
+pub fn new_signing_key() -> SigningKey {
+    use rand::RngCore;
+    let mut seed = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
+/// The signing key from its file text (base64 of the 32-byte seed).
+pub fn parse_signing_key(text: &str) -> Option<SigningKey> {
+    let bytes = B64.decode(text.trim()).ok()?;
+    Some(SigningKey::from_bytes(
+        &<[u8; 32]>::try_from(bytes.as_slice()).ok()?,
+    ))
+}
+
+/// The file text of a signing key.
+pub fn signing_key_text(k: &SigningKey) -> String {
+    format!("{}\n", B64.encode(k.to_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_character_split_between_packets_comes_out_whole() {
+        let text = "héllo ✓ 𝄞 end";
+        let bytes = text.as_bytes();
+        // Every split point, including inside each multi-byte character.
+        for cut in 0..=bytes.len() {
+            let mut c = Utf8Carry::default();
+            let mut out = c.push(&bytes[..cut]);
+            out.push_str(&c.push(&bytes[cut..]));
+            out.push_str(&c.finish());
+            assert_eq!(out, text, "split at {cut}");
+        }
+        // One byte at a time.
+        let mut c = Utf8Carry::default();
+        let out: String = bytes.iter().map(|b| c.push(&[*b])).collect();
+        assert_eq!(out, text);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_replaced_and_the_rest_kept() {
+        let mut c = Utf8Carry::default();
+        assert_eq!(c.push(b"a\xffb\xe2\x9c"), "a\u{fffd}b");
+        assert_eq!(c.push(b"\x93!"), "✓!");
+        assert_eq!(c.push(b"\xe2"), "");
+        assert_eq!(c.finish(), "\u{fffd}");
+    }
+
+    fn recording(n: u64) -> ([u8; 32], Vec<(u64, SealedChunk)>, Digest) {
+        let key = parse_key(&new_key()).unwrap();
+        let mut prev = GENESIS;
+        let mut chunks = Vec::new();
+        for i in 0..n {
+            let (c, d) = seal(&key, "s", "r", i, &prev, format!("chunk {i}").as_bytes()).unwrap();
+            chunks.push((i, c));
+            prev = d;
+        }
+        (key, chunks, prev)
+    }
+
+    #[test]
+    fn the_check_names_the_first_fault() {
+        let signer = new_signing_key();
+        let public = signer.verifying_key();
+        let (key, chunks, last) = recording(4);
+        let end = sign_end(Some(&signer), "s", "r", 4, &last);
+        let check_with = |c: &[(u64, SealedChunk)], e: Option<&RecordingEnd>| {
+            check(&key, "s", "r", c, e, Some(&public), false).0
+        };
+        assert_eq!(
+            check_with(&chunks, Some(&end)),
+            Verdict::Whole { chunks: 4 }
+        );
+        assert_eq!(check_with(&chunks, None), Verdict::Cut { chunks: 4 });
+
+        let mut edited = chunks.clone();
+        let mut raw = B64.decode(&edited[2].1.data).unwrap();
+        raw[20] ^= 1;
+        edited[2].1.data = B64.encode(raw);
+        assert_eq!(
+            check_with(&edited, Some(&end)),
+            Verdict::Edited { index: 2 }
+        );
+
+        let mut dropped = chunks.clone();
+        dropped.remove(1);
+        assert_eq!(
+            check_with(&dropped, Some(&end)),
+            Verdict::Dropped { index: 1 }
+        );
+
+        let mut swapped = chunks.clone();
+        let (a, b) = (swapped[1].1.clone(), swapped[2].1.clone());
+        swapped[1].1 = b;
+        swapped[2].1 = a;
+        assert_eq!(
+            check_with(&swapped, Some(&end)),
+            Verdict::Reordered { index: 1, holds: 2 }
+        );
+
+        let cut = &chunks[..3];
+        assert_eq!(
+            check_with(cut, Some(&end)),
+            Verdict::Truncated {
+                have: 3,
+                expected: 4
+            }
+        );
+
+        // A gateway enrolled before it had a recording key: the chunks
+        // verify, the end cannot be checked, and the verdict says so.
+        assert_eq!(
+            check(&key, "s", "r", &chunks, Some(&end), None, false).0,
+            Verdict::Unsigned { chunks: 4 }
+        );
+        // Chunks sealed for another session or recording do not open here.
+        assert_eq!(
+            check(&key, "s2", "r", &chunks, Some(&end), Some(&public), false).0,
+            Verdict::Edited { index: 0 }
+        );
+
+        let other = new_signing_key();
+        let forged = sign_end(Some(&other), "s", "r", 4, &last);
+        assert_eq!(
+            check_with(&chunks, Some(&forged)),
+            Verdict::BadSignature { chunks: 4 }
+        );
+    }
+}

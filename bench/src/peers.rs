@@ -1,0 +1,549 @@
+//! `gatepass-bench peers`: gatepass beside OpenBao, in one run, under the
+//! same load.
+//!
+//! An OpenBao dev server (TLS, a file audit device) and a gatepass dev
+//! server (TLS, its audit log) run side by side on this machine, set up
+//! with the same requests: an ed25519 SSH CA, a signing role, an OTP role,
+//! a policy and a non-root token holding it. Then the same clients (one
+//! keep-alive HTTP/1.1 connection each, closed loop) send the same bodies
+//! to each server in turn, OpenBao first, for each operation:
+//!
+//! 1. sign: `POST ssh/sign/<role>` with an ed25519 public key;
+//! 2. creds: `POST ssh/creds/<role>`, every OTP kept;
+//! 3. verify: `POST ssh/verify`, each OTP of that server's creds run once
+//!    (until they run out or the time is up);
+//! 4. lookup: `GET auth/token/lookup-self` with the non-root token;
+//! 5. read: `GET ssh/roles/<role>` with the non-root token, allowed by its
+//!    policy (an ACL check on every request).
+//!
+//! Requests per second, p50, p99, p99.9, the slowest and errors for each,
+//! the ratios, and each server's resident memory at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::load::{self, Pool};
+use crate::machine;
+use crate::measure::{Budget, Summary};
+use crate::report::{self, Align, Table};
+use crate::server::DevServer;
+
+const SECTION: &str = "peers";
+/// The OpenBao release the figures are for (`bench/run peers` installs it).
+const OPENBAO_VERSION: &str = "2.7.2";
+const SIGN_ROLE: &str = "bench-sign";
+const OTP_ROLE: &str = "bench-otp";
+const POLICY: &str = "bench-read";
+/// How long OpenBao may take to answer its health check after the start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Seconds each measurement runs (after a warm-up of a fifth of that,
+    /// at most 1 s).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Concurrent clients, each with its own keep-alive connection.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// The `bao` binary (OpenBao 2.7.2; `bench/run peers` downloads it when
+    /// missing).
+    #[arg(
+        long,
+        env = "GATEPASS_BENCH_BAO",
+        value_name = "PATH",
+        default_value = "bao"
+    )]
+    pub bao: PathBuf,
+    /// Replace this suite's section of FILE (e.g. BENCHMARKS.md) with the results.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// The gatepass-server binary to start (default: next to this binary).
+    #[arg(long, value_name = "PATH")]
+    pub server_bin: Option<PathBuf>,
+}
+
+/// What both servers answer to: an address, a root token, and clients
+/// that trust only the server's own CA.
+struct Peer {
+    name: &'static str,
+    /// `https://127.0.0.1:PORT`.
+    addr: String,
+    root: String,
+    ca_pem: Vec<u8>,
+    pid: u32,
+    /// The non-root token (set up by [`Peer::setup`]).
+    reader: String,
+}
+
+impl Peer {
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        // HTTP/1.1 keep-alive, as wrk and most Vault clients speak it.
+        Ok(reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&self.ca_pem)?)
+            .http1_only()
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()?)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.addr)
+    }
+
+    /// One request with the root token; the answer's JSON (Null when empty).
+    async fn call(
+        &self,
+        c: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let mut rb = c
+            .request(method.clone(), self.url(path))
+            .header("X-Vault-Token", &self.root);
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let r = rb
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = r.status();
+        let text = r.text().await?;
+        if !status.is_success() {
+            bail!("{}: {method} {path}: {status}: {}", self.name, text.trim());
+        }
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The same setup on both: the `ssh` mount (gatepass's dev server has
+    /// one already), an ed25519 CA, the two roles, the policy and its token.
+    async fn setup(&mut self, c: &reqwest::Client) -> anyhow::Result<()> {
+        let post = reqwest::Method::POST;
+        let mounts = self
+            .call(c, reqwest::Method::GET, "sys/mounts", None)
+            .await?;
+        let mounted = mounts.get("ssh/").is_some() || mounts.pointer("/data/ssh~1").is_some();
+        if !mounted {
+            self.call(
+                c,
+                post.clone(),
+                "sys/mounts/ssh",
+                Some(&json!({"type": "ssh"})),
+            )
+            .await?;
+        }
+        self.call(
+            c,
+            post.clone(),
+            "ssh/config/ca",
+            Some(&json!({"generate_signing_key": true, "key_type": "ssh-ed25519"})),
+        )
+        .await?;
+        self.call(
+            c,
+            post.clone(),
+            &format!("ssh/roles/{SIGN_ROLE}"),
+            Some(&json!({"key_type": "ca", "allow_user_certificates": true,
+                         "allowed_users": "*", "default_user": "bench", "ttl": "1h"})),
+        )
+        .await?;
+        self.call(
+            c,
+            post.clone(),
+            &format!("ssh/roles/{OTP_ROLE}"),
+            Some(&json!({"key_type": "otp", "default_user": "bench",
+                         "cidr_list": "127.0.0.0/8"})),
+        )
+        .await?;
+        self.call(
+            c,
+            post.clone(),
+            &format!("sys/policies/acl/{POLICY}"),
+            Some(&json!({"policy": format!(
+                "path \"ssh/roles/{SIGN_ROLE}\" {{ capabilities = [\"read\"] }}"
+            )})),
+        )
+        .await?;
+        let token = self
+            .call(
+                c,
+                post,
+                "auth/token/create",
+                Some(&json!({"policies": [POLICY], "ttl": "2h"})),
+            )
+            .await?;
+        self.reader = token
+            .pointer("/auth/client_token")
+            .and_then(Value::as_str)
+            .context("auth/token/create returned no client_token")?
+            .to_string();
+        Ok(())
+    }
+}
+
+/// An OpenBao dev server on a free loopback port, stopped when dropped.
+struct OpenBao {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Drop for OpenBao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Starts `bao server -dev -dev-tls` and waits for its health check.
+fn start_openbao(bin: &Path) -> anyhow::Result<(OpenBao, Peer)> {
+    let version = Command::new(bin).arg("version").output().with_context(|| {
+        format!(
+            "running {} (OpenBao {OPENBAO_VERSION}: `bench/run peers` installs it, or pass --bao)",
+            bin.display()
+        )
+    })?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    if !version.contains(&format!("v{OPENBAO_VERSION}")) {
+        eprintln!(
+            "note: {} says {version:?}; the figures are meant for OpenBao {OPENBAO_VERSION}",
+            bin.display()
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("gatepass-bench-bao-")
+        .tempdir()?;
+    let port = free_port()?;
+    let root = format!("bench-{:032x}", rand::random::<u128>());
+    let log = dir.path().join("bao.log");
+    // OpenBao 2 enables audit devices from its configuration only.
+    let config = dir.path().join("bench.hcl");
+    std::fs::write(
+        &config,
+        format!(
+            "audit \"file\" \"bench\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
+            dir.path().join("audit.log")
+        ),
+    )?;
+    let child = Command::new(bin)
+        .args(["server", "-dev", "-dev-tls", "-dev-no-store-token"])
+        .arg(format!("-config={}", config.display()))
+        .arg(format!("-dev-tls-cert-dir={}", dir.path().display()))
+        .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+        .arg(format!("-dev-root-token-id={root}"))
+        .env("HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(dir.path().join("bao.err"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    let bao = OpenBao {
+        child,
+        _dir: dir,
+        log,
+    };
+    let ca = bao._dir.path().join("vault-ca.pem");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(pem) = std::fs::read(&ca) {
+            let peer = Peer {
+                name: "OpenBao",
+                addr: format!("https://127.0.0.1:{port}"),
+                root: root.clone(),
+                ca_pem: pem,
+                pid,
+                reader: String::new(),
+            };
+            let healthy = peer.client().ok().and_then(|c| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async { c.get(peer.url("sys/health")).send().await.ok() })
+                    .filter(|r| r.status().is_success())
+            });
+            if healthy.is_some() {
+                return Ok((bao, peer));
+            }
+        }
+        if Instant::now() > deadline {
+            let text = std::fs::read_to_string(&bao.log).unwrap_or_default();
+            bail!("OpenBao did not answer within {START_TIMEOUT:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One operation measured on one server.
+struct Measured {
+    summary: Summary,
+    ops: u64,
+}
+
+/// The operations, in the order they run.
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Sign,
+    Creds,
+    Verify,
+    Lookup,
+    Read,
+}
+
+impl Op {
+    const ALL: [Op; 5] = [Op::Sign, Op::Creds, Op::Verify, Op::Lookup, Op::Read];
+
+    fn label(self) -> &'static str {
+        match self {
+            Op::Sign => "sign (`POST ssh/sign`, ed25519 CA)",
+            Op::Creds => "OTP creds (`POST ssh/creds`)",
+            Op::Verify => "verify (`POST ssh/verify`, each OTP once)",
+            Op::Lookup => "token lookup (`GET auth/token/lookup-self`, non-root)",
+            Op::Read => "policy-checked read (`GET ssh/roles/…`, non-root)",
+        }
+    }
+}
+
+/// Runs one operation on one server with `clients` keep-alive clients: a
+/// warm-up (not for verify, whose OTPs are each used once), then measured.
+async fn measure(
+    peer: &Arc<Peer>,
+    op: Op,
+    clients: usize,
+    budget: Budget,
+    otps: &Arc<std::sync::Mutex<Vec<String>>>,
+    public_key: &Arc<String>,
+) -> anyhow::Result<Measured> {
+    let cs: Vec<reqwest::Client> = (0..clients)
+        .map(|_| peer.client())
+        .collect::<anyhow::Result<_>>()?;
+    let pool = Pool::new(if op == Op::Verify {
+        std::mem::take(&mut *otps.lock().map_err(|_| anyhow::anyhow!("poisoned"))?)
+    } else {
+        Vec::new()
+    });
+    let run = |deadline: Duration, keep: bool| {
+        let peer = peer.clone();
+        let pool = pool.clone();
+        let otps = otps.clone();
+        let key = public_key.clone();
+        load::closed_loop(&cs, Some(deadline), move |c| {
+            let peer = peer.clone();
+            let pool = pool.clone();
+            let otps = otps.clone();
+            let key = key.clone();
+            async move {
+                let (method, path, token, body) = match op {
+                    Op::Sign => (
+                        reqwest::Method::POST,
+                        format!("ssh/sign/{SIGN_ROLE}"),
+                        peer.root.as_str(),
+                        Some(json!({"public_key": &*key, "valid_principals": "bench"})),
+                    ),
+                    Op::Creds => (
+                        reqwest::Method::POST,
+                        format!("ssh/creds/{OTP_ROLE}"),
+                        peer.root.as_str(),
+                        Some(json!({"ip": "127.0.0.1"})),
+                    ),
+                    Op::Verify => (
+                        reqwest::Method::POST,
+                        "ssh/verify".to_string(),
+                        "",
+                        Some(json!({"otp": pool.take()?})),
+                    ),
+                    Op::Lookup => (
+                        reqwest::Method::GET,
+                        "auth/token/lookup-self".to_string(),
+                        peer.reader.as_str(),
+                        None,
+                    ),
+                    Op::Read => (
+                        reqwest::Method::GET,
+                        format!("ssh/roles/{SIGN_ROLE}"),
+                        peer.reader.as_str(),
+                        None,
+                    ),
+                };
+                let mut rb = c.request(method, peer.url(&path));
+                if !token.is_empty() {
+                    rb = rb.header("X-Vault-Token", token);
+                }
+                if let Some(b) = &body {
+                    rb = rb.json(b);
+                }
+                let text = match load::answer(rb.send().await).await {
+                    Ok(t) => t,
+                    Err(e) => return Some(Err(e)),
+                };
+                if op == Op::Creds && keep {
+                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+                    match v.pointer("/data/key").and_then(Value::as_str) {
+                        Some(k) => {
+                            if let Ok(mut o) = otps.lock() {
+                                o.push(k.to_string());
+                            }
+                        }
+                        None => return Some(Err(format!("no OTP in {text}"))),
+                    }
+                }
+                Some(Ok(()))
+            }
+        })
+    };
+    if op != Op::Verify {
+        run(budget.warmup, false).await?;
+    }
+    let sample = run(budget.measure, true).await?;
+    let ops = sample.ops;
+    Ok(Measured {
+        summary: sample.summarize(),
+        ops,
+    })
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    if !(1..=1024).contains(&args.clients) {
+        bail!("--clients takes 1 to 1024");
+    }
+    if !(0.5..=600.0).contains(&args.seconds) {
+        bail!("--seconds must be between 0.5 and 600");
+    }
+    let budget = Budget::from_seconds(args.seconds);
+    let machine_before = machine::describe();
+    let (bao_proc, mut bao) = start_openbao(&args.bao)?;
+    let mut gp_server = DevServer::start(&crate::server_bin(args.server_bin.as_deref())?)?;
+    let mut gatepass = Peer {
+        name: "gatepass",
+        addr: gp_server.addr.clone(),
+        root: gp_server.token.clone(),
+        ca_pem: gp_server.ca_pem().to_vec(),
+        pid: gp_server.pid(),
+        reader: String::new(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let key = ssh_key::PrivateKey::random(&mut rand::rngs::OsRng, ssh_key::Algorithm::Ed25519)?;
+    let public_key = Arc::new(key.public_key().to_openssh()?);
+    rt.block_on(async {
+        bao.setup(&bao.client()?).await?;
+        gatepass.setup(&gatepass.client()?).await?;
+        anyhow::Ok(())
+    })?;
+    let peers = [Arc::new(bao), Arc::new(gatepass)];
+    let otps: [Arc<std::sync::Mutex<Vec<String>>>; 2] = Default::default();
+    let mut results: Vec<(Op, [Measured; 2])> = Vec::new();
+    for op in Op::ALL {
+        let mut pair = Vec::with_capacity(2);
+        for (peer, otps) in peers.iter().zip(&otps) {
+            eprintln!("{}: {}", peer.name, op.label());
+            let m = rt.block_on(measure(peer, op, args.clients, budget, otps, &public_key))?;
+            pair.push(m);
+            // Let each server's background work (checkpoints, the audit
+            // file) settle before the other is measured.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let pair: [Measured; 2] = pair
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two measurements expected"))?;
+        results.push((op, pair));
+    }
+    let memory: Vec<f64> = peers
+        .iter()
+        .map(|p| machine::process_memory(p.pid).0)
+        .collect();
+    drop(bao_proc);
+    gp_server.stop()?;
+
+    let body = report_body(args, &machine_before, &results, &memory);
+    report::publish(args.write.as_deref(), SECTION, &body)?;
+    for (op, pair) in &results {
+        for (m, peer) in pair.iter().zip(&peers) {
+            if m.summary.errors > 0 {
+                bail!(
+                    "{} {}: {} errors, the first: {}",
+                    peer.name,
+                    op.label(),
+                    m.summary.errors,
+                    m.summary.first_error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report_body(
+    args: &Args,
+    machine: &machine::Machine,
+    results: &[(Op, [Measured; 2])],
+    memory: &[f64],
+) -> String {
+    let ms = report::millis;
+    let mut t = Table::new(&[
+        ("operation", Align::Left),
+        ("server", Align::Left),
+        ("requests/s", Align::Right),
+        ("p50 ms", Align::Right),
+        ("p99 ms", Align::Right),
+        ("p99.9 ms", Align::Right),
+        ("slowest ms", Align::Right),
+        ("requests", Align::Right),
+        ("errors", Align::Right),
+        ("gatepass / OpenBao", Align::Right),
+    ]);
+    for (op, [bao, gp]) in results {
+        let ratio = (bao.summary.rate > 0.0).then(|| gp.summary.rate / bao.summary.rate);
+        for (name, m, r) in [("OpenBao", bao, None), ("gatepass", gp, ratio)] {
+            t.push(vec![
+                op.label().to_string(),
+                name.to_string(),
+                report::rate(m.summary.rate),
+                ms(m.summary.p50),
+                ms(m.summary.p99),
+                ms(m.summary.p999),
+                ms(m.summary.max),
+                m.ops.to_string(),
+                m.summary.errors.to_string(),
+                r.map(|r| report::ratio(Some(r)))
+                    .unwrap_or_else(|| "–".to_string()),
+            ]);
+        }
+    }
+    let mut out = format!(
+        "{}; OpenBao {OPENBAO_VERSION} (`bao server -dev -dev-tls`, in-memory storage, a file audit device) and `gatepass-server dev` (SQLite, its audit log) on the same machine; {} keep-alive HTTP/1.1 clients, {:.0} s per measurement after a warm-up, OpenBao first.{}\n\n",
+        machine.measured_on(),
+        args.clients,
+        args.seconds,
+        machine.busy_warning()
+    );
+    out += &t.to_markdown();
+    out += &format!(
+        "\nResident memory at the end: OpenBao {}, gatepass {}.\n",
+        report::mib(memory.first().copied().unwrap_or(f64::NAN)),
+        report::mib(memory.get(1).copied().unwrap_or(f64::NAN)),
+    );
+    out
+}

@@ -1,0 +1,1279 @@
+//! Vault's `oidc` and `jwt` login methods (one backend): people log in
+//! through their identity provider with the authorization code flow (PKCE,
+//! `state` and `nonce`), machines with a JWT their issuer signed. The
+//! signature is checked by `jsonwebtoken` against the provider's JWKS
+//! (from discovery or `jwks_url`, cached, fetched again on an unknown key
+//! ID) or `jwt_validation_pubkeys`; `iss`, `aud`, `exp`, `nbf` and `iat`
+//! against the server's clock with the role's leeways.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::mounts::AuthMount;
+use super::oidc_cache::{Discovery, Fetched};
+use super::token::{self, TokenEntry};
+use super::TokenSettings;
+use crate::error::{Error, Result};
+use crate::identity::{self, LoginMount};
+use crate::request::Fields;
+use crate::state::Core;
+
+/// How long a started browser login (its `state`) may take.
+const STATE_TTL: i64 = 600;
+/// Browser logins in progress per mount. Anyone may start one (no token
+/// is needed), so they are bounded: past this, expired ones are cleared,
+/// and if that is not enough new ones wait.
+const MAX_PENDING: usize = 1000;
+/// Cached discovery documents and key sets are fetched again after this.
+const CACHE_TTL: i64 = 3600;
+/// An unknown key ID fetches the key set again, at most this often, so
+/// that made-up key IDs cannot turn logins into a flood of fetches.
+const REFETCH_INTERVAL: i64 = 2;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(default)]
+    pub oidc_discovery_url: String,
+    #[serde(default)]
+    pub oidc_client_id: String,
+    /// Never shown; stored sealed like every value.
+    #[serde(default)]
+    pub oidc_client_secret: String,
+    #[serde(default)]
+    pub jwks_url: String,
+    #[serde(default)]
+    pub jwt_validation_pubkeys: Vec<String>,
+    #[serde(default)]
+    pub bound_issuer: String,
+    #[serde(default)]
+    pub default_role: String,
+    #[serde(default)]
+    pub jwt_supported_algs: Vec<String>,
+}
+
+/// Where the keys that sign tokens come from: exactly one.
+enum KeySource<'a> {
+    Discovery(&'a str),
+    Jwks(&'a str),
+    Pubkeys(&'a [String]),
+}
+
+impl Config {
+    fn key_source(&self) -> Result<KeySource<'_>> {
+        match (
+            self.oidc_discovery_url.is_empty(),
+            self.jwks_url.is_empty(),
+            self.jwt_validation_pubkeys.is_empty(),
+        ) {
+            (false, true, true) => Ok(KeySource::Discovery(&self.oidc_discovery_url)),
+            (true, false, true) => Ok(KeySource::Jwks(&self.jwks_url)),
+            (true, true, false) => Ok(KeySource::Pubkeys(&self.jwt_validation_pubkeys)),
+            (true, true, true) => Err(Error::invalid(
+                "the method is not configured: set one of oidc_discovery_url, jwks_url or \
+                 jwt_validation_pubkeys at auth/<path>/config",
+            )),
+            _ => Err(Error::invalid(
+                "exactly one of oidc_discovery_url, jwks_url and jwt_validation_pubkeys must be set",
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleType {
+    Oidc,
+    Jwt,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoundClaimsType {
+    String,
+    Glob,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Role {
+    pub role_type: RoleType,
+    #[serde(default)]
+    pub bound_audiences: Vec<String>,
+    #[serde(default)]
+    pub allowed_redirect_uris: Vec<String>,
+    pub user_claim: String,
+    #[serde(default)]
+    pub groups_claim: String,
+    #[serde(default)]
+    pub bound_subject: String,
+    /// Claim (name or JSON pointer) → the values it may have.
+    #[serde(default)]
+    pub bound_claims: BTreeMap<String, Vec<String>>,
+    pub bound_claims_type: BoundClaimsType,
+    /// Claim → metadata key, for the token's and the alias's metadata.
+    #[serde(default)]
+    pub claim_mappings: BTreeMap<String, String>,
+    #[serde(default)]
+    pub oidc_scopes: Vec<String>,
+    pub clock_skew_leeway: i64,
+    pub expiration_leeway: i64,
+    pub not_before_leeway: i64,
+    #[serde(flatten)]
+    pub token: TokenSettings,
+}
+
+/// A browser login between `auth_url` and `callback`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Pending {
+    role: String,
+    redirect_uri: String,
+    nonce: String,
+    code_verifier: String,
+    client_nonce: Option<String>,
+    expires: i64,
+}
+
+fn config_key(m: &AuthMount) -> String {
+    format!("{}config", m.data_prefix())
+}
+fn role_key(m: &AuthMount, name: &str) -> String {
+    format!("{}role/{name}", m.data_prefix())
+}
+/// A browser login is kept under its state's keyed hash: the state is
+/// the credential the callback presents.
+fn state_key(core: &Core, m: &AuthMount, state: &str) -> String {
+    format!("{}state/{}", m.data_prefix(), core.hasher.hash(state))
+}
+
+// ---- config -----------------------------------------------------------------
+
+pub async fn read_config(core: &Core, m: &AuthMount) -> Result<Option<Value>> {
+    Ok(core.storage.get::<Config>(&config_key(m)).await?.map(|c| {
+        json!({
+            "oidc_discovery_url": c.oidc_discovery_url,
+            "oidc_client_id": c.oidc_client_id,
+            "jwks_url": c.jwks_url,
+            "jwt_validation_pubkeys": c.jwt_validation_pubkeys,
+            "bound_issuer": c.bound_issuer,
+            "default_role": c.default_role,
+            "jwt_supported_algs": c.jwt_supported_algs,
+            "oidc_response_mode": "",
+            "oidc_response_types": [],
+            "provider_config": {},
+            "namespace_in_state": false,
+        })
+    }))
+}
+
+pub async fn write_config(core: &Core, m: &AuthMount, f: &Fields) -> Result<()> {
+    let mut c = core
+        .storage
+        .get::<Config>(&config_key(m))
+        .await?
+        .unwrap_or_default();
+    let s = |k: &str, into: &mut String| -> Result<()> {
+        if let Some(v) = f.str(k)? {
+            *into = v.trim().to_string();
+        }
+        Ok(())
+    };
+    s("oidc_discovery_url", &mut c.oidc_discovery_url)?;
+    s("oidc_client_id", &mut c.oidc_client_id)?;
+    s("oidc_client_secret", &mut c.oidc_client_secret)?;
+    s("jwks_url", &mut c.jwks_url)?;
+    s("bound_issuer", &mut c.bound_issuer)?;
+    s("default_role", &mut c.default_role)?;
+    if let Some(k) = f.str_list("jwt_validation_pubkeys")? {
+        c.jwt_validation_pubkeys = k;
+    }
+    if let Some(a) = f.str_list("jwt_supported_algs")? {
+        for alg in &a {
+            parse_alg(alg)?;
+        }
+        c.jwt_supported_algs = a;
+    }
+    // Vault's other settings (response mode and types, provider_config,
+    // CA PEMs, namespace_in_state) are accepted and not used.
+    for k in [
+        "oidc_response_mode",
+        "oidc_response_types",
+        "provider_config",
+        "oidc_discovery_ca_pem",
+        "jwks_ca_pem",
+        "namespace_in_state",
+    ] {
+        f.value(k);
+    }
+    if c.oidc_client_id.is_empty() != c.oidc_client_secret.is_empty() {
+        return Err(Error::invalid(
+            "both oidc_client_id and oidc_client_secret must be set for OIDC",
+        ));
+    }
+    if !c.oidc_client_id.is_empty() && c.oidc_discovery_url.is_empty() {
+        return Err(Error::invalid(
+            "oidc_client_id and oidc_client_secret need oidc_discovery_url",
+        ));
+    }
+    // Checked now, as Vault does, so that a typo shows at configuration
+    // rather than at the first login.
+    match c.key_source()? {
+        KeySource::Discovery(url) => {
+            let d = discovery(core, url, core.clock.now(), true).await?;
+            // OpenID Connect Discovery: the document must be the issuer's
+            // own (a mismatch means tokens would be checked against the
+            // wrong issuer).
+            if !url.contains("/.well-known/")
+                && d.issuer.trim_end_matches('/') != url.trim_end_matches('/')
+            {
+                return Err(Error::invalid(format!(
+                    "the discovery document at {url} names another issuer: {:?}",
+                    d.issuer
+                )));
+            }
+        }
+        KeySource::Jwks(url) => {
+            key_set(core, url, core.clock.now(), true).await?;
+        }
+        KeySource::Pubkeys(pems) => {
+            for pem in pems {
+                pem_key(pem)?;
+            }
+        }
+    }
+    core.storage.put(&config_key(m), &c).await
+}
+
+async fn config(core: &Core, m: &AuthMount) -> Result<Config> {
+    core.storage
+        .get::<Config>(&config_key(m))
+        .await?
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "auth/{}/ is not configured: write its config first",
+                m.path
+            ))
+        })
+}
+
+// ---- roles ------------------------------------------------------------------
+
+fn validate_role_name(name: &str) -> Result<String> {
+    super::validate_login_name("role name", name)
+}
+
+pub async fn write_role(core: &Core, m: &AuthMount, name: &str, f: &Fields) -> Result<()> {
+    let name = validate_role_name(name)?;
+    let existing: Option<Role> = core.storage.get(&role_key(m, &name)).await?;
+    let mut r = existing.unwrap_or(Role {
+        role_type: if m.kind == "jwt" {
+            RoleType::Jwt
+        } else {
+            RoleType::Oidc
+        },
+        bound_audiences: vec![],
+        allowed_redirect_uris: vec![],
+        user_claim: "sub".into(),
+        groups_claim: String::new(),
+        bound_subject: String::new(),
+        bound_claims: BTreeMap::new(),
+        bound_claims_type: BoundClaimsType::String,
+        claim_mappings: BTreeMap::new(),
+        oidc_scopes: vec![],
+        clock_skew_leeway: 60,
+        expiration_leeway: 150,
+        not_before_leeway: 150,
+        token: TokenSettings::default(),
+    });
+    match f.str("role_type")?.as_deref() {
+        None | Some("") => {}
+        Some("oidc") => r.role_type = RoleType::Oidc,
+        Some("jwt") => r.role_type = RoleType::Jwt,
+        Some(o) => {
+            return Err(Error::invalid(format!(
+                "role_type {o:?} is not valid: use oidc or jwt"
+            )))
+        }
+    }
+    if let Some(v) = f.str_list("bound_audiences")? {
+        r.bound_audiences = v;
+    }
+    if let Some(v) = f.str_list("allowed_redirect_uris")? {
+        for u in &v {
+            reqwest::Url::parse(u)
+                .map_err(|e| Error::invalid(format!("allowed_redirect_uris: {u:?}: {e}")))?;
+        }
+        r.allowed_redirect_uris = v;
+    }
+    if let Some(v) = f.str("user_claim")? {
+        r.user_claim = v;
+    }
+    if let Some(v) = f.str("groups_claim")? {
+        r.groups_claim = v;
+    }
+    if let Some(v) = f.str("bound_subject")? {
+        r.bound_subject = v;
+    }
+    if let Some(v) = f.value("bound_claims") {
+        r.bound_claims = bound_claims(&v)?;
+    }
+    match f.str("bound_claims_type")?.as_deref() {
+        None | Some("") => {}
+        Some("string") => r.bound_claims_type = BoundClaimsType::String,
+        Some("glob") => r.bound_claims_type = BoundClaimsType::Glob,
+        Some(o) => {
+            return Err(Error::invalid(format!(
+                "bound_claims_type {o:?} is not valid: use string or glob"
+            )))
+        }
+    }
+    if let Some(v) = f.str_map("claim_mappings")? {
+        r.claim_mappings = v;
+    }
+    if let Some(v) = f.str_list("oidc_scopes")? {
+        r.oidc_scopes = v;
+    }
+    for (k, into) in [
+        ("clock_skew_leeway", &mut r.clock_skew_leeway),
+        ("expiration_leeway", &mut r.expiration_leeway),
+        ("not_before_leeway", &mut r.not_before_leeway),
+    ] {
+        if let Some(v) = f.duration(k)? {
+            *into = v;
+        }
+    }
+    for k in ["verbose_oidc_logging", "max_age", "user_claim_json_pointer"] {
+        f.value(k);
+    }
+    r.token.update_from(f)?;
+    if r.user_claim.is_empty() {
+        return Err(Error::invalid("user_claim must not be empty"));
+    }
+    if r.role_type == RoleType::Oidc && r.allowed_redirect_uris.is_empty() {
+        return Err(Error::invalid(
+            "allowed_redirect_uris must be set for an oidc role",
+        ));
+    }
+    if r.role_type == RoleType::Jwt
+        && r.bound_audiences.is_empty()
+        && r.bound_subject.is_empty()
+        && r.bound_claims.is_empty()
+    {
+        return Err(Error::invalid(
+            "a jwt role must have at least one bound constraint: bound_audiences, \
+             bound_subject or bound_claims",
+        ));
+    }
+    core.storage.put(&role_key(m, &name), &r).await
+}
+
+/// `bound_claims`: a map of claim to a string (or comma-separated
+/// strings) or a list of strings.
+fn bound_claims(v: &Value) -> Result<BTreeMap<String, Vec<String>>> {
+    let bad = || {
+        Error::invalid("bound_claims must be a map of claim names to strings or lists of strings")
+    };
+    let map = match v {
+        Value::Object(m) => m.clone(),
+        Value::String(s) if s.is_empty() => Map::new(),
+        Value::String(s) => serde_json::from_str(s).map_err(|_| bad())?,
+        Value::Null => Map::new(),
+        _ => return Err(bad()),
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            let values = match v {
+                Value::String(s) => gatepass_api::lenient::split_list(&s),
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|i| match i {
+                        Value::String(s) => Ok(s),
+                        Value::Number(n) => Ok(n.to_string()),
+                        Value::Bool(b) => Ok(b.to_string()),
+                        _ => Err(bad()),
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                Value::Number(n) => vec![n.to_string()],
+                Value::Bool(b) => vec![b.to_string()],
+                _ => return Err(bad()),
+            };
+            Ok((k, values))
+        })
+        .collect()
+}
+
+pub async fn read_role(core: &Core, m: &AuthMount, name: &str) -> Result<Option<Value>> {
+    let name = validate_role_name(name)?;
+    Ok(core
+        .storage
+        .get::<Role>(&role_key(m, &name))
+        .await?
+        .map(|r| {
+            let mut out = Map::new();
+            out.insert("role_type".into(), json!(r.role_type));
+            out.insert("bound_audiences".into(), json!(r.bound_audiences));
+            out.insert(
+                "allowed_redirect_uris".into(),
+                json!(r.allowed_redirect_uris),
+            );
+            out.insert("user_claim".into(), json!(r.user_claim));
+            out.insert("groups_claim".into(), json!(r.groups_claim));
+            out.insert("bound_subject".into(), json!(r.bound_subject));
+            out.insert("bound_claims".into(), json!(r.bound_claims));
+            out.insert("bound_claims_type".into(), json!(r.bound_claims_type));
+            out.insert("claim_mappings".into(), json!(r.claim_mappings));
+            out.insert("oidc_scopes".into(), json!(r.oidc_scopes));
+            out.insert("clock_skew_leeway".into(), json!(r.clock_skew_leeway));
+            out.insert("expiration_leeway".into(), json!(r.expiration_leeway));
+            out.insert("not_before_leeway".into(), json!(r.not_before_leeway));
+            r.token.to_json(&mut out);
+            Value::Object(out)
+        }))
+}
+
+pub async fn delete_role(core: &Core, m: &AuthMount, name: &str) -> Result<()> {
+    core.storage
+        .delete(&role_key(m, &validate_role_name(name)?))
+        .await?;
+    Ok(())
+}
+
+pub async fn list_roles(core: &Core, m: &AuthMount) -> Result<Vec<String>> {
+    core.storage
+        .list(&format!("{}role/", m.data_prefix()))
+        .await
+}
+
+/// The role a login names, else the config's `default_role`.
+async fn role_for(core: &Core, m: &AuthMount, c: &Config, f: &Fields) -> Result<(String, Role)> {
+    let name = match f.str("role")?.filter(|r| !r.is_empty()) {
+        Some(r) => r,
+        None if !c.default_role.is_empty() => c.default_role.clone(),
+        None => {
+            return Err(Error::invalid(
+                "missing role, and no default_role is configured",
+            ))
+        }
+    };
+    let name = validate_role_name(&name)?;
+    let role = core
+        .storage
+        .get::<Role>(&role_key(m, &name))
+        .await?
+        .ok_or_else(|| Error::invalid(format!("role {name:?} could not be found")))?;
+    Ok((name, role))
+}
+
+// ---- the provider: discovery and keys, cached -----------------------------
+
+fn unreachable(what: &str, url: &str, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "cannot fetch the identity provider's {what} from {url}: {e}"
+    ))
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(core: &Core, what: &str, url: &str) -> Result<T> {
+    let resp = core
+        .oidc
+        .client()?
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| unreachable(what, url, e))?;
+    if !resp.status().is_success() {
+        return Err(unreachable(what, url, format!("HTTP {}", resp.status())));
+    }
+    resp.json::<T>()
+        .await
+        .map_err(|e| unreachable(what, url, format!("not a valid {what}: {e}")))
+}
+
+/// The discovery document at `url` (the issuer URL, or its
+/// `.well-known/openid-configuration`).
+async fn discovery(core: &Core, url: &str, now: i64, fresh: bool) -> Result<Discovery> {
+    let mut cache = core.oidc.discovery.lock().await;
+    if let Some(f) = cache.get(url).filter(|f| !fresh && now - f.at < CACHE_TTL) {
+        return Ok(f.value.clone());
+    }
+    let doc_url = if url.contains("/.well-known/") {
+        url.to_string()
+    } else {
+        format!(
+            "{}/.well-known/openid-configuration",
+            url.trim_end_matches('/')
+        )
+    };
+    let d: Discovery = get_json(core, "discovery document", &doc_url).await?;
+    cache.insert(
+        url.to_string(),
+        Fetched {
+            value: d.clone(),
+            at: now,
+        },
+    );
+    Ok(d)
+}
+
+async fn key_set(core: &Core, url: &str, now: i64, fresh: bool) -> Result<JwkSet> {
+    let mut cache = core.oidc.keys.lock().await;
+    if let Some(f) = cache.get(url) {
+        let stale = now - f.at >= CACHE_TTL;
+        let may_refetch = now - f.at >= REFETCH_INTERVAL || f.at > now;
+        if !(stale || (fresh && may_refetch)) {
+            return Ok(f.value.clone());
+        }
+    }
+    let set: JwkSet = get_json(core, "key set (JWKS)", url).await?;
+    cache.insert(
+        url.to_string(),
+        Fetched {
+            value: set.clone(),
+            at: now,
+        },
+    );
+    Ok(set)
+}
+
+fn parse_alg(name: &str) -> Result<Algorithm> {
+    name.parse::<Algorithm>()
+        .map_err(|_| Error::invalid(format!("unsupported signing algorithm {name:?}")))
+}
+
+fn pem_key(pem: &str) -> Result<Vec<DecodingKey>> {
+    let b = pem.as_bytes();
+    let keys: Vec<DecodingKey> = [
+        DecodingKey::from_rsa_pem(b),
+        DecodingKey::from_ec_pem(b),
+        DecodingKey::from_ed_pem(b),
+    ]
+    .into_iter()
+    .filter_map(|k| k.ok())
+    .collect();
+    if keys.is_empty() {
+        return Err(Error::invalid(
+            "jwt_validation_pubkeys: not a PEM-encoded RSA, EC or Ed25519 public key",
+        ));
+    }
+    Ok(keys)
+}
+
+// ---- token validation -------------------------------------------------------
+
+/// What a token must show besides a good signature.
+struct Expect<'a> {
+    issuer: Option<&'a str>,
+    /// The token's `aud` must hold one of these; empty: the token must have
+    /// no `aud` (Vault's rule for roles without bound audiences).
+    audiences: Vec<String>,
+    nonce: Option<&'a str>,
+    role: &'a Role,
+    now: i64,
+}
+
+/// Checks the signature, then the claims; returns the claims.
+async fn validate(
+    core: &Core,
+    c: &Config,
+    jwt: &str,
+    x: &Expect<'_>,
+) -> Result<Map<String, Value>> {
+    let header = jsonwebtoken::decode_header(jwt)
+        .map_err(|e| Error::invalid(format!("the token is not a valid JWT: {e}")))?;
+    let allowed: Vec<Algorithm> = if c.jwt_supported_algs.is_empty() {
+        vec![Algorithm::RS256]
+            .into_iter()
+            .chain([
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::ES256,
+                Algorithm::ES384,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+                Algorithm::EdDSA,
+            ])
+            .collect()
+    } else {
+        c.jwt_supported_algs
+            .iter()
+            .map(|a| parse_alg(a))
+            .collect::<Result<_>>()?
+    };
+    if !allowed.contains(&header.alg) {
+        return Err(Error::invalid(format!(
+            "the token is signed with {:?}, which this method does not accept",
+            header.alg
+        )));
+    }
+    let mut v = Validation::new(header.alg);
+    // Times, issuer and audience are checked below against the server's
+    // clock and Vault's rules; the crate checks the signature.
+    v.validate_exp = false;
+    v.validate_nbf = false;
+    v.validate_aud = false;
+    v.required_spec_claims.clear();
+    let check = |key: &DecodingKey| {
+        jsonwebtoken::decode::<Map<String, Value>>(jwt, key, &v).map(|d| d.claims)
+    };
+    let claims = match c.key_source()? {
+        KeySource::Pubkeys(pems) => {
+            let mut found = None;
+            for pem in pems {
+                for k in pem_key(pem)? {
+                    if let Ok(cl) = check(&k) {
+                        found = Some(cl);
+                    }
+                }
+            }
+            found.ok_or_else(bad_signature)?
+        }
+        KeySource::Discovery(url) => {
+            let d = discovery(core, url, x.now, false).await?;
+            by_key_set(core, &d.jwks_uri, header.kid.as_deref(), x.now, &check).await?
+        }
+        KeySource::Jwks(url) => by_key_set(core, url, header.kid.as_deref(), x.now, &check).await?,
+    };
+    check_claims(&claims, x)?;
+    Ok(claims)
+}
+
+fn bad_signature() -> Error {
+    Error::invalid("the token's signature is not valid")
+}
+
+/// The claims of a token checked with the key set at `url`: the key its
+/// `kid` names (the set is fetched again once when the key is unknown: the
+/// provider may have rotated its keys), or any key when it names none.
+async fn by_key_set(
+    core: &Core,
+    url: &str,
+    kid: Option<&str>,
+    now: i64,
+    check: &(dyn Fn(&DecodingKey) -> jsonwebtoken::errors::Result<Map<String, Value>> + Sync),
+) -> Result<Map<String, Value>> {
+    let mut set = key_set(core, url, now, false).await?;
+    if let Some(kid) = kid {
+        if set.find(kid).is_none() {
+            set = key_set(core, url, now, true).await?;
+        }
+        let jwk = set.find(kid).ok_or_else(|| {
+            Error::invalid(format!(
+                "the token is signed with key {kid:?}, which the identity provider does not publish"
+            ))
+        })?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|_| bad_signature())?;
+        return check(&key).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                Error::invalid("the token's algorithm does not match its key")
+            }
+            _ => bad_signature(),
+        });
+    }
+    set.keys
+        .iter()
+        .filter_map(|j| DecodingKey::from_jwk(j).ok())
+        .find_map(|k| check(&k).ok())
+        .ok_or_else(bad_signature)
+}
+
+fn num(claims: &Map<String, Value>, name: &str) -> Result<Option<i64>> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f as i64))
+            .map(Some)
+            .ok_or_else(|| Error::invalid(format!("the token's {name} claim is not a time"))),
+        Some(_) => Err(Error::invalid(format!(
+            "the token's {name} claim is not a time"
+        ))),
+    }
+}
+
+fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
+    let r = x.role;
+    let skew = r.clock_skew_leeway.max(0);
+    let exp =
+        num(claims, "exp")?.ok_or_else(|| Error::invalid("the token has no expiry (exp claim)"))?;
+    if x.now > exp + r.expiration_leeway.max(0) + skew {
+        return Err(Error::invalid("the token has expired (exp claim)"));
+    }
+    if let Some(nbf) = num(claims, "nbf")? {
+        if x.now < nbf - r.not_before_leeway.max(0) - skew {
+            return Err(Error::invalid("the token is not valid yet (nbf claim)"));
+        }
+    }
+    if let Some(iat) = num(claims, "iat")? {
+        if x.now < iat - skew {
+            return Err(Error::invalid(
+                "the token was issued in the future (iat claim)",
+            ));
+        }
+    }
+    if let Some(iss) = x.issuer.filter(|i| !i.is_empty()) {
+        if claims.get("iss").and_then(Value::as_str) != Some(iss) {
+            return Err(Error::invalid(format!(
+                "the token's issuer (iss claim) is not {iss:?}"
+            )));
+        }
+    }
+    let aud: Vec<&str> = match claims.get("aud") {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        Some(_) => return Err(Error::invalid("the token's aud claim is not valid")),
+    };
+    if x.audiences.is_empty() {
+        if !aud.is_empty() {
+            return Err(Error::invalid(
+                "the token has an audience (aud claim) but the role binds none: set bound_audiences",
+            ));
+        }
+    } else if !aud.iter().any(|a| x.audiences.iter().any(|b| b == a)) {
+        return Err(Error::invalid(
+            "the token's audience (aud claim) is not one the role accepts",
+        ));
+    }
+    if let Some(nonce) = x.nonce {
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(Error::invalid(
+                "the ID token's nonce does not match this login's",
+            ));
+        }
+    }
+    if !r.bound_subject.is_empty()
+        && claims.get("sub").and_then(Value::as_str) != Some(r.bound_subject.as_str())
+    {
+        return Err(Error::invalid(
+            "the token's sub claim does not match bound_subject",
+        ));
+    }
+    for (name, wanted) in &r.bound_claims {
+        let values = claim_texts(claim(claims, name));
+        let ok = values.iter().any(|v| {
+            wanted.iter().any(|w| match r.bound_claims_type {
+                BoundClaimsType::String => w == v,
+                BoundClaimsType::Glob => glob(w, v),
+            })
+        });
+        if !ok {
+            return Err(Error::invalid(format!(
+                "claim {name:?} does not match any associated bound claim values"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A claim by name, or by JSON pointer (`/a/b`), as Vault reads them.
+fn claim<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    let Some(pointer) = name.strip_prefix('/') else {
+        return claims.get(name);
+    };
+    let mut parts = pointer
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"));
+    let mut cur = claims.get(&parts.next()?)?;
+    for part in parts {
+        cur = match cur {
+            Value::Object(m) => m.get(&part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// A claim's value as text: a string, number or boolean, or each of a
+/// list's.
+fn claim_texts(v: Option<&Value>) -> Vec<String> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match v {
+        Some(Value::Array(a)) => a.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+        None => vec![],
+    }
+}
+
+/// Vault's bound-claim globs: `*` matches any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    if !text.ends_with(last) {
+        return false;
+    }
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+// ---- logins -----------------------------------------------------------------
+
+/// The token for a person or machine whose token checked out.
+async fn login_with_claims(
+    core: &Core,
+    m: &AuthMount,
+    role_name: &str,
+    r: &Role,
+    claims: &Map<String, Value>,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
+    let user = claim_texts(claim(claims, &r.user_claim))
+        .into_iter()
+        .next()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "claim {:?} (the role's user_claim) not found in token",
+                r.user_claim
+            ))
+        })?;
+    let groups = if r.groups_claim.is_empty() {
+        vec![]
+    } else {
+        match claim(claims, &r.groups_claim) {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(_) | Value::String(_)) => claim_texts(claim(claims, &r.groups_claim)),
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "claim {:?} (the role's groups_claim) is not a list of strings",
+                    r.groups_claim
+                )))
+            }
+        }
+    };
+    let mut metadata = BTreeMap::new();
+    for (claim_name, key) in &r.claim_mappings {
+        if let Some(v) = claim_texts(claim(claims, claim_name)).into_iter().next() {
+            metadata.insert(key.clone(), v);
+        }
+    }
+    let entity = identity::entity_for_login(
+        core,
+        LoginMount {
+            accessor: &m.accessor,
+            path: &m.path,
+            kind: &m.kind,
+        },
+        &user,
+        &metadata,
+        now,
+    )
+    .await?;
+    let mut spec = r.token.new_token(
+        format!("{}-{}", m.path.replace('/', "-"), user),
+        ("role", role_name),
+        format!("auth/{}/login", m.path),
+    );
+    for (k, v) in &metadata {
+        // The keys gatepass reads itself, and the role's, stay the server's.
+        if !token::RESERVED_META.contains(&k.as_str()) && k != "role" {
+            spec.meta.insert(k.clone(), v.clone());
+        }
+    }
+    spec.policies
+        .extend(identity::group_policies(core, &m.accessor, &groups).await?);
+    spec.policies.extend(entity.policies.iter().cloned());
+    spec.entity_id = Some(entity.id.clone());
+    token::create(core, spec, now).await
+}
+
+/// `auth/<path>/login`: a JWT for a `jwt` role.
+pub async fn login(
+    core: &Core,
+    m: &AuthMount,
+    f: &Fields,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
+    let c = config(core, m).await?;
+    let (name, r) = role_for(core, m, &c, f).await?;
+    let jwt = f.required_str("jwt")?;
+    if r.role_type != RoleType::Jwt {
+        return Err(Error::invalid(format!(
+            "role {name:?} is an oidc role: log in through auth/{}/oidc/auth_url",
+            m.path
+        )));
+    }
+    let issuer = match c.key_source()? {
+        KeySource::Discovery(url) if c.bound_issuer.is_empty() => {
+            Some(discovery(core, url, now, false).await?.issuer)
+        }
+        _ => Some(c.bound_issuer.clone()),
+    };
+    let claims = validate(
+        core,
+        &c,
+        &jwt,
+        &Expect {
+            issuer: issuer.as_deref(),
+            audiences: r.bound_audiences.clone(),
+            nonce: None,
+            role: &r,
+            now,
+        },
+    )
+    .await?;
+    login_with_claims(core, m, &name, &r, &claims, now).await
+}
+
+/// Whether a redirect URI is one of the role's: exactly, or, for loopback
+/// addresses, with any port (RFC 8252: native apps listen on a port of
+/// their choosing), as Vault allows.
+fn redirect_allowed(r: &Role, uri: &str) -> bool {
+    if r.allowed_redirect_uris.iter().any(|a| a == uri) {
+        return true;
+    }
+    let Ok(u) = reqwest::Url::parse(uri) else {
+        return false;
+    };
+    let loopback = |u: &reqwest::Url| {
+        matches!(
+            u.host_str(),
+            Some("127.0.0.1" | "[::1]" | "::1" | "localhost")
+        )
+    };
+    loopback(&u)
+        && r.allowed_redirect_uris.iter().any(|a| {
+            reqwest::Url::parse(a).is_ok_and(|a| {
+                loopback(&a)
+                    && a.scheme() == u.scheme()
+                    && a.host_str() == u.host_str()
+                    && a.path() == u.path()
+                    && a.query() == u.query()
+            })
+        })
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// `auth/<path>/oidc/auth_url`: starts a browser login.
+pub async fn auth_url(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<Value> {
+    let c = config(core, m).await?;
+    let (name, r) = role_for(core, m, &c, f).await?;
+    let redirect_uri = f.required_str("redirect_uri")?;
+    let client_nonce = f.str("client_nonce")?.filter(|n| !n.is_empty());
+    if r.role_type != RoleType::Oidc {
+        return Err(Error::invalid(format!(
+            "role {name:?} is a jwt role: log in through auth/{}/login",
+            m.path
+        )));
+    }
+    if !redirect_allowed(&r, &redirect_uri) {
+        return Err(Error::invalid(format!(
+            "unauthorized redirect_uri: {redirect_uri}"
+        )));
+    }
+    let KeySource::Discovery(url) = c.key_source()? else {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_discovery_url in the config",
+        ));
+    };
+    if c.oidc_client_id.is_empty() {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_client_id and oidc_client_secret in the config",
+        ));
+    }
+    let d = discovery(core, url, now, false).await?;
+    make_room(core, m, now).await?;
+    let state = super::random_text(32);
+    let nonce = super::random_text(32);
+    let code_verifier = super::random_text(64);
+    let challenge = b64url(&Sha256::digest(code_verifier.as_bytes()));
+    let mut scopes = vec!["openid".to_string()];
+    scopes.extend(r.oidc_scopes.iter().filter(|s| *s != "openid").cloned());
+    let url = reqwest::Url::parse_with_params(
+        &d.authorization_endpoint,
+        &[
+            ("client_id", c.oidc_client_id.as_str()),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("response_type", "code"),
+            ("scope", scopes.join(" ").as_str()),
+            ("state", state.as_str()),
+            ("nonce", nonce.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ],
+    )
+    .map_err(|e| {
+        Error::invalid(format!(
+            "the provider's authorization_endpoint is not a URL: {e}"
+        ))
+    })?;
+    core.storage
+        .put(
+            &state_key(core, m, &state),
+            &Pending {
+                role: name,
+                redirect_uri,
+                nonce,
+                code_verifier,
+                client_nonce,
+                expires: now + STATE_TTL,
+            },
+        )
+        .await?;
+    Ok(json!({ "auth_url": url.to_string() }))
+}
+
+/// Clears expired browser logins once there are [`MAX_PENDING`].
+async fn make_room(core: &Core, m: &AuthMount, now: i64) -> Result<()> {
+    let keys = core
+        .storage
+        .keys_with_prefix(&format!("{}state/", m.data_prefix()))
+        .await?;
+    if keys.len() < MAX_PENDING {
+        return Ok(());
+    }
+    let mut expired = Vec::new();
+    for k in &keys {
+        match core.storage.get::<Pending>(k).await? {
+            Some(p) if p.expires > now => {}
+            _ => expired.push(k.clone()),
+        }
+    }
+    core.storage.delete_many(&expired).await?;
+    if keys.len() - expired.len() >= MAX_PENDING {
+        return Err(Error::RateLimited(
+            "too many OIDC logins in progress: try again in a few minutes".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    id_token: Option<String>,
+}
+
+/// `auth/<path>/oidc/callback` (GET from the redirect's query, or POST):
+/// the `state` is taken (it serves one callback, and only before it
+/// expires), the `code` exchanged with the PKCE verifier, and the ID token
+/// checked.
+pub async fn callback(
+    core: &Core,
+    m: &AuthMount,
+    f: &Fields,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
+    let state = f.str("state")?.unwrap_or_default();
+    let code = f.str("code")?.unwrap_or_default();
+    let client_nonce = f.str("client_nonce")?.filter(|n| !n.is_empty());
+    let id_token_in = f.str("id_token")?.filter(|t| !t.is_empty());
+    if let Some(err) = f.str("error")?.filter(|e| !e.is_empty()) {
+        let desc = f.str("error_description")?.unwrap_or_default();
+        return Err(Error::invalid(format!(
+            "the identity provider refused the login: {err} {desc}"
+        )));
+    }
+    let expired = || Error::invalid("expired or missing OAuth state");
+    if state.is_empty() {
+        return Err(expired());
+    }
+    let pending: Pending = core
+        .storage
+        .take(&state_key(core, m, &state))
+        .await?
+        .ok_or_else(expired)?;
+    if pending.expires <= now {
+        return Err(expired());
+    }
+    if pending.client_nonce.is_some() && pending.client_nonce != client_nonce {
+        return Err(Error::invalid("invalid client_nonce"));
+    }
+    let c = config(core, m).await?;
+    let r: Role = core
+        .storage
+        .get(&role_key(m, &pending.role))
+        .await?
+        .ok_or_else(|| Error::invalid(format!("role {:?} could not be found", pending.role)))?;
+    let KeySource::Discovery(url) = c.key_source()? else {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_discovery_url in the config",
+        ));
+    };
+    let d = discovery(core, url, now, false).await?;
+    let id_token = match (code.is_empty(), id_token_in) {
+        (false, _) => exchange(core, &c, &d, &code, &pending).await?,
+        (true, Some(t)) => t,
+        (true, None) => return Err(Error::invalid("missing code")),
+    };
+    let mut audiences = vec![c.oidc_client_id.clone()];
+    audiences.extend(r.bound_audiences.iter().cloned());
+    let x = Expect {
+        issuer: Some(if c.bound_issuer.is_empty() {
+            &d.issuer
+        } else {
+            &c.bound_issuer
+        }),
+        audiences,
+        nonce: Some(&pending.nonce),
+        role: &r,
+        now,
+    };
+    let claims = validate(core, &c, &id_token, &x).await?;
+    // With bound audiences, the ID token must be for one of them too.
+    if !r.bound_audiences.is_empty() {
+        let aud = claim_texts(claims.get("aud"));
+        if !aud.iter().any(|a| r.bound_audiences.contains(a)) {
+            return Err(Error::invalid(
+                "the token's audience (aud claim) is not one the role accepts",
+            ));
+        }
+    }
+    login_with_claims(core, m, &pending.role, &r, &claims, now).await
+}
+
+/// The authorization code for the ID token, at the provider's token
+/// endpoint, with the client's secret and the PKCE verifier.
+async fn exchange(
+    core: &Core,
+    c: &Config,
+    d: &Discovery,
+    code: &str,
+    p: &Pending,
+) -> Result<String> {
+    let resp = core
+        .oidc
+        .client()?
+        .post(&d.token_endpoint)
+        .basic_auth(&c.oidc_client_id, Some(&c.oidc_client_secret))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", p.redirect_uri.as_str()),
+            ("code_verifier", p.code_verifier.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| unreachable("token endpoint", &d.token_endpoint, e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let why = body
+            .get("error_description")
+            .or_else(|| body.get("error"))
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given")
+            .to_string();
+        return Err(Error::invalid(format!(
+            "the identity provider did not accept the authorization code: {why}"
+        )));
+    }
+    let t: TokenResponse = resp
+        .json()
+        .await
+        .map_err(|e| unreachable("token response", &d.token_endpoint, e))?;
+    t.id_token
+        .ok_or_else(|| Error::invalid("the identity provider's token response has no id_token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("refs/heads/*", "refs/heads/main"));
+        assert!(glob("*-prod", "web-prod"));
+        assert!(glob("a*c*e", "abcde"));
+        assert!(!glob("a*c*e", "abde"));
+        assert!(!glob("refs/heads/*", "refs/tags/v1"));
+        assert!(glob("main", "main"));
+        assert!(!glob("ab*ba", "aba"));
+    }
+
+    fn role() -> Role {
+        Role {
+            role_type: RoleType::Jwt,
+            bound_audiences: vec!["gatepass".into()],
+            allowed_redirect_uris: vec![],
+            user_claim: "sub".into(),
+            groups_claim: String::new(),
+            bound_subject: String::new(),
+            bound_claims: BTreeMap::new(),
+            bound_claims_type: BoundClaimsType::String,
+            claim_mappings: BTreeMap::new(),
+            oidc_scopes: vec![],
+            clock_skew_leeway: 60,
+            expiration_leeway: 150,
+            not_before_leeway: 150,
+            token: TokenSettings::default(),
+        }
+    }
+
+    fn checked(claims: Value, now: i64) -> Result<()> {
+        let r = role();
+        let claims: Map<String, Value> = serde_json::from_value(claims).unwrap();
+        check_claims(
+            &claims,
+            &Expect {
+                issuer: Some("https://idp"),
+                audiences: r.bound_audiences.clone(),
+                nonce: None,
+                role: &r,
+                now,
+            },
+        )
+    }
+
+    #[test]
+    fn times_with_leeways() {
+        let t = 1_000_000;
+        let good = |extra: Value| {
+            let mut c = json!({"iss": "https://idp", "aud": "gatepass", "exp": t + 300, "iat": t});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        assert!(checked(good(json!({})), t).is_ok());
+        // exp: expiration_leeway (150) + clock_skew_leeway (60) past it.
+        assert!(checked(good(json!({})), t + 300 + 210).is_ok());
+        assert!(checked(good(json!({})), t + 300 + 211).is_err());
+        // nbf: not_before_leeway (150) + skew (60) before it.
+        assert!(checked(good(json!({"nbf": t + 210})), t).is_ok());
+        assert!(checked(good(json!({"nbf": t + 211})), t).is_err());
+        // iat: skew only.
+        assert!(checked(good(json!({"iat": t + 60})), t).is_ok());
+        assert!(checked(good(json!({"iat": t + 61})), t).is_err());
+        // exp is required; iss and aud must match.
+        let mut no_exp = good(json!({}));
+        no_exp.as_object_mut().unwrap().remove("exp");
+        assert!(checked(no_exp, t).is_err());
+        assert!(checked(good(json!({"iss": "https://other"})), t).is_err());
+        assert!(checked(good(json!({"aud": ["x", "gatepass"]})), t).is_ok());
+        assert!(checked(good(json!({"aud": "other"})), t).is_err());
+    }
+
+    #[test]
+    fn pointers() {
+        let c: Map<String, Value> =
+            serde_json::from_value(json!({"a": {"b/c": ["x", "y"]}, "n": 1})).unwrap();
+        assert_eq!(claim_texts(claim(&c, "/a/b~1c")), vec!["x", "y"]);
+        assert_eq!(claim_texts(claim(&c, "n")), vec!["1"]);
+        assert!(claim(&c, "/a/zz").is_none());
+    }
+}

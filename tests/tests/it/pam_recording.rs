@@ -1,0 +1,708 @@
+//! Session recordings: what the gateway records of a session, how the
+//! server checks it, and how a person reads it back.
+//!
+//! End to end (the harness of `pam_sessions`: a real server, a real
+//! gateway, a real target sshd, the real `ssh` and `sftp`): a shell, a
+//! command and an upload through the gateway come back as an asciicast
+//! file that `asciinema play` plays, a replay, and JSON events; the
+//! recording survives the server being away and the gateway being killed.
+//! In process (both storage backends): every kind of tampering with the
+//! stored chunks is named.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use gatepass_api::recording::{self, Event, EventKind, SealedChunk, SftpOp, GENESIS};
+use gatepass_tests::inproc::{Server, BACKENDS};
+use gatepass_tests::run;
+use gatepass_tests::ssh::keypair;
+use serde_json::{json, Value};
+
+use crate::pam_sessions::{key_account, ok, wait_exit, wait_for_active, Pam};
+
+/// `gatepass pam sessions verify ID` as the administrator, until `done`
+/// holds for (exit code, stdout) or 20 s pass: the gateway delivers its
+/// chunks as the session runs and after.
+pub(crate) fn verify_until(pam: &Pam, id: &str, done: impl Fn(i32, &str) -> bool) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, err) = run(&mut pam.admin_cli(&["pam", "sessions", "verify", id]));
+        if done(code, &out) {
+            return (code, out);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verify {id}: {code}\n{out}\n{err}\n{}",
+            pam.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An active session other than `other` (within 15 s).
+fn wait_for_another_active(pam: &Pam, other: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = ok(pam.admin_cli(&[
+            "pam", "sessions", "list", "--state", "active", "--format", "json",
+        ]));
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let found = v.as_array().into_iter().flatten().find_map(|s| {
+            s["session_id"]
+                .as_str()
+                .filter(|id| *id != other)
+                .map(String::from)
+        });
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "no other active session: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The session's recordings as `export --format json` writes them.
+fn exported(pam: &Pam, id: &str) -> Value {
+    let out = ok(pam.admin_cli(&["pam", "sessions", "export", id, "--format", "json"]));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn events(v: &Value) -> Vec<Event> {
+    v["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| serde_json::from_value::<Vec<Event>>(r["events"].clone()).unwrap())
+        .collect()
+}
+
+/// All output of the channels that ran `command`.
+fn output_of(events: &[Event], command: &str) -> String {
+    let ch = events
+        .iter()
+        .find(|e| matches!(&e.kind, EventKind::Exec { command: c } if c == command))
+        .map(|e| e.ch)
+        .unwrap_or_else(|| panic!("no exec of {command:?}"));
+    // Channel numbers are per connection: take the connection's events.
+    let mut out = String::new();
+    let mut inside = false;
+    for e in events {
+        if matches!(&e.kind, EventKind::Exec { command: c } if c == command) {
+            inside = true;
+        }
+        if inside && e.ch == ch {
+            if let EventKind::Output { data } = &e.kind {
+                out.push_str(data);
+            }
+            if matches!(e.kind, EventKind::Exit { .. }) {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_session_is_recorded_and_exports_plays_and_replays() {
+    let pam = Pam::start();
+    let _target = key_account(&pam);
+    // $ gatepass pam ssh config … >> ~/.ssh/config: one session, several
+    // connections (a shell, a command, an upload), each recorded.
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let ssh = |args: &[&str]| {
+        let mut c = Command::new("ssh");
+        c.arg("-F")
+            .arg(&config)
+            .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none"])
+            .env_remove("SSH_AUTH_SOCK")
+            .args(args);
+        c
+    };
+
+    // A shell on a terminal, typed into.
+    let mut shell = ssh(&["-tt", "gatepass-keys-root"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = shell.stdin.take().unwrap();
+        stdin
+            .write_all(b"printf 'MARK-%s\\n' 4242\nexit\n")
+            .unwrap();
+    }
+    let status = wait_exit(&mut shell, Duration::from_secs(20));
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut shell.stdout.take().unwrap(), &mut seen).unwrap();
+    assert!(status.success(), "{seen}\n{}", pam.gateway_log());
+    assert!(seen.contains("MARK-4242"), "{seen}");
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+
+    // A command, whose output is 3000 pairs of a 2- and a 4-byte character:
+    // printf writes 4096 bytes at a time, so characters straddle the
+    // gateway's packets; and it exits 3.
+    let multibyte = "printf 'é𝄞%.0s' $(seq 1 3000); exit 3";
+    let (code, out, _) = run(ssh(&["gatepass-keys-root", multibyte]).stdin(Stdio::null()));
+    assert_eq!(code, 3);
+    assert_eq!(out, "é𝄞".repeat(3000));
+
+    // An upload with sftp.
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("upload.bin");
+    std::fs::write(&src, vec![7u8; 100_000]).unwrap();
+    let up = work.path().join("uploaded.bin");
+    let batch = work.path().join("batch");
+    std::fs::write(&batch, format!("put {} {}\n", src.display(), up.display())).unwrap();
+    ok(Command::new("sftp")
+        .arg("-F")
+        .arg(&config)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-q",
+            "-b",
+        ])
+        .arg(&batch)
+        .arg("gatepass-keys-root")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null()));
+    assert_eq!(std::fs::read(&up).unwrap().len(), 100_000);
+
+    // A local forward, once the account allows forwarding (the stored key
+    // is kept).
+    pam.admin_write(
+        "pam/resources/keys/accounts/root",
+        json!({"auth_method": "key", "username": "root", "max_duration": "1h",
+            "allow_forwarding": true}),
+    );
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = conn.try_clone().unwrap();
+            let _ = std::io::copy(&mut r, &mut conn);
+        }
+    });
+    let local_port = crate::pam_sessions::free_port();
+    let mut forward = ssh(&[
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-L",
+        &format!("127.0.0.1:{local_port}:127.0.0.1:{echo_port}"),
+        "gatepass-keys-root",
+    ])
+    .stdin(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", local_port)) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => panic!("no forward: {e}\n{}", pam.gateway_log()),
+        }
+    };
+    {
+        use std::io::{Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(b"ping").unwrap();
+        let mut back = [0u8; 4];
+        conn.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"ping");
+    }
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = forward.kill();
+    let _ = forward.wait();
+
+    // Every connection's recording arrives whole, signed by the gateway.
+    let (_, out) = verify_until(&pam, &id, |code, out| {
+        code == 0 && out.matches(": whole").count() == 4
+    });
+    assert!(out.contains("is whole"), "{out}");
+
+    // The events: the command with its exit status, the upload with its
+    // path and size, the characters whole.
+    let json = exported(&pam, &id);
+    let evs = events(&json);
+    assert!(
+        evs.iter().any(|e| matches!(&e.kind,
+            EventKind::Exit { status: 3, command: Some(c) } if c == multibyte)),
+        "{json}"
+    );
+    let path = up.display().to_string();
+    assert!(
+        evs.iter().any(|e| matches!(&e.kind,
+            EventKind::Sftp { op: SftpOp::Write, path: p, bytes: Some(100_000), .. } if *p == path)),
+        "{json}"
+    );
+    assert_eq!(output_of(&evs, multibyte), "é𝄞".repeat(3000));
+    for opened in [true, false] {
+        assert!(
+            evs.iter().any(|e| match &e.kind {
+                EventKind::ForwardOpen { host, port } if opened =>
+                    host == "127.0.0.1" && *port == u32::from(echo_port),
+                EventKind::ForwardClose { host, port } if !opened =>
+                    host == "127.0.0.1" && *port == u32::from(echo_port),
+                _ => false,
+            }),
+            "{json}"
+        );
+    }
+    // The terminal request (ssh -tt without a terminal of its own asks for
+    // one of size 0x0).
+    assert!(evs
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Resize { .. })));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::Input { data } if data.contains("MARK-%s"))));
+
+    // The .cast plays in asciinema, the marker in its output.
+    let cast = work.path().join("session.cast");
+    ok(pam.admin_cli(&[
+        "pam",
+        "sessions",
+        "export",
+        &id,
+        "--format",
+        "cast",
+        "--output",
+        cast.to_str().unwrap(),
+    ]));
+    let header: Value = serde_json::from_str(
+        std::fs::read_to_string(&cast)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["version"], 2, "{header}");
+    let (code, played, err) = run(Command::new("asciinema")
+        .args(["play", "-i", "0.1", "-s", "100"])
+        .arg(&cast)
+        .stdin(Stdio::null()));
+    assert_eq!(code, 0, "asciinema play: {err}");
+    assert!(played.contains("MARK-4242"), "{played}");
+
+    // `replay` plays it in the terminal.
+    let replayed = ok(pam.admin_cli(&[
+        "pam",
+        "sessions",
+        "replay",
+        &id,
+        "--speed",
+        "100",
+        "--idle-limit",
+        "0.1",
+    ]));
+    assert!(replayed.contains("MARK-4242"), "{replayed}");
+
+    // The final digests are in the audit log.
+    let audit = pam.audit();
+    assert_eq!(audit.matches("recording_ended").count(), 4, "{audit}");
+    assert!(audit.contains("final digest sha256:"), "{audit}");
+}
+
+#[test]
+fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
+    let mut pam = Pam::start();
+    let _target = key_account(&pam);
+
+    // The server is away for 30 s in the middle of a session.
+    let mut live = pam
+        .access(
+            "keys",
+            "root",
+            "5m",
+            &["printf 'BEFORE-%s\\n' 1; sleep 33; printf 'AFTER-%s\\n' 2"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    pam.server.stop();
+    let stopped = Instant::now();
+    // Meanwhile the chunks wait in the gateway's spool, private to it.
+    let spool = pam.admin.path().join("recording-spool");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spooled = loop {
+        let files: Vec<_> = std::fs::read_dir(&spool)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if !files.is_empty() {
+            break files;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled\n{}",
+            pam.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for f in &spooled {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
+    pam.server.restart();
+    let status = wait_exit(&mut live, Duration::from_secs(20));
+    assert!(status.success(), "{}", pam.gateway_log());
+    let (_, out) = verify_until(&pam, &id, |code, _| code == 0);
+    assert!(out.contains("whole"), "{out}");
+    let evs = events(&exported(&pam, &id));
+    let text: String = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Output { data } => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "BEFORE-1\nAFTER-2\n");
+    // The gap is in the recording's time line, as it happened.
+    let after = evs
+        .iter()
+        .find(|e| matches!(&e.kind, EventKind::Output { data } if data.contains("AFTER")))
+        .unwrap();
+    assert!(after.t > 30.0, "{after:?}");
+
+    // The gateway is killed mid-session while the server is away: what it
+    // had sealed is on its disk, and sent when it is back.
+    // (The first session's end report gave up while the server was away:
+    // it may still read as active.)
+    let first = id;
+    let mut live = pam
+        .access("keys", "root", "5m", &["printf 'KILLED-%s\\n' 7; sleep 60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = wait_for_another_active(&pam, &first);
+    pam.server.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing spooled\n{}",
+            pam.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut gateway = pam.gateway.take().unwrap();
+    gateway.kill().unwrap(); // SIGKILL
+    gateway.wait().unwrap();
+    let _ = live.kill();
+    let _ = live.wait();
+    pam.server.restart();
+    pam.start_gateway();
+    let (code, out) = verify_until(&pam, &id, |_, out| out.contains("cut"));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("chunks verify up to the cut"), "{out}");
+    let json = exported(&pam, &id);
+    assert_eq!(json["recordings"][0]["complete"], false, "{json}");
+    assert!(json.to_string().contains("KILLED-7"), "{json}");
+    // Nothing is left behind in the spool.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) != 0 {
+        assert!(Instant::now() < deadline, "the spool was not emptied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ------------------------------------------------------------ in process
+
+async fn root_ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (st, v) = s.root(method, path, Some(body)).await;
+    assert!(st.is_success(), "{method} {path}: {st} {v}");
+    v
+}
+
+fn chunk_key(session: &str, recording: &str, index: u64) -> String {
+    format!("pam/rec-chunk/{session}/{recording}/{index:012}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_stored_chunks_is_named_and_an_untouched_recording_verifies() {
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        // A gateway enrolled with its recording key; a resource and an
+        // account behind it; a person who may read sessions.
+        let signer = recording::new_signing_key();
+        let v = root_ok(&s, "POST", "pam/gateways/join-tokens", json!({})).await;
+        let join = v["data"]["join_token"].as_str().unwrap().to_string();
+        let (_, host_pub) = keypair(s.dir.path(), "gw-host", "ed25519", None);
+        let (st, v) = s
+            .call(
+                "POST",
+                "pam/gateways/enroll",
+                None,
+                Some(
+                    json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
+                    "host_keys": [host_pub], "recording_key": recording::public_key_text(&signer)}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let gw = v["data"]["gateway_token"].as_str().unwrap().to_string();
+        let (_, target_pub) = keypair(s.dir.path(), "target", "ed25519", None);
+        root_ok(
+            &s,
+            "POST",
+            "pam/resources/web",
+            json!({"host": "10.0.0.7", "gateway": "gw1", "known_hosts": [target_pub]}),
+        )
+        .await;
+        root_ok(
+            &s,
+            "POST",
+            "pam/resources/web/accounts/root",
+            json!({"auth_method": "password", "username": "root", "password": "pw-123456"}),
+        )
+        .await;
+        let reader = s
+            .token_with_policy(
+                "reader",
+                r#"path "pam/resources/web/accounts/*" { capabilities = ["update"] }
+path "pam/sessions/*" { capabilities = ["read"] }"#,
+            )
+            .await;
+        let (_, user_pub) = keypair(s.dir.path(), "user", "ed25519", None);
+        let (st, v) = s
+            .call(
+                "POST",
+                "pam/resources/web/accounts/root/access",
+                Some(&reader),
+                Some(json!({"public_key": user_pub})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let id = v["data"]["session_id"].as_str().unwrap().to_string();
+
+        // The gateway opens the session: the recording's ID and key come
+        // with it.
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{id}/open"),
+                Some(&gw),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let rec = v["data"]["recording"]["recording_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let key = recording::parse_key(v["data"]["recording"]["key"].as_str().unwrap()).unwrap();
+        assert_eq!(v["data"]["recording"]["record_input"], true);
+
+        // Four chunks, sealed and chained as the gateway does, sent (one
+        // twice: harmless).
+        let mut prev = GENESIS;
+        let mut chunks = Vec::new();
+        for i in 0..4u64 {
+            let line = serde_json::to_string(&Event {
+                t: i as f64,
+                ch: 0,
+                kind: EventKind::Output {
+                    data: format!("MARK-{i}\n"),
+                },
+            })
+            .unwrap();
+            let (c, d) =
+                recording::seal(&key, &id, &rec, i, &prev, format!("{line}\n").as_bytes()).unwrap();
+            chunks.push(c);
+            prev = d;
+        }
+        let send = |c: &SealedChunk| {
+            let path = format!(
+                "pam/gateway/self/sessions/{id}/recordings/{rec}/chunks/{}",
+                c.index
+            );
+            let body = serde_json::to_value(c).unwrap();
+            let (s, gw) = (&s, &gw);
+            async move { s.call("POST", &path, Some(gw), Some(body)).await }
+        };
+        for c in chunks.iter().chain([&chunks[1]]) {
+            let (st, v) = send(c).await;
+            assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        }
+        // Another chunk under a stored index is refused.
+        let (st, v) = send(&SealedChunk {
+            index: 1,
+            ..chunks[0].clone()
+        })
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+
+        let read = |token: String| {
+            let s = &s;
+            let path = format!("pam/sessions/{id}/recording");
+            async move { s.call("GET", &path, Some(&token), None).await }
+        };
+        let verdict = |v: &Value| v["data"]["recordings"][0]["verdict"].clone();
+        let (st, v) = read(reader.clone()).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(verdict(&v), json!({"verdict": "recording", "chunks": 4}));
+
+        // The signed end: the recording is whole, its digest on record.
+        let end = recording::sign_end(Some(&signer), &id, &rec, 4, &prev);
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{id}/recordings/{rec}/end"),
+                Some(&gw),
+                Some(serde_json::to_value(&end).unwrap()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        assert!(s.audit_text().contains(&end.digest), "{}", s.audit_text());
+        // A resend after the end is still harmless; a new chunk is not.
+        let (st, v) = send(&chunks[3]).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        let (extra, _) = recording::seal(&key, &id, &rec, 4, &prev, b"late").unwrap();
+        let (st, v) = send(&extra).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(verdict(&v), json!({"verdict": "whole", "chunks": 4}));
+        assert_eq!(v["data"]["whole"], true);
+        let text = v.to_string();
+        for i in 0..4 {
+            assert!(text.contains(&format!("MARK-{i}")), "{text}");
+        }
+
+        // The recording has its own ACL path.
+        let no_recordings = s
+            .token_with_policy(
+                "no-recordings",
+                r#"path "pam/sessions/*" { capabilities = ["read"] }
+path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
+            )
+            .await;
+        let (st, _) = read(no_recordings.clone()).await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        let (st, _) = s
+            .call(
+                "GET",
+                &format!("pam/sessions/{id}"),
+                Some(&no_recordings),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+
+        // Tampering through the storage, each undone after.
+        let storage = &s.core.storage;
+        let put = |i: u64, c: &SealedChunk| {
+            let k = chunk_key(&id, &rec, i);
+            let c = c.clone();
+            async move { storage.put(&k, &c).await.unwrap() }
+        };
+        // One byte of chunk 2 changed.
+        let mut edited = chunks[2].clone();
+        let mut raw = base64_decode(&edited.data);
+        raw[15] ^= 0x01;
+        edited.data = base64_encode(&raw);
+        put(2, &edited).await;
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(verdict(&v), json!({"verdict": "edited", "index": 2}));
+        assert_eq!(v["data"]["whole"], false);
+        assert_eq!(v["data"]["recordings"][0]["message"], "chunk 2 was edited");
+        put(2, &chunks[2]).await;
+        // Chunk 1 dropped.
+        storage.delete(&chunk_key(&id, &rec, 1)).await.unwrap();
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(verdict(&v), json!({"verdict": "dropped", "index": 1}));
+        put(1, &chunks[1]).await;
+        // Chunks 1 and 2 swapped.
+        put(1, &chunks[2]).await;
+        put(2, &chunks[1]).await;
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(
+            verdict(&v),
+            json!({"verdict": "reordered", "index": 1, "holds": 2})
+        );
+        put(1, &chunks[1]).await;
+        put(2, &chunks[2]).await;
+        // The end cut off.
+        storage.delete(&chunk_key(&id, &rec, 3)).await.unwrap();
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(
+            verdict(&v),
+            json!({"verdict": "truncated", "have": 3, "expected": 4})
+        );
+        put(3, &chunks[3]).await;
+        // Untouched again: whole.
+        let (_, v) = read(reader.clone()).await;
+        assert_eq!(verdict(&v), json!({"verdict": "whole", "chunks": 4}));
+
+        // An account whose input is not recorded: the gateway is told so.
+        let v = root_ok(
+            &s,
+            "POST",
+            "pam/resources/web/accounts/quiet",
+            json!({"auth_method": "password", "username": "quiet", "password": "pw-123456",
+                "record_input": false}),
+        )
+        .await;
+        assert_eq!(v["data"]["record_input"], false, "{v}");
+        let (st, v) = s
+            .call(
+                "POST",
+                "pam/resources/web/accounts/quiet/access",
+                Some(&reader),
+                Some(json!({"public_key": user_pub})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let quiet = v["data"]["session_id"].as_str().unwrap().to_string();
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{quiet}/open"),
+                Some(&gw),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["recording"]["record_input"], false, "{v}");
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
