@@ -38,6 +38,8 @@ pub struct Core {
     pub acl_cache: crate::policies::cache::AclCache,
     /// Relayed PAM connections waiting for their gateway to dial in.
     pub relays: crate::pam::relay::Relays,
+    /// Seals the web UI's session cookies and keys its CSRF tokens.
+    pub ui_key: crate::ui::session::UiKey,
 }
 
 pub type State = Arc<Core>;
@@ -70,6 +72,7 @@ impl Core {
             hosts_cache: Default::default(),
             acl_cache: Default::default(),
             relays: Default::default(),
+            ui_key: crate::ui::session::UiKey::new(&opts.seal_key.derive("web-ui")),
         }))
     }
 }
