@@ -83,7 +83,6 @@ pub fn app(core: State) -> Router {
     Router::new()
         .route("/v1/{*path}", any(handle))
         .route("/v1/", any(handle))
-        .merge(crate::ui::routes())
         .fallback(|| async {
             error_body(
                 StatusCode::NOT_FOUND,

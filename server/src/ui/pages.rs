@@ -284,6 +284,9 @@ struct Overview {
     active_sessions: Option<usize>,
     ssh_mounts: Option<Vec<MountCount>>,
     hosts: Option<usize>,
+    /// Refused sign-ins and requests since the server started, for users
+    /// who may read the server's metrics.
+    failures: Option<u64>,
     audit: Option<ChainStatus>,
 }
 
@@ -365,11 +368,17 @@ pub async fn overview(AxState(core): AxState<State>, parts: Parts) -> Page {
         .await,
     )?
     .map(|v| chain_status(&core, &v));
+    let failures = if c.may(&core, Operation::Read, "sys/metrics").await {
+        Some(core.metrics.auth_failures.get())
+    } else {
+        None
+    };
     render(&Overview {
         nav: nav(&c, "overview"),
         active_sessions,
         ssh_mounts: ssh,
         hosts,
+        failures,
         audit,
     })
 }

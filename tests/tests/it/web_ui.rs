@@ -1,0 +1,468 @@
+//! The web UI (`/ui/`) of a real `gatepass-server dev`, driven by a real
+//! browser (headless Chromium through chromedriver, `gatepass_tests::browser`)
+//! and by a plain HTTP client where the test is about what goes over the
+//! wire: headers, cookie flags, CSRF and origin checks, secrets in pages.
+//!
+//! Every run saves a screenshot of each main page into
+//! `target/ui-screenshots/` (README, "Web UI").
+
+use std::time::Duration;
+
+use gatepass_tests::browser::{self, Browser};
+use gatepass_tests::ssh::{keypair, krl_revokes, write};
+use gatepass_tests::DevServer;
+use reqwest::header::{HeaderMap, ORIGIN, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const USER_PASSWORD: &str = "correct-horse-ui-password-7";
+
+/// A policy that can browse the inventory but not revoke.
+const AUDITOR_POLICY: &str = r#"
+path "sys/mounts" { capabilities = ["read"] }
+path "ssh/certs" { capabilities = ["list"] }
+path "ssh/certs/*" { capabilities = ["read"] }
+path "ssh/roles" { capabilities = ["list"] }
+path "ssh/revoke" { capabilities = ["deny"] }
+"#;
+
+/// The pages of the UI, by name (for screenshots) and path.
+const PAGES: &[(&str, &str)] = &[
+    ("overview", "/ui/"),
+    ("ssh-cas", "/ui/ssh"),
+    ("certificates", "/ui/certs?mount=ssh"),
+    ("sessions", "/ui/sessions"),
+    ("hosts", "/ui/hosts"),
+    ("audit", "/ui/audit"),
+    ("policies", "/ui/policies"),
+    ("policy", "/ui/policies/auditor"),
+];
+
+struct Ui {
+    dev: DevServer,
+    http: reqwest::Client,
+    /// `https://127.0.0.1:PORT`
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+/// A signed-in session as a plain client holds it.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+impl Ui {
+    /// A dev server with an SSH CA, a role, one signed certificate, a
+    /// userpass user with the auditor policy.
+    async fn start() -> (Ui, String) {
+        let dev = DevServer::start();
+        let pem = std::fs::read(&dev.cacert).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let ui = Ui {
+            base: dev.addr.trim_end_matches('/').to_string(),
+            dev,
+            http,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        ui.root("POST", "ssh/config/ca", json!({})).await;
+        ui.root(
+            "POST",
+            "ssh/roles/ops",
+            json!({"key_type": "ca", "allow_user_certificates": true, "allow_user_key_ids": true, "allowed_users": "*", "ttl": "1h"}),
+        )
+        .await;
+        ui.root(
+            "POST",
+            "sys/policies/acl/auditor",
+            json!({ "policy": AUDITOR_POLICY }),
+        )
+        .await;
+        ui.root(
+            "POST",
+            "auth/userpass/users/alice",
+            json!({ "password": USER_PASSWORD, "token_policies": "auditor" }),
+        )
+        .await;
+        let cert = ui.sign("deploy-key").await;
+        (ui, cert)
+    }
+
+    async fn api(&self, token: &str, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let url = format!("{}/v1/{path}", self.base);
+        let r = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .header("x-vault-token", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status();
+        let text = r.text().await.unwrap();
+        (st, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn root(&self, method: &str, path: &str, body: Value) -> Value {
+        let (st, v) = self.api(&self.dev.token, method, path, body).await;
+        assert!(st.is_success(), "{method} {path}: {st} {v}");
+        v
+    }
+
+    /// A certificate for a new key with this key ID; its OpenSSH text.
+    async fn sign(&self, key_id: &str) -> String {
+        let (_, public) = keypair(self.dir.path(), key_id, "ed25519", None);
+        let v = self
+            .root(
+                "POST",
+                "ssh/sign/ops",
+                json!({ "public_key": public, "key_id": key_id, "valid_principals": "deploy" }),
+            )
+            .await;
+        v["data"]["signed_key"].as_str().unwrap().to_string()
+    }
+
+    fn serial_of(&self, cert: &str) -> String {
+        let path = write(self.dir.path(), "c-cert.pub", cert, 0o644);
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let serial: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Serial: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        format!("{serial:016x}")
+    }
+
+    async fn krl(&self) -> Vec<u8> {
+        self.http
+            .get(format!("{}/v1/ssh/krl", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Signs in over plain HTTP with a form, as the browser would post it.
+    async fn sign_in(&self, form: &[(&str, &str)]) -> (Session, HeaderMap) {
+        let r = self
+            .http
+            .post(self.url("/ui/login"))
+            .header(ORIGIN, &self.base)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "sign-in answered");
+        let headers = r.headers().clone();
+        let set = headers
+            .get(SET_COOKIE)
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let cookie = set.split(';').next().unwrap().to_string();
+        let page = self.get(&cookie, "/ui/").await.2;
+        let csrf = csrf_of(&page);
+        (Session { cookie, csrf }, headers)
+    }
+
+    async fn get(&self, cookie: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let (st, h) = (r.status(), r.headers().clone());
+        (st, h, r.text().await.unwrap())
+    }
+
+    async fn post(
+        &self,
+        cookie: &str,
+        origin: Option<&str>,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let mut rb = self
+            .http
+            .post(self.url(path))
+            .header("cookie", cookie)
+            .form(form);
+        if let Some(o) = origin {
+            rb = rb.header(ORIGIN, o);
+        }
+        let r = rb.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn revoked(&self, serial: &str) -> bool {
+        self.root("GET", &format!("ssh/certs/{serial}"), json!({}))
+            .await["data"]["revoked"]
+            .as_bool()
+            .unwrap()
+    }
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a CSRF field in the page");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+async fn browser_sign_in_with_token(b: &Browser, ui: &Ui, token: &str) {
+    b.goto(&ui.url("/ui/")).await;
+    // Not signed in: the sign-in page.
+    assert!(b.exists("#token-form").await, "{}", b.source().await);
+    b.screenshot("sign-in").await;
+    b.fill("#token", token).await;
+    b.click("#token-submit").await;
+    assert!(
+        b.text("#signed-in-as").await.contains("root"),
+        "{}",
+        b.source().await
+    );
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_then_lists() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let b = Browser::start().await;
+    browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
+
+    // Every main page renders for the admin, and is saved for readers.
+    for (name, path) in PAGES {
+        b.goto(&ui.url(path)).await;
+        let html = b.source().await;
+        assert!(
+            html.contains("Signed in as"),
+            "{path} did not render: {html}"
+        );
+        b.screenshot(name).await;
+    }
+
+    // The inventory finds the certificate by key ID, and revokes it.
+    b.goto(&ui.url("/ui/certs?mount=ssh")).await;
+    b.fill("#q", "deploy-key").await;
+    b.click("form.filters button").await;
+    assert!(b.text("#cert-count").await.starts_with("1 certificate"));
+    assert!(!krl_revokes(ui.dir.path(), &ui.krl().await, &cert));
+    b.click(&format!("#revoke-{serial}")).await;
+    assert_eq!(b.text(&format!("#cert-{serial} .revoked")).await, "revoked");
+    b.screenshot("certificate-revoked").await;
+    assert!(ui.revoked(&serial).await);
+    assert!(
+        krl_revokes(ui.dir.path(), &ui.krl().await, &cert),
+        "ssh-keygen -Q does not find the revoked certificate in the KRL"
+    );
+
+    // Sign-out revokes the session: the sign-in page again, and the audit
+    // trail has the revocation under the admin's name.
+    b.click(".signout button").await;
+    assert!(b.exists("#token-form").await);
+    b.goto(&ui.url("/ui/audit?path=ssh/revoke")).await;
+    assert!(b.exists("#token-form").await, "still signed in after sign-out");
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_user_whose_policy_denies_revoking_gets_no_revoke_button_and_a_403_for_the_post() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let b = Browser::start().await;
+    b.goto(&ui.url("/ui/login")).await;
+    b.fill("#username", "alice").await;
+    b.fill("#password", USER_PASSWORD).await;
+    b.click("#userpass-submit").await;
+    assert!(b.text("#signed-in-as").await.contains("alice"));
+    b.goto(&ui.url("/ui/certs?mount=ssh")).await;
+    // Alice sees the certificate but is offered no revoke.
+    assert!(b.exists(&format!("#cert-{serial}")).await);
+    assert!(!b.exists(&format!("#revoke-{serial}")).await);
+    assert!(!b.exists("button.danger").await);
+    b.screenshot("certificates-read-only").await;
+    // What her policies deny elsewhere is said in place.
+    b.goto(&ui.url("/ui/hosts")).await;
+    assert!(b.text("p.denied").await.contains("do not allow"));
+    b.close().await;
+
+    // The form posted anyway, with her session and its valid CSRF token:
+    // 403, and the certificate stays valid.
+    let (s, _) = ui
+        .sign_in(&[
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", USER_PASSWORD),
+        ])
+        .await;
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/certs/revoke",
+            &[("csrf", &s.csrf), ("mount", "ssh"), ("serial", &serial)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("permission denied"), "{page}");
+    assert!(!ui.revoked(&serial).await);
+}
+
+#[tokio::test]
+async fn forged_cross_site_form_posts_are_refused() {
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    // No CSRF token, a wrong one, and the right one from a foreign origin.
+    let base = ui.base.clone();
+    for (origin, csrf) in [
+        (Some(base.as_str()), ""),
+        (Some(base.as_str()), "00ff"),
+        (Some("https://evil.example"), s.csrf.as_str()),
+        (None, "deadbeef"),
+    ] {
+        let f = [("csrf", csrf), ("mount", "ssh"), ("serial", serial.as_str())];
+        let (st, page) = ui.post(&s.cookie, origin, "/ui/certs/revoke", &f).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{origin:?} {csrf:?}: {page}");
+        assert!(!ui.revoked(&serial).await, "{origin:?} {csrf:?} revoked it");
+    }
+    // Sign-in from another site is refused too.
+    let r = ui
+        .http
+        .post(ui.url("/ui/login"))
+        .header(ORIGIN, "https://evil.example")
+        .form(&[("method", "token"), ("token", ui.dev.token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    // The same form from this server's page works.
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/certs/revoke",
+            &[("csrf", &s.csrf), ("mount", "ssh"), ("serial", &serial)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert!(ui.revoked(&serial).await);
+}
+
+#[tokio::test]
+async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
+    let (ui, _) = Ui::start().await;
+    // Secrets of the setup: a user's token, an OTP, a private key.
+    let user_token = ui.root(
+        "POST",
+        "auth/token/create",
+        json!({ "policies": "auditor", "display_name": "bob" }),
+    )
+    .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ui.root(
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "deploy", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let otp = ui
+        .root("POST", "ssh/creds/otp", json!({ "ip": "10.1.2.3" }))
+        .await["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let issued = ui
+        .root("POST", "ssh/issue/ops", json!({ "valid_principals": "deploy" }))
+        .await;
+    let private_key = issued["data"]["private_key"].as_str().unwrap().to_string();
+    let private_body: String = private_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+
+    for (who, form) in [
+        ("root", vec![("method", "token"), ("token", ui.dev.token.as_str())]),
+        ("bob", vec![("method", "token"), ("token", user_token.as_str())]),
+        (
+            "alice",
+            vec![
+                ("method", "userpass"),
+                ("username", "alice"),
+                ("password", USER_PASSWORD),
+            ],
+        ),
+    ] {
+        let (s, headers) = ui.sign_in(&form).await;
+        let set = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
+        for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+            assert!(set.contains(flag), "{who}'s cookie lacks {flag}: {set}");
+        }
+        // The cookie holds no token in clear.
+        for secret in [ui.dev.token.as_str(), user_token.as_str()] {
+            assert!(!set.contains(secret), "{who}'s cookie holds a token");
+        }
+        for (_, path) in PAGES.iter().chain(&[("login", "/ui/login")]) {
+            let (st, h, html) = ui.get(&s.cookie, path).await;
+            // Bob's and Alice's policy does not let them read a policy: a
+            // 403 page, which must be as safe as the others.
+            let denied = who != "root" && path.starts_with("/ui/policies/");
+            let want = if denied { StatusCode::FORBIDDEN } else { StatusCode::OK };
+            assert_eq!(st, want, "{who} {path}: {html}");
+            assert_eq!(
+                h["content-security-policy"],
+                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "{path}"
+            );
+            assert_eq!(h["x-frame-options"], "DENY", "{path}");
+            assert!(!html.contains("<script>"), "inline script on {path}");
+            assert!(!html.contains(" style="), "inline style on {path}");
+            for (what, secret) in [
+                ("the root token", ui.dev.token.as_str()),
+                ("the user's token", user_token.as_str()),
+                ("an OTP", otp.as_str()),
+                ("a private key", &private_body[..40]),
+                ("the user's password", USER_PASSWORD),
+            ] {
+                assert!(
+                    !html.contains(secret),
+                    "{who} sees {what} on {path}"
+                );
+            }
+        }
+    }
+}
