@@ -601,15 +601,7 @@ pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
     }
-    audit_response(
-        core,
-        request,
-        &request_id,
-        caller.as_ref(),
-        &result,
-        status,
-    )
-    .await;
+    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
     result
 }
 

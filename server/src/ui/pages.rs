@@ -478,7 +478,12 @@ pub async fn ssh(AxState(core): AxState<State>, parts: Parts) -> Page {
                 // Public by design (hosts fetch it without a token); a
                 // mount with no CA key yet answers 4xx.
                 let public_keys = c
-                    .read(&core, Operation::Read, &format!("{p}/public_key"), json!({}))
+                    .read(
+                        &core,
+                        Operation::Read,
+                        &format!("{p}/public_key"),
+                        json!({}),
+                    )
                     .await
                     .map(|v| {
                         text_of(&v)
@@ -661,11 +666,7 @@ pub async fn certs(
                 }
             }
             total = found.len();
-            views = found
-                .into_iter()
-                .skip(start)
-                .take(CERTS_PER_PAGE)
-                .collect();
+            views = found.into_iter().skip(start).take(CERTS_PER_PAGE).collect();
         }
         if start + CERTS_PER_PAGE < total {
             next = Some(query.page + 1);
@@ -698,7 +699,11 @@ pub struct RevokeForm {
 
 /// The API's `<mount>/revoke` with the serial number: the certificate is
 /// marked revoked and the mount's KRL lists it.
-pub async fn revoke(AxState(core): AxState<State>, parts: Parts, Form(f): Form<RevokeForm>) -> Page {
+pub async fn revoke(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Form(f): Form<RevokeForm>,
+) -> Page {
     let c = match signed_in(&core, &parts).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
@@ -1063,7 +1068,12 @@ pub async fn save_policy(
     check_form(&core, &parts, &c, &f.csrf)?;
     let path = format!("sys/policies/acl/{name}");
     match c
-        .call(&core, Operation::Write, &path, json!({ "policy": f.policy }))
+        .call(
+            &core,
+            Operation::Write,
+            &path,
+            json!({ "policy": f.policy }),
+        )
         .await
     {
         Ok(_) => Ok(see(format!("/ui/policies/{}?saved=true", urlencode(&name)))),

@@ -1280,7 +1280,11 @@ fn an_admin_terminates_a_live_session_from_the_web_ui_and_the_ssh_client_is_disc
         b.click("#token-submit").await;
         b.goto(&format!("{}/ui/sessions?state=active", pam.server.addr))
             .await;
-        assert!(b.exists(&format!("#session-{id}")).await, "{}", b.source().await);
+        assert!(
+            b.exists(&format!("#session-{id}")).await,
+            "{}",
+            b.source().await
+        );
         b.screenshot("sessions-live").await;
         b.click(&format!("#terminate-{id}")).await;
         let asked = Instant::now();

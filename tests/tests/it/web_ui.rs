@@ -105,7 +105,10 @@ impl Ui {
             .unwrap();
         let st = r.status();
         let text = r.text().await.unwrap();
-        (st, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn root(&self, method: &str, path: &str, body: Value) -> Value {
@@ -287,7 +290,10 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
     b.click(".signout button").await;
     assert!(b.exists("#token-form").await);
     b.goto(&ui.url("/ui/audit?path=ssh/revoke")).await;
-    assert!(b.exists("#token-form").await, "still signed in after sign-out");
+    assert!(
+        b.exists("#token-form").await,
+        "still signed in after sign-out"
+    );
     b.close().await;
 }
 
@@ -352,7 +358,11 @@ async fn forged_cross_site_form_posts_are_refused() {
         (Some("https://evil.example"), s.csrf.as_str()),
         (None, "deadbeef"),
     ] {
-        let f = [("csrf", csrf), ("mount", "ssh"), ("serial", serial.as_str())];
+        let f = [
+            ("csrf", csrf),
+            ("mount", "ssh"),
+            ("serial", serial.as_str()),
+        ];
         let (st, page) = ui.post(&s.cookie, origin, "/ui/certs/revoke", &f).await;
         assert_eq!(st, StatusCode::FORBIDDEN, "{origin:?} {csrf:?}: {page}");
         assert!(!ui.revoked(&serial).await, "{origin:?} {csrf:?} revoked it");
@@ -385,12 +395,13 @@ async fn forged_cross_site_form_posts_are_refused() {
 async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
     let (ui, _) = Ui::start().await;
     // Secrets of the setup: a user's token, an OTP, a private key.
-    let user_token = ui.root(
-        "POST",
-        "auth/token/create",
-        json!({ "policies": "auditor", "display_name": "bob" }),
-    )
-    .await["auth"]["client_token"]
+    let user_token = ui
+        .root(
+            "POST",
+            "auth/token/create",
+            json!({ "policies": "auditor", "display_name": "bob" }),
+        )
+        .await["auth"]["client_token"]
         .as_str()
         .unwrap()
         .to_string();
@@ -407,7 +418,11 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
         .unwrap()
         .to_string();
     let issued = ui
-        .root("POST", "ssh/issue/ops", json!({ "valid_principals": "deploy" }))
+        .root(
+            "POST",
+            "ssh/issue/ops",
+            json!({ "valid_principals": "deploy" }),
+        )
         .await;
     let private_key = issued["data"]["private_key"].as_str().unwrap().to_string();
     let private_body: String = private_key
@@ -416,8 +431,14 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
         .collect();
 
     for (who, form) in [
-        ("root", vec![("method", "token"), ("token", ui.dev.token.as_str())]),
-        ("bob", vec![("method", "token"), ("token", user_token.as_str())]),
+        (
+            "root",
+            vec![("method", "token"), ("token", ui.dev.token.as_str())],
+        ),
+        (
+            "bob",
+            vec![("method", "token"), ("token", user_token.as_str())],
+        ),
         (
             "alice",
             vec![
@@ -441,7 +462,11 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
             // Bob's and Alice's policy does not let them read a policy: a
             // 403 page, which must be as safe as the others.
             let denied = who != "root" && path.starts_with("/ui/policies/");
-            let want = if denied { StatusCode::FORBIDDEN } else { StatusCode::OK };
+            let want = if denied {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::OK
+            };
             assert_eq!(st, want, "{who} {path}: {html}");
             assert_eq!(
                 h["content-security-policy"],
@@ -458,11 +483,126 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
                 ("a private key", &private_body[..40]),
                 ("the user's password", USER_PASSWORD),
             ] {
-                assert!(
-                    !html.contains(secret),
-                    "{who} sees {what} on {path}"
-                );
+                assert!(!html.contains(secret), "{who} sees {what} on {path}");
             }
         }
     }
+}
+
+#[tokio::test]
+async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
+    let (ui, _) = Ui::start().await;
+    let own = ui
+        .root(
+            "POST",
+            "auth/token/create",
+            json!({ "policies": "auditor", "ttl": "1h" }),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, headers) = ui.sign_in(&[("method", "token"), ("token", &own)]).await;
+    // The session lives no longer than the token it was made from.
+    let set = headers[SET_COOKIE].to_str().unwrap();
+    let max_age: i64 = set
+        .split("; ")
+        .find_map(|kv| kv.strip_prefix("Max-Age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_age > 3500 && max_age <= 3600, "{set}");
+    let (st, _, _) = ui.get(&s.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/logout",
+            &[("csrf", &s.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    // The old cookie, replayed, signs no one in any more.
+    let (st, h, _) = ui.get(&s.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/ui/login");
+    // The token the user signed in with still works.
+    let (st, v) = ui
+        .api(&own, "GET", "auth/token/lookup-self", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // A wrong token or password is told so, on the sign-in page.
+    for form in [
+        vec![("method", "token"), ("token", "gps.not-a-token")],
+        vec![
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", "wrong"),
+        ],
+    ] {
+        let r = ui
+            .http
+            .post(ui.url("/ui/login"))
+            .header(ORIGIN, &ui.base)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(SET_COOKIE).is_none());
+        let page = r.text().await.unwrap();
+        assert!(page.contains("sign-in failed"), "{page}");
+        assert!(!page.contains("gps.not-a-token") && !page.contains("value=\"wrong\""));
+    }
+}
+
+#[tokio::test]
+async fn a_policy_is_saved_only_once_it_parses_and_the_audit_trail_filters_by_path() {
+    let (ui, _) = Ui::start().await;
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    // A policy that does not parse: shown again with the parser's message,
+    // and the stored one is unchanged.
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/policies/auditor",
+            &[
+                ("csrf", &s.csrf),
+                ("policy", "path \"ssh/*\" { capabilities = "),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("id=\"policy-error\""), "{page}");
+    let stored = ui.root("GET", "sys/policies/acl/auditor", json!({})).await;
+    assert_eq!(stored["data"]["policy"], AUDITOR_POLICY);
+    // A good one is saved.
+    let good = "path \"ssh/certs\" { capabilities = [\"list\"] }\n";
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/policies/auditor",
+            &[("csrf", &s.csrf), ("policy", good)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let stored = ui.root("GET", "sys/policies/acl/auditor", json!({})).await;
+    assert_eq!(stored["data"]["policy"], good);
+    // The audit trail shows the write, filtered by its path, with the
+    // chain verified; other paths are filtered out.
+    let (st, _, page) = ui
+        .get(&s.cookie, "/ui/audit?path=sys/policies/acl/auditor")
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        page.contains("<code>sys/policies/acl/auditor</code>"),
+        "{page}"
+    );
+    assert!(!page.contains("<code>ssh/sign/ops</code>"), "{page}");
+    assert!(page.contains("Intact"), "{page}");
 }
