@@ -227,6 +227,27 @@ impl Ui {
     }
 }
 
+/// Another site (plain HTTP on another port) with a form that posts to
+/// the UI: what a cross-site request forgery would send. Its URL.
+async fn evil_site(target: &str, serial: &str) -> String {
+    let page = format!(
+        "<!DOCTYPE html><html><body><form method=\"post\" action=\"{target}\">\
+         <input type=\"hidden\" name=\"mount\" value=\"ssh\">\
+         <input type=\"hidden\" name=\"serial\" value=\"{serial}\">\
+         <button id=\"go\" type=\"submit\">Win a prize</button></form></body></html>"
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(page) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
 fn csrf_of(page: &str) -> String {
     let at = page
         .find("name=\"csrf\" value=\"")
@@ -269,6 +290,19 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
         );
         b.screenshot(name).await;
     }
+
+    // A page of another site, open in the same browser, posts the revoke
+    // form: the browser sends no session cookie with it (SameSite=Strict)
+    // and the server would refuse its origin anyway.
+    let evil = evil_site(&ui.url("/ui/certs/revoke"), &serial).await;
+    b.goto(&evil).await;
+    b.click("#go").await;
+    assert!(
+        b.exists("#token-form").await || b.exists("#error-message").await,
+        "{}",
+        b.source().await
+    );
+    assert!(!ui.revoked(&serial).await, "a cross-site post revoked it");
 
     // The inventory finds the certificate by key ID, and revokes it.
     b.goto(&ui.url("/ui/certs?mount=ssh")).await;
