@@ -629,7 +629,8 @@ pub async fn certs(
         let listed = c
             .read(&core, Operation::List, &format!("{mount}/certs"), json!({}))
             .await?;
-        // Newest first: serials grow with issuance.
+        // Highest serial first: a server numbers its certificates from a
+        // counter, so on one server that is newest first.
         let mut serials = keys_of(&listed);
         serials.reverse();
         let q = query.q.trim();

@@ -44,6 +44,8 @@ struct Ui {
     /// `https://127.0.0.1:PORT`
     base: String,
     dir: tempfile::TempDir,
+    /// Secrets of the enrolled host `web1`: its join token and host token.
+    host_secrets: [String; 2],
 }
 
 /// A signed-in session as a plain client holds it.
@@ -64,11 +66,12 @@ impl Ui {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap();
-        let ui = Ui {
+        let mut ui = Ui {
             base: dev.addr.trim_end_matches('/').to_string(),
             dev,
             http,
             dir: tempfile::tempdir().unwrap(),
+            host_secrets: Default::default(),
         };
         ui.root("POST", "ssh/config/ca", json!({})).await;
         ui.root(
@@ -90,6 +93,23 @@ impl Ui {
         )
         .await;
         let cert = ui.sign("deploy-key").await;
+        // One enrolled host, for the hosts page.
+        let join = ui.root("POST", "hosts/join-tokens", json!({})).await["data"]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, host_key) = keypair(ui.dir.path(), "web1_host", "ed25519", None);
+        let (st, enrolled) = ui
+            .api(
+                "",
+                "POST",
+                "hosts/enroll",
+                json!({ "join_token": join, "hostname": "web1", "addresses": "10.0.0.5", "host_keys": [host_key.trim()] }),
+            )
+            .await;
+        assert!(st.is_success(), "enroll: {enrolled}");
+        let host_token = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+        ui.host_secrets = [join, host_token];
         (ui, cert)
     }
 
@@ -516,6 +536,8 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
                 ("an OTP", otp.as_str()),
                 ("a private key", &private_body[..40]),
                 ("the user's password", USER_PASSWORD),
+                ("a host's join token", ui.host_secrets[0].as_str()),
+                ("a host's token", ui.host_secrets[1].as_str()),
             ] {
                 assert!(!html.contains(secret), "{who} sees {what} on {path}");
             }
@@ -639,4 +661,39 @@ async fn a_policy_is_saved_only_once_it_parses_and_the_audit_trail_filters_by_pa
     );
     assert!(!page.contains("<code>ssh/sign/ops</code>"), "{page}");
     assert!(page.contains("Intact"), "{page}");
+}
+
+#[tokio::test]
+async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
+    let (ui, first) = Ui::start().await;
+    let first_serial = ui.serial_of(&first);
+    for i in 0..27 {
+        ui.sign(&format!("batch-{i:02}")).await;
+    }
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    let rows = |page: &str| page.matches("<tr id=\"cert-").count();
+    // 28 certificates: 25 on the first page, newest (highest serial)
+    // first, 3 on the next.
+    let (_, _, p1) = ui.get(&s.cookie, "/ui/certs?mount=ssh").await;
+    assert!(p1.contains("28 certificates"), "{p1}");
+    assert_eq!(rows(&p1), 25);
+    assert!(p1.contains("batch-26") && !p1.contains("deploy-key"));
+    assert!(p1.contains("page=1"), "no link to the next page");
+    let (_, _, p2) = ui.get(&s.cookie, "/ui/certs?mount=ssh&page=1").await;
+    assert_eq!(rows(&p2), 3);
+    assert!(p2.contains("deploy-key"));
+    // By serial, by a part of the key ID, by principal.
+    let (_, _, by_serial) = ui
+        .get(&s.cookie, &format!("/ui/certs?mount=ssh&q={first_serial}"))
+        .await;
+    assert_eq!(rows(&by_serial), 1);
+    assert!(by_serial.contains("deploy-key"));
+    let (_, _, by_key_id) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=batch-1").await;
+    assert_eq!(rows(&by_key_id), 10, "batch-10 to batch-19");
+    let (_, _, by_principal) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=deploy").await;
+    assert!(by_principal.contains("28 certificates"), "{by_principal}");
+    let (_, _, none) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=nobody").await;
+    assert_eq!(rows(&none), 0);
 }
