@@ -68,6 +68,10 @@ pub fn routes() -> Router<State> {
             get(pages::policy).post(pages::save_policy),
         )
         .route("/ui/assets/{file}", get(asset))
+        .route(
+            "/ui/{*rest}",
+            get(|| async { pages::error_page(StatusCode::NOT_FOUND, "no such page") }),
+        )
         .layer(axum::middleware::map_response(security_headers))
 }
 

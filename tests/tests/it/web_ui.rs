@@ -324,6 +324,16 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
     );
     assert!(!ui.revoked(&serial).await, "a cross-site post revoked it");
 
+    // The vendored htmx loads under the CSP (the sessions page refreshes
+    // its table with it).
+    b.goto(&ui.url("/ui/sessions")).await;
+    let kind = b
+        .client
+        .execute("return typeof window.htmx;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(kind, json!("object"), "htmx did not load");
+
     // The inventory finds the certificate by key ID, and revokes it.
     b.goto(&ui.url("/ui/certs?mount=ssh")).await;
     b.fill("#q", "deploy-key").await;
@@ -483,6 +493,27 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
+
+    // The vendored files are cached for long (their links carry the
+    // version); an unknown page is a 404 page with the same headers.
+    let r = ui
+        .http
+        .get(ui.url("/ui/assets/htmx.min.js?v=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=31536000"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let r = ui.http.get(ui.url("/ui/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.headers().contains_key("content-security-policy"));
 
     for (who, form) in [
         (
