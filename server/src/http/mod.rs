@@ -605,6 +605,32 @@ pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
     result
 }
 
+/// Puts on record something another face of the server does itself rather
+/// than through [`execute`] (the web UI's sign-in with a token and its
+/// sign-out): a request entry before `act` runs, refusing it if that
+/// cannot be written, and a response entry with what `act` answered and
+/// for whom, as for an API request.
+pub async fn audited(
+    core: &Core,
+    request: &Request,
+    act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
+) -> Result<Reply> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = audit_request(core, request, &request_id).await {
+        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+        return Err(Error::Unavailable(
+            "audit log unavailable: the request was refused before anything was done".into(),
+        ));
+    }
+    let (caller, result) = act.await;
+    let status = match &result {
+        Ok(r) => reply_status(r),
+        Err(e) => status_of(e),
+    };
+    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    result
+}
+
 /// Keys whose values are not secret and stay readable in the audit log.
 /// A certificate's serial number is public (it is in the certificate and the
 /// inventory), and readable it ties an inventory entry to its request.

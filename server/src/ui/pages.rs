@@ -172,12 +172,69 @@ pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<Lo
     }
 }
 
+/// The session token for a token given at sign-in, on the audit record
+/// as `ui/login/token` (the given token HMAC'd, as any request's).
 async fn session_from_token(
     core: &Core,
     parts: &Parts,
     text: &str,
     now: i64,
 ) -> crate::Result<(String, i64)> {
+    let req = ui_request("ui/login/token", Some(text), parts, now)?;
+    let act = async {
+        match child_session(core, parts, text, now).await {
+            Ok((child, entry, parent)) => (
+                Some(parent),
+                Ok(crate::http::Reply::Auth(
+                    serde_json::to_value(token::auth(&child, &entry, now)).unwrap_or_default(),
+                )),
+            ),
+            Err(e) => (None, Err(e)),
+        }
+    };
+    match crate::http::audited(core, &req, act).await? {
+        crate::http::Reply::Auth(a) => token_of(&a),
+        _ => Err(Error::internal("sign-in made no session token")),
+    }
+}
+
+/// A request on the audit record for what the UI does itself.
+fn ui_request(
+    path: &str,
+    token: Option<&str>,
+    parts: &Parts,
+    now: i64,
+) -> crate::Result<crate::http::Request> {
+    Ok(crate::http::Request {
+        op: Operation::Write,
+        path: crate::path::ApiPath::parse(&format!("/v1/{path}"))
+            .map_err(|e| Error::internal(e.to_string()))?,
+        fields: crate::request::Fields::default(),
+        client_ip: super::client_ip(parts),
+        token: token.map(str::to_string),
+        wrap_ttl: None,
+        now,
+        upgrade: false,
+    })
+}
+
+/// The text and TTL of a login's token.
+fn token_of(auth: &Value) -> crate::Result<(String, i64)> {
+    let text = auth["client_token"]
+        .as_str()
+        .ok_or_else(|| Error::internal("sign-in made no session token"))?
+        .to_string();
+    Ok((text, auth["lease_duration"].as_i64().unwrap_or(0)))
+}
+
+/// A child of the token given at sign-in (its text and entry) and the
+/// parent's entry.
+async fn child_session(
+    core: &Core,
+    parts: &Parts,
+    text: &str,
+    now: i64,
+) -> crate::Result<(String, token::TokenEntry, token::TokenEntry)> {
     let parent = token::lookup(core, text, now)
         .await?
         .ok_or(Error::PermissionDenied)?;
@@ -204,13 +261,13 @@ async fn session_from_token(
             meta: parent.meta.clone(),
             bound_cidrs: parent.bound_cidrs.clone(),
             path: "ui/login/token".into(),
-            parent: Some(parent),
+            parent: Some(parent.clone()),
             ..Default::default()
         },
         now,
     )
     .await?;
-    Ok((child, entry.ttl(now)))
+    Ok((child, entry, parent))
 }
 
 async fn session_from_userpass(
@@ -238,14 +295,7 @@ async fn session_from_userpass(
         upgrade: false,
     };
     match crate::http::execute(core, &req).await? {
-        crate::http::Reply::Auth(a) => {
-            let text = a["client_token"]
-                .as_str()
-                .ok_or_else(|| Error::internal("userpass login gave no token"))?
-                .to_string();
-            let ttl = a["lease_duration"].as_i64().unwrap_or(0);
-            Ok((text, ttl))
-        }
+        crate::http::Reply::Auth(a) => token_of(&a),
         _ => Err(Error::internal("userpass login gave no token")),
     }
 }
@@ -263,7 +313,15 @@ pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<C
         Err(r) => return Ok(r),
     };
     check_form(&core, &parts, &c, &f.csrf)?;
-    token::revoke(&core, &c.entry, false).await?;
+    let req = ui_request("ui/logout", Some(&c.token), &parts, core.clock.now())?;
+    let act = async {
+        let done = token::revoke(&core, &c.entry, false).await;
+        (
+            Some(c.entry.clone()),
+            done.map(|_| crate::http::Reply::NoContent),
+        )
+    };
+    crate::http::audited(&core, &req, act).await?;
     Ok((
         StatusCode::SEE_OTHER,
         [

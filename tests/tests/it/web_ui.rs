@@ -614,6 +614,18 @@ async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
     let (st, h, _) = ui.get(&s.cookie, "/ui/certs").await;
     assert_eq!(st, StatusCode::SEE_OTHER);
     assert_eq!(h["location"], "/ui/login");
+    // Sign-in and sign-out are on the audit record, by whom, and the
+    // token given at sign-in is there only as an HMAC.
+    let log = ui
+        .root("GET", "sys/audit-log", json!({ "limit": 1000 }))
+        .await
+        .to_string();
+    assert!(log.contains("ui/login/token"), "sign-in not audited");
+    assert!(log.contains("ui/logout"), "sign-out not audited");
+    assert!(
+        !log.contains(&own),
+        "the token is in the audit log in clear"
+    );
     // The token the user signed in with still works.
     let (st, v) = ui
         .api(&own, "GET", "auth/token/lookup-self", json!({}))
