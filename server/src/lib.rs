@@ -29,6 +29,7 @@ pub mod ssh;
 pub mod state;
 pub mod storage;
 pub mod tls;
+pub mod ui;
 
 pub use error::{Error, Result};
 pub use http::app;

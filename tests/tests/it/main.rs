@@ -46,4 +46,5 @@ mod storage_down;
 mod string_forms;
 mod use_counts;
 mod vault_compat;
+mod web_ui;
 mod wrapping;
