@@ -11,7 +11,7 @@ use gatepass_hostd::files::{self, Change};
 use gatepass_hostd::host::Host;
 use gatepass_hostd::sshd_config::{self, Placement};
 use gatepass_hostd::state::LocalState;
-use gatepass_hostd::{clock, remote, sync};
+use gatepass_hostd::{clock, login, remote, sync};
 
 #[derive(Parser)]
 #[command(
@@ -161,6 +161,13 @@ enum Command {
         unenroll: bool,
         #[command(flatten)]
         paths: PathArgs,
+    },
+    /// Answer only the login check's socket, as `run` does, without
+    /// enrollment or sync (tests and the benchmark), until SIGTERM.
+    #[command(name = "__login-socket", hide = true)]
+    LoginSocket {
+        #[arg(long, default_value = login::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Apply a desired state from a JSON file without a server (testing).
     #[command(name = "__apply-state", hide = true)]
@@ -312,6 +319,18 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::LoginSocket { socket } => rt.block_on(async {
+            let task = login::start(&socket)?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            task.abort();
+            login::remove(&socket);
+            Ok(())
+        }),
         Command::ApplyState { state, paths } => {
             let resolved = paths.resolve(&cli.config)?;
             let text = std::fs::read_to_string(&state)
