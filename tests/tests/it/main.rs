@@ -29,6 +29,7 @@ mod pam_api;
 mod pam_cli;
 mod pam_common;
 mod pam_helper;
+mod pam_hostd;
 mod pam_module;
 mod pam_sessions;
 mod policy_parameters;
