@@ -288,11 +288,7 @@ fn sshd_logs_in_through_hostd() {
 /// Runs python3 as `nobody` with `script` and `args`.
 fn python_as_nobody(script: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("/usr/bin/python3");
-    cmd.arg("-c")
-        .arg(script)
-        .args(args)
-        .uid(NOBODY)
-        .gid(NOBODY);
+    cmd.arg("-c").arg(script).args(args).uid(NOBODY).gid(NOBODY);
     cmd
 }
 
