@@ -65,6 +65,10 @@ struct PathArgs {
     /// pid in sshd's PidFile].
     #[arg(long)]
     reload_command: Option<String>,
+    /// Where `run` answers the OTP login check [default:
+    /// /run/gatepass/hostd.sock; "" for none].
+    #[arg(long)]
+    login_socket: Option<PathBuf>,
 }
 
 impl PathArgs {
@@ -76,6 +80,7 @@ impl PathArgs {
             sshd: self.sshd.clone(),
             state_dir: self.state_dir.clone(),
             reload_command: self.reload_command.clone(),
+            login_socket: self.login_socket.clone(),
         }
     }
 
