@@ -30,6 +30,7 @@ mod pam_api;
 mod pam_cli;
 mod pam_common;
 mod pam_helper;
+mod pam_hostd;
 mod pam_module;
 mod pam_recording;
 mod pam_sessions;
