@@ -14,9 +14,19 @@
 //! have taken the OTP and lost the answer: the next server is still asked
 //! (the failure may well have come before the take), and if it does not
 //! know the OTP, the refusal says the first one may have used it.
+//!
+//! The client is blocking (ureq over std sockets with rustls): a login
+//! attempt runs in a process of its own (sshd's, pamtester's, the
+//! helper's), where starting an async runtime and its threads cost more
+//! than the request. [`Transport`] is everything that decides where the
+//! request goes and whom it trusts (servers, mount, pinned CAs, token); it
+//! is what the PAM module hands to hostd ([`crate::hostd`]), which keeps a
+//! [`Client`] per transport with its connections open.
 
+use std::cell::Cell;
 use std::fmt;
-use std::net::IpAddr;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +37,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -40,7 +51,8 @@ pub use gatepass_api::ssh::{OtpInfo, VERIFY_ECHO_REQUEST, VERIFY_ECHO_RESPONSE};
 const MAX_BODY: usize = 64 * 1024;
 
 /// A server's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Answer {
     /// The OTP was valid (and is now used up).
     Valid(OtpInfo),
@@ -51,7 +63,7 @@ pub enum Answer {
 }
 
 /// One server that gave no answer, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub server: String,
     pub error: String,
@@ -63,70 +75,205 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Which way the question went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Via {
+    /// This process asked the servers itself.
+    #[default]
+    Direct,
+    /// hostd asked them, on its open connections.
+    Hostd,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Hostd => "hostd",
+        }
+    }
+}
+
 /// The result of asking the configured servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Verified {
     /// A server answered.
-    Answer { server: String, answer: Answer },
+    Answer {
+        server: String,
+        answer: Answer,
+        #[serde(default)]
+        via: Via,
+    },
     /// No server answered in time; each tried one and why.
     Unreachable(Vec<Failure>),
 }
 
-/// An HTTPS client for the configured servers.
-pub struct Client {
-    http: reqwest::Client,
-    servers: Vec<String>,
-    mount: String,
-    namespace: Option<String>,
-    token: Option<Zeroizing<String>>,
+/// A host token; never printed, wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Zeroizing<String>);
+
+impl std::hash::Hash for Token {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_str().hash(state);
+    }
 }
 
-impl Client {
-    /// Builds the client: TLS with only the configured CA(s) trusted (or, in
-    /// dev mode, what the configuration allows), no proxies, no redirects.
-    /// Call [`Config::check_transport`] first.
-    pub fn new(cfg: &Config) -> Result<Client, ConfigError> {
-        let mut b = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("gatepass-helper/", env!("CARGO_PKG_VERSION")));
-        match tls_config(cfg)? {
-            Some(tls) => b = b.use_preconfigured_tls(tls),
-            None => {
-                // Dev mode without a CA: the system's trusted CAs.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                b = b.use_rustls_tls();
+impl Serialize for Token {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Token, D::Error> {
+        String::deserialize(d).map(|t| Token(Zeroizing::new(t)))
+    }
+}
+
+impl Token {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(…)")
+    }
+}
+
+/// Which server certificates are accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// Only certificates that chain to these CAs (the PEM text of each
+    /// file read from `ca_cert` and `ca_path`, each holding at least one).
+    Pinned(Vec<String>),
+    /// The system's trusted CAs (dev mode without `ca_cert`/`ca_path`).
+    System,
+    /// Any certificate, though the handshake signature is still checked
+    /// (dev mode's `tls_skip_verify`).
+    AnyCertificate,
+}
+
+/// Where the question goes and whom it trusts: the part of the
+/// configuration that decides the request, with the files it names read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Transport {
+    /// Base URLs, tried in turn.
+    pub servers: Vec<String>,
+    pub mount: String,
+    pub namespace: Option<String>,
+    pub trust: Trust,
+    /// Checks the certificate for this name instead of the address's host.
+    pub tls_server_name: Option<String>,
+    /// Sent as `X-Vault-Token`.
+    pub token: Option<Token>,
+}
+
+impl Transport {
+    /// Reads the CA files and the token file the configuration names and
+    /// checks them; a file that is missing or holds no certificate (or no
+    /// token) is a configuration error. Call [`Config::check_transport`]
+    /// first.
+    pub fn load(cfg: &Config) -> Result<Transport, ConfigError> {
+        let trust = if cfg.tls_skip_verify {
+            Trust::AnyCertificate
+        } else {
+            let pems = read_cas(cfg)?;
+            if pems.is_empty() {
+                if cfg.tls_server_name.is_some() {
+                    return Err(ConfigError(
+                        "tls_server_name needs ca_cert or ca_path".into(),
+                    ));
+                }
+                Trust::System
+            } else {
+                Trust::Pinned(pems)
             }
-        }
-        let http = b
-            .build()
-            .map_err(|e| ConfigError(format!("HTTPS client: {}", chain(&e))))?;
+        };
         let token = match &cfg.host_token_file {
             Some(p) => Some(read_token(p)?),
             None => None,
         };
-        Ok(Client {
-            http,
+        Ok(Transport {
             servers: cfg.servers.clone(),
             mount: cfg.mount.clone(),
             namespace: cfg.namespace.clone(),
+            trust,
+            tls_server_name: cfg.tls_server_name.clone(),
             token,
         })
     }
+}
+
+/// A blocking HTTPS client for one [`Transport`]. Connections it opened
+/// stay open for the next request (hostd's warm connections); rustls keeps
+/// the TLS sessions, so a new connection resumes rather than repeats the
+/// full handshake.
+pub struct Client {
+    transport: Transport,
+    tls: Arc<rustls::ClientConfig>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    /// Builds the client for the configuration (reads its files).
+    pub fn from_config(cfg: &Config) -> Result<Client, ConfigError> {
+        Client::new(Transport::load(cfg)?)
+    }
+
+    /// Builds the client: TLS with only the transport's CAs trusted, no
+    /// proxies, no redirects. Opens no connection.
+    pub fn new(transport: Transport) -> Result<Client, ConfigError> {
+        let tls = Arc::new(tls_config(&transport)?);
+        let agent = agent(&tls);
+        Ok(Client {
+            transport,
+            tls,
+            agent,
+        })
+    }
+
+    /// The same client without its open connections (the TLS sessions are
+    /// kept): for a connection the server may be about to close as idle.
+    pub fn without_connections(&self) -> Client {
+        Client {
+            transport: self.transport.clone(),
+            tls: self.tls.clone(),
+            agent: agent(&self.tls),
+        }
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
 
     pub fn servers(&self) -> &[String] {
-        &self.servers
+        &self.transport.servers
     }
 
     /// Asks the servers in turn about `otp` until one answers; each gets an
     /// even share of what is left of `budget`, so a hanging first server
     /// still leaves time for the next.
-    pub async fn verify(&self, otp: &str, budget: Duration) -> Verified {
-        let deadline = Instant::now() + budget;
-        let mut failures = Vec::new();
-        // The first failure after which the OTP may have been taken.
-        let mut maybe_used: Option<String> = None;
-        for (i, server) in self.servers.iter().enumerate() {
+    pub fn verify(&self, otp: &str, budget: Duration) -> Verified {
+        self.verify_after(otp, Instant::now() + budget, Vec::new(), None)
+    }
+
+    /// [`Client::verify`] until `deadline`, after earlier failures (hostd's,
+    /// say); `maybe_used` names the first of them after which the OTP may
+    /// have been taken.
+    pub fn verify_after(
+        &self,
+        otp: &str,
+        deadline: Instant,
+        mut failures: Vec<Failure>,
+        mut maybe_used: Option<String>,
+    ) -> Verified {
+        let servers = &self.transport.servers;
+        for (i, server) in servers.iter().enumerate() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 failures.push(Failure {
@@ -135,20 +282,16 @@ impl Client {
                 });
                 continue;
             }
-            let share = left / u32::try_from(self.servers.len() - i).unwrap_or(1);
-            let miss = match tokio::time::timeout(share, self.ask(server, otp)).await {
-                Ok(Ok(answer)) => {
+            let share = left / u32::try_from(servers.len() - i).unwrap_or(1);
+            let miss = match self.ask(server, otp, share) {
+                Ok(answer) => {
                     return Verified::Answer {
                         server: server.clone(),
                         answer: after_failures(answer, maybe_used.as_deref()),
+                        via: Via::Direct,
                     };
                 }
-                Ok(Err(miss)) => miss,
-                // Whether the request got out is not known.
-                Err(_) => Miss {
-                    error: format!("no answer within {}", secs(share)),
-                    untouched: false,
-                },
+                Err(miss) => miss,
             };
             let failure = Failure {
                 server: server.clone(),
@@ -164,58 +307,163 @@ impl Client {
 
     /// `-verify-only`: asks every server for the echo, each with the whole
     /// `budget`; one line per server.
-    pub async fn echo_all(&self, budget: Duration) -> Vec<(String, Result<(), String>)> {
+    pub fn echo_all(&self, budget: Duration) -> Vec<(String, Result<(), String>)> {
         let mut out = Vec::new();
-        for server in &self.servers {
-            let r = match tokio::time::timeout(budget, self.ask(server, VERIFY_ECHO_REQUEST)).await
-            {
-                Ok(Ok(Answer::Echo(m))) if m == VERIFY_ECHO_RESPONSE => Ok(()),
-                Ok(Ok(Answer::Echo(m))) => Err(format!("invalid echo response {m:?}")),
-                Ok(Ok(Answer::Valid(_))) => Err("answered the echo request as an OTP".into()),
-                Ok(Ok(Answer::Refused(why))) => Err(format!("refused: {why}")),
-                Ok(Err(miss)) => Err(miss.error),
-                Err(_) => Err(format!("no answer within {}", secs(budget))),
+        for server in &self.transport.servers {
+            let r = match self.ask(server, VERIFY_ECHO_REQUEST, budget) {
+                Ok(Answer::Echo(m)) if m == VERIFY_ECHO_RESPONSE => Ok(()),
+                Ok(Answer::Echo(m)) => Err(format!("invalid echo response {m:?}")),
+                Ok(Answer::Valid(_)) => Err("answered the echo request as an OTP".into()),
+                Ok(Answer::Refused(why)) => Err(format!("refused: {why}")),
+                Err(miss) => Err(miss.error),
             };
             out.push((server.clone(), r));
         }
         out
     }
 
-    /// One request to one server. `Err` means "no answer: try the next".
-    /// The callers bound it in time.
-    async fn ask(&self, server: &str, otp: &str) -> Result<Answer, Miss> {
-        let url = format!("{server}/v1/{}/verify", self.mount);
-        let mut rb = self.http.post(url).json(&VerifyRequest {
+    /// One request to one server within `within`. `Err` means "no answer:
+    /// try the next".
+    fn ask(&self, server: &str, otp: &str, within: Duration) -> Result<Answer, Miss> {
+        let url = format!("{server}/v1/{}/verify", self.transport.mount);
+        let body = serde_json::to_vec(&VerifyRequest {
             otp: otp.to_string(),
-        });
-        if let Some(ns) = &self.namespace {
-            rb = rb.header("X-Vault-Namespace", ns.as_str());
-        }
-        if let Some(t) = &self.token {
-            rb = rb.header("X-Vault-Token", t.as_str());
-        }
-        // A connection or TLS failure means the request never left.
-        let mut resp = rb.send().await.map_err(|e| Miss {
-            error: chain(&e),
-            untouched: e.is_connect(),
+        })
+        .map_err(|e| Miss {
+            error: format!("request: {e}"),
+            untouched: true,
         })?;
-        let status = resp.status().as_u16();
-        let mut body = Vec::new();
+        let body = Zeroizing::new(body);
+        let mut req = self
+            .agent
+            .post(&url)
+            .timeout(within)
+            .set("Content-Type", "application/json");
+        if let Some(ns) = &self.transport.namespace {
+            req = req.set("X-Vault-Namespace", ns);
+        }
+        if let Some(t) = &self.transport.token {
+            req = req.set("X-Vault-Token", t.as_str());
+        }
+        RESOLVE_BY.with(|by| by.set(Some(Instant::now() + within)));
+        let sent = req.send_bytes(&body);
+        RESOLVE_BY.with(|by| by.set(None));
+        let resp = match sent {
+            Ok(r) => r,
+            // ureq answers 4xx and 5xx as errors; they are answers here.
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                // Name, connection and TLS failures come before the request
+                // is written: the server cannot have taken the OTP.
+                let untouched = matches!(
+                    t.kind(),
+                    ureq::ErrorKind::Dns
+                        | ureq::ErrorKind::ConnectionFailed
+                        | ureq::ErrorKind::InvalidUrl
+                        | ureq::ErrorKind::UnknownScheme
+                );
+                let error = if timed_out(&t) {
+                    format!("no answer within {}", secs(within))
+                } else {
+                    chain(&t)
+                };
+                return Err(Miss { error, untouched });
+            }
+        };
+        let status = resp.status();
         let lost = |error: String| Miss {
             error,
             untouched: status == 503,
         };
-        while let Some(chunk) = resp.chunk().await.map_err(|e| lost(chain(&e)))? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(lost(format!("answer larger than {MAX_BODY} bytes")));
-            }
-            body.extend_from_slice(&chunk);
+        let mut body = Vec::new();
+        resp.into_reader()
+            .take(MAX_BODY as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) {
+                    lost(format!("no answer within {}", secs(within)))
+                } else {
+                    lost(format!("reading the answer: {e}"))
+                }
+            })?;
+        if body.len() > MAX_BODY {
+            return Err(lost(format!("answer larger than {MAX_BODY} bytes")));
         }
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         match status {
             200 => Ok(parse_answer(json)),
             400..=499 => Ok(Answer::Refused(errors_text(status, json.as_ref()))),
             _ => Err(lost(format!("HTTP {}", errors_text(status, json.as_ref())))),
+        }
+    }
+}
+
+/// An agent on `tls`: no proxy, no redirect, names resolved within the
+/// request's time.
+fn agent(tls: &Arc<rustls::ClientConfig>) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .tls_config(tls.clone())
+        .resolver(BoundedResolver)
+        .redirects(0)
+        .try_proxy_from_env(false)
+        .max_idle_connections_per_host(4)
+        .user_agent(concat!("gatepass-helper/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Whether a transport error was a timeout.
+fn timed_out(e: &ureq::Transport) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
+thread_local! {
+    /// When the name lookup of the request this thread is sending must be
+    /// over.
+    static RESOLVE_BY: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Addresses for `host:port`: an IP address as it is; a name through
+/// getaddrinfo(3) on a thread of its own, waited for only until the
+/// request's time is up (getaddrinfo has no timeout of its own, and a
+/// hanging resolver must not hold a login past its bound).
+struct BoundedResolver;
+
+impl ureq::Resolver for BoundedResolver {
+    fn resolve(&self, netloc: &str) -> std::io::Result<Vec<SocketAddr>> {
+        if let Ok(addr) = netloc.parse::<SocketAddr>() {
+            return Ok(vec![addr]);
+        }
+        let by = RESOLVE_BY
+            .with(Cell::get)
+            .unwrap_or_else(|| Instant::now() + crate::config::DEFAULT_TIMEOUT);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let name = netloc.to_string();
+        std::thread::Builder::new()
+            .name("resolve".into())
+            .spawn(move || {
+                let _ = tx.send(name.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+            })?;
+        match rx.recv_timeout(by.saturating_duration_since(Instant::now())) {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no address for {netloc} in time"),
+            )),
         }
     }
 }
@@ -295,7 +543,7 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-fn read_token(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+fn read_token(path: &Path) -> Result<Token, ConfigError> {
     let t = Zeroizing::new(
         std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("host_token_file {}: {e}", path.display())))?,
@@ -307,39 +555,53 @@ fn read_token(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
             path.display()
         )));
     }
-    Ok(t)
+    Ok(Token(t))
 }
 
-/// The rustls configuration, or `None` for "the system's CAs" (dev mode
-/// without ca_cert/ca_path).
-fn tls_config(cfg: &Config) -> Result<Option<rustls::ClientConfig>, ConfigError> {
+/// The rustls configuration for a transport.
+fn tls_config(t: &Transport) -> Result<rustls::ClientConfig, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = if cfg.tls_skip_verify {
-        Arc::new(AcceptAnyCertificate(provider.clone()))
-    } else {
-        let roots = load_roots(cfg)?;
-        if roots.is_empty() {
-            if cfg.tls_server_name.is_some() {
-                return Err(ConfigError(
-                    "tls_server_name needs ca_cert or ca_path".into(),
-                ));
-            }
-            return Ok(None);
+    let roots = |pems: &[String]| -> Result<RootCertStore, ConfigError> {
+        let mut roots = RootCertStore::empty();
+        for pem in pems {
+            let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError(format!("not a PEM certificate: {e}")))?;
+            roots.add_parsable_certificates(certs);
         }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .map_err(|e| ConfigError(format!("TLS verifier: {e}")))?;
-        match &cfg.tls_server_name {
-            Some(name) => {
-                let name = ServerName::try_from(name.clone()).map_err(|_| {
-                    ConfigError(format!("tls_server_name {name:?} is not a host name"))
-                })?;
-                Arc::new(CheckAs {
-                    inner: webpki,
-                    name,
-                })
+        Ok(roots)
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match &t.trust {
+        Trust::AnyCertificate => Arc::new(AcceptAnyCertificate(provider.clone())),
+        trust => {
+            let roots = match trust {
+                Trust::Pinned(pems) => roots(pems)?,
+                _ => {
+                    let found = rustls_native_certs::load_native_certs();
+                    let mut roots = RootCertStore::empty();
+                    roots.add_parsable_certificates(found.certs);
+                    roots
+                }
+            };
+            if roots.is_empty() {
+                return Err(ConfigError("no CA certificate to trust".into()));
             }
-            None => webpki,
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| ConfigError(format!("TLS verifier: {e}")))?;
+            match &t.tls_server_name {
+                Some(name) => {
+                    let name = ServerName::try_from(name.clone()).map_err(|_| {
+                        ConfigError(format!("tls_server_name {name:?} is not a host name"))
+                    })?;
+                    Arc::new(CheckAs {
+                        inner: webpki,
+                        name,
+                    })
+                }
+                None => webpki,
+            }
         }
     };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -349,16 +611,15 @@ fn tls_config(cfg: &Config) -> Result<Option<rustls::ClientConfig>, ConfigError>
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(tls))
+    Ok(tls)
 }
 
-/// The CAs from `ca_cert` (a PEM file) and `ca_path` (a folder of PEM
-/// files), as vault-ssh-helper reads them.
-fn load_roots(cfg: &Config) -> Result<RootCertStore, ConfigError> {
-    let mut roots = RootCertStore::empty();
+/// The PEM text of `ca_cert` and of each file in `ca_path` (as
+/// vault-ssh-helper reads them), each checked to hold a certificate.
+fn read_cas(cfg: &Config) -> Result<Vec<String>, ConfigError> {
+    let mut pems = Vec::new();
     if let Some(file) = &cfg.ca_cert {
-        let n = add_pem(&mut roots, file)?;
-        if n == 0 {
+        if read_pem(file, &mut pems)? == 0 {
             return Err(ConfigError(format!(
                 "ca_cert {}: no certificate in file",
                 file.display()
@@ -372,7 +633,7 @@ fn load_roots(cfg: &Config) -> Result<RootCertStore, ConfigError> {
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         paths.sort();
         for p in paths.iter().filter(|p| p.is_file()) {
-            n += add_pem(&mut roots, p)?;
+            n += read_pem(p, &mut pems)?;
         }
         if n == 0 {
             return Err(ConfigError(format!(
@@ -381,21 +642,31 @@ fn load_roots(cfg: &Config) -> Result<RootCertStore, ConfigError> {
             )));
         }
     }
-    Ok(roots)
+    Ok(pems)
 }
 
-fn add_pem(roots: &mut RootCertStore, path: &Path) -> Result<usize, ConfigError> {
-    let pem = std::fs::read(path).map_err(|e| {
+/// Adds the file's text to `pems` when it holds certificates; how many.
+fn read_pem(path: &Path, pems: &mut Vec<String>) -> Result<usize, ConfigError> {
+    let pem = std::fs::read_to_string(path).map_err(|e| {
         ConfigError(format!(
             "cannot read CA certificate {}: {e}",
             path.display()
         ))
     })?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<_, _>>()
-        .map_err(|e| ConfigError(format!("{}: not a PEM certificate: {e}", path.display())))?;
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    Ok(added)
+    let mut n = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        let cert = cert
+            .map_err(|e| ConfigError(format!("{}: not a PEM certificate: {e}", path.display())))?;
+        // What rustls would refuse to add is no certificate to trust.
+        let mut probe = RootCertStore::empty();
+        if probe.add(cert).is_ok() {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        pems.push(pem);
+    }
+    Ok(n)
 }
 
 /// Checks the certificate for `tls_server_name` instead of the address.
@@ -485,59 +756,6 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 }
 
-/// Asks the servers from a blocking caller (the PAM module, the helper
-/// binary): a private single-threaded runtime, bounded by the configured
-/// timeout, shut down without waiting for anything left running.
-pub struct BlockingVerifier {
-    pub client: Client,
-    pub timeout: Duration,
-}
-
-impl BlockingVerifier {
-    fn run<T>(&self, fut: impl std::future::Future<Output = T>) -> Result<T, String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
-        let out = rt.block_on(async { tokio::time::timeout(self.timeout, fut).await });
-        rt.shutdown_background();
-        out.map_err(|_| format!("no answer within {}", secs(self.timeout)))
-    }
-
-    /// `-verify-only`.
-    pub fn echo_all(&self) -> Vec<(String, Result<(), String>)> {
-        let budget = self.timeout;
-        let servers = self.client.servers().to_vec();
-        // Each server gets the whole timeout here, so the bound is n × timeout.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        match rt {
-            Ok(rt) => {
-                let out = rt.block_on(self.client.echo_all(budget));
-                rt.shutdown_background();
-                out
-            }
-            Err(e) => servers
-                .into_iter()
-                .map(|s| (s, Err(format!("cannot start the I/O runtime: {e}"))))
-                .collect(),
-        }
-    }
-}
-
-impl crate::verify::OtpServer for BlockingVerifier {
-    fn verify(&self, otp: &str) -> Verified {
-        match self.run(self.client.verify(otp, self.timeout)) {
-            Ok(v) => v,
-            Err(error) => Verified::Unreachable(vec![Failure {
-                server: self.client.servers().join(", "),
-                error,
-            }]),
-        }
-    }
-}
-
 /// This host's own addresses, from getifaddrs(3).
 pub struct InterfaceAddrs;
 
@@ -623,6 +841,8 @@ mod tests {
             Config::parse("servers = [\"https://x\"]", crate::config::Format::Toml).unwrap();
         c.servers = servers.iter().map(|s| s.to_string()).collect();
         c.timeout = timeout;
+        // Dev mode's "any certificate": no CA file needed.
+        c.tls_skip_verify = true;
         c
     }
 
@@ -635,12 +855,9 @@ mod tests {
         let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let hanging_addr = format!("https://{}", hanging.local_addr().unwrap());
         let c = cfg(&[&closed_addr, &hanging_addr], Duration::from_millis(800));
-        let v = BlockingVerifier {
-            client: Client::new(&c).unwrap(),
-            timeout: c.timeout,
-        };
+        let client = Client::from_config(&c).unwrap();
         let start = Instant::now();
-        let r = crate::verify::OtpServer::verify(&v, "00000000-0000-0000-0000-000000000000");
+        let r = client.verify("00000000-0000-0000-0000-000000000000", c.timeout);
         assert!(
             start.elapsed() < Duration::from_millis(1500),
             "{:?}",
@@ -662,12 +879,14 @@ mod tests {
         let p = dir.path().join("ca.pem");
         std::fs::write(&p, "not a certificate").unwrap();
         let mut c = cfg(&["https://x"], Duration::from_secs(1));
+        c.tls_skip_verify = false;
         c.ca_cert = Some(p);
-        assert!(Client::new(&c).is_err());
+        assert!(Transport::load(&c).is_err());
         c.ca_cert = Some(dir.path().join("missing.pem"));
-        assert!(Client::new(&c).is_err());
+        assert!(Transport::load(&c).is_err());
         c.ca_cert = None;
+        c.tls_skip_verify = true;
         c.host_token_file = Some(dir.path().join("missing.token"));
-        assert!(Client::new(&c).is_err());
+        assert!(Transport::load(&c).is_err());
     }
 }

@@ -7,7 +7,11 @@
 //!   error). vault-ssh-helper has no timeout setting; here it is 5 s.
 //! - **gatepass's own TOML file** (`deny_unknown_fields`): `servers` (tried in
 //!   turn), `mount`, `ca_cert`, `timeout`, `allowed_roles`,
-//!   `allowed_cidr_list`, `host_token_file`, `syslog_socket`.
+//!   `allowed_cidr_list`, `host_token_file`, `syslog_socket`, `hostd_socket`.
+//!
+//! Either way the check asks hostd first, on its socket
+//! ([`crate::hostd::DEFAULT_SOCKET`], or `hostd_socket`; `""` never asks
+//! it), and the servers directly when hostd is not there.
 //!
 //! A file whose name ends in `.hcl` is read as HCL, `.toml` as TOML; any other
 //! name is HCL when it sets `vault_addr` and TOML otherwise.
@@ -78,6 +82,8 @@ pub struct Config {
     pub host_token_file: Option<PathBuf>,
     /// The syslog socket (default: the system's, `/dev/log`).
     pub syslog_socket: Option<PathBuf>,
+    /// hostd's login socket, asked before the servers; `None`: never.
+    pub hostd_socket: Option<PathBuf>,
 }
 
 /// vault-ssh-helper's configuration file, key for key.
@@ -107,6 +113,7 @@ struct GatepassToml {
     allowed_cidr_list: Option<Strings>,
     host_token_file: Option<PathBuf>,
     syslog_socket: Option<PathBuf>,
+    hostd_socket: Option<PathBuf>,
 }
 
 /// Vault writes lists as comma-separated strings; a list is accepted too.
@@ -227,6 +234,7 @@ impl Config {
             timeout: DEFAULT_TIMEOUT,
             host_token_file: None,
             syslog_socket: None,
+            hostd_socket: Some(PathBuf::from(crate::hostd::DEFAULT_SOCKET)),
         })
     }
 
@@ -264,6 +272,12 @@ impl Config {
             timeout,
             host_token_file: v.host_token_file,
             syslog_socket: v.syslog_socket,
+            // An empty path turns hostd off.
+            hostd_socket: match v.hostd_socket {
+                None => Some(PathBuf::from(crate::hostd::DEFAULT_SOCKET)),
+                Some(p) if p.as_os_str().is_empty() => None,
+                Some(p) => Some(p),
+            },
         })
     }
 
@@ -312,7 +326,7 @@ impl Config {
 /// `https://host:port` without a trailing slash; refuses anything else.
 fn server_url(addr: &str) -> Result<String, ConfigError> {
     let trimmed = addr.trim().trim_end_matches('/');
-    let url = reqwest::Url::parse(trimmed)
+    let url = url::Url::parse(trimmed)
         .map_err(|e| ConfigError(format!("server address {addr:?}: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") || url.host().is_none() {
         return err(format!(
@@ -468,6 +482,20 @@ allowed_roles = "*"
             c.host_token_file,
             Some(PathBuf::from("/etc/gatepass/host.token"))
         );
+        assert_eq!(
+            c.hostd_socket,
+            Some(PathBuf::from(crate::hostd::DEFAULT_SOCKET)),
+            "hostd is asked first by default"
+        );
+        let c = Config::parse(
+            "servers = \"https://a\"\nhostd_socket = \"/tmp/h.sock\"",
+            Format::Toml,
+        )
+        .unwrap();
+        assert_eq!(c.hostd_socket, Some(PathBuf::from("/tmp/h.sock")));
+        let c =
+            Config::parse("servers = \"https://a\"\nhostd_socket = \"\"", Format::Toml).unwrap();
+        assert_eq!(c.hostd_socket, None, "an empty path turns hostd off");
         let c = Config::parse(
             "servers = \"https://a\"\ntimeout = 3\nallowed_roles = []",
             Format::Toml,

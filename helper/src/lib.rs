@@ -7,7 +7,8 @@
 //!
 //! Modules by concept: [`config`] (the HCL and TOML files), [`client`]
 //! (HTTPS to the servers with the CA pinned, within the time bound, and this
-//! host's addresses), [`verify`] (the check, against small traits so that it
+//! host's addresses), [`hostd`] (the same question through hostd's socket,
+//! on its open connections, with the direct way as the fallback), [`verify`] (the check, against small traits so that it
 //! is unit-tested without libpam or a network), [`logging`] (the one syslog
 //! line per attempt).
 //!
@@ -17,6 +18,7 @@
 
 pub mod client;
 pub mod config;
+pub mod hostd;
 pub mod logging;
 pub mod pam_module;
 pub mod verify;

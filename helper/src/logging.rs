@@ -133,6 +133,7 @@ pub fn attempt_line(o: &Outcome) -> String {
     field("otp_ip", o.otp.as_ref().map(|i| i.ip.as_str()));
     field("role", o.otp.as_ref().map(|i| i.role_name.as_str()));
     field("server", o.server.as_deref());
+    field("via", o.via.map(|v| v.as_str()));
     if !o.elapsed.is_zero() {
         let _ = write!(s, " elapsed_ms={}", o.elapsed.as_millis());
     }
@@ -189,6 +190,7 @@ mod tests {
                 role_name: "otp".into(),
             }),
             server: Some("https://127.0.0.1:8200".into()),
+            via: Some(crate::client::Via::Hostd),
             elapsed: Duration::from_millis(12),
         }
     }
@@ -200,7 +202,7 @@ mod tests {
             l,
             "OTP login denied: reason=\"username mismatch: the OTP is for \\\"alice\\\"\" user=root \
              rhost=\"evil\\x0ahost user=admin\" otp_user=alice otp_ip=127.0.0.1 role=otp \
-             server=https://127.0.0.1:8200 elapsed_ms=12"
+             server=https://127.0.0.1:8200 via=hostd elapsed_ms=12"
         );
         let long = "x".repeat(1000);
         assert!(quote(&long).chars().count() < MAX_FIELD + 4);

@@ -14,8 +14,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use pam_gatepass::client::{BlockingVerifier, Client, InterfaceAddrs};
+use pam_gatepass::client::{Client, InterfaceAddrs, Transport};
 use pam_gatepass::config::{Config, DEFAULT_CONFIG};
+use pam_gatepass::hostd::LoginVerifier;
 use pam_gatepass::logging::{Level, Logger};
 use pam_gatepass::verify::{authenticate, Outcome, PamItems, Policy};
 use zeroize::Zeroizing;
@@ -30,7 +31,8 @@ const MAX_TOKEN: u64 = 4096;
     about = "Checks an SSH one-time password against gatepass (run by pam_exec expose_authtok)",
     long_about = "Checks an SSH one-time password against gatepass. Run by pam_exec.so expose_authtok: \
                   reads the OTP from stdin and PAM_USER/PAM_RHOST from the environment, asks the server \
-                  (POST /v1/<mount>/verify over TLS with the CA pinned), checks user, this host's \
+                  (POST /v1/<mount>/verify over TLS with the CA pinned; through gatepass-hostd's socket \
+                  /run/gatepass/hostd.sock when it answers, directly otherwise), checks user, this host's \
                   addresses and the role, and exits 0 only on success. A drop-in for vault-ssh-helper: \
                   its flags (one dash or two) and its HCL configuration work unchanged."
 )]
@@ -197,27 +199,32 @@ fn main() -> ExitCode {
     for w in warnings {
         logger.log(Level::Warn, &format!("dev mode: {w}"));
     }
-    let client = match Client::new(&cfg) {
-        Ok(c) => c,
+    let transport = match Transport::load(&cfg) {
+        Ok(t) => t,
         Err(e) => return fail(&logger, e.0),
-    };
-    let server = BlockingVerifier {
-        client,
-        timeout: cfg.timeout,
     };
     logger.log(
         Level::Debug,
         &format!(
-            "servers {}, mount {}, timeout {:?}",
+            "servers {}, mount {}, timeout {:?}, hostd {}",
             cfg.servers.join(", "),
             cfg.mount,
-            cfg.timeout
+            cfg.timeout,
+            cfg.hostd_socket
+                .as_deref()
+                .map_or("not asked".into(), |p| p.display().to_string())
         ),
     );
 
     if cli.verify_only {
+        // The operator's check of this host's own way to the servers:
+        // hostd is not asked. Each server gets the whole timeout.
+        let client = match Client::new(transport) {
+            Ok(c) => c,
+            Err(e) => return fail(&logger, e.0),
+        };
         let mut ok = true;
-        for (srv, r) in server.echo_all() {
+        for (srv, r) in client.echo_all(cfg.timeout) {
             match r {
                 Ok(()) => logger.log(
                     Level::Info,
@@ -250,6 +257,11 @@ fn main() -> ExitCode {
             std::process::exit(1);
         });
 
+    let server = LoginVerifier {
+        transport,
+        timeout: cfg.timeout,
+        socket: cfg.hostd_socket.clone(),
+    };
     let mut pam = Exec { token };
     let outcome = authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs);
     logger.attempt(&outcome);

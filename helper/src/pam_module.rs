@@ -17,6 +17,10 @@
 //!   `try_first_pass` is the default. An unknown argument refuses every login, as a bad configuration
 //!   does: it fails closed.
 //!
+//! The question goes to hostd's socket first and to the servers directly
+//! when hostd is not there ([`crate::hostd`]); no async runtime, no thread
+//! (but a name lookup's) and, through hostd, no TLS in sshd's process.
+//!
 //! No panic crosses into the application: every hook runs under
 //! `catch_unwind` (and pam-bindings adds its own guard around it), and the
 //! crate denies `unwrap`/`expect`/`panic!`.
@@ -32,8 +36,9 @@ use pam::items::{AuthTok, RHost, Service};
 use pam::module::{PamHandle, PamHooks};
 use zeroize::Zeroizing;
 
-use crate::client::{BlockingVerifier, Client, InterfaceAddrs};
+use crate::client::{InterfaceAddrs, Transport};
 use crate::config::{parse_timeout, Config, DEFAULT_CONFIG};
+use crate::hostd::LoginVerifier;
 use crate::logging::{Level, Logger};
 use crate::verify::{authenticate, Decision, Outcome, PamItems, Policy};
 
@@ -158,18 +163,21 @@ fn authenticate_hook(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode 
             cfg.timeout = t;
         }
         cfg.check_transport(false).map_err(|e| e.0)?;
-        let client = Client::new(&cfg).map_err(|e| e.0)?;
-        Ok((cfg, client))
+        // The files are read (and checked) here; no connection is opened
+        // and no TLS state built until the direct way is needed.
+        let transport = Transport::load(&cfg).map_err(|e| e.0)?;
+        Ok((cfg, transport))
     });
     let mut pam = Handle(pamh, may_prompt);
     let outcome = match setup {
-        Ok((cfg, client)) => {
+        Ok((cfg, transport)) => {
             if cfg.syslog_socket.is_some() {
                 logger.socket.clone_from(&cfg.syslog_socket);
             }
-            let server = BlockingVerifier {
-                client,
+            let server = LoginVerifier {
+                transport,
                 timeout: cfg.timeout,
+                socket: cfg.hostd_socket.clone(),
             };
             authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs)
         }

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use zeroize::Zeroizing;
 
-use crate::client::{Answer, OtpInfo, Verified, VERIFY_ECHO_REQUEST};
+use crate::client::{Answer, OtpInfo, Verified, Via, VERIFY_ECHO_REQUEST};
 use crate::config::Config;
 
 /// The prompt when PAM has no token yet (as pam_unix and pam_exec ask).
@@ -87,6 +87,8 @@ pub struct Outcome {
     pub otp: Option<OtpInfo>,
     /// The server that answered.
     pub server: Option<String>,
+    /// Whether the answer came through hostd or straight from the server.
+    pub via: Option<Via>,
     pub elapsed: Duration,
 }
 
@@ -109,6 +111,7 @@ impl Outcome {
             rhost,
             otp: None,
             server: None,
+            via: None,
             elapsed: Duration::ZERO,
         }
     }
@@ -160,6 +163,7 @@ fn check(
         rhost,
         otp: None,
         server: None,
+        via: None,
         elapsed: Duration::ZERO,
     };
     let deny = |mut out: Outcome, d: Decision, reason: String| {
@@ -188,14 +192,19 @@ fn check(
     let started = Instant::now();
     let verified = server.verify(&otp);
     out.elapsed = started.elapsed();
+    if let Verified::Answer { via, .. } = &verified {
+        out.via = Some(*via);
+    }
     let (srv, info) = match verified {
         Verified::Answer {
             server,
             answer: Answer::Valid(info),
+            ..
         } => (server, info),
         Verified::Answer {
             server,
             answer: Answer::Refused(why),
+            ..
         } => {
             out.server = Some(server);
             return deny(
@@ -207,6 +216,7 @@ fn check(
         Verified::Answer {
             server,
             answer: Answer::Echo(_),
+            ..
         } => {
             out.server = Some(server);
             return deny(
@@ -351,6 +361,7 @@ mod tests {
                     ip: ip.into(),
                     role_name: role.into(),
                 }),
+                via: Via::Direct,
             })
         }
         fn new(answer: Verified) -> FakeServer {
@@ -435,7 +446,7 @@ mod tests {
                 FakeServer::valid("root", "127.0.0.1", "otp"), any_role(), "no OTP given"),
             ("a password", pam("hunter2"), FakeServer::valid("root", "127.0.0.1", "otp"), any_role(), "not an OTP"),
             ("echo request", pam(VERIFY_ECHO_REQUEST), FakeServer::valid("root", "127.0.0.1", "otp"), any_role(), "not an OTP"),
-            ("used or unknown", pam(OTP), FakeServer::new(Verified::Answer { server: "s".into(), answer: Answer::Refused("400 OTP not found".into()) }),
+            ("used or unknown", pam(OTP), FakeServer::new(Verified::Answer { server: "s".into(), answer: Answer::Refused("400 OTP not found".into()), via: Via::Direct }),
                 any_role(), "server refused the OTP: 400 OTP not found"),
             ("no server", pam(OTP), FakeServer::new(Verified::Unreachable(vec![
                     Failure { server: "https://a".into(), error: "connection refused".into() },
@@ -493,6 +504,7 @@ mod tests {
         let s = FakeServer::new(Verified::Answer {
             server: "https://gp".into(),
             answer: Answer::Refused(format!("400 OTP {OTP} not found")),
+            via: Via::Direct,
         });
         let o = authenticate(&mut pam(OTP), &any_role(), &s, &host());
         assert_eq!(o.reason, "server refused the OTP: 400 OTP [OTP] not found");

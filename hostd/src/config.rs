@@ -78,6 +78,10 @@ pub struct Paths {
     /// How to reload sshd (`sh -c`); unset: SIGHUP to the pid in sshd's PidFile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reload_command: Option<String>,
+    /// Where `run` answers the OTP login check (pam_gatepass.so,
+    /// gatepass-helper) on its open connections to the server; `""`: not
+    /// at all.
+    pub login_socket: PathBuf,
 }
 
 impl Default for Paths {
@@ -89,6 +93,7 @@ impl Default for Paths {
             sshd: "/usr/sbin/sshd".into(),
             state_dir: "/var/lib/gatepass-hostd".into(),
             reload_command: None,
+            login_socket: crate::login::DEFAULT_SOCKET.into(),
         }
     }
 }
@@ -160,6 +165,9 @@ impl Config {
             if !path.is_absolute() {
                 return Err(format!("{name} must be an absolute path"));
             }
+        }
+        if !(p.login_socket.as_os_str().is_empty() || p.login_socket.is_absolute()) {
+            return Err("paths.login_socket must be an absolute path (or \"\" for none)".into());
         }
         // The managed folder's paths go into sshd_config unquoted.
         let dir = p.managed_dir.to_string_lossy();

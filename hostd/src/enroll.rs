@@ -30,6 +30,7 @@ pub struct PathOverrides {
     pub sshd: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub reload_command: Option<String>,
+    pub login_socket: Option<PathBuf>,
 }
 
 impl PathOverrides {
@@ -44,6 +45,7 @@ impl PathOverrides {
         set(&mut p.managed_dir, &self.managed_dir);
         set(&mut p.sshd, &self.sshd);
         set(&mut p.state_dir, &self.state_dir);
+        set(&mut p.login_socket, &self.login_socket);
         if let Some(r) = &self.reload_command {
             p.reload_command = Some(r.clone()).filter(|r| !r.trim().is_empty());
         }

@@ -11,7 +11,7 @@ use gatepass_hostd::files::{self, Change};
 use gatepass_hostd::host::Host;
 use gatepass_hostd::sshd_config::{self, Placement};
 use gatepass_hostd::state::LocalState;
-use gatepass_hostd::{clock, remote, sync};
+use gatepass_hostd::{clock, login, remote, sync};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +65,10 @@ struct PathArgs {
     /// pid in sshd's PidFile].
     #[arg(long)]
     reload_command: Option<String>,
+    /// Where `run` answers the OTP login check [default:
+    /// /run/gatepass/hostd.sock; "" for none].
+    #[arg(long)]
+    login_socket: Option<PathBuf>,
 }
 
 impl PathArgs {
@@ -76,6 +80,7 @@ impl PathArgs {
             sshd: self.sshd.clone(),
             state_dir: self.state_dir.clone(),
             reload_command: self.reload_command.clone(),
+            login_socket: self.login_socket.clone(),
         }
     }
 
@@ -140,8 +145,11 @@ enum Command {
     /// Long-polls the desired state and applies it; removes expired dynamic
     /// keys by itself even while the server is unreachable; renews host
     /// certificates at 2/3 of their life; acknowledges what it installed;
-    /// sends READY=1 and WATCHDOG=1 to systemd. Logs go to stderr (the
-    /// journal under systemd); GATEPASS_LOG sets the level.
+    /// sends READY=1 and WATCHDOG=1 to systemd. Also answers the OTP
+    /// login check (pam_gatepass.so, gatepass-helper) on the login socket
+    /// (paths.login_socket, default /run/gatepass/hostd.sock, root only),
+    /// asking the servers on connections it keeps open. Logs go to stderr
+    /// (the journal under systemd); GATEPASS_LOG sets the level.
     Run,
     /// Show what is installed and when it last synced.
     Status {
@@ -161,6 +169,13 @@ enum Command {
         unenroll: bool,
         #[command(flatten)]
         paths: PathArgs,
+    },
+    /// Answer only the login check's socket, as `run` does, without
+    /// enrollment or sync (tests and the benchmark), until SIGTERM.
+    #[command(name = "__login-socket", hide = true)]
+    LoginSocket {
+        #[arg(long, default_value = login::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Apply a desired state from a JSON file without a server (testing).
     #[command(name = "__apply-state", hide = true)]
@@ -312,6 +327,18 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::LoginSocket { socket } => rt.block_on(async {
+            let task = login::start(&socket)?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            task.abort();
+            login::remove(&socket);
+            Ok(())
+        }),
         Command::ApplyState { state, paths } => {
             let resolved = paths.resolve(&cli.config)?;
             let text = std::fs::read_to_string(&state)

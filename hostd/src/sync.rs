@@ -218,6 +218,20 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     let mut local = LocalState::load(&state_dir);
     let sign_certs = cfg.host_mount.is_some();
 
+    // The login check's socket, whatever the server says: it serves logins
+    // with the OTP configuration's own servers and CAs.
+    let login_socket = Some(cfg.paths.login_socket.clone()).filter(|p| !p.as_os_str().is_empty());
+    let login_task = login_socket
+        .as_ref()
+        .and_then(|p| match crate::login::start(p) {
+            Ok(task) => Some(task),
+            Err(e) => {
+                // Logins still work: the check asks the servers itself.
+                tracing::warn!("{e}");
+                None
+            }
+        });
+
     let (tx, mut rx) = mpsc::channel(16);
     let poll_task = tokio::spawn(poller(
         client.clone(),
@@ -380,6 +394,10 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     notify(sd_notify::NotifyState::Stopping);
     poll_task.abort();
     renew_task.abort();
+    if let (Some(task), Some(path)) = (login_task, &login_socket) {
+        task.abort();
+        crate::login::remove(path);
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -52,6 +52,7 @@ impl Fx {
             sshd: SSHD.into(),
             state_dir: dir.join("state"),
             reload_command: Some(format!("echo reload >> {}/reloads", dir.display())),
+            login_socket: "".into(),
         };
         Fx {
             _tmp: tmp,

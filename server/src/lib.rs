@@ -30,6 +30,7 @@ pub mod state;
 pub mod storage;
 pub mod tls;
 pub mod tune;
+pub mod ui;
 
 pub use error::{Error, Result};
 pub use http::app;

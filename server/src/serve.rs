@@ -94,7 +94,11 @@ pub async fn run(
     limits: &Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let app = crate::http::app(core).into_make_service_with_connect_info::<SocketAddr>();
+    // The API and, beside it, the web UI (`/ui/`), which calls into the API's
+    // pipeline (so it is merged here rather than known to `http`).
+    let app = crate::http::app(core.clone())
+        .merge(crate::ui::routes().with_state(core))
+        .into_make_service_with_connect_info::<SocketAddr>();
     listener.set_nonblocking(true)?;
     let max = effective_max_connections(limits.max_connections);
     tracing::info!(

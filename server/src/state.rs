@@ -40,6 +40,8 @@ pub struct Core {
     pub relays: crate::pam::relay::Relays,
     /// Identity providers' discovery documents and signing keys.
     pub oidc: crate::auth::oidc_cache::ProviderCache,
+    /// Seals the web UI's session cookies and keys its CSRF tokens.
+    pub ui_key: crate::ui::session::UiKey,
 }
 
 pub type State = Arc<Core>;
@@ -73,6 +75,7 @@ impl Core {
             acl_cache: Default::default(),
             relays: Default::default(),
             oidc: Default::default(),
+            ui_key: crate::ui::session::UiKey::new(&opts.seal_key.derive("web-ui")),
         }))
     }
 }

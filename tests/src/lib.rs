@@ -2,6 +2,7 @@
 //! starts real servers (dev mode or `serve` with a config), a private
 //! PostgreSQL cluster, and cleans up after itself.
 
+pub mod browser;
 pub mod inproc;
 pub mod oidc;
 pub mod openbao;

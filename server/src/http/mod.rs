@@ -536,16 +536,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
     if !entry.is_root() && !routes::is_owner_checked(req) {
         let acl = policies::acl_for(core, &entry.policies).await?;
         let can = |c| acl.allows(&req.path, c);
-        let allowed = match req.op {
-            Operation::Read => can(Capability::Read),
-            // Vault checks a LIST against the path with a trailing slash, so
-            // that `foo/*` grants listing `foo`.
-            Operation::List => acl.allows(&format!("{}/", req.path), Capability::List),
-            // Vault's paths without an existence check treat every write as
-            // update; accepting create as well keeps simple policies working.
-            Operation::Write => can(Capability::Update) || can(Capability::Create),
-            Operation::Delete => can(Capability::Delete),
-        };
+        let allowed = op_allowed(&acl, req.op, &req.path);
         // The wrapping paths Vault's default policy grants carry no
         // parameter constraints; what the ACL grants is checked for them.
         let by_default = !allowed && routes::granted_by_default_policy(&entry.policies, req);
@@ -577,6 +568,84 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
         }
     }
     routes::dispatch(core, req, Some(&entry)).await
+}
+
+/// Whether an ACL grants an operation on a path, as [`process`] decides it
+/// (sudo and parameter constraints aside).
+fn op_allowed(acl: &crate::policy::Acl, op: Operation, path: &str) -> bool {
+    let can = |c| acl.allows(path, c);
+    match op {
+        Operation::Read => can(Capability::Read),
+        // Vault checks a LIST against the path with a trailing slash, so
+        // that `foo/*` grants listing `foo`.
+        Operation::List => acl.allows(&format!("{path}/"), Capability::List),
+        // Vault's paths without an existence check treat every write as
+        // update; accepting create as well keeps simple policies working.
+        Operation::Write => can(Capability::Update) || can(Capability::Create),
+        Operation::Delete => can(Capability::Delete),
+    }
+}
+
+/// Whether a token's policies let it do `op` on `path`: what the web UI
+/// asks before it offers an action (the action itself still goes through
+/// [`execute`], which decides again).
+pub async fn may(core: &Core, caller: &TokenEntry, op: Operation, path: &str) -> Result<bool> {
+    if caller.is_root() {
+        return Ok(true);
+    }
+    let acl = policies::acl_for(core, &caller.policies).await?;
+    Ok(op_allowed(&acl, op, path)
+        && (!routes::needs_sudo(path, op) || acl.allows(path, Capability::Sudo)))
+}
+
+/// One request made on a caller's behalf by another face of the server (the
+/// web UI): audited, authenticated, authorized and routed exactly as an
+/// API request is, with no response wrapping.
+pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = audit_request(core, request, &request_id).await {
+        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+        return Err(Error::Unavailable(
+            "audit log unavailable: the request was refused before anything was done".into(),
+        ));
+    }
+    let mut caller = None;
+    let result = process(core, request, &mut caller).await;
+    let status = match &result {
+        Ok(r) => reply_status(r),
+        Err(e) => status_of(e),
+    };
+    if let Err(Error::PermissionDenied) = &result {
+        core.metrics.auth_failures.inc();
+    }
+    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    result
+}
+
+/// Puts on record something another face of the server does itself rather
+/// than through [`execute`] (the web UI's sign-in with a token and its
+/// sign-out): a request entry before `act` runs, refusing it if that
+/// cannot be written, and a response entry with what `act` answered and
+/// for whom, as for an API request.
+pub async fn audited(
+    core: &Core,
+    request: &Request,
+    act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
+) -> Result<Reply> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if let Err(e) = audit_request(core, request, &request_id).await {
+        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+        return Err(Error::Unavailable(
+            "audit log unavailable: the request was refused before anything was done".into(),
+        ));
+    }
+    let (caller, result) = act.await;
+    let status = match &result {
+        Ok(r) => reply_status(r),
+        Err(e) => status_of(e),
+    };
+    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    result
 }
 
 /// Keys whose values are not secret and stay readable in the audit log.

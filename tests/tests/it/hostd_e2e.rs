@@ -94,6 +94,9 @@ impl Rig {
             .arg("--state-dir")
             .arg(self.tmp.path().join("state"))
             .args(["--reload-command", &format!("kill -HUP {pid}")])
+            // `run` answers the login check here, not in /run/gatepass.
+            .arg("--login-socket")
+            .arg(self.tmp.path().join("hostd.sock"))
             .args(extra);
         run(&mut cmd)
     }

@@ -156,7 +156,10 @@ impl Rig {
             .arg(sshd_binary)
             .arg("--state-dir")
             .arg(self.tmp.path().join("state"))
-            .args(["--reload-command", &format!("kill -HUP {pid}")]);
+            .args(["--reload-command", &format!("kill -HUP {pid}")])
+            // `run` answers the login check here, not in /run/gatepass.
+            .arg("--login-socket")
+            .arg(self.tmp.path().join("hostd.sock"));
         let (st, out, err) = run(&mut cmd);
         assert_eq!(st, 0, "setup failed:\n{out}{err}");
         assert!(

@@ -218,7 +218,7 @@ fn a_krl_sshd_could_not_load_is_not_installed_and_shows_in_status() {
         format!(
             "server = {:?}\nca_cert = {:?}\ntoken_file = {:?}\nhost_id = \"h-krl\"\n\n\
              [paths]\nsshd_config = {:?}\nsshd_config_dir = {:?}\nmanaged_dir = {:?}\n\
-             state_dir = {:?}\nreload_command = \"kill -HUP {}\"\n\n\
+             state_dir = {:?}\nreload_command = \"kill -HUP {}\"\nlogin_socket = \"\"\n\n\
              [sync]\nwait_seconds = 1\nmax_backoff_seconds = 1\n",
             server.addr,
             server.ca,

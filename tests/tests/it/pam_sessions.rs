@@ -1273,3 +1273,53 @@ fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named()
     );
     assert!(err.contains("gateway gw1 did not pick up"), "{err}");
 }
+
+/// The web UI's Terminate button (in a real browser) ends a live session:
+/// the person's ssh client is disconnected, as with the CLI's terminate.
+#[test]
+fn an_admin_terminates_a_live_session_from_the_web_ui_and_the_ssh_client_is_disconnected() {
+    use gatepass_tests::browser::Browser;
+    let pam = Pam::start();
+    let _sshd = key_account(&pam);
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let asked = rt.block_on(async {
+        let b = Browser::start().await;
+        b.goto(&format!("{}/ui/login", pam.server.addr)).await;
+        b.fill("#token", &pam.server.token).await;
+        b.click("#token-submit").await;
+        b.goto(&format!("{}/ui/sessions?state=active", pam.server.addr))
+            .await;
+        assert!(
+            b.exists(&format!("#session-{id}")).await,
+            "{}",
+            b.source().await
+        );
+        b.screenshot("sessions-live").await;
+        b.click(&format!("#terminate-{id}")).await;
+        let asked = Instant::now();
+        b.close().await;
+        asked
+    });
+    let status = wait_exit(&mut live, Duration::from_secs(5));
+    assert!(!status.success());
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "closed {:?} after terminate",
+        asked.elapsed()
+    );
+    let s = pam.session(&id);
+    assert_eq!(s["end_reason"], "terminated", "{s}");
+    // The audit trail has the terminate, made through the UI as root.
+    assert!(
+        pam.audit()
+            .lines()
+            .any(|l| l.contains(&format!("pam/sessions/{id}/terminate"))),
+        "no audit event for the terminate"
+    );
+}

@@ -1,0 +1,374 @@
+//! Asking through hostd: the login check's fast path.
+//!
+//! Every login attempt runs in a fresh process (sshd's per-connection
+//! child, pamtester, pam_exec's helper), so a client of its own always
+//! starts cold: a new TCP connection and a full TLS handshake per attempt.
+//! hostd runs all the time; it answers on a unix socket
+//! ([`DEFAULT_SOCKET`], root only) and keeps a [`Client`] per
+//! [`Transport`] with its connections to the servers open, the way
+//! kanidm's PAM module asks its unixd. The caller sends its transport (the
+//! servers, mount, pinned CAs and token from its own configuration, the
+//! files already read) with the OTP and its time budget; hostd asks the
+//! servers exactly as [`Client::verify`] would and sends back the
+//! [`Verified`]. The caller then makes every check on the answer itself
+//! (user, addresses, role) and writes the log line.
+//!
+//! The caller sends the OTP only to a socket whose listener is root's
+//! (SO_PEERCRED), and hostd answers only root (the same check on its
+//! side). When hostd is not there (no socket, nobody listening, a listener
+//! that is not root, an answer saying it did not ask) the request never
+//! left: [`LoginVerifier`] asks the servers directly within the same
+//! budget. When hostd took the request and no answer came back, the OTP
+//! may have been used: the servers are still asked with what is left of
+//! the budget, and a refusal then says so, as after a server's lost answer.
+//!
+//! Protocol: one JSON line each way ([`Request`], [`Reply`]) on a new
+//! connection per attempt.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::client::{Client, Failure, Transport, Verified, Via};
+use crate::verify::OtpServer;
+
+/// Where hostd listens and the login check looks first.
+pub const DEFAULT_SOCKET: &str = "/run/gatepass/hostd.sock";
+/// The longest line either side reads; a transport with its CA files is a
+/// few kilobytes.
+pub const MAX_LINE: u64 = 1024 * 1024;
+/// How much longer than the budget the caller waits for hostd's answer:
+/// hostd's own bound ends at the budget, its answer takes a moment more.
+const ANSWER_SLACK: Duration = Duration::from_millis(250);
+
+/// What the login check asks hostd.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub transport: Transport,
+    pub otp: String,
+    /// How long hostd may take, all servers together.
+    pub budget_ms: u64,
+}
+
+/// hostd's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// It asked the servers: what they said.
+    Verified(Verified),
+    /// It did not ask them (a request it cannot read, a peer that is not
+    /// root, a transport it cannot build); the OTP was not sent anywhere.
+    NotAsked(String),
+}
+
+/// How asking hostd went.
+#[derive(Debug)]
+pub enum Reach {
+    /// hostd asked the servers.
+    Answered(Verified),
+    /// The request never reached a server through hostd: ask directly.
+    NotAsked(String),
+    /// hostd took the request and no answer came back: a server may have
+    /// used the OTP.
+    Lost(String),
+}
+
+/// Sends `otp` to hostd at `socket` and waits for its answer until
+/// `deadline` (plus a little).
+pub fn ask(socket: &Path, transport: &Transport, otp: &str, deadline: Instant) -> Reach {
+    let at = socket.display();
+    let stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => return Reach::NotAsked(format!("{at}: {e}")),
+    };
+    // The OTP goes only to root's hostd, never to whoever managed to
+    // listen there.
+    match peer_uid(&stream) {
+        Ok(0) => {}
+        Ok(uid) => return Reach::NotAsked(format!("{at}: served by uid {uid}, not root")),
+        Err(e) => return Reach::NotAsked(format!("{at}: {e}")),
+    }
+    let budget = deadline.saturating_duration_since(Instant::now());
+    if budget.is_zero() {
+        return Reach::NotAsked(format!("{at}: no time left"));
+    }
+    let request = Request {
+        transport: transport.clone(),
+        otp: otp.to_string(),
+        budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+    };
+    let line = match serde_json::to_vec(&request) {
+        Ok(mut l) => {
+            l.push(b'\n');
+            Zeroizing::new(l)
+        }
+        Err(e) => return Reach::NotAsked(format!("{at}: request: {e}")),
+    };
+    drop(request);
+    // A write that does not complete may still have handed hostd the OTP.
+    if let Err(e) = stream
+        .set_write_timeout(Some(budget))
+        .and_then(|()| send_all(&stream, &line))
+    {
+        return Reach::Lost(format!("{at}: sending: {e}"));
+    }
+    let wait = budget + ANSWER_SLACK;
+    let mut answer = Vec::new();
+    let read = stream.set_read_timeout(Some(wait)).and_then(|()| {
+        BufReader::new(&stream)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut answer)
+    });
+    match read {
+        Ok(_) if answer.ends_with(b"\n") => {}
+        Ok(_) => {
+            return Reach::Lost(format!(
+                "{at}: hostd closed the connection without an answer"
+            ))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            return Reach::Lost(format!(
+                "{at}: no answer from hostd within {:.1}s",
+                wait.as_secs_f64()
+            ))
+        }
+        Err(e) => return Reach::Lost(format!("{at}: reading the answer: {e}")),
+    }
+    match serde_json::from_slice::<Reply>(&answer) {
+        Ok(Reply::Verified(v)) => Reach::Answered(v),
+        Ok(Reply::NotAsked(why)) => Reach::NotAsked(format!("{at}: {why}")),
+        Err(e) => Reach::Lost(format!("{at}: unreadable answer: {e}")),
+    }
+}
+
+/// Writes all of `buf` with MSG_NOSIGNAL: inside sshd or pamtester a
+/// write to a socket hostd closed must not raise SIGPIPE, whose default
+/// action ends the process.
+fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    while !buf.is_empty() {
+        match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The uid of the process at the other end of a unix socket.
+pub fn peer_uid(stream: &UnixStream) -> Result<u32, String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    getsockopt(stream, PeerCredentials)
+        .map(|c| c.uid())
+        .map_err(|e| format!("SO_PEERCRED: {e}"))
+}
+
+/// The login check's [`OtpServer`]: hostd first when a socket is
+/// configured, the servers directly when hostd is not there.
+pub struct LoginVerifier {
+    pub transport: Transport,
+    pub timeout: Duration,
+    /// hostd's socket; `None`: always ask directly.
+    pub socket: Option<PathBuf>,
+}
+
+impl LoginVerifier {
+    /// The direct way, after hostd's `failures`.
+    fn direct(
+        &self,
+        otp: &str,
+        deadline: Instant,
+        failures: Vec<Failure>,
+        maybe_used: Option<String>,
+    ) -> Verified {
+        // Built only now: with hostd answering, no TLS state is made here.
+        match Client::new(self.transport.clone()) {
+            Ok(c) => c.verify_after(otp, deadline, failures, maybe_used),
+            Err(e) => {
+                let mut failures = failures;
+                failures.push(Failure {
+                    server: self.transport.servers.join(", "),
+                    error: e.0,
+                });
+                Verified::Unreachable(failures)
+            }
+        }
+    }
+}
+
+impl OtpServer for LoginVerifier {
+    fn verify(&self, otp: &str) -> Verified {
+        let deadline = Instant::now() + self.timeout;
+        let Some(socket) = &self.socket else {
+            return self.direct(otp, deadline, Vec::new(), None);
+        };
+        match ask(socket, &self.transport, otp, deadline) {
+            Reach::Answered(Verified::Answer { server, answer, .. }) => Verified::Answer {
+                server,
+                answer,
+                via: Via::Hostd,
+            },
+            // hostd tried every server within the budget: nothing is left.
+            Reach::Answered(unreachable) => unreachable,
+            Reach::NotAsked(_) => self.direct(otp, deadline, Vec::new(), None),
+            Reach::Lost(error) => {
+                let f = Failure {
+                    server: "hostd".into(),
+                    error,
+                };
+                let maybe_used = Some(f.to_string());
+                self.direct(otp, deadline, vec![f], maybe_used)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Answer, OtpInfo, Trust};
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    fn transport(servers: &[&str]) -> Transport {
+        Transport {
+            servers: servers.iter().map(|s| s.to_string()).collect(),
+            mount: "ssh".into(),
+            namespace: None,
+            trust: Trust::AnyCertificate,
+            tls_server_name: None,
+            token: None,
+        }
+    }
+
+    /// A stand-in for hostd that answers one connection with `reply` (none:
+    /// closes without a word) and hands back what it was asked.
+    fn fake_hostd(path: &Path, reply: Option<Reply>) -> std::thread::JoinHandle<Option<Request>> {
+        let l = UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            BufReader::new(&s).read_until(b'\n', &mut line).unwrap();
+            let req = serde_json::from_slice(&line).ok();
+            if let Some(r) = reply {
+                let mut out = serde_json::to_vec(&r).unwrap();
+                out.push(b'\n');
+                (&s).write_all(&out).unwrap();
+            }
+            req
+        })
+    }
+
+    #[test]
+    fn hostd_answers_and_the_answer_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hostd.sock");
+        let info = OtpInfo {
+            username: "root".into(),
+            ip: "127.0.0.1".into(),
+            role_name: "otp".into(),
+        };
+        let h = fake_hostd(
+            &sock,
+            Some(Reply::Verified(Verified::Answer {
+                server: "https://a".into(),
+                answer: Answer::Valid(info.clone()),
+                via: Via::Direct,
+            })),
+        );
+        let v = LoginVerifier {
+            transport: transport(&["https://a"]),
+            timeout: Duration::from_secs(2),
+            socket: Some(sock),
+        };
+        let got = v.verify("otp-1");
+        assert_eq!(
+            got,
+            Verified::Answer {
+                server: "https://a".into(),
+                answer: Answer::Valid(info),
+                via: Via::Hostd
+            }
+        );
+        let req = h.join().unwrap().unwrap();
+        assert_eq!(req.otp, "otp-1");
+        assert_eq!(req.transport, transport(&["https://a"]));
+        assert!(
+            req.budget_ms > 1000 && req.budget_ms <= 2000,
+            "{}",
+            req.budget_ms
+        );
+    }
+
+    #[test]
+    fn no_hostd_means_the_servers_are_asked_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let v = LoginVerifier {
+            transport: transport(&[&addr]),
+            timeout: Duration::from_secs(2),
+            socket: Some(dir.path().join("missing.sock")),
+        };
+        let Verified::Unreachable(f) = v.verify("otp") else {
+            panic!()
+        };
+        // Only the server: a missing hostd is no failure of its own.
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].server, addr);
+    }
+
+    #[test]
+    fn a_lost_answer_from_hostd_is_reported_and_the_servers_still_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hostd.sock");
+        let h = fake_hostd(&sock, None);
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let v = LoginVerifier {
+            transport: transport(&[&addr]),
+            timeout: Duration::from_secs(2),
+            socket: Some(sock),
+        };
+        let Verified::Unreachable(f) = v.verify("otp") else {
+            panic!()
+        };
+        assert!(h.join().unwrap().is_some());
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].server, "hostd");
+        assert!(f[0].error.contains("without an answer"), "{}", f[0]);
+        assert_eq!(f[1].server, addr);
+    }
+
+    #[test]
+    fn not_asked_falls_back_without_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hostd.sock");
+        let h = fake_hostd(&sock, Some(Reply::NotAsked("cannot read it".into())));
+        let v = LoginVerifier {
+            transport: transport(&["https://127.0.0.1:1"]),
+            timeout: Duration::from_secs(2),
+            socket: Some(sock),
+        };
+        let Verified::Unreachable(f) = v.verify("otp") else {
+            panic!()
+        };
+        assert!(h.join().unwrap().is_some());
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].server, "https://127.0.0.1:1");
+    }
+}

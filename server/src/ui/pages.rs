@@ -1,0 +1,1152 @@
+//! The UI's pages and forms. Each reads and acts through the signed-in
+//! user's [`Caller`] (the API's pipeline: audit, ACL, domain function); a
+//! template in `server/templates/` renders what it got.
+
+use askama::Template;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use gatepass_api::hosts::HostInfo;
+use gatepass_api::pam::{SessionInfo, SessionList};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{allowed, check_form, same_origin, Caller, PageError};
+use crate::auth::token::{self, NewToken};
+use crate::error::Error;
+use crate::http::Operation;
+use crate::state::{Core, State};
+
+type Page = std::result::Result<Response, PageError>;
+
+/// The longest a UI session lasts, whatever the token signed in with
+/// allows: a browser left open should not keep a session for a month.
+pub const SESSION_MAX_TTL: i64 = 8 * 3600;
+
+/// Certificates shown per page of the inventory.
+const CERTS_PER_PAGE: usize = 25;
+/// Audit events shown per page.
+const AUDIT_PER_PAGE: i64 = 100;
+
+/// What the layout (`base.html`) shows around every signed-in page.
+pub struct Nav {
+    pub user: String,
+    pub csrf: String,
+    pub version: &'static str,
+    pub here: &'static str,
+}
+
+fn nav(c: &Caller, here: &'static str) -> Nav {
+    Nav {
+        user: c.entry.display_name.clone(),
+        csrf: c.csrf.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        here,
+    }
+}
+
+fn render<T: Template>(t: &T) -> Page {
+    render_status(StatusCode::OK, t)
+}
+
+fn render_status<T: Template>(status: StatusCode, t: &T) -> Page {
+    let html = t
+        .render()
+        .map_err(|e| Error::internal(format!("template: {e}")))?;
+    Ok((status, Html(html)).into_response())
+}
+
+/// The signed-in user, or a redirect to the sign-in page.
+async fn signed_in(core: &Core, parts: &Parts) -> std::result::Result<Caller, Response> {
+    match Caller::of(core, parts).await {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(Redirect::to("/ui/login").into_response()),
+        Err(e) => Err(PageError::from(e).into_response()),
+    }
+}
+
+/// 303 to a page after a form did its work.
+fn see(to: String) -> Response {
+    Redirect::to(&to).into_response()
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    status: u16,
+    reason: &'a str,
+    message: &'a str,
+    version: &'static str,
+}
+
+pub fn error_page(status: StatusCode, message: &str) -> Response {
+    let page = ErrorPage {
+        status: status.as_u16(),
+        reason: status.canonical_reason().unwrap_or(""),
+        message,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(_) => (status, message.to_string()).into_response(),
+    }
+}
+
+// ---- sign-in and sign-out ------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct Login {
+    error: Option<String>,
+    username: String,
+    version: &'static str,
+}
+
+fn login_page(status: StatusCode, error: Option<String>, username: String) -> Page {
+    render_status(
+        status,
+        &Login {
+            error,
+            username,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+    )
+}
+
+pub async fn login_form() -> Page {
+    login_page(StatusCode::OK, None, String::new())
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    method: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// Signs in with a token (the session gets a child of it: same policies,
+/// at most [`SESSION_MAX_TTL`], revoked at sign-out or with its parent) or
+/// with userpass (the session gets the login's token, as the API's login
+/// would give it).
+pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<LoginForm>) -> Page {
+    if !same_origin(&parts) {
+        return Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: sign in from this server's sign-in page",
+        ));
+    }
+    let now = core.clock.now();
+    let made = match f.method.as_str() {
+        "token" => session_from_token(&core, &parts, f.token.trim(), now).await,
+        "userpass" => session_from_userpass(&core, &parts, &f.username, &f.password, now).await,
+        _ => Err(Error::invalid("choose how to sign in: token or userpass")),
+    };
+    match made {
+        Ok((text, ttl)) => Ok((
+            StatusCode::SEE_OTHER,
+            [
+                (header::SET_COOKIE, super::session_cookie(&core, &text, ttl)),
+                (header::LOCATION, "/ui/".to_string()),
+            ],
+        )
+            .into_response()),
+        Err(e) => {
+            core.metrics.auth_failures.inc();
+            let msg = match e {
+                Error::PermissionDenied => "sign-in failed: the token is not valid".to_string(),
+                other if crate::http::status_of(&other).is_server_error() => {
+                    return Err(other.into())
+                }
+                other => format!("sign-in failed: {}", other.public_message()),
+            };
+            // The username is given back to the form; the password and
+            // token never are.
+            login_page(StatusCode::UNAUTHORIZED, Some(msg), f.username)
+        }
+    }
+}
+
+/// The session token for a token given at sign-in, on the audit record
+/// as `ui/login/token` (the given token HMAC'd, as any request's).
+async fn session_from_token(
+    core: &Core,
+    parts: &Parts,
+    text: &str,
+    now: i64,
+) -> crate::Result<(String, i64)> {
+    let req = ui_request("ui/login/token", Some(text), parts, now)?;
+    let act = async {
+        match child_session(core, parts, text, now).await {
+            Ok((child, entry, parent)) => (
+                Some(parent),
+                Ok(crate::http::Reply::Auth(
+                    serde_json::to_value(token::auth(&child, &entry, now)).unwrap_or_default(),
+                )),
+            ),
+            Err(e) => (None, Err(e)),
+        }
+    };
+    match crate::http::audited(core, &req, act).await? {
+        crate::http::Reply::Auth(a) => token_of(&a),
+        _ => Err(Error::internal("sign-in made no session token")),
+    }
+}
+
+/// A request on the audit record for what the UI does itself.
+fn ui_request(
+    path: &str,
+    token: Option<&str>,
+    parts: &Parts,
+    now: i64,
+) -> crate::Result<crate::http::Request> {
+    Ok(crate::http::Request {
+        op: Operation::Write,
+        path: crate::path::ApiPath::parse(&format!("/v1/{path}"))
+            .map_err(|e| Error::internal(e.to_string()))?,
+        fields: crate::request::Fields::default(),
+        client_ip: super::client_ip(parts),
+        token: token.map(str::to_string),
+        wrap_ttl: None,
+        now,
+        upgrade: false,
+    })
+}
+
+/// The text and TTL of a login's token.
+fn token_of(auth: &Value) -> crate::Result<(String, i64)> {
+    let text = auth["client_token"]
+        .as_str()
+        .ok_or_else(|| Error::internal("sign-in made no session token"))?
+        .to_string();
+    Ok((text, auth["lease_duration"].as_i64().unwrap_or(0)))
+}
+
+/// A child of the token given at sign-in (its text and entry) and the
+/// parent's entry.
+async fn child_session(
+    core: &Core,
+    parts: &Parts,
+    text: &str,
+    now: i64,
+) -> crate::Result<(String, token::TokenEntry, token::TokenEntry)> {
+    let parent = token::lookup(core, text, now)
+        .await?
+        .ok_or(Error::PermissionDenied)?;
+    if parent.num_uses != 0 {
+        // A session makes many requests: it would turn a token limited to
+        // a few uses into one without a limit.
+        return Err(Error::invalid(
+            "a token limited to a number of uses cannot start a session",
+        ));
+    }
+    // The address check and the rest of what the API checks of a token.
+    let parent = token::authenticate(core, Some(text), super::client_ip(parts), now).await?;
+    let ttl = match parent.expire_time {
+        Some(e) => (e - now).clamp(0, SESSION_MAX_TTL),
+        None => SESSION_MAX_TTL,
+    };
+    let (child, entry) = token::create(
+        core,
+        NewToken {
+            policies: parent.policies.clone(),
+            no_default_policy: true,
+            ttl: Some(ttl),
+            display_name: parent.display_name.clone(),
+            meta: parent.meta.clone(),
+            bound_cidrs: parent.bound_cidrs.clone(),
+            path: "ui/login/token".into(),
+            parent: Some(parent.clone()),
+            ..Default::default()
+        },
+        now,
+    )
+    .await?;
+    Ok((child, entry, parent))
+}
+
+async fn session_from_userpass(
+    core: &Core,
+    parts: &Parts,
+    username: &str,
+    password: &str,
+    now: i64,
+) -> crate::Result<(String, i64)> {
+    let path = crate::path::ApiPath::parse(&format!("/v1/auth/userpass/login/{}", username.trim()))
+        .map_err(|_| Error::invalid("invalid username or password"))?;
+    let req = crate::http::Request {
+        op: Operation::Write,
+        path,
+        fields: crate::request::Fields::new(
+            json!({ "password": password })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+        client_ip: super::client_ip(parts),
+        token: None,
+        wrap_ttl: None,
+        now,
+        upgrade: false,
+    };
+    match crate::http::execute(core, &req).await? {
+        crate::http::Reply::Auth(a) => token_of(&a),
+        _ => Err(Error::internal("userpass login gave no token")),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Revokes the session's token and drops the cookie.
+pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<CsrfOnly>) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let req = ui_request("ui/logout", Some(&c.token), &parts, core.clock.now())?;
+    let act = async {
+        let done = token::revoke(&core, &c.entry, false).await;
+        (
+            Some(c.entry.clone()),
+            done.map(|_| crate::http::Reply::NoContent),
+        )
+    };
+    crate::http::audited(&core, &req, act).await?;
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, super::clear_cookie()),
+            (header::LOCATION, "/ui/login".to_string()),
+        ],
+    )
+        .into_response())
+}
+
+// ---- overview ------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    nav: Nav,
+    /// None where the user's policies do not allow the read.
+    active_sessions: Option<usize>,
+    ssh_mounts: Option<Vec<MountCount>>,
+    hosts: Option<usize>,
+    /// Refused sign-ins and requests since the server started, for users
+    /// who may read the server's metrics.
+    failures: Option<u64>,
+    audit: Option<ChainStatus>,
+}
+
+struct MountCount {
+    path: String,
+    certs: Option<usize>,
+}
+
+fn keys_of(v: &Value) -> Vec<String> {
+    v["keys"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ssh mounts' paths (without the trailing slash), if the user may
+/// read the mount table.
+async fn ssh_mounts(core: &Core, c: &Caller) -> crate::Result<Option<Vec<String>>> {
+    let Some(mounts) = allowed(c.read(core, Operation::Read, "sys/mounts", json!({})).await)?
+    else {
+        return Ok(None);
+    };
+    let mut paths: Vec<String> = mounts
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v["type"] == "ssh")
+                .map(|(k, _)| k.trim_end_matches('/').to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    Ok(Some(paths))
+}
+
+pub async fn overview(AxState(core): AxState<State>, parts: Parts) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let active_sessions = allowed(
+        c.read(
+            &core,
+            Operation::List,
+            "pam/sessions",
+            json!({ "state": "active" }),
+        )
+        .await,
+    )?
+    .map(|v| keys_of(&v).len());
+    let ssh = match ssh_mounts(&core, &c).await? {
+        Some(paths) => {
+            let mut out = Vec::new();
+            for p in paths {
+                let certs = allowed(
+                    c.read(&core, Operation::List, &format!("{p}/certs"), json!({}))
+                        .await,
+                )?
+                .map(|v| keys_of(&v).len());
+                out.push(MountCount { path: p, certs });
+            }
+            Some(out)
+        }
+        None => None,
+    };
+    let hosts = allowed(c.read(&core, Operation::List, "hosts", json!({})).await)?
+        .map(|v| keys_of(&v).len());
+    let audit = allowed(
+        c.read(
+            &core,
+            Operation::Read,
+            "sys/audit-log",
+            json!({ "after": 0, "limit": 1000 }),
+        )
+        .await,
+    )?
+    .map(|v| chain_status(&core, &v));
+    let failures = if c.may(&core, Operation::Read, "sys/metrics").await {
+        Some(core.metrics.auth_failures.get())
+    } else {
+        None
+    };
+    render(&Overview {
+        nav: nav(&c, "overview"),
+        active_sessions,
+        ssh_mounts: ssh,
+        hosts,
+        failures,
+        audit,
+    })
+}
+
+/// What the audit lines read back say of the hash chain.
+pub struct ChainStatus {
+    pub checked: usize,
+    /// The first line that does not verify or does not follow its
+    /// predecessor: its database ID and why.
+    pub broken: Option<(i64, String)>,
+    /// No line carries a chain (the server writes no audit file).
+    pub unchained: bool,
+}
+
+fn chain_status(core: &Core, v: &Value) -> ChainStatus {
+    let mut status = ChainStatus {
+        checked: 0,
+        broken: None,
+        unchained: false,
+    };
+    let mut prev: Option<crate::audit::ChainLink> = None;
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let mut any_chained = false;
+    for e in &events {
+        let id = e["id"].as_i64().unwrap_or(0);
+        let line = e["line"].as_str().unwrap_or("");
+        let has_chain = serde_json::from_str::<Value>(line)
+            .map(|l| l.get("mac").is_some())
+            .unwrap_or(false);
+        if !has_chain {
+            continue;
+        }
+        any_chained = true;
+        status.checked += 1;
+        match crate::audit::verify_line(line, &core.audit_key) {
+            Ok(link) => {
+                if let Some(p) = &prev {
+                    if link.seq == p.seq + 1 && link.prev != p.mac {
+                        status.broken =
+                            Some((id, "does not follow the line before it".to_string()));
+                        break;
+                    }
+                }
+                prev = Some(link);
+            }
+            Err((_, why)) => {
+                status.broken = Some((id, why));
+                break;
+            }
+        }
+    }
+    status.unchained = !any_chained;
+    status
+}
+
+// ---- SSH CAs ---------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "ssh.html")]
+struct Ssh {
+    nav: Nav,
+    mounts: Option<Vec<SshMount>>,
+}
+
+struct SshMount {
+    path: String,
+    public_keys: Vec<String>,
+    roles: Option<Vec<RoleView>>,
+}
+
+struct RoleView {
+    name: String,
+    key_type: String,
+    allowed_users: String,
+    ttl: String,
+    max_ttl: String,
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn ssh(AxState(core): AxState<State>, parts: Parts) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let mounts = match ssh_mounts(&core, &c).await? {
+        None => None,
+        Some(paths) => {
+            let mut out = Vec::new();
+            for p in paths {
+                // Public by design (hosts fetch it without a token); a
+                // mount with no CA key yet answers 4xx.
+                let public_keys = c
+                    .read(
+                        &core,
+                        Operation::Read,
+                        &format!("{p}/public_key"),
+                        json!({}),
+                    )
+                    .await
+                    .map(|v| {
+                        text_of(&v)
+                            .lines()
+                            .map(str::to_string)
+                            .filter(|l| !l.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let roles = match allowed(
+                    c.read(&core, Operation::List, &format!("{p}/roles"), json!({}))
+                        .await,
+                )? {
+                    None => None,
+                    Some(v) => {
+                        let mut roles = Vec::new();
+                        for name in keys_of(&v) {
+                            let r = allowed(
+                                c.read(
+                                    &core,
+                                    Operation::Read,
+                                    &format!("{p}/roles/{name}"),
+                                    json!({}),
+                                )
+                                .await,
+                            )?
+                            .unwrap_or(Value::Null);
+                            roles.push(RoleView {
+                                name,
+                                key_type: text_of(&r["key_type"]),
+                                allowed_users: text_of(&r["allowed_users"]),
+                                ttl: text_of(&r["ttl"]),
+                                max_ttl: text_of(&r["max_ttl"]),
+                            });
+                        }
+                        Some(roles)
+                    }
+                };
+                out.push(SshMount {
+                    path: p,
+                    public_keys,
+                    roles,
+                });
+            }
+            Some(out)
+        }
+    };
+    render(&Ssh {
+        nav: nav(&c, "ssh"),
+        mounts,
+    })
+}
+
+// ---- certificate inventory -------------------------------------------------
+
+#[derive(Deserialize)]
+pub struct CertQuery {
+    #[serde(default)]
+    mount: String,
+    /// A serial number, key ID (part of) or principal.
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    page: usize,
+}
+
+#[derive(Template)]
+#[template(path = "certs.html")]
+struct Certs {
+    nav: Nav,
+    mounts: Vec<String>,
+    mount: String,
+    q: String,
+    page: usize,
+    next: Option<usize>,
+    prev: Option<usize>,
+    total: usize,
+    certs: Vec<CertView>,
+    can_revoke: bool,
+}
+
+struct CertView {
+    serial: String,
+    key_id: String,
+    principals: String,
+    cert_type: String,
+    valid_after: String,
+    valid_before: String,
+    role: String,
+    requested_by: String,
+    revoked: bool,
+}
+
+fn cert_view(v: &Value) -> CertView {
+    CertView {
+        serial: text_of(&v["serial_number"]),
+        key_id: text_of(&v["key_id"]),
+        principals: v["valid_principals"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default(),
+        cert_type: text_of(&v["cert_type"]),
+        valid_after: text_of(&v["valid_after"]),
+        valid_before: text_of(&v["valid_before"]),
+        role: text_of(&v["role"]),
+        requested_by: text_of(&v["requested_by"]),
+        revoked: v["revoked"].as_bool().unwrap_or(false),
+    }
+}
+
+fn matches_query(c: &CertView, q: &str) -> bool {
+    let q = q.trim();
+    q.is_empty()
+        || c.serial.eq_ignore_ascii_case(q)
+        || c.key_id.contains(q)
+        || c.principals.split(", ").any(|p| p == q)
+}
+
+pub async fn certs(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Query(query): Query<CertQuery>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let mounts = ssh_mounts(&core, &c).await?.unwrap_or_default();
+    let mount = if query.mount.is_empty() {
+        mounts.first().cloned().unwrap_or_default()
+    } else {
+        query.mount.clone()
+    };
+    let mut views = Vec::new();
+    let mut total = 0;
+    let mut next = None;
+    if !mount.is_empty() {
+        let listed = c
+            .read(&core, Operation::List, &format!("{mount}/certs"), json!({}))
+            .await?;
+        // Highest serial first: a server numbers its certificates from a
+        // counter, so on one server that is newest first.
+        let mut serials = keys_of(&listed);
+        serials.reverse();
+        let q = query.q.trim();
+        let start = query.page * CERTS_PER_PAGE;
+        let read = |serial: String| {
+            let c = &c;
+            let core = &core;
+            let mount = &mount;
+            async move {
+                c.read(
+                    core,
+                    Operation::Read,
+                    &format!("{mount}/certs/{serial}"),
+                    json!({}),
+                )
+                .await
+            }
+        };
+        if q.is_empty() {
+            total = serials.len();
+            for s in serials.iter().skip(start).take(CERTS_PER_PAGE) {
+                views.push(cert_view(&read(s.clone()).await?));
+            }
+        } else if let Some(s) = serials.iter().find(|s| s.eq_ignore_ascii_case(q)) {
+            total = 1;
+            views.push(cert_view(&read(s.clone()).await?));
+        } else {
+            // Key IDs and principals are inside the records: each is read.
+            let mut found = Vec::new();
+            for s in &serials {
+                let v = cert_view(&read(s.clone()).await?);
+                if matches_query(&v, q) {
+                    found.push(v);
+                }
+            }
+            total = found.len();
+            views = found.into_iter().skip(start).take(CERTS_PER_PAGE).collect();
+        }
+        if start + CERTS_PER_PAGE < total {
+            next = Some(query.page + 1);
+        }
+    }
+    let can_revoke = !mount.is_empty()
+        && c.may(&core, Operation::Write, &format!("{mount}/revoke"))
+            .await;
+    render(&Certs {
+        nav: nav(&c, "certs"),
+        mounts,
+        mount,
+        q: query.q.clone(),
+        page: query.page,
+        prev: query.page.checked_sub(1),
+        next,
+        total,
+        certs: views,
+        can_revoke,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RevokeForm {
+    #[serde(default)]
+    csrf: String,
+    mount: String,
+    serial: String,
+}
+
+/// The API's `<mount>/revoke` with the serial number: the certificate is
+/// marked revoked and the mount's KRL lists it.
+pub async fn revoke(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Form(f): Form<RevokeForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    c.call(
+        &core,
+        Operation::Write,
+        &format!("{}/revoke", f.mount),
+        json!({ "serial_number": f.serial }),
+    )
+    .await?;
+    Ok(see(format!(
+        "/ui/certs?mount={}&q={}",
+        urlencode(&f.mount),
+        urlencode(&f.serial)
+    )))
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_string())
+        .unwrap_or_default()
+}
+
+// ---- PAM sessions ------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub struct SessionQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    resource: String,
+    #[serde(default)]
+    user: String,
+}
+
+#[derive(Template)]
+#[template(path = "sessions.html")]
+struct Sessions {
+    nav: Nav,
+    filter: SessionQuery,
+    states: &'static [&'static str],
+    sessions: Option<Vec<SessionRow>>,
+}
+
+struct SessionRow {
+    info: SessionInfo,
+    state: String,
+    can_terminate: bool,
+}
+
+pub async fn sessions(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Query(filter): Query<SessionQuery>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let listed = allowed(
+        c.read(
+            &core,
+            Operation::List,
+            "pam/sessions",
+            json!({ "state": filter.state, "resource": filter.resource, "user": filter.user }),
+        )
+        .await,
+    )?;
+    let sessions = match listed {
+        None => None,
+        Some(v) => {
+            let list: SessionList = serde_json::from_value(v).unwrap_or_default();
+            let mut rows = Vec::new();
+            for id in &list.keys {
+                let Some(info) = list.key_info.get(id) else {
+                    continue;
+                };
+                let state = serde_json::to_value(info.state)
+                    .map(|v| text_of(&v))
+                    .unwrap_or_default();
+                let open = matches!(state.as_str(), "pending" | "active");
+                let can_terminate = open
+                    && c.may(
+                        &core,
+                        Operation::Write,
+                        &format!("pam/sessions/{id}/terminate"),
+                    )
+                    .await;
+                rows.push(SessionRow {
+                    info: info.clone(),
+                    state,
+                    can_terminate,
+                });
+            }
+            Some(rows)
+        }
+    };
+    render(&Sessions {
+        nav: nav(&c, "sessions"),
+        filter,
+        states: &["", "pending", "active", "ended"],
+        sessions,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct TerminateForm {
+    #[serde(default)]
+    csrf: String,
+    id: String,
+}
+
+/// The API's `pam/sessions/<id>/terminate`: the gateway closes the
+/// session's connections.
+pub async fn terminate(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Form(f): Form<TerminateForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    c.call(
+        &core,
+        Operation::Write,
+        &format!("pam/sessions/{}/terminate", f.id),
+        json!({}),
+    )
+    .await?;
+    Ok(see("/ui/sessions".to_string()))
+}
+
+// ---- hosts -------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "hosts.html")]
+struct Hosts {
+    nav: Nav,
+    hosts: Option<Vec<HostInfo>>,
+    mappings: Option<Vec<String>>,
+}
+
+pub async fn hosts(AxState(core): AxState<State>, parts: Parts) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let hosts = match allowed(c.read(&core, Operation::List, "hosts", json!({})).await)? {
+        None => None,
+        Some(v) => {
+            let mut out = Vec::new();
+            for id in keys_of(&v) {
+                if let Some(h) = allowed(
+                    c.read(&core, Operation::Read, &format!("hosts/{id}"), json!({}))
+                        .await,
+                )? {
+                    if let Ok(info) = serde_json::from_value::<HostInfo>(h) {
+                        out.push(info);
+                    }
+                }
+            }
+            Some(out)
+        }
+    };
+    let mappings = allowed(
+        c.read(&core, Operation::List, "hosts/mappings", json!({}))
+            .await,
+    )?
+    .map(|v| keys_of(&v));
+    render(&Hosts {
+        nav: nav(&c, "hosts"),
+        hosts,
+        mappings,
+    })
+}
+
+// ---- audit -------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+pub struct AuditQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    actor: String,
+    #[serde(default)]
+    status: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct Audit {
+    nav: Nav,
+    filter: AuditQuery,
+    events: Option<Vec<AuditRow>>,
+    next: Option<i64>,
+    chain: Option<ChainStatus>,
+}
+
+struct AuditRow {
+    id: i64,
+    time: String,
+    kind: String,
+    operation: String,
+    path: String,
+    actor: String,
+    status: String,
+    /// The whole event, pretty-printed (secrets in it are HMACs).
+    detail: String,
+}
+
+pub async fn audit(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Query(filter): Query<AuditQuery>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let got = allowed(
+        c.read(
+            &core,
+            Operation::Read,
+            "sys/audit-log",
+            json!({ "after": filter.after.max(0), "limit": AUDIT_PER_PAGE }),
+        )
+        .await,
+    )?;
+    let mut next = None;
+    let chain = got.as_ref().map(|v| chain_status(&core, v));
+    let events = got.map(|v| {
+        let all = v["events"].as_array().cloned().unwrap_or_default();
+        if all.len() as i64 == AUDIT_PER_PAGE {
+            next = all.last().and_then(|e| e["id"].as_i64());
+        }
+        all.iter()
+            .filter_map(|e| {
+                let id = e["id"].as_i64()?;
+                let ev: Value = serde_json::from_str(e["line"].as_str()?).ok()?;
+                let row = AuditRow {
+                    id,
+                    time: text_of(&ev["time"]),
+                    kind: text_of(&ev["type"]),
+                    operation: text_of(&ev["request"]["operation"]),
+                    path: text_of(&ev["request"]["path"]),
+                    actor: text_of(&ev["auth"]["display_name"]),
+                    status: text_of(&ev["status"]),
+                    detail: serde_json::to_string_pretty(&ev).unwrap_or_default(),
+                };
+                let keep = row.path.contains(filter.path.trim())
+                    && row.actor.contains(filter.actor.trim())
+                    && (filter.status.trim().is_empty() || row.status == filter.status.trim());
+                keep.then_some(row)
+            })
+            .collect()
+    });
+    render(&Audit {
+        nav: nav(&c, "audit"),
+        filter,
+        events,
+        next,
+        chain,
+    })
+}
+
+// ---- policies ----------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "policies.html")]
+struct Policies {
+    nav: Nav,
+    names: Option<Vec<String>>,
+}
+
+pub async fn policies(AxState(core): AxState<State>, parts: Parts) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let names = allowed(
+        c.read(&core, Operation::List, "sys/policies/acl", json!({}))
+            .await,
+    )?
+    .map(|v| keys_of(&v));
+    render(&Policies {
+        nav: nav(&c, "policies"),
+        names,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "policy.html")]
+struct PolicyPage {
+    nav: Nav,
+    name: String,
+    text: String,
+    can_edit: bool,
+    error: Option<String>,
+    saved: bool,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Saved {
+    #[serde(default)]
+    saved: bool,
+}
+
+pub async fn policy(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(name): Path<String>,
+    Query(saved): Query<Saved>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let path = format!("sys/policies/acl/{name}");
+    let v = c.read(&core, Operation::Read, &path, json!({})).await?;
+    if v.is_null() {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("no policy named {name:?}"),
+        ));
+    }
+    let can_edit = c.may(&core, Operation::Write, &path).await;
+    render(&PolicyPage {
+        nav: nav(&c, "policies"),
+        text: text_of(&v["policy"]),
+        name,
+        can_edit,
+        error: None,
+        saved: saved.saved,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct PolicyForm {
+    #[serde(default)]
+    csrf: String,
+    policy: String,
+}
+
+/// Saves a policy through `sys/policies/acl/<name>`, which parses it first:
+/// a policy that does not parse is shown again with the parser's message.
+pub async fn save_policy(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(name): Path<String>,
+    Form(f): Form<PolicyForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let path = format!("sys/policies/acl/{name}");
+    match c
+        .call(
+            &core,
+            Operation::Write,
+            &path,
+            json!({ "policy": f.policy }),
+        )
+        .await
+    {
+        Ok(_) => Ok(see(format!("/ui/policies/{}?saved=true", urlencode(&name)))),
+        Err(Error::InvalidRequest(msg)) => render_status(
+            StatusCode::BAD_REQUEST,
+            &PolicyPage {
+                nav: nav(&c, "policies"),
+                name,
+                text: f.policy,
+                can_edit: true,
+                error: Some(msg),
+                saved: false,
+            },
+        ),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,742 @@
+//! The web UI (`/ui/`) of a real `gatepass-server dev`, driven by a real
+//! browser (headless Chromium through chromedriver, `gatepass_tests::browser`)
+//! and by a plain HTTP client where the test is about what goes over the
+//! wire: headers, cookie flags, CSRF and origin checks, secrets in pages.
+//!
+//! Every run saves a screenshot of each main page into
+//! `target/ui-screenshots/` (README, "Web UI").
+
+use std::time::Duration;
+
+use gatepass_tests::browser::{self, Browser};
+use gatepass_tests::ssh::{keypair, krl_revokes, write};
+use gatepass_tests::DevServer;
+use reqwest::header::{HeaderMap, ORIGIN, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const USER_PASSWORD: &str = "correct-horse-ui-password-7";
+
+/// A policy that can browse the inventory but not revoke.
+const AUDITOR_POLICY: &str = r#"
+path "sys/mounts" { capabilities = ["read"] }
+path "ssh/certs" { capabilities = ["list"] }
+path "ssh/certs/*" { capabilities = ["read"] }
+path "ssh/roles" { capabilities = ["list"] }
+path "ssh/revoke" { capabilities = ["deny"] }
+"#;
+
+/// The pages of the UI, by name (for screenshots) and path.
+const PAGES: &[(&str, &str)] = &[
+    ("overview", "/ui/"),
+    ("ssh-cas", "/ui/ssh"),
+    ("certificates", "/ui/certs?mount=ssh"),
+    ("sessions", "/ui/sessions"),
+    ("hosts", "/ui/hosts"),
+    ("audit", "/ui/audit"),
+    ("policies", "/ui/policies"),
+    ("policy", "/ui/policies/auditor"),
+];
+
+struct Ui {
+    dev: DevServer,
+    http: reqwest::Client,
+    /// `https://127.0.0.1:PORT`
+    base: String,
+    dir: tempfile::TempDir,
+    /// Secrets of the enrolled host `web1`: its join token and host token.
+    host_secrets: [String; 2],
+}
+
+/// A signed-in session as a plain client holds it.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+impl Ui {
+    /// A dev server with an SSH CA, a role, one signed certificate, a
+    /// userpass user with the auditor policy.
+    async fn start() -> (Ui, String) {
+        let dev = DevServer::start();
+        let pem = std::fs::read(&dev.cacert).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut ui = Ui {
+            base: dev.addr.trim_end_matches('/').to_string(),
+            dev,
+            http,
+            dir: tempfile::tempdir().unwrap(),
+            host_secrets: Default::default(),
+        };
+        ui.root("POST", "ssh/config/ca", json!({})).await;
+        ui.root(
+            "POST",
+            "ssh/roles/ops",
+            json!({"key_type": "ca", "allow_user_certificates": true, "allow_user_key_ids": true, "allowed_users": "*", "ttl": "1h"}),
+        )
+        .await;
+        ui.root(
+            "POST",
+            "sys/policies/acl/auditor",
+            json!({ "policy": AUDITOR_POLICY }),
+        )
+        .await;
+        ui.root(
+            "POST",
+            "auth/userpass/users/alice",
+            json!({ "password": USER_PASSWORD, "token_policies": "auditor" }),
+        )
+        .await;
+        let cert = ui.sign("deploy-key").await;
+        // One enrolled host, for the hosts page.
+        let join = ui.root("POST", "hosts/join-tokens", json!({})).await["data"]["join_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (_, host_key) = keypair(ui.dir.path(), "web1_host", "ed25519", None);
+        let (st, enrolled) = ui
+            .api(
+                "",
+                "POST",
+                "hosts/enroll",
+                json!({ "join_token": join, "hostname": "web1", "addresses": "10.0.0.5", "host_keys": [host_key.trim()] }),
+            )
+            .await;
+        assert!(st.is_success(), "enroll: {enrolled}");
+        let host_token = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+        ui.host_secrets = [join, host_token];
+        (ui, cert)
+    }
+
+    async fn api(&self, token: &str, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let url = format!("{}/v1/{path}", self.base);
+        let r = self
+            .http
+            .request(method.parse().unwrap(), url)
+            .header("x-vault-token", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status();
+        let text = r.text().await.unwrap();
+        (
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn root(&self, method: &str, path: &str, body: Value) -> Value {
+        let (st, v) = self.api(&self.dev.token, method, path, body).await;
+        assert!(st.is_success(), "{method} {path}: {st} {v}");
+        v
+    }
+
+    /// A certificate for a new key with this key ID; its OpenSSH text.
+    async fn sign(&self, key_id: &str) -> String {
+        let (_, public) = keypair(self.dir.path(), key_id, "ed25519", None);
+        let v = self
+            .root(
+                "POST",
+                "ssh/sign/ops",
+                json!({ "public_key": public, "key_id": key_id, "valid_principals": "deploy" }),
+            )
+            .await;
+        v["data"]["signed_key"].as_str().unwrap().to_string()
+    }
+
+    fn serial_of(&self, cert: &str) -> String {
+        let path = write(self.dir.path(), "c-cert.pub", cert, 0o644);
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-Lf")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let serial: u64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Serial: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        format!("{serial:016x}")
+    }
+
+    async fn krl(&self) -> Vec<u8> {
+        self.http
+            .get(format!("{}/v1/ssh/krl", self.base))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Signs in over plain HTTP with a form, as the browser would post it.
+    async fn sign_in(&self, form: &[(&str, &str)]) -> (Session, HeaderMap) {
+        let r = self
+            .http
+            .post(self.url("/ui/login"))
+            .header(ORIGIN, &self.base)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::SEE_OTHER, "sign-in answered");
+        let headers = r.headers().clone();
+        let set = headers
+            .get(SET_COOKIE)
+            .expect("a session cookie")
+            .to_str()
+            .unwrap()
+            .to_string();
+        let cookie = set.split(';').next().unwrap().to_string();
+        let page = self.get(&cookie, "/ui/").await.2;
+        let csrf = csrf_of(&page);
+        (Session { cookie, csrf }, headers)
+    }
+
+    async fn get(&self, cookie: &str, path: &str) -> (StatusCode, HeaderMap, String) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let (st, h) = (r.status(), r.headers().clone());
+        (st, h, r.text().await.unwrap())
+    }
+
+    async fn post(
+        &self,
+        cookie: &str,
+        origin: Option<&str>,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let mut rb = self
+            .http
+            .post(self.url(path))
+            .header("cookie", cookie)
+            .form(form);
+        if let Some(o) = origin {
+            rb = rb.header(ORIGIN, o);
+        }
+        let r = rb.send().await.unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn revoked(&self, serial: &str) -> bool {
+        self.root("GET", &format!("ssh/certs/{serial}"), json!({}))
+            .await["data"]["revoked"]
+            .as_bool()
+            .unwrap()
+    }
+}
+
+/// Another site (plain HTTP on another port) with a form that posts to
+/// the UI: what a cross-site request forgery would send. Its URL.
+async fn evil_site(target: &str, serial: &str) -> String {
+    let page = format!(
+        "<!DOCTYPE html><html><body><form method=\"post\" action=\"{target}\">\
+         <input type=\"hidden\" name=\"mount\" value=\"ssh\">\
+         <input type=\"hidden\" name=\"serial\" value=\"{serial}\">\
+         <button id=\"go\" type=\"submit\">Win a prize</button></form></body></html>"
+    );
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || async move { axum::response::Html(page) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/")
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a CSRF field in the page");
+    let rest = &page[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+async fn browser_sign_in_with_token(b: &Browser, ui: &Ui, token: &str) {
+    b.goto(&ui.url("/ui/")).await;
+    // Not signed in: the sign-in page.
+    assert!(b.exists("#token-form").await, "{}", b.source().await);
+    b.screenshot("sign-in").await;
+    b.fill("#token", token).await;
+    b.click("#token-submit").await;
+    assert!(
+        b.text("#signed-in-as").await.contains("root"),
+        "{}",
+        b.source().await
+    );
+}
+
+#[tokio::test]
+async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_then_lists() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let b = Browser::start().await;
+    browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
+
+    // Every main page renders for the admin, and is saved for readers.
+    for (name, path) in PAGES {
+        b.goto(&ui.url(path)).await;
+        let html = b.source().await;
+        assert!(
+            html.contains("Signed in as"),
+            "{path} did not render: {html}"
+        );
+        b.screenshot(name).await;
+    }
+
+    // A page of another site, open in the same browser, posts the revoke
+    // form: the browser sends no session cookie with it (SameSite=Strict)
+    // and the server would refuse its origin anyway.
+    let evil = evil_site(&ui.url("/ui/certs/revoke"), &serial).await;
+    b.goto(&evil).await;
+    b.click("#go").await;
+    assert!(
+        b.exists("#token-form").await || b.exists("#error-message").await,
+        "{}",
+        b.source().await
+    );
+    assert!(!ui.revoked(&serial).await, "a cross-site post revoked it");
+
+    // The vendored htmx loads under the CSP (the sessions page refreshes
+    // its table with it).
+    b.goto(&ui.url("/ui/sessions")).await;
+    let kind = b
+        .client
+        .execute("return typeof window.htmx;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(kind, json!("object"), "htmx did not load");
+
+    // The inventory finds the certificate by key ID, and revokes it.
+    b.goto(&ui.url("/ui/certs?mount=ssh")).await;
+    b.fill("#q", "deploy-key").await;
+    b.click("form.filters button").await;
+    assert!(b.text("#cert-count").await.starts_with("1 certificate"));
+    assert!(!krl_revokes(ui.dir.path(), &ui.krl().await, &cert));
+    b.click(&format!("#revoke-{serial}")).await;
+    assert_eq!(b.text(&format!("#cert-{serial} .revoked")).await, "revoked");
+    b.screenshot("certificate-revoked").await;
+    assert!(ui.revoked(&serial).await);
+    assert!(
+        krl_revokes(ui.dir.path(), &ui.krl().await, &cert),
+        "ssh-keygen -Q does not find the revoked certificate in the KRL"
+    );
+
+    // Sign-out revokes the session: the sign-in page again, and the audit
+    // trail has the revocation under the admin's name.
+    b.click(".signout button").await;
+    assert!(b.exists("#token-form").await);
+    b.goto(&ui.url("/ui/audit?path=ssh/revoke")).await;
+    assert!(
+        b.exists("#token-form").await,
+        "still signed in after sign-out"
+    );
+    b.close().await;
+}
+
+#[tokio::test]
+async fn a_user_whose_policy_denies_revoking_gets_no_revoke_button_and_a_403_for_the_post() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let b = Browser::start().await;
+    b.goto(&ui.url("/ui/login")).await;
+    b.fill("#username", "alice").await;
+    b.fill("#password", USER_PASSWORD).await;
+    b.click("#userpass-submit").await;
+    assert!(b.text("#signed-in-as").await.contains("alice"));
+    b.goto(&ui.url("/ui/certs?mount=ssh")).await;
+    // Alice sees the certificate but is offered no revoke.
+    assert!(b.exists(&format!("#cert-{serial}")).await);
+    assert!(!b.exists(&format!("#revoke-{serial}")).await);
+    assert!(!b.exists("button.danger").await);
+    b.screenshot("certificates-read-only").await;
+    // What her policies deny elsewhere is said in place.
+    b.goto(&ui.url("/ui/hosts")).await;
+    assert!(b.text("p.denied").await.contains("do not allow"));
+    b.close().await;
+
+    // The form posted anyway, with her session and its valid CSRF token:
+    // 403, and the certificate stays valid.
+    let (s, _) = ui
+        .sign_in(&[
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", USER_PASSWORD),
+        ])
+        .await;
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/certs/revoke",
+            &[("csrf", &s.csrf), ("mount", "ssh"), ("serial", &serial)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("permission denied"), "{page}");
+    assert!(!ui.revoked(&serial).await);
+}
+
+#[tokio::test]
+async fn forged_cross_site_form_posts_are_refused() {
+    let (ui, cert) = Ui::start().await;
+    let serial = ui.serial_of(&cert);
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    // No CSRF token, a wrong one, and the right one from a foreign origin.
+    let base = ui.base.clone();
+    for (origin, csrf) in [
+        (Some(base.as_str()), ""),
+        (Some(base.as_str()), "00ff"),
+        (Some("https://evil.example"), s.csrf.as_str()),
+        (None, "deadbeef"),
+    ] {
+        let f = [
+            ("csrf", csrf),
+            ("mount", "ssh"),
+            ("serial", serial.as_str()),
+        ];
+        let (st, page) = ui.post(&s.cookie, origin, "/ui/certs/revoke", &f).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{origin:?} {csrf:?}: {page}");
+        assert!(!ui.revoked(&serial).await, "{origin:?} {csrf:?} revoked it");
+    }
+    // Sign-in from another site is refused too.
+    let r = ui
+        .http
+        .post(ui.url("/ui/login"))
+        .header(ORIGIN, "https://evil.example")
+        .form(&[("method", "token"), ("token", ui.dev.token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    // The same form from this server's page works.
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/certs/revoke",
+            &[("csrf", &s.csrf), ("mount", "ssh"), ("serial", &serial)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert!(ui.revoked(&serial).await);
+}
+
+#[tokio::test]
+async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
+    let (ui, _) = Ui::start().await;
+    // Secrets of the setup: a user's token, an OTP, a private key.
+    let user_token = ui
+        .root(
+            "POST",
+            "auth/token/create",
+            json!({ "policies": "auditor", "display_name": "bob" }),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ui.root(
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "deploy", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let otp = ui
+        .root("POST", "ssh/creds/otp", json!({ "ip": "10.1.2.3" }))
+        .await["data"]["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let issued = ui
+        .root(
+            "POST",
+            "ssh/issue/ops",
+            json!({ "valid_principals": "deploy" }),
+        )
+        .await;
+    let private_key = issued["data"]["private_key"].as_str().unwrap().to_string();
+    let private_body: String = private_key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+
+    // The vendored files are cached for long (their links carry the
+    // version); an unknown page is a 404 page with the same headers.
+    let r = ui
+        .http
+        .get(ui.url("/ui/assets/htmx.min.js?v=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age=31536000"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let r = ui.http.get(ui.url("/ui/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.headers().contains_key("content-security-policy"));
+
+    for (who, form) in [
+        (
+            "root",
+            vec![("method", "token"), ("token", ui.dev.token.as_str())],
+        ),
+        (
+            "bob",
+            vec![("method", "token"), ("token", user_token.as_str())],
+        ),
+        (
+            "alice",
+            vec![
+                ("method", "userpass"),
+                ("username", "alice"),
+                ("password", USER_PASSWORD),
+            ],
+        ),
+    ] {
+        let (s, headers) = ui.sign_in(&form).await;
+        let set = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
+        for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+            assert!(set.contains(flag), "{who}'s cookie lacks {flag}: {set}");
+        }
+        // The cookie holds no token in clear.
+        for secret in [ui.dev.token.as_str(), user_token.as_str()] {
+            assert!(!set.contains(secret), "{who}'s cookie holds a token");
+        }
+        for (_, path) in PAGES.iter().chain(&[("login", "/ui/login")]) {
+            let (st, h, html) = ui.get(&s.cookie, path).await;
+            // Bob's and Alice's policy does not let them read a policy: a
+            // 403 page, which must be as safe as the others.
+            let denied = who != "root" && path.starts_with("/ui/policies/");
+            let want = if denied {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(st, want, "{who} {path}: {html}");
+            assert_eq!(
+                h["content-security-policy"],
+                "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+                "{path}"
+            );
+            assert_eq!(h["x-frame-options"], "DENY", "{path}");
+            assert!(!html.contains("<script>"), "inline script on {path}");
+            assert!(!html.contains(" style="), "inline style on {path}");
+            for (what, secret) in [
+                ("the root token", ui.dev.token.as_str()),
+                ("the user's token", user_token.as_str()),
+                ("an OTP", otp.as_str()),
+                ("a private key", &private_body[..40]),
+                ("the user's password", USER_PASSWORD),
+                ("a host's join token", ui.host_secrets[0].as_str()),
+                ("a host's token", ui.host_secrets[1].as_str()),
+            ] {
+                assert!(!html.contains(secret), "{who} sees {what} on {path}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
+    let (ui, _) = Ui::start().await;
+    let own = ui
+        .root(
+            "POST",
+            "auth/token/create",
+            json!({ "policies": "auditor", "ttl": "1h" }),
+        )
+        .await["auth"]["client_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, headers) = ui.sign_in(&[("method", "token"), ("token", &own)]).await;
+    // The session lives no longer than the token it was made from.
+    let set = headers[SET_COOKIE].to_str().unwrap();
+    let max_age: i64 = set
+        .split("; ")
+        .find_map(|kv| kv.strip_prefix("Max-Age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(max_age > 3500 && max_age <= 3600, "{set}");
+    let (st, _, _) = ui.get(&s.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/logout",
+            &[("csrf", &s.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    // The old cookie, replayed, signs no one in any more.
+    let (st, h, _) = ui.get(&s.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/ui/login");
+    // Sign-in and sign-out are on the audit record, by whom, and the
+    // token given at sign-in is there only as an HMAC.
+    let log = ui
+        .root("GET", "sys/audit-log", json!({ "limit": 1000 }))
+        .await
+        .to_string();
+    assert!(log.contains("ui/login/token"), "sign-in not audited");
+    assert!(log.contains("ui/logout"), "sign-out not audited");
+    assert!(
+        !log.contains(&own),
+        "the token is in the audit log in clear"
+    );
+    // The token the user signed in with still works.
+    let (st, v) = ui
+        .api(&own, "GET", "auth/token/lookup-self", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    // A wrong token or password is told so, on the sign-in page.
+    for form in [
+        vec![("method", "token"), ("token", "gps.not-a-token")],
+        vec![
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", "wrong"),
+        ],
+    ] {
+        let r = ui
+            .http
+            .post(ui.url("/ui/login"))
+            .header(ORIGIN, &ui.base)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(SET_COOKIE).is_none());
+        let page = r.text().await.unwrap();
+        assert!(page.contains("sign-in failed"), "{page}");
+        assert!(!page.contains("gps.not-a-token") && !page.contains("value=\"wrong\""));
+    }
+}
+
+#[tokio::test]
+async fn a_policy_is_saved_only_once_it_parses_and_the_audit_trail_filters_by_path() {
+    let (ui, _) = Ui::start().await;
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    // A policy that does not parse: shown again with the parser's message,
+    // and the stored one is unchanged.
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/policies/auditor",
+            &[
+                ("csrf", &s.csrf),
+                ("policy", "path \"ssh/*\" { capabilities = "),
+            ],
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{page}");
+    assert!(page.contains("id=\"policy-error\""), "{page}");
+    let stored = ui.root("GET", "sys/policies/acl/auditor", json!({})).await;
+    assert_eq!(stored["data"]["policy"], AUDITOR_POLICY);
+    // A good one is saved.
+    let good = "path \"ssh/certs\" { capabilities = [\"list\"] }\n";
+    let (st, _) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/policies/auditor",
+            &[("csrf", &s.csrf), ("policy", good)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    let stored = ui.root("GET", "sys/policies/acl/auditor", json!({})).await;
+    assert_eq!(stored["data"]["policy"], good);
+    // The audit trail shows the write, filtered by its path, with the
+    // chain verified; other paths are filtered out.
+    let (st, _, page) = ui
+        .get(&s.cookie, "/ui/audit?path=sys/policies/acl/auditor")
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        page.contains("<code>sys/policies/acl/auditor</code>"),
+        "{page}"
+    );
+    assert!(!page.contains("<code>ssh/sign/ops</code>"), "{page}");
+    assert!(page.contains("Intact"), "{page}");
+}
+
+#[tokio::test]
+async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
+    let (ui, first) = Ui::start().await;
+    let first_serial = ui.serial_of(&first);
+    for i in 0..27 {
+        ui.sign(&format!("batch-{i:02}")).await;
+    }
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    let rows = |page: &str| page.matches("<tr id=\"cert-").count();
+    // 28 certificates: 25 on the first page, newest (highest serial)
+    // first, 3 on the next.
+    let (_, _, p1) = ui.get(&s.cookie, "/ui/certs?mount=ssh").await;
+    assert!(p1.contains("28 certificates"), "{p1}");
+    assert_eq!(rows(&p1), 25);
+    assert!(p1.contains("batch-26") && !p1.contains("deploy-key"));
+    assert!(p1.contains("page=1"), "no link to the next page");
+    let (_, _, p2) = ui.get(&s.cookie, "/ui/certs?mount=ssh&page=1").await;
+    assert_eq!(rows(&p2), 3);
+    assert!(p2.contains("deploy-key"));
+    // By serial, by a part of the key ID, by principal.
+    let (_, _, by_serial) = ui
+        .get(&s.cookie, &format!("/ui/certs?mount=ssh&q={first_serial}"))
+        .await;
+    assert_eq!(rows(&by_serial), 1);
+    assert!(by_serial.contains("deploy-key"));
+    let (_, _, by_key_id) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=batch-1").await;
+    assert_eq!(rows(&by_key_id), 10, "batch-10 to batch-19");
+    let (_, _, by_principal) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=deploy").await;
+    assert!(by_principal.contains("28 certificates"), "{by_principal}");
+    let (_, _, none) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=nobody").await;
+    assert_eq!(rows(&none), 0);
+}
