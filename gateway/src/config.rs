@@ -322,6 +322,21 @@ mod tests {
     }
 
     #[test]
+    fn masking_rules_are_checked_when_the_configuration_is_read() {
+        let with = |rules: &str| format!("{}\n[recording]\nmask = {rules}\n", minimal());
+        let c = Config::parse(Path::new("x"), &with(r#"["ghp_[A-Za-z0-9]{36}"]"#)).unwrap();
+        assert_eq!(c.recording.mask, vec!["ghp_[A-Za-z0-9]{36}".to_string()]);
+        assert_eq!(Config::parse(Path::new("x"), &c.to_toml()).unwrap(), c);
+        let e = Config::parse(Path::new("x"), &with(r#"["ghp_[A-Z"]"#)).unwrap_err();
+        assert!(e.to_string().contains("masking rule"), "{e}");
+        assert!(Config::parse(Path::new("x"), minimal())
+            .unwrap()
+            .recording
+            .mask
+            .is_empty());
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/gateway.toml");
         let c = Config::load(&path).unwrap();
