@@ -243,7 +243,8 @@ pub enum SessionsCommand {
     /// sends a chunk every 2 seconds by default; this asks the server every
     /// second for the chunks after those it has shown). Stops when every
     /// recording of the session has ended, or some seconds after the
-    /// session did. Needs read on `pam/sessions/<id>/recording`.
+    /// session did. Needs read on `pam/sessions/<id>` and on its
+    /// `recording`.
     #[command(after_long_help = WATCH_EXAMPLES)]
     Watch(IdArgs),
 }
