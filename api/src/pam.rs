@@ -565,6 +565,11 @@ pub struct RecordingInfo {
     /// Whether it ended with the gateway's signed end (complete) or not
     /// (cut, or still recording).
     pub complete: bool,
-    /// The events of the chunks before the first fault.
+    /// The events of the chunks before the first fault (with `after`
+    /// asked for this recording, only those of the chunks from then on).
     pub events: Vec<crate::recording::Event>,
+    /// How many chunks were opened (the events are theirs): what to ask
+    /// `after` next time to get only newer events (`watch` does).
+    #[serde(default)]
+    pub opened_chunks: u64,
 }

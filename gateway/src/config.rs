@@ -87,6 +87,12 @@ fn default_state_dir() -> PathBuf {
 pub struct RecordingConfig {
     pub chunk_kib: u64,
     pub chunk_seconds: u64,
+    /// Masking rules (regular expressions): what they match in a session's
+    /// output or input is recorded as `*`s, never sealed or stored. A
+    /// match lies within one line of at most 4 KiB (see
+    /// `recording::Masking`). None by default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mask: Vec<String>,
 }
 
 impl Default for RecordingConfig {
@@ -94,6 +100,7 @@ impl Default for RecordingConfig {
         RecordingConfig {
             chunk_kib: 64,
             chunk_seconds: 2,
+            mask: Vec::new(),
         }
     }
 }
@@ -236,6 +243,7 @@ impl Config {
         if !(1..=300).contains(&self.recording.chunk_seconds) {
             return Err("recording.chunk_seconds must be between 1 and 300".into());
         }
+        crate::recording::Masking::new(&self.recording.mask)?;
         if self.sync.max_backoff_seconds == 0 {
             return Err("sync.max_backoff_seconds must be at least 1".into());
         }
@@ -311,6 +319,21 @@ mod tests {
         assert!(toml.contains("mode = \"relay\""), "{toml}");
         assert!(!toml.contains("listen"), "{toml}");
         assert_eq!(Config::parse(Path::new("x"), &toml).unwrap(), c);
+    }
+
+    #[test]
+    fn masking_rules_are_checked_when_the_configuration_is_read() {
+        let with = |rules: &str| format!("{}\n[recording]\nmask = {rules}\n", minimal());
+        let c = Config::parse(Path::new("x"), &with(r#"["ghp_[A-Za-z0-9]{36}"]"#)).unwrap();
+        assert_eq!(c.recording.mask, vec!["ghp_[A-Za-z0-9]{36}".to_string()]);
+        assert_eq!(Config::parse(Path::new("x"), &c.to_toml()).unwrap(), c);
+        let e = Config::parse(Path::new("x"), &with(r#"["ghp_[A-Z"]"#)).unwrap_err();
+        assert!(e.to_string().contains("masking rule"), "{e}");
+        assert!(Config::parse(Path::new("x"), minimal())
+            .unwrap()
+            .recording
+            .mask
+            .is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
 use gatepass_gateway::config::{Config, Mode, DEFAULT_CONFIG, DEFAULT_HOST_KEY};
-use gatepass_gateway::recording::RecordingSettings;
+use gatepass_gateway::recording::{Masking, RecordingSettings};
 use gatepass_gateway::server_source::{ServerSettings, ServerSource};
 use gatepass_gateway::setup::{self, Reach, SetupOptions};
 use gatepass_gateway::spool::Spool;
@@ -230,6 +230,7 @@ fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
         signer,
         chunk_bytes: usize::try_from(cfg.recording.chunk_kib).unwrap_or(64) * 1024,
         chunk_interval: Duration::from_secs(cfg.recording.chunk_seconds),
+        mask: Masking::new(&cfg.recording.mask).map_err(|e| anyhow!(e))?,
     }))
 }
 

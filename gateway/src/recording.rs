@@ -10,12 +10,12 @@
 //! killed mid-session loses at most the chunk being gathered. When the
 //! connection ends, the last chunk and the signed end follow.
 //!
-//! Where later work fits: masking rules belong in [`ChannelTap`], before an
-//! event is made — a masker holds back an output tail that may begin a
-//! match, as [`Utf8Carry`] holds back a split character, so a match across
-//! SSH packets (and so across chunks, which are cut between events) is
-//! caught before anything is sealed. Search indexes the events where the
-//! server opens the chunks (`server/src/pam/recordings.rs`).
+//! Masking rules ([`Masking`]) apply in [`ChannelTap`], before an event is
+//! made: each direction of a channel holds back its unfinished line, as
+//! [`Utf8Carry`] holds back a split character, so a match across SSH
+//! packets (and so across chunks, which are cut between events) is caught
+//! before anything is sealed. Search reads the events where the server
+//! opens the chunks (`server/src/pam/recordings.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -41,6 +41,133 @@ pub struct RecordingSettings {
     pub chunk_bytes: usize,
     /// …or this long after its first event, whichever comes first.
     pub chunk_interval: Duration,
+    /// What is masked before it is recorded; None: nothing.
+    pub mask: Option<Masking>,
+}
+
+/// The longest text a masking rule may match, in bytes: a channel's
+/// unfinished line is held back only this far, and a match longer than
+/// this may be cut and be recorded in part.
+pub const MASK_WINDOW: usize = 4096;
+
+/// Masking rules: text they match in a channel's output or input is
+/// recorded as `*`, one per character, so that the recording keeps the
+/// terminal's columns (a full-screen program replays in place) while the
+/// secret is never sealed, spooled or sent.
+///
+/// Text is settled line by line: a channel's text after its last line
+/// break (`\n` or `\r`, which is what Enter sends in a terminal) is held
+/// back until its line ends, the channel closes, or it grows past
+/// [`MASK_WINDOW`]; so a rule matches within one line of at most 4 KiB,
+/// however the text was split into packets and chunks. Held text is
+/// recorded when it is settled, so with masking on a line's time in the
+/// recording is when it ended, not when its first characters were shown.
+pub struct Masking {
+    rules: Vec<regex::Regex>,
+}
+
+impl Masking {
+    /// The rules (regular expressions, the `regex` crate's syntax); None
+    /// when there are none.
+    pub fn new(patterns: &[String]) -> Result<Option<Masking>, String> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        let rules = patterns
+            .iter()
+            .map(|p| {
+                regex::Regex::new(p).map_err(|e| format!("masking rule {p:?} is not valid: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Masking { rules }))
+    }
+
+    /// `text`, whole, masked (an exec command, which comes in one piece).
+    pub fn apply(&self, text: &str) -> String {
+        masked(text, &self.matches(text))
+    }
+
+    /// The ranges of `text` some rule matches, sorted, overlaps merged.
+    fn matches(&self, text: &str) -> Vec<(usize, usize)> {
+        let mut found: Vec<(usize, usize)> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.find_iter(text).map(|m| (m.start(), m.end())))
+            .filter(|(a, b)| a < b)
+            .collect();
+        found.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+        for (a, b) in found {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        merged
+    }
+}
+
+/// One direction of a channel going through the masking rules: what is
+/// held back (see [`Masking`]).
+#[derive(Default)]
+struct MaskTail {
+    held: String,
+}
+
+impl MaskTail {
+    /// The settled text after `text` is added, masked.
+    fn push(&mut self, m: &Masking, text: &str) -> String {
+        self.held.push_str(text);
+        let len = self.held.len();
+        let line_start = self.held.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+        let mut cut = line_start.max(floor_char_boundary(
+            &self.held,
+            len.saturating_sub(MASK_WINDOW),
+        ));
+        let found = m.matches(&self.held);
+        // A match across the cut is settled whole.
+        if let Some(&(_, b)) = found.iter().find(|&&(a, b)| a < cut && b > cut) {
+            cut = b;
+        }
+        if cut == 0 {
+            return String::new();
+        }
+        let out = masked(&self.held[..cut], &found);
+        self.held.drain(..cut);
+        out
+    }
+
+    /// All that is held, masked: the channel has closed.
+    fn finish(&mut self, m: &Masking) -> String {
+        let held = std::mem::take(&mut self.held);
+        masked(&held, &m.matches(&held))
+    }
+}
+
+/// The largest char boundary of `s` at or before `i`.
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// `text` with the parts of `ranges` (of a text `text` begins) that lie in
+/// it replaced by one `*` per character.
+fn masked(text: &str, ranges: &[(usize, usize)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for &(a, b) in ranges {
+        if a >= text.len() {
+            break;
+        }
+        let b = b.min(text.len());
+        out.push_str(&text[at..a]);
+        out.extend(std::iter::repeat_n('*', text[a..b].chars().count()));
+        at = b;
+    }
+    out.push_str(&text[at..]);
+    out
 }
 
 /// One connection's recording.
@@ -216,6 +343,8 @@ pub struct ChannelTap {
 struct Tap {
     input: Utf8Carry,
     output: Utf8Carry,
+    input_mask: MaskTail,
+    output_mask: MaskTail,
     command: Option<String>,
     sftp: Option<Sftp>,
 }
@@ -251,7 +380,10 @@ impl ChannelTap {
     }
 
     pub fn exec(&self, command: &[u8]) {
-        let command = String::from_utf8_lossy(command).into_owned();
+        let mut command = String::from_utf8_lossy(command).into_owned();
+        if let Some(m) = &self.rec.settings.mask {
+            command = m.apply(&command);
+        }
         if let Ok(mut t) = self.inner.lock() {
             t.command = Some(command.clone());
         }
@@ -279,7 +411,10 @@ impl ChannelTap {
         if !self.rec.record_input {
             return;
         }
-        let text = t.input.push(data);
+        let mut text = t.input.push(data);
+        if let Some(m) = &self.rec.settings.mask {
+            text = t.input_mask.push(m, &text);
+        }
         drop(t);
         if !text.is_empty() {
             self.emit(EventKind::Input { data: text });
@@ -293,7 +428,10 @@ impl ChannelTap {
             sftp.server_sent(data);
             return;
         }
-        let text = t.output.push(data);
+        let mut text = t.output.push(data);
+        if let Some(m) = &self.rec.settings.mask {
+            text = t.output_mask.push(m, &text);
+        }
         drop(t);
         if !text.is_empty() {
             self.emit(EventKind::Output { data: text });
@@ -309,7 +447,11 @@ impl ChannelTap {
     /// files still open.
     pub fn close(&self) {
         let Ok(mut t) = self.inner.lock() else { return };
-        let (i, o) = (t.input.finish(), t.output.finish());
+        let (mut i, mut o) = (t.input.finish(), t.output.finish());
+        if let Some(m) = &self.rec.settings.mask {
+            i = t.input_mask.push(m, &i) + &t.input_mask.finish(m);
+            o = t.output_mask.push(m, &o) + &t.output_mask.finish(m);
+        }
         let open = t.sftp.as_mut().map(Sftp::close_all).unwrap_or_default();
         drop(t);
         if !o.is_empty() {
@@ -561,6 +703,15 @@ mod tests {
         chunk_bytes: usize,
         act: impl FnOnce(&ChannelTap),
     ) -> (recording::Verdict, Vec<Event>) {
+        record_masked(record_input, chunk_bytes, None, act).await
+    }
+
+    async fn record_masked(
+        record_input: bool,
+        chunk_bytes: usize,
+        mask: Option<Masking>,
+        act: impl FnOnce(&ChannelTap),
+    ) -> (recording::Verdict, Vec<Event>) {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
         let signer = recording::new_signing_key();
@@ -570,6 +721,7 @@ mod tests {
             signer: Some(signer),
             chunk_bytes,
             chunk_interval: Duration::from_secs(60),
+            mask,
         });
         let key = recording::new_key();
         let grant = RecordingGrant {
@@ -710,5 +862,88 @@ mod tests {
         assert!(
             matches!(&renamed[..], [EventKind::Sftp { op: SftpOp::Rename, to: Some(t), .. }] if t == "/b")
         );
+    }
+
+    fn rules(patterns: &[&str]) -> Masking {
+        let patterns: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+        Masking::new(&patterns).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_secret_split_across_writes_is_masked_and_other_text_passes_whole() {
+        let m = rules(&["ghp_[A-Za-z0-9]{36}", "(?i)password: *\\S+"]);
+        let token = format!("ghp_{}", "a1B2".repeat(9));
+        let mut tail = MaskTail::default();
+        let mut out = String::new();
+        // The token split in three writes, the line ended by a fourth.
+        out += &tail.push(&m, "line one ✓\r\nyour token: ");
+        assert_eq!(out, "line one ✓\r\n", "the unfinished line is held");
+        out += &tail.push(&m, &token[..10]);
+        out += &tail.push(&m, &token[10..30]);
+        out += &tail.push(&m, &format!("{} ok\r\nPassword: hunter2", &token[30..]));
+        out += &tail.finish(&m);
+        assert!(!out.contains("a1B2"), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
+        assert_eq!(
+            out,
+            format!(
+                "line one ✓\r\nyour token: {} ok\r\n{}",
+                "*".repeat(40),
+                "*".repeat(17)
+            )
+        );
+        // Without rules nothing is held or changed.
+        assert!(Masking::new(&[]).unwrap().is_none());
+        assert!(Masking::new(&["(".to_string()]).is_err());
+        // A line longer than the window is not held forever.
+        let mut tail = MaskTail::default();
+        let long = "x".repeat(MASK_WINDOW + 100);
+        assert_eq!(tail.push(&m, &long).len(), 100);
+    }
+
+    #[tokio::test]
+    async fn masked_text_is_never_sealed_even_across_chunks_and_packets() {
+        let token = format!("ghp_{}", "Zz09".repeat(9));
+        let t = token.clone();
+        // Small chunks: the output before, with and after the token spans
+        // several.
+        let session = move |tap: &ChannelTap| {
+            tap.shell();
+            for i in 0..20 {
+                tap.output(format!("some output line {i}\r\n").as_bytes());
+            }
+            tap.output(format!("export GH={}", &t[..7]).as_bytes());
+            tap.output(&t.as_bytes()[7..20]);
+            tap.output(format!("{}\r\n$ ", &t[20..]).as_bytes());
+            // Typed one key a packet, as a terminal sends it.
+            tap.output(b"Password: ");
+            for b in b"s3cr3t-pw\r" {
+                tap.input(&[*b]);
+            }
+            tap.output(b"\r\nwelcome\r\n");
+            tap.exit(0);
+        };
+        let mask = rules(&["ghp_[A-Za-z0-9]{36}", "s3cr3t-\\S+"]);
+        let (verdict, events) = record_masked(true, 64, Some(mask), session).await;
+        let recording::Verdict::Whole { chunks } = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(chunks > 3, "{chunks}");
+        let text: String = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output { data } | EventKind::Input { data } => Some(data.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(!text.contains("Zz09"), "{text}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains(&format!("export GH={}\r\n", "*".repeat(40))),
+            "{text}"
+        );
+        assert!(text.contains("some output line 19\r\n"), "{text}");
+        assert!(text.contains("welcome"), "{text}");
+        assert!(text.contains(&"*".repeat(9)), "{text}");
     }
 }

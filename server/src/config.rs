@@ -60,6 +60,13 @@ pub struct Retention {
     /// system, on SQLite).
     #[serde(deserialize_with = "duration")]
     pub interval: Duration,
+    /// Session recordings (their chunks, ends and keys) are deleted this
+    /// long after they began, once their session has ended; each deletion
+    /// is an audit event. Unset (the default): recordings are kept until
+    /// removed by hand, since they are evidence and how long to keep it is
+    /// the operator's decision, not a default's.
+    #[serde(deserialize_with = "optional_duration")]
+    pub recordings: Option<Duration>,
 }
 
 impl Default for Retention {
@@ -68,6 +75,7 @@ impl Default for Retention {
             audit_copy: Duration::from_secs(30 * 86_400),
             expired_certificates: Duration::from_secs(86_400),
             interval: Duration::from_secs(600),
+            recordings: None,
         }
     }
 }
@@ -122,6 +130,12 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +245,13 @@ mod tests {
             Duration::from_secs(7200)
         );
         assert_eq!(cfg.retention.interval, Duration::from_secs(60));
+        assert_eq!(cfg.retention.recordings, None, "kept unless configured");
+        let cfg = ServerConfig::parse("[retention]\nrecordings = \"90d\"").unwrap();
+        assert_eq!(
+            cfg.retention.recordings,
+            Some(Duration::from_secs(90 * 86_400))
+        );
+        assert!(ServerConfig::parse("[retention]\nrecordings = \"0s\"").is_err());
         assert!(ServerConfig::parse("[retention]\naudit_copy = \"0s\"").is_err());
         assert!(ServerConfig::parse("[retention]\nleases = \"1d\"").is_err());
     }

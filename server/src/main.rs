@@ -126,6 +126,10 @@ struct RetentionArgs {
     /// How often retention runs (and gives freed space back).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retention_interval: std::time::Duration,
+    /// Delete session recordings this long after they began (once their
+    /// session ended); unset: kept.
+    #[arg(long, value_parser = parse_duration)]
+    retention_recordings: Option<std::time::Duration>,
 }
 
 impl From<RetentionArgs> for Retention {
@@ -134,6 +138,7 @@ impl From<RetentionArgs> for Retention {
             audit_copy: a.retention_audit_copy,
             expired_certificates: a.retention_expired_certificates,
             interval: a.retention_interval,
+            recordings: a.retention_recordings,
         }
     }
 }

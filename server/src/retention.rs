@@ -1,7 +1,8 @@
 //! Retention: what the storage no longer needs goes after a set time, and
 //! on SQLite the space it took goes back to the file system, so that the
 //! data directory stays bounded however many OTPs and certificates are
-//! issued. Used OTPs and expired leases need none of this: they go when
+//! issued, and session recordings go after their configured age (if one
+//! is set). Used OTPs and expired leases need none of this: they go when
 //! used, and the lease sweeper (`leases::sweeper`) deletes expired ones.
 //!
 //! Every step is a short write queued with the requests' writes, so a run
@@ -74,6 +75,8 @@ async fn pace(took: Duration) {
 pub struct Removed {
     pub audit_lines: u64,
     pub certificates: u64,
+    /// Session recordings deleted (`[retention] recordings`).
+    pub recordings: u64,
     /// Free pages left in the SQLite file afterwards (0 on PostgreSQL).
     pub free_pages_left: u64,
 }
@@ -99,6 +102,9 @@ pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
     }
     removed.certificates =
         crate::ssh::certs::remove_expired(core, now - secs(cfg.expired_certificates)).await?;
+    if let Some(age) = cfg.recordings {
+        removed.recordings = crate::pam::recordings::expire(core, now - secs(age), now).await?;
+    }
     // Until no free page is left, or a step frees none (another writer
     // freeing pages as fast would otherwise keep this going).
     let mut left = u64::MAX;
@@ -137,6 +143,7 @@ pub async fn task(core: State, cfg: Retention) {
                 tracing::info!(
                     audit_lines = r.audit_lines,
                     certificates = r.certificates,
+                    recordings = r.recordings,
                     free_pages_left = r.free_pages_left,
                     seconds = started.elapsed().as_secs_f64(),
                     "retention run done"

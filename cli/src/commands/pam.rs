@@ -96,6 +96,10 @@ pub const REPLAY_EXAMPLES: &str = "\
 Examples:
   gatepass pam sessions replay 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b --speed 2 --idle-limit 1";
 
+pub const WATCH_EXAMPLES: &str = "\
+Examples:
+  gatepass pam sessions watch 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
+
 pub const TERMINATE_EXAMPLES: &str = "\
 Examples:
   gatepass pam sessions terminate 4f3c2a1e-5b6d-4e7f-8a9b-0c1d2e3f4a5b";
@@ -231,6 +235,18 @@ pub enum SessionsCommand {
     /// Play a session's recording in the terminal at its own pace
     #[command(after_long_help = REPLAY_EXAMPLES)]
     Replay(ReplayArgs),
+
+    /// Follow a live session's terminal output as it runs
+    ///
+    /// Prints what the session's recordings hold so far, then what is
+    /// recorded next, a few seconds behind the session at most (the gateway
+    /// sends a chunk every 2 seconds by default; this asks the server every
+    /// second for the chunks after those it has shown). Stops when every
+    /// recording of the session has ended, or some seconds after the
+    /// session did. Needs read on `pam/sessions/<id>` and on its
+    /// `recording`.
+    #[command(after_long_help = WATCH_EXAMPLES)]
+    Watch(IdArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -341,6 +357,13 @@ pub struct ListArgs {
     /// Only sessions in this state
     #[arg(long, value_enum)]
     pub state: Option<StateArg>,
+
+    /// Only sessions whose recorded output, input or commands contain TEXT
+    /// (exactly, case and all). The server searches the 200 newest
+    /// sessions that match the other filters and whose recordings the
+    /// token may read; narrow with the other filters to reach older ones.
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -371,6 +394,7 @@ pub async fn run(global: &GlobalArgs, cmd: Command) -> Result<u8> {
         }
         Command::Sessions(SessionsCommand::Export(a)) => export(&Ctx::new(global)?, a).await?,
         Command::Sessions(SessionsCommand::Replay(a)) => replay(&Ctx::new(global)?, a).await?,
+        Command::Sessions(SessionsCommand::Watch(a)) => watch(&Ctx::new(global)?, a).await?,
     }
     Ok(0)
 }
@@ -1128,6 +1152,7 @@ fn list_path(args: &ListArgs) -> Result<String> {
         ("account", args.account.as_deref()),
         ("user", args.user.as_deref()),
         ("state", args.state.map(StateArg::as_str)),
+        ("grep", args.grep.as_deref()),
     ]
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -1456,6 +1481,73 @@ async fn export(ctx: &Ctx, args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// How often `watch` asks for new chunks.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+/// How many more polls `watch` makes after the session ended, for the
+/// gateway's last chunks and ends to arrive.
+const WATCH_GRACE_POLLS: u32 = 10;
+
+async fn watch(ctx: &Ctx, args: IdArgs) -> Result<()> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let id = segment("session", &args.id)?;
+    let action = format!("watching session {id}");
+    // Per recording, the chunks shown: the next read asks only for later
+    // ones.
+    let mut shown: BTreeMap<String, u64> = BTreeMap::new();
+    let mut grace = None;
+    loop {
+        // The session's state first: an end seen here means the reads
+        // after it see what was delivered before it.
+        let session = ctx
+            .call("GET", &format!("pam/sessions/{id}"), None, &action)
+            .await?
+            .ok_or_else(|| no_session(action.clone(), id))?;
+        let ended = session
+            .get("data")
+            .and_then(|d| d.get("state"))
+            .and_then(Value::as_str)
+            == Some("ended");
+        let after: Vec<String> = shown.iter().map(|(r, n)| format!("{r}:{n}")).collect();
+        let path = if after.is_empty() {
+            format!("pam/sessions/{id}/recording")
+        } else {
+            format!("pam/sessions/{id}/recording?after={}", after.join(","))
+        };
+        let resp = ctx
+            .call("GET", &path, None, &action)
+            .await?
+            .ok_or_else(|| no_session(action.clone(), id))?;
+        let recs: SessionRecordings = gatepass_api::data_of(&resp)
+            .ok_or_else(|| Error::Local(format!("{action}: unexpected answer from the server")))?;
+        let mut out = std::io::stdout().lock();
+        for r in &recs.recordings {
+            for e in &r.events {
+                if let EventKind::Output { data } = &e.kind {
+                    out.write_all(data.as_bytes())
+                        .map_err(|e| Error::Local(format!("writing the output: {e}")))?;
+                }
+            }
+            shown.insert(r.recording_id.clone(), r.opened_chunks);
+        }
+        out.flush()
+            .map_err(|e| Error::Local(format!("writing the output: {e}")))?;
+        drop(out);
+        let all_ended = !recs.recordings.is_empty() && recs.recordings.iter().all(|r| r.complete);
+        if all_ended {
+            return Ok(());
+        }
+        if ended {
+            let left = grace.get_or_insert(WATCH_GRACE_POLLS);
+            if *left == 0 {
+                return Ok(());
+            }
+            *left -= 1;
+        }
+        tokio::time::sleep(WATCH_POLL).await;
+    }
+}
+
 async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<()> {
     if !(args.speed.is_finite() && args.speed > 0.0) {
         return Err(Error::Usage("--speed must be a positive number".into()));
@@ -1509,6 +1601,7 @@ mod tests {
             message: String::new(),
             complete: true,
             events,
+            opened_chunks: 1,
         };
         let recs = SessionRecordings {
             session_id: "s".into(),
@@ -1680,8 +1773,18 @@ mod tests {
             account: Some("a b&c".into()),
             user: None,
             state: None,
+            grep: None,
         };
         assert_eq!(list_path(&l).unwrap(), "pam/sessions?account=a+b%26c");
+        let l = ListArgs {
+            account: None,
+            grep: Some("password: x&y".into()),
+            ..l
+        };
+        assert_eq!(
+            list_path(&l).unwrap(),
+            "pam/sessions?grep=password%3A+x%26y"
+        );
     }
 
     #[test]

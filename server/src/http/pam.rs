@@ -4,7 +4,7 @@
 
 use gatepass_api::pam::{
     AccessRequest, AccountSpec, EndSession, GatewayEnroll, GatewayStarted, NewGatewayJoinToken,
-    OpenSession, ResourceSpec,
+    OpenSession, ResourceSpec, SessionList,
 };
 
 use super::request::{Operation, Request};
@@ -12,6 +12,7 @@ use super::{data, no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::pam::{accounts, gateways, recordings, resources, sessions, Name};
+use crate::policy::Capability;
 use crate::state::Core;
 
 /// Enrollment needs no token: the join token is in the body.
@@ -38,6 +39,49 @@ fn require_upgrade(req: &Request) -> Result<()> {
             gatepass_api::pam::RELAY_PROTOCOL
         )))
     }
+}
+
+/// The sessions of `found` (newest first) whose recordings contain
+/// `text`, among the first [`recordings::SEARCH_LIMIT`] whose recording
+/// path the caller may read: a recording the token may not read is
+/// neither searched nor counted.
+async fn search(
+    core: &Core,
+    req: &Request,
+    caller: Option<&TokenEntry>,
+    found: SessionList,
+    text: &str,
+    now: i64,
+) -> Result<SessionList> {
+    let caller = super::routes::caller_of(caller)?;
+    let acl = if caller.is_root() {
+        None
+    } else {
+        Some(crate::policies::acl_for(core, &caller.policies).await?)
+    };
+    let mount = req.path.split('/').next().unwrap_or("pam");
+    let mut out = SessionList::default();
+    let mut searched = 0;
+    for id in found.keys {
+        if searched == recordings::SEARCH_LIMIT {
+            break;
+        }
+        let path = format!("{mount}/sessions/{id}/recording");
+        if acl
+            .as_ref()
+            .is_some_and(|a| !a.allows(&path, Capability::Read))
+        {
+            continue;
+        }
+        searched += 1;
+        if recordings::contains(core, &id, text, now).await? {
+            if let Some(i) = found.key_info.get(&id) {
+                out.key_info.insert(id.clone(), i.clone());
+            }
+            out.keys.push(id);
+        }
+    }
+    Ok(out)
 }
 
 fn list(keys: Vec<String>) -> Result<Reply> {
@@ -145,7 +189,10 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                     .map(|s| sessions::parse_state(&s))
                     .transpose()?,
             };
-            let found = sessions::list(core, &filter, now).await?;
+            let mut found = sessions::list(core, &filter, now).await?;
+            if let Some(grep) = text("grep")? {
+                found = search(core, req, caller, found, &grep, now).await?;
+            }
             // Vault's LIST answers no keys with 404.
             if found.keys.is_empty() {
                 return Ok(Reply::NotFound);
@@ -156,7 +203,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Some(s) => data(&sessions::info(&s, now))?,
             None => Reply::NotFound,
         }),
-        (["sessions", id, "recording"], Read) => data(&recordings::read(core, id, now).await?),
+        (["sessions", id, "recording"], Read) => {
+            let after = match f.str("after")? {
+                Some(a) => recordings::parse_after(&a)?,
+                None => Default::default(),
+            };
+            data(&recordings::read_after(core, id, &after, now).await?)
+        }
         (["sessions", id, "terminate"], Write) => {
             let caller = super::routes::caller_of(caller)?;
             data(&sessions::terminate(core, id, &caller.display_name, now).await?)

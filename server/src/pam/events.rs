@@ -23,6 +23,8 @@ pub enum Kind {
     /// A connection's recording ended with the gateway's signed final
     /// digest (the detail holds it).
     RecordingEnded,
+    /// Retention deleted a recording (the detail names it).
+    RecordingDeleted,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Kind::SessionTerminated => "session_terminated",
             Kind::ConnectionClosed => "connection_closed",
             Kind::RecordingEnded => "recording_ended",
+            Kind::RecordingDeleted => "recording_deleted",
         }
     }
 }

@@ -200,6 +200,36 @@ pub async fn put_end(
 
 /// Every recording of session `id`, checked, with its events.
 pub async fn read(core: &Core, id: &str, now: i64) -> Result<SessionRecordings> {
+    read_after(core, id, &Default::default(), now).await
+}
+
+/// Parses `GET pam/sessions/<id>/recording?after=RID:N,RID:N`: for each
+/// recording named, only the events of its chunks from index N on are
+/// sent (the whole chain is still checked). This is how `watch` follows a
+/// live session without reading what it has shown again.
+pub fn parse_after(text: &str) -> Result<std::collections::HashMap<String, u64>> {
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (rec, n) = p.rsplit_once(':').ok_or_else(|| {
+                Error::invalid(format!("after {p:?} is not RECORDING_ID:CHUNK_INDEX"))
+            })?;
+            let n = n
+                .parse()
+                .map_err(|_| Error::invalid(format!("after {p:?}: {n:?} is not a number")))?;
+            Ok((rec.to_string(), n))
+        })
+        .collect()
+}
+
+/// [`read`], with the events of each recording named in `after` only from
+/// that chunk on.
+pub async fn read_after(
+    core: &Core,
+    id: &str,
+    after: &std::collections::HashMap<String, u64>,
+    now: i64,
+) -> Result<SessionRecordings> {
     let s = sessions::get(core, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
@@ -217,7 +247,8 @@ pub async fn read(core: &Core, id: &str, now: i64) -> Result<SessionRecordings> 
         let Some(r) = core.storage.get::<Recording>(&key).await? else {
             continue;
         };
-        recordings.push(check_one(core, &s, &r, signer.as_ref(), open).await?);
+        let from = after.get(&r.id).copied().unwrap_or(0);
+        recordings.push(check_one(core, &s, &r, signer.as_ref(), open, from).await?);
     }
     recordings.sort_by(|a, b| {
         a.started_at_ms
@@ -237,6 +268,7 @@ async fn check_one(
     r: &Recording,
     signer: Option<&ed25519_dalek::VerifyingKey>,
     open: bool,
+    from: u64,
 ) -> Result<RecordingInfo> {
     let prefix = chunk_prefix(&s.id, &r.id);
     let mut stored = Vec::new();
@@ -259,7 +291,12 @@ async fn check_one(
         signer,
         open && r.end.is_none(),
     );
-    let events = plain.iter().flat_map(|p| recording::events_of(p)).collect();
+    let skip = usize::try_from(from).unwrap_or(usize::MAX);
+    let events = plain
+        .iter()
+        .skip(skip)
+        .flat_map(|p| recording::events_of(p))
+        .collect();
     Ok(RecordingInfo {
         recording_id: r.id.clone(),
         started_at_ms: r.started_at.saturating_mul(1000),
@@ -268,5 +305,89 @@ async fn check_one(
         message: verdict.message(),
         verdict,
         events,
+        opened_chunks: plain.len() as u64,
     })
+}
+
+/// How many sessions one search reads at most: the newest of those the
+/// other filters and the ACL leave. Each is opened and read whole, so the
+/// bound keeps a search's cost that of reading 200 sessions.
+pub const SEARCH_LIMIT: usize = 200;
+
+/// Whether the recorded output, input (each channel's as one text, so a
+/// match split across events is found) or exec commands of session `id`
+/// contain `text`. The recordings are opened here and nothing is kept: no
+/// index of the text exists outside the sealed chunks.
+pub async fn contains(core: &Core, id: &str, text: &str, now: i64) -> Result<bool> {
+    use gatepass_api::recording::EventKind;
+    use std::collections::HashMap;
+    let recs = read(core, id, now).await?;
+    for r in &recs.recordings {
+        let mut streams: HashMap<(u32, bool), String> = HashMap::new();
+        for e in &r.events {
+            match &e.kind {
+                EventKind::Output { data } => {
+                    streams.entry((e.ch, true)).or_default().push_str(data)
+                }
+                EventKind::Input { data } => {
+                    streams.entry((e.ch, false)).or_default().push_str(data)
+                }
+                EventKind::Exec { command } if command.contains(text) => return Ok(true),
+                _ => {}
+            }
+        }
+        if streams.values().any(|s| s.contains(text)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Chunk keys deleted per write: a long recording's thousands of chunks go
+/// in several short transactions rather than one that holds the writer.
+const DELETE_BATCH: usize = 256;
+
+/// Retention: deletes every recording that began before `before` and whose
+/// session has ended at `now` (a session still running keeps its
+/// recordings whatever their age), with its chunks, end and key; each
+/// deletion is a `recording_deleted` audit event, put on record first. The
+/// record goes last, so a run cut short leaves it to be found and finished
+/// by the next one. Returns how many recordings were deleted.
+pub async fn expire(core: &Core, before: i64, now: i64) -> Result<u64> {
+    let mut deleted = 0;
+    for key in core.storage.keys_with_prefix("pam/rec/").await? {
+        let Some(r) = core.storage.get::<Recording>(&key).await? else {
+            continue;
+        };
+        if r.started_at >= before {
+            continue;
+        }
+        let session = sessions::get(core, &r.session_id).await?;
+        if session.as_ref().is_some_and(|s| s.is_open_at(now)) {
+            continue;
+        }
+        let who = session
+            .map(|s| s.subject())
+            .unwrap_or_else(|| events::Subject {
+                session_id: Some(r.session_id.clone()),
+                ..Default::default()
+            });
+        let chunks = core
+            .storage
+            .keys_with_prefix(&chunk_prefix(&r.session_id, &r.id))
+            .await?;
+        let detail = format!(
+            "recording {}: {} chunks, begun {}, deleted by retention",
+            r.id,
+            chunks.len(),
+            crate::clock::rfc3339(r.started_at)
+        );
+        events::record(core, Kind::RecordingDeleted, &who, None, Some(&detail), now).await?;
+        for batch in chunks.chunks(DELETE_BATCH) {
+            core.storage.delete_many(batch).await?;
+        }
+        core.storage.delete(&key).await?;
+        deleted += 1;
+    }
+    Ok(deleted)
 }

@@ -437,6 +437,173 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     }
 }
 
+#[test]
+fn masked_output_reaches_the_user_but_never_the_recording() {
+    let mut pam = Pam::start();
+    // The gateway's configuration gets a masking rule for GitHub tokens.
+    pam.stop_gateway();
+    let path = pam.admin.path().join("gateway.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    assert!(cfg.contains("[recording]\n"), "{cfg}");
+    let cfg = cfg.replacen(
+        "[recording]\n",
+        "[recording]\nmask = [\"ghp_[A-Za-z0-9]{36}\"]\n",
+        1,
+    );
+    std::fs::write(&path, cfg).unwrap();
+    pam.start_gateway();
+    let _target = key_account(&pam);
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+
+    // A command prints a token (made by the shell, so that the command
+    // line does not hold it) between two markers.
+    let token = format!("ghp_{}", "Ab12".repeat(9));
+    let (code, out, err) = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none"])
+        .env_remove("SSH_AUTH_SOCK")
+        .args([
+            "gatepass-keys-root",
+            "printf 'MARK-A ghp_%s MARK-B\\n' $(printf 'Ab12%.0s' $(seq 9))",
+        ])
+        .stdin(Stdio::null()));
+    assert_eq!(code, 0, "{err}\n{}", pam.gateway_log());
+    assert_eq!(out, format!("MARK-A {token} MARK-B\n"), "the user sees it");
+
+    // The recording is whole, and neither export holds the token.
+    verify_until(&pam, &id, |code, _| code == 0);
+    let json = ok(pam.admin_cli(&["pam", "sessions", "export", &id, "--format", "json"]));
+    let cast = ok(pam.admin_cli(&["pam", "sessions", "export", &id, "--format", "cast"]));
+    for text in [&json, &cast] {
+        assert!(!text.contains("Ab12Ab12"), "{text}");
+        assert!(
+            text.contains(&format!("MARK-A {} MARK-B", "*".repeat(40))),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn watch_follows_a_live_session_and_stops_when_it_ends() {
+    let pam = Pam::start();
+    let _target = key_account(&pam);
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+
+    // $ gatepass pam sessions watch ID, from before the session connects.
+    let mut watch = pam
+        .admin_cli(&["pam", "sessions", "watch", &id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdout = stdout;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0
+                || tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut watched = String::new();
+    let mut wait_for = |text: &str, within: Duration| {
+        let deadline = Instant::now() + within;
+        while !watched.contains(text) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(more) => watched.push_str(&more),
+                Err(_) => panic!("watch did not show {text:?} within {within:?}: {watched}"),
+            }
+        }
+    };
+
+    // A shell, typed into; the marker is made by the shell, so only its
+    // output holds it whole.
+    let mut shell = Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-tt"])
+        .arg("gatepass-keys-root")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin.write_all(b"printf 'WATCH-%s\\n' 4711\n").unwrap();
+        stdin.flush().unwrap();
+    }
+    // Shown while the session still runs, within a few seconds.
+    let asked = Instant::now();
+    wait_for("WATCH-4711", Duration::from_secs(10));
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        shell.try_wait().unwrap().is_none(),
+        "the session still runs"
+    );
+
+    // The session ends: watch stops by itself.
+    {
+        use std::io::Write;
+        stdin.write_all(b"exit\n").unwrap();
+    }
+    drop(stdin);
+    assert!(wait_exit(&mut shell, Duration::from_secs(20)).success());
+    let status = wait_exit(&mut watch, Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
 // ------------------------------------------------------------ in process
 
 async fn root_ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
@@ -449,80 +616,121 @@ fn chunk_key(session: &str, recording: &str, index: u64) -> String {
     format!("pam/rec-chunk/{session}/{recording}/{index:012}")
 }
 
+/// What [`recorded_session`] sets up.
+struct Recorded {
+    /// The gateway's token and signing key.
+    gw: String,
+    signer: ed25519_dalek::SigningKey,
+    /// A person who may open sessions and read them (and their recordings).
+    reader: String,
+    /// The session, opened by the gateway, and its recording.
+    id: String,
+    rec: String,
+    key: [u8; 32],
+}
+
+/// A gateway enrolled with its recording key; a resource and an account
+/// behind it; a person who may read sessions; a session of theirs the
+/// gateway has opened, with the recording's ID and key.
+async fn recorded_session(s: &Server) -> Recorded {
+    let signer = recording::new_signing_key();
+    let v = root_ok(s, "POST", "pam/gateways/join-tokens", json!({})).await;
+    let join = v["data"]["join_token"].as_str().unwrap().to_string();
+    let (_, host_pub) = keypair(s.dir.path(), "gw-host", "ed25519", None);
+    let (st, v) = s
+        .call(
+            "POST",
+            "pam/gateways/enroll",
+            None,
+            Some(
+                json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
+                "host_keys": [host_pub], "recording_key": recording::public_key_text(&signer)}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let gw = v["data"]["gateway_token"].as_str().unwrap().to_string();
+    let (_, target_pub) = keypair(s.dir.path(), "target", "ed25519", None);
+    root_ok(
+        s,
+        "POST",
+        "pam/resources/web",
+        json!({"host": "10.0.0.7", "gateway": "gw1", "known_hosts": [target_pub]}),
+    )
+    .await;
+    root_ok(
+        s,
+        "POST",
+        "pam/resources/web/accounts/root",
+        json!({"auth_method": "password", "username": "root", "password": "pw-123456"}),
+    )
+    .await;
+    let reader = s
+        .token_with_policy(
+            "reader",
+            r#"path "pam/resources/web/accounts/*" { capabilities = ["update"] }
+path "pam/sessions/*" { capabilities = ["read"] }"#,
+        )
+        .await;
+    let (id, rec, key) = open_session(s, &reader, &gw).await;
+    Recorded {
+        gw,
+        signer,
+        reader,
+        id,
+        rec,
+        key,
+    }
+}
+
+/// A new session of `reader`'s on the account `web/root`, opened by the
+/// gateway: its ID, its recording's ID and key.
+async fn open_session(s: &Server, reader: &str, gw: &str) -> (String, String, [u8; 32]) {
+    let name = format!("user-{}", uuid::Uuid::new_v4());
+    let (_, user_pub) = keypair(s.dir.path(), &name, "ed25519", None);
+    let (st, v) = s
+        .call(
+            "POST",
+            "pam/resources/web/accounts/root/access",
+            Some(reader),
+            Some(json!({"public_key": user_pub})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let id = v["data"]["session_id"].as_str().unwrap().to_string();
+
+    // The gateway opens the session: the recording's ID and key come
+    // with it.
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("pam/gateway/self/sessions/{id}/open"),
+            Some(gw),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let rec = v["data"]["recording"]["recording_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = recording::parse_key(v["data"]["recording"]["key"].as_str().unwrap()).unwrap();
+    assert_eq!(v["data"]["recording"]["record_input"], true);
+    (id, rec, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_stored_chunks_is_named_and_an_untouched_recording_verifies() {
     for backend in BACKENDS {
         let s = Server::start(backend).await;
-        // A gateway enrolled with its recording key; a resource and an
-        // account behind it; a person who may read sessions.
-        let signer = recording::new_signing_key();
-        let v = root_ok(&s, "POST", "pam/gateways/join-tokens", json!({})).await;
-        let join = v["data"]["join_token"].as_str().unwrap().to_string();
-        let (_, host_pub) = keypair(s.dir.path(), "gw-host", "ed25519", None);
-        let (st, v) = s
-            .call(
-                "POST",
-                "pam/gateways/enroll",
-                None,
-                Some(
-                    json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
-                    "host_keys": [host_pub], "recording_key": recording::public_key_text(&signer)}),
-                ),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
-        let gw = v["data"]["gateway_token"].as_str().unwrap().to_string();
-        let (_, target_pub) = keypair(s.dir.path(), "target", "ed25519", None);
-        root_ok(
-            &s,
-            "POST",
-            "pam/resources/web",
-            json!({"host": "10.0.0.7", "gateway": "gw1", "known_hosts": [target_pub]}),
-        )
-        .await;
-        root_ok(
-            &s,
-            "POST",
-            "pam/resources/web/accounts/root",
-            json!({"auth_method": "password", "username": "root", "password": "pw-123456"}),
-        )
-        .await;
-        let reader = s
-            .token_with_policy(
-                "reader",
-                r#"path "pam/resources/web/accounts/*" { capabilities = ["update"] }
-path "pam/sessions/*" { capabilities = ["read"] }"#,
-            )
-            .await;
-        let (_, user_pub) = keypair(s.dir.path(), "user", "ed25519", None);
-        let (st, v) = s
-            .call(
-                "POST",
-                "pam/resources/web/accounts/root/access",
-                Some(&reader),
-                Some(json!({"public_key": user_pub})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
-        let id = v["data"]["session_id"].as_str().unwrap().to_string();
-
-        // The gateway opens the session: the recording's ID and key come
-        // with it.
-        let (st, v) = s
-            .call(
-                "POST",
-                &format!("pam/gateway/self/sessions/{id}/open"),
-                Some(&gw),
-                Some(json!({})),
-            )
-            .await;
-        assert_eq!(st, StatusCode::OK, "{v}");
-        let rec = v["data"]["recording"]["recording_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let key = recording::parse_key(v["data"]["recording"]["key"].as_str().unwrap()).unwrap();
-        assert_eq!(v["data"]["recording"]["record_input"], true);
+        let Recorded {
+            gw,
+            signer,
+            reader,
+            id,
+            rec,
+            key,
+        } = recorded_session(&s).await;
 
         // Four chunks, sealed and chained as the gateway does, sent (one
         // twice: harmless).
@@ -674,6 +882,7 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
         )
         .await;
         assert_eq!(v["data"]["record_input"], false, "{v}");
+        let (_, user_pub) = keypair(s.dir.path(), "quiet-user", "ed25519", None);
         let (st, v) = s
             .call(
                 "POST",
@@ -705,4 +914,250 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Records `texts` as output, one chunk each, and the signed end, as the
+/// gateway sends them.
+async fn send_recording(
+    s: &Server,
+    r: &Recorded,
+    id: &str,
+    rec: &str,
+    key: &[u8; 32],
+    texts: &[&str],
+) {
+    let mut prev = GENESIS;
+    for (i, text) in texts.iter().enumerate() {
+        let line = serde_json::to_string(&Event {
+            t: i as f64,
+            ch: 0,
+            kind: EventKind::Output {
+                data: text.to_string(),
+            },
+        })
+        .unwrap();
+        let (c, d) = recording::seal(
+            key,
+            id,
+            rec,
+            i as u64,
+            &prev,
+            format!("{line}\n").as_bytes(),
+        )
+        .unwrap();
+        prev = d;
+        let (st, v) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{id}/recordings/{rec}/chunks/{i}"),
+                Some(&r.gw),
+                Some(serde_json::to_value(&c).unwrap()),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    }
+    let end = recording::sign_end(Some(&r.signer), id, rec, texts.len() as u64, &prev);
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("pam/gateway/self/sessions/{id}/recordings/{rec}/end"),
+            Some(&r.gw),
+            Some(serde_json::to_value(&end).unwrap()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+}
+
+/// The gateway reports the session's connection closed.
+async fn end_session(s: &Server, r: &Recorded, id: &str) {
+    let (st, v) = s
+        .call(
+            "POST",
+            &format!("pam/gateway/self/sessions/{id}/end"),
+            Some(&r.gw),
+            Some(json!({"reason": "closed"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_recordings_past_their_age_each_on_the_audit_log() {
+    use gatepass_server::config::Retention;
+    const MINUTE: i64 = 60;
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        // An old session, recorded and ended…
+        let r = recorded_session(&s).await;
+        send_recording(&s, &r, &r.id, &r.rec, &r.key, &["OLD-1\n", "OLD-2\n"]).await;
+        end_session(&s, &r, &r.id).await;
+        // …and one an hour later, recorded and ended too.
+        s.clock.advance(60 * MINUTE);
+        let (new_id, new_rec, new_key) = open_session(&s, &r.reader, &r.gw).await;
+        send_recording(&s, &r, &new_id, &new_rec, &new_key, &["NEW-1\n"]).await;
+        end_session(&s, &r, &new_id).await;
+        let stored = |id: String| {
+            let s = &s;
+            async move {
+                s.core
+                    .storage
+                    .keys_with_prefix(&format!("pam/rec-chunk/{id}/"))
+                    .await
+                    .unwrap()
+                    .len()
+            }
+        };
+        let recordings = |id: String| {
+            let s = &s;
+            async move {
+                let (st, v) = s
+                    .root("GET", &format!("pam/sessions/{id}/recording"), None)
+                    .await;
+                assert_eq!(st, StatusCode::OK, "{v}");
+                v["data"]["recordings"].as_array().unwrap().len()
+            }
+        };
+
+        // 100 minutes after the first: with no age configured nothing goes.
+        s.clock.advance(40 * MINUTE);
+        let keep_all = Retention::default();
+        assert_eq!(keep_all.recordings, None);
+        let removed = gatepass_server::retention::run(&s.core, &keep_all, s.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(removed.recordings, 0);
+        assert_eq!(stored(r.id.clone()).await, 2);
+
+        // With 90 minutes the first goes, chunks, end and key, on record
+        // with its session and recording; the second, 40 minutes old,
+        // stays.
+        let policy = Retention {
+            recordings: Some(std::time::Duration::from_secs(90 * MINUTE as u64)),
+            ..Retention::default()
+        };
+        let removed = gatepass_server::retention::run(&s.core, &policy, s.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(removed.recordings, 1, "{backend:?}");
+        assert_eq!(stored(r.id.clone()).await, 0);
+        assert_eq!(recordings(r.id.clone()).await, 0);
+        assert!(s
+            .core
+            .storage
+            .keys_with_prefix(&format!("pam/rec/{}/", r.id))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(stored(new_id.clone()).await, 1);
+        assert_eq!(recordings(new_id.clone()).await, 1);
+        let audit = s.audit_text();
+        let line = audit
+            .lines()
+            .find(|l| l.contains("recording_deleted"))
+            .unwrap_or_else(|| panic!("no recording_deleted event: {audit}"));
+        assert!(line.contains(&r.id) && line.contains(&r.rec), "{line}");
+        assert_eq!(audit.matches("recording_deleted").count(), 1, "{audit}");
+
+        // Another run finds nothing more to delete.
+        let removed = gatepass_server::retention::run(&s.core, &policy, s.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(removed.recordings, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grep_finds_the_sessions_whose_recordings_hold_the_text_as_far_as_the_acl_allows() {
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        // Two sessions: one prints the text (split across two chunks), one
+        // does not; a third runs the text as a command.
+        let r = recorded_session(&s).await;
+        send_recording(
+            &s,
+            &r,
+            &r.id,
+            &r.rec,
+            &r.key,
+            &["deploy: NEEDLE-", "4711 done\r\n"],
+        )
+        .await;
+        let (quiet, quiet_rec, quiet_key) = open_session(&s, &r.reader, &r.gw).await;
+        send_recording(
+            &s,
+            &r,
+            &quiet,
+            &quiet_rec,
+            &quiet_key,
+            &["nothing here\r\n"],
+        )
+        .await;
+        let grep = |token: String, text: &'static str| {
+            let s = &s;
+            async move {
+                let (st, v) = s
+                    .call(
+                        "LIST",
+                        &format!("pam/sessions?grep={text}"),
+                        Some(&token),
+                        None,
+                    )
+                    .await;
+                if st == StatusCode::NOT_FOUND {
+                    return Vec::new();
+                }
+                assert_eq!(st, StatusCode::OK, "{v}");
+                let mut keys: Vec<String> = v["data"]["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|k| k.as_str().unwrap().to_string())
+                    .collect();
+                keys.sort();
+                keys
+            }
+        };
+        let lister = s
+            .token_with_policy(
+                "lister",
+                r#"path "pam/sessions" { capabilities = ["list"] }
+path "pam/sessions/*" { capabilities = ["read"] }"#,
+            )
+            .await;
+        assert_eq!(
+            grep(lister.clone(), "NEEDLE-4711").await,
+            vec![r.id.clone()]
+        );
+        assert_eq!(grep(lister.clone(), "nothing").await, vec![quiet.clone()]);
+        assert!(grep(lister.clone(), "NEEDLE-9999").await.is_empty());
+        // Without --grep both are listed.
+        let (_, v) = s.call("LIST", "pam/sessions", Some(&lister), None).await;
+        assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 2, "{v}");
+
+        // A token that may list sessions but not read their recordings
+        // finds nothing, though the text is there.
+        let no_recordings = s
+            .token_with_policy(
+                "no-recordings",
+                r#"path "pam/sessions" { capabilities = ["list"] }
+path "pam/sessions/*" { capabilities = ["read"] }
+path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
+            )
+            .await;
+        assert!(grep(no_recordings.clone(), "NEEDLE-4711").await.is_empty());
+        // Nor when only the first session's recording is denied.
+        let one_denied = s
+            .token_with_policy(
+                "one-denied",
+                &format!(
+                    r#"path "pam/sessions" {{ capabilities = ["list"] }}
+path "pam/sessions/*" {{ capabilities = ["read"] }}
+path "pam/sessions/{}/recording" {{ capabilities = ["deny"] }}"#,
+                    r.id
+                ),
+            )
+            .await;
+        assert!(grep(one_denied.clone(), "NEEDLE-4711").await.is_empty());
+        assert_eq!(grep(one_denied, "nothing").await, vec![quiet.clone()]);
+    }
 }

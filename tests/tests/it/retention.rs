@@ -26,6 +26,7 @@ fn policy(audit_copy_days: u64, cert_margin_hours: u64) -> Retention {
         audit_copy: Duration::from_secs(audit_copy_days * DAY as u64),
         expired_certificates: Duration::from_secs(cert_margin_hours * HOUR as u64),
         interval: Duration::from_secs(600),
+        recordings: None,
     }
 }
 
