@@ -7,7 +7,8 @@
 // - two people: alice (group "ops") and bob (group "dev"); the login page
 //   (the package's development login) takes the account name as login;
 // - client `gatepass` (secret `gatepass-secret`) for the authorization code
-//   flow with PKCE; its redirect URIs are Vault's CLI listener's, and those
+//   flow with PKCE and the device authorization grant (RFC 8628, pages at
+//   /device); its redirect URIs are Vault's CLI listener's, and those
 //   in EXTRA_REDIRECT_URIS (comma-separated), for listeners on other ports;
 // - clients `ci-main` and `ci-fork` (secret `ci-secret`) for the client
 //   credentials grant, which get JWT access tokens for audience `gatepass`
@@ -46,7 +47,7 @@ function makeProvider() {
       {
         client_id: 'gatepass',
         client_secret: 'gatepass-secret',
-        grant_types: ['authorization_code'],
+        grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
         response_types: ['code'],
         redirect_uris: [
           'http://127.0.0.1:8250/oidc/callback',
@@ -92,6 +93,9 @@ function makeProvider() {
     pkce: { required: () => true },
     features: {
       devInteractions: { enabled: true },
+      // RFC 8628 for machines without a browser: the person approves at
+      // /device (the package's own pages) on another device.
+      deviceFlow: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
