@@ -15,6 +15,7 @@
 //   (or `other` with resource=urn:other) carrying CI-like claims;
 // - POST /admin/rotate: a new signing key signs from then on; the old one
 //   stays published. Answers {"kid": NEW}.
+// - GET /admin/pem: the public key that signs now, PEM-encoded.
 
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -127,6 +128,14 @@ const server = http.createServer((req, res) => {
     provider = makeProvider();
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ kid: key.kid }));
+    return;
+  }
+  if (req.method === 'GET' && req.url === '/admin/pem') {
+    // The signing key's public half as PEM, for jwt_validation_pubkeys.
+    const pem = crypto.createPublicKey({ key: keys[0], format: 'jwk' })
+      .export({ type: 'spki', format: 'pem' });
+    res.setHeader('content-type', 'application/x-pem-file');
+    res.end(pem);
     return;
   }
   provider.callback()(req, res);

@@ -446,6 +446,54 @@ async fn logins_keep_working_when_the_provider_rotates_its_key() {
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
+/// A `jwt` mount that trusts PEM keys given in its config, without asking
+/// the provider: a token signed by the key is accepted, one signed by a
+/// key not in the list (after the provider's rotation) is refused.
+#[tokio::test]
+async fn jwt_validation_pubkeys_trusts_the_pem_keys_given_and_no_other() {
+    let p = Provider::start();
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    let pem = p.signing_key_pem().await;
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    ok(&s, "POST", "sys/auth/jwt", json!({"type": "jwt"})).await;
+    ok(
+        &s,
+        "POST",
+        "auth/jwt/config",
+        json!({"jwt_validation_pubkeys": [pem], "bound_issuer": p.issuer}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "auth/jwt/role/ci",
+        json!({"role_type": "jwt", "bound_audiences": ["gatepass"], "user_claim": "sub",
+               "bound_claims": {"ref": "refs/heads/main"}, "token_policies": ["ci"]}),
+    )
+    .await;
+    let (st, v) = jwt_login(&s, &p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["auth"]["policies"].to_string().contains("\"ci\""), "{v}");
+
+    let before = issued_tokens(&s).await;
+    p.rotate().await;
+    let (st, v) = jwt_login(&s, &p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("signature"), "{v}");
+    assert_eq!(issued_tokens(&s).await, before);
+
+    // Something that is not a PEM public key is refused at configuration.
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/jwt/config",
+            Some(json!({"jwt_validation_pubkeys": ["not a key"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
+
 fn jsonwebtoken_header_kid(jwt: &str) -> String {
     use base64::Engine;
     let head = jwt.split('.').next().unwrap();
