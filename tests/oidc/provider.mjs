@@ -10,7 +10,8 @@
 //   flow with PKCE and the device authorization grant (RFC 8628, pages at
 //   /device); its redirect URIs are Vault's CLI listener's, and those
 //   in EXTRA_REDIRECT_URIS (comma-separated), for listeners on other ports;
-// - clients `ci-main` and `ci-fork` (secret `ci-secret`) for the client
+// - clients `ci-main`, `ci-fork` and `ci-later` (its tokens carry an `nbf`
+//   an hour ahead) (secret `ci-secret`) for the client
 //   credentials grant, which get JWT access tokens for audience `gatepass`
 //   (or `other` with resource=urn:other) carrying CI-like claims;
 // - POST /admin/rotate: a new signing key signs from then on; the old one
@@ -31,6 +32,8 @@ const accounts = {
 const ciClaims = {
   'ci-main': { project_path: 'infra/deploy', ref: 'refs/heads/main', ref_type: 'branch' },
   'ci-fork': { project_path: 'someone/deploy', ref: 'refs/heads/feature', ref_type: 'branch' },
+  // ci-main's claims in a token not valid before an hour from now (nbf).
+  'ci-later': { project_path: 'infra/deploy', ref: 'refs/heads/main', ref_type: 'branch' },
 };
 
 function newKey() {
@@ -112,7 +115,11 @@ function makeProvider() {
       },
     },
     async extraTokenClaims(_ctx, token) {
-      return ciClaims[token.clientId] || undefined;
+      const claims = ciClaims[token.clientId];
+      if (token.clientId === 'ci-later') {
+        return { ...claims, nbf: Math.floor(Date.now() / 1000) + 3600 };
+      }
+      return claims || undefined;
     },
     ttl: { AccessToken: 300, ClientCredentials: 300, IdToken: 300 },
   });

@@ -536,6 +536,11 @@ async fn bad_input_is_refused_and_nothing_is_issued(backend: Backend) {
     refused(st, &v, "issued in the future");
     to_real_time(&s);
 
+    // Not valid yet by its nbf, an hour ahead (beyond the leeways).
+    let later = p.client_credentials("ci-later", None).await;
+    let (st, v) = jwt_login(&s, &later).await;
+    refused(st, &v, "not valid yet (nbf claim)");
+
     // Wrong audience.
     let other = p.client_credentials("ci-main", Some("urn:other")).await;
     let (st, v) = jwt_login(&s, &other).await;
