@@ -7,13 +7,16 @@
 // - two people: alice (group "ops") and bob (group "dev"); the login page
 //   (the package's development login) takes the account name as login;
 // - client `gatepass` (secret `gatepass-secret`) for the authorization code
-//   flow with PKCE; its redirect URIs are Vault's CLI listener's, and those
+//   flow with PKCE and the device authorization grant (RFC 8628, pages at
+//   /device); its redirect URIs are Vault's CLI listener's, and those
 //   in EXTRA_REDIRECT_URIS (comma-separated), for listeners on other ports;
-// - clients `ci-main` and `ci-fork` (secret `ci-secret`) for the client
+// - clients `ci-main`, `ci-fork` and `ci-later` (its tokens carry an `nbf`
+//   an hour ahead) (secret `ci-secret`) for the client
 //   credentials grant, which get JWT access tokens for audience `gatepass`
 //   (or `other` with resource=urn:other) carrying CI-like claims;
 // - POST /admin/rotate: a new signing key signs from then on; the old one
 //   stays published. Answers {"kid": NEW}.
+// - GET /admin/pem: the public key that signs now, PEM-encoded.
 
 import http from 'node:http';
 import crypto from 'node:crypto';
@@ -29,6 +32,8 @@ const accounts = {
 const ciClaims = {
   'ci-main': { project_path: 'infra/deploy', ref: 'refs/heads/main', ref_type: 'branch' },
   'ci-fork': { project_path: 'someone/deploy', ref: 'refs/heads/feature', ref_type: 'branch' },
+  // ci-main's claims in a token not valid before an hour from now (nbf).
+  'ci-later': { project_path: 'infra/deploy', ref: 'refs/heads/main', ref_type: 'branch' },
 };
 
 function newKey() {
@@ -46,7 +51,7 @@ function makeProvider() {
       {
         client_id: 'gatepass',
         client_secret: 'gatepass-secret',
-        grant_types: ['authorization_code'],
+        grant_types: ['authorization_code', 'urn:ietf:params:oauth:grant-type:device_code'],
         response_types: ['code'],
         redirect_uris: [
           'http://127.0.0.1:8250/oidc/callback',
@@ -92,6 +97,9 @@ function makeProvider() {
     pkce: { required: () => true },
     features: {
       devInteractions: { enabled: true },
+      // RFC 8628 for machines without a browser: the person approves at
+      // /device (the package's own pages) on another device.
+      deviceFlow: { enabled: true },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -107,7 +115,11 @@ function makeProvider() {
       },
     },
     async extraTokenClaims(_ctx, token) {
-      return ciClaims[token.clientId] || undefined;
+      const claims = ciClaims[token.clientId];
+      if (token.clientId === 'ci-later') {
+        return { ...claims, nbf: Math.floor(Date.now() / 1000) + 3600 };
+      }
+      return claims || undefined;
     },
     ttl: { AccessToken: 300, ClientCredentials: 300, IdToken: 300 },
   });
@@ -123,6 +135,14 @@ const server = http.createServer((req, res) => {
     provider = makeProvider();
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ kid: key.kid }));
+    return;
+  }
+  if (req.method === 'GET' && req.url === '/admin/pem') {
+    // The signing key's public half as PEM, for jwt_validation_pubkeys.
+    const pem = crypto.createPublicKey({ key: keys[0], format: 'jwk' })
+      .export({ type: 'spki', format: 'pem' });
+    res.setHeader('content-type', 'application/x-pem-file');
+    res.end(pem);
     return;
   }
   provider.callback()(req, res);

@@ -115,6 +115,18 @@ impl Provider {
         v["kid"].as_str().expect("kid").to_string()
     }
 
+    /// The public key that signs now, PEM-encoded (SPKI).
+    pub async fn signing_key_pem(&self) -> String {
+        self.http
+            .get(format!("{}/admin/pem", self.issuer))
+            .send()
+            .await
+            .expect("pem")
+            .text()
+            .await
+            .expect("pem text")
+    }
+
     /// The person's browser: opens `auth_url`, signs in as `login`, gives
     /// consent, and returns where the provider sends the browser back to
     /// (the redirect URI with `code` and `state`).

@@ -18,6 +18,7 @@ Examples:
   gatepass login --method approle role_id=$ROLE_ID secret_id=- < secret_id.txt
   gatepass login --method oidc role=dev             # signs in in the browser
   gatepass login --method oidc mount=sso skip_browser=true port=18250
+  gatepass login --method oidc device=true          # no browser here: a code
 
   # A token for one script, not saved:
   export GATEPASS_TOKEN=$(gatepass login --no-store --field token \\
@@ -49,7 +50,9 @@ pub struct Args {
     /// Vault's CLI) role=, mount= (default oidc), listenaddress=
     /// (localhost), port= (8250), callbackmethod=, callbackhost=,
     /// callbackport= (where the redirect reaches this machine) and
-    /// skip_browser=true (print the URL only). KEY=- reads a value from
+    /// skip_browser=true (print the URL only), or device=true (no browser
+    /// on this machine: open a URL on any device and enter the code
+    /// printed, through the provider's device authorization grant). KEY=- reads a value from
     /// standard input and KEY=@FILE from a file.
     #[arg(value_name = "TOKEN | KEY=VALUE")]
     pub args: Vec<String>,

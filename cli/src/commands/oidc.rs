@@ -40,6 +40,9 @@ struct Options {
     callback_host: String,
     callback_port: u16,
     skip_browser: bool,
+    /// The device authorization grant (RFC 8628) instead of a browser
+    /// here: for machines without one.
+    device: bool,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -62,15 +65,17 @@ fn options(args: &[String]) -> Result<Options> {
     let callback_method = text("callbackmethod")?.unwrap_or_else(|| "http".into());
     let callback_host = text("callbackhost")?.unwrap_or_else(|| "localhost".into());
     let callback_port = port(text("callbackport")?, "callbackport", listen_port)?;
-    let skip_browser = match text("skip_browser")?.as_deref() {
-        None | Some("false") | Some("0") => false,
-        Some("true") | Some("1") => true,
-        Some(v) => return Err(Error::Usage(format!("skip_browser={v}: use true or false"))),
+    let flag = |v: Option<String>, name: &str| match v.as_deref() {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(v) => Err(Error::Usage(format!("{name}={v}: use true or false"))),
     };
+    let skip_browser = flag(text("skip_browser")?, "skip_browser")?;
+    let device = flag(text("device")?, "device")?;
     if let Some(k) = pairs.keys().next() {
         return Err(Error::Usage(format!(
             "the oidc method does not take {k}=; it takes mount, role, listenaddress, port, \
-             callbackmethod, callbackhost, callbackport and skip_browser"
+             callbackmethod, callbackhost, callbackport, skip_browser and device"
         )));
     }
     // The mount becomes path segments and the role a body field: keep the
@@ -97,6 +102,7 @@ fn options(args: &[String]) -> Result<Options> {
         callback_host,
         callback_port,
         skip_browser,
+        device,
     })
 }
 
@@ -182,6 +188,9 @@ fn open_browser(url: &str) -> bool {
 
 pub async fn login(ctx: &Ctx, args: &[String]) -> Result<Value> {
     let o = options(args)?;
+    if o.device {
+        return device_login(ctx, &o).await;
+    }
     let listener = tokio::net::TcpListener::bind((o.listen_address.as_str(), o.port))
         .await
         .map_err(|e| {
@@ -309,6 +318,96 @@ pub async fn login(ctx: &Ctx, args: &[String]) -> Result<Value> {
     result
 }
 
+/// The longest a device login waits, whatever the provider allows.
+const DEVICE_WAIT: Duration = Duration::from_secs(900);
+
+/// `device=true`: the server starts the provider's device authorization
+/// grant (gatepass's `oidc/device_code`); the person opens the URL on any
+/// device and enters the code; this polls `oidc/device_poll` at the
+/// interval asked for (5 s longer after each `slow_down`) until they have
+/// approved, denied, or the code expired.
+async fn device_login(ctx: &Ctx, o: &Options) -> Result<Value> {
+    let mut body = Map::new();
+    if let Some(r) = &o.role {
+        body.insert("role".into(), Value::String(r.clone()));
+    }
+    let answer = ctx
+        .call(
+            "POST",
+            &format!("auth/{}/oidc/device_code", o.mount),
+            Some(&body),
+            "starting a device login",
+        )
+        .await?
+        .unwrap_or_default();
+    let data = |k: &str| answer.pointer(&format!("/data/{k}")).cloned();
+    let text = |k: &str| data(k).and_then(|v| v.as_str().map(String::from));
+    let (Some(handle), Some(user_code), Some(uri)) = (
+        text("device_code"),
+        text("user_code"),
+        text("verification_uri"),
+    ) else {
+        return Err(Error::Local(format!(
+            "the server's answer to auth/{}/oidc/device_code has no device_code, user_code \
+             and verification_uri",
+            o.mount
+        )));
+    };
+    let mut interval = data("interval")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(5)
+        .clamp(1, 60);
+    let expires_in = data("expires_in").and_then(|v| v.as_u64()).unwrap_or(600);
+    eprintln!(
+        "Complete the login via your OIDC provider. On any device, open\n\n    {uri}\n\n\
+         and enter the code\n\n    {user_code}\n"
+    );
+    if let Some(full) = text("verification_uri_complete") {
+        eprintln!("(or open {full}, which has the code in it)\n");
+    }
+    eprintln!("Waiting for OIDC authentication to complete...");
+    let mut poll = Map::new();
+    poll.insert("device_code".into(), Value::String(handle));
+    let wait = Duration::from_secs(expires_in).min(DEVICE_WAIT);
+    let outcome = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(interval)).await;
+            let r = ctx
+                .call(
+                    "POST",
+                    &format!("auth/{}/oidc/device_poll", o.mount),
+                    Some(&poll),
+                    "completing the device login",
+                )
+                .await;
+            match r {
+                Err(Error::Api {
+                    status: 400,
+                    ref errors,
+                    ..
+                }) if errors
+                    .iter()
+                    .any(|e| e.starts_with("authorization_pending")) => {}
+                Err(Error::Api {
+                    status: 400,
+                    ref errors,
+                    ..
+                }) if errors.iter().any(|e| e.starts_with("slow_down")) => {
+                    interval += 5;
+                }
+                other => return other.map(Option::unwrap_or_default),
+            }
+        }
+    };
+    match tokio::time::timeout(wait, outcome).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Local(format!(
+            "the device login was not approved within {} minutes",
+            wait.as_secs().div_ceil(60)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,12 +427,14 @@ mod tests {
             "mount=sso/okta",
             "port=18250",
             "skip_browser=true",
+            "device=true",
         ]))
         .unwrap();
         assert_eq!(o.role.as_deref(), Some("dev"));
         assert_eq!(o.mount, "sso/okta");
         assert_eq!((o.port, o.callback_port), (18250, 18250));
-        assert!(o.skip_browser);
+        assert!(o.skip_browser && o.device);
+        assert!(!options(&[]).unwrap().device);
     }
 
     #[test]
@@ -345,6 +446,7 @@ mod tests {
             "mount=a//b",
             "callbackmethod=ftp",
             "skip_browser=maybe",
+            "device=yes",
             "username=alice",
         ] {
             assert!(options(&args(&[bad])).is_err(), "{bad}");

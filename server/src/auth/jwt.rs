@@ -1120,6 +1120,22 @@ pub async fn callback(
         (true, Some(t)) => t,
         (true, None) => return Err(Error::invalid("missing code")),
     };
+    let claims = check_id_token(core, &c, &d, &r, &id_token, Some(&pending.nonce), now).await?;
+    login_with_claims(core, m, &pending.role, &r, &claims, now).await
+}
+
+/// The claims of an ID token from the provider's token endpoint, checked:
+/// signature, issuer, times, the client as audience (and one of the role's
+/// bound audiences when it has some), and the login's nonce when it had one.
+async fn check_id_token(
+    core: &Core,
+    c: &Config,
+    d: &Discovery,
+    r: &Role,
+    id_token: &str,
+    nonce: Option<&str>,
+    now: i64,
+) -> Result<Map<String, Value>> {
     let mut audiences = vec![c.oidc_client_id.clone()];
     audiences.extend(r.bound_audiences.iter().cloned());
     let x = Expect {
@@ -1129,11 +1145,11 @@ pub async fn callback(
             &c.bound_issuer
         }),
         audiences,
-        nonce: Some(&pending.nonce),
-        role: &r,
+        nonce,
+        role: r,
         now,
     };
-    let claims = validate(core, &c, &id_token, &x).await?;
+    let claims = validate(core, c, id_token, &x).await?;
     // With bound audiences, the ID token must be for one of them too.
     if !r.bound_audiences.is_empty() {
         let aud = claim_texts(claims.get("aud"));
@@ -1143,7 +1159,7 @@ pub async fn callback(
             ));
         }
     }
-    login_with_claims(core, m, &pending.role, &r, &claims, now).await
+    Ok(claims)
 }
 
 /// The authorization code for the ID token, at the provider's token
@@ -1188,6 +1204,261 @@ async fn exchange(
         .map_err(|e| unreachable("token response", &d.token_endpoint, e))?;
     t.id_token
         .ok_or_else(|| Error::invalid("the identity provider's token response has no id_token"))
+}
+
+// ---- the device flow (RFC 8628), a gatepass extension ----------------------
+
+/// A device login between `oidc/device_code` and `oidc/device_poll`. The
+/// provider's device code stays here; the client holds only a handle to
+/// it, which is kept under its keyed hash like a browser login's state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeviceLogin {
+    role: String,
+    device_code: String,
+    expires: i64,
+    /// Seconds between polls, as the provider asked (5 more after each
+    /// `slow_down`).
+    interval: i64,
+    /// When the provider was last asked (0: not yet).
+    last_poll: i64,
+}
+
+fn device_key(core: &Core, m: &AuthMount, handle: &str) -> String {
+    format!("{}device/{}", m.data_prefix(), core.hasher.hash(handle))
+}
+
+/// Clears expired device logins once there are [`MAX_PENDING`], as
+/// [`make_room`] does for browser logins.
+async fn make_device_room(core: &Core, m: &AuthMount, now: i64) -> Result<()> {
+    let keys = core
+        .storage
+        .keys_with_prefix(&format!("{}device/", m.data_prefix()))
+        .await?;
+    if keys.len() < MAX_PENDING {
+        return Ok(());
+    }
+    let mut expired = Vec::new();
+    for k in &keys {
+        match core.storage.get::<DeviceLogin>(k).await? {
+            Some(p) if p.expires > now => {}
+            _ => expired.push(k.clone()),
+        }
+    }
+    core.storage.delete_many(&expired).await?;
+    if keys.len() - expired.len() >= MAX_PENDING {
+        return Err(Error::RateLimited(
+            "too many OIDC device logins in progress: try again in a few minutes".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct DeviceAuthorization {
+    device_code: String,
+    user_code: String,
+    verification_uri: String,
+    #[serde(default)]
+    verification_uri_complete: Option<String>,
+    expires_in: i64,
+    #[serde(default)]
+    interval: Option<i64>,
+}
+
+/// The provider's OAuth error answer (`error`, `error_description`).
+async fn oauth_error(resp: reqwest::Response) -> (String, String) {
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (text("error"), text("error_description"))
+}
+
+/// `auth/<path>/oidc/device_code`: starts a login for a machine without a
+/// browser through the provider's device authorization grant. The person
+/// opens `verification_uri` anywhere and enters `user_code`; the client
+/// polls `oidc/device_poll` with `device_code` every `interval` seconds.
+pub async fn device_code(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<Value> {
+    let c = config(core, m).await?;
+    let (name, r) = role_for(core, m, &c, f).await?;
+    if r.role_type != RoleType::Oidc {
+        return Err(Error::invalid(format!(
+            "role {name:?} is a jwt role: log in through auth/{}/login",
+            m.path
+        )));
+    }
+    let KeySource::Discovery(url) = c.key_source()? else {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_discovery_url in the config",
+        ));
+    };
+    if c.oidc_client_id.is_empty() {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_client_id and oidc_client_secret in the config",
+        ));
+    }
+    let d = discovery(core, url, now, false).await?;
+    let Some(endpoint) = d.device_authorization_endpoint.clone() else {
+        return Err(Error::invalid(
+            "the identity provider offers no device authorization grant \
+             (no device_authorization_endpoint in its discovery document)",
+        ));
+    };
+    make_device_room(core, m, now).await?;
+    let mut scopes = vec!["openid".to_string()];
+    scopes.extend(r.oidc_scopes.iter().filter(|s| *s != "openid").cloned());
+    let resp = core
+        .oidc
+        .client()?
+        .post(&endpoint)
+        .basic_auth(&c.oidc_client_id, Some(&c.oidc_client_secret))
+        .form(&[
+            ("client_id", c.oidc_client_id.as_str()),
+            ("scope", scopes.join(" ").as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| unreachable("device authorization endpoint", &endpoint, e))?;
+    if !resp.status().is_success() {
+        let (err, desc) = oauth_error(resp).await;
+        return Err(Error::invalid(format!(
+            "the identity provider refused the device login: {err} {desc}"
+        )));
+    }
+    let a: DeviceAuthorization = resp
+        .json()
+        .await
+        .map_err(|e| unreachable("device authorization response", &endpoint, e))?;
+    let handle = super::random_text(32);
+    let expires_in = a.expires_in.clamp(1, STATE_TTL);
+    let interval = a.interval.unwrap_or(5).clamp(1, 60);
+    core.storage
+        .put(
+            &device_key(core, m, &handle),
+            &DeviceLogin {
+                role: name,
+                device_code: a.device_code,
+                expires: now + expires_in,
+                interval,
+                last_poll: 0,
+            },
+        )
+        .await?;
+    Ok(json!({
+        "device_code": handle,
+        "user_code": a.user_code,
+        "verification_uri": a.verification_uri,
+        "verification_uri_complete": a.verification_uri_complete,
+        "interval": interval,
+        "expires_in": expires_in,
+    }))
+}
+
+fn slow_down() -> Error {
+    Error::invalid("slow_down: poll 5 seconds less often")
+}
+
+/// `auth/<path>/oidc/device_poll`: asks the provider whether the person
+/// approved; once they have, the ID token is checked as the callback's is
+/// and the token issued. A device login serves one token, and none after
+/// it expires or the person denied it. While the person has not decided,
+/// the answer is a 400 starting `authorization_pending` (or `slow_down`:
+/// poll 5 s less often), which clients poll on.
+pub async fn device_poll(
+    core: &Core,
+    m: &AuthMount,
+    f: &Fields,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
+    let handle = f.str("device_code")?.unwrap_or_default();
+    let gone = || Error::invalid("expired or unknown device code");
+    if handle.is_empty() {
+        return Err(gone());
+    }
+    let key = device_key(core, m, &handle);
+    let mut login: DeviceLogin = core.storage.get(&key).await?.ok_or_else(gone)?;
+    if login.expires <= now {
+        core.storage.delete_many(&[key]).await?;
+        return Err(gone());
+    }
+    // The server keeps to the provider's interval itself, so that a client
+    // polling too fast does not get the provider to slow down every login
+    // of this server.
+    if now < login.last_poll + login.interval {
+        login.interval += 5;
+        core.storage.put(&key, &login).await?;
+        return Err(slow_down());
+    }
+    login.last_poll = now;
+    core.storage.put(&key, &login).await?;
+    let c = config(core, m).await?;
+    let r: Role = core
+        .storage
+        .get(&role_key(m, &login.role))
+        .await?
+        .ok_or_else(|| Error::invalid(format!("role {:?} could not be found", login.role)))?;
+    let KeySource::Discovery(url) = c.key_source()? else {
+        return Err(Error::invalid(
+            "OIDC logins need oidc_discovery_url in the config",
+        ));
+    };
+    let d = discovery(core, url, now, false).await?;
+    let resp = core
+        .oidc
+        .client()?
+        .post(&d.token_endpoint)
+        .basic_auth(&c.oidc_client_id, Some(&c.oidc_client_secret))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            ("device_code", login.device_code.as_str()),
+            ("client_id", c.oidc_client_id.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| unreachable("token endpoint", &d.token_endpoint, e))?;
+    if !resp.status().is_success() {
+        let (err, desc) = oauth_error(resp).await;
+        return Err(match err.as_str() {
+            "authorization_pending" => {
+                Error::invalid("authorization_pending: the person has not approved the login yet")
+            }
+            "slow_down" => {
+                login.interval += 5;
+                core.storage.put(&key, &login).await?;
+                slow_down()
+            }
+            _ => {
+                // Denied, expired at the provider, or refused: this login
+                // is over.
+                core.storage.delete_many(&[key]).await?;
+                match err.as_str() {
+                    "access_denied" => {
+                        Error::invalid("the person denied the login at the identity provider")
+                    }
+                    "expired_token" => gone(),
+                    _ => Error::invalid(format!(
+                        "the identity provider refused the device login: {err} {desc}"
+                    )),
+                }
+            }
+        });
+    }
+    let t: TokenResponse = resp
+        .json()
+        .await
+        .map_err(|e| unreachable("token response", &d.token_endpoint, e))?;
+    // One token per device login, even if two polls got this far.
+    if core.storage.take::<DeviceLogin>(&key).await?.is_none() {
+        return Err(gone());
+    }
+    let id_token = t
+        .id_token
+        .ok_or_else(|| Error::invalid("the identity provider's token response has no id_token"))?;
+    let claims = check_id_token(core, &c, &d, &r, &id_token, None, now).await?;
+    login_with_claims(core, m, &login.role, &r, &claims, now).await
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub struct Discovery {
     #[serde(default)]
     pub token_endpoint: String,
     pub jwks_uri: String,
+    /// RFC 8628's endpoint, when the provider offers the device grant.
+    #[serde(default)]
+    pub device_authorization_endpoint: Option<String>,
 }
 
 pub struct Fetched<T> {

@@ -296,9 +296,20 @@ async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> R
             let (text, e) = jwt::callback(core, m, &req.fields, now).await?;
             auth(&token::auth(&text, &e, now))
         }
-        (["config"] | ["role" | "login"] | ["role", _] | ["oidc", "auth_url" | "callback"], _) => {
-            Err(Error::UnsupportedOperation)
+        (["oidc", "device_code"], Write) => Ok(Reply::Data(
+            jwt::device_code(core, m, &req.fields, now).await?,
+        )),
+        (["oidc", "device_poll"], Write) => {
+            let (text, e) = jwt::device_poll(core, m, &req.fields, now).await?;
+            auth(&token::auth(&text, &e, now))
         }
+        (
+            ["config"]
+            | ["role" | "login"]
+            | ["role", _]
+            | ["oidc", "auth_url" | "callback" | "device_code" | "device_poll"],
+            _,
+        ) => Err(Error::UnsupportedOperation),
         _ => Err(no_route(&req.path)),
     }
 }
@@ -307,7 +318,9 @@ async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> R
 pub(super) fn mount_path_is_unauthenticated(rest: &str, op: Operation) -> bool {
     matches!(
         (rest, op),
-        ("login" | "oidc/auth_url", Operation::Write)
-            | ("oidc/callback", Operation::Read | Operation::Write)
+        (
+            "login" | "oidc/auth_url" | "oidc/device_code" | "oidc/device_poll",
+            Operation::Write
+        ) | ("oidc/callback", Operation::Read | Operation::Write)
     )
 }

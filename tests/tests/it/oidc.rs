@@ -446,6 +446,54 @@ async fn logins_keep_working_when_the_provider_rotates_its_key() {
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
+/// A `jwt` mount that trusts PEM keys given in its config, without asking
+/// the provider: a token signed by the key is accepted, one signed by a
+/// key not in the list (after the provider's rotation) is refused.
+#[tokio::test]
+async fn jwt_validation_pubkeys_trusts_the_pem_keys_given_and_no_other() {
+    let p = Provider::start();
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    let pem = p.signing_key_pem().await;
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    ok(&s, "POST", "sys/auth/jwt", json!({"type": "jwt"})).await;
+    ok(
+        &s,
+        "POST",
+        "auth/jwt/config",
+        json!({"jwt_validation_pubkeys": [pem], "bound_issuer": p.issuer}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "auth/jwt/role/ci",
+        json!({"role_type": "jwt", "bound_audiences": ["gatepass"], "user_claim": "sub",
+               "bound_claims": {"ref": "refs/heads/main"}, "token_policies": ["ci"]}),
+    )
+    .await;
+    let (st, v) = jwt_login(&s, &p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["auth"]["policies"].to_string().contains("\"ci\""), "{v}");
+
+    let before = issued_tokens(&s).await;
+    p.rotate().await;
+    let (st, v) = jwt_login(&s, &p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(error_of(&v).contains("signature"), "{v}");
+    assert_eq!(issued_tokens(&s).await, before);
+
+    // Something that is not a PEM public key is refused at configuration.
+    let (st, v) = s
+        .root(
+            "POST",
+            "auth/jwt/config",
+            Some(json!({"jwt_validation_pubkeys": ["not a key"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
+
 fn jsonwebtoken_header_kid(jwt: &str) -> String {
     use base64::Engine;
     let head = jwt.split('.').next().unwrap();
@@ -487,6 +535,11 @@ async fn bad_input_is_refused_and_nothing_is_issued(backend: Backend) {
     let (st, v) = jwt_login(&s, &jwt).await;
     refused(st, &v, "issued in the future");
     to_real_time(&s);
+
+    // Not valid yet by its nbf, an hour ahead (beyond the leeways).
+    let later = p.client_credentials("ci-later", None).await;
+    let (st, v) = jwt_login(&s, &later).await;
+    refused(st, &v, "not valid yet (nbf claim)");
 
     // Wrong audience.
     let other = p.client_credentials("ci-main", Some("urn:other")).await;
@@ -718,4 +771,483 @@ async fn gatepass_login_method_oidc_completes_through_the_browser() {
         !v["data"]["entity_id"].as_str().unwrap_or("").is_empty(),
         "{v}"
     );
+}
+
+/// A person's loopback listener (as a CLI's): answers the provider's
+/// redirect with a page and hands the test the query it came with.
+async fn loopback_listener() -> (String, tokio::sync::oneshot::Receiver<reqwest::Url>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let origin = base.clone();
+    tokio::spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&head).to_string();
+            let target = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let page = "<html><body><h1 id=\"done\">Signed in</h1></body></html>";
+            let _ = conn
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                        page.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            if target.starts_with("/oidc/callback?") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(reqwest::Url::parse(&format!("{origin}{target}")).unwrap());
+                }
+            }
+        }
+    });
+    (format!("{base}/oidc/callback"), rx)
+}
+
+/// Headless Chromium on the provider's own login and consent pages: the
+/// person types their name and password, clicks, consents, and lands on
+/// their loopback listener.
+async fn chromium_login(b: &gatepass_tests::browser::Browser, auth_url: &str, who: &str) -> String {
+    b.goto(auth_url).await;
+    b.text("button[type=submit]").await;
+    b.fill("input[name=login]", who).await;
+    b.fill("input[name=password]", "correct horse").await;
+    b.click("button[type=submit]").await;
+    // The consent page: what the client asks for, and Continue.
+    let consent = b.text("button[type=submit]").await;
+    assert_eq!(consent, "Continue", "{}", b.source().await);
+    b.click("button[type=submit]").await;
+    b.text("#done").await
+}
+
+#[tokio::test]
+async fn headless_chromium_signs_in_at_the_provider_and_the_person_signs_for_their_own_name() {
+    use gatepass_tests::browser::{self, Browser};
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (redirect, back) = loopback_listener().await;
+    let p = Provider::start_with(&[&redirect]);
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    setup_oidc(&s, &p).await;
+    let before = issued_tokens(&s).await;
+
+    // Alice asks for the provider's URL, her browser opens it.
+    let (st, v) = auth_url(&s, &redirect).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let url = v["data"]["auth_url"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&p.issuer), "{url}");
+    let b = Browser::start().await;
+    let shown = chromium_login(&b, &url, "alice").await;
+    assert_eq!(shown, "Signed in");
+    let back = back.await.unwrap();
+    b.close().await;
+
+    // Her listener passes code and state on: she has a token with her
+    // group's policies.
+    let (st, v) = callback(&s, &callback_query(&back)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(issued_tokens(&s).await, before + 1);
+    let alice = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let policies = v["auth"]["policies"].to_string();
+    assert!(
+        policies.contains("\"ssh-ops\"") && policies.contains("\"people\""),
+        "{policies}"
+    );
+    assert!(!policies.contains("dev-read"), "{policies}");
+    assert_eq!(v["auth"]["metadata"]["email"], "alice@example.com");
+
+    // Certificates for her own name; bob's is refused.
+    let (st, v) = sign(&s, &alice, "own", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(principals_of(&v), ["alice"]);
+    let (st, v) = sign(&s, &alice, "any", Some("alice")).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(principals_of(&v), ["alice"]);
+    let (st, v) = sign(&s, &alice, "any", Some("bob")).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = sign(&s, &alice, "own", Some("bob")).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
+
+/// `bao login -method=oidc` (OpenBao's own CLI, unchanged) against a real
+/// `gatepass-server dev`: bao listens on loopback, prints the provider's
+/// URL, the person signs in there, and bao saves a token whose lookup
+/// shows the person's policies.
+#[tokio::test]
+async fn bao_login_method_oidc_works_against_gatepass_unchanged() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let bao = std::path::Path::new("/usr/local/bin/bao");
+    assert!(bao.exists(), "bao is needed (tests/run installs it)");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // bao's listener and callback host default to localhost.
+    let redirect = format!("http://localhost:{port}/oidc/callback");
+    let p = Provider::start_with(&[&redirect]);
+    let server = dev_server_with_oidc(&p, &redirect).await;
+
+    let home = tempfile::tempdir().unwrap();
+    let bao_cmd = || {
+        let mut c = Command::new(bao);
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
+        c.env("HOME", home.path())
+            .env("VAULT_ADDR", &server.addr)
+            .env("VAULT_CACERT", &server.cacert)
+            .env("BAO_ADDR", &server.addr)
+            .env("BAO_CACERT", &server.cacert);
+        c
+    };
+    let mut child = bao_cmd()
+        .args(["login", "-method=oidc", &format!("port={port}")])
+        .arg("skip_browser=true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut printed = String::new();
+    let auth_url = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "bao printed no URL: {printed}{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        };
+        printed += &line;
+        printed.push('\n');
+        if let Some(u) = line.trim().strip_prefix(&p.issuer) {
+            break format!("{}{u}", p.issuer);
+        }
+    };
+
+    // The person signs in; the provider sends the browser back to bao.
+    let back = p.browser_login(&auth_url, "alice").await;
+    assert!(back.as_str().starts_with(&redirect), "{back}");
+    let page = reqwest::get(back).await.unwrap();
+    assert!(page.status().is_success(), "{page:?}");
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{stdout}");
+    assert!(
+        stdout.contains("Success! You are now authenticated"),
+        "{stdout}"
+    );
+
+    // bao saved alice's token: its lookup shows her policies.
+    let looked = bao_cmd()
+        .args(["token", "lookup", "-format=json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&looked.stdout).unwrap_or_else(|_| {
+        panic!(
+            "bao token lookup: {}{}",
+            String::from_utf8_lossy(&looked.stdout),
+            String::from_utf8_lossy(&looked.stderr)
+        )
+    });
+    assert!(
+        v["data"]["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "people"),
+        "{v}"
+    );
+    assert_eq!(v["data"]["meta"]["role"], "person", "{v}");
+    assert!(
+        !v["data"]["entity_id"].as_str().unwrap_or("").is_empty(),
+        "{v}"
+    );
+}
+
+/// A `gatepass-server dev` with an `oidc` mount for the provider whose
+/// role `person` (the default) allows `redirect` and gives `people`.
+async fn dev_server_with_oidc(p: &Provider, redirect: &str) -> gatepass_tests::DevServer {
+    let server = gatepass_tests::DevServer::start();
+    let admin = server.client();
+    let call = |method: &'static str, path: &'static str, body: Value| {
+        let admin = &admin;
+        async move {
+            let body = body.as_object().cloned();
+            admin
+                .request(method, path, body.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+        }
+    };
+    call("POST", "sys/auth/oidc", json!({"type": "oidc"})).await;
+    call(
+        "POST",
+        "auth/oidc/config",
+        json!({"oidc_discovery_url": p.issuer, "oidc_client_id": CLIENT_ID,
+               "oidc_client_secret": CLIENT_SECRET, "default_role": "person"}),
+    )
+    .await;
+    call(
+        "POST",
+        "auth/oidc/role/person",
+        json!({"role_type": "oidc", "allowed_redirect_uris": [redirect],
+               "user_claim": "preferred_username", "groups_claim": "groups",
+               "oidc_scopes": ["profile", "groups"],
+               "token_policies": ["people"], "token_ttl": "1h"}),
+    )
+    .await;
+    server
+}
+
+/// Headless Chromium approves (or aborts) a device login at the
+/// provider's /device pages: the code is in the URL; the person confirms
+/// it, signs in and consents.
+async fn chromium_device_approval(
+    b: &gatepass_tests::browser::Browser,
+    url: &str,
+    who: &str,
+    approve: bool,
+) -> String {
+    b.goto(url).await;
+    // The page posts the code by itself, then asks to confirm it.
+    b.text("button[name=abort]").await;
+    if !approve {
+        b.click("button[name=abort]").await;
+        return b.text("body").await;
+    }
+    b.click("button[autofocus]").await;
+    b.text("input[name=login]").await;
+    b.fill("input[name=login]", who).await;
+    b.fill("input[name=password]", "correct horse").await;
+    b.click("button[type=submit]").await;
+    assert_eq!(b.text("button[type=submit]").await, "Continue");
+    b.click("button[type=submit]").await;
+    b.text("body").await
+}
+
+async fn device_poll(s: &Server, handle: &str) -> (StatusCode, Value) {
+    s.call(
+        "POST",
+        "auth/oidc/oidc/device_poll",
+        None,
+        Some(json!({ "device_code": handle })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn device_flow_logs_in_without_a_browser_and_denied_or_expired_codes_issue_nothing() {
+    use gatepass_tests::browser::{self, Browser};
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let p = Provider::start();
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    setup_oidc(&s, &p).await;
+    let before = issued_tokens(&s).await;
+    let refused = |st: StatusCode, v: &Value, words: &str| {
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(error_of(v).contains(words), "want {words:?}: {v}");
+    };
+
+    // The machine asks for a code (no token needed, the default role).
+    let (st, v) = s
+        .call("POST", "auth/oidc/oidc/device_code", None, Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let d = &v["data"];
+    let handle = d["device_code"].as_str().unwrap().to_string();
+    let user_code = d["user_code"].as_str().unwrap().to_string();
+    assert_eq!(d["verification_uri"], format!("{}/device", p.issuer));
+    assert!(d["interval"].as_i64().unwrap() >= 1, "{v}");
+    let complete = d["verification_uri_complete"].as_str().unwrap().to_string();
+    assert!(complete.contains(&user_code), "{complete}");
+
+    // Not approved yet; polling before the interval is told to slow down,
+    // which adds 5 s to it.
+    let interval = d["interval"].as_i64().unwrap();
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "authorization_pending");
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "slow_down");
+    s.clock.advance(interval);
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "slow_down");
+    s.clock.advance(interval + 10);
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "authorization_pending");
+    assert_eq!(issued_tokens(&s).await, before);
+    s.clock.advance(interval + 10);
+
+    // Alice approves on her phone (here: Chromium); the next poll logs in.
+    let b = Browser::start().await;
+    let done = chromium_device_approval(&b, &complete, "alice", true).await;
+    assert!(done.contains("Sign-in Success"), "{done}");
+    let (st, v) = device_poll(&s, &handle).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(issued_tokens(&s).await, before + 1);
+    let alice = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let policies = v["auth"]["policies"].to_string();
+    assert!(policies.contains("\"ssh-ops\""), "{policies}");
+    let (st, v) = sign(&s, &alice, "own", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(principals_of(&v), ["alice"]);
+    // One login per code.
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "expired or unknown device code");
+
+    // Denied: the person aborts at the provider.
+    let (_, v) = s
+        .call(
+            "POST",
+            "auth/oidc/oidc/device_code",
+            None,
+            Some(json!({"role": "person"})),
+        )
+        .await;
+    let handle = v["data"]["device_code"].as_str().unwrap().to_string();
+    let complete = v["data"]["verification_uri_complete"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    chromium_device_approval(&b, &complete, "bob", false).await;
+    b.close().await;
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "denied");
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "expired or unknown device code");
+
+    // Expired: the code's lifetime passed.
+    let (_, v) = s
+        .call("POST", "auth/oidc/oidc/device_code", None, Some(json!({})))
+        .await;
+    let handle = v["data"]["device_code"].as_str().unwrap().to_string();
+    s.clock
+        .advance(v["data"]["expires_in"].as_i64().unwrap() + 1);
+    let (st, v) = device_poll(&s, &handle).await;
+    refused(st, &v, "expired or unknown device code");
+    // Made-up and missing handles.
+    let (st, v) = device_poll(&s, "made-up").await;
+    refused(st, &v, "expired or unknown device code");
+    let (st, v) = s
+        .call("POST", "auth/oidc/oidc/device_poll", None, Some(json!({})))
+        .await;
+    refused(st, &v, "expired or unknown device code");
+
+    assert_eq!(
+        issued_tokens(&s).await,
+        before + 1,
+        "nothing else was issued"
+    );
+}
+
+/// `gatepass login --method oidc device=true` on a machine without a
+/// browser: it prints the URL and the code, the person approves elsewhere,
+/// and the CLI's polling ends with the token saved.
+#[tokio::test]
+async fn gatepass_login_device_true_completes_when_the_person_approves_elsewhere() {
+    use gatepass_tests::bin;
+    use gatepass_tests::browser::{self, Browser};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let p = Provider::start();
+    let server = dev_server_with_oidc(&p, REDIRECT_URI).await;
+    let home = tempfile::tempdir().unwrap();
+    let cli = || {
+        let mut c = Command::new(bin("gatepass"));
+        for v in gatepass_tests::CLI_AMBIENT_ENV {
+            c.env_remove(v);
+        }
+        c.env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("GATEPASS_ADDR", &server.addr)
+            .env("GATEPASS_CACERT", &server.cacert);
+        c
+    };
+    let mut child = cli()
+        .args(["login", "--method", "oidc", "device=true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut printed = String::new();
+    let (mut uri, mut code) = (None, None);
+    while uri.is_none() || code.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the CLI printed no URL and code: {printed}");
+        };
+        printed += &line;
+        printed.push('\n');
+        let t = line.trim();
+        if t == format!("{}/device", p.issuer) {
+            uri = Some(t.to_string());
+        } else if uri.is_some() && !t.is_empty() && !t.contains(' ') {
+            code = Some(t.to_string());
+        }
+    }
+    let (uri, code) = (uri.unwrap(), code.unwrap());
+    assert!(printed.contains("enter the code"), "{printed}");
+
+    // The person types the code at the URL on another device.
+    let b = Browser::start().await;
+    b.goto(&uri).await;
+    b.fill("input[name=user_code]", &code).await;
+    b.click("button[type=submit]").await;
+    b.text("button[name=abort]").await;
+    b.click("button[autofocus]").await;
+    b.fill("input[name=login]", "alice").await;
+    b.fill("input[name=password]", "correct horse").await;
+    b.click("button[type=submit]").await;
+    b.click("button[type=submit]").await;
+    assert!(b.text("body").await.contains("Sign-in Success"));
+    b.close().await;
+
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}{stdout}");
+    assert!(
+        stdout.contains("Success! You are now authenticated"),
+        "{stdout}"
+    );
+    let looked = cli()
+        .args(["token", "lookup", "--format", "json"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&looked.stdout).unwrap();
+    assert_eq!(v["data"]["meta"]["role"], "person", "{v}");
+    assert_eq!(v["data"]["display_name"], "oidc-alice", "{v}");
 }
