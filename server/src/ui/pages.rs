@@ -721,6 +721,53 @@ struct SshMount {
     path: String,
     public_keys: Vec<String>,
     roles: Option<Vec<RoleView>>,
+    /// None: no KRL to read (no CA key yet, or not allowed).
+    krl: Option<KrlState>,
+}
+
+/// What the mount's KRL (the one hosts fetch) holds now.
+struct KrlState {
+    version: u64,
+    /// When the list last changed (the KRL's date), RFC 3339.
+    updated: String,
+    /// Revoked serials, counting each in a range.
+    serials: u64,
+    key_ids: usize,
+    keys: usize,
+}
+
+/// The KRL as the API's `<mount>/krl` serves it, read back.
+async fn krl_state(core: &Core, c: &Caller, mount: &str) -> crate::Result<Option<KrlState>> {
+    let body = match c
+        .call(core, Operation::Read, &format!("{mount}/krl"), json!({}))
+        .await
+    {
+        Ok(crate::http::Reply::Raw { body, .. }) => body,
+        Ok(_) => return Ok(None),
+        Err(e) if crate::http::status_of(&e).is_client_error() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(k) = gatepass_krl::parse(&body) else {
+        return Ok(None);
+    };
+    let serials = k
+        .certs
+        .iter()
+        .map(|c| {
+            c.serials.len() as u64
+                + c.ranges
+                    .iter()
+                    .map(|r| r.end().saturating_sub(*r.start()).saturating_add(1))
+                    .sum::<u64>()
+        })
+        .sum();
+    Ok(Some(KrlState {
+        version: k.version,
+        updated: crate::clock::rfc3339(i64::try_from(k.generated).unwrap_or(0)),
+        serials,
+        key_ids: k.certs.iter().map(|c| c.key_ids.len()).sum(),
+        keys: k.keys.len(),
+    }))
 }
 
 struct RoleView {
@@ -796,10 +843,12 @@ pub async fn ssh(AxState(core): AxState<State>, parts: Parts) -> Page {
                         Some(roles)
                     }
                 };
+                let krl = krl_state(&core, &c, &p).await?;
                 out.push(SshMount {
                     path: p,
                     public_keys,
                     roles,
+                    krl,
                 });
             }
             Some(out)

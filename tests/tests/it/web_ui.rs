@@ -325,6 +325,10 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
     );
     assert!(!ui.revoked(&serial).await, "a cross-site post revoked it");
 
+    b.goto(&ui.url("/ui/ssh")).await;
+    let krl = b.text("#krl-ssh").await;
+    assert!(krl.contains(": 0 revoked serial(s)"), "{krl}");
+
     // The vendored htmx loads under the CSP (the sessions page refreshes
     // its table with it).
     b.goto(&ui.url("/ui/sessions")).await;
@@ -349,6 +353,11 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
         krl_revokes(ui.dir.path(), &ui.krl().await, &cert),
         "ssh-keygen -Q does not find the revoked certificate in the KRL"
     );
+    // The SSH CAs page tells the KRL's state: the one revoked serial.
+    b.goto(&ui.url("/ui/ssh")).await;
+    let krl = b.text("#krl-ssh").await;
+    assert!(krl.contains(": 1 revoked serial(s)"), "{krl}");
+    assert!(krl.contains("Version 1,"), "{krl}");
 
     // Sign-out revokes the session: the sign-in page again, and the audit
     // trail has the revocation under the admin's name.
