@@ -70,6 +70,10 @@ pub fn routes() -> Router<State> {
         .route("/ui/oidc/callback", get(pages::oidc_callback))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/ssh", get(pages::ssh))
+        .route(
+            "/ui/ssh/{mount}/roles/{name}",
+            get(pages::role).post(pages::save_role),
+        )
         .route("/ui/certs", get(pages::certs))
         .route("/ui/certs/revoke", post(pages::revoke))
         .route("/ui/sessions", get(pages::sessions))

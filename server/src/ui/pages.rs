@@ -1388,6 +1388,116 @@ pub async fn session_cast(
         .into_response())
 }
 
+// ---- SSH roles -----------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "role.html")]
+struct RolePage {
+    nav: Nav,
+    mount: String,
+    name: String,
+    text: String,
+    can_edit: bool,
+    error: Option<String>,
+    saved: bool,
+}
+
+/// The ssh mount and role of a role page, checked before they become an
+/// API path: the mount one of the user's ssh mounts, the role a plain name.
+async fn role_path(
+    core: &Core,
+    c: &Caller,
+    mount: &str,
+    name: &str,
+) -> std::result::Result<String, PageError> {
+    let known = ssh_mounts(core, c).await?.unwrap_or_default();
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !known.iter().any(|m| m == mount) || !plain {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such role"));
+    }
+    Ok(format!("{mount}/roles/{name}"))
+}
+
+/// A role's settings as JSON, editable by a user whose policies allow it.
+pub async fn role(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((mount, name)): Path<(String, String)>,
+    Query(saved): Query<Saved>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let path = role_path(&core, &c, &mount, &name).await?;
+    let v = c.read(&core, Operation::Read, &path, json!({})).await?;
+    if v.is_null() {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such role"));
+    }
+    render(&RolePage {
+        nav: nav(&c, "ssh"),
+        can_edit: c.may(&core, Operation::Write, &path).await,
+        text: serde_json::to_string_pretty(&v).unwrap_or_default(),
+        mount,
+        name,
+        error: None,
+        saved: saved.saved,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RoleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    role: String,
+}
+
+/// Saves a role through the API's `<mount>/roles/<name>`; what the API
+/// refuses comes back on the page with its message and the text kept.
+pub async fn save_role(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((mount, name)): Path<(String, String)>,
+    Form(f): Form<RoleForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let path = role_path(&core, &c, &mount, &name).await?;
+    let written = match serde_json::from_str::<Value>(&f.role) {
+        Ok(v @ Value::Object(_)) => c.call(&core, Operation::Write, &path, v).await.map(|_| ()),
+        Ok(_) => Err(Error::invalid("the role must be a JSON object")),
+        Err(e) => Err(Error::invalid(format!("not JSON: {e}"))),
+    };
+    match written {
+        Ok(()) => Ok(see(format!("/ui/ssh/{mount}/roles/{name}?saved=true"))),
+        Err(e)
+            if crate::http::status_of(&e).is_client_error()
+                && !matches!(e, Error::PermissionDenied) =>
+        {
+            render_status(
+                StatusCode::BAD_REQUEST,
+                &RolePage {
+                    nav: nav(&c, "ssh"),
+                    can_edit: true,
+                    text: f.role,
+                    mount,
+                    name,
+                    error: Some(e.public_message()),
+                    saved: false,
+                },
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 // ---- PAM resources and accounts ----------------------------------------------
 
 /// A resource or account name from a URL or a form, before it becomes a

@@ -1095,3 +1095,42 @@ fn an_admin_manages_pam_resources_and_accounts_and_gets_access_from_the_web_ui()
         pam.gateway_log()
     );
 }
+
+/// A role is edited on its page: a setting the API refuses comes back with
+/// the API's own message and the text kept; a valid change is saved.
+#[tokio::test]
+async fn a_role_is_edited_with_the_apis_validation_messages() {
+    use fantoccini::Locator;
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, _cert) = Ui::start().await;
+    let b = Browser::start().await;
+    browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
+    b.goto(&ui.url("/ui/ssh")).await;
+    b.click("a[href='/ui/ssh/ssh/roles/ops']").await;
+    let set = |text: String| {
+        let b = &b;
+        async move {
+            let e = b.client.find(Locator::Css("#role")).await.unwrap();
+            e.clear().await.unwrap();
+            e.send_keys(&text).await.unwrap();
+        }
+    };
+    set(r#"{"key_type": "ca", "allow_user_certificates": true, "ttl": "not-a-duration"}"#.into())
+        .await;
+    b.click("#role-save").await;
+    let error = b.text("#role-error").await;
+    assert!(error.contains("ttl"), "{error}");
+    set(
+        r#"{"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "ttl": "2h"}"#
+            .into(),
+    )
+    .await;
+    b.click("#role-save").await;
+    assert!(b.exists("#role-saved").await, "{}", b.source().await);
+    let role = ui.root("GET", "ssh/roles/ops", Value::Null).await;
+    assert_eq!(role["data"]["ttl"], json!(7200), "{role}");
+    b.screenshot("role").await;
+    b.close().await;
+}
