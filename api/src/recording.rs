@@ -495,6 +495,75 @@ pub fn signing_key_text(k: &SigningKey) -> String {
     format!("{}\n", B64.encode(k.to_bytes()))
 }
 
+// ---- asciicast ----------------------------------------------------------------
+
+use crate::pam::SessionRecordings;
+
+/// One asciicast event: seconds since the first recording began, code,
+/// data.
+pub type CastEvent = (f64, &'static str, String);
+
+/// The terminal events of every recording on one time line.
+pub fn cast_events(recs: &SessionRecordings) -> Vec<CastEvent> {
+    let base = recs
+        .recordings
+        .iter()
+        .map(|r| r.started_at_ms)
+        .min()
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for r in &recs.recordings {
+        let offset = (r.started_at_ms - base) as f64 / 1000.0;
+        for e in &r.events {
+            let (code, data) = match &e.kind {
+                EventKind::Output { data } => ("o", data.clone()),
+                EventKind::Input { data } => ("i", data.clone()),
+                // A client without a terminal asks for 0x0: no size to tell.
+                EventKind::Resize { cols, rows } if *cols > 0 && *rows > 0 => {
+                    ("r", format!("{cols}x{rows}"))
+                }
+                _ => continue,
+            };
+            out.push((e.t + offset, code, data));
+        }
+    }
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// asciicast v2: a header line, then one JSON array per event.
+pub fn cast_of(recs: &SessionRecordings) -> String {
+    let events = cast_events(recs);
+    let (width, height) = events
+        .iter()
+        .find(|e| e.1 == "r")
+        .and_then(|e| e.2.split_once('x'))
+        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|(w, h)| *w > 0 && *h > 0)
+        .unwrap_or((80, 24));
+    let timestamp = recs
+        .recordings
+        .iter()
+        .map(|r| r.started_at_ms / 1000)
+        .min()
+        .unwrap_or(0);
+    let mut out = serde_json::json!({
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": timestamp,
+        "title": format!("gatepass session {}", recs.session_id),
+    })
+    .to_string();
+    out.push('\n');
+    for (t, code, data) in events {
+        let t = (t * 1e6).round() / 1e6;
+        out.push_str(&serde_json::json!([t, code, data]).to_string());
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ use std::time::Duration;
 use gatepass_api::pam::{
     Access, AccessRequest, SessionInfo, SessionList, SessionRecordings, SessionState,
 };
-use gatepass_api::recording::EventKind;
+use gatepass_api::recording::{cast_events, cast_of};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
@@ -1386,71 +1386,6 @@ fn warn_unless_whole(recs: &SessionRecordings) {
     }
 }
 
-/// One asciicast event: seconds since the first recording began, code,
-/// data.
-type CastEvent = (f64, &'static str, String);
-
-/// The terminal events of every recording on one time line.
-fn cast_events(recs: &SessionRecordings) -> Vec<CastEvent> {
-    let base = recs
-        .recordings
-        .iter()
-        .map(|r| r.started_at_ms)
-        .min()
-        .unwrap_or(0);
-    let mut out = Vec::new();
-    for r in &recs.recordings {
-        let offset = (r.started_at_ms - base) as f64 / 1000.0;
-        for e in &r.events {
-            let (code, data) = match &e.kind {
-                EventKind::Output { data } => ("o", data.clone()),
-                EventKind::Input { data } => ("i", data.clone()),
-                // A client without a terminal asks for 0x0: no size to tell.
-                EventKind::Resize { cols, rows } if *cols > 0 && *rows > 0 => {
-                    ("r", format!("{cols}x{rows}"))
-                }
-                _ => continue,
-            };
-            out.push((e.t + offset, code, data));
-        }
-    }
-    out.sort_by(|a, b| a.0.total_cmp(&b.0));
-    out
-}
-
-/// asciicast v2: a header line, then one JSON array per event.
-pub fn cast_of(recs: &SessionRecordings) -> String {
-    let events = cast_events(recs);
-    let (width, height) = events
-        .iter()
-        .find(|e| e.1 == "r")
-        .and_then(|e| e.2.split_once('x'))
-        .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
-        .filter(|(w, h)| *w > 0 && *h > 0)
-        .unwrap_or((80, 24));
-    let timestamp = recs
-        .recordings
-        .iter()
-        .map(|r| r.started_at_ms / 1000)
-        .min()
-        .unwrap_or(0);
-    let mut out = json!({
-        "version": 2,
-        "width": width,
-        "height": height,
-        "timestamp": timestamp,
-        "title": format!("gatepass session {}", recs.session_id),
-    })
-    .to_string();
-    out.push('\n');
-    for (t, code, data) in events {
-        let t = (t * 1e6).round() / 1e6;
-        out.push_str(&json!([t, code, data]).to_string());
-        out.push('\n');
-    }
-    out
-}
-
 async fn export(ctx: &Ctx, args: ExportArgs) -> Result<()> {
     let recs = recordings(ctx, &args.id).await?;
     warn_unless_whole(&recs);
@@ -1587,6 +1522,7 @@ async fn replay(ctx: &Ctx, args: ReplayArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatepass_api::recording::EventKind;
 
     #[test]
     fn two_connections_make_one_cast_time_line() {

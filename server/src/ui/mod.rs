@@ -44,6 +44,18 @@ use crate::state::{Core, State};
 pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
+/// The replay page's policy: the same, and WebAssembly compiled from the
+/// player's own script (asciinema-player's terminal is WebAssembly, which
+/// Chromium compiles only under `'wasm-unsafe-eval'`; this allows no
+/// `eval` of JavaScript and no inline script).
+pub const PLAYER_CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     style-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Vendored asciinema-player and the script of ours that starts it.
+const PLAYER_JS: &[u8] = include_bytes!("../../assets/asciinema-player.min.js");
+const PLAYER_CSS: &[u8] = include_bytes!("../../assets/asciinema-player.css");
+const UI_PLAYER_JS: &[u8] = include_bytes!("../../assets/ui-player.js");
+
 /// Vendored htmx (see `server/assets/README.md` for its version and licence).
 const HTMX: &[u8] = include_bytes!("../../assets/htmx.min.js");
 const CSS: &[u8] = include_bytes!("../../assets/ui.css");
@@ -54,12 +66,37 @@ pub fn routes() -> Router<State> {
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(pages::overview))
         .route("/ui/login", get(pages::login_form).post(pages::login))
+        .route("/ui/login/oidc", get(pages::oidc_start))
+        .route("/ui/oidc/callback", get(pages::oidc_callback))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/ssh", get(pages::ssh))
+        .route(
+            "/ui/ssh/{mount}/roles/{name}",
+            get(pages::role).post(pages::save_role),
+        )
         .route("/ui/certs", get(pages::certs))
         .route("/ui/certs/revoke", post(pages::revoke))
         .route("/ui/sessions", get(pages::sessions))
         .route("/ui/sessions/terminate", post(pages::terminate))
+        .route("/ui/sessions/{id}", get(pages::session))
+        .route("/ui/sessions/{id}/cast", get(pages::session_cast))
+        .route("/ui/pam", get(pages::pam))
+        .route("/ui/pam/resources", post(pages::save_resource))
+        .route("/ui/pam/resources/{r}", get(pages::pam_resource))
+        .route("/ui/pam/resources/{r}/delete", post(pages::delete_resource))
+        .route("/ui/pam/accounts", post(pages::save_account))
+        .route(
+            "/ui/pam/resources/{r}/accounts/{a}",
+            get(pages::pam_account),
+        )
+        .route(
+            "/ui/pam/resources/{r}/accounts/{a}/delete",
+            post(pages::delete_account),
+        )
+        .route(
+            "/ui/pam/resources/{r}/accounts/{a}/access",
+            post(pages::pam_access),
+        )
         .route("/ui/hosts", get(pages::hosts))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/policies", get(pages::policies))
@@ -77,10 +114,9 @@ pub fn routes() -> Router<State> {
 
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    // A page that needs another policy (the replay page) sets its own.
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -105,6 +141,9 @@ async fn asset(axum::extract::Path(file): axum::extract::Path<String>) -> Respon
     let (body, kind) = match file.as_str() {
         "htmx.min.js" => (HTMX, "text/javascript; charset=utf-8"),
         "ui.css" => (CSS, "text/css; charset=utf-8"),
+        "asciinema-player.min.js" => (PLAYER_JS, "text/javascript; charset=utf-8"),
+        "asciinema-player.css" => (PLAYER_CSS, "text/css; charset=utf-8"),
+        "ui-player.js" => (UI_PLAYER_JS, "text/javascript; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     (

@@ -101,22 +101,30 @@ pub fn error_page(status: StatusCode, message: &str) -> Response {
 struct Login {
     error: Option<String>,
     username: String,
+    /// The `oidc` login mounts, each offered as single sign-on.
+    oidc: Vec<String>,
     version: &'static str,
 }
 
-fn login_page(status: StatusCode, error: Option<String>, username: String) -> Page {
+async fn login_page(
+    core: &Core,
+    status: StatusCode,
+    error: Option<String>,
+    username: String,
+) -> Page {
     render_status(
         status,
         &Login {
             error,
             username,
+            oidc: oidc_mounts(core).await?,
             version: env!("CARGO_PKG_VERSION"),
         },
     )
 }
 
-pub async fn login_form() -> Page {
-    login_page(StatusCode::OK, None, String::new())
+pub async fn login_form(AxState(core): AxState<State>) -> Page {
+    login_page(&core, StatusCode::OK, None, String::new()).await
 }
 
 #[derive(Deserialize)]
@@ -167,7 +175,7 @@ pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<Lo
             };
             // The username is given back to the form; the password and
             // token never are.
-            login_page(StatusCode::UNAUTHORIZED, Some(msg), f.username)
+            login_page(&core, StatusCode::UNAUTHORIZED, Some(msg), f.username).await
         }
     }
 }
@@ -297,6 +305,214 @@ async fn session_from_userpass(
     match crate::http::execute(core, &req).await? {
         crate::http::Reply::Auth(a) => token_of(&a),
         _ => Err(Error::internal("userpass login gave no token")),
+    }
+}
+
+// ---- single sign-on (OIDC) ---------------------------------------------------
+
+/// The cookie that remembers, from the sign-in page to the provider's
+/// redirect back, which `oidc` mount the sign-in started at and its
+/// `state`: the callback takes only the state this browser was given, so
+/// nobody can sign another person's browser in with a code of their own.
+/// SameSite=Lax, not Strict: the redirect back is a navigation from the
+/// provider's site, on which a Strict cookie is not sent.
+const OIDC_COOKIE: &str = "oidc_flow";
+
+/// The paths of the `oidc` login mounts.
+async fn oidc_mounts(core: &Core) -> crate::Result<Vec<String>> {
+    Ok(crate::auth::mounts::all(core)
+        .await?
+        .into_iter()
+        .filter(|m| m.kind == "oidc")
+        .map(|m| m.path)
+        .collect())
+}
+
+/// The UI's redirect URI on this server, as the browser reached it: the
+/// role's `allowed_redirect_uris` must list it.
+fn oidc_redirect_uri(parts: &Parts) -> crate::Result<String> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .ok_or_else(|| Error::invalid("the request names no host"))?;
+    Ok(format!("https://{host}/ui/oidc/callback"))
+}
+
+#[derive(Deserialize)]
+pub struct OidcForm {
+    mount: String,
+}
+
+/// Starts a single sign-on: the API's `auth/<mount>/oidc/auth_url` with
+/// the UI's redirect URI (the mount's default role), then the browser goes
+/// to the provider. A link (GET), not a form: the page's CSP allows forms
+/// to post only here, and browsers apply that to the redirect after the
+/// post as well. The request makes no session, and the flow it starts is
+/// bound to this browser by the state cookie.
+pub async fn oidc_start(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Query(f): Query<OidcForm>,
+) -> Page {
+    if !same_origin(&parts) {
+        return Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused: sign in from this server's sign-in page",
+        ));
+    }
+    let now = core.clock.now();
+    let started = async {
+        let mount = f.mount.trim().trim_matches('/');
+        if !oidc_mounts(&core).await?.iter().any(|m| m == mount) {
+            return Err(Error::invalid(format!("no single sign-on at {mount:?}")));
+        }
+        let req = crate::http::Request {
+            op: Operation::Write,
+            path: crate::path::ApiPath::parse(&format!("/v1/auth/{mount}/oidc/auth_url"))
+                .map_err(|e| Error::invalid(e.to_string()))?,
+            fields: crate::request::Fields::new(
+                json!({ "redirect_uri": oidc_redirect_uri(&parts)? })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            client_ip: super::client_ip(&parts),
+            token: None,
+            wrap_ttl: None,
+            now,
+            upgrade: false,
+        };
+        let url = match crate::http::execute(&core, &req).await? {
+            crate::http::Reply::Data(v) => v["auth_url"].as_str().unwrap_or_default().to_string(),
+            _ => String::new(),
+        };
+        let state = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| {
+                u.query_pairs()
+                    .find(|(k, _)| k == "state")
+                    .map(|(_, v)| v.into_owned())
+            })
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "the provider gave no sign-in URL: is this page's address in the role's allowed_redirect_uris?",
+                )
+            })?;
+        Ok((mount.to_string(), url, state))
+    };
+    match started.await {
+        Ok((mount, url, state)) => Ok((
+            StatusCode::SEE_OTHER,
+            [
+                (
+                    header::SET_COOKIE,
+                    format!(
+                        "{OIDC_COOKIE}={mount}|{state}; Path=/ui/oidc; HttpOnly; Secure; SameSite=Lax; Max-Age=600"
+                    ),
+                ),
+                (header::LOCATION, url),
+            ],
+        )
+            .into_response()),
+        Err(e) if crate::http::status_of(&e).is_server_error() => Err(e.into()),
+        Err(e) => {
+            login_page(
+                &core,
+                StatusCode::BAD_REQUEST,
+                Some(format!("single sign-on failed: {}", e.public_message())),
+                String::new(),
+            )
+            .await
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "signed_in.html")]
+struct SignedIn {
+    version: &'static str,
+}
+
+/// The provider's redirect back: `auth/<mount>/oidc/callback` with its
+/// `state` and `code` makes the login's token, and the session cookie is
+/// made from it as for the other sign-ins.
+///
+/// The answer is a page that moves on to the overview rather than a
+/// redirect: this request is a navigation from the provider's site, and a
+/// redirect from it would still be cross-site, so the browser would not
+/// send the new SameSite=Strict cookie with it.
+pub async fn oidc_callback(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Page {
+    let now = core.clock.now();
+    let done = async {
+        let mounts = oidc_mounts(&core).await?;
+        let remembered = super::cookie(&parts.headers, OIDC_COOKIE).unwrap_or_default();
+        let (mount, state) = remembered.split_once('|').unwrap_or_default();
+        let given = q.get("state").map(String::as_str).unwrap_or_default();
+        if !mounts.iter().any(|m| m == mount) || state.is_empty() || state != given {
+            return Err(Error::invalid(
+                "the sign-in was not started in this browser or took too long: start it again",
+            ));
+        }
+        // Only what the callback reads, nothing else the URL may carry.
+        let fields: serde_json::Map<String, Value> = q
+            .into_iter()
+            .filter(|(k, _)| matches!(k.as_str(), "state" | "code" | "error" | "error_description"))
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        let req = crate::http::Request {
+            op: Operation::Read,
+            path: crate::path::ApiPath::parse(&format!("/v1/auth/{mount}/oidc/callback"))
+                .map_err(|e| Error::invalid(e.to_string()))?,
+            fields: crate::request::Fields::new(fields),
+            client_ip: super::client_ip(&parts),
+            token: None,
+            wrap_ttl: None,
+            now,
+            upgrade: false,
+        };
+        match crate::http::execute(&core, &req).await? {
+            crate::http::Reply::Auth(a) => token_of(&a),
+            _ => Err(Error::internal("the OIDC callback gave no token")),
+        }
+    };
+    match done.await {
+        Ok((text, ttl)) => {
+            let page = SignedIn {
+                version: env!("CARGO_PKG_VERSION"),
+            }
+            .render()
+            .map_err(|e| Error::internal(format!("template: {e}")))?;
+            let mut resp = (StatusCode::OK, Html(page)).into_response();
+            let h = resp.headers_mut();
+            for c in [
+                super::session_cookie(&core, &text, ttl),
+                format!("{OIDC_COOKIE}=; Path=/ui/oidc; HttpOnly; Secure; SameSite=Lax; Max-Age=0"),
+            ] {
+                if let Ok(v) = header::HeaderValue::from_str(&c) {
+                    h.append(header::SET_COOKIE, v);
+                }
+            }
+            Ok(resp)
+        }
+        Err(e) if crate::http::status_of(&e).is_server_error() => Err(e.into()),
+        Err(e) => {
+            core.metrics.auth_failures.inc();
+            login_page(
+                &core,
+                StatusCode::UNAUTHORIZED,
+                Some(format!("single sign-on failed: {}", e.public_message())),
+                String::new(),
+            )
+            .await
+        }
     }
 }
 
@@ -505,6 +721,53 @@ struct SshMount {
     path: String,
     public_keys: Vec<String>,
     roles: Option<Vec<RoleView>>,
+    /// None: no KRL to read (no CA key yet, or not allowed).
+    krl: Option<KrlState>,
+}
+
+/// What the mount's KRL (the one hosts fetch) holds now.
+struct KrlState {
+    version: u64,
+    /// When the list last changed (the KRL's date), RFC 3339.
+    updated: String,
+    /// Revoked serials, counting each in a range.
+    serials: u64,
+    key_ids: usize,
+    keys: usize,
+}
+
+/// The KRL as the API's `<mount>/krl` serves it, read back.
+async fn krl_state(core: &Core, c: &Caller, mount: &str) -> crate::Result<Option<KrlState>> {
+    let body = match c
+        .call(core, Operation::Read, &format!("{mount}/krl"), json!({}))
+        .await
+    {
+        Ok(crate::http::Reply::Raw { body, .. }) => body,
+        Ok(_) => return Ok(None),
+        Err(e) if crate::http::status_of(&e).is_client_error() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(k) = gatepass_krl::parse(&body) else {
+        return Ok(None);
+    };
+    let serials = k
+        .certs
+        .iter()
+        .map(|c| {
+            c.serials.len() as u64
+                + c.ranges
+                    .iter()
+                    .map(|r| r.end().saturating_sub(*r.start()).saturating_add(1))
+                    .sum::<u64>()
+        })
+        .sum();
+    Ok(Some(KrlState {
+        version: k.version,
+        updated: crate::clock::rfc3339(i64::try_from(k.generated).unwrap_or(0)),
+        serials,
+        key_ids: k.certs.iter().map(|c| c.key_ids.len()).sum(),
+        keys: k.keys.len(),
+    }))
 }
 
 struct RoleView {
@@ -580,10 +843,12 @@ pub async fn ssh(AxState(core): AxState<State>, parts: Parts) -> Page {
                         Some(roles)
                     }
                 };
+                let krl = krl_state(&core, &c, &p).await?;
                 out.push(SshMount {
                     path: p,
                     public_keys,
                     roles,
+                    krl,
                 });
             }
             Some(out)
@@ -897,6 +1162,824 @@ pub async fn terminate(
     )
     .await?;
     Ok(see("/ui/sessions".to_string()))
+}
+
+/// A session ID as the server makes them: letters, digits, `-` and `_`.
+/// Anything else is refused before it becomes part of an API path.
+fn session_id(id: &str) -> std::result::Result<&str, PageError> {
+    if !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        Ok(id)
+    } else {
+        Err(PageError::new(StatusCode::NOT_FOUND, "no such session"))
+    }
+}
+
+/// The replay speeds offered (and the only ones accepted).
+const SPEEDS: &[&str] = &["0.5", "1", "2", "4"];
+
+#[derive(Deserialize, Default)]
+pub struct ReplayQuery {
+    #[serde(default)]
+    speed: String,
+}
+
+/// One thing the session did beside its terminal output.
+pub struct EventRow {
+    /// Seconds since the session's first connection began.
+    pub at: String,
+    pub what: String,
+    pub detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "session.html")]
+struct SessionPage {
+    nav: Nav,
+    id: String,
+    info: Option<SessionInfo>,
+    state: String,
+    /// None: the policies do not allow reading the recording.
+    recording: Option<RecordingView>,
+    speed: &'static str,
+    speeds: &'static [&'static str],
+}
+
+struct RecordingView {
+    whole: bool,
+    verdicts: Vec<String>,
+    events: Vec<EventRow>,
+    live: bool,
+}
+
+/// The events of a session's recordings beside the terminal: commands and
+/// their exit status, sftp operations, forwards, on the time line of the
+/// cast (seconds since the first connection began).
+fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
+    use gatepass_api::recording::EventKind;
+    let base = recs
+        .recordings
+        .iter()
+        .map(|r| r.started_at_ms)
+        .min()
+        .unwrap_or(0);
+    let mut rows: Vec<(f64, EventRow)> = Vec::new();
+    for r in &recs.recordings {
+        let offset = (r.started_at_ms - base) as f64 / 1000.0;
+        for e in &r.events {
+            let (what, detail) = match &e.kind {
+                EventKind::Shell => ("shell".to_string(), String::new()),
+                EventKind::Exec { command } => ("exec".to_string(), command.clone()),
+                EventKind::Subsystem { name } => ("subsystem".to_string(), name.clone()),
+                EventKind::Exit { status, command } => (
+                    format!("exit {status}"),
+                    command.clone().unwrap_or_default(),
+                ),
+                EventKind::Sftp {
+                    op,
+                    path,
+                    to,
+                    bytes,
+                } => {
+                    let op = serde_json::to_value(op)
+                        .map(|v| text_of(&v))
+                        .unwrap_or_default();
+                    let mut d = path.clone();
+                    if let Some(to) = to {
+                        d.push_str(&format!(" → {to}"));
+                    }
+                    if let Some(b) = bytes {
+                        d.push_str(&format!(" ({b} bytes)"));
+                    }
+                    (format!("sftp {op}"), d)
+                }
+                EventKind::ForwardOpen { host, port } => {
+                    ("forward open".to_string(), format!("{host}:{port}"))
+                }
+                EventKind::ForwardClose { host, port } => {
+                    ("forward close".to_string(), format!("{host}:{port}"))
+                }
+                EventKind::Output { .. } | EventKind::Input { .. } | EventKind::Resize { .. } => {
+                    continue
+                }
+            };
+            let t = e.t + offset;
+            rows.push((
+                t,
+                EventRow {
+                    at: format!("{t:.1}s"),
+                    what,
+                    detail,
+                },
+            ));
+        }
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rows.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A session: what it is, its recording replayed with asciinema-player
+/// (the cast from [`session_cast`]), and its events beside it.
+pub async fn session(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(id): Path<String>,
+    Query(q): Query<ReplayQuery>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let id = session_id(&id)?.to_string();
+    let info: Option<SessionInfo> = allowed(
+        c.read(
+            &core,
+            Operation::Read,
+            &format!("pam/sessions/{id}"),
+            json!({}),
+        )
+        .await,
+    )?
+    .and_then(|v| serde_json::from_value(v).ok());
+    let state = info
+        .as_ref()
+        .and_then(|i| serde_json::to_value(i.state).ok())
+        .map(|v| text_of(&v))
+        .unwrap_or_default();
+    let recording = allowed(
+        c.read(
+            &core,
+            Operation::Read,
+            &format!("pam/sessions/{id}/recording"),
+            json!({}),
+        )
+        .await,
+    )?
+    .map(|v| {
+        let recs: gatepass_api::pam::SessionRecordings =
+            serde_json::from_value(v).unwrap_or_else(|_| gatepass_api::pam::SessionRecordings {
+                session_id: id.clone(),
+                whole: false,
+                recordings: Vec::new(),
+            });
+        RecordingView {
+            whole: recs.whole,
+            verdicts: recs
+                .recordings
+                .iter()
+                .map(|r| format!("{}: {}", r.recording_id, r.message))
+                .collect(),
+            events: event_rows(&recs),
+            live: matches!(state.as_str(), "pending" | "active"),
+        }
+    });
+    let speed = SPEEDS
+        .iter()
+        .find(|s| **s == q.speed)
+        .copied()
+        .unwrap_or("1");
+    let mut resp = render(&SessionPage {
+        nav: nav(&c, "sessions"),
+        id,
+        info,
+        state,
+        recording,
+        speed,
+        speeds: SPEEDS,
+    })?;
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(super::PLAYER_CSP),
+    );
+    Ok(resp)
+}
+
+/// The session's recording as asciicast v2, the same text the CLI's
+/// `pam sessions export` writes, read through the API's
+/// `pam/sessions/<id>/recording` (its ACL and audit).
+pub async fn session_cast(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(id): Path<String>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let id = session_id(&id)?;
+    let v = c
+        .read(
+            &core,
+            Operation::Read,
+            &format!("pam/sessions/{id}/recording"),
+            json!({}),
+        )
+        .await?;
+    let recs: gatepass_api::pam::SessionRecordings = serde_json::from_value(v)
+        .map_err(|e| Error::internal(format!("recording of {id}: {e}")))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-asciicast")],
+        gatepass_api::recording::cast_of(&recs),
+    )
+        .into_response())
+}
+
+// ---- SSH roles -----------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "role.html")]
+struct RolePage {
+    nav: Nav,
+    mount: String,
+    name: String,
+    text: String,
+    can_edit: bool,
+    error: Option<String>,
+    saved: bool,
+}
+
+/// The ssh mount and role of a role page, checked before they become an
+/// API path: the mount one of the user's ssh mounts, the role a plain name.
+async fn role_path(
+    core: &Core,
+    c: &Caller,
+    mount: &str,
+    name: &str,
+) -> std::result::Result<String, PageError> {
+    let known = ssh_mounts(core, c).await?.unwrap_or_default();
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !known.iter().any(|m| m == mount) || !plain {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such role"));
+    }
+    Ok(format!("{mount}/roles/{name}"))
+}
+
+/// A role's settings as JSON, editable by a user whose policies allow it.
+pub async fn role(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((mount, name)): Path<(String, String)>,
+    Query(saved): Query<Saved>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let path = role_path(&core, &c, &mount, &name).await?;
+    let v = c.read(&core, Operation::Read, &path, json!({})).await?;
+    if v.is_null() {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such role"));
+    }
+    render(&RolePage {
+        nav: nav(&c, "ssh"),
+        can_edit: c.may(&core, Operation::Write, &path).await,
+        text: serde_json::to_string_pretty(&v).unwrap_or_default(),
+        mount,
+        name,
+        error: None,
+        saved: saved.saved,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RoleForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    role: String,
+}
+
+/// Saves a role through the API's `<mount>/roles/<name>`; what the API
+/// refuses comes back on the page with its message and the text kept.
+pub async fn save_role(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((mount, name)): Path<(String, String)>,
+    Form(f): Form<RoleForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let path = role_path(&core, &c, &mount, &name).await?;
+    let written = match serde_json::from_str::<Value>(&f.role) {
+        Ok(v @ Value::Object(_)) => c.call(&core, Operation::Write, &path, v).await.map(|_| ()),
+        Ok(_) => Err(Error::invalid("the role must be a JSON object")),
+        Err(e) => Err(Error::invalid(format!("not JSON: {e}"))),
+    };
+    match written {
+        Ok(()) => Ok(see(format!("/ui/ssh/{mount}/roles/{name}?saved=true"))),
+        Err(e)
+            if crate::http::status_of(&e).is_client_error()
+                && !matches!(e, Error::PermissionDenied) =>
+        {
+            render_status(
+                StatusCode::BAD_REQUEST,
+                &RolePage {
+                    nav: nav(&c, "ssh"),
+                    can_edit: true,
+                    text: f.role,
+                    mount,
+                    name,
+                    error: Some(e.public_message()),
+                    saved: false,
+                },
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---- PAM resources and accounts ----------------------------------------------
+
+/// A resource or account name from a URL or a form, before it becomes a
+/// segment of an API path: the API's own rule for these names (lower-case
+/// letters, digits, `-`, `_`, `.`), so no name can reach another path.
+fn pam_name<'a>(what: &str, s: &'a str) -> std::result::Result<&'a str, PageError> {
+    crate::pam::Name::parse(what, s)?;
+    Ok(s)
+}
+
+#[derive(Template)]
+#[template(path = "pam.html")]
+struct PamPage {
+    nav: Nav,
+    /// None: the policies do not allow listing resources.
+    resources: Option<Vec<ResourceRow>>,
+    can_create: bool,
+}
+
+struct ResourceRow {
+    info: gatepass_api::pam::ResourceInfo,
+    accounts: Vec<String>,
+}
+
+/// Resources and their accounts, with a form for a new resource.
+pub async fn pam(AxState(core): AxState<State>, parts: Parts) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    let listed = allowed(
+        c.read(&core, Operation::List, "pam/resources", json!({}))
+            .await,
+    )?;
+    let resources = match listed {
+        None => None,
+        Some(v) => {
+            let mut rows = Vec::new();
+            for name in keys_of(&v) {
+                let Some(info) = allowed(
+                    c.read(
+                        &core,
+                        Operation::Read,
+                        &format!("pam/resources/{name}"),
+                        json!({}),
+                    )
+                    .await,
+                )?
+                .and_then(|v| serde_json::from_value(v).ok()) else {
+                    continue;
+                };
+                let accounts = allowed(
+                    c.read(
+                        &core,
+                        Operation::List,
+                        &format!("pam/resources/{name}/accounts"),
+                        json!({}),
+                    )
+                    .await,
+                )?
+                .map(|v| keys_of(&v))
+                .unwrap_or_default();
+                rows.push(ResourceRow { info, accounts });
+            }
+            Some(rows)
+        }
+    };
+    let can_create = c
+        .may(&core, Operation::Write, "pam/resources/new-resource")
+        .await;
+    render(&PamPage {
+        nav: nav(&c, "pam"),
+        resources,
+        can_create,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "pam_resource.html")]
+struct ResourcePage {
+    nav: Nav,
+    name: String,
+    info: Option<gatepass_api::pam::ResourceInfo>,
+    accounts: Vec<AccountRow>,
+    can_edit: bool,
+    can_delete: bool,
+    can_add_account: bool,
+}
+
+/// One resource: its settings (editable), its accounts, a form for a new
+/// account, and each account's "access" form.
+pub async fn pam_resource(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(r): Path<String>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(resp) => return Ok(resp),
+    };
+    let r = pam_name("resource", &r)?.to_string();
+    let info = c
+        .read(
+            &core,
+            Operation::Read,
+            &format!("pam/resources/{r}"),
+            json!({}),
+        )
+        .await?;
+    if info.is_null() {
+        return Err(PageError::new(StatusCode::NOT_FOUND, "no such resource"));
+    }
+    let info: Option<gatepass_api::pam::ResourceInfo> = serde_json::from_value(info).ok();
+    let mut accounts = Vec::new();
+    let names = allowed(
+        c.read(
+            &core,
+            Operation::List,
+            &format!("pam/resources/{r}/accounts"),
+            json!({}),
+        )
+        .await,
+    )?
+    .map(|v| keys_of(&v))
+    .unwrap_or_default();
+    for a in names {
+        if let Some(acc) = allowed(
+            c.read(
+                &core,
+                Operation::Read,
+                &format!("pam/resources/{r}/accounts/{a}"),
+                json!({}),
+            )
+            .await,
+        )?
+        .and_then(|v| serde_json::from_value::<gatepass_api::pam::AccountInfo>(v).ok())
+        {
+            accounts.push(AccountRow {
+                method: method_of(acc.auth_method),
+                info: acc,
+            });
+        }
+    }
+    let path = format!("pam/resources/{r}");
+    render(&ResourcePage {
+        nav: nav(&c, "pam"),
+        can_edit: c.may(&core, Operation::Write, &path).await,
+        can_delete: c.may(&core, Operation::Delete, &path).await,
+        can_add_account: c
+            .may(
+                &core,
+                Operation::Write,
+                &format!("{path}/accounts/new-account"),
+            )
+            .await,
+        name: r,
+        info,
+        accounts,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ResourceForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    port: String,
+    #[serde(default)]
+    gateway: String,
+    #[serde(default)]
+    host_ca_mount: String,
+    #[serde(default)]
+    known_hosts: String,
+}
+
+/// Creates or rewrites a resource (`POST pam/resources/<name>`); the API's
+/// validation message is the page's answer when it refuses.
+pub async fn save_resource(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Form(f): Form<ResourceForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let name = pam_name("resource", f.name.trim())?;
+    let mut body = json!({ "host": f.host.trim(), "gateway": f.gateway.trim() });
+    if !f.port.trim().is_empty() {
+        body["port"] = json!(f.port.trim());
+    }
+    if !f.host_ca_mount.trim().is_empty() {
+        body["host_ca_mount"] = json!(f.host_ca_mount.trim());
+    }
+    if !f.known_hosts.trim().is_empty() {
+        body["known_hosts"] = json!(f.known_hosts);
+    }
+    c.call(
+        &core,
+        Operation::Write,
+        &format!("pam/resources/{name}"),
+        body,
+    )
+    .await?;
+    Ok(see(format!("/ui/pam/resources/{name}")))
+}
+
+pub async fn delete_resource(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path(r): Path<String>,
+    Form(f): Form<CsrfOnly>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(resp) => return Ok(resp),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let r = pam_name("resource", &r)?;
+    c.call(
+        &core,
+        Operation::Delete,
+        &format!("pam/resources/{r}"),
+        json!({}),
+    )
+    .await?;
+    Ok(see("/ui/pam".to_string()))
+}
+
+struct AccountRow {
+    info: gatepass_api::pam::AccountInfo,
+    method: String,
+}
+
+fn method_of(m: gatepass_api::pam::AuthMethod) -> String {
+    serde_json::to_value(m)
+        .map(|v| text_of(&v))
+        .unwrap_or_default()
+}
+
+/// The account methods the forms offer.
+const AUTH_METHODS: &[&str] = &["password", "key", "certificate"];
+
+#[derive(Template)]
+#[template(path = "pam_account.html")]
+struct AccountPage {
+    nav: Nav,
+    resource: String,
+    info: gatepass_api::pam::AccountInfo,
+    method: String,
+    methods: &'static [&'static str],
+    can_edit: bool,
+}
+
+/// An account's settings, to edit. The password and private key are
+/// write-only: the form has empty fields for new ones, and says only
+/// whether one is stored.
+pub async fn pam_account(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((r, a)): Path<(String, String)>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(resp) => return Ok(resp),
+    };
+    let r = pam_name("resource", &r)?.to_string();
+    let a = pam_name("account", &a)?;
+    let path = format!("pam/resources/{r}/accounts/{a}");
+    let v = c.read(&core, Operation::Read, &path, json!({})).await?;
+    let info: gatepass_api::pam::AccountInfo = serde_json::from_value(v)
+        .map_err(|_| PageError::new(StatusCode::NOT_FOUND, "no such account"))?;
+    let method = method_of(info.auth_method);
+    render(&AccountPage {
+        methods: AUTH_METHODS,
+        nav: nav(&c, "pam"),
+        can_edit: c.may(&core, Operation::Write, &path).await,
+        resource: r,
+        info,
+        method,
+    })
+}
+
+#[derive(Deserialize)]
+pub struct AccountForm {
+    #[serde(default)]
+    csrf: String,
+    resource: String,
+    name: String,
+    #[serde(default)]
+    auth_method: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    private_key: String,
+    #[serde(default)]
+    ca_mount: String,
+    #[serde(default)]
+    ca_role: String,
+    #[serde(default)]
+    max_duration: String,
+    #[serde(default)]
+    allow_forwarding: Option<String>,
+    #[serde(default)]
+    record_input: Option<String>,
+}
+
+/// Creates or rewrites an account. An empty password or key field keeps
+/// the stored one (the API's rule for a rewrite that leaves them out).
+pub async fn save_account(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Form(f): Form<AccountForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let r = pam_name("resource", f.resource.trim())?;
+    let a = pam_name("account", f.name.trim())?;
+    let mut body = json!({
+        "auth_method": f.auth_method.trim(),
+        "username": f.username.trim(),
+        "allow_forwarding": f.allow_forwarding.is_some(),
+        "record_input": f.record_input.is_some(),
+    });
+    for (k, v) in [
+        ("password", f.password.as_str()),
+        ("private_key", f.private_key.as_str()),
+    ] {
+        if !v.trim().is_empty() {
+            body[k] = json!(v);
+        }
+    }
+    for (k, v) in [
+        ("ca_mount", &f.ca_mount),
+        ("ca_role", &f.ca_role),
+        ("max_duration", &f.max_duration),
+    ] {
+        if !v.trim().is_empty() {
+            body[k] = json!(v.trim());
+        }
+    }
+    c.call(
+        &core,
+        Operation::Write,
+        &format!("pam/resources/{r}/accounts/{a}"),
+        body,
+    )
+    .await?;
+    Ok(see(format!("/ui/pam/resources/{r}")))
+}
+
+pub async fn delete_account(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((r, a)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(resp) => return Ok(resp),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let r = pam_name("resource", &r)?;
+    let a = pam_name("account", &a)?;
+    c.call(
+        &core,
+        Operation::Delete,
+        &format!("pam/resources/{r}/accounts/{a}"),
+        json!({}),
+    )
+    .await?;
+    Ok(see(format!("/ui/pam/resources/{r}")))
+}
+
+#[derive(Deserialize)]
+pub struct AccessForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    public_key: String,
+    #[serde(default)]
+    duration: String,
+}
+
+#[derive(Template)]
+#[template(path = "pam_access.html")]
+struct AccessPage {
+    nav: Nav,
+    access: gatepass_api::pam::Access,
+    /// The certificate's file name, in the command.
+    cert_file: String,
+    known_hosts_file: String,
+    /// The known_hosts lines pinning the gateway's host keys.
+    known_hosts: Vec<String>,
+    command: String,
+}
+
+/// The "access" button: the API's `…/access` grants a session and a
+/// certificate for the user's public key; the page shows the `ssh`
+/// command to use. The certificate and host keys are public; the account's
+/// credential stays with the gateway and is never shown.
+pub async fn pam_access(
+    AxState(core): AxState<State>,
+    parts: Parts,
+    Path((r, a)): Path<(String, String)>,
+    Form(f): Form<AccessForm>,
+) -> Page {
+    let c = match signed_in(&core, &parts).await {
+        Ok(c) => c,
+        Err(resp) => return Ok(resp),
+    };
+    check_form(&core, &parts, &c, &f.csrf)?;
+    let r = pam_name("resource", &r)?;
+    let a = pam_name("account", &a)?;
+    let mut body = json!({ "public_key": f.public_key.trim() });
+    if !f.duration.trim().is_empty() {
+        body["duration"] = json!(f.duration.trim());
+    }
+    let v = c
+        .read(
+            &core,
+            Operation::Write,
+            &format!("pam/resources/{r}/accounts/{a}/access"),
+            body,
+        )
+        .await?;
+    let access: gatepass_api::pam::Access =
+        serde_json::from_value(v).map_err(|e| Error::internal(format!("access answer: {e}")))?;
+    let id = &access.session_id;
+    let cert_file = format!("gatepass-{id}-cert.pub");
+    let known_hosts_file = format!("gatepass-{id}-known_hosts");
+    let (host_name, target, port) = if access.relay {
+        let alias = format!("gatepass-gateway-{}", access.gateway);
+        (alias.clone(), alias, None)
+    } else {
+        match access.gateway.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
+                let h = h.trim_start_matches('[').trim_end_matches(']').to_string();
+                let name = if p == "22" {
+                    h.clone()
+                } else {
+                    format!("[{h}]:{p}")
+                };
+                (name, h, Some(p.to_string()))
+            }
+            _ => (access.gateway.clone(), access.gateway.clone(), None),
+        }
+    };
+    let known_hosts = access
+        .gateway_host_keys
+        .iter()
+        .map(|k| format!("{host_name} {k}"))
+        .collect();
+    let mut command = format!(
+        "ssh -i ~/.ssh/id_ed25519 -o CertificateFile={cert_file} -o UserKnownHostsFile={known_hosts_file} -o StrictHostKeyChecking=yes"
+    );
+    if access.relay {
+        command.push_str(&format!(
+            " -o HostKeyAlias={target} -o ProxyCommand='gatepass pam ssh relay {id}'"
+        ));
+    }
+    if let Some(p) = port {
+        command.push_str(&format!(" -p {p}"));
+    }
+    command.push_str(&format!(" {}@{target}", access.login));
+    render(&AccessPage {
+        nav: nav(&c, "pam"),
+        access,
+        cert_file,
+        known_hosts_file,
+        known_hosts,
+        command,
+    })
 }
 
 // ---- hosts -------------------------------------------------------------------

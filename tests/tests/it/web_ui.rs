@@ -32,6 +32,7 @@ const PAGES: &[(&str, &str)] = &[
     ("ssh-cas", "/ui/ssh"),
     ("certificates", "/ui/certs?mount=ssh"),
     ("sessions", "/ui/sessions"),
+    ("pam", "/ui/pam"),
     ("hosts", "/ui/hosts"),
     ("audit", "/ui/audit"),
     ("policies", "/ui/policies"),
@@ -324,6 +325,10 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
     );
     assert!(!ui.revoked(&serial).await, "a cross-site post revoked it");
 
+    b.goto(&ui.url("/ui/ssh")).await;
+    let krl = b.text("#krl-ssh").await;
+    assert!(krl.contains(": 0 revoked serial(s)"), "{krl}");
+
     // The vendored htmx loads under the CSP (the sessions page refreshes
     // its table with it).
     b.goto(&ui.url("/ui/sessions")).await;
@@ -348,6 +353,11 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
         krl_revokes(ui.dir.path(), &ui.krl().await, &cert),
         "ssh-keygen -Q does not find the revoked certificate in the KRL"
     );
+    // The SSH CAs page tells the KRL's state: the one revoked serial.
+    b.goto(&ui.url("/ui/ssh")).await;
+    let krl = b.text("#krl-ssh").await;
+    assert!(krl.contains(": 1 revoked serial(s)"), "{krl}");
+    assert!(krl.contains("Version 1,"), "{krl}");
 
     // Sign-out revokes the session: the sign-in page again, and the audit
     // trail has the revocation under the admin's name.
@@ -739,4 +749,388 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
     assert!(by_principal.contains("28 certificates"), "{by_principal}");
     let (_, _, none) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=nobody").await;
     assert_eq!(rows(&none), 0);
+}
+
+/// A finished gateway session's page replays its recording with
+/// asciinema-player (from the UI's own cast route, the CLI's asciicast):
+/// the marker the session printed appears on the player's terminal, and
+/// the command with its exit status is listed beside it.
+#[test]
+fn the_replay_page_shows_a_marker_the_session_printed() {
+    use crate::pam_recording::verify_until;
+    use crate::pam_sessions::{key_account, session_id_in, Pam};
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let pam = Pam::start();
+    let _sshd = key_account(&pam);
+    // $ gatepass pam ssh access --resource keys --account root -- echo …
+    let out = pam
+        .access("keys", "root", "5m", &["echo", "REPLAY-MARKER-4711"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let id = session_id_in(&String::from_utf8_lossy(&out.stderr));
+    // The gateway delivers the recording's end after the connection closes.
+    verify_until(&pam, &id, |code, _| code == 0);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let base = &pam.server.addr;
+        // The cast the page plays is the CLI's export.
+        let cast = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let anonymous = cast
+            .get(format!("{base}/ui/sessions/{id}/cast"))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !anonymous.text().await.unwrap().contains("REPLAY-MARKER"),
+            "the cast is served without a session"
+        );
+
+        let b = Browser::start().await;
+        b.goto(&format!("{base}/ui/login")).await;
+        b.fill("#token", &pam.server.token).await;
+        b.click("#token-submit").await;
+        b.goto(&format!("{base}/ui/sessions")).await;
+        b.click(&format!("a[href='/ui/sessions/{id}']")).await;
+        // The player renders the terminal's text into the DOM as it plays.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = match b
+                .client
+                .find(fantoccini::Locator::Css("#player .ap-term"))
+                .await
+            {
+                Ok(term) => term.html(true).await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if shown.contains("REPLAY-MARKER-4711") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the player never showed the marker:\n{shown}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let events = b.text("#events").await;
+        assert!(events.contains("exec"), "{events}");
+        assert!(events.contains("echo REPLAY-MARKER-4711"), "{events}");
+        assert!(events.contains("exit 0"), "{events}");
+        b.screenshot("session-replay").await;
+        // A speed other than the offered ones is not taken.
+        b.goto(&format!("{base}/ui/sessions/{id}?speed=1000")).await;
+        let speed = b.source().await;
+        assert!(speed.contains(r#"data-speed="1""#), "{speed}");
+        b.goto(&format!("{base}/ui/sessions/{id}?speed=2")).await;
+        assert!(b.source().await.contains(r#"data-speed="2""#));
+        b.close().await;
+    });
+}
+
+/// Single sign-on from the sign-in page, in a real browser against a real
+/// OpenID provider: the page offers the `oidc` mount, the person signs in
+/// on the provider's own pages and comes back signed in, with the
+/// policies of their group at the provider (alice is in `ops`).
+#[tokio::test]
+async fn a_person_signs_in_with_single_sign_on_and_gets_the_policies_of_their_group() {
+    use gatepass_tests::oidc::{Provider, CLIENT_ID, CLIENT_SECRET};
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let dev = DevServer::start();
+    // The UI's own redirect URI, allowed by the provider and the role.
+    let redirect = format!("{}/ui/oidc/callback", dev.addr);
+    let p = Provider::start_with(&[&redirect]);
+    let admin = dev.client();
+    let call = |method: &'static str, path: &'static str, body: Value| {
+        let admin = &admin;
+        async move {
+            let body = body.as_object().cloned();
+            admin
+                .request(method, path, body.as_ref())
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+                .unwrap_or_default()
+        }
+    };
+    call("POST", "sys/auth/oidc", json!({"type": "oidc"})).await;
+    let auths = call("GET", "sys/auth", Value::Null).await;
+    let accessor = auths["data"]["oidc/"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        "POST",
+        "auth/oidc/config",
+        json!({"oidc_discovery_url": p.issuer, "oidc_client_id": CLIENT_ID,
+               "oidc_client_secret": CLIENT_SECRET, "default_role": "person"}),
+    )
+    .await;
+    call(
+        "POST",
+        "auth/oidc/role/person",
+        json!({"role_type": "oidc", "allowed_redirect_uris": [redirect],
+               "user_claim": "preferred_username", "groups_claim": "groups",
+               "oidc_scopes": ["profile", "groups"], "token_ttl": "1h"}),
+    )
+    .await;
+    // The provider's group `ops` gives the policy that lists policies.
+    call(
+        "POST",
+        "sys/policies/acl/ops-ui",
+        json!({"policy": r#"path "sys/policies/acl" { capabilities = ["list"] }"#}),
+    )
+    .await;
+    let g = call(
+        "POST",
+        "identity/group",
+        json!({"name": "ops-team", "type": "external", "policies": ["ops-ui"]}),
+    )
+    .await;
+    call(
+        "POST",
+        "identity/group-alias",
+        json!({"name": "ops", "mount_accessor": accessor, "canonical_id": g["data"]["id"]}),
+    )
+    .await;
+
+    let b = Browser::start().await;
+    b.goto(&format!("{}/ui/login", dev.addr)).await;
+    b.screenshot("login-sso").await;
+    b.click("#oidc-submit-oidc").await;
+    // The provider's login and consent pages.
+    b.fill("input[name=login]", "alice").await;
+    b.fill("input[name=password]", "any").await;
+    b.click("button[type=submit]").await;
+    b.click("button[type=submit]").await;
+    // Back at gatepass, signed in as alice.
+    let who = b.text("#signed-in-as").await;
+    assert!(who.contains("alice"), "{who}\n{}", b.source().await);
+    b.goto(&format!("{}/ui/policies", dev.addr)).await;
+    let listed = b.text("#policies").await;
+    assert!(listed.contains("ops-ui"), "{listed}");
+    b.close().await;
+
+    // A callback this browser did not start (someone else's code and
+    // state) signs nobody in.
+    let other = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let forged = other
+        .get(format!(
+            "{}/ui/oidc/callback?state=someone-elses&code=theirs",
+            dev.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    assert!(forged.headers().get(SET_COOKIE).is_none());
+}
+
+/// The PAM pages: an administrator creates, edits and deletes a resource
+/// and an account in the browser; the account's password is write-only
+/// (never in any page); the "access" button grants a session and shows
+/// the `ssh` command, which connects through the gateway.
+#[test]
+fn an_admin_manages_pam_resources_and_accounts_and_gets_access_from_the_web_ui() {
+    use crate::pam_sessions::{key_account, Pam};
+    use fantoccini::Locator;
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    const ACCOUNT_PASSWORD: &str = "ui-account-password-31337";
+    let pam = Pam::start();
+    let sshd = key_account(&pam);
+    let account_key = std::fs::read_to_string(pam.admin.path().join("account_key")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (user_key, user_pub) = keypair(dir.path(), "user_key", "ed25519", None);
+    let base = pam.server.addr.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let command = rt.block_on(async {
+        let b = Browser::start().await;
+        let replace = |css: &'static str, value: String| {
+            let b = &b;
+            async move {
+                let e = b.client.find(Locator::Css(css)).await.unwrap();
+                e.clear().await.unwrap();
+                e.send_keys(&value).await.unwrap();
+            }
+        };
+        b.goto(&format!("{base}/ui/login")).await;
+        b.fill("#token", &pam.server.token).await;
+        b.click("#token-submit").await;
+        b.goto(&format!("{base}/ui/pam")).await;
+        assert!(b.text("#resource-keys").await.contains("root"));
+
+        // A new resource, pinned to the target's host key.
+        b.fill("#r-name", "web").await;
+        b.fill("#r-host", "127.0.0.1").await;
+        b.fill("#r-port", &sshd.port.to_string()).await;
+        b.fill("#r-gateway", "gw1").await;
+        b.fill("#r-kh", sshd.host_public_key().trim()).await;
+        b.screenshot("pam").await;
+        b.click("#resource-save").await;
+        assert!(b.text("h1").await.contains("Resource web"));
+        // Edited: a port that is not one is refused with the API's message.
+        replace("#r-port", "notaport".into()).await;
+        b.click("#resource-save").await;
+        let refused = b.source().await;
+        assert!(refused.contains("port"), "{refused}");
+        b.goto(&format!("{base}/ui/pam/resources/web")).await;
+        replace("#r-port", "2222".into()).await;
+        b.click("#resource-save").await;
+        assert_eq!(
+            b.client
+                .find(Locator::Css("#r-port"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("2222")
+        );
+
+        // An account with a password: stored, never shown.
+        b.fill("#a-name", "ops").await;
+        b.fill("#a-user", "operator").await;
+        b.fill("#a-password", ACCOUNT_PASSWORD).await;
+        b.click("#account-save").await;
+        let row = b.text("#account-ops").await;
+        assert!(row.contains("stored (write-only)"), "{row}");
+        assert!(!b.source().await.contains(ACCOUNT_PASSWORD));
+        b.click("a[href='/ui/pam/resources/web/accounts/ops']")
+            .await;
+        assert!(!b.source().await.contains(ACCOUNT_PASSWORD));
+        // Edited without a new password: the stored one is kept.
+        replace("#a-user", "operator2".into()).await;
+        b.click("#account-save").await;
+        let row = b.text("#account-ops").await;
+        assert!(row.contains("operator2"), "{row}");
+        assert!(row.contains("stored (write-only)"), "{row}");
+        b.screenshot("pam-resource").await;
+
+        // Deleted: the account, then the resource.
+        b.goto(&format!("{base}/ui/pam/resources/web/accounts/ops"))
+            .await;
+        b.click("#account-delete").await;
+        assert!(!b.exists("#account-ops").await);
+        b.click("#resource-delete").await;
+        assert!(!b.exists("#resource-web").await, "{}", b.source().await);
+
+        // Access to the key account: a session and the ssh command.
+        b.goto(&format!("{base}/ui/pam/resources/keys")).await;
+        b.fill("#pk-root", user_pub.trim()).await;
+        b.fill("#dur-root", "5m").await;
+        b.click("#access-submit-root").await;
+        let page = b.source().await;
+        assert!(
+            !page.contains(account_key.trim()),
+            "the account's key was shown"
+        );
+        for marker in account_key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!page.contains(marker), "the account's key was shown");
+        }
+        let cert = b.text("#cert").await;
+        let cert = if cert.is_empty() {
+            b.client
+                .find(Locator::Css("#cert"))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        } else {
+            cert
+        };
+        assert!(cert.contains("-cert-v01@openssh.com"), "{cert}");
+        let known = b
+            .client
+            .find(Locator::Css("#kh"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        let id = b.text("#granted-session").await;
+        let command = b.text("#ssh-command").await;
+        b.screenshot("pam-access").await;
+        b.close().await;
+        write(dir.path(), &format!("gatepass-{id}-cert.pub"), &cert, 0o644);
+        write(
+            dir.path(),
+            &format!("gatepass-{id}-known_hosts"),
+            &known,
+            0o644,
+        );
+        command
+    });
+    // The command the page showed, with this test's key, connects.
+    assert!(command.starts_with("ssh "), "{command}");
+    assert!(command.contains("root@"), "{command}");
+    let command = command.replacen(
+        "ssh -i ~/.ssh/id_ed25519",
+        &format!("ssh -o BatchMode=yes -i {}", user_key.display()),
+        1,
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} echo UI-ACCESS-OK"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("UI-ACCESS-OK"),
+        "{command}: {out:?}\n{}",
+        pam.gateway_log()
+    );
+}
+
+/// A role is edited on its page: a setting the API refuses comes back with
+/// the API's own message and the text kept; a valid change is saved.
+#[tokio::test]
+async fn a_role_is_edited_with_the_apis_validation_messages() {
+    use fantoccini::Locator;
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, _cert) = Ui::start().await;
+    let b = Browser::start().await;
+    browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
+    b.goto(&ui.url("/ui/ssh")).await;
+    b.click("a[href='/ui/ssh/ssh/roles/ops']").await;
+    let set = |text: String| {
+        let b = &b;
+        async move {
+            let e = b.client.find(Locator::Css("#role")).await.unwrap();
+            e.clear().await.unwrap();
+            e.send_keys(&text).await.unwrap();
+        }
+    };
+    set(r#"{"key_type": "ca", "allow_user_certificates": true, "ttl": "not-a-duration"}"#.into())
+        .await;
+    b.click("#role-save").await;
+    let error = b.text("#role-error").await;
+    assert!(error.contains("ttl"), "{error}");
+    set(
+        r#"{"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "ttl": "2h"}"#
+            .into(),
+    )
+    .await;
+    b.click("#role-save").await;
+    assert!(b.exists("#role-saved").await, "{}", b.source().await);
+    let role = ui.root("GET", "ssh/roles/ops", Value::Null).await;
+    assert_eq!(role["data"]["ttl"], json!(7200), "{role}");
+    b.screenshot("role").await;
+    b.close().await;
 }
