@@ -24,7 +24,7 @@ use std::time::Duration;
 use gatepass_api::pam::{
     Access, AccessRequest, SessionInfo, SessionList, SessionRecordings, SessionState,
 };
-use gatepass_api::recording::{cast_events, cast_of};
+use gatepass_api::recording::{cast_events, cast_of, EventKind};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Map, Value};
