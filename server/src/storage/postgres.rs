@@ -215,6 +215,8 @@ pub(super) async fn listen(
         .await;
         let mut listener = match listener {
             Ok(l) => l,
+            // The server is stopping: nothing left to listen for.
+            Err(_) if pool.is_closed() => return,
             Err(e) => {
                 if !failing {
                     tracing::warn!(error = %e, "cannot listen for other servers' changes; trying again");
@@ -241,6 +243,7 @@ pub(super) async fn listen(
             let note = match listener.try_recv().await {
                 Ok(Some(n)) => n,
                 Ok(None) => break,
+                Err(_) if pool.is_closed() => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the connection listening for other servers' changes");
                     break;
