@@ -198,10 +198,11 @@ impl Gateway {
             format!(
                 "server = {server:?}\nca_cert = {:?}\ntoken_file = {:?}\nname = \"gw1\"\n\
                  listen = \"127.0.0.1:{port}\"\naddress = \"127.0.0.1:{port}\"\n\
-                 host_key = {:?}\nidle_timeout = \"off\"\n[sync]\nmax_backoff_seconds = 1\n",
+                 host_key = {:?}\nstate_dir = {:?}\nidle_timeout = \"off\"\n[sync]\nmax_backoff_seconds = 1\n",
                 ca_pem.display().to_string(),
                 token.display().to_string(),
-                host_key.display().to_string()
+                host_key.display().to_string(),
+                d.join("state").display().to_string()
             ),
         )
         .unwrap();
