@@ -1039,25 +1039,41 @@ pub async fn auth_url(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Resul
 
 /// Clears expired browser logins once there are [`MAX_PENDING`].
 async fn make_room(core: &Core, m: &AuthMount, now: i64) -> Result<()> {
-    let keys = core
-        .storage
-        .keys_with_prefix(&format!("{}state/", m.data_prefix()))
-        .await?;
+    clear_expired::<Pending>(
+        core,
+        &format!("{}state/", m.data_prefix()),
+        now,
+        |p| p.expires,
+        "",
+    )
+    .await
+}
+
+/// Clears the expired logins in progress under `prefix` once there are
+/// [`MAX_PENDING`]; refuses a new one while that many are still live.
+async fn clear_expired<T: serde::de::DeserializeOwned>(
+    core: &Core,
+    prefix: &str,
+    now: i64,
+    expires: impl Fn(&T) -> i64,
+    kind: &str,
+) -> Result<()> {
+    let keys = core.storage.keys_with_prefix(prefix).await?;
     if keys.len() < MAX_PENDING {
         return Ok(());
     }
     let mut expired = Vec::new();
     for k in &keys {
-        match core.storage.get::<Pending>(k).await? {
-            Some(p) if p.expires > now => {}
+        match core.storage.get::<T>(k).await? {
+            Some(p) if expires(&p) > now => {}
             _ => expired.push(k.clone()),
         }
     }
     core.storage.delete_many(&expired).await?;
     if keys.len() - expired.len() >= MAX_PENDING {
-        return Err(Error::RateLimited(
-            "too many OIDC logins in progress: try again in a few minutes".into(),
-        ));
+        return Err(Error::RateLimited(format!(
+            "too many OIDC {kind}logins in progress: try again in a few minutes"
+        )));
     }
     Ok(())
 }
@@ -1230,27 +1246,14 @@ fn device_key(core: &Core, m: &AuthMount, handle: &str) -> String {
 /// Clears expired device logins once there are [`MAX_PENDING`], as
 /// [`make_room`] does for browser logins.
 async fn make_device_room(core: &Core, m: &AuthMount, now: i64) -> Result<()> {
-    let keys = core
-        .storage
-        .keys_with_prefix(&format!("{}device/", m.data_prefix()))
-        .await?;
-    if keys.len() < MAX_PENDING {
-        return Ok(());
-    }
-    let mut expired = Vec::new();
-    for k in &keys {
-        match core.storage.get::<DeviceLogin>(k).await? {
-            Some(p) if p.expires > now => {}
-            _ => expired.push(k.clone()),
-        }
-    }
-    core.storage.delete_many(&expired).await?;
-    if keys.len() - expired.len() >= MAX_PENDING {
-        return Err(Error::RateLimited(
-            "too many OIDC device logins in progress: try again in a few minutes".into(),
-        ));
-    }
-    Ok(())
+    clear_expired::<DeviceLogin>(
+        core,
+        &format!("{}device/", m.data_prefix()),
+        now,
+        |p| p.expires,
+        "device ",
+    )
+    .await
 }
 
 #[derive(Deserialize)]
