@@ -288,6 +288,20 @@ pub fn format_duration(secs: i64, zero_is_forever: bool) -> String {
     out
 }
 
+/// Time left until something ends, as "(in …)" shows it. The server
+/// stamped the end a moment before this clock read now, so a 30-minute
+/// certificate has 29m59s left by the time it is printed; past two minutes
+/// the figure is rounded to the nearest minute, which is what a person asked
+/// for and what they expect to read.
+pub fn format_remaining(secs: i64) -> String {
+    let secs = if secs >= 120 {
+        (secs + 30) / 60 * 60
+    } else {
+        secs
+    };
+    format_duration(secs, false)
+}
+
 /// RFC 3339 in UTC, as the server and Vault print times.
 pub fn date(secs: u64) -> String {
     if secs == u64::MAX {
@@ -306,6 +320,17 @@ pub fn date(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_left_reads_as_asked_although_a_second_has_passed() {
+        assert_eq!(format_remaining(30 * 60 - 1), "30m");
+        assert_eq!(format_remaining(30 * 60 - 2), "30m");
+        assert_eq!(format_remaining(3600 - 1), "1h");
+        assert_eq!(format_remaining(90 * 60 + 20), "1h30m");
+        assert_eq!(format_remaining(119), "1m59s");
+        assert_eq!(format_remaining(5), "5s");
+        assert_eq!(format_remaining(0), "0s");
+    }
 
     #[test]
     fn fields_print_as_they_are_unless_on_a_terminal() {

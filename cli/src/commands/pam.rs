@@ -782,7 +782,7 @@ fn session_line(g: &Granted, grant: &Grant, now: u64) -> String {
         grant.account,
         grant.resource,
         g.access.expires_at,
-        output::format_duration(left, false)
+        output::format_remaining(left)
     )
 }
 

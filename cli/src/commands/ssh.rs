@@ -673,7 +673,7 @@ fn cert_rows(cert: &Certificate, serial: &str, now: u64) -> Vec<Row> {
     let before = cert.valid_before();
     let left = match before.checked_sub(now) {
         _ if before == u64::MAX => String::new(),
-        Some(s) if s > 0 => format!(" (in {})", output::format_duration(s as i64, false)),
+        Some(s) if s > 0 => format!(" (in {})", output::format_remaining(s as i64)),
         _ => " (expired)".into(),
     };
     let mut rows: Vec<Row> = vec![
