@@ -45,27 +45,14 @@ fn key(path: &str) -> String {
 
 /// `ssh`, `/ssh/`, `team/ssh` → canonical form without slashes at the ends.
 pub fn normalize_path(path: &str) -> Result<String> {
-    let p = path.trim_matches('/');
-    let ok = !p.is_empty()
-        && p.len() <= 128
-        && p.split('/').all(|seg| {
-            !crate::path::is_dot_or_empty(seg)
-                && seg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        });
-    if !ok {
-        return Err(Error::invalid(format!(
-            "invalid mount path {path:?}: use letters, digits, '-', '_' or '.' in '/'-separated parts"
-        )));
-    }
+    let p = crate::path::mount_path(path, "mount")?;
     let first = p.split('/').next().unwrap_or_default();
     if RESERVED.contains(&first) {
         return Err(Error::invalid(format!(
             "cannot mount at reserved path {first:?}"
         )));
     }
-    Ok(p.to_string())
+    Ok(p)
 }
 
 pub async fn enable(
@@ -83,16 +70,9 @@ pub async fn enable(
         )));
     }
     // Mounts may not nest: requests are routed by the longest mount prefix.
-    for m in all(core).await? {
-        if m.path == path
-            || path.starts_with(&format!("{}/", m.path))
-            || m.path.starts_with(&format!("{path}/"))
-        {
-            return Err(Error::invalid(format!(
-                "path is already in use at {}/",
-                m.path
-            )));
-        }
+    let taken = all(core).await?;
+    if let Some(m) = crate::path::overlapping(&path, taken.iter().map(|m| m.path.as_str())) {
+        return Err(Error::invalid(format!("path is already in use at {m}/")));
     }
     let mount = Mount {
         path: path.clone(),

@@ -162,6 +162,37 @@ pub fn is_dot_or_empty(name: &str) -> bool {
     check_segment(name).is_err()
 }
 
+/// A mount path (secrets engine or auth method) without slashes at its
+/// ends: `oidc`, `/oidc/`, `team/oidc` → `oidc`, `oidc`, `team/oidc`;
+/// refused unless 1-128 characters of '/'-separated parts of letters, digits,
+/// '-', '_' or '.', none of them `.`, `..` or empty. `what` names it in the
+/// error ("mount", "auth").
+pub fn mount_path(path: &str, what: &str) -> crate::error::Result<String> {
+    let p = path.trim_matches('/');
+    let ok = !p.is_empty()
+        && p.len() <= 128
+        && p.split('/').all(|seg| {
+            !is_dot_or_empty(seg)
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if !ok {
+        return Err(crate::error::Error::invalid(format!(
+            "invalid {what} path {path:?}: use letters, digits, '-', '_' or '.' in '/'-separated parts"
+        )));
+    }
+    Ok(p.to_string())
+}
+
+/// The first of `taken` that `path` equals, lies under or holds: mounts may
+/// not nest, since requests are routed by the longest mount prefix.
+pub fn overlapping<'a>(path: &str, taken: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    taken.into_iter().find(|m| {
+        *m == path || path.starts_with(&format!("{m}/")) || m.starts_with(&format!("{path}/"))
+    })
+}
+
 /// 1-128 letters, digits, '-', '_', '.' or '@': the text of names that
 /// end up in paths, storage keys and certificates.
 pub fn is_name_text(name: &str) -> bool {
@@ -189,6 +220,20 @@ pub fn validate_name(what: &str, name: &str) -> crate::error::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_paths_are_canonical_and_may_not_nest() {
+        assert_eq!(mount_path("/team/ssh/", "mount").unwrap(), "team/ssh");
+        for bad in ["", "/", "a//b", "a/../b", "a b", "ä"] {
+            assert!(mount_path(bad, "mount").is_err(), "{bad:?}");
+        }
+        let taken = ["ssh", "team/ca"];
+        assert_eq!(overlapping("ssh", taken), Some("ssh"));
+        assert_eq!(overlapping("ssh/inner", taken), Some("ssh"));
+        assert_eq!(overlapping("team", taken), Some("team/ca"));
+        assert_eq!(overlapping("sshx", taken), None);
+        assert_eq!(overlapping("team/cb", taken), None);
+    }
 
     fn ok(raw: &str) -> String {
         match ApiPath::parse(raw) {

@@ -39,27 +39,14 @@ fn key(path: &str) -> String {
 /// `oidc`, `/oidc/`, `team/oidc` → without slashes at the ends; the
 /// built-in paths are taken.
 pub fn normalize_path(path: &str) -> Result<String> {
-    let p = path.trim_matches('/');
-    let ok = !p.is_empty()
-        && p.len() <= 128
-        && p.split('/').all(|seg| {
-            !crate::path::is_dot_or_empty(seg)
-                && seg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        });
-    if !ok {
-        return Err(Error::invalid(format!(
-            "invalid auth path {path:?}: use letters, digits, '-', '_' or '.' in '/'-separated parts"
-        )));
-    }
+    let p = crate::path::mount_path(path, "auth")?;
     let first = p.split('/').next().unwrap_or_default();
     if BUILT_IN.contains(&first) {
         return Err(Error::invalid(format!(
             "path is already in use at {first}/ (a built-in auth method)"
         )));
     }
-    Ok(p.to_string())
+    Ok(p)
 }
 
 pub async fn enable(
@@ -77,16 +64,9 @@ pub async fn enable(
             TYPES.join(", ")
         )));
     }
-    for m in all(core).await? {
-        if m.path == path
-            || path.starts_with(&format!("{}/", m.path))
-            || m.path.starts_with(&format!("{path}/"))
-        {
-            return Err(Error::invalid(format!(
-                "path is already in use at {}/",
-                m.path
-            )));
-        }
+    let taken = all(core).await?;
+    if let Some(m) = crate::path::overlapping(&path, taken.iter().map(|m| m.path.as_str())) {
+        return Err(Error::invalid(format!("path is already in use at {m}/")));
     }
     let mount = AuthMount {
         path: path.clone(),
