@@ -102,6 +102,24 @@ impl Fields {
         }
     }
 
+    /// One of a fixed set of words, as the value it stands for; absent or
+    /// empty is `None`. The error lists the words.
+    pub fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>> {
+        let Some(word) = self.str(key)?.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        match options.iter().find(|(w, _)| *w == word) {
+            Some((_, v)) => Ok(Some(*v)),
+            None => {
+                let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+                Err(Error::invalid(format!(
+                    "{key} {word:?} is not valid: use {}",
+                    words.join(" or ")
+                )))
+            }
+        }
+    }
+
     pub fn required_str(&self, key: &str) -> Result<String> {
         match self.str(key)? {
             Some(s) if !s.is_empty() => Ok(s),

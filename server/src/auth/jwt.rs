@@ -289,15 +289,11 @@ pub async fn write_role(core: &Core, m: &AuthMount, name: &str, f: &Fields) -> R
         not_before_leeway: 150,
         token: TokenSettings::default(),
     });
-    match f.str("role_type")?.as_deref() {
-        None | Some("") => {}
-        Some("oidc") => r.role_type = RoleType::Oidc,
-        Some("jwt") => r.role_type = RoleType::Jwt,
-        Some(o) => {
-            return Err(Error::invalid(format!(
-                "role_type {o:?} is not valid: use oidc or jwt"
-            )))
-        }
+    if let Some(t) = f.choice(
+        "role_type",
+        &[("oidc", RoleType::Oidc), ("jwt", RoleType::Jwt)],
+    )? {
+        r.role_type = t;
     }
     if let Some(v) = f.str_list("bound_audiences")? {
         r.bound_audiences = v;
@@ -321,15 +317,14 @@ pub async fn write_role(core: &Core, m: &AuthMount, name: &str, f: &Fields) -> R
     if let Some(v) = f.value("bound_claims") {
         r.bound_claims = bound_claims(&v)?;
     }
-    match f.str("bound_claims_type")?.as_deref() {
-        None | Some("") => {}
-        Some("string") => r.bound_claims_type = BoundClaimsType::String,
-        Some("glob") => r.bound_claims_type = BoundClaimsType::Glob,
-        Some(o) => {
-            return Err(Error::invalid(format!(
-                "bound_claims_type {o:?} is not valid: use string or glob"
-            )))
-        }
+    if let Some(t) = f.choice(
+        "bound_claims_type",
+        &[
+            ("string", BoundClaimsType::String),
+            ("glob", BoundClaimsType::Glob),
+        ],
+    )? {
+        r.bound_claims_type = t;
     }
     if let Some(v) = f.str_map("claim_mappings")? {
         r.claim_mappings = v;

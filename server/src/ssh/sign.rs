@@ -64,15 +64,12 @@ fn option_map(f: &Fields, field: &str, kind: OptionKind) -> Result<BTreeMap<Stri
 
 /// Reads Vault's sign/issue fields (the key itself is passed in).
 pub fn input_from_fields(f: &Fields, public_key: PublicKey) -> Result<SignInput> {
-    let cert_type = match f.str("cert_type")?.as_deref() {
-        None | Some("") | Some("user") => CertType::User,
-        Some("host") => CertType::Host,
-        Some(other) => {
-            return Err(Error::invalid(format!(
-                "cert_type {other:?} is not valid: use user or host"
-            )))
-        }
-    };
+    let cert_type = f
+        .choice(
+            "cert_type",
+            &[("user", CertType::User), ("host", CertType::Host)],
+        )?
+        .unwrap_or(CertType::User);
     let key_id = f.str("key_id")?.filter(|s| !s.is_empty());
     if let Some(k) = &key_id {
         check_key_id(k)?;
