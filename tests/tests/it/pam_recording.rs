@@ -408,7 +408,15 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     let id = wait_for_another_active(&pam, &first);
     pam.server.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) == 0 {
+    while std::fs::read_dir(&spool)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+        == 0
+    {
         assert!(
             Instant::now() < deadline,
             "nothing spooled\n{}",
@@ -428,7 +436,11 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     assert!(out.contains("chunks verify up to the cut"), "{out}");
     let json = exported(&pam, &id);
     assert_eq!(json["recordings"][0]["complete"], false, "{json}");
-    assert!(json.to_string().contains("KILLED-7"), "{json}");
+    assert!(
+        json.to_string().contains("KILLED-7"),
+        "{json}\n{}",
+        pam.gateway_log()
+    );
     // Nothing is left behind in the spool.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) != 0 {
