@@ -118,15 +118,20 @@ fn drain(setup: &Setup) -> anyhow::Result<()> {
 fn wait_whole(setup: &Setup, id: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + SETTLE;
     loop {
-        let v = setup.rt.block_on(async {
-            let r = setup
-                .admin
-                .get(setup.server.url(&format!("pam/sessions/{id}/recording")))
-                .header("X-Vault-Token", &setup.server.token)
-                .send()
-                .await?;
-            r.json::<Value>().await
-        })?;
+        // A pooled connection the server closed meanwhile fails once: asked
+        // again.
+        let v = setup
+            .rt
+            .block_on(async {
+                let r = setup
+                    .admin
+                    .get(setup.server.url(&format!("pam/sessions/{id}/recording")))
+                    .header("X-Vault-Token", &setup.server.token)
+                    .send()
+                    .await?;
+                r.json::<Value>().await
+            })
+            .unwrap_or_else(|e| Value::String(e.to_string()));
         if v.pointer("/data/whole") == Some(&Value::Bool(true)) {
             return Ok(v);
         }
@@ -225,6 +230,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             setup.restart_gateway(recording)?;
             let cert = setup.grant(round * 2 + usize::from(recording))?;
             let took = pull(setup.ssh(Some(&cert), &[]), args.mib)?;
+            eprintln!("    {:.2} s", took.as_secs_f64());
             if recording {
                 drain(&setup)?;
                 on.push(took);
