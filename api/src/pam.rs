@@ -459,6 +459,12 @@ pub struct OpenSession {
     /// account's CA role. The private key never leaves the gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
+    /// The gateway records nothing (its `[recording] enabled = false`):
+    /// the server makes no recording for this connection and puts a
+    /// `session_not_recorded` event on record instead, so the gap in the
+    /// audit trail is stated, not silent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unrecorded: bool,
 }
 
 /// What the gateway needs to log in to the target for one session.

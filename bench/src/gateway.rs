@@ -60,7 +60,7 @@ pub struct Args {
 }
 
 /// Reaps a child on drop (killing it first), so no run leaves one behind.
-struct Reaped(Child);
+pub(crate) struct Reaped(pub(crate) Child);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
@@ -70,19 +70,20 @@ impl Drop for Reaped {
 }
 
 /// The run's parts, stopped when dropped.
-struct Setup {
-    dir: tempfile::TempDir,
-    server: DevServer,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) server: DevServer,
     _sshd: Reaped,
     sshd_port: u16,
-    gateway: Reaped,
+    pub(crate) gateway: Reaped,
     gateway_port: u16,
+    gateway_bin: PathBuf,
     /// The person's key (also in the target's authorized_keys, for the
     /// direct reference).
     person_key: PathBuf,
     known_hosts: PathBuf,
-    rt: tokio::runtime::Runtime,
-    admin: reqwest::Client,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) admin: reqwest::Client,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -116,10 +117,10 @@ fn wait_port(port: u16, what: &str, log: &Path) -> anyhow::Result<()> {
 }
 
 impl Setup {
-    fn start(args: &Args) -> anyhow::Result<Setup> {
+    pub(crate) fn start(common: &Common) -> anyhow::Result<Setup> {
         let dir = tempfile::tempdir()?;
         let d = dir.path();
-        let server = DevServer::start(&args.common.server_bin()?)?;
+        let server = DevServer::start(&common.server_bin()?)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -176,7 +177,7 @@ impl Setup {
         let ca = d.join("server-ca.pem");
         std::fs::write(&ca, server.ca_pem())?;
         let gateway_port = free_port()?;
-        let gateway_bin = args.common.sibling_bin("gatepass-gateway")?;
+        let gateway_bin = common.sibling_bin("gatepass-gateway")?;
         let out = Command::new(&gateway_bin)
             .args(["setup", "--server", &server.addr, "--join-token", &join])
             .arg("--ca-cert")
@@ -198,20 +199,7 @@ impl Setup {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let gateway_log = d.join("gateway.log");
-        let gateway = Reaped(
-            Command::new(&gateway_bin)
-                .arg("run")
-                .arg("--config")
-                .arg(d.join("gateway.toml"))
-                .env("GATEPASS_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&gateway_log)?)
-                .spawn()
-                .context("starting gatepass-gateway run")?,
-        );
-        wait_port(gateway_port, "the gateway", &gateway_log)?;
+        let gateway = run_gateway(&gateway_bin, d, gateway_port)?;
 
         rt.block_on(async {
             server
@@ -247,6 +235,7 @@ impl Setup {
             sshd_port,
             gateway,
             gateway_port,
+            gateway_bin,
             person_key,
             known_hosts,
             rt,
@@ -254,8 +243,34 @@ impl Setup {
         })
     }
 
+    /// Stops the gateway and starts it again with its recording on or off
+    /// (`[recording] enabled`).
+    pub(crate) fn restart_gateway(&mut self, recording: bool) -> anyhow::Result<()> {
+        let _ = self.gateway.0.kill();
+        let _ = self.gateway.0.wait();
+        let d = self.dir.path();
+        let path = d.join("gateway.toml");
+        let text = std::fs::read_to_string(&path)?.replace("enabled = false\n", "");
+        let text = if recording {
+            text
+        } else if text.contains("[recording]\n") {
+            text.replacen("[recording]\n", "[recording]\nenabled = false\n", 1)
+        } else {
+            format!("{text}\n[recording]\nenabled = false\n")
+        };
+        std::fs::write(&path, text)?;
+        self.gateway = run_gateway(&self.gateway_bin, d, self.gateway_port)?;
+        Ok(())
+    }
+
     /// A new session for the person's key: its certificate's path.
-    fn grant(&self, n: usize) -> anyhow::Result<PathBuf> {
+    pub(crate) fn grant(&self, n: usize) -> anyhow::Result<PathBuf> {
+        Ok(self.grant_session(n)?.0)
+    }
+
+    /// A new session for the person's key: its certificate's path and the
+    /// session's ID.
+    pub(crate) fn grant_session(&self, n: usize) -> anyhow::Result<(PathBuf, String)> {
         let public_key = std::fs::read_to_string(self.person_key.with_extension("pub"))?;
         let v = self.rt.block_on(self.server.write(
             &self.admin,
@@ -266,6 +281,11 @@ impl Setup {
             .pointer("/data/signed_key")
             .and_then(Value::as_str)
             .context("access answered no signed_key")?;
+        let id = v
+            .pointer("/data/session_id")
+            .and_then(Value::as_str)
+            .context("access answered no session_id")?
+            .to_string();
         let path = self.dir.path().join(format!("session-{n}-cert.pub"));
         std::fs::write(&path, cert)?;
         let pinned = std::fs::read_to_string(&self.known_hosts)?;
@@ -281,12 +301,12 @@ impl Setup {
             }
             std::fs::write(&self.known_hosts, text)?;
         }
-        Ok(path)
+        Ok((path, id))
     }
 
     /// `ssh` to the gateway with a session certificate, or (None) directly
     /// to the target with the person's key.
-    fn ssh(&self, cert: Option<&Path>, args: &[&str]) -> Command {
+    pub(crate) fn ssh(&self, cert: Option<&Path>, args: &[&str]) -> Command {
         let port = match cert {
             Some(_) => self.gateway_port,
             None => self.sshd_port,
@@ -325,6 +345,30 @@ impl Setup {
             .env_remove("SSH_AUTH_SOCK");
         c
     }
+}
+
+/// `gatepass-gateway run` with the config in `d`, once it listens.
+fn run_gateway(bin: &Path, d: &Path, port: u16) -> anyhow::Result<Reaped> {
+    let log = d.join("gateway.log");
+    let gateway = Reaped(
+        Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(d.join("gateway.toml"))
+            .env("GATEPASS_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
+            .spawn()
+            .context("starting gatepass-gateway run")?,
+    );
+    wait_port(port, "the gateway", &log)?;
+    Ok(gateway)
 }
 
 /// One-byte round trips through `stty raw -echo; exec cat` in a terminal.
@@ -422,7 +466,7 @@ fn push(mut cmd: Command, mib: usize) -> anyhow::Result<Duration> {
 
 /// Raises the soft limit on open files to the hard limit (the gateway and
 /// the many ssh clients inherit it).
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -485,7 +529,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("{SSHD} not found: the gateway suite needs OpenSSH's server as its target");
     }
     raise_nofile();
-    let setup = Setup::start(args)?;
+    let setup = Setup::start(&args.common)?;
     let idle = machine::process_memory(setup.gateway.0.id());
 
     eprintln!(

@@ -20,6 +20,7 @@ mod measure;
 mod memory;
 mod otp;
 mod peers;
+mod recording;
 mod report;
 mod server;
 mod sign;
@@ -70,6 +71,10 @@ enum Command {
     /// The PAM gateway beside direct `ssh` to the same target: added
     /// round-trip latency, throughput of 1 GiB, memory with 500 sessions.
     Gateway(gateway::Args),
+    /// What recording sessions costs the gateway: throughput of 1 GiB with
+    /// recording on against off, bytes stored per minute of a busy
+    /// terminal.
+    Recording(recording::Args),
     /// gatepass beside an OpenBao 2.7.2 dev server in the same run, under
     /// the same load: sign, OTP creds, verify, token lookup, a
     /// policy-checked read; ratios and memory.
@@ -215,6 +220,7 @@ fn main() -> anyhow::Result<()> {
         Command::Disk(args) => disk::run(&args),
         Command::Acl(args) => acl::run(&args),
         Command::Gateway(args) => gateway::run(&args),
+        Command::Recording(args) => recording::run(&args),
         Command::Peers(args) => peers::run(&args),
         Command::Load(args) => vload::run(&args),
         Command::All(args) => all(&args),

@@ -22,6 +22,8 @@ pub struct DevServer {
     /// `https://127.0.0.1:PORT`.
     pub addr: String,
     pub token: String,
+    /// Its data folder (`gatepass.db` in it).
+    pub data_dir: PathBuf,
     ca_pem: Vec<u8>,
     log: PathBuf,
     /// Removed when the server is dropped, after the process has ended.
@@ -90,6 +92,7 @@ impl DevServer {
             running: true,
             addr: String::new(),
             token,
+            data_dir: data_dir.clone(),
             ca_pem: Vec::new(),
             log,
             _dir: dir,
@@ -255,6 +258,7 @@ impl DevServer {
                 running: true,
                 addr: format!("https://127.0.0.1:{port}"),
                 token: token.clone(),
+                data_dir: dir.path().to_path_buf(),
                 ca_pem: ca_pem.clone(),
                 log,
                 _dir: dir,

@@ -81,10 +81,17 @@ fn default_state_dir() -> PathBuf {
 /// How recordings are cut into chunks: a chunk is sealed, fsync'd to the
 /// spool and sent once it holds `chunk_kib` KiB of events, or
 /// `chunk_seconds` after its first event, whichever comes first. A gateway
-/// killed mid-session loses at most the chunk being gathered.
+/// killed mid-session loses at most the chunk being gathered (and what
+/// was queued for the spool during its last fsync, milliseconds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecordingConfig {
+    /// Record sessions (the default). `false` records nothing: the gateway
+    /// warns at start, and tells the server at each session's open, which
+    /// then puts a `session_not_recorded` event on record instead of a
+    /// recording.
+    #[serde(skip_serializing_if = "is_true")]
+    pub enabled: bool,
     pub chunk_kib: u64,
     pub chunk_seconds: u64,
     /// Masking rules (regular expressions): what they match in a session's
@@ -98,11 +105,16 @@ pub struct RecordingConfig {
 impl Default for RecordingConfig {
     fn default() -> RecordingConfig {
         RecordingConfig {
+            enabled: true,
             chunk_kib: 64,
             chunk_seconds: 2,
             mask: Vec::new(),
         }
     }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// How users' connections reach the gateway.
@@ -343,6 +355,25 @@ mod tests {
         assert_eq!(c.host_key, PathBuf::from(DEFAULT_HOST_KEY));
         assert_eq!(c.sync, SyncSettings::default());
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(1800)));
+        assert!(c.recording.enabled);
+    }
+
+    #[test]
+    fn recording_is_on_unless_turned_off() {
+        assert!(
+            Config::parse(Path::new("x"), minimal())
+                .unwrap()
+                .recording
+                .enabled
+        );
+        let off = format!("{}\n[recording]\nenabled = false\n", minimal());
+        let c = Config::parse(Path::new("x"), &off).unwrap();
+        assert!(!c.recording.enabled);
+        assert!(c.to_toml().contains("enabled = false"), "{}", c.to_toml());
+        assert_eq!(Config::parse(Path::new("x"), &c.to_toml()).unwrap(), c);
+        let typo = format!("{}\n[recording]\nenable = false\n", minimal());
+        let e = Config::parse(Path::new("x"), &typo).unwrap_err();
+        assert!(e.to_string().contains("enable"), "{e}");
     }
 
     #[test]

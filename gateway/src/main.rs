@@ -251,6 +251,7 @@ async fn run(cfg: Config) -> Result<()> {
                 token,
                 wait: Duration::from_secs(cfg.sync.wait_seconds),
                 max_backoff: Duration::from_secs(cfg.sync.max_backoff_seconds),
+                recording: cfg.recording.enabled,
             },
             cas.clone(),
         )
@@ -299,15 +300,19 @@ async fn run(cfg: Config) -> Result<()> {
     let renewer = tokio::spawn(source.clone().renew_token());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let recording = recording_settings(&cfg)?;
+    let spool = recording.spool.clone();
     let deliverer = tokio::spawn(gatepass_gateway::spool::deliver(
-        recording.spool.clone(),
+        spool.clone(),
         source.client(),
     ));
+    if !cfg.recording.enabled {
+        warn!("session recording is off ([recording] enabled = false): sessions through this gateway are not recorded; the server puts a session_not_recorded event on record for each");
+    }
     let config = GatewayConfig {
         host_keys: vec![host_key],
         session_cas: cas,
         idle_timeout: cfg.idle_timeout,
-        recording: Some(recording),
+        recording: cfg.recording.enabled.then_some(recording),
     };
     let (served, dialer) = match listener {
         Some(listener) => (
@@ -326,8 +331,10 @@ async fn run(cfg: Config) -> Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     follower.abort();
     renewer.abort();
-    // What is not delivered yet waits in the spool for the next start.
+    // What is not delivered yet waits in the spool for the next start,
+    // once the writer has put it there.
     deliverer.abort();
+    spool.flush();
     if let Some(d) = dialer {
         d.abort();
     }

@@ -5,10 +5,12 @@
 //! Events are JSON lines ([`gatepass_api::recording::Event`]) with their
 //! time since the connection began. They are cut into chunks of at most
 //! `chunk_bytes`, or whatever gathered in `chunk_interval`, each sealed and
-//! hash-chained ([`gatepass_api::recording::seal`]) and written to the spool
-//! ([`crate::spool`]) — fsync'd before the next event is taken, so a gateway
-//! killed mid-session loses at most the chunk being gathered. When the
-//! connection ends, the last chunk and the signed end follow.
+//! hash-chained ([`gatepass_api::recording::seal`]) and queued for the
+//! spool ([`crate::spool`]), whose writer fsyncs it within milliseconds
+//! (group commits, off the session's data path), so a gateway killed
+//! mid-session loses at most the chunk being gathered and what was queued
+//! during the last fsync. When the connection ends, the last chunk and the
+//! signed end follow.
 //!
 //! Masking rules ([`Masking`]) apply in [`ChannelTap`], before an event is
 //! made: each direction of a channel holds back its unfinished line, as
@@ -292,7 +294,7 @@ impl Recorder {
                     recording: self.recording.clone(),
                     chunk,
                 };
-                if let Err(e) = self.settings.spool.put(&item) {
+                if let Err(e) = self.settings.spool.put(item) {
                     warn!(session = %self.session, "recording chunk {} lost: {e}", st.index);
                 }
                 st.index += 1;
@@ -325,7 +327,7 @@ impl Recorder {
             recording: self.recording.clone(),
             end,
         };
-        if let Err(e) = self.settings.spool.put(&item) {
+        if let Err(e) = self.settings.spool.put(item) {
             warn!(session = %self.session, "the recording's end is lost: {e}");
         }
     }
@@ -717,7 +719,7 @@ mod tests {
         let signer = recording::new_signing_key();
         let public = signer.verifying_key();
         let settings = Arc::new(RecordingSettings {
-            spool,
+            spool: spool.clone(),
             signer: Some(signer),
             chunk_bytes,
             chunk_interval: Duration::from_secs(60),
@@ -734,6 +736,7 @@ mod tests {
         act(&tap);
         tap.close();
         rec.finish();
+        spool.flush();
         let mut chunks = Vec::new();
         let mut end = None;
         let mut names: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
@@ -749,6 +752,9 @@ mod tests {
             );
             match serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap() {
                 SpoolItem::Chunk { chunk, .. } => chunks.push((chunk.index, chunk)),
+                SpoolItem::Chunks { chunks: cs, .. } => {
+                    chunks.extend(cs.into_iter().map(|c| (c.index, c)))
+                }
                 SpoolItem::End { end: e, .. } => end = Some(e),
             }
         }

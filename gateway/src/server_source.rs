@@ -49,6 +49,9 @@ pub struct ServerSettings {
     pub wait: Duration,
     /// Upper bound of the retry backoff of the long-poll.
     pub max_backoff: Duration,
+    /// Whether this gateway records sessions; when not, each open tells
+    /// the server so (it records that instead).
+    pub recording: bool,
 }
 
 /// What the last successful poll said.
@@ -79,6 +82,7 @@ pub struct ServerSource {
     opened_after: Mutex<HashMap<String, u64>>,
     wait: Duration,
     max_backoff: Duration,
+    recording: bool,
 }
 
 /// An error with its causes ("error sending request: … Connection
@@ -157,6 +161,7 @@ impl ServerSource {
             opened_after: Mutex::default(),
             wait: settings.wait,
             max_backoff: settings.max_backoff,
+            recording: settings.recording,
         })
     }
 
@@ -464,6 +469,7 @@ impl ServerSource {
         let (key, public) = session_key().map_err(SourceError::Unavailable)?;
         let req = OpenSession {
             public_key: Some(public),
+            unrecorded: !self.recording,
         };
         let path = format!("pam/gateway/self/sessions/{id}/open");
         let answer = match body(&req) {

@@ -6,6 +6,16 @@
 //! The server takes a chunk it already has again without harm, so a file
 //! sent but not yet removed when the gateway died is simply sent again.
 //!
+//! Writes are group commits: [`Spool::put`] queues the item and returns;
+//! one writer thread takes whatever is queued, writes each recording's
+//! consecutive chunks as one file, and fsyncs it and the folder once. An
+//! fsync costs milliseconds, so one per 64 KiB chunk in the session's data
+//! path would hold a busy session to a few MB/s; with the writer a busy
+//! session's chunks gather while the previous batch syncs. What a SIGKILL
+//! can lose is what was queued during the last fsync (milliseconds of the
+//! session) besides the chunk being gathered. The queue is bounded
+//! ([`MAX_QUEUED`]): past it, `put` waits for the writer.
+//!
 //! File names sort in sending order within a recording: its chunks by
 //! index, then its end.
 
@@ -13,6 +23,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use gatepass_api::recording::{RecordingEnd, SealedChunk};
@@ -31,6 +42,12 @@ pub enum SpoolItem {
         recording: String,
         chunk: SealedChunk,
     },
+    /// Consecutive chunks of one recording, written in one go.
+    Chunks {
+        session: String,
+        recording: String,
+        chunks: Vec<SealedChunk>,
+    },
     End {
         session: String,
         recording: String,
@@ -39,6 +56,20 @@ pub enum SpoolItem {
 }
 
 impl SpoolItem {
+    fn ids(&self) -> (&str, &str) {
+        match self {
+            SpoolItem::Chunk {
+                session, recording, ..
+            }
+            | SpoolItem::Chunks {
+                session, recording, ..
+            }
+            | SpoolItem::End {
+                session, recording, ..
+            } => (session, recording),
+        }
+    }
+
     fn file_name(&self) -> String {
         match self {
             SpoolItem::Chunk {
@@ -46,36 +77,89 @@ impl SpoolItem {
                 recording,
                 chunk,
             } => format!("{session}.{recording}.{:012}.chunk", chunk.index),
+            SpoolItem::Chunks {
+                session,
+                recording,
+                chunks,
+            } => format!(
+                "{session}.{recording}.{:012}.chunks",
+                chunks.first().map_or(0, |c| c.index)
+            ),
             SpoolItem::End {
                 session, recording, ..
             } => format!("{session}.{recording}.end"),
         }
     }
 
-    /// The server path and body it goes to.
-    fn request(&self) -> (String, Value) {
+    /// Roughly how much memory it holds while queued.
+    fn size(&self) -> usize {
         match self {
-            SpoolItem::Chunk {
-                session,
-                recording,
-                chunk,
-            } => (
+            SpoolItem::Chunk { chunk, .. } => chunk.data.len(),
+            SpoolItem::Chunks { chunks, .. } => chunks.iter().map(|c| c.data.len()).sum(),
+            SpoolItem::End { .. } => 0,
+        }
+    }
+
+    /// The server paths and bodies it goes to, in order.
+    fn requests(&self) -> Vec<(String, Value)> {
+        let chunk = |session: &str, recording: &str, chunk: &SealedChunk| {
+            (
                 format!(
                     "pam/gateway/self/sessions/{session}/recordings/{recording}/chunks/{}",
                     chunk.index
                 ),
                 serde_json::to_value(chunk).unwrap_or_default(),
-            ),
+            )
+        };
+        match self {
+            SpoolItem::Chunk {
+                session,
+                recording,
+                chunk: c,
+            } => vec![chunk(session, recording, c)],
+            SpoolItem::Chunks {
+                session,
+                recording,
+                chunks,
+            } => chunks
+                .iter()
+                .map(|c| chunk(session, recording, c))
+                .collect(),
             SpoolItem::End {
                 session,
                 recording,
                 end,
-            } => (
+            } => vec![(
                 format!("pam/gateway/self/sessions/{session}/recordings/{recording}/end"),
                 serde_json::to_value(end).unwrap_or_default(),
-            ),
+            )],
         }
     }
+}
+
+/// What may wait in memory for the writer, in bytes of sealed chunks;
+/// past it [`Spool::put`] waits (the session's data waits with it).
+pub const MAX_QUEUED: usize = 16 << 20;
+
+/// Items given to [`Spool::put`] and not yet on disk.
+#[derive(Default)]
+struct Queue {
+    items: Vec<SpoolItem>,
+    bytes: usize,
+    /// The writer is writing a batch it took.
+    busy: bool,
+    /// The spool is dropped: the writer ends once the queue is empty.
+    closed: bool,
+}
+
+/// The queue and its two signals, shared with the writer thread.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Something was queued (or the spool closed).
+    queued: Condvar,
+    /// A batch is on disk.
+    written: Condvar,
 }
 
 /// IDs are UUIDs; anything else must not become a path.
@@ -85,7 +169,18 @@ fn plain(s: &str) -> bool {
 
 pub struct Spool {
     dir: PathBuf,
-    ready: Notify,
+    /// Files are there to deliver.
+    ready: Arc<Notify>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Ok(mut q) = self.shared.queue.lock() {
+            q.closed = true;
+        }
+        self.shared.queued.notify_all();
+    }
 }
 
 impl Spool {
@@ -98,52 +193,63 @@ impl Spool {
                 .create(dir)
                 .map_err(|e| format!("cannot make the recording spool {}: {e}", dir.display()))?;
         }
-        Ok(Spool {
+        let spool = Spool {
             dir: dir.to_path_buf(),
-            ready: Notify::new(),
-        })
+            ready: Arc::new(Notify::new()),
+            shared: Arc::default(),
+        };
+        let (shared, ready, dir) = (spool.shared.clone(), spool.ready.clone(), spool.dir.clone());
+        std::thread::Builder::new()
+            .name("recording-spool".into())
+            .spawn(move || write_batches(&shared, &ready, &dir))
+            .map_err(|e| format!("cannot start the recording spool's writer: {e}"))?;
+        Ok(spool)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Writes `item` durably: a 0600 file, fsync'd, renamed into place, and
-    /// the folder fsync'd, before this returns.
-    pub fn put(&self, item: &SpoolItem) -> Result<(), String> {
-        let (session, recording) = match item {
-            SpoolItem::Chunk {
-                session, recording, ..
-            }
-            | SpoolItem::End {
-                session, recording, ..
-            } => (session, recording),
-        };
+    /// Queues `item` for the writer, which makes it a 0600 file, fsync'd,
+    /// renamed into place, and fsyncs the folder (see the module's text);
+    /// waits only while the queue is full.
+    pub fn put(&self, item: SpoolItem) -> Result<(), String> {
+        let (session, recording) = item.ids();
         if !plain(session) || !plain(recording) {
             return Err(format!(
                 "not a session or recording ID: {session:?} {recording:?}"
             ));
         }
-        let name = item.file_name();
-        let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-        let text = serde_json::to_vec(item).map_err(|e| e.to_string())?;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(fail)?;
-        f.write_all(&text).map_err(fail)?;
-        f.sync_all().map_err(fail)?;
-        fs::rename(&tmp, &path).map_err(fail)?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(fail)?;
-        self.ready.notify_one();
+        let mut q = self
+            .shared
+            .queue
+            .lock()
+            .map_err(|_| "the recording spool's queue is broken".to_string())?;
+        while q.bytes >= MAX_QUEUED && !q.closed {
+            q = self
+                .shared
+                .written
+                .wait(q)
+                .map_err(|_| "the recording spool's queue is broken".to_string())?;
+        }
+        q.bytes += item.size();
+        q.items.push(item);
+        drop(q);
+        self.shared.queued.notify_one();
         Ok(())
+    }
+
+    /// Waits until everything queued is on disk (before the gateway exits).
+    pub fn flush(&self) {
+        let Ok(mut q) = self.shared.queue.lock() else {
+            return;
+        };
+        while !q.items.is_empty() || q.busy {
+            q = match self.shared.written.wait(q) {
+                Ok(q) => q,
+                Err(_) => return,
+            };
+        }
     }
 
     /// The spooled files, in sending order.
@@ -156,13 +262,115 @@ impl Spool {
             .map(|e| e.path())
             .filter(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    !n.starts_with('.') && (n.ends_with(".chunk") || n.ends_with(".end"))
+                    !n.starts_with('.')
+                        && (n.ends_with(".chunk") || n.ends_with(".chunks") || n.ends_with(".end"))
                 })
             })
             .collect();
         files.sort();
         files
     }
+}
+
+/// The writer thread: takes what is queued, writes it, until the spool is
+/// dropped and its queue empty.
+fn write_batches(shared: &Shared, ready: &Notify, dir: &Path) {
+    loop {
+        let batch = {
+            let Ok(mut q) = shared.queue.lock() else {
+                return;
+            };
+            while q.items.is_empty() && !q.closed {
+                q = match shared.queued.wait(q) {
+                    Ok(q) => q,
+                    Err(_) => return,
+                };
+            }
+            if q.items.is_empty() {
+                return;
+            }
+            q.busy = true;
+            std::mem::take(&mut q.items)
+        };
+        let size: usize = batch.iter().map(SpoolItem::size).sum();
+        if let Err(e) = write_batch(dir, batch) {
+            warn!("recording parts lost: {e}");
+        }
+        if let Ok(mut q) = shared.queue.lock() {
+            q.busy = false;
+            q.bytes = q.bytes.saturating_sub(size);
+        }
+        shared.written.notify_all();
+        ready.notify_one();
+    }
+}
+
+/// Writes a batch: each recording's consecutive chunks as one file, each
+/// end as its own, every file fsync'd, then the folder once.
+fn write_batch(dir: &Path, batch: Vec<SpoolItem>) -> Result<(), String> {
+    let mut files: Vec<SpoolItem> = Vec::new();
+    for item in batch {
+        match (files.last_mut(), item) {
+            (
+                Some(SpoolItem::Chunks {
+                    session,
+                    recording,
+                    chunks,
+                }),
+                SpoolItem::Chunk {
+                    session: s,
+                    recording: r,
+                    chunk,
+                },
+            ) if *session == s && *recording == r => chunks.push(chunk),
+            (
+                _,
+                SpoolItem::Chunk {
+                    session,
+                    recording,
+                    chunk,
+                },
+            ) => files.push(SpoolItem::Chunks {
+                session,
+                recording,
+                chunks: vec![chunk],
+            }),
+            (_, item) => files.push(item),
+        }
+    }
+    let mut lost = Vec::new();
+    for item in &files {
+        if let Err(e) = write_file(dir, item) {
+            lost.push(e);
+        }
+    }
+    if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
+        lost.push(format!("cannot sync {}: {e}", dir.display()));
+    }
+    if lost.is_empty() {
+        Ok(())
+    } else {
+        Err(lost.join("; "))
+    }
+}
+
+/// One spool file: a 0600 file, fsync'd, renamed into place.
+fn write_file(dir: &Path, item: &SpoolItem) -> Result<(), String> {
+    let name = item.file_name();
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let text = serde_json::to_vec(item).map_err(|e| e.to_string())?;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(&text).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    fs::rename(&tmp, &path).map_err(fail)
 }
 
 /// Sends the spool to the server for good: what is there at start, then
@@ -188,37 +396,49 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
                     continue;
                 }
             };
-            let (api_path, body) = item.request();
-            let body: Map<String, Value> = match body {
-                Value::Object(m) => m,
-                _ => Map::new(),
-            };
-            match client.write(&api_path, &body).await {
-                Ok(_) => {
-                    if failing {
-                        info!("recordings reach the server again");
-                        failing = false;
+            // A file of several chunks is removed once all are sent; one
+            // that fails leaves it to be sent again (resends are harmless).
+            let mut sent = true;
+            for (api_path, body) in item.requests() {
+                let body: Map<String, Value> = match body {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                match client.write(&api_path, &body).await {
+                    Ok(_) => {
+                        if failing {
+                            info!("recordings reach the server again");
+                            failing = false;
+                        }
                     }
-                    debug!(file = %path.display(), "recording part delivered");
-                    let _ = fs::remove_file(&path);
-                }
-                Err(gatepass_api::Error::Api { status, errors })
-                    if (400..500).contains(&status) =>
-                {
-                    warn!(file = %path.display(), status, "the server refused a recording part: {}", errors.join("; "));
-                    set_aside(&path, "refused");
-                }
-                Err(e) => {
-                    if !failing {
-                        warn!(
-                            "recordings wait in the spool: the server cannot be reached: {}",
-                            crate::server_source::with_causes(&e)
-                        );
-                        failing = true;
+                    Err(gatepass_api::Error::Api { status, errors })
+                        if (400..500).contains(&status) =>
+                    {
+                        warn!(file = %path.display(), status, "the server refused a recording part: {}", errors.join("; "));
+                        set_aside(&path, "refused");
+                        sent = false;
+                        break;
                     }
-                    stuck = true;
-                    break;
+                    Err(e) => {
+                        if !failing {
+                            warn!(
+                                "recordings wait in the spool: the server cannot be reached: {}",
+                                crate::server_source::with_causes(&e)
+                            );
+                            failing = true;
+                        }
+                        stuck = true;
+                        sent = false;
+                        break;
+                    }
                 }
+            }
+            if stuck {
+                break;
+            }
+            if sent {
+                debug!(file = %path.display(), "recording part delivered");
+                let _ = fs::remove_file(&path);
             }
         }
         let pause = if stuck {
@@ -234,4 +454,97 @@ fn set_aside(path: &Path, why: &str) {
     let mut to = path.as_os_str().to_owned();
     to.push(format!(".{why}"));
     let _ = fs::rename(path, PathBuf::from(to));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(session: &str, recording: &str, index: u64) -> SpoolItem {
+        SpoolItem::Chunk {
+            session: session.into(),
+            recording: recording.into(),
+            chunk: SealedChunk {
+                index,
+                prev: String::new(),
+                data: format!("data-{index}"),
+            },
+        }
+    }
+
+    /// The chunks each file holds, in sending order.
+    fn files(spool: &Spool) -> Vec<(String, Vec<u64>)> {
+        spool
+            .pending()
+            .iter()
+            .map(|p| {
+                let item: SpoolItem = serde_json::from_slice(&fs::read(p).unwrap()).unwrap();
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let indices = item
+                    .requests()
+                    .iter()
+                    .filter_map(|(path, _)| {
+                        path.rsplit_once("/chunks/")
+                            .map(|(_, i)| i.parse().unwrap())
+                    })
+                    .collect();
+                (name, indices)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_is_one_file_per_run_of_chunks_sent_in_order_and_the_end_last() {
+        let dir = tempfile::tempdir().unwrap();
+        write_batch(
+            dir.path(),
+            vec![
+                chunk("s1", "r1", 0),
+                chunk("s1", "r1", 1),
+                chunk("s2", "r2", 0),
+                chunk("s1", "r1", 2),
+                SpoolItem::End {
+                    session: "s1".into(),
+                    recording: "r1".into(),
+                    end: RecordingEnd {
+                        chunks: 3,
+                        digest: String::new(),
+                        signature: None,
+                    },
+                },
+            ],
+        )
+        .unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(
+            files(&spool),
+            vec![
+                ("s1.r1.000000000000.chunks".to_string(), vec![0, 1]),
+                ("s1.r1.000000000002.chunks".to_string(), vec![2]),
+                ("s1.r1.end".to_string(), vec![]),
+                ("s2.r2.000000000000.chunks".to_string(), vec![0]),
+            ]
+        );
+    }
+
+    #[test]
+    fn put_queues_and_the_writer_makes_the_files_private_and_durable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for i in 0..100 {
+            spool.put(chunk("s1", "r1", i)).unwrap();
+        }
+        assert!(spool.put(chunk("../x", "r1", 0)).is_err());
+        spool.flush();
+        let found = files(&spool);
+        let sent: Vec<u64> = found.iter().flat_map(|(_, i)| i.clone()).collect();
+        assert_eq!(sent, (0..100).collect::<Vec<_>>());
+        for p in spool.pending() {
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
 }

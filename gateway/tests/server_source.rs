@@ -188,6 +188,7 @@ fn source_for(server: String, dir: &std::path::Path, cas: SessionCas) -> ServerS
             token: "gw-token".into(),
             wait: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1),
+            recording: true,
         },
         cas,
     )

@@ -136,6 +136,22 @@ impl Server {
         (status, v)
     }
 
+    /// Serves this server's router on a loopback port (plain HTTP) so that
+    /// the real `gatepass` CLI can talk to it; returns the address for
+    /// `GATEPASS_ADDR`. The listener runs until the test's runtime ends.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let app = gatepass_server::app(self.core.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
     pub async fn root(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call(method, path, Some(ROOT), body).await
     }

@@ -25,6 +25,8 @@ pub enum Kind {
     RecordingEnded,
     /// Retention deleted a recording (the detail names it).
     RecordingDeleted,
+    /// A connection the gateway did not record (its recording is off).
+    SessionNotRecorded,
 }
 
 impl Kind {
@@ -39,6 +41,7 @@ impl Kind {
             Kind::ConnectionClosed => "connection_closed",
             Kind::RecordingEnded => "recording_ended",
             Kind::RecordingDeleted => "recording_deleted",
+            Kind::SessionNotRecorded => "session_not_recorded",
         }
     }
 }

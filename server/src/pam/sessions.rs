@@ -636,7 +636,20 @@ pub async fn open(
     }
     // Each connection is recorded on its own: a reusable session's
     // connections may overlap, and each chain is the gateway's alone.
-    let recording = super::recordings::begin(core, &s, a.record_input, now).await?;
+    let recording = if req.unrecorded {
+        events::record(
+            core,
+            Kind::SessionNotRecorded,
+            &s.subject(),
+            None,
+            Some("the gateway's recording is off ([recording] enabled = false)"),
+            now,
+        )
+        .await?;
+        None
+    } else {
+        Some(super::recordings::begin(core, &s, a.record_input, now).await?)
+    };
     Ok(GatewaySession {
         session_id: s.id.clone(),
         expires_at: s.expires_at,
@@ -646,7 +659,7 @@ pub async fn open(
         credential,
         host_key_trust,
         allow_forwarding: a.allow_forwarding,
-        recording: Some(recording),
+        recording,
     })
 }
 

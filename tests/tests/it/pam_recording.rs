@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use gatepass_api::recording::{self, Event, EventKind, SealedChunk, SftpOp, GENESIS};
 use gatepass_tests::inproc::{Server, BACKENDS};
-use gatepass_tests::run;
 use gatepass_tests::ssh::keypair;
+use gatepass_tests::{bin, run, CLI_AMBIENT_ENV};
 use serde_json::{json, Value};
 
-use crate::pam_sessions::{key_account, ok, wait_exit, wait_for_active, Pam};
+use crate::pam_sessions::{key_account, ok, session_id_in, wait_exit, wait_for_active, Pam};
 
 /// `gatepass pam sessions verify ID` as the administrator, until `done`
 /// holds for (exit code, stdout) or 20 s pass: the gateway delivers its
@@ -408,7 +408,15 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     let id = wait_for_another_active(&pam, &first);
     pam.server.stop();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) == 0 {
+    while std::fs::read_dir(&spool)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+        == 0
+    {
         assert!(
             Instant::now() < deadline,
             "nothing spooled\n{}",
@@ -428,7 +436,11 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     assert!(out.contains("chunks verify up to the cut"), "{out}");
     let json = exported(&pam, &id);
     assert_eq!(json["recordings"][0]["complete"], false, "{json}");
-    assert!(json.to_string().contains("KILLED-7"), "{json}");
+    assert!(
+        json.to_string().contains("KILLED-7"),
+        "{json}\n{}",
+        pam.gateway_log()
+    );
     // Nothing is left behind in the spool.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0) != 0 {
@@ -500,6 +512,45 @@ fn masked_output_reaches_the_user_but_never_the_recording() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn a_gateway_with_recording_off_says_so_and_the_server_records_the_gap() {
+    let mut pam = Pam::start();
+    // The gateway's configuration turns recording off.
+    pam.stop_gateway();
+    let path = pam.admin.path().join("gateway.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    assert!(cfg.contains("[recording]\n"), "{cfg}");
+    let cfg = cfg.replacen("[recording]\n", "[recording]\nenabled = false\n", 1);
+    std::fs::write(&path, cfg).unwrap();
+    pam.start_gateway();
+    assert!(
+        pam.gateway_log().contains("session recording is off"),
+        "{}",
+        pam.gateway_log()
+    );
+    let _target = key_account(&pam);
+
+    // $ gatepass pam ssh access --resource keys --account root -- echo MARK-OFF
+    let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo MARK-OFF"]));
+    assert_eq!(code, 0, "{out}{err}\n{}", pam.gateway_log());
+    assert_eq!(out, "MARK-OFF\n");
+    let id = session_id_in(&err);
+
+    // Not recorded, and that is on record: verify says so and fails, the
+    // audit log names the session.
+    let (code, out, err) = run(&mut pam.admin_cli(&["pam", "sessions", "verify", &id]));
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("no recording"), "{out}");
+    assert!(out.contains("is NOT whole"), "{out}");
+    let audit = pam.audit();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("session_not_recorded"))
+        .unwrap_or_else(|| panic!("no session_not_recorded event: {audit}"));
+    assert!(line.contains(&id), "{line}");
+    assert!(line.contains("enabled = false"), "{line}");
 }
 
 #[test]
@@ -827,6 +878,38 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
             .await;
         assert_eq!(st, StatusCode::OK);
 
+        // The same verdicts as a person reads them: `gatepass pam sessions
+        // verify ID`, the real CLI over HTTP, exits 0 only when whole.
+        let addr = s.listen().await;
+        let home = tempfile::tempdir().unwrap();
+        let cli_verify = |expect_whole: bool, says: &str| {
+            let mut c = Command::new(bin("gatepass"));
+            for v in CLI_AMBIENT_ENV {
+                c.env_remove(v);
+            }
+            c.env("HOME", home.path())
+                .env("XDG_CONFIG_HOME", home.path().join(".config"))
+                .env("GATEPASS_ADDR", &addr)
+                .env("GATEPASS_TOKEN", &reader)
+                .stdin(Stdio::null())
+                .args(["pam", "sessions", "verify", &id]);
+            let says = says.to_string();
+            async move {
+                let (code, out, err) = tokio::task::spawn_blocking(move || run(&mut c))
+                    .await
+                    .unwrap();
+                assert_eq!(code == 0, expect_whole, "exit {code}\n{out}\n{err}");
+                assert!(out.contains(&says), "{says:?} not in:\n{out}\n{err}");
+                let verdict = if expect_whole {
+                    "is whole"
+                } else {
+                    "is NOT whole"
+                };
+                assert!(out.contains(verdict), "{out}");
+            }
+        };
+        cli_verify(true, "whole: 4 chunks, signed by the gateway").await;
+
         // Tampering through the storage, each undone after.
         let storage = &s.core.storage;
         let put = |i: u64, c: &SealedChunk| {
@@ -844,11 +927,13 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
         assert_eq!(verdict(&v), json!({"verdict": "edited", "index": 2}));
         assert_eq!(v["data"]["whole"], false);
         assert_eq!(v["data"]["recordings"][0]["message"], "chunk 2 was edited");
+        cli_verify(false, "chunk 2 was edited").await;
         put(2, &chunks[2]).await;
         // Chunk 1 dropped.
         storage.delete(&chunk_key(&id, &rec, 1)).await.unwrap();
         let (_, v) = read(reader.clone()).await;
         assert_eq!(verdict(&v), json!({"verdict": "dropped", "index": 1}));
+        cli_verify(false, "chunk 1 was dropped").await;
         put(1, &chunks[1]).await;
         // Chunks 1 and 2 swapped.
         put(1, &chunks[2]).await;
@@ -858,6 +943,7 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
             verdict(&v),
             json!({"verdict": "reordered", "index": 1, "holds": 2})
         );
+        cli_verify(false, "chunk 2 is stored in place of chunk 1").await;
         put(1, &chunks[1]).await;
         put(2, &chunks[2]).await;
         // The end cut off.
@@ -867,10 +953,16 @@ path "pam/sessions/+/recording" { capabilities = ["deny"] }"#,
             verdict(&v),
             json!({"verdict": "truncated", "have": 3, "expected": 4})
         );
+        cli_verify(
+            false,
+            "the recording ends after chunk 2, but the gateway signed 4 chunks",
+        )
+        .await;
         put(3, &chunks[3]).await;
         // Untouched again: whole.
         let (_, v) = read(reader.clone()).await;
         assert_eq!(verdict(&v), json!({"verdict": "whole", "chunks": 4}));
+        cli_verify(true, "whole: 4 chunks, signed by the gateway").await;
 
         // An account whose input is not recorded: the gateway is told so.
         let v = root_ok(
