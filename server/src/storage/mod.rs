@@ -101,7 +101,11 @@ fn cacheable(backend: Backend, key: &str) -> bool {
         || (key.starts_with("mount/")
             && (key.contains("/role/")
                 || key.contains("/issuer/")
-                || key.ends_with("/config/issuers")))
+                || key.ends_with("/config/issuers")
+                // Read by every OTP creds request; left to the database it
+                // was a read of SQLite on the request's worker thread each
+                // time (13% of their CPU time under load, see BENCHMARKS.md).
+                || key.ends_with("/config/zeroaddress")))
         || (backend == Backend::Sqlite && key.starts_with("token/"))
 }
 
@@ -987,5 +991,9 @@ mod tests {
         assert!(!cacheable(Backend::Postgres, "token/id/abc"));
         assert!(cacheable(Backend::Postgres, "policy/default"));
         assert!(!cacheable(Backend::Sqlite, "mount/x/otp/-/abc"));
+        // The zero-address roles, read by every creds request, are
+        // configuration like a role: cached on both backends.
+        assert!(cacheable(Backend::Sqlite, "mount/x/config/zeroaddress"));
+        assert!(cacheable(Backend::Postgres, "mount/x/config/zeroaddress"));
     }
 }

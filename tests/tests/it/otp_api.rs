@@ -154,6 +154,18 @@ async fn otp_creds_and_verify_once() {
             s.root("GET", "ssh/config/zeroaddress", None).await.0,
             StatusCode::NOT_FOUND
         );
+        // The zero-address roles are cached for creds: the delete is seen
+        // by the very next request.
+        assert_eq!(
+            s.root(
+                "POST",
+                "ssh/creds/anywhere",
+                Some(json!({"ip": "192.0.2.1"}))
+            )
+            .await
+            .0,
+            StatusCode::BAD_REQUEST
+        );
     }
 }
 
