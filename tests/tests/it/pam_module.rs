@@ -4,7 +4,7 @@
 //! directly for the same cases, the PAM_AUTHTOK path, module arguments and
 //! the time bound. Run as root (sshd, /etc/pam.d).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -357,7 +357,8 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
         ),
         (
             format!("config={} helper=gatepass-helper", config.display()),
-            "unknown module argument \"helper=gatepass-helper\"",
+            // The log line escapes the quotes.
+            r#"unknown module argument \"helper=gatepass-helper\""#,
         ),
     ] {
         let f = PamFile::write(
