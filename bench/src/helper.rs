@@ -472,10 +472,13 @@ fn pam_rows(
     let service = |tag: &str, config: &Path| {
         PamService::create(
             tag,
+            // The helper beside the module asks the servers when hostd
+            // does not (the direct rows).
             &format!(
-                "auth required {} config={}\n",
+                "auth required {} config={} helper={}\n",
                 module.display(),
-                config.display()
+                config.display(),
+                module.with_file_name("gatepass-helper").display()
             ),
         )
     };

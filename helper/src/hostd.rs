@@ -175,31 +175,40 @@ pub fn peer_uid(stream: &UnixStream) -> Result<u32, String> {
         .map_err(|e| format!("SO_PEERCRED: {e}"))
 }
 
-/// The login check's [`OtpServer`]: hostd first when a socket is
-/// configured, the servers directly when hostd is not there.
-pub struct LoginVerifier {
-    pub transport: Transport,
-    pub timeout: Duration,
-    /// hostd's socket; `None`: always ask directly.
-    pub socket: Option<PathBuf>,
+/// The way to the servers when hostd does not answer: after hostd's
+/// `failures` (`maybe_used`: hostd may have used the OTP), ask every server
+/// by `deadline`.
+pub trait DirectWay {
+    fn verify_after(
+        &self,
+        transport: &Transport,
+        otp: &str,
+        deadline: Instant,
+        failures: Vec<Failure>,
+        maybe_used: Option<String>,
+    ) -> Verified;
 }
 
-impl LoginVerifier {
-    /// The direct way, after hostd's `failures`.
-    fn direct(
+/// The TLS client in this process: `gatepass-helper`'s way (and what
+/// `gatepass-helper __direct` runs for the PAM module).
+pub struct InProcess;
+
+impl DirectWay for InProcess {
+    fn verify_after(
         &self,
+        transport: &Transport,
         otp: &str,
         deadline: Instant,
         failures: Vec<Failure>,
         maybe_used: Option<String>,
     ) -> Verified {
         // Built only now: with hostd answering, no TLS state is made here.
-        match Client::new(self.transport.clone()) {
+        match Client::new(transport.clone()) {
             Ok(c) => c.verify_after(otp, deadline, failures, maybe_used),
             Err(e) => {
                 let mut failures = failures;
                 failures.push(Failure {
-                    server: self.transport.servers.join(", "),
+                    server: transport.servers.join(", "),
                     error: e.0,
                 });
                 Verified::Unreachable(failures)
@@ -208,7 +217,169 @@ impl LoginVerifier {
     }
 }
 
-impl OtpServer for LoginVerifier {
+/// The PAM module's direct way: the same question in a
+/// `gatepass-helper __direct` process ([`serve_direct`]). The module is
+/// loaded into every new sshd process; keeping the TLS stack and the HTTP
+/// client out of it (the linker drops what the module never calls) makes
+/// the library a fraction of the size and its loading, which every login
+/// pays, a fraction of the time. Only a login while hostd is down pays for
+/// starting the helper.
+pub struct ExecHelper {
+    /// The `gatepass-helper` binary.
+    pub path: PathBuf,
+}
+
+/// What [`ExecHelper`] sends `gatepass-helper __direct` on its stdin.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DirectRequest {
+    pub transport: Transport,
+    pub otp: String,
+    pub budget_ms: u64,
+    pub failures: Vec<Failure>,
+    pub maybe_used: Option<String>,
+}
+
+impl DirectWay for ExecHelper {
+    fn verify_after(
+        &self,
+        transport: &Transport,
+        otp: &str,
+        deadline: Instant,
+        failures: Vec<Failure>,
+        maybe_used: Option<String>,
+    ) -> Verified {
+        let budget = deadline.saturating_duration_since(Instant::now());
+        let request = DirectRequest {
+            transport: transport.clone(),
+            otp: otp.to_string(),
+            budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+            failures: failures.clone(),
+            maybe_used,
+        };
+        match run_helper(&self.path, &request, budget) {
+            Ok(v) => v,
+            Err(error) => {
+                let mut failures = failures;
+                failures.push(Failure {
+                    server: self.path.display().to_string(),
+                    error,
+                });
+                Verified::Unreachable(failures)
+            }
+        }
+    }
+}
+
+/// Runs `helper __direct` with `request` and reads its answer within
+/// `budget` (plus a little). Its stdin and stdout are one end of a socket
+/// pair rather than pipes: writing to a helper that died must fail with
+/// EPIPE (MSG_NOSIGNAL), not raise SIGPIPE in sshd.
+fn run_helper(
+    helper: &Path,
+    request: &DirectRequest,
+    budget: Duration,
+) -> Result<Verified, String> {
+    use std::process::{Command, Stdio};
+    let line = serde_json::to_vec(request)
+        .map(|mut l| {
+            l.push(b'\n');
+            Zeroizing::new(l)
+        })
+        .map_err(|e| format!("request: {e}"))?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let theirs_out = theirs.try_clone().map_err(|e| format!("socketpair: {e}"))?;
+    let mut child = Command::new(helper)
+        .arg("__direct")
+        .env_clear()
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs_out)))
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting it: {e}"))?;
+    let answer = exchange(&ours, &line, budget + ANSWER_SLACK);
+    drop(ours);
+    if answer.is_err() {
+        // Past its time: it must not go on with the OTP.
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    let answer = answer?;
+    serde_json::from_slice::<Verified>(&answer).map_err(|e| format!("unreadable answer: {e}"))
+}
+
+/// Sends `line` and reads one line back within `wait`.
+fn exchange(stream: &UnixStream, line: &[u8], wait: Duration) -> Result<Vec<u8>, String> {
+    stream
+        .set_write_timeout(Some(wait))
+        .and_then(|()| send_all(stream, line))
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut answer = Vec::new();
+    let read = stream.set_read_timeout(Some(wait)).and_then(|()| {
+        BufReader::new(stream)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut answer)
+    });
+    match read {
+        Ok(_) if answer.ends_with(b"\n") => Ok(answer),
+        Ok(_) => Err("closed without an answer".into()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Err(format!("no answer within {:.1}s", wait.as_secs_f64()))
+        }
+        Err(e) => Err(format!("reading the answer: {e}")),
+    }
+}
+
+/// `gatepass-helper __direct`: reads a [`DirectRequest`] line from `input`,
+/// asks the servers in this process and writes the [`Verified`] line to
+/// `output`.
+pub fn serve_direct(input: impl Read, mut output: impl std::io::Write) -> Result<(), String> {
+    let mut line = Zeroizing::new(Vec::new());
+    BufReader::new(input)
+        .take(MAX_LINE)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| format!("reading the request: {e}"))?;
+    let req: DirectRequest =
+        serde_json::from_slice(&line).map_err(|e| format!("unreadable request: {e}"))?;
+    let otp = Zeroizing::new(req.otp);
+    let deadline = Instant::now() + Duration::from_millis(req.budget_ms);
+    let v = InProcess.verify_after(&req.transport, &otp, deadline, req.failures, req.maybe_used);
+    let mut out = serde_json::to_vec(&v).map_err(|e| format!("answer: {e}"))?;
+    out.push(b'\n');
+    output
+        .write_all(&out)
+        .and_then(|()| output.flush())
+        .map_err(|e| format!("writing the answer: {e}"))
+}
+
+/// The login check's [`OtpServer`]: hostd first when a socket is
+/// configured, the servers directly ([`DirectWay`]) when hostd is not there.
+pub struct LoginVerifier<D: DirectWay = InProcess> {
+    pub transport: Transport,
+    pub timeout: Duration,
+    /// hostd's socket; `None`: always ask directly.
+    pub socket: Option<PathBuf>,
+    pub direct: D,
+}
+
+impl<D: DirectWay> LoginVerifier<D> {
+    fn direct(
+        &self,
+        otp: &str,
+        deadline: Instant,
+        failures: Vec<Failure>,
+        maybe_used: Option<String>,
+    ) -> Verified {
+        self.direct
+            .verify_after(&self.transport, otp, deadline, failures, maybe_used)
+    }
+}
+
+impl<D: DirectWay> OtpServer for LoginVerifier<D> {
     fn verify(&self, otp: &str) -> Verified {
         let deadline = Instant::now() + self.timeout;
         let Some(socket) = &self.socket else {
@@ -292,6 +463,7 @@ mod tests {
             transport: transport(&["https://a"]),
             timeout: Duration::from_secs(2),
             socket: Some(sock),
+            direct: InProcess,
         };
         let got = v.verify("otp-1");
         assert_eq!(
@@ -322,6 +494,7 @@ mod tests {
             transport: transport(&[&addr]),
             timeout: Duration::from_secs(2),
             socket: Some(dir.path().join("missing.sock")),
+            direct: InProcess,
         };
         let Verified::Unreachable(f) = v.verify("otp") else {
             panic!()
@@ -343,6 +516,7 @@ mod tests {
             transport: transport(&[&addr]),
             timeout: Duration::from_secs(2),
             socket: Some(sock),
+            direct: InProcess,
         };
         let Verified::Unreachable(f) = v.verify("otp") else {
             panic!()
@@ -363,6 +537,7 @@ mod tests {
             transport: transport(&["https://127.0.0.1:1"]),
             timeout: Duration::from_secs(2),
             socket: Some(sock),
+            direct: InProcess,
         };
         let Verified::Unreachable(f) = v.verify("otp") else {
             panic!()
@@ -370,5 +545,52 @@ mod tests {
         assert!(h.join().unwrap().is_some());
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].server, "https://127.0.0.1:1");
+    }
+
+    #[test]
+    fn the_module_s_direct_way_names_a_helper_it_cannot_start() {
+        let v = LoginVerifier {
+            transport: transport(&["https://127.0.0.1:1"]),
+            timeout: Duration::from_secs(2),
+            socket: None,
+            direct: ExecHelper {
+                path: "/nonexistent/gatepass-helper".into(),
+            },
+        };
+        let Verified::Unreachable(f) = v.verify("otp") else {
+            panic!()
+        };
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].server, "/nonexistent/gatepass-helper");
+        assert!(f[0].error.contains("starting it"), "{}", f[0]);
+    }
+
+    #[test]
+    fn the_helper_s_direct_mode_answers_one_request_after_hostd_s_failures() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let lost = Failure {
+            server: "hostd".into(),
+            error: "no answer".into(),
+        };
+        let req = DirectRequest {
+            transport: transport(&[&addr]),
+            otp: "otp".into(),
+            budget_ms: 2000,
+            failures: vec![lost.clone()],
+            maybe_used: Some(lost.to_string()),
+        };
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        let mut out = Vec::new();
+        serve_direct(&line[..], &mut out).unwrap();
+        assert!(out.ends_with(b"\n"));
+        let Verified::Unreachable(f) = serde_json::from_slice(&out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0], lost);
+        assert_eq!(f[1].server, addr);
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::Parser;
 use pam_gatepass::client::{Client, InterfaceAddrs, Transport};
 use pam_gatepass::config::{Config, DEFAULT_CONFIG};
-use pam_gatepass::hostd::LoginVerifier;
+use pam_gatepass::hostd::{serve_direct, InProcess, LoginVerifier};
 use pam_gatepass::logging::{Level, Logger};
 use pam_gatepass::verify::{authenticate, Outcome, PamItems, Policy};
 use zeroize::Zeroizing;
@@ -157,6 +157,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    // The PAM module's direct way (`pam_gatepass::hostd::ExecHelper`): one
+    // request on stdin, the servers' answer on stdout; the module makes
+    // the checks and writes the log line.
+    if args.get(1).and_then(|a| a.to_str()) == Some("__direct") {
+        return match serve_direct(std::io::stdin().lock(), std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gatepass-helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let cli = Cli::parse_from(go_style(args));
     let logger = Logger {
         process: "gatepass-helper".into(),
@@ -261,6 +273,7 @@ fn main() -> ExitCode {
         transport,
         timeout: cfg.timeout,
         socket: cfg.hostd_socket.clone(),
+        direct: InProcess,
     };
     let mut pam = Exec { token };
     let outcome = authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs);

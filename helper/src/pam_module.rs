@@ -1,7 +1,7 @@
 //! `pam_gatepass.so`: the check as a native PAM module (pam-bindings).
 //!
 //! ```text
-//! auth    required  pam_gatepass.so config=/etc/gatepass/helper.toml [mount=ssh] [timeout=5s] [stderr]
+//! auth    required  pam_gatepass.so config=/etc/gatepass/helper.toml [mount=ssh] [timeout=5s] [helper=/usr/bin/gatepass-helper] [stderr]
 //! account required  pam_gatepass.so
 //! ```
 //!
@@ -12,14 +12,19 @@
 //!   works for keyboard-interactive (sshd treats a failing pam_setcred there
 //!   as fatal).
 //! - Arguments: `config=` (default [`DEFAULT_CONFIG`]), `mount=`,
-//!   `timeout=` override the file; `stderr` also writes the log line to
+//!   `timeout=` override the file; `helper=` names the `gatepass-helper`
+//!   that asks the servers when hostd does not (default [`DEFAULT_HELPER`]);
+//!   `stderr` also writes the log line to
 //!   stderr; `use_first_pass` never asks (PAM_AUTHTOK only);
 //!   `try_first_pass` is the default. An unknown argument refuses every login, as a bad configuration
 //!   does: it fails closed.
 //!
-//! The question goes to hostd's socket first and to the servers directly
-//! when hostd is not there ([`crate::hostd`]); no async runtime, no thread
-//! (but a name lookup's) and, through hostd, no TLS in sshd's process.
+//! The question goes to hostd's socket first and, when hostd is not there,
+//! to a `gatepass-helper __direct` process that asks the servers directly
+//! ([`crate::hostd::ExecHelper`]); the checks and the log line stay here.
+//! No async runtime, no thread and no TLS stack in sshd's process: the
+//! module is loaded into every new sshd process, and what it does not link
+//! it does not load (issue 20: loading the library was most of its cost).
 //!
 //! No panic crosses into the application: every hook runs under
 //! `catch_unwind` (and pam-bindings adds its own guard around it), and the
@@ -38,9 +43,12 @@ use zeroize::Zeroizing;
 
 use crate::client::{InterfaceAddrs, Transport};
 use crate::config::{parse_timeout, Config, DEFAULT_CONFIG};
-use crate::hostd::LoginVerifier;
+use crate::hostd::{ExecHelper, LoginVerifier};
 use crate::logging::{Level, Logger};
 use crate::verify::{authenticate, Decision, Outcome, PamItems, Policy};
+
+/// Where the module finds `gatepass-helper` (the packages install it here).
+pub const DEFAULT_HELPER: &str = "/usr/bin/gatepass-helper";
 
 /// The module's hooks.
 pub struct PamGatepass;
@@ -68,6 +76,8 @@ pub struct Args {
     pub config: Option<PathBuf>,
     pub mount: Option<String>,
     pub timeout: Option<Duration>,
+    /// `gatepass-helper`, for the direct way.
+    pub helper: Option<PathBuf>,
     pub stderr: bool,
     /// Only PAM_AUTHTOK, never ask (`try_first_pass`, the default, asks when
     /// there is none).
@@ -82,6 +92,7 @@ impl Args {
                 Some(("config", v)) if !v.is_empty() => a.config = Some(PathBuf::from(v)),
                 Some(("mount", v)) if !v.is_empty() => a.mount = Some(v.to_string()),
                 Some(("timeout", v)) => a.timeout = Some(parse_timeout(v).map_err(|e| e.0)?),
+                Some(("helper", v)) if v.starts_with('/') => a.helper = Some(PathBuf::from(v)),
                 None if arg == "stderr" => a.stderr = true,
                 None if arg == "use_first_pass" => a.use_first_pass = true,
                 None if arg == "try_first_pass" => a.use_first_pass = false,
@@ -166,11 +177,12 @@ fn authenticate_hook(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode 
         // The files are read (and checked) here; no connection is opened
         // and no TLS state built until the direct way is needed.
         let transport = Transport::load(&cfg).map_err(|e| e.0)?;
-        Ok((cfg, transport))
+        let helper = a.helper.unwrap_or_else(|| PathBuf::from(DEFAULT_HELPER));
+        Ok((cfg, transport, helper))
     });
     let mut pam = Handle(pamh, may_prompt);
     let outcome = match setup {
-        Ok((cfg, transport)) => {
+        Ok((cfg, transport, helper)) => {
             if cfg.syslog_socket.is_some() {
                 logger.socket.clone_from(&cfg.syslog_socket);
             }
@@ -178,6 +190,7 @@ fn authenticate_hook(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode 
                 transport,
                 timeout: cfg.timeout,
                 socket: cfg.hostd_socket.clone(),
+                direct: ExecHelper { path: helper },
             };
             authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs)
         }
@@ -225,6 +238,7 @@ mod tests {
             "config=/etc/gatepass/h.toml",
             "mount=ssh-prod",
             "timeout=2s",
+            "helper=/opt/gatepass/bin/gatepass-helper",
             "stderr",
         ])
         .unwrap();
@@ -234,6 +248,7 @@ mod tests {
                 config: Some("/etc/gatepass/h.toml".into()),
                 mount: Some("ssh-prod".into()),
                 timeout: Some(Duration::from_secs(2)),
+                helper: Some("/opt/gatepass/bin/gatepass-helper".into()),
                 stderr: true,
                 use_first_pass: false,
             }
@@ -246,6 +261,8 @@ mod tests {
             "config=",
             "debug",
             "use_first_pass=1",
+            "helper=gatepass-helper",
+            "helper=",
         ] {
             assert!(Args::parse([bad]).is_err(), "{bad}");
         }

@@ -95,6 +95,19 @@ struct CacheEntry {
 
 const MAX_CACHED: usize = 10_000;
 
+/// Whether a write of `key` wakes the requests waiting for changes (hosts'
+/// and gateways' long-polls, waits for a dynamic key's install) and, on
+/// PostgreSQL, is announced to the other servers. A host's own record is
+/// not: the poll that reads it is the one that rewrites it (`last_seen`,
+/// at most once a minute per host), and a host's state is computed from
+/// the record read when its poll began. With 100,000 hosts those touches
+/// come well over a thousand times a second, and each woke every waiting
+/// poll on every server to compute its state again: the fleet spent its
+/// time recomputing states that had not changed.
+pub(crate) fn wakes_waiters(key: &str) -> bool {
+    !key.starts_with("hosts/host/")
+}
+
 fn cacheable(backend: Backend, key: &str) -> bool {
     key.starts_with("mounts/")
         || key.starts_with("policy/")
@@ -427,14 +440,18 @@ impl Storage {
         *self.changes.borrow()
     }
 
-    /// A receiver that sees every change this server makes.
+    /// A receiver that sees every change this server makes (and, on
+    /// PostgreSQL, that others announce) except those of [`wakes_waiters`]'s
+    /// quiet keys.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
     fn changed(&self, key: &str) {
         self.cache.changed(self.backend, key);
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        if wakes_waiters(key) {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     async fn check_seal(&self) -> Result<()> {

@@ -171,8 +171,10 @@ async fn announce<'a>(
     ops: impl Iterator<Item = &'a Op>,
 ) -> Result<()> {
     let mut payload = origin.to_string();
+    let mut wakes = false;
     for op in ops {
         let key = op.key();
+        wakes |= super::wakes_waiters(key);
         if !super::cacheable(super::Backend::Postgres, key) && !key.starts_with("mounts/") {
             continue;
         }
@@ -183,6 +185,11 @@ async fn announce<'a>(
         }
         payload.push('\n');
         payload.push_str(key);
+    }
+    // Only quiet keys (hosts' last-seen touches; never cached): the other
+    // servers have nothing to drop and nothing to wake.
+    if !wakes {
+        return Ok(());
     }
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANGES)

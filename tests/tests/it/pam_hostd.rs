@@ -20,8 +20,14 @@ use gatepass_tests::sshd::{PamSetup, Sshd, SshdOptions};
 /// `nobody`: a uid that is not root.
 const NOBODY: u32 = 65534;
 
-fn module() -> PathBuf {
-    bin("libpam_gatepass.so")
+/// The module as a PAM line names it: its path and the `gatepass-helper`
+/// it runs for the direct way (hostd not answering).
+fn module() -> String {
+    format!(
+        "{} helper={}",
+        bin("libpam_gatepass.so").display(),
+        bin("gatepass-helper").display()
+    )
 }
 
 /// A `gatepass-hostd` process, SIGTERM on drop.
@@ -162,11 +168,7 @@ fn module_and_helper_ask_through_hostd_keep_every_check_and_fall_back_when_it_is
     use_config(&env.toml_config("good.toml", &[], None, &sock_line));
     let pam = PamFile::write(
         &service("hostd-module"),
-        &format!(
-            "auth required {} config={}\n",
-            module().display(),
-            config.display()
-        ),
+        &format!("auth required {} config={}\n", module(), config.display()),
     );
 
     // A login through hostd, and every refusal the check makes on the
@@ -267,7 +269,7 @@ fn sshd_logs_in_through_hostd() {
         service: service("hostd-sshd"),
         pam_config: format!(
             "auth required {m} config={c}\naccount required {m}\nsession required pam_unix.so\n",
-            m = module().display(),
+            m = module(),
             c = config.display()
         ),
     });
@@ -401,11 +403,7 @@ fn the_check_never_sends_an_otp_to_a_socket_that_is_not_roots() {
     let config = env.toml_config("helper.toml", &[], None, &sock_line);
     let pam = PamFile::write(
         &service("hostd-impostor"),
-        &format!(
-            "auth required {} config={}\n",
-            module().display(),
-            config.display()
-        ),
+        &format!("auth required {} config={}\n", module(), config.display()),
     );
     let otp = env.otp(ROLE, "root", "127.0.0.1");
     assert!(granted(&pamtester(&pam.service, &otp)));

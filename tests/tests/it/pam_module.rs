@@ -4,7 +4,7 @@
 //! directly for the same cases, the PAM_AUTHTOK path, module arguments and
 //! the time bound. Run as root (sshd, /etc/pam.d).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,14 @@ use crate::pam_common::*;
 use gatepass_tests::bin;
 use gatepass_tests::sshd::{PamSetup, Sshd, SshdOptions};
 
-fn module() -> PathBuf {
-    bin("libpam_gatepass.so")
+/// The module as a PAM line names it: its path and the `gatepass-helper`
+/// it runs for the direct way (hostd not answering).
+fn module() -> String {
+    format!(
+        "{} helper={}",
+        bin("libpam_gatepass.so").display(),
+        bin("gatepass-helper").display()
+    )
 }
 
 #[test]
@@ -32,7 +38,7 @@ fn module_in_sshd_logs_in_with_password_and_keyboard_interactive_and_refuses_the
         service: service("module-sshd"),
         pam_config: format!(
             "auth required {m} config={c}\naccount required {m}\nsession required pam_unix.so\n",
-            m = module().display(),
+            m = module(),
             c = config.display()
         ),
     });
@@ -163,7 +169,6 @@ fn pamtester_drives_the_module_through_every_case() {
         &service("pamtester"),
         &format!(
             "auth required {m} config={c}\naccount required {m}\n",
-            m = m.display(),
             c = config.display()
         ),
     );
@@ -243,7 +248,7 @@ fn pamtester_drives_the_module_through_every_case() {
         &service("pamtester-quick"),
         &format!(
             "auth required {} config={} timeout=500ms\n",
-            m.display(),
+            m,
             config.display()
         ),
     );
@@ -286,7 +291,7 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
         &service("pamtester-authtok"),
         &format!(
             "auth optional pam_unix.so nodelay\nauth required {} use_first_pass config={}\n",
-            m.display(),
+            m,
             config.display()
         ),
     );
@@ -308,7 +313,7 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
         &service("pamtester-first-pass"),
         &format!(
             "auth required {} use_first_pass config={}\n",
-            m.display(),
+            m,
             config.display()
         ),
     );
@@ -327,7 +332,9 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
     env.assert_one_line("no token", "denied", "no OTP given", &otp);
 
     // A misspelt argument, a missing file, a mount override that does not
-    // exist: each refuses (fails closed) with a line saying why.
+    // exist, a helper that is not there for the direct way (no hostd here),
+    // a helper named without its path: each refuses (fails closed) with a
+    // line saying why.
     for (args, reason) in [
         (
             format!("confg={}", config.display()),
@@ -341,10 +348,22 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
             format!("config={} mount=nope", config.display()),
             "server refused the OTP",
         ),
+        (
+            format!(
+                "config={} helper=/nonexistent/gatepass-helper",
+                config.display()
+            ),
+            "/nonexistent/gatepass-helper: starting it",
+        ),
+        (
+            format!("config={} helper=gatepass-helper", config.display()),
+            // The log line escapes the quotes.
+            r#"unknown module argument \"helper=gatepass-helper\""#,
+        ),
     ] {
         let f = PamFile::write(
             &service("pamtester-args"),
-            &format!("auth required {} stderr {args}\n", m.display()),
+            &format!("auth required {} stderr {args}\n", m),
         );
         let r = pamtester(
             &f.service,
@@ -355,7 +374,8 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
         );
         assert_pamtester(&r, false, &args);
         let lines = env.syslog_lines(Duration::from_millis(500));
-        if reason.starts_with("server") {
+        // Once the config is read, its syslog_socket has the line.
+        if reason.starts_with("server") || reason.starts_with("/nonexistent/gatepass-helper") {
             let line = lines
                 .iter()
                 .find(|l| l.contains("OTP login"))
@@ -375,11 +395,7 @@ fn module_uses_pam_authtok_and_fails_closed_on_bad_arguments() {
     // failures that stopped before the server.
     let ok = PamFile::write(
         &service("pamtester-ok"),
-        &format!(
-            "auth required {} config={}\n",
-            m.display(),
-            config.display()
-        ),
+        &format!("auth required {} config={}\n", m, config.display()),
     );
     let r = pamtester(
         &ok.service,

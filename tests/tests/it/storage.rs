@@ -411,3 +411,55 @@ async fn a_change_on_one_server_wakes_the_other_and_drops_its_cached_copy() {
         Some(2)
     );
 }
+
+/// A fleet of 100,000 hosts rewrites their records (`last_seen`, once a
+/// minute each) over a thousand times a second; none of those writes may
+/// wake the long-polls, here or on another server, while any other change
+/// still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosts_last_seen_touch_wakes_no_poll_on_either_server() {
+    use std::time::Duration;
+    let (a, b) = Server::start_pair().await;
+    let mut here = a.core.storage.subscribe();
+    let mut there = b.core.storage.subscribe();
+    // B listens for A's announcements from shortly after it opened: wait
+    // until one gets through.
+    let mut heard = false;
+    for i in 0..50u32 {
+        there.borrow_and_update();
+        a.core.storage.put("policy/warm-up", &i).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), there.changed())
+            .await
+            .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "B never heard of a change A made");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    here.borrow_and_update();
+    there.borrow_and_update();
+
+    for i in 0..20u32 {
+        a.core
+            .storage
+            .put(&format!("hosts/host/h-{i}"), &json!({ "last_seen": i }))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!here.has_changed().unwrap(), "a touch woke A's polls");
+    assert!(!there.has_changed().unwrap(), "a touch woke B's polls");
+
+    // Any other change still wakes both.
+    a.core.storage.put("policy/touched", &1u32).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), there.changed())
+        .await
+        .expect("A's change wakes B's waiters")
+        .unwrap();
+    assert!(
+        here.has_changed().unwrap(),
+        "A's own change wakes A's polls"
+    );
+}
