@@ -20,6 +20,10 @@ impl Core {
             // Built-in policies added by newer versions reach older data.
             policies::ensure_default(&core).await?;
             hosts::migrate(&core).await?;
+            // Indexes the UI's searches and pages read, built once over
+            // what an older version stored.
+            crate::ssh::certs::index_for_search(&core).await?;
+            crate::pam::sessions::index_for_search(&core).await?;
         }
         Ok(core)
     }

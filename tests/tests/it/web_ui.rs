@@ -727,27 +727,46 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
         .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
         .await;
     let rows = |page: &str| page.matches("<tr id=\"cert-").count();
+    let next_of = |page: &str| {
+        page.split("id=\"next-page\" href=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|l| l.replace("&amp;", "&"))
+    };
     // 28 certificates: 25 on the first page, newest (highest serial)
-    // first, 3 on the next.
+    // first, 3 on the next, which its "Older" link leads to.
     let (_, _, p1) = ui.get(&s.cookie, "/ui/certs?mount=ssh").await;
-    assert!(p1.contains("28 certificates"), "{p1}");
     assert_eq!(rows(&p1), 25);
     assert!(p1.contains("batch-26") && !p1.contains("deploy-key"));
-    assert!(p1.contains("page=1"), "no link to the next page");
-    let (_, _, p2) = ui.get(&s.cookie, "/ui/certs?mount=ssh&page=1").await;
+    let next = next_of(&p1).expect("a link to the next page");
+    let (_, _, p2) = ui.get(&s.cookie, &next).await;
     assert_eq!(rows(&p2), 3);
-    assert!(p2.contains("deploy-key"));
-    // By serial, by a part of the key ID, by principal.
+    assert!(p2.contains("deploy-key") && !p2.contains("batch-26"));
+    assert_eq!(next_of(&p2), None, "the last page links to no next one");
+    // By serial, by the beginning of a key ID, by principal.
     let (_, _, by_serial) = ui
-        .get(&s.cookie, &format!("/ui/certs?mount=ssh&q={first_serial}"))
+        .get(
+            &s.cookie,
+            &format!("/ui/certs?mount=ssh&by=serial&q={first_serial}"),
+        )
         .await;
     assert_eq!(rows(&by_serial), 1);
     assert!(by_serial.contains("deploy-key"));
-    let (_, _, by_key_id) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=batch-1").await;
+    let (_, _, by_key_id) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=key_id&q=batch-1")
+        .await;
     assert_eq!(rows(&by_key_id), 10, "batch-10 to batch-19");
-    let (_, _, by_principal) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=deploy").await;
-    assert!(by_principal.contains("28 certificates"), "{by_principal}");
-    let (_, _, none) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=nobody").await;
+    let (_, _, by_principal) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=deploy")
+        .await;
+    assert_eq!(rows(&by_principal), 25, "{by_principal}");
+    let (_, _, rest) = ui
+        .get(&s.cookie, &next_of(&by_principal).expect("a next page"))
+        .await;
+    assert_eq!(rows(&rest), 3);
+    let (_, _, none) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=nobody")
+        .await;
     assert_eq!(rows(&none), 0);
 }
 
