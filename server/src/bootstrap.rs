@@ -41,6 +41,10 @@ impl Core {
             return Err(Error::invalid("storage is already initialized"));
         }
         policies::ensure_default(self).await?;
+        // Nothing to index yet: this marks the indexes built, so that no
+        // later start scans for records from before them.
+        crate::ssh::certs::index_for_search(self).await?;
+        crate::pam::sessions::index_for_search(self).await?;
         let (text, _) = token::create(self, root(root_token), now).await?;
         Ok(text)
     }
