@@ -112,7 +112,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let rows = outcome.map_err(|e| anyhow::anyhow!("{e:#}\nserver log:\n{}", server.log_tail()))?;
 
     let body = section(&machine, args, seeding, &rows);
-    println!("{body}");
     let name = report::sized(SECTION, args.certs, DEFAULT_CERTS);
     report::publish(args.common.write.as_deref(), &name, &body)?;
     report::fail_on_errors(
