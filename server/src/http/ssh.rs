@@ -326,6 +326,7 @@ pub async fn route(
                     )))
                 }
             };
+            let whole = search == certs::Search::All;
             let page = certs::search(core, m, &search, after.as_deref(), limit).await?;
             if page.certs.is_empty() {
                 return Ok(Reply::NotFound);
@@ -343,6 +344,10 @@ pub async fn route(
             let mut out = json!({ "keys": keys, "key_info": key_info });
             if let Some(n) = page.next {
                 out["next_after"] = json!(n);
+            }
+            // The whole inventory's size, counted by the database.
+            if whole {
+                out["total"] = json!(certs::count(core, m).await?);
             }
             Ok(Reply::Data(out))
         }

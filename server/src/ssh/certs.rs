@@ -226,6 +226,14 @@ pub async fn search(
     Ok(page)
 }
 
+/// How many certificates the mount's inventory holds.
+pub async fn count(core: &Core, m: &Mount) -> Result<u64> {
+    let dp = m.data_prefix();
+    core.storage
+        .count_between(&format!("{dp}cert/"), &format!("{dp}cert0"))
+        .await
+}
+
 /// Set once every certificate recorded before the search indexes existed
 /// has its entries.
 const SEARCH_INDEX_DONE: &str = "ssh/migrated/cert-search-index";

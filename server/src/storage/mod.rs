@@ -769,6 +769,18 @@ impl Storage {
         self.fetch_keys(from, to, Some(limit)).await
     }
 
+    /// How many keys `from <= key < to` there are, counted by the
+    /// database (the keys are not read out).
+    pub async fn count_between(&self, from: &str, to: &str) -> Result<u64> {
+        self.run(async {
+            match &self.db {
+                Db::Sqlite(db) => db.count(from, to),
+                Db::Postgres(pool) => postgres::count(pool, from, to).await,
+            }
+        })
+        .await
+    }
+
     /// Keys `from <= key < to` from the last down, at most `limit` of them:
     /// a page of an index whose keys sort oldest first, newest first (the
     /// next page ends where this one did).

@@ -50,6 +50,16 @@ pub async fn keys(
         .collect()
 }
 
+/// How many keys `from <= key < to` there are.
+pub async fn count(pool: &PgPool, from: &str, to: &str) -> Result<u64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM entries WHERE key >= $1 AND key < $2")
+        .bind(from)
+        .bind(to)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
+}
+
 pub async fn audit_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
     let rows = sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
         .bind(after)

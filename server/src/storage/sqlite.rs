@@ -249,6 +249,15 @@ impl Sqlite {
         })
     }
 
+    pub fn count(&self, from: &str, to: &str) -> Result<u64> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT COUNT(*) FROM entries WHERE key >= ?1 AND key < ?2")?;
+            st.query_row(rusqlite::params![from, to], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        })
+    }
+
     pub fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         self.read(|c| {
             let mut st = c.prepare_cached(

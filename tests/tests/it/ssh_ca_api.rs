@@ -690,6 +690,9 @@ async fn the_inventory_is_searched_by_key_id_and_principal_a_page_at_a_time() {
         let (one, _) = all_pages(&s, "key_id=team-b-07&limit=10").await;
         assert_eq!(one, vec![signed[7].0.clone()]);
         assert_eq!(all_pages(&s, "principal=carol&limit=10").await.0.len(), 0);
+        // A page of the whole inventory says how large it is.
+        let (_, v) = s.root("LIST", "ssh/certs?limit=1", None).await;
+        assert_eq!(v["data"]["total"], 24);
         // The plain LIST is Vault's: every serial.
         let (_, v) = s.root("LIST", "ssh/certs", None).await;
         assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 24);

@@ -768,6 +768,14 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
         .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=nobody")
         .await;
     assert_eq!(rows(&none), 0);
+    // The overview counts them (the database counts, nothing is listed).
+    let (_, _, overview) = ui.get(&s.cookie, "/ui/").await;
+    let count = overview
+        .split(">ssh</a></td>")
+        .nth(1)
+        .map(str::trim_start)
+        .unwrap_or_default();
+    assert!(count.starts_with("<td>28</td>"), "{overview}");
 }
 
 /// The sessions page shows 50 sessions a page, newest first, with a link
