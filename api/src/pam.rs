@@ -416,6 +416,9 @@ pub struct SessionList {
     pub keys: Vec<String>,
     #[serde(default)]
     pub key_info: BTreeMap<String, SessionInfo>,
+    /// With `limit`: the `after` of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 /// `POST pam/gateway/self/started`.

@@ -20,6 +20,10 @@ impl Core {
             // Built-in policies added by newer versions reach older data.
             policies::ensure_default(&core).await?;
             hosts::migrate(&core).await?;
+            // Indexes the UI's searches and pages read, built once over
+            // what an older version stored.
+            crate::ssh::certs::index_for_search(&core).await?;
+            crate::pam::sessions::index_for_search(&core).await?;
         }
         Ok(core)
     }
@@ -37,6 +41,10 @@ impl Core {
             return Err(Error::invalid("storage is already initialized"));
         }
         policies::ensure_default(self).await?;
+        // Nothing to index yet: this marks the indexes built, so that no
+        // later start scans for records from before them.
+        crate::ssh::certs::index_for_search(self).await?;
+        crate::pam::sessions::index_for_search(self).await?;
         let (text, _) = token::create(self, root(root_token), now).await?;
         Ok(text)
     }

@@ -30,6 +30,9 @@ pub struct Server {
     pub clock: Clock,
     pub dir: tempfile::TempDir,
     pub client: SocketAddr,
+    /// Where its storage is and its seal key, to open it again.
+    url: String,
+    seal_hex: String,
 }
 
 impl Server {
@@ -65,7 +68,21 @@ impl Server {
         (a, b)
     }
 
+    /// Stops this server and starts another on its storage (at the same
+    /// time), as a restart or an upgrade does.
+    pub async fn restart(self) -> Server {
+        let now = self.clock.now();
+        self.core.storage.close().await;
+        let seal = SealKey::from_hex(&self.seal_hex).expect("seal key");
+        let (dir, url) = (self.dir, self.url);
+        drop(self.core);
+        let s = Server::open(dir, &url, seal).await;
+        s.clock.advance(now - T0);
+        s
+    }
+
     async fn open(dir: tempfile::TempDir, url: &str, seal_key: SealKey) -> Server {
+        let seal_hex = seal_key.to_hex().to_string();
         let clock = Clock::manual(T0);
         let core = Core::open(Options {
             storage_url: url.to_string(),
@@ -80,6 +97,8 @@ impl Server {
             clock,
             dir,
             client: "127.0.0.1:50000".parse().expect("addr"),
+            url: url.to_string(),
+            seal_hex,
         }
     }
 

@@ -2060,6 +2060,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            next_after: None,
         };
         let sessions = in_order(list);
         assert_eq!(

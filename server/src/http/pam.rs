@@ -189,8 +189,27 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                     .map(|s| sessions::parse_state(&s))
                     .transpose()?,
             };
+            let (after, limit) = (text("after")?, f.int("limit")?);
+            let grep = text("grep")?;
+            if grep.is_none() && (after.is_some() || limit.is_some()) {
+                let limit = match limit {
+                    None => sessions::MAX_PAGE,
+                    Some(n) if n >= 1 && n as usize <= sessions::MAX_PAGE => n as usize,
+                    Some(n) => {
+                        return Err(Error::invalid(format!(
+                            "limit {n} is not between 1 and {}",
+                            sessions::MAX_PAGE
+                        )))
+                    }
+                };
+                let page = sessions::list_page(core, &filter, after.as_deref(), limit, now).await?;
+                if page.keys.is_empty() {
+                    return Ok(Reply::NotFound);
+                }
+                return data(&page);
+            }
             let mut found = sessions::list(core, &filter, now).await?;
-            if let Some(grep) = text("grep")? {
+            if let Some(grep) = grep {
                 found = search(core, req, caller, found, &grep, now).await?;
             }
             // Vault's LIST answers no keys with 404.

@@ -297,7 +297,60 @@ pub async fn route(
             content_type: "application/octet-stream",
             body: certs::krl(core, m, req.now).await?,
         }),
-        (["certs"], List) => Ok(Reply::List(certs::list(core, m).await?)),
+        (["certs"], List) => {
+            let text =
+                |k: &str| -> Result<Option<String>> { Ok(f.str(k)?.filter(|v| !v.is_empty())) };
+            let (key_id, principal) = (text("key_id")?, text("principal")?);
+            let (after, limit) = (text("after")?, f.int("limit")?);
+            if key_id.is_none() && principal.is_none() && after.is_none() && limit.is_none() {
+                return Ok(Reply::List(certs::list(core, m).await?));
+            }
+            // A search or a page: from the inventory's indexes, newest
+            // first, with each certificate's entry and where the next
+            // page starts.
+            let search = match (key_id, principal) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::invalid("give key_id or principal, not both"))
+                }
+                (Some(k), None) => certs::Search::KeyIdPrefix(k),
+                (None, Some(p)) => certs::Search::Principal(p),
+                (None, None) => certs::Search::All,
+            };
+            let limit = match limit {
+                None => certs::MAX_PAGE,
+                Some(n) if n >= 1 && n as usize <= certs::MAX_PAGE => n as usize,
+                Some(n) => {
+                    return Err(Error::invalid(format!(
+                        "limit {n} is not between 1 and {}",
+                        certs::MAX_PAGE
+                    )))
+                }
+            };
+            let whole = search == certs::Search::All;
+            let page = certs::search(core, m, &search, after.as_deref(), limit).await?;
+            if page.certs.is_empty() {
+                return Ok(Reply::NotFound);
+            }
+            let keys: Vec<String> = page
+                .certs
+                .iter()
+                .map(|c| certs::serial_hex(c.serial))
+                .collect();
+            let key_info: Map<String, Value> = page
+                .certs
+                .iter()
+                .map(|c| (certs::serial_hex(c.serial), cert_json(c)))
+                .collect();
+            let mut out = json!({ "keys": keys, "key_info": key_info });
+            if let Some(n) = page.next {
+                out["next_after"] = json!(n);
+            }
+            // The whole inventory's size, counted by the database.
+            if whole {
+                out["total"] = json!(certs::count(core, m).await?);
+            }
+            Ok(Reply::Data(out))
+        }
         (["certs", serial], Read) => Ok(
             match certs::get(core, m, certs::parse_serial(serial)?).await? {
                 Some(r) => Reply::Data(cert_json(&r)),

@@ -115,6 +115,27 @@ fn open_key(gateway: &Name, id: &str) -> String {
     format!("pam/open/{gateway}/{id}")
 }
 
+/// The session list's indexes, written with each session (which is never
+/// changed in what they hold): `pam/sessions-by/time/<created>/<id>`,
+/// `…/user/<user>/<created>/<id>` and `…/resource/<resource>/<created>/<id>`,
+/// names in hex (any byte may be in a display name) and the creation time
+/// in fixed-width hex, so each sorts oldest first and a page newest first
+/// is a range read backwards. The `<created>/<id>` end is the cursor.
+const BY: &str = "pam/sessions-by/";
+
+fn cursor_of(s: &Session) -> String {
+    format!("{:016x}/{}", s.created_at.max(0), s.id)
+}
+
+fn index_keys(s: &Session) -> Vec<String> {
+    let c = cursor_of(s);
+    vec![
+        format!("{BY}time/{c}"),
+        format!("{BY}user/{}/{c}", hex::encode(&s.user)),
+        format!("{BY}resource/{}/{c}", hex::encode(s.resource.as_str())),
+    ]
+}
+
 fn state_of(stage: &Stage) -> SessionState {
     match stage {
         Stage::Pending => SessionState::Pending,
@@ -263,10 +284,7 @@ async fn grant(
     .await?;
     // On record before it exists: no grant goes unaudited.
     events::record(core, Kind::AccessGranted, &s.subject(), None, None, now).await?;
-    core.storage.put(&session_key(&s.id), &s).await?;
-    core.storage
-        .put(&open_key(&s.gateway, &s.id), &s.expires_at)
-        .await?;
+    store(core, &s).await?;
     Ok(Access {
         session_id: s.id.clone(),
         // A relay gateway has no address: the CLI names it by its name.
@@ -281,6 +299,25 @@ async fn grant(
         expires_at_unix: s.expires_at,
         signed_key,
     })
+}
+
+/// Stores a new session with its list index entries and, while it is
+/// open, its entry in its gateway's open list, in one transaction.
+pub async fn store(core: &Core, s: &Session) -> Result<()> {
+    let mut items = vec![(
+        session_key(&s.id),
+        serde_json::to_value(s).map_err(|e| Error::internal(e.to_string()))?,
+    )];
+    items.extend(
+        index_keys(s)
+            .into_iter()
+            .map(|k| (k, serde_json::json!({}))),
+    );
+    if !matches!(s.stage, Stage::Ended { .. }) {
+        items.push((open_key(&s.gateway, &s.id), serde_json::json!(s.expires_at)));
+    }
+    core.storage.put_many(&items, false).await?;
+    Ok(())
 }
 
 /// Who asks for a session.
@@ -315,7 +352,20 @@ pub fn parse_state(s: &str) -> Result<SessionState> {
 /// Sessions matching the filter, newest first.
 pub async fn list(core: &Core, f: &Filter, now: i64) -> Result<SessionList> {
     let mut found = Vec::new();
-    for k in core.storage.keys_with_prefix("pam/session/").await? {
+    // An open session is on its gateway's open list: those few are read
+    // instead of every session kept.
+    let open_only = matches!(f.state, Some(SessionState::Pending | SessionState::Active));
+    let keys = if open_only {
+        core.storage
+            .keys_with_prefix("pam/open/")
+            .await?
+            .iter()
+            .filter_map(|k| k.rsplit('/').next().map(session_key))
+            .collect()
+    } else {
+        core.storage.keys_with_prefix("pam/session/").await?
+    };
+    for k in keys {
         let Some(s) = core.storage.get::<Session>(&k).await? else {
             continue;
         };
@@ -338,6 +388,145 @@ pub async fn list(core: &Core, f: &Filter, now: i64) -> Result<SessionList> {
         out.key_info.insert(i.session_id.clone(), i);
     }
     Ok(out)
+}
+
+/// Most sessions one page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page of the sessions matching the filter, newest first, after the
+/// cursor `after` of the page before (`next_after` of its answer). Open
+/// sessions (pending, active) are found from the gateways' open lists;
+/// others through the user's, the resource's or the time index, reading
+/// the records of the range until the page is full, not every session.
+pub async fn list_page(
+    core: &Core,
+    f: &Filter,
+    after: Option<&str>,
+    limit: usize,
+    now: i64,
+) -> Result<SessionList> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    if let Some(c) = after {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b'/' || b == b'-')
+        {
+            return Err(Error::invalid(format!(
+                "after {c:?} is not a cursor this list gave"
+            )));
+        }
+    }
+    let keep = |i: &SessionInfo| {
+        f.resource.as_deref().is_none_or(|r| r == i.resource)
+            && f.account.as_deref().is_none_or(|a| a == i.account)
+            && f.user.as_deref().is_none_or(|u| u == i.user)
+            && f.state.is_none_or(|st| st == i.state)
+    };
+    // (cursor, info), newest first.
+    let mut found: Vec<(String, SessionInfo)> = Vec::new();
+    let mut more = false;
+    if matches!(f.state, Some(SessionState::Pending | SessionState::Active)) {
+        for k in core.storage.keys_with_prefix("pam/open/").await? {
+            let Some(id) = k.rsplit('/').next() else {
+                continue;
+            };
+            let Some(s) = get(core, id).await? else {
+                continue;
+            };
+            let i = info(&s, now);
+            let c = cursor_of(&s);
+            if keep(&i) && after.is_none_or(|a| c.as_str() < a) {
+                found.push((c, i));
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        more = found.len() > limit;
+        found.truncate(limit);
+    } else {
+        let base = match (&f.user, &f.resource) {
+            (Some(u), _) => format!("{BY}user/{}/", hex::encode(u)),
+            (None, Some(r)) => format!("{BY}resource/{}/", hex::encode(r)),
+            (None, None) => format!("{BY}time/"),
+        };
+        // `0` follows `/`: the end of the range under `base`.
+        let end = format!("{}0", base.trim_end_matches('/'));
+        let mut to = match after {
+            Some(a) => std::cmp::min(end, format!("{base}{a}")),
+            None => end,
+        };
+        let step = (limit + 1) as i64;
+        'scan: loop {
+            let keys = core.storage.keys_between_desc(&base, &to, step).await?;
+            for k in &keys {
+                let Some(id) = k.rsplit('/').next() else {
+                    continue;
+                };
+                let Some(s) = get(core, id).await? else {
+                    continue;
+                };
+                let i = info(&s, now);
+                if keep(&i) {
+                    if found.len() == limit {
+                        more = true;
+                        break 'scan;
+                    }
+                    found.push((cursor_of(&s), i));
+                }
+            }
+            match keys.last() {
+                Some(last) if keys.len() as i64 == step => to = last.clone(),
+                _ => break,
+            }
+        }
+    }
+    let mut out = SessionList::default();
+    if more {
+        out.next_after = found.last().map(|(c, _)| c.clone());
+    }
+    for (_, i) in found {
+        out.keys.push(i.session_id.clone());
+        out.key_info.insert(i.session_id.clone(), i);
+    }
+    Ok(out)
+}
+
+/// Set once every session stored before the list's indexes existed has
+/// its entries.
+const INDEX_DONE: &str = "pam/migrated/session-index";
+
+/// Gives the sessions stored before the list's indexes existed their
+/// entries, once per database (at start, before the server serves).
+pub async fn index_for_search(core: &Core) -> Result<u64> {
+    if core
+        .storage
+        .get::<serde_json::Value>(INDEX_DONE)
+        .await?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let mut indexed = 0;
+    let mut batch = Vec::new();
+    for k in core.storage.keys_with_prefix("pam/session/").await? {
+        if let Some(s) = core.storage.get::<Session>(&k).await? {
+            indexed += 1;
+            batch.extend(
+                index_keys(&s)
+                    .into_iter()
+                    .map(|k| (k, serde_json::json!({}))),
+            );
+        }
+        if batch.len() >= 3000 {
+            core.storage.put_many(&batch, false).await?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        core.storage.put_many(&batch, false).await?;
+    }
+    core.storage.put(INDEX_DONE, &serde_json::json!({})).await?;
+    Ok(indexed)
 }
 
 /// Ends a stored open session with `reason`, in storage (so of concurrent

@@ -82,8 +82,41 @@ fn expiry_key(valid_before: u64, mount_uuid: &str, serial: u64) -> String {
     format!("{EXPIRY_PREFIX}{valid_before:016x}/{mount_uuid}/{serial:016x}")
 }
 
-/// Records a new certificate with its expiry entry; false when its serial
-/// is already taken (the caller then signs again with another serial).
+/// The search indexes of a mount's inventory, written with each record:
+/// `cert-kid/<key ID>/<serial>` and `cert-pr/<principal>/<serial>` under
+/// the mount's data, the text in hex (any byte may be in it, `/` too, and
+/// hex keeps both the byte order and prefixes, so a key ID's prefix is a
+/// range of keys) and the serial in fixed-width hex (newest last). A
+/// search reads a page of index keys and then only the records on it.
+const KEY_ID_INDEX: &str = "cert-kid/";
+const PRINCIPAL_INDEX: &str = "cert-pr/";
+
+fn index_base(m: &Mount, index: &str) -> String {
+    format!("{}{index}", m.data_prefix())
+}
+
+/// The index keys of one certificate (under the mount `data_prefix`).
+fn index_keys(data_prefix: &str, rec: &CertRecord) -> Vec<String> {
+    let mut keys = vec![format!(
+        "{data_prefix}{KEY_ID_INDEX}{}/{:016x}",
+        hex::encode(&rec.key_id),
+        rec.serial
+    )];
+    for p in &rec.principals {
+        keys.push(format!(
+            "{data_prefix}{PRINCIPAL_INDEX}{}/{:016x}",
+            hex::encode(p),
+            rec.serial
+        ));
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Records a new certificate with its expiry and search index entries;
+/// false when its serial is already taken (the caller then signs again
+/// with another serial).
 pub async fn record(core: &Core, m: &Mount, rec: &CertRecord) -> Result<bool> {
     let value = serde_json::to_value(rec).map_err(|e| Error::internal(e.to_string()))?;
     let mut items = vec![(cert_key(m, rec.serial), value)];
@@ -91,7 +124,166 @@ pub async fn record(core: &Core, m: &Mount, rec: &CertRecord) -> Result<bool> {
     if rec.valid_before != u64::MAX {
         items.push((expiry_key(rec.valid_before, &m.uuid, rec.serial), json!({})));
     }
+    for k in index_keys(&m.data_prefix(), rec) {
+        items.push((k, json!({})));
+    }
     core.storage.put_many(&items, true).await
+}
+
+/// What an inventory search looks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Search {
+    /// Every certificate of the mount.
+    All,
+    /// Certificates whose key ID starts with this text.
+    KeyIdPrefix(String),
+    /// Certificates with this principal.
+    Principal(String),
+}
+
+/// One page of a search, newest (highest serial) first.
+#[derive(Clone, Debug, Default)]
+pub struct SearchPage {
+    pub certs: Vec<CertRecord>,
+    /// Where the next page starts (given back as `after`); None on the
+    /// last page.
+    pub next: Option<String>,
+}
+
+/// Most certificates one page holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page of the mount's certificates matching `search`, newest first,
+/// after the cursor `after` of the page before. Reads the page's index
+/// keys and its records, never the rest of the inventory.
+pub async fn search(
+    core: &Core,
+    m: &Mount,
+    search: &Search,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<SearchPage> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    // The range of keys holding the matches, and where a cursor is
+    // relative to.
+    let (base, from, to) = match search {
+        Search::All => {
+            let base = format!("{}cert/", m.data_prefix());
+            let to = format!("{}cert0", m.data_prefix());
+            (base.clone(), base, to)
+        }
+        Search::KeyIdPrefix(q) => {
+            let base = index_base(m, KEY_ID_INDEX);
+            let from = format!("{base}{}", hex::encode(q));
+            // Every key whose hex text starts with the prefix's ('g' is
+            // past the hex digits and the `/` after them).
+            (base, from.clone(), format!("{from}g"))
+        }
+        Search::Principal(p) => {
+            let base = index_base(m, PRINCIPAL_INDEX);
+            let from = format!("{base}{}/", hex::encode(p));
+            let to = format!("{base}{}0", hex::encode(p));
+            (base, from, to)
+        }
+    };
+    let to = match after {
+        None => to,
+        Some(c) => {
+            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_hexdigit() || b == b'/') {
+                return Err(Error::invalid(format!(
+                    "after {c:?} is not a cursor this list gave"
+                )));
+            }
+            // The next page holds what sorts before the last one shown.
+            std::cmp::min(to, format!("{base}{c}"))
+        }
+    };
+    let keys = core
+        .storage
+        .keys_between_desc(&from, &to, limit as i64 + 1)
+        .await?;
+    let mut page = SearchPage::default();
+    for k in keys.iter().take(limit) {
+        let serial = k
+            .rsplit('/')
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        // An index entry whose certificate went (retention removes both,
+        // but not in one step) is passed over.
+        if let Some(rec) = match serial {
+            Some(s) => get(core, m, s).await?,
+            None => None,
+        } {
+            page.certs.push(rec);
+        }
+    }
+    if keys.len() > limit {
+        page.next = keys
+            .get(limit - 1)
+            .and_then(|k| k.strip_prefix(&base))
+            .map(str::to_string);
+    }
+    Ok(page)
+}
+
+/// How many certificates the mount's inventory holds.
+pub async fn count(core: &Core, m: &Mount) -> Result<u64> {
+    let dp = m.data_prefix();
+    core.storage
+        .count_between(&format!("{dp}cert/"), &format!("{dp}cert0"))
+        .await
+}
+
+/// Set once every certificate recorded before the search indexes existed
+/// has its entries.
+const SEARCH_INDEX_DONE: &str = "ssh/migrated/cert-search-index";
+
+/// Gives the certificates recorded before the search indexes existed their
+/// entries, once per database (at start, before the server serves): a
+/// scan of the mounts' data, a page at a time.
+pub async fn index_for_search(core: &Core) -> Result<u64> {
+    if core
+        .storage
+        .get::<Value>(SEARCH_INDEX_DONE)
+        .await?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let mut indexed = 0;
+    let mut from = "mount/".to_string();
+    loop {
+        let keys = core.storage.keys_between(&from, "mount0", PAGE).await?;
+        let mut items = Vec::new();
+        for k in &keys {
+            // mount/<uuid>/cert/<16 hex>
+            let Some((uuid, serial)) = k
+                .strip_prefix("mount/")
+                .and_then(|r| r.split_once("/cert/"))
+            else {
+                continue;
+            };
+            if serial.len() != 16 || serial.contains('/') || uuid.contains('/') {
+                continue;
+            }
+            if let Some(rec) = core.storage.get::<CertRecord>(k).await? {
+                indexed += 1;
+                for key in index_keys(&format!("mount/{uuid}/"), &rec) {
+                    items.push((key, json!({})));
+                }
+            }
+        }
+        if !items.is_empty() {
+            core.storage.put_many(&items, false).await?;
+        }
+        match keys.last() {
+            // The next key after `last` (keys are printable ASCII).
+            Some(last) if keys.len() as i64 == PAGE => from = format!("{last}\u{1}"),
+            _ => break,
+        }
+    }
+    core.storage.put(SEARCH_INDEX_DONE, &json!({})).await?;
+    Ok(indexed)
 }
 
 /// Set once every certificate recorded before the expiry index existed
@@ -117,7 +309,12 @@ pub async fn remove_expired(core: &Core, before: i64) -> Result<u64> {
             // cert-exp/<16 hex>/<uuid>/<16 hex>
             let rest = k.get(EXPIRY_PREFIX.len() + 17..).unwrap_or_default();
             if let Some((uuid, serial)) = rest.rsplit_once('/') {
-                doomed.push(format!("mount/{uuid}/cert/{serial}"));
+                let key = format!("mount/{uuid}/cert/{serial}");
+                // Its search index entries go with it.
+                if let Some(rec) = core.storage.get::<CertRecord>(&key).await? {
+                    doomed.extend(index_keys(&format!("mount/{uuid}/"), &rec));
+                }
+                doomed.push(key);
                 removed += 1;
             }
             doomed.push(k.clone());
@@ -215,6 +412,27 @@ pub async fn list(core: &Core, m: &Mount) -> Result<Vec<String>> {
         .filter_map(|k| u64::from_str_radix(k, 16).ok())
         .map(serial_hex)
         .collect())
+}
+
+/// Every certificate with exactly this key ID, through the index.
+async fn with_key_id(core: &Core, m: &Mount, id: &str) -> Result<Vec<CertRecord>> {
+    let base = index_base(m, KEY_ID_INDEX);
+    let from = format!("{base}{}/", hex::encode(id));
+    let to = format!("{base}{}0", hex::encode(id));
+    let mut out = Vec::new();
+    for k in core.storage.keys_between(&from, &to, i64::MAX).await? {
+        let serial = k
+            .rsplit('/')
+            .next()
+            .and_then(|s| u64::from_str_radix(s, 16).ok());
+        if let Some(rec) = match serial {
+            Some(s) => get(core, m, s).await?,
+            None => None,
+        } {
+            out.push(rec);
+        }
+    }
+    Ok(out)
 }
 
 async fn all(core: &Core, m: &Mount) -> Result<Vec<CertRecord>> {
@@ -318,11 +536,7 @@ pub async fn revoke(
         hit.push(rec);
     } else if let Some(id) = key_id {
         super::principal::check_key_id(&id)?;
-        hit = all(core, m)
-            .await?
-            .into_iter()
-            .filter(|r| r.key_id == id)
-            .collect();
+        hit = with_key_id(core, m, &id).await?;
         let latest = hit.iter().map(|r| r.valid_before).max().ok_or_else(|| {
             Error::invalid(format!(
                 "no certificate with key_id {id:?} was issued by this mount"

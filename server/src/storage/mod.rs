@@ -36,6 +36,13 @@ enum Db {
     Postgres(PgPool),
 }
 
+/// The order in which a range of keys is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrder {
+    Ascending,
+    Descending,
+}
+
 pub struct Storage {
     db: Db,
     barrier: Barrier,
@@ -481,7 +488,8 @@ impl Storage {
 
     /// Keys `from <= key < to` in byte order, at most `limit` (all if None).
     async fn fetch_keys(&self, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
-        self.run(self.fetch_keys_now(from, to, limit)).await
+        self.run(self.fetch_keys_now(from, to, limit, KeyOrder::Ascending))
+            .await
     }
 
     async fn fetch_keys_now(
@@ -489,10 +497,11 @@ impl Storage {
         from: &str,
         to: &str,
         limit: Option<i64>,
+        order: KeyOrder,
     ) -> Result<Vec<String>> {
         match &self.db {
-            Db::Sqlite(db) => db.keys(from, to, limit),
-            Db::Postgres(pool) => postgres::keys(pool, from, to, limit).await,
+            Db::Sqlite(db) => db.keys(from, to, limit, order),
+            Db::Postgres(pool) => postgres::keys(pool, from, to, limit, order).await,
         }
     }
 
@@ -779,6 +788,26 @@ impl Storage {
     /// Keys `from <= key < to`, in byte order, at most `limit` of them.
     pub async fn keys_between(&self, from: &str, to: &str, limit: i64) -> Result<Vec<String>> {
         self.fetch_keys(from, to, Some(limit)).await
+    }
+
+    /// How many keys `from <= key < to` there are, counted by the
+    /// database (the keys are not read out).
+    pub async fn count_between(&self, from: &str, to: &str) -> Result<u64> {
+        self.run(async {
+            match &self.db {
+                Db::Sqlite(db) => db.count(from, to),
+                Db::Postgres(pool) => postgres::count(pool, from, to).await,
+            }
+        })
+        .await
+    }
+
+    /// Keys `from <= key < to` from the last down, at most `limit` of them:
+    /// a page of an index whose keys sort oldest first, newest first (the
+    /// next page ends where this one did).
+    pub async fn keys_between_desc(&self, from: &str, to: &str, limit: i64) -> Result<Vec<String>> {
+        self.run(self.fetch_keys_now(from, to, Some(limit), KeyOrder::Descending))
+            .await
     }
 
     /// Vault-style LIST: the direct children of a folder, sub-folders with a

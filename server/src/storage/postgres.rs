@@ -24,18 +24,40 @@ pub async fn get(pool: &PgPool, key: &str) -> Result<Option<Vec<u8>>> {
 }
 
 /// Keys `from <= key < to` in byte order, at most `limit` (all when None).
-pub async fn keys(pool: &PgPool, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
-    let rows =
-        sqlx::query("SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3")
-            .bind(from)
-            .bind(to)
-            // PostgreSQL has no "no limit" number; more rows than exist.
-            .bind(limit.unwrap_or(i64::MAX))
-            .fetch_all(pool)
-            .await?;
+pub async fn keys(
+    pool: &PgPool,
+    from: &str,
+    to: &str,
+    limit: Option<i64>,
+    order: super::KeyOrder,
+) -> Result<Vec<String>> {
+    let rows = sqlx::query(match order {
+        super::KeyOrder::Ascending => {
+            "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"
+        }
+        super::KeyOrder::Descending => {
+            "SELECT key FROM entries WHERE key >= $1 AND key < $2 ORDER BY key DESC LIMIT $3"
+        }
+    })
+    .bind(from)
+    .bind(to)
+    // PostgreSQL has no "no limit" number; more rows than exist.
+    .bind(limit.unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
     rows.iter()
         .map(|r| r.try_get::<String, _>(0).map_err(Error::from))
         .collect()
+}
+
+/// How many keys `from <= key < to` there are.
+pub async fn count(pool: &PgPool, from: &str, to: &str) -> Result<u64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM entries WHERE key >= $1 AND key < $2")
+        .bind(from)
+        .bind(to)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
 }
 
 pub async fn audit_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {

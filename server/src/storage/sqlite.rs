@@ -226,15 +226,35 @@ impl Sqlite {
     }
 
     /// Keys `from <= key < to` in byte order, at most `limit` (all when None).
-    pub fn keys(&self, from: &str, to: &str, limit: Option<i64>) -> Result<Vec<String>> {
+    pub fn keys(
+        &self,
+        from: &str,
+        to: &str,
+        limit: Option<i64>,
+        order: super::KeyOrder,
+    ) -> Result<Vec<String>> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT key FROM entries WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
-            )?;
+            let mut st = c.prepare_cached(match order {
+                super::KeyOrder::Ascending => {
+                    "SELECT key FROM entries WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3"
+                }
+                super::KeyOrder::Descending => {
+                    "SELECT key FROM entries WHERE key >= ?1 AND key < ?2 ORDER BY key DESC LIMIT ?3"
+                }
+            })?;
             let rows = st.query_map(rusqlite::params![from, to, limit.unwrap_or(-1)], |r| {
                 r.get(0)
             })?;
             rows.collect()
+        })
+    }
+
+    pub fn count(&self, from: &str, to: &str) -> Result<u64> {
+        self.read(|c| {
+            let mut st =
+                c.prepare_cached("SELECT COUNT(*) FROM entries WHERE key >= ?1 AND key < ?2")?;
+            st.query_row(rusqlite::params![from, to], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
         })
     }
 

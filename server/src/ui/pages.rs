@@ -619,11 +619,18 @@ pub async fn overview(AxState(core): AxState<State>, parts: Parts) -> Page {
         Some(paths) => {
             let mut out = Vec::new();
             for p in paths {
+                // One page for its `total`: listing 100,000 serials only
+                // to count them took most of a second.
                 let certs = allowed(
-                    c.read(&core, Operation::List, &format!("{p}/certs"), json!({}))
-                        .await,
+                    c.read(
+                        &core,
+                        Operation::List,
+                        &format!("{p}/certs"),
+                        json!({ "limit": 1 }),
+                    )
+                    .await,
                 )?
-                .map(|v| keys_of(&v).len());
+                .map(|v| v["total"].as_u64().unwrap_or(0) as usize);
                 out.push(MountCount { path: p, certs });
             }
             Some(out)
@@ -866,12 +873,23 @@ pub async fn ssh(AxState(core): AxState<State>, parts: Parts) -> Page {
 pub struct CertQuery {
     #[serde(default)]
     mount: String,
-    /// A serial number, key ID (part of) or principal.
+    /// What `q` is: `key_id` (a key ID's beginning, the default),
+    /// `principal` or `serial`.
+    #[serde(default)]
+    by: String,
     #[serde(default)]
     q: String,
+    /// The cursor of the page before (the API's `next_after`).
     #[serde(default)]
-    page: usize,
+    after: String,
 }
+
+/// The inventory's search fields: (value of `by`, label).
+const CERT_SEARCHES: &[(&str, &str)] = &[
+    ("key_id", "Key ID starts with"),
+    ("principal", "Principal"),
+    ("serial", "Serial"),
+];
 
 #[derive(Template)]
 #[template(path = "certs.html")]
@@ -879,11 +897,12 @@ struct Certs {
     nav: Nav,
     mounts: Vec<String>,
     mount: String,
+    by: String,
+    searches: &'static [(&'static str, &'static str)],
     q: String,
-    page: usize,
-    next: Option<usize>,
-    prev: Option<usize>,
-    total: usize,
+    /// Whether this is a later page (a link back to the first is shown).
+    paged: bool,
+    next: Option<String>,
     certs: Vec<CertView>,
     can_revoke: bool,
 }
@@ -922,14 +941,9 @@ fn cert_view(v: &Value) -> CertView {
     }
 }
 
-fn matches_query(c: &CertView, q: &str) -> bool {
-    let q = q.trim();
-    q.is_empty()
-        || c.serial.eq_ignore_ascii_case(q)
-        || c.key_id.contains(q)
-        || c.principals.split(", ").any(|p| p == q)
-}
-
+/// The inventory: a page of the API's `LIST <mount>/certs` with its
+/// search fields (key ID, principal) and cursor, read from the
+/// inventory's indexes; a serial is one `certs/<serial>` read.
 pub async fn certs(
     AxState(core): AxState<State>,
     parts: Parts,
@@ -945,55 +959,48 @@ pub async fn certs(
     } else {
         query.mount.clone()
     };
+    let by = match query.by.as_str() {
+        "" => "key_id",
+        b => CERT_SEARCHES
+            .iter()
+            .map(|(v, _)| *v)
+            .find(|v| *v == b)
+            .ok_or_else(|| Error::invalid(format!("cannot search certificates by {b:?}")))?,
+    };
+    let q = query.q.trim();
     let mut views = Vec::new();
-    let mut total = 0;
     let mut next = None;
     if !mount.is_empty() {
-        let listed = c
-            .read(&core, Operation::List, &format!("{mount}/certs"), json!({}))
-            .await?;
-        // Highest serial first: a server numbers its certificates from a
-        // counter, so on one server that is newest first.
-        let mut serials = keys_of(&listed);
-        serials.reverse();
-        let q = query.q.trim();
-        let start = query.page * CERTS_PER_PAGE;
-        let read = |serial: String| {
-            let c = &c;
-            let core = &core;
-            let mount = &mount;
-            async move {
-                c.read(
-                    core,
+        if by == "serial" && !q.is_empty() {
+            let serial = crate::ssh::certs::parse_serial(q)?;
+            // Null when no certificate has the serial.
+            let found = c
+                .read(
+                    &core,
                     Operation::Read,
-                    &format!("{mount}/certs/{serial}"),
+                    &format!("{mount}/certs/{}", crate::ssh::certs::serial_hex(serial)),
                     json!({}),
                 )
-                .await
+                .await?;
+            if !found.is_null() {
+                views.push(cert_view(&found));
             }
-        };
-        if q.is_empty() {
-            total = serials.len();
-            for s in serials.iter().skip(start).take(CERTS_PER_PAGE) {
-                views.push(cert_view(&read(s.clone()).await?));
-            }
-        } else if let Some(s) = serials.iter().find(|s| s.eq_ignore_ascii_case(q)) {
-            total = 1;
-            views.push(cert_view(&read(s.clone()).await?));
         } else {
-            // Key IDs and principals are inside the records: each is read.
-            let mut found = Vec::new();
-            for s in &serials {
-                let v = cert_view(&read(s.clone()).await?);
-                if matches_query(&v, q) {
-                    found.push(v);
-                }
+            let mut ask = json!({ "limit": CERTS_PER_PAGE });
+            if !q.is_empty() {
+                ask[by] = json!(q);
             }
-            total = found.len();
-            views = found.into_iter().skip(start).take(CERTS_PER_PAGE).collect();
-        }
-        if start + CERTS_PER_PAGE < total {
-            next = Some(query.page + 1);
+            if !query.after.is_empty() {
+                ask["after"] = json!(query.after);
+            }
+            // Null when nothing matches (Vault's 404 for an empty list).
+            let v = c
+                .read(&core, Operation::List, &format!("{mount}/certs"), ask)
+                .await?;
+            for serial in keys_of(&v) {
+                views.push(cert_view(&v["key_info"][serial.as_str()]));
+            }
+            next = v["next_after"].as_str().map(str::to_string);
         }
     }
     let can_revoke = !mount.is_empty()
@@ -1003,11 +1010,11 @@ pub async fn certs(
         nav: nav(&c, "certs"),
         mounts,
         mount,
+        by: by.to_string(),
+        searches: CERT_SEARCHES,
         q: query.q.clone(),
-        page: query.page,
-        prev: query.page.checked_sub(1),
+        paged: !query.after.is_empty(),
         next,
-        total,
         certs: views,
         can_revoke,
     })
@@ -1041,7 +1048,7 @@ pub async fn revoke(
     )
     .await?;
     Ok(see(format!(
-        "/ui/certs?mount={}&q={}",
+        "/ui/certs?mount={}&by=serial&q={}",
         urlencode(&f.mount),
         urlencode(&f.serial)
     )))
@@ -1063,7 +1070,13 @@ pub struct SessionQuery {
     resource: String,
     #[serde(default)]
     user: String,
+    /// The cursor of the page before (the API's `next_after`).
+    #[serde(default)]
+    after: String,
 }
+
+/// Sessions shown per page.
+const SESSIONS_PER_PAGE: usize = 50;
 
 #[derive(Template)]
 #[template(path = "sessions.html")]
@@ -1072,6 +1085,8 @@ struct Sessions {
     filter: SessionQuery,
     states: &'static [&'static str],
     sessions: Option<Vec<SessionRow>>,
+    /// The next page's cursor.
+    next: Option<String>,
 }
 
 struct SessionRow {
@@ -1094,14 +1109,22 @@ pub async fn sessions(
             &core,
             Operation::List,
             "pam/sessions",
-            json!({ "state": filter.state, "resource": filter.resource, "user": filter.user }),
+            json!({
+                "state": filter.state,
+                "resource": filter.resource,
+                "user": filter.user,
+                "after": filter.after,
+                "limit": SESSIONS_PER_PAGE,
+            }),
         )
         .await,
     )?;
+    let mut next = None;
     let sessions = match listed {
         None => None,
         Some(v) => {
             let list: SessionList = serde_json::from_value(v).unwrap_or_default();
+            next = list.next_after.clone();
             let mut rows = Vec::new();
             for id in &list.keys {
                 let Some(info) = list.key_info.get(id) else {
@@ -1132,6 +1155,7 @@ pub async fn sessions(
         filter,
         states: &["", "pending", "active", "ended"],
         sessions,
+        next,
     })
 }
 

@@ -1022,3 +1022,113 @@ async fn gateways_enroll_once_per_name_and_are_identified_by_their_token() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// `LIST pam/sessions` pages of the filtered list: every key of every page
+/// (following `next_after`) and the size of each.
+async fn session_pages(s: &Server, query: &str) -> (Vec<String>, Vec<usize>) {
+    let (mut keys, mut sizes) = (Vec::new(), Vec::new());
+    let mut after = String::new();
+    loop {
+        let (st, v) = s
+            .root("LIST", &format!("pam/sessions?{query}{after}"), None)
+            .await;
+        if st == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(st, StatusCode::OK, "{query}{after}: {v}");
+        let page: Vec<String> = serde_json::from_value(v["data"]["keys"].clone()).unwrap();
+        sizes.push(page.len());
+        keys.extend(page);
+        match v["data"]["next_after"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    (keys, sizes)
+}
+
+/// The session list is read a page at a time, newest first, through
+/// indexes kept as sessions are granted (by time, user and resource):
+/// filtered by user or state, each page holds exactly `limit`, and
+/// `next_after` leads to the next. A database from before the indexes
+/// gets them when the server starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_lists_are_paged_newest_first_with_filters() {
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        let st = setup(&s).await;
+        let (_, user_pub) = keypair(s.dir.path(), "alice", "ed25519", None);
+        let body = json!({"duration": "30m", "public_key": user_pub});
+        // Nine sessions a second apart, oldest first: the user token's on
+        // every third, root's on the others; the first four terminated.
+        let mut granted = Vec::new();
+        for i in 0..9 {
+            let (code, v) = if i % 3 == 0 {
+                access(&s, &st.user, "root", body.clone()).await
+            } else {
+                s.root(
+                    "POST",
+                    "pam/resources/web/accounts/deploy/access",
+                    Some(body.clone()),
+                )
+                .await
+            };
+            assert_eq!(code, StatusCode::OK, "{v}");
+            granted.push(v["data"]["session_id"].as_str().unwrap().to_string());
+            s.clock.advance(1);
+        }
+        for id in &granted[..4] {
+            ok(
+                &s,
+                "POST",
+                &format!("pam/sessions/{id}/terminate"),
+                json!({}),
+            )
+            .await;
+        }
+        let newest_first = |pick: &dyn Fn(usize) -> bool| -> Vec<String> {
+            (0..9)
+                .rev()
+                .filter(|i| pick(*i))
+                .map(|i| granted[i].clone())
+                .collect()
+        };
+        let (all, sizes) = session_pages(&s, "limit=4").await;
+        assert_eq!(all, newest_first(&|_| true), "{backend:?}");
+        assert_eq!(sizes, vec![4, 4, 1]);
+        let (rooted, sizes) = session_pages(&s, "user=root&limit=2").await;
+        assert_eq!(rooted, newest_first(&|i| i % 3 != 0));
+        assert_eq!(sizes, vec![2, 2, 2]);
+        let (ended, sizes) = session_pages(&s, "state=ended&limit=3").await;
+        assert_eq!(ended, newest_first(&|i| i < 4));
+        assert_eq!(sizes, vec![3, 1]);
+        let (pending, sizes) = session_pages(&s, "state=pending&limit=3").await;
+        assert_eq!(pending, newest_first(&|i| i >= 4));
+        assert_eq!(sizes, vec![3, 2]);
+        let (by_resource, _) =
+            session_pages(&s, "resource=web&account=root&state=ended&limit=1").await;
+        assert_eq!(by_resource, newest_first(&|i| i < 4 && i % 3 == 0));
+        let (st_code, _) = s
+            .root("LIST", "pam/sessions?limit=2&after=not%20a%20cursor", None)
+            .await;
+        assert_eq!(st_code, StatusCode::BAD_REQUEST);
+
+        // A database written before the indexes existed: a restart builds
+        // them.
+        let mut old = s
+            .core
+            .storage
+            .keys_with_prefix("pam/sessions-by/")
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 27, "three entries a session");
+        old.push("pam/migrated/session-index".into());
+        s.core.storage.delete_many(&old).await.unwrap();
+        assert_eq!(session_pages(&s, "limit=4").await.0.len(), 0);
+        let s = s.restart().await;
+        let (all, _) = session_pages(&s, "limit=4").await;
+        assert_eq!(all, newest_first(&|_| true));
+        let (rooted, _) = session_pages(&s, "user=root&limit=2").await;
+        assert_eq!(rooted, newest_first(&|i| i % 3 != 0));
+    }
+}

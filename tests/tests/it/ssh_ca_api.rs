@@ -606,3 +606,125 @@ async fn revocations_made_at_once_all_reach_the_krl() {
         );
     }
 }
+
+/// Pages of `LIST ssh/certs` with `query` (`limit`, a search): every key
+/// of every page, following `next_after`, and the size of each page.
+async fn all_pages(s: &Server, query: &str) -> (Vec<String>, Vec<usize>) {
+    let (mut keys, mut sizes) = (Vec::new(), Vec::new());
+    let mut after = String::new();
+    loop {
+        let (st, v) = s
+            .root("LIST", &format!("ssh/certs?{query}{after}"), None)
+            .await;
+        if st == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(st, StatusCode::OK, "{query}{after}: {v}");
+        let page: Vec<String> = serde_json::from_value(v["data"]["keys"].clone()).unwrap();
+        for k in &page {
+            assert_eq!(v["data"]["key_info"][k]["serial_number"], k.as_str());
+        }
+        sizes.push(page.len());
+        keys.extend(page);
+        match v["data"]["next_after"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    (keys, sizes)
+}
+
+/// The inventory is searched through indexes kept as certificates are
+/// signed, a page at a time and newest first: by the beginning of a key ID,
+/// by a principal, or all of it; each page holds exactly `limit`, and its
+/// `next_after` leads to the next. A database from before the indexes gets
+/// them when the server starts.
+#[tokio::test]
+async fn the_inventory_is_searched_by_key_id_and_principal_a_page_at_a_time() {
+    for backend in gatepass_tests::inproc::BACKENDS {
+        let s = Server::start(backend).await;
+        ok(&s, "POST", "ssh/config/ca", json!({})).await;
+        role(&s, "r", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "allow_user_key_ids": true})).await;
+        let pk = user_key(s.dir.path(), "k");
+        // 24 certificates, oldest first: key IDs team-a-00… and team-b-00…
+        // by turns; alice on every third, bob on the others.
+        let mut signed = Vec::new();
+        for i in 0..24 {
+            let team = if i % 2 == 0 { "a" } else { "b" };
+            let who = if i % 3 == 0 { "alice" } else { "bob" };
+            let v = ok(
+                &s,
+                "POST",
+                "ssh/sign/r",
+                json!({"public_key": pk, "valid_principals": who, "key_id": format!("team-{team}-{i:02}")}),
+            )
+            .await;
+            signed.push((
+                v["data"]["serial_number"].as_str().unwrap().to_string(),
+                team,
+                who,
+            ));
+            if i % 5 == 0 {
+                s.clock.advance(1);
+            }
+        }
+        let newest_first = |f: &dyn Fn(&str, &str) -> bool| -> Vec<String> {
+            signed
+                .iter()
+                .rev()
+                .filter(|(_, t, w)| f(t, w))
+                .map(|(s, _, _)| s.clone())
+                .collect()
+        };
+
+        let (team_a, sizes) = all_pages(&s, "key_id=team-a&limit=5").await;
+        assert_eq!(team_a, newest_first(&|t, _| t == "a"), "{backend:?}");
+        assert_eq!(sizes, vec![5, 5, 2]);
+        let (alice, sizes) = all_pages(&s, "principal=alice&limit=3").await;
+        assert_eq!(alice, newest_first(&|_, w| w == "alice"));
+        assert_eq!(sizes, vec![3, 3, 2]);
+        let (every, sizes) = all_pages(&s, "limit=10").await;
+        assert_eq!(every, newest_first(&|_, _| true));
+        assert_eq!(sizes, vec![10, 10, 4]);
+        // One key ID exactly; a principal nobody has.
+        let (one, _) = all_pages(&s, "key_id=team-b-07&limit=10").await;
+        assert_eq!(one, vec![signed[7].0.clone()]);
+        assert_eq!(all_pages(&s, "principal=carol&limit=10").await.0.len(), 0);
+        // A page of the whole inventory says how large it is.
+        let (_, v) = s.root("LIST", "ssh/certs?limit=1", None).await;
+        assert_eq!(v["data"]["total"], 24);
+        // The plain LIST is Vault's: every serial.
+        let (_, v) = s.root("LIST", "ssh/certs", None).await;
+        assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 24);
+        // A cursor the list did not give, a page too large.
+        let (st, v) = s.root("LIST", "ssh/certs?limit=5&after=zz", None).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        let (st, _) = s.root("LIST", "ssh/certs?limit=5000", None).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+
+        // Revoking by key ID finds its certificates through the index.
+        ok(&s, "POST", "ssh/revoke", json!({"key_id": "team-a-04"})).await;
+        let (_, v) = s
+            .root("GET", &format!("ssh/certs/{}", signed[4].0), None)
+            .await;
+        assert_eq!(v["data"]["revoked"], true);
+
+        // A database written before the indexes existed: they and the
+        // mark that they were built are gone; a restart builds them.
+        let mut old = Vec::new();
+        for k in s.core.storage.keys_with_prefix("mount/").await.unwrap() {
+            if k.contains("/cert-kid/") || k.contains("/cert-pr/") {
+                old.push(k);
+            }
+        }
+        assert_eq!(old.len(), 48, "a key ID and a principal each");
+        old.push("ssh/migrated/cert-search-index".into());
+        s.core.storage.delete_many(&old).await.unwrap();
+        assert_eq!(all_pages(&s, "principal=alice&limit=3").await.0.len(), 0);
+        let s = s.restart().await;
+        let (alice, _) = all_pages(&s, "principal=alice&limit=3").await;
+        assert_eq!(alice, newest_first(&|_, w| w == "alice"));
+        let (team_b, _) = all_pages(&s, "key_id=team-b&limit=100").await;
+        assert_eq!(team_b, newest_first(&|t, _| t == "b"));
+    }
+}

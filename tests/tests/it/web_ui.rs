@@ -727,28 +727,135 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
         .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
         .await;
     let rows = |page: &str| page.matches("<tr id=\"cert-").count();
+    let next_of = |page: &str| {
+        page.split("id=\"next-page\" href=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|l| l.replace("&amp;", "&"))
+    };
     // 28 certificates: 25 on the first page, newest (highest serial)
-    // first, 3 on the next.
+    // first, 3 on the next, which its "Older" link leads to.
     let (_, _, p1) = ui.get(&s.cookie, "/ui/certs?mount=ssh").await;
-    assert!(p1.contains("28 certificates"), "{p1}");
     assert_eq!(rows(&p1), 25);
     assert!(p1.contains("batch-26") && !p1.contains("deploy-key"));
-    assert!(p1.contains("page=1"), "no link to the next page");
-    let (_, _, p2) = ui.get(&s.cookie, "/ui/certs?mount=ssh&page=1").await;
+    let next = next_of(&p1).expect("a link to the next page");
+    let (_, _, p2) = ui.get(&s.cookie, &next).await;
     assert_eq!(rows(&p2), 3);
-    assert!(p2.contains("deploy-key"));
-    // By serial, by a part of the key ID, by principal.
+    assert!(p2.contains("deploy-key") && !p2.contains("batch-26"));
+    assert_eq!(next_of(&p2), None, "the last page links to no next one");
+    // By serial, by the beginning of a key ID, by principal.
     let (_, _, by_serial) = ui
-        .get(&s.cookie, &format!("/ui/certs?mount=ssh&q={first_serial}"))
+        .get(
+            &s.cookie,
+            &format!("/ui/certs?mount=ssh&by=serial&q={first_serial}"),
+        )
         .await;
     assert_eq!(rows(&by_serial), 1);
     assert!(by_serial.contains("deploy-key"));
-    let (_, _, by_key_id) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=batch-1").await;
+    let (_, _, by_key_id) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=key_id&q=batch-1")
+        .await;
     assert_eq!(rows(&by_key_id), 10, "batch-10 to batch-19");
-    let (_, _, by_principal) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=deploy").await;
-    assert!(by_principal.contains("28 certificates"), "{by_principal}");
-    let (_, _, none) = ui.get(&s.cookie, "/ui/certs?mount=ssh&q=nobody").await;
+    let (_, _, by_principal) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=deploy")
+        .await;
+    assert_eq!(rows(&by_principal), 25, "{by_principal}");
+    let (_, _, rest) = ui
+        .get(&s.cookie, &next_of(&by_principal).expect("a next page"))
+        .await;
+    assert_eq!(rows(&rest), 3);
+    let (_, _, none) = ui
+        .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=nobody")
+        .await;
     assert_eq!(rows(&none), 0);
+    // The overview counts them (the database counts, nothing is listed).
+    let (_, _, overview) = ui.get(&s.cookie, "/ui/").await;
+    let count = overview
+        .split(">ssh</a></td>")
+        .nth(1)
+        .map(str::trim_start)
+        .unwrap_or_default();
+    assert!(count.starts_with("<td>28</td>"), "{overview}");
+}
+
+/// The sessions page shows 50 sessions a page, newest first, with a link
+/// to the next page; a state filter keeps only the sessions in it.
+#[tokio::test]
+async fn the_session_list_is_paged_and_filtered_by_state() {
+    let (ui, _) = Ui::start().await;
+    let join = ui
+        .root("POST", "pam/gateways/join-tokens", json!({"ttl": "10m"}))
+        .await["data"]["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, gw_key) = keypair(ui.dir.path(), "gw_host", "ed25519", None);
+    let (st, v) = ui
+        .api(
+            "",
+            "POST",
+            "pam/gateways/enroll",
+            json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222", "host_keys": [gw_key.trim()]}),
+        )
+        .await;
+    assert!(st.is_success(), "enroll: {v}");
+    let (_, target_key) = keypair(ui.dir.path(), "target_host", "ed25519", None);
+    ui.root(
+        "POST",
+        "pam/resources/web",
+        json!({"host": "10.0.0.7", "gateway": "gw1", "known_hosts": [format!("10.0.0.7 {}", target_key.trim())]}),
+    )
+    .await;
+    let (account_key, user_pub) = keypair(ui.dir.path(), "account_key", "ed25519", None);
+    ui.root(
+        "POST",
+        "pam/resources/web/accounts/deploy",
+        json!({"auth_method": "key", "username": "deploy", "private_key": std::fs::read_to_string(account_key).unwrap()}),
+    )
+    .await;
+    // 52 sessions; the first three terminated.
+    let mut ids = Vec::new();
+    for _ in 0..52 {
+        let v = ui
+            .root(
+                "POST",
+                "pam/resources/web/accounts/deploy/access",
+                json!({"duration": "10m", "public_key": user_pub}),
+            )
+            .await;
+        ids.push(v["data"]["session_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids[..3] {
+        ui.root("POST", &format!("pam/sessions/{id}/terminate"), json!({}))
+            .await;
+    }
+    let (s, _) = ui
+        .sign_in(&[("method", "token"), ("token", &ui.dev.token)])
+        .await;
+    let rows = |page: &str| page.matches("<tr id=\"session-").count();
+    let next_of = |page: &str| {
+        page.split("id=\"next-page\" href=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .map(|l| l.replace("&amp;", "&"))
+    };
+    let (st, _, p1) = ui.get(&s.cookie, "/ui/sessions").await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(rows(&p1), 50);
+    let (_, _, p2) = ui
+        .get(&s.cookie, &next_of(&p1).expect("a link to the next page"))
+        .await;
+    assert_eq!(rows(&p2), 2);
+    assert_eq!(next_of(&p2), None);
+    let shown: Vec<&String> = ids
+        .iter()
+        .filter(|id| p1.contains(id.as_str()) || p2.contains(id.as_str()))
+        .collect();
+    assert_eq!(shown.len(), 52, "every session on one of the two pages");
+    let (_, _, ended) = ui.get(&s.cookie, "/ui/sessions?state=ended").await;
+    assert_eq!(rows(&ended), 3);
+    assert!(ids[..3].iter().all(|id| ended.contains(id.as_str())));
+    assert_eq!(next_of(&ended), None);
 }
 
 /// A finished gateway session's page replays its recording with
