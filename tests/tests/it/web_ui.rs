@@ -1134,3 +1134,153 @@ async fn a_role_is_edited_with_the_apis_validation_messages() {
     b.screenshot("role").await;
     b.close().await;
 }
+
+// ---- overview counts, join tokens, tokens and leases, keyboard, live view ----
+
+/// One request to the UI of an in-process server (manual clock): status,
+/// headers, body.
+async fn inproc_ui(
+    s: &gatepass_tests::inproc::Server,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut b = axum::http::Request::builder().method(method).uri(path);
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let body = if method == "POST" {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+        serde_urlencoded::to_string(form).unwrap()
+    } else {
+        String::new()
+    };
+    let mut req = b.body(axum::body::Body::from(body)).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(s.client));
+    let resp = gatepass_server::app(s.core.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let (st, h) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (st, h, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The text of the element with this id in a page (its first text run).
+fn element_text(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in:\n{html}"));
+    let rest = &html[at..];
+    let open = rest.find('>').unwrap() + 1;
+    let inner = &rest[open..];
+    // Tags dropped, up to the element's end.
+    let end = inner.find("</dd>").or_else(|| inner.find("</td>")).unwrap_or(inner.len());
+    let mut text = String::new();
+    let mut in_tag = false;
+    for ch in inner[..end].chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().to_string()
+}
+
+/// The overview counts the certificates issued today (from their serials,
+/// reading no certificate) and names the hosts that stopped asking for
+/// their state, on a server whose clock the test moves: a day later the
+/// count is back to 0, and a host silent for six minutes is out of sync
+/// until it asks again.
+#[tokio::test]
+async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
+    use gatepass_tests::inproc::{Backend, Server, ROOT};
+    let s = Server::start(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (path, body) in [
+        ("ssh/config/ca", json!({})),
+        (
+            "ssh/roles/ops",
+            json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "ttl": "1h"}),
+        ),
+    ] {
+        let (st, v) = s.root("POST", path, Some(body)).await;
+        assert!(st.is_success(), "{path}: {v}");
+    }
+    let sign = |name: &'static str| {
+        let (_, public) = keypair(dir.path(), name, "ed25519", None);
+        json!({ "public_key": public, "valid_principals": "deploy" })
+    };
+    for name in ["a", "b"] {
+        let (st, v) = s.root("POST", "ssh/sign/ops", Some(sign(name))).await;
+        assert!(st.is_success(), "{v}");
+    }
+    let (_, join) = s.root("POST", "hosts/join-tokens", Some(json!({}))).await;
+    let (_, host_key) = keypair(dir.path(), "h", "ed25519", None);
+    let (st, enrolled) = s
+        .call(
+            "POST",
+            "hosts/enroll",
+            None,
+            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
+        )
+        .await;
+    assert!(st.is_success(), "{enrolled}");
+    let host_token = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+
+    // Signed in as root (again after a day: a session lasts 8 hours).
+    let sign_in = || async {
+        let (st, h, _) = inproc_ui(
+            &s,
+            "POST",
+            "/ui/login",
+            None,
+            &[("method", "token"), ("token", ROOT)],
+        )
+        .await;
+        assert_eq!(st, StatusCode::SEE_OTHER);
+        h["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let cookie = sign_in().await;
+    let overview = |cookie: String| async move {
+        inproc_ui(&s, "GET", "/ui/", Some(&cookie), &[]).await.2
+    };
+
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "issued-ssh"), "2", "{page}");
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "0");
+
+    // Six minutes without a word from db1: out of sync, by name, and so
+    // on the hosts page.
+    s.clock.advance(6 * 60);
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "1: db1", "{page}");
+    let hosts = inproc_ui(&s, "GET", "/ui/hosts", Some(&cookie), &[]).await.2;
+    assert!(hosts.contains("out of sync"), "{hosts}");
+    // It asks for its state: following again.
+    let (st, _) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    assert!(st.is_success());
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "0");
+
+    // The next day: nothing issued yet; one more certificate counts.
+    s.clock.advance(24 * 3600);
+    let cookie = sign_in().await;
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "issued-ssh"), "0", "{page}");
+    let (st, _) = s.root("POST", "ssh/sign/ops", Some(sign("c"))).await;
+    assert!(st.is_success());
+    assert_eq!(element_text(&overview(cookie.clone()).await, "issued-ssh"), "1");
+}
