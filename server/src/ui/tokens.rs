@@ -105,10 +105,30 @@ pub async fn tokens(
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    let own = token_row(
-        &c.read(&core, Operation::Read, "auth/token/lookup-self", json!({}))
-            .await?,
-    );
+    // A token whose policies leave out `default` may not read itself; the
+    // session's own entry (already authenticated) says the same then.
+    let own = match allowed(
+        c.read(&core, Operation::Read, "auth/token/lookup-self", json!({}))
+            .await,
+    )? {
+        Some(v) => token_row(&v),
+        None => TokenRow {
+            accessor: c.entry.accessor.clone(),
+            display_name: c.entry.display_name.clone(),
+            policies: c.entry.policies.join(", "),
+            path: c.entry.path.clone(),
+            ttl: c
+                .entry
+                .expire_time
+                .map(|e| (e - core.clock.now()).max(0).to_string())
+                .unwrap_or_else(|| "0".into()),
+            expire_time: c
+                .entry
+                .expire_time
+                .map(crate::clock::rfc3339)
+                .unwrap_or_default(),
+        },
+    };
     let (tokens, more_tokens) = other_tokens(&core, &c, &own.accessor).await?;
     let prefix = lease_prefix(&q.prefix);
     let leases = leases(&core, &c, &prefix).await?;
