@@ -1595,8 +1595,33 @@ fn a_live_sessions_page_shows_its_new_output_without_a_reload() {
         b.goto(&format!("{base}/ui/login")).await;
         b.fill("#token", &pam.server.token).await;
         b.click("#token-submit").await;
-        b.goto(&format!("{base}/ui/sessions/{id}")).await;
-        assert!(b.exists("#live-output").await, "{}", b.source().await);
+        // To the session from the list with the keyboard: the list
+        // refreshes itself every 5 s, and the focus stays on the link
+        // through a refresh (htmx puts it back on the element of the same
+        // id).
+        b.goto(&format!("{base}/ui/sessions")).await;
+        let link = format!("/ui/sessions/{id}");
+        let focused_link = || async {
+            b.client
+                .active_element()
+                .await
+                .unwrap()
+                .attr("href")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        };
+        for _ in 0..40 {
+            if focused_link().await == link {
+                break;
+            }
+            press(&b, TAB).await;
+        }
+        assert_eq!(focused_link().await, link, "Tab never reached the session");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(focused_link().await, link, "a refresh lost the focus");
+        press(&b, ENTER).await;
+        b.text("#live-output").await;
         let shown = || async {
             b.client
                 .find(fantoccini::Locator::Css("#live-output"))
@@ -1621,6 +1646,13 @@ fn a_live_sessions_page_shows_its_new_output_without_a_reload() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        b.client
+            .execute(
+                "document.getElementById('live-h').scrollIntoView();",
+                vec![],
+            )
+            .await
+            .unwrap();
         b.screenshot("session-live").await;
 
         // The session's command ends: the page says so and stops asking.
