@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use gatepass_api::hosts::{
-    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping, NewJoinToken, SignHostKey,
-    SignedHostKey,
+    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping,
+    NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -290,7 +290,9 @@ pub async fn revoke_join_token(core: &Core, accessor: &str) -> Result<()> {
             }
         }
     }
-    Err(Error::invalid(format!("no join token with accessor {accessor:?}")))
+    Err(Error::invalid(format!(
+        "no join token with accessor {accessor:?}"
+    )))
 }
 
 /// Checks a join token without spending it.

@@ -91,9 +91,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             | ["mappings", _]
             | ["join-tokens", _],
             _,
-        ) => {
-            Err(Error::UnsupportedOperation)
-        }
+        ) => Err(Error::UnsupportedOperation),
         ([id], Read) if hosts::is_host_ref(id) => Ok(match hosts::find(core, id).await? {
             Some(h) => data(&hosts::host_info(&h))?,
             None => Reply::NotFound,

@@ -93,8 +93,8 @@ pub async fn session_live(
             },
         )
         .await?;
-    let recs: SessionRecordings =
-        serde_json::from_value(v).map_err(|e| Error::internal(format!("recording of {id}: {e}")))?;
+    let recs: SessionRecordings = serde_json::from_value(v)
+        .map_err(|e| Error::internal(format!("recording of {id}: {e}")))?;
 
     // Where each recording stopped: the ones named before and not in this
     // answer keep their place.

@@ -20,8 +20,8 @@
 mod join;
 mod live;
 mod pages;
-mod tokens;
 pub mod session;
+mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -2039,12 +2039,10 @@ async fn host_infos(core: &Core, c: &Caller) -> crate::Result<Option<Vec<HostInf
 /// Whether a host has stopped following its state, by the domain's rule on
 /// the `last_seen` time the API gives.
 fn host_out_of_sync(h: &HostInfo, now: i64) -> bool {
-    let seen = time::OffsetDateTime::parse(
-        &h.last_seen,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .map(|t| t.unix_timestamp())
-    .unwrap_or(0);
+    let seen =
+        time::OffsetDateTime::parse(&h.last_seen, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(0);
     crate::hosts::out_of_sync(seen, now)
 }
 

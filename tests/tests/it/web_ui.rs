@@ -1290,9 +1290,8 @@ async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
             .to_string()
     };
     let cookie = sign_in().await;
-    let overview = |cookie: String| async move {
-        inproc_ui(s, "GET", "/ui/", Some(&cookie), &[]).await.2
-    };
+    let overview =
+        |cookie: String| async move { inproc_ui(s, "GET", "/ui/", Some(&cookie), &[]).await.2 };
 
     let page = overview(cookie.clone()).await;
     assert_eq!(element_text(&page, "issued-ssh"), "2", "{page}");
@@ -1306,7 +1305,9 @@ async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
     let hosts = inproc_ui(s, "GET", "/ui/hosts", Some(&cookie), &[]).await.2;
     assert!(hosts.contains("out of sync"), "{hosts}");
     // It asks for its state: following again.
-    let (st, _) = s.call("GET", "hosts/self/state", Some(&host_token), None).await;
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
     assert!(st.is_success());
     let page = overview(cookie.clone()).await;
     assert_eq!(element_text(&page, "hosts-out-of-sync"), "0");
@@ -1318,7 +1319,10 @@ async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
     assert_eq!(element_text(&page, "issued-ssh"), "0", "{page}");
     let (st, _) = s.root("POST", "ssh/sign/ops", Some(sign("c"))).await;
     assert!(st.is_success());
-    assert_eq!(element_text(&overview(cookie.clone()).await, "issued-ssh"), "1");
+    assert_eq!(
+        element_text(&overview(cookie.clone()).await, "issued-ssh"),
+        "1"
+    );
 }
 
 /// The WebDriver key codes of Tab and Enter.
@@ -1360,7 +1364,10 @@ async fn a_person_signs_in_with_the_keyboard_alone() {
     b.goto(&ui.url("/ui/login")).await;
     // Every field has its label.
     for id in ["token", "username", "password"] {
-        assert!(b.exists(&format!("label[for='{id}']")).await, "{id} has no label");
+        assert!(
+            b.exists(&format!("label[for='{id}']")).await,
+            "{id} has no label"
+        );
     }
     let mut order = Vec::new();
     for _ in 0..5 {
@@ -1369,7 +1376,13 @@ async fn a_person_signs_in_with_the_keyboard_alone() {
     }
     assert_eq!(
         order,
-        ["token", "token-submit", "username", "password", "userpass-submit"]
+        [
+            "token",
+            "token-submit",
+            "username",
+            "password",
+            "userpass-submit"
+        ]
     );
     // From the top again: three Tabs to the user name, typed in, then the
     // password, and Enter.
@@ -1451,7 +1464,10 @@ async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease
     b.goto(&ui.url("/ui/hosts")).await;
     let left = b.text(&format!("#join-{accessor} td:nth-child(3)")).await;
     assert_eq!(left, "1");
-    assert!(!b.source().await.contains(&token), "the join token shown again");
+    assert!(
+        !b.source().await.contains(&token),
+        "the join token shown again"
+    );
     b.click(&format!("#revoke-join-{accessor}")).await;
     assert!(!b.exists(&format!("#join-{accessor}")).await);
     let (st, v) = ui
@@ -1462,7 +1478,11 @@ async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease
             json!({ "join_token": token, "hostname": "web3", "host_keys": [host_key.trim()] }),
         )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "enrolled with a revoked join token: {v}");
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "enrolled with a revoked join token: {v}"
+    );
 
     // Another user's token and an OTP's lease, on the tokens page.
     let bob = ui
@@ -1492,18 +1512,28 @@ async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease
     b.screenshot("tokens").await;
     b.click(&format!("#revoke-token-{bob_accessor}")).await;
     assert!(!b.exists(&format!("#token-{bob_accessor}")).await);
-    let (st, _) = ui.api(&bob_token, "GET", "auth/token/lookup-self", json!({})).await;
+    let (st, _) = ui
+        .api(&bob_token, "GET", "auth/token/lookup-self", json!({}))
+        .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "bob's token still works");
 
     // The lease, found folder by folder.
     let folder = lease.rsplit_once('/').unwrap().0;
-    b.goto(&ui.url(&format!("/ui/tokens?prefix={folder}/"))).await;
+    b.goto(&ui.url(&format!("/ui/tokens?prefix={folder}/")))
+        .await;
     let leases = b.text("#leases").await;
     assert!(leases.contains(&lease), "{leases}");
-    b.click(&format!("#leases button[aria-label='Revoke the lease {lease}']"))
-        .await;
+    b.click(&format!(
+        "#leases button[aria-label='Revoke the lease {lease}']"
+    ))
+    .await;
     let (st, v) = ui
-        .api(&ui.dev.token, "PUT", "sys/leases/lookup", json!({ "lease_id": lease }))
+        .api(
+            &ui.dev.token,
+            "PUT",
+            "sys/leases/lookup",
+            json!({ "lease_id": lease }),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "the lease is still there: {v}");
     b.close().await;
@@ -1515,9 +1545,8 @@ async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease
 #[tokio::test]
 async fn a_user_sees_their_own_token_and_is_refused_what_their_policy_denies() {
     let (ui, _) = Ui::start().await;
-    let root_accessor = ui
-        .root("GET", "auth/token/lookup-self", json!({}))
-        .await["data"]["accessor"]
+    let root_accessor = ui.root("GET", "auth/token/lookup-self", json!({})).await["data"]
+        ["accessor"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1537,12 +1566,18 @@ async fn a_user_sees_their_own_token_and_is_refused_what_their_policy_denies() {
     assert!(!page.contains("/ui/tokens/revoke"));
     let (_, _, hosts) = ui.get(&s.cookie, "/ui/hosts").await;
     assert!(!hosts.contains("join-form"), "{hosts}");
-    assert!(hosts.contains("do not allow listing join tokens"), "{hosts}");
+    assert!(
+        hosts.contains("do not allow listing join tokens"),
+        "{hosts}"
+    );
 
     for (path, form) in [
         (
             "/ui/tokens/revoke",
-            vec![("csrf", s.csrf.as_str()), ("accessor", root_accessor.as_str())],
+            vec![
+                ("csrf", s.csrf.as_str()),
+                ("accessor", root_accessor.as_str()),
+            ],
         ),
         ("/ui/hosts/join-tokens", vec![("csrf", s.csrf.as_str())]),
         (
