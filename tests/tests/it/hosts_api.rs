@@ -625,7 +625,13 @@ async fn creds_wait_sees_an_ack_taken_by_another_server() {
 async fn join_tokens_are_listed_by_accessor_and_revoked() {
     let s = Server::start(Backend::Sqlite).await;
     let join = setup(&s).await;
-    let two = ok(&s, "POST", "hosts/join-tokens", json!({"ttl": "1h", "num_uses": 2})).await;
+    let two = ok(
+        &s,
+        "POST",
+        "hosts/join-tokens",
+        json!({"ttl": "1h", "num_uses": 2}),
+    )
+    .await;
     let two_token = two["data"]["join_token"].as_str().unwrap().to_string();
     let two_acc = two["data"]["accessor"].as_str().unwrap().to_string();
     let short = ok(&s, "POST", "hosts/join-tokens", json!({"ttl": "5m"})).await;
@@ -644,7 +650,10 @@ async fn join_tokens_are_listed_by_accessor_and_revoked() {
     assert_eq!(keys[0], short_acc);
     assert!(keys.contains(&two_acc.as_str()));
     let text = list.to_string();
-    assert!(!text.contains(&two_token) && !text.contains(&join), "{text}");
+    assert!(
+        !text.contains(&two_token) && !text.contains(&join),
+        "{text}"
+    );
     assert_eq!(list["data"]["key_info"][&two_acc]["uses_left"], 2);
     assert_eq!(list["data"]["key_info"][&two_acc]["user_mount"], "ssh");
 
