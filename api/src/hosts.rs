@@ -66,6 +66,30 @@ pub struct JoinToken {
     pub num_uses: i64,
 }
 
+/// A join token not yet spent or expired, as `LIST hosts/join-tokens`
+/// describes it: by accessor, never by the token itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    pub accessor: String,
+    pub expire_time: i64,
+    /// Enrollments left; 0 means unlimited until it expires.
+    pub uses_left: i64,
+    pub user_mount: String,
+    #[serde(default)]
+    pub host_mount: Option<String>,
+    #[serde(default)]
+    pub host_role: Option<String>,
+    pub principals: String,
+}
+
+/// `LIST hosts/join-tokens`: accessors (soonest to expire first) and
+/// `key_info` (accessor → [`JoinTokenInfo`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JoinTokenList {
+    pub keys: Vec<String>,
+    pub key_info: std::collections::BTreeMap<String, JoinTokenInfo>,
+}
+
 /// `POST hosts/enroll`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EnrollRequest {

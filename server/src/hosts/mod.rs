@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use gatepass_api::hosts::{
-    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, Mapping, NewJoinToken, SignHostKey,
-    SignedHostKey,
+    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping,
+    NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -250,6 +250,49 @@ async fn release_name(core: &Core, hostname: &str, id: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The join tokens not yet spent or expired, soonest to expire first.
+/// Join tokens are few (an operator makes one per enrollment batch), so
+/// they are read whole.
+pub async fn join_tokens(core: &Core, now: i64) -> Result<JoinTokenList> {
+    let mut infos = Vec::new();
+    for k in core.storage.keys_with_prefix("hosts/join/").await? {
+        if let Some(e) = core.storage.get::<JoinEntry>(&k).await? {
+            if e.expire_time > now {
+                infos.push(JoinTokenInfo {
+                    accessor: e.accessor,
+                    expire_time: e.expire_time,
+                    uses_left: e.uses_left,
+                    user_mount: e.config.user_mount,
+                    host_mount: e.config.host_mount,
+                    host_role: e.config.host_role,
+                    principals: e.config.principals,
+                });
+            }
+        }
+    }
+    infos.sort_by(|a, b| (a.expire_time, &a.accessor).cmp(&(b.expire_time, &b.accessor)));
+    Ok(JoinTokenList {
+        keys: infos.iter().map(|i| i.accessor.clone()).collect(),
+        key_info: infos.into_iter().map(|i| (i.accessor.clone(), i)).collect(),
+    })
+}
+
+/// Revokes the join token with this accessor: no host enrolls with it any
+/// more. Hosts already enrolled with it keep their own tokens.
+pub async fn revoke_join_token(core: &Core, accessor: &str) -> Result<()> {
+    for k in core.storage.keys_with_prefix("hosts/join/").await? {
+        if let Some(e) = core.storage.get::<JoinEntry>(&k).await? {
+            if e.accessor == accessor {
+                core.storage.delete(&k).await?;
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "no join token with accessor {accessor:?}"
+    )))
 }
 
 /// Checks a join token without spending it.
@@ -580,6 +623,18 @@ pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+/// How long a host may go without asking for its state before it counts
+/// as out of sync. hostd long-polls for at most a minute at a time and a
+/// host's `last_seen` moves at most once a minute, so a host that follows
+/// its state is never more than about two minutes behind; five leaves room
+/// for a restart, and past it the host may be missing a KRL or CA key.
+pub const SYNC_GRACE_SECS: i64 = 300;
+
+/// Whether a host last seen at `last_seen` has stopped following its state.
+pub fn out_of_sync(last_seen: i64, now: i64) -> bool {
+    now - last_seen > SYNC_GRACE_SECS
 }
 
 /// The IDs of the enrolled hosts.

@@ -26,6 +26,18 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let spec: NewJoinToken = f.parse()?;
             data(&hosts::new_join_token(core, spec, req.now).await?)
         }
+        (["join-tokens"], List) => {
+            let list = hosts::join_tokens(core, req.now).await?;
+            // Vault's LIST answers no keys with 404.
+            if list.keys.is_empty() {
+                return Ok(Reply::NotFound);
+            }
+            data(&list)
+        }
+        (["join-tokens", accessor], Delete) => {
+            hosts::revoke_join_token(core, accessor).await?;
+            Ok(Reply::NoContent)
+        }
         (["enroll"], Write) => {
             let r: EnrollRequest = f.parse()?;
             data(&hosts::enroll(core, r, req.now).await?)
@@ -73,9 +85,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             hosts::delete_mapping(core, user).await?;
             Ok(Reply::NoContent)
         }
-        (["join-tokens" | "enroll" | "mappings"] | ["self", ..] | ["mappings", _], _) => {
-            Err(Error::UnsupportedOperation)
-        }
+        (
+            ["join-tokens" | "enroll" | "mappings"]
+            | ["self", ..]
+            | ["mappings", _]
+            | ["join-tokens", _],
+            _,
+        ) => Err(Error::UnsupportedOperation),
         ([id], Read) if hosts::is_host_ref(id) => Ok(match hosts::find(core, id).await? {
             Some(h) => data(&hosts::host_info(&h))?,
             None => Reply::NotFound,

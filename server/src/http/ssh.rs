@@ -297,6 +297,18 @@ pub async fn route(
             content_type: "application/octet-stream",
             body: certs::krl(core, m, req.now).await?,
         }),
+        // gatepass: how many certificates were signed since a time
+        // (default: the start of today, UTC), for the web UI's overview.
+        (["issued"], Read) => {
+            let since = match f.int("since")? {
+                Some(s) => s,
+                None => req.now - req.now.rem_euclid(86_400),
+            };
+            let (count, more) = certs::issued_since(core, m, since).await?;
+            Ok(Reply::Data(
+                json!({ "since": since, "count": count, "more": more }),
+            ))
+        }
         (["certs"], List) => {
             let text =
                 |k: &str| -> Result<Option<String>> { Ok(f.str(k)?.filter(|v| !v.is_empty())) };
@@ -364,6 +376,7 @@ pub async fn route(
             | ["roles"]
             | ["krl"]
             | ["certs"]
+            | ["issued"]
             | ["revoke"]
             | ["verify"]
             | ["lookup"],

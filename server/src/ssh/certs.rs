@@ -435,6 +435,33 @@ async fn with_key_id(core: &Core, m: &Mount, id: &str) -> Result<Vec<CertRecord>
     Ok(out)
 }
 
+/// The most certificates [`issued_since`] counts; past it the count says
+/// only "at least this many", so the answer stays cheap on a busy day.
+pub const ISSUED_COUNT_LIMIT: i64 = 10_000;
+
+/// How many certificates the mount issued at or after `since` (Unix
+/// seconds), up to [`ISSUED_COUNT_LIMIT`], and whether there were more.
+///
+/// A serial carries its signing second in its high bits (see
+/// `ssh::next_serial`) and the inventory's keys are the serials in
+/// fixed-width hex, so the certificates signed since a time are one range
+/// of keys: counting them reads keys only, never a certificate's record,
+/// and costs the signing path nothing.
+pub async fn issued_since(core: &Core, m: &Mount, since: i64) -> Result<(u64, bool)> {
+    let prefix = format!("{}cert/", m.data_prefix());
+    let first = (since.max(0) as u64) << 30;
+    let from = format!("{prefix}{first:016x}");
+    // `g` sorts after every lower-case hex digit: the range ends past the
+    // last serial.
+    let to = format!("{prefix}g");
+    let keys = core
+        .storage
+        .keys_between(&from, &to, ISSUED_COUNT_LIMIT + 1)
+        .await?;
+    let n = keys.len() as i64;
+    Ok((n.min(ISSUED_COUNT_LIMIT) as u64, n > ISSUED_COUNT_LIMIT))
+}
+
 async fn all(core: &Core, m: &Mount) -> Result<Vec<CertRecord>> {
     let mut out = Vec::new();
     for k in core

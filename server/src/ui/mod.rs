@@ -17,8 +17,11 @@
 //! no inline script, and no page ever renders a token, OTP, private key or
 //! password.
 
+mod join;
+mod live;
 mod pages;
 pub mod session;
+mod tokens;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -80,6 +83,7 @@ pub fn routes() -> Router<State> {
         .route("/ui/sessions/terminate", post(pages::terminate))
         .route("/ui/sessions/{id}", get(pages::session))
         .route("/ui/sessions/{id}/cast", get(pages::session_cast))
+        .route("/ui/sessions/{id}/live", get(live::session_live))
         .route("/ui/pam", get(pages::pam))
         .route("/ui/pam/resources", post(pages::save_resource))
         .route("/ui/pam/resources/{r}", get(pages::pam_resource))
@@ -98,7 +102,12 @@ pub fn routes() -> Router<State> {
             post(pages::pam_access),
         )
         .route("/ui/hosts", get(pages::hosts))
+        .route("/ui/hosts/join-tokens", post(join::create))
+        .route("/ui/hosts/join-tokens/revoke", post(join::revoke))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/tokens", get(tokens::tokens))
+        .route("/ui/tokens/revoke", post(tokens::revoke_token))
+        .route("/ui/leases/revoke", post(tokens::revoke_lease))
         .route("/ui/policies", get(pages::policies))
         .route(
             "/ui/policies/{name}",

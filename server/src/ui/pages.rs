@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::http::Operation;
 use crate::state::{Core, State};
 
-type Page = std::result::Result<Response, PageError>;
+pub(super) type Page = std::result::Result<Response, PageError>;
 
 /// The longest a UI session lasts, whatever the token signed in with
 /// allows: a browser left open should not keep a session for a month.
@@ -38,7 +38,7 @@ pub struct Nav {
     pub here: &'static str,
 }
 
-fn nav(c: &Caller, here: &'static str) -> Nav {
+pub(super) fn nav(c: &Caller, here: &'static str) -> Nav {
     Nav {
         user: c.entry.display_name.clone(),
         csrf: c.csrf.clone(),
@@ -47,7 +47,7 @@ fn nav(c: &Caller, here: &'static str) -> Nav {
     }
 }
 
-fn render<T: Template>(t: &T) -> Page {
+pub(super) fn render<T: Template>(t: &T) -> Page {
     render_status(StatusCode::OK, t)
 }
 
@@ -59,7 +59,7 @@ fn render_status<T: Template>(status: StatusCode, t: &T) -> Page {
 }
 
 /// The signed-in user, or a redirect to the sign-in page.
-async fn signed_in(core: &Core, parts: &Parts) -> std::result::Result<Caller, Response> {
+pub(super) async fn signed_in(core: &Core, parts: &Parts) -> std::result::Result<Caller, Response> {
     match Caller::of(core, parts).await {
         Ok(Some(c)) => Ok(c),
         Ok(None) => Err(Redirect::to("/ui/login").into_response()),
@@ -68,7 +68,7 @@ async fn signed_in(core: &Core, parts: &Parts) -> std::result::Result<Caller, Re
 }
 
 /// 303 to a page after a form did its work.
-fn see(to: String) -> Response {
+pub(super) fn see(to: String) -> Response {
     Redirect::to(&to).into_response()
 }
 
@@ -519,7 +519,7 @@ pub async fn oidc_callback(
 #[derive(Deserialize)]
 pub struct CsrfOnly {
     #[serde(default)]
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 /// Revokes the session's token and drops the cookie.
@@ -558,6 +558,9 @@ struct Overview {
     active_sessions: Option<usize>,
     ssh_mounts: Option<Vec<MountCount>>,
     hosts: Option<usize>,
+    /// Hosts that have not asked for their state within
+    /// [`crate::hosts::SYNC_GRACE_SECS`], by name.
+    out_of_sync: Option<Vec<String>>,
     /// Refused sign-ins and requests since the server started, for users
     /// who may read the server's metrics.
     failures: Option<u64>,
@@ -566,10 +569,12 @@ struct Overview {
 
 struct MountCount {
     path: String,
-    certs: Option<usize>,
+    /// Certificates signed since midnight UTC: the count and whether it
+    /// reached the count's limit.
+    issued_today: Option<(u64, bool)>,
 }
 
-fn keys_of(v: &Value) -> Vec<String> {
+pub(super) fn keys_of(v: &Value) -> Vec<String> {
     v["keys"]
         .as_array()
         .map(|a| {
@@ -619,26 +624,31 @@ pub async fn overview(AxState(core): AxState<State>, parts: Parts) -> Page {
         Some(paths) => {
             let mut out = Vec::new();
             for p in paths {
-                // One page for its `total`: listing 100,000 serials only
-                // to count them took most of a second.
-                let certs = allowed(
-                    c.read(
-                        &core,
-                        Operation::List,
-                        &format!("{p}/certs"),
-                        json!({ "limit": 1 }),
-                    )
-                    .await,
+                // The mount's count of today's serials, not its whole
+                // inventory: the overview reads no certificate.
+                let issued_today = allowed(
+                    c.read(&core, Operation::Read, &format!("{p}/issued"), json!({}))
+                        .await,
                 )?
-                .map(|v| v["total"].as_u64().unwrap_or(0) as usize);
-                out.push(MountCount { path: p, certs });
+                .map(|v| (v["count"].as_u64().unwrap_or(0), v["more"] == true));
+                out.push(MountCount {
+                    path: p,
+                    issued_today,
+                });
             }
             Some(out)
         }
         None => None,
     };
-    let hosts = allowed(c.read(&core, Operation::List, "hosts", json!({})).await)?
-        .map(|v| keys_of(&v).len());
+    let host_infos = host_infos(&core, &c).await?;
+    let hosts = host_infos.as_ref().map(Vec::len);
+    let now = core.clock.now();
+    let out_of_sync = host_infos.map(|hs| {
+        hs.iter()
+            .filter(|h| host_out_of_sync(h, now))
+            .map(|h| h.hostname.clone())
+            .collect()
+    });
     let audit = allowed(
         c.read(
             &core,
@@ -659,6 +669,7 @@ pub async fn overview(AxState(core): AxState<State>, parts: Parts) -> Page {
         active_sessions,
         ssh_mounts: ssh,
         hosts,
+        out_of_sync,
         failures,
         audit,
     })
@@ -785,7 +796,7 @@ struct RoleView {
     max_ttl: String,
 }
 
-fn text_of(v: &Value) -> String {
+pub(super) fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -1054,7 +1065,7 @@ pub async fn revoke(
     )))
 }
 
-fn urlencode(s: &str) -> String {
+pub(super) fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("", s)])
         .map(|e| e.trim_start_matches('=').to_string())
         .unwrap_or_default()
@@ -1190,7 +1201,7 @@ pub async fn terminate(
 
 /// A session ID as the server makes them: letters, digits, `-` and `_`.
 /// Anything else is refused before it becomes part of an API path.
-fn session_id(id: &str) -> std::result::Result<&str, PageError> {
+pub(super) fn session_id(id: &str) -> std::result::Result<&str, PageError> {
     if !id.is_empty()
         && id.len() <= 128
         && id
@@ -2012,8 +2023,44 @@ pub async fn pam_access(
 #[template(path = "hosts.html")]
 struct Hosts {
     nav: Nav,
-    hosts: Option<Vec<HostInfo>>,
+    hosts: Option<Vec<HostRow>>,
+    join: super::join::JoinTokens,
     mappings: Option<Vec<String>>,
+}
+
+struct HostRow {
+    info: HostInfo,
+    /// Not seen within [`crate::hosts::SYNC_GRACE_SECS`].
+    stale: bool,
+}
+
+/// The enrolled hosts the user may read; None if they may not list them.
+async fn host_infos(core: &Core, c: &Caller) -> crate::Result<Option<Vec<HostInfo>>> {
+    let Some(v) = allowed(c.read(core, Operation::List, "hosts", json!({})).await)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for id in keys_of(&v) {
+        if let Some(h) = allowed(
+            c.read(core, Operation::Read, &format!("hosts/{id}"), json!({}))
+                .await,
+        )? {
+            if let Ok(info) = serde_json::from_value::<HostInfo>(h) {
+                out.push(info);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Whether a host has stopped following its state, by the domain's rule on
+/// the `last_seen` time the API gives.
+fn host_out_of_sync(h: &HostInfo, now: i64) -> bool {
+    let seen =
+        time::OffsetDateTime::parse(&h.last_seen, &time::format_description::well_known::Rfc3339)
+            .map(|t| t.unix_timestamp())
+            .unwrap_or(0);
+    crate::hosts::out_of_sync(seen, now)
 }
 
 pub async fn hosts(AxState(core): AxState<State>, parts: Parts) -> Page {
@@ -2021,31 +2068,25 @@ pub async fn hosts(AxState(core): AxState<State>, parts: Parts) -> Page {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    let hosts = match allowed(c.read(&core, Operation::List, "hosts", json!({})).await)? {
-        None => None,
-        Some(v) => {
-            let mut out = Vec::new();
-            for id in keys_of(&v) {
-                if let Some(h) = allowed(
-                    c.read(&core, Operation::Read, &format!("hosts/{id}"), json!({}))
-                        .await,
-                )? {
-                    if let Ok(info) = serde_json::from_value::<HostInfo>(h) {
-                        out.push(info);
-                    }
-                }
-            }
-            Some(out)
-        }
-    };
+    let now = core.clock.now();
+    let hosts = host_infos(&core, &c).await?.map(|hs| {
+        hs.into_iter()
+            .map(|info| HostRow {
+                stale: host_out_of_sync(&info, now),
+                info,
+            })
+            .collect()
+    });
     let mappings = allowed(
         c.read(&core, Operation::List, "hosts/mappings", json!({}))
             .await,
     )?
     .map(|v| keys_of(&v));
+    let join = super::join::join_tokens(&core, &c).await?;
     render(&Hosts {
         nav: nav(&c, "hosts"),
         hosts,
+        join,
         mappings,
     })
 }

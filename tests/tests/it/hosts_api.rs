@@ -616,3 +616,88 @@ async fn creds_wait_sees_an_ack_taken_by_another_server() {
     let took = answered_at.saturating_duration_since(acked_at);
     assert!(took < Duration::from_secs(5), "the answer took {took:?}");
 }
+
+/// Join tokens are listed by accessor (never the token), with what is left
+/// of them; a spent or expired one drops out of the list, and a revoked
+/// one enrolls no host. Listing and revoking are the admin's: a host's
+/// token may do neither.
+#[tokio::test]
+async fn join_tokens_are_listed_by_accessor_and_revoked() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = setup(&s).await;
+    let two = ok(
+        &s,
+        "POST",
+        "hosts/join-tokens",
+        json!({"ttl": "1h", "num_uses": 2}),
+    )
+    .await;
+    let two_token = two["data"]["join_token"].as_str().unwrap().to_string();
+    let two_acc = two["data"]["accessor"].as_str().unwrap().to_string();
+    let short = ok(&s, "POST", "hosts/join-tokens", json!({"ttl": "5m"})).await;
+    let short_acc = short["data"]["accessor"].as_str().unwrap().to_string();
+
+    let (st, list) = s.root("LIST", "hosts/join-tokens", None).await;
+    assert_eq!(st, StatusCode::OK, "{list}");
+    // Soonest to expire first; no token text anywhere.
+    let keys: Vec<&str> = list["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(keys.len(), 3, "{list}");
+    assert_eq!(keys[0], short_acc);
+    assert!(keys.contains(&two_acc.as_str()));
+    let text = list.to_string();
+    assert!(
+        !text.contains(&two_token) && !text.contains(&join),
+        "{text}"
+    );
+    assert_eq!(list["data"]["key_info"][&two_acc]["uses_left"], 2);
+    assert_eq!(list["data"]["key_info"][&two_acc]["user_mount"], "ssh");
+
+    // The one-use token is spent by an enrollment: gone from the list.
+    let (_, host_pub) = keypair(s.dir.path(), "host", "ed25519", None);
+    let (st, v) = enroll(&s, &join, &host_pub).await;
+    assert!(st.is_success(), "{v}");
+    let host_token = v["data"]["host_token"].as_str().unwrap().to_string();
+    // Past the short one's expiry: gone too.
+    s.clock.advance(6 * 60);
+    let (_, list) = s.root("LIST", "hosts/join-tokens", None).await;
+    assert_eq!(list["data"]["keys"], json!([two_acc]), "{list}");
+
+    // A host's token may not list or revoke them.
+    for (method, path) in [
+        ("LIST", "hosts/join-tokens".to_string()),
+        ("DELETE", format!("hosts/join-tokens/{two_acc}")),
+    ] {
+        let (st, v) = s.call(method, &path, Some(&host_token), None).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+    }
+
+    // Revoked: it enrolls no host, and the list is empty (404, as Vault's
+    // LIST answers no keys).
+    let (st, _) = s
+        .root("DELETE", &format!("hosts/join-tokens/{two_acc}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, other_pub) = keypair(s.dir.path(), "host2", "ed25519", None);
+    let (st, v) = s
+        .call(
+            "POST",
+            "hosts/enroll",
+            None,
+            Some(json!({"join_token": two_token, "hostname": "web2.example.com", "host_keys": [other_pub]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        s.root("LIST", "hosts/join-tokens", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (st, v) = s
+        .root("DELETE", &format!("hosts/join-tokens/{two_acc}"), None)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}

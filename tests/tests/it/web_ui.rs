@@ -35,6 +35,7 @@ const PAGES: &[(&str, &str)] = &[
     ("pam", "/ui/pam"),
     ("hosts", "/ui/hosts"),
     ("audit", "/ui/audit"),
+    ("tokens", "/ui/tokens"),
     ("policies", "/ui/policies"),
     ("policy", "/ui/policies/auditor"),
 ];
@@ -583,6 +584,29 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
                 assert!(!html.contains(secret), "{who} sees {what} on {path}");
             }
         }
+        // The answer to the join-token form shows the new token, once, and
+        // nothing else secret.
+        if who == "root" {
+            let (st, html) = ui
+                .post(
+                    &s.cookie,
+                    Some(&ui.base),
+                    "/ui/hosts/join-tokens",
+                    &[("csrf", s.csrf.as_str())],
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{html}");
+            assert!(html.contains("id=\"join-token\""), "{html}");
+            for (what, secret) in [
+                ("the root token", ui.dev.token.as_str()),
+                ("the user's token", user_token.as_str()),
+                ("an OTP", otp.as_str()),
+                ("another join token", ui.host_secrets[0].as_str()),
+                ("a host's token", ui.host_secrets[1].as_str()),
+            ] {
+                assert!(!html.contains(secret), "the join-token page shows {what}");
+            }
+        }
     }
 }
 
@@ -768,14 +792,13 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
         .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=nobody")
         .await;
     assert_eq!(rows(&none), 0);
-    // The overview counts them (the database counts, nothing is listed).
+    // The overview counts them, all signed today (from the serials' range
+    // of keys, no certificate read).
     let (_, _, overview) = ui.get(&s.cookie, "/ui/").await;
-    let count = overview
-        .split(">ssh</a></td>")
-        .nth(1)
-        .map(str::trim_start)
-        .unwrap_or_default();
-    assert!(count.starts_with("<td>28</td>"), "{overview}");
+    assert!(
+        overview.contains(r#"id="issued-ssh">28</td>"#),
+        "{overview}"
+    );
 }
 
 /// The sessions page shows 50 sessions a page, newest first, with a link
@@ -1240,4 +1263,554 @@ async fn a_role_is_edited_with_the_apis_validation_messages() {
     assert_eq!(role["data"]["ttl"], json!(7200), "{role}");
     b.screenshot("role").await;
     b.close().await;
+}
+
+// ---- overview counts, join tokens, tokens and leases, keyboard, live view ----
+
+/// One request to the UI of an in-process server (manual clock): status,
+/// headers, body.
+async fn inproc_ui(
+    s: &gatepass_tests::inproc::Server,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut b = axum::http::Request::builder().method(method).uri(path);
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let body = if method == "POST" {
+        b = b.header("content-type", "application/x-www-form-urlencoded");
+        reqwest::Url::parse_with_params("http://form/", form)
+            .unwrap()
+            .query()
+            .unwrap_or_default()
+            .to_string()
+    } else {
+        String::new()
+    };
+    let mut req = b.body(axum::body::Body::from(body)).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(s.client));
+    let resp = gatepass_server::ui::routes()
+        .with_state(s.core.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    let (st, h) = (resp.status(), resp.headers().clone());
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (st, h, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The text of the element with this id in a page (its first text run).
+fn element_text(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no #{id} in:\n{html}"));
+    let tag_at = html[..at].rfind('<').unwrap();
+    let tag: String = html[tag_at + 1..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let rest = &html[at..];
+    let open = rest.find('>').unwrap() + 1;
+    let inner = &rest[open..];
+    // Tags dropped, up to the element's end (no element of the same kind
+    // inside it).
+    let end = inner.find(&format!("</{tag}>")).unwrap_or(inner.len());
+    let mut text = String::new();
+    let mut in_tag = false;
+    for ch in inner[..end].chars() {
+        match ch {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.trim().to_string()
+}
+
+/// The overview counts the certificates issued today (from their serials,
+/// reading no certificate) and names the hosts that stopped asking for
+/// their state, on a server whose clock the test moves: a day later the
+/// count is back to 0, and a host silent for six minutes is out of sync
+/// until it asks again.
+#[tokio::test]
+async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
+    use gatepass_tests::inproc::{Backend, Server, ROOT};
+    let server = Server::start(Backend::Sqlite).await;
+    let s = &server;
+    let dir = tempfile::tempdir().unwrap();
+    for (path, body) in [
+        ("ssh/config/ca", json!({})),
+        (
+            "ssh/roles/ops",
+            json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "ttl": "1h"}),
+        ),
+    ] {
+        let (st, v) = s.root("POST", path, Some(body)).await;
+        assert!(st.is_success(), "{path}: {v}");
+    }
+    let sign = |name: &'static str| {
+        let (_, public) = keypair(dir.path(), name, "ed25519", None);
+        json!({ "public_key": public, "valid_principals": "deploy" })
+    };
+    for name in ["a", "b"] {
+        let (st, v) = s.root("POST", "ssh/sign/ops", Some(sign(name))).await;
+        assert!(st.is_success(), "{v}");
+    }
+    let (_, join) = s.root("POST", "hosts/join-tokens", Some(json!({}))).await;
+    let (_, host_key) = keypair(dir.path(), "h", "ed25519", None);
+    let (st, enrolled) = s
+        .call(
+            "POST",
+            "hosts/enroll",
+            None,
+            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
+        )
+        .await;
+    assert!(st.is_success(), "{enrolled}");
+    let host_token = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+
+    // Signed in as root (again after a day: a session lasts 8 hours).
+    let sign_in = move || async move {
+        let (st, h, _) = inproc_ui(
+            s,
+            "POST",
+            "/ui/login",
+            None,
+            &[("method", "token"), ("token", ROOT)],
+        )
+        .await;
+        assert_eq!(st, StatusCode::SEE_OTHER);
+        h["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let cookie = sign_in().await;
+    let overview =
+        |cookie: String| async move { inproc_ui(s, "GET", "/ui/", Some(&cookie), &[]).await.2 };
+
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "issued-ssh"), "2", "{page}");
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "0");
+
+    // Six minutes without a word from db1: out of sync, by name, and so
+    // on the hosts page.
+    s.clock.advance(6 * 60);
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "1: db1", "{page}");
+    let hosts = inproc_ui(s, "GET", "/ui/hosts", Some(&cookie), &[]).await.2;
+    assert!(hosts.contains("out of sync"), "{hosts}");
+    // It asks for its state: following again.
+    let (st, _) = s
+        .call("GET", "hosts/self/state", Some(&host_token), None)
+        .await;
+    assert!(st.is_success());
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "hosts-out-of-sync"), "0");
+
+    // The next day: nothing issued yet; one more certificate counts.
+    s.clock.advance(24 * 3600);
+    let cookie = sign_in().await;
+    let page = overview(cookie.clone()).await;
+    assert_eq!(element_text(&page, "issued-ssh"), "0", "{page}");
+    let (st, _) = s.root("POST", "ssh/sign/ops", Some(sign("c"))).await;
+    assert!(st.is_success());
+    assert_eq!(
+        element_text(&overview(cookie.clone()).await, "issued-ssh"),
+        "1"
+    );
+}
+
+/// The WebDriver key codes of Tab and Enter.
+const TAB: char = '\u{e004}';
+const ENTER: char = '\u{e007}';
+
+/// Presses one key, as a person at the keyboard would: to whatever has the
+/// focus.
+async fn press(b: &Browser, key: char) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    b.client.perform_actions(keys).await.unwrap();
+}
+
+/// The id of the element that has the focus.
+async fn focused(b: &Browser) -> String {
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .attr("id")
+        .await
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// Signing in with the keyboard alone: Tab walks the sign-in page's fields
+/// in order (each labelled), typing fills the focused one and Enter
+/// submits.
+#[tokio::test]
+async fn a_person_signs_in_with_the_keyboard_alone() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, _) = Ui::start().await;
+    let b = Browser::start().await;
+    b.goto(&ui.url("/ui/login")).await;
+    // Every field has its label.
+    for id in ["token", "username", "password"] {
+        assert!(
+            b.exists(&format!("label[for='{id}']")).await,
+            "{id} has no label"
+        );
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        press(&b, TAB).await;
+        order.push(focused(&b).await);
+    }
+    assert_eq!(
+        order,
+        [
+            "token",
+            "token-submit",
+            "username",
+            "password",
+            "userpass-submit"
+        ]
+    );
+    // From the top again: three Tabs to the user name, typed in, then the
+    // password, and Enter.
+    b.goto(&ui.url("/ui/login")).await;
+    for _ in 0..3 {
+        press(&b, TAB).await;
+    }
+    assert_eq!(focused(&b).await, "username");
+    let typed = |text: &'static str| {
+        let b = &b;
+        async move {
+            b.client
+                .active_element()
+                .await
+                .unwrap()
+                .send_keys(text)
+                .await
+                .unwrap();
+        }
+    };
+    typed("alice").await;
+    press(&b, TAB).await;
+    assert_eq!(focused(&b).await, "password");
+    typed(USER_PASSWORD).await;
+    press(&b, ENTER).await;
+    assert!(
+        b.text("#signed-in-as").await.contains("alice"),
+        "{}",
+        b.source().await
+    );
+    // On a signed-in page the first Tab reaches the skip link, which
+    // moves the focus past the navigation.
+    press(&b, TAB).await;
+    let skip = b.client.active_element().await.unwrap();
+    assert_eq!(skip.attr("class").await.unwrap().as_deref(), Some("skip"));
+    b.close().await;
+}
+
+/// The admin's side of the hosts and tokens pages in a browser: a join
+/// token made on the hosts page is shown once, enrolls a host, is listed by
+/// accessor only and revoked; the tokens page lists another user's token
+/// and an OTP's lease, each revoked with its button.
+#[tokio::test]
+async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease() {
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let (ui, _) = Ui::start().await;
+    let b = Browser::start().await;
+    browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
+
+    // The overview: the one certificate Ui::start signed, web1 in sync.
+    b.goto(&ui.url("/ui/")).await;
+    assert_eq!(b.text("#issued-ssh").await, "1");
+    assert_eq!(b.text("#hosts-out-of-sync").await, "0");
+
+    // A join token for two hosts, from the hosts page's form.
+    b.goto(&ui.url("/ui/hosts")).await;
+    b.fill("#join-ttl", "30m").await;
+    b.fill("#join-uses", "2").await;
+    b.click("#join-submit").await;
+    let token = b.text("#join-token").await;
+    let accessor = b.text("#join-accessor").await;
+    assert!(token.starts_with("gpj."), "{token}");
+    b.screenshot("join-token").await;
+    // It enrolls a host.
+    let (_, host_key) = keypair(ui.dir.path(), "web2_host", "ed25519", None);
+    let (st, v) = ui
+        .api(
+            "",
+            "POST",
+            "hosts/enroll",
+            json!({ "join_token": token, "hostname": "web2", "host_keys": [host_key.trim()] }),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    // Listed by accessor with one enrollment left; the token itself is on
+    // no page any more.
+    b.goto(&ui.url("/ui/hosts")).await;
+    let left = b.text(&format!("#join-{accessor} td:nth-child(3)")).await;
+    assert_eq!(left, "1");
+    assert!(
+        !b.source().await.contains(&token),
+        "the join token shown again"
+    );
+    b.click(&format!("#revoke-join-{accessor}")).await;
+    assert!(!b.exists(&format!("#join-{accessor}")).await);
+    let (st, v) = ui
+        .api(
+            "",
+            "POST",
+            "hosts/enroll",
+            json!({ "join_token": token, "hostname": "web3", "host_keys": [host_key.trim()] }),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::BAD_REQUEST,
+        "enrolled with a revoked join token: {v}"
+    );
+
+    // Another user's token and an OTP's lease, on the tokens page.
+    let bob = ui
+        .root(
+            "POST",
+            "auth/token/create",
+            json!({ "policies": "auditor", "display_name": "bob" }),
+        )
+        .await;
+    let bob_token = bob["auth"]["client_token"].as_str().unwrap().to_string();
+    let bob_accessor = bob["auth"]["accessor"].as_str().unwrap().to_string();
+    ui.root(
+        "POST",
+        "ssh/roles/otp",
+        json!({"key_type": "otp", "default_user": "deploy", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let otp = ui
+        .root("POST", "ssh/creds/otp", json!({ "ip": "10.1.2.3" }))
+        .await;
+    let lease = otp["lease_id"].as_str().unwrap().to_string();
+    b.goto(&ui.url("/ui/tokens")).await;
+    assert!(b.text("#own-token").await.contains("root"));
+    let row = b.text(&format!("#token-{bob_accessor}")).await;
+    assert!(row.contains("auditor"), "{row}");
+    assert!(!b.source().await.contains(&bob_token));
+    b.screenshot("tokens").await;
+    b.click(&format!("#revoke-token-{bob_accessor}")).await;
+    assert!(!b.exists(&format!("#token-{bob_accessor}")).await);
+    let (st, _) = ui
+        .api(&bob_token, "GET", "auth/token/lookup-self", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "bob's token still works");
+
+    // The lease, found folder by folder.
+    let folder = lease.rsplit_once('/').unwrap().0;
+    b.goto(&ui.url(&format!("/ui/tokens?prefix={folder}/")))
+        .await;
+    let leases = b.text("#leases").await;
+    assert!(leases.contains(&lease), "{leases}");
+    b.click(&format!(
+        "#leases button[aria-label='Revoke the lease {lease}']"
+    ))
+    .await;
+    let (st, v) = ui
+        .api(
+            &ui.dev.token,
+            "PUT",
+            "sys/leases/lookup",
+            json!({ "lease_id": lease }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "the lease is still there: {v}");
+    b.close().await;
+}
+
+/// A user whose policy allows none of it sees their own session's token
+/// (by accessor), no other token, no lease, no join-token form and no
+/// revoke button; posting those forms anyway is a 403, as from the API.
+#[tokio::test]
+async fn a_user_sees_their_own_token_and_is_refused_what_their_policy_denies() {
+    let (ui, _) = Ui::start().await;
+    let root_accessor = ui.root("GET", "auth/token/lookup-self", json!({})).await["data"]
+        ["accessor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = ui
+        .sign_in(&[
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", USER_PASSWORD),
+        ])
+        .await;
+    let (st, _, page) = ui.get(&s.cookie, "/ui/tokens").await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(element_text(&page, "own-token").contains("alice"), "{page}");
+    assert!(page.contains("do not allow listing other tokens"), "{page}");
+    assert!(page.contains("do not allow listing leases"), "{page}");
+    assert!(!page.contains(&root_accessor));
+    assert!(!page.contains("/ui/tokens/revoke"));
+    let (_, _, hosts) = ui.get(&s.cookie, "/ui/hosts").await;
+    assert!(!hosts.contains("join-form"), "{hosts}");
+    assert!(
+        hosts.contains("do not allow listing join tokens"),
+        "{hosts}"
+    );
+
+    for (path, form) in [
+        (
+            "/ui/tokens/revoke",
+            vec![
+                ("csrf", s.csrf.as_str()),
+                ("accessor", root_accessor.as_str()),
+            ],
+        ),
+        ("/ui/hosts/join-tokens", vec![("csrf", s.csrf.as_str())]),
+        (
+            "/ui/leases/revoke",
+            vec![("csrf", s.csrf.as_str()), ("lease_id", "ssh/creds/otp/x")],
+        ),
+    ] {
+        let (st, body) = ui.post(&s.cookie, Some(&ui.base), path, &form).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(body.contains("permission denied"), "{path}: {body}");
+    }
+    // Root's token still works.
+    ui.root("GET", "auth/token/lookup-self", json!({})).await;
+}
+
+/// A running session's page follows it: output the session prints while
+/// the page is open appears without a reload (htmx asks every 2 s for what
+/// was recorded since), and once the connection has closed the page says
+/// the recording ended and stops asking.
+#[test]
+fn a_live_sessions_page_shows_its_new_output_without_a_reload() {
+    use crate::pam_sessions::{key_account, wait_exit, wait_for_active, Pam};
+    use std::process::Stdio;
+    if !browser::available() {
+        panic!("chromium and chromium-driver are needed (tests/run installs them)");
+    }
+    let pam = Pam::start();
+    let _sshd = key_account(&pam);
+    let flags = tempfile::tempdir().unwrap();
+    let go = flags.path().join("go");
+    let done = flags.path().join("done");
+    // The marker is printed only once the test says so, and is made by the
+    // shell, so that the command's own text does not hold it.
+    let script = format!(
+        "sh -c 'while [ ! -e {go} ]; do sleep 0.2; done; printf \"LIVE-%s\\n\" 4711; while [ ! -e {done} ]; do sleep 0.2; done'",
+        go = go.display(),
+        done = done.display()
+    );
+    let mut live = pam
+        .access("keys", "root", "5m", &[&script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let base = &pam.server.addr;
+        let b = Browser::start().await;
+        b.goto(&format!("{base}/ui/login")).await;
+        b.fill("#token", &pam.server.token).await;
+        b.click("#token-submit").await;
+        // To the session from the list with the keyboard: the list
+        // refreshes itself every 5 s, and the focus stays on the link
+        // through a refresh (htmx puts it back on the element of the same
+        // id).
+        b.goto(&format!("{base}/ui/sessions")).await;
+        let link = format!("/ui/sessions/{id}");
+        let focused_link = || async {
+            b.client
+                .active_element()
+                .await
+                .unwrap()
+                .attr("href")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        };
+        for _ in 0..40 {
+            if focused_link().await == link {
+                break;
+            }
+            press(&b, TAB).await;
+        }
+        assert_eq!(focused_link().await, link, "Tab never reached the session");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(focused_link().await, link, "a refresh lost the focus");
+        press(&b, ENTER).await;
+        b.text("#live-output").await;
+        let shown = || async {
+            b.client
+                .find(fantoccini::Locator::Css("#live-output"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap_or_default()
+        };
+        // The page keeps asking while nothing is printed.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!shown().await.contains("LIVE-4711"));
+        assert!(b.exists("#live-next").await, "{}", b.source().await);
+
+        std::fs::write(&go, "").unwrap();
+        let asked = std::time::Instant::now();
+        while !shown().await.contains("LIVE-4711") {
+            assert!(
+                asked.elapsed() < Duration::from_secs(10),
+                "the page never showed the marker: {}",
+                b.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        b.client
+            .execute(
+                "document.getElementById('live-h').scrollIntoView();",
+                vec![],
+            )
+            .await
+            .unwrap();
+        b.screenshot("session-live").await;
+
+        // The session's command ends: the page says so and stops asking.
+        std::fs::write(&done, "").unwrap();
+        let ended = std::time::Instant::now();
+        while !b.exists("#live-ended").await {
+            assert!(
+                ended.elapsed() < Duration::from_secs(20),
+                "the page did not see the end: {}",
+                b.source().await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(!b.exists("#live-next").await);
+        assert!(shown().await.contains("LIVE-4711"));
+        b.close().await;
+    });
+    let status = wait_exit(&mut live, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
 }
