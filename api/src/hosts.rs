@@ -10,7 +10,8 @@
 //!   the request until the state changes or `wait` (at most 60 s) passes.
 //! - `POST hosts/self/sign-host-key` (host token) [`SignHostKey`] →
 //!   [`SignedHostKey`].
-//! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied.
+//! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied,
+//!   and which managed files it found changed by someone else and repaired.
 //! - `POST hosts/self/unenroll` (host token): forget this host, revoke its token.
 //! - `GET hosts/self` (host token) → [`HostInfo`].
 //! - `LIST hosts`, `GET|DELETE hosts/<host_id or hostname>` (admin) →
@@ -137,6 +138,28 @@ pub struct HostInfo {
     pub host_mount: Option<String>,
     pub host_role: Option<String>,
     pub principals: String,
+    /// The state index the host last acknowledged applying (none before
+    /// its first acknowledgement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// The state index the server would hand the host now; the host is
+    /// current when it equals `applied_index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_index: Option<u64>,
+    /// The last time the host found files it manages changed by someone
+    /// else, and put them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+}
+
+/// Files a host repaired: they had been changed on disk since hostd wrote
+/// them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The paths hostd rewrote, as the host names them.
+    pub paths: Vec<String>,
+    /// RFC 3339: when the server heard of it.
+    pub time: String,
 }
 
 /// What a host should look like. Everything hostd writes comes from here.
@@ -195,6 +218,14 @@ pub struct Ack {
     /// Leases of the dynamic keys now installed.
     #[serde(default, deserialize_with = "crate::lenient::list")]
     pub installed: Vec<String>,
+    /// Managed files hostd found changed on disk by someone else and
+    /// rewrote in this pass (absent from older hostd: nothing to report).
+    #[serde(
+        default,
+        deserialize_with = "crate::lenient::list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub drift: Vec<String>,
 }
 
 /// `POST hosts/mappings/<user>`.

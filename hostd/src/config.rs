@@ -106,6 +106,10 @@ pub struct SyncSettings {
     pub wait_seconds: u64,
     /// Upper bound of the retry backoff when the server is unreachable.
     pub max_backoff_seconds: u64,
+    /// How often the managed files and sshd config lines are checked
+    /// against the applied state; what someone else changed is written
+    /// back and reported to the server as drift.
+    pub recheck_seconds: u64,
 }
 
 impl Default for SyncSettings {
@@ -113,6 +117,7 @@ impl Default for SyncSettings {
         SyncSettings {
             wait_seconds: 30,
             max_backoff_seconds: 60,
+            recheck_seconds: 60,
         }
     }
 }
@@ -153,6 +158,9 @@ impl Config {
         }
         if self.sync.max_backoff_seconds == 0 {
             return Err("sync.max_backoff_seconds must be at least 1".into());
+        }
+        if self.sync.recheck_seconds == 0 {
+            return Err("sync.recheck_seconds must be at least 1".into());
         }
         let p = &self.paths;
         for (name, path) in [
@@ -225,5 +233,8 @@ mod tests {
         assert!(Config::parse(Path::new("x"), &bad).is_err());
         let bad = format!("{}[paths]\nmanaged_dir = \"/etc/a b\"\n", minimal());
         assert!(Config::parse(Path::new("x"), &bad).is_err());
+        let bad = format!("{}[sync]\nrecheck_seconds = 0\n", minimal());
+        let e = Config::parse(Path::new("x"), &bad).unwrap_err();
+        assert!(e.to_string().contains("recheck_seconds"), "{e}");
     }
 }

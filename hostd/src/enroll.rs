@@ -199,6 +199,7 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
     let ack = Ack {
         index: state.index,
         installed: out.rendered.installed.clone(),
+        ..Ack::default()
     };
     if let Err(e) = remote::ack(&client, &ack).await {
         tracing::warn!("ack failed (the daemon will send it again): {e}");

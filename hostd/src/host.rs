@@ -135,6 +135,24 @@ impl Host {
         })
     }
 
+    /// The managed files and sshd config files that no longer hold what
+    /// applying `state` at `applied_at` wrote there: changed on disk by
+    /// someone else since. Rendering at the time of that apply (not now)
+    /// keeps keys that merely expired since from counting as drift.
+    pub fn drifted(&self, state: &HostState, applied_at: i64) -> Result<Vec<PathBuf>, Error> {
+        let rendered = apply::render(state, applied_at)?;
+        let mut paths: Vec<PathBuf> = apply::plan(&self.layout, &rendered)?
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        let eff = self.effective()?;
+        let keys = self.host_keys(&eff);
+        let d = self.directives(state.principals.is_some(), &keys, &[]);
+        let config = sshd_config::plan_install(&self.sshd_paths, &d, &eff)?;
+        paths.extend(config.changes.into_iter().map(|c| c.path));
+        Ok(paths)
+    }
+
     /// Writes the managed files for `state` (keys expired at `now` left
     /// out), installs `new_certs`, brings sshd's config in line, and
     /// reloads sshd if its config or a host certificate in use changed.

@@ -145,7 +145,9 @@ enum Command {
     /// Long-polls the desired state and applies it; removes expired dynamic
     /// keys by itself even while the server is unreachable; renews host
     /// certificates at 2/3 of their life; acknowledges what it installed;
-    /// sends READY=1 and WATCHDOG=1 to systemd. Also answers the OTP
+    /// every sync.recheck_seconds (default 60) writes back the files and
+    /// sshd_config lines someone else changed and reports them to the
+    /// server as drift; sends READY=1 and WATCHDOG=1 to systemd. Also answers the OTP
     /// login check (pam_gatepass.so, gatepass-helper) on the login socket
     /// (paths.login_socket, default /run/gatepass/hostd.sock, root only),
     /// asking the servers on connections it keeps open. Logs go to stderr

@@ -1,12 +1,14 @@
 //! `gatepass-hostd run`: long-polls the server's desired state and applies
 //! it; removes expired dynamic keys on a local timer even while the server
-//! is unreachable; renews host certificates at 2/3 of their life; tells
-//! systemd it is ready and alive.
+//! is unreachable; checks its files every `sync.recheck_seconds` and writes
+//! back what someone else changed, telling the server (drift); renews host
+//! certificates at 2/3 of their life; tells systemd it is ready and alive.
 //!
 //! Network calls run in their own tasks and report over a channel, so the
 //! main loop (which owns the files and pings the watchdog) never waits on
 //! the server.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gatepass_api::hosts::{Ack, HostState};
@@ -125,6 +127,33 @@ pub async fn sign_all(client: &Client, keys: &[HostKey]) -> (Vec<NewCert>, Vec<S
     (out, failed)
 }
 
+/// The files changed on disk by someone else since the last apply, by
+/// comparing them with what that apply wrote; none when nothing was applied
+/// yet (the first apply is not a repair).
+fn drift_before(host: &Host, local: &LocalState) -> Vec<PathBuf> {
+    let (Some(applied), Some(at)) = (&local.desired, local.last_apply) else {
+        return Vec::new();
+    };
+    host.drifted(applied, at).unwrap_or_else(|e| {
+        // The apply that follows reports the same failure, if it lasts.
+        tracing::warn!("cannot check the files for drift: {e}");
+        Vec::new()
+    })
+}
+
+/// Of the files an apply wrote, those that had drifted: what it repaired.
+fn repaired(drifted: &[PathBuf], out: &Outcome) -> Vec<String> {
+    let mut paths: Vec<String> = out
+        .changes
+        .iter()
+        .filter(|c| drifted.contains(&c.path))
+        .map(|c| c.path.display().to_string())
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Seconds between two rounds of host-key signing, at least.
 const MIN_SIGNING_INTERVAL: i64 = 60;
 
@@ -169,10 +198,14 @@ async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff:
     }
 }
 
-fn send_ack(client: &Client, index: u64, installed: Vec<String>) {
+fn send_ack(client: &Client, index: u64, installed: Vec<String>, drift: Vec<String>) {
     let client = client.clone();
     tokio::spawn(async move {
-        let ack = Ack { index, installed };
+        let ack = Ack {
+            index,
+            installed,
+            drift,
+        };
         for attempt in 0..3u64 {
             match remote::ack(&client, &ack).await {
                 Ok(()) => return,
@@ -245,6 +278,8 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     let mut desired: Option<HostState> = local.desired.clone();
     let mut next_expiry: Option<i64> = None;
     let mut retry_at: Option<i64> = None;
+    let mut recheck_at: Option<i64> = None;
+    let recheck = cfg.sync.recheck_seconds.max(1) as i64;
     let mut renew_at: Option<i64> = None;
     let mut signing = false;
     // After a signing round, keys are not asked for again before this.
@@ -276,9 +311,15 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             if let Some(state) = &desired {
                 let now = clock::now();
                 let certs = std::mem::take(&mut pending_certs);
+                let drifted = drift_before(&host, &local);
+                recheck_at = Some(now + recheck);
                 match host.converge(state, now, &certs) {
                     Ok(out) => {
                         log_outcome(&out);
+                        let drift = repaired(&drifted, &out);
+                        for p in &drift {
+                            tracing::warn!(path = %p, "repaired: changed on disk since hostd wrote it");
+                        }
                         record(&mut local, state, &out, now, from_server);
                         next_expiry = out.rendered.next_expiry;
                         retry_at = None;
@@ -294,7 +335,12 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                             }
                         }
                         if from_server || !out.changes.is_empty() {
-                            send_ack(&client, state.index, out.rendered.installed.clone());
+                            send_ack(
+                                &client,
+                                state.index,
+                                out.rendered.installed.clone(),
+                                drift,
+                            );
                         }
                     }
                     Err(e) => {
@@ -340,7 +386,12 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                 });
             }
         }
-        let wake = [next_expiry, retry_at, renew_at.filter(|_| !signing)]
+        let wake = [
+            next_expiry,
+            retry_at,
+            recheck_at,
+            renew_at.filter(|_| !signing),
+        ]
             .into_iter()
             .flatten()
             .min()

@@ -131,6 +131,81 @@ pub fn redact(value: &Value, key: &AuditKey, keep: &[&str]) -> Value {
     }
 }
 
+/// A time window over the audit events, both ends included (Unix seconds,
+/// the resolution of the stored copy's `at`). Built only by
+/// [`TimeRange::parse`], so `since` is never after `until`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimeRange {
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+impl TimeRange {
+    /// Every event.
+    pub const ALL: TimeRange = TimeRange {
+        since: None,
+        until: None,
+    };
+
+    /// A window from two optional texts (empty: open at that end), each
+    /// RFC 3339, a browser's `datetime-local` value (`2026-01-31T09:00`,
+    /// taken as UTC, the zone every page shows) or Unix seconds.
+    pub fn parse(since: &str, until: &str) -> Result<TimeRange> {
+        let since = parse_time("since", since)?;
+        let until = parse_time("until", until)?;
+        if let (Some(s), Some(u)) = (since, until) {
+            if s > u {
+                return Err(Error::invalid(format!(
+                    "since ({}) is after until ({})",
+                    crate::clock::rfc3339(s),
+                    crate::clock::rfc3339(u)
+                )));
+            }
+        }
+        Ok(TimeRange { since, until })
+    }
+
+    /// The first second in the window, or the earliest representable.
+    pub fn start(&self) -> i64 {
+        self.since.unwrap_or(i64::MIN)
+    }
+
+    /// The last second in the window, or the latest representable.
+    pub fn end(&self) -> i64 {
+        self.until.unwrap_or(i64::MAX)
+    }
+}
+
+/// One end of a [`TimeRange`]; `field` names it in the error.
+fn parse_time(field: &str, text: &str) -> Result<Option<i64>> {
+    use time::format_description::well_known::Rfc3339;
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(n) = t.parse::<i64>() {
+        return Ok(Some(n));
+    }
+    if let Ok(d) = time::OffsetDateTime::parse(t, &Rfc3339) {
+        return Ok(Some(d.unix_timestamp()));
+    }
+    // A browser's datetime-local value, with or without seconds.
+    let local = [
+        "[year]-[month]-[day]T[hour]:[minute]:[second]",
+        "[year]-[month]-[day]T[hour]:[minute]",
+    ]
+    .iter()
+    .filter_map(|f| time::format_description::parse_borrowed::<2>(f).ok())
+    .find_map(|f| time::PrimitiveDateTime::parse(t, &f).ok());
+    match local {
+        Some(d) => Ok(Some(d.assume_utc().unix_timestamp())),
+        None => Err(Error::invalid(format!(
+            "{field}: {t:?} is not a time; use RFC 3339 (2026-01-31T09:00:00Z), \
+             2026-01-31T09:00 (UTC) or Unix seconds"
+        ))),
+    }
+}
+
 /// The chain fields of a line whose MAC verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainLink {

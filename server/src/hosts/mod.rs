@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use gatepass_api::hosts::{
-    Ack, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping,
+    Ack, Drift, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping,
     NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
@@ -62,7 +62,26 @@ pub struct Host {
     pub last_seen: i64,
     pub token_accessor: String,
     pub config: HostConfig,
+    /// The state index the host last acknowledged applying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+    /// The last files the host found changed by someone else and repaired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftRecord>,
 }
+
+/// Files a host reported repairing, and when the server heard of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftRecord {
+    pub paths: Vec<String>,
+    pub time: i64,
+}
+
+/// Most paths one acknowledgement may report as repaired: hostd manages a
+/// handful of files and one principals file per mapped user.
+const MAX_DRIFT_PATHS: usize = 1024;
+/// Longest path a host may report (Linux's PATH_MAX).
+const MAX_DRIFT_PATH_LEN: usize = 4096;
 
 fn host_key(id: &str) -> String {
     format!("hosts/host/{id}")
@@ -396,6 +415,8 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
         last_seen: now,
         token_accessor: tok.accessor,
         config: join.config.clone(),
+        applied_index: None,
+        drift: None,
     };
     core.storage.put(&host_key(&id), &host).await?;
     Ok(Enrolled {
@@ -405,6 +426,16 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
         host_mount: join.config.host_mount,
         host_role: join.config.host_role,
         principals: join.config.principals,
+    })
+}
+
+/// A host as the API shows it, with the state index it would be handed
+/// now (beside the one it last applied).
+pub async fn host_detail(core: &Core, h: &Host, now: i64) -> Result<HostInfo> {
+    let current = state(core, h, now).await?;
+    Ok(HostInfo {
+        state_index: Some(current.index),
+        ..host_info(h)
     })
 }
 
@@ -420,6 +451,12 @@ pub fn host_info(h: &Host) -> HostInfo {
         host_mount: h.config.host_mount.clone(),
         host_role: h.config.host_role.clone(),
         principals: h.config.principals.clone(),
+        applied_index: h.applied_index,
+        state_index: None,
+        drift: h.drift.as_ref().map(|d| Drift {
+            paths: d.paths.clone(),
+            time: crate::clock::rfc3339(d.time),
+        }),
     }
 }
 
@@ -611,8 +648,11 @@ pub async fn seen(core: &Core, host: &Host, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Records the dynamic keys a host reports installed.
+/// Records the dynamic keys a host reports installed, the state index it
+/// applied and the files it repaired (the request itself is in the audit
+/// log, so each repair is on the record there too).
 pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
+    let drift = checked_drift(&ack.drift)?;
     for lease in &ack.installed {
         crate::leases::check_id(lease)?;
         core.storage
@@ -622,7 +662,57 @@ pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
             )
             .await?;
     }
-    Ok(())
+    applied(core, &host.id, ack.index, drift, now).await
+}
+
+/// The repaired paths a host reports, refused when they could not be paths
+/// hostd wrote (so the hosts page shows nothing odd).
+fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
+    if paths.len() > MAX_DRIFT_PATHS {
+        return Err(Error::invalid(format!(
+            "drift lists {} paths; at most {MAX_DRIFT_PATHS}",
+            paths.len()
+        )));
+    }
+    for p in paths {
+        if !p.starts_with('/') || p.len() > MAX_DRIFT_PATH_LEN || p.chars().any(char::is_control)
+        {
+            return Err(Error::invalid(format!(
+                "drift: {p:?} is not an absolute path"
+            )));
+        }
+    }
+    Ok(paths.to_vec())
+}
+
+/// Stores the state index a host applied and what it repaired, changing
+/// the record only when one of them changes (hosts acknowledge every
+/// state, and most acknowledgements repeat what is stored).
+async fn applied(
+    core: &Core,
+    id: &str,
+    index: u64,
+    drift: Vec<String>,
+    now: i64,
+) -> Result<()> {
+    let found = core
+        .storage
+        .update(&host_key(id), |mut h: Host| {
+            let same_index = h.applied_index == Some(index);
+            if same_index && drift.is_empty() {
+                return Ok((Change::Keep, ()));
+            }
+            h.applied_index = Some(index);
+            if !drift.is_empty() {
+                h.drift = Some(DriftRecord {
+                    paths: drift.clone(),
+                    time: now,
+                });
+            }
+            Ok((Change::Put(h), ()))
+        })
+        .await?;
+    found.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
 }
 
 /// How long a host may go without asking for its state before it counts

@@ -65,7 +65,10 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             hosts::unenroll(core, &host, req.now).await?;
             Ok(Reply::NoContent)
         }
-        (["self"], Read) => data(&hosts::host_info(&hosts::own_host(core, caller).await?)),
+        (["self"], Read) => {
+            let host = hosts::own_host(core, caller).await?;
+            data(&hosts::host_detail(core, &host, req.now).await?)
+        }
         ([], List) => Ok(Reply::List(hosts::list(core).await?)),
         (["mappings"], List) => Ok(Reply::List(
             hosts::mappings(core).await?.into_keys().collect(),
@@ -93,7 +96,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             _,
         ) => Err(Error::UnsupportedOperation),
         ([id], Read) if hosts::is_host_ref(id) => Ok(match hosts::find(core, id).await? {
-            Some(h) => data(&hosts::host_info(&h))?,
+            Some(h) => data(&hosts::host_detail(core, &h, req.now).await?)?,
             None => Reply::NotFound,
         }),
         ([id], Delete) if hosts::is_host_ref(id) => {

@@ -317,7 +317,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["sys", "audit-log"], Read) => {
             let after = req.fields.int("after")?.unwrap_or(0);
             let limit = req.fields.int("limit")?.unwrap_or(100).clamp(1, 1000);
-            let rows = core.storage.audit_events(after, limit).await?;
+            let range = crate::audit::TimeRange::parse(
+                req.fields.str("since")?.unwrap_or_default().as_str(),
+                req.fields.str("until")?.unwrap_or_default().as_str(),
+            )?;
+            let rows = core.storage.audit_events_in(after, limit, &range).await?;
             let events: Vec<Value> = rows
                 .into_iter()
                 .map(|(id, line)| json!({ "id": id, "line": line }))

@@ -892,11 +892,26 @@ impl Storage {
 
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+        self.audit_events_in(after, limit, &crate::audit::TimeRange::ALL)
+            .await
+    }
+
+    /// Audit lines after id `after` whose time falls in `range`, oldest
+    /// first.
+    pub async fn audit_events_in(
+        &self,
+        after: i64,
+        limit: i64,
+        range: &crate::audit::TimeRange,
+    ) -> Result<Vec<(i64, String)>> {
         self.flush_audit().await?;
+        let (since, until) = (range.start(), range.end());
         self.run(async {
             match &self.db {
-                Db::Sqlite(db) => db.audit_rows(after, limit),
-                Db::Postgres(pool) => postgres::audit_rows(pool, after, limit).await,
+                Db::Sqlite(db) => db.audit_rows(after, limit, since, until),
+                Db::Postgres(pool) => {
+                    postgres::audit_rows(pool, after, limit, since, until).await
+                }
             }
         })
         .await

@@ -60,10 +60,22 @@ pub async fn count(pool: &PgPool, from: &str, to: &str) -> Result<u64> {
     Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
 }
 
-pub async fn audit_rows(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
-    let rows = sqlx::query("SELECT id, line FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2")
-        .bind(after)
-        .bind(limit)
+/// Rows after id `after` whose `at` is within `since..=until`.
+pub async fn audit_rows(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+    since: i64,
+    until: i64,
+) -> Result<Vec<(i64, String)>> {
+    let rows = sqlx::query(
+        "SELECT id, line FROM audit_events WHERE id > $1 AND at >= $2 AND at <= $3 \
+         ORDER BY id LIMIT $4",
+    )
+    .bind(after)
+    .bind(since)
+    .bind(until)
+    .bind(limit)
         .fetch_all(pool)
         .await?;
     rows.iter()

@@ -258,12 +258,22 @@ impl Sqlite {
         })
     }
 
-    pub fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
+    /// Rows after id `after` whose `at` is within `since..=until`.
+    pub fn audit_rows(
+        &self,
+        after: i64,
+        limit: i64,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, String)>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT id, line FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, line FROM audit_events WHERE id > ?1 AND at >= ?2 AND at <= ?3 \
+                 ORDER BY id LIMIT ?4",
             )?;
-            let rows = st.query_map([after, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = st.query_map([after, since, until, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
             rows.collect()
         })
     }

@@ -2032,6 +2032,29 @@ struct HostRow {
     info: HostInfo,
     /// Not seen within [`crate::hosts::SYNC_GRACE_SECS`].
     stale: bool,
+    /// The state it applied against the one it would be handed now.
+    applied: Applied,
+}
+
+/// Where a host stands on its desired state.
+enum Applied {
+    /// It has not acknowledged a state yet.
+    Never,
+    /// It applied the state the server would hand it now.
+    Current(u64),
+    /// It applied an older state (or the state changed since): the one it
+    /// applied, the one it would be handed now.
+    Behind(u64, u64),
+}
+
+impl Applied {
+    fn of(info: &HostInfo) -> Applied {
+        match (info.applied_index, info.state_index) {
+            (None, _) => Applied::Never,
+            (Some(a), Some(now)) if a != now => Applied::Behind(a, now),
+            (Some(a), _) => Applied::Current(a),
+        }
+    }
 }
 
 /// The enrolled hosts the user may read; None if they may not list them.
@@ -2073,6 +2096,7 @@ pub async fn hosts(AxState(core): AxState<State>, parts: Parts) -> Page {
         hs.into_iter()
             .map(|info| HostRow {
                 stale: host_out_of_sync(&info, now),
+                applied: Applied::of(&info),
                 info,
             })
             .collect()
@@ -2103,6 +2127,12 @@ pub struct AuditQuery {
     actor: String,
     #[serde(default)]
     status: String,
+    /// The time window, as `sys/audit-log` takes it (RFC 3339, a
+    /// `datetime-local` value in UTC, or Unix seconds); empty: open.
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
 }
 
 #[derive(Template)]
@@ -2110,6 +2140,8 @@ pub struct AuditQuery {
 struct Audit {
     nav: Nav,
     filter: AuditQuery,
+    /// Why the filter could not be used (a bad time), shown by the form.
+    error: Option<String>,
     events: Option<Vec<AuditRow>>,
     next: Option<i64>,
     chain: Option<ChainStatus>,
@@ -2136,15 +2168,27 @@ pub async fn audit(
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    let got = allowed(
-        c.read(
+    // The time window goes to the API, which checks it and reads only the
+    // events inside it; a bad value is shown by the form, not as a page
+    // of its own.
+    let read = c
+        .read(
             &core,
             Operation::Read,
             "sys/audit-log",
-            json!({ "after": filter.after.max(0), "limit": AUDIT_PER_PAGE }),
+            json!({
+                "after": filter.after.max(0),
+                "limit": AUDIT_PER_PAGE,
+                "since": filter.since.trim(),
+                "until": filter.until.trim(),
+            }),
         )
-        .await,
-    )?;
+        .await;
+    let (read, error) = match read {
+        Err(Error::InvalidRequest(m)) => (Ok(json!({ "events": [] })), Some(m)),
+        other => (other, None),
+    };
+    let got = allowed(read)?;
     let mut next = None;
     let chain = got.as_ref().map(|v| chain_status(&core, v));
     let events = got.map(|v| {
@@ -2173,13 +2217,22 @@ pub async fn audit(
             })
             .collect()
     });
-    render(&Audit {
-        nav: nav(&c, "audit"),
-        filter,
-        events,
-        next,
-        chain,
-    })
+    let status = if error.is_some() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    render_status(
+        status,
+        &Audit {
+            nav: nav(&c, "audit"),
+            filter,
+            error,
+            events,
+            next,
+            chain,
+        },
+    )
 }
 
 // ---- policies ----------------------------------------------------------------

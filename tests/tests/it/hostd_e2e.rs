@@ -641,3 +641,149 @@ fn setup_under_a_taken_name_is_refused_until_replace() {
         .unwrap();
     assert_eq!(held["host_id"], second.as_str());
 }
+
+impl Api {
+    fn read(&self, path: &str) -> Value {
+        self.rt
+            .block_on(self.client.read(path))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+            .and_then(|e| e.data)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Reads `path` until `done` holds for it, at most `within`.
+    fn read_until(&self, path: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let started = Instant::now();
+        loop {
+            let v = self.read(path);
+            if done(&v) {
+                return v;
+            }
+            assert!(started.elapsed() < within, "GET {path} stayed {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    api.write("hosts/mappings/root", json!({"principals": "ops"}));
+    let join = api.write("hosts/join-tokens", json!({"principals": "mapped"}))["data"]
+        ["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rig = Rig::start();
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    let host = format!("hosts/{}", host_id_of(&rig.config));
+    // Setup applied the state and said so: the host is current, with no
+    // drift seen.
+    let v = api.read(&host);
+    let first = v["applied_index"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(v["state_index"].as_u64(), Some(first), "{v}");
+    assert!(v.get("drift").is_none(), "{v}");
+
+    // The files are looked at every second here (60 by default).
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    assert!(text.contains("recheck_seconds = 60"), "{text}");
+    std::fs::write(
+        &rig.config,
+        text.replace("recheck_seconds = 60", "recheck_seconds = 1"),
+    )
+    .unwrap();
+    let log = rig.tmp.path().join("hostd.log");
+    let child = rig
+        .hostd_cmd(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child, log);
+
+    // A change of state: the host applies it and the server shows the new
+    // index as applied.
+    api.write("hosts/mappings/root", json!({"principals": "root"}));
+    let v = api.read_until(&host, Duration::from_secs(10), |v| {
+        v["applied_index"].as_u64().is_some_and(|a| a != first)
+            && v["applied_index"] == v["state_index"]
+    });
+    assert!(v.get("drift").is_none(), "a new state is not drift: {v}");
+    assert_eq!(
+        std::fs::read_to_string(rig.managed("principals/root")).unwrap(),
+        "root\n"
+    );
+
+    // Someone edits a principals file by hand while hostd runs: the next
+    // check writes it back and the server shows which file.
+    let principals = rig.managed("principals/root");
+    std::fs::write(&principals, "root\nintruder\n").unwrap();
+    let v = api.read_until(&host, Duration::from_secs(10), |v| v.get("drift").is_some());
+    assert_eq!(
+        v["drift"]["paths"],
+        json!([principals.display().to_string()]),
+        "{}",
+        daemon.log()
+    );
+    assert!(v["drift"]["time"].as_str().is_some(), "{v}");
+    assert_eq!(std::fs::read_to_string(&principals).unwrap(), "root\n");
+    assert!(daemon.log().contains("repaired"), "{}", daemon.log());
+
+    // The CA keys and gatepass's sshd_config lines are changed while hostd
+    // is stopped: it repairs both as it starts, and reports both at once.
+    drop(daemon);
+    let ca = rig.managed("user_ca.pub");
+    let dropin = rig.sshd.dir.join("sshd_config.d/50-gatepass.conf");
+    let (ca_text, dropin_text) = (
+        std::fs::read_to_string(&ca).unwrap(),
+        std::fs::read_to_string(&dropin).unwrap(),
+    );
+    std::fs::write(&ca, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHandEdited hand\n").unwrap();
+    std::fs::write(&dropin, "# emptied by hand\n").unwrap();
+    let log = rig.tmp.path().join("hostd2.log");
+    let child = rig
+        .hostd_cmd(&["run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon(child, log);
+    let mut want = vec![ca.display().to_string(), dropin.display().to_string()];
+    want.sort();
+    let v = api.read_until(&host, Duration::from_secs(10), |v| {
+        v["drift"]["paths"] != json!([principals.display().to_string()])
+    });
+    assert_eq!(v["drift"]["paths"], json!(want), "{}", daemon.log());
+    assert_eq!(std::fs::read_to_string(&ca).unwrap(), ca_text);
+    assert_eq!(std::fs::read_to_string(&dropin).unwrap(), dropin_text);
+
+    // The report is on the audit record: the host's ack, with its drift.
+    let log = api
+        .rt
+        .block_on(
+            api.client
+                .request("GET", "sys/audit-log?limit=1000", None),
+        )
+        .unwrap()
+        .unwrap();
+    let acks_with_drift = log["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e["line"].as_str()?).ok())
+        .filter(|e| {
+            e["type"] == "request"
+                && e["request"]["path"] == "hosts/self/ack"
+                && e["request"]["data"]["drift"].is_array()
+        })
+        .count();
+    assert!(acks_with_drift >= 1, "{log}");
+}

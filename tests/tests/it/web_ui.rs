@@ -1814,3 +1814,234 @@ fn a_live_sessions_page_shows_its_new_output_without_a_reload() {
     let status = wait_exit(&mut live, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+/// Signs in to an in-process server's UI as root; the session cookie.
+async fn inproc_root_cookie(s: &gatepass_tests::inproc::Server) -> String {
+    let (st, h, _) = inproc_ui(
+        s,
+        "POST",
+        "/ui/login",
+        None,
+        &[("method", "token"), ("token", gatepass_tests::inproc::ROOT)],
+    )
+    .await;
+    assert_eq!(st, StatusCode::SEE_OTHER);
+    h["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The hosts page shows the state each host applied beside the one it
+/// would be handed now, and the files it last repaired: a host that has
+/// not acknowledged a state, one that is current, one left behind by a
+/// mapping change, and one that reports drift (also in `GET hosts/<name>`).
+#[tokio::test]
+async fn the_hosts_page_shows_the_state_a_host_applied_and_what_it_repaired() {
+    use gatepass_tests::inproc::{Backend, Server};
+    let s = &Server::start(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (st, v) = s.root("POST", "ssh/config/ca", Some(json!({}))).await;
+    assert!(st.is_success(), "{v}");
+    let (_, join) = s
+        .root(
+            "POST",
+            "hosts/join-tokens",
+            Some(json!({ "principals": "mapped" })),
+        )
+        .await;
+    let (_, host_key) = keypair(dir.path(), "h", "ed25519", None);
+    let (st, enrolled) = s
+        .call(
+            "POST",
+            "hosts/enroll",
+            None,
+            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
+        )
+        .await;
+    assert!(st.is_success(), "{enrolled}");
+    let host = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+    let cookie = inproc_root_cookie(s).await;
+    let (cookie, host) = (cookie.as_str(), host.as_str());
+    let state_cell = move || async move {
+        let page = inproc_ui(s, "GET", "/ui/hosts", Some(cookie), &[]).await.2;
+        let row = page
+            .split("<tr>")
+            .find(|r| r.contains("<td>db1</td>"))
+            .unwrap_or_else(|| panic!("no db1 row in {page}"))
+            .to_string();
+        row
+    };
+    assert!(state_cell().await.contains("no state applied yet"));
+
+    // The host fetches its state and acknowledges it: current.
+    let state_index = move || async move {
+        let (st, v) = s
+            .call("GET", "hosts/self/state", Some(host), None)
+            .await;
+        assert!(st.is_success(), "{v}");
+        v["data"]["index"].as_u64().unwrap()
+    };
+    let ack = move |body: Value| async move {
+        s.call("POST", "hosts/self/ack", Some(host), Some(body))
+            .await
+    };
+    let first = state_index().await;
+    let (st, v) = ack(json!({ "index": first, "installed": [] })).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let row = state_cell().await;
+    assert!(
+        row.contains(&format!("applied state {first} (current)")),
+        "{row}"
+    );
+    assert!(row.contains("none seen"), "{row}");
+
+    // A login mapping changes the host's state: it is behind until it
+    // acknowledges the new one.
+    let (st, v) = s
+        .root(
+            "POST",
+            "hosts/mappings/root",
+            Some(json!({ "principals": "ops" })),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let second = state_index().await;
+    assert_ne!(first, second);
+    let row = state_cell().await;
+    assert!(
+        row.contains(&format!(
+            "applied state {first}, behind: the server has state {second}"
+        )),
+        "{row}"
+    );
+
+    // It applies the new state and reports a file it found edited by
+    // someone else and wrote back.
+    let repaired = "/etc/ssh/gatepass/principals/root";
+    let (st, v) = ack(json!({ "index": second, "installed": [], "drift": [repaired] })).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let row = state_cell().await;
+    assert!(
+        row.contains(&format!("applied state {second} (current)")),
+        "{row}"
+    );
+    let when = gatepass_server::clock::rfc3339(s.clock.now());
+    assert!(
+        row.contains(&format!("repaired at {when}: <code>{repaired}</code>")),
+        "{row}"
+    );
+    let (_, v) = s.root("GET", "hosts/db1", None).await;
+    assert_eq!(v["data"]["applied_index"], json!(second), "{v}");
+    assert_eq!(v["data"]["state_index"], json!(second), "{v}");
+    assert_eq!(
+        v["data"]["drift"],
+        json!({ "paths": [repaired], "time": when })
+    );
+
+    // An acknowledgement without drift (as older hostd sends) keeps the
+    // last drift; a path that is not one is refused.
+    s.clock.advance(60);
+    let (st, _) = ack(json!({ "index": second })).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, v) = s.root("GET", "hosts/db1", None).await;
+    assert_eq!(v["data"]["drift"]["time"], json!(when), "{v}");
+    let (st, v) = ack(json!({ "index": second, "drift": ["relative/path"] })).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("not an absolute path"),
+        "{v}"
+    );
+}
+
+/// The audit trail filters by time, through `sys/audit-log`'s since and
+/// until: RFC 3339 or a browser's datetime-local value (UTC); a bad time
+/// or a window that ends before it starts is a 400 that says why, shown
+/// beside the form.
+#[tokio::test]
+async fn the_audit_trail_filters_by_time_and_says_what_is_wrong_with_a_bad_time() {
+    use gatepass_tests::inproc::{Backend, Server};
+    let s = &Server::start(Backend::Sqlite).await;
+    let write = |name: &'static str| async move {
+        let (st, v) = s
+            .root(
+                "POST",
+                &format!("sys/policies/acl/{name}"),
+                Some(json!({ "policy": "path \"ssh/certs\" { capabilities = [\"list\"] }\n" })),
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+    };
+    let t0 = s.clock.now();
+    write("early").await;
+    s.clock.advance(2 * 3600);
+    write("late").await;
+    let cookie = inproc_root_cookie(s).await;
+    let cookie = cookie.as_str();
+    let audit = move |query: String| async move {
+        let (st, _, page) =
+            inproc_ui(s, "GET", &format!("/ui/audit?{query}"), Some(cookie), &[]).await;
+        (st, page)
+    };
+    let (early, late) = (
+        "<code>sys/policies/acl/early</code>",
+        "<code>sys/policies/acl/late</code>",
+    );
+    let hour_in = gatepass_server::clock::rfc3339(t0 + 3600);
+    // A datetime-local value: minutes, no zone (UTC).
+    let local = &hour_in[..16];
+    let (st, page) = audit(format!("since={local}")).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(page.contains(late) && !page.contains(early), "{page}");
+    assert!(page.contains(&format!("value=\"{local}\"")), "{page}");
+    let (st, page) = audit(format!("until={hour_in}&path=sys/policies")).await;
+    assert_eq!(st, StatusCode::OK, "{page}");
+    assert!(page.contains(early) && !page.contains(late), "{page}");
+    let (_, page) = audit(String::new()).await;
+    assert!(page.contains(early) && page.contains(late), "{page}");
+
+    // Bad values: said beside the form, which keeps them for fixing.
+    let (st, page) = audit("since=yesterday".into()).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{page}");
+    let error = element_text(&page, "filter-error");
+    assert!(
+        error.contains("since") && error.contains("yesterday") && error.contains("RFC 3339"),
+        "{error}"
+    );
+    assert!(page.contains("value=\"yesterday\""), "{page}");
+    assert!(!page.contains(early), "{page}");
+    let (st, page) = audit(format!(
+        "since={}&until={}",
+        gatepass_server::clock::rfc3339(t0 + 60),
+        gatepass_server::clock::rfc3339(t0)
+    ))
+    .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{page}");
+    assert!(
+        element_text(&page, "filter-error").contains("is after until"),
+        "{page}"
+    );
+
+    // The same filter and the same error through the API.
+    let (st, v) = s
+        .root("GET", &format!("sys/audit-log?since={}", t0 + 3600), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let lines: Vec<&str> = v["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["line"].as_str())
+        .collect();
+    assert!(lines.iter().any(|l| l.contains("sys/policies/acl/late")));
+    assert!(!lines.iter().any(|l| l.contains("sys/policies/acl/early")));
+    let (st, v) = s.root("GET", "sys/audit-log?until=soon", None).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["errors"][0].as_str().unwrap().contains("until"), "{v}");
+}
