@@ -335,12 +335,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                             }
                         }
                         if from_server || !out.changes.is_empty() {
-                            send_ack(
-                                &client,
-                                state.index,
-                                out.rendered.installed.clone(),
-                                drift,
-                            );
+                            send_ack(&client, state.index, out.rendered.installed.clone(), drift);
                         }
                     }
                     Err(e) => {
@@ -392,11 +387,11 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
             recheck_at,
             renew_at.filter(|_| !signing),
         ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| Duration::from_secs((t - now).max(0) as u64).max(Duration::from_millis(200)))
-            .unwrap_or(Duration::from_secs(3600));
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| Duration::from_secs((t - now).max(0) as u64).max(Duration::from_millis(200)))
+        .unwrap_or(Duration::from_secs(3600));
 
         tokio::select! {
             ev = rx.recv() => match ev {

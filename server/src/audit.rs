@@ -1446,4 +1446,20 @@ mod tests {
             VerifyOutcome::Ok { lines: 100 }
         );
     }
+
+    #[test]
+    fn time_ranges_read_rfc3339_datetime_local_and_unix_seconds() {
+        let t = 1_767_225_600; // 2026-01-01T00:00:00Z
+        let r = TimeRange::parse("2026-01-01T00:00:00Z", "2026-01-01T01:00").unwrap();
+        assert_eq!((r.start(), r.end()), (t, t + 3600));
+        let r = TimeRange::parse("2026-01-01T02:00:00+02:00", "2026-01-01T00:00:30").unwrap();
+        assert_eq!((r.start(), r.end()), (t, t + 30));
+        let r = TimeRange::parse(&t.to_string(), " ").unwrap();
+        assert_eq!((r.start(), r.end()), (t, i64::MAX));
+        assert_eq!(TimeRange::parse("", "").unwrap(), TimeRange::ALL);
+        let e = TimeRange::parse("", "tomorrow").unwrap_err().to_string();
+        assert!(e.starts_with("until: \"tomorrow\" is not a time"), "{e}");
+        let e = TimeRange::parse("2026-01-02T00:00", "2026-01-01T00:00").unwrap_err();
+        assert!(e.to_string().contains("is after until"), "{e}");
+    }
 }

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use gatepass_api::hosts::{
-    Ack, Drift, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList, Mapping,
-    NewJoinToken, SignHostKey, SignedHostKey,
+    Ack, Drift, EnrollRequest, Enrolled, HostInfo, JoinToken, JoinTokenInfo, JoinTokenList,
+    Mapping, NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -675,8 +675,7 @@ fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
         )));
     }
     for p in paths {
-        if !p.starts_with('/') || p.len() > MAX_DRIFT_PATH_LEN || p.chars().any(char::is_control)
-        {
+        if !p.starts_with('/') || p.len() > MAX_DRIFT_PATH_LEN || p.chars().any(char::is_control) {
             return Err(Error::invalid(format!(
                 "drift: {p:?} is not an absolute path"
             )));
@@ -688,13 +687,7 @@ fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
 /// Stores the state index a host applied and what it repaired, changing
 /// the record only when one of them changes (hosts acknowledge every
 /// state, and most acknowledgements repeat what is stored).
-async fn applied(
-    core: &Core,
-    id: &str,
-    index: u64,
-    drift: Vec<String>,
-    now: i64,
-) -> Result<()> {
+async fn applied(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64) -> Result<()> {
     let found = core
         .storage
         .update(&host_key(id), |mut h: Host| {

@@ -909,9 +909,7 @@ impl Storage {
         self.run(async {
             match &self.db {
                 Db::Sqlite(db) => db.audit_rows(after, limit, since, until),
-                Db::Postgres(pool) => {
-                    postgres::audit_rows(pool, after, limit, since, until).await
-                }
+                Db::Postgres(pool) => postgres::audit_rows(pool, after, limit, since, until).await,
             }
         })
         .await

@@ -76,8 +76,8 @@ pub async fn audit_rows(
     .bind(since)
     .bind(until)
     .bind(limit)
-        .fetch_all(pool)
-        .await?;
+    .fetch_all(pool)
+    .await?;
     rows.iter()
         .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
         .collect()

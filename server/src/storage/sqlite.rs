@@ -271,9 +271,8 @@ impl Sqlite {
                 "SELECT id, line FROM audit_events WHERE id > ?1 AND at >= ?2 AND at <= ?3 \
                  ORDER BY id LIMIT ?4",
             )?;
-            let rows = st.query_map([after, since, until, limit], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+            let rows =
+                st.query_map([after, since, until, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
     }

@@ -745,7 +745,11 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
         std::fs::read_to_string(&ca).unwrap(),
         std::fs::read_to_string(&dropin).unwrap(),
     );
-    std::fs::write(&ca, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHandEdited hand\n").unwrap();
+    std::fs::write(
+        &ca,
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHandEdited hand\n",
+    )
+    .unwrap();
     std::fs::write(&dropin, "# emptied by hand\n").unwrap();
     let log = rig.tmp.path().join("hostd2.log");
     let child = rig
@@ -768,10 +772,7 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     // The report is on the audit record: the host's ack, with its drift.
     let log = api
         .rt
-        .block_on(
-            api.client
-                .request("GET", "sys/audit-log?limit=1000", None),
-        )
+        .block_on(api.client.request("GET", "sys/audit-log?limit=1000", None))
         .unwrap()
         .unwrap();
     let acks_with_drift = log["data"]["events"]

@@ -1879,9 +1879,7 @@ async fn the_hosts_page_shows_the_state_a_host_applied_and_what_it_repaired() {
 
     // The host fetches its state and acknowledges it: current.
     let state_index = move || async move {
-        let (st, v) = s
-            .call("GET", "hosts/self/state", Some(host), None)
-            .await;
+        let (st, v) = s.call("GET", "hosts/self/state", Some(host), None).await;
         assert!(st.is_success(), "{v}");
         v["data"]["index"].as_u64().unwrap()
     };
@@ -1966,8 +1964,17 @@ async fn the_hosts_page_shows_the_state_a_host_applied_and_what_it_repaired() {
 /// beside the form.
 #[tokio::test]
 async fn the_audit_trail_filters_by_time_and_says_what_is_wrong_with_a_bad_time() {
-    use gatepass_tests::inproc::{Backend, Server};
-    let s = &Server::start(Backend::Sqlite).await;
+    audit_time_filter(gatepass_tests::inproc::Backend::Sqlite).await;
+}
+
+/// The window is a query on the stored copy: on PostgreSQL too.
+#[tokio::test]
+async fn the_audit_trail_filters_by_time_on_postgres() {
+    audit_time_filter(gatepass_tests::inproc::Backend::Postgres).await;
+}
+
+async fn audit_time_filter(backend: gatepass_tests::inproc::Backend) {
+    let s = &gatepass_tests::inproc::Server::start(backend).await;
     let write = |name: &'static str| async move {
         let (st, v) = s
             .root(
