@@ -56,7 +56,8 @@ fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // The WAL grows to hold what a checkpoint has not copied yet; without a
-    // limit it keeps its largest size for ever once started over.
+    // limit it keeps its largest size for ever once started over (the
+    // checkpointer cuts it back when writes pause, see `checkpoint_loop`).
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(conn)
 }
@@ -127,8 +128,13 @@ pub fn migrate(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Bytes the WAL file is cut back to when it is started over.
-const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// Bytes the WAL file is cut back to when SQLite starts it over: more than
+/// it grows to before the writer starts it over under load
+/// ([`WAL_MAX_FRAMES`]), so that the writer never also truncates a large
+/// file then. That truncation held a batch up for 760 ms (its fsync waited
+/// for the freed blocks); the checkpointer cuts the WAL back instead, once
+/// writes pause.
+const WAL_SIZE_LIMIT: i64 = 2 * WAL_MAX_BYTES;
 
 /// Makes the database give freed pages back to the file system on demand
 /// (`PRAGMA incremental_vacuum`, see [`Upkeep::Vacuum`]) rather than keep
@@ -300,15 +306,18 @@ pub fn probe(path: &Path, write: bool) -> std::result::Result<(), String> {
 /// How often at most the WAL is checkpointed while writes go on.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Frames the WAL may hold, while writes go on without a pause, before the
-/// writer starts it over all the same (1 GiB of 4 KiB pages: about 15 s of
-/// OTP creds at this server's full rate on 2 cores). Until then the WAL
-/// only grows, and is cut back once writes pause (see [`checkpoint_loop`]).
-const WAL_MAX_FRAMES: i64 = 1024 * 1024 * 1024 / 4096;
+/// Bytes the WAL may hold, while writes go on without a pause, before the
+/// writer starts it over all the same: 1 GiB, about 4 s of OTP creds at
+/// this server's full rate on 2 cores (see BENCHMARKS.md). Until then the
+/// WAL only grows, and is cut back once writes pause (see
+/// [`checkpoint_loop`]).
+const WAL_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+const WAL_MAX_FRAMES: i64 = WAL_MAX_BYTES / 4096;
 
-/// A WAL holding more frames than this is cut back to nothing once the
-/// writer has been quiet for [`QUIET`].
-const WAL_CUT_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
+/// A WAL holding more frames than this (64 MiB) is cut back to nothing
+/// once the writer has been quiet for [`QUIET`]; a smaller one is started
+/// over by SQLite at the next write.
+const WAL_CUT_FRAMES: i64 = 64 * 1024 * 1024 / 4096;
 
 /// How long the writer must have written nothing for the checkpointer to
 /// cut the WAL back: longer than the gaps between the batches of a steady
@@ -409,7 +418,10 @@ fn cut_wal(conn: &Connection) {
     let restored = conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT);
     // Busy (the writer or a reader came meanwhile): the next quiet moment.
     match cut.and(restored) {
-        Ok(()) => tracing::debug!(millis = started.elapsed().as_millis() as u64, "SQLite WAL cut back"),
+        Ok(()) => tracing::debug!(
+            millis = started.elapsed().as_millis() as u64,
+            "SQLite WAL cut back"
+        ),
         Err(e) => tracing::debug!(error = %e, "SQLite WAL not cut back"),
     }
 }
@@ -740,7 +752,8 @@ mod tests {
         // WAL used to be started over during the burst, holding the writes
         // that came meanwhile up for the restart's fsyncs.
         let largest = write_without_pause(&tx, &wal, 448);
-        let limit = u64::try_from(WAL_SIZE_LIMIT).unwrap();
+        // Where the WAL used to be started over.
+        let limit = 64 * 1024 * 1024;
         assert!(
             largest > limit + limit / 4,
             "the WAL was started over during the burst (largest {largest} bytes)"
@@ -762,7 +775,10 @@ mod tests {
         // And the next write starts it afresh.
         write_without_pause(&tx, &wal, 1);
         let size = std::fs::metadata(&wal).unwrap().len();
-        assert!(size < limit / 16, "the WAL holds {size} bytes after one write");
+        assert!(
+            size < limit / 16,
+            "the WAL holds {size} bytes after one write"
+        );
     }
 
     #[test]
