@@ -219,7 +219,15 @@ pub async fn create(
     let user = username(role, requested)?;
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
     let (ttl, max) = lease_ttl(role, m.ttl_limits());
-    let id = uuid::Uuid::new_v4().to_string();
+    // Time-ordered (UUIDv7, a counter orders those of one millisecond):
+    // the lease's entries (the lease and its token's index) of the
+    // requests written in one batch sort next to each other and share a
+    // page or two of the table, where random ids put each on a page of its
+    // own, one more 4 KiB WAL frame per request for the writer (see
+    // BENCHMARKS.md). Its 42-bit counter is seeded at random every
+    // millisecond and 32 more bits are random, so ids stay unguessable;
+    // the clock only orders ids (expiry takes `now`).
+    let id = uuid::Uuid::now_v7().to_string();
     let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
     match role.key_type {
         KeyType::Otp => {

@@ -56,7 +56,8 @@ fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     // The WAL grows to hold what a checkpoint has not copied yet; without a
-    // limit it keeps its largest size for ever once started over.
+    // limit it keeps its largest size for ever once started over (the
+    // checkpointer cuts it back when writes pause, see `checkpoint_loop`).
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     Ok(conn)
 }
@@ -127,8 +128,13 @@ pub fn migrate(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Bytes the WAL file is cut back to when it is started over.
-const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// Bytes the WAL file is cut back to when SQLite starts it over: more than
+/// it grows to before the writer starts it over under load
+/// ([`WAL_MAX_FRAMES`]), so that the writer never also truncates a large
+/// file then. That truncation held a batch up for 760 ms (its fsync waited
+/// for the freed blocks); the checkpointer cuts the WAL back instead, once
+/// writes pause.
+const WAL_SIZE_LIMIT: i64 = 2 * WAL_MAX_BYTES;
 
 /// Makes the database give freed pages back to the file system on demand
 /// (`PRAGMA incremental_vacuum`, see [`Upkeep::Vacuum`]) rather than keep
@@ -172,6 +178,12 @@ pub fn size_on_disk(path: &Path) -> u64 {
 impl Sqlite {
     /// Opens the (already migrated) database and starts its writer thread.
     pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>)> {
+        Sqlite::open_with(path, WAL_MAX_FRAMES)
+    }
+
+    /// [`Sqlite::open`], the WAL started over under load only beyond
+    /// `max_frames`.
+    fn open_with(path: &Path, max_frames: i64) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         let writer = open(path)?;
         // A WAL left large by the last run is copied back now, before any
         // request could wait for it (the writer would otherwise start it
@@ -187,7 +199,7 @@ impl Sqlite {
         let r = restart.clone();
         std::thread::Builder::new()
             .name("gatepass-ckpt".into())
-            .spawn(move || checkpoint_loop(checkpointer, r, dirty_rx))?;
+            .spawn(move || checkpoint_loop(checkpointer, r, dirty_rx, max_frames))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("gatepass-writer".into())
@@ -303,13 +315,30 @@ pub fn probe(path: &Path, write: bool) -> std::result::Result<(), String> {
 /// How often at most the WAL is checkpointed while writes go on.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
-/// Frames in the WAL above which it is started over: as many as
-/// [`WAL_SIZE_LIMIT`] holds (64 MiB of 4 KiB pages), so that starting over
-/// never has a larger file to cut back first.
-const WAL_RESTART_FRAMES: i64 = WAL_SIZE_LIMIT / 4096;
+/// Bytes the WAL may hold, while writes go on without a pause, before the
+/// writer starts it over all the same: 1 GiB, about 4 s of OTP creds at
+/// this server's full rate on 2 cores (see BENCHMARKS.md). Until then the
+/// WAL only grows, and is cut back once writes pause (see
+/// [`checkpoint_loop`]).
+const WAL_MAX_BYTES: i64 = 1024 * 1024 * 1024;
+const WAL_MAX_FRAMES: i64 = WAL_MAX_BYTES / 4096;
+
+/// A WAL holding more frames than this (64 MiB) is cut back to nothing
+/// once the writer has been quiet for [`QUIET`]; a smaller one is started
+/// over by SQLite at the next write.
+const WAL_CUT_FRAMES: i64 = 64 * 1024 * 1024 / 4096;
+
+/// How long the writer must have written nothing for the checkpointer to
+/// cut the WAL back: longer than the gaps between the batches of a steady
+/// load, so that it happens between bursts of writes, not during one.
+const QUIET: Duration = Duration::from_millis(100);
 
 /// Checkpoints run back to back, at most, before the WAL is started over.
 const CATCH_UP_ROUNDS: usize = 3;
+
+/// Times a quiet moment's cut is tried before the checkpointer waits for
+/// the next writes (after which it tries again).
+const CUT_TRIES: usize = 10;
 
 /// Frames a catch-up checkpoint may copy and still count as caught up:
 /// what a few write batches add (a quarter of a MiB).
@@ -321,22 +350,31 @@ const CAUGHT_UP_FRAMES: i64 = 64;
 /// A PASSIVE checkpoint copies what it can without waiting for (or
 /// blocking) the writer or readers. But under steady writes the WAL is
 /// never wholly copied when the writer starts its next transaction, so
-/// SQLite never starts it over and it grows without end. When it holds
-/// more than [`WAL_RESTART_FRAMES`], the writer has to start it over, and
-/// every write waits while it does: for the copy of what no checkpoint
-/// has copied yet and two fsyncs (the WAL's, the database's). That copy
-/// is what made the wait long (50–150 ms when the writer restarted up to a
-/// second after the last checkpoint). So the checkpointer first catches
-/// up — checkpoints again at once, each copying only what was written
-/// during the one before, until one copies little — and only then asks
-/// the writer, which starts the WAL over after its current batch with a
-/// few pages left to copy. Asked from here, a RESTART would hold the
-/// writer off through SQLite's busy-wait sleeps (1, 2, 5, 10 ms…).
+/// SQLite never starts it over and it grows. Starting it over costs every
+/// write that waits meanwhile: the copy of what no checkpoint has copied
+/// yet and two fsyncs (the WAL's and the database's), and then the first
+/// commit into the restarted WAL fsyncs its header. On a disk shared with
+/// other work an fsync takes from 1 to 40 ms, so a restart held the
+/// writer up for 50 ms and the batch after it for 70–80 ms; started over
+/// at 64 MiB, once a second under load, that was the p99.9 of creds and
+/// verify. So the WAL is no longer started over while writes go on: it
+/// grows, and once the writer has been quiet for [`QUIET`] the
+/// checkpointer copies the rest and cuts it back to nothing (TRUNCATE),
+/// with no request waiting. Only under writes that never pause until the
+/// WAL holds [`WAL_MAX_FRAMES`] does the writer start it over during
+/// load: the checkpointer first catches up — checkpoints again at once,
+/// each copying only what was written during the one before, until one
+/// copies little — and only then asks the writer, which starts the WAL
+/// over after its current batch with a few pages left to copy. Asked from
+/// here, a RESTART would hold the writer off through SQLite's busy-wait
+/// sleeps (1, 2, 5, 10 ms…).
 fn checkpoint_loop(
     conn: Connection,
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::Receiver<()>,
+    max_frames: i64,
 ) {
+    use std::sync::mpsc::RecvTimeoutError;
     // The frames in the WAL and how many of them this checkpoint copied.
     let checkpoint = || {
         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
@@ -345,27 +383,82 @@ fn checkpoint_loop(
         .map_err(|e| tracing::warn!(error = %e, "SQLite checkpoint failed"))
         .ok()
     };
-    while dirty.recv().is_ok() {
-        std::thread::sleep(CHECKPOINT_EVERY);
-        let Some((frames, mut copied)) = checkpoint() else {
-            continue;
-        };
-        if frames > WAL_RESTART_FRAMES {
-            for _ in 0..CATCH_UP_ROUNDS {
-                let Some((_, now_copied)) = checkpoint() else {
-                    break;
-                };
-                // Below zero when the WAL was started over meanwhile.
-                let step = now_copied - copied;
-                copied = now_copied;
-                if step <= CAUGHT_UP_FRAMES {
-                    break;
+    'idle: while dirty.recv().is_ok() {
+        // Writes go on: a checkpoint at most every CHECKPOINT_EVERY.
+        'idle_writes: loop {
+            std::thread::sleep(CHECKPOINT_EVERY);
+            let Some((frames, mut copied)) = checkpoint() else {
+                continue 'idle;
+            };
+            if frames > max_frames {
+                for _ in 0..CATCH_UP_ROUNDS {
+                    let Some((_, now_copied)) = checkpoint() else {
+                        break;
+                    };
+                    // Below zero when the WAL was started over meanwhile.
+                    let step = now_copied - copied;
+                    copied = now_copied;
+                    if step <= CAUGHT_UP_FRAMES {
+                        break;
+                    }
                 }
+                restart.store(true, Ordering::Release);
             }
-            restart.store(true, Ordering::Release);
+            match dirty.recv_timeout(QUIET) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    // A reader still in the WAL (or a write that came just
+                    // then) makes the cut give up: again while it stays
+                    // quiet, a few times.
+                    if frames > WAL_CUT_FRAMES {
+                        for _ in 0..CUT_TRIES {
+                            if cut_wal(&conn) {
+                                break;
+                            }
+                            match dirty.recv_timeout(QUIET) {
+                                Ok(()) => continue 'idle_writes,
+                                Err(RecvTimeoutError::Timeout) => {}
+                                Err(RecvTimeoutError::Disconnected) => break 'idle,
+                            }
+                        }
+                    }
+                    continue 'idle;
+                }
+                Err(RecvTimeoutError::Disconnected) => break 'idle,
+            }
         }
     }
     let _ = checkpoint();
+}
+
+/// Copies what is left of the WAL and cuts it to nothing, while the
+/// writer is quiet. A write that comes meanwhile waits for it (its
+/// transaction's busy wait), as it would for any checkpoint holding the
+/// write lock; this one gives up at once rather than wait for readers.
+/// Whether it was cut.
+fn cut_wal(conn: &Connection) -> bool {
+    let started = std::time::Instant::now();
+    // Its first column is 1 when it could not finish (busy).
+    let cut = conn.busy_timeout(Duration::ZERO).and_then(|()| {
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+    });
+    let restored = conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT);
+    match cut.and_then(|busy| restored.map(|()| busy)) {
+        Ok(0) => {
+            tracing::debug!(
+                millis = started.elapsed().as_millis() as u64,
+                "SQLite WAL cut back"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!(error = %e, "SQLite WAL not cut back");
+            false
+        }
+    }
 }
 
 fn write_loop(
@@ -645,18 +738,12 @@ mod tests {
         assert!(e.contains("newer gatepass-server"), "{e}");
     }
 
-    #[test]
-    fn the_wal_is_started_over_under_writes_that_never_pause() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("busy.db");
-        migrate(&path).unwrap();
-        let (_db, tx) = Sqlite::open(&path).unwrap();
-        let wal = dir.path().join("busy.db-wal");
+    /// Writes of 256 KiB each, one after another without a pause (each
+    /// waits for the one before); the WAL's largest size meanwhile.
+    fn write_without_pause(tx: &mpsc::Sender<Job>, wal: &Path, writes: usize) -> u64 {
         let value = vec![7u8; 256 * 1024];
         let mut largest = 0;
-        // Three times the WAL's limit, one write after another: SQLite alone
-        // would never find a moment to start it over.
-        for i in 0..768 {
+        for i in 0..writes {
             let (reply, answer) = tokio::sync::oneshot::channel();
             let unit = Unit {
                 ops: vec![Op::Put {
@@ -667,12 +754,68 @@ mod tests {
             };
             tx.blocking_send(Job::Unit { unit, reply }).unwrap();
             answer.blocking_recv().unwrap().unwrap();
-            largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+            largest = largest.max(std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0));
         }
-        let limit = u64::try_from(WAL_SIZE_LIMIT).unwrap();
+        largest
+    }
+
+    #[test]
+    fn the_wal_is_started_over_at_its_bound_under_writes_that_never_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        migrate(&path).unwrap();
+        // A bound of 32 MiB (the server's is 1 GiB) and three and a half
+        // times as much written: SQLite alone would never find a moment to
+        // start it over, and the WAL would hold it all.
+        let bound = 32 * 1024 * 1024;
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
+        let largest = write_without_pause(&tx, &dir.path().join("busy.db-wal"), 448);
+        // The checkpointer looks every 200 ms: the WAL may pass the bound
+        // by what is written meanwhile.
+        let bound = u64::try_from(bound).unwrap();
         assert!(
-            largest < limit + limit / 2,
-            "the WAL grew to {largest} bytes (limit {limit})"
+            largest < 5 * bound / 2,
+            "the WAL grew to {largest} bytes (bound {bound})"
+        );
+    }
+
+    #[test]
+    fn a_burst_of_writes_grows_the_wal_which_is_cut_back_once_they_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("burst.db");
+        migrate(&path).unwrap();
+        let (_db, tx) = Sqlite::open(&path).unwrap();
+        let wal = dir.path().join("burst.db-wal");
+        // About 115 MiB without a pause: more than the 64 MiB at which the
+        // WAL used to be started over during the burst, holding the writes
+        // that came meanwhile up for the restart's fsyncs.
+        let largest = write_without_pause(&tx, &wal, 448);
+        // Where the WAL used to be started over.
+        let limit = 64 * 1024 * 1024;
+        assert!(
+            largest > limit + limit / 4,
+            "the WAL was started over during the burst (largest {largest} bytes)"
+        );
+        // The writes pause: the WAL is copied back and cut to nothing,
+        // without a write to wait for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL still holds {size} bytes after the writes paused"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // And the next write starts it afresh.
+        write_without_pause(&tx, &wal, 1);
+        let size = std::fs::metadata(&wal).unwrap().len();
+        assert!(
+            size < limit / 16,
+            "the WAL holds {size} bytes after one write"
         );
     }
 

@@ -295,6 +295,41 @@ async fn expired_otps_never_verify_and_failures_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn lease_ids_of_successive_creds_sort_in_the_order_they_were_issued() {
+    // So that the leases written together land next to each other in the
+    // storage (one page of it per batch rather than one per lease).
+    let s = Server::start(Backend::Sqlite).await;
+    setup(&s).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let (st, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        ids.push(v["lease_id"].as_str().unwrap().to_string());
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids);
+    // Each still revocable by its id.
+    let (st, v) = s
+        .root(
+            "POST",
+            "sys/leases/revoke",
+            Some(json!({"lease_id": ids[7]})),
+        )
+        .await;
+    assert!(st.is_success(), "{st}: {v}");
+    let (st, v) = s
+        .root(
+            "POST",
+            "sys/leases/lookup",
+            Some(json!({"lease_id": ids[7]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test]
 async fn concurrent_verifies_of_one_otp_succeed_exactly_once() {
     for b in BACKENDS {
         let s = std::sync::Arc::new(Server::start(b).await);
