@@ -22,6 +22,11 @@ pub struct ServerConfig {
     /// before it gives up.
     #[serde(default = "default_storage_wait", deserialize_with = "duration")]
     pub storage_wait: Duration,
+    /// Connections to PostgreSQL at most, all told: requests queue for
+    /// them (see `storage::PoolSize`). Servers sharing one database must
+    /// together stay under its `max_connections`.
+    #[serde(default)]
+    pub storage_connections: crate::storage::PoolSize,
     /// 64 hex characters; made by `gatepass-server init`.
     #[serde(default = "default_seal_key")]
     pub seal_key_file: PathBuf,
