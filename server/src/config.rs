@@ -214,6 +214,19 @@ mod tests {
     }
 
     #[test]
+    fn storage_connections_default_to_16_and_leave_room_for_the_probe_and_listener() {
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
+        assert_eq!(cfg.storage_connections.get(), 16);
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 40")
+            .unwrap();
+        assert_eq!(cfg.storage_connections.get(), 40);
+        let e = ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 3"), "{e}");
+    }
+
+    #[test]
     fn refuses_plain_http_off_loopback_and_unknown_keys() {
         assert!(ServerConfig::parse("listen = \"0.0.0.0:8200\"").is_err());
         assert!(ServerConfig::parse("listen = \"127.0.0.1:8200\"").is_ok());
