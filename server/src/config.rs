@@ -217,8 +217,8 @@ mod tests {
     fn storage_connections_default_to_16_and_leave_room_for_the_probe_and_listener() {
         let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
         assert_eq!(cfg.storage_connections.get(), 16);
-        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 40")
-            .unwrap();
+        let cfg =
+            ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 40").unwrap();
         assert_eq!(cfg.storage_connections.get(), 40);
         let e = ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 2")
             .unwrap_err()

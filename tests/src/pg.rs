@@ -319,7 +319,7 @@ impl Drop for OwnedPg {
 /// holding its connection. Returns once the lock is held; the child ends
 /// when it lets go.
 pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
-    let child = Command::new("psql")
+    let mut child = Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
         .arg(format!(
@@ -341,6 +341,8 @@ pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the lock on entries was never granted");
 }
 
