@@ -275,6 +275,8 @@ struct Results {
     reached: Vec<Duration>,
     rss_after: Vec<(f64, f64)>,
     reach_cpu: Option<f64>,
+    /// This process's (the simulated hosts') CPU over the same window.
+    sim_reach_cpu: Option<f64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -480,6 +482,8 @@ async fn measure(servers: &[DevServer], args: &Args, res: &mut Results) -> anyho
         // Let the wake-ups the sign caused settle (they keep the old index).
         tokio::time::sleep(Duration::from_millis(500)).await;
         let c0 = cpu_ticks(&pids);
+        let me = [std::process::id()];
+        let s0 = cpu_ticks(&me);
         let t = Instant::now();
         if let Ok(mut g) = fleet.revoked_at.lock() {
             *g = Some(t);
@@ -496,6 +500,10 @@ async fn measure(servers: &[DevServer], args: &Args, res: &mut Results) -> anyho
         // /proc counts CPU time in ticks (10 ms): a shorter window says nothing.
         res.reach_cpu = c0
             .zip(cpu_ticks(&pids))
+            .filter(|_| took >= Duration::from_millis(500))
+            .map(|(a, b)| (b - a) as f64 / ticks / took.as_secs_f64());
+        res.sim_reach_cpu = s0
+            .zip(cpu_ticks(&me))
             .filter(|_| took >= Duration::from_millis(500))
             .map(|(a, b)| (b - a) as f64 / ticks / took.as_secs_f64());
         res.rss_after = memory(&pids);
@@ -725,6 +733,12 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
     t.push(vec![
         "server CPU from the revoke to the last host (all servers)".into(),
         r.reach_cpu
+            .map(|c| format!("{:.0}% of a core", c * 100.0))
+            .unwrap_or_else(|| "– (under 0.5 s)".into()),
+    ]);
+    t.push(vec![
+        "the simulated hosts' CPU over the same time (this process)".into(),
+        r.sim_reach_cpu
             .map(|c| format!("{:.0}% of a core", c * 100.0))
             .unwrap_or_else(|| "– (under 0.5 s)".into()),
     ]);
