@@ -130,6 +130,7 @@ async fn seed(dir: &Path, n_certs: usize, n_sessions: usize) -> anyhow::Result<V
         seal_key: seal,
         audit_path: None,
         clock: Clock::System,
+        storage_connections: Default::default(),
     })
     .await?;
     let mount = gatepass_server::mounts::get(&core, "ssh")

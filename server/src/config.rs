@@ -22,6 +22,11 @@ pub struct ServerConfig {
     /// before it gives up.
     #[serde(default = "default_storage_wait", deserialize_with = "duration")]
     pub storage_wait: Duration,
+    /// Connections to PostgreSQL at most, all told: requests queue for
+    /// them (see `storage::PoolSize`). Servers sharing one database must
+    /// together stay under its `max_connections`.
+    #[serde(default)]
+    pub storage_connections: crate::storage::PoolSize,
     /// 64 hex characters; made by `gatepass-server init`.
     #[serde(default = "default_seal_key")]
     pub seal_key_file: PathBuf,
@@ -206,6 +211,19 @@ mod tests {
             ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_wait = \"5m\"").unwrap();
         assert_eq!(cfg.storage_wait, Duration::from_secs(300));
         assert!(ServerConfig::parse("storage_wait = \"soon\"").is_err());
+    }
+
+    #[test]
+    fn storage_connections_default_to_16_and_leave_room_for_the_probe_and_listener() {
+        let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
+        assert_eq!(cfg.storage_connections.get(), 16);
+        let cfg =
+            ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 40").unwrap();
+        assert_eq!(cfg.storage_connections.get(), 40);
+        let e = ServerConfig::parse("listen = \"127.0.0.1:8200\"\nstorage_connections = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 3"), "{e}");
     }
 
     #[test]

@@ -328,6 +328,7 @@ async fn dev(
         seal_key: seal,
         audit_path: Some(dir.join("audit.log")),
         clock: Clock::System,
+        storage_connections: Default::default(),
     })
     .await?;
     let token = if core.is_initialized().await? {
@@ -394,6 +395,7 @@ async fn open_waiting(cfg: &ServerConfig) -> anyhow::Result<gatepass_server::Sta
             seal_key: seal,
             audit_path: cfg.audit_log.clone(),
             clock: Clock::System,
+            storage_connections: cfg.storage_connections,
         })
         .await;
         let e = match opened {
@@ -494,6 +496,7 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         seal_key: seal,
         audit_path: None,
         clock: Clock::System,
+        storage_connections: cfg.storage_connections,
     })
     .await?;
     if core.is_initialized().await? {

@@ -21,6 +21,8 @@ pub struct Options {
     /// copy is always kept).
     pub audit_path: Option<PathBuf>,
     pub clock: Clock,
+    /// Connections to PostgreSQL at most (unused on SQLite).
+    pub storage_connections: crate::storage::PoolSize,
 }
 
 pub struct Core {
@@ -53,7 +55,8 @@ impl Core {
     /// Opens the storage and the audit file, as they are: no set-up, no
     /// upgrade (`Core::open` in `crate::bootstrap` does those).
     pub(crate) async fn connect(opts: Options) -> Result<State> {
-        let storage = Storage::open(&opts.storage_url, &opts.seal_key).await?;
+        let storage =
+            Storage::open_with(&opts.storage_url, &opts.seal_key, opts.storage_connections).await?;
         let audit_key = AuditKey::new(*opts.seal_key.derive("audit"));
         let audit = match &opts.audit_path {
             Some(p) => Some(AuditLog::open(

@@ -42,7 +42,24 @@ impl Server {
             Backend::Sqlite => format!("sqlite://{}", dir.path().join("gp.db").display()),
             Backend::Postgres => crate::pg::shared().new_database("inproc"),
         };
-        let server = Server::open(dir, &url, SealKey::generate()).await;
+        Server::start_on(dir, &url, Default::default()).await
+    }
+
+    /// A server on a new PostgreSQL database that opens at most
+    /// `connections` to it (`storage_connections`).
+    pub async fn start_postgres_with(connections: u32) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = crate::pg::shared().new_database("inproc");
+        let pool = gatepass_server::storage::PoolSize::new(connections).expect("pool size");
+        Server::start_on(dir, &url, pool).await
+    }
+
+    async fn start_on(
+        dir: tempfile::TempDir,
+        url: &str,
+        pool: gatepass_server::storage::PoolSize,
+    ) -> Server {
+        let server = Server::open_with(dir, url, SealKey::generate(), pool).await;
         server
             .core
             .initialize(Some(ROOT.into()))
@@ -50,6 +67,11 @@ impl Server {
             .expect("initialize");
         server.core.ensure_mount("ssh", "ssh").await.expect("mount");
         server
+    }
+
+    /// The storage URL (PostgreSQL's names the database).
+    pub fn storage_url(&self) -> &str {
+        &self.url
     }
 
     /// Two servers sharing one new PostgreSQL database (and seal key), as
@@ -82,6 +104,15 @@ impl Server {
     }
 
     async fn open(dir: tempfile::TempDir, url: &str, seal_key: SealKey) -> Server {
+        Server::open_with(dir, url, seal_key, Default::default()).await
+    }
+
+    async fn open_with(
+        dir: tempfile::TempDir,
+        url: &str,
+        seal_key: SealKey,
+        storage_connections: gatepass_server::storage::PoolSize,
+    ) -> Server {
         let seal_hex = seal_key.to_hex().to_string();
         let clock = Clock::manual(T0);
         let core = Core::open(Options {
@@ -89,6 +120,7 @@ impl Server {
             seal_key,
             audit_path: Some(dir.path().join("audit.log")),
             clock: clock.clone(),
+            storage_connections,
         })
         .await
         .expect("open core");

@@ -312,3 +312,52 @@ impl Drop for OwnedPg {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Another client takes an exclusive lock on the `entries` table of the
+/// database at `url` and holds it for `hold`, as a slow migration or a
+/// long transaction would: every query of the table waits behind it,
+/// holding its connection. Returns once the lock is held; the child ends
+/// when it lets go.
+pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
+    let mut child = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!(
+            "BEGIN; LOCK TABLE entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+            hold.as_secs_f64()
+        ))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("run psql");
+    for _ in 0..200 {
+        let out = Command::new("psql")
+            .arg(url)
+            .args(["-tA", "-c"])
+            .arg("SELECT count(*) FROM pg_locks WHERE relation = 'entries'::regclass AND mode = 'AccessExclusiveLock' AND granted")
+            .output()
+            .expect("run psql");
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the lock on entries was never granted");
+}
+
+/// Runs SQL on the database at `url` directly, behind the servers' backs
+/// (nothing announced to them).
+pub fn exec(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-tA", "-c", sql])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -226,6 +226,7 @@ mod tests {
             seal_key: SealKey::generate(),
             audit_path: None,
             clock: Clock::System,
+            storage_connections: Default::default(),
         })
         .await
         .unwrap()

@@ -13,17 +13,30 @@ use sqlx::Connection;
 
 use crate::error::Error;
 
-/// How long a request waits for a pooled database connection. When the
-/// database refuses connections the pool keeps trying until then, so this
-/// bounds how long a request takes to fail.
-pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for a pooled database connection. A burst of
+/// requests larger than the pool (a fleet of hosts polling at once) queues
+/// for the connections: each waits its turn for up to this long, and only
+/// one that waited longer fails, alone (the database is not declared down
+/// for it; see [`Health`]).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long one storage call may take in all (a query on a connection to
-/// a host that stopped answering would otherwise wait for TCP to give up).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one storage call may take in all, its wait for a connection
+/// included (a query on a connection to a host that stopped answering
+/// would otherwise wait for TCP to give up).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long each step of a health probe may take.
+/// A call still running after this long asks whether the database answers
+/// (one probe for all of them, see [`HEALTH_TTL`]): when it does not, the
+/// call fails now, naming the cause, rather than after [`CALL_TIMEOUT`].
+pub const SLOW_CALL: Duration = Duration::from_secs(1);
+
+/// How long a new connection of a health probe may take to open.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// How long the probe's `SELECT 1` may take on its open connection: a
+/// database busy with a burst of requests answers it more slowly than an
+/// idle one, and is not down for that.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a probe's result stands: a load balancer polling `sys/health`,
 /// or every request while the storage is down, causes at most one probe
@@ -134,15 +147,12 @@ pub struct ConnectFailure {
     pub retryable: bool,
 }
 
-/// Opens and closes one connection outside the pool: unlike the pool,
-/// which retries refused connections until it times out, this says why
-/// the database cannot be reached.
-pub async fn connect_once(url: &str, within: Duration) -> Result<(), ConnectFailure> {
+/// Opens one connection of its own: unlike the pool, which retries
+/// refused connections until it times out, this says why the database
+/// cannot be reached.
+pub async fn connect(url: &str, within: Duration) -> Result<sqlx::PgConnection, ConnectFailure> {
     match tokio::time::timeout(within, sqlx::PgConnection::connect(url)).await {
-        Ok(Ok(conn)) => {
-            let _ = tokio::time::timeout(within, conn.close()).await;
-            Ok(())
-        }
+        Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(ConnectFailure {
             retryable: sqlx_cause(&e).is_some(),
             cause: e.to_string(),
@@ -154,6 +164,34 @@ pub async fn connect_once(url: &str, within: Duration) -> Result<(), ConnectFail
     }
 }
 
+/// Whether PostgreSQL answers, asked on the probe's own connection `held`
+/// (opened when there is none, and dropped when it fails: a new one then
+/// says whether the database is back and, if not, why). Err holds the
+/// cause.
+pub async fn probe_postgres(
+    url: &str,
+    held: &mut Option<sqlx::PgConnection>,
+) -> Result<(), String> {
+    if let Some(conn) = held.as_mut() {
+        if ping(conn).await.is_ok() {
+            return Ok(());
+        }
+        *held = None;
+    }
+    let mut conn = connect(url, PROBE_TIMEOUT).await.map_err(|f| f.cause)?;
+    ping(&mut conn).await?;
+    *held = Some(conn);
+    Ok(())
+}
+
+async fn ping(conn: &mut sqlx::PgConnection) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} ms", PING_TIMEOUT.as_millis())),
+    }
+}
+
 /// The last probe's result: Err holds the message for clients.
 #[derive(Clone)]
 struct Probe {
@@ -161,6 +199,15 @@ struct Probe {
     result: Result<(), String>,
 }
 
+/// Whether the storage can be used, as the last probe found. Only a probe
+/// decides that the storage is down: a call that failed because every
+/// pooled connection was busy, or that was slow, fails alone, since under
+/// a burst of requests that is the database at work, not the database
+/// gone. On PostgreSQL the probe asks on a connection of its own, kept
+/// open between probes and counted in the server's connection budget
+/// (the pool has one connection fewer, see `storage::PoolSize`), so a
+/// probe never needs a connection the database may refuse when the pool
+/// is full, nor waits behind the requests queued for the pool.
 #[derive(Default)]
 pub struct Health {
     last: Mutex<Option<Probe>>,
@@ -168,7 +215,8 @@ pub struct Health {
     /// where reading it takes no lock.
     down: AtomicBool,
     /// One probe at a time; callers that arrive meanwhile use its result.
-    pub probing: tokio::sync::Mutex<()>,
+    /// It holds the probe's PostgreSQL connection while that is open.
+    pub probing: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
 }
 
 impl Health {

@@ -24,6 +24,53 @@ use health::{Cause, Health};
 
 use writer::{AuditLine, Op, Unit, Upkeep, Writer};
 
+/// The most connections a server opens to PostgreSQL, all told
+/// (`storage_connections` in server.toml). One is the health probe's (see
+/// `health::Health`); the pool has the others, and the listener for other
+/// servers' changes holds one of those. Servers sharing a database must
+/// together stay under its `max_connections` (100 by default), so this is
+/// what an operator adds up; nothing is ever opened beyond it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "u32")]
+pub struct PoolSize(u32);
+
+impl PoolSize {
+    /// The probe's connection, the listener's, and one for requests.
+    pub const MIN: u32 = 3;
+
+    pub fn new(n: u32) -> std::result::Result<PoolSize, String> {
+        if n < Self::MIN {
+            return Err(format!(
+                "storage_connections = {n} is too few: at least {} (one for health probes, one listening for other servers' changes, the rest for requests)",
+                Self::MIN
+            ));
+        }
+        Ok(PoolSize(n))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The pool's share: all but the probe's connection.
+    fn pooled(self) -> u32 {
+        self.0 - 1
+    }
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize(16)
+    }
+}
+
+impl TryFrom<u32> for PoolSize {
+    type Error = String;
+    fn try_from(n: u32) -> std::result::Result<PoolSize, String> {
+        PoolSize::new(n)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -68,23 +115,54 @@ pub struct Storage {
 /// missed (the listening connection was lost) is seen within this time.
 pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a cached record (see [`is_record`]) may be used while this
+/// server hears of every change: until it changes, in effect. The bound
+/// only lets go of records nobody asks for any more.
+pub const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Plaintext JSON of hot values read on almost every request: mounts,
-/// policies, roles and CA issuers on every backend; tokens too on SQLite,
-/// where this server is the only one and its own changes drop their entry.
-/// OTPs, leases and revocations are never cached, nor tokens on PostgreSQL:
-/// they must be exact at once on every server.
+/// policies, roles and CA issuers, kept for [`CACHE_TTL`]; and the records
+/// behind a request's token (the token, and for a host token its host),
+/// kept until they change, but only while this server hears of every
+/// change: always on SQLite, where it is the only server; on PostgreSQL
+/// while its listener for the other servers' announcements is connected
+/// (every change of a cached key is announced in the transaction that
+/// makes it, and the announcement drops the entry). OTPs, leases and
+/// revocations are never cached: they must be exact at once on every
+/// server.
 #[derive(Default)]
 struct ReadCache {
     inner: std::sync::Mutex<CacheInner>,
+    /// Whether this server hears of every change (see above).
+    hears_all: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct CacheInner {
     entries: std::collections::HashMap<String, CacheEntry>,
     /// Bumped by every `forget`: a value read from the database is cached
-    /// only if no change was forgotten since the read began, so that a read
-    /// which raced a write never caches the value the write replaced.
+    /// only if its key was not forgotten since the read began (`gone`,
+    /// `floor`), so that a read which raced a write never caches the value
+    /// the write replaced. Per key: with a fleet's hosts rewriting their
+    /// records hundreds of times a second, a rule of "no change anywhere
+    /// since" would keep almost nothing.
     generation: u64,
+    /// The generation at which each key was last forgotten.
+    gone: std::collections::HashMap<String, u64>,
+    /// Reads that began before this generation cache nothing (everything
+    /// was forgotten, or `gone` grew too large and was emptied).
+    floor: u64,
+}
+
+/// Keys kept in `CacheInner::gone` at most.
+const MAX_GONE: usize = 100_000;
+
+impl CacheInner {
+    /// Whether a value of `key` read since generation `read_at` is still
+    /// the stored one, as far as this server knows.
+    fn current(&self, key: &str, read_at: u64) -> bool {
+        read_at >= self.floor && self.gone.get(key).is_none_or(|&g| g <= read_at)
+    }
 }
 
 /// A cached plaintext value, or None when the key is known to be absent.
@@ -100,7 +178,9 @@ struct CacheEntry {
     parsed: Option<Parsed>,
 }
 
-const MAX_CACHED: usize = 10_000;
+/// Entries at most (then all go): room for the token and the host record
+/// of each of 100,000 hosts polling one server, about 1 KiB each.
+const MAX_CACHED: usize = 250_000;
 
 /// Whether a write of `key` wakes the requests waiting for changes (hosts'
 /// and gateways' long-polls, waits for a dynamic key's install) and, on
@@ -115,8 +195,22 @@ pub(crate) fn wakes_waiters(key: &str) -> bool {
     !key.starts_with("hosts/host/")
 }
 
-fn cacheable(backend: Backend, key: &str) -> bool {
-    key.starts_with("mounts/")
+/// Records kept in the cache until they change (see [`ReadCache`]): a
+/// request's token, and the host behind a host token, read by every
+/// request of 100,000 hosts' long-polls. Host records change after
+/// enrollment only in their last-seen time, written quietly (see
+/// [`Storage::update_quietly`]); their removal comes with their token's,
+/// which is announced.
+fn is_record(key: &str) -> bool {
+    key.starts_with("token/") || key.starts_with(HOST_RECORDS)
+}
+
+/// Where hosts' records are (see [`Storage::get_host_record`]).
+const HOST_RECORDS: &str = "hosts/host/";
+
+fn cacheable(key: &str) -> bool {
+    is_record(key)
+        || key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
             && (key.contains("/role/")
@@ -126,7 +220,6 @@ fn cacheable(backend: Backend, key: &str) -> bool {
                 // was a read of SQLite on the request's worker thread each
                 // time (13% of their CPU time under load, see BENCHMARKS.md).
                 || key.ends_with("/config/zeroaddress")))
-        || (backend == Backend::Sqlite && key.starts_with("token/"))
 }
 
 impl ReadCache {
@@ -139,8 +232,21 @@ impl ReadCache {
     fn get(&self, key: &str) -> Result<Cached, u64> {
         let inner = self.lock();
         match inner.entries.get(key) {
-            Some(e) if e.at.elapsed() < CACHE_TTL => Ok(e.value.clone()),
+            Some(e) if self.fresh(key, e) => Ok(e.value.clone()),
             _ => Err(inner.generation),
+        }
+    }
+
+    fn hears_every_change(&self, yes: bool) {
+        self.hears_all
+            .store(yes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fresh(&self, key: &str, e: &CacheEntry) -> bool {
+        if is_record(key) {
+            self.hears_all.load(std::sync::atomic::Ordering::SeqCst) && e.at.elapsed() < RECORD_TTL
+        } else {
+            e.at.elapsed() < CACHE_TTL
         }
     }
 
@@ -152,7 +258,7 @@ impl ReadCache {
     ) -> Option<Option<std::sync::Arc<T>>> {
         let inner = self.lock();
         let e = inner.entries.get(key)?;
-        if e.at.elapsed() >= CACHE_TTL {
+        if !self.fresh(key, e) {
             return None;
         }
         match (&e.value, &e.parsed) {
@@ -170,7 +276,7 @@ impl ReadCache {
     /// was forgotten since `read_at`.
     fn set_parsed(&self, key: &str, parsed: Parsed, read_at: u64) {
         let mut inner = self.lock();
-        if inner.generation != read_at {
+        if !inner.current(key, read_at) {
             return;
         }
         if let Some(e) = inner.entries.get_mut(key) {
@@ -180,7 +286,10 @@ impl ReadCache {
 
     fn insert(&self, key: &str, v: Cached, read_at: u64) {
         let mut inner = self.lock();
-        if inner.generation != read_at {
+        if !inner.current(key, read_at) {
+            return;
+        }
+        if is_record(key) && !self.hears_all.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
         if inner.entries.len() >= MAX_CACHED {
@@ -199,18 +308,26 @@ impl ReadCache {
     fn forget(&self, key: &str) {
         let mut inner = self.lock();
         inner.entries.remove(key);
-        inner.generation = inner.generation.wrapping_add(1);
+        inner.generation += 1;
+        if inner.gone.len() >= MAX_GONE {
+            inner.gone.clear();
+            inner.floor = inner.generation;
+        }
+        let g = inner.generation;
+        inner.gone.insert(key.to_string(), g);
     }
 
     fn forget_all(&self) {
         let mut inner = self.lock();
         inner.entries.clear();
-        inner.generation = inner.generation.wrapping_add(1);
+        inner.gone.clear();
+        inner.generation += 1;
+        inner.floor = inner.generation;
     }
 
     /// Drops what a change of `key` makes stale.
-    fn changed(&self, backend: Backend, key: &str) {
-        if cacheable(backend, key) {
+    fn changed(&self, key: &str) {
+        if cacheable(key) {
             self.forget(key);
         }
         if key.starts_with("mounts/") {
@@ -243,6 +360,11 @@ impl Storage {
     /// [`Error::StorageUnavailable`] naming it and the cause (worth trying
     /// again later).
     pub async fn open(url: &str, seal: &SealKey) -> Result<Storage> {
+        Storage::open_with(url, seal, PoolSize::default()).await
+    }
+
+    /// [`Storage::open`] with at most `connections` to PostgreSQL.
+    pub async fn open_with(url: &str, seal: &SealKey, connections: PoolSize) -> Result<Storage> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -255,6 +377,7 @@ impl Storage {
         let target = describe(url);
         let changes = std::sync::Arc::new(tokio::sync::watch::channel(0).0);
         let cache = std::sync::Arc::new(ReadCache::default());
+        let mut probe_conn = None;
         let (db, writer) = match backend {
             Backend::Sqlite => {
                 // The file is made here, private; SQLite gives its -wal and
@@ -271,22 +394,29 @@ impl Storage {
                 .await
                 .map_err(|e| Error::internal(e.to_string()))??;
                 let (db, tx) = sqlite::Sqlite::open(&path)?;
+                // This server makes every change: it hears of them all.
+                cache.hears_every_change(true);
                 (Db::Sqlite(db), Writer::new(tx))
             }
             Backend::Postgres => {
-                // A connection of its own first: when the database cannot
-                // be reached it says why, where the pool would only time out.
-                if let Err(f) = health::connect_once(url, OPEN_CONNECT_TIMEOUT).await {
-                    return Err(if f.retryable {
-                        Error::StorageUnavailable(unavailable_text(&target, &f.cause))
-                    } else {
-                        Error::internal(format!("cannot use storage {target}: {}", f.cause))
-                    });
+                // The health probe's connection first: when the database
+                // cannot be reached it says why, where the pool would only
+                // time out.
+                match health::connect(url, OPEN_CONNECT_TIMEOUT).await {
+                    Ok(c) => probe_conn = Some(c),
+                    Err(f) => {
+                        return Err(if f.retryable {
+                            Error::StorageUnavailable(unavailable_text(&target, &f.cause))
+                        } else {
+                            Error::internal(format!("cannot use storage {target}: {}", f.cause))
+                        })
+                    }
                 }
                 let pool = PgPoolOptions::new()
-                    .max_connections(16)
-                    // Bounds how long a request waits while the database is
-                    // down (the pool retries refused connections until then).
+                    .max_connections(connections.pooled())
+                    // Bounds how long a request waits for its turn when
+                    // every connection is busy (and, while the database
+                    // refuses connections, how long the pool retries).
                     .acquire_timeout(health::ACQUIRE_TIMEOUT)
                     // An idle connection is checked before use, so that one
                     // the database closed (it restarted) is replaced by a new
@@ -309,6 +439,7 @@ impl Storage {
             }
         };
         let health = std::sync::Arc::new(Health::default());
+        *health.probing.lock().await = probe_conn;
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
             tokio::spawn(audit_writer(writer.clone(), health.clone(), rx));
@@ -343,44 +474,33 @@ impl Storage {
     /// Whether the storage can be used now; Err holds a message naming the
     /// storage and the cause. The answer is at most [`health::HEALTH_TTL`]
     /// old, so that frequent callers (a load balancer polling `sys/health`)
-    /// cost at most a few probes a second, and takes at most about two
-    /// [`health::PROBE_TIMEOUT`]s.
+    /// cost at most a few probes a second, and takes at most about
+    /// [`health::PING_TIMEOUT`] and a [`health::PROBE_TIMEOUT`].
     pub async fn health(&self) -> std::result::Result<(), String> {
         if let Some(r) = self.health.fresh() {
             return r;
         }
-        let _one = self.health.probing.lock().await;
+        let mut held = self.health.probing.lock().await;
         if let Some(r) = self.health.fresh() {
             return r;
         }
         let r = self
-            .probe()
+            .probe(&mut held)
             .await
             .map_err(|cause| unavailable_text(&self.target, &cause));
         self.health.record(r.clone());
         r
     }
 
-    async fn probe(&self) -> std::result::Result<(), String> {
+    async fn probe(
+        &self,
+        held: &mut Option<sqlx::PgConnection>,
+    ) -> std::result::Result<(), String> {
         match &self.db {
-            Db::Postgres(pool) => {
-                // While the database is up a pooled connection answers;
-                // while it was down, only a new connection tells whether it
-                // is back (and if not, why).
-                if !self.health.is_down() {
-                    let ping = async {
-                        let mut conn = pool.acquire().await?;
-                        sqlx::query("SELECT 1").execute(&mut *conn).await?;
-                        Ok::<(), sqlx::Error>(())
-                    };
-                    if let Ok(Ok(())) = tokio::time::timeout(health::PROBE_TIMEOUT, ping).await {
-                        return Ok(());
-                    }
-                }
-                health::connect_once(&self.url, health::PROBE_TIMEOUT)
-                    .await
-                    .map_err(|f| f.cause)
-            }
+            // On the probe's own connection, never one of the pool's: the
+            // pool may be busy with a burst of requests, and a connection
+            // beyond it may be refused (`max_connections`).
+            Db::Postgres(_) => health::probe_postgres(&self.url, held).await,
             Db::Sqlite(db) => {
                 let path = db.path().to_path_buf();
                 // After a write failed, the probe checks that writing works
@@ -401,14 +521,28 @@ impl Storage {
         if self.health.is_down() {
             self.health().await.map_err(Error::StorageUnavailable)?;
         }
-        match tokio::time::timeout(health::CALL_TIMEOUT, call).await {
+        let call = tokio::time::timeout(health::CALL_TIMEOUT, call);
+        tokio::pin!(call);
+        let outcome = tokio::select! {
+            done = &mut call => done,
+            _ = tokio::time::sleep(health::SLOW_CALL) => {
+                // Slow: waiting for its turn at a busy pool, or the
+                // database gone. Only the probe can tell; while the
+                // database answers, the call goes on.
+                if self.backend == Backend::Postgres {
+                    self.health().await.map_err(Error::StorageUnavailable)?;
+                }
+                call.await
+            }
+        };
+        match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => match health::unavailable_cause(&e) {
-                Some(cause) => Err(self.went_down(cause).await),
+                Some(cause) => Err(self.failed(cause).await),
                 None => Err(e),
             },
             Err(_) => Err(self
-                .went_down(Cause::Known(format!(
+                .failed(Cause::Known(format!(
                     "no answer within {} s",
                     health::CALL_TIMEOUT.as_secs()
                 )))
@@ -416,26 +550,29 @@ impl Storage {
         }
     }
 
-    /// Records that the storage failed and makes the caller's error.
-    async fn went_down(&self, cause: Cause) -> Error {
+    /// The caller's error for a call that failed as if the storage were
+    /// unavailable. SQLite is this server's alone, so such a failure (a
+    /// file locked or unreadable) is the storage's state. On PostgreSQL
+    /// the health probe decides: while the database answers it, this call
+    /// alone fails (its turn for a connection did not come in time, or
+    /// its connection was lost) and the next ones are tried as usual.
+    async fn failed(&self, cause: Cause) -> Error {
+        if self.backend == Backend::Postgres {
+            if let Err(msg) = self.health().await {
+                return Error::StorageUnavailable(msg);
+            }
+            return Error::StorageUnavailable(match cause {
+                Cause::Known(c) => unavailable_text(&self.target, &c),
+                Cause::PoolTimedOut => format!(
+                    "storage busy: {}: the database answers, but every one of this server's connections to it stayed busy for {} s; try again (storage_connections sets how many there are)",
+                    self.target,
+                    health::ACQUIRE_TIMEOUT.as_secs()
+                ),
+            });
+        }
         let cause = match cause {
             Cause::Known(c) => c,
-            // The pool says only that it timed out: a connection of its own
-            // says why (or that the database is up and every connection busy).
-            Cause::PoolTimedOut => {
-                match health::connect_once(&self.url, health::PROBE_TIMEOUT).await {
-                    Err(f) => f.cause,
-                    Ok(()) => {
-                        return Error::StorageUnavailable(unavailable_text(
-                            &self.target,
-                            &format!(
-                                "every database connection was busy for {} s",
-                                health::ACQUIRE_TIMEOUT.as_secs()
-                            ),
-                        ))
-                    }
-                }
-            }
+            Cause::PoolTimedOut => "no connection in time".to_string(),
         };
         let msg = unavailable_text(&self.target, &cause);
         self.health.record(Err(msg.clone()));
@@ -455,7 +592,7 @@ impl Storage {
     }
 
     fn changed(&self, key: &str) {
-        self.cache.changed(self.backend, key);
+        self.cache.changed(key);
         if wakes_waiters(key) {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -513,9 +650,26 @@ impl Storage {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        if !cacheable(self.backend, key) {
+        if !cacheable(key) || key.starts_with(HOST_RECORDS) {
             return self.get_uncached(key).await;
         }
+        self.get_through_cache(key).await
+    }
+
+    /// The host record behind a host token, for that host's own requests:
+    /// from the cache while this server hears of every change (see
+    /// [`ReadCache`]). Its last-seen time may be behind (touches are
+    /// quiet, see [`Storage::update_quietly`]); everything else in it is
+    /// fixed at enrollment. Other readers (listings, the web UI) use
+    /// [`Storage::get`], which reads host records from the database.
+    pub async fn get_host_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        if !key.starts_with(HOST_RECORDS) {
+            return self.get(key).await;
+        }
+        self.get_through_cache(key).await
+    }
+
+    async fn get_through_cache<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let plain = match self.cache.get(key) {
             Ok(hit) => hit,
             Err(read_at) => {
@@ -543,7 +697,7 @@ impl Storage {
         &self,
         key: &str,
     ) -> Result<Option<std::sync::Arc<T>>> {
-        if !cacheable(self.backend, key) {
+        if !cacheable(key) {
             return Ok(self.get_uncached(key).await?.map(std::sync::Arc::new));
         }
         if let Some(hit) = self.cache.get_parsed::<T>(key) {
@@ -592,6 +746,7 @@ impl Storage {
                 value,
             }],
             guarded: false,
+            quiet: false,
         })
         .await?;
         Ok(())
@@ -608,6 +763,7 @@ impl Storage {
                     value,
                 }],
                 guarded: true,
+                quiet: false,
             })
             .await?;
         Ok(done.applied)
@@ -635,6 +791,7 @@ impl Storage {
             .apply(Unit {
                 ops,
                 guarded: first_is_new,
+                quiet: false,
             })
             .await?;
         Ok(done.applied)
@@ -645,6 +802,7 @@ impl Storage {
         self.apply(Unit {
             ops: keys.iter().map(|k| Op::Delete { key: k.clone() }).collect(),
             guarded: false,
+            quiet: false,
         })
         .await?;
         Ok(())
@@ -658,6 +816,7 @@ impl Storage {
                     key: key.to_string(),
                 }],
                 guarded: false,
+                quiet: false,
             })
             .await?;
         Ok(done.outcomes.first().is_some_and(|o| o.hit))
@@ -676,7 +835,35 @@ impl Storage {
     pub async fn update<T, R>(
         &self,
         key: &str,
+        decide: impl FnMut(T) -> Result<(Change<T>, R)>,
+    ) -> Result<Option<R>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        self.update_with(key, decide, false).await
+    }
+
+    /// [`Storage::update`] for bookkeeping no other server needs at once
+    /// (a host's last-seen time, rewritten once a minute by each of
+    /// thousands of hosts): on PostgreSQL it is not announced, so the other
+    /// servers keep their cached copy of the record, in which only that
+    /// bookkeeping is behind.
+    pub async fn update_quietly<T, R>(
+        &self,
+        key: &str,
+        decide: impl FnMut(T) -> Result<(Change<T>, R)>,
+    ) -> Result<Option<R>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        self.update_with(key, decide, true).await
+    }
+
+    async fn update_with<T, R>(
+        &self,
+        key: &str,
         mut decide: impl FnMut(T) -> Result<(Change<T>, R)>,
+        quiet: bool,
     ) -> Result<Option<R>>
     where
         T: Serialize + DeserializeOwned,
@@ -703,6 +890,7 @@ impl Storage {
                         value,
                     }],
                     guarded: true,
+                    quiet,
                 })
                 .await?;
             if done.applied {
@@ -740,6 +928,7 @@ impl Storage {
             .apply(Unit {
                 ops,
                 guarded: false,
+                quiet: false,
             })
             .await?;
         let Some(sealed) = done.outcomes.swap_remove(0).value else {
@@ -1004,6 +1193,7 @@ mod tests {
     #[test]
     fn a_read_that_raced_a_write_is_not_cached() {
         let cache = ReadCache::default();
+        cache.hears_every_change(true);
         // A reader misses and reads the old value from the database...
         let read_at = cache.get("token/id/x").unwrap_err();
         // ...while a writer replaces it and forgets the key.
@@ -1022,6 +1212,19 @@ mod tests {
         // And the next change drops it.
         cache.forget("token/id/x");
         assert!(cache.get("token/id/x").is_err());
+
+        // A change of another key meanwhile (a fleet's hosts touch their
+        // records all the time) does not keep a read from being cached.
+        let read_at = cache.get("token/id/y").unwrap_err();
+        cache.forget("hosts/host/z");
+        cache.insert("token/id/y", value("y"), read_at);
+        assert!(cache.get("token/id/y").is_ok(), "a read was not cached");
+        // Everything forgotten at once (the listener reconnected): a read
+        // that began before is not cached.
+        let read_at = cache.get("token/id/w").unwrap_err();
+        cache.forget_all();
+        cache.insert("token/id/w", value("w"), read_at);
+        assert!(cache.get("token/id/w").is_err());
     }
 
     #[test]
@@ -1045,14 +1248,40 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_cached_only_where_this_server_sees_every_change() {
-        assert!(cacheable(Backend::Sqlite, "token/id/abc"));
-        assert!(!cacheable(Backend::Postgres, "token/id/abc"));
-        assert!(cacheable(Backend::Postgres, "policy/default"));
-        assert!(!cacheable(Backend::Sqlite, "mount/x/otp/-/abc"));
+    fn records_are_kept_only_while_this_server_hears_of_every_change() {
+        assert!(cacheable("token/id/abc"));
+        assert!(cacheable("hosts/host/0b3e"));
+        assert!(cacheable("policy/default"));
+        assert!(!cacheable("mount/x/otp/-/abc"));
+        assert!(!cacheable("hosts/join/abc"));
+
+        // A PostgreSQL server whose listener is not connected: a token is
+        // not kept (a change on another server could go unheard), while
+        // configuration is, for its second.
+        let cache = ReadCache::default();
+        let read_at = cache.get("token/id/a").unwrap_err();
+        cache.insert("token/id/a", value("t"), read_at);
+        assert!(cache.get("token/id/a").is_err(), "a token was kept unheard");
+        let read_at = cache.get("policy/p").unwrap_err();
+        cache.insert("policy/p", value("p"), read_at);
+        assert!(cache.get("policy/p").is_ok());
+
+        // Listening: kept until a change is heard of.
+        cache.hears_every_change(true);
+        let read_at = cache.get("token/id/a").unwrap_err();
+        cache.insert("token/id/a", value("t"), read_at);
+        assert_eq!(cache.get("token/id/a").unwrap().unwrap().as_slice(), b"t");
+        cache.changed("token/id/a");
+        assert!(cache.get("token/id/a").is_err());
+
+        // The listener lost: what was kept is no longer used.
+        let read_at = cache.get("hosts/host/h").unwrap_err();
+        cache.insert("hosts/host/h", value("h"), read_at);
+        assert!(cache.get("hosts/host/h").is_ok());
+        cache.hears_every_change(false);
+        assert!(cache.get("hosts/host/h").is_err());
         // The zero-address roles, read by every creds request, are
         // configuration like a role: cached on both backends.
-        assert!(cacheable(Backend::Sqlite, "mount/x/config/zeroaddress"));
-        assert!(cacheable(Backend::Postgres, "mount/x/config/zeroaddress"));
+        assert!(cacheable("mount/x/config/zeroaddress"));
     }
 }

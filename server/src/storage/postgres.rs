@@ -181,8 +181,11 @@ async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>, origin: &str) {
             Some(cause) => Err(super::health::Cause::to_error(cause)),
             None => one_by_one(pool, &unit, origin).await,
         };
+        // A unit that waited out its turn for a connection says only that
+        // the pool is busy: the next unit may well get one.
         if let Err(e) = &r {
-            down = super::health::unavailable_cause(e);
+            down = super::health::unavailable_cause(e)
+                .filter(|c| matches!(c, super::health::Cause::Known(_)));
         }
         let _ = reply.send(r);
     }
@@ -198,31 +201,37 @@ const MAX_PAYLOAD: usize = 7900;
 /// Announces, in the transaction (so only when it commits), that this
 /// server changed these keys: the payload is `origin` and then each key
 /// another server may hold in its cache, one per line, or `*` when they do
-/// not fit. Every announcement wakes the other servers' long-polls.
+/// not fit. The other servers drop those keys from their caches and, when
+/// any of them wakes waiters (`wakes_waiters`; `*` does), wake their
+/// long-polls. Quiet units (bookkeeping, see `Unit::quiet`) are left out.
 async fn announce<'a>(
     tx: &mut Transaction<'static, Postgres>,
     origin: &str,
-    ops: impl Iterator<Item = &'a Op>,
+    units: impl Iterator<Item = &'a Unit>,
 ) -> Result<()> {
     let mut payload = origin.to_string();
     let mut wakes = false;
-    for op in ops {
-        let key = op.key();
-        wakes |= super::wakes_waiters(key);
-        if !super::cacheable(super::Backend::Postgres, key) && !key.starts_with("mounts/") {
-            continue;
+    let mut cached = false;
+    'units: for unit in units.filter(|u| !u.quiet) {
+        for op in &unit.ops {
+            let key = op.key();
+            wakes |= super::wakes_waiters(key);
+            if !super::cacheable(key) {
+                continue;
+            }
+            cached = true;
+            if payload.len() + 1 + key.len() > MAX_PAYLOAD {
+                payload.truncate(origin.len());
+                payload.push_str("\n*");
+                break 'units;
+            }
+            payload.push('\n');
+            payload.push_str(key);
         }
-        if payload.len() + 1 + key.len() > MAX_PAYLOAD {
-            payload.truncate(origin.len());
-            payload.push_str("\n*");
-            break;
-        }
-        payload.push('\n');
-        payload.push_str(key);
     }
-    // Only quiet keys (hosts' last-seen touches; never cached): the other
-    // servers have nothing to drop and nothing to wake.
-    if !wakes {
+    // Nothing another server caches nor anything that wakes (hosts'
+    // last-seen touches): nothing to say.
+    if !wakes && !cached {
         return Ok(());
     }
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -277,6 +286,10 @@ pub(super) async fn listen(
         let (Some(tx), Some(c)) = (changes.upgrade(), cache.upgrade()) else {
             return;
         };
+        // From here on every change is heard of: what was cached before
+        // (announcements may have been missed) goes, and the records kept
+        // until announced changed may be cached again.
+        c.hears_every_change(true);
         c.forget_all();
         tx.send_modify(|n| *n = n.wrapping_add(1));
         drop((tx, c));
@@ -297,14 +310,25 @@ pub(super) async fn listen(
             let (Some(tx), Some(c)) = (changes.upgrade(), cache.upgrade()) else {
                 return;
             };
+            let mut wake = false;
             for key in lines {
                 if key == "*" {
                     c.forget_all();
+                    wake = true;
                 } else {
-                    c.changed(super::Backend::Postgres, key);
+                    c.changed(key);
+                    wake |= super::wakes_waiters(key);
                 }
             }
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+            if wake {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+        // Until listening again, changes may go unheard: nothing is kept
+        // that only an announcement would drop.
+        if let Some(c) = cache.upgrade() {
+            c.hears_every_change(false);
+            c.forget_all();
         }
     }
 }
@@ -544,7 +568,7 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
         let rows: Vec<(&str, &[u8])> = put_order.iter().map(|k| (*k, puts[k])).collect();
         upsert(&mut tx, &rows).await?;
     }
-    announce(&mut tx, origin, units.iter().flat_map(|u| u.ops.iter())).await?;
+    announce(&mut tx, origin, units.iter().copied()).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -625,7 +649,7 @@ async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied>
         }
         out.outcomes[i] = outcome;
     }
-    announce(&mut tx, origin, unit.ops.iter()).await?;
+    announce(&mut tx, origin, std::iter::once(unit)).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -652,11 +676,13 @@ mod tests {
                 },
             ],
             guarded: false,
+            quiet: false,
         };
         assert!(has_duplicate_keys(&dup));
         let distinct = Unit {
             ops: vec![Op::Delete { key: "a".into() }, Op::Take { key: "b".into() }],
             guarded: false,
+            quiet: false,
         };
         assert!(!has_duplicate_keys(&distinct));
     }

@@ -751,6 +751,7 @@ mod tests {
                     value: value.iter().map(|b| b ^ (i as u8)).collect(),
                 }],
                 guarded: false,
+                quiet: false,
             };
             tx.blocking_send(Job::Unit { unit, reply }).unwrap();
             answer.blocking_recv().unwrap().unwrap();

@@ -74,6 +74,10 @@ pub struct Outcome {
 pub struct Unit {
     pub ops: Vec<Op>,
     pub guarded: bool,
+    /// Bookkeeping no other server needs to hear of (a host's last-seen
+    /// time): on PostgreSQL the change is not announced, so the other
+    /// servers keep their cached copies.
+    pub quiet: bool,
 }
 
 impl Unit {

@@ -212,6 +212,7 @@ async fn health_takes_vaults_status_code_parameters() {
         seal_key: gatepass_server::seal::SealKey::generate(),
         audit_path: None,
         clock: gatepass_server::clock::Clock::manual(0),
+        storage_connections: Default::default(),
     })
     .await
     .unwrap();
@@ -230,4 +231,106 @@ async fn health_takes_vaults_status_code_parameters() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["initialized"], false);
     }
+}
+
+/// A busy database is not a down one. A server on PostgreSQL with a pool
+/// far smaller than a burst of requests, while another client holds a lock
+/// that every query waits behind: the requests queue for the connections
+/// and are all answered once it lets go, `sys/health` stays 200 meanwhile,
+/// and no connection is opened beyond `storage_connections`. A request
+/// that waited longer than its bound fails alone, with a 503 that says
+/// so, and the next ones are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_pool_waits_its_turn_and_the_storage_stays_available() {
+    use gatepass_tests::inproc::{Server, ROOT};
+    use std::sync::Arc;
+
+    // Four connections: the health probe's, the change listener's, and two
+    // for every request and write.
+    let s = Arc::new(Server::start_postgres_with(4).await);
+    let url = s.storage_url().to_string();
+    // Requests in flight together, half writes, half reads of the
+    // database (hosts are listed from it: 404, none enrolled).
+    let burst = |n: usize| {
+        let calls: Vec<_> = (0..n)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        s.call("POST", "auth/token/create", Some(ROOT), None).await
+                    } else {
+                        s.call("LIST", "hosts", Some(ROOT), None).await
+                    }
+                })
+            })
+            .collect();
+        async move {
+            let mut out = Vec::new();
+            for c in calls {
+                out.push(c.await.unwrap());
+            }
+            out
+        }
+    };
+
+    // The database is slow for 1.5 s: longer than a request used to wait
+    // for a connection (1 s) before the server probed the database with a
+    // connection beyond its pool and declared it unavailable.
+    let mut lock = gatepass_tests::pg::lock_entries_for(&url, Duration::from_millis(1500));
+    let t = Instant::now();
+    let running = burst(120);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (st, v) = s.call("GET", "sys/health", None, None).await;
+    assert_eq!(st.as_u16(), 200, "health while the pool is busy: {v}");
+    let answers = running.await;
+    eprintln!("120 requests answered in {:?}", t.elapsed());
+    for (i, (st, v)) in answers.iter().enumerate() {
+        let want = if i % 2 == 0 { 200 } else { 404 };
+        assert_eq!(st.as_u16(), want, "request {i}: {v}");
+    }
+    lock.wait().unwrap();
+    let open = count_connections(&url);
+    assert!(open <= 4, "{open} connections to the database");
+
+    // Slow for longer than a request waits for its turn (3 s): those that
+    // got a connection finish when the lock goes; those still queued fail
+    // alone, saying the connections stayed busy. Health stays 200 and the
+    // next requests are served.
+    let mut lock = gatepass_tests::pg::lock_entries_for(&url, Duration::from_millis(4000));
+    let answers = burst(40).await;
+    lock.wait().unwrap();
+    let busy: Vec<_> = answers
+        .iter()
+        .filter(|(st, _)| st.as_u16() == 503)
+        .collect();
+    assert!(!busy.is_empty(), "no request waited out its turn");
+    for (_, v) in &busy {
+        let text = v.to_string();
+        assert!(text.contains("stayed busy for 3 s"), "{text}");
+        assert!(text.contains("storage_connections"), "{text}");
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|(st, _)| [200, 404, 503].contains(&st.as_u16())),
+        "{answers:?}"
+    );
+    let (st, v) = s.call("GET", "sys/health", None, None).await;
+    assert_eq!(st.as_u16(), 200, "{v}");
+    let (st, v) = s.call("POST", "auth/token/create", Some(ROOT), None).await;
+    assert_eq!(st.as_u16(), 200, "{v}");
+}
+
+/// Connections open to the database at `url`, this query's own left out.
+fn count_connections(url: &str) -> usize {
+    let db = url.rsplit('/').next().unwrap();
+    let out = std::process::Command::new("psql")
+        .arg(url)
+        .args(["-tA", "-c"])
+        .arg(format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
