@@ -790,9 +790,19 @@ mod tests {
         // About 115 MiB without a pause: more than the 64 MiB at which the
         // WAL used to be started over during the burst, holding the writes
         // that came meanwhile up for the restart's fsyncs.
-        let largest = write_without_pause(&tx, &wal, 448);
         // Where the WAL used to be started over.
         let limit = 64 * 1024 * 1024;
+        // A test thread held off the CPUs for the quiet time mid-burst is
+        // a real pause, and the WAL is rightly cut then: up to three tries
+        // for one burst without such a stall. The old code started it over
+        // at 64 MiB in every one.
+        let mut largest = 0;
+        for _ in 0..3 {
+            largest = write_without_pause(&tx, &wal, 448);
+            if largest > limit + limit / 4 {
+                break;
+            }
+        }
         assert!(
             largest > limit + limit / 4,
             "the WAL was started over during the burst (largest {largest} bytes)"
