@@ -542,7 +542,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 if let (Some(settings), Some(grant)) = (&self.shared.recording, &session.recording)
                 {
                     if let Ok(rec) = Recorder::start(&session.id, grant, settings.clone()) {
-                        rec.finish();
+                        rec.finish().await;
                     }
                 }
                 self.reporter(&session.id)
@@ -761,9 +761,9 @@ async fn supervise<S: SessionSource>(
     };
     ended.store(true, Ordering::SeqCst);
     // What the channels still pass after this is not the session's.
-    let finish = || {
+    let finish = || async {
         if let Some(rec) = &recorder {
-            rec.finish();
+            rec.finish().await;
         }
     };
     match reason {
@@ -772,7 +772,7 @@ async fn supervise<S: SessionSource>(
             let _ = target
                 .disconnect(Disconnect::ByApplication, "session ended", "")
                 .await;
-            finish();
+            finish().await;
             reporter.send(EndReason::Closed, None);
         }
         Some(reason) => {
@@ -800,7 +800,7 @@ async fn supervise<S: SessionSource>(
             let _ = target
                 .disconnect(Disconnect::ByApplication, "session ended", "")
                 .await;
-            finish();
+            finish().await;
             let (reported, detail) = reason.reported();
             reporter.send(reported, detail);
         }

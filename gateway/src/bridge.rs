@@ -73,7 +73,7 @@ pub async fn run(
                 ChannelMsg::Data { data } => {
                     activity.touch();
                     if let Some(tap) = tap {
-                        tap.input(&data);
+                        tap.input(&data).await;
                     }
                     target_tx.data_bytes(data).await
                 }
@@ -174,14 +174,14 @@ pub async fn run(
                 ChannelMsg::Data { data } => {
                     activity.touch();
                     if let Some(tap) = tap {
-                        tap.output(&data);
+                        tap.output(&data).await;
                     }
                     user_tx.data_bytes(data).await.is_ok()
                 }
                 ChannelMsg::ExtendedData { data, ext } => {
                     activity.touch();
                     if let Some(tap) = tap {
-                        tap.output(&data);
+                        tap.output(&data).await;
                     }
                     user_tx.extended_data_bytes(ext, data).await.is_ok()
                 }

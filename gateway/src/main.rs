@@ -229,6 +229,7 @@ fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
         spool: Arc::new(spool),
         signer,
         chunk_bytes: usize::try_from(cfg.recording.chunk_kib).unwrap_or(64) * 1024,
+        max_chunk_bytes: gatepass_gateway::recording::MAX_CHUNK_BYTES,
         chunk_interval: Duration::from_secs(cfg.recording.chunk_seconds),
         mask: Masking::new(&cfg.recording.mask).map_err(|e| anyhow!(e))?,
     }))

@@ -2,34 +2,52 @@
 //! recording ([`Recorder`]), each of its channels taps into it
 //! ([`ChannelTap`]) from the bridge, message by message.
 //!
-//! Events are JSON lines ([`gatepass_api::recording::Event`]) with their
-//! time since the connection began. They are cut into chunks of at most
-//! `chunk_bytes`, or whatever gathered in `chunk_interval`, each sealed and
+//! The session's data path only queues: a tap hands the bytes of an SSH
+//! message (a reference-counted `Bytes`, not a copy) to the recording's
+//! inbox and goes on forwarding. A worker of the recording's own takes
+//! whatever gathered, on the blocking pool, and does all the work there:
+//! UTF-8 and masking per channel, events as JSON lines (written straight
+//! from the bytes: one escaping pass), chunks compressed (zstd), sealed and
 //! hash-chained ([`gatepass_api::recording::seal`]) and queued for the
-//! spool ([`crate::spool`]), whose writer fsyncs it within milliseconds
-//! (group commits, off the session's data path), so a gateway killed
-//! mid-session loses at most the chunk being gathered and what was queued
-//! during the last fsync. When the connection ends, the last chunk and the
-//! signed end follow.
+//! spool ([`crate::spool`]), whose writer fsyncs them within milliseconds.
+//! The inbox is bounded ([`MAX_PENDING`] bytes): a session that outruns
+//! its recording waits for it (backpressure), nothing is dropped. Profiled
+//! before this split, a recorded session spent its time in that work and
+//! in what the uncompressed chunks cost after it (base64, the spool file,
+//! the upload, the server's seal and database), all on the data path's
+//! cores; BENCHMARKS.md "Session recording" has the figures.
 //!
-//! Masking rules ([`Masking`]) apply in [`ChannelTap`], before an event is
-//! made: each direction of a channel holds back its unfinished line, as
+//! Events are JSON lines ([`gatepass_api::recording::Event`]) with their
+//! time since the connection began, taken when the tap queued them. They
+//! are cut into chunks of `chunk_bytes`, or whatever gathered in
+//! `chunk_interval`, each sealed and queued for the spool, so a gateway
+//! killed mid-session loses at most the chunk being gathered (and what is
+//! queued meanwhile, milliseconds). Under load (a chunk full within
+//! [`GROW_WINDOW`]) a chunk grows up to `max_chunk_bytes`: fewer, larger
+//! chunks for the spool, the upload and the server's rows, while the
+//! session time a chunk covers stays small. When the connection ends, the
+//! last chunk and the signed end follow ([`Recorder::finish`]).
+//!
+//! Masking rules ([`Masking`]) apply per channel before an event is made:
+//! each direction of a channel holds back its unfinished line, as
 //! [`Utf8Carry`] holds back a split character, so a match across SSH
 //! packets (and so across chunks, which are cut between events) is caught
 //! before anything is sealed. Search reads the events where the server
 //! opens the chunks (`server/src/pam/recordings.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use gatepass_api::recording::{
-    self, Digest, Event, EventKind, RecordingGrant, SftpOp, Utf8Carry, GENESIS,
+    self, Digest, Event, EventKind, Packer, RecordingGrant, SftpOp, Utf8Carry, GENESIS,
 };
+use tokio::sync::{watch, Notify, Semaphore};
 use tracing::warn;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::spool::{Spool, SpoolItem};
 
@@ -41,11 +59,28 @@ pub struct RecordingSettings {
     pub signer: Option<SigningKey>,
     /// A chunk is sealed once this much is gathered…
     pub chunk_bytes: usize,
+    /// …or, when that came within [`GROW_WINDOW`] of its first event, once
+    /// this much is (at least `chunk_bytes`)…
+    pub max_chunk_bytes: usize,
     /// …or this long after its first event, whichever comes first.
     pub chunk_interval: Duration,
     /// What is masked before it is recorded; None: nothing.
     pub mask: Option<Masking>,
 }
+
+/// The largest chunk the gateway gathers under load, in bytes of JSON
+/// lines: sealed and in base64 it stays well under the 1 MiB the server
+/// takes even when the text does not compress at all.
+pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+
+/// A chunk that reached `chunk_bytes` sooner than this after its first
+/// event is the recording of a busy session: it grows up to
+/// `max_chunk_bytes`, sealed at the latest this long after it began.
+pub const GROW_WINDOW: Duration = Duration::from_millis(100);
+
+/// What a recording's channels may have queued for its worker, in bytes
+/// of channel data; past it their data waits until the worker catches up.
+pub const MAX_PENDING: usize = 4 << 20;
 
 /// The longest text a masking rule may match, in bytes: a channel's
 /// unfinished line is held back only this far, and a match longer than
@@ -172,70 +207,96 @@ fn masked(text: &str, ranges: &[(usize, usize)]) -> String {
     out
 }
 
-/// One connection's recording.
+/// One connection's recording: the inbox its channels queue to. Its worker
+/// (a task started with it) does the recording's work; see the module's
+/// text.
 pub struct Recorder {
-    session: String,
     recording: String,
-    key: Zeroizing<[u8; 32]>,
     record_input: bool,
-    start: Instant,
-    settings: Arc<RecordingSettings>,
     channels: AtomicU32,
-    state: Mutex<State>,
+    shared: Arc<Shared>,
+    /// True once the worker has spooled what it had, with the end when the
+    /// recording was finished.
+    done: watch::Receiver<bool>,
 }
 
-struct State {
-    buf: Vec<u8>,
-    /// When the first event of `buf` came.
-    since: Option<Instant>,
-    index: u64,
-    prev: Digest,
-    finished: bool,
+/// What a recorder shares with its worker.
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// Something was queued, or the recording is finishing or dropped.
+    wake: Notify,
+    /// Room in the inbox, in bytes of channel data: a tap takes some
+    /// before it queues data and the worker gives it back once recorded,
+    /// so a full inbox makes the session wait rather than lose anything.
+    room: Semaphore,
+}
+
+#[derive(Default)]
+struct Inbox {
+    msgs: Vec<Msg>,
+    /// The end is asked for: nothing more is queued.
+    finishing: bool,
+    /// The recorder is gone without an end (its connection was dropped).
+    dropped: bool,
+}
+
+/// What a channel did, and when.
+struct Msg {
+    at: Instant,
+    ch: u32,
+    what: What,
+    /// Room it holds in the inbox, given back once it is recorded.
+    room: u32,
+}
+
+enum What {
+    Output(Bytes),
+    Input(Bytes),
+    Exec(Bytes),
+    Exit(u32),
+    Close,
+    Event(EventKind),
 }
 
 impl Recorder {
-    /// Begins the recording `grant` of session `session`, now.
+    /// Begins the recording `grant` of session `session`, now, and starts
+    /// its worker (on the current tokio runtime).
     pub fn start(
         session: &str,
         grant: &RecordingGrant,
         settings: Arc<RecordingSettings>,
     ) -> Result<Arc<Recorder>, String> {
         let key = recording::parse_key(&grant.key).map_err(|e| e.to_string())?;
-        let interval = settings.chunk_interval;
-        let rec = Arc::new(Recorder {
+        let packer = Packer::new().map_err(|e| e.to_string())?;
+        let shared = Arc::new(Shared {
+            inbox: Mutex::default(),
+            wake: Notify::new(),
+            room: Semaphore::new(MAX_PENDING),
+        });
+        let (done_tx, done) = watch::channel(false);
+        let start = Instant::now();
+        let worker = Worker {
             session: session.to_owned(),
             recording: grant.recording_id.clone(),
             key: Zeroizing::new(key),
             record_input: grant.record_input,
-            start: Instant::now(),
-            settings,
+            start,
+            settings: settings.clone(),
+            taps: HashMap::new(),
+            buf: Zeroizing::new(Vec::new()),
+            since: None,
+            index: 0,
+            prev: GENESIS,
+            packer,
+        };
+        tokio::spawn(work(shared.clone(), worker, done_tx));
+        Ok(Arc::new(Recorder {
+            recording: grant.recording_id.clone(),
+            record_input: grant.record_input,
             channels: AtomicU32::new(0),
-            state: Mutex::new(State {
-                buf: Vec::new(),
-                since: None,
-                index: 0,
-                prev: GENESIS,
-                finished: false,
-            }),
-        });
-        // Seals what gathered once it is `interval` old; stops with the
-        // recording.
-        let weak: Weak<Recorder> = Arc::downgrade(&rec);
-        tokio::spawn(async move {
-            let tick = (interval / 4).max(Duration::from_millis(50));
-            loop {
-                tokio::time::sleep(tick).await;
-                let Some(rec) = weak.upgrade() else { return };
-                let Ok(mut st) = rec.state.lock() else { return };
-                if st.finished {
-                    return;
-                }
-                if st.since.is_some_and(|s| s.elapsed() >= interval) {
-                    rec.seal_locked(&mut st);
-                }
-            }
-        });
-        Ok(rec)
+            shared,
+            done,
+        }))
     }
 
     pub fn id(&self) -> &str {
@@ -252,42 +313,381 @@ impl Recorder {
         if matches!(kind, EventKind::Input { .. }) && !self.record_input {
             return;
         }
-        let Ok(mut st) = self.state.lock() else {
+        self.push(ch, What::Event(kind), 0);
+    }
+
+    /// Queues channel data once there is room for it: the one place a
+    /// session waits for its recording.
+    async fn data(&self, ch: u32, what: What, len: usize) {
+        let room = u32::try_from(len.min(MAX_PENDING)).unwrap_or(u32::MAX);
+        match self.shared.room.acquire_many(room).await {
+            Ok(permit) => permit.forget(),
+            // Closed: the recording has ended; nothing more is recorded.
+            Err(_) => return,
+        }
+        self.push(ch, what, room);
+    }
+
+    fn push(&self, ch: u32, what: What, room: u32) {
+        let Ok(mut inbox) = self.shared.inbox.lock() else {
             return;
         };
-        if st.finished {
+        if inbox.finishing || inbox.dropped {
+            drop(inbox);
+            self.shared.room.add_permits(room as usize);
             return;
         }
         // Taken under the lock, so times never go back in the recording.
-        let t = (self.start.elapsed().as_micros() as f64) / 1e6;
-        let Ok(mut line) = serde_json::to_vec(&Event { t, ch, kind }) else {
-            return;
-        };
-        line.push(b'\n');
-        if st.buf.is_empty() {
-            st.since = Some(Instant::now());
+        inbox.msgs.push(Msg {
+            at: Instant::now(),
+            ch,
+            what,
+            room,
+        });
+        drop(inbox);
+        self.shared.wake.notify_one();
+    }
+
+    /// Ends the recording: what is queued, the last chunk, then the signed
+    /// end, handed to the spool before this returns. Events after this are
+    /// not recorded.
+    pub async fn finish(&self) {
+        if let Ok(mut inbox) = self.shared.inbox.lock() {
+            inbox.finishing = true;
         }
-        st.buf.extend_from_slice(&line);
-        if st.buf.len() >= self.settings.chunk_bytes {
-            self.seal_locked(&mut st);
+        self.shared.wake.notify_one();
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+impl Drop for Recorder {
+    /// Without [`Recorder::finish`] (the connection went away some other
+    /// way) the worker still seals what it has; the recording reads as cut.
+    fn drop(&mut self) {
+        if let Ok(mut inbox) = self.shared.inbox.lock() {
+            inbox.dropped = true;
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+/// The worker: waits for messages (or for the gathered chunk to be due),
+/// records each batch on the blocking pool, gives its room back, until the
+/// recording ends.
+async fn work(shared: Arc<Shared>, mut w: Worker, done: watch::Sender<bool>) {
+    loop {
+        let (msgs, finishing, dropped) = loop {
+            let wake = shared.wake.notified();
+            tokio::pin!(wake);
+            // Registered before the inbox is looked at, so a message queued
+            // in between is not missed.
+            wake.as_mut().enable();
+            match shared.inbox.lock() {
+                Ok(mut inbox) => {
+                    if !inbox.msgs.is_empty() || inbox.finishing || inbox.dropped {
+                        break (
+                            std::mem::take(&mut inbox.msgs),
+                            inbox.finishing,
+                            inbox.dropped,
+                        );
+                    }
+                }
+                Err(_) => break (Vec::new(), false, true),
+            }
+            match w.due() {
+                Some(at) => {
+                    tokio::select! {
+                        () = &mut wake => {}
+                        () = tokio::time::sleep_until(at.into()) => break (Vec::new(), false, false),
+                    }
+                }
+                None => wake.await,
+            }
+        };
+        let room: usize = msgs.iter().map(|m| m.room as usize).sum();
+        let job = tokio::task::spawn_blocking(move || {
+            w.record(msgs);
+            if finishing {
+                w.finish();
+            } else if dropped {
+                w.seal();
+            } else {
+                w.seal_if_due(Instant::now());
+            }
+            w
+        });
+        match job.await {
+            Ok(back) => w = back,
+            Err(e) => {
+                warn!("a recording stopped: {e}");
+                shared.room.close();
+                let _ = done.send(true);
+                return;
+            }
+        }
+        shared.room.add_permits(room);
+        if finishing || dropped {
+            // Taps waiting for room go on; they record nothing more.
+            shared.room.close();
+            let _ = done.send(true);
+            return;
+        }
+    }
+}
+
+/// The recording's state, owned by its worker.
+struct Worker {
+    session: String,
+    recording: String,
+    key: Zeroizing<[u8; 32]>,
+    record_input: bool,
+    start: Instant,
+    settings: Arc<RecordingSettings>,
+    taps: HashMap<u32, Tap>,
+    /// The chunk being gathered: JSON lines.
+    buf: Zeroizing<Vec<u8>>,
+    /// When its first event came.
+    since: Option<Instant>,
+    index: u64,
+    prev: Digest,
+    packer: Packer,
+}
+
+/// One channel's state in the worker.
+#[derive(Default)]
+struct Tap {
+    input: Utf8Carry,
+    output: Utf8Carry,
+    input_mask: MaskTail,
+    output_mask: MaskTail,
+    command: Option<String>,
+    sftp: Option<Sftp>,
+}
+
+/// Appends an `output` or `input` event as a JSON line, the text escaped
+/// straight into the chunk: no event value is built for the bytes every
+/// busy session sends through here. It reads back as [`Event`].
+fn write_text(buf: &mut Vec<u8>, t: f64, ch: u32, kind: &str, text: &str) {
+    buf.extend_from_slice(b"{\"t\":");
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &t);
+    buf.extend_from_slice(format!(",\"ch\":{ch},\"type\":\"{kind}\",\"data\":").as_bytes());
+    write_json_str(buf, text);
+    buf.extend_from_slice(b"}\n");
+}
+
+/// Whether any of the eight bytes of `w` must be escaped in a JSON string
+/// (a control character, `"` or `\`): the classic bit tricks for "a byte
+/// less than n" and "a byte equal to c", eight bytes at once.
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    control | zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\')))
+        != 0
+}
+
+/// Appends `text` as a JSON string, escaped as serde_json escapes it.
+/// serde_json looks each byte up in a table; in terminal output almost no
+/// byte needs escaping, so this skips eight at a time and copies the runs
+/// between escapes whole (the recording's largest cost in a profile of a
+/// busy session was that escaping).
+fn write_json_str(buf: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    let (mut run, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = bytes[i];
+        let escaped: Option<&[u8]> = match c {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            0x08 => Some(b"\\b"),
+            0x0c => Some(b"\\f"),
+            _ => None,
+        };
+        if escaped.is_some() || c < 0x20 {
+            buf.extend_from_slice(&bytes[run..i]);
+            match escaped {
+                Some(e) => buf.extend_from_slice(e),
+                None => buf.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
+            }
+            run = i + 1;
+        }
+        i += 1;
+    }
+    buf.extend_from_slice(&bytes[run..]);
+    buf.push(b'"');
+}
+
+impl Worker {
+    fn time(&self, at: Instant) -> f64 {
+        (at.saturating_duration_since(self.start).as_micros() as f64) / 1e6
+    }
+
+    /// Records a batch of messages, in the order they were queued.
+    fn record(&mut self, msgs: Vec<Msg>) {
+        for m in msgs {
+            let t = self.time(m.at);
+            if self.buf.is_empty() {
+                self.since = Some(m.at);
+            }
+            let mask = self.settings.mask.as_ref();
+            let tap = self.taps.entry(m.ch).or_default();
+            let mut events = Vec::new();
+            let mut closed = false;
+            match m.what {
+                What::Output(data) => {
+                    if let Some(sftp) = &mut tap.sftp {
+                        sftp.server_sent(&data);
+                    } else {
+                        let text = tap.output.push_cow(&data);
+                        match mask {
+                            Some(mask) => {
+                                let text = tap.output_mask.push(mask, &text);
+                                if !text.is_empty() {
+                                    write_text(&mut self.buf, t, m.ch, "output", &text);
+                                }
+                            }
+                            None if !text.is_empty() => {
+                                write_text(&mut self.buf, t, m.ch, "output", &text);
+                            }
+                            None => {}
+                        }
+                    }
+                }
+                What::Input(data) => {
+                    if let Some(sftp) = &mut tap.sftp {
+                        events = sftp.client_sent(&data);
+                    } else if self.record_input {
+                        let text = tap.input.push_cow(&data);
+                        let text = match mask {
+                            Some(mask) => tap.input_mask.push(mask, &text).into(),
+                            None => text,
+                        };
+                        if !text.is_empty() {
+                            write_text(&mut self.buf, t, m.ch, "input", &text);
+                        }
+                    }
+                }
+                What::Exec(command) => {
+                    let mut command = String::from_utf8_lossy(&command).into_owned();
+                    if let Some(mask) = mask {
+                        command = mask.apply(&command);
+                    }
+                    tap.command = Some(command.clone());
+                    events.push(EventKind::Exec { command });
+                }
+                What::Exit(status) => events.push(EventKind::Exit {
+                    status,
+                    command: tap.command.clone(),
+                }),
+                What::Close => {
+                    // What is left of split characters and held lines, and
+                    // the sftp files still open.
+                    let (mut i, mut o) = (tap.input.finish(), tap.output.finish());
+                    if let Some(mask) = mask {
+                        i = tap.input_mask.push(mask, &i) + &tap.input_mask.finish(mask);
+                        o = tap.output_mask.push(mask, &o) + &tap.output_mask.finish(mask);
+                    }
+                    if !o.is_empty() {
+                        events.push(EventKind::Output { data: o });
+                    }
+                    if !i.is_empty() && self.record_input {
+                        events.push(EventKind::Input { data: i });
+                    }
+                    if let Some(sftp) = &mut tap.sftp {
+                        events.extend(sftp.close_all());
+                    }
+                    closed = true;
+                }
+                What::Event(kind) => {
+                    if matches!(&kind, EventKind::Subsystem { name } if name == "sftp") {
+                        tap.sftp = Some(Sftp::default());
+                    }
+                    events.push(kind);
+                }
+            }
+            if closed {
+                self.taps.remove(&m.ch);
+            }
+            for kind in events {
+                let event = Event { t, ch: m.ch, kind };
+                if serde_json::to_writer(&mut *self.buf, &event).is_ok() {
+                    self.buf.push(b'\n');
+                }
+            }
+            if self.buf.is_empty() {
+                self.since = None;
+            } else {
+                self.cut(m.at);
+            }
         }
     }
 
-    /// Seals and spools what gathered.
-    fn seal_locked(&self, st: &mut State) {
-        if st.buf.is_empty() {
+    /// Seals the chunk when it is full: at `chunk_bytes`, or, gathered
+    /// within [`GROW_WINDOW`], at `max_chunk_bytes`.
+    fn cut(&mut self, at: Instant) {
+        let Some(since) = self.since else { return };
+        let len = self.buf.len();
+        if len >= self.settings.max_chunk_bytes
+            || (len >= self.settings.chunk_bytes
+                && at.saturating_duration_since(since) >= GROW_WINDOW)
+        {
+            self.seal();
+        }
+    }
+
+    /// When the chunk being gathered is to be sealed if nothing more comes.
+    fn due(&self) -> Option<Instant> {
+        let since = self.since?;
+        let due = since + self.settings.chunk_interval;
+        Some(if self.buf.len() >= self.settings.chunk_bytes {
+            due.min(since + GROW_WINDOW)
+        } else {
+            due
+        })
+    }
+
+    fn seal_if_due(&mut self, now: Instant) {
+        if self.due().is_some_and(|due| now >= due) {
+            self.seal();
+        }
+    }
+
+    /// Compresses, seals and spools what gathered.
+    fn seal(&mut self) {
+        self.since = None;
+        if self.buf.is_empty() {
             return;
         }
-        let plain = Zeroizing::new(std::mem::take(&mut st.buf));
-        st.since = None;
-        match recording::seal(
-            &self.key,
-            &self.session,
-            &self.recording,
-            st.index,
-            &st.prev,
-            &plain,
-        ) {
+        let packed = self.packer.pack(&self.buf).map(Zeroizing::new);
+        // The text is not kept in memory once it is sealed.
+        self.buf.zeroize();
+        let sealed = packed.and_then(|packed| {
+            recording::seal(
+                &self.key,
+                &self.session,
+                &self.recording,
+                self.index,
+                &self.prev,
+                &packed,
+            )
+        });
+        match sealed {
             Ok((chunk, digest)) => {
                 let item = SpoolItem::Chunk {
                     session: self.session.clone(),
@@ -295,32 +695,24 @@ impl Recorder {
                     chunk,
                 };
                 if let Err(e) = self.settings.spool.put(item) {
-                    warn!(session = %self.session, "recording chunk {} lost: {e}", st.index);
+                    warn!(session = %self.session, "recording chunk {} lost: {e}", self.index);
                 }
-                st.index += 1;
-                st.prev = digest;
+                self.index += 1;
+                self.prev = digest;
             }
             Err(e) => warn!(session = %self.session, "cannot seal a recording chunk: {e}"),
         }
     }
 
-    /// Ends the recording: the last chunk, then the signed end. Events
-    /// after this are not recorded.
-    pub fn finish(&self) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        if st.finished {
-            return;
-        }
-        self.seal_locked(&mut st);
-        st.finished = true;
+    /// The last chunk, then the signed end.
+    fn finish(&mut self) {
+        self.seal();
         let end = recording::sign_end(
             self.settings.signer.as_ref(),
             &self.session,
             &self.recording,
-            st.index,
-            &st.prev,
+            self.index,
+            &self.prev,
         );
         let item = SpoolItem::End {
             session: self.session.clone(),
@@ -334,21 +726,13 @@ impl Recorder {
 }
 
 /// One channel's view of the recording, shared by the bridge's two
-/// directions.
+/// directions: it only queues (see the module's text).
 pub struct ChannelTap {
     rec: Arc<Recorder>,
     ch: u32,
-    inner: Mutex<Tap>,
-}
-
-#[derive(Default)]
-struct Tap {
-    input: Utf8Carry,
-    output: Utf8Carry,
-    input_mask: MaskTail,
-    output_mask: MaskTail,
-    command: Option<String>,
-    sftp: Option<Sftp>,
+    /// The channel runs sftp: what the user sends is read for its file
+    /// operations even when input is not recorded.
+    sftp: AtomicBool,
 }
 
 impl ChannelTap {
@@ -357,7 +741,7 @@ impl ChannelTap {
         ChannelTap {
             rec,
             ch,
-            inner: Mutex::default(),
+            sftp: AtomicBool::new(false),
         }
     }
 
@@ -369,102 +753,55 @@ impl ChannelTap {
         self.ch
     }
 
-    fn emit(&self, kind: EventKind) {
-        self.rec.event(self.ch, kind);
+    fn emit(&self, what: What) {
+        self.rec.push(self.ch, what, 0);
     }
 
     pub fn resize(&self, cols: u32, rows: u32) {
-        self.emit(EventKind::Resize { cols, rows });
+        self.emit(What::Event(EventKind::Resize { cols, rows }));
     }
 
     pub fn shell(&self) {
-        self.emit(EventKind::Shell);
+        self.emit(What::Event(EventKind::Shell));
     }
 
     pub fn exec(&self, command: &[u8]) {
-        let mut command = String::from_utf8_lossy(command).into_owned();
-        if let Some(m) = &self.rec.settings.mask {
-            command = m.apply(&command);
-        }
-        if let Ok(mut t) = self.inner.lock() {
-            t.command = Some(command.clone());
-        }
-        self.emit(EventKind::Exec { command });
+        self.emit(What::Exec(Bytes::copy_from_slice(command)));
     }
 
     pub fn subsystem(&self, name: &str) {
         if name == "sftp" {
-            if let Ok(mut t) = self.inner.lock() {
-                t.sftp = Some(Sftp::default());
-            }
+            self.sftp.store(true, Ordering::Relaxed);
         }
-        self.emit(EventKind::Subsystem { name: name.into() });
+        self.emit(What::Event(EventKind::Subsystem { name: name.into() }));
     }
 
-    /// Bytes the user sent.
-    pub fn input(&self, data: &[u8]) {
-        let Ok(mut t) = self.inner.lock() else { return };
-        if let Some(sftp) = &mut t.sftp {
-            for kind in sftp.client_sent(data) {
-                self.emit(kind);
-            }
+    /// Bytes the user sent; waits only while the recording's inbox is full.
+    pub async fn input(&self, data: &Bytes) {
+        if !self.rec.record_input && !self.sftp.load(Ordering::Relaxed) {
             return;
         }
-        if !self.rec.record_input {
-            return;
-        }
-        let mut text = t.input.push(data);
-        if let Some(m) = &self.rec.settings.mask {
-            text = t.input_mask.push(m, &text);
-        }
-        drop(t);
-        if !text.is_empty() {
-            self.emit(EventKind::Input { data: text });
-        }
+        self.rec
+            .data(self.ch, What::Input(data.clone()), data.len())
+            .await;
     }
 
-    /// Bytes the target sent (stdout or stderr).
-    pub fn output(&self, data: &[u8]) {
-        let Ok(mut t) = self.inner.lock() else { return };
-        if let Some(sftp) = &mut t.sftp {
-            sftp.server_sent(data);
-            return;
-        }
-        let mut text = t.output.push(data);
-        if let Some(m) = &self.rec.settings.mask {
-            text = t.output_mask.push(m, &text);
-        }
-        drop(t);
-        if !text.is_empty() {
-            self.emit(EventKind::Output { data: text });
-        }
+    /// Bytes the target sent (stdout or stderr); waits only while the
+    /// recording's inbox is full.
+    pub async fn output(&self, data: &Bytes) {
+        self.rec
+            .data(self.ch, What::Output(data.clone()), data.len())
+            .await;
     }
 
     pub fn exit(&self, status: u32) {
-        let command = self.inner.lock().ok().and_then(|t| t.command.clone());
-        self.emit(EventKind::Exit { status, command });
+        self.emit(What::Exit(status));
     }
 
     /// The channel closed: what is left of split characters, and the sftp
-    /// files still open.
+    /// files still open, are recorded.
     pub fn close(&self) {
-        let Ok(mut t) = self.inner.lock() else { return };
-        let (mut i, mut o) = (t.input.finish(), t.output.finish());
-        if let Some(m) = &self.rec.settings.mask {
-            i = t.input_mask.push(m, &i) + &t.input_mask.finish(m);
-            o = t.output_mask.push(m, &o) + &t.output_mask.finish(m);
-        }
-        let open = t.sftp.as_mut().map(Sftp::close_all).unwrap_or_default();
-        drop(t);
-        if !o.is_empty() {
-            self.emit(EventKind::Output { data: o });
-        }
-        if !i.is_empty() && self.rec.record_input {
-            self.emit(EventKind::Input { data: i });
-        }
-        for kind in open {
-            self.emit(kind);
-        }
+        self.emit(What::Close);
     }
 }
 
@@ -698,12 +1035,16 @@ mod tests {
         v
     }
 
+    fn b(data: impl AsRef<[u8]>) -> Bytes {
+        Bytes::copy_from_slice(data.as_ref())
+    }
+
     /// Records through a tap into a spool in a fresh folder, and reads the
     /// spool back as the server would: (verdict, events).
     async fn record(
         record_input: bool,
         chunk_bytes: usize,
-        act: impl FnOnce(&ChannelTap),
+        act: impl AsyncFnOnce(&ChannelTap),
     ) -> (recording::Verdict, Vec<Event>) {
         record_masked(record_input, chunk_bytes, None, act).await
     }
@@ -712,8 +1053,26 @@ mod tests {
         record_input: bool,
         chunk_bytes: usize,
         mask: Option<Masking>,
-        act: impl FnOnce(&ChannelTap),
+        act: impl AsyncFnOnce(&ChannelTap),
     ) -> (recording::Verdict, Vec<Event>) {
+        let r = record_with(record_input, chunk_bytes, chunk_bytes, mask, act).await;
+        (r.verdict, r.events)
+    }
+
+    struct Recorded {
+        verdict: recording::Verdict,
+        events: Vec<Event>,
+        /// Bytes of the sealed chunks (base64, as sent).
+        sealed: usize,
+    }
+
+    async fn record_with(
+        record_input: bool,
+        chunk_bytes: usize,
+        max_chunk_bytes: usize,
+        mask: Option<Masking>,
+        act: impl AsyncFnOnce(&ChannelTap),
+    ) -> Recorded {
         let dir = tempfile::tempdir().unwrap();
         let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
         let signer = recording::new_signing_key();
@@ -722,6 +1081,7 @@ mod tests {
             spool: spool.clone(),
             signer: Some(signer),
             chunk_bytes,
+            max_chunk_bytes,
             chunk_interval: Duration::from_secs(60),
             mask,
         });
@@ -733,9 +1093,9 @@ mod tests {
         };
         let rec = Recorder::start("s1", &grant, settings).unwrap();
         let tap = ChannelTap::new(rec.clone());
-        act(&tap);
+        act(&tap).await;
         tap.close();
-        rec.finish();
+        rec.finish().await;
         spool.flush();
         let mut chunks = Vec::new();
         let mut end = None;
@@ -758,6 +1118,7 @@ mod tests {
                 SpoolItem::End { end: e, .. } => end = Some(e),
             }
         }
+        let sealed = chunks.iter().map(|(_, c)| c.data.len()).sum();
         let key = recording::parse_key(&key).unwrap();
         let (verdict, plain) = recording::check(
             &key,
@@ -768,21 +1129,22 @@ mod tests {
             Some(&public),
             false,
         );
-        (
+        Recorded {
             verdict,
-            plain.iter().flat_map(|p| recording::events_of(p)).collect(),
-        )
+            events: plain.iter().flat_map(|p| recording::events_of(p)).collect(),
+            sealed,
+        }
     }
 
     #[tokio::test]
     async fn a_channel_is_recorded_in_signed_chunks_and_input_only_when_asked() {
-        let session = |tap: &ChannelTap| {
+        let session = async |tap: &ChannelTap| {
             tap.resize(80, 24);
             tap.shell();
-            tap.input(b"echo \xe2\x9c");
-            tap.input(b"\x93\n");
+            tap.input(&b(b"echo \xe2\x9c")).await;
+            tap.input(&b(b"\x93\n")).await;
             for _ in 0..50 {
-                tap.output("✓ some output\r\n".as_bytes());
+                tap.output(&b("✓ some output\r\n".as_bytes())).await;
             }
             tap.exit(0);
         };
@@ -913,20 +1275,23 @@ mod tests {
         let t = token.clone();
         // Small chunks: the output before, with and after the token spans
         // several.
-        let session = move |tap: &ChannelTap| {
+        let session = async move |tap: &ChannelTap| {
             tap.shell();
             for i in 0..20 {
-                tap.output(format!("some output line {i}\r\n").as_bytes());
+                tap.output(&b(format!("some output line {i}\r\n").as_bytes()))
+                    .await;
             }
-            tap.output(format!("export GH={}", &t[..7]).as_bytes());
-            tap.output(&t.as_bytes()[7..20]);
-            tap.output(format!("{}\r\n$ ", &t[20..]).as_bytes());
+            tap.output(&b(format!("export GH={}", &t[..7]).as_bytes()))
+                .await;
+            tap.output(&b(&t.as_bytes()[7..20])).await;
+            tap.output(&b(format!("{}\r\n$ ", &t[20..]).as_bytes()))
+                .await;
             // Typed one key a packet, as a terminal sends it.
-            tap.output(b"Password: ");
-            for b in b"s3cr3t-pw\r" {
-                tap.input(&[*b]);
+            tap.output(&b(b"Password: ")).await;
+            for key in b"s3cr3t-pw\r" {
+                tap.input(&b([*key])).await;
             }
-            tap.output(b"\r\nwelcome\r\n");
+            tap.output(&b(b"\r\nwelcome\r\n")).await;
             tap.exit(0);
         };
         let mask = rules(&["ghp_[A-Za-z0-9]{36}", "s3cr3t-\\S+"]);
@@ -951,5 +1316,82 @@ mod tests {
         assert!(text.contains("some output line 19\r\n"), "{text}");
         assert!(text.contains("welcome"), "{text}");
         assert!(text.contains(&"*".repeat(9)), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_session_is_recorded_whole_in_fewer_larger_compressed_chunks() {
+        // 9 MiB of log lines in SSH-sized messages, as fast as they come:
+        // twice what the inbox holds, so the session also waits for its
+        // recording on the way.
+        let line = "2026-12-02T12:00:00.000Z INFO gatepass::api request served path=/v1/ssh/sign/ops status=200\n";
+        let text = line.repeat(9 * 1024 * 1024 / line.len());
+        assert!(text.len() > 2 * MAX_PENDING);
+        let sent = text.clone();
+        let r = record_with(
+            false,
+            64 * 1024,
+            MAX_CHUNK_BYTES,
+            None,
+            async move |tap: &ChannelTap| {
+                tap.exec(b"tail -f app.log");
+                for part in sent.as_bytes().chunks(32 * 1024) {
+                    tap.output(&b(part)).await;
+                }
+                tap.exit(0);
+            },
+        )
+        .await;
+        let recording::Verdict::Whole { chunks } = r.verdict else {
+            panic!("{:?}", r.verdict);
+        };
+        // Cut at 64 KiB that would be 144 chunks and more; a chunk filled
+        // this fast grows (up to 512 KiB: 18 of them).
+        assert!((18..72).contains(&chunks), "{chunks} chunks");
+        let out: String = r
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output { data } => Some(data.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(out == text, "{} of {} bytes", out.len(), text.len());
+        assert!(matches!(
+            r.events.last().map(|e| &e.kind),
+            Some(EventKind::Exit { status: 0, command: Some(c) }) if c == "tail -f app.log"
+        ));
+        // Compressed before sealing: what is sealed, spooled and sent is a
+        // small part of the text.
+        assert!(r.sealed * 20 < text.len(), "{} bytes sealed", r.sealed);
+    }
+
+    #[test]
+    fn text_is_escaped_as_serde_json_escapes_it() {
+        let mut cases: Vec<String> = vec![
+            String::new(),
+            "plain".into(),
+            "exactly8".into(),
+            "a \"quoted\" \\ path\r\n".into(),
+            "✓ héllo 𝄞\u{7f}\u{1b}[0m\tend".into(),
+            (0u8..0x20).map(char::from).collect(),
+        ];
+        // Each character that needs escaping at each place of a word.
+        for c in (0u8..0x20).chain([b'"', b'\\', b'a', 0x7f]) {
+            for at in 0..17 {
+                let mut s = "x".repeat(at);
+                s.push(char::from(c));
+                s.push_str(&"y".repeat(17 - at));
+                cases.push(s);
+            }
+        }
+        for text in cases {
+            let mut buf = Vec::new();
+            write_json_str(&mut buf, &text);
+            assert_eq!(
+                String::from_utf8(buf).unwrap(),
+                serde_json::to_string(&text).unwrap(),
+                "{text:?}"
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! Writes are group commits: [`Spool::put`] queues the item and returns;
 //! one writer thread takes whatever is queued, writes each recording's
 //! consecutive chunks as one file, and fsyncs it and the folder once. An
-//! fsync costs milliseconds, so one per 64 KiB chunk in the session's data
+//! fsync costs milliseconds, so one per chunk in the session's data
 //! path would hold a busy session to a few MB/s; with the writer a busy
 //! session's chunks gather while the previous batch syncs. What a SIGKILL
 //! can lose is what was queued during the last fsync (milliseconds of the
