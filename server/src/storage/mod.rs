@@ -210,6 +210,10 @@ const HOST_RECORDS: &str = "hosts/host/";
 
 fn cacheable(key: &str) -> bool {
     is_record(key)
+        // Read by every `sys/health`: from the cache, health answers from
+        // the probe's own connection alone while a burst of requests holds
+        // every pooled one (a busy pool is not a down database).
+        || key == crate::bootstrap::INIT_KEY
         || key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
