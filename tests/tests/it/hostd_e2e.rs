@@ -78,6 +78,20 @@ impl Rig {
         cmd
     }
 
+    /// `gatepass-hostd run`, its log (at `level`) in the test's folder.
+    fn run(&self, level: &str, log: &str) -> Daemon {
+        let log = self.tmp.path().join(log);
+        let child = self
+            .hostd_cmd(&["run"])
+            .env("GATEPASS_LOG", level)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon(child, log)
+    }
+
     fn setup(&self, server: &DevServer, join: &str, extra: &[&str]) -> (i32, String, String) {
         let d = &self.sshd.dir;
         let pid = self.sshd.pid().unwrap();
@@ -316,16 +330,7 @@ fn setup_run_and_logins_with_the_server() {
     assert!(out.contains("no changes"), "{out}");
 
     // The daemon.
-    let log = rig.tmp.path().join("hostd.log");
-    let child = rig
-        .hostd_cmd(&["run"])
-        .env("GATEPASS_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child, log);
+    let daemon = rig.run("debug", "hostd.log");
 
     // A dynamic key logs in within 2 s of issue; `wait` returns once hostd
     // has acknowledged it.
@@ -482,15 +487,7 @@ fn mapped_principals_follow_the_mappings() {
         "ops\n"
     );
 
-    let log = rig.tmp.path().join("hostd.log");
-    let child = rig
-        .hostd_cmd(&["run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _daemon = Daemon(child, log);
+    let _daemon = rig.run("info", "hostd.log");
     api.write("hosts/mappings/root", json!({"principals": "root"}));
     rig.login_becomes(&ops_key, Some(&ops_cert), false, Duration::from_secs(2));
     rig.login_becomes(&root_key, Some(&root_cert), true, Duration::from_secs(2));
@@ -524,15 +521,7 @@ fn host_certificate_is_renewed_at_two_thirds() {
     let cert_file = rig.managed("host_key-cert.pub");
     let first = std::fs::read_to_string(&cert_file).unwrap();
     let issued = Instant::now();
-    let log = rig.tmp.path().join("hostd.log");
-    let child = rig
-        .hostd_cmd(&["run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child, log);
+    let daemon = rig.run("info", "hostd.log");
     let listening = rig.sshd.log().matches("Server listening on").count();
     let renewed = loop {
         let now_text = std::fs::read_to_string(&cert_file).unwrap_or_default();
@@ -698,15 +687,7 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
         text.replace("recheck_seconds = 60", "recheck_seconds = 1"),
     )
     .unwrap();
-    let log = rig.tmp.path().join("hostd.log");
-    let child = rig
-        .hostd_cmd(&["run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child, log);
+    let daemon = rig.run("info", "hostd.log");
 
     // A change of state: the host applies it and the server shows the new
     // index as applied.
@@ -751,15 +732,7 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     )
     .unwrap();
     std::fs::write(&dropin, "# emptied by hand\n").unwrap();
-    let log = rig.tmp.path().join("hostd2.log");
-    let child = rig
-        .hostd_cmd(&["run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let daemon = Daemon(child, log);
+    let daemon = rig.run("info", "hostd2.log");
     let mut want = vec![ca.display().to_string(), dropin.display().to_string()];
     want.sort();
     let v = api.read_until(&host, Duration::from_secs(10), |v| {

@@ -1363,18 +1363,7 @@ async fn the_overview_counts_todays_certificates_and_names_hosts_out_of_sync() {
         let (st, v) = s.root("POST", "ssh/sign/ops", Some(sign(name))).await;
         assert!(st.is_success(), "{v}");
     }
-    let (_, join) = s.root("POST", "hosts/join-tokens", Some(json!({}))).await;
-    let (_, host_key) = keypair(dir.path(), "h", "ed25519", None);
-    let (st, enrolled) = s
-        .call(
-            "POST",
-            "hosts/enroll",
-            None,
-            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
-        )
-        .await;
-    assert!(st.is_success(), "{enrolled}");
-    let host_token = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+    let host_token = enroll_db1(s, dir.path(), json!({})).await;
 
     // Signed in as root (again after a day: a session lasts 8 hours).
     let sign_in = move || async move {
@@ -1846,24 +1835,7 @@ async fn the_hosts_page_shows_the_state_a_host_applied_and_what_it_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let (st, v) = s.root("POST", "ssh/config/ca", Some(json!({}))).await;
     assert!(st.is_success(), "{v}");
-    let (_, join) = s
-        .root(
-            "POST",
-            "hosts/join-tokens",
-            Some(json!({ "principals": "mapped" })),
-        )
-        .await;
-    let (_, host_key) = keypair(dir.path(), "h", "ed25519", None);
-    let (st, enrolled) = s
-        .call(
-            "POST",
-            "hosts/enroll",
-            None,
-            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
-        )
-        .await;
-    assert!(st.is_success(), "{enrolled}");
-    let host = enrolled["data"]["host_token"].as_str().unwrap().to_string();
+    let host = enroll_db1(s, dir.path(), json!({ "principals": "mapped" })).await;
     let cookie = inproc_root_cookie(s).await;
     let (cookie, host) = (cookie.as_str(), host.as_str());
     let state_cell = move || async move {
@@ -2051,4 +2023,25 @@ async fn audit_time_filter(backend: gatepass_tests::inproc::Backend) {
     let (st, v) = s.root("GET", "sys/audit-log?until=soon", None).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["errors"][0].as_str().unwrap().contains("until"), "{v}");
+}
+
+/// Enrolls host `db1` with a join token made from `join` (its settings);
+/// the host's token.
+async fn enroll_db1(
+    s: &gatepass_tests::inproc::Server,
+    dir: &std::path::Path,
+    join: Value,
+) -> String {
+    let (_, join) = s.root("POST", "hosts/join-tokens", Some(join)).await;
+    let (_, host_key) = keypair(dir, "h", "ed25519", None);
+    let (st, enrolled) = s
+        .call(
+            "POST",
+            "hosts/enroll",
+            None,
+            Some(json!({ "join_token": join["data"]["join_token"], "hostname": "db1", "host_keys": [host_key.trim()] })),
+        )
+        .await;
+    assert!(st.is_success(), "{enrolled}");
+    enrolled["data"]["host_token"].as_str().unwrap().to_string()
 }
