@@ -313,6 +313,28 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
         b.screenshot(name).await;
     }
 
+    // At 200% zoom a page has half the CSS pixels across: 700 of the
+    // window's 1400. Each main page is still read without scrolling
+    // sideways (tables wrap, long keys break).
+    b.client.set_window_size(700, 1000).await.unwrap();
+    for (name, path) in PAGES {
+        b.goto(&ui.url(path)).await;
+        let widths = b
+            .client
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (page, window) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+        assert!(
+            window <= 720 && page <= window,
+            "{name} at 200% zoom is {page} px wide in a {window} px window"
+        );
+    }
+    b.client.set_window_size(1400, 1000).await.unwrap();
+
     // A page of another site, open in the same browser, posts the revoke
     // form: the browser sends no session cookie with it (SameSite=Strict)
     // and the server would refuse its origin anyway.
