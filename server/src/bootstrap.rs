@@ -9,7 +9,7 @@ use crate::state::{Core, Options, State};
 use crate::{hosts, mounts, policies};
 
 /// Set once, by the first `initialize`.
-pub(crate) const INIT_KEY: &str = "core/initialized";
+use crate::storage::INIT_KEY;
 
 impl Core {
     /// Opens the server's state; initialized data from an older version is

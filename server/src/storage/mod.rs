@@ -208,12 +208,15 @@ fn is_record(key: &str) -> bool {
 /// Where hosts' records are (see [`Storage::get_host_record`]).
 const HOST_RECORDS: &str = "hosts/host/";
 
+/// Present once the storage is initialized (`bootstrap`); never removed.
+pub const INIT_KEY: &str = "core/initialized";
+
 fn cacheable(key: &str) -> bool {
     is_record(key)
         // Read by every `sys/health`: from the cache, health answers from
         // the probe's own connection alone while a burst of requests holds
         // every pooled one (a busy pool is not a down database).
-        || key == crate::bootstrap::INIT_KEY
+        || key == INIT_KEY
         || key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
