@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::state::{Core, Options, State};
 use crate::{hosts, mounts, policies};
 
-/// Set once, by the first `initialize`.
+// Set once, by the first `initialize`.
 use crate::storage::INIT_KEY;
 
 impl Core {
