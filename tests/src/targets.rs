@@ -92,29 +92,56 @@ pub struct LocalUser {
 
 impl LocalUser {
     pub fn create(name: &str, password: &str) -> LocalUser {
+        // useradd and chpasswd lock /etc/passwd and /etc/shadow and fail at
+        // once when another test holds them: one account change at a time
+        // in this process, and a few tries against other processes.
+        static ACCOUNTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Command::new("userdel").args(["-r", name]).output();
+        let mut last = String::new();
+        for _ in 0..10 {
+            match add_user(name, password) {
+                Ok(()) => return LocalUser { name: name.into() },
+                Err(e) => last = e,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        panic!("cannot create the local account {name}: {last}");
+    }
+}
+
+fn add_user(name: &str, password: &str) -> Result<(), String> {
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !exists {
         let o = Command::new("useradd")
             .args(["-m", "-s", "/bin/sh", name])
             .output()
             .unwrap();
-        assert!(
-            o.status.success(),
-            "useradd: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let mut chpasswd = Command::new("chpasswd")
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        chpasswd
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("{name}:{password}\n").as_bytes())
-            .unwrap();
-        assert!(chpasswd.wait().unwrap().success());
-        LocalUser { name: name.into() }
+        if !o.status.success() {
+            return Err(format!("useradd: {}", String::from_utf8_lossy(&o.stderr)));
+        }
     }
+    let mut chpasswd = Command::new("chpasswd")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    chpasswd
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{name}:{password}\n").as_bytes())
+        .unwrap();
+    let o = chpasswd.wait_with_output().unwrap();
+    if !o.status.success() {
+        return Err(format!("chpasswd: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    Ok(())
 }
 
 impl Drop for LocalUser {
