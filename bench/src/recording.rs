@@ -278,7 +278,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "{}; the real gatepass-server dev (SQLite), gatepass-gateway (setup, run; default \
          chunks of 64 KiB, up to 512 KiB under load, or 2 s; compressed) and a private sshd on loopback, OpenSSH's ssh client; one \
          key account.{}\n\n{}\n\
-         - throughput with recording on: {:.0}% of recording off ({} MiB of `yes` output, best \
+         - throughput with recording on: {:.1}% of recording off ({} MiB of `yes` output, best \
          of {rounds} each; target at least {:.0}%: {}).\n",
         m.measured_on(),
         m.busy_warning(),
