@@ -12,8 +12,8 @@ use gatepass_api::hosts::{JoinToken, JoinTokenInfo, JoinTokenList};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::pages::{nav, render, see, signed_in, Nav, Page};
-use super::{allowed, check_form, Caller};
+use super::pages::{nav, render, see, signed_in_form, Nav, Page};
+use super::{allowed, Caller};
 use crate::error::Error;
 use crate::http::Operation;
 use crate::state::Core;
@@ -77,11 +77,10 @@ pub async fn create(
     parts: Parts,
     Form(f): Form<NewJoinForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let mut body = json!({});
     for (k, v) in [
         ("ttl", &f.ttl),
@@ -118,11 +117,10 @@ pub async fn revoke(
     parts: Parts,
     Form(f): Form<RevokeJoinForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let a = f.accessor.trim();
     if a.is_empty() || !a.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::invalid("not a join token's accessor").into());

@@ -67,6 +67,18 @@ pub(super) async fn signed_in(core: &Core, parts: &Parts) -> std::result::Result
     }
 }
 
+/// Who posted a form: signed in (else the sign-in page) and the form this
+/// server's own, made for this session (else 403).
+pub(super) async fn signed_in_form(
+    core: &Core,
+    parts: &Parts,
+    csrf: &str,
+) -> std::result::Result<Caller, Response> {
+    let c = signed_in(core, parts).await?;
+    check_form(core, parts, &c, csrf).map_err(IntoResponse::into_response)?;
+    Ok(c)
+}
+
 /// 303 to a page after a form did its work.
 pub(super) fn see(to: String) -> Response {
     Redirect::to(&to).into_response()
@@ -524,11 +536,10 @@ pub struct CsrfOnly {
 
 /// Revokes the session's token and drops the cookie.
 pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<CsrfOnly>) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let req = ui_request("ui/logout", Some(&c.token), &parts, core.clock.now())?;
     let act = async {
         let done = token::revoke(&core, &c.entry, false).await;
@@ -1046,11 +1057,10 @@ pub async fn revoke(
     parts: Parts,
     Form(f): Form<RevokeForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     c.call(
         &core,
         Operation::Write,
@@ -1184,11 +1194,10 @@ pub async fn terminate(
     parts: Parts,
     Form(f): Form<TerminateForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     c.call(
         &core,
         Operation::Write,
@@ -1499,11 +1508,10 @@ pub async fn save_role(
     Path((mount, name)): Path<(String, String)>,
     Form(f): Form<RoleForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let path = role_path(&core, &c, &mount, &name).await?;
     let written = match serde_json::from_str::<Value>(&f.role) {
         Ok(v @ Value::Object(_)) => c.call(&core, Operation::Write, &path, v).await.map(|_| ()),
@@ -1718,11 +1726,10 @@ pub async fn save_resource(
     parts: Parts,
     Form(f): Form<ResourceForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let name = pam_name("resource", f.name.trim())?;
     let mut body = json!({ "host": f.host.trim(), "gateway": f.gateway.trim() });
     if !f.port.trim().is_empty() {
@@ -1750,11 +1757,10 @@ pub async fn delete_resource(
     Path(r): Path<String>,
     Form(f): Form<CsrfOnly>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
-        Err(resp) => return Ok(resp),
+        Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let r = pam_name("resource", &r)?;
     c.call(
         &core,
@@ -1853,11 +1859,10 @@ pub async fn save_account(
     parts: Parts,
     Form(f): Form<AccountForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let r = pam_name("resource", f.resource.trim())?;
     let a = pam_name("account", f.name.trim())?;
     let mut body = json!({
@@ -1899,11 +1904,10 @@ pub async fn delete_account(
     Path((r, a)): Path<(String, String)>,
     Form(f): Form<CsrfOnly>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
-        Err(resp) => return Ok(resp),
+        Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let r = pam_name("resource", &r)?;
     let a = pam_name("account", &a)?;
     c.call(
@@ -1949,11 +1953,10 @@ pub async fn pam_access(
     Path((r, a)): Path<(String, String)>,
     Form(f): Form<AccessForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
-        Err(resp) => return Ok(resp),
+        Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let r = pam_name("resource", &r)?;
     let a = pam_name("account", &a)?;
     let mut body = json!({ "public_key": f.public_key.trim() });
@@ -2321,11 +2324,10 @@ pub async fn save_policy(
     Path(name): Path<String>,
     Form(f): Form<PolicyForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let path = format!("sys/policies/acl/{name}");
     match c
         .call(

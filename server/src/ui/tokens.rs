@@ -12,8 +12,10 @@ use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::pages::{keys_of, nav, render, see, signed_in, text_of, urlencode, Nav, Page};
-use super::{allowed, check_form, Caller};
+use super::pages::{
+    keys_of, nav, render, see, signed_in, signed_in_form, text_of, urlencode, Nav, Page,
+};
+use super::{allowed, Caller};
 use crate::http::Operation;
 use crate::state::{Core, State};
 
@@ -244,11 +246,10 @@ pub async fn revoke_token(
     parts: Parts,
     Form(f): Form<RevokeTokenForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     c.call(
         &core,
         Operation::Write,
@@ -273,11 +274,10 @@ pub async fn revoke_lease(
     parts: Parts,
     Form(f): Form<RevokeLeaseForm>,
 ) -> Page {
-    let c = match signed_in(&core, &parts).await {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    check_form(&core, &parts, &c, &f.csrf)?;
     let id = f.lease_id.trim();
     c.call(
         &core,
