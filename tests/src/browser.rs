@@ -23,8 +23,17 @@ pub fn screenshot_dir() -> PathBuf {
     dir
 }
 
+/// Fails the test, saying what to install, unless chromedriver and
+/// Chromium are installed: a browser test never passes by skipping.
+pub fn require() {
+    assert!(
+        available(),
+        "chromium and chromium-driver are needed (tests/run installs them)"
+    );
+}
+
 /// Whether chromedriver and Chromium are installed.
-pub fn available() -> bool {
+fn available() -> bool {
     which("chromedriver").is_some() && (which("chromium").is_some())
 }
 

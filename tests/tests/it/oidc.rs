@@ -810,9 +810,7 @@ async fn chromium_login(b: &gatepass_tests::browser::Browser, auth_url: &str, wh
 #[tokio::test]
 async fn headless_chromium_signs_in_at_the_provider_and_the_person_signs_for_their_own_name() {
     use gatepass_tests::browser::{self, Browser};
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (redirect, back) = loopback_listener().await;
     let p = Provider::start_with(&[&redirect]);
     let s = Server::start(Backend::Sqlite).await;
@@ -1037,9 +1035,7 @@ async fn device_poll(s: &Server, handle: &str) -> (StatusCode, Value) {
 #[tokio::test]
 async fn device_flow_logs_in_without_a_browser_and_denied_or_expired_codes_issue_nothing() {
     use gatepass_tests::browser::{self, Browser};
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let p = Provider::start();
     let s = Server::start(Backend::Sqlite).await;
     to_real_time(&s);
@@ -1150,9 +1146,7 @@ async fn gatepass_login_device_true_completes_when_the_person_approves_elsewhere
     use gatepass_tests::browser::{self, Browser};
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let p = Provider::start();
     let server = dev_server_with_oidc(&p, REDIRECT_URI).await;
     let home = tempfile::tempdir().unwrap();

@@ -294,9 +294,7 @@ async fn browser_sign_in_with_token(b: &Browser, ui: &Ui, token: &str) {
 
 #[tokio::test]
 async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_then_lists() {
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (ui, cert) = Ui::start().await;
     let serial = ui.serial_of(&cert);
     let b = Browser::start().await;
@@ -396,9 +394,7 @@ async fn an_admin_signs_in_sees_every_page_and_revokes_a_certificate_the_krl_the
 
 #[tokio::test]
 async fn a_user_whose_policy_denies_revoking_gets_no_revoke_button_and_a_403_for_the_post() {
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (ui, cert) = Ui::start().await;
     let serial = ui.serial_of(&cert);
     let b = Browser::start().await;
@@ -911,9 +907,7 @@ async fn the_session_list_is_paged_and_filtered_by_state() {
 fn the_replay_page_shows_a_marker_the_session_printed() {
     use crate::pam_recording::verify_until;
     use crate::pam_sessions::{key_account, session_id_in, Pam};
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let pam = Pam::start();
     let _sshd = key_account(&pam);
     // $ gatepass pam ssh access --resource keys --account root -- echo …
@@ -992,9 +986,7 @@ fn the_replay_page_shows_a_marker_the_session_printed() {
 #[tokio::test]
 async fn a_person_signs_in_with_single_sign_on_and_gets_the_policies_of_their_group() {
     use gatepass_tests::oidc::{Provider, CLIENT_ID, CLIENT_SECRET};
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let dev = DevServer::start();
     // The UI's own redirect URI, allowed by the provider and the role.
     let redirect = format!("{}/ui/oidc/callback", dev.addr);
@@ -1095,9 +1087,7 @@ async fn a_person_signs_in_with_single_sign_on_and_gets_the_policies_of_their_gr
 fn an_admin_manages_pam_resources_and_accounts_and_gets_access_from_the_web_ui() {
     use crate::pam_sessions::{key_account, Pam};
     use fantoccini::Locator;
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     const ACCOUNT_PASSWORD: &str = "ui-account-password-31337";
     let pam = Pam::start();
     let sshd = key_account(&pam);
@@ -1253,9 +1243,7 @@ fn an_admin_manages_pam_resources_and_accounts_and_gets_access_from_the_web_ui()
 #[tokio::test]
 async fn a_role_is_edited_with_the_apis_validation_messages() {
     use fantoccini::Locator;
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (ui, _cert) = Ui::start().await;
     let b = Browser::start().await;
     browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
@@ -1473,9 +1461,7 @@ async fn focused(b: &Browser) -> String {
 /// submits.
 #[tokio::test]
 async fn a_person_signs_in_with_the_keyboard_alone() {
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (ui, _) = Ui::start().await;
     let b = Browser::start().await;
     b.goto(&ui.url("/ui/login")).await;
@@ -1544,9 +1530,7 @@ async fn a_person_signs_in_with_the_keyboard_alone() {
 /// and an OTP's lease, each revoked with its button.
 #[tokio::test]
 async fn an_admin_makes_and_revokes_a_join_token_and_revokes_a_token_and_a_lease() {
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let (ui, _) = Ui::start().await;
     let b = Browser::start().await;
     browser_sign_in_with_token(&b, &ui, &ui.dev.token).await;
@@ -1718,9 +1702,7 @@ async fn a_user_sees_their_own_token_and_is_refused_what_their_policy_denies() {
 fn a_live_sessions_page_shows_its_new_output_without_a_reload() {
     use crate::pam_sessions::{key_account, wait_exit, wait_for_active, Pam};
     use std::process::Stdio;
-    if !browser::available() {
-        panic!("chromium and chromium-driver are needed (tests/run installs them)");
-    }
+    browser::require();
     let pam = Pam::start();
     let _sshd = key_account(&pam);
     let flags = tempfile::tempdir().unwrap();
