@@ -29,7 +29,7 @@ impl Core {
     }
 
     pub async fn is_initialized(&self) -> Result<bool> {
-        Ok(self.storage.get::<i64>(INIT_KEY).await?.is_some())
+        self.storage.is_initialized().await
     }
 
     /// First-time set-up: the `default` policy and a root token (`root_token`
@@ -46,6 +46,9 @@ impl Core {
         crate::ssh::certs::index_for_search(self).await?;
         crate::pam::sessions::index_for_search(self).await?;
         let (text, _) = token::create(self, root(root_token), now).await?;
+        // Seen once, the storage stays known to be initialized: health
+        // answers from then on without a read.
+        self.is_initialized().await?;
         Ok(text)
     }
 

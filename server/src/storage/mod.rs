@@ -107,6 +107,10 @@ pub struct Storage {
     /// The storage as messages name it (see [`describe`]).
     target: String,
     health: std::sync::Arc<Health>,
+    /// Once [`INIT_KEY`] was seen, for good (it is never removed): every
+    /// `sys/health` asks, and must answer without a pooled connection
+    /// while a burst of requests holds them all.
+    initialized: std::sync::atomic::AtomicBool,
 }
 
 /// How long a cached value may be used. Changes made by this server drop
@@ -213,10 +217,6 @@ pub const INIT_KEY: &str = "core/initialized";
 
 fn cacheable(key: &str) -> bool {
     is_record(key)
-        // Read by every `sys/health`: from the cache, health answers from
-        // the probe's own connection alone while a burst of requests holds
-        // every pooled one (a busy pool is not a down database).
-        || key == INIT_KEY
         || key.starts_with("mounts/")
         || key.starts_with("policy/")
         || (key.starts_with("mount/")
@@ -463,9 +463,24 @@ impl Storage {
             url: url.to_string(),
             target,
             health,
+            initialized: Default::default(),
         };
         storage.check_seal().await?;
         Ok(storage)
+    }
+
+    /// Whether the storage was initialized (see [`INIT_KEY`]); read from
+    /// the database only until it was seen once.
+    pub async fn is_initialized(&self) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        if self.initialized.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let yes = self.get::<i64>(INIT_KEY).await?.is_some();
+        if yes {
+            self.initialized.store(true, Ordering::Relaxed);
+        }
+        Ok(yes)
     }
 
     pub fn backend(&self) -> Backend {
