@@ -558,8 +558,9 @@ impl AuditLog {
                 "torn_bytes": torn_bytes,
             }),
         );
+        let mut event = event;
         let written = self
-            .write_event(&mut inner, &event)
+            .write_event(&mut inner, &mut event)
             .and_then(|_| std::fs::rename(&self.path, &aside).map_err(Error::from));
         if let Err(e) = written {
             inner.file = old;
@@ -621,7 +622,8 @@ impl AuditLog {
         let time = event.get("time").cloned().unwrap_or(Value::Null);
         self.follow_path(&mut inner, &time);
         let mut out = self.write_pending(&mut inner)?;
-        out.push(self.write_event(&mut inner, &event)?);
+        let mut event = event;
+        out.push(self.write_event(&mut inner, &mut event)?);
         Ok(out)
     }
 
@@ -742,16 +744,25 @@ impl AuditLog {
 
     fn write_pending(&self, inner: &mut Inner) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        while let Some(event) = inner.pending.front().cloned() {
-            out.push(self.write_event(inner, &event)?);
-            inner.pending.pop_front();
+        while let Some(mut event) = inner.pending.pop_front() {
+            match self.write_event(inner, &mut event) {
+                Ok(line) => out.push(line),
+                Err(e) => {
+                    // Kept, first in line, for the next try.
+                    inner.pending.push_front(event);
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }
 
     /// Chains, writes and returns one line (without its '\n'); on failure
-    /// nothing of it stays in the file and the chain does not move.
-    fn write_event(&self, inner: &mut Inner, event: &Map<String, Value>) -> Result<String> {
+    /// nothing of it stays in the file and the chain does not move. The
+    /// event gets its chain fields in place (replaced at each try), rather
+    /// than on a copy: two copies of each response entry were a visible
+    /// share of a request's time.
+    fn write_event(&self, inner: &mut Inner, event: &mut Map<String, Value>) -> Result<String> {
         let (seq, prev) = match &inner.head {
             None => (1, GENESIS_PREV.to_string()),
             Some((s, mac)) => (
@@ -760,14 +771,13 @@ impl AuditLog {
                 mac.clone(),
             ),
         };
-        let mut event = event.clone();
         event.remove("mac");
         event.insert("seq".to_string(), Value::from(seq));
         event.insert("prev".to_string(), Value::from(prev));
         // Canonical form: without serde_json's `preserve_order` feature `Map`
         // is a BTreeMap, so keys come out sorted. The verifier MACs the
         // written bytes, so it does not depend on this.
-        let body = serde_json::to_string(&event)
+        let body = serde_json::to_string(&*event)
             .map_err(|e| Error::internal(format!("cannot serialize audit event: {e}")))?;
         let mac = self.key.chain_mac(body.as_bytes());
         let head = body

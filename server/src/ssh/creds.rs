@@ -333,17 +333,16 @@ pub async fn verify(
         return Ok(None);
     }
     let key = otp_key(m, verify_host, &core.hasher.hash(otp));
-    // A read first: an unknown OTP costs no write, and a known one names its
-    // lease, which goes in the same transaction as the OTP. OTP leases are
-    // not renewable, so the entry's expiry is the lease's.
-    let Some(seen) = core.storage.get::<OtpEntry>(&key).await? else {
-        return Ok(None);
-    };
-    let lease = leases::keys_of(&seen.lease_id, seen.expire_time, seen.token.as_deref());
-    // The take decides: of concurrent verifications one gets the entry.
+    // The take decides: of concurrent verifications one gets the entry,
+    // and its lease goes in the same transaction, named by the entry
+    // itself, so no read comes before the write (that read, of a page the
+    // last commit had made stale, cost each verify a trip to the file).
+    // OTP leases are not renewable, so the entry's expiry is the lease's.
     let Some(entry) = core
         .storage
-        .take_and_delete::<OtpEntry>(&key, &lease)
+        .take_with(&key, |e: OtpEntry| {
+            leases::keys_of(&e.lease_id, e.expire_time, e.token.as_deref())
+        })
         .await?
     else {
         return Ok(None);

@@ -92,7 +92,8 @@ pub enum KeyOrder {
 
 pub struct Storage {
     db: Db,
-    barrier: Barrier,
+    /// Shared with the writer, which reads a taken entry (Op::TakeWith).
+    barrier: std::sync::Arc<Barrier>,
     backend: Backend,
     /// Bumped on every change this server makes, and on PostgreSQL on
     /// every change another server announces, so that long-polls wake at
@@ -455,7 +456,7 @@ impl Storage {
         let storage = Storage {
             db,
             writer,
-            barrier: Barrier::new(seal),
+            barrier: std::sync::Arc::new(Barrier::new(seal)),
             backend,
             changes,
             cache,
@@ -949,6 +950,44 @@ impl Storage {
         let mut done = self
             .apply(Unit {
                 ops,
+                guarded: false,
+                quiet: false,
+            })
+            .await?;
+        let Some(sealed) = done.outcomes.swap_remove(0).value else {
+            return Ok(None);
+        };
+        let plain = self.barrier.open(key, &sealed)?;
+        serde_json::from_slice(&plain)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+    }
+
+    /// [`Storage::take`], deleting in the same transaction the keys `also`
+    /// names from the taken value (what belongs to it alone, e.g. its
+    /// lease): one write, with no read before it to find those keys. Only
+    /// the caller that gets the value deletes them.
+    pub async fn take_with<T, F>(&self, key: &str, also: F) -> Result<Option<T>>
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(T) -> Vec<String> + Send + Sync + 'static,
+    {
+        let barrier = self.barrier.clone();
+        let aad = key.to_string();
+        let also: writer::Dependents = std::sync::Arc::new(move |sealed: &[u8]| {
+            barrier
+                .open(&aad, sealed)
+                .ok()
+                .and_then(|plain| serde_json::from_slice::<T>(&plain).ok())
+                .map(&also)
+                .unwrap_or_default()
+        });
+        let mut done = self
+            .apply(Unit {
+                ops: vec![Op::TakeWith {
+                    key: key.to_string(),
+                    also,
+                }],
                 guarded: false,
                 quiet: false,
             })

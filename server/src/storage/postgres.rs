@@ -522,7 +522,7 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
         let skip = usize::from(unit.guarded);
         for (i, op) in unit.ops.iter().enumerate().skip(skip) {
             match op {
-                Op::Take { key } => takes.claim(key, (u, i)),
+                Op::Take { key } | Op::TakeWith { key, .. } => takes.claim(key, (u, i)),
                 Op::Delete { key } => deletes.claim(key, (u, i)),
                 Op::Insert { key, value } => {
                     inserts.claim(key, (u, i));
@@ -542,13 +542,22 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
     }
     if !takes.keys.is_empty() {
         let mut gone = delete_returning(&mut tx, &takes.keys).await?;
+        // What the taken entries name, deleted with them (Op::TakeWith).
+        let mut dependents: Vec<String> = Vec::new();
         for (key, &(u, i)) in &takes.first {
             if let Some(v) = gone.remove(*key) {
+                if let Some(Op::TakeWith { also, .. }) = units[u].ops.get(i) {
+                    dependents.extend(also(&v));
+                }
                 out[u].outcomes[i] = Outcome {
                     hit: true,
                     value: Some(v),
                 };
             }
+        }
+        if !dependents.is_empty() {
+            let keys: Vec<&str> = dependents.iter().map(String::as_str).collect();
+            delete_returning(&mut tx, &keys).await?;
         }
     }
     if !deletes.keys.is_empty() {
@@ -630,12 +639,19 @@ async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied>
                     value: None,
                 }
             }
-            Op::Delete { key } | Op::Take { key } => {
+            Op::Delete { key } | Op::Take { key } | Op::TakeWith { key, .. } => {
                 let mut gone = delete_returning(&mut tx, &[key.as_str()]).await?;
                 let value = gone.remove(key.as_str());
+                if let (Some(v), Op::TakeWith { also, .. }) = (&value, op) {
+                    let dependents = also(v);
+                    let keys: Vec<&str> = dependents.iter().map(String::as_str).collect();
+                    if !keys.is_empty() {
+                        delete_returning(&mut tx, &keys).await?;
+                    }
+                }
                 Outcome {
                     hit: value.is_some(),
-                    value: if matches!(op, Op::Take { .. }) {
+                    value: if matches!(op, Op::Take { .. } | Op::TakeWith { .. }) {
                         value
                     } else {
                         None

@@ -594,6 +594,17 @@ fn upkeep(tx: &rusqlite::Transaction<'_>, task: Upkeep) -> rusqlite::Result<u64>
     }
 }
 
+fn take(tx: &rusqlite::Transaction<'_>, key: &str) -> rusqlite::Result<Outcome> {
+    let value: Option<Vec<u8>> = tx
+        .prepare_cached("DELETE FROM entries WHERE key = ?1 RETURNING value")?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(Outcome {
+        hit: value.is_some(),
+        value,
+    })
+}
+
 fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<Applied> {
     let mut out = Applied::new(unit);
     for (i, op) in unit.ops.iter().enumerate() {
@@ -626,15 +637,16 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
                     > 0,
                 value: None,
             },
-            Op::Take { key } => {
-                let value: Option<Vec<u8>> = tx
-                    .prepare_cached("DELETE FROM entries WHERE key = ?1 RETURNING value")?
-                    .query_row([key], |r| r.get(0))
-                    .optional()?;
-                Outcome {
-                    hit: value.is_some(),
-                    value,
+            Op::Take { key } => take(tx, key)?,
+            Op::TakeWith { key, also } => {
+                let outcome = take(tx, key)?;
+                if let Some(v) = &outcome.value {
+                    let mut st = tx.prepare_cached("DELETE FROM entries WHERE key = ?1")?;
+                    for k in also(v) {
+                        st.execute([k])?;
+                    }
                 }
+                outcome
             }
             Op::Swap {
                 key,
@@ -827,6 +839,68 @@ mod tests {
             size < limit / 16,
             "the WAL holds {size} bytes after one write"
         );
+    }
+
+    fn apply(tx: &mpsc::Sender<Job>, ops: Vec<Op>) -> Applied {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unit = Unit {
+            ops,
+            guarded: false,
+            quiet: false,
+        };
+        tx.blocking_send(Job::Unit { unit, reply }).unwrap();
+        answer.blocking_recv().unwrap().unwrap()
+    }
+
+    fn put(key: &str, value: &str) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_take_with_deletes_what_the_taken_value_names_only_when_it_takes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("take.db");
+        migrate(&path).unwrap();
+        let (db, tx) = Sqlite::open(&path).unwrap();
+        // An entry naming the keys that belong to it, one a line.
+        let names: super::super::writer::Dependents = Arc::new(|v: &[u8]| {
+            String::from_utf8_lossy(v)
+                .lines()
+                .map(String::from)
+                .collect()
+        });
+        apply(
+            &tx,
+            vec![
+                put("otp/1", "lease/1\nlease-exp/1"),
+                put("lease/1", "l"),
+                put("lease-exp/1", "e"),
+                put("lease/2", "other"),
+            ],
+        );
+        let take = || Op::TakeWith {
+            key: "otp/1".into(),
+            also: names.clone(),
+        };
+        let done = apply(&tx, vec![take()]);
+        assert!(done.outcomes[0].hit);
+        assert_eq!(
+            done.outcomes[0].value.as_deref(),
+            Some(&b"lease/1\nlease-exp/1"[..])
+        );
+        for gone in ["otp/1", "lease/1", "lease-exp/1"] {
+            assert_eq!(db.get(gone).unwrap(), None, "{gone} is left");
+        }
+        assert_eq!(db.get("lease/2").unwrap(), Some(b"other".to_vec()));
+
+        // Taken already: a second take gets nothing and deletes nothing.
+        apply(&tx, vec![put("lease/1", "l")]);
+        let done = apply(&tx, vec![take()]);
+        assert!(!done.outcomes[0].hit);
+        assert_eq!(db.get("lease/1").unwrap(), Some(b"l".to_vec()));
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub enum Op {
     Take {
         key: String,
     },
+    /// [`Op::Take`], and when there was a value, deletes in the same
+    /// transaction the keys `also` names from it (its sealed bytes): what
+    /// belongs to the taken entry alone, found without a read before the
+    /// write.
+    TakeWith {
+        key: String,
+        also: Dependents,
+    },
     /// Replaces the value (or deletes it, with None) only if it is still
     /// `expected`: a compare-and-swap on the sealed bytes. Every write seals
     /// with a fresh random nonce, so equal bytes mean no write came between.
@@ -48,11 +56,16 @@ pub enum Op {
     },
 }
 
+/// The keys that go with a taken entry, computed from its sealed value on
+/// the writer (see [`Op::TakeWith`]); none when the value cannot be read
+/// (the caller, opening the value it gets back, reports that).
+pub type Dependents = Arc<dyn Fn(&[u8]) -> Vec<String> + Send + Sync>;
+
 impl Op {
     pub fn key(&self) -> &str {
         match self {
             Op::Insert { key, .. } | Op::Put { key, .. } => key,
-            Op::Delete { key } | Op::Take { key } => key,
+            Op::Delete { key } | Op::Take { key } | Op::TakeWith { key, .. } => key,
             Op::Swap { key, .. } => key,
         }
     }

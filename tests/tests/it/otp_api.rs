@@ -64,9 +64,14 @@ async fn otp_creds_and_verify_once() {
             .unwrap()
             .starts_with("ssh/creds/otp/"));
         assert_eq!(v["lease_duration"], 300);
+        let lease_id = v["lease_id"].as_str().unwrap().to_string();
+        let lease_uuid = lease_id.rsplit('/').next().unwrap().to_string();
         // The OTP is stored only as a hash.
         let keys = s.core.storage.keys_with_prefix("").await.unwrap();
         assert!(keys.iter().all(|k| !k.contains(&key)));
+        // The lease and its index entries are stored beside it.
+        let lease_keys = keys.iter().filter(|k| k.contains(&lease_uuid)).count();
+        assert!(lease_keys >= 2, "{keys:?}");
         // verify needs no token, answers as Vault, and works exactly once.
         let (st, v) = s
             .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
@@ -75,6 +80,13 @@ async fn otp_creds_and_verify_once() {
         assert_eq!(
             v["data"],
             json!({"username": "ubuntu", "ip": "10.1.2.3", "role_name": "otp"})
+        );
+        // The verify that took the OTP took its lease with it: nothing of
+        // it is left in the storage.
+        let keys = s.core.storage.keys_with_prefix("").await.unwrap();
+        assert!(
+            keys.iter().all(|k| !k.contains(&lease_uuid)),
+            "{lease_id} left {keys:?}"
         );
         let (st, v) = s
             .call("POST", "ssh/verify", None, Some(json!({"otp": key})))
