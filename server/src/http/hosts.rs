@@ -47,7 +47,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             hosts::seen(core, &host, req.now).await?;
             let index = f.int("index")?.unwrap_or(0).max(0) as u64;
             let wait = f.duration("wait")?.unwrap_or(0);
-            data(&hosts::poll_state(core, &host, index, wait).await?)
+            data(&*hosts::poll_state(core, &host, index, wait).await?)
         }
         (["self", "sign-host-key"], Write) => {
             let host = hosts::own_host(core, caller).await?;

@@ -835,3 +835,45 @@ async fn audit_response(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a long-poll holds while it waits is, first of all, the
+    /// request's future: 100,000 waiting hosts hold 100,000 of them.
+    #[tokio::test]
+    async fn a_waiting_request_holds_a_small_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::open(crate::state::Options {
+            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
+            seal_key: crate::seal::SealKey::generate(),
+            audit_path: None,
+            clock: crate::clock::Clock::manual(1_700_000_000),
+            storage_connections: Default::default(),
+        })
+        .await
+        .unwrap();
+        let req = axum::http::Request::get("/v1/hosts/self/state?index=1&wait=30s")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let fut = handle(AxState(core.clone()), req);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("handle future: {size} bytes");
+        let r = Request {
+            op: Operation::Read,
+            path: ApiPath::parse("/v1/hosts/self/state").unwrap(),
+            fields: Fields::new(Map::new()),
+            client_ip: None,
+            token: None,
+            wrap_ttl: None,
+            now: 0,
+            upgrade: false,
+        };
+        let mut caller = None;
+        eprintln!("process future: {} bytes", std::mem::size_of_val(&process(&core, &r, &mut caller)));
+        eprintln!("dispatch future: {} bytes", std::mem::size_of_val(&routes::dispatch(&core, &r, None)));
+        eprintln!("hosts::route future: {} bytes", std::mem::size_of_val(&super::hosts::route(&core, &r, None)));
+        assert!(size < 1_000_000);
+    }
+}

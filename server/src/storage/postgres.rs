@@ -330,6 +330,11 @@ pub(super) async fn listen(
             c.hears_every_change(false);
             c.forget_all();
         }
+        // Waiters that trusted the announcements look again now, and every
+        // second until the listener is back (`Storage::hears_every_change`).
+        if let Some(tx) = changes.upgrade() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
