@@ -910,7 +910,7 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
     assert_eq!(host_states(&s, "computed").await - computed, 1);
 
     // A revocation changes it: every poll answers with the new state,
-    // computed once for all of them.
+    // computed once per change the revocation writes, not once per host.
     let computed = host_states(&s, "computed").await;
     revoke_one(&s).await;
     let mut new_index = None;
@@ -924,7 +924,8 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
         assert_ne!(i, index);
         assert_eq!(*new_index.get_or_insert(i), i);
     }
-    assert_eq!(host_states(&s, "computed").await - computed, 1);
+    let n = host_states(&s, "computed").await - computed;
+    assert!(n < 10, "{n} states computed for 30 hosts sharing one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -951,7 +952,9 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
     assert!(heard, "B never heard of a change A made");
 
     // The host waits on B; a revocation made on A reaches it through the
-    // database's announcement, well before the polls' own re-check.
+    // database's announcement, well before the polls' own re-check (the
+    // revocations are a key no server caches: their announcement named
+    // nothing and woke nobody, so only that re-check once found it).
     let (_, v) = b.call("GET", "hosts/self/state", Some(token), None).await;
     let index = v["data"]["index"].as_u64().unwrap();
     let poll = spawn_poll(&b, token, index);
