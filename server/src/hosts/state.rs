@@ -131,9 +131,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
     core.metrics.host_state("computed");
     if shareable {
         let mut rendered = sh.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        rendered
-            .entry(host.config.user_mount.clone())
-            .or_default()[mapped] = Some(st.clone());
+        rendered.entry(host.config.user_mount.clone()).or_default()[mapped] = Some(st.clone());
     }
     Ok((st, sh.until))
 }
@@ -143,12 +141,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
 /// only when a change is announced (and then, most often, finds the state
 /// another poll already computed), when time alone changes it (an expiry),
 /// or after [`RECHECK`]; a woken poll whose state did not change waits on.
-pub async fn poll_state(
-    core: &Core,
-    host: &Host,
-    index: u64,
-    wait: i64,
-) -> Result<Arc<HostState>> {
+pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<Arc<HostState>> {
     let mut changes = core.storage.subscribe();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);

@@ -816,7 +816,12 @@ async fn enroll_fleet(s: &Server, n: usize) -> Vec<String> {
 /// Signs a user certificate on `s` and revokes it: every host's KRL, and
 /// so its state, changes.
 async fn revoke_one(s: &Server) {
-    let (_, user_pub) = keypair(s.dir.path(), &format!("user-{}", rand_tag()), "ed25519", None);
+    let (_, user_pub) = keypair(
+        s.dir.path(),
+        &format!("user-{}", rand_tag()),
+        "ed25519",
+        None,
+    );
     let v = ok(
         s,
         "POST",
@@ -874,7 +879,11 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
         let (st, v) = s.call("GET", "hosts/self/state", Some(t), None).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         let i = v["data"]["index"].as_u64().unwrap();
-        assert_eq!(*index.get_or_insert(i), i, "hosts with one state, one index");
+        assert_eq!(
+            *index.get_or_insert(i),
+            i,
+            "hosts with one state, one index"
+        );
     }
     let index = index.unwrap();
     assert_eq!(host_states(&s, "computed").await - computed, 1);
@@ -888,7 +897,11 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
     let views = host_states(&s, "view").await;
     let computed = host_states(&s, "computed").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(host_states(&s, "view").await, views, "idle polls rebuilt the view");
+    assert_eq!(
+        host_states(&s, "view").await,
+        views,
+        "idle polls rebuilt the view"
+    );
     assert_eq!(host_states(&s, "computed").await, computed);
 
     // A change that leaves their state as it was wakes them (a policy
