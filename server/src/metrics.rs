@@ -29,6 +29,12 @@ pub struct Metrics {
     pub data_dir_bytes: Gauge,
     pub retention_runs: Counter,
     pub retention_removed: Family<KindLabels, Counter>,
+    /// Hosts' desired states by how they were had: `view` (the
+    /// host-independent part built from storage), `computed` (a state
+    /// rendered and hashed) and `reused` (a state handed out as computed
+    /// for another host or an earlier look). A change reaching a fleet
+    /// should cost one `view` and a few `computed`, not one per host.
+    pub host_states: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +82,12 @@ impl Default for Metrics {
             "records retention removed, by kind (audit_line, certificate)",
             retention_removed.clone(),
         );
+        let host_states = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "host_states",
+            "hosts' desired states: host-independent views built, states computed, states reused",
+            host_states.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -85,6 +97,7 @@ impl Default for Metrics {
             data_dir_bytes,
             retention_runs,
             retention_removed,
+            host_states,
         }
     }
 }
@@ -102,6 +115,11 @@ impl Metrics {
                 kind: "certificate",
             })
             .inc_by(certificates);
+    }
+
+    /// Counts a host state had this way (see [`Metrics::host_states`]).
+    pub fn host_state(&self, kind: &'static str) {
+        self.host_states.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn render(&self) -> String {

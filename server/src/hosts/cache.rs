@@ -1,10 +1,11 @@
 //! The host-independent part of hosts' desired states, kept between
 //! requests (the server's state holds one [`StateCache`]; `state` fills it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use gatepass_api::hosts::DynamicKey;
+use gatepass_api::hosts::{DynamicKey, HostState};
 
 /// The parts of every host's state that do not depend on the host: CA keys
 /// and KRL per user mount, mappings, every live dynamic key. Built once per
@@ -16,11 +17,13 @@ pub struct StateCache {
 }
 
 pub(super) struct Shared {
-    /// Storage change count and second it was built at.
+    /// Storage change count it was built at.
     pub(super) change: u64,
-    pub(super) now: i64,
+    /// Whether this server heard of every change when it was built (see
+    /// `Storage::hears_every_change`); if not, it is kept a second at most.
+    pub(super) heard_all: bool,
     pub(super) built: tokio::time::Instant,
-    pub(super) view: std::sync::Arc<SharedView>,
+    pub(super) view: Arc<SharedView>,
 }
 
 /// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
@@ -28,4 +31,13 @@ pub(super) struct SharedView {
     pub(super) mounts: BTreeMap<String, (String, String)>,
     pub(super) mappings: BTreeMap<String, Vec<String>>,
     pub(super) dynamic: Vec<(Option<IpAddr>, DynamicKey)>,
+    /// The first second at which the view changes by itself (a revoked
+    /// certificate or a dynamic key expires): `i64::MAX` when nothing will.
+    pub(super) until: i64,
+    /// Whole states, index included, of the hosts that get no dynamic key:
+    /// these differ only by user mount and by whether the host maps
+    /// principals, so 100,000 such hosts share a handful, each computed
+    /// (serialized and hashed) once per view. By user mount, then
+    /// `[own principals, mapped]`.
+    pub(super) rendered: std::sync::Mutex<HashMap<String, [Option<Arc<HostState>>; 2]>>,
 }

@@ -17,6 +17,18 @@ pub fn is_unauthenticated(req: &Request) -> bool {
     req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
 }
 
+/// `GET hosts/self/state`, the long-poll: awaited by `dispatch` on its
+/// own, so that what a waiting poll holds is this future, not the largest
+/// of every route's.
+pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
+    let f = &req.fields;
+    let host = hosts::own_host(core, caller).await?;
+    hosts::seen(core, &host, req.now).await?;
+    let index = f.int("index")?.unwrap_or(0).max(0) as u64;
+    let wait = f.duration("wait")?.unwrap_or(0);
+    data(&*hosts::poll_state(core, &host, index, wait).await?)
+}
+
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
     use Operation::*;
     let segs: Vec<&str> = req.path.split('/').collect();
@@ -42,13 +54,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let r: EnrollRequest = f.parse()?;
             data(&hosts::enroll(core, r, req.now).await?)
         }
-        (["self", "state"], Read) => {
-            let host = hosts::own_host(core, caller).await?;
-            hosts::seen(core, &host, req.now).await?;
-            let index = f.int("index")?.unwrap_or(0).max(0) as u64;
-            let wait = f.duration("wait")?.unwrap_or(0);
-            data(&hosts::poll_state(core, &host, index, wait).await?)
-        }
+        (["self", "state"], Read) => self_state(core, req, caller).await,
         (["self", "sign-host-key"], Write) => {
             let host = hosts::own_host(core, caller).await?;
             let r: SignHostKey = f.parse()?;

@@ -295,7 +295,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     let request_id = uuid::Uuid::new_v4().to_string();
     let audited = is_audited(&request);
     if audited {
-        if let Err(e) = audit_request(&core, &request, &request_id).await {
+        if let Err(e) = Box::pin(audit_request(&core, &request, &request_id)).await {
             tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
             return error_body(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -303,6 +303,9 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             );
         }
     }
+    // The audit entries, wrapping and authentication are awaited from their
+    // own allocations, as the routes are (see `routes::dispatch`): a waiting
+    // long-poll holds this future, sized by the largest it awaits.
     let mut caller = None;
     let result = process(&core, &request, &mut caller).await;
     let warnings: Vec<String> = {
@@ -319,7 +322,15 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     // the wrapping token's (HMAC'd) details and never the wrapped secret.
     let result = match (result, request.wrap_ttl) {
         (Ok(reply), Some(ttl)) => {
-            wrap_reply(&core, &request, reply, ttl, &warnings, &request_id).await
+            Box::pin(wrap_reply(
+                &core,
+                &request,
+                reply,
+                ttl,
+                &warnings,
+                &request_id,
+            ))
+            .await
         }
         (other, _) => other,
     };
@@ -334,14 +345,14 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         // What the request did is done: its answer is given even if the
         // response entry has to wait for the audit file (it is kept and
         // written first thing once the file can be written).
-        audit_response(
+        Box::pin(audit_response(
             &core,
             &request,
             &request_id,
             caller.as_ref(),
             &result,
             status,
-        )
+        ))
         .await;
     }
     core.metrics
@@ -534,10 +545,16 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
     if routes::is_unauthenticated(core, req).await? {
         return routes::dispatch(core, req, None).await;
     }
-    let entry = token::authenticate(core, req.token.as_deref(), req.client_ip, req.now).await?;
+    let entry = Box::pin(token::authenticate(
+        core,
+        req.token.as_deref(),
+        req.client_ip,
+        req.now,
+    ))
+    .await?;
     *caller = Some(entry.clone());
     if !entry.is_root() && !routes::is_owner_checked(req) {
-        let acl = policies::acl_for(core, &entry.policies).await?;
+        let acl = Box::pin(policies::acl_for(core, &entry.policies)).await?;
         let can = |c| acl.allows(&req.path, c);
         let allowed = op_allowed(&acl, req.op, &req.path);
         // The wrapping paths Vault's default policy grants carry no
@@ -836,5 +853,55 @@ async fn audit_response(
         if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
             tracing::error!(error = %e, "audit line not copied to the database");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fleet's waiting long-polls each hold their request's future, and
+    /// an async function's future is as large as the largest future it
+    /// may await: the long-poll's must not be that of every route.
+    #[tokio::test]
+    async fn a_waiting_long_poll_holds_a_small_future() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::open(crate::state::Options {
+            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
+            seal_key: crate::seal::SealKey::generate(),
+            audit_path: None,
+            clock: crate::clock::Clock::manual(1_700_000_000),
+            storage_connections: Default::default(),
+        })
+        .await
+        .unwrap();
+        let req = axum::http::Request::get("/v1/hosts/self/state?index=1&wait=30s")
+            .body(Body::empty())
+            .unwrap();
+        let whole = std::mem::size_of_val(&handle(AxState(core.clone()), req));
+        let r = Request {
+            op: Operation::Read,
+            path: ApiPath::parse("/v1/hosts/self/state").unwrap(),
+            fields: Fields::new(Map::new()),
+            client_ip: None,
+            token: None,
+            wrap_ttl: None,
+            now: 0,
+            upgrade: false,
+        };
+        let routed = std::mem::size_of_val(&routes::dispatch(&core, &r, None));
+        let poll = std::mem::size_of_val(&hosts::self_state(&core, &r, None));
+        let others = std::mem::size_of_val(&hosts::route(&core, &r, None));
+        // Debug build, where futures are largest: 8,696 bytes for the
+        // whole request and 6,896 routed when every route was awaited in
+        // place (hosts' own routes alone take 6,824).
+        assert!(routed <= poll + 128, "routed {routed}, the poll's {poll}");
+        assert!(
+            poll * 2 < others,
+            "the poll's {poll}, hosts' routes {others}"
+        );
+        // 4,632 once routes, audit entries and authentication are awaited
+        // from their own allocations.
+        assert!(whole < 5000, "the whole request's future: {whole} bytes");
     }
 }

@@ -97,23 +97,32 @@ pub(super) fn ok_or_404(v: Option<Value>) -> Reply {
 /// Path → the routes of its area.
 pub async fn dispatch(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
     let p = req.path.as_str();
+    // A request's future is as large as the largest one it may await, and
+    // a fleet's long-polls each hold theirs while they wait (100,000 of
+    // them on one server): the long-poll is awaited here directly, every
+    // other route from its own allocation, so that a waiting poll holds
+    // only what it needs (with `handle`'s own awaits boxed alike: 8.7 KiB
+    // for the whole request in a debug build before, 4.6 KiB after).
+    if p == "hosts/self/state" && req.op == Operation::Read {
+        return super::hosts::self_state(core, req, caller).await;
+    }
     if p == "sys" || p.starts_with("sys/") {
-        return super::sys::route(core, req, caller).await;
+        return Box::pin(super::sys::route(core, req, caller)).await;
     }
     if p == "auth" || p.starts_with("auth/") {
-        return super::auth::route(core, req, caller).await;
+        return Box::pin(super::auth::route(core, req, caller)).await;
     }
     if p == "hosts" || p.starts_with("hosts/") {
-        return super::hosts::route(core, req, caller).await;
+        return Box::pin(super::hosts::route(core, req, caller)).await;
     }
     if p == "identity" || p.starts_with("identity/") {
-        return super::identity::route(core, req).await;
+        return Box::pin(super::identity::route(core, req)).await;
     }
     if p == "pam" || p.starts_with("pam/") {
-        return super::pam::route(core, req, caller).await;
+        return Box::pin(super::pam::route(core, req, caller)).await;
     }
     match mounts::find(core, p).await? {
-        Some((mount, rest)) => super::ssh::route(core, &mount, &rest, req, caller).await,
+        Some((mount, rest)) => Box::pin(super::ssh::route(core, &mount, &rest, req, caller)).await,
         None => Err(no_route(p)),
     }
 }

@@ -616,6 +616,14 @@ pub async fn revoke(
 /// The KRL for this mount at `now`: revoked serials and key IDs per issuer
 /// (expired ones dropped, since sshd refuses those anyway), revoked keys.
 pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
+    Ok(krl_until(core, m, now).await?.0)
+}
+
+/// The KRL at `now` and the first second at which it changes by itself (an
+/// entry's certificate expires and the entry is dropped; `i64::MAX` when
+/// none will): until then, and unless the revocations change, it is the
+/// same, so hosts' states built on it need no look at the clock.
+pub async fn krl_until(core: &Core, m: &Mount, now: i64) -> Result<(Vec<u8>, i64)> {
     let rev: Revocations = core
         .storage
         .get(&revocations_key(m))
@@ -645,12 +653,21 @@ pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
         .iter()
         .filter_map(|k| PublicKey::from_openssh(k).ok())
         .collect();
-    Krl {
+    let until = rev
+        .serials
+        .iter()
+        .map(|(_, _, exp)| *exp)
+        .chain(rev.key_ids.iter().map(|(_, exp)| *exp))
+        .filter(|exp| *exp > now_u)
+        .min()
+        .map_or(i64::MAX, |exp| i64::try_from(exp).unwrap_or(i64::MAX));
+    let bytes = Krl {
         version: rev.version,
         generated: rev.updated.max(0) as u64,
         comment: format!("gatepass {}", m.path),
         certs,
         keys,
     }
-    .to_bytes()
+    .to_bytes()?;
+    Ok((bytes, until))
 }

@@ -602,6 +602,18 @@ impl Storage {
         Error::StorageUnavailable(msg)
     }
 
+    /// Whether this server hears of every change that wakes waiters: always
+    /// on SQLite (it is the only server), on PostgreSQL while the listener
+    /// for the other servers' announcements is connected. While it does,
+    /// what is computed from storage stays true until [`Self::subscribe`]'s
+    /// count moves; while it does not, it must be looked at again now and
+    /// then.
+    pub fn hears_every_change(&self) -> bool {
+        self.cache
+            .hears_all
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// How many changes this server has made (for caches keyed on it).
     pub fn change_count(&self) -> u64 {
         *self.changes.borrow()

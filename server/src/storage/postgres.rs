@@ -201,7 +201,7 @@ const MAX_PAYLOAD: usize = 7900;
 /// Announces, in the transaction (so only when it commits), that this
 /// server changed these keys: the payload is `origin` and then each key
 /// another server may hold in its cache, one per line, or `*` when they do
-/// not fit. The other servers drop those keys from their caches and, when
+/// not fit, and `!` last when waiters are to wake. The other servers drop those keys from their caches and, when
 /// any of them wakes waiters (`wakes_waiters`; `*` does), wake their
 /// long-polls. Quiet units (bookkeeping, see `Unit::quiet`) are left out.
 async fn announce<'a>(
@@ -233,6 +233,13 @@ async fn announce<'a>(
     // last-seen touches): nothing to say.
     if !wakes && !cached {
         return Ok(());
+    }
+    // Keys nobody caches (revocations, leases, dynamic keys) are not
+    // named, but their change must still wake the other servers' waiters:
+    // `!` says so. Before it, a revocation reached another server's
+    // long-polls only through their once-a-second look.
+    if wakes && !payload.ends_with('*') {
+        payload.push_str("\n!");
     }
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANGES)
@@ -315,6 +322,8 @@ pub(super) async fn listen(
                 if key == "*" {
                     c.forget_all();
                     wake = true;
+                } else if key == "!" {
+                    wake = true;
                 } else {
                     c.changed(key);
                     wake |= super::wakes_waiters(key);
@@ -329,6 +338,11 @@ pub(super) async fn listen(
         if let Some(c) = cache.upgrade() {
             c.hears_every_change(false);
             c.forget_all();
+        }
+        // Waiters that trusted the announcements look again now, and every
+        // second until the listener is back (`Storage::hears_every_change`).
+        if let Some(tx) = changes.upgrade() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }

@@ -764,3 +764,241 @@ async fn a_host_is_read_from_memory_on_postgres_and_dropped_when_another_server_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `gatepass_host_states_total{kind="KIND"}` from `sys/metrics`: hosts'
+/// states computed (`computed`), handed out as computed before
+/// (`reused`), and host-independent views built from storage (`view`).
+async fn host_states(s: &Server, kind: &str) -> u64 {
+    let (st, v) = s.root("GET", "sys/metrics", None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let text = v.as_str().unwrap_or_default();
+    let prefix = format!("gatepass_host_states_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// `n` hosts enrolled with one join token, none with a dynamic key: every
+/// one of them gets the same state. Returns their host tokens.
+async fn enroll_fleet(s: &Server, n: usize) -> Vec<String> {
+    ok(s, "POST", "ssh/config/ca", json!({})).await;
+    ok(
+        s,
+        "POST",
+        "ssh/roles/u",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+    )
+    .await;
+    let v = ok(
+        s,
+        "POST",
+        "hosts/join-tokens",
+        json!({"ttl": "10m", "num_uses": 0}),
+    )
+    .await;
+    let join = v["data"]["join_token"].as_str().unwrap().to_string();
+    let mut tokens = Vec::new();
+    for i in 0..n {
+        let (st, v) = s
+            .call(
+                "POST",
+                "hosts/enroll",
+                None,
+                Some(json!({"join_token": join, "hostname": format!("sim-{i}"), "addresses": [format!("10.9.0.{}", i + 1)], "host_keys": []})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        tokens.push(v["data"]["host_token"].as_str().unwrap().to_string());
+    }
+    tokens
+}
+
+/// Signs a user certificate on `s` and revokes it: every host's KRL, and
+/// so its state, changes.
+async fn revoke_one(s: &Server) {
+    let (_, user_pub) = keypair(
+        s.dir.path(),
+        &format!("user-{}", rand_tag()),
+        "ed25519",
+        None,
+    );
+    let v = ok(
+        s,
+        "POST",
+        "ssh/sign/u",
+        json!({"public_key": user_pub, "valid_principals": "alice"}),
+    )
+    .await;
+    ok(
+        s,
+        "POST",
+        "ssh/revoke",
+        json!({"serial_number": v["data"]["serial_number"]}),
+    )
+    .await;
+}
+
+/// A new name for each key pair made in a test.
+fn rand_tag() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Starts a long-poll for `token` at `index`; answers (time taken, body).
+fn spawn_poll(
+    s: &Arc<Server>,
+    token: &str,
+    index: u64,
+) -> tokio::task::JoinHandle<(Duration, Value)> {
+    let (s, token) = (s.clone(), token.to_string());
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let (st, v) = s
+            .call(
+                "GET",
+                &format!("hosts/self/state?index={index}&wait=30s"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        (started.elapsed(), v)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_with_the_same_state_are_answered_from_one_computation() {
+    let s = Arc::new(Server::start(Backend::Sqlite).await);
+    let tokens = enroll_fleet(&s, 30).await;
+
+    // Thirty hosts ask for their state: one is computed, the rest reuse it.
+    let computed = host_states(&s, "computed").await;
+    let reused = host_states(&s, "reused").await;
+    let mut index = None;
+    for t in &tokens {
+        let (st, v) = s.call("GET", "hosts/self/state", Some(t), None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let i = v["data"]["index"].as_u64().unwrap();
+        assert_eq!(
+            *index.get_or_insert(i),
+            i,
+            "hosts with one state, one index"
+        );
+    }
+    let index = index.unwrap();
+    assert_eq!(host_states(&s, "computed").await - computed, 1);
+    assert_eq!(host_states(&s, "reused").await - reused, 29);
+
+    // All thirty wait. Idle, they look at nothing: no view is built nor
+    // state computed over more than a second (the polls once looked at
+    // their state every second).
+    let polls: Vec<_> = tokens.iter().map(|t| spawn_poll(&s, t, index)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let views = host_states(&s, "view").await;
+    let computed = host_states(&s, "computed").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        host_states(&s, "view").await,
+        views,
+        "idle polls rebuilt the view"
+    );
+    assert_eq!(host_states(&s, "computed").await, computed);
+
+    // A change that leaves their state as it was wakes them (a policy
+    // written): they find the state one of them computed again, the same,
+    // and wait on.
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/unrelated",
+        json!({"policy": "path \"secret/*\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        polls.iter().all(|p| !p.is_finished()),
+        "a poll answered although its state did not change"
+    );
+    assert_eq!(host_states(&s, "view").await - views, 1);
+    assert_eq!(host_states(&s, "computed").await - computed, 1);
+
+    // A revocation changes it: every poll answers with the new state,
+    // computed once per change the revocation writes, not once per host.
+    let computed = host_states(&s, "computed").await;
+    revoke_one(&s).await;
+    let mut new_index = None;
+    for p in polls {
+        let (elapsed, v) = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("the revocation reaches every poll")
+            .unwrap();
+        assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+        let i = v["data"]["index"].as_u64().unwrap();
+        assert_ne!(i, index);
+        assert_eq!(*new_index.get_or_insert(i), i);
+    }
+    let n = host_states(&s, "computed").await - computed;
+    assert!(n < 10, "{n} states computed for 30 hosts sharing one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_listener_was_cut() {
+    let (a, b) = Server::start_pair().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let tokens = enroll_fleet(&a, 1).await;
+    let token = &tokens[0];
+    // B listens for A's announcements from shortly after it opened: wait
+    // until one gets through.
+    let mut changes = b.core.storage.subscribe();
+    let mut heard = false;
+    for i in 0..50u32 {
+        changes.borrow_and_update();
+        a.core.storage.put("policy/warm-up", &i).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), changes.changed())
+            .await
+            .is_ok()
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "B never heard of a change A made");
+
+    // The host waits on B; a revocation made on A reaches it through the
+    // database's announcement, well before the polls' own re-check (the
+    // revocations are a key no server caches: their announcement named
+    // nothing and woke nobody, so only that re-check once found it).
+    let (_, v) = b.call("GET", "hosts/self/state", Some(token), None).await;
+    let index = v["data"]["index"].as_u64().unwrap();
+    let poll = spawn_poll(&b, token, index);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "answered before anything changed");
+    revoke_one(&a).await;
+    let (elapsed, v) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("A's revocation reaches the poll waiting on B")
+        .unwrap();
+    let index2 = v["data"]["index"].as_u64().unwrap();
+    assert_ne!(index2, index);
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+
+    // The connections the servers listen on are cut, and A revokes again
+    // at once: the announcement may be lost, but B's poll still has it
+    // within seconds (B looks again when it notices the loss and when it
+    // listens again).
+    let poll = spawn_poll(&b, token, index2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "answered before anything changed");
+    let cut = gatepass_tests::pg::exec(
+        a.storage_url(),
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    assert_ne!(cut, "0", "no listening connection found to cut");
+    revoke_one(&a).await;
+    let (_, v) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("A's revocation reaches the poll on B after B's listener was cut")
+        .unwrap();
+    assert_ne!(v["data"]["index"].as_u64().unwrap(), index2);
+}
