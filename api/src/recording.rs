@@ -732,7 +732,8 @@ mod tests {
     fn split_anywhere_the_text_reads_as_the_whole_stream_decoded_at_once() {
         // Valid characters of each length, invalid bytes, an overlong
         // form, a sequence cut short inside the stream, and one at its end.
-        let stream: &[u8] = b"a\xc3\xa9\xe2\x9c\x93\xf0\x9d\x84\x9e\xff\xe0\x80z\xe2\x9c!\xc0\xf5\xf0\x9d\x84";
+        let stream: &[u8] =
+            b"a\xc3\xa9\xe2\x9c\x93\xf0\x9d\x84\x9e\xff\xe0\x80z\xe2\x9c!\xc0\xf5\xf0\x9d\x84";
         let whole = String::from_utf8_lossy(stream).into_owned();
         for a in 0..=stream.len() {
             for b in a..=stream.len() {
