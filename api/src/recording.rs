@@ -484,50 +484,31 @@ impl Utf8Carry {
     pub fn push(&mut self, bytes: &[u8]) -> String {
         let mut buf = std::mem::take(&mut self.tail);
         buf.extend_from_slice(bytes);
+        let cut = complete_len(&buf);
         let mut out = String::with_capacity(buf.len());
-        let mut rest: &[u8] = &buf;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    out.push_str(s);
-                    break;
-                }
-                Err(e) => {
-                    let (good, after) = rest.split_at(e.valid_up_to());
-                    // valid_up_to is a char boundary: this cannot fail.
-                    out.push_str(std::str::from_utf8(good).unwrap_or_default());
-                    match e.error_len() {
-                        Some(n) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            rest = &after[n..];
-                        }
-                        None => {
-                            // An incomplete sequence at the very end.
-                            self.tail = after.to_vec();
-                            break;
-                        }
-                    }
-                }
+        // One pass: each valid run, then one U+FFFD per invalid sequence,
+        // as `String::from_utf8_lossy` replaces them.
+        for chunk in buf[..cut].utf8_chunks() {
+            out.push_str(chunk.valid());
+            if !chunk.invalid().is_empty() {
+                out.push(char::REPLACEMENT_CHARACTER);
             }
         }
+        self.tail = buf[cut..].to_vec();
         out
     }
 
     /// As [`Utf8Carry::push`], borrowing `bytes` when they are the text
     /// (nothing carried, nothing replaced): the common case of a busy
-    /// session, which then costs one validation pass and no copy.
+    /// session, which then costs one validation pass and no copy, also
+    /// when the message ends in the middle of a character (the split is
+    /// found from the last bytes alone, so the text is validated once).
     pub fn push_cow<'a>(&mut self, bytes: &'a [u8]) -> std::borrow::Cow<'a, str> {
         if self.tail.is_empty() {
-            match std::str::from_utf8(bytes) {
-                Ok(s) => return s.into(),
-                Err(e) if e.error_len().is_none() => {
-                    let (good, tail) = bytes.split_at(e.valid_up_to());
-                    if let Ok(s) = std::str::from_utf8(good) {
-                        self.tail = tail.to_vec();
-                        return s.into();
-                    }
-                }
-                Err(_) => {}
+            let (text, tail) = bytes.split_at(complete_len(bytes));
+            if let Ok(s) = std::str::from_utf8(text) {
+                self.tail = tail.to_vec();
+                return s.into();
             }
         }
         self.push(bytes).into()
@@ -539,6 +520,33 @@ impl Utf8Carry {
         let tail = std::mem::take(&mut self.tail);
         String::from_utf8_lossy(&tail).into_owned()
     }
+}
+
+/// How much of `bytes` to decode now: all of it, or all but an incomplete
+/// UTF-8 sequence at its very end (at most 3 bytes, which a next packet
+/// may complete). Only the last bytes are looked at.
+fn complete_len(bytes: &[u8]) -> usize {
+    let n = bytes.len();
+    for back in 1..=n.min(3) {
+        let b = bytes[n - back];
+        if b & 0xC0 == 0x80 {
+            // A continuation byte: its sequence began further back.
+            continue;
+        }
+        let need = match b {
+            0xC2..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF4 => 4,
+            _ => 1,
+        };
+        // Held back only when it can still become a character (what the
+        // validator calls an unexpected end); anything else is decoded
+        // (replaced) now, as before.
+        let incomplete = need > back
+            && std::str::from_utf8(&bytes[n - back..]).is_err_and(|e| e.error_len().is_none());
+        return if incomplete { n - back } else { n };
+    }
+    n
 }
 
 /// The events of one chunk's plain text (JSON lines); a line that does
@@ -718,6 +726,25 @@ mod tests {
         assert_eq!(c.push(b"\x93!"), "✓!");
         assert_eq!(c.push(b"\xe2"), "");
         assert_eq!(c.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn split_anywhere_the_text_reads_as_the_whole_stream_decoded_at_once() {
+        // Valid characters of each length, invalid bytes, an overlong
+        // form, a sequence cut short inside the stream, and one at its end.
+        let stream: &[u8] =
+            b"a\xc3\xa9\xe2\x9c\x93\xf0\x9d\x84\x9e\xff\xe0\x80z\xe2\x9c!\xc0\xf5\xf0\x9d\x84";
+        let whole = String::from_utf8_lossy(stream).into_owned();
+        for a in 0..=stream.len() {
+            for b in a..=stream.len() {
+                let mut c = Utf8Carry::default();
+                let mut out = c.push_cow(&stream[..a]).into_owned();
+                out.push_str(&c.push_cow(&stream[a..b]));
+                out.push_str(&c.push(&stream[b..]));
+                out.push_str(&c.finish());
+                assert_eq!(out, whole, "split at {a} and {b}");
+            }
+        }
     }
 
     fn recording(n: u64) -> ([u8; 32], Vec<(u64, SealedChunk)>, Digest) {

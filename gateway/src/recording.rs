@@ -36,7 +36,8 @@
 //! opens the chunks (`server/src/pam/recordings.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,19 @@ pub const GROW_WINDOW: Duration = Duration::from_millis(100);
 /// What a recording's channels may have queued for its worker, in bytes
 /// of channel data; past it their data waits until the worker catches up.
 pub const MAX_PENDING: usize = 4 << 20;
+
+/// The worker takes the inbox in batches: once this many bytes of channel
+/// data are queued…
+pub const BATCH_BYTES: usize = 256 * 1024;
+
+/// …or this long after the first message of a batch was queued, whichever
+/// comes first. Waking the worker for every SSH message (32 KiB at most)
+/// cost a task switch and a hand-off to the blocking pool each, on the
+/// cores the session's own SSH work runs on; a busy session now wakes it
+/// once per eight of them or more. The delay only holds back when the
+/// worker sees the data: each message's time is taken when it is queued,
+/// and it is well under what `chunk_interval` and live view allow.
+pub const BATCH_DELAY: Duration = Duration::from_millis(10);
 
 /// The longest text a masking rule may match, in bytes: a channel's
 /// unfinished line is held back only this far, and a match longer than
@@ -229,11 +243,21 @@ struct Shared {
     /// before it queues data and the worker gives it back once recorded,
     /// so a full inbox makes the session wait rather than lose anything.
     room: Semaphore,
+    /// Batches the worker has taken (what the batching saves shows here).
+    batches: AtomicU64,
 }
 
 #[derive(Default)]
 struct Inbox {
     msgs: Vec<Msg>,
+    /// Bytes of channel data in `msgs`.
+    bytes: usize,
+    /// The worker sleeps until `bytes` reaches this (0: until anything is
+    /// queued) and is to be woken then; None: it is not waiting for the
+    /// taps, so they do not wake it. A full inbox ([`MAX_PENDING`]) is
+    /// always past [`BATCH_BYTES`], so a session waiting for room always
+    /// has its worker woken: backpressure, never a stall.
+    wake_at: Option<usize>,
     /// The end is asked for: nothing more is queued.
     finishing: bool,
     /// The recorder is gone without an end (its connection was dropped).
@@ -272,6 +296,7 @@ impl Recorder {
             inbox: Mutex::default(),
             wake: Notify::new(),
             room: Semaphore::new(MAX_PENDING),
+            batches: AtomicU64::new(0),
         });
         let (done_tx, done) = watch::channel(false);
         let start = Instant::now();
@@ -344,8 +369,17 @@ impl Recorder {
             what,
             room,
         });
+        inbox.bytes += room as usize;
+        // Only the message that completes what the worker waits for wakes
+        // it; the others just queue (see BATCH_DELAY).
+        let wake = inbox.wake_at.is_some_and(|n| inbox.bytes >= n);
+        if wake {
+            inbox.wake_at = None;
+        }
         drop(inbox);
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Ends the recording: what is queued, the last chunk, then the signed
@@ -372,53 +406,71 @@ impl Drop for Recorder {
     }
 }
 
-/// The worker: waits for messages (or for the gathered chunk to be due),
-/// records each batch on the blocking pool, gives its room back, until the
-/// recording ends.
+/// The worker: waits for a batch of messages (see [`BATCH_BYTES`]) or for
+/// the gathered chunk to be due, records on the blocking pool, gives the
+/// room back, until the recording ends.
 async fn work(shared: Arc<Shared>, mut w: Worker, done: watch::Sender<bool>) {
     loop {
-        let (msgs, finishing, dropped) = loop {
+        let batch = loop {
             let wake = shared.wake.notified();
             tokio::pin!(wake);
             // Registered before the inbox is looked at, so a message queued
             // in between is not missed.
             wake.as_mut().enable();
+            let now = Instant::now();
+            let mut deadline = w.due();
             match shared.inbox.lock() {
                 Ok(mut inbox) => {
-                    if !inbox.msgs.is_empty() || inbox.finishing || inbox.dropped {
-                        break (
-                            std::mem::take(&mut inbox.msgs),
-                            inbox.finishing,
-                            inbox.dropped,
-                        );
+                    let first_due = inbox.msgs.first().map(|m| m.at + BATCH_DELAY);
+                    if inbox.finishing
+                        || inbox.dropped
+                        || inbox.bytes >= BATCH_BYTES
+                        || first_due.is_some_and(|at| now >= at)
+                        || deadline.is_some_and(|at| now >= at)
+                    {
+                        break take(&mut inbox);
+                    }
+                    match first_due {
+                        Some(at) => {
+                            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+                            inbox.wake_at = Some(BATCH_BYTES);
+                        }
+                        None => inbox.wake_at = Some(0),
                     }
                 }
-                Err(_) => break (Vec::new(), false, true),
+                Err(_) => {
+                    break Batch {
+                        msgs: Vec::new(),
+                        finishing: false,
+                        dropped: true,
+                    }
+                }
             }
-            match w.due() {
+            match deadline {
                 Some(at) => {
                     tokio::select! {
                         () = &mut wake => {}
-                        () = tokio::time::sleep_until(at.into()) => break (Vec::new(), false, false),
+                        () = tokio::time::sleep_until(at.into()) => {}
                     }
                 }
                 None => wake.await,
             }
         };
-        let room: usize = msgs.iter().map(|m| m.room as usize).sum();
+        let worker_shared = shared.clone();
         let job = tokio::task::spawn_blocking(move || {
-            w.record(msgs);
-            if finishing {
-                w.finish();
-            } else if dropped {
-                w.seal();
-            } else {
-                w.seal_if_due(Instant::now());
-            }
-            w
+            let ended = w.drain(&worker_shared, batch);
+            (w, ended)
         });
         match job.await {
-            Ok(back) => w = back,
+            Ok((back, ended)) => {
+                w = back;
+                if ended {
+                    // Taps waiting for room go on; they record nothing more.
+                    shared.room.close();
+                    let _ = done.send(true);
+                    return;
+                }
+            }
             Err(e) => {
                 warn!("a recording stopped: {e}");
                 shared.room.close();
@@ -426,13 +478,24 @@ async fn work(shared: Arc<Shared>, mut w: Worker, done: watch::Sender<bool>) {
                 return;
             }
         }
-        shared.room.add_permits(room);
-        if finishing || dropped {
-            // Taps waiting for room go on; they record nothing more.
-            shared.room.close();
-            let _ = done.send(true);
-            return;
-        }
+    }
+}
+
+/// What the worker took from the inbox.
+struct Batch {
+    msgs: Vec<Msg>,
+    finishing: bool,
+    dropped: bool,
+}
+
+/// Takes everything queued; the taps need not wake the worker meanwhile.
+fn take(inbox: &mut Inbox) -> Batch {
+    inbox.wake_at = None;
+    inbox.bytes = 0;
+    Batch {
+        msgs: std::mem::take(&mut inbox.msgs),
+        finishing: inbox.finishing,
+        dropped: inbox.dropped,
     }
 }
 
@@ -472,21 +535,23 @@ fn write_text(buf: &mut Vec<u8>, t: f64, ch: u32, kind: &str, text: &str) {
     buf.extend_from_slice(b"{\"t\":");
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, &t);
-    buf.extend_from_slice(format!(",\"ch\":{ch},\"type\":\"{kind}\",\"data\":").as_bytes());
+    // Written in place: no string allocated per message.
+    let _ = write!(buf, ",\"ch\":{ch},\"type\":\"{kind}\",\"data\":");
     write_json_str(buf, text);
     buf.extend_from_slice(b"}\n");
 }
 
-/// Whether any of the eight bytes of `w` must be escaped in a JSON string
-/// (a control character, `"` or `\`): the classic bit tricks for "a byte
-/// less than n" and "a byte equal to c", eight bytes at once.
-fn needs_escape(w: u64) -> bool {
+/// Which of the eight bytes of `w` (little-endian) must be escaped in a
+/// JSON string (a control character, `"` or `\`), as the high bit of each:
+/// the classic bit tricks for "a byte less than n" and "a byte equal to c",
+/// eight bytes at once. Bits above the lowest may be false alarms (a
+/// borrow carries up), the lowest never is: it names the first such byte.
+fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
     control | zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\')))
-        != 0
 }
 
 /// Appends `text` as a JSON string, escaped as serde_json escapes it.
@@ -503,10 +568,14 @@ fn write_json_str(buf: &mut Vec<u8>, text: &str) {
         if let Some(word) = bytes.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(word);
-            if !needs_escape(u64::from_le_bytes(w)) {
+            let mask = escape_mask(u64::from_le_bytes(w));
+            if mask == 0 {
                 i += 8;
                 continue;
             }
+            // Straight to the byte to escape: looking at the word again
+            // from each byte before it cost up to eight checks per line end.
+            i += (mask.trailing_zeros() / 8) as usize;
         }
         let c = bytes[i];
         let escaped: Option<&[u8]> = match c {
@@ -534,6 +603,39 @@ fn write_json_str(buf: &mut Vec<u8>, text: &str) {
 }
 
 impl Worker {
+    /// Records `batch`, and the next ones as long as a whole batch gathered
+    /// meanwhile (the session outruns the worker: no need to go back to
+    /// sleep and be woken at once), giving the room back after each.
+    /// True when the recording has ended.
+    fn drain(&mut self, shared: &Shared, mut batch: Batch) -> bool {
+        loop {
+            shared.batches.fetch_add(1, Ordering::Relaxed);
+            let room: usize = batch.msgs.iter().map(|m| m.room as usize).sum();
+            self.record(batch.msgs);
+            if batch.finishing {
+                self.finish();
+            } else if batch.dropped {
+                self.seal();
+            } else {
+                self.seal_if_due(Instant::now());
+            }
+            shared.room.add_permits(room);
+            if batch.finishing || batch.dropped {
+                return true;
+            }
+            match shared.inbox.lock() {
+                Ok(mut inbox) if inbox.bytes >= BATCH_BYTES || inbox.finishing => {
+                    batch = take(&mut inbox);
+                }
+                Ok(_) => return false,
+                Err(_) => {
+                    self.seal();
+                    return true;
+                }
+            }
+        }
+    }
+
     fn time(&self, at: Instant) -> f64 {
         (at.saturating_duration_since(self.start).as_micros() as f64) / 1e6
     }
@@ -675,8 +777,14 @@ impl Worker {
             return;
         }
         let packed = self.packer.pack(&self.buf).map(Zeroizing::new);
-        // The text is not kept in memory once it is sealed.
-        self.buf.zeroize();
+        // The text is not kept in memory once it is sealed. Only the bytes
+        // this chunk used are cleared: past them the buffer holds zeros (or
+        // was never written), since every chunk before was cleared the same
+        // way; clearing its whole capacity, about twice a busy chunk's size,
+        // was a cost of its own in a profile.
+        let used = self.buf.len();
+        self.buf[..used].zeroize();
+        self.buf.clear();
         let sealed = packed.and_then(|packed| {
             recording::seal(
                 &self.key,
@@ -1365,6 +1473,49 @@ mod tests {
         assert!(r.sealed * 20 < text.len(), "{} bytes sealed", r.sealed);
     }
 
+    #[tokio::test]
+    async fn the_worker_takes_a_busy_sessions_messages_in_batches_not_one_by_one() {
+        // 128 messages of 2 KiB (one batch's worth), the session yielding
+        // after each as a bridge does between SSH messages: woken per
+        // message, the worker would have recorded them in about as many
+        // rounds, each a task switch and a trip to the blocking pool.
+        let lines: Vec<String> = (0..128)
+            .map(|i| format!("{i:05} {}\r\n", "x".repeat(2048 - 8)))
+            .collect();
+        let sent = lines.concat();
+        let batches = Arc::new(AtomicU64::new(0));
+        let seen = batches.clone();
+        let r = record_with(
+            false,
+            64 * 1024,
+            MAX_CHUNK_BYTES,
+            None,
+            async move |tap: &ChannelTap| {
+                for line in &lines {
+                    tap.output(&b(line)).await;
+                    tokio::task::yield_now().await;
+                }
+                // Past the batch delay: everything queued has been taken.
+                tokio::time::sleep(BATCH_DELAY * 3).await;
+                let shared = &tap.recorder().shared;
+                seen.store(shared.batches.load(Ordering::Relaxed), Ordering::Relaxed);
+            },
+        )
+        .await;
+        let batches = batches.load(Ordering::Relaxed);
+        assert!((1..=8).contains(&batches), "{batches} batches");
+        assert!(matches!(r.verdict, recording::Verdict::Whole { .. }));
+        let out: String = r
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output { data } => Some(data.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(out == sent, "{} of {} bytes", out.len(), sent.len());
+    }
+
     #[test]
     fn text_is_escaped_as_serde_json_escapes_it() {
         let mut cases: Vec<String> = vec![
@@ -1382,6 +1533,16 @@ mod tests {
                 s.push(char::from(c));
                 s.push_str(&"y".repeat(17 - at));
                 cases.push(s);
+            }
+        }
+        // Two at any two places of a word, beside multi-byte characters
+        // (a borrow in the bit tricks may flag bytes after the first).
+        for a in 0..12 {
+            for b in a + 1..14 {
+                let mut s: Vec<char> = "ab✓cdé0123456789".chars().collect();
+                s[a] = '\u{1}';
+                s[b] = if b % 2 == 0 { '"' } else { '\n' };
+                cases.push(s.into_iter().collect());
             }
         }
         for text in cases {
