@@ -90,6 +90,29 @@ impl Server {
         (a, b)
     }
 
+    /// Waits until `self` hears the change announcements of `other` (its
+    /// listener connects shortly after it opened): `other` writes until
+    /// one reaches `self`, for up to 10 s.
+    pub async fn hears(&self, other: &Server) {
+        let mut changes = self.core.storage.subscribe();
+        for i in 0..50u32 {
+            changes.borrow_and_update();
+            other
+                .core
+                .storage
+                .put("policy/warm-up", &i)
+                .await
+                .expect("write");
+            let heard =
+                tokio::time::timeout(std::time::Duration::from_millis(200), changes.changed())
+                    .await;
+            if heard.is_ok() {
+                return;
+            }
+        }
+        panic!("one server never heard of a change the other made");
+    }
+
     /// Stops this server and starts another on its storage (at the same
     /// time), as a restart or an upgrade does.
     pub async fn restart(self) -> Server {

@@ -716,13 +716,7 @@ impl Storage {
                 plain
             }
         };
-        plain
-            .map(|p| {
-                serde_json::from_slice(&p).map_err(|e| {
-                    Error::internal(format!("stored value at {key} is unreadable: {e}"))
-                })
-            })
-            .transpose()
+        plain.map(|p| parse(key, &p)).transpose()
     }
 
     /// [`Storage::get`], shared: for the hot cached values (mounts, roles,
@@ -748,12 +742,7 @@ impl Storage {
 
     async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.fetch(key).await? {
-            Some(v) => {
-                let plain = self.barrier.open(key, &v)?;
-                serde_json::from_slice(&plain).map(Some).map_err(|e| {
-                    Error::internal(format!("stored value at {key} is unreadable: {e}"))
-                })
-            }
+            Some(v) => parse(key, &self.barrier.open(key, &v)?).map(Some),
             None => Ok(None),
         }
     }
@@ -907,10 +896,7 @@ impl Storage {
             let Some(sealed) = self.fetch(key).await? else {
                 return Ok(None);
             };
-            let plain = self.barrier.open(key, &sealed)?;
-            let current: T = serde_json::from_slice(&plain).map_err(|e| {
-                Error::internal(format!("stored value at {key} is unreadable: {e}"))
-            })?;
+            let current: T = parse(key, &self.barrier.open(key, &sealed)?)?;
             let (change, answer) = decide(current)?;
             let value = match change {
                 Change::Keep => return Ok(Some(answer)),
@@ -969,10 +955,7 @@ impl Storage {
         let Some(sealed) = done.outcomes.swap_remove(0).value else {
             return Ok(None);
         };
-        let plain = self.barrier.open(key, &sealed)?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+        parse(key, &self.barrier.open(key, &sealed)?).map(Some)
     }
 
     /// [`Storage::take`], deleting in the same transaction the keys `also`
@@ -1007,10 +990,7 @@ impl Storage {
         let Some(sealed) = done.outcomes.swap_remove(0).value else {
             return Ok(None);
         };
-        let plain = self.barrier.open(key, &sealed)?;
-        serde_json::from_slice(&plain)
-            .map(Some)
-            .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+        parse(key, &self.barrier.open(key, &sealed)?).map(Some)
     }
 
     /// Every full key under a prefix, in byte order.
@@ -1191,6 +1171,12 @@ impl Storage {
 const OPEN_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// What a client is told when the storage cannot be used.
+/// A stored value's JSON parsed, or an internal error naming its key.
+fn parse<T: DeserializeOwned>(key: &str, plain: &[u8]) -> Result<T> {
+    serde_json::from_slice(plain)
+        .map_err(|e| Error::internal(format!("stored value at {key} is unreadable: {e}")))
+}
+
 fn unavailable_text(target: &str, cause: &str) -> String {
     format!("storage unavailable: {target}: {cause}")
 }

@@ -949,20 +949,7 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
     let token = &tokens[0];
     // B listens for A's announcements from shortly after it opened: wait
     // until one gets through.
-    let mut changes = b.core.storage.subscribe();
-    let mut heard = false;
-    for i in 0..50u32 {
-        changes.borrow_and_update();
-        a.core.storage.put("policy/warm-up", &i).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), changes.changed())
-            .await
-            .is_ok()
-        {
-            heard = true;
-            break;
-        }
-    }
-    assert!(heard, "B never heard of a change A made");
+    b.hears(&a).await;
 
     // The host waits on B; a revocation made on A reaches it through the
     // database's announcement, well before the polls' own re-check (the

@@ -378,19 +378,7 @@ async fn a_change_on_one_server_wakes_the_other_and_drops_its_cached_copy() {
     let mut changes = b.core.storage.subscribe();
     // B listens for A's announcements from shortly after it opened: wait
     // until one gets through.
-    let mut heard = false;
-    for i in 0..50u32 {
-        changes.borrow_and_update();
-        a.core.storage.put("policy/warm-up", &i).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), changes.changed())
-            .await
-            .is_ok()
-        {
-            heard = true;
-            break;
-        }
-    }
-    assert!(heard, "B never heard of a change A made");
+    b.hears(&a).await;
 
     // B reads a policy and caches it...
     a.core.storage.put("policy/shared", &1u32).await.unwrap();
