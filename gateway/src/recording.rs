@@ -1455,14 +1455,7 @@ mod tests {
         // Cut at 64 KiB that would be 144 chunks and more; a chunk filled
         // this fast grows (up to 512 KiB: 18 of them).
         assert!((18..72).contains(&chunks), "{chunks} chunks");
-        let out: String = r
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Output { data } => Some(data.as_str()),
-                _ => None,
-            })
-            .collect();
+        let out = output_of(&r.events);
         assert!(out == text, "{} of {} bytes", out.len(), text.len());
         assert!(matches!(
             r.events.last().map(|e| &e.kind),
@@ -1471,6 +1464,17 @@ mod tests {
         // Compressed before sealing: what is sealed, spooled and sent is a
         // small part of the text.
         assert!(r.sealed * 20 < text.len(), "{} bytes sealed", r.sealed);
+    }
+
+    /// The output events' text, in order.
+    fn output_of(events: &[Event]) -> String {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output { data } => Some(data.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -1505,14 +1509,7 @@ mod tests {
         let batches = batches.load(Ordering::Relaxed);
         assert!((1..=8).contains(&batches), "{batches} batches");
         assert!(matches!(r.verdict, recording::Verdict::Whole { .. }));
-        let out: String = r
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Output { data } => Some(data.as_str()),
-                _ => None,
-            })
-            .collect();
+        let out = output_of(&r.events);
         assert!(out == sent, "{} of {} bytes", out.len(), sent.len());
     }
 

@@ -945,17 +945,7 @@ impl Storage {
             key: key.to_string(),
         }];
         ops.extend(also.iter().map(|k| Op::Delete { key: k.clone() }));
-        let mut done = self
-            .apply(Unit {
-                ops,
-                guarded: false,
-                quiet: false,
-            })
-            .await?;
-        let Some(sealed) = done.outcomes.swap_remove(0).value else {
-            return Ok(None);
-        };
-        parse(key, &self.barrier.open(key, &sealed)?).map(Some)
+        self.take_in(key, ops).await
     }
 
     /// [`Storage::take`], deleting in the same transaction the keys `also`
@@ -977,12 +967,19 @@ impl Storage {
                 .map(&also)
                 .unwrap_or_default()
         });
+        let take = Op::TakeWith {
+            key: key.to_string(),
+            also,
+        };
+        self.take_in(key, vec![take]).await
+    }
+
+    /// Applies `ops`, the first of which takes `key`, in one transaction:
+    /// the taken value, or None when another caller had it first.
+    async fn take_in<T: DeserializeOwned>(&self, key: &str, ops: Vec<Op>) -> Result<Option<T>> {
         let mut done = self
             .apply(Unit {
-                ops: vec![Op::TakeWith {
-                    key: key.to_string(),
-                    also,
-                }],
+                ops,
                 guarded: false,
                 quiet: false,
             })
