@@ -106,33 +106,35 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
         .map(|(_, k)| k.clone())
         .collect();
     let mapped = usize::from(host.config.principals == "mapped");
-    let shareable = dynamic_keys.is_empty();
-    if shareable {
-        let rendered = sh.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(st) = rendered
-            .get(&host.config.user_mount)
-            .and_then(|by_principals| by_principals[mapped].clone())
-        {
-            core.metrics.host_state("reused");
-            return Ok((st, sh.until));
+    let render = |dynamic_keys: Vec<DynamicKey>| -> Result<Arc<HostState>> {
+        let mut st = HostState::default();
+        if let Some((keys, krl)) = sh.mounts.get(&host.config.user_mount) {
+            st.user_ca_keys = keys.clone();
+            st.krl = krl.clone();
         }
+        if mapped == 1 {
+            st.principals = Some(sh.mappings.clone());
+        }
+        st.dynamic_keys = dynamic_keys;
+        st.index = crate::longpoll::content_index(&st)?;
+        core.metrics.host_state("computed");
+        Ok(Arc::new(st))
+    };
+    if !dynamic_keys.is_empty() {
+        return Ok((render(dynamic_keys)?, sh.until));
     }
-    let mut st = HostState::default();
-    if let Some((keys, krl)) = sh.mounts.get(&host.config.user_mount) {
-        st.user_ca_keys = keys.clone();
-        st.krl = krl.clone();
+    // Rendered under the lock: polls woken together on two threads would
+    // otherwise both find it missing and both compute it.
+    let mut rendered = sh.rendered.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(st) = rendered
+        .get(&host.config.user_mount)
+        .and_then(|by_principals| by_principals[mapped].clone())
+    {
+        core.metrics.host_state("reused");
+        return Ok((st, sh.until));
     }
-    if mapped == 1 {
-        st.principals = Some(sh.mappings.clone());
-    }
-    st.dynamic_keys = dynamic_keys;
-    st.index = crate::longpoll::content_index(&st)?;
-    let st = Arc::new(st);
-    core.metrics.host_state("computed");
-    if shareable {
-        let mut rendered = sh.rendered.lock().unwrap_or_else(|e| e.into_inner());
-        rendered.entry(host.config.user_mount.clone()).or_default()[mapped] = Some(st.clone());
-    }
+    let st = render(Vec::new())?;
+    rendered.entry(host.config.user_mount.clone()).or_default()[mapped] = Some(st.clone());
     Ok((st, sh.until))
 }
 

@@ -778,6 +778,24 @@ async fn host_states(s: &Server, kind: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().unwrap())
 }
 
+/// How many times hosts' states were had, computed or reused: one per look
+/// of a poll at its state.
+async fn looks(s: &Server) -> u64 {
+    host_states(s, "computed").await + host_states(s, "reused").await
+}
+
+/// Waits (10 s at most) until hosts' states were had `n` times in all.
+async fn until_looks(s: &Server, n: u64) -> u64 {
+    for _ in 0..200 {
+        let now = looks(s).await;
+        if now >= n {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("hosts' states were had {} times, not {n}", looks(s).await);
+}
+
 /// `n` hosts enrolled with one join token, none with a dynamic key: every
 /// one of them gets the same state. Returns their host tokens.
 async fn enroll_fleet(s: &Server, n: usize) -> Vec<String> {
@@ -889,11 +907,13 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
     assert_eq!(host_states(&s, "computed").await - computed, 1);
     assert_eq!(host_states(&s, "reused").await - reused, 29);
 
-    // All thirty wait. Idle, they look at nothing: no view is built nor
-    // state computed over more than a second (the polls once looked at
-    // their state every second).
+    // All thirty wait: each looks at its state once as it starts (found
+    // computed), then, idle, at nothing: no view is built nor state
+    // computed or looked at over more than a second (the polls once looked
+    // at their state every second).
+    let looked = looks(&s).await;
     let polls: Vec<_> = tokens.iter().map(|t| spawn_poll(&s, t, index)).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let looked = until_looks(&s, looked + 30).await;
     let views = host_states(&s, "view").await;
     let computed = host_states(&s, "computed").await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -903,10 +923,11 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
         "idle polls rebuilt the view"
     );
     assert_eq!(host_states(&s, "computed").await, computed);
+    assert_eq!(looks(&s).await, looked, "idle polls looked at their state");
 
     // A change that leaves their state as it was wakes them (a policy
-    // written): they find the state one of them computed again, the same,
-    // and wait on.
+    // written): each looks once more and finds the state one of them
+    // computed again, the same, and they wait on.
     ok(
         &s,
         "POST",
@@ -914,7 +935,7 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
         json!({"policy": "path \"secret/*\" { capabilities = [\"read\"] }"}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_looks(&s, looked + 30).await;
     assert!(
         polls.iter().all(|p| !p.is_finished()),
         "a poll answered although its state did not change"
