@@ -39,6 +39,12 @@ fn keygen(path: &Path) {
 
 impl Fx {
     fn new() -> Fx {
+        // `sshd -t` and `-T` refuse to run without sshd's privilege
+        // separation folder, which its service makes when it starts: a
+        // machine whose sshd never ran has none.
+        if !Path::new("/run/sshd").exists() {
+            std::fs::create_dir_all("/run/sshd").unwrap();
+        }
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();

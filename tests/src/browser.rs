@@ -7,7 +7,6 @@
 //! [`Browser::screenshot`] saves PNGs into [`screenshot_dir`]
 //! (`target/ui-screenshots/`), which every run refreshes.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,10 +55,7 @@ impl Browser {
     /// A headless Chromium that trusts any certificate (the dev server's
     /// is self-signed), with a window wide enough for the tables.
     pub async fn start() -> Browser {
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = crate::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())

@@ -277,7 +277,27 @@ impl ServeProcess {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free now, for a process started later to listen on.
+/// Taken below the kernel's range of ephemeral ports: `bind(0)` hands out
+/// ports from that very range, where any client connection made meanwhile
+/// (the suite makes thousands) may take it as its own local port before
+/// the process binds it, and the process then fails with "Address already
+/// in use".
+pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FROM: u16 = 10_000;
+    if ephemeral_low > FROM + 1000 {
+        for _ in 0..100 {
+            let r = *uuid::Uuid::new_v4().as_bytes();
+            let port = FROM + u16::from_le_bytes([r[0], r[1]]) % (ephemeral_low - FROM);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
         .local_addr()

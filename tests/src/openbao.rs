@@ -135,8 +135,7 @@ impl Drop for OpenBaoDev {
 
 fn free_port_pair() -> u16 {
     for _ in 0..50 {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        let port = a.local_addr().expect("local address").port();
+        let port = crate::free_port();
         if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
             return port;
         }

@@ -56,11 +56,6 @@ fn pg_bin(name: &str) -> PathBuf {
     panic!("PostgreSQL's {name} not found under /usr/lib/postgresql: install the postgresql package (tests/run does)");
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
-
 fn as_postgres(cmd: &Path) -> Command {
     let mut c = Command::new("runuser");
     c.args(["-u", "postgres", "--"]).arg(cmd);
@@ -112,7 +107,7 @@ fn init_cluster(prefix: &str) -> PathBuf {
 fn start_private() -> Pg {
     let dir = init_cluster("gatepass-pg-");
     let data = dir.join("data");
-    let port = free_port();
+    let port = crate::free_port();
     let log = std::fs::File::create(dir.join("postgres.log")).expect("pg log");
     let _ = Command::new("chown")
         .args(["postgres:postgres"])
@@ -244,7 +239,7 @@ impl OwnedPg {
             .stderr(Stdio::null())
             .spawn()
             .expect("start pg watchdog");
-        let port = free_port();
+        let port = crate::free_port();
         let own = OwnedPg {
             pg: Pg {
                 base_url: format!("postgres://postgres@127.0.0.1:{port}"),

@@ -148,7 +148,7 @@ impl Sshd {
         set_mode(&dir, 0o755);
         let host_key = keygen(&dir, "host_key", "ed25519", None);
         Sshd {
-            port: free_port(),
+            port: crate::free_port(),
             config: dir.join("sshd_config"),
             host_key_pub: pub_path(&host_key),
             host_key,
@@ -194,6 +194,7 @@ impl Sshd {
         for attempt in 0..5 {
             self.write_config();
             let before = self.log().matches("Server listening on").count();
+            let in_use_before = self.log().matches(IN_USE).count();
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -213,9 +214,11 @@ impl Sshd {
                     self.start_watchdog();
                     return;
                 }
-                Err(e) if attempt < 4 && e.contains("Address already in use") => {
+                // sshd's last line is "Cannot bind any address."; why is
+                // on the line before.
+                Err(_) if attempt < 4 && self.log().matches(IN_USE).count() > in_use_before => {
                     self.child = None;
-                    self.port = free_port();
+                    self.port = crate::free_port();
                 }
                 Err(e) => {
                     self.stop();
@@ -1024,10 +1027,8 @@ fn assert_root() {
     );
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
-}
+/// What sshd logs when another process took its port since it was chosen.
+const IN_USE: &str = "Address already in use";
 
 fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -187,11 +187,7 @@ impl Gateway {
         assert!(o.status.success(), "openssl: {}", stderr(&o));
         let token = d.join("gateway.token");
         std::fs::write(&token, "gw-token\n").unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = gatepass_tests::free_port();
         let config = d.join("gateway.toml");
         std::fs::write(
             &config,
@@ -546,9 +542,7 @@ fn scp_and_sftp_copy_files_intact_and_ssh_l_forwards() {
         }
     });
     let forward = |session_cert: &Path| -> (Child, u16) {
-        let local = TcpListener::bind("127.0.0.1:0").unwrap();
-        let local_port = local.local_addr().unwrap().port();
-        drop(local);
+        let local_port = gatepass_tests::free_port();
         let child = gw
             .ssh(
                 Some(session_cert),
