@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gatepass_api::hosts::{DynamicKey, HostState};
+use gatepass_api::hosts::DynamicKey;
+
+use super::state::HostAnswer;
 
 /// The parts of every host's state that do not depend on the host: CA keys
 /// and KRL per user mount, mappings, every live dynamic key. Built once per
@@ -37,7 +39,7 @@ pub(super) struct SharedView {
     /// Whole states, index included, of the hosts that get no dynamic key:
     /// these differ only by user mount and by whether the host maps
     /// principals, so 100,000 such hosts share a handful, each computed
-    /// (serialized and hashed) once per view. By user mount, then
-    /// `[own principals, mapped]`.
-    pub(super) rendered: std::sync::Mutex<HashMap<String, [Option<Arc<HostState>>; 2]>>,
+    /// (serialized, hashed, and redacted for the audit log) once per view.
+    /// By user mount, then `[own principals, mapped]`.
+    pub(super) rendered: std::sync::Mutex<HashMap<String, [Option<Arc<HostAnswer>>; 2]>>,
 }

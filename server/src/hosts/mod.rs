@@ -32,7 +32,7 @@ mod state;
 
 pub use cache::StateCache;
 pub use policy::{HOST_POLICY, HOST_POLICY_FORMER_TEXTS, HOST_POLICY_TEXT};
-pub use state::{poll_state, state};
+pub use state::{poll_state, state, HostAnswer};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct JoinEntry {
@@ -434,7 +434,7 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
 pub async fn host_detail(core: &Core, h: &Host, now: i64) -> Result<HostInfo> {
     let current = state(core, h, now).await?;
     Ok(HostInfo {
-        state_index: Some(current.index),
+        state_index: Some(current.state.index),
         ..host_info(h)
     })
 }

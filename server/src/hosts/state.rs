@@ -15,6 +15,7 @@ use gatepass_api::hosts::{DynamicKey, HostState};
 use super::cache::{Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
+use crate::longpoll::Rendered;
 use crate::mounts;
 use crate::ssh::{certs, creds, issuers};
 use crate::state::Core;
@@ -89,15 +90,22 @@ async fn shared(core: &Core, now: i64) -> Result<Arc<SharedView>> {
     Ok(s.view.clone())
 }
 
+/// A host's state with its answer, rendered once however many hosts it
+/// is handed to.
+pub struct HostAnswer {
+    pub state: HostState,
+    pub rendered: Arc<Rendered>,
+}
+
 /// Computes a host's desired state; `index` hashes its content.
-pub async fn state(core: &Core, host: &Host, now: i64) -> Result<Arc<HostState>> {
+pub async fn state(core: &Core, host: &Host, now: i64) -> Result<Arc<HostAnswer>> {
     Ok(state_until(core, host, now).await?.0)
 }
 
 /// A host's state and the first second at which it may change by itself.
 /// Hosts that get no dynamic key share their state with every host of the
 /// same user mount and principals setting: computed once per view.
-async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostState>, i64)> {
+async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostAnswer>, i64)> {
     let sh = shared(core, now).await?;
     let dynamic_keys: Vec<DynamicKey> = sh
         .dynamic
@@ -127,7 +135,10 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
     }
     st.dynamic_keys = dynamic_keys;
     st.index = crate::longpoll::content_index(&st)?;
-    let st = Arc::new(st);
+    let st = Arc::new(HostAnswer {
+        rendered: Arc::new(Rendered::of(&st)?),
+        state: st,
+    });
     core.metrics.host_state("computed");
     if shareable {
         let mut rendered = sh.rendered.lock().unwrap_or_else(|e| e.into_inner());
@@ -141,7 +152,12 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
 /// only when a change is announced (and then, most often, finds the state
 /// another poll already computed), when time alone changes it (an expiry),
 /// or after [`RECHECK`]; a woken poll whose state did not change waits on.
-pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<Arc<HostState>> {
+pub async fn poll_state(
+    core: &Core,
+    host: &Host,
+    index: u64,
+    wait: i64,
+) -> Result<Arc<HostAnswer>> {
     let mut changes = core.storage.subscribe();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
@@ -150,7 +166,7 @@ pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Resu
         changes.borrow_and_update();
         let now = core.clock.now();
         let (st, until) = state_until(core, host, now).await?;
-        if st.index != index || tokio::time::Instant::now() >= deadline {
+        if st.state.index != index || tokio::time::Instant::now() >= deadline {
             return Ok(st);
         }
         drop(st);
