@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gatepass_api::hosts::DynamicKey;
+use gatepass_api::hosts::{DynamicKey, HostState};
 
-use super::state::HostAnswer;
+use crate::longpoll::Rendered;
 
 /// The parts of every host's state that do not depend on the host: CA keys
 /// and KRL per user mount, mappings, every live dynamic key. Built once per
@@ -26,6 +26,13 @@ pub(super) struct Shared {
     pub(super) heard_all: bool,
     pub(super) built: tokio::time::Instant,
     pub(super) view: Arc<SharedView>,
+}
+
+/// A host's state with its answer, rendered once however many hosts it
+/// is handed to.
+pub struct HostAnswer {
+    pub state: HostState,
+    pub rendered: Arc<Rendered>,
 }
 
 /// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.

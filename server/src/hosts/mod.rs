@@ -32,7 +32,7 @@ mod state;
 
 pub use cache::StateCache;
 pub use policy::{HOST_POLICY, HOST_POLICY_FORMER_TEXTS, HOST_POLICY_TEXT};
-pub use state::{poll_state, state, HostAnswer};
+pub use state::{poll_state, state};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct JoinEntry {

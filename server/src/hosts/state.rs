@@ -12,7 +12,7 @@ use rand::Rng;
 use base64::Engine;
 use gatepass_api::hosts::{DynamicKey, HostState};
 
-use super::cache::{Shared, SharedView};
+use super::cache::{HostAnswer, Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
 use crate::longpoll::Rendered;
@@ -88,13 +88,6 @@ async fn shared(core: &Core, now: i64) -> Result<Arc<SharedView>> {
         .as_ref()
         .ok_or_else(|| Error::internal("host state cache empty"))?;
     Ok(s.view.clone())
-}
-
-/// A host's state with its answer, rendered once however many hosts it
-/// is handed to.
-pub struct HostAnswer {
-    pub state: HostState,
-    pub rendered: Arc<Rendered>,
 }
 
 /// Computes a host's desired state; `index` hashes its content.
