@@ -4,7 +4,10 @@
 //! database gives the same index for the same state with no counter to
 //! keep, and a client sends back the index it holds to wait for a change.
 
+use std::sync::OnceLock;
+
 use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -19,6 +22,44 @@ pub fn content_index<T: Serialize>(state: &T) -> Result<u64> {
     let mut idx = [0u8; 8];
     idx.copy_from_slice(&digest[..8]);
     Ok((u64::from_be_bytes(idx) & ((1 << 53) - 1)).max(1))
+}
+
+/// A state as the answers of many polls hand it out: its JSON (the
+/// answer's `data`), serialized once, and its audit form, made once by the
+/// first answer that is audited. A revocation reaching 100,000 hosts hands
+/// out a handful of states; serializing and redacting each per answer was
+/// most of what an answer cost beside the connection's own work.
+pub struct Rendered {
+    value: Value,
+    json: String,
+    audit: OnceLock<Value>,
+}
+
+impl Rendered {
+    pub fn of<T: Serialize>(state: &T) -> Result<Rendered> {
+        let value = serde_json::to_value(state).map_err(|e| Error::internal(e.to_string()))?;
+        let json = serde_json::to_string(&value).map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Rendered {
+            value,
+            json,
+            audit: OnceLock::new(),
+        })
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The value serialized, as `serde_json` writes `value()`.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The audit form, made by `redact` from `value()` the first time it
+    /// is asked for (concurrent first askers wait for that one).
+    pub fn audit_form(&self, redact: impl FnOnce(&Value) -> Value) -> &Value {
+        self.audit.get_or_init(|| redact(&self.value))
+    }
 }
 
 #[cfg(test)]

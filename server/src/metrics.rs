@@ -31,9 +31,11 @@ pub struct Metrics {
     pub retention_removed: Family<KindLabels, Counter>,
     /// Hosts' desired states by how they were had: `view` (the
     /// host-independent part built from storage), `computed` (a state
-    /// rendered and hashed) and `reused` (a state handed out as computed
-    /// for another host or an earlier look). A change reaching a fleet
-    /// should cost one `view` and a few `computed`, not one per host.
+    /// rendered and hashed), `reused` (a state handed out as computed
+    /// for another host or an earlier look) and `redacted` (a state's
+    /// audit form made, once per state the audit log records). A change
+    /// reaching a fleet should cost one `view` and a few `computed` and
+    /// `redacted`, not one per host.
     pub host_states: Family<KindLabels, Counter>,
 }
 
@@ -85,7 +87,7 @@ impl Default for Metrics {
         let host_states = Family::<KindLabels, Counter>::default();
         registry.register(
             "host_states",
-            "hosts' desired states: host-independent views built, states computed, states reused",
+            "hosts' desired states: host-independent views built, states computed, states reused, audit forms of states made",
             host_states.clone(),
         );
         Metrics {

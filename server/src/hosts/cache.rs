@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use gatepass_api::hosts::{DynamicKey, HostState};
 
+use crate::longpoll::Rendered;
+
 /// The parts of every host's state that do not depend on the host: CA keys
 /// and KRL per user mount, mappings, every live dynamic key. Built once per
 /// change and shared by all waiting hosts, so a change reaching thousands of
@@ -26,6 +28,13 @@ pub(super) struct Shared {
     pub(super) view: Arc<SharedView>,
 }
 
+/// A host's state with its answer, rendered once however many hosts it
+/// is handed to.
+pub struct HostAnswer {
+    pub state: HostState,
+    pub rendered: Arc<Rendered>,
+}
+
 /// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
 pub(super) struct SharedView {
     pub(super) mounts: BTreeMap<String, (String, String)>,
@@ -37,7 +46,7 @@ pub(super) struct SharedView {
     /// Whole states, index included, of the hosts that get no dynamic key:
     /// these differ only by user mount and by whether the host maps
     /// principals, so 100,000 such hosts share a handful, each computed
-    /// (serialized and hashed) once per view. By user mount, then
-    /// `[own principals, mapped]`.
-    pub(super) rendered: std::sync::Mutex<HashMap<String, [Option<Arc<HostState>>; 2]>>,
+    /// (serialized, hashed, and redacted for the audit log) once per view.
+    /// By user mount, then `[own principals, mapped]`.
+    pub(super) rendered: std::sync::Mutex<HashMap<String, [Option<Arc<HostAnswer>>; 2]>>,
 }

@@ -434,7 +434,7 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
 pub async fn host_detail(core: &Core, h: &Host, now: i64) -> Result<HostInfo> {
     let current = state(core, h, now).await?;
     Ok(HostInfo {
-        state_index: Some(current.index),
+        state_index: Some(current.state.index),
         ..host_info(h)
     })
 }

@@ -12,9 +12,10 @@ use rand::Rng;
 use base64::Engine;
 use gatepass_api::hosts::{DynamicKey, HostState};
 
-use super::cache::{Shared, SharedView};
+use super::cache::{HostAnswer, Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
+use crate::longpoll::Rendered;
 use crate::mounts;
 use crate::ssh::{certs, creds, issuers};
 use crate::state::Core;
@@ -90,14 +91,14 @@ async fn shared(core: &Core, now: i64) -> Result<Arc<SharedView>> {
 }
 
 /// Computes a host's desired state; `index` hashes its content.
-pub async fn state(core: &Core, host: &Host, now: i64) -> Result<Arc<HostState>> {
+pub async fn state(core: &Core, host: &Host, now: i64) -> Result<Arc<HostAnswer>> {
     Ok(state_until(core, host, now).await?.0)
 }
 
 /// A host's state and the first second at which it may change by itself.
 /// Hosts that get no dynamic key share their state with every host of the
 /// same user mount and principals setting: computed once per view.
-async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostState>, i64)> {
+async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostAnswer>, i64)> {
     let sh = shared(core, now).await?;
     let dynamic_keys: Vec<DynamicKey> = sh
         .dynamic
@@ -106,7 +107,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
         .map(|(_, k)| k.clone())
         .collect();
     let mapped = usize::from(host.config.principals == "mapped");
-    let render = |dynamic_keys: Vec<DynamicKey>| -> Result<Arc<HostState>> {
+    let render = |dynamic_keys: Vec<DynamicKey>| -> Result<Arc<HostAnswer>> {
         let mut st = HostState::default();
         if let Some((keys, krl)) = sh.mounts.get(&host.config.user_mount) {
             st.user_ca_keys = keys.clone();
@@ -118,7 +119,10 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
         st.dynamic_keys = dynamic_keys;
         st.index = crate::longpoll::content_index(&st)?;
         core.metrics.host_state("computed");
-        Ok(Arc::new(st))
+        Ok(Arc::new(HostAnswer {
+            rendered: Arc::new(Rendered::of(&st)?),
+            state: st,
+        }))
     };
     if !dynamic_keys.is_empty() {
         return Ok((render(dynamic_keys)?, sh.until));
@@ -143,7 +147,12 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostStat
 /// only when a change is announced (and then, most often, finds the state
 /// another poll already computed), when time alone changes it (an expiry),
 /// or after [`RECHECK`]; a woken poll whose state did not change waits on.
-pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Result<Arc<HostState>> {
+pub async fn poll_state(
+    core: &Core,
+    host: &Host,
+    index: u64,
+    wait: i64,
+) -> Result<Arc<HostAnswer>> {
     let mut changes = core.storage.subscribe();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(wait.clamp(0, MAX_WAIT) as u64);
@@ -152,7 +161,7 @@ pub async fn poll_state(core: &Core, host: &Host, index: u64, wait: i64) -> Resu
         changes.borrow_and_update();
         let now = core.clock.now();
         let (st, until) = state_until(core, host, now).await?;
-        if st.index != index || tokio::time::Instant::now() >= deadline {
+        if st.state.index != index || tokio::time::Instant::now() >= deadline {
             return Ok(st);
         }
         drop(st);

@@ -26,7 +26,8 @@ pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>)
     hosts::seen(core, &host, req.now).await?;
     let index = f.int("index")?.unwrap_or(0).max(0) as u64;
     let wait = f.duration("wait")?.unwrap_or(0);
-    data(&*hosts::poll_state(core, &host, index, wait).await?)
+    let answer = hosts::poll_state(core, &host, index, wait).await?;
+    Ok(Reply::Rendered(answer.rendered.clone()))
 }
 
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {

@@ -46,6 +46,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub enum Reply {
     /// 200 with the envelope's `data`.
     Data(Value),
+    /// 200 with the envelope's `data` rendered once for many answers (a
+    /// long-poll's state shared by many hosts): its JSON goes into the
+    /// envelope as it is, and its audit form is made once.
+    Rendered(std::sync::Arc<crate::longpoll::Rendered>),
     /// 200 with the envelope's `auth` (logins, token creation).
     Auth(Value),
     /// 200 with `data` and the envelope's lease fields (creds, renewals).
@@ -293,14 +297,17 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     // Vault's order: the request is on record before anything is done for
     // it, and a request that cannot be put on record is refused unchanged.
     let request_id = uuid::Uuid::new_v4().to_string();
-    let audited = is_audited(&request);
-    if audited {
-        if let Err(e) = Box::pin(audit_request(&core, &request, &request_id)).await {
-            tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-            return error_body(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit log unavailable: the request was refused before anything was done",
-            );
+    let mut on_record = None;
+    if is_audited(&request) {
+        match Box::pin(audit_request(&core, &request, &request_id)).await {
+            Ok(entry) => on_record = Some(entry),
+            Err(e) => {
+                tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+                return error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit log unavailable: the request was refused before anything was done",
+                );
+            }
         }
     }
     // The audit entries, wrapping and authentication are awaited from their
@@ -341,14 +348,14 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
     }
-    if audited {
+    if let Some(entry) = on_record {
         // What the request did is done: its answer is given even if the
         // response entry has to wait for the audit file (it is kept and
         // written first thing once the file can be written).
         Box::pin(audit_response(
             &core,
             &request,
-            &request_id,
+            entry,
             caller.as_ref(),
             &result,
             status,
@@ -471,6 +478,7 @@ async fn wrap_reply(
 fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> {
     Some(match reply {
         Reply::Data(d) => envelope(d.clone(), Value::Null, warnings, id),
+        Reply::Rendered(r) => envelope(r.value().clone(), Value::Null, warnings, id),
         Reply::Auth(a) => envelope(Value::Null, a.clone(), warnings, id),
         Reply::Lease {
             data,
@@ -512,6 +520,23 @@ fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -
     })
 }
 
+/// The text of [`envelope`] with no `auth` around `data` given as JSON text,
+/// written without building the envelope as a value: the same bytes
+/// (`serde_json` writes an object's keys sorted), made in one allocation.
+fn envelope_text(data: &str, warnings: &[String], request_id: &str) -> Result<String> {
+    let id = serde_json::to_string(request_id).map_err(|e| Error::internal(e.to_string()))?;
+    let warnings = if warnings.is_empty() {
+        "null".to_string()
+    } else {
+        serde_json::to_string(warnings).map_err(|e| Error::internal(e.to_string()))?
+    };
+    Ok(format!(
+        "{{\"auth\":null,\"data\":{data},\"lease_duration\":0,\"lease_id\":\"\",\
+         \"mount_type\":\"\",\"renewable\":false,\"request_id\":{id},\
+         \"warnings\":{warnings},\"wrap_info\":null}}"
+    ))
+}
+
 fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
     match reply {
         Reply::Unwrapped(e) => axum::Json(e).into_response(),
@@ -532,6 +557,14 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
             Body::from(body),
         )
             .into_response(),
+        Reply::Rendered(r) => match envelope_text(r.json(), &warnings, &request_id) {
+            Ok(body) => (
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from(body),
+            )
+                .into_response(),
+            Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.public_message()),
+        },
         other => match envelope_of(&other, warnings, &request_id) {
             Some(e) => axum::Json(e).into_response(),
             // An empty list: Vault answers 404.
@@ -622,24 +655,15 @@ pub async fn may(core: &Core, caller: &TokenEntry, op: Operation, path: &str) ->
 /// web UI): audited, authenticated, authorized and routed exactly as an
 /// API request is, with no response wrapping.
 pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    if let Err(e) = audit_request(core, request, &request_id).await {
-        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-        return Err(Error::Unavailable(
-            "audit log unavailable: the request was refused before anything was done".into(),
-        ));
-    }
-    let mut caller = None;
-    let result = process(core, request, &mut caller).await;
-    let status = match &result {
-        Ok(r) => reply_status(r),
-        Err(e) => status_of(e),
-    };
-    if let Err(Error::PermissionDenied) = &result {
-        core.metrics.auth_failures.inc();
-    }
-    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
-    result
+    audited(core, request, async {
+        let mut caller = None;
+        let result = process(core, request, &mut caller).await;
+        if let Err(Error::PermissionDenied) = &result {
+            core.metrics.auth_failures.inc();
+        }
+        (caller, result)
+    })
+    .await
 }
 
 /// Puts on record something another face of the server does itself rather
@@ -653,18 +677,21 @@ pub async fn audited(
     act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
 ) -> Result<Reply> {
     let request_id = uuid::Uuid::new_v4().to_string();
-    if let Err(e) = audit_request(core, request, &request_id).await {
-        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-        return Err(Error::Unavailable(
-            "audit log unavailable: the request was refused before anything was done".into(),
-        ));
-    }
+    let entry = match audit_request(core, request, &request_id).await {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+            return Err(Error::Unavailable(
+                "audit log unavailable: the request was refused before anything was done".into(),
+            ));
+        }
+    };
     let (caller, result) = act.await;
     let status = match &result {
         Ok(r) => reply_status(r),
         Err(e) => status_of(e),
     };
-    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    audit_response(core, request, entry, caller.as_ref(), &result, status).await;
     result
 }
 
@@ -702,13 +729,16 @@ fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value
 }
 
 /// The request entry, written before the request is acted on; an error
-/// means it is not on record (and the request must be refused).
-async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<()> {
+/// means it is not on record (and the request must be refused). Answers
+/// the entry's `request` part, which the response entry repeats: its
+/// fields are HMAC'd once for both.
+async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<Value> {
     let key = &core.audit_key;
+    let request = request_json(key, req, request_id);
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("request"));
-    event.insert("request".into(), request_json(key, req, request_id));
+    event.insert("request".into(), request.clone());
     event.insert(
         "auth".into(),
         match req.token.as_deref().filter(|t| !t.is_empty()) {
@@ -724,7 +754,7 @@ async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<(
     for line in lines {
         core.storage.append_audit(&line, req.now).await?;
     }
-    Ok(())
+    Ok(request)
 }
 
 /// Writes the audit file's kept events and follows a moved file, about once
@@ -791,13 +821,14 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
     }
 }
 
-/// The response entry, written after the request was acted on. It cannot
-/// fail the request: if the audit file cannot be written now, the entry is
-/// kept and written before anything else once it can.
+/// The response entry, written after the request was acted on, with the
+/// `request` part its request entry had. It cannot fail the request: if
+/// the audit file cannot be written now, the entry is kept and written
+/// before anything else once it can.
 async fn audit_response(
     core: &Core,
     req: &Request,
-    request_id: &str,
+    request: Value,
     caller: Option<&TokenEntry>,
     result: &Result<Reply>,
     status: StatusCode,
@@ -806,7 +837,7 @@ async fn audit_response(
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("response"));
-    event.insert("request".into(), request_json(key, req, request_id));
+    event.insert("request".into(), request);
     event.insert(
         "auth".into(),
         match caller {
@@ -820,6 +851,15 @@ async fn audit_response(
     );
     let response = match result {
         Ok(Reply::Data(d)) => json!({ "data": audit::redact(d, key, AUDIT_KEEP) }),
+        // The same entry as for `Data`, its redaction made once for every
+        // answer that hands out this state.
+        Ok(Reply::Rendered(r)) => {
+            let data = r.audit_form(|d| {
+                core.metrics.host_state("redacted");
+                audit::redact(d, key, AUDIT_KEEP)
+            });
+            Value::Object(Map::from_iter([("data".to_string(), data.clone())]))
+        }
         Ok(Reply::Lease { data, lease_id, .. }) => json!({
             "data": audit::redact(data, key, AUDIT_KEEP),
             "lease_id": lease_id,
@@ -859,6 +899,19 @@ async fn audit_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared state's answer is written around its JSON text rather
+    /// than built as a value: a client must not tell the two apart.
+    #[test]
+    fn an_envelope_around_rendered_data_is_the_envelope_of_its_value() {
+        let state = json!({"index": 7, "krl": "AAAA\"\n", "principals": {"root": ["a", "b"]}});
+        let r = crate::longpoll::Rendered::of(&state).unwrap();
+        for warnings in [vec![], vec!["ignored \"x\"".to_string()]] {
+            let whole = envelope(state.clone(), Value::Null, warnings.clone(), "id-1");
+            let text = envelope_text(r.json(), &warnings, "id-1").unwrap();
+            assert_eq!(text, serde_json::to_string(&whole).unwrap());
+        }
+    }
 
     /// A fleet's waiting long-polls each hold their request's future, and
     /// an async function's future is as large as the largest future it

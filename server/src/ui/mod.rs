@@ -220,6 +220,7 @@ impl Caller {
     async fn read(&self, core: &Core, op: Operation, path: &str, fields: Value) -> Result<Value> {
         Ok(match self.call(core, op, path, fields).await? {
             Reply::Data(v) | Reply::Auth(v) => v,
+            Reply::Rendered(r) => r.value().clone(),
             Reply::Lease { data, .. } => data,
             Reply::List(keys) => serde_json::json!({ "keys": keys }),
             Reply::Raw { body, .. } => Value::String(String::from_utf8_lossy(&body).into_owned()),

@@ -963,6 +963,54 @@ async fn hosts_with_the_same_state_are_answered_from_one_computation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_a_state_are_each_on_record_with_it_redacted_once() {
+    let s = Server::start(Backend::Sqlite).await;
+    let tokens = enroll_fleet(&s, 5).await;
+    let ca_key = s.root("GET", "ssh/public_key", None).await.1;
+    let ca_key = ca_key.as_str().unwrap().trim().to_string();
+    assert!(ca_key.starts_with("ssh-ed25519 "), "{ca_key}");
+
+    // Five hosts ask for the same state: each answer holds it whole.
+    let redacted = host_states(&s, "redacted").await;
+    let mut answers = Vec::new();
+    for t in &tokens {
+        let (st, v) = s.call("GET", "hosts/self/state", Some(t), None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["user_ca_keys"].as_str().unwrap().trim(), ca_key);
+        assert!(v["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(v["warnings"], Value::Null);
+        answers.push(v);
+    }
+    assert!(answers.windows(2).all(|w| w[0]["data"] == w[1]["data"]));
+    assert_ne!(answers[0]["request_id"], answers[1]["request_id"]);
+
+    // Every answer is on record with the state as the audit log writes
+    // any answer's data: strings HMAC'd, numbers as they are. Its audit
+    // form was made once for the five.
+    let audit = s.audit_text();
+    let entries: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] == "response" && e["request"]["path"] == "hosts/self/state")
+        .collect();
+    assert_eq!(entries.len(), 5, "{audit}");
+    for (e, a) in entries.iter().zip(&answers) {
+        assert_eq!(e["request"]["id"], a["request_id"]);
+        assert_eq!(e["status"], 200);
+        let data = &e["response"]["data"];
+        assert_eq!(data["index"], a["data"]["index"]);
+        assert!(data["user_ca_keys"]
+            .as_str()
+            .unwrap()
+            .starts_with("hmac-sha256:"));
+        assert!(data["krl"].as_str().unwrap().starts_with("hmac-sha256:"));
+        assert_eq!(data, &entries[0]["response"]["data"]);
+    }
+    assert!(!audit.contains(&ca_key[12..]), "the CA key in clear");
+    assert_eq!(host_states(&s, "redacted").await - redacted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_listener_was_cut() {
     let (a, b) = Server::start_pair().await;
     let (a, b) = (Arc::new(a), Arc::new(b));
