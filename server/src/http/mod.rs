@@ -293,14 +293,17 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     // Vault's order: the request is on record before anything is done for
     // it, and a request that cannot be put on record is refused unchanged.
     let request_id = uuid::Uuid::new_v4().to_string();
-    let audited = is_audited(&request);
-    if audited {
-        if let Err(e) = Box::pin(audit_request(&core, &request, &request_id)).await {
-            tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-            return error_body(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit log unavailable: the request was refused before anything was done",
-            );
+    let mut request_entry = None;
+    if is_audited(&request) {
+        match Box::pin(audit_request(&core, &request, &request_id)).await {
+            Ok(entry) => request_entry = Some(entry),
+            Err(e) => {
+                tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+                return error_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit log unavailable: the request was refused before anything was done",
+                );
+            }
         }
     }
     // The audit entries, wrapping and authentication are awaited from their
@@ -341,14 +344,14 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
     }
-    if audited {
+    if let Some(entry) = request_entry {
         // What the request did is done: its answer is given even if the
         // response entry has to wait for the audit file (it is kept and
         // written first thing once the file can be written).
         Box::pin(audit_response(
             &core,
             &request,
-            &request_id,
+            entry,
             caller.as_ref(),
             &result,
             status,
@@ -622,13 +625,7 @@ pub async fn may(core: &Core, caller: &TokenEntry, op: Operation, path: &str) ->
 /// web UI): audited, authenticated, authorized and routed exactly as an
 /// API request is, with no response wrapping.
 pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    if let Err(e) = audit_request(core, request, &request_id).await {
-        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-        return Err(Error::Unavailable(
-            "audit log unavailable: the request was refused before anything was done".into(),
-        ));
-    }
+    let entry = audit_request_or_refuse(core, request).await?;
     let mut caller = None;
     let result = process(core, request, &mut caller).await;
     let status = match &result {
@@ -638,7 +635,7 @@ pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
     if let Err(Error::PermissionDenied) = &result {
         core.metrics.auth_failures.inc();
     }
-    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    audit_response(core, request, entry, caller.as_ref(), &result, status).await;
     result
 }
 
@@ -652,19 +649,13 @@ pub async fn audited(
     request: &Request,
     act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
 ) -> Result<Reply> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    if let Err(e) = audit_request(core, request, &request_id).await {
-        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-        return Err(Error::Unavailable(
-            "audit log unavailable: the request was refused before anything was done".into(),
-        ));
-    }
+    let entry = audit_request_or_refuse(core, request).await?;
     let (caller, result) = act.await;
     let status = match &result {
         Ok(r) => reply_status(r),
         Err(e) => status_of(e),
     };
-    audit_response(core, request, &request_id, caller.as_ref(), &result, status).await;
+    audit_response(core, request, entry, caller.as_ref(), &result, status).await;
     result
 }
 
@@ -701,14 +692,31 @@ fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value
     })
 }
 
+/// The request entry of a request made on a caller's behalf, under a new
+/// request id, or the error that refuses the request when it cannot be
+/// put on record.
+async fn audit_request_or_refuse(core: &Core, request: &Request) -> Result<Value> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    audit_request(core, request, &request_id).await.map_err(|e| {
+        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+        Error::Unavailable(
+            "audit log unavailable: the request was refused before anything was done".into(),
+        )
+    })
+}
+
 /// The request entry, written before the request is acted on; an error
-/// means it is not on record (and the request must be refused).
-async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<()> {
+/// means it is not on record (and the request must be refused). Returns
+/// the entry's `request` object, which the response entry repeats: it is
+/// redacted once per request, as its HMACs were a visible share of a
+/// request's time when each entry computed them again.
+async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<Value> {
     let key = &core.audit_key;
+    let request = request_json(key, req, request_id);
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("request"));
-    event.insert("request".into(), request_json(key, req, request_id));
+    event.insert("request".into(), request.clone());
     event.insert(
         "auth".into(),
         match req.token.as_deref().filter(|t| !t.is_empty()) {
@@ -722,9 +730,9 @@ async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<(
             .map_err(|e| Error::internal(e.to_string()))?],
     };
     for line in lines {
-        core.storage.append_audit(&line, req.now).await?;
+        core.storage.append_audit(line, req.now).await?;
     }
-    Ok(())
+    Ok(request)
 }
 
 /// Writes the audit file's kept events and follows a moved file, about once
@@ -740,7 +748,7 @@ pub async fn audit_keeper(core: State) {
         match log.flush(core.clock.now()) {
             Ok(lines) => {
                 for line in lines {
-                    if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                    if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                         tracing::error!(error = %e, "audit line not copied to the database");
                     }
                 }
@@ -759,7 +767,7 @@ pub async fn audit_at_stop(core: &Core) {
     match log.flush(core.clock.now()) {
         Ok(lines) => {
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -782,7 +790,7 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
         Ok(lines) => {
             tracing::info!(file = %log.path().display(), "audit file reopened");
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -791,13 +799,14 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
     }
 }
 
-/// The response entry, written after the request was acted on. It cannot
-/// fail the request: if the audit file cannot be written now, the entry is
-/// kept and written before anything else once it can.
+/// The response entry, written after the request was acted on; `request`
+/// is what [`audit_request`] returned. It cannot fail the request: if the
+/// audit file cannot be written now, the entry is kept and written before
+/// anything else once it can.
 async fn audit_response(
     core: &Core,
     req: &Request,
-    request_id: &str,
+    request: Value,
     caller: Option<&TokenEntry>,
     result: &Result<Reply>,
     status: StatusCode,
@@ -806,7 +815,7 @@ async fn audit_response(
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("response"));
-    event.insert("request".into(), request_json(key, req, request_id));
+    event.insert("request".into(), request);
     event.insert(
         "auth".into(),
         match caller {
@@ -850,7 +859,7 @@ async fn audit_response(
         None => vec![Value::Object(event).to_string()],
     };
     for line in lines {
-        if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+        if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
             tracing::error!(error = %e, "audit line not copied to the database");
         }
     }
