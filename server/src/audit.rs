@@ -363,6 +363,8 @@ struct Inner {
 /// this many lines, within a second by [`AuditLog::flush`] (which always
 /// looks), or at once on SIGHUP. Lines written to the moved file meanwhile
 /// are in the chain as any other: the new file continues from the last.
+/// (A file deleted rather than moved takes those lines with it, as it
+/// takes every line before them; the database's copy keeps them all.)
 const FOLLOW_EVERY: u32 = 64;
 
 /// An open audit file. Appends are serialized by an internal mutex.
