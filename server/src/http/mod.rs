@@ -676,16 +676,7 @@ pub async fn audited(
     request: &Request,
     act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
 ) -> Result<Reply> {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let entry = match audit_request(core, request, &request_id).await {
-        Ok(entry) => entry,
-        Err(e) => {
-            tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
-            return Err(Error::Unavailable(
-                "audit log unavailable: the request was refused before anything was done".into(),
-            ));
-        }
-    };
+    let entry = audit_request_or_refuse(core, request).await?;
     let (caller, result) = act.await;
     let status = match &result {
         Ok(r) => reply_status(r),
@@ -728,6 +719,19 @@ fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value
     })
 }
 
+/// The request entry of a request made on a caller's behalf, under a new
+/// request id, or the error that refuses the request when it cannot be
+/// put on record.
+async fn audit_request_or_refuse(core: &Core, request: &Request) -> Result<Value> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    audit_request(core, request, &request_id).await.map_err(|e| {
+        tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
+        Error::Unavailable(
+            "audit log unavailable: the request was refused before anything was done".into(),
+        )
+    })
+}
+
 /// The request entry, written before the request is acted on; an error
 /// means it is not on record (and the request must be refused). Answers
 /// the entry's `request` part, which the response entry repeats: its
@@ -752,7 +756,7 @@ async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<V
             .map_err(|e| Error::internal(e.to_string()))?],
     };
     for line in lines {
-        core.storage.append_audit(&line, req.now).await?;
+        core.storage.append_audit(line, req.now).await?;
     }
     Ok(request)
 }
@@ -770,7 +774,7 @@ pub async fn audit_keeper(core: State) {
         match log.flush(core.clock.now()) {
             Ok(lines) => {
                 for line in lines {
-                    if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                    if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                         tracing::error!(error = %e, "audit line not copied to the database");
                     }
                 }
@@ -789,7 +793,7 @@ pub async fn audit_at_stop(core: &Core) {
     match log.flush(core.clock.now()) {
         Ok(lines) => {
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -812,7 +816,7 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
         Ok(lines) => {
             tracing::info!(file = %log.path().display(), "audit file reopened");
             for line in lines {
-                if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+                if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
                     tracing::error!(error = %e, "audit line not copied to the database");
                 }
             }
@@ -890,7 +894,7 @@ async fn audit_response(
         None => vec![Value::Object(event).to_string()],
     };
     for line in lines {
-        if let Err(e) = core.storage.append_audit(&line, core.clock.now()).await {
+        if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
             tracing::error!(error = %e, "audit line not copied to the database");
         }
     }

@@ -107,7 +107,7 @@ pub async fn record(
             .map_err(|e| Error::internal(e.to_string()))?],
     };
     for line in lines {
-        core.storage.append_audit(&line, now).await?;
+        core.storage.append_audit(line, now).await?;
     }
     Ok(())
 }

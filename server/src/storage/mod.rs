@@ -1072,12 +1072,9 @@ impl Storage {
     /// than per request.
     /// `at` is the line's time (Unix seconds), by which retention removes
     /// it from the copy later.
-    pub async fn append_audit(&self, line: &str, at: i64) -> Result<()> {
+    pub async fn append_audit(&self, line: String, at: i64) -> Result<()> {
         self.audit_tx
-            .send(AuditMsg::Line(AuditLine {
-                line: line.to_string(),
-                at,
-            }))
+            .send(AuditMsg::Line(AuditLine { line, at }))
             .await
             .map_err(|_| Error::internal("audit writer stopped"))
     }
