@@ -29,10 +29,29 @@ pub(super) struct Shared {
 }
 
 /// A host's state with its answer, rendered once however many hosts it
-/// is handed to.
+/// is handed to, and only when one is answered with it: a poll whose state
+/// did not change looks at it and waits on.
 pub struct HostAnswer {
     pub state: HostState,
-    pub rendered: Arc<Rendered>,
+    rendered: std::sync::OnceLock<Arc<Rendered>>,
+}
+
+impl HostAnswer {
+    pub fn new(state: HostState) -> HostAnswer {
+        HostAnswer {
+            state,
+            rendered: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The answer's data, rendered by the first answer that needs it.
+    pub fn rendered(&self) -> crate::error::Result<Arc<Rendered>> {
+        if let Some(r) = self.rendered.get() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Rendered::of(&self.state)?);
+        Ok(self.rendered.get_or_init(|| r).clone())
+    }
 }
 
 /// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.

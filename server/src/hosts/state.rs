@@ -15,7 +15,6 @@ use gatepass_api::hosts::{DynamicKey, HostState};
 use super::cache::{HostAnswer, Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
-use crate::longpoll::Rendered;
 use crate::mounts;
 use crate::ssh::{certs, creds, issuers};
 use crate::state::Core;
@@ -119,10 +118,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostAnsw
         st.dynamic_keys = dynamic_keys;
         st.index = crate::longpoll::content_index(&st)?;
         core.metrics.host_state("computed");
-        Ok(Arc::new(HostAnswer {
-            rendered: Arc::new(Rendered::of(&st)?),
-            state: st,
-        }))
+        Ok(Arc::new(HostAnswer::new(st)))
     };
     if !dynamic_keys.is_empty() {
         return Ok((render(dynamic_keys)?, sh.until));

@@ -27,7 +27,7 @@ pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>)
     let index = f.int("index")?.unwrap_or(0).max(0) as u64;
     let wait = f.duration("wait")?.unwrap_or(0);
     let answer = hosts::poll_state(core, &host, index, wait).await?;
-    Ok(Reply::Rendered(answer.rendered.clone()))
+    Ok(Reply::Rendered(answer.rendered()?))
 }
 
 pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
