@@ -114,12 +114,32 @@ async fn pair(
     let t1 = Instant::now();
     verify_once(c, &u.verify, &otp).await?;
     if let Some(lat) = lat {
+        let (create, verify) = (t1 - t0, t1.elapsed());
+        for (what, took) in [("create", create), ("verify", verify)] {
+            if took >= SLOW_REQUEST {
+                eprintln!(
+                    "  slow {what}: {} ms, ended {}",
+                    took.as_millis(),
+                    utc_now()
+                );
+            }
+        }
         if let Ok(mut s) = lat.lock() {
-            s.record(t1 - t0, Ok(()));
-            s.record(t1.elapsed(), Ok(()));
+            s.record(create, Ok(()));
+            s.record(verify, Ok(()));
         }
     }
     Ok(())
+}
+
+/// A request this slow is printed with the time it ended, to be read
+/// beside the server's log of slow writes.
+const SLOW_REQUEST: Duration = Duration::from_millis(50);
+
+fn utc_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 fn urls(server: &DevServer) -> Arc<Urls> {
