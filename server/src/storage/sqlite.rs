@@ -193,7 +193,10 @@ impl Sqlite {
         // fsync) run on a thread of their own, so that no commit waits for
         // one: left to the writer, every thousandth page's commit would.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = open(path)?;
+        let checkpointer = Checkpointer {
+            conn: open(path)?,
+            file: std::fs::File::open(path)?,
+        };
         let restart = Arc::new(AtomicBool::new(false));
         let (dirty_tx, dirty_rx) = std::sync::mpsc::sync_channel(1);
         let r = restart.clone();
@@ -367,21 +370,35 @@ const CAUGHT_UP_FRAMES: i64 = 64;
 /// copies little — and only then asks the writer, which starts the WAL
 /// over after its current batch with a few pages left to copy. Asked from
 /// here, a RESTART would hold the writer off through SQLite's busy-wait
-/// sleeps (1, 2, 5, 10 ms…).
+/// sleeps (1, 2, 5, 10 ms…). The restart's sync of the database file
+/// writes every page copied into it since its last sync: SQLite syncs it
+/// only when a checkpoint reaches the WAL's end, which under such writes
+/// none does, so the checkpointer syncs what each of its checkpoints
+/// copied (left to the kernel, those pages stay in memory for up to 30 s,
+/// and the restart wrote up to the whole 64 MiB while requests waited).
 fn checkpoint_loop(
-    conn: Connection,
+    ckpt: Checkpointer,
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::Receiver<()>,
     max_frames: i64,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    // The frames in the WAL and how many of them this checkpoint copied.
+    let conn = &ckpt.conn;
+    // The frames in the WAL and how many of them were copied so far; what
+    // a checkpoint copied is synced here, not by the restart (see above).
+    let synced = std::cell::Cell::new(0);
     let checkpoint = || {
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })
-        .map_err(|e| tracing::warn!(error = %e, "SQLite checkpoint failed"))
-        .ok()
+        let (frames, copied) = conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(|e| tracing::warn!(error = %e, "SQLite checkpoint failed"))
+            .ok()?;
+        if copied != synced.get() {
+            ckpt.sync();
+            synced.set(copied);
+        }
+        Some((frames, copied))
     };
     'idle: while dirty.recv().is_ok() {
         // Writes go on: a checkpoint at most every CHECKPOINT_EVERY.
@@ -412,7 +429,7 @@ fn checkpoint_loop(
                     // quiet, a few times.
                     if frames > WAL_CUT_FRAMES {
                         for _ in 0..CUT_TRIES {
-                            if cut_wal(&conn) {
+                            if cut_wal(conn) {
                                 break;
                             }
                             match dirty.recv_timeout(QUIET) {
@@ -429,6 +446,27 @@ fn checkpoint_loop(
         }
     }
     let _ = checkpoint();
+}
+
+/// The checkpointer's connection, and the database file it syncs.
+struct Checkpointer {
+    conn: Connection,
+    file: std::fs::File,
+}
+
+impl Checkpointer {
+    /// Writes the pages checkpoints copied into the database file to disk.
+    /// Only their data: the file's size is SQLite's to change (and sync).
+    fn sync(&self) {
+        let started = std::time::Instant::now();
+        if let Err(e) = self.file.sync_data() {
+            tracing::warn!(error = %e, "syncing the SQLite database file failed");
+        }
+        tracing::trace!(
+            millis = started.elapsed().as_millis() as u64,
+            "SQLite database file synced after a checkpoint"
+        );
+    }
 }
 
 /// Copies what is left of the WAL and cuts it to nothing, while the
@@ -839,6 +877,101 @@ mod tests {
             size < limit / 16,
             "the WAL holds {size} bytes after one write"
         );
+    }
+
+    /// Pages of `file` in the page cache not yet written to disk
+    /// (Linux's cachestat, 6.5 and later).
+    fn dirty_pages(file: &std::fs::File) -> u64 {
+        use std::os::fd::AsRawFd;
+        #[repr(C)]
+        struct Range {
+            off: u64,
+            len: u64,
+        }
+        #[repr(C)]
+        #[derive(Default)]
+        struct Stat {
+            cache: u64,
+            dirty: u64,
+            writeback: u64,
+            evicted: u64,
+            recently_evicted: u64,
+        }
+        const SYS_CACHESTAT: libc::c_long = 451;
+        let range = Range { off: 0, len: 0 };
+        let mut stat = Stat::default();
+        // SAFETY: the kernel reads `range` and writes `stat`, both live
+        // for the call and laid out as its `struct cachestat_range` and
+        // `struct cachestat`.
+        let rc = unsafe {
+            libc::syscall(
+                SYS_CACHESTAT,
+                file.as_raw_fd(),
+                &range as *const Range,
+                &mut stat as *mut Stat,
+                0,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "cachestat failed ({}): this test needs Linux 6.5 or later",
+            std::io::Error::last_os_error()
+        );
+        stat.dirty + stat.writeback
+    }
+
+    #[test]
+    fn pages_a_checkpoint_copies_are_synced_by_the_checkpointer_not_left_to_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = 256 * 1024;
+        let mut tries = 0;
+        let (path, reader, _db) = loop {
+            let path = dir.path().join(format!("synced{tries}.db"));
+            migrate(&path).unwrap();
+            let (db, tx) = Sqlite::open(&path).unwrap();
+            let mut wal = path.clone().into_os_string();
+            wal.push("-wal");
+            let reader = open(&path).unwrap();
+            // A write into the WAL, then a reader whose snapshot ends there,
+            // then another write: a checkpoint copies up to the reader's
+            // snapshot and stops, short of the WAL's end, where SQLite
+            // does not sync the database file itself. Left so, those pages
+            // would wait in memory for the next WAL restart, whose sync on
+            // the writer's thread would write them all while requests wait.
+            write_without_pause(&tx, Path::new(&wal), 1);
+            reader.execute_batch("BEGIN").unwrap();
+            let _: i64 = reader
+                .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+                .unwrap();
+            // (The first rewrites the same value: SQLite writes no page.)
+            write_without_pause(&tx, Path::new(&wal), 2);
+            // The checkpointer waits 200 ms after the first write: if it
+            // copied that write before the reader came (a test thread held
+            // up that long), it reached the WAL's end then, which SQLite
+            // syncs itself; that try shows nothing, and is made again.
+            if std::fs::metadata(&path).unwrap().len() < first {
+                break (path, reader, (db, tx));
+            }
+            tries += 1;
+            assert!(tries < 10, "the checkpointer always came before the reader");
+        };
+        let file = std::fs::File::open(&path).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            let dirty = dirty_pages(&file);
+            // Copied (the file holds the first write) and on disk.
+            if size >= first && dirty == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file ({size} bytes) still holds {dirty} pages not on disk"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reader.execute_batch("COMMIT").unwrap();
     }
 
     fn apply(tx: &mpsc::Sender<Job>, ops: Vec<Op>) -> Applied {
