@@ -135,6 +135,20 @@ struct Fleet {
     stop: AtomicBool,
 }
 
+/// The one field of a state answer the simulated host looks at. Parsing
+/// into it still reads (and checks) the whole answer as JSON, but builds
+/// nothing of the state: a real hostd does that on its own machine, while
+/// here every host's parsing takes from the two cores the servers run on.
+#[derive(serde::Deserialize)]
+struct StateAnswer {
+    data: StateIndex,
+}
+
+#[derive(serde::Deserialize)]
+struct StateIndex {
+    index: u64,
+}
+
 async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, String> {
     let r = c
         .get(url)
@@ -143,14 +157,14 @@ async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, S
         .await
         .map_err(|e| crate::load::chain(&e))?;
     let status = r.status();
-    let text = r.text().await.map_err(|e| crate::load::chain(&e))?;
+    let body = r.bytes().await.map_err(|e| crate::load::chain(&e))?;
+    let text = || String::from_utf8_lossy(&body).trim().to_string();
     if !status.is_success() {
-        return Err(format!("{status}: {}", text.trim()));
+        return Err(format!("{status}: {}", text()));
     }
-    let v: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    v.pointer("/data/index")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| format!("no data.index in {text}"))
+    serde_json::from_slice::<StateAnswer>(&body)
+        .map(|a| a.data.index)
+        .map_err(|e| format!("{e} in {}", text()))
 }
 
 /// One simulated host: long-polls until told to stop.
@@ -277,6 +291,9 @@ struct Results {
     reach_cpu: Option<f64>,
     /// This process's (the simulated hosts') CPU over the same window.
     sim_reach_cpu: Option<f64>,
+    /// The PostgreSQL cluster's (every process of it) over the same window,
+    /// when the cluster runs on this machine.
+    pg_reach_cpu: Option<f64>,
     errors: u64,
     first_error: Option<String>,
 }
@@ -289,6 +306,40 @@ fn memory(pids: &[u32]) -> Vec<(f64, f64)> {
 /// The servers' CPU time together, in ticks.
 fn cpu_ticks(pids: &[u32]) -> Option<u64> {
     pids.iter().map(|p| machine::process_cpu_ticks(*p)).sum()
+}
+
+/// The postmaster's process ID, read from its data folder (`SHOW
+/// data_directory`), when the cluster runs on this machine and that folder
+/// can be read.
+fn postmaster_pid(base: &str) -> Option<u32> {
+    let out = std::process::Command::new("psql")
+        .arg(base)
+        .args(["-Atc", "SHOW data_directory"])
+        .output()
+        .ok()?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let text = std::fs::read_to_string(std::path::Path::new(&dir).join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// A PostgreSQL cluster's CPU time, in ticks: the postmaster's own and that
+/// of the children it has reaped, and of every child still running (its
+/// backends, the WAL writer, the checkpointer...).
+fn cluster_cpu_ticks(postmaster: u32) -> Option<u64> {
+    let mut total = machine::process_cpu_and_children_ticks(postmaster)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if machine::parent_pid(pid) == Some(postmaster) {
+            total += machine::process_cpu_ticks(pid).unwrap_or(0);
+        }
+    }
+    Some(total)
 }
 
 fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
@@ -304,7 +355,12 @@ fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn measure(servers: &[DevServer], args: &Args, res: &mut Results) -> anyhow::Result<()> {
+async fn measure(
+    servers: &[DevServer],
+    postmaster: Option<u32>,
+    args: &Args,
+    res: &mut Results,
+) -> anyhow::Result<()> {
     let budget = args.common.budget()?;
     let timeout = Duration::from_secs_f64(args.timeout);
     let Some(server) = servers.first() else {
@@ -484,6 +540,7 @@ async fn measure(servers: &[DevServer], args: &Args, res: &mut Results) -> anyho
         let c0 = cpu_ticks(&pids);
         let me = [std::process::id()];
         let s0 = cpu_ticks(&me);
+        let p0 = postmaster.and_then(cluster_cpu_ticks);
         let t = Instant::now();
         if let Ok(mut g) = fleet.revoked_at.lock() {
             *g = Some(t);
@@ -506,6 +563,10 @@ async fn measure(servers: &[DevServer], args: &Args, res: &mut Results) -> anyho
             .zip(cpu_ticks(&me))
             .filter(|_| took >= Duration::from_millis(500))
             .map(|(a, b)| (b - a) as f64 / ticks / took.as_secs_f64());
+        res.pg_reach_cpu = p0
+            .zip(postmaster.and_then(cluster_cpu_ticks))
+            .filter(|_| took >= Duration::from_millis(500))
+            .map(|(a, b)| b.saturating_sub(a) as f64 / ticks / took.as_secs_f64());
         res.rss_after = memory(&pids);
         let mut reached: Vec<Duration> = fleet
             .reached
@@ -566,7 +627,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.servers == 1 {
         DevServer::around(&server_bin, |server, rt| {
-            rt.block_on(measure(std::slice::from_ref(server), args, &mut res))
+            rt.block_on(measure(std::slice::from_ref(server), None, args, &mut res))
         })?;
     } else {
         // A private cluster unless one was named; dropped (stopped and
@@ -593,9 +654,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 String::from_utf8_lossy(&created.stderr).trim()
             );
         }
+        let postmaster = postmaster_pid(&base);
         let servers = DevServer::serve_sharing(&server_bin, &format!("{base}/{db}"), args.servers)?;
         DevServer::around_all(servers, |servers, rt| {
-            rt.block_on(measure(servers, args, &mut res))
+            rt.block_on(measure(servers, postmaster, args, &mut res))
         })?;
     }
     let body = section(&machine, args, &res);
@@ -742,6 +804,14 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
             .map(|c| format!("{:.0}% of a core", c * 100.0))
             .unwrap_or_else(|| "– (under 0.5 s)".into()),
     ]);
+    if r.servers > 1 {
+        t.push(vec![
+            "PostgreSQL's CPU over the same time (every process of its cluster)".into(),
+            r.pg_reach_cpu
+                .map(|c| format!("{:.0}% of a core", c * 100.0))
+                .unwrap_or_else(|| "– (not on this machine, or under 0.5 s)".into()),
+        ]);
+    }
     rss_rows(&mut t, "after the revocation", &r.rss_after);
     t.push(vec![
         "poll errors".into(),
@@ -760,6 +830,22 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
             per_host / s.as_secs_f64().max(1e-9),
             ms(Some(s)),
             report::rate(n as f64 / all.as_secs_f64().max(1e-9)),
+        );
+        // CPU per host reached: unlike the times, robust to a machine that
+        // other work keeps busy.
+        let per = |c: Option<f64>| {
+            c.map(|c| format!("{:.0} µs", c * all.as_secs_f64() / n as f64 * 1e6))
+                .unwrap_or_else(|| "–".into())
+        };
+        out += &format!(
+            "CPU per host reached: servers {}, simulated hosts {}{}.\n",
+            per(r.reach_cpu),
+            per(r.sim_reach_cpu),
+            if r.servers > 1 {
+                format!(", PostgreSQL {}", per(r.pg_reach_cpu))
+            } else {
+                String::new()
+            },
         );
     }
     // The largest server's peak.

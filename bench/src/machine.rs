@@ -166,11 +166,28 @@ pub fn process_memory(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
+/// The fields of /proc/PID/stat after the process's name (which may hold
+/// spaces and parentheses: they follow the last ')').
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A process's parent's ID.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// A process's user and system CPU time with that of the children it has
+/// waited for, in clock ticks.
+pub fn process_cpu_and_children_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    (11..15).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
 /// A process's CPU time (user + system), in clock ticks.
 pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name may hold spaces and parentheses; the fields follow the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let f = stat_fields(pid)?;
+    (11..13).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }

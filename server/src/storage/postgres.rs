@@ -6,6 +6,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use sqlx::postgres::PgPoolCopyExt;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -347,20 +348,51 @@ pub(super) async fn listen(
     }
 }
 
+/// Copies audit lines to the database with one `COPY … FROM STDIN` in
+/// PostgreSQL's binary format: one statement (and so one transaction) per
+/// batch, rows kept in their order, and no statement for the database to
+/// parse and plan per batch as a many-row `INSERT` needs.
 async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
-    for chunk in lines.chunks(CHUNK) {
-        let sql = format!(
-            "INSERT INTO audit_events (line, at) VALUES {}",
-            values(chunk.len(), 2)
-        );
-        let mut q = sqlx::query(&sql);
-        for l in chunk {
-            q = q.bind(l.line.as_str()).bind(l.at);
-        }
-        q.execute(pool).await?;
+    if lines.is_empty() {
+        return Ok(());
     }
+    let data = copy_rows(lines)?;
+    let mut copy = pool.copy_in_raw(COPY_AUDIT).await?;
+    if let Err(e) = copy.send(data).await {
+        // The connection is told, so that it goes back to the pool usable.
+        let _ = copy.abort("audit batch not sent").await;
+        return Err(e.into());
+    }
+    copy.finish().await?;
     Ok(())
 }
+
+const COPY_AUDIT: &str = "COPY audit_events (line, at) FROM STDIN (FORMAT binary)";
+
+/// The rows of `lines` in COPY's binary format: a signature and two empty
+/// header words, per row its field count and each field as its length and
+/// bytes (`line` as UTF-8 text, `at` as an 8-byte big-endian integer), and
+/// -1 at the end.
+fn copy_rows(lines: &[AuditLine]) -> Result<Vec<u8>> {
+    let size = lines.iter().map(|l| l.line.len() + 18).sum::<usize>();
+    let mut out = Vec::with_capacity(COPY_SIGNATURE.len() + 8 + size + 2);
+    out.extend_from_slice(COPY_SIGNATURE);
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for l in lines {
+        let len = i32::try_from(l.line.len())
+            .map_err(|_| Error::internal("audit line too long for the database's copy"))?;
+        out.extend_from_slice(&2i16.to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(l.line.as_bytes());
+        out.extend_from_slice(&8i32.to_be_bytes());
+        out.extend_from_slice(&l.at.to_be_bytes());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(out)
+}
+
+const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// PostgreSQL's upkeep: its own autovacuum makes deleted rows' space
 /// reusable, so there is nothing to give back here.
@@ -687,6 +719,32 @@ async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// PostgreSQL's binary COPY format, as its documentation lays it out:
+    /// the signature, flags and header extension, then per row the field
+    /// count and each field's length and bytes, and -1 at the end.
+    #[test]
+    fn audit_lines_are_copied_in_postgresqls_binary_format() {
+        let lines = [
+            AuditLine {
+                line: "{\"a\":\"é\"}".into(),
+                at: 1_700_000_000,
+            },
+            AuditLine {
+                line: String::new(),
+                at: -1,
+            },
+        ];
+        let mut want = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
+        want.extend_from_slice(&[0, 2, 0, 0, 0, 10]);
+        want.extend_from_slice("{\"a\":\"é\"}".as_bytes());
+        want.extend_from_slice(&[0, 0, 0, 8]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0x65, 0x53, 0xf1, 0x00]);
+        want.extend_from_slice(&[0, 2, 0, 0, 0, 0, 0, 0, 0, 8]);
+        want.extend_from_slice(&[0xff; 8]);
+        want.extend_from_slice(&[0xff, 0xff]);
+        assert_eq!(copy_rows(&lines).unwrap(), want);
+    }
 
     #[test]
     fn placeholders_are_numbered_in_order() {
