@@ -40,7 +40,7 @@ pub type Digest = [u8; 32];
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// The most text one chunk may open to: a gateway's chunks are far
-/// smaller (512 KiB at most); a chunk that claims more is not opened, so a
+/// smaller (4 MiB at most); a chunk that claims more is not opened, so a
 /// few bytes sealed by a faulty gateway cannot take the server's memory.
 pub const MAX_CHUNK_PLAIN: usize = 16 << 20;
 

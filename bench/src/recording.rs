@@ -12,6 +12,10 @@
 //!   gateway's spool and sent to the server as the session runs; before
 //!   the next measurement the spool is drained, so one run's deliveries do
 //!   not slow the next.
+//!   Beside the time, the CPU seconds the gateway and the server processes
+//!   used for each session (from /proc/PID/stat, until the spool is
+//!   drained): the measure that shows what recording costs when other work
+//!   shares the machine and moves the throughput ratio.
 //! - **Bytes stored per minute of a busy terminal**: one shell session on
 //!   a terminal (`ssh -tt`) prints 10 log lines (about 100 bytes each) every
 //!   100 ms, 600 times (about a minute: 1,000 lines a second would be a
@@ -219,6 +223,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut setup = Setup::start(&args.common)?;
     let rounds = args.rounds.max(1);
     let (mut on, mut off) = (Vec::new(), Vec::new());
+    let (mut cpu_on, mut cpu_off) = (Vec::new(), Vec::new());
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    // CPU seconds of the gateway and the server so far (both live through
+    // a measurement; the gateway is restarted only between them).
+    let cpu = |setup: &Setup| -> anyhow::Result<f64> {
+        let pids = [setup.gateway.0.id(), setup.server.pid()];
+        let mut sum = 0;
+        for pid in pids {
+            sum += machine::process_cpu_ticks(pid)
+                .with_context(|| format!("reading the CPU time of process {pid}"))?;
+        }
+        Ok(sum as f64 / ticks)
+    };
     for round in 0..rounds {
         for recording in [true, false] {
             eprintln!(
@@ -229,13 +249,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
             setup.restart_gateway(recording)?;
             let cert = setup.grant(round * 2 + usize::from(recording))?;
+            let cpu0 = cpu(&setup)?;
             let took = pull(setup.ssh(Some(&cert), &[]), args.mib)?;
-            eprintln!("    {:.2} s", took.as_secs_f64());
             if recording {
                 drain(&setup)?;
+            }
+            let used = cpu(&setup)? - cpu0;
+            eprintln!(
+                "    {:.2} s; gateway and server CPU {used:.2} s",
+                took.as_secs_f64()
+            );
+            if recording {
                 on.push(took);
+                cpu_on.push(used);
             } else {
                 off.push(took);
+                cpu_off.push(used);
             }
         }
     }
@@ -243,6 +272,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let (best_on, best_off) = (best(&on), best(&off));
     let rate = |t: Duration| args.mib as f64 / t.as_secs_f64();
     let fraction = rate(best_on) / rate(best_off);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let (mean_on, mean_off) = (mean(&cpu_on), mean(&cpu_off));
 
     let terminal = if args.no_terminal {
         None
@@ -256,6 +287,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ("MiB of output through the gateway", Align::Left),
         ("runs, seconds", Align::Right),
         ("best MiB/s", Align::Right),
+        ("gateway + server CPU, s", Align::Right),
     ]);
     let secs = |v: &[Duration]| {
         v.iter()
@@ -263,23 +295,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let cpus = |v: &[f64]| {
+        v.iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     thr.push(vec![
         "recording on".into(),
         secs(&on),
         format!("{:.0}", rate(best_on)),
+        cpus(&cpu_on),
     ]);
     thr.push(vec![
         "recording off (reference)".into(),
         secs(&off),
         format!("{:.0}", rate(best_off)),
+        cpus(&cpu_off),
     ]);
     let met = |ok: bool| if ok { "met" } else { "not met" };
     let mut body = format!(
         "{}; the real gatepass-server dev (SQLite), gatepass-gateway (setup, run; default \
-         chunks of 64 KiB, up to 512 KiB under load, or 2 s; compressed) and a private sshd on loopback, OpenSSH's ssh client; one \
+         chunks of 64 KiB, up to 4 MiB under load, or 2 s; compressed) and a private sshd on loopback, OpenSSH's ssh client; one \
          key account.{}\n\n{}\n\
          - throughput with recording on: {:.1}% of recording off ({} MiB of `yes` output, best \
-         of {rounds} each; target at least {:.0}%: {}).\n",
+         of {rounds} each; target at least {:.0}%: {}).\n\
+         - CPU the gateway and the server used per session: {mean_on:.2} s recorded, \
+         {mean_off:.2} s not ({:.2} s more, {:.0}% of the unrecorded session's), \
+         the recorded ones until their spool was drained.\n",
         m.measured_on(),
         m.busy_warning(),
         thr.to_markdown(),
@@ -287,6 +330,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.mib,
         100.0 * TARGET_FRACTION,
         met(fraction >= TARGET_FRACTION),
+        mean_on - mean_off,
+        100.0 * (mean_on - mean_off) / mean_off.max(f64::MIN_POSITIVE),
     );
     if let Some((took, shown, bytes, rows, chunks)) = terminal {
         let per_min = |b: u64| b as f64 * 60.0 / took;

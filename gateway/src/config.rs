@@ -81,8 +81,9 @@ fn default_state_dir() -> PathBuf {
 /// How recordings are cut into chunks: a chunk is sealed, fsync'd to the
 /// spool and sent once it holds `chunk_kib` KiB of events, or
 /// `chunk_seconds` after its first event, whichever comes first; a chunk
-/// that fills within 100 ms grows up to 512 KiB (`recording::GROW_WINDOW`,
-/// `MAX_CHUNK_BYTES`). A gateway killed mid-session loses at most the chunk being gathered (and what
+/// that fills within 100 ms grows up to 4 MiB while the text compresses
+/// eightfold, 512 KiB otherwise (`recording::GROW_WINDOW`,
+/// `MAX_CHUNK_BYTES`, `MAX_SEALED_BYTES`). A gateway killed mid-session loses at most the chunk being gathered (and what
 /// was queued for the spool during its last fsync, milliseconds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

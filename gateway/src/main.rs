@@ -230,6 +230,7 @@ fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
         signer,
         chunk_bytes: usize::try_from(cfg.recording.chunk_kib).unwrap_or(64) * 1024,
         max_chunk_bytes: gatepass_gateway::recording::MAX_CHUNK_BYTES,
+        max_sealed_bytes: gatepass_gateway::recording::MAX_SEALED_BYTES,
         chunk_interval: Duration::from_secs(cfg.recording.chunk_seconds),
         mask: Masking::new(&cfg.recording.mask).map_err(|e| anyhow!(e))?,
     }))

@@ -23,7 +23,8 @@
 //! `chunk_interval`, each sealed and queued for the spool, so a gateway
 //! killed mid-session loses at most the chunk being gathered (and what is
 //! queued meanwhile, milliseconds). Under load (a chunk full within
-//! [`GROW_WINDOW`]) a chunk grows up to `max_chunk_bytes`: fewer, larger
+//! [`GROW_WINDOW`]) a chunk grows up to `max_chunk_bytes` (while the text
+//! compresses well; see [`MAX_SEALED_BYTES`]): fewer, larger
 //! chunks for the spool, the upload and the server's rows, while the
 //! session time a chunk covers stays small. When the connection ends, the
 //! last chunk and the signed end follow ([`Recorder::finish`]).
@@ -61,18 +62,37 @@ pub struct RecordingSettings {
     /// A chunk is sealed once this much is gathered…
     pub chunk_bytes: usize,
     /// …or, when that came within [`GROW_WINDOW`] of its first event, once
-    /// this much is (at least `chunk_bytes`)…
+    /// this much is (at least `chunk_bytes`; while the recording's text
+    /// does not compress, at most `max_sealed_bytes`)…
     pub max_chunk_bytes: usize,
     /// …or this long after its first event, whichever comes first.
     pub chunk_interval: Duration,
+    /// The most compressed bytes one chunk seals: a chunk whose text
+    /// compresses to more is sealed as several, cut between events.
+    pub max_sealed_bytes: usize,
     /// What is masked before it is recorded; None: nothing.
     pub mask: Option<Masking>,
 }
 
 /// The largest chunk the gateway gathers under load, in bytes of JSON
-/// lines: sealed and in base64 it stays well under the 1 MiB the server
-/// takes even when the text does not compress at all.
-pub const MAX_CHUNK_BYTES: usize = 512 * 1024;
+/// lines. Every chunk costs the same trip whatever its size (a spool
+/// write, an upload, the server's request, audit entry and row): at
+/// 512 KiB a busy session's chunks cost the server about as much CPU
+/// as the recording's own work on the gateway (BENCHMARKS.md, "Session
+/// recording"); terminal output compresses twentyfold and more, so a
+/// 4 MiB chunk still seals to far less than [`MAX_SEALED_BYTES`].
+pub const MAX_CHUNK_BYTES: usize = 4 << 20;
+
+/// The most compressed bytes one chunk seals: sealed and in base64 it
+/// stays well under the 1 MiB the server takes. A chunk's text that
+/// compresses to more is sealed in parts ([`Worker::seal`]), and while a
+/// recording's text does not compress at least [`GOOD_RATIO`] times, its
+/// chunks grow only to this much text, so that is rare.
+pub const MAX_SEALED_BYTES: usize = 512 * 1024;
+
+/// How many times a chunk's text must shrink for the next chunk to grow
+/// past [`MAX_SEALED_BYTES`] of text.
+pub const GOOD_RATIO: usize = 8;
 
 /// A chunk that reached `chunk_bytes` sooner than this after its first
 /// event is the recording of a busy session: it grows up to
@@ -313,6 +333,7 @@ impl Recorder {
             index: 0,
             prev: GENESIS,
             packer,
+            compresses: false,
         };
         tokio::spawn(work(shared.clone(), worker, done_tx));
         Ok(Arc::new(Recorder {
@@ -515,6 +536,8 @@ struct Worker {
     index: u64,
     prev: Digest,
     packer: Packer,
+    /// The last chunk's text compressed [`GOOD_RATIO`] times or more.
+    compresses: bool,
 }
 
 /// One channel's state in the worker.
@@ -544,8 +567,9 @@ fn write_text(buf: &mut Vec<u8>, t: f64, ch: u32, kind: &str, text: &str) {
 /// Which of the eight bytes of `w` (little-endian) must be escaped in a
 /// JSON string (a control character, `"` or `\`), as the high bit of each:
 /// the classic bit tricks for "a byte less than n" and "a byte equal to c",
-/// eight bytes at once. Bits above the lowest may be false alarms (a
-/// borrow carries up), the lowest never is: it names the first such byte.
+/// eight bytes at once. Every such byte has its bit; bits above the
+/// lowest may be false alarms (a borrow carries up), the lowest never is:
+/// it names the first such byte.
 fn escape_mask(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -554,52 +578,89 @@ fn escape_mask(w: u64) -> u64 {
     control | zero_byte(w ^ (ONES * u64::from(b'"'))) | zero_byte(w ^ (ONES * u64::from(b'\\')))
 }
 
+/// Bytes the escaper looks at in one step: four words.
+const BLOCK: usize = 32;
+
+/// The eight bytes of `b` from `i`, little-endian.
+fn word(b: &[u8], i: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[i..i + 8]);
+    u64::from_le_bytes(w)
+}
+
 /// Appends `text` as a JSON string, escaped as serde_json escapes it.
 /// serde_json looks each byte up in a table; in terminal output almost no
-/// byte needs escaping, so this skips eight at a time and copies the runs
-/// between escapes whole (the recording's largest cost in a profile of a
-/// busy session was that escaping).
+/// byte needs escaping, so this looks at a block of four words at a time
+/// ([`escape_mask`]) and copies the runs between escapes whole (the
+/// recording's largest cost in a profile of a busy session was that
+/// escaping). A block with nothing to escape costs one branch instead of
+/// four: one word at a time, escaping 1 GiB of 100-byte log lines took
+/// 0.57 CPU seconds on an Intel Xeon, 0.39 by blocks.
 fn write_json_str(buf: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
-    let (mut run, mut i) = (0, 0);
-    while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(word);
-            let mask = escape_mask(u64::from_le_bytes(w));
-            if mask == 0 {
-                i += 8;
-                continue;
+    // Bytes before `run` are in `buf` already.
+    let mut run = 0;
+    let mut at = 0;
+    let mut blocks = bytes.chunks_exact(BLOCK);
+    for block in &mut blocks {
+        let masks: [u64; BLOCK / 8] = std::array::from_fn(|w| escape_mask(word(block, w * 8)));
+        if masks.iter().fold(0, |a, m| a | m) != 0 {
+            let mut j = 0;
+            while j < BLOCK {
+                // The flags of the word holding byte j, from byte j on: the
+                // lowest is a byte to look at (a false alarm above an
+                // escaped byte is looked at and passed).
+                let m = masks[j / 8] >> (j % 8 * 8);
+                if m == 0 {
+                    j = (j / 8 + 1) * 8;
+                    continue;
+                }
+                let k = j + (m.trailing_zeros() / 8) as usize;
+                escape_at(buf, bytes, &mut run, at + k);
+                j = k + 1;
             }
-            // Straight to the byte to escape: looking at the word again
-            // from each byte before it cost up to eight checks per line end.
-            i += (mask.trailing_zeros() / 8) as usize;
         }
-        let c = bytes[i];
-        let escaped: Option<&[u8]> = match c {
-            b'"' => Some(b"\\\""),
-            b'\\' => Some(b"\\\\"),
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\t' => Some(b"\\t"),
-            0x08 => Some(b"\\b"),
-            0x0c => Some(b"\\f"),
-            _ => None,
-        };
-        if escaped.is_some() || c < 0x20 {
-            buf.extend_from_slice(&bytes[run..i]);
-            match escaped {
-                Some(e) => buf.extend_from_slice(e),
-                None => buf.extend_from_slice(format!("\\u{c:04x}").as_bytes()),
-            }
-            run = i + 1;
-        }
-        i += 1;
+        at += BLOCK;
+    }
+    for i in at..bytes.len() {
+        escape_at(buf, bytes, &mut run, i);
     }
     buf.extend_from_slice(&bytes[run..]);
     buf.push(b'"');
+}
+
+/// When `bytes[i]` must be escaped: appends the run of bytes before it
+/// (from `run`) and its escape, and moves `run` past it.
+fn escape_at(buf: &mut Vec<u8>, bytes: &[u8], run: &mut usize, i: usize) {
+    let c = bytes[i];
+    let short: &[u8] = match c {
+        b'"' => b"\\\"",
+        b'\\' => b"\\\\",
+        b'\n' => b"\\n",
+        b'\r' => b"\\r",
+        b'\t' => b"\\t",
+        0x08 => b"\\b",
+        0x0c => b"\\f",
+        0..=0x1f => b"",
+        _ => return,
+    };
+    buf.extend_from_slice(&bytes[*run..i]);
+    if short.is_empty() {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        buf.extend_from_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(c >> 4)],
+            HEX[usize::from(c & 0xf)],
+        ]);
+    } else {
+        buf.extend_from_slice(short);
+    }
+    *run = i + 1;
 }
 
 impl Worker {
@@ -745,7 +806,14 @@ impl Worker {
     fn cut(&mut self, at: Instant) {
         let Some(since) = self.since else { return };
         let len = self.buf.len();
-        if len >= self.settings.max_chunk_bytes
+        let max = if self.compresses {
+            self.settings.max_chunk_bytes
+        } else {
+            self.settings
+                .max_chunk_bytes
+                .min(self.settings.max_sealed_bytes)
+        };
+        if len >= max
             || (len >= self.settings.chunk_bytes
                 && at.saturating_duration_since(since) >= GROW_WINDOW)
         {
@@ -776,25 +844,54 @@ impl Worker {
         if self.buf.is_empty() {
             return;
         }
-        let packed = self.packer.pack(&self.buf).map(Zeroizing::new);
+        let mut text = std::mem::take(&mut self.buf);
+        let whole = 0..text.len();
+        let packed = self.seal_part(&text, whole);
+        self.compresses = packed.is_some_and(|p| p.saturating_mul(GOOD_RATIO) <= text.len());
         // The text is not kept in memory once it is sealed. Only the bytes
         // this chunk used are cleared: past them the buffer holds zeros (or
         // was never written), since every chunk before was cleared the same
         // way; clearing its whole capacity, about twice a busy chunk's size,
         // was a cost of its own in a profile.
-        let used = self.buf.len();
-        self.buf[..used].zeroize();
-        self.buf.clear();
-        let sealed = packed.and_then(|packed| {
-            recording::seal(
-                &self.key,
-                &self.session,
-                &self.recording,
-                self.index,
-                &self.prev,
-                &packed,
-            )
-        });
+        let used = text.len();
+        text[..used].zeroize();
+        text.clear();
+        self.buf = text;
+    }
+
+    /// Seals `text[part]` as the next chunk, or, when it compresses to more
+    /// than `max_sealed_bytes`, as several cut at line ends (each event is
+    /// one line). Returns the compressed bytes sealed.
+    fn seal_part(&mut self, text: &[u8], part: std::ops::Range<usize>) -> Option<usize> {
+        let packed = match self.packer.pack(&text[part.clone()]).map(Zeroizing::new) {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(session = %self.session, "cannot seal a recording chunk: {e}");
+                return None;
+            }
+        };
+        if packed.len() > self.settings.max_sealed_bytes {
+            let mid = part.start + part.len() / 2;
+            let after = text[mid..part.end].iter().position(|&b| b == b'\n');
+            let before = text[part.start..mid].iter().rposition(|&b| b == b'\n');
+            let cut = after
+                .map(|i| mid + i + 1)
+                .filter(|&c| c < part.end)
+                .or(before.map(|i| part.start + i + 1));
+            if let Some(cut) = cut.filter(|&c| c > part.start) {
+                let first = self.seal_part(text, part.start..cut);
+                let second = self.seal_part(text, cut..part.end);
+                return Some(first? + second?);
+            }
+        }
+        let sealed = recording::seal(
+            &self.key,
+            &self.session,
+            &self.recording,
+            self.index,
+            &self.prev,
+            &packed,
+        );
         match sealed {
             Ok((chunk, digest)) => {
                 let item = SpoolItem::Chunk {
@@ -807,8 +904,12 @@ impl Worker {
                 }
                 self.index += 1;
                 self.prev = digest;
+                Some(packed.len())
             }
-            Err(e) => warn!(session = %self.session, "cannot seal a recording chunk: {e}"),
+            Err(e) => {
+                warn!(session = %self.session, "cannot seal a recording chunk: {e}");
+                None
+            }
         }
     }
 
@@ -1172,12 +1273,26 @@ mod tests {
         events: Vec<Event>,
         /// Bytes of the sealed chunks (base64, as sent).
         sealed: usize,
+        /// Bytes of the largest sealed chunk (base64).
+        largest: usize,
     }
 
     async fn record_with(
         record_input: bool,
         chunk_bytes: usize,
         max_chunk_bytes: usize,
+        mask: Option<Masking>,
+        act: impl AsyncFnOnce(&ChannelTap),
+    ) -> Recorded {
+        let sizes = (chunk_bytes, max_chunk_bytes, MAX_SEALED_BYTES);
+        record_sized(record_input, sizes, mask, act).await
+    }
+
+    /// As [`record_with`], with (chunk_bytes, max_chunk_bytes,
+    /// max_sealed_bytes).
+    async fn record_sized(
+        record_input: bool,
+        (chunk_bytes, max_chunk_bytes, max_sealed_bytes): (usize, usize, usize),
         mask: Option<Masking>,
         act: impl AsyncFnOnce(&ChannelTap),
     ) -> Recorded {
@@ -1191,6 +1306,7 @@ mod tests {
             chunk_bytes,
             max_chunk_bytes,
             chunk_interval: Duration::from_secs(60),
+            max_sealed_bytes,
             mask,
         });
         let key = recording::new_key();
@@ -1227,6 +1343,7 @@ mod tests {
             }
         }
         let sealed = chunks.iter().map(|(_, c)| c.data.len()).sum();
+        let largest = chunks.iter().map(|(_, c)| c.data.len()).max().unwrap_or(0);
         let key = recording::parse_key(&key).unwrap();
         let (verdict, plain) = recording::check(
             &key,
@@ -1241,6 +1358,7 @@ mod tests {
             verdict,
             events: plain.iter().flat_map(|p| recording::events_of(p)).collect(),
             sealed,
+            largest,
         }
     }
 
@@ -1453,8 +1571,9 @@ mod tests {
             panic!("{:?}", r.verdict);
         };
         // Cut at 64 KiB that would be 144 chunks and more; a chunk filled
-        // this fast grows (up to 512 KiB: 18 of them).
-        assert!((18..72).contains(&chunks), "{chunks} chunks");
+        // this fast grows (up to 4 MiB once the text is seen to compress:
+        // 4 of them, more when the worker is slowed).
+        assert!((3..72).contains(&chunks), "{chunks} chunks");
         let out = output_of(&r.events);
         assert!(out == text, "{} of {} bytes", out.len(), text.len());
         assert!(matches!(
@@ -1475,6 +1594,78 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_grow_past_the_sealed_limit_while_the_text_compresses() {
+        // 9 MiB of log lines; chunks of 1 MiB of text, at most 256 KiB
+        // sealed. The first chunk is held to 256 KiB of text (nothing is
+        // known of how it compresses); it shrinks far more than eightfold,
+        // so the next ones take 1 MiB each.
+        let line = "2026-12-02T12:00:00.000Z INFO gatepass::api request served path=/v1/ssh/sign/ops status=200\n";
+        let text = line.repeat(9 * 1024 * 1024 / line.len());
+        let sent = text.clone();
+        let r = record_sized(
+            false,
+            (1 << 20, 1 << 20, 256 * 1024),
+            None,
+            async move |tap: &ChannelTap| {
+                for part in sent.as_bytes().chunks(32 * 1024) {
+                    tap.output(&b(part)).await;
+                }
+            },
+        )
+        .await;
+        let recording::Verdict::Whole { chunks } = r.verdict else {
+            panic!("{:?}", r.verdict);
+        };
+        // Held to 256 KiB of text they would be 37 or more.
+        assert!((9..=11).contains(&chunks), "{chunks} chunks");
+        assert!(output_of(&r.events) == text);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_that_does_not_compress_is_sealed_in_parts_cut_between_events() {
+        // Log lines, then 1 MiB of text that compresses little (random
+        // letters and digits), in chunks of 256 KiB of text, at most 32 KiB
+        // sealed: the chunk after the log lines (which compress, so it
+        // grows to 256 KiB) seals to far more and is sealed in parts; the
+        // ones after it are held to 32 KiB of text.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let text: String = (0..1 << 20)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let c = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [(x >> 58) as usize % 62];
+                char::from(c)
+            })
+            .collect();
+        let line = "2026-12-02T12:00:00.000Z INFO gatepass::api request served status=200\n";
+        let text = line.repeat(512 * 1024 / line.len()) + &text;
+        let sent = text.clone();
+        let r = record_sized(
+            false,
+            (256 * 1024, 256 * 1024, 32 * 1024),
+            None,
+            async move |tap: &ChannelTap| {
+                for part in sent.as_bytes().chunks(16 * 1024) {
+                    tap.output(&b(part)).await;
+                }
+            },
+        )
+        .await;
+        let recording::Verdict::Whole { chunks } = r.verdict else {
+            panic!("{:?}", r.verdict);
+        };
+        // Each part holds whole events and seals to at most 32 KiB (base64:
+        // a third more, with the nonce and tag).
+        assert!(chunks >= 16, "{chunks} chunks");
+        assert!(
+            r.largest <= (32 * 1024 + 28usize).div_ceil(3) * 4,
+            "{}",
+            r.largest
+        );
+        assert!(output_of(&r.events) == text);
     }
 
     #[tokio::test]
@@ -1523,20 +1714,21 @@ mod tests {
             "✓ héllo 𝄞\u{7f}\u{1b}[0m\tend".into(),
             (0u8..0x20).map(char::from).collect(),
         ];
-        // Each character that needs escaping at each place of a word.
+        // Each character that needs escaping at each place of a block
+        // of words and past it, in texts of every length around a block.
         for c in (0u8..0x20).chain([b'"', b'\\', b'a', 0x7f]) {
-            for at in 0..17 {
+            for at in 0..70 {
                 let mut s = "x".repeat(at);
                 s.push(char::from(c));
-                s.push_str(&"y".repeat(17 - at));
+                s.push_str(&"y".repeat((at * 7) % 41));
                 cases.push(s);
             }
         }
         // Two at any two places of a word, beside multi-byte characters
         // (a borrow in the bit tricks may flag bytes after the first).
-        for a in 0..12 {
-            for b in a + 1..14 {
-                let mut s: Vec<char> = "ab✓cdé0123456789".chars().collect();
+        for a in 0..40 {
+            for b in a + 1..44 {
+                let mut s: Vec<char> = "ab✓cdé0123456789".repeat(3).chars().collect();
                 s[a] = '\u{1}';
                 s[b] = if b % 2 == 0 { '"' } else { '\n' };
                 cases.push(s.into_iter().collect());
