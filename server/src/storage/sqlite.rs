@@ -195,7 +195,8 @@ impl Sqlite {
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer {
             conn: open(path)?,
-            file: std::fs::File::open(path)?,
+            file: std::mem::ManuallyDrop::new(std::fs::File::open(path)?),
+            wal: wal_path(path),
         };
         let restart = Arc::new(AtomicBool::new(false));
         let (dirty_tx, dirty_rx) = std::sync::mpsc::sync_channel(1);
@@ -329,10 +330,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const WAL_MAX_BYTES: i64 = 64 * 1024 * 1024;
 const WAL_MAX_FRAMES: i64 = WAL_MAX_BYTES / 4096;
 
-/// A WAL holding more frames than this (16 MiB) is cut back to nothing
-/// once the writer has been quiet for [`QUIET`], giving its space back; a
-/// smaller one is started over by SQLite at the next write.
-const WAL_CUT_FRAMES: i64 = 16 * 1024 * 1024 / 4096;
+/// A WAL file larger than this (16 MiB) is cut back to nothing once the
+/// writer has been quiet for [`QUIET`], giving its space back; a smaller
+/// one is started over by SQLite at the next write.
+const WAL_CUT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How long the writer must have written nothing for the checkpointer to
 /// cut the WAL back: longer than the gaps between the batches of a steady
@@ -427,7 +428,7 @@ fn checkpoint_loop(
                     // A reader still in the WAL (or a write that came just
                     // then) makes the cut give up: again while it stays
                     // quiet, a few times.
-                    if frames > WAL_CUT_FRAMES {
+                    if ckpt.wal_is_large() {
                         for _ in 0..CUT_TRIES {
                             if cut_wal(conn) {
                                 break;
@@ -448,13 +449,34 @@ fn checkpoint_loop(
     let _ = checkpoint();
 }
 
-/// The checkpointer's connection, and the database file it syncs.
+/// The checkpointer's connection, the database file it syncs, and the
+/// WAL's path.
 struct Checkpointer {
     conn: Connection,
-    file: std::fs::File,
+    /// Never closed: closing any descriptor of a file drops every POSIX
+    /// lock this process holds on it, those of SQLite's own connections
+    /// too (SQLite keeps its own descriptors open for that reason). One
+    /// descriptor per database opened, for the life of the process.
+    file: std::mem::ManuallyDrop<std::fs::File>,
+    wal: PathBuf,
+}
+
+/// The WAL's file beside the database at `path`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 impl Checkpointer {
+    /// Whether the WAL's file holds more than [`WAL_CUT_BYTES`]. Its size,
+    /// not the frames in it: after the writer started it over, a few
+    /// frames may sit at the start of a file that keeps the size it grew
+    /// to (up to `journal_size_limit`), which only a cut gives back.
+    fn wal_is_large(&self) -> bool {
+        std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_CUT_BYTES)
+    }
+
     /// Writes the pages checkpoints copied into the database file to disk.
     /// Only their data: the file's size is SQLite's to change (and sync).
     fn sync(&self) {
@@ -877,6 +899,67 @@ mod tests {
             size < limit / 16,
             "the WAL holds {size} bytes after one write"
         );
+    }
+
+    #[test]
+    fn a_wal_started_over_is_cut_back_once_writes_pause_though_it_holds_few_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("restarted.db");
+        migrate(&path).unwrap();
+        // A bound of 24 MiB, and writes of 256 KiB without a pause until
+        // the writer has started the WAL over (the salt in its header
+        // changes), then a few more: the file keeps the size it grew to,
+        // with a few frames at its start.
+        let bound = 24 * 1024 * 1024;
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
+        let wal = wal_path(&path);
+        let salt = || {
+            let mut header = [0u8; 32];
+            std::io::Read::read_exact(&mut std::fs::File::open(&wal).unwrap(), &mut header)
+                .unwrap();
+            header[16..24].to_vec()
+        };
+        let mut n = 0u32;
+        let mut put = || {
+            n += 1;
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let unit = Unit {
+                ops: vec![Op::Put {
+                    key: format!("k{}", n % 16),
+                    value: n.to_le_bytes().repeat(64 * 1024),
+                }],
+                guarded: false,
+                quiet: false,
+            };
+            tx.blocking_send(Job::Unit { unit, reply }).unwrap();
+            answer.blocking_recv().unwrap().unwrap();
+        };
+        put();
+        let first = salt();
+        let restarted = (0..8 * bound / (256 * 1024)).any(|_| {
+            put();
+            salt() != first
+        });
+        assert!(restarted, "the WAL was never started over");
+        for _ in 0..8 {
+            put();
+        }
+        let grown = std::fs::metadata(&wal).unwrap().len();
+        assert!(grown > WAL_CUT_BYTES, "the WAL file holds {grown} bytes");
+        // The writes pause: the file is cut to nothing, though the frames
+        // written since the restart are fewer than a cut is made for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL file still holds {size} bytes after the writes paused"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Pages of `file` in the page cache not yet written to disk
