@@ -169,7 +169,7 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
         }
     };
     let client = sync::client(&cfg, token, Duration::from_secs(60))?;
-    let state = remote::state(&client, 0, None).await?;
+    let state = remote::state(&client, 0, None, None).await?;
     let host = Host::new(&cfg.paths);
     let now = clock::now();
     let sign = cfg.host_mount.is_some();

@@ -27,11 +27,26 @@ pub async fn enroll(client: &Client, req: &EnrollRequest) -> Result<Enrolled, Er
 }
 
 /// `GET hosts/self/state`; with `wait`, a long-poll that returns when the
-/// state's index differs from `index` or the wait is over.
-pub async fn state(client: &Client, index: u64, wait: Option<u64>) -> Result<HostState, Error> {
-    let path = match wait {
-        Some(w) => format!("hosts/self/state?index={index}&wait={w}s"),
-        None => "hosts/self/state".to_string(),
+/// state's index differs from `index` or the wait is over. `applied`
+/// acknowledges the state of that index as applied, with nothing else to
+/// report (see [`Ack`]): the poll that follows an apply carries its
+/// acknowledgement, rather than a request of its own.
+pub async fn state(
+    client: &Client,
+    index: u64,
+    wait: Option<u64>,
+    applied: Option<u64>,
+) -> Result<HostState, Error> {
+    let mut query = Vec::new();
+    if let Some(w) = wait {
+        query.push(format!("index={index}&wait={w}s"));
+    }
+    if let Some(a) = applied {
+        query.push(format!("applied={a}"));
+    }
+    let path = match query.is_empty() {
+        true => "hosts/self/state".to_string(),
+        false => format!("hosts/self/state?{}", query.join("&")),
     };
     data(client.read(&path).await?, "host state")
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use gatepass_api::hosts::{Ack, HostState};
 use gatepass_api::{Client, Settings};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock;
 use crate::config::Config;
@@ -158,29 +158,50 @@ fn repaired(drifted: &[PathBuf], out: &Outcome) -> Vec<String> {
 const MIN_SIGNING_INTERVAL: i64 = 60;
 
 enum Event {
-    State(HostState),
+    /// A new state from the server, and where to say, once it is applied,
+    /// which index the next poll acknowledges (None: none, or sent apart).
+    State(HostState, oneshot::Sender<Option<u64>>),
     PollFailed(String),
     Signed(Vec<NewCert>, Vec<String>),
 }
 
+/// How long the poller waits for a new state to be applied before it
+/// polls again without acknowledging it.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// Long-polls the server for the desired state. After a new state it waits
+/// for it to be applied, and the next poll acknowledges it (`applied`):
+/// one request per change rather than a poll and an acknowledgement, which
+/// for a fleet is half the requests (and audit lines) a change costs the
+/// servers. An acknowledgement with more to say than the index (dynamic
+/// keys installed, files repaired) is sent on its own (see [`send_ack`]).
 async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff: u64) {
     let mut index: Option<u64> = None;
+    let mut applied: Option<u64> = None;
     let mut backoff = 1u64;
     loop {
         let started = std::time::Instant::now();
         let res = match index {
-            None => remote::state(&client, 0, None).await,
-            Some(i) => remote::state(&client, i, Some(wait)).await,
+            None => remote::state(&client, 0, None, applied).await,
+            Some(i) => remote::state(&client, i, Some(wait), applied).await,
         };
         match res {
             Ok(s) => {
                 backoff = 1;
+                // The server has it (a failed poll keeps it for the next).
+                applied = None;
                 let changed = index != Some(s.index);
                 index = Some(s.index);
                 if changed {
-                    if tx.send(Event::State(s)).await.is_err() {
+                    let (done, was_applied) = oneshot::channel();
+                    if tx.send(Event::State(s, done)).await.is_err() {
                         return;
                     }
+                    applied = tokio::time::timeout(APPLY_WAIT, was_applied)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .flatten();
                 } else if started.elapsed() < Duration::from_secs(1) {
                     // A server that answers at once with the same index
                     // must not make this a busy loop.
@@ -303,6 +324,10 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     // server never answers.
     let mut apply_now = desired.is_some();
     let mut from_server = false;
+    // The poller waits on this after a new state: the index applied, for
+    // its next poll to acknowledge. Dropped unanswered when the apply
+    // fails (the poller then polls without one).
+    let mut applied_reply: Option<oneshot::Sender<Option<u64>>> = None;
     let mut ready = false;
 
     loop {
@@ -312,6 +337,9 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                 let now = clock::now();
                 let certs = std::mem::take(&mut pending_certs);
                 let drifted = drift_before(&host, &local);
+                // Answered below when the apply succeeds; dropped otherwise,
+                // and the poller polls on without acknowledging.
+                let reply = applied_reply.take();
                 recheck_at = Some(now + recheck);
                 match host.converge(state, now, &certs) {
                     Ok(out) => {
@@ -335,7 +363,14 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                             }
                         }
                         if from_server || !out.changes.is_empty() {
-                            send_ack(&client, state.index, out.rendered.installed.clone(), drift);
+                            let installed = out.rendered.installed.clone();
+                            match reply {
+                                // The next poll says it.
+                                Some(reply) if installed.is_empty() && drift.is_empty() => {
+                                    let _ = reply.send(Some(state.index));
+                                }
+                                _ => send_ack(&client, state.index, installed, drift),
+                            }
                         }
                     }
                     Err(e) => {
@@ -395,8 +430,9 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
 
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(Event::State(s)) => {
+                Some(Event::State(s, reply)) => {
                     tracing::info!(index = s.index, "new desired state");
+                    applied_reply = Some(reply);
                     desired = Some(s);
                     apply_now = true;
                     from_server = true;

@@ -24,6 +24,16 @@ pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>)
     let f = &req.fields;
     let host = hosts::own_host(core, caller).await?;
     hosts::seen(core, &host, req.now).await?;
+    // hostd's poll after an apply acknowledges it (see `Ack`): stored
+    // before the wait, as `hosts/self/ack` would store it.
+    if let Some(applied) = f.int("applied")? {
+        let ack = Ack {
+            index: u64::try_from(applied)
+                .map_err(|_| Error::invalid("applied must not be negative"))?,
+            ..Ack::default()
+        };
+        hosts::ack(core, &host, &ack, req.now).await?;
+    }
     let index = f.int("index")?.unwrap_or(0).max(0) as u64;
     let wait = f.duration("wait")?.unwrap_or(0);
     let answer = hosts::poll_state(core, &host, index, wait).await?;

@@ -690,13 +690,20 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     let daemon = rig.run("info", "hostd.log");
 
     // A change of state: the host applies it and the server shows the new
-    // index as applied.
+    // index as applied. The poll after the apply said so: no request of
+    // its own (setup's was the only one).
     api.write("hosts/mappings/root", json!({"principals": "root"}));
     let v = api.read_until(&host, Duration::from_secs(10), |v| {
         v["applied_index"].as_u64().is_some_and(|a| a != first)
             && v["applied_index"] == v["state_index"]
     });
     assert!(v.get("drift").is_none(), "a new state is not drift: {v}");
+    assert_eq!(audited_requests(&api, "hosts/self/ack").len(), 1);
+    let acknowledging_polls = audited_requests(&api, "hosts/self/state")
+        .into_iter()
+        .filter(|e| e["request"]["data"].get("applied").is_some())
+        .count();
+    assert!(acknowledging_polls >= 1, "{}", daemon.log());
     assert_eq!(
         std::fs::read_to_string(rig.managed("principals/root")).unwrap(),
         "root\n"
@@ -743,21 +750,25 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     assert_eq!(std::fs::read_to_string(&dropin).unwrap(), dropin_text);
 
     // The report is on the audit record: the host's ack, with its drift.
+    let acks_with_drift = audited_requests(&api, "hosts/self/ack")
+        .iter()
+        .filter(|e| e["request"]["data"]["drift"].is_array())
+        .count();
+    assert!(acks_with_drift >= 1);
+}
+
+/// The request entries of the audit log for `path`, oldest first.
+fn audited_requests(api: &Api, path: &str) -> Vec<Value> {
     let log = api
         .rt
         .block_on(api.client.request("GET", "sys/audit-log?limit=1000", None))
         .unwrap()
         .unwrap();
-    let acks_with_drift = log["data"]["events"]
+    log["data"]["events"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e["line"].as_str()?).ok())
-        .filter(|e| {
-            e["type"] == "request"
-                && e["request"]["path"] == "hosts/self/ack"
-                && e["request"]["data"]["drift"].is_array()
-        })
-        .count();
-    assert!(acks_with_drift >= 1, "{log}");
+        .filter(|e| e["type"] == "request" && e["request"]["path"] == path)
+        .collect()
 }

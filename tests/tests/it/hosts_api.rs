@@ -1058,3 +1058,50 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
         .unwrap();
     assert_ne!(v["data"]["index"].as_u64().unwrap(), index2);
 }
+
+/// hostd's poll after an apply acknowledges it (`applied=N`), as a
+/// `hosts/self/ack {index: N}` would: the server shows the index applied
+/// before the poll is answered, on SQLite and PostgreSQL. A bad value is
+/// refused and stores nothing.
+#[tokio::test]
+async fn a_poll_acknowledges_the_state_it_names_applied() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let s = Server::start(backend).await;
+        let host = enroll_fleet(&s, 1).await.remove(0);
+        let (st, v) = s.call("GET", "hosts/self/state", Some(&host), None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let index = v["data"]["index"].as_u64().unwrap();
+        let (_, me) = s.call("GET", "hosts/self", Some(&host), None).await;
+        let id = me["data"]["host_id"].as_str().unwrap().to_string();
+        let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
+        assert!(v["data"]["applied_index"].is_null(), "{v}");
+
+        for bad in ["-1", "ten"] {
+            let (st, v) = s
+                .call(
+                    "GET",
+                    &format!("hosts/self/state?applied={bad}"),
+                    Some(&host),
+                    None,
+                )
+                .await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "applied={bad}: {v}");
+        }
+        let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
+        assert!(v["data"]["applied_index"].is_null(), "{v}");
+
+        // The poll that follows the apply says so, and waits as any poll.
+        let (st, v) = s
+            .call(
+                "GET",
+                &format!("hosts/self/state?index={index}&wait=1s&applied={index}"),
+                Some(&host),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
+        assert_eq!(v["data"]["applied_index"].as_u64(), Some(index), "{v}");
+        assert_eq!(v["data"]["state_index"].as_u64(), Some(index), "{v}");
+    }
+}
