@@ -76,6 +76,16 @@ pub struct Args {
     /// on a free loopback port, removed at the end).
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Revoke no sooner than this many seconds after enrollment began
+    /// (the hosts keep polling meanwhile): a smaller fleet then has its
+    /// hosts' once-a-minute last-seen times fall due during the
+    /// revocation, as in a large fleet's longer run.
+    #[arg(long, value_name = "SECS")]
+    pub revoke_at: Option<f64>,
+    /// The hosts do not acknowledge the states they receive (hostd
+    /// acknowledges every new state with `POST hosts/self/ack`).
+    #[arg(long)]
+    pub no_ack: bool,
 }
 
 impl Args {
@@ -89,6 +99,8 @@ impl Args {
             timeout: 120.0,
             servers: 1,
             postgres: None,
+            revoke_at: None,
+            no_ack: false,
         }
     }
 }
@@ -133,6 +145,9 @@ struct Fleet {
     reached_count: AtomicUsize,
     notify: tokio::sync::Notify,
     stop: AtomicBool,
+    /// Acknowledgements answered and failed.
+    acks: AtomicU64,
+    ack_errors: AtomicU64,
 }
 
 /// The one field of a state answer the simulated host looks at. Parsing
@@ -167,12 +182,33 @@ async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, S
         .map_err(|e| format!("{e} in {}", text()))
 }
 
+/// Acknowledges a state as hostd does once it applied it: on its own
+/// task, the next poll going out meanwhile.
+fn ack(fleet: &Arc<Fleet>, c: &reqwest::Client, url: &str, token: &str, index: u64) {
+    let (fleet, c, url, token) = (fleet.clone(), c.clone(), url.to_string(), token.to_string());
+    tokio::spawn(async move {
+        let r = c
+            .post(&url)
+            .header("X-Vault-Token", &token)
+            .json(&json!({ "index": index }))
+            .send()
+            .await;
+        let ok = match r {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        let n = if ok { &fleet.acks } else { &fleet.ack_errors };
+        n.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
 /// One simulated host: long-polls until told to stop.
 async fn host(
     fleet: Arc<Fleet>,
     i: usize,
     c: reqwest::Client,
     base: String,
+    ack_url: Option<String>,
     token: String,
     start: Duration,
 ) {
@@ -183,6 +219,9 @@ async fn host(
         match poll_once(&c, &url, &token).await {
             Ok(new) => {
                 fleet.answers.fetch_add(1, Ordering::Relaxed);
+                if let Some(url) = ack_url.as_deref().filter(|_| new != index) {
+                    ack(&fleet, &c, url, &token, new);
+                }
                 if index == 0 {
                     fleet.ready.fetch_add(1, Ordering::Relaxed);
                     fleet.notify.notify_waiters();
@@ -294,6 +333,15 @@ struct Results {
     /// The PostgreSQL cluster's (every process of it) over the same window,
     /// when the cluster runs on this machine.
     pg_reach_cpu: Option<f64>,
+    /// PostgreSQL's transactions over the same window: those that wrote
+    /// (transaction IDs taken, exact) and all committed (its statistics,
+    /// which each connection reports at most once a second).
+    pg_writes: Option<u64>,
+    pg_commits: Option<u64>,
+    /// When the revocation was sent, from the start of enrollment.
+    revoked_after: Duration,
+    acks: u64,
+    ack_errors: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -342,6 +390,23 @@ fn cluster_cpu_ticks(postmaster: u32) -> Option<u64> {
     Some(total)
 }
 
+/// The database's next transaction ID and its count of committed
+/// transactions (see `Results::pg_writes`).
+fn pg_counts(db: &str) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("psql")
+        .arg(db)
+        .args([
+            "-Atc",
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text || ' ' || xact_commit \
+             FROM pg_stat_database WHERE datname = current_database()",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(server.ca_pem())?;
     Ok(reqwest::Client::builder()
@@ -358,6 +423,7 @@ fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
 async fn measure(
     servers: &[DevServer],
     postmaster: Option<u32>,
+    db: Option<&str>,
     args: &Args,
     res: &mut Results,
 ) -> anyhow::Result<()> {
@@ -385,6 +451,7 @@ async fn measure(
     // Enrollment, `enroll_tasks` at a time, without a token; host i
     // through server i mod k, which it then polls.
     eprintln!("  enrolling {n} hosts ({} at a time)…", args.enroll_tasks);
+    let enroll_start = Instant::now();
     let tokens: Arc<Vec<Mutex<String>>> =
         Arc::new((0..n).map(|_| Mutex::new(String::new())).collect());
     let next = Arc::new(AtomicUsize::new(0));
@@ -464,6 +531,7 @@ async fn measure(
         clients.push(cs);
     }
     let state_urls: Vec<String> = servers.iter().map(|s| s.url("hosts/self/state")).collect();
+    let ack_urls: Vec<String> = servers.iter().map(|s| s.url("hosts/self/ack")).collect();
     let fleet = Arc::new(Fleet {
         ready: AtomicUsize::new(0),
         answers: AtomicU64::new(0),
@@ -474,6 +542,8 @@ async fn measure(
         reached_count: AtomicUsize::new(0),
         notify: tokio::sync::Notify::new(),
         stop: AtomicBool::new(false),
+        acks: AtomicU64::new(0),
+        ack_errors: AtomicU64::new(0),
     });
     eprintln!(
         "  {n} hosts long-polling {k} server(s) over {} connections…",
@@ -489,6 +559,7 @@ async fn measure(
                 i,
                 clients[i % k][(i / k) % conns].clone(),
                 state_urls[i % k].clone(),
+                (!args.no_ack).then(|| ack_urls[i % k].clone()),
                 t,
                 Duration::from_secs_f64(i as f64 / args.start_rate),
             ))
@@ -518,6 +589,11 @@ async fn measure(
             .map(|(a, b)| (b - a) as f64 / ticks / idle.as_secs_f64());
         res.idle_answers = fleet.answers.load(Ordering::Relaxed) - answers0;
         res.rss_polling = memory(&pids);
+        if let Some(at) = args.revoke_at {
+            let left = Duration::from_secs_f64(at).saturating_sub(enroll_start.elapsed());
+            eprintln!("  revoking in {:.0} s", left.as_secs_f64());
+            tokio::time::sleep(left).await;
+        }
 
         // Sign a certificate, then revoke it: a new KRL for every host.
         let user = generate_key("ssh-ed25519", 0)?;
@@ -541,7 +617,9 @@ async fn measure(
         let me = [std::process::id()];
         let s0 = cpu_ticks(&me);
         let p0 = postmaster.and_then(cluster_cpu_ticks);
+        let q0 = db.and_then(pg_counts);
         let t = Instant::now();
+        res.revoked_after = enroll_start.elapsed();
         if let Ok(mut g) = fleet.revoked_at.lock() {
             *g = Some(t);
         }
@@ -554,6 +632,10 @@ async fn measure(
         })
         .await;
         let took = t.elapsed();
+        if let Some(((w0, c0), (w1, c1))) = q0.zip(db.and_then(pg_counts)) {
+            res.pg_writes = Some(w1.saturating_sub(w0));
+            res.pg_commits = Some(c1.saturating_sub(c0));
+        }
         // /proc counts CPU time in ticks (10 ms): a shorter window says nothing.
         res.reach_cpu = c0
             .zip(cpu_ticks(&pids))
@@ -594,6 +676,8 @@ async fn measure(
         let _ = h.await;
     }
     res.errors = fleet.errors.load(Ordering::Relaxed);
+    res.acks = fleet.acks.load(Ordering::Relaxed);
+    res.ack_errors = fleet.ack_errors.load(Ordering::Relaxed);
     res.first_error = fleet.first_error.lock().ok().and_then(|g| g.clone());
     outcome
 }
@@ -627,7 +711,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.servers == 1 {
         DevServer::around(&server_bin, |server, rt| {
-            rt.block_on(measure(std::slice::from_ref(server), None, args, &mut res))
+            rt.block_on(measure(
+                std::slice::from_ref(server),
+                None,
+                None,
+                args,
+                &mut res,
+            ))
         })?;
     } else {
         // A private cluster unless one was named; dropped (stopped and
@@ -655,9 +745,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
         let postmaster = postmaster_pid(&base);
-        let servers = DevServer::serve_sharing(&server_bin, &format!("{base}/{db}"), args.servers)?;
+        let db_url = format!("{base}/{db}");
+        let servers = DevServer::serve_sharing(&server_bin, &db_url, args.servers)?;
         DevServer::around_all(servers, |servers, rt| {
-            rt.block_on(measure(servers, postmaster, args, &mut res))
+            rt.block_on(measure(servers, postmaster, Some(&db_url), args, &mut res))
         })?;
     }
     let body = section(&machine, args, &res);
@@ -689,7 +780,7 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
         "one `gatepass-server dev` (SQLite)".to_string()
     };
     let mut out = format!(
-        "{}; {servers}; {n} simulated hosts enrolled {} at a time, starting to poll {} a second (the last {:.1} s after the first), long-polling (`wait={WAIT}`) over {} {} connections (≤ {} polls each) from this one process; open-files limit {}; references {} s each after a {:.1} s warm-up.\n\n",
+        "{}; {servers}; {n} simulated hosts enrolled {} at a time, starting to poll {} a second (the last {:.1} s after the first), long-polling (`wait={WAIT}`) over {} {} connections (≤ {} polls each) from this one process, {}; the revocation sent {:.0} s after enrollment began; open-files limit {}; references {} s each after a {:.1} s warm-up.\n\n",
         m.measured_on(),
         args.enroll_tasks,
         report::rate(args.start_rate),
@@ -697,6 +788,12 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
         r.connections,
         r.http.map(|v| format!("{v:?}")).unwrap_or_else(|| "HTTP".into()),
         args.streams_per_connection,
+        if args.no_ack {
+            "acknowledging nothing (`--no-ack`)"
+        } else {
+            "each acknowledging every new state as hostd does (`POST hosts/self/ack`)"
+        },
+        r.revoked_after.as_secs_f64(),
         r.nofile,
         args.common.seconds,
         crate::measure::Budget::from_seconds(args.common.seconds).warmup.as_secs_f64(),
@@ -812,7 +909,21 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
                 .unwrap_or_else(|| "– (not on this machine, or under 0.5 s)".into()),
         ]);
     }
+    if let (Some(w), Some(c)) = (r.pg_writes, r.pg_commits) {
+        t.push(vec![
+            "PostgreSQL transactions over the same time: writing / all committed".into(),
+            format!("{w} / {c}"),
+        ]);
+    }
     rss_rows(&mut t, "after the revocation", &r.rss_after);
+    t.push(vec![
+        "acknowledgements answered / failed (`POST hosts/self/ack`, as hostd sends)".into(),
+        if args.no_ack {
+            "– (`--no-ack`)".into()
+        } else {
+            format!("{} / {}", r.acks, r.ack_errors)
+        },
+    ]);
     t.push(vec![
         "poll errors".into(),
         match &r.first_error {
@@ -837,6 +948,13 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
             c.map(|c| format!("{:.0} µs", c * all.as_secs_f64() / n as f64 * 1e6))
                 .unwrap_or_else(|| "–".into())
         };
+        if let (Some(w), Some(c)) = (r.pg_writes, r.pg_commits) {
+            out += &format!(
+                "PostgreSQL transactions per host reached: {:.2} writing, {:.2} in all.\n",
+                w as f64 / n as f64,
+                c as f64 / n as f64
+            );
+        }
         out += &format!(
             "CPU per host reached: servers {}, simulated hosts {}{}.\n",
             per(r.reach_cpu),
