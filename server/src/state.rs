@@ -37,7 +37,7 @@ pub struct Core {
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::cache::StateCache,
     /// Hosts' last-seen times not yet written (see [`crate::hosts::seen`]).
-    pub hosts_seen: crate::hosts::seen::SeenTimes,
+    pub hosts_seen: crate::hosts::seen_times::SeenTimes,
     /// Compiled policies and combined ACLs (see [`crate::policies::acl_for`]).
     pub acl_cache: crate::policies::cache::AclCache,
     /// Relayed PAM connections waiting for their gateway to dial in.

@@ -29,6 +29,7 @@ use crate::{duration, mounts};
 pub mod cache;
 pub mod policy;
 pub mod seen;
+pub mod seen_times;
 mod state;
 
 pub use cache::StateCache;
