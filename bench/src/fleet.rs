@@ -76,6 +76,17 @@ pub struct Args {
     /// on a free loopback port, removed at the end).
     #[arg(long, value_name = "URL")]
     pub postgres: Option<String>,
+    /// Revoke no sooner than this many seconds after enrollment began
+    /// (the hosts keep polling meanwhile): a smaller fleet then has its
+    /// hosts' once-a-minute last-seen times fall due during the
+    /// revocation, as in a large fleet's longer run.
+    #[arg(long, value_name = "SECS")]
+    pub revoke_at: Option<f64>,
+    /// The hosts do not acknowledge the states they receive (hostd
+    /// acknowledges every new state it applied, with its next poll:
+    /// `applied=<index>`).
+    #[arg(long)]
+    pub no_ack: bool,
 }
 
 impl Args {
@@ -89,6 +100,8 @@ impl Args {
             timeout: 120.0,
             servers: 1,
             postgres: None,
+            revoke_at: None,
+            no_ack: false,
         }
     }
 }
@@ -133,6 +146,9 @@ struct Fleet {
     reached_count: AtomicUsize,
     notify: tokio::sync::Notify,
     stop: AtomicBool,
+    /// Acknowledgements answered and failed.
+    acks: AtomicU64,
+    ack_errors: AtomicU64,
 }
 
 /// The one field of a state answer the simulated host looks at. Parsing
@@ -173,16 +189,29 @@ async fn host(
     i: usize,
     c: reqwest::Client,
     base: String,
+    ack: bool,
     token: String,
     start: Duration,
 ) {
     tokio::time::sleep(start).await;
     let mut index = 0u64;
+    // A new state is acknowledged as hostd does once it applied it: by the
+    // next poll (`applied`), kept for the one after when a poll fails.
+    let mut applied: Option<u64> = None;
     while !fleet.stop.load(Ordering::Relaxed) {
-        let url = format!("{base}?index={index}&wait={WAIT}");
+        let url = match applied {
+            Some(a) => format!("{base}?index={index}&wait={WAIT}&applied={a}"),
+            None => format!("{base}?index={index}&wait={WAIT}"),
+        };
         match poll_once(&c, &url, &token).await {
             Ok(new) => {
                 fleet.answers.fetch_add(1, Ordering::Relaxed);
+                if applied.take().is_some() {
+                    fleet.acks.fetch_add(1, Ordering::Relaxed);
+                }
+                if ack && new != index {
+                    applied = Some(new);
+                }
                 if index == 0 {
                     fleet.ready.fetch_add(1, Ordering::Relaxed);
                     fleet.notify.notify_waiters();
@@ -203,6 +232,9 @@ async fn host(
             }
             Err(e) => {
                 fleet.errors.fetch_add(1, Ordering::Relaxed);
+                if applied.is_some() {
+                    fleet.ack_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Ok(mut g) = fleet.first_error.lock() {
                     g.get_or_insert(e);
                 }
@@ -294,6 +326,15 @@ struct Results {
     /// The PostgreSQL cluster's (every process of it) over the same window,
     /// when the cluster runs on this machine.
     pg_reach_cpu: Option<f64>,
+    /// PostgreSQL's transactions over the same window: those that wrote
+    /// (transaction IDs taken, exact) and all committed (its statistics,
+    /// which each connection reports at most once a second).
+    pg_writes: Option<u64>,
+    pg_commits: Option<u64>,
+    /// When the revocation was sent, from the start of enrollment.
+    revoked_after: Duration,
+    acks: u64,
+    ack_errors: u64,
     errors: u64,
     first_error: Option<String>,
 }
@@ -342,6 +383,23 @@ fn cluster_cpu_ticks(postmaster: u32) -> Option<u64> {
     Some(total)
 }
 
+/// The database's next transaction ID and its count of committed
+/// transactions (see `Results::pg_writes`).
+fn pg_counts(db: &str) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("psql")
+        .arg(db)
+        .args([
+            "-Atc",
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text || ' ' || xact_commit \
+             FROM pg_stat_database WHERE datname = current_database()",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|w| w.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(server.ca_pem())?;
     Ok(reqwest::Client::builder()
@@ -358,6 +416,7 @@ fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
 async fn measure(
     servers: &[DevServer],
     postmaster: Option<u32>,
+    db: Option<&str>,
     args: &Args,
     res: &mut Results,
 ) -> anyhow::Result<()> {
@@ -385,6 +444,7 @@ async fn measure(
     // Enrollment, `enroll_tasks` at a time, without a token; host i
     // through server i mod k, which it then polls.
     eprintln!("  enrolling {n} hosts ({} at a time)…", args.enroll_tasks);
+    let enroll_start = Instant::now();
     let tokens: Arc<Vec<Mutex<String>>> =
         Arc::new((0..n).map(|_| Mutex::new(String::new())).collect());
     let next = Arc::new(AtomicUsize::new(0));
@@ -474,6 +534,8 @@ async fn measure(
         reached_count: AtomicUsize::new(0),
         notify: tokio::sync::Notify::new(),
         stop: AtomicBool::new(false),
+        acks: AtomicU64::new(0),
+        ack_errors: AtomicU64::new(0),
     });
     eprintln!(
         "  {n} hosts long-polling {k} server(s) over {} connections…",
@@ -489,6 +551,7 @@ async fn measure(
                 i,
                 clients[i % k][(i / k) % conns].clone(),
                 state_urls[i % k].clone(),
+                !args.no_ack,
                 t,
                 Duration::from_secs_f64(i as f64 / args.start_rate),
             ))
@@ -518,6 +581,11 @@ async fn measure(
             .map(|(a, b)| (b - a) as f64 / ticks / idle.as_secs_f64());
         res.idle_answers = fleet.answers.load(Ordering::Relaxed) - answers0;
         res.rss_polling = memory(&pids);
+        if let Some(at) = args.revoke_at {
+            let left = Duration::from_secs_f64(at).saturating_sub(enroll_start.elapsed());
+            eprintln!("  revoking in {:.0} s", left.as_secs_f64());
+            tokio::time::sleep(left).await;
+        }
 
         // Sign a certificate, then revoke it: a new KRL for every host.
         let user = generate_key("ssh-ed25519", 0)?;
@@ -541,7 +609,9 @@ async fn measure(
         let me = [std::process::id()];
         let s0 = cpu_ticks(&me);
         let p0 = postmaster.and_then(cluster_cpu_ticks);
+        let q0 = db.and_then(pg_counts);
         let t = Instant::now();
+        res.revoked_after = enroll_start.elapsed();
         if let Ok(mut g) = fleet.revoked_at.lock() {
             *g = Some(t);
         }
@@ -554,6 +624,10 @@ async fn measure(
         })
         .await;
         let took = t.elapsed();
+        if let Some(((w0, c0), (w1, c1))) = q0.zip(db.and_then(pg_counts)) {
+            res.pg_writes = Some(w1.saturating_sub(w0));
+            res.pg_commits = Some(c1.saturating_sub(c0));
+        }
         // /proc counts CPU time in ticks (10 ms): a shorter window says nothing.
         res.reach_cpu = c0
             .zip(cpu_ticks(&pids))
@@ -594,6 +668,8 @@ async fn measure(
         let _ = h.await;
     }
     res.errors = fleet.errors.load(Ordering::Relaxed);
+    res.acks = fleet.acks.load(Ordering::Relaxed);
+    res.ack_errors = fleet.ack_errors.load(Ordering::Relaxed);
     res.first_error = fleet.first_error.lock().ok().and_then(|g| g.clone());
     outcome
 }
@@ -627,7 +703,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     if args.servers == 1 {
         DevServer::around(&server_bin, |server, rt| {
-            rt.block_on(measure(std::slice::from_ref(server), None, args, &mut res))
+            rt.block_on(measure(
+                std::slice::from_ref(server),
+                None,
+                None,
+                args,
+                &mut res,
+            ))
         })?;
     } else {
         // A private cluster unless one was named; dropped (stopped and
@@ -655,9 +737,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             );
         }
         let postmaster = postmaster_pid(&base);
-        let servers = DevServer::serve_sharing(&server_bin, &format!("{base}/{db}"), args.servers)?;
+        let db_url = format!("{base}/{db}");
+        let servers = DevServer::serve_sharing(&server_bin, &db_url, args.servers)?;
         DevServer::around_all(servers, |servers, rt| {
-            rt.block_on(measure(servers, postmaster, args, &mut res))
+            rt.block_on(measure(servers, postmaster, Some(&db_url), args, &mut res))
         })?;
     }
     let body = section(&machine, args, &res);
@@ -689,7 +772,7 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
         "one `gatepass-server dev` (SQLite)".to_string()
     };
     let mut out = format!(
-        "{}; {servers}; {n} simulated hosts enrolled {} at a time, starting to poll {} a second (the last {:.1} s after the first), long-polling (`wait={WAIT}`) over {} {} connections (≤ {} polls each) from this one process; open-files limit {}; references {} s each after a {:.1} s warm-up.\n\n",
+        "{}; {servers}; {n} simulated hosts enrolled {} at a time, starting to poll {} a second (the last {:.1} s after the first), long-polling (`wait={WAIT}`) over {} {} connections (≤ {} polls each) from this one process, {}; the revocation sent {:.0} s after enrollment began; open-files limit {}; references {} s each after a {:.1} s warm-up.\n\n",
         m.measured_on(),
         args.enroll_tasks,
         report::rate(args.start_rate),
@@ -697,6 +780,12 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
         r.connections,
         r.http.map(|v| format!("{v:?}")).unwrap_or_else(|| "HTTP".into()),
         args.streams_per_connection,
+        if args.no_ack {
+            "acknowledging nothing (`--no-ack`)"
+        } else {
+            "each acknowledging every new state as hostd does, with its next poll (`applied=<index>`)"
+        },
+        r.revoked_after.as_secs_f64(),
         r.nofile,
         args.common.seconds,
         crate::measure::Budget::from_seconds(args.common.seconds).warmup.as_secs_f64(),
@@ -812,7 +901,22 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
                 .unwrap_or_else(|| "– (not on this machine, or under 0.5 s)".into()),
         ]);
     }
+    if let (Some(w), Some(c)) = (r.pg_writes, r.pg_commits) {
+        t.push(vec![
+            "PostgreSQL transactions over the same time: writing / all committed".into(),
+            format!("{w} / {c}"),
+        ]);
+    }
     rss_rows(&mut t, "after the revocation", &r.rss_after);
+    t.push(vec![
+        "acknowledgements answered / failed (polls carrying `applied=<index>`, as hostd sends)"
+            .into(),
+        if args.no_ack {
+            "– (`--no-ack`)".into()
+        } else {
+            format!("{} / {}", r.acks, r.ack_errors)
+        },
+    ]);
     t.push(vec![
         "poll errors".into(),
         match &r.first_error {
@@ -837,6 +941,13 @@ fn section(m: &machine::Machine, args: &Args, r: &Results) -> String {
             c.map(|c| format!("{:.0} µs", c * all.as_secs_f64() / n as f64 * 1e6))
                 .unwrap_or_else(|| "–".into())
         };
+        if let (Some(w), Some(c)) = (r.pg_writes, r.pg_commits) {
+            out += &format!(
+                "PostgreSQL transactions per host reached: {:.2} writing, {:.2} in all.\n",
+                w as f64 / n as f64,
+                c as f64 / n as f64
+            );
+        }
         out += &format!(
             "CPU per host reached: servers {}, simulated hosts {}{}.\n",
             per(r.reach_cpu),

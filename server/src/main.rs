@@ -363,6 +363,7 @@ async fn dev(
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::hosts::seen::flusher(core.clone()));
     tokio::spawn(gatepass_server::retention::task(core.clone(), retention));
     spawn_audit_tasks(&core);
     notify_ready();
@@ -374,6 +375,7 @@ async fn dev(
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::hosts::seen::flush_at_stop(&core).await;
     gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())
@@ -451,6 +453,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::hosts::seen::flusher(core.clone()));
     tokio::spawn(gatepass_server::retention::task(
         core.clone(),
         cfg.retention.clone(),
@@ -465,6 +468,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::shutdown_signal(),
     )
     .await?;
+    gatepass_server::hosts::seen::flush_at_stop(&core).await;
     gatepass_server::http::audit_at_stop(&core).await;
     core.storage.close().await;
     Ok(())

@@ -37,6 +37,12 @@ pub struct Metrics {
     /// reaching a fleet should cost one `view` and a few `computed` and
     /// `redacted`, not one per host.
     pub host_states: Family<KindLabels, Counter>,
+    /// Hosts' bookkeeping: `seen_noted` (a poll noted its host's last-seen
+    /// time, at most once a minute per host), `seen_written` (a time
+    /// written beside the host's record by a flush), `applied_written` (an
+    /// acknowledged state index stored). None of them rewrites a host's
+    /// record.
+    pub host_bookkeeping: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -90,6 +96,12 @@ impl Default for Metrics {
             "hosts' desired states: host-independent views built, states computed, states reused, audit forms of states made",
             host_states.clone(),
         );
+        let host_bookkeeping = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "host_bookkeeping",
+            "hosts' last-seen times noted and written, acknowledged state indexes stored",
+            host_bookkeeping.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -100,6 +112,7 @@ impl Default for Metrics {
             retention_runs,
             retention_removed,
             host_states,
+            host_bookkeeping,
         }
     }
 }
@@ -122,6 +135,17 @@ impl Metrics {
     /// Counts a host state had this way (see [`Metrics::host_states`]).
     pub fn host_state(&self, kind: &'static str) {
         self.host_states.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// Counts hosts' bookkeeping (see [`Metrics::host_bookkeeping`]).
+    pub fn host_bookkeeping(&self, kind: &'static str) {
+        self.host_bookkeeping_by(kind, 1);
+    }
+
+    pub fn host_bookkeeping_by(&self, kind: &'static str, n: u64) {
+        self.host_bookkeeping
+            .get_or_create(&KindLabels { kind })
+            .inc_by(n);
     }
 
     pub fn render(&self) -> String {

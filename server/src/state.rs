@@ -36,6 +36,8 @@ pub struct Core {
     pub verify_limiter: FailureLimiter,
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::cache::StateCache,
+    /// Hosts' last-seen times not yet written (see [`crate::hosts::seen`]).
+    pub hosts_seen: crate::hosts::seen_times::SeenTimes,
     /// Compiled policies and combined ACLs (see [`crate::policies::acl_for`]).
     pub acl_cache: crate::policies::cache::AclCache,
     /// Relayed PAM connections waiting for their gateway to dial in.
@@ -75,6 +77,7 @@ impl Core {
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
             hosts_cache: Default::default(),
+            hosts_seen: Default::default(),
             acl_cache: Default::default(),
             relays: Default::default(),
             oidc: Default::default(),

@@ -28,6 +28,8 @@ use crate::{duration, mounts};
 
 pub mod cache;
 pub mod policy;
+pub mod seen;
+pub mod seen_times;
 mod state;
 
 pub use cache::StateCache;
@@ -59,10 +61,14 @@ pub struct Host {
     pub addresses: Vec<IpAddr>,
     pub host_keys: Vec<String>,
     pub enrolled: i64,
+    /// Set at enrollment; later times are kept beside the record (see
+    /// [`seen`]), as servers before them wrote here.
     pub last_seen: i64,
     pub token_accessor: String,
     pub config: HostConfig,
-    /// The state index the host last acknowledged applying.
+    /// The state index the host last acknowledged applying, as servers
+    /// stored it before acknowledgements were kept beside the record
+    /// (`hosts/applied/<id>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
     /// The last files the host found changed by someone else and repaired.
@@ -82,6 +88,18 @@ pub struct DriftRecord {
 const MAX_DRIFT_PATHS: usize = 1024;
 /// Longest path a host may report (Linux's PATH_MAX).
 const MAX_DRIFT_PATH_LEN: usize = 4096;
+
+fn applied_key(id: &str) -> String {
+    format!("hosts/applied/{id}")
+}
+
+/// The state index a host last acknowledged, stored beside its record
+/// (see [`applied`]).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct AppliedEntry {
+    index: u64,
+    time: i64,
+}
 
 fn host_key(id: &str) -> String {
     format!("hosts/host/{id}")
@@ -430,11 +448,22 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
 }
 
 /// A host as the API shows it, with the state index it would be handed
-/// now (beside the one it last applied).
+/// now (beside the one it last applied). Its bookkeeping is read from
+/// beside the record: the newest last-seen time ([`seen::last_seen`]) and
+/// the state it last acknowledged.
 pub async fn host_detail(core: &Core, h: &Host, now: i64) -> Result<HostInfo> {
     let current = state(core, h, now).await?;
+    let last_seen = seen::last_seen(core, &h.id, h.last_seen).await?;
+    let applied = core
+        .storage
+        .get::<AppliedEntry>(&applied_key(&h.id))
+        .await?
+        .map(|a| a.index)
+        .or(h.applied_index);
     Ok(HostInfo {
         state_index: Some(current.state.index),
+        last_seen: crate::clock::rfc3339(last_seen),
+        applied_index: applied,
         ..host_info(h)
     })
 }
@@ -621,38 +650,22 @@ async fn remove_host(core: &Core, host: &Host, now: i64) -> Result<()> {
         token::revoke(core, &t, false).await?;
     }
     core.storage.delete(&host_key(&host.id)).await?;
-    Ok(())
-}
-
-/// Records that a host was seen. Changed in storage rather than written
-/// back from a copy: a host unenrolled or deleted meanwhile stays gone.
-async fn touch(core: &Core, id: &str, now: i64) -> Result<()> {
-    // Quiet: the other servers need not drop their copy of the record for
-    // a last-seen time (with 100,000 hosts, well over a thousand touches a
-    // second); the copy a host's own requests read may show an older one,
-    // hence the check here on the stored record.
-    let seen = core
-        .storage
-        .update_quietly(&host_key(id), |mut h: Host| {
-            if now - h.last_seen < SEEN_EVERY {
-                return Ok((Change::Keep, ()));
-            }
-            h.last_seen = now;
-            Ok((Change::Put(h), ()))
-        })
+    // Only after the record is gone: its bookkeeping is written only
+    // beside it (`Storage::put_beside`), so none comes back after this.
+    core.storage
+        .delete_many(&[seen::seen_key(&host.id), applied_key(&host.id)])
         .await?;
-    seen.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
+    core.hosts_seen.forget(&host.id);
+    Ok(())
 }
 
-/// Seconds between two writes of a host's last-seen time.
-const SEEN_EVERY: i64 = 60;
-
-/// Records that a host asked for its state, at most once a minute.
-pub async fn seen(core: &Core, host: &Host, now: i64) -> Result<()> {
-    if now - host.last_seen >= SEEN_EVERY {
-        touch(core, &host.id, now).await?;
+/// Records that a host asked for its state: in memory, written with the
+/// others' by the next [`seen::flush`], at most once a minute per host.
+/// Nothing is read or written here: a poll costs its host no storage.
+pub fn seen(core: &Core, host: &Host, now: i64) {
+    if core.hosts_seen.note(&host.id, host.last_seen, now) {
+        core.metrics.host_bookkeeping("seen_noted");
     }
-    Ok(())
 }
 
 /// Records the dynamic keys a host reports installed, the state index it
@@ -691,28 +704,40 @@ fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
     Ok(paths.to_vec())
 }
 
-/// Stores the state index a host applied and what it repaired, changing
-/// the record only when one of them changes (hosts acknowledge every
-/// state, and most acknowledgements repeat what is stored).
+/// Stores the state index a host applied beside its record, committed
+/// before the acknowledgement is answered; what it repaired, rarely
+/// anything, goes into the record. Hosts acknowledge every state, so a
+/// fleet sends one acknowledgement per host per change: each is one row of
+/// a shared transaction (the writer's group commit), with no read, no
+/// compare-and-swap of the sealed record and nothing for the record's
+/// cached copies to drop.
 async fn applied(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64) -> Result<()> {
-    let found = core
-        .storage
-        .update(&host_key(id), |mut h: Host| {
-            let same_index = h.applied_index == Some(index);
-            if same_index && drift.is_empty() {
-                return Ok((Change::Keep, ()));
-            }
-            h.applied_index = Some(index);
-            if !drift.is_empty() {
+    let gone = || Error::invalid("this host is no longer enrolled");
+    if !drift.is_empty() {
+        core.storage
+            .update(&host_key(id), |mut h: Host| {
                 h.drift = Some(DriftRecord {
                     paths: drift.clone(),
                     time: now,
                 });
-            }
-            Ok((Change::Put(h), ()))
-        })
+                Ok((Change::Put(h), ()))
+            })
+            .await?
+            .ok_or_else(gone)?;
+    }
+    let stored = core
+        .storage
+        .put_beside(&[(
+            applied_key(id),
+            AppliedEntry { index, time: now },
+            host_key(id),
+        )])
         .await?;
-    found.ok_or_else(|| Error::invalid("this host is no longer enrolled"))
+    if !stored.first().copied().unwrap_or(false) {
+        return Err(gone());
+    }
+    core.metrics.host_bookkeeping("applied_written");
+    Ok(())
 }
 
 /// How long a host may go without asking for its state before it counts

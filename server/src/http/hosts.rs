@@ -23,7 +23,7 @@ pub fn is_unauthenticated(req: &Request) -> bool {
 pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
     let f = &req.fields;
     let host = hosts::own_host(core, caller).await?;
-    hosts::seen(core, &host, req.now).await?;
+    hosts::seen(core, &host, req.now);
     // hostd's poll after an apply acknowledges it (see `Ack`): stored
     // before the wait, as `hosts/self/ack` would store it.
     if let Some(applied) = f.int("applied")? {

@@ -189,23 +189,29 @@ const MAX_CACHED: usize = 250_000;
 
 /// Whether a write of `key` wakes the requests waiting for changes (hosts'
 /// and gateways' long-polls, waits for a dynamic key's install) and, on
-/// PostgreSQL, is announced to the other servers. A host's own record is
-/// not: the poll that reads it is the one that rewrites it (`last_seen`,
-/// at most once a minute per host), and a host's state is computed from
-/// the record read when its poll began. With 100,000 hosts those touches
-/// come well over a thousand times a second, and each woke every waiting
-/// poll on every server to compute its state again: the fleet spent its
-/// time recomputing states that had not changed.
+/// PostgreSQL, is announced to the other servers. A host's record and its
+/// bookkeeping are not: a host's state is computed from the record read
+/// when its poll began, and from no bookkeeping. With 100,000 hosts their
+/// last-seen times and acknowledgements come well over a thousand times a
+/// second, and when each woke every waiting poll on every server to
+/// compute its state again, the fleet spent its time recomputing states
+/// that had not changed.
 pub(crate) fn wakes_waiters(key: &str) -> bool {
-    !key.starts_with("hosts/host/")
+    !BOOKKEEPING.iter().any(|p| key.starts_with(p))
 }
+
+/// Keys whose writes wake nothing (see [`wakes_waiters`]): hosts' records,
+/// and what is kept beside them of each host's comings and goings (when
+/// it was last seen, which state it applied), written all the time by a
+/// fleet and read by no host's state.
+const BOOKKEEPING: [&str; 3] = ["hosts/host/", "hosts/seen/", "hosts/applied/"];
 
 /// Records kept in the cache until they change (see [`ReadCache`]): a
 /// request's token, and the host behind a host token, read by every
 /// request of 100,000 hosts' long-polls. Host records change after
-/// enrollment only in their last-seen time, written quietly (see
-/// [`Storage::update_quietly`]); their removal comes with their token's,
-/// which is announced.
+/// enrollment only when a host reports files it repaired (rare, and
+/// announced); their bookkeeping is kept beside them (`hosts::seen`), and
+/// their removal comes with their token's, which is announced.
 fn is_record(key: &str) -> bool {
     key.starts_with("token/") || key.starts_with(HOST_RECORDS)
 }
@@ -621,7 +627,7 @@ impl Storage {
 
     /// A receiver that sees every change this server makes (and, on
     /// PostgreSQL, that others announce) except those of [`wakes_waiters`]'s
-    /// quiet keys.
+    /// bookkeeping keys.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
     }
@@ -693,10 +699,10 @@ impl Storage {
 
     /// The host record behind a host token, for that host's own requests:
     /// from the cache while this server hears of every change (see
-    /// [`ReadCache`]). Its last-seen time may be behind (touches are
-    /// quiet, see [`Storage::update_quietly`]); everything else in it is
-    /// fixed at enrollment. Other readers (listings, the web UI) use
-    /// [`Storage::get`], which reads host records from the database.
+    /// [`ReadCache`]). Its last-seen time and applied index are kept
+    /// beside it (`hosts::seen`, `hosts::ack`), not in it. Other readers
+    /// (listings, the web UI) use [`Storage::get`], which reads host
+    /// records from the database.
     pub async fn get_host_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         if !key.starts_with(HOST_RECORDS) {
             return self.get(key).await;
@@ -770,10 +776,40 @@ impl Storage {
                 value,
             }],
             guarded: false,
-            quiet: false,
         })
         .await?;
         Ok(())
+    }
+
+    /// Stores each `(key, value, beside)` in one transaction, each only
+    /// while the key `beside` holds a value; true for those stored. For
+    /// bookkeeping about an entry, which must never outlive it: one whose
+    /// entry was deleted first is not stored, and one stored first is
+    /// there for the delete's caller to delete after it.
+    pub async fn put_beside<T: Serialize>(
+        &self,
+        items: &[(String, T, String)],
+    ) -> Result<Vec<bool>> {
+        let ops = items
+            .iter()
+            .map(|(key, value, beside)| {
+                Ok(Op::PutBeside {
+                    key: key.clone(),
+                    value: self.encode(key, value)?,
+                    beside: beside.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let done = self
+            .apply(Unit {
+                ops,
+                guarded: false,
+            })
+            .await?;
+        Ok(done.outcomes.iter().map(|o| o.hit).collect())
     }
 
     /// Stores only if the key is free; true when this call stored it. This is
@@ -787,7 +823,6 @@ impl Storage {
                     value,
                 }],
                 guarded: true,
-                quiet: false,
             })
             .await?;
         Ok(done.applied)
@@ -815,7 +850,6 @@ impl Storage {
             .apply(Unit {
                 ops,
                 guarded: first_is_new,
-                quiet: false,
             })
             .await?;
         Ok(done.applied)
@@ -826,7 +860,6 @@ impl Storage {
         self.apply(Unit {
             ops: keys.iter().map(|k| Op::Delete { key: k.clone() }).collect(),
             guarded: false,
-            quiet: false,
         })
         .await?;
         Ok(())
@@ -840,7 +873,6 @@ impl Storage {
                     key: key.to_string(),
                 }],
                 guarded: false,
-                quiet: false,
             })
             .await?;
         Ok(done.outcomes.first().is_some_and(|o| o.hit))
@@ -864,30 +896,13 @@ impl Storage {
     where
         T: Serialize + DeserializeOwned,
     {
-        self.update_with(key, decide, false).await
-    }
-
-    /// [`Storage::update`] for bookkeeping no other server needs at once
-    /// (a host's last-seen time, rewritten once a minute by each of
-    /// thousands of hosts): on PostgreSQL it is not announced, so the other
-    /// servers keep their cached copy of the record, in which only that
-    /// bookkeeping is behind.
-    pub async fn update_quietly<T, R>(
-        &self,
-        key: &str,
-        decide: impl FnMut(T) -> Result<(Change<T>, R)>,
-    ) -> Result<Option<R>>
-    where
-        T: Serialize + DeserializeOwned,
-    {
-        self.update_with(key, decide, true).await
+        self.update_with(key, decide).await
     }
 
     async fn update_with<T, R>(
         &self,
         key: &str,
         mut decide: impl FnMut(T) -> Result<(Change<T>, R)>,
-        quiet: bool,
     ) -> Result<Option<R>>
     where
         T: Serialize + DeserializeOwned,
@@ -911,7 +926,6 @@ impl Storage {
                         value,
                     }],
                     guarded: true,
-                    quiet,
                 })
                 .await?;
             if done.applied {
@@ -981,7 +995,6 @@ impl Storage {
             .apply(Unit {
                 ops,
                 guarded: false,
-                quiet: false,
             })
             .await?;
         let Some(sealed) = done.outcomes.swap_remove(0).value else {

@@ -204,7 +204,7 @@ const MAX_PAYLOAD: usize = 7900;
 /// another server may hold in its cache, one per line, or `*` when they do
 /// not fit, and `!` last when waiters are to wake. The other servers drop those keys from their caches and, when
 /// any of them wakes waiters (`wakes_waiters`; `*` does), wake their
-/// long-polls. Quiet units (bookkeeping, see `Unit::quiet`) are left out.
+/// long-polls.
 async fn announce<'a>(
     tx: &mut Transaction<'static, Postgres>,
     origin: &str,
@@ -213,7 +213,7 @@ async fn announce<'a>(
     let mut payload = origin.to_string();
     let mut wakes = false;
     let mut cached = false;
-    'units: for unit in units.filter(|u| !u.quiet) {
+    'units: for unit in units {
         for op in &unit.ops {
             let key = op.key();
             wakes |= super::wakes_waiters(key);
@@ -231,7 +231,7 @@ async fn announce<'a>(
         }
     }
     // Nothing another server caches nor anything that wakes (hosts'
-    // last-seen touches): nothing to say.
+    // bookkeeping): nothing to say.
     if !wakes && !cached {
         return Ok(());
     }
@@ -496,6 +496,35 @@ async fn upsert(tx: &mut Transaction<'static, Postgres>, rows: &[(&str, &[u8])])
     Ok(())
 }
 
+/// Stores each row `(key, value, beside)` whose `beside` key holds a value
+/// (see `Op::PutBeside`); returns the keys it stored. The entry beside is
+/// locked (`FOR KEY SHARE`) until the transaction ends: a delete of it
+/// waits, and one that came first leaves nothing to store beside, so no
+/// row outlives its entry.
+async fn upsert_beside(
+    tx: &mut Transaction<'static, Postgres>,
+    rows: &[(&str, &[u8], &str)],
+) -> Result<HashSet<String>> {
+    let mut stored = HashSet::new();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO entries (key, value) SELECT v.key, v.value \
+             FROM (VALUES {}) AS v(key, value, beside) \
+             JOIN entries e ON e.key = v.beside FOR KEY SHARE OF e \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value RETURNING key",
+            values(chunk.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for (k, v, b) in chunk {
+            q = q.bind(*k).bind(*v).bind(*b);
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            stored.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    Ok(stored)
+}
+
 /// (unit, op) positions of the ops of one kind, first claimant of each key
 /// first; later claimants of a key already claimed in this phase find it
 /// gone (deletes, takes) or taken (inserts).
@@ -561,6 +590,10 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
     // Puts: the last one of a key wins, as if applied in order.
     let mut puts: HashMap<&str, &[u8]> = HashMap::new();
     let mut put_order: Vec<&str> = Vec::new();
+    // Puts beside another entry: likewise, the last one of a key wins.
+    let mut besides: HashMap<&str, (&[u8], &str)> = HashMap::new();
+    let mut beside_at: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    let mut beside_order: Vec<&str> = Vec::new();
     for (u, unit) in units.iter().enumerate() {
         if !out[u].applied {
             continue;
@@ -579,6 +612,12 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
                         put_order.push(key);
                     }
                     out[u].outcomes[i].hit = true;
+                }
+                Op::PutBeside { key, value, beside } => {
+                    if besides.insert(key, (value, beside)).is_none() {
+                        beside_order.push(key);
+                    }
+                    beside_at.entry(key).or_default().push((u, i));
                 }
                 Op::Swap { .. } => {
                     return Err(Error::internal("a swap reached a batched write"));
@@ -623,6 +662,18 @@ async fn batch(pool: &PgPool, units: &[&Unit], origin: &str) -> Result<Vec<Appli
         let rows: Vec<(&str, &[u8])> = put_order.iter().map(|k| (*k, puts[k])).collect();
         upsert(&mut tx, &rows).await?;
     }
+    if !beside_order.is_empty() {
+        let rows: Vec<(&str, &[u8], &str)> = beside_order
+            .iter()
+            .map(|k| (*k, besides[k].0, besides[k].1))
+            .collect();
+        let stored = upsert_beside(&mut tx, &rows).await?;
+        for (key, at) in &beside_at {
+            for &(u, i) in at {
+                out[u].outcomes[i].hit = stored.contains(*key);
+            }
+        }
+    }
     announce(&mut tx, origin, units.iter().copied()).await?;
     tx.commit().await?;
     Ok(out)
@@ -652,6 +703,17 @@ async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied>
                 upsert(&mut tx, &[(key.as_str(), value.as_slice())]).await?;
                 Outcome {
                     hit: true,
+                    value: None,
+                }
+            }
+            Op::PutBeside { key, value, beside } => {
+                let stored = upsert_beside(
+                    &mut tx,
+                    &[(key.as_str(), value.as_slice(), beside.as_str())],
+                )
+                .await?;
+                Outcome {
+                    hit: !stored.is_empty(),
                     value: None,
                 }
             }
@@ -764,13 +826,11 @@ mod tests {
                 },
             ],
             guarded: false,
-            quiet: false,
         };
         assert!(has_duplicate_keys(&dup));
         let distinct = Unit {
             ops: vec![Op::Delete { key: "a".into() }, Op::Take { key: "b".into() }],
             guarded: false,
-            quiet: false,
         };
         assert!(!has_duplicate_keys(&distinct));
     }

@@ -690,6 +690,17 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
                     value: None,
                 }
             }
+            Op::PutBeside { key, value, beside } => Outcome {
+                hit: tx
+                    .prepare_cached(
+                        "INSERT INTO entries (key, value) SELECT ?1, ?2 \
+                         WHERE EXISTS (SELECT 1 FROM entries WHERE key = ?3) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    )?
+                    .execute(rusqlite::params![key, value, beside])?
+                    == 1,
+                value: None,
+            },
             Op::Delete { key } => Outcome {
                 hit: tx
                     .prepare_cached("DELETE FROM entries WHERE key = ?1")?
@@ -1069,7 +1080,6 @@ mod tests {
         let unit = Unit {
             ops,
             guarded: false,
-            quiet: false,
         };
         tx.blocking_send(Job::Unit { unit, reply }).unwrap();
         answer.blocking_recv().unwrap().unwrap()

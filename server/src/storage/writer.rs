@@ -31,6 +31,14 @@ pub enum Op {
         key: String,
         value: Vec<u8>,
     },
+    /// Stores, replacing any value, only while the key `beside` holds a
+    /// value: bookkeeping about an entry (a host's last-seen time) that
+    /// must not outlive it nor be written after it was deleted.
+    PutBeside {
+        key: String,
+        value: Vec<u8>,
+        beside: String,
+    },
     Delete {
         key: String,
     },
@@ -64,7 +72,7 @@ pub type Dependents = Arc<dyn Fn(&[u8]) -> Vec<String> + Send + Sync>;
 impl Op {
     pub fn key(&self) -> &str {
         match self {
-            Op::Insert { key, .. } | Op::Put { key, .. } => key,
+            Op::Insert { key, .. } | Op::Put { key, .. } | Op::PutBeside { key, .. } => key,
             Op::Delete { key } | Op::Take { key } | Op::TakeWith { key, .. } => key,
             Op::Swap { key, .. } => key,
         }
@@ -75,7 +83,8 @@ impl Op {
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     /// Insert: it stored; Delete and Take: there was a value; Swap: the
-    /// value was the expected one and was replaced; Put: always.
+    /// value was the expected one and was replaced; Put: always; PutBeside:
+    /// the entry beside was there, so it stored.
     pub hit: bool,
     /// Take: the value it removed.
     pub value: Option<Vec<u8>>,
@@ -87,10 +96,6 @@ pub struct Outcome {
 pub struct Unit {
     pub ops: Vec<Op>,
     pub guarded: bool,
-    /// Bookkeeping no other server needs to hear of (a host's last-seen
-    /// time): on PostgreSQL the change is not announced, so the other
-    /// servers keep their cached copies.
-    pub quiet: bool,
 }
 
 impl Unit {

@@ -769,10 +769,15 @@ async fn a_host_is_read_from_memory_on_postgres_and_dropped_when_another_server_
 /// states computed (`computed`), handed out as computed before
 /// (`reused`), and host-independent views built from storage (`view`).
 async fn host_states(s: &Server, kind: &str) -> u64 {
+    counted(s, "host_states", kind).await
+}
+
+/// `gatepass_FAMILY_total{kind="KIND"}` from `sys/metrics`.
+async fn counted(s: &Server, family: &str, kind: &str) -> u64 {
     let (st, v) = s.root("GET", "sys/metrics", None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     let text = v.as_str().unwrap_or_default();
-    let prefix = format!("gatepass_host_states_total{{kind=\"{kind}\"}} ");
+    let prefix = format!("gatepass_{family}_total{{kind=\"{kind}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |n| n.trim().parse().unwrap())
@@ -1071,8 +1076,7 @@ async fn a_poll_acknowledges_the_state_it_names_applied() {
         let (st, v) = s.call("GET", "hosts/self/state", Some(&host), None).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         let index = v["data"]["index"].as_u64().unwrap();
-        let (_, me) = s.call("GET", "hosts/self", Some(&host), None).await;
-        let id = me["data"]["host_id"].as_str().unwrap().to_string();
+        let id = host_id(&s, &host).await;
         let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
         assert!(v["data"]["applied_index"].is_null(), "{v}");
 
@@ -1104,4 +1108,180 @@ async fn a_poll_acknowledges_the_state_it_names_applied() {
         assert_eq!(v["data"]["applied_index"].as_u64(), Some(index), "{v}");
         assert_eq!(v["data"]["state_index"].as_u64(), Some(index), "{v}");
     }
+}
+
+/// A host's ID, asked with its own token.
+async fn host_id(s: &Server, token: &str) -> String {
+    let (st, v) = s.call("GET", "hosts/self", Some(token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["data"]["host_id"].as_str().unwrap().to_string()
+}
+
+/// A stored entry as its JSON, read from the database.
+async fn stored(s: &Server, key: &str) -> Option<Value> {
+    s.core.storage.get::<Value>(key).await.unwrap()
+}
+
+async fn poll_now(s: &Server, token: &str) {
+    let (st, v) = s.call("GET", "hosts/self/state", Some(token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+/// A host's polls cost it no storage: its last-seen time is noted in
+/// memory at most once a minute and written beside its record, with every
+/// other host's, by the next flush. The record is never rewritten for it,
+/// and the API shows the newest time before and after the flush, also from
+/// a server that never saw the host (here: the same storage restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polling_host_is_seen_in_memory_and_its_time_written_beside_its_record() {
+    use gatepass_server::hosts::seen;
+    for backend in gatepass_tests::inproc::BACKENDS {
+        let s = Server::start(backend).await;
+        let token = enroll_fleet(&s, 1).await.remove(0);
+        let id = host_id(&s, &token).await;
+        let record_key = format!("hosts/host/{id}");
+        let seen_key = format!("hosts/seen/{id}");
+        let record = stored(&s, &record_key).await;
+        let shown = |v: &Value| v["data"]["last_seen"].as_str().unwrap().to_string();
+        let t0 = s.clock.now();
+
+        // Within the minute after enrollment: nothing to note.
+        for _ in 0..5 {
+            s.clock.advance(10);
+            poll_now(&s, &token).await;
+        }
+        assert_eq!(counted(&s, "host_bookkeeping", "seen_noted").await, 0);
+
+        // A minute on: the first poll notes it, the next ones within that
+        // minute do not, and nothing is written yet.
+        s.clock.advance(20);
+        for _ in 0..6 {
+            poll_now(&s, &token).await;
+            s.clock.advance(5);
+        }
+        assert_eq!(counted(&s, "host_bookkeeping", "seen_noted").await, 1);
+        assert_eq!(
+            stored(&s, &record_key).await,
+            record,
+            "{backend:?}: the record was rewritten"
+        );
+        assert_eq!(stored(&s, &seen_key).await, None);
+        let v = ok(&s, "GET", &format!("hosts/{id}"), json!({})).await;
+        assert_eq!(shown(&v), gatepass_server::clock::rfc3339(t0 + 70));
+
+        // The flush writes it once, beside the record.
+        assert_eq!(seen::flush(&s.core).await.unwrap(), 1);
+        assert_eq!(seen::flush(&s.core).await.unwrap(), 0);
+        assert_eq!(counted(&s, "host_bookkeeping", "seen_written").await, 1);
+        assert_eq!(
+            stored(&s, &seen_key).await,
+            Some(json!({ "time": t0 + 70 }))
+        );
+        assert_eq!(stored(&s, &record_key).await, record);
+        let s = s.restart().await;
+        let v = ok(&s, "GET", &format!("hosts/{id}"), json!({})).await;
+        assert_eq!(
+            shown(&v),
+            gatepass_server::clock::rfc3339(t0 + 70),
+            "{backend:?}"
+        );
+    }
+}
+
+/// A host unenrolled after a poll noted its time, before the flush: the
+/// flush writes nothing for it, also when the poll, which read the host's
+/// record before the unenroll, notes the time only after it (or another
+/// server, whose memory the unenroll does not reach, holds it). One whose
+/// time was written first has it deleted with it. Either way nothing of
+/// the host is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unenrolled_hosts_last_seen_time_is_not_written_back() {
+    use gatepass_server::hosts::seen;
+    for backend in gatepass_tests::inproc::BACKENDS {
+        let s = Server::start(backend).await;
+        let tokens = enroll_fleet(&s, 2).await;
+        let (early, late) = (host_id(&s, &tokens[0]).await, host_id(&s, &tokens[1]).await);
+        s.clock.advance(61);
+        poll_now(&s, &tokens[0]).await;
+        assert_eq!(seen::flush(&s.core).await.unwrap(), 1);
+        poll_now(&s, &tokens[1]).await;
+        for id in [&early, &late] {
+            let (st, v) = s.root("DELETE", &format!("hosts/{id}"), None).await;
+            assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        }
+        // The poll that raced the unenroll notes its time now.
+        assert!(s.core.hosts_seen.note(&late, 0, s.clock.now()));
+        assert_eq!(seen::flush(&s.core).await.unwrap(), 0, "{backend:?}");
+        let left: Vec<String> = s
+            .core
+            .storage
+            .keys_with_prefix("hosts/")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.contains(&early) || k.contains(&late))
+            .collect();
+        assert!(left.is_empty(), "{backend:?}: {left:?}");
+        for id in [&early, &late] {
+            assert_eq!(
+                s.root("GET", &format!("hosts/{id}"), None).await.0,
+                StatusCode::NOT_FOUND
+            );
+        }
+    }
+}
+
+/// An acknowledgement stores the state index beside the host's record, and
+/// before it is answered: the other server shows it at once. The record
+/// itself, which both servers keep in memory, is not rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_state_is_stored_beside_the_record_before_the_answer() {
+    let (a, b) = Server::start_pair().await;
+    let token = enroll_fleet(&a, 1).await.remove(0);
+    let id = host_id(&a, &token).await;
+    let record_key = format!("hosts/host/{id}");
+    let record = stored(&a, &record_key).await;
+    let (st, v) = a.call("GET", "hosts/self/state", Some(&token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let index = v["data"]["index"].as_u64().unwrap();
+    assert_eq!(
+        ack(&a, &token, json!({ "index": index })).await,
+        StatusCode::NO_CONTENT
+    );
+    let v = ok(&b, "GET", &format!("hosts/{id}"), json!({})).await;
+    assert_eq!(v["data"]["applied_index"], json!(index), "{v}");
+    assert_eq!(v["data"]["state_index"], json!(index), "{v}");
+    assert_eq!(
+        stored(&a, &record_key).await,
+        record,
+        "the record was rewritten"
+    );
+    assert_eq!(counted(&a, "host_bookkeeping", "applied_written").await, 1);
+    // Files the host repaired still go into the record, shown by both.
+    let drift = json!({ "index": index, "drift": ["/etc/ssh/gatepass/user_ca.pub"] });
+    assert_eq!(ack(&a, &token, drift).await, StatusCode::NO_CONTENT);
+    let v = ok(&b, "GET", &format!("hosts/{id}"), json!({})).await;
+    assert_eq!(
+        v["data"]["drift"]["paths"],
+        json!(["/etc/ssh/gatepass/user_ca.pub"]),
+        "{v}"
+    );
+    // Unenrolled: its acknowledgements are refused and store nothing.
+    let (st, v) = b.root("DELETE", &format!("hosts/{id}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let st = ack(&a, &token, json!({ "index": index })).await;
+    assert!(st.is_client_error(), "{st}");
+    assert_eq!(stored(&a, &format!("hosts/applied/{id}")).await, None);
+}
+
+/// A host's acknowledgement; its answer's status.
+async fn ack(s: &Server, token: &str, body: Value) -> StatusCode {
+    let (st, v) = s
+        .call("POST", "hosts/self/ack", Some(token), Some(body))
+        .await;
+    assert!(
+        st == StatusCode::NO_CONTENT || st.is_client_error(),
+        "{st} {v}"
+    );
+    st
 }
