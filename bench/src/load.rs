@@ -78,6 +78,56 @@ where
     Ok(total)
 }
 
+/// [`closed_loop`] for clients that each own their connection (the lean
+/// [`crate::h1::Conn`]): `op` gets the connection and hands it back with
+/// the outcome.
+pub async fn closed_loop_owned<C, F, Fut>(
+    conns: Vec<C>,
+    deadline: Option<Duration>,
+    op: F,
+) -> anyhow::Result<(Sample, Vec<C>)>
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = (C, Option<Result<(), String>>)> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let end = deadline.map(|d| start + d);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                let mut s = Sample::default();
+                let mut conn = conn;
+                while s.total() < MAX_OPS {
+                    let t0 = Instant::now();
+                    if end.is_some_and(|e| t0 >= e) {
+                        break;
+                    }
+                    let (back, outcome) = op(conn).await;
+                    conn = back;
+                    let Some(outcome) = outcome else {
+                        break;
+                    };
+                    s.record(t0.elapsed(), outcome);
+                }
+                (s, conn)
+            })
+        })
+        .collect();
+    let mut total = Sample::default();
+    let mut back = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let (s, conn) = t.await?;
+        total.merge(s);
+        back.push(conn);
+    }
+    total.elapsed = start.elapsed();
+    Ok((total, back))
+}
+
 /// A shared list of one-time items (OTPs), each handed out once.
 pub struct Pool {
     items: Vec<String>,

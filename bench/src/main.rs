@@ -12,6 +12,7 @@ mod acl;
 mod disk;
 mod fleet;
 mod gateway;
+mod h1;
 mod helper;
 mod hostd;
 mod load;

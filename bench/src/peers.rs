@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::h1;
 use crate::load::{self, Pool};
 use crate::machine;
 use crate::measure::{Budget, Summary};
@@ -39,6 +40,8 @@ const OPENBAO_VERSION: &str = "2.7.2";
 const SIGN_ROLE: &str = "bench-sign";
 const OTP_ROLE: &str = "bench-otp";
 const POLICY: &str = "bench-read";
+/// How long a request may take before it counts as an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long OpenBao may take to answer its health check after the start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -327,6 +330,8 @@ impl Op {
 
 /// Runs one operation on one server with `clients` keep-alive clients: a
 /// warm-up (not for verify, whose OTPs are each used once), then measured.
+/// The clients are the lean ones of [`crate::h1`]: each request's bytes are
+/// made once per phase (per OTP for verify), as `wrk` sends a script's.
 async fn measure(
     peer: &Arc<Peer>,
     op: Op,
@@ -335,92 +340,123 @@ async fn measure(
     otps: &Arc<std::sync::Mutex<Vec<String>>>,
     public_key: &Arc<String>,
 ) -> anyhow::Result<Measured> {
-    let cs: Vec<reqwest::Client> = (0..clients)
-        .map(|_| peer.client())
-        .collect::<anyhow::Result<_>>()?;
+    let target = Arc::new(h1::Target::new(&peer.addr, &peer.ca_pem)?);
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(target.connect().await?);
+    }
     let pool = Pool::new(if op == Op::Verify {
         std::mem::take(&mut *otps.lock().map_err(|_| anyhow::anyhow!("poisoned"))?)
     } else {
         Vec::new()
     });
-    let run = |deadline: Duration, keep: bool| {
-        let peer = peer.clone();
+    let root = [("X-Vault-Token", peer.root.as_str())];
+    let reader = [("X-Vault-Token", peer.reader.as_str())];
+    // The one request of every phase but verify's.
+    let fixed = Arc::new(match op {
+        Op::Sign => target.request(
+            "POST",
+            &format!("/v1/ssh/sign/{SIGN_ROLE}"),
+            &root,
+            json!({"public_key": &**public_key, "valid_principals": "bench"})
+                .to_string()
+                .as_bytes(),
+        ),
+        Op::Creds => target.request(
+            "POST",
+            &format!("/v1/ssh/creds/{OTP_ROLE}"),
+            &root,
+            json!({"ip": "127.0.0.1"}).to_string().as_bytes(),
+        ),
+        Op::Verify => Vec::new(),
+        Op::Lookup => target.request("GET", "/v1/auth/token/lookup-self", &reader, b""),
+        Op::Read => target.request("GET", &format!("/v1/ssh/roles/{SIGN_ROLE}"), &reader, b""),
+    });
+    let run_phase = async |conns: Vec<h1::Conn>, deadline: Duration, keep: bool| {
         let pool = pool.clone();
         let otps = otps.clone();
-        let key = public_key.clone();
-        load::closed_loop(&cs, Some(deadline), move |c| {
-            let peer = peer.clone();
+        let target = target.clone();
+        let fixed = fixed.clone();
+        load::closed_loop_owned(conns, Some(deadline), move |mut conn: h1::Conn| {
             let pool = pool.clone();
             let otps = otps.clone();
-            let key = key.clone();
+            let target = target.clone();
+            let fixed = fixed.clone();
             async move {
-                let (method, path, token, body) = match op {
-                    Op::Sign => (
-                        reqwest::Method::POST,
-                        format!("ssh/sign/{SIGN_ROLE}"),
-                        peer.root.as_str(),
-                        Some(json!({"public_key": &*key, "valid_principals": "bench"})),
-                    ),
-                    Op::Creds => (
-                        reqwest::Method::POST,
-                        format!("ssh/creds/{OTP_ROLE}"),
-                        peer.root.as_str(),
-                        Some(json!({"ip": "127.0.0.1"})),
-                    ),
-                    Op::Verify => (
-                        reqwest::Method::POST,
-                        "ssh/verify".to_string(),
-                        "",
-                        Some(json!({"otp": pool.take()?})),
-                    ),
-                    Op::Lookup => (
-                        reqwest::Method::GET,
-                        "auth/token/lookup-self".to_string(),
-                        peer.reader.as_str(),
-                        None,
-                    ),
-                    Op::Read => (
-                        reqwest::Method::GET,
-                        format!("ssh/roles/{SIGN_ROLE}"),
-                        peer.reader.as_str(),
-                        None,
-                    ),
+                let made;
+                let request = if op == Op::Verify {
+                    let Some(otp) = pool.take() else {
+                        return (conn, None);
+                    };
+                    made = target.request(
+                        "POST",
+                        "/v1/ssh/verify",
+                        &[],
+                        json!({ "otp": otp }).to_string().as_bytes(),
+                    );
+                    &made
+                } else {
+                    &*fixed
                 };
-                let mut rb = c.request(method, peer.url(&path));
-                if !token.is_empty() {
-                    rb = rb.header("X-Vault-Token", token);
-                }
-                if let Some(b) = &body {
-                    rb = rb.json(b);
-                }
-                let text = match load::answer(rb.send().await).await {
+                let sent = tokio::time::timeout(REQUEST_TIMEOUT, conn.send(request)).await;
+                let answer =
+                    match sent.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 30 s"))) {
+                        Ok(a) => a.text(),
+                        Err(e) => {
+                            // A connection that failed is not used again.
+                            let e = format!("{e:#}");
+                            match target.connect().await {
+                                Ok(c) => conn = c,
+                                Err(c) => {
+                                    return (conn, Some(Err(format!("{e}; reconnecting: {c:#}"))))
+                                }
+                            }
+                            Err(e)
+                        }
+                    };
+                let text = match answer {
                     Ok(t) => t,
-                    Err(e) => return Some(Err(e)),
+                    Err(e) => return (conn, Some(Err(e))),
                 };
                 if op == Op::Creds && keep {
-                    let v: Value = serde_json::from_str(&text).unwrap_or_default();
-                    match v.pointer("/data/key").and_then(Value::as_str) {
+                    match otp_of(&text) {
                         Some(k) => {
                             if let Ok(mut o) = otps.lock() {
-                                o.push(k.to_string());
+                                o.push(k);
                             }
                         }
-                        None => return Some(Err(format!("no OTP in {text}"))),
+                        None => return (conn, Some(Err(format!("no OTP in {text}")))),
                     }
                 }
-                Some(Ok(()))
+                (conn, Some(Ok(())))
             }
         })
+        .await
     };
     if op != Op::Verify {
-        run(budget.warmup, false).await?;
+        conns = run_phase(conns, budget.warmup, false).await?.1;
     }
-    let sample = run(budget.measure, true).await?;
+    let (sample, _) = run_phase(conns, budget.measure, true).await?;
     let ops = sample.ops;
     Ok(Measured {
         summary: sample.summarize(),
         ops,
     })
+}
+
+/// The OTP of a creds answer (`data.key`).
+fn otp_of(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        key: String,
+    }
+    serde_json::from_str::<Answer>(text)
+        .ok()
+        .map(|a| a.data.key)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
