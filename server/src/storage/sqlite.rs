@@ -22,10 +22,6 @@ use crate::error::{Error, Result};
 /// callers read at once).
 const READERS_KEPT: usize = 8;
 
-/// The writer's page cache, in KiB (SQLite takes a negative `cache_size` as
-/// KiB).
-const WRITER_CACHE_KIB: i64 = -32 * 1024;
-
 pub struct Sqlite {
     path: PathBuf,
     readers: Mutex<Vec<Connection>>,
@@ -189,13 +185,6 @@ impl Sqlite {
     /// `max_frames`.
     fn open_with(path: &Path, max_frames: i64) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         let writer = open(path)?;
-        // The writer looks up the rows it changes (an OTP's entry by its
-        // hash, a random key): with SQLite's default 2 MiB cache most of
-        // those lookups went to the file (a `pread` each, 5% of the
-        // server's time under verifies). Its cache is not dropped by its
-        // own commits, so a larger one keeps the indexes' inner pages and
-        // the recent leaves; pages are taken only as they are used.
-        writer.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
         // A WAL left large by the last run is copied back now, before any
         // request could wait for it (the writer would otherwise start it
         // over at its first write, holding requests for as long).
