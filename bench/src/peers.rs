@@ -583,3 +583,18 @@ fn report_body(
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_otp_of_a_creds_answer_is_its_data_key() {
+        let answer = r#"{"request_id":"r","lease_id":"ssh/creds/bench-otp/l","renewable":false,
+            "lease_duration":2764800,"data":{"ip":"127.0.0.1","key":"5b8f1c02-0a1e-4d8e-9a61-1f2a3b4c5d6e",
+            "key_type":"otp","port":22,"username":"bench"},"wrap_info":null,"warnings":null,"auth":null}"#;
+        assert_eq!(
+            super::otp_of(answer).as_deref(),
+            Some("5b8f1c02-0a1e-4d8e-9a61-1f2a3b4c5d6e")
+        );
+        assert_eq!(super::otp_of(r#"{"errors":["permission denied"]}"#), None);
+    }
+}
