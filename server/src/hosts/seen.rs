@@ -62,9 +62,10 @@ pub async fn flush(core: &Core) -> Result<usize> {
                     .map(|((id, _), _)| id.as_str())
                     .collect();
                 core.hosts_seen.gone(&gone);
-                written += stored.iter().filter(|s| **s).count();
+                let now_written = stored.len() - gone.len();
+                written += now_written;
                 core.metrics
-                    .host_bookkeeping_by("seen_written", (stored.len() - gone.len()) as u64);
+                    .host_bookkeeping_by("seen_written", now_written as u64);
             }
             Err(e) => {
                 core.hosts_seen.put_back(due);

@@ -891,17 +891,6 @@ impl Storage {
     pub async fn update<T, R>(
         &self,
         key: &str,
-        decide: impl FnMut(T) -> Result<(Change<T>, R)>,
-    ) -> Result<Option<R>>
-    where
-        T: Serialize + DeserializeOwned,
-    {
-        self.update_with(key, decide).await
-    }
-
-    async fn update_with<T, R>(
-        &self,
-        key: &str,
         mut decide: impl FnMut(T) -> Result<(Change<T>, R)>,
     ) -> Result<Option<R>>
     where
