@@ -23,19 +23,24 @@ pub fn is_unauthenticated(req: &Request) -> bool {
 pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> Result<Reply> {
     let f = &req.fields;
     let host = hosts::own_host(core, caller).await?;
+    // Every field is read before anything is stored: a poll refused for a
+    // bad field acknowledges nothing.
+    let applied = f
+        .int("applied")?
+        .map(|a| u64::try_from(a).map_err(|_| Error::invalid("applied must not be negative")))
+        .transpose()?;
+    let index = f.int("index")?.unwrap_or(0).max(0) as u64;
+    let wait = f.duration("wait")?.unwrap_or(0);
     hosts::seen(core, &host, req.now);
     // hostd's poll after an apply acknowledges it (see `Ack`): stored
     // before the wait, as `hosts/self/ack` would store it.
-    if let Some(applied) = f.int("applied")? {
+    if let Some(index) = applied {
         let ack = Ack {
-            index: u64::try_from(applied)
-                .map_err(|_| Error::invalid("applied must not be negative"))?,
+            index,
             ..Ack::default()
         };
         hosts::ack(core, &host, &ack, req.now).await?;
     }
-    let index = f.int("index")?.unwrap_or(0).max(0) as u64;
-    let wait = f.duration("wait")?.unwrap_or(0);
     let answer = hosts::poll_state(core, &host, index, wait).await?;
     Ok(Reply::Rendered(answer.rendered()?))
 }

@@ -1080,16 +1080,17 @@ async fn a_poll_acknowledges_the_state_it_names_applied() {
         let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
         assert!(v["data"]["applied_index"].is_null(), "{v}");
 
-        for bad in ["-1", "ten"] {
-            let (st, v) = s
-                .call(
-                    "GET",
-                    &format!("hosts/self/state?applied={bad}"),
-                    Some(&host),
-                    None,
-                )
-                .await;
-            assert_eq!(st, StatusCode::BAD_REQUEST, "applied={bad}: {v}");
+        // A bad field refuses the whole poll: nothing is acknowledged,
+        // the good `applied` of a poll with a bad `wait` or `index` neither.
+        for bad in [
+            "applied=-1".to_string(),
+            "applied=ten".to_string(),
+            format!("applied={index}&wait=soon"),
+            format!("applied={index}&index=last"),
+        ] {
+            let path = format!("hosts/self/state?{bad}");
+            let (st, v) = s.call("GET", &path, Some(&host), None).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
         }
         let (_, v) = s.root("GET", &format!("hosts/{id}"), None).await;
         assert!(v["data"]["applied_index"].is_null(), "{v}");
