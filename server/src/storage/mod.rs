@@ -1183,7 +1183,14 @@ enum AuditMsg {
 }
 
 /// Lines per batch.
-const AUDIT_BATCH: usize = 256;
+const AUDIT_BATCH: usize = 1024;
+
+/// How long the copier gathers lines before it writes them (unless a
+/// reader asks for them first, [`Storage::flush_audit`]). Without it,
+/// under load it wrote a line or two at a time, each its own commit
+/// beside the requests' writes; the copy is read through a flush, so a
+/// reader never sees it behind.
+const AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Copies audit lines to the database in batches, one batch at a time so
 /// that their order is kept.
@@ -1196,7 +1203,9 @@ async fn audit_writer(
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
-        // Take whatever else is already queued, up to a batch.
+        let until = tokio::time::Instant::now() + AUDIT_WINDOW;
+        // Take what comes within the window, up to a batch; a reader's
+        // flush ends the window at once.
         while let Some(msg) = next.take() {
             match msg {
                 AuditMsg::Line(l) => lines.push(l),
@@ -1205,7 +1214,14 @@ async fn audit_writer(
             if lines.len() >= AUDIT_BATCH {
                 break;
             }
-            next = rx.try_recv().ok();
+            next = match rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(_) if waiting.is_empty() => tokio::time::timeout_at(until, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
         }
         let mut ok = true;
         if !lines.is_empty() {
