@@ -34,9 +34,9 @@ pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>)
     hosts::seen(core, &host, req.now);
     // hostd's poll after an apply acknowledges it (see `Ack`): stored
     // before the wait, as `hosts/self/ack` would store it.
-    if let Some(index) = applied {
+    if let Some(applied) = applied {
         let ack = Ack {
-            index,
+            index: applied,
             ..Ack::default()
         };
         hosts::ack(core, &host, &ack, req.now).await?;
