@@ -8,9 +8,12 @@
 //! - `GET hosts/self/state?index=N&wait=30s` (host token) → [`HostState`] in
 //!   `data`. When `index` equals the current state's index, the server holds
 //!   the request until the state changes or `wait` (at most 60 s) passes.
-//!   `&applied=M` acknowledges the state of index M as applied, as
-//!   `hosts/self/ack {index: M}` would (hostd's poll after an apply carries
-//!   it; an acknowledgement with more to report goes to `hosts/self/ack`).
+//!   `&applied=M` acknowledges the state of index M as applied (hostd's
+//!   poll after an apply carries it, and so does its poll after a failed
+//!   one; an acknowledgement with more to report goes to `hosts/self/ack`).
+//!   The server that takes it shows it at once and writes it within a
+//!   second; one that stops abruptly before may lose it, and the host's
+//!   next poll, after the failed one, says it again.
 //! - `POST hosts/self/sign-host-key` (host token) [`SignHostKey`] →
 //!   [`SignedHostKey`].
 //! - `POST hosts/self/ack` (host token) [`Ack`]: what the host has applied,

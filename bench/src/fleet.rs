@@ -196,8 +196,9 @@ async fn host(
     tokio::time::sleep(start).await;
     let mut index = 0u64;
     // A new state is acknowledged as hostd does once it applied it: by the
-    // next poll (`applied`), kept for the one after when a poll fails.
+    // next poll (`applied`), and again by the poll after a failed one.
     let mut applied: Option<u64> = None;
+    let mut last_applied: Option<u64> = None;
     while !fleet.stop.load(Ordering::Relaxed) {
         let url = match applied {
             Some(a) => format!("{base}?index={index}&wait={WAIT}&applied={a}"),
@@ -211,6 +212,7 @@ async fn host(
                 }
                 if ack && new != index {
                     applied = Some(new);
+                    last_applied = applied;
                 }
                 if index == 0 {
                     fleet.ready.fetch_add(1, Ordering::Relaxed);
@@ -235,6 +237,7 @@ async fn host(
                 if applied.is_some() {
                     fleet.ack_errors.fetch_add(1, Ordering::Relaxed);
                 }
+                applied = applied.or(last_applied);
                 if let Ok(mut g) = fleet.first_error.lock() {
                     g.get_or_insert(e);
                 }

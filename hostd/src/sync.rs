@@ -159,10 +159,18 @@ const MIN_SIGNING_INTERVAL: i64 = 60;
 
 enum Event {
     /// A new state from the server, and where to say, once it is applied,
-    /// which index the next poll acknowledges (None: none, or sent apart).
-    State(HostState, oneshot::Sender<Option<u64>>),
+    /// which index that was.
+    State(HostState, oneshot::Sender<Applied>),
     PollFailed(String),
     Signed(Vec<NewCert>, Vec<String>),
+}
+
+/// A state applied, as the main loop tells the poller.
+struct Applied {
+    index: u64,
+    /// Acknowledged on its own (`hosts/self/ack`), having more to say
+    /// than the index; otherwise the next poll acknowledges it.
+    sent_apart: bool,
 }
 
 /// How long the poller waits for a new state to be applied before it
@@ -175,9 +183,16 @@ const APPLY_WAIT: Duration = Duration::from_secs(30);
 /// for a fleet is half the requests (and audit lines) a change costs the
 /// servers. An acknowledgement with more to say than the index (dynamic
 /// keys installed, files repaired) is sent on its own (see [`send_ack`]).
+///
+/// The poll after a failed one acknowledges the last state applied again:
+/// a server keeps a poll's acknowledgement in memory for up to a second
+/// before it writes it, and the poll that was waiting on a server that
+/// stopped abruptly fails, so what that server lost is said again.
 async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff: u64) {
     let mut index: Option<u64> = None;
+    // What the next poll acknowledges, and the last state applied.
     let mut applied: Option<u64> = None;
+    let mut last_applied: Option<u64> = None;
     let mut backoff = 1u64;
     loop {
         let started = std::time::Instant::now();
@@ -197,11 +212,14 @@ async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff:
                     if tx.send(Event::State(s, done)).await.is_err() {
                         return;
                     }
-                    applied = tokio::time::timeout(APPLY_WAIT, was_applied)
+                    let done = tokio::time::timeout(APPLY_WAIT, was_applied)
                         .await
                         .ok()
-                        .and_then(Result::ok)
-                        .flatten();
+                        .and_then(Result::ok);
+                    if let Some(done) = done {
+                        last_applied = Some(done.index);
+                        applied = (!done.sent_apart).then_some(done.index);
+                    }
                 } else if started.elapsed() < Duration::from_secs(1) {
                     // A server that answers at once with the same index
                     // must not make this a busy loop.
@@ -209,6 +227,7 @@ async fn poller(client: Client, tx: mpsc::Sender<Event>, wait: u64, max_backoff:
                 }
             }
             Err(e) => {
+                applied = applied.or(last_applied);
                 if tx.send(Event::PollFailed(e.to_string())).await.is_err() {
                     return;
                 }
@@ -327,7 +346,7 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     // The poller waits on this after a new state: the index applied, for
     // its next poll to acknowledge. Dropped unanswered when the apply
     // fails (the poller then polls without one).
-    let mut applied_reply: Option<oneshot::Sender<Option<u64>>> = None;
+    let mut applied_reply: Option<oneshot::Sender<Applied>> = None;
     let mut ready = false;
 
     loop {
@@ -364,12 +383,17 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
                         }
                         if from_server || !out.changes.is_empty() {
                             let installed = out.rendered.installed.clone();
-                            match reply {
-                                // The next poll says it.
-                                Some(reply) if installed.is_empty() && drift.is_empty() => {
-                                    let _ = reply.send(Some(state.index));
-                                }
-                                _ => send_ack(&client, state.index, installed, drift),
+                            // The next poll says it, unless there is more to say.
+                            let sent_apart =
+                                reply.is_none() || !installed.is_empty() || !drift.is_empty();
+                            if sent_apart {
+                                send_ack(&client, state.index, installed, drift);
+                            }
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Applied {
+                                    index: state.index,
+                                    sent_apart,
+                                });
                             }
                         }
                     }

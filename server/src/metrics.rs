@@ -39,8 +39,10 @@ pub struct Metrics {
     pub host_states: Family<KindLabels, Counter>,
     /// Hosts' bookkeeping: `seen_noted` (a poll noted its host's last-seen
     /// time, at most once a minute per host), `seen_written` (a time
-    /// written beside the host's record by a flush), `applied_written` (an
-    /// acknowledged state index stored). None of them rewrites a host's
+    /// written beside the host's record by a flush), `applied_noted` (a
+    /// poll acknowledged a state index this server did not know its host
+    /// applied), `applied_written` (an acknowledged state index stored, by
+    /// a flush or by `hosts/self/ack`). None of them rewrites a host's
     /// record.
     pub host_bookkeeping: Family<KindLabels, Counter>,
 }

@@ -37,7 +37,10 @@ pub struct Core {
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::cache::StateCache,
     /// Hosts' last-seen times not yet written (see [`crate::hosts::seen`]).
-    pub hosts_seen: crate::hosts::seen_times::SeenTimes,
+    pub hosts_seen: crate::hosts::notes::SeenTimes,
+    /// Hosts' acknowledged states not yet written (see
+    /// [`crate::hosts::applied`]).
+    pub hosts_applied: crate::hosts::notes::AppliedNotes,
     /// Compiled policies and combined ACLs (see [`crate::policies::acl_for`]).
     pub acl_cache: crate::policies::cache::AclCache,
     /// Relayed PAM connections waiting for their gateway to dial in.
@@ -78,6 +81,7 @@ impl Core {
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
             hosts_cache: Default::default(),
             hosts_seen: Default::default(),
+            hosts_applied: Default::default(),
             acl_cache: Default::default(),
             relays: Default::default(),
             oidc: Default::default(),

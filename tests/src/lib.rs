@@ -192,6 +192,14 @@ impl DevServer {
         *self = again;
     }
 
+    /// Kills the server (SIGKILL: nothing of its own stop runs) and starts
+    /// it again on the same address and data folder, as after a crash.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.restart();
+    }
+
     /// Stops the server and waits for it to exit.
     pub fn stop(&mut self) {
         stop_child(&mut self.child);

@@ -26,10 +26,11 @@ use crate::state::Core;
 use crate::storage::Change;
 use crate::{duration, mounts};
 
+pub mod applied;
 pub mod cache;
+pub mod notes;
 pub mod policy;
 pub mod seen;
-pub mod seen_times;
 mod state;
 
 pub use cache::StateCache;
@@ -88,18 +89,6 @@ pub struct DriftRecord {
 const MAX_DRIFT_PATHS: usize = 1024;
 /// Longest path a host may report (Linux's PATH_MAX).
 const MAX_DRIFT_PATH_LEN: usize = 4096;
-
-fn applied_key(id: &str) -> String {
-    format!("hosts/applied/{id}")
-}
-
-/// The state index a host last acknowledged, stored beside its record
-/// (see [`applied`]).
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
-struct AppliedEntry {
-    index: u64,
-    time: i64,
-}
 
 fn host_key(id: &str) -> String {
     format!("hosts/host/{id}")
@@ -454,12 +443,7 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
 pub async fn host_detail(core: &Core, h: &Host, now: i64) -> Result<HostInfo> {
     let current = state(core, h, now).await?;
     let last_seen = seen::last_seen(core, &h.id, h.last_seen).await?;
-    let applied = core
-        .storage
-        .get::<AppliedEntry>(&applied_key(&h.id))
-        .await?
-        .map(|a| a.index)
-        .or(h.applied_index);
+    let applied = applied::last(core, h).await?;
     Ok(HostInfo {
         state_index: Some(current.state.index),
         last_seen: crate::clock::rfc3339(last_seen),
@@ -653,9 +637,10 @@ async fn remove_host(core: &Core, host: &Host, now: i64) -> Result<()> {
     // Only after the record is gone: its bookkeeping is written only
     // beside it (`Storage::put_beside`), so none comes back after this.
     core.storage
-        .delete_many(&[seen::seen_key(&host.id), applied_key(&host.id)])
+        .delete_many(&[seen::seen_key(&host.id), applied::applied_key(&host.id)])
         .await?;
     core.hosts_seen.forget(&host.id);
+    core.hosts_applied.forget(&host.id);
     Ok(())
 }
 
@@ -705,14 +690,9 @@ fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
 }
 
 /// Stores the state index a host applied beside its record, committed
-/// before the acknowledgement is answered; what it repaired, rarely
-/// anything, goes into the record. Hosts acknowledge every state, so a
-/// fleet sends one acknowledgement per host per change: each is one row of
-/// a shared transaction (the writer's group commit), with no read, no
-/// compare-and-swap of the sealed record and nothing for the record's
-/// cached copies to drop.
+/// before the acknowledgement is answered ([`applied::store`]); what it
+/// repaired, rarely anything, goes into the record.
 async fn applied(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64) -> Result<()> {
-    let gone = || Error::invalid("this host is no longer enrolled");
     if !drift.is_empty() {
         core.storage
             .update(&host_key(id), |mut h: Host| {
@@ -723,21 +703,9 @@ async fn applied(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64
                 Ok((Change::Put(h), ()))
             })
             .await?
-            .ok_or_else(gone)?;
+            .ok_or_else(|| Error::invalid("this host is no longer enrolled"))?;
     }
-    let stored = core
-        .storage
-        .put_beside(&[(
-            applied_key(id),
-            AppliedEntry { index, time: now },
-            host_key(id),
-        )])
-        .await?;
-    if !stored.first().copied().unwrap_or(false) {
-        return Err(gone());
-    }
-    core.metrics.host_bookkeeping("applied_written");
-    Ok(())
+    applied::store(core, id, index, now).await
 }
 
 /// How long a host may go without asking for its state before it counts

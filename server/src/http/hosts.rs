@@ -32,14 +32,10 @@ pub async fn self_state(core: &Core, req: &Request, caller: Option<&TokenEntry>)
     let index = f.int("index")?.unwrap_or(0).max(0) as u64;
     let wait = f.duration("wait")?.unwrap_or(0);
     hosts::seen(core, &host, req.now);
-    // hostd's poll after an apply acknowledges it (see `Ack`): stored
-    // before the wait, as `hosts/self/ack` would store it.
+    // hostd's poll after an apply acknowledges it (see `Ack`): noted, and
+    // written with the others by the next flush.
     if let Some(applied) = applied {
-        let ack = Ack {
-            index: applied,
-            ..Ack::default()
-        };
-        hosts::ack(core, &host, &ack, req.now).await?;
+        hosts::applied::note(core, &host, applied, req.now);
     }
     let answer = hosts::poll_state(core, &host, index, wait).await?;
     Ok(Reply::Rendered(answer.rendered()?))

@@ -654,8 +654,9 @@ impl Api {
     }
 }
 
-#[test]
-fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
+/// A server with a CA and `root` mapped to `ops`, and a host set up in
+/// mapped mode (hostd not running yet); the host's `hosts/<id>` path.
+fn mapped_host() -> (DevServer, Api, Rig, String) {
     let server = DevServer::start();
     let api = Api {
         client: server.client(),
@@ -672,6 +673,12 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     let (st, out, err) = rig.setup(&server, &join, &[]);
     assert_eq!(st, 0, "{out}{err}");
     let host = format!("hosts/{}", host_id_of(&rig.config));
+    (server, api, rig, host)
+}
+
+#[test]
+fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
+    let (_server, api, rig, host) = mapped_host();
     // Setup applied the state and said so: the host is current, with no
     // drift seen.
     let v = api.read(&host);
@@ -758,6 +765,60 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
 }
 
 /// The request entries of the audit log for `path`, oldest first.
+/// A server keeps a poll's acknowledgement in memory for up to a second
+/// before it writes it. When the server crashes, the poll hostd had
+/// waiting on it fails, and hostd's next poll says again which state it
+/// applied, so that nothing a crash lost stays lost: also when the poll
+/// that carried the acknowledgement was answered long before (here polls
+/// wait a second, so the crash comes polls after it).
+#[test]
+fn after_the_server_crashes_hostd_acknowledges_its_state_again() {
+    let (mut server, api, rig, host) = mapped_host();
+    let first = api.read(&host)["state_index"].clone();
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    assert!(text.contains("wait_seconds = 30"), "{text}");
+    std::fs::write(
+        &rig.config,
+        text.replace("wait_seconds = 30", "wait_seconds = 1"),
+    )
+    .unwrap();
+    let daemon = rig.run("info", "hostd.log");
+    let acknowledging_polls = |api: &Api| {
+        audited_requests(api, "hosts/self/state")
+            .into_iter()
+            .filter(|e| e["request"]["data"].get("applied").is_some())
+            .count()
+    };
+    // A new state, applied and acknowledged by the poll after it; then
+    // time enough for that poll to end and the next to wait without an
+    // acknowledgement, and for the audit log's copy to have them.
+    api.write("hosts/mappings/root", json!({"principals": "root"}));
+    api.read_until(&host, Duration::from_secs(10), |v| {
+        v["applied_index"] != first && v["applied_index"] == v["state_index"]
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = acknowledging_polls(&api);
+    assert!(before >= 1, "{}", daemon.log());
+
+    server.crash_and_restart();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    let started = Instant::now();
+    while acknowledging_polls(&api) <= before {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no poll acknowledged the state again after the crash: {}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v = api.read(&host);
+    assert!(v["applied_index"].is_u64(), "{v}");
+    assert_eq!(v["applied_index"], v["state_index"], "{v}");
+}
+
 fn audited_requests(api: &Api, path: &str) -> Vec<Value> {
     let log = api
         .rt

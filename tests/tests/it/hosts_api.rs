@@ -1067,7 +1067,7 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
 /// hostd's poll after an apply acknowledges it (`applied=N`), as a
 /// `hosts/self/ack {index: N}` would: the server shows the index applied
 /// before the poll is answered, on SQLite and PostgreSQL. A bad value is
-/// refused and stores nothing.
+/// refused and notes nothing.
 #[tokio::test]
 async fn a_poll_acknowledges_the_state_it_names_applied() {
     for backend in [Backend::Sqlite, Backend::Postgres] {
@@ -1109,6 +1109,68 @@ async fn a_poll_acknowledges_the_state_it_names_applied() {
         assert_eq!(v["data"]["applied_index"].as_u64(), Some(index), "{v}");
         assert_eq!(v["data"]["state_index"].as_u64(), Some(index), "{v}");
     }
+}
+
+/// A poll's acknowledgement is noted in memory: the server that took it
+/// shows it at once, the next flush writes it beside the record, and the
+/// other server shows it from then on. The same index said again notes
+/// nothing. A `hosts/self/ack` stored after a note is not overwritten by
+/// that older note, and a host unenrolled on the other server before the
+/// flush gets nothing written back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polls_acknowledgement_is_written_by_the_next_flush() {
+    use gatepass_server::hosts::applied;
+    let (a, b) = Server::start_pair().await;
+    let token = enroll_fleet(&a, 1).await.remove(0);
+    let id = host_id(&a, &token).await;
+    let key = format!("hosts/applied/{id}");
+    let (st, v) = a.call("GET", "hosts/self/state", Some(&token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let index = v["data"]["index"].as_u64().unwrap();
+    let shown = |s| applied_shown(s, &id);
+    let poll_acking = |n| poll_acking(&a, &token, n);
+
+    poll_acking(index).await;
+    poll_acking(index).await;
+    assert_eq!(shown(&a).await, json!(index));
+    assert_eq!(shown(&b).await, Value::Null, "not written yet");
+    assert_eq!(stored(&a, &key).await, None);
+    assert_eq!(counted(&a, "host_bookkeeping", "applied_noted").await, 1);
+
+    assert_eq!(applied::flush(&a.core).await.unwrap(), 1);
+    assert_eq!(applied::flush(&a.core).await.unwrap(), 0);
+    assert_eq!(stored(&a, &key).await.unwrap()["index"], json!(index));
+    assert_eq!(shown(&b).await, json!(index));
+    assert_eq!(counted(&a, "host_bookkeeping", "applied_written").await, 1);
+
+    // A note, then an acknowledgement stored past the notes: the flush
+    // has nothing older to write over it.
+    poll_acking(index + 1).await;
+    let st = ack(&a, &token, json!({ "index": index + 2 })).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    assert_eq!(applied::flush(&a.core).await.unwrap(), 0);
+    assert_eq!(stored(&a, &key).await.unwrap()["index"], json!(index + 2));
+    assert_eq!(shown(&a).await, json!(index + 2));
+
+    // Noted on one server, the host removed on the other: nothing of it
+    // is written back.
+    poll_acking(index + 3).await;
+    let (st, v) = b.root("DELETE", &format!("hosts/{id}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(applied::flush(&a.core).await.unwrap(), 0);
+    assert_eq!(stored(&a, &key).await, None);
+}
+
+/// The state index `GET hosts/<id>` shows applied.
+async fn applied_shown(s: &Server, id: &str) -> Value {
+    ok(s, "GET", &format!("hosts/{id}"), json!({})).await["data"]["applied_index"].clone()
+}
+
+/// A poll (answered at once) acknowledging index `n`.
+async fn poll_acking(s: &Server, token: &str, n: u64) {
+    let path = format!("hosts/self/state?applied={n}");
+    let (st, v) = s.call("GET", &path, Some(token), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
 
 /// A host's ID, asked with its own token.
