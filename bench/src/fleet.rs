@@ -165,17 +165,10 @@ struct StateIndex {
     index: u64,
 }
 
-async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, String> {
-    let r = c
-        .get(url)
-        .header("X-Vault-Token", token)
-        .send()
-        .await
-        .map_err(|e| crate::load::chain(&e))?;
-    let status = r.status();
-    let body = r.bytes().await.map_err(|e| crate::load::chain(&e))?;
+async fn poll_once(c: &crate::h2_client::Conn, path: &str, token: &str) -> Result<u64, String> {
+    let (status, body) = c.get(path, token).await.map_err(|e| format!("{e:#}"))?;
     let text = || String::from_utf8_lossy(&body).trim().to_string();
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Err(format!("{status}: {}", text()));
     }
     serde_json::from_slice::<StateAnswer>(&body)
@@ -187,7 +180,7 @@ async fn poll_once(c: &reqwest::Client, url: &str, token: &str) -> Result<u64, S
 async fn host(
     fleet: Arc<Fleet>,
     i: usize,
-    c: reqwest::Client,
+    c: crate::h2_client::Conn,
     base: String,
     ack: bool,
     token: String,
@@ -403,19 +396,6 @@ fn pg_counts(db: &str) -> Option<(u64, u64)> {
     Some((it.next()??, it.next()??))
 }
 
-fn poll_client(server: &DevServer) -> anyhow::Result<reqwest::Client> {
-    let ca = reqwest::Certificate::from_pem(server.ca_pem())?;
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(10))
-        // Longer than the long-poll's wait.
-        .timeout(Duration::from_secs(90))
-        .build()?)
-}
-
 async fn measure(
     servers: &[DevServer],
     postmaster: Option<u32>,
@@ -513,20 +493,22 @@ async fn measure(
         .div_ceil(args.streams_per_connection.max(1))
         .max(1);
     res.connections = conns * k;
-    let mut clients: Vec<Vec<reqwest::Client>> = Vec::new();
+    let mut clients: Vec<Vec<crate::h2_client::Conn>> = Vec::new();
     for s in servers {
-        let cs: Vec<reqwest::Client> = (0..conns)
-            .map(|_| poll_client(s))
-            .collect::<anyhow::Result<_>>()?;
-        for c in &cs {
-            // Opens the connection first, so the polls share it.
-            let r = c.get(s.url("sys/health")).send().await?;
-            res.http = Some(r.version());
-            r.bytes().await?;
+        let target = crate::h1::Target::new(&s.addr, s.ca_pem())?;
+        let mut cs = Vec::new();
+        for _ in 0..conns {
+            let c = crate::h2_client::Conn::open(&target).await?;
+            let (status, body) = c.get("/v1/sys/health", "").await?;
+            if status != 200 {
+                bail!("sys/health: {status} {}", String::from_utf8_lossy(&body));
+            }
+            cs.push(c);
         }
         clients.push(cs);
     }
-    let state_urls: Vec<String> = servers.iter().map(|s| s.url("hosts/self/state")).collect();
+    // The simulated hosts' client speaks HTTP/2 only (ALPN `h2`).
+    res.http = Some(reqwest::Version::HTTP_2);
     let fleet = Arc::new(Fleet {
         ready: AtomicUsize::new(0),
         answers: AtomicU64::new(0),
@@ -553,7 +535,7 @@ async fn measure(
                 fleet.clone(),
                 i,
                 clients[i % k][(i / k) % conns].clone(),
-                state_urls[i % k].clone(),
+                "/v1/hosts/self/state".to_string(),
                 !args.no_ack,
                 t,
                 Duration::from_secs_f64(i as f64 / args.start_rate),

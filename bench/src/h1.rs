@@ -81,12 +81,34 @@ impl Target {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Conn> {
+        Ok(Conn::over(self.tls_stream(&self.tls).await?))
+    }
+
+    /// `HOST:PORT`.
+    pub fn host_port(&self) -> &str {
+        &self.host_port
+    }
+
+    /// A TLS connection that offers HTTP/2 (ALPN `h2`) and nothing else.
+    pub async fn connect_h2(&self) -> anyhow::Result<TlsStream<TcpStream>> {
+        let mut tls = (*self.tls).clone();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let io = self.tls_stream(&Arc::new(tls)).await?;
+        if io.get_ref().1.alpn_protocol() != Some(b"h2") {
+            bail!("{}: the server did not agree to HTTP/2", self.host_port);
+        }
+        Ok(io)
+    }
+
+    async fn tls_stream(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> anyhow::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(&self.host_port).await?;
         tcp.set_nodelay(true)?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+        Ok(tokio_rustls::TlsConnector::from(tls.clone())
             .connect(self.server_name.clone(), tcp)
-            .await?;
-        Ok(Conn::over(tls))
+            .await?)
     }
 }
 

@@ -13,6 +13,7 @@ mod disk;
 mod fleet;
 mod gateway;
 mod h1;
+mod h2_client;
 mod helper;
 mod hostd;
 mod load;
