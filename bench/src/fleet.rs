@@ -165,6 +165,9 @@ struct StateIndex {
     index: u64,
 }
 
+/// What every simulated host polls, on whichever server it was given.
+const STATE_PATH: &str = "/v1/hosts/self/state";
+
 async fn poll_once(c: &crate::h2_client::Conn, path: &str, token: &str) -> Result<u64, String> {
     let (status, body) = c.get(path, token).await.map_err(|e| format!("{e:#}"))?;
     let text = || String::from_utf8_lossy(&body).trim().to_string();
@@ -181,7 +184,6 @@ async fn host(
     fleet: Arc<Fleet>,
     i: usize,
     c: crate::h2_client::Conn,
-    base: String,
     ack: bool,
     token: String,
     start: Duration,
@@ -194,8 +196,8 @@ async fn host(
     let mut last_applied: Option<u64> = None;
     while !fleet.stop.load(Ordering::Relaxed) {
         let url = match applied {
-            Some(a) => format!("{base}?index={index}&wait={WAIT}&applied={a}"),
-            None => format!("{base}?index={index}&wait={WAIT}"),
+            Some(a) => format!("{STATE_PATH}?index={index}&wait={WAIT}&applied={a}"),
+            None => format!("{STATE_PATH}?index={index}&wait={WAIT}"),
         };
         match poll_once(&c, &url, &token).await {
             Ok(new) => {
@@ -535,7 +537,6 @@ async fn measure(
                 fleet.clone(),
                 i,
                 clients[i % k][(i / k) % conns].clone(),
-                "/v1/hosts/self/state".to_string(),
                 !args.no_ack,
                 t,
                 Duration::from_secs_f64(i as f64 / args.start_rate),

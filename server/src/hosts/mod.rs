@@ -667,7 +667,7 @@ pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
             )
             .await?;
     }
-    applied(core, &host.id, ack.index, drift, now).await
+    store_ack(core, &host.id, ack.index, drift, now).await
 }
 
 /// The repaired paths a host reports, refused when they could not be paths
@@ -692,7 +692,7 @@ fn checked_drift(paths: &[String]) -> Result<Vec<String>> {
 /// Stores the state index a host applied beside its record, committed
 /// before the acknowledgement is answered ([`applied::store`]); what it
 /// repaired, rarely anything, goes into the record.
-async fn applied(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64) -> Result<()> {
+async fn store_ack(core: &Core, id: &str, index: u64, drift: Vec<String>, now: i64) -> Result<()> {
     if !drift.is_empty() {
         core.storage
             .update(&host_key(id), |mut h: Host| {
