@@ -660,6 +660,18 @@ async fn measure(
     outcome
 }
 
+/// The simulated hosts' runtime: one thread. Every host's poll is a few
+/// microseconds of work, and on a multi-threaded runtime its threads
+/// parked and woke each other for each of them: at 40,000 hosts the
+/// simulated hosts' CPU per host reached was 27-31 µs on two threads and
+/// 16 µs on one (BENCHMARKS.md, "Fleet"), CPU a real fleet spends on its
+/// own machines but here taken from the cores the servers run on.
+fn sim_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     args.common.budget()?;
     if !(1..=100_000).contains(&args.hosts) {
@@ -688,14 +700,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ..Results::default()
     };
     if args.servers == 1 {
-        DevServer::around(&server_bin, |server, rt| {
-            rt.block_on(measure(
-                std::slice::from_ref(server),
-                None,
-                None,
-                args,
-                &mut res,
-            ))
+        let server = DevServer::start(&server_bin)?;
+        DevServer::around_all(vec![server], sim_runtime()?, |servers, rt| {
+            rt.block_on(measure(servers, None, None, args, &mut res))
         })?;
     } else {
         // A private cluster unless one was named; dropped (stopped and
@@ -725,7 +732,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let postmaster = postmaster_pid(&base);
         let db_url = format!("{base}/{db}");
         let servers = DevServer::serve_sharing(&server_bin, &db_url, args.servers)?;
-        DevServer::around_all(servers, |servers, rt| {
+        DevServer::around_all(servers, sim_runtime()?, |servers, rt| {
             rt.block_on(measure(servers, postmaster, Some(&db_url), args, &mut res))
         })?;
     }

@@ -159,17 +159,20 @@ impl DevServer {
         f: impl FnOnce(&DevServer, &tokio::runtime::Runtime) -> anyhow::Result<R>,
     ) -> anyhow::Result<R> {
         let server = DevServer::start(bin)?;
-        DevServer::around_all(vec![server], |servers, rt| f(&servers[0], rt))
-    }
-
-    /// [`DevServer::around`] for servers already started.
-    pub fn around_all<R>(
-        mut servers: Vec<DevServer>,
-        f: impl FnOnce(&[DevServer], &tokio::runtime::Runtime) -> anyhow::Result<R>,
-    ) -> anyhow::Result<R> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?;
+        DevServer::around_all(vec![server], rt, |servers, rt| f(&servers[0], rt))
+    }
+
+    /// [`DevServer::around`] for servers already started, on the runtime
+    /// given (a suite whose client must stay on one thread gives a
+    /// current-thread one).
+    pub fn around_all<R>(
+        mut servers: Vec<DevServer>,
+        rt: tokio::runtime::Runtime,
+        f: impl FnOnce(&[DevServer], &tokio::runtime::Runtime) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let outcome = f(&servers, &rt);
         drop(rt);
         let stopped: Vec<_> = servers.iter_mut().map(|s| s.stop()).collect();
