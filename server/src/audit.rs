@@ -39,23 +39,28 @@ const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000
 /// log; with a single key, a client could submit a forged line body as a
 /// "secret" and get its valid chain MAC printed for it.
 pub struct AuditKey {
-    secret: Zeroizing<[u8; 32]>,
-    chain: Zeroizing<[u8; 32]>,
+    /// The two subkeys' HMAC states, keyed once: keying hashes a block for
+    /// each of the inner and outer pads, as much work as the HMAC of a
+    /// short string itself, and a request writes half a dozen of them. A
+    /// keyed state is as secret as its key; both live as long as the
+    /// server.
+    secret: HmacSha256,
+    chain: HmacSha256,
 }
 
 impl AuditKey {
     pub fn new(bytes: [u8; 32]) -> Self {
         let root = Zeroizing::new(bytes);
         AuditKey {
-            secret: derive(&root, b"gatepass audit v1 secret hmac"),
-            chain: derive(&root, b"gatepass audit v1 chain mac"),
+            secret: hmac_sha256(&derive(&root, b"gatepass audit v1 secret hmac")),
+            chain: hmac_sha256(&derive(&root, b"gatepass audit v1 chain mac")),
         }
     }
 
     /// `"hmac-sha256:<hex>"` of a secret string, as Vault's audit devices
     /// write it.
     pub fn hmac(&self, s: &str) -> String {
-        let mut m = hmac_sha256(&self.secret);
+        let mut m = self.secret.clone();
         m.update(s.as_bytes());
         let mut out = String::with_capacity(12 + 64);
         out.push_str("hmac-sha256:");
@@ -64,7 +69,7 @@ impl AuditKey {
     }
 
     fn chain_mac(&self, body: &[u8]) -> String {
-        let mut m = hmac_sha256(&self.chain);
+        let mut m = self.chain.clone();
         m.update(body);
         let mut out = String::with_capacity(64);
         push_hex(&mut out, &m.finalize().into_bytes());
@@ -76,7 +81,7 @@ impl AuditKey {
         let Ok(expected) = hex::decode(mac_hex) else {
             return false;
         };
-        let mut m = hmac_sha256(&self.chain);
+        let mut m = self.chain.clone();
         m.update(body);
         m.verify_slice(&expected).is_ok()
     }
@@ -1017,6 +1022,35 @@ mod tests {
 
     fn key() -> AuditKey {
         AuditKey::new([7u8; 32])
+    }
+
+    /// The keyed states give what keying afresh gives: HMAC-SHA256 under
+    /// each subkey, the subkeys HMACs of their labels under the root.
+    #[test]
+    fn hmacs_are_under_the_derived_subkeys() {
+        let mac = |k: &[u8], m: &[u8]| {
+            let mut h = <HmacSha256 as KeyInit>::new_from_slice(k).unwrap();
+            h.update(m);
+            hex::encode(h.finalize().into_bytes())
+        };
+        let root = [7u8; 32];
+        let secret = hex::decode(mac(&root, b"gatepass audit v1 secret hmac")).unwrap();
+        let chain = hex::decode(mac(&root, b"gatepass audit v1 chain mac")).unwrap();
+        let k = key();
+        for text in ["", "s.abc", &"x".repeat(200)] {
+            assert_eq!(
+                k.hmac(text),
+                format!("hmac-sha256:{}", mac(&secret, text.as_bytes()))
+            );
+            assert_eq!(
+                k.hmac(text),
+                k.hmac(text),
+                "a keyed state is used afresh each time"
+            );
+            let body = format!("{{\"line\":{text:?}}}");
+            assert_eq!(k.chain_mac(body.as_bytes()), mac(&chain, body.as_bytes()));
+            assert!(k.chain_verify(body.as_bytes(), &mac(&chain, body.as_bytes())));
+        }
     }
 
     fn event(i: u64) -> Map<String, Value> {
