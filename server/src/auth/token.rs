@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use gatepass_api::{Auth, TokenInfo};
 use serde::{Deserialize, Serialize};
@@ -247,11 +248,16 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
 
 /// The live entry for a token text; expired tokens are removed on sight.
 pub async fn lookup(core: &Core, text: &str, now: i64) -> Result<Option<TokenEntry>> {
-    load(core, &core.hasher.hash(text), now).await
+    Ok(load(core, &core.hasher.hash(text), now)
+        .await?
+        .map(|e| TokenEntry::clone(&e)))
 }
 
-async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<TokenEntry>> {
-    match core.storage.get::<TokenEntry>(&id_key(hash)).await? {
+/// The live entry, shared with the cache: every request reads its token
+/// (a fleet's polls thousands a second), and parsing it again and copying
+/// it for each was a visible share of what a poll cost.
+async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<Arc<TokenEntry>>> {
+    match core.storage.get_shared::<TokenEntry>(&id_key(hash)).await? {
         // A used-up token is revoked by the request that took its last use;
         // whoever sees one left over (that request failed midway) finishes.
         Some(e) if e.expired(now) || e.used_up() => {
@@ -268,7 +274,9 @@ pub async fn lookup_accessor(core: &Core, accessor: &str, now: i64) -> Result<Op
         .get::<AccessorEntry>(&accessor_key(accessor))
         .await?
     {
-        Some(a) => load(core, &a.hash, now).await,
+        Some(a) => Ok(load(core, &a.hash, now)
+            .await?
+            .map(|e| TokenEntry::clone(&e))),
         None => Ok(None),
     }
 }
@@ -280,11 +288,11 @@ pub async fn authenticate(
     text: Option<&str>,
     client_ip: Option<IpAddr>,
     now: i64,
-) -> Result<TokenEntry> {
+) -> Result<Arc<TokenEntry>> {
     let text = text
         .filter(|t| !t.is_empty())
         .ok_or(Error::PermissionDenied)?;
-    let mut entry = lookup(core, text, now)
+    let mut entry = load(core, &core.hasher.hash(text), now)
         .await?
         .ok_or(Error::PermissionDenied)?;
     if !entry.bound_cidrs.is_empty() {
@@ -296,12 +304,13 @@ pub async fn authenticate(
     if entry.num_uses != 0 {
         // Spent in storage, not on the copy read above: of any number of
         // concurrent requests, on any server, exactly num_uses get a use.
-        entry = core
-            .storage
-            .update(&id_key(&entry.hash), spend_use)
-            .await?
-            .flatten()
-            .ok_or(Error::PermissionDenied)?;
+        entry = Arc::new(
+            core.storage
+                .update(&id_key(&entry.hash), spend_use)
+                .await?
+                .flatten()
+                .ok_or(Error::PermissionDenied)?,
+        );
         if entry.used_up() {
             // Last use: the token goes now, but this request still runs.
             revoke_tree(core, &entry).await?;
@@ -691,4 +700,73 @@ pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Resul
 /// Accessors of every live token (Vault's `LIST auth/token/accessors`).
 pub async fn accessors(core: &Core) -> Result<Vec<String>> {
     core.storage.list("token/accessor/").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn core() -> (tempfile::TempDir, Arc<Core>) {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::open(crate::state::Options {
+            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
+            seal_key: crate::seal::SealKey::generate(),
+            audit_path: None,
+            clock: crate::clock::Clock::manual(1_700_000_000),
+            storage_connections: Default::default(),
+        })
+        .await
+        .unwrap();
+        (dir, core)
+    }
+
+    /// A token's entry is parsed once and shared by the requests that
+    /// present it, and never outlives a change: a spent use is seen by
+    /// the very next request.
+    #[tokio::test]
+    async fn requests_share_a_token_entry_until_it_changes() {
+        let (_dir, core) = core().await;
+        let now = 1_700_000_000;
+        let (text, _) = create(
+            &core,
+            NewToken {
+                policies: vec!["default".into()],
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+        let a = authenticate(&core, Some(&text), None, now).await.unwrap();
+        let b = authenticate(&core, Some(&text), None, now).await.unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the entry was parsed again");
+
+        let (limited, _) = create(
+            &core,
+            NewToken {
+                policies: vec!["default".into()],
+                num_uses: 3,
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+        for left in [2, 1, -1] {
+            let e = authenticate(&core, Some(&limited), None, now)
+                .await
+                .unwrap();
+            assert_eq!(e.num_uses, left);
+        }
+        assert!(matches!(
+            authenticate(&core, Some(&limited), None, now).await,
+            Err(Error::PermissionDenied)
+        ));
+
+        revoke_tree(&core, &a).await.unwrap();
+        assert!(matches!(
+            authenticate(&core, Some(&text), None, now).await,
+            Err(Error::PermissionDenied)
+        ));
+    }
 }

@@ -525,7 +525,7 @@ pub async fn migrate(core: &Core) -> Result<()> {
 }
 
 /// The host a host token belongs to.
-pub async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<Host> {
+pub async fn own_host(core: &Core, caller: Option<&TokenEntry>) -> Result<std::sync::Arc<Host>> {
     let id = caller
         .and_then(|c| c.host_id.as_ref())
         .ok_or_else(|| Error::invalid("this path needs a host token (from hosts/enroll)"))?;

@@ -17,6 +17,7 @@ mod sys;
 pub use request::{Operation, Request};
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -356,7 +357,7 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             &core,
             &request,
             entry,
-            caller.as_ref(),
+            caller.as_deref(),
             &result,
             status,
         ))
@@ -574,7 +575,11 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
 }
 
 /// Authentication and authorization, then the handler.
-async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) -> Result<Reply> {
+async fn process(
+    core: &Core,
+    req: &Request,
+    caller: &mut Option<Arc<TokenEntry>>,
+) -> Result<Reply> {
     if routes::is_unauthenticated(core, req).await? {
         return routes::dispatch(core, req, None).await;
     }
@@ -620,7 +625,7 @@ async fn process(core: &Core, req: &Request, caller: &mut Option<TokenEntry>) ->
             acl.check_parameters(&req.path, req.fields.raw(), &who)?;
         }
     }
-    routes::dispatch(core, req, Some(&entry)).await
+    routes::dispatch(core, req, Some(entry.as_ref())).await
 }
 
 /// Whether an ACL grants an operation on a path, as [`process`] decides it
@@ -674,7 +679,7 @@ pub async fn execute(core: &Core, request: &Request) -> Result<Reply> {
 pub async fn audited(
     core: &Core,
     request: &Request,
-    act: impl std::future::Future<Output = (Option<TokenEntry>, Result<Reply>)>,
+    act: impl std::future::Future<Output = (Option<Arc<TokenEntry>>, Result<Reply>)>,
 ) -> Result<Reply> {
     let entry = audit_request_or_refuse(core, request).await?;
     let (caller, result) = act.await;
@@ -682,7 +687,7 @@ pub async fn audited(
         Ok(r) => reply_status(r),
         Err(e) => status_of(e),
     };
-    audit_response(core, request, entry, caller.as_ref(), &result, status).await;
+    audit_response(core, request, entry, caller.as_deref(), &result, status).await;
     result
 }
 

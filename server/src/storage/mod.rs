@@ -703,11 +703,36 @@ impl Storage {
     /// beside it (`hosts::seen`, `hosts::ack`), not in it. Other readers
     /// (listings, the web UI) use [`Storage::get`], which reads host
     /// records from the database.
-    pub async fn get_host_record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+    /// Shared, as [`Storage::get_shared`] keeps it: each poll of a
+    /// fleet's hosts reads its host's record, and parsing it again for
+    /// every poll was a visible share of a poll's time.
+    pub async fn get_host_record<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::sync::Arc<T>>> {
         if !key.starts_with(HOST_RECORDS) {
-            return self.get(key).await;
+            return self.get_shared(key).await;
         }
-        self.get_through_cache(key).await
+        self.get_parsed_through_cache(key).await
+    }
+
+    /// A cached value's parsed form, kept beside it in the cache.
+    async fn get_parsed_through_cache<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::sync::Arc<T>>> {
+        if let Some(hit) = self.cache.get_parsed::<T>(key) {
+            return Ok(hit);
+        }
+        let read_at = self.cache.generation();
+        let value = self
+            .get_through_cache::<T>(key)
+            .await?
+            .map(std::sync::Arc::new);
+        if let Some(v) = &value {
+            self.cache.set_parsed(key, v.clone(), read_at);
+        }
+        Ok(value)
     }
 
     async fn get_through_cache<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -735,15 +760,12 @@ impl Storage {
         if !cacheable(key) {
             return Ok(self.get_uncached(key).await?.map(std::sync::Arc::new));
         }
-        if let Some(hit) = self.cache.get_parsed::<T>(key) {
-            return Ok(hit);
+        if key.starts_with(HOST_RECORDS) {
+            // Other readers than the host itself read host records from
+            // the database (see `get_host_record`).
+            return Ok(self.get_uncached(key).await?.map(std::sync::Arc::new));
         }
-        let read_at = self.cache.generation();
-        let value = self.get::<T>(key).await?.map(std::sync::Arc::new);
-        if let Some(v) = &value {
-            self.cache.set_parsed(key, v.clone(), read_at);
-        }
-        Ok(value)
+        self.get_parsed_through_cache(key).await
     }
 
     async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {

@@ -204,7 +204,7 @@ async fn session_from_token(
     let act = async {
         match child_session(core, parts, text, now).await {
             Ok((child, entry, parent)) => (
-                Some(parent),
+                Some(std::sync::Arc::new(parent)),
                 Ok(crate::http::Reply::Auth(
                     serde_json::to_value(token::auth(&child, &entry, now)).unwrap_or_default(),
                 )),
@@ -267,6 +267,7 @@ async fn child_session(
     }
     // The address check and the rest of what the API checks of a token.
     let parent = token::authenticate(core, Some(text), super::client_ip(parts), now).await?;
+    let parent = token::TokenEntry::clone(&parent);
     let ttl = match parent.expire_time {
         Some(e) => (e - now).clamp(0, SESSION_MAX_TTL),
         None => SESSION_MAX_TTL,
@@ -544,7 +545,7 @@ pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<C
     let act = async {
         let done = token::revoke(&core, &c.entry, false).await;
         (
-            Some(c.entry.clone()),
+            Some(std::sync::Arc::new(c.entry.clone())),
             done.map(|_| crate::http::Reply::NoContent),
         )
     };
