@@ -57,6 +57,21 @@ pub type State = Arc<Core>;
 pub const VERIFY_FAILURES_PER_MINUTE: u32 = 30;
 
 impl Core {
+    /// A server's state on a fresh SQLite file in `dir`, with a manual
+    /// clock at `now`: the unit tests' server.
+    #[cfg(test)]
+    pub(crate) async fn for_test(dir: &tempfile::TempDir, now: i64) -> State {
+        Core::open(Options {
+            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
+            seal_key: SealKey::generate(),
+            audit_path: None,
+            clock: crate::clock::Clock::manual(now),
+            storage_connections: Default::default(),
+        })
+        .await
+        .expect("open a test server's state")
+    }
+
     /// Opens the storage and the audit file, as they are: no set-up, no
     /// upgrade (`Core::open` in `crate::bootstrap` does those).
     pub(crate) async fn connect(opts: Options) -> Result<State> {

@@ -706,27 +706,14 @@ pub async fn accessors(core: &Core) -> Result<Vec<String>> {
 mod tests {
     use super::*;
 
-    async fn core() -> (tempfile::TempDir, Arc<Core>) {
-        let dir = tempfile::tempdir().unwrap();
-        let core = Core::open(crate::state::Options {
-            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
-            seal_key: crate::seal::SealKey::generate(),
-            audit_path: None,
-            clock: crate::clock::Clock::manual(1_700_000_000),
-            storage_connections: Default::default(),
-        })
-        .await
-        .unwrap();
-        (dir, core)
-    }
-
     /// A token's entry is parsed once and shared by the requests that
     /// present it, and never outlives a change: a spent use is seen by
     /// the very next request.
     #[tokio::test]
     async fn requests_share_a_token_entry_until_it_changes() {
-        let (_dir, core) = core().await;
         let now = 1_700_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::for_test(&dir, now).await;
         let (text, _) = create(
             &core,
             NewToken {

@@ -928,15 +928,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiting_long_poll_holds_a_small_future() {
         let dir = tempfile::tempdir().unwrap();
-        let core = Core::open(crate::state::Options {
-            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
-            seal_key: crate::seal::SealKey::generate(),
-            audit_path: None,
-            clock: crate::clock::Clock::manual(1_700_000_000),
-            storage_connections: Default::default(),
-        })
-        .await
-        .unwrap();
+        let core = Core::for_test(&dir, 1_700_000_000).await;
         let req = axum::http::Request::get("/v1/hosts/self/state?index=1&wait=30s")
             .body(Body::empty())
             .unwrap();
