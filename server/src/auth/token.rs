@@ -248,9 +248,15 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
 
 /// The live entry for a token text; expired tokens are removed on sight.
 pub async fn lookup(core: &Core, text: &str, now: i64) -> Result<Option<TokenEntry>> {
-    Ok(load(core, &core.hasher.hash(text), now)
+    Ok(lookup_shared(core, text, now)
         .await?
         .map(|e| TokenEntry::clone(&e)))
+}
+
+/// [`lookup`], shared with the cache rather than copied: for a reader
+/// that only looks at the entry.
+pub async fn lookup_shared(core: &Core, text: &str, now: i64) -> Result<Option<Arc<TokenEntry>>> {
+    load(core, &core.hasher.hash(text), now).await
 }
 
 /// The live entry, shared with the cache: every request reads its token
@@ -292,7 +298,7 @@ pub async fn authenticate(
     let text = text
         .filter(|t| !t.is_empty())
         .ok_or(Error::PermissionDenied)?;
-    let mut entry = load(core, &core.hasher.hash(text), now)
+    let mut entry = lookup_shared(core, text, now)
         .await?
         .ok_or(Error::PermissionDenied)?;
     if !entry.bound_cidrs.is_empty() {

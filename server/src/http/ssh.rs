@@ -254,9 +254,9 @@ pub async fn route(
             // vault-ssh-helper VAULT_TOKEN): it binds no host, so it can
             // reach only OTPs that are bound to none.
             let host = match req.token.as_deref().filter(|t| !t.is_empty()) {
-                Some(t) => token::lookup(core, t, req.now)
+                Some(t) => token::lookup_shared(core, t, req.now)
                     .await?
-                    .and_then(|e| e.host_id),
+                    .and_then(|e| e.host_id.clone()),
                 None => None,
             };
             // The OTP is looked at first: a right one is never refused
