@@ -1,8 +1,9 @@
 //! `creds/<role>` for OTP and dynamic-key roles, `verify`, `lookup` and
 //! `config/zeroaddress`: Vault's SSH OTP and dynamic-key API.
 //!
-//! An OTP is a random UUID (vault-ssh-helper refuses any other form), stored
-//! only under its keyed hash and consumed atomically by `verify`. A dynamic
+//! An OTP is a UUID (vault-ssh-helper refuses any other form) made of its
+//! issuing millisecond and 74 random bits, stored only under its keyed hash
+//! and consumed atomically by `verify`. A dynamic
 //! key is a fresh key pair: the private key goes to the caller once, the
 //! public key waits in the mount for the target host's hostd to install.
 
@@ -56,8 +57,39 @@ struct ZeroAddress {
 /// OTPs bound to a host live under that host's ID, unbound ones under `-`:
 /// a verify looks only where its caller may look, so one atomic take both
 /// checks the binding and consumes, and the wrong host cannot burn an OTP.
-fn otp_key(m: &Mount, host: Option<&str>, hash: &str) -> String {
-    format!("{}otp/{}/{hash}", m.data_prefix(), host.unwrap_or("-"))
+///
+/// Within that, an OTP sits under its issuing millisecond (the first 48
+/// bits of a version 7 UUID, see `new_otp`) and then its hash, so the OTPs
+/// issued together, and consumed about as soon, share a page or two of the
+/// database's index instead of each landing on a random page of its own:
+/// one page written per batch of creds or verifies instead of one per OTP.
+/// An OTP issued before OTPs carried their millisecond (a version 4 UUID)
+/// is still where it was stored, under its hash alone.
+fn otp_key(m: &Mount, host: Option<&str>, otp: &uuid::Uuid, hash: &str) -> String {
+    let host = host.unwrap_or("-");
+    if otp.get_version_num() == 7 {
+        let b = otp.as_bytes();
+        let ms = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+        format!("{}otp/{host}/{ms:012x}/{hash}", m.data_prefix())
+    } else {
+        format!("{}otp/{host}/{hash}", m.data_prefix())
+    }
+}
+
+/// A new OTP: a version 7 UUID, its issuing millisecond and then 74 bits
+/// from the operating system's random source. Not `Uuid::now_v7`, which
+/// steps a counter within a millisecond (an OTP issued next to another
+/// would be guessable from it). 74 random bits are more than the 64 that
+/// session identifiers are held to, for a secret that lives minutes, is
+/// bound to a user and an address and is taken by its first use; the clock
+/// only places it in storage (its expiry takes `now`).
+fn new_otp() -> uuid::Uuid {
+    use rand::RngCore;
+    let (secs, nanos) = uuid::Timestamp::now(uuid::NoContext).to_unix();
+    let ms = secs * 1000 + u64::from(nanos / 1_000_000);
+    let mut random = [0u8; 10];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid()
 }
 fn dynkey_key(m: &Mount, id: &str) -> String {
     format!("{}dynkey/{id}", m.data_prefix())
@@ -231,8 +263,9 @@ pub async fn create(
     let lease_id = format!("{}/creds/{}/{id}", m.path, role.name);
     match role.key_type {
         KeyType::Otp => {
-            let otp = uuid::Uuid::new_v4().to_string();
-            let key = otp_key(m, host_id.as_deref(), &core.hasher.hash(&otp));
+            let uuid = new_otp();
+            let otp = uuid.to_string();
+            let key = otp_key(m, host_id.as_deref(), &uuid, &core.hasher.hash(&otp));
             let entry = OtpEntry {
                 username: user.clone(),
                 ip: ip.to_string(),
@@ -329,10 +362,10 @@ pub async fn verify(
         return Ok(Some(Verified::echo()));
     }
     // Anything not shaped like a UUID was never issued: no storage round trip.
-    if uuid::Uuid::parse_str(otp).is_err() {
+    let Ok(uuid) = uuid::Uuid::parse_str(otp) else {
         return Ok(None);
-    }
-    let key = otp_key(m, verify_host, &core.hasher.hash(otp));
+    };
+    let key = otp_key(m, verify_host, &uuid, &core.hasher.hash(otp));
     // The take decides: of concurrent verifications one gets the entry,
     // and its lease goes in the same transaction, named by the entry
     // itself, so no read comes before the write (that read, of a page the
@@ -405,4 +438,52 @@ pub async fn renewed(core: &Core, lease: &Lease) -> Result<()> {
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn otps_carry_their_millisecond_and_random_bits_not_a_counter() {
+        let before = uuid::Timestamp::now(uuid::NoContext).to_unix().0;
+        let otps: Vec<uuid::Uuid> = (0..1000).map(|_| new_otp()).collect();
+        let after = uuid::Timestamp::now(uuid::NoContext).to_unix().0;
+        let mut distinct = otps.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), otps.len(), "an OTP repeated");
+        for o in &otps {
+            assert_eq!(o.get_version_num(), 7, "{o}");
+            let (secs, _) = o.get_timestamp().expect("a v7 timestamp").to_unix();
+            assert!((before..=after).contains(&secs), "{o}");
+        }
+        // A counter (as `Uuid::now_v7` keeps) would make every OTP sort
+        // after the one issued before it; 1000 random tails issued within a
+        // few milliseconds do not come out sorted.
+        assert!(
+            otps.windows(2).any(|w| w[1] < w[0]),
+            "successive OTPs are in order: their tails count, not random"
+        );
+    }
+
+    #[test]
+    fn an_otp_is_stored_under_its_millisecond_and_an_older_one_where_it_was() {
+        let m = Mount {
+            path: "ssh".into(),
+            kind: "ssh".into(),
+            description: String::new(),
+            accessor: "ssh_1".into(),
+            uuid: "u1".into(),
+            created: 0,
+            tune: Default::default(),
+        };
+        let v7 = uuid::Uuid::parse_str("019ae9d1-5c8a-7e3b-9f10-2a4b6c8d0e1f").unwrap();
+        assert_eq!(otp_key(&m, None, &v7, "h"), "mount/u1/otp/-/019ae9d15c8a/h");
+        let v4 = uuid::Uuid::parse_str("2f1c3a6e-8d4b-4c2a-9e7f-1b3d5f7a9c0e").unwrap();
+        assert_eq!(
+            otp_key(&m, Some("host-1"), &v4, "h"),
+            "mount/u1/otp/host-1/h"
+        );
+    }
 }

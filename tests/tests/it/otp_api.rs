@@ -307,6 +307,92 @@ async fn expired_otps_never_verify_and_failures_are_rate_limited() {
 }
 
 #[tokio::test]
+async fn otps_are_stored_in_the_order_they_were_issued_and_one_from_before_still_verifies() {
+    for b in BACKENDS {
+        let s = Server::start(b).await;
+        setup(&s).await;
+        // Each OTP carries its issuing millisecond, and is stored under it:
+        // the OTPs of one batch share a page of the index.
+        let mut otps = Vec::new();
+        for i in 0..20 {
+            if i % 5 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            }
+            let (st, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            otps.push(v["data"]["key"].as_str().unwrap().to_string());
+        }
+        let millis: Vec<String> = otps
+            .iter()
+            .map(|o| o.replace('-', "")[..12].to_string())
+            .collect();
+        let mut keys: Vec<String> = s
+            .core
+            .storage
+            .keys_with_prefix("")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.contains("/otp/-/"))
+            .collect();
+        keys.sort();
+        let stored: Vec<String> = keys
+            .iter()
+            .map(|k| k.rsplit('/').nth(1).unwrap().to_string())
+            .collect();
+        assert_eq!(stored.len(), 20, "{keys:?}");
+        let mut issued = millis.clone();
+        issued.sort();
+        assert_eq!(stored, issued, "{keys:?}");
+        assert_eq!(issued, millis, "OTPs issued later sort later: {otps:?}");
+        assert!(millis.windows(2).any(|w| w[0] < w[1]), "{otps:?}");
+
+        // An OTP issued before OTPs carried their millisecond (a random,
+        // version 4 UUID) was stored under its hash alone: it still
+        // verifies once, and takes its lease with it.
+        let (st, v) = otp(&s, json!({"ip": "10.1.2.3"})).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        let lease_uuid = v["lease_id"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let new_key = s
+            .core
+            .storage
+            .keys_with_prefix("")
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|k| k.contains("/otp/-/") && !keys.contains(k))
+            .unwrap();
+        let entry: Value = s.core.storage.get(&new_key).await.unwrap().unwrap();
+        let old = uuid::Uuid::new_v4().to_string();
+        let prefix = &new_key[..new_key.find("/otp/-/").unwrap()];
+        let old_key = format!("{prefix}/otp/-/{}", s.core.hasher.hash(&old));
+        s.core.storage.put(&old_key, &entry).await.unwrap();
+        assert!(s.core.storage.delete(&new_key).await.unwrap());
+        let (st, v) = s
+            .call("POST", "ssh/verify", None, Some(json!({"otp": old})))
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["username"], "ubuntu", "{v}");
+        let left = s.core.storage.keys_with_prefix("").await.unwrap();
+        assert!(
+            left.iter()
+                .all(|k| k != &old_key && !k.contains(&lease_uuid)),
+            "{left:?}"
+        );
+        let (st, _) = s
+            .call("POST", "ssh/verify", None, Some(json!({"otp": old})))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+    }
+}
+
+#[tokio::test]
 async fn lease_ids_of_successive_creds_sort_in_the_order_they_were_issued() {
     // So that the leases written together land next to each other in the
     // storage (one page of it per batch rather than one per lease).
