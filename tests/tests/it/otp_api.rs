@@ -306,6 +306,21 @@ async fn expired_otps_never_verify_and_failures_are_rate_limited() {
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
+/// The storage keys of the OTPs bound to no host, sorted.
+async fn unbound_otp_keys(s: &Server) -> Vec<String> {
+    let mut keys: Vec<String> = s
+        .core
+        .storage
+        .keys_with_prefix("")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.contains("/otp/-/"))
+        .collect();
+    keys.sort();
+    keys
+}
+
 #[tokio::test]
 async fn otps_are_stored_in_the_order_they_were_issued_and_one_from_before_still_verifies() {
     for b in BACKENDS {
@@ -326,16 +341,7 @@ async fn otps_are_stored_in_the_order_they_were_issued_and_one_from_before_still
             .iter()
             .map(|o| o.replace('-', "")[..12].to_string())
             .collect();
-        let mut keys: Vec<String> = s
-            .core
-            .storage
-            .keys_with_prefix("")
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|k| k.contains("/otp/-/"))
-            .collect();
-        keys.sort();
+        let keys = unbound_otp_keys(&s).await;
         let stored: Vec<String> = keys
             .iter()
             .map(|k| k.rsplit('/').nth(1).unwrap().to_string())
@@ -359,14 +365,10 @@ async fn otps_are_stored_in_the_order_they_were_issued_and_one_from_before_still
             .next()
             .unwrap()
             .to_string();
-        let new_key = s
-            .core
-            .storage
-            .keys_with_prefix("")
+        let new_key = unbound_otp_keys(&s)
             .await
-            .unwrap()
             .into_iter()
-            .find(|k| k.contains("/otp/-/") && !keys.contains(k))
+            .find(|k| !keys.contains(k))
             .unwrap();
         let entry: Value = s.core.storage.get(&new_key).await.unwrap().unwrap();
         let old = uuid::Uuid::new_v4().to_string();
