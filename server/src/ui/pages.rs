@@ -204,7 +204,7 @@ async fn session_from_token(
     let act = async {
         match child_session(core, parts, text, now).await {
             Ok((child, entry, parent)) => (
-                Some(std::sync::Arc::new(parent)),
+                Some(parent),
                 Ok(crate::http::Reply::Auth(
                     serde_json::to_value(token::auth(&child, &entry, now)).unwrap_or_default(),
                 )),
@@ -254,8 +254,8 @@ async fn child_session(
     parts: &Parts,
     text: &str,
     now: i64,
-) -> crate::Result<(String, token::TokenEntry, token::TokenEntry)> {
-    let parent = token::lookup(core, text, now)
+) -> crate::Result<(String, token::TokenEntry, std::sync::Arc<token::TokenEntry>)> {
+    let parent = token::lookup_shared(core, text, now)
         .await?
         .ok_or(Error::PermissionDenied)?;
     if parent.num_uses != 0 {
@@ -267,7 +267,6 @@ async fn child_session(
     }
     // The address check and the rest of what the API checks of a token.
     let parent = token::authenticate(core, Some(text), super::client_ip(parts), now).await?;
-    let parent = token::TokenEntry::clone(&parent);
     let ttl = match parent.expire_time {
         Some(e) => (e - now).clamp(0, SESSION_MAX_TTL),
         None => SESSION_MAX_TTL,
@@ -282,7 +281,7 @@ async fn child_session(
             meta: parent.meta.clone(),
             bound_cidrs: parent.bound_cidrs.clone(),
             path: "ui/login/token".into(),
-            parent: Some(parent.clone()),
+            parent: Some(token::TokenEntry::clone(&parent)),
             ..Default::default()
         },
         now,
