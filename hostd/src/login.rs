@@ -204,13 +204,30 @@ async fn handle(mut stream: UnixStream, clients: &Clients) {
     };
     let budget = Duration::from_millis(req.budget_ms).min(MAX_BUDGET);
     let otp = Zeroizing::new(req.otp);
-    // The client is blocking; its wait must not hold a runtime thread.
-    let asked = tokio::task::spawn_blocking(move || client.verify(&otp, budget)).await;
-    match asked {
+    match ask(client, otp, budget).await {
         Ok(v) => send(&mut stream, &Reply::Verified(v)).await,
         // The caller sees the connection close without an answer and
         // treats the OTP as possibly used.
         Err(e) => tracing::error!("login socket: the check failed: {e}"),
+    }
+}
+
+/// Asks the servers with the blocking client. Its wait must not hold up
+/// the runtime's other tasks, but handing it to another thread and back
+/// (`spawn_blocking`) costs two thread wake-ups, a good part of what a
+/// login waits for on a virtual machine: on the multi-threaded runtime
+/// this thread makes the request itself and hands its other tasks to
+/// another worker meanwhile (`block_in_place`).
+async fn ask(
+    client: Arc<Client>,
+    otp: Zeroizing<String>,
+    budget: Duration,
+) -> Result<pam_gatepass::client::Verified, tokio::task::JoinError> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread {
+        Ok(tokio::task::block_in_place(|| client.verify(&otp, budget)))
+    } else {
+        tokio::task::spawn_blocking(move || client.verify(&otp, budget)).await
     }
 }
 
