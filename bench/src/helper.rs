@@ -19,6 +19,11 @@
 //! through `gatepass-hostd`'s login socket (a `gatepass-hostd
 //! __login-socket` started for the run, which keeps its connection to the
 //! server open between attempts).
+//!
+//! Each row and its references take turns, round by round (the helper's
+//! rows with `/bin/true` and the in-process verify, the module's with
+//! `pam_permit.so`), so that what a row adds over its reference is
+//! measured under the same conditions.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
@@ -81,31 +86,48 @@ struct Row {
     runs: u64,
 }
 
-/// Times `run` `n` times after `warm` untimed runs; `prepare` makes each
-/// run's input first, outside the timed part.
-fn iterate(
+/// A login check to time, given its OTP.
+type Check<'a> = Box<dyn FnMut(&str) -> Result<(), String> + 'a>;
+
+/// Times several checks `n` times each after `warm` untimed rounds, taking
+/// turns: each round runs every check once, each after its own `prepare`
+/// (which makes the check's OTP, outside the timed part), starting with
+/// another check every round. A row and the reference it is compared with then
+/// run under the same conditions; run one block after the other, they
+/// did not (this machine's speed drifts by more than the module costs
+/// from one block of 300 runs to the next, and two runs of the same code
+/// a minute apart differed by 1 ms in what the module added).
+fn iterate_together(
     n: usize,
     warm: usize,
     mut prepare: impl FnMut() -> anyhow::Result<String>,
-    mut run: impl FnMut(&str) -> Result<(), String>,
-) -> anyhow::Result<(Sample, Duration)> {
-    for _ in 0..warm {
-        let input = prepare()?;
-        let _ = run(&input);
+    checks: &mut [Check<'_>],
+) -> anyhow::Result<Vec<(Sample, Duration)>> {
+    let k = checks.len();
+    let mut out: Vec<(Sample, Duration)> = (0..k)
+        .map(|_| (Sample::default(), Duration::ZERO))
+        .collect();
+    for round in 0..warm + n {
+        for j in 0..k {
+            let c = (round + j) % k;
+            let input = prepare()?;
+            let t0 = Instant::now();
+            let outcome = checks[c](&input);
+            let took = t0.elapsed();
+            if round >= warm {
+                out[c].0.record(took, outcome);
+                out[c].1 += took;
+            }
+        }
     }
-    let mut s = Sample::default();
-    let mut sum = Duration::ZERO;
-    for _ in 0..n {
-        let input = prepare()?;
-        let t0 = Instant::now();
-        let outcome = run(&input);
-        let took = t0.elapsed();
-        sum += took;
-        s.record(took, outcome);
-    }
-    s.elapsed = sum;
-    let mean = sum / u32::try_from(n.max(1)).unwrap_or(u32::MAX);
-    Ok((s, mean))
+    let runs = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+    Ok(out
+        .into_iter()
+        .map(|(mut s, sum)| {
+            s.elapsed = sum;
+            (s, sum / runs)
+        })
+        .collect())
 }
 
 fn row(what: &str, (sample, mean): (Sample, Duration)) -> Row {
@@ -378,19 +400,19 @@ fn measure_all(
     let new_otp = || rt.block_on(create(server, &client));
     let mut rows = Vec::new();
 
-    eprintln!("reference: /bin/true spawned like pam_exec");
-    rows.push(row(
-        "`/bin/true`, spawned as pam_exec does (reference)",
-        iterate(n, warm, new_otp, |otp| {
-            exec_like_pam(Command::new("/bin/true"), otp)
-        })?,
-    ));
-
-    eprintln!("reference: in-process POST /v1/ssh/verify");
+    eprintln!(
+        "/bin/true spawned like pam_exec (reference), in-process POST /v1/ssh/verify (reference) \
+         and gatepass-helper as pam_exec runs it, taking turns"
+    );
     let verify_url = server.url("ssh/verify");
-    rows.push(row(
-        "in-process HTTPS `POST /v1/ssh/verify`, warm client (reference)",
-        iterate(n, warm, new_otp, |otp| {
+    let helper = |config: &Path| {
+        let mut c = Command::new(helper_bin);
+        c.arg(format!("-config={}", config.display()));
+        c
+    };
+    let mut checks: Vec<Check<'_>> = vec![
+        Box::new(|otp: &str| exec_like_pam(Command::new("/bin/true"), otp)),
+        Box::new(|otp: &str| {
             rt.block_on(async {
                 let text = load::answer(
                     client
@@ -406,25 +428,21 @@ fn measure_all(
                     Err(format!("unexpected answer: {text}"))
                 }
             })
-        })?,
-    ));
-
-    eprintln!("gatepass-helper, as pam_exec runs it");
-    let helper = |config: &Path| {
-        let mut c = Command::new(helper_bin);
-        c.arg(format!("-config={}", config.display()));
-        c
-    };
-    rows.push(row(
+        }),
+        Box::new(|otp: &str| exec_like_pam(helper(&config), otp)),
+        Box::new(|otp: &str| exec_like_pam(helper(&via_hostd), otp)),
+    ];
+    let names = [
+        "`/bin/true`, spawned as pam_exec does (reference)",
+        "in-process HTTPS `POST /v1/ssh/verify`, warm client (reference)",
         HELPER_DIRECT,
-        iterate(n, warm, new_otp, |otp| exec_like_pam(helper(&config), otp))?,
-    ));
-    rows.push(row(
         HELPER_HOSTD,
-        iterate(n, warm, new_otp, |otp| {
-            exec_like_pam(helper(&via_hostd), otp)
-        })?,
-    ));
+    ];
+    let timed = iterate_together(n, warm, new_otp, &mut checks)?;
+    drop(checks);
+    for (what, t) in names.into_iter().zip(timed) {
+        rows.push(row(what, t));
+    }
     let lines = syslog.finish();
     eprintln!("  ({lines} syslog lines received from the helper)");
 
@@ -467,7 +485,7 @@ fn pam_rows(
     via_hostd: &Path,
     mut new_otp: impl FnMut() -> anyhow::Result<String>,
 ) -> anyhow::Result<Vec<Row>> {
-    eprintln!("pamtester: pam_permit.so (reference) and pam_gatepass.so");
+    eprintln!("pamtester: pam_permit.so (reference) and pam_gatepass.so, taking turns");
     let permit = PamService::create("permit", "auth required pam_permit.so\n")?;
     let service = |tag: &str, config: &Path| {
         PamService::create(
@@ -487,19 +505,17 @@ fn pam_rows(
     // One check before timing: the module must accept a fresh OTP.
     pamtester(&direct.name, &new_otp()?).map_err(anyhow::Error::msg)?;
     pamtester(&hostd.name, &new_otp()?).map_err(anyhow::Error::msg)?;
-    let mut rows = vec![row(
-        PERMIT,
-        iterate(n, warm, &mut new_otp, |otp| pamtester(&permit.name, otp))?,
-    )];
-    rows.push(row(
-        MODULE_DIRECT,
-        iterate(n, warm, &mut new_otp, |otp| pamtester(&direct.name, otp))?,
-    ));
-    rows.push(row(
-        MODULE_HOSTD,
-        iterate(n, warm, &mut new_otp, |otp| pamtester(&hostd.name, otp))?,
-    ));
-    Ok(rows)
+    let mut checks: Vec<Check<'_>> = vec![
+        Box::new(|otp: &str| pamtester(&permit.name, otp)),
+        Box::new(|otp: &str| pamtester(&direct.name, otp)),
+        Box::new(|otp: &str| pamtester(&hostd.name, otp)),
+    ];
+    let timed = iterate_together(n, warm, &mut new_otp, &mut checks)?;
+    Ok([PERMIT, MODULE_DIRECT, MODULE_HOSTD]
+        .into_iter()
+        .zip(timed)
+        .map(|(what, t)| row(what, t))
+        .collect())
 }
 
 /// What the row `what` adds at the median over `base` (seconds).
@@ -609,7 +625,7 @@ fn section(
         format!("{module_target}\n\nThe native module `pam_gatepass.so`: {pam_note}.")
     };
     Ok(format!(
-        "{measured}; {n} timed runs per row after 10 untimed ones.\n\n{table}\n\
+        "{measured}; {n} timed runs per row after 10 untimed ones, each row taking turns with its references run by run.\n\n{table}\n\
          {target}{pam}{busy}\n",
         measured = m.measured_on(),
         n = args.iterations,
