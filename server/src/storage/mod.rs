@@ -407,10 +407,10 @@ impl Storage {
                 })
                 .await
                 .map_err(|e| Error::internal(e.to_string()))??;
-                let (db, tx, direct) = sqlite::Sqlite::open(&path)?;
+                let (db, tx) = sqlite::Sqlite::open(&path)?;
                 // This server makes every change: it hears of them all.
                 cache.hears_every_change(true);
-                (Db::Sqlite(db), Writer::sqlite(tx, direct))
+                (Db::Sqlite(db), Writer::new(tx))
             }
             Backend::Postgres => {
                 // The health probe's connection first: when the database

@@ -3,11 +3,9 @@
 //! connection's own and back; for the primary-key lookups and
 //! one-row writes this server makes, those two thread switches cost more
 //! than the statement.) Here reads run on the calling thread (a lookup in
-//! SQLite's page cache takes microseconds), and writes go to one writer
-//! connection, one transaction at a time: a thread of its own commits
-//! whatever is queued in one transaction (group commit), in the order it
-//! arrived, and a write that finds that thread idle and nothing queued
-//! commits on the calling thread instead ([`Direct`]).
+//! SQLite's page cache takes microseconds), and all writes run on one
+//! thread of their own that commits whatever is queued in one transaction
+//! (group commit), in the order it arrived.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,15 +177,13 @@ pub fn size_on_disk(path: &Path) -> u64 {
 
 impl Sqlite {
     /// Opens the (already migrated) database and starts its writer thread.
-    /// Also hands back the writer thread's queue and the way past it for a
-    /// write that finds the writer idle.
-    pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>, Arc<Direct>)> {
+    pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         Sqlite::open_with(path, WAL_MAX_FRAMES)
     }
 
     /// [`Sqlite::open`], the WAL started over under load only beyond
     /// `max_frames`.
-    fn open_with(path: &Path, max_frames: i64) -> Result<(Sqlite, mpsc::Sender<Job>, Arc<Direct>)> {
+    fn open_with(path: &Path, max_frames: i64) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         let writer = open(path)?;
         // A WAL left large by the last run is copied back now, before any
         // request could wait for it (the writer would otherwise start it
@@ -209,22 +205,14 @@ impl Sqlite {
             .name("gatepass-ckpt".into())
             .spawn(move || checkpoint_loop(checkpointer, r, dirty_rx, max_frames))?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        let direct = Arc::new(Direct(Mutex::new(WriteSide {
-            conn: writer,
-            restart,
-            dirty: dirty_tx,
-            last: std::time::Instant::now(),
-            quiet: QUIET_FOR_DIRECT,
-        })));
-        let side = direct.clone();
         std::thread::Builder::new()
             .name("gatepass-writer".into())
-            .spawn(move || write_loop(&side, rx))?;
+            .spawn(move || write_loop(writer, rx, restart, dirty_tx))?;
         let db = Sqlite {
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
         };
-        Ok((db, tx, direct))
+        Ok((db, tx))
     }
 
     pub fn path(&self) -> &Path {
@@ -533,126 +521,13 @@ fn cut_wal(conn: &Connection) -> bool {
     }
 }
 
-/// The writer connection and what follows each of its commits. One
-/// transaction at a time holds it: the writer thread's batch, or a write
-/// that came while the thread was idle ([`Direct::try_apply`]).
-pub struct WriteSide {
-    conn: Connection,
+fn write_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::SyncSender<()>,
-    /// When the last transaction ended.
-    last: std::time::Instant,
-    /// [`QUIET_FOR_DIRECT`] (a test sets another).
-    quiet: Duration,
-}
-
-impl WriteSide {
-    /// What follows a commit: the checkpointer told there is work, and the
-    /// WAL started over when it asked.
-    fn committed(&mut self) {
-        self.last = std::time::Instant::now();
-        // A full channel means a checkpoint is already due.
-        let _ = self.dirty.try_send(());
-        // At once: the checkpointer asks just after it caught up, and what
-        // is left to copy grows with every batch from then on.
-        if self.restart.swap(false, Ordering::Acquire) {
-            restart_wal(&self.conn);
-        }
-    }
-}
-
-/// The way past the writer thread. A write queued for an idle thread waits
-/// for two thread wake-ups (the writer's, then the request's again), which
-/// on a virtual machine cost about as much as the commit itself: an OTP
-/// verify took 0.55 ms from a client, and 0.15 ms less with the writer
-/// thread kept spinning instead of asleep (an experiment). So a write that finds
-/// nothing queued and the writer connection free commits on the calling
-/// thread (a commit of a few pages takes tens of microseconds there, as a
-/// read on the calling thread does). Only when the writer has been quiet
-/// for [`QUIET_FOR_DIRECT`], though: under load, writes that each committed
-/// alone as they found the thread between two batches would write the same
-/// pages once each instead of once for all (16 clients creating and
-/// verifying OTPs lost a fifth to a third of their rate that way), so there
-/// they keep going to the thread, which commits them together.
-pub struct Direct(Mutex<WriteSide>);
-
-/// How long the writer must have had nothing to commit before a write
-/// commits on its caller's thread. Under load commits follow each other
-/// much closer than this; a login's OTP check comes seconds after the
-/// OTP's creation.
-const QUIET_FOR_DIRECT: Duration = Duration::from_millis(1);
-
-impl Direct {
-    fn lock(&self) -> std::sync::MutexGuard<'_, WriteSide> {
-        // A panic in a commit left no transaction open (rusqlite rolls a
-        // dropped one back): the connection is still sound.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Applies `unit` in a transaction of its own on this thread, if the
-    /// writer connection is free and its write lock can be had without
-    /// waiting (the checkpointer's cut of the WAL takes it for a moment);
-    /// otherwise hands `unit` back, to be queued.
-    pub fn try_apply(&self, unit: Unit) -> std::result::Result<Result<Applied>, Unit> {
-        let mut side = match self.0.try_lock() {
-            Ok(side) => side,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err(unit),
-        };
-        let side = &mut *side;
-        let started = std::time::Instant::now();
-        if started.saturating_duration_since(side.last) < side.quiet {
-            return Err(unit);
-        }
-        let wait = super::health::SQLITE_BUSY_TIMEOUT;
-        let conn = &mut side.conn;
-        // Not even the busy wait: a request's thread must not sit in it.
-        // When the lock is not free at once, or anything else goes wrong
-        // in beginning, the writer thread takes the unit and deals with it
-        // as with any other.
-        if conn.busy_timeout(Duration::ZERO).is_err() {
-            return Err(unit);
-        }
-        let outcome = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-            Ok(tx) => {
-                // The write lock is held: the usual wait again for what
-                // the commit may wait for (readers, when it starts the WAL
-                // over).
-                let outcome = tx
-                    .busy_timeout(wait)
-                    .and_then(|()| apply_unit(&tx, &unit))
-                    .and_then(|applied| tx.commit().map(|()| applied));
-                Some(outcome)
-            }
-            Err(_) => None,
-        };
-        if let Err(e) = side.conn.busy_timeout(wait) {
-            tracing::warn!(error = %e, "SQLite busy timeout not restored");
-        }
-        let Some(outcome) = outcome else {
-            return Err(unit);
-        };
-        slow("write", started.elapsed(), 1);
-        side.committed();
-        Ok(outcome.map_err(failed))
-    }
-}
-
-/// A failed write's error for its caller: storage unavailable when the
-/// file is locked or unreadable (a 503), else the error itself.
-fn failed(e: rusqlite::Error) -> Error {
-    if super::health::sqlite_unavailable(&e) {
-        Error::StorageUnavailable(e.to_string())
-    } else {
-        e.into()
-    }
-}
-
-fn write_loop(direct: &Direct, mut rx: mpsc::Receiver<Job>) {
+) {
     while let Some(first) = rx.blocking_recv() {
-        let mut side = direct.lock();
-        let side = &mut *side;
-        let conn = &mut side.conn;
         let mut jobs = vec![first];
         while jobs.len() < MAX_UNITS {
             match rx.try_recv() {
@@ -661,7 +536,7 @@ fn write_loop(direct: &Direct, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
-        let outcome = batch(conn, &jobs);
+        let outcome = batch(&mut conn, &jobs);
         slow("write batch", started.elapsed(), jobs.len());
         match outcome {
             Ok(results) => {
@@ -692,13 +567,19 @@ fn write_loop(direct: &Direct, mut rx: mpsc::Receiver<Job>) {
                 // that one failing write fails only its own caller.
                 tracing::warn!(error = %e, jobs = jobs.len(), "batched write failed; applying its jobs one by one");
                 for job in jobs {
-                    let r = batch(conn, std::slice::from_ref(&job))
+                    let r = batch(&mut conn, std::slice::from_ref(&job))
                         .map(|mut v| v.pop().unwrap_or_else(Applied::empty));
                     job.answer(r.map_err(Error::from));
                 }
             }
         }
-        side.committed();
+        // A full channel means a checkpoint is already due.
+        let _ = dirty.try_send(());
+        // At once: the checkpointer asks just after it caught up, and what
+        // is left to copy grows with every batch from then on.
+        if restart.swap(false, Ordering::Acquire) {
+            restart_wal(&conn);
+        }
     }
 }
 
@@ -843,7 +724,7 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
                 expected,
                 value,
             } => {
-                // One transaction at a time on the writer connection: the
+                // One writer thread applies every write, in order: the
                 // compare sees exactly what the writes before it left.
                 let changed = match value {
                     Some(v) => tx
@@ -984,7 +865,7 @@ mod tests {
         // times as much written: SQLite alone would never find a moment to
         // start it over, and the WAL would hold it all.
         let bound = 32 * 1024 * 1024;
-        let (_db, tx, _) = Sqlite::open_with(&path, bound / 4096).unwrap();
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
         let largest = write_without_pause(&tx, &dir.path().join("busy.db-wal"), 448);
         // The checkpointer looks every 200 ms: the WAL may pass the bound
         // by what is written meanwhile.
@@ -1000,7 +881,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("burst.db");
         migrate(&path).unwrap();
-        let (_db, tx, _) = Sqlite::open(&path).unwrap();
+        let (_db, tx) = Sqlite::open(&path).unwrap();
         let wal = dir.path().join("burst.db-wal");
         // 40 MiB without a pause, below the bound at which the writer
         // starts the WAL over: it grows through the burst, no request
@@ -1043,7 +924,7 @@ mod tests {
         // changes), then a few more: the file keeps the size it grew to,
         // with a few frames at its start.
         let bound = 24 * 1024 * 1024;
-        let (_db, tx, _) = Sqlite::open_with(&path, bound / 4096).unwrap();
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
         let wal = wal_path(&path);
         let salt = || {
             let mut header = [0u8; 32];
@@ -1149,7 +1030,7 @@ mod tests {
         let (path, reader, _db) = loop {
             let path = dir.path().join(format!("synced{tries}.db"));
             migrate(&path).unwrap();
-            let (db, tx, _) = Sqlite::open(&path).unwrap();
+            let (db, tx) = Sqlite::open(&path).unwrap();
             let mut wal = path.clone().into_os_string();
             wal.push("-wal");
             let reader = open(&path).unwrap();
@@ -1216,7 +1097,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("take.db");
         migrate(&path).unwrap();
-        let (db, tx, _) = Sqlite::open(&path).unwrap();
+        let (db, tx) = Sqlite::open(&path).unwrap();
         // An entry naming the keys that belong to it, one a line.
         let names: super::super::writer::Dependents = Arc::new(|v: &[u8]| {
             String::from_utf8_lossy(v)
@@ -1253,99 +1134,6 @@ mod tests {
         let done = apply(&tx, vec![take()]);
         assert!(!done.outcomes[0].hit);
         assert_eq!(db.get("lease/1").unwrap(), Some(b"l".to_vec()));
-    }
-
-    /// Which thread committed a unit: a take's `also` runs inside its
-    /// transaction. The unit takes `key` and reports the thread's name.
-    fn take_noting_the_thread(key: &str, threads: &Arc<Mutex<Vec<String>>>) -> Unit {
-        let threads = threads.clone();
-        let also: super::super::writer::Dependents = Arc::new(move |_: &[u8]| {
-            let name = std::thread::current().name().unwrap_or("?").to_string();
-            threads.lock().unwrap().push(name);
-            Vec::new()
-        });
-        Unit {
-            ops: vec![Op::TakeWith {
-                key: key.into(),
-                also,
-            }],
-            guarded: false,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_write_after_a_quiet_moment_commits_on_its_own_thread_and_others_on_the_writers() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("direct.db");
-        migrate(&path).unwrap();
-        let (db, tx, direct) = Sqlite::open(&path).unwrap();
-        let writer = super::super::writer::Writer::sqlite(tx.clone(), direct.clone());
-        let threads = Arc::new(Mutex::new(Vec::new()));
-        let last = || threads.lock().unwrap().last().cloned().unwrap_or_default();
-        let here = std::thread::current().name().unwrap_or("?").to_string();
-        assert_ne!(here, "gatepass-writer");
-        let keys = ["otp/1", "otp/2", "otp/3"].map(|k| put(k, "v"));
-        writer
-            .apply(Unit {
-                ops: keys.into(),
-                guarded: false,
-            })
-            .await
-            .unwrap();
-
-        // Nothing written for a while: the take commits here, at once.
-        tokio::time::sleep(QUIET_FOR_DIRECT * 5).await;
-        let done = writer
-            .apply(take_noting_the_thread("otp/1", &threads))
-            .await
-            .unwrap();
-        assert!(done.outcomes[0].hit);
-        assert_eq!(last(), here, "committed on the caller's thread");
-        assert_eq!(db.get("otp/1").unwrap(), None);
-
-        // Under load, commits follow each other closer than the quiet time
-        // (here made an hour, so that the test does not race the clock):
-        // the writer thread commits it, with whatever else is queued.
-        direct.lock().quiet = Duration::from_secs(3600);
-        writer
-            .apply(take_noting_the_thread("otp/2", &threads))
-            .await
-            .unwrap();
-        assert_eq!(last(), "gatepass-writer");
-        assert_eq!(db.get("otp/2").unwrap(), None);
-
-        // Quiet again, but the writer connection is in use (the writer
-        // thread's batch, or the checkpointer's cut): the write waits its
-        // turn on the writer thread instead of holding this thread.
-        direct.lock().quiet = QUIET_FOR_DIRECT;
-        tokio::time::sleep(QUIET_FOR_DIRECT * 5).await;
-        let (held, release) = (
-            std::sync::mpsc::channel::<()>(),
-            std::sync::mpsc::channel::<()>(),
-        );
-        let (held_tx, held_rx) = held;
-        let (release_tx, release_rx) = release;
-        let holder = {
-            let direct = direct.clone();
-            std::thread::spawn(move || {
-                let _side = direct.lock();
-                held_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            })
-        };
-        held_rx.recv().unwrap();
-        let w = writer.clone();
-        let t = threads.clone();
-        let pending =
-            tokio::spawn(async move { w.apply(take_noting_the_thread("otp/3", &t)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!pending.is_finished(), "it waits for the connection");
-        assert_eq!(db.get("otp/3").unwrap(), Some(b"v".to_vec()));
-        release_tx.send(()).unwrap();
-        holder.join().unwrap();
-        assert!(pending.await.unwrap().unwrap().outcomes[0].hit);
-        assert_eq!(last(), "gatepass-writer");
-        assert_eq!(db.get("otp/3").unwrap(), None);
     }
 
     #[test]

@@ -207,19 +207,12 @@ pub const MAX_UNITS: usize = 256;
 #[derive(Clone)]
 pub struct Writer {
     tx: mpsc::Sender<Job>,
-    /// SQLite: the way past an idle writer thread.
-    direct: Option<Arc<super::sqlite::Direct>>,
 }
 
 impl Writer {
-    /// A writer whose jobs `tx` delivers (SQLite's writer thread), and
-    /// which applies a unit itself through `direct` when nothing is queued
-    /// and the thread is idle.
-    pub fn sqlite(tx: mpsc::Sender<Job>, direct: Arc<super::sqlite::Direct>) -> Writer {
-        Writer {
-            tx,
-            direct: Some(direct),
-        }
+    /// A writer whose jobs `tx` delivers (SQLite's writer thread).
+    pub fn new(tx: mpsc::Sender<Job>) -> Writer {
+        Writer { tx }
     }
 
     /// Starts `tasks` writer tasks on a PostgreSQL pool.
@@ -235,7 +228,7 @@ impl Writer {
                 origin.clone(),
             ));
         }
-        Writer { tx, direct: None }
+        Writer { tx }
     }
 
     async fn send(
@@ -252,17 +245,6 @@ impl Writer {
     }
 
     pub async fn apply(&self, unit: Unit) -> Result<Applied> {
-        // Nothing queued (no permit taken): joining the queue would only
-        // wake the writer thread for this unit alone.
-        let unit = match &self.direct {
-            Some(direct) if self.tx.capacity() == self.tx.max_capacity() => {
-                match direct.try_apply(unit) {
-                    Ok(applied) => return applied,
-                    Err(unit) => unit,
-                }
-            }
-            _ => unit,
-        };
         self.send(|reply| Job::Unit { unit, reply }).await
     }
 
