@@ -80,6 +80,18 @@ pub enum Reach {
 /// Sends `otp` to hostd at `socket` and waits for its answer until
 /// `deadline` (plus a little).
 pub fn ask(socket: &Path, transport: &Transport, otp: &str, deadline: Instant) -> Reach {
+    ask_overlapped(socket, transport, otp, deadline, &mut || {})
+}
+
+/// [`ask`], running `meanwhile` once the question is sent (not at all when
+/// it was not).
+pub fn ask_overlapped(
+    socket: &Path,
+    transport: &Transport,
+    otp: &str,
+    deadline: Instant,
+    meanwhile: &mut dyn FnMut(),
+) -> Reach {
     let at = socket.display();
     let stream = match UnixStream::connect(socket) {
         Ok(s) => s,
@@ -116,6 +128,7 @@ pub fn ask(socket: &Path, transport: &Transport, otp: &str, deadline: Instant) -
     {
         return Reach::Lost(format!("{at}: sending: {e}"));
     }
+    meanwhile();
     let wait = budget + ANSWER_SLACK;
     let mut answer = Vec::new();
     let read = stream.set_read_timeout(Some(wait)).and_then(|()| {
@@ -381,11 +394,24 @@ impl<D: DirectWay> LoginVerifier<D> {
 
 impl<D: DirectWay> OtpServer for LoginVerifier<D> {
     fn verify(&self, otp: &str) -> Verified {
+        self.verify_overlapped(otp, &mut || {})
+    }
+
+    fn verify_overlapped(&self, otp: &str, meanwhile: &mut dyn FnMut()) -> Verified {
         let deadline = Instant::now() + self.timeout;
+        let mut ran = false;
+        let mut once = || {
+            if !std::mem::replace(&mut ran, true) {
+                meanwhile();
+            }
+        };
         let Some(socket) = &self.socket else {
+            once();
             return self.direct(otp, deadline, Vec::new(), None);
         };
-        match ask(socket, &self.transport, otp, deadline) {
+        let reach = ask_overlapped(socket, &self.transport, otp, deadline, &mut once);
+        once();
+        match reach {
             Reach::Answered(Verified::Answer { server, answer, .. }) => Verified::Answer {
                 server,
                 answer,
@@ -421,6 +447,20 @@ mod tests {
             trust: Trust::AnyCertificate,
             tls_server_name: None,
             token: None,
+        }
+    }
+
+    /// A verifier whose hostd socket (in `dir`) does not exist and whose
+    /// one server refuses connections.
+    fn without_hostd(dir: &Path) -> LoginVerifier<InProcess> {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        LoginVerifier {
+            transport: transport(&[&addr]),
+            timeout: Duration::from_secs(2),
+            socket: Some(dir.join("missing.sock")),
+            direct: InProcess,
         }
     }
 
@@ -485,17 +525,65 @@ mod tests {
     }
 
     #[test]
-    fn no_hostd_means_the_servers_are_asked_directly() {
+    fn the_callers_work_runs_while_hostd_asks() {
         let dir = tempfile::tempdir().unwrap();
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = format!("https://{}", closed.local_addr().unwrap());
-        drop(closed);
+        let sock = dir.path().join("hostd.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        // This hostd has the question and answers only once the caller's
+        // work ran: had that work waited for the answer, none would come.
+        let h = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            BufReader::new(&s).read_until(b'\n', &mut line).unwrap();
+            let ran = ran_rx.recv_timeout(Duration::from_secs(5)).is_ok();
+            let reply = Reply::Verified(Verified::Answer {
+                server: "https://a".into(),
+                answer: Answer::Refused("400 OTP not found".into()),
+                via: Via::Direct,
+            });
+            let mut out = serde_json::to_vec(&reply).unwrap();
+            out.push(b'\n');
+            (&s).write_all(&out).unwrap();
+            ran
+        });
         let v = LoginVerifier {
-            transport: transport(&[&addr]),
+            transport: transport(&["https://a"]),
             timeout: Duration::from_secs(2),
-            socket: Some(dir.path().join("missing.sock")),
+            socket: Some(sock),
             direct: InProcess,
         };
+        let mut runs = 0;
+        let got = v.verify_overlapped("otp-1", &mut || {
+            runs += 1;
+            let _ = ran_tx.send(());
+        });
+        assert!(h.join().unwrap(), "the work ran only after the answer");
+        assert_eq!(runs, 1);
+        assert!(
+            matches!(
+                got,
+                Verified::Answer {
+                    via: Via::Hostd,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+
+        // Without hostd the work runs once too, before the direct way.
+        let v = without_hostd(dir.path());
+        let mut runs = 0;
+        let got = v.verify_overlapped("otp-1", &mut || runs += 1);
+        assert_eq!(runs, 1);
+        assert!(matches!(got, Verified::Unreachable(_)), "{got:?}");
+    }
+
+    #[test]
+    fn no_hostd_means_the_servers_are_asked_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = without_hostd(dir.path());
+        let addr = v.transport.servers[0].clone();
         let Verified::Unreachable(f) = v.verify("otp") else {
             panic!()
         };

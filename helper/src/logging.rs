@@ -61,11 +61,27 @@ pub struct Logger {
     pub stderr: Option<Level>,
 }
 
+/// A connection to syslog opened before its line is known
+/// ([`Logger::open`]).
+pub struct Opened(Option<SyslogConn>);
+
+type SyslogConn = syslog::Logger<syslog::LoggerBackend, Formatter3164>;
+
 impl Logger {
     /// Writes one line to syslog (and stderr if asked); a line syslog
     /// could not take goes to stderr. Debug lines go to stderr only, so that
     /// syslog has the attempt's one line.
     pub fn log(&self, level: Level, message: &str) {
+        self.log_on(None, level, message);
+    }
+
+    /// Opens the syslog socket for a line written later: the PAM module
+    /// does it while the servers are asked, off the login's path.
+    pub fn open(&self) -> Opened {
+        Opened(self.connect())
+    }
+
+    fn log_on(&self, conn: Option<Opened>, level: Level, message: &str) {
         let text = format!("{}{}", self.prefix, message);
         if level == Level::Debug {
             if self.stderr.is_some_and(|max| max >= Level::Debug) {
@@ -73,7 +89,7 @@ impl Logger {
             }
             return;
         }
-        let sent = self.syslog(level, &text);
+        let sent = self.syslog(conn.and_then(|c| c.0), level, &text);
         let to_stderr = self.stderr.is_some_and(|max| level <= max) || !sent;
         if to_stderr {
             let mut err = std::io::stderr().lock();
@@ -84,15 +100,21 @@ impl Logger {
     /// The attempt's line, at info (granted), warning (denied) or error
     /// (the check could not be made).
     pub fn attempt(&self, outcome: &Outcome) {
+        self.attempt_on(None, outcome);
+    }
+
+    /// [`Logger::attempt`] through a connection opened before (or a new
+    /// one when there is none).
+    pub fn attempt_on(&self, conn: Option<Opened>, outcome: &Outcome) {
         let level = match outcome.decision {
             Decision::Granted => Level::Info,
             Decision::Denied => Level::Warn,
             Decision::Unavailable => Level::Error,
         };
-        self.log(level, &attempt_line(outcome));
+        self.log_on(conn, level, &attempt_line(outcome));
     }
 
-    fn syslog(&self, level: Level, text: &str) -> bool {
+    fn connect(&self) -> Option<SyslogConn> {
         let f = Formatter3164 {
             facility: Facility::LOG_AUTH,
             hostname: None,
@@ -103,7 +125,13 @@ impl Logger {
             Some(p) => syslog::unix_custom(f, p),
             None => syslog::unix(f),
         };
-        let Ok(mut l) = logger else { return false };
+        logger.ok()
+    }
+
+    fn syslog(&self, conn: Option<SyslogConn>, level: Level, text: &str) -> bool {
+        let Some(mut l) = conn.or_else(|| self.connect()) else {
+            return false;
+        };
         let r = match level {
             Level::Error => l.err(text),
             Level::Warn => l.warning(text),

@@ -18,7 +18,7 @@ use pam_gatepass::client::{Client, InterfaceAddrs, Transport};
 use pam_gatepass::config::{Config, DEFAULT_CONFIG};
 use pam_gatepass::hostd::{serve_direct, InProcess, LoginVerifier};
 use pam_gatepass::logging::{Level, Logger};
-use pam_gatepass::verify::{authenticate, Outcome, PamItems, Policy};
+use pam_gatepass::verify::{authenticate_overlapped, Outcome, PamItems, Policy};
 use zeroize::Zeroizing;
 
 /// The longest token read from stdin; more is not an OTP.
@@ -276,8 +276,16 @@ fn main() -> ExitCode {
         direct: InProcess,
     };
     let mut pam = Exec { token };
-    let outcome = authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs);
-    logger.attempt(&outcome);
+    // The log's socket is opened while the servers are asked.
+    let mut opened = None;
+    let outcome = authenticate_overlapped(
+        &mut pam,
+        &Policy::from(&cfg),
+        &server,
+        &InterfaceAddrs,
+        &mut || opened = Some(logger.open()),
+    );
+    logger.attempt_on(opened, &outcome);
     if outcome.granted() {
         ExitCode::SUCCESS
     } else {

@@ -45,7 +45,7 @@ use crate::client::{InterfaceAddrs, Transport};
 use crate::config::{parse_timeout, Config, DEFAULT_CONFIG};
 use crate::hostd::{ExecHelper, LoginVerifier};
 use crate::logging::{Level, Logger};
-use crate::verify::{authenticate, Decision, Outcome, PamItems, Policy};
+use crate::verify::{authenticate_overlapped, Decision, Outcome, PamItems, Policy};
 
 /// Where the module finds `gatepass-helper` (the packages install it here).
 pub const DEFAULT_HELPER: &str = "/usr/bin/gatepass-helper";
@@ -181,6 +181,7 @@ fn authenticate_hook(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode 
         Ok((cfg, transport, helper))
     });
     let mut pam = Handle(pamh, may_prompt);
+    let mut opened = None;
     let outcome = match setup {
         Ok((cfg, transport, helper)) => {
             if cfg.syslog_socket.is_some() {
@@ -192,14 +193,21 @@ fn authenticate_hook(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode 
                 socket: cfg.hostd_socket.clone(),
                 direct: ExecHelper { path: helper },
             };
-            authenticate(&mut pam, &Policy::from(&cfg), &server, &InterfaceAddrs)
+            // The log's socket is opened while the servers are asked.
+            authenticate_overlapped(
+                &mut pam,
+                &Policy::from(&cfg),
+                &server,
+                &InterfaceAddrs,
+                &mut || opened = Some(logger.open()),
+            )
         }
         Err(e) => {
             let (user, rhost) = (pam.user(), pam.rhost());
             Outcome::unavailable(format!("configuration: {e}"), user, rhost)
         }
     };
-    logger.attempt(&outcome);
+    logger.attempt_on(opened, &outcome);
     match outcome.decision {
         Decision::Granted => PamResultCode::PAM_SUCCESS,
         Decision::Denied => PamResultCode::PAM_AUTH_ERR,

@@ -41,6 +41,16 @@ pub trait PamItems {
 /// The server(s), asked within the configured bound.
 pub trait OtpServer {
     fn verify(&self, otp: &str) -> Verified;
+
+    /// [`OtpServer::verify`], running `meanwhile` once on the way: where
+    /// the question can be sent before the answer is read (hostd's
+    /// socket), between the two, so that the caller's own work overlaps
+    /// the servers' (the answer is most of a login's time); otherwise
+    /// before asking.
+    fn verify_overlapped(&self, otp: &str, meanwhile: &mut dyn FnMut()) -> Verified {
+        meanwhile();
+        self.verify(otp)
+    }
 }
 
 /// This host's own interface addresses.
@@ -125,8 +135,20 @@ pub fn authenticate(
     server: &dyn OtpServer,
     local: &dyn LocalAddrs,
 ) -> Outcome {
+    authenticate_overlapped(pam, policy, server, local, &mut || {})
+}
+
+/// [`authenticate`], running `meanwhile` (the log's socket opened, say)
+/// while the servers are asked; this host's addresses are read then too.
+pub fn authenticate_overlapped(
+    pam: &mut dyn PamItems,
+    policy: &Policy,
+    server: &dyn OtpServer,
+    local: &dyn LocalAddrs,
+    meanwhile: &mut dyn FnMut(),
+) -> Outcome {
     let mut token = None;
-    let mut out = check(pam, policy, server, local, &mut token);
+    let mut out = check(pam, policy, server, local, meanwhile, &mut token);
     if let Some(t) = token.filter(|t: &Zeroizing<String>| t.trim().len() >= 4) {
         let t = t.trim();
         let blank = |s: &mut String| {
@@ -152,6 +174,7 @@ fn check(
     policy: &Policy,
     server: &dyn OtpServer,
     local: &dyn LocalAddrs,
+    meanwhile: &mut dyn FnMut(),
     seen: &mut Option<Zeroizing<String>>,
 ) -> Outcome {
     let user = pam.user().filter(|u| !u.is_empty());
@@ -190,7 +213,11 @@ fn check(
     }
 
     let started = Instant::now();
-    let verified = server.verify(&otp);
+    let mut addrs = None;
+    let verified = server.verify_overlapped(&otp, &mut || {
+        addrs = Some(local.local_addrs());
+        meanwhile();
+    });
     out.elapsed = started.elapsed();
     if let Verified::Answer { via, .. } = &verified {
         out.via = Some(*via);
@@ -236,9 +263,26 @@ fn check(
     };
     out.server = Some(srv);
     out.otp = Some(info.clone());
-    match check_answer(&info, &user, policy, local) {
+    let local = ReadEarlier { addrs, local };
+    match check_answer(&info, &user, policy, &local) {
         Ok(()) => deny(out, Decision::Granted, "OTP accepted".into()),
         Err(why) => deny(out, Decision::Denied, why),
+    }
+}
+
+/// This host's addresses as read while the servers were asked (or now,
+/// when they were not).
+struct ReadEarlier<'a> {
+    addrs: Option<Result<Vec<IpAddr>, String>>,
+    local: &'a dyn LocalAddrs,
+}
+
+impl LocalAddrs for ReadEarlier<'_> {
+    fn local_addrs(&self) -> Result<Vec<IpAddr>, String> {
+        match &self.addrs {
+            Some(a) => a.clone(),
+            None => self.local.local_addrs(),
+        }
     }
 }
 

@@ -101,6 +101,8 @@ pub struct Storage {
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     cache: std::sync::Arc<ReadCache>,
     audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
+    /// Ends the audit copier's window at once (see [`audit_writer`]).
+    audit_flush: std::sync::Arc<tokio::sync::Notify>,
     /// Every change to `entries` after start-up goes through here.
     writer: Writer,
     /// The storage URL, credentials and all: only ever used to connect.
@@ -454,9 +456,15 @@ impl Storage {
         };
         let health = std::sync::Arc::new(Health::default());
         *health.probing.lock().await = probe_conn;
+        let audit_flush = std::sync::Arc::new(tokio::sync::Notify::new());
         let audit_tx = {
             let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(writer.clone(), health.clone(), rx));
+            tokio::spawn(audit_writer(
+                writer.clone(),
+                health.clone(),
+                rx,
+                audit_flush.clone(),
+            ));
             tx
         };
         let storage = Storage {
@@ -467,6 +475,7 @@ impl Storage {
             changes,
             cache,
             audit_tx,
+            audit_flush,
             url: url.to_string(),
             target,
             health,
@@ -1146,6 +1155,7 @@ impl Storage {
             .send(AuditMsg::Flush(tx))
             .await
             .map_err(|_| Error::internal("audit writer stopped"))?;
+        self.audit_flush.notify_one();
         rx.await
             .map_err(|_| Error::internal("audit writer stopped"))?
     }
@@ -1216,34 +1226,41 @@ const AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Copies audit lines to the database in batches, one batch at a time so
 /// that their order is kept.
+///
+/// Within a window the copier sleeps rather than waits on the channel: a
+/// task waiting there is woken by every line sent, two per request, and
+/// each wake schedules it (and may wake a parked runtime thread to look
+/// for work) on the request's path. Now only the window's first line
+/// wakes it; a flush ends the window through `flush`.
 async fn audit_writer(
     writer: Writer,
     health: std::sync::Arc<Health>,
     mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
+    flush: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut lines: Vec<AuditLine> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
+    let take = |msg, lines: &mut Vec<AuditLine>, waiting: &mut Vec<_>| match msg {
+        AuditMsg::Line(l) => lines.push(l),
+        AuditMsg::Flush(tx) => waiting.push(tx),
+    };
     while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let until = tokio::time::Instant::now() + AUDIT_WINDOW;
-        // Take what comes within the window, up to a batch; a reader's
-        // flush ends the window at once.
-        while let Some(msg) = next.take() {
-            match msg {
-                AuditMsg::Line(l) => lines.push(l),
-                AuditMsg::Flush(tx) => waiting.push(tx),
+        take(first, &mut lines, &mut waiting);
+        let mut window = Some(tokio::time::Instant::now() + AUDIT_WINDOW);
+        // Take what is queued, up to a batch; when the batch is not full
+        // and nobody waits for it, once more at the window's end.
+        loop {
+            while lines.len() < AUDIT_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => take(m, &mut lines, &mut waiting),
+                    Err(_) => break,
+                }
             }
-            if lines.len() >= AUDIT_BATCH {
+            let Some(until) = window.take() else { break };
+            if lines.len() >= AUDIT_BATCH || !waiting.is_empty() {
                 break;
             }
-            next = match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(_) if waiting.is_empty() => tokio::time::timeout_at(until, rx.recv())
-                    .await
-                    .ok()
-                    .flatten(),
-                Err(_) => None,
-            };
+            let _ = tokio::time::timeout_at(until, flush.notified()).await;
         }
         let mut ok = true;
         if !lines.is_empty() {
