@@ -78,14 +78,9 @@ pub enum Reach {
 }
 
 /// Sends `otp` to hostd at `socket` and waits for its answer until
-/// `deadline` (plus a little).
-pub fn ask(socket: &Path, transport: &Transport, otp: &str, deadline: Instant) -> Reach {
-    ask_overlapped(socket, transport, otp, deadline, &mut || {})
-}
-
-/// [`ask`], running `meanwhile` once the question is sent (not at all when
-/// it was not).
-pub fn ask_overlapped(
+/// `deadline` (plus a little), running `meanwhile` once the question is
+/// sent (not at all when it was not).
+pub fn ask(
     socket: &Path,
     transport: &Transport,
     otp: &str,
@@ -409,7 +404,7 @@ impl<D: DirectWay> OtpServer for LoginVerifier<D> {
             once();
             return self.direct(otp, deadline, Vec::new(), None);
         };
-        let reach = ask_overlapped(socket, &self.transport, otp, deadline, &mut once);
+        let reach = ask(socket, &self.transport, otp, deadline, &mut once);
         once();
         match reach {
             Reach::Answered(Verified::Answer { server, answer, .. }) => Verified::Answer {
