@@ -243,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging();
     tls::install_crypto_provider();
     serve::raise_open_file_limit();
+    serve::no_transparent_huge_pages();
     match cli.command {
         Command::Dev {
             listen,

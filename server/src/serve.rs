@@ -62,6 +62,18 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// Turns transparent huge pages off for this process. mimalloc asks the
+/// kernel for them on its regions; after it hands freed memory back, the
+/// next touch of it makes the kernel zero a whole 2 MiB page again. When a
+/// revocation woke 40,000 long-polls, that zeroing was 12% of the
+/// machine's samples and 23% of the servers'; with 4 KiB pages the
+/// servers spent 58-61 µs of CPU per host reached, against 75-80.
+pub fn no_transparent_huge_pages() {
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(error = %e, "cannot turn transparent huge pages off");
+    }
+}
+
 fn open_file_limit() -> u64 {
     use nix::sys::resource::{getrlimit, Resource};
     getrlimit(Resource::RLIMIT_NOFILE)

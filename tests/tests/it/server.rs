@@ -390,3 +390,16 @@ fn the_dev_servers_data_is_its_users_only() {
         .collect();
     assert_eq!(modes, want);
 }
+
+/// The server runs without transparent huge pages (see
+/// `serve::no_transparent_huge_pages`): the kernel says so for the process.
+#[test]
+fn the_server_runs_without_transparent_huge_pages() {
+    let s = DevServer::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let thp: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("THP_enabled:"))
+        .collect();
+    assert_eq!(thp, ["THP_enabled:\t0"], "{status}");
+}
