@@ -366,8 +366,11 @@ pub fn sign(
     let valid_after = (now - role.not_before_duration).max(0) as u64;
     let valid_before = (now + ttl) as u64;
     let ssh = |e: ssh_key::Error| Error::invalid(format!("cannot build certificate: {e}"));
+    // The nonce keeps the signed bytes unpredictable; the thread's
+    // generator (a CSPRNG seeded from the OS) saves a `getrandom` call per
+    // certificate.
     let mut b = Builder::new_with_random_nonce(
-        &mut rand::rngs::OsRng,
+        &mut rand::thread_rng(),
         input.public_key.key_data().clone(),
         valid_after,
         valid_before,
