@@ -507,7 +507,8 @@ fn event_at(now_text: Value, kind: &str, fields: Value) -> Map<String, Value> {
 ///
 /// The file's length is read only when a write fails (the file is opened
 /// for appending and locked, so it ended `written` bytes earlier): an
-/// `fstat` before every line was one system call in six of a request's.
+/// `fstat` before every line was two of the 27 or so system calls a
+/// certificate's signing request made.
 fn write_all_or_cut(inner: &mut Inner, buf: &[u8], sync: bool) -> std::io::Result<()> {
     let Some(of) = inner.file.as_mut() else {
         return Err(std::io::Error::other("no audit file is open"));

@@ -192,8 +192,7 @@ where
 }
 
 /// A request's ID, a version 4 UUID: not a secret, so from the thread's
-/// random generator rather than a `getrandom` call per request (one system
-/// call in six of a request's).
+/// random generator rather than a `getrandom` call per request.
 fn request_id() -> String {
     uuid::Builder::from_random_bytes(rand::random())
         .into_uuid()
