@@ -13,6 +13,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use crate::error::{Error, Result};
 use crate::seal::{Barrier, SealKey};
 
+mod audit_batch;
 mod health;
 mod postgres;
 pub mod snapshot;

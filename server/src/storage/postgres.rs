@@ -6,10 +6,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::postgres::PgPoolCopyExt;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use super::audit_batch;
 use super::writer::{Applied, AuditLine, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, PRUNE_AUDIT};
 use crate::error::{Error, Result};
 
@@ -61,7 +61,9 @@ pub async fn count(pool: &PgPool, from: &str, to: &str) -> Result<u64> {
     Ok(row.try_get::<i64, _>(0)?.max(0) as u64)
 }
 
-/// Rows after id `after` whose `at` is within `since..=until`.
+/// Lines after id `after` whose `at` is within `since..=until`, at most
+/// `limit`, oldest first: those stored a row each before the copy went to
+/// batches (`audit_events`, all with lower ids), then the batches'.
 pub async fn audit_rows(
     pool: &PgPool,
     after: i64,
@@ -79,9 +81,35 @@ pub async fn audit_rows(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    rows.iter()
+    let mut out = rows
+        .iter()
         .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<String, _>(1)?)))
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let want = usize::try_from(limit).unwrap_or(0);
+    let mut from = after;
+    while out.len() < want {
+        // A few batches at a time: a page of lines is usually in one.
+        let batches = sqlx::query(
+            "SELECT last_id, body FROM audit_batches \
+             WHERE last_id > $1 AND last_at >= $2 AND first_at <= $3 \
+             ORDER BY last_id LIMIT 4",
+        )
+        .bind(from)
+        .bind(since)
+        .bind(until)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = batches.last() else { break };
+        from = last.try_get::<i64, _>(0)?;
+        for b in &batches {
+            for l in audit_batch::decode(&b.try_get::<Vec<u8>, _>(1)?)? {
+                if l.id > after && l.at >= since && l.at <= until && out.len() < want {
+                    out.push((l.id, l.line));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The database's size in bytes.
@@ -348,62 +376,127 @@ pub(super) async fn listen(
     }
 }
 
-/// Copies audit lines to the database with one `COPY … FROM STDIN` in
-/// PostgreSQL's binary format: one statement (and so one transaction) per
-/// batch, rows kept in their order, and no statement for the database to
-/// parse and plan per batch as a many-row `INSERT` needs.
+/// Stores audit lines as one batch (`audit_batch`): one row, one
+/// transaction. The ids are taken under a lock that every server's copier
+/// takes for its insert, so they are consecutive within the batch and
+/// follow the order in which batches commit: a reader paging by id never
+/// finds a line appear behind its cursor.
 async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
-    if lines.is_empty() {
+    let (Some(first), Some(n)) = (lines.first(), i64::try_from(lines.len()).ok()) else {
         return Ok(());
-    }
-    let data = copy_rows(lines)?;
-    let mut copy = pool.copy_in_raw(COPY_AUDIT).await?;
-    if let Err(e) = copy.send(data).await {
-        // The connection is told, so that it goes back to the pool usable.
-        let _ = copy.abort("audit batch not sent").await;
-        return Err(e.into());
-    }
-    copy.finish().await?;
+    };
+    let first_at = lines.iter().map(|l| l.at).min().unwrap_or(first.at);
+    let last_at = lines.iter().map(|l| l.at).max().unwrap_or(first.at);
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(AUDIT_IDS_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    // Under the lock nobody else moves the sequence: `setval` takes the
+    // batch's ids in one step.
+    let last_id: i64 = sqlx::query_scalar(
+        "SELECT setval('audit_events_id_seq', nextval('audit_events_id_seq') + $1 - 1)",
+    )
+    .bind(n)
+    .fetch_one(&mut *tx)
+    .await?;
+    let first_id = last_id - n + 1;
+    let body = audit_batch::encode(first_id, lines)?;
+    sqlx::query(
+        "INSERT INTO audit_batches (last_id, first_id, lines, first_at, last_at, body) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(last_id)
+    .bind(first_id)
+    .bind(n as i32)
+    .bind(first_at)
+    .bind(last_at)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
-const COPY_AUDIT: &str = "COPY audit_events (line, at) FROM STDIN (FORMAT binary)";
+/// The advisory lock the copiers of all servers take to number their
+/// batches ("gpaudit" in ASCII).
+const AUDIT_IDS_LOCK: i64 = 0x0067_7061_7564_6974;
 
-/// The rows of `lines` in COPY's binary format: a signature and two empty
-/// header words, per row its field count and each field as its length and
-/// bytes (`line` as UTF-8 text, `at` as an 8-byte big-endian integer), and
-/// -1 at the end.
-fn copy_rows(lines: &[AuditLine]) -> Result<Vec<u8>> {
-    let size = lines.iter().map(|l| l.line.len() + 18).sum::<usize>();
-    let mut out = Vec::with_capacity(COPY_SIGNATURE.len() + 8 + size + 2);
-    out.extend_from_slice(COPY_SIGNATURE);
-    out.extend_from_slice(&0i32.to_be_bytes());
-    out.extend_from_slice(&0i32.to_be_bytes());
-    for l in lines {
-        let len = i32::try_from(l.line.len())
-            .map_err(|_| Error::internal("audit line too long for the database's copy"))?;
-        out.extend_from_slice(&2i16.to_be_bytes());
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(l.line.as_bytes());
-        out.extend_from_slice(&8i32.to_be_bytes());
-        out.extend_from_slice(&l.at.to_be_bytes());
+/// One step of the copy's retention: of the oldest `limit` lines by id,
+/// those older than `before` (as [`PRUNE_AUDIT`] does with the lines
+/// stored a row each, which come first). A batch whose lines are all older
+/// goes at once; one holding newer lines too is written again without the
+/// older ones, their ids kept. Returns the lines deleted.
+async fn prune_audit(pool: &PgPool, before: i64, limit: i64) -> Result<u64> {
+    let mut gone = sqlx::query(PRUNE_AUDIT)
+        .bind(limit)
+        .bind(before)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    let mut seen: i64 = 0;
+    let mut from = i64::MIN;
+    while seen < limit {
+        let Some(b) = sqlx::query(
+            "SELECT last_id, lines, first_at, last_at, body FROM audit_batches \
+             WHERE last_id > $1 ORDER BY last_id LIMIT 1",
+        )
+        .bind(from)
+        .fetch_optional(pool)
+        .await?
+        else {
+            break;
+        };
+        let last_id: i64 = b.try_get(0)?;
+        let lines: i32 = b.try_get(1)?;
+        let (first_at, last_at): (i64, i64) = (b.try_get(2)?, b.try_get(3)?);
+        from = last_id;
+        seen += i64::from(lines);
+        if last_at < before {
+            // Only if it is still the batch read (another server's
+            // retention may have rewritten it meanwhile).
+            let done = sqlx::query("DELETE FROM audit_batches WHERE last_id = $1 AND lines = $2")
+                .bind(last_id)
+                .bind(lines)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            if done == 1 {
+                gone += lines as u64;
+            }
+        } else if first_at < before {
+            let all = audit_batch::decode(&b.try_get::<Vec<u8>, _>(4)?)?;
+            let kept: Vec<_> = all.iter().filter(|l| l.at >= before).cloned().collect();
+            let (Some(first), Ok(n)) = (kept.first(), i32::try_from(kept.len())) else {
+                continue;
+            };
+            let new_first_at = kept.iter().map(|l| l.at).min().unwrap_or(first.at);
+            let done = sqlx::query(
+                "UPDATE audit_batches SET first_id = $3, lines = $4, first_at = $5, body = $6 \
+                 WHERE last_id = $1 AND lines = $2",
+            )
+            .bind(last_id)
+            .bind(lines)
+            .bind(first.id)
+            .bind(n)
+            .bind(new_first_at)
+            .bind(audit_batch::encode_lines(&kept)?)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if done == 1 {
+                gone += (all.len() - kept.len()) as u64;
+            }
+        }
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    Ok(out)
+    Ok(gone)
 }
-
-const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
 /// PostgreSQL's upkeep: its own autovacuum makes deleted rows' space
 /// reusable, so there is nothing to give back here.
 async fn upkeep(pool: &PgPool, task: Upkeep) -> Result<u64> {
     match task {
-        Upkeep::PruneAudit { before, limit } => Ok(sqlx::query(PRUNE_AUDIT)
-            .bind(limit)
-            .bind(before)
-            .execute(pool)
-            .await?
-            .rows_affected()),
+        Upkeep::PruneAudit { before, limit } => prune_audit(pool, before, limit).await,
         Upkeep::Vacuum { .. } => Ok(0),
     }
 }
@@ -781,32 +874,6 @@ async fn one_by_one(pool: &PgPool, unit: &Unit, origin: &str) -> Result<Applied>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// PostgreSQL's binary COPY format, as its documentation lays it out:
-    /// the signature, flags and header extension, then per row the field
-    /// count and each field's length and bytes, and -1 at the end.
-    #[test]
-    fn audit_lines_are_copied_in_postgresqls_binary_format() {
-        let lines = [
-            AuditLine {
-                line: "{\"a\":\"é\"}".into(),
-                at: 1_700_000_000,
-            },
-            AuditLine {
-                line: String::new(),
-                at: -1,
-            },
-        ];
-        let mut want = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
-        want.extend_from_slice(&[0, 2, 0, 0, 0, 10]);
-        want.extend_from_slice("{\"a\":\"é\"}".as_bytes());
-        want.extend_from_slice(&[0, 0, 0, 8]);
-        want.extend_from_slice(&[0, 0, 0, 0, 0x65, 0x53, 0xf1, 0x00]);
-        want.extend_from_slice(&[0, 2, 0, 0, 0, 0, 0, 0, 0, 8]);
-        want.extend_from_slice(&[0xff; 8]);
-        want.extend_from_slice(&[0xff, 0xff]);
-        assert_eq!(copy_rows(&lines).unwrap(), want);
-    }
 
     #[test]
     fn placeholders_are_numbered_in_order() {

@@ -130,29 +130,11 @@ async fn expired_certificates_leave_the_inventory_after_the_margin_and_the_krl_s
 
 /// The audit copy's lines, oldest first, as `sys/audit-log` serves them.
 async fn audit_copy(s: &Server) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (_, v) = s
-            .root(
-                "GET",
-                &format!("sys/audit-log?after={after}&limit=1000"),
-                None,
-            )
-            .await;
-        let events = v["data"]["events"].as_array().cloned().unwrap_or_default();
-        // Each read adds lines of its own: a short page is the end.
-        let last_page = events.len() < 1000;
-        if let Some(e) = events.last() {
-            after = e["id"].as_i64().unwrap();
-        }
-        for e in events {
-            out.push(serde_json::from_str(e["line"].as_str().unwrap()).unwrap());
-        }
-        if last_page {
-            return out;
-        }
-    }
+    audit_copy_paged(s, 1000)
+        .await
+        .into_iter()
+        .map(|(_, line)| serde_json::from_str(&line).unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -187,6 +169,124 @@ async fn the_audit_copy_keeps_only_its_retention_time() {
             assert!(t >= cutoff.as_str(), "{backend:?}: kept a line of {t}");
         }
     }
+}
+
+/// The copy's lines as `sys/audit-log` pages through them, `limit` at a
+/// time: `(id, line)`, oldest first.
+async fn audit_copy_paged(s: &Server, limit: usize) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (st, v) = s
+            .root(
+                "GET",
+                &format!("sys/audit-log?after={after}&limit={limit}"),
+                None,
+            )
+            .await;
+        assert!(st.is_success(), "{st} {v}");
+        let events = v["data"]["events"].as_array().cloned().unwrap_or_default();
+        // Each read adds lines of its own: a short page is the end.
+        for e in &events {
+            after = e["id"].as_i64().unwrap();
+            out.push((after, e["line"].as_str().unwrap().to_string()));
+        }
+        if events.len() < limit {
+            return out;
+        }
+    }
+}
+
+/// On PostgreSQL the copy is a row per batch of lines, compressed (a
+/// fleet's polls made a row per line most of the database's work); the
+/// readers still page through it line by line, after the lines an earlier
+/// version stored a row each, and retention takes the old lines out of a
+/// batch without renumbering the others.
+#[tokio::test]
+async fn the_audit_copy_on_postgresql_is_a_row_per_batch_read_line_by_line() {
+    use gatepass_tests::pg::exec;
+    let s = Server::start(Backend::Postgres).await;
+    let url = s.storage_url().to_string();
+    // What an earlier version left: a row per line, from the same ids.
+    for i in 0..3 {
+        exec(
+            &url,
+            &format!("INSERT INTO audit_events (line, at) VALUES ('{{\"earlier\":{i}}}', {T0})"),
+        );
+    }
+    for _ in 0..200 {
+        ok(&s, "GET", "sys/mounts", json!({})).await;
+    }
+    s.core.storage.flush_audit().await.unwrap();
+    let stored: Vec<i64> = exec(
+        &url,
+        "SELECT count(*) || ' ' || sum(lines) || ' ' || sum(length(body)) FROM audit_batches",
+    )
+    .split(' ')
+    .map(|n| n.parse().unwrap())
+    .collect();
+    let (rows, lines, bytes) = (stored[0], stored[1], stored[2]);
+    assert!(lines >= 400, "{stored:?}");
+    assert!(rows * 10 <= lines, "{rows} rows for {lines} lines");
+    assert_eq!(exec(&url, "SELECT count(*) FROM audit_events"), "3");
+
+    let copy = audit_copy_paged(&s, 7).await;
+    assert!(copy.windows(2).all(|w| w[0].0 < w[1].0), "ids go up");
+    let earlier: Vec<&str> = copy[..3].iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(
+        earlier,
+        [r#"{"earlier":0}"#, r#"{"earlier":1}"#, r#"{"earlier":2}"#]
+    );
+    // The rest is the audit file's lines, in its order.
+    let file = s.audit_text();
+    let file: Vec<&str> = file.lines().collect();
+    let copied: Vec<&str> = copy[3..].iter().map(|(_, l)| l.as_str()).collect();
+    assert!(copied.len() >= 400 && copied.len() <= file.len());
+    assert_eq!(copied, file[..copied.len()]);
+    let text: usize = copied.iter().map(|l| l.len()).sum();
+    assert!(bytes * 4 < text as i64, "{bytes} bytes stored for {text}");
+
+    // Two days on: retention keeps one day. The earlier rows and the
+    // first day's lines go; the lines left keep their ids.
+    s.clock.advance(2 * DAY);
+    for _ in 0..5 {
+        ok(&s, "GET", "sys/mounts", json!({})).await;
+    }
+    // A batch holding lines of either side of the cutoff.
+    let now = s.clock.now();
+    for (i, at) in [T0, T0, now, now].into_iter().enumerate() {
+        let time = gatepass_server::clock::rfc3339(at);
+        let line = format!(r#"{{"time":"{time}","mixed":{i}}}"#);
+        s.core.storage.append_audit(line, at).await.unwrap();
+    }
+    s.core.storage.flush_audit().await.unwrap();
+    let mixed = format!(
+        "SELECT count(*) FROM audit_batches WHERE first_at < {0} AND last_at >= {0}",
+        now - DAY
+    );
+    assert_eq!(exec(&url, &mixed), "1");
+    let before = audit_copy_paged(&s, 1000).await;
+    let r = retention::run(&s.core, &policy(1, 24), s.clock.now())
+        .await
+        .unwrap();
+    assert!(r.audit_lines >= copy.len() as u64, "{r:?}");
+    let after = audit_copy_paged(&s, 1000).await;
+    let cutoff = gatepass_server::clock::rfc3339(s.clock.now() - DAY);
+    let recent: Vec<&(i64, String)> = before
+        .iter()
+        .filter(|(_, l)| {
+            serde_json::from_str::<Value>(l).unwrap()["time"]
+                .as_str()
+                .unwrap_or("")
+                >= cutoff.as_str()
+        })
+        .collect();
+    assert!(recent.len() >= 10, "{}", recent.len());
+    assert_eq!(after[..recent.len()].iter().collect::<Vec<_>>(), recent);
+    assert!(after.iter().any(|(_, l)| l.contains(r#""mixed":3"#)));
+    assert!(!after.iter().any(|(_, l)| l.contains(r#""mixed":0"#)));
+    assert_eq!(exec(&url, &mixed), "0");
+    assert_eq!(exec(&url, "SELECT count(*) FROM audit_events"), "0");
 }
 
 fn pragma(path: &std::path::Path, name: &str) -> i64 {
