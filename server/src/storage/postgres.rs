@@ -10,7 +10,7 @@ use sqlx::{PgPool, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::audit_batch;
-use super::writer::{Applied, AuditLine, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, PRUNE_AUDIT};
+use super::writer::{Applied, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, PRUNE_AUDIT};
 use crate::error::{Error, Result};
 
 /// Rows per statement: well under PostgreSQL's limit on bound parameters.
@@ -90,7 +90,7 @@ pub async fn audit_rows(
     while out.len() < want {
         // A few batches at a time: a page of lines is usually in one.
         let batches = sqlx::query(
-            "SELECT last_id, body FROM audit_batches \
+            "SELECT last_id, base_id, body FROM audit_batches \
              WHERE last_id > $1 AND last_at >= $2 AND first_at <= $3 \
              ORDER BY last_id LIMIT 4",
         )
@@ -102,11 +102,8 @@ pub async fn audit_rows(
         let Some(last) = batches.last() else { break };
         from = last.try_get::<i64, _>(0)?;
         for b in &batches {
-            for l in audit_batch::decode(&b.try_get::<Vec<u8>, _>(1)?)? {
-                if l.id > after && l.at >= since && l.at <= until && out.len() < want {
-                    out.push((l.id, l.line));
-                }
-            }
+            let (base, body) = (b.try_get::<i64, _>(1)?, b.try_get::<Vec<u8>, _>(2)?);
+            audit_batch::read_into(base, &body, after, (since, until), want, &mut out)?;
         }
     }
     Ok(out)
@@ -150,8 +147,8 @@ async fn apply_jobs(pool: &PgPool, jobs: Vec<Job>, origin: &str) {
     let mut alone = Vec::new();
     for job in jobs {
         match job {
-            Job::Audit { lines, reply } => {
-                let _ = reply.send(insert_audit(pool, &lines).await.map(|()| Applied::empty()));
+            Job::Audit { batch, reply } => {
+                let _ = reply.send(insert_audit(pool, &batch).await.map(|()| Applied::empty()));
             }
             Job::Upkeep { task, reply } => {
                 let _ = reply.send(upkeep(pool, task).await.map(Applied::counted));
@@ -376,17 +373,12 @@ pub(super) async fn listen(
     }
 }
 
-/// Stores audit lines as one batch (`audit_batch`): one row, one
+/// Stores a batch of audit lines (`audit_batch`): one row, one
 /// transaction. The ids are taken under a lock that every server's copier
 /// takes for its insert, so they are consecutive within the batch and
 /// follow the order in which batches commit: a reader paging by id never
 /// finds a line appear behind its cursor.
-async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
-    let (Some(first), Some(n)) = (lines.first(), i64::try_from(lines.len()).ok()) else {
-        return Ok(());
-    };
-    let first_at = lines.iter().map(|l| l.at).min().unwrap_or(first.at);
-    let last_at = lines.iter().map(|l| l.at).max().unwrap_or(first.at);
+async fn insert_audit(pool: &PgPool, batch: &audit_batch::Batch) -> Result<()> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(AUDIT_IDS_LOCK)
@@ -397,21 +389,19 @@ async fn insert_audit(pool: &PgPool, lines: &[AuditLine]) -> Result<()> {
     let last_id: i64 = sqlx::query_scalar(
         "SELECT setval('audit_events_id_seq', nextval('audit_events_id_seq') + $1 - 1)",
     )
-    .bind(n)
+    .bind(batch.lines)
     .fetch_one(&mut *tx)
     .await?;
-    let first_id = last_id - n + 1;
-    let body = audit_batch::encode(first_id, lines)?;
     sqlx::query(
-        "INSERT INTO audit_batches (last_id, first_id, lines, first_at, last_at, body) \
+        "INSERT INTO audit_batches (last_id, base_id, lines, first_at, last_at, body) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(last_id)
-    .bind(first_id)
-    .bind(n as i32)
-    .bind(first_at)
-    .bind(last_at)
-    .bind(body)
+    .bind(last_id - batch.lines + 1)
+    .bind(batch.lines as i32)
+    .bind(batch.first_at)
+    .bind(batch.last_at)
+    .bind(&batch.body)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -438,7 +428,7 @@ async fn prune_audit(pool: &PgPool, before: i64, limit: i64) -> Result<u64> {
     let mut from = i64::MIN;
     while seen < limit {
         let Some(b) = sqlx::query(
-            "SELECT last_id, lines, first_at, last_at, body FROM audit_batches \
+            "SELECT last_id, lines, first_at, last_at, base_id FROM audit_batches \
              WHERE last_id > $1 ORDER BY last_id LIMIT 1",
         )
         .bind(from)
@@ -450,11 +440,12 @@ async fn prune_audit(pool: &PgPool, before: i64, limit: i64) -> Result<u64> {
         let last_id: i64 = b.try_get(0)?;
         let lines: i32 = b.try_get(1)?;
         let (first_at, last_at): (i64, i64) = (b.try_get(2)?, b.try_get(3)?);
+        let base_id: i64 = b.try_get(4)?;
         from = last_id;
         seen += i64::from(lines);
+        // Each change only if the batch is still as read (another server's
+        // retention may have rewritten it meanwhile).
         if last_at < before {
-            // Only if it is still the batch read (another server's
-            // retention may have rewritten it meanwhile).
             let done = sqlx::query("DELETE FROM audit_batches WHERE last_id = $1 AND lines = $2")
                 .bind(last_id)
                 .bind(lines)
@@ -465,27 +456,28 @@ async fn prune_audit(pool: &PgPool, before: i64, limit: i64) -> Result<u64> {
                 gone += lines as u64;
             }
         } else if first_at < before {
-            let all = audit_batch::decode(&b.try_get::<Vec<u8>, _>(4)?)?;
-            let kept: Vec<_> = all.iter().filter(|l| l.at >= before).cloned().collect();
-            let (Some(first), Ok(n)) = (kept.first(), i32::try_from(kept.len())) else {
+            let body: Vec<u8> =
+                sqlx::query_scalar("SELECT body FROM audit_batches WHERE last_id = $1")
+                    .bind(last_id)
+                    .fetch_one(pool)
+                    .await?;
+            let Some(r) = audit_batch::without_older(base_id, &body, before)? else {
                 continue;
             };
-            let new_first_at = kept.iter().map(|l| l.at).min().unwrap_or(first.at);
             let done = sqlx::query(
-                "UPDATE audit_batches SET first_id = $3, lines = $4, first_at = $5, body = $6 \
+                "UPDATE audit_batches SET lines = $3, first_at = $4, body = $5 \
                  WHERE last_id = $1 AND lines = $2",
             )
             .bind(last_id)
             .bind(lines)
-            .bind(first.id)
-            .bind(n)
-            .bind(new_first_at)
-            .bind(audit_batch::encode_lines(&kept)?)
+            .bind(r.lines as i32)
+            .bind(r.first_at)
+            .bind(r.body)
             .execute(pool)
             .await?
             .rows_affected();
             if done == 1 {
-                gone += (all.len() - kept.len()) as u64;
+                gone += r.gone;
             }
         }
     }

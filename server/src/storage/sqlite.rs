@@ -15,6 +15,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::mpsc;
 
+use super::audit_batch;
 use super::writer::{Applied, Job, Op, Outcome, Unit, Upkeep, MAX_UNITS, QUEUE};
 use crate::error::{Error, Result};
 
@@ -75,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "audit time",
         include_str!("../../migrations/sqlite/0002_audit_time.sql"),
+    ),
+    (
+        3,
+        "audit batches",
+        include_str!("../../migrations/sqlite/0003_audit_batches.sql"),
     ),
 ];
 
@@ -289,7 +295,34 @@ impl Sqlite {
             )?;
             let rows =
                 st.query_map([after, since, until, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
+            let mut out = rows.collect::<rusqlite::Result<Vec<(i64, String)>>>()?;
+            // Then the batches' lines, whose ids are all higher; a few
+            // batches at a time (a page of lines is usually in one).
+            let want = usize::try_from(limit).unwrap_or(0);
+            let mut batches = c.prepare_cached(
+                "SELECT last_id, base_id, body FROM audit_batches \
+                 WHERE last_id > ?1 AND last_at >= ?2 AND first_at <= ?3 \
+                 ORDER BY last_id LIMIT 4",
+            )?;
+            let mut from = after;
+            while out.len() < want {
+                let rows = batches
+                    .query_map([from, since, until], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let Some((last, ..)) = rows.last() else { break };
+                from = *last;
+                for (_, base, body) in &rows {
+                    audit_batch::read_into(*base, body, after, (since, until), want, &mut out)
+                        .map_err(not_sqlite)?;
+                }
+            }
+            Ok(out)
         })
     }
 }
@@ -618,12 +651,8 @@ fn batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Applied>> 
     for job in jobs {
         out.push(match job {
             Job::Unit { unit, .. } => apply_unit(&tx, unit)?,
-            Job::Audit { lines, .. } => {
-                let mut st =
-                    tx.prepare_cached("INSERT INTO audit_events (line, at) VALUES (?1, ?2)")?;
-                for l in lines {
-                    st.execute(rusqlite::params![l.line, l.at])?;
-                }
+            Job::Audit { batch, .. } => {
+                insert_audit(&tx, batch)?;
                 Applied::empty()
             }
             Job::Upkeep { task, .. } => Applied::counted(upkeep(&tx, *task)?),
@@ -633,14 +662,99 @@ fn batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<Vec<Applied>> 
     Ok(out)
 }
 
+/// Stores a batch of audit lines (`audit_batch`), numbered on from the
+/// counter `audit_events` kept for its ids, so ids are never used twice.
+fn insert_audit(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &audit_batch::Batch,
+) -> rusqlite::Result<()> {
+    // The counter's row exists once `audit_events` held a row.
+    tx.prepare_cached(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'audit_events', 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'audit_events')",
+    )?
+    .execute([])?;
+    let last_id: i64 = tx
+        .prepare_cached(
+            "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'audit_events' RETURNING seq",
+        )?
+        .query_row([batch.lines], |r| r.get(0))?;
+    tx.prepare_cached(
+        "INSERT INTO audit_batches (last_id, base_id, lines, first_at, last_at, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(rusqlite::params![
+        last_id,
+        last_id - batch.lines + 1,
+        batch.lines,
+        batch.first_at,
+        batch.last_at,
+        batch.body
+    ])?;
+    Ok(())
+}
+
+/// An error of ours where rusqlite's is expected.
+fn not_sqlite(e: Error) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// One step of the copy's retention: of the oldest `limit` lines by id,
+/// those older than `before`, first of the lines stored a row each
+/// (`PRUNE_AUDIT`), then of the batches: one whose lines are all older
+/// goes, one holding newer lines too is written again without the older
+/// ones (their ids kept). Returns the lines deleted.
+fn prune_audit(tx: &rusqlite::Transaction<'_>, before: i64, limit: i64) -> rusqlite::Result<u64> {
+    let mut gone = tx
+        .prepare_cached(&super::writer::PRUNE_AUDIT.replace('$', "?"))?
+        .execute(rusqlite::params![limit, before])? as u64;
+    let mut next = tx.prepare_cached(
+        "SELECT last_id, lines, first_at, last_at, base_id FROM audit_batches \
+         WHERE last_id > ?1 ORDER BY last_id LIMIT 1",
+    )?;
+    let (mut seen, mut from) = (0i64, i64::MIN);
+    while seen < limit {
+        let Some((last_id, lines, first_at, last_at, base_id)) = next
+            .query_row([from], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?
+        else {
+            break;
+        };
+        (from, seen) = (last_id, seen + lines);
+        if last_at < before {
+            tx.prepare_cached("DELETE FROM audit_batches WHERE last_id = ?1")?
+                .execute([last_id])?;
+            gone += lines as u64;
+        } else if first_at < before {
+            let body: Vec<u8> = tx
+                .prepare_cached("SELECT body FROM audit_batches WHERE last_id = ?1")?
+                .query_row([last_id], |r| r.get(0))?;
+            if let Some(r) =
+                audit_batch::without_older(base_id, &body, before).map_err(not_sqlite)?
+            {
+                tx.prepare_cached(
+                    "UPDATE audit_batches SET lines = ?2, first_at = ?3, body = ?4 \
+                     WHERE last_id = ?1",
+                )?
+                .execute(rusqlite::params![last_id, r.lines, r.first_at, r.body])?;
+                gone += r.gone;
+            }
+        }
+    }
+    Ok(gone)
+}
+
 fn upkeep(tx: &rusqlite::Transaction<'_>, task: Upkeep) -> rusqlite::Result<u64> {
     match task {
-        Upkeep::PruneAudit { before, limit } => {
-            let n = tx
-                .prepare_cached(&super::writer::PRUNE_AUDIT.replace('$', "?"))?
-                .execute(rusqlite::params![limit, before])?;
-            Ok(n as u64)
-        }
+        Upkeep::PruneAudit { before, limit } => prune_audit(tx, before, limit),
         Upkeep::Vacuum { pages } => {
             // The pragma frees one page per step of its statement: every
             // row must be stepped through for all of them to go.
@@ -788,7 +902,7 @@ mod tests {
             .unwrap();
         }
         migrate(&path).unwrap();
-        assert_eq!(versions(&path), vec![1, 2]);
+        assert_eq!(versions(&path), vec![1, 2, 3]);
         let c = Connection::open(&path).unwrap();
         let at: Vec<i64> = {
             let mut st = c
@@ -801,7 +915,7 @@ mod tests {
         assert_eq!(at, vec![1_767_225_610, 0]);
         // Again: nothing to do.
         migrate(&path).unwrap();
-        assert_eq!(versions(&path), vec![1, 2]);
+        assert_eq!(versions(&path), vec![1, 2, 3]);
     }
 
     #[test]

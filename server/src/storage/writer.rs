@@ -177,9 +177,9 @@ pub enum Job {
         unit: Unit,
         reply: oneshot::Sender<Result<Applied>>,
     },
-    /// Lines for the database copy of the audit log.
+    /// Lines for the database copy of the audit log, made into a batch.
     Audit {
-        lines: Vec<AuditLine>,
+        batch: super::audit_batch::Batch,
         reply: oneshot::Sender<Result<Applied>>,
     },
     Upkeep {
@@ -249,8 +249,13 @@ impl Writer {
     }
 
     /// Stores audit lines (in order: the caller waits for each batch).
+    /// Stores audit lines as one batch; the lines are compressed here, by
+    /// the caller, not on the storage writer every request waits on.
     pub async fn audit(&self, lines: Vec<AuditLine>) -> Result<()> {
-        self.send(|reply| Job::Audit { lines, reply }).await?;
+        let Some(batch) = super::audit_batch::Batch::of(&lines)? else {
+            return Ok(());
+        };
+        self.send(|reply| Job::Audit { batch, reply }).await?;
         Ok(())
     }
 

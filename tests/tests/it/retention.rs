@@ -197,38 +197,59 @@ async fn audit_copy_paged(s: &Server, limit: usize) -> Vec<(i64, String)> {
     }
 }
 
-/// On PostgreSQL the copy is a row per batch of lines, compressed (a
+/// What the storage's database answers `sql` with (the first column of
+/// its first row, as text), asked behind the server's back.
+fn query(s: &Server, backend: Backend, sql: &str) -> String {
+    use rusqlite::types::Value as V;
+    match backend {
+        Backend::Postgres => gatepass_tests::pg::exec(s.storage_url(), sql),
+        Backend::Sqlite => {
+            let c = rusqlite::Connection::open(s.dir.path().join("gp.db")).unwrap();
+            let mut st = c.prepare(sql).unwrap();
+            let mut rows = st.query([]).unwrap();
+            match rows.next().unwrap().map(|r| r.get::<_, V>(0).unwrap()) {
+                Some(V::Integer(i)) => i.to_string(),
+                Some(V::Text(t)) => t,
+                _ => String::new(),
+            }
+        }
+    }
+}
+
+/// The copy is a row per batch of lines, compressed (on PostgreSQL a
 /// fleet's polls made a row per line most of the database's work); the
 /// readers still page through it line by line, after the lines an earlier
 /// version stored a row each, and retention takes the old lines out of a
 /// batch without renumbering the others.
 #[tokio::test]
-async fn the_audit_copy_on_postgresql_is_a_row_per_batch_read_line_by_line() {
-    use gatepass_tests::pg::exec;
-    let s = Server::start(Backend::Postgres).await;
-    let url = s.storage_url().to_string();
+async fn the_audit_copy_is_a_row_per_batch_read_line_by_line() {
+    for backend in BACKENDS {
+        the_audit_copy_is_a_row_per_batch_on(backend).await;
+    }
+}
+
+async fn the_audit_copy_is_a_row_per_batch_on(backend: Backend) {
+    let s = Server::start(backend).await;
+    let exec = |sql: &str| query(&s, backend, sql);
     // What an earlier version left: a row per line, from the same ids.
     for i in 0..3 {
-        exec(
-            &url,
-            &format!("INSERT INTO audit_events (line, at) VALUES ('{{\"earlier\":{i}}}', {T0})"),
-        );
+        exec(&format!(
+            "INSERT INTO audit_events (line, at) VALUES ('{{\"earlier\":{i}}}', {T0})"
+        ));
     }
     for _ in 0..200 {
         ok(&s, "GET", "sys/mounts", json!({})).await;
     }
     s.core.storage.flush_audit().await.unwrap();
-    let stored: Vec<i64> = exec(
-        &url,
-        "SELECT count(*) || ' ' || sum(lines) || ' ' || sum(length(body)) FROM audit_batches",
-    )
-    .split(' ')
-    .map(|n| n.parse().unwrap())
-    .collect();
+    let stored: Vec<i64> =
+        exec("SELECT count(*) || ' ' || sum(lines) || ' ' || sum(length(body)) FROM audit_batches")
+            .split(' ')
+            .map(|n| n.parse().unwrap())
+            .collect();
     let (rows, lines, bytes) = (stored[0], stored[1], stored[2]);
     assert!(lines >= 400, "{stored:?}");
     assert!(rows * 10 <= lines, "{rows} rows for {lines} lines");
-    assert_eq!(exec(&url, "SELECT count(*) FROM audit_events"), "3");
+    assert_eq!(exec("SELECT count(*) FROM audit_events"), "3");
 
     let copy = audit_copy_paged(&s, 7).await;
     assert!(copy.windows(2).all(|w| w[0].0 < w[1].0), "ids go up");
@@ -264,7 +285,7 @@ async fn the_audit_copy_on_postgresql_is_a_row_per_batch_read_line_by_line() {
         "SELECT count(*) FROM audit_batches WHERE first_at < {0} AND last_at >= {0}",
         now - DAY
     );
-    assert_eq!(exec(&url, &mixed), "1");
+    assert_eq!(exec(&mixed), "1");
     let before = audit_copy_paged(&s, 1000).await;
     let r = retention::run(&s.core, &policy(1, 24), s.clock.now())
         .await
@@ -285,8 +306,8 @@ async fn the_audit_copy_on_postgresql_is_a_row_per_batch_read_line_by_line() {
     assert_eq!(after[..recent.len()].iter().collect::<Vec<_>>(), recent);
     assert!(after.iter().any(|(_, l)| l.contains(r#""mixed":3"#)));
     assert!(!after.iter().any(|(_, l)| l.contains(r#""mixed":0"#)));
-    assert_eq!(exec(&url, &mixed), "0");
-    assert_eq!(exec(&url, "SELECT count(*) FROM audit_events"), "0");
+    assert_eq!(exec(&mixed), "0");
+    assert_eq!(exec("SELECT count(*) FROM audit_events"), "0");
 }
 
 fn pragma(path: &std::path::Path, name: &str) -> i64 {
