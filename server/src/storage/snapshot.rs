@@ -7,8 +7,9 @@
 //! is as safe as the database itself. It is sealed as a whole too: an
 //! HMAC-SHA256 over everything in it, keyed from the seal key, lets
 //! `restore` refuse a truncated, edited or another key's file before it
-//! writes anything. The database's copy of the audit log (`audit_events`)
-//! is left out: the audit file is the record.
+//! writes anything. The database's copy of the audit log (`audit_batches`,
+//! and `audit_events` from earlier versions) is left out: the audit file
+//! is the record.
 //!
 //! Layout (integers big-endian):
 //!
