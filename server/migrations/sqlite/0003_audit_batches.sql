@@ -16,3 +16,9 @@ CREATE TABLE audit_batches (
     last_at  INTEGER NOT NULL,
     body     BLOB NOT NULL
 );
+-- The counter of `audit_events`' ids, which the batches go on from; SQLite
+-- makes its row with the table's first row, so a database that never held
+-- one gets it here.
+INSERT INTO sqlite_sequence (name, seq)
+SELECT 'audit_events', 0
+ WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'audit_events');

@@ -668,12 +668,7 @@ fn insert_audit(
     tx: &rusqlite::Transaction<'_>,
     batch: &audit_batch::Batch,
 ) -> rusqlite::Result<()> {
-    // The counter's row exists once `audit_events` held a row.
-    tx.prepare_cached(
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'audit_events', 0 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'audit_events')",
-    )?
-    .execute([])?;
+    // The counter's row is there since migration 3.
     let last_id: i64 = tx
         .prepare_cached(
             "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'audit_events' RETURNING seq",
@@ -870,13 +865,19 @@ fn apply_unit(tx: &rusqlite::Transaction<'_>, unit: &Unit) -> rusqlite::Result<A
 mod tests {
     use super::*;
 
-    fn versions(path: &Path) -> Vec<i64> {
+    /// The first column of every row `sql` answers, as integers.
+    fn ints(path: &Path, sql: &str) -> Vec<i64> {
         let c = Connection::open(path).unwrap();
-        let mut st = c
-            .prepare("SELECT version FROM _sqlx_migrations ORDER BY version")
-            .unwrap();
+        let mut st = c.prepare(sql).unwrap();
         let rows = st.query_map([], |r| r.get(0)).unwrap();
         rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn versions(path: &Path) -> Vec<i64> {
+        ints(
+            path,
+            "SELECT version FROM _sqlx_migrations ORDER BY version",
+        )
     }
 
     #[test]
@@ -903,16 +904,15 @@ mod tests {
         }
         migrate(&path).unwrap();
         assert_eq!(versions(&path), vec![1, 2, 3]);
-        let c = Connection::open(&path).unwrap();
-        let at: Vec<i64> = {
-            let mut st = c
-                .prepare("SELECT at FROM audit_events ORDER BY id")
-                .unwrap();
-            let rows = st.query_map([], |r| r.get(0)).unwrap();
-            rows.collect::<rusqlite::Result<_>>().unwrap()
-        };
+        let at = ints(&path, "SELECT at FROM audit_events ORDER BY id");
         // A line's own time; 0 for one that carries none.
         assert_eq!(at, vec![1_767_225_610, 0]);
+        // The batches' ids go on from the table's counter, kept as it was.
+        let counter = ints(
+            &path,
+            "SELECT seq FROM sqlite_sequence WHERE name = 'audit_events'",
+        );
+        assert_eq!(counter, vec![2]);
         // Again: nothing to do.
         migrate(&path).unwrap();
         assert_eq!(versions(&path), vec![1, 2, 3]);
