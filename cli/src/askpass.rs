@@ -149,9 +149,12 @@ fn ask_terminal(prompt: &str) -> ExitCode {
     if BufReader::new(tty).read_line(&mut answer).is_err() {
         return ExitCode::FAILURE;
     }
-    print!("{answer}");
-    let _ = io::stdout().flush();
-    ExitCode::SUCCESS
+    let mut out = io::stdout().lock();
+    match out.write_all(answer.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // ssh has gone: there is no one left to answer.
+        Err(_) => ExitCode::FAILURE,
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! `gatepass`: the command line of gatepass for people and scripts.
 
+// First, for its `out!` and `outln!` macros.
+#[macro_use]
+mod output;
+
 mod askpass;
 mod clock;
 mod commands;
 mod config;
 mod error;
 mod input;
-mod output;
 mod yaml;
 
 use std::ffi::OsString;
@@ -27,7 +30,9 @@ Environment:
 Exit status: 0 on success, 2 when the server refused the request or the
 arguments are wrong, 1 for local problems (files, network, configuration).
 `gatepass ssh connect` and `gatepass pam ssh access` end with ssh's own
-exit status once ssh has run.";
+exit status once ssh has run. When what reads the output goes away
+(`gatepass list … | head -1`), the command ends quietly with 141, as a
+process that SIGPIPE ended.";
 
 /// Short-lived SSH access: log in to a gatepass server and use its
 /// Vault-compatible API

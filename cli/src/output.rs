@@ -1,8 +1,40 @@
 //! How answers are shown: Vault's Key/Value tables, raw JSON, or one field.
 
+use std::io::Write;
+
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+/// `print!` for answers: see [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` for answers: see [`write_stdout`].
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard output. `print!` panics, with a backtrace, when the
+/// reader has gone (`gatepass list … | head -3`); here a closed pipe ends
+/// the command quietly with the status a shell shows for a process that
+/// SIGPIPE ended (128 + 13), as Vault's CLI and other Unix tools end. Any
+/// other failure to write (a full disk under `> file`) is said on standard
+/// error, with exit status 1.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("Error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -28,7 +60,7 @@ impl Format {
 /// it); tables are printed by each command.
 pub fn print_structured(v: &Value, format: Format) {
     match format {
-        Format::Yaml => print!("{}", crate::yaml::to_yaml(&crate::yaml::secret_shape(v))),
+        Format::Yaml => out!("{}", crate::yaml::to_yaml(&crate::yaml::secret_shape(v))),
         _ => print_json(v),
     }
 }
@@ -144,7 +176,7 @@ pub fn print_field(resp: &Value, name: &str) -> Result<()> {
         .find(|(k, _)| k.trim_end_matches(':') == name)
         .map(|(_, v)| v)
         .ok_or_else(|| Error::Usage(format!("field {name:?} is not in the response")))?;
-    use std::io::{IsTerminal, Write};
+    use std::io::IsTerminal;
     let text = field_text(&value, std::io::stdout().is_terminal());
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())
@@ -169,7 +201,7 @@ fn field_text(value: &Value, terminal: bool) -> String {
 pub fn print_json(v: &Value) {
     // `{:#}` is serde_json's pretty printer, as `to_string_pretty`, without
     // that function's error case (a `Value` always serializes).
-    println!("{v:#}");
+    outln!("{v:#}");
 }
 
 pub fn print_warnings(resp: &Value) {
@@ -186,7 +218,7 @@ pub fn print_warnings(resp: &Value) {
 }
 
 pub fn print_table(rows: &[Row]) {
-    print!("{}", table(rows));
+    out!("{}", table(rows));
 }
 
 /// Vault's layout: a header, a dashed rule and columns joined by four spaces.
@@ -237,9 +269,9 @@ pub fn print_keys(keys: &[String], format: Format) {
     match format {
         Format::Json | Format::Yaml => print_structured(&Value::from(keys.to_vec()), format),
         Format::Table | Format::Cast => {
-            println!("Keys\n----");
+            outln!("Keys\n----");
             for k in keys {
-                println!("{k}");
+                outln!("{k}");
             }
         }
     }

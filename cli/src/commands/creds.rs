@@ -180,7 +180,7 @@ pub async fn otp(ctx: &Ctx, args: OtpArgs) -> Result<()> {
         output::print_warnings(&resp);
         return match name.as_str() {
             "lease_id" | "lease_duration" => {
-                println!("{}", output::plain(&resp[name]));
+                outln!("{}", output::plain(&resp[name]));
                 Ok(())
             }
             _ => output::print_field(&resp, name),
@@ -340,7 +340,7 @@ pub async fn creds(ctx: &Ctx, args: CredsArgs) -> Result<()> {
     } else {
         format!(" -p {port}")
     };
-    println!(
+    outln!(
         "Success! The private key was written to {} (mode 0600).\n\
          Use it with: ssh -i {}{port_arg} {}@{}\n",
         path.display(),

@@ -105,7 +105,7 @@ pub async fn write(ctx: &Ctx, args: WriteArgs) -> Result<()> {
             if let Some(r) = &other {
                 output::print_warnings(r);
             }
-            println!("Success! Data written to: {path}");
+            outln!("Success! Data written to: {path}");
             Ok(())
         }
     }
@@ -136,6 +136,6 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
     let path = api_path(&args.path)?;
     ctx.call("DELETE", &path, None, &format!("deleting {path}"))
         .await?;
-    println!("Success! Data deleted (if it existed) at: {path}");
+    outln!("Success! Data deleted (if it existed) at: {path}");
     Ok(())
 }

@@ -118,12 +118,12 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
         return output::print_response(&resp, ctx.format, args.field.as_deref(), true);
     }
     match &saved {
-        Some(path) => println!(
+        Some(path) => outln!(
             "Success! You are now authenticated. The token is saved in {}\n\
              and later gatepass commands use it until it expires.\n",
             path.display()
         ),
-        None => println!(
+        None => outln!(
             "Success! You are now authenticated. The token was not saved (--no-store);\n\
              pass it to later commands in GATEPASS_TOKEN.\n"
         ),

@@ -1071,7 +1071,7 @@ async fn config(ctx: &Ctx, via: &Via, args: ConfigArgs) -> Result<()> {
         }
     };
     let (_, block) = files;
-    print!("{block}");
+    out!("{block}");
     eprintln!(
         "gatepass: {}\ngatepass: add the block above to ~/.ssh/config, then: ssh {}",
         session_line(&g, &args.grant, t),
@@ -1186,7 +1186,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
             if let Some(r) = &resp {
                 output::print_warnings(r);
             }
-            print!("{}", sessions_table(&sessions));
+            out!("{}", sessions_table(&sessions));
         }
     }
     Ok(())
@@ -1359,15 +1359,15 @@ async fn verify(ctx: &Ctx, args: IdArgs) -> Result<u8> {
         );
     } else {
         if recs.recordings.is_empty() {
-            println!("session {}: no recording", recs.session_id);
+            outln!("session {}: no recording", recs.session_id);
         }
         for r in &recs.recordings {
-            println!("recording {}: {}", r.recording_id, r.message);
+            outln!("recording {}: {}", r.recording_id, r.message);
         }
         if recs.whole && !recs.recordings.is_empty() {
-            println!("the recording of session {} is whole", recs.session_id);
+            outln!("the recording of session {} is whole", recs.session_id);
         } else {
-            println!("the recording of session {} is NOT whole", recs.session_id);
+            outln!("the recording of session {} is NOT whole", recs.session_id);
         }
     }
     Ok(if recs.whole && !recs.recordings.is_empty() {

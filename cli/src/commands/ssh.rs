@@ -377,7 +377,7 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
         return Ok(());
     }
     output::print_warnings(&resp);
-    println!("Success! Certificate written to {}\n", out_path.display());
+    outln!("Success! Certificate written to {}\n", out_path.display());
     output::print_table(&cert_rows(&cert, &serial(&resp, &cert), now()));
     Ok(())
 }
@@ -488,12 +488,12 @@ async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
                 Some(secs) => format!("for {}", output::format_duration(secs as i64, false)),
                 None => "without a time limit".into(),
             };
-            println!(
+            outln!(
                 "Success! A new {kind} key and its certificate were added to the ssh-agent \
                  ({socket}) {how_long}.\nThe private key was not kept on disk.\n"
             );
         }
-        Done::Files(key, cert_file) => println!(
+        Done::Files(key, cert_file) => outln!(
             "Success! A new {kind} key and its certificate were saved:\n  \
              private key:  {} (mode 0600)\n  certificate:  {}\n\
              Use them with: ssh -i {} USER@HOST\n",
@@ -594,15 +594,15 @@ async fn trust_hosts(ctx: &Ctx, args: TrustArgs) -> Result<()> {
     }
     let shown = known_hosts.display();
     if !added.is_empty() {
-        println!("Added to {shown}:");
+        outln!("Added to {shown}:");
         for l in &added {
-            println!("  {l}");
+            outln!("  {l}");
         }
     }
     if !present.is_empty() {
-        println!("Already trusted in {shown}:");
+        outln!("Already trusted in {shown}:");
         for l in &present {
-            println!("  {l}");
+            outln!("  {l}");
         }
     }
     Ok(())

@@ -249,7 +249,7 @@ pub fn config(global: &GlobalArgs, args: ConfigArgs) -> Result<()> {
         .map_err(|e| Error::Local(format!("cannot find this program's own path: {e}")))?;
     let block = config_block(&exe.display().to_string(), global, &args, &mount)?;
     if !args.write {
-        print!("{block}");
+        out!("{block}");
         return Ok(());
     }
     let file = match &args.file {
@@ -263,13 +263,13 @@ pub fn config(global: &GlobalArgs, args: ConfigArgs) -> Result<()> {
     };
     let (text, replaced) = with_block(&existing, &block);
     if text == existing {
-        println!("{} already has this block.", file.display());
+        outln!("{} already has this block.", file.display());
         return Ok(());
     }
     write_user_file(&file, &text, 0o600)
         .map_err(|e| Error::Local(format!("cannot update {}: {e}", file.display())))?;
     let how = if replaced { "Updated in" } else { "Added to" };
-    println!("{how} {}:\n{block}", file.display());
+    outln!("{how} {}:\n{block}", file.display());
     Ok(())
 }
 
@@ -278,7 +278,7 @@ pub fn config(global: &GlobalArgs, args: ConfigArgs) -> Result<()> {
 pub async fn known_hosts(ctx: &Ctx, args: KnownHostsArgs) -> Result<()> {
     check_pattern(&args.domain)?;
     for k in ca_public_keys(ctx, &args.mount).await? {
-        println!("@cert-authority {} {k}", args.domain);
+        outln!("@cert-authority {} {k}", args.domain);
     }
     Ok(())
 }

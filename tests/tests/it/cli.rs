@@ -269,6 +269,40 @@ fn generic_commands_read_write_list_delete() {
     assert!(err.contains("invalid capability"), "{err}");
 }
 
+/// `gatepass … | head -1`: once the reader has gone the command ends
+/// quietly, with the status a shell shows for SIGPIPE, as Vault's does.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let s = Session::start();
+    for args in [
+        &["list", "sys/policies/acl"][..],
+        &["read", "sys/mounts", "--format=json"],
+        &["read", "sys/mounts", "--format=yaml"],
+    ] {
+        let mut child = s
+            .admin(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start gatepass");
+        // The only read end closes before gatepass has an answer to write.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for gatepass");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert_eq!(err, "", "{args:?}: nothing said, no panic");
+    }
+    // Output that cannot be written for another reason is an error.
+    let (code, _, err) = run(s.admin(&["list", "sys/policies/acl"]).stdout(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full"),
+    ));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot write to standard output"), "{err}");
+}
+
 /// Vault's variable names work when gatepass's are not set, and the
 /// environment wins over the saved token.
 #[test]
