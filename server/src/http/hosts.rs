@@ -17,6 +17,19 @@ pub fn is_unauthenticated(req: &Request) -> bool {
     req.path.as_str() == "hosts/enroll" && req.op == Operation::Write
 }
 
+/// The fields of `GET hosts/self/state`: numbers that say where a host
+/// is, never secrets, so kept readable in the audit log.
+pub const POLL_FIELDS: &[&str] = &["index", "wait", "applied"];
+
+/// A number, or a duration in hostd's form (`30s`, `1m30s`): what those
+/// fields hold when hostd sends them.
+pub fn is_plain_poll_value(s: &str) -> bool {
+    s.len() <= 20
+        && s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, 's' | 'm' | 'h' | '.'))
+}
+
 /// `GET hosts/self/state`, the long-poll: awaited by `dispatch` on its
 /// own, so that what a waiting poll holds is this future, not the largest
 /// of every route's.

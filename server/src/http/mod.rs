@@ -722,13 +722,44 @@ fn is_audited(req: &Request) -> bool {
         ))
 }
 
+/// Request fields that are not secret and stay readable in the audit log,
+/// by route. hostd's poll says which state the host has (`index`), which
+/// it applied (`applied`) and how long it waits: readable, the log shows
+/// which state each host acknowledged and when, and a poll's request
+/// entry is about half the size (a change reaching a fleet writes one per
+/// host). Every other request's fields are HMAC'd, as Vault does.
+/// A value of one of those fields that is not a number or a duration
+/// (`30s`) is HMAC'd all the same: what a client put there by mistake may
+/// be a secret.
+fn request_keep(req: &Request) -> &'static [&'static str] {
+    match (req.op, req.path.as_str()) {
+        (Operation::Read, "hosts/self/state") => hosts::POLL_FIELDS,
+        _ => &[],
+    }
+}
+
+fn request_data(key: &audit::AuditKey, req: &Request) -> Value {
+    let fields = req.fields.raw();
+    let keep = request_keep(req);
+    let mut data = audit::redact(&Value::Object(fields.clone()), key, keep);
+    for name in keep {
+        let (Some(value), Some(slot)) = (fields.get(*name), data.get_mut(*name)) else {
+            continue;
+        };
+        if !matches!(value, Value::String(s) if hosts::is_plain_poll_value(s)) {
+            *slot = audit::redact(value, key, &[]);
+        }
+    }
+    data
+}
+
 fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value {
     json!({
         "id": request_id,
         "operation": req.op.as_str(),
         "path": req.path,
         "remote_address": req.client_ip.map(|i| i.to_string()),
-        "data": audit::redact(&Value::Object(req.fields.raw().clone()), key, &[]),
+        "data": request_data(key, req),
     })
 }
 
@@ -927,6 +958,45 @@ mod tests {
             let whole = envelope(state.clone(), Value::Null, warnings.clone(), "id-1");
             let text = envelope_text(r.json(), &warnings, "id-1").unwrap();
             assert_eq!(text, serde_json::to_string(&whole).unwrap());
+        }
+    }
+
+    /// hostd's poll fields are readable in a request's audit entry while
+    /// they hold what hostd sends; anything else in them, and the same
+    /// names on other routes, are HMAC'd.
+    #[test]
+    fn a_poll_audits_its_numbers_readable_and_nothing_else() {
+        let key = audit::AuditKey::new([7; 32]);
+        let request = |op, path: &str, fields: Value| Request {
+            op,
+            path: ApiPath::parse(path).unwrap(),
+            fields: Fields::new(fields.as_object().unwrap().clone()),
+            client_ip: None,
+            token: None,
+            wrap_ttl: None,
+            now: 0,
+            upgrade: false,
+        };
+        let hmac = |s: &str| Value::String(key.hmac(s));
+        let poll = json!({"index": "1234", "wait": "30s", "applied": "1200", "other": "5"});
+        let r = request(Operation::Read, "/v1/hosts/self/state", poll.clone());
+        assert_eq!(
+            request_json(&key, &r, "id")["data"],
+            json!({"index": "1234", "wait": "30s", "applied": "1200", "other": hmac("5")})
+        );
+        let odd = json!({"index": "hunter2", "wait": ["30s", "x"], "applied": "12 34"});
+        let r = request(Operation::Read, "/v1/hosts/self/state", odd);
+        assert_eq!(
+            request_json(&key, &r, "id")["data"],
+            json!({"index": hmac("hunter2"), "wait": [hmac("30s"), hmac("x")], "applied": hmac("12 34")})
+        );
+        for (op, path) in [
+            (Operation::Write, "/v1/hosts/self/state"),
+            (Operation::Read, "/v1/hosts/self"),
+        ] {
+            let r = request(op, path, poll.clone());
+            let data = &request_json(&key, &r, "id")["data"];
+            assert_eq!(data["index"], hmac("1234"), "{path}");
         }
     }
 
