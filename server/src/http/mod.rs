@@ -728,6 +728,7 @@ fn is_audited(req: &Request) -> bool {
 /// which state each host acknowledged and when, and a poll's request
 /// entry is about half the size (a change reaching a fleet writes one per
 /// host). Every other request's fields are HMAC'd, as Vault does.
+///
 /// A value of one of those fields that is not a number or a duration
 /// (`30s`) is HMAC'd all the same: what a client put there by mistake may
 /// be a secret.
