@@ -7,8 +7,8 @@
 //! was a write of its own, and at that scale half of what a change cost
 //! the database and a fifth of what it cost the servers. A poll's
 //! acknowledgement is now noted in memory and written with the others by
-//! the next flush (every [`super::seen::FLUSH_EVERY`]). This server shows
-//! it at once; other servers once it is written.
+//! a later flush, once they stop pouring in (see [`Pace`]). This server
+//! shows it at once; other servers once it is written.
 //!
 //! A server that stops abruptly loses what it had not written. hostd says
 //! its applied state again with the poll that follows a failed one, and
@@ -59,6 +59,49 @@ pub async fn store(core: &Core, id: &str, index: u64, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Flushes, at most, that acknowledgements noted wait for while more keep
+/// coming (see [`Pace`]).
+pub const WAIT_AT_MOST: u32 = 10;
+
+/// When the acknowledgements noted are written. A change reaching a fleet
+/// brings every host's acknowledgement within seconds, and writing them
+/// took as much of the database's time as everything else the change
+/// cost, while the change was still reaching hosts. The state reaching
+/// hosts comes first: acknowledgements wait for the first flush after
+/// which a whole flush interval brought no new one, or for
+/// [`WAIT_AT_MOST`] flushes, whichever comes first. This server shows
+/// them at once all the same; other servers once they are written.
+#[derive(Debug, Default)]
+pub struct Pace {
+    noted: u64,
+    waited: u32,
+}
+
+impl Pace {
+    /// Asked once per flush interval with the notes' counts (how many
+    /// were ever noted, how many are due): true when the due ones are to
+    /// be written now.
+    pub fn write_now(&mut self, noted: u64, due: usize) -> bool {
+        let quiet = noted == self.noted;
+        self.noted = noted;
+        if due == 0 {
+            self.waited = 0;
+            return false;
+        }
+        self.waited += 1;
+        if quiet || self.waited >= WAIT_AT_MOST {
+            self.waited = 0;
+            return true;
+        }
+        false
+    }
+}
+
+/// How many acknowledgements were ever noted, and how many are due.
+pub fn counts(core: &Core) -> (u64, usize) {
+    core.hosts_applied.counts()
+}
+
 /// Writes the acknowledgements noted since the last flush, each only while
 /// its host is still enrolled; returns how many were written.
 pub async fn flush(core: &Core) -> Result<usize> {
@@ -81,4 +124,35 @@ pub async fn last(core: &Core, host: &Host) -> Result<Option<u64>> {
         .chain(core.hosts_applied.known(&host.id))
         .max_by_key(|e| e.time);
     Ok(newest.map(|e| e.index).or(host.applied_index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pace, WAIT_AT_MOST};
+
+    #[test]
+    fn acknowledgements_wait_while_more_keep_coming_and_no_longer_than_the_bound() {
+        let mut pace = Pace::default();
+        assert!(!pace.write_now(0, 0), "nothing due");
+        // One acknowledgement: written at the first flush after a quiet
+        // interval.
+        assert!(!pace.write_now(1, 1), "one came in this interval");
+        assert!(pace.write_now(1, 1), "none came since");
+        // A wave: more in every interval, written at the bound.
+        let mut noted = 1;
+        for _ in 1..WAIT_AT_MOST {
+            noted += 1000;
+            assert!(!pace.write_now(noted, 5000), "still coming");
+        }
+        noted += 1000;
+        assert!(pace.write_now(noted, 5000), "waited the most it may");
+        // Its tail: written once an interval brings none.
+        noted += 3;
+        assert!(!pace.write_now(noted, 3));
+        assert!(pace.write_now(noted, 3));
+        // A failed write leaves them due: tried again at the next quiet
+        // flush.
+        assert!(pace.write_now(noted, 3));
+        assert!(!pace.write_now(noted, 0));
+    }
 }

@@ -41,6 +41,7 @@ impl<V> Default for Notes<V> {
     fn default() -> Self {
         Notes {
             inner: Mutex::new(Inner {
+                noted: 0,
                 known: HashMap::new(),
                 due: HashMap::new(),
             }),
@@ -50,6 +51,9 @@ impl<V> Default for Notes<V> {
 }
 
 struct Inner<V> {
+    /// How many values were noted, ever: a flush that sees it unchanged
+    /// since the last knows none came meanwhile.
+    noted: u64,
     /// The newest value noted, written or not.
     known: HashMap<String, V>,
     /// The values noted since the last flush.
@@ -70,7 +74,15 @@ impl<V: Clone> Notes<V> {
         }
         inner.known.insert(id.to_string(), v.clone());
         inner.due.insert(id.to_string(), v);
+        inner.noted = inner.noted.wrapping_add(1);
         true
+    }
+
+    /// How many values were noted so far (it only grows), and how many
+    /// are due.
+    pub(super) fn counts(&self) -> (u64, usize) {
+        let inner = self.lock();
+        (inner.noted, inner.due.len())
     }
 
     /// Takes `v` as known for host `id` and drops what is due for it, as

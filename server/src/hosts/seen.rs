@@ -108,17 +108,23 @@ pub(super) async fn write_due<V: Clone, E: Serialize>(
 }
 
 /// Flushes every [`FLUSH_EVERY`] for as long as the server runs: the
-/// last-seen times and the acknowledged states.
+/// last-seen times, and the acknowledged states when their
+/// [`super::applied::Pace`] says so.
 pub async fn flusher(core: State) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = super::applied::Pace::default();
     loop {
         tick.tick().await;
         if let Err(e) = flush(&core).await {
             tracing::warn!(error = %e, "hosts' last-seen times not written; trying again in {} s", FLUSH_EVERY.as_secs());
         }
+        let (noted, due) = super::applied::counts(&core);
+        if !pace.write_now(noted, due) {
+            continue;
+        }
         if let Err(e) = super::applied::flush(&core).await {
-            tracing::warn!(error = %e, "hosts' acknowledged states not written; trying again in {} s", FLUSH_EVERY.as_secs());
+            tracing::warn!(error = %e, "hosts' acknowledged states not written; trying again at a later flush");
         }
     }
 }
