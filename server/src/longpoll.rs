@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::audit::RawJson;
 use crate::error::{Error, Result};
 
 /// The index of `state` as serialized with its index field at 0: 53 bits
@@ -32,7 +33,7 @@ pub fn content_index<T: Serialize>(state: &T) -> Result<u64> {
 pub struct Rendered {
     value: Value,
     json: String,
-    audit: OnceLock<Value>,
+    audit: OnceLock<Result<RawJson>>,
 }
 
 impl Rendered {
@@ -55,10 +56,11 @@ impl Rendered {
         &self.json
     }
 
-    /// The audit form, made by `redact` from `value()` the first time it
-    /// is asked for (concurrent first askers wait for that one).
-    pub fn audit_form(&self, redact: impl FnOnce(&Value) -> Value) -> &Value {
-        self.audit.get_or_init(|| redact(&self.value))
+    /// The response's audit form, made by `audit` from `value()` the
+    /// first time it is asked for (concurrent first askers wait for that
+    /// one).
+    pub fn audit_form(&self, audit: impl FnOnce(&Value) -> Result<RawJson>) -> &Result<RawJson> {
+        self.audit.get_or_init(|| audit(&self.value))
     }
 }
 

@@ -302,6 +302,10 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         now: core.clock.now(),
         upgrade: on_upgrade.is_some(),
     };
+    // Not held through the request: a long-poll waits for up to minutes,
+    // and its headers and body would wait with it.
+    drop(parts);
+    drop(bytes);
 
     // Vault's order: the request is on record before anything is done for
     // it, and a request that cannot be put on record is refused unchanged.
@@ -767,7 +771,7 @@ fn request_json(key: &audit::AuditKey, req: &Request, request_id: &str) -> Value
 /// The request entry of a request made on a caller's behalf, under a new
 /// request id, or the error that refuses the request when it cannot be
 /// put on record.
-async fn audit_request_or_refuse(core: &Core, request: &Request) -> Result<Value> {
+async fn audit_request_or_refuse(core: &Core, request: &Request) -> Result<audit::RawJson> {
     let request_id = request_id();
     audit_request(core, request, &request_id).await.map_err(|e| {
         tracing::error!(error = %e, path = %request.path, "audit log unavailable: request refused");
@@ -780,14 +784,13 @@ async fn audit_request_or_refuse(core: &Core, request: &Request) -> Result<Value
 /// The request entry, written before the request is acted on; an error
 /// means it is not on record (and the request must be refused). Answers
 /// the entry's `request` part, which the response entry repeats: its
-/// fields are HMAC'd once for both.
-async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<Value> {
+/// fields are HMAC'd, and it is serialized, once for both.
+async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<audit::RawJson> {
     let key = &core.audit_key;
-    let request = request_json(key, req, request_id);
+    let request = audit::RawJson::of(&request_json(key, req, request_id))?;
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("request"));
-    event.insert("request".into(), request.clone());
     event.insert(
         "auth".into(),
         match req.token.as_deref().filter(|t| !t.is_empty()) {
@@ -795,10 +798,10 @@ async fn audit_request(core: &Core, req: &Request, request_id: &str) -> Result<V
             None => Value::Null,
         },
     );
+    let event = audit::Event::from(event).with_part("request", request.clone());
     let lines = match &core.audit {
         Some(log) => log.append(event)?,
-        None => vec![serde_json::to_string(&Value::Object(event))
-            .map_err(|e| Error::internal(e.to_string()))?],
+        None => vec![event.to_string()],
     };
     for line in lines {
         core.storage.append_audit(line, req.now).await?;
@@ -845,7 +848,6 @@ pub async fn audit_at_stop(core: &Core) {
         }
         Err(e) => {
             for event in log.take_pending() {
-                let event = Value::Object(event);
                 tracing::error!(error = %e, %event, "audit event not written to the audit file");
             }
         }
@@ -877,7 +879,7 @@ pub async fn reopen_audit(core: &Core, reason: &str) {
 async fn audit_response(
     core: &Core,
     req: &Request,
-    request: Value,
+    request: audit::RawJson,
     caller: Option<&TokenEntry>,
     result: &Result<Reply>,
     status: StatusCode,
@@ -886,7 +888,6 @@ async fn audit_response(
     let mut event = Map::new();
     event.insert("time".into(), json!(crate::clock::rfc3339(req.now)));
     event.insert("type".into(), json!("response"));
-    event.insert("request".into(), request);
     event.insert(
         "auth".into(),
         match caller {
@@ -898,16 +899,21 @@ async fn audit_response(
             None => Value::Null,
         },
     );
+    let mut response_part = None;
     let response = match result {
         Ok(Reply::Data(d)) => json!({ "data": audit::redact(d, key, AUDIT_KEEP) }),
-        // The same entry as for `Data`, its redaction made once for every
-        // answer that hands out this state.
+        // The same entry as for `Data`, its redaction made and serialized
+        // once for every answer that hands out this state.
         Ok(Reply::Rendered(r)) => {
-            let data = r.audit_form(|d| {
+            let part = r.audit_form(|d| {
                 core.metrics.host_state("redacted");
-                audit::redact(d, key, AUDIT_KEEP)
+                audit::RawJson::of(&json!({ "data": audit::redact(d, key, AUDIT_KEEP) }))
             });
-            Value::Object(Map::from_iter([("data".to_string(), data.clone())]))
+            response_part = Some(match part {
+                Ok(p) => Ok(p.clone()),
+                Err(e) => Err(e.to_string()),
+            });
+            Value::Null
         }
         Ok(Reply::Lease { data, lease_id, .. }) => json!({
             "data": audit::redact(data, key, AUDIT_KEEP),
@@ -934,9 +940,21 @@ async fn audit_response(
     if let Err(e) = result {
         event.insert("error".into(), json!(e.public_message()));
     }
+    let mut event = audit::Event::from(event).with_part("request", request);
+    match response_part {
+        Some(Ok(part)) => event = event.with_part("response", part),
+        // Not serializable (it always is): the entry says so rather than
+        // going unwritten.
+        Some(Err(e)) => {
+            event
+                .fields
+                .insert("response".into(), json!({ "error": e }));
+        }
+        None => {}
+    }
     let lines = match &core.audit {
         Some(log) => log.append_or_keep(event),
-        None => vec![Value::Object(event).to_string()],
+        None => vec![event.to_string()],
     };
     for line in lines {
         if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
