@@ -71,13 +71,13 @@ pub fn main() -> ExitCode {
         return ask_terminal(&prompt);
     }
     let Some(fifo) = std::env::var_os(FIFO_VAR) else {
-        eprintln!("gatepass: {NAME} answers only for `gatepass ssh connect`");
+        eoutln!("gatepass: {NAME} answers only for `gatepass ssh connect`");
         return ExitCode::FAILURE;
     };
     // Never leave ssh hanging if `connect` is gone.
     std::thread::spawn(|| {
         std::thread::sleep(WAIT);
-        eprintln!("gatepass: no one-time password came within {WAIT:?}");
+        eoutln!("gatepass: no one-time password came within {WAIT:?}");
         std::process::exit(1);
     });
     match read_secret(Path::new(&fifo)) {
@@ -96,7 +96,7 @@ pub fn main() -> ExitCode {
         }
         Ok(_) => ExitCode::FAILURE,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!(
+            eoutln!(
                 "gatepass: the one-time password was already given to ssh; not answering \
                  {:?} again",
                 prompt.trim()
@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("gatepass: cannot read the one-time password: {e}");
+            eoutln!("gatepass: cannot read the one-time password: {e}");
             ExitCode::FAILURE
         }
     }
@@ -132,7 +132,7 @@ fn ask_terminal(prompt: &str) -> ExitCode {
         .write(true)
         .open("/dev/tty");
     let Ok(mut tty) = tty else {
-        eprintln!(
+        eoutln!(
             "gatepass: not answering ssh's question without a terminal: {}",
             prompt.trim()
         );

@@ -48,7 +48,7 @@ pub fn prompt_secret(prompt: &str, what: &str) -> Result<String> {
     let stdin = io::stdin();
     let interactive = stdin.is_terminal();
     let _echo = if interactive {
-        eprint!("{prompt}");
+        eout!("{prompt}");
         let _ = io::stderr().flush();
         Some(EchoOff::new())
     } else {
@@ -57,7 +57,7 @@ pub fn prompt_secret(prompt: &str, what: &str) -> Result<String> {
     let mut line = String::new();
     let read = stdin.lock().read_line(&mut line);
     if interactive {
-        eprintln!();
+        eoutln!();
     }
     read.map_err(|e| Error::Local(format!("{what}: cannot read standard input: {e}")))?;
     let secret = strip_newline(line);
@@ -78,7 +78,7 @@ impl EchoOff {
     fn new() -> Self {
         let active = stty("-echo");
         if !active {
-            eprint!("(warning: cannot hide input; it will be visible) ");
+            eout!("(warning: cannot hide input; it will be visible) ");
         }
         EchoOff { active }
     }

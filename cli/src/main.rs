@@ -131,7 +131,7 @@ fn main() -> ExitCode {
         return match gatepass_api::docs::write(Cli::command(), &dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("gatepass: {e}");
+                eoutln!("gatepass: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -143,16 +143,16 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("Error: cannot start: {e}");
+            eoutln!("Error: cannot start: {e}");
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("Error: {e}");
+            eoutln!("Error: {e}");
             if let Some(hint) = e.hint() {
-                eprintln!("Hint: {hint}");
+                eoutln!("Hint: {hint}");
             }
             ExitCode::from(e.exit_code())
         }

@@ -19,6 +19,28 @@ macro_rules! outln {
     };
 }
 
+/// `eprint!` for messages: see [`write_stderr`].
+macro_rules! eout {
+    ($($arg:tt)*) => { $crate::output::write_stderr(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` for messages: see [`write_stderr`].
+macro_rules! eoutln {
+    () => { $crate::output::write_stderr(format_args!("\n")) };
+    ($($arg:tt)*) => {
+        $crate::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// Writes to standard error. `eprint!` panics (exit status 101) when it
+/// cannot, as when standard error is a pipe whose reader has gone
+/// (`gatepass … 2>&1 | head -1`); a message no one can read is dropped
+/// instead, and the command ends with its own status.
+pub fn write_stderr(args: std::fmt::Arguments) {
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.flush());
+}
+
 /// Writes to standard output. `print!` panics, with a backtrace, when the
 /// reader has gone (`gatepass list … | head -3`); here a closed pipe ends
 /// the command quietly with the status a shell shows for a process that
@@ -31,7 +53,9 @@ pub fn write_stdout(args: std::fmt::Arguments) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(141);
         }
-        eprintln!("Error: cannot write to standard output: {e}");
+        write_stderr(format_args!(
+            "Error: cannot write to standard output: {e}\n"
+        ));
         std::process::exit(1);
     }
 }
@@ -209,11 +233,11 @@ pub fn print_warnings(resp: &Value) {
         if w.is_empty() {
             return;
         }
-        eprintln!("WARNING! The server returned these warnings:");
+        eoutln!("WARNING! The server returned these warnings:");
         for item in w {
-            eprintln!("  * {}", plain(item));
+            eoutln!("  * {}", plain(item));
         }
-        eprintln!();
+        eoutln!();
     }
 }
 

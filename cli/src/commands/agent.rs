@@ -164,7 +164,7 @@ pub(super) async fn load_into_agent(
         )));
     }
     if !said.contains("Certificate added") {
-        eprintln!(
+        eoutln!(
             "WARNING! ssh-add added the key but did not say it added the certificate: {}",
             said.trim()
         );

@@ -266,7 +266,7 @@ pub async fn connect(global: &GlobalArgs, args: ConnectArgs) -> Result<u8> {
         )));
     }
     if let Some(sig) = forwarded {
-        eprintln!(
+        eoutln!(
             "gatepass: ssh ended after {} was passed on to it",
             sig.as_str()
         );
@@ -282,12 +282,12 @@ pub async fn connect(global: &GlobalArgs, args: ConnectArgs) -> Result<u8> {
                  keyboard-interactive or password logins through PAM (UsePAM yes)."
                 .to_string(),
         };
-        eprintln!(
+        eoutln!(
             "Error: ssh could not connect or log in (exit status 255; ssh's own message is \
              above).\nHint: if the login was refused (\"Permission denied\"): {login}"
         );
         if let Some(h) = host_hint {
-            eprintln!("Hint: if the host key was refused: {h}");
+            eoutln!("Hint: if the host key was refused: {h}");
         }
     }
     Ok(code)
@@ -558,7 +558,7 @@ async fn prepare_dynamic(
             .to_string(),
     };
     if installed == Some(false) {
-        eprintln!(
+        eoutln!(
             "WARNING! The host has not reported the key installed within {wait}; trying anyway."
         );
     }
@@ -683,7 +683,7 @@ async fn run_ssh(argv: &[OsString], plan: &Plan, signals: &mut Signals) -> Resul
         let name = Signal::try_from(sig)
             .map(|s| s.as_str())
             .unwrap_or("a signal");
-        eprintln!("Error: ssh was killed by {name}");
+        eoutln!("Error: ssh was killed by {name}");
     }
     Ok(Ended {
         code,

@@ -107,7 +107,7 @@ pub async fn run(global: &GlobalArgs, args: Args) -> Result<()> {
     };
     if saved.is_some() {
         if let Some(var) = config::token_var() {
-            eprintln!(
+            eoutln!(
                 "WARNING! {var} is set and takes precedence over the saved token; \
                  unset it to use the token from this login."
             );

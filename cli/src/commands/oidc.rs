@@ -250,13 +250,13 @@ pub async fn login(ctx: &Ctx, args: &[String]) -> Result<Value> {
     });
 
     if !o.skip_browser && open_browser(&auth_url) {
-        eprintln!(
+        eoutln!(
             "Complete the login via your OIDC provider. Launching browser to:\n\n    {auth_url}\n"
         );
     } else {
-        eprintln!("Complete the login via your OIDC provider. Open this URL in a browser:\n\n    {auth_url}\n");
+        eoutln!("Complete the login via your OIDC provider. Open this URL in a browser:\n\n    {auth_url}\n");
     }
-    eprintln!("Waiting for OIDC authentication to complete...");
+    eoutln!("Waiting for OIDC authentication to complete...");
 
     let outcome = async {
         loop {
@@ -358,14 +358,14 @@ async fn device_login(ctx: &Ctx, o: &Options) -> Result<Value> {
         .unwrap_or(5)
         .clamp(1, 60);
     let expires_in = data("expires_in").and_then(|v| v.as_u64()).unwrap_or(600);
-    eprintln!(
+    eoutln!(
         "Complete the login via your OIDC provider. On any device, open\n\n    {uri}\n\n\
          and enter the code\n\n    {user_code}\n"
     );
     if let Some(full) = text("verification_uri_complete") {
-        eprintln!("(or open {full}, which has the code in it)\n");
+        eoutln!("(or open {full}, which has the code in it)\n");
     }
-    eprintln!("Waiting for OIDC authentication to complete...");
+    eoutln!("Waiting for OIDC authentication to complete...");
     let mut poll = Map::new();
     poll.insert("device_code".into(), Value::String(handle));
     let wait = Duration::from_secs(expires_in).min(DEVICE_WAIT);

@@ -883,7 +883,7 @@ async fn access_in(
         )));
     }
 
-    eprintln!("gatepass: {}", session_line(&g, &args.grant, now()));
+    eoutln!("gatepass: {}", session_line(&g, &args.grant, now()));
     let argv = ssh_command(
         &files,
         args.ssh_config.as_deref(),
@@ -896,12 +896,12 @@ async fn access_in(
     drop(g.key_pem);
     let (code, forwarded) = run_ssh(&argv, signals).await?;
     if let Some(sig) = forwarded {
-        eprintln!(
+        eoutln!(
             "gatepass: ssh ended after {} was passed on to it",
             sig.as_str()
         );
     } else if code == 255 {
-        eprintln!(
+        eoutln!(
             "Error: ssh could not connect or log in through the gateway, or the connection \
              broke (exit status 255; ssh's own message is above).\nHint: `gatepass pam sessions \
              show {sid}` says whether the session is still open, and why it ended."
@@ -1003,7 +1003,7 @@ async fn run_ssh(argv: &[OsString], signals: &mut Signals) -> Result<(u8, Option
         let name = Signal::try_from(sig)
             .map(|s| s.as_str())
             .unwrap_or("a signal");
-        eprintln!("Error: ssh was killed by {name}");
+        eoutln!("Error: ssh was killed by {name}");
     }
     Ok((code, forwarded))
 }
@@ -1072,7 +1072,7 @@ async fn config(ctx: &Ctx, via: &Via, args: ConfigArgs) -> Result<()> {
     };
     let (_, block) = files;
     out!("{block}");
-    eprintln!(
+    eoutln!(
         "gatepass: {}\ngatepass: add the block above to ~/.ssh/config, then: ssh {}",
         session_line(&g, &args.grant, t),
         host_alias(&args.grant.resource, &args.grant.account)
@@ -1181,7 +1181,7 @@ async fn list(ctx: &Ctx, args: ListArgs) -> Result<()> {
     };
     match ctx.format {
         Format::Json | Format::Yaml => output::print_structured(&json!(sessions), ctx.format),
-        Format::Table | Format::Cast if sessions.is_empty() => eprintln!("No sessions."),
+        Format::Table | Format::Cast if sessions.is_empty() => eoutln!("No sessions."),
         Format::Table | Format::Cast => {
             if let Some(r) = &resp {
                 output::print_warnings(r);
@@ -1310,7 +1310,7 @@ async fn terminate(ctx: &Ctx, args: IdArgs) -> Result<()> {
         .await?
         .ok_or_else(|| no_session(action.clone(), id))?;
     if ctx.format == Format::Table {
-        eprintln!("Success! The session {id} was terminated.");
+        eoutln!("Success! The session {id} was terminated.");
     }
     print_session(ctx, &resp, &action)
 }
@@ -1379,9 +1379,10 @@ async fn verify(ctx: &Ctx, args: IdArgs) -> Result<u8> {
 
 fn warn_unless_whole(recs: &SessionRecordings) {
     for r in recs.recordings.iter().filter(|r| !r.verdict.is_whole()) {
-        eprintln!(
+        eoutln!(
             "warning: recording {}: {} (only what verifies is shown)",
-            r.recording_id, r.message
+            r.recording_id,
+            r.message
         );
     }
 }

@@ -271,6 +271,7 @@ fn generic_commands_read_write_list_delete() {
 
 /// `gatepass … | head -1`: once the reader has gone the command ends
 /// quietly, with the status a shell shows for SIGPIPE, as Vault's does.
+/// A standard error no one reads changes nothing of the command's status.
 #[test]
 fn a_reader_that_goes_away_ends_the_command_quietly() {
     let s = Session::start();
@@ -301,6 +302,24 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     ));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("cannot write to standard output"), "{err}");
+    // A message to a standard error no one reads is dropped: the command
+    // ends with the status it would have had, not a panic's 101.
+    let failing = ["read", "sys/nothing-here"];
+    let (code, _, err) = run(&mut s.admin(&failing));
+    assert!(code != 0 && err.contains("Error"), "{code}: {err}");
+    let mut child = s
+        .admin(&failing)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gatepass");
+    drop(child.stderr.take());
+    let status = child.wait().expect("wait for gatepass");
+    assert_eq!(
+        status.code(),
+        Some(code),
+        "the same status with no one reading"
+    );
 }
 
 /// Vault's variable names work when gatepass's are not set, and the
