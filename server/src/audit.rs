@@ -348,8 +348,8 @@ struct OpenFile {
 /// repeats its request entry's `request` object, and the answers that
 /// hand out one shared state (a change reaching a fleet of hosts) have one
 /// audit form; built and serialized again for each line, those were a
-/// tenth of what a host's poll cost the server, and a waiting poll kept
-/// its request as a tree of small allocations.
+/// visible share of what a host's poll cost the server, and a waiting
+/// poll kept its request as a tree of small allocations.
 #[derive(Clone, Debug)]
 pub struct RawJson(std::sync::Arc<serde_json::value::RawValue>);
 
@@ -358,10 +358,6 @@ impl RawJson {
         serde_json::value::to_raw_value(value)
             .map(|raw| RawJson(raw.into()))
             .map_err(|e| Error::internal(format!("cannot serialize audit event part: {e}")))
-    }
-
-    pub fn get(&self) -> &str {
-        self.0.get()
     }
 }
 

@@ -59,8 +59,8 @@ pub async fn store(core: &Core, id: &str, index: u64, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Flushes, at most, that acknowledgements noted wait for while more keep
-/// coming (see [`Pace`]).
+/// Flush intervals, at most, that noted acknowledgements wait while more
+/// keep coming (see [`Pace`]).
 pub const WAIT_AT_MOST: u32 = 10;
 
 /// When the acknowledgements noted are written. A change reaching a fleet
