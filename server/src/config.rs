@@ -100,7 +100,9 @@ pub struct Limits {
     /// Time for a client to finish the TLS handshake.
     #[serde(deserialize_with = "duration")]
     pub tls_handshake_timeout: Duration,
-    /// Time for a client to send a whole request header (HTTP/1.1).
+    /// Time for a client to send a whole request header (HTTP/1.1), from
+    /// its first byte; a kept-alive connection waiting for its next request
+    /// is the idle timeout's.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
     /// A connection with no byte moved and no request in flight for this

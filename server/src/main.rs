@@ -94,7 +94,7 @@ struct LimitArgs {
     /// Time for a client to finish the TLS handshake.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     tls_handshake_timeout: std::time::Duration,
-    /// Time for a client to send a whole request header.
+    /// Time for a client to send a whole request header, from its first byte.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: std::time::Duration,
     /// Close a connection with nothing sent or answered for this long.

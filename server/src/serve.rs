@@ -8,15 +8,16 @@
 //! the open-file limit is never reached), and wraps the socket in
 //! [`GuardedStream`], which ends a connection that has carried no bytes and
 //! served no request for `idle_timeout`. The TLS handshake has its own
-//! bound (axum-server's acceptor), and hyper bounds the time to read a
-//! request's header (HTTP/1.1).
+//! bound (axum-server's acceptor). [`HeaderLimit`], over the bytes after
+//! TLS, bounds the time from a request header's first byte to the request
+//! (HTTP/1.1).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -130,21 +131,35 @@ pub async fn run(
     });
     let mut server = axum_server::from_tcp(listener).handle(handle);
     {
+        // Not hyper's own header timeout: it also runs while a kept-alive
+        // connection waits for its next request, so an idle connection
+        // would be closed after `header_read_timeout` rather than
+        // `idle_timeout`, and a client pausing between requests would pay
+        // a new TLS handshake. `HeaderLimit` starts it at the first byte.
         let builder = server.http_builder();
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout);
+            .header_read_timeout(None);
         builder.http2().timer(TokioTimer::new());
     }
+    let header_read = limits.header_read_timeout;
     let served = match tls {
         Some(cfg) => {
             let acceptor = RustlsAcceptor::new(cfg)
                 .handshake_timeout(limits.tls_handshake_timeout)
                 .acceptor(guard);
-            server.acceptor(acceptor).serve(app).await
+            server
+                .acceptor(HeaderLimit::new(acceptor, header_read))
+                .serve(app)
+                .await
         }
-        None => server.acceptor(guard).serve(app).await,
+        None => {
+            server
+                .acceptor(HeaderLimit::new(guard, header_read))
+                .serve(app)
+                .await
+        }
     };
     served.map_err(Error::Io)
 }
@@ -294,6 +309,11 @@ struct Activity {
     /// Requests being answered; a connection is never idle while one is
     /// (a long-poll may be silent for its whole wait).
     in_flight: AtomicUsize,
+    /// Requests begun on the connection so far.
+    begun: AtomicU64,
+    /// The connection switched protocols (101): what it carries from then
+    /// on is no HTTP request.
+    switched: AtomicBool,
     /// When a byte last moved or a request last finished, in milliseconds
     /// since `base`.
     last_ms: AtomicU64,
@@ -304,6 +324,8 @@ impl Activity {
     fn new() -> Activity {
         Activity {
             in_flight: AtomicUsize::new(0),
+            begun: AtomicU64::new(0),
+            switched: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             base: Instant::now(),
         }
@@ -430,6 +452,7 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(activity: Arc<Activity>) -> InFlight {
         activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.begun.fetch_add(1, Ordering::AcqRel);
         InFlight(activity)
     }
 }
@@ -441,9 +464,9 @@ impl Drop for InFlight {
     }
 }
 
-impl<S, R> tower::Service<R> for CountedService<S>
+impl<S, R, B> tower::Service<R> for CountedService<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = axum::http::Response<B>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -457,10 +480,222 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let in_flight = InFlight::new(self.activity.clone());
         let fut = self.inner.call(req);
+        let activity = self.activity.clone();
         Box::pin(async move {
             let r = fut.await;
+            // Before hyper writes the 101 and hands the connection over.
+            if matches!(&r, Ok(res) if res.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            {
+                activity.switched.store(true, Ordering::Release);
+            }
             drop(in_flight);
             r
         })
+    }
+}
+
+/// Wraps the stream each connection ends up with (after TLS, where there
+/// is TLS) in [`HeaderTimed`], which sees what the client sends in clear.
+#[derive(Clone)]
+struct HeaderLimit<A> {
+    inner: A,
+    limit: Duration,
+}
+
+impl<A> HeaderLimit<A> {
+    fn new(inner: A, limit: Duration) -> HeaderLimit<A> {
+        HeaderLimit { inner, limit }
+    }
+}
+
+impl<A, I, S> Accept<I, S> for HeaderLimit<A>
+where
+    A: Accept<I, S, Service = CountedService<S>>,
+    A::Future: Send + 'static,
+{
+    type Stream = HeaderTimed<A::Stream>;
+    type Service = CountedService<S>;
+    type Future = Pin<
+        Box<dyn Future<Output = io::Result<(HeaderTimed<A::Stream>, CountedService<S>)>> + Send>,
+    >;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let accepted = self.inner.accept(stream, service);
+        let limit = self.limit;
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            let activity = service.activity.clone();
+            Ok((HeaderTimed::new(stream, activity, limit), service))
+        })
+    }
+}
+
+/// What the client's first bytes say it speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Speaks {
+    /// Not known yet: this many bytes matched HTTP/2's preface so far.
+    Unknown(usize),
+    Http1,
+    /// HTTP/2 has no header read limit here (nor in hyper): its frames
+    /// (window updates, pings) come between requests too.
+    Http2,
+}
+
+/// HTTP/2's connection preface; its first four bytes are never the start
+/// of an HTTP/1.1 request hyper would take.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Speaks {
+    fn after(self, bytes: &[u8]) -> Speaks {
+        let Speaks::Unknown(matched) = self else {
+            return self;
+        };
+        let want = &H2_PREFACE[matched..];
+        let n = bytes.len().min(want.len());
+        if bytes[..n] != want[..n] {
+            Speaks::Http1
+        } else if matched + n >= 4 {
+            Speaks::Http2
+        } else {
+            Speaks::Unknown(matched + n)
+        }
+    }
+}
+
+/// The clear-text stream of one connection, ended (EOF to the HTTP layer)
+/// when a request header takes longer than its limit: from the first byte
+/// that came while no request was being answered to the request's start.
+/// A kept-alive connection that sends nothing is the idle timeout's, and a
+/// connection that switched protocols (a relay) carries no more requests.
+pub struct HeaderTimed<T> {
+    inner: T,
+    activity: Arc<Activity>,
+    limit: Duration,
+    speaks: Speaks,
+    /// While a header is coming: the count of requests begun when its
+    /// first byte came.
+    reading: Option<u64>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> HeaderTimed<T> {
+    fn new(inner: T, activity: Arc<Activity>, limit: Duration) -> HeaderTimed<T> {
+        HeaderTimed {
+            inner,
+            activity,
+            limit,
+            speaks: Speaks::Unknown(0),
+            reading: None,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn header_expected(&self) -> bool {
+        self.speaks != Speaks::Http2
+            && !self.activity.switched.load(Ordering::Acquire)
+            && self.activity.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Bytes came from the client.
+    fn received(&mut self, bytes: &[u8]) {
+        self.speaks = self.speaks.after(bytes);
+        if !self.header_expected() {
+            return;
+        }
+        let begun = self.activity.begun.load(Ordering::Acquire);
+        // The same header still coming, or the first byte of a new one.
+        if self.reading != Some(begun) {
+            self.reading = Some(begun);
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+    }
+
+    /// Ready when the header being read is over its limit.
+    fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(begun) = self.reading else {
+            return Poll::Pending;
+        };
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.reading = None;
+        if self.header_expected() && self.activity.begun.load(Ordering::Acquire) == begun {
+            tracing::debug!(limit = ?self.limit, "request header not received in time: connection closed");
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for HeaderTimed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if !new.is_empty() {
+                    let this = &mut *self;
+                    this.received(new);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.poll_overdue(cx) {
+                // End of stream, as for the idle timeout.
+                Poll::Ready(()) => Poll::Ready(Ok(())),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderTimed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_is_told_from_http1_by_its_preface_however_it_is_split() {
+        let first = |parts: &[&[u8]]| parts.iter().fold(Speaks::Unknown(0), |s, p| s.after(p));
+        assert_eq!(first(&[H2_PREFACE]), Speaks::Http2);
+        assert_eq!(first(&[b"P", b"R", b"I", b" * HTTP/2.0"]), Speaks::Http2);
+        assert_eq!(first(&[b"PR"]), Speaks::Unknown(2));
+        assert_eq!(first(&[b"POST /v1/ssh/sign/r HTTP/1.1\r\n"]), Speaks::Http1);
+        assert_eq!(first(&[b"PU", b"T / HTTP/1.1"]), Speaks::Http1);
+        assert_eq!(first(&[b"GET / HTTP/1.1\r\n", H2_PREFACE]), Speaks::Http1);
     }
 }

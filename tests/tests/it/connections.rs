@@ -241,34 +241,76 @@ fn per_address_limit_keeps_other_clients_served_at_once() {
     });
 }
 
+/// A TLS connection that has had one request answered (HTTP/1.1 keeps it).
+async fn after_one_request(s: &DevServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server_addr(s)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut t = tls_connector(s).connect(name, tcp).await.unwrap();
+    t.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = t.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    t
+}
+
 #[test]
 fn an_idle_keep_alive_connection_is_closed() {
     let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
     rt().block_on(async {
-        let tcp = TcpStream::connect(server_addr(&s)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut t = tls_connector(&s).connect(name, tcp).await.unwrap();
         // Timed from before the request: the server cannot count the
         // connection idle before it has answered, however late this
         // process (on a busy machine) reads the answer.
         let start = Instant::now();
-        t.write_all(b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = t.read(&mut buf).await.unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
-        // Kept alive by HTTP/1.1, then closed by the server once idle: by
-        // the wait for the next request's header (2 s here) or the idle
-        // timeout (3 s), whichever ends first; not sooner.
+        let t = after_one_request(&s).await;
+        // Kept alive by HTTP/1.1, then closed by the server once idle for
+        // the idle timeout (3 s here), not sooner: the header read timeout
+        // (2 s) is for a header that has begun to come.
         let closed = Held::Tls(Box::new(t))
             .closed_within(Duration::from_secs(10))
             .await;
         assert!(closed, "an idle connection stayed open");
         assert!(
-            start.elapsed() >= Duration::from_secs(2),
+            start.elapsed() >= Duration::from_secs(3),
             "closed before its idle timeout: {:?}",
             start.elapsed()
+        );
+    });
+}
+
+#[test]
+fn a_header_trickled_on_a_kept_alive_connection_is_cut_at_the_header_timeout() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        let mut t = after_one_request(&s).await;
+        let mut buf = vec![0u8; 4096];
+        // The next request's header, a line every 0.5 s: the bytes keep the
+        // idle timeout (3 s) from ever running out; the header read timeout
+        // (2 s from its first byte) ends the connection.
+        let started = Instant::now();
+        t.write_all(b"GET /v1/sys/health HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut cut = None;
+        for i in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let line = format!("X-Slow-{i}: 1\r\n");
+            let write = t.write_all(line.as_bytes()).await;
+            let read = tokio::time::timeout(Duration::from_millis(1), t.read(&mut buf)).await;
+            if write.is_err() || matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+                cut = Some(started.elapsed());
+                break;
+            }
+        }
+        let cut = cut.expect("a header trickled for 10 s was never cut");
+        assert!(
+            cut >= Duration::from_secs(2),
+            "cut before the header read timeout: {cut:?}"
+        );
+        assert!(
+            cut < Duration::from_secs(6),
+            "cut long after the header read timeout: {cut:?}"
         );
     });
 }

@@ -60,8 +60,16 @@ impl Pam {
     }
 
     fn start_as(relay: bool) -> Pam {
+        // A relay's connections switch protocols and then carry SSH for
+        // as long as the session lasts: a short header read timeout on the
+        // server must not cut them (a session below outlasts it).
+        let server = if relay {
+            DevServer::start_with(&["--header-read-timeout", "2s"], &[])
+        } else {
+            DevServer::start()
+        };
         let mut pam = Pam {
-            server: DevServer::start(),
+            server,
             admin: tempfile::tempdir().unwrap(),
             home: tempfile::tempdir().unwrap(),
             tmp: tempfile::tempdir().unwrap(),
@@ -1083,6 +1091,39 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
     let s = pam.session_when(&id, |s| s["state"] == "ended");
     assert_eq!(s["end_reason"], "closed", "{s}");
     assert!(sshd.log().contains("Accepted publickey for root"));
+    // A session longer than the server's header read timeout (2 s here),
+    // its output coming a line a second through both relayed connections.
+    let mut long = pam
+        .access(
+            "keys",
+            "root",
+            "5m",
+            &["for i in 1 2 3 4; do echo $i; sleep 1; done"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while long.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = long.kill();
+            panic!(
+                "a 4 s session still running after 30 s\n--- gateway ---\n{}",
+                pam.gateway_log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let long = long.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&long.stdout);
+    assert!(
+        long.status.success(),
+        "{out}{}\n--- gateway ---\n{}",
+        String::from_utf8_lossy(&long.stderr),
+        pam.gateway_log()
+    );
+    assert_eq!(out, "1\n2\n3\n4\n");
 
     // $ gatepass pam ssh config … >> ~/.ssh/config; then plain ssh and scp,
     // with the person's token in their environment as usual.
