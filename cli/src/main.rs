@@ -147,7 +147,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let ran = runtime.block_on(run(cli));
+    // Without waiting for blocking work: a relay the server ended leaves a
+    // read of standard input blocked until ssh closes it, which ssh does
+    // only once this process has exited.
+    runtime.shutdown_background();
+    match ran {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eoutln!("Error: {e}");

@@ -1023,13 +1023,42 @@ async fn relay(ctx: &Ctx, args: IdArgs) -> Result<()> {
         )
         .await
         .map_err(|e| ctx.api_error(e, &action))?;
-    let mut conn = conn;
-    let mut local = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    match tokio::io::copy_bidirectional(&mut local, &mut conn).await {
-        Ok(_) => Ok(()),
+    match carry(tokio::io::stdin(), tokio::io::stdout(), conn).await {
+        Ok(()) => Ok(()),
         // ssh went away first: nothing left to carry.
         Err(e) if e.kind() == ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Error::Local(format!("{action}: {e}"))),
+    }
+}
+
+/// Carries ssh's bytes (`from_ssh`, `to_ssh`) over `conn` both ways, until
+/// the server's side ends. ssh ending its side first (end of its input) is
+/// passed on and the answer still read to its end. The server's side
+/// ending ends the relay at once, whatever ssh still has open: ssh waits
+/// for its proxy's output to end, which only the relay's exit tells it
+/// (tokio's stdout cannot be closed on its own), and the relay must not
+/// wait for ssh's input to end, which ssh will not do first.
+async fn carry<R, W, C>(mut from_ssh: R, mut to_ssh: W, conn: C) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use tokio::io::AsyncWriteExt;
+    let (mut from_server, mut to_server) = tokio::io::split(conn);
+    let down = async {
+        tokio::io::copy(&mut from_server, &mut to_ssh).await?;
+        to_ssh.flush().await
+    };
+    let up = async {
+        tokio::io::copy(&mut from_ssh, &mut to_server).await?;
+        to_server.shutdown().await?;
+        // Nothing more to send; the server's side decides the end.
+        std::future::pending::<std::io::Result<()>>().await
+    };
+    tokio::select! {
+        r = down => r,
+        r = up => r,
     }
 }
 
@@ -2010,6 +2039,52 @@ mod tests {
             session_line(&granted("gw:22"), &grant(), 1_796_223_600 - 3600),
             "session s-123 for root on web1, ends at 2026-12-02T15:00:00Z (in 1h)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_relay_ends_when_the_servers_side_does_though_ssh_keeps_its_input_open() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ssh_in, mut ssh_writes) = tokio::io::duplex(1024);
+        let (mut ssh_reads, ssh_out) = tokio::io::duplex(1024);
+        let (conn, mut server) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(carry(ssh_in, ssh_out, conn));
+        ssh_writes.write_all(b"client hello").await.unwrap();
+        let mut got = [0u8; 12];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"client hello");
+        server.write_all(b"server bye").await.unwrap();
+        // The server's side ends; ssh's input stays open (`ssh_writes`).
+        drop(server);
+        let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+        assert!(
+            matches!(ended, Ok(Ok(Ok(())))),
+            "the relay did not end with the server's side: {ended:?}"
+        );
+        let mut rest = Vec::new();
+        ssh_reads.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"server bye");
+        drop(ssh_writes);
+    }
+
+    #[tokio::test]
+    async fn a_relay_passes_the_end_of_sshs_input_on_and_reads_the_answer_to_its_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ssh_in, mut ssh_writes) = tokio::io::duplex(1024);
+        let (mut ssh_reads, ssh_out) = tokio::io::duplex(1024);
+        let (conn, mut server) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(carry(ssh_in, ssh_out, conn));
+        ssh_writes.write_all(b"last words").await.unwrap();
+        drop(ssh_writes);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        server.write_all(b"the answer").await.unwrap();
+        drop(server);
+        let ended = tokio::time::timeout(Duration::from_secs(5), relay).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+        let mut rest = Vec::new();
+        ssh_reads.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"the answer");
     }
 
     #[tokio::test]
