@@ -639,8 +639,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeaderTimed<T> {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if !new.is_empty() {
-                    let this = &mut *self;
-                    this.received(new);
+                    self.received(new);
                 }
                 Poll::Ready(Ok(()))
             }

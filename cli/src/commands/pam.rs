@@ -2041,13 +2041,25 @@ mod tests {
         );
     }
 
+    /// A relay between in-memory pipes: ssh's input and output, and the
+    /// server's side.
+    fn relay_between_pipes() -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let (ssh_in, ssh_writes) = tokio::io::duplex(1024);
+        let (ssh_reads, ssh_out) = tokio::io::duplex(1024);
+        let (conn, server) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(carry(ssh_in, ssh_out, conn));
+        (ssh_writes, ssh_reads, server, relay)
+    }
+
     #[tokio::test]
     async fn a_relay_ends_when_the_servers_side_does_though_ssh_keeps_its_input_open() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ssh_in, mut ssh_writes) = tokio::io::duplex(1024);
-        let (mut ssh_reads, ssh_out) = tokio::io::duplex(1024);
-        let (conn, mut server) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(carry(ssh_in, ssh_out, conn));
+        let (mut ssh_writes, mut ssh_reads, mut server, relay) = relay_between_pipes();
         ssh_writes.write_all(b"client hello").await.unwrap();
         let mut got = [0u8; 12];
         server.read_exact(&mut got).await.unwrap();
@@ -2069,10 +2081,7 @@ mod tests {
     #[tokio::test]
     async fn a_relay_passes_the_end_of_sshs_input_on_and_reads_the_answer_to_its_end() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (ssh_in, mut ssh_writes) = tokio::io::duplex(1024);
-        let (mut ssh_reads, ssh_out) = tokio::io::duplex(1024);
-        let (conn, mut server) = tokio::io::duplex(1024);
-        let relay = tokio::spawn(carry(ssh_in, ssh_out, conn));
+        let (mut ssh_writes, mut ssh_reads, mut server, relay) = relay_between_pipes();
         ssh_writes.write_all(b"last words").await.unwrap();
         drop(ssh_writes);
         let mut got = Vec::new();
