@@ -90,19 +90,49 @@ pub struct GatewayEnd {
 }
 
 impl GatewayEnd {
-    /// Copies both ways until either side closes; waits for the user's
-    /// connection to be upgraded first (at most the pickup timeout).
-    pub async fn splice(self, mut gateway: Stream) {
-        let Ok(Ok(mut user)) = tokio::time::timeout(PICKUP_TIMEOUT, self.user).await else {
+    /// Copies both ways, once the user's connection is upgraded (waiting at
+    /// most the pickup timeout); see [`splice`] for how it ends.
+    pub async fn splice(self, gateway: Stream) {
+        let Ok(Ok(user)) = tokio::time::timeout(PICKUP_TIMEOUT, self.user).await else {
             return;
         };
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut user,
-            &mut gateway,
-            COPY_BUFFER,
-            COPY_BUFFER,
-        )
-        .await;
+        splice(user, gateway, USER_GRACE).await;
+    }
+}
+
+/// How long the user's side may go on once the gateway's side has ended.
+/// The gateway ends a session's connection (at the session's end, or when
+/// its SSH server hangs up); a client that then neither closes nor sends
+/// would otherwise hold the relay, and a slot of this server, for ever.
+const USER_GRACE: Duration = Duration::from_secs(5);
+
+/// Copies both ways between the two connections. The end of one side's
+/// bytes is passed on to the other (a half-close), and the other direction
+/// goes on. When the gateway's side ends first, the user's gets `grace`
+/// more to end too; when the user's side ends first, the relay lasts as
+/// long as the gateway keeps its side open: the gateway is the server's
+/// own party and ends its sessions on time, a user's client is not.
+/// (`tokio::io::copy_bidirectional` waits for both sides for ever.)
+async fn splice(user: Stream, gateway: Stream, grace: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let (user_in, mut user_out) = tokio::io::split(user);
+    let (gateway_in, mut gateway_out) = tokio::io::split(gateway);
+    let up = async {
+        let mut from = tokio::io::BufReader::with_capacity(COPY_BUFFER, user_in);
+        let _ = tokio::io::copy_buf(&mut from, &mut gateway_out).await;
+        let _ = gateway_out.shutdown().await;
+    };
+    let down = async {
+        let mut from = tokio::io::BufReader::with_capacity(COPY_BUFFER, gateway_in);
+        let _ = tokio::io::copy_buf(&mut from, &mut user_out).await;
+        let _ = user_out.shutdown().await;
+    };
+    tokio::pin!(up, down);
+    tokio::select! {
+        () = &mut down => {
+            let _ = tokio::time::timeout(grace, up).await;
+        }
+        () = &mut up => down.await,
     }
 }
 
@@ -245,7 +275,8 @@ impl Relays {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
 
     fn name(s: &str) -> Name {
         Name::parse("gateway", s).unwrap()
@@ -297,6 +328,51 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Two far ends and the splice between them, under way.
+    fn spliced(grace: Duration) -> (DuplexStream, DuplexStream, JoinHandle<()>) {
+        let (user_far, user_near) = tokio::io::duplex(64);
+        let (gateway_far, gateway_near) = tokio::io::duplex(64);
+        let task = tokio::spawn(splice(Box::new(user_near), Box::new(gateway_near), grace));
+        (user_far, gateway_far, task)
+    }
+
+    async fn ends_within(task: JoinHandle<()>, secs: u64) {
+        tokio::time::timeout(Duration::from_secs(secs), task)
+            .await
+            .expect("the relay did not end")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_relay_ends_soon_after_the_gateway_does_though_the_user_stays_silent() {
+        let (mut user, gateway, task) = spliced(Duration::from_millis(300));
+        drop(gateway);
+        let mut rest = Vec::new();
+        user.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        // The user's side neither sends nor closes: the grace ends it.
+        ends_within(task, 3).await;
+        drop(user);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_users_bytes_is_passed_on_and_the_gateways_answer_still_comes() {
+        let (mut user, mut gateway, task) = spliced(Duration::from_millis(300));
+        user.write_all(b"last words").await.unwrap();
+        user.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        gateway.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // Longer than the grace: the gateway's side may take its time.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        gateway.write_all(b"the answer").await.unwrap();
+        let mut answer = [0u8; 10];
+        user.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"the answer");
+        drop(gateway);
+        ends_within(task, 3).await;
     }
 
     #[tokio::test]
