@@ -103,7 +103,8 @@ impl GatewayEnd {
 /// How long the user's side may go on once the gateway's side has ended.
 /// The gateway ends a session's connection (at the session's end, or when
 /// its SSH server hangs up); a client that then neither closes nor sends
-/// would otherwise hold the relay, and a slot of this server, for ever.
+/// would otherwise hold the relay, and a slot of this server's connection
+/// limits, until the idle timeout (60 s by default).
 const USER_GRACE: Duration = Duration::from_secs(5);
 
 /// Copies both ways between the two connections. The end of one side's
@@ -112,7 +113,7 @@ const USER_GRACE: Duration = Duration::from_secs(5);
 /// more to end too; when the user's side ends first, the relay lasts as
 /// long as the gateway keeps its side open: the gateway is the server's
 /// own party and ends its sessions on time, a user's client is not.
-/// (`tokio::io::copy_bidirectional` waits for both sides for ever.)
+/// (`tokio::io::copy_bidirectional` waits for both sides to end.)
 async fn splice(user: Stream, gateway: Stream, grace: Duration) {
     use tokio::io::AsyncWriteExt;
     let (user_in, mut user_out) = tokio::io::split(user);
