@@ -106,7 +106,8 @@ pub struct Limits {
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
     /// A connection with no byte moved and no request in flight for this
-    /// long is closed.
+    /// long is closed; so is one whose client has taken nothing of what
+    /// the server writes for this long.
     #[serde(deserialize_with = "duration")]
     pub idle_timeout: Duration,
 }

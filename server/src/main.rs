@@ -97,7 +97,8 @@ struct LimitArgs {
     /// Time for a client to send a whole request header, from its first byte.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: std::time::Duration,
-    /// Close a connection with nothing sent or answered for this long.
+    /// Close a connection with nothing sent or answered for this long, or
+    /// whose client takes nothing of what it is sent for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     idle_timeout: std::time::Duration,
 }

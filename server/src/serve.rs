@@ -7,7 +7,8 @@
 //! limit and of its address's limit (refused at once when none is free, so
 //! the open-file limit is never reached), and wraps the socket in
 //! [`GuardedStream`], which ends a connection that has carried no bytes and
-//! served no request for `idle_timeout`. The TLS handshake has its own
+//! served no request for `idle_timeout`, or whose client has taken nothing
+//! of what it is sent for as long. The TLS handshake has its own
 //! bound (axum-server's acceptor). [`HeaderLimit`], over the bytes after
 //! TLS, bounds the time from a request header's first byte to the request
 //! (HTTP/1.1).
@@ -293,6 +294,8 @@ impl<S> Accept<TcpStream, S> for Guard {
                     activity: activity.clone(),
                     idle: self.shared.idle,
                     timer: Box::pin(tokio::time::sleep(self.shared.idle)),
+                    stalled_since: None,
+                    write_timer: None,
                     _admission: admission,
                 },
                 CountedService {
@@ -349,6 +352,10 @@ pub struct GuardedStream {
     activity: Arc<Activity>,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Since when a write has waited for the client to take bytes.
+    stalled_since: Option<Instant>,
+    /// Made at the first write that waits (most connections never have one).
+    write_timer: Option<Pin<Box<Sleep>>>,
     _admission: Admission,
 }
 
@@ -370,6 +377,57 @@ impl GuardedStream {
             }
             // Something happened since the timer was set: wait the rest.
             self.timer.as_mut().reset(deadline);
+        }
+    }
+
+    /// For a write the socket does not take: Ready with an error once the
+    /// client has taken nothing for `idle` since this write got stuck, and
+    /// no byte has moved the other way either, whether or not a request is
+    /// in flight. A client that stops reading would otherwise hold the task
+    /// writing to it, and its slot, for ever: what it was sent fills the
+    /// kernel's buffers and the write waits (a relayed session whose user
+    /// reads nothing, an answer larger than those buffers). A slow reader
+    /// is not cut: each byte it takes lets a write through and starts the
+    /// time over. A timer of its own: the idle timer is pushed on while a
+    /// request is in flight.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
+        let since = *self.stalled_since.get_or_insert(now);
+        let deadline = || (since + self.idle).max(self.activity.idle_at(self.idle));
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline())));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let at = deadline();
+            if at <= Instant::now() {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took no bytes for the idle timeout",
+                ));
+            }
+            timer.as_mut().reset(at);
+        }
+    }
+
+    /// A write's outcome, counted as activity, or the stall's error.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.activity.touch();
+                    self.stalled_since = None;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => self.poll_stalled(cx).map(Err),
         }
     }
 }
@@ -407,10 +465,7 @@ impl AsyncWrite for GuardedStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
+        self.after_write(cx, r)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -427,10 +482,7 @@ impl AsyncWrite for GuardedStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
+        self.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -686,6 +738,86 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeaderTimed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const IDLE: Duration = Duration::from_secs(1);
+
+    /// A guarded server side and its client, both sockets with small
+    /// buffers, so that a client that reads nothing stops the server's
+    /// writes after a few kilobytes.
+    async fn guarded_pair() -> (GuardedStream, TcpStream) {
+        let small = |s: &tokio::net::TcpSocket| {
+            s.set_send_buffer_size(4096).unwrap();
+            s.set_recv_buffer_size(4096).unwrap();
+        };
+        let listen = tokio::net::TcpSocket::new_v4().unwrap();
+        small(&listen);
+        listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listen.listen(8).unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        small(&client);
+        let client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let limits = Limits {
+            idle_timeout: IDLE,
+            ..Limits::default()
+        };
+        let (guarded, _service) = Guard::new(8, &limits).accept(server, ()).await.unwrap();
+        (guarded, client)
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_does_not_take_fails_after_the_idle_timeout() {
+        let (mut server, _client) = guarded_pair().await;
+        let chunk = vec![7u8; 16 * 1024];
+        let started = Instant::now();
+        let mut sent = 0usize;
+        let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match server.write(&chunk).await {
+                    Ok(n) => sent += n,
+                    Err(e) => return e,
+                }
+            }
+        })
+        .await
+        .expect("a write the client never took waited for ever");
+        assert_eq!(outcome.kind(), io::ErrorKind::TimedOut, "{outcome}");
+        assert!(sent > 0, "nothing was written before the stall");
+        assert!(started.elapsed() >= IDLE, "cut before the idle timeout");
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_is_not_cut_however_long_it_takes() {
+        let (mut server, mut client) = guarded_pair().await;
+        // A read every 150 ms: every write waits (the kernel lets one
+        // through once the client has taken about half its buffer, about
+        // every other read), none for the whole idle timeout, and the whole
+        // takes longer than it.
+        let total = 48 * 1024;
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            let mut buf = vec![0u8; 4096];
+            while got < total {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the server ended the connection");
+                got += n;
+            }
+            got
+        });
+        let started = Instant::now();
+        server.write_all(&vec![7u8; total]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), total);
+        assert!(
+            started.elapsed() > IDLE,
+            "the writes never waited for the reader: {:?}",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn http2_is_told_from_http1_by_its_preface_however_it_is_split() {

@@ -316,6 +316,48 @@ fn a_header_trickled_on_a_kept_alive_connection_is_cut_at_the_header_timeout() {
 }
 
 #[test]
+fn a_client_that_reads_none_of_its_answers_is_cut_at_the_idle_timeout() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        let tcp = TcpStream::connect(server_addr(&s)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let t = tls_connector(&s).connect(name, tcp).await.unwrap();
+        let (mut from_server, mut to_server) = tokio::io::split(t);
+        // Requests in a row (HTTP/1.1 pipelining) whose answers, about
+        // 18 MB, are more than the sockets' buffers hold: the server's
+        // writes wait for this client, which reads nothing.
+        const REQUESTS: usize = 40_000;
+        let request = b"GET /v1/sys/health HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let sender = tokio::spawn(async move {
+            let _ = to_server.write_all(&request.repeat(REQUESTS)).await;
+            // The write half stays open: the client has not hung up.
+            std::future::pending::<()>().await;
+        });
+        // Longer than the idle timeout (3 s) and the time to fill them.
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let mut got = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            // A cut connection ends without TLS's close: an error here.
+            let _ = from_server.read_to_end(&mut got).await;
+        })
+        .await;
+        sender.abort();
+        let answers = got
+            .windows(b"HTTP/1.1 200".len())
+            .filter(|w| w == b"HTTP/1.1 200")
+            .count();
+        assert!(
+            ended.is_ok(),
+            "the server kept the connection open ({answers} answers read)"
+        );
+        assert!(
+            answers > 0 && answers < REQUESTS,
+            "{answers} of {REQUESTS} answers came: the connection was not cut while they waited"
+        );
+    });
+}
+
+#[test]
 fn a_long_request_is_not_cut_by_the_idle_timeout() {
     // A host's long-poll sends nothing while it waits; the idle timeout
     // must not end it. The wait (5 s) is longer than the idle timeout (3 s).
