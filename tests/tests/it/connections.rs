@@ -333,8 +333,9 @@ fn a_client_that_reads_none_of_its_answers_is_cut_at_the_idle_timeout() {
             // The write half stays open: the client has not hung up.
             std::future::pending::<()>().await;
         });
-        // Longer than the idle timeout (3 s) and the time to fill them.
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Longer than the time to fill them (a second or two) and the idle
+        // timeout (3 s) after it, with room for a slow machine.
+        tokio::time::sleep(Duration::from_secs(12)).await;
         let mut got = Vec::new();
         let ended = tokio::time::timeout(Duration::from_secs(30), async {
             // A cut connection ends without TLS's close: an error here.
