@@ -18,6 +18,7 @@ mod health;
 mod postgres;
 pub mod snapshot;
 mod sqlite;
+mod wal_writes;
 mod writer;
 
 pub use health::{describe, PROBE_TIMEOUT};

@@ -5,7 +5,8 @@
 //! than the statement.) Here reads run on the calling thread (a lookup in
 //! SQLite's page cache takes microseconds), and all writes run on one
 //! thread of their own that commits whatever is queued in one transaction
-//! (group commit), in the order it arrived.
+//! (group commit), in the order it arrived; a commit's WAL frames reach
+//! the file in one system call (`wal_writes`).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,7 +44,8 @@ pub fn path_of(url: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
-fn open(path: &Path) -> Result<Connection> {
+pub(super) fn open(path: &Path) -> Result<Connection> {
+    super::wal_writes::install();
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -88,6 +90,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// Refuses a database that a newer version has migrated further.
 pub fn migrate(path: &Path) -> Result<()> {
     use sha2::Digest;
+    super::wal_writes::install();
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(super::health::SQLITE_BUSY_TIMEOUT)?;
     conn.execute_batch(
