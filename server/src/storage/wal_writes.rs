@@ -4,26 +4,27 @@
 //! `pwrite`s, its 24-byte header and then its page, so the group-commit
 //! writer made some 28 calls a commit under load, and the kernel's work
 //! per call (finding, locking and dirtying the page cache's pages for each)
-//! was most of the writer's CPU (BENCHMARKS.md, "What the two signing
+//! was over half of the writer's CPU (BENCHMARKS.md, "What the two signing
 //! targets would take"). SQLite has no setting that gathers them, and no
 //! crate does this; its unix VFS does let a process replace the system
 //! calls it makes (`xSetSystemCall`), which is what this module does:
 //!
 //! - A write to a WAL file (a file SQLite opened under a name ending in
-//!   `-wal`) that follows the last one held on this thread is held in the
-//!   thread's buffer instead of being made.
+//!   `-wal`) that follows the bytes held for its file descriptor is held
+//!   with them instead of being made. Each descriptor is its connection's
+//!   own, so whichever thread a connection runs on finds what it holds.
 //! - The held bytes are written, in one call, when the page of a commit
 //!   frame (a frame header whose "database size after commit" field is
 //!   not zero) has been added: the end of a transaction's frames. SQLite
 //!   publishes a commit to readers only after that write returns, and a
 //!   failure (a full disk) is returned from it, so SQLite sees it as the
 //!   commit's own write failing and rolls back, as before.
-//! - They are also written before any other write that does not follow
-//!   them, before any read or truncation of a WAL file and before a WAL
-//!   file is closed, and once they exceed [`MAX_HELD`]: so SQLite never
-//!   reads a page of the log that is not in the file, whatever it does
-//!   between a transaction's frames (spilling its cache, rewriting
-//!   checksums). The log's own header is never held: SQLite may sync it
+//! - They are also written before a write to that descriptor that does
+//!   not follow them, before it is read, truncated or closed, and once they
+//!   exceed [`MAX_HELD`]: so a connection never reads a page of its log
+//!   that is not in the file, whatever it does between a transaction's
+//!   frames (spilling its cache, rewriting checksums). Other connections
+//!   read only committed frames. The log's own header is never held: SQLite may sync it
 //!   before it writes frames, and `fdatasync` is not a call SQLite lets
 //!   be replaced.
 //!
@@ -32,10 +33,9 @@
 //! The database file, the shared-memory index and every other file are
 //! written as SQLite writes them.
 
-use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::{Mutex, MutexGuard, Once};
 
 use rusqlite::ffi;
 
@@ -58,6 +58,10 @@ const TRACKED_FDS: usize = 4096;
 /// one and cleared when it closes it.
 static WAL_FDS: [AtomicBool; TRACKED_FDS] = [const { AtomicBool::new(false) }; TRACKED_FDS];
 
+/// The bytes held for each WAL file descriptor. Only the connection that
+/// owns a descriptor uses its slot, so the lock is not contended.
+static HELD: [Mutex<Held>; TRACKED_FDS] = [const { Mutex::new(Held::NONE) }; TRACKED_FDS];
+
 type OpenFn = unsafe extern "C" fn(*const c_char, c_int, c_int) -> c_int;
 type CloseFn = unsafe extern "C" fn(c_int) -> c_int;
 type PreadFn = unsafe extern "C" fn(c_int, *mut c_void, usize, libc::off_t) -> isize;
@@ -72,9 +76,8 @@ static REAL_PREAD: AtomicUsize = AtomicUsize::new(0);
 static REAL_PWRITE: AtomicUsize = AtomicUsize::new(0);
 static REAL_TRUNCATE: AtomicUsize = AtomicUsize::new(0);
 
-/// The bytes held on this thread: `bytes` belong at `start` in `fd`.
+/// The bytes held for one file descriptor: `bytes` belong at `start`.
 struct Held {
-    fd: c_int,
     start: i64,
     bytes: Vec<u8>,
     /// Where the page of a commit frame whose header is held starts: the
@@ -82,9 +85,11 @@ struct Held {
     commit_page_at: Option<i64>,
 }
 
-thread_local! {
-    static HELD: RefCell<Held> = const {
-        RefCell::new(Held { fd: -1, start: 0, bytes: Vec::new(), commit_page_at: None })
+impl Held {
+    const NONE: Held = Held {
+        start: 0,
+        bytes: Vec::new(),
+        commit_page_at: None,
     };
 }
 
@@ -140,11 +145,14 @@ pub fn install() {
     });
 }
 
-fn is_wal(fd: c_int) -> bool {
-    usize::try_from(fd)
-        .ok()
-        .and_then(|i| WAL_FDS.get(i))
-        .is_some_and(|f| f.load(Ordering::Acquire))
+/// The slot of a WAL file's descriptor; None for any other file.
+fn slot(fd: c_int) -> Option<MutexGuard<'static, Held>> {
+    let i = usize::try_from(fd).ok()?;
+    if !WAL_FDS.get(i)?.load(Ordering::Acquire) {
+        return None;
+    }
+    // Nothing panics while a slot is locked; a poisoned one is still whole.
+    Some(HELD.get(i)?.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 fn set_wal(fd: c_int, wal: bool) {
@@ -167,9 +175,9 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// Writes what this thread holds, then forgets it (written or not).
-/// On failure errno is set and Err returned.
-fn write_held(held: &mut Held) -> Result<(), ()> {
+/// Writes what is held for `fd`, then forgets it (written or not). On
+/// failure errno is set and Err returned.
+fn write_held(fd: c_int, held: &mut Held) -> Result<(), ()> {
     let mut done = 0;
     let mut result = Ok(());
     while done < held.bytes.len() {
@@ -177,7 +185,7 @@ fn write_held(held: &mut Held) -> Result<(), ()> {
         // SAFETY: the original `pwrite`, given a live buffer and its length.
         let n = unsafe {
             real::<PwriteFn>(&REAL_PWRITE)(
-                held.fd,
+                fd,
                 rest.as_ptr().cast(),
                 rest.len(),
                 held.start + done as i64,
@@ -204,17 +212,15 @@ fn write_held(held: &mut Held) -> Result<(), ()> {
     }
     held.bytes.clear();
     held.commit_page_at = None;
-    held.fd = -1;
     result
 }
 
-/// Writes whatever this thread holds (the way every call but a
-/// following write starts).
-fn flush() -> Result<(), ()> {
-    HELD.with(|h| match h.try_borrow_mut() {
-        Ok(mut held) if !held.bytes.is_empty() => write_held(&mut held),
+/// Writes what is held for `fd`, if it is a WAL file's.
+fn flush(fd: c_int) -> Result<(), ()> {
+    match slot(fd) {
+        Some(mut held) if !held.bytes.is_empty() => write_held(fd, &mut held),
         _ => Ok(()),
-    })
+    }
 }
 
 unsafe extern "C" fn wal_open(path: *const c_char, flags: c_int, mode: c_int) -> c_int {
@@ -222,6 +228,11 @@ unsafe extern "C" fn wal_open(path: *const c_char, flags: c_int, mode: c_int) ->
     if fd >= 0 {
         let wal = !path.is_null() && CStr::from_ptr(path).to_bytes().ends_with(b"-wal");
         set_wal(fd, wal);
+        if let Some(mut held) = slot(fd) {
+            // A new file on this descriptor: nothing held belongs to it.
+            held.bytes.clear();
+            held.commit_page_at = None;
+        }
     }
     fd
 }
@@ -230,23 +241,20 @@ unsafe extern "C" fn wal_close(fd: c_int) -> c_int {
     // The close goes ahead whatever the write did; SQLite is told only
     // of the close's own result, and a failed write of a commit frame was
     // already returned from that write.
-    let _ = HELD.with(|h| match h.try_borrow_mut() {
-        Ok(mut held) if held.fd == fd && !held.bytes.is_empty() => write_held(&mut held),
-        _ => Ok(()),
-    });
+    let _ = flush(fd);
     set_wal(fd, false);
     real::<CloseFn>(&REAL_CLOSE)(fd)
 }
 
 unsafe extern "C" fn wal_pread(fd: c_int, buf: *mut c_void, n: usize, off: libc::off_t) -> isize {
-    if is_wal(fd) && flush().is_err() {
+    if flush(fd).is_err() {
         return -1;
     }
     real::<PreadFn>(&REAL_PREAD)(fd, buf, n, off)
 }
 
 unsafe extern "C" fn wal_truncate(fd: c_int, len: libc::off_t) -> c_int {
-    if flush().is_err() {
+    if flush(fd).is_err() {
         return -1;
     }
     real::<TruncateFn>(&REAL_TRUNCATE)(fd, len)
@@ -258,41 +266,35 @@ unsafe extern "C" fn wal_pwrite(
     n: usize,
     off: libc::off_t,
 ) -> isize {
-    let direct = |fd, buf, n, off| real::<PwriteFn>(&REAL_PWRITE)(fd, buf, n, off);
+    let direct = |buf, n, off| real::<PwriteFn>(&REAL_PWRITE)(fd, buf, n, off);
+    let Some(mut held) = slot(fd) else {
+        return direct(buf, n, off);
+    };
     // The WAL's own header (at the start of the file, written when the
     // log starts over) goes straight to the file: SQLite may sync it
     // before the frames, and syncs are not among the calls replaced here.
-    if !is_wal(fd) || buf.is_null() || off < WAL_HEADER {
-        if flush().is_err() {
+    if buf.is_null() || off < WAL_HEADER {
+        if write_held(fd, &mut held).is_err() {
             return -1;
         }
-        return direct(fd, buf, n, off);
+        return direct(buf, n, off);
     }
     let data = std::slice::from_raw_parts(buf.cast::<u8>(), n);
-    HELD.with(|h| {
-        let Ok(mut held) = h.try_borrow_mut() else {
-            return direct(fd, buf, n, off);
-        };
-        let follows = held.fd == fd && held.start + held.bytes.len() as i64 == off;
-        if !held.bytes.is_empty() && !follows && write_held(&mut held).is_err() {
-            return -1;
-        }
-        if held.bytes.is_empty() {
-            held.fd = fd;
-            held.start = off;
-        }
-        held.bytes.extend_from_slice(data);
-        let ends_commit = held.commit_page_at == Some(off);
-        if n == FRAME_HEADER && data[4..8] != [0; 4] {
-            held.commit_page_at = Some(off + FRAME_HEADER as i64);
-        } else {
-            held.commit_page_at = None;
-        }
-        if (ends_commit || held.bytes.len() >= MAX_HELD) && write_held(&mut held).is_err() {
-            return -1;
-        }
-        n as isize
-    })
+    let follows = held.start + held.bytes.len() as i64 == off;
+    if !held.bytes.is_empty() && !follows && write_held(fd, &mut held).is_err() {
+        return -1;
+    }
+    if held.bytes.is_empty() {
+        held.start = off;
+    }
+    held.bytes.extend_from_slice(data);
+    let ends_commit = held.commit_page_at == Some(off);
+    held.commit_page_at =
+        (n == FRAME_HEADER && data[4..8] != [0; 4]).then_some(off + FRAME_HEADER as i64);
+    if (ends_commit || held.bytes.len() >= MAX_HELD) && write_held(fd, &mut held).is_err() {
+        return -1;
+    }
+    n as isize
 }
 
 #[cfg(test)]
@@ -396,15 +398,22 @@ mod tests {
     fn what_a_transaction_spills_and_reads_back_is_in_the_file_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let mut c = open(&path);
+        let c = open(&path);
         // A cache of a few pages: the transactions below (about 3 MB, more
         // than is ever held at once) spill their pages into the WAL before
         // they commit, and read them back from there.
         c.pragma_update(None, "cache_size", 8).unwrap();
-        let tx = c.transaction().unwrap();
-        insert(&tx, 0, 1500, 2000);
-        assert_eq!(rows(&tx), (0..1500).collect::<Vec<_>>());
-        tx.commit().unwrap();
+        // Written on one thread, read back and committed on another.
+        c.execute_batch("BEGIN").unwrap();
+        let c = std::thread::spawn(move || {
+            insert(&c, 0, 1500, 2000);
+            c
+        })
+        .join()
+        .unwrap();
+        assert_eq!(rows(&c), (0..1500).collect::<Vec<_>>());
+        c.execute_batch("COMMIT").unwrap();
+        let mut c = c;
         assert_eq!(rows(&open(&path)), (0..1500).collect::<Vec<_>>());
 
         // A spilled transaction rolled back, then another committed where
