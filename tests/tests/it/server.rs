@@ -1,6 +1,6 @@
 //! The real `gatepass-server` binary, as an operator meets it: the dev
-//! server from the README, hvac against it, restarts, the audit file and
-//! `audit verify`, `init` and `serve`.
+//! server from the README, hvac against it, restarts and a crash, the audit
+//! file and `audit verify`, `init` and `serve`.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -32,6 +32,73 @@ fn hvac_logs_in_with_approle_and_uses_generic_calls() {
         .envs(s.cli_env()));
     assert_eq!(code, 0, "hvac script failed:\n{out}\n{err}");
     assert!(out.contains("hvac: OK"));
+}
+
+#[test]
+fn a_crash_under_load_loses_no_certificate_it_answered_for() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, pk) = gatepass_tests::ssh::keypair(tmp.path(), "k", "ed25519", None);
+    let mut s = DevServer::start();
+    let rt = rt();
+    let answered = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Eight clients sign without a pause; the server is killed while they
+    // do, once it has answered 500 of them.
+    let clients = rt.block_on(async {
+        let root = s.client();
+        root.write("ssh/config/ca", &obj(json!({"key_type": "ed25519"})))
+            .await
+            .unwrap();
+        let role = json!({"key_type": "ca", "allow_user_certificates": true,
+                          "allowed_users": "*", "default_user": "root", "ttl": "30m"});
+        root.write("ssh/roles/ops", &obj(role)).await.unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (c, pk) = (s.client(), pk.clone());
+            let (answered, stop) = (answered.clone(), stop.clone());
+            clients.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let body = obj(json!({ "public_key": pk }));
+                    let Ok(Some(e)) = c.write("ssh/sign/ops", &body).await else {
+                        break;
+                    };
+                    let serial = e.data.unwrap()["serial_number"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    answered.lock().unwrap().push(serial);
+                }
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while answered.lock().unwrap().len() < 500 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "500 certificates took over 60 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        clients
+    });
+    s.crash_and_restart();
+    stop.store(true, Ordering::Relaxed);
+    let listed = rt.block_on(async {
+        for c in clients {
+            c.await.unwrap();
+        }
+        s.client().list("ssh/certs").await.unwrap()
+    });
+    let listed: std::collections::HashSet<String> = listed.into_iter().collect();
+    let answered = answered.lock().unwrap();
+    let lost: Vec<&String> = answered.iter().filter(|a| !listed.contains(*a)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of the {} certificates answered before the crash are not in the inventory after it: {lost:?}",
+        lost.len(),
+        answered.len()
+    );
 }
 
 #[test]
