@@ -175,8 +175,8 @@ fn set_errno(e: c_int) {
     unsafe { *libc::__errno_location() = e };
 }
 
-/// Writes what is held for `fd`, then forgets it (written or not). On
-/// failure errno is set and Err returned.
+/// Writes the bytes held for `fd`, then forgets them (written or not).
+/// On failure errno is set and Err returned.
 fn write_held(fd: c_int, held: &mut Held) -> Result<(), ()> {
     let mut done = 0;
     let mut result = Ok(());
@@ -210,8 +210,9 @@ fn write_held(fd: c_int, held: &mut Held) -> Result<(), ()> {
             }
         }
     }
+    // `commit_page_at` stays: when a commit frame's header is what took
+    // the held bytes past MAX_HELD, its page still ends the commit.
     held.bytes.clear();
-    held.commit_page_at = None;
     result
 }
 
@@ -392,6 +393,48 @@ mod tests {
         assert_eq!(rows(&open(&path)), (0..201).collect::<Vec<_>>());
         drop(c);
         assert_eq!(intact(&path), (0..201).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_commit_page_is_written_at_once_though_its_header_passed_the_size_limit() {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        super::install();
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db.sqlite-wal");
+        let path = CString::new(wal.as_os_str().as_bytes()).unwrap();
+        // SAFETY: the replacements, called as SQLite calls them, with live
+        // buffers and their lengths.
+        unsafe {
+            let fd = super::wal_open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o600);
+            assert!(fd >= 0);
+            let write = |bytes: &[u8], off: usize| {
+                let n = super::wal_pwrite(fd, bytes.as_ptr().cast(), bytes.len(), off as i64);
+                assert_eq!(n, bytes.len() as isize);
+            };
+            // Frames up to 24 bytes short of the limit, then a commit
+            // frame's header (database size 1 page), then its page.
+            let page = [7u8; 4096];
+            let mut off = 32;
+            while off + 24 + page.len() < 32 + super::MAX_HELD - 24 {
+                write(&[0; 24], off);
+                write(&page, off + 24);
+                off += 24 + page.len();
+            }
+            write(&vec![1; super::MAX_HELD + 32 - 24 - off], off);
+            off = super::MAX_HELD + 32 - 24;
+            write(
+                &[
+                    0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                off,
+            );
+            write(&page, off + 24);
+            // All of it is in the file now, the commit's page included.
+            let len = std::fs::metadata(&wal).unwrap().len();
+            assert_eq!(len, (off + 24 + page.len()) as u64);
+            super::wal_close(fd);
+        }
     }
 
     #[test]
