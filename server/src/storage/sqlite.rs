@@ -187,12 +187,16 @@ pub fn size_on_disk(path: &Path) -> u64 {
 impl Sqlite {
     /// Opens the (already migrated) database and starts its writer thread.
     pub fn open(path: &Path) -> Result<(Sqlite, mpsc::Sender<Job>)> {
-        Sqlite::open_with(path, WAL_MAX_FRAMES)
+        Sqlite::open_with(path, WAL_MAX_FRAMES, CHECKPOINT_EVERY)
     }
 
     /// [`Sqlite::open`], the WAL started over under load only beyond
-    /// `max_frames`.
-    fn open_with(path: &Path, max_frames: i64) -> Result<(Sqlite, mpsc::Sender<Job>)> {
+    /// `max_frames`, and checkpointed at most every `checkpoint_every`.
+    fn open_with(
+        path: &Path,
+        max_frames: i64,
+        checkpoint_every: Duration,
+    ) -> Result<(Sqlite, mpsc::Sender<Job>)> {
         let writer = open(path)?;
         // A WAL left large by the last run is copied back now, before any
         // request could wait for it (the writer would otherwise start it
@@ -202,6 +206,13 @@ impl Sqlite {
         // fsync) run on a thread of their own, so that no commit waits for
         // one: left to the writer, every thousandth page's commit would.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL started over is cut back to twice the bound (the server's
+        // own bound gives `WAL_SIZE_LIMIT`), below the writer's cap.
+        writer.pragma_update(
+            None,
+            "journal_size_limit",
+            WAL_SIZE_LIMIT.min(2 * max_frames * WAL_FRAME_BYTES),
+        )?;
         // Room for every statement the writer runs (about twenty, upkeep's
         // included), so that none is evicted and compiled again.
         writer.set_prepared_statement_cache_capacity(64);
@@ -215,11 +226,14 @@ impl Sqlite {
         let r = restart.clone();
         std::thread::Builder::new()
             .name("gatepass-ckpt".into())
-            .spawn(move || checkpoint_loop(checkpointer, r, dirty_rx, max_frames))?;
+            .spawn(move || {
+                checkpoint_loop(checkpointer, r, dirty_rx, max_frames, checkpoint_every)
+            })?;
         let (tx, rx) = mpsc::channel(QUEUE);
+        let cap = WalCap::new(wal_path(path), max_frames);
         std::thread::Builder::new()
             .name("gatepass-writer".into())
-            .spawn(move || write_loop(writer, rx, restart, dirty_tx))?;
+            .spawn(move || write_loop(writer, rx, restart, dirty_tx, cap))?;
         let db = Sqlite {
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
@@ -369,6 +383,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const WAL_MAX_BYTES: i64 = 64 * 1024 * 1024;
 const WAL_MAX_FRAMES: i64 = WAL_MAX_BYTES / 4096;
 
+/// A WAL frame of a database of 4 KiB pages (SQLite's default, which
+/// gatepass keeps): a 24-byte header and the page.
+const WAL_FRAME_BYTES: i64 = 24 + 4096;
+
 /// A WAL file larger than this (16 MiB) is cut back to nothing once the
 /// writer has been quiet for [`QUIET`], giving its space back; a smaller
 /// one is started over by SQLite at the next write.
@@ -421,6 +439,7 @@ fn checkpoint_loop(
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::Receiver<()>,
     max_frames: i64,
+    checkpoint_every: Duration,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
     let conn = &ckpt.conn;
@@ -443,7 +462,7 @@ fn checkpoint_loop(
     'idle: while dirty.recv().is_ok() {
         // Writes go on: a checkpoint at most every CHECKPOINT_EVERY.
         'idle_writes: loop {
-            std::thread::sleep(CHECKPOINT_EVERY);
+            std::thread::sleep(checkpoint_every);
             let Some((frames, mut copied)) = checkpoint() else {
                 continue 'idle;
             };
@@ -565,6 +584,7 @@ fn write_loop(
     mut rx: mpsc::Receiver<Job>,
     restart: Arc<AtomicBool>,
     dirty: std::sync::mpsc::SyncSender<()>,
+    mut cap: WalCap,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -616,9 +636,74 @@ fn write_loop(
         let _ = dirty.try_send(());
         // At once: the checkpointer asks just after it caught up, and what
         // is left to copy grows with every batch from then on.
-        if restart.swap(false, Ordering::Acquire) {
+        if restart.swap(false, Ordering::Acquire) || cap.passed() {
             restart_wal(&conn);
         }
+    }
+}
+
+/// The writer's own bound on the WAL file, for writes that outrun the
+/// checkpointer. The checkpointer looks every [`CHECKPOINT_EVERY`] and
+/// then catches up before it asks for a restart; writes of large values
+/// with no pause (256 KiB each at 160 MB a second or more, in a release
+/// build on 2 cores) grew the WAL by that much meanwhile, to 165-275 MB
+/// against a bound of 32 MiB. Past [`WAL_CAP_FACTOR`] times the bound the
+/// writer starts the WAL over itself, copying what is left while writes
+/// wait: what the disk can take then sets the pace of writing, not the
+/// size of the WAL.
+struct WalCap {
+    wal: PathBuf,
+    bytes: u64,
+    next_look: std::time::Instant,
+    over: bool,
+}
+
+/// The file size, in multiples of the bound at which the checkpointer asks
+/// for a restart, past which the writer makes one itself. Well above what
+/// the checkpointer lets the WAL reach under request loads (the file's
+/// own limit, [`WAL_SIZE_LIMIT`], is twice the bound), so that requests
+/// never wait for this: it is for writes that nothing else keeps up with.
+const WAL_CAP_FACTOR: u64 = 4;
+
+/// How often at most the writer looks at the WAL file's size: a `stat`
+/// per batch would be thousands a second under load.
+const WAL_CAP_EVERY: Duration = Duration::from_millis(10);
+
+/// How long after a restart the cap asked for it looks again. A restart
+/// that succeeds cuts the file back at the next commit; one that a reader
+/// holds off (a snapshot being saved) is tried again this much later, not
+/// at every look.
+const WAL_CAP_RETRY: Duration = Duration::from_millis(100);
+
+impl WalCap {
+    fn new(wal: PathBuf, max_frames: i64) -> WalCap {
+        WalCap {
+            wal,
+            bytes: u64::try_from(max_frames.saturating_mul(WAL_FRAME_BYTES)).unwrap_or(0)
+                * WAL_CAP_FACTOR,
+            next_look: std::time::Instant::now(),
+            over: false,
+        }
+    }
+
+    /// True when the WAL file is past the cap, looked at once per
+    /// [`WAL_CAP_EVERY`] (once per [`WAL_CAP_RETRY`] while it stays past).
+    fn passed(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        if now < self.next_look {
+            return false;
+        }
+        let passed = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > self.bytes);
+        self.next_look = now + if passed { WAL_CAP_RETRY } else { WAL_CAP_EVERY };
+        if passed && !self.over {
+            tracing::warn!(
+                file = %self.wal.display(),
+                cap = self.bytes,
+                "writes outran the SQLite checkpointer: the writer starts the WAL over itself"
+            );
+        }
+        self.over = passed;
+        passed
     }
 }
 
@@ -702,10 +787,7 @@ impl Drop for WriteTx<'_> {
 
 /// Stores a batch of audit lines (`audit_batch`), numbered on from the
 /// counter `audit_events` kept for its ids, so ids are never used twice.
-fn insert_audit(
-    tx: &Connection,
-    batch: &audit_batch::Batch,
-) -> rusqlite::Result<()> {
+fn insert_audit(tx: &Connection, batch: &audit_batch::Batch) -> rusqlite::Result<()> {
     // The counter's row is there since migration 3.
     let last_id: i64 = tx
         .prepare_cached(
@@ -993,9 +1075,15 @@ mod tests {
     /// Writes of 256 KiB each, one after another without a pause (each
     /// waits for the one before); the WAL's largest size meanwhile.
     fn write_without_pause(tx: &mpsc::Sender<Job>, wal: &Path, writes: usize) -> u64 {
+        write_with_gaps(tx, wal, writes, Duration::ZERO)
+    }
+
+    /// [`write_without_pause`] with `gap` between each write and the next.
+    fn write_with_gaps(tx: &mpsc::Sender<Job>, wal: &Path, writes: usize, gap: Duration) -> u64 {
         let value = vec![7u8; 256 * 1024];
         let mut largest = 0;
         for i in 0..writes {
+            std::thread::sleep(gap);
             apply(
                 tx,
                 vec![Op::Put {
@@ -1015,17 +1103,58 @@ mod tests {
         migrate(&path).unwrap();
         // A bound of 32 MiB (the server's is 64 MiB) and three and a half
         // times as much written: SQLite alone would never find a moment to
-        // start it over, and the WAL would hold it all.
+        // start it over, and the WAL would hold it all. A gap of 5 ms
+        // between writes is no pause to the checkpointer (it waits 100 ms
+        // for one) and keeps them, in any build, to a pace its copies
+        // follow: faster ones are the writer's cap's (the test after this).
         let bound = 32 * 1024 * 1024;
-        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
-        let largest = write_without_pause(&tx, &dir.path().join("busy.db-wal"), 448);
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096, CHECKPOINT_EVERY).unwrap();
+        let gap = Duration::from_millis(5);
+        let largest = write_with_gaps(&tx, &dir.path().join("busy.db-wal"), 448, gap);
         // The checkpointer looks every 200 ms: the WAL may pass the bound
-        // by what is written meanwhile.
+        // by what is written meanwhile. The writer's cap is four times the
+        // bound: this is the checkpointer's doing.
         let bound = u64::try_from(bound).unwrap();
         assert!(
             largest < 5 * bound / 2,
             "the WAL grew to {largest} bytes (bound {bound})"
         );
+    }
+
+    #[test]
+    fn writes_that_outrun_the_checkpointer_meet_the_writers_own_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outrun.db");
+        migrate(&path).unwrap();
+        // A bound of 8 MiB and a checkpointer that looks once a minute, so
+        // that it never does during the test: only the writer's own cap,
+        // four times the bound, keeps the WAL from holding all of the
+        // 96 MiB written.
+        let bound = 8 * 1024 * 1024;
+        let max_frames = bound / 4096;
+        let (_db, tx) = Sqlite::open_with(&path, max_frames, Duration::from_secs(60)).unwrap();
+        let largest = write_without_pause(&tx, &wal_path(&path), 384);
+        let cap = WAL_CAP_FACTOR * u64::try_from(max_frames * WAL_FRAME_BYTES).unwrap();
+        // The writer looks every 10 ms: the WAL may pass the cap by what is
+        // written meanwhile.
+        assert!(
+            largest < cap + 16 * 1024 * 1024,
+            "the WAL grew to {largest} bytes (cap {cap})"
+        );
+        assert!(
+            largest > cap / 2,
+            "the WAL never grew ({largest} bytes): the writes did not outrun anything"
+        );
+        // And every write is there.
+        let conn = Connection::open(&path).unwrap();
+        let keys: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM entries WHERE key LIKE 'k%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(keys, 16);
     }
 
     #[test]
@@ -1076,7 +1205,7 @@ mod tests {
         // changes), then a few more: the file keeps the size it grew to,
         // with a few frames at its start.
         let bound = 24 * 1024 * 1024;
-        let (_db, tx) = Sqlite::open_with(&path, bound / 4096).unwrap();
+        let (_db, tx) = Sqlite::open_with(&path, bound / 4096, CHECKPOINT_EVERY).unwrap();
         let wal = wal_path(&path);
         let salt = || {
             let mut header = [0u8; 32];
