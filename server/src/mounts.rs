@@ -156,13 +156,7 @@ pub async fn remount(core: &Core, from: &str, to: &str) -> Result<Mount> {
 /// Every mount, shared from the read cache: requests under a mount route
 /// through here, so the mounts are not parsed again each time.
 pub async fn all(core: &Core) -> Result<Vec<std::sync::Arc<Mount>>> {
-    let mut out = Vec::new();
-    for k in core.storage.keys_with_prefix("mounts/").await? {
-        if let Some(m) = core.storage.get_shared::<Mount>(&k).await? {
-            out.push(m);
-        }
-    }
-    Ok(out)
+    Ok(core.storage.mount_table::<Mount>().await?.to_vec())
 }
 
 pub async fn get(core: &Core, path: &str) -> Result<Option<Mount>> {
@@ -171,15 +165,84 @@ pub async fn get(core: &Core, path: &str) -> Result<Option<Mount>> {
 
 /// The mount a request path falls under, and the rest of the path.
 pub async fn find(core: &Core, req_path: &str) -> Result<Option<(Mount, String)>> {
-    let mut best: Option<std::sync::Arc<Mount>> = None;
-    for m in all(core).await? {
-        let hit = req_path == m.path || req_path.starts_with(&format!("{}/", m.path));
-        if hit && best.as_ref().is_none_or(|b| b.path.len() < m.path.len()) {
+    let table = core.storage.mount_table::<Mount>().await?;
+    let mut best: Option<&Mount> = None;
+    for m in table.iter() {
+        let hit = req_path
+            .strip_prefix(m.path.as_str())
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if hit && best.is_none_or(|b| b.path.len() < m.path.len()) {
             best = Some(m);
         }
     }
     Ok(best.map(|m| {
         let rest = req_path[m.path.len()..].trim_start_matches('/').to_string();
-        (Mount::clone(&m), rest)
+        (m.clone(), rest)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::seal::SealKey;
+    use crate::state::Options;
+
+    /// The mount a path routes to, by its path and description.
+    async fn routed(core: &Core, req_path: &str) -> Option<(String, String, String)> {
+        find(core, req_path)
+            .await
+            .unwrap()
+            .map(|(m, rest)| (m.path, m.description, rest))
+    }
+
+    fn at(path: &str, description: &str, rest: &str) -> Option<(String, String, String)> {
+        Some((path.into(), description.into(), rest.into()))
+    }
+
+    #[tokio::test]
+    async fn requests_route_by_the_mounts_as_they_are_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = crate::state::Core::connect(Options {
+            storage_url: format!("sqlite://{}", dir.path().join("db").display()),
+            seal_key: SealKey::generate(),
+            audit_path: None,
+            clock: Clock::System,
+            storage_connections: Default::default(),
+        })
+        .await
+        .unwrap();
+        enable(&core, "a", "ssh", "first", 1).await.unwrap();
+        // Each step routes once before the change, so that the table the
+        // change must replace is cached.
+        assert_eq!(routed(&core, "a/sign/r").await, at("a", "first", "sign/r"));
+        assert_eq!(routed(&core, "a").await, at("a", "first", ""));
+        assert_eq!(
+            routed(&core, "ab/sign/r").await,
+            None,
+            "a prefix of a segment"
+        );
+
+        enable(&core, "b/c", "ssh", "second", 2).await.unwrap();
+        assert_eq!(
+            routed(&core, "b/c/creds/o").await,
+            at("b/c", "second", "creds/o")
+        );
+        assert_eq!(routed(&core, "b/other").await, None);
+
+        let tuned = TuneInput {
+            description: Some("tuned".into()),
+            ..TuneInput::default()
+        };
+        tune(&core, "a", tuned).await.unwrap();
+        assert_eq!(routed(&core, "a/sign/r").await, at("a", "tuned", "sign/r"));
+
+        remount(&core, "a", "z").await.unwrap();
+        assert_eq!(routed(&core, "a/sign/r").await, None, "the old path");
+        assert_eq!(routed(&core, "z/sign/r").await, at("z", "tuned", "sign/r"));
+
+        disable(&core, "b/c").await.unwrap();
+        assert_eq!(routed(&core, "b/c/creds/o").await, None);
+        assert_eq!(all(&core).await.unwrap().len(), 1);
+    }
 }

@@ -349,12 +349,16 @@ impl ReadCache {
             self.forget(key);
         }
         if key.starts_with("mounts/") {
-            self.forget("list:mounts/");
+            self.forget(MOUNT_LIST);
         }
     }
 }
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
+
+/// The read cache's entry for the keys under `mounts/` (and, beside them,
+/// the parsed mount table).
+const MOUNT_LIST: &str = "list:mounts/";
 
 /// What [`Storage::update`] is to do with the value it read.
 pub enum Change<T> {
@@ -1025,11 +1029,34 @@ impl Storage {
         parse(key, &self.barrier.open(key, &sealed)?).map(Some)
     }
 
+    /// Every value under `mounts/`, parsed and shared: the mount table,
+    /// which routes every request (two or three lookups each). Kept beside
+    /// the cached list of its keys, so that a lookup neither parses that
+    /// list again nor asks the cache for each mount; any change under
+    /// `mounts/` forgets the list, and the table with it.
+    pub async fn mount_table<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<std::sync::Arc<Vec<std::sync::Arc<T>>>> {
+        if let Some(Some(table)) = self.cache.get_parsed::<Vec<std::sync::Arc<T>>>(MOUNT_LIST) {
+            return Ok(table);
+        }
+        let read_at = self.cache.generation();
+        let mut table = Vec::new();
+        for k in self.keys_with_prefix("mounts/").await? {
+            if let Some(m) = self.get_shared::<T>(&k).await? {
+                table.push(m);
+            }
+        }
+        let table = std::sync::Arc::new(table);
+        self.cache.set_parsed(MOUNT_LIST, table.clone(), read_at);
+        Ok(table)
+    }
+
     /// Every full key under a prefix, in byte order.
     pub async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
         // The mount table is read on every request to route it.
         if prefix == "mounts/" {
-            let ck = "list:mounts/";
+            let ck = MOUNT_LIST;
             let read_at = match self.cache.get(ck) {
                 Ok(Some(bytes)) => match serde_json::from_slice::<Vec<String>>(&bytes) {
                     Ok(keys) => return Ok(keys),
