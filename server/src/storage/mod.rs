@@ -349,16 +349,15 @@ impl ReadCache {
             self.forget(key);
         }
         if key.starts_with("mounts/") {
-            self.forget(MOUNT_LIST);
+            self.forget(MOUNT_TABLE);
         }
     }
 }
 
 const SEAL_CHECK_KEY: &str = "core/seal-check";
 
-/// The read cache's entry for the keys under `mounts/` (and, beside them,
-/// the parsed mount table).
-const MOUNT_LIST: &str = "list:mounts/";
+/// The read cache's entry for the mount table ([`Storage::mount_table`]).
+const MOUNT_TABLE: &str = "table:mounts/";
 
 /// What [`Storage::update`] is to do with the value it read.
 pub enum Change<T> {
@@ -1030,14 +1029,14 @@ impl Storage {
     }
 
     /// Every value under `mounts/`, parsed and shared: the mount table,
-    /// which routes every request (two or three lookups each). Kept beside
-    /// the cached list of its keys, so that a lookup neither parses that
-    /// list again nor asks the cache for each mount; any change under
-    /// `mounts/` forgets the list, and the table with it.
+    /// which routes every request (two or three lookups each). Kept in the
+    /// read cache as one entry, so that a lookup neither lists the keys
+    /// nor asks the cache for each mount; any change under `mounts/`
+    /// forgets it.
     pub async fn mount_table<T: DeserializeOwned + Send + Sync + 'static>(
         &self,
     ) -> Result<std::sync::Arc<Vec<std::sync::Arc<T>>>> {
-        if let Some(Some(table)) = self.cache.get_parsed::<Vec<std::sync::Arc<T>>>(MOUNT_LIST) {
+        if let Some(Some(table)) = self.cache.get_parsed::<Vec<std::sync::Arc<T>>>(MOUNT_TABLE) {
             return Ok(table);
         }
         let read_at = self.cache.generation();
@@ -1048,39 +1047,18 @@ impl Storage {
             }
         }
         let table = std::sync::Arc::new(table);
-        self.cache.set_parsed(MOUNT_LIST, table.clone(), read_at);
+        // The entry's text is empty: what it holds is the table beside it.
+        self.cache.insert(
+            MOUNT_TABLE,
+            Some(std::sync::Arc::new(zeroize::Zeroizing::new(Vec::new()))),
+            read_at,
+        );
+        self.cache.set_parsed(MOUNT_TABLE, table.clone(), read_at);
         Ok(table)
     }
 
     /// Every full key under a prefix, in byte order.
     pub async fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        // The mount table is read on every request to route it.
-        if prefix == "mounts/" {
-            let ck = MOUNT_LIST;
-            let read_at = match self.cache.get(ck) {
-                Ok(Some(bytes)) => match serde_json::from_slice::<Vec<String>>(&bytes) {
-                    Ok(keys) => return Ok(keys),
-                    Err(_) => None,
-                },
-                Ok(None) => None,
-                Err(generation) => Some(generation),
-            };
-            let keys = self.keys_with_prefix_uncached(prefix).await?;
-            if let Some(read_at) = read_at {
-                let bytes =
-                    serde_json::to_vec(&keys).map_err(|e| Error::internal(e.to_string()))?;
-                self.cache.insert(
-                    ck,
-                    Some(std::sync::Arc::new(zeroize::Zeroizing::new(bytes))),
-                    read_at,
-                );
-            }
-            return Ok(keys);
-        }
-        self.keys_with_prefix_uncached(prefix).await
-    }
-
-    async fn keys_with_prefix_uncached(&self, prefix: &str) -> Result<Vec<String>> {
         // U+10FFFF sorts after every other UTF-8 text bytewise.
         let upper = format!("{prefix}\u{10FFFF}");
         self.fetch_keys(prefix, &upper, None).await
