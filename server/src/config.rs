@@ -105,6 +105,11 @@ pub struct Limits {
     /// is the idle timeout's.
     #[serde(deserialize_with = "duration")]
     pub header_read_timeout: Duration,
+    /// Time for a client to send a whole request body, from the moment its
+    /// header has come (Vault's `http_read_timeout`, 30 s, bounds the same);
+    /// over it the request is answered 408 and the connection closed.
+    #[serde(deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
     /// A connection with no byte moved and no request in flight for this
     /// long is closed; so is one whose client has taken nothing of what
     /// the server writes for this long.
@@ -119,6 +124,7 @@ impl Default for Limits {
             max_connections_per_address: 0,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -240,6 +246,7 @@ mod tests {
     fn limits_have_safe_defaults_and_parse_durations() {
         let cfg = ServerConfig::parse("listen = \"127.0.0.1:8200\"").unwrap();
         assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.limits.body_read_timeout, Duration::from_secs(30));
         assert_eq!(cfg.limits.idle_timeout, Duration::from_secs(60));
         let cfg = ServerConfig::parse(
             "listen = \"127.0.0.1:8200\"\n[limits]\nidle_timeout = \"2m\"\nmax_connections_per_address = 64",

@@ -97,6 +97,10 @@ struct LimitArgs {
     /// Time for a client to send a whole request header, from its first byte.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_read_timeout: std::time::Duration,
+    /// Time for a client to send a whole request body, once its header has
+    /// come; a request over it is answered 408 and its connection closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_read_timeout: std::time::Duration,
     /// Close a connection with nothing sent or answered for this long, or
     /// whose client takes nothing of what it is sent for this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -110,6 +114,7 @@ impl From<LimitArgs> for Limits {
             max_connections_per_address: a.max_connections_per_address,
             tls_handshake_timeout: a.tls_handshake_timeout,
             header_read_timeout: a.header_read_timeout,
+            body_read_timeout: a.body_read_timeout,
             idle_timeout: a.idle_timeout,
         }
     }

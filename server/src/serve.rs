@@ -189,6 +189,7 @@ struct GuardShared {
     per_address: Mutex<HashMap<IpAddr, usize>>,
     max_per_address: usize,
     idle: Duration,
+    body_read: Duration,
     /// Refusals since the last warning; warnings are at most one a second
     /// so that a flood cannot fill the journal.
     refused: AtomicU64,
@@ -203,6 +204,7 @@ impl Guard {
                 per_address: Mutex::new(HashMap::new()),
                 max_per_address: limits.max_connections_per_address,
                 idle: limits.idle_timeout,
+                body_read: limits.body_read_timeout,
                 refused: AtomicU64::new(0),
                 last_warning: Mutex::new(None),
             }),
@@ -301,6 +303,7 @@ impl<S> Accept<TcpStream, S> for Guard {
                 CountedService {
                     inner: service,
                     activity,
+                    body_read: self.shared.body_read,
                 },
             ))
         }))
@@ -490,11 +493,13 @@ impl AsyncWrite for GuardedStream {
     }
 }
 
-/// The connection's service, counting its requests in flight.
+/// The connection's service, counting its requests in flight and giving
+/// each request's body its deadline ([`crate::http::Deadline`]).
 #[derive(Clone)]
 pub struct CountedService<S> {
     inner: S,
     activity: Arc<Activity>,
+    body_read: Duration,
 }
 
 /// One request in flight; finished (and the timer started over) on drop,
@@ -516,9 +521,12 @@ impl Drop for InFlight {
     }
 }
 
-impl<S, R, B> tower::Service<R> for CountedService<S>
+impl<S, B, ResB> tower::Service<axum::http::Request<B>> for CountedService<S>
 where
-    S: tower::Service<R, Response = axum::http::Response<B>>,
+    S: tower::Service<
+        axum::http::Request<crate::http::Deadline<B>>,
+        Response = axum::http::Response<ResB>,
+    >,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -529,9 +537,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: R) -> Self::Future {
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
         let in_flight = InFlight::new(self.activity.clone());
-        let fut = self.inner.call(req);
+        let limit = self.body_read;
+        let fut = self
+            .inner
+            .call(req.map(|body| crate::http::Deadline::new(body, limit)));
         let activity = self.activity.clone();
         Box::pin(async move {
             let r = fut.await;

@@ -6,6 +6,7 @@
 //! [`status_of`] is where the domain's error becomes a status.
 
 mod auth;
+mod deadline;
 mod hosts;
 mod identity;
 mod pam;
@@ -14,6 +15,7 @@ mod routes;
 mod ssh;
 mod sys;
 
+pub use deadline::Deadline;
 pub use request::{Operation, Request};
 
 use std::net::SocketAddr;
@@ -232,11 +234,21 @@ async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     };
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
-        Err(_) => {
-            return error_body(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body too large: the limit is {MAX_BODY} bytes"),
-            )
+        Err(e) => {
+            return match deadline::body_failure(&e) {
+                deadline::BodyFailure::TooLarge => error_body(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body too large: the limit is {MAX_BODY} bytes"),
+                ),
+                deadline::BodyFailure::TimedOut(why) => {
+                    tracing::debug!(%why, "request body not received in time");
+                    error_body(StatusCode::REQUEST_TIMEOUT, &why)
+                }
+                deadline::BodyFailure::Broken => error_body(
+                    StatusCode::BAD_REQUEST,
+                    "the request body could not be read",
+                ),
+            }
         }
     };
     let mut data = Map::new();

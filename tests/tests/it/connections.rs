@@ -19,6 +19,8 @@ const SHORT_TIMEOUTS: &[&str] = &[
     "2s",
     "--header-read-timeout",
     "2s",
+    "--body-read-timeout",
+    "2s",
     "--idle-timeout",
     "3s",
 ];
@@ -312,6 +314,102 @@ fn a_header_trickled_on_a_kept_alive_connection_is_cut_at_the_header_timeout() {
             cut < Duration::from_secs(6),
             "cut long after the header read timeout: {cut:?}"
         );
+    });
+}
+
+/// Reads what the server sends until it ends the connection or `limit`
+/// passes; the text and when the connection ended (None: still open).
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(
+    t: &mut S,
+    limit: Duration,
+) -> (String, Option<Instant>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        match tokio::time::timeout(Duration::from_millis(200), t.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&got).into(), Some(Instant::now()))
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    (String::from_utf8_lossy(&got).into(), None)
+}
+
+#[test]
+fn a_body_trickled_is_answered_408_at_the_body_timeout_and_a_slow_one_in_time_is_not() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        // A body in three pieces, a second in all: well within the body
+        // read timeout (2 s), so answered as usual.
+        let mut t = after_one_request(&s).await;
+        let body = br#"{"otp":"not-an-otp"}"#;
+        t.write_all(
+            format!(
+                "POST /v1/ssh/verify HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        for piece in body.chunks(8) {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            t.write_all(piece).await.unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), t.read(&mut buf))
+            .await
+            .expect("no answer to a body sent in time")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+        assert!(!answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+        // A byte of the body every 0.5 s: the bytes keep the idle timeout
+        // (3 s) from running out and the request is in flight, so only the
+        // body read timeout (2 s from the header) ends it.
+        let mut t = after_one_request(&s).await;
+        t.write_all(
+            b"POST /v1/ssh/verify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let mut answer = String::new();
+        let mut closed = None;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = t.write_all(b" ").await;
+            let (got, end) = read_until_closed(&mut t, Duration::from_millis(10)).await;
+            answer.push_str(&got);
+            if !answer.is_empty() || end.is_some() {
+                let (rest, end2) = read_until_closed(&mut t, Duration::from_secs(5)).await;
+                answer.push_str(&rest);
+                closed = end.or(end2);
+                break;
+            }
+        }
+        let answered = started.elapsed();
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a body trickled for 10 s was not answered 408: {answer:?}"
+        );
+        assert!(
+            answer.contains("request body not received in time: the limit is 2s"),
+            "{answer}"
+        );
+        assert!(
+            answered >= Duration::from_secs(2),
+            "answered before the body read timeout: {answered:?}"
+        );
+        assert!(
+            answered < Duration::from_secs(6),
+            "answered long after the body read timeout: {answered:?}"
+        );
+        assert!(closed.is_some(), "the connection stayed open after the 408");
     });
 }
 
