@@ -291,8 +291,14 @@ fn check_word(what: &str, s: &str) -> Result<(), String> {
 }
 
 /// authorized_keys options: comma-separated `name` or `name="value"`, names
-/// from [`ALLOWED_OPTIONS`], quotes balanced (`\"` escapes inside them), no
-/// control characters anywhere and no whitespace outside quotes.
+/// from [`ALLOWED_OPTIONS`], quotes balanced, no control characters anywhere
+/// and no whitespace or backslash outside quotes. Quotes are read as sshd
+/// reads them (`opt_dequote`, `sshkey_advance_past_options`): a backslash
+/// followed by `"` is an escaped quote, and any other backslash is itself,
+/// so `\\"` is a backslash and an escaped quote, not an escaped backslash
+/// and the end of the value. Reading it any other way would let a value
+/// end, for sshd, where this check thinks it goes on, and options this
+/// check never saw (`cert-authority`) follow.
 pub fn check_options(opts: &str) -> Result<(), String> {
     if opts.is_empty() {
         return Ok(());
@@ -300,27 +306,30 @@ pub fn check_options(opts: &str) -> Result<(), String> {
     if opts.chars().any(char::is_control) {
         return Err("options: control characters".into());
     }
+    let bytes = opts.as_bytes();
     let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in opts.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            ',' if !quoted => {
+    let (mut start, mut quoted) = (0, false);
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if !quoted => {
+                return Err(format!("options {opts:?}: a backslash outside quotes"))
+            }
+            // sshd's one escape: skip both.
+            b'\\' if bytes.get(i + 1) == Some(&b'"') => i += 1,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
                 parts.push(&opts[start..i]);
                 start = i + 1;
             }
-            c if c.is_whitespace() && !quoted => {
+            b if b.is_ascii_whitespace() && !quoted => {
                 return Err(format!("options {opts:?}: whitespace outside quotes"))
             }
             _ => {}
         }
+        i += 1;
     }
-    if quoted || escaped {
+    if quoted {
         return Err(format!("options {opts:?}: unbalanced quotes"));
     }
     parts.push(&opts[start..]);
@@ -337,13 +346,18 @@ pub fn check_options(opts: &str) -> Result<(), String> {
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
                 .ok_or_else(|| format!("option {name}: the value must be in double quotes"))?;
-            // Any quote inside must be escaped (the scan above paired them).
-            let mut prev_backslash = false;
+            // Any quote inside must be escaped, as sshd reads an escape:
+            // the character before it is a backslash.
+            let mut prev = '\0';
             for c in inner.chars() {
-                if c == '"' && !prev_backslash {
+                if c == '"' && prev != '\\' {
                     return Err(format!("option {name}: stray quote in the value"));
                 }
-                prev_backslash = c == '\\' && !prev_backslash;
+                prev = c;
+            }
+            // A value ending in a backslash would escape its closing quote.
+            if inner.ends_with('\\') {
+                return Err(format!("option {name}: the value ends in a backslash"));
             }
         }
     }
@@ -540,6 +554,16 @@ mod tests {
         assert!(r.authorized_keys.is_empty(), "{:?}", r.authorized_keys);
         assert_eq!(r.rejected.len(), bad.len(), "{:?}", r.rejected);
         assert!(check_options("from=\"10.0.0.0/8\",command=\"echo \\\"hi\\\"\"").is_ok());
+        // sshd reads `\\"` as a backslash and an escaped quote: the value
+        // goes on to the last quote, and `cert-authority` after it is an
+        // option of its own, which is not allowed.
+        let smuggled = r#"environment="A=\\",no-pty,command=",cert-authority"#;
+        let err = check_options(smuggled).unwrap_err();
+        assert!(err.contains("cert-authority"), "{err}");
+        // A backslash that escapes nothing is itself, inside quotes.
+        assert!(check_options(r#"command="printf a\\tb""#).is_ok());
+        assert!(check_options(r#"no-pty\",cert-authority"#).is_err());
+        assert!(check_options(r#"command="a\""#).is_err());
     }
 
     #[test]
