@@ -1125,8 +1125,11 @@ impl Acl {
         }
     }
 
-    /// Vault's `AllowOperation` rule lookup: exact first, then the best
-    /// glob. List requests first try the path without its trailing `/`.
+    /// Vault's `AllowOperation` rule lookup: the exact rule, for a list
+    /// request also the exact rule of the path without its trailing `/`,
+    /// then the best glob of the path as it is. The globs are never tried
+    /// on the trimmed path: there `secret/*` would win over a deny on
+    /// `secret/dir/*` and list what the deny hides.
     fn find<'a>(
         &'a self,
         path: &str,
@@ -1138,7 +1141,6 @@ impl Acl {
         self.exact
             .get(path)
             .or_else(|| trimmed.and_then(|t| self.exact.get(t)))
-            .or_else(|| trimmed.and_then(&best_glob))
             .or_else(|| best_glob(path))
     }
 
@@ -1557,6 +1559,18 @@ path "ssh/sign/*" { capabilities = ["update"] }
         assert!(acl.allows("secret/dir/", List));
         assert!(!acl.allows("secret/dir/", Read));
         assert_eq!(acl.capabilities("secret/dir/"), caps(&[List]));
+    }
+
+    #[test]
+    fn a_deny_below_a_glob_hides_the_folder_from_list() {
+        // A list request's path ends in `/`; the deny on what is under
+        // `ssh/roles/` is the longest glob for it, as in Vault.
+        let acl =
+            build(&[&(rule("ssh/*", "\"read\", \"list\"") + &rule("ssh/roles/*", "\"deny\""))]);
+        assert!(!acl.allows("ssh/roles/", List));
+        assert!(!acl.allows("ssh/roles/admin", Read));
+        assert!(acl.allows("ssh/", List));
+        assert!(acl.allows("ssh/config/ca", Read));
     }
 
     /// Both lookups on one ACL: through the index and by scanning every rule.

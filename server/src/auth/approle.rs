@@ -424,5 +424,5 @@ pub async fn login(
     spec.limits = role
         .token
         .limits(super::methods::limits(core, super::methods::Method::Approle).await?);
-    token::create(core, spec, now).await
+    token::create_for_login(core, spec, now).await
 }

@@ -806,13 +806,14 @@ fn glob(pattern: &str, text: &str) -> bool {
         return pattern == text;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || text.len() < first.len() + last.len() {
+    if !text.starts_with(first) || !text.ends_with(last) || text.len() < first.len() + last.len() {
         return false;
     }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    if !text.ends_with(last) {
+    // Both ends are where a prefix and a suffix of `text` end and begin,
+    // so on character boundaries (the claim is the token holder's text).
+    let Some(mut rest) = text.get(first.len()..text.len() - last.len()) else {
         return false;
-    }
+    };
     for mid in &parts[1..parts.len() - 1] {
         match rest.find(mid) {
             Some(i) => rest = &rest[i + mid.len()..],
@@ -890,7 +891,7 @@ async fn login_with_claims(
         .extend(identity::group_policies(core, &m.accessor, &groups).await?);
     spec.policies.extend(entity.policies.iter().cloned());
     spec.entity_id = Some(entity.id.clone());
-    token::create(core, spec, now).await
+    token::create_for_login(core, spec, now).await
 }
 
 /// `auth/<path>/login`: a JWT for a `jwt` role.
@@ -1472,6 +1473,11 @@ mod tests {
         assert!(!glob("refs/heads/*", "refs/tags/v1"));
         assert!(glob("main", "main"));
         assert!(!glob("ab*ba", "aba"));
+        // Text the token holder chose, multi-byte included: no panic.
+        assert!(!glob("*-prod", "éééé"));
+        assert!(!glob("é*é", "é"));
+        assert!(glob("*-prød", "web-prød"));
+        assert!(glob("é*é", "éxé"));
     }
 
     fn role() -> Role {

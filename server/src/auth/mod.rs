@@ -96,9 +96,9 @@ impl TokenSettings {
     /// `max_ttl` names) over the current values.
     pub fn update_from(&mut self, f: &crate::request::Fields) -> crate::error::Result<()> {
         if let Some(p) = f.str_list("token_policies")? {
-            self.token_policies = crate::policies::normalize_names(p)?;
+            self.token_policies = crate::policies::normalize_login_names(p)?;
         } else if let Some(p) = f.str_list("policies")? {
-            self.token_policies = crate::policies::normalize_names(p)?;
+            self.token_policies = crate::policies::normalize_login_names(p)?;
         }
         if let Some(t) = f.duration("token_ttl")?.or(f.duration("ttl")?) {
             self.token_ttl = t;

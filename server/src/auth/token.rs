@@ -158,6 +158,19 @@ struct AccessorEntry {
 }
 
 /// Creates and stores a token; returns its text (shown once) and entry.
+/// [`create`] for a login (userpass, AppRole, JWT/OIDC): refuses a root
+/// token, whatever the settings stored before this check came to be say.
+pub async fn create_for_login(
+    core: &Core,
+    spec: NewToken,
+    now: i64,
+) -> Result<(String, TokenEntry)> {
+    if spec.policies.iter().any(|p| p == "root") {
+        return Err(Error::invalid("auth methods cannot create root tokens"));
+    }
+    create(core, spec, now).await
+}
+
 pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, TokenEntry)> {
     let mut policies = spec.policies;
     let root = policies.iter().any(|p| p == "root");
@@ -469,7 +482,7 @@ pub async fn handle_create(
         None => None,
     };
     let policies = match (role, requested) {
-        (Some(r), requested) => r.policies(requested, &caller.policies)?,
+        (Some(r), requested) => r.policies(requested, &caller.policies, privileged)?,
         (None, Some(p)) => {
             if !privileged {
                 let missing: Vec<&String> = p
@@ -500,6 +513,14 @@ pub async fn handle_create(
         return Err(Error::PermissionDenied);
     }
     let no_parent = asked_orphan || role_orphan;
+    if !no_parent && caller.used_up() {
+        // This request took the parent's last use, and with it the parent
+        // and its children are revoked already: a child made now would
+        // outlive it with no limit of its own, as in Vault, which refuses.
+        return Err(Error::invalid(
+            "the parent token was revoked with its last use: a child token needs a parent that lives on",
+        ));
+    }
     let id = f.str("id")?;
     if id.is_some() && !caller.is_root() {
         return Err(Error::invalid(

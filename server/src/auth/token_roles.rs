@@ -172,11 +172,16 @@ impl TokenRole {
     /// The policies of a token created through the role: those asked for
     /// (each allowed by the role), or without a request the role's allowed
     /// ones, else the creator's; never a disallowed one. A request for a
-    /// disallowed or not allowed policy is refused, as Vault does.
+    /// disallowed or not allowed policy is refused, as Vault does. A role
+    /// without allowed policies grants nothing of its own: what is asked
+    /// for must then be the creator's (unless `privileged`: root, or sudo
+    /// on the path), as without a role; else any token that may use such a
+    /// role could mint itself any policy.
     pub fn policies(
         &self,
         requested: Option<Vec<String>>,
         creator: &[String],
+        privileged: bool,
     ) -> Result<Vec<String>> {
         let chosen = match requested {
             Some(p) => {
@@ -192,6 +197,12 @@ impl TokenRole {
                     {
                         return Err(Error::invalid(format!(
                             "token policies ({bad}) must be subset of the role's allowed policies"
+                        )));
+                    }
+                } else if !privileged {
+                    if let Some(bad) = p.iter().find(|x| *x != "default" && !creator.contains(x)) {
+                        return Err(Error::invalid(format!(
+                            "token policies ({bad}) must be subset of the parent token's policies"
                         )));
                     }
                 }
@@ -244,17 +255,32 @@ mod tests {
     fn policies_follow_the_role() {
         let r = role(&["ci", "deploy"], &["admin"]);
         assert_eq!(
-            r.policies(None, &v(&["admin"])).unwrap(),
+            r.policies(None, &v(&["admin"]), false).unwrap(),
             v(&["ci", "deploy"])
         );
-        assert_eq!(r.policies(Some(v(&["ci"])), &[]).unwrap(), v(&["ci"]));
-        assert!(r.policies(Some(v(&["ops"])), &[]).is_err());
-        assert!(r.policies(Some(v(&["admin"])), &[]).is_err());
+        assert_eq!(
+            r.policies(Some(v(&["ci"])), &[], false).unwrap(),
+            v(&["ci"])
+        );
+        assert!(r.policies(Some(v(&["ops"])), &[], false).is_err());
+        assert!(r.policies(Some(v(&["admin"])), &[], true).is_err());
         let open = role(&[], &["admin"]);
         assert_eq!(
-            open.policies(None, &v(&["admin", "ops"])).unwrap(),
+            open.policies(None, &v(&["admin", "ops"]), false).unwrap(),
             v(&["ops"])
         );
-        assert!(open.policies(Some(v(&["admin"])), &[]).is_err());
+        assert!(open.policies(Some(v(&["admin"])), &[], true).is_err());
+        // Without allowed policies, only the creator's may be asked for,
+        // unless the creator is privileged.
+        let ops = v(&["ops"]);
+        assert_eq!(open.policies(Some(ops.clone()), &ops, false).unwrap(), ops);
+        let err = open
+            .policies(Some(v(&["superuser"])), &ops, false)
+            .unwrap_err();
+        assert!(err.to_string().contains("subset of the parent"), "{err}");
+        assert_eq!(
+            open.policies(Some(v(&["superuser"])), &ops, true).unwrap(),
+            v(&["superuser"])
+        );
     }
 }

@@ -205,7 +205,7 @@ pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(Str
     spec.limits = user
         .token
         .limits(super::methods::limits(core, super::methods::Method::Userpass).await?);
-    token::create(core, spec, now).await
+    token::create_for_login(core, spec, now).await
 }
 
 /// An Argon2id hash of a random string nobody knows, made once.

@@ -617,13 +617,16 @@ async fn process(
     *caller = Some(entry.clone());
     if !entry.is_root() && !routes::is_owner_checked(req) {
         let acl = Box::pin(policies::acl_for(core, &entry.policies)).await?;
-        let can = |c| acl.allows(&req.path, c);
-        let allowed = op_allowed(&acl, req.op, &req.path);
+        // The path as the handler will take it (names in lower case), so
+        // that `users/ADMIN` meets the rules written for `users/admin`.
+        let path = routes::canonical_names(core, &req.path).await?;
+        let path = path.as_str();
+        let can = |c| acl.allows(path, c);
+        let allowed = op_allowed(&acl, req.op, path);
         // The wrapping paths Vault's default policy grants carry no
         // parameter constraints; what the ACL grants is checked for them.
         let by_default = !allowed && routes::granted_by_default_policy(&entry.policies, req);
-        if !(allowed || by_default)
-            || (routes::needs_sudo(&req.path, req.op) && !can(Capability::Sudo))
+        if !(allowed || by_default) || (routes::needs_sudo(path, req.op) && !can(Capability::Sudo))
         {
             return Err(Error::PermissionDenied);
         }
@@ -632,9 +635,9 @@ async fn process(
         if allowed {
             let list = req.op == Operation::List;
             let path = if list {
-                format!("{}/", req.path)
+                format!("{path}/")
             } else {
-                req.path.to_string()
+                path.to_string()
             };
             acl.check_wrapping(&path, list, req.wrap_ttl.map(|w| w.secs()))?;
         }
@@ -646,7 +649,7 @@ async fn process(
             };
             let who =
                 Identity::of_token(&entry.display_name, &entry.meta).with_entity(entity.as_ref());
-            acl.check_parameters(&req.path, req.fields.raw(), &who)?;
+            acl.check_parameters(path, req.fields.raw(), &who)?;
         }
     }
     routes::dispatch(core, req, Some(entry.as_ref())).await

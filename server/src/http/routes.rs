@@ -9,6 +9,7 @@ use super::{no_route, Reply};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
 use crate::mounts;
+use crate::path::ApiPath;
 use crate::state::Core;
 
 /// Paths anyone may call without a token.
@@ -48,6 +49,42 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
     })
 }
 
+/// The path with the names that handlers take in lower case (token roles,
+/// userpass users, AppRole and JWT/OIDC roles, policies: as Vault takes
+/// them) in lower case, for the ACL to decide on what the handler will act
+/// on. Other paths are returned as they are.
+pub async fn canonical_names(core: &Core, path: &ApiPath) -> Result<String> {
+    let segs = path.segments();
+    let at = match segs.as_slice() {
+        ["auth", "token", "create" | "roles", _, ..]
+        | ["auth", "userpass", "users" | "login", _, ..]
+        | ["auth", "approle", "role", _, ..]
+        | ["sys", "policies", "acl", _, ..] => Some(3),
+        ["sys", "policy", _, ..] => Some(2),
+        ["auth", mount, ..] if !crate::auth::mounts::BUILT_IN.contains(mount) => {
+            let under = path.as_str().strip_prefix("auth/").unwrap_or_default();
+            match crate::auth::mounts::find(core, under).await? {
+                Some((m, rest)) if rest.starts_with("role/") => {
+                    // `auth/` + the mount's segments + `role/`: the name.
+                    Some(1 + m.path.split('/').count() + 1)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    Ok(match at.and_then(|i| segs.get(i)) {
+        Some(name) if name.chars().any(char::is_uppercase) => {
+            let mut segs: Vec<String> = segs.iter().map(|s| (*s).to_string()).collect();
+            if let Some(i) = at {
+                segs[i] = segs[i].to_lowercase();
+            }
+            segs.join("/")
+        }
+        _ => path.as_str().to_string(),
+    })
+}
+
 /// Paths any valid token may call without an ACL grant, because their
 /// handler lets only the owner of what they name through.
 pub fn is_owner_checked(req: &Request) -> bool {
@@ -77,6 +114,12 @@ pub fn needs_sudo(path: &str, op: Operation) -> bool {
     };
     matches!(path, "auth/token/accessors" | "sys/audit-log")
         || under("sys/audit")
+        // Enabling, disabling and tuning auth methods, and moving mounts,
+        // as in Vault (`auth/*`, `remount`): who may change how everyone
+        // logs in holds every right. Listing the methods (`sys/auth`)
+        // does not need it.
+        || path.starts_with("sys/auth/")
+        || under("sys/remount")
         || under("sys/leases/revoke-prefix")
         // Listing the top of the lease tree shows every lease prefix, so it
         // needs sudo as much as any sub-path (Vault's `leases/lookup/*`,

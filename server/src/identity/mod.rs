@@ -142,7 +142,7 @@ pub async fn entity_by_name(core: &Core, name: &str) -> Result<Option<Entity>> {
 pub async fn update_entity(core: &Core, id: &str, f: &Fields, now: i64) -> Result<Value> {
     let metadata = f.str_map("metadata")?;
     let policies = match f.str_list("policies")? {
-        Some(p) => Some(crate::policies::normalize_names(p)?),
+        Some(p) => Some(crate::policies::normalize_login_names(p)?),
         None => None,
     };
     core.storage
@@ -246,7 +246,8 @@ pub async fn write_group(core: &Core, f: &Fields, now: i64) -> Result<Value> {
             )))
         }
     }
-    let policies = crate::policies::normalize_names(f.str_list("policies")?.unwrap_or_default())?;
+    let policies =
+        crate::policies::normalize_login_names(f.str_list("policies")?.unwrap_or_default())?;
     let metadata = f.str_map("metadata")?.unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
     if core

@@ -29,6 +29,22 @@ pub fn normalize_names(names: Vec<String>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// [`normalize_names`], for the policies a login method, role or identity
+/// gives the tokens of its logins: never `root`. Root tokens come only
+/// from a root token (`auth/token/create`) or the server's own start, as
+/// in Vault ("auth methods cannot create root tokens"); else whoever may
+/// edit a user, role or group could make logins that hold every right
+/// and never expire.
+pub fn normalize_login_names(names: Vec<String>) -> Result<Vec<String>> {
+    let names = normalize_names(names)?;
+    if names.iter().any(|n| n == "root") {
+        return Err(Error::invalid(
+            "the root policy cannot be given to logins: auth methods cannot create root tokens",
+        ));
+    }
+    Ok(names)
+}
+
 /// Installs the built-in policies (`default`, `gatepass-host`,
 /// `gatepass-gateway`) if missing,
 /// and brings an unedited older host policy up to date.

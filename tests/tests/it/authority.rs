@@ -1,7 +1,10 @@
 //! Authority comes only from what the server bound (in-process): a host is
 //! who enrollment says, host names are unique, child tokens never widen
-//! their creator's bounds, OTP-guess limiting never refuses a right OTP,
-//! and certificates carry only options OpenSSH can parse.
+//! their creator's bounds (through a token role either, nor outlive a
+//! creator that spent its last use on them), no login is made root, an ACL
+//! decides on the names a handler acts on and a deny under a glob hides a
+//! folder from LIST, OTP-guess limiting never refuses a right OTP, and
+//! certificates carry only options OpenSSH can parse.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -579,5 +582,320 @@ async fn hosts_enrolled_before_the_binding_keep_working() {
     assert_eq!(v["data"]["meta"]["host_id"], host_id.as_str());
     let v = ok(&s, "POST", "ssh/creds/otp", json!({"host": "old-host"})).await;
     let (st, v) = verify(&s, Some(&host_token), &field(&v, &["data", "key"])).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+fn client_token(v: &Value) -> String {
+    v["auth"]["client_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {v}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_token_role_without_allowed_policies_grants_only_the_creators() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/superuser",
+        json!({"policy": r#"path "*" { capabilities = ["create", "read", "update", "delete", "list"] }"#}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "auth/token/roles/ci",
+        json!({"orphan": true, "disallowed_policies": "admin"}),
+    )
+    .await;
+    let maker = s
+        .token_with_policy(
+            "ci-maker",
+            r#"path "auth/token/create/ci" { capabilities = ["update"] }
+               path "auth/token/create" { capabilities = ["update"] }"#,
+        )
+        .await;
+    // Neither way gives the maker a policy it does not hold.
+    for path in ["auth/token/create", "auth/token/create/ci"] {
+        let (st, v) = s
+            .call(
+                "POST",
+                path,
+                Some(&maker),
+                Some(json!({"policies": ["superuser"]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(v.to_string().contains("must be subset of"), "{path}: {v}");
+    }
+    // Its own policy, and the role's defaults (the creator's), still work.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/create/ci",
+            Some(&maker),
+            Some(json!({"policies": ["ci-maker"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["policies"], json!(["ci-maker", "default"]), "{v}");
+    // Root may give any policy through the role.
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create/ci",
+        json!({"policies": ["superuser"]}),
+    )
+    .await;
+    assert_eq!(
+        v["auth"]["policies"],
+        json!(["default", "superuser"]),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn no_login_method_or_group_makes_a_root_token() {
+    let s = Server::start(Backend::Sqlite).await;
+    let admin = s
+        .token_with_policy(
+            "user-admin",
+            r#"path "auth/userpass/users/*" { capabilities = ["create", "update"] }
+               path "auth/approle/role/*" { capabilities = ["create", "update"] }
+               path "identity/group" { capabilities = ["create", "update"] }"#,
+        )
+        .await;
+    for (path, body) in [
+        (
+            "auth/userpass/users/mallory",
+            json!({"password": "pw123456", "token_policies": "root"}),
+        ),
+        (
+            "auth/userpass/users/mallory",
+            json!({"password": "pw123456", "policies": ["default", "root"]}),
+        ),
+        ("auth/approle/role/job", json!({"token_policies": "root"})),
+        (
+            "identity/group",
+            json!({"name": "ops", "type": "external", "policies": "root"}),
+        ),
+    ] {
+        let (st, v) = s.call("POST", path, Some(&admin), Some(body.clone())).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path} {body}: {v}");
+        assert!(
+            v.to_string().contains("cannot create root tokens"),
+            "{path}: {v}"
+        );
+        // Not even root can give it to logins.
+        let (st, v) = s.root("POST", path, Some(body)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "root, {path}: {v}");
+    }
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/mallory",
+            None,
+            Some(json!({"password": "pw123456"})),
+        )
+        .await;
+    assert_ne!(st, StatusCode::OK, "mallory exists: {v}");
+}
+
+#[tokio::test]
+async fn a_tokens_last_use_cannot_make_a_child_that_outlives_it() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/maker",
+        json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#}),
+    )
+    .await;
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["maker"], "num_uses": 1, "ttl": "1h"}),
+    )
+    .await;
+    let once = client_token(&v);
+    let (st, v) = s
+        .call("POST", "auth/token/create", Some(&once), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "a child of a spent token: {v}");
+    assert!(v.to_string().contains("last use"), "{v}");
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(&once), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the spent token still works");
+    // With uses left, a child is made, and goes with its parent.
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["maker"], "num_uses": 2, "ttl": "1h"}),
+    )
+    .await;
+    let twice = client_token(&v);
+    let (st, v) = s
+        .call("POST", "auth/token/create", Some(&twice), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let child = client_token(&v);
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(&twice), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(&child), None)
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::FORBIDDEN,
+        "the child outlived its parent's last use"
+    );
+}
+
+#[tokio::test]
+async fn a_deny_under_a_glob_hides_the_folder_from_list() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/secret-admin",
+        json!({"key_type": "otp", "default_user": "root", "cidr_list": "10.0.0.0/8"}),
+    )
+    .await;
+    let t = s
+        .token_with_policy(
+            "ssh-but-roles",
+            r#"path "ssh/*" { capabilities = ["read", "list"] }
+               path "ssh/roles/*" { capabilities = ["deny"] }"#,
+        )
+        .await;
+    let (st, v) = s
+        .call("GET", "ssh/roles/secret-admin", Some(&t), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s.call("LIST", "ssh/roles", Some(&t), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "LIST: {v}");
+    let (st, v) = s.call("GET", "ssh/roles?list=true", Some(&t), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "GET ?list=true: {v}");
+}
+
+#[tokio::test]
+async fn the_acl_decides_on_the_name_the_handler_acts_on() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "auth/userpass/users/admin",
+        json!({"password": "admin-pw-1", "token_policies": "default"}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/audit-only",
+        json!({"policy": r#"path "sys/audit" { capabilities = ["read"] }"#}),
+    )
+    .await;
+    let helpdesk = s
+        .token_with_policy(
+            "helpdesk",
+            r#"path "auth/userpass/users/*" { capabilities = ["create", "update"] }
+               path "auth/userpass/users/admin*" { capabilities = ["deny"] }
+               path "sys/policies/acl/*" { capabilities = ["create", "update"] }
+               path "sys/policies/acl/audit-only" { capabilities = ["deny"] }"#,
+        )
+        .await;
+    for (path, body) in [
+        (
+            "auth/userpass/users/admin/password",
+            json!({"password": "owned1234"}),
+        ),
+        (
+            "auth/userpass/users/ADMIN/password",
+            json!({"password": "owned1234"}),
+        ),
+        (
+            "auth/userpass/users/Admin",
+            json!({"password": "owned1234"}),
+        ),
+        (
+            "sys/policies/acl/AUDIT-ONLY",
+            json!({"policy": r#"path "*" { capabilities = ["sudo"] }"#}),
+        ),
+    ] {
+        let (st, v) = s.call("POST", path, Some(&helpdesk), Some(body)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}: {v}");
+    }
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/admin",
+            None,
+            Some(json!({"password": "admin-pw-1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "admin's password changed: {v}");
+    // Names it may edit still work, in any case.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/users/Bob",
+            Some(&helpdesk),
+            Some(json!({"password": "bob-pw-12"})),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/bob",
+            None,
+            Some(json!({"password": "bob-pw-12"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn changing_how_everyone_logs_in_needs_sudo() {
+    let s = Server::start(Backend::Sqlite).await;
+    let without = s
+        .token_with_policy(
+            "auth-admin",
+            r#"path "sys/auth" { capabilities = ["read"] }
+               path "sys/auth/*" { capabilities = ["create", "update", "read", "delete"] }"#,
+        )
+        .await;
+    let with = s
+        .token_with_policy(
+            "auth-root",
+            r#"path "sys/auth/*" { capabilities = ["create", "update", "read", "delete", "sudo"] }"#,
+        )
+        .await;
+    for (method, path, body) in [
+        ("POST", "sys/auth/ci", Some(json!({"type": "jwt"}))),
+        ("GET", "sys/auth/token/tune", None),
+        (
+            "POST",
+            "sys/auth/token/tune",
+            Some(json!({"max_lease_ttl": "87600h"})),
+        ),
+    ] {
+        let (st, v) = s.call(method, path, Some(&without), body.clone()).await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "{method} {path} without sudo: {v}"
+        );
+        let (st, v) = s.call(method, path, Some(&with), body).await;
+        assert!(st.is_success(), "{method} {path} with sudo: {st} {v}");
+    }
+    // Listing the methods needs no sudo.
+    let (st, v) = s.call("GET", "sys/auth", Some(&without), None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
