@@ -18,7 +18,7 @@ use std::time::Duration;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::Fingerprint;
 use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
-use russh::server::{self, Auth, ChannelOpenHandle, Msg, Server as _, VerifiedPublicKey};
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -44,7 +44,21 @@ pub struct GatewayConfig {
     /// Record sessions whose source hands out a recording; None records
     /// nothing.
     pub recording: Option<Arc<RecordingSettings>>,
+    /// Time for a connection to log in, from its first byte: one that
+    /// has not by then is closed ([`LOGIN_GRACE`] by default).
+    pub login_grace: Duration,
 }
+
+/// sshd's `LoginGraceTime` default: a connection that has not logged in
+/// this long after it was accepted is closed. Without a bound, connections
+/// that never send a byte pile up until the process runs out of file
+/// descriptors.
+pub const LOGIN_GRACE: Duration = Duration::from_secs(120);
+
+/// Waited after a failed `accept` (no descriptor free, mostly) before the
+/// next: the sessions already open go on, and new ones are taken again
+/// once descriptors come back.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The session CA keys the gateway accepts certificates of. Shared: the
 /// server source replaces them when the server's list changes, and every
@@ -128,34 +142,94 @@ pub async fn serve_relayed_until<S: SessionSource>(
     serve_incoming(Incoming::Relayed(streams), config, source, stop).await
 }
 
-/// Serves one relayed connection with `handler` until it closes, or until
-/// the gateway stops (`down`, with the message users are told).
+/// Serves one connection with `handler` until it closes, until the gateway
+/// stops (`down`, with the message users are told), or, if it has not
+/// logged in by then, until `grace` after it came.
 async fn serve_stream<S: SessionSource>(
     config: Arc<server::Config>,
     stream: RelayedStream,
     handler: Connection<S>,
     mut down: tokio::sync::broadcast::Receiver<String>,
+    grace: Duration,
 ) {
-    let session = match server::run_stream(config, stream, handler).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(error = ?e, "relayed connection failed before its session began");
+    let deadline = tokio::time::Instant::now() + grace;
+    let logged_in = handler.logged_in.clone();
+    // russh reads the client's identification line without a time limit.
+    let session = match tokio::time::timeout_at(
+        deadline,
+        server::run_stream(config, stream, handler),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = ?e, "connection failed before its session began");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(
+                ?grace,
+                "connection closed: no SSH identification within the login grace time"
+            );
             return;
         }
     };
     let handle = session.handle();
     tokio::pin!(session);
-    tokio::select! {
-        r = &mut session => {
-            if let Err(e) = r {
-                tracing::debug!(error = ?e, "relayed connection ended");
+    let grace_over = tokio::time::sleep_until(deadline);
+    tokio::pin!(grace_over);
+    let mut checked = false;
+    loop {
+        tokio::select! {
+            r = &mut session => {
+                if let Err(e) = r {
+                    tracing::debug!(error = ?e, "connection ended");
+                }
+                return;
+            }
+            reason = down.recv() => {
+                let _ = handle
+                    .disconnect(Disconnect::ByApplication, reason.unwrap_or_default(), "en".into())
+                    .await;
+                let _ = session.await;
+                return;
+            }
+            () = &mut grace_over, if !checked => {
+                checked = true;
+                if !logged_in.load(Ordering::Acquire) {
+                    tracing::debug!(?grace, "connection closed: not logged in within the login grace time");
+                    let _ = handle
+                        .disconnect(
+                            Disconnect::ByApplication,
+                            "gatepass: login grace time over".into(),
+                            "en".into(),
+                        )
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                    return;
+                }
             }
         }
-        reason = down.recv() => {
-            let _ = handle
-                .disconnect(Disconnect::ByApplication, reason.unwrap_or_default(), "en".into())
-                .await;
-            let _ = session.await;
+    }
+}
+
+/// Logs a failed `accept` at most once a second, with how many failed.
+struct AcceptFailures {
+    since_warning: u64,
+    last_warning: Option<tokio::time::Instant>,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, e: &io::Error) {
+        self.since_warning += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            warn!(error = %e, failed = self.since_warning, "cannot accept connections (open sessions go on)");
+            self.last_warning = Some(now);
+            self.since_warning = 0;
         }
     }
 }
@@ -195,27 +269,60 @@ async fn serve_incoming<S: SessionSource>(
         }),
     };
     let ssh = Arc::new(ssh);
+    let grace = config.login_grace;
     // Disconnects whoever is still connected, with a message.
     let disconnect_all: Box<dyn FnOnce(String) + Send> = match incoming {
         Incoming::Port(listener) => {
-            let running = acceptor.run_on_socket(ssh, &listener);
-            // Keeps russh's shutdown channel open: dropping the accept loop
-            // alone would close it, which russh takes as "disconnect
-            // everyone now", before each person is told why.
-            let connections = running.handle();
+            // The gateway's own accept loop rather than russh's, which
+            // ends at the first failed `accept` (EMFILE): the process
+            // would exit and every open session drop with it.
+            let (down, _) = tokio::sync::broadcast::channel::<String>(1);
+            let accepting = async {
+                let mut failures = AcceptFailures {
+                    since_warning: 0,
+                    last_warning: None,
+                };
+                loop {
+                    match listener.accept().await {
+                        Ok((socket, peer)) => {
+                            let _ = socket.set_nodelay(true);
+                            let handler = server::Server::new_client(&mut acceptor, Some(peer));
+                            tokio::spawn(serve_stream(
+                                ssh.clone(),
+                                Box::new(socket),
+                                handler,
+                                down.subscribe(),
+                                grace,
+                            ));
+                        }
+                        Err(e) => {
+                            failures.note(&e);
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                res = running => return res,
+                () = accepting => {}
                 () = stop => {}
             }
             drop(listener);
-            Box::new(move |why| connections.shutdown(why))
+            Box::new(move |why| {
+                let _ = down.send(why);
+            })
         }
         Incoming::Relayed(mut streams) => {
             let (down, _) = tokio::sync::broadcast::channel::<String>(1);
             let accepting = async {
                 while let Some(stream) = streams.recv().await {
                     let handler = server::Server::new_client(&mut acceptor, None);
-                    tokio::spawn(serve_stream(ssh.clone(), stream, handler, down.subscribe()));
+                    tokio::spawn(serve_stream(
+                        ssh.clone(),
+                        stream,
+                        handler,
+                        down.subscribe(),
+                        grace,
+                    ));
                 }
             };
             tokio::select! {
@@ -337,6 +444,7 @@ impl<S: SessionSource> server::Server for Acceptor<S> {
             shared: self.shared.clone(),
             peer,
             state: State::Unauthenticated,
+            logged_in: Arc::new(AtomicBool::new(false)),
             _open: self
                 .shared
                 .connection_guards
@@ -353,6 +461,9 @@ pub struct Connection<S: SessionSource> {
     shared: Arc<Shared>,
     peer: Option<SocketAddr>,
     state: State<S>,
+    /// Set once the user is in with a live session: the login grace time
+    /// no longer applies.
+    logged_in: Arc<AtomicBool>,
     /// Dropped with the connection: a stopping gateway waits for that.
     _open: Option<mpsc::Sender<()>>,
 }
@@ -570,6 +681,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 session.disconnect(Disconnect::ByApplication, message, "")?;
             }
             State::Live(live) => {
+                self.logged_in.store(true, Ordering::Release);
                 let (gone_tx, gone_rx) = oneshot::channel();
                 live.gone = Some(gone_tx);
                 let (Some(target_lost), Some(reporter)) =

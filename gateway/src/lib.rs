@@ -21,6 +21,6 @@ pub mod spool;
 pub mod target;
 
 pub use accept::{
-    serve, serve_relayed_until, serve_until, GatewayConfig, RelayedStream, SessionCas,
+    serve, serve_relayed_until, serve_until, GatewayConfig, RelayedStream, SessionCas, LOGIN_GRACE,
 };
 pub use session::{Credential, EndReason, HostKeyTrust, Session, SessionSource, SourceError};

@@ -315,6 +315,7 @@ async fn run(cfg: Config) -> Result<()> {
         session_cas: cas,
         idle_timeout: cfg.idle_timeout,
         recording: cfg.recording.enabled.then_some(recording),
+        login_grace: gatepass_gateway::LOGIN_GRACE,
     };
     let (served, dialer) = match listener {
         Some(listener) => (

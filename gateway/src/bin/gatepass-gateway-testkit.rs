@@ -65,6 +65,9 @@ enum Command {
         /// Idle timeout in seconds.
         #[arg(long)]
         idle_timeout: Option<u64>,
+        /// Login grace time in seconds (default: the gateway's, 120).
+        #[arg(long)]
+        login_grace_time: Option<u64>,
         /// Append each session's end here as `ID REASON [DETAIL]`.
         #[arg(long)]
         ends: Option<PathBuf>,
@@ -231,6 +234,7 @@ async fn main() -> Result<()> {
         session_ca,
         sessions,
         idle_timeout,
+        login_grace_time,
         ends,
     } = Cli::parse().command;
     let host_key = PrivateKey::read_openssh_file(&host_key)
@@ -244,6 +248,7 @@ async fn main() -> Result<()> {
         session_cas: SessionCas::new(&[ca]),
         idle_timeout: idle_timeout.map(Duration::from_secs),
         recording: None,
+        login_grace: login_grace_time.map_or(gatepass_gateway::LOGIN_GRACE, Duration::from_secs),
     };
     let source = Arc::new(FileSource {
         path: sessions,

@@ -1566,3 +1566,76 @@ fn the_service_follows_its_sessions_from_the_server() {
         "{log}"
     );
 }
+
+/// Reads what `s` is sent until the gateway closes it or `limit` passes;
+/// true if it was closed.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 512];
+    while Instant::now() < end {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn silent_connections_are_closed_at_the_login_grace_time_and_cannot_stop_the_gateway() {
+    let mut gw = Gateway::start(&["--login-grace-time", "2"]);
+    // An open-file limit the silent connections below are more than: the
+    // gateway cannot accept them all at once.
+    run(Command::new("prlimit")
+        .arg(format!("--pid={}", gw.child.id()))
+        .arg("--nofile=64:64"));
+    let addr = format!("127.0.0.1:{}", gw.port);
+    let started = Instant::now();
+    let mut held: Vec<TcpStream> = (0..80)
+        .map(|i| TcpStream::connect(&addr).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // Each is closed once the login grace time (2 s) has passed: those the
+    // gateway could not take at first once others went and freed theirs.
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, Duration::from_secs(30).saturating_sub(started.elapsed())),
+            "silent connection {i} still open after {:?}\n{}",
+            started.elapsed(),
+            gw.log()
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before the login grace time"
+    );
+    assert!(
+        gw.child.try_wait().unwrap().is_none(),
+        "the gateway exited when it ran out of descriptors\n{}",
+        gw.log()
+    );
+    assert!(
+        gw.log().contains("cannot accept connections"),
+        "{}",
+        gw.log()
+    );
+    // And it still serves: a person logs in and runs a command.
+    let keys = tempfile::tempdir().unwrap();
+    let target_key = keygen(keys.path(), "target_key", "ed25519", None);
+    let sshd = key_target(&target_key);
+    let entry = SessionEntry::new("s-after", &sshd, "root", key_credential(&target_key));
+    gw.set_sessions(&[&entry]);
+    let cert = gw.certificate("s-after", "root", "+5m");
+    let out = ok(
+        &gw,
+        run(&mut gw.ssh(Some(&cert), "root", &["echo", "still-here"])),
+    );
+    assert!(out.contains("still-here"), "{out}");
+}
