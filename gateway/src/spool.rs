@@ -373,10 +373,22 @@ fn write_file(dir: &Path, item: &SpoolItem) -> Result<(), String> {
     fs::rename(&tmp, &path).map_err(fail)
 }
 
+/// A refusal that says nothing about the recording itself: the gateway's
+/// token (revoked by `setup --replace` while this run still holds the old
+/// one, or lapsed during a long outage), its enrollment, or a rate limit.
+/// The parts wait in the spool for a gateway the server takes again,
+/// rather than being set aside for good.
+fn refused_for_now(status: u16, errors: &[String]) -> bool {
+    matches!(status, 401 | 403 | 408 | 429)
+        || errors.iter().any(|e| e.contains("no longer enrolled"))
+}
+
 /// Sends the spool to the server for good: what is there at start, then
 /// each new file as it comes; while the server cannot be reached, tries
-/// again every second. A file the server refuses (its session is unknown
-/// to it) is set aside as `<name>.refused`, not retried forever.
+/// again every second. A file the server refuses for what it holds (its
+/// session is unknown to the server, a chunk out of order) is set aside as
+/// `<name>.refused`, not retried forever; one refused because of the
+/// gateway's token or enrollment waits ([`refused_for_now`]).
 pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
     let found = spool.pending().len();
     if found > 0 {
@@ -412,7 +424,7 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
                         }
                     }
                     Err(gatepass_api::Error::Api { status, errors })
-                        if (400..500).contains(&status) =>
+                        if (400..500).contains(&status) && !refused_for_now(status, &errors) =>
                     {
                         warn!(file = %path.display(), status, "the server refused a recording part: {}", errors.join("; "));
                         set_aside(&path, "refused");
@@ -546,5 +558,85 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    /// A server that answers `refusals` of the first requests with `status`
+    /// and `error`, and every later one with 204; counts what it took.
+    async fn server(
+        refusals: usize,
+        status: u16,
+        error: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use axum::http::StatusCode;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let seen = std::sync::Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            let counter = counter.clone();
+            async move {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                if n < refusals {
+                    (
+                        StatusCode::from_u16(status).unwrap(),
+                        axum::Json(serde_json::json!({ "errors": [error] })),
+                    )
+                        .into_response()
+                } else {
+                    StatusCode::NO_CONTENT.into_response()
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    use axum::response::IntoResponse;
+
+    async fn deliver_one(
+        refusals: usize,
+        status: u16,
+        error: &'static str,
+    ) -> (Vec<String>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        write_batch(dir.path(), vec![chunk("s1", "r1", 0)]).unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path()).unwrap());
+        let (addr, seen) = server(refusals, status, error).await;
+        let client = Client::new(&gatepass_api::Settings {
+            addr,
+            token: Some("gateway-token".into()),
+            ca_cert: None,
+            timeout: Some(Duration::from_secs(5)),
+        })
+        .unwrap();
+        let task = tokio::spawn(deliver(spool.clone(), client));
+        for _ in 0..100 {
+            if spool.pending().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        task.abort();
+        let left = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        (left, seen.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn parts_refused_for_the_gateways_token_wait_and_are_sent_once_it_is_taken_again() {
+        // A revoked or lapsed token: the part waits, and goes once the
+        // server takes the gateway again (here after two refusals).
+        let (left, seen) = deliver_one(2, 403, "permission denied").await;
+        assert!(left.is_empty(), "{left:?}");
+        assert_eq!(seen, 3);
+        let (left, _) = deliver_one(1, 429, "too many requests").await;
+        assert!(left.is_empty(), "{left:?}");
+        // A part the server refuses for what it holds is set aside.
+        let (left, seen) = deliver_one(1, 400, "unknown session").await;
+        assert_eq!(left, vec!["s1.r1.000000000000.chunks.refused".to_string()]);
+        assert_eq!(seen, 1);
     }
 }

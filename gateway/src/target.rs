@@ -147,6 +147,9 @@ const CERT_ALGORITHMS: &[Algorithm] = &[
     },
 ];
 
+/// How often the gateway checks that a silent target is still there.
+const TARGET_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Connects to the session's target, checks its host key and logs in.
 pub async fn connect(session: &Session, now: u64) -> Result<(Target, TargetLost), TargetError> {
     let mut config = client::Config::default();
@@ -154,6 +157,11 @@ pub async fn connect(session: &Session, now: u64) -> Result<(Target, TargetLost)
         config.preferred.host_key_certificates = CERT_ALGORITHMS.into();
     }
     config.nodelay = true;
+    // A target that vanishes without a word (a partition) is noticed after
+    // three unanswered keepalives, and the person told, rather than left
+    // with a session that hangs until it times out.
+    config.keepalive_interval = Some(TARGET_KEEPALIVE);
+    config.keepalive_max = 3;
     let refusal = Arc::new(Mutex::new(None));
     let (alive, lost) = oneshot::channel();
     let handler = HostKeyCheck {
