@@ -227,6 +227,15 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         recording_key: Some(recording_public),
     };
     let enrolled: GatewayEnrolled = enroll(&client, &req).await?;
+    // What the operator set beyond the enrollment (the idle timeout, the
+    // server sync, recording and its masking rules) is kept when a gateway
+    // enrolls again: `--replace` must not start recording in clear what
+    // was masked. A config that does not parse is replaced whole.
+    let kept = if config_path.exists() {
+        Config::load(&config_path).ok()
+    } else {
+        None
+    };
     let cfg = Config {
         server,
         ca_cert: conf_dir.join("gateway-server-ca.pem"),
@@ -236,11 +245,15 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, String> {
         listen,
         address,
         host_key: host_key_path,
-        idle_timeout: Some(Duration::from_secs(30 * 60)),
-        sync: SyncSettings::default(),
+        idle_timeout: kept
+            .as_ref()
+            .map_or(Some(Duration::from_secs(30 * 60)), |k| k.idle_timeout),
+        sync: kept
+            .as_ref()
+            .map_or_else(SyncSettings::default, |k| k.sync.clone()),
         state_dir,
         recording_key: Some(recording_key_path),
-        recording: Default::default(),
+        recording: kept.map(|k| k.recording).unwrap_or_default(),
     };
     // Token first: a config file means the token is there too.
     ensure_dir(&conf_dir, 0o755)?;
@@ -339,5 +352,58 @@ mod tests {
         assert!(e.contains("--replace"), "{e}");
         // Nothing was made.
         assert!(!dir.path().join("key").exists());
+    }
+
+    #[tokio::test]
+    async fn enrolling_again_keeps_what_the_operator_set() {
+        use axum::response::IntoResponse;
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("gateway.toml");
+        let token_file = dir.path().join("gateway.token");
+        fs::write(
+            &config_path,
+            format!(
+                "server = \"https://old.example:8200\"\nca_cert = \"/x/ca.pem\"\n\
+                 token_file = {:?}\nname = \"gw1\"\nlisten = \"127.0.0.1:2222\"\n\
+                 idle_timeout = \"5m\"\n\n[recording]\nmask = [\"secret-[0-9]+\"]\n",
+                token_file
+            ),
+        )
+        .unwrap();
+        fs::write(&token_file, "old-token\n").unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        fs::write(&ca_path, ca.cert.pem()).unwrap();
+        // The server's side of an enrollment, on loopback.
+        let app = axum::Router::new().fallback(|| async {
+            axum::Json(serde_json::json!({"data": {
+                "name": "gw1", "gateway_token": "new-token", "session_ca_keys": []
+            }}))
+            .into_response()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let opts = SetupOptions {
+            config_path: config_path.clone(),
+            server,
+            join_token: "t".into(),
+            ca_cert: ca_path,
+            reach: Reach::Direct {
+                listen: "127.0.0.1:2223".parse().unwrap(),
+                address: None,
+            },
+            name: "gw1".into(),
+            token_file: Some(token_file.clone()),
+            host_key: dir.path().join("key"),
+            replace: true,
+        };
+        setup(&opts).await.unwrap();
+        let cfg = Config::load(&config_path).unwrap();
+        assert_eq!(cfg.recording.mask, vec!["secret-[0-9]+".to_string()]);
+        assert_eq!(cfg.idle_timeout, Some(Duration::from_secs(300)));
+        // The enrollment's own fields are the new ones.
+        assert_eq!(cfg.listen, Some("127.0.0.1:2223".parse().unwrap()));
+        assert_eq!(fs::read_to_string(&token_file).unwrap().trim(), "new-token");
     }
 }
