@@ -43,6 +43,15 @@ pub struct Recording {
     pub record_input: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<RecordingEnd>,
+    /// The gateway's recording key (its public half) when the recording
+    /// began: the key its end must be signed with. Kept here, not read from
+    /// the gateway at check time, so that a gateway enrolled again with a
+    /// new key (`setup --replace`), or deleted, leaves the recordings it
+    /// made as whole as they were. Empty for a gateway without a key; None
+    /// for recordings stored before this was kept (checked against the
+    /// gateway's key of now, as then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 fn record_key(session: &str, recording: &str) -> String {
@@ -64,6 +73,14 @@ pub async fn begin(
     record_input: bool,
     now: i64,
 ) -> Result<RecordingGrant> {
+    // Empty when the gateway has no key: its recordings end unsigned,
+    // whatever key it has later.
+    let signer = Some(
+        gateways::find(core, &s.gateway)
+            .await?
+            .and_then(|g| g.recording_key)
+            .unwrap_or_default(),
+    );
     let r = Recording {
         id: uuid::Uuid::new_v4().to_string(),
         session_id: s.id.clone(),
@@ -71,6 +88,7 @@ pub async fn begin(
         key: Secret::new(recording::new_key()),
         record_input,
         end: None,
+        signer,
     };
     core.storage.put(&record_key(&s.id, &r.id), &r).await?;
     Ok(RecordingGrant {
@@ -233,7 +251,8 @@ pub async fn read_after(
     let s = sessions::get(core, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
-    let signer = gateways::find(core, &s.gateway)
+    // Only for recordings stored before each kept its own signer.
+    let signer_now = gateways::find(core, &s.gateway)
         .await?
         .and_then(|g| g.recording_key)
         .and_then(|k| recording::parse_public_key(&k));
@@ -248,6 +267,10 @@ pub async fn read_after(
             continue;
         };
         let from = after.get(&r.id).copied().unwrap_or(0);
+        let signer = match &r.signer {
+            Some(k) => recording::parse_public_key(k),
+            None => signer_now,
+        };
         recordings.push(check_one(core, &s, &r, signer.as_ref(), open, from).await?);
     }
     recordings.sort_by(|a, b| {

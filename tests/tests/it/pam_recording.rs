@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use gatepass_api::recording::{self, Event, EventKind, SealedChunk, SftpOp, GENESIS};
-use gatepass_tests::inproc::{Server, BACKENDS};
+use gatepass_tests::inproc::{Backend, Server, BACKENDS};
 use gatepass_tests::ssh::keypair;
 use gatepass_tests::{bin, run, CLI_AMBIENT_ENV};
 use serde_json::{json, Value};
@@ -1255,4 +1255,65 @@ path "pam/sessions/{}/recording" {{ capabilities = ["deny"] }}"#,
         assert!(grep(one_denied.clone(), "NEEDLE-4711").await.is_empty());
         assert_eq!(grep(one_denied, "nothing").await, vec![quiet.clone()]);
     }
+}
+
+/// Whether a session's recordings read as whole, and the answer.
+async fn whole(s: &Server, reader: &str, id: &str) -> (bool, Value) {
+    let (st, v) = s
+        .call(
+            "GET",
+            &format!("pam/sessions/{id}/recording"),
+            Some(reader),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    (v["data"]["whole"].as_bool().unwrap(), v)
+}
+
+#[tokio::test]
+async fn a_recording_stays_whole_after_its_gateway_enrolls_again_with_a_new_key() {
+    let s = Server::start(Backend::Sqlite).await;
+    let r = recorded_session(&s).await;
+    send_recording(
+        &s,
+        &r,
+        &r.id,
+        &r.rec,
+        &r.key,
+        &["before the re-enrollment\n"],
+    )
+    .await;
+    end_session(&s, &r, &r.id).await;
+    let (ok, v) = whole(&s, &r.reader, &r.id).await;
+    assert!(ok, "{v}");
+
+    // `setup --replace`: the same name, a new recording key.
+    let v = root_ok(&s, "POST", "pam/gateways/join-tokens", json!({})).await;
+    let join = v["data"]["join_token"].as_str().unwrap().to_string();
+    let (_, host_pub) = keypair(s.dir.path(), "gw-host-2", "ed25519", None);
+    let new_signer = recording::new_signing_key();
+    let (st, v) = s
+        .call(
+            "POST",
+            "pam/gateways/enroll",
+            None,
+            Some(
+                json!({"join_token": join, "name": "gw1", "address": "127.0.0.1:2222",
+                "host_keys": [host_pub], "replace": true,
+                "recording_key": recording::public_key_text(&new_signer)}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (ok, v) = whole(&s, &r.reader, &r.id).await;
+    assert!(
+        ok,
+        "signed by the key of its time, it reads as tampered with: {v}"
+    );
+
+    // The gateway deleted: its recordings are as whole as they were.
+    root_ok(&s, "DELETE", "pam/gateways/gw1", json!({})).await;
+    let (ok, v) = whole(&s, &r.reader, &r.id).await;
+    assert!(ok, "after the gateway's deletion: {v}");
 }
