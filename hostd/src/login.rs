@@ -140,12 +140,13 @@ pub async fn serve(listener: UnixListener, clients: Arc<Clients>) {
                 continue;
             }
         };
+        let accepted = Instant::now();
         let (clients, turns) = (clients.clone(), turns.clone());
         tokio::spawn(async move {
             let Ok(_turn) = turns.acquire_owned().await else {
                 return;
             };
-            handle(stream, &clients).await;
+            handle(stream, &clients, accepted).await;
         });
     }
 }
@@ -165,7 +166,8 @@ pub fn remove(path: &PathBuf) {
     }
 }
 
-async fn handle(mut stream: UnixStream, clients: &Clients) {
+/// Answers one request on a connection accepted at `accepted`.
+async fn handle(mut stream: UnixStream, clients: &Clients, accepted: Instant) {
     let uid = stream.peer_cred().map(|c| c.uid());
     if !matches!(uid, Ok(0)) {
         tracing::warn!("login socket: refused a peer that is not root ({uid:?})");
@@ -202,7 +204,22 @@ async fn handle(mut stream: UnixStream, clients: &Clients) {
             return;
         }
     };
+    // The caller's time runs from when it connected, not from this
+    // request's turn: once every turn is taken, a request waits, and the
+    // caller gives up at the end of its budget. Asked after that, a
+    // server would take the OTP with nobody left to hear the answer.
     let budget = Duration::from_millis(req.budget_ms).min(MAX_BUDGET);
+    let Some(budget) = budget
+        .checked_sub(accepted.elapsed())
+        .filter(|b| !b.is_zero())
+    else {
+        send(
+            &mut stream,
+            &Reply::NotAsked("the login's time ran out while it waited its turn".into()),
+        )
+        .await;
+        return;
+    };
     let otp = Zeroizing::new(req.otp);
     match ask(client, otp, budget).await {
         Ok(v) => send(&mut stream, &Reply::Verified(v)).await,
@@ -290,5 +307,32 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         assert!(bind(&file).is_err());
         assert!(file.is_file());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_time_ran_out_in_the_queue_is_not_sent_to_a_server() {
+        // A server that would take the OTP: nobody may connect to it.
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let addr = format!("https://{}", server.local_addr().unwrap());
+        let (mut caller, hostd_end) = UnixStream::pair().unwrap();
+        let req = serde_json::json!({
+            "transport": transport(&addr), "otp": "a-one-time-password", "budget_ms": 2000,
+        });
+        caller
+            .write_all(format!("{req}\n").as_bytes())
+            .await
+            .unwrap();
+        // Accepted three seconds ago: the caller's 2 s are gone.
+        let accepted = Instant::now() - Duration::from_secs(3);
+        handle(hostd_end, &Clients::default(), accepted).await;
+        let mut answer = String::new();
+        caller.read_to_string(&mut answer).await.unwrap();
+        let reply: Reply = serde_json::from_str(answer.trim()).unwrap();
+        assert!(
+            matches!(&reply, Reply::NotAsked(why) if why.contains("ran out")),
+            "{reply:?}"
+        );
+        assert!(server.accept().is_err(), "the OTP was sent to a server");
     }
 }
