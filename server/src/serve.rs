@@ -11,7 +11,9 @@
 //! of what it is sent for as long. The TLS handshake has its own
 //! bound (axum-server's acceptor). [`HeaderLimit`], over the bytes after
 //! TLS, bounds the time from a request header's first byte to the request
-//! (HTTP/1.1).
+//! (HTTP/1.1; over HTTP/2 a header block's, or any frame's but a body's,
+//! and there only requests keep a connection from idling), and
+//! [`crate::http::Deadline`] a request body's.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -320,6 +322,11 @@ struct Activity {
     /// The connection switched protocols (101): what it carries from then
     /// on is no HTTP request.
     switched: AtomicBool,
+    /// The client speaks HTTP/2: only its requests' frames count as
+    /// activity, which [`HeaderTimed`] (seeing the clear text) notes; the
+    /// bytes of pings, settings and window updates do not, or a client
+    /// could hold a connection for ever by pinging.
+    h2: AtomicBool,
     /// When a byte last moved or a request last finished, in milliseconds
     /// since `base`.
     last_ms: AtomicU64,
@@ -332,6 +339,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             begun: AtomicU64::new(0),
             switched: AtomicBool::new(false),
+            h2: AtomicBool::new(false),
             last_ms: AtomicU64::new(0),
             base: Instant::now(),
         }
@@ -424,7 +432,9 @@ impl GuardedStream {
         match r {
             Poll::Ready(Ok(n)) => {
                 if n > 0 {
-                    self.activity.touch();
+                    if !self.activity.h2.load(Ordering::Acquire) {
+                        self.activity.touch();
+                    }
                     self.stalled_since = None;
                 }
                 Poll::Ready(Ok(n))
@@ -444,7 +454,7 @@ impl AsyncRead for GuardedStream {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                if buf.filled().len() > before && !self.activity.h2.load(Ordering::Acquire) {
                     self.activity.touch();
                 }
                 Poll::Ready(r)
@@ -599,8 +609,8 @@ enum Speaks {
     /// Not known yet: this many bytes matched HTTP/2's preface so far.
     Unknown(usize),
     Http1,
-    /// HTTP/2 has no header read limit here (nor in hyper): its frames
-    /// (window updates, pings) come between requests too.
+    /// HTTP/2: its frames (window updates, pings) come between requests
+    /// too, so its limits follow the frames ([`H2Frames`]).
     Http2,
 }
 
@@ -625,6 +635,110 @@ impl Speaks {
     }
 }
 
+/// HTTP/2 frame types and the flag that ends a header block (RFC 9113).
+const H2_DATA: u8 = 0x0;
+const H2_HEADERS: u8 = 0x1;
+const H2_PUSH_PROMISE: u8 = 0x5;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_HEADERS: u8 = 0x4;
+
+/// Follows the frames an HTTP/2 client sends, as far as the connection
+/// limits need: whether a header block, or a frame that is not a body's,
+/// is part-way (its time is the header read timeout's), and whether bytes
+/// belong to a request (HEADERS, CONTINUATION, DATA). hyper keeps neither
+/// a header read limit nor an idle timeout for HTTP/2, so a client could
+/// trickle a header block, or ping, for ever.
+#[derive(Debug)]
+struct H2Frames {
+    /// Bytes of the connection preface still to come.
+    preface_left: usize,
+    /// The frame header being read (9 bytes), then its type and flags.
+    head: [u8; 9],
+    head_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: usize,
+    /// A HEADERS or PUSH_PROMISE without END_HEADERS came: CONTINUATION
+    /// frames follow until one has it.
+    block_open: bool,
+}
+
+impl H2Frames {
+    fn new(preface_seen: usize) -> H2Frames {
+        H2Frames {
+            preface_left: H2_PREFACE.len().saturating_sub(preface_seen),
+            head: [0; 9],
+            head_len: 0,
+            payload_left: 0,
+            block_open: false,
+        }
+    }
+
+    fn kind(&self) -> u8 {
+        self.head[3]
+    }
+
+    /// Something that must come whole within the limit is part-way.
+    fn pending(&self) -> bool {
+        self.preface_left > 0
+            || self.block_open
+            || (self.head_len > 0 && !(self.head_len == 9 && self.kind() == H2_DATA))
+    }
+
+    /// Takes the client's next bytes.
+    fn take(&mut self, mut bytes: &[u8]) -> Took {
+        let mut took = Took {
+            request: false,
+            settled: false,
+        };
+        while !bytes.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(bytes.len());
+                self.preface_left -= n;
+                bytes = &bytes[n..];
+                took.settled |= self.preface_left == 0;
+                continue;
+            }
+            if self.head_len < 9 {
+                let n = (9 - self.head_len).min(bytes.len());
+                self.head[self.head_len..self.head_len + n].copy_from_slice(&bytes[..n]);
+                self.head_len += n;
+                bytes = &bytes[n..];
+                if self.head_len < 9 {
+                    continue;
+                }
+                let [a, b, c, ..] = self.head;
+                self.payload_left = u32::from_be_bytes([0, a, b, c]) as usize;
+            } else {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            }
+            let kind = self.kind();
+            took.request |= matches!(kind, H2_DATA | H2_HEADERS | H2_CONTINUATION);
+            if self.payload_left == 0 {
+                // The frame is whole.
+                let ends_block = self.head[4] & H2_END_HEADERS != 0;
+                match kind {
+                    H2_HEADERS | H2_PUSH_PROMISE | H2_CONTINUATION => self.block_open = !ends_block,
+                    _ => {}
+                }
+                self.head_len = 0;
+                took.settled |= !self.block_open;
+            }
+        }
+        took
+    }
+}
+
+/// What a read of HTTP/2 bytes did.
+struct Took {
+    /// Some bytes were a request's frames (HEADERS, CONTINUATION, DATA).
+    request: bool,
+    /// Some frame came whole with no header block left open: what is
+    /// part-way now began in this read.
+    settled: bool,
+}
+
 /// The clear-text stream of one connection, ended (EOF to the HTTP layer)
 /// when a request header takes longer than its limit: from the first byte
 /// that came while no request was being answered to the request's start.
@@ -638,6 +752,8 @@ pub struct HeaderTimed<T> {
     /// While a header is coming: the count of requests begun when its
     /// first byte came.
     reading: Option<u64>,
+    /// The client's HTTP/2 frames, once it speaks HTTP/2.
+    h2: Option<H2Frames>,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -649,6 +765,7 @@ impl<T> HeaderTimed<T> {
             limit,
             speaks: Speaks::Unknown(0),
             reading: None,
+            h2: None,
             timer: Box::pin(tokio::time::sleep(limit)),
         }
     }
@@ -661,7 +778,12 @@ impl<T> HeaderTimed<T> {
 
     /// Bytes came from the client.
     fn received(&mut self, bytes: &[u8]) {
+        let before = self.speaks;
         self.speaks = self.speaks.after(bytes);
+        if self.speaks == Speaks::Http2 {
+            self.received_h2(before, bytes);
+            return;
+        }
         if !self.header_expected() {
             return;
         }
@@ -673,8 +795,46 @@ impl<T> HeaderTimed<T> {
         }
     }
 
+    /// HTTP/2 bytes came: a header block, or any frame but a body's, has
+    /// `limit` from its first byte to its last (as an HTTP/1.1 header
+    /// has), and only requests' frames keep the connection from idling.
+    fn received_h2(&mut self, before: Speaks, bytes: &[u8]) {
+        let (frames, was_pending) = match &mut self.h2 {
+            Some(f) => {
+                let pending = f.pending();
+                (f, pending)
+            }
+            None => {
+                self.activity.h2.store(true, Ordering::Release);
+                // The preface's bytes matched in earlier reads.
+                let seen = match before {
+                    Speaks::Unknown(matched) => matched,
+                    _ => 0,
+                };
+                (self.h2.insert(H2Frames::new(seen)), false)
+            }
+        };
+        let took = frames.take(bytes);
+        if took.request {
+            self.activity.touch();
+        }
+        // The time runs from the read in which the part-way frame or block
+        // began: one that came whole starts it over, a CONTINUATION of a
+        // block still open does not.
+        if frames.pending() && (!was_pending || took.settled) {
+            self.timer.as_mut().reset(Instant::now() + self.limit);
+        }
+    }
+
     /// Ready when the header being read is over its limit.
     fn poll_overdue(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(frames) = &self.h2 {
+            if !frames.pending() || self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            tracing::debug!(limit = ?self.limit, "HTTP/2 header block or frame not received in time: connection closed");
+            return Poll::Ready(());
+        }
         let Some(begun) = self.reading else {
             return Poll::Pending;
         };
@@ -828,6 +988,59 @@ mod tests {
             "the writes never waited for the reader: {:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn h2_frames_time_what_is_part_way_and_start_over_when_it_comes_whole() {
+        let frame = |kind: u8, flags: u8, payload: &[u8]| {
+            let len = payload.len() as u32;
+            let mut f = vec![
+                (len >> 16) as u8,
+                (len >> 8) as u8,
+                len as u8,
+                kind,
+                flags,
+                0,
+                0,
+                0,
+                1,
+            ];
+            f.extend_from_slice(payload);
+            f
+        };
+        let mut f = H2Frames::new(0);
+        assert!(f.pending(), "the preface is to come");
+        let took = f.take(H2_PREFACE);
+        assert!(took.settled && !took.request && !f.pending());
+        // A busy connection whose reads each end part-way into the next
+        // frame: every read completes one, so the time starts over.
+        let mut stream = Vec::new();
+        for _ in 0..3 {
+            stream.extend(frame(H2_HEADERS, H2_END_HEADERS, &[0x82; 30]));
+        }
+        let (first, rest) = stream.split_at(20);
+        let took = f.take(first);
+        assert!(took.request && !took.settled && f.pending());
+        for piece in rest.chunks(39) {
+            let took = f.take(piece);
+            assert!(took.settled, "a whole frame came: the time starts over");
+        }
+        assert!(!f.pending());
+        // A block left open by HEADERS: CONTINUATIONs do not start it over
+        // until one ends it.
+        assert!(f.take(&frame(H2_HEADERS, 0, &[0x82])).request);
+        assert!(f.pending());
+        let took = f.take(&frame(H2_CONTINUATION, 0, &[0x86]));
+        assert!(!took.settled && f.pending());
+        let took = f.take(&frame(H2_CONTINUATION, H2_END_HEADERS, &[0x84]));
+        assert!(took.settled && !f.pending());
+        // A body's payload may take its time; pings are not requests.
+        let data = frame(H2_DATA, 0, &[0u8; 100]);
+        f.take(&data[..20]);
+        assert!(!f.pending(), "a body is the body timeout's");
+        f.take(&data[20..]);
+        let took = f.take(&frame(0x6, 0, &[0u8; 8]));
+        assert!(!took.request && took.settled && !f.pending());
     }
 
     #[test]

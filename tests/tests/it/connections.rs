@@ -42,15 +42,21 @@ fn server_addr(s: &DevServer) -> SocketAddr {
 }
 
 fn tls_connector(s: &DevServer) -> TlsConnector {
+    tls_connector_for(s, &[])
+}
+
+/// A TLS client offering `alpn` (none: HTTP/1.1 by default).
+fn tls_connector_for(s: &DevServer, alpn: &[&[u8]]) -> TlsConnector {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pem = std::fs::read(&s.cacert).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder()
+    let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(cfg))
 }
 
@@ -508,5 +514,134 @@ fn a_long_request_is_not_cut_by_the_idle_timeout() {
             .unwrap();
         assert_eq!(waited.status(), 200);
         assert!(start.elapsed() >= Duration::from_secs(4));
+    });
+}
+
+/// An HTTP/2 frame: 9 bytes of header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A TLS connection that agreed on HTTP/2, its preface and (empty)
+/// SETTINGS sent.
+async fn h2_connection(s: &DevServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server_addr(s)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut t = tls_connector_for(s, &[b"h2"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(t.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    t.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    t.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
+    t
+}
+
+/// Sends `next()` every 0.5 s until the server ends the connection or
+/// 10 s pass; when it ended, from `started`.
+async fn cut_while_sending(
+    t: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    started: Instant,
+    mut next: impl FnMut(usize) -> Vec<u8>,
+) -> Option<Duration> {
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if t.write_all(&next(i)).await.is_err() {
+            return Some(started.elapsed());
+        }
+        let (_, end) = read_until_closed(t, Duration::from_millis(20)).await;
+        if end.is_some() {
+            return Some(started.elapsed());
+        }
+    }
+    None
+}
+
+#[test]
+fn over_http2_a_trickled_header_block_is_cut_and_pings_do_not_keep_a_connection() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        // A HEADERS frame of 40 bytes, one byte every 0.5 s: never whole,
+        // so cut at the header read timeout (2 s), whatever the bytes do
+        // to the idle timeout (3 s).
+        let mut t = h2_connection(&s).await;
+        let started = Instant::now();
+        let mut head = h2_frame(0x1, 0x4 | 0x1, 1, &[0x82; 40]);
+        head.truncate(9);
+        t.write_all(&head).await.unwrap();
+        let cut = cut_while_sending(&mut t, started, |_| vec![0x82])
+            .await
+            .expect("a header block trickled for 10 s was never cut");
+        assert!(
+            cut >= Duration::from_secs(2),
+            "cut before the header read timeout: {cut:?}"
+        );
+        assert!(
+            cut < Duration::from_secs(6),
+            "cut long after the header read timeout: {cut:?}"
+        );
+
+        // Pings and nothing else: not a request, so the idle timeout (3 s)
+        // runs as if nothing came.
+        let mut t = h2_connection(&s).await;
+        let started = Instant::now();
+        let cut = cut_while_sending(&mut t, started, |i| {
+            h2_frame(0x6, 0, 0, &(i as u64).to_be_bytes())
+        })
+        .await
+        .expect("a client pinging for 10 s kept its connection");
+        assert!(
+            cut >= Duration::from_secs(3),
+            "cut before the idle timeout: {cut:?}"
+        );
+        assert!(
+            cut < Duration::from_secs(8),
+            "cut long after the idle timeout: {cut:?}"
+        );
+    });
+}
+
+#[test]
+fn over_http2_requests_are_answered_and_a_connection_stays_while_it_is_used() {
+    let s = DevServer::start_with(SHORT_TIMEOUTS, &[]);
+    rt().block_on(async {
+        // `GET /v1/sys/health` every second for 5 s on one connection: each
+        // answered, the connection kept past the idle timeout (3 s).
+        let mut t = h2_connection(&s).await;
+        // HPACK: :method GET (2), :scheme https (7), :path (literal, not
+        // indexed, name index 4), :authority localhost (literal, index 1).
+        let mut block = vec![0x82, 0x87, 0x04, 14];
+        block.extend_from_slice(b"/v1/sys/health");
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"localhost");
+        for i in 0..5u32 {
+            let stream = 1 + 2 * i;
+            t.write_all(&h2_frame(0x1, 0x4 | 0x1, stream, &block))
+                .await
+                .unwrap();
+            let mut bytes = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            let end = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < end {
+                match tokio::time::timeout(Duration::from_millis(100), t.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => panic!("closed while in use (request {i})"),
+                    Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            // A HEADERS frame back on this stream: status 200 (HPACK 0x88).
+            let answered = bytes.windows(10).any(|w| {
+                w[3] == 0x1
+                    && u32::from_be_bytes([w[5], w[6], w[7], w[8]]) == stream
+                    && w[9] == 0x88
+            });
+            assert!(answered, "no 200 on stream {stream}: {bytes:?}");
+        }
     });
 }
