@@ -52,6 +52,9 @@ pub struct Preview {
     pub to_sign: Vec<PathBuf>,
 }
 
+/// The marker of a reload sshd is owed, in gatepass's folder.
+const RELOAD_PENDING: &str = ".reload-pending";
+
 impl Host {
     pub fn new(paths: &Paths) -> Host {
         Host {
@@ -199,11 +202,43 @@ impl Host {
             out.changes.extend(plan.changes);
         }
         out.host_certs = keys.iter().filter_map(hostcerts::installed).collect();
-        if out.config_changed || out.certs_changed {
-            out.reloaded = Some(self.reload.run(&self.sshd())?);
+        if out.config_changed || out.certs_changed || self.reload_pending() {
+            out.reloaded = Some(self.reload_marked()?);
         }
         out.rendered = rendered;
         Ok(out)
+    }
+
+    /// Where a reload that sshd is owed is noted: the files changed, the
+    /// reload failed, and a run that finds nothing more to change must
+    /// still make it (or, uninstalling, must not remove the files the
+    /// running sshd's config still names).
+    fn reload_marker(&self) -> PathBuf {
+        self.layout.dir.join(RELOAD_PENDING)
+    }
+
+    fn reload_pending(&self) -> bool {
+        self.reload_marker().exists()
+    }
+
+    /// Reloads sshd, owing it (the marker) until it succeeds.
+    fn reload_marked(&self) -> Result<Reloaded, Error> {
+        let marker = self.reload_marker();
+        if let Err(e) = std::fs::write(&marker, b"") {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(
+                    "cannot note the reload owed to sshd in {}: {e}",
+                    marker.display()
+                );
+            }
+        }
+        let reloaded = self.reload.run(&self.sshd())?;
+        if let Err(e) = std::fs::remove_file(&marker) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", marker.display());
+            }
+        }
+        Ok(reloaded)
     }
 
     /// What uninstalling would change.
@@ -219,8 +254,10 @@ impl Host {
     pub fn uninstall(&self) -> Result<(Vec<Change>, Option<Reloaded>), Error> {
         let plan = sshd_config::plan_uninstall(&self.sshd_paths)?;
         let changed = sshd_config::commit(&self.sshd_paths, &plan)?;
-        let reloaded = if changed {
-            Some(self.reload.run(&self.sshd())?)
+        // A reload that failed on an earlier run is still owed: until it is
+        // made, sshd reads the old config, which names the files below.
+        let reloaded = if changed || self.reload_pending() {
+            Some(self.reload_marked()?)
         } else {
             None
         };

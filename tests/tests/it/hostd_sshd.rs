@@ -45,6 +45,11 @@ impl Rig {
 
     fn hostd(&self, args: &[&str]) -> (i32, String, String) {
         let pid = self.sshd.pid().unwrap();
+        self.hostd_reloading_with(args, &format!("kill -HUP {pid}"))
+    }
+
+    /// [`Rig::hostd`] with another reload command.
+    fn hostd_reloading_with(&self, args: &[&str], reload: &str) -> (i32, String, String) {
         let d = &self.sshd.dir;
         let mut cmd = Command::new(bin("gatepass-hostd"));
         cmd.args(args)
@@ -58,7 +63,7 @@ impl Rig {
             .arg(d.join("gatepass"))
             .arg("--state-dir")
             .arg(d.join("state"))
-            .args(["--reload-command", &format!("kill -HUP {pid}")]);
+            .args(["--reload-command", reload]);
         run(&mut cmd)
     }
 
@@ -279,4 +284,31 @@ fn base64_encode(b: &[u8]) -> String {
         }
     }
     out
+}
+
+#[test]
+fn a_failed_reload_is_owed_until_made_and_uninstall_keeps_the_files_meanwhile() {
+    let rig = Rig::start();
+    let k = rig.keys.path();
+    let ca = keygen(k, "ca", "ed25519", None);
+    let state = base_state(&pub_path(&ca));
+    rig.apply(&state);
+    let krl = rig.managed("revoked.krl");
+    assert!(krl.exists());
+    // The config is stripped, the reload fails: the files stay, since the
+    // running sshd's config still names them.
+    let (st, out, err) = rig.hostd_reloading_with(&["uninstall"], "false");
+    assert_ne!(st, 0, "{out}{err}");
+    assert!(krl.exists());
+    // Run again, the config has nothing more to change; the reload is
+    // still owed, fails again, and the files still stay.
+    let (st, out, err) = rig.hostd_reloading_with(&["uninstall"], "false");
+    assert_ne!(st, 0, "a second run skipped the owed reload: {out}{err}");
+    assert!(krl.exists(), "the KRL the running sshd reads was removed");
+    // Once sshd reloads, the files go.
+    let before = rig.listening();
+    let (st, out, err) = rig.hostd(&["uninstall"]);
+    assert_eq!(st, 0, "{out}{err}");
+    rig.wait_listening(before);
+    assert!(!rig.sshd.dir.join("gatepass").exists());
 }
