@@ -92,7 +92,8 @@ impl SessionCas {
 /// How long a stopping gateway waits for its sessions' ends to be reported.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-/// Accepts connections on `listener` until it fails.
+/// Accepts connections on `listener` for as long as the process runs (a
+/// failed `accept` is waited out, see [`ACCEPT_BACKOFF`]).
 pub async fn serve<S: SessionSource>(
     listener: TcpListener,
     config: GatewayConfig,

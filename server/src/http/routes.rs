@@ -74,7 +74,7 @@ pub async fn canonical_names(core: &Core, path: &ApiPath) -> Result<String> {
         _ => None,
     };
     Ok(match at.and_then(|i| segs.get(i)) {
-        Some(name) if name.chars().any(char::is_uppercase) => {
+        Some(name) if name.to_lowercase() != *name => {
             let mut segs: Vec<String> = segs.iter().map(|s| (*s).to_string()).collect();
             if let Some(i) = at {
                 segs[i] = segs[i].to_lowercase();
