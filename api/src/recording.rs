@@ -63,7 +63,9 @@ pub struct Event {
 }
 
 /// What happened. Data is text: bytes that are not UTF-8 are replaced by
-/// U+FFFD, but a character split between SSH packets is kept whole.
+/// U+FFFD, but a character split between SSH packets is kept whole. Data
+/// that is not text at all ([`Utf8Carry::decode`]) is recorded as its
+/// size ([`EventKind::Binary`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventKind {
@@ -95,10 +97,26 @@ pub enum EventKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<u64>,
     },
+    /// Data that is not text (a file piped through `ssh host 'cat > f'`,
+    /// `cat` of a binary): recorded as its size, not its bytes, which no
+    /// terminal replays and search cannot match. Consecutive binary data
+    /// of one stream of a channel is one event, `t` when it began, `bytes`
+    /// all of it (within one chunk of the recording).
+    Binary { stream: Stream, bytes: u64 },
     /// A `direct-tcpip` channel (`ssh -L`) opened.
     ForwardOpen { host: String, port: u32 },
     /// It closed.
     ForwardClose { host: String, port: u32 },
+}
+
+/// Which way data went on a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// From the target: [`EventKind::Output`]'s stream.
+    Output,
+    /// From the user: [`EventKind::Input`]'s stream.
+    Input,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,6 +496,39 @@ pub struct Utf8Carry {
     tail: Vec<u8>,
 }
 
+/// One packet of channel data, as [`Utf8Carry::decode`] reads it.
+#[derive(Debug, PartialEq)]
+pub enum Data<'a> {
+    Text(std::borrow::Cow<'a, str>),
+    /// Text, then from where binary data begins, this many bytes of it.
+    Binary {
+        text: std::borrow::Cow<'a, str>,
+        bytes: u64,
+    },
+}
+
+/// Where the binary data of `bytes`, whose first `valid` bytes are UTF-8
+/// and the rest not, begins; None when it holds no NUL byte (text in some
+/// other encoding, see [`Utf8Carry::decode`]). It begins at the line of
+/// the first NUL or non-UTF-8 byte: a binary file often opens with bytes
+/// that read as text (ELF's `\x7fELF`), a line of text ends in a line end.
+fn binary_start(bytes: &[u8], valid: usize) -> Option<usize> {
+    if !bytes.contains(&0) {
+        return None;
+    }
+    let first = bytes
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(valid)
+        .min(valid);
+    Some(
+        bytes[..first]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1),
+    )
+}
+
 impl Utf8Carry {
     /// The text of `bytes` after what was carried; an incomplete sequence
     /// at the end is kept for the next call.
@@ -503,15 +554,52 @@ impl Utf8Carry {
     /// session, which then costs one validation pass and no copy, also
     /// when the message ends in the middle of a character (the split is
     /// found from the last bytes alone, so the text is validated once).
-    pub fn push_cow<'a>(&mut self, bytes: &'a [u8]) -> std::borrow::Cow<'a, str> {
+    ///
+    /// Unless the packet holds binary data: it is not UTF-8 and holds a
+    /// NUL byte, as git tells a binary file from text (a NUL is in every
+    /// few hundred bytes of compressed or random data and in no text a
+    /// terminal shows, while text in a legacy encoding such as Latin-1 is
+    /// not UTF-8 either and is still recorded, its odd bytes replaced).
+    /// Recording binary data as text cost more than the session itself
+    /// (every invalid byte three bytes of U+FFFD, every control byte six
+    /// of escape, then compressed, sealed, spooled and stored) for a text
+    /// no one can read: its size is what is recorded instead. The text
+    /// before it in the packet (`echo sending; cat file` writes both at
+    /// once) is kept, up to its last line end ([`binary_start`]); what
+    /// follows it in the packet counts as binary.
+    pub fn decode<'a>(&mut self, bytes: &'a [u8]) -> Data<'a> {
         if self.tail.is_empty() {
             let (text, tail) = bytes.split_at(complete_len(bytes));
-            if let Ok(s) = std::str::from_utf8(text) {
-                self.tail = tail.to_vec();
-                return s.into();
+            match std::str::from_utf8(text) {
+                Ok(s) => {
+                    self.tail = tail.to_vec();
+                    return Data::Text(s.into());
+                }
+                Err(e) => {
+                    if let Some(at) = binary_start(bytes, e.valid_up_to()) {
+                        // Up to `valid_up_to`: UTF-8.
+                        let text = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+                        return Data::Binary {
+                            text: text.into(),
+                            bytes: (bytes.len() - at) as u64,
+                        };
+                    }
+                }
+            }
+            return Data::Text(self.push(bytes).into());
+        }
+        // A character was carried over (rare): the same, on both together.
+        let mut joined = std::mem::take(&mut self.tail);
+        joined.extend_from_slice(bytes);
+        if let Err(e) = std::str::from_utf8(&joined) {
+            if let Some(at) = binary_start(&joined, e.valid_up_to()) {
+                return Data::Binary {
+                    text: String::from_utf8_lossy(&joined[..at]).into_owned().into(),
+                    bytes: (joined.len() - at) as u64,
+                };
             }
         }
-        self.push(bytes).into()
+        Data::Text(self.push(&joined).into())
     }
 
     /// What is left at the end of the stream (an incomplete sequence can
@@ -653,6 +741,13 @@ pub fn cast_of(recs: &SessionRecordings) -> String {
 mod tests {
     use super::*;
 
+    fn as_text(d: Data<'_>) -> String {
+        match d {
+            Data::Text(t) => t.into_owned(),
+            Data::Binary { bytes, .. } => panic!("{bytes} bytes read as binary"),
+        }
+    }
+
     #[test]
     fn a_character_split_between_packets_comes_out_whole() {
         let text = "héllo ✓ 𝄞 end";
@@ -672,14 +767,14 @@ mod tests {
         // The borrowing form, at every split point too.
         for cut in 0..=bytes.len() {
             let mut c = Utf8Carry::default();
-            let mut out = c.push_cow(&bytes[..cut]).into_owned();
-            out.push_str(&c.push_cow(&bytes[cut..]));
+            let mut out = as_text(c.decode(&bytes[..cut]));
+            out.push_str(&as_text(c.decode(&bytes[cut..])));
             out.push_str(&c.finish());
             assert_eq!(out, text, "split at {cut}");
         }
         let mut c = Utf8Carry::default();
-        assert_eq!(c.push_cow(b"a\xffb\xe2\x9c"), "a\u{fffd}b");
-        assert_eq!(c.push_cow(b"\x93!"), "✓!");
+        assert_eq!(as_text(c.decode(b"a\xffb\xe2\x9c")), "a\u{fffd}b");
+        assert_eq!(as_text(c.decode(b"\x93!")), "✓!");
     }
 
     #[test]
@@ -728,6 +823,57 @@ mod tests {
         assert_eq!(c.finish(), "\u{fffd}");
     }
 
+    fn binary(text: &str, bytes: u64) -> Data<'_> {
+        Data::Binary {
+            text: text.into(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn binary_data_is_told_from_text_in_a_legacy_encoding() {
+        let mut c = Utf8Carry::default();
+        // Latin-1 text: not UTF-8, but no NUL, so text with its odd bytes
+        // replaced.
+        assert_eq!(
+            as_text(c.decode(b"caf\xe9 cr\xe8me")),
+            "caf\u{fffd} cr\u{fffd}me"
+        );
+        // UTF-8 holding a NUL is text too (escaped when it is written).
+        assert_eq!(as_text(c.decode(b"a\0b")), "a\0b");
+        // Not UTF-8 and a NUL: binary, with the byte carried before it.
+        assert_eq!(as_text(c.decode(b"ok \xe2")), "ok ");
+        assert_eq!(c.decode(b"\x00\xff\x10\x00"), binary("", 5));
+        // Nothing is left over for what follows.
+        assert_eq!(as_text(c.decode(b"\xe2\x9c\x93")), "✓");
+        // A character carried into text with a NUL stays text.
+        assert_eq!(as_text(c.decode(b"x\xe2")), "x");
+        assert_eq!(as_text(c.decode(b"\x9c\x93\0")), "✓\0");
+        // Text before binary in one packet is kept to its last line end;
+        // the binary's first line (ELF's header reads as text) is not.
+        assert_eq!(
+            c.decode(b"sending\nsome.bin\n\x7fELF\x02\x01\x00\x00\xff\xfe"),
+            binary("sending\nsome.bin\n", 10)
+        );
+        assert_eq!(c.decode(b"\x7fELF\x02\x01\x00\x00\xff"), binary("", 9));
+        // The same after a carried character.
+        assert_eq!(as_text(c.decode(b"\xe2")), "");
+        assert_eq!(c.decode(b"\x9c\x93\n\x00\xff"), binary("✓\n", 2));
+        assert_eq!(c.finish(), "");
+        // Compressed data, the kind piped through `cat > file`.
+        let mut packer = Packer::new().unwrap();
+        let zipped = packer.pack(&vec![7u8; 100_000]).unwrap();
+        let random: Vec<u8> = (0u32..32_768)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for data in [&zipped[..], &random[..]] {
+            assert_eq!(
+                Utf8Carry::default().decode(data),
+                binary("", data.len() as u64)
+            );
+        }
+    }
+
     #[test]
     fn split_anywhere_the_text_reads_as_the_whole_stream_decoded_at_once() {
         // Valid characters of each length, invalid bytes, an overlong
@@ -738,8 +884,8 @@ mod tests {
         for a in 0..=stream.len() {
             for b in a..=stream.len() {
                 let mut c = Utf8Carry::default();
-                let mut out = c.push_cow(&stream[..a]).into_owned();
-                out.push_str(&c.push_cow(&stream[a..b]));
+                let mut out = as_text(c.decode(&stream[..a]));
+                out.push_str(&as_text(c.decode(&stream[a..b])));
                 out.push_str(&c.push(&stream[b..]));
                 out.push_str(&c.finish());
                 assert_eq!(out, whole, "split at {a} and {b}");

@@ -45,7 +45,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ed25519_dalek::SigningKey;
 use gatepass_api::recording::{
-    self, Digest, Event, EventKind, Packer, RecordingGrant, SftpOp, Utf8Carry, GENESIS,
+    self, Data, Digest, Event, EventKind, Packer, RecordingGrant, SftpOp, Stream, Utf8Carry,
+    GENESIS,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use tracing::warn;
@@ -334,6 +335,7 @@ impl Recorder {
             prev: GENESIS,
             packer,
             compresses: false,
+            last_binary: None,
         };
         tokio::spawn(work(shared.clone(), worker, done_tx));
         Ok(Arc::new(Recorder {
@@ -538,17 +540,135 @@ struct Worker {
     packer: Packer,
     /// The last chunk's text compressed [`GOOD_RATIO`] times or more.
     compresses: bool,
+    /// The binary event that ends the chunk being gathered, grown while
+    /// more binary data of its stream comes with nothing between.
+    last_binary: Option<LastBinary>,
+}
+
+/// A binary event written to the chunk: where its line begins and ends.
+struct LastBinary {
+    event: Event,
+    at: usize,
+    end: usize,
+}
+
+/// Appends a binary event of `n` bytes, or, when the chunk ends with one
+/// of the same channel and stream, writes that one again `n` bytes larger:
+/// a file piped through a session is one event, not one per SSH message.
+fn write_binary(
+    buf: &mut Vec<u8>,
+    last: &mut Option<LastBinary>,
+    t: f64,
+    ch: u32,
+    stream: Stream,
+    n: u64,
+) {
+    let event = match last.take() {
+        Some(LastBinary {
+            event:
+                Event {
+                    t,
+                    ch: c,
+                    kind: EventKind::Binary { stream: s, bytes },
+                },
+            at,
+            end,
+        }) if c == ch && s == stream && end == buf.len() => {
+            buf.truncate(at);
+            Event {
+                t,
+                ch,
+                kind: EventKind::Binary {
+                    stream,
+                    bytes: bytes.saturating_add(n),
+                },
+            }
+        }
+        _ => Event {
+            t,
+            ch,
+            kind: EventKind::Binary { stream, bytes: n },
+        },
+    };
+    let at = buf.len();
+    if serde_json::to_writer(&mut *buf, &event).is_ok() {
+        buf.push(b'\n');
+        *last = Some(LastBinary {
+            event,
+            at,
+            end: buf.len(),
+        });
+    }
 }
 
 /// One channel's state in the worker.
 #[derive(Default)]
 struct Tap {
-    input: Utf8Carry,
-    output: Utf8Carry,
-    input_mask: MaskTail,
-    output_mask: MaskTail,
+    input: Flow,
+    output: Flow,
     command: Option<String>,
     sftp: Option<Sftp>,
+}
+
+/// One direction of a channel: what is carried between its packets.
+#[derive(Default)]
+struct Flow {
+    carry: Utf8Carry,
+    held: MaskTail,
+}
+
+/// Where the worker writes events: the chunk being gathered.
+struct Sink<'a> {
+    buf: &'a mut Vec<u8>,
+    last_binary: &'a mut Option<LastBinary>,
+}
+
+impl Flow {
+    /// Records a packet of this direction of channel `ch`: its text,
+    /// masked, and its binary data as its size.
+    fn record(
+        &mut self,
+        sink: Sink<'_>,
+        mask: Option<&Masking>,
+        t: f64,
+        ch: u32,
+        stream: Stream,
+        data: &[u8],
+    ) {
+        let kind = match stream {
+            Stream::Output => "output",
+            Stream::Input => "input",
+        };
+        let (text, binary) = match self.carry.decode(data) {
+            Data::Text(text) => (text, None),
+            Data::Binary { text, bytes } => (text, Some(bytes)),
+        };
+        let text = match mask {
+            // Binary data ends the line: what is held is settled before it,
+            // so the recording keeps the order things came in.
+            Some(mask) if binary.is_some() => {
+                (self.held.push(mask, &text) + &self.held.finish(mask)).into()
+            }
+            Some(mask) => self.held.push(mask, &text).into(),
+            None => text,
+        };
+        if !text.is_empty() {
+            write_text(sink.buf, t, ch, kind, &text);
+        }
+        if let Some(n) = binary {
+            write_binary(sink.buf, sink.last_binary, t, ch, stream, n);
+        }
+    }
+
+    /// What is left when the channel closes: split characters and held
+    /// lines, masked.
+    fn finish(&mut self, mask: Option<&Masking>) -> String {
+        let rest = self.carry.finish();
+        match mask {
+            Some(mask) => self.held.push(mask, &rest) + &self.held.finish(mask),
+            None => rest,
+        }
+    }
 }
 
 /// Appends an `output` or `input` event as a JSON line, the text escaped
@@ -717,33 +837,23 @@ impl Worker {
                     if let Some(sftp) = &mut tap.sftp {
                         sftp.server_sent(&data);
                     } else {
-                        let text = tap.output.push_cow(&data);
-                        match mask {
-                            Some(mask) => {
-                                let text = tap.output_mask.push(mask, &text);
-                                if !text.is_empty() {
-                                    write_text(&mut self.buf, t, m.ch, "output", &text);
-                                }
-                            }
-                            None if !text.is_empty() => {
-                                write_text(&mut self.buf, t, m.ch, "output", &text);
-                            }
-                            None => {}
-                        }
+                        let sink = Sink {
+                            buf: &mut self.buf,
+                            last_binary: &mut self.last_binary,
+                        };
+                        tap.output
+                            .record(sink, mask, t, m.ch, Stream::Output, &data);
                     }
                 }
                 What::Input(data) => {
                     if let Some(sftp) = &mut tap.sftp {
                         events = sftp.client_sent(&data);
                     } else if self.record_input {
-                        let text = tap.input.push_cow(&data);
-                        let text = match mask {
-                            Some(mask) => tap.input_mask.push(mask, &text).into(),
-                            None => text,
+                        let sink = Sink {
+                            buf: &mut self.buf,
+                            last_binary: &mut self.last_binary,
                         };
-                        if !text.is_empty() {
-                            write_text(&mut self.buf, t, m.ch, "input", &text);
-                        }
+                        tap.input.record(sink, mask, t, m.ch, Stream::Input, &data);
                     }
                 }
                 What::Exec(command) => {
@@ -761,11 +871,7 @@ impl Worker {
                 What::Close => {
                     // What is left of split characters and held lines, and
                     // the sftp files still open.
-                    let (mut i, mut o) = (tap.input.finish(), tap.output.finish());
-                    if let Some(mask) = mask {
-                        i = tap.input_mask.push(mask, &i) + &tap.input_mask.finish(mask);
-                        o = tap.output_mask.push(mask, &o) + &tap.output_mask.finish(mask);
-                    }
+                    let (i, o) = (tap.input.finish(mask), tap.output.finish(mask));
                     if !o.is_empty() {
                         events.push(EventKind::Output { data: o });
                     }
@@ -841,6 +947,7 @@ impl Worker {
     /// Compresses, seals and spools what gathered.
     fn seal(&mut self) {
         self.since = None;
+        self.last_binary = None;
         if self.buf.is_empty() {
             return;
         }
@@ -1407,6 +1514,115 @@ mod tests {
                 .count(),
             50
         );
+    }
+
+    /// Binary bytes as a file piped through a session brings them: not
+    /// UTF-8, with NUL bytes.
+    fn binary(n: usize) -> Bytes {
+        (0..n)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn binaries(events: &[Event]) -> Vec<(Stream, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e.kind {
+                EventKind::Binary { stream, bytes } => Some((stream, bytes)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn binary_data_is_recorded_as_its_size_in_one_event_per_run() {
+        // `cat > file` fed a file: a line of text, then 40 SSH messages of
+        // binary data, then text again; output the same way.
+        let session = async |tap: &ChannelTap| {
+            tap.exec(b"cat > upload.bin; echo done");
+            tap.input(&b("header\n")).await;
+            for _ in 0..40 {
+                tap.input(&binary(32 * 1024)).await;
+            }
+            tap.input(&b("trailer\n")).await;
+            // Text and binary in one packet (`echo …; cat file`).
+            tap.output(&b([b"sent\n".as_slice(), &binary(1000)].concat()))
+                .await;
+            tap.output(&binary(24)).await;
+            tap.output(&b("done\n")).await;
+            tap.exit(0);
+        };
+        let r = record_with(true, 1 << 20, 1 << 20, None, session).await;
+        assert_eq!(r.verdict, recording::Verdict::Whole { chunks: 1 });
+        assert_eq!(
+            binaries(&r.events),
+            [(Stream::Input, 40 * 32 * 1024), (Stream::Output, 1024)]
+        );
+        let kinds: Vec<&str> = r
+            .events
+            .iter()
+            .map(|e| match &e.kind {
+                EventKind::Input { data } => data.as_str(),
+                EventKind::Output { data } => data.as_str(),
+                EventKind::Binary { .. } => "binary",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "other",
+                "header\n",
+                "binary",
+                "trailer\n",
+                "sent\n",
+                "binary",
+                "done\n",
+                "other"
+            ]
+        );
+        // The binary data itself is nowhere in what was sealed: 1.3 MB of
+        // it took a few hundred bytes.
+        assert!(r.sealed < 2_000, "{}", r.sealed);
+        assert!(r.events.windows(2).all(|w| w[0].t <= w[1].t));
+
+        // Chunks cut in the middle of a run: each holds its part, and the
+        // parts add up.
+        let r = record_with(true, 64, 64, None, session).await;
+        assert!(matches!(r.verdict, recording::Verdict::Whole { chunks } if chunks > 3));
+        let input: u64 = binaries(&r.events)
+            .iter()
+            .filter(|(s, _)| *s == Stream::Input)
+            .map(|(_, n)| n)
+            .sum();
+        assert_eq!(input, 40 * 32 * 1024);
+
+        // Input not recorded: not even its size.
+        let (_, events) = record(false, 1 << 20, session).await;
+        assert_eq!(binaries(&events), [(Stream::Output, 1024)]);
+    }
+
+    #[tokio::test]
+    async fn text_held_for_masking_is_recorded_before_the_binary_data_after_it() {
+        let session = async |tap: &ChannelTap| {
+            tap.shell();
+            tap.output(&b("password: hunter2 and more")).await;
+            tap.output(&binary(4096)).await;
+            tap.output(&b("ok\n")).await;
+        };
+        let (verdict, events) =
+            record_masked(true, 1 << 20, Some(rules(&["hunter2"])), session).await;
+        assert_eq!(verdict, recording::Verdict::Whole { chunks: 1 });
+        let seen: Vec<String> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Output { data } => Some(data.clone()),
+                EventKind::Binary { bytes, .. } => Some(format!("<{bytes}>")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seen, ["password: ******* and more", "<4096>", "ok\n"]);
     }
 
     #[test]

@@ -1264,7 +1264,7 @@ struct RecordingView {
 /// their exit status, sftp operations, forwards, on the time line of the
 /// cast (seconds since the first connection began).
 fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
-    use gatepass_api::recording::EventKind;
+    use gatepass_api::recording::{EventKind, Stream};
     let base = recs
         .recordings
         .iter()
@@ -1300,6 +1300,13 @@ fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
                         d.push_str(&format!(" ({b} bytes)"));
                     }
                     (format!("sftp {op}"), d)
+                }
+                EventKind::Binary { stream, bytes } => {
+                    let stream = match stream {
+                        Stream::Output => "output",
+                        Stream::Input => "input",
+                    };
+                    (format!("binary {stream}"), format!("{bytes} bytes"))
                 }
                 EventKind::ForwardOpen { host, port } => {
                     ("forward open".to_string(), format!("{host}:{port}"))

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use gatepass_api::recording::{self, Event, EventKind, SealedChunk, SftpOp, GENESIS};
+use gatepass_api::recording::{self, Event, EventKind, SealedChunk, SftpOp, Stream, GENESIS};
 use gatepass_tests::inproc::{Backend, Server, BACKENDS};
 use gatepass_tests::ssh::keypair;
 use gatepass_tests::{bin, run, CLI_AMBIENT_ENV};
@@ -169,8 +169,18 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     assert_eq!(code, 3);
     assert_eq!(out, "é𝄞".repeat(3000));
 
-    // An upload with sftp.
+    // A file piped into a command: binary data, recorded as its size.
     let work = tempfile::tempdir().unwrap();
+    let blob: Vec<u8> = (0u32..300_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let piped = work.path().join("piped.bin");
+    std::fs::write(&piped, &blob).unwrap();
+    let (code, out, err) =
+        run(ssh(&["gatepass-keys-root", "wc -c"]).stdin(std::fs::File::open(&piped).unwrap()));
+    assert_eq!((code, out.trim()), (0, "300000"), "{err}");
+
+    // An upload with sftp.
     let src = work.path().join("upload.bin");
     std::fs::write(&src, vec![7u8; 100_000]).unwrap();
     let up = work.path().join("uploaded.bin");
@@ -246,7 +256,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
 
     // Every connection's recording arrives whole, signed by the gateway.
     let (_, out) = verify_until(&pam, &id, |code, out| {
-        code == 0 && out.matches(": whole").count() == 4
+        code == 0 && out.matches(": whole").count() == 5
     });
     assert!(out.contains("is whole"), "{out}");
 
@@ -266,6 +276,24 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         "{json}"
     );
     assert_eq!(output_of(&json, multibyte), "é𝄞".repeat(3000));
+    // The piped file: its size, in one or a few events (one per chunk it
+    // spans), and none of its bytes as text.
+    let piped_in: u64 = evs
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::Binary {
+                stream: Stream::Input,
+                bytes,
+            } => Some(bytes),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(piped_in, 300_000, "{json}");
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(&e.kind, EventKind::Input { data } if data.contains('\u{fffd}'))),
+        "{json}"
+    );
     for opened in [true, false] {
         assert!(
             evs.iter().any(|e| match &e.kind {
@@ -330,7 +358,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
 
     // The final digests are in the audit log.
     let audit = pam.audit();
-    assert_eq!(audit.matches("recording_ended").count(), 4, "{audit}");
+    assert_eq!(audit.matches("recording_ended").count(), 5, "{audit}");
     assert!(audit.contains("final digest sha256:"), "{audit}");
 }
 

@@ -902,7 +902,8 @@ async fn the_session_list_is_paged_and_filtered_by_state() {
 /// A finished gateway session's page replays its recording with
 /// asciinema-player (from the UI's own cast route, the CLI's asciicast):
 /// the marker the session printed appears on the player's terminal, and
-/// the command with its exit status is listed beside it.
+/// the command with its exit status is listed beside it, and the binary
+/// output after the marker as its size.
 #[test]
 fn the_replay_page_shows_a_marker_the_session_printed() {
     use crate::pam_recording::verify_until;
@@ -912,7 +913,20 @@ fn the_replay_page_shows_a_marker_the_session_printed() {
     let _sshd = key_account(&pam);
     // $ gatepass pam ssh access --resource keys --account root -- echo …
     let out = pam
-        .access("keys", "root", "5m", &["echo", "REPLAY-MARKER-4711"])
+        .access(
+            "keys",
+            "root",
+            "5m",
+            // Then binary output, which is listed as its size.
+            &[
+                "echo",
+                "REPLAY-MARKER-4711;",
+                "head",
+                "-c",
+                "65536",
+                "/usr/bin/ssh",
+            ],
+        )
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -968,6 +982,8 @@ fn the_replay_page_shows_a_marker_the_session_printed() {
         assert!(events.contains("exec"), "{events}");
         assert!(events.contains("echo REPLAY-MARKER-4711"), "{events}");
         assert!(events.contains("exit 0"), "{events}");
+        assert!(events.contains("binary output"), "{events}");
+        assert!(events.contains(" bytes"), "{events}");
         b.screenshot("session-replay").await;
         // A speed other than the offered ones is not taken.
         b.goto(&format!("{base}/ui/sessions/{id}?speed=1000")).await;
