@@ -129,7 +129,7 @@ pub struct Rendered {
 /// option that could break out of its place) are left out and listed in
 /// `rejected`; a bad CA key or KRL rejects the whole state, since applying
 /// half of it could lock everybody out or let revoked keys in.
-pub fn render(state: &HostState, now: i64) -> Result<Rendered, ApplyError> {
+pub fn render(state: &HostState, now: i64, form: TimeForm) -> Result<Rendered, ApplyError> {
     let mut r = Rendered::default();
     for line in state.user_ca_keys.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -185,7 +185,7 @@ pub fn render(state: &HostState, now: i64) -> Result<Rendered, ApplyError> {
         if k.expires <= now {
             continue;
         }
-        let line = match key_line(k) {
+        let line = match key_line(k, form) {
             Ok(l) => l,
             Err(e) => {
                 r.rejected.push(format!("lease {:?}: {e}", k.lease_id));
@@ -214,9 +214,30 @@ fn openssh_line(key: &ssh_key::PublicKey) -> Result<String, ApplyError> {
         .map_err(|e| ApplyError::BadState(format!("cannot encode key: {e}")))
 }
 
-/// `expiry-time="…Z"[,options] <key> <lease>`. OpenSSH (9.2 checked) reads
-/// a trailing `Z` as UTC; without it the time would be sshd's local time.
-pub fn key_line(k: &DynamicKey) -> Result<String, String> {
+/// How sshd reads the times hostd writes (`expiry-time`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeForm {
+    /// `YYYYMMDDHHMMSSZ`, UTC: OpenSSH 9.1 and later.
+    Utc,
+    /// `YYYYMMDDHHMMSS` in the host's time zone: every OpenSSH. Before 9.1
+    /// sshd has no other form, and it ignores a line whose time has a `Z`
+    /// (the key then never works).
+    Local,
+}
+
+impl TimeForm {
+    /// The form for an sshd of this OpenSSH version; local time when the
+    /// version is not known, since every sshd reads that.
+    pub fn for_version(version: Option<(u32, u32)>) -> TimeForm {
+        match version {
+            Some(v) if v >= (9, 1) => TimeForm::Utc,
+            _ => TimeForm::Local,
+        }
+    }
+}
+
+/// `expiry-time="…"[,options] <key> <lease>`, the time in `form`.
+pub fn key_line(k: &DynamicKey, form: TimeForm) -> Result<String, String> {
     check_user(&k.user)?;
     check_word("lease id", &k.lease_id)?;
     let key = ssh_key::PublicKey::from_openssh(k.public_key.trim())
@@ -224,7 +245,11 @@ pub fn key_line(k: &DynamicKey) -> Result<String, String> {
     let key = openssh_line(&key).map_err(|e| e.to_string())?;
     let opts = k.options.trim();
     check_options(opts)?;
-    let mut line = format!("expiry-time=\"{}\"", expiry_time(k.expires));
+    let time = match form {
+        TimeForm::Utc => expiry_time(k.expires),
+        TimeForm::Local => expiry_local(k.expires, local_offset),
+    };
+    let mut line = format!("expiry-time=\"{time}\"");
     if !opts.is_empty() {
         line.push(',');
         line.push_str(opts);
@@ -234,9 +259,48 @@ pub fn key_line(k: &DynamicKey) -> Result<String, String> {
 
 /// `YYYYMMDDHHMMSSZ` in UTC.
 pub fn expiry_time(unix: i64) -> String {
+    let mut t = civil(unix);
+    t.push('Z');
+    t
+}
+
+/// Half a year, in seconds: a zone's offsets half a year apart are its
+/// summer and its winter one.
+const HALF_YEAR: i64 = 182 * 86_400;
+
+/// `YYYYMMDDHHMMSS` that sshd before OpenSSH 9.1 reads as `unix` or a
+/// little before it, never after. That sshd reads a time with `mktime` as
+/// standard time (its `tm_isdst` is 0), so in summer a time written in
+/// summer time would expire an hour late. The time is written with the
+/// zone's smallest offset around it (its summer and winter ones), its
+/// standard offset in zones with summer time: exact there, early by the
+/// difference in the few zones whose standard time is their summer one.
+/// hostd also removes the line at the lease's end itself.
+/// `offset_at`: seconds east of UTC in the host's zone at a Unix time.
+pub fn expiry_local(unix: i64, offset_at: impl Fn(i64) -> i64) -> String {
+    let offset = [unix, unix - HALF_YEAR, unix + HALF_YEAR]
+        .into_iter()
+        .map(offset_at)
+        .min()
+        .unwrap_or(0);
+    civil(unix.saturating_add(offset))
+}
+
+/// Seconds east of UTC in the host's time zone (TZ, else /etc/localtime,
+/// as sshd's libc reads it) at `unix`; 0 when it cannot be told.
+fn local_offset(unix: i64) -> i64 {
+    use chrono::{Offset, TimeZone};
+    match chrono::Local.timestamp_opt(unix, 0) {
+        chrono::LocalResult::Single(t) => i64::from(t.offset().fix().local_minus_utc()),
+        _ => 0,
+    }
+}
+
+/// `YYYYMMDDHHMMSS` of a Unix time, read as UTC.
+fn civil(unix: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => format!(
-            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+            "{:04}{:02}{:02}{:02}{:02}{:02}",
             t.year(),
             u8::from(t.month()),
             t.day(),
@@ -244,8 +308,8 @@ pub fn expiry_time(unix: i64) -> String {
             t.minute(),
             t.second()
         ),
-        Err(_) if unix > 0 => "99991231235959Z".into(),
-        Err(_) => "19700101000000Z".into(),
+        Err(_) if unix > 0 => "99991231235959".into(),
+        Err(_) => "19700101000000".into(),
     }
 }
 
@@ -487,6 +551,44 @@ mod tests {
     }
 
     #[test]
+    fn before_openssh_9_1_expiry_is_local_standard_time() {
+        assert_eq!(TimeForm::for_version(Some((9, 2))), TimeForm::Utc);
+        assert_eq!(TimeForm::for_version(Some((9, 1))), TimeForm::Utc);
+        assert_eq!(TimeForm::for_version(Some((10, 0))), TimeForm::Utc);
+        assert_eq!(TimeForm::for_version(Some((9, 0))), TimeForm::Local);
+        assert_eq!(TimeForm::for_version(Some((8, 9))), TimeForm::Local);
+        assert_eq!(TimeForm::for_version(None), TimeForm::Local);
+        // A host on UTC: the same time, without the Z.
+        assert_eq!(expiry_local(1_700_000_000, |_| 0), "20231114221320");
+        // Central Europe: +1 h in winter, +2 h in summer (from the last
+        // Sunday of March to the last of October, roughly).
+        let cet = |t: i64| {
+            let day_of_year = t.rem_euclid(365 * 86_400) / 86_400;
+            if (88..300).contains(&day_of_year) {
+                7_200
+            } else {
+                3_600
+            }
+        };
+        // 2023-11-14 22:13:20 UTC, winter: 23:13:20 local.
+        assert_eq!(expiry_local(1_700_000_000, cet), "20231114231320");
+        // 2023-07-01 12:00:00 UTC, summer: written as standard time,
+        // 13:00:00, which sshd's mktime (not summer time) reads back as
+        // 12:00 UTC. Summer time, 14:00, would expire an hour late.
+        assert_eq!(expiry_local(1_688_212_800, cet), "20230701130000");
+        // Where standard time is the summer one (Irish time, +1 h, and
+        // GMT in winter as its exception), the line expires early, never
+        // late.
+        let dublin = |t: i64| if cet(t) == 7_200 { 3_600 } else { 0 };
+        assert_eq!(expiry_local(1_688_212_800, dublin), "20230701120000");
+        // A line for an older sshd.
+        let k = dk("bob", "ssh/creds/b/1", 1_700_000_000, "no-pty");
+        let line = key_line(&k, TimeForm::Local).unwrap();
+        assert!(line.starts_with("expiry-time=\"2023111"), "{line}");
+        assert!(!line.contains("Z\""), "{line}");
+    }
+
+    #[test]
     fn renders_keys_sorted_with_expiry_and_comment() {
         let state = HostState {
             index: 3,
@@ -504,7 +606,7 @@ mod tests {
                 dk("old", "ssh/creds/o/1", 500, ""),
             ],
         };
-        let r = render(&state, 1_000).unwrap();
+        let r = render(&state, 1_000, TimeForm::Utc).unwrap();
         assert_eq!(r.krl, EMPTY_KRL);
         assert_eq!(r.user_ca, format!("{KEY}\n"));
         let bob = &r.authorized_keys["bob"];
@@ -550,7 +652,7 @@ mod tests {
             dynamic_keys: bad.to_vec(),
             ..Default::default()
         };
-        let r = render(&state, 0).unwrap();
+        let r = render(&state, 0, TimeForm::Utc).unwrap();
         assert!(r.authorized_keys.is_empty(), "{:?}", r.authorized_keys);
         assert_eq!(r.rejected.len(), bad.len(), "{:?}", r.rejected);
         assert!(check_options("from=\"10.0.0.0/8\",command=\"echo \\\"hi\\\"\"").is_ok());
@@ -583,7 +685,7 @@ mod tests {
             principals: Some(map),
             ..Default::default()
         };
-        let r = render(&state, 0).unwrap();
+        let r = render(&state, 0, TimeForm::Utc).unwrap();
         let p = r.principals.unwrap();
         assert_eq!(p["alice"], "alice\n");
         assert_eq!(p.len(), 1);
@@ -596,18 +698,18 @@ mod tests {
             user_ca_keys: "not a key".into(),
             ..Default::default()
         };
-        assert!(render(&s, 0).is_err());
+        assert!(render(&s, 0, TimeForm::Utc).is_err());
         let s = HostState {
             krl: "!!!".into(),
             ..Default::default()
         };
-        assert!(render(&s, 0).is_err());
+        assert!(render(&s, 0, TimeForm::Utc).is_err());
         let s = HostState {
             krl: base64::engine::general_purpose::STANDARD
                 .encode(b"not a krl at all, but long enough to pass len"),
             ..Default::default()
         };
-        assert!(render(&s, 0).is_err());
+        assert!(render(&s, 0, TimeForm::Utc).is_err());
         // The right magic and header, then a section OpenSSH does not know:
         // sshd would refuse to load it.
         let mut krl = EMPTY_KRL.to_vec();
@@ -616,7 +718,7 @@ mod tests {
             krl: base64::engine::general_purpose::STANDARD.encode(&krl),
             ..Default::default()
         };
-        match render(&s, 0) {
+        match render(&s, 0, TimeForm::Utc) {
             Err(ApplyError::BadState(e)) => assert!(
                 e.contains("the KRL cannot be read: unsupported KRL section type 9"),
                 "{e}"
@@ -628,7 +730,7 @@ mod tests {
             krl: base64::engine::general_purpose::STANDARD.encode(&EMPTY_KRL[..43]),
             ..Default::default()
         };
-        assert!(render(&s, 0).is_err());
+        assert!(render(&s, 0, TimeForm::Utc).is_err());
     }
 
     #[test]
@@ -644,7 +746,7 @@ mod tests {
             )])),
             ..Default::default()
         };
-        let r = render(&state, 0).unwrap();
+        let r = render(&state, 0, TimeForm::Utc).unwrap();
         let first = apply(&layout, &r).unwrap();
         assert_eq!(first.len(), 5, "{first:?}");
         assert!(
@@ -653,13 +755,13 @@ mod tests {
         );
         state.dynamic_keys.pop();
         state.principals = None;
-        let changes = apply(&layout, &render(&state, 0).unwrap()).unwrap();
+        let changes = apply(&layout, &render(&state, 0, TimeForm::Utc).unwrap()).unwrap();
         let removed: Vec<_> = changes.iter().filter(|c| c.new.is_none()).collect();
         assert_eq!(removed.len(), 2, "{changes:?}");
         assert!(!layout.authorized_keys_dir().join("carol").exists());
         assert!(!layout.principals_dir().join("bob").exists());
         // Expiry alone removes bob's key.
-        let changes = apply(&layout, &render(&state, 10_000).unwrap()).unwrap();
+        let changes = apply(&layout, &render(&state, 10_000, TimeForm::Utc).unwrap()).unwrap();
         assert_eq!(changes.len(), 1);
         assert!(!layout.authorized_keys_dir().join("bob").exists());
         let removed = remove_all(&layout).unwrap();

@@ -26,6 +26,8 @@ pub struct Host {
     pub layout: Layout,
     pub sshd_paths: SshdPaths,
     pub reload: Reload,
+    /// How this sshd reads the times of dynamic keys (by its version).
+    pub time_form: apply::TimeForm,
 }
 
 /// What one convergence did.
@@ -57,15 +59,18 @@ const RELOAD_PENDING: &str = ".reload-pending";
 
 impl Host {
     pub fn new(paths: &Paths) -> Host {
+        let sshd_paths = SshdPaths {
+            sshd_config: paths.sshd_config.clone(),
+            sshd_config_dir: paths.sshd_config_dir.clone(),
+            sshd: paths.sshd.clone(),
+            included: paths.managed_dir.join(sshd_config::INCLUDED_NAME),
+        };
+        let time_form = apply::TimeForm::for_version(sshd_paths.sshd().version());
         Host {
             layout: Layout::new(&paths.managed_dir),
-            sshd_paths: SshdPaths {
-                sshd_config: paths.sshd_config.clone(),
-                sshd_config_dir: paths.sshd_config_dir.clone(),
-                sshd: paths.sshd.clone(),
-                included: paths.managed_dir.join(sshd_config::INCLUDED_NAME),
-            },
+            sshd_paths,
             reload: Reload::from_config(paths.reload_command.as_deref()),
+            time_form,
         }
     }
 
@@ -116,7 +121,7 @@ impl Host {
     /// What [`Host::converge`] would change; `sign` says whether host
     /// certificates would be requested.
     pub fn preview(&self, state: &HostState, now: i64, sign: bool) -> Result<Preview, Error> {
-        let rendered = apply::render(state, now)?;
+        let rendered = apply::render(state, now, self.time_form)?;
         let changes = apply::plan(&self.layout, &rendered)?;
         let eff = self.effective()?;
         let keys = self.host_keys(&eff);
@@ -143,7 +148,7 @@ impl Host {
     /// someone else since. Rendering at the time of that apply (not now)
     /// keeps keys that merely expired since from counting as drift.
     pub fn drifted(&self, state: &HostState, applied_at: i64) -> Result<Vec<PathBuf>, Error> {
-        let rendered = apply::render(state, applied_at)?;
+        let rendered = apply::render(state, applied_at, self.time_form)?;
         let mut paths: Vec<PathBuf> = apply::plan(&self.layout, &rendered)?
             .into_iter()
             .map(|c| c.path)
@@ -165,7 +170,7 @@ impl Host {
         now: i64,
         new_certs: &[NewCert],
     ) -> Result<Outcome, Error> {
-        let rendered = apply::render(state, now)?;
+        let rendered = apply::render(state, now, self.time_form)?;
         let mut out = Outcome {
             changes: apply::apply(&self.layout, &rendered)?,
             ..Default::default()

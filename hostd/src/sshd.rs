@@ -68,6 +68,17 @@ impl Sshd {
         }
     }
 
+    /// The OpenSSH version of this sshd, as (major, minor), from what
+    /// `sshd -V` prints: its version (OpenSSH 9.0 and later), or, before,
+    /// "unknown option" and the usage text, which begins with it. None
+    /// when it cannot be told (not OpenSSH, or it did not run).
+    pub fn version(&self) -> Option<(u32, u32)> {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("-V");
+        let (_, stdout, stderr) = run_status(&mut cmd).ok()?;
+        parse_version(&stderr).or_else(|| parse_version(&stdout))
+    }
+
     /// `sshd -T -f CONFIG`: the effective global settings.
     pub fn effective(&self) -> Result<Effective, SshdError> {
         let mut cmd = Command::new(&self.binary);
@@ -112,9 +123,40 @@ impl Effective {
     }
 }
 
+/// `OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL …` → (9, 2).
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let at = text.find("OpenSSH_")? + "OpenSSH_".len();
+    let rest = &text[at..];
+    let (major, rest) = rest.split_once('.')?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// Runs a command with no stdin, bounded in time; Ok(stdout) on exit 0,
 /// otherwise an error with what it printed.
 pub fn run(cmd: &mut Command) -> Result<String, SshdError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let (status, stdout, stderr) = run_status(cmd)?;
+    if status.success() {
+        Ok(stdout)
+    } else {
+        let mut output = stderr.trim().to_string();
+        if output.is_empty() {
+            output = stdout.trim().to_string();
+        }
+        if output.is_empty() {
+            output = status.to_string();
+        }
+        Err(SshdError::Failed {
+            command: shown,
+            output,
+        })
+    }
+}
+
+/// Runs a command with no stdin, bounded in time: how it exited, what it
+/// printed on stdout and on stderr.
+fn run_status(cmd: &mut Command) -> Result<(std::process::ExitStatus, String, String), SshdError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let mut out = tempfile_std()?;
     let mut err = tempfile_std()?;
@@ -142,23 +184,7 @@ pub fn run(cmd: &mut Command) -> Result<String, SshdError> {
             }
         }
     };
-    let stdout = read_all(&mut out);
-    let stderr = read_all(&mut err);
-    if status.success() {
-        Ok(stdout)
-    } else {
-        let mut output = stderr.trim().to_string();
-        if output.is_empty() {
-            output = stdout.trim().to_string();
-        }
-        if output.is_empty() {
-            output = status.to_string();
-        }
-        Err(SshdError::Failed {
-            command: shown,
-            output,
-        })
-    }
+    Ok((status, read_all(&mut out), read_all(&mut err)))
 }
 
 // Output goes to unnamed temp files so no pipe can fill up and block.
@@ -243,6 +269,36 @@ impl Reload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_is_read_from_what_sshd_prints() {
+        // OpenSSH 9.2's `sshd -V`, and 8.9's answer to an unknown option.
+        assert_eq!(
+            parse_version("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024\n"),
+            Some((9, 2))
+        );
+        assert_eq!(
+            parse_version(
+                "sshd: unknown option -- V\nOpenSSH_8.9p1 Ubuntu-3ubuntu0.10, OpenSSL 3.0.2 15 Mar 2022\nusage: sshd [-46DdeiqTt]"
+            ),
+            Some((8, 9))
+        );
+        assert_eq!(parse_version("OpenSSH_10.0, LibreSSL 4.1.0"), Some((10, 0)));
+        assert_eq!(parse_version("dropbear v2022.83"), None);
+        assert_eq!(parse_version("OpenSSH_x.y"), None);
+    }
+
+    /// The sshd on this machine answers with its version.
+    #[test]
+    fn the_installed_sshd_says_its_version() {
+        let sshd = Sshd::new(Path::new("/usr/sbin/sshd"), Path::new("/dev/null"));
+        let Some((major, _)) = sshd.version() else {
+            panic!("no version from /usr/sbin/sshd -V");
+        };
+        assert!(major >= 7, "{major}");
+        let none = Sshd::new(Path::new("/nonexistent/sshd"), Path::new("/dev/null"));
+        assert_eq!(none.version(), None);
+    }
 
     #[test]
     fn effective_keeps_repeats() {

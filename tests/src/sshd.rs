@@ -93,6 +93,8 @@ pub struct SshdOptions {
     /// `PasswordAuthentication yes`, `KbdInteractiveAuthentication yes`,
     /// `PermitRootLogin yes`.
     pub pam: Option<PamSetup>,
+    /// Environment variables sshd runs with besides the test's own (`TZ`).
+    pub env: Vec<(String, String)>,
 }
 
 impl SshdOptions {
@@ -100,7 +102,7 @@ impl SshdOptions {
     pub fn trusting_user_ca(ca_pub: &Path) -> SshdOptions {
         SshdOptions {
             extra_config: vec![format!("TrustedUserCAKeys {}", ca_pub.display())],
-            pam: None,
+            ..SshdOptions::default()
         }
     }
 }
@@ -201,6 +203,7 @@ impl Sshd {
                 .open(&self.log_path)
                 .expect("open sshd log");
             let child = Command::new(&exe)
+                .envs(self.options.env.iter().map(|(k, v)| (k, v)))
                 .args(["-D", "-e", "-f"])
                 .arg(&self.config)
                 .stdin(Stdio::null())

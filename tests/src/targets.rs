@@ -73,6 +73,7 @@ pub fn password_target(service: &str, extra: Vec<String>) -> Sshd {
                          session required pam_unix.so\n"
                 .into(),
         }),
+        ..SshdOptions::default()
     });
     common(&mut sshd);
     sshd.launch();

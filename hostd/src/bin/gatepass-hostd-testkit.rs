@@ -31,6 +31,20 @@ enum Command {
         #[arg(long)]
         once: Option<String>,
     },
+    /// Print the authorized_keys line hostd writes for a dynamic key, its
+    /// expiry in local time as for an sshd before OpenSSH 9.1 (`TZ` is the
+    /// time zone, as for sshd).
+    KeyLineLocal {
+        /// The key's user.
+        #[arg(long)]
+        user: String,
+        /// The public key, OpenSSH's one-line form.
+        #[arg(long)]
+        key: String,
+        /// When it expires, Unix seconds.
+        #[arg(long)]
+        expires: i64,
+    },
     /// Time applying a large state into DIR and print the figures (benchmark).
     BenchApply {
         dir: PathBuf,
@@ -45,6 +59,22 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::WriteLoop { dir, once } => write_loop(&dir, once.as_deref()),
         Command::BenchApply { dir, users, keys } => bench_apply(&dir, users, keys),
+        Command::KeyLineLocal { user, key, expires } => {
+            let k = DynamicKey {
+                user,
+                public_key: key,
+                options: String::new(),
+                expires,
+                lease_id: "ssh/creds/local/1".into(),
+            };
+            match apply::key_line(&k, apply::TimeForm::Local) {
+                Ok(line) => {
+                    println!("{line}");
+                    Ok(())
+                }
+                Err(e) => bail!("{e}"),
+            }
+        }
     }
 }
 
@@ -90,7 +120,7 @@ fn write_loop(dir: &Path, once: Option<&str>) -> Result<()> {
             principals: Some(principals),
             dynamic_keys,
         };
-        Ok(apply::render(&state, 0)?)
+        Ok(apply::render(&state, 0, apply::TimeForm::Utc)?)
     };
     let (ra, rb) = (variant(true)?, variant(false)?);
     let conf = |a: bool| {
@@ -166,17 +196,17 @@ fn bench_apply(dir: &Path, users: usize, keys: usize) -> Result<()> {
     };
     let now = clock::now();
     let t = Instant::now();
-    let r = apply::render(&state, now)?;
+    let r = apply::render(&state, now, apply::TimeForm::Utc)?;
     let render = t.elapsed();
     let t = Instant::now();
     let first = apply::apply(&layout, &r)?;
     let first_t = t.elapsed();
     let t = Instant::now();
-    let again = apply::apply(&layout, &apply::render(&state, now)?)?;
+    let again = apply::apply(&layout, &apply::render(&state, now, apply::TimeForm::Utc)?)?;
     let again_t = t.elapsed();
     state.dynamic_keys[0].public_key = key(keys + 1);
     let t = Instant::now();
-    let one = apply::apply(&layout, &apply::render(&state, now)?)?;
+    let one = apply::apply(&layout, &apply::render(&state, now, apply::TimeForm::Utc)?)?;
     let one_t = t.elapsed();
     println!(
         "{}",

@@ -312,3 +312,60 @@ fn a_failed_reload_is_owed_until_made_and_uninstall_keeps_the_files_meanwhile() 
     rig.wait_listening(before);
     assert!(!rig.sshd.dir.join("gatepass").exists());
 }
+
+/// The time zone of the two whose summer time is on now (one of them
+/// always is): Sydney's runs from October to April, Berlin's from March
+/// to October. `date` says the offset now; the standard ones are fixed.
+fn a_zone_in_summer_time() -> &'static str {
+    for (zone, standard) in [("Australia/Sydney", "+1000"), ("Europe/Berlin", "+0100")] {
+        let (code, now, err) = run(Command::new("date").env("TZ", zone).arg("+%z"));
+        assert_eq!(code, 0, "{err}");
+        if now.trim() != standard {
+            return zone;
+        }
+    }
+    panic!("neither Sydney nor Berlin is on summer time now")
+}
+
+/// sshd before OpenSSH 9.1 reads an `expiry-time` without `Z` only, as
+/// local standard time. The lines hostd writes for such an sshd, checked
+/// against the real sshd (9.2 reads that form the same way): in a zone on
+/// summer time now, a key that expired 20 minutes ago is refused (written
+/// as summer time it would still let in for 40 minutes) and one that
+/// expires in 20 minutes logs in.
+#[test]
+fn expiry_in_local_time_is_read_by_sshd_as_hostd_meant_it() {
+    let zone = a_zone_in_summer_time();
+    let keys = tempfile::tempdir().unwrap();
+    let mut sshd = Sshd::new(SshdOptions {
+        env: vec![("TZ".into(), zone.into())],
+        ..SshdOptions::default()
+    });
+    let authorized = sshd.dir.join("authorized_keys");
+    sshd.options
+        .extra_config
+        .push(format!("AuthorizedKeysFile {}/%u", authorized.display()));
+    std::fs::create_dir(&authorized).unwrap();
+    sshd.launch();
+    let line = |key: &Path, expires: i64| {
+        let public = std::fs::read_to_string(pub_path(key)).unwrap();
+        let (code, out, err) = run(Command::new(bin("gatepass-hostd-testkit"))
+            .env("TZ", zone)
+            .args(["key-line-local", "--user", "root", "--key", public.trim()])
+            .arg(format!("--expires={expires}")));
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with("expiry-time=\"2") && !out.contains("Z\""),
+            "{out}"
+        );
+        out
+    };
+    let fresh = keygen(keys.path(), "fresh", "ed25519", None);
+    let stale = keygen(keys.path(), "stale", "ed25519", None);
+    let now = now();
+    let text = line(&fresh, now + 1200) + &line(&stale, now - 1200);
+    std::fs::write(authorized.join("root"), &text).unwrap();
+    let login = |key: &Path| sshd.client().identity(key).run("true").0 == 0;
+    assert!(login(&fresh), "{zone}:\n{text}\n{}", sshd.log());
+    assert!(!login(&stale), "{zone}:\n{text}\n{}", sshd.log());
+}

@@ -136,7 +136,7 @@ async fn certificates_are_refused_for_every_reason() {
             format!("TrustedUserCAKeys {}", trusted.display()),
             format!("RevokedKeys {}", krl.display()),
         ],
-        pam: None,
+        ..SshdOptions::default()
     });
     let login = |key: &Path, cert: &Path| {
         sshd.client()
