@@ -57,6 +57,10 @@ pub struct Preview {
 /// The marker of a reload sshd is owed, in gatepass's folder.
 const RELOAD_PENDING: &str = ".reload-pending";
 
+/// The index of the desired state last written into gatepass's folder
+/// (noted before its files are written), in that folder.
+const FILES_INDEX: &str = ".index";
+
 impl Host {
     pub fn new(paths: &Paths) -> Host {
         let sshd_paths = SshdPaths {
@@ -171,6 +175,8 @@ impl Host {
         new_certs: &[NewCert],
     ) -> Result<Outcome, Error> {
         let rendered = apply::render(state, now, self.time_form)?;
+        apply::ensure_dirs(&self.layout)?;
+        self.note_files_index(state.index);
         let mut out = Outcome {
             changes: apply::apply(&self.layout, &rendered)?,
             ..Default::default()
@@ -212,6 +218,31 @@ impl Host {
         }
         out.rendered = rendered;
         Ok(out)
+    }
+
+    /// The index of the desired state whose files were last written (or
+    /// begun to be) into gatepass's folder; None before the first, or
+    /// from a hostd that did not note it.
+    pub fn files_index(&self) -> Option<u64> {
+        std::fs::read_to_string(self.layout.dir.join(FILES_INDEX))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Notes `index` as the state the files are about to hold, before they
+    /// are written: a saved state (`state.json`) with another index does
+    /// not describe them, and is not applied again at start (a KRL newer
+    /// than it would be rolled back). Written beside the files, so it is
+    /// kept when the state folder cannot be written. The files are written
+    /// even when this fails: a revocation must not wait on a note.
+    fn note_files_index(&self, index: u64) {
+        let path = self.layout.dir.join(FILES_INDEX);
+        if let Err(e) = files::sync_file(&path, format!("{index}\n").as_bytes(), files::PUBLIC_FILE)
+        {
+            tracing::warn!("cannot note the state index in {}: {e}", path.display());
+        }
     }
 
     /// Where a reload that sshd is owed is noted: the files changed, the
@@ -267,6 +298,11 @@ impl Host {
             None
         };
         let mut changes = if changed { plan.changes } else { Vec::new() };
+        if let Err(e) = std::fs::remove_file(self.layout.dir.join(FILES_INDEX)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {FILES_INDEX} from gatepass's folder: {e}");
+            }
+        }
         changes.extend(apply::remove_all(&self.layout)?);
         Ok((changes, reloaded))
     }

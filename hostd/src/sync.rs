@@ -154,6 +154,23 @@ fn repaired(drifted: &[PathBuf], out: &Outcome) -> Vec<String> {
     paths
 }
 
+/// Why the saved desired state must not be applied again at start: the
+/// managed files were last written for another state, so the saved one is
+/// older than they are (saving the newer one failed, or its apply failed
+/// half way) and applying it would put back, say, a KRL without the latest
+/// revocations. The files stay as they are until the server answers;
+/// sshd drops dynamic keys at their `expiry-time` meanwhile.
+fn stale_saved_state(host: &Host, local: &LocalState) -> Option<String> {
+    let saved = local.desired.as_ref()?.index;
+    match host.files_index() {
+        Some(files) if files != saved => Some(format!(
+            "the saved state ({saved}) is not the one gatepass's files were last written for \
+             ({files}): they stay as they are until the server answers"
+        )),
+        _ => None,
+    }
+}
+
 /// Seconds between two rounds of host-key signing, at least.
 const MIN_SIGNING_INTERVAL: i64 = 60;
 
@@ -289,6 +306,11 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
     let host = Host::new(&cfg.paths);
     let state_dir = cfg.paths.state_dir.clone();
     let mut local = LocalState::load(&state_dir);
+    if let Some(note) = stale_saved_state(&host, &local) {
+        tracing::warn!("{note}");
+        local.desired = None;
+        local.last_error = Some(note);
+    }
     let sign_certs = cfg.host_mount.is_some();
 
     // The login check's socket, whatever the server says: it serves logins

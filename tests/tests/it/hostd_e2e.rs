@@ -363,6 +363,11 @@ fn setup_run_and_logins_with_the_server() {
         "{line}"
     );
 
+    // What hostd saved while the lease and the certificate were good: all
+    // a full state folder would leave it after the revocations below.
+    let saved = rig.tmp.path().join("state/state.json");
+    let saved_before = std::fs::read(&saved).unwrap();
+
     // Revoking the lease: refused within 2 s.
     api.write("sys/leases/revoke", json!({"lease_id": lease}));
     let took = rig.login_becomes(&dynk, None, false, Duration::from_secs(2));
@@ -419,6 +424,26 @@ fn setup_run_and_logins_with_the_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!rig.login(&shortk, None));
+    drop(daemon);
+
+    // hostd restarts, the server still away, with its saved state from
+    // before the revocations (its last saves failed): it does not write
+    // that state back over the newer files, so the revoked lease's key and
+    // the revoked certificate stay refused.
+    std::fs::write(&saved, &saved_before).unwrap();
+    let daemon = rig.run("info", "hostd-restarted.log");
+    let waiting = Instant::now();
+    while !daemon.log().contains("until the server answers") {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!rig.login(&user, Some(&cert)), "{}", daemon.log());
+    assert!(!rig.login(&dynk, None), "{}", daemon.log());
     drop(daemon);
 
     // Uninstall: sshd_config valid and as before, files gone.
