@@ -42,7 +42,8 @@
 //!   reusable one: while it is open); the session becomes active.
 //! - `POST pam/gateway/self/sessions/<id>/end` [`EndSession`]: the gateway
 //!   closed it (or could not open it), with the reason. A reusable
-//!   session's connection closing (`closed`, `idle`) does not end it.
+//!   session's connection closing (`closed`, `idle`) or failing (`failed`)
+//!   does not end it.
 //! - `POST pam/gateway/self/sessions/<id>/recordings/<rec>/chunks/<i>`
 //!   [`crate::recording::SealedChunk`]: one sealed chunk of a recording;
 //!   idempotent (the same chunk again is harmless; another one under the

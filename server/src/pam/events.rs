@@ -18,7 +18,8 @@ pub enum Kind {
     SessionStarted,
     SessionEnded,
     SessionTerminated,
-    /// One connection of a reusable session closed; the session goes on.
+    /// One connection of a reusable session closed (or failed); the
+    /// session goes on.
     ConnectionClosed,
     /// A connection's recording ended with the gateway's signed final
     /// digest (the detail holds it).

@@ -864,8 +864,16 @@ pub async fn end(core: &Core, gw: &Gateway, id: &str, req: EndSession, now: i64)
         .detail
         .map(|d| d.chars().take(1000).collect::<String>())
         .filter(|d| !d.trim().is_empty());
-    // One connection of a reusable session closed: the session goes on.
-    if s.reusable && s.is_open_at(now) && matches!(req.reason, EndReason::Closed | EndReason::Idle)
+    // One connection of a reusable session closed, or failed (the target
+    // refused that login, or that connection to it broke): the session
+    // goes on, for its other connections and later ones. Ending it would
+    // cut them off, and tell them an administrator had.
+    if s.reusable
+        && s.is_open_at(now)
+        && matches!(
+            req.reason,
+            EndReason::Closed | EndReason::Idle | EndReason::Failed
+        )
     {
         return events::record(
             core,

@@ -388,6 +388,106 @@ async fn certificate_accounts_sign_the_gateway_key_until_the_end() {
     assert!(cert.contains("to 2026-01-01T00:30:00"), "{cert}");
 }
 
+/// A reusable session (an ssh config block: several connections while it
+/// is open) outlives a connection that failed: the target refused one
+/// login, or one connection to it broke. The failure is on record; the
+/// other connections, and later ones, go on until the session ends.
+#[tokio::test]
+async fn a_failed_connection_does_not_end_a_reusable_session() {
+    for backend in BACKENDS {
+        let s = Server::start(backend).await;
+        let st = setup(&s).await;
+        let (_, user_pub) = keypair(s.dir.path(), "alice", "ed25519", None);
+        let (code, v) = access(
+            &s,
+            &st.user,
+            "root",
+            json!({"duration": "10m", "public_key": user_pub, "reusable": true}),
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{backend:?}: {v}");
+        let id = v["data"]["session_id"].as_str().unwrap().to_string();
+        let open = format!("pam/gateway/self/sessions/{id}/open");
+        let end = format!("pam/gateway/self/sessions/{id}/end");
+        let state = || async {
+            let (_, v) = s
+                .call("GET", &format!("pam/sessions/{id}"), Some(&st.user), None)
+                .await;
+            v["data"]["state"].as_str().unwrap_or_default().to_string()
+        };
+        // Two connections; the second cannot log in to the target.
+        for _ in 0..2 {
+            let (code, v) = s.call("POST", &open, Some(&st.gw), Some(json!({}))).await;
+            assert_eq!(code, StatusCode::OK, "{v}");
+        }
+        s.clock.advance(5);
+        let (code, v) = s
+            .call(
+                "POST",
+                &end,
+                Some(&st.gw),
+                Some(json!({"reason": "failed", "detail": "cannot log in to the target: refused"})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::NO_CONTENT, "{v}");
+        assert_eq!(state().await, "active", "{backend:?}");
+        let (_, v) = s
+            .call("GET", "pam/gateway/self/sessions", Some(&st.gw), None)
+            .await;
+        assert_eq!(v["data"]["sessions"][0]["session_id"], id.as_str(), "{v}");
+        let audit = s.audit_text();
+        assert!(
+            audit.contains("connection_closed") && audit.contains("cannot log in to the target"),
+            "{audit}"
+        );
+        // A later connection is let in, and the session ends at its end.
+        let (code, v) = s.call("POST", &open, Some(&st.gw), Some(json!({}))).await;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        s.clock.advance(600);
+        let (code, _) = s
+            .call(
+                "POST",
+                &end,
+                Some(&st.gw),
+                Some(json!({"reason": "expired"})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::NO_CONTENT);
+        assert_eq!(state().await, "ended");
+
+        // A session for one connection ends with its failure, as before.
+        let (_, v) = access(
+            &s,
+            &st.user,
+            "root",
+            json!({"duration": "10m", "public_key": user_pub}),
+        )
+        .await;
+        let once = v["data"]["session_id"].as_str().unwrap().to_string();
+        let (code, _) = s
+            .call(
+                "POST",
+                &format!("pam/gateway/self/sessions/{once}/open"),
+                Some(&st.gw),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK);
+        s.call(
+            "POST",
+            &format!("pam/gateway/self/sessions/{once}/end"),
+            Some(&st.gw),
+            Some(json!({"reason": "failed", "detail": "the connection to the target was lost"})),
+        )
+        .await;
+        let (_, v) = s
+            .call("GET", &format!("pam/sessions/{once}"), Some(&st.user), None)
+            .await;
+        assert_eq!(v["data"]["state"], "ended", "{v}");
+        assert_eq!(v["data"]["end_reason"], "failed", "{v}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_wakes_the_gateway_at_once() {
     let s = Arc::new(Server::start(Backend::Sqlite).await);
