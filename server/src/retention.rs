@@ -77,6 +77,8 @@ pub struct Removed {
     pub certificates: u64,
     /// Session recordings deleted (`[retention] recordings`).
     pub recordings: u64,
+    /// Sessions past their end taken off their gateway's open list.
+    pub sessions: u64,
     /// Free pages left in the SQLite file afterwards (0 on PostgreSQL).
     pub free_pages_left: u64,
 }
@@ -102,6 +104,7 @@ pub async fn run(core: &Core, cfg: &Retention, now: i64) -> Result<Removed> {
     }
     removed.certificates =
         crate::ssh::certs::remove_expired(core, now - secs(cfg.expired_certificates)).await?;
+    removed.sessions = crate::pam::sessions::close_expired(core, now).await?;
     if let Some(age) = cfg.recordings {
         removed.recordings = crate::pam::recordings::expire(core, now - secs(age), now).await?;
     }
@@ -144,6 +147,7 @@ pub async fn task(core: State, cfg: Retention) {
                     audit_lines = r.audit_lines,
                     certificates = r.certificates,
                     recordings = r.recordings,
+                    sessions = r.sessions,
                     free_pages_left = r.free_pages_left,
                     seconds = started.elapsed().as_secs_f64(),
                     "retention run done"

@@ -566,6 +566,47 @@ async fn finish(
     Ok(ended)
 }
 
+/// Ends, in storage, the sessions on the gateways' open lists that are past
+/// their end: ones never used (the gateway reports only the sessions it
+/// opened), and ones whose end the gateway never got to report. They read
+/// as ended already, but their entries stayed on the lists, read on every
+/// poll of their gateway until it restarted. Returns how many were taken
+/// off. Run by retention.
+pub async fn close_expired(core: &Core, now: i64) -> Result<u64> {
+    let mut closed = 0;
+    for k in core.storage.keys_with_prefix("pam/open/").await? {
+        let Some(id) = k.rsplit('/').next() else {
+            continue;
+        };
+        let s = match get(core, id).await? {
+            Some(s) if s.is_open_at(now) => continue,
+            Some(s) => s,
+            None => {
+                core.storage.delete(&k).await?;
+                closed += 1;
+                continue;
+            }
+        };
+        if let Some(ended) = finish(core, &s, EndReason::Expired, None, now).await? {
+            let (reason, detail) = end_detail(&ended);
+            events::record(
+                core,
+                Kind::SessionEnded,
+                &ended.subject(),
+                reason,
+                detail.as_deref(),
+                now,
+            )
+            .await?;
+        }
+        if k != open_key(&s.gateway, &s.id) {
+            core.storage.delete(&k).await?;
+        }
+        closed += 1;
+    }
+    Ok(closed)
+}
+
 fn end_detail(s: &Session) -> (Option<&'static str>, Option<String>) {
     match &s.stage {
         Stage::Ended { reason, detail, .. } => (Some(events::reason_str(*reason)), detail.clone()),

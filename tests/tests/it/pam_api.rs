@@ -604,6 +604,32 @@ async fn expired_sessions_read_as_ended_and_leave_the_gateway_list() {
         .await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(v["errors"][0].as_str().unwrap().contains("expired"), "{v}");
+
+    // Never used, it stays on its gateway's list in storage (read on each
+    // of its polls) until retention ends it there, on record.
+    let open = || async { s.core.storage.keys_with_prefix("pam/open/").await.unwrap() };
+    assert_eq!(open().await, [format!("pam/open/gw1/{id}")]);
+    let r = gatepass_server::retention::run(
+        &s.core,
+        &gatepass_server::config::Retention::default(),
+        s.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.sessions, 1);
+    assert!(open().await.is_empty());
+    let (_, v) = s.root("GET", &format!("pam/sessions/{id}"), None).await;
+    assert_eq!(v["data"]["state"], "ended");
+    assert_eq!(v["data"]["end_reason"], "expired");
+    assert!(s.audit_text().contains("session_ended"));
+    let r = gatepass_server::retention::run(
+        &s.core,
+        &gatepass_server::config::Retention::default(),
+        s.clock.now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.sessions, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
