@@ -98,11 +98,19 @@ pub enum EventKind {
         bytes: Option<u64>,
     },
     /// Data that is not text (a file piped through `ssh host 'cat > f'`,
-    /// `cat` of a binary): recorded as its size, not its bytes, which no
-    /// terminal replays and search cannot match. Consecutive binary data
-    /// of one stream of a channel is one event, `t` when it began, `bytes`
-    /// all of it (within one chunk of the recording).
-    Binary { stream: Stream, bytes: u64 },
+    /// `cat` of a binary): recorded as its size and the strings in it, not
+    /// its bytes, which no terminal replays and search cannot match.
+    /// Consecutive binary data of one stream of a channel with no strings
+    /// is one event, `t` when it began, `bytes` all of it (within one
+    /// chunk of the recording).
+    Binary {
+        stream: Stream,
+        bytes: u64,
+        /// The runs of text in it ([`strings_of`]), one a line; none
+        /// (left out) for most binary data.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        strings: String,
+    },
     /// A `direct-tcpip` channel (`ssh -L`) opened.
     ForwardOpen { host: String, port: u32 },
     /// It closed.
@@ -501,10 +509,77 @@ pub struct Utf8Carry {
 pub enum Data<'a> {
     Text(std::borrow::Cow<'a, str>),
     /// Text, then from where binary data begins, this many bytes of it.
+    /// `text` ends with the run of text the binary data begins with,
+    /// whatever its length (it goes on the text's last line, which masking
+    /// must see whole); `strings`, the runs of text in the rest
+    /// ([`strings_of`]).
     Binary {
         text: std::borrow::Cow<'a, str>,
+        strings: String,
         bytes: u64,
     },
+}
+
+/// The fewest characters a run of printable ones inside binary data must
+/// have to be recorded, as `strings` shows such runs (its default is 4;
+/// runs of 4 come every hundred bytes of random data, of 8 every 5 KB).
+pub const MIN_STRING: usize = 8;
+
+/// Printable ASCII, tab and line ends: what [`strings_of`] keeps.
+const fn printable_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = 1;
+        b += 1;
+    }
+    t[b'\t' as usize] = 1;
+    t[b'\n' as usize] = 1;
+    t[b'\r' as usize] = 1;
+    t
+}
+const PRINTABLE: [u8; 256] = printable_table();
+
+/// The runs of printable characters in binary data, as `strings` finds
+/// them: the run it begins with, whatever its length, appended to `first`;
+/// then each run of at least [`MIN_STRING`] appended to `rest`, a line
+/// each. Text mixed into binary data (`printf '\0\377\n'; cat script`) is
+/// recorded so, and cannot be hidden in a packet by a few bytes that are
+/// not text; the rest of the data is only counted.
+///
+/// Written for speed: one table lookup per byte and no branch but on a
+/// run's end, so random bytes (a printable one in every three) do not
+/// cost a mispredicted branch each.
+pub fn strings_of(bytes: &[u8], first: &mut String, rest: &mut String) {
+    let start = bytes
+        .iter()
+        .position(|&b| PRINTABLE[usize::from(b)] == 0)
+        .unwrap_or(bytes.len());
+    push_ascii(first, &bytes[..start]);
+    let mut line = |run: &[u8]| {
+        if !rest.is_empty() {
+            rest.push('\n');
+        }
+        push_ascii(rest, run);
+    };
+    let mut run = 0usize;
+    for (i, &b) in bytes.iter().enumerate().skip(start) {
+        let p = usize::from(PRINTABLE[usize::from(b)]);
+        if p == 0 && run >= MIN_STRING {
+            line(&bytes[i - run..i]);
+        }
+        run = (run + 1) * p;
+    }
+    if run >= MIN_STRING {
+        line(&bytes[bytes.len() - run..]);
+    }
+}
+
+/// Appends bytes that are all printable ASCII (so UTF-8).
+fn push_ascii(out: &mut String, ascii: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(ascii) {
+        out.push_str(s);
+    }
 }
 
 /// Where the binary data of `bytes`, whose first `valid` bytes are UTF-8
@@ -563,10 +638,11 @@ impl Utf8Carry {
     /// Recording binary data as text cost more than the session itself
     /// (every invalid byte three bytes of U+FFFD, every control byte six
     /// of escape, then compressed, sealed, spooled and stored) for a text
-    /// no one can read: its size is what is recorded instead. The text
-    /// before it in the packet (`echo sending; cat file` writes both at
-    /// once) is kept, up to its last line end ([`binary_start`]); what
-    /// follows it in the packet counts as binary.
+    /// no one can read: its size is what is recorded instead, and the
+    /// strings in it ([`strings_of`]), so that text mixed into it is not
+    /// lost. The text before it in the packet (`echo sending; cat file`
+    /// writes both at once) is kept, up to its last line end
+    /// ([`binary_start`]); what follows it in the packet counts as binary.
     pub fn decode<'a>(&mut self, bytes: &'a [u8]) -> Data<'a> {
         if self.tail.is_empty() {
             let (text, tail) = bytes.split_at(complete_len(bytes));
@@ -578,9 +654,14 @@ impl Utf8Carry {
                 Err(e) => {
                     if let Some(at) = binary_start(bytes, e.valid_up_to()) {
                         // Up to `valid_up_to`: UTF-8.
-                        let text = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+                        let mut text = std::str::from_utf8(&bytes[..at])
+                            .unwrap_or_default()
+                            .to_owned();
+                        let mut strings = String::new();
+                        strings_of(&bytes[at..], &mut text, &mut strings);
                         return Data::Binary {
                             text: text.into(),
+                            strings,
                             bytes: (bytes.len() - at) as u64,
                         };
                     }
@@ -591,10 +672,15 @@ impl Utf8Carry {
         // A character was carried over (rare): the same, on both together.
         let mut joined = std::mem::take(&mut self.tail);
         joined.extend_from_slice(bytes);
-        if let Err(e) = std::str::from_utf8(&joined) {
+        // As above, an incomplete character at the end is not invalid.
+        if let Err(e) = std::str::from_utf8(&joined[..complete_len(&joined)]) {
             if let Some(at) = binary_start(&joined, e.valid_up_to()) {
+                let mut text = String::from_utf8_lossy(&joined[..at]).into_owned();
+                let mut strings = String::new();
+                strings_of(&joined[at..], &mut text, &mut strings);
                 return Data::Binary {
-                    text: String::from_utf8_lossy(&joined[..at]).into_owned().into(),
+                    text: text.into(),
+                    strings,
                     bytes: (joined.len() - at) as u64,
                 };
             }
@@ -824,8 +910,13 @@ mod tests {
     }
 
     fn binary(text: &str, bytes: u64) -> Data<'_> {
+        binary_with(text, "", bytes)
+    }
+
+    fn binary_with<'a>(text: &'a str, strings: &str, bytes: u64) -> Data<'a> {
         Data::Binary {
             text: text.into(),
+            strings: strings.into(),
             bytes,
         }
     }
@@ -846,9 +937,14 @@ mod tests {
         assert_eq!(c.decode(b"\x00\xff\x10\x00"), binary("", 5));
         // Nothing is left over for what follows.
         assert_eq!(as_text(c.decode(b"\xe2\x9c\x93")), "✓");
-        // A character carried into text with a NUL stays text.
+        // A character carried into text with a NUL stays text, also when
+        // that packet ends in the middle of one too (`find -print0` of
+        // names that are not ASCII).
         assert_eq!(as_text(c.decode(b"x\xe2")), "x");
         assert_eq!(as_text(c.decode(b"\x9c\x93\0")), "✓\0");
+        assert_eq!(as_text(c.decode(b"a\xc3")), "a");
+        assert_eq!(as_text(c.decode(b"\xa9\0b\xc3")), "é\0b");
+        assert_eq!(as_text(c.decode(b"\xa9\0")), "é\0");
         // Text before binary in one packet is kept to its last line end;
         // the binary's first line (ELF's header reads as text) is not.
         assert_eq!(
@@ -856,6 +952,11 @@ mod tests {
             binary("sending\nsome.bin\n", 10)
         );
         assert_eq!(c.decode(b"\x7fELF\x02\x01\x00\x00\xff"), binary("", 9));
+        // The strings in the binary data are kept.
+        assert_eq!(
+            c.decode(b"x\0\xff/usr/lib/ld-linux.so\0"),
+            binary_with("x", "/usr/lib/ld-linux.so", 24)
+        );
         // The same after a carried character.
         assert_eq!(as_text(c.decode(b"\xe2")), "");
         assert_eq!(c.decode(b"\x9c\x93\n\x00\xff"), binary("✓\n", 2));
@@ -867,11 +968,50 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         for data in [&zipped[..], &random[..]] {
-            assert_eq!(
-                Utf8Carry::default().decode(data),
-                binary("", data.len() as u64)
-            );
+            match Utf8Carry::default().decode(data) {
+                Data::Binary {
+                    text,
+                    strings,
+                    bytes,
+                } => {
+                    assert_eq!(bytes, data.len() as u64);
+                    // Only its strings: zstd's frame begins with `(`.
+                    assert!(text.len() <= 1, "{text:?}");
+                    assert!(strings.len() <= data.len() / 64, "{strings:?}");
+                }
+                other => panic!("{other:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn strings_in_binary_data_are_found_as_strings_finds_them() {
+        let strings = |b: &[u8]| {
+            let (mut first, mut rest) = (String::from("|"), String::new());
+            strings_of(b, &mut first, &mut rest);
+            (first, rest)
+        };
+        assert_eq!(strings(b""), ("|".into(), "".into()));
+        // The first run whatever its length, then runs of 8 or more.
+        assert_eq!(
+            strings(b"ab\0cdefghij\xffklmnopq\x01rstuvwxyz"),
+            ("|ab".into(), "cdefghij\nrstuvwxyz".into())
+        );
+        assert_eq!(
+            strings(b"\0\x7f1234567\x0012345678"),
+            ("|".into(), "12345678".into())
+        );
+        assert_eq!(
+            strings(b"\0line one\nline two\t!\x80"),
+            ("|".into(), "line one\nline two\t!".into())
+        );
+        // Random bytes: the runs found are few and short.
+        let random: Vec<u8> = (0u64..1 << 20)
+            .map(|i| (i.wrapping_mul(6_364_136_223_846_793_005).rotate_left(29) >> 56) as u8)
+            .collect();
+        let (mut first, mut out) = (String::new(), String::new());
+        strings_of(&random, &mut first, &mut out);
+        assert!(out.len() < 4096, "{}", out.len());
     }
 
     #[test]

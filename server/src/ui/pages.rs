@@ -1274,7 +1274,27 @@ fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
     let mut rows: Vec<(f64, EventRow)> = Vec::new();
     for r in &recs.recordings {
         let offset = (r.started_at_ms - base) as f64 / 1000.0;
+        // Binary data comes as an event per packet or chunk: one row for
+        // each run of it on a channel, with its bytes added up.
+        let mut binary_run: Option<(u32, Stream, usize, u64)> = None;
         for e in &r.events {
+            if let EventKind::Binary { stream, bytes, .. } = e.kind {
+                match &mut binary_run {
+                    Some((ch, s, row, total)) if *ch == e.ch && *s == stream => {
+                        *total += bytes;
+                        if let Some((_, r)) = rows.get_mut(*row) {
+                            r.detail = format!("{total} bytes");
+                        }
+                        continue;
+                    }
+                    _ => binary_run = Some((e.ch, stream, rows.len(), bytes)),
+                }
+            } else if !matches!(
+                e.kind,
+                EventKind::Output { .. } | EventKind::Input { .. } | EventKind::Resize { .. }
+            ) {
+                binary_run = None;
+            }
             let (what, detail) = match &e.kind {
                 EventKind::Shell => ("shell".to_string(), String::new()),
                 EventKind::Exec { command } => ("exec".to_string(), command.clone()),
@@ -1301,7 +1321,7 @@ fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
                     }
                     (format!("sftp {op}"), d)
                 }
-                EventKind::Binary { stream, bytes } => {
+                EventKind::Binary { stream, bytes, .. } => {
                     let stream = match stream {
                         Stream::Output => "output",
                         Stream::Input => "input",

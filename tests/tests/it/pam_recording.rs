@@ -284,6 +284,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
             EventKind::Binary {
                 stream: Stream::Input,
                 bytes,
+                ..
             } => Some(bytes),
             _ => None,
         })
