@@ -264,23 +264,23 @@ pub fn expiry_time(unix: i64) -> String {
     t
 }
 
-/// Half a year, in seconds: a zone's offsets half a year apart are its
-/// summer and its winter one.
-const HALF_YEAR: i64 = 182 * 86_400;
+/// The zone's offsets are looked at every 15 days over the year around a
+/// time: every stretch of standard time, and of summer time, is longer.
+const STEP: i64 = 15 * 86_400;
+const STEPS: i64 = 12;
 
 /// `YYYYMMDDHHMMSS` that sshd before OpenSSH 9.1 reads as `unix` or a
 /// little before it, never after. That sshd reads a time with `mktime` as
 /// standard time (its `tm_isdst` is 0), so in summer a time written in
 /// summer time would expire an hour late. The time is written with the
-/// zone's smallest offset around it (its summer and winter ones), its
-/// standard offset in zones with summer time: exact there, early by the
-/// difference in the few zones whose standard time is their summer one.
-/// hostd also removes the line at the lease's end itself.
+/// smallest offset the zone has in the year around it, its standard
+/// offset in zones with summer time: exact there, early by the difference
+/// in the few zones whose standard time is their summer one. hostd also
+/// removes the line at the lease's end itself.
 /// `offset_at`: seconds east of UTC in the host's zone at a Unix time.
 pub fn expiry_local(unix: i64, offset_at: impl Fn(i64) -> i64) -> String {
-    let offset = [unix, unix - HALF_YEAR, unix + HALF_YEAR]
-        .into_iter()
-        .map(offset_at)
+    let offset = (-STEPS..=STEPS)
+        .map(|k| offset_at(unix.saturating_add(k * STEP)))
         .min()
         .unwrap_or(0);
     civil(unix.saturating_add(offset))
@@ -576,6 +576,25 @@ mod tests {
         // 13:00:00, which sshd's mktime (not summer time) reads back as
         // 12:00 UTC. Summer time, 14:00, would expire an hour late.
         assert_eq!(expiry_local(1_688_212_800, cet), "20230701130000");
+        // 2027-04-12 12:00 UTC: summer time then, and half a year before
+        // and after it too (summer time is seven months long); still
+        // standard time, 13:00.
+        let berlin = |t: i64| {
+            // Summer time from 2026-03-29 to 2026-10-25, from 2027-03-28
+            // to 2027-10-31 (UTC days).
+            let summer = [
+                (1_774_742_400, 1_792_886_400),
+                (1_806_192_000, 1_824_940_800),
+            ];
+            if summer.iter().any(|&(a, b)| (a..b).contains(&t)) {
+                7_200
+            } else {
+                3_600
+            }
+        };
+        assert_eq!(berlin(1_807_531_200 - 182 * 86_400), 7_200);
+        assert_eq!(berlin(1_807_531_200 + 182 * 86_400), 7_200);
+        assert_eq!(expiry_local(1_807_531_200, berlin), "20270412130000");
         // Where standard time is the summer one (Irish time, +1 h, and
         // GMT in winter as its exception), the line expires early, never
         // late.
