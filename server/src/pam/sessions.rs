@@ -916,6 +916,19 @@ pub async fn end(core: &Core, gw: &Gateway, id: &str, req: EndSession, now: i64)
             EndReason::Closed | EndReason::Idle | EndReason::Failed
         )
     {
+        // A login the gateway could not make (a host key that did not
+        // match, say) is a refused access, as for any session.
+        if req.reason == EndReason::Failed {
+            events::record(
+                core,
+                Kind::AccessRefused,
+                &s.subject(),
+                Some(events::reason_str(req.reason)),
+                detail.as_deref(),
+                now,
+            )
+            .await?;
+        }
         return events::record(
             core,
             Kind::ConnectionClosed,

@@ -440,6 +440,7 @@ async fn a_failed_connection_does_not_end_a_reusable_session() {
             audit.contains("connection_closed") && audit.contains("cannot log in to the target"),
             "{audit}"
         );
+        assert!(audit.contains("access_refused"), "{audit}");
         // A later connection is let in, and the session ends at its end.
         let (code, v) = s.call("POST", &open, Some(&st.gw), Some(json!({}))).await;
         assert_eq!(code, StatusCode::OK, "{v}");
