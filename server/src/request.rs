@@ -218,11 +218,33 @@ impl Fields {
 
 pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet> {
     if let Ok(net) = s.parse::<ipnet::IpNet>() {
-        return Ok(net.trunc());
+        return Ok(canonical_net(net.trunc()));
     }
-    s.parse::<IpAddr>()
+    parse_ip(s)
         .map(ipnet::IpNet::from)
         .map_err(|_| Error::invalid(format!("{key}: {s:?} is not an IP address or CIDR block")))
+}
+
+/// An IP address in its one form: an IPv4 address written as IPv6
+/// (`::ffff:10.0.0.5`) is the IPv4 address, as hosts and Vault read it. A
+/// check made on the other form would miss an IPv4 block (an
+/// `exclude_cidr_list`) that the host then matches.
+pub fn parse_ip(s: &str) -> std::result::Result<IpAddr, std::net::AddrParseError> {
+    s.trim().parse::<IpAddr>().map(|ip| ip.to_canonical())
+}
+
+/// A block of IPv4 addresses written as IPv6 (`::ffff:10.0.0.0/104`) is
+/// the IPv4 block; other blocks stay as they are.
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
 }
 
 fn wrong_type(key: &str, want: &str, got: &Value) -> Error {

@@ -366,8 +366,7 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
         .addresses
         .iter()
         .map(|a| {
-            a.trim()
-                .parse()
+            crate::request::parse_ip(a)
                 .map_err(|_| Error::invalid(format!("{a:?} is not an IP address")))
         })
         .collect::<Result<_>>()?;

@@ -199,7 +199,12 @@ pub async fn route(
             let bits = f.non_negative("key_bits")?.unwrap_or(0);
             // Check the role before spending time on a key pair.
             ssh::ca_role(core, m, role).await?;
-            let private = sign::generate_user_key(&key_type, bits)?;
+            // An RSA key pair can take a second or more: off the runtime's
+            // threads, which serve every other request meanwhile.
+            let private =
+                tokio::task::spawn_blocking(move || sign::generate_user_key(&key_type, bits))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))??;
             let (rec, cert) =
                 issue_cert(core, m, role, req, caller, private.public_key().clone()).await?;
             data(&IssuedKey {
@@ -428,8 +433,7 @@ async fn creds_input(
 }
 
 fn parse_ip(text: &str) -> Result<IpAddr> {
-    text.trim()
-        .parse()
+    crate::request::parse_ip(text)
         .map_err(|_| Error::invalid(format!("ip {text:?} is not an IPv4 or IPv6 address")))
 }
 

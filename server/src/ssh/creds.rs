@@ -392,9 +392,7 @@ pub async fn verify(
 
 /// `lookup {ip}`: the OTP and dynamic roles that may serve an IP.
 pub async fn lookup(core: &Core, m: &Mount, ip_text: &str) -> Result<Vec<String>> {
-    let ip: IpAddr = ip_text
-        .trim()
-        .parse()
+    let ip: IpAddr = crate::request::parse_ip(ip_text)
         .map_err(|_| Error::invalid(format!("ip {ip_text:?} is not an IPv4 or IPv6 address")))?;
     let zero = zero_address_roles(core, m).await?;
     let mut out = Vec::new();

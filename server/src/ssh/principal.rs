@@ -45,18 +45,27 @@ impl fmt::Display for Principal {
     }
 }
 
+/// The most principals a certificate may carry: OpenSSH refuses to load a
+/// certificate with more (`SSHKEY_CERT_MAX_PRINCIPALS`).
+pub const MAX_PRINCIPALS: usize = 256;
+
 /// Splits Vault's comma-separated `valid_principals` into checked principals,
-/// dropping duplicates and keeping the order.
+/// dropping duplicates and keeping the order; at most [`MAX_PRINCIPALS`].
 pub fn parse_list(text: &str) -> Result<Vec<Principal>> {
     let mut out: Vec<Principal> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for part in text.split(',') {
         let part = part.trim();
-        if part.is_empty() {
+        if part.is_empty() || seen.contains(part) {
             continue;
         }
         let p = Principal::new(part)?;
-        if !out.contains(&p) {
-            out.push(p);
+        seen.insert(part);
+        out.push(p);
+        if out.len() > MAX_PRINCIPALS {
+            return Err(Error::invalid(format!(
+                "valid_principals: more than {MAX_PRINCIPALS}, which OpenSSH does not accept"
+            )));
         }
     }
     Ok(out)

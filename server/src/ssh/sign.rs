@@ -137,10 +137,14 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
     } else {
         role.allowed_domains.clone()
     };
-    if input.valid_principals.is_empty() {
-        if !default.is_empty() {
-            return Ok(vec![Principal::new(&default)?]);
-        }
+    // The default user is asked for as if the caller had: it passes the
+    // same checks (Vault: it "must also be in allowed_users").
+    let requested = if input.valid_principals.is_empty() && !default.is_empty() {
+        vec![Principal::new(&default)?]
+    } else {
+        input.valid_principals.clone()
+    };
+    if requested.is_empty() {
         if role.allow_empty_principals {
             return Ok(vec![]);
         }
@@ -151,9 +155,12 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
             "role is not configured to allow any principals",
         ));
     }
-    for p in &input.valid_principals {
+    // Any user only for a `*` the role holds as written: one a template
+    // expanded to (from a login's metadata or claims) is a name like others.
+    let any_user = user && role.allowed_users.iter().any(|u| u == "*");
+    for p in &requested {
         let ok = if user {
-            allowed.iter().any(|a| a == "*" || a == p.as_str())
+            any_user || allowed.iter().any(|a| a != "*" && a == p.as_str())
         } else {
             host_allowed(role, &allowed, p.as_str())
         };
@@ -163,7 +170,7 @@ fn principals(role: &Role, input: &SignInput, who: &Requester) -> Result<Vec<Pri
             )));
         }
     }
-    Ok(input.valid_principals.clone())
+    Ok(requested)
 }
 
 /// The role's TTLs, and where it sets none its mount's (`limits`), as
@@ -256,7 +263,27 @@ fn options(
 }
 
 /// gatepass's constraints on critical option values, beyond Vault's names.
-fn check_option_values(role: &Role, opts: &BTreeMap<String, String>) -> Result<()> {
+/// A role that limits an option's values requires the option on every
+/// user certificate: one without it would be free of the limit (a shell
+/// where only a command was allowed).
+fn check_option_values(
+    role: &Role,
+    cert_type: CertType,
+    opts: &BTreeMap<String, String>,
+) -> Result<()> {
+    if cert_type == CertType::User {
+        for (name, limited) in [
+            ("source-address", !role.allowed_source_addresses.is_empty()),
+            ("force-command", !role.allowed_force_commands.is_empty()),
+        ] {
+            if limited && !opts.contains_key(name) {
+                return Err(Error::invalid(format!(
+                    "the role limits {name}, so a certificate must carry it: set it in \
+                     critical_options (or the role's default_critical_options)"
+                )));
+            }
+        }
+    }
     if let Some(v) = opts.get("source-address") {
         if !role.allowed_source_addresses.is_empty() {
             for net in principal::source_addresses(v)? {
@@ -337,7 +364,7 @@ pub fn sign(
         &role.default_critical_options,
         true,
     )?;
-    check_option_values(role, &critical)?;
+    check_option_values(role, input.cert_type, &critical)?;
     // Role defaults pass the same checks at role write; roles stored before
     // those checks existed are held to them here.
     for (k, v) in &critical {
@@ -574,6 +601,46 @@ mod tests {
             Some("userpass-alice")
         );
         assert_eq!(expand("{{unknown}}", &who), None);
+    }
+
+    /// A `*` that a template expanded to (a login name or claim of `*`)
+    /// allows the user `*` only; a `*` the role holds as written, anyone.
+    #[test]
+    fn only_a_star_written_in_the_role_allows_any_user() {
+        let who = Requester {
+            display_name: "userpass-star".into(),
+            meta: BTreeMap::from([("username".to_string(), "*".to_string())]),
+            entity: None,
+        };
+        let f = |v: serde_json::Value| Fields::new(v.as_object().unwrap().clone());
+        let key = PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).unwrap();
+        let input = |principals: &str| {
+            input_from_fields(
+                &f(serde_json::json!({"valid_principals": principals})),
+                key.public_key().clone(),
+            )
+            .unwrap()
+        };
+        let templated = super::super::roles::from_fields(
+            "own",
+            &f(serde_json::json!({
+                "key_type": "ca", "allow_user_certificates": true,
+                "allowed_users": "{{identity.entity.aliases.auth_userpass_1234.name}}",
+                "allowed_users_template": true
+            })),
+        )
+        .unwrap();
+        assert!(principals(&templated, &input("root"), &who).is_err());
+        let star = super::super::roles::from_fields(
+            "any",
+            &f(serde_json::json!({
+                "key_type": "ca", "allow_user_certificates": true,
+                "allowed_users": "*"
+            })),
+        )
+        .unwrap();
+        let got = principals(&star, &input("root"), &who).unwrap();
+        assert_eq!(got[0].as_str(), "root");
     }
 
     #[test]

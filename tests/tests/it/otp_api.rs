@@ -236,6 +236,57 @@ async fn bad_creds_requests_get_400_and_store_nothing() {
     }
 }
 
+/// An IPv4 address written as IPv6 (`::ffff:10.9.3.4`) is the IPv4 address
+/// for every check, as the host and Vault read it: an excluded IPv4 block
+/// excludes it, and the OTP is issued for the IPv4 form.
+#[tokio::test]
+async fn an_ipv4_address_written_as_ipv6_is_checked_as_itself() {
+    for b in BACKENDS {
+        let s = Server::start(b).await;
+        let (st, v) = s
+            .root(
+                "POST",
+                "ssh/roles/wide",
+                Some(json!({"key_type": "otp", "default_user": "ops",
+                    "cidr_list": "0.0.0.0/0,::/0",
+                    "exclude_cidr_list": "10.9.0.0/16,::ffff:10.8.0.0/112"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+        for excluded in [
+            "::ffff:10.9.3.4",
+            "::FFFF:10.9.3.4",
+            "::ffff:a09:304",
+            "::ffff:10.8.1.1",
+        ] {
+            let (st, v) = s
+                .root("POST", "ssh/creds/wide", Some(json!({"ip": excluded})))
+                .await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{excluded}: {v}");
+            assert!(
+                v["errors"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("exclude_cidr_list"),
+                "{excluded}: {v}"
+            );
+        }
+        let (st, v) = s
+            .root(
+                "POST",
+                "ssh/creds/wide",
+                Some(json!({"ip": "::ffff:10.1.2.3"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["data"]["ip"], "10.1.2.3", "{v}");
+        let (_, v) = s
+            .root("POST", "ssh/lookup", Some(json!({"ip": "::ffff:10.9.1.1"})))
+            .await;
+        assert_eq!(v["data"]["roles"], json!([]), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn expired_otps_never_verify_and_failures_are_rate_limited() {
     let s = Server::start(gatepass_tests::inproc::Backend::Sqlite).await;

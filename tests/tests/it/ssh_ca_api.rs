@@ -131,7 +131,7 @@ async fn imported_ca_keys_sign() {
             text.as_str().unwrap().split_whitespace().nth(1),
             public.split_whitespace().nth(1)
         );
-        let (st, v) = s.root("POST", &format!("{mount}/roles/r"), Some(json!({"key_type": "ca", "allow_user_certificates": true, "default_user": "bob", "algorithm_signer": "rsa-sha2-512"}))).await;
+        let (st, v) = s.root("POST", &format!("{mount}/roles/r"), Some(json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "bob", "default_user": "bob", "algorithm_signer": "rsa-sha2-512"}))).await;
         assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         let v = ok(
             &s,
@@ -183,6 +183,8 @@ async fn role_options_show_in_the_certificate() {
             "allowed_critical_options": "source-address,force-command",
             "allowed_source_addresses": "10.0.0.0/8",
             "allowed_force_commands": ["/usr/bin/uptime"],
+            // A role that limits these options must set them by default.
+            "default_critical_options": {"source-address": "10.0.0.0/8", "force-command": "/usr/bin/uptime"},
             "allow_user_key_ids": true,
             "key_id_format": "{{role_name}}-{{token_display_name}}",
         }),
@@ -206,6 +208,7 @@ async fn role_options_show_in_the_certificate() {
         "{l}"
     );
     assert!(l.contains("Principals: \n                alice\n"), "{l}");
+    assert!(l.contains("force-command /usr/bin/uptime"), "{l}");
     assert!(
         l.contains("permit-pty") && !l.contains("permit-port-forwarding"),
         "{l}"
@@ -385,6 +388,113 @@ async fn bad_requests_get_400_and_issue_nothing() {
             json!("empty valid principals not allowed by role")
         )
     );
+}
+
+/// The principals and options a role limits cannot be had by leaving them
+/// out: the default user is checked like a requested one (as in Vault), a
+/// role that limits `force-command` or `source-address` signs no
+/// certificate without it, and a list longer than OpenSSH takes is
+/// refused.
+#[tokio::test]
+async fn what_a_role_limits_is_not_escaped_by_leaving_it_out() {
+    let s = server().await;
+    let dir = s.dir.path();
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    let pk = user_key(dir, "k");
+    let sign = |role: &'static str, body: Value| {
+        let s = &s;
+        let mut body = body;
+        body["public_key"] = json!(pk.clone());
+        async move {
+            s.root("POST", &format!("ssh/sign/{role}"), Some(body))
+                .await
+        }
+    };
+
+    // The default user must be allowed too.
+    role(
+        &s,
+        "alice-only",
+        json!({"key_type": "ca", "allow_user_certificates": true,
+        "allowed_users": "alice", "default_user": "root"}),
+    )
+    .await;
+    let (st, v) = sign("alice-only", json!({})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("root is not a valid value"),
+        "{v}"
+    );
+    role(
+        &s,
+        "no-users",
+        json!({"key_type": "ca", "allow_user_certificates": true,
+        "default_user": "root"}),
+    )
+    .await;
+    let (st, v) = sign("no-users", json!({})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    role(
+        &s,
+        "both",
+        json!({"key_type": "ca", "allow_user_certificates": true,
+        "allowed_users": "alice,root", "default_user": "root"}),
+    )
+    .await;
+    let (st, v) = sign("both", json!({})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let l = describe_cert(dir, v["data"]["signed_key"].as_str().unwrap());
+    assert!(l.contains("Principals: \n                root\n"), "{l}");
+
+    // A role that limits force-command: a certificate must carry one.
+    role(
+        &s,
+        "backup",
+        json!({"key_type": "ca", "allow_user_certificates": true,
+        "allowed_users": "backup", "allowed_force_commands": "/usr/local/bin/backup",
+        "allowed_source_addresses": "10.0.0.0/8"}),
+    )
+    .await;
+    for body in [
+        json!({"valid_principals": "backup"}),
+        json!({"valid_principals": "backup", "critical_options": {"source-address": "10.1.0.0/16"}}),
+        json!({"valid_principals": "backup", "critical_options": {"force-command": "/usr/local/bin/backup"}}),
+    ] {
+        let (st, v) = sign("backup", body.clone()).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(
+            v["errors"][0].as_str().unwrap().contains("must carry it"),
+            "{v}"
+        );
+    }
+    let (st, v) = sign(
+        "backup",
+        json!({"valid_principals": "backup", "critical_options": {
+        "force-command": "/usr/local/bin/backup", "source-address": "10.1.0.0/16"}}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+
+    // More principals than OpenSSH loads.
+    role(
+        &s,
+        "any",
+        json!({"key_type": "ca", "allow_user_certificates": true,
+        "allowed_users": "*"}),
+    )
+    .await;
+    let many: Vec<String> = (0..257).map(|i| format!("u{i}")).collect();
+    let (st, v) = sign("any", json!({"valid_principals": many.join(",")})).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0].as_str().unwrap().contains("more than 256"),
+        "{v}"
+    );
+    let (st, v) = sign("any", json!({"valid_principals": many[..256].join(",")})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
 
 #[tokio::test]
