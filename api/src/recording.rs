@@ -547,9 +547,11 @@ const PRINTABLE: [u8; 256] = printable_table();
 /// recorded so, and cannot be hidden in a packet by a few bytes that are
 /// not text; the rest of the data is only counted.
 ///
-/// Written for speed: one table lookup per byte and no branch but on a
-/// run's end, so random bytes (a printable one in every three) do not
-/// cost a mispredicted branch each.
+/// Written for speed, eight bytes at a time ([`printable_bits`]): a run of
+/// eight or more either fills a word or crosses a word's end, so within a
+/// word only the printable bytes at its two ends matter. A loop over the
+/// bytes took 1.1 ns a byte of random data (a printable byte in every
+/// three), a second a GiB of a session's binary data.
 pub fn strings_of(bytes: &[u8], first: &mut String, rest: &mut String) {
     let start = bytes
         .iter()
@@ -562,17 +564,62 @@ pub fn strings_of(bytes: &[u8], first: &mut String, rest: &mut String) {
         }
         push_ascii(rest, run);
     };
+    // Printable bytes just before `at`.
     let mut run = 0usize;
-    for (i, &b) in bytes.iter().enumerate().skip(start) {
-        let p = usize::from(PRINTABLE[usize::from(b)]);
-        if p == 0 && run >= MIN_STRING {
-            line(&bytes[i - run..i]);
+    let mut at = start;
+    let mut words = bytes[start..].chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let bits = printable_bits(u64::from_le_bytes(w));
+        if bits == 0xff {
+            run += 8;
+        } else {
+            let head = bits.trailing_ones() as usize;
+            if run + head >= MIN_STRING {
+                line(&bytes[at + head - (run + head)..at + head]);
+            }
+            // A run inside the word is shorter than eight.
+            run = bits.leading_ones() as usize;
         }
-        run = (run + 1) * p;
+        at += 8;
+    }
+    for &b in words.remainder() {
+        if PRINTABLE[usize::from(b)] == 1 {
+            run += 1;
+        } else {
+            if run >= MIN_STRING {
+                line(&bytes[at - run..at]);
+            }
+            run = 0;
+        }
+        at += 1;
     }
     if run >= MIN_STRING {
-        line(&bytes[bytes.len() - run..]);
+        line(&bytes[at - run..at]);
     }
+}
+
+/// Which of the eight bytes of `w` (little-endian) are printable as
+/// [`PRINTABLE`] says: bit k for byte k. Each test is made within each
+/// byte (no carry or borrow reaches the next), so every bit is exact.
+fn printable_bits(w: u64) -> u8 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let low = w & LOW7;
+    // 0x20 to 0x7e: at least 0x20, not 0x7f, high bit clear.
+    let at_least_space = (low + 0x60 * ONES) & HIGH;
+    let del = (low + ONES) & HIGH;
+    let visible = at_least_space & !del & !(w & HIGH);
+    let equal = |c: u8| {
+        let x = w ^ (u64::from(c) * ONES);
+        !(((x & LOW7) + LOW7) | x) & HIGH
+    };
+    let flags = (visible | equal(b'\t') | equal(b'\n') | equal(b'\r')) >> 7;
+    // Gathers the flag at the bottom of each byte into one byte, byte k's
+    // as bit k.
+    (flags.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8
 }
 
 /// Appends bytes that are all printable ASCII (so UTF-8).
@@ -1005,6 +1052,50 @@ mod tests {
             strings(b"\0line one\nline two\t!\x80"),
             ("|".into(), "line one\nline two\t!".into())
         );
+        // Runs across and within words, at every offset: as a byte at a
+        // time finds them.
+        let by_bytes = |b: &[u8]| {
+            let (mut first, mut rest) = (String::new(), String::new());
+            let start = b
+                .iter()
+                .position(|&c| PRINTABLE[usize::from(c)] == 0)
+                .unwrap_or(b.len());
+            push_ascii(&mut first, &b[..start]);
+            for run in b[start..].split(|&c| PRINTABLE[usize::from(c)] == 0) {
+                if run.len() >= MIN_STRING {
+                    if !rest.is_empty() {
+                        rest.push('\n');
+                    }
+                    push_ascii(&mut rest, run);
+                }
+            }
+            (first, rest)
+        };
+        let sample: Vec<u8> =
+            b"\0run of nine\x7f1234567\x80exactly8\x01\x02tab\there\r\nand more\xff\xfe\0x"
+                .to_vec();
+        for skip in 0..sample.len() {
+            for len in [1, 7, 8, 9, 15, 16, 17, 24, 40] {
+                let b = &sample[skip..(skip + len).min(sample.len())];
+                let (mut first, mut rest) = (String::new(), String::new());
+                strings_of(b, &mut first, &mut rest);
+                assert_eq!((first, rest), by_bytes(b), "{b:?}");
+            }
+        }
+        // Every byte value, at every place in a word.
+        for v in 0..=255u8 {
+            for k in 0..8 {
+                let mut w = [b'a'; 8];
+                w[k] = v;
+                let bits = printable_bits(u64::from_le_bytes(w));
+                let want = if PRINTABLE[usize::from(v)] == 1 {
+                    0xff
+                } else {
+                    !(1u8 << k)
+                };
+                assert_eq!(bits, want, "{v:#x} at {k}");
+            }
+        }
         // Random bytes: the runs found are few and short.
         let random: Vec<u8> = (0u64..1 << 20)
             .map(|i| (i.wrapping_mul(6_364_136_223_846_793_005).rotate_left(29) >> 56) as u8)
@@ -1012,6 +1103,7 @@ mod tests {
         let (mut first, mut out) = (String::new(), String::new());
         strings_of(&random, &mut first, &mut out);
         assert!(out.len() < 4096, "{}", out.len());
+        assert_eq!((first, out), by_bytes(&random));
     }
 
     #[test]
