@@ -587,24 +587,30 @@ pub async fn close_expired(core: &Core, now: i64) -> Result<u64> {
                 continue;
             }
         };
-        if let Some(ended) = finish(core, &s, EndReason::Expired, None, now).await? {
-            let (reason, detail) = end_detail(&ended);
-            events::record(
-                core,
-                Kind::SessionEnded,
-                &ended.subject(),
-                reason,
-                detail.as_deref(),
-                now,
-            )
-            .await?;
-        }
+        finish_on_record(core, &s, EndReason::Expired, now).await?;
         if k != open_key(&s.gateway, &s.id) {
             core.storage.delete(&k).await?;
         }
         closed += 1;
     }
     Ok(closed)
+}
+
+/// [`finish`], and the end on record (`session_ended`) when this was it.
+async fn finish_on_record(core: &Core, s: &Session, reason: EndReason, now: i64) -> Result<()> {
+    if let Some(ended) = finish(core, s, reason, None, now).await? {
+        let (reason, detail) = end_detail(&ended);
+        events::record(
+            core,
+            Kind::SessionEnded,
+            &ended.subject(),
+            reason,
+            detail.as_deref(),
+            now,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn end_detail(s: &Session) -> (Option<&'static str>, Option<String>) {
@@ -989,18 +995,7 @@ pub async fn started(
         };
         let lost = matches!(s.stage, Stage::Active { .. });
         if lost || !s.is_open_at(now) {
-            if let Some(ended) = finish(core, &s, EndReason::GatewayLost, None, now).await? {
-                let (reason, detail) = end_detail(&ended);
-                events::record(
-                    core,
-                    Kind::SessionEnded,
-                    &ended.subject(),
-                    reason,
-                    detail.as_deref(),
-                    now,
-                )
-                .await?;
-            }
+            finish_on_record(core, &s, EndReason::GatewayLost, now).await?;
         }
     }
     gateway_sessions(core, gw, now).await
