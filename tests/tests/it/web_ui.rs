@@ -917,14 +917,15 @@ fn the_replay_page_shows_a_marker_the_session_printed() {
             "keys",
             "root",
             "5m",
-            // Then binary output, which is listed as its size.
+            // Then binary output, which is listed as its size. It holds no
+            // text: a program's text (its symbol names, say) is played as a
+            // terminal would show it, and would scroll the marker away.
             &[
                 "echo",
                 "REPLAY-MARKER-4711;",
-                "head",
-                "-c",
-                "65536",
-                "/usr/bin/ssh",
+                "perl",
+                "-e",
+                r#"'print "\0\377" x 32768'"#,
             ],
         )
         .output()
