@@ -74,3 +74,18 @@ pub fn krl_revokes(dir: &Path, krl: &[u8], cert: &str) -> bool {
         ),
     }
 }
+
+/// What `ssh-keygen -Ql` lists of a KRL: its CAs' revoked serials and key
+/// IDs, and its revoked keys, one per line.
+pub fn krl_listing(dir: &Path, krl: &[u8]) -> String {
+    let k = dir.join("listed.krl");
+    std::fs::write(&k, krl).expect("write krl");
+    let out = Command::new("ssh-keygen")
+        .arg("-Ql")
+        .arg("-f")
+        .arg(&k)
+        .output()
+        .expect("ssh-keygen -Ql");
+    assert!(out.status.success(), "ssh-keygen -Ql: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -80,7 +80,7 @@ pub async fn route(
             ))
         }
         (["config", "ca"], Delete) => {
-            issuers::delete_all(core, m).await?;
+            issuers::delete_all(core, m, req.now).await?;
             Ok(Reply::NoContent)
         }
         (["public_key"], Read) => match issuers::public_keys_text(core, m).await? {
@@ -133,7 +133,7 @@ pub async fn route(
             )))
         }
         (["issuer", r], Delete) => {
-            issuers::delete(core, m, r).await?;
+            issuers::delete(core, m, r, req.now).await?;
             Ok(Reply::NoContent)
         }
         (["issuer", r, "public_key"], Read) => match issuers::resolve(core, m, r).await? {

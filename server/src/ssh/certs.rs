@@ -1,7 +1,8 @@
 //! The inventory of issued certificates (`LIST certs`, `certs/<serial>`),
 //! revocation by serial number, key ID or public key (`revoke`), and the
-//! OpenSSH KRL of everything revoked and not yet expired (`krl`). Vault has
-//! neither; hosts point sshd's RevokedKeys at the KRL.
+//! OpenSSH KRL of the revoked serials not yet expired and every revoked key
+//! ID and key (`krl`). Vault has neither; hosts point sshd's RevokedKeys at
+//! the KRL.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -294,8 +295,8 @@ const INDEX_DONE: &str = "retention/cert-expiry-index";
 const PAGE: i64 = 1000;
 
 /// Removes from the inventory the certificates that expired before
-/// `before`, and from revocation lists the serials and key IDs whose
-/// certificates did; returns how many certificates went. Their KRLs do not
+/// `before`, and from revocation lists the serials whose certificates did
+/// (key IDs and keys stay); returns how many certificates went. Their KRLs do not
 /// change: a KRL leaves out what has expired already.
 pub async fn remove_expired(core: &Core, before: i64) -> Result<u64> {
     index_older_records(core).await?;
@@ -340,7 +341,7 @@ async fn prune_revocations(core: &Core, m: &Mount, before: u64) -> Result<()> {
     let key = revocations_key(m);
     let stale = |rev: &Revocations| {
         rev.serials.iter().any(|(_, _, exp)| *exp < before)
-            || rev.key_ids.iter().any(|(_, exp)| *exp < before)
+            || rev.retired.iter().any(|r| r.until < before)
     };
     match core.storage.get::<Revocations>(&key).await? {
         Some(rev) if stale(&rev) => {}
@@ -349,7 +350,7 @@ async fn prune_revocations(core: &Core, m: &Mount, before: u64) -> Result<()> {
     core.storage
         .update(&key, |mut rev: Revocations| {
             rev.serials.retain(|(_, _, exp)| *exp >= before);
-            rev.key_ids.retain(|(_, exp)| *exp >= before);
+            rev.retired.retain(|r| r.until >= before);
             Ok((Change::Put(rev), ()))
         })
         .await?;
@@ -485,10 +486,109 @@ struct Revocations {
     updated: i64,
     /// (issuer ID, serial, valid_before)
     serials: Vec<(String, u64, u64)>,
-    /// (key ID, valid_before of the latest such certificate)
+    /// (key ID, valid_before of the latest such certificate when it was
+    /// revoked). Kept for good, as keys are: a certificate signed later
+    /// with the same key ID (by a server that had not heard of the
+    /// revocation yet) is revoked too, and signing refuses the key ID.
     key_ids: Vec<(String, u64)>,
     /// Plain public keys revoked outright, kept for good.
     keys: Vec<String>,
+    /// Deleted issuers whose revocations the KRL still lists: a host that
+    /// trusts a deleted CA by hand (not through hostd) must go on refusing
+    /// its revoked certificates until they expire.
+    #[serde(default)]
+    retired: Vec<RetiredIssuer>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RetiredIssuer {
+    id: String,
+    /// Its OpenSSH public key line.
+    public_key: String,
+    /// When the last of its revoked certificates expires; the entry is
+    /// dropped then.
+    until: u64,
+}
+
+/// Keeps a deleted issuer's revocations in the mount's KRL until its
+/// revoked certificates expire. Called before the issuer is deleted, so a
+/// failure here leaves it in place.
+pub async fn retire_issuer(core: &Core, m: &Mount, issuer: &Issuer, now: i64) -> Result<()> {
+    let key = revocations_key(m);
+    let Some(rev) = core.storage.get::<Revocations>(&key).await? else {
+        return Ok(());
+    };
+    // Its certificates with a revoked key ID: the latest of them bounds
+    // how long the key IDs matter under this CA.
+    let mut until = 0;
+    for (id, _) in &rev.key_ids {
+        for r in with_key_id(core, m, id).await? {
+            if r.issuer_id == issuer.id {
+                until = until.max(r.valid_before);
+            }
+        }
+    }
+    let now_u = now.max(0) as u64;
+    let serials_until = rev
+        .serials
+        .iter()
+        .filter(|(i, _, _)| *i == issuer.id)
+        .map(|(_, _, exp)| *exp)
+        .max()
+        .unwrap_or(0);
+    let until = until.max(serials_until);
+    if until <= now_u {
+        return Ok(());
+    }
+    let retired = RetiredIssuer {
+        id: issuer.id.clone(),
+        public_key: issuer.public_key.trim().to_string(),
+        until,
+    };
+    core.storage
+        .update(&key, |mut rev: Revocations| {
+            rev.retired.retain(|r| r.id != retired.id);
+            rev.retired.push(retired.clone());
+            Ok((Change::Put(rev), ()))
+        })
+        .await?;
+    Ok(())
+}
+
+/// Refuses a certificate that would be born revoked: the mount's
+/// revocations name its key ID or its key. Read on every signing, from the
+/// storage's cache.
+pub async fn refuse_revoked(core: &Core, m: &Mount, key_id: &str, key: &PublicKey) -> Result<()> {
+    let Some(rev) = core
+        .storage
+        .get_shared::<Revocations>(&revocations_key(m))
+        .await?
+    else {
+        return Ok(());
+    };
+    if rev.key_ids.iter().any(|(k, _)| k == key_id) {
+        return Err(Error::invalid(format!(
+            "key_id {key_id:?} is revoked in this mount; hosts refuse every certificate with it"
+        )));
+    }
+    if !rev.keys.is_empty() {
+        // Stored as `to_openssh` wrote them: the type and the base64 of
+        // the key are the first two fields, the comment (if any) after.
+        let text = key
+            .to_openssh()
+            .map_err(|e| Error::internal(e.to_string()))?;
+        let ours = text.split_whitespace().take(2);
+        if rev
+            .keys
+            .iter()
+            .any(|k| k.split_whitespace().take(2).eq(ours.clone()))
+        {
+            return Err(Error::invalid(
+                "public_key is revoked in this mount; hosts refuse every certificate for it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// One revocation, as it enters the list.
@@ -613,14 +713,15 @@ pub async fn revoke(
     Ok(hit.iter().map(|r| serial_hex(r.serial)).collect())
 }
 
-/// The KRL for this mount at `now`: revoked serials and key IDs per issuer
-/// (expired ones dropped, since sshd refuses those anyway), revoked keys.
+/// The KRL for this mount at `now`: revoked serials per issuer (expired
+/// ones dropped, since sshd refuses those anyway), revoked key IDs per
+/// issuer and revoked keys (all kept).
 pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
     Ok(krl_until(core, m, now).await?.0)
 }
 
-/// The KRL at `now` and the first second at which it changes by itself (an
-/// entry's certificate expires and the entry is dropped; `i64::MAX` when
+/// The KRL at `now` and the first second at which it changes by itself (a
+/// revoked serial's certificate expires and the entry is dropped; `i64::MAX` when
 /// none will): until then, and unless the revocations change, it is the
 /// same, so hosts' states built on it need no look at the clock.
 pub async fn krl_until(core: &Core, m: &Mount, now: i64) -> Result<(Vec<u8>, i64)> {
@@ -630,22 +731,30 @@ pub async fn krl_until(core: &Core, m: &Mount, now: i64) -> Result<(Vec<u8>, i64
         .await?
         .unwrap_or_default();
     let now_u = now.max(0) as u64;
-    let mut certs = Vec::new();
+    let mut cas = Vec::new();
     for issuer in issuers::all(core, m).await? {
+        cas.push((issuer.id.clone(), issuer.public()?));
+    }
+    for r in rev.retired.iter().filter(|r| r.until > now_u) {
+        if !cas.iter().any(|(id, _)| *id == r.id) {
+            let key = PublicKey::from_openssh(&r.public_key)
+                .map_err(|e| Error::internal(format!("retired CA key {} unreadable: {e}", r.id)))?;
+            cas.push((r.id.clone(), key));
+        }
+    }
+    let mut certs = Vec::new();
+    for (id, ca) in cas {
         let serials: Vec<u64> = rev
             .serials
             .iter()
-            .filter(|(i, _, exp)| *i == issuer.id && *exp > now_u)
+            .filter(|(i, _, exp)| *i == id && *exp > now_u)
             .map(|(_, s, _)| *s)
             .collect();
-        let key_ids: Vec<String> = rev
-            .key_ids
-            .iter()
-            .filter(|(_, exp)| *exp > now_u)
-            .map(|(k, _)| k.clone())
-            .collect();
+        // Every key ID, expired certificates or not: one signed later with
+        // the same ID is revoked as well.
+        let key_ids: Vec<String> = rev.key_ids.iter().map(|(k, _)| k.clone()).collect();
         if !serials.is_empty() || !key_ids.is_empty() {
-            certs.push((issuer.public()?, CaRevocations { serials, key_ids }));
+            certs.push((ca, CaRevocations { serials, key_ids }));
         }
     }
     let keys = rev
@@ -657,7 +766,7 @@ pub async fn krl_until(core: &Core, m: &Mount, now: i64) -> Result<(Vec<u8>, i64
         .serials
         .iter()
         .map(|(_, _, exp)| *exp)
-        .chain(rev.key_ids.iter().map(|(_, exp)| *exp))
+        .chain(rev.retired.iter().map(|r| r.until))
         .filter(|exp| *exp > now_u)
         .min()
         .map_or(i64::MAX, |exp| i64::try_from(exp).unwrap_or(i64::MAX));

@@ -280,18 +280,20 @@ pub async fn rename(core: &Core, m: &Mount, reference: &str, new_name: &str) -> 
 
 /// Deletes an issuer. The default issuer can only go when it is the last
 /// one, so that signing never silently switches CA.
-pub async fn delete(core: &Core, m: &Mount, reference: &str) -> Result<()> {
+pub async fn delete(core: &Core, m: &Mount, reference: &str, now: i64) -> Result<()> {
     let Some(issuer) = resolve(core, m, reference).await? else {
         return Ok(());
     };
     let default = default_id(core, m).await?;
     let count = all(core, m).await?.len();
-    if default.as_deref() == Some(&issuer.id) {
-        if count > 1 {
-            return Err(Error::invalid(
-                "this is the default issuer: make another issuer the default (config/issuers) before deleting it",
-            ));
-        }
+    let is_default = default.as_deref() == Some(&issuer.id);
+    if is_default && count > 1 {
+        return Err(Error::invalid(
+            "this is the default issuer: make another issuer the default (config/issuers) before deleting it",
+        ));
+    }
+    super::certs::retire_issuer(core, m, &issuer, now).await?;
+    if is_default {
         core.storage.delete(&config_key(m)).await?;
     }
     core.storage.delete(&issuer_key(m, &issuer.id)).await?;
@@ -299,8 +301,9 @@ pub async fn delete(core: &Core, m: &Mount, reference: &str) -> Result<()> {
 }
 
 /// Deletes every issuer (Vault's `DELETE config/ca`).
-pub async fn delete_all(core: &Core, m: &Mount) -> Result<()> {
+pub async fn delete_all(core: &Core, m: &Mount, now: i64) -> Result<()> {
     for i in all(core, m).await? {
+        super::certs::retire_issuer(core, m, &i, now).await?;
         core.storage.delete(&issuer_key(m, &i.id)).await?;
     }
     core.storage.delete(&config_key(m)).await?;

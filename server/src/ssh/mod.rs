@@ -50,6 +50,7 @@ pub async fn issue_with(
     for _ in 0..4 {
         let serial = next_serial(now);
         let cert = sign::sign(&role, &issuer, input, who, m.ttl_limits(), now, serial)?;
+        certs::refuse_revoked(core, m, cert.key_id(), &input.public_key).await?;
         let rec = certs::CertRecord::new(&cert, &issuer, role_name, &who.display_name);
         if certs::record(core, m, &rec).await? {
             return Ok((rec, cert));

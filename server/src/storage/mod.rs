@@ -237,7 +237,10 @@ fn cacheable(key: &str) -> bool {
                 // Read by every OTP creds request; left to the database it
                 // was a read of SQLite on the request's worker thread each
                 // time (13% of their CPU time under load, see BENCHMARKS.md).
-                || key.ends_with("/config/zeroaddress")))
+                || key.ends_with("/config/zeroaddress")
+                // Read by every signing (a revoked key ID or key is
+                // refused), changed only by `ssh/revoke` and retention.
+                || key.ends_with("/revocations")))
 }
 
 impl ReadCache {

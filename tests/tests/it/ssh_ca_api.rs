@@ -4,7 +4,7 @@
 
 use axum::http::StatusCode;
 use gatepass_tests::inproc::{Backend, Server, T0};
-use gatepass_tests::ssh::{describe_cert, keypair, krl_revokes};
+use gatepass_tests::ssh::{describe_cert, keypair, krl_listing, krl_revokes};
 use serde_json::{json, Value};
 
 async fn server() -> Server {
@@ -567,6 +567,7 @@ async fn issuers_rotation_revocation_and_krl() {
     let dir = s.dir.path();
     let v = ok(&s, "POST", "ssh/config/ca", json!({})).await;
     let old_pub = v["data"]["public_key"].as_str().unwrap().to_string();
+    let old_id = v["data"]["issuer_id"].as_str().unwrap().to_string();
     role(&s, "r", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*", "allow_user_key_ids": true})).await;
     let pk = user_key(dir, "k");
     let sign = |id: &'static str| {
@@ -646,15 +647,79 @@ async fn issuers_rotation_revocation_and_krl() {
     let k = krl_bytes(s.core.clone()).await;
     assert!(krl_revokes(dir, &k, &cert2));
     assert!(!krl_revokes(dir, &k, &cert3));
+    // A revoked key ID is not signed again: the certificate would be born
+    // revoked.
+    let again = |id: &'static str| {
+        let s = &s;
+        let pk = pk.clone();
+        async move {
+            s.root(
+                "POST",
+                "ssh/sign/r",
+                Some(json!({"public_key": pk, "valid_principals": "dave", "key_id": id})),
+            )
+            .await
+        }
+    };
+    let (st, v) = again("second").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains(r#"key_id "second" is revoked"#),
+        "{v}"
+    );
+    // Retiring the old CA keeps its revocations in the KRL, for hosts that
+    // still trust it by hand, until its revoked certificates expire.
+    let (st, v) = s
+        .root("DELETE", &format!("ssh/issuer/{old_id}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let (_, v) = s.root("LIST", "ssh/issuers", None).await;
+    assert_eq!(v["data"]["keys"].as_array().unwrap().len(), 1);
+    let k = krl_bytes(s.core.clone()).await;
+    assert!(krl_revokes(dir, &k, &cert1), "its revoked serial");
+    assert!(krl_revokes(dir, &k, &cert2), "its revoked key ID");
+    let listed = krl_listing(dir, &k);
+    assert!(listed.contains("# CA key ssh-ed25519"), "{listed}");
     ok(&s, "POST", "ssh/revoke", json!({"public_key": pk})).await;
     let k = krl_bytes(s.core.clone()).await;
     assert!(krl_revokes(dir, &k, &cert3), "the key itself is revoked");
+    let (st, v) = again("fourth").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("public_key is revoked"),
+        "{v}"
+    );
     let (_, v) = s.root("GET", &format!("ssh/certs/{serial1}"), None).await;
     assert_eq!(v["data"]["revoked"], true);
-    // Expired revocations drop out of the KRL.
+    // Expired serials drop out of the KRL; key IDs and keys stay (under
+    // every CA the mount has), so a certificate with the key ID that a
+    // server signed before it heard of the revocation is revoked whenever
+    // it expires.
     s.clock.advance(800 * 3600);
     let k = krl_bytes(s.core.clone()).await;
-    assert!(k.len() < 200, "expired serials dropped");
+    let other = user_key(dir, "other");
+    let v = ok(
+        &s,
+        "POST",
+        "ssh/sign/r",
+        json!({"public_key": other, "valid_principals": "dave", "key_id": "fifth"}),
+    )
+    .await;
+    let fifth = v["data"]["signed_key"].as_str().unwrap().to_string();
+    assert!(!krl_revokes(dir, &k, &fifth));
+    let listed = krl_listing(dir, &k);
+    assert!(!listed.contains("serial:"), "{listed}");
+    assert!(listed.contains("id: second"), "the key ID stays: {listed}");
+    assert!(
+        !listed.contains("# CA key ssh-ed25519"),
+        "the retired CA goes when its certificates have expired: {listed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
