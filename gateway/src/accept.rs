@@ -539,6 +539,18 @@ impl<S: SessionSource> Connection<S> {
         if self.shared.stopping() {
             return Err(Refusal::Unavailable("the gateway is stopping".into()));
         }
+        // Asked before the session is: a session refused here is not
+        // opened on the server at all.
+        if let Some(why) = self
+            .shared
+            .recording
+            .as_ref()
+            .and_then(|r| r.spool.trouble())
+        {
+            return Err(Refusal::Unavailable(format!(
+                "the gateway cannot record sessions: {why}"
+            )));
+        }
         let session = match self.source.open_session(cert.key_id(), now).await {
             Ok(session) => session,
             Err(e @ SourceError::Unavailable(_)) => {
@@ -612,6 +624,31 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 return Ok(Auth::Accept);
             }
         };
+        // The recording starts before the target is reached: a session the
+        // gateway cannot record does not run.
+        let recorder = match (&self.shared.recording, &session.recording) {
+            (Some(settings), Some(grant)) => {
+                match Recorder::start(&session.id, grant, settings.clone()) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warn!(peer = %self.peer(), session = %session.id, error = %e,
+                            "refused: the session's recording cannot be started");
+                        self.reporter(&session.id).send(
+                            EndReason::Failed,
+                            Some(format!("the gateway could not record the session: {e}")),
+                        );
+                        self.state = State::TargetFailed {
+                            session_id: session.id.clone(),
+                            message: format!(
+                                "gatepass: cannot open the session now: the gateway cannot record it: {e}"
+                            ),
+                        };
+                        return Ok(Auth::Accept);
+                    }
+                }
+            }
+            _ => None,
+        };
         let login = tokio::time::timeout(TARGET_LOGIN_TIMEOUT, target::connect(&session, now))
             .await
             .unwrap_or(Err(target::TargetError::Timeout(TARGET_LOGIN_TIMEOUT)));
@@ -619,18 +656,6 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             Ok((target, target_lost)) => {
                 info!(peer = %self.peer(), session = %session.id, target = %session.target_host,
                     port = session.target_port, "session started");
-                let recorder = match (&self.shared.recording, &session.recording) {
-                    (Some(settings), Some(grant)) => {
-                        match Recorder::start(&session.id, grant, settings.clone()) {
-                            Ok(r) => Some(r),
-                            Err(e) => {
-                                warn!(session = %session.id, "not recording the session: {e}");
-                                None
-                            }
-                        }
-                    }
-                    _ => None,
-                };
                 self.state = State::Live(Box::new(Live {
                     session_id: session.id.clone(),
                     reporter: Some(self.reporter(&session.id)),
@@ -651,11 +676,8 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 // The connection the server opened a recording for
                 // carried nothing: its recording ends at once, whole and
                 // empty, rather than read as cut.
-                if let (Some(settings), Some(grant)) = (&self.shared.recording, &session.recording)
-                {
-                    if let Ok(rec) = Recorder::start(&session.id, grant, settings.clone()) {
-                        rec.finish().await;
-                    }
+                if let Some(rec) = recorder {
+                    rec.finish().await;
                 }
                 self.reporter(&session.id)
                     .send(EndReason::Failed, Some(e.to_string()));
@@ -860,6 +882,7 @@ async fn supervise<S: SessionSource>(
         idle_timeout,
         activity,
         target_lost,
+        recorder.as_deref(),
     );
     let stop = async {
         // A dropped sender is the gateway gone some other way, not a stop.

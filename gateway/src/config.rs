@@ -96,6 +96,11 @@ pub struct RecordingConfig {
     pub enabled: bool,
     pub chunk_kib: u64,
     pub chunk_seconds: u64,
+    /// The most the recording spool may hold of recordings the server has
+    /// not taken yet, in MiB. Past it (the server away for long), and
+    /// while the spool cannot be written at all (a full disk), sessions
+    /// being recorded end and new ones are refused: none runs unrecorded.
+    pub spool_max_mib: u64,
     /// Masking rules (regular expressions): what they match in a session's
     /// output or input is recorded as `*`s, never sealed or stored. A
     /// match lies within one line of at most 4 KiB (see
@@ -110,6 +115,7 @@ impl Default for RecordingConfig {
             enabled: true,
             chunk_kib: 64,
             chunk_seconds: 2,
+            spool_max_mib: 1024,
             mask: Vec::new(),
         }
     }
@@ -256,6 +262,9 @@ impl Config {
         }
         if !(1..=300).contains(&self.recording.chunk_seconds) {
             return Err("recording.chunk_seconds must be between 1 and 300".into());
+        }
+        if !(16..=1 << 20).contains(&self.recording.spool_max_mib) {
+            return Err("recording.spool_max_mib must be between 16 and 1048576".into());
         }
         crate::recording::Masking::new(&self.recording.mask)?;
         if self.sync.max_backoff_seconds == 0 {

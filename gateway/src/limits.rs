@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use crate::bridge::Activity;
 use crate::clock;
+use crate::recording::Recorder;
 use crate::session::SessionSource;
 use crate::target::TargetLost;
 
@@ -21,6 +22,8 @@ pub enum EndReason {
     TargetLost,
     /// The gateway is shutting down.
     Stopping,
+    /// The session's recording cannot be kept (see `Spool::trouble`).
+    Unrecorded,
 }
 
 impl EndReason {
@@ -32,6 +35,9 @@ impl EndReason {
             EndReason::Idle => "gatepass: the session was closed after being idle too long",
             EndReason::TargetLost => "gatepass: the connection to the target was lost",
             EndReason::Stopping => "gatepass: the gateway is stopping",
+            EndReason::Unrecorded => {
+                "gatepass: the session's recording cannot be stored, so the session was closed"
+            }
         }
     }
 
@@ -42,6 +48,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::TargetLost => "target lost",
             EndReason::Stopping => "gateway stopping",
+            EndReason::Unrecorded => "recording cannot be stored",
         }
     }
 
@@ -58,6 +65,10 @@ impl EndReason {
                 Some("the connection to the target was lost".into()),
             ),
             EndReason::Stopping => (R::GatewayLost, None),
+            EndReason::Unrecorded => (
+                R::Failed,
+                Some("the gateway could not store the session's recording".into()),
+            ),
         }
     }
 }
@@ -77,6 +88,7 @@ pub async fn watch<S: SessionSource>(
     idle_timeout: Option<Duration>,
     activity: Arc<Activity>,
     target_lost: TargetLost,
+    recorder: Option<&Recorder>,
 ) -> EndReason {
     let end = deadline(expires_at, clock::since_epoch(), Instant::now());
     let idle = async {
@@ -91,8 +103,18 @@ pub async fn watch<S: SessionSource>(
             },
         }
     };
+    let unrecorded = async {
+        match recorder {
+            Some(r) => {
+                let why = r.cannot_keep().await;
+                tracing::warn!(session = session_id, reason = %why, "ending the session: its recording cannot be kept");
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
     tokio::select! {
         () = tokio::time::sleep_until(end) => EndReason::Expired,
+        () = unrecorded => EndReason::Unrecorded,
         () = source.terminated(session_id) => EndReason::Terminated,
         () = idle => EndReason::Idle,
         _ = target_lost => EndReason::TargetLost,

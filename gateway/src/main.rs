@@ -217,7 +217,11 @@ async fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 /// The spool in the state directory and the signing key.
 fn recording_settings(cfg: &Config) -> Result<Arc<RecordingSettings>> {
-    let spool = Spool::open(&cfg.state_dir.join("recording-spool")).map_err(|e| anyhow!(e))?;
+    let spool = Spool::open(
+        &cfg.state_dir.join("recording-spool"),
+        cfg.recording.spool_max_mib << 20,
+    )
+    .map_err(|e| anyhow!(e))?;
     let signer = match &cfg.recording_key {
         Some(path) => gatepass_gateway::setup::load_recording_key(path).map_err(|e| anyhow!(e))?,
         None => None,

@@ -253,6 +253,9 @@ pub struct Recorder {
     /// True once the worker has spooled what it had, with the end when the
     /// recording was finished.
     done: watch::Receiver<bool>,
+    /// The spool's [`Spool::trouble`]: the session ends when it says the
+    /// recording cannot be kept.
+    trouble: watch::Receiver<Option<String>>,
 }
 
 /// What a recorder shares with its worker.
@@ -319,6 +322,10 @@ impl Recorder {
             room: Semaphore::new(MAX_PENDING),
             batches: AtomicU64::new(0),
         });
+        if let Some(why) = settings.spool.trouble() {
+            return Err(why);
+        }
+        let trouble = settings.spool.watch_trouble();
         let (done_tx, done) = watch::channel(false);
         let start = Instant::now();
         let worker = Worker {
@@ -344,7 +351,23 @@ impl Recorder {
             channels: AtomicU32::new(0),
             shared,
             done,
+            trouble,
         }))
+    }
+
+    /// Resolves with why, once the recording can no longer be kept (see
+    /// [`Spool::trouble`]); never while it can.
+    pub async fn cannot_keep(&self) -> String {
+        let mut trouble = self.trouble.clone();
+        let why = trouble
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            // The spool is gone only with the gateway.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -1425,7 +1448,7 @@ mod tests {
         act: impl AsyncFnOnce(&ChannelTap),
     ) -> Recorded {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Arc::new(Spool::open(&dir.path().join("spool")).unwrap());
+        let spool = Arc::new(Spool::open(&dir.path().join("spool"), 1 << 30).unwrap());
         let signer = recording::new_signing_key();
         let public = signer.verifying_key();
         let settings = Arc::new(RecordingSettings {

@@ -16,6 +16,13 @@
 //! session) besides the chunk being gathered. The queue is bounded
 //! ([`MAX_QUEUED`]): past it, `put` waits for the writer.
 //!
+//! A spool that cannot keep what it is given fails closed: when a batch
+//! cannot be written (a full or broken disk), or the files waiting for the
+//! server reach the spool's bound (`[recording] spool_max_mib`), its
+//! [`Spool::trouble`] says why. The gateway then ends the sessions being
+//! recorded and refuses new ones, until a batch is written again and the
+//! spool is back under nine tenths of its bound.
+//!
 //! File names sort in sending order within a recording: its chunks by
 //! index, then its end.
 
@@ -30,7 +37,7 @@ use gatepass_api::recording::{RecordingEnd, SealedChunk};
 use gatepass_api::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 /// One file of the spool.
@@ -150,6 +157,16 @@ struct Queue {
     busy: bool,
     /// The spool is dropped: the writer ends once the queue is empty.
     closed: bool,
+    /// Why the last batch could not be written, until one is.
+    write_failed: Option<String>,
+    /// Why the spool takes no more chunks: it holds its bound.
+    full: Option<String>,
+}
+
+impl Queue {
+    fn trouble(&self) -> Option<String> {
+        self.write_failed.clone().or_else(|| self.full.clone())
+    }
 }
 
 /// The queue and its two signals, shared with the writer thread.
@@ -160,6 +177,36 @@ struct Shared {
     queued: Condvar,
     /// A batch is on disk.
     written: Condvar,
+    /// Bytes in the files waiting to be sent.
+    on_disk: std::sync::atomic::AtomicU64,
+    /// What [`Queue::trouble`] says, for sessions to watch.
+    trouble: watch::Sender<Option<String>>,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            queue: Mutex::default(),
+            queued: Condvar::new(),
+            written: Condvar::new(),
+            on_disk: std::sync::atomic::AtomicU64::new(0),
+            trouble: watch::Sender::new(None),
+        }
+    }
+
+    /// Tells the watchers what `q` says now, if it changed.
+    fn publish(&self, q: &Queue) {
+        let now = q.trouble();
+        self.trouble.send_if_modified(|t| {
+            let changed = *t != now;
+            *t = now;
+            changed
+        });
+    }
+
+    fn on_disk(&self) -> u64 {
+        self.on_disk.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// IDs are UUIDs; anything else must not become a path.
@@ -169,6 +216,8 @@ fn plain(s: &str) -> bool {
 
 pub struct Spool {
     dir: PathBuf,
+    /// The most bytes the files waiting for the server may hold.
+    max_bytes: u64,
     /// Files are there to deliver.
     ready: Arc<Notify>,
     shared: Arc<Shared>,
@@ -184,8 +233,9 @@ impl Drop for Spool {
 }
 
 impl Spool {
-    /// The spool in `dir`, made (0700) if missing.
-    pub fn open(dir: &Path) -> Result<Spool, String> {
+    /// The spool in `dir`, made (0700) if missing, holding at most
+    /// `max_bytes` of files waiting for the server.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, String> {
         if !dir.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -195,9 +245,20 @@ impl Spool {
         }
         let spool = Spool {
             dir: dir.to_path_buf(),
+            max_bytes,
             ready: Arc::new(Notify::new()),
-            shared: Arc::default(),
+            shared: Arc::new(Shared::new()),
         };
+        let found: u64 = spool
+            .pending()
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        spool
+            .shared
+            .on_disk
+            .store(found, std::sync::atomic::Ordering::SeqCst);
         let (shared, ready, dir) = (spool.shared.clone(), spool.ready.clone(), spool.dir.clone());
         std::thread::Builder::new()
             .name("recording-spool".into())
@@ -210,9 +271,21 @@ impl Spool {
         &self.dir
     }
 
+    /// Why the spool cannot keep recordings now; None while it can.
+    pub fn trouble(&self) -> Option<String> {
+        self.shared.trouble.borrow().clone()
+    }
+
+    /// Sees every change of [`Spool::trouble`].
+    pub fn watch_trouble(&self) -> watch::Receiver<Option<String>> {
+        self.shared.trouble.subscribe()
+    }
+
     /// Queues `item` for the writer, which makes it a 0600 file, fsync'd,
     /// renamed into place, and fsyncs the folder (see the module's text);
-    /// waits only while the queue is full.
+    /// waits only while the queue is full. A chunk that would take the
+    /// spool past its bound is refused (an end, a few hundred bytes, is
+    /// always taken: the recording then ends where it was cut).
     pub fn put(&self, item: SpoolItem) -> Result<(), String> {
         let (session, recording) = item.ids();
         if !plain(session) || !plain(recording) {
@@ -232,7 +305,21 @@ impl Spool {
                 .wait(q)
                 .map_err(|_| "the recording spool's queue is broken".to_string())?;
         }
-        q.bytes += item.size();
+        let size = item.size();
+        if size > 0 && self.shared.on_disk() + (q.bytes + size) as u64 > self.max_bytes {
+            if q.full.is_none() {
+                let why = format!(
+                    "the recording spool {} holds its limit of {} MiB of recordings not yet taken by the server ([recording] spool_max_mib)",
+                    self.dir.display(),
+                    self.max_bytes >> 20
+                );
+                warn!("{why}: sessions being recorded end, and new ones are refused, until the server takes them");
+                q.full = Some(why);
+                self.shared.publish(&q);
+            }
+            return Err(q.full.clone().unwrap_or_default());
+        }
+        q.bytes += size;
         q.items.push(item);
         drop(q);
         self.shared.queued.notify_one();
@@ -249,6 +336,65 @@ impl Spool {
                 Ok(q) => q,
                 Err(_) => return,
             };
+        }
+    }
+
+    /// `path` is about to leave the files waiting (sent, or set aside): its
+    /// bytes no longer count, and a spool that was full takes chunks again
+    /// once it is under nine tenths of its bound.
+    fn forget(&self, path: &Path) {
+        let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let sub = |n: u64| Some(n.saturating_sub(size));
+        let left = match self.shared.on_disk.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            sub,
+        ) {
+            Ok(before) | Err(before) => before.saturating_sub(size),
+        };
+        if left < self.max_bytes / 10 * 9 {
+            if let Ok(mut q) = self.shared.queue.lock() {
+                if q.full.take().is_some() {
+                    info!("the recording spool has room again");
+                    self.shared.publish(&q);
+                }
+            }
+        }
+    }
+
+    /// While batches could not be written, tries a small file (written,
+    /// fsync'd, removed): once that works the spool takes recordings
+    /// again. Without it a spool whose writes failed would stay failed,
+    /// since it refuses the sessions whose chunks would show it works.
+    fn probe(&self) {
+        let failed = self
+            .shared
+            .queue
+            .lock()
+            .map(|q| q.write_failed.is_some() && !q.busy && q.items.is_empty())
+            .unwrap_or(false);
+        if !failed {
+            return;
+        }
+        let path = self.dir.join(".probe");
+        let works = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(&[0; 4096])?;
+            f.sync_all()
+        })();
+        let _ = fs::remove_file(&path);
+        if works.is_ok() {
+            if let Ok(mut q) = self.shared.queue.lock() {
+                if q.write_failed.take().is_some() {
+                    info!("the recording spool can be written again");
+                    self.shared.publish(&q);
+                }
+            }
         }
     }
 
@@ -293,12 +439,27 @@ fn write_batches(shared: &Shared, ready: &Notify, dir: &Path) {
             std::mem::take(&mut q.items)
         };
         let size: usize = batch.iter().map(SpoolItem::size).sum();
-        if let Err(e) = write_batch(dir, batch) {
+        let (written, result) = write_batch(dir, batch);
+        shared
+            .on_disk
+            .fetch_add(written, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = &result {
             warn!("recording parts lost: {e}");
         }
         if let Ok(mut q) = shared.queue.lock() {
             q.busy = false;
             q.bytes = q.bytes.saturating_sub(size);
+            match result {
+                Err(e) => {
+                    q.write_failed = Some(format!("the recording spool cannot be written: {e}"))
+                }
+                Ok(()) if q.write_failed.is_some() => {
+                    info!("the recording spool is written again");
+                    q.write_failed = None;
+                }
+                Ok(()) => {}
+            }
+            shared.publish(&q);
         }
         shared.written.notify_all();
         ready.notify_one();
@@ -306,8 +467,9 @@ fn write_batches(shared: &Shared, ready: &Notify, dir: &Path) {
 }
 
 /// Writes a batch: each recording's consecutive chunks as one file, each
-/// end as its own, every file fsync'd, then the folder once.
-fn write_batch(dir: &Path, batch: Vec<SpoolItem>) -> Result<(), String> {
+/// end as its own, every file fsync'd, then the folder once. Returns the
+/// bytes of the files written, and what failed.
+fn write_batch(dir: &Path, batch: Vec<SpoolItem>) -> (u64, Result<(), String>) {
     let mut files: Vec<SpoolItem> = Vec::new();
     for item in batch {
         match (files.last_mut(), item) {
@@ -339,38 +501,49 @@ fn write_batch(dir: &Path, batch: Vec<SpoolItem>) -> Result<(), String> {
         }
     }
     let mut lost = Vec::new();
+    let mut written = 0;
     for item in &files {
-        if let Err(e) = write_file(dir, item) {
-            lost.push(e);
+        match write_file(dir, item) {
+            Ok(n) => written += n,
+            Err(e) => lost.push(e),
         }
     }
     if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
         lost.push(format!("cannot sync {}: {e}", dir.display()));
     }
     if lost.is_empty() {
-        Ok(())
+        (written, Ok(()))
     } else {
-        Err(lost.join("; "))
+        (written, Err(lost.join("; ")))
     }
 }
 
-/// One spool file: a 0600 file, fsync'd, renamed into place.
-fn write_file(dir: &Path, item: &SpoolItem) -> Result<(), String> {
+/// One spool file: a 0600 file, fsync'd, renamed into place; its size.
+fn write_file(dir: &Path, item: &SpoolItem) -> Result<u64, String> {
     let name = item.file_name();
     let path = dir.join(&name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let text = serde_json::to_vec(item).map_err(|e| e.to_string())?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(&text).map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    fs::rename(&tmp, &path).map_err(fail)
+    let written = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&text)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    match written {
+        Ok(()) => Ok(text.len() as u64),
+        Err(e) => {
+            // A part written file must not fill what little room is left.
+            let _ = fs::remove_file(&tmp);
+            Err(fail(e))
+        }
+    }
 }
 
 /// A refusal that says nothing about the recording itself: the gateway's
@@ -396,6 +569,8 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
     }
     let mut failing = false;
     loop {
+        let probing = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || probing.probe()).await;
         let mut stuck = false;
         for path in spool.pending() {
             let item: SpoolItem = match fs::read(&path)
@@ -404,6 +579,7 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
             {
                 Some(item) => item,
                 None => {
+                    spool.forget(&path);
                     set_aside(&path, "unreadable");
                     continue;
                 }
@@ -427,6 +603,7 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
                         if (400..500).contains(&status) && !refused_for_now(status, &errors) =>
                     {
                         warn!(file = %path.display(), status, "the server refused a recording part: {}", errors.join("; "));
+                        spool.forget(&path);
                         set_aside(&path, "refused");
                         sent = false;
                         break;
@@ -450,10 +627,11 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
             }
             if sent {
                 debug!(file = %path.display(), "recording part delivered");
+                spool.forget(&path);
                 let _ = fs::remove_file(&path);
             }
         }
-        let pause = if stuck {
+        let pause = if stuck || spool.trouble().is_some() {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(5)
@@ -526,8 +704,9 @@ mod tests {
                 },
             ],
         )
+        .1
         .unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
         assert_eq!(
             files(&spool),
             vec![
@@ -543,7 +722,7 @@ mod tests {
     fn put_queues_and_the_writer_makes_the_files_private_and_durable() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 30).unwrap();
         for i in 0..100 {
             spool.put(chunk("s1", "r1", i)).unwrap();
         }
@@ -558,6 +737,75 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    fn end(session: &str, recording: &str) -> SpoolItem {
+        SpoolItem::End {
+            session: session.into(),
+            recording: recording.into(),
+            end: RecordingEnd {
+                chunks: 1,
+                digest: String::new(),
+                signature: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_spool_that_cannot_be_written_says_why_until_it_can_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool");
+        let spool = Spool::open(&path, 1 << 30).unwrap();
+        let mut watched = spool.watch_trouble();
+        assert_eq!(spool.trouble(), None);
+        // The folder goes (a broken or vanished disk): the batch is lost.
+        fs::rename(&path, dir.path().join("gone")).unwrap();
+        spool.put(chunk("s1", "r1", 0)).unwrap();
+        spool.flush();
+        let why = spool.trouble().expect("the failed write is told");
+        assert!(why.contains("cannot be written"), "{why}");
+        assert!(watched.has_changed().unwrap());
+        assert_eq!(watched.borrow_and_update().clone(), Some(why));
+        // Still failing: the probe changes nothing.
+        spool.probe();
+        assert!(spool.trouble().is_some());
+        // Back: the probe finds the spool writable, and leaves no file.
+        fs::rename(dir.path().join("gone"), &path).unwrap();
+        spool.probe();
+        assert_eq!(spool.trouble(), None);
+        assert!(watched.has_changed().unwrap());
+        assert_eq!(fs::read_dir(&path).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_spool_at_its_bound_refuses_chunks_until_it_has_room_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1000).unwrap();
+        let mut taken = 0;
+        let refused = loop {
+            match spool.put(chunk("s1", "r1", taken)) {
+                Ok(()) => taken += 1,
+                Err(e) => break e,
+            }
+            spool.flush();
+            assert!(taken < 1000, "the bound was never reached");
+        };
+        assert!(refused.contains("spool_max_mib"), "{refused}");
+        assert_eq!(spool.trouble(), Some(refused));
+        // An end is still taken: the recording ends where it was cut.
+        spool.put(end("s1", "r1")).unwrap();
+        spool.flush();
+        // A spool opened again counts what waits there.
+        let again = Spool::open(dir.path(), 1000).unwrap();
+        assert!(again.put(chunk("s2", "r2", 0)).is_err());
+        // What the server takes leaves room; under nine tenths the spool
+        // takes chunks again.
+        for p in spool.pending() {
+            spool.forget(&p);
+            fs::remove_file(&p).unwrap();
+        }
+        assert_eq!(spool.trouble(), None);
+        spool.put(chunk("s1", "r1", taken)).unwrap();
     }
 
     /// A server that answers `refusals` of the first requests with `status`
@@ -600,8 +848,10 @@ mod tests {
         error: &'static str,
     ) -> (Vec<String>, usize) {
         let dir = tempfile::tempdir().unwrap();
-        write_batch(dir.path(), vec![chunk("s1", "r1", 0)]).unwrap();
-        let spool = std::sync::Arc::new(Spool::open(dir.path()).unwrap());
+        write_batch(dir.path(), vec![chunk("s1", "r1", 0)])
+            .1
+            .unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path(), 1 << 30).unwrap());
         let (addr, seen) = server(refusals, status, error).await;
         let client = Client::new(&gatepass_api::Settings {
             addr,

@@ -10,6 +10,7 @@ pub mod pg;
 pub mod ssh;
 pub mod sshd;
 pub mod targets;
+pub mod tmpfs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use gatepass_api::{Client, Error};
 use gatepass_server::audit::AuditKey;
 use gatepass_server::seal::SealKey;
+use gatepass_tests::tmpfs::Tmpfs;
 use gatepass_tests::{bin, run, serve_pair_on_postgres_with, DevServer};
 use serde_json::{json, Map, Value};
 
@@ -21,51 +22,6 @@ const ROOT: &str = "gatepass-test-root-token";
 
 fn obj(v: Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
-}
-
-/// A small tmpfs, unmounted when dropped (also when the test fails).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let (code, _, err) = run(Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir));
-        assert_eq!(code, 0, "mount tmpfs (run as root): {err}");
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Takes all the space that is left; delete the file to free it. The
-    /// audit file's last page may still have room for a line or two.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let p = self.dir.join("filler");
-        let mut f = std::fs::File::create(&p).unwrap();
-        let chunk = [0u8; 1024];
-        while f.write_all(&chunk).is_ok() {}
-        // Byte by byte into the last partial block.
-        while f.write_all(&chunk[..1]).is_ok() {}
-        p
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        // Lazy, so that a server still holding its audit file open cannot
-        // leave the mount behind.
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 /// Uses up the room left in the audit file's last page: a small audited

@@ -585,6 +585,85 @@ fn a_gateway_with_recording_off_says_so_and_the_server_records_the_gap() {
     assert!(line.contains("enabled = false"), "{line}");
 }
 
+/// A gateway whose spool's disk is full runs no session unrecorded: the
+/// session being recorded ends with a message saying why, a new one is
+/// refused with the reason, and once there is room again sessions run and
+/// are recorded whole.
+#[test]
+fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_room() {
+    let mut pam = Pam::start();
+    let _target = key_account(&pam);
+    // The spool on a small filesystem of its own.
+    pam.stop_gateway();
+    let fs = gatepass_tests::tmpfs::Tmpfs::mount(&pam.admin.path().join("recording-spool"), "1m");
+    pam.start_gateway();
+
+    // A session prints a line every 100 ms; the disk fills under it.
+    let mut live = pam
+        .access(
+            "keys",
+            "root",
+            "5m",
+            &["for i in $(seq 1 300); do echo LINE-$i; sleep 0.1; done"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+    let filler = fs.fill();
+    let status = wait_exit(&mut live, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(live.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("the session's recording cannot be stored, so the session was closed"),
+        "{err}\n{}",
+        pam.gateway_log()
+    );
+    let s = pam.session_when(&id, |s| s["state"] == "ended");
+    assert_eq!(s["end_reason"], "failed", "{s}");
+    assert!(
+        s["end_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("could not store the session's recording"),
+        "{s}"
+    );
+
+    // A new session is refused, and told why.
+    let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo NOT-RUN"]));
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!out.contains("NOT-RUN"), "{out}");
+    assert!(
+        err.contains("cannot open the session now: the gateway cannot record sessions"),
+        "{err}"
+    );
+    assert!(err.contains("cannot be written"), "{err}");
+
+    // Room again: within seconds sessions run, and are recorded whole.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (out, err) = loop {
+        let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo ROOM-AGAIN"]));
+        if code == 0 {
+            break (out, err);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused: {err}\n{}",
+            pam.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(out, "ROOM-AGAIN\n");
+    let again = session_id_in(&err);
+    let (_, verdict) = verify_until(&pam, &again, |code, _| code == 0);
+    assert!(verdict.contains("whole"), "{verdict}");
+    pam.stop_gateway();
+    drop(fs);
+}
+
 #[test]
 fn watch_follows_a_live_session_and_stops_when_it_ends() {
     let pam = Pam::start();
