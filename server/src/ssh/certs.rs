@@ -493,9 +493,10 @@ struct Revocations {
     key_ids: Vec<(String, u64)>,
     /// Plain public keys revoked outright, kept for good.
     keys: Vec<String>,
-    /// Deleted issuers whose revocations the KRL still lists: a host that
-    /// trusts a deleted CA by hand (not through hostd) must go on refusing
-    /// its revoked certificates until they expire.
+    /// Deleted issuers, whose revocations (made before or after they went)
+    /// the KRL still lists: a host that trusts a deleted CA by hand (not
+    /// through hostd) must go on refusing its revoked certificates until
+    /// they expire.
     #[serde(default)]
     retired: Vec<RetiredIssuer>,
 }
@@ -505,39 +506,28 @@ struct RetiredIssuer {
     id: String,
     /// Its OpenSSH public key line.
     public_key: String,
-    /// When the last of its revoked certificates expires; the entry is
+    /// When the last certificate it can have signed expires; the entry is
     /// dropped then.
     until: u64,
 }
 
-/// Keeps a deleted issuer's revocations in the mount's KRL until its
-/// revoked certificates expire. Called before the issuer is deleted, so a
-/// failure here leaves it in place.
+/// Keeps a deleted issuer's revocations in the mount's KRL, those made
+/// before and after it went, until every certificate it can have signed
+/// has expired. Called before the issuer is deleted, so a failure here
+/// leaves it in place.
 pub async fn retire_issuer(core: &Core, m: &Mount, issuer: &Issuer, now: i64) -> Result<()> {
-    let key = revocations_key(m);
-    let Some(rev) = core.storage.get::<Revocations>(&key).await? else {
-        return Ok(());
-    };
-    // Its certificates with a revoked key ID: the latest of them bounds
-    // how long the key IDs matter under this CA.
-    let mut until = 0;
-    for (id, _) in &rev.key_ids {
-        for r in with_key_id(core, m, id).await? {
-            if r.issuer_id == issuer.id {
-                until = until.max(r.valid_before);
-            }
-        }
-    }
-    let now_u = now.max(0) as u64;
-    let serials_until = rev
-        .serials
-        .iter()
-        .filter(|(i, _, _)| *i == issuer.id)
-        .map(|(_, _, exp)| *exp)
-        .max()
+    // The latest expiry of any certificate in the inventory (the expiry
+    // index's last key): no certificate of this issuer outlives it.
+    let last = core
+        .storage
+        .keys_between_desc(EXPIRY_PREFIX, &format!("{EXPIRY_PREFIX}g"), 1)
+        .await?;
+    let until = last
+        .first()
+        .and_then(|k| k.get(EXPIRY_PREFIX.len()..EXPIRY_PREFIX.len() + 16))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
         .unwrap_or(0);
-    let until = until.max(serials_until);
-    if until <= now_u {
+    if until <= now.max(0) as u64 {
         return Ok(());
     }
     let retired = RetiredIssuer {
@@ -545,6 +535,10 @@ pub async fn retire_issuer(core: &Core, m: &Mount, issuer: &Issuer, now: i64) ->
         public_key: issuer.public_key.trim().to_string(),
         until,
     };
+    let key = revocations_key(m);
+    core.storage
+        .put_if_absent(&key, &Revocations::default())
+        .await?;
     core.storage
         .update(&key, |mut rev: Revocations| {
             rev.retired.retain(|r| r.id != retired.id);
@@ -690,7 +684,7 @@ pub async fn revoke(
     // Changed in place: two revocations at once, on one server or two,
     // must both reach the list (and each bump its version).
     let key = revocations_key(m);
-    if core.storage.get::<Revocations>(&key).await?.is_none() {
+    if core.storage.get_exact::<Revocations>(&key).await?.is_none() {
         core.storage
             .put_if_absent(&key, &Revocations::default())
             .await?;
@@ -725,9 +719,11 @@ pub async fn krl(core: &Core, m: &Mount, now: i64) -> Result<Vec<u8>> {
 /// none will): until then, and unless the revocations change, it is the
 /// same, so hosts' states built on it need no look at the clock.
 pub async fn krl_until(core: &Core, m: &Mount, now: i64) -> Result<(Vec<u8>, i64)> {
+    // Exact, not from the read cache: what hosts are handed is what is
+    // revoked now, on whichever server they ask.
     let rev: Revocations = core
         .storage
-        .get(&revocations_key(m))
+        .get_exact(&revocations_key(m))
         .await?
         .unwrap_or_default();
     let now_u = now.max(0) as u64;

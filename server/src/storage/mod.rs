@@ -136,9 +136,12 @@ pub const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// change: always on SQLite, where it is the only server; on PostgreSQL
 /// while its listener for the other servers' announcements is connected
 /// (every change of a cached key is announced in the transaction that
-/// makes it, and the announcement drops the entry). OTPs, leases and
-/// revocations are never cached: they must be exact at once on every
-/// server.
+/// makes it, and the announcement drops the entry). OTPs and leases are
+/// never cached: they must be exact at once on every server. A mount's
+/// revocations are, for signing's check of a revoked key ID or key (a
+/// certificate signed on a view a moment old is still revoked by the KRL,
+/// which lists key IDs and keys for good); the KRL reads them exactly
+/// ([`Storage::get_exact`]).
 #[derive(Default)]
 struct ReadCache {
     inner: std::sync::Mutex<CacheInner>,
@@ -783,6 +786,13 @@ impl Storage {
             return Ok(self.get_uncached(key).await?.map(std::sync::Arc::new));
         }
         self.get_parsed_through_cache(key).await
+    }
+
+    /// [`Storage::get`] from the database whether the key is cached or
+    /// not: for readers that must see every change at once on every
+    /// server (a mount's KRL).
+    pub async fn get_exact<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        self.get_uncached(key).await
     }
 
     async fn get_uncached<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {

@@ -260,7 +260,7 @@ async fn announce<'a>(
     if !wakes && !cached {
         return Ok(());
     }
-    // Keys nobody caches (revocations, leases, dynamic keys) are not
+    // Keys nobody caches (leases, dynamic keys) are not
     // named, but their change must still wake the other servers' waiters:
     // `!` says so. Before it, a revocation reached another server's
     // long-polls only through their once-a-second look.

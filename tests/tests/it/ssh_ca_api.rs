@@ -589,6 +589,7 @@ async fn issuers_rotation_revocation_and_krl() {
     };
     let (serial1, cert1) = sign("first").await;
     let (_, cert2) = sign("second").await;
+    let (serial_late, cert_late) = sign("revoked-after-its-ca-went").await;
     // Stage a new issuer: both keys are served, the old one stays default.
     let v = ok(
         &s,
@@ -683,6 +684,17 @@ async fn issuers_rotation_revocation_and_krl() {
     assert!(krl_revokes(dir, &k, &cert2), "its revoked key ID");
     let listed = krl_listing(dir, &k);
     assert!(listed.contains("# CA key ssh-ed25519"), "{listed}");
+    // And so does a revocation made after it went.
+    assert!(!krl_revokes(dir, &k, &cert_late));
+    ok(
+        &s,
+        "POST",
+        "ssh/revoke",
+        json!({"serial_number": serial_late}),
+    )
+    .await;
+    let k = krl_bytes(s.core.clone()).await;
+    assert!(krl_revokes(dir, &k, &cert_late), "{}", krl_listing(dir, &k));
     ok(&s, "POST", "ssh/revoke", json!({"public_key": pk})).await;
     let k = krl_bytes(s.core.clone()).await;
     assert!(krl_revokes(dir, &k, &cert3), "the key itself is revoked");
