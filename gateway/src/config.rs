@@ -263,8 +263,9 @@ impl Config {
         if !(1..=300).contains(&self.recording.chunk_seconds) {
             return Err("recording.chunk_seconds must be between 1 and 300".into());
         }
-        if !(16..=1 << 20).contains(&self.recording.spool_max_mib) {
-            return Err("recording.spool_max_mib must be between 16 and 1048576".into());
+        // Above what may wait in memory for the spool's writer (16 MiB).
+        if !(64..=1 << 20).contains(&self.recording.spool_max_mib) {
+            return Err("recording.spool_max_mib must be between 64 and 1048576".into());
         }
         crate::recording::Masking::new(&self.recording.mask)?;
         if self.sync.max_backoff_seconds == 0 {

@@ -148,6 +148,10 @@ impl SpoolItem {
 /// past it [`Spool::put`] waits (the session's data waits with it).
 pub const MAX_QUEUED: usize = 16 << 20;
 
+/// What a spool whose writes failed must be able to write again before it
+/// takes sessions: room for two of the largest sealed chunks.
+const PROBE_BYTES: usize = 1 << 20;
+
 /// Items given to [`Spool::put`] and not yet on disk.
 #[derive(Default)]
 struct Queue {
@@ -157,8 +161,12 @@ struct Queue {
     busy: bool,
     /// The spool is dropped: the writer ends once the queue is empty.
     closed: bool,
-    /// Why the last batch could not be written, until one is.
+    /// Why a batch could not be written, until a probe writes (see
+    /// [`Spool::check`]).
     write_failed: Option<String>,
+    /// Batches written, and batches that failed.
+    batches: u64,
+    failures: u64,
     /// Why the spool takes no more chunks: it holds its bound.
     full: Option<String>,
 }
@@ -259,6 +267,9 @@ impl Spool {
             .shared
             .on_disk
             .store(found, std::sync::atomic::Ordering::SeqCst);
+        // Over its bound already (the server away before a restart): full
+        // from the start, not at each session's first chunk.
+        spool.settle();
         let (shared, ready, dir) = (spool.shared.clone(), spool.ready.clone(), spool.dir.clone());
         std::thread::Builder::new()
             .name("recording-spool".into())
@@ -308,11 +319,7 @@ impl Spool {
         let size = item.size();
         if size > 0 && self.shared.on_disk() + (q.bytes + size) as u64 > self.max_bytes {
             if q.full.is_none() {
-                let why = format!(
-                    "the recording spool {} holds its limit of {} MiB of recordings not yet taken by the server ([recording] spool_max_mib)",
-                    self.dir.display(),
-                    self.max_bytes >> 20
-                );
+                let why = self.full_reason();
                 warn!("{why}: sessions being recorded end, and new ones are refused, until the server takes them");
                 q.full = Some(why);
                 self.shared.publish(&q);
@@ -340,39 +347,79 @@ impl Spool {
     }
 
     /// `path` is about to leave the files waiting (sent, or set aside): its
-    /// bytes no longer count, and a spool that was full takes chunks again
-    /// once it is under nine tenths of its bound.
+    /// bytes no longer count.
     fn forget(&self, path: &Path) {
         let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let sub = |n: u64| Some(n.saturating_sub(size));
-        let left = match self.shared.on_disk.fetch_update(
+        let _ = self.shared.on_disk.fetch_update(
             std::sync::atomic::Ordering::SeqCst,
             std::sync::atomic::Ordering::SeqCst,
-            sub,
-        ) {
-            Ok(before) | Err(before) => before.saturating_sub(size),
+            |n| Some(n.saturating_sub(size)),
+        );
+        self.settle();
+    }
+
+    /// Says "full" while what the spool holds (on disk and queued) is over
+    /// its bound, until it is back under nine tenths of it.
+    fn settle(&self) {
+        let Ok(mut q) = self.shared.queue.lock() else {
+            return;
         };
-        if left < self.max_bytes / 10 * 9 {
-            if let Ok(mut q) = self.shared.queue.lock() {
-                if q.full.take().is_some() {
-                    info!("the recording spool has room again");
-                    self.shared.publish(&q);
-                }
-            }
+        let held = self.shared.on_disk() + q.bytes as u64;
+        if q.full.is_some() && held < self.max_bytes / 10 * 9 {
+            q.full = None;
+            info!("the recording spool has room again");
+            self.shared.publish(&q);
+        } else if q.full.is_none() && held > self.max_bytes {
+            let why = self.full_reason();
+            warn!("{why}: sessions being recorded end, and new ones are refused, until the server takes them");
+            q.full = Some(why);
+            self.shared.publish(&q);
         }
     }
 
-    /// While batches could not be written, tries a small file (written,
-    /// fsync'd, removed): once that works the spool takes recordings
-    /// again. Without it a spool whose writes failed would stay failed,
-    /// since it refuses the sessions whose chunks would show it works.
-    fn probe(&self) {
-        let failed = self
-            .shared
-            .queue
-            .lock()
-            .map(|q| q.write_failed.is_some() && !q.busy && q.items.is_empty())
-            .unwrap_or(false);
+    fn full_reason(&self) -> String {
+        format!(
+            "the recording spool {} holds its limit of {} MiB of recordings not yet taken by the server ([recording] spool_max_mib)",
+            self.dir.display(),
+            self.max_bytes >> 20
+        )
+    }
+
+    /// Looks again at what the spool holds and whether it can be written;
+    /// run every second while the gateway runs ([`deliver`]).
+    ///
+    /// The bytes waiting are counted from the files themselves, so files
+    /// removed by hand count too (the count is kept only while no batch
+    /// was written during the look).
+    ///
+    /// While batches could not be written, a probe of [`PROBE_BYTES`] is
+    /// written, fsync'd and removed: once that works the spool takes
+    /// recordings again. Without it a spool whose writes failed would stay
+    /// failed, since it refuses the sessions whose chunks would show it
+    /// works; and with room for less than a chunk or two, it would take
+    /// sessions only to end them again.
+    fn check(&self) {
+        let Some((batches, failures, failed)) =
+            self.shared.queue.lock().ok().and_then(|q| {
+                (!q.busy).then_some((q.batches, q.failures, q.write_failed.is_some()))
+            })
+        else {
+            return;
+        };
+        let found: u64 = self
+            .pending()
+            .iter()
+            .filter_map(|p| fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        if let Ok(q) = self.shared.queue.lock() {
+            if q.batches == batches && !q.busy {
+                self.shared
+                    .on_disk
+                    .store(found, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.settle();
         if !failed {
             return;
         }
@@ -384,13 +431,14 @@ impl Spool {
                 .truncate(true)
                 .mode(0o600)
                 .open(&path)?;
-            f.write_all(&[0; 4096])?;
+            f.write_all(&vec![0; PROBE_BYTES])?;
             f.sync_all()
         })();
         let _ = fs::remove_file(&path);
         if works.is_ok() {
             if let Ok(mut q) = self.shared.queue.lock() {
-                if q.write_failed.take().is_some() {
+                // A batch that failed meanwhile stands.
+                if q.failures == failures && q.write_failed.take().is_some() {
                     info!("the recording spool can be written again");
                     self.shared.publish(&q);
                 }
@@ -440,24 +488,21 @@ fn write_batches(shared: &Shared, ready: &Notify, dir: &Path) {
         };
         let size: usize = batch.iter().map(SpoolItem::size).sum();
         let (written, result) = write_batch(dir, batch);
-        shared
-            .on_disk
-            .fetch_add(written, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = &result {
             warn!("recording parts lost: {e}");
         }
         if let Ok(mut q) = shared.queue.lock() {
+            // With the queue's bytes, under the lock: `put` never counts
+            // a batch both queued and on disk.
+            shared
+                .on_disk
+                .fetch_add(written, std::sync::atomic::Ordering::SeqCst);
             q.busy = false;
             q.bytes = q.bytes.saturating_sub(size);
-            match result {
-                Err(e) => {
-                    q.write_failed = Some(format!("the recording spool cannot be written: {e}"))
-                }
-                Ok(()) if q.write_failed.is_some() => {
-                    info!("the recording spool is written again");
-                    q.write_failed = None;
-                }
-                Ok(()) => {}
+            q.batches += 1;
+            if let Err(e) = result {
+                q.failures += 1;
+                q.write_failed = Some(format!("the recording spool cannot be written: {e}"));
             }
             shared.publish(&q);
         }
@@ -567,10 +612,18 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
     if found > 0 {
         info!(files = found, dir = %spool.dir.display(), "sending the recording spool left by an earlier run");
     }
+    // Looked at every second, on its own: a long pass over the files below
+    // must not keep sessions refused after the disk has room again.
+    let checking = spool.clone();
+    let _checker = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let spool = checking.clone();
+            let _ = tokio::task::spawn_blocking(move || spool.check()).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }));
     let mut failing = false;
     loop {
-        let probing = spool.clone();
-        let _ = tokio::task::spawn_blocking(move || probing.probe()).await;
         let mut stuck = false;
         for path in spool.pending() {
             let item: SpoolItem = match fs::read(&path)
@@ -631,12 +684,21 @@ pub async fn deliver(spool: std::sync::Arc<Spool>, client: Client) {
                 let _ = fs::remove_file(&path);
             }
         }
-        let pause = if stuck || spool.trouble().is_some() {
+        let pause = if stuck {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(5)
         };
         let _ = tokio::time::timeout(pause, spool.ready.notified()).await;
+    }
+}
+
+/// Ends the task when dropped (with [`deliver`], when it is aborted).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -766,12 +828,18 @@ mod tests {
         assert!(why.contains("cannot be written"), "{why}");
         assert!(watched.has_changed().unwrap());
         assert_eq!(watched.borrow_and_update().clone(), Some(why));
-        // Still failing: the probe changes nothing.
-        spool.probe();
+        // Still failing: the look changes nothing.
+        spool.check();
         assert!(spool.trouble().is_some());
-        // Back: the probe finds the spool writable, and leaves no file.
+        // Back: a batch written is not enough (a few bytes may fit where a
+        // chunk does not); the probe finds room for chunks, and leaves no
+        // file.
         fs::rename(dir.path().join("gone"), &path).unwrap();
-        spool.probe();
+        spool.put(end("s1", "r1")).unwrap();
+        spool.flush();
+        assert!(spool.trouble().is_some());
+        fs::remove_file(path.join("s1.r1.end")).unwrap();
+        spool.check();
         assert_eq!(spool.trouble(), None);
         assert!(watched.has_changed().unwrap());
         assert_eq!(fs::read_dir(&path).unwrap().count(), 0);
@@ -795,9 +863,19 @@ mod tests {
         // An end is still taken: the recording ends where it was cut.
         spool.put(end("s1", "r1")).unwrap();
         spool.flush();
-        // A spool opened again counts what waits there.
+        // A spool opened again counts what waits there: full from the
+        // start.
         let again = Spool::open(dir.path(), 1000).unwrap();
+        assert!(again.trouble().is_some());
         assert!(again.put(chunk("s2", "r2", 0)).is_err());
+        // Files removed by hand count at the next look.
+        let mut files = again.pending();
+        let by_hand = files.pop().unwrap();
+        let size = fs::metadata(&by_hand).unwrap().len();
+        fs::remove_file(&by_hand).unwrap();
+        let before = again.shared.on_disk();
+        again.check();
+        assert_eq!(again.shared.on_disk(), before - size);
         // What the server takes leaves room; under nine tenths the spool
         // takes chunks again.
         for p in spool.pending() {

@@ -595,7 +595,7 @@ fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_
     let _target = key_account(&pam);
     // The spool on a small filesystem of its own.
     pam.stop_gateway();
-    let fs = gatepass_tests::tmpfs::Tmpfs::mount(&pam.admin.path().join("recording-spool"), "1m");
+    let fs = gatepass_tests::tmpfs::Tmpfs::mount(&pam.admin.path().join("recording-spool"), "4m");
     pam.start_gateway();
 
     // A session prints a line every 100 ms; the disk fills under it.
@@ -612,7 +612,26 @@ fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_
         .unwrap();
     let id = wait_for_active(&pam);
     let filler = fs.fill();
-    let status = wait_exit(&mut live, Duration::from_secs(20));
+    // Kept full: a chunk written before the fill and sent after it frees
+    // a page, which a later one could take.
+    let top_up = fs.dir.join("top-up");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = live.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session ran on:\n{}",
+            pam.gateway_log()
+        );
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&top_up)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &[0; 4096]));
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut err = String::new();
     std::io::Read::read_to_string(live.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(!status.success(), "{err}");
@@ -643,6 +662,7 @@ fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_
 
     // Room again: within seconds sessions run, and are recorded whole.
     std::fs::remove_file(filler).unwrap();
+    std::fs::remove_file(top_up).unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     let (out, err) = loop {
         let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo ROOM-AGAIN"]));
