@@ -123,6 +123,8 @@ pub struct Rendered {
     pub rejected: Vec<String>,
     /// The earliest expiry among the keys written: when to look again.
     pub next_expiry: Option<i64>,
+    /// The form of the keys' expiry times.
+    pub form: TimeForm,
 }
 
 /// Checks and formats a state. Bad entries (a user name, principal, key or
@@ -130,7 +132,10 @@ pub struct Rendered {
 /// `rejected`; a bad CA key or KRL rejects the whole state, since applying
 /// half of it could lock everybody out or let revoked keys in.
 pub fn render(state: &HostState, now: i64, form: TimeForm) -> Result<Rendered, ApplyError> {
-    let mut r = Rendered::default();
+    let mut r = Rendered {
+        form,
+        ..Rendered::default()
+    };
     for line in state.user_ca_keys.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -215,9 +220,12 @@ fn openssh_line(key: &ssh_key::PublicKey) -> Result<String, ApplyError> {
 }
 
 /// How sshd reads the times hostd writes (`expiry-time`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TimeForm {
-    /// `YYYYMMDDHHMMSSZ`, UTC: OpenSSH 9.1 and later.
+    /// `YYYYMMDDHHMMSSZ`, UTC: OpenSSH 9.1 and later, and what every hostd
+    /// wrote before it asked sshd its version.
+    #[default]
     Utc,
     /// `YYYYMMDDHHMMSS` in the host's time zone: every OpenSSH. Before 9.1
     /// sshd has no other form, and it ignores a line whose time has a `Z`

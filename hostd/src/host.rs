@@ -150,9 +150,16 @@ impl Host {
     /// The managed files and sshd config files that no longer hold what
     /// applying `state` at `applied_at` wrote there: changed on disk by
     /// someone else since. Rendering at the time of that apply (not now)
-    /// keeps keys that merely expired since from counting as drift.
-    pub fn drifted(&self, state: &HostState, applied_at: i64) -> Result<Vec<PathBuf>, Error> {
-        let rendered = apply::render(state, applied_at, self.time_form)?;
+    /// keeps keys that merely expired since from counting as drift, and
+    /// rendering in the time form of that apply (`form`) keeps a change of
+    /// sshd's version from it.
+    pub fn drifted(
+        &self,
+        state: &HostState,
+        applied_at: i64,
+        form: apply::TimeForm,
+    ) -> Result<Vec<PathBuf>, Error> {
+        let rendered = apply::render(state, applied_at, form)?;
         let mut paths: Vec<PathBuf> = apply::plan(&self.layout, &rendered)?
             .into_iter()
             .map(|c| c.path)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use gatepass_api::hosts::HostState;
 use serde::{Deserialize, Serialize};
 
+use crate::apply;
 use crate::files::{self, FsError};
 use crate::hostcerts::CertInfo;
 use crate::sshd_config::Placement;
@@ -30,6 +31,9 @@ pub struct LocalState {
     pub host_certs: Vec<CertInfo>,
     /// The last desired state from the server.
     pub desired: Option<HostState>,
+    /// The form of the expiry times in the files of that apply. Missing in
+    /// a state saved by a hostd that wrote only UTC, whose form it is.
+    pub time_form: apply::TimeForm,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

@@ -73,6 +73,7 @@ pub fn record(
     }
     local.notes = out.notes.clone();
     local.host_certs = out.host_certs.clone();
+    local.time_form = out.rendered.form;
 }
 
 /// Logs what a convergence did.
@@ -128,17 +129,20 @@ pub async fn sign_all(client: &Client, keys: &[HostKey]) -> (Vec<NewCert>, Vec<S
 }
 
 /// The files changed on disk by someone else since the last apply, by
-/// comparing them with what that apply wrote; none when nothing was applied
-/// yet (the first apply is not a repair).
+/// comparing them with what that apply wrote (in the time form it wrote:
+/// after an sshd upgrade, or a hostd upgrade on an sshd before 9.1, the
+/// next apply rewrites the keys' times, and that is no repair); none when
+/// nothing was applied yet (the first apply is not a repair).
 fn drift_before(host: &Host, local: &LocalState) -> Vec<PathBuf> {
     let (Some(applied), Some(at)) = (&local.desired, local.last_apply) else {
         return Vec::new();
     };
-    host.drifted(applied, at).unwrap_or_else(|e| {
-        // The apply that follows reports the same failure, if it lasts.
-        tracing::warn!("cannot check the files for drift: {e}");
-        Vec::new()
-    })
+    host.drifted(applied, at, local.time_form)
+        .unwrap_or_else(|e| {
+            // The apply that follows reports the same failure, if it lasts.
+            tracing::warn!("cannot check the files for drift: {e}");
+            Vec::new()
+        })
 }
 
 /// Of the files an apply wrote, those that had drifted: what it repaired.

@@ -792,6 +792,75 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
     assert!(acks_with_drift >= 1);
 }
 
+/// sshd's version changes under hostd (here to one before OpenSSH 9.1,
+/// which reads dynamic keys' expiry times in local time only): hostd
+/// rewrites the keys' times in the form that sshd reads, and that is not
+/// reported as drift, since nobody changed the files.
+#[test]
+fn a_changed_sshd_version_rewrites_key_times_without_reporting_drift() {
+    let (_server, api, rig, host) = mapped_host();
+    api.write(
+        "ssh/roles/dyn",
+        json!({"key_type": "dynamic", "default_user": "root", "cidr_list": "127.0.0.0/8", "ttl": "10m"}),
+    );
+    let daemon = rig.run("info", "hostd.log");
+    let creds = api.write("ssh/creds/dyn", json!({"ip": "127.0.0.1", "wait": "10s"}));
+    assert_eq!(
+        creds["data"]["installed"],
+        true,
+        "{creds}\n{}",
+        daemon.log()
+    );
+    let keys = rig.managed("authorized_keys/root");
+    let utc = std::fs::read_to_string(&keys).unwrap();
+    assert!(utc.contains("Z\""), "OpenSSH 9.2 reads UTC: {utc}");
+    drop(daemon);
+
+    // The same host, its sshd now saying it is OpenSSH 8.9.
+    let old = rig.tmp.path().join("sshd-8.9");
+    std::fs::write(
+        &old,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = -V ] && {{ echo 'OpenSSH_8.9p1, OpenSSL 3.0.2 15 Mar 2022' >&2; exit 0; }}\nexec {SSHD} \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    assert!(text.contains(&format!("sshd = \"{SSHD}\"")), "{text}");
+    std::fs::write(
+        &rig.config,
+        text.replace(
+            &format!("sshd = \"{SSHD}\""),
+            &format!("sshd = {:?}", old.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let daemon = rig.run("info", "hostd-8.9.log");
+    let started = Instant::now();
+    let local = loop {
+        let text = std::fs::read_to_string(&keys).unwrap_or_default();
+        if text.contains("expiry-time") && !text.contains("Z\"") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the key's time was not rewritten: {text}\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        local.contains(creds["lease_id"].as_str().unwrap()),
+        "{local}"
+    );
+    // The host acknowledged that apply (its installed keys) by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let v = api.read(&host);
+    assert!(v.get("drift").is_none(), "{v}\n{}", daemon.log());
+    assert!(!daemon.log().contains("repaired"), "{}", daemon.log());
+}
+
 /// The request entries of the audit log for `path`, oldest first.
 /// A server keeps a poll's acknowledgement in memory for up to a second
 /// before it writes it. When the server crashes, the poll hostd had
