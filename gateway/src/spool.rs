@@ -148,9 +148,9 @@ impl SpoolItem {
 /// past it [`Spool::put`] waits (the session's data waits with it).
 pub const MAX_QUEUED: usize = 16 << 20;
 
-/// What a spool whose writes failed must be able to write again before it
-/// takes sessions: room for two of the largest sealed chunks.
-const PROBE_BYTES: usize = 1 << 20;
+/// The free space a spool whose writes failed needs again before it takes
+/// sessions: room for all that may wait for its writer.
+const ROOM_NEEDED: u64 = MAX_QUEUED as u64;
 
 /// Items given to [`Spool::put`] and not yet on disk.
 #[derive(Default)]
@@ -187,6 +187,8 @@ struct Shared {
     written: Condvar,
     /// Bytes in the files waiting to be sent.
     on_disk: std::sync::atomic::AtomicU64,
+    /// Files that left the spool (sent or set aside) since it opened.
+    forgotten: std::sync::atomic::AtomicU64,
     /// What [`Queue::trouble`] says, for sessions to watch.
     trouble: watch::Sender<Option<String>>,
 }
@@ -198,6 +200,7 @@ impl Shared {
             queued: Condvar::new(),
             written: Condvar::new(),
             on_disk: std::sync::atomic::AtomicU64::new(0),
+            forgotten: std::sync::atomic::AtomicU64::new(0),
             trouble: watch::Sender::new(None),
         }
     }
@@ -355,6 +358,9 @@ impl Spool {
             std::sync::atomic::Ordering::SeqCst,
             |n| Some(n.saturating_sub(size)),
         );
+        self.shared
+            .forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.settle();
     }
 
@@ -389,15 +395,16 @@ impl Spool {
     /// run every second while the gateway runs ([`deliver`]).
     ///
     /// The bytes waiting are counted from the files themselves, so files
-    /// removed by hand count too (the count is kept only while no batch
-    /// was written during the look).
+    /// removed by hand count too (the count is kept only while no file
+    /// was written or sent during the look).
     ///
-    /// While batches could not be written, a probe of [`PROBE_BYTES`] is
-    /// written, fsync'd and removed: once that works the spool takes
+    /// While batches could not be written, a small probe file is written,
+    /// fsync'd and removed, and the free space measured: once the folder
+    /// takes files and has [`ROOM_NEEDED`] free, the spool takes
     /// recordings again. Without it a spool whose writes failed would stay
     /// failed, since it refuses the sessions whose chunks would show it
-    /// works; and with room for less than a chunk or two, it would take
-    /// sessions only to end them again.
+    /// works; and with room for less than the chunks of a batch, it would
+    /// take sessions only to end them again.
     fn check(&self) {
         let Some((batches, failures, failed)) =
             self.shared.queue.lock().ok().and_then(|q| {
@@ -406,23 +413,40 @@ impl Spool {
         else {
             return;
         };
-        let found: u64 = self
-            .pending()
-            .iter()
-            .filter_map(|p| fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        if let Ok(q) = self.shared.queue.lock() {
-            if q.batches == batches && !q.busy {
-                self.shared
-                    .on_disk
-                    .store(found, std::sync::atomic::Ordering::SeqCst);
+        let forgotten = self
+            .shared
+            .forgotten
+            .load(std::sync::atomic::Ordering::SeqCst);
+        // A folder that cannot be read says nothing of what is in it; a
+        // file gone between the listing and its size was sent.
+        if let Ok(files) = self.pending_files() {
+            let found: u64 = files
+                .iter()
+                .filter_map(|p| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            if let Ok(q) = self.shared.queue.lock() {
+                // Kept only if no file was written or sent meanwhile,
+                // which would be counted twice or not at all.
+                let sent = self
+                    .shared
+                    .forgotten
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                if q.batches == batches && !q.busy && sent == forgotten {
+                    self.shared
+                        .on_disk
+                        .store(found, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         }
         self.settle();
         if !failed {
             return;
         }
+        // Writable at all (a file made, synced and removed), and room for
+        // all the queue may hold: measured, not written, since a probe
+        // that took the last free space could make the writer lose a
+        // batch of its own.
         let path = self.dir.join(".probe");
         let works = (|| {
             let mut f = fs::OpenOptions::new()
@@ -431,10 +455,20 @@ impl Spool {
                 .truncate(true)
                 .mode(0o600)
                 .open(&path)?;
-            f.write_all(&vec![0; PROBE_BYTES])?;
-            f.sync_all()
+            f.write_all(b"probe")?;
+            f.sync_all()?;
+            drop(f);
+            fs::remove_file(&path)?;
+            let st = nix::sys::statvfs::statvfs(&self.dir).map_err(std::io::Error::from)?;
+            let free = st.blocks_available().saturating_mul(st.fragment_size());
+            if free < ROOM_NEEDED {
+                return Err(std::io::Error::other(format!("{free} bytes free")));
+            }
+            Ok(())
         })();
-        let _ = fs::remove_file(&path);
+        if works.is_err() {
+            let _ = fs::remove_file(&path);
+        }
         if works.is_ok() {
             if let Ok(mut q) = self.shared.queue.lock() {
                 // A batch that failed meanwhile stands.
@@ -448,9 +482,12 @@ impl Spool {
 
     /// The spooled files, in sending order.
     fn pending(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
+        self.pending_files().unwrap_or_default()
+    }
+
+    /// [`Spool::pending`], or why the folder could not be read.
+    fn pending_files(&self) -> std::io::Result<Vec<PathBuf>> {
+        let entries = fs::read_dir(&self.dir)?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -462,7 +499,7 @@ impl Spool {
             })
             .collect();
         files.sort();
-        files
+        Ok(files)
     }
 }
 

@@ -516,6 +516,8 @@ struct RetiredIssuer {
 /// has expired. Called before the issuer is deleted, so a failure here
 /// leaves it in place.
 pub async fn retire_issuer(core: &Core, m: &Mount, issuer: &Issuer, now: i64) -> Result<()> {
+    // Records from before the expiry index get their entries first (once).
+    index_older_records(core).await?;
     // The latest expiry of any certificate in the inventory (the expiry
     // index's last key): no certificate of this issuer outlives it.
     let last = core

@@ -595,7 +595,7 @@ fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_
     let _target = key_account(&pam);
     // The spool on a small filesystem of its own.
     pam.stop_gateway();
-    let fs = gatepass_tests::tmpfs::Tmpfs::mount(&pam.admin.path().join("recording-spool"), "4m");
+    let fs = gatepass_tests::tmpfs::Tmpfs::mount(&pam.admin.path().join("recording-spool"), "32m");
     pam.start_gateway();
 
     // A session prints a line every 100 ms; the disk fills under it.

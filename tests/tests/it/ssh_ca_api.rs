@@ -734,6 +734,52 @@ async fn issuers_rotation_revocation_and_krl() {
     );
 }
 
+/// A CA retired with nothing of its own revoked: a certificate of it
+/// revoked afterwards is in the KRL, under that CA.
+#[tokio::test]
+async fn a_certificate_of_a_deleted_ca_revoked_afterwards_reaches_the_krl() {
+    let s = server().await;
+    let dir = s.dir.path();
+    let v = ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    let old_id = v["data"]["issuer_id"].as_str().unwrap().to_string();
+    role(
+        &s,
+        "r",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*"}),
+    )
+    .await;
+    let pk = user_key(dir, "k");
+    let v = ok(
+        &s,
+        "POST",
+        "ssh/sign/r",
+        json!({"public_key": pk, "valid_principals": "dave"}),
+    )
+    .await;
+    let serial = v["data"]["serial_number"].as_str().unwrap().to_string();
+    let cert = v["data"]["signed_key"].as_str().unwrap().to_string();
+    ok(
+        &s,
+        "POST",
+        "ssh/issuers/generate/next",
+        json!({"set_default": true}),
+    )
+    .await;
+    let (st, v) = s
+        .root("DELETE", &format!("ssh/issuer/{old_id}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    ok(&s, "POST", "ssh/revoke", json!({"serial_number": serial})).await;
+    let m = gatepass_server::mounts::get(&s.core, "ssh")
+        .await
+        .unwrap()
+        .unwrap();
+    let k = gatepass_server::ssh::certs::krl(&s.core, &m, s.core.clock.now())
+        .await
+        .unwrap();
+    assert!(krl_revokes(dir, &k, &cert), "{}", krl_listing(dir, &k));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocations_made_at_once_all_reach_the_krl() {
     let s = std::sync::Arc::new(server().await);
