@@ -449,15 +449,7 @@ impl Spool {
         // batch of its own.
         let path = self.dir.join(".probe");
         let works = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)?;
-            f.write_all(b"probe")?;
-            f.sync_all()?;
-            drop(f);
+            write_synced(&path, b"probe")?;
             fs::remove_file(&path)?;
             let st = nix::sys::statvfs::statvfs(&self.dir).map_err(std::io::Error::from)?;
             let free = st.blocks_available().saturating_mul(st.fragment_size());
@@ -600,6 +592,18 @@ fn write_batch(dir: &Path, batch: Vec<SpoolItem>) -> (u64, Result<(), String>) {
     }
 }
 
+/// `bytes` as the whole of a 0600 file, fsync'd.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// One spool file: a 0600 file, fsync'd, renamed into place; its size.
 fn write_file(dir: &Path, item: &SpoolItem) -> Result<u64, String> {
     let name = item.file_name();
@@ -607,17 +611,7 @@ fn write_file(dir: &Path, item: &SpoolItem) -> Result<u64, String> {
     let tmp = dir.join(format!(".{name}.tmp"));
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let text = serde_json::to_vec(item).map_err(|e| e.to_string())?;
-    let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    })();
+    let written = write_synced(&tmp, &text).and_then(|()| fs::rename(&tmp, &path));
     match written {
         Ok(()) => Ok(text.len() as u64),
         Err(e) => {
