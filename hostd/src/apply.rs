@@ -490,6 +490,10 @@ pub fn ensure_dirs(layout: &Layout) -> Result<(), FsError> {
 }
 
 /// The removal of every file gatepass wrote into the managed folder.
+/// The index of the desired state last written into gatepass's folder
+/// (noted before its files are written), in that folder.
+pub const FILES_INDEX: &str = ".index";
+
 pub fn removal_plan(layout: &Layout) -> Result<Vec<Change>, FsError> {
     let mut out = Vec::new();
     for dir in [layout.principals_dir(), layout.authorized_keys_dir()] {
@@ -498,7 +502,11 @@ pub fn removal_plan(layout: &Layout) -> Result<Vec<Change>, FsError> {
         }
     }
     for name in files::list_files(&layout.dir)? {
-        if name == "user_ca.pub" || name == "revoked.krl" || name.ends_with("-cert.pub") {
+        if name == "user_ca.pub"
+            || name == "revoked.krl"
+            || name == FILES_INDEX
+            || name.ends_with("-cert.pub")
+        {
             out.extend(Change::compute(
                 &layout.dir.join(name),
                 None,

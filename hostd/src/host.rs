@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use gatepass_api::hosts::HostState;
 
-use crate::apply::{self, Layout, Rendered};
+use crate::apply::{self, Layout, Rendered, FILES_INDEX};
 use crate::config::Paths;
 use crate::files::{self, Change};
 use crate::hostcerts::{self, CertInfo, HostKey};
@@ -56,10 +56,6 @@ pub struct Preview {
 
 /// The marker of a reload sshd is owed, in gatepass's folder.
 const RELOAD_PENDING: &str = ".reload-pending";
-
-/// The index of the desired state last written into gatepass's folder
-/// (noted before its files are written), in that folder.
-const FILES_INDEX: &str = ".index";
 
 impl Host {
     pub fn new(paths: &Paths) -> Host {
@@ -305,11 +301,6 @@ impl Host {
             None
         };
         let mut changes = if changed { plan.changes } else { Vec::new() };
-        if let Err(e) = std::fs::remove_file(self.layout.dir.join(FILES_INDEX)) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!("cannot remove {FILES_INDEX} from gatepass's folder: {e}");
-            }
-        }
         changes.extend(apply::remove_all(&self.layout)?);
         Ok((changes, reloaded))
     }

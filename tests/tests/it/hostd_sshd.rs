@@ -265,7 +265,15 @@ fn uninstall_dry_run_and_bad_state() {
         out.contains("50-gatepass.conf") && out.contains("-TrustedUserCAKeys"),
         "{out}"
     );
+    // Every file it would remove, gatepass's note of the state it wrote too.
+    for file in ["user_ca.pub", "revoked.krl", ".index"] {
+        assert!(
+            out.contains(&rig.managed(file).display().to_string()),
+            "{file}: {out}"
+        );
+    }
     assert!(rig.managed("user_ca.pub").exists());
+    assert!(rig.managed(".index").exists());
 }
 
 fn base64_encode(b: &[u8]) -> String {
