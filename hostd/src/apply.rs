@@ -104,6 +104,8 @@ impl Layout {
 pub enum ApplyError {
     #[error("bad state from the server: {0}")]
     BadState(String),
+    #[error("the host's own {0}")]
+    OwnFile(String),
     #[error(transparent)]
     Fs(#[from] FsError),
 }
@@ -125,6 +127,198 @@ pub struct Rendered {
     pub next_expiry: Option<i64>,
     /// The form of the keys' expiry times.
     pub form: TimeForm,
+    /// [`OwnFiles::digest`] of the host's own files merged in.
+    pub own_digest: Option<String>,
+}
+
+/// The largest own file hostd reads (sshd's own limit on a key line is
+/// 16 KiB; a revocation list of this size holds about 200,000 keys).
+const MAX_OWN_FILE: u64 = 16 << 20;
+
+/// One of the host's own files, as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnFile {
+    pub path: PathBuf,
+    /// None: the file does not exist.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl OwnFile {
+    /// Reads `path`; a missing file is read as such (the caller says what
+    /// that means), one that cannot be read is an error.
+    pub fn read(path: &Path) -> Result<OwnFile, ApplyError> {
+        use std::io::Read;
+        let fail = |e: std::io::Error| {
+            ApplyError::OwnFile(format!("file {} cannot be read: {e}", path.display()))
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(OwnFile {
+                    path: path.to_path_buf(),
+                    bytes: None,
+                })
+            }
+            Err(e) => return Err(fail(e)),
+        };
+        let mut bytes = Vec::new();
+        file.take(MAX_OWN_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(fail)?;
+        if bytes.len() as u64 > MAX_OWN_FILE {
+            return Err(ApplyError::OwnFile(format!(
+                "file {} is larger than {} MiB",
+                path.display(),
+                MAX_OWN_FILE >> 20
+            )));
+        }
+        Ok(OwnFile {
+            path: path.to_path_buf(),
+            bytes: Some(bytes),
+        })
+    }
+
+    /// The public keys of a text file of keys (`TrustedUserCAKeys`, or a
+    /// `RevokedKeys` file that is not a KRL), one per line, `#` comments
+    /// and blank lines skipped, as sshd reads it; a certificate's line
+    /// stands for its key. A line that is not a key fails, naming it: sshd
+    /// fails on it too (and for a `RevokedKeys` file then refuses every
+    /// key), so hostd merges nothing of such a file and applies nothing
+    /// until it is fixed, keeping the files in place.
+    fn keys(&self, what: &str) -> Result<Vec<ssh_key::PublicKey>, ApplyError> {
+        let text = String::from_utf8_lossy(self.bytes.as_deref().unwrap_or_default());
+        let mut out = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = ssh_key::PublicKey::from_openssh(line).or_else(|_| {
+                ssh_key::Certificate::from_openssh(line)
+                    .map(|c| ssh_key::PublicKey::new(c.public_key().clone(), ""))
+            });
+            match key {
+                Ok(k) => out.push(k),
+                Err(e) => {
+                    return Err(ApplyError::OwnFile(format!(
+                        "{what} file {}, line {}: not a public key ({e}); sshd cannot read \
+                         the file either: fix or remove the line",
+                        self.path.display(),
+                        i + 1
+                    )))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The host's own `TrustedUserCAKeys` and `RevokedKeys` files, which
+/// gatepass's lines replace in sshd's config (`config::Paths`): their keys
+/// are merged into user_ca.pub and revoked.krl, so that what the host
+/// trusted and revoked before gatepass stays so.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnFiles {
+    pub user_ca_keys: Option<OwnFile>,
+    pub revoked_keys: Option<OwnFile>,
+}
+
+impl OwnFiles {
+    pub fn read(
+        user_ca_keys: Option<&Path>,
+        revoked_keys: Option<&Path>,
+    ) -> Result<OwnFiles, ApplyError> {
+        Ok(OwnFiles {
+            user_ca_keys: user_ca_keys.map(OwnFile::read).transpose()?,
+            revoked_keys: revoked_keys.map(OwnFile::read).transpose()?,
+        })
+    }
+
+    /// A digest of what was read (paths and contents): when it differs
+    /// from the one of the last apply, a change of gatepass's two files is
+    /// the host's own doing, not drift. None when there are no own files.
+    pub fn digest(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        if self.user_ca_keys.is_none() && self.revoked_keys.is_none() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        for f in [&self.user_ca_keys, &self.revoked_keys] {
+            match f {
+                None => h.update([0]),
+                Some(f) => {
+                    h.update([1]);
+                    let path = f.path.as_os_str().as_encoded_bytes();
+                    h.update((path.len() as u64).to_be_bytes());
+                    h.update(path);
+                    match &f.bytes {
+                        None => h.update([0]),
+                        Some(b) => {
+                            h.update([1]);
+                            h.update((b.len() as u64).to_be_bytes());
+                            h.update(b);
+                        }
+                    }
+                }
+            }
+        }
+        Some(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Adds the host's own CA keys to `r.user_ca` (after the server's,
+    /// each key once).
+    fn merge_user_ca(&self, r: &mut Rendered) -> Result<(), ApplyError> {
+        let Some(own) = &self.user_ca_keys else {
+            return Ok(());
+        };
+        let mut seen: BTreeSet<String> = r.user_ca.lines().map(String::from).collect();
+        for key in own.keys("TrustedUserCAKeys")? {
+            let line = openssh_line(&key)?;
+            if seen.insert(line.clone()) {
+                r.user_ca.push_str(&line);
+                r.user_ca.push('\n');
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the host's own revocations to `r.krl`: a KRL's sections, or a
+    /// text file's keys. A KRL that cannot be read fails the apply (the
+    /// files in place stay), as the server's would: leaving it out would
+    /// let in what it revokes.
+    fn merge_krl(&self, r: &mut Rendered) -> Result<(), ApplyError> {
+        let Some(own) = &self.revoked_keys else {
+            return Ok(());
+        };
+        // sshd refuses every key while its RevokedKeys file is missing, so
+        // a missing one is not taken for an empty one (under hostd's unit,
+        // a file below /home or /root is missing too: ProtectHome).
+        let Some(bytes) = &own.bytes else {
+            return Err(ApplyError::OwnFile(format!(
+                "RevokedKeys file {} is missing (sshd would refuse every key with it): \
+                 create it (it may be empty) or take paths.host_revoked_keys out of hostd's config",
+                own.path.display()
+            )));
+        };
+        let merged = if bytes.starts_with(gatepass_krl::KRL_MAGIC) {
+            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Krl(bytes))
+        } else {
+            let mut blobs = Vec::new();
+            for key in own.keys("RevokedKeys")? {
+                blobs.push(key.to_bytes().map_err(|e| {
+                    ApplyError::OwnFile(format!("revoked key cannot be encoded: {e}"))
+                })?);
+            }
+            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Keys(&blobs))
+        };
+        r.krl = merged.map_err(|e| {
+            ApplyError::OwnFile(format!(
+                "RevokedKeys file {} cannot be merged: {e}",
+                own.path.display()
+            ))
+        })?;
+        Ok(())
+    }
 }
 
 /// Checks and formats a state. Bad entries (a user name, principal, key or
@@ -132,8 +326,20 @@ pub struct Rendered {
 /// `rejected`; a bad CA key or KRL rejects the whole state, since applying
 /// half of it could lock everybody out or let revoked keys in.
 pub fn render(state: &HostState, now: i64, form: TimeForm) -> Result<Rendered, ApplyError> {
+    render_with(state, now, form, &OwnFiles::default())
+}
+
+/// [`render`], with the host's own files merged into the CA keys and the
+/// KRL.
+pub fn render_with(
+    state: &HostState,
+    now: i64,
+    form: TimeForm,
+    own: &OwnFiles,
+) -> Result<Rendered, ApplyError> {
     let mut r = Rendered {
         form,
+        own_digest: own.digest(),
         ..Rendered::default()
     };
     for line in state.user_ca_keys.lines().map(str::trim) {
@@ -158,6 +364,8 @@ pub fn render(state: &HostState, now: i64, form: TimeForm) -> Result<Rendered, A
             .map_err(|e| ApplyError::BadState(format!("the KRL cannot be read: {e}")))?;
         krl
     };
+    own.merge_user_ca(&mut r)?;
+    own.merge_krl(&mut r)?;
     if let Some(map) = &state.principals {
         let mut files = BTreeMap::new();
         for (user, principals) in map {
@@ -766,6 +974,99 @@ mod tests {
             ..Default::default()
         };
         assert!(render(&s, 0, TimeForm::Utc).is_err());
+    }
+
+    /// The host's own files in `dir`: `ca` as its TrustedUserCAKeys and
+    /// `revoked` as its RevokedKeys (None: no such file).
+    fn own(dir: &Path, ca: Option<&[u8]>, revoked: Option<&[u8]>) -> OwnFiles {
+        let (ca_path, revoked_path) = (dir.join("ca.pub"), dir.join("revoked"));
+        for (p, b) in [(&ca_path, ca), (&revoked_path, revoked)] {
+            let _ = std::fs::remove_file(p);
+            if let Some(b) = b {
+                std::fs::write(p, b).unwrap();
+            }
+        }
+        OwnFiles::read(Some(&ca_path), Some(&revoked_path)).unwrap()
+    }
+
+    #[test]
+    fn the_hosts_own_files_are_merged_and_a_line_sshd_cannot_read_fails() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE6UKKpDN5zr5Blb1uUhH6XDr6XlaOR1VBhLMpUSH7FS other";
+        let state = HostState {
+            user_ca_keys: format!("{KEY}\n"),
+            ..Default::default()
+        };
+        let plain = render(&state, 0, TimeForm::Utc).unwrap();
+        assert_eq!(plain.own_digest, None);
+
+        // CA keys: the server's first, then the host's, each once.
+        let ca_text = format!("# the host's CAs\n{KEY} dup\n\n{other}\n");
+        let files = own(d, Some(ca_text.as_bytes()), Some(b"# nothing revoked\n"));
+        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        let key_only = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        assert_eq!(
+            r.user_ca,
+            format!("{}\n{}\n", key_only(KEY), key_only(other))
+        );
+        assert_eq!(r.krl, EMPTY_KRL.to_vec(), "an empty list adds no section");
+        assert!(r.own_digest.is_some());
+
+        // A text list of keys becomes an explicit-keys section.
+        let files = own(d, None, Some(format!("{other}\n").as_bytes()));
+        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        let parsed = gatepass_krl::parse(&r.krl).unwrap();
+        let other_key = ssh_key::PublicKey::from_openssh(other).unwrap();
+        assert!(parsed.revokes_key(other_key.key_data()));
+        assert!(!parsed.revokes_key(ssh_key::PublicKey::from_openssh(KEY).unwrap().key_data()));
+        assert_eq!(
+            r.user_ca,
+            format!("{}\n", key_only(KEY)),
+            "a missing CA file adds nothing"
+        );
+
+        // A KRL's sections follow the server's.
+        let files = own(d, None, Some(&r.krl));
+        let again = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        assert!(gatepass_krl::parse(&again.krl)
+            .unwrap()
+            .revokes_key(other_key.key_data()));
+        assert_ne!(
+            again.own_digest, r.own_digest,
+            "the digest follows the contents"
+        );
+
+        // A line that is not a key, or a KRL sshd cannot load: the apply
+        // fails and says where.
+        for (ca, revoked, says) in [
+            (
+                Some(&b"garbage\n"[..]),
+                None,
+                "ca.pub, line 1: not a public key",
+            ),
+            (
+                None,
+                Some(&b"# one\ngarbage\n"[..]),
+                "revoked, line 2: not a public key",
+            ),
+            (None, Some(&EMPTY_KRL[..43]), "cannot be merged"),
+        ] {
+            let files = own(d, ca, revoked);
+            match render_with(&state, 0, TimeForm::Utc, &files) {
+                Err(e @ ApplyError::OwnFile(_)) => {
+                    assert!(e.to_string().contains(says), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+
+        // A missing revocation list fails too: sshd would refuse every key.
+        let files = own(d, None, None);
+        match render_with(&state, 0, TimeForm::Utc, &files) {
+            Err(e @ ApplyError::OwnFile(_)) => assert!(e.to_string().contains("is missing"), "{e}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -82,6 +82,19 @@ pub struct Paths {
     /// gatepass-helper) on its open connections to the server; `""`: not
     /// at all.
     pub login_socket: PathBuf,
+    /// The host's own `TrustedUserCAKeys` file, which gatepass's line
+    /// replaces in sshd's config: its CA keys are added to gatepass's
+    /// user_ca.pub, so the host keeps trusting them. `setup` sets it from
+    /// sshd's config at enrollment; a change to the file reaches sshd at
+    /// the next check (`sync.recheck_seconds`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_user_ca_keys: Option<PathBuf>,
+    /// The host's own `RevokedKeys` file (a KRL or a text file of public
+    /// keys), which gatepass's line replaces in sshd's config: what it
+    /// revokes is added to gatepass's revoked.krl, so it stays revoked.
+    /// Set by `setup` and followed as `host_user_ca_keys` is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_revoked_keys: Option<PathBuf>,
 }
 
 impl Default for Paths {
@@ -94,6 +107,8 @@ impl Default for Paths {
             state_dir: "/var/lib/gatepass-hostd".into(),
             reload_command: None,
             login_socket: crate::login::DEFAULT_SOCKET.into(),
+            host_user_ca_keys: None,
+            host_revoked_keys: None,
         }
     }
 }

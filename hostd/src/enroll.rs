@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use gatepass_api::hosts::{Ack, EnrollRequest, HostState};
 
+use crate::apply::Layout;
 use crate::clock;
 use crate::config::{Config, Paths, SyncSettings};
 use crate::files::{self, Change};
 use crate::host::{Host, Outcome, Preview};
 use crate::hostcerts;
 use crate::remote;
+use crate::sshd::Effective;
 use crate::state::LocalState;
 use crate::sync;
 use crate::Error;
@@ -129,6 +131,60 @@ pub fn enrolled(config_path: &Path) -> Result<Option<Config>, Error> {
     Ok(cfg.token_file.exists().then_some(cfg))
 }
 
+/// Notes in `paths` the host's own `TrustedUserCAKeys` and `RevokedKeys`
+/// files as sshd reads them now (`eff`, its `sshd -T`), which gatepass's
+/// lines are about to replace, so that hostd merges them into its own
+/// files: the host keeps trusting its CAs, and what it revoked stays
+/// revoked. Once gatepass's lines are in place sshd reads gatepass's files,
+/// and the paths noted earlier stay. Returns what to tell the admin.
+pub fn adopt_own_files(paths: &mut Paths, eff: &Effective) -> Vec<String> {
+    let layout = Layout::new(&paths.managed_dir);
+    let mut notes = Vec::new();
+    for (keyword, ours, slot, what) in [
+        (
+            "TrustedUserCAKeys",
+            layout.user_ca(),
+            &mut paths.host_user_ca_keys,
+            "its CA keys are added to",
+        ),
+        (
+            "RevokedKeys",
+            layout.krl(),
+            &mut paths.host_revoked_keys,
+            "what it revokes is added to",
+        ),
+    ] {
+        let Some(value) = eff.get(&keyword.to_ascii_lowercase()) else {
+            continue;
+        };
+        if value.eq_ignore_ascii_case("none") || Path::new(value) == ours {
+            continue;
+        }
+        if !value.starts_with('/') || value.contains('%') {
+            notes.push(format!(
+                "sshd's {keyword} {value} is replaced by gatepass's and not merged into it: \
+                 only a file named by an absolute path without %-tokens can be"
+            ));
+            continue;
+        }
+        if slot.as_deref() == Some(Path::new(value)) {
+            continue;
+        }
+        *slot = Some(PathBuf::from(value));
+        notes.push(format!(
+            "the host's own {keyword} file {value}: {what} gatepass's {} (hostd reads it again \
+             at every check; config: paths.host_{})",
+            ours.display(),
+            if keyword == "RevokedKeys" {
+                "revoked_keys"
+            } else {
+                "user_ca_keys"
+            }
+        ));
+    }
+    notes
+}
+
 pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
     let mut report = SetupReport::default();
     let (cfg, token) = match enrolled(&opts.config_path)? {
@@ -136,6 +192,8 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
             report.host_id = cfg.host_id.clone();
             let before = cfg.clone();
             opts.paths.apply(&mut cfg.paths);
+            let eff = Host::new(&cfg.paths).effective()?;
+            report.notes.extend(adopt_own_files(&mut cfg.paths, &eff));
             if cfg != before {
                 let c = Change::compute(
                     &opts.config_path,
@@ -245,6 +303,7 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
     let host = Host::new(&paths);
     // sshd must accept its config before anything else happens.
     let eff = host.effective()?;
+    report.notes.extend(adopt_own_files(&mut paths, &eff));
     let keys = host.host_keys(&eff);
     let mut addresses = local_addresses(opts.include_loopback);
     for a in &opts.addresses {

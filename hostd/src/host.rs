@@ -28,6 +28,10 @@ pub struct Host {
     pub reload: Reload,
     /// How this sshd reads the times of dynamic keys (by its version).
     pub time_form: apply::TimeForm,
+    /// The host's own `TrustedUserCAKeys` and `RevokedKeys` files, merged
+    /// into gatepass's (see `config::Paths`).
+    pub own_user_ca_keys: Option<PathBuf>,
+    pub own_revoked_keys: Option<PathBuf>,
 }
 
 /// What one convergence did.
@@ -71,7 +75,27 @@ impl Host {
             sshd_paths,
             reload: Reload::from_config(paths.reload_command.as_deref()),
             time_form,
+            own_user_ca_keys: paths.host_user_ca_keys.clone(),
+            own_revoked_keys: paths.host_revoked_keys.clone(),
         }
+    }
+
+    /// The host's own files, read now.
+    fn own_files(&self) -> Result<apply::OwnFiles, Error> {
+        Ok(apply::OwnFiles::read(
+            self.own_user_ca_keys.as_deref(),
+            self.own_revoked_keys.as_deref(),
+        )?)
+    }
+
+    /// `state` rendered at `now` in `form`, with the host's own files.
+    fn render(
+        &self,
+        state: &HostState,
+        now: i64,
+        form: apply::TimeForm,
+    ) -> Result<Rendered, Error> {
+        Ok(apply::render_with(state, now, form, &self.own_files()?)?)
     }
 
     pub fn sshd(&self) -> Sshd {
@@ -121,7 +145,7 @@ impl Host {
     /// What [`Host::converge`] would change; `sign` says whether host
     /// certificates would be requested.
     pub fn preview(&self, state: &HostState, now: i64, sign: bool) -> Result<Preview, Error> {
-        let rendered = apply::render(state, now, self.time_form)?;
+        let rendered = self.render(state, now, self.time_form)?;
         let changes = apply::plan(&self.layout, &rendered)?;
         let eff = self.effective()?;
         let keys = self.host_keys(&eff);
@@ -148,17 +172,23 @@ impl Host {
     /// someone else since. Rendering at the time of that apply (not now)
     /// keeps keys that merely expired since from counting as drift, and
     /// rendering in the time form of that apply (`form`) keeps a change of
-    /// sshd's version from it.
+    /// sshd's version from it. When the host's own files changed since
+    /// (`own_digest` is that apply's), the CA keys and the KRL that merge
+    /// them are the host's change, not drift.
     pub fn drifted(
         &self,
         state: &HostState,
         applied_at: i64,
         form: apply::TimeForm,
+        own_digest: Option<&str>,
     ) -> Result<Vec<PathBuf>, Error> {
-        let rendered = apply::render(state, applied_at, form)?;
+        let rendered = self.render(state, applied_at, form)?;
+        let own_changed = rendered.own_digest.as_deref() != own_digest;
+        let merged = [self.layout.user_ca(), self.layout.krl()];
         let mut paths: Vec<PathBuf> = apply::plan(&self.layout, &rendered)?
             .into_iter()
             .map(|c| c.path)
+            .filter(|p| !(own_changed && merged.contains(p)))
             .collect();
         let eff = self.effective()?;
         let keys = self.host_keys(&eff);
@@ -177,7 +207,7 @@ impl Host {
         now: i64,
         new_certs: &[NewCert],
     ) -> Result<Outcome, Error> {
-        let rendered = apply::render(state, now, self.time_form)?;
+        let rendered = self.render(state, now, self.time_form)?;
         apply::ensure_dirs(&self.layout)?;
         self.note_files_index(state.index);
         let mut out = Outcome {

@@ -32,7 +32,10 @@ use gatepass_hostd::{clock, login, remote, sync};
         Match (the one edit of sshd_config itself; the service later writes only the managed folder \
         and the drop-in folder). \
         A line of sshd_config that would override gatepass's is commented out with the marker \
-        `#gatepass-hostd-disabled# ` and restored by `uninstall`. Every change is checked with \
+        `#gatepass-hostd-disabled# ` and restored by `uninstall`. The host's own TrustedUserCAKeys \
+        and RevokedKeys files, which gatepass's lines replace, are noted by `setup` \
+        (paths.host_user_ca_keys, paths.host_revoked_keys) and merged into user_ca.pub and \
+        revoked.krl at every apply, so they stay in force. Every change is checked with \
         `sshd -t` and rolled back if sshd rejects it; sshd is reloaded only when its config or a \
         host certificate changed."
 )]

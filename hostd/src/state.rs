@@ -34,6 +34,9 @@ pub struct LocalState {
     /// The form of the expiry times in the files of that apply. Missing in
     /// a state saved by a hostd that wrote only UTC, whose form it is.
     pub time_form: apply::TimeForm,
+    /// The digest of the host's own files merged into that apply
+    /// (`apply::OwnFiles::digest`).
+    pub own_digest: Option<String>,
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {

@@ -74,6 +74,7 @@ pub fn record(
     local.notes = out.notes.clone();
     local.host_certs = out.host_certs.clone();
     local.time_form = out.rendered.form;
+    local.own_digest = out.rendered.own_digest.clone();
 }
 
 /// Logs what a convergence did.
@@ -137,7 +138,7 @@ fn drift_before(host: &Host, local: &LocalState) -> Vec<PathBuf> {
     let (Some(applied), Some(at)) = (&local.desired, local.last_apply) else {
         return Vec::new();
     };
-    host.drifted(applied, at, local.time_form)
+    host.drifted(applied, at, local.time_form, local.own_digest.as_deref())
         .unwrap_or_else(|e| {
             // The apply that follows reports the same failure, if it lasts.
             tracing::warn!("cannot check the files for drift: {e}");

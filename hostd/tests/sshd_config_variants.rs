@@ -59,6 +59,8 @@ impl Fx {
             state_dir: dir.join("state"),
             reload_command: Some(format!("echo reload >> {}/reloads", dir.display())),
             login_socket: "".into(),
+            host_user_ca_keys: None,
+            host_revoked_keys: None,
         };
         Fx {
             _tmp: tmp,

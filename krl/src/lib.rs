@@ -257,6 +257,62 @@ pub fn parse(bytes: &[u8]) -> Result<ParsedKrl> {
     Ok(krl)
 }
 
+/// `extra` appended to the KRL `base`, as one KRL that revokes what either
+/// does: `extra` is another KRL, whose sections follow those of `base`
+/// (OpenSSH merges sections naming the same CA), or plain public key
+/// blobs, which become one explicit-keys section (revoked as a text
+/// `RevokedKeys` file revokes them: the key, its certificates, and the
+/// certificates it signed as a CA). `base` keeps its header. Both KRLs
+/// must [`parse`], and so does the result.
+pub fn merge(base: &[u8], extra: &Extra<'_>) -> Result<Vec<u8>> {
+    parse(base)?;
+    let mut out = base.to_vec();
+    match extra {
+        Extra::Krl(other) => {
+            parse(other)?;
+            out.extend_from_slice(sections(other)?);
+        }
+        Extra::Keys([]) => {}
+        Extra::Keys(blobs) => {
+            let mut data = Vec::new();
+            for b in *blobs {
+                put_string(&mut data, b)?;
+            }
+            out.push(SECTION_EXPLICIT_KEY);
+            put_string(&mut out, &data)?;
+        }
+    }
+    parse(&out)?;
+    Ok(out)
+}
+
+/// What [`merge`] adds to a KRL.
+#[derive(Clone, Copy, Debug)]
+pub enum Extra<'a> {
+    /// Another KRL, whole.
+    Krl(&'a [u8]),
+    /// Public key blobs (SSH wire encoding).
+    Keys(&'a [Vec<u8>]),
+}
+
+/// The sections of a KRL: what follows its header.
+fn sections(bytes: &[u8]) -> Result<&[u8]> {
+    let mut r = Reader::new(bytes);
+    r.take(KRL_MAGIC.len())?;
+    r.u32()?;
+    r.take(24)?; // krl_version, generated_date, flags
+    r.string()?; // reserved
+    r.string()?; // comment
+    Ok(r.buf)
+}
+
+fn put_string(out: &mut Vec<u8>, data: &[u8]) -> Result<()> {
+    let len = u32::try_from(data.len()).map_err(|_| invalid("KRL section too large"))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(data);
+    Ok(())
+}
+
 /// One certificates section, merged into the entry for its CA.
 fn parse_cert_section(s: &mut Reader<'_>, certs: &mut Vec<ParsedCaRevocations>) -> Result<()> {
     let ca_blob = s.string()?;
@@ -657,5 +713,76 @@ mod tests {
         assert!(parsed.revokes_key(hashed.key_data()));
         assert!(parsed.revokes_key(key.key_data()));
         assert!(!parsed.revokes_key(ca.key_data()));
+    }
+
+    /// What `ssh-keygen -Q` (OpenSSH's own reader) says of `key` in `krl`:
+    /// revoked or not.
+    fn ssh_keygen_revokes(dir: &Path, krl: &[u8], key: &str) -> bool {
+        std::fs::write(dir.join("check.krl"), krl).unwrap();
+        let out = Command::new("ssh-keygen")
+            .arg("-Qf")
+            .arg(dir.join("check.krl"))
+            .arg(dir.join(format!("{key}.pub")))
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(said.contains(": ok") || said.contains("REVOKED"), "{out:?}");
+        !out.status.success()
+    }
+
+    #[test]
+    fn a_merged_krl_revokes_what_either_part_revokes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ca = keygen(d, "ca");
+        let by_server = keygen(d, "by_server");
+        let by_host_krl = keygen(d, "by_host_krl");
+        let by_host_text = keygen(d, "by_host_text");
+        keygen(d, "innocent");
+        let krl_of = |name: &str, spec: String| {
+            std::fs::write(d.join("spec"), spec).unwrap();
+            let out = Command::new("ssh-keygen")
+                .args(["-k", "-f"])
+                .arg(d.join(name))
+                .arg("-s")
+                .arg(d.join("ca.pub"))
+                .arg(d.join("spec"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            std::fs::read(d.join(name)).unwrap()
+        };
+        let server = krl_of(
+            "server.krl",
+            format!("serial: 5\nkey: {}\n", by_server.to_openssh().unwrap()),
+        );
+        let host = krl_of(
+            "host.krl",
+            format!("serial: 9\nkey: {}\n", by_host_krl.to_openssh().unwrap()),
+        );
+
+        let merged = merge(&server, &Extra::Krl(&host)).unwrap();
+        let parsed = parse(&merged).unwrap();
+        assert_eq!(parsed.version, parse(&server).unwrap().version);
+        assert_eq!(parsed.certs.len(), 1, "one CA, its sections merged");
+        assert_eq!(parsed.certs[0].ca_key, Some(ca.to_bytes().unwrap()));
+        assert_eq!(parsed.certs[0].serials, vec![5, 9]);
+        assert!(ssh_keygen_revokes(d, &merged, "by_server"));
+        assert!(ssh_keygen_revokes(d, &merged, "by_host_krl"));
+        assert!(!ssh_keygen_revokes(d, &merged, "innocent"));
+
+        let blobs = vec![by_host_text.to_bytes().unwrap()];
+        let merged = merge(&merged, &Extra::Keys(&blobs)).unwrap();
+        assert!(ssh_keygen_revokes(d, &merged, "by_server"));
+        assert!(ssh_keygen_revokes(d, &merged, "by_host_krl"));
+        assert!(ssh_keygen_revokes(d, &merged, "by_host_text"));
+        assert!(!ssh_keygen_revokes(d, &merged, "innocent"));
+        assert_eq!(merge(&server, &Extra::Keys(&[])).unwrap(), server);
+
+        // Neither part may be one OpenSSH would refuse to load.
+        let mut broken = host.clone();
+        broken.push(SECTION_EXPLICIT_KEY);
+        assert!(merge(&server, &Extra::Krl(&broken)).is_err());
+        assert!(merge(&broken, &Extra::Keys(&blobs)).is_err());
     }
 }

@@ -60,12 +60,21 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
+        Rig::start_with(|_| Vec::new())
+    }
+
+    /// A rig whose sshd config has, after the drop-in folder's Include,
+    /// the lines `extra` gives for the sshd's folder (made before they are
+    /// asked for).
+    fn start_with(extra: impl FnOnce(&Path) -> Vec<String>) -> Rig {
         let mut sshd = Sshd::new(SshdOptions::default());
         let dropins = sshd.dir.join("sshd_config.d");
         std::fs::create_dir(&dropins).unwrap();
         sshd.options
             .extra_config
             .push(format!("Include {}/*.conf", dropins.display()));
+        let lines = extra(&sshd.dir);
+        sshd.options.extra_config.extend(lines);
         sshd.launch();
         let tmp = tempfile::tempdir().unwrap();
         let config = tmp.path().join("etc/hostd.toml");
@@ -790,6 +799,140 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
         .filter(|e| e["request"]["data"]["drift"].is_array())
         .count();
     assert!(acks_with_drift >= 1);
+}
+
+/// The host trusted a CA of its own and revoked keys of its own before
+/// gatepass: after setup, gatepass's lines replace those two settings, and
+/// hostd merges the host's files into its own, so that both stay in force,
+/// and a later change of the host's revocations reaches sshd at the next
+/// check without being reported as drift.
+#[test]
+fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    api.write(
+        "ssh/roles/u",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "root", "ttl": "10m"}),
+    );
+    let join = api.write("hosts/join-tokens", json!({"ttl": "10m"}))["data"]["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own = std::cell::RefCell::new(PathBuf::new());
+    let rig = Rig::start_with(|dir| {
+        let d = dir.join("own");
+        std::fs::create_dir(&d).unwrap();
+        let ca = keygen(&d, "own_ca", "ed25519", None);
+        std::fs::write(d.join("revoked_keys"), "# keys this host refuses\n").unwrap();
+        *own.borrow_mut() = d.clone();
+        vec![
+            format!("TrustedUserCAKeys {}", pub_path(&ca).display()),
+            format!("RevokedKeys {}", d.join("revoked_keys").display()),
+        ]
+    });
+    let own = own.into_inner();
+    let revoked_keys = own.join("revoked_keys");
+    // alice holds a certificate of the host's own CA; mallory and bob hold
+    // gatepass's, and the host's own list revokes mallory's key.
+    let alice = keygen(&own, "alice", "ed25519", None);
+    let signed = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(own.join("own_ca"))
+        .args(["-I", "alice", "-n", "root"])
+        .arg(pub_path(&alice))
+        .output()
+        .unwrap();
+    assert!(signed.status.success(), "{signed:?}");
+    let alice_cert = own.join("alice-cert.pub");
+    let gatepass_cert = |name: &str| {
+        let key = keygen(&own, name, "ed25519", None);
+        let v = api.write(
+            "ssh/sign/u",
+            json!({"public_key": std::fs::read_to_string(pub_path(&key)).unwrap(), "valid_principals": "root"}),
+        );
+        let cert = own.join(format!("{name}-cert.pub"));
+        std::fs::write(&cert, v["data"]["signed_key"].as_str().unwrap()).unwrap();
+        (key, cert)
+    };
+    let (mallory, mallory_cert) = gatepass_cert("mallory");
+    let (bob, bob_cert) = gatepass_cert("bob");
+    let mut list = std::fs::read_to_string(&revoked_keys).unwrap();
+    list.push_str(&std::fs::read_to_string(pub_path(&mallory)).unwrap());
+    std::fs::write(&revoked_keys, &list).unwrap();
+    assert!(rig.login(&alice, Some(&alice_cert)), "{}", rig.sshd.log());
+
+    let (st, out, err) = rig.setup(&server, &join, &[]);
+    assert_eq!(st, 0, "{out}{err}");
+    for (keyword, file) in [
+        ("TrustedUserCAKeys", pub_path(&own.join("own_ca"))),
+        ("RevokedKeys", revoked_keys.clone()),
+    ] {
+        assert!(
+            out.contains(&format!("the host's own {keyword} file {}", file.display())),
+            "{out}"
+        );
+    }
+    let config = std::fs::read_to_string(&rig.config).unwrap();
+    assert!(
+        config.contains(&format!(
+            "host_revoked_keys = \"{}\"",
+            revoked_keys.display()
+        )),
+        "{config}"
+    );
+    // sshd now reads gatepass's files, which hold the host's own as well.
+    let within = Duration::from_secs(10);
+    rig.login_becomes(&bob, Some(&bob_cert), true, within);
+    assert!(
+        rig.login(&alice, Some(&alice_cert)),
+        "the host's own CA is still trusted"
+    );
+    assert!(
+        !rig.login(&mallory, Some(&mallory_cert)),
+        "a key the host revoked stays revoked, whoever signed its certificate"
+    );
+
+    // The host revokes bob's key too while hostd runs: sshd refuses it
+    // after the next check, and that is the host's change, not drift.
+    let text = std::fs::read_to_string(&rig.config).unwrap();
+    std::fs::write(
+        &rig.config,
+        text.replace("recheck_seconds = 60", "recheck_seconds = 1"),
+    )
+    .unwrap();
+    let daemon = rig.run("info", "hostd.log");
+    list.push_str(&std::fs::read_to_string(pub_path(&bob)).unwrap());
+    std::fs::write(&revoked_keys, &list).unwrap();
+    rig.login_becomes(&bob, Some(&bob_cert), false, within);
+    assert!(rig.login(&alice, Some(&alice_cert)));
+    let host = format!("hosts/{}", host_id_of(&rig.config));
+    assert!(api.read(&host).get("drift").is_none(), "{}", daemon.log());
+    assert!(!daemon.log().contains("repaired"), "{}", daemon.log());
+
+    // A line sshd could not read (it would refuse every key): hostd says
+    // which, and keeps the files as they are until it is fixed.
+    let krl = std::fs::read(rig.managed("revoked.krl")).unwrap();
+    std::fs::write(&revoked_keys, format!("{list}not a key at all\n")).unwrap();
+    let said = "line 4: not a public key";
+    let deadline = Instant::now() + within;
+    while !daemon.log().contains(said) {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read(rig.managed("revoked.krl")).unwrap(), krl);
+    assert!(!rig.login(&bob, Some(&bob_cert)));
+    assert!(rig.login(&alice, Some(&alice_cert)));
+
+    // Uninstall gives sshd the host's own lines back.
+    drop(daemon);
+    std::fs::write(&revoked_keys, &list).unwrap();
+    let (st, out, err) = run(&mut rig.hostd_cmd(&["uninstall"]));
+    assert_eq!(st, 0, "{out}{err}");
+    rig.login_becomes(&alice, Some(&alice_cert), true, within);
 }
 
 /// sshd's version changes under hostd (here to one before OpenSSH 9.1,
