@@ -135,78 +135,112 @@ pub struct Rendered {
 /// 16 KiB; a revocation list of this size holds about 200,000 keys).
 const MAX_OWN_FILE: u64 = 16 << 20;
 
-/// One of the host's own files, as read.
+/// Which of the host's own files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnKind {
+    UserCaKeys,
+    RevokedKeys,
+}
+
+impl OwnKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            OwnKind::UserCaKeys => "TrustedUserCAKeys",
+            OwnKind::RevokedKeys => "RevokedKeys",
+        }
+    }
+
+    /// Its key under `[paths]` in hostd's config, which is also the name of
+    /// hostd's copy of the last version it could read (in its state folder).
+    pub fn config_key(self) -> &'static str {
+        match self {
+            OwnKind::UserCaKeys => "host_user_ca_keys",
+            OwnKind::RevokedKeys => "host_revoked_keys",
+        }
+    }
+}
+
+/// One of the host's own files, read and checked as sshd reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnFile {
+    pub kind: OwnKind,
     pub path: PathBuf,
-    /// None: the file does not exist.
-    pub bytes: Option<Vec<u8>>,
+    /// What it holds (nothing for a missing `TrustedUserCAKeys` file,
+    /// which sshd reads as trusting no CA).
+    pub bytes: Vec<u8>,
 }
 
 impl OwnFile {
-    /// Reads `path`; a missing file is read as such (the caller says what
-    /// that means), one that cannot be read is an error.
-    pub fn read(path: &Path) -> Result<OwnFile, ApplyError> {
+    /// Reads `path` and checks it as sshd would read a file of `kind`;
+    /// the error says what sshd could not read. A missing `RevokedKeys`
+    /// file is such an error: sshd refuses every key while it is missing.
+    pub fn read(kind: OwnKind, path: &Path) -> Result<OwnFile, String> {
         use std::io::Read;
-        let fail = |e: std::io::Error| {
-            ApplyError::OwnFile(format!("file {} cannot be read: {e}", path.display()))
-        };
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(OwnFile {
-                    path: path.to_path_buf(),
-                    bytes: None,
-                })
+        let bytes = match std::fs::File::open(path) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(MAX_OWN_FILE + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("cannot be read: {e}"))?;
+                if bytes.len() as u64 > MAX_OWN_FILE {
+                    return Err(format!("is larger than {} MiB", MAX_OWN_FILE >> 20));
+                }
+                bytes
             }
-            Err(e) => return Err(fail(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match kind {
+                OwnKind::UserCaKeys => Vec::new(),
+                OwnKind::RevokedKeys => {
+                    return Err("is missing (sshd refuses every key while it is)".into())
+                }
+            },
+            Err(e) => return Err(format!("cannot be read: {e}")),
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_OWN_FILE + 1)
-            .read_to_end(&mut bytes)
-            .map_err(fail)?;
-        if bytes.len() as u64 > MAX_OWN_FILE {
-            return Err(ApplyError::OwnFile(format!(
-                "file {} is larger than {} MiB",
-                path.display(),
-                MAX_OWN_FILE >> 20
-            )));
-        }
-        Ok(OwnFile {
-            path: path.to_path_buf(),
-            bytes: Some(bytes),
-        })
+        OwnFile::checked(kind, path, bytes)
     }
 
-    /// The public keys of a text file of keys (`TrustedUserCAKeys`, or a
-    /// `RevokedKeys` file that is not a KRL), one per line, `#` comments
-    /// and blank lines skipped, as sshd reads it; a certificate's line
-    /// stands for its key. A line that is not a key fails, naming it: sshd
-    /// fails on it too (and for a `RevokedKeys` file then refuses every
-    /// key), so hostd merges nothing of such a file and applies nothing
-    /// until it is fixed, keeping the files in place.
-    fn keys(&self, what: &str) -> Result<Vec<ssh_key::PublicKey>, ApplyError> {
-        let text = String::from_utf8_lossy(self.bytes.as_deref().unwrap_or_default());
+    /// `bytes` as the file of `kind` at `path`, checked.
+    pub fn checked(kind: OwnKind, path: &Path, bytes: Vec<u8>) -> Result<OwnFile, String> {
+        let f = OwnFile {
+            kind,
+            path: path.to_path_buf(),
+            bytes,
+        };
+        if f.is_krl() {
+            gatepass_krl::parse(&f.bytes).map_err(|e| format!("is a KRL sshd cannot load: {e}"))?;
+        } else {
+            f.keys()?;
+        }
+        Ok(f)
+    }
+
+    fn is_krl(&self) -> bool {
+        self.kind == OwnKind::RevokedKeys && self.bytes.starts_with(gatepass_krl::KRL_MAGIC)
+    }
+
+    /// The public keys of a text file of keys, one per line (type, base64,
+    /// an optional comment, split on any whitespace), `#` comments and
+    /// blank lines skipped, as sshd reads it. A certificate's line revokes
+    /// its key, and trusts nothing as a CA (sshd wants the key's own type
+    /// there). A line that is not a key is an error: sshd fails on it too.
+    fn keys(&self) -> Result<Vec<ssh_key::PublicKey>, String> {
+        let text = std::str::from_utf8(&self.bytes).map_err(|e| format!("is not text: {e}"))?;
         let mut out = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let key = ssh_key::PublicKey::from_openssh(line).or_else(|_| {
-                ssh_key::Certificate::from_openssh(line)
-                    .map(|c| ssh_key::PublicKey::new(c.public_key().clone(), ""))
-            });
-            match key {
+            let fields: Vec<&str> = line.split_whitespace().take(2).collect();
+            let line = fields.join(" ");
+            match ssh_key::PublicKey::from_openssh(&line) {
                 Ok(k) => out.push(k),
-                Err(e) => {
-                    return Err(ApplyError::OwnFile(format!(
-                        "{what} file {}, line {}: not a public key ({e}); sshd cannot read \
-                         the file either: fix or remove the line",
-                        self.path.display(),
-                        i + 1
-                    )))
-                }
+                Err(e) => match ssh_key::Certificate::from_openssh(&line) {
+                    Ok(c) if self.kind == OwnKind::RevokedKeys => {
+                        out.push(ssh_key::PublicKey::new(c.public_key().clone(), ""))
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(format!("line {}: not a public key ({e})", i + 1)),
+                },
             }
         }
         Ok(out)
@@ -221,22 +255,15 @@ impl OwnFile {
 pub struct OwnFiles {
     pub user_ca_keys: Option<OwnFile>,
     pub revoked_keys: Option<OwnFile>,
+    /// What could not be read as it is now, and what is merged instead
+    /// (listed with the entries left out of the apply).
+    pub problems: Vec<String>,
 }
 
 impl OwnFiles {
-    pub fn read(
-        user_ca_keys: Option<&Path>,
-        revoked_keys: Option<&Path>,
-    ) -> Result<OwnFiles, ApplyError> {
-        Ok(OwnFiles {
-            user_ca_keys: user_ca_keys.map(OwnFile::read).transpose()?,
-            revoked_keys: revoked_keys.map(OwnFile::read).transpose()?,
-        })
-    }
-
-    /// A digest of what was read (paths and contents): when it differs
-    /// from the one of the last apply, a change of gatepass's two files is
-    /// the host's own doing, not drift. None when there are no own files.
+    /// A digest of what is merged (kinds, paths and contents): when it
+    /// differs from the one of the last apply, a change of gatepass's two
+    /// files is the host's own doing, not drift. None when nothing is.
     pub fn digest(&self) -> Option<String> {
         use sha2::{Digest, Sha256};
         if self.user_ca_keys.is_none() && self.revoked_keys.is_none() {
@@ -251,14 +278,8 @@ impl OwnFiles {
                     let path = f.path.as_os_str().as_encoded_bytes();
                     h.update((path.len() as u64).to_be_bytes());
                     h.update(path);
-                    match &f.bytes {
-                        None => h.update([0]),
-                        Some(b) => {
-                            h.update([1]);
-                            h.update((b.len() as u64).to_be_bytes());
-                            h.update(b);
-                        }
-                    }
+                    h.update((f.bytes.len() as u64).to_be_bytes());
+                    h.update(&f.bytes);
                 }
             }
         }
@@ -266,13 +287,23 @@ impl OwnFiles {
     }
 
     /// Adds the host's own CA keys to `r.user_ca` (after the server's,
-    /// each key once).
-    fn merge_user_ca(&self, r: &mut Rendered) -> Result<(), ApplyError> {
+    /// each key once). Not in mapped mode: there gatepass's principal
+    /// mappings decide which accounts a certificate of any trusted CA logs
+    /// in to, so the host's CA would gain the mappings' accounts.
+    fn merge_user_ca(&self, r: &mut Rendered, mapped: bool) -> Result<(), ApplyError> {
         let Some(own) = &self.user_ca_keys else {
             return Ok(());
         };
+        if mapped {
+            r.rejected.push(format!(
+                "the host's own TrustedUserCAKeys file {} is not merged in mapped mode: \
+                 gatepass's principal mappings would decide which accounts its certificates log in to",
+                own.path.display()
+            ));
+            return Ok(());
+        }
         let mut seen: BTreeSet<String> = r.user_ca.lines().map(String::from).collect();
-        for key in own.keys("TrustedUserCAKeys")? {
+        for key in own.keys().map_err(ApplyError::OwnFile)? {
             let line = openssh_line(&key)?;
             if seen.insert(line.clone()) {
                 r.user_ca.push_str(&line);
@@ -283,28 +314,16 @@ impl OwnFiles {
     }
 
     /// Adds the host's own revocations to `r.krl`: a KRL's sections, or a
-    /// text file's keys. A KRL that cannot be read fails the apply (the
-    /// files in place stay), as the server's would: leaving it out would
-    /// let in what it revokes.
+    /// text file's keys as an explicit-keys section.
     fn merge_krl(&self, r: &mut Rendered) -> Result<(), ApplyError> {
         let Some(own) = &self.revoked_keys else {
             return Ok(());
         };
-        // sshd refuses every key while its RevokedKeys file is missing, so
-        // a missing one is not taken for an empty one (under hostd's unit,
-        // a file below /home or /root is missing too: ProtectHome).
-        let Some(bytes) = &own.bytes else {
-            return Err(ApplyError::OwnFile(format!(
-                "RevokedKeys file {} is missing (sshd would refuse every key with it): \
-                 create it (it may be empty) or take paths.host_revoked_keys out of hostd's config",
-                own.path.display()
-            )));
-        };
-        let merged = if bytes.starts_with(gatepass_krl::KRL_MAGIC) {
-            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Krl(bytes))
+        let merged = if own.is_krl() {
+            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Krl(&own.bytes))
         } else {
             let mut blobs = Vec::new();
-            for key in own.keys("RevokedKeys")? {
+            for key in own.keys().map_err(ApplyError::OwnFile)? {
                 blobs.push(key.to_bytes().map_err(|e| {
                     ApplyError::OwnFile(format!("revoked key cannot be encoded: {e}"))
                 })?);
@@ -364,7 +383,8 @@ pub fn render_with(
             .map_err(|e| ApplyError::BadState(format!("the KRL cannot be read: {e}")))?;
         krl
     };
-    own.merge_user_ca(&mut r)?;
+    r.rejected.extend(own.problems.iter().cloned());
+    own.merge_user_ca(&mut r, state.principals.is_some())?;
     own.merge_krl(&mut r)?;
     if let Some(map) = &state.principals {
         let mut files = BTreeMap::new();
@@ -977,8 +997,12 @@ mod tests {
     }
 
     /// The host's own files in `dir`: `ca` as its TrustedUserCAKeys and
-    /// `revoked` as its RevokedKeys (None: no such file).
-    fn own(dir: &Path, ca: Option<&[u8]>, revoked: Option<&[u8]>) -> OwnFiles {
+    /// `revoked` as its RevokedKeys (None: no such file), read and checked.
+    fn own(
+        dir: &Path,
+        ca: Option<&[u8]>,
+        revoked: Option<&[u8]>,
+    ) -> (Result<OwnFile, String>, Result<OwnFile, String>) {
         let (ca_path, revoked_path) = (dir.join("ca.pub"), dir.join("revoked"));
         for (p, b) in [(&ca_path, ca), (&revoked_path, revoked)] {
             let _ = std::fs::remove_file(p);
@@ -986,14 +1010,26 @@ mod tests {
                 std::fs::write(p, b).unwrap();
             }
         }
-        OwnFiles::read(Some(&ca_path), Some(&revoked_path)).unwrap()
+        (
+            OwnFile::read(OwnKind::UserCaKeys, &ca_path),
+            OwnFile::read(OwnKind::RevokedKeys, &revoked_path),
+        )
+    }
+
+    fn both(files: (Result<OwnFile, String>, Result<OwnFile, String>)) -> OwnFiles {
+        OwnFiles {
+            user_ca_keys: Some(files.0.unwrap()),
+            revoked_keys: Some(files.1.unwrap()),
+            problems: Vec::new(),
+        }
     }
 
     #[test]
-    fn the_hosts_own_files_are_merged_and_a_line_sshd_cannot_read_fails() {
+    fn the_hosts_own_files_are_merged_as_sshd_reads_them() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE6UKKpDN5zr5Blb1uUhH6XDr6XlaOR1VBhLMpUSH7FS other";
+        let other =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE6UKKpDN5zr5Blb1uUhH6XDr6XlaOR1VBhLMpUSH7FS";
         let state = HostState {
             user_ca_keys: format!("{KEY}\n"),
             ..Default::default()
@@ -1001,20 +1037,41 @@ mod tests {
         let plain = render(&state, 0, TimeForm::Utc).unwrap();
         assert_eq!(plain.own_digest, None);
 
-        // CA keys: the server's first, then the host's, each once.
-        let ca_text = format!("# the host's CAs\n{KEY} dup\n\n{other}\n");
-        let files = own(d, Some(ca_text.as_bytes()), Some(b"# nothing revoked\n"));
-        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        // CA keys: the server's first, then the host's, each once; fields
+        // split by tabs or runs of spaces, as sshd splits them.
         let key_only = |l: &str| l.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        assert_eq!(
-            r.user_ca,
-            format!("{}\n{}\n", key_only(KEY), key_only(other))
+        let ca_text = format!(
+            "# the host's CAs\n{KEY} dup\n\n{}\n",
+            other.replacen(' ', "\t  ", 1)
         );
+        let files = both(own(
+            d,
+            Some(ca_text.as_bytes()),
+            Some(b"# nothing revoked\n"),
+        ));
+        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        assert_eq!(r.user_ca, format!("{}\n{other}\n", key_only(KEY)));
         assert_eq!(r.krl, EMPTY_KRL.to_vec(), "an empty list adds no section");
         assert!(r.own_digest.is_some());
 
+        // In mapped mode the host's CA is left out, and that is said:
+        // gatepass's mappings would decide its certificates' accounts.
+        let mapped = HostState {
+            principals: Some(BTreeMap::new()),
+            ..state.clone()
+        };
+        let r = render_with(&mapped, 0, TimeForm::Utc, &files).unwrap();
+        assert_eq!(r.user_ca, format!("{}\n", key_only(KEY)));
+        assert!(
+            r.rejected
+                .iter()
+                .any(|e| e.contains("not merged in mapped mode")),
+            "{:?}",
+            r.rejected
+        );
+
         // A text list of keys becomes an explicit-keys section.
-        let files = own(d, None, Some(format!("{other}\n").as_bytes()));
+        let files = both(own(d, None, Some(format!("{other} comment\n").as_bytes())));
         let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
         let parsed = gatepass_krl::parse(&r.krl).unwrap();
         let other_key = ssh_key::PublicKey::from_openssh(other).unwrap();
@@ -1027,7 +1084,7 @@ mod tests {
         );
 
         // A KRL's sections follow the server's.
-        let files = own(d, None, Some(&r.krl));
+        let files = both(own(d, None, Some(&r.krl)));
         let again = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
         assert!(gatepass_krl::parse(&again.krl)
             .unwrap()
@@ -1037,35 +1094,28 @@ mod tests {
             "the digest follows the contents"
         );
 
-        // A line that is not a key, or a KRL sshd cannot load: the apply
-        // fails and says where.
+        // What sshd cannot read either is refused, saying where.
         for (ca, revoked, says) in [
             (
                 Some(&b"garbage\n"[..]),
-                None,
-                "ca.pub, line 1: not a public key",
+                Some(&b""[..]),
+                "line 1: not a public key",
             ),
             (
                 None,
                 Some(&b"# one\ngarbage\n"[..]),
-                "revoked, line 2: not a public key",
+                "line 2: not a public key",
             ),
-            (None, Some(&EMPTY_KRL[..43]), "cannot be merged"),
+            (None, Some(&EMPTY_KRL[..43]), "is a KRL sshd cannot load"),
+            (
+                None,
+                None,
+                "is missing (sshd refuses every key while it is)",
+            ),
         ] {
-            let files = own(d, ca, revoked);
-            match render_with(&state, 0, TimeForm::Utc, &files) {
-                Err(e @ ApplyError::OwnFile(_)) => {
-                    assert!(e.to_string().contains(says), "{e}")
-                }
-                other => panic!("{other:?}"),
-            }
-        }
-
-        // A missing revocation list fails too: sshd would refuse every key.
-        let files = own(d, None, None);
-        match render_with(&state, 0, TimeForm::Utc, &files) {
-            Err(e @ ApplyError::OwnFile(_)) => assert!(e.to_string().contains("is missing"), "{e}"),
-            other => panic!("{other:?}"),
+            let (c, r) = own(d, ca, revoked);
+            let e = c.and(r).unwrap_err();
+            assert!(e.contains(says), "{e}");
         }
     }
 

@@ -84,9 +84,9 @@ pub struct Paths {
     pub login_socket: PathBuf,
     /// The host's own `TrustedUserCAKeys` file, which gatepass's line
     /// replaces in sshd's config: its CA keys are added to gatepass's
-    /// user_ca.pub, so the host keeps trusting them. `setup` sets it from
-    /// sshd's config at enrollment; a change to the file reaches sshd at
-    /// the next check (`sync.recheck_seconds`).
+    /// user_ca.pub (not in mapped mode), so the host keeps trusting them.
+    /// `setup` sets it from sshd's config; a change to the file reaches
+    /// sshd at the next check (`sync.recheck_seconds`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_user_ca_keys: Option<PathBuf>,
     /// The host's own `RevokedKeys` file (a KRL or a text file of public

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use gatepass_api::hosts::{Ack, EnrollRequest, HostState};
 
-use crate::apply::Layout;
+use crate::apply::{Layout, OwnKind};
 use crate::clock;
 use crate::config::{Config, Paths, SyncSettings};
 use crate::files::{self, Change};
-use crate::host::{Host, Outcome, Preview};
+use crate::host::{is_gatepass_file, Host, Outcome, Preview};
 use crate::hostcerts;
 use crate::remote;
 use crate::sshd::Effective;
@@ -132,54 +132,59 @@ pub fn enrolled(config_path: &Path) -> Result<Option<Config>, Error> {
 }
 
 /// Notes in `paths` the host's own `TrustedUserCAKeys` and `RevokedKeys`
-/// files as sshd reads them now (`eff`, its `sshd -T`), which gatepass's
-/// lines are about to replace, so that hostd merges them into its own
-/// files: the host keeps trusting its CAs, and what it revoked stays
-/// revoked. Once gatepass's lines are in place sshd reads gatepass's files,
-/// and the paths noted earlier stay. Returns what to tell the admin.
-pub fn adopt_own_files(paths: &mut Paths, eff: &Effective) -> Vec<String> {
-    let layout = Layout::new(&paths.managed_dir);
+/// files, which gatepass's lines replace, so that hostd merges them into
+/// its own: the host keeps trusting its CAs, and what it revoked stays
+/// revoked. Before gatepass's lines are in place they are what sshd reads
+/// now (`eff`, its `sshd -T`); once they are, the main file's own line for
+/// them (commented out by gatepass, or shadowed by its line), so that a
+/// host set up before hostd merged them gets them on the next `setup`.
+/// Returns what to tell the admin.
+/// `former`: the managed folder before this setup changed it, whose files
+/// are gatepass's too.
+pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>) -> Vec<String> {
+    let mut ours = Vec::new();
+    for dir in std::iter::once(paths.managed_dir.as_path()).chain(former) {
+        let layout = Layout::new(dir);
+        ours.extend([layout.user_ca(), layout.krl()]);
+    }
+    let host = Host::new(paths);
     let mut notes = Vec::new();
-    for (keyword, ours, slot, what) in [
-        (
-            "TrustedUserCAKeys",
-            layout.user_ca(),
-            &mut paths.host_user_ca_keys,
-            "its CA keys are added to",
-        ),
-        (
-            "RevokedKeys",
-            layout.krl(),
-            &mut paths.host_revoked_keys,
-            "what it revokes is added to",
-        ),
+    for (kind, slot) in [
+        (OwnKind::UserCaKeys, &mut paths.host_user_ca_keys),
+        (OwnKind::RevokedKeys, &mut paths.host_revoked_keys),
     ] {
-        let Some(value) = eff.get(&keyword.to_ascii_lowercase()) else {
+        let keyword = kind.keyword();
+        let lc = keyword.to_ascii_lowercase();
+        let value = match eff.get(&lc) {
+            Some(v) if !is_gatepass_file(Path::new(v), &ours) => Some(v.to_string()),
+            _ => crate::sshd_config::main_file_value(&host.sshd_paths, &lc)
+                .ok()
+                .flatten(),
+        };
+        let Some(value) = value.filter(|v| !v.eq_ignore_ascii_case("none")) else {
             continue;
         };
-        if value.eq_ignore_ascii_case("none") || Path::new(value) == ours {
+        let path = PathBuf::from(&value);
+        if slot.as_ref() == Some(&path) || is_gatepass_file(&path, &ours) {
             continue;
         }
-        if !value.starts_with('/') || value.contains('%') {
+        if !path.is_absolute() {
             notes.push(format!(
-                "sshd's {keyword} {value} is replaced by gatepass's and not merged into it: \
-                 only a file named by an absolute path without %-tokens can be"
+                "sshd_config's {keyword} {value} is replaced by gatepass's and not merged into it: \
+                 set paths.{} in hostd's config to the file's absolute path to merge it",
+                kind.config_key()
             ));
             continue;
         }
-        if slot.as_deref() == Some(Path::new(value)) {
-            continue;
-        }
-        *slot = Some(PathBuf::from(value));
+        *slot = Some(path);
+        let what = match kind {
+            OwnKind::UserCaKeys => "its CA keys are added to",
+            OwnKind::RevokedKeys => "what it revokes is added to",
+        };
         notes.push(format!(
-            "the host's own {keyword} file {value}: {what} gatepass's {} (hostd reads it again \
-             at every check; config: paths.host_{})",
-            ours.display(),
-            if keyword == "RevokedKeys" {
-                "revoked_keys"
-            } else {
-                "user_ca_keys"
-            }
+            "the host's own {keyword} file {value}: {what} gatepass's (hostd reads it again at \
+             every check; paths.{} in hostd's config)",
+            kind.config_key()
         ));
     }
     notes
@@ -193,7 +198,11 @@ pub async fn setup(opts: &SetupOptions) -> Result<SetupReport, Error> {
             let before = cfg.clone();
             opts.paths.apply(&mut cfg.paths);
             let eff = Host::new(&cfg.paths).effective()?;
-            report.notes.extend(adopt_own_files(&mut cfg.paths, &eff));
+            report.notes.extend(adopt_own_files(
+                &mut cfg.paths,
+                &eff,
+                Some(&before.paths.managed_dir),
+            ));
             if cfg != before {
                 let c = Change::compute(
                     &opts.config_path,
@@ -303,7 +312,7 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
     let host = Host::new(&paths);
     // sshd must accept its config before anything else happens.
     let eff = host.effective()?;
-    report.notes.extend(adopt_own_files(&mut paths, &eff));
+    report.notes.extend(adopt_own_files(&mut paths, &eff, None));
     let keys = host.host_keys(&eff);
     let mut addresses = local_addresses(opts.include_loopback);
     for a in &opts.addresses {

@@ -32,6 +32,8 @@ pub struct Host {
     /// into gatepass's (see `config::Paths`).
     pub own_user_ca_keys: Option<PathBuf>,
     pub own_revoked_keys: Option<PathBuf>,
+    /// hostd's state folder: the last good copies of those files.
+    pub state_dir: PathBuf,
 }
 
 /// What one convergence did.
@@ -77,15 +79,65 @@ impl Host {
             time_form,
             own_user_ca_keys: paths.host_user_ca_keys.clone(),
             own_revoked_keys: paths.host_revoked_keys.clone(),
+            state_dir: paths.state_dir.clone(),
         }
     }
 
-    /// The host's own files, read now.
-    fn own_files(&self) -> Result<apply::OwnFiles, Error> {
-        Ok(apply::OwnFiles::read(
-            self.own_user_ca_keys.as_deref(),
-            self.own_revoked_keys.as_deref(),
-        )?)
+    /// The host's own files as they are now, each checked as sshd reads
+    /// it. One that cannot be read (sshd cannot either) is listed in
+    /// `problems`, and the last version that could, which hostd keeps in
+    /// its state folder, is merged instead: a broken file of the host's
+    /// never holds up the server's revocations, and what it revoked before
+    /// stays revoked. `keep`: note a good version as the last one (an
+    /// apply; not a preview or a drift check).
+    fn own_files(&self, keep: bool) -> apply::OwnFiles {
+        let mut own = apply::OwnFiles::default();
+        let ours = [self.layout.user_ca(), self.layout.krl()];
+        for (kind, path) in [
+            (apply::OwnKind::UserCaKeys, &self.own_user_ca_keys),
+            (apply::OwnKind::RevokedKeys, &self.own_revoked_keys),
+        ] {
+            let Some(path) = path else { continue };
+            let kept = self.state_dir.join(kind.config_key());
+            let read = if is_gatepass_file(path, &ours) {
+                Err("is one of gatepass's own files (a managed folder's): it is not merged into itself".to_string())
+            } else {
+                apply::OwnFile::read(kind, path)
+            };
+            let file = match read {
+                Ok(f) => {
+                    if keep && std::fs::read(&kept).ok().as_deref() != Some(&f.bytes[..]) {
+                        if let Err(e) = files::ensure_dir(&self.state_dir, 0o700)
+                            .and_then(|_| files::sync_file(&kept, &f.bytes, files::SECRET_FILE))
+                        {
+                            tracing::warn!("cannot keep a copy of {}: {e}", path.display());
+                        }
+                    }
+                    Some(f)
+                }
+                Err(why) => {
+                    let last = std::fs::read(&kept)
+                        .ok()
+                        .and_then(|b| apply::OwnFile::checked(kind, path, b).ok());
+                    let instead = if last.is_some() {
+                        "the last version hostd could read is merged until it is fixed"
+                    } else {
+                        "nothing of it is merged until it is fixed"
+                    };
+                    own.problems.push(format!(
+                        "the host's own {} file {} {why}; {instead}",
+                        kind.keyword(),
+                        path.display()
+                    ));
+                    last
+                }
+            };
+            match kind {
+                apply::OwnKind::UserCaKeys => own.user_ca_keys = file,
+                apply::OwnKind::RevokedKeys => own.revoked_keys = file,
+            }
+        }
+        own
     }
 
     /// `state` rendered at `now` in `form`, with the host's own files.
@@ -94,8 +146,9 @@ impl Host {
         state: &HostState,
         now: i64,
         form: apply::TimeForm,
+        keep: bool,
     ) -> Result<Rendered, Error> {
-        Ok(apply::render_with(state, now, form, &self.own_files()?)?)
+        Ok(apply::render_with(state, now, form, &self.own_files(keep))?)
     }
 
     pub fn sshd(&self) -> Sshd {
@@ -145,7 +198,7 @@ impl Host {
     /// What [`Host::converge`] would change; `sign` says whether host
     /// certificates would be requested.
     pub fn preview(&self, state: &HostState, now: i64, sign: bool) -> Result<Preview, Error> {
-        let rendered = self.render(state, now, self.time_form)?;
+        let rendered = self.render(state, now, self.time_form, false)?;
         let changes = apply::plan(&self.layout, &rendered)?;
         let eff = self.effective()?;
         let keys = self.host_keys(&eff);
@@ -182,7 +235,7 @@ impl Host {
         form: apply::TimeForm,
         own_digest: Option<&str>,
     ) -> Result<Vec<PathBuf>, Error> {
-        let rendered = self.render(state, applied_at, form)?;
+        let rendered = self.render(state, applied_at, form, false)?;
         let own_changed = rendered.own_digest.as_deref() != own_digest;
         let merged = [self.layout.user_ca(), self.layout.krl()];
         let mut paths: Vec<PathBuf> = apply::plan(&self.layout, &rendered)?
@@ -207,7 +260,7 @@ impl Host {
         now: i64,
         new_certs: &[NewCert],
     ) -> Result<Outcome, Error> {
-        let rendered = self.render(state, now, self.time_form)?;
+        let rendered = self.render(state, now, self.time_form, true)?;
         apply::ensure_dirs(&self.layout)?;
         self.note_files_index(state.index);
         let mut out = Outcome {
@@ -334,6 +387,22 @@ impl Host {
         changes.extend(apply::remove_all(&self.layout)?);
         Ok((changes, reloaded))
     }
+}
+
+/// Whether `path` is one of gatepass's own files: the same file as one of
+/// `ours`, or a file in a managed folder (one holding hostd's `.index`
+/// note), such as the folder of an earlier `--managed-dir`.
+pub fn is_gatepass_file(path: &std::path::Path, ours: &[PathBuf]) -> bool {
+    let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
+    let target = canonical(path);
+    if target.is_some() && ours.iter().any(|o| canonical(o) == target) {
+        return true;
+    }
+    let real = target.unwrap_or_else(|| path.to_path_buf());
+    ours.iter().any(|o| o == path)
+        || real
+            .parent()
+            .is_some_and(|dir| dir.join(FILES_INDEX).exists())
 }
 
 /// Puts back what `changes` replaced, last first; failures are logged (the

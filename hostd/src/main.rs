@@ -35,7 +35,7 @@ use gatepass_hostd::{clock, login, remote, sync};
         `#gatepass-hostd-disabled# ` and restored by `uninstall`. The host's own TrustedUserCAKeys \
         and RevokedKeys files, which gatepass's lines replace, are noted by `setup` \
         (paths.host_user_ca_keys, paths.host_revoked_keys) and merged into user_ca.pub and \
-        revoked.krl at every apply, so they stay in force. Every change is checked with \
+        revoked.krl at every apply (the CA keys not in mapped mode), so they stay in force. Every change is checked with \
         `sshd -t` and rolled back if sshd rejects it; sshd is reloaded only when its config or a \
         host certificate changed."
 )]
@@ -287,7 +287,7 @@ fn main() -> Result<()> {
         }
         Command::Run => {
             let cfg = Config::load(&cli.config)?;
-            rt.block_on(sync::run(cfg))?;
+            rt.block_on(sync::run(cfg, &cli.config))?;
             Ok(())
         }
         Command::Status { json } => status(&cli.config, json),

@@ -212,6 +212,25 @@ fn keyword(text: &str) -> Option<(String, &str)> {
     Some((t[..end].to_ascii_lowercase(), rest.trim_end()))
 }
 
+/// The value of `keyword` (lower case) on the first line of the main
+/// file's global section that sets it, once gatepass's lines are taken
+/// out (its block, its markers): what sshd read there before gatepass.
+pub fn main_file_value(paths: &SshdPaths, keyword_lc: &str) -> Result<Option<String>, ConfigError> {
+    let current = read_main(&paths.sshd_config)?;
+    let base = strip(&paths.sshd_config, &current)?;
+    for line in split_lines(&base) {
+        match keyword(line.text) {
+            Some((kw, _)) if kw == "match" => break,
+            Some((kw, args)) if kw == keyword_lc => {
+                let first = args.split_whitespace().next().unwrap_or_default();
+                return Ok(Some(first.trim_matches('"').to_string()));
+            }
+            _ => {}
+        }
+    }
+    Ok(None)
+}
+
 /// The main file without anything gatepass put there: the marked block
 /// removed and disabled lines restored. `strip(compose(x)) == x`.
 pub fn strip(path: &Path, text: &str) -> Result<String, ConfigError> {

@@ -84,7 +84,7 @@ pub fn log_outcome(out: &Outcome) {
         tracing::info!(path = %c.path.display(), "{what}");
     }
     for r in &out.rendered.rejected {
-        tracing::warn!("refused from the desired state: {r}");
+        tracing::warn!("left out: {r}");
     }
     // Notes repeat on every pass; say them when the config is written.
     if out.config_changed {
@@ -304,11 +304,11 @@ fn notify(state: sd_notify::NotifyState<'_>) {
 }
 
 /// Until SIGTERM or SIGINT.
-pub async fn run(cfg: Config) -> Result<(), Error> {
+pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error> {
     let token = read_token(&cfg)?;
     let wait = cfg.sync.wait_seconds;
     let client = client(&cfg, Some(token), Duration::from_secs(wait + 30))?;
-    let host = Host::new(&cfg.paths);
+    let mut host = Host::new(&cfg.paths);
     let state_dir = cfg.paths.state_dir.clone();
     let mut local = LocalState::load(&state_dir);
     if let Some(note) = stale_saved_state(&host, &local) {
@@ -380,6 +380,12 @@ pub async fn run(cfg: Config) -> Result<(), Error> {
         if apply_now {
             apply_now = false;
             if let Some(state) = &desired {
+                // The host's own files as the config names them now: a
+                // `setup` run since may have noted them.
+                if let Ok(c) = Config::load(config_path) {
+                    host.own_user_ca_keys = c.paths.host_user_ca_keys;
+                    host.own_revoked_keys = c.paths.host_revoked_keys;
+                }
                 let now = clock::now();
                 let certs = std::mem::take(&mut pending_certs);
                 let drifted = drift_before(&host, &local);
