@@ -14,6 +14,10 @@ use gatepass_api::hosts::{DynamicKey, HostState};
 use crate::files::{self, Change, FsError};
 use crate::sshd_config::Directives;
 
+/// gatepass's CA keys and KRL, in the managed folder.
+pub const USER_CA_FILE: &str = "user_ca.pub";
+pub const KRL_FILE: &str = "revoked.krl";
+
 /// An OpenSSH KRL that revokes nothing (PROTOCOL.krl): magic
 /// "SSHKRL\n\0", format version 1, KRL version 0, generated 0, flags 0, an
 /// empty reserved string and an empty comment. sshd refuses every key when
@@ -67,10 +71,10 @@ impl Layout {
         }
     }
     pub fn user_ca(&self) -> PathBuf {
-        self.dir.join("user_ca.pub")
+        self.dir.join(USER_CA_FILE)
     }
     pub fn krl(&self) -> PathBuf {
-        self.dir.join("revoked.krl")
+        self.dir.join(KRL_FILE)
     }
     pub fn principals_dir(&self) -> PathBuf {
         self.dir.join("principals")
@@ -168,6 +172,8 @@ pub struct OwnFile {
     /// What it holds (nothing for a missing `TrustedUserCAKeys` file,
     /// which sshd reads as trusting no CA).
     pub bytes: Vec<u8>,
+    /// A `TrustedUserCAKeys` file that is not there.
+    pub missing: bool,
 }
 
 impl OwnFile {
@@ -176,6 +182,7 @@ impl OwnFile {
     /// file is such an error: sshd refuses every key while it is missing.
     pub fn read(kind: OwnKind, path: &Path) -> Result<OwnFile, String> {
         use std::io::Read;
+        let mut missing = false;
         let bytes = match std::fs::File::open(path) {
             Ok(file) => {
                 let mut bytes = Vec::new();
@@ -188,14 +195,19 @@ impl OwnFile {
                 bytes
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match kind {
-                OwnKind::UserCaKeys => Vec::new(),
+                OwnKind::UserCaKeys => {
+                    missing = true;
+                    Vec::new()
+                }
                 OwnKind::RevokedKeys => {
                     return Err("is missing (sshd refuses every key while it is)".into())
                 }
             },
             Err(e) => return Err(format!("cannot be read: {e}")),
         };
-        OwnFile::checked(kind, path, bytes)
+        let mut f = OwnFile::checked(kind, path, bytes)?;
+        f.missing = missing;
+        Ok(f)
     }
 
     /// `bytes` as the file of `kind` at `path`, checked.
@@ -204,9 +216,11 @@ impl OwnFile {
             kind,
             path: path.to_path_buf(),
             bytes,
+            missing: false,
         };
         if f.is_krl() {
-            gatepass_krl::parse(&f.bytes).map_err(|e| format!("is a KRL sshd cannot load: {e}"))?;
+            gatepass_krl::parse(&f.bytes)
+                .map_err(|e| format!("is a KRL hostd cannot merge: {e}"))?;
         } else {
             f.keys()?;
         }
@@ -1106,7 +1120,7 @@ mod tests {
                 Some(&b"# one\ngarbage\n"[..]),
                 "line 2: not a public key",
             ),
-            (None, Some(&EMPTY_KRL[..43]), "is a KRL sshd cannot load"),
+            (None, Some(&EMPTY_KRL[..43]), "is a KRL hostd cannot merge"),
             (
                 None,
                 None,

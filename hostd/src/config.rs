@@ -85,14 +85,15 @@ pub struct Paths {
     /// The host's own `TrustedUserCAKeys` file, which gatepass's line
     /// replaces in sshd's config: its CA keys are added to gatepass's
     /// user_ca.pub (not in mapped mode), so the host keeps trusting them.
-    /// `setup` sets it from sshd's config; a change to the file reaches
-    /// sshd at the next check (`sync.recheck_seconds`).
+    /// `setup` sets it from sshd's config when it is unset; `""`: none,
+    /// and `setup` leaves it so. A change to the file reaches sshd at the
+    /// next check (`sync.recheck_seconds`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_user_ca_keys: Option<PathBuf>,
     /// The host's own `RevokedKeys` file (a KRL or a text file of public
     /// keys), which gatepass's line replaces in sshd's config: what it
     /// revokes is added to gatepass's revoked.krl, so it stays revoked.
-    /// Set by `setup` and followed as `host_user_ca_keys` is.
+    /// Set by `setup` and followed as `host_user_ca_keys` is; `""`: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_revoked_keys: Option<PathBuf>,
 }
@@ -191,6 +192,18 @@ impl Config {
         }
         if !(p.login_socket.as_os_str().is_empty() || p.login_socket.is_absolute()) {
             return Err("paths.login_socket must be an absolute path (or \"\" for none)".into());
+        }
+        for (name, path) in [
+            ("paths.host_user_ca_keys", &p.host_user_ca_keys),
+            ("paths.host_revoked_keys", &p.host_revoked_keys),
+        ] {
+            if let Some(path) = path.as_ref().filter(|p| !p.as_os_str().is_empty()) {
+                if !path.is_absolute() {
+                    return Err(format!(
+                        "{name} must be an absolute path (or \"\" for none, which setup leaves alone)"
+                    ));
+                }
+            }
         }
         // The managed folder's paths go into sshd_config unquoted.
         let dir = p.managed_dir.to_string_lossy();

@@ -134,45 +134,62 @@ pub fn enrolled(config_path: &Path) -> Result<Option<Config>, Error> {
 /// Notes in `paths` the host's own `TrustedUserCAKeys` and `RevokedKeys`
 /// files, which gatepass's lines replace, so that hostd merges them into
 /// its own: the host keeps trusting its CAs, and what it revoked stays
-/// revoked. Before gatepass's lines are in place they are what sshd reads
-/// now (`eff`, its `sshd -T`); once they are, the main file's own line for
-/// them (commented out by gatepass, or shadowed by its line), so that a
-/// host set up before hostd merged them gets them on the next `setup`.
-/// Returns what to tell the admin.
-/// `former`: the managed folder before this setup changed it, whose files
-/// are gatepass's too.
+/// revoked. A setting the config already has (a path, or `""` for none) is
+/// left as it is.
+///
+/// Before gatepass's lines are in place the files are what sshd reads now
+/// (`eff`, its `sshd -T`). Once they are (a host set up by a version that
+/// did not merge them), the main file's own line for them, commented out or
+/// shadowed by gatepass's, names them: its revocations are taken up again,
+/// but its CAs, which sshd has not trusted since, only with a note saying
+/// how. `former`: the managed folder before this setup changed it, whose
+/// files are gatepass's too. Returns what to tell the admin.
 pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>) -> Vec<String> {
     let mut ours = Vec::new();
     for dir in std::iter::once(paths.managed_dir.as_path()).chain(former) {
         let layout = Layout::new(dir);
         ours.extend([layout.user_ca(), layout.krl()]);
     }
-    let host = Host::new(paths);
+    let sshd_paths = crate::host::sshd_paths(paths);
     let mut notes = Vec::new();
     for (kind, slot) in [
         (OwnKind::UserCaKeys, &mut paths.host_user_ca_keys),
         (OwnKind::RevokedKeys, &mut paths.host_revoked_keys),
     ] {
+        if slot.is_some() {
+            continue;
+        }
         let keyword = kind.keyword();
         let lc = keyword.to_ascii_lowercase();
-        let value = match eff.get(&lc) {
-            Some(v) if !is_gatepass_file(Path::new(v), &ours) => Some(v.to_string()),
-            _ => crate::sshd_config::main_file_value(&host.sshd_paths, &lc)
-                .ok()
-                .flatten(),
+        let (value, in_force) = match eff.get(&lc) {
+            Some(v) if !is_gatepass_file(Path::new(v), &ours) => (Some(v.to_string()), true),
+            _ => (
+                crate::sshd_config::main_file_value(&sshd_paths, &lc)
+                    .ok()
+                    .flatten(),
+                false,
+            ),
         };
         let Some(value) = value.filter(|v| !v.eq_ignore_ascii_case("none")) else {
             continue;
         };
         let path = PathBuf::from(&value);
-        if slot.as_ref() == Some(&path) || is_gatepass_file(&path, &ours) {
+        if is_gatepass_file(&path, &ours) {
             continue;
         }
+        let key = kind.config_key();
         if !path.is_absolute() {
             notes.push(format!(
                 "sshd_config's {keyword} {value} is replaced by gatepass's and not merged into it: \
-                 set paths.{} in hostd's config to the file's absolute path to merge it",
-                kind.config_key()
+                 to merge it, set paths.{key} in hostd's config to the file's absolute path"
+            ));
+            continue;
+        }
+        if !in_force && kind == OwnKind::UserCaKeys {
+            notes.push(format!(
+                "sshd_config's {keyword} {value} has not been in force since gatepass's line \
+                 replaced it; to trust its CAs again, set paths.{key} = \"{value}\" in hostd's \
+                 config (\"\" to stop this note)"
             ));
             continue;
         }
@@ -183,8 +200,7 @@ pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>
         };
         notes.push(format!(
             "the host's own {keyword} file {value}: {what} gatepass's (hostd reads it again at \
-             every check; paths.{} in hostd's config)",
-            kind.config_key()
+             every check; paths.{key} in hostd's config, \"\" for none)"
         ));
     }
     notes
@@ -404,4 +420,96 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
     report.enrolled_now = true;
     report.host_id = cfg.host_id.clone();
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sshd_config::DISABLED;
+
+    fn paths_in(dir: &Path) -> Paths {
+        Paths {
+            sshd_config: dir.join("sshd_config"),
+            sshd_config_dir: dir.join("sshd_config.d"),
+            managed_dir: dir.join("gatepass"),
+            state_dir: dir.join("state"),
+            ..Paths::default()
+        }
+    }
+
+    #[test]
+    fn setup_notes_the_hosts_own_files_once_and_never_gatepass_s() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        std::fs::write(d.join("sshd_config"), "Port 22\n").unwrap();
+
+        // Before gatepass's lines: the files sshd reads now.
+        let eff =
+            Effective::parse("trustedusercakeys /etc/ssh/ca.pub\nrevokedkeys /etc/ssh/revoked\n");
+        let mut p = paths_in(d);
+        let notes = adopt_own_files(&mut p, &eff, None);
+        assert_eq!(p.host_user_ca_keys, Some("/etc/ssh/ca.pub".into()));
+        assert_eq!(p.host_revoked_keys, Some("/etc/ssh/revoked".into()));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+
+        // A setting the config has stays as it is, "" (none) included.
+        let mut q = paths_in(d);
+        q.host_user_ca_keys = Some("".into());
+        q.host_revoked_keys = Some("/etc/ssh/other".into());
+        let before = q.clone();
+        assert!(adopt_own_files(&mut q, &eff, None).is_empty());
+        assert_eq!(q, before);
+
+        // After gatepass's lines (sshd reads gatepass's files): the main
+        // file's own lines, commented out by gatepass, name the host's. Its
+        // revocations are taken up again; its CAs, out of force since,
+        // only with a note saying how.
+        let layout = Layout::new(&d.join("gatepass"));
+        let eff = Effective::parse(&format!(
+            "trustedusercakeys {}\nrevokedkeys {}\n",
+            layout.user_ca().display(),
+            layout.krl().display()
+        ));
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port 22\r\n{DISABLED}TrustedUserCAKeys \"/etc/ssh/my cas.pub\"\r\n\
+                 {DISABLED}RevokedKeys=/etc/ssh/revoked\r\nMatch User x\r\n  RevokedKeys /late\r\n"
+            ),
+        )
+        .unwrap();
+        let mut r = paths_in(d);
+        let notes = adopt_own_files(&mut r, &eff, None);
+        assert_eq!(r.host_revoked_keys, Some("/etc/ssh/revoked".into()));
+        assert_eq!(r.host_user_ca_keys, None);
+        assert!(
+            notes.iter().any(|n| n.contains("has not been in force")
+                && n.contains("paths.host_user_ca_keys = \"/etc/ssh/my cas.pub\"")),
+            "{notes:?}"
+        );
+
+        // gatepass's own files, in another managed folder (marked by its
+        // `.index`) or the one before `--managed-dir`, are never the host's.
+        std::fs::write(d.join("sshd_config"), "Port 22\n").unwrap();
+        let old = d.join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::write(old.join(crate::apply::FILES_INDEX), "3\n").unwrap();
+        let former = d.join("former");
+        let eff = Effective::parse(&format!(
+            "trustedusercakeys {}\nrevokedkeys {}\n",
+            old.join("user_ca.pub").display(),
+            former.join("revoked.krl").display()
+        ));
+        let mut s = paths_in(d);
+        assert!(adopt_own_files(&mut s, &eff, Some(&former)).is_empty());
+        assert_eq!((s.host_user_ca_keys, s.host_revoked_keys), (None, None));
+        // A host file beside such a note is the host's all the same.
+        let eff = Effective::parse(&format!(
+            "revokedkeys {}\n",
+            old.join("revoked_keys").display()
+        ));
+        let mut t = paths_in(d);
+        adopt_own_files(&mut t, &eff, None);
+        assert_eq!(t.host_revoked_keys, Some(old.join("revoked_keys")));
+    }
 }

@@ -65,31 +65,27 @@ const RELOAD_PENDING: &str = ".reload-pending";
 
 impl Host {
     pub fn new(paths: &Paths) -> Host {
-        let sshd_paths = SshdPaths {
-            sshd_config: paths.sshd_config.clone(),
-            sshd_config_dir: paths.sshd_config_dir.clone(),
-            sshd: paths.sshd.clone(),
-            included: paths.managed_dir.join(sshd_config::INCLUDED_NAME),
-        };
+        let sshd_paths = sshd_paths(paths);
         let time_form = apply::TimeForm::for_version(sshd_paths.sshd().version());
         Host {
             layout: Layout::new(&paths.managed_dir),
             sshd_paths,
             reload: Reload::from_config(paths.reload_command.as_deref()),
             time_form,
-            own_user_ca_keys: paths.host_user_ca_keys.clone(),
-            own_revoked_keys: paths.host_revoked_keys.clone(),
+            own_user_ca_keys: own_path(&paths.host_user_ca_keys),
+            own_revoked_keys: own_path(&paths.host_revoked_keys),
             state_dir: paths.state_dir.clone(),
         }
     }
 
     /// The host's own files as they are now, each checked as sshd reads
     /// it. One that cannot be read (sshd cannot either) is listed in
-    /// `problems`, and the last version that could, which hostd keeps in
-    /// its state folder, is merged instead: a broken file of the host's
-    /// never holds up the server's revocations, and what it revoked before
-    /// stays revoked. `keep`: note a good version as the last one (an
-    /// apply; not a preview or a drift check).
+    /// `problems`, and the last version of that file that could, which
+    /// hostd keeps in its state folder, is merged instead: a broken file of
+    /// the host's never holds up the server's revocations, and what it
+    /// revoked before stays revoked. A missing `TrustedUserCAKeys` file is
+    /// listed too, and trusts no CA (as in sshd). `keep`: note a good
+    /// version as the last one (an apply; not a preview or a drift check).
     fn own_files(&self, keep: bool) -> apply::OwnFiles {
         let mut own = apply::OwnFiles::default();
         let ours = [self.layout.user_ca(), self.layout.krl()];
@@ -100,27 +96,30 @@ impl Host {
             let Some(path) = path else { continue };
             let kept = self.state_dir.join(kind.config_key());
             let read = if is_gatepass_file(path, &ours) {
-                Err("is one of gatepass's own files (a managed folder's): it is not merged into itself".to_string())
+                Err("is one of gatepass's own files: it is not merged into itself".to_string())
             } else {
                 apply::OwnFile::read(kind, path)
             };
             let file = match read {
+                Ok(f) if f.missing => {
+                    own.problems.push(format!(
+                        "the host's own {} file {} is missing (or hidden from hostd's service): \
+                         no CA of it is trusted",
+                        kind.keyword(),
+                        path.display()
+                    ));
+                    None
+                }
                 Ok(f) => {
-                    if keep && std::fs::read(&kept).ok().as_deref() != Some(&f.bytes[..]) {
-                        if let Err(e) = files::ensure_dir(&self.state_dir, 0o700)
-                            .and_then(|_| files::sync_file(&kept, &f.bytes, files::SECRET_FILE))
-                        {
-                            tracing::warn!("cannot keep a copy of {}: {e}", path.display());
-                        }
+                    if keep {
+                        keep_copy(&kept, &f);
                     }
                     Some(f)
                 }
                 Err(why) => {
-                    let last = std::fs::read(&kept)
-                        .ok()
-                        .and_then(|b| apply::OwnFile::checked(kind, path, b).ok());
+                    let last = kept_copy(&kept, kind, path);
                     let instead = if last.is_some() {
-                        "the last version hostd could read is merged until it is fixed"
+                        "the last version of it hostd could read is merged until it is fixed"
                     } else {
                         "nothing of it is merged until it is fixed"
                     };
@@ -389,20 +388,84 @@ impl Host {
     }
 }
 
+/// Where sshd's configuration lives, from hostd's config.
+pub fn sshd_paths(paths: &Paths) -> SshdPaths {
+    SshdPaths {
+        sshd_config: paths.sshd_config.clone(),
+        sshd_config_dir: paths.sshd_config_dir.clone(),
+        sshd: paths.sshd.clone(),
+        included: paths.managed_dir.join(sshd_config::INCLUDED_NAME),
+    }
+}
+
+/// A host file setting of the config: `""` is none.
+fn own_path(p: &Option<PathBuf>) -> Option<PathBuf> {
+    p.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
 /// Whether `path` is one of gatepass's own files: the same file as one of
-/// `ours`, or a file in a managed folder (one holding hostd's `.index`
-/// note), such as the folder of an earlier `--managed-dir`.
+/// `ours`, or gatepass's CA keys or KRL in another managed folder (one
+/// holding hostd's `.index` note), such as the one before a new
+/// `--managed-dir`.
 pub fn is_gatepass_file(path: &std::path::Path, ours: &[PathBuf]) -> bool {
     let canonical = |p: &std::path::Path| std::fs::canonicalize(p).ok();
     let target = canonical(path);
-    if target.is_some() && ours.iter().any(|o| canonical(o) == target) {
+    if ours.iter().any(|o| o == path)
+        || (target.is_some() && ours.iter().any(|o| canonical(o) == target))
+    {
         return true;
     }
     let real = target.unwrap_or_else(|| path.to_path_buf());
-    ours.iter().any(|o| o == path)
-        || real
+    let name = real.file_name().and_then(|n| n.to_str());
+    matches!(name, Some(apply::USER_CA_FILE | apply::KRL_FILE))
+        && real
             .parent()
             .is_some_and(|dir| dir.join(FILES_INDEX).exists())
+}
+
+/// hostd's copy of the last good version of a host file: the file's path,
+/// a NUL, then its contents. Written only when it changed.
+fn keep_copy(kept: &std::path::Path, f: &apply::OwnFile) {
+    let mut bytes = f.path.as_os_str().as_encoded_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(&f.bytes);
+    if std::fs::read(kept).ok().as_deref() == Some(&bytes[..]) {
+        return;
+    }
+    let dir = kept.parent().unwrap_or(std::path::Path::new("/"));
+    if let Err(e) = files::ensure_dir(dir, 0o700)
+        .and_then(|_| files::sync_file(kept, &bytes, files::SECRET_FILE))
+    {
+        tracing::warn!("cannot keep a copy of {}: {e}", f.path.display());
+    }
+}
+
+/// The kept copy of the file of `kind` at `path`: only one made of that
+/// very path, and only if it still reads as sshd would read it.
+fn kept_copy(
+    kept: &std::path::Path,
+    kind: apply::OwnKind,
+    path: &std::path::Path,
+) -> Option<apply::OwnFile> {
+    let bytes = std::fs::read(kept).ok()?;
+    let at = bytes.iter().position(|b| *b == 0)?;
+    if &bytes[..at] != path.as_os_str().as_encoded_bytes() {
+        return None;
+    }
+    apply::OwnFile::checked(kind, path, bytes[at + 1..].to_vec()).ok()
+}
+
+/// Removes hostd's copies of the host's own files (uninstall); the paths
+/// removed.
+pub fn remove_kept_copies(state_dir: &std::path::Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for kind in [apply::OwnKind::UserCaKeys, apply::OwnKind::RevokedKeys] {
+        let p = state_dir.join(kind.config_key());
+        if files::remove_file(&p)? {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Puts back what `changes` replaced, last first; failures are logged (the
@@ -413,5 +476,79 @@ fn undo(changes: &[Change]) {
         if let Err(e) = back.apply() {
             tracing::error!("cannot restore {}: {e}", c.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE6UKKpDN5zr5Blb1uUhH6XDr6XlaOR1VBhLMpUSH7FS";
+
+    #[test]
+    fn a_broken_host_file_is_stood_in_for_by_its_own_last_good_version_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let (a, b) = (d.join("revoked_a"), d.join("revoked_b"));
+        std::fs::write(&a, format!("{KEY}\n")).unwrap();
+        let mut paths = Paths {
+            managed_dir: d.join("gatepass"),
+            state_dir: d.join("state"),
+            host_revoked_keys: Some(a.clone()),
+            host_user_ca_keys: Some(d.join("no_such_ca.pub")),
+            ..Paths::default()
+        };
+        let host = Host::new(&paths);
+        let good = host.own_files(true);
+        assert_eq!(
+            good.revoked_keys.as_ref().unwrap().bytes,
+            format!("{KEY}\n").into_bytes()
+        );
+        assert_eq!(good.user_ca_keys, None);
+        assert_eq!(good.problems.len(), 1, "{:?}", good.problems);
+        assert!(
+            good.problems[0].contains("is missing"),
+            "{:?}",
+            good.problems
+        );
+
+        // Broken: the last good version stands in, and that is said.
+        std::fs::write(&a, "garbage\n").unwrap();
+        let broken = host.own_files(true);
+        assert_eq!(broken.revoked_keys, good.revoked_keys);
+        assert!(
+            broken
+                .problems
+                .iter()
+                .any(|p| p.contains("line 1: not a public key")
+                    && p.contains("the last version of it hostd could read is merged")),
+            "{:?}",
+            broken.problems
+        );
+        assert_eq!(broken.digest(), good.digest(), "not the host's change");
+
+        // Another file, broken: the copy of the first one does not stand
+        // in for it.
+        std::fs::write(&b, "garbage\n").unwrap();
+        paths.host_revoked_keys = Some(b);
+        let other = Host::new(&paths).own_files(true);
+        assert_eq!(other.revoked_keys, None);
+        assert!(
+            other
+                .problems
+                .iter()
+                .any(|p| p.contains("nothing of it is merged")),
+            "{:?}",
+            other.problems
+        );
+
+        // "" is none.
+        paths.host_revoked_keys = Some("".into());
+        paths.host_user_ca_keys = None;
+        assert_eq!(
+            Host::new(&paths).own_files(true),
+            apply::OwnFiles::default()
+        );
     }
 }

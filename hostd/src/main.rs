@@ -326,6 +326,9 @@ fn main() -> Result<()> {
                 if files::remove_file(&state)? {
                     println!("removed {}", state.display());
                 }
+                for p in gatepass_hostd::host::remove_kept_copies(&resolved.state_dir)? {
+                    println!("removed {}", p.display());
+                }
             }
             if changes.is_empty() {
                 println!("nothing was installed");

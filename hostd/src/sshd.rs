@@ -82,7 +82,9 @@ impl Sshd {
     /// `sshd -T -f CONFIG`: the effective global settings.
     pub fn effective(&self) -> Result<Effective, SshdError> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("-T").arg("-f").arg(&self.config);
+        // sshd makes a relative path in its config absolute against its
+        // working folder; the running sshd's is `/`, so `-T` runs there too.
+        cmd.arg("-T").arg("-f").arg(&self.config).current_dir("/");
         run(&mut cmd).map(|out| Effective::parse(&out))
     }
 }

@@ -221,14 +221,24 @@ pub fn main_file_value(paths: &SshdPaths, keyword_lc: &str) -> Result<Option<Str
     for line in split_lines(&base) {
         match keyword(line.text) {
             Some((kw, _)) if kw == "match" => break,
-            Some((kw, args)) if kw == keyword_lc => {
-                let first = args.split_whitespace().next().unwrap_or_default();
-                return Ok(Some(first.trim_matches('"').to_string()));
-            }
+            Some((kw, args)) if kw == keyword_lc => return Ok(Some(first_arg(args))),
             _ => {}
         }
     }
     Ok(None)
+}
+
+/// The first argument of a config line, as sshd splits it: a quoted one
+/// whole (spaces and all), without its quotes.
+fn first_arg(args: &str) -> String {
+    match args.strip_prefix('"') {
+        Some(rest) => rest.split('"').next().unwrap_or_default().to_string(),
+        None => args
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    }
 }
 
 /// The main file without anything gatepass put there: the marked block

@@ -862,9 +862,16 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     let (mallory, mallory_cert, _) = gatepass_cert("mallory");
     let (bob, bob_cert, _) = gatepass_cert("bob");
     let (carol, carol_cert, carol_serial) = gatepass_cert("carol");
+    // The list is replaced as editors do (a new file renamed over it), so
+    // that hostd never reads it half written.
+    let replace = |text: &str| {
+        let tmp = own.join("revoked_keys.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &revoked_keys).unwrap();
+    };
     let mut list = std::fs::read_to_string(&revoked_keys).unwrap();
     list.push_str(&std::fs::read_to_string(pub_path(&mallory)).unwrap());
-    std::fs::write(&revoked_keys, &list).unwrap();
+    replace(&list);
     assert!(rig.login(&alice, Some(&alice_cert)), "{}", rig.sshd.log());
 
     let (st, out, err) = rig.setup(&server, &join, &[]);
@@ -909,8 +916,13 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     std::fs::write(&rig.config, &without).unwrap();
     let (st, out, err) = rig.setup(&server, &join, &[]);
     assert_eq!(st, 0, "{out}{err}");
+    // Its revocations are taken up again; its CAs, out of force since
+    // gatepass's line replaced them, only with a note saying how.
     assert!(out.contains("the host's own RevokedKeys file"), "{out}");
-    assert_eq!(std::fs::read_to_string(&rig.config).unwrap(), text);
+    assert!(out.contains("has not been in force"), "{out}");
+    let adopted = std::fs::read_to_string(&rig.config).unwrap();
+    assert!(adopted.contains("host_revoked_keys"), "{adopted}");
+    assert!(!adopted.contains("host_user_ca_keys"), "{adopted}");
 
     // The host revokes bob's key too while hostd runs: sshd refuses it
     // after the next check, and that is the host's change, not drift.
@@ -921,9 +933,11 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     .unwrap();
     let daemon = rig.run("info", "hostd.log");
     list.push_str(&std::fs::read_to_string(pub_path(&bob)).unwrap());
-    std::fs::write(&revoked_keys, &list).unwrap();
+    replace(&list);
     rig.login_becomes(&bob, Some(&bob_cert), false, within);
     assert!(rig.login(&alice, Some(&alice_cert)));
+    // Past the pass that wrote it and the acknowledgement it sent.
+    std::thread::sleep(Duration::from_secs(2));
     let host = format!("hosts/{}", host_id_of(&rig.config));
     assert!(api.read(&host).get("drift").is_none(), "{}", daemon.log());
     assert!(!daemon.log().contains("repaired"), "{}", daemon.log());
@@ -931,7 +945,7 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     // A line sshd could not read (it would refuse every key): hostd says
     // which, and merges the last version it could read meanwhile, while
     // the server's revocations still reach sshd.
-    std::fs::write(&revoked_keys, format!("{list}not a key at all\n")).unwrap();
+    replace(&format!("{list}not a key at all\n"));
     let said = "line 4: not a public key";
     let deadline = Instant::now() + within;
     while !daemon.log().contains(said) {
@@ -941,7 +955,7 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     assert!(
         daemon
             .log()
-            .contains("the last version hostd could read is merged"),
+            .contains("the last version of it hostd could read is merged"),
         "{}",
         daemon.log()
     );
@@ -957,7 +971,7 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
 
     // Uninstall gives sshd the host's own lines back.
     drop(daemon);
-    std::fs::write(&revoked_keys, &list).unwrap();
+    replace(&list);
     let (st, out, err) = run(&mut rig.hostd_cmd(&["uninstall"]));
     assert_eq!(st, 0, "{out}{err}");
     rig.login_becomes(&alice, Some(&alice_cert), true, within);

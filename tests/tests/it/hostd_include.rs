@@ -141,6 +141,7 @@ impl Rig {
         self.host_role(false);
         let d = &self.sshd.dir;
         let pid = self.sshd.pid().unwrap();
+        let listening = self.listening();
         let mut cmd = self.hostd(&["setup"]);
         cmd.args(["--server", &self.server.addr, "--join-token", &join])
             .arg("--ca-cert")
@@ -162,6 +163,17 @@ impl Rig {
             .arg(self.tmp.path().join("hostd.sock"));
         let (st, out, err) = run(&mut cmd);
         assert_eq!(st, 0, "setup failed:\n{out}{err}");
+        // sshd logs its reload a moment after the signal: a test that
+        // counts reloads starts from the one setup made.
+        let started = Instant::now();
+        while self.listening() == listening {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "sshd was not reloaded:\n{out}{err}\n--- sshd ---\n{}",
+                self.sshd.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         assert!(
             !self.cert_file().exists(),
             "the role signs no host certificates yet:\n{out}{err}"
