@@ -52,6 +52,17 @@ impl Api {
     }
 }
 
+/// A dev server with a user CA on its `ssh` mount, and a client of it.
+fn server_with_ca() -> (DevServer, Api) {
+    let server = DevServer::start();
+    let api = Api {
+        client: server.client(),
+        rt: rt(),
+    };
+    api.write("ssh/config/ca", json!({}));
+    (server, api)
+}
+
 struct Rig {
     sshd: Sshd,
     tmp: tempfile::TempDir,
@@ -209,12 +220,7 @@ fn mtimes(dir: &Path) -> Vec<(PathBuf, i64, i64)> {
 
 #[test]
 fn setup_run_and_logins_with_the_server() {
-    let mut server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (mut server, api) = server_with_ca();
     api.write("sys/mounts/ssh-host", json!({"type": "ssh"}));
     api.write("ssh-host/config/ca", json!({}));
     api.write(
@@ -474,12 +480,7 @@ fn setup_run_and_logins_with_the_server() {
 
 #[test]
 fn mapped_principals_follow_the_mappings() {
-    let server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (server, api) = server_with_ca();
     api.write(
         "ssh/roles/u",
         json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "root,ops", "default_extensions": {"permit-pty": ""}, "ttl": "10m"}),
@@ -532,12 +533,7 @@ fn mapped_principals_follow_the_mappings() {
 
 #[test]
 fn host_certificate_is_renewed_at_two_thirds() {
-    let server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (server, api) = server_with_ca();
     api.write(
         "ssh/roles/hosts",
         json!({"key_type": "ca", "allow_host_certificates": true, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "12s", "not_before_duration": "0s"}),
@@ -629,12 +625,7 @@ fn host_id_of(config: &Path) -> String {
 
 #[test]
 fn setup_under_a_taken_name_is_refused_until_replace() {
-    let server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (server, api) = server_with_ca();
     let join = api.write("hosts/join-tokens", json!({"num_uses": 0}))["data"]["join_token"]
         .as_str()
         .unwrap()
@@ -691,12 +682,7 @@ impl Api {
 /// A server with a CA and `root` mapped to `ops`, and a host set up in
 /// mapped mode (hostd not running yet); the host's `hosts/<id>` path.
 fn mapped_host() -> (DevServer, Api, Rig, String) {
-    let server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (server, api) = server_with_ca();
     api.write("hosts/mappings/root", json!({"principals": "ops"}));
     let join = api.write("hosts/join-tokens", json!({"principals": "mapped"}))["data"]
         ["join_token"]
@@ -808,12 +794,7 @@ fn the_server_shows_the_applied_state_and_the_files_hostd_repaired() {
 /// check without being reported as drift.
 #[test]
 fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
-    let server = DevServer::start();
-    let api = Api {
-        client: server.client(),
-        rt: rt(),
-    };
-    api.write("ssh/config/ca", json!({}));
+    let (server, api) = server_with_ca();
     api.write(
         "ssh/roles/u",
         json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "root", "ttl": "10m"}),
