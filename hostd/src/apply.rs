@@ -174,6 +174,10 @@ pub struct OwnFile {
     pub bytes: Vec<u8>,
     /// A `TrustedUserCAKeys` file that is not there.
     pub missing: bool,
+    /// Keys revoked besides what `bytes` holds: the lines of a broken
+    /// `RevokedKeys` file that can be read, merged with its last good
+    /// version.
+    pub also: Vec<ssh_key::PublicKey>,
 }
 
 impl OwnFile {
@@ -217,6 +221,7 @@ impl OwnFile {
             path: path.to_path_buf(),
             bytes,
             missing: false,
+            also: Vec::new(),
         };
         if f.is_krl() {
             gatepass_krl::parse(&f.bytes)
@@ -231,15 +236,65 @@ impl OwnFile {
         self.kind == OwnKind::RevokedKeys && self.bytes.starts_with(gatepass_krl::KRL_MAGIC)
     }
 
+    /// `bytes` as the file of `kind` at `path`, unchecked.
+    pub fn of_bytes(kind: OwnKind, path: &Path, bytes: Vec<u8>) -> OwnFile {
+        OwnFile {
+            kind,
+            path: path.to_path_buf(),
+            bytes,
+            missing: false,
+            also: Vec::new(),
+        }
+    }
+
+    /// A text file of `kind` at `path` holding just `keys`, one per line.
+    pub fn of_keys(kind: OwnKind, path: &Path, keys: &[ssh_key::PublicKey]) -> OwnFile {
+        let mut bytes = Vec::new();
+        for k in keys {
+            if let Ok(line) = openssh_line(k) {
+                bytes.extend_from_slice(line.as_bytes());
+                bytes.push(b'\n');
+            }
+        }
+        OwnFile {
+            kind,
+            path: path.to_path_buf(),
+            bytes,
+            missing: false,
+            also: Vec::new(),
+        }
+    }
+
     /// The public keys of a text file of keys, one per line (type, base64,
     /// an optional comment, split on any whitespace), `#` comments and
     /// blank lines skipped, as sshd reads it. A certificate's line revokes
     /// its key, and trusts nothing as a CA (sshd wants the key's own type
     /// there). A line that is not a key is an error: sshd fails on it too.
     fn keys(&self) -> Result<Vec<ssh_key::PublicKey>, String> {
-        let text = std::str::from_utf8(&self.bytes).map_err(|e| format!("is not text: {e}"))?;
+        let (keys, bad) = self.scan();
+        match bad {
+            Some(why) => Err(why),
+            None => Ok(keys),
+        }
+    }
+
+    /// The keys of the lines of a text file that can be read (those of a
+    /// KRL: none).
+    pub fn readable_keys(&self) -> Vec<ssh_key::PublicKey> {
+        if self.is_krl() {
+            return Vec::new();
+        }
+        self.scan().0
+    }
+
+    /// The keys of the lines that can be read, and what is wrong with the
+    /// first that cannot. Each line is decoded on its own: a comment in
+    /// another encoding is as harmless as it is to sshd.
+    fn scan(&self) -> (Vec<ssh_key::PublicKey>, Option<String>) {
         let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
+        let mut bad = None;
+        for (i, raw) in self.bytes.split(|b| *b == b'\n').enumerate() {
+            let line = String::from_utf8_lossy(raw);
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -253,11 +308,15 @@ impl OwnFile {
                         out.push(ssh_key::PublicKey::new(c.public_key().clone(), ""))
                     }
                     Ok(_) => {}
-                    Err(_) => return Err(format!("line {}: not a public key ({e})", i + 1)),
+                    Err(_) => {
+                        bad.get_or_insert_with(|| {
+                            format!("has a line that is not a public key, line {} ({e})", i + 1)
+                        });
+                    }
                 },
             }
         }
-        Ok(out)
+        (out, bad)
     }
 }
 
@@ -294,6 +353,9 @@ impl OwnFiles {
                     h.update(path);
                     h.update((f.bytes.len() as u64).to_be_bytes());
                     h.update(&f.bytes);
+                    for k in &f.also {
+                        h.update(k.to_bytes().unwrap_or_default());
+                    }
                 }
             }
         }
@@ -333,17 +395,30 @@ impl OwnFiles {
         let Some(own) = &self.revoked_keys else {
             return Ok(());
         };
-        let merged = if own.is_krl() {
-            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Krl(&own.bytes))
-        } else {
-            let mut blobs = Vec::new();
-            for key in own.keys().map_err(ApplyError::OwnFile)? {
-                blobs.push(key.to_bytes().map_err(|e| {
-                    ApplyError::OwnFile(format!("revoked key cannot be encoded: {e}"))
-                })?);
-            }
-            gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Keys(&blobs))
+        let cannot = |e: gatepass_krl::ParseError| {
+            ApplyError::OwnFile(format!(
+                "RevokedKeys file {} cannot be merged: {e}",
+                own.path.display()
+            ))
         };
+        let mut keys = own.also.clone();
+        if own.is_krl() {
+            r.krl = gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Krl(&own.bytes))
+                .map_err(cannot)?;
+        } else {
+            keys.extend(own.keys().map_err(ApplyError::OwnFile)?);
+        }
+        let mut blobs = Vec::new();
+        for key in keys {
+            blobs.push(
+                key.to_bytes().map_err(|e| {
+                    ApplyError::OwnFile(format!("revoked key cannot be encoded: {e}"))
+                })?,
+            );
+        }
+        blobs.sort();
+        blobs.dedup();
+        let merged = gatepass_krl::merge(&r.krl, &gatepass_krl::Extra::Keys(&blobs));
         r.krl = merged.map_err(|e| {
             ApplyError::OwnFile(format!(
                 "RevokedKeys file {} cannot be merged: {e}",
@@ -1113,12 +1188,12 @@ mod tests {
             (
                 Some(&b"garbage\n"[..]),
                 Some(&b""[..]),
-                "line 1: not a public key",
+                "not a public key, line 1",
             ),
             (
                 None,
                 Some(&b"# one\ngarbage\n"[..]),
-                "line 2: not a public key",
+                "not a public key, line 2",
             ),
             (None, Some(&EMPTY_KRL[..43]), "is a KRL hostd cannot merge"),
             (

@@ -85,9 +85,10 @@ pub struct Paths {
     /// The host's own `TrustedUserCAKeys` file, which gatepass's line
     /// replaces in sshd's config: its CA keys are added to gatepass's
     /// user_ca.pub (not in mapped mode), so the host keeps trusting them.
-    /// `setup` sets it from sshd's config when it is unset; `""`: none,
-    /// and `setup` leaves it so. A change to the file reaches sshd at the
-    /// next check (`sync.recheck_seconds`).
+    /// `setup` sets it from the file sshd reads when it is unset (on a host
+    /// set up by an earlier version, only says how); `""`: none, and
+    /// `setup` leaves it so. A change to the file reaches sshd at the next
+    /// check (`sync.recheck_seconds`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_user_ca_keys: Option<PathBuf>,
     /// The host's own `RevokedKeys` file (a KRL or a text file of public

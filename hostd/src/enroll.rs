@@ -156,11 +156,28 @@ pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>
         (OwnKind::UserCaKeys, &mut paths.host_user_ca_keys),
         (OwnKind::RevokedKeys, &mut paths.host_revoked_keys),
     ] {
-        if slot.is_some() {
-            continue;
-        }
         let keyword = kind.keyword();
         let lc = keyword.to_ascii_lowercase();
+        let key = kind.config_key();
+        if let Some(set) = slot.as_ref() {
+            // A setting stays; but sshd reading another file of the host's
+            // now (gatepass's lines not in place) than one it names is
+            // worth a word.
+            if let Some(v) = eff.get(&lc).filter(|v| {
+                !set.as_os_str().is_empty()
+                    && !v.eq_ignore_ascii_case("none")
+                    && !is_gatepass_file(Path::new(v), &ours)
+                    && Path::new(v) != set.as_path()
+            }) {
+                notes.push(format!(
+                    "sshd reads {keyword} {v}, but hostd's config names {:?} for it \
+                     (paths.{key}), which hostd keeps merging: set it to the file sshd reads, \
+                     or \"\" for none",
+                    set.display().to_string()
+                ));
+            }
+            continue;
+        }
         let (value, in_force) = match eff.get(&lc) {
             Some(v) if !is_gatepass_file(Path::new(v), &ours) => (Some(v.to_string()), true),
             _ => (
@@ -177,7 +194,6 @@ pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>
         if is_gatepass_file(&path, &ours) {
             continue;
         }
-        let key = kind.config_key();
         if !path.is_absolute() {
             notes.push(format!(
                 "sshd_config's {keyword} {value} is replaced by gatepass's and not merged into it: \
@@ -195,7 +211,7 @@ pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>
         }
         *slot = Some(path);
         let what = match kind {
-            OwnKind::UserCaKeys => "its CA keys are added to",
+            OwnKind::UserCaKeys => "its CA keys are added to (but in mapped mode)",
             OwnKind::RevokedKeys => "what it revokes is added to",
         };
         notes.push(format!(
@@ -455,10 +471,18 @@ mod tests {
         // A setting the config has stays as it is, "" (none) included.
         let mut q = paths_in(d);
         q.host_user_ca_keys = Some("".into());
-        q.host_revoked_keys = Some("/etc/ssh/other".into());
+        q.host_revoked_keys = Some("/etc/ssh/revoked".into());
         let before = q.clone();
         assert!(adopt_own_files(&mut q, &eff, None).is_empty());
         assert_eq!(q, before);
+        // One that names another file than sshd reads stays too, said.
+        q.host_revoked_keys = Some("/etc/ssh/old".into());
+        let notes = adopt_own_files(&mut q, &eff, None);
+        assert_eq!(q.host_revoked_keys, Some("/etc/ssh/old".into()));
+        assert!(
+            notes.len() == 1 && notes[0].contains("sshd reads RevokedKeys /etc/ssh/revoked"),
+            "{notes:?}"
+        );
 
         // After gatepass's lines (sshd reads gatepass's files): the main
         // file's own lines, commented out by gatepass, name the host's. Its

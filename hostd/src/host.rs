@@ -72,33 +72,39 @@ impl Host {
             sshd_paths,
             reload: Reload::from_config(paths.reload_command.as_deref()),
             time_form,
-            own_user_ca_keys: own_path(&paths.host_user_ca_keys),
-            own_revoked_keys: own_path(&paths.host_revoked_keys),
+            own_user_ca_keys: own_path(paths.host_user_ca_keys.as_deref()),
+            own_revoked_keys: own_path(paths.host_revoked_keys.as_deref()),
             state_dir: paths.state_dir.clone(),
         }
     }
 
     /// The host's own files as they are now, each checked as sshd reads
-    /// it. One that cannot be read (sshd cannot either) is listed in
-    /// `problems`, and the last version of that file that could, which
-    /// hostd keeps in its state folder, is merged instead: a broken file of
-    /// the host's never holds up the server's revocations, and what it
-    /// revoked before stays revoked. A missing `TrustedUserCAKeys` file is
-    /// listed too, and trusts no CA (as in sshd). `keep`: note a good
-    /// version as the last one (an apply; not a preview or a drift check).
+    /// it. hostd keeps a copy of the last good version of each in its state
+    /// folder. One that cannot be read as it is (sshd could not either) is
+    /// listed in `problems`, and stood in for by what is sure of it: of
+    /// CA keys, those of the copy the file still holds on a line that can
+    /// be read; of revocations, the copy's and those of every line that can
+    /// be read. So a broken file of the host's never holds up the server's
+    /// revocations, nothing it revoked is let in, and no CA it dropped is
+    /// trusted. A file changed within the last second may be half written:
+    /// its copy stands in for it until the next check. A missing
+    /// `TrustedUserCAKeys` file is listed too, and trusts no CA (as in
+    /// sshd). `keep`: note a good version as the last one (an apply; not a
+    /// preview or a drift check).
     fn own_files(&self, keep: bool) -> apply::OwnFiles {
+        use apply::{OwnFile, OwnKind};
         let mut own = apply::OwnFiles::default();
         let ours = [self.layout.user_ca(), self.layout.krl()];
         for (kind, path) in [
-            (apply::OwnKind::UserCaKeys, &self.own_user_ca_keys),
-            (apply::OwnKind::RevokedKeys, &self.own_revoked_keys),
+            (OwnKind::UserCaKeys, &self.own_user_ca_keys),
+            (OwnKind::RevokedKeys, &self.own_revoked_keys),
         ] {
             let Some(path) = path else { continue };
             let kept = self.state_dir.join(kind.config_key());
             let read = if is_gatepass_file(path, &ours) {
                 Err("is one of gatepass's own files: it is not merged into itself".to_string())
             } else {
-                apply::OwnFile::read(kind, path)
+                OwnFile::read(kind, path)
             };
             let file = match read {
                 Ok(f) if f.missing => {
@@ -110,33 +116,74 @@ impl Host {
                     ));
                     None
                 }
-                Ok(f) => {
-                    if keep {
-                        keep_copy(&kept, &f);
+                Ok(f) => match kept_copy(&kept, kind, path) {
+                    Some(last) if last.bytes != f.bytes && changed_just_now(path) => {
+                        tracing::debug!(path = %path.display(), "changed just now: read again at the next check");
+                        Some(last)
                     }
-                    Some(f)
-                }
+                    _ => {
+                        if keep {
+                            keep_copy(&kept, &f);
+                        }
+                        Some(f)
+                    }
+                },
                 Err(why) => {
+                    let readable: Vec<ssh_key::PublicKey> = std::fs::read(path)
+                        .ok()
+                        .map(|b| OwnFile::of_bytes(kind, path, b).readable_keys())
+                        .unwrap_or_default();
                     let last = kept_copy(&kept, kind, path);
-                    let instead = if last.is_some() {
-                        "the last version of it hostd could read is merged until it is fixed"
-                    } else {
-                        "nothing of it is merged until it is fixed"
+                    let (file, instead) = match kind {
+                        OwnKind::UserCaKeys => {
+                            let both: Vec<_> = last
+                                .map(|l| l.readable_keys())
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(|k| readable.iter().any(|n| n.key_data() == k.key_data()))
+                                .collect();
+                            let said = if both.is_empty() {
+                                "no CA of it is trusted until it is fixed"
+                            } else {
+                                "of the last version hostd could read, the CA keys it still holds on a line that can be read are trusted until it is fixed"
+                            };
+                            (
+                                (!both.is_empty()).then(|| OwnFile::of_keys(kind, path, &both)),
+                                said,
+                            )
+                        }
+                        OwnKind::RevokedKeys => {
+                            let said = if last.is_some() {
+                                "the last version hostd could read, and the keys of its lines that can be read, are revoked until it is fixed"
+                            } else {
+                                "the keys of its lines that can be read are revoked until it is fixed"
+                            };
+                            let mut f = last.unwrap_or_else(|| OwnFile::of_keys(kind, path, &[]));
+                            f.also = readable;
+                            (Some(f), said)
+                        }
                     };
                     own.problems.push(format!(
                         "the host's own {} file {} {why}; {instead}",
                         kind.keyword(),
                         path.display()
                     ));
-                    last
+                    file
                 }
             };
             match kind {
-                apply::OwnKind::UserCaKeys => own.user_ca_keys = file,
-                apply::OwnKind::RevokedKeys => own.revoked_keys = file,
+                OwnKind::UserCaKeys => own.user_ca_keys = file,
+                OwnKind::RevokedKeys => own.revoked_keys = file,
             }
         }
         own
+    }
+
+    /// Takes the host's own file settings from `paths` (hostd's config,
+    /// read again).
+    pub fn set_own_files(&mut self, paths: &Paths) {
+        self.own_user_ca_keys = own_path(paths.host_user_ca_keys.as_deref());
+        self.own_revoked_keys = own_path(paths.host_revoked_keys.as_deref());
     }
 
     /// `state` rendered at `now` in `form`, with the host's own files.
@@ -399,8 +446,20 @@ pub fn sshd_paths(paths: &Paths) -> SshdPaths {
 }
 
 /// A host file setting of the config: `""` is none.
-fn own_path(p: &Option<PathBuf>) -> Option<PathBuf> {
-    p.clone().filter(|p| !p.as_os_str().is_empty())
+fn own_path(p: Option<&std::path::Path>) -> Option<PathBuf> {
+    p.filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from)
+}
+
+/// Whether `path` was changed within the last second or so (its
+/// modification time, in whole seconds): it may still be being written,
+/// as `ssh-keygen -k -u` and `cat >` write in place.
+fn changed_just_now(path: &std::path::Path) -> bool {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64);
+    modified >= crate::clock::now() - 1
 }
 
 /// Whether `path` is one of gatepass's own files: the same file as one of
@@ -447,9 +506,10 @@ fn kept_copy(
     kind: apply::OwnKind,
     path: &std::path::Path,
 ) -> Option<apply::OwnFile> {
+    use std::os::unix::ffi::OsStrExt;
     let bytes = std::fs::read(kept).ok()?;
     let at = bytes.iter().position(|b| *b == 0)?;
-    if &bytes[..at] != path.as_os_str().as_encoded_bytes() {
+    if std::path::Path::new(std::ffi::OsStr::from_bytes(&bytes[..at])) != path {
         return None;
     }
     apply::OwnFile::checked(kind, path, bytes[at + 1..].to_vec()).ok()
@@ -485,6 +545,8 @@ mod tests {
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE6UKKpDN5zr5Blb1uUhH6XDr6XlaOR1VBhLMpUSH7FS";
+    const OTHER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8ht8Z3j6yDWPBHQtOp/R9rjWvfU4uWgMImASHkoP1A";
 
     #[test]
     fn a_broken_host_file_is_stood_in_for_by_its_own_last_good_version_only() {
@@ -521,8 +583,8 @@ mod tests {
             broken
                 .problems
                 .iter()
-                .any(|p| p.contains("line 1: not a public key")
-                    && p.contains("the last version of it hostd could read is merged")),
+                .any(|p| p.contains("not a public key, line 1")
+                    && p.contains("the last version hostd could read, and the keys of its lines")),
             "{:?}",
             broken.problems
         );
@@ -533,14 +595,39 @@ mod tests {
         std::fs::write(&b, "garbage\n").unwrap();
         paths.host_revoked_keys = Some(b);
         let other = Host::new(&paths).own_files(true);
-        assert_eq!(other.revoked_keys, None);
+        let stood_in = other.revoked_keys.unwrap();
+        assert!(stood_in.bytes.is_empty() && stood_in.also.is_empty());
         assert!(
             other
                 .problems
                 .iter()
-                .any(|p| p.contains("nothing of it is merged")),
+                .any(|p| p.contains("the keys of its lines that can be read are revoked")),
             "{:?}",
             other.problems
+        );
+
+        // A broken CA file: of its last good version, only the CA keys it
+        // still holds on a line that can be read are trusted; a CA dropped
+        // in the same edit is not.
+        let ca = d.join("ca.pub");
+        std::fs::write(&ca, format!("{KEY}\n{OTHER}\n")).unwrap();
+        paths.host_user_ca_keys = Some(ca.clone());
+        let host = Host::new(&paths);
+        host.own_files(true);
+        std::fs::write(&ca, format!("{OTHER}\nnot a key\n")).unwrap();
+        let cas = host.own_files(true);
+        let stood_in = cas.user_ca_keys.unwrap();
+        assert_eq!(
+            String::from_utf8(stood_in.bytes).unwrap(),
+            format!("{OTHER}\n")
+        );
+        assert!(
+            cas.problems
+                .iter()
+                .any(|p| p.contains("not a public key, line 2")
+                    && p.contains("the CA keys it still holds")),
+            "{:?}",
+            cas.problems
         );
 
         // "" is none.

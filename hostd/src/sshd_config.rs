@@ -228,17 +228,30 @@ pub fn main_file_value(paths: &SshdPaths, keyword_lc: &str) -> Result<Option<Str
     Ok(None)
 }
 
-/// The first argument of a config line, as sshd splits it: a quoted one
-/// whole (spaces and all), without its quotes.
+/// The first argument of a config line, as sshd splits it (OpenSSH's
+/// `argv_split`): quotes (`"` or `'`) hold spaces and are dropped, and a
+/// backslash makes the quote, backslash or (outside quotes) space after it
+/// an ordinary character.
 fn first_arg(args: &str) -> String {
-    match args.strip_prefix('"') {
-        Some(rest) => rest.split('"').next().unwrap_or_default().to_string(),
-        None => args
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    let mut chars = args.trim_start_matches([' ', '\t']).chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quote) {
+            ('\\', _) => match chars.peek() {
+                Some(&n) if n == '\'' || n == '"' || n == '\\' || (quote.is_none() && n == ' ') => {
+                    out.push(n);
+                    chars.next();
+                }
+                _ => out.push(c),
+            },
+            (' ' | '\t', None) => break,
+            ('"' | '\'', None) => quote = Some(c),
+            (c, Some(q)) if c == q => quote = None,
+            (c, _) => out.push(c),
+        }
     }
+    out
 }
 
 /// The main file without anything gatepass put there: the marked block
@@ -1020,6 +1033,19 @@ mod tests {
     fn strip_rejects_broken_markers() {
         assert!(strip(Path::new("x"), &format!("{BEGIN}\nPort 1\n")).is_err());
         assert!(strip(Path::new("x"), &format!("Port 1\n{END}\n")).is_err());
+    }
+
+    #[test]
+    fn a_first_argument_is_split_as_sshd_splits_it() {
+        assert_eq!(first_arg("/etc/ssh/ca.pub more"), "/etc/ssh/ca.pub");
+        assert_eq!(
+            first_arg("\"/etc/ssh/my cas.pub\" x"),
+            "/etc/ssh/my cas.pub"
+        );
+        assert_eq!(first_arg("'/x/y z'"), "/x/y z");
+        assert_eq!(first_arg("/x/a\\ b"), "/x/a b");
+        assert_eq!(first_arg("/x/\\\"q"), "/x/\"q");
+        assert_eq!(first_arg("/x/\\n"), "/x/\\n");
     }
 
     #[test]

@@ -382,9 +382,11 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
             if let Some(state) = &desired {
                 // The host's own files as the config names them now: a
                 // `setup` run since may have noted them.
-                if let Ok(c) = Config::load(config_path) {
-                    host.own_user_ca_keys = c.paths.host_user_ca_keys;
-                    host.own_revoked_keys = c.paths.host_revoked_keys;
+                match Config::load(config_path) {
+                    Ok(c) => host.set_own_files(&c.paths),
+                    Err(e) => tracing::warn!(
+                        "cannot read the config again for the host's own files (those it named at start stay in use): {e}"
+                    ),
                 }
                 let now = clock::now();
                 let certs = std::mem::take(&mut pending_certs);

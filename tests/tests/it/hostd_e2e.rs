@@ -927,7 +927,7 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     // which, and merges the last version it could read meanwhile, while
     // the server's revocations still reach sshd.
     replace(&format!("{list}not a key at all\n"));
-    let said = "line 4: not a public key";
+    let said = "not a public key, line 4";
     let deadline = Instant::now() + within;
     while !daemon.log().contains(said) {
         assert!(Instant::now() < deadline, "{}", daemon.log());
@@ -936,7 +936,7 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     assert!(
         daemon
             .log()
-            .contains("the last version of it hostd could read is merged"),
+            .contains("the last version hostd could read, and the keys of its lines"),
         "{}",
         daemon.log()
     );
@@ -950,9 +950,30 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     assert!(!rig.login(&mallory, Some(&mallory_cert)));
     assert!(rig.login(&alice, Some(&alice_cert)));
 
+    // The admin stops merging the host's CA file while hostd runs
+    // (`""`: none): the running daemon follows its config at the next check.
+    replace(&list);
+    let config = std::fs::read_to_string(&rig.config).unwrap();
+    let ca_line = config
+        .lines()
+        .find(|l| l.starts_with("host_user_ca_keys"))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &rig.config,
+        config.replace(&ca_line, "host_user_ca_keys = \"\""),
+    )
+    .unwrap();
+    rig.login_becomes(&alice, Some(&alice_cert), false, within);
+    assert!(!rig.login(&bob, Some(&bob_cert)));
+    assert!(
+        !daemon.log().contains("TrustedUserCAKeys file  is missing"),
+        "\"\" is none, not a missing file: {}",
+        daemon.log()
+    );
+
     // Uninstall gives sshd the host's own lines back.
     drop(daemon);
-    replace(&list);
     let (st, out, err) = run(&mut rig.hostd_cmd(&["uninstall"]));
     assert_eq!(st, 0, "{out}{err}");
     rig.login_becomes(&alice, Some(&alice_cert), true, within);
