@@ -164,6 +164,23 @@ impl OwnKind {
     }
 }
 
+/// A host file's bytes, at most [`MAX_OWN_FILE`] of them (more is an
+/// `InvalidData` error: a path naming `/dev/zero` is not read for ever).
+pub fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_OWN_FILE + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_OWN_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than the most hostd reads",
+        ));
+    }
+    Ok(bytes)
+}
+
 /// One of the host's own files, read and checked as sshd reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnFile {
@@ -185,18 +202,11 @@ impl OwnFile {
     /// the error says what sshd could not read. A missing `RevokedKeys`
     /// file is such an error: sshd refuses every key while it is missing.
     pub fn read(kind: OwnKind, path: &Path) -> Result<OwnFile, String> {
-        use std::io::Read;
         let mut missing = false;
-        let bytes = match std::fs::File::open(path) {
-            Ok(file) => {
-                let mut bytes = Vec::new();
-                file.take(MAX_OWN_FILE + 1)
-                    .read_to_end(&mut bytes)
-                    .map_err(|e| format!("cannot be read: {e}"))?;
-                if bytes.len() as u64 > MAX_OWN_FILE {
-                    return Err(format!("is larger than {} MiB", MAX_OWN_FILE >> 20));
-                }
-                bytes
+        let bytes = match read_capped(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(format!("is larger than {} MiB", MAX_OWN_FILE >> 20))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match kind {
                 OwnKind::UserCaKeys => {
@@ -1181,6 +1191,32 @@ mod tests {
         assert_ne!(
             again.own_digest, r.own_digest,
             "the digest follows the contents"
+        );
+
+        // A comment in another encoding is harmless, as to sshd.
+        let files = both(own(
+            d,
+            None,
+            Some(&[&b"# caf\xe9\n"[..], other.as_bytes(), b"\n"].concat()),
+        ));
+        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        assert!(gatepass_krl::parse(&r.krl)
+            .unwrap()
+            .revokes_key(other_key.key_data()));
+
+        // Keys besides the file's (`also`, the readable lines of a broken
+        // list) are revoked with it.
+        let mut files = both(own(d, None, Some(b"# nothing\n")));
+        if let Some(f) = files.revoked_keys.as_mut() {
+            f.also = vec![other_key.clone()];
+        }
+        let r = render_with(&state, 0, TimeForm::Utc, &files).unwrap();
+        assert!(gatepass_krl::parse(&r.krl)
+            .unwrap()
+            .revokes_key(other_key.key_data()));
+        assert_ne!(
+            files.digest(),
+            both(own(d, None, Some(b"# nothing\n"))).digest()
         );
 
         // What sshd cannot read either is refused, saying where.

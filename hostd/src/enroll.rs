@@ -211,12 +211,12 @@ pub fn adopt_own_files(paths: &mut Paths, eff: &Effective, former: Option<&Path>
         }
         *slot = Some(path);
         let what = match kind {
-            OwnKind::UserCaKeys => "its CA keys are added to (but in mapped mode)",
-            OwnKind::RevokedKeys => "what it revokes is added to",
+            OwnKind::UserCaKeys => "its CA keys are added to gatepass's (not in mapped mode)",
+            OwnKind::RevokedKeys => "what it revokes is added to gatepass's",
         };
         notes.push(format!(
-            "the host's own {keyword} file {value}: {what} gatepass's (hostd reads it again at \
-             every check; paths.{key} in hostd's config, \"\" for none)"
+            "the host's own {keyword} file {value}: {what}; hostd reads it again at every \
+             check (paths.{key} in hostd's config, \"\" for none)"
         ));
     }
     notes

@@ -80,17 +80,22 @@ impl Host {
 
     /// The host's own files as they are now, each checked as sshd reads
     /// it. hostd keeps a copy of the last good version of each in its state
-    /// folder. One that cannot be read as it is (sshd could not either) is
-    /// listed in `problems`, and stood in for by what is sure of it: of
-    /// CA keys, those of the copy the file still holds on a line that can
-    /// be read; of revocations, the copy's and those of every line that can
-    /// be read. So a broken file of the host's never holds up the server's
-    /// revocations, nothing it revoked is let in, and no CA it dropped is
-    /// trusted. A file changed within the last second may be half written:
-    /// its copy stands in for it until the next check. A missing
-    /// `TrustedUserCAKeys` file is listed too, and trusts no CA (as in
-    /// sshd). `keep`: note a good version as the last one (an apply; not a
-    /// preview or a drift check).
+    /// folder (naming its file, for that file only).
+    ///
+    /// A file that cannot be read as it is (sshd could not either) is
+    /// listed in `problems`, and what is sure of it stands in ([`sure`]):
+    /// of CA keys, those of the copy that the file still holds on a line
+    /// that can be read; of revocations, the copy's and those of every line
+    /// that can be read. So a broken file of the host's never holds up the
+    /// server's revocations, nothing of it that hostd could read is let in,
+    /// and no CA it dropped is trusted.
+    ///
+    /// A file that changed within the second around now may be half
+    /// written (`ssh-keygen -k -u` and `cat >` write in place): what is
+    /// sure of it stands in the same way, unlisted, and the next check
+    /// takes it whole. A missing `TrustedUserCAKeys` file is listed too,
+    /// and trusts no CA (as in sshd). `keep`: note a good version as the
+    /// last one (an apply; not a preview or a drift check).
     fn own_files(&self, keep: bool) -> apply::OwnFiles {
         use apply::{OwnFile, OwnKind};
         let mut own = apply::OwnFiles::default();
@@ -101,10 +106,22 @@ impl Host {
         ] {
             let Some(path) = path else { continue };
             let kept = self.state_dir.join(kind.config_key());
-            let read = if is_gatepass_file(path, &ours) {
+            let gatepass_s = is_gatepass_file(path, &ours);
+            let read = if gatepass_s {
                 Err("is one of gatepass's own files: it is not merged into itself".to_string())
             } else {
                 OwnFile::read(kind, path)
+            };
+            // The keys of the lines that can be read now (none of a file of
+            // gatepass's own, which holds what hostd merged).
+            let readable = || {
+                if gatepass_s {
+                    return Vec::new();
+                }
+                apply::read_capped(path)
+                    .ok()
+                    .map(|b| OwnFile::of_bytes(kind, path, b).readable_keys())
+                    .unwrap_or_default()
             };
             let file = match read {
                 Ok(f) if f.missing => {
@@ -118,8 +135,8 @@ impl Host {
                 }
                 Ok(f) => match kept_copy(&kept, kind, path) {
                     Some(last) if last.bytes != f.bytes && changed_just_now(path) => {
-                        tracing::debug!(path = %path.display(), "changed just now: read again at the next check");
-                        Some(last)
+                        tracing::debug!(path = %path.display(), "changed just now: what is sure of it is merged, the rest at the next check");
+                        sure(kind, path, Some(last), f.readable_keys())
                     }
                     _ => {
                         if keep {
@@ -129,38 +146,21 @@ impl Host {
                     }
                 },
                 Err(why) => {
-                    let readable: Vec<ssh_key::PublicKey> = std::fs::read(path)
-                        .ok()
-                        .map(|b| OwnFile::of_bytes(kind, path, b).readable_keys())
-                        .unwrap_or_default();
                     let last = kept_copy(&kept, kind, path);
-                    let (file, instead) = match kind {
+                    let had_copy = last.is_some();
+                    let file = sure(kind, path, last, readable());
+                    let instead = match kind {
+                        OwnKind::UserCaKeys if file.is_none() => {
+                            "no CA of it is trusted until it is fixed"
+                        }
                         OwnKind::UserCaKeys => {
-                            let both: Vec<_> = last
-                                .map(|l| l.readable_keys())
-                                .unwrap_or_default()
-                                .into_iter()
-                                .filter(|k| readable.iter().any(|n| n.key_data() == k.key_data()))
-                                .collect();
-                            let said = if both.is_empty() {
-                                "no CA of it is trusted until it is fixed"
-                            } else {
-                                "of the last version hostd could read, the CA keys it still holds on a line that can be read are trusted until it is fixed"
-                            };
-                            (
-                                (!both.is_empty()).then(|| OwnFile::of_keys(kind, path, &both)),
-                                said,
-                            )
+                            "of the last version hostd could read, the CA keys it still holds on a line that can be read are trusted until it is fixed"
+                        }
+                        OwnKind::RevokedKeys if had_copy => {
+                            "the last version hostd could read, and the keys of its lines that can be read, are revoked until it is fixed"
                         }
                         OwnKind::RevokedKeys => {
-                            let said = if last.is_some() {
-                                "the last version hostd could read, and the keys of its lines that can be read, are revoked until it is fixed"
-                            } else {
-                                "the keys of its lines that can be read are revoked until it is fixed"
-                            };
-                            let mut f = last.unwrap_or_else(|| OwnFile::of_keys(kind, path, &[]));
-                            f.also = readable;
-                            (Some(f), said)
+                            "the keys of its lines that can be read are revoked until it is fixed"
                         }
                     };
                     own.problems.push(format!(
@@ -450,16 +450,45 @@ fn own_path(p: Option<&std::path::Path>) -> Option<PathBuf> {
     p.filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from)
 }
 
-/// Whether `path` was changed within the last second or so (its
-/// modification time, in whole seconds): it may still be being written,
-/// as `ssh-keygen -k -u` and `cat >` write in place.
+/// Whether `path` was changed within the second around now (its
+/// modification time, in whole seconds): it may still be being written.
+/// A time further off, in the past or (a copied file, a clock set back)
+/// in the future, is taken as settled.
 fn changed_just_now(path: &std::path::Path) -> bool {
     let modified = std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs() as i64);
-    modified >= crate::clock::now() - 1
+    (modified - crate::clock::now()).abs() <= 1
+}
+
+/// What is sure of a host file whose present contents cannot be taken
+/// whole, from its last good copy `last` and the keys of the lines that
+/// can be read now: of CA keys, those of the copy still there (None when
+/// none is: no CA is trusted); of revocations, both.
+fn sure(
+    kind: apply::OwnKind,
+    path: &std::path::Path,
+    last: Option<apply::OwnFile>,
+    readable: Vec<ssh_key::PublicKey>,
+) -> Option<apply::OwnFile> {
+    match kind {
+        apply::OwnKind::UserCaKeys => {
+            let both: Vec<_> = last
+                .map(|l| l.readable_keys())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|k| readable.iter().any(|n| n.key_data() == k.key_data()))
+                .collect();
+            (!both.is_empty()).then(|| apply::OwnFile::of_keys(kind, path, &both))
+        }
+        apply::OwnKind::RevokedKeys => {
+            let mut f = last.unwrap_or_else(|| apply::OwnFile::of_keys(kind, path, &[]));
+            f.also = readable;
+            Some(f)
+        }
+    }
 }
 
 /// Whether `path` is one of gatepass's own files: the same file as one of
@@ -629,6 +658,33 @@ mod tests {
             "{:?}",
             cas.problems
         );
+
+        // A change within the second around a check may be half written:
+        // what is sure of it stands in until the next. A CA dropped goes at
+        // once (one added waits); a key revoked is revoked at once (one
+        // taken off the list stays revoked until then).
+        std::fs::write(&ca, format!("{OTHER}\n")).unwrap();
+        let fresh = host.own_files(true);
+        assert_eq!(
+            String::from_utf8(fresh.user_ca_keys.unwrap().bytes).unwrap(),
+            format!("{OTHER}\n")
+        );
+        assert!(
+            !fresh
+                .problems
+                .iter()
+                .any(|p| p.contains("TrustedUserCAKeys")),
+            "{:?}",
+            fresh.problems
+        );
+        paths.host_revoked_keys = Some(a.clone());
+        let host = Host::new(&paths);
+        std::fs::write(&a, format!("{OTHER}\n")).unwrap();
+        let fresh = host.own_files(true);
+        let revoked = fresh.revoked_keys.unwrap();
+        assert_eq!(revoked.bytes, format!("{KEY}\n").into_bytes(), "the copy");
+        assert_eq!(revoked.also.len(), 1);
+        assert_eq!(revoked.also[0].to_openssh().unwrap(), OTHER);
 
         // "" is none.
         paths.host_revoked_keys = Some("".into());

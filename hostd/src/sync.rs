@@ -385,7 +385,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
                 match Config::load(config_path) {
                     Ok(c) => host.set_own_files(&c.paths),
                     Err(e) => tracing::warn!(
-                        "cannot read the config again for the host's own files (those it named at start stay in use): {e}"
+                        "cannot read the config again for the host's own files (those it named when last read stay in use): {e}"
                     ),
                 }
                 let now = clock::now();
