@@ -226,13 +226,7 @@ impl OwnFile {
 
     /// `bytes` as the file of `kind` at `path`, checked.
     pub fn checked(kind: OwnKind, path: &Path, bytes: Vec<u8>) -> Result<OwnFile, String> {
-        let f = OwnFile {
-            kind,
-            path: path.to_path_buf(),
-            bytes,
-            missing: false,
-            also: Vec::new(),
-        };
+        let f = OwnFile::of_bytes(kind, path, bytes);
         if f.is_krl() {
             gatepass_krl::parse(&f.bytes)
                 .map_err(|e| format!("is a KRL hostd cannot merge: {e}"))?;
@@ -266,13 +260,7 @@ impl OwnFile {
                 bytes.push(b'\n');
             }
         }
-        OwnFile {
-            kind,
-            path: path.to_path_buf(),
-            bytes,
-            missing: false,
-            also: Vec::new(),
-        }
+        OwnFile::of_bytes(kind, path, bytes)
     }
 
     /// The public keys of a text file of keys, one per line (type, base64,
