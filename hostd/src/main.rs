@@ -353,7 +353,7 @@ fn main() -> Result<()> {
                 .with_context(|| format!("read {}", state.display()))?;
             let desired: HostState = serde_json::from_str(&text).context("state JSON")?;
             let out = Host::new(&resolved).converge(&desired, clock::now(), &[])?;
-            sync::log_outcome(&out);
+            sync::log_outcome(&out, &mut sync::LeftOut::default());
             print_changes(&out.changes, false);
             Ok(())
         }

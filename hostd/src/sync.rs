@@ -77,14 +77,45 @@ pub fn record(
     local.own_digest = out.rendered.own_digest.clone();
 }
 
-/// Logs what a convergence did.
-pub fn log_outcome(out: &Outcome) {
+/// What the journal has been told is left out, so that an entry is said
+/// once when it appears and once when it goes, not at every check (every
+/// `sync.recheck_seconds`) while it stays.
+#[derive(Debug, Default)]
+pub struct LeftOut(Vec<String>);
+
+impl LeftOut {
+    /// Takes the entries left out now; returns those new since the last
+    /// call and those no longer left out.
+    pub fn update(&mut self, now: &[String]) -> (Vec<String>, Vec<String>) {
+        let new = now
+            .iter()
+            .filter(|r| !self.0.contains(r))
+            .cloned()
+            .collect();
+        let gone = self
+            .0
+            .iter()
+            .filter(|r| !now.contains(r))
+            .cloned()
+            .collect();
+        self.0 = now.to_vec();
+        (new, gone)
+    }
+}
+
+/// Logs what a convergence did; entries left out are said as they
+/// appear and go (see [`LeftOut`]).
+pub fn log_outcome(out: &Outcome, told: &mut LeftOut) {
     for c in &out.changes {
         let what = if c.new.is_some() { "wrote" } else { "removed" };
         tracing::info!(path = %c.path.display(), "{what}");
     }
-    for r in &out.rendered.rejected {
+    let (new, gone) = told.update(&out.rendered.rejected);
+    for r in &new {
         tracing::warn!("left out: {r}");
+    }
+    for r in &gone {
+        tracing::info!("no longer left out: {r}");
     }
     // Notes repeat on every pass; say them when the config is written.
     if out.config_changed {
@@ -352,6 +383,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
     // After a signing round, keys are not asked for again before this.
     let mut renew_backoff_until: Option<i64> = None;
     let mut pending_certs: Vec<NewCert> = Vec::new();
+    let mut told = LeftOut::default();
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Other(format!("SIGTERM handler: {e}")))?;
@@ -397,7 +429,7 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
                 recheck_at = Some(now + recheck);
                 match host.converge(state, now, &certs) {
                     Ok(out) => {
-                        log_outcome(&out);
+                        log_outcome(&out, &mut told);
                         let drift = repaired(&drifted, &out);
                         for p in &drift {
                             tracing::warn!(path = %p, "repaired: changed on disk since hostd wrote it");
@@ -541,4 +573,24 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_left_out_is_told_when_it_appears_and_when_it_goes() {
+        let mut told = LeftOut::default();
+        let a = "user x: bad".to_string();
+        let b = "lease y: bad".to_string();
+        assert_eq!(told.update(&[a.clone()]), (vec![a.clone()], vec![]));
+        assert_eq!(told.update(&[a.clone()]), (vec![], vec![]));
+        assert_eq!(
+            told.update(&[a.clone(), b.clone()]),
+            (vec![b.clone()], vec![])
+        );
+        assert_eq!(told.update(&[b.clone()]), (vec![], vec![a.clone()]));
+        assert_eq!(told.update(&[]), (vec![], vec![b]));
+    }
 }

@@ -949,10 +949,18 @@ fn the_hosts_own_trusted_cas_and_revoked_keys_stay_in_force() {
     );
     assert!(!rig.login(&mallory, Some(&mallory_cert)));
     assert!(rig.login(&alice, Some(&alice_cert)));
+    // Checked every second since, and applied again for the revocation:
+    // the journal was told once, not at every check.
+    assert_eq!(daemon.log().matches(said).count(), 1, "{}", daemon.log());
 
     // The admin stops merging the host's CA file while hostd runs
     // (`""`: none): the running daemon follows its config at the next check.
     replace(&list);
+    let deadline = Instant::now() + within;
+    while !daemon.log().contains("no longer left out") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let config = std::fs::read_to_string(&rig.config).unwrap();
     let ca_line = config
         .lines()
