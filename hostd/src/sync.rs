@@ -582,15 +582,15 @@ mod tests {
     #[test]
     fn an_entry_left_out_is_told_when_it_appears_and_when_it_goes() {
         let mut told = LeftOut::default();
-        let a = "user x: bad".to_string();
-        let b = "lease y: bad".to_string();
-        assert_eq!(told.update(&[a.clone()]), (vec![a.clone()], vec![]));
-        assert_eq!(told.update(&[a.clone()]), (vec![], vec![]));
+        let (a, b) = ("user x: bad".to_string(), "lease y: bad".to_string());
+        let (just_a, just_b) = (vec![a.clone()], vec![b.clone()]);
+        assert_eq!(told.update(&just_a), (vec![a.clone()], vec![]));
+        assert_eq!(told.update(&just_a), (vec![], vec![]));
         assert_eq!(
             told.update(&[a.clone(), b.clone()]),
             (vec![b.clone()], vec![])
         );
-        assert_eq!(told.update(&[b.clone()]), (vec![], vec![a.clone()]));
+        assert_eq!(told.update(&just_b), (vec![], vec![a.clone()]));
         assert_eq!(told.update(&[]), (vec![], vec![b]));
     }
 }
