@@ -51,6 +51,14 @@ pub struct Revoked {
     pub revoked: Vec<String>,
 }
 
+/// `POST lift` (gatepass): a key-ID or key revocation lifted; the serial
+/// numbers of the certificates it covered, which stay revoked until they
+/// expire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifted {
+    pub still_revoked: Vec<String>,
+}
+
 /// `POST creds/<role>`. Either `ip`, or `host` (gatepass: an enrolled host's
 /// ID or name, optionally with one of its addresses in `ip`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

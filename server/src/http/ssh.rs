@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use gatepass_api::ssh::{IssuedKey, Revoked, RoleNames, SignedKey};
+use gatepass_api::ssh::{IssuedKey, Lifted, Revoked, RoleNames, SignedKey};
 use serde_json::{json, Map, Value};
 use ssh_key::LineEnding;
 
@@ -230,6 +230,13 @@ pub async fn route(
             .await?;
             data(&Revoked { revoked: serials })
         }
+        (["lift"], Write) => {
+            let serials =
+                certs::lift(core, m, f.str("key_id")?, f.str("public_key")?, req.now).await?;
+            data(&Lifted {
+                still_revoked: serials,
+            })
+        }
         (["creds", role], Write) => {
             let r = roles::read(core, m, role)
                 .await?
@@ -383,6 +390,7 @@ pub async fn route(
             | ["certs"]
             | ["issued"]
             | ["revoke"]
+            | ["lift"]
             | ["verify"]
             | ["lookup"],
             _,

@@ -570,15 +570,8 @@ pub async fn refuse_revoked(core: &Core, m: &Mount, key_id: &str, key: &PublicKe
     if !rev.keys.is_empty() {
         // Stored as `to_openssh` wrote them: the type and the base64 of
         // the key are the first two fields, the comment (if any) after.
-        let text = key
-            .to_openssh()
-            .map_err(|e| Error::internal(e.to_string()))?;
-        let ours = text.split_whitespace().take(2);
-        if rev
-            .keys
-            .iter()
-            .any(|k| k.split_whitespace().take(2).eq(ours.clone()))
-        {
+        let ours = openssh_fields(key)?;
+        if rev.keys.iter().any(|k| Lifted::matches_key(&ours, k)) {
             return Err(Error::invalid(
                 "public_key is revoked in this mount; hosts refuse every certificate for it",
             ));
@@ -707,6 +700,156 @@ pub async fn revoke(
         }
     }
     Ok(hit.iter().map(|r| serial_hex(r.serial)).collect())
+}
+
+/// Lifts a key-ID or key revocation (one of `key_id`, `public_key`):
+/// signing takes the key ID or key again, and the KRL stops naming it.
+/// The certificates it revoked stay revoked, by serial, until they
+/// expire; returns their serials. Without this a key ID revoked once
+/// (a `key_id_format` of `{{token_display_name}}` names a user) would lock
+/// its user out of the mount for good.
+pub async fn lift(
+    core: &Core,
+    m: &Mount,
+    key_id: Option<String>,
+    public_key: Option<String>,
+    now: i64,
+) -> Result<Vec<String>> {
+    let lifted = match (key_id, public_key) {
+        (Some(id), None) => {
+            super::principal::check_key_id(&id)?;
+            Lifted::KeyId(id)
+        }
+        (None, Some(pk)) => {
+            let key = super::sign::parse_public_key(&pk)?;
+            Lifted::Key(issuers::fingerprint(&key), openssh_fields(&key)?)
+        }
+        _ => return Err(Error::invalid("give exactly one of key_id or public_key")),
+    };
+    let key = revocations_key(m);
+    let rev: Revocations = core.storage.get_exact(&key).await?.unwrap_or_default();
+    if !lifted.in_list(&rev) {
+        return Err(Error::invalid(format!(
+            "{} is not revoked in this mount",
+            lifted.name()
+        )));
+    }
+    // The certificates it covers are read before the list changes, and
+    // again after: one signed meanwhile by a server that had not heard of
+    // the revocation yet was revoked by it, and stays so.
+    let mut kept = lifted.certificates(core, m, now).await?;
+    serials_revoked(core, &key, &kept, now, |rev| lifted.drop_from(rev)).await?;
+    let later: Vec<CertRecord> = lifted
+        .certificates(core, m, now)
+        .await?
+        .into_iter()
+        .filter(|r| !kept.iter().any(|k| k.serial == r.serial))
+        .collect();
+    if !later.is_empty() {
+        serials_revoked(core, &key, &later, now, |_| ()).await?;
+        kept.extend(later);
+    }
+    for mut r in kept.clone() {
+        if r.revoked_at.is_none() {
+            r.revoked_at = Some(now);
+            core.storage.put(&cert_key(m, r.serial), &r).await?;
+        }
+    }
+    Ok(kept.iter().map(|r| serial_hex(r.serial)).collect())
+}
+
+/// Adds the serials of `certs` to the list, with `change` made in the
+/// same update.
+async fn serials_revoked(
+    core: &Core,
+    key: &str,
+    certs: &[CertRecord],
+    now: i64,
+    change: impl Fn(&mut Revocations) + Send + Sync,
+) -> Result<()> {
+    core.storage
+        .update(key, |mut rev: Revocations| {
+            change(&mut rev);
+            for r in certs {
+                rev.add(&Revoked::Serial(
+                    r.issuer_id.clone(),
+                    r.serial,
+                    r.valid_before,
+                ));
+            }
+            rev.version += 1;
+            rev.updated = now;
+            Ok((Change::Put(rev), ()))
+        })
+        .await?
+        .ok_or_else(|| Error::internal("the revocation list vanished"))
+}
+
+/// The type and base64 of an OpenSSH key line, without its comment: how
+/// revoked keys are compared.
+fn openssh_fields(key: &PublicKey) -> Result<String> {
+    let text = key
+        .to_openssh()
+        .map_err(|e| Error::internal(e.to_string()))?;
+    Ok(text
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
+/// What [`lift`] lifts.
+enum Lifted {
+    KeyId(String),
+    /// The key's fingerprint and its [`openssh_fields`].
+    Key(String, String),
+}
+
+impl Lifted {
+    fn name(&self) -> String {
+        match self {
+            Lifted::KeyId(id) => format!("key_id {id:?}"),
+            Lifted::Key(fp, _) => format!("public_key {fp}"),
+        }
+    }
+
+    fn matches_key(fields: &str, stored: &str) -> bool {
+        stored
+            .split_whitespace()
+            .take(2)
+            .eq(fields.split_whitespace())
+    }
+
+    fn in_list(&self, rev: &Revocations) -> bool {
+        match self {
+            Lifted::KeyId(id) => rev.key_ids.iter().any(|(k, _)| k == id),
+            Lifted::Key(_, fields) => rev.keys.iter().any(|k| Lifted::matches_key(fields, k)),
+        }
+    }
+
+    fn drop_from(&self, rev: &mut Revocations) {
+        match self {
+            Lifted::KeyId(id) => rev.key_ids.retain(|(k, _)| k != id),
+            Lifted::Key(_, fields) => rev.keys.retain(|k| !Lifted::matches_key(fields, k)),
+        }
+    }
+
+    /// The certificates in the inventory it covers that have not expired.
+    async fn certificates(&self, core: &Core, m: &Mount, now: i64) -> Result<Vec<CertRecord>> {
+        let all_of = match self {
+            Lifted::KeyId(id) => with_key_id(core, m, id).await?,
+            Lifted::Key(fp, _) => all(core, m)
+                .await?
+                .into_iter()
+                .filter(|r| r.fingerprint == *fp)
+                .collect(),
+        };
+        let now = now.max(0) as u64;
+        Ok(all_of
+            .into_iter()
+            .filter(|r| r.valid_before > now)
+            .collect())
+    }
 }
 
 /// The KRL for this mount at `now`: revoked serials per issuer (expired

@@ -758,6 +758,104 @@ async fn a_certificate_of_a_deleted_ca_revoked_afterwards_reaches_the_krl() {
     assert!(krl_revokes(dir, &k, &cert), "{}", krl_listing(dir, &k));
 }
 
+/// A key ID or key revoked by mistake is lifted: signing takes it again,
+/// and what the revocation covered stays revoked until it expires.
+#[tokio::test]
+async fn a_lifted_key_id_or_key_signs_again_and_its_certificates_stay_revoked() {
+    let s = server().await;
+    let dir = s.dir.path();
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    role(
+        &s,
+        "r",
+        json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "*",
+               "allow_user_key_ids": true, "ttl": "1h"}),
+    )
+    .await;
+    let (alice_key, carol_key) = (user_key(dir, "alice"), user_key(dir, "carol"));
+    let sign = |pk: &str, id: &str| {
+        let body = json!({"public_key": pk, "valid_principals": "dave", "key_id": id});
+        let s = &s;
+        async move { s.root("POST", "ssh/sign/r", Some(body)).await }
+    };
+    let signed = |v: &Value| {
+        (
+            v["data"]["serial_number"].as_str().unwrap().to_string(),
+            v["data"]["signed_key"].as_str().unwrap().to_string(),
+        )
+    };
+    let krl = || async {
+        let m = gatepass_server::mounts::get(&s.core, "ssh")
+            .await
+            .unwrap()
+            .unwrap();
+        gatepass_server::ssh::certs::krl(&s.core, &m, s.core.clock.now())
+            .await
+            .unwrap()
+    };
+    let (alice_serial, alice_cert) = signed(&sign(&alice_key, "alice").await.1);
+
+    // Nothing to lift, or not said what: 400, and nothing changes.
+    let (st, v) = s
+        .root("POST", "ssh/lift", Some(json!({"key_id": "alice"})))
+        .await;
+    refused(st, &v, r#"key_id "alice" is not revoked in this mount"#);
+    let (st, v) = s.root("POST", "ssh/lift", Some(json!({}))).await;
+    refused(st, &v, "give exactly one of key_id or public_key");
+
+    ok(&s, "POST", "ssh/revoke", json!({"key_id": "alice"})).await;
+    let (st, v) = sign(&alice_key, "alice").await;
+    refused(st, &v, r#"key_id "alice" is revoked"#);
+    let v = ok(&s, "POST", "ssh/lift", json!({"key_id": "alice"})).await;
+    assert_eq!(v["data"]["still_revoked"], json!([alice_serial]));
+    let (st, v) = sign(&alice_key, "alice").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, alice_again) = signed(&v);
+    let k = krl().await;
+    assert!(
+        krl_revokes(dir, &k, &alice_cert),
+        "{}",
+        krl_listing(dir, &k)
+    );
+    assert!(
+        !krl_revokes(dir, &k, &alice_again),
+        "{}",
+        krl_listing(dir, &k)
+    );
+    assert!(!krl_listing(dir, &k).contains("id: alice"));
+    let (_, v) = s
+        .root("GET", &format!("ssh/certs/{alice_serial}"), None)
+        .await;
+    assert_eq!(v["data"]["revoked"], true);
+
+    // The same for a key, named with another comment than it was revoked with.
+    let (carol_serial, carol_cert) = signed(&sign(&carol_key, "carol").await.1);
+    ok(&s, "POST", "ssh/revoke", json!({"public_key": carol_key})).await;
+    let (st, v) = sign(&carol_key, "carol-2").await;
+    refused(st, &v, "public_key is revoked");
+    let renamed = format!(
+        "{} someone-else@elsewhere",
+        carol_key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let v = ok(&s, "POST", "ssh/lift", json!({"public_key": renamed})).await;
+    assert_eq!(v["data"]["still_revoked"], json!([carol_serial]));
+    let (st, v) = sign(&carol_key, "carol-2").await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (_, carol_again) = signed(&v);
+    let k = krl().await;
+    assert!(krl_revokes(dir, &k, &carol_cert));
+    assert!(!krl_revokes(dir, &k, &carol_again));
+
+    // Once they expire, the certificates revoked by serial leave the KRL.
+    s.clock.advance(2 * 3600);
+    let listed = krl_listing(dir, &krl().await);
+    assert!(!listed.contains("serial:"), "{listed}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn revocations_made_at_once_all_reach_the_krl() {
     let s = std::sync::Arc::new(server().await);
