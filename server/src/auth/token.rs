@@ -724,6 +724,29 @@ pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Resul
     }
 }
 
+/// Revokes, with their children, the tokens created at `prefix` or below
+/// it, whole path segments only (`auth/userpass/login/al` does not take
+/// `auth/userpass/login/alice`): Vault's `sys/leases/revoke-prefix` on a
+/// login path, how an operator ends every session of a user or of an auth
+/// method. Returns how many were revoked.
+pub async fn revoke_by_path(core: &Core, prefix: &str, now: i64) -> Result<usize> {
+    let prefix = prefix.trim_matches('/');
+    let mut n = 0;
+    for accessor in accessors(core).await? {
+        // Gone meanwhile (a parent revoked with its children): nothing to do.
+        let Some(e) = lookup_accessor(core, &accessor, now).await? else {
+            continue;
+        };
+        let under = e.path == prefix
+            || (e.path.starts_with(prefix) && e.path[prefix.len()..].starts_with('/'));
+        if under {
+            revoke_tree(core, &e).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Accessors of every live token (Vault's `LIST auth/token/accessors`).
 pub async fn accessors(core: &Core) -> Result<Vec<String>> {
     core.storage.list("token/accessor/").await

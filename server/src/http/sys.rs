@@ -400,7 +400,13 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::NoContent)
         }
         (["sys", "leases", "revoke-prefix", prefix @ ..], Write) if !prefix.is_empty() => {
-            leases::revoke_prefix(core, &prefix.join("/")).await?;
+            let prefix = prefix.join("/");
+            leases::revoke_prefix(core, &prefix).await?;
+            // Tokens are leases in Vault, under the path that made them
+            // (`auth/userpass/login/alice`): revoked here too.
+            if prefix == "auth" || prefix.starts_with("auth/") {
+                crate::auth::token::revoke_by_path(core, &prefix, req.now).await?;
+            }
             Ok(Reply::NoContent)
         }
 

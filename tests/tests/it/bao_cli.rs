@@ -436,6 +436,46 @@ fn leases_are_looked_up_renewed_and_revoked() {
     let otp = v["data"]["key"].as_str().unwrap();
     let (code, err) = fails(s.user(&["write", "ssh/verify", &format!("otp={otp}")]));
     assert_eq!(code, 2, "{err}");
+
+    // Every session of one user ended at once, as in Vault: tokens are
+    // leases under the path that made them.
+    let maker = r#"path "auth/token/create" { capabilities = ["update"] }"#;
+    ok(s.root(&["policy", "write", "maker", &policy_file(&s, "maker", maker)]));
+    for user in ["alice", "alicia"] {
+        ok(s.root(&[
+            "write",
+            &format!("auth/userpass/users/{user}"),
+            "password=correct horse",
+            "token_policies=maker",
+        ]));
+    }
+    let login = |user: &str| {
+        ok(s.user(&[
+            "write",
+            "-field=token",
+            &format!("auth/userpass/login/{user}"),
+            "password=correct horse",
+        ]))
+    };
+    let (alice1, alice2, alicia) = (login("alice"), login("alice"), login("alicia"));
+    let mut create = s.user(&["write", "-field=token", "-f", "auth/token/create"]);
+    create.env("BAO_TOKEN", &alice1);
+    let child = ok(create);
+    let works = |token: &str| {
+        let mut c = s.user(&["token", "lookup"]);
+        c.env("BAO_TOKEN", token);
+        run(&mut c).0 == 0
+    };
+    assert!(works(&child));
+    // $ bao lease revoke -prefix auth/userpass/login/alice
+    let out = ok(s.root(&["lease", "revoke", "-prefix", "auth/userpass/login/alice"]));
+    assert!(
+        out.contains("All revocation operations queued successfully!"),
+        "{out}"
+    );
+    assert!(!works(&alice1) && !works(&alice2), "alice's sessions ended");
+    assert!(!works(&child), "with the tokens they made");
+    assert!(works(&alicia), "whole path segments only");
 }
 
 #[test]
