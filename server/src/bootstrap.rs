@@ -64,7 +64,7 @@ impl Core {
 
     pub async fn ensure_mount(&self, path: &str, kind: &str) -> Result<()> {
         if mounts::get(self, path).await?.is_none() {
-            mounts::enable(self, path, kind, "", self.clock.now()).await?;
+            mounts::enable(self, path, kind, "", Default::default(), self.clock.now()).await?;
         }
         Ok(())
     }

@@ -60,6 +60,7 @@ pub async fn enable(
     path: &str,
     kind: &str,
     description: &str,
+    tune: Tune,
     now: i64,
 ) -> Result<Mount> {
     let path = normalize_path(path)?;
@@ -81,7 +82,7 @@ pub async fn enable(
         accessor: format!("{kind}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
         uuid: uuid::Uuid::new_v4().to_string(),
         created: now,
-        tune: Tune::default(),
+        tune,
     };
     if !core.storage.put_if_absent(&key(&path), &mount).await? {
         return Err(Error::invalid(format!("path is already in use at {path}/")));
@@ -203,7 +204,9 @@ mod tests {
         let core = Core::for_test(&dir, 1).await;
         // What a new server mounts itself.
         let own = all(&core).await.unwrap().len();
-        enable(&core, "a", "ssh", "first", 1).await.unwrap();
+        enable(&core, "a", "ssh", "first", Tune::default(), 1)
+            .await
+            .unwrap();
         // Each step routes once before the change, so that the table the
         // change must replace is cached.
         assert_eq!(routed(&core, "a/sign/r").await, at("a", "first", "sign/r"));
@@ -214,7 +217,9 @@ mod tests {
             "a prefix of a segment"
         );
 
-        enable(&core, "b/c", "ssh", "second", 2).await.unwrap();
+        enable(&core, "b/c", "ssh", "second", Tune::default(), 2)
+            .await
+            .unwrap();
         assert_eq!(
             routed(&core, "b/c/creds/o").await,
             at("b/c", "second", "creds/o")

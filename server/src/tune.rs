@@ -34,6 +34,16 @@ pub struct TuneInput {
     pub listing_visibility: Option<String>,
 }
 
+impl TuneInput {
+    /// Nothing is to change.
+    pub fn is_empty(&self) -> bool {
+        self.default_lease_ttl.is_none()
+            && self.max_lease_ttl.is_none()
+            && self.description.is_none()
+            && self.listing_visibility.is_none()
+    }
+}
+
 /// The TTLs a role falls back on when it sets none, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TtlLimits {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::leases::Lease;
 use crate::mounts::Mount;
 use crate::policy::Acl;
+use crate::request::Fields;
 use crate::state::Core;
 use crate::{leases, mounts, policies, ssh};
 
@@ -228,12 +229,15 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["sys", "mounts", path @ ..], Write) if !path.is_empty() => {
             let kind = req.fields.required_str("type")?;
             let desc = req.fields.str("description")?.unwrap_or_default();
-            // Vault's `config`, `options`, `local`, `seal_wrap` are accepted
-            // and ignored, without an "unrecognized parameter" warning.
-            for k in ["config", "options", "local", "seal_wrap"] {
+            // Checked whole before the mount is made.
+            let mut tune = crate::tune::Tune::default();
+            tune.apply(&enable_config(req)?)?;
+            // Vault's `options`, `local`, `seal_wrap` are accepted and
+            // ignored, without an "unrecognized parameter" warning.
+            for k in ["options", "local", "seal_wrap"] {
                 req.fields.value(k);
             }
-            mounts::enable(core, &path.join("/"), &kind, &desc, now).await?;
+            mounts::enable(core, &path.join("/"), &kind, &desc, tune, now).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "mounts", path @ ..], Read) if !path.is_empty() => Ok(Reply::Data(mount_json(
@@ -248,13 +252,24 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let path = path.join("/");
             let kind = req.fields.str("type")?.unwrap_or_else(|| path.clone());
             let desc = req.fields.str("description")?.unwrap_or_default();
-            for k in ["config", "options", "local", "seal_wrap"] {
+            let config = enable_config(req)?;
+            for k in ["options", "local", "seal_wrap"] {
                 req.fields.value(k);
             }
             // The built-in methods are always enabled; enabling one again is
-            // a no-op so that scripts written for Vault run unchanged.
+            // a no-op so that scripts written for Vault run unchanged, but
+            // for the TTLs it sets.
             if crate::auth::mounts::BUILT_IN.contains(&kind.as_str()) && kind == path {
+                if !config.is_empty() {
+                    methods::tune(core, methods::Method::at(&path)?, &config).await?;
+                }
                 return Ok(Reply::NoContent);
+            }
+            if !config.is_empty() {
+                return Err(Error::invalid(format!(
+                    "config: a {kind} auth method's tokens take their TTLs from its roles \
+                     (token_ttl, token_max_ttl); the method itself cannot be tuned"
+                )));
             }
             crate::auth::mounts::enable(core, &path, &kind, &desc, now).await?;
             Ok(Reply::NoContent)
@@ -495,7 +510,11 @@ fn auth_tune_path(segs: &[&str]) -> Option<String> {
 
 /// A `tune` write's fields, for a secrets engine or an auth method alike.
 fn tune_input(req: &Request) -> Result<mounts::TuneInput> {
-    let f = &req.fields;
+    tune_from(&req.fields)
+}
+
+/// What a `tune` write, or the `config` of an enabling, sets.
+fn tune_from(f: &Fields) -> Result<mounts::TuneInput> {
     let ttl = |k: &str| -> Result<Option<i64>> {
         // Vault's "system" puts the system's value back.
         match f.str(k)? {
@@ -521,6 +540,23 @@ fn tune_input(req: &Request) -> Result<mounts::TuneInput> {
         description: f.str("description")?,
         listing_visibility: f.str("listing_visibility")?,
     })
+}
+
+/// The `config` of a `sys/mounts/<path>` or `sys/auth/<path>` write:
+/// Vault applies its TTLs and listing visibility as a tune would (`bao
+/// secrets enable -max-lease-ttl=1h`). Its other settings are accepted
+/// and ignored, as before.
+fn enable_config(req: &Request) -> Result<mounts::TuneInput> {
+    match req.fields.value("config") {
+        None | Some(Value::Null) => Ok(mounts::TuneInput::default()),
+        Some(Value::Object(map)) => {
+            let mut t = tune_from(&Fields::new(map))?;
+            // The description is the request's own field, not config's.
+            t.description = None;
+            Ok(t)
+        }
+        Some(_) => Err(Error::invalid("config must be an object")),
+    }
 }
 
 async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<Reply> {

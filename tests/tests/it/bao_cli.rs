@@ -239,6 +239,38 @@ fn secrets_engines_and_auth_methods_are_tuned_moved_and_disabled() {
     let out = ok(s.root(&["read", "sys/mounts/team-ssh/tune"]));
     assert_eq!(row(&out, "default_lease_ttl"), Some("1h"), "{out}");
     assert_eq!(row(&out, "max_lease_ttl"), Some("2h"), "{out}");
+    // TTLs given when enabling are set as a tune sets them.
+    ok(s.root(&[
+        "secrets",
+        "enable",
+        "-path=capped",
+        "-max-lease-ttl=1h",
+        "ssh",
+    ]));
+    let out = ok(s.root(&["read", "sys/mounts/capped/tune"]));
+    assert_eq!(row(&out, "max_lease_ttl"), Some("1h"), "{out}");
+    ok(s.root(&["auth", "enable", "-max-lease-ttl=3h", "userpass"]));
+    let out = ok(s.root(&["read", "sys/auth/userpass/tune"]));
+    assert_eq!(row(&out, "max_lease_ttl"), Some("3h"), "{out}");
+    // $ bao patch: no endpoint here merges a partial change, so it is
+    // refused (as OpenBao refuses it on its SSH engine), and the role
+    // stays whole.
+    ok(s.root(&[
+        "write",
+        "capped/roles/ops",
+        "key_type=ca",
+        "allow_user_certificates=true",
+        "ttl=30m",
+    ]));
+    let (code, err) = fails(s.root(&["patch", "capped/roles/ops", "allowed_users=alice"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("405") && err.contains("unsupported operation"),
+        "{err}"
+    );
+    let out = ok(s.root(&["read", "capped/roles/ops"]));
+    assert_eq!(row(&out, "allow_user_certificates"), Some("true"), "{out}");
+    assert_eq!(row(&out, "ttl"), Some("30m"), "{out}");
     // $ bao secrets move team-ssh ops-ssh
     let out = ok(s.root(&["secrets", "move", "team-ssh", "ops-ssh"]));
     assert!(
