@@ -366,8 +366,8 @@ pub async fn write_role(core: &Core, m: &AuthMount, name: &str, f: &Fields) -> R
     core.storage.put(&role_key(m, &name), &r).await
 }
 
-/// `bound_claims`: a map of claim to a string (or comma-separated
-/// strings) or a list of strings.
+/// `bound_claims`: a map of claim to a string (one value, commas and
+/// all) or a list of strings.
 fn bound_claims(v: &Value) -> Result<BTreeMap<String, Vec<String>>> {
     let bad = || {
         Error::invalid("bound_claims must be a map of claim names to strings or lists of strings")
@@ -382,7 +382,9 @@ fn bound_claims(v: &Value) -> Result<BTreeMap<String, Vec<String>>> {
     map.into_iter()
         .map(|(k, v)| {
             let values = match v {
-                Value::String(s) => gatepass_api::lenient::split_list(&s),
+                // One value, as Vault compares it: a claim such as
+                // "Acme, Inc." split at its comma would match "Acme".
+                Value::String(s) => vec![s],
                 Value::Array(items) => items
                     .into_iter()
                     .map(|i| match i {

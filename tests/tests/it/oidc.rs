@@ -397,6 +397,31 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
         v["errors"][0].as_str().unwrap().contains("bound_subject"),
         "{v}"
     );
+    // A bound claim's string is one value, commas and all (as in Vault):
+    // "infra/deploy, infra/docs" is not a list that "infra/deploy" is in.
+    ok(
+        &s,
+        "POST",
+        "auth/ci/jwks/role/literal",
+        json!({"role_type": "jwt", "bound_audiences": "gatepass", "token_policies": "ci",
+               "bound_claims": {"project_path": "infra/deploy, infra/docs"}}),
+    )
+    .await;
+    let (_, v) = s.root("GET", "auth/ci/jwks/role/literal", None).await;
+    assert_eq!(
+        v["data"]["bound_claims"]["project_path"],
+        json!(["infra/deploy, infra/docs"]),
+        "{v}"
+    );
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/ci/jwks/login",
+            None,
+            Some(json!({"role": "literal", "jwt": p.client_credentials("ci-main", None).await})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     // Tokens from an issuer other than the one bound are refused.
     ok(
         &s,
