@@ -201,7 +201,18 @@ fn request_id() -> String {
         .to_string()
 }
 
-async fn handle(AxState(core): AxState<State>, req: axum::extract::Request) -> Response {
+async fn handle(core: AxState<State>, req: axum::extract::Request) -> Response {
+    let mut resp = answer(core, req).await;
+    // Answers carry tokens, OTPs, keys and what one caller may see: no
+    // cache (a proxy's, the client's) keeps them, as Vault says.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+async fn answer(AxState(core): AxState<State>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     // Only HTTP/1.1 connections can be taken over; the relay paths refuse

@@ -543,6 +543,23 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
     let r = ui.http.get(ui.url("/ui/nowhere")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     assert!(r.headers().contains_key("content-security-policy"));
+    // The API's answers (a new token here, an error) are kept by no cache
+    // either, as Vault's are not.
+    for (path, status) in [
+        ("/v1/auth/token/create", StatusCode::OK),
+        ("/v1/nowhere", StatusCode::NOT_FOUND),
+    ] {
+        let r = ui
+            .http
+            .post(ui.url(path))
+            .header("x-vault-token", &ui.dev.token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+    }
 
     for (who, form) in [
         (
