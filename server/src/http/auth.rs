@@ -104,9 +104,14 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             token::revoke(core, caller_of(caller)?, false).await?;
             Ok(Reply::NoContent)
         }
+        // A token already gone (revoked, expired, never made) is revoked
+        // too: 204, as in Vault ("Revoked token (if it existed)"), so that
+        // a cleanup run twice succeeds twice.
         (["auth", "token", "revoke"], Write) => {
-            let (_, e) = token_in_field(core, req).await?;
-            token::revoke(core, &e, false).await?;
+            let text = req.fields.required_str("token")?;
+            if let Some(e) = token::lookup(core, &text, req.now).await? {
+                token::revoke(core, &e, false).await?;
+            }
             Ok(Reply::NoContent)
         }
         (["auth", "token", "revoke-orphan"], Write) => {
@@ -119,8 +124,10 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             Ok(Reply::NoContent)
         }
         (["auth", "token", "revoke-accessor"], Write) => {
-            let e = token_of_accessor_field(core, req).await?;
-            token::revoke(core, &e, false).await?;
+            let acc = req.fields.required_str("accessor")?;
+            if let Some(e) = token::lookup_accessor(core, &acc, req.now).await? {
+                token::revoke(core, &e, false).await?;
+            }
             Ok(Reply::NoContent)
         }
         (["auth", "token", "accessors"], List) => Ok(Reply::List(token::accessors(core).await?)),
