@@ -275,6 +275,12 @@ async fn announce<'a>(
     Ok(())
 }
 
+/// How long the listening connection may be quiet before it is asked to
+/// answer, and how long it has to: a connection that hangs is given up
+/// within their sum, and what was cached goes with it.
+const LISTEN_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+const PING_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Listens for other servers' announcements (see [`announce`]) for as long
 /// as the storage they update lives: drops the keys named from the cache
 /// and wakes the long-polls. When the connection is lost, everything
@@ -327,12 +333,32 @@ pub(super) async fn listen(
         tx.send_modify(|n| *n = n.wrapping_add(1));
         drop((tx, c));
         loop {
-            let note = match listener.try_recv().await {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(_) if pool.is_closed() => return,
-                Err(e) => {
+            let heard = tokio::time::timeout(LISTEN_QUIET, listener.try_recv()).await;
+            let note = match heard {
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => break,
+                Ok(Err(_)) if pool.is_closed() => return,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "lost the connection listening for other servers' changes");
+                    break;
+                }
+                // Quiet for a while: the connection must show it still
+                // answers. One that hangs without an error (a half-open
+                // TCP connection, a stopped backend) would otherwise keep
+                // this server trusting its cache while it hears nothing,
+                // e.g. a token revoked on another server still served.
+                Err(_) => {
+                    let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                    match tokio::time::timeout(PING_WITHIN, ping).await {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(_)) if pool.is_closed() => return,
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "lost the connection listening for other servers' changes");
+                        }
+                        Err(_) => tracing::warn!(
+                            "the connection listening for other servers' changes stopped answering; connecting again"
+                        ),
+                    }
                     break;
                 }
             };

@@ -1064,6 +1064,69 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
     assert_ne!(v["data"]["index"].as_u64().unwrap(), index2);
 }
 
+/// The connections the servers listen on hang without an error (their
+/// backends stopped, as behind a half-open TCP connection): a token
+/// revoked on A is refused on B, which had it cached, within seconds, not
+/// when the cache's own time limit runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_server_is_refused_on_the_other_when_its_listener_hangs() {
+    let (a, b) = Server::start_pair().await;
+    b.hears(&a).await;
+    let v = ok(
+        &a,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["default"]}),
+    )
+    .await;
+    let token = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let lookup = || b.call("GET", "auth/token/lookup-self", Some(&token), None);
+    assert_eq!(lookup().await.0, StatusCode::OK, "B has it cached now");
+
+    /// Stopped backends, continued when dropped (also on a failure).
+    struct Stopped(Vec<String>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            for pid in &self.0 {
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", pid])
+                    .status();
+            }
+        }
+    }
+    let pids = gatepass_tests::pg::exec(
+        a.storage_url(),
+        "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    );
+    let stopped = Stopped(pids.split_whitespace().map(str::to_string).collect());
+    assert!(!stopped.0.is_empty(), "no listening connection found");
+    for pid in &stopped.0 {
+        let st = std::process::Command::new("kill")
+            .args(["-STOP", pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let (st, v) = a
+        .root("POST", "auth/token/revoke", Some(json!({"token": token})))
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, _) = lookup().await;
+        if st == StatusCode::FORBIDDEN {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still serves the revoked token: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(stopped);
+}
+
 /// hostd's poll after an apply acknowledges it (`applied=N`), as a
 /// `hosts/self/ack {index: N}` would: the server shows the index applied
 /// before the poll is answered, on SQLite and PostgreSQL. A bad value is
