@@ -200,8 +200,13 @@ impl Sqlite {
         let writer = open(path)?;
         // A WAL left large by the last run is copied back now, before any
         // request could wait for it (the writer would otherwise start it
-        // over at its first write, holding requests for as long).
-        writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // over at its first write, holding requests for as long). Only a
+        // head start: on a full disk it fails, and the server still starts
+        // (and answers 503 for writes until there is room, as it does when
+        // the disk fills while it runs), the checkpointer trying again.
+        if let Err(e) = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "cannot copy the last run's WAL into the database now; it is tried again while serving");
+        }
         // Checkpoints (copying the WAL into the database file, with an
         // fsync) run on a thread of their own, so that no commit waits for
         // one: left to the writer, every thousandth page's commit would.
@@ -1036,6 +1041,58 @@ mod tests {
         // Again: nothing to do.
         migrate(&path).unwrap();
         assert_eq!(versions(&path), vec![1, 2, 3]);
+    }
+
+    /// A server stopped with a large WAL on a disk that is full by the time
+    /// it starts again: it starts (and serves what it can, writes failing
+    /// until there is room), rather than exiting because the WAL cannot be
+    /// copied into the database first.
+    #[test]
+    fn a_server_starts_on_a_full_disk_with_the_last_runs_wal_uncopied() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = dir.path().join("fs");
+        std::fs::create_dir(&fs).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(&fs)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount tmpfs (run as root)");
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                // Lazily: the connection left open on purpose holds files there.
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(fs.clone());
+        let path = fs.join("gatepass.db");
+        migrate(&path).unwrap();
+        let last_run = open(&path).unwrap();
+        last_run
+            .pragma_update(None, "wal_autocheckpoint", 0)
+            .unwrap();
+        last_run
+            .execute_batch(
+                "CREATE TABLE filler (x BLOB); INSERT INTO filler VALUES (zeroblob(1048576));",
+            )
+            .unwrap();
+        // Stopped without closing: its WAL stays as it was.
+        std::mem::forget(last_run);
+        let filler = fs.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            while f.write_all(&[0; 4096]).is_ok() {}
+        }
+        let started = Sqlite::open(&path);
+        assert!(started.is_ok(), "{:?}", started.err());
+        drop(started);
+        std::fs::remove_file(&filler).unwrap();
+        assert_eq!(ints(&path, "SELECT length(x) FROM filler"), vec![1_048_576]);
     }
 
     #[test]
