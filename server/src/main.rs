@@ -444,6 +444,8 @@ async fn open_waiting(cfg: &ServerConfig) -> anyhow::Result<gatepass_server::Sta
 
 async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
     let cfg = ServerConfig::load(config)?;
+    // Held until the server exits.
+    let _serving = gatepass_server::storage::hold_for_serving(&cfg.storage)?;
     let core = open_waiting(&cfg).await?;
     if !core.is_initialized().await? {
         bail!(

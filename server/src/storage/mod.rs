@@ -18,6 +18,18 @@ mod health;
 mod postgres;
 pub mod snapshot;
 mod sqlite;
+pub use sqlite::Serving;
+
+/// For `serve`: the lock that keeps a second server off the same SQLite
+/// file (see [`sqlite::hold_for_serving`]); None for PostgreSQL, which
+/// servers share, and for a file not made yet.
+pub fn hold_for_serving(url: &str) -> Result<Option<Serving>> {
+    if url.starts_with("sqlite:") {
+        sqlite::hold_for_serving(&sqlite::path_of(url)?)
+    } else {
+        Ok(None)
+    }
+}
 mod wal_writes;
 mod writer;
 

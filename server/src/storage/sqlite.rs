@@ -44,6 +44,44 @@ pub fn path_of(url: &str) -> Result<PathBuf> {
     Ok(PathBuf::from(path))
 }
 
+/// Held by the server serving an SQLite file, for as long as it runs: an
+/// SQLite file belongs to one running server, which caches on the
+/// understanding that every change goes through it (a second one would,
+/// for one, go on accepting a token the first revoked).
+pub struct Serving {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the serving lock of the file at `path` (a `flock`, which SQLite's
+/// own `fcntl` locks, an operator's `sqlite3` and `snapshot save` never
+/// meet); None when there is no such file yet.
+pub fn hold_for_serving(path: &Path) -> Result<Option<Serving>> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot open {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Serving { _lock: lock })),
+        Err((_, Errno::EWOULDBLOCK)) => Err(Error::invalid(format!(
+            "{} is served by another gatepass-server already: an SQLite file belongs to one \
+             running server (several servers share a PostgreSQL database instead)",
+            path.display()
+        ))),
+        Err((_, e)) => Err(Error::internal(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 pub(super) fn open(path: &Path) -> Result<Connection> {
     super::wal_writes::install();
     let conn = Connection::open_with_flags(

@@ -351,6 +351,55 @@ fn init_runs_once_and_serve_uses_the_config() {
     .into_iter()
     .map(|f| (f, mode(&d.join(f))))
     .collect();
+    // A second server on the same file (by mistake: another audit file
+    // and port) is refused, and the first serves on.
+    let second_cfg = d.join("second.toml");
+    let second_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &second_cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(&format!(":{port}\""), &format!(":{second_port}\""))
+            .replace("log/audit.log", "log/second-audit.log"),
+    )
+    .unwrap();
+    let second_log = d.join("second.log");
+    let mut second = Command::new(bin("gatepass-server"))
+        .args(["serve", "--config"])
+        .arg(&second_cfg)
+        .stderr(std::fs::File::create(&second_log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exit = loop {
+        if let Some(st) = second.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            gatepass_tests::stop_child(&mut second);
+            gatepass_tests::stop_child(&mut server);
+            panic!(
+                "a second server serves the same file: {}",
+                std::fs::read_to_string(&second_log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&second_log).unwrap();
+    assert!(!exit.success(), "{err}");
+    assert!(
+        err.contains("is served by another gatepass-server already"),
+        "{err}"
+    );
+    let still = rt().block_on(async {
+        let c = gatepass_api::Client::new(&settings).unwrap();
+        c.read("auth/token/lookup-self").await.is_ok()
+    });
+    assert!(still);
     gatepass_tests::stop_child(&mut server);
     assert_eq!(
         modes,
