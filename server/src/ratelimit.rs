@@ -55,6 +55,22 @@ impl FailureLimiter {
         }
     }
 
+    /// 429 while the address has used up its failures in the current
+    /// window: for guesses (passwords) that must be refused before they
+    /// are tried, the right one too, or the limit would not slow them.
+    pub fn refused(&self, ip: Option<IpAddr>, now: i64) -> Result<()> {
+        let Some(ip) = ip else { return Ok(()) };
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.by_client.get(&client(ip)) {
+            Some((start, n)) if now - start < self.window && *n >= self.max_failures => {
+                Err(Error::RateLimited(
+                    "too many failed attempts from this address; try again later".into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Counts one failure; 429 once the address has had more than its
     /// failures in the current window (the caller then answers with that
     /// instead of its own error).
@@ -103,6 +119,20 @@ mod tests {
         assert!(l.failure(Some(a), 100).is_err());
         assert!(l.failure(Some(b), 100).is_ok());
         assert!(l.failure(Some(a), 161).is_ok(), "window over");
+    }
+
+    #[test]
+    fn an_address_that_used_up_its_failures_is_refused_before_trying_until_the_window_passes() {
+        let l = FailureLimiter::new(2, 60);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(l.refused(Some(a), 100).is_ok());
+        l.failure(Some(a), 100).unwrap();
+        assert!(l.refused(Some(a), 100).is_ok());
+        l.failure(Some(a), 101).unwrap();
+        assert!(l.refused(Some(a), 101).is_err());
+        assert!(l.refused(Some(b), 101).is_ok());
+        assert!(l.refused(Some(a), 160).is_ok(), "window over");
     }
 
     #[test]

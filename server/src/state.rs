@@ -34,6 +34,8 @@ pub struct Core {
     pub metrics: Metrics,
     /// Failed OTP verifications per client address.
     pub verify_limiter: FailureLimiter,
+    /// Failed password logins (userpass, by the API or the UI's sign-in).
+    pub login_limiter: FailureLimiter,
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::cache::StateCache,
     /// Hosts' last-seen times not yet written (see [`crate::hosts::seen`]).
@@ -55,6 +57,12 @@ pub type State = Arc<Core>;
 
 /// Failed OTP verifications a client address may make per minute.
 pub const VERIFY_FAILURES_PER_MINUTE: u32 = 30;
+
+/// Failed password logins a client address may make in
+/// [`LOGIN_FAILURE_WINDOW`] seconds; then it is refused, the right
+/// password too, until the window has passed.
+pub const LOGIN_FAILURES: u32 = 10;
+pub const LOGIN_FAILURE_WINDOW: i64 = 300;
 
 impl Core {
     /// A server's state on a fresh SQLite file in `dir`, with a manual
@@ -94,6 +102,7 @@ impl Core {
             clock: opts.clock,
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
+            login_limiter: FailureLimiter::new(LOGIN_FAILURES, LOGIN_FAILURE_WINDOW),
             hosts_cache: Default::default(),
             hosts_seen: Default::default(),
             hosts_applied: Default::default(),

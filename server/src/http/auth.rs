@@ -185,9 +185,19 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
 
         // ---- auth/userpass -----------------------------------------------
+        // Guessing is slowed per client address: past its failures, every
+        // attempt is refused untried for a while (the UI's sign-in comes
+        // through here too).
         (["auth", "userpass", "login", name], Write) => {
-            let (text, e) = userpass::login(core, name, &req.fields, now).await?;
-            auth(&token::auth(&text, &e, now))
+            core.login_limiter.refused(req.client_ip, now)?;
+            match userpass::login(core, name, &req.fields, now).await {
+                Ok((text, e)) => auth(&token::auth(&text, &e, now)),
+                Err(e @ Error::InvalidRequest(_)) => {
+                    core.login_limiter.failure(req.client_ip, now)?;
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
         }
         (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
         (["auth", "userpass", "users", name], Read) => {

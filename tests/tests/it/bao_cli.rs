@@ -181,6 +181,36 @@ fn status_and_logins_with_userpass_approle_and_a_token() {
     assert!(err.contains("permission denied"), "{err}");
 }
 
+/// Password guessing from one address: after ten wrong passwords in five
+/// minutes, every login from it is refused untried, the right one too.
+#[test]
+fn password_guessing_is_refused_after_ten_failures() {
+    let s = Session::start();
+    ok(s.root(&[
+        "write",
+        "auth/userpass/users/alice",
+        "password=correct horse",
+    ]));
+    let login = |password: &str| {
+        let mut c = s.user(&[
+            "login",
+            "-method=userpass",
+            "username=alice",
+            &format!("password={password}"),
+        ]);
+        run(&mut c)
+    };
+    for i in 0..10 {
+        let (code, _, err) = login(&format!("guess {i}"));
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("invalid username or password"), "{err}");
+    }
+    let (code, _, err) = login("correct horse");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("429"), "{err}");
+    assert!(err.contains("too many failed attempts"), "{err}");
+}
+
 #[test]
 fn a_wrapped_secret_id_unwraps_once() {
     let s = Session::start();
