@@ -36,6 +36,9 @@ pub struct Core {
     pub verify_limiter: FailureLimiter,
     /// Failed password logins (userpass, by the API or the UI's sign-in).
     pub login_limiter: FailureLimiter,
+    /// Single sign-on logins started (OIDC `auth_url`, `device_code`):
+    /// anyone may start one, and each is kept until it ends or expires.
+    pub sso_start_limiter: FailureLimiter,
     /// The host-independent part of hosts' desired states.
     pub hosts_cache: crate::hosts::cache::StateCache,
     /// Hosts' last-seen times not yet written (see [`crate::hosts::seen`]).
@@ -63,6 +66,12 @@ pub const VERIFY_FAILURES_PER_MINUTE: u32 = 30;
 /// password too, until the window has passed.
 pub const LOGIN_FAILURES: u32 = 10;
 pub const LOGIN_FAILURE_WINDOW: i64 = 300;
+
+/// Single sign-on logins a client address may start in
+/// [`SSO_START_WINDOW`] seconds. A mount keeps at most 1000 in progress,
+/// so without this one address could fill them and lock every user out.
+pub const SSO_STARTS: u32 = 30;
+pub const SSO_START_WINDOW: i64 = 600;
 
 impl Core {
     /// A server's state on a fresh SQLite file in `dir`, with a manual
@@ -103,6 +112,7 @@ impl Core {
             metrics: Metrics::default(),
             verify_limiter: FailureLimiter::new(VERIFY_FAILURES_PER_MINUTE, 60),
             login_limiter: FailureLimiter::new(LOGIN_FAILURES, LOGIN_FAILURE_WINDOW),
+            sso_start_limiter: FailureLimiter::new(SSO_STARTS, SSO_START_WINDOW),
             hosts_cache: Default::default(),
             hosts_seen: Default::default(),
             hosts_applied: Default::default(),

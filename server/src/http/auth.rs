@@ -234,6 +234,19 @@ fn auth(a: &gatepass_api::Auth) -> Result<Reply> {
     ))
 }
 
+/// Counts a single sign-on started from the request's address; 429 past
+/// [`crate::state::SSO_STARTS`] in the window.
+fn sso_started(core: &Core, req: &Request) -> Result<()> {
+    core.sso_start_limiter
+        .failure(req.client_ip, req.now)
+        .map_err(|_| {
+            Error::RateLimited(
+                "too many single sign-on logins started from this address; try again in a few minutes"
+                    .into(),
+            )
+        })
+}
+
 /// The token named in the `token` field, and its text.
 pub(super) async fn token_in_field(core: &Core, req: &Request) -> Result<(String, TokenEntry)> {
     let text = req.fields.required_str("token")?;
@@ -307,15 +320,19 @@ async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> R
             auth(&token::auth(&text, &e, now))
         }
         (["oidc", "auth_url"], Write) => {
+            sso_started(core, req)?;
             Ok(Reply::Data(jwt::auth_url(core, m, &req.fields, now).await?))
         }
         (["oidc", "callback"], Read | Write) => {
             let (text, e) = jwt::callback(core, m, &req.fields, now).await?;
             auth(&token::auth(&text, &e, now))
         }
-        (["oidc", "device_code"], Write) => Ok(Reply::Data(
-            jwt::device_code(core, m, &req.fields, now).await?,
-        )),
+        (["oidc", "device_code"], Write) => {
+            sso_started(core, req)?;
+            Ok(Reply::Data(
+                jwt::device_code(core, m, &req.fields, now).await?,
+            ))
+        }
         (["oidc", "device_poll"], Write) => {
             let (text, e) = jwt::device_poll(core, m, &req.fields, now).await?;
             auth(&token::auth(&text, &e, now))

@@ -302,6 +302,46 @@ async fn browser_login_signs_certificates_for_the_persons_own_name_only() {
 
 /// A `jwt` mount at `jwt/` trusting the provider, with a role for CI
 /// jobs of the `infra/` projects' main branch.
+/// Anyone may start a browser login, and each is kept until it ends: one
+/// address starting them by the hundred is refused past 30 in ten
+/// minutes, and the others still sign in (the mount's room for logins in
+/// progress is not filled by one client).
+#[tokio::test]
+async fn one_address_cannot_fill_the_logins_in_progress() {
+    let p = Provider::start();
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    setup_oidc(&s, &p).await;
+    for _ in 0..30 {
+        let (st, v) = auth_url(&s, REDIRECT_URI).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let (st, v) = auth_url(&s, REDIRECT_URI).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert!(
+        error_of(&v).contains("too many single sign-on logins started from this address"),
+        "{v}"
+    );
+    // Someone else, at another address, signs in.
+    let body = json!({"role": "person", "redirect_uri": REDIRECT_URI}).to_string();
+    let elsewhere = "192.0.2.7:40000".parse().unwrap();
+    let (st, v) = s
+        .call_from(
+            elsewhere,
+            "POST",
+            "auth/oidc/oidc/auth_url",
+            None,
+            body.into_bytes(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let back = p
+        .browser_login(v["data"]["auth_url"].as_str().unwrap(), "alice")
+        .await;
+    let (st, v) = callback(&s, &callback_query(&back)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+}
+
 async fn setup_jwt(s: &Server, p: &Provider) {
     ok(s, "POST", "sys/auth/jwt", json!({"type": "jwt"})).await;
     ok(
