@@ -435,6 +435,10 @@ struct Inner {
     /// Lines written since the audit path was last compared with the open
     /// file (see [`FOLLOW_EVERY`]).
     unchecked: u32,
+    /// Why the last write failed, until one succeeds: while set, requests
+    /// are refused (their entries cannot be written) and `sys/health`
+    /// says so.
+    trouble: Option<String>,
 }
 
 /// Lines written between two looks at whether the audit path still names
@@ -657,6 +661,7 @@ impl AuditLog {
                 pending: VecDeque::new(),
                 unfinished: None,
                 unchecked: 0,
+                trouble: None,
             }),
             key,
             path: path.to_path_buf(),
@@ -737,6 +742,32 @@ impl AuditLog {
     /// (truncation at the end of the file is otherwise invisible).
     pub fn head(&self) -> Result<Option<(u64, String)>> {
         Ok(self.lock()?.head.clone())
+    }
+
+    /// Why the audit file cannot be written now (its last write failed and
+    /// none has succeeded since); None while it can.
+    pub fn trouble(&self) -> Option<String> {
+        self.lock().ok().and_then(|i| i.trouble.clone())
+    }
+
+    /// While [`AuditLog::trouble`] says the file cannot be written and no
+    /// kept event would show otherwise, tries to write one line saying it
+    /// can again; its lines if it could. What else would write (requests)
+    /// may not come: a load balancer that believes `sys/health` sends none.
+    pub fn check_writable(&self, now: i64) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        let Some(why) = inner.trouble.clone() else {
+            return Ok(vec![]);
+        };
+        if !inner.pending.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut event = Event::from(event_at(
+            Value::from(crate::clock::rfc3339(now)),
+            "audit_log_writable_again",
+            serde_json::json!({ "after": why }),
+        ));
+        Ok(vec![self.write_event(&mut inner, &mut event)?])
     }
 
     /// Events kept for writing later (see [`AuditLog::append_or_keep`]).
@@ -941,14 +972,13 @@ impl AuditLog {
         for part in [",\"mac\":\"", mac.as_str(), "\"}\n"] {
             line.push_str(part);
         }
-        write_all_or_cut(inner, line.as_bytes(), self.sync.load(Ordering::Relaxed)).map_err(
-            |e| {
-                Error::Unavailable(format!(
-                    "cannot write audit file {}: {e}",
-                    self.path.display()
-                ))
-            },
-        )?;
+        if let Err(e) = write_all_or_cut(inner, line.as_bytes(), self.sync.load(Ordering::Relaxed))
+        {
+            let why = format!("cannot write audit file {}: {e}", self.path.display());
+            inner.trouble = Some(why.clone());
+            return Err(Error::Unavailable(why));
+        }
+        inner.trouble = None;
         inner.head = Some((seq, mac));
         inner.unchecked = inner.unchecked.saturating_add(1);
         line.pop();

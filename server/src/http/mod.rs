@@ -848,15 +848,18 @@ pub async fn audit_keeper(core: State) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match log.flush(core.clock.now()) {
-            Ok(lines) => {
-                for line in lines {
-                    if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
-                        tracing::error!(error = %e, "audit line not copied to the database");
+        let now = core.clock.now();
+        for written in [log.flush(now), log.check_writable(now)] {
+            match written {
+                Ok(lines) => {
+                    for line in lines {
+                        if let Err(e) = core.storage.append_audit(line, core.clock.now()).await {
+                            tracing::error!(error = %e, "audit line not copied to the database");
+                        }
                     }
                 }
+                Err(e) => tracing::debug!(error = %e, "audit file still cannot be written"),
             }
-            Err(e) => tracing::debug!(error = %e, "audit file still cannot be written"),
         }
     }
 }

@@ -78,12 +78,18 @@ async fn health(core: &Core, req: &Request) -> Result<Reply> {
         }
         Err(msg) => Err(msg),
     };
-    let (status, initialized, problem) = match checked {
+    let (mut status, initialized, problem) = match checked {
         Ok(true) => (active, json!(true), None),
         Ok(false) => (uninit, json!(false), None),
         // Whether it is initialized is in the storage that cannot be read.
         Err(msg) => (unavailable, Value::Null, Some(msg)),
     };
+    // An audit file that cannot be written refuses every request as surely
+    // as a storage that cannot be read: a load balancer must hear of it.
+    let audit_trouble = core.audit.as_ref().and_then(|a| a.trouble());
+    if audit_trouble.is_some() {
+        status = unavailable;
+    }
     let mut body = json!({
         "initialized": initialized,
         "sealed": false,
@@ -100,6 +106,11 @@ async fn health(core: &Core, req: &Request) -> Result<Reply> {
             "available": problem.is_none(),
         },
     });
+    body["audit"] = json!({ "available": audit_trouble.is_none() });
+    if let Some(msg) = &audit_trouble {
+        body["audit"]["error"] = json!(msg);
+        body["errors"] = json!([msg]);
+    }
     if let Some(msg) = problem {
         body["storage"]["error"] = json!(msg);
         body["errors"] = json!([msg]);

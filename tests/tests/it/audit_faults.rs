@@ -157,8 +157,9 @@ async fn a_full_audit_disk_refuses_with_503_changes_nothing_and_recovers_by_itse
             .write("auth/token/create", &obj(json!({"policies": ["default"]})))
             .await;
         assert_eq!(status_of(&token), 503, "token create, round {round}");
-        // Status reads keep answering.
-        anon.read("sys/health").await.unwrap();
+        // Status reads keep answering; health says why nothing else is
+        // served (503), so that a load balancer sends requests elsewhere.
+        assert_eq!(status_of(&anon.read("sys/health").await), 503);
         anon.read("sys/seal-status").await.unwrap();
     }
     // Failed writes left no partial line behind.
@@ -168,9 +169,45 @@ async fn a_full_audit_disk_refuses_with_503_changes_nothing_and_recovers_by_itse
         "partial line at the end of the audit file"
     );
 
-    // Space is freed: the server serves again by itself.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&s.cacert).unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let health = http
+        .get(format!("{}/v1/sys/health", s.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["audit"]["available"], false, "{health}");
+    assert!(
+        health["audit"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot write audit file"),
+        "{health}"
+    );
+
+    // Space is freed: the server finds out by itself, with no request to
+    // show it (a load balancer sends none while health says 503), and puts
+    // it on record.
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
+    while status_of(&anon.read("sys/health").await) != 200 {
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "health still 503 5 s after space was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        lines_of(&data.join("audit.log"))
+            .iter()
+            .any(|l| l["type"] == "audit_log_writable_again"),
+        "the recovery is on record"
+    );
     let second = loop {
         match sign().await {
             Ok(serial) => break serial,
