@@ -110,6 +110,11 @@ pub async fn zero_address_roles(core: &Core, m: &Mount) -> Result<Vec<String>> {
 pub async fn set_zero_address_roles(core: &Core, m: &Mount, roles: Vec<String>) -> Result<()> {
     for r in &roles {
         super::roles::validate_name(r)?;
+        // As Vault: a name that is no role is a mistake to say now, not a
+        // role that would serve every address once someone makes it.
+        if super::roles::read_shared(core, m, r).await?.is_none() {
+            return Err(Error::invalid(format!("Role {r:?} does not exist")));
+        }
     }
     core.storage.put(&zero_key(m), &ZeroAddress { roles }).await
 }

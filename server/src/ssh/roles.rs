@@ -287,6 +287,15 @@ pub fn from_fields(name: &str, f: &Fields) -> Result<Role> {
     if role.key_type != KeyType::Ca && role.default_user.is_empty() {
         return Err(Error::invalid("missing default_user"));
     }
+    // As Vault: a CA role that may sign neither would refuse every request.
+    if role.key_type == KeyType::Ca
+        && !role.allow_user_certificates
+        && !role.allow_host_certificates
+    {
+        return Err(Error::invalid(
+            "Either 'allow_user_certificates' or 'allow_host_certificates' must be set to 'true'",
+        ));
+    }
     Ok(role)
 }
 
