@@ -397,8 +397,10 @@ async fn open_waiting(cfg: &ServerConfig) -> anyhow::Result<gatepass_server::Sta
     let started = std::time::Instant::now();
     let mut attempt = 1u32;
     loop {
-        let seal = SealKey::load(&cfg.seal_key_file)
-            .context("run `gatepass-server init` first to create the seal key")?;
+        let seal = SealKey::load(&cfg.seal_key_file).context(
+            "run `gatepass-server init` first to create the seal key; if the storage was \
+             initialized already, restore the seal key it was initialized with from your backup",
+        )?;
         let opened = Core::open(Options {
             storage_url: cfg.storage.clone(),
             seal_key: seal,
@@ -485,6 +487,10 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
 
 async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     let cfg = ServerConfig::load(config)?;
+    // A new seal key is written beside its place first and moved there only
+    // once the storage turns out new: on storage initialized already (with
+    // a key since lost) it would stand where the real one must be restored.
+    let mut new_key = None;
     let seal = if cfg.seal_key_file.exists() {
         SealKey::load(&cfg.seal_key_file)?
     } else {
@@ -492,30 +498,62 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
             private::create_dir(dir)?;
         }
         let k = SealKey::generate();
-        k.write_new(&cfg.seal_key_file)?;
-        eprintln!(
-            "wrote seal key {} (back it up; keep it secret)",
-            cfg.seal_key_file.display()
-        );
+        let mut aside = cfg.seal_key_file.clone().into_os_string();
+        aside.push(".new");
+        let aside = PathBuf::from(aside);
+        // Left by an init that stopped half-way: never used, so replaced.
+        let _ = std::fs::remove_file(&aside);
+        k.write_new(&aside)?;
+        new_key = Some(aside);
         k
+    };
+    let given_up = |why: String| {
+        if let Some(aside) = &new_key {
+            let _ = std::fs::remove_file(aside);
+        }
+        anyhow::anyhow!(why)
     };
     if let Some(p) = cfg.storage.strip_prefix("sqlite://") {
         if let Some(dir) = Path::new(p).parent() {
             private::create_dir(dir)?;
         }
     }
-    let core = Core::open(Options {
+    let opened = Core::open(Options {
         storage_url: cfg.storage.clone(),
         seal_key: seal,
         audit_path: None,
         clock: Clock::System,
         storage_connections: cfg.storage_connections,
     })
-    .await?;
+    .await;
+    let core = match opened {
+        Ok(core) => core,
+        Err(e) if new_key.is_some() && e.to_string().contains("seal key does not match") => {
+            return Err(given_up(format!(
+                "storage {} is already initialized, with another seal key than the one {} should \
+                 hold: restore that file from your backup (`init` runs only once)",
+                describe_storage(&cfg.storage),
+                cfg.seal_key_file.display()
+            )))
+        }
+        Err(e) => return Err(given_up(e.to_string())),
+    };
     if core.is_initialized().await? {
-        bail!(
+        return Err(given_up(format!(
             "storage {} is already initialized; `init` runs only once",
             describe_storage(&cfg.storage)
+        )));
+    }
+    if let Some(aside) = &new_key {
+        std::fs::rename(aside, &cfg.seal_key_file).with_context(|| {
+            format!(
+                "moving the new seal key into {}",
+                cfg.seal_key_file.display()
+            )
+        })?;
+        eprintln!(
+            "wrote seal key {} (back it up; keep it secret)",
+            cfg.seal_key_file.display()
         );
     }
     let token = core.initialize(None).await?;

@@ -316,6 +316,23 @@ fn init_runs_once_and_serve_uses_the_config() {
         .arg(&cfg));
     assert_ne!(code, 0);
     assert!(err.contains("already initialized"), "{out}{err}");
+    // With the seal key lost, init says what to restore, and puts no new
+    // key where the real one must go back.
+    let seal = d.join("prod/seal.key");
+    let kept = d.join("seal.key.backup");
+    std::fs::rename(&seal, &kept).unwrap();
+    let (code, out, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&cfg));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("already initialized, with another seal key")
+            && err.contains("restore that file from your backup"),
+        "{out}{err}"
+    );
+    assert!(!seal.exists(), "a new seal key was left in place");
+    assert!(!d.join("prod/seal.key.new").exists());
+    std::fs::rename(&kept, &seal).unwrap();
 
     let mut server = Command::new(bin("gatepass-server"))
         .args(["serve", "--config"])
