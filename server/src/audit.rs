@@ -744,6 +744,42 @@ impl AuditLog {
         Ok(self.lock()?.head.clone())
     }
 
+    /// At start, with an audit file that holds no line (emptied or removed
+    /// while the server was stopped, or a new path): when `copy_last`, the
+    /// last line of the database's copy of this server's chain, verifies,
+    /// the chain goes on from it, so that the file's lines missing are
+    /// seen, not hidden behind a chain started over at 1. Either way the
+    /// first line says what was found. Returns the lines written.
+    pub fn continue_from_copy(&self, copy_last: &str, now: i64) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        if inner.head.is_some() {
+            return Ok(vec![]);
+        }
+        let fields = match verify_line(copy_last, &self.key) {
+            Ok(link) => {
+                inner.head = Some((link.seq, link.mac));
+                serde_json::json!({
+                    "reason": "the audit file held no line at start, while the database's copy \
+                               holds this server's chain: it goes on from the copy's last line",
+                    "copy_seq": link.seq,
+                })
+            }
+            Err((kind, detail)) => serde_json::json!({
+                "reason": format!(
+                    "the audit file held no line at start, and the last line of the database's \
+                     copy does not verify ({kind}: {detail}): a new chain starts"
+                ),
+            }),
+        };
+        tracing::warn!(file = %self.path.display(), "{}", fields["reason"]);
+        let mut event = Event::from(event_at(
+            Value::from(crate::clock::rfc3339(now)),
+            "audit_file_empty_at_start",
+            fields,
+        ));
+        Ok(vec![self.write_event(&mut inner, &mut event)?])
+    }
+
     /// Why the audit file cannot be written now (its last write failed and
     /// none has succeeded since); None while it can.
     pub fn trouble(&self) -> Option<String> {

@@ -103,6 +103,14 @@ impl Core {
             )?),
             None => None,
         };
+        if let Some(log) = audit.as_ref().filter(|l| matches!(l.head(), Ok(None))) {
+            if let Some(last) = storage.own_last_audit_line().await? {
+                let now = opts.clock.now();
+                for line in log.continue_from_copy(&last, now)? {
+                    storage.append_audit(line, now).await?;
+                }
+            }
+        }
         Ok(Arc::new(Core {
             storage,
             hasher: Hasher::new(&opts.seal_key),

@@ -1192,6 +1192,16 @@ impl Storage {
             .map_err(|_| Error::internal("audit writer stopped"))?
     }
 
+    /// The last audit line in the database's copy, when the database is
+    /// one server's own (SQLite): on PostgreSQL the copy interleaves every
+    /// server's chain, so its last line need not be this server's.
+    pub async fn own_last_audit_line(&self) -> Result<Option<String>> {
+        match &self.db {
+            Db::Sqlite(db) => self.run(async { db.last_audit_line() }).await,
+            Db::Postgres(_) => Ok(None),
+        }
+    }
+
     /// Audit lines stored in the database after id `after`, oldest first.
     pub async fn audit_events(&self, after: i64, limit: i64) -> Result<Vec<(i64, String)>> {
         self.audit_events_in(after, limit, &crate::audit::TimeRange::ALL)

@@ -344,6 +344,25 @@ impl Sqlite {
     }
 
     /// Rows after id `after` whose `at` is within `since..=until`.
+    /// The last audit line copied into the database, if any.
+    pub fn last_audit_line(&self) -> Result<Option<String>> {
+        let last: i64 = self.read(|c| {
+            c.query_row(
+                "SELECT max(coalesce((SELECT max(id) FROM audit_events), 0), \
+                 coalesce((SELECT max(last_id) FROM audit_batches), 0))",
+                [],
+                |r| r.get(0),
+            )
+        })?;
+        if last == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .audit_rows(last - 1, 1, i64::MIN, i64::MAX)?
+            .pop()
+            .map(|(_, line)| line))
+    }
+
     pub fn audit_rows(
         &self,
         after: i64,

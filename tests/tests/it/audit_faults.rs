@@ -291,6 +291,38 @@ fn a_torn_last_line_at_start_is_set_aside_and_the_chain_goes_on() {
     assert_eq!(code, 0, "{out}");
 }
 
+/// The audit file emptied (or removed) while the server was stopped: at
+/// start the chain goes on from the database's copy, and its first line
+/// says so, rather than a new chain from 1 that would hide the lines gone.
+#[test]
+fn an_audit_file_emptied_while_stopped_goes_on_from_the_databases_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut s = DevServer::start_in(&data, ROOT);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(s.client().read("sys/mounts")).unwrap();
+    s.stop();
+    let file = data.join("audit.log");
+    let before = lines_of(&file);
+    let last_seq = before.last().unwrap()["seq"].as_u64().unwrap();
+    std::fs::write(&file, "").unwrap();
+
+    let mut s = DevServer::start_in(&data, ROOT);
+    rt.block_on(s.client().read("sys/mounts")).unwrap();
+    s.stop();
+    let after = lines_of(&file);
+    assert_eq!(
+        after[0]["type"], "audit_file_empty_at_start",
+        "{:?}",
+        after[0]
+    );
+    assert_eq!(after[0]["copy_seq"], last_seq);
+    assert_eq!(after[0]["seq"], last_seq + 1);
+    assert_eq!(after[0]["prev"], before.last().unwrap()["mac"]);
+    let (code, out) = audit_verify(&data.join("seal.key"), &file, &[]);
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn audit_rotate_and_sighup_continue_the_chain_in_a_fresh_file() {
     let tmp = tempfile::tempdir().unwrap();
