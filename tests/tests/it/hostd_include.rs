@@ -103,10 +103,13 @@ impl Rig {
         rig
     }
 
+    /// The host role; one that does not sign host keys signs user keys
+    /// only (a CA role must sign one of them).
     fn host_role(&self, signs: bool) {
         self.write(
             "ssh/roles/hosts",
-            json!({"key_type": "ca", "allow_host_certificates": signs, "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
+            json!({"key_type": "ca", "allow_host_certificates": signs, "allow_user_certificates": !signs,
+                   "allowed_users": "nobody", "allowed_domains": "127.0.0.1", "allow_bare_domains": true, "ttl": "1h"}),
         );
     }
 
