@@ -38,6 +38,7 @@ const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000
 /// Secret HMACs are computed on client-chosen strings and then written to the
 /// log; with a single key, a client could submit a forged line body as a
 /// "secret" and get its valid chain MAC printed for it.
+#[cfg_attr(test, derive(Clone))]
 pub struct AuditKey {
     /// The two subkeys' HMAC states, keyed once: keying hashes a block for
     /// each of the inner and outer pads, as much work as the HMAC of a
