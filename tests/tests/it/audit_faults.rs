@@ -246,23 +246,26 @@ async fn a_full_audit_disk_refuses_with_503_changes_nothing_and_recovers_by_itse
     assert_eq!(code, 0, "{out}");
 }
 
+/// A dev server started on `data`, one request made, stopped.
+fn one_request_run(data: &std::path::Path, rt: &tokio::runtime::Runtime) {
+    let mut s = DevServer::start_in(data, ROOT);
+    rt.block_on(s.client().read("sys/mounts")).unwrap();
+    s.stop();
+}
+
 #[test]
 fn a_torn_last_line_at_start_is_set_aside_and_the_chain_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut s = DevServer::start_in(&data, ROOT);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(s.client().read("sys/mounts")).unwrap();
-    s.stop();
+    one_request_run(&data, &rt);
     // A write that did not finish (as the old server left after a full disk).
     let file = data.join("audit.log");
     let whole = std::fs::read_to_string(&file).unwrap();
     let whole_lines = whole.lines().count();
     std::fs::write(&file, format!("{whole}{{\"auth\":null,\"request\":{{\"da")).unwrap();
 
-    let mut s = DevServer::start_in(&data, ROOT);
-    rt.block_on(s.client().read("sys/mounts")).unwrap();
-    s.stop();
+    one_request_run(&data, &rt);
 
     let aside: Vec<PathBuf> = std::fs::read_dir(&data)
         .unwrap()
@@ -298,18 +301,14 @@ fn a_torn_last_line_at_start_is_set_aside_and_the_chain_goes_on() {
 fn an_audit_file_emptied_while_stopped_goes_on_from_the_databases_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut s = DevServer::start_in(&data, ROOT);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(s.client().read("sys/mounts")).unwrap();
-    s.stop();
+    one_request_run(&data, &rt);
     let file = data.join("audit.log");
     let before = lines_of(&file);
     let last_seq = before.last().unwrap()["seq"].as_u64().unwrap();
     std::fs::write(&file, "").unwrap();
 
-    let mut s = DevServer::start_in(&data, ROOT);
-    rt.block_on(s.client().read("sys/mounts")).unwrap();
-    s.stop();
+    one_request_run(&data, &rt);
     let after = lines_of(&file);
     assert_eq!(
         after[0]["type"], "audit_file_empty_at_start",
