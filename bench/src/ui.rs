@@ -224,6 +224,7 @@ async fn seed(dir: &Path, n_certs: usize, n_sessions: usize) -> anyhow::Result<V
                     stage,
                     reusable: false,
                     creator: None,
+                    creator_person: None,
                 };
                 sessions::store(&core, &s).await?;
             }

@@ -567,6 +567,12 @@ struct Expect<'a> {
     /// no `aud` (Vault's rule for roles without bound audiences).
     audiences: Vec<String>,
     nonce: Option<&'a str>,
+    /// For an ID token, the client it must have been issued to: its `azp`
+    /// (authorized party), if it has one, must name it, and a token for
+    /// several audiences must have one (OpenID Connect Core 3.1.3.7): else
+    /// an ID token another client of the provider obtained for an audience
+    /// list that happens to include ours would sign its holder in here.
+    client_id: Option<&'a str>,
     role: &'a Role,
     now: i64,
 }
@@ -734,6 +740,22 @@ fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
         return Err(Error::invalid(
             "the token's audience (aud claim) is not one the role accepts",
         ));
+    }
+    if let Some(client) = x.client_id {
+        match claims.get("azp") {
+            None | Some(Value::Null) if aud.len() > 1 => {
+                return Err(Error::invalid(
+                    "the ID token has several audiences but no authorized party (azp claim)",
+                ))
+            }
+            None | Some(Value::Null) => {}
+            Some(azp) if azp.as_str() == Some(client) => {}
+            Some(_) => {
+                return Err(Error::invalid(format!(
+                    "the ID token was issued to another client (its azp claim is not {client:?})"
+                )))
+            }
+        }
     }
     if let Some(nonce) = x.nonce {
         if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
@@ -926,6 +948,7 @@ pub async fn login(
             issuer: issuer.as_deref(),
             audiences: r.bound_audiences.clone(),
             nonce: None,
+            client_id: None,
             role: &r,
             now,
         },
@@ -1160,6 +1183,7 @@ async fn check_id_token(
         }),
         audiences,
         nonce,
+        client_id: Some(&c.oidc_client_id),
         role: r,
         now,
     };
@@ -1502,6 +1526,11 @@ mod tests {
     }
 
     fn checked(claims: Value, now: i64) -> Result<()> {
+        checked_for(claims, None, now)
+    }
+
+    /// [`checked`] as an ID token issued to `client_id` would be.
+    fn checked_for(claims: Value, client_id: Option<&str>, now: i64) -> Result<()> {
         let r = role();
         let claims: Map<String, Value> = serde_json::from_value(claims).unwrap();
         check_claims(
@@ -1510,10 +1539,38 @@ mod tests {
                 issuer: Some("https://idp"),
                 audiences: r.bound_audiences.clone(),
                 nonce: None,
+                client_id,
                 role: &r,
                 now,
             },
         )
+    }
+
+    #[test]
+    fn an_id_token_must_be_for_this_client_by_its_authorized_party() {
+        let t = 1_000_000;
+        let id_token = |aud: Value, azp: Option<&str>| {
+            let mut c = json!({"iss": "https://idp", "aud": aud, "exp": t + 300, "iat": t});
+            if let Some(a) = azp {
+                c["azp"] = json!(a);
+            }
+            c
+        };
+        let ours = Some("gatepass");
+        // One audience: azp may be left out, or name this client.
+        assert!(checked_for(id_token(json!("gatepass"), None), ours, t).is_ok());
+        assert!(checked_for(id_token(json!("gatepass"), Some("gatepass")), ours, t).is_ok());
+        // Issued to another client of the same provider.
+        let e = checked_for(id_token(json!("gatepass"), Some("intruder")), ours, t).unwrap_err();
+        assert!(e.public_message().contains("another client"), "{e:?}");
+        // Several audiences: azp is required, and must be this client.
+        let several = json!(["gatepass", "other"]);
+        let e = checked_for(id_token(several.clone(), None), ours, t).unwrap_err();
+        assert!(e.public_message().contains("azp"), "{e:?}");
+        assert!(checked_for(id_token(several.clone(), Some("other")), ours, t).is_err());
+        assert!(checked_for(id_token(several.clone(), Some("gatepass")), ours, t).is_ok());
+        // A JWT login (not an ID token) is not held to it.
+        assert!(checked_for(id_token(several, None), None, t).is_ok());
     }
 
     #[test]

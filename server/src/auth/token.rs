@@ -19,6 +19,11 @@ use crate::storage::Change;
 /// Vault's default and maximum token lifetime (768h).
 pub use crate::tune::SYSTEM_MAX_TTL;
 
+/// The path of a web UI session's token made from a token given at
+/// sign-in (a child of it, which the person never holds): on the audit
+/// record, and how such a token is told from others.
+pub const UI_SESSION_PATH: &str = "ui/login/token";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TokenEntry {
     /// Keyed hash of the token: the storage id.
@@ -714,6 +719,24 @@ pub async fn renew(
         .await?
         .flatten()
         .ok_or_else(|| Error::invalid("the token was revoked"))
+}
+
+/// Brings a token's expiry, and the latest a renewal may reach, down to
+/// `until` at the latest, in place (as [`renew`], so that uses spent
+/// meanwhile are not given back). None when the token is gone or used up.
+pub async fn expire_by(core: &Core, hash: &str, until: i64) -> Result<Option<TokenEntry>> {
+    Ok(core
+        .storage
+        .update(&id_key(hash), |mut cur: TokenEntry| {
+            if cur.used_up() {
+                return Ok((Change::Keep, None));
+            }
+            cur.expire_time = Some(cur.expire_time.map_or(until, |e| e.min(until)));
+            cur.max_expire = Some(cur.max_expire.map_or(until, |m| m.min(until)));
+            Ok((Change::Put(cur.clone()), Some(cur)))
+        })
+        .await?
+        .flatten())
 }
 
 pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Result<()> {

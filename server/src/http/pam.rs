@@ -173,6 +173,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let who = sessions::Requester {
                 display_name: caller.display_name.clone(),
                 creator: sessions::creator_of(core, caller),
+                person: sessions::person_of(caller),
             };
             data(&sessions::access(core, &r, &a, ask, &who, now).await?)
         }

@@ -69,6 +69,12 @@ pub struct Session {
     /// was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creator: Option<String>,
+    /// [`person_of`] the token that asked, when it tells: any token of
+    /// that person may relay too. A session granted from the web UI is
+    /// asked for with the session's token, which stays in the browser; the
+    /// person's CLI relays with a token of its own login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator_person: Option<String>,
 }
 
 impl Session {
@@ -269,6 +275,7 @@ async fn grant(
         stage: Stage::Pending,
         reusable: req.reusable,
         creator: Some(user.creator.clone()),
+        creator_person: user.person.clone(),
     };
     let signed_key = session_ca::sign(
         core,
@@ -327,6 +334,8 @@ pub struct Requester {
     pub display_name: String,
     /// [`creator_of`] the token.
     pub creator: String,
+    /// [`person_of`] the token.
+    pub person: Option<String>,
 }
 
 /// `LIST pam/sessions` filters.
@@ -1002,8 +1011,8 @@ pub async fn started(
 }
 
 /// Who may relay a connection to a session: the token that asked for the
-/// session, while it is open, and only if its gateway takes relayed
-/// connections.
+/// session or any token of the same person ([`person_of`]), while it is
+/// open, and only if its gateway takes relayed connections.
 pub async fn authorize_relay(
     core: &Core,
     id: &str,
@@ -1013,7 +1022,9 @@ pub async fn authorize_relay(
     let s = get(core, id)
         .await?
         .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
-    if s.creator.as_deref() != Some(creator_of(core, caller).as_str()) {
+    let same_token = s.creator.as_deref() == Some(creator_of(core, caller).as_str());
+    let same_person = s.creator_person.is_some() && s.creator_person == person_of(caller);
+    if !(same_token || same_person) {
         return Err(Error::PermissionDenied);
     }
     if !s.is_open_at(now) {
@@ -1035,9 +1046,32 @@ pub async fn authorize_relay(
 }
 
 /// What a session keeps of the token that asked for it: a keyed hash of
-/// its accessor (the accessor itself stays in the token store).
+/// its accessor (the accessor itself stays in the token store). A web UI
+/// session signed in with a token is a child the person never holds, so
+/// for it the token they signed in with counts: the one their CLI uses.
 pub fn creator_of(core: &Core, caller: &TokenEntry) -> String {
-    core.hasher.hash(&caller.accessor)
+    let held = match &caller.parent {
+        Some(parent) if caller.path == crate::auth::token::UI_SESSION_PATH => parent,
+        _ => &caller.accessor,
+    };
+    core.hasher.hash(held)
+}
+
+/// The person a token was issued to, where the server itself bound it:
+/// their identity entity (an OIDC or JWT login, and the tokens made from
+/// it), or the one userpass user whose login made it (the login's path
+/// names the user, and only that login sets it). None for other tokens:
+/// an AppRole or OIDC login path is shared by everyone who logs in there,
+/// and a token's display name and metadata are its creator's free text.
+pub fn person_of(caller: &TokenEntry) -> Option<String> {
+    if let Some(entity) = &caller.entity_id {
+        return Some(format!("entity/{entity}"));
+    }
+    caller
+        .path
+        .strip_prefix("auth/userpass/login/")
+        .filter(|user| !user.is_empty())
+        .map(|user| format!("userpass/{user}"))
 }
 
 #[cfg(test)]
@@ -1057,6 +1091,7 @@ mod tests {
             stage,
             reusable: false,
             creator: None,
+            creator_person: None,
         }
     }
 

@@ -152,8 +152,8 @@ pub struct LoginForm {
 
 /// Signs in with a token (the session gets a child of it: same policies,
 /// at most [`SESSION_MAX_TTL`], revoked at sign-out or with its parent) or
-/// with userpass (the session gets the login's token, as the API's login
-/// would give it).
+/// with userpass (the session gets the login's token, held to
+/// [`SESSION_MAX_TTL`] as well).
 pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<LoginForm>) -> Page {
     if !same_origin(&parts) {
         return Err(PageError::new(
@@ -200,7 +200,7 @@ async fn session_from_token(
     text: &str,
     now: i64,
 ) -> crate::Result<(String, i64)> {
-    let req = ui_request("ui/login/token", Some(text), parts, now)?;
+    let req = ui_request(token::UI_SESSION_PATH, Some(text), parts, now)?;
     let act = async {
         match child_session(core, parts, text, now).await {
             Ok((child, entry, parent)) => (
@@ -280,7 +280,7 @@ async fn child_session(
             display_name: parent.display_name.clone(),
             meta: parent.meta.clone(),
             bound_cidrs: parent.bound_cidrs.clone(),
-            path: "ui/login/token".into(),
+            path: token::UI_SESSION_PATH.into(),
             parent: Some(token::TokenEntry::clone(&parent)),
             ..Default::default()
         },
@@ -315,9 +315,32 @@ async fn session_from_userpass(
         upgrade: false,
     };
     match crate::http::execute(core, &req).await? {
-        crate::http::Reply::Auth(a) => token_of(&a),
+        crate::http::Reply::Auth(a) => session_from_login(core, token_of(&a)?.0, now).await,
         _ => Err(Error::internal("userpass login gave no token")),
     }
+}
+
+/// A login's token (userpass, single sign-on) made a session: held to
+/// [`SESSION_MAX_TTL`], as a session from a token is, and refused if it is
+/// limited to a number of uses. The login's own TTL (32 days unless its
+/// method is tuned) is for a CLI that renews and revokes its token; a
+/// browser cookie left signed in on a shared machine should not outlive a
+/// working day. Nobody else holds this token's text, so shortening it
+/// takes nothing from anyone.
+async fn session_from_login(core: &Core, text: String, now: i64) -> crate::Result<(String, i64)> {
+    let entry = token::lookup(core, &text, now)
+        .await?
+        .ok_or(Error::PermissionDenied)?;
+    if entry.num_uses != 0 {
+        token::revoke(core, &entry, false).await?;
+        return Err(Error::invalid(
+            "this login's tokens are limited to a number of uses (token_num_uses), which cannot carry a session: sign in with the CLI",
+        ));
+    }
+    let held = token::expire_by(core, &entry.hash, now + SESSION_MAX_TTL)
+        .await?
+        .ok_or(Error::PermissionDenied)?;
+    Ok((text, held.ttl(now)))
 }
 
 // ---- single sign-on (OIDC) ---------------------------------------------------
@@ -491,7 +514,7 @@ pub async fn oidc_callback(
             upgrade: false,
         };
         match crate::http::execute(&core, &req).await? {
-            crate::http::Reply::Auth(a) => token_of(&a),
+            crate::http::Reply::Auth(a) => session_from_login(&core, token_of(&a)?.0, now).await,
             _ => Err(Error::internal("the OIDC callback gave no token")),
         }
     };

@@ -207,6 +207,28 @@ impl Pam {
         c
     }
 
+    /// `sh -c SCRIPT` in the person's environment with `token`, the
+    /// `gatepass` CLI on the PATH (as a ProxyCommand finds it).
+    pub(crate) fn shell(&self, token: &str, script: &str) -> Command {
+        let mut c = self.cli(token, &[]);
+        let path = format!(
+            "{}:{}",
+            gatepass_tests::bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        c.env("PATH", path);
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(script);
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => sh.env(k, v),
+                None => sh.env_remove(k),
+            };
+        }
+        sh.current_dir(self.home.path()).stdin(Stdio::null());
+        sh
+    }
+
     pub(crate) fn admin_cli(&self, args: &[&str]) -> Command {
         self.cli(&self.server.token, args)
     }
@@ -1313,6 +1335,170 @@ fn a_relay_is_only_for_its_sessions_owner_and_a_stopped_relay_gateway_is_named()
         started.elapsed()
     );
     assert!(err.contains("gateway gw1 did not pick up"), "{err}");
+}
+
+/// The web UI's Access button for an account behind a relay gateway: the
+/// page's `ssh` command, run as shown with the person's own CLI token,
+/// connects. The UI asked for the session with its session's token, which
+/// stays in the browser; the token the person signed in with (or any
+/// token of theirs, for a password sign-in) relays, and another person's
+/// does not.
+#[test]
+fn a_session_granted_in_the_web_ui_is_relayed_by_the_persons_own_cli() {
+    const CAROL_PASSWORD: &str = "carol-relay-password-77";
+    let pam = Pam::start_relay();
+    let sshd = key_account(&pam);
+    let key = keygen(pam.home.path(), "person", "ed25519", None);
+    // People who use the web UI may also see the resources, to find the
+    // Access button.
+    ok(pam.admin_cli(&[
+        "write",
+        "sys/policies/acl/pam-browse",
+        r#"policy=path "pam/resources" { capabilities = ["list"] }
+path "pam/resources/*" { capabilities = ["read", "list"] }"#,
+    ]));
+    for name in ["carol", "dave"] {
+        ok(pam.admin_cli(&[
+            "write",
+            &format!("auth/userpass/users/{name}"),
+            &format!("password={CAROL_PASSWORD}"),
+            "token_policies=pam-person,pam-browse",
+        ]));
+    }
+    let login = |name: &str| {
+        ok(pam.cli(
+            "",
+            &[
+                "write",
+                "--field",
+                "token",
+                &format!("auth/userpass/login/{name}"),
+                &format!("password={CAROL_PASSWORD}"),
+            ],
+        ))
+        .trim()
+        .to_string()
+    };
+    let token_for = |name: &str| {
+        ok(pam.admin_cli(&[
+            "write",
+            "--field",
+            "token",
+            "auth/token/create",
+            "policies=pam-person,pam-browse",
+            &format!("display_name={name}"),
+        ]))
+        .trim()
+        .to_string()
+    };
+    let (erin, bob) = (token_for("erin"), token_for("bob"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let token_sign_in = vec![("method", "token"), ("token", erin.as_str())];
+    let password_sign_in = vec![
+        ("method", "userpass"),
+        ("username", "carol"),
+        ("password", CAROL_PASSWORD),
+    ];
+    // Carol's CLI logs in on its own: a token of her own, not the UI's.
+    let (carol, dave) = (login("carol"), login("dave"));
+    for (form, own, other) in [
+        (token_sign_in, erin.clone(), bob.clone()),
+        (password_sign_in, carol, dave),
+    ] {
+        let page = rt.block_on(ui_access(&pam, &form, public_line(&key).trim()));
+        let field = |id: &str| crate::web_ui::element_text(&page, id);
+        let id = field("granted-session");
+        std::fs::write(
+            pam.home.path().join(format!("gatepass-{id}-cert.pub")),
+            field("cert"),
+        )
+        .unwrap();
+        std::fs::write(
+            pam.home.path().join(format!("gatepass-{id}-known_hosts")),
+            field("kh"),
+        )
+        .unwrap();
+        let command = field("ssh-command")
+            .replace("&#x27;", "'")
+            .replace("&#39;", "'")
+            .replacen(
+                "ssh -i ~/.ssh/id_ed25519",
+                &format!("ssh -o BatchMode=yes -i {}", key.display()),
+                1,
+            );
+        assert!(
+            command.contains("ProxyCommand='gatepass pam ssh relay"),
+            "{command}"
+        );
+        // Another person's token is refused the relay.
+        let (code, out, err) = run(&mut pam.shell(&other, &format!("{command} echo UI-RELAY-OK")));
+        assert!(code != 0 && !out.contains("UI-RELAY-OK"), "{out}{err}");
+        assert!(
+            err.contains("permission denied") || err.contains("403"),
+            "{err}"
+        );
+        let (code, out, err) = run(&mut pam.shell(&own, &format!("{command} echo UI-RELAY-OK")));
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "UI-RELAY-OK\n"),
+            "{command}: {err}\n--- gateway ---\n{}",
+            pam.gateway_log()
+        );
+    }
+    assert!(sshd.log().contains("Accepted publickey for root"));
+}
+
+/// Signs in to the web UI with `form` and presses the Access button of
+/// the key account `keys/root` for `public_key`: the page it answers.
+async fn ui_access(pam: &Pam, form: &[(&str, &str)], public_key: &str) -> String {
+    let pem = std::fs::read(&pam.server.cacert).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let base = pam.server.addr.trim_end_matches('/');
+    let r = http
+        .post(format!("{base}/ui/login"))
+        .header("origin", base)
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "sign-in: {}", r.text().await.unwrap());
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let page = http
+        .get(format!("{base}/ui/pam/resources/keys"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF field in {page}"))
+        + 19;
+    let csrf = &page[at..at + page[at..].find('"').unwrap()];
+    let r = http
+        .post(format!("{base}/ui/pam/resources/keys/accounts/root/access"))
+        .header("cookie", &cookie)
+        .header("origin", base)
+        .form(&[
+            ("csrf", csrf),
+            ("public_key", public_key),
+            ("duration", "5m"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let page = r.text().await.unwrap();
+    assert_eq!(status, 200, "{page}");
+    page
 }
 
 /// The web UI's Terminate button (in a real browser) ends a live session:

@@ -725,6 +725,120 @@ async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
     }
 }
 
+/// The Max-Age of a sign-in's session cookie.
+fn cookie_max_age(headers: &HeaderMap) -> i64 {
+    let set = headers[SET_COOKIE].to_str().unwrap();
+    set.split("; ")
+        .find_map(|kv| kv.strip_prefix("Max-Age="))
+        .unwrap_or_else(|| panic!("no Max-Age: {set}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_password_sign_in_lasts_a_working_day_not_the_logins_32_days() {
+    let (ui, _) = Ui::start().await;
+    // The API's login gives the method's TTL: 32 days.
+    let (st, v) = ui
+        .api(
+            "",
+            "POST",
+            "auth/userpass/login/alice",
+            json!({ "password": USER_PASSWORD }),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 768 * 3600, "{v}");
+    // The browser's session from the same password: 8 hours at most, the
+    // cookie and the token behind it alike.
+    let (s, headers) = ui
+        .sign_in(&[
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", USER_PASSWORD),
+        ])
+        .await;
+    let max_age = cookie_max_age(&headers);
+    assert!(max_age > 8 * 3600 - 60 && max_age <= 8 * 3600, "{max_age}");
+    let (st, _, _) = ui.get(&s.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::OK);
+    let mut ttls = vec![];
+    let accessors = ui.root("LIST", "auth/token/accessors", json!({})).await;
+    for a in accessors["data"]["keys"].as_array().unwrap() {
+        let e = ui
+            .root(
+                "POST",
+                "auth/token/lookup-accessor",
+                json!({ "accessor": a }),
+            )
+            .await;
+        if e["data"]["path"] == "auth/userpass/login/alice" {
+            ttls.push((e["data"]["ttl"].as_i64().unwrap(), a.clone()));
+        }
+    }
+    ttls.sort_by_key(|(t, _)| *t);
+    assert_eq!(ttls.len(), 2, "{ttls:?}");
+    assert!(ttls[0].0 <= 8 * 3600 && ttls[1].0 > 700 * 3600, "{ttls:?}");
+    // Nor can the session's token be renewed past that.
+    let renewed = ui
+        .root(
+            "POST",
+            "auth/token/renew-accessor",
+            json!({ "accessor": ttls[0].1, "increment": "720h" }),
+        )
+        .await;
+    assert!(
+        renewed["auth"]["lease_duration"].as_i64().unwrap() <= 8 * 3600,
+        "{renewed}"
+    );
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/logout",
+            &[("csrf", &s.csrf)],
+        )
+        .await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "{page}");
+
+    // A login whose tokens are limited to a number of uses cannot make a
+    // session: it would run out in a few pages. The sign-in says so, and
+    // its token is not left behind.
+    ui.root(
+        "POST",
+        "auth/userpass/users/counted",
+        json!({ "password": USER_PASSWORD, "token_policies": "auditor", "token_num_uses": 3 }),
+    )
+    .await;
+    let r = ui
+        .http
+        .post(ui.url("/ui/login"))
+        .header(ORIGIN, &ui.base)
+        .form(&[
+            ("method", "userpass"),
+            ("username", "counted"),
+            ("password", USER_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get(SET_COOKIE).is_none());
+    let page = r.text().await.unwrap();
+    assert!(page.contains("limited to a number of uses"), "{page}");
+    let accessors = ui.root("LIST", "auth/token/accessors", json!({})).await;
+    for a in accessors["data"]["keys"].as_array().unwrap() {
+        let e = ui
+            .root(
+                "POST",
+                "auth/token/lookup-accessor",
+                json!({ "accessor": a }),
+            )
+            .await;
+        assert_ne!(e["data"]["path"], "auth/userpass/login/counted", "{e}");
+    }
+}
+
 #[tokio::test]
 async fn a_policy_is_saved_only_once_it_parses_and_the_audit_trail_filters_by_path() {
     let (ui, _) = Ui::start().await;
@@ -1350,7 +1464,7 @@ async fn inproc_ui(
 }
 
 /// The text of the element with this id in a page (its first text run).
-fn element_text(html: &str, id: &str) -> String {
+pub(crate) fn element_text(html: &str, id: &str) -> String {
     let at = html
         .find(&format!("id=\"{id}\""))
         .unwrap_or_else(|| panic!("no #{id} in:\n{html}"));
