@@ -212,6 +212,40 @@ async fn handle(core: AxState<State>, req: axum::extract::Request) -> Response {
     resp
 }
 
+/// A form-encoded body, as Vault takes one: sent as
+/// `application/x-www-form-urlencoded` (what `curl -d` sends) and not
+/// JSON, which `curl -d '{…}'` sends under the same type.
+fn is_form(headers: &HeaderMap, body: &[u8]) -> bool {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    form && first.is_some_and(|b| *b != b'{' && !body.trim_ascii().eq(b"null"))
+}
+
+/// A form body's fields, each a string; a field given more than once is
+/// its values joined with commas, as Vault joins them (every list field
+/// takes comma-separated text).
+fn form_fields(body: &[u8]) -> std::result::Result<Map<String, Value>, String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
+        .map_err(|e| format!("failed to parse form input: {e}"))?;
+    let mut out = Map::new();
+    for (k, v) in pairs {
+        match out.get_mut(&k) {
+            Some(Value::String(joined)) => {
+                joined.push(',');
+                joined.push_str(&v);
+            }
+            _ => {
+                out.insert(k, Value::String(v));
+            }
+        }
+    }
+    Ok(out)
+}
+
 async fn answer(AxState(core): AxState<State>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
@@ -266,7 +300,12 @@ async fn answer(AxState(core): AxState<State>, req: axum::extract::Request) -> R
         }
     };
     let mut data = Map::new();
-    if !bytes.iter().all(u8::is_ascii_whitespace) {
+    if is_form(&parts.headers, &bytes) {
+        match form_fields(&bytes) {
+            Ok(m) => data = m,
+            Err(why) => return error_body(StatusCode::BAD_REQUEST, &why),
+        }
+    } else if !bytes.iter().all(u8::is_ascii_whitespace) {
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(m)) => data = m,
             // `vault write -f` sends `null`: no fields, as Vault takes it.

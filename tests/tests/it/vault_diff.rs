@@ -41,7 +41,8 @@ struct Req {
     /// A JSON body as a TOML table.
     #[serde(default)]
     json: Option<toml::Table>,
-    /// A body sent as it is (`null`, `[1]`, broken JSON).
+    /// A body sent as it is (`null`, `[1]`, broken JSON, a form), as
+    /// JSON unless `headers` give a Content-Type.
     #[serde(default)]
     body: Option<String>,
     #[serde(default)]
@@ -132,7 +133,10 @@ impl Server {
             (Some(_), Some(_)) => panic!("{} {}: json and body both set", r.method, r.path),
         };
         if let Some(body) = body {
-            b = b.header("Content-Type", "application/json").body(body);
+            if !r.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+                b = b.header("Content-Type", "application/json");
+            }
+            b = b.body(body);
         }
         let resp = b.send().await.unwrap();
         let status = resp.status().as_u16();
