@@ -220,7 +220,10 @@ fn is_form(headers: &HeaderMap, body: &[u8]) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     form && first.is_some_and(|b| *b != b'{' && !body.trim_ascii().eq(b"null"))
 }
@@ -403,17 +406,20 @@ async fn answer(AxState(core): AxState<State>, req: axum::extract::Request) -> R
             )]
         }
     };
+    let mount_type = match &result {
+        Ok(_) => Box::pin(mount_type_of(&core, &request.path)).await,
+        Err(_) => String::new(),
+    };
+    let answering = Answering {
+        request_id: &request_id,
+        mount_type: &mount_type,
+    };
     // Wrapped before the response is audited, so that the audit log holds
     // the wrapping token's (HMAC'd) details and never the wrapped secret.
     let result = match (result, request.wrap_ttl) {
         (Ok(reply), Some(ttl)) => {
             Box::pin(wrap_reply(
-                &core,
-                &request,
-                reply,
-                ttl,
-                &warnings,
-                &request_id,
+                &core, &request, reply, ttl, &warnings, &answering,
             ))
             .await
         }
@@ -464,7 +470,7 @@ async fn answer(AxState(core): AxState<State>, req: axum::extract::Request) -> R
     match result {
         Ok(Reply::RelayUser(end)) => switch(on_upgrade, move |s| async move { end.deliver(s) }),
         Ok(Reply::RelayGateway(end)) => switch(on_upgrade, move |s| end.splice(s)),
-        Ok(reply) => shape(reply, warnings, request_id),
+        Ok(reply) => shape(reply, warnings, &answering),
         Err(e) => {
             let status = status_of(&e);
             if status.is_server_error() {
@@ -517,12 +523,12 @@ async fn wrap_reply(
     reply: Reply,
     ttl: WrapTtl,
     warnings: &[String],
-    request_id: &str,
+    id: &Answering<'_>,
 ) -> Result<Reply> {
     if matches!(reply, Reply::Wrapped(_)) {
         return Ok(reply);
     }
-    let Some(envelope) = envelope_of(&reply, warnings.to_vec(), request_id) else {
+    let Some(envelope) = envelope_of(&reply, warnings.to_vec(), id) else {
         return Ok(reply);
     };
     // What was wrapped can be revoked by its accessor without unwrapping
@@ -553,7 +559,7 @@ async fn wrap_reply(
 }
 
 /// The envelope of a reply that has one; None for the others.
-fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> {
+fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &Answering) -> Option<Value> {
     Some(match reply {
         Reply::Data(d) => envelope(d.clone(), Value::Null, warnings, id),
         Reply::Rendered(r) => envelope(r.value().clone(), Value::Null, warnings, id),
@@ -576,7 +582,15 @@ fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> 
         Reply::Wrapped(info) => {
             // Vault's wrapped answer has no request ID of its own (the
             // wrapped one keeps the request's).
-            let mut e = envelope(Value::Null, Value::Null, warnings, "");
+            let mut e = envelope(
+                Value::Null,
+                Value::Null,
+                warnings,
+                &Answering {
+                    request_id: "",
+                    ..*id
+                },
+            );
             e["wrap_info"] = info.to_json();
             e
         }
@@ -584,9 +598,9 @@ fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &str) -> Option<Value> 
     })
 }
 
-fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -> Value {
+fn envelope(data: Value, auth: Value, warnings: Vec<String>, id: &Answering) -> Value {
     json!({
-        "request_id": request_id,
+        "request_id": id.request_id,
         "lease_id": "",
         "renewable": false,
         "lease_duration": 0,
@@ -594,15 +608,50 @@ fn envelope(data: Value, auth: Value, warnings: Vec<String>, request_id: &str) -
         "wrap_info": null,
         "warnings": if warnings.is_empty() { Value::Null } else { json!(warnings) },
         "auth": auth,
-        "mount_type": "",
+        "mount_type": id.mount_type,
     })
+}
+
+/// What an answer's envelope says of the request besides its data: its
+/// `request_id`, and Vault's `mount_type`, the type of the mount that
+/// answered (`system`, `token`, `ssh`, …; empty for gatepass's own
+/// `hosts/` and `pam/`).
+pub(crate) struct Answering<'a> {
+    pub request_id: &'a str,
+    pub mount_type: &'a str,
+}
+
+/// The type of the mount a path is served by, as Vault names it.
+async fn mount_type_of(core: &Core, path: &ApiPath) -> String {
+    let p = path.as_str();
+    let first = p.split('/').next().unwrap_or_default();
+    match first {
+        "sys" => "system".into(),
+        "identity" => "identity".into(),
+        "hosts" | "pam" => String::new(),
+        "auth" => {
+            let under = p.strip_prefix("auth/").unwrap_or_default();
+            match under.split('/').next().unwrap_or_default() {
+                m @ ("token" | "userpass" | "approle") => m.into(),
+                _ => match crate::auth::mounts::find(core, under).await {
+                    Ok(Some((m, _))) => m.kind,
+                    _ => String::new(),
+                },
+            }
+        }
+        _ => match crate::mounts::find(core, p).await {
+            Ok(Some((m, _))) => m.kind,
+            _ => String::new(),
+        },
+    }
 }
 
 /// The text of [`envelope`] with no `auth` around `data` given as JSON text,
 /// written without building the envelope as a value: the same bytes
 /// (`serde_json` writes an object's keys sorted), made in one allocation.
-fn envelope_text(data: &str, warnings: &[String], request_id: &str) -> Result<String> {
-    let id = serde_json::to_string(request_id).map_err(|e| Error::internal(e.to_string()))?;
+fn envelope_text(data: &str, warnings: &[String], answering: &Answering) -> Result<String> {
+    let json = |t: &str| serde_json::to_string(t).map_err(|e| Error::internal(e.to_string()));
+    let (id, mount_type) = (json(answering.request_id)?, json(answering.mount_type)?);
     let warnings = if warnings.is_empty() {
         "null".to_string()
     } else {
@@ -610,12 +659,12 @@ fn envelope_text(data: &str, warnings: &[String], request_id: &str) -> Result<St
     };
     Ok(format!(
         "{{\"auth\":null,\"data\":{data},\"lease_duration\":0,\"lease_id\":\"\",\
-         \"mount_type\":\"\",\"renewable\":false,\"request_id\":{id},\
+         \"mount_type\":{mount_type},\"renewable\":false,\"request_id\":{id},\
          \"warnings\":{warnings},\"wrap_info\":null}}"
     ))
 }
 
-fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
+fn shape(reply: Reply, warnings: Vec<String>, id: &Answering) -> Response {
     match reply {
         Reply::Unwrapped(e) => axum::Json(e).into_response(),
         Reply::NoContent => StatusCode::NO_CONTENT.into_response(),
@@ -635,7 +684,7 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
             Body::from(body),
         )
             .into_response(),
-        Reply::Rendered(r) => match envelope_text(r.json(), &warnings, &request_id) {
+        Reply::Rendered(r) => match envelope_text(r.json(), &warnings, id) {
             Ok(body) => (
                 [(header::CONTENT_TYPE, "application/json")],
                 Body::from(body),
@@ -643,7 +692,7 @@ fn shape(reply: Reply, warnings: Vec<String>, request_id: String) -> Response {
                 .into_response(),
             Err(e) => error_body(StatusCode::INTERNAL_SERVER_ERROR, &e.public_message()),
         },
-        other => match envelope_of(&other, warnings, &request_id) {
+        other => match envelope_of(&other, warnings, id) {
             Some(e) => axum::Json(e).into_response(),
             // An empty list: Vault answers 404.
             None => error_body(StatusCode::NOT_FOUND, ""),
@@ -1045,8 +1094,12 @@ mod tests {
         let state = json!({"index": 7, "krl": "AAAA\"\n", "principals": {"root": ["a", "b"]}});
         let r = crate::longpoll::Rendered::of(&state).unwrap();
         for warnings in [vec![], vec!["ignored \"x\"".to_string()]] {
-            let whole = envelope(state.clone(), Value::Null, warnings.clone(), "id-1");
-            let text = envelope_text(r.json(), &warnings, "id-1").unwrap();
+            let id = Answering {
+                request_id: "id-1",
+                mount_type: "ssh",
+            };
+            let whole = envelope(state.clone(), Value::Null, warnings.clone(), &id);
+            let text = envelope_text(r.json(), &warnings, &id).unwrap();
             assert_eq!(text, serde_json::to_string(&whole).unwrap());
         }
     }

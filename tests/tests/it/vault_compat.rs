@@ -114,6 +114,43 @@ fn status_reads_the_leader_and_a_namespace_is_refused_not_ignored() {
     }
 }
 
+/// Vault's envelope names the type of the mount that answered
+/// (`mount_type`, HashiCorp Vault 1.12 and later).
+#[test]
+fn an_answer_names_the_type_of_the_mount_that_gave_it() {
+    let s = DevServer::start();
+    let (st, _) = call(
+        &s,
+        "POST",
+        "sys/auth/sso",
+        &[root(&s)],
+        Some(r#"{"type": "jwt"}"#),
+    );
+    assert_eq!(st, 204);
+    let (st, _) = call(
+        &s,
+        "POST",
+        "auth/sso/config",
+        &[root(&s)],
+        Some(
+            r#"{"jwks_url": "", "jwt_validation_pubkeys": ["-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----"]}"#,
+        ),
+    );
+    assert_eq!(st, 204);
+    for (method, path, body, mount_type) in [
+        ("GET", "sys/mounts", None, "system"),
+        ("GET", "auth/token/lookup-self", None, "token"),
+        ("POST", "ssh/config/ca", Some("{}"), "ssh"),
+        ("GET", "ssh/config/ca", None, "ssh"),
+        ("GET", "auth/sso/config", None, "jwt"),
+        ("POST", "hosts/join-tokens", Some("{}"), ""),
+    ] {
+        let (st, v) = call(&s, method, path, &[root(&s)], body);
+        assert_eq!(st, 200, "{path}: {v}");
+        assert_eq!(v["mount_type"], mount_type, "{path}: {v}");
+    }
+}
+
 #[test]
 fn a_stale_token_on_an_unauthenticated_path_is_ignored() {
     let s = DevServer::start();

@@ -133,7 +133,11 @@ impl Server {
             (Some(_), Some(_)) => panic!("{} {}: json and body both set", r.method, r.path),
         };
         if let Some(body) = body {
-            if !r.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+            if !r
+                .headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+            {
                 b = b.header("Content-Type", "application/json");
             }
             b = b.body(body);
