@@ -319,7 +319,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                 Some(t) => t,
                 None => req.fields.str("rules")?.unwrap_or_default(),
             };
-            policies::write(core, name, &text).await?;
+            policies::write(core, name, &unbase64(text)).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "policies", "acl", name], Delete) | (["sys", "policy", name], Delete) => {
@@ -332,6 +332,19 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
         (["sys", "capabilities"], Write) => {
             let (_, target) = super::auth::token_in_field(core, req).await?;
+            capabilities(core, &target, req).await
+        }
+        // A token's capabilities by its accessor, as an operator who holds
+        // only that (from the audit log, a token listing) asks them.
+        (["sys", "capabilities-accessor"], Write) => {
+            let accessor = req
+                .fields
+                .str("accessor")?
+                .filter(|a| !a.is_empty())
+                .ok_or_else(|| Error::invalid("missing accessor"))?;
+            let target = crate::auth::token::lookup_accessor(core, &accessor, req.now)
+                .await?
+                .ok_or_else(|| Error::invalid("invalid accessor"))?;
             capabilities(core, &target, req).await
         }
         (["sys", "audit"], Read) => Ok(Reply::Data(match &core.audit {
@@ -458,6 +471,7 @@ fn known_path(segs: &[&str]) -> bool {
                 | "policy"
                 | "capabilities-self"
                 | "capabilities"
+                | "capabilities-accessor"
                 | "audit"
                 | "audit-log"
                 | "remount"
@@ -567,6 +581,18 @@ fn enable_config(req: &Request) -> Result<mounts::TuneInput> {
             Ok(t)
         }
         Some(_) => Err(Error::invalid("config must be an object")),
+    }
+}
+
+/// A policy sent base64-encoded (Vault takes it so, "to avoid string
+/// escaping", as Terraform's provider and some scripts send it) is its
+/// decoded text. HCL or JSON policy text is never valid base64: it has
+/// spaces, quotes or braces.
+fn unbase64(text: String) -> String {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+        Ok(bytes) if !bytes.is_empty() => String::from_utf8(bytes).unwrap_or(text),
+        _ => text,
     }
 }
 
