@@ -731,7 +731,13 @@ fn json_paths(value: Value, rules: &mut Vec<(String, Perms)>) -> Result<()> {
 
 fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
     check_hcl_subset(text)?;
-    let body = hcl::parse(text).map_err(|e| match e {
+    // Vault reads policies as HCL 1, hcl-rs as HCL 2: where the text is not
+    // HCL 2, it is read again in HCL 2's spelling of the same HCL 1.
+    let parsed = hcl::parse(text).or_else(|e| match hcl1_as_hcl2(text) {
+        Some(respelled) => hcl::parse(&respelled).map_err(|_| e),
+        None => Err(e),
+    });
+    let body = parsed.map_err(|e| match e {
         // One line instead of hcl's multi-line snippet, for a JSON error body.
         hcl::Error::Parse(e) => {
             let at = e.location();
@@ -777,6 +783,131 @@ fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
         }
     }
     Ok(rules)
+}
+
+/// HCL 1's policy syntax that HCL 2 spells otherwise, respelled: a comma
+/// between a block's attributes (`{ capabilities = ["read"], max_wrapping_ttl
+/// = "1h" }`) is a newline, every block's braces are on lines of their own
+/// (`path "a" { … } path "b" { … }`), and a map written as a
+/// block inside a block (`allowed_parameters { "x" = [] }`, whose quoted
+/// keys an HCL 2 block cannot have) is an attribute holding an object
+/// (`allowed_parameters = { "x" = [] }`). Strings and comments are copied
+/// as they are, so no value changes; None when the brackets do not match.
+/// [`check_hcl_subset`] has already refused heredocs and interpolation.
+/// Written by hand: no maintained crate reads HCL 1.
+fn hcl1_as_hcl2(text: &str) -> Option<String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum In {
+        Block,
+        Object,
+        List,
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Last {
+        Nothing,
+        Name,
+        Equals,
+        Other,
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut open: Vec<In> = Vec::new();
+    let mut last = Last::Nothing;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push(c);
+                while let Some(c) = chars.next() {
+                    out.push(c);
+                    match c {
+                        '\\' => out.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                last = Last::Other;
+            }
+            '#' => {
+                out.push(c);
+                while let Some(c) = chars.next_if(|&c| c != '\n') {
+                    out.push(c);
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                out.push(c);
+                while let Some(c) = chars.next_if(|&c| c != '\n') {
+                    out.push(c);
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                out.push(c);
+                let mut prev = ' ';
+                for c in chars.by_ref() {
+                    out.push(c);
+                    if prev == '*' && c == '/' {
+                        break;
+                    }
+                    prev = c;
+                }
+            }
+            '{' => {
+                let inside_block = open.last() == Some(&In::Block);
+                let kind = match last {
+                    Last::Equals => In::Object,
+                    Last::Name if inside_block => {
+                        out.push_str("= ");
+                        In::Object
+                    }
+                    _ => In::Block,
+                };
+                out.push(c);
+                if kind == In::Block {
+                    // A block in HCL 2 is one line, with one attribute,
+                    // or its body is on lines of its own.
+                    out.push('\n');
+                }
+                open.push(kind);
+                last = Last::Other;
+            }
+            '[' => {
+                out.push(c);
+                open.push(In::List);
+                last = Last::Other;
+            }
+            '}' | ']' => {
+                let closed = open.pop()?;
+                if (c == ']') != (closed == In::List) {
+                    return None;
+                }
+                if closed == In::Block {
+                    out.push('\n');
+                }
+                out.push(c);
+                if closed == In::Block {
+                    out.push('\n');
+                }
+                last = Last::Other;
+            }
+            ',' if matches!(open.last(), None | Some(In::Block)) => {
+                out.push('\n');
+                last = Last::Other;
+            }
+            '=' => {
+                out.push(c);
+                last = Last::Equals;
+            }
+            c if c.is_whitespace() => out.push(c),
+            c => {
+                out.push(c);
+                last = if c.is_alphanumeric() || c == '_' || c == '-' {
+                    Last::Name
+                } else {
+                    Last::Other
+                };
+            }
+        }
+    }
+    open.is_empty().then_some(out)
 }
 
 /// A literal HCL expression as JSON; `None` for anything computed
@@ -1343,6 +1474,51 @@ path "ssh/sign/*" { capabilities = ["update"] }
                 ("old", caps(&[Create, Read, Update, Delete, List])),
             ]
         );
+    }
+
+    /// What Vault's HCL 1 reads and HCL 2 spells otherwise: each pair is
+    /// the same policy, the first as HCL 2 would have it.
+    #[test]
+    fn reads_the_hcl1_spellings_vault_takes() {
+        let same = [
+            (
+                "path \"a\" { capabilities = [\"read\"] }\npath \"b\" { capabilities = [\"list\"] }",
+                "path \"a\" { capabilities = [\"read\"] } path \"b\" { capabilities = [\"list\"] }",
+            ),
+            (
+                "path \"a\" {\n capabilities = [\"read\"]\n max_wrapping_ttl = \"1h\"\n}",
+                "path \"a\" { capabilities = [\"read\"], max_wrapping_ttl = \"1h\" }",
+            ),
+            (
+                "path \"a\" {\n capabilities = [\"read\"]\n min_wrapping_ttl = \"1s\"\n}",
+                "path \"a\" {\n capabilities = [\"read\"],\n min_wrapping_ttl = \"1s\"\n}",
+            ),
+            (
+                "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"x\" = [\"1\", \"2\"], \"y,z\" = [] }\n}",
+                "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters {\n \"x\" = [\"1\", \"2\"]\n \"y,z\" = []\n }\n}",
+            ),
+        ];
+        for (hcl2, hcl1) in same {
+            let want = Policy::parse("p", hcl2).unwrap();
+            let got = Policy::parse("p", hcl1).unwrap_or_else(|e| panic!("{hcl1}: {e:?}"));
+            assert_eq!(got.rules, want.rules, "{hcl1}");
+        }
+        // A comma inside a string or a comment stays where it is, and what
+        // is neither HCL 1 nor HCL 2 is still refused.
+        let p = Policy::parse(
+            "p",
+            "path \"a,b\" { capabilities = [\"read\"], /* x, y */ comment = \"p, q\" }",
+        )
+        .unwrap();
+        assert_eq!(p.rules().map(|r| r.0).collect::<Vec<_>>(), vec!["a,b"]);
+        for bad in [
+            "path \"a\" { capabilities = [\"read\"] ",
+            "path \"a\" { capabilities = [\"read\"}",
+            "path \"a\" = { capabilities = [\"read\"] }",
+            "path \"a\" { capabilities = [\"read\"]; }",
+        ] {
+            assert!(Policy::parse("p", bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
