@@ -98,6 +98,7 @@ pub async fn rustls_config(
     key: &Path,
 ) -> Result<axum_server::tls_rustls::RustlsConfig> {
     install_crypto_provider();
+    check_pem_files(cert, key)?;
     axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
         .await
         .map_err(|e| {
@@ -107,4 +108,72 @@ pub async fn rustls_config(
                 key.display()
             ))
         })
+}
+
+/// Says which file is wrong, and how, where rustls's own errors would not:
+/// an empty certificate file reads "peer sent no certificates", and a
+/// certificate given as the key "private key format not supported".
+fn check_pem_files(cert: &Path, key: &Path) -> Result<()> {
+    use rustls::pki_types::pem::{self, PemObject};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let unreadable = |path: &Path, e: pem::Error| match e {
+        pem::Error::Io(e) => Error::internal(format!("cannot read {}: {e}", path.display())),
+        other => Error::internal(format!("{} is not PEM: {other}", path.display())),
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| unreadable(cert, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| unreadable(cert, e))?;
+    if certs.is_empty() {
+        return Err(Error::internal(format!(
+            "the TLS certificate file {} holds no certificate (a PEM \"BEGIN CERTIFICATE\" block)",
+            cert.display()
+        )));
+    }
+    match PrivateKeyDer::from_pem_file(key) {
+        Ok(_) => Ok(()),
+        Err(pem::Error::NoItemsFound) => Err(Error::internal(format!(
+            "the TLS key file {} holds no private key (a PEM \"BEGIN PRIVATE KEY\", \"BEGIN RSA PRIVATE KEY\" or \"BEGIN EC PRIVATE KEY\" block)",
+            key.display()
+        ))),
+        Err(e) => Err(unreadable(key, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each wrong file is named, with what it lacks.
+    #[tokio::test]
+    async fn a_certificate_or_key_file_without_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key, empty) = (
+            d.path().join("c.pem"),
+            d.path().join("k.pem"),
+            d.path().join("e.pem"),
+        );
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=t", "-days", "1",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        std::fs::write(&empty, "").unwrap();
+        assert!(rustls_config(&cert, &key).await.is_ok());
+        for (c, k, says) in [
+            (&empty, &key, "e.pem holds no certificate"),
+            (&cert, &empty, "e.pem holds no private key"),
+            (&key, &cert, "k.pem holds no certificate"),
+            (&cert, &d.path().join("missing.pem"), "cannot read"),
+        ] {
+            let e = rustls_config(c, k).await.err().unwrap();
+            assert!(e.to_string().contains(says), "{e:?}");
+        }
+    }
 }
