@@ -98,6 +98,9 @@ pub async fn disable(core: &Core, path: &str) -> Result<()> {
         if all(core).await?.iter().any(|o| o.uuid == m.uuid) {
             return Ok(());
         }
+        // Its leases go with it, as in Vault: none stays listed, renewable
+        // or revocable for a secret that no longer exists.
+        crate::leases::revoke_prefix(core, &path).await?;
         for k in core.storage.keys_with_prefix(&m.data_prefix()).await? {
             core.storage.delete(&k).await?;
         }

@@ -85,9 +85,17 @@ pub async fn enable(
     Ok(mount)
 }
 
-pub async fn disable(core: &Core, path: &str) -> Result<()> {
+/// Disables the method at `path`: its settings and roles go, and so do the
+/// tokens its logins gave (with the tokens made from them), as in Vault;
+/// an operator who turns single sign-on off means to end its sessions.
+pub async fn disable(core: &Core, path: &str, now: i64) -> Result<()> {
     let path = normalize_path(path)?;
-    if let Some(m) = core.storage.take::<AuthMount>(&key(&path)).await? {
+    let taken = core.storage.take::<AuthMount>(&key(&path)).await?;
+    // After the mount is gone, so that no login slips in after the
+    // revocation; and whether or not it was found, so that a disable
+    // retried after a failure here finishes the job.
+    super::token::revoke_by_path(core, &format!("auth/{path}"), now).await?;
+    if let Some(m) = taken {
         let keys = core.storage.keys_with_prefix(&m.data_prefix()).await?;
         core.storage.delete_many(&keys).await?;
     }

@@ -292,7 +292,7 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
                     "{path}/ is built in and cannot be disabled"
                 )));
             }
-            crate::auth::mounts::disable(core, &path).await?;
+            crate::auth::mounts::disable(core, &path, now).await?;
             Ok(Reply::NoContent)
         }
         (["sys", "policies", "acl"], List) | (["sys", "policy"], List) => {

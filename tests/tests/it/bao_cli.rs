@@ -314,12 +314,33 @@ fn secrets_engines_and_auth_methods_are_tuned_moved_and_disabled() {
         "{out}"
     );
     assert!(!out.contains("team-ssh/"), "{out}");
+    // An OTP lease on the mount, which goes with it.
+    ok(s.root(&[
+        "write",
+        "ops-ssh/roles/otp",
+        "key_type=otp",
+        "default_user=root",
+        "cidr_list=127.0.0.0/8",
+    ]));
+    let v = json(&ok(s.root(&[
+        "write",
+        "-format=json",
+        "ops-ssh/creds/otp",
+        "ip=127.0.0.1",
+    ])));
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    ok(s.root(&["lease", "lookup", &lease]));
     let out = ok(s.root(&["secrets", "disable", "ops-ssh"]));
     assert!(
         out.contains("Success! Disabled the secrets engine (if it existed) at: ops-ssh/"),
         "{out}"
     );
     assert!(!ok(s.root(&["secrets", "list"])).contains("ops-ssh/"));
+    let (code, err) = fails(s.root(&["lease", "lookup", &lease]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid lease"), "{err}");
+    let (code, out) = fails(s.root(&["list", "sys/leases/lookup/ops-ssh/creds/otp"]));
+    assert_eq!(code, 2, "{out}");
 
     // $ bao auth tune -default-lease-ttl=30m -max-lease-ttl=1h approle
     let out = ok(s.root(&[

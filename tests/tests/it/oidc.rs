@@ -431,6 +431,10 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
     let (st, v) = login(p.client_credentials("ci-main", None).await).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["metadata"]["role"], "main");
+    let from_second = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let (st, v) = jwt_login(&s, &p.client_credentials("ci-main", None).await).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let from_first = v["auth"]["client_token"].as_str().unwrap().to_string();
     let (st, v) = login(p.client_credentials("ci-fork", None).await).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(
@@ -473,6 +477,23 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
     let (st, v) = login(p.client_credentials("ci-main", None).await).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["errors"][0].as_str().unwrap().contains("issuer"), "{v}");
+
+    // The method disabled: the tokens its logins gave stop working, as in
+    // Vault, and the other mount's do not.
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(&from_second), None)
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = s.root("DELETE", "sys/auth/ci/jwks", None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    let (st, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&from_second), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&from_first), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
 }
 
 #[tokio::test]
