@@ -384,6 +384,39 @@ async fn sign(ctx: &Ctx, args: SignArgs) -> Result<()> {
 
 // ---------------------------------------------------------------- issue
 
+/// The private key of an `ssh/issue` answer: in OpenSSH's form, or in the
+/// PEM forms Vault gives RSA keys (PKCS#1) and ECDSA keys (SEC1), which
+/// gatepass's server gives too.
+fn issued_private_key(text: &str) -> std::result::Result<PrivateKey, String> {
+    use ssh_key::private::{EcdsaKeypair, KeypairData, RsaKeypair};
+    let pem = |label: &str| text.starts_with(&format!("-----BEGIN {label}-----"));
+    if pem("RSA PRIVATE KEY") {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        let key = rsa::RsaPrivateKey::from_pkcs1_pem(text).map_err(|e| e.to_string())?;
+        let pair = RsaKeypair::try_from(&key).map_err(|e| e.to_string())?;
+        PrivateKey::new(KeypairData::Rsa(pair), "").map_err(|e| e.to_string())
+    } else if pem("EC PRIVATE KEY") {
+        // The curve by the key's size and the name the PEM holds (each
+        // crate refuses the other's).
+        let pair = if let Ok(k) = p256::SecretKey::from_sec1_pem(text) {
+            EcdsaKeypair::NistP256 {
+                public: k.public_key().into(),
+                private: k.into(),
+            }
+        } else {
+            let k = p384::SecretKey::from_sec1_pem(text)
+                .map_err(|_| "an EC key on a curve other than P-256 or P-384".to_string())?;
+            EcdsaKeypair::NistP384 {
+                public: k.public_key().into(),
+                private: k.into(),
+            }
+        };
+        PrivateKey::new(KeypairData::Ecdsa(pair), "").map_err(|e| e.to_string())
+    } else {
+        PrivateKey::from_openssh(text).map_err(|e| e.to_string())
+    }
+}
+
 async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
     let path = engine_path(&args.target.mount, "issue", &args.target.role)?;
     let name = format!("gatepass_{}", args.target.role);
@@ -434,9 +467,9 @@ async fn issue(ctx: &Ctx, args: IssueArgs) -> Result<()> {
     };
     let signed = signed_key(&resp, &action)?;
     let cert = parse_cert(&signed, &action)?;
-    let mut private = PrivateKey::from_openssh(private_text.trim()).map_err(|e| {
+    let mut private = issued_private_key(private_text.trim()).map_err(|e| {
         Error::Local(format!(
-            "{action}: the server's private_key is not an OpenSSH key: {e}"
+            "{action}: the server's private_key cannot be read: {e}"
         ))
     })?;
     drop(private_text);
@@ -715,6 +748,51 @@ fn cert_rows(cert: &Certificate, serial: &str, now: u64) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys as Vault's ssh/issue gives them (ssh-keygen's `-m PEM`
+    /// writes the same PKCS#1 and SEC1 forms) are read as the same key
+    /// ssh-keygen derives from them.
+    #[test]
+    fn an_issued_key_is_read_in_vaults_pem_forms_and_openssh() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, bits, form, begins) in [
+            ("rsa", "2048", "PEM", "-----BEGIN RSA PRIVATE KEY-----"),
+            ("ecdsa", "256", "PEM", "-----BEGIN EC PRIVATE KEY-----"),
+            ("ecdsa", "384", "PEM", "-----BEGIN EC PRIVATE KEY-----"),
+            (
+                "ed25519",
+                "256",
+                "RFC4716",
+                "-----BEGIN OPENSSH PRIVATE KEY-----",
+            ),
+        ] {
+            let file = dir.path().join(format!("{kind}{bits}"));
+            let made = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-N", "", "-t", kind, "-b", bits, "-m", form, "-f"])
+                .arg(&file)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let text = fs::read_to_string(&file).unwrap();
+            assert!(text.starts_with(begins), "{kind}: {text}");
+            let key =
+                issued_private_key(text.trim()).unwrap_or_else(|e| panic!("{kind}{bits}: {e}"));
+            let public = fs::read_to_string(file.with_extension("pub")).unwrap();
+            assert_eq!(
+                key.public_key()
+                    .to_openssh()
+                    .unwrap()
+                    .split_whitespace()
+                    .nth(1),
+                public.split_whitespace().nth(1),
+                "{kind}{bits}"
+            );
+        }
+        assert!(issued_private_key(
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----"
+        )
+        .is_err());
+    }
 
     #[test]
     fn options_parse() {

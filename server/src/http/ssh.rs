@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use gatepass_api::ssh::{IssuedKey, Lifted, Revoked, RoleNames, SignedKey};
 use serde_json::{json, Map, Value};
-use ssh_key::LineEnding;
 
 use super::request::{Operation, Request};
 use super::{data, no_route, Reply};
@@ -210,10 +209,7 @@ pub async fn route(
             data(&IssuedKey {
                 serial_number: certs::serial_hex(rec.serial),
                 signed_key: openssh(&cert)?,
-                private_key: private
-                    .to_openssh(LineEnding::LF)
-                    .map_err(|e| Error::internal(e.to_string()))?
-                    .to_string(),
+                private_key: sign::vault_private_key_pem(&private)?,
                 private_key_type: sign::private_key_type(&private).to_string(),
                 issuer_id: rec.issuer_id.clone(),
             })

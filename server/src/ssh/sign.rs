@@ -572,6 +572,62 @@ pub fn generate_user_key(key_type: &str, key_bits: i64) -> Result<PrivateKey> {
     super::issuers::generate_key(kt, bits)
 }
 
+/// An issued private key in the PEM form Vault's `ssh/issue` gives: RSA
+/// as PKCS#1 (`BEGIN RSA PRIVATE KEY`), ECDSA as SEC1 (`BEGIN EC PRIVATE
+/// KEY`), Ed25519 in OpenSSH's own form (which has no other). OpenSSH reads
+/// all of them; other tools that take Vault's answer may read only these.
+pub fn vault_private_key_pem(k: &PrivateKey) -> Result<String> {
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use sec1::der::asn1::ObjectIdentifier;
+    use sec1::der::pem::LineEnding as Pem;
+    use sec1::der::EncodePem;
+    use ssh_key::private::{EcdsaKeypair, KeypairData};
+    let bad = |e: &dyn std::fmt::Display| Error::internal(format!("private key encoding: {e}"));
+    let ec = |curve: &str, private: &[u8], public: &[u8]| -> Result<String> {
+        // SEC1 with the curve's name in it (RFC 5915), as Vault and
+        // OpenSSL write it: without it OpenSSH cannot tell the curve.
+        let key = sec1::EcPrivateKey {
+            private_key: private,
+            parameters: Some(sec1::EcParameters::NamedCurve(
+                ObjectIdentifier::new(curve).map_err(|e| bad(&e))?,
+            )),
+            public_key: Some(public),
+        };
+        key.to_pem(Pem::LF).map_err(|e| bad(&e))
+    };
+    Ok(match k.key_data() {
+        KeypairData::Rsa(kp) => {
+            // From the components here: ssh-key 0.6's own conversion takes
+            // the prime p twice for q, which rsa refuses.
+            let int = |m: &ssh_key::Mpint| -> Result<rsa::BigUint> {
+                m.as_positive_bytes()
+                    .map(rsa::BigUint::from_bytes_be)
+                    .ok_or_else(|| bad(&"a negative RSA component"))
+            };
+            rsa::RsaPrivateKey::from_components(
+                int(&kp.public.n)?,
+                int(&kp.public.e)?,
+                int(&kp.private.d)?,
+                vec![int(&kp.private.p)?, int(&kp.private.q)?],
+            )
+            .map_err(|e| bad(&e))?
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .map_err(|e| bad(&e))?
+            .to_string()
+        }
+        KeypairData::Ecdsa(EcdsaKeypair::NistP256 { private, public }) => {
+            ec("1.2.840.10045.3.1.7", private.as_slice(), public.as_bytes())?
+        }
+        KeypairData::Ecdsa(EcdsaKeypair::NistP384 { private, public }) => {
+            ec("1.3.132.0.34", private.as_slice(), public.as_bytes())?
+        }
+        _ => k
+            .to_openssh(ssh_key::LineEnding::LF)
+            .map_err(|e| bad(&e))?
+            .to_string(),
+    })
+}
+
 pub fn private_key_type(k: &PrivateKey) -> &'static str {
     match k.algorithm() {
         Algorithm::Rsa { .. } => "rsa",

@@ -534,22 +534,54 @@ async fn issue_returns_a_key_pair_and_certificate() {
     let dir = s.dir.path();
     ok(&s, "POST", "ssh/config/ca", json!({})).await;
     role(&s, "r", json!({"key_type": "ca", "allow_user_certificates": true, "allowed_users": "carol", "ttl": "5m"})).await;
-    for (kt, want) in [("ed25519", "ed25519"), ("ec", "ec"), ("rsa", "rsa")] {
+    // The private key in the PEM form Vault gives (PKCS#1 for RSA, SEC1
+    // for ECDSA, OpenSSH's for Ed25519), which ssh-keygen reads back to
+    // the key the certificate is for.
+    for (kt, bits, want, pem) in [
+        (
+            "ed25519",
+            0,
+            "ed25519",
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+        ),
+        ("ec", 256, "ec", "-----BEGIN EC PRIVATE KEY-----"),
+        ("ec", 384, "ec", "-----BEGIN EC PRIVATE KEY-----"),
+        ("rsa", 2048, "rsa", "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
         let v = ok(
             &s,
             "POST",
             "ssh/issue/r",
-            json!({"key_type": kt, "valid_principals": "carol"}),
+            json!({"key_type": kt, "key_bits": bits, "valid_principals": "carol"}),
         )
         .await;
         let d = &v["data"];
         assert_eq!(d["private_key_type"], want);
-        assert!(d["private_key"]
-            .as_str()
-            .unwrap()
-            .contains("OPENSSH PRIVATE KEY"));
+        let private = d["private_key"].as_str().unwrap();
+        assert!(private.starts_with(pem), "{kt}: {private}");
         let l = describe_cert(dir, d["signed_key"].as_str().unwrap());
         assert!(l.contains("carol"), "{l}");
+        let file = dir.join(format!("issued-{kt}-{bits}"));
+        std::fs::write(&file, private).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let derived = std::process::Command::new("ssh-keygen")
+            .arg("-y")
+            .arg("-f")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(derived.status.success(), "{kt}: {derived:?}");
+        let derived = String::from_utf8(derived.stdout).unwrap();
+        let parsed = ssh_key::Certificate::from_openssh(d["signed_key"].as_str().unwrap()).unwrap();
+        let public = ssh_key::PublicKey::from(parsed.public_key().clone())
+            .to_openssh()
+            .unwrap();
+        assert_eq!(
+            derived.split_whitespace().nth(1),
+            public.split_whitespace().nth(1),
+            "{kt}: the private key is not the certificate's"
+        );
     }
 }
 
