@@ -125,8 +125,9 @@ pub async fn tune(core: &Core, path: &str, t: TuneInput) -> Result<Mount> {
         .ok_or_else(|| Error::invalid(format!("no mount at {path:?}")))?
 }
 
-/// `sys/remount`: moves a mount to another path. Its data stays where it
-/// is (under its uuid), so only the mount entry moves: first written at
+/// `sys/remount`: moves a mount to another path, revoking its leases. Its
+/// data stays where it is (under its uuid), so only the mount entry moves:
+/// first written at
 /// the new path, then removed from the old one (a stop in between leaves
 /// it at both, and [`disable`] keeps the data while either remains).
 pub async fn remount(core: &Core, from: &str, to: &str) -> Result<Mount> {
@@ -153,6 +154,10 @@ pub async fn remount(core: &Core, from: &str, to: &str) -> Result<Mount> {
     if !core.storage.put_if_absent(&key(&to), &moved).await? {
         return Err(Error::invalid(format!("path is already in use at {to}/")));
     }
+    // The leases are the old path's (their IDs name it): revoked, as Vault
+    // revokes a moved engine's leases, rather than left for another mount
+    // later enabled at the old path to take with it when disabled.
+    crate::leases::revoke_prefix(core, &from).await?;
     core.storage.delete(&key(&from)).await?;
     Ok(moved)
 }

@@ -549,10 +549,14 @@ impl RuleSpec {
             ("policy", _) => return Err(bad("a string")),
             ("allowed_parameters" | "denied_parameters", Some(Value::Object(map))) => {
                 let parsed = value_map(map).map_err(|m| at(format!("{key}: {m}")))?;
-                match key {
-                    "allowed_parameters" => self.params.allowed = parsed,
-                    _ => self.params.denied = parsed,
-                }
+                // Given twice in one block (two blocks, or a block and an
+                // attribute), the maps add up, as Vault reads them, rather
+                // than the last one replacing the first.
+                let mine = match key {
+                    "allowed_parameters" => &mut self.params.allowed,
+                    _ => &mut self.params.denied,
+                };
+                merge_maps(mine, parsed.as_ref());
             }
             ("allowed_parameters" | "denied_parameters", _) => {
                 return Err(bad("a map of parameter names to lists of values"))
@@ -734,8 +738,12 @@ fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
     // Vault reads policies as HCL 1, hcl-rs as HCL 2: where the text is not
     // HCL 2, it is read again in HCL 2's spelling of the same HCL 1.
     let parsed = hcl::parse(text).or_else(|e| match hcl1_as_hcl2(text) {
-        Some(respelled) => hcl::parse(&respelled).map_err(|_| e),
-        None => Err(e),
+        // What hcl-rs is given is held to the subset too, whatever the
+        // respelling made of it.
+        Some(respelled) if check_hcl_subset(&respelled).is_ok() => {
+            hcl::parse(&respelled).map_err(|_| e)
+        }
+        _ => Err(e),
     });
     let body = parsed.map_err(|e| match e {
         // One line instead of hcl's multi-line snippet, for a JSON error body.
@@ -802,20 +810,26 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
         Object,
         List,
     }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Last {
-        Nothing,
-        Name,
-        Equals,
-        Other,
-    }
     let mut out = String::with_capacity(text.len() + 16);
     let mut open: Vec<In> = Vec::new();
-    let mut last = Last::Nothing;
+    // The last token was `=`; a bare word (a number, `true`) is a value
+    // under way; a value just ended, so a key on the same line starts the
+    // next attribute or item, which HCL 2 wants on a line of its own.
+    let (mut after_equals, mut value_word, mut ended) = (false, false, false);
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
+        // Where keys are: the top level, a block's body, an object.
+        let keyed = !matches!(open.last(), Some(In::List));
+        if value_word && !(c.is_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            value_word = false;
+            ended = keyed;
+        }
         match c {
             '"' => {
+                if keyed && ended && !after_equals {
+                    out.push('\n');
+                }
+                let value = keyed && after_equals;
                 out.push(c);
                 while let Some(c) = chars.next() {
                     out.push(c);
@@ -825,7 +839,8 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                         _ => {}
                     }
                 }
-                last = Last::Other;
+                ended = value;
+                after_equals = false;
             }
             '#' => {
                 out.push(c);
@@ -840,7 +855,10 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                 }
             }
             '/' if chars.peek() == Some(&'*') => {
+                // The `*` of `/*` is the comment's, so `/*/` opens one and
+                // does not close it.
                 out.push(c);
+                out.extend(chars.next());
                 let mut prev = ' ';
                 for c in chars.by_ref() {
                     out.push(c);
@@ -851,14 +869,14 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                 }
             }
             '{' => {
-                let inside_block = open.last() == Some(&In::Block);
-                let kind = match last {
-                    Last::Equals => In::Object,
-                    Last::Name if inside_block => {
-                        out.push_str("= ");
-                        In::Object
-                    }
-                    _ => In::Block,
+                let kind = if after_equals {
+                    In::Object
+                } else if open.last() == Some(&In::Block) && last_is_word(&out) {
+                    // `allowed_parameters {` inside a block.
+                    out.push_str(" =");
+                    In::Object
+                } else {
+                    In::Block
                 };
                 out.push(c);
                 if kind == In::Block {
@@ -867,12 +885,12 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                     out.push('\n');
                 }
                 open.push(kind);
-                last = Last::Other;
+                (after_equals, ended) = (false, false);
             }
             '[' => {
                 out.push(c);
                 open.push(In::List);
-                last = Last::Other;
+                (after_equals, ended) = (false, false);
             }
             '}' | ']' => {
                 let closed = open.pop()?;
@@ -886,28 +904,50 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                 if closed == In::Block {
                     out.push('\n');
                 }
-                last = Last::Other;
+                after_equals = false;
+                ended = closed != In::Block && !matches!(open.last(), Some(In::List));
             }
+            // Only after a value, as in Vault: `{,a = 1}` and `a = 1,,`
+            // are refused.
             ',' if matches!(open.last(), None | Some(In::Block)) => {
+                if !ended {
+                    return None;
+                }
                 out.push('\n');
-                last = Last::Other;
+                (after_equals, ended) = (false, false);
             }
             '=' => {
                 out.push(c);
-                last = Last::Equals;
+                (after_equals, ended) = (true, false);
+            }
+            '\n' => {
+                out.push(c);
+                ended = false;
             }
             c if c.is_whitespace() => out.push(c),
             c => {
+                let word = c.is_alphanumeric() || c == '_' || c == '-' || c == '.';
+                if word && !value_word {
+                    if keyed && ended {
+                        out.push('\n');
+                    }
+                    value_word = keyed && after_equals;
+                }
                 out.push(c);
-                last = if c.is_alphanumeric() || c == '_' || c == '-' {
-                    Last::Name
-                } else {
-                    Last::Other
-                };
+                (after_equals, ended) = (false, false);
             }
         }
     }
     open.is_empty().then_some(out)
+}
+
+/// Whether the text so far ends in a bare word (spaces aside): a block's
+/// name before its `{`.
+fn last_is_word(out: &str) -> bool {
+    out.trim_end()
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-')
 }
 
 /// A literal HCL expression as JSON; `None` for anything computed
@@ -1498,7 +1538,23 @@ path "ssh/sign/*" { capabilities = ["update"] }
                 "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters {\n \"x\" = [\"1\", \"2\"]\n \"y,z\" = []\n }\n}",
             ),
         ];
-        for (hcl2, hcl1) in same {
+        let more = [
+            // One line, no commas.
+            (
+                "path \"a\" {\n capabilities = [\"read\"]\n max_wrapping_ttl = \"1h\"\n min_wrapping_ttl = 60\n}",
+                "path \"a\" { capabilities = [\"read\"] max_wrapping_ttl = \"1h\" min_wrapping_ttl = 60 }",
+            ),
+            (
+                "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"x\" = [], \"y\" = [\"1\"] }\n}",
+                "path \"a\" { capabilities = [\"update\"] allowed_parameters { \"x\" = [] \"y\" = [\"1\"] } }",
+            ),
+            // A map given twice in one block adds up, as Vault reads it.
+            (
+                "path \"a\" {\n capabilities = [\"update\"]\n denied_parameters = { \"key_type\" = [], \"ttl\" = [] }\n}",
+                "path \"a\" {\n capabilities = [\"update\"]\n denied_parameters { key_type = [] }\n denied_parameters = { \"ttl\" = [] }\n}",
+            ),
+        ];
+        for (hcl2, hcl1) in same.into_iter().chain(more) {
             let want = Policy::parse("p", hcl2).unwrap();
             let got = Policy::parse("p", hcl1).unwrap_or_else(|e| panic!("{hcl1}: {e:?}"));
             assert_eq!(got.rules, want.rules, "{hcl1}");
@@ -1511,11 +1567,32 @@ path "ssh/sign/*" { capabilities = ["update"] }
         )
         .unwrap();
         assert_eq!(p.rules().map(|r| r.0).collect::<Vec<_>>(), vec!["a,b"]);
+        // `/*/` opens a comment (as in Vault and hcl-rs): what follows up to
+        // `*/` grants nothing, however it would read outside a comment.
+        let hidden = "path \"r\" { capabilities = [\"read\"] } path \"s\" { capabilities = [\"read\"] } /*/ \" */\n# read-only \", path \"ssh/*\" { capabilities = [\"sudo\", \"update\"] }\n";
+        let p = Policy::parse("p", hidden).unwrap();
+        assert_eq!(p.rules().map(|r| r.0).collect::<Vec<_>>(), vec!["r", "s"]);
+        // Nor can it hide from the subset check what would overflow the
+        // parser's stack.
+        let deep = format!(
+            "path \"r\" {{ capabilities = [\"read\"] }} path \"s\" {{ capabilities = [\"read\"] }} /*/ \" */\n# \", x = {}{}\n",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        let _ = Policy::parse("p", &deep);
+        let deep = format!(
+            "path \"r\" {{ capabilities = [\"read\"] }} path \"s\" {{ capabilities = [\"read\"], x = {}{} }}",
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert!(Policy::parse("p", &deep).is_err());
         for bad in [
             "path \"a\" { capabilities = [\"read\"] ",
             "path \"a\" { capabilities = [\"read\"}",
             "path \"a\" = { capabilities = [\"read\"] }",
             "path \"a\" { capabilities = [\"read\"]; }",
+            "path \"a\" {,capabilities = [\"read\"] }",
+            "path \"a\" { capabilities = [\"read\"],, }",
         ] {
             assert!(Policy::parse("p", bad).is_err(), "{bad}");
         }

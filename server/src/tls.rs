@@ -130,6 +130,14 @@ fn check_pem_files(cert: &Path, key: &Path) -> Result<()> {
             cert.display()
         )));
     }
+    let encrypted = std::fs::read_to_string(key)
+        .is_ok_and(|t| t.contains("ENCRYPTED PRIVATE KEY") || t.contains("Proc-Type: 4,ENCRYPTED"));
+    if encrypted {
+        return Err(Error::internal(format!(
+            "the TLS key file {} is encrypted: the server needs it unencrypted (openssl pkey -in KEY -out KEY.plain), readable by the server's user only",
+            key.display()
+        )));
+    }
     match PrivateKeyDer::from_pem_file(key) {
         Ok(_) => Ok(()),
         Err(pem::Error::NoItemsFound) => Err(Error::internal(format!(
@@ -165,12 +173,22 @@ mod tests {
             .unwrap();
         assert!(made.status.success(), "{made:?}");
         std::fs::write(&empty, "").unwrap();
+        let encrypted = d.path().join("enc.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["pkey", "-aes256", "-passout", "pass:secret", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&encrypted)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
         assert!(rustls_config(&cert, &key).await.is_ok());
         for (c, k, says) in [
             (&empty, &key, "e.pem holds no certificate"),
             (&cert, &empty, "e.pem holds no private key"),
             (&key, &cert, "k.pem holds no certificate"),
             (&cert, &d.path().join("missing.pem"), "cannot read"),
+            (&cert, &encrypted, "is encrypted"),
         ] {
             let e = rustls_config(c, k).await.err().unwrap();
             assert!(e.to_string().contains(says), "{e:?}");

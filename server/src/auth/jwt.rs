@@ -742,19 +742,29 @@ fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
         ));
     }
     if let Some(client) = x.client_id {
-        match claims.get("azp") {
-            None | Some(Value::Null) if aud.len() > 1 => {
-                return Err(Error::invalid(
-                    "the ID token has several audiences but no authorized party (azp claim)",
-                ))
+        // As hashicorp/cap, which Vault's OIDC logins use, checks it.
+        let azp = match claims.get("azp") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().unwrap_or_default()),
+        };
+        let ours = aud.contains(&client);
+        let why = match azp {
+            Some(a) if a != client => Some(format!(
+                "the ID token was issued to another client (its azp claim is not {client:?})"
+            )),
+            _ if aud.len() > 1 && !ours => Some(format!(
+                "the ID token has several audiences and none is this client {client:?}"
+            )),
+            None if aud.len() > 1 => {
+                Some("the ID token has several audiences but no authorized party (azp claim)".into())
             }
-            None | Some(Value::Null) => {}
-            Some(azp) if azp.as_str() == Some(client) => {}
-            Some(_) => {
-                return Err(Error::invalid(format!(
-                    "the ID token was issued to another client (its azp claim is not {client:?})"
-                )))
-            }
+            None if !ours => Some(format!(
+                "the ID token's audience is not this client {client:?} and it names no authorized party (azp claim)"
+            )),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(Error::invalid(why));
         }
     }
     if let Some(nonce) = x.nonce {
@@ -1557,6 +1567,8 @@ mod tests {
             c
         };
         let ours = Some("gatepass");
+        // A client whose ID is not the role's bound audience ("gatepass").
+        let other_client = Some("gatepass-client");
         // One audience: azp may be left out, or name this client.
         assert!(checked_for(id_token(json!("gatepass"), None), ours, t).is_ok());
         assert!(checked_for(id_token(json!("gatepass"), Some("gatepass")), ours, t).is_ok());
@@ -1569,6 +1581,13 @@ mod tests {
         assert!(e.public_message().contains("azp"), "{e:?}");
         assert!(checked_for(id_token(several.clone(), Some("other")), ours, t).is_err());
         assert!(checked_for(id_token(several.clone(), Some("gatepass")), ours, t).is_ok());
+        // For the bound audience only, not this client: azp must name
+        // this client, and with several audiences this client must be one.
+        let bound_only = |azp| checked_for(id_token(json!("gatepass"), azp), other_client, t);
+        assert!(bound_only(None).is_err());
+        assert!(bound_only(Some("gatepass-client")).is_ok());
+        let several_bound = id_token(json!(["gatepass", "x"]), Some("gatepass-client"));
+        assert!(checked_for(several_bound, other_client, t).is_err());
         // A JWT login (not an ID token) is not held to it.
         assert!(checked_for(id_token(several, None), None, t).is_ok());
     }

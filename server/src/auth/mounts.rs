@@ -90,15 +90,14 @@ pub async fn enable(
 /// an operator who turns single sign-on off means to end its sessions.
 pub async fn disable(core: &Core, path: &str, now: i64) -> Result<()> {
     let path = normalize_path(path)?;
-    let taken = core.storage.take::<AuthMount>(&key(&path)).await?;
-    // After the mount is gone, so that no login slips in after the
-    // revocation; and whether or not it was found, so that a disable
-    // retried after a failure here finishes the job.
-    super::token::revoke_by_path(core, &format!("auth/{path}"), now).await?;
-    if let Some(m) = taken {
+    if let Some(m) = core.storage.take::<AuthMount>(&key(&path)).await? {
         let keys = core.storage.keys_with_prefix(&m.data_prefix()).await?;
         core.storage.delete_many(&keys).await?;
     }
+    // After the mount and its settings are gone, so that no login slips in
+    // after the revocation; and whether or not it was found, so that a
+    // disable retried after a failure here finishes the job.
+    super::token::revoke_by_path(core, &format!("auth/{path}"), now).await?;
     Ok(())
 }
 

@@ -214,7 +214,8 @@ async fn handle(core: AxState<State>, req: axum::extract::Request) -> Response {
 
 /// A form-encoded body, as Vault takes one: sent as
 /// `application/x-www-form-urlencoded` (what `curl -d` sends) and not
-/// JSON, which `curl -d '{…}'` sends under the same type.
+/// JSON, which `curl -d '{…}'` sends under the same type (a JSON list or
+/// `null` is read as JSON too, and refused or taken as no fields as such).
 fn is_form(headers: &HeaderMap, body: &[u8]) -> bool {
     let form = headers
         .get(header::CONTENT_TYPE)
@@ -225,7 +226,7 @@ fn is_form(headers: &HeaderMap, body: &[u8]) -> bool {
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         });
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    form && first.is_some_and(|b| *b != b'{' && !body.trim_ascii().eq(b"null"))
+    form && first.is_some_and(|b| *b != b'{' && *b != b'[' && !body.trim_ascii().eq(b"null"))
 }
 
 /// A form body's fields, each a string; a field given more than once is

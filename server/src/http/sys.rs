@@ -586,11 +586,14 @@ fn enable_config(req: &Request) -> Result<mounts::TuneInput> {
 
 /// A policy sent base64-encoded (Vault takes it so, "to avoid string
 /// escaping", as Terraform's provider and some scripts send it) is its
-/// decoded text. HCL or JSON policy text is never valid base64: it has
-/// spaces, quotes or braces.
+/// decoded text. HCL or JSON policy text is never valid base64, even with
+/// its spaces left out: it has quotes or braces.
 fn unbase64(text: String) -> String {
     use base64::Engine;
-    match base64::engine::general_purpose::STANDARD.decode(text.trim()) {
+    // `base64` wraps its output at 76 columns; Go's decoder, Vault's,
+    // skips the line breaks.
+    let packed: String = text.split_ascii_whitespace().collect();
+    match base64::engine::general_purpose::STANDARD.decode(packed) {
         Ok(bytes) if !bytes.is_empty() => String::from_utf8(bytes).unwrap_or(text),
         _ => text,
     }

@@ -301,8 +301,27 @@ fn secrets_engines_and_auth_methods_are_tuned_moved_and_disabled() {
     let out = ok(s.root(&["read", "capped/roles/ops"]));
     assert_eq!(row(&out, "allow_user_certificates"), Some("true"), "{out}");
     assert_eq!(row(&out, "ttl"), Some("30m"), "{out}");
+    // An OTP lease on the mount, which the move revokes, as Vault's does.
+    ok(s.root(&[
+        "write",
+        "team-ssh/roles/otp",
+        "key_type=otp",
+        "default_user=root",
+        "cidr_list=127.0.0.0/8",
+    ]));
+    let v = json(&ok(s.root(&[
+        "write",
+        "-format=json",
+        "team-ssh/creds/otp",
+        "ip=127.0.0.1",
+    ])));
+    let before_move = v["lease_id"].as_str().unwrap().to_string();
+    ok(s.root(&["lease", "lookup", &before_move]));
     // $ bao secrets move team-ssh ops-ssh
     let out = ok(s.root(&["secrets", "move", "team-ssh", "ops-ssh"]));
+    let (code, err) = fails(s.root(&["lease", "lookup", &before_move]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid lease"), "{err}");
     assert!(
         out.contains("Success! Finished moving secrets engine team-ssh/ to ops-ssh/"),
         "{out}"
