@@ -388,6 +388,30 @@ fn merge_maps(mine: &mut Option<ParamMap>, theirs: Option<&ParamMap>) {
     }
 }
 
+/// A parameter map given twice in one path block, joined as Vault's HCL
+/// decoder joins them: a parameter's lists are one list, so `["60"]` and
+/// `[]` leave `["60"]` (not the "any value" of [`merge_maps`], which is
+/// for rules of different policies).
+fn join_maps(mine: &mut Option<ParamMap>, theirs: Option<ParamMap>) {
+    let Some(theirs) = theirs else {
+        return;
+    };
+    let Some(mine) = mine else {
+        *mine = Some(theirs);
+        return;
+    };
+    for (name, values) in theirs {
+        match (mine.get_mut(&name), values) {
+            (None, values) => {
+                mine.insert(name, values);
+            }
+            (Some(existing @ Values::Any), values) => *existing = values,
+            (Some(_), Values::Any) => {}
+            (Some(Values::OneOf(list)), Values::OneOf(more)) => list.extend(more),
+        }
+    }
+}
+
 /// The values one parameter may (or may not) take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Values {
@@ -550,13 +574,13 @@ impl RuleSpec {
             ("allowed_parameters" | "denied_parameters", Some(Value::Object(map))) => {
                 let parsed = value_map(map).map_err(|m| at(format!("{key}: {m}")))?;
                 // Given twice in one block (two blocks, or a block and an
-                // attribute), the maps add up, as Vault reads them, rather
-                // than the last one replacing the first.
+                // attribute), the maps are joined, as Vault reads them,
+                // rather than the last one replacing the first.
                 let mine = match key {
                     "allowed_parameters" => &mut self.params.allowed,
                     _ => &mut self.params.denied,
                 };
-                merge_maps(mine, parsed.as_ref());
+                join_maps(mine, parsed);
             }
             ("allowed_parameters" | "denied_parameters", _) => {
                 return Err(bad("a map of parameter names to lists of values"))
@@ -696,6 +720,7 @@ fn normalize_pattern(pattern: &str) -> Result<String> {
 fn parse_json(text: &str) -> Result<Vec<(String, Perms)>> {
     // serde_json stops at 128 levels of nesting, so hostile input cannot
     // exhaust the stack here.
+    serde_json::from_str::<KeysOnce>(text).map_err(invalid)?;
     let top: Value = serde_json::from_str(text).map_err(invalid)?;
     let Value::Object(top) = top else {
         return Err(invalid("does not contain a root object"));
@@ -733,19 +758,86 @@ fn json_paths(value: Value, rules: &mut Vec<(String, Perms)>) -> Result<()> {
     }
 }
 
+/// A JSON document none of whose objects has a key twice. serde_json
+/// keeps the last of them; Vault keeps both (two `"path"` objects, or two
+/// rules for one path, both apply). Refused, so that a rule is never
+/// silently dropped.
+struct KeysOnce;
+
+impl<'de> serde::Deserialize<'de> for KeysOnce {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(KeysOnce)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeysOnce {
+    type Value = KeysOnce;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<KeysOnce, E> {
+        Ok(KeysOnce)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<KeysOnce, A::Error> {
+        while seq.next_element::<KeysOnce>()?.is_some() {}
+        Ok(KeysOnce)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<KeysOnce, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is given twice in one object"
+                )));
+            }
+            map.next_value::<KeysOnce>()?;
+        }
+        Ok(KeysOnce)
+    }
+}
+
 fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
     check_hcl_subset(text)?;
     // Vault reads policies as HCL 1, hcl-rs as HCL 2: where the text is not
     // HCL 2, it is read again in HCL 2's spelling of the same HCL 1.
-    let parsed = hcl::parse(text).or_else(|e| match hcl1_as_hcl2(text) {
-        // What hcl-rs is given is held to the subset too, whatever the
-        // respelling made of it.
-        Some(respelled) if check_hcl_subset(&respelled).is_ok() => {
-            hcl::parse(&respelled).map_err(|_| e)
-        }
-        _ => Err(e),
-    });
-    let body = parsed.map_err(|e| match e {
+    let respelled;
+    let parsed = match hcl::parse(text) {
+        Ok(body) => Ok((body, text)),
+        Err(e) => match hcl1_as_hcl2(text) {
+            // What hcl-rs is given is held to the subset too, whatever the
+            // respelling made of it.
+            Some(r) if check_hcl_subset(&r).is_ok() => {
+                respelled = r;
+                hcl::parse(&respelled)
+                    .map(|body| (body, respelled.as_str()))
+                    .map_err(|_| e)
+            }
+            _ => Err(e),
+        },
+    };
+    let (body, parsed_text) = parsed.map_err(|e| match e {
         // One line instead of hcl's multi-line snippet, for a JSON error body.
         hcl::Error::Parse(e) => {
             let at = e.location();
@@ -758,6 +850,11 @@ fn parse_hcl(text: &str) -> Result<Vec<(String, Perms)>> {
         }
         other => invalid(other),
     })?;
+    // hcl-rs keeps the last of an object's keys given twice; Vault joins
+    // their lists. Refused, so that neither reading is guessed at.
+    if let Some(key) = object_key_given_twice(parsed_text) {
+        return Err(invalid(format!("the key {key} is given twice in one map")));
+    }
     let mut rules = Vec::new();
     for structure in body {
         match structure {
@@ -941,6 +1038,100 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
     open.is_empty().then_some(out)
 }
 
+/// The first key an object (`{ … }` after `=`) of HCL text has twice, as
+/// written (a string with its quotes). Strings and comments are skipped as
+/// [`check_hcl_subset`] skips them.
+fn object_key_given_twice(text: &str) -> Option<String> {
+    // Per open bracket: a block's body (None), a list (None), or an
+    // object with the keys seen so far and whether a key comes next.
+    type Open = Vec<Option<(std::collections::HashSet<String>, bool)>>;
+    let mut open: Open = Vec::new();
+    let mut after_equals = false;
+    let mut chars = text.chars().peekable();
+    let key_at = |open: &mut Open, key: String| -> Option<String> {
+        match open.last_mut() {
+            Some(Some((seen, expect @ true))) => {
+                *expect = false;
+                (!seen.insert(key.clone())).then_some(key)
+            }
+            _ => None,
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut s = String::from('"');
+                while let Some(c) = chars.next() {
+                    s.push(c);
+                    match c {
+                        '\\' => s.extend(chars.next()),
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                if let Some(k) = key_at(&mut open, s) {
+                    return Some(k);
+                }
+                after_equals = false;
+            }
+            '#' => {
+                chars.find(|&c| c == '\n');
+                if let Some(Some((_, expect))) = open.last_mut() {
+                    *expect = true;
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                chars.find(|&c| c == '\n');
+                if let Some(Some((_, expect))) = open.last_mut() {
+                    *expect = true;
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut prev = ' ';
+                for c in chars.by_ref() {
+                    if prev == '*' && c == '/' {
+                        break;
+                    }
+                    prev = c;
+                }
+            }
+            '{' => {
+                open.push(after_equals.then(|| (Default::default(), true)));
+                after_equals = false;
+            }
+            '[' => {
+                open.push(None);
+                after_equals = false;
+            }
+            '}' | ']' => {
+                open.pop();
+                after_equals = false;
+            }
+            ',' | '\n' => {
+                if let Some(Some((_, expect))) = open.last_mut() {
+                    *expect = true;
+                }
+                // `x =` and its `{` may be on two lines.
+                after_equals &= c == '\n';
+            }
+            '=' | ':' => after_equals = true,
+            c if c.is_whitespace() => {}
+            c => {
+                let mut word = String::from(c);
+                while let Some(c) = chars.next_if(|c| c.is_alphanumeric() || "_-.".contains(*c)) {
+                    word.push(c);
+                }
+                if let Some(k) = key_at(&mut open, word) {
+                    return Some(k);
+                }
+                after_equals = false;
+            }
+        }
+    }
+    None
+}
+
 /// Whether the text so far ends in a bare word (spaces aside): a block's
 /// name before its `{`.
 fn last_is_word(out: &str) -> bool {
@@ -1003,8 +1194,11 @@ const MAX_HCL_DASHES: usize = 32;
 /// rejected before parsing.
 fn check_hcl_subset(text: &str) -> Result<()> {
     let (mut depth, mut dashes) = (0usize, 0usize);
+    // The character before this one outside strings and comments.
+    let mut before = ' ';
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
+        let prev = std::mem::replace(&mut before, c);
         match c {
             '"' => {
                 let mut prev = '"';
@@ -1052,6 +1246,20 @@ fn check_hcl_subset(text: &str) -> Result<()> {
                 if dashes > MAX_HCL_DASHES {
                     return Err(invalid("too many '-' outside strings"));
                 }
+            }
+            // `==`, the one operator the characters below could spell: a
+            // chain of them is parsed recursively.
+            '=' if chars.peek() == Some(&'=') => {
+                return Err(invalid("operators (==) are not supported"));
+            }
+            // Vault's HCL 1 reads `010` as octal (8), HCL 2 as 10: refused
+            // rather than read as a value Vault would not.
+            '0' if !(prev.is_alphanumeric() || "_.".contains(prev))
+                && chars.peek().is_some_and(char::is_ascii_digit) =>
+            {
+                return Err(invalid(
+                    "a number with a leading zero (octal in Vault): write it without",
+                ));
             }
             c if c.is_alphanumeric() || c.is_whitespace() || "_.=,:".contains(c) => {}
             other => return Err(invalid(format!("unexpected character {other:?}"))),
@@ -1548,7 +1756,12 @@ path "ssh/sign/*" { capabilities = ["update"] }
                 "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"x\" = [], \"y\" = [\"1\"] }\n}",
                 "path \"a\" { capabilities = [\"update\"] allowed_parameters { \"x\" = [] \"y\" = [\"1\"] } }",
             ),
-            // A map given twice in one block adds up, as Vault reads it.
+            // A map given twice in one block is joined as Vault reads it:
+            // a parameter's lists are one list, `[]` adding nothing to it.
+            (
+                "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [\"60\"], \"key\" = [] }\n}",
+                "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters {\n ttl = [\"60\"]\n key = []\n }\n allowed_parameters {\n ttl = []\n }\n}",
+            ),
             (
                 "path \"a\" {\n capabilities = [\"update\"]\n denied_parameters = { \"key_type\" = [], \"ttl\" = [] }\n}",
                 "path \"a\" {\n capabilities = [\"update\"]\n denied_parameters { key_type = [] }\n denied_parameters = { \"ttl\" = [] }\n}",
@@ -1586,7 +1799,34 @@ path "ssh/sign/*" { capabilities = ["update"] }
             "]".repeat(5000)
         );
         assert!(Policy::parse("p", &deep).is_err());
+        // A key given twice in one map: hcl-rs would keep the last list,
+        // Vault joins them. Refused, in either spelling.
+        for twice in [
+            "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [\"60\"], \"ttl\" = [] }\n}",
+            "path \"a\" {\n capabilities = [\"update\"]\n denied_parameters {\n \"ttl\" = [\"60\"]\n \"ttl\" = [\"70\"]\n }\n}",
+            "path \"a\" { capabilities = [\"update\"] allowed_parameters = {\n ttl = [\"60\"] # x\n ttl = [] } }",
+        ] {
+            let e = Policy::parse("p", twice).unwrap_err();
+            assert!(e.public_message().contains("given twice"), "{twice}: {e:?}");
+        }
+        for twice in [
+            r#"{"path": {"secret/a": {"capabilities": ["deny"]}, "secret/a": {"capabilities": ["read"]}}}"#,
+            r#"{"path": {"secret/a": {"capabilities": ["deny"], "capabilities": ["read"]}}}"#,
+            r#"{"path": {"a": {"capabilities": ["read"]}}, "path": {"b": {"capabilities": ["read"]}}}"#,
+        ] {
+            let e = Policy::parse("p", twice).unwrap_err();
+            assert!(e.public_message().contains("given twice"), "{twice}: {e:?}");
+        }
+        // The same name in two maps, or in nested values, is fine.
+        let two_maps = "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [] }\n denied_parameters = { \"ttl\" = [\"1\"] }\n}";
+        assert!(Policy::parse("p", two_maps).is_ok());
+        // A chain of `==` would overflow hcl-rs's stack; a leading zero is
+        // octal in Vault.
+        let chain = format!("x = 1{}", " == 1".repeat(5000));
+        assert!(Policy::parse("p", &chain).is_err());
         for bad in [
+            "path \"a\" { capabilities = [\"read\"] max_wrapping_ttl = 010 }",
+            "path \"a\" {\n capabilities = [\"read\"]\n min_wrapping_ttl = 07\n}",
             "path \"a\" { capabilities = [\"read\"] ",
             "path \"a\" { capabilities = [\"read\"}",
             "path \"a\" = { capabilities = [\"read\"] }",
