@@ -1213,6 +1213,8 @@ fn check_hcl_subset(text: &str) -> Result<()> {
                         '{' if prev == '$' || prev == '%' => {
                             return Err(invalid("string interpolation is not supported"))
                         }
+                        // Vault's HCL 1 ends a string at the line's end.
+                        '\n' | '\r' => return Err(invalid("a string cannot span lines")),
                         _ => {}
                     }
                     prev = c;
@@ -1820,6 +1822,11 @@ path "ssh/sign/*" { capabilities = ["update"] }
         // The same name in two maps, or in nested values, is fine.
         let two_maps = "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [] }\n denied_parameters = { \"ttl\" = [\"1\"] }\n}";
         assert!(Policy::parse("p", two_maps).is_ok());
+        assert!(Policy::parse(
+            "p",
+            "path \"a\" {\n capabilities = [\"read\"]\n comment = \"x\ny\"\n}"
+        )
+        .is_err());
         // A chain of `==` would overflow hcl-rs's stack; a leading zero is
         // octal in Vault.
         let chain = format!("x = 1{}", " == 1".repeat(5000));
