@@ -952,18 +952,8 @@ fn hcl1_as_hcl2(text: &str) -> Option<String> {
                 }
             }
             '/' if chars.peek() == Some(&'*') => {
-                // The `*` of `/*` is the comment's, so `/*/` opens one and
-                // does not close it.
                 out.push(c);
-                out.extend(chars.next());
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    out.push(c);
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
+                block_comment(&mut chars, Some(&mut out));
             }
             '{' => {
                 let kind = if after_equals {
@@ -1087,14 +1077,7 @@ fn object_key_given_twice(text: &str) -> Option<String> {
                 }
             }
             '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
+                block_comment(&mut chars, None);
             }
             '{' => {
                 open.push(after_equals.then(|| (Default::default(), true)));
@@ -1130,6 +1113,26 @@ fn object_key_given_twice(text: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Skips a `/* … */` comment whose `/` was just read, copying it to `out`
+/// if given. The `*` of `/*` is the comment's, so `/*/` opens one and
+/// does not close it, as in Vault's HCL 1 and hcl-rs.
+fn block_comment(chars: &mut std::iter::Peekable<std::str::Chars>, mut out: Option<&mut String>) {
+    let mut keep = |c: char| {
+        if let Some(out) = out.as_deref_mut() {
+            out.push(c);
+        }
+    };
+    chars.next().into_iter().for_each(&mut keep);
+    let mut prev = ' ';
+    for c in chars.by_ref() {
+        keep(c);
+        if prev == '*' && c == '/' {
+            break;
+        }
+        prev = c;
+    }
 }
 
 /// Whether the text so far ends in a bare word (spaces aside): a block's
@@ -1227,14 +1230,7 @@ fn check_hcl_subset(text: &str) -> Result<()> {
                 chars.find(|&c| c == '\n');
             }
             '/' if chars.peek() == Some(&'*') => {
-                chars.next();
-                let mut prev = ' ';
-                for c in chars.by_ref() {
-                    if prev == '*' && c == '/' {
-                        break;
-                    }
-                    prev = c;
-                }
+                block_comment(&mut chars, None);
             }
             '{' | '[' => {
                 depth += 1;

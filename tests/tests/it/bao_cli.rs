@@ -65,6 +65,24 @@ fn fails(mut c: Command) -> (i32, String) {
     (code, err)
 }
 
+/// An OTP role on `mount` and the lease of an OTP made with it.
+fn otp_lease(s: &Session, mount: &str) -> String {
+    ok(s.root(&[
+        "write",
+        &format!("{mount}/roles/otp"),
+        "key_type=otp",
+        "default_user=root",
+        "cidr_list=127.0.0.0/8",
+    ]));
+    let v = json(&ok(s.root(&[
+        "write",
+        "-format=json",
+        &format!("{mount}/creds/otp"),
+        "ip=127.0.0.1",
+    ])));
+    v["lease_id"].as_str().unwrap().to_string()
+}
+
 fn json(out: &str) -> Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -302,20 +320,7 @@ fn secrets_engines_and_auth_methods_are_tuned_moved_and_disabled() {
     assert_eq!(row(&out, "allow_user_certificates"), Some("true"), "{out}");
     assert_eq!(row(&out, "ttl"), Some("30m"), "{out}");
     // An OTP lease on the mount, which the move revokes, as Vault's does.
-    ok(s.root(&[
-        "write",
-        "team-ssh/roles/otp",
-        "key_type=otp",
-        "default_user=root",
-        "cidr_list=127.0.0.0/8",
-    ]));
-    let v = json(&ok(s.root(&[
-        "write",
-        "-format=json",
-        "team-ssh/creds/otp",
-        "ip=127.0.0.1",
-    ])));
-    let before_move = v["lease_id"].as_str().unwrap().to_string();
+    let before_move = otp_lease(&s, "team-ssh");
     ok(s.root(&["lease", "lookup", &before_move]));
     // $ bao secrets move team-ssh ops-ssh
     let out = ok(s.root(&["secrets", "move", "team-ssh", "ops-ssh"]));
@@ -334,20 +339,7 @@ fn secrets_engines_and_auth_methods_are_tuned_moved_and_disabled() {
     );
     assert!(!out.contains("team-ssh/"), "{out}");
     // An OTP lease on the mount, which goes with it.
-    ok(s.root(&[
-        "write",
-        "ops-ssh/roles/otp",
-        "key_type=otp",
-        "default_user=root",
-        "cidr_list=127.0.0.0/8",
-    ]));
-    let v = json(&ok(s.root(&[
-        "write",
-        "-format=json",
-        "ops-ssh/creds/otp",
-        "ip=127.0.0.1",
-    ])));
-    let lease = v["lease_id"].as_str().unwrap().to_string();
+    let lease = otp_lease(&s, "ops-ssh");
     ok(s.root(&["lease", "lookup", &lease]));
     let out = ok(s.root(&["secrets", "disable", "ops-ssh"]));
     assert!(
