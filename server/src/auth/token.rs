@@ -67,6 +67,12 @@ pub struct TokenEntry {
     /// Only logins set it, so it cannot be claimed by a token creator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entity_id: Option<String>,
+    /// The userpass user whose login made this token, by name and the id
+    /// the user was created with, so that a user deleted and made again
+    /// under the same name is someone else. Only the login sets it, and
+    /// children do not inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_user: Option<String>,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -139,6 +145,8 @@ pub struct NewToken {
     pub limits: crate::tune::TtlLimits,
     /// Set by logins only: see [`TokenEntry::entity_id`].
     pub entity_id: Option<String>,
+    /// Set by the userpass login only: see [`TokenEntry::login_user`].
+    pub login_user: Option<String>,
 }
 
 /// Metadata keys gatepass itself reads (identity templates, hosts) or that
@@ -249,6 +257,7 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         entity_id: spec
             .entity_id
             .or_else(|| spec.parent.as_ref().and_then(|p| p.entity_id.clone())),
+        login_user: spec.login_user,
     };
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
@@ -621,6 +630,7 @@ pub async fn handle_create(
         gateway: None,
         limits: super::methods::limits(core, super::methods::Method::Token).await?,
         entity_id: None,
+        login_user: None,
     };
     create(core, spec, now).await
 }

@@ -16,6 +16,11 @@ use crate::storage::Change;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
+    /// Made when the user is created (a random UUID) and kept by updates:
+    /// a user deleted and made again under the same name has another.
+    /// Empty for users made before it was kept.
+    #[serde(default)]
+    pub id: String,
     pub password_hash: String,
     #[serde(flatten)]
     pub token: TokenSettings,
@@ -72,6 +77,7 @@ pub async fn write_user(core: &Core, name: &str, f: &Fields) -> Result<()> {
     let existing = core.storage.get::<User>(&key(&name)).await?;
     let fresh = || User {
         name: name.clone(),
+        id: uuid::Uuid::new_v4().to_string(),
         password_hash: String::new(),
         token: TokenSettings::default(),
     };
@@ -205,7 +211,28 @@ pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(Str
     spec.limits = user
         .token
         .limits(super::methods::limits(core, super::methods::Method::Userpass).await?);
+    let id = match user.id.as_str() {
+        "" => assign_id(core, &user.name).await?,
+        id => id.to_string(),
+    };
+    spec.login_user = Some(format!("{}/{id}", user.name));
     token::create_for_login(core, spec, now).await
+}
+
+/// Gives a user made before users had an id one, at their first login
+/// since; two logins at once agree on the first written.
+async fn assign_id(core: &Core, name: &str) -> Result<String> {
+    core.storage
+        .update(&key(name), |mut u: User| {
+            if !u.id.is_empty() {
+                return Ok((Change::Keep, u.id));
+            }
+            u.id = uuid::Uuid::new_v4().to_string();
+            let id = u.id.clone();
+            Ok((Change::Put(u), id))
+        })
+        .await?
+        .ok_or_else(|| Error::invalid("invalid username or password"))
 }
 
 /// An Argon2id hash of a random string nobody knows, made once.

@@ -1059,18 +1059,17 @@ pub fn creator_of(core: &Core, caller: &TokenEntry) -> String {
 
 /// The person a token was issued to, where the server itself bound it:
 /// their identity entity (an OIDC or JWT login, and the tokens made from
-/// it), or the one userpass user whose login made it (the login's path
-/// names the user, and only that login sets it). None for other tokens:
-/// an AppRole or OIDC login path is shared by everyone who logs in there,
-/// and a token's display name and metadata are its creator's free text.
+/// it), or the userpass user whose login made it (by name and the id the
+/// user was created with). None for other tokens: an AppRole or OIDC login
+/// path is shared by everyone who logs in there, and a token's display
+/// name and metadata are its creator's free text.
 pub fn person_of(caller: &TokenEntry) -> Option<String> {
     if let Some(entity) = &caller.entity_id {
         return Some(format!("entity/{entity}"));
     }
     caller
-        .path
-        .strip_prefix("auth/userpass/login/")
-        .filter(|user| !user.is_empty())
+        .login_user
+        .as_ref()
         .map(|user| format!("userpass/{user}"))
 }
 

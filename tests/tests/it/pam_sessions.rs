@@ -1401,6 +1401,7 @@ path "pam/resources/*" { capabilities = ["read", "list"] }"#,
     ];
     // Carol's CLI logs in on its own: a token of her own, not the UI's.
     let (carol, dave) = (login("carol"), login("dave"));
+    let mut carols_command = String::new();
     for (form, own, other) in [
         (token_sign_in, erin.clone(), bob.clone()),
         (password_sign_in, carol, dave),
@@ -1444,7 +1445,27 @@ path "pam/resources/*" { capabilities = ["read", "list"] }"#,
             "{command}: {err}\n--- gateway ---\n{}",
             pam.gateway_log()
         );
+        carols_command = command;
     }
+    // Another user made under carol's name after hers was deleted is
+    // someone else: their token does not relay her session (refused as
+    // another person's, 403, before the session's end is looked at: the
+    // same token of the old carol would be told it has ended, 400).
+    ok(pam.admin_cli(&["delete", "auth/userpass/users/carol"]));
+    ok(pam.admin_cli(&[
+        "write",
+        "auth/userpass/users/carol",
+        &format!("password={CAROL_PASSWORD}"),
+        "token_policies=pam-person,pam-browse",
+    ]));
+    let new_carol = login("carol");
+    let (code, out, err) =
+        run(&mut pam.shell(&new_carol, &format!("{carols_command} echo UI-RELAY-OK")));
+    assert!(code != 0 && !out.contains("UI-RELAY-OK"), "{out}{err}");
+    assert!(
+        err.contains("permission denied") || err.contains("403"),
+        "{err}"
+    );
     assert!(sshd.log().contains("Accepted publickey for root"));
 }
 
