@@ -592,12 +592,23 @@ fn host_certificate_is_renewed_at_two_thirds() {
         ),
     )
     .unwrap();
-    let (_, out, err) = rig
-        .sshd
-        .client()
-        .known_hosts(&kh)
-        .option("LogLevel=DEBUG1")
-        .run("true");
+    // sshd re-executes on SIGHUP and takes no connection meanwhile; a
+    // connection refused in such a moment (seen once on a loaded machine,
+    // right after the listening line waited for) is tried again for a few
+    // seconds rather than taken for sshd showing an old certificate.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (out, err) = loop {
+        let (_, out, err) = rig
+            .sshd
+            .client()
+            .known_hosts(&kh)
+            .option("LogLevel=DEBUG1")
+            .run("true");
+        if !err.contains("Connection refused") || Instant::now() > deadline {
+            break (out, err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let described = gatepass_tests::ssh::describe_cert(
         &keys,
         std::fs::read_to_string(&cert_file).unwrap().trim(),
