@@ -67,6 +67,15 @@ fn fails(mut c: Command) -> (i32, String) {
 
 /// An OTP role on `mount` and the lease of an OTP made with it.
 fn otp_lease(s: &Session, mount: &str) -> String {
+    otp_creds(s, mount)["lease_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// An OTP role on `mount` and `bao write -format=json MOUNT/creds/otp`'s
+/// answer.
+fn otp_creds(s: &Session, mount: &str) -> Value {
     ok(s.root(&[
         "write",
         &format!("{mount}/roles/otp"),
@@ -74,13 +83,12 @@ fn otp_lease(s: &Session, mount: &str) -> String {
         "default_user=root",
         "cidr_list=127.0.0.0/8",
     ]));
-    let v = json(&ok(s.root(&[
+    json(&ok(s.root(&[
         "write",
         "-format=json",
         &format!("{mount}/creds/otp"),
         "ip=127.0.0.1",
-    ])));
-    v["lease_id"].as_str().unwrap().to_string()
+    ])))
 }
 
 fn json(out: &str) -> Value {
@@ -494,19 +502,7 @@ fn periodic_tokens_roles_and_policies_with_parameter_constraints() {
 #[test]
 fn leases_are_looked_up_renewed_and_revoked() {
     let s = Session::start();
-    ok(s.root(&[
-        "write",
-        "ssh/roles/otp",
-        "key_type=otp",
-        "default_user=root",
-        "cidr_list=127.0.0.0/8",
-    ]));
-    let v = json(&ok(s.root(&[
-        "write",
-        "-format=json",
-        "ssh/creds/otp",
-        "ip=127.0.0.1",
-    ])));
+    let v = otp_creds(&s, "ssh");
     let lease = v["lease_id"].as_str().unwrap().to_string();
     assert!(lease.starts_with("ssh/creds/otp/"), "{v}");
     // $ bao lease lookup ID

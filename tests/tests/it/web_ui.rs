@@ -133,6 +133,17 @@ impl Ui {
         )
     }
 
+    /// Posts the session's sign-out form, as its page would.
+    async fn sign_out(&self, s: &Session) -> (StatusCode, String) {
+        self.post(
+            &s.cookie,
+            Some(&self.base),
+            "/ui/logout",
+            &[("csrf", &s.csrf)],
+        )
+        .await
+    }
+
     /// The live tokens made at `path`: their TTLs and accessors.
     async fn tokens_made_at(&self, path: &str) -> Vec<(i64, Value)> {
         let mut out = vec![];
@@ -683,14 +694,7 @@ async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
     assert!(max_age > 3500 && max_age <= 3600, "{max_age}");
     let (st, _, _) = ui.get(&s.cookie, "/ui/certs").await;
     assert_eq!(st, StatusCode::OK);
-    let (st, _) = ui
-        .post(
-            &s.cookie,
-            Some(&ui.base),
-            "/ui/logout",
-            &[("csrf", &s.csrf)],
-        )
-        .await;
+    let (st, _) = ui.sign_out(&s).await;
     assert_eq!(st, StatusCode::SEE_OTHER);
     // The old cookie, replayed, signs no one in any more.
     let (st, h, _) = ui.get(&s.cookie, "/ui/certs").await;
@@ -791,14 +795,7 @@ async fn a_password_sign_in_lasts_a_working_day_not_the_logins_32_days() {
         renewed["auth"]["lease_duration"].as_i64().unwrap() <= 8 * 3600,
         "{renewed}"
     );
-    let (st, page) = ui
-        .post(
-            &s.cookie,
-            Some(&ui.base),
-            "/ui/logout",
-            &[("csrf", &s.csrf)],
-        )
-        .await;
+    let (st, page) = ui.sign_out(&s).await;
     assert_eq!(st, StatusCode::SEE_OTHER, "{page}");
 
     // A login whose tokens are limited to a number of uses cannot make a
