@@ -232,7 +232,30 @@ fn is_form(headers: &HeaderMap, body: &[u8]) -> bool {
 /// A form body's fields, each a string; a field given more than once is
 /// its values joined with commas, as Vault joins them (every list field
 /// takes comma-separated text).
+///
+/// A `%` not followed by two hex digits, or a `;` (which older parsers
+/// took as a separator), is refused as Vault's parser (Go's
+/// `url.ParseQuery`) refuses it; the lenient decoder below would keep such
+/// text as it is and store something other than what the client meant.
 fn form_fields(body: &[u8]) -> std::result::Result<Map<String, Value>, String> {
+    let mut i = 0;
+    while let Some(b) = body.get(i) {
+        match b {
+            b';' => return Err("error parsing form data: a ';' separator".into()),
+            b'%' => {
+                let escape = body.get(i + 1..i + 3);
+                if !escape.is_some_and(|e| e.iter().all(u8::is_ascii_hexdigit)) {
+                    let end = (i + 3).min(body.len());
+                    let shown = String::from_utf8_lossy(body.get(i..end).unwrap_or_default());
+                    return Err(format!(
+                        "error parsing form data: an invalid escape {shown:?}"
+                    ));
+                }
+                i += 3;
+            }
+            _ => i += 1,
+        }
+    }
     let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
         .map_err(|e| format!("failed to parse form input: {e}"))?;
     let mut out = Map::new();
@@ -1142,6 +1165,27 @@ mod tests {
             let data = &request_json(&key, &r, "id")["data"];
             assert_eq!(data["index"], hmac("1234"), "{path}");
         }
+    }
+
+    /// A form body is read as Vault reads it: `+` a space, a field given
+    /// twice joined with commas, and a broken escape or a `;` refused
+    /// rather than stored as written.
+    #[test]
+    fn a_form_body_with_a_broken_escape_is_refused_not_stored_as_written() {
+        let fields = form_fields(b"policy=path+%22a%22+%7B%7D&x=1&x=%e9").unwrap();
+        assert_eq!(fields["policy"], json!("path \"a\" {}"));
+        assert_eq!(fields["x"], json!("1,\u{fffd}"));
+        for bad in [
+            &b"policy=path%zz"[..],
+            b"x=%4",
+            b"x=%",
+            b"%g1=1",
+            b"policy=a;x=1",
+        ] {
+            let why = form_fields(bad).unwrap_err();
+            assert!(why.starts_with("error parsing form data"), "{why}");
+        }
+        assert!(form_fields(b"x=%4").unwrap_err().contains("\"%4\""));
     }
 
     /// A fleet's waiting long-polls each hold their request's future, and
