@@ -22,8 +22,9 @@ pub fn is_unauthenticated(req: &Request) -> bool {
 
 /// Paths any token may call, because the handler lets only the owner
 /// through: relaying a connection to a session is for the token that asked
-/// for the session (`sessions::authorize_relay`), which a policy granting the
-/// `access` path alone could not express.
+/// for the session or its person, while their policies grant the account's
+/// `access` path (`sessions::authorize_relay`); no path rule alone could
+/// say "the session's owner".
 pub fn is_owner_checked(req: &Request) -> bool {
     let segs: Vec<&str> = req.path.split('/').collect();
     matches!(segs.as_slice(), ["pam", "sessions", _, "relay"]) && req.op == Operation::Write

@@ -24,6 +24,7 @@ use super::resources::{self, Resource, Trust};
 use super::{session_ca, Name};
 use crate::auth::token::TokenEntry;
 use crate::error::{Error, Result};
+use crate::policy::Capability;
 use crate::ssh::{issuers, principal::Principal, sign};
 use crate::state::Core;
 use crate::storage::Change;
@@ -1011,8 +1012,9 @@ pub async fn started(
 }
 
 /// Who may relay a connection to a session: the token that asked for the
-/// session or any token of the same person ([`person_of`]), while it is
-/// open, and only if its gateway takes relayed connections.
+/// session or any token of the same person ([`person_of`]), if its own
+/// policies let it ask for access to that account ([`may_ask_for`]), while
+/// the session is open, and only if its gateway takes relayed connections.
 pub async fn authorize_relay(
     core: &Core,
     id: &str,
@@ -1024,7 +1026,7 @@ pub async fn authorize_relay(
         .ok_or_else(|| Error::NotFound(format!("no session {id:?}")))?;
     let same_token = s.creator.as_deref() == Some(creator_of(core, caller).as_str());
     let same_person = s.creator_person.is_some() && s.creator_person == person_of(caller);
-    if !(same_token || same_person) {
+    if !(same_token || same_person) || !may_ask_for(core, caller, &s).await? {
         return Err(Error::PermissionDenied);
     }
     if !s.is_open_at(now) {
@@ -1043,6 +1045,24 @@ pub async fn authorize_relay(
         ))),
         Some(_) => Ok(s),
     }
+}
+
+/// Whether the caller's own policies still let it ask for access to the
+/// session's account. Being the same person is not enough: a token someone
+/// made from theirs for a script, with narrower policies, carries their
+/// entity, and must not reach into the sessions they opened; nor may a
+/// token whose access was taken away since it asked.
+async fn may_ask_for(core: &Core, caller: &TokenEntry, s: &Session) -> Result<bool> {
+    if caller.is_root() {
+        return Ok(true);
+    }
+    let acl = crate::policies::acl_for(core, &caller.policies).await?;
+    let path = format!(
+        "pam/resources/{}/accounts/{}/access",
+        s.resource.as_str(),
+        s.account.as_str()
+    );
+    Ok(acl.allows(&path, Capability::Update) || acl.allows(&path, Capability::Create))
 }
 
 /// What a session keeps of the token that asked for it: a keyed hash of
@@ -1114,6 +1134,65 @@ mod tests {
             detail: None,
         });
         assert_eq!(info(&s, 300).end_reason, Some(EndReason::Terminated));
+    }
+
+    /// A token of the person who asked for a session relays it only while
+    /// its own policies grant the account's access path: a token made from
+    /// theirs for a script with narrower policies carries their entity and
+    /// is still refused.
+    #[tokio::test]
+    async fn a_narrower_token_of_the_same_person_does_not_relay_their_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = Core::for_test(&dir, 150).await;
+        crate::policies::write(
+            &core,
+            "person",
+            r#"path "pam/resources/+/accounts/+/access" { capabilities = ["update"] }"#,
+        )
+        .await
+        .unwrap();
+        let mut s = session(Stage::Pending);
+        s.creator = Some(core.hasher.hash("accessor-of-the-asker"));
+        s.creator_person = Some("entity/e-1".into());
+        core.storage.put(&session_key(&s.id), &s).await.unwrap();
+        let token = |accessor: &str, policies: &[&str]| -> TokenEntry {
+            serde_json::from_value(serde_json::json!({
+                "hash": "h", "accessor": accessor, "policies": policies,
+                "parent": null, "display_name": "alice", "meta": {},
+                "creation_time": 100, "creation_ttl": 3600, "expire_time": 3700,
+                "explicit_max_ttl": 0, "max_expire": null, "num_uses": 0,
+                "renewable": true, "path": "auth/oidc/login", "bound_cidrs": [],
+                "orphan": false, "entity_id": "e-1",
+            }))
+            .unwrap()
+        };
+        // The person's tokens that may ask for access get past the owner
+        // check (and find the test's gateway missing).
+        for t in [
+            token("accessor-of-the-asker", &["default", "person"]),
+            token("another-of-hers", &["person"]),
+        ] {
+            let e = authorize_relay(&core, &s.id, &t, 150).await.unwrap_err();
+            assert!(e.to_string().contains("no longer enrolled"), "{e}");
+        }
+        // Her entity, narrower policies: the script's token, and the asking
+        // token itself once its policy no longer grants the access path.
+        let e = authorize_relay(&core, &s.id, &token("script", &["default"]), 150)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied), "{e}");
+        crate::policies::write(
+            &core,
+            "person",
+            r#"path "pam/sessions" { capabilities = ["list"] }"#,
+        )
+        .await
+        .unwrap();
+        let asker = token("accessor-of-the-asker", &["person"]);
+        let e = authorize_relay(&core, &s.id, &asker, 150)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::PermissionDenied), "{e}");
     }
 
     #[test]
