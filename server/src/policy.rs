@@ -1459,6 +1459,16 @@ impl Acl {
             .contains(cap)
     }
 
+    /// True when a rule for exactly `path` (not a glob) denies it: what
+    /// overrides a grant of Vault's `default` policy for the same path,
+    /// where a glob rule, less specific than the default policy's exact
+    /// one, does not.
+    pub fn denies_exactly(&self, path: &str) -> bool {
+        self.exact
+            .get(path.trim_start_matches('/'))
+            .is_some_and(|r| r.caps.contains(Capability::Deny))
+    }
+
     /// Whether a request with these input fields passes the parameter
     /// constraints of the rule that grants it on `path` (see [`Params`]).
     /// The caller checks the capability first; this is only for reads and

@@ -165,6 +165,21 @@ fn child_key(parent: &str, child: &str) -> String {
     format!("token/parent/{parent}/{child}")
 }
 
+/// The tokens' expiry index: `token-exp/<expiry, 16 hex>/<accessor>`, an
+/// entry for each expiry a token was given (at creation, renewal, or when
+/// brought forward). The sweeper ([`sweep_expired`]) revokes the tokens
+/// whose time has come, with their children and leases: a token no one
+/// presents again must not leave its OTPs working until their own TTL. A
+/// renewed token's earlier entries are stale and only removed.
+const EXPIRY_PREFIX: &str = "token-exp/";
+
+fn expiry_key(at: i64, accessor: &str) -> String {
+    format!("{EXPIRY_PREFIX}{:016x}/{accessor}", at.max(0))
+}
+
+/// Marks that tokens made before the expiry index have their entries.
+const EXPIRY_INDEXED: &str = "token-exp-indexed";
+
 #[derive(Serialize, Deserialize)]
 struct AccessorEntry {
     hash: String,
@@ -259,6 +274,13 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
             .or_else(|| spec.parent.as_ref().and_then(|p| p.entity_id.clone())),
         login_user: spec.login_user,
     };
+    // The index entry first: one left by a failure below is stale, where
+    // a token without one would be swept only when presented.
+    if let Some(at) = entry.expire_time {
+        core.storage
+            .put(&expiry_key(at, &entry.accessor), &json!({}))
+            .await?;
+    }
     if !core.storage.put_if_absent(&id_key(&hash), &entry).await? {
         return Err(Error::invalid("a token with this id already exists"));
     }
@@ -269,8 +291,25 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
         core.storage
             .put(&child_key(parent, &entry.accessor), &json!({}))
             .await?;
+        // A parent revoked while this child was made may have listed its
+        // children before the link above: the child goes too, as it would
+        // have with its parent.
+        if !is_live_accessor(core, parent).await? {
+            revoke_tree(core, &entry).await?;
+            return Err(Error::PermissionDenied);
+        }
     }
     Ok((text, entry))
+}
+
+/// Whether the token with this accessor is still stored (not revoked;
+/// an expired one not yet swept counts as stored).
+pub async fn is_live_accessor(core: &Core, accessor: &str) -> Result<bool> {
+    Ok(core
+        .storage
+        .get::<AccessorEntry>(&accessor_key(accessor))
+        .await?
+        .is_some())
 }
 
 /// The live entry for a token text; expired tokens are removed on sight.
@@ -295,6 +334,11 @@ async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<Arc<TokenEntry
         // whoever sees one left over (that request failed midway) finishes.
         Some(e) if e.expired(now) || e.used_up() => {
             revoke_tree(core, &e).await?;
+            // Its latest entry in the expiry index has no more to do (any
+            // earlier ones are due before it and swept).
+            if let Some(at) = e.expire_time {
+                core.storage.delete(&expiry_key(at, &e.accessor)).await?;
+            }
             Ok(None)
         }
         other => Ok(other),
@@ -357,19 +401,22 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
     // Iterative, so a deep chain of children cannot overflow the stack.
     let mut pending = vec![entry.accessor.clone()];
     while let Some(accessor) = pending.pop() {
-        // Its leases go with it, as in Vault.
-        crate::leases::revoke_for_token(core, &accessor).await?;
-        let prefix = format!("token/parent/{accessor}/");
-        for child in core.storage.keys_with_prefix(&prefix).await? {
-            pending.push(child[prefix.len()..].to_string());
-            core.storage.delete(&child).await?;
-        }
+        // The token goes first, and then what it made: a child or lease
+        // made while this runs either is listed below or finds its maker
+        // gone when it checks (`create`, `leases::create`) and goes itself.
         if let Some(a) = core
             .storage
             .take::<AccessorEntry>(&accessor_key(&accessor))
             .await?
         {
             core.storage.delete(&id_key(&a.hash)).await?;
+        }
+        // Its leases go with it, as in Vault.
+        crate::leases::revoke_for_token(core, &accessor).await?;
+        let prefix = format!("token/parent/{accessor}/");
+        for child in core.storage.keys_with_prefix(&prefix).await? {
+            pending.push(child[prefix.len()..].to_string());
+            core.storage.delete(&child).await?;
         }
     }
     if let Some(parent) = &entry.parent {
@@ -495,6 +542,8 @@ pub async fn handle_create(
         Some(p) => Some(policies::normalize_names(p)?),
         None => None,
     };
+    let no_default_policy = f.bool("no_default_policy")?.unwrap_or(false)
+        || role.is_some_and(|r| r.disallows_default());
     let policies = match (role, requested) {
         (Some(r), requested) => r.policies(requested, &caller.policies, privileged)?,
         (None, Some(p)) => {
@@ -527,12 +576,12 @@ pub async fn handle_create(
         return Err(Error::PermissionDenied);
     }
     let no_parent = asked_orphan || role_orphan;
-    if !no_parent && caller.used_up() {
-        // This request took the parent's last use, and with it the parent
-        // and its children are revoked already: a child made now would
-        // outlive it with no limit of its own, as in Vault, which refuses.
+    if caller.num_uses != 0 {
+        // A token limited to a few uses would otherwise spend one on making
+        // a token without a limit (an orphan, through a role, outliving it
+        // too); Vault refuses it the same way.
         return Err(Error::invalid(
-            "the parent token was revoked with its last use: a child token needs a parent that lives on",
+            "restricted use token cannot generate child tokens: a token limited to a number of uses (num_uses) cannot create tokens",
         ));
     }
     let id = f.str("id")?;
@@ -601,14 +650,19 @@ pub async fn handle_create(
     } else {
         format!("token-{}", sanitize_display_name(&display_name))
     };
+    // A role's limit on uses bounds what is asked, as in Vault.
+    let mut num_uses = f.non_negative("num_uses")?.unwrap_or(0);
+    if let Some(n) = role.map(|r| r.token_num_uses).filter(|n| *n > 0) {
+        num_uses = if num_uses == 0 { n } else { num_uses.min(n) };
+    }
+    let limits = super::methods::limits(core, super::methods::Method::Token).await?;
     let spec = NewToken {
         id,
         policies,
-        no_default_policy: f.bool("no_default_policy")?.unwrap_or(false)
-            || role.is_some_and(|r| r.token_no_default_policy),
+        no_default_policy,
         ttl,
         explicit_max_ttl,
-        num_uses: f.non_negative("num_uses")?.unwrap_or(0),
+        num_uses,
         renewable: f.bool("renewable")?.unwrap_or(true) && role.is_none_or(|r| r.renewable),
         display_name,
         meta,
@@ -628,7 +682,7 @@ pub async fn handle_create(
         expire_limit: caller.expire_time,
         host_id: None,
         gateway: None,
-        limits: super::methods::limits(core, super::methods::Method::Token).await?,
+        limits,
         entity_id: None,
         login_user: None,
     };
@@ -715,6 +769,23 @@ pub async fn renew(
     if let Some(m) = e.max_expire {
         exp = exp.min(m);
     }
+    // The maximum of the method that issued it, as tuned now, bounds a
+    // renewal too, counted from the token's creation as Vault counts it:
+    // lowering `max_lease_ttl` reaches the tokens already out.
+    if e.period == 0 {
+        let method = e
+            .path
+            .strip_prefix("auth/")
+            .and_then(|p| p.split('/').next())
+            .and_then(|m| super::methods::Method::at(m).ok());
+        if let Some(m) = method {
+            let max = super::methods::limits(core, m).await?.max;
+            exp = exp.min(e.creation_time.saturating_add(max)).max(now);
+        }
+    }
+    core.storage
+        .put(&expiry_key(exp, &e.accessor), &json!({}))
+        .await?;
     // Only the expiry changes, in place: writing back `e` would give back
     // uses spent since it was read, or bring back a token revoked since
     // (such as one whose last use was this very request).
@@ -735,7 +806,7 @@ pub async fn renew(
 /// `until` at the latest, in place (as [`renew`], so that uses spent
 /// meanwhile are not given back). None when the token is gone or used up.
 pub async fn expire_by(core: &Core, hash: &str, until: i64) -> Result<Option<TokenEntry>> {
-    Ok(core
+    let e = core
         .storage
         .update(&id_key(hash), |mut cur: TokenEntry| {
             if cur.used_up() {
@@ -746,7 +817,68 @@ pub async fn expire_by(core: &Core, hash: &str, until: i64) -> Result<Option<Tok
             Ok((Change::Put(cur.clone()), Some(cur)))
         })
         .await?
-        .flatten())
+        .flatten();
+    if let Some(at) = e.as_ref().and_then(|e| e.expire_time) {
+        let accessor = e.as_ref().map(|e| e.accessor.as_str()).unwrap_or_default();
+        core.storage
+            .put(&expiry_key(at, accessor), &json!({}))
+            .await?;
+    }
+    Ok(e)
+}
+
+/// Revokes, with their children and leases, up to `limit` tokens whose
+/// expiry by the index came by `now`; returns how many index entries were
+/// handled (`limit` when more may be due).
+pub async fn sweep_expired(core: &Core, now: i64, limit: i64) -> Result<usize> {
+    let due = core
+        .storage
+        .keys_between(
+            EXPIRY_PREFIX,
+            &format!("{EXPIRY_PREFIX}{:016x}/", now.max(0) + 1),
+            limit,
+        )
+        .await?;
+    for k in &due {
+        let accessor = k.get(EXPIRY_PREFIX.len() + 17..).unwrap_or_default();
+        if !accessor.is_empty() {
+            // Looking an expired token up revokes it with what it made; a
+            // renewed one stays, and only this stale entry goes.
+            lookup_accessor(core, accessor, now).await?;
+        }
+        core.storage.delete(k).await?;
+    }
+    Ok(due.len())
+}
+
+/// Gives the tokens made before the expiry index their entries, once per
+/// database (a marker says it was done); tokens expired by then are
+/// revoked on the way. Returns how many entries were written.
+pub async fn index_expiries(core: &Core, now: i64) -> Result<usize> {
+    if core
+        .storage
+        .get::<serde_json::Value>(EXPIRY_INDEXED)
+        .await?
+        .is_some()
+    {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for accessor in accessors(core).await? {
+        if let Some(at) = lookup_accessor(core, &accessor, now)
+            .await?
+            .and_then(|e| e.expire_time)
+        {
+            core.storage
+                .put(&expiry_key(at, &accessor), &json!({}))
+                .await?;
+            n += 1;
+        }
+    }
+    core.storage
+        .put(EXPIRY_INDEXED, &json!({ "at": now }))
+        .await?;
+    Ok(n)
 }
 
 pub async fn revoke(core: &Core, e: &TokenEntry, orphan_children: bool) -> Result<()> {

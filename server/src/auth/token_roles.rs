@@ -37,6 +37,9 @@ pub struct TokenRole {
     pub token_bound_cidrs: Vec<ipnet::IpNet>,
     #[serde(default)]
     pub token_no_default_policy: bool,
+    /// Uses each of the role's tokens has at most (0: no limit).
+    #[serde(default)]
+    pub token_num_uses: i64,
 }
 
 fn yes() -> bool {
@@ -77,6 +80,7 @@ pub async fn write(core: &Core, name: &str, f: &Fields) -> Result<()> {
         token_explicit_max_ttl: 0,
         token_bound_cidrs: vec![],
         token_no_default_policy: false,
+        token_num_uses: 0,
     });
     // What gatepass cannot honour is refused rather than stored unused.
     for k in [
@@ -135,6 +139,9 @@ pub async fn write(core: &Core, name: &str, f: &Fields) -> Result<()> {
     if let Some(v) = f.bool("token_no_default_policy")? {
         r.token_no_default_policy = v;
     }
+    if let Some(n) = f.non_negative("token_num_uses")? {
+        r.token_num_uses = n;
+    }
     core.storage.put(&key(&name), &r).await
 }
 
@@ -158,6 +165,9 @@ pub fn json(r: &TokenRole) -> Value {
         "token_type": "service",
     });
     // Shown only when set, as Vault does.
+    if r.token_num_uses > 0 {
+        v["token_num_uses"] = json!(r.token_num_uses);
+    }
     if !r.token_bound_cidrs.is_empty() {
         v["token_bound_cidrs"] = json!(r
             .token_bound_cidrs
@@ -215,7 +225,21 @@ impl TokenRole {
                 .cloned()
                 .collect(),
         };
+        // Every policy the token would get is checked, the role's allowed
+        // ones included, as Vault checks them. (A disallowed `default` is
+        // not added to them: `disallows_default`.)
+        if let Some(bad) = chosen.iter().find(|x| self.disallowed_policies.contains(x)) {
+            return Err(Error::invalid(format!(
+                "token policy ({bad}) is disallowed by this role"
+            )));
+        }
         Ok(chosen)
+    }
+
+    /// Whether the role's tokens go without the `default` policy, which
+    /// Vault then does not add rather than refuse.
+    pub fn disallows_default(&self) -> bool {
+        self.token_no_default_policy || self.disallowed_policies.iter().any(|p| p == "default")
     }
 
     /// The path tokens of the role are created at.
@@ -244,6 +268,7 @@ mod tests {
             token_explicit_max_ttl: 0,
             token_bound_cidrs: vec![],
             token_no_default_policy: false,
+            token_num_uses: 0,
         }
     }
 
@@ -282,5 +307,16 @@ mod tests {
             open.policies(Some(v(&["superuser"])), &ops, true).unwrap(),
             v(&["superuser"])
         );
+        // A disallowed policy among the role's allowed ones is refused when
+        // nothing is asked for; a disallowed default is left out instead.
+        let both = role(&["p1", "admin"], &["admin"]);
+        let err = both.policies(None, &ops, false).unwrap_err();
+        assert!(err.to_string().contains("(admin) is disallowed"), "{err}");
+        let no_default = role(&["p1"], &["default"]);
+        assert!(no_default.disallows_default() && !both.disallows_default());
+        let err = no_default
+            .policies(Some(v(&["default"])), &ops, false)
+            .unwrap_err();
+        assert!(err.to_string().contains("(default) is disallowed"), "{err}");
     }
 }

@@ -751,7 +751,9 @@ async fn process(
         let allowed = op_allowed(&acl, req.op, path);
         // The wrapping paths Vault's default policy grants carry no
         // parameter constraints; what the ACL grants is checked for them.
-        let by_default = !allowed && routes::granted_by_default_policy(&entry.policies, req);
+        let by_default = !allowed
+            && routes::granted_by_default_policy(&entry.policies, req)
+            && !acl.denies_exactly(path);
         if !(allowed || by_default) || (routes::needs_sudo(path, req.op) && !can(Capability::Sudo))
         {
             return Err(Error::PermissionDenied);

@@ -119,6 +119,9 @@ pub fn needs_sudo(path: &str, op: Operation) -> bool {
         // logs in holds every right. Listing the methods (`sys/auth`)
         // does not need it.
         || path.starts_with("sys/auth/")
+        // The same tune endpoint under its other name (Vault has it
+        // without sudo there: one right for one change, here).
+        || path.starts_with("sys/mounts/auth/")
         || under("sys/remount")
         || under("sys/leases/revoke-prefix")
         // Listing the top of the lease tree shows every lease prefix, so it

@@ -1,7 +1,7 @@
 //! Authority comes only from what the server bound (in-process): a host is
 //! who enrollment says, host names are unique, child tokens never widen
 //! their creator's bounds (through a token role either, nor outlive a
-//! creator that spent its last use on them), no login is made root, an ACL
+//! creator limited in uses, nor its revocation or expiry), no login is made root, an ACL
 //! decides on the names a handler acts on and a deny under a glob hides a
 //! folder from LIST, OTP-guess limiting never refuses a right OTP, and
 //! certificates carry only options OpenSSH can parse.
@@ -702,9 +702,76 @@ async fn no_login_method_or_group_makes_a_root_token() {
     assert_ne!(st, StatusCode::OK, "mallory exists: {v}");
 }
 
+/// A token limited to a number of uses creates no tokens, as in Vault: not
+/// a child (which would have no limit of its own), not an orphan through a
+/// role (which would outlive it too), not with its last use.
 #[tokio::test]
-async fn a_tokens_last_use_cannot_make_a_child_that_outlives_it() {
+async fn a_token_limited_in_uses_cannot_create_tokens() {
     let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/maker",
+        json!({"policy": r#"path "auth/token/create*" { capabilities = ["update"] }"#}),
+    )
+    .await;
+    ok(
+        &s,
+        "POST",
+        "auth/token/roles/orph",
+        json!({"orphan": true, "allowed_policies": ["maker"]}),
+    )
+    .await;
+    for (uses, path) in [
+        (1, "auth/token/create"),
+        (2, "auth/token/create"),
+        (5, "auth/token/create/orph"),
+    ] {
+        let v = ok(
+            &s,
+            "POST",
+            "auth/token/create",
+            json!({"policies": ["maker"], "num_uses": uses, "ttl": "1h"}),
+        )
+        .await;
+        let limited = client_token(&v);
+        let (st, v) = s
+            .call(
+                "POST",
+                path,
+                Some(&limited),
+                Some(json!({"policies": ["maker"]})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{uses} uses, {path}: {v}");
+        assert!(v.to_string().contains("restricted use token"), "{v}");
+    }
+    // Without a limit, children are made, and go with their parent.
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["maker"], "ttl": "1h"}),
+    )
+    .await;
+    let parent = client_token(&v);
+    let (st, v) = s
+        .call("POST", "auth/token/create", Some(&parent), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let child = client_token(&v);
+    ok(&s, "POST", "auth/token/revoke", json!({ "token": parent })).await;
+    let (st, _) = s
+        .call("GET", "auth/token/lookup-self", Some(&child), None)
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "the child outlived its parent");
+}
+
+/// Children a token keeps making while it is revoked go with it: none made
+/// during the revocation survives it.
+#[tokio::test]
+async fn children_made_during_their_parents_revocation_go_with_it() {
+    let s = Arc::new(Server::start(Backend::Sqlite).await);
     ok(
         &s,
         "POST",
@@ -712,49 +779,174 @@ async fn a_tokens_last_use_cannot_make_a_child_that_outlives_it() {
         json!({"policy": r#"path "auth/token/create" { capabilities = ["update"] }"#}),
     )
     .await;
-    let v = ok(
+    for round in 0..3 {
+        let v = ok(
+            &s,
+            "POST",
+            "auth/token/create",
+            json!({"policies": ["maker"], "ttl": "1h"}),
+        )
+        .await;
+        let parent = client_token(&v);
+        let makers: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, parent) = (s.clone(), parent.clone());
+                tokio::spawn(async move {
+                    let mut made = Vec::new();
+                    for _ in 0..40 {
+                        let (st, v) = s
+                            .call("POST", "auth/token/create", Some(&parent), Some(json!({})))
+                            .await;
+                        if st != StatusCode::OK {
+                            break;
+                        }
+                        made.push(client_token(&v));
+                    }
+                    made
+                })
+            })
+            .collect();
+        // Revoked while the makers are at it.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        ok(&s, "POST", "auth/token/revoke", json!({ "token": parent })).await;
+        let mut made = Vec::new();
+        for m in makers {
+            made.extend(m.await.unwrap());
+        }
+        assert!(!made.is_empty(), "round {round}: no child was made at all");
+        for child in &made {
+            let (st, v) = s
+                .call("GET", "auth/token/lookup-self", Some(child), None)
+                .await;
+            assert_eq!(
+                st,
+                StatusCode::FORBIDDEN,
+                "round {round}: a child of {} survived its parent's revocation: {v}",
+                made.len()
+            );
+        }
+    }
+}
+
+/// A token that expires takes its leases with it even when no one presents
+/// it again: its OTPs stop verifying once the sweeper has run, as in Vault,
+/// and so do those of a token made before the expiry index existed.
+#[tokio::test]
+async fn an_expired_tokens_otps_stop_working_without_it_being_seen_again() {
+    use gatepass_server::auth::token;
+    let s = Server::start(Backend::Sqlite).await;
+    otp_setup(&s).await;
+    ok(
         &s,
         "POST",
-        "auth/token/create",
-        json!({"policies": ["maker"], "num_uses": 1, "ttl": "1h"}),
+        "sys/policies/acl/otp",
+        json!({"policy": r#"path "ssh/creds/otp" { capabilities = ["update"] }"#}),
     )
     .await;
-    let once = client_token(&v);
-    let (st, v) = s
-        .call("POST", "auth/token/create", Some(&once), Some(json!({})))
+    let mut otps = Vec::new();
+    for unindexed in [false, true] {
+        let v = ok(
+            &s,
+            "POST",
+            "auth/token/create",
+            json!({"policies": ["otp"], "ttl": "8s"}),
+        )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "a child of a spent token: {v}");
-    assert!(v.to_string().contains("last use"), "{v}");
-    let (st, _) = s
-        .call("GET", "auth/token/lookup-self", Some(&once), None)
-        .await;
-    assert_eq!(st, StatusCode::FORBIDDEN, "the spent token still works");
-    // With uses left, a child is made, and goes with its parent.
-    let v = ok(
+        let short = client_token(&v);
+        let (st, v) = s
+            .call(
+                "POST",
+                "ssh/creds/otp",
+                Some(&short),
+                Some(json!({"ip": "10.0.0.9", "username": "ubuntu"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        otps.push(field(&v, &["data", "key"]));
+        if unindexed {
+            // As a database from before the index holds it: no entries and
+            // no mark that tokens were indexed.
+            for k in s.core.storage.keys_with_prefix("token-exp").await.unwrap() {
+                s.core.storage.delete(&k).await.unwrap();
+            }
+            let n = token::index_expiries(&s.core, s.clock.now()).await.unwrap();
+            assert!(n >= 2, "tokens indexed: {n}");
+            assert_eq!(
+                token::index_expiries(&s.core, s.clock.now()).await.unwrap(),
+                0
+            );
+        }
+    }
+    s.clock.advance(15);
+    let swept = token::sweep_expired(&s.core, s.clock.now(), 100)
+        .await
+        .unwrap();
+    assert!(swept >= 2, "{swept}");
+    for otp in &otps {
+        let (st, v) = verify(&s, None, otp).await;
+        assert_ne!(
+            st,
+            StatusCode::OK,
+            "the OTP of an expired token verified: {v}"
+        );
+    }
+    // The root token and tokens still valid are left alone.
+    let (st, _) = s.root("GET", "auth/token/lookup-self", None).await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+/// A token role's `token_num_uses` bounds its tokens' uses, and lowering
+/// the token method's `max_lease_ttl` bounds the renewals of tokens already
+/// out, as in Vault.
+#[tokio::test]
+async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
         &s,
         "POST",
-        "auth/token/create",
-        json!({"policies": ["maker"], "num_uses": 2, "ttl": "1h"}),
+        "auth/token/roles/short",
+        json!({"token_num_uses": 3}),
     )
     .await;
-    let twice = client_token(&v);
+    for (asked, uses) in [
+        (json!({"num_uses": 10, "ttl": "1h"}), 3),
+        (json!({"num_uses": 2, "ttl": "1h"}), 2),
+    ] {
+        let v = ok(&s, "POST", "auth/token/create/short", asked).await;
+        let t = client_token(&v);
+        let (st, v) = s
+            .call("GET", "auth/token/lookup-self", Some(&t), None)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["data"]["num_uses"],
+            uses - 1,
+            "{uses} uses, one spent: {v}"
+        );
+    }
+    let (_, v) = s.root("GET", "auth/token/roles/short", None).await;
+    assert_eq!(v["data"]["token_num_uses"], 3, "{v}");
+    // A token of the method's 32 days, then the method's maximum lowered.
+    let v = ok(&s, "POST", "auth/token/create", json!({"ttl": "1h"})).await;
+    let t = client_token(&v);
+    s.clock.advance(600);
+    ok(
+        &s,
+        "POST",
+        "sys/auth/token/tune",
+        json!({"max_lease_ttl": "2h"}),
+    )
+    .await;
     let (st, v) = s
-        .call("POST", "auth/token/create", Some(&twice), Some(json!({})))
+        .call(
+            "POST",
+            "auth/token/renew-self",
+            Some(&t),
+            Some(json!({"increment": "100h"})),
+        )
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    let child = client_token(&v);
-    let (st, _) = s
-        .call("GET", "auth/token/lookup-self", Some(&twice), None)
-        .await;
-    assert_eq!(st, StatusCode::OK);
-    let (st, _) = s
-        .call("GET", "auth/token/lookup-self", Some(&child), None)
-        .await;
-    assert_eq!(
-        st,
-        StatusCode::FORBIDDEN,
-        "the child outlived its parent's last use"
-    );
+    assert_eq!(v["auth"]["lease_duration"], 7200 - 600, "{v}");
 }
 
 #[tokio::test]
@@ -877,6 +1069,21 @@ async fn changing_how_everyone_logs_in_needs_sudo() {
             r#"path "sys/auth/*" { capabilities = ["create", "update", "read", "delete", "sudo"] }"#,
         )
         .await;
+    // The same tune under its other name, with rights on `sys/mounts/*`.
+    let mounts = s
+        .token_with_policy(
+            "mounts-admin",
+            r#"path "sys/mounts/*" { capabilities = ["create", "update", "read", "delete", "list"] }"#,
+        )
+        .await;
+    for path in [
+        "sys/mounts/auth/token/tune",
+        "sys/mounts/auth/userpass/tune",
+    ] {
+        let body = json!({"max_lease_ttl": "87600h", "default_lease_ttl": "87600h"});
+        let (st, v) = s.call("POST", path, Some(&mounts), Some(body)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path} without sudo: {v}");
+    }
     for (method, path, body) in [
         ("POST", "sys/auth/ci", Some(json!({"type": "jwt"}))),
         ("GET", "sys/auth/token/tune", None),

@@ -603,3 +603,52 @@ async fn a_policys_wrapping_ttls_make_wrapping_mandatory_within_them() {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
+
+/// An explicit deny of a wrapping path overrides what Vault's default
+/// policy grants there.
+#[tokio::test]
+async fn a_deny_of_a_wrapping_path_beats_the_default_policys_grant() {
+    let s = Server::start(Backend::Sqlite).await;
+    let plain = s
+        .token_with_policy("other", r#"path "secret/x" { capabilities = ["read"] }"#)
+        .await;
+    let denied = s
+        .token_with_policy(
+            "nowrap",
+            r#"path "sys/wrapping/wrap" { capabilities = ["deny"] }
+               path "sys/wrapping/unwrap" { capabilities = ["deny"] }"#,
+        )
+        .await;
+    let data = Some(json!({"a": "b"}));
+    let (st, v) = call_wrapped(
+        &s,
+        "POST",
+        "sys/wrapping/wrap",
+        Some(&plain),
+        data.clone(),
+        "5m",
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "the default policy's grant: {v}");
+    let wrapped = v["wrap_info"]["token"].as_str().unwrap().to_string();
+    let (st, v) = call_wrapped(&s, "POST", "sys/wrapping/wrap", Some(&denied), data, "5m").await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "wrap: {v}");
+    let (st, v) = s
+        .call(
+            "POST",
+            "sys/wrapping/unwrap",
+            Some(&denied),
+            Some(json!({ "token": wrapped })),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "unwrap: {v}");
+    let (st, v) = s
+        .call(
+            "POST",
+            "sys/wrapping/unwrap",
+            Some(&plain),
+            Some(json!({ "token": wrapped })),
+        )
+        .await;
+    assert_eq!((st, &v["data"]["a"]), (StatusCode::OK, &json!("b")), "{v}");
+}
