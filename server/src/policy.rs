@@ -353,10 +353,16 @@ impl Params {
             if denied.contains_key("*") {
                 return false;
             }
-            let hit = present.iter().any(|(name, value)| {
+            // A field the endpoints also take under another name (a login
+            // role's or user's `policies` is its `token_policies`) is held
+            // to the other name's denied values too.
+            let denied_as = |name: &str, value: &Value| {
                 denied
                     .get(name)
                     .is_some_and(|values| values.denies(value, who))
+            };
+            let hit = present.iter().any(|(name, value)| {
+                denied_as(name, value) || alias_of(name).is_some_and(|a| denied_as(a, value))
             });
             if hit {
                 return false;
@@ -371,6 +377,29 @@ impl Params {
             None => others_allowed,
         })
     }
+}
+
+/// The other name of a field that Vault's auth methods take under two
+/// names (the older one, and its `token_` name since Vault 1.2).
+fn alias_of(name: &str) -> Option<&'static str> {
+    const PAIRS: [(&str, &str); 7] = [
+        ("policies", "token_policies"),
+        ("bound_cidrs", "token_bound_cidrs"),
+        ("period", "token_period"),
+        ("explicit_max_ttl", "token_explicit_max_ttl"),
+        ("num_uses", "token_num_uses"),
+        ("ttl", "token_ttl"),
+        ("max_ttl", "token_max_ttl"),
+    ];
+    PAIRS.iter().find_map(|(old, new)| {
+        if name == *old {
+            Some(*new)
+        } else if name == *new {
+            Some(*old)
+        } else {
+            None
+        }
+    })
 }
 
 fn merge_maps(mine: &mut Option<ParamMap>, theirs: Option<&ParamMap>) {
@@ -444,14 +473,37 @@ impl Values {
 
     /// As a denied list: some form the value may be read in is denied. A
     /// template that cannot be filled in for this caller denies every value.
+    ///
+    /// A denied value also holds against every spelling an endpoint reads
+    /// alike: in any case (policy, user and role names are taken in lower
+    /// case, so `Admin` is `admin`; a value that differs only in case where
+    /// case matters is refused too, the safe side), and a boolean in any of
+    /// the spellings endpoints take (`0`, `f` and `FALSE` are `false`).
     fn denies(&self, value: &Value, who: &Identity) -> bool {
         let Values::OneOf(patterns) = self else {
             return true;
         };
-        Readings::of(value)
-            .texts
+        let texts = Readings::of(value).texts;
+        let bools = texts
             .iter()
-            .any(|t| patterns.iter().any(|p| p.matches(t, who, true)))
+            .filter_map(|t| gatepass_api::lenient::parse_bool(t.trim()))
+            .map(|b| b.to_string());
+        texts
+            .iter()
+            .map(|t| t.to_lowercase())
+            .chain(bools)
+            .any(|t| {
+                patterns.iter().any(|p| {
+                    p.matches_folded(&t, who) || {
+                        // A boolean spelled otherwise in the policy.
+                        let body = p.body.fill(who);
+                        let as_bool = body
+                            .as_deref()
+                            .and_then(|b| gatepass_api::lenient::parse_bool(b.trim()));
+                        !p.any_before && !p.any_after && as_bool.is_some_and(|b| b.to_string() == t)
+                    }
+                })
+            })
     }
 }
 
@@ -533,6 +585,21 @@ impl ValuePattern {
     /// The filled-in body is matched as plain text, so a name with `*` in
     /// it cannot widen the pattern. `unfilled` is the answer when a
     /// template cannot be filled in for this caller.
+    /// [`ValuePattern::matches`] for a denied list, the text given in lower
+    /// case and the pattern's body taken in lower case.
+    fn matches_folded(&self, lower: &str, who: &Identity) -> bool {
+        let Some(body) = self.body.fill(who) else {
+            return true;
+        };
+        let body = body.to_lowercase();
+        match (self.any_before, self.any_after) {
+            (true, true) => lower.contains(&body),
+            (true, false) => lower.ends_with(&body),
+            (false, true) => lower.starts_with(&body),
+            (false, false) => lower == body,
+        }
+    }
+
     fn matches(&self, text: &str, who: &Identity, unfilled: bool) -> bool {
         let Some(body) = self.body.fill(who) else {
             return unfilled;
@@ -2361,6 +2428,36 @@ path "ssh/sign/*" { capabilities = ["update"] }
         let acl = build(&[&sign_rule(r#"denied_parameters = { "*" = [] }"#)]);
         assert!(!passes(&acl, p, json!({"key_id": "x"})));
         assert!(passes(&acl, p, json!({})));
+    }
+
+    /// A denied value is refused in every spelling an endpoint reads alike:
+    /// any case, Vault's boolean spellings, and under the field's other
+    /// name (`policies` for `token_policies`).
+    #[test]
+    fn denied_values_hold_against_other_spellings_of_them() {
+        let rule = r#"path "auth/userpass/users/*" {
+            capabilities = ["update"]
+            denied_parameters = { "token_policies" = ["admin"], "bind_secret_id" = ["false"], "ttl" = ["FALSE"] }
+        }"#;
+        let acl = build(&[rule]);
+        let p = "auth/userpass/users/bob";
+        assert!(passes(&acl, p, json!({"token_policies": "dev"})));
+        assert!(passes(&acl, p, json!({"bind_secret_id": "true"})));
+        for refused in [
+            json!({"token_policies": "Admin"}),
+            json!({"token_policies": ["dev", "ADMIN"]}),
+            json!({"policies": "admin"}),
+            json!({"policies": "dev, Admin"}),
+            json!({"bind_secret_id": "0"}),
+            json!({"bind_secret_id": "f"}),
+            json!({"bind_secret_id": "FALSE"}),
+            json!({"bind_secret_id": false}),
+            json!({"bind_secret_id": 0}),
+            json!({"ttl": "false"}),
+            json!({"token_ttl": "0"}),
+        ] {
+            assert!(!passes(&acl, p, refused.clone()), "{refused}");
+        }
     }
 
     #[test]
