@@ -620,7 +620,13 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
                 // (`ssh//sign/x` or `ssh/../sys/y` are refused as they
                 // would be in a request line).
                 let path = crate::path::ApiPath::parse(&format!("/v1/{}", p.trim_matches('/')))?;
-                let c = acl.capabilities(path.as_str());
+                // And with the names in lower case, as the request's check
+                // takes them, and a trailing `/` kept, as a LIST asks.
+                let mut path = super::routes::canonical_names(core, &path).await?;
+                if p.ends_with('/') && !path.is_empty() {
+                    path.push('/');
+                }
+                let c = acl.capabilities(&path);
                 if c.is_empty() {
                     vec!["deny".into()]
                 } else {

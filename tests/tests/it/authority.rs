@@ -1106,3 +1106,34 @@ async fn changing_how_everyone_logs_in_needs_sudo() {
     let (st, v) = s.call("GET", "sys/auth", Some(&without), None).await;
     assert_eq!(st, StatusCode::OK, "{v}");
 }
+
+/// `sys/capabilities-self` answers for the path a request would be
+/// checked at: names in lower case, and a trailing `/` kept (a folder's
+/// rule, as a LIST asks for it).
+#[tokio::test]
+async fn capabilities_are_told_for_the_path_a_request_is_checked_at() {
+    let s = Server::start(Backend::Sqlite).await;
+    let t = s
+        .token_with_policy(
+            "reader",
+            r#"path "secret/" { capabilities = ["list"] }
+               path "auth/userpass/users/admin" { capabilities = ["read"] }"#,
+        )
+        .await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "sys/capabilities-self",
+            Some(&t),
+            Some(json!({"paths": ["secret/", "auth/userpass/users/ADMIN", "secret"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["secret/"], json!(["list"]), "{v}");
+    assert_eq!(
+        v["data"]["auth/userpass/users/ADMIN"],
+        json!(["read"]),
+        "{v}"
+    );
+    assert_eq!(v["data"]["secret"], json!(["deny"]), "{v}");
+}
