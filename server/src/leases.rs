@@ -111,12 +111,16 @@ pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
 
 /// A lease made while its token was being revoked may have been written
 /// after the revocation listed the token's leases: it goes now, as it
-/// would have with its token.
+/// would have with its token. So does the lease of a token's last use
+/// (revoked as the request began), and the secret is not returned, as in
+/// Vault.
 async fn outlives_no_token(core: &Core, lease: &Lease) -> Result<()> {
     if let Some(accessor) = &lease.token {
         if !crate::auth::token::is_live_accessor(core, accessor).await? {
             revoke(core, &lease.id).await?;
-            return Err(Error::PermissionDenied);
+            return Err(Error::invalid(
+                "secret cannot be returned: its token was revoked (it had one use left, or was revoked meanwhile), so the leased credentials were revoked at once",
+            ));
         }
     }
     Ok(())

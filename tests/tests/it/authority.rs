@@ -1137,3 +1137,39 @@ async fn capabilities_are_told_for_the_path_a_request_is_checked_at() {
     );
     assert_eq!(v["data"]["secret"], json!(["deny"]), "{v}");
 }
+
+/// A token's last use revokes it as the request begins, and with it the
+/// lease that request makes: the OTP is not handed out to work on with no
+/// token behind it (Vault: "Secret cannot be returned").
+#[tokio::test]
+async fn a_tokens_last_use_returns_no_leased_secret() {
+    let s = Server::start(Backend::Sqlite).await;
+    otp_setup(&s).await;
+    ok(
+        &s,
+        "POST",
+        "sys/policies/acl/otp",
+        json!({"policy": r#"path "ssh/creds/otp" { capabilities = ["update"] }"#}),
+    )
+    .await;
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["otp"], "num_uses": 1}),
+    )
+    .await;
+    let once = client_token(&v);
+    let (st, v) = s
+        .call(
+            "POST",
+            "ssh/creds/otp",
+            Some(&once),
+            Some(json!({"ip": "10.0.0.9", "username": "ubuntu"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("secret cannot be returned"), "{v}");
+    let left = s.core.storage.keys_with_prefix("lease/").await.unwrap();
+    assert!(left.is_empty(), "leases left: {left:?}");
+}
