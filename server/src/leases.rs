@@ -97,32 +97,13 @@ pub async fn create_with_secret<T: Serialize>(
         serde_json::to_value(secret).map_err(|e| Error::internal(e.to_string()))?,
     )];
     items.extend(records(lease)?);
-    if !core.storage.put_many(&items, true).await? {
-        return Ok(false);
-    }
-    outlives_no_token(core, lease).await?;
-    Ok(true)
+    core.storage.put_many(&items, true).await
 }
 
+/// Stores a lease without a secret of its own. A lease of a token is
+/// then checked against its token (`auth::token::keep_lease`).
 pub async fn create(core: &Core, lease: &Lease) -> Result<()> {
     core.storage.put_many(&records(lease)?, false).await?;
-    outlives_no_token(core, lease).await
-}
-
-/// A lease made while its token was being revoked may have been written
-/// after the revocation listed the token's leases: it goes now, as it
-/// would have with its token. So does the lease of a token's last use
-/// (revoked as the request began), and the secret is not returned, as in
-/// Vault.
-async fn outlives_no_token(core: &Core, lease: &Lease) -> Result<()> {
-    if let Some(accessor) = &lease.token {
-        if !crate::auth::token::is_live_accessor(core, accessor).await? {
-            revoke(core, &lease.id).await?;
-            return Err(Error::invalid(
-                "secret cannot be returned: its token was revoked (it had one use left, or was revoked meanwhile), so the leased credentials were revoked at once",
-            ));
-        }
-    }
     Ok(())
 }
 
@@ -324,41 +305,16 @@ async fn sweep_due(core: &Core, now: i64, limit: i64) -> Result<(usize, usize)> 
 }
 
 /// Runs the sweeper for the life of the server.
-/// Expired tokens go the same way, with their leases (see
-/// `auth::token::sweep_expired`).
 pub async fn sweeper(core: crate::state::State) {
-    use crate::auth::token;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    let mut indexed = false;
     loop {
         tick.tick().await;
-        if !indexed {
-            match token::index_expiries(&core, core.clock.now()).await {
-                Ok(n) => {
-                    indexed = true;
-                    if n > 0 {
-                        tracing::info!(tokens = n, "tokens made before the expiry index indexed");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "indexing the tokens' expiries failed"),
-            }
-        }
         loop {
             match sweep_due(&core, core.clock.now(), 1000).await {
                 Ok((_, 1000)) => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "lease sweep failed");
-                    break;
-                }
-            }
-        }
-        loop {
-            match token::sweep_expired(&core, core.clock.now(), 1000).await {
-                Ok(1000) => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sweep of expired tokens failed");
                     break;
                 }
             }

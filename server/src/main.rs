@@ -370,6 +370,7 @@ async fn dev(
     std::io::stdout().flush()?;
     let cfg = tls::rustls_config(&files.cert, &files.key).await?;
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::auth::token::sweeper(core.clone()));
     tokio::spawn(gatepass_server::hosts::seen::flusher(core.clone()));
     tokio::spawn(gatepass_server::retention::task(core.clone(), retention));
     spawn_audit_tasks(&core);
@@ -464,6 +465,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         serve::bind(cfg.listen).with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, tls = tls_cfg.is_some(), "gatepass-server ready");
     tokio::spawn(gatepass_server::leases::sweeper(core.clone()));
+    tokio::spawn(gatepass_server::auth::token::sweeper(core.clone()));
     tokio::spawn(gatepass_server::hosts::seen::flusher(core.clone()));
     tokio::spawn(gatepass_server::retention::task(
         core.clone(),

@@ -477,34 +477,57 @@ impl Values {
     /// A denied value also holds against every spelling an endpoint reads
     /// alike: in any case (policy, user and role names are taken in lower
     /// case, so `Admin` is `admin`; a value that differs only in case where
-    /// case matters is refused too, the safe side), and a boolean in any of
-    /// the spellings endpoints take (`0`, `f` and `FALSE` are `false`).
+    /// case matters is refused too, the safe side), and a boolean or an
+    /// integer in any of the spellings endpoints take (`0`, `f` and `FALSE`
+    /// are `false`; `00` and `+0` are `0`).
     fn denies(&self, value: &Value, who: &Identity) -> bool {
         let Values::OneOf(patterns) = self else {
             return true;
         };
         let texts = Readings::of(value).texts;
-        let bools = texts
-            .iter()
-            .filter_map(|t| gatepass_api::lenient::parse_bool(t.trim()))
-            .map(|b| b.to_string());
+        let canonical = texts.iter().filter_map(|t| canonical_scalar(t));
         texts
             .iter()
             .map(|t| t.to_lowercase())
-            .chain(bools)
+            .chain(canonical)
             .any(|t| {
                 patterns.iter().any(|p| {
                     p.matches_folded(&t, who) || {
-                        // A boolean spelled otherwise in the policy.
+                        // A boolean or integer spelled otherwise in the policy.
                         let body = p.body.fill(who);
-                        let as_bool = body
-                            .as_deref()
-                            .and_then(|b| gatepass_api::lenient::parse_bool(b.trim()));
-                        !p.any_before && !p.any_after && as_bool.is_some_and(|b| b.to_string() == t)
+                        !p.any_before
+                            && !p.any_after
+                            && body.as_deref().and_then(canonical_scalar).as_deref() == Some(&t)
                     }
                 })
             })
     }
+}
+
+/// A boolean or an integer in the one spelling it is compared in (`false`,
+/// `0`), from any spelling an endpoint reads as it; None for other text.
+fn canonical_scalar(text: &str) -> Option<String> {
+    let t = text.trim();
+    if let Some(b) = gatepass_api::lenient::parse_bool(t) {
+        return Some(b.to_string());
+    }
+    let digits = t.strip_prefix('+').unwrap_or(t);
+    let negative = digits.starts_with('-');
+    let body = digits.trim_start_matches('-');
+    if body.is_empty()
+        || !body.bytes().all(|b| b.is_ascii_digit())
+        || digits.matches('-').count() > 1
+    {
+        return None;
+    }
+    // Any length: the value compares as the number it reads as, not
+    // whether it fits in 64 bits.
+    let body = body.trim_start_matches('0');
+    Some(match (negative, body.is_empty()) {
+        (_, true) => "0".to_string(),
+        (true, false) => format!("-{body}"),
+        (false, false) => body.to_string(),
+    })
 }
 
 /// The text forms in which gatepass's endpoints may read one request value,
@@ -2455,6 +2478,23 @@ path "ssh/sign/*" { capabilities = ["update"] }
             json!({"bind_secret_id": 0}),
             json!({"ttl": "false"}),
             json!({"token_ttl": "0"}),
+        ] {
+            assert!(!passes(&acl, p, refused.clone()), "{refused}");
+        }
+        let acl = build(&[r#"path "auth/approle/role/*" {
+            capabilities = ["update"]
+            denied_parameters = { "token_num_uses" = ["0"], "secret_id_ttl" = ["+0100"] }
+        }"#]);
+        let p = "auth/approle/role/ci";
+        assert!(passes(&acl, p, json!({"token_num_uses": "10"})));
+        assert!(passes(&acl, p, json!({"secret_id_ttl": "1000"})));
+        for refused in [
+            json!({"token_num_uses": "00"}),
+            json!({"token_num_uses": "+0"}),
+            json!({"token_num_uses": "-0"}),
+            json!({"num_uses": 0}),
+            json!({"secret_id_ttl": 100}),
+            json!({"secret_id_ttl": "0100"}),
         ] {
             assert!(!passes(&acl, p, refused.clone()), "{refused}");
         }

@@ -302,6 +302,56 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
     Ok((text, entry))
 }
 
+/// Keeps a lease just made for a token only if the token is still stored.
+/// A lease made while its token was being revoked may have been written
+/// after the revocation listed the token's leases: it goes now, as it
+/// would have with its token. So does the lease of a token's last use
+/// (revoked as the request began), and the secret is not returned, as in
+/// Vault.
+pub async fn keep_lease(core: &Core, lease: &crate::leases::Lease) -> Result<()> {
+    if let Some(accessor) = &lease.token {
+        if !is_live_accessor(core, accessor).await? {
+            crate::leases::revoke(core, &lease.id).await?;
+            return Err(Error::invalid(
+                "secret cannot be returned: its token was revoked (it had one use left, or was revoked meanwhile), so the leased credentials were revoked at once",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sweeps expired tokens with their leases every 5 seconds, for the life
+/// of the server, after giving the tokens made before the expiry index
+/// their entries.
+pub async fn sweeper(core: crate::state::State) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut indexed = false;
+    loop {
+        tick.tick().await;
+        if !indexed {
+            match index_expiries(&core, core.clock.now()).await {
+                Ok(n) => {
+                    indexed = true;
+                    if n > 0 {
+                        tracing::info!(tokens = n, "tokens made before the expiry index indexed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "indexing the tokens' expiries failed"),
+            }
+        }
+        loop {
+            match sweep_expired(&core, core.clock.now(), 1000).await {
+                Ok(1000) => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep of expired tokens failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// Whether the token with this accessor is still stored (not revoked;
 /// an expired one not yet swept counts as stored).
 pub async fn is_live_accessor(core: &Core, accessor: &str) -> Result<bool> {
@@ -334,11 +384,6 @@ async fn load(core: &Core, hash: &str, now: i64) -> Result<Option<Arc<TokenEntry
         // whoever sees one left over (that request failed midway) finishes.
         Some(e) if e.expired(now) || e.used_up() => {
             revoke_tree(core, &e).await?;
-            // Its latest entry in the expiry index has no more to do (any
-            // earlier ones are due before it and swept).
-            if let Some(at) = e.expire_time {
-                core.storage.delete(&expiry_key(at, &e.accessor)).await?;
-            }
             Ok(None)
         }
         other => Ok(other),
@@ -403,14 +448,8 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
     while let Some(accessor) = pending.pop() {
         // The token goes first, and then what it made: a child or lease
         // made while this runs either is listed below or finds its maker
-        // gone when it checks (`create`, `leases::create`) and goes itself.
-        if let Some(a) = core
-            .storage
-            .take::<AccessorEntry>(&accessor_key(&accessor))
-            .await?
-        {
-            core.storage.delete(&id_key(&a.hash)).await?;
-        }
+        // gone when it checks (`create`, `keep_lease`) and goes itself.
+        forget(core, &accessor).await?;
         // Its leases go with it, as in Vault.
         crate::leases::revoke_for_token(core, &accessor).await?;
         let prefix = format!("token/parent/{accessor}/");
@@ -427,8 +466,27 @@ pub async fn revoke_tree(core: &Core, entry: &TokenEntry) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the token with this accessor (its accessor entry, its entry and
+/// its entry in the expiry index), if it is still there.
+async fn forget(core: &Core, accessor: &str) -> Result<()> {
+    if let Some(a) = core
+        .storage
+        .take::<AccessorEntry>(&accessor_key(accessor))
+        .await?
+    {
+        let gone = core.storage.take::<TokenEntry>(&id_key(&a.hash)).await?;
+        if let Some(at) = gone.and_then(|e| e.expire_time) {
+            core.storage.delete(&expiry_key(at, accessor)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Revokes one token, making its children orphans.
 async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
+    // The token first, as in [`revoke_tree`]: a lease or child made while
+    // this runs is listed below or finds the token gone and goes itself.
+    forget(core, &entry.accessor).await?;
     crate::leases::revoke_for_token(core, &entry.accessor).await?;
     let prefix = format!("token/parent/{}/", entry.accessor);
     for child in core.storage.keys_with_prefix(&prefix).await? {
@@ -450,8 +508,6 @@ async fn revoke_orphan(core: &Core, entry: &TokenEntry) -> Result<()> {
                 .await?;
         }
     }
-    core.storage.delete(&accessor_key(&entry.accessor)).await?;
-    core.storage.delete(&id_key(&entry.hash)).await?;
     if let Some(parent) = &entry.parent {
         core.storage
             .delete(&child_key(parent, &entry.accessor))
@@ -676,7 +732,9 @@ pub async fn handle_create(
             Some(caller.clone())
         },
         periodic: false,
-        period,
+        // A period longer than the token method's maximum is cut to it,
+        // as Vault cuts it.
+        period: period.min(limits.max),
         // Even an orphan made by a sudo caller never outlives the caller;
         // only a root token without expiry makes tokens without this bound.
         expire_limit: caller.expire_time,
@@ -753,9 +811,21 @@ pub async fn renew(
     if !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
-    // A periodic token's renewal always gives it its period, as Vault's.
+    // The maximum of the method that issued it, as tuned now (None for
+    // tokens no tunable method issued: hosts', gateways', the web UI's).
+    let method = e
+        .path
+        .strip_prefix("auth/")
+        .and_then(|p| p.split('/').next())
+        .and_then(|m| super::methods::Method::at(m).ok());
+    let method_max = match method {
+        Some(m) => Some(super::methods::limits(core, m).await?.max),
+        None => None,
+    };
+    // A periodic token's renewal always gives it its period, as Vault's,
+    // at most the method's maximum.
     let inc = if e.period > 0 {
-        e.period
+        method_max.map_or(e.period, |m| e.period.min(m))
     } else {
         increment
             .filter(|i| *i > 0)
@@ -769,19 +839,18 @@ pub async fn renew(
     if let Some(m) = e.max_expire {
         exp = exp.min(m);
     }
-    // The maximum of the method that issued it, as tuned now, bounds a
-    // renewal too, counted from the token's creation as Vault counts it:
-    // lowering `max_lease_ttl` reaches the tokens already out.
-    if e.period == 0 {
-        let method = e
-            .path
-            .strip_prefix("auth/")
-            .and_then(|p| p.split('/').next())
-            .and_then(|m| super::methods::Method::at(m).ok());
-        if let Some(m) = method {
-            let max = super::methods::limits(core, m).await?.max;
-            exp = exp.min(e.creation_time.saturating_add(max)).max(now);
+    // The method's maximum bounds other tokens' renewals too, counted
+    // from the token's creation as Vault counts it: lowering
+    // `max_lease_ttl` reaches the tokens already out. A token past it
+    // keeps the time it has, and is told so.
+    if let (0, Some(max)) = (e.period, method_max) {
+        let cap = e.creation_time.saturating_add(max);
+        if cap <= now {
+            return Err(Error::invalid(
+                "past the max TTL, cannot renew: the auth method's max_lease_ttl was lowered since the token was made",
+            ));
         }
+        exp = exp.min(cap);
     }
     core.storage
         .put(&expiry_key(exp, &e.accessor), &json!({}))
@@ -789,7 +858,8 @@ pub async fn renew(
     // Only the expiry changes, in place: writing back `e` would give back
     // uses spent since it was read, or bring back a token revoked since
     // (such as one whose last use was this very request).
-    core.storage
+    let renewed = core
+        .storage
         .update(&id_key(&e.hash), |mut cur: TokenEntry| {
             if cur.used_up() {
                 return Ok((Change::Keep, None));
@@ -799,7 +869,12 @@ pub async fn renew(
         })
         .await?
         .flatten()
-        .ok_or_else(|| Error::invalid("the token was revoked"))
+        .ok_or_else(|| Error::invalid("the token was revoked"))?;
+    // The entry of the expiry it had is stale now: one entry per token.
+    if let Some(old) = e.expire_time.filter(|old| *old != exp) {
+        core.storage.delete(&expiry_key(old, &e.accessor)).await?;
+    }
+    Ok(renewed)
 }
 
 /// Brings a token's expiry, and the latest a renewal may reach, down to

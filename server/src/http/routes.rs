@@ -96,12 +96,16 @@ pub fn is_owner_checked(req: &Request) -> bool {
 /// wrapping token given in the body. Only tokens with the `default` policy
 /// get it, as in Vault.
 pub fn granted_by_default_policy(policies: &[String], req: &Request) -> bool {
-    req.op == Operation::Write
-        && matches!(
-            req.path.as_str(),
-            "sys/wrapping/wrap" | "sys/wrapping/lookup" | "sys/wrapping/unwrap"
-        )
-        && policies.iter().any(|p| p == "default")
+    req.op == Operation::Write && default_policy_updates(policies, req.path.as_str())
+}
+
+/// Whether Vault's default policy, held by `policies`, grants `update` on
+/// `path` in gatepass (see [`granted_by_default_policy`]).
+pub fn default_policy_updates(policies: &[String], path: &str) -> bool {
+    matches!(
+        path,
+        "sys/wrapping/wrap" | "sys/wrapping/lookup" | "sys/wrapping/unwrap"
+    ) && policies.iter().any(|p| p == "default")
 }
 
 /// Paths that need `sudo` in the caller's policy (root always has it).

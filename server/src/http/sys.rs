@@ -627,7 +627,14 @@ async fn capabilities(core: &Core, token: &TokenEntry, req: &Request) -> Result<
                     path.push('/');
                 }
                 let c = acl.capabilities(&path);
-                if c.is_empty() {
+                if c.is_empty()
+                    && super::routes::default_policy_updates(&token.policies, &path)
+                    && !acl.denies_exactly(&path)
+                {
+                    // What the request's check grants there (see
+                    // `granted_by_default_policy`).
+                    vec!["update".into()]
+                } else if c.is_empty() {
                     vec!["deny".into()]
                 } else {
                     // Sorted by name, as Vault lists them.

@@ -285,6 +285,7 @@ pub async fn create(
             if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("OTP collision"));
             }
+            crate::auth::token::keep_lease(core, &lease).await?;
             Ok(Issued {
                 data: Credential {
                     ip: ip.to_string(),
@@ -326,6 +327,7 @@ pub async fn create(
             if !leases::create_with_secret(core, &lease, &entry).await? {
                 return Err(Error::internal("dynamic key collision"));
             }
+            crate::auth::token::keep_lease(core, &lease).await?;
             let pem = private
                 .to_openssh(LineEnding::LF)
                 .map_err(|e| Error::internal(e.to_string()))?;

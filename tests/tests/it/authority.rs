@@ -7,6 +7,7 @@
 //! certificates carry only options OpenSSH can parse.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::http::StatusCode;
@@ -767,6 +768,18 @@ async fn a_token_limited_in_uses_cannot_create_tokens() {
     assert_eq!(st, StatusCode::FORBIDDEN, "the child outlived its parent");
 }
 
+/// Waits (at most 10 s) until the concurrent makers have made `n` things,
+/// so that what comes next meets them at work.
+async fn until_made(count: &AtomicUsize, n: usize) {
+    for _ in 0..5000 {
+        if count.load(Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("only {} made in 10 s", count.load(Ordering::Relaxed));
+}
+
 /// Children a token keeps making while it is revoked go with it: none made
 /// during the revocation survives it.
 #[tokio::test]
@@ -788,9 +801,10 @@ async fn children_made_during_their_parents_revocation_go_with_it() {
         )
         .await;
         let parent = client_token(&v);
+        let count = Arc::new(AtomicUsize::new(0));
         let makers: Vec<_> = (0..8)
             .map(|_| {
-                let (s, parent) = (s.clone(), parent.clone());
+                let (s, parent, count) = (s.clone(), parent.clone(), count.clone());
                 tokio::spawn(async move {
                     let mut made = Vec::new();
                     for _ in 0..40 {
@@ -801,13 +815,14 @@ async fn children_made_during_their_parents_revocation_go_with_it() {
                             break;
                         }
                         made.push(client_token(&v));
+                        count.fetch_add(1, Ordering::Relaxed);
                     }
                     made
                 })
             })
             .collect();
         // Revoked while the makers are at it.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        until_made(&count, 8).await;
         ok(&s, "POST", "auth/token/revoke", json!({ "token": parent })).await;
         let mut made = Vec::new();
         for m in makers {
@@ -828,12 +843,9 @@ async fn children_made_during_their_parents_revocation_go_with_it() {
     }
 }
 
-/// A token that expires takes its leases with it even when no one presents
-/// it again: its OTPs stop verifying once the sweeper has run, as in Vault,
-/// and so do those of a token made before the expiry index existed.
-#[tokio::test]
-async fn an_expired_tokens_otps_stop_working_without_it_being_seen_again() {
-    use gatepass_server::auth::token;
+/// A server with the OTP role of [`otp_setup`] and a policy `otp` that may
+/// ask it for credentials.
+async fn otp_server() -> Server {
     let s = Server::start(Backend::Sqlite).await;
     otp_setup(&s).await;
     ok(
@@ -843,6 +855,22 @@ async fn an_expired_tokens_otps_stop_working_without_it_being_seen_again() {
         json!({"policy": r#"path "ssh/creds/otp" { capabilities = ["update"] }"#}),
     )
     .await;
+    s
+}
+
+async fn otp_creds(s: &Server, token: &str) -> (StatusCode, Value) {
+    let body = json!({"ip": "10.0.0.9", "username": "ubuntu"});
+    s.call("POST", "ssh/creds/otp", Some(token), Some(body))
+        .await
+}
+
+/// A token that expires takes its leases with it even when no one presents
+/// it again: its OTPs stop verifying once the sweeper has run, as in Vault,
+/// and so do those of a token made before the expiry index existed.
+#[tokio::test]
+async fn an_expired_tokens_otps_stop_working_without_it_being_seen_again() {
+    use gatepass_server::auth::token;
+    let s = otp_server().await;
     let mut otps = Vec::new();
     for unindexed in [false, true] {
         let v = ok(
@@ -853,14 +881,7 @@ async fn an_expired_tokens_otps_stop_working_without_it_being_seen_again() {
         )
         .await;
         let short = client_token(&v);
-        let (st, v) = s
-            .call(
-                "POST",
-                "ssh/creds/otp",
-                Some(&short),
-                Some(json!({"ip": "10.0.0.9", "username": "ubuntu"})),
-            )
-            .await;
+        let (st, v) = otp_creds(&s, &short).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         otps.push(field(&v, &["data", "key"]));
         if unindexed {
@@ -947,6 +968,150 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
         .await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["lease_duration"], 7200 - 600, "{v}");
+    // Its entry in the expiry index follows it: one, at its expiry.
+    assert_eq!(expiry_entries(&s, &t).await, 1);
+    // Past a maximum lowered again, a renewal is refused and the token
+    // keeps the time it has, as in Vault.
+    ok(
+        &s,
+        "POST",
+        "sys/auth/token/tune",
+        json!({"max_lease_ttl": "5m"}),
+    )
+    .await;
+    let (st, v) = s
+        .call("POST", "auth/token/renew-self", Some(&t), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("past the max TTL"), "{v}");
+    let (st, v) = s
+        .call("GET", "auth/token/lookup-self", Some(&t), None)
+        .await;
+    assert_eq!(
+        (st, &v["data"]["ttl"]),
+        (StatusCode::OK, &json!(6600)),
+        "{v}"
+    );
+    // A periodic token's period is cut to the maximum, at creation and at
+    // every renewal.
+    ok(
+        &s,
+        "POST",
+        "sys/auth/token/tune",
+        json!({"max_lease_ttl": "60s"}),
+    )
+    .await;
+    let v = ok(&s, "POST", "auth/token/create", json!({"period": "1h"})).await;
+    assert_eq!(v["auth"]["lease_duration"], 60, "{v}");
+    let periodic = client_token(&v);
+    ok(
+        &s,
+        "POST",
+        "auth/token/roles/per",
+        json!({"token_period": "1h"}),
+    )
+    .await;
+    let v = ok(&s, "POST", "auth/token/create/per", json!({})).await;
+    assert_eq!(v["auth"]["lease_duration"], 60, "{v}");
+    ok(
+        &s,
+        "POST",
+        "sys/auth/token/tune",
+        json!({"max_lease_ttl": "30s"}),
+    )
+    .await;
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/renew-self",
+            Some(&periodic),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (st, &v["auth"]["lease_duration"]),
+        (StatusCode::OK, &json!(30)),
+        "{v}"
+    );
+    assert_eq!(expiry_entries(&s, &periodic).await, 1);
+    ok(
+        &s,
+        "POST",
+        "auth/token/revoke",
+        json!({ "token": periodic }),
+    )
+    .await;
+    let left = s.core.storage.keys_with_prefix("token-exp/").await.unwrap();
+    // One for each token alive: the role's two, the renewed one and the
+    // periodic role's.
+    assert_eq!(left.len(), 4, "{left:?}");
+}
+
+/// How many entries of the tokens' expiry index name this token.
+async fn expiry_entries(s: &Server, token: &str) -> usize {
+    let (_, v) = s
+        .call("GET", "auth/token/lookup-self", Some(token), None)
+        .await;
+    let accessor = field(&v, &["data", "accessor"]);
+    let keys = s.core.storage.keys_with_prefix("token-exp/").await.unwrap();
+    keys.iter()
+        .filter(|k| k.ends_with(&format!("/{accessor}")))
+        .count()
+}
+
+/// A token revoked with `revoke-orphan` takes the leases it was making
+/// while that ran: none of its OTPs verifies afterwards.
+#[tokio::test]
+async fn leases_made_during_a_revoke_orphan_go_with_the_token() {
+    let s = Arc::new(otp_server().await);
+    let v = ok(
+        &s,
+        "POST",
+        "auth/token/create",
+        json!({"policies": ["otp"]}),
+    )
+    .await;
+    let maker = client_token(&v);
+    let count = Arc::new(AtomicUsize::new(0));
+    let makers: Vec<_> = (0..8)
+        .map(|_| {
+            let (s, maker, count) = (s.clone(), maker.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut otps = Vec::new();
+                for _ in 0..40 {
+                    let (st, v) = otp_creds(&s, &maker).await;
+                    if st != StatusCode::OK {
+                        break;
+                    }
+                    otps.push(field(&v, &["data", "key"]));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                otps
+            })
+        })
+        .collect();
+    until_made(&count, 8).await;
+    ok(
+        &s,
+        "POST",
+        "auth/token/revoke-orphan",
+        json!({ "token": maker }),
+    )
+    .await;
+    let mut otps = Vec::new();
+    for m in makers {
+        otps.extend(m.await.unwrap());
+    }
+    assert!(!otps.is_empty(), "no OTP was made at all");
+    for otp in &otps {
+        let (st, v) = verify(&s, None, otp).await;
+        assert_ne!(
+            st,
+            StatusCode::OK,
+            "an OTP of {} outlived its token: {v}",
+            otps.len()
+        );
+    }
 }
 
 #[tokio::test]
@@ -1136,6 +1301,18 @@ async fn capabilities_are_told_for_the_path_a_request_is_checked_at() {
         "{v}"
     );
     assert_eq!(v["data"]["secret"], json!(["deny"]), "{v}");
+    // What Vault's default policy grants, as the request's check grants it.
+    let (st, v) = s
+        .call(
+            "POST",
+            "sys/capabilities-self",
+            Some(&t),
+            Some(json!({"paths": ["sys/wrapping/wrap", "sys/wrapping/unwrap"]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["sys/wrapping/wrap"], json!(["update"]), "{v}");
+    assert_eq!(v["data"]["sys/wrapping/unwrap"], json!(["update"]), "{v}");
 }
 
 /// A token's last use revokes it as the request begins, and with it the
@@ -1143,15 +1320,7 @@ async fn capabilities_are_told_for_the_path_a_request_is_checked_at() {
 /// token behind it (Vault: "Secret cannot be returned").
 #[tokio::test]
 async fn a_tokens_last_use_returns_no_leased_secret() {
-    let s = Server::start(Backend::Sqlite).await;
-    otp_setup(&s).await;
-    ok(
-        &s,
-        "POST",
-        "sys/policies/acl/otp",
-        json!({"policy": r#"path "ssh/creds/otp" { capabilities = ["update"] }"#}),
-    )
-    .await;
+    let s = otp_server().await;
     let v = ok(
         &s,
         "POST",
@@ -1160,14 +1329,7 @@ async fn a_tokens_last_use_returns_no_leased_secret() {
     )
     .await;
     let once = client_token(&v);
-    let (st, v) = s
-        .call(
-            "POST",
-            "ssh/creds/otp",
-            Some(&once),
-            Some(json!({"ip": "10.0.0.9", "username": "ubuntu"})),
-        )
-        .await;
+    let (st, v) = otp_creds(&s, &once).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("secret cannot be returned"), "{v}");
     let left = s.core.storage.keys_with_prefix("lease/").await.unwrap();
