@@ -805,10 +805,8 @@ pub async fn renew(
     increment: Option<i64>,
     now: i64,
 ) -> Result<TokenEntry> {
-    if e.expire_time.is_none() {
-        return Ok(e);
-    }
-    if !e.renewable {
+    // A token that never expires has nothing to renew; Vault says so.
+    if e.expire_time.is_none() || !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
     }
     // The maximum of the method that issued it, as tuned now (None for
@@ -858,22 +856,28 @@ pub async fn renew(
     // Only the expiry changes, in place: writing back `e` would give back
     // uses spent since it was read, or bring back a token revoked since
     // (such as one whose last use was this very request).
+    // The latest a renewal may reach is the stored one: `expire_by` may
+    // have brought it forward since `e` was read.
     let renewed = core
         .storage
         .update(&id_key(&e.hash), |mut cur: TokenEntry| {
             if cur.used_up() {
                 return Ok((Change::Keep, None));
             }
-            cur.expire_time = Some(exp);
+            cur.expire_time = Some(cur.max_expire.map_or(exp, |m| exp.min(m)));
             Ok((Change::Put(cur.clone()), Some(cur)))
         })
         .await?
         .flatten()
         .ok_or_else(|| Error::invalid("the token was revoked"))?;
-    // The entry of the expiry it had is stale now: one entry per token.
-    if let Some(old) = e.expire_time.filter(|old| *old != exp) {
-        core.storage.delete(&expiry_key(old, &e.accessor)).await?;
+    if let Some(at) = renewed.expire_time.filter(|at| *at != exp) {
+        core.storage
+            .put(&expiry_key(at, &e.accessor), &json!({}))
+            .await?;
     }
+    // The entry of the expiry it had is left for the sweeper, which puts
+    // the token's current one back when it meets a stale one: deleting it
+    // here could take the entry of another renewal made meanwhile.
     Ok(renewed)
 }
 
@@ -917,9 +921,17 @@ pub async fn sweep_expired(core: &Core, now: i64, limit: i64) -> Result<usize> {
     for k in &due {
         let accessor = k.get(EXPIRY_PREFIX.len() + 17..).unwrap_or_default();
         if !accessor.is_empty() {
-            // Looking an expired token up revokes it with what it made; a
-            // renewed one stays, and only this stale entry goes.
-            lookup_accessor(core, accessor, now).await?;
+            // Looking an expired token up revokes it with what it made. A
+            // renewed one stays: the entry of its expiry now is put again
+            // (it is there unless a race took it), and this stale one goes.
+            if let Some(at) = lookup_accessor(core, accessor, now)
+                .await?
+                .and_then(|e| e.expire_time)
+            {
+                core.storage
+                    .put(&expiry_key(at, accessor), &json!({}))
+                    .await?;
+            }
         }
         core.storage.delete(k).await?;
     }

@@ -969,7 +969,7 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["lease_duration"], 7200 - 600, "{v}");
     // Its entry in the expiry index follows it: one, at its expiry.
-    assert_eq!(expiry_entries(&s, &t).await, 1);
+    assert!(indexed_at_its_expiry(&s, &t).await);
     // Past a maximum lowered again, a renewal is refused and the token
     // keeps the time it has, as in Vault.
     ok(
@@ -1033,30 +1033,79 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
         (StatusCode::OK, &json!(30)),
         "{v}"
     );
-    assert_eq!(expiry_entries(&s, &periodic).await, 1);
-    ok(
-        &s,
-        "POST",
-        "auth/token/revoke",
-        json!({ "token": periodic }),
-    )
-    .await;
-    let left = s.core.storage.keys_with_prefix("token-exp/").await.unwrap();
-    // One for each token alive: the role's two, the renewed one and the
-    // periodic role's.
-    assert_eq!(left.len(), 4, "{left:?}");
+    assert!(indexed_at_its_expiry(&s, &periodic).await);
+    // A token that never expires has nothing to renew, as in Vault.
+    let (st, v) = s
+        .root("POST", "auth/token/renew-self", Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("not renewable"), "{v}");
 }
 
-/// How many entries of the tokens' expiry index name this token.
-async fn expiry_entries(s: &Server, token: &str) -> usize {
-    let (_, v) = s
-        .call("GET", "auth/token/lookup-self", Some(token), None)
+/// Whether the tokens' expiry index has an entry for this token at the
+/// expiry it has now (what the sweeper finds it by).
+async fn indexed_at_its_expiry(s: &Server, token: &str) -> bool {
+    let e = gatepass_server::auth::token::lookup(&s.core, token, s.clock.now())
+        .await
+        .unwrap()
+        .expect("a live token");
+    let at = e.expire_time.expect("an expiring token");
+    let key = format!("token-exp/{at:016x}/{}", e.accessor);
+    s.core.storage.keys_with_prefix(&key).await.unwrap() == vec![key]
+}
+
+/// Renewals of one token that overlap leave it in the expiry index at the
+/// expiry it ends up with, whatever their order: none takes the entry the
+/// other needs. Once expired, all are swept.
+#[tokio::test]
+async fn overlapping_renewals_leave_the_token_findable_by_the_sweeper() {
+    let s = Arc::new(otp_server().await);
+    let mut tokens = Vec::new();
+    for _ in 0..40 {
+        let v = ok(
+            &s,
+            "POST",
+            "auth/token/create",
+            json!({"policies": ["otp"], "ttl": "25s"}),
+        )
         .await;
-    let accessor = field(&v, &["data", "accessor"]);
-    let keys = s.core.storage.keys_with_prefix("token-exp/").await.unwrap();
-    keys.iter()
-        .filter(|k| k.ends_with(&format!("/{accessor}")))
-        .count()
+        tokens.push(client_token(&v));
+    }
+    let mut otps = Vec::new();
+    for t in &tokens {
+        let (st, v) = otp_creds(&s, t).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        otps.push(field(&v, &["data", "key"]));
+    }
+    // One renewal moves the expiry, the other back to where it was.
+    let mut renewals = Vec::new();
+    for t in &tokens {
+        for increment in ["8s", "25s"] {
+            let (s, t) = (s.clone(), t.clone());
+            renewals.push(tokio::spawn(async move {
+                let body = json!({ "increment": increment });
+                s.call("POST", "auth/token/renew-self", Some(&t), Some(body))
+                    .await
+            }));
+        }
+    }
+    for r in renewals {
+        let (st, v) = r.await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    for t in &tokens {
+        assert!(indexed_at_its_expiry(&s, t).await, "a token lost its entry");
+    }
+    s.clock.advance(30);
+    for _ in 0..3 {
+        gatepass_server::auth::token::sweep_expired(&s.core, s.clock.now(), 1000)
+            .await
+            .unwrap();
+    }
+    for otp in &otps {
+        let (st, v) = verify(&s, None, otp).await;
+        assert_ne!(st, StatusCode::OK, "an expired token's OTP verified: {v}");
+    }
 }
 
 /// A token revoked with `revoke-orphan` takes the leases it was making
