@@ -951,37 +951,16 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     let v = ok(&s, "POST", "auth/token/create", json!({"ttl": "1h"})).await;
     let t = client_token(&v);
     s.clock.advance(600);
-    ok(
-        &s,
-        "POST",
-        "sys/auth/token/tune",
-        json!({"max_lease_ttl": "2h"}),
-    )
-    .await;
-    let (st, v) = s
-        .call(
-            "POST",
-            "auth/token/renew-self",
-            Some(&t),
-            Some(json!({"increment": "100h"})),
-        )
-        .await;
+    tune_token_max(&s, "2h").await;
+    let (st, v) = renew_self(&s, &t, json!({"increment": "100h"})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["lease_duration"], 7200 - 600, "{v}");
     // Its entry in the expiry index follows it: one, at its expiry.
     assert!(indexed_at_its_expiry(&s, &t).await);
     // Past a maximum lowered again, a renewal is refused and the token
     // keeps the time it has, as in Vault.
-    ok(
-        &s,
-        "POST",
-        "sys/auth/token/tune",
-        json!({"max_lease_ttl": "5m"}),
-    )
-    .await;
-    let (st, v) = s
-        .call("POST", "auth/token/renew-self", Some(&t), Some(json!({})))
-        .await;
+    tune_token_max(&s, "5m").await;
+    let (st, v) = renew_self(&s, &t, json!({})).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("past the max TTL"), "{v}");
     let (st, v) = s
@@ -994,13 +973,7 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     );
     // A periodic token's period is cut to the maximum, at creation and at
     // every renewal.
-    ok(
-        &s,
-        "POST",
-        "sys/auth/token/tune",
-        json!({"max_lease_ttl": "60s"}),
-    )
-    .await;
+    tune_token_max(&s, "60s").await;
     let v = ok(&s, "POST", "auth/token/create", json!({"period": "1h"})).await;
     assert_eq!(v["auth"]["lease_duration"], 60, "{v}");
     let periodic = client_token(&v);
@@ -1013,21 +986,8 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     .await;
     let v = ok(&s, "POST", "auth/token/create/per", json!({})).await;
     assert_eq!(v["auth"]["lease_duration"], 60, "{v}");
-    ok(
-        &s,
-        "POST",
-        "sys/auth/token/tune",
-        json!({"max_lease_ttl": "30s"}),
-    )
-    .await;
-    let (st, v) = s
-        .call(
-            "POST",
-            "auth/token/renew-self",
-            Some(&periodic),
-            Some(json!({})),
-        )
-        .await;
+    tune_token_max(&s, "30s").await;
+    let (st, v) = renew_self(&s, &periodic, json!({})).await;
     assert_eq!(
         (st, &v["auth"]["lease_duration"]),
         (StatusCode::OK, &json!(30)),
@@ -1040,6 +1000,17 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("not renewable"), "{v}");
+}
+
+/// Sets the token method's `max_lease_ttl`.
+async fn tune_token_max(s: &Server, max: &str) {
+    let body = json!({ "max_lease_ttl": max });
+    ok(s, "POST", "sys/auth/token/tune", body).await;
+}
+
+async fn renew_self(s: &Server, token: &str, body: Value) -> (StatusCode, Value) {
+    s.call("POST", "auth/token/renew-self", Some(token), Some(body))
+        .await
 }
 
 /// Whether the tokens' expiry index has an entry for this token at the
