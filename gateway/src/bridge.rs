@@ -9,11 +9,13 @@
 //! directions run concurrently so one stalled direction never stalls the
 //! other (an sftp server writing replies while the client still uploads).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use russh::{client, server, Channel, ChannelMsg};
+use tokio::sync::oneshot;
 use tracing::debug;
 
 use crate::recording::ChannelTap;
@@ -51,7 +53,37 @@ impl Default for Activity {
     }
 }
 
+/// What a channel's start request asks the target to run.
+enum Start {
+    Shell,
+    Exec(Vec<u8>),
+    Subsystem(String),
+}
+
+/// A request forwarded wanting the target's reply. The target answers a
+/// channel's requests in the order they were sent (RFC 4254 5.4), so the
+/// replies are matched to a queue of these.
+struct Pending {
+    /// For a start request: what it starts, and who waits for the answer
+    /// (whether the target took it).
+    start: Option<(Start, oneshot::Sender<bool>)>,
+}
+
+/// How long the user's side waits for the target to answer a start
+/// request before the channel is closed.
+const START_REPLY: Duration = Duration::from_secs(30);
+
 /// Bridges until either side closes the channel or goes away.
+///
+/// The recording learns what a channel runs (a shell, a command, sftp)
+/// only from the target's acceptance of the request, never from the
+/// request alone: a request the target refuses (a second start request on
+/// a running channel, a subsystem it has not got) must not change how the
+/// rest of the channel is read, or a client could send `subsystem sftp`
+/// after `exec sh` and have its shell read as sftp packets, that is not
+/// recorded at all. And nothing more of the user's is read while a start
+/// request is unanswered, so every byte is read in the mode of what the
+/// target runs when it arrives.
 pub async fn run(
     user: Channel<server::Msg>,
     target: Channel<client::Msg>,
@@ -62,6 +94,31 @@ pub async fn run(
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
     let (mut target_rx, target_tx) = target.split();
+    let pending: Mutex<VecDeque<Pending>> = Mutex::new(VecDeque::new());
+    let expect = |start: Option<(Start, oneshot::Sender<bool>)>| {
+        pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(Pending { start });
+    };
+    // A start request: queued, then sent, then waited for.
+    let start = |what: Start| {
+        let (tx, rx) = oneshot::channel();
+        expect(Some((what, tx)));
+        rx
+    };
+    // Whether the target answered (either way) in time; the channel is
+    // closed if not.
+    let answered = async |rx: oneshot::Receiver<bool>| -> bool {
+        match tokio::time::timeout(START_REPLY, rx).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                debug!("the target did not answer a start request");
+                false
+            }
+        }
+    };
 
     let upstream = async {
         while let Some(msg) = user_rx.wait().await {
@@ -98,6 +155,7 @@ pub async fn run(
                     if let Some(tap) = tap {
                         tap.resize(col_width, row_height);
                     }
+                    expect(None);
                     target_tx
                         .request_pty(
                             true,
@@ -111,22 +169,28 @@ pub async fn run(
                         .await
                 }
                 ChannelMsg::RequestShell { .. } => {
-                    if let Some(tap) = tap {
-                        tap.shell();
+                    let rx = start(Start::Shell);
+                    match target_tx.request_shell(true).await {
+                        Ok(()) if answered(rx).await => Ok(()),
+                        Ok(()) => break,
+                        Err(e) => Err(e),
                     }
-                    target_tx.request_shell(true).await
                 }
                 ChannelMsg::Exec { command, .. } => {
-                    if let Some(tap) = tap {
-                        tap.exec(&command);
+                    let rx = start(Start::Exec(command.clone()));
+                    match target_tx.exec(true, command).await {
+                        Ok(()) if answered(rx).await => Ok(()),
+                        Ok(()) => break,
+                        Err(e) => Err(e),
                     }
-                    target_tx.exec(true, command).await
                 }
                 ChannelMsg::RequestSubsystem { name, .. } => {
-                    if let Some(tap) = tap {
-                        tap.subsystem(&name);
+                    let rx = start(Start::Subsystem(name.clone()));
+                    match target_tx.request_subsystem(true, name).await {
+                        Ok(()) if answered(rx).await => Ok(()),
+                        Ok(()) => break,
+                        Err(e) => Err(e),
                     }
-                    target_tx.request_subsystem(true, name).await
                 }
                 ChannelMsg::SetEnv {
                     variable_name,
@@ -211,8 +275,26 @@ pub async fn run(
                     .xon_xoff_request(user_id, client_can_do)
                     .await
                     .is_ok(),
-                ChannelMsg::Success => user_handle.channel_success(user_id).await.is_ok(),
-                ChannelMsg::Failure => user_handle.channel_failure(user_id).await.is_ok(),
+                ChannelMsg::Success => {
+                    if let Some((what, waiting)) = next_start(&pending) {
+                        if let Some(tap) = tap {
+                            match what {
+                                Start::Shell => tap.shell(),
+                                Start::Exec(command) => tap.exec(&command),
+                                Start::Subsystem(name) => tap.subsystem(&name),
+                            }
+                        }
+                        let _ = waiting.send(true);
+                    }
+                    user_handle.channel_success(user_id).await.is_ok()
+                }
+                // A refused start request changes nothing of the recording.
+                ChannelMsg::Failure => {
+                    if let Some((_, waiting)) = next_start(&pending) {
+                        let _ = waiting.send(false);
+                    }
+                    user_handle.channel_failure(user_id).await.is_ok()
+                }
                 _ => true,
             };
             if !sent {
@@ -229,4 +311,13 @@ pub async fn run(
         () = upstream => {}
         () = downstream => {}
     }
+}
+
+/// The next request waiting for a reply, if it is a start request.
+fn next_start(pending: &Mutex<VecDeque<Pending>>) -> Option<(Start, oneshot::Sender<bool>)> {
+    pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop_front()
+        .and_then(|p| p.start)
 }

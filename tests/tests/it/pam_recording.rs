@@ -546,6 +546,132 @@ fn masked_output_reaches_the_user_but_never_the_recording() {
     }
 }
 
+/// The value of `key` in an ssh_config block.
+fn ssh_option<'a>(block: &'a str, key: &str) -> &'a str {
+    block
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {key} in {block}"))
+        .trim()
+}
+
+struct AnyHostKey;
+
+impl russh::client::Handler for AnyHostKey {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Output of a russh channel until it holds `want` (10 s at most).
+async fn read_until(ch: &mut russh::Channel<russh::client::Msg>, want: &str) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(want) {
+        match tokio::time::timeout_at(deadline, ch.wait()).await {
+            Ok(Some(russh::ChannelMsg::Data { data })) => {
+                seen.push_str(&String::from_utf8_lossy(&data));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no {want:?} in {seen:?}"),
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_start_request_the_target_refuses_does_not_change_how_the_channel_is_recorded() {
+    let pam = Pam::start();
+    let _target = key_account(&pam);
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+    // A client (not OpenSSH's, which never does this) starts a shell, then
+    // asks for the sftp subsystem on the same channel, which the target
+    // refuses (the channel runs a shell), and goes on typing.
+    let seen = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let key = russh::keys::load_secret_key(ssh_option(&block, "IdentityFile"), None).unwrap();
+        let cert = russh::keys::Certificate::read_file(std::path::Path::new(ssh_option(
+            &block,
+            "CertificateFile",
+        )))
+        .unwrap();
+        let addr = (
+            ssh_option(&block, "HostName").to_string(),
+            ssh_option(&block, "Port").parse::<u16>().unwrap(),
+        );
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut h = russh::client::connect(config, addr, AnyHostKey)
+            .await
+            .unwrap();
+        let user = ssh_option(&block, "User");
+        let auth = h
+            .authenticate_openssh_cert(user, std::sync::Arc::new(key), cert)
+            .await
+            .unwrap();
+        assert!(auth.success(), "{}", pam.gateway_log());
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.exec(true, "sh").await.unwrap();
+        ch.data(&b"echo VISIBLE-$((6*6))\n"[..]).await.unwrap();
+        let mut seen = read_until(&mut ch, "VISIBLE-36").await;
+        ch.request_subsystem(false, "sftp").await.unwrap();
+        ch.data(&b"echo HIDDEN-$((6*7)); exit 0\n"[..])
+            .await
+            .unwrap();
+        seen.push_str(&read_until(&mut ch, "HIDDEN-42").await);
+        let _ = ch.eof().await;
+        seen
+    });
+    assert!(seen.contains("HIDDEN-42"), "the shell ran on: {seen}");
+
+    // All that the shell printed is in the recording, and nothing was
+    // read as sftp.
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !out.contains("HIDDEN-42") {
+        assert!(
+            Instant::now() < deadline,
+            "not recorded: {out}\n{}",
+            pam.gateway_log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let v = exported(&pam, &id);
+        assert!(
+            !events(&v).iter().any(|e| matches!(
+                &e.kind,
+                EventKind::Subsystem { .. } | EventKind::Sftp { .. }
+            )),
+            "{v}"
+        );
+        out = output_of(&v, "sh");
+    }
+    assert!(out.contains("VISIBLE-36"), "{out}");
+    let (code, text) = verify_until(&pam, &id, |code, _| code == 0);
+    assert_eq!(code, 0, "{text}");
+    let found = ok(pam.admin_cli(&["pam", "sessions", "list", "--grep", "HIDDEN-42"]));
+    assert!(found.contains(&id), "{found}");
+}
+
 #[test]
 fn a_gateway_with_recording_off_says_so_and_the_server_records_the_gap() {
     let mut pam = Pam::start();
