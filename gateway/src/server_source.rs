@@ -12,7 +12,9 @@
 //!
 //! While the server cannot be reached, sessions already open keep running
 //! to their end time (a failed poll never counts as a termination), and new
-//! ones are refused within [`CALL_TIMEOUT`].
+//! ones are refused within [`CALL_TIMEOUT`]. A server that refuses the
+//! gateway's token (401 or 403: the gateway was deleted or replaced) ends
+//! them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,6 +279,33 @@ impl ServerSource {
                         // must not make this a busy loop.
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
+                }
+                // The server refuses this gateway's token: the gateway was
+                // deleted, or enrolled again in its place. Nothing it opened
+                // may go on without the server following it (a terminate
+                // would never reach it), so its open sessions end now, as if
+                // terminated, and it keeps asking, in case of a server
+                // mistake. A server that cannot be reached is another thing:
+                // sessions keep running then.
+                Err(gatepass_api::Error::Api {
+                    status: status @ (401 | 403),
+                    errors,
+                }) => {
+                    if !failing {
+                        warn!(
+                            status,
+                            "the server refuses this gateway's token ({}): the gateway was deleted or enrolled again elsewhere; its open sessions are ended and new ones refused",
+                            errors.join("; ")
+                        );
+                    }
+                    failing = true;
+                    self.known.send_replace(Known {
+                        seq,
+                        open: HashSet::new(),
+                    });
+                    self.relay_requests.send_replace(Vec::new());
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.max_backoff);
                 }
                 Err(e) => {
                     if !failing {

@@ -114,7 +114,9 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             })
         }
         (["gateways", name], Delete) => {
-            gateways::delete(core, &gateways::gateway_name(name)?, now).await?;
+            let name = gateways::gateway_name(name)?;
+            gateways::delete(core, &name, now).await?;
+            sessions::gateway_deleted(core, &name, now).await?;
             Ok(Reply::NoContent)
         }
 

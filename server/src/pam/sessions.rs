@@ -1011,6 +1011,22 @@ pub async fn started(
     gateway_sessions(core, gw, now).await
 }
 
+/// A gateway was deleted: the sessions it had active end on record
+/// (`gateway_lost`). Its token is revoked, so it can neither report their
+/// ends nor follow a terminate; it ends them itself when its next poll is
+/// refused. Pending ones stay open for a gateway enrolled under the name.
+pub async fn gateway_deleted(core: &Core, name: &Name, now: i64) -> Result<()> {
+    let prefix = format!("pam/open/{name}/");
+    for id in core.storage.list(&prefix).await? {
+        if let Some(s) = get(core, &id).await? {
+            if matches!(s.stage, Stage::Active { .. }) {
+                finish_on_record(core, &s, EndReason::GatewayLost, now).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Who may relay a connection to a session: the token that asked for the
 /// session or any token of the same person ([`person_of`]), if its own
 /// policies let it ask for access to that account ([`may_ask_for`]), while

@@ -784,6 +784,82 @@ pub(crate) fn wait_exit(child: &mut Child, limit: Duration) -> std::process::Exi
     }
 }
 
+/// A gateway whose long-polls last 2 s instead of 30, so that the one in
+/// flight when something changes is soon over, with the `keys` target.
+fn pam_with_short_polls() -> (Pam, Sshd) {
+    let mut pam = Pam::start();
+    pam.stop_gateway();
+    let path = pam.admin.path().join("gateway.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    assert!(cfg.contains("wait_seconds = 30\n"), "{cfg}");
+    std::fs::write(
+        &path,
+        cfg.replacen("wait_seconds = 30\n", "wait_seconds = 2\n", 1),
+    )
+    .unwrap();
+    pam.start_gateway();
+    let target = key_account(&pam);
+    (pam, target)
+}
+
+#[test]
+fn a_gateway_whose_token_is_refused_ends_its_sessions() {
+    let (pam, _target) = pam_with_short_polls();
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+
+    // The gateway's token is revoked (as when the gateway is enrolled
+    // again elsewhere): the server can no longer tell it of a terminate,
+    // so it closes what it runs instead of running it to its end.
+    let token = std::fs::read_to_string(pam.admin.path().join("gateway.token")).unwrap();
+    // $ gatepass write auth/token/revoke token=…
+    ok(pam.admin_cli(&[
+        "write",
+        "auth/token/revoke",
+        &format!("token={}", token.trim()),
+    ]));
+    let status = wait_exit(&mut live, Duration::from_secs(15));
+    assert!(!status.success());
+    let log = pam.gateway_log();
+    assert!(
+        log.contains("the server refuses this gateway's token"),
+        "{log}"
+    );
+    // New sessions are refused.
+    let (code, out, err) = run(&mut pam.access("keys", "root", "5m", &["echo hello"]));
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!out.contains("hello"));
+    assert_eq!(
+        pam.session(&id)["state"],
+        "active",
+        "nothing told the server"
+    );
+}
+
+#[test]
+fn deleting_a_gateway_ends_the_sessions_it_was_running() {
+    let (pam, _target) = pam_with_short_polls();
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+
+    // $ gatepass delete pam/gateways/gw1
+    ok(pam.admin_cli(&["delete", "pam/gateways/gw1"]));
+    // The record says so at once, and the connection is closed.
+    let s = pam.session(&id);
+    assert_eq!(s["state"], "ended", "{s}");
+    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
+    let status = wait_exit(&mut live, Duration::from_secs(15));
+    assert!(!status.success());
+}
+
 #[test]
 fn refusals_are_clear_400_403_404_and_a_stopped_gateway_is_named() {
     let mut pam = Pam::start();
