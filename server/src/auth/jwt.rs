@@ -702,16 +702,29 @@ fn check_claims(claims: &Map<String, Value>, x: &Expect<'_>) -> Result<()> {
     let skew = r.clock_skew_leeway.max(0);
     let exp =
         num(claims, "exp")?.ok_or_else(|| Error::invalid("the token has no expiry (exp claim)"))?;
-    if x.now > exp + r.expiration_leeway.max(0) + skew {
+    // Saturating: `num` turns a claim such as 1e19 into i64::MAX (or
+    // i64::MIN), and the leeways are the administrator's; a sum that
+    // overflowed would panic, or wrap a far-future nbf into the past.
+    // Saturated, each comparison is the exact one: an exp past i64::MAX
+    // has not expired, an nbf or iat past it is not valid yet.
+    if x.now
+        > exp
+            .saturating_add(r.expiration_leeway.max(0))
+            .saturating_add(skew)
+    {
         return Err(Error::invalid("the token has expired (exp claim)"));
     }
     if let Some(nbf) = num(claims, "nbf")? {
-        if x.now < nbf - r.not_before_leeway.max(0) - skew {
+        if x.now
+            < nbf
+                .saturating_sub(r.not_before_leeway.max(0))
+                .saturating_sub(skew)
+        {
             return Err(Error::invalid("the token is not valid yet (nbf claim)"));
         }
     }
     if let Some(iat) = num(claims, "iat")? {
-        if x.now < iat - skew {
+        if x.now < iat.saturating_sub(skew) {
             return Err(Error::invalid(
                 "the token was issued in the future (iat claim)",
             ));
@@ -1619,6 +1632,41 @@ mod tests {
         assert!(checked(good(json!({"iss": "https://other"})), t).is_err());
         assert!(checked(good(json!({"aud": ["x", "gatepass"]})), t).is_ok());
         assert!(checked(good(json!({"aud": "other"})), t).is_err());
+    }
+
+    /// Times at and past the ends of i64 (floats saturate into it), with
+    /// leeways that would carry them over: refused or accepted as the
+    /// time says, never a panic or a wrap into acceptance.
+    #[test]
+    fn times_past_the_ends_of_i64() {
+        let t = 1_000_000;
+        let with = |times: Value| {
+            let mut c = json!({"iss": "https://idp", "aud": "gatepass", "exp": t + 300, "iat": t});
+            for (k, v) in times.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            c
+        };
+        let refused = |times: Value, why: &str| {
+            let e = checked(with(times.clone()), t).unwrap_err();
+            assert!(matches!(e, Error::InvalidRequest(_)), "{times}: {e:?}");
+            assert!(e.public_message().contains(why), "{times}: {e:?}");
+        };
+        // An exp that far out has not expired.
+        for exp in [json!(1e19), json!(i64::MAX), json!(u64::MAX)] {
+            assert!(checked(with(json!({"exp": exp})), t).is_ok(), "{exp}");
+        }
+        for exp in [json!(-1e19), json!(i64::MIN)] {
+            refused(json!({"exp": exp}), "expired");
+        }
+        // nbf or iat that far out: not valid yet, and far past is fine.
+        for far in [json!(1e19), json!(i64::MAX), json!(u64::MAX)] {
+            refused(json!({"nbf": far.clone()}), "not valid yet");
+            refused(json!({"iat": far}), "issued in the future");
+        }
+        for past in [json!(-1e19), json!(i64::MIN)] {
+            assert!(checked(with(json!({"nbf": past.clone(), "iat": past})), t).is_ok());
+        }
     }
 
     #[test]

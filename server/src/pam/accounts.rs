@@ -63,6 +63,13 @@ fn account_key(resource: &str, name: &str) -> String {
 /// Default longest session.
 const DEFAULT_MAX_DURATION: i64 = 3600;
 
+/// The longest `max_duration` an account may have: 768 h (32 days), the
+/// server's system max lease TTL, which already bounds every token and
+/// certificate it issues. A just-in-time session is meant to last hours;
+/// anything longer is a standing credential in disguise, and an unbounded
+/// one made `now + duration` overflow and the certificate valid for ever.
+pub const MAX_SESSION_DURATION: i64 = crate::tune::SYSTEM_MAX_TTL;
+
 /// Checks an unencrypted OpenSSH private key.
 fn check_private_key(text: &str) -> Result<()> {
     let key = ssh_key::PrivateKey::from_openssh(text.trim()).map_err(|_| {
@@ -183,7 +190,7 @@ pub async fn validate(
         }
     };
     let max_duration = match &spec.max_duration {
-        Some(t) => super::positive_duration("max_duration", t)?,
+        Some(t) => checked_max_duration(t)?,
         None => DEFAULT_MAX_DURATION,
     };
     Ok(Account {
@@ -195,6 +202,19 @@ pub async fn validate(
         allow_forwarding: spec.allow_forwarding.unwrap_or(false),
         record_input: spec.record_input.unwrap_or(true),
     })
+}
+
+/// A `max_duration` as written: positive and at most the bound.
+fn checked_max_duration(text: &str) -> Result<i64> {
+    let d = super::positive_duration("max_duration", text)?;
+    if d > MAX_SESSION_DURATION {
+        return Err(Error::invalid(format!(
+            "max_duration {} is longer than the longest session allowed, {}",
+            super::human(d),
+            super::human(MAX_SESSION_DURATION)
+        )));
+    }
+    Ok(d)
 }
 
 pub async fn write(core: &Core, a: &Account) -> Result<()> {
@@ -273,6 +293,22 @@ mod tests {
         let enc_text = enc.to_openssh(ssh_key::LineEnding::LF).unwrap();
         assert!(check_private_key(&enc_text).is_err());
         assert!(check_private_key("-----BEGIN RSA PRIVATE KEY-----\nxx\n").is_err());
+    }
+
+    #[test]
+    fn max_duration_is_bounded_at_write() {
+        assert_eq!(checked_max_duration("4h").unwrap(), 4 * 3600);
+        assert_eq!(checked_max_duration("768h").unwrap(), MAX_SESSION_DURATION);
+        for too_long in ["768h1s", "100000000h", "9223372036854775807"] {
+            let e = checked_max_duration(too_long).unwrap_err();
+            assert!(matches!(e, Error::InvalidRequest(_)), "{too_long}: {e}");
+            assert!(
+                e.to_string()
+                    .contains("longer than the longest session allowed, 768h"),
+                "{e}"
+            );
+        }
+        assert!(checked_max_duration("0").is_err());
     }
 
     #[test]

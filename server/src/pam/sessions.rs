@@ -196,18 +196,30 @@ fn no_session(id: &str) -> Error {
 
 /// The requested duration, checked against the account's longest.
 pub fn duration_for(account: &Account, requested: Option<&str>) -> Result<i64> {
+    // An account stored before max_duration was bounded may hold any
+    // positive number: its sessions get the bound, not an end time that
+    // overflows or a certificate valid for ever.
+    let max = account.max_duration.min(accounts::MAX_SESSION_DURATION);
     let d = match requested.filter(|t| !t.trim().is_empty()) {
         Some(t) => super::positive_duration("duration", t)?,
-        None => account.max_duration,
+        None => max,
     };
-    if d > account.max_duration {
+    if d > max {
         return Err(Error::invalid(format!(
             "duration {} is longer than the account's max_duration of {}",
             super::human(d),
-            super::human(account.max_duration)
+            super::human(max)
         )));
     }
     Ok(d)
+}
+
+/// When a session granted at `now` for `duration` ends; refused rather
+/// than wrapped, or past what RFC 3339 can show (an empty `expires_at`).
+fn end_of(now: i64, duration: i64) -> Result<i64> {
+    now.checked_add(duration)
+        .filter(|end| !crate::clock::rfc3339(*end).is_empty())
+        .ok_or_else(|| Error::invalid("the session would end past the year 9999"))
 }
 
 /// Grants a session: checks the request, puts the grant on record, stores
@@ -257,6 +269,7 @@ async fn grant(
     now: i64,
 ) -> Result<Access> {
     let duration = duration_for(a, req.duration.as_deref())?;
+    let expires_at = end_of(now, duration)?;
     let public_key = sign::parse_public_key(&req.public_key)?;
     let gw = gateways::find(core, &r.gateway).await?.ok_or_else(|| {
         Error::invalid(format!(
@@ -272,7 +285,7 @@ async fn grant(
         gateway: r.gateway.clone(),
         user: user.display_name.clone(),
         created_at: now,
-        expires_at: now + duration,
+        expires_at,
         stage: Stage::Pending,
         reusable: req.reusable,
         creator: Some(user.creator.clone()),
@@ -1233,5 +1246,44 @@ mod tests {
             "{e}"
         );
         assert!(duration_for(&a, Some("0")).is_err());
+    }
+
+    /// An account stored before max_duration was bounded: its sessions
+    /// are held to the bound, and no end time overflows or goes past what
+    /// RFC 3339 can show.
+    #[test]
+    fn an_unbounded_stored_account_gets_bounded_sessions() {
+        let now = 1_700_000_000;
+        for stored in [i64::MAX, 100_000_000 * 3600] {
+            let a = Account {
+                resource: Name::parse("r", "web").unwrap(),
+                name: Name::parse("a", "root").unwrap(),
+                username: "root".into(),
+                login: Login::Certificate {
+                    ca_mount: "ssh".into(),
+                    ca_role: "r".into(),
+                },
+                max_duration: stored,
+                allow_forwarding: false,
+                record_input: true,
+            };
+            let d = duration_for(&a, None).unwrap();
+            assert_eq!(d, accounts::MAX_SESSION_DURATION);
+            let end = end_of(now, d).unwrap();
+            assert_eq!(end, now + 768 * 3600);
+            assert!(!crate::clock::rfc3339(end).is_empty());
+            let e = duration_for(&a, Some("100000000h")).unwrap_err();
+            assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+            assert!(e.to_string().contains("max_duration of 768h"), "{e}");
+            assert!(duration_for(&a, Some("9223372036854775807")).is_err());
+        }
+        assert!(matches!(
+            end_of(i64::MAX - 10, 3600),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            end_of(253_402_300_000, 3600),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 }
