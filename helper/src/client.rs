@@ -169,7 +169,10 @@ pub struct Transport {
     pub trust: Trust,
     /// Checks the certificate for this name instead of the address's host.
     pub tls_server_name: Option<String>,
-    /// Sent as `X-Vault-Token`.
+    /// Sent as `X-Vault-Token`, which ureq's `log` records show at debug
+    /// with the rest of the request's head (it hides only Authorization
+    /// and Cookie): a binary that passes `log` records on must keep the
+    /// `ureq` target at info or less, as hostd's `logging` does.
     pub token: Option<Token>,
 }
 

@@ -16,16 +16,18 @@
 //! The caller sends the OTP only to a socket whose listener is root's
 //! (SO_PEERCRED), and hostd answers only root (the same check on its
 //! side). When hostd is not there (no socket, nobody listening, a listener
-//! that is not root, an answer saying it did not ask) the request never
-//! left: [`LoginVerifier`] asks the servers directly within the same
-//! budget. When hostd took the request and no answer came back, the OTP
-//! may have been used: the servers are still asked with what is left of
-//! the budget, and a refusal then says so, as after a server's lost answer.
+//! that does not accept or is not root, an answer saying it did not ask)
+//! the request never left: [`LoginVerifier`] asks the servers directly
+//! within the same budget. When hostd took the request and no answer came
+//! back, the OTP may have been used: the servers are still asked with what
+//! is left of the budget, and a refusal then says so, as after a server's
+//! lost answer.
 //!
 //! Protocol: one JSON line each way ([`Request`], [`Reply`]) on a new
 //! connection per attempt.
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -44,6 +46,13 @@ pub const MAX_LINE: u64 = 1024 * 1024;
 /// How much longer than the budget the caller waits for hostd's answer:
 /// hostd's own bound ends at the budget, its answer takes a moment more.
 const ANSWER_SLACK: Duration = Duration::from_millis(250);
+/// How long the caller keeps trying while hostd's listen queue is full.
+/// A full queue (thousands of connections) means hostd has not accepted
+/// for a while, hung or stopped: waiting longer would only take time from
+/// asking the servers directly.
+const CONNECT_PATIENCE: Duration = Duration::from_millis(100);
+/// The pause between those tries.
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
 
 /// What the login check asks hostd.
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,7 +97,7 @@ pub fn ask(
     meanwhile: &mut dyn FnMut(),
 ) -> Reach {
     let at = socket.display();
-    let stream = match UnixStream::connect(socket) {
+    let stream = match connect_by(socket, deadline) {
         Ok(s) => s,
         Err(e) => return Reach::NotAsked(format!("{at}: {e}")),
     };
@@ -117,40 +126,28 @@ pub fn ask(
     };
     drop(request);
     // A write that does not complete may still have handed hostd the OTP.
-    if let Err(e) = stream
-        .set_write_timeout(Some(budget))
-        .and_then(|()| send_all(&stream, &line))
-    {
+    if let Err(e) = send_all(&stream, &line, deadline) {
         return Reach::Lost(format!("{at}: sending: {e}"));
     }
     meanwhile();
-    let wait = budget + ANSWER_SLACK;
-    let mut answer = Vec::new();
-    let read = stream.set_read_timeout(Some(wait)).and_then(|()| {
-        BufReader::new(&stream)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut answer)
-    });
-    match read {
-        Ok(_) if answer.ends_with(b"\n") => {}
+    // The whole exchange ends by the deadline (and the slack), however
+    // hostd dribbles its answer: a timeout per read alone would restart
+    // with every byte.
+    let answer = match read_line_by(&stream, deadline + ANSWER_SLACK) {
+        Ok(a) if a.ends_with(b"\n") => a,
         Ok(_) => {
             return Reach::Lost(format!(
                 "{at}: hostd closed the connection without an answer"
             ))
         }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) =>
-        {
+        Err(e) if is_timeout(&e) => {
             return Reach::Lost(format!(
                 "{at}: no answer from hostd within {:.1}s",
-                wait.as_secs_f64()
+                (budget + ANSWER_SLACK).as_secs_f64()
             ))
         }
         Err(e) => return Reach::Lost(format!("{at}: reading the answer: {e}")),
-    }
+    };
     match serde_json::from_slice::<Reply>(&answer) {
         Ok(Reply::Verified(v)) => Reach::Answered(v),
         Ok(Reply::NotAsked(why)) => Reach::NotAsked(format!("{at}: {why}")),
@@ -158,13 +155,99 @@ pub fn ask(
     }
 }
 
-/// Writes all of `buf` with MSG_NOSIGNAL: inside sshd or pamtester a
-/// write to a socket hostd closed must not raise SIGPIPE, whose default
-/// action ends the process.
-fn send_all(stream: &UnixStream, mut buf: &[u8]) -> std::io::Result<()> {
+/// Connects to the unix socket at `path` without blocking: a blocking
+/// connect() to a listener whose queue is full (hostd hung or stopped, the
+/// queue filled by earlier logins) waits until hostd accepts, which may be
+/// never, and would hold sshd's process there until LoginGraceTime. A
+/// non-blocking one fails at once with EAGAIN instead; it is tried again
+/// for a moment ([`CONNECT_PATIENCE`], never past `deadline`), then given
+/// up. The stream comes back blocking, for reads and writes with timeouts.
+fn connect_by(path: &Path, deadline: Instant) -> std::io::Result<UnixStream> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let addr = UnixAddr::new(path)?;
+    let give_up = deadline.min(Instant::now() + CONNECT_PATIENCE);
+    loop {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        match connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            // The queue is full (or a signal came): a fresh socket next
+            // time, rather than relying on what a failed connect leaves.
+            Err(Errno::EAGAIN | Errno::EINTR) => {
+                if Instant::now() + CONNECT_RETRY >= give_up {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WouldBlock,
+                        "hostd is not accepting connections (its queue is full)",
+                    ));
+                }
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// What is left until `until`, or a timeout error when nothing is (std
+/// refuses a zero socket timeout, which to the kernel means none).
+fn left(until: Instant) -> std::io::Result<Duration> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(std::io::ErrorKind::TimedOut.into())
+    } else {
+        Ok(left)
+    }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Reads one line (up to [`MAX_LINE`] bytes; without its newline when the
+/// peer closed first) by `until`: each read waits only for what is left.
+fn read_line_by(stream: &UnixStream, until: Instant) -> std::io::Result<Vec<u8>> {
+    let mut line = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        stream.set_read_timeout(Some(left(until)?))?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let got = chunk.get(..n).unwrap_or_default();
+        if n == 0 {
+            return Ok(line);
+        }
+        if let Some(end) = got.iter().position(|&b| b == b'\n') {
+            line.extend_from_slice(got.get(..=end).unwrap_or_default());
+            return Ok(line);
+        }
+        line.extend_from_slice(got);
+        if line.len() as u64 >= MAX_LINE {
+            return Ok(line);
+        }
+    }
+}
+
+/// Writes all of `buf` by `until` with MSG_NOSIGNAL: inside sshd or
+/// pamtester a write to a socket hostd closed must not raise SIGPIPE,
+/// whose default action ends the process.
+fn send_all(stream: &UnixStream, mut buf: &[u8], until: Instant) -> std::io::Result<()> {
     use nix::sys::socket::{send, MsgFlags};
-    use std::os::fd::AsRawFd;
     while !buf.is_empty() {
+        stream.set_write_timeout(Some(left(until)?))?;
         match send(stream.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = buf.get(n..).unwrap_or_default(),
@@ -315,29 +398,14 @@ fn run_helper(
     serde_json::from_slice::<Verified>(&answer).map_err(|e| format!("unreadable answer: {e}"))
 }
 
-/// Sends `line` and reads one line back within `wait`.
+/// Sends `line` and reads one line back, all within `wait`.
 fn exchange(stream: &UnixStream, line: &[u8], wait: Duration) -> Result<Vec<u8>, String> {
-    stream
-        .set_write_timeout(Some(wait))
-        .and_then(|()| send_all(stream, line))
-        .map_err(|e| format!("sending: {e}"))?;
-    let mut answer = Vec::new();
-    let read = stream.set_read_timeout(Some(wait)).and_then(|()| {
-        BufReader::new(stream)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut answer)
-    });
-    match read {
-        Ok(_) if answer.ends_with(b"\n") => Ok(answer),
+    let until = Instant::now() + wait;
+    send_all(stream, line, until).map_err(|e| format!("sending: {e}"))?;
+    match read_line_by(stream, until) {
+        Ok(answer) if answer.ends_with(b"\n") => Ok(answer),
         Ok(_) => Err("closed without an answer".into()),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            ) =>
-        {
-            Err(format!("no answer within {:.1}s", wait.as_secs_f64()))
-        }
+        Err(e) if is_timeout(&e) => Err(format!("no answer within {:.1}s", wait.as_secs_f64())),
         Err(e) => Err(format!("reading the answer: {e}")),
     }
 }
@@ -572,6 +640,68 @@ mod tests {
         let got = v.verify_overlapped("otp-1", &mut || runs += 1);
         assert_eq!(runs, 1);
         assert!(matches!(got, Verified::Unreachable(_)), "{got:?}");
+    }
+
+    #[test]
+    fn a_hostd_that_stopped_accepting_does_not_hold_the_login() {
+        use nix::errno::Errno;
+        use nix::sys::socket::{
+            bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("hostd.sock");
+        let addr = UnixAddr::new(&sock).unwrap();
+        let new = |flags| socket(AddressFamily::Unix, SockType::Stream, flags, None).unwrap();
+        // A hostd that never accepts, with its queue filled as thousands
+        // of earlier logins would fill a real one's.
+        let listener = new(SockFlag::SOCK_CLOEXEC);
+        bind(listener.as_raw_fd(), &addr).unwrap();
+        listen(&listener, Backlog::new(1).unwrap()).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let fd = new(SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC);
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => queued.push(fd),
+                Err(Errno::EAGAIN) => break,
+                Err(e) => panic!("filling the queue: {e}"),
+            }
+            assert!(queued.len() < 64, "the listen queue never filled");
+        }
+
+        // On a thread: a connect that blocks must fail the test, not hang it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = format!("https://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let t = transport(&[&server]);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let deadline = started + Duration::from_millis(500);
+            let reach = ask(&sock, &t, "otp", deadline, &mut || {});
+            let asked = started.elapsed();
+            let v = LoginVerifier {
+                transport: t,
+                timeout: Duration::from_secs(1),
+                socket: Some(sock),
+                direct: InProcess,
+            };
+            let started = Instant::now();
+            let verified = v.verify("otp");
+            let _ = tx.send((reach, asked, verified, started.elapsed()));
+        });
+        let (reach, asked, verified, took) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("still connecting to a hostd that never accepts");
+        assert!(matches!(reach, Reach::NotAsked(_)), "{reach:?}");
+        assert!(asked < Duration::from_millis(500), "{asked:?}");
+        // Not there: the servers are asked directly, within the limit.
+        let Verified::Unreachable(f) = verified else {
+            panic!("{verified:?}")
+        };
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].server, server);
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        drop(queued);
     }
 
     #[test]

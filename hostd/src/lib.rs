@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod files;
 pub mod host;
 pub mod hostcerts;
+pub mod logging;
 pub mod login;
 pub mod remote;
 pub mod sshd;

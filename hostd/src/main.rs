@@ -194,21 +194,6 @@ enum Command {
     Docs { dir: PathBuf },
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEPASS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // journald stamps lines itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        b.without_time().with_ansi(false).init();
-    } else {
-        b.init();
-    }
-}
-
 fn print_changes(changes: &[Change], dry_run: bool) {
     for c in changes {
         if dry_run {
@@ -226,7 +211,7 @@ fn print_changes(changes: &[Change], dry_run: bool) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    gatepass_hostd::logging::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
