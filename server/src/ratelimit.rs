@@ -21,9 +21,37 @@ pub struct FailureLimiter {
 
 #[derive(Default)]
 struct Seen {
-    by_client: HashMap<IpAddr, (i64, u32)>,
+    /// Per client: when its window began, its failures in it, and its
+    /// attempts being tried now ([`FailureLimiter::attempt`]).
+    by_client: HashMap<IpAddr, Count>,
     /// When stale entries were last dropped.
     swept: i64,
+}
+
+#[derive(Clone, Copy)]
+struct Count {
+    start: i64,
+    failures: u32,
+    in_flight: u32,
+}
+
+impl Count {
+    fn new(now: i64) -> Count {
+        Count {
+            start: now,
+            failures: 0,
+            in_flight: 0,
+        }
+    }
+
+    /// Starts a new window once the last one is over.
+    fn at(&mut self, now: i64, window: i64) -> &mut Count {
+        if now - self.start >= window {
+            self.start = now;
+            self.failures = 0;
+        }
+        self
+    }
 }
 
 /// Addresses tracked at most; beyond this, stale entries are dropped (at
@@ -55,20 +83,62 @@ impl FailureLimiter {
         }
     }
 
-    /// 429 while the address has used up its failures in the current
-    /// window: for guesses (passwords) that must be refused before they
-    /// are tried, the right one too, or the limit would not slow them.
-    pub fn refused(&self, ip: Option<IpAddr>, now: i64) -> Result<()> {
-        let Some(ip) = ip else { return Ok(()) };
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        match seen.by_client.get(&client(ip)) {
-            Some((start, n)) if now - start < self.window && *n >= self.max_failures => {
-                Err(Error::RateLimited(
-                    "too many failed attempts from this address; try again later".into(),
-                ))
-            }
-            _ => Ok(()),
+    /// Reserves one attempt at a guess (a password) that must be refused
+    /// before it is tried, the right one too, or the limit would not slow
+    /// guessing: 429 while the address's failures in the current window
+    /// and its attempts being tried now reach the limit. The attempt counts
+    /// as being tried until [`Attempt::failed`] counts it as a failure or
+    /// it is dropped. Counting attempts in flight, not only failures
+    /// already seen, is what holds the limit against guesses sent all at
+    /// once: each would otherwise be let in before any had failed.
+    pub fn attempt(&self, ip: Option<IpAddr>, now: i64) -> Result<Attempt<'_>> {
+        let Some(ip) = ip else {
+            return Ok(Attempt {
+                limiter: self,
+                key: None,
+            });
+        };
+        let key = client(ip);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.make_room(&mut seen, &key, now) {
+            // A full table of recent clients: the attempt goes untracked,
+            // as a failure from a new address does (see `MAX_TRACKED`).
+            return Ok(Attempt {
+                limiter: self,
+                key: None,
+            });
         }
+        let window = self.window;
+        let c = seen
+            .by_client
+            .entry(key)
+            .or_insert_with(|| Count::new(now))
+            .at(now, window);
+        if c.failures.saturating_add(c.in_flight) >= self.max_failures {
+            return Err(Error::RateLimited(
+                "too many failed attempts from this address; try again later".into(),
+            ));
+        }
+        c.in_flight += 1;
+        Ok(Attempt {
+            limiter: self,
+            key: Some(key),
+        })
+    }
+
+    /// Whether the table has room for `key` (tracked already, or a place
+    /// freed by dropping stale entries).
+    fn make_room(&self, seen: &mut Seen, key: &IpAddr, now: i64) -> bool {
+        if seen.by_client.len() < MAX_TRACKED || seen.by_client.contains_key(key) {
+            return true;
+        }
+        if seen.swept != now {
+            let window = self.window;
+            seen.by_client
+                .retain(|_, c| c.in_flight > 0 || now - c.start < window);
+            seen.swept = now;
+        }
+        seen.by_client.len() < MAX_TRACKED
     }
 
     /// Counts one failure; 429 once the address has had more than its
@@ -78,29 +148,60 @@ impl FailureLimiter {
         let Some(ip) = ip else { return Ok(()) };
         let key = client(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.by_client.len() >= MAX_TRACKED && !seen.by_client.contains_key(&key) {
-            if seen.swept != now {
-                let window = self.window;
-                seen.by_client.retain(|_, (start, _)| now - *start < window);
-                seen.swept = now;
-            }
-            if seen.by_client.len() >= MAX_TRACKED {
-                return Err(Error::RateLimited(
-                    "too many failed attempts; try again later".into(),
-                ));
-            }
+        if !self.make_room(&mut seen, &key, now) {
+            return Err(Error::RateLimited(
+                "too many failed attempts; try again later".into(),
+            ));
         }
-        let e = seen.by_client.entry(key).or_insert((now, 0));
-        if now - e.0 >= self.window {
-            *e = (now, 0);
-        }
-        e.1 = e.1.saturating_add(1);
-        if e.1 > self.max_failures {
+        let window = self.window;
+        let c = seen
+            .by_client
+            .entry(key)
+            .or_insert_with(|| Count::new(now))
+            .at(now, window);
+        c.failures = c.failures.saturating_add(1);
+        if c.failures > self.max_failures {
             return Err(Error::RateLimited(
                 "too many failed attempts from this address; try again later".into(),
             ));
         }
         Ok(())
+    }
+}
+
+/// One guess being tried, reserved by [`FailureLimiter::attempt`].
+pub struct Attempt<'a> {
+    limiter: &'a FailureLimiter,
+    /// None when the attempt is not tracked (no address, or a full table).
+    key: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// Counts the attempt as a failure (it was wrong).
+    pub fn failed(mut self, now: i64) {
+        let Some(key) = self.key.take() else { return };
+        let mut seen = self.limiter.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.limiter.window;
+        if let Some(c) = seen.by_client.get_mut(&key) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            let c = c.at(now, window);
+            c.failures = c.failures.saturating_add(1);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    /// An attempt that was not wrong (right, or not tried at all) no
+    /// longer counts; an address with nothing else counted is forgotten.
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let mut seen = self.limiter.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = seen.by_client.get_mut(&key) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+            if c.in_flight == 0 && c.failures == 0 {
+                seen.by_client.remove(&key);
+            }
+        }
     }
 }
 
@@ -126,13 +227,39 @@ mod tests {
         let l = FailureLimiter::new(2, 60);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(l.refused(Some(a), 100).is_ok());
-        l.failure(Some(a), 100).unwrap();
-        assert!(l.refused(Some(a), 100).is_ok());
-        l.failure(Some(a), 101).unwrap();
-        assert!(l.refused(Some(a), 101).is_err());
-        assert!(l.refused(Some(b), 101).is_ok());
-        assert!(l.refused(Some(a), 160).is_ok(), "window over");
+        l.attempt(Some(a), 100).unwrap().failed(100);
+        // A right guess counts for nothing once it is done.
+        drop(l.attempt(Some(a), 100).unwrap());
+        l.attempt(Some(a), 101).unwrap().failed(101);
+        assert!(l.attempt(Some(a), 101).is_err());
+        assert!(l.attempt(Some(b), 101).is_ok());
+        assert!(l.attempt(Some(a), 160).is_ok(), "window over");
+    }
+
+    #[test]
+    fn guesses_sent_at_once_are_tried_no_more_than_the_limit() {
+        let l = FailureLimiter::new(3, 60);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| l.attempt(Some(a), 100).unwrap()).collect();
+        assert!(
+            l.attempt(Some(a), 100).is_err(),
+            "a fourth guess while three are being tried"
+        );
+        // Two were right: their places are free again; one was wrong.
+        let mut held = held.into_iter();
+        held.next().unwrap().failed(100);
+        drop(held);
+        let again: Vec<_> = (0..2).map(|_| l.attempt(Some(a), 100).unwrap()).collect();
+        assert!(l.attempt(Some(a), 100).is_err());
+        for t in again {
+            t.failed(100);
+        }
+        assert!(l.attempt(Some(a), 100).is_err(), "three failures");
+        assert!(l.attempt(Some(a), 160).is_ok(), "window over");
+        // An address whose attempts were all right is not kept.
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        drop(l.attempt(Some(b), 100).unwrap());
+        assert!(!l.seen.lock().unwrap().by_client.contains_key(&b));
     }
 
     #[test]

@@ -189,11 +189,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         // attempt is refused untried for a while (the UI's sign-in comes
         // through here too).
         (["auth", "userpass", "login", name], Write) => {
-            core.login_limiter.refused(req.client_ip, now)?;
+            let attempt = core.login_limiter.attempt(req.client_ip, now)?;
             match userpass::login(core, name, &req.fields, now).await {
                 Ok((text, e)) => auth(&token::auth(&text, &e, now)),
                 Err(e @ Error::InvalidRequest(_)) => {
-                    core.login_limiter.failure(req.client_ip, now)?;
+                    attempt.failed(now);
                     Err(e)
                 }
                 Err(e) => Err(e),

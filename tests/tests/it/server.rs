@@ -180,6 +180,59 @@ fn restart_keeps_tokens_policies_and_mounts() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
+#[test]
+fn password_guesses_sent_at_once_are_tried_no_more_than_the_limit() {
+    let s = DevServer::start();
+    let answers = rt().block_on(async {
+        let c = s.client();
+        c.write(
+            "auth/userpass/users/gus",
+            &obj(json!({"password": "gus-right-password"})),
+        )
+        .await
+        .unwrap();
+        // Forty wrong passwords at once from one address, and the right
+        // one just after: the limit (ten failures in five minutes) must
+        // hold against guesses that are all let in before any has failed,
+        // so the right one comes too late to be tried.
+        let anon = gatepass_api::Client::new(&s.settings(None)).unwrap();
+        // One HTTP/2 connection made first carries them all, so the wrong
+        // ones reach the server together, before the right one.
+        let _ = anon.read("sys/health").await;
+        let mut tries = Vec::new();
+        for i in 0..41 {
+            if i == 40 {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            let anon = anon.clone();
+            let password = match i {
+                40 => "gus-right-password".to_string(),
+                _ => format!("wrong-{i}"),
+            };
+            tries.push(tokio::spawn(async move {
+                let body = obj(json!({ "password": password }));
+                match anon.write("auth/userpass/login/gus", &body).await {
+                    Ok(_) => 200,
+                    Err(gatepass_api::Error::Api { status, .. }) => status,
+                    Err(e) => panic!("{e}"),
+                }
+            }));
+        }
+        let mut answers = Vec::new();
+        for t in tries {
+            answers.push(t.await.unwrap());
+        }
+        answers
+    });
+    let tried = answers.iter().filter(|&&a| a != 429).count();
+    assert!(tried <= 10, "{tried} guesses were tried: {answers:?}");
+    assert_eq!(answers.last(), Some(&429), "the right one: {answers:?}");
+    assert!(
+        answers.iter().all(|a| [200, 400, 429].contains(a)),
+        "{answers:?}"
+    );
+}
+
 /// Makes some traffic with secrets in it and returns them.
 fn traffic(s: &DevServer) -> Vec<String> {
     rt().block_on(async {
