@@ -39,9 +39,8 @@ pub struct LoginMount<'a> {
 }
 
 /// The entity of whoever logged in as `name` at `mount`: found by its
-/// alias, or created on the first login, named after the login name when
-/// no other entity has that name (else `entity_<id>`). The alias's
-/// metadata is brought up to date from this login.
+/// alias, or created on the first login (named by [`new_entity_name`]).
+/// The alias's metadata is brought up to date from this login.
 pub async fn entity_for_login(
     core: &Core,
     mount: LoginMount<'_>,
@@ -63,17 +62,7 @@ pub async fn entity_for_login(
             .ok_or_else(|| Error::internal("entity alias vanished"))?
     };
     if claimed {
-        let name_taken = !core
-            .storage
-            .put_if_absent(&entity_name_key(name), &id)
-            .await?;
-        let entity_name = if name_taken {
-            let n = format!("entity_{}", &id[..8]);
-            core.storage.put(&entity_name_key(&n), &id).await?;
-            n
-        } else {
-            name.to_string()
-        };
+        let entity_name = new_entity_name(core, &id).await?;
         let entity = Entity {
             id: id.clone(),
             name: entity_name,
@@ -126,6 +115,44 @@ pub async fn entity_for_login(
     })
 }
 
+/// A new entity's name: `entity_<the first 8 hex digits of its id>`, as
+/// Vault names the entities it makes (the whole id in the rare case that
+/// is taken). Never the login name: the users of every login mount choose
+/// theirs (a CI job's `actor`, a second provider's claim), so a name taken
+/// by whoever logged in first would make their certificates someone else's
+/// through `{{identity.entity.name}}`. An administrator names an entity by
+/// writing `name` to `identity/entity/id/<id>`.
+async fn new_entity_name(core: &Core, id: &str) -> Result<String> {
+    let short = format!("entity_{}", id.get(..8).unwrap_or(id));
+    if core
+        .storage
+        .put_if_absent(&entity_name_key(&short), &id)
+        .await?
+    {
+        return Ok(short);
+    }
+    let long = format!("entity_{id}");
+    if core
+        .storage
+        .put_if_absent(&entity_name_key(&long), &id)
+        .await?
+    {
+        return Ok(long);
+    }
+    Err(Error::internal("the new entity's name is taken"))
+}
+
+/// An entity name an administrator gives: text a person can read and a
+/// principal can hold.
+fn checked_entity_name(name: &str) -> Result<&str> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "entity name {name:?} must be 1 to 256 characters without control characters"
+        )));
+    }
+    Ok(name)
+}
+
 pub async fn entity(core: &Core, id: &str) -> Result<Option<Entity>> {
     core.storage.get(&entity_key(id)).await
 }
@@ -137,16 +164,37 @@ pub async fn entity_by_name(core: &Core, name: &str) -> Result<Option<Entity>> {
     }
 }
 
-/// `identity/entity/id/<id>` (write): the entity's `metadata` and
-/// `policies` (what the identity templates and an admin use).
+/// `identity/entity/id/<id>` (write): the entity's `name`, `metadata` and
+/// `policies` (what the identity templates and an admin use). A name is
+/// the entity's only once no other entity has it: claimed first, then the
+/// old one let go.
 pub async fn update_entity(core: &Core, id: &str, f: &Fields, now: i64) -> Result<Value> {
     let metadata = f.str_map("metadata")?;
     let policies = match f.str_list("policies")? {
         Some(p) => Some(crate::policies::normalize_login_names(p)?),
         None => None,
     };
-    core.storage
+    let name = match f.str("name")? {
+        Some(n) => Some(checked_entity_name(&n)?.to_string()),
+        None => None,
+    };
+    let Some(before) = entity(core, id).await? else {
+        return Err(Error::NotFound(format!("no entity {id:?}")));
+    };
+    let rename = name.filter(|n| *n != before.name);
+    if let Some(n) = &rename {
+        if !core.storage.put_if_absent(&entity_name_key(n), &id).await? {
+            return Err(Error::invalid(format!(
+                "entity name {n:?} is another entity's"
+            )));
+        }
+    }
+    let updated = core
+        .storage
         .update(&entity_key(id), |mut e: Entity| {
+            let old = rename
+                .as_ref()
+                .map(|n| std::mem::replace(&mut e.name, n.clone()));
             if let Some(m) = &metadata {
                 e.metadata = m.clone();
             }
@@ -154,10 +202,28 @@ pub async fn update_entity(core: &Core, id: &str, f: &Fields, now: i64) -> Resul
                 e.policies = p.clone();
             }
             e.last_update_time = now;
-            Ok((Change::Put(e.clone()), e))
+            Ok((Change::Put(e.clone()), (e, old)))
         })
-        .await?
-        .map(|e| json!({ "id": e.id, "name": e.name }))
+        .await;
+    let released = match &updated {
+        // The entity went meanwhile, or the write failed: the new name
+        // is let go again.
+        Ok(None) | Err(_) => rename.clone(),
+        Ok(Some((_, old))) => old.clone(),
+    };
+    if let Some(n) = released {
+        if core
+            .storage
+            .get::<String>(&entity_name_key(&n))
+            .await?
+            .as_deref()
+            == Some(id)
+        {
+            core.storage.delete(&entity_name_key(&n)).await?;
+        }
+    }
+    updated?
+        .map(|(e, _)| json!({ "id": e.id, "name": e.name }))
         .ok_or_else(|| Error::NotFound(format!("no entity with id {id:?}")))
 }
 

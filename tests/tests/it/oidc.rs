@@ -236,11 +236,35 @@ async fn browser_login_signs_certificates_for_the_persons_own_name_only() {
         .root("GET", &format!("identity/entity/id/{entity_id}"), None)
         .await;
     assert_eq!(st, StatusCode::OK, "{e}");
-    assert_eq!(e["data"]["name"], "alice");
     assert_eq!(e["data"]["aliases"][0]["mount_accessor"], accessor.as_str());
     assert_eq!(e["data"]["aliases"][0]["name"], "alice");
+    // Named as Vault names the entities it makes, not after her login
+    // name: any login mount's users choose theirs, and the first to log
+    // in as "alice" anywhere would otherwise be `{{identity.entity.name}}`
+    // "alice".
+    let made_name = format!("entity_{}", &entity_id[..8]);
+    assert_eq!(e["data"]["name"], made_name.as_str(), "{e}");
+    let (st, _) = s.root("GET", "identity/entity/name/alice", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, by_name) = s
+        .root("GET", &format!("identity/entity/name/{made_name}"), None)
+        .await;
+    assert_eq!(by_name["data"]["id"], entity_id.as_str());
+    // The administrator names her.
+    ok(
+        &s,
+        "POST",
+        &format!("identity/entity/id/{entity_id}"),
+        json!({"name": "alice"}),
+    )
+    .await;
     let (_, by_name) = s.root("GET", "identity/entity/name/alice", None).await;
     assert_eq!(by_name["data"]["id"], entity_id.as_str());
+    assert_eq!(by_name["data"]["name"], "alice");
+    let (st, _) = s
+        .root("GET", &format!("identity/entity/name/{made_name}"), None)
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "the old name is let go");
     let (_, looked) = s
         .call("GET", "auth/token/lookup-self", Some(&alice), None)
         .await;
@@ -287,6 +311,18 @@ async fn browser_login_signs_certificates_for_the_persons_own_name_only() {
     );
     assert_ne!(v["auth"]["entity_id"], entity_id.as_str());
     assert_eq!(sign(&s, &bob, "own", None).await.0, StatusCode::FORBIDDEN);
+    // Her name is hers: bob's entity cannot be given it.
+    let bob_entity = v["auth"]["entity_id"].as_str().unwrap();
+    let (st, e) = s
+        .root(
+            "POST",
+            &format!("identity/entity/id/{bob_entity}"),
+            Some(json!({"name": "alice"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+    let (_, by_name) = s.root("GET", "identity/entity/name/alice", None).await;
+    assert_eq!(by_name["data"]["id"], entity_id.as_str());
 
     // Alice again: the same entity.
     let back = browser(&s, &p, "alice").await;
