@@ -273,7 +273,7 @@ fn session_cookie(core: &Core, token: &str, ttl: i64) -> String {
         String::new()
     };
     format!(
-        "{}={}; Path=/ui; HttpOnly; Secure; SameSite=Strict{max_age}",
+        "{}={}; Path=/; HttpOnly; Secure; SameSite=Strict{max_age}",
         session::COOKIE,
         core.ui_key.seal(token)
     )
@@ -281,7 +281,7 @@ fn session_cookie(core: &Core, token: &str, ttl: i64) -> String {
 
 fn clear_cookie() -> String {
     format!(
-        "{}=; Path=/ui; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
+        "{}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0",
         session::COOKIE
     )
 }

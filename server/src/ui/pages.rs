@@ -351,7 +351,11 @@ async fn session_from_login(core: &Core, text: String, now: i64) -> crate::Resul
 /// nobody can sign another person's browser in with a code of their own.
 /// SameSite=Lax, not Strict: the redirect back is a navigation from the
 /// provider's site, on which a Strict cookie is not sent.
-const OIDC_COOKIE: &str = "oidc_flow";
+/// The sign-on in progress in this browser (mount and state), which the
+/// callback must find: `__Host-` so that no other site can plant its own
+/// and have this browser finish the planter's sign-on (see
+/// [`super::session::COOKIE`]).
+const OIDC_COOKIE: &str = "__Host-gatepass_oidc";
 
 /// The paths of the `oidc` login mounts.
 async fn oidc_mounts(core: &Core) -> crate::Result<Vec<String>> {
@@ -446,7 +450,7 @@ pub async fn oidc_start(
                 (
                     header::SET_COOKIE,
                     format!(
-                        "{OIDC_COOKIE}={mount}|{state}; Path=/ui/oidc; HttpOnly; Secure; SameSite=Lax; Max-Age=600"
+                        "{OIDC_COOKIE}={mount}|{state}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=600"
                     ),
                 ),
                 (header::LOCATION, url),
@@ -529,7 +533,7 @@ pub async fn oidc_callback(
             let h = resp.headers_mut();
             for c in [
                 super::session_cookie(&core, &text, ttl),
-                format!("{OIDC_COOKIE}=; Path=/ui/oidc; HttpOnly; Secure; SameSite=Lax; Max-Age=0"),
+                format!("{OIDC_COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=0"),
             ] {
                 if let Ok(v) = header::HeaderValue::from_str(&c) {
                     h.append(header::SET_COOKIE, v);

@@ -22,7 +22,11 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 /// The cookie's name.
-pub const COOKIE: &str = "gatepass_session";
+/// `__Host-`: browsers take a cookie so named only from this host itself,
+/// over HTTPS, for the path `/` and without a `Domain` (RFC 6265bis 4.1.3.2),
+/// so no other site, a sibling subdomain included, can plant one to sign a
+/// browser in as someone else.
+pub const COOKIE: &str = "__Host-gatepass_session";
 /// Associated data of a sealed cookie: a value sealed for another purpose
 /// under the same key does not open as a session.
 const AAD: &[u8] = b"gatepass web ui session v1";

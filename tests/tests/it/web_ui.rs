@@ -611,9 +611,13 @@ async fn every_page_has_the_csp_and_safe_cookie_and_shows_no_secret() {
     ] {
         let (s, headers) = ui.sign_in(&form).await;
         let set = headers.get(SET_COOKIE).unwrap().to_str().unwrap();
-        for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+        for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/;"] {
             assert!(set.contains(flag), "{who}'s cookie lacks {flag}: {set}");
         }
+        // Named so that a browser takes it only from this host, never
+        // planted by another site (a sibling subdomain's `Domain=`).
+        assert!(set.starts_with("__Host-gatepass_session="), "{set}");
+        assert!(!set.contains("Domain"), "{set}");
         // The cookie holds no token in clear.
         for secret in [ui.dev.token.as_str(), user_token.as_str()] {
             assert!(!set.contains(secret), "{who}'s cookie holds a token");
