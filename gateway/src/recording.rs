@@ -644,6 +644,32 @@ struct Tap {
     sftp: Option<Sftp>,
 }
 
+impl Tap {
+    /// Records what passed on a channel asked for sftp that does not
+    /// speak it as the text of a shell's channel, and its input only when
+    /// input is recorded.
+    fn as_text(
+        &mut self,
+        buf: &mut Vec<u8>,
+        last_binary: &mut Option<LastBinary>,
+        mask: Option<&Masking>,
+        (t, ch): (f64, u32),
+        record_input: bool,
+        not: &NotSftp,
+    ) {
+        if record_input && !not.input.is_empty() {
+            let sink = Sink { buf, last_binary };
+            self.input
+                .record(sink, mask, t, ch, Stream::Input, &not.input);
+        }
+        if !not.output.is_empty() {
+            let sink = Sink { buf, last_binary };
+            self.output
+                .record(sink, mask, t, ch, Stream::Output, &not.output);
+        }
+    }
+}
+
 /// One direction of a channel: what is carried between its packets.
 #[derive(Default)]
 struct Flow {
@@ -877,10 +903,14 @@ impl Worker {
             let mut events = Vec::new();
             let mut closed = false;
             match m.what {
-                What::Output(data) => {
-                    if let Some(sftp) = &mut tap.sftp {
-                        sftp.server_sent(&data);
-                    } else {
+                What::Output(data) => match tap.sftp.as_mut().map(|s| s.server_sent(&data)) {
+                    Some(Ok(())) => {}
+                    Some(Err(not)) => {
+                        tap.sftp = None;
+                        let (buf, last) = (&mut self.buf, &mut self.last_binary);
+                        tap.as_text(buf, last, mask, (t, m.ch), self.record_input, &not);
+                    }
+                    None => {
                         let sink = Sink {
                             buf: &mut self.buf,
                             last_binary: &mut self.last_binary,
@@ -888,18 +918,23 @@ impl Worker {
                         tap.output
                             .record(sink, mask, t, m.ch, Stream::Output, &data);
                     }
-                }
-                What::Input(data) => {
-                    if let Some(sftp) = &mut tap.sftp {
-                        events = sftp.client_sent(&data);
-                    } else if self.record_input {
+                },
+                What::Input(data) => match tap.sftp.as_mut().map(|s| s.client_sent(&data)) {
+                    Some(Ok(e)) => events = e,
+                    Some(Err(not)) => {
+                        tap.sftp = None;
+                        let (buf, last) = (&mut self.buf, &mut self.last_binary);
+                        tap.as_text(buf, last, mask, (t, m.ch), self.record_input, &not);
+                    }
+                    None if self.record_input => {
                         let sink = Sink {
                             buf: &mut self.buf,
                             last_binary: &mut self.last_binary,
                         };
                         tap.input.record(sink, mask, t, m.ch, Stream::Input, &data);
                     }
-                }
+                    None => {}
+                },
                 What::Exec(command) => {
                     let mut command = String::from_utf8_lossy(&command).into_owned();
                     if let Some(mask) = mask {
@@ -1181,12 +1216,36 @@ struct Sftp {
     handles: HashMap<Vec<u8>, (String, SftpOp, u64)>,
     /// READ requests waiting for their data: id → handle.
     reads: HashMap<u32, Vec<u8>>,
-    /// A packet was longer than any sane one: the stream is no longer read.
-    lost: bool,
+    /// Whether the client's INIT and the server's VERSION have passed.
+    init_seen: bool,
+    version_seen: bool,
+    /// Every byte of each way until both have: all that is recorded as
+    /// text should the channel turn out not to speak sftp.
+    raw_up: Vec<u8>,
+    raw_down: Vec<u8>,
+}
+
+/// What passed on a channel that was asked for sftp but does not speak it
+/// (a shell started in sftp-server's place, by the account's shell startup
+/// files, which sshd runs the subsystem through): from the first byte that
+/// is not sftp, or from the start before the protocol's opening exchange,
+/// each way. The channel is recorded as text from there on.
+#[derive(Debug, Default, PartialEq)]
+struct NotSftp {
+    input: Vec<u8>,
+    output: Vec<u8>,
 }
 
 /// Longest packet followed (OpenSSH's own limit is 256 KiB).
 const MAX_PACKET: usize = 1 << 20;
+/// Bytes kept of each way before the opening exchange has passed; a real
+/// INIT and VERSION are a few dozen bytes.
+const MAX_BEFORE_VERSION: usize = 64 * 1024;
+
+const FXP_INIT: u8 = 1;
+const FXP_VERSION: u8 = 2;
+const FXP_EXTENDED: u8 = 200;
+const FXP_EXTENDED_REPLY: u8 = 201;
 
 const FXP_OPEN: u8 = 3;
 const FXP_CLOSE: u8 = 4;
@@ -1227,39 +1286,100 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The whole packets at the front of `buf`, taken out of it.
-fn packets(buf: &mut Vec<u8>, lost: &mut bool) -> Vec<Vec<u8>> {
+/// The packet types each side sends (draft-ietf-secsh-filexfer-02, the
+/// version OpenSSH speaks, with its extensions): any other is not sftp.
+fn client_kind(kind: u8) -> bool {
+    matches!(kind, FXP_INIT | 3..=20 | FXP_EXTENDED)
+}
+
+fn server_kind(kind: u8) -> bool {
+    matches!(kind, FXP_VERSION | 101..=105 | FXP_EXTENDED_REPLY)
+}
+
+/// The whole packets at the front of `buf`, taken out of it, each with
+/// its type; `first` is the type the first packet of the stream must have
+/// (None once it passed). Err holds the bytes from the first one that is
+/// not an sftp packet of `kinds` (too long, empty, another type), with
+/// all that followed it.
+fn packets(
+    buf: &mut Vec<u8>,
+    kinds: fn(u8) -> bool,
+    first: &mut Option<u8>,
+) -> Result<Vec<(u8, Vec<u8>)>, Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 0;
-    while buf.len() - at >= 4 {
-        let len = u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-        if len > MAX_PACKET {
-            *lost = true;
+    while let Some(head) = buf.get(at..at + 5) {
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = head[4];
+        let expected = first.is_none_or(|f| f == kind);
+        if len == 0 || len > MAX_PACKET || !kinds(kind) || !expected {
+            let rest = buf.split_off(at);
             buf.clear();
-            return out;
+            return Err(rest);
         }
-        if buf.len() - at - 4 < len {
+        let Some(body) = buf.get(at + 5..at + 4 + len) else {
             break;
-        }
-        out.push(buf[at + 4..at + 4 + len].to_vec());
+        };
+        out.push((kind, body.to_vec()));
+        *first = None;
         at += 4 + len;
     }
     buf.drain(..at);
-    out
+    Ok(out)
 }
 
 impl Sftp {
-    fn client_sent(&mut self, data: &[u8]) -> Vec<EventKind> {
-        if self.lost {
-            return Vec::new();
+    /// Before the opening exchange has passed, what of a way is kept raw,
+    /// or Err once more came than a real one holds.
+    fn keep_raw(raw: &mut Vec<u8>, data: &[u8], done: bool) -> bool {
+        if done {
+            raw.clear();
+            return true;
+        }
+        raw.extend_from_slice(data);
+        raw.len() <= MAX_BEFORE_VERSION
+    }
+
+    /// The channel is not sftp: what to record as text of each way, given
+    /// the bytes of the way that broke from where it broke.
+    fn not_sftp(&mut self, upward: bool, broke: Vec<u8>) -> NotSftp {
+        let before = !(self.init_seen && self.version_seen);
+        let (mut up, mut down) = (std::mem::take(&mut self.up), std::mem::take(&mut self.down));
+        if upward {
+            up = broke;
+        } else {
+            down = broke;
+        }
+        if before {
+            // Nothing of either way was sftp: all of it, from the start.
+            up = std::mem::take(&mut self.raw_up);
+            down = std::mem::take(&mut self.raw_down);
+        }
+        NotSftp {
+            input: up,
+            output: down,
+        }
+    }
+
+    fn client_sent(&mut self, data: &[u8]) -> Result<Vec<EventKind>, NotSftp> {
+        let done = self.init_seen && self.version_seen;
+        if !Self::keep_raw(&mut self.raw_up, data, done) {
+            return Err(self.not_sftp(true, Vec::new()));
         }
         self.up.extend_from_slice(data);
+        let mut first = (!self.init_seen).then_some(FXP_INIT);
+        let taken = packets(&mut self.up, client_kind, &mut first);
+        self.init_seen = first.is_none();
+        let taken = match taken {
+            Ok(t) => t,
+            Err(broke) => return Err(self.not_sftp(true, broke)),
+        };
         let mut events = Vec::new();
-        for p in packets(&mut self.up, &mut self.lost) {
-            let Some((&kind, body)) = p.split_first() else {
+        for (kind, body) in taken {
+            if kind == FXP_INIT {
                 continue;
-            };
-            let mut f = Fields(body);
+            }
+            let mut f = Fields(&body);
             let Some(id) = f.u32() else { continue };
             match kind {
                 FXP_OPEN => {
@@ -1325,19 +1445,27 @@ impl Sftp {
                 _ => {}
             }
         }
-        events
+        Ok(events)
     }
 
-    fn server_sent(&mut self, data: &[u8]) {
-        if self.lost {
-            return;
+    fn server_sent(&mut self, data: &[u8]) -> Result<(), NotSftp> {
+        let done = self.init_seen && self.version_seen;
+        if !Self::keep_raw(&mut self.raw_down, data, done) {
+            return Err(self.not_sftp(false, Vec::new()));
         }
         self.down.extend_from_slice(data);
-        for p in packets(&mut self.down, &mut self.lost) {
-            let Some((&kind, body)) = p.split_first() else {
+        let mut first = (!self.version_seen).then_some(FXP_VERSION);
+        let taken = packets(&mut self.down, server_kind, &mut first);
+        self.version_seen = first.is_none();
+        let taken = match taken {
+            Ok(t) => t,
+            Err(broke) => return Err(self.not_sftp(false, broke)),
+        };
+        for (kind, body) in taken {
+            if kind == FXP_VERSION {
                 continue;
-            };
-            let mut f = Fields(body);
+            }
+            let mut f = Fields(&body);
             let Some(id) = f.u32() else { continue };
             match kind {
                 FXP_HANDLE => {
@@ -1359,6 +1487,7 @@ impl Sftp {
                 _ => {}
             }
         }
+        Ok(())
     }
 
     /// The files still open when the channel closed.
@@ -1733,9 +1862,19 @@ mod tests {
         assert!(counted > 4000, "{counted}");
     }
 
+    /// An sftp channel past its opening exchange (INIT, VERSION).
+    fn opened() -> Sftp {
+        let mut sftp = Sftp::default();
+        let init = packet(FXP_INIT, &[&3u32.to_be_bytes()]);
+        assert_eq!(sftp.client_sent(&init), Ok(vec![]));
+        let version = packet(FXP_VERSION, &[&3u32.to_be_bytes()]);
+        assert_eq!(sftp.server_sent(&version), Ok(()));
+        sftp
+    }
+
     #[test]
     fn an_upload_split_across_messages_is_named_with_its_size() {
-        let mut sftp = Sftp::default();
+        let mut sftp = opened();
         let id = 7u32.to_be_bytes();
         let mut up = packet(
             FXP_OPEN,
@@ -1757,13 +1896,18 @@ mod tests {
         );
         // Each byte its own message: nothing is lost at any split.
         for b in up.drain(..) {
-            assert!(sftp.client_sent(&[b]).is_empty());
+            assert_eq!(sftp.client_sent(&[b]), Ok(vec![]));
         }
-        sftp.server_sent(&packet(FXP_HANDLE, &[&id, &s(b"H1")]));
+        assert_eq!(
+            sftp.server_sent(&packet(FXP_HANDLE, &[&id, &s(b"H1")])),
+            Ok(())
+        );
         for part in write.chunks(333) {
-            assert!(sftp.client_sent(part).is_empty());
+            assert_eq!(sftp.client_sent(part), Ok(vec![]));
         }
-        let closed = sftp.client_sent(&packet(FXP_CLOSE, &[&9u32.to_be_bytes(), &s(b"H1")]));
+        let closed = sftp
+            .client_sent(&packet(FXP_CLOSE, &[&9u32.to_be_bytes(), &s(b"H1")]))
+            .unwrap();
         assert_eq!(
             closed,
             vec![EventKind::Sftp {
@@ -1773,13 +1917,73 @@ mod tests {
                 bytes: Some(1000)
             }]
         );
-        let renamed = sftp.client_sent(&packet(
-            FXP_RENAME,
-            &[&10u32.to_be_bytes(), &s(b"/a"), &s(b"/b")],
-        ));
+        let renamed = sftp
+            .client_sent(&packet(
+                FXP_RENAME,
+                &[&10u32.to_be_bytes(), &s(b"/a"), &s(b"/b")],
+            ))
+            .unwrap();
         assert!(
             matches!(&renamed[..], [EventKind::Sftp { op: SftpOp::Rename, to: Some(t), .. }] if t == "/b")
         );
+    }
+
+    #[test]
+    fn a_channel_asked_for_sftp_that_does_not_speak_it_is_text() {
+        // A shell run in sftp-server's place (by the account's shell
+        // startup files): what is typed is no sftp packet, and all of
+        // both ways from the start is the text to record.
+        let mut sftp = Sftp::default();
+        assert_eq!(sftp.server_sent(b"$ "), Ok(()), "too short to tell");
+        let not = sftp.client_sent(b"echo HIDDEN-42\n").unwrap_err();
+        assert_eq!(not.input, b"echo HIDDEN-42\n");
+        assert_eq!(not.output, b"$ ");
+
+        // The opening exchange faked, then packets of a type sftp has not:
+        // text from that packet on.
+        let mut sftp = opened();
+        let covert = packet(99, &[b"\nid\n"]);
+        let not = sftp.client_sent(&covert).unwrap_err();
+        assert_eq!(not.input, covert);
+        // The server's first packet must be VERSION.
+        let mut sftp = Sftp::default();
+        assert!(sftp
+            .client_sent(&packet(FXP_INIT, &[&3u32.to_be_bytes()]))
+            .is_ok());
+        let reply = packet(FXP_DATA, &[&1u32.to_be_bytes(), &s(b"uid=0(root)")]);
+        let not = sftp.server_sent(&reply).unwrap_err();
+        assert_eq!(not.output, reply);
+        // More before the exchange than a real one holds.
+        let mut sftp = Sftp::default();
+        let not = sftp
+            .server_sent(&vec![0u8; MAX_BEFORE_VERSION + 1])
+            .unwrap_err();
+        assert_eq!(not.output.len(), MAX_BEFORE_VERSION + 1);
+    }
+
+    #[tokio::test]
+    async fn a_shell_on_a_channel_asked_for_sftp_is_recorded_as_text() {
+        let (verdict, events) = record(true, 64 * 1024, async |tap: &ChannelTap| {
+            tap.subsystem("sftp");
+            tap.output(&b("$ ")).await;
+            tap.input(&b("echo HIDDEN-$((6*7))\n")).await;
+            tap.output(&b("HIDDEN-42\n$ ")).await;
+            tap.exit(0);
+        })
+        .await;
+        assert_eq!(verdict, recording::Verdict::Whole { chunks: 1 });
+        let text = |stream: &str| -> String {
+            events
+                .iter()
+                .filter_map(|e| match (&e.kind, stream) {
+                    (EventKind::Input { data }, "input") => Some(data.as_str()),
+                    (EventKind::Output { data }, "output") => Some(data.as_str()),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(text("input"), "echo HIDDEN-$((6*7))\n");
+        assert_eq!(text("output"), "$ HIDDEN-42\n$ ");
     }
 
     fn rules(patterns: &[&str]) -> Masking {

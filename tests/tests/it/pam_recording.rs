@@ -433,21 +433,33 @@ fn recordings_outlive_a_server_outage_and_a_killed_gateway() {
     let first = id;
     let mut live = pam
         .access("keys", "root", "5m", &["printf 'KILLED-%s\\n' 7; sleep 60"])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let id = wait_for_another_active(&pam, &first);
     pam.server.stop();
+    // The person has seen the line, so the gateway has it: it is in a
+    // chunk sealed within the chunk interval (2 s), which the spool keeps
+    // while the server is away.
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(live.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "KILLED-7\n");
+    let seen = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(&spool)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .count()
-        })
-        .unwrap_or(0)
-        == 0
+    while seen.elapsed() < Duration::from_secs(3)
+        || std::fs::read_dir(&spool)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+            == 0
     {
         assert!(
             Instant::now() < deadline,
