@@ -1,7 +1,14 @@
-//! Counts failed attempts per client address (OTP verification), so that
-//! guessing from one address is slowed down. Only failures are answered
-//! with 429: a right answer always goes through, so one client cannot lock
-//! out others sharing its address (hosts behind one NAT).
+//! Counts failed attempts per client address, so that guessing from one
+//! address is slowed down. Two uses:
+//! - OTP verification ([`FailureLimiter::failure`]): only failures are
+//!   answered with 429, a right answer always goes through, so one client
+//!   cannot lock out others sharing its address (hosts behind one NAT);
+//!   an OTP's 74 random bits make guessing it hopeless anyway.
+//! - Passwords ([`FailureLimiter::attempt`]): guesses a person chose, so
+//!   past the limit every attempt is refused untried, the right one too,
+//!   and attempts being checked count as well. The price: more logins at
+//!   once from one address than the limit, right ones included, get 429
+//!   past it until the earlier ones are done.
 //!
 //! In memory: each server counts what it sees. Spreading guesses over N
 //! servers gives N times the budget, which the 74 random bits of an OTP
@@ -56,7 +63,8 @@ impl Count {
 
 /// Addresses tracked at most; beyond this, stale entries are dropped (at
 /// most once a second: each time looks at all of them), and while none is
-/// stale a failure from a new address is refused without being tracked.
+/// stale a failure or password attempt from a new address is refused
+/// without being tracked.
 /// Rotating source addresses then costs the rotator, not the server's
 /// memory.
 const MAX_TRACKED: usize = 100_000;
@@ -96,17 +104,18 @@ impl FailureLimiter {
             return Ok(Attempt {
                 limiter: self,
                 key: None,
+                now,
             });
         };
         let key = client(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if !self.make_room(&mut seen, &key, now) {
-            // A full table of recent clients: the attempt goes untracked,
-            // as a failure from a new address does (see `MAX_TRACKED`).
-            return Ok(Attempt {
-                limiter: self,
-                key: None,
-            });
+            // A full table of recent clients: refused, as a failure from a
+            // new address is (see `MAX_TRACKED`); an untracked guess would
+            // be an unlimited one.
+            return Err(Error::RateLimited(
+                "too many failed attempts; try again later".into(),
+            ));
         }
         let window = self.window;
         let c = seen
@@ -123,6 +132,7 @@ impl FailureLimiter {
         Ok(Attempt {
             limiter: self,
             key: Some(key),
+            now,
         })
     }
 
@@ -169,39 +179,52 @@ impl FailureLimiter {
     }
 }
 
-/// One guess being tried, reserved by [`FailureLimiter::attempt`].
+/// One guess being tried, reserved by [`FailureLimiter::attempt`]: ended
+/// by [`Attempt::failed`] or [`Attempt::done`]. Dropped without either (the
+/// client went away while it was being checked, and the request with it),
+/// it counts as a failure: the check may have run all the same, and
+/// guesses whose answers are never read must not be free.
 pub struct Attempt<'a> {
     limiter: &'a FailureLimiter,
-    /// None when the attempt is not tracked (no address, or a full table).
+    /// None when the attempt is not tracked (no address).
     key: Option<IpAddr>,
+    now: i64,
 }
 
 impl Attempt<'_> {
     /// Counts the attempt as a failure (it was wrong).
     pub fn failed(mut self, now: i64) {
+        self.now = now;
+        self.end(true);
+    }
+
+    /// Ends the attempt without counting it: it was right, or it was not
+    /// checked (the storage failed).
+    pub fn done(mut self) {
+        self.end(false);
+    }
+
+    fn end(&mut self, failed: bool) {
         let Some(key) = self.key.take() else { return };
         let mut seen = self.limiter.seen.lock().unwrap_or_else(|e| e.into_inner());
         let window = self.limiter.window;
-        if let Some(c) = seen.by_client.get_mut(&key) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            let c = c.at(now, window);
+        let Some(c) = seen.by_client.get_mut(&key) else {
+            return;
+        };
+        c.in_flight = c.in_flight.saturating_sub(1);
+        if failed {
+            let c = c.at(self.now, window);
             c.failures = c.failures.saturating_add(1);
+        } else if c.in_flight == 0 && c.failures == 0 {
+            // An address with nothing else counted is forgotten.
+            seen.by_client.remove(&key);
         }
     }
 }
 
 impl Drop for Attempt<'_> {
-    /// An attempt that was not wrong (right, or not tried at all) no
-    /// longer counts; an address with nothing else counted is forgotten.
     fn drop(&mut self) {
-        let Some(key) = self.key.take() else { return };
-        let mut seen = self.limiter.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = seen.by_client.get_mut(&key) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            if c.in_flight == 0 && c.failures == 0 {
-                seen.by_client.remove(&key);
-            }
-        }
+        self.end(true);
     }
 }
 
@@ -229,7 +252,7 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         l.attempt(Some(a), 100).unwrap().failed(100);
         // A right guess counts for nothing once it is done.
-        drop(l.attempt(Some(a), 100).unwrap());
+        l.attempt(Some(a), 100).unwrap().done();
         l.attempt(Some(a), 101).unwrap().failed(101);
         assert!(l.attempt(Some(a), 101).is_err());
         assert!(l.attempt(Some(b), 101).is_ok());
@@ -248,7 +271,9 @@ mod tests {
         // Two were right: their places are free again; one was wrong.
         let mut held = held.into_iter();
         held.next().unwrap().failed(100);
-        drop(held);
+        for t in held {
+            t.done();
+        }
         let again: Vec<_> = (0..2).map(|_| l.attempt(Some(a), 100).unwrap()).collect();
         assert!(l.attempt(Some(a), 100).is_err());
         for t in again {
@@ -258,8 +283,20 @@ mod tests {
         assert!(l.attempt(Some(a), 160).is_ok(), "window over");
         // An address whose attempts were all right is not kept.
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        drop(l.attempt(Some(b), 100).unwrap());
+        l.attempt(Some(b), 100).unwrap().done();
         assert!(!l.seen.lock().unwrap().by_client.contains_key(&b));
+    }
+
+    #[test]
+    fn a_guess_whose_client_went_away_counts_as_a_failure() {
+        let l = FailureLimiter::new(3, 60);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..3 {
+            // The request is dropped mid-check: neither failed nor done.
+            drop(l.attempt(Some(a), 100).unwrap());
+        }
+        assert!(l.attempt(Some(a), 100).is_err(), "three guesses went");
+        assert!(l.attempt(Some(a), 160).is_ok(), "window over");
     }
 
     #[test]

@@ -191,12 +191,18 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["auth", "userpass", "login", name], Write) => {
             let attempt = core.login_limiter.attempt(req.client_ip, now)?;
             match userpass::login(core, name, &req.fields, now).await {
-                Ok((text, e)) => auth(&token::auth(&text, &e, now)),
+                Ok((text, e)) => {
+                    attempt.done();
+                    auth(&token::auth(&text, &e, now))
+                }
                 Err(e @ Error::InvalidRequest(_)) => {
                     attempt.failed(now);
                     Err(e)
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    attempt.done();
+                    Err(e)
+                }
             }
         }
         (["auth", "userpass", "users"], List) => Ok(Reply::List(userpass::list_users(core).await?)),
