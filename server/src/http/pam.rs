@@ -102,7 +102,18 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         }
         (["gateways", "enroll"], Write) => {
             let r: GatewayEnroll = f.parse()?;
-            data(&gateways::enroll(core, r, now).await?)
+            let replaced = r
+                .replace
+                .then(|| gateways::gateway_name(&r.name))
+                .transpose()?;
+            let enrolled = gateways::enroll(core, r, now).await?;
+            // The gateway it replaced (if any) lost its token: what it ran
+            // ends on record as when it is deleted. The new one has opened
+            // nothing yet.
+            if let Some(name) = replaced {
+                sessions::gateway_deleted(core, &name, now).await?;
+            }
+            data(&enrolled)
         }
         (["gateways", "join-tokens" | "enroll"], _) => Err(Error::UnsupportedOperation),
         (["gateways"], List) => list(gateways::list(core).await?),

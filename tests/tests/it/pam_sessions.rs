@@ -861,6 +861,45 @@ fn deleting_a_gateway_ends_the_sessions_it_was_running() {
 }
 
 #[test]
+fn enrolling_a_gateway_in_anothers_place_ends_the_sessions_the_other_ran() {
+    let (pam, _target) = pam_with_short_polls();
+    let mut live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = wait_for_active(&pam);
+
+    // $ gatepass-gateway setup --name gw1 --replace … (on another machine)
+    let join = ok(pam.admin_cli(&[
+        "write",
+        "--field",
+        "join_token",
+        "pam/gateways/join-tokens",
+        "ttl=10m",
+    ]));
+    let other = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(Command::new(bin("gatepass-gateway"))
+        .args(["setup", "--server", &pam.server.addr, "--join-token"])
+        .arg(join.trim())
+        .arg("--ca-cert")
+        .arg(&pam.server.cacert)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--name", "gw1", "--replace", "--config"])
+        .arg(other.path().join("gateway.toml"))
+        .arg("--token-file")
+        .arg(other.path().join("gateway.token"))
+        .arg("--host-key")
+        .arg(other.path().join("gateway_host_key")));
+    assert_eq!(code, 0, "{out}{err}");
+    let s = pam.session(&id);
+    assert_eq!(s["state"], "ended", "{s}");
+    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
+    let status = wait_exit(&mut live, Duration::from_secs(15));
+    assert!(!status.success());
+}
+
+#[test]
 fn refusals_are_clear_400_403_404_and_a_stopped_gateway_is_named() {
     let mut pam = Pam::start();
     let t = targets(&pam);
