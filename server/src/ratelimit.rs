@@ -109,20 +109,9 @@ impl FailureLimiter {
         };
         let key = client(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.make_room(&mut seen, &key, now) {
-            // A full table of recent clients: refused, as a failure from a
-            // new address is (see `MAX_TRACKED`); an untracked guess would
-            // be an unlimited one.
-            return Err(Error::RateLimited(
-                "too many failed attempts; try again later".into(),
-            ));
-        }
-        let window = self.window;
-        let c = seen
-            .by_client
-            .entry(key)
-            .or_insert_with(|| Count::new(now))
-            .at(now, window);
+        // A full table of recent clients refuses, as for a failure: an
+        // untracked guess would be an unlimited one.
+        let c = self.count(&mut seen, key, now)?;
         if c.failures.saturating_add(c.in_flight) >= self.max_failures {
             return Err(Error::RateLimited(
                 "too many failed attempts from this address; try again later".into(),
@@ -134,6 +123,22 @@ impl FailureLimiter {
             key: Some(key),
             now,
         })
+    }
+
+    /// The count of `key` in its current window; 429 when the table is
+    /// full of recent clients and `key` is not one (see `MAX_TRACKED`).
+    fn count<'s>(&self, seen: &'s mut Seen, key: IpAddr, now: i64) -> Result<&'s mut Count> {
+        if !self.make_room(seen, &key, now) {
+            return Err(Error::RateLimited(
+                "too many failed attempts; try again later".into(),
+            ));
+        }
+        let window = self.window;
+        Ok(seen
+            .by_client
+            .entry(key)
+            .or_insert_with(|| Count::new(now))
+            .at(now, window))
     }
 
     /// Whether the table has room for `key` (tracked already, or a place
@@ -156,19 +161,8 @@ impl FailureLimiter {
     /// instead of its own error).
     pub fn failure(&self, ip: Option<IpAddr>, now: i64) -> Result<()> {
         let Some(ip) = ip else { return Ok(()) };
-        let key = client(ip);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.make_room(&mut seen, &key, now) {
-            return Err(Error::RateLimited(
-                "too many failed attempts; try again later".into(),
-            ));
-        }
-        let window = self.window;
-        let c = seen
-            .by_client
-            .entry(key)
-            .or_insert_with(|| Count::new(now))
-            .at(now, window);
+        let c = self.count(&mut seen, client(ip), now)?;
         c.failures = c.failures.saturating_add(1);
         if c.failures > self.max_failures {
             return Err(Error::RateLimited(

@@ -62,6 +62,29 @@ fn wait_for_another_active(pam: &Pam, other: &str) -> String {
     }
 }
 
+/// `gatepass pam ssh config` for root on the `keys` target, 10 minutes:
+/// the ssh_config block and its session's ID.
+fn config_block(pam: &Pam) -> (String, String) {
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+    (block, id)
+}
+
 /// The session's recordings as `export --format json` writes them.
 fn exported(pam: &Pam, id: &str) -> Value {
     let out = ok(pam.admin_cli(&["pam", "sessions", "export", id, "--format", "json"]));
@@ -112,17 +135,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     let _target = key_account(&pam);
     // $ gatepass pam ssh config … >> ~/.ssh/config: one session, several
     // connections (a shell, a command, an upload), each recorded.
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
+    let (block, id) = config_block(&pam);
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
     let ssh = |args: &[&str]| {
@@ -154,12 +167,6 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     std::io::Read::read_to_string(&mut shell.stdout.take().unwrap(), &mut seen).unwrap();
     assert!(status.success(), "{seen}\n{}", pam.gateway_log());
     assert!(seen.contains("MARK-4242"), "{seen}");
-    let id = block
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(':'))
-        .find(|w| uuid::Uuid::parse_str(w).is_ok())
-        .unwrap()
-        .to_string();
 
     // A command, whose output is 3000 pairs of a 2- and a 4-byte character:
     // printf writes 4096 bytes at a time, so characters straddle the
@@ -509,25 +516,9 @@ fn masked_output_reaches_the_user_but_never_the_recording() {
     std::fs::write(&path, cfg).unwrap();
     pam.start_gateway();
     let _target = key_account(&pam);
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
+    let (block, id) = config_block(&pam);
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
-    let id = block
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(':'))
-        .find(|w| uuid::Uuid::parse_str(w).is_ok())
-        .unwrap()
-        .to_string();
 
     // A command prints a token (made by the shell, so that the command
     // line does not hold it) between two markers.
@@ -601,23 +592,7 @@ async fn read_until(ch: &mut russh::Channel<russh::client::Msg>, want: &str) -> 
 fn a_start_request_the_target_refuses_does_not_change_how_the_channel_is_recorded() {
     let pam = Pam::start();
     let _target = key_account(&pam);
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
-    let id = block
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(':'))
-        .find(|w| uuid::Uuid::parse_str(w).is_ok())
-        .unwrap()
-        .to_string();
+    let (block, id) = config_block(&pam);
     // A client (not OpenSSH's, which never does this) starts a shell, then
     // asks for the sftp subsystem on the same channel, which the target
     // refuses (the channel runs a shell), and goes on typing.
@@ -826,25 +801,9 @@ fn a_full_spool_disk_ends_recorded_sessions_and_refuses_new_ones_until_there_is_
 fn watch_follows_a_live_session_and_stops_when_it_ends() {
     let pam = Pam::start();
     let _target = key_account(&pam);
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
+    let (block, id) = config_block(&pam);
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
-    let id = block
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(':'))
-        .find(|w| uuid::Uuid::parse_str(w).is_ok())
-        .unwrap()
-        .to_string();
 
     // $ gatepass pam sessions watch ID, from before the session connects.
     let mut watch = pam

@@ -660,12 +660,7 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     assert!(took >= Duration::from_secs(9), "closed after {took:?}");
 
     // An administrator's terminate closes a live session within 2 s.
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
     let asked = Instant::now();
     // $ gatepass pam sessions terminate ID
     ok(pam.admin_cli(&["pam", "sessions", "terminate", &id]));
@@ -720,6 +715,17 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
 }
 
 /// The one session the person holds that a gateway connection made active.
+/// `gatepass pam ssh access … -- sleep 60` on the `keys` target, running,
+/// and its session once active.
+pub(crate) fn live_session(pam: &Pam) -> (Child, String) {
+    let live = pam
+        .access("keys", "root", "5m", &["sleep 60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (live, wait_for_active(pam))
+}
+
 pub(crate) fn wait_for_active(pam: &Pam) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -805,12 +811,7 @@ fn pam_with_short_polls() -> (Pam, Sshd) {
 #[test]
 fn a_gateway_whose_token_is_refused_ends_its_sessions() {
     let (pam, _target) = pam_with_short_polls();
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
 
     // The gateway's token is revoked (as when the gateway is enrolled
     // again elsewhere): the server can no longer tell it of a terminate,
@@ -843,12 +844,7 @@ fn a_gateway_whose_token_is_refused_ends_its_sessions() {
 #[test]
 fn deleting_a_gateway_ends_the_sessions_it_was_running() {
     let (pam, _target) = pam_with_short_polls();
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
 
     // $ gatepass delete pam/gateways/gw1
     ok(pam.admin_cli(&["delete", "pam/gateways/gw1"]));
@@ -863,12 +859,7 @@ fn deleting_a_gateway_ends_the_sessions_it_was_running() {
 #[test]
 fn enrolling_a_gateway_in_anothers_place_ends_the_sessions_the_other_ran() {
     let (pam, _target) = pam_with_short_polls();
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
 
     // $ gatepass-gateway setup --name gw1 --replace … (on another machine)
     let join = ok(pam.admin_cli(&[
@@ -1092,12 +1083,7 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
     let t = targets(&pam);
 
     // A gateway restart ends the session it was serving, with the reason.
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
     pam.stop_gateway();
     let status = wait_exit(&mut live, Duration::from_secs(10));
     assert!(!status.success());
@@ -1323,12 +1309,7 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
     assert!(err.contains("has ended"), "{err}");
 
     // An administrator's terminate closes a relayed session within 2 s.
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
     let asked = Instant::now();
     ok(pam.admin_cli(&["pam", "sessions", "terminate", &id]));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1644,12 +1625,7 @@ fn an_admin_terminates_a_live_session_from_the_web_ui_and_the_ssh_client_is_disc
     use gatepass_tests::browser::Browser;
     let pam = Pam::start();
     let _sshd = key_account(&pam);
-    let mut live = pam
-        .access("keys", "root", "5m", &["sleep 60"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let id = wait_for_active(&pam);
+    let (mut live, id) = live_session(&pam);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let asked = rt.block_on(async {
         let b = Browser::start().await;
