@@ -449,8 +449,14 @@ fn targets(pam: &Pam) -> Targets {
         }),
     );
 
-    let user = LocalUser::create("gp-pam-e2e", PASSWORD);
-    let password_sshd = password_target("gatepass-test-pam-sessions", vec![]);
+    // An account and a PAM service of this test's own: the tests of this
+    // file run side by side, and each removes its account and PAM file
+    // when it ends (a shared one went from under another test's login).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = std::process::id();
+    let user = LocalUser::create(&format!("gp-pam-e2e-{pid}-{n}"), PASSWORD);
+    let password_sshd = password_target(&format!("gatepass-test-pam-sessions-{pid}-{n}"), vec![]);
     pam.pinned_resource("passwords", &password_sshd);
     pam.admin_write(
         "pam/resources/passwords/accounts/ops",
@@ -503,7 +509,7 @@ fn each_account_kind_runs_a_command_through_gatepass_pam_ssh_access() {
     assert!(t
         .password_sshd
         .log()
-        .contains("Accepted password for gp-pam-e2e"));
+        .contains(&format!("Accepted password for {}", t.user.name)));
 
     // The audit log has the story of each session, never the credential.
     let audit = pam.audit();
