@@ -1224,9 +1224,9 @@ mod tests {
         assert!(matches!(e, Error::PermissionDenied), "{e}");
     }
 
-    #[test]
-    fn durations_are_bounded_by_the_account() {
-        let a = Account {
+    /// A certificate account whose sessions last at most `max_duration`.
+    fn cert_account(max_duration: i64) -> Account {
+        Account {
             resource: Name::parse("r", "web").unwrap(),
             name: Name::parse("a", "root").unwrap(),
             username: "root".into(),
@@ -1234,10 +1234,15 @@ mod tests {
                 ca_mount: "ssh".into(),
                 ca_role: "r".into(),
             },
-            max_duration: 3600,
+            max_duration,
             allow_forwarding: false,
             record_input: true,
-        };
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_by_the_account() {
+        let a = cert_account(3600);
         assert_eq!(duration_for(&a, None).unwrap(), 3600);
         assert_eq!(duration_for(&a, Some("10m")).unwrap(), 600);
         let e = duration_for(&a, Some("2h")).unwrap_err().to_string();
@@ -1255,18 +1260,7 @@ mod tests {
     fn an_unbounded_stored_account_gets_bounded_sessions() {
         let now = 1_700_000_000;
         for stored in [i64::MAX, 100_000_000 * 3600] {
-            let a = Account {
-                resource: Name::parse("r", "web").unwrap(),
-                name: Name::parse("a", "root").unwrap(),
-                username: "root".into(),
-                login: Login::Certificate {
-                    ca_mount: "ssh".into(),
-                    ca_role: "r".into(),
-                },
-                max_duration: stored,
-                allow_forwarding: false,
-                record_input: true,
-            };
+            let a = cert_account(stored);
             let d = duration_for(&a, None).unwrap();
             assert_eq!(d, accounts::MAX_SESSION_DURATION);
             let end = end_of(now, d).unwrap();

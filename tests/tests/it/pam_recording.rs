@@ -19,7 +19,9 @@ use gatepass_tests::ssh::keypair;
 use gatepass_tests::{bin, run, CLI_AMBIENT_ENV};
 use serde_json::{json, Value};
 
-use crate::pam_sessions::{key_account, ok, session_id_in, wait_exit, wait_for_active, Pam};
+use crate::pam_sessions::{
+    config_block, key_account, ok, session_id_in, wait_exit, wait_for_active, Pam,
+};
 
 /// `gatepass pam sessions verify ID` as the administrator, until `done`
 /// holds for (exit code, stdout) or 20 s pass: the gateway delivers its
@@ -60,29 +62,6 @@ fn wait_for_another_active(pam: &Pam, other: &str) -> String {
         assert!(Instant::now() < deadline, "no other active session: {out}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `gatepass pam ssh config` for root on the `keys` target, 10 minutes:
-/// the ssh_config block and its session's ID.
-fn config_block(pam: &Pam) -> (String, String) {
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
-    let id = block
-        .split_whitespace()
-        .map(|w| w.trim_end_matches(':'))
-        .find(|w| uuid::Uuid::parse_str(w).is_ok())
-        .unwrap()
-        .to_string();
-    (block, id)
 }
 
 /// The session's recordings as `export --format json` writes them.

@@ -533,17 +533,7 @@ fn scp_sftp_and_ssh_l_reach_a_session_through_its_ssh_config_block() {
     let pam = Pam::start();
     let t = targets(&pam);
     // $ gatepass pam ssh config --resource keys --account root --duration 10m >> ~/.ssh/config
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
+    let (block, _) = config_block(&pam);
     assert!(block.contains("Host gatepass-keys-root"), "{block}");
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
@@ -721,6 +711,29 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
 }
 
 /// The one session the person holds that a gateway connection made active.
+/// `gatepass pam ssh config` for root on the `keys` target, 10 minutes:
+/// the ssh_config block and its session's ID.
+pub(crate) fn config_block(pam: &Pam) -> (String, String) {
+    let block = ok(pam.person_cli(&[
+        "pam",
+        "ssh",
+        "config",
+        "--resource",
+        "keys",
+        "--account",
+        "root",
+        "--duration",
+        "10m",
+    ]));
+    let id = block
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(':'))
+        .find(|w| uuid::Uuid::parse_str(w).is_ok())
+        .unwrap()
+        .to_string();
+    (block, id)
+}
+
 /// `gatepass pam ssh access … -- sleep 60` on the `keys` target, running,
 /// and its session once active.
 pub(crate) fn live_session(pam: &Pam) -> (Child, String) {
@@ -847,6 +860,16 @@ fn a_gateway_whose_token_is_refused_ends_its_sessions() {
     );
 }
 
+/// The session is ended on record (`gateway_lost`) at once, and its
+/// connection closed within 15 s.
+fn ended_as_gateway_lost(pam: &Pam, id: &str, live: &mut Child) {
+    let s = pam.session(id);
+    assert_eq!(s["state"], "ended", "{s}");
+    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
+    let status = wait_exit(live, Duration::from_secs(15));
+    assert!(!status.success());
+}
+
 #[test]
 fn deleting_a_gateway_ends_the_sessions_it_was_running() {
     let (pam, _target) = pam_with_short_polls();
@@ -855,11 +878,7 @@ fn deleting_a_gateway_ends_the_sessions_it_was_running() {
     // $ gatepass delete pam/gateways/gw1
     ok(pam.admin_cli(&["delete", "pam/gateways/gw1"]));
     // The record says so at once, and the connection is closed.
-    let s = pam.session(&id);
-    assert_eq!(s["state"], "ended", "{s}");
-    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
-    let status = wait_exit(&mut live, Duration::from_secs(15));
-    assert!(!status.success());
+    ended_as_gateway_lost(&pam, &id, &mut live);
 }
 
 #[test]
@@ -889,11 +908,7 @@ fn enrolling_a_gateway_in_anothers_place_ends_the_sessions_the_other_ran() {
         .arg("--host-key")
         .arg(other.path().join("gateway_host_key")));
     assert_eq!(code, 0, "{out}{err}");
-    let s = pam.session(&id);
-    assert_eq!(s["state"], "ended", "{s}");
-    assert_eq!(s["end_reason"], "gateway_lost", "{s}");
-    let status = wait_exit(&mut live, Duration::from_secs(15));
-    assert!(!status.success());
+    ended_as_gateway_lost(&pam, &id, &mut live);
 }
 
 #[test]
