@@ -710,7 +710,6 @@ fn sessions_end_on_time_on_terminate_and_refuse_a_changed_host_key() {
     );
 }
 
-/// The one session the person holds that a gateway connection made active.
 /// `gatepass pam ssh config` for root on the `keys` target, 10 minutes:
 /// the ssh_config block and its session's ID.
 pub(crate) fn config_block(pam: &Pam) -> (String, String) {
@@ -745,6 +744,7 @@ pub(crate) fn live_session(pam: &Pam) -> (Child, String) {
     (live, wait_for_active(pam))
 }
 
+/// The one session the person holds that a gateway connection made active.
 pub(crate) fn wait_for_active(pam: &Pam) -> String {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -1271,17 +1271,7 @@ fn a_gateway_without_an_inbound_port_serves_access_ssh_scp_and_terminate_through
 
     // $ gatepass pam ssh config … >> ~/.ssh/config; then plain ssh and scp,
     // with the person's token in their environment as usual.
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-        "--duration",
-        "10m",
-    ]));
+    let (block, _) = config_block(&pam);
     assert!(block.contains("ProxyCommand "), "{block}");
     assert!(
         block.contains("HostKeyAlias gatepass-gateway-gw1"),
