@@ -7,7 +7,7 @@
 //! plain keys are refused. Once in, the gateway is already logged in to the
 //! target; each channel the user opens gets its twin on the target.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -494,6 +494,8 @@ struct Live<S: SessionSource> {
     ended: Arc<AtomicBool>,
     /// The user's open session channels, to tell them why it ended.
     channels: Arc<Mutex<HashSet<ChannelId>>>,
+    /// Each bridged channel's answers to its requests, in order.
+    answers: HashMap<ChannelId, bridge::Answers>,
     activity: Arc<Activity>,
     /// The connection's recording.
     recorder: Option<Arc<Recorder>>,
@@ -508,6 +510,41 @@ impl<S: SessionSource> Live<S> {
 }
 
 impl<S: SessionSource> Connection<S> {
+    /// Answers the request being handled on `channel` (if its client
+    /// wanted an answer) with the bridge's next answer for the channel.
+    /// Nothing more of the user's connection is read meanwhile, so the
+    /// answers go out in the order of the requests. A channel not bridged,
+    /// or whose target did not answer in time, gets a refusal.
+    async fn answer(
+        &mut self,
+        channel: ChannelId,
+        session: &mut server::Session,
+    ) -> Result<(), russh::Error> {
+        let answers = match &mut self.state {
+            State::Live(live) => live.answers.get_mut(&channel),
+            _ => None,
+        };
+        let ok = match answers {
+            Some(answers) => match tokio::time::timeout(bridge::REPLY_WAIT, answers.recv()).await {
+                Ok(Some(ok)) => ok,
+                Ok(None) => false,
+                Err(_) => {
+                    // Later answers would be out of step with the requests.
+                    if let State::Live(live) = &mut self.state {
+                        live.answers.remove(&channel);
+                    }
+                    false
+                }
+            },
+            None => false,
+        };
+        if ok {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
     fn peer(&self) -> String {
         self.peer.map(|p| p.to_string()).unwrap_or_default()
     }
@@ -665,6 +702,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     target_lost: Some(target_lost),
                     ended: Arc::new(AtomicBool::new(false)),
                     channels: Arc::new(Mutex::new(HashSet::new())),
+                    answers: HashMap::new(),
                     activity: Arc::new(Activity::new()),
                     recorder,
                     gone: None,
@@ -739,7 +777,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         reply: ChannelOpenHandle,
         session: &mut server::Session,
     ) -> Result<(), Self::Error> {
-        let State::Live(live) = &self.state else {
+        let State::Live(live) = &mut self.state else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -768,15 +806,106 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         let activity = live.activity.clone();
         let handle = session.handle();
         let tap = live.recorder.clone().map(ChannelTap::new);
+        let (answers, bridging) = bridge::start(channel, twin, handle, activity, tap);
+        live.answers.insert(id, answers);
         tokio::spawn(async move {
-            bridge::run(channel, twin, handle, activity, tap.as_ref()).await;
-            if let Some(tap) = &tap {
+            if let Some(tap) = bridging.await {
                 tap.close();
             }
             if let Ok(mut open) = channels.lock() {
                 open.remove(&id);
             }
         });
+        Ok(())
+    }
+
+    // Each request that may want a reply is answered here, while russh's
+    // want-reply flag is this request's: see `bridge::Answers`.
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        self.answer(channel, session).await
+    }
+
+    /// Passed on to the target, which answers none: taken, as sshd does.
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut server::Session,
+    ) -> Result<(), Self::Error> {
+        if let State::Live(live) = &mut self.state {
+            live.answers.remove(&channel);
+        }
         Ok(())
     }
 
@@ -790,7 +919,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         reply: ChannelOpenHandle,
         session: &mut server::Session,
     ) -> Result<(), Self::Error> {
-        let State::Live(live) = &self.state else {
+        let State::Live(live) = &mut self.state else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -836,8 +965,11 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             );
             (rec, ch, host, port)
         });
+        let id = channel.id();
+        let (answers, bridging) = bridge::start(channel, twin, handle, activity, None);
+        live.answers.insert(id, answers);
         tokio::spawn(async move {
-            bridge::run(channel, twin, handle, activity, None).await;
+            bridging.await;
             if let Some((rec, ch, host, port)) = forward {
                 rec.event(ch, EventKind::ForwardClose { host, port });
             }

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use russh::{client, server, Channel, ChannelMsg};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::recording::ChannelTap;
@@ -60,18 +60,77 @@ enum Start {
     Subsystem(String),
 }
 
-/// A request forwarded wanting the target's reply. The target answers a
-/// channel's requests in the order they were sent (RFC 4254 5.4), so the
-/// replies are matched to a queue of these.
-struct Pending {
-    /// For a start request: what it starts, and who waits for the answer
-    /// (whether the target took it).
-    start: Option<(Start, oneshot::Sender<bool>)>,
+/// A request the user's client made on the channel, waiting for its
+/// answer.
+enum Pending {
+    /// Forwarded to the target wanting its reply. The target answers a
+    /// channel's requests in the order they were sent (RFC 4254 5.4), so
+    /// its replies are matched to the queue. For a start request: what it
+    /// starts, and who waits to learn whether the target took it.
+    Forwarded(Option<(Start, oneshot::Sender<bool>)>),
+    /// Answered by the gateway itself, once every request before it is.
+    Local(bool),
 }
 
-/// How long the user's side waits for the target to answer a start
-/// request before the channel is closed.
-const START_REPLY: Duration = Duration::from_secs(30);
+/// The answers to a channel's requests, in the order the requests came.
+///
+/// russh keeps one want-reply flag per channel, set by each request as it
+/// arrives, and sends a reply only while it is set. So a reply is sent
+/// from the connection's handler, while it handles the very request the
+/// reply is for (see `accept`); the handler takes the answers from here,
+/// one per request, and the connection reads nothing more of the user's
+/// until it has one. The bridge puts them here as the target answers, or
+/// as it answers itself.
+pub type Answers = mpsc::UnboundedReceiver<bool>;
+
+/// How long a request waits for the target's answer before the channel is
+/// given up: the connection's handler waits as long for it.
+pub const REPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// The bridge's side of [`Answers`].
+struct Replies {
+    queue: Mutex<VecDeque<Pending>>,
+    answers: mpsc::UnboundedSender<bool>,
+}
+
+impl Replies {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A request forwarded to the target; with `start`, a start request.
+    fn forwarded(&self, start: Option<(Start, oneshot::Sender<bool>)>) {
+        self.queue().push_back(Pending::Forwarded(start));
+    }
+
+    /// A request the gateway answers itself, after those before it.
+    fn local(&self, ok: bool) {
+        let mut queue = self.queue();
+        if queue.is_empty() {
+            // A handler that went away has nothing to answer.
+            let _ = self.answers.send(ok);
+        } else {
+            queue.push_back(Pending::Local(ok));
+        }
+    }
+
+    /// The target answered its oldest request: passed on, with the
+    /// gateway's own answers queued behind it. The start request it
+    /// answered, if it was one.
+    fn target_answered(&self, ok: bool) -> Option<(Start, oneshot::Sender<bool>)> {
+        let mut queue = self.queue();
+        // A reply to nothing asked (a confused target) is dropped.
+        let Some(Pending::Forwarded(start)) = queue.pop_front() else {
+            return None;
+        };
+        let _ = self.answers.send(ok);
+        while let Some(Pending::Local(ok)) = queue.front() {
+            let _ = self.answers.send(*ok);
+            queue.pop_front();
+        }
+        start
+    }
+}
 
 /// Bridges until either side closes the channel or goes away.
 ///
@@ -83,49 +142,73 @@ const START_REPLY: Duration = Duration::from_secs(30);
 /// after `exec sh` and have its shell read as sftp packets, that is not
 /// recorded at all. And nothing more of the user's is read while a start
 /// request is unanswered, so every byte is read in the mode of what the
-/// target runs when it arrives.
-pub async fn run(
+/// target runs when it arrives. Once the target runs something, later
+/// start requests, terminals and variables are refused without asking it
+/// (its sshd refuses a second start request too), so that no answer ever
+/// waits behind the program's output.
+///
+/// Returns at once the channel's [`Answers`], for the connection's handler;
+/// the bridge runs in `bridging`.
+pub fn start(
+    user: Channel<server::Msg>,
+    target: Channel<client::Msg>,
+    user_handle: server::Handle,
+    activity: Arc<Activity>,
+    tap: Option<ChannelTap>,
+) -> (
+    Answers,
+    impl std::future::Future<Output = Option<ChannelTap>>,
+) {
+    let (answers, taken) = mpsc::unbounded_channel();
+    let replies = Replies {
+        queue: Mutex::new(VecDeque::new()),
+        answers,
+    };
+    let bridging = async move {
+        run(user, target, user_handle, activity, tap.as_ref(), replies).await;
+        tap
+    };
+    (taken, bridging)
+}
+
+async fn run(
     user: Channel<server::Msg>,
     target: Channel<client::Msg>,
     user_handle: server::Handle,
     activity: Arc<Activity>,
     tap: Option<&ChannelTap>,
+    replies: Replies,
 ) {
     let user_id = user.id();
     let (mut user_rx, user_tx) = user.split();
     let (mut target_rx, target_tx) = target.split();
-    let pending: Mutex<VecDeque<Pending>> = Mutex::new(VecDeque::new());
-    let expect = |start: Option<(Start, oneshot::Sender<bool>)>| {
-        pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(Pending { start });
-    };
+    let replies = &replies;
     // A start request: queued, then sent, then waited for.
     let start = |what: Start| {
         let (tx, rx) = oneshot::channel();
-        expect(Some((what, tx)));
+        replies.forwarded(Some((what, tx)));
         rx
     };
-    // Whether the target answered (either way) in time; the channel is
-    // closed if not.
-    let answered = async |rx: oneshot::Receiver<bool>| -> bool {
-        match tokio::time::timeout(START_REPLY, rx).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(_)) => false,
+    // The target's answer to a start request, if it came in time; the
+    // channel is closed if not.
+    let answered = async |rx: oneshot::Receiver<bool>| -> Option<bool> {
+        match tokio::time::timeout(REPLY_WAIT, rx).await {
+            Ok(Ok(ok)) => Some(ok),
+            Ok(Err(_)) => None,
             Err(_) => {
                 debug!("the target did not answer a start request");
-                false
+                None
             }
         }
     };
+    // Whether the target runs something on the channel.
+    let mut started = false;
 
     let upstream = async {
         while let Some(msg) = user_rx.wait().await {
-            // Requests the user's ssh sends with want_reply=1 (pty-req,
-            // shell, exec, subsystem) are forwarded wanting a reply, and the
-            // target's replies come back in the same order; `env` is sent
-            // without one by OpenSSH, so its reply must not be forwarded.
+            // Every request that may want a reply is forwarded wanting one
+            // (or answered here), whatever the user's client asked: the
+            // connection's handler sends the answer only if it was wanted.
             let sent = match msg {
                 ChannelMsg::Data { data } => {
                     activity.touch();
@@ -143,6 +226,10 @@ pub async fn run(
                     let _ = target_tx.close().await;
                     return;
                 }
+                ChannelMsg::RequestPty { .. } | ChannelMsg::SetEnv { .. } if started => {
+                    replies.local(false);
+                    Ok(())
+                }
                 ChannelMsg::RequestPty {
                     term,
                     col_width,
@@ -155,7 +242,7 @@ pub async fn run(
                     if let Some(tap) = tap {
                         tap.resize(col_width, row_height);
                     }
-                    expect(None);
+                    replies.forwarded(None);
                     target_tx
                         .request_pty(
                             true,
@@ -168,27 +255,50 @@ pub async fn run(
                         )
                         .await
                 }
+                ChannelMsg::RequestShell { .. }
+                | ChannelMsg::Exec { .. }
+                | ChannelMsg::RequestSubsystem { .. }
+                    if started =>
+                {
+                    replies.local(false);
+                    Ok(())
+                }
                 ChannelMsg::RequestShell { .. } => {
                     let rx = start(Start::Shell);
                     match target_tx.request_shell(true).await {
-                        Ok(()) if answered(rx).await => Ok(()),
-                        Ok(()) => break,
+                        Ok(()) => match answered(rx).await {
+                            Some(ok) => {
+                                started = ok;
+                                Ok(())
+                            }
+                            None => break,
+                        },
                         Err(e) => Err(e),
                     }
                 }
                 ChannelMsg::Exec { command, .. } => {
                     let rx = start(Start::Exec(command.clone()));
                     match target_tx.exec(true, command).await {
-                        Ok(()) if answered(rx).await => Ok(()),
-                        Ok(()) => break,
+                        Ok(()) => match answered(rx).await {
+                            Some(ok) => {
+                                started = ok;
+                                Ok(())
+                            }
+                            None => break,
+                        },
                         Err(e) => Err(e),
                     }
                 }
                 ChannelMsg::RequestSubsystem { name, .. } => {
                     let rx = start(Start::Subsystem(name.clone()));
                     match target_tx.request_subsystem(true, name).await {
-                        Ok(()) if answered(rx).await => Ok(()),
-                        Ok(()) => break,
+                        Ok(()) => match answered(rx).await {
+                            Some(ok) => {
+                                started = ok;
+                                Ok(())
+                            }
+                            None => break,
+                        },
                         Err(e) => Err(e),
                     }
                 }
@@ -197,9 +307,8 @@ pub async fn run(
                     variable_value,
                     ..
                 } => {
-                    target_tx
-                        .set_env(false, variable_name, variable_value)
-                        .await
+                    replies.forwarded(None);
+                    target_tx.set_env(true, variable_name, variable_value).await
                 }
                 ChannelMsg::WindowChange {
                     col_width,
@@ -219,7 +328,7 @@ pub async fn run(
                 // into the user's machine: not bridged (russh answers the
                 // agent request with failure itself).
                 ChannelMsg::RequestX11 { .. } => {
-                    let _ = user_handle.channel_failure(user_id).await;
+                    replies.local(false);
                     Ok(())
                 }
                 _ => Ok(()),
@@ -276,7 +385,7 @@ pub async fn run(
                     .await
                     .is_ok(),
                 ChannelMsg::Success => {
-                    if let Some((what, waiting)) = next_start(&pending) {
+                    if let Some((what, waiting)) = replies.target_answered(true) {
                         if let Some(tap) = tap {
                             match what {
                                 Start::Shell => tap.shell(),
@@ -286,14 +395,14 @@ pub async fn run(
                         }
                         let _ = waiting.send(true);
                     }
-                    user_handle.channel_success(user_id).await.is_ok()
+                    true
                 }
                 // A refused start request changes nothing of the recording.
                 ChannelMsg::Failure => {
-                    if let Some((_, waiting)) = next_start(&pending) {
+                    if let Some((_, waiting)) = replies.target_answered(false) {
                         let _ = waiting.send(false);
                     }
-                    user_handle.channel_failure(user_id).await.is_ok()
+                    true
                 }
                 _ => true,
             };
@@ -311,13 +420,4 @@ pub async fn run(
         () = upstream => {}
         () = downstream => {}
     }
-}
-
-/// The next request waiting for a reply, if it is a start request.
-fn next_start(pending: &Mutex<VecDeque<Pending>>) -> Option<(Start, oneshot::Sender<bool>)> {
-    pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop_front()
-        .and_then(|p| p.start)
 }

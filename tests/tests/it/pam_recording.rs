@@ -552,6 +552,32 @@ impl russh::client::Handler for AnyHostKey {
 }
 
 /// Output of a russh channel until it holds `want` (10 s at most).
+/// A russh client logged in to the gateway with the session certificate
+/// of `block` (what `gatepass pam ssh config` printed).
+async fn russh_login(pam: &Pam, block: &str) -> russh::client::Handle<AnyHostKey> {
+    let key = russh::keys::load_secret_key(ssh_option(block, "IdentityFile"), None).unwrap();
+    let cert = russh::keys::Certificate::read_file(std::path::Path::new(ssh_option(
+        block,
+        "CertificateFile",
+    )))
+    .unwrap();
+    let addr = (
+        ssh_option(block, "HostName").to_string(),
+        ssh_option(block, "Port").parse::<u16>().unwrap(),
+    );
+    let config = std::sync::Arc::new(russh::client::Config::default());
+    let mut h = russh::client::connect(config, addr, AnyHostKey)
+        .await
+        .unwrap();
+    let user = ssh_option(block, "User");
+    let auth = h
+        .authenticate_openssh_cert(user, std::sync::Arc::new(key), cert)
+        .await
+        .unwrap();
+    assert!(auth.success(), "{}", pam.gateway_log());
+    h
+}
+
 async fn read_until(ch: &mut russh::Channel<russh::client::Msg>, want: &str) -> String {
     let mut seen = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -576,26 +602,7 @@ fn a_start_request_the_target_refuses_does_not_change_how_the_channel_is_recorde
     // asks for the sftp subsystem on the same channel, which the target
     // refuses (the channel runs a shell), and goes on typing.
     let seen = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let key = russh::keys::load_secret_key(ssh_option(&block, "IdentityFile"), None).unwrap();
-        let cert = russh::keys::Certificate::read_file(std::path::Path::new(ssh_option(
-            &block,
-            "CertificateFile",
-        )))
-        .unwrap();
-        let addr = (
-            ssh_option(&block, "HostName").to_string(),
-            ssh_option(&block, "Port").parse::<u16>().unwrap(),
-        );
-        let config = std::sync::Arc::new(russh::client::Config::default());
-        let mut h = russh::client::connect(config, addr, AnyHostKey)
-            .await
-            .unwrap();
-        let user = ssh_option(&block, "User");
-        let auth = h
-            .authenticate_openssh_cert(user, std::sync::Arc::new(key), cert)
-            .await
-            .unwrap();
-        assert!(auth.success(), "{}", pam.gateway_log());
+        let h = russh_login(&pam, &block).await;
         let mut ch = h.channel_open_session().await.unwrap();
         ch.exec(true, "sh").await.unwrap();
         ch.data(&b"echo VISIBLE-$((6*6))\n"[..]).await.unwrap();
@@ -636,6 +643,94 @@ fn a_start_request_the_target_refuses_does_not_change_how_the_channel_is_recorde
     assert_eq!(code, 0, "{text}");
     let found = ok(pam.admin_cli(&["pam", "sessions", "list", "--grep", "HIDDEN-42"]));
     assert!(found.contains(&id), "{found}");
+}
+
+#[test]
+fn a_channels_requests_sent_at_once_are_answered_each_in_order() {
+    let pam = Pam::start();
+    let _target = key_account(&pam);
+    let (block, _id) = config_block(&pam);
+    // A client sends a channel's requests back to back, each wanting a
+    // reply, as OpenSSH's client does (which sends `env` without one) and
+    // as Go's x/crypto/ssh does for `Setenv` (with one, waiting for it).
+    // The target answers the terminal, the variable (its sshd accepts
+    // GATEPASS_TEST_*) and the command; the gateway refuses X11 itself.
+    let (replies, out) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = russh_login(&pam, &block).await;
+        let mut ch = h.channel_open_session().await.unwrap();
+        ch.request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        ch.set_env(true, "GATEPASS_TEST_ORDER", "kept")
+            .await
+            .unwrap();
+        ch.request_x11(
+            true,
+            false,
+            "MIT-MAGIC-COOKIE-1",
+            "00112233445566778899aabbccddeeff",
+            0,
+        )
+        .await
+        .unwrap();
+        ch.exec(true, "echo VAR-$GATEPASS_TEST_ORDER")
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        let mut out = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while replies.len() < 4 || !out.contains("VAR-kept") {
+            match tokio::time::timeout_at(deadline, ch.wait()).await {
+                Ok(Some(russh::ChannelMsg::Success)) => replies.push("success"),
+                Ok(Some(russh::ChannelMsg::Failure)) => replies.push("failure"),
+                Ok(Some(russh::ChannelMsg::Data { data })) => {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        (replies, out)
+    });
+    // One reply per request, in the order asked: terminal, variable, X11,
+    // command.
+    assert_eq!(
+        replies,
+        ["success", "success", "failure", "success"],
+        "{out}\n{}",
+        pam.gateway_log()
+    );
+    assert!(out.contains("VAR-kept"), "{out}");
+
+    // OpenSSH's client, X11 forwarding on, as many configure it for every
+    // host: it hears the refusal as X11's, and the terminal and the
+    // command as taken.
+    let config = pam.home.path().join("ssh_config");
+    std::fs::write(&config, &block).unwrap();
+    let (code, out, err) = run(Command::new("ssh")
+        .arg("-F")
+        .arg(&config)
+        .args(["-o", "BatchMode=yes", "-o", "IdentityAgent=none"])
+        .args(["-o", "ForwardX11=yes", "-o", "SendEnv=GATEPASS_TEST_ORDER"])
+        .args([
+            "-tt",
+            "-vv",
+            "gatepass-keys-root",
+            "echo VAR-$GATEPASS_TEST_ORDER",
+        ])
+        .env("DISPLAY", ":97")
+        .env("GATEPASS_TEST_ORDER", "sent")
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null()));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("VAR-sent"), "{out}");
+    for line in [
+        "X11 forwarding request failed",
+        "PTY allocation request accepted",
+        "exec request accepted",
+    ] {
+        assert!(err.contains(line), "no {line:?} in {err}");
+    }
 }
 
 #[test]
