@@ -206,6 +206,8 @@ async fn run(
 
     let upstream = async {
         while let Some(msg) = user_rx.wait().await {
+            // A start request's, sent: the target's answer to wait for.
+            let mut awaiting = None;
             // Every request that may want a reply is forwarded wanting one
             // (or answered here), whatever the user's client asked: the
             // connection's handler sends the answer only if it was wanted.
@@ -264,43 +266,16 @@ async fn run(
                     Ok(())
                 }
                 ChannelMsg::RequestShell { .. } => {
-                    let rx = start(Start::Shell);
-                    match target_tx.request_shell(true).await {
-                        Ok(()) => match answered(rx).await {
-                            Some(ok) => {
-                                started = ok;
-                                Ok(())
-                            }
-                            None => break,
-                        },
-                        Err(e) => Err(e),
-                    }
+                    awaiting = Some(start(Start::Shell));
+                    target_tx.request_shell(true).await
                 }
                 ChannelMsg::Exec { command, .. } => {
-                    let rx = start(Start::Exec(command.clone()));
-                    match target_tx.exec(true, command).await {
-                        Ok(()) => match answered(rx).await {
-                            Some(ok) => {
-                                started = ok;
-                                Ok(())
-                            }
-                            None => break,
-                        },
-                        Err(e) => Err(e),
-                    }
+                    awaiting = Some(start(Start::Exec(command.clone())));
+                    target_tx.exec(true, command).await
                 }
                 ChannelMsg::RequestSubsystem { name, .. } => {
-                    let rx = start(Start::Subsystem(name.clone()));
-                    match target_tx.request_subsystem(true, name).await {
-                        Ok(()) => match answered(rx).await {
-                            Some(ok) => {
-                                started = ok;
-                                Ok(())
-                            }
-                            None => break,
-                        },
-                        Err(e) => Err(e),
-                    }
+                    awaiting = Some(start(Start::Subsystem(name.clone())));
+                    target_tx.request_subsystem(true, name).await
                 }
                 ChannelMsg::SetEnv {
                     variable_name,
@@ -336,6 +311,12 @@ async fn run(
             if let Err(e) = sent {
                 debug!(error = %e, "target channel gone");
                 return;
+            }
+            if let Some(rx) = awaiting {
+                match answered(rx).await {
+                    Some(ok) => started = ok,
+                    None => break,
+                }
             }
         }
         let _ = target_tx.close().await;
