@@ -1122,15 +1122,7 @@ fn open_sessions_outlive_a_lost_server_and_a_gateway_restart_ends_them() {
 
     // The server goes away while a session runs: the session runs on, and
     // a session granted before but not yet used is refused, saying why.
-    let block = ok(pam.person_cli(&[
-        "pam",
-        "ssh",
-        "config",
-        "--resource",
-        "keys",
-        "--account",
-        "root",
-    ]));
+    let (block, _) = config_block(&pam);
     let config = pam.home.path().join("ssh_config");
     std::fs::write(&config, &block).unwrap();
     let mut live = pam
