@@ -12,6 +12,7 @@ use std::str::FromStr;
 use hcl::{Expression, Structure};
 use serde_json::{Map, Value};
 
+use crate::duration;
 use crate::error::{Error, Result};
 
 /// One capability a policy rule can grant on a path.
@@ -479,14 +480,20 @@ impl Values {
     /// case, so `Admin` is `admin`; a value that differs only in case where
     /// case matters is refused too, the safe side), and a boolean or an
     /// integer in any of the spellings endpoints take (`0`, `f` and `FALSE`
-    /// are `false`; `00` and `+0` are `0`).
+    /// are `false`; `00` and `+0` are `0`), and a duration in any spelling
+    /// the endpoints read as the same number of seconds (`1h`, `60m`,
+    /// `3600s` and `3600` alike). A value that merely reads as a duration
+    /// (a number) is held to a denied duration whatever the field: the safe
+    /// side, as a field that takes no duration refuses such text anyway.
     fn denies(&self, value: &Value, who: &Identity) -> bool {
         let Values::OneOf(patterns) = self else {
             return true;
         };
         let texts = Readings::of(value).texts;
         let canonical = texts.iter().filter_map(|t| canonical_scalar(t));
-        texts
+        // The seconds each reads as where endpoints read TTLs and periods.
+        let seconds: Vec<i64> = texts.iter().filter_map(|t| duration::parse(t)).collect();
+        let spelled = texts
             .iter()
             .map(|t| t.to_lowercase())
             .chain(canonical)
@@ -500,7 +507,20 @@ impl Values {
                             && body.as_deref().and_then(canonical_scalar).as_deref() == Some(&t)
                     }
                 })
-            })
+            });
+        // A duration spelled otherwise in the policy (only exact values: a
+        // glob denies text, not a number of seconds).
+        spelled
+            || (!seconds.is_empty()
+                && patterns.iter().any(|p| {
+                    !p.any_before
+                        && !p.any_after
+                        && p.body
+                            .fill(who)
+                            .as_deref()
+                            .and_then(duration::parse)
+                            .is_some_and(|d| seconds.contains(&d))
+                }))
     }
 }
 
@@ -2478,6 +2498,37 @@ path "ssh/sign/*" { capabilities = ["update"] }
             json!({"bind_secret_id": 0}),
             json!({"ttl": "false"}),
             json!({"token_ttl": "0"}),
+        ] {
+            assert!(!passes(&acl, p, refused.clone()), "{refused}");
+        }
+        // A denied duration, in every spelling the endpoints read as the
+        // same seconds, and under the field's other name.
+        let acl = build(&[r#"path "auth/token/roles/*" {
+            capabilities = ["update"]
+            denied_parameters = { "token_explicit_max_ttl" = ["1h"], "token_period" = ["86400"] }
+        }"#]);
+        let p = "auth/token/roles/ci";
+        for allowed in [
+            json!({"token_explicit_max_ttl": "2h"}),
+            json!({"token_explicit_max_ttl": 3599}),
+            json!({"token_explicit_max_ttl": "59m"}),
+            json!({"token_period": "23h"}),
+        ] {
+            assert!(passes(&acl, p, allowed.clone()), "{allowed}");
+        }
+        for refused in [
+            json!({"token_explicit_max_ttl": "1h"}),
+            json!({"token_explicit_max_ttl": "3600"}),
+            json!({"token_explicit_max_ttl": 3600}),
+            json!({"token_explicit_max_ttl": "60m"}),
+            json!({"token_explicit_max_ttl": "3600s"}),
+            json!({"token_explicit_max_ttl": "1h0m0s"}),
+            json!({"token_explicit_max_ttl": " 30m1800s "}),
+            json!({"token_explicit_max_ttl": "3600.5s"}),
+            json!({"explicit_max_ttl": "60m"}),
+            json!({"token_period": "24h"}),
+            json!({"token_period": "1d"}),
+            json!({"period": "1440m"}),
         ] {
             assert!(!passes(&acl, p, refused.clone()), "{refused}");
         }
