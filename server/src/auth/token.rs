@@ -627,11 +627,16 @@ pub async fn handle_create(
         ));
     }
     let role_orphan = role.is_some_and(|r| r.orphan);
-    let asked_orphan = f.bool("no_parent")?.unwrap_or(false) || force_orphan;
+    // `no_parent` takes root or sudo, as in Vault; `create-orphan` only the
+    // policy's grant of that path itself (an administrator who grants it
+    // means orphans), and the orphan still never outlives its creator.
+    let asked_orphan = f.bool("no_parent")?.unwrap_or(false);
     if asked_orphan && !privileged {
-        return Err(Error::PermissionDenied);
+        return Err(Error::invalid(
+            "root or sudo privileges required to create orphan token",
+        ));
     }
-    let no_parent = asked_orphan || role_orphan;
+    let no_parent = asked_orphan || force_orphan || role_orphan;
     if caller.num_uses != 0 {
         // A token limited to a few uses would otherwise spend one on making
         // a token without a limit (an orphan, through a role, outliving it
