@@ -45,7 +45,7 @@ impl Core {
         // later start scans for records from before them.
         crate::ssh::certs::index_for_search(self).await?;
         crate::pam::sessions::index_for_search(self).await?;
-        let (text, _) = token::create(self, root(root_token), now).await?;
+        let text = token::create(self, root(root_token), now).await?.text;
         // Seen once, the storage stays known to be initialized: health
         // answers from then on without a read.
         self.is_initialized().await?;

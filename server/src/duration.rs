@@ -69,6 +69,23 @@ pub fn parse(text: &str) -> Option<i64> {
     Some(total as i64)
 }
 
+/// Seconds as Vault's messages spell a duration: hours, minutes and
+/// seconds, leaving out those that are zero ("1h30m", "2h1s", "0s").
+pub fn text(secs: i64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
 pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -82,7 +99,15 @@ pub fn type_name(v: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{parse, text};
+
+    #[test]
+    fn spelled_as_vaults_messages_spell_them() {
+        assert_eq!(text(5400), "1h30m");
+        assert_eq!(text(7201), "2h1s");
+        assert_eq!(text(100_000), "27h46m40s");
+        assert_eq!(text(0), "0s");
+    }
 
     #[test]
     fn vault_durations() {

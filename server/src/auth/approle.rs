@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::token::{self, TokenEntry};
+use super::token;
 use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Fields;
@@ -359,7 +359,7 @@ pub async fn login(
     secret: &str,
     client_ip: Option<IpAddr>,
     now: i64,
-) -> Result<(String, TokenEntry)> {
+) -> Result<token::Issued> {
     let invalid = || Error::invalid("invalid role or secret ID");
     let ptr: Pointer = core
         .storage

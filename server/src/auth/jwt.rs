@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::mounts::AuthMount;
 use super::oidc_cache::{Discovery, Fetched};
-use super::token::{self, TokenEntry};
+use super::token;
 use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::identity::{self, LoginMount};
@@ -880,7 +880,7 @@ async fn login_with_claims(
     r: &Role,
     claims: &Map<String, Value>,
     now: i64,
-) -> Result<(String, TokenEntry)> {
+) -> Result<token::Issued> {
     let user = claim_texts(claim(claims, &r.user_claim))
         .into_iter()
         .next()
@@ -942,12 +942,7 @@ async fn login_with_claims(
 }
 
 /// `auth/<path>/login`: a JWT for a `jwt` role.
-pub async fn login(
-    core: &Core,
-    m: &AuthMount,
-    f: &Fields,
-    now: i64,
-) -> Result<(String, TokenEntry)> {
+pub async fn login(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<token::Issued> {
     let c = config(core, m).await?;
     let (name, r) = role_for(core, m, &c, f).await?;
     let jwt = f.required_str("jwt")?;
@@ -1132,12 +1127,7 @@ struct TokenResponse {
 /// the `state` is taken (it serves one callback, and only before it
 /// expires), the `code` exchanged with the PKCE verifier, and the ID token
 /// checked.
-pub async fn callback(
-    core: &Core,
-    m: &AuthMount,
-    f: &Fields,
-    now: i64,
-) -> Result<(String, TokenEntry)> {
+pub async fn callback(core: &Core, m: &AuthMount, f: &Fields, now: i64) -> Result<token::Issued> {
     let state = f.str("state")?.unwrap_or_default();
     let code = f.str("code")?.unwrap_or_default();
     let client_nonce = f.str("client_nonce")?.filter(|n| !n.is_empty());
@@ -1420,7 +1410,7 @@ pub async fn device_poll(
     m: &AuthMount,
     f: &Fields,
     now: i64,
-) -> Result<(String, TokenEntry)> {
+) -> Result<token::Issued> {
     let handle = f.str("device_code")?.unwrap_or_default();
     let gone = || Error::invalid("expired or unknown device code");
     if handle.is_empty() {

@@ -185,21 +185,36 @@ struct AccessorEntry {
     hash: String,
 }
 
-/// Creates and stores a token; returns its text (shown once) and entry.
+/// A token just made: its text (shown once), its entry, and what its
+/// answer tells of the request cut to the limits (Vault's warnings).
+#[derive(Debug)]
+pub struct Issued {
+    pub text: String,
+    pub entry: TokenEntry,
+    pub warnings: Vec<String>,
+}
+
+/// Vault's warning for a TTL (or period, `what`) asked for beyond what the
+/// token may live: `asked` cut to `got` seconds.
+pub fn capped_warning(what: &str, asked: i64, got: i64) -> String {
+    format!(
+        "{what} of {:?} exceeded the effective max_ttl of {:?}; {what} value is capped accordingly",
+        crate::duration::text(asked),
+        crate::duration::text(got)
+    )
+}
+
 /// [`create`] for a login (userpass, AppRole, JWT/OIDC): refuses a root
 /// token, whatever the settings stored before this check came to be say.
-pub async fn create_for_login(
-    core: &Core,
-    spec: NewToken,
-    now: i64,
-) -> Result<(String, TokenEntry)> {
+pub async fn create_for_login(core: &Core, spec: NewToken, now: i64) -> Result<Issued> {
     if spec.policies.iter().any(|p| p == "root") {
         return Err(Error::invalid("auth methods cannot create root tokens"));
     }
     create(core, spec, now).await
 }
 
-pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, TokenEntry)> {
+/// Creates and stores a token.
+pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<Issued> {
     let mut policies = spec.policies;
     let root = policies.iter().any(|p| p == "root");
     if !root && !spec.no_default_policy && !policies.iter().any(|p| p == "default") {
@@ -299,7 +314,19 @@ pub async fn create(core: &Core, spec: NewToken, now: i64) -> Result<(String, To
             return Err(Error::PermissionDenied);
         }
     }
-    Ok((text, entry))
+    // A TTL asked for (by the request or the login's role) and cut to the
+    // method's maximum, the explicit maximum or the creator's expiry.
+    let warnings = match spec.ttl {
+        Some(asked) if spec.period == 0 && asked > entry.creation_ttl && entry.creation_ttl > 0 => {
+            vec![capped_warning("TTL", asked, entry.creation_ttl)]
+        }
+        _ => vec![],
+    };
+    Ok(Issued {
+        text,
+        entry,
+        warnings,
+    })
 }
 
 /// Keeps a lease just made for a token only if the token is still stored.
@@ -592,7 +619,7 @@ pub async fn handle_create(
     force_orphan: bool,
     role: Option<&super::token_roles::TokenRole>,
     now: i64,
-) -> Result<(String, TokenEntry)> {
+) -> Result<Issued> {
     let privileged = caller.is_root() || policies::has_sudo(core, &caller.policies, path).await?;
     let requested = match f.str_list("policies")? {
         Some(p) => Some(policies::normalize_names(p)?),
@@ -749,7 +776,13 @@ pub async fn handle_create(
         entity_id: None,
         login_user: None,
     };
-    create(core, spec, now).await
+    let mut issued = create(core, spec, now).await?;
+    if period > limits.max {
+        issued
+            .warnings
+            .push(capped_warning("period", period, limits.max));
+    }
+    Ok(issued)
 }
 
 /// The addresses a new token made by `caller` may be used from: the
@@ -803,13 +836,14 @@ pub async fn bind_host(core: &Core, mut e: TokenEntry, host_id: &str) -> Result<
     core.storage.put(&id_key(&e.hash), &e).await
 }
 
-/// Extends a token's lifetime within its maximum.
+/// Extends a token's lifetime within its maximum; with Vault's warning
+/// when the increment was cut to it.
 pub async fn renew(
     core: &Core,
     e: TokenEntry,
     increment: Option<i64>,
     now: i64,
-) -> Result<TokenEntry> {
+) -> Result<(TokenEntry, Vec<String>)> {
     // A token that never expires has nothing to renew; Vault says so.
     if e.expire_time.is_none() || !e.renewable {
         return Err(Error::invalid("lease is not renewable"));
@@ -883,7 +917,13 @@ pub async fn renew(
     // The entry of the expiry it had is left for the sweeper, which puts
     // the token's current one back when it meets a stale one: deleting it
     // here could take the entry of another renewal made meanwhile.
-    Ok(renewed)
+    let got = renewed.expire_time.map_or(0, |at| at - now);
+    let warnings = if e.period == 0 && inc > got {
+        vec![capped_warning("TTL", inc, got)]
+    } else {
+        vec![]
+    };
+    Ok((renewed, warnings))
 }
 
 /// Brings a token's expiry, and the latest a renewal may reach, down to
@@ -1021,7 +1061,7 @@ mod tests {
         let now = 1_700_000_000;
         let dir = tempfile::tempdir().unwrap();
         let core = Core::for_test(&dir, now).await;
-        let (text, _) = create(
+        let text = create(
             &core,
             NewToken {
                 policies: vec!["default".into()],
@@ -1030,12 +1070,13 @@ mod tests {
             now,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .text;
         let a = authenticate(&core, Some(&text), None, now).await.unwrap();
         let b = authenticate(&core, Some(&text), None, now).await.unwrap();
         assert!(Arc::ptr_eq(&a, &b), "the entry was parsed again");
 
-        let (limited, _) = create(
+        let limited = create(
             &core,
             NewToken {
                 policies: vec!["default".into()],
@@ -1045,7 +1086,8 @@ mod tests {
             now,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .text;
         for left in [2, 1, -1] {
             let e = authenticate(&core, Some(&limited), None, now)
                 .await

@@ -6,7 +6,7 @@ use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::token::{self, TokenEntry};
+use super::token;
 use super::TokenSettings;
 use crate::error::{Error, Result};
 use crate::request::Fields;
@@ -187,7 +187,7 @@ pub async fn list_users(core: &Core) -> Result<Vec<String>> {
 }
 
 /// `auth/userpass/login/<name>`.
-pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<(String, TokenEntry)> {
+pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<token::Issued> {
     let invalid = || Error::invalid("invalid username or password");
     let name = validate_username(name).map_err(|_| invalid())?;
     let password = f.required_str("password")?;

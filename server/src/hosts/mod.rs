@@ -395,7 +395,9 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
             return Err(e);
         }
     };
-    let (text, tok) = token::create(
+    let token::Issued {
+        text, entry: tok, ..
+    } = token::create(
         core,
         NewToken {
             policies: vec![HOST_POLICY.into()],

@@ -25,24 +25,27 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         // ---- auth/token --------------------------------------------------
         (["auth", "token", "create"], Write) => {
             let c = caller_of(caller)?;
-            let (text, e) =
-                token::handle_create(core, &req.fields, &req.path, c, false, None, now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(
+                token::handle_create(core, &req.fields, &req.path, c, false, None, now).await?,
+                now,
+            )
         }
         (["auth", "token", "create-orphan"], Write) => {
             let c = caller_of(caller)?;
-            let (text, e) =
-                token::handle_create(core, &req.fields, &req.path, c, true, None, now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(
+                token::handle_create(core, &req.fields, &req.path, c, true, None, now).await?,
+                now,
+            )
         }
         (["auth", "token", "create", role], Write) => {
             let c = caller_of(caller)?;
             let r = token_roles::read(core, role)
                 .await?
                 .ok_or_else(|| Error::invalid(format!("unknown role {role}")))?;
-            let (text, e) =
-                token::handle_create(core, &req.fields, &req.path, c, false, Some(&r), now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(
+                token::handle_create(core, &req.fields, &req.path, c, false, Some(&r), now).await?,
+                now,
+            )
         }
         (["auth", "token", "roles"], List) => Ok(Reply::List(token_roles::list(core).await?)),
         (["auth", "token", "roles", name], Read) => Ok(ok_or_404(
@@ -85,20 +88,23 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["auth", "token", "renew-self"], Write) => {
             let c = caller_of(caller)?.clone();
             let inc = req.fields.duration("increment")?;
-            let e = token::renew(core, c, inc, now).await?;
-            auth(&token::auth(req.token.as_deref().unwrap_or(""), &e, now))
+            let (e, warnings) = token::renew(core, c, inc, now).await?;
+            auth(
+                &token::auth(req.token.as_deref().unwrap_or(""), &e, now),
+                warnings,
+            )
         }
         (["auth", "token", "renew"], Write) => {
             let (text, e) = token_in_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
-            let e = token::renew(core, e, inc, now).await?;
-            auth(&token::auth(&text, &e, now))
+            let (e, warnings) = token::renew(core, e, inc, now).await?;
+            auth(&token::auth(&text, &e, now), warnings)
         }
         (["auth", "token", "renew-accessor"], Write) => {
             let e = token_of_accessor_field(core, req).await?;
             let inc = req.fields.duration("increment")?;
-            let e = token::renew(core, e, inc, now).await?;
-            auth(&token::auth("", &e, now))
+            let (e, warnings) = token::renew(core, e, inc, now).await?;
+            auth(&token::auth("", &e, now), warnings)
         }
         (["auth", "token", "revoke-self"], Write) => {
             token::revoke(core, caller_of(caller)?, false).await?;
@@ -136,8 +142,10 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["auth", "approle", "login"], Write) => {
             let role_id = req.fields.required_str("role_id")?;
             let secret_id = req.fields.str("secret_id")?.unwrap_or_default();
-            let (text, e) = approle::login(core, &role_id, &secret_id, req.client_ip, now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(
+                approle::login(core, &role_id, &secret_id, req.client_ip, now).await?,
+                now,
+            )
         }
         (["auth", "approle", "role"], List) => Ok(Reply::List(approle::list_roles(core).await?)),
         (["auth", "approle", "role", name], Read) => Ok(ok_or_404(
@@ -191,9 +199,9 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
         (["auth", "userpass", "login", name], Write) => {
             let attempt = core.login_limiter.attempt(req.client_ip, now)?;
             match userpass::login(core, name, &req.fields, now).await {
-                Ok((text, e)) => {
+                Ok(i) => {
                     attempt.done();
-                    auth(&token::auth(&text, &e, now))
+                    issued(i, now)
                 }
                 Err(e @ Error::InvalidRequest(_)) => {
                     attempt.failed(now);
@@ -234,10 +242,16 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
 }
 
 /// A token's `auth` block as the envelope's `auth`.
-fn auth(a: &gatepass_api::Auth) -> Result<Reply> {
-    Ok(Reply::Auth(
-        serde_json::to_value(a).map_err(|e| Error::internal(e.to_string()))?,
-    ))
+fn auth(a: &gatepass_api::Auth, warnings: Vec<String>) -> Result<Reply> {
+    Ok(Reply::Auth {
+        auth: serde_json::to_value(a).map_err(|e| Error::internal(e.to_string()))?,
+        warnings,
+    })
+}
+
+/// The answer to a request that made a token.
+fn issued(i: token::Issued, now: i64) -> Result<Reply> {
+    auth(&token::auth(&i.text, &i.entry, now), i.warnings)
 }
 
 /// Counts a single sign-on started from the request's address; 429 past
@@ -321,17 +335,13 @@ async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> R
             jwt::delete_role(core, m, name).await?;
             Ok(Reply::NoContent)
         }
-        (["login"], Write) => {
-            let (text, e) = jwt::login(core, m, &req.fields, now).await?;
-            auth(&token::auth(&text, &e, now))
-        }
+        (["login"], Write) => issued(jwt::login(core, m, &req.fields, now).await?, now),
         (["oidc", "auth_url"], Write) => {
             sso_started(core, req)?;
             Ok(Reply::Data(jwt::auth_url(core, m, &req.fields, now).await?))
         }
         (["oidc", "callback"], Read | Write) => {
-            let (text, e) = jwt::callback(core, m, &req.fields, now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(jwt::callback(core, m, &req.fields, now).await?, now)
         }
         (["oidc", "device_code"], Write) => {
             sso_started(core, req)?;
@@ -340,8 +350,7 @@ async fn mount_route(core: &Core, m: &AuthMount, rest: &str, req: &Request) -> R
             ))
         }
         (["oidc", "device_poll"], Write) => {
-            let (text, e) = jwt::device_poll(core, m, &req.fields, now).await?;
-            auth(&token::auth(&text, &e, now))
+            issued(jwt::device_poll(core, m, &req.fields, now).await?, now)
         }
         (
             ["config"]

@@ -53,8 +53,9 @@ pub enum Reply {
     /// long-poll's state shared by many hosts): its JSON goes into the
     /// envelope as it is, and its audit form is made once.
     Rendered(std::sync::Arc<crate::longpoll::Rendered>),
-    /// 200 with the envelope's `auth` (logins, token creation).
-    Auth(Value),
+    /// 200 with the envelope's `auth` (logins, token creation and
+    /// renewal), and Vault's warnings of what was cut to the limits.
+    Auth { auth: Value, warnings: Vec<String> },
     /// 200 with `data` and the envelope's lease fields (creds, renewals).
     Lease {
         data: Value,
@@ -558,7 +559,7 @@ async fn wrap_reply(
     // What was wrapped can be revoked by its accessor without unwrapping
     // it: a token's, or an AppRole secret ID's.
     let wrapped_accessor = match &reply {
-        Reply::Auth(a) => a.get("accessor").and_then(Value::as_str),
+        Reply::Auth { auth, .. } => auth.get("accessor").and_then(Value::as_str),
         Reply::Data(d) if req.path.starts_with("auth/approle/") => {
             d.get("secret_id_accessor").and_then(Value::as_str)
         }
@@ -587,7 +588,15 @@ fn envelope_of(reply: &Reply, warnings: Vec<String>, id: &Answering) -> Option<V
     Some(match reply {
         Reply::Data(d) => envelope(d.clone(), Value::Null, warnings, id),
         Reply::Rendered(r) => envelope(r.value().clone(), Value::Null, warnings, id),
-        Reply::Auth(a) => envelope(Value::Null, a.clone(), warnings, id),
+        Reply::Auth {
+            auth,
+            warnings: cut,
+        } => envelope(
+            Value::Null,
+            auth.clone(),
+            cut.iter().cloned().chain(warnings).collect(),
+            id,
+        ),
         Reply::Lease {
             data,
             lease_id,
@@ -1065,7 +1074,7 @@ async fn audit_response(
             "data": audit::redact(data, key, AUDIT_KEEP),
             "lease_id": lease_id,
         }),
-        Ok(Reply::Auth(a)) => json!({ "auth": audit::redact(a, key, AUDIT_KEEP) }),
+        Ok(Reply::Auth { auth, .. }) => json!({ "auth": audit::redact(auth, key, AUDIT_KEEP) }),
         Ok(Reply::List(keys)) => {
             json!({ "data": audit::redact(&json!({ "keys": keys }), key, &[]) })
         }

@@ -210,8 +210,8 @@ fn checked_max_duration(text: &str) -> Result<i64> {
     if d > MAX_SESSION_DURATION {
         return Err(Error::invalid(format!(
             "max_duration {} is longer than the longest session allowed, {}",
-            super::human(d),
-            super::human(MAX_SESSION_DURATION)
+            crate::duration::text(d),
+            crate::duration::text(MAX_SESSION_DURATION)
         )));
     }
     Ok(d)

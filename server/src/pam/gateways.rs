@@ -213,7 +213,9 @@ pub async fn enroll(core: &Core, r: GatewayEnroll, now: i64) -> Result<GatewayEn
     if let Some(old) = existing {
         remove(core, &old, now).await?;
     }
-    let (text, tok) = token::create(
+    let token::Issued {
+        text, entry: tok, ..
+    } = token::create(
         core,
         NewToken {
             policies: vec![GATEWAY_POLICY.into()],

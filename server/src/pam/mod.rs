@@ -118,22 +118,6 @@ pub(crate) fn positive_duration(field: &str, text: &str) -> Result<i64> {
     Ok(secs)
 }
 
-/// "1h30m" for error messages.
-pub(crate) fn human(secs: i64) -> String {
-    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
-    let mut out = String::new();
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
-    }
-    if m > 0 {
-        out.push_str(&format!("{m}m"));
-    }
-    if s > 0 || out.is_empty() {
-        out.push_str(&format!("{s}s"));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,8 +139,6 @@ mod tests {
         assert_eq!(positive_duration("d", "90").ok(), Some(90));
         assert!(positive_duration("d", "0").is_err());
         assert!(positive_duration("d", "soon").is_err());
-        assert_eq!(human(5400), "1h30m");
-        assert_eq!(human(0), "0s");
     }
 
     #[test]

@@ -207,8 +207,8 @@ pub fn duration_for(account: &Account, requested: Option<&str>) -> Result<i64> {
     if d > max {
         return Err(Error::invalid(format!(
             "duration {} is longer than the account's max_duration of {}",
-            super::human(d),
-            super::human(max)
+            crate::duration::text(d),
+            crate::duration::text(max)
         )));
     }
     Ok(d)

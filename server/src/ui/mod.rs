@@ -219,7 +219,7 @@ impl Caller {
     /// keys as `{"keys": […]}`, text as a string; Null for nothing there.
     async fn read(&self, core: &Core, op: Operation, path: &str, fields: Value) -> Result<Value> {
         Ok(match self.call(core, op, path, fields).await? {
-            Reply::Data(v) | Reply::Auth(v) => v,
+            Reply::Data(v) | Reply::Auth { auth: v, .. } => v,
             Reply::Rendered(r) => r.value().clone(),
             Reply::Lease { data, .. } => data,
             Reply::List(keys) => serde_json::json!({ "keys": keys }),

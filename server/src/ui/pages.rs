@@ -205,15 +205,17 @@ async fn session_from_token(
         match child_session(core, parts, text, now).await {
             Ok((child, entry, parent)) => (
                 Some(parent),
-                Ok(crate::http::Reply::Auth(
-                    serde_json::to_value(token::auth(&child, &entry, now)).unwrap_or_default(),
-                )),
+                Ok(crate::http::Reply::Auth {
+                    auth: serde_json::to_value(token::auth(&child, &entry, now))
+                        .unwrap_or_default(),
+                    warnings: vec![],
+                }),
             ),
             Err(e) => (None, Err(e)),
         }
     };
     match crate::http::audited(core, &req, act).await? {
-        crate::http::Reply::Auth(a) => token_of(&a),
+        crate::http::Reply::Auth { auth, .. } => token_of(&auth),
         _ => Err(Error::internal("sign-in made no session token")),
     }
 }
@@ -271,7 +273,9 @@ async fn child_session(
         Some(e) => (e - now).clamp(0, SESSION_MAX_TTL),
         None => SESSION_MAX_TTL,
     };
-    let (child, entry) = token::create(
+    let token::Issued {
+        text: child, entry, ..
+    } = token::create(
         core,
         NewToken {
             policies: parent.policies.clone(),
@@ -315,7 +319,9 @@ async fn session_from_userpass(
         upgrade: false,
     };
     match crate::http::execute(core, &req).await? {
-        crate::http::Reply::Auth(a) => session_from_login(core, token_of(&a)?.0, now).await,
+        crate::http::Reply::Auth { auth, .. } => {
+            session_from_login(core, token_of(&auth)?.0, now).await
+        }
         _ => Err(Error::internal("userpass login gave no token")),
     }
 }
@@ -518,7 +524,9 @@ pub async fn oidc_callback(
             upgrade: false,
         };
         match crate::http::execute(&core, &req).await? {
-            crate::http::Reply::Auth(a) => session_from_login(&core, token_of(&a)?.0, now).await,
+            crate::http::Reply::Auth { auth, .. } => {
+                session_from_login(&core, token_of(&auth)?.0, now).await
+            }
             _ => Err(Error::internal("the OIDC callback gave no token")),
         }
     };

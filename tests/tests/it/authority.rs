@@ -955,6 +955,13 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     let (st, v) = renew_self(&s, &t, json!({"increment": "100h"})).await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["auth"]["lease_duration"], 7200 - 600, "{v}");
+    assert_eq!(
+        v["warnings"],
+        json!([
+            "TTL of \"100h\" exceeded the effective max_ttl of \"1h50m\"; TTL value is capped accordingly"
+        ]),
+        "the cut is told, as Vault tells it"
+    );
     // Its entry in the expiry index follows it: one, at its expiry.
     assert!(indexed_at_its_expiry(&s, &t).await);
     // Past a maximum lowered again, a renewal is refused and the token
@@ -976,6 +983,12 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
     tune_token_max(&s, "60s").await;
     let v = ok(&s, "POST", "auth/token/create", json!({"period": "1h"})).await;
     assert_eq!(v["auth"]["lease_duration"], 60, "{v}");
+    assert_eq!(
+        v["warnings"],
+        json!([
+            "period of \"1h\" exceeded the effective max_ttl of \"1m\"; period value is capped accordingly"
+        ])
+    );
     let periodic = client_token(&v);
     ok(
         &s,
@@ -1000,6 +1013,37 @@ async fn token_roles_and_the_methods_tuning_bound_tokens_already_out() {
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("not renewable"), "{v}");
+}
+
+#[tokio::test]
+async fn a_login_whose_ttl_is_cut_to_the_methods_maximum_is_told_so() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(
+        &s,
+        "POST",
+        "auth/userpass/users/long",
+        json!({"password": "pw-long-12345", "token_ttl": "3h"}),
+    )
+    .await;
+    let login = || {
+        let body = json!({"password": "pw-long-12345"});
+        s.call("POST", "auth/userpass/login/long", None, Some(body))
+    };
+    let (st, v) = login().await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 3 * 3600, "{v}");
+    assert_eq!(v["warnings"], Value::Null, "nothing cut, nothing told: {v}");
+    let body = json!({"max_lease_ttl": "2h"});
+    ok(&s, "POST", "sys/auth/userpass/tune", body).await;
+    let (st, v) = login().await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 7200, "{v}");
+    assert_eq!(
+        v["warnings"],
+        json!([
+            "TTL of \"3h\" exceeded the effective max_ttl of \"2h\"; TTL value is capped accordingly"
+        ])
+    );
 }
 
 /// Sets the token method's `max_lease_ttl`.
