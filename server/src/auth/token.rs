@@ -588,7 +588,9 @@ pub fn info(text: &str, e: &TokenEntry, now: i64) -> TokenInfo {
         id: text.to_string(),
         issue_time: rfc3339(e.creation_time),
         meta: shown_meta(e),
-        num_uses: e.num_uses.max(0),
+        // -1 once the last use is spent (this lookup's, say), as in Vault:
+        // 0 would read as unlimited.
+        num_uses: e.num_uses,
         orphan: e.orphan,
         path: e.path.clone(),
         policies: e.policies.clone(),
