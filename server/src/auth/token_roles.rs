@@ -197,7 +197,7 @@ impl TokenRole {
             Some(p) => {
                 if let Some(bad) = p.iter().find(|x| self.disallowed_policies.contains(x)) {
                     return Err(Error::invalid(format!(
-                        "token policy ({bad}) is disallowed by this role"
+                        "token policy {bad:?} is disallowed by this role"
                     )));
                 }
                 if !self.allowed_policies.is_empty() {
@@ -219,18 +219,15 @@ impl TokenRole {
                 p
             }
             None if !self.allowed_policies.is_empty() => self.allowed_policies.clone(),
-            None => creator
-                .iter()
-                .filter(|x| !self.disallowed_policies.contains(x))
-                .cloned()
-                .collect(),
+            None => creator.to_vec(),
         };
         // Every policy the token would get is checked, the role's allowed
-        // ones included, as Vault checks them. (A disallowed `default` is
-        // not added to them: `disallows_default`.)
+        // ones and the creator's included, as Vault checks them: a creator
+        // holding a disallowed policy asks for the others by name. (A
+        // disallowed `default` is not added to them: `disallows_default`.)
         if let Some(bad) = chosen.iter().find(|x| self.disallowed_policies.contains(x)) {
             return Err(Error::invalid(format!(
-                "token policy ({bad}) is disallowed by this role"
+                "token policy {bad:?} is disallowed by this role"
             )));
         }
         Ok(chosen)
@@ -289,9 +286,20 @@ mod tests {
         );
         assert!(r.policies(Some(v(&["ops"])), &[], false).is_err());
         assert!(r.policies(Some(v(&["admin"])), &[], true).is_err());
+        // A creator holding a disallowed policy is refused when it asks for
+        // nothing, as in Vault, and names the others to get them.
         let open = role(&[], &["admin"]);
+        let err = open
+            .policies(None, &v(&["admin", "ops"]), false)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("token policy \"admin\" is disallowed by this role"),
+            "{err}"
+        );
         assert_eq!(
-            open.policies(None, &v(&["admin", "ops"]), false).unwrap(),
+            open.policies(Some(v(&["ops"])), &v(&["admin", "ops"]), false)
+                .unwrap(),
             v(&["ops"])
         );
         assert!(open.policies(Some(v(&["admin"])), &[], true).is_err());
@@ -311,12 +319,15 @@ mod tests {
         // nothing is asked for; a disallowed default is left out instead.
         let both = role(&["p1", "admin"], &["admin"]);
         let err = both.policies(None, &ops, false).unwrap_err();
-        assert!(err.to_string().contains("(admin) is disallowed"), "{err}");
+        assert!(err.to_string().contains("\"admin\" is disallowed"), "{err}");
         let no_default = role(&["p1"], &["default"]);
         assert!(no_default.disallows_default() && !both.disallows_default());
         let err = no_default
             .policies(Some(v(&["default"])), &ops, false)
             .unwrap_err();
-        assert!(err.to_string().contains("(default) is disallowed"), "{err}");
+        assert!(
+            err.to_string().contains("\"default\" is disallowed"),
+            "{err}"
+        );
     }
 }
