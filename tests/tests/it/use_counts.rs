@@ -108,13 +108,16 @@ async fn a_use_limited_token_serves_exactly_its_uses() {
                 "{backend:?}: num_uses={limit} served {} of {AT_ONCE} requests",
                 wins.len()
             );
-            // Each success took a different use, down to the last.
-            let mut left: Vec<u64> = wins
+            // Each success took a different use, down to the last, which
+            // shows the token used up (-1), as Vault does.
+            let mut left: Vec<i64> = wins
                 .iter()
-                .map(|v| v["data"]["num_uses"].as_u64().unwrap())
+                .map(|v| v["data"]["num_uses"].as_i64().unwrap())
                 .collect();
             left.sort();
-            assert_eq!(left, (0..limit).collect::<Vec<_>>(), "{backend:?}");
+            let limit = limit as i64;
+            let expected: Vec<i64> = std::iter::once(-1).chain(1..limit).collect();
+            assert_eq!(left, expected, "{backend:?}");
             // And the token is gone, on every server.
             for s in &servers {
                 let (st, _) = s
