@@ -183,7 +183,7 @@ fn ttl(role: &Role, input: &SignInput, limits: TtlLimits) -> Result<i64> {
     };
     match input.ttl {
         Some(t) if t > max => Err(Error::invalid(format!(
-            "ttl is larger than maximum allowed ({max})"
+            "ttl is larger than maximum allowed {max}"
         ))),
         Some(t) => Ok(t),
         None => Ok(if role.ttl > 0 {
