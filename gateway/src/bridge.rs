@@ -228,7 +228,14 @@ async fn run(
                     let _ = target_tx.close().await;
                     return;
                 }
-                ChannelMsg::RequestPty { .. } | ChannelMsg::SetEnv { .. } if started => {
+                // Once something runs: refused here (see above).
+                ChannelMsg::RequestPty { .. }
+                | ChannelMsg::SetEnv { .. }
+                | ChannelMsg::RequestShell { .. }
+                | ChannelMsg::Exec { .. }
+                | ChannelMsg::RequestSubsystem { .. }
+                    if started =>
+                {
                     replies.local(false);
                     Ok(())
                 }
@@ -256,14 +263,6 @@ async fn run(
                             &terminal_modes,
                         )
                         .await
-                }
-                ChannelMsg::RequestShell { .. }
-                | ChannelMsg::Exec { .. }
-                | ChannelMsg::RequestSubsystem { .. }
-                    if started =>
-                {
-                    replies.local(false);
-                    Ok(())
                 }
                 ChannelMsg::RequestShell { .. } => {
                     awaiting = Some(start(Start::Shell));
