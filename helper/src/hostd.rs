@@ -216,7 +216,8 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 /// Reads one line (up to [`MAX_LINE`] bytes; without its newline when the
 /// peer closed first) by `until`: each read waits only for what is left.
-fn read_line_by(stream: &UnixStream, until: Instant) -> std::io::Result<Vec<u8>> {
+/// (hostd reads its requests with it too.)
+pub fn read_line_by(stream: &UnixStream, until: Instant) -> std::io::Result<Vec<u8>> {
     let mut line = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
@@ -243,8 +244,8 @@ fn read_line_by(stream: &UnixStream, until: Instant) -> std::io::Result<Vec<u8>>
 
 /// Writes all of `buf` by `until` with MSG_NOSIGNAL: inside sshd or
 /// pamtester a write to a socket hostd closed must not raise SIGPIPE,
-/// whose default action ends the process.
-fn send_all(stream: &UnixStream, mut buf: &[u8], until: Instant) -> std::io::Result<()> {
+/// whose default action ends the process. (hostd answers with it too.)
+pub fn send_all(stream: &UnixStream, mut buf: &[u8], until: Instant) -> std::io::Result<()> {
     use nix::sys::socket::{send, MsgFlags};
     while !buf.is_empty() {
         stream.set_write_timeout(Some(left(until)?))?;

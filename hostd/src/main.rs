@@ -321,14 +321,14 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::LoginSocket { socket } => rt.block_on(async {
-            let task = login::start(&socket)?;
+            let served = login::start(&socket)?;
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            task.abort();
+            served.stop();
             login::remove(&socket);
             Ok(())
         }),

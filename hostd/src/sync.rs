@@ -352,10 +352,10 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
     // The login check's socket, whatever the server says: it serves logins
     // with the OTP configuration's own servers and CAs.
     let login_socket = Some(cfg.paths.login_socket.clone()).filter(|p| !p.as_os_str().is_empty());
-    let login_task = login_socket
+    let login_served = login_socket
         .as_ref()
         .and_then(|p| match crate::login::start(p) {
-            Ok(task) => Some(task),
+            Ok(served) => Some(served),
             Err(e) => {
                 // Logins still work: the check asks the servers itself.
                 tracing::warn!("{e}");
@@ -567,8 +567,8 @@ pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error
     notify(sd_notify::NotifyState::Stopping);
     poll_task.abort();
     renew_task.abort();
-    if let (Some(task), Some(path)) = (login_task, &login_socket) {
-        task.abort();
+    if let (Some(served), Some(path)) = (login_served, &login_socket) {
+        served.stop();
         crate::login::remove(path);
     }
     tracing::info!("stopped");
