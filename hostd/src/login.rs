@@ -39,8 +39,12 @@ const MAX_CLIENTS: usize = 8;
 /// default `idle_timeout`), and a request sent as it does would be lost.
 /// A new connection resumes the TLS session, so it is cheap.
 const IDLE: Duration = Duration::from_secs(45);
-/// Requests answered at once (threads); more wait for a turn.
+/// Logins asked of the servers at once; more wait for a turn.
 const MAX_CONCURRENT: usize = 64;
+/// Threads taking connections at most. Beyond [`MAX_CONCURRENT`] they wait
+/// for a turn, their time running; beyond this, connections wait to be
+/// taken (sshd's MaxStartups keeps a host's logins at once far below).
+const MAX_THREADS: usize = 256;
 /// How long a peer has to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// sshd's LoginGraceTime; no check may take longer.
@@ -139,8 +143,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
 /// waits in `accept` and answers what it took itself (the kernel wakes one
 /// waiting thread per connection); a thread that takes the last waiting
 /// place starts another first, so that a connection is taken at once while
-/// fewer than [`MAX_CONCURRENT`] are answered, and a login's time runs from
-/// when its caller connected.
+/// fewer than [`MAX_THREADS`] are, and a login's time runs from when its
+/// caller connected, its wait for a turn ([`MAX_CONCURRENT`]) included.
 pub struct LoginSocket {
     shared: Arc<Shared>,
 }
@@ -148,6 +152,7 @@ pub struct LoginSocket {
 struct Shared {
     listener: UnixListener,
     clients: Clients,
+    turns: Turns,
     /// Threads waiting in `accept`.
     waiting: AtomicUsize,
     /// Threads alive.
@@ -183,6 +188,7 @@ pub fn serve(listener: UnixListener, clients: Clients) -> Result<LoginSocket, Er
     let shared = Arc::new(Shared {
         listener,
         clients,
+        turns: Turns::default(),
         waiting: AtomicUsize::new(0),
         threads: AtomicUsize::new(0),
         stopping: AtomicBool::new(false),
@@ -193,10 +199,10 @@ pub fn serve(listener: UnixListener, clients: Clients) -> Result<LoginSocket, Er
     Ok(LoginSocket { shared })
 }
 
-/// Starts one more thread waiting in `accept`, unless [`MAX_CONCURRENT`]
-/// are running.
+/// Starts one more thread waiting in `accept`, unless [`MAX_THREADS`] are
+/// running.
 fn spawn_acceptor(shared: &Arc<Shared>) -> std::io::Result<()> {
-    if shared.threads.fetch_add(1, Ordering::SeqCst) >= MAX_CONCURRENT {
+    if shared.threads.fetch_add(1, Ordering::SeqCst) >= MAX_THREADS {
         shared.threads.fetch_sub(1, Ordering::SeqCst);
         return Ok(());
     }
@@ -241,7 +247,7 @@ fn acceptor(shared: &Arc<Shared>) {
                 tracing::warn!("login socket: cannot start a thread: {e}");
             }
         }
-        handle(&stream, &shared.clients, accepted);
+        handle(&stream, &shared.clients, &shared.turns, accepted);
         drop(stream);
         if shared.waiting.load(Ordering::SeqCst) >= SPARE {
             break;
@@ -259,8 +265,48 @@ pub fn remove(path: &PathBuf) {
     }
 }
 
+/// Turns to ask the servers: [`MAX_CONCURRENT`] at once.
+#[derive(Default)]
+struct Turns {
+    taken: Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// A turn, given back when dropped.
+struct Turn<'a>(&'a Turns);
+
+impl Turns {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A turn by `until`, or None when none came free by then.
+    fn take(&self, until: Instant) -> Option<Turn<'_>> {
+        let mut taken = self.lock();
+        while *taken >= MAX_CONCURRENT {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            taken = match self.freed.wait_timeout(taken, left) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+        *taken += 1;
+        Some(Turn(self))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// Answers one request on a connection accepted at `accepted`.
-fn handle(stream: &UnixStream, clients: &Clients, accepted: Instant) {
+fn handle(stream: &UnixStream, clients: &Clients, turns: &Turns, accepted: Instant) {
     let uid = peer_uid(stream);
     if !matches!(uid, Ok(0)) {
         tracing::warn!("login socket: refused a peer that is not root ({uid:?})");
@@ -289,22 +335,22 @@ fn handle(stream: &UnixStream, clients: &Clients, accepted: Instant) {
         }
     };
     // The caller's time runs from when it connected, not from this
-    // request's turn: once every thread is answering, a connection waits,
-    // and the caller gives up at the end of its budget. Asked after that,
-    // a server would take the OTP with nobody left to hear the answer.
-    let budget = Duration::from_millis(req.budget_ms).min(MAX_BUDGET);
-    let Some(budget) = budget
-        .checked_sub(accepted.elapsed())
-        .filter(|b| !b.is_zero())
-    else {
+    // request's turn: once every turn is taken, a request waits, and the
+    // caller gives up at the end of its budget. Asked after that, a
+    // server would take the OTP with nobody left to hear the answer.
+    let deadline = accepted + Duration::from_millis(req.budget_ms).min(MAX_BUDGET);
+    let turn = turns.take(deadline);
+    let budget = deadline.saturating_duration_since(Instant::now());
+    if turn.is_none() || budget.is_zero() {
         send(
             stream,
             &Reply::NotAsked("the login's time ran out while it waited its turn".into()),
         );
         return;
-    };
+    }
     let otp = Zeroizing::new(req.otp);
     let verified = client.verify(&otp, budget);
+    drop(turn);
     send(stream, &Reply::Verified(verified));
 }
 
@@ -389,7 +435,7 @@ mod tests {
         caller.write_all(request(&addr, 2000).as_bytes()).unwrap();
         // Accepted three seconds ago: the caller's 2 s are gone.
         let accepted = Instant::now() - Duration::from_secs(3);
-        handle(&hostd_end, &Clients::default(), accepted);
+        handle(&hostd_end, &Clients::default(), &Turns::default(), accepted);
         let mut answer = String::new();
         caller.read_to_string(&mut answer).unwrap();
         let reply: Reply = serde_json::from_str(answer.trim()).unwrap();
@@ -398,6 +444,33 @@ mod tests {
             "{reply:?}"
         );
         assert!(server.accept().is_err(), "the OTP was sent to a server");
+    }
+
+    #[test]
+    fn a_request_that_finds_no_turn_before_its_time_runs_out_is_not_sent_to_a_server() {
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let addr = format!("https://{}", server.local_addr().unwrap());
+        // Every turn taken, and none given back in time.
+        let turns = Turns::default();
+        let held: Vec<Turn<'_>> = (0..MAX_CONCURRENT)
+            .map(|_| turns.take(Instant::now()).unwrap())
+            .collect();
+        assert!(turns.take(Instant::now()).is_none());
+        let (mut caller, hostd_end) = UnixStream::pair().unwrap();
+        caller.write_all(request(&addr, 200).as_bytes()).unwrap();
+        handle(&hostd_end, &Clients::default(), &turns, Instant::now());
+        let mut answer = String::new();
+        caller.read_to_string(&mut answer).unwrap();
+        let reply: Reply = serde_json::from_str(answer.trim()).unwrap();
+        assert!(
+            matches!(&reply, Reply::NotAsked(why) if why.contains("ran out")),
+            "{reply:?}"
+        );
+        assert!(server.accept().is_err(), "the OTP was sent to a server");
+        // A turn given back goes to the next in line.
+        drop(held);
+        assert!(turns.take(Instant::now()).is_some());
     }
 
     /// Waits (at most 10 s) for `cond`.
