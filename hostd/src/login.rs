@@ -425,17 +425,18 @@ mod tests {
         format!("{req}\n")
     }
 
-    #[test]
-    fn a_request_whose_time_ran_out_in_the_queue_is_not_sent_to_a_server() {
-        // A server that would take the OTP: nobody may connect to it.
+    /// Runs `handle` on a request of `budget_ms` accepted at `accepted`:
+    /// its answer must say the login's time ran out, and nothing may have
+    /// reached the server, which would take the OTP.
+    fn not_sent_for_lack_of_time(budget_ms: u64, turns: &Turns, accepted: Instant) {
         let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         server.set_nonblocking(true).unwrap();
         let addr = format!("https://{}", server.local_addr().unwrap());
         let (mut caller, hostd_end) = UnixStream::pair().unwrap();
-        caller.write_all(request(&addr, 2000).as_bytes()).unwrap();
-        // Accepted three seconds ago: the caller's 2 s are gone.
-        let accepted = Instant::now() - Duration::from_secs(3);
-        handle(&hostd_end, &Clients::default(), &Turns::default(), accepted);
+        caller
+            .write_all(request(&addr, budget_ms).as_bytes())
+            .unwrap();
+        handle(&hostd_end, &Clients::default(), turns, accepted);
         let mut answer = String::new();
         caller.read_to_string(&mut answer).unwrap();
         let reply: Reply = serde_json::from_str(answer.trim()).unwrap();
@@ -447,27 +448,21 @@ mod tests {
     }
 
     #[test]
+    fn a_request_whose_time_ran_out_in_the_queue_is_not_sent_to_a_server() {
+        // Accepted three seconds ago: the caller's 2 s are gone.
+        let accepted = Instant::now() - Duration::from_secs(3);
+        not_sent_for_lack_of_time(2000, &Turns::default(), accepted);
+    }
+
+    #[test]
     fn a_request_that_finds_no_turn_before_its_time_runs_out_is_not_sent_to_a_server() {
-        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        server.set_nonblocking(true).unwrap();
-        let addr = format!("https://{}", server.local_addr().unwrap());
         // Every turn taken, and none given back in time.
         let turns = Turns::default();
         let held: Vec<Turn<'_>> = (0..MAX_CONCURRENT)
             .map(|_| turns.take(Instant::now()).unwrap())
             .collect();
         assert!(turns.take(Instant::now()).is_none());
-        let (mut caller, hostd_end) = UnixStream::pair().unwrap();
-        caller.write_all(request(&addr, 200).as_bytes()).unwrap();
-        handle(&hostd_end, &Clients::default(), &turns, Instant::now());
-        let mut answer = String::new();
-        caller.read_to_string(&mut answer).unwrap();
-        let reply: Reply = serde_json::from_str(answer.trim()).unwrap();
-        assert!(
-            matches!(&reply, Reply::NotAsked(why) if why.contains("ran out")),
-            "{reply:?}"
-        );
-        assert!(server.accept().is_err(), "the OTP was sent to a server");
+        not_sent_for_lack_of_time(200, &turns, Instant::now());
         // A turn given back goes to the next in line.
         drop(held);
         assert!(turns.take(Instant::now()).is_some());
