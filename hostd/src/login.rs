@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pam_gatepass::client::{Client, Transport};
-use pam_gatepass::hostd::{peer_uid, read_line_by, send_all, Reply, Request};
+use pam_gatepass::hostd::{peer_uid, read_line_by, send_all, Reply, Request, MAX_LINE};
 use zeroize::Zeroizing;
 
 use crate::Error;
@@ -249,10 +249,16 @@ fn acceptor(shared: &Arc<Shared>) {
         }
         handle(&stream, &shared.clients, &shared.turns, accepted);
         drop(stream);
-        if shared.waiting.load(Ordering::SeqCst) >= SPARE {
+        // Back to waiting only while fewer than SPARE wait: in one step,
+        // or threads finishing together would all go back.
+        let back = shared
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < SPARE).then_some(w + 1)
+            });
+        if back.is_err() {
             break;
         }
-        shared.waiting.fetch_add(1, Ordering::SeqCst);
     }
     shared.threads.fetch_sub(1, Ordering::SeqCst);
 }
@@ -315,7 +321,18 @@ fn handle(stream: &UnixStream, clients: &Clients, turns: &Turns, accepted: Insta
     }
     let line = match read_line_by(stream, accepted + READ_TIMEOUT) {
         Ok(l) if l.ends_with(b"\n") => Zeroizing::new(l),
-        _ => {
+        Ok(l) => {
+            // Zeroed as it goes: it may hold an OTP.
+            let why = if l.len() as u64 >= MAX_LINE {
+                "the request is longer than a line may be"
+            } else {
+                "the request ended before its line did"
+            };
+            drop(Zeroizing::new(l));
+            send(stream, &Reply::NotAsked(why.into()));
+            return;
+        }
+        Err(_) => {
             send(stream, &Reply::NotAsked("no request in time".into()));
             return;
         }
@@ -466,6 +483,40 @@ mod tests {
         // A turn given back goes to the next in line.
         drop(held);
         assert!(turns.take(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_request_that_is_not_one_whole_line_is_refused_saying_why() {
+        let answer_to = |sent: Vec<u8>| {
+            let (mut caller, hostd_end) = UnixStream::pair().unwrap();
+            let writer = std::thread::spawn(move || {
+                // hostd stops reading at its limit: the rest may not go.
+                let _ = caller.write_all(&sent);
+                let _ = caller.shutdown(std::net::Shutdown::Write);
+                let mut answer = String::new();
+                let _ = caller.read_to_string(&mut answer);
+                answer
+            });
+            handle(
+                &hostd_end,
+                &Clients::default(),
+                &Turns::default(),
+                Instant::now(),
+            );
+            drop(hostd_end);
+            let answer = writer.join().unwrap();
+            serde_json::from_str::<Reply>(answer.trim()).unwrap()
+        };
+        let cut = answer_to(br#"{"transport":{"servers":["#.to_vec());
+        assert!(
+            matches!(&cut, Reply::NotAsked(why) if why.contains("ended before its line")),
+            "{cut:?}"
+        );
+        let long = answer_to(vec![b'x'; usize::try_from(MAX_LINE).unwrap() + 10]);
+        assert!(
+            matches!(&long, Reply::NotAsked(why) if why.contains("longer than a line")),
+            "{long:?}"
+        );
     }
 
     /// Waits (at most 10 s) for `cond`.
