@@ -271,7 +271,8 @@ pub fn remove(path: &PathBuf) {
     }
 }
 
-/// Turns to ask the servers: [`MAX_CONCURRENT`] at once.
+/// Turns to ask the servers: [`MAX_CONCURRENT`] at once. A counting
+/// semaphore for threads, which std does not have (tokio's is for tasks).
 #[derive(Default)]
 struct Turns {
     taken: Mutex<usize>,
@@ -319,24 +320,23 @@ fn handle(stream: &UnixStream, clients: &Clients, turns: &Turns, accepted: Insta
         send(stream, &Reply::NotAsked("only root may ask".into()));
         return;
     }
+    // Zeroed when dropped, whatever becomes of it: it holds an OTP.
     let line = match read_line_by(stream, accepted + READ_TIMEOUT) {
-        Ok(l) if l.ends_with(b"\n") => Zeroizing::new(l),
-        Ok(l) => {
-            // Zeroed as it goes: it may hold an OTP.
-            let why = if l.len() as u64 >= MAX_LINE {
-                "the request is longer than a line may be"
-            } else {
-                "the request ended before its line did"
-            };
-            drop(Zeroizing::new(l));
-            send(stream, &Reply::NotAsked(why.into()));
-            return;
-        }
+        Ok(l) => Zeroizing::new(l),
         Err(_) => {
             send(stream, &Reply::NotAsked("no request in time".into()));
             return;
         }
     };
+    if !line.ends_with(b"\n") {
+        let why = if line.len() as u64 >= MAX_LINE {
+            "the request is longer than a line may be"
+        } else {
+            "the request ended before its line did"
+        };
+        send(stream, &Reply::NotAsked(why.into()));
+        return;
+    }
     let req: Request = match serde_json::from_slice(&line) {
         Ok(r) => r,
         Err(e) => {
