@@ -129,13 +129,17 @@ impl Answer {
     /// The body as text when the status is a success, as
     /// [`crate::load::answer`] gives it.
     pub fn text(self) -> Result<String, String> {
-        let text = String::from_utf8_lossy(&self.body).into_owned();
+        let text = String::from_utf8(self.body)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         if !(200..300).contains(&self.status) {
             return Err(format!("{}: {}", self.status, text.trim()));
         }
         Ok(text)
     }
 }
+
+/// The least free room a read is given.
+const READ_ROOM: usize = 16 * 1024;
 
 enum Framing {
     Length(usize),
@@ -185,13 +189,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         Ok(Answer { status, body })
     }
 
+    /// Reads what has come into the buffer's free room: a 16 KiB buffer
+    /// zeroed and copied for every read was 4-6% of the load generator's
+    /// samples under the sign load.
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.io.read(&mut chunk).await?;
-        if n == 0 {
+        self.buf.reserve(READ_ROOM);
+        if self.io.read_buf(&mut self.buf).await? == 0 {
             bail!("the server closed the connection");
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 

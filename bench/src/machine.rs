@@ -191,3 +191,13 @@ pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
     let f = stat_fields(pid)?;
     (11..13).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
 }
+
+/// A process's CPU time (user + system) in seconds, from its clock ticks
+/// (10 ms each on Linux: only a window of seconds says anything).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(process_cpu_ticks(pid)? as f64 / per_second)
+}
