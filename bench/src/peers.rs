@@ -17,7 +17,11 @@
 //!    policy (an ACL check on every request).
 //!
 //! Requests per second, p50, p99, p99.9, the slowest and errors for each,
-//! the ratios, and each server's resident memory at the end.
+//! the ratios, the CPU each request cost its server and the load
+//! generator, and each server's resident memory at the end. Once both
+//! servers have stopped, `openssl speed -multi <nproc> ed25519` gives what
+//! the same cores sign on their own; the report ends with issue 20's
+//! targets judged from this run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -40,6 +44,10 @@ const OPENBAO_VERSION: &str = "2.7.2";
 const SIGN_ROLE: &str = "bench-sign";
 const OTP_ROLE: &str = "bench-otp";
 const POLICY: &str = "bench-read";
+/// Issue 20's targets: every p99 under this (and under OpenBao's), and
+/// signing at this share of what `openssl speed` signs on the same cores.
+const P99_TARGET: Duration = Duration::from_millis(10);
+const OPENSSL_SHARE_TARGET: f64 = 0.40;
 /// How long a request may take before it counts as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long OpenBao may take to answer its health check after the start.
@@ -322,6 +330,17 @@ enum Op {
 impl Op {
     const ALL: [Op; 5] = [Op::Sign, Op::Creds, Op::Verify, Op::Lookup, Op::Read];
 
+    /// The name in a target's line.
+    fn short(self) -> &'static str {
+        match self {
+            Op::Sign => "sign",
+            Op::Creds => "creds",
+            Op::Verify => "verify",
+            Op::Lookup => "lookup",
+            Op::Read => "read",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Op::Sign => "sign (`POST ssh/sign`, ed25519 CA)",
@@ -534,8 +553,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .collect();
     drop(bao_proc);
     gp_server.stop()?;
+    let cpus = machine_before
+        .nproc
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1);
+    eprintln!("openssl speed -multi {cpus} ed25519 (the cores' own signing rate)");
+    let openssl = openssl_signs_per_second(cpus);
 
-    let body = report_body(args, &machine_before, &results, &memory);
+    let body = report_body(args, &machine_before, &results, &memory, openssl, cpus);
     report::publish(args.write.as_deref(), SECTION, &body)?;
     for (op, pair) in &results {
         for (m, peer) in pair.iter().zip(&peers) {
@@ -553,11 +581,115 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The reference of the signing target: ed25519 signatures a second by
+/// `openssl speed` with a process per CPU, run once the servers have
+/// stopped (so that it has the cores to itself). An error says why there
+/// is no figure.
+fn openssl_signs_per_second(cpus: usize) -> Result<f64, String> {
+    let out = Command::new("openssl")
+        .args(["speed", "-mr", "-seconds", "3", "-multi"])
+        .arg(cpus.max(1).to_string())
+        .arg("ed25519")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run openssl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl speed failed ({})", out.status));
+    }
+    ed25519_signs_of(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| "no Ed25519 result in openssl speed's output".to_string())
+}
+
+/// Signatures a second from `openssl speed -mr` output: its summing line
+/// `+F6:<n>:253:Ed25519:<signs/s>:<verifies/s>` (with `-multi`, the
+/// children's lines are prefixed `Got:` and not counted).
+fn ed25519_signs_of(output: &str) -> Option<f64> {
+    output.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.strip_prefix("+F6:")?.split(':').collect();
+        match fields.as_slice() {
+            [_, _, "Ed25519", signs, _] => signs.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// The targets of issue 20 that this run measures, each with its verdict.
+fn target_lines(
+    results: &[(Op, [Measured; 2])],
+    openssl: &Result<f64, String>,
+    cpus: usize,
+) -> String {
+    let verdict = |met: bool| if met { "**met**" } else { "**not met**" };
+    let mut out = String::from("Targets (issue 20), from this run:\n\n");
+    let find = |op: Op| results.iter().find(|(o, _)| *o == op).map(|(_, pair)| pair);
+    for (op, name, times) in [
+        (Op::Sign, "signing", 4.0),
+        (Op::Creds, "OTP creds", 4.0),
+        (Op::Verify, "verify", 3.0),
+    ] {
+        let ratio = find(op).and_then(|[bao, gp]| {
+            (bao.summary.rate > 0.0).then(|| gp.summary.rate / bao.summary.rate)
+        });
+        out += &match ratio {
+            Some(r) => format!(
+                "- {name} at least {times}× OpenBao's rate: {r:.2}×, {}.\n",
+                verdict(r >= times)
+            ),
+            None => format!("- {name} at least {times}× OpenBao's rate: not measured.\n"),
+        };
+    }
+    let mut all_met = true;
+    let mut each = Vec::new();
+    for (op, [bao, gp]) in results {
+        let met = match (gp.summary.p99, bao.summary.p99) {
+            (Some(g), Some(b)) => g < P99_TARGET && g < b,
+            _ => false,
+        };
+        all_met &= met;
+        each.push(format!(
+            "{} {} ms against {}",
+            op.short(),
+            report::millis(gp.summary.p99),
+            report::millis(bao.summary.p99)
+        ));
+    }
+    out += &format!(
+        "- p99 under {} ms and below OpenBao's for each: {}; {}.\n",
+        P99_TARGET.as_millis(),
+        each.join(", "),
+        verdict(all_met && !results.is_empty())
+    );
+    let signed = find(Op::Sign).map(|[_, gp]| gp.summary.rate);
+    out += &match (openssl, signed) {
+        (Ok(reference), Some(rate)) if *reference > 0.0 => {
+            let share = rate / reference;
+            format!(
+                "- signing at least {:.0}% of `openssl speed -multi {cpus} ed25519` on the same cores ({} a second, run after both servers stopped): {:.1}%, {}.\n",
+                OPENSSL_SHARE_TARGET * 100.0,
+                report::rate(*reference),
+                share * 100.0,
+                verdict(share >= OPENSSL_SHARE_TARGET)
+            )
+        }
+        (Err(why), _) => format!(
+            "- signing at least {:.0}% of `openssl speed -multi {cpus} ed25519`: not measured ({why}).\n",
+            OPENSSL_SHARE_TARGET * 100.0
+        ),
+        _ => format!(
+            "- signing at least {:.0}% of `openssl speed -multi {cpus} ed25519`: not measured.\n",
+            OPENSSL_SHARE_TARGET * 100.0
+        ),
+    };
+    out
+}
+
 fn report_body(
     args: &Args,
     machine: &machine::Machine,
     results: &[(Op, [Measured; 2])],
     memory: &[f64],
+    openssl: Result<f64, String>,
+    cpus: usize,
 ) -> String {
     let ms = report::millis;
     let mut t = Table::new(&[
@@ -603,15 +735,81 @@ fn report_body(
     );
     out += &t.to_markdown();
     out += &format!(
-        "\nResident memory at the end: OpenBao {}, gatepass {}.\n",
+        "\nResident memory at the end: OpenBao {}, gatepass {}.\n\n",
         report::mib(memory.first().copied().unwrap_or(f64::NAN)),
         report::mib(memory.get(1).copied().unwrap_or(f64::NAN)),
     );
+    out += &target_lines(results, &openssl, cpus);
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{ed25519_signs_of, target_lines, Measured, Op};
+    use crate::measure::Summary;
+    use std::time::Duration;
+
+    #[test]
+    fn openssls_summed_signing_rate_is_read_and_not_a_childs() {
+        let out = "+DT:ed25519:3:253\n+R9:8170:253:Ed25519:1.00\nForked child 1\n\
+                   Got: +F6:0:253:Ed25519:25837.000000:9355.000000 from 0\n\
+                   Got: +F6:0:253:Ed25519:25722.000000:8170.000000 from 1\n\
+                   +F6:0:253:Ed25519:51559.000000:17525.000000\n";
+        assert_eq!(ed25519_signs_of(out), Some(51559.0));
+        assert_eq!(ed25519_signs_of("+F6:0:256:ECDSA:1.0:2.0\n"), None);
+        assert_eq!(ed25519_signs_of(""), None);
+    }
+
+    fn measured(rate: f64, p99_ms: u64) -> Measured {
+        Measured {
+            summary: Summary {
+                rate,
+                errors: 0,
+                first_error: None,
+                p50: None,
+                p99: Some(Duration::from_millis(p99_ms)),
+                p999: None,
+                max: None,
+            },
+            ops: 1,
+            server_cpu_us: 0.0,
+            client_cpu_us: 0.0,
+        }
+    }
+
+    #[test]
+    fn each_target_is_judged_from_the_runs_own_figures() {
+        let results = vec![
+            (Op::Sign, [measured(4000.0, 30), measured(15000.0, 4)]),
+            (Op::Creds, [measured(3000.0, 20), measured(15000.0, 3)]),
+            (Op::Verify, [measured(5000.0, 16), measured(15000.0, 12)]),
+        ];
+        let text = target_lines(&results, &Ok(50000.0), 2);
+        assert!(
+            text.contains("- signing at least 4× OpenBao's rate: 3.75×, **not met**."),
+            "{text}"
+        );
+        assert!(
+            text.contains("- OTP creds at least 4× OpenBao's rate: 5.00×, **met**."),
+            "{text}"
+        );
+        assert!(
+            text.contains("- verify at least 3× OpenBao's rate: 3.00×, **met**."),
+            "{text}"
+        );
+        // verify's p99 is over 10 ms, so the p99 target as a whole is not met.
+        assert!(
+            text.contains("verify 12.00 ms against 16.00; **not met**."),
+            "{text}"
+        );
+        assert!(text.contains("ed25519` on the same cores (50000 a second, run after both servers stopped): 30.0%, **not met**."), "{text}");
+        let text = target_lines(&results, &Err("cannot run openssl: not found".into()), 2);
+        assert!(
+            text.contains("not measured (cannot run openssl: not found)"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn the_otp_of_a_creds_answer_is_its_data_key() {
         let answer = r#"{"request_id":"r","lease_id":"ssh/creds/bench-otp/l","renewable":false,
