@@ -365,10 +365,32 @@ fn handle(stream: &UnixStream, clients: &Clients, turns: &Turns, accepted: Insta
         );
         return;
     }
+    // A caller that hung up (its own time ran out while the request waited
+    // to be taken or for its turn) hears no answer: a server asked now
+    // would take the OTP for a login that already failed.
+    if caller_hung_up(stream) {
+        tracing::warn!("login socket: the caller hung up before its turn; its OTP was not sent");
+        return;
+    }
     let otp = Zeroizing::new(req.otp);
     let verified = client.verify(&otp, budget);
     drop(turn);
     send(stream, &Reply::Verified(verified));
+}
+
+/// Whether the caller has closed its end of the connection. The kernel
+/// tells that apart from a caller that only shut down its writing side
+/// (`POLLHUP` against `POLLRDHUP`), which still waits for the answer.
+fn caller_hung_up(stream: &UnixStream) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
+    }
 }
 
 /// Writes `reply` (bounded by [`READ_TIMEOUT`]: a caller that stopped
@@ -483,6 +505,39 @@ mod tests {
         // A turn given back goes to the next in line.
         drop(held);
         assert!(turns.take(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_request_whose_caller_hung_up_before_its_turn_is_not_sent_to_a_server() {
+        // A server that never answers: asked, it holds the caller's budget.
+        for caller_waits in [true, false] {
+            let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            server.set_nonblocking(true).unwrap();
+            let addr = format!("https://{}", server.local_addr().unwrap());
+            let (mut caller, hostd_end) = UnixStream::pair().unwrap();
+            caller.write_all(request(&addr, 300).as_bytes()).unwrap();
+            // One that still waits has said all it will, as a shell's
+            // `socat` does: that is not hanging up.
+            caller.shutdown(std::net::Shutdown::Write).unwrap();
+            let caller = caller_waits.then_some(caller);
+            handle(
+                &hostd_end,
+                &Clients::default(),
+                &Turns::default(),
+                Instant::now(),
+            );
+            assert_eq!(
+                server.accept().is_ok(),
+                caller_waits,
+                "the OTP reached a server: {}",
+                if caller_waits {
+                    "no (but the caller waited for its answer)"
+                } else {
+                    "yes (but the caller had hung up)"
+                }
+            );
+            drop(caller);
+        }
     }
 
     #[test]
