@@ -632,7 +632,7 @@ fn target_lines(
         });
         out += &match ratio {
             Some(r) => format!(
-                "- {name} at least {times}× OpenBao's rate: {r:.2}×, {}.\n",
+                "- {name} at least {times}× OpenBao's rate: {r:.3}×, {}.\n",
                 verdict(r >= times)
             ),
             None => format!("- {name} at least {times}× OpenBao's rate: not measured.\n"),
@@ -786,15 +786,15 @@ mod tests {
         ];
         let text = target_lines(&results, &Ok(50000.0), 2);
         assert!(
-            text.contains("- signing at least 4× OpenBao's rate: 3.75×, **not met**."),
+            text.contains("- signing at least 4× OpenBao's rate: 3.750×, **not met**."),
             "{text}"
         );
         assert!(
-            text.contains("- OTP creds at least 4× OpenBao's rate: 5.00×, **met**."),
+            text.contains("- OTP creds at least 4× OpenBao's rate: 5.000×, **met**."),
             "{text}"
         );
         assert!(
-            text.contains("- verify at least 3× OpenBao's rate: 3.00×, **met**."),
+            text.contains("- verify at least 3× OpenBao's rate: 3.000×, **met**."),
             "{text}"
         );
         // verify's p99 is over 10 ms, so the p99 target as a whole is not met.
