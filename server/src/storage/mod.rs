@@ -1182,6 +1182,11 @@ impl Storage {
 
     /// Waits until every queued audit line is in the database.
     pub async fn flush_audit(&self) -> Result<()> {
+        // The copier holds lines while the storage is known down; a reader
+        // finding it back (a fresh probe) lets it copy them first.
+        if self.health.is_down() {
+            self.health().await.map_err(Error::StorageUnavailable)?;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.audit_tx
             .send(AuditMsg::Flush(tx))
@@ -1274,18 +1279,26 @@ const AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 /// each wake schedules it (and may wake a parked runtime thread to look
 /// for work) on the request's path. Now only the window's first line
 /// wakes it; a flush ends the window through `flush`.
+///
+/// While the storage is down the lines are held (up to
+/// [`AUDIT_HELD_BYTES`]) and copied, before any line after them, once it
+/// is back: an outage is when someone reads the log afterwards, and
+/// `sys/audit-log` should then show it whole, as the file does.
 async fn audit_writer(
     writer: Writer,
     health: std::sync::Arc<Health>,
     mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
     flush: std::sync::Arc<tokio::sync::Notify>,
 ) {
+    let mut held = Held::new(AUDIT_HELD_BYTES);
     let mut lines: Vec<AuditLine> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
     let take = |msg, lines: &mut Vec<AuditLine>, waiting: &mut Vec<_>| match msg {
         AuditMsg::Line(l) => lines.push(l),
         AuditMsg::Flush(tx) => waiting.push(tx),
     };
+    // Held lines wait for the next line or flush: the request that finds
+    // the storage back (each probes it while it is known down) sends one.
     while let Some(first) = rx.recv().await {
         take(first, &mut lines, &mut waiting);
         let mut window = Some(tokio::time::Instant::now() + AUDIT_WINDOW);
@@ -1304,24 +1317,16 @@ async fn audit_writer(
             }
             let _ = tokio::time::timeout_at(until, flush.notified()).await;
         }
-        let mut ok = true;
-        if !lines.is_empty() {
-            let n = lines.len();
-            if health.is_down() {
-                // Waiting out a timeout per batch would let the queue fill
-                // and then hold every request that audits; the lines are in
-                // the audit file.
-                lines.clear();
-                tracing::error!(
-                    lines = n,
-                    "storage unavailable: audit lines not copied to the database"
-                );
-                ok = false;
-            } else if let Err(e) = writer.audit(std::mem::take(&mut lines)).await {
-                tracing::error!(error = %e, lines = n, "cannot copy audit lines to the database");
-                ok = false;
-            }
-        }
+        held.hold(std::mem::take(&mut lines));
+        // While the storage is known down nothing is tried: waiting out a
+        // timeout per batch would let the queue fill and then hold every
+        // request that audits.
+        let ok = if health.is_down() {
+            held.note_down();
+            false
+        } else {
+            held.copy(&writer, &health).await
+        };
         for w in waiting.drain(..) {
             let _ = w.send(if ok {
                 Ok(())
@@ -1330,11 +1335,132 @@ async fn audit_writer(
             });
         }
     }
+    if !held.lines.is_empty() {
+        tracing::error!(
+            lines = held.lines.len(),
+            "storage unavailable at stop: audit lines not copied to the database"
+        );
+    }
+}
+
+/// How much the audit copier holds while the storage is down; lines beyond
+/// it are in the audit file only. 64 MiB is about 80,000 lines, a minute
+/// or so of a busy server answering 503.
+const AUDIT_HELD_BYTES: usize = 64 << 20;
+
+/// Lines waiting for the database, oldest first, and how many did not fit.
+struct Held {
+    lines: Vec<AuditLine>,
+    /// At most this many bytes of lines are held.
+    cap: usize,
+    bytes: usize,
+    dropped: u64,
+    /// Whether a copy failed for the storage being down since the last
+    /// that went through (to log the outage's start and end once each).
+    down: bool,
+}
+
+impl Held {
+    fn new(cap: usize) -> Held {
+        Held {
+            lines: Vec::new(),
+            cap,
+            bytes: 0,
+            dropped: 0,
+            down: false,
+        }
+    }
+
+    /// Logs, once an outage, that lines are being held.
+    fn note_down(&mut self) {
+        if !self.down && !self.lines.is_empty() {
+            tracing::error!(
+                lines = self.lines.len(),
+                "storage unavailable: audit lines held for the database until it is back"
+            );
+            self.down = true;
+        }
+    }
+
+    /// Adds `lines` after those held; what would go over the bound is left
+    /// to the file. The oldest are kept: dropping them instead would cut
+    /// the copy's run in two places rather than one.
+    fn hold(&mut self, lines: Vec<AuditLine>) {
+        for l in lines {
+            if self.bytes + l.line.len() > self.cap {
+                self.dropped += 1;
+                continue;
+            }
+            self.bytes += l.line.len();
+            self.lines.push(l);
+        }
+    }
+
+    /// Copies the held lines a batch at a time, oldest first. Stops, keeping
+    /// the rest, when the storage is found down; a batch the database
+    /// refuses otherwise is dropped (it is in the file) so that one bad
+    /// batch cannot hold the copy up for good. True when all went in.
+    async fn copy(&mut self, writer: &Writer, health: &Health) -> bool {
+        let mut ok = true;
+        let mut done = 0;
+        while done < self.lines.len() {
+            let end = self.lines.len().min(done + AUDIT_BATCH);
+            let batch = &self.lines[done..end];
+            match writer.audit(batch).await {
+                Ok(()) => done = end,
+                // The database gone under the copy (the writer does not ask
+                // the probe; its error says so) is an outage like any other.
+                Err(e) if health.is_down() || health::unavailable_cause(&e).is_some() => {
+                    ok = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, lines = end - done, "cannot copy audit lines to the database");
+                    done = end;
+                    ok = false;
+                }
+            }
+        }
+        let copied: usize = self.lines[..done].iter().map(|l| l.line.len()).sum();
+        self.bytes -= copied;
+        self.lines.drain(..done);
+        if !self.lines.is_empty() {
+            self.note_down();
+        } else if self.down || self.dropped > 0 {
+            if self.dropped > 0 {
+                tracing::error!(
+                    lines = self.dropped,
+                    "storage was unavailable: audit lines beyond what is held in memory not copied to the database (they are in the audit file)"
+                );
+            } else {
+                tracing::info!(
+                    "storage back: audit lines held while it was down copied to the database"
+                );
+            }
+            self.down = false;
+            self.dropped = 0;
+        }
+        ok
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_held_while_the_storage_is_down_are_bounded_keeping_the_oldest() {
+        let line = |n: i64| AuditLine {
+            line: format!("line {n:04}"),
+            at: n,
+        };
+        let mut held = Held::new(3 * 9);
+        held.hold((1..=2).map(line).collect());
+        held.hold((3..=5).map(line).collect());
+        let kept: Vec<i64> = held.lines.iter().map(|l| l.at).collect();
+        assert_eq!(kept, [1, 2, 3]);
+        assert_eq!((held.bytes, held.dropped), (27, 2));
+    }
 
     fn value(text: &str) -> Cached {
         Some(std::sync::Arc::new(zeroize::Zeroizing::new(

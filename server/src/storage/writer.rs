@@ -251,8 +251,8 @@ impl Writer {
     /// Stores audit lines (in order: the caller waits for each batch).
     /// Stores audit lines as one batch; the lines are compressed here, by
     /// the caller, not on the storage writer every request waits on.
-    pub async fn audit(&self, lines: Vec<AuditLine>) -> Result<()> {
-        let Some(batch) = super::audit_batch::Batch::of(&lines)? else {
+    pub async fn audit(&self, lines: &[AuditLine]) -> Result<()> {
+        let Some(batch) = super::audit_batch::Batch::of(lines)? else {
             return Ok(());
         };
         self.send(|reply| Job::Audit { batch, reply }).await?;

@@ -96,6 +96,68 @@ async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
     eprintln!("healthy {took:?} after the database was back");
     let (st, text, _) = call(&c, "POST", "auth/token/create").await;
     assert_eq!(st, 200, "{text}");
+
+    // The refused writes are on record in the audit file, and the
+    // database's copy, read through the API, has every line the file has:
+    // the lines of the outage were held and copied once it was back.
+    let file = dir.path().join("a-audit.log");
+    let refused = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("auth/token/create") && l.contains("storage unavailable"))
+        .count();
+    assert!(refused >= 3, "{refused} refused writes in the file");
+    every_line_of_the_file_is_copied(&c, &file).await;
+}
+
+/// Every line of the audit file up to the last copied one is in the
+/// database's copy as `sys/audit-log` serves it: no gap in `seq`.
+async fn every_line_of_the_file_is_copied(c: &Client, file: &std::path::Path) {
+    let copied = copied_seqs(c).await;
+    let last = *copied.last().unwrap();
+    let missing: Vec<u64> = file_seqs(file)
+        .into_iter()
+        .filter(|s| *s <= last && copied.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lines of the file not in the database's copy: {missing:?}"
+    );
+}
+
+/// The `seq` of every line of the database's audit copy, in order, read
+/// through `sys/audit-log` a page at a time.
+async fn copied_seqs(c: &Client) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut after = 0;
+    loop {
+        let path = format!("sys/audit-log?after={after}&limit=1000");
+        let v = c.request("GET", &path, None).await.unwrap().unwrap();
+        let events = v["data"]["events"].as_array().cloned().unwrap_or_default();
+        for e in &events {
+            after = e["id"].as_i64().unwrap();
+            let line: serde_json::Value =
+                serde_json::from_str(e["line"].as_str().unwrap()).unwrap();
+            seqs.push(line["seq"].as_u64().unwrap());
+        }
+        if events.len() < 1000 {
+            seqs.sort_unstable();
+            return seqs;
+        }
+    }
+}
+
+/// The `seq` of every line of an audit file.
+fn file_seqs(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,6 +243,8 @@ async fn a_locked_sqlite_file_is_reported_as_unavailable() {
     health_becomes(&c, 200, Duration::from_secs(2)).await;
     let (st, text, _) = call(&c, "POST", "auth/token/create").await;
     assert_eq!(st, 200, "{text}");
+    // The lines audited while the file was locked are in the copy too.
+    every_line_of_the_file_is_copied(&c, &server.data_dir.join("audit.log")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
