@@ -1386,6 +1386,15 @@ impl Held {
     /// to the file. The oldest are kept: dropping them instead would cut
     /// the copy's run in two places rather than one.
     fn hold(&mut self, lines: Vec<AuditLine>) {
+        // The usual case, nothing held: the window's lines as they are.
+        if self.lines.is_empty() {
+            let bytes = lines.iter().map(|l| l.line.len()).sum();
+            if bytes <= self.cap {
+                self.lines = lines;
+                self.bytes = bytes;
+                return;
+            }
+        }
         for l in lines {
             if self.bytes + l.line.len() > self.cap {
                 self.dropped += 1;
@@ -1421,9 +1430,14 @@ impl Held {
                 }
             }
         }
-        let copied: usize = self.lines[..done].iter().map(|l| l.line.len()).sum();
-        self.bytes -= copied;
-        self.lines.drain(..done);
+        if done == self.lines.len() {
+            self.lines.clear();
+            self.bytes = 0;
+        } else {
+            let copied: usize = self.lines[..done].iter().map(|l| l.line.len()).sum();
+            self.bytes -= copied;
+            self.lines.drain(..done);
+        }
         if !self.lines.is_empty() {
             self.note_down();
         } else if self.down || self.dropped > 0 {

@@ -248,9 +248,9 @@ impl Writer {
         self.send(|reply| Job::Unit { unit, reply }).await
     }
 
-    /// Stores audit lines (in order: the caller waits for each batch).
-    /// Stores audit lines as one batch; the lines are compressed here, by
-    /// the caller, not on the storage writer every request waits on.
+    /// Stores audit lines as one batch (in order: the caller waits for
+    /// each); the lines are compressed here, by the caller, not on the
+    /// storage writer every request waits on.
     pub async fn audit(&self, lines: &[AuditLine]) -> Result<()> {
         let Some(batch) = super::audit_batch::Batch::of(lines)? else {
             return Ok(());
