@@ -27,6 +27,12 @@ pub enum Error {
     /// to fix and a client that retrying later may work.
     #[error("{0}")]
     StorageUnavailable(String),
+    /// A batch of the audit copy whose commit was sent but whose answer
+    /// never came (the connection lost on the way): stored or not, nobody
+    /// knows until the row `last_id`, whose id no other batch can take, is
+    /// looked for.
+    #[error("{cause} (whether audit batch {last_id} was stored is not known)")]
+    AuditUnconfirmed { last_id: i64, cause: String },
     #[error("storage error: {0}")]
     Storage(#[from] sqlx::Error),
     #[error("storage error: {0}")]

@@ -123,7 +123,9 @@ pub fn status_of(e: &Error) -> StatusCode {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::UnsupportedOperation => StatusCode::METHOD_NOT_ALLOWED,
         Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-        Error::Unavailable(_) | Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Unavailable(_) | Error::StorageUnavailable(_) | Error::AuditUnconfirmed { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         Error::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Storage(_)
         | Error::Sqlite(_)

@@ -93,7 +93,9 @@ pub fn unavailable_cause(e: &Error) -> Option<Cause> {
     match e {
         Error::Storage(e) => sqlx_cause(e),
         Error::Sqlite(e) => sqlite_unavailable(e).then(|| Cause::Known(e.to_string())),
-        Error::StorageUnavailable(c) => Some(Cause::Known(c.clone())),
+        Error::StorageUnavailable(c) | Error::AuditUnconfirmed { cause: c, .. } => {
+            Some(Cause::Known(c.clone()))
+        }
         _ => None,
     }
 }

@@ -1232,9 +1232,20 @@ impl Storage {
         .await
     }
 
+    /// Copies what the audit copier holds, if the storage lets it, and
+    /// stops the copier, which logs what the copy is left without.
     pub async fn close(&self) {
-        if let Err(e) = self.flush_audit().await {
-            tracing::warn!(error = %e, "audit lines not copied to the database");
+        // As for a reader: a storage known down is probed once more, so
+        // that lines held through an outage that just ended go in.
+        if self.health.is_down() {
+            let _ = self.health().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.audit_tx.send(AuditMsg::Stop(tx)).await.is_ok() {
+            self.audit_flush.notify_one();
+            if let Ok(Err(e)) = rx.await {
+                tracing::warn!(error = %e, "audit lines not copied to the database");
+            }
         }
         if let Db::Postgres(pool) = &self.db {
             pool.close().await;
@@ -1259,6 +1270,9 @@ fn unavailable_text(target: &str, cause: &str) -> String {
 enum AuditMsg {
     Line(AuditLine),
     Flush(tokio::sync::oneshot::Sender<Result<()>>),
+    /// A flush after which the copier says what it could not copy and
+    /// ends (the server is stopping).
+    Stop(tokio::sync::oneshot::Sender<Result<()>>),
 }
 
 /// Lines per batch.
@@ -1289,25 +1303,37 @@ async fn audit_writer(
     health: std::sync::Arc<Health>,
     mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
     flush: std::sync::Arc<tokio::sync::Notify>,
-) {
+) -> Held {
     let mut held = Held::new(AUDIT_HELD_BYTES);
     let mut lines: Vec<AuditLine> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
+    let mut stopping = false;
+    // Whether the message asks the copier to stop.
     let take = |msg, lines: &mut Vec<AuditLine>, waiting: &mut Vec<_>| match msg {
-        AuditMsg::Line(l) => lines.push(l),
-        AuditMsg::Flush(tx) => waiting.push(tx),
+        AuditMsg::Line(l) => {
+            lines.push(l);
+            false
+        }
+        AuditMsg::Flush(tx) => {
+            waiting.push(tx);
+            false
+        }
+        AuditMsg::Stop(tx) => {
+            waiting.push(tx);
+            true
+        }
     };
     // Held lines wait for the next line or flush: the request that finds
     // the storage back (each probes it while it is known down) sends one.
     while let Some(first) = rx.recv().await {
-        take(first, &mut lines, &mut waiting);
+        stopping |= take(first, &mut lines, &mut waiting);
         let mut window = Some(tokio::time::Instant::now() + AUDIT_WINDOW);
         // Take what is queued, up to a batch; when the batch is not full
         // and nobody waits for it, once more at the window's end.
         loop {
             while lines.len() < AUDIT_BATCH {
                 match rx.try_recv() {
-                    Ok(m) => take(m, &mut lines, &mut waiting),
+                    Ok(m) => stopping |= take(m, &mut lines, &mut waiting),
                     Err(_) => break,
                 }
             }
@@ -1327,6 +1353,9 @@ async fn audit_writer(
         } else {
             held.copy(&writer, &health).await
         };
+        if stopping {
+            held.report_at_stop();
+        }
         for w in waiting.drain(..) {
             let _ = w.send(if ok {
                 Ok(())
@@ -1334,13 +1363,13 @@ async fn audit_writer(
                 Err(Error::internal("audit lines not stored in the database"))
             });
         }
+        if stopping {
+            return held;
+        }
     }
-    if !held.lines.is_empty() {
-        tracing::error!(
-            lines = held.lines.len(),
-            "storage unavailable at stop: audit lines not copied to the database"
-        );
-    }
+    // Every sender gone without a stop: what is held goes with the copier.
+    held.report_at_stop();
+    held
 }
 
 /// How much the audit copier holds while the storage is down; lines beyond
@@ -1354,10 +1383,15 @@ struct Held {
     /// At most this many bytes of lines are held.
     cap: usize,
     bytes: usize,
+    /// Lines left to the file since the held list was last empty; once
+    /// one is, every later line is too until the held ones are copied.
     dropped: u64,
     /// Whether a copy failed for the storage being down since the last
     /// that went through (to log the outage's start and end once each).
     down: bool,
+    /// The first held lines' batch whose commit went unanswered: its id
+    /// and how many lines it took. Looked for before they are sent again.
+    unconfirmed: Option<(i64, usize)>,
 }
 
 impl Held {
@@ -1368,6 +1402,25 @@ impl Held {
             bytes: 0,
             dropped: 0,
             down: false,
+            unconfirmed: None,
+        }
+    }
+
+    /// Says, as the server stops, what the database's copy will not have:
+    /// the lines still held and those that did not fit (all are in the
+    /// audit file).
+    fn report_at_stop(&self) {
+        if !self.lines.is_empty() {
+            tracing::error!(
+                lines = self.lines.len(),
+                "storage unavailable at stop: audit lines not copied to the database (they are in the audit file)"
+            );
+        }
+        if self.dropped > 0 {
+            tracing::error!(
+                lines = self.dropped,
+                "storage was unavailable: audit lines beyond what is held in memory not copied to the database (they are in the audit file)"
+            );
         }
     }
 
@@ -1387,7 +1440,7 @@ impl Held {
     /// the copy's run in two places rather than one.
     fn hold(&mut self, lines: Vec<AuditLine>) {
         // The usual case, nothing held: the window's lines as they are.
-        if self.lines.is_empty() {
+        if self.lines.is_empty() && self.dropped == 0 {
             let bytes = lines.iter().map(|l| l.line.len()).sum();
             if bytes <= self.cap {
                 self.lines = lines;
@@ -1396,7 +1449,9 @@ impl Held {
             }
         }
         for l in lines {
-            if self.bytes + l.line.len() > self.cap {
+            // Past the first line that did not fit, none is held: a
+            // shorter one after it would leave a second gap in the copy.
+            if self.dropped > 0 || self.bytes + l.line.len() > self.cap {
                 self.dropped += 1;
                 continue;
             }
@@ -1412,11 +1467,33 @@ impl Held {
     async fn copy(&mut self, writer: &Writer, health: &Health) -> bool {
         let mut ok = true;
         let mut done = 0;
+        if let Some((last_id, lines)) = self.unconfirmed {
+            match writer.upkeep(Upkeep::AuditStored { last_id }).await {
+                // It went in: those lines are not sent again.
+                Ok(n) if n > 0 => done = lines.min(self.lines.len()),
+                Ok(_) => {}
+                Err(e) if health.is_down() || health::unavailable_cause(&e).is_some() => {
+                    return false;
+                }
+                // Not knowing, the lines are sent again: twice in the copy
+                // (the same `seq` and `mac`) rather than missing from it.
+                Err(e) => {
+                    tracing::error!(error = %e, last_id, "cannot tell whether an audit batch was stored; copying its lines again");
+                }
+            }
+            self.unconfirmed = None;
+        }
         while done < self.lines.len() {
             let end = self.lines.len().min(done + AUDIT_BATCH);
             let batch = &self.lines[done..end];
             match writer.audit(batch).await {
                 Ok(()) => done = end,
+                Err(Error::AuditUnconfirmed { last_id, cause }) => {
+                    tracing::warn!(last_id, cause = %cause, "an audit batch's commit went unanswered; it is looked for before its lines are sent again");
+                    self.unconfirmed = Some((last_id, end - done));
+                    ok = false;
+                    break;
+                }
                 // The database gone under the copy (the writer does not ask
                 // the probe; its error says so) is an outage like any other.
                 Err(e) if health.is_down() || health::unavailable_cause(&e).is_some() => {
@@ -1474,6 +1551,127 @@ mod tests {
         let kept: Vec<i64> = held.lines.iter().map(|l| l.at).collect();
         assert_eq!(kept, [1, 2, 3]);
         assert_eq!((held.bytes, held.dropped), (27, 2));
+        // A shorter line that would fit in what is left is not held
+        // either: past the first gap, the copy has none but the one.
+        held.cap = 30;
+        held.hold(vec![AuditLine {
+            line: "abc".into(),
+            at: 6,
+        }]);
+        assert_eq!(held.lines.len(), 3);
+        assert_eq!((held.bytes, held.dropped), (27, 3));
+    }
+
+    /// Batches a fake writer stored: each one's last id and its lines.
+    type Stored = std::sync::Arc<std::sync::Mutex<Vec<(i64, Vec<String>)>>>;
+
+    /// A storage writer that stores audit batches in `stored` and answers
+    /// the first `unanswered` commits as lost although they went in.
+    fn fake_writer(stored: Stored, mut unanswered: usize) -> Writer {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<writer::Job>(16);
+        tokio::spawn(async move {
+            let mut next_id = 0;
+            while let Some(job) = rx.recv().await {
+                match job {
+                    writer::Job::Audit { batch, reply } => {
+                        next_id += batch.lines;
+                        let base = next_id - batch.lines + 1;
+                        let lines = audit_batch::decode(base, &batch.body)
+                            .unwrap()
+                            .into_iter()
+                            .map(|l| l.line)
+                            .collect();
+                        stored.lock().unwrap().push((next_id, lines));
+                        let _ = reply.send(if unanswered > 0 {
+                            unanswered -= 1;
+                            Err(Error::AuditUnconfirmed {
+                                last_id: next_id,
+                                cause: "connection reset".into(),
+                            })
+                        } else {
+                            Ok(writer::Applied::empty())
+                        });
+                    }
+                    writer::Job::Upkeep {
+                        task: Upkeep::AuditStored { last_id },
+                        reply,
+                    } => {
+                        let n = stored
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .find(|(id, _)| *id == last_id)
+                            .map_or(0, |(_, l)| l.len() as u64);
+                        let _ = reply.send(Ok(writer::Applied::counted(n)));
+                    }
+                    other => other.answer(Err(Error::internal("not in this test"))),
+                }
+            }
+        });
+        Writer::new(tx)
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_commit_went_unanswered_is_not_copied_twice() {
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = fake_writer(stored.clone(), 1);
+        let health = Health::default();
+        let line = |n: i64| AuditLine {
+            line: format!("line {n}"),
+            at: n,
+        };
+        let mut held = Held::new(AUDIT_HELD_BYTES);
+        held.hold((1..=3).map(line).collect());
+        // The commit went in, its answer did not come: the lines stay held.
+        assert!(!held.copy(&writer, &health).await);
+        assert_eq!(held.lines.len(), 3);
+        // More lines come; the next copy finds the batch stored and sends
+        // only what came after it.
+        held.hold((4..=5).map(line).collect());
+        assert!(held.copy(&writer, &health).await);
+        assert!(held.lines.is_empty());
+        let copied: Vec<String> = stored
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, l)| l.clone())
+            .collect();
+        assert_eq!(copied, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
+    }
+
+    #[tokio::test]
+    async fn the_copier_stops_when_told_saying_what_it_still_holds() {
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = fake_writer(stored.clone(), 0);
+        let health = std::sync::Arc::new(Health::default());
+        health.record(Err("connection refused".into()));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let copier = tokio::spawn(audit_writer(
+            writer,
+            health,
+            rx,
+            std::sync::Arc::new(tokio::sync::Notify::new()),
+        ));
+        for n in 1..=2 {
+            tx.send(AuditMsg::Line(AuditLine {
+                line: format!("line {n}"),
+                at: n,
+            }))
+            .await
+            .unwrap();
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        tx.send(AuditMsg::Stop(stop)).await.unwrap();
+        // The storage is down: the stop is answered that the lines were
+        // not copied, and the copier ends (its sender still open) with them.
+        assert!(stopped.await.unwrap().is_err());
+        let held = tokio::time::timeout(std::time::Duration::from_secs(5), copier)
+            .await
+            .expect("the copier ended")
+            .unwrap();
+        assert_eq!(held.lines.len(), 2);
+        assert!(stored.lock().unwrap().is_empty());
+        drop(tx);
     }
 
     fn value(text: &str) -> Cached {

@@ -430,8 +430,18 @@ async fn insert_audit(pool: &PgPool, batch: &audit_batch::Batch) -> Result<()> {
     .bind(&batch.body)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
-    Ok(())
+    match tx.commit().await {
+        Ok(()) => Ok(()),
+        // The server's refusal of the commit: it rolled the batch back.
+        Err(e @ sqlx::Error::Database(_)) => Err(e.into()),
+        // The answer lost on the way: the batch may be in. Sent again as
+        // it is, its lines would be there twice; the copier looks for
+        // `last_id` first (`Upkeep::AuditStored`).
+        Err(e) => Err(Error::AuditUnconfirmed {
+            last_id,
+            cause: e.to_string(),
+        }),
+    }
 }
 
 /// The advisory lock the copiers of all servers take to number their
@@ -516,6 +526,14 @@ async fn upkeep(pool: &PgPool, task: Upkeep) -> Result<u64> {
     match task {
         Upkeep::PruneAudit { before, limit } => prune_audit(pool, before, limit).await,
         Upkeep::Vacuum { .. } => Ok(0),
+        Upkeep::AuditStored { last_id } => {
+            let lines: Option<i32> =
+                sqlx::query_scalar("SELECT lines FROM audit_batches WHERE last_id = $1")
+                    .bind(last_id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(lines.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+        }
     }
 }
 

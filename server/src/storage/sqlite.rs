@@ -942,6 +942,11 @@ fn upkeep(tx: &Connection, task: Upkeep) -> rusqlite::Result<u64> {
             tx.query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as u64)
         }
+        Upkeep::AuditStored { last_id } => tx
+            .prepare_cached("SELECT lines FROM audit_batches WHERE last_id = ?1")?
+            .query_row([last_id], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|n| n.map_or(0, |n| n.max(0) as u64)),
     }
 }
 

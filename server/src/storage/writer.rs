@@ -170,6 +170,9 @@ pub enum Upkeep {
     /// SQLite: gives up to `pages` free pages back to the file system
     /// (incremental vacuum); the count is how many free pages are left.
     Vacuum { pages: i64 },
+    /// The lines of the audit batch stored as `last_id`, 0 when there is
+    /// none: whether a batch whose commit went unanswered went in.
+    AuditStored { last_id: i64 },
 }
 
 pub enum Job {
