@@ -47,7 +47,10 @@ where
                 .with(secrets_kept_out()),
         )
     } else {
-        Box::new(b.finish().with(secrets_kept_out()))
+        // Colours for a terminal only: in a file their escape codes are
+        // noise around every field.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Box::new(b.with_ansi(ansi).finish().with(secrets_kept_out()))
     }
 }
 

@@ -220,12 +220,21 @@ enum SnapshotCommand {
 }
 
 fn init_logging() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("GATEPASS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // Colours for a terminal only: in a file or the journal their escape
+    // codes are noise around every field.
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // journald stamps lines itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.without_time().init();
+    } else {
+        b.init();
+    }
 }
 
 #[tokio::main]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gatepass_api::{Client, Error};
 use gatepass_tests::pg::OwnedPg;
-use gatepass_tests::{init_server, serve_config, start_serve, DevServer};
+use gatepass_tests::{init_server, serve_config, start_serve, stop_child, DevServer};
 use serde_json::Map;
 
 /// Status and error text of a request, with how long it took.
@@ -108,6 +108,48 @@ async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
         .count();
     assert!(refused >= 3, "{refused} refused writes in the file");
     every_line_of_the_file_is_copied(&c, &file).await;
+}
+
+#[tokio::test]
+async fn a_server_stopped_while_postgres_is_down_says_how_many_audit_lines_it_did_not_copy() {
+    let db = OwnedPg::start();
+    let url = db.new_database("stopdown");
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut settings) = serve_config(dir.path(), "a", &url, "");
+    settings.token = Some(init_server(&config));
+    let log = dir.path().join("a.log");
+    let mut server = start_serve(&config, &log, settings);
+    server.wait_up().await;
+    let c = Client::new(&server.settings).unwrap();
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+
+    // The database goes; three writes are refused, each audited in the
+    // file (request and response) and held for the database's copy.
+    db.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        assert_eq!(call(&c, "POST", "auth/token/create").await.0, 503);
+    }
+    // Stopped before the database is back: the log says how many lines
+    // the copy is without (they are in the file).
+    stop_child(&mut server.child);
+    let text = std::fs::read_to_string(&log).unwrap();
+    // A log written to a file, as under systemd, is plain text.
+    assert!(
+        !text.contains('\u{1b}'),
+        "terminal escape codes in the log file"
+    );
+    let said = text
+        .lines()
+        .find(|l| l.contains("audit lines not copied to the database"))
+        .unwrap_or_else(|| panic!("the stop did not say what the copy is without:\n{text}"));
+    let lines: u64 = said
+        .split("lines=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {said:?}"));
+    assert!(lines >= 6, "{said}");
 }
 
 /// Every line of the audit file up to the last copied one is in the
