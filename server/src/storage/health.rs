@@ -110,10 +110,12 @@ fn sqlx_cause(e: &sqlx::Error) -> Option<Cause> {
         | sqlx::Error::WorkerCrashed => Some(Cause::Known(e.to_string())),
         // SQLSTATE classes 08 (connection exception), 53 (insufficient
         // resources: too many connections, disk full) and 57 (operator
-        // intervention: shutdown, starting up, cancelled).
+        // intervention: shutdown, starting up, cancelled), and 25006 (a
+        // write in a read-only transaction: a standby, or a database set
+        // read-only).
         sqlx::Error::Database(d)
             if d.code().is_some_and(|c| {
-                c.starts_with("08") || c.starts_with("53") || c.starts_with("57")
+                c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "25006"
             }) =>
         {
             Some(Cause::Known(e.to_string()))
@@ -186,8 +188,20 @@ pub async fn probe_postgres(
     Ok(())
 }
 
+/// Whether the database answers and takes writes. A standby (after a
+/// failover pointed the address at the wrong node, say), or a database set
+/// read-only, answers reads but refuses every write, and the LISTEN that
+/// other servers' change announcements need: this server cannot do its
+/// work there, and a load balancer should send clients elsewhere.
 async fn ping(conn: &mut sqlx::PgConnection) -> Result<(), String> {
-    match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(conn)).await {
+    let read_only =
+        sqlx::query_scalar::<_, String>("SELECT current_setting('transaction_read_only')")
+            .fetch_one(conn);
+    match tokio::time::timeout(PING_TIMEOUT, read_only).await {
+        Ok(Ok(ro)) if ro == "on" => Err(
+            "the database is read-only (a standby, or default_transaction_read_only is on) and takes no writes"
+                .into(),
+        ),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {} ms", PING_TIMEOUT.as_millis())),

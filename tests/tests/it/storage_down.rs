@@ -152,6 +152,46 @@ async fn a_server_stopped_while_postgres_is_down_says_how_many_audit_lines_it_di
     assert!(lines >= 6, "{said}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_postgres_is_unavailable_and_the_audit_copy_waits_for_it() {
+    let db = OwnedPg::start();
+    let url = db.new_database("readonly");
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut settings) = serve_config(dir.path(), "a", &url, "");
+    settings.token = Some(init_server(&config));
+    let server = start_serve(&config, &dir.path().join("a.log"), settings);
+    server.wait_up().await;
+    let c = Client::new(&server.settings).unwrap();
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+
+    // The database turns read-only under the running server, as a standby
+    // does (every session, the server's open ones too, after the reload).
+    let set_read_only = |on: &str| {
+        gatepass_tests::pg::exec(
+            &url,
+            &format!("ALTER SYSTEM SET default_transaction_read_only = {on}"),
+        );
+        gatepass_tests::pg::exec(&url, "SELECT pg_reload_conf()");
+    };
+    set_read_only("on");
+    // Health says so, and a write is refused as unavailable (503, to be
+    // tried again elsewhere or later), not as a server fault (500).
+    health_becomes(&c, 503, Duration::from_secs(5)).await;
+    let (_, text, _) = call(&c, "GET", "sys/health").await;
+    assert!(text.contains("read-only"), "{text}");
+    for _ in 0..3 {
+        let (st, text, _) = call(&c, "POST", "auth/token/create").await;
+        assert_eq!(st, 503, "{text}");
+    }
+
+    // Writable again: health and writes come back without a restart, and
+    // the copy of the audit log has the lines of the read-only spell.
+    set_read_only("off");
+    health_becomes(&c, 200, Duration::from_secs(5)).await;
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    every_line_of_the_file_is_copied(&c, &dir.path().join("a-audit.log")).await;
+}
+
 /// Every line of the audit file up to the last copied one is in the
 /// database's copy as `sys/audit-log` serves it: no gap in `seq`.
 async fn every_line_of_the_file_is_copied(c: &Client, file: &std::path::Path) {
