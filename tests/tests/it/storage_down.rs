@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use gatepass_api::{Client, Error};
 use gatepass_tests::pg::OwnedPg;
-use gatepass_tests::{init_server, serve_config, start_serve, stop_child, DevServer};
+use gatepass_tests::{init_server, serve_config, start_serve, stop_child, DevServer, ServeProcess};
 use serde_json::Map;
 
 /// Status and error text of a request, with how long it took.
@@ -42,6 +42,20 @@ async fn health_becomes(c: &Client, want: u16, limit: Duration) -> Duration {
     }
 }
 
+/// A `serve` process on the database at `url`, answering, with a client
+/// holding its root token that has made one token: its folder (the log is
+/// `a.log`, the audit file `a-audit.log`), the process and the client.
+async fn serving(url: &str) -> (tempfile::TempDir, ServeProcess, Client) {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut settings) = serve_config(dir.path(), "a", url, "");
+    settings.token = Some(init_server(&config));
+    let server = start_serve(&config, &dir.path().join("a.log"), settings);
+    server.wait_up().await;
+    let c = Client::new(&server.settings).unwrap();
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    (dir, server, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
     let db = OwnedPg::start();
@@ -50,13 +64,7 @@ async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
     // A password in the URL (trust authentication ignores it) must never
     // reach a client.
     let with_password = url.replace("postgres@", "postgres:hunter2@");
-    let dir = tempfile::tempdir().unwrap();
-    let (config, mut settings) = serve_config(dir.path(), "a", &with_password, "");
-    settings.token = Some(init_server(&config));
-    let server = start_serve(&config, &dir.path().join("a.log"), settings);
-    server.wait_up().await;
-    let c = Client::new(&server.settings).unwrap();
-    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    let (dir, _server, c) = serving(&with_password).await;
 
     db.stop();
     // A health answer stands for up to 250 ms.
@@ -113,15 +121,8 @@ async fn postgres_stopped_under_a_running_server_fails_fast_and_recovers() {
 #[tokio::test]
 async fn a_server_stopped_while_postgres_is_down_says_how_many_audit_lines_it_did_not_copy() {
     let db = OwnedPg::start();
-    let url = db.new_database("stopdown");
-    let dir = tempfile::tempdir().unwrap();
-    let (config, mut settings) = serve_config(dir.path(), "a", &url, "");
-    settings.token = Some(init_server(&config));
+    let (dir, mut server, c) = serving(&db.new_database("stopdown")).await;
     let log = dir.path().join("a.log");
-    let mut server = start_serve(&config, &log, settings);
-    server.wait_up().await;
-    let c = Client::new(&server.settings).unwrap();
-    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
 
     // The database goes; three writes are refused, each audited in the
     // file (request and response) and held for the database's copy.
@@ -156,13 +157,7 @@ async fn a_server_stopped_while_postgres_is_down_says_how_many_audit_lines_it_di
 async fn a_read_only_postgres_is_unavailable_and_the_audit_copy_waits_for_it() {
     let db = OwnedPg::start();
     let url = db.new_database("readonly");
-    let dir = tempfile::tempdir().unwrap();
-    let (config, mut settings) = serve_config(dir.path(), "a", &url, "");
-    settings.token = Some(init_server(&config));
-    let server = start_serve(&config, &dir.path().join("a.log"), settings);
-    server.wait_up().await;
-    let c = Client::new(&server.settings).unwrap();
-    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    let (dir, _server, c) = serving(&url).await;
 
     // The database turns read-only under the running server, as a standby
     // does (every session, the server's open ones too, after the reload).
