@@ -314,11 +314,16 @@ impl Drop for OwnedPg {
 /// holding its connection. Returns once the lock is held; the child ends
 /// when it lets go.
 pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
+    lock_table_for(url, "entries", hold)
+}
+
+/// [`lock_entries_for`] for any table of the database.
+pub fn lock_table_for(url: &str, table: &str, hold: Duration) -> std::process::Child {
     let mut child = Command::new("psql")
         .arg(url)
         .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
         .arg(format!(
-            "BEGIN; LOCK TABLE entries IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+            "BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
             hold.as_secs_f64()
         ))
         .stdout(std::process::Stdio::null())
@@ -328,7 +333,7 @@ pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
         let out = Command::new("psql")
             .arg(url)
             .args(["-tA", "-c"])
-            .arg("SELECT count(*) FROM pg_locks WHERE relation = 'entries'::regclass AND mode = 'AccessExclusiveLock' AND granted")
+            .arg(format!("SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"))
             .output()
             .expect("run psql");
         if String::from_utf8_lossy(&out.stdout).trim() == "1" {
@@ -338,7 +343,7 @@ pub fn lock_entries_for(url: &str, hold: Duration) -> std::process::Child {
     }
     let _ = child.kill();
     let _ = child.wait();
-    panic!("the lock on entries was never granted");
+    panic!("the lock on {table} was never granted");
 }
 
 /// Runs SQL on the database at `url` directly, behind the servers' backs

@@ -1187,14 +1187,27 @@ impl Storage {
         if self.health.is_down() {
             self.health().await.map_err(Error::StorageUnavailable)?;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.audit_tx
-            .send(AuditMsg::Flush(tx))
-            .await
-            .map_err(|_| Error::internal("audit writer stopped"))?;
-        self.audit_flush.notify_one();
-        rx.await
-            .map_err(|_| Error::internal("audit writer stopped"))?
+        // Bounded like any storage call: a copier held up (a lock on the
+        // copy's table, a connection gone silent mid-insert) must not hold
+        // the reader with it.
+        let flushed = async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.audit_tx
+                .send(AuditMsg::Flush(tx))
+                .await
+                .map_err(|_| Error::internal("audit writer stopped"))?;
+            self.audit_flush.notify_one();
+            rx.await
+                .map_err(|_| Error::internal("audit writer stopped"))?
+        };
+        match tokio::time::timeout(health::CALL_TIMEOUT, flushed).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::StorageUnavailable(format!(
+                "the database's copy of the audit log is behind: its last write has not \
+                 finished in {} s (the audit file has every line)",
+                health::CALL_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// The last audit line in the database's copy, when the database is
@@ -1240,12 +1253,24 @@ impl Storage {
         if self.health.is_down() {
             let _ = self.health().await;
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.audit_tx.send(AuditMsg::Stop(tx)).await.is_ok() {
-            self.audit_flush.notify_one();
-            if let Ok(Err(e)) = rx.await {
-                tracing::warn!(error = %e, "audit lines not copied to the database");
+        let stopped = async {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if self.audit_tx.send(AuditMsg::Stop(tx)).await.is_ok() {
+                self.audit_flush.notify_one();
+                if let Ok(Err(e)) = rx.await {
+                    tracing::warn!(error = %e, "audit lines not copied to the database");
+                }
             }
+        };
+        // A copier held up by the database does not hold the stop.
+        if tokio::time::timeout(health::CALL_TIMEOUT, stopped)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the database's copy of the audit log did not finish its last write in time; \
+                 lines not yet copied are in the audit file only"
+            );
         }
         if let Db::Postgres(pool) = &self.db {
             pool.close().await;

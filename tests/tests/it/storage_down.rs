@@ -187,6 +187,28 @@ async fn a_read_only_postgres_is_unavailable_and_the_audit_copy_waits_for_it() {
     every_line_of_the_file_is_copied(&c, &dir.path().join("a-audit.log")).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_the_audit_copy_is_not_held_by_a_copier_that_waits() {
+    let db = OwnedPg::start();
+    let url = db.new_database("copylock");
+    let (_dir, _server, c) = serving(&url).await;
+    // Someone holds a lock on the copy's table (a long maintenance
+    // transaction): the copier's next insert waits behind it.
+    let mut lock =
+        gatepass_tests::pg::lock_table_for(&url, "audit_batches", Duration::from_secs(30));
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    // A reader of the copy is answered within the storage's 5 s, saying
+    // why, rather than when the lock goes.
+    let (st, text, took) = call(&c, "GET", "sys/audit-log").await;
+    assert_eq!(st, 503, "{text}");
+    assert!(took < Duration::from_secs(8), "sys/audit-log took {took:?}");
+    assert!(text.contains("audit log is behind"), "{text}");
+    // Requests go on meanwhile.
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    let _ = lock.kill();
+    let _ = lock.wait();
+}
+
 /// Every line of the audit file up to the last copied one is in the
 /// database's copy as `sys/audit-log` serves it: no gap in `seq`.
 async fn every_line_of_the_file_is_copied(c: &Client, file: &std::path::Path) {
