@@ -1187,27 +1187,36 @@ impl Storage {
         if self.health.is_down() {
             self.health().await.map_err(Error::StorageUnavailable)?;
         }
-        // Bounded like any storage call: a copier held up (a lock on the
-        // copy's table, a connection gone silent mid-insert) must not hold
-        // the reader with it.
-        let flushed = async {
+        self.tell_copier(AuditMsg::Flush).await.unwrap_or_else(|| {
+            Err(Error::StorageUnavailable(format!(
+                "the database's copy of the audit log is behind: its last write has not \
+                 finished in {} s (the audit file has every line)",
+                health::CALL_TIMEOUT.as_secs()
+            )))
+        })
+    }
+
+    /// Sends the audit copier a flush or a stop and waits for its answer,
+    /// bounded like any storage call: a copier held up (a lock on the
+    /// copy's table, a connection gone silent mid-insert) must hold neither
+    /// a reader nor the server's stop. None when the time ran out.
+    async fn tell_copier(
+        &self,
+        msg: impl FnOnce(tokio::sync::oneshot::Sender<Result<()>>) -> AuditMsg,
+    ) -> Option<Result<()>> {
+        let answered = async {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.audit_tx
-                .send(AuditMsg::Flush(tx))
+                .send(msg(tx))
                 .await
                 .map_err(|_| Error::internal("audit writer stopped"))?;
             self.audit_flush.notify_one();
             rx.await
                 .map_err(|_| Error::internal("audit writer stopped"))?
         };
-        match tokio::time::timeout(health::CALL_TIMEOUT, flushed).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::StorageUnavailable(format!(
-                "the database's copy of the audit log is behind: its last write has not \
-                 finished in {} s (the audit file has every line)",
-                health::CALL_TIMEOUT.as_secs()
-            ))),
-        }
+        tokio::time::timeout(health::CALL_TIMEOUT, answered)
+            .await
+            .ok()
     }
 
     /// The last audit line in the database's copy, when the database is
@@ -1253,24 +1262,13 @@ impl Storage {
         if self.health.is_down() {
             let _ = self.health().await;
         }
-        let stopped = async {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            if self.audit_tx.send(AuditMsg::Stop(tx)).await.is_ok() {
-                self.audit_flush.notify_one();
-                if let Ok(Err(e)) = rx.await {
-                    tracing::warn!(error = %e, "audit lines not copied to the database");
-                }
-            }
-        };
-        // A copier held up by the database does not hold the stop.
-        if tokio::time::timeout(health::CALL_TIMEOUT, stopped)
-            .await
-            .is_err()
-        {
-            tracing::error!(
+        match self.tell_copier(AuditMsg::Stop).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "audit lines not copied to the database"),
+            None => tracing::error!(
                 "the database's copy of the audit log did not finish its last write in time; \
                  lines not yet copied are in the audit file only"
-            );
+            ),
         }
         if let Db::Postgres(pool) = &self.db {
             pool.close().await;
@@ -1441,6 +1439,11 @@ impl Held {
                 "storage unavailable at stop: audit lines not copied to the database (they are in the audit file)"
             );
         }
+        self.report_dropped();
+    }
+
+    /// Says how many lines did not fit, if any.
+    fn report_dropped(&self) {
         if self.dropped > 0 {
             tracing::error!(
                 lines = self.dropped,
@@ -1544,10 +1547,7 @@ impl Held {
             self.note_down();
         } else if self.down || self.dropped > 0 {
             if self.dropped > 0 {
-                tracing::error!(
-                    lines = self.dropped,
-                    "storage was unavailable: audit lines beyond what is held in memory not copied to the database (they are in the audit file)"
-                );
+                self.report_dropped();
             } else {
                 tracing::info!(
                     "storage back: audit lines held while it was down copied to the database"
