@@ -346,6 +346,33 @@ pub fn lock_table_for(url: &str, table: &str, hold: Duration) -> std::process::C
     panic!("the lock on {table} was never granted");
 }
 
+/// Ends, before its time, the lock [`lock_table_for`] took on `table`:
+/// the holder's session is ended (a killed `psql` would leave its
+/// session sleeping, lock and all). Returns once the lock is gone.
+pub fn end_lock_on(url: &str, table: &str) {
+    exec(
+        url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE relation = '{table}'::regclass AND mode = 'AccessExclusiveLock' AND granted"
+        ),
+    );
+    for _ in 0..200 {
+        let held = exec(
+            url,
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE relation = '{table}'::regclass \
+                 AND mode = 'AccessExclusiveLock' AND granted"
+            ),
+        );
+        if held.trim() == "0" {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the lock on {table} did not go");
+}
+
 /// Runs SQL on the database at `url` directly, behind the servers' backs
 /// (nothing announced to them).
 pub fn exec(url: &str, sql: &str) -> String {

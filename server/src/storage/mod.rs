@@ -114,9 +114,7 @@ pub struct Storage {
     /// once.
     changes: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
     cache: std::sync::Arc<ReadCache>,
-    audit_tx: tokio::sync::mpsc::Sender<AuditMsg>,
-    /// Ends the audit copier's window at once (see [`audit_writer`]).
-    audit_flush: std::sync::Arc<tokio::sync::Notify>,
+    audit: AuditQueue,
     /// Every change to `entries` after start-up goes through here.
     writer: Writer,
     /// The storage URL, credentials and all: only ever used to connect.
@@ -479,17 +477,8 @@ impl Storage {
         };
         let health = std::sync::Arc::new(Health::default());
         *health.probing.lock().await = probe_conn;
-        let audit_flush = std::sync::Arc::new(tokio::sync::Notify::new());
-        let audit_tx = {
-            let (tx, rx) = tokio::sync::mpsc::channel(16 * 1024);
-            tokio::spawn(audit_writer(
-                writer.clone(),
-                health.clone(),
-                rx,
-                audit_flush.clone(),
-            ));
-            tx
-        };
+        let (audit, copier) = AuditQueue::new(AUDIT_QUEUE);
+        tokio::spawn(audit_writer(writer.clone(), health.clone(), copier));
         let storage = Storage {
             db,
             writer,
@@ -497,8 +486,7 @@ impl Storage {
             backend,
             changes,
             cache,
-            audit_tx,
-            audit_flush,
+            audit,
             url: url.to_string(),
             target,
             health,
@@ -1137,11 +1125,11 @@ impl Storage {
     /// than per request.
     /// `at` is the line's time (Unix seconds), by which retention removes
     /// it from the copy later.
+    ///
+    /// A request waits at most [`AUDIT_QUEUE_WAIT`] for room in the
+    /// copier's queue (see [`AuditQueue::push`]).
     pub async fn append_audit(&self, line: String, at: i64) -> Result<()> {
-        self.audit_tx
-            .send(AuditMsg::Line(AuditLine { line, at }))
-            .await
-            .map_err(|_| Error::internal("audit writer stopped"))
+        self.audit.push(AuditLine { line, at }).await
     }
 
     /// Deletes up to `limit` of the oldest lines of the audit copy that are
@@ -1206,11 +1194,12 @@ impl Storage {
     ) -> Option<Result<()>> {
         let answered = async {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            self.audit_tx
+            self.audit
+                .tx
                 .send(msg(tx))
                 .await
                 .map_err(|_| Error::internal("audit writer stopped"))?;
-            self.audit_flush.notify_one();
+            self.audit.flush.notify_one();
             rx.await
                 .map_err(|_| Error::internal("audit writer stopped"))?
         };
@@ -1290,6 +1279,128 @@ fn unavailable_text(target: &str, cause: &str) -> String {
     format!("storage unavailable: {target}: {cause}")
 }
 
+/// Lines the copier's queue holds: about a second of a busy server's.
+const AUDIT_QUEUE: usize = 16 * 1024;
+
+/// How long a request waits for room in the copier's queue before its line
+/// is left to the file (see [`Storage::append_audit`]). Long enough that a
+/// burst the copier catches up with keeps the copy whole.
+const AUDIT_QUEUE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Lines left to the file because the copier's queue was full.
+#[derive(Default)]
+struct Skipped {
+    /// Set by the first line that found no room, cleared by the first
+    /// that finds the queue empty again (see [`AuditQueue::push`]).
+    on: std::sync::atomic::AtomicBool,
+    lines: std::sync::atomic::AtomicU64,
+}
+
+impl Skipped {
+    fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a line left to the file; the first says so in the log.
+    fn skip(&self) {
+        use std::sync::atomic::Ordering;
+        self.lines.fetch_add(1, Ordering::Relaxed);
+        if !self.on.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                "the database's copy of the audit log is not keeping up (its writes are held up): \
+                 audit lines are left to the audit file until it catches up"
+            );
+        }
+    }
+
+    /// Ends the skipping; how many lines were skipped.
+    fn end(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        self.on.store(false, Ordering::Release);
+        self.lines.swap(0, Ordering::AcqRel)
+    }
+}
+
+/// The audit copier's queue as the requests see it.
+struct AuditQueue {
+    tx: tokio::sync::mpsc::Sender<AuditMsg>,
+    /// Ends the copier's window at once (see [`audit_writer`]).
+    flush: std::sync::Arc<tokio::sync::Notify>,
+    /// Lines left to the file while the queue was full.
+    skipped: std::sync::Arc<Skipped>,
+}
+
+impl AuditQueue {
+    /// A queue of `capacity` lines and the copier's end of it.
+    fn new(capacity: usize) -> (AuditQueue, Copier) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let queue = AuditQueue {
+            tx,
+            flush: Default::default(),
+            skipped: Default::default(),
+        };
+        let copier = Copier {
+            rx,
+            flush: queue.flush.clone(),
+            skipped: queue.skipped.clone(),
+        };
+        (queue, copier)
+    }
+
+    /// Queues a line, waiting at most [`AUDIT_QUEUE_WAIT`] for room: a
+    /// copier held up (a lock on the copy's table that lasts) must not
+    /// hold every request that audits. A line that finds no room is left
+    /// to the file, and so is every line after it until the copier has
+    /// taken those queued before: the copy then has one gap, whose count
+    /// the first line after it logs.
+    async fn push(&self, line: AuditLine) -> Result<()> {
+        use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+        if self.skipped.is_on() {
+            // The queue empty again: the copier has taken every line
+            // queued before the gap, and this one is the first after it.
+            if self.tx.capacity() < self.tx.max_capacity() {
+                self.skipped.skip();
+                return Ok(());
+            }
+            report_skipped(self.skipped.end());
+        }
+        // Room at once is the usual case: no timer for it.
+        let msg = match self.tx.try_send(AuditMsg::Line(line)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(msg)) => msg,
+            Err(TrySendError::Closed(_)) => return Err(Error::internal("audit writer stopped")),
+        };
+        match self.tx.send_timeout(msg, AUDIT_QUEUE_WAIT).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.skipped.skip();
+                Ok(())
+            }
+            Err(SendTimeoutError::Closed(_)) => Err(Error::internal("audit writer stopped")),
+        }
+    }
+}
+
+/// What the audit copier is handed: its queue, the nudge that ends its
+/// window, and the count of lines that found the queue full (which it
+/// logs if the server stops before the queue is empty again).
+struct Copier {
+    rx: tokio::sync::mpsc::Receiver<AuditMsg>,
+    flush: std::sync::Arc<tokio::sync::Notify>,
+    skipped: std::sync::Arc<Skipped>,
+}
+
+/// Says how many lines found the copier's queue full, if any.
+fn report_skipped(lines: u64) {
+    if lines > 0 {
+        tracing::error!(
+            lines,
+            "the database's copy of the audit log fell behind: audit lines it could not take \
+             not copied to the database (they are in the audit file)"
+        );
+    }
+}
+
 enum AuditMsg {
     Line(AuditLine),
     Flush(tokio::sync::oneshot::Sender<Result<()>>),
@@ -1321,12 +1432,7 @@ const AUDIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(10);
 /// [`AUDIT_HELD_BYTES`]) and copied, before any line after them, once it
 /// is back: an outage is when someone reads the log afterwards, and
 /// `sys/audit-log` should then show it whole, as the file does.
-async fn audit_writer(
-    writer: Writer,
-    health: std::sync::Arc<Health>,
-    mut rx: tokio::sync::mpsc::Receiver<AuditMsg>,
-    flush: std::sync::Arc<tokio::sync::Notify>,
-) -> Held {
+async fn audit_writer(writer: Writer, health: std::sync::Arc<Health>, mut copier: Copier) -> Held {
     let mut held = Held::new(AUDIT_HELD_BYTES);
     let mut lines: Vec<AuditLine> = Vec::new();
     let mut waiting: Vec<tokio::sync::oneshot::Sender<Result<()>>> = Vec::new();
@@ -1348,14 +1454,14 @@ async fn audit_writer(
     };
     // Held lines wait for the next line or flush: the request that finds
     // the storage back (each probes it while it is known down) sends one.
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = copier.rx.recv().await {
         stopping |= take(first, &mut lines, &mut waiting);
         let mut window = Some(tokio::time::Instant::now() + AUDIT_WINDOW);
         // Take what is queued, up to a batch; when the batch is not full
         // and nobody waits for it, once more at the window's end.
         loop {
             while lines.len() < AUDIT_BATCH {
-                match rx.try_recv() {
+                match copier.rx.try_recv() {
                     Ok(m) => stopping |= take(m, &mut lines, &mut waiting),
                     Err(_) => break,
                 }
@@ -1364,7 +1470,7 @@ async fn audit_writer(
             if lines.len() >= AUDIT_BATCH || !waiting.is_empty() {
                 break;
             }
-            let _ = tokio::time::timeout_at(until, flush.notified()).await;
+            let _ = tokio::time::timeout_at(until, copier.flush.notified()).await;
         }
         held.hold(std::mem::take(&mut lines));
         // While the storage is known down nothing is tried: waiting out a
@@ -1378,6 +1484,7 @@ async fn audit_writer(
         };
         if stopping {
             held.report_at_stop();
+            report_skipped(copier.skipped.end());
         }
         for w in waiting.drain(..) {
             let _ = w.send(if ok {
@@ -1392,6 +1499,7 @@ async fn audit_writer(
     }
     // Every sender gone without a stop: what is held goes with the copier.
     held.report_at_stop();
+    report_skipped(copier.skipped.end());
     held
 }
 
@@ -1592,13 +1700,25 @@ mod tests {
 
     /// A storage writer that stores audit batches in `stored` and answers
     /// the first `unanswered` commits as lost although they went in.
-    fn fake_writer(stored: Stored, mut unanswered: usize) -> Writer {
+    fn fake_writer(stored: Stored, unanswered: usize) -> Writer {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(1 << 20));
+        gated_writer(stored, unanswered, gate)
+    }
+
+    /// [`fake_writer`] storing a batch only once it has a permit from
+    /// `gate` (a lock on the copy's table, held while there are none).
+    fn gated_writer(
+        stored: Stored,
+        mut unanswered: usize,
+        gate: std::sync::Arc<tokio::sync::Semaphore>,
+    ) -> Writer {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<writer::Job>(16);
         tokio::spawn(async move {
             let mut next_id = 0;
             while let Some(job) = rx.recv().await {
                 match job {
                     writer::Job::Audit { batch, reply } => {
+                        gate.acquire().await.unwrap().forget();
                         next_id += batch.lines;
                         let base = next_id - batch.lines + 1;
                         let lines = audit_batch::decode(base, &batch.body)
@@ -1670,23 +1790,13 @@ mod tests {
         let writer = fake_writer(stored.clone(), 0);
         let health = std::sync::Arc::new(Health::default());
         health.record(Err("connection refused".into()));
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let copier = tokio::spawn(audit_writer(
-            writer,
-            health,
-            rx,
-            std::sync::Arc::new(tokio::sync::Notify::new()),
-        ));
+        let (queue, copier) = AuditQueue::new(16);
+        let copier = tokio::spawn(audit_writer(writer, health, copier));
         for n in 1..=2 {
-            tx.send(AuditMsg::Line(AuditLine {
-                line: format!("line {n}"),
-                at: n,
-            }))
-            .await
-            .unwrap();
+            queue.push(line(n)).await.unwrap();
         }
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        tx.send(AuditMsg::Stop(stop)).await.unwrap();
+        queue.tx.send(AuditMsg::Stop(stop)).await.unwrap();
         // The storage is down: the stop is answered that the lines were
         // not copied, and the copier ends (its sender still open) with them.
         assert!(stopped.await.unwrap().is_err());
@@ -1696,7 +1806,70 @@ mod tests {
             .unwrap();
         assert_eq!(held.lines.len(), 2);
         assert!(stored.lock().unwrap().is_empty());
-        drop(tx);
+        drop(queue);
+    }
+
+    fn line(n: i64) -> AuditLine {
+        AuditLine {
+            line: format!("line {n}"),
+            at: n,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copier_held_up_holds_no_request_and_leaves_one_gap_in_the_copy() {
+        let stored: Stored = Default::default();
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let writer = gated_writer(stored.clone(), 0, gate.clone());
+        let (queue, copier) = AuditQueue::new(4);
+        tokio::spawn(audit_writer(
+            writer,
+            std::sync::Arc::new(Health::default()),
+            copier,
+        ));
+        // Line 1 goes to the writer, which waits for the gate; 2-5 fill
+        // the queue. 6 waits for room at most the bound, then is left to
+        // the file, and so is 7 at once.
+        queue.push(line(1)).await.unwrap();
+        tokio::time::sleep(AUDIT_WINDOW * 3).await;
+        for n in 2..=5 {
+            queue.push(line(n)).await.unwrap();
+        }
+        let t = std::time::Instant::now();
+        queue.push(line(6)).await.unwrap();
+        queue.push(line(7)).await.unwrap();
+        let took = t.elapsed();
+        assert!(
+            took >= AUDIT_QUEUE_WAIT && took < AUDIT_QUEUE_WAIT * 2,
+            "{took:?}"
+        );
+        assert!(queue.skipped.is_on());
+        // The lock goes: the copier copies what it took. The first line
+        // after that is queued again (and says how many were not).
+        gate.add_permits(100);
+        for _ in 0..200 {
+            if queue.tx.capacity() == queue.tx.max_capacity() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(queue.tx.capacity(), 4, "the copier never caught up");
+        queue.push(line(8)).await.unwrap();
+        assert!(!queue.skipped.is_on());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue.tx.send(AuditMsg::Flush(tx)).await.unwrap();
+        queue.flush.notify_one();
+        rx.await.unwrap().unwrap();
+        let copied: Vec<String> = stored
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, l)| l.clone())
+            .collect();
+        assert_eq!(
+            copied,
+            ["line 1", "line 2", "line 3", "line 4", "line 5", "line 8"]
+        );
     }
 
     fn value(text: &str) -> Cached {

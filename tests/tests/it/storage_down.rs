@@ -209,6 +209,90 @@ async fn a_reader_of_the_audit_copy_is_not_held_by_a_copier_that_waits() {
     let _ = lock.wait();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_on_while_the_audit_copy_is_held_up_and_the_log_counts_what_it_missed() {
+    let db = OwnedPg::start();
+    let url = db.new_database("copystall");
+    let (dir, server, c) = serving(&url).await;
+    let hold = Duration::from_secs(120);
+    let mut lock = gatepass_tests::pg::lock_table_for(&url, "audit_batches", hold);
+    // Two audit lines a request: 10,000 requests are more than the
+    // copier's queue holds (16,384 lines) while its insert waits.
+    let started = Instant::now();
+    let c = std::sync::Arc::new(c);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut slowest = Duration::ZERO;
+                for _ in 0..625 {
+                    let (st, text, took) = call(&c, "GET", "auth/token/lookup-self").await;
+                    assert_eq!(st, 200, "{text}");
+                    slowest = slowest.max(took);
+                }
+                slowest
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for t in clients {
+        slowest = slowest.max(t.await.unwrap());
+    }
+    // Every request was answered while the lock was still held, none
+    // waiting for it.
+    assert!(
+        started.elapsed() < hold - Duration::from_secs(10),
+        "the requests took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request took {slowest:?}"
+    );
+    let log = dir.path().join("a.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("is not keeping up"), "{text}");
+    // The lock goes: the copier copies what it had taken, and the next
+    // request's lines are copied again, the log counting those that were
+    // not.
+    gatepass_tests::pg::end_lock_on(&url, "audit_batches");
+    let _ = lock.wait();
+    let t = Instant::now();
+    let counted = loop {
+        assert_eq!(call(&c, "GET", "auth/token/lookup-self").await.0, 200);
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(l) = text.lines().find(|l| l.contains("fell behind")) {
+            break l.to_string();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no count in the log: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let missed: u64 = counted
+        .split("lines=")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count: {counted}"));
+    // The copy has every line of the file but those, in one run.
+    assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
+    let copied = copied_seqs(&c).await;
+    let last = *copied.last().unwrap();
+    let missing: Vec<u64> = file_seqs(&dir.path().join("a-audit.log"))
+        .into_iter()
+        .filter(|s| *s <= last && copied.binary_search(s).is_err())
+        .collect();
+    assert_eq!(missing.len() as u64, missed, "{counted}");
+    assert_eq!(
+        missing.last().unwrap() - missing[0] + 1,
+        missed,
+        "not one gap: {missing:?}"
+    );
+    drop(server);
+}
+
 /// Every line of the audit file up to the last copied one is in the
 /// database's copy as `sys/audit-log` serves it: no gap in `seq`.
 async fn every_line_of_the_file_is_copied(c: &Client, file: &std::path::Path) {
