@@ -1698,6 +1698,12 @@ mod tests {
     /// Batches a fake writer stored: each one's last id and its lines.
     type Stored = std::sync::Arc<std::sync::Mutex<Vec<(i64, Vec<String>)>>>;
 
+    /// Every line the fake writer stored, in order.
+    fn copied_lines(stored: &Stored) -> Vec<String> {
+        let stored = stored.lock().unwrap();
+        stored.iter().flat_map(|(_, l)| l.clone()).collect()
+    }
+
     /// A storage writer that stores audit batches in `stored` and answers
     /// the first `unanswered` commits as lost although they went in.
     fn fake_writer(stored: Stored, unanswered: usize) -> Writer {
@@ -1761,10 +1767,6 @@ mod tests {
         let stored = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = fake_writer(stored.clone(), 1);
         let health = Health::default();
-        let line = |n: i64| AuditLine {
-            line: format!("line {n}"),
-            at: n,
-        };
         let mut held = Held::new(AUDIT_HELD_BYTES);
         held.hold((1..=3).map(line).collect());
         // The commit went in, its answer did not come: the lines stay held.
@@ -1775,12 +1777,7 @@ mod tests {
         held.hold((4..=5).map(line).collect());
         assert!(held.copy(&writer, &health).await);
         assert!(held.lines.is_empty());
-        let copied: Vec<String> = stored
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|(_, l)| l.clone())
-            .collect();
+        let copied = copied_lines(&stored);
         assert_eq!(copied, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
     }
 
@@ -1860,12 +1857,7 @@ mod tests {
         queue.tx.send(AuditMsg::Flush(tx)).await.unwrap();
         queue.flush.notify_one();
         rx.await.unwrap().unwrap();
-        let copied: Vec<String> = stored
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|(_, l)| l.clone())
-            .collect();
+        let copied = copied_lines(&stored);
         assert_eq!(
             copied,
             ["line 1", "line 2", "line 3", "line 4", "line 5", "line 8"]

@@ -144,13 +144,7 @@ async fn a_server_stopped_while_postgres_is_down_says_how_many_audit_lines_it_di
         .lines()
         .find(|l| l.contains("audit lines not copied to the database"))
         .unwrap_or_else(|| panic!("the stop did not say what the copy is without:\n{text}"));
-    let lines: u64 = said
-        .split("lines=")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {said:?}"));
-    assert!(lines >= 6, "{said}");
+    assert!(count_in(said) >= 6, "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,20 +264,10 @@ async fn requests_go_on_while_the_audit_copy_is_held_up_and_the_log_counts_what_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let missed: u64 = counted
-        .split("lines=")
-        .nth(1)
-        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count: {counted}"));
+    let missed = count_in(&counted);
     // The copy has every line of the file but those, in one run.
     assert_eq!(call(&c, "POST", "auth/token/create").await.0, 200);
-    let copied = copied_seqs(&c).await;
-    let last = *copied.last().unwrap();
-    let missing: Vec<u64> = file_seqs(&dir.path().join("a-audit.log"))
-        .into_iter()
-        .filter(|s| *s <= last && copied.binary_search(s).is_err())
-        .collect();
+    let missing = missing_from_copy(&c, &dir.path().join("a-audit.log")).await;
     assert_eq!(missing.len() as u64, missed, "{counted}");
     assert_eq!(
         missing.last().unwrap() - missing[0] + 1,
@@ -296,16 +280,32 @@ async fn requests_go_on_while_the_audit_copy_is_held_up_and_the_log_counts_what_
 /// Every line of the audit file up to the last copied one is in the
 /// database's copy as `sys/audit-log` serves it: no gap in `seq`.
 async fn every_line_of_the_file_is_copied(c: &Client, file: &std::path::Path) {
-    let copied = copied_seqs(c).await;
-    let last = *copied.last().unwrap();
-    let missing: Vec<u64> = file_seqs(file)
-        .into_iter()
-        .filter(|s| *s <= last && copied.binary_search(s).is_err())
-        .collect();
+    let missing = missing_from_copy(c, file).await;
     assert!(
         missing.is_empty(),
         "lines of the file not in the database's copy: {missing:?}"
     );
+}
+
+/// The `seq` of the lines of the audit file, up to the last copied one,
+/// that are not in the database's copy.
+async fn missing_from_copy(c: &Client, file: &std::path::Path) -> Vec<u64> {
+    let copied = copied_seqs(c).await;
+    let last = *copied.last().unwrap();
+    file_seqs(file)
+        .into_iter()
+        .filter(|s| *s <= last && copied.binary_search(s).is_err())
+        .collect()
+}
+
+/// The count a log line gives as `lines=N`.
+fn count_in(log_line: &str) -> u64 {
+    log_line
+        .split("lines=")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {log_line:?}"))
 }
 
 /// The `seq` of every line of the database's audit copy, in order, read
