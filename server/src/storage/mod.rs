@@ -1175,13 +1175,23 @@ impl Storage {
         if self.health.is_down() {
             self.health().await.map_err(Error::StorageUnavailable)?;
         }
-        self.tell_copier(AuditMsg::Flush).await.unwrap_or_else(|| {
-            Err(Error::StorageUnavailable(format!(
+        match self.tell_copier(AuditMsg::Flush).await {
+            Some(Ok(())) => Ok(()),
+            // The storage went down (again) under the copy: the reader is
+            // told so, as any caller is, rather than that something broke.
+            Some(Err(e)) => Err(match health::unavailable_cause(&e) {
+                Some(cause) => match self.health().await {
+                    Err(msg) => Error::StorageUnavailable(msg),
+                    Ok(()) => self.failed(cause).await,
+                },
+                None => e,
+            }),
+            None => Err(Error::StorageUnavailable(format!(
                 "the database's copy of the audit log is behind: its last write has not \
                  finished in {} s (the audit file has every line)",
                 health::CALL_TIMEOUT.as_secs()
-            )))
-        })
+            ))),
+        }
     }
 
     /// Sends the audit copier a flush or a stop and waits for its answer,
@@ -1476,9 +1486,11 @@ async fn audit_writer(writer: Writer, health: std::sync::Arc<Health>, mut copier
         // While the storage is known down nothing is tried: waiting out a
         // timeout per batch would let the queue fill and then hold every
         // request that audits.
-        let ok = if health.is_down() {
+        let outcome = if health.is_down() {
             held.note_down();
-            false
+            Err(Error::StorageUnavailable(
+                "found unavailable before the audit copy was tried".into(),
+            ))
         } else {
             held.copy(&writer, &health).await
         };
@@ -1487,10 +1499,12 @@ async fn audit_writer(writer: Writer, health: std::sync::Arc<Health>, mut copier
             report_skipped(copier.skipped.end());
         }
         for w in waiting.drain(..) {
-            let _ = w.send(if ok {
-                Ok(())
-            } else {
-                Err(Error::internal("audit lines not stored in the database"))
+            let _ = w.send(match &outcome {
+                Ok(()) => Ok(()),
+                Err(e) => Err(health::unavailable_cause(e).map_or_else(
+                    || Error::internal("audit lines not stored in the database"),
+                    |c| c.to_error(),
+                )),
             });
         }
         if stopping {
@@ -1599,9 +1613,11 @@ impl Held {
     /// Copies the held lines a batch at a time, oldest first. Stops, keeping
     /// the rest, when the storage is found down; a batch the database
     /// refuses otherwise is dropped (it is in the file) so that one bad
-    /// batch cannot hold the copy up for good. True when all went in.
-    async fn copy(&mut self, writer: &Writer, health: &Health) -> bool {
-        let mut ok = true;
+    /// batch cannot hold the copy up for good. The error, when not all
+    /// went in, is the outage's when there was one (a reader then hears
+    /// the storage is unavailable, not that something broke).
+    async fn copy(&mut self, writer: &Writer, health: &Health) -> Result<()> {
+        let mut outcome = Ok(());
         let mut done = 0;
         if let Some((last_id, lines)) = self.unconfirmed {
             match writer.upkeep(Upkeep::AuditStored { last_id }).await {
@@ -1609,7 +1625,7 @@ impl Held {
                 Ok(n) if n > 0 => done = lines.min(self.lines.len()),
                 Ok(_) => {}
                 Err(e) if health.is_down() || health::unavailable_cause(&e).is_some() => {
-                    return false;
+                    return Err(e);
                 }
                 // Not knowing, the lines are sent again: twice in the copy
                 // (the same `seq` and `mac`) rather than missing from it.
@@ -1624,22 +1640,24 @@ impl Held {
             let batch = &self.lines[done..end];
             match writer.audit(batch).await {
                 Ok(()) => done = end,
-                Err(Error::AuditUnconfirmed { last_id, cause }) => {
-                    tracing::warn!(last_id, cause = %cause, "an audit batch's commit went unanswered; it is looked for before its lines are sent again");
-                    self.unconfirmed = Some((last_id, end - done));
-                    ok = false;
+                Err(e @ Error::AuditUnconfirmed { .. }) => {
+                    if let Error::AuditUnconfirmed { last_id, cause } = &e {
+                        tracing::warn!(last_id, cause = %cause, "an audit batch's commit went unanswered; it is looked for before its lines are sent again");
+                        self.unconfirmed = Some((*last_id, end - done));
+                    }
+                    outcome = Err(e);
                     break;
                 }
                 // The database gone under the copy (the writer does not ask
                 // the probe; its error says so) is an outage like any other.
                 Err(e) if health.is_down() || health::unavailable_cause(&e).is_some() => {
-                    ok = false;
+                    outcome = Err(e);
                     break;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, lines = end - done, "cannot copy audit lines to the database");
                     done = end;
-                    ok = false;
+                    outcome = Err(Error::internal("audit lines not stored in the database"));
                 }
             }
         }
@@ -1664,7 +1682,7 @@ impl Held {
             self.down = false;
             self.dropped = 0;
         }
-        ok
+        outcome
     }
 }
 
@@ -1770,12 +1788,12 @@ mod tests {
         let mut held = Held::new(AUDIT_HELD_BYTES);
         held.hold((1..=3).map(line).collect());
         // The commit went in, its answer did not come: the lines stay held.
-        assert!(!held.copy(&writer, &health).await);
+        assert!(held.copy(&writer, &health).await.is_err());
         assert_eq!(held.lines.len(), 3);
         // More lines come; the next copy finds the batch stored and sends
         // only what came after it.
         held.hold((4..=5).map(line).collect());
-        assert!(held.copy(&writer, &health).await);
+        held.copy(&writer, &health).await.unwrap();
         assert!(held.lines.is_empty());
         let copied = copied_lines(&stored);
         assert_eq!(copied, ["line 1", "line 2", "line 3", "line 4", "line 5"]);
@@ -1804,6 +1822,30 @@ mod tests {
         assert_eq!(held.lines.len(), 2);
         assert!(stored.lock().unwrap().is_empty());
         drop(queue);
+    }
+
+    /// What the copier answers a reader's flush.
+    async fn flush(queue: &AuditQueue) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        queue.tx.send(AuditMsg::Flush(tx)).await.unwrap();
+        queue.flush.notify_one();
+        rx.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reader_is_told_the_storage_is_unavailable_when_the_copy_meets_an_outage() {
+        // The storage was found up, and the copy's commit then went
+        // unanswered (the connection broke).
+        let writer = fake_writer(Default::default(), 1);
+        let (queue, copier) = AuditQueue::new(16);
+        tokio::spawn(audit_writer(
+            writer,
+            std::sync::Arc::new(Health::default()),
+            copier,
+        ));
+        queue.push(line(1)).await.unwrap();
+        let e = flush(&queue).await.unwrap_err();
+        assert!(matches!(e, Error::StorageUnavailable(_)), "{e:?}");
     }
 
     fn line(n: i64) -> AuditLine {
@@ -1853,10 +1895,7 @@ mod tests {
         assert_eq!(queue.tx.capacity(), 4, "the copier never caught up");
         queue.push(line(8)).await.unwrap();
         assert!(!queue.skipped.is_on());
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        queue.tx.send(AuditMsg::Flush(tx)).await.unwrap();
-        queue.flush.notify_one();
-        rx.await.unwrap().unwrap();
+        flush(&queue).await.unwrap();
         let copied = copied_lines(&stored);
         assert_eq!(
             copied,
