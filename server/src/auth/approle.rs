@@ -416,13 +416,11 @@ pub async fn login(
             }
         }
     }
-    let mut spec = role.token.new_token(
+    let spec = role.token.new_token(
         "approle".into(),
         ("role_name", &role.name),
         "auth/approle/login".into(),
+        super::methods::limits(core, super::methods::Method::Approle).await?,
     );
-    spec.limits = role
-        .token
-        .limits(super::methods::limits(core, super::methods::Method::Approle).await?);
     token::create_for_login(core, spec, now).await
 }

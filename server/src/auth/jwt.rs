@@ -927,6 +927,9 @@ async fn login_with_claims(
         format!("{}-{}", m.path.replace('/', "-"), user),
         ("role", role_name),
         format!("auth/{}/login", m.path),
+        // JWT and OIDC mounts are not tuned here: the server's defaults,
+        // which the role's `token_max_ttl` lowers.
+        crate::tune::TtlLimits::default(),
     );
     for (k, v) in &metadata {
         // The keys gatepass reads itself, and the role's, stay the server's.

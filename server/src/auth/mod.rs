@@ -52,12 +52,15 @@ pub struct TokenSettings {
 
 impl TokenSettings {
     /// The token a login with these settings gets: `display_name`, one
-    /// `meta` entry naming who logged in, and the login path.
+    /// `meta` entry naming who logged in, the login path, and the TTLs of
+    /// the auth method that issues it (lowered by `token_max_ttl`, see
+    /// [`Self::limits`]).
     pub fn new_token(
         &self,
         display_name: String,
         meta: (&str, &str),
         path: String,
+        method: crate::tune::TtlLimits,
     ) -> token::NewToken {
         token::NewToken {
             policies: self.token_policies.clone(),
@@ -73,6 +76,7 @@ impl TokenSettings {
             meta: std::collections::BTreeMap::from([(meta.0.to_string(), meta.1.to_string())]),
             bound_cidrs: self.token_bound_cidrs.clone(),
             path,
+            limits: self.limits(method),
             ..token::NewToken::default()
         }
     }

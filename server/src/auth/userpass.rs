@@ -207,10 +207,8 @@ pub async fn login(core: &Core, name: &str, f: &Fields, now: i64) -> Result<toke
         format!("userpass-{}", user.name),
         ("username", &user.name),
         format!("auth/userpass/login/{}", user.name),
+        super::methods::limits(core, super::methods::Method::Userpass).await?,
     );
-    spec.limits = user
-        .token
-        .limits(super::methods::limits(core, super::methods::Method::Userpass).await?);
     let id = match user.id.as_str() {
         "" => assign_id(core, &user.name).await?,
         id => id.to_string(),

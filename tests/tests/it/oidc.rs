@@ -533,6 +533,51 @@ async fn ci_logs_in_with_the_providers_jwt_and_bound_claims_are_checked() {
 }
 
 #[tokio::test]
+async fn a_jwt_roles_token_max_ttl_bounds_the_token_and_its_renewals() {
+    let p = Provider::start();
+    let s = Server::start(Backend::Sqlite).await;
+    to_real_time(&s);
+    setup_jwt(&s, &p).await;
+    let role = |ttl: Value| {
+        let mut r = json!({
+            "role_type": "jwt",
+            "bound_audiences": ["gatepass"],
+            "user_claim": "sub",
+            "token_policies": ["ci"],
+            "token_max_ttl": "1h",
+        });
+        if !ttl.is_null() {
+            r["token_ttl"] = ttl;
+        }
+        r
+    };
+    // Without a token_ttl the token gets the maximum, not the server's
+    // default of 32 days.
+    ok(&s, "POST", "auth/jwt/role/ci", role(Value::Null)).await;
+    let jwt = p.client_credentials("ci-main", None).await;
+    let (st, v) = jwt_login(&s, &jwt).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 3600, "{v}");
+    // With one, renewals stop at the maximum too.
+    ok(&s, "POST", "auth/jwt/role/ci", role(json!("30m"))).await;
+    let (st, v) = jwt_login(&s, &jwt).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["auth"]["lease_duration"], 1800, "{v}");
+    let token = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/token/renew-self",
+            Some(&token),
+            Some(json!({"increment": "10h"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let ttl = v["auth"]["lease_duration"].as_i64().unwrap();
+    assert!(ttl <= 3600, "renewed to {ttl} s: {v}");
+}
+
+#[tokio::test]
 async fn logins_keep_working_when_the_provider_rotates_its_key() {
     // A CLI listener on another loopback port than the role names.
     let other_port = "http://127.0.0.1:18250/oidc/callback";
