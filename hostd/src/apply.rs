@@ -640,10 +640,18 @@ fn bad_char(c: char) -> bool {
     c.is_control() || c.is_whitespace()
 }
 
+/// Longest local user name taken: Linux's (`useradd`, utmp) 32 bytes.
+/// The name is a file name here, and its file is written through a
+/// temporary one whose name is longer: a name the file system refuses
+/// would fail the whole apply, KRL and all, rather than this one entry.
+pub const MAX_USER: usize = 32;
+
 /// A local user name, used as a file name and matched by sshd's `%u`.
 pub fn check_user(user: &str) -> Result<(), String> {
-    if user.is_empty() || user.len() > 256 {
-        return Err(format!("user name {user:?}: empty or too long"));
+    if user.is_empty() || user.len() > MAX_USER {
+        return Err(format!(
+            "user name {user:?}: empty or longer than {MAX_USER} bytes"
+        ));
     }
     if user.starts_with('.') || user.chars().any(|c| bad_char(c) || matches!(c, '/' | ',')) {
         return Err(format!(
@@ -1230,6 +1238,28 @@ mod tests {
             let e = c.and(r).unwrap_err();
             assert!(e.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn a_user_name_too_long_for_a_file_is_rejected_alone_and_the_rest_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layout = Layout::new(&tmp.path().join("gatepass"));
+        let long = "a".repeat(256);
+        let state = HostState {
+            user_ca_keys: format!("{KEY}\n"),
+            dynamic_keys: vec![
+                dk(&long, "l1", 9_999, ""),
+                dk(&"b".repeat(240), "l2", 9_999, ""),
+                dk("bob", "l3", 9_999, ""),
+            ],
+            principals: Some(BTreeMap::from([(long, vec!["x".to_string()])])),
+            ..Default::default()
+        };
+        let r = render(&state, 0, TimeForm::Utc).unwrap();
+        assert_eq!(r.rejected.len(), 3, "{:?}", r.rejected);
+        apply(&layout, &r).unwrap();
+        assert!(layout.krl().exists());
+        assert!(layout.authorized_keys_dir().join("bob").exists());
     }
 
     #[test]

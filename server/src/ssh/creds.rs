@@ -240,6 +240,10 @@ pub async fn host_address(
     }
 }
 
+/// The longest user a dynamic key is issued for: what hostd installs
+/// (Linux's 32 bytes, `check_user` in hostd's `apply.rs`).
+const MAX_DYNAMIC_USER: usize = 32;
+
 pub async fn create(
     core: &Core,
     m: &Mount,
@@ -254,6 +258,12 @@ pub async fn create(
         token,
     } = input;
     let user = username(role, requested)?;
+    if role.key_type == KeyType::Dynamic && user.len() > MAX_DYNAMIC_USER {
+        return Err(Error::invalid(format!(
+            "username {user:?} is longer than {MAX_DYNAMIC_USER} bytes: a host installs a dynamic \
+             key in a file named for its user, and takes no longer local user names"
+        )));
+    }
     ip_allowed(role, ip, &zero_address_roles(core, m).await?)?;
     let (ttl, max) = lease_ttl(role, m.ttl_limits());
     // Time-ordered (UUIDv7, a counter orders those of one millisecond):

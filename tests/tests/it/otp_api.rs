@@ -186,6 +186,9 @@ async fn bad_creds_requests_get_400_and_store_nothing() {
     for b in BACKENDS {
         let s = Server::start(b).await;
         setup(&s).await;
+        let any_user = json!({"key_type": "dynamic", "default_user": "app", "allowed_users": "*", "cidr_list": "10.0.0.0/8"});
+        let (st, v) = s.root("POST", "ssh/roles/dynany", Some(any_user)).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
         let before = s.core.storage.keys_with_prefix("").await.unwrap();
         let cases = [
             ("ssh/creds/otp", json!({"ip": "192.168.1.1"})),
@@ -197,6 +200,12 @@ async fn bad_creds_requests_get_400_and_store_nothing() {
             (
                 "ssh/creds/otp",
                 json!({"ip": "10.1.2.3", "username": "a\nb"}),
+            ),
+            // A dynamic key's user is a file name on the host: no longer
+            // than a local user name can be.
+            (
+                "ssh/creds/dynany",
+                json!({"ip": "10.0.0.7", "username": "a".repeat(33)}),
             ),
             ("ssh/creds/otp", json!({"ip": "10.1.2"})),
             ("ssh/creds/otp", json!({"ip": "not-an-ip"})),
