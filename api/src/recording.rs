@@ -96,6 +96,10 @@ pub enum EventKind {
         to: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         bytes: Option<u64>,
+        /// For `setstat`, what was set: `mode=4755 uid=0 gid=0 size=0
+        /// atime=… mtime=…` (those the request carried).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attrs: Option<String>,
     },
     /// Data that is not text (a file piped through `ssh host 'cat > f'`,
     /// `cat` of a binary): recorded as its size and the strings in it, not
@@ -135,8 +139,19 @@ pub enum SftpOp {
     /// A file opened for writing (an upload), closed.
     Write,
     Remove,
+    /// `path` renamed to `to` (`rename`, and OpenSSH's
+    /// `posix-rename@openssh.com`, which its `sftp` sends).
     Rename,
     Mkdir,
+    Rmdir,
+    /// Attributes set on `path` (`chmod`, `chown`, times, a size): `attrs`.
+    Setstat,
+    /// A symbolic link `to` made, pointing at `path` (as `ln -s path to`).
+    Symlink,
+    /// A hard link `to` made to `path` (`hardlink@openssh.com`).
+    Link,
+    /// Another extension's request, by its name in `path`.
+    Extended,
 }
 
 /// Given to the gateway with the session when it opens a connection.

@@ -1251,9 +1251,13 @@ const FXP_OPEN: u8 = 3;
 const FXP_CLOSE: u8 = 4;
 const FXP_READ: u8 = 5;
 const FXP_WRITE: u8 = 6;
+const FXP_SETSTAT: u8 = 9;
+const FXP_FSETSTAT: u8 = 10;
 const FXP_REMOVE: u8 = 13;
 const FXP_MKDIR: u8 = 14;
+const FXP_RMDIR: u8 = 15;
 const FXP_RENAME: u8 = 18;
+const FXP_SYMLINK: u8 = 20;
 const FXP_STATUS: u8 = 101;
 const FXP_HANDLE: u8 = 102;
 const FXP_DATA: u8 = 103;
@@ -1283,6 +1287,88 @@ impl<'a> Fields<'a> {
     fn text(&mut self) -> Option<String> {
         self.bytes()
             .map(|b| String::from_utf8_lossy(b).into_owned())
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        let (b, rest) = self.0.split_first_chunk::<8>()?;
+        self.0 = rest;
+        Some(u64::from_be_bytes(*b))
+    }
+
+    /// An ATTRS structure (draft-ietf-secsh-filexfer-02, 5) as the
+    /// recording says it: the fields its flags say it carries.
+    fn attrs(&mut self) -> Option<String> {
+        let flags = self.u32()?;
+        let mut said = Vec::new();
+        if flags & 0x1 != 0 {
+            said.push(format!("size={}", self.u64()?));
+        }
+        if flags & 0x2 != 0 {
+            said.push(format!("uid={} gid={}", self.u32()?, self.u32()?));
+        }
+        if flags & 0x4 != 0 {
+            said.push(format!("mode={:04o}", self.u32()? & 0o7777));
+        }
+        if flags & 0x8 != 0 {
+            said.push(format!("atime={} mtime={}", self.u32()?, self.u32()?));
+        }
+        Some(said.join(" "))
+    }
+}
+
+/// OpenSSH's extensions that only read or report (`statvfs`, `limits`,
+/// `fsync` of a handle already recorded): not recorded as operations.
+const READ_ONLY_EXTENSIONS: &[&str] = &[
+    "statvfs@openssh.com",
+    "fstatvfs@openssh.com",
+    "limits@openssh.com",
+    "expand-path@openssh.com",
+    "home-directory",
+    "users-groups-by-id@openssh.com",
+    "fsync@openssh.com",
+];
+
+/// `setstat` of `path`; `attrs` None when the request's did not read.
+fn setstat(path: String, attrs: Option<String>) -> EventKind {
+    EventKind::Sftp {
+        op: SftpOp::Setstat,
+        path,
+        to: None,
+        bytes: None,
+        attrs: Some(attrs.unwrap_or_else(|| "(unreadable attributes)".into())),
+    }
+}
+
+/// `path` renamed or linked to `to`.
+fn moved(op: SftpOp, path: String, to: String) -> EventKind {
+    EventKind::Sftp {
+        op,
+        path,
+        to: Some(to),
+        bytes: None,
+        attrs: None,
+    }
+}
+
+/// A file read or written through a handle, closed: the bytes moved.
+fn closed(op: SftpOp, path: String, bytes: u64) -> EventKind {
+    EventKind::Sftp {
+        op,
+        path,
+        to: None,
+        bytes: Some(bytes),
+        attrs: None,
+    }
+}
+
+/// An sftp event of `op` on `path`, with nothing else said.
+fn sftp_event(op: SftpOp, path: String) -> EventKind {
+    EventKind::Sftp {
+        op,
+        path,
+        to: None,
+        bytes: None,
+        attrs: None,
     }
 }
 
@@ -1409,37 +1495,64 @@ impl Sftp {
                 FXP_CLOSE => {
                     if let Some((path, op, bytes)) = f.bytes().and_then(|h| self.handles.remove(h))
                     {
-                        events.push(EventKind::Sftp {
-                            op,
-                            path,
-                            to: None,
-                            bytes: Some(bytes),
-                        });
+                        events.push(closed(op, path, bytes));
                     }
                 }
-                FXP_REMOVE | FXP_MKDIR => {
+                FXP_REMOVE | FXP_MKDIR | FXP_RMDIR => {
                     if let Some(path) = f.text() {
-                        let op = if kind == FXP_REMOVE {
-                            SftpOp::Remove
-                        } else {
-                            SftpOp::Mkdir
+                        let op = match kind {
+                            FXP_REMOVE => SftpOp::Remove,
+                            FXP_MKDIR => SftpOp::Mkdir,
+                            _ => SftpOp::Rmdir,
                         };
-                        events.push(EventKind::Sftp {
-                            op,
-                            path,
-                            to: None,
-                            bytes: None,
-                        });
+                        events.push(sftp_event(op, path));
                     }
                 }
-                FXP_RENAME => {
+                FXP_SETSTAT | FXP_FSETSTAT => {
+                    let path = if kind == FXP_SETSTAT {
+                        f.text()
+                    } else {
+                        // A handle: the path it was opened for.
+                        f.bytes().map(|h| {
+                            self.handles
+                                .get(h)
+                                .map_or_else(|| "(an open handle)".to_string(), |o| o.0.clone())
+                        })
+                    };
+                    if let Some(path) = path {
+                        events.push(setstat(path, f.attrs()));
+                    }
+                }
+                FXP_RENAME | FXP_SYMLINK => {
                     if let (Some(path), Some(to)) = (f.text(), f.text()) {
-                        events.push(EventKind::Sftp {
-                            op: SftpOp::Rename,
-                            path,
-                            to: Some(to),
-                            bytes: None,
-                        });
+                        let op = if kind == FXP_RENAME {
+                            SftpOp::Rename
+                        } else {
+                            SftpOp::Symlink
+                        };
+                        events.push(moved(op, path, to));
+                    }
+                }
+                FXP_EXTENDED => {
+                    let Some(name) = f.text() else { continue };
+                    match name.as_str() {
+                        "posix-rename@openssh.com" | "hardlink@openssh.com" => {
+                            if let (Some(path), Some(to)) = (f.text(), f.text()) {
+                                let op = if name.starts_with("posix-rename") {
+                                    SftpOp::Rename
+                                } else {
+                                    SftpOp::Link
+                                };
+                                events.push(moved(op, path, to));
+                            }
+                        }
+                        "lsetstat@openssh.com" => {
+                            if let Some(path) = f.text() {
+                                events.push(setstat(path, f.attrs()));
+                            }
+                        }
+                        n if READ_ONLY_EXTENSIONS.contains(&n) => {}
+                        _ => events.push(sftp_event(SftpOp::Extended, name)),
                     }
                 }
                 _ => {}
@@ -1494,12 +1607,7 @@ impl Sftp {
     fn close_all(&mut self) -> Vec<EventKind> {
         self.handles
             .drain()
-            .map(|(_, (path, op, bytes))| EventKind::Sftp {
-                op,
-                path,
-                to: None,
-                bytes: Some(bytes),
-            })
+            .map(|(_, (path, op, bytes))| closed(op, path, bytes))
             .collect()
     }
 }
@@ -1910,12 +2018,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             closed,
-            vec![EventKind::Sftp {
-                op: SftpOp::Write,
-                path: "/tmp/up.bin".into(),
-                to: None,
-                bytes: Some(1000)
-            }]
+            vec![super::closed(SftpOp::Write, "/tmp/up.bin".into(), 1000)]
         );
         let renamed = sftp
             .client_sent(&packet(
@@ -1925,6 +2028,68 @@ mod tests {
             .unwrap();
         assert!(
             matches!(&renamed[..], [EventKind::Sftp { op: SftpOp::Rename, to: Some(t), .. }] if t == "/b")
+        );
+    }
+
+    #[test]
+    fn every_change_stock_sftp_makes_is_recorded() {
+        let mut sftp = opened();
+        let id = 1u32.to_be_bytes();
+        let mut sent = |p: Vec<u8>| sftp.client_sent(&p).unwrap();
+        // `chmod 4755 /tmp/sh`: SETSTAT with the permissions alone.
+        let mode = [&4u32.to_be_bytes()[..], &0o4755u32.to_be_bytes()].concat();
+        assert_eq!(
+            sent(packet(FXP_SETSTAT, &[&id, &s(b"/tmp/sh"), &mode])),
+            vec![setstat("/tmp/sh".into(), Some("mode=4755".into()))]
+        );
+        // `chown 0 /x`, as OpenSSH's sftp sends it: uid and gid.
+        let owner = [
+            &2u32.to_be_bytes()[..],
+            &0u32.to_be_bytes(),
+            &0u32.to_be_bytes(),
+        ]
+        .concat();
+        assert_eq!(
+            sent(packet(FXP_SETSTAT, &[&id, &s(b"/x"), &owner])),
+            vec![setstat("/x".into(), Some("uid=0 gid=0".into()))]
+        );
+        assert_eq!(
+            sent(packet(FXP_RMDIR, &[&id, &s(b"/srv/x")])),
+            vec![sftp_event(SftpOp::Rmdir, "/srv/x".into())]
+        );
+        assert_eq!(
+            sent(packet(FXP_SYMLINK, &[&id, &s(b"/etc/shadow"), &s(b"x")])),
+            vec![moved(SftpOp::Symlink, "/etc/shadow".into(), "x".into())]
+        );
+        // `rename`: OpenSSH's sftp uses the extension when offered.
+        let ext = |name: &[u8], rest: &[&[u8]]| {
+            let name = s(name);
+            let mut fields: Vec<&[u8]> = vec![&id, &name];
+            fields.extend_from_slice(rest);
+            packet(FXP_EXTENDED, &fields)
+        };
+        let (a, b) = (s(b"/etc/sudoers.d/a"), s(b"/etc/sudoers.d/b"));
+        assert_eq!(
+            sent(ext(b"posix-rename@openssh.com", &[&a, &b])),
+            vec![moved(
+                SftpOp::Rename,
+                "/etc/sudoers.d/a".into(),
+                "/etc/sudoers.d/b".into()
+            )]
+        );
+        assert_eq!(
+            sent(ext(b"hardlink@openssh.com", &[&a, &b])),
+            vec![moved(
+                SftpOp::Link,
+                "/etc/sudoers.d/a".into(),
+                "/etc/sudoers.d/b".into()
+            )]
+        );
+        // `df` reads only; an extension not known is named.
+        assert_eq!(sent(ext(b"statvfs@openssh.com", &[&a])), vec![]);
+        assert_eq!(
+            sent(ext(b"copy-data", &[b"\0\0\0\x01h"])),
+            vec![sftp_event(SftpOp::Extended, "copy-data".into())]
         );
     }
 

@@ -1350,6 +1350,7 @@ fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
                     path,
                     to,
                     bytes,
+                    attrs,
                 } => {
                     let op = serde_json::to_value(op)
                         .map(|v| text_of(&v))
@@ -1360,6 +1361,9 @@ fn event_rows(recs: &gatepass_api::pam::SessionRecordings) -> Vec<EventRow> {
                     }
                     if let Some(b) = bytes {
                         d.push_str(&format!(" ({b} bytes)"));
+                    }
+                    if let Some(a) = attrs {
+                        d.push_str(&format!(": {a}"));
                     }
                     (format!("sftp {op}"), d)
                 }

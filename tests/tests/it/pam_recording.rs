@@ -166,12 +166,22 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         run(ssh(&["gatepass-keys-root", "wc -c"]).stdin(std::fs::File::open(&piped).unwrap()));
     assert_eq!((code, out.trim()), (0, "300000"), "{err}");
 
-    // An upload with sftp.
+    // An upload with sftp, its mode changed and the file renamed.
     let src = work.path().join("upload.bin");
     std::fs::write(&src, vec![7u8; 100_000]).unwrap();
     let up = work.path().join("uploaded.bin");
+    let moved = work.path().join("moved.bin");
     let batch = work.path().join("batch");
-    std::fs::write(&batch, format!("put {} {}\n", src.display(), up.display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!(
+            "put {src} {up}\nchmod 640 {up}\nrename {up} {moved}\n",
+            src = src.display(),
+            up = up.display(),
+            moved = moved.display()
+        ),
+    )
+    .unwrap();
     ok(Command::new("sftp")
         .arg("-F")
         .arg(&config)
@@ -187,7 +197,7 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
         .arg("gatepass-keys-root")
         .env_remove("SSH_AUTH_SOCK")
         .stdin(Stdio::null()));
-    assert_eq!(std::fs::read(&up).unwrap().len(), 100_000);
+    assert_eq!(std::fs::read(&moved).unwrap().len(), 100_000);
 
     // A local forward, once the account allows forwarding (the stored key
     // is kept).
@@ -259,6 +269,19 @@ fn a_session_is_recorded_and_exports_plays_and_replays() {
     assert!(
         evs.iter().any(|e| matches!(&e.kind,
             EventKind::Sftp { op: SftpOp::Write, path: p, bytes: Some(100_000), .. } if *p == path)),
+        "{json}"
+    );
+    assert!(
+        evs.iter().any(|e| matches!(&e.kind,
+            EventKind::Sftp { op: SftpOp::Setstat, path: p, attrs: Some(a), .. }
+                if *p == path && a == "mode=0640")),
+        "{json}"
+    );
+    let to = moved.display().to_string();
+    assert!(
+        evs.iter().any(|e| matches!(&e.kind,
+            EventKind::Sftp { op: SftpOp::Rename, path: p, to: Some(t), .. }
+                if *p == path && *t == to)),
         "{json}"
     );
     assert_eq!(output_of(&json, multibyte), "é𝄞".repeat(3000));
