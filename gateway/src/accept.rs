@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -496,6 +496,9 @@ struct Live<S: SessionSource> {
     channels: Arc<Mutex<HashSet<ChannelId>>>,
     /// Each bridged channel's answers to its requests, in order.
     answers: HashMap<ChannelId, bridge::Answers>,
+    /// Channels bridged and not yet ended (sessions and forwards): at
+    /// most [`MAX_CHANNELS`].
+    bridged: Arc<AtomicUsize>,
     activity: Arc<Activity>,
     /// The connection's recording.
     recorder: Option<Arc<Recorder>>,
@@ -506,6 +509,40 @@ struct Live<S: SessionSource> {
 impl<S: SessionSource> Live<S> {
     fn open(&self) -> bool {
         !self.ended.load(Ordering::SeqCst) && clock::now_unix() < self.expires_at
+    }
+
+    /// Whether one more channel may be bridged; says so in the log when
+    /// not.
+    fn room_for_a_channel(&self, kind: &str) -> bool {
+        let room = self.bridged.load(Ordering::SeqCst) < MAX_CHANNELS;
+        if !room {
+            warn!(session = %self.session_id, kind, max = MAX_CHANNELS,
+                "refused a channel: the connection has as many open as it may");
+        }
+        room
+    }
+
+    /// Counts a channel bridged until the returned guard goes.
+    fn count_channel(&self) -> ChannelCount {
+        self.bridged.fetch_add(1, Ordering::SeqCst);
+        ChannelCount(self.bridged.clone())
+    }
+}
+
+/// Channels one connection may have bridged at once (sessions and
+/// forwards together). Each holds, per direction, up to russh's buffer of
+/// messages that the other side has not taken (about 3 MiB): without a
+/// bound, a client opening forwards it never reads could fill the
+/// gateway's memory. OpenSSH's sshd allows 10 session channels; forwards
+/// (a browser through `ssh -L`) take more.
+pub const MAX_CHANNELS: usize = 64;
+
+/// One bridged channel of a connection, counted while it lives.
+struct ChannelCount(Arc<AtomicUsize>);
+
+impl Drop for ChannelCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -703,6 +740,7 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                     ended: Arc::new(AtomicBool::new(false)),
                     channels: Arc::new(Mutex::new(HashSet::new())),
                     answers: HashMap::new(),
+                    bridged: Arc::new(AtomicUsize::new(0)),
                     activity: Arc::new(Activity::new()),
                     recorder,
                     gone: None,
@@ -789,6 +827,10 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 .await;
             return Ok(());
         }
+        if !live.room_for_a_channel("session") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let twin = match live.target.channel_open_session().await {
             Ok(twin) => twin,
             Err(e) => {
@@ -806,9 +848,11 @@ impl<S: SessionSource> server::Handler for Connection<S> {
         let activity = live.activity.clone();
         let handle = session.handle();
         let tap = live.recorder.clone().map(ChannelTap::new);
+        let counted = live.count_channel();
         let (answers, bridging) = bridge::start(channel, twin, handle, activity, tap);
         live.answers.insert(id, answers);
         tokio::spawn(async move {
+            let _counted = counted;
             if let Some(tap) = bridging.await {
                 tap.close();
             }
@@ -933,6 +977,10 @@ impl<S: SessionSource> server::Handler for Connection<S> {
                 .await;
             return Ok(());
         }
+        if !live.room_for_a_channel("direct-tcpip") {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
         let twin = match live
             .target
             .channel_open_direct_tcpip(
@@ -966,9 +1014,11 @@ impl<S: SessionSource> server::Handler for Connection<S> {
             (rec, ch, host, port)
         });
         let id = channel.id();
+        let counted = live.count_channel();
         let (answers, bridging) = bridge::start(channel, twin, handle, activity, None);
         live.answers.insert(id, answers);
         tokio::spawn(async move {
+            let _counted = counted;
             bridging.await;
             if let Some((rec, ch, host, port)) = forward {
                 rec.event(ch, EventKind::ForwardClose { host, port });

@@ -669,6 +669,77 @@ fn a_start_request_the_target_refuses_does_not_change_how_the_channel_is_recorde
 }
 
 #[test]
+fn a_connection_may_have_only_so_many_channels_open_at_once() {
+    let pam = Pam::start();
+    let _target = key_account(&pam);
+    pam.admin_write(
+        "pam/resources/keys/accounts/root",
+        json!({"auth_method": "key", "username": "root", "max_duration": "1h",
+            "allow_forwarding": true}),
+    );
+    let (block, _id) = config_block(&pam);
+    // Somewhere on the target's side that forwards reach.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = u32::from(sink.local_addr().unwrap().port());
+    let _accepting = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in sink.incoming().take(200) {
+            held.extend(conn.ok());
+        }
+    });
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let h = russh_login(&pam, &block).await;
+        let mut open = Vec::new();
+        for n in 0..64 {
+            let ch = h
+                .channel_open_direct_tcpip("127.0.0.1", port, "127.0.0.1", 4000 + n)
+                .await
+                .unwrap_or_else(|e| panic!("forward {n}: {e}\n{}", pam.gateway_log()));
+            open.push(ch);
+        }
+        // One more, of either kind, is refused while they are open.
+        let more = h
+            .channel_open_direct_tcpip("127.0.0.1", port, "127.0.0.1", 5000)
+            .await;
+        assert!(
+            matches!(
+                more,
+                Err(russh::Error::ChannelOpenFailure(
+                    russh::ChannelOpenFailure::ResourceShortage
+                ))
+            ),
+            "{:?}",
+            more.err()
+        );
+        assert!(h.channel_open_session().await.is_err());
+        // One closed makes room for one more.
+        let first = open.remove(0);
+        first.close().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match h
+                .channel_open_direct_tcpip("127.0.0.1", port, "127.0.0.1", 5001)
+                .await
+            {
+                Ok(ch) => {
+                    open.push(ch);
+                    break;
+                }
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no room made: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    assert!(
+        pam.gateway_log().contains("as many open as it may"),
+        "{}",
+        pam.gateway_log()
+    );
+}
+
+#[test]
 fn a_channels_requests_sent_at_once_are_answered_each_in_order() {
     let pam = Pam::start();
     let _target = key_account(&pam);
