@@ -615,6 +615,37 @@ pub fn strings_of(bytes: &[u8], first: &mut String, rest: &mut String) {
     }
 }
 
+/// How the strings of binary data are found: [`strings_of`] or
+/// [`input_strings_of`].
+type StringsOf = fn(&[u8], &mut String, &mut String);
+
+/// The fewest characters a run of printable ones in binary data a user
+/// sends must have to be recorded: a command can be as short as `sh x`.
+pub const MIN_INPUT_STRING: usize = 4;
+
+/// As [`strings_of`], for binary data a user sends: NUL bytes are left
+/// out first, since a shell drops them from what it reads and they would
+/// otherwise split a command (`cur\0l -s\0 …`) into runs too short to be
+/// recorded; and runs of [`MIN_INPUT_STRING`] are kept. A byte by byte
+/// loop: what users send is small next to what they are sent.
+pub fn input_strings_of(bytes: &[u8], first: &mut String, rest: &mut String) {
+    let kept: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0).collect();
+    let printable = |b: &u8| PRINTABLE[usize::from(*b)] == 1;
+    let start = kept
+        .iter()
+        .position(|b| !printable(b))
+        .unwrap_or(kept.len());
+    push_ascii(first, &kept[..start]);
+    for run in kept[start..].split(|b| !printable(b)) {
+        if run.len() >= MIN_INPUT_STRING {
+            if !rest.is_empty() {
+                rest.push('\n');
+            }
+            push_ascii(rest, run);
+        }
+    }
+}
+
 /// Which of the eight bytes of `w` (little-endian) are printable as
 /// [`PRINTABLE`] says: bit k for byte k. Each test is made within each
 /// byte (no carry or borrow reaches the next), so every bit is exact.
@@ -706,6 +737,16 @@ impl Utf8Carry {
     /// writes both at once) is kept, up to its last line end
     /// ([`binary_start`]); what follows it in the packet counts as binary.
     pub fn decode<'a>(&mut self, bytes: &'a [u8]) -> Data<'a> {
+        self.decode_by(bytes, strings_of)
+    }
+
+    /// [`Self::decode`] for what a user sends: its binary data's strings
+    /// are found by [`input_strings_of`].
+    pub fn decode_input<'a>(&mut self, bytes: &'a [u8]) -> Data<'a> {
+        self.decode_by(bytes, input_strings_of)
+    }
+
+    fn decode_by<'a>(&mut self, bytes: &'a [u8], strings_of: StringsOf) -> Data<'a> {
         if self.tail.is_empty() {
             let (text, tail) = bytes.split_at(complete_len(bytes));
             match std::str::from_utf8(text) {

