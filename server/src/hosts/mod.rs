@@ -17,7 +17,6 @@ use gatepass_api::hosts::{
     Mapping, NewJoinToken, SignHostKey, SignedHostKey,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::auth::token::{self, NewToken, TokenEntry};
 use crate::error::{Error, Result};
@@ -104,9 +103,8 @@ fn join_key(hash: &str) -> String {
 fn mapping_key(user: &str) -> String {
     format!("hosts/mapping/{user}")
 }
-fn installed_key(lease_id: &str) -> String {
-    format!("hosts/installed/{lease_id}")
-}
+/// Where versions before the mark moved onto the key's record kept it.
+const OLD_INSTALLED_MARKS: &str = "hosts/installed/";
 
 /// Local user names as Linux's useradd allows them.
 pub fn validate_local_user(u: &str) -> Result<()> {
@@ -494,8 +492,15 @@ pub async fn find(core: &Core, id_or_name: &str) -> Result<Option<Host>> {
 /// Brings data from before the name index and token host binding up to
 /// date, once per database: each host's name is indexed (of hosts sharing
 /// a name, the first enrolled keeps it) and its token bound to it, taken
-/// from the host record, never from token metadata.
+/// from the host record, never from token metadata. Marks of installed
+/// keys an older version kept apart are removed at every start.
 pub async fn migrate(core: &Core) -> Result<()> {
+    // Marks of installed keys kept apart by older versions, which nothing
+    // removed: the marks are now on the keys' records.
+    let old_marks = core.storage.keys_with_prefix(OLD_INSTALLED_MARKS).await?;
+    for marks in old_marks.chunks(256) {
+        core.storage.delete_many(marks).await?;
+    }
     const DONE: &str = "hosts/migrated/name-index";
     if core.storage.get::<i64>(DONE).await?.is_some() {
         return Ok(());
@@ -615,11 +620,41 @@ pub async fn sign_host_key(
 
 /// Whether a host has acknowledged installing a dynamic key's lease.
 pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
+    let Some(lease) = crate::leases::get(core, lease_id).await? else {
+        return Ok(false);
+    };
     Ok(core
         .storage
-        .get::<Value>(&installed_key(lease_id))
+        .get::<crate::ssh::creds::DynamicKey>(&lease.secret_key)
         .await?
-        .is_some())
+        .is_some_and(|k| k.installed_on.is_some()))
+}
+
+/// Marks a dynamic key installed, on its own record, when it is one meant
+/// for `host` (an address of the host's is the key's): a host token
+/// cannot mark another host's keys, nor store marks of its own making,
+/// and the mark goes when the key is revoked or expires.
+async fn mark_installed(core: &Core, host: &Host, lease_id: &str) -> Result<()> {
+    crate::leases::check_id(lease_id)?;
+    let Some(lease) = crate::leases::get(core, lease_id).await? else {
+        return Ok(());
+    };
+    if !crate::ssh::creds::is_dynamic_key(&lease.secret_key) {
+        return Ok(());
+    }
+    core.storage
+        .update(&lease.secret_key, |mut k: crate::ssh::creds::DynamicKey| {
+            let for_host =
+                k.ip.parse::<IpAddr>()
+                    .is_ok_and(|ip| host.addresses.contains(&ip));
+            if !for_host || k.installed_on.as_deref() == Some(host.id.as_str()) {
+                return Ok((Change::Keep, ()));
+            }
+            k.installed_on = Some(host.id.clone());
+            Ok((Change::Put(k), ()))
+        })
+        .await?;
+    Ok(())
 }
 
 /// Removes a host and its name, and revokes its token.
@@ -660,13 +695,7 @@ pub fn seen(core: &Core, host: &Host, now: i64) {
 pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
     let drift = checked_drift(&ack.drift)?;
     for lease in &ack.installed {
-        crate::leases::check_id(lease)?;
-        core.storage
-            .put(
-                &installed_key(lease),
-                &json!({ "host_id": host.id, "time": now }),
-            )
-            .await?;
+        mark_installed(core, host, lease).await?;
     }
     store_ack(core, &host.id, ack.index, drift, now).await
 }

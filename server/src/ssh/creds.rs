@@ -47,6 +47,10 @@ pub struct DynamicKey {
     pub public_key: String,
     pub key_option_specs: String,
     pub expire_time: i64,
+    /// The host that acknowledged installing it (`hosts/self/ack`): kept
+    /// on the key's own record, so that it goes with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_on: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -330,6 +334,7 @@ pub async fn create(
                 public_key: public,
                 key_option_specs: role.key_option_specs.clone(),
                 expire_time: now + ttl,
+                installed_on: None,
             };
             let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max).of_token(token);
             // The key and its lease in one transaction, as an OTP's: a key
@@ -423,6 +428,11 @@ pub async fn lookup(core: &Core, m: &Mount, ip_text: &str) -> Result<Vec<String>
     Ok(out)
 }
 
+/// Whether a lease's secret (`Lease::secret_key`) is a dynamic key.
+pub fn is_dynamic_key(secret_key: &str) -> bool {
+    secret_key.contains("/dynkey/")
+}
+
 /// Dynamic keys waiting to be (or installed) on hosts, for hostd.
 pub async fn dynamic_keys(core: &Core, m: &Mount, now: i64) -> Result<Vec<DynamicKey>> {
     let mut out = Vec::new();
@@ -444,7 +454,7 @@ pub async fn dynamic_keys(core: &Core, m: &Mount, now: i64) -> Result<Vec<Dynami
 /// storage rather than written back from a copy: a key whose lease was
 /// revoked meanwhile stays gone from its host.
 pub async fn renewed(core: &Core, lease: &Lease) -> Result<()> {
-    if lease.secret_key.contains("/dynkey/") {
+    if is_dynamic_key(&lease.secret_key) {
         core.storage
             .update(&lease.secret_key, |mut d: DynamicKey| {
                 d.expire_time = lease.expire_time;

@@ -184,7 +184,8 @@ async fn enroll_state_sign_and_mappings() {
     .await;
     let v = ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.7"})).await;
     let lease = v["lease_id"].as_str().unwrap().to_string();
-    ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.8"})).await;
+    let v = ok(&s, "POST", "ssh/creds/dyn", json!({"ip": "10.0.0.8"})).await;
+    let others = v["lease_id"].as_str().unwrap().to_string();
     let (_, v) = s
         .call("GET", "hosts/self/state", Some(&host_token), None)
         .await;
@@ -235,6 +236,44 @@ async fn enroll_state_sign_and_mappings() {
         .unwrap();
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["data"]["installed"], true, "{v}");
+    // A host marks only its own keys, and what it names stores nothing
+    // else: another host's key, leases made up.
+    let before = s.core.storage.keys_with_prefix("").await.unwrap();
+    let mut named: Vec<String> = (0..50)
+        .map(|i| format!("ssh/creds/dyn/made-up-{i}"))
+        .collect();
+    named.push(others.clone());
+    let (st, v) = s
+        .call(
+            "POST",
+            "hosts/self/ack",
+            Some(&host_token),
+            Some(json!({"index": 1, "installed": named})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(s.core.storage.keys_with_prefix("").await.unwrap(), before);
+    assert!(!gatepass_server::hosts::installed(&s.core, &others)
+        .await
+        .unwrap());
+    assert!(gatepass_server::hosts::installed(&s.core, &lease)
+        .await
+        .unwrap());
+    // Marks an older version kept apart go at the next start.
+    let old_mark = "hosts/installed/ssh/creds/dyn/old";
+    s.core
+        .storage
+        .put(old_mark, &json!({"host_id": host_id, "time": 1}))
+        .await
+        .unwrap();
+    gatepass_server::hosts::migrate(&s.core).await.unwrap();
+    assert!(s
+        .core
+        .storage
+        .get::<Value>(old_mark)
+        .await
+        .unwrap()
+        .is_none());
     // Admin views, and unenrolling revokes the host token.
     let (_, v) = s.root("LIST", "hosts", None).await;
     assert_eq!(v["data"]["keys"], json!([host_id]));
