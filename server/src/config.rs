@@ -39,6 +39,11 @@ pub struct ServerConfig {
     /// Connection limits of the listener.
     #[serde(default)]
     pub limits: Limits,
+    /// Reverse proxies (addresses or blocks) whose `X-Forwarded-For` names
+    /// the client (see `proxies`); none by default, when the client is the
+    /// connection's peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long records that are no longer needed stay in storage.
     #[serde(default)]
     pub retention: Retention,

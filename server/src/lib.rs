@@ -20,6 +20,7 @@ pub mod path;
 pub mod policies;
 pub mod policy;
 pub mod private;
+pub mod proxies;
 pub mod ratelimit;
 pub mod request;
 pub mod retention;

@@ -389,6 +389,7 @@ async fn dev(
         listener,
         Some(cfg),
         &limits,
+        &[],
         serve::shutdown_signal(),
     )
     .await?;
@@ -487,6 +488,7 @@ async fn serve_cmd(config: &Path) -> anyhow::Result<()> {
         listener,
         tls_cfg,
         &cfg.limits,
+        &cfg.trusted_proxies,
         serve::shutdown_signal(),
     )
     .await?;

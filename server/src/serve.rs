@@ -108,13 +108,21 @@ pub async fn run(
     listener: std::net::TcpListener,
     tls: Option<RustlsConfig>,
     limits: &Limits,
+    proxies: &[ipnet::IpNet],
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     // The API and, beside it, the web UI (`/ui/`), which calls into the API's
     // pipeline (so it is merged here rather than known to `http`).
-    let app = crate::http::app(core.clone())
-        .merge(crate::ui::routes().with_state(core))
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = crate::http::app(core.clone()).merge(crate::ui::routes().with_state(core));
+    if !proxies.is_empty() {
+        let proxies: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            ?proxies,
+            "clients named by X-Forwarded-For from trusted proxies"
+        );
+    }
+    let app =
+        crate::proxies::behind(app, proxies).into_make_service_with_connect_info::<SocketAddr>();
     listener.set_nonblocking(true)?;
     let max = effective_max_connections(limits.max_connections);
     tracing::info!(

@@ -135,7 +135,7 @@ pub fn status_of(e: &Error) -> StatusCode {
     }
 }
 
-fn error_body(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn error_body(status: StatusCode, msg: &str) -> Response {
     let errors: Vec<&str> = if msg.is_empty() { vec![] } else { vec![msg] };
     (status, axum::Json(json!({ "errors": errors }))).into_response()
 }

@@ -36,6 +36,7 @@ mod pam_module;
 mod pam_recording;
 mod pam_sessions;
 mod policy_parameters;
+mod proxies;
 mod request_paths;
 mod retention;
 mod server;
