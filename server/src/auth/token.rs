@@ -730,10 +730,19 @@ pub async fn handle_create(
             "meta: {k:?} is reserved: the server sets it at login or at host or gateway enrollment"
         )));
     }
-    let asked_cidrs = f
-        .cidr_list("bound_cidrs")?
-        .or_else(|| role.map(|r| r.token_bound_cidrs.clone()));
-    let bound_cidrs = child_cidrs(caller, asked_cidrs)?;
+    // A role's token_bound_cidrs bound what the creator asks, as the
+    // creator's own do: narrower may be asked, nothing wider (nor none).
+    let role_cidrs = role.map_or(&[][..], |r| &r.token_bound_cidrs[..]);
+    let asked_cidrs = within(
+        role_cidrs,
+        f.cidr_list("bound_cidrs")?,
+        "the role's token_bound_cidrs",
+    )?;
+    let bound_cidrs = within(
+        &caller.bound_cidrs,
+        Some(asked_cidrs),
+        "the creating token's bound_cidrs",
+    )?;
     let display_name = f.str("display_name")?.unwrap_or_default();
     let display_name = if display_name.is_empty() {
         "token".to_string()
@@ -787,27 +796,28 @@ pub async fn handle_create(
     Ok(issued)
 }
 
-/// The addresses a new token made by `caller` may be used from: the
-/// caller's own (a token bound to some addresses cannot make one usable
-/// from anywhere), or narrower ones it asks for.
-fn child_cidrs(
-    caller: &TokenEntry,
+/// The addresses a new token may be used from, within `limit` (`what`
+/// names it): the limit itself when none (or an empty list) is asked, so
+/// that a token bound to some addresses cannot make one usable from
+/// anywhere; narrower ones when asked; refused when wider.
+fn within(
+    limit: &[ipnet::IpNet],
     requested: Option<Vec<ipnet::IpNet>>,
+    what: &str,
 ) -> Result<Vec<ipnet::IpNet>> {
     let Some(requested) = requested.filter(|r| !r.is_empty()) else {
-        return Ok(caller.bound_cidrs.clone());
+        return Ok(limit.to_vec());
     };
-    if caller.bound_cidrs.is_empty() {
+    if limit.is_empty() {
         return Ok(requested);
     }
     if let Some(wide) = requested
         .iter()
-        .find(|r| !caller.bound_cidrs.iter().any(|c| c.contains(*r)))
+        .find(|r| !limit.iter().any(|c| c.contains(*r)))
     {
         return Err(Error::invalid(format!(
-            "bound_cidrs: {wide} is outside the creating token's bound_cidrs ({})",
-            caller
-                .bound_cidrs
+            "bound_cidrs: {wide} is outside {what} ({})",
+            limit
                 .iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()

@@ -1045,7 +1045,7 @@ on_both_backends!(
         for (name, text) in [
             (
                 "ci-maker",
-                r#"path "auth/token/create/ci" { capabilities = ["update"] }"#,
+                r#"path "auth/token/create/ci*" { capabilities = ["update"] }"#,
             ),
             ("deploy", r#"path "sys/mounts" { capabilities = ["read"] }"#),
             ("admin", r#"path "*" { capabilities = ["sudo", "update"] }"#),
@@ -1115,6 +1115,53 @@ on_both_backends!(
             assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
             assert!(v["errors"][0].as_str().unwrap().contains(why), "{v}");
         }
+        // A role's token_bound_cidrs bound what the creator asks: narrower
+        // is taken; wider, or none, is not.
+        let (st, v) = s
+            .root(
+                "POST",
+                "auth/token/roles/ci-net",
+                Some(json!({"allowed_policies": "deploy", "token_bound_cidrs": "10.0.0.0/8"})),
+            )
+            .await;
+        assert!(st.is_success(), "{v}");
+        for (body, want) in [
+            (json!({}), "10.0.0.0/8"),
+            (json!({"bound_cidrs": ""}), "10.0.0.0/8"),
+            (json!({"bound_cidrs": []}), "10.0.0.0/8"),
+            (json!({"bound_cidrs": "10.1.0.0/16"}), "10.1.0.0/16"),
+        ] {
+            let (st, v) = s
+                .call(
+                    "POST",
+                    "auth/token/create/ci-net",
+                    Some(&maker),
+                    Some(body.clone()),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{body}: {v}");
+            let made = v["auth"]["client_token"].as_str().unwrap();
+            let (_, v) = s
+                .root("POST", "auth/token/lookup", Some(json!({ "token": made })))
+                .await;
+            assert_eq!(v["data"]["bound_cidrs"], json!([want]), "{body}: {v}");
+        }
+        let (st, v) = s
+            .call(
+                "POST",
+                "auth/token/create/ci-net",
+                Some(&maker),
+                Some(json!({"bound_cidrs": "0.0.0.0/0"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        assert!(
+            v["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("token_bound_cidrs"),
+            "{v}"
+        );
         // The same token cannot make an orphan or periodic token outside it.
         let (st, _) = s
             .call(
