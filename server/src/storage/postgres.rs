@@ -279,6 +279,9 @@ async fn announce<'a>(
 /// answer, and how long it has to: a connection that hangs is given up
 /// within their sum, and what was cached goes with it.
 const LISTEN_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
+/// The listening connection's ping, which names its backend; the comment
+/// tells the connection apart in `pg_stat_activity`.
+const LISTENER_PING: &str = "/* gatepass: listening for changes */ SELECT pg_backend_pid()";
 const PING_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Listens for other servers' announcements (see [`announce`]) for as long
@@ -298,11 +301,17 @@ pub(super) async fn listen(
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(&pool).await?;
+            // A lost connection is said at once (`Ok(None)`), never mended
+            // behind this loop's back: a reconnect that a timeout cut
+            // short, then made by the next call, would listen again
+            // without the cache learning that announcements were missed.
+            l.eager_reconnect(false);
+            let backend: i32 = sqlx::query_scalar(LISTENER_PING).fetch_one(&mut l).await?;
             l.listen(CHANGES).await?;
-            Ok::<_, sqlx::Error>(l)
+            Ok::<_, sqlx::Error>((l, backend))
         }
         .await;
-        let mut listener = match listener {
+        let (mut listener, backend) = match listener {
             Ok(l) => l,
             // The server is stopping: nothing left to listen for.
             Err(_) if pool.is_closed() => return,
@@ -347,10 +356,17 @@ pub(super) async fn listen(
                 // TCP connection, a stopped backend) would otherwise keep
                 // this server trusting its cache while it hears nothing,
                 // e.g. a token revoked on another server still served.
+                // The ping also names its backend: the listener connects
+                // again by itself when used without a connection, and one
+                // that answers from another backend is not the one that
+                // has been listening.
                 Err(_) => {
-                    let ping = sqlx::query("SELECT 1").execute(&mut listener);
+                    let ping = sqlx::query_scalar::<_, i32>(LISTENER_PING).fetch_one(&mut listener);
                     match tokio::time::timeout(PING_WITHIN, ping).await {
-                        Ok(Ok(_)) => continue,
+                        Ok(Ok(pid)) if pid == backend => continue,
+                        Ok(Ok(_)) => tracing::warn!(
+                            "the connection listening for other servers' changes was replaced; announcements may have been missed"
+                        ),
                         Ok(Err(_)) if pool.is_closed() => return,
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "lost the connection listening for other servers' changes");

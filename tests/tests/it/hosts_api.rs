@@ -1092,7 +1092,8 @@ async fn a_change_on_one_server_reaches_a_poll_on_the_other_also_after_its_liste
     let cut = gatepass_tests::pg::exec(
         a.storage_url(),
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND (query LIKE 'LISTEN%' OR query LIKE '%listening for changes%') \
+         AND pid <> pg_backend_pid()",
     );
     assert_ne!(cut, "0", "no listening connection found to cut");
     revoke_one(&a).await;
@@ -1136,7 +1137,8 @@ async fn a_token_revoked_on_one_server_is_refused_on_the_other_when_its_listener
     let pids = gatepass_tests::pg::exec(
         a.storage_url(),
         "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+         WHERE datname = current_database() AND (query LIKE 'LISTEN%' OR query LIKE '%listening for changes%') \
+         AND pid <> pg_backend_pid()",
     );
     let stopped = Stopped(pids.split_whitespace().map(str::to_string).collect());
     assert!(!stopped.0.is_empty(), "no listening connection found");
