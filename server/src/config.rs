@@ -40,7 +40,7 @@ pub struct ServerConfig {
     #[serde(default)]
     pub limits: Limits,
     /// Reverse proxies (addresses or blocks) whose `X-Forwarded-For` names
-    /// the client (see `proxies`); none by default, when the client is the
+    /// the client (see `http::proxies`); none by default, when the client is the
     /// connection's peer.
     #[serde(default)]
     pub trusted_proxies: Vec<ipnet::IpNet>,

@@ -20,7 +20,6 @@ pub mod path;
 pub mod policies;
 pub mod policy;
 pub mod private;
-pub mod proxies;
 pub mod ratelimit;
 pub mod request;
 pub mod retention;

@@ -121,8 +121,8 @@ pub async fn run(
             "clients named by X-Forwarded-For from trusted proxies"
         );
     }
-    let app =
-        crate::proxies::behind(app, proxies).into_make_service_with_connect_info::<SocketAddr>();
+    let app = crate::http::proxies::behind(app, proxies)
+        .into_make_service_with_connect_info::<SocketAddr>();
     listener.set_nonblocking(true)?;
     let max = effective_max_connections(limits.max_connections);
     tracing::info!(

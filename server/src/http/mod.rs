@@ -10,6 +10,7 @@ mod deadline;
 mod hosts;
 mod identity;
 mod pam;
+pub mod proxies;
 mod request;
 mod routes;
 mod ssh;
