@@ -328,6 +328,7 @@ fn default_user(role: Option<&Value>) -> Result<String> {
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty() && !u.contains('{'))
     {
+        super::pam::check_login(u, "the role's default_user")?;
         return Ok(u.to_string());
     }
     nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -581,6 +582,7 @@ fn user_and_port(resp: &Value) -> Result<(String, Option<u16>)> {
         .filter(|u| !u.is_empty())
         .ok_or_else(|| Error::Local("the server's answer names no username".into()))?
         .to_string();
+    super::pam::check_login(&user, "connecting")?;
     let port = resp
         .pointer("/data/port")
         .and_then(Value::as_u64)
@@ -695,6 +697,17 @@ async fn run_ssh(argv: &[OsString], plan: &Plan, signals: &mut Signals) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_username_from_the_server_that_ssh_could_read_otherwise_is_refused() {
+        let with = |u: &str| json!({"data": {"username": u, "port": 22}});
+        assert_eq!(user_and_port(&with("app")).unwrap().0, "app");
+        for bad in ["x'$(id)'", "-oProxyCommand=x", "a b", "a%r"] {
+            assert!(user_and_port(&with(bad)).is_err(), "{bad}");
+        }
+        let role = json!({"default_user": "x'$(id)'"});
+        assert!(default_user(Some(&role)).is_err());
+    }
 
     fn plan() -> Plan {
         Plan {

