@@ -189,13 +189,9 @@ async fn string_forms_of_typed_fields_are_accepted_by_every_endpoint() {
         let (st, v) = call(&s, path, token, body.clone()).await;
         assert!(st.is_success(), "{path} {body}: {st} {v}");
     }
-    assert!(s
-        .core
-        .storage
-        .get::<Value>(&format!("hosts/installed/{lease}"))
+    assert!(gatepass_server::hosts::installed(&s.core, &lease)
         .await
-        .unwrap()
-        .is_some());
+        .unwrap());
     let (_, v) = s.root("GET", "hosts/mappings/deploy", None).await;
     assert_eq!(v["data"]["principals"], json!(["alice", "ops"]));
 
