@@ -1824,6 +1824,15 @@ mod tests {
         drop(queue);
     }
 
+    /// A queue of `capacity` lines whose copier, the storage up, copies
+    /// through `writer`.
+    fn copying_to(writer: Writer, capacity: usize) -> AuditQueue {
+        let (queue, copier) = AuditQueue::new(capacity);
+        let health = std::sync::Arc::new(Health::default());
+        tokio::spawn(audit_writer(writer, health, copier));
+        queue
+    }
+
     /// What the copier answers a reader's flush.
     async fn flush(queue: &AuditQueue) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -1836,13 +1845,7 @@ mod tests {
     async fn a_reader_is_told_the_storage_is_unavailable_when_the_copy_meets_an_outage() {
         // The storage was found up, and the copy's commit then went
         // unanswered (the connection broke).
-        let writer = fake_writer(Default::default(), 1);
-        let (queue, copier) = AuditQueue::new(16);
-        tokio::spawn(audit_writer(
-            writer,
-            std::sync::Arc::new(Health::default()),
-            copier,
-        ));
+        let queue = copying_to(fake_writer(Default::default(), 1), 16);
         queue.push(line(1)).await.unwrap();
         let e = flush(&queue).await.unwrap_err();
         assert!(matches!(e, Error::StorageUnavailable(_)), "{e:?}");
@@ -1859,13 +1862,7 @@ mod tests {
     async fn a_copier_held_up_holds_no_request_and_leaves_one_gap_in_the_copy() {
         let stored: Stored = Default::default();
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-        let writer = gated_writer(stored.clone(), 0, gate.clone());
-        let (queue, copier) = AuditQueue::new(4);
-        tokio::spawn(audit_writer(
-            writer,
-            std::sync::Arc::new(Health::default()),
-            copier,
-        ));
+        let queue = copying_to(gated_writer(stored.clone(), 0, gate.clone()), 4);
         // Line 1 goes to the writer, which waits for the gate; 2-5 fill
         // the queue. 6 waits for room at most the bound, then is left to
         // the file, and so is 7 at once.
