@@ -41,8 +41,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Reverse proxies (addresses or blocks) whose `X-Forwarded-For` names
     /// the client (see `http::proxies`); none by default, when the client is the
-    /// connection's peer.
-    #[serde(default)]
+    /// connection's peer. Read in their one form, as peers are: an address
+    /// alone is its block of one, an IPv4 block written as IPv6
+    /// (`::ffff:127.0.0.1/128`) the IPv4 block.
+    #[serde(default, deserialize_with = "cidrs")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long records that are no longer needed stay in storage.
     #[serde(default)]
@@ -149,6 +151,19 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn cidrs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            crate::request::cidr(s).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s:?} is not an IP address or CIDR block"))
+            })
+        })
+        .collect()
 }
 
 fn optional_duration<'de, D: serde::Deserializer<'de>>(
@@ -287,5 +302,29 @@ mod tests {
         assert!(ServerConfig::parse("[retention]\nrecordings = \"0s\"").is_err());
         assert!(ServerConfig::parse("[retention]\naudit_copy = \"0s\"").is_err());
         assert!(ServerConfig::parse("[retention]\nleases = \"1d\"").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_read_in_their_one_form() {
+        let cfg = ServerConfig::parse(
+            "trusted_proxies = [\"127.0.0.1\", \"::ffff:10.9.0.0/112\", \"::1/128\", \"10.1.2.3/8\"]",
+        )
+        .unwrap();
+        let nets: Vec<String> = cfg.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            nets,
+            ["127.0.0.1/32", "10.9.0.0/16", "::1/128", "10.0.0.0/8"]
+        );
+        // A peer on an IPv6 socket is read as IPv4, so a block written as
+        // IPv6-mapped must match it.
+        let peer: std::net::IpAddr = "::ffff:10.9.4.4".parse().unwrap();
+        assert!(cfg.trusted_proxies[1].contains(&peer.to_canonical()));
+        let e = ServerConfig::parse("trusted_proxies = [\"proxy.local\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"proxy.local\" is not an IP address or CIDR block"),
+            "{e}"
+        );
     }
 }

@@ -217,12 +217,16 @@ impl Fields {
 }
 
 pub fn parse_cidr(key: &str, s: &str) -> Result<ipnet::IpNet> {
-    if let Ok(net) = s.parse::<ipnet::IpNet>() {
-        return Ok(canonical_net(net.trunc()));
+    cidr(s)
+        .ok_or_else(|| Error::invalid(format!("{key}: {s:?} is not an IP address or CIDR block")))
+}
+
+/// A CIDR block, or an address alone as its block of one, in its one form.
+pub fn cidr(s: &str) -> Option<ipnet::IpNet> {
+    if let Ok(net) = s.trim().parse::<ipnet::IpNet>() {
+        return Some(canonical_net(net.trunc()));
     }
-    parse_ip(s)
-        .map(ipnet::IpNet::from)
-        .map_err(|_| Error::invalid(format!("{key}: {s:?} is not an IP address or CIDR block")))
+    parse_ip(s).ok().map(ipnet::IpNet::from)
 }
 
 /// An IP address in its one form: an IPv4 address written as IPv6
