@@ -7,7 +7,9 @@
 //! `GATEPASS_ASKPASS_FIFO` — a path, not a secret — and reads the OTP from
 //! that named pipe, which `connect` removes as soon as a reader has opened
 //! it: a second prompt (the OTP works once anyway) finds nothing and gets
-//! no answer. Questions that are not password prompts (ssh's "continue
+//! no answer. Only the prompt of the login itself gets it (`USER@HOST` as
+//! `ssh -G` resolves them, in `GATEPASS_ASKPASS_LOGIN`): a ProxyJump
+//! host's prompt goes to the terminal. Questions that are not password prompts (ssh's "continue
 //! connecting (yes/no)?" about an unknown host key) are never answered from
 //! the pipe: they go to the terminal, or are answered "no" without one.
 
@@ -27,6 +29,12 @@ pub const NAME: &str = "gatepass-askpass";
 
 /// Where the pipe with the OTP is.
 pub const FIFO_VAR: &str = "GATEPASS_ASKPASS_FIFO";
+
+/// The login (`USER@HOST`, as ssh's prompts name it) whose password
+/// prompt the OTP answers. Any other password prompt goes to the terminal:
+/// with a ProxyJump the jump host's ssh runs the same askpass, and the OTP
+/// typed there would be the jump host's to use.
+pub const LOGIN_VAR: &str = "GATEPASS_ASKPASS_LOGIN";
 
 /// How long the askpass waits for `connect` to hand over the OTP.
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,6 +76,10 @@ pub fn main() -> ExitCode {
         _ => {}
     }
     if is_question(&prompt) {
+        return ask_terminal(&prompt);
+    }
+    let login = std::env::var(LOGIN_VAR).unwrap_or_default();
+    if !is_prompt_of(&prompt, &login) {
         return ask_terminal(&prompt);
     }
     let Some(fifo) = std::env::var_os(FIFO_VAR) else {
@@ -124,6 +136,17 @@ fn is_question(prompt: &str) -> bool {
     p.contains("yes/no")
 }
 
+/// Whether `prompt` asks for the password of `login` (`USER@HOST`): ssh's
+/// own password prompt (`USER@HOST's password: `) or a keyboard-interactive
+/// one, which ssh prefixes with `(USER@HOST) `.
+fn is_prompt_of(prompt: &str, login: &str) -> bool {
+    if login.is_empty() {
+        return false;
+    }
+    let (p, l) = (prompt.to_lowercase(), login.to_lowercase());
+    p.starts_with(&format!("{l}'s password:")) || p.starts_with(&format!("({l}) "))
+}
+
 /// Asks the person at the terminal, if there is one; else the answer is
 /// no (an empty answer and a failure status).
 fn ask_terminal(prompt: &str) -> ExitCode {
@@ -169,6 +192,21 @@ mod tests {
         ));
         assert!(!is_question("root@127.0.0.1's password: "));
         assert!(!is_question("(root@127.0.0.1) Password: "));
+    }
+
+    #[test]
+    fn only_the_prompts_of_the_login_itself_get_the_otp() {
+        let login = "root@10.0.0.5";
+        assert!(is_prompt_of("root@10.0.0.5's password: ", login));
+        assert!(is_prompt_of("(root@10.0.0.5) Password: ", login));
+        assert!(is_prompt_of("(root@10.0.0.5) Verification code: ", login));
+        // A ProxyJump host's prompts, and look-alikes.
+        assert!(!is_prompt_of("jump@bastion's password: ", login));
+        assert!(!is_prompt_of("(jump@bastion) Password: ", login));
+        assert!(!is_prompt_of("root@10.0.0.50's password: ", login));
+        assert!(!is_prompt_of("(root@10.0.0.5.evil) Password: ", login));
+        assert!(!is_prompt_of("xroot@10.0.0.5's password: ", login));
+        assert!(!is_prompt_of("root@10.0.0.5's password: ", ""));
     }
 
     #[test]

@@ -243,6 +243,20 @@ pub async fn connect(global: &GlobalArgs, args: ConnectArgs) -> Result<u8> {
         &args.command,
     );
 
+    // The OTP goes only to the prompt of the login it is for, as ssh will
+    // name it: not to a ProxyJump host's, whose ssh asks the same askpass.
+    if plan.otp.is_some() {
+        match login_named_by_ssh(&argv).await {
+            Ok(login) => plan.env.push((askpass::LOGIN_VAR, login.into())),
+            Err(e) => {
+                if let Some(creds) = &plan.creds {
+                    revoke_quietly(&ctx, creds).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+
     let outcome = run_ssh(&argv, &plan, &mut signals).await;
     // Given back when it can no longer be used: an OTP ssh never asked
     // for, a dynamic key whose file is about to go.
@@ -627,6 +641,41 @@ fn ssh_command(
     argv
 }
 
+/// `USER@HOST` as ssh's prompts for the login `argv` makes will name it:
+/// the user and, as `ssh -G` resolves them through the ssh configuration,
+/// the host key alias or else the host name.
+async fn login_named_by_ssh(argv: &[OsString]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.arg("-G")
+        .args(&argv[1..])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .map_err(|_| Error::Local("`ssh -G` did not answer within 10 s".into()))?
+        .map_err(|e| Error::Local(format!("cannot run `ssh -G`: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Local(format!(
+            "`ssh -G` could not read the ssh configuration: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    login_in_ssh_config(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| Error::Local("`ssh -G` printed no user or host name for the login".into()))
+}
+
+/// `USER@HOST` from `ssh -G`'s output (`KEYWORD VALUE` lines).
+fn login_in_ssh_config(text: &str) -> Option<String> {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = value("hostkeyalias").or_else(|| value("hostname"))?;
+    Some(format!("{}@{host}", value("user")?))
+}
+
 /// How ssh ended.
 struct Ended {
     /// Its exit status, 128+N when signal N killed it.
@@ -697,6 +746,15 @@ async fn run_ssh(argv: &[OsString], plan: &Plan, signals: &mut Signals) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_is_named_as_ssh_will_name_it_in_its_prompts() {
+        let g = "user root\nhostname 10.0.0.5\nport 22\nproxyjump jump@bastion\n";
+        assert_eq!(login_in_ssh_config(g).as_deref(), Some("root@10.0.0.5"));
+        let g = "user root\nhostname 10.0.0.5\nhostkeyalias web-1\n";
+        assert_eq!(login_in_ssh_config(g).as_deref(), Some("root@web-1"));
+        assert_eq!(login_in_ssh_config("hostname 10.0.0.5\n"), None);
+    }
 
     #[test]
     fn a_username_from_the_server_that_ssh_could_read_otherwise_is_refused() {

@@ -125,7 +125,9 @@ pub enum Command {
     /// program in its askpass role, with SSH_ASKPASS_REQUIRE=force) and a
     /// named pipe in a private temporary folder: it is never on a command
     /// line, in an environment variable or in a file, and it is given out
-    /// once (the pipe is removed as soon as it was opened).
+    /// once (the pipe is removed as soon as it was opened), to the prompt
+    /// of USER@HOST only (as `ssh -G` resolves them): a ProxyJump host's
+    /// password prompt is asked at the terminal.
     ///
     /// dynamic: the private key is a file (0600) in a private temporary
     /// folder, removed when ssh exits; the request waits (--wait) until the

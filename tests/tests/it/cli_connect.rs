@@ -814,30 +814,26 @@ fn dynamic_mode_logs_in_with_the_key_the_host_installed() {
 
 // ----------------------------------------------------------------- otp
 
-#[test]
-fn otp_mode_types_the_password_through_askpass_once() {
-    let s = Session::start();
+/// vault-ssh-helper's documented configuration, for gatepass-helper.
+fn helper_config(s: &Session, roles: &str) -> String {
+    format!(
+        "vault_addr = \"{}\"\ntls_skip_verify = false\nca_cert = \"{}\"\n\
+         ssh_mount_point = \"ssh\"\nallowed_roles = \"{roles}\"\n",
+        s.server.addr,
+        s.server.cacert.display()
+    )
+}
+
+/// An sshd checking OTPs with gatepass-helper, and the role `otp` for it.
+/// A recorder in front of the helper keeps what ssh typed (the file
+/// returned), so the test knows the OTP to look for.
+fn otp_host(s: &Session, pam_service: &str) -> (Sshd, PathBuf) {
     let mut sshd = Sshd::new(SshdOptions::default());
-    // vault-ssh-helper's documented configuration, for gatepass-helper.
-    let helper_config = |roles: &str| {
-        format!(
-            "vault_addr = \"{}\"\ntls_skip_verify = false\nca_cert = \"{}\"\n\
-             ssh_mount_point = \"ssh\"\nallowed_roles = \"{roles}\"\n",
-            s.server.addr,
-            s.server.cacert.display()
-        )
-    };
-    let config = sshd.write_file("helper.hcl", &helper_config("*"));
-    // A recorder in front of the helper keeps what ssh typed, so the test
-    // knows the OTP to look for.
+    let config = sshd.write_file("helper.hcl", &helper_config(s, "*"));
     let seen = sshd.dir.join("seen");
-    let recorder = sshd.write_file_mode(
-        "record",
-        &format!("#!/bin/sh\ntr -d '\\000' >> {}\n", seen.display()),
-        0o755,
-    );
+    let recorder = recorder(&sshd, &seen);
     sshd.options.pam = Some(PamSetup {
-        service: "gatepass-test-cli-connect-otp".into(),
+        service: pam_service.into(),
         pam_config: format!(
             "auth optional pam_exec.so quiet expose_authtok {recorder}\n\
              auth requisite pam_exec.so quiet expose_authtok {helper} -config={config}\n\
@@ -859,6 +855,23 @@ fn otp_mode_types_the_password_through_askpass_once() {
         &format!("port={}", sshd.port),
         "ttl=5m",
     ]));
+    (sshd, seen)
+}
+
+/// A script for pam_exec's `expose_authtok` that adds what it is given to
+/// `seen`.
+fn recorder(sshd: &Sshd, seen: &Path) -> PathBuf {
+    sshd.write_file_mode(
+        "record",
+        &format!("#!/bin/sh\ntr -d '\\000' >> {}\n", seen.display()),
+        0o755,
+    )
+}
+
+#[test]
+fn otp_mode_types_the_password_through_askpass_once() {
+    let s = Session::start();
+    let (sshd, seen) = otp_host(&s, "gatepass-test-cli-connect-otp");
 
     // $ gatepass ssh connect --role otp root@127.0.0.1 -- echo hello
     let mut a = vec!["--role", "otp"];
@@ -906,7 +919,7 @@ fn otp_mode_types_the_password_through_askpass_once() {
     // gets the OTP once, asks again for the next method, gets no answer,
     // and ends with 255.
     std::fs::remove_file(&seen).unwrap();
-    sshd.write_file("helper.hcl", &helper_config("other"));
+    sshd.write_file("helper.hcl", &helper_config(&s, "other"));
     let mut a = vec!["--role", "otp"];
     a.extend_from_slice(&INSECURE);
     a.extend(["root@127.0.0.1", "--", "echo", "hello"]);
@@ -929,6 +942,106 @@ fn otp_mode_types_the_password_through_askpass_once() {
         "the OTP was typed once, nothing else: {typed:?}"
     );
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+}
+
+/// With a ProxyJump whose host asks for a password too, the OTP goes only
+/// to the prompt of the login it is for: ssh runs the same askpass for the
+/// jump host's prompt, which goes to the terminal (here there is none, so
+/// it gets no answer) instead of getting the OTP. A HostKeyAlias, which
+/// ssh's prompts name instead of the host, still gets it.
+#[test]
+fn otp_mode_types_the_password_only_into_the_logins_own_prompt() {
+    let s = Session::start();
+    let (_sshd, seen) = otp_host(&s, "gatepass-test-cli-connect-otp-jump");
+    let mut jump = Sshd::new(SshdOptions::default());
+    let jump_seen = jump.dir.join("seen");
+    let recorder = recorder(&jump, &jump_seen);
+    jump.options.pam = Some(PamSetup {
+        service: "gatepass-test-cli-connect-jump-host".into(),
+        pam_config: format!(
+            "auth optional pam_exec.so quiet expose_authtok {}\n\
+             auth requisite pam_deny.so\n\
+             account required pam_permit.so\n",
+            recorder.display()
+        ),
+    });
+    jump.launch();
+    // The jump host's ssh reads this file too (ssh passes -F on), not our
+    // -o options.
+    let config = s.keys.path().join("ssh_config");
+    std::fs::write(
+        &config,
+        "StrictHostKeyChecking no\nUserKnownHostsFile /dev/null\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    // Without a terminal, as the askpass would otherwise ask at this one.
+    let detached = |args: &[&str]| {
+        let cmd = s.gatepass(args);
+        let mut c = Command::new("setsid");
+        c.arg("--wait").arg(cmd.get_program()).args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c.current_dir(s.cwd.path());
+        c
+    };
+
+    // $ gatepass ssh connect --role otp -o ProxyJump=nobody@127.0.0.1:PORT root@127.0.0.1 -- echo hello
+    let jump_to = format!("ProxyJump=nobody@127.0.0.1:{}", jump.port);
+    let (code, out, err) = run(&mut detached(&[
+        "ssh",
+        "connect",
+        "--ssh-config",
+        config,
+        "--role",
+        "otp",
+        "-o",
+        &jump_to,
+        "root@127.0.0.1",
+        "--",
+        "echo",
+        "hello",
+    ]));
+    assert_eq!(code, 255, "{out}{err}");
+    assert!(
+        err.contains(
+            "not answering ssh's question without a terminal: (nobody@127.0.0.1) Password:"
+        ),
+        "{err}"
+    );
+    let typed = std::fs::read_to_string(&jump_seen).unwrap_or_default();
+    assert!(
+        typed.trim().len() != 36,
+        "the jump host was given the OTP: {typed:?}"
+    );
+    assert!(
+        !seen.exists(),
+        "the target was never reached: {:?}",
+        std::fs::read_to_string(&seen)
+    );
+    assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
+
+    // $ gatepass ssh connect --role otp -o HostKeyAlias=web-1 root@127.0.0.1 -- echo hello
+    let (code, out, err) = run(&mut detached(&[
+        "ssh",
+        "connect",
+        "--ssh-config",
+        config,
+        "--role",
+        "otp",
+        "-o",
+        "HostKeyAlias=web-1",
+        "root@127.0.0.1",
+        "--",
+        "echo",
+        "hello",
+    ]));
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+    assert_eq!(std::fs::read_to_string(&seen).unwrap().len(), 36);
 }
 
 // ------------------------------------------------- ssh config and proxy
