@@ -760,7 +760,7 @@ async fn process(
         let path = routes::canonical_names(core, &req.path).await?;
         let path = path.as_str();
         let can = |c| acl.allows(path, c);
-        let allowed = op_allowed(&acl, req.op, path);
+        let allowed = op_allowed(core, &acl, req.op, path).await?;
         // The wrapping paths Vault's default policy grants carry no
         // parameter constraints; what the ACL grants is checked for them.
         let by_default = !allowed
@@ -797,18 +797,27 @@ async fn process(
 
 /// Whether an ACL grants an operation on a path, as [`process`] decides it
 /// (sudo and parameter constraints aside).
-fn op_allowed(acl: &crate::policy::Acl, op: Operation, path: &str) -> bool {
+async fn op_allowed(
+    core: &Core,
+    acl: &crate::policy::Acl,
+    op: Operation,
+    path: &str,
+) -> Result<bool> {
     let can = |c| acl.allows(path, c);
-    match op {
+    Ok(match op {
         Operation::Read => can(Capability::Read),
         // Vault checks a LIST against the path with a trailing slash, so
         // that `foo/*` grants listing `foo`.
         Operation::List => acl.allows(&format!("{path}/"), Capability::List),
-        // Vault's paths without an existence check treat every write as
-        // update; accepting create as well keeps simple policies working.
-        Operation::Write => can(Capability::Update) || can(Capability::Create),
+        // A write is an update, as in Vault; `create` is enough only to
+        // make what does not exist yet on a path with an existence check,
+        // so that a policy meant for adding users cannot reset one.
+        Operation::Write => {
+            can(Capability::Update)
+                || (can(Capability::Create) && routes::exists(core, path).await? == Some(false))
+        }
         Operation::Delete => can(Capability::Delete),
-    }
+    })
 }
 
 /// Whether a token's policies let it do `op` on `path`: what the web UI
@@ -819,7 +828,7 @@ pub async fn may(core: &Core, caller: &TokenEntry, op: Operation, path: &str) ->
         return Ok(true);
     }
     let acl = policies::acl_for(core, &caller.policies).await?;
-    Ok(op_allowed(&acl, op, path)
+    Ok(op_allowed(core, &acl, op, path).await?
         && (!routes::needs_sudo(path, op) || acl.allows(path, Capability::Sudo)))
 }
 

@@ -85,6 +85,47 @@ pub async fn canonical_names(core: &Core, path: &ApiPath) -> Result<String> {
     })
 }
 
+/// Vault's existence check, on the paths that have one: whether the object
+/// a write to `path` (in its canonical form) names exists already. `None`
+/// where the path has no such check: every write there is an update. Only
+/// on these paths does `create` alone let a write through, and only while
+/// the object does not exist (Vault's and OpenBao's rule, compared with
+/// OpenBao 2.7.2: token roles, userpass users, AppRole and JWT/OIDC roles).
+pub async fn exists(core: &Core, path: &str) -> Result<Option<bool>> {
+    let found = match path.split('/').collect::<Vec<_>>().as_slice() {
+        ["auth", "token", "roles", name] => crate::auth::token_roles::read(core, name)
+            .await
+            .map(|r| r.is_some()),
+        ["auth", "userpass", "users", name] => crate::auth::userpass::read_user(core, name)
+            .await
+            .map(|u| u.is_some()),
+        ["auth", "approle", "role", name] => crate::auth::approle::read_role(core, name)
+            .await
+            .map(|r| r.is_some()),
+        ["auth", mount, ..] if !crate::auth::mounts::BUILT_IN.contains(mount) => {
+            let under = path.strip_prefix("auth/").unwrap_or_default();
+            match crate::auth::mounts::find(core, under).await? {
+                Some((m, rest)) => match rest.strip_prefix("role/") {
+                    Some(name) if !name.is_empty() && !name.contains('/') => {
+                        crate::auth::jwt::read_role(core, &m, name)
+                            .await
+                            .map(|r| r.is_some())
+                    }
+                    _ => return Ok(None),
+                },
+                None => return Ok(None),
+            }
+        }
+        _ => return Ok(None),
+    };
+    match found {
+        Ok(found) => Ok(Some(found)),
+        // A name the handler refuses names nothing that exists.
+        Err(Error::InvalidRequest(_)) => Ok(Some(false)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Paths any valid token may call without an ACL grant, because their
 /// handler lets only the owner of what they name through.
 pub fn is_owner_checked(req: &Request) -> bool {

@@ -1091,7 +1091,7 @@ async fn may_ask_for(core: &Core, caller: &TokenEntry, s: &Session) -> Result<bo
         s.resource.as_str(),
         s.account.as_str()
     );
-    Ok(acl.allows(&path, Capability::Update) || acl.allows(&path, Capability::Create))
+    Ok(acl.allows(&path, Capability::Update))
 }
 
 /// What a session keeps of the token that asked for it: a keyed hash of

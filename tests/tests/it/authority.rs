@@ -1282,6 +1282,103 @@ async fn the_acl_decides_on_the_name_the_handler_acts_on() {
     assert_eq!(st, StatusCode::OK, "{v}");
 }
 
+/// `create` alone makes what does not exist yet, on the paths Vault gives
+/// an existence check (token roles, userpass users, AppRole and JWT
+/// roles), and nothing else: it cannot change what exists (a policy meant
+/// for adding users cannot reset the admin's password), and every other
+/// write needs `update`. Each case as OpenBao 2.7.2 answers it.
+#[tokio::test]
+async fn create_alone_makes_new_objects_and_changes_none() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(&s, "POST", "sys/auth/ci", json!({"type": "jwt"})).await;
+    let role = json!({"role_type": "jwt", "user_claim": "sub", "bound_audiences": "x"});
+    let ssh_role = json!({"key_type": "otp", "default_user": "root", "cidr_list": "10.0.0.0/8"});
+    let existing = [
+        (
+            "auth/userpass/users/admin",
+            json!({"password": "admin-pw-1"}),
+        ),
+        (
+            "auth/approle/role/deploy",
+            json!({"token_policies": "default"}),
+        ),
+        (
+            "auth/token/roles/ci",
+            json!({"allowed_policies": "default"}),
+        ),
+        ("auth/ci/role/build", role.clone()),
+    ];
+    for (path, body) in &existing {
+        ok(&s, "POST", path, body.clone()).await;
+    }
+    let adder = s
+        .token_with_policy(
+            "adder",
+            r#"path "auth/userpass/users/*" { capabilities = ["create"] }
+               path "auth/approle/role/*" { capabilities = ["create"] }
+               path "auth/token/roles/*" { capabilities = ["create"] }
+               path "auth/ci/role/*" { capabilities = ["create"] }
+               path "ssh/roles/*" { capabilities = ["create"] }
+               path "sys/policies/acl/*" { capabilities = ["create"] }
+               path "auth/token/create" { capabilities = ["create"] }"#,
+        )
+        .await;
+    for (path, body) in existing {
+        let (st, v) = s.call("POST", path, Some(&adder), Some(body)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path} exists: {v}");
+    }
+    // Named in another case, it is the same user.
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/users/ADMIN",
+            Some(&adder),
+            Some(json!({"password": "owned1234"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (st, v) = s
+        .call(
+            "POST",
+            "auth/userpass/login/admin",
+            None,
+            Some(json!({"password": "admin-pw-1"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "admin's password changed: {v}");
+    for (path, body) in [
+        ("auth/userpass/users/bob", json!({"password": "bob-pw-12"})),
+        (
+            "auth/approle/role/new",
+            json!({"token_policies": "default"}),
+        ),
+        (
+            "auth/token/roles/new",
+            json!({"allowed_policies": "default"}),
+        ),
+        ("auth/ci/role/new", role),
+    ] {
+        let (st, v) = s.call("POST", path, Some(&adder), Some(body)).await;
+        assert!(st.is_success(), "{path} is new: {st} {v}");
+    }
+    // Paths without an existence check: every write is an update.
+    for (path, body) in [
+        (
+            "auth/userpass/users/bob/password",
+            json!({"password": "bob-pw-34"}),
+        ),
+        ("ssh/roles/new", ssh_role),
+        (
+            "sys/policies/acl/new",
+            json!({"policy": r#"path "x" { capabilities = ["read"] }"#}),
+        ),
+        ("auth/token/create", json!({"policies": ["default"]})),
+    ] {
+        let (st, v) = s.call("POST", path, Some(&adder), Some(body)).await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{path}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn changing_how_everyone_logs_in_needs_sudo() {
     let s = Server::start(Backend::Sqlite).await;
