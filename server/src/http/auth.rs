@@ -42,8 +42,11 @@ pub async fn route(core: &Core, req: &Request, caller: Option<&TokenEntry>) -> R
             let r = token_roles::read(core, role)
                 .await?
                 .ok_or_else(|| Error::invalid(format!("unknown role {role}")))?;
+            // Sudo is looked for where the ACL looked: at the role's name
+            // as the handler takes it (`create/CI` is `create/ci`).
+            let path = super::routes::canonical_names(core, &req.path).await?;
             issued(
-                token::handle_create(core, &req.fields, &req.path, c, false, Some(&r), now).await?,
+                token::handle_create(core, &req.fields, &path, c, false, Some(&r), now).await?,
                 now,
             )
         }

@@ -1379,6 +1379,35 @@ async fn create_alone_makes_new_objects_and_changes_none() {
     }
 }
 
+/// Sudo on token creation through a role is looked for at the role's name
+/// as the ACL checked it: `create/CI` is `create/ci`, whose rule has no
+/// sudo, whatever a wider rule gives the names it does not match exactly.
+#[tokio::test]
+async fn sudo_on_a_token_role_is_its_own_rules_in_any_case() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(&s, "POST", "auth/token/roles/ci", json!({})).await;
+    let maker = s
+        .token_with_policy(
+            "ci-maker",
+            r#"path "auth/token/create/*" { capabilities = ["update", "sudo"] }
+               path "auth/token/create/ci" { capabilities = ["update"] }"#,
+        )
+        .await;
+    for role in ["ci", "CI"] {
+        let path = format!("auth/token/create/{role}");
+        let (st, v) = s
+            .call(
+                "POST",
+                &path,
+                Some(&maker),
+                Some(json!({"policies": ["superuser"], "no_parent": true})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert!(!v.to_string().contains("client_token"), "{path}: {v}");
+    }
+}
+
 #[tokio::test]
 async fn changing_how_everyone_logs_in_needs_sudo() {
     let s = Server::start(Backend::Sqlite).await;
