@@ -51,10 +51,24 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
 
 /// The path with the names that handlers take in lower case (token roles,
 /// userpass users, AppRole and JWT/OIDC roles, policies: as Vault takes
-/// them) in lower case, for the ACL to decide on what the handler will act
+/// them; host names) in lower case, a host named by its ID by its name, for the ACL to decide on what the handler will act
 /// on. Other paths are returned as they are.
 pub async fn canonical_names(core: &Core, path: &ApiPath) -> Result<String> {
     let segs = path.segments();
+    // A host named by its ID or in any case is the host by its name, in
+    // lower case (names are unique ignoring case), so that a rule written
+    // for `hosts/bastion` meets `hosts/BASTION` and `hosts/<its ID>`.
+    if let ["hosts", id] = segs.as_slice() {
+        if !matches!(*id, "join-tokens" | "enroll" | "mappings" | "self")
+            && crate::hosts::is_host_ref(id)
+        {
+            let name = match crate::hosts::find(core, id).await? {
+                Some(h) => h.hostname.to_lowercase(),
+                None => id.to_lowercase(),
+            };
+            return Ok(format!("hosts/{name}"));
+        }
+    }
     let at = match segs.as_slice() {
         ["auth", "token", "create" | "roles", _, ..]
         | ["auth", "userpass", "users" | "login", _, ..]

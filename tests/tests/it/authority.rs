@@ -1379,6 +1379,46 @@ async fn create_alone_makes_new_objects_and_changes_none() {
     }
 }
 
+/// A rule on a host's name holds however the request names the host: in
+/// another case, or by its ID.
+#[tokio::test]
+async fn a_rule_on_a_host_holds_for_every_name_of_it() {
+    let s = Server::start(Backend::Sqlite).await;
+    let join = otp_setup(&s).await;
+    let mut ids = Vec::new();
+    for (name, ip) in [("Bastion", "10.0.0.1"), ("web", "10.0.0.2")] {
+        let (st, v) = enroll(
+            &s,
+            json!({"join_token": join, "hostname": name, "addresses": [ip]}),
+        )
+        .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        ids.push(field(&v, &["data", "host_id"]));
+    }
+    let ops = s
+        .token_with_policy(
+            "host-ops",
+            r#"path "hosts/*" { capabilities = ["read", "delete"] }
+               path "hosts/bastion" { capabilities = ["deny"] }"#,
+        )
+        .await;
+    for name in ["bastion", "BASTION", "Bastion", ids[0].as_str()] {
+        for method in ["GET", "DELETE"] {
+            let path = format!("hosts/{name}");
+            let (st, v) = s.call(method, &path, Some(&ops), None).await;
+            assert_eq!(st, StatusCode::FORBIDDEN, "{method} {path}: {v}");
+        }
+    }
+    let (st, v) = s.root("GET", "hosts/bastion", None).await;
+    assert_eq!(st, StatusCode::OK, "still enrolled: {v}");
+    // The other host, by its ID.
+    let path = format!("hosts/{}", ids[1]);
+    let (st, v) = s.call("GET", &path, Some(&ops), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = s.call("DELETE", &path, Some(&ops), None).await;
+    assert!(st.is_success(), "{v}");
+}
+
 /// Sudo on token creation through a role is looked for at the role's name
 /// as the ACL checked it: `create/CI` is `create/ci`, whose rule has no
 /// sudo, whatever a wider rule gives the names it does not match exactly.
