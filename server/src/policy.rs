@@ -373,9 +373,16 @@ impl Params {
             return true;
         };
         let others_allowed = allowed.contains_key("*");
-        present.iter().all(|(name, value)| match allowed.get(name) {
-            Some(values) => values.allows(value, who),
-            None => others_allowed,
+        // A field sent under its other name is held to the values allowed
+        // for that name: `policies` to `token_policies`'s.
+        present.iter().all(|(name, value)| {
+            match allowed
+                .get(name)
+                .or_else(|| alias_of(name).and_then(|a| allowed.get(a)))
+            {
+                Some(values) => values.allows(value, who),
+                None => others_allowed,
+            }
         })
     }
 }
@@ -2471,6 +2478,24 @@ path "ssh/sign/*" { capabilities = ["update"] }
         let acl = build(&[&sign_rule(r#"denied_parameters = { "*" = [] }"#)]);
         assert!(!passes(&acl, p, json!({"key_id": "x"})));
         assert!(passes(&acl, p, json!({})));
+    }
+
+    /// Allowed values hold for a field sent under its other name too: a
+    /// rule allowing `token_policies = ["dev"]` does not let `policies`
+    /// set `admin`.
+    #[test]
+    fn allowed_values_hold_for_a_fields_other_name() {
+        let acl = build(&[r#"path "auth/approle/role/*" {
+            capabilities = ["update"]
+            allowed_parameters = { "token_policies" = ["dev"], "*" = [] }
+        }"#]);
+        let p = "auth/approle/role/job";
+        assert!(passes(&acl, p, json!({"token_policies": "dev"})));
+        assert!(passes(&acl, p, json!({"policies": "dev"})));
+        assert!(passes(&acl, p, json!({"secret_id_ttl": "1h"})));
+        assert!(!passes(&acl, p, json!({"token_policies": "admin"})));
+        assert!(!passes(&acl, p, json!({"policies": "admin"})));
+        assert!(!passes(&acl, p, json!({"policies": ["dev", "admin"]})));
     }
 
     /// A denied value is refused in every spelling an endpoint reads alike:
