@@ -69,10 +69,12 @@ impl AclCache {
         // Parsed outside the lock: a large policy takes milliseconds.
         let policy = match Policy::parse(name, &stored.text) {
             Ok(p) => Some(Arc::new(p)),
-            // A stored policy was valid when written; if it is not now,
-            // grant nothing from it rather than fail every request.
+            // A stored policy was valid when written; if it is not now
+            // (a stricter parser), the tokens holding it are granted
+            // nothing at all ([`AclCache::acl`]): leaving it out would drop
+            // its `deny` rules and widen what their other policies grant.
             Err(e) => {
-                tracing::warn!(policy = %name, error = %e, "stored policy does not parse");
+                tracing::error!(policy = %name, error = %e, "stored policy does not parse: tokens holding it are denied everything until it is written again");
                 None
             }
         };
@@ -94,11 +96,22 @@ impl AclCache {
         self.lock().policies.remove(name);
     }
 
-    pub(super) fn acl(&self, key: Vec<(String, u64)>, policies: &[Arc<Policy>]) -> Arc<Acl> {
+    /// The ACL of a set of compiled policies (`None`: one that does not
+    /// parse, which makes it grant nothing).
+    pub(super) fn acl(
+        &self,
+        key: Vec<(String, u64)>,
+        policies: &[Option<Arc<Policy>>],
+    ) -> Arc<Acl> {
         if let Some(acl) = self.lock().acls.get(&key) {
             return acl.clone();
         }
-        let acl = Arc::new(Acl::new(policies.iter().map(|p| &**p)));
+        let acl = if policies.iter().any(Option::is_none) {
+            Acl::new(std::iter::empty())
+        } else {
+            Acl::new(policies.iter().flatten().map(|p| &**p))
+        };
+        let acl = Arc::new(acl);
         let mut inner = self.lock();
         if inner.acls.len() >= MAX_ACLS {
             inner.acls.clear();
@@ -136,13 +149,42 @@ mod tests {
         let p3 = p3.unwrap();
         // The combined ACL follows the version: the old one is not reused.
         let old = cache.acl(vec![("p".into(), v1)], &[]);
-        let new = cache.acl(vec![("p".into(), v3)], std::slice::from_ref(&p3));
+        let new = cache.acl(vec![("p".into(), v3)], &[Some(p3.clone())]);
         assert!(!Arc::ptr_eq(&old, &new));
         assert!(new.allows("b", Capability::Read));
-        assert!(Arc::ptr_eq(&new, &cache.acl(vec![("p".into(), v3)], &[p3])));
-        // Text that no longer parses grants nothing but is still versioned.
+        assert!(Arc::ptr_eq(
+            &new,
+            &cache.acl(vec![("p".into(), v3)], &[Some(p3)])
+        ));
+        // Text that no longer parses is still versioned.
         let (v4, p4) = cache.compile("p", stored("not a policy"));
         assert!(v4 > v3 && p4.is_none());
+    }
+
+    /// A token holding a policy that no longer parses is granted nothing,
+    /// also not what its other policies grant: the broken one's `deny`
+    /// rules are not known, and leaving them out would widen the rest.
+    #[test]
+    fn a_policy_that_no_longer_parses_makes_its_tokens_grant_nothing() {
+        let cache = AclCache::default();
+        let (va, a) = cache.compile(
+            "broad",
+            stored(r#"path "ssh/*" { capabilities = ["update"] }"#),
+        );
+        let (vb, b) = cache.compile(
+            "restrict",
+            stored("path \"ssh/roles/*\" { capabilities = [\"deny\"] } ;;"),
+        );
+        assert!(b.is_none());
+        let acl = cache.acl(
+            vec![("broad".into(), va), ("restrict".into(), vb)],
+            &[a.clone(), b],
+        );
+        assert!(!acl.allows("ssh/roles/x", Capability::Update));
+        assert!(!acl.allows("ssh/sign/x", Capability::Update));
+        // Alone, the one that parses grants what it says.
+        let acl = cache.acl(vec![("broad".into(), va)], &[a]);
+        assert!(acl.allows("ssh/sign/x", Capability::Update));
     }
 
     #[test]
@@ -158,12 +200,12 @@ mod tests {
         let data = body.as_object().cloned().unwrap_or_default();
         let who = Identity::default();
         let (v1, p1) = cache.compile("p", stored(open));
-        let acl = cache.acl(vec![("p".into(), v1)], &[p1.unwrap()]);
+        let acl = cache.acl(vec![("p".into(), v1)], &[p1]);
         assert!(acl.check_parameters("ssh/sign/x", &data, &who).is_ok());
         // Only the constraints changed: a new version, and its ACL refuses.
         let (v2, p2) = cache.compile("p", stored(limited));
         assert_ne!(v1, v2);
-        let acl = cache.acl(vec![("p".into(), v2)], &[p2.unwrap()]);
+        let acl = cache.acl(vec![("p".into(), v2)], &[p2]);
         assert!(acl.check_parameters("ssh/sign/x", &data, &who).is_err());
     }
 }

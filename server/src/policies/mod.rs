@@ -156,7 +156,7 @@ pub async fn acl_for(core: &Core, policies: &[String]) -> Result<Arc<Acl>> {
             Some(stored) => {
                 let (version, policy) = core.acl_cache.compile(name, stored);
                 versions.push((name.clone(), version));
-                compiled.extend(policy);
+                compiled.push(policy);
             }
             None => core.acl_cache.forget(name),
         }
