@@ -759,14 +759,14 @@ async fn process(
         // that `users/ADMIN` meets the rules written for `users/admin`.
         let path = routes::canonical_names(core, &req.path).await?;
         let path = path.as_str();
-        let can = |c| acl.allows(path, c);
         let allowed = op_allowed(core, &acl, req.op, path).await?;
         // The wrapping paths Vault's default policy grants carry no
         // parameter constraints; what the ACL grants is checked for them.
         let by_default = !allowed
             && routes::granted_by_default_policy(&entry.policies, req)
             && !acl.denies_exactly(path);
-        if !(allowed || by_default) || (routes::needs_sudo(path, req.op) && !can(Capability::Sudo))
+        if !(allowed || by_default)
+            || (routes::needs_sudo(path, req.op) && !has_sudo(&acl, req.op, path))
         {
             return Err(Error::PermissionDenied);
         }
@@ -793,6 +793,16 @@ async fn process(
         }
     }
     routes::dispatch(core, req, Some(entry.as_ref())).await
+}
+
+/// Whether an ACL grants sudo for an operation on a path: a LIST's from the
+/// rule that grants it `list`, at the path with a trailing slash (Vault's).
+fn has_sudo(acl: &crate::policy::Acl, op: Operation, path: &str) -> bool {
+    if op == Operation::List {
+        acl.allows(&format!("{path}/"), Capability::Sudo)
+    } else {
+        acl.allows(path, Capability::Sudo)
+    }
 }
 
 /// Whether an ACL grants an operation on a path, as [`process`] decides it
@@ -829,7 +839,7 @@ pub async fn may(core: &Core, caller: &TokenEntry, op: Operation, path: &str) ->
     }
     let acl = policies::acl_for(core, &caller.policies).await?;
     Ok(op_allowed(core, &acl, op, path).await?
-        && (!routes::needs_sudo(path, op) || acl.allows(path, Capability::Sudo)))
+        && (!routes::needs_sudo(path, op) || has_sudo(&acl, op, path)))
 }
 
 /// One request made on a caller's behalf by another face of the server (the

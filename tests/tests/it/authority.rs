@@ -1545,6 +1545,35 @@ async fn capabilities_are_told_for_the_path_a_request_is_checked_at() {
     assert_eq!(v["data"]["sys/wrapping/unwrap"], json!(["update"]), "{v}");
 }
 
+/// A LIST that needs sudo takes it from the rule that grants the listing,
+/// at the path with a trailing slash, as Vault does.
+#[tokio::test]
+async fn a_list_takes_sudo_from_the_rule_that_lets_it_list() {
+    let s = otp_server().await;
+    let (st, v) = otp_creds(&s, gatepass_tests::inproc::ROOT).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let path = "sys/leases/lookup/ssh/creds/otp";
+    let lister = s
+        .token_with_policy(
+            "lease-lister",
+            r#"path "sys/leases/lookup/ssh/creds/otp/*" { capabilities = ["list", "sudo"] }"#,
+        )
+        .await;
+    let (st, v) = s.call("LIST", path, Some(&lister), None).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["data"]["keys"].as_array().map(Vec::len), Some(1), "{v}");
+    // Sudo from a rule that does not grant the listing does not count.
+    let split = s
+        .token_with_policy(
+            "lease-lister-split",
+            r#"path "sys/leases/lookup/ssh/creds/otp/" { capabilities = ["list"] }
+               path "sys/leases/lookup/ssh/creds/otp" { capabilities = ["sudo"] }"#,
+        )
+        .await;
+    let (st, v) = s.call("LIST", path, Some(&split), None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+}
+
 /// A token's last use revokes it as the request begins, and with it the
 /// lease that request makes: the OTP is not handed out to work on with no
 /// token behind it (Vault: "Secret cannot be returned").
