@@ -1942,6 +1942,16 @@ path "ssh/sign/*" { capabilities = ["update"] }
             let e = Policy::parse("p", twice).unwrap_err();
             assert!(e.public_message().contains("given twice"), "{twice}: {e:?}");
         }
+        // An attribute given twice in one path block (`["deny"]`, then
+        // `["read"]`) is refused by the HCL parser: neither is guessed at.
+        for twice in [
+            "path \"a\" {\n capabilities = [\"deny\"]\n capabilities = [\"read\"]\n}",
+            "path \"a\" {\n policy = \"deny\"\n policy = \"read\"\n}",
+            "path \"a\" {\n capabilities = [\"update\"]\n max_wrapping_ttl = \"1m\"\n max_wrapping_ttl = \"1h\"\n}",
+        ] {
+            let e = Policy::parse("p", twice).unwrap_err();
+            assert!(e.public_message().contains("redefined attribute"), "{twice}: {e:?}");
+        }
         // The same name in two maps, or in nested values, is fine.
         let two_maps = "path \"a\" {\n capabilities = [\"update\"]\n allowed_parameters = { \"ttl\" = [] }\n denied_parameters = { \"ttl\" = [\"1\"] }\n}";
         assert!(Policy::parse("p", two_maps).is_ok());
