@@ -164,24 +164,28 @@ pub async fn get(core: &Core, id: &str) -> Result<Option<Lease>> {
 }
 
 /// Revokes a lease and destroys its secret; false when there was no lease.
+/// The lease, its secret and its index entries go in one transaction: a
+/// failure between two writes must not leave a secret (a dynamic key its
+/// hosts keep installed) with no lease left to find it by.
 pub async fn revoke(core: &Core, id: &str) -> Result<bool> {
     check_id(id)?;
-    match core.storage.take::<Lease>(&key(id)).await? {
-        Some(l) => {
+    let taken = core
+        .storage
+        .take_with(&key(id), |l: Lease| {
             let mut keys = index_keys(&l);
             keys.push(l.secret_key);
-            core.storage.delete_many(&keys).await?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+            keys
+        })
+        .await?;
+    Ok(taken.is_some())
 }
 
-/// Removes the lease record only (its secret was consumed, e.g. a verified OTP).
+/// Removes the lease record only (its secret was consumed, e.g. a verified
+/// OTP), with its index entries in the same transaction.
 pub async fn forget(core: &Core, id: &str) -> Result<()> {
-    if let Some(l) = core.storage.take::<Lease>(&key(id)).await? {
-        core.storage.delete_many(&index_keys(&l)).await?;
-    }
+    core.storage
+        .take_with(&key(id), |l: Lease| index_keys(&l))
+        .await?;
     Ok(())
 }
 
