@@ -323,7 +323,8 @@ fn check_form(
     if !same_origin(parts) {
         return Err(PageError::new(
             StatusCode::FORBIDDEN,
-            "cross-site request refused: the form was not posted from this server's pages",
+            "cross-site request refused: the form was not posted from this server's pages \
+             (behind a reverse proxy: it must pass the Host header on as the browser sent it)",
         ));
     }
     if !core.ui_key.csrf_ok(&caller.entry.accessor, csrf) {

@@ -158,7 +158,8 @@ pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<Lo
     if !same_origin(&parts) {
         return Err(PageError::new(
             StatusCode::FORBIDDEN,
-            "cross-site request refused: sign in from this server's sign-in page",
+            "cross-site request refused: sign in from this server's sign-in page \
+             (behind a reverse proxy: it must pass the Host header on as the browser sent it)",
         ));
     }
     let now = core.clock.now();
@@ -168,14 +169,22 @@ pub async fn login(AxState(core): AxState<State>, parts: Parts, Form(f): Form<Lo
         _ => Err(Error::invalid("choose how to sign in: token or userpass")),
     };
     match made {
-        Ok((text, ttl)) => Ok((
-            StatusCode::SEE_OTHER,
-            [
-                (header::SET_COOKIE, super::session_cookie(&core, &text, ttl)),
-                (header::LOCATION, "/ui/".to_string()),
-            ],
-        )
-            .into_response()),
+        Ok((text, ttl)) => {
+            // The session this browser had ends, as at sign-out: signing in
+            // as someone else must not leave the old cookie's token alive
+            // for whoever kept a copy of it.
+            if let Ok(Some(old)) = Caller::of(&core, &parts).await {
+                end_session(&core, &parts, &old).await?;
+            }
+            Ok((
+                StatusCode::SEE_OTHER,
+                [
+                    (header::SET_COOKIE, super::session_cookie(&core, &text, ttl)),
+                    (header::LOCATION, "/ui/".to_string()),
+                ],
+            )
+                .into_response())
+        }
         Err(e) => {
             core.metrics.auth_failures.inc();
             let msg = match e {
@@ -570,20 +579,26 @@ pub struct CsrfOnly {
 }
 
 /// Revokes the session's token and drops the cookie.
-pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<CsrfOnly>) -> Page {
-    let c = match signed_in_form(&core, &parts, &f.csrf).await {
-        Ok(c) => c,
-        Err(r) => return Ok(r),
-    };
-    let req = ui_request("ui/logout", Some(&c.token), &parts, core.clock.now())?;
+/// Revokes a session's token, on the audit record as `ui/logout`.
+async fn end_session(core: &Core, parts: &Parts, c: &Caller) -> crate::error::Result<()> {
+    let req = ui_request("ui/logout", Some(&c.token), parts, core.clock.now())?;
     let act = async {
-        let done = token::revoke(&core, &c.entry, false).await;
+        let done = token::revoke(core, &c.entry, false).await;
         (
             Some(std::sync::Arc::new(c.entry.clone())),
             done.map(|_| crate::http::Reply::NoContent),
         )
     };
-    crate::http::audited(&core, &req, act).await?;
+    crate::http::audited(core, &req, act).await?;
+    Ok(())
+}
+
+pub async fn logout(AxState(core): AxState<State>, parts: Parts, Form(f): Form<CsrfOnly>) -> Page {
+    let c = match signed_in_form(&core, &parts, &f.csrf).await {
+        Ok(c) => c,
+        Err(r) => return Ok(r),
+    };
+    end_session(&core, &parts, &c).await?;
     Ok((
         StatusCode::SEE_OTHER,
         [

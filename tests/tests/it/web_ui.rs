@@ -712,6 +712,27 @@ async fn sign_out_revokes_the_session_token_and_leaves_the_users_own_token() {
         .to_string();
     assert!(log.contains("ui/login/token"), "sign-in not audited");
     assert!(log.contains("ui/logout"), "sign-out not audited");
+    // Signing in again, as someone else, from a browser that has a session
+    // ends that session: a copy of its cookie signs no one in any more.
+    let (first, _) = ui.sign_in(&[("method", "token"), ("token", &own)]).await;
+    let r = ui
+        .http
+        .post(ui.url("/ui/login"))
+        .header(ORIGIN, &ui.base)
+        .header("cookie", &first.cookie)
+        .form(&[
+            ("method", "userpass"),
+            ("username", "alice"),
+            ("password", USER_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers().get(SET_COOKIE).is_some());
+    let (st, h, _) = ui.get(&first.cookie, "/ui/certs").await;
+    assert_eq!(st, StatusCode::SEE_OTHER, "the first session lives on");
+    assert_eq!(h["location"], "/ui/login");
     assert!(
         !log.contains(&own),
         "the token is in the audit log in clear"
