@@ -648,6 +648,18 @@ pub(super) fn keys_of(v: &Value) -> Vec<String> {
 
 /// The ssh mounts' paths (without the trailing slash), if the user may
 /// read the mount table.
+/// A mount named in a link or form must be one of the ssh mounts, where
+/// the user may read the mount table: a crafted link cannot make the
+/// certificate pages act on another path.
+fn known_mount(mounts: Option<&[String]>, mount: &str) -> std::result::Result<(), PageError> {
+    match mounts {
+        Some(known) if !mount.is_empty() && !known.iter().any(|m| m == mount) => {
+            Err(PageError::new(StatusCode::NOT_FOUND, "no such ssh mount"))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn ssh_mounts(core: &Core, c: &Caller) -> crate::Result<Option<Vec<String>>> {
     let Some(mounts) = allowed(c.read(core, Operation::Read, "sys/mounts", json!({})).await)?
     else {
@@ -1032,7 +1044,9 @@ pub async fn certs(
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
-    let mounts = ssh_mounts(&core, &c).await?.unwrap_or_default();
+    let readable = ssh_mounts(&core, &c).await?;
+    known_mount(readable.as_deref(), &query.mount)?;
+    let mounts = readable.unwrap_or_default();
     let mount = if query.mount.is_empty() {
         mounts.first().cloned().unwrap_or_default()
     } else {
@@ -1118,6 +1132,7 @@ pub async fn revoke(
         Ok(c) => c,
         Err(r) => return Ok(r),
     };
+    known_mount(ssh_mounts(&core, &c).await?.as_deref(), &f.mount)?;
     c.call(
         &core,
         Operation::Write,

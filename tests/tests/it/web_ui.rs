@@ -956,6 +956,22 @@ async fn the_inventory_is_paged_and_found_by_serial_key_id_or_principal() {
         .get(&s.cookie, "/ui/certs?mount=ssh&by=principal&q=nobody")
         .await;
     assert_eq!(rows(&none), 0);
+    // A link naming another path than an ssh mount shows no page of it,
+    // and a revoke posted for one is refused before it is tried.
+    let (st, _, page) = ui
+        .get(&s.cookie, "/ui/certs?mount=sys/policies&by=serial&q=1")
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{page}");
+    assert!(page.contains("no such ssh mount"), "{page}");
+    let (st, page) = ui
+        .post(
+            &s.cookie,
+            Some(&ui.base),
+            "/ui/certs/revoke",
+            &[("csrf", &s.csrf), ("mount", "ssh/roles"), ("serial", "1")],
+        )
+        .await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{page}");
     // The overview counts them, all signed today (from the serials' range
     // of keys, no certificate read).
     let (_, _, overview) = ui.get(&s.cookie, "/ui/").await;
