@@ -139,6 +139,36 @@ impl Default for SyncSettings {
     }
 }
 
+/// The server's address: https://, or http:// to a server (a TLS proxy's
+/// side) on this host's loopback only. Anywhere else plain HTTP would let
+/// whoever is on the way hand this host a CA of their own, which sshd
+/// would then trust for every login.
+pub fn check_server(server: &str) -> Result<(), String> {
+    if server.starts_with("https://") {
+        return Ok(());
+    }
+    let Some(rest) = server.strip_prefix("http://") else {
+        return Err(format!("server {server:?} must be an https:// URL"));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(format!(
+            "server {server:?}: plain http:// only to this host's loopback (a local TLS proxy); \
+             anywhere else use https://, or anyone on the way could give this host a CA of their own"
+        ))
+    }
+}
+
 impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigFileError> {
         let cfg: Config = toml::from_str(text).map_err(|e| ConfigFileError::Parse {
@@ -161,9 +191,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
-        if !(self.server.starts_with("https://") || self.server.starts_with("http://")) {
-            return Err(format!("server {:?} must be an https:// URL", self.server));
-        }
+        check_server(&self.server)?;
         if !matches!(self.principals.as_str(), "default" | "mapped") {
             return Err(format!(
                 "principals = {:?}: must be \"default\" or \"mapped\"",
@@ -229,6 +257,28 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_only_to_this_hosts_loopback() {
+        for ok in [
+            "https://gp.example.com:8200",
+            "http://127.0.0.1:8200",
+            "http://[::1]:8200/",
+            "http://localhost:8200",
+        ] {
+            assert!(check_server(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://gp.example.com:8200",
+            "http://10.0.0.5:8200",
+            "http://127.0.0.1.evil.example:8200",
+            "http://localhost.evil.example",
+            "ftp://gp",
+            "gp.example.com",
+        ] {
+            assert!(check_server(bad).is_err(), "{bad}");
+        }
+    }
 
     fn minimal() -> &'static str {
         "server = \"https://gp:8200\"\nca_cert = \"/etc/gatepass/server-ca.pem\"\n\

@@ -333,6 +333,7 @@ async fn enroll(opts: &SetupOptions, report: &mut SetupReport) -> Result<Config,
             .ok_or_else(|| Error::Other(format!("not enrolled yet: {flag} is required")))
     };
     let server = need(&opts.server, "--server")?;
+    crate::config::check_server(&server).map_err(Error::Other)?;
     let join_token = need(&opts.join_token, "--join-token")?;
     let ca_src = opts
         .ca_cert

@@ -254,6 +254,16 @@ impl Reload {
                 else {
                     return Ok(Reloaded::NotRunning);
                 };
+                // A pid file left by an sshd that died may name another
+                // process by now, which SIGHUP would end: only sshd is sent it.
+                if !runs(pid, &sshd.binary) {
+                    tracing::warn!(
+                        pid,
+                        pidfile,
+                        "the pid file names a process that is not sshd: not signalled"
+                    );
+                    return Ok(Reloaded::NotRunning);
+                }
                 let pid = nix::unistd::Pid::from_raw(pid);
                 match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP) {
                     Ok(()) => Ok(Reloaded::Signaled(pid.as_raw())),
@@ -268,9 +278,51 @@ impl Reload {
     }
 }
 
+/// Whether process `pid` runs `binary` (the file itself, through any
+/// symlinks; also when the package was upgraded under it and the file it
+/// runs is the replaced one).
+fn runs(pid: i32, binary: &Path) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let exe = exe.to_string_lossy();
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
+    let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
+    Path::new(exe) == binary
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_process_running_sshd_is_taken_for_it() {
+        let me = std::process::id() as i32;
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(runs(me, &exe));
+        assert!(!runs(me, Path::new("/usr/sbin/sshd")));
+        assert!(!runs(i32::MAX, Path::new("/usr/sbin/sshd")));
+    }
+
+    /// A pid file naming a process that is not sshd (an sshd died and its
+    /// pid was taken): it is not sent SIGHUP, which would end it.
+    #[test]
+    fn a_stale_pid_file_naming_another_process_is_not_signalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut other = Command::new("sleep").arg("30").spawn().unwrap();
+        let pidfile = dir.path().join("sshd.pid");
+        std::fs::write(&pidfile, format!("{}\n", other.id())).unwrap();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(&config, format!("PidFile {}\n", pidfile.display())).unwrap();
+        let sshd = Sshd::new(Path::new("/usr/sbin/sshd"), &config);
+        assert_eq!(Reload::PidFile.run(&sshd).unwrap(), Reloaded::NotRunning);
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "the other process was ended"
+        );
+        other.kill().unwrap();
+        other.wait().unwrap();
+    }
 
     #[test]
     fn the_version_is_read_from_what_sshd_prints() {
