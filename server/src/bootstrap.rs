@@ -35,21 +35,32 @@ impl Core {
     /// First-time set-up: the `default` policy and a root token (`root_token`
     /// fixes its text). Refuses to run on initialized storage, so a second
     /// `init` can never mint another root token by accident.
+    ///
+    /// The storage is marked initialized last, once the root token exists:
+    /// a failure before it leaves storage that `init` can set up again,
+    /// never one marked initialized whose root token nobody was shown.
     pub async fn initialize(&self, root_token: Option<String>) -> Result<String> {
+        let already = || Error::invalid("storage is already initialized");
         let now = self.clock.now();
-        if !self.storage.put_if_absent(INIT_KEY, &now).await? {
-            return Err(Error::invalid("storage is already initialized"));
+        if self.is_initialized().await? {
+            return Err(already());
         }
         policies::ensure_default(self).await?;
         // Nothing to index yet: this marks the indexes built, so that no
         // later start scans for records from before them.
         crate::ssh::certs::index_for_search(self).await?;
         crate::pam::sessions::index_for_search(self).await?;
-        let text = token::create(self, root(root_token), now).await?.text;
+        let made = token::create(self, root(root_token), now).await?;
+        if !self.storage.put_if_absent(INIT_KEY, &now).await? {
+            // Another server's init marked it first: its root token is the
+            // one; this one goes.
+            token::revoke(self, &made.entry, false).await?;
+            return Err(already());
+        }
         // Seen once, the storage stays known to be initialized: health
         // answers from then on without a read.
         self.is_initialized().await?;
-        Ok(text)
+        Ok(made.text)
     }
 
     /// Makes sure a given root token exists (the dev server's `--root-token`

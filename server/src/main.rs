@@ -510,21 +510,36 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         if let Some(dir) = cfg.seal_key_file.parent() {
             private::create_dir(dir)?;
         }
-        let k = SealKey::generate();
         let mut aside = cfg.seal_key_file.clone().into_os_string();
         aside.push(".new");
         let aside = PathBuf::from(aside);
-        // Left by an init that stopped half-way: never used, so replaced.
-        let _ = std::fs::remove_file(&aside);
-        k.write_new(&aside)?;
+        // Left by an init that stopped half-way, after the storage may
+        // have been sealed with it: tried again, never replaced (the
+        // storage's check below says whether it is that storage's key).
+        let k = if aside.exists() {
+            SealKey::load(&aside)?
+        } else {
+            let k = SealKey::generate();
+            k.write_new(&aside)?;
+            k
+        };
         new_key = Some(aside);
         k
     };
-    let given_up = |why: String| {
+    // The new key goes only when the storage is sealed with another:
+    // after any other failure it may already be the storage's key.
+    let not_its_key = |why: String| {
         if let Some(aside) = &new_key {
             let _ = std::fs::remove_file(aside);
         }
         anyhow::anyhow!(why)
+    };
+    let kept = |why: String| match &new_key {
+        Some(aside) => anyhow::anyhow!(
+            "{why}\n(the new seal key stays in {}; run `init` again to go on with it)",
+            aside.display()
+        ),
+        None => anyhow::anyhow!(why),
     };
     if let Some(p) = cfg.storage.strip_prefix("sqlite://") {
         if let Some(dir) = Path::new(p).parent() {
@@ -542,42 +557,56 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
     let core = match opened {
         Ok(core) => core,
         Err(e) if new_key.is_some() && e.to_string().contains("seal key does not match") => {
-            return Err(given_up(format!(
+            return Err(not_its_key(format!(
                 "storage {} is already initialized, with another seal key than the one {} should \
                  hold: restore that file from your backup (`init` runs only once)",
                 describe_storage(&cfg.storage),
                 cfg.seal_key_file.display()
             )))
         }
-        Err(e) => return Err(given_up(e.to_string())),
+        Err(e) => return Err(kept(e.to_string())),
     };
-    if core.is_initialized().await? {
-        return Err(given_up(format!(
+    if core.is_initialized().await.map_err(|e| kept(e.to_string()))? {
+        return Err(kept(format!(
             "storage {} is already initialized; `init` runs only once",
             describe_storage(&cfg.storage)
         )));
     }
     if let Some(aside) = &new_key {
-        std::fs::rename(aside, &cfg.seal_key_file).with_context(|| {
-            format!(
-                "moving the new seal key into {}",
-                cfg.seal_key_file.display()
-            )
-        })?;
+        std::fs::rename(aside, &cfg.seal_key_file)
+            .and_then(|()| sync_parent(&cfg.seal_key_file))
+            .map_err(|e| {
+                kept(format!(
+                    "moving the new seal key into {}: {e}",
+                    cfg.seal_key_file.display()
+                ))
+            })?;
         eprintln!(
             "wrote seal key {} (back it up; keep it secret)",
             cfg.seal_key_file.display()
         );
     }
     let token = core.initialize(None).await?;
-    core.ensure_mount("ssh", "ssh").await?;
-    core.storage.close().await;
+    // Shown before anything else can fail: the storage is initialized now,
+    // and `init` will not run again to show another.
     eprintln!(
         "initialized {}. The root token is shown only now:",
         describe_storage(&cfg.storage)
     );
     println!("{token}");
+    core.ensure_mount("ssh", "ssh").await.with_context(|| {
+        "enabling the `ssh` mount (enable it with `gatepass write sys/mounts/ssh type=ssh`)"
+    })?;
+    core.storage.close().await;
     Ok(())
+}
+
+/// Makes a rename in `path`'s folder durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 async fn snapshot_save_cmd(config: &Path, file: &Path) -> anyhow::Result<()> {

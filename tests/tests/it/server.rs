@@ -326,6 +326,50 @@ fn audit_verify_catches_edits_deletions_and_swaps_and_no_secret_is_logged() {
     assert!(out.contains("line 4") && out.contains("reordered"), "{out}");
 }
 
+/// An init that stopped after the storage was sealed with its new key
+/// (killed, or failed on the way) leaves that key beside its place; the
+/// next `init` goes on with it instead of making another, which the
+/// storage would refuse for good.
+#[test]
+fn an_init_stopped_half_way_goes_on_with_the_key_it_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    std::fs::create_dir(d.join("prod")).unwrap();
+    let config = |seal: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\nstorage = \"sqlite://{db}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n",
+            db = d.join("prod/gatepass.db").display(),
+            seal = d.join(seal).display(),
+            audit = d.join("audit.log").display(),
+        )
+    };
+    let cfg = d.join("server.toml");
+    std::fs::write(&cfg, config("prod/seal.key")).unwrap();
+    // The storage sealed with the key left in seal.key.new, and not
+    // initialized: what an init stopped between the two leaves.
+    let left = "ab".repeat(32);
+    let aside = d.join("prod/seal.key.new");
+    std::fs::write(&aside, format!("{left}\n")).unwrap();
+    std::fs::set_permissions(&aside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let half = d.join("half.toml");
+    std::fs::write(&half, config("prod/seal.key.new")).unwrap();
+    let (code, _, err) = run(Command::new(bin("gatepass-server"))
+        .args(["serve", "--config"])
+        .arg(&half));
+    assert_ne!(code, 0);
+    assert!(err.contains("not initialized"), "{err}");
+
+    let (code, root, err) = run(Command::new(bin("gatepass-server"))
+        .args(["init", "--config"])
+        .arg(&cfg));
+    assert_eq!(code, 0, "{err}");
+    assert!(root.trim().starts_with("gps."), "{root:?}");
+    let key = std::fs::read_to_string(d.join("prod/seal.key")).unwrap();
+    assert_eq!(key.trim(), left, "the key the storage was sealed with");
+    assert!(!aside.exists());
+    assert_eq!(mode(&d.join("prod/seal.key")), "600");
+}
+
 #[test]
 fn init_runs_once_and_serve_uses_the_config() {
     let tmp = tempfile::tempdir().unwrap();
