@@ -255,8 +255,9 @@ impl Reload {
                     return Ok(Reloaded::NotRunning);
                 };
                 // A pid file left by an sshd that died may name another
-                // process by now, which SIGHUP would end: only sshd is sent it.
-                if !runs(pid, &sshd.binary) {
+                // process by now, which SIGHUP would end: a process seen to
+                // run something else is not sent it.
+                if runs(pid, &sshd.binary) == Some(false) {
                     tracing::warn!(
                         pid,
                         pidfile,
@@ -280,15 +281,16 @@ impl Reload {
 
 /// Whether process `pid` runs `binary` (the file itself, through any
 /// symlinks; also when the package was upgraded under it and the file it
-/// runs is the replaced one).
-fn runs(pid: i32, binary: &Path) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
+/// runs is the replaced one). None when this process cannot tell: under
+/// its systemd unit hostd has no capabilities and `ProtectProc=invisible`,
+/// so sshd's `/proc` entry is out of its sight (the signal still reaches
+/// it, as one root process may signal another).
+fn runs(pid: i32, binary: &Path) -> Option<bool> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
     let exe = exe.to_string_lossy();
     let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe);
     let binary = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
-    Path::new(exe) == binary
+    Some(Path::new(exe) == binary)
 }
 
 #[cfg(test)]
@@ -299,9 +301,10 @@ mod tests {
     fn only_a_process_running_sshd_is_taken_for_it() {
         let me = std::process::id() as i32;
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        assert!(runs(me, &exe));
-        assert!(!runs(me, Path::new("/usr/sbin/sshd")));
-        assert!(!runs(i32::MAX, Path::new("/usr/sbin/sshd")));
+        assert_eq!(runs(me, &exe), Some(true));
+        assert_eq!(runs(me, Path::new("/usr/sbin/sshd")), Some(false));
+        // Out of sight (or gone): not known.
+        assert_eq!(runs(i32::MAX, Path::new("/usr/sbin/sshd")), None);
     }
 
     /// A pid file naming a process that is not sshd (an sshd died and its

@@ -566,7 +566,11 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         }
         Err(e) => return Err(kept(e.to_string())),
     };
-    if core.is_initialized().await.map_err(|e| kept(e.to_string()))? {
+    if core
+        .is_initialized()
+        .await
+        .map_err(|e| kept(e.to_string()))?
+    {
         return Err(kept(format!(
             "storage {} is already initialized; `init` runs only once",
             describe_storage(&cfg.storage)

@@ -379,18 +379,27 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
                 .and_then(|k| k.to_openssh().map_err(|e| Error::invalid(e.to_string())))
         })
         .collect::<Result<_>>()?;
-    // A taken name is refused before the join token is spent, so the
-    // operator can unenroll the old host and retry with the same token; the
-    // join token is checked first so that only its holders learn which
-    // names are taken.
-    peek_join_token(core, &r.join_token, now).await?;
+    // Without `replace`, a taken name is refused before the join token is
+    // spent, so the operator can unenroll the old host and retry with the
+    // same token; the join token is checked first so that only its holders
+    // learn which names are taken.
     let id = uuid::Uuid::new_v4().to_string();
-    claim_name(core, &r.hostname, &id, r.replace, now).await?;
-    let join = match spend_join_token(core, &r.join_token, now).await {
-        Ok(j) => j,
-        Err(e) => {
-            release_name(core, &r.hostname, &id).await?;
-            return Err(e);
+    let join = if r.replace {
+        // Taking a name removes the host that held it: only a use of the
+        // join token already spent does that, so one use cannot remove
+        // the holders of many names by enrollments racing each other.
+        let join = spend_join_token(core, &r.join_token, now).await?;
+        claim_name(core, &r.hostname, &id, true, now).await?;
+        join
+    } else {
+        peek_join_token(core, &r.join_token, now).await?;
+        claim_name(core, &r.hostname, &id, false, now).await?;
+        match spend_join_token(core, &r.join_token, now).await {
+            Ok(j) => j,
+            Err(e) => {
+                release_name(core, &r.hostname, &id).await?;
+                return Err(e);
+            }
         }
     };
     let token::Issued {

@@ -248,6 +248,54 @@ async fn of_concurrent_enrollments_under_one_name_exactly_one_wins() {
     }
 }
 
+/// Enrollments with replace=true racing each other on one use of a join
+/// token, each naming another enrolled host: one use removes one host at
+/// most, not every host named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_use_of_a_join_token_replaces_one_host_at_most() {
+    for backend in BACKENDS {
+        let s = Arc::new(Server::start(backend).await);
+        let join = otp_setup(&s).await;
+        for i in 0..8 {
+            let (st, v) = enroll(
+                &s,
+                json!({"join_token": join, "hostname": format!("victim-{i}"), "addresses": [format!("10.0.2.{i}")]}),
+            )
+            .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+        }
+        let one_use = field(
+            &ok(&s, "POST", "hosts/join-tokens", json!({"num_uses": 1})).await,
+            &["data", "join_token"],
+        );
+        let mut tries = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (s, one_use) = (s.clone(), one_use.clone());
+            tries.spawn(async move {
+                enroll(
+                    &s,
+                    json!({"join_token": one_use, "hostname": format!("victim-{i}"), "addresses": ["10.0.3.1"], "replace": true}),
+                )
+                .await
+            });
+        }
+        let results = tries.join_all().await;
+        let won = results
+            .iter()
+            .filter(|(st, _)| *st == StatusCode::OK)
+            .count();
+        assert_eq!(won, 1, "{backend:?}: {results:?}");
+        // Eight hosts still: seven victims and the one that took a place.
+        let hosts = s
+            .core
+            .storage
+            .keys_with_prefix("hosts/host/")
+            .await
+            .unwrap();
+        assert_eq!(hosts.len(), 8, "{backend:?}: {results:?}");
+    }
+}
+
 #[tokio::test]
 async fn child_tokens_never_widen_their_parent() {
     let s = Server::start(Backend::Sqlite).await;
