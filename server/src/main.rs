@@ -602,6 +602,36 @@ async fn init_cmd(config: &Path) -> anyhow::Result<()> {
         "enabling the `ssh` mount (enable it with `gatepass write sys/mounts/ssh type=ssh`)"
     })?;
     core.storage.close().await;
+    if let Some(db) = cfg.storage.strip_prefix("sqlite://") {
+        hand_over_to_folder_owner(Path::new(db))?;
+    }
+    Ok(())
+}
+
+/// The SQLite files `init` (run as root) made, given to the owner of their
+/// folder: the packages make `/var/lib/gatepass` the `gatepass` user's, and
+/// the server, running as that user, must open them. (systemd's
+/// `StateDirectory=` does not do it: it leaves a folder alone whose own
+/// owner is right already.)
+fn hand_over_to_folder_owner(db: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(dir) = db.parent() else {
+        return Ok(());
+    };
+    let owner = std::fs::metadata(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if owner.uid() == 0 {
+        return Ok(());
+    }
+    let mut files = vec![db.to_path_buf()];
+    for suffix in ["-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        files.push(PathBuf::from(p));
+    }
+    for f in files.iter().filter(|f| f.exists()) {
+        std::os::unix::fs::chown(f, Some(owner.uid()), Some(owner.gid()))
+            .with_context(|| format!("giving {} to the owner of {}", f.display(), dir.display()))?;
+    }
     Ok(())
 }
 

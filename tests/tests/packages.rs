@@ -673,6 +673,12 @@ fn debs_install_upgrade_remove_and_purge_cleanly() {
         owner_mode("/etc/gatepass"),
         ("root".into(), "gatepass".into(), 0o750)
     );
+    // A configuration the admin deleted stays deleted, and the upgrade
+    // goes through.
+    std::fs::remove_file("/etc/gatepass/server.toml").unwrap();
+    ok(Command::new("dpkg").arg("-i").arg(deb("gatepass-server")));
+    assert!(!Path::new("/etc/gatepass/server.toml").exists());
+    std::fs::write("/etc/gatepass/server.toml", &local_config).unwrap();
 
     // Remove keeps configuration, state and the user; purge takes them.
     ok(Command::new("dpkg").arg("-r").arg("gatepass-server"));

@@ -334,7 +334,10 @@ fn audit_verify_catches_edits_deletions_and_swaps_and_no_secret_is_logged() {
 fn an_init_stopped_half_way_goes_on_with_the_key_it_made() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
+    // The storage's folder is another user's, as the packages make
+    // /var/lib/gatepass the `gatepass` user's.
     std::fs::create_dir(d.join("prod")).unwrap();
+    std::os::unix::fs::chown(d.join("prod"), Some(65534), Some(65534)).unwrap();
     let config = |seal: &str| {
         format!(
             "listen = \"127.0.0.1:0\"\nstorage = \"sqlite://{db}\"\nseal_key_file = \"{seal}\"\naudit_log = \"{audit}\"\n",
@@ -368,6 +371,11 @@ fn an_init_stopped_half_way_goes_on_with_the_key_it_made() {
     assert_eq!(key.trim(), left, "the key the storage was sealed with");
     assert!(!aside.exists());
     assert_eq!(mode(&d.join("prod/seal.key")), "600");
+    // The database init (as root) made is given to the folder's owner,
+    // as whom the service runs.
+    use std::os::unix::fs::MetadataExt;
+    let db = std::fs::metadata(d.join("prod/gatepass.db")).unwrap();
+    assert_eq!((db.uid(), db.gid()), (65534, 65534));
 }
 
 #[test]
