@@ -55,10 +55,33 @@ impl HostAnswer {
 }
 
 /// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
+/// Which host a dynamic key is for: the one it was asked for by name, or
+/// else every host with its address.
+pub(super) struct Meant {
+    pub(super) host_id: Option<String>,
+    pub(super) ip: Option<IpAddr>,
+}
+
+impl Meant {
+    pub(super) fn of(k: &crate::ssh::creds::DynamicKey) -> Meant {
+        Meant {
+            host_id: k.host_id.clone(),
+            ip: k.ip.parse().ok(),
+        }
+    }
+
+    pub(super) fn is_for(&self, host: &super::Host) -> bool {
+        match &self.host_id {
+            Some(id) => *id == host.id,
+            None => self.ip.is_some_and(|ip| host.addresses.contains(&ip)),
+        }
+    }
+}
+
 pub(super) struct SharedView {
     pub(super) mounts: BTreeMap<String, (String, String)>,
     pub(super) mappings: BTreeMap<String, Vec<String>>,
-    pub(super) dynamic: Vec<(Option<IpAddr>, DynamicKey)>,
+    pub(super) dynamic: Vec<(Meant, DynamicKey)>,
     /// The first second at which the view changes by itself (a revoked
     /// certificate or a dynamic key expires): `i64::MAX` when nothing will.
     pub(super) until: i64,

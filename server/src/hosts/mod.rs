@@ -640,7 +640,7 @@ pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
 }
 
 /// Marks a dynamic key installed, on its own record, when it is one meant
-/// for `host` (an address of the host's is the key's): a host token
+/// for `host` (asked for it by name, or else for one of its addresses): a host token
 /// cannot mark another host's keys, nor store marks of its own making,
 /// and the mark goes when the key is revoked or expires.
 async fn mark_installed(core: &Core, host: &Host, lease_id: &str) -> Result<()> {
@@ -653,9 +653,7 @@ async fn mark_installed(core: &Core, host: &Host, lease_id: &str) -> Result<()> 
     }
     core.storage
         .update(&lease.secret_key, |mut k: crate::ssh::creds::DynamicKey| {
-            let for_host =
-                k.ip.parse::<IpAddr>()
-                    .is_ok_and(|ip| host.addresses.contains(&ip));
+            let for_host = cache::Meant::of(&k).is_for(host);
             if !for_host || k.installed_on.as_deref() == Some(host.id.as_str()) {
                 return Ok((Change::Keep, ()));
             }

@@ -12,7 +12,7 @@ use rand::Rng;
 use base64::Engine;
 use gatepass_api::hosts::{DynamicKey, HostState};
 
-use super::cache::{HostAnswer, Shared, SharedView};
+use super::cache::{HostAnswer, Meant, Shared, SharedView};
 use super::{mappings, Host};
 use crate::error::{Error, Result};
 use crate::mounts;
@@ -57,7 +57,7 @@ async fn shared(core: &Core, now: i64) -> Result<Arc<SharedView>> {
             for k in creds::dynamic_keys(core, &m, now).await? {
                 until = until.min(k.expire_time);
                 dynamic.push((
-                    k.ip.parse().ok(),
+                    Meant::of(&k),
                     DynamicKey {
                         user: k.username,
                         public_key: k.public_key,
@@ -102,7 +102,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostAnsw
     let dynamic_keys: Vec<DynamicKey> = sh
         .dynamic
         .iter()
-        .filter(|(ip, _)| ip.is_some_and(|ip| host.addresses.contains(&ip)))
+        .filter(|(meant, _)| meant.is_for(host))
         .map(|(_, k)| k.clone())
         .collect();
     let mapped = usize::from(host.config.principals == "mapped");

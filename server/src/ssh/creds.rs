@@ -51,6 +51,11 @@ pub struct DynamicKey {
     /// on the key's own record, so that it goes with the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installed_on: Option<String>,
+    /// The enrolled host it was asked for by name (`host=`): it goes to
+    /// that host alone, not to every host that has its address too (a
+    /// Docker bridge's 172.17.0.1 is on many).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -335,6 +340,7 @@ pub async fn create(
                 key_option_specs: role.key_option_specs.clone(),
                 expire_time: now + ttl,
                 installed_on: None,
+                host_id,
             };
             let lease = Lease::new(lease_id.clone(), key, now, ttl, true, max).of_token(token);
             // The key and its lease in one transaction, as an OTP's: a key

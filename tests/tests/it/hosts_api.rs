@@ -656,6 +656,86 @@ async fn creds_wait_sees_an_ack_taken_by_another_server() {
     assert!(took < Duration::from_secs(5), "the answer took {took:?}");
 }
 
+/// A dynamic key asked for an enrolled host by name goes to that host
+/// alone, even when other hosts share the address it was issued for (a
+/// Docker bridge's 172.17.0.1 is on many): their states do not carry it,
+/// and their acknowledgements do not mark it installed.
+#[tokio::test]
+async fn a_dynamic_key_asked_for_a_host_by_name_goes_to_that_host_alone() {
+    let s = Server::start(Backend::Sqlite).await;
+    ok(&s, "POST", "ssh/config/ca", json!({})).await;
+    ok(
+        &s,
+        "POST",
+        "ssh/roles/dyn",
+        json!({"key_type": "dynamic", "default_user": "app", "cidr_list": "0.0.0.0/0"}),
+    )
+    .await;
+    let join = ok(&s, "POST", "hosts/join-tokens", json!({"num_uses": 0})).await["data"]
+        ["join_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut tokens = Vec::new();
+    for (name, own) in [("web1", "10.0.0.1"), ("web2", "10.0.0.2")] {
+        let (st, v) = s
+            .call(
+                "POST",
+                "hosts/enroll",
+                None,
+                Some(
+                    json!({"join_token": join, "hostname": name, "addresses": ["172.17.0.1", own]}),
+                ),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        tokens.push(v["data"]["host_token"].as_str().unwrap().to_string());
+    }
+    let v = ok(&s, "POST", "ssh/creds/dyn", json!({"host": "web1"})).await;
+    let lease = v["lease_id"].as_str().unwrap().to_string();
+    let keys_of = |v: &Value| -> Vec<Value> {
+        v["data"]["dynamic_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["lease_id"].clone())
+            .collect()
+    };
+    let (_, web1) = s
+        .call("GET", "hosts/self/state", Some(&tokens[0]), None)
+        .await;
+    assert_eq!(keys_of(&web1), vec![json!(lease)], "{web1}");
+    let (_, web2) = s
+        .call("GET", "hosts/self/state", Some(&tokens[1]), None)
+        .await;
+    assert!(keys_of(&web2).is_empty(), "web2 got web1's key: {web2}");
+    // web2 says it installed it: not taken.
+    let (st, _) = s
+        .call(
+            "POST",
+            "hosts/self/ack",
+            Some(&tokens[1]),
+            Some(json!({"index": web2["data"]["index"], "installed": [lease]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let key = s
+        .core
+        .storage
+        .keys_with_prefix("mount/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.contains("/dynkey/"))
+        .collect::<Vec<_>>();
+    assert_eq!(key.len(), 1, "{key:?}");
+    for k in key {
+        let d: gatepass_server::ssh::creds::DynamicKey =
+            s.core.storage.get(&k).await.unwrap().unwrap();
+        assert_eq!(d.installed_on, None, "{k}: marked by another host");
+    }
+}
+
 /// Join tokens are listed by accessor (never the token), with what is left
 /// of them; a spent or expired one drops out of the list, and a revoked
 /// one enrolls no host. Listing and revoking are the admin's: a host's
