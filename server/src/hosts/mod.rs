@@ -86,6 +86,8 @@ pub struct DriftRecord {
 /// Most paths one acknowledgement may report as repaired: hostd manages a
 /// handful of files and one principals file per mapped user.
 const MAX_DRIFT_PATHS: usize = 1024;
+/// Most dynamic keys one acknowledgement marks installed.
+const MAX_INSTALLED_MARKS: usize = 4096;
 /// Longest path a host may report (Linux's PATH_MAX).
 const MAX_DRIFT_PATH_LEN: usize = 4096;
 
@@ -701,7 +703,16 @@ pub fn seen(core: &Core, host: &Host, now: i64) {
 /// log, so each repair is on the record there too).
 pub async fn ack(core: &Core, host: &Host, ack: &Ack, now: i64) -> Result<()> {
     let drift = checked_drift(&ack.drift)?;
-    for lease in &ack.installed {
+    // Each costs a read: a host token's request is bounded, not its body.
+    // hostd lists every key it holds, so more are left unmarked, not
+    // refused (a refused acknowledgement would be sent again and again).
+    let mut seen = std::collections::HashSet::new();
+    for lease in ack
+        .installed
+        .iter()
+        .filter(|l| seen.insert(l.as_str()))
+        .take(MAX_INSTALLED_MARKS)
+    {
         mark_installed(core, host, lease).await?;
     }
     store_ack(core, &host.id, ack.index, drift, now).await
