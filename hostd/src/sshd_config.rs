@@ -628,6 +628,7 @@ pub fn plan_install(
             paths.sshd_config.display()
         ));
     }
+    composed.notes.extend(principals_of_the_hosts_own(d, eff));
     if composed.main != current && !replaceable(&paths.sshd_config) {
         let legacy = compose(&base, &dropin_path, usable, None, d, &prior);
         if legacy.main != current {
@@ -780,6 +781,29 @@ pub fn commit(paths: &SshdPaths, plan: &ConfigPlan) -> Result<bool, ConfigError>
     }
 }
 
+/// In default mode a certificate logs in as the users it names, unless
+/// sshd reads an `AuthorizedPrincipalsFile` or `AuthorizedPrincipalsCommand`
+/// of the host's own: sshd then takes the principals listed there for every
+/// trusted CA, gatepass's too, so a gatepass certificate naming `ops` logs
+/// in as whoever's file lists `ops`. Not changed (the host's own CA may
+/// need it), but said.
+fn principals_of_the_hosts_own(d: &Directives, eff: &Effective) -> Vec<String> {
+    if d.authorized_principals_file.is_some() {
+        return Vec::new();
+    }
+    ["AuthorizedPrincipalsFile", "AuthorizedPrincipalsCommand"]
+        .iter()
+        .filter_map(|kw| {
+            let v = eff.get(&kw.to_ascii_lowercase())?;
+            (!v.eq_ignore_ascii_case("none")).then(|| {
+                format!(
+                    "sshd reads {kw} {v}: in default mode gatepass certificates are matched                      against it too, so they log in as the users it lists their principals for,                      not as the users they name; remove it, or use principals = \"mapped\""
+                )
+            })
+        })
+        .collect()
+}
+
 /// Whether sshd ended up with gatepass's values; the error names the
 /// keyword that another file sets first.
 pub fn check_effective(eff: &Effective, d: &Directives, prior: &[String]) -> Result<(), String> {
@@ -833,6 +857,23 @@ mod tests {
 
     fn prior() -> Vec<String> {
         vec![".ssh/authorized_keys".into()]
+    }
+
+    /// Default mode beside a principals file or command of the host's own:
+    /// said, as sshd matches gatepass certificates against it too.
+    #[test]
+    fn the_hosts_own_principals_file_is_named_in_default_mode() {
+        let own = Effective::parse(
+            "authorizedprincipalsfile /etc/ssh/principals/%u\nauthorizedprincipalscommand none\n",
+        );
+        let notes = principals_of_the_hosts_own(&d(false), &own);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("AuthorizedPrincipalsFile /etc/ssh/principals/%u"));
+        let none =
+            Effective::parse("authorizedprincipalsfile none\nauthorizedprincipalscommand none\n");
+        assert!(principals_of_the_hosts_own(&d(false), &none).is_empty());
+        // Mapped mode sets its own file (checked to be in force).
+        assert!(principals_of_the_hosts_own(&d(true), &own).is_empty());
     }
 
     #[test]
