@@ -13,6 +13,7 @@ pub mod hostcerts;
 pub mod logging;
 pub mod login;
 pub mod remote;
+pub mod service;
 pub mod sshd;
 pub mod sshd_config;
 pub mod state;

@@ -288,6 +288,12 @@ fn main() -> Result<()> {
                 print_changes(&host.uninstall_preview()?, true);
                 return Ok(());
             }
+            if gatepass_hostd::service::is_running(&resolved.state_dir) {
+                anyhow::bail!(
+                    "gatepass-hostd's service is running, and its next pass would put back what \
+                     uninstall removes: stop it first (systemctl stop gatepass-hostd)"
+                );
+            }
             let (changes, reloaded) = host.uninstall()?;
             print_changes(&changes, false);
             if let Some(r) = reloaded {

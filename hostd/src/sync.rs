@@ -336,6 +336,7 @@ fn notify(state: sd_notify::NotifyState<'_>) {
 
 /// Until SIGTERM or SIGINT.
 pub async fn run(cfg: Config, config_path: &std::path::Path) -> Result<(), Error> {
+    let _running = crate::service::mark_running(&cfg.paths.state_dir).map_err(Error::Other)?;
     let token = read_token(&cfg)?;
     let wait = cfg.sync.wait_seconds;
     let client = client(&cfg, Some(token), Duration::from_secs(wait + 30))?;

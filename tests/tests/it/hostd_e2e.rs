@@ -459,6 +459,12 @@ fn setup_run_and_logins_with_the_server() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!rig.login(&user, Some(&cert)), "{}", daemon.log());
     assert!(!rig.login(&dynk, None), "{}", daemon.log());
+    // Uninstall while the service runs is refused: its next pass would
+    // put everything back.
+    let (st, out, err) = run(&mut rig.hostd_cmd(&["uninstall"]));
+    assert_ne!(st, 0, "{out}{err}");
+    assert!(err.contains("service is running"), "{out}{err}");
+    assert!(dropin.exists());
     drop(daemon);
 
     // Uninstall: sshd_config valid and as before, files gone.
