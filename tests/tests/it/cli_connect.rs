@@ -992,20 +992,23 @@ fn otp_mode_types_the_password_only_into_the_logins_own_prompt() {
 
     // $ gatepass ssh connect --role otp -o ProxyJump=nobody@127.0.0.1:PORT root@127.0.0.1 -- echo hello
     let jump_to = format!("ProxyJump=nobody@127.0.0.1:{}", jump.port);
-    let (code, out, err) = run(&mut detached(&[
-        "ssh",
-        "connect",
-        "--ssh-config",
-        config,
-        "--role",
-        "otp",
-        "-o",
-        &jump_to,
-        "root@127.0.0.1",
-        "--",
-        "echo",
-        "hello",
-    ]));
+    let connect_with = |option: &str| {
+        run(&mut detached(&[
+            "ssh",
+            "connect",
+            "--ssh-config",
+            config,
+            "--role",
+            "otp",
+            "-o",
+            option,
+            "root@127.0.0.1",
+            "--",
+            "echo",
+            "hello",
+        ]))
+    };
+    let (code, out, err) = connect_with(&jump_to);
     assert_eq!(code, 255, "{out}{err}");
     assert!(
         err.contains(
@@ -1026,20 +1029,7 @@ fn otp_mode_types_the_password_only_into_the_logins_own_prompt() {
     assert!(s.leftovers().is_empty(), "{:?}", s.leftovers());
 
     // $ gatepass ssh connect --role otp -o HostKeyAlias=web-1 root@127.0.0.1 -- echo hello
-    let (code, out, err) = run(&mut detached(&[
-        "ssh",
-        "connect",
-        "--ssh-config",
-        config,
-        "--role",
-        "otp",
-        "-o",
-        "HostKeyAlias=web-1",
-        "root@127.0.0.1",
-        "--",
-        "echo",
-        "hello",
-    ]));
+    let (code, out, err) = connect_with("HostKeyAlias=web-1");
     assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
     assert_eq!(std::fs::read_to_string(&seen).unwrap().len(), 36);
 }
