@@ -54,7 +54,6 @@ impl HostAnswer {
     }
 }
 
-/// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
 /// Which host a dynamic key is for: the one it was asked for by name, or
 /// else every host with its address.
 pub(super) struct Meant {
@@ -78,6 +77,7 @@ impl Meant {
     }
 }
 
+/// user mount → (CA keys text, KRL base64); mappings; live dynamic keys.
 pub(super) struct SharedView {
     pub(super) mounts: BTreeMap<String, (String, String)>,
     pub(super) mappings: BTreeMap<String, Vec<String>>,

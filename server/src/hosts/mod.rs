@@ -389,7 +389,9 @@ pub async fn enroll(core: &Core, r: EnrollRequest, now: i64) -> Result<Enrolled>
     let join = if r.replace {
         // Taking a name removes the host that held it: only a use of the
         // join token already spent does that, so one use cannot remove
-        // the holders of many names by enrollments racing each other.
+        // the holders of many names by enrollments racing each other (a
+        // claim refused after it, a name being enrolled right then, costs
+        // that use).
         let join = spend_join_token(core, &r.join_token, now).await?;
         claim_name(core, &r.hostname, &id, true, now).await?;
         join
@@ -642,9 +644,9 @@ pub async fn installed(core: &Core, lease_id: &str) -> Result<bool> {
 }
 
 /// Marks a dynamic key installed, on its own record, when it is one meant
-/// for `host` (asked for it by name, or else for one of its addresses): a host token
-/// cannot mark another host's keys, nor store marks of its own making,
-/// and the mark goes when the key is revoked or expires.
+/// for `host` (asked for it by name, or else for one of its addresses): a
+/// host token cannot mark another host's keys, nor store marks of its own
+/// making, and the mark goes when the key is revoked or expires.
 async fn mark_installed(core: &Core, host: &Host, lease_id: &str) -> Result<()> {
     crate::leases::check_id(lease_id)?;
     let Some(lease) = crate::leases::get(core, lease_id).await? else {

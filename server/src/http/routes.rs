@@ -51,8 +51,9 @@ pub async fn is_unauthenticated(core: &Core, req: &Request) -> Result<bool> {
 
 /// The path with the names that handlers take in lower case (token roles,
 /// userpass users, AppRole and JWT/OIDC roles, policies: as Vault takes
-/// them; host names) in lower case, a host named by its ID by its name, for the ACL to decide on what the handler will act
-/// on. Other paths are returned as they are.
+/// them; host names) in lower case, and a host named by its ID named by
+/// its name, for the ACL to decide on what the handler will act on. Other
+/// paths are returned as they are.
 pub async fn canonical_names(core: &Core, path: &ApiPath) -> Result<String> {
     let segs = path.segments();
     // A host named by its ID or in any case is the host by its name, in
