@@ -62,17 +62,19 @@ pub(super) struct Meant {
 }
 
 impl Meant {
-    pub(super) fn of(k: &crate::ssh::creds::DynamicKey) -> Meant {
+    /// A key asked for host `host_id` (by name), or else for address `ip`.
+    pub(super) fn new(host_id: Option<String>, ip: &str) -> Meant {
         Meant {
-            host_id: k.host_id.clone(),
-            ip: k.ip.parse().ok(),
+            host_id,
+            ip: ip.parse().ok(),
         }
     }
 
-    pub(super) fn is_for(&self, host: &super::Host) -> bool {
+    /// Whether it is for the host with this ID and these addresses.
+    pub(super) fn is_for(&self, host_id: &str, addresses: &[IpAddr]) -> bool {
         match &self.host_id {
-            Some(id) => *id == host.id,
-            None => self.ip.is_some_and(|ip| host.addresses.contains(&ip)),
+            Some(id) => id == host_id,
+            None => self.ip.is_some_and(|ip| addresses.contains(&ip)),
         }
     }
 }

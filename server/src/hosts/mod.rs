@@ -657,7 +657,8 @@ async fn mark_installed(core: &Core, host: &Host, lease_id: &str) -> Result<()> 
     }
     core.storage
         .update(&lease.secret_key, |mut k: crate::ssh::creds::DynamicKey| {
-            let for_host = cache::Meant::of(&k).is_for(host);
+            let for_host =
+                cache::Meant::new(k.host_id.clone(), &k.ip).is_for(&host.id, &host.addresses);
             if !for_host || k.installed_on.as_deref() == Some(host.id.as_str()) {
                 return Ok((Change::Keep, ()));
             }

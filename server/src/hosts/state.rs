@@ -57,7 +57,7 @@ async fn shared(core: &Core, now: i64) -> Result<Arc<SharedView>> {
             for k in creds::dynamic_keys(core, &m, now).await? {
                 until = until.min(k.expire_time);
                 dynamic.push((
-                    Meant::of(&k),
+                    Meant::new(k.host_id.clone(), &k.ip),
                     DynamicKey {
                         user: k.username,
                         public_key: k.public_key,
@@ -102,7 +102,7 @@ async fn state_until(core: &Core, host: &Host, now: i64) -> Result<(Arc<HostAnsw
     let dynamic_keys: Vec<DynamicKey> = sh
         .dynamic
         .iter()
-        .filter(|(meant, _)| meant.is_for(host))
+        .filter(|(meant, _)| meant.is_for(&host.id, &host.addresses))
         .map(|(_, k)| k.clone())
         .collect();
     let mapped = usize::from(host.config.principals == "mapped");
