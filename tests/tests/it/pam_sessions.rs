@@ -351,13 +351,10 @@ impl Drop for Pam {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// Below the ephemeral range (see [`gatepass_tests::free_port`]): a port
+/// from `bind(0)` can be taken by a client connection before the gateway
+/// binds it.
+pub(crate) use gatepass_tests::free_port;
 
 pub(crate) fn ok(mut cmd: impl std::borrow::BorrowMut<Command>) -> String {
     let cmd = cmd.borrow_mut();
